@@ -1,0 +1,1 @@
+"""cipherdrop's client: a blocking client over the sans-I/O protocol package."""

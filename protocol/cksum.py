@@ -1,0 +1,61 @@
+"""The POSIX CRC of the Linux ``cksum`` command, at C speed.
+
+CRC-32, polynomial 0x04C11DB7, not reflected, initial value 0, over the data
+and then over its length (least significant byte first, only as many bytes as
+the length needs), complemented at the end (PROTOCOL.md, "Checksum"). The CRC
+register runs in anycrc's C code; this module adds the length and the
+complement.
+"""
+
+from __future__ import annotations
+
+import anycrc
+
+_POLYNOMIAL = 0x04C11DB7
+_WIDTH = 32
+_MASK = 2**_WIDTH - 1
+
+# The bare register: no reflection, no final XOR, so that it can be resumed.
+_CRC = anycrc.CRC(
+    width=_WIDTH, poly=_POLYNOMIAL, init=0, refin=False, refout=False, xorout=0
+)
+
+
+def _length_bytes(length: int) -> bytes:
+    """The length as cksum appends it: LSB first, no trailing zero bytes."""
+    return length.to_bytes((length.bit_length() + 7) // 8, "little")
+
+
+class Cksum:
+    """Incremental cksum: ``update`` with chunks, then read ``value``."""
+
+    def __init__(self) -> None:
+        self._register = 0
+        self._length = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Add the next bytes of the file."""
+        if len(data):
+            self._register = _CRC.calc(data, self._register)
+            self._length += len(data)
+
+    @property
+    def length(self) -> int:
+        """How many bytes went in so far."""
+        return self._length
+
+    @property
+    def value(self) -> int:
+        """The cksum of everything so far (what ``cksum FILE`` prints first)."""
+        register = self._register
+        tail = _length_bytes(self._length)
+        if tail:
+            register = _CRC.calc(tail, register)
+        return ~register & _MASK
+
+
+def cksum(data: bytes | bytearray | memoryview) -> int:
+    """The cksum of one buffer."""
+    checksum = Cksum()
+    checksum.update(data)
+    return checksum.value

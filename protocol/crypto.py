@@ -1,0 +1,210 @@
+"""The protocol's cryptography on PyCryptodome.
+
+RSA-1024 with the Crypto++ default exponent 17, so that the public key is
+exactly 160 bytes of X.509 DER; RSA-OAEP (SHA-1) for the AES key; AES-256-CBC
+with a zero IV and PKCS#7 padding for the file, streamed chunk by chunk.
+"""
+
+from __future__ import annotations
+
+from Crypto.Cipher import AES, PKCS1_OAEP
+from Crypto.PublicKey import RSA
+from Crypto.Random import get_random_bytes
+from Crypto.Util.asn1 import DerSequence
+
+from .codes import AES_BLOCK_SIZE, AES_KEY_SIZE, PUBLIC_KEY_SIZE, RSA_KEY_BITS
+from .errors import CryptoError, LocalProtocolError
+
+#: Crypto++'s default public exponent; with it the DER key is 160 bytes.
+PUBLIC_EXPONENT = 17
+ZERO_IV = bytes(AES_BLOCK_SIZE)
+#: The one message of every decryption failure (HOSTILE.md D3).
+_DECRYPTION_FAILED = "decryption failed"
+
+
+def generate_private_key() -> RSA.RsaKey:
+    """A new RSA-1024 key pair whose public key exports to 160 bytes."""
+    return RSA.generate(RSA_KEY_BITS, e=PUBLIC_EXPONENT)
+
+
+def export_public_key(key: RSA.RsaKey) -> bytes:
+    """The public key as X.509 SubjectPublicKeyInfo DER, zero-padded to 160.
+
+    Raises:
+        LocalProtocolError: the key does not fit the 160-byte field.
+    """
+    der = key.public_key().export_key(format="DER")
+    if len(der) > PUBLIC_KEY_SIZE:
+        raise LocalProtocolError(
+            f"public key is {len(der)} bytes of DER; the protocol carries {PUBLIC_KEY_SIZE}"
+        )
+    return der.ljust(PUBLIC_KEY_SIZE, b"\0")
+
+
+def export_private_key(key: RSA.RsaKey) -> bytes:
+    """The private key as PKCS#8 DER (what ``me.info`` and ``priv.key`` hold)."""
+    return key.export_key(format="DER", pkcs=8)
+
+
+def import_private_key(der: bytes) -> RSA.RsaKey:
+    """Read a private key (PKCS#1 or PKCS#8 DER).
+
+    Raises:
+        CryptoError: not an RSA-1024 private key.
+    """
+    try:
+        key = RSA.import_key(der)
+    except (ValueError, IndexError, TypeError) as exc:
+        raise CryptoError("not an RSA private key") from exc
+    if not key.has_private() or key.size_in_bits() != RSA_KEY_BITS:
+        raise CryptoError(f"not an RSA-{RSA_KEY_BITS} private key")
+    return key
+
+
+def _der_length(data: bytes) -> int:
+    """Length of the DER element at the start of data, header included."""
+    if len(data) < 2:
+        raise CryptoError("public key too short")
+    first = data[1]
+    if first < 0x80:
+        return 2 + first
+    count = first & 0x7F
+    if not 1 <= count <= 2 or len(data) < 2 + count:
+        raise CryptoError("public key has a bad DER length")
+    return 2 + count + int.from_bytes(data[2 : 2 + count], "big")
+
+
+def import_public_key(data: bytes) -> RSA.RsaKey:
+    """Read a received public key: DER by its own length, trailing zeros ignored.
+
+    Raises:
+        CryptoError: not an RSA-1024 public key with an odd exponent above 1,
+            or followed by anything but zero padding.
+    """
+    length = _der_length(data)
+    if length > len(data) or any(data[length:]):
+        raise CryptoError("public key is not DER followed by zero padding")
+    try:
+        DerSequence().decode(data[:length])
+        key = RSA.import_key(data[:length])
+    except (ValueError, IndexError, TypeError) as exc:
+        raise CryptoError("not an RSA public key") from exc
+    if key.has_private():
+        raise CryptoError("a private key was sent as a public key")
+    if key.size_in_bits() != RSA_KEY_BITS:
+        raise CryptoError(f"RSA key of {key.size_in_bits()} bits, not {RSA_KEY_BITS}")
+    if key.e < 3 or key.e % 2 == 0:
+        raise CryptoError(f"unsafe RSA public exponent {key.e}")
+    return key
+
+
+def new_aes_key() -> bytes:
+    """A fresh random AES-256 key."""
+    return get_random_bytes(AES_KEY_SIZE)
+
+
+def encrypt_aes_key(public_key: RSA.RsaKey, aes_key: bytes) -> bytes:
+    """The AES key under RSA-OAEP (SHA-1): 128 bytes for a 1024-bit key."""
+    return PKCS1_OAEP.new(public_key).encrypt(aes_key)
+
+
+def decrypt_aes_key(private_key: RSA.RsaKey, encrypted: bytes) -> bytes:
+    """The AES key from its RSA-OAEP ciphertext.
+
+    Raises:
+        CryptoError: the ciphertext does not decrypt to a 32-byte key.
+    """
+    try:
+        aes_key = PKCS1_OAEP.new(private_key).decrypt(encrypted)
+    except (ValueError, TypeError) as exc:
+        raise CryptoError(_DECRYPTION_FAILED) from exc
+    if len(aes_key) != AES_KEY_SIZE:
+        raise CryptoError(_DECRYPTION_FAILED)
+    return aes_key
+
+
+def _cbc(aes_key: bytes):
+    if len(aes_key) != AES_KEY_SIZE:
+        raise LocalProtocolError(f"AES key must be {AES_KEY_SIZE} bytes")
+    return AES.new(aes_key, AES.MODE_CBC, iv=ZERO_IV)
+
+
+def padded_size(plain_size: int) -> int:
+    """Ciphertext size of plain_size bytes under PKCS#7: always a block more."""
+    return (plain_size // AES_BLOCK_SIZE + 1) * AES_BLOCK_SIZE
+
+
+class CbcEncryptor:
+    """AES-256-CBC, zero IV, PKCS#7: plaintext chunks in, ciphertext out."""
+
+    def __init__(self, aes_key: bytes) -> None:
+        self._cipher = _cbc(aes_key)
+        self._pending = b""
+
+    def update(self, plaintext: bytes) -> bytes:
+        """Encrypt what whole blocks there are; keep the rest for later."""
+        data = self._pending + plaintext if self._pending else plaintext
+        whole = len(data) - len(data) % AES_BLOCK_SIZE
+        self._pending = bytes(data[whole:])
+        return self._cipher.encrypt(data[:whole]) if whole else b""
+
+    def finalize(self) -> bytes:
+        """Pad and encrypt the last block; the encryptor is then spent."""
+        pad = AES_BLOCK_SIZE - len(self._pending)
+        last = self._cipher.encrypt(self._pending + bytes([pad]) * pad)
+        self._pending = b""
+        return last
+
+
+class CbcDecryptor:
+    """AES-256-CBC, zero IV, PKCS#7: ciphertext chunks in, plaintext out.
+
+    The last whole block is held back until ``finalize``, which checks the
+    padding, so no padding byte ever reaches the caller.
+    """
+
+    def __init__(self, aes_key: bytes) -> None:
+        self._cipher = _cbc(aes_key)
+        self._pending = b""
+
+    def update(self, ciphertext: bytes) -> bytes:
+        """Decrypt what whole blocks there are, but the last one."""
+        data = self._pending + ciphertext if self._pending else ciphertext
+        ready = len(data) - len(data) % AES_BLOCK_SIZE
+        if ready == len(data):
+            ready -= AES_BLOCK_SIZE  # keep a whole block for finalize()
+        ready = max(ready, 0)
+        self._pending = bytes(data[ready:])
+        return self._cipher.decrypt(data[:ready]) if ready else b""
+
+    def finalize(self) -> bytes:
+        """Decrypt the last block and strip its padding.
+
+        Raises:
+            CryptoError: the stream was not a whole number of blocks, or its
+                padding is wrong (one message for both).
+        """
+        pending, self._pending = self._pending, b""
+        if len(pending) != AES_BLOCK_SIZE:
+            raise CryptoError(_DECRYPTION_FAILED)
+        last = self._cipher.decrypt(pending)
+        pad = last[-1]
+        if not 1 <= pad <= AES_BLOCK_SIZE or last[-pad:] != bytes([pad]) * pad:
+            raise CryptoError(_DECRYPTION_FAILED)
+        return last[:-pad]
+
+
+def encrypt(aes_key: bytes, plaintext: bytes) -> bytes:
+    """One-shot AES-256-CBC encryption with zero IV and PKCS#7."""
+    encryptor = CbcEncryptor(aes_key)
+    return encryptor.update(plaintext) + encryptor.finalize()
+
+
+def decrypt(aes_key: bytes, ciphertext: bytes) -> bytes:
+    """One-shot decryption.
+
+    Raises:
+        CryptoError: bad length or padding.
+    """
+    decryptor = CbcDecryptor(aes_key)
+    return decryptor.update(ciphertext) + decryptor.finalize()

@@ -1,0 +1,41 @@
+"""The typed errors of the protocol package."""
+
+from __future__ import annotations
+
+from .codes import ResponseCode
+
+
+class ProtocolError(Exception):
+    """Base class of every error the protocol package raises on purpose."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the contract.
+
+    ``response_code`` is what a server answers (1607 unless the protocol names
+    another code, such as 1601 for a bad name in 825); ``close`` says whether
+    the byte stream can no longer be trusted and the connection must end.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        response_code: ResponseCode = ResponseCode.GENERAL_ERROR,
+        close: bool = True,
+    ) -> None:
+        super().__init__(message)
+        self.response_code = response_code
+        self.close = close
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to build something the protocol cannot carry (our own bug)."""
+
+
+class CryptoError(ProtocolError):
+    """A key could not be imported or a ciphertext could not be decrypted.
+
+    Every decryption failure raises this same error with the same text, so that
+    a peer cannot tell a bad padding from any other failure (HOSTILE.md D3).
+    """

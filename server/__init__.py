@@ -1,0 +1,1 @@
+"""cipherdrop's server: one thread, one selectors loop, SQLite and a folder."""
