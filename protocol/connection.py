@@ -125,8 +125,12 @@ class _Reader:
         """At a message boundary: an event can start, or the stream ended."""
         if self._state is _ReadState.ERROR:
             raise RemoteProtocolError("the connection already failed")
+        # EOF is a clean close only between messages: once a header is in,
+        # an empty buffer at EOF means its payload was cut short.
         if self._state is _ReadState.CLOSED or (
-            self._buffer.eof and len(self._buffer) == 0
+            self._state is _ReadState.HEADER
+            and self._buffer.eof
+            and len(self._buffer) == 0
         ):
             self._state = _ReadState.CLOSED
             return ev.ConnectionClosed()

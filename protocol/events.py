@@ -60,7 +60,12 @@ def _check_range(name: str, value: int, maximum: int) -> None:
 
 
 def _check_client_name(name: str) -> None:
-    if not is_valid_client_name(name.encode("ascii", errors="replace")):
+    # Not errors="replace": it would turn "é" into a printable "?".
+    if not (
+        isinstance(name, str)
+        and name.isascii()
+        and is_valid_client_name(name.encode("ascii"))
+    ):
         raise LocalProtocolError(f"not a valid client name: {name!r}")
 
 
