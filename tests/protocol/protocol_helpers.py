@@ -29,9 +29,14 @@ def drain(conn) -> list:
 
 
 def feed(conn, chunks: Iterable[bytes], *, eof: bool = False) -> list:
-    """Feed chunks one at a time, draining after each; optionally then EOF."""
+    """Feed chunks one at a time, draining after each; optionally then EOF.
+
+    Empty chunks are skipped: ``receive_data(b"")`` means EOF, asked with eof.
+    """
     events = []
     for chunk in chunks:
+        if not chunk:
+            continue
         conn.receive_data(chunk)
         events += drain(conn)
     if eof:
