@@ -1,11 +1,283 @@
-"""``python -m client`` (stub until the server lands)."""
+"""``python -m client`` (``cipherdrop-client``): upload files to a cipherdrop server.
 
+Run in a folder holding ``transfer.info`` (line 1 ``host:port``, line 2 the
+client name, line 3 the file to send), it does the whole flow without
+questions: the first run registers and writes ``me.info`` and ``priv.key``,
+later runs reconnect with them; then the file is sent encrypted and its cksum
+confirmed with the server (PROTOCOL.md).
+
+Exit codes (``ExitCode``):
+
+    0    every file was uploaded and its cksum confirmed
+    1    the server kept answering with errors (1607 or unexpected replies)
+         after 3 retries of a step
+    2    bad command line
+    3    configuration error: transfer.info, me.info or priv.key, or a file
+         to send (missing, unreadable, too large)
+    4    registration refused (1601): the name belongs to another client
+    5    network failure: server unreachable, connection closed, or no
+         answer within the time-out
+    6    cksum failure: a file's cksum still differed after 3 resends
+    70   internal error (a bug: please report it with --verbose output)
+    130  interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import enum
+import logging
 import sys
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from .config import load_identity, load_settings
+from .errors import (
+    ClientError,
+    ConfigError,
+    NetworkError,
+    RegistrationRefused,
+    ServerError,
+)
+from .packets import DEFAULT_PACKET_SIZE
+from .progress import BarProgress, make_progress
+from .session import DEFAULT_TIMEOUT, Session
+from .upload import MAX_RESENDS, MAX_RETRIES, Client
+
+log = logging.getLogger("client")
+
+PROGRAM = "cipherdrop-client"
+#: Largest --packet-size: memory holds about two packets.
+MAX_PACKET_SIZE = 64 * 1024 * 1024
+PACKET_ALIGNMENT = 16
 
 
-def main() -> int:
-    print("cipherdrop client: not implemented yet", file=sys.stderr)
-    return 1
+class ExitCode(enum.IntEnum):
+    """The process exit status; documented in ``--help`` and the module docstring."""
+
+    OK = 0
+    SERVER_ERROR = 1
+    USAGE = 2
+    CONFIG = 3
+    REGISTRATION_REFUSED = 4
+    NETWORK = 5
+    CHECKSUM = 6
+    INTERNAL = 70
+    INTERRUPTED = 130
+
+
+EXIT_CODE_HELP = {
+    ExitCode.OK: "every file uploaded and its cksum confirmed",
+    ExitCode.SERVER_ERROR: f"the server kept answering with errors after {MAX_RETRIES} retries",
+    ExitCode.USAGE: "bad command line",
+    ExitCode.CONFIG: "bad transfer.info, me.info or priv.key, or a file that cannot be sent",
+    ExitCode.REGISTRATION_REFUSED: "registration refused (1601): the name is taken",
+    ExitCode.NETWORK: "server unreachable, connection closed, or no answer in time",
+    ExitCode.CHECKSUM: f"a file's cksum still differed after {MAX_RESENDS} resends",
+    ExitCode.INTERNAL: "internal error (a bug)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+#: The exit code of each expected failure; the first matching class wins.
+ERROR_EXIT_CODES: dict[type[ClientError], ExitCode] = {
+    ConfigError: ExitCode.CONFIG,
+    RegistrationRefused: ExitCode.REGISTRATION_REFUSED,
+    NetworkError: ExitCode.NETWORK,
+    ServerError: ExitCode.SERVER_ERROR,
+}
+
+DESCRIPTION = """\
+Upload files to a cipherdrop server, encrypted end to end (AES-256 under a key
+exchanged with RSA-1024), and confirm each one's cksum with the server.
+
+Run in a folder (or with --config-dir) holding transfer.info:
+  line 1  host:port of the server
+  line 2  the client name (printable ASCII, at most 100 characters)
+  line 3  the file to send (relative paths are relative to that folder)
+--server, --name and FILE arguments override these lines; transfer.info is
+not needed when all three are given.
+
+The first run registers the name, makes an RSA key pair and writes me.info
+(name, client id, private key) and priv.key (private key), both readable by
+their owner only. Later runs reconnect with them (the name in me.info is used).
+If the server no longer knows the client, it registers again; if the name
+belongs to someone else, it stops (exit 4).
+
+Several FILEs are sent one after another in one session. On an error reply
+the client prints "server responded with an error" and retries the step up to
+3 times; on a cksum mismatch it sends the file again, up to 3 times."""
+
+
+def _exit_code_table() -> str:
+    lines = ["exit codes:"]
+    lines += [f"  {int(code):<4} {EXIT_CODE_HELP[code]}" for code in ExitCode]
+    return "\n".join(lines)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _packet_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not PACKET_ALIGNMENT <= value <= MAX_PACKET_SIZE or value % PACKET_ALIGNMENT:
+        raise argparse.ArgumentTypeError(
+            f"must be a multiple of {PACKET_ALIGNMENT} from {PACKET_ALIGNMENT}"
+            f" to {MAX_PACKET_SIZE}, got {value}"
+        )
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, with the exit codes in its help."""
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description=DESCRIPTION,
+        epilog=_exit_code_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        metavar="FILE",
+        help="file(s) to send, in this order (default: transfer.info line 3)",
+    )
+    parser.add_argument(
+        "--server", metavar="HOST:PORT", help="server address (overrides transfer.info line 1)"
+    )
+    parser.add_argument(
+        "--name",
+        metavar="NAME",
+        help="client name to register (overrides transfer.info line 2)",
+    )
+    parser.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        type=Path,
+        default=Path("."),
+        help="folder of transfer.info, me.info and priv.key (default: the current one)",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT,
+        help=f"give up when the server does not answer for this long (default: {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--packet-size",
+        metavar="BYTES",
+        type=_packet_size,
+        default=DEFAULT_PACKET_SIZE,
+        help=(
+            f"ciphertext bytes per 828 packet, a multiple of {PACKET_ALIGNMENT}"
+            f" (default: {DEFAULT_PACKET_SIZE}); grown when a file would need"
+            " more than 65535 packets"
+        ),
+    )
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress, only warnings and errors"
+    )
+    verbosity.add_argument(
+        "-v", "--verbose", action="store_true", help="log every request and reply"
+    )
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    if args.verbose:
+        log.setLevel(logging.DEBUG)
+    elif args.quiet:
+        log.setLevel(logging.WARNING)
+    else:
+        log.setLevel(logging.INFO)
+    return handler
+
+
+def _run(args: argparse.Namespace) -> ExitCode:
+    config_dir: Path = args.config_dir
+    if not config_dir.is_dir():
+        raise ConfigError(config_dir, "the configuration folder does not exist")
+    settings = load_settings(
+        config_dir, server=args.server, name=args.name, files=tuple(args.files)
+    )
+    identity = load_identity(config_dir)
+    if identity is not None and identity.name != settings.name:
+        log.warning(
+            "me.info holds the client %r; using it rather than %r"
+            " (remove me.info and priv.key to register a new name)",
+            identity.name,
+            settings.name,
+        )
+    progress = make_progress(sys.stderr, quiet=args.quiet)
+    redirect = (
+        logging_redirect_tqdm(loggers=[log])
+        if isinstance(progress, BarProgress)
+        else contextlib.nullcontext()
+    )
+    with Session(settings.server, args.timeout) as session, redirect:
+        client = Client(
+            session,
+            config_dir=config_dir,
+            name=settings.name,
+            identity=identity,
+            progress=progress,
+            packet_size=args.packet_size,
+        )
+        results = client.run(settings.files)
+    failed = [result.plan.display_name for result in results if not result.verified]
+    if failed:
+        log.error("error: cksum never matched for %s", ", ".join(map(repr, failed)))
+        return ExitCode.CHECKSUM
+    return ExitCode.OK
+
+
+def _error_message(exc: ClientError) -> str:
+    step = getattr(exc, "step", None) if isinstance(exc, NetworkError) else None
+    return f"error: {step}: {exc}" if step else f"error: {exc}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the client; return the exit code (see ExitCode)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return int(exc.code or 0)
+    handler = _setup_logging(args)
+    try:
+        return int(_run(args))
+    except ClientError as exc:
+        log.error(_error_message(exc))
+        for kind, code in ERROR_EXIT_CODES.items():
+            if isinstance(exc, kind):
+                return int(code)
+        return int(ExitCode.INTERNAL)
+    except KeyboardInterrupt:
+        log.error("error: interrupted")
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:  # the one broad catch, at the edge (STYLE.md 2.9)
+        log.error("error: internal error: %r", exc, exc_info=args.verbose)
+        return int(ExitCode.INTERNAL)
+    finally:
+        log.removeHandler(handler)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,330 @@
+"""The client's files: ``transfer.info``, ``me.info`` and ``priv.key``.
+
+PROTOCOL.md, "Client files". Every problem raises :class:`ConfigError` naming
+the file and the line. ``me.info`` and ``priv.key`` hold the private key, so
+they are written atomically and readable by their owner only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import os
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from Crypto.PublicKey import RSA
+
+from protocol import CryptoError
+from protocol.codes import CLIENT_ID_SIZE, MAX_CONFIG_NAME_LENGTH
+from protocol.crypto import export_private_key, import_private_key
+
+from .errors import ConfigError
+from .packets import MAX_FILE_SIZE, check_wire_name, wire_file_name
+
+log = logging.getLogger(__name__)
+
+TRANSFER_INFO = "transfer.info"
+ME_INFO = "me.info"
+PRIV_KEY = "priv.key"
+
+#: Lines of transfer.info and me.info (1-based, as people count them).
+SERVER_LINE, NAME_LINE, FILE_LINE = 1, 2, 3
+ME_NAME_LINE, ME_ID_LINE, ME_KEY_LINE = 1, 2, 3
+#: Owner read and write only: the files hold the private key.
+PRIVATE_FILE_MODE = 0o600
+MAX_PORT = 65535
+_PRINTABLE_ASCII = range(0x20, 0x7F)
+#: A UTF-8 byte-order mark, as Windows editors write it.
+_BOM = "\ufeff"
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """Where the server listens."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run does: the server, the client name and the files to send."""
+
+    server: ServerAddress
+    name: str
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A registered client: ``me.info`` and ``priv.key``."""
+
+    name: str
+    client_id: bytes
+    private_key: RSA.RsaKey
+
+
+# -- parsing helpers -----------------------------------------------------------
+
+
+def parse_server(text: str) -> ServerAddress:
+    """``host:port`` (``[v6]:port`` for IPv6) as a ServerAddress.
+
+    Raises:
+        ValueError: with a reason fit for a person.
+    """
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected host:port, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or any(char.isspace() for char in host):
+        raise ValueError(f"bad host in {text!r}")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= MAX_PORT:
+        raise ValueError(f"bad port {port_text!r} in {text!r} (expected 1 to {MAX_PORT})")
+    return ServerAddress(host, int(port_text))
+
+
+def check_name(name: str) -> str | None:
+    """Why a client name is not allowed, or None if it is."""
+    if not name:
+        return "the client name is empty"
+    if len(name) > MAX_CONFIG_NAME_LENGTH:
+        return f"the client name is {len(name)} characters; at most {MAX_CONFIG_NAME_LENGTH}"
+    if not all(ord(char) in _PRINTABLE_ASCII for char in name):
+        return f"the client name {name!r} has characters other than printable ASCII"
+    return None
+
+
+def check_file(path: Path) -> int:
+    """The size of a file that can be sent.
+
+    Raises:
+        ValueError: missing, not a regular file, unreadable, too large, or a
+            name the protocol cannot carry.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"file {str(path)!r} not found") from None
+    except OSError as exc:
+        raise ValueError(f"cannot access {str(path)!r}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{str(path)!r} is not a regular file")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+    if info.st_size > MAX_FILE_SIZE:
+        raise ValueError(
+            f"{str(path)!r} is {info.st_size} bytes; the protocol's 4-byte size"
+            f" fields carry files of at most {MAX_FILE_SIZE} bytes (4 GiB - 17)"
+        )
+    reason = check_wire_name(wire_file_name(path))
+    if reason:
+        raise ValueError(f"{str(path)!r}: {reason}")
+    return info.st_size
+
+
+def _read_lines(path: Path) -> list[str]:
+    """A text file's lines without line ends (CRLF and a BOM tolerated).
+
+    Raises:
+        ConfigError: the file cannot be read or is not UTF-8.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, f"not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read: {exc.strerror}") from None
+    return text.removeprefix(_BOM).splitlines()
+
+
+def _line(path: Path, lines: list[str], number: int, what: str) -> str:
+    if len(lines) < number or not lines[number - 1].strip():
+        raise ConfigError(path, f"missing {what}", number)
+    return lines[number - 1]
+
+
+# -- transfer.info -------------------------------------------------------------
+
+
+def load_settings(
+    config_dir: Path,
+    *,
+    server: str | None = None,
+    name: str | None = None,
+    files: tuple[Path, ...] = (),
+) -> Settings:
+    """Read transfer.info in config_dir; the arguments override its lines.
+
+    transfer.info is only needed for what the arguments leave out; a relative
+    path on its line 3 is relative to config_dir.
+
+    Raises:
+        ConfigError: naming the file (or the argument) and the line.
+    """
+    path = config_dir / TRANSFER_INFO
+    lines: list[str] | None = None
+    if server is None or name is None or not files:
+        if not path.is_file():
+            raise ConfigError(path, "not found (needed unless --server, --name and files are given)")
+        lines = _read_lines(path)
+
+    if server is not None:
+        address = _parse_with(lambda: parse_server(server), "--server", None)
+    else:
+        address = _parse_with(
+            lambda: parse_server(_line(path, lines, SERVER_LINE, "host:port")), path, SERVER_LINE
+        )
+
+    if name is None:
+        name = _line(path, lines, NAME_LINE, "client name").strip()
+        name_source, name_line = path, NAME_LINE
+    else:
+        name_source, name_line = "--name", None
+    reason = check_name(name)
+    if reason:
+        raise ConfigError(name_source, reason, name_line)
+
+    if files:
+        for file in files:
+            _parse_with(lambda: check_file(file), file, None)
+        chosen = tuple(files)
+    else:
+        text = _line(path, lines, FILE_LINE, "file path").strip()
+        file = config_dir / os.path.expanduser(text)
+        _parse_with(lambda: check_file(file), path, FILE_LINE)
+        chosen = (file,)
+    return Settings(server=address, name=name, files=chosen)
+
+
+def _parse_with(parse, source: Path | str, line: int | None):
+    try:
+        return parse()
+    except ValueError as exc:
+        raise ConfigError(source, str(exc), line) from None
+
+
+# -- me.info and priv.key --------------------------------------------------------
+
+
+def _decode_key(path: Path, text: str, line: int) -> RSA.RsaKey:
+    try:
+        der = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(path, "the private key is not valid Base64", line) from None
+    try:
+        return import_private_key(der)
+    except CryptoError as exc:
+        raise ConfigError(path, f"the private key is damaged ({exc})", line) from None
+
+
+def load_identity(config_dir: Path) -> Identity | None:
+    """The identity in me.info (checked against priv.key), None before registering.
+
+    The key may span several lines from line 3 on (Crypto++'s Base64 encoder
+    breaks lines). A missing priv.key is written again from me.info.
+
+    Raises:
+        ConfigError: a damaged me.info or priv.key, naming file and line.
+    """
+    path = config_dir / ME_INFO
+    if not path.exists():
+        return None
+    lines = _read_lines(path)
+    name = _line(path, lines, ME_NAME_LINE, "client name").strip()
+    reason = check_name(name)
+    if reason:
+        raise ConfigError(path, reason, ME_NAME_LINE)
+    id_text = _line(path, lines, ME_ID_LINE, "client id").strip()
+    try:
+        client_id = bytes.fromhex(id_text)
+    except ValueError:
+        client_id = b""
+    if len(client_id) != CLIENT_ID_SIZE or len(id_text) != 2 * CLIENT_ID_SIZE:
+        raise ConfigError(
+            path, f"the client id must be {2 * CLIENT_ID_SIZE} hex digits, got {id_text!r}", ME_ID_LINE
+        )
+    _line(path, lines, ME_KEY_LINE, "private key")
+    key = _decode_key(path, "".join(lines[ME_KEY_LINE - 1 :]), ME_KEY_LINE)
+    identity = Identity(name=name, client_id=client_id, private_key=key)
+    _check_priv_key(config_dir, identity)
+    return identity
+
+
+def _check_priv_key(config_dir: Path, identity: Identity) -> None:
+    path = config_dir / PRIV_KEY
+    if not path.exists():
+        log.warning("%s is missing; writing it again from %s", PRIV_KEY, ME_INFO)
+        _write_private(path, _key_text(identity.private_key))
+        return
+    lines = _read_lines(path)
+    _line(path, lines, 1, "private key")
+    key = _decode_key(path, "".join(lines), 1)
+    if key != identity.private_key:
+        raise ConfigError(path, f"the private key differs from the one in {ME_INFO} line {ME_KEY_LINE}", 1)
+
+
+def _key_text(key: RSA.RsaKey) -> str:
+    return base64.b64encode(export_private_key(key)).decode("ascii") + "\n"
+
+
+def save_identity(config_dir: Path, identity: Identity) -> None:
+    """Write me.info and priv.key, each atomically with owner-only permissions.
+
+    Raises:
+        ConfigError: a file could not be written.
+    """
+    key_text = _key_text(identity.private_key)
+    _write_private(config_dir / PRIV_KEY, key_text)
+    _write_private(
+        config_dir / ME_INFO, f"{identity.name}\n{identity.client_id.hex()}\n{key_text}"
+    )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace path with text: temp file (mode 0600), fsync, rename, fsync dir."""
+    temp_name = None
+    try:
+        fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="ascii") as temp:
+            os.fchmod(temp.fileno(), PRIVATE_FILE_MODE)
+            temp.write(text)
+            temp.flush()
+            os.fsync(temp.fileno())
+        os.replace(temp_name, path)
+        temp_name = None
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise ConfigError(path, f"cannot write: {exc.strerror or exc}") from None
+    finally:
+        if temp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp_name)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (POSIX); skipped where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a directory: nothing to do
+    finally:
+        os.close(fd)
+

@@ -1,0 +1,66 @@
+"""The client's typed errors: each kind of failure has its own class.
+
+``client.__main__`` maps each class to an exit code; everything below
+``ClientError`` is an expected failure with a message fit for a person, never
+a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ClientError(Exception):
+    """Base class of every failure the client reports on purpose."""
+
+
+class ConfigError(ClientError):
+    """A configuration file or a file to send is missing, unreadable or wrong.
+
+    ``path`` names the file and ``line`` (1-based) the line when there is one,
+    so that the message points at what to fix.
+    """
+
+    def __init__(self, path: Path | str, message: str, line: int | None = None) -> None:
+        self.path = Path(path)
+        self.line = line
+        self.reason = message
+        where = self.path.name if line is None else f"{self.path.name} line {line}"
+        super().__init__(f"{where}: {message}")
+
+
+class FileReadError(ConfigError):
+    """A file to send could not be read to the end, or changed while read."""
+
+
+class NetworkError(ClientError):
+    """The server cannot be reached, closed the connection or stopped answering.
+
+    ``step`` names what the client was doing, once the flow knows it.
+    """
+
+    def __init__(self, message: str, step: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class MalformedReply(ClientError):
+    """The server sent bytes that break PROTOCOL.md; the stream is unusable."""
+
+
+class UnexpectedReply(ClientError):
+    """A well-formed reply that is not an answer to the request (1607 included)."""
+
+
+class ServerError(ClientError):
+    """A step still failed after every retry: fatal, names the step and why."""
+
+    def __init__(self, step: str, reason: str, attempts: int) -> None:
+        self.step = step
+        self.reason = reason
+        self.attempts = attempts
+        super().__init__(f"{step} failed after {attempts} attempts: {reason}")
+
+
+class RegistrationRefused(ClientError):
+    """The server answered 1601: the name belongs to another client."""

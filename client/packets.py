@@ -1,0 +1,131 @@
+"""A file as a stream of 828 packets: sizing, reading, cksum and encryption.
+
+PROTOCOL.md, 828: the file's ciphertext is one AES-CBC stream (zero IV,
+PKCS#7) cut into consecutive packets; ``content_size`` is the whole
+ciphertext and ``total_packets`` must fit its 2-byte field. The file is read
+one packet at a time, so memory stays flat whatever its size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+from protocol import Cksum, NameField
+from protocol.codes import AES_BLOCK_SIZE, MAX_UINT16, MAX_UINT32, MAX_WIRE_NAME_LENGTH
+from protocol.crypto import CbcEncryptor, padded_size
+
+from .errors import FileReadError
+
+#: Default ciphertext bytes per packet: a multiple of the AES block.
+DEFAULT_PACKET_SIZE = 64 * 1024
+#: The largest plaintext whose padded ciphertext still fits ``content_size``
+#: (4 bytes): PKCS#7 always adds 1 to 16 bytes.
+MAX_FILE_SIZE = (MAX_UINT32 // AES_BLOCK_SIZE) * AES_BLOCK_SIZE - 1
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """Everything the 828 headers of one file say, fixed before sending."""
+
+    path: Path
+    wire_name: NameField
+    orig_size: int
+    content_size: int
+    packet_size: int
+    total_packets: int
+
+    @property
+    def display_name(self) -> str:
+        """The file name as a person reads it."""
+        return os.fsdecode(self.wire_name.text)
+
+
+def wire_file_name(path: Path) -> bytes:
+    """The name sent in the 255-byte field: the base name, bytes as on disk."""
+    return os.fsencode(path.name)
+
+
+def check_wire_name(name: bytes) -> str | None:
+    """Why a base name cannot travel in the field, or None if it can."""
+    if not name:
+        return "the file has no name"
+    if len(name) > MAX_WIRE_NAME_LENGTH:
+        return (
+            f"the file name is {len(name)} bytes; the protocol carries at most"
+            f" {MAX_WIRE_NAME_LENGTH}"
+        )
+    return None
+
+
+def choose_packet_size(content_size: int, preferred: int = DEFAULT_PACKET_SIZE) -> int:
+    """The preferred packet size, grown so that the packet count fits 2 bytes.
+
+    The result is a multiple of the AES block, so that every packet but the
+    last holds whole blocks.
+    """
+    needed = math.ceil(content_size / MAX_UINT16)
+    size = max(preferred, needed, AES_BLOCK_SIZE)
+    return math.ceil(size / AES_BLOCK_SIZE) * AES_BLOCK_SIZE
+
+
+def plan_file(path: Path, size: int, preferred_packet_size: int = DEFAULT_PACKET_SIZE) -> FilePlan:
+    """The 828 fields of a file of ``size`` bytes.
+
+    Raises:
+        ValueError: the file is larger than MAX_FILE_SIZE.
+    """
+    if size > MAX_FILE_SIZE:
+        raise ValueError(f"{size} bytes is over the protocol's {MAX_FILE_SIZE}")
+    content_size = padded_size(size)
+    packet_size = choose_packet_size(content_size, preferred_packet_size)
+    return FilePlan(
+        path=path,
+        wire_name=NameField.from_text(wire_file_name(path)),
+        orig_size=size,
+        content_size=content_size,
+        packet_size=packet_size,
+        total_packets=math.ceil(content_size / packet_size),
+    )
+
+
+def encrypted_packets(
+    source: BinaryIO,
+    plan: FilePlan,
+    aes_key: bytes,
+    checksum: Cksum,
+    on_read: Callable[[int], None] = lambda count: None,
+) -> Iterator[bytes]:
+    """Yield each packet's ciphertext in order, reading the file as it goes.
+
+    ``checksum`` is updated with the plaintext and ``on_read`` called with the
+    bytes read, packet by packet.
+
+    Raises:
+        FileReadError: the file ended before ``plan.orig_size`` bytes.
+    """
+    encryptor = CbcEncryptor(aes_key)
+    pending = bytearray()
+    remaining = plan.orig_size
+    size = plan.packet_size
+    while remaining:
+        chunk = source.read(min(size, remaining))
+        if not chunk:
+            raise FileReadError(
+                plan.path,
+                f"the file shrank while being sent ({plan.orig_size - remaining}"
+                f" of {plan.orig_size} bytes read)",
+            )
+        remaining -= len(chunk)
+        checksum.update(chunk)
+        on_read(len(chunk))
+        pending += encryptor.update(chunk)
+        while len(pending) >= size:
+            yield bytes(pending[:size])
+            del pending[:size]
+    pending += encryptor.finalize()
+    # pending was below one packet and whole blocks; the final block fits.
+    yield bytes(pending)

@@ -1,0 +1,198 @@
+"""A blocking TCP session over :class:`protocol.ClientConnection`.
+
+Each request goes out in one ``sendall`` of its whole bytes (some servers in
+the wild read a whole request per ``recv``). Replies are read until one whole
+response has arrived. Every socket operation has a time-out, so a server that
+stops answering ends in :class:`NetworkError`, never in a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+
+from protocol import ClientConnection, ConnectionClosed, NEED_DATA, RemoteProtocolError
+from protocol.codes import RequestCode
+
+from .config import ServerAddress
+from .errors import MalformedReply, NetworkError
+
+log = logging.getLogger(__name__)
+
+#: Seconds a connect, a send or a wait for a reply may take.
+DEFAULT_TIMEOUT = 30.0
+RECV_SIZE = 64 * 1024
+#: select() time-out of a poll that must not wait.
+_NO_WAIT = 0
+
+
+def describe(event: object) -> str:
+    """A short name of a request or response for logs: ``1603 FileReceived``."""
+    code = getattr(event, "code", None)
+    name = type(event).__name__
+    return f"{int(code)} {name}" if code is not None else name
+
+
+class Session:
+    """One server, one connection at a time, opened when first needed.
+
+    ``reset`` drops the connection (after a broken stream); the next request
+    opens a new one. ``first_request`` is the code of the first request sent
+    on the current connection: PROTOCOL.md variant 7 makes it decide how a
+    server treats the connection.
+    """
+
+    def __init__(self, address: ServerAddress, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._conn = ClientConnection()
+        self.first_request: RequestCode | None = None
+        self.connections_opened = 0
+        self._eof = False
+
+    # -- connection ----------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open now."""
+        return self._sock is not None
+
+    def _connect(self) -> socket.socket:
+        try:
+            sock = socket.create_connection(
+                (self.address.host, self.address.port), timeout=self.timeout
+            )
+        except socket.gaierror as exc:
+            raise NetworkError(f"cannot resolve {self.address.host!r}: {exc.strerror}") from None
+        except ConnectionRefusedError:
+            raise NetworkError(
+                f"cannot connect to {self.address}: connection refused (is the server running?)"
+            ) from None
+        except TimeoutError:
+            raise NetworkError(
+                f"cannot connect to {self.address}: no answer within {self.timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise NetworkError(f"cannot connect to {self.address}: {exc.strerror or exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connections_opened += 1
+        log.debug("connected to %s", self.address)
+        return sock
+
+    def reset(self) -> None:
+        """Close the connection; the next request opens a fresh one."""
+        if self._sock is not None:
+            log.debug("closing the connection to %s", self.address)
+            self._sock.close()
+        self._sock = None
+        self._conn = ClientConnection()
+        self.first_request = None
+        self._eof = False
+
+    close = reset
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.reset()
+
+    # -- requests and replies --------------------------------------------------
+
+    def send(self, request) -> None:
+        """Send one whole request in a single write.
+
+        Raises:
+            NetworkError: cannot connect, or the connection broke.
+        """
+        data = self._conn.send(request)
+        if self._sock is None:
+            self._sock = self._connect()
+        if self.first_request is None:
+            self.first_request = request.code
+        log.debug("-> %s (%d bytes)", describe(request), len(data))
+        try:
+            self._sock.sendall(data)
+        except TimeoutError:
+            raise NetworkError(
+                f"the server stopped reading: a send to {self.address} made no progress"
+                f" for {self.timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise NetworkError(
+                f"the connection to {self.address} broke while sending: {exc.strerror or exc}"
+            ) from None
+
+    def receive(self):
+        """Wait for the next whole response and return its event.
+
+        Raises:
+            NetworkError: the server closed the connection or did not answer
+                within the time-out.
+            MalformedReply: the server sent something PROTOCOL.md forbids.
+        """
+        while True:
+            event = self._next_event()
+            if event is not NEED_DATA:
+                return event
+            self._recv()
+
+    def poll(self):
+        """A response that has already arrived, or None, without waiting.
+
+        Raises:
+            NetworkError, MalformedReply: as :meth:`receive`.
+        """
+        event = self._next_event()
+        if event is NEED_DATA and self._readable():
+            self._recv()
+            event = self._next_event()
+        return None if event is NEED_DATA else event
+
+    def request(self, request):
+        """Send a request and wait for its response.
+
+        Raises:
+            NetworkError, MalformedReply: as :meth:`send` and :meth:`receive`.
+        """
+        self.send(request)
+        return self.receive()
+
+    def _readable(self) -> bool:
+        if self._sock is None:
+            return False
+        readable, _, _ = select.select([self._sock], [], [], _NO_WAIT)
+        return bool(readable)
+
+    def _recv(self) -> None:
+        if self._sock is None:
+            raise NetworkError(f"not connected to {self.address}")
+        try:
+            data = self._sock.recv(RECV_SIZE)
+        except TimeoutError:
+            raise NetworkError(
+                f"the server at {self.address} did not answer within {self.timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise NetworkError(
+                f"the connection to {self.address} broke: {exc.strerror or exc}"
+            ) from None
+        self._eof = not data
+        self._conn.receive_data(data)
+
+    def _next_event(self):
+        try:
+            event = self._conn.next_event()
+        except RemoteProtocolError as exc:
+            if self._eof:
+                raise NetworkError(
+                    f"the server at {self.address} closed the connection in the middle of a reply"
+                ) from None
+            raise MalformedReply(f"malformed reply: {exc}") from None
+        if isinstance(event, ConnectionClosed):
+            raise NetworkError(f"the server at {self.address} closed the connection")
+        if event is not NEED_DATA:
+            log.debug("<- %s", describe(event))
+        return event

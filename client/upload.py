@@ -1,0 +1,461 @@
+"""The client's flow: register or reconnect, send files, confirm their cksum.
+
+PROTOCOL.md, "Flows" and "Client files":
+
+- first run: 825 → 1600 → 826 → 1602; later runs: 827 → 1605, and on 1606
+  register again; 1601 stops the client (the name is taken);
+- each file: 828 … 828 → 1603, then 900 → 1604 if the cksum matches, else 901
+  and the packets again (at most 3 resends), then 902 → 1604;
+- 1607 or any unexpected reply: print "server responded with an error" and
+  retry the request, at most 3 times, then fail naming the step.
+
+Nothing here relies on one server's habits: a 1604 after 901 is tolerated but
+never awaited (variant 8), and a failed upload is retried on a new connection
+(opened with 827 for a fresh key), since more replies to packets already sent
+may still be on their way on the old one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence, TypeVar
+
+from protocol import (
+    Acknowledged,
+    Cksum,
+    CrcAbort,
+    CrcOk,
+    CrcRetry,
+    CryptoError,
+    FileReceived,
+    GeneralError,
+    PublicKeyReceived,
+    Reconnect,
+    ReconnectRefused,
+    Reconnected,
+    Register,
+    Registered,
+    RegistrationFailed,
+    SendFilePacket,
+    SendPublicKey,
+)
+from protocol.codes import CLIENT_ID_SIZE, RequestCode
+from protocol.crypto import decrypt_aes_key, export_public_key, generate_private_key
+
+from .config import Identity, ServerAddress, save_identity
+from .errors import (
+    FileReadError,
+    MalformedReply,
+    NetworkError,
+    RegistrationRefused,
+    ServerError,
+    UnexpectedReply,
+)
+from .packets import DEFAULT_PACKET_SIZE, FilePlan, encrypted_packets, plan_file
+from .progress import NoProgress, Progress
+from .session import Session, describe
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: PROTOCOL.md "Client files": after an error reply, retry up to 3 times.
+MAX_RETRIES = 3
+#: PROTOCOL.md "Flows": after a cksum mismatch, at most 3 resends.
+MAX_RESENDS = 3
+#: Printed, exactly, on 1607 or an unexpected reply (PROTOCOL.md).
+SERVER_ERROR_MESSAGE = "server responded with an error"
+#: The 825 header's client id is ignored by servers (variant 2).
+NO_CLIENT_ID = bytes(CLIENT_ID_SIZE)
+#: A connection that starts with one of these is a whole session (variant 7);
+#: one that starts with 828 or 900-902 is per request and cannot carry an
+#: upload of several packets.
+SESSION_OPENERS = frozenset(
+    {RequestCode.REGISTER, RequestCode.SEND_PUBLIC_KEY, RequestCode.RECONNECT}
+)
+BYTES_PER_MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """How one file went."""
+
+    plan: FilePlan
+    cksum: int
+    verified: bool
+    uploads: int
+    seconds: float
+
+
+def _reply_error(reply: object, expected: str) -> str:
+    if isinstance(reply, GeneralError):
+        return "the server answered 1607 (general error)"
+    return f"expected {expected}, the server answered {describe(reply)}"
+
+
+class Client:
+    """One run of the client against one server.
+
+    ``identity`` is what ``me.info`` holds (None before the first
+    registration); a new identity is saved in ``config_dir``.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        config_dir: Path,
+        name: str,
+        identity: Identity | None,
+        progress: Progress | None = None,
+        packet_size: int = DEFAULT_PACKET_SIZE,
+    ) -> None:
+        self._session = session
+        self._config_dir = config_dir
+        self._name = name
+        self.identity = identity
+        self._progress = progress or NoProgress()
+        self._packet_size = packet_size
+        self._aes_key: bytes | None = None
+        #: (connection number, count) of 1604s to ignore after a 901.
+        self._stray_acks = (0, 0)
+
+    @property
+    def server(self) -> ServerAddress:
+        """The server this client talks to."""
+        return self._session.address
+
+    # -- the whole run ---------------------------------------------------------
+
+    def run(self, files: Sequence[Path]) -> list[FileResult]:
+        """Log in, then upload each file in turn on the same session.
+
+        Raises:
+            ClientError: a subclass saying what failed; a cksum that never
+                matches is not raised but reported in the result.
+        """
+        self.log_in()
+        results = []
+        for index, path in enumerate(files):
+            results.append(self.upload(path, fresh_key=index > 0))
+        return results
+
+    def log_in(self) -> None:
+        """Get an AES key: reconnect with the stored identity, or register."""
+        if self.identity is None:
+            self._register()
+        else:
+            self._reconnect()
+
+    # -- retries -----------------------------------------------------------------
+
+    def _with_retries(
+        self, step: str, attempt: Callable[[], T], *, reset_on_error: bool = False
+    ) -> T:
+        """Run attempt; on an error reply print the message and retry it.
+
+        A malformed reply always replaces the connection; ``reset_on_error``
+        replaces it after any error reply (more may be on their way).
+
+        Raises:
+            ServerError: still failing after MAX_RETRIES retries.
+            NetworkError: with ``step`` set.
+        """
+        attempts = 1 + MAX_RETRIES
+        for number in range(1, attempts + 1):
+            try:
+                return attempt()
+            except (UnexpectedReply, MalformedReply) as exc:
+                log.warning(SERVER_ERROR_MESSAGE)
+                log.info("%s: %s", step, exc)
+                reason = str(exc)
+                if reset_on_error or isinstance(exc, MalformedReply):
+                    self._session.reset()
+                if number < attempts:
+                    log.info("retrying %s (retry %d of %d)", step, number, MAX_RETRIES)
+            except NetworkError as exc:
+                exc.step = exc.step or step
+                raise
+        raise ServerError(step, reason, attempts)
+
+    def _exchange(self, step: str, request, handlers: Mapping[type, Callable[[object], T]]) -> T:
+        """Send a request and hand its reply to the handler of its type, with retries."""
+        expected = " or ".join(f"{int(kind.code)} {kind.__name__}" for kind in handlers)
+
+        def attempt() -> T:
+            reply = self._session.request(request)
+            handler = handlers.get(type(reply))
+            if handler is None:
+                raise UnexpectedReply(_reply_error(reply, expected))
+            return handler(reply)
+
+        return self._with_retries(step, attempt)
+
+    def _check_client_id(self, reply) -> None:
+        if reply.client_id != self.identity.client_id:
+            raise UnexpectedReply(
+                f"{describe(reply)} carries client id {reply.client_id.hex()},"
+                f" ours is {self.identity.client_id.hex()}"
+            )
+
+    # -- registration and keys -------------------------------------------------
+
+    def _register(self) -> None:
+        """825 → 1600, save me.info and priv.key, 826 → 1602."""
+        private_key = generate_private_key()
+
+        def refused(reply: RegistrationFailed) -> bytes:
+            raise RegistrationRefused(
+                f"the server at {self.server} refused to register {self._name!r} (1601):"
+                " the name is taken by another client (or malformed);"
+                " choose another name in transfer.info line 2 or with --name"
+            )
+
+        client_id = self._exchange(
+            "registration (825)",
+            Register(client_id=NO_CLIENT_ID, name=self._name),
+            {Registered: lambda reply: reply.client_id, RegistrationFailed: refused},
+        )
+        # Saved before 826: once the server holds the public key, losing the
+        # private key would lock the name for good.
+        self.identity = Identity(name=self._name, client_id=client_id, private_key=private_key)
+        save_identity(self._config_dir, self.identity)
+        log.info(
+            "registered as %r (client id %s); wrote me.info and priv.key",
+            self._name,
+            client_id.hex(),
+        )
+        self._exchange(
+            "sending the public key (826)",
+            SendPublicKey(
+                client_id=client_id,
+                name=self._name,
+                public_key=export_public_key(private_key),
+            ),
+            {PublicKeyReceived: self._accept_key},
+        )
+
+    def _reconnect(self) -> None:
+        """827 → 1605 (fresh AES key), or 1606 → register again."""
+        identity = self.identity
+        known = self._exchange(
+            "reconnection (827)",
+            Reconnect(client_id=identity.client_id, name=identity.name),
+            {Reconnected: self._accept_key, ReconnectRefused: lambda reply: False},
+        )
+        if not known:
+            log.warning(
+                "the server does not know client %r with a key (1606); registering again",
+                identity.name,
+            )
+            self._name = identity.name
+            self._register()
+
+    def _accept_key(self, reply) -> bool:
+        """Take the AES key of a 1602 or 1605."""
+        self._check_client_id(reply)
+        try:
+            self._aes_key = decrypt_aes_key(self.identity.private_key, reply.encrypted_aes_key)
+        except CryptoError:
+            raise UnexpectedReply(
+                f"the AES key in {describe(reply)} does not decrypt with our private key"
+            ) from None
+        log.debug("received a fresh AES key")
+        return True
+
+    # -- files -------------------------------------------------------------------
+
+    def upload(self, path: Path, *, fresh_key: bool = False) -> FileResult:
+        """Send one file and settle its cksum (900, or 901 and resends, then 902).
+
+        Raises:
+            FileReadError, NetworkError, ServerError.
+        """
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise FileReadError(path, f"cannot access: {exc.strerror}") from None
+        plan = plan_file(path, size, self._packet_size)
+        name = plan.display_name
+        started = time.monotonic()
+        log.info(
+            "sending %r (%d bytes, %d packets of up to %d bytes) to %s",
+            name,
+            plan.orig_size,
+            plan.total_packets,
+            plan.packet_size,
+            self.server,
+        )
+        if fresh_key:
+            self._prepare_connection(fresh_key=True)
+        uploads = 0
+        for uploads in range(1, MAX_RESENDS + 2):
+            label = name if uploads == 1 else f"{name} (resend {uploads - 1}/{MAX_RESENDS})"
+            if uploads > 1:
+                self._send_crc_retry(plan)
+            received, local = self._with_retries(
+                f"upload of {name!r}",
+                lambda: self._send_file_once(plan, label),
+                reset_on_error=True,
+            )
+            if received.cksum == local and received.content_size == plan.content_size:
+                self._confirm(CrcOk, f"CRC confirmation (900) for {name!r}", plan)
+                seconds = time.monotonic() - started
+                log.info(
+                    "uploaded %r: %d bytes in %.2f s (%.1f MB/s), cksum %d verified",
+                    name,
+                    plan.orig_size,
+                    seconds,
+                    plan.orig_size / BYTES_PER_MB / max(seconds, 1e-9),
+                    local,
+                )
+                return FileResult(plan, local, True, uploads, seconds)
+            log.warning(
+                "%s: cksum mismatch: the server got %d bytes with cksum %d,"
+                " this file is %d bytes with cksum %d",
+                name,
+                received.content_size,
+                received.cksum,
+                plan.content_size,
+                local,
+            )
+        self._confirm(CrcAbort, f"giving up (902) on {name!r}", plan)
+        log.error(
+            "%s: the cksum still differed after %d resends; gave up (902)", name, MAX_RESENDS
+        )
+        return FileResult(plan, local, False, uploads, time.monotonic() - started)
+
+    def _prepare_connection(self, *, fresh_key: bool) -> None:
+        """Make sure the connection can carry a multi-packet upload.
+
+        A connection that began with 828 or 900-902 is per request (variant
+        7), and a new one has no key yet: start a session with 827.
+        """
+        session = self._session
+        if session.connected and session.first_request not in SESSION_OPENERS:
+            session.reset()
+        if fresh_key or not session.connected:
+            self._reconnect()
+
+    def _send_crc_retry(self, plan: FilePlan) -> None:
+        """901; the packets follow at once, with no reply awaited (variant 8)."""
+        try:
+            self._session.send(CrcRetry(client_id=self.identity.client_id, file_name=plan.wire_name))
+        except NetworkError as exc:
+            exc.step = f"CRC mismatch notice (901) for {plan.display_name!r}"
+            raise
+        self._stray_acks = (self._session.connections_opened, 1)
+
+    def _confirm(self, kind: type, step: str, plan: FilePlan) -> None:
+        """900 or 902, answered by 1604."""
+        self._exchange(
+            step,
+            kind(client_id=self.identity.client_id, file_name=plan.wire_name),
+            {Acknowledged: self._check_client_id},
+        )
+
+    def _send_file_once(self, plan: FilePlan, label: str) -> tuple[FileReceived, int]:
+        """Send every packet of the file, then wait for 1603.
+
+        Returns the reply and the cksum of the plaintext that was sent.
+        """
+        self._prepare_connection(fresh_key=False)
+        checksum = Cksum()
+        self._progress.start(label, plan.orig_size)
+        try:
+            with _open_for_reading(plan.path) as source:
+                packets = encrypted_packets(
+                    source, plan, self._aes_key, checksum, self._progress.update
+                )
+                for number, content in enumerate(_reading(plan.path, packets), start=1):
+                    self._take_early_reply()
+                    self._send_packet(plan, number, content)
+        finally:
+            self._progress.finish()
+        return self._await_file_received(plan), checksum.value
+
+    def _send_packet(self, plan: FilePlan, number: int, content: bytes) -> None:
+        packet = SendFilePacket(
+            client_id=self.identity.client_id,
+            content_size=plan.content_size,
+            orig_file_size=plan.orig_size,
+            packet_number=number,
+            total_packets=plan.total_packets,
+            file_name=plan.wire_name,
+            content=content,
+        )
+        try:
+            self._session.send(packet)
+        except NetworkError:
+            # A server may answer 1607 and close: prefer its answer, if any.
+            reply = self._poll_quietly()
+            if reply is None:
+                raise
+            raise UnexpectedReply(
+                f"the server answered {describe(reply)} during packet {number}"
+                f" of {plan.total_packets}, then closed the connection"
+            ) from None
+
+    def _poll_quietly(self):
+        try:
+            return self._session.poll()
+        except (NetworkError, MalformedReply):
+            return None
+
+    def _is_stray_ack(self, reply) -> bool:
+        """A 1604 after our 901 on this connection: some servers send it (variant 8)."""
+        connection, count = self._stray_acks
+        if (
+            isinstance(reply, Acknowledged)
+            and count
+            and connection == self._session.connections_opened
+            and reply.client_id == self.identity.client_id
+        ):
+            self._stray_acks = (connection, count - 1)
+            log.debug("ignoring the 1604 that answers our 901")
+            return True
+        return False
+
+    def _take_early_reply(self) -> None:
+        """A reply before the last packet is an error, but for a 1604 after 901."""
+        reply = self._session.poll()
+        if reply is None or self._is_stray_ack(reply):
+            return
+        raise UnexpectedReply(f"{_reply_error(reply, 'no reply')} before the last packet")
+
+    def _await_file_received(self, plan: FilePlan) -> FileReceived:
+        reply = self._session.receive()
+        while self._is_stray_ack(reply):
+            reply = self._session.receive()
+        self._stray_acks = (0, 0)
+        if not isinstance(reply, FileReceived):
+            raise UnexpectedReply(_reply_error(reply, "1603 FileReceived"))
+        self._check_client_id(reply)
+        if reply.file_name.text != plan.wire_name.text:
+            raise UnexpectedReply(
+                f"1603 names the file {reply.file_name}, we sent {plan.display_name!r}"
+            )
+        return reply
+
+
+def _open_for_reading(path: Path):
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise FileReadError(path, f"cannot read: {exc.strerror}") from None
+
+
+def _reading(path: Path, packets):
+    """Turn an OSError while the file is read into FileReadError."""
+    iterator = iter(packets)
+    while True:
+        try:
+            content = next(iterator)
+        except StopIteration:
+            return
+        except OSError as exc:
+            raise FileReadError(path, f"cannot read: {exc.strerror}") from None
+        yield content

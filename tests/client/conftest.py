@@ -1,0 +1,44 @@
+"""Fixtures of the client's tests: a work folder and an in-process runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from client.__main__ import main
+
+#: Short enough that a broken test fails fast; a later --timeout wins.
+TIMEOUT = "10"
+
+
+@dataclass
+class Run:
+    """What one in-process run of the client left."""
+
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """An empty client folder."""
+    folder = tmp_path / "client"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def run_client(capsys, work: Path):
+    """Run ``main(argv)`` in the work folder; return the code and the output."""
+
+    def run(*argv: str, config_dir: Path | None = None) -> Run:
+        capsys.readouterr()
+        code = main(["--config-dir", str(config_dir or work), "--timeout", TIMEOUT, *argv])
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err
+        return Run(code, captured.out, captured.err)
+
+    return run
