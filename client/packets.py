@@ -122,7 +122,11 @@ def encrypted_packets(
         remaining -= len(chunk)
         checksum.update(chunk)
         on_read(len(chunk))
-        pending += encryptor.update(chunk)
+        ciphertext = encryptor.update(chunk)
+        if not pending and len(ciphertext) == size:
+            yield ciphertext  # the usual case: one read is one packet
+            continue
+        pending += ciphertext
         while len(pending) >= size:
             yield bytes(pending[:size])
             del pending[:size]
