@@ -1,0 +1,284 @@
+"""Receiving one file over 828 packets: sequence checks, decryption, cksum.
+
+Sans-I/O: the caller feeds the packet events of one file (PROTOCOL.md, 828
+details) and gets plaintext chunks back to write wherever it likes; at the end
+it reads the file's cksum and size. Nothing is buffered but the cipher's last
+block, so a packet or a file of any size streams through.
+
+Variants handled here (PROTOCOL.md, "Variants that real clients send"):
+
+4. The last packet may be zero-filled past ``content_size``: the stream is cut
+   there, the fill must be zeros and no longer than the longest packet of the
+   file (or :data:`MAX_ZERO_FILL`).
+5. ``packet_number`` and ``total_packets`` may come swapped; on the first
+   packet the total is the larger field, and the order found there holds for
+   the whole file.
+6. Each packet may be its own CBC stream: recognised on the first packet
+   (more than one packet and ``content_size`` equal to this packet's content
+   length). Then ``content_size`` is per packet, each packet is decrypted and
+   its padding checked on its own, and the plaintext must add up to
+   ``orig_file_size``.
+
+Every failure raises :class:`RemoteProtocolError` (answer 1607, connection
+kept: the framing is intact). Every decryption failure carries the same text
+(HOSTILE.md D3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .cksum import Cksum
+from .codes import AES_BLOCK_SIZE, MAX_UINT32
+from .crypto import CbcDecryptor, padded_size
+from .errors import CryptoError, LocalProtocolError, RemoteProtocolError
+from .events import FilePacketStarted
+from .names import NameField
+
+__all__ = ["MAX_ZERO_FILL", "IncomingFile", "ReceivedFile", "is_first_packet"]
+
+#: Zero fill accepted past ``content_size`` on the last packet when no earlier
+#: packet was longer (a one-packet file sent in a fixed-size buffer).
+MAX_ZERO_FILL = 64 * 1024
+#: The one text of every decryption failure (padding, length, anything).
+DECRYPTION_FAILED = "decryption failed"
+
+
+def _refuse(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(message, close=False)
+
+
+def is_first_packet(packet: FilePacketStarted) -> bool:
+    """Whether a packet opens a file: (1, N) or, swapped, (N, 1)."""
+    return min(packet.packet_number, packet.total_packets) == 1
+
+
+@dataclass(frozen=True)
+class ReceivedFile:
+    """What a complete upload gave: the 1603 fields and the plaintext size."""
+
+    cksum: int
+    content_size: int
+    plain_size: int
+    file_name: NameField
+
+
+class IncomingFile:
+    """One file being received: built on its first packet, fed the rest.
+
+    Use: ``receive(chunk)`` and ``end_packet()`` for the first packet, then
+    ``start_packet(event)``, ``receive``… ``end_packet()`` for each further
+    one, until ``done``; then read ``result``. Each call returns plaintext to
+    store, in order.
+
+    Raises (every method):
+        RemoteProtocolError: the packets break PROTOCOL.md or HOSTILE.md D1/D2,
+            or the ciphertext does not decrypt.
+        LocalProtocolError: the caller fed events out of order.
+    """
+
+    def __init__(
+        self,
+        aes_key: bytes,
+        first: FilePacketStarted,
+        *,
+        max_content_size: int = MAX_UINT32,
+    ) -> None:
+        if not is_first_packet(first) or 0 in (first.packet_number, first.total_packets):
+            raise _refuse(
+                f"first packet must be number 1, got"
+                f" {first.packet_number}/{first.total_packets}"
+            )
+        self._aes_key = aes_key
+        self._swapped = first.packet_number > first.total_packets
+        self._total = max(first.packet_number, first.total_packets)
+        self._name = first.file_name.text
+        self._orig_size = first.orig_file_size
+        self._content_size = first.content_size
+        self._per_packet = self._total > 1 and first.content_size == first.content_length
+        if self._per_packet:
+            if self._orig_size > max_content_size:
+                raise _refuse(f"orig_file_size {self._orig_size} is over the limit")
+        else:
+            if first.content_size != padded_size(first.orig_file_size):
+                raise _refuse(
+                    f"content_size {first.content_size} does not fit"
+                    f" orig_file_size {first.orig_file_size} under PKCS#7"
+                )
+            if first.content_size > max_content_size:
+                raise _refuse(f"content_size {first.content_size} is over the limit")
+        self._decryptor = CbcDecryptor(aes_key)
+        self._cksum = Cksum()
+        self._received = 0
+        self._next = 1
+        self._longest_packet = 0
+        self._field = first.file_name
+        self._in_packet = False
+        self._packet_left = 0
+        self._cipher_left = 0
+        self._is_last = False
+        self._done = False
+        self._begin(first, 1)
+
+    # -- what the caller may ask ----------------------------------------------
+
+    @property
+    def file_name(self) -> bytes:
+        """The file name's text, as the first packet gave it."""
+        return self._name
+
+    @property
+    def total_packets(self) -> int:
+        """How many packets the file has (after undoing variant 5)."""
+        return self._total
+
+    @property
+    def next_packet(self) -> int:
+        """The number of the packet expected next."""
+        return self._next
+
+    @property
+    def per_packet(self) -> bool:
+        """Whether each packet is its own CBC stream (variant 6)."""
+        return self._per_packet
+
+    @property
+    def max_plain_size(self) -> int:
+        """An upper bound of the plaintext size (for disk-space checks)."""
+        if self._per_packet:
+            return self._orig_size
+        return self._content_size - 1
+
+    @property
+    def in_packet(self) -> bool:
+        """Whether a packet was started and not ended."""
+        return self._in_packet
+
+    @property
+    def done(self) -> bool:
+        """Whether the last packet was received and the file checked."""
+        return self._done
+
+    @property
+    def result(self) -> ReceivedFile:
+        """The cksum and sizes of the complete file.
+
+        Raises:
+            LocalProtocolError: the file is not complete.
+        """
+        if not self._done:
+            raise LocalProtocolError("the file is not complete")
+        return ReceivedFile(
+            cksum=self._cksum.value,
+            content_size=self._received,
+            plain_size=self._cksum.length,
+            file_name=self._field,
+        )
+
+    def position(self, packet: FilePacketStarted) -> tuple[int, int]:
+        """A packet's (number, total) in this file's field order (variant 5)."""
+        number, total = packet.packet_number, packet.total_packets
+        return (total, number) if self._swapped else (number, total)
+
+    # -- feeding --------------------------------------------------------------
+
+    def start_packet(self, packet: FilePacketStarted) -> None:
+        """Start a further packet of this file (not the first one)."""
+        if self._in_packet or self._done:
+            raise LocalProtocolError("a packet started while another is open")
+        number, total = self.position(packet)
+        if total != self._total:
+            raise _refuse(f"total_packets changed from {self._total} to {total}")
+        if number != self._next:
+            raise _refuse(f"packet {number} out of order, expected {self._next}")
+        if packet.file_name.text != self._name:
+            raise _refuse("file name changed in the middle of a file")
+        if packet.orig_file_size != self._orig_size:
+            raise _refuse("orig_file_size changed in the middle of a file")
+        if not self._per_packet and packet.content_size != self._content_size:
+            raise _refuse("content_size changed in the middle of a file")
+        self._field = packet.file_name
+        self._begin(packet, number)
+
+    def receive(self, data: bytes) -> bytes:
+        """Take a piece of the current packet's content; return plaintext."""
+        if not self._in_packet or len(data) > self._packet_left:
+            raise LocalProtocolError("content outside of a packet's length")
+        self._packet_left -= len(data)
+        take = min(len(data), self._cipher_left)
+        if take < len(data):
+            fill = data[take:]
+            if fill.count(0) != len(fill):
+                raise _refuse("bytes past content_size that are not zero fill")
+            data = data[:take]
+        if not take:
+            return b""
+        self._cipher_left -= take
+        self._received += take
+        plain = self._decryptor.update(data)
+        self._account(plain)
+        return plain
+
+    def end_packet(self) -> bytes:
+        """End the current packet; return the plaintext it still held."""
+        if not self._in_packet or self._packet_left:
+            raise LocalProtocolError("packet ended before its content")
+        self._in_packet = False
+        tail = b""
+        if self._per_packet or self._is_last:
+            try:
+                tail = self._decryptor.finalize()
+            except CryptoError:
+                raise _refuse(DECRYPTION_FAILED) from None
+            self._account(tail)
+        if self._is_last:
+            if self._per_packet and self._cksum.length != self._orig_size:
+                raise _refuse("plaintext does not add up to orig_file_size")
+            self._done = True
+        else:
+            self._next += 1
+        return tail
+
+    # -- inside ---------------------------------------------------------------
+
+    def _begin(self, packet: FilePacketStarted, number: int) -> None:
+        length = packet.content_length
+        self._is_last = number == self._total
+        if self._per_packet:
+            self._check_own_stream(packet, number)
+            self._decryptor = CbcDecryptor(self._aes_key)
+            cipher = length
+        else:
+            remaining = self._content_size - self._received
+            if length <= remaining:
+                if self._is_last and length < remaining:
+                    raise _refuse(
+                        f"last packet short: {remaining - length} bytes of"
+                        f" content_size missing"
+                    )
+                cipher = length
+            else:
+                fill = length - remaining
+                if not self._is_last or fill > max(self._longest_packet, MAX_ZERO_FILL):
+                    raise _refuse("packets add up to more than content_size")
+                cipher = remaining
+        self._longest_packet = max(self._longest_packet, length)
+        self._packet_left = length
+        self._cipher_left = cipher
+        self._in_packet = True
+
+    def _check_own_stream(self, packet: FilePacketStarted, number: int) -> None:
+        """Variant 6: this packet's own content_size, a whole CBC stream."""
+        length = packet.content_length
+        if packet.content_size != length:
+            raise _refuse("content_size must equal the packet's content length")
+        if not length or length % AES_BLOCK_SIZE:
+            raise _refuse(DECRYPTION_FAILED)
+        bound = self._orig_size + AES_BLOCK_SIZE * number
+        if self._received + length > min(bound, MAX_UINT32):
+            raise _refuse("more ciphertext than orig_file_size can need")
+
+    def _account(self, plain: bytes) -> None:
+        self._cksum.update(plain)
+        if self._per_packet and self._cksum.length > self._orig_size:
+            raise _refuse("plaintext exceeds orig_file_size")

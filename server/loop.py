@@ -1,0 +1,208 @@
+"""The server: one thread, one ``selectors`` loop, non-blocking sockets.
+
+``key.data`` is the :class:`Channel` of a client socket, or a callable for the
+listening socket and the wake-up socketpair. Timers (deadlines, variant 8, the
+periodic LastSeen flush) come from :class:`server.timers.Timers`; ``stop()``
+may be called from a signal handler: it only sets a flag and writes a byte to
+the socketpair.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import sqlite3
+from typing import Callable
+
+from .app import App, Peer
+from .channel import Channel
+
+log = logging.getLogger(__name__)
+
+#: One receive buffer shared by all connections (the loop is one thread).
+RECV_BUFFER_SIZE = 256 * 1024
+#: Longest sleep in select(); timers usually wake the loop sooner.
+MAX_SELECT_TIMEOUT = 1.0
+#: Pending LastSeen/LastUsed stamps are committed this often.
+FLUSH_INTERVAL = 5.0
+#: Connections accepted per wake-up, so that accepting cannot starve I/O.
+ACCEPT_BURST = 64
+#: After EMFILE/ENFILE, stop accepting for this long.
+ACCEPT_PAUSE = 1.0
+_IPV4_MAPPED_PREFIX = "::ffff:"
+
+
+def _address(raw: tuple) -> Peer:
+    host = raw[0]
+    if host.startswith(_IPV4_MAPPED_PREFIX) and "." in host:
+        host = host[len(_IPV4_MAPPED_PREFIX):]
+    return Peer(address=host, port=raw[1])
+
+
+def create_listener(host: str, port: int) -> socket.socket:
+    """A listening socket; ``host`` "" means every interface (dual-stack if possible).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    if not host and socket.has_dualstack_ipv6():
+        sock = socket.create_server(
+            ("", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=socket.SOMAXCONN
+        )
+    else:
+        sock = socket.create_server((host, port), backlog=socket.SOMAXCONN)
+    sock.setblocking(False)
+    return sock
+
+
+class Server:
+    """Accepts connections and runs every channel's I/O and timers."""
+
+    def __init__(self, app: App, listener: socket.socket) -> None:
+        self.app = app
+        self.listener = listener
+        self.channels: set[Channel] = set()
+        self._per_address: dict[str, int] = {}
+        self._selector = selectors.DefaultSelector()
+        self._recv_buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
+        self._stopping = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
+        self._selector.register(listener, selectors.EVENT_READ, self._accept)
+        self._accepting = True
+        self._flush_timer = app.timers.call_later(FLUSH_INTERVAL, self._flush)
+
+    @property
+    def address(self) -> tuple:
+        """The bound address of the listening socket."""
+        return self.listener.getsockname()
+
+    def stop(self) -> None:
+        """Ask the loop to stop (safe from a signal handler)."""
+        self._stopping = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def serve_forever(self) -> None:
+        """Run until :meth:`stop`; then close every connection."""
+        try:
+            while not self._stopping:
+                self.run_once()
+        finally:
+            self.close()
+
+    def run_once(self) -> None:
+        """One select() round and the timers that are due."""
+        timeout = self.app.timers.timeout(MAX_SELECT_TIMEOUT)
+        for key, mask in self._selector.select(timeout):
+            self._handle(key.data, mask)
+        for timer in self.app.timers.due():
+            self._run_guarded(timer.callback)
+
+    def _handle(self, target, mask: int) -> None:
+        if isinstance(target, Channel):
+            if mask & selectors.EVENT_WRITE and not target.closed:
+                target.on_writable()
+            if mask & selectors.EVENT_READ and not target.closed:
+                target.on_readable()
+        else:
+            self._run_guarded(target)
+
+    @staticmethod
+    def _run_guarded(action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception:
+            log.exception("unexpected error in the loop; serving on")
+
+    # -- accepting -------------------------------------------------------------
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BURST):
+            try:
+                sock, raw = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.error("accept failed: %s; pausing accepts", exc.strerror or exc)
+                self._pause_accepting()
+                return
+            peer = _address(raw)
+            refusal = self._refusal(peer)
+            if refusal:
+                log.warning("%s refused: %s", peer, refusal)
+                sock.close()
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            channel = Channel(
+                sock, peer, self.app, self._selector, self._recv_buffer, self._closed
+            )
+            self.channels.add(channel)
+            self._per_address[peer.address] = self._per_address.get(peer.address, 0) + 1
+            log.info("%s connected (%d open)", peer, len(self.channels))
+
+    def _refusal(self, peer: Peer) -> str | None:
+        limits = self.app.limits
+        if len(self.channels) >= limits.max_connections:
+            return f"{limits.max_connections} connections open"
+        per_address = limits.max_connections_per_address
+        if per_address and self._per_address.get(peer.address, 0) >= per_address:
+            return f"{per_address} connections open from this address"
+        return None
+
+    def _pause_accepting(self) -> None:
+        if self._accepting:
+            self._selector.unregister(self.listener)
+            self._accepting = False
+            self.app.timers.call_later(ACCEPT_PAUSE, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if not self._accepting and not self._stopping:
+            self._selector.register(self.listener, selectors.EVENT_READ, self._accept)
+            self._accepting = True
+
+    def _closed(self, channel: Channel) -> None:
+        self.channels.discard(channel)
+        count = self._per_address.get(channel.peer.address, 0) - 1
+        if count > 0:
+            self._per_address[channel.peer.address] = count
+        else:
+            self._per_address.pop(channel.peer.address, None)
+
+    # -- housekeeping ------------------------------------------------------------
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(RECV_BUFFER_SIZE):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _flush(self) -> None:
+        try:
+            self.app.db.flush()
+        except sqlite3.Error as exc:
+            log.error("cannot record LastSeen: %s", exc)
+        self._flush_timer = self.app.timers.call_later(FLUSH_INTERVAL, self._flush)
+
+    def close(self) -> None:
+        """Stop accepting and close every connection and upload."""
+        if self.listener.fileno() == -1:
+            return
+        if self._accepting:
+            self._selector.unregister(self.listener)
+            self._accepting = False
+        self.listener.close()
+        for channel in list(self.channels):
+            channel.close("server stopping")
+        self.app.uploads.close()
+        self._flush_timer.cancel()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()

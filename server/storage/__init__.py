@@ -1,0 +1,1 @@
+"""Where the server keeps things: SQLite (``db``) and the received files (``files``)."""

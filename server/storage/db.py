@@ -1,0 +1,338 @@
+"""``defensive.db``: the clients and files of PROTOCOL.md, in SQLite.
+
+WAL mode and ``synchronous=FULL``: every commit is on disk before the server
+answers (HOSTILE.md decision 6). The tables ``clients`` and ``files`` carry the
+column names of PROTOCOL.md; the server's own data (key bindings, see
+docs/KEY_BINDING.md) lives in a table of its own, ``key_bindings``.
+
+A database that is not SQLite, or fails ``quick_check``, or lacks a column, is
+refused with :class:`DatabaseError` before anything is written to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "defensive.db"
+_SQLITE_MAGIC = b"SQLite format 3\0"
+_BUSY_TIMEOUT_MS = 5000
+_OK = "ok"
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS clients (
+        ID BLOB PRIMARY KEY,
+        Name TEXT NOT NULL UNIQUE,
+        PublicKey BLOB,
+        LastSeen TEXT,
+        AESKey BLOB
+    )""",
+    """CREATE TABLE IF NOT EXISTS files (
+        ID BLOB NOT NULL,
+        FileName TEXT NOT NULL,
+        PathName TEXT NOT NULL,
+        Verified INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (ID, FileName)
+    )""",
+    """CREATE TABLE IF NOT EXISTS key_bindings (
+        ID BLOB PRIMARY KEY,
+        Address TEXT NOT NULL,
+        IssuedAt REAL NOT NULL,
+        LastUsed REAL NOT NULL
+    )""",
+)
+_REQUIRED_COLUMNS = {
+    "clients": {"ID", "Name", "PublicKey", "LastSeen", "AESKey"},
+    "files": {"ID", "FileName", "PathName", "Verified"},
+    "key_bindings": {"ID", "Address", "IssuedAt", "LastUsed"},
+}
+
+_SELECT_CLIENT_BY_ID = "SELECT ID, Name, PublicKey, LastSeen, AESKey FROM clients WHERE ID = ?"
+_SELECT_CLIENT_BY_NAME = (
+    "SELECT ID, Name, PublicKey, LastSeen, AESKey FROM clients WHERE Name = ?"
+)
+_COUNT_CLIENTS = "SELECT COUNT(*) FROM clients"
+_INSERT_CLIENT = "INSERT INTO clients (ID, Name, LastSeen) VALUES (?, ?, ?)"
+_DELETE_CLIENT = "DELETE FROM clients WHERE ID = ?"
+_SET_KEYS = "UPDATE clients SET PublicKey = ?, AESKey = ?, LastSeen = ? WHERE ID = ?"
+_SET_AES_KEY = "UPDATE clients SET AESKey = ?, LastSeen = ? WHERE ID = ?"
+_SET_LAST_SEEN = "UPDATE clients SET LastSeen = ? WHERE ID = ?"
+_SELECT_FILE = "SELECT ID, FileName, PathName, Verified FROM files WHERE ID = ? AND FileName = ?"
+_SELECT_FILES = "SELECT ID, FileName, PathName, Verified FROM files"
+_UPSERT_FILE = (
+    "INSERT INTO files (ID, FileName, PathName, Verified) VALUES (?, ?, ?, 0)"
+    " ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName, Verified = 0"
+)
+_SET_VERIFIED = "UPDATE files SET Verified = ? WHERE ID = ? AND FileName = ?"
+_DELETE_FILE = "DELETE FROM files WHERE ID = ? AND FileName = ?"
+_SELECT_BINDING = "SELECT ID, Address, IssuedAt, LastUsed FROM key_bindings WHERE ID = ?"
+_UPSERT_BINDING = (
+    "INSERT INTO key_bindings (ID, Address, IssuedAt, LastUsed) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (ID) DO UPDATE SET Address = excluded.Address,"
+    " IssuedAt = excluded.IssuedAt, LastUsed = excluded.LastUsed"
+)
+_SET_BINDING_USED = "UPDATE key_bindings SET LastUsed = ? WHERE ID = ? AND LastUsed < ?"
+_DELETE_BINDING = "DELETE FROM key_bindings WHERE ID = ?"
+
+
+class DatabaseError(Exception):
+    """The database cannot be used: not SQLite, corrupt, or the wrong schema."""
+
+
+@dataclass(frozen=True)
+class ClientRow:
+    """A row of ``clients``."""
+
+    id: bytes
+    name: str
+    public_key: bytes | None
+    last_seen: str | None
+    aes_key: bytes | None
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """A row of ``files``; ``file_name`` is the wire name's text as sent."""
+
+    id: bytes
+    file_name: bytes
+    path_name: str
+    verified: bool
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A row of ``key_bindings``: who may use the client's current key."""
+
+    id: bytes
+    address: str
+    issued_at: float
+    last_used: float
+
+
+def file_name_value(name: bytes) -> str | bytes:
+    """How a wire file name is kept: TEXT where it is UTF-8, else the BLOB."""
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return name
+
+
+def _name_bytes(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def timestamp(now: float) -> str:
+    """LastSeen's format: ISO 8601 in UTC."""
+    return datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_header(path: Path) -> None:
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DatabaseError(f"cannot read {path}: {exc.strerror}") from exc
+    if head and head != _SQLITE_MAGIC:
+        raise DatabaseError(f"{path} is not an SQLite database; left untouched")
+
+
+class Database:
+    """The server's single SQLite connection (one thread uses it).
+
+    Raises (``open``):
+        DatabaseError: not SQLite, corrupt, or missing a PROTOCOL.md column.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+        self._seen: dict[bytes, float] = {}
+        self._used: dict[bytes, float] = {}
+
+    @classmethod
+    def open(cls, path: Path) -> Database:
+        """Open or create the database, check it, set WAL and FULL sync."""
+        path = Path(path)
+        _check_header(path)
+        try:
+            connection = sqlite3.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot open {path}: {exc}") from exc
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            result = connection.execute("PRAGMA quick_check").fetchone()[0]
+            if result != _OK:
+                raise DatabaseError(f"{path} is corrupt ({result}); left untouched")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = FULL")
+            for statement in _SCHEMA:
+                connection.execute(statement)
+            cls._check_columns(connection, path)
+        except sqlite3.Error as exc:
+            connection.close()
+            raise DatabaseError(f"{path} is unusable ({exc}); left untouched") from exc
+        except DatabaseError:
+            connection.close()
+            raise
+        return cls(connection, path)
+
+    @staticmethod
+    def _check_columns(connection: sqlite3.Connection, path: Path) -> None:
+        for table, required in _REQUIRED_COLUMNS.items():
+            rows = connection.execute(f"PRAGMA table_info({table})").fetchall()
+            missing = required - {row[1] for row in rows}
+            if missing:
+                raise DatabaseError(
+                    f"{path}: table {table} lacks {', '.join(sorted(missing))}"
+                )
+
+    def close(self) -> None:
+        """Write pending timestamps and close."""
+        try:
+            self.flush()
+        finally:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any exception.
+
+        Pending LastSeen/LastUsed updates ride along in every commit.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._write_pending()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._seen.clear()
+        self._used.clear()
+
+    def flush(self) -> None:
+        """Commit pending LastSeen/LastUsed updates, if any."""
+        if self._seen or self._used:
+            with self.transaction():
+                pass
+
+    def _write_pending(self) -> None:
+        for client_id, when in self._seen.items():
+            self._db.execute(_SET_LAST_SEEN, (timestamp(when), client_id))
+        for client_id, when in self._used.items():
+            self._db.execute(_SET_BINDING_USED, (when, client_id, when))
+
+    # -- clients --------------------------------------------------------------
+
+    def client_by_id(self, client_id: bytes) -> ClientRow | None:
+        """The client with this id, if any."""
+        row = self._db.execute(_SELECT_CLIENT_BY_ID, (client_id,)).fetchone()
+        return _client(row)
+
+    def client_by_name(self, name: str) -> ClientRow | None:
+        """The client with this name, if any."""
+        row = self._db.execute(_SELECT_CLIENT_BY_NAME, (name,)).fetchone()
+        return _client(row)
+
+    def count_clients(self) -> int:
+        """How many clients are registered."""
+        return self._db.execute(_COUNT_CLIENTS).fetchone()[0]
+
+    def insert_client(self, client_id: bytes, name: str, now: float) -> None:
+        """Register a name (no keys yet). Raises sqlite3.IntegrityError if taken."""
+        self._db.execute(_INSERT_CLIENT, (client_id, name, timestamp(now)))
+
+    def delete_client(self, client_id: bytes) -> None:
+        """Forget a keyless registration and its binding."""
+        self._db.execute(_DELETE_CLIENT, (client_id,))
+        self._db.execute(_DELETE_BINDING, (client_id,))
+
+    def set_keys(self, client_id: bytes, public_key: bytes, aes_key: bytes, now: float) -> None:
+        """Store the public key and the first AES key (826)."""
+        self._db.execute(_SET_KEYS, (public_key, aes_key, timestamp(now), client_id))
+
+    def set_aes_key(self, client_id: bytes, aes_key: bytes, now: float) -> None:
+        """Store a fresh AES key (827)."""
+        self._db.execute(_SET_AES_KEY, (aes_key, timestamp(now), client_id))
+
+    def note_seen(self, client_id: bytes, now: float) -> None:
+        """Record a request's time; written with the next commit or flush."""
+        self._seen[client_id] = now
+
+    # -- files ----------------------------------------------------------------
+
+    def file_row(self, client_id: bytes, file_name: bytes) -> FileRow | None:
+        """The row of one of the client's files, if any."""
+        row = self._db.execute(
+            _SELECT_FILE, (client_id, file_name_value(file_name))
+        ).fetchone()
+        return _file(row)
+
+    def file_rows(self) -> list[FileRow]:
+        """Every row of ``files``."""
+        return [_file(row) for row in self._db.execute(_SELECT_FILES)]
+
+    def upsert_file(self, client_id: bytes, file_name: bytes, path_name: str) -> None:
+        """Insert or reset a file's row with Verified false."""
+        self._db.execute(_UPSERT_FILE, (client_id, file_name_value(file_name), path_name))
+
+    def set_verified(self, client_id: bytes, file_name: bytes, verified: bool) -> None:
+        """Set a file's Verified flag (900: true, 902: false)."""
+        self._db.execute(
+            _SET_VERIFIED, (int(verified), client_id, file_name_value(file_name))
+        )
+
+    def delete_file(self, client_id: bytes, file_name: bytes) -> None:
+        """Remove a file's row."""
+        self._db.execute(_DELETE_FILE, (client_id, file_name_value(file_name)))
+
+    # -- key bindings ---------------------------------------------------------
+
+    def binding(self, client_id: bytes) -> Binding | None:
+        """Who may use the client's key, and since when."""
+        row = self._db.execute(_SELECT_BINDING, (client_id,)).fetchone()
+        if row is None:
+            return None
+        used = max(row[3], self._used.get(client_id, row[3]))
+        return Binding(id=row[0], address=row[1], issued_at=row[2], last_used=used)
+
+    def set_binding(self, client_id: bytes, address: str, now: float) -> None:
+        """Bind the client's key (or registration) to an address from now."""
+        self._db.execute(_UPSERT_BINDING, (client_id, address, now, now))
+        self._used.pop(client_id, None)
+
+    def note_key_used(self, client_id: bytes, now: float) -> None:
+        """Record a use of the key; written with the next commit or flush."""
+        self._used[client_id] = now
+
+
+def _client(row) -> ClientRow | None:
+    if row is None:
+        return None
+    return ClientRow(
+        id=row[0], name=row[1], public_key=row[2], last_seen=row[3], aes_key=row[4]
+    )
+
+
+def _file(row) -> FileRow | None:
+    if row is None:
+        return None
+    return FileRow(
+        id=row[0], file_name=_name_bytes(row[1]), path_name=row[2], verified=bool(row[3])
+    )
+
+
+def now() -> float:
+    """Wall-clock time, as stored in ``key_bindings`` (survives restarts)."""
+    return time.time()
