@@ -520,3 +520,99 @@ def test_server_closing_mid_upload_is_a_network_error(work, run_client):
         result = run_client("--packet-size", SMALL_PACKET)
     assert result.code == ExitCode.NETWORK
     assert "upload of 'data.bin'" in result.err
+
+
+def test_upload_failing_four_times_is_fatal(work, run_client):
+    data = make_file(work, size=3000)
+    keys = Keys()
+
+    def script(server):
+        peer = server.accept()
+        handshake_register(peer, keys)
+        for attempt in range(4):
+            if attempt:
+                peer = server.accept()
+                handshake_reconnect(peer, keys)
+            peer.receive_file(keys.aes_key)
+            peer.reply(GeneralError())
+            peer.expect_closed()
+
+    with FakeServer(script) as server:
+        write_transfer_info(work, server.address, NAME, data.name)
+        result = run_client()
+    assert result.code == ExitCode.SERVER_ERROR
+    assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 4
+    assert "error: upload of 'data.bin' failed after 4 attempts" in result.err
+
+
+def test_900_answered_with_1607_is_retried(work, run_client):
+    data = make_file(work, size=3000)
+    keys = Keys()
+
+    def script(server):
+        peer = server.accept()
+        handshake_register(peer, keys)
+        received = peer.receive_file(keys.aes_key)
+        peer.reply(file_received(keys, received))
+        for _ in range(3):
+            peer.expect(CrcOk)
+            peer.reply(GeneralError())
+        peer.expect(CrcOk)
+        peer.reply(Acknowledged(client_id=keys.client_id))
+
+    with FakeServer(script) as server:
+        write_transfer_info(work, server.address, NAME, data.name)
+        result = run_client()
+    assert result.code == ExitCode.OK, result.err
+    assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 3
+
+
+def test_1607_then_close_during_an_upload_is_an_error_reply(work, run_client):
+    data = make_file(work, size=8 * 1024 * 1024)
+    keys = Keys()
+
+    def script(server):
+        peer = server.accept()
+        handshake_register(peer, keys)
+        peer.expect(Packet)
+        peer.reply(GeneralError())
+        peer.close()
+        peer = server.accept()
+        handshake_reconnect(peer, keys)
+        accept_upload(peer, keys)
+
+    with FakeServer(script) as server:
+        write_transfer_info(work, server.address, NAME, data.name)
+        result = run_client("--packet-size", SMALL_PACKET)
+    assert result.code == ExitCode.OK, result.err
+    assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 1
+
+
+def test_1603_for_another_file_is_an_error(work, run_client):
+    data = make_file(work, size=100)
+    keys = Keys()
+
+    def script(server):
+        peer = server.accept()
+        handshake_register(peer, keys)
+        received = peer.receive_file(keys.aes_key)
+        reply = file_received(keys, received)
+        peer.reply(
+            FileReceived(
+                client_id=keys.client_id,
+                content_size=reply.content_size,
+                file_name="other.bin",
+                cksum=reply.cksum,
+            )
+        )
+        peer.expect_closed()
+        peer = server.accept()
+        handshake_reconnect(peer, keys)
+        accept_upload(peer, keys)
+
+    with FakeServer(script) as server:
+        write_transfer_info(work, server.address, NAME, data.name)
+        result = run_client("--verbose")
+    assert result.code == ExitCode.OK, result.err
+    assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 1
+    assert "1603 names the file other.bin" in result.err
