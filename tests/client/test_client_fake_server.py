@@ -8,7 +8,6 @@ import stat
 import struct
 from pathlib import Path
 
-import pytest
 
 from client.__main__ import ExitCode
 from client.upload import SERVER_ERROR_MESSAGE
@@ -27,7 +26,6 @@ from protocol import (
     Registered,
     RegistrationFailed,
     SendPublicKey,
-    cksum,
 )
 from protocol.crypto import encrypt_aes_key, export_private_key, generate_private_key, new_aes_key
 

@@ -13,7 +13,6 @@ import termios
 import time
 from pathlib import Path
 
-import pytest
 
 from client.__main__ import ExitCode
 from protocol import Register
