@@ -301,15 +301,17 @@ class FilePacket:
         if session is not None and session.held_by_other(self._channel, is_open):
             raise _refuse("another connection is sending this client's file")
         if is_first_packet(event):
-            incoming = IncomingFile(
-                client.aes_key, event, max_content_size=app.limits.max_content_size
-            )
-            self._check_disk(incoming.max_plain_size, session)
             if session is not None:
                 app.uploads.discard(session, "replaced by a new upload")
-            session = UploadSession(
-                client.id, incoming, app.store.new_temp(client.id), app.monotonic()
-            )
+            try:
+                session = self._new_session(client, event)
+            except (RemoteProtocolError, StorageError):
+                if max(event.packet_number, event.total_packets) > 1:
+                    # Swallow the rest of this attempt quietly: one 1607 per attempt.
+                    marker = UploadSession.failed_attempt(client.id, event, app.monotonic())
+                    app.uploads.start(marker)
+                    app.uploads.packet_done(marker, self._channel, self._per_request)
+                raise
             app.uploads.start(session)
         elif session is None:
             raise _refuse("packet of a file that is not being sent")
@@ -319,10 +321,6 @@ class FilePacket:
                 self._drop = True
                 if self._is_last:
                     app.uploads.discard(session, "end of a failed attempt")
-                return
-            if session.file_name != event.file_name.text:
-                self._session = session
-                self._fail(_refuse("file name changed in the middle of a file"))
                 return
             try:
                 session.incoming.start_packet(event)
@@ -334,11 +332,17 @@ class FilePacket:
         self._session = session
         app.uploads.packet_started(session, self._channel)
 
-    def _check_disk(self, need: int, current: UploadSession | None) -> None:
+    def _new_session(self, client: ClientRow, event: FilePacketStarted) -> UploadSession:
+        """Check the first packet and the disk; open the temp file."""
         app = self._app
-        reserved = app.uploads.reserved_bytes() - (current.reserved if current else 0)
-        if app.store.free_space() - reserved - need < app.limits.min_free_disk:
+        incoming = IncomingFile(
+            client.aes_key, event, max_content_size=app.limits.max_content_size
+        )
+        need = incoming.max_plain_size
+        if app.store.free_space() - app.uploads.reserved_bytes() - need < app.limits.min_free_disk:
             raise _refuse("not enough disk space for this file")
+        temp = app.store.new_temp(client.id)
+        return UploadSession(client.id, event, app.monotonic(), incoming, temp)
 
     def _fail(self, exc: Exception) -> None:
         """The attempt is over: drop its file, keep the error for the reply."""

@@ -38,26 +38,34 @@ class UploadSession:
     """One client's file in progress (or a failed attempt's marker)."""
 
     def __init__(
-        self, client_id: bytes, incoming: IncomingFile, temp: TempFile, started: float
+        self,
+        client_id: bytes,
+        first: FilePacketStarted,
+        started: float,
+        incoming: IncomingFile | None = None,
+        temp: TempFile | None = None,
     ) -> None:
         self.client_id = client_id
         self.incoming = incoming
-        self.temp: TempFile | None = temp
+        self.temp = temp
         self.started = started
+        self.file_name: bytes = first.file_name.text
+        self._swapped = first.packet_number > first.total_packets
+        self._total = max(first.packet_number, first.total_packets)
         self.owner: object | None = None
         self.streaming: object | None = None
-        self.failed = False
+        self.failed = incoming is None
         self.expiry: Timer | None = None
 
-    @property
-    def file_name(self) -> bytes:
-        """The wire file name's text."""
-        return self.incoming.file_name
+    @classmethod
+    def failed_attempt(cls, client_id: bytes, first: FilePacketStarted, started: float):
+        """A marker for an attempt refused at its first packet."""
+        return cls(client_id, first, started)
 
     def is_last(self, packet: FilePacketStarted) -> bool:
         """Whether a packet claims to be the last of this upload's sequence."""
-        number, _ = self.incoming.position(packet)
-        return number >= self.incoming.total_packets
+        number = packet.total_packets if self._swapped else packet.packet_number
+        return number >= self._total
 
     def held_by_other(self, channel: object, is_open: Callable[[object], bool]) -> bool:
         """Whether another live connection holds this upload."""
@@ -68,7 +76,7 @@ class UploadSession:
     @property
     def reserved(self) -> int:
         """Disk bytes this upload may still need."""
-        if self.failed or self.temp is None:
+        if self.failed or self.temp is None or self.incoming is None:
             return 0
         return max(0, self.incoming.max_plain_size - self.temp.size)
 

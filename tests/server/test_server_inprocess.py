@@ -1,0 +1,196 @@
+"""In-process server (loop in a thread) for what needs monkeypatching or socket tuning.
+
+Fault injection (HOSTILE.md G1, G5) and the outgoing-buffer bound (F2), which
+the kernel's send buffer would hide from an outside client.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import ANY_ID, RawClient, make_identity, unique_name, upload
+from protocol import (
+    Acknowledged,
+    ConnectionClosed,
+    CrcOk,
+    FileReceived,
+    GeneralError,
+    Register,
+    Registered,
+)
+from protocol.codes import RequestCode
+from server import handlers
+from server.app import App
+from server.limits import Limits
+from server.loop import Server, create_listener
+from server.storage.db import Database
+from server.storage.files import FileStore, TempFile
+
+
+class InProcess:
+    """A Server running in a background thread."""
+
+    def __init__(self, data_dir: Path, limits: Limits) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
+        self._limits = limits
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self._ready.wait(10)
+        self.address = self.server.address[:2]
+
+    def _run(self) -> None:
+        # SQLite objects belong to the thread that made them: build it all here.
+        self.db = Database.open(self.data_dir / "defensive.db")
+        self.app = App.build(self.db, FileStore(self.data_dir), self._limits)
+        self.server = Server(self.app, create_listener("127.0.0.1", 0))
+        self._ready.set()
+        try:
+            self.server.serve_forever()
+        finally:
+            self.db.close()
+
+    def client(self) -> RawClient:
+        return RawClient(self.address)
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def inprocess(tmp_path):
+    started = []
+
+    def start(**limits) -> InProcess:
+        server = InProcess(tmp_path / f"data{len(started)}", Limits(**limits))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in (root / "received_files").rglob(".tmp-*")]
+
+
+def test_g5_unexpected_error_in_a_handler_is_contained(inprocess, monkeypatch, caplog):
+    server = inprocess()
+
+    def broken(app, peer, event):
+        raise ZeroDivisionError("injected")
+
+    monkeypatch.setitem(handlers.HANDLERS, RequestCode.CRC_OK, broken)
+    monkeypatch.setattr("server.channel.HANDLERS", handlers.HANDLERS)
+    caplog.set_level(logging.INFO)
+    with server.client() as bystander, server.client() as victim:
+        identity = make_identity(victim)
+        assert isinstance(victim.request(CrcOk(client_id=identity.client_id, file_name="x")), GeneralError)
+        assert isinstance(victim.receive(), ConnectionClosed)
+        assert isinstance(bystander.request(Register(client_id=ANY_ID, name=unique_name())), Registered)
+    assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
+    assert all("injected" not in r.getMessage() or r.exc_info for r in caplog.records)
+
+
+def test_g1_disk_full_during_write_is_1607_and_leaves_nothing(inprocess, monkeypatch):
+    server = inprocess()
+    real_write = TempFile.write
+
+    def full(self, data):
+        if self.size > 1000:
+            raise_error = OSError(errno.ENOSPC, "No space left on device")
+            from server.storage.files import _storage_error
+
+            raise _storage_error("cannot write", raise_error)
+        real_write(self, data)
+
+    with server.client() as client:
+        identity = make_identity(client)
+        monkeypatch.setattr(TempFile, "write", full)
+        assert isinstance(upload(client, identity, "big.bin", bytes(50_000)), GeneralError)
+        assert temp_files(server.data_dir) == []
+        monkeypatch.setattr(TempFile, "write", real_write)
+        assert isinstance(upload(client, identity, "big.bin", bytes(50_000)), FileReceived)
+    with sqlite3.connect(server.data_dir / "defensive.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM files").fetchone() == (1,)
+
+
+def test_g1_install_failure_rolls_back_the_new_row(inprocess, monkeypatch):
+    server = inprocess()
+
+    def broken_install(self, final_name):
+        from server.storage.files import StorageError
+
+        raise StorageError("injected rename failure")
+
+    with server.client() as client:
+        identity = make_identity(client)
+        monkeypatch.setattr(TempFile, "install", broken_install)
+        assert isinstance(upload(client, identity, "f.bin", b"abc"), GeneralError)
+    with sqlite3.connect(server.data_dir / "defensive.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM files").fetchone() == (0,)
+    assert temp_files(server.data_dir) == []
+
+
+def test_g2_database_error_is_1607_and_the_server_goes_on(inprocess, monkeypatch):
+    server = inprocess()
+    with server.client() as client:
+        identity = make_identity(client)
+        upload(client, identity, "f.bin", b"abc")
+        real = server.db.set_verified
+
+        def locked(*args):
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(server.db, "set_verified", locked)
+        assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name="f.bin")), GeneralError)
+        monkeypatch.setattr(server.db, "set_verified", real)
+        assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name="f.bin")), Acknowledged)
+
+
+def test_f2_outgoing_bound_stops_reading_then_closes(inprocess):
+    server = inprocess(max_outgoing=1024, idle_timeout=1.5)
+    name = unique_name()
+    with server.client() as owner:
+        make_identity(owner, name)
+    hog = RawClient(server.address)
+    hog.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    deadline = time.monotonic() + 5
+    while not server.server.channels and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (channel,) = list(server.server.channels)
+    channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    request = hog.conn.send(Register(client_id=ANY_ID, name=name))  # 1601 each, not an error
+    hog.sock.setblocking(False)
+    sent = 0
+    stalled_since = None
+    while time.monotonic() < deadline:
+        try:
+            sent += hog.sock.send(request * 64)
+            stalled_since = None
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 0.5:
+                break
+            time.sleep(0.01)
+    assert stalled_since is not None, "the server kept reading from a peer that does not read"
+    assert len(channel._out) < 1024 + 64  # bounded: one response past the bound at most
+    assert len(channel._conn._buffer) < 300 * 1024  # at most one receive's worth
+    with server.client() as other:  # others are served meanwhile
+        assert isinstance(other.request(Register(client_id=ANY_ID, name=unique_name())), Registered)
+    deadline = time.monotonic() + 5
+    while not channel.closed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert channel.closed
+    hog.close()
