@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Callable, Protocol, TextIO
 
@@ -14,6 +15,9 @@ log = logging.getLogger(__name__)
 LOG_INTERVAL = 5.0
 BYTES_PER_MB = 1_000_000
 PERCENT = 100
+#: Terminal size to assume when it does not tell its own (a pty of 0 x 0):
+#: tqdm would otherwise draw nothing.
+FALLBACK_SIZE = os.terminal_size((80, 24))
 
 
 class Progress(Protocol):
@@ -52,6 +56,8 @@ class BarProgress:
     def start(self, label: str, total: int) -> None:
         """Open a bar for this file."""
         self.finish()
+        size = _terminal_size(self._stream)
+        known = size != FALLBACK_SIZE
         self._bar = tqdm(
             total=total,
             desc=label,
@@ -59,7 +65,9 @@ class BarProgress:
             unit_scale=True,
             unit_divisor=1024,
             file=self._stream,
-            dynamic_ncols=True,
+            dynamic_ncols=known,
+            ncols=None if known else size.columns,
+            nrows=None if known else size.lines,
             leave=True,
         )
 
@@ -73,6 +81,15 @@ class BarProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _terminal_size(stream: TextIO) -> os.terminal_size:
+    """The terminal's size, or FALLBACK_SIZE when it does not say."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return FALLBACK_SIZE
+    return size if size.columns and size.lines else FALLBACK_SIZE
 
 
 class LogProgress:

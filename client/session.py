@@ -34,6 +34,12 @@ def describe(event: object) -> str:
     return f"{int(code)} {name}" if code is not None else name
 
 
+def _worth_logging(request) -> bool:
+    """Every request but the middle packets of a file (thousands of lines)."""
+    number = getattr(request, "packet_number", None)
+    return number is None or number in (1, request.total_packets)
+
+
 class Session:
     """One server, one connection at a time, opened when first needed.
 
@@ -91,8 +97,6 @@ class Session:
         self.first_request = None
         self._eof = False
 
-    close = reset
-
     def __enter__(self) -> Session:
         return self
 
@@ -112,7 +116,8 @@ class Session:
             self._sock = self._connect()
         if self.first_request is None:
             self.first_request = request.code
-        log.debug("-> %s (%d bytes)", describe(request), len(data))
+        if _worth_logging(request):
+            log.debug("-> %s (%d bytes)", describe(request), len(data))
         try:
             self._sock.sendall(data)
         except TimeoutError:

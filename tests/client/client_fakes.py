@@ -9,6 +9,7 @@ script (a failed assertion included) is raised again in the test when the
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import threading
@@ -17,10 +18,13 @@ from pathlib import Path
 from typing import Callable
 
 from protocol import (
+    Acknowledged,
     ConnectionClosed,
+    CrcOk,
     FileContent,
     FilePacketEnded,
     FilePacketStarted,
+    FileReceived,
     NEED_DATA,
     PublicKeyReceived,
     Reconnect,
@@ -31,8 +35,16 @@ from protocol import (
     ServerConnection,
     cksum,
 )
-from protocol.crypto import decrypt, encrypt_aes_key, import_public_key, new_aes_key
+from protocol.crypto import (
+    decrypt,
+    encrypt_aes_key,
+    export_private_key,
+    generate_private_key,
+    import_public_key,
+    new_aes_key,
+)
 
+NAME = "alice"
 SCRIPT_TIMEOUT = 20.0
 RECV_SIZE = 1 << 16
 
@@ -208,3 +220,38 @@ def write_transfer_info(folder: Path, server: str, name: str, file: str | Path) 
     path = folder / "transfer.info"
     path.write_text(f"{server}\n{name}\n{file}\n", encoding="utf-8")
     return path
+
+
+def file_received(keys: Keys, received, *, cksum_delta: int = 0) -> FileReceived:
+    """The 1603 a correct server sends for this upload."""
+    return FileReceived(
+        client_id=keys.client_id,
+        content_size=len(received.ciphertext),
+        file_name=received.first.file_name,
+        cksum=(received.cksum + cksum_delta) % 2**32,
+    )
+
+
+def accept_upload(peer, keys: Keys, *, first: Packet | None = None):
+    """Receive one upload, answer 1603 with the right cksum, then 900 → 1604."""
+    received = peer.receive_file(keys.aes_key, first)
+    peer.reply(file_received(keys, received))
+    peer.expect(CrcOk)
+    peer.reply(Acknowledged(client_id=keys.client_id))
+    return received
+
+
+def make_file(folder: Path, name: str = "data.bin", size: int = 5000) -> Path:
+    """A file of random bytes."""
+    path = folder / name
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def registered_folder(folder: Path, keys: Keys, name: str = NAME) -> None:
+    """me.info and priv.key of an already registered client."""
+    private_key = generate_private_key()
+    keys.public_key = private_key.public_key()
+    key_text = base64.b64encode(export_private_key(private_key)).decode()
+    (folder / "me.info").write_text(f"{name}\n{keys.client_id.hex()}\n{key_text}\n")
+    (folder / "priv.key").write_text(key_text + "\n")

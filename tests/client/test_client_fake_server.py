@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import stat
 import struct
-from pathlib import Path
 
 
 from client.__main__ import ExitCode
@@ -27,53 +25,23 @@ from protocol import (
     RegistrationFailed,
     SendPublicKey,
 )
-from protocol.crypto import encrypt_aes_key, export_private_key, generate_private_key, new_aes_key
+from protocol.crypto import encrypt_aes_key, generate_private_key, new_aes_key
 
 from client_fakes import (
+    NAME,
     FakeServer,
     Keys,
     Packet,
+    accept_upload,
+    file_received,
     handshake_reconnect,
     handshake_register,
+    make_file,
+    registered_folder,
     write_transfer_info,
 )
 
-NAME = "alice"
 SMALL_PACKET = "1024"
-
-
-def file_received(keys: Keys, received, *, cksum_delta: int = 0) -> FileReceived:
-    """The 1603 a correct server sends for this upload."""
-    return FileReceived(
-        client_id=keys.client_id,
-        content_size=len(received.ciphertext),
-        file_name=received.first.file_name,
-        cksum=(received.cksum + cksum_delta) % 2**32,
-    )
-
-
-def accept_upload(peer, keys: Keys, *, first: Packet | None = None):
-    """Receive one upload, answer 1603 with the right cksum, then 900 → 1604."""
-    received = peer.receive_file(keys.aes_key, first)
-    peer.reply(file_received(keys, received))
-    peer.expect(CrcOk)
-    peer.reply(Acknowledged(client_id=keys.client_id))
-    return received
-
-
-def make_file(folder: Path, name: str = "data.bin", size: int = 5000) -> Path:
-    path = folder / name
-    path.write_bytes(os.urandom(size))
-    return path
-
-
-def registered_folder(folder: Path, keys: Keys, name: str = NAME) -> None:
-    """me.info and priv.key of an already registered client."""
-    private_key = generate_private_key()
-    keys.public_key = private_key.public_key()
-    key_text = base64.b64encode(export_private_key(private_key)).decode()
-    (folder / "me.info").write_text(f"{name}\n{keys.client_id.hex()}\n{key_text}\n")
-    (folder / "priv.key").write_text(key_text + "\n")
 
 
 # -- the normal flows ------------------------------------------------------------

@@ -13,12 +13,20 @@ import termios
 import time
 from pathlib import Path
 
+import pytest
 
 from client.__main__ import ExitCode
 from protocol import Register
 
-from client_fakes import FakeServer, Keys, handshake_register, write_transfer_info
-from test_client_fake_server import NAME, accept_upload, make_file
+from client_fakes import (
+    NAME,
+    FakeServer,
+    Keys,
+    accept_upload,
+    handshake_register,
+    make_file,
+    write_transfer_info,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 60
@@ -125,7 +133,8 @@ def test_quiet_prints_nothing_on_success(work):
     assert result.stderr == "" and result.stdout == ""
 
 
-def test_progress_bar_on_a_terminal(work):
+@pytest.mark.parametrize("sized", [True, False], ids=["120x24", "0x0"])
+def test_progress_bar_on_a_terminal(work, sized):
     make_file(work, size=1_000_000)
     keys = Keys()
 
@@ -137,8 +146,9 @@ def test_progress_bar_on_a_terminal(work):
     with FakeServer(script) as server:
         write_transfer_info(work, server.address, NAME, "data.bin")
         master, slave = pty.openpty()
-        rows_cols = struct.pack("HHHH", 24, 120, 0, 0)
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, rows_cols)
+        if sized:
+            rows_cols = struct.pack("HHHH", 24, 120, 0, 0)
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, rows_cols)
         process = subprocess.Popen(
             client_command("--timeout", "10"),
             cwd=work,
