@@ -1,0 +1,154 @@
+"""Storage units: safe stored names (HOSTILE.md E1-E3), the database, limits."""
+
+from __future__ import annotations
+
+import ntpath
+import posixpath
+import sqlite3
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from server.limits import Limits
+from server.storage.db import Database, DatabaseError
+from server.storage.files import (
+    MAX_STORED_NAME_BYTES,
+    TEMP_PREFIX,
+    FileStore,
+    stored_name,
+)
+
+RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{d}{n}" for d in ("COM", "LPT") for n in range(1, 10)}
+
+
+def assert_safe(name: str) -> None:
+    assert name and name not in (".", "..")
+    assert not name.startswith(".")
+    for flavour in (posixpath, ntpath):
+        assert flavour.basename(name) == name
+        assert not flavour.isabs(name)
+    assert ntpath.splitdrive(name)[0] == ""
+    assert not set(name) & set('<>:"/\\|?*\0')
+    assert all(ch.isprintable() for ch in name)
+    assert not name.endswith((".", " "))
+    assert name.split(".")[0].rstrip(" ").upper() not in RESERVED
+    assert len(name.encode("utf-8")) <= MAX_STORED_NAME_BYTES
+
+
+@pytest.mark.parametrize(
+    "wire, expected",
+    [
+        (b"report.pdf", "report.pdf"),
+        (b"../../etc/passwd", "%2E.%2F..%2Fetc%2Fpasswd"),
+        (b"..", "%2E%2E"),
+        (b".", "%2E"),
+        (b"/etc/passwd", "%2Fetc%2Fpasswd"),
+        (b"C:\\Windows\\win.ini", "C%3A%5CWindows%5Cwin.ini"),
+        (b"\\\\host\\share\\x", "%5C%5Chost%5Cshare%5Cx"),
+        (b"CON", "%43ON"),
+        (b"nul.txt", "%6Eul.txt"),
+        (b"COM1", "%43OM1"),
+        (b"name.", "name%2E"),
+        (b"name ", "name%20"),
+        (b"a:stream", "a%3Astream"),
+        (b"100%", "100%25"),
+        (b"tab\there", "tab%09here"),
+        (b"caf\xc3\xa9", "café"),
+        (b"\xe9t\xe9", "%E9t%E9"),
+        (b".tmp-1234", "%2Etmp-1234"),
+    ],
+)
+def test_stored_names(wire, expected):
+    assert stored_name(wire) == expected
+    assert_safe(stored_name(wire))
+
+
+def test_long_names_are_shortened_with_a_digest():
+    long_a, long_b = b"a" * 254, b"a" * 253 + b"b"
+    assert stored_name(long_a) != stored_name(long_b)
+    assert_safe(stored_name(long_a))
+    assert_safe(stored_name(b"\x01" * 254))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(min_size=1, max_size=254).filter(lambda b: b"\0" not in b))
+def test_property_every_name_is_safe(wire):
+    assert_safe(stored_name(wire))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b),
+    st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b),
+)
+def test_property_distinct_names_never_share_a_file(a, b):
+    if a != b:
+        assert stored_name(a) != stored_name(b)
+
+
+def test_database_schema_wal_and_full_sync(tmp_path):
+    db = Database.open(tmp_path / "defensive.db")
+    db.close()
+    raw = sqlite3.connect(tmp_path / "defensive.db")
+    assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    columns = {t: [r[1] for r in raw.execute(f"PRAGMA table_info({t})")] for t in ("clients", "files")}
+    assert columns == {
+        "clients": ["ID", "Name", "PublicKey", "LastSeen", "AESKey"],
+        "files": ["ID", "FileName", "PathName", "Verified"],
+    }
+    raw.close()
+    db = Database.open(tmp_path / "defensive.db")
+    assert db._db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    db.close()
+
+
+def test_database_missing_column_is_refused(tmp_path):
+    raw = sqlite3.connect(tmp_path / "defensive.db")
+    raw.execute("CREATE TABLE clients (ID BLOB PRIMARY KEY, Name TEXT)")
+    raw.commit()
+    raw.close()
+    with pytest.raises(DatabaseError, match="lacks"):
+        Database.open(tmp_path / "defensive.db")
+
+
+def test_rollback_on_error_leaves_no_half_state(tmp_path):
+    db = Database.open(tmp_path / "defensive.db")
+    with pytest.raises(RuntimeError):
+        with db.transaction():
+            db.insert_client(b"i" * 16, "alice", 0.0)
+            raise RuntimeError("boom")
+    assert db.client_by_name("alice") is None
+    db.close()
+
+
+def test_non_utf8_file_names_round_trip(tmp_path):
+    db = Database.open(tmp_path / "defensive.db")
+    with db.transaction():
+        db.upsert_file(b"i" * 16, b"\xe9t\xe9", "received_files/x/y")
+        db.upsert_file(b"i" * 16, "été".encode(), "received_files/x/z")
+    assert {row.file_name for row in db.file_rows()} == {b"\xe9t\xe9", "été".encode()}
+    db.close()
+
+
+def test_file_store_refuses_path_names_that_leave_it(tmp_path):
+    store = FileStore(tmp_path)
+    for path_name in ("../x", "received_files/../../x", "received_files/" + "a" * 32 + "/..",
+                      "/etc/passwd", "received_files/" + "a" * 32 + "/x\\..\\y"):
+        assert not store.exists(path_name)
+
+
+def test_temp_files_use_the_reserved_prefix(tmp_path):
+    temp = FileStore(tmp_path).new_temp(b"\x01" * 16)
+    assert temp.name.startswith(TEMP_PREFIX)
+    temp.write(b"abc")
+    temp.discard()
+    assert not temp.path.exists()
+
+
+@pytest.mark.parametrize(
+    "bad", [dict(max_connections=0), dict(idle_timeout=0), dict(max_content_size=2**32), dict(min_free_disk=-1)]
+)
+def test_limits_are_validated(bad):
+    with pytest.raises(ValueError):
+        Limits(**bad)
