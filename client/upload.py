@@ -148,7 +148,7 @@ class Client:
         if self.identity is None:
             self._register()
         else:
-            self._reconnect()
+            self._reconnect(announce=True)
 
     # -- retries -----------------------------------------------------------------
 
@@ -238,7 +238,7 @@ class Client:
             {PublicKeyReceived: self._accept_key},
         )
 
-    def _reconnect(self) -> None:
+    def _reconnect(self, *, announce: bool = False) -> None:
         """827 → 1605 (fresh AES key), or 1606 → register again."""
         identity = self.identity
         known = self._exchange(
@@ -246,7 +246,14 @@ class Client:
             Reconnect(client_id=identity.client_id, name=identity.name),
             {Reconnected: self._accept_key, ReconnectRefused: lambda reply: False},
         )
-        if not known:
+        if known:
+            log.log(
+                logging.INFO if announce else logging.DEBUG,
+                "reconnected as %r (client id %s)",
+                identity.name,
+                identity.client_id.hex(),
+            )
+        else:
             log.warning(
                 "the server does not know client %r with a key (1606); registering again",
                 identity.name,
