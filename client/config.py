@@ -299,8 +299,8 @@ def _write_private(path: Path, text: str) -> None:
     temp_name = None
     try:
         fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(temp_name, PRIVATE_FILE_MODE)  # mkstemp's default, made explicit
         with os.fdopen(fd, "w", encoding="ascii") as temp:
-            os.fchmod(temp.fileno(), PRIVATE_FILE_MODE)
             temp.write(text)
             temp.flush()
             os.fsync(temp.fileno())
