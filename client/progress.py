@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 LOG_INTERVAL = 5.0
 BYTES_PER_MB = 1_000_000
 PERCENT = 100
+#: Floor of a measured duration, so that a rate never divides by zero.
+MIN_SECONDS = 1e-9
 #: Terminal size to assume when it does not tell its own (a pty of 0 x 0):
 #: tqdm would otherwise draw nothing.
 FALLBACK_SIZE = os.terminal_size((80, 24))
@@ -115,7 +117,7 @@ class LogProgress:
         if now - self._last < LOG_INTERVAL or self._done >= self._total:
             return
         self._last = now
-        rate = self._done / max(now - self._started, 1e-9)
+        rate = self._done / max(now - self._started, MIN_SECONDS)
         eta = (self._total - self._done) / rate if rate else float("inf")
         log.info(
             "%s: %d%% (%.1f of %.1f MB, %.1f MB/s, about %.0f s left)",

@@ -77,6 +77,8 @@ SESSION_OPENERS = frozenset(
     {RequestCode.REGISTER, RequestCode.SEND_PUBLIC_KEY, RequestCode.RECONNECT}
 )
 BYTES_PER_MB = 1_000_000
+#: Floor of a measured duration, so that a rate never divides by zero.
+MIN_SECONDS = 1e-9
 
 
 @dataclass(frozen=True)
@@ -285,7 +287,10 @@ class Client:
             size = path.stat().st_size
         except OSError as exc:
             raise FileReadError(path, f"cannot access: {exc.strerror}") from None
-        plan = plan_file(path, size, self._packet_size)
+        try:
+            plan = plan_file(path, size, self._packet_size)
+        except ValueError as exc:  # grew past the limit since it was checked
+            raise FileReadError(path, f"too large: {exc}") from None
         name = plan.display_name
         started = time.monotonic()
         log.info(
@@ -316,7 +321,7 @@ class Client:
                     name,
                     plan.orig_size,
                     seconds,
-                    plan.orig_size / BYTES_PER_MB / max(seconds, 1e-9),
+                    plan.orig_size / BYTES_PER_MB / max(seconds, MIN_SECONDS),
                     local,
                 )
                 return FileResult(plan, local, True, uploads, seconds)
