@@ -28,7 +28,12 @@ class ReceiveBuffer:
 
     def extract_at_most(self, count: int) -> bytes:
         """Take up to ``count`` bytes (possibly none)."""
-        chunk = bytes(self._data[:count])
+        if count >= len(self._data):
+            chunk = bytes(self._data)  # one copy, not a slice and then a copy
+            self._data.clear()
+            return chunk
+        with memoryview(self._data) as view:
+            chunk = bytes(view[:count])
         del self._data[:count]
         return chunk
 

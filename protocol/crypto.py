@@ -167,15 +167,34 @@ class CbcDecryptor:
         self._cipher = _cbc(aes_key)
         self._pending = b""
 
-    def update(self, ciphertext: bytes) -> bytes:
-        """Decrypt what whole blocks there are, but the last one."""
-        data = self._pending + ciphertext if self._pending else ciphertext
-        ready = len(data) - len(data) % AES_BLOCK_SIZE
-        if ready == len(data):
+    def update(self, ciphertext: bytes) -> bytes | bytearray:
+        """Decrypt what whole blocks there are, but the last one.
+
+        The result may be a bytearray (decrypted in place, without a copy).
+        """
+        pending = self._pending
+        total = len(pending) + len(ciphertext)
+        ready = total - total % AES_BLOCK_SIZE
+        if ready == total:
             ready -= AES_BLOCK_SIZE  # keep a whole block for finalize()
-        ready = max(ready, 0)
-        self._pending = bytes(data[ready:])
-        return self._cipher.decrypt(data[:ready]) if ready else b""
+        if ready <= 0:
+            self._pending = pending + bytes(ciphertext)
+            return b""
+        if not pending:
+            self._pending = bytes(ciphertext[ready:])
+            return self._cipher.decrypt(ciphertext[:ready])
+        # Complete the held block from the new bytes and decrypt both into one
+        # buffer, rather than concatenating a large chunk to a 16-byte one.
+        view = memoryview(ciphertext)
+        take = AES_BLOCK_SIZE - len(pending)
+        head = pending + bytes(view[:take])
+        out = bytearray(ready)
+        self._cipher.decrypt(head, output=memoryview(out)[:AES_BLOCK_SIZE])
+        if ready > AES_BLOCK_SIZE:
+            body = view[take : take + ready - AES_BLOCK_SIZE]
+            self._cipher.decrypt(body, output=memoryview(out)[AES_BLOCK_SIZE:])
+        self._pending = bytes(view[take + ready - AES_BLOCK_SIZE :])
+        return bytes(out) if ready <= AES_BLOCK_SIZE else out
 
     def finalize(self) -> bytes:
         """Decrypt the last block and strip its padding.

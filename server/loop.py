@@ -21,7 +21,7 @@ from .channel import Channel
 log = logging.getLogger(__name__)
 
 #: One receive buffer shared by all connections (the loop is one thread).
-RECV_BUFFER_SIZE = 256 * 1024
+RECV_BUFFER_SIZE = 1024 * 1024
 #: Longest sleep in select(); timers usually wake the loop sooner.
 MAX_SELECT_TIMEOUT = 1.0
 #: Pending LastSeen/LastUsed stamps are committed this often.

@@ -4,7 +4,8 @@ Stable API (other test suites use it):
 
 * :func:`start_server` / :class:`ServerProcess`: run ``python -m server
   --host 127.0.0.1 --port 0 --data-dir DIR [flags]`` from this checkout, wait
-  until it listens, read its port from the log. ``stop()`` sends SIGTERM and
+  until it listens, read its port from the log (so keep --log-level at INFO
+  or DEBUG). ``stop()`` sends SIGTERM and
   returns the exit code, ``kill()`` sends SIGKILL, ``log()`` is the log text.
 * :class:`RawClient`: a blocking socket plus ``protocol.ClientConnection``;
   ``request(event)`` sends one request and returns the response event.

@@ -159,7 +159,8 @@ def test_g2_database_error_is_1607_and_the_server_goes_on(inprocess, monkeypatch
         assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name="f.bin")), Acknowledged)
 
 
-def test_f2_outgoing_bound_stops_reading_then_closes(inprocess):
+def test_f2_outgoing_bound_stops_reading_then_closes(inprocess, caplog):
+    caplog.set_level(logging.INFO)
     server = inprocess(max_outgoing=1024, idle_timeout=1.5)
     name = unique_name()
     with server.client() as owner:
@@ -173,24 +174,28 @@ def test_f2_outgoing_bound_stops_reading_then_closes(inprocess):
     channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     request = hog.conn.send(Register(client_id=ANY_ID, name=name))  # 1601 each, not an error
     hog.sock.setblocking(False)
-    sent = 0
+    peak_out = peak_in = 0
     stalled_since = None
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not channel.closed:
+        peak_out = max(peak_out, len(channel._out))
+        peak_in = max(peak_in, len(channel._conn._buffer))
         try:
-            sent += hog.sock.send(request * 64)
+            hog.sock.send(request * 64)
             stalled_since = None
         except BlockingIOError:
             stalled_since = stalled_since or time.monotonic()
-            if time.monotonic() - stalled_since > 0.5:
+            if time.monotonic() - stalled_since > 0.3:
                 break
             time.sleep(0.01)
-    assert stalled_since is not None, "the server kept reading from a peer that does not read"
-    assert len(channel._out) < 1024 + 64  # bounded: one response past the bound at most
-    assert len(channel._conn._buffer) < 300 * 1024  # at most one receive's worth
+        except OSError:
+            break  # the server already gave up on us
+    assert peak_out < 1024 + 64  # bounded: one response past the bound at most
+    assert peak_in < 1100 * 1024  # at most one receive's worth plus a message
     with server.client() as other:  # others are served meanwhile
         assert isinstance(other.request(Register(client_id=ANY_ID, name=unique_name())), Registered)
     deadline = time.monotonic() + 5
     while not channel.closed and time.monotonic() < deadline:
         time.sleep(0.05)
     assert channel.closed
+    assert any("peer does not read" in r.getMessage() for r in caplog.records)
     hog.close()
