@@ -167,10 +167,14 @@ def test_f2_outgoing_bound_stops_reading_then_closes(inprocess, caplog):
         make_identity(owner, name)
     hog = RawClient(server.address)
     hog.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    port = hog.sock.getsockname()[1]
     deadline = time.monotonic() + 5
-    while not server.server.channels and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        found = [c for c in list(server.server.channels) if c.peer.port == port]
+        if found:
+            break
         time.sleep(0.01)
-    (channel,) = list(server.server.channels)
+    (channel,) = found
     channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     request = hog.conn.send(Register(client_id=ANY_ID, name=name))  # 1601 each, not an error
     hog.sock.setblocking(False)
