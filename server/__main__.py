@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         signum: signal.signal(signum, lambda *_: server.stop())
         for signum in (signal.SIGINT, signal.SIGTERM)
     }
-    host, bound_port = server.address[:2]
-    log.info("listening on %s port %d", host or "*", bound_port)
+    bound_port = server.address[1]
+    log.info("listening on %s port %d", args.host or "all interfaces", bound_port)
     try:
         server.serve_forever()
     finally:

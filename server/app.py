@@ -16,9 +16,13 @@ from .uploads import Uploads
 _RATE_WINDOW = 60.0
 
 
-@dataclass
+@dataclass(eq=False)
 class Peer:
-    """The handlers' view of a connection: where it comes from."""
+    """The handlers' view of a connection: where it comes from.
+
+    Each connection has its own Peer object; its identity stands for the
+    connection (see :attr:`App.live_registrations`).
+    """
 
     address: str
     port: int
@@ -63,6 +67,14 @@ class App:
     uploads: Uploads
     registrations: RegistrationLimiter
     wall_clock: Callable[[], float] = field(default=time.time)
+    #: Keyless registrations made by 825 on a connection still open: another
+    #: connection's 825 for the same name gets 1601 (HOSTILE.md B4).
+    live_registrations: dict[bytes, Peer] = field(default_factory=dict)
+
+    def connection_closed(self, peer: Peer) -> None:
+        """Forget the registrations a closed connection was holding."""
+        for client_id in [k for k, v in self.live_registrations.items() if v is peer]:
+            del self.live_registrations[client_id]
 
     @classmethod
     def build(

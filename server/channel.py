@@ -163,6 +163,7 @@ class Channel:
             pass
         try:
             self._app.uploads.channel_closed(self)
+            self._app.connection_closed(self.peer)
         finally:
             elapsed = self._app.monotonic() - self._opened
             log.info(

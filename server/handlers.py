@@ -116,6 +116,11 @@ def register(app: App, peer: Peer, event: Register) -> Outcome:
     existing = app.db.client_by_name(event.name)
     if existing is not None and existing.public_key is not None:
         return Outcome(RegistrationFailed(), client=event.name, detail="name taken")
+    holder = app.live_registrations.get(existing.id) if existing is not None else None
+    if holder is not None and holder is not peer:
+        return Outcome(
+            RegistrationFailed(), client=event.name, detail="name being registered by another connection"
+        )
     refusal = _can_register(app, peer, replacing=existing is not None)
     if refusal:
         return Outcome(RegistrationFailed(), client=event.name, detail=refusal)
@@ -123,6 +128,9 @@ def register(app: App, peer: Peer, event: Register) -> Outcome:
         client_id = _register_name(app, peer, event.name, existing)
     except sqlite3.IntegrityError:
         return Outcome(RegistrationFailed(), client=event.name, detail="name taken")
+    if existing is not None:
+        app.live_registrations.pop(existing.id, None)
+    app.live_registrations[client_id] = peer
     detail = "keyless registration replaced" if existing else ""
     return Outcome(
         Registered(client_id=client_id),
@@ -149,6 +157,7 @@ def send_public_key(app: App, peer: Peer, event: SendPublicKey) -> Outcome:
     with app.db.transaction():
         app.db.set_keys(client.id, event.public_key, aes_key, now)
         bind(app.db, client.id, peer.address, now)
+    app.live_registrations.pop(client.id, None)
     return Outcome(
         PublicKeyReceived(client_id=client.id, encrypted_aes_key=sealed),
         client=client_label(client.name, client.id),

@@ -130,6 +130,12 @@ def _storage_error(action: str, exc: OSError) -> StorageError:
     return StorageError(f"{action}: {exc.strerror or exc}")
 
 
+#: Flush a file being received every this many bytes, so that the fsync
+#: before its rename never has a whole huge file to write while the
+#: single-threaded loop waits.
+SYNC_EVERY = 64 * 1024 * 1024
+
+
 class TempFile:
     """A file being received: a temp file in the client's folder."""
 
@@ -137,6 +143,7 @@ class TempFile:
         self.directory = directory
         self.name = f"{TEMP_PREFIX}{secrets.token_hex(_TEMP_RANDOM_BYTES)}"
         self.size = 0
+        self._synced = 0
         try:
             self._fd: int | None = os.open(directory / self.name, _TEMP_FLAGS, _FILE_MODE)
         except OSError as exc:
@@ -159,6 +166,9 @@ class TempFile:
                 written = os.write(self._fd, view)
                 view = view[written:]
                 self.size += written
+            if self.size - self._synced >= SYNC_EVERY:
+                os.fdatasync(self._fd)
+                self._synced = self.size
         except OSError as exc:
             raise _storage_error("cannot write a received file", exc) from exc
 

@@ -475,3 +475,25 @@ def test_max_clients_and_registration_rate(server_factory):
             assert isinstance(client.request(Register(client_id=ANY_ID, name=unique_name())), expected)
     with server.client(source=STRANGER) as other:
         assert isinstance(other.request(Register(client_id=ANY_ID, name=unique_name())), Registered)
+
+
+def test_max_errors_flag(server_factory):
+    server = server_factory("--max-errors", "2")
+    with server.client() as client:
+        client.send_raw(raw_header(829, 0) * 2)
+        assert isinstance(client.receive(), GeneralError)
+        assert isinstance(client.receive(), GeneralError)
+        assert isinstance(client.receive(), ConnectionClosed)
+
+
+def test_retry_ack_delay_flag(server_factory):
+    server = server_factory("--retry-ack-delay", "0.2")
+    from protocol import CrcRetry
+
+    with server.client() as client:
+        identity = make_identity(client)
+        upload(client, identity, "f", b"x")
+        client.send(CrcRetry(client_id=identity.client_id, file_name="f"))
+        started = time.monotonic()
+        assert isinstance(client.receive(), Acknowledged)
+        assert time.monotonic() - started < 0.8

@@ -304,3 +304,24 @@ def test_eof_at_a_boundary_closes_quietly(server):
     with server.client() as client:
         client.sock.shutdown(1)
         assert isinstance(client.receive(), ConnectionClosed)
+
+
+def test_b4_same_new_name_from_two_connections_at_once(server):
+    name = unique_name()
+    with server.client() as a, server.client() as b:
+        wire = a.conn.send(Register(client_id=ANY_ID, name=name))
+        a.send_raw(wire)
+        b.send_raw(wire)
+        answers = sorted(type(x.receive()).__name__ for x in (a, b))
+    assert answers == ["Registered", "RegistrationFailed"]
+    assert len(db_rows(server, "SELECT ID FROM clients WHERE Name = ?", name)) == 1
+
+
+def test_keyless_name_is_free_again_once_its_connection_closed(server):
+    name = unique_name()
+    with server.client() as a:
+        first = a.request(Register(client_id=ANY_ID, name=name))
+    time.sleep(0.2)
+    with server.client() as b:
+        second = b.request(Register(client_id=ANY_ID, name=name))
+    assert isinstance(second, Registered) and second.client_id != first.client_id
