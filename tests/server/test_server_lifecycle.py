@@ -208,3 +208,20 @@ def test_start_up_repairs_rows_without_files_and_files_without_rows(server_facto
     assert "no database row" in restarted.log()
     quarantined = list((data_dir / "received_files" / ".orphaned").rglob("stray.bin*"))
     assert len(quarantined) == 1
+
+
+def test_unusable_received_files_or_missing_data_dir_is_a_clear_error(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "received_files").write_text("not a folder")
+    result = run_server(data_dir, "--port", "0")
+    assert result.returncode != 0 and "received_files" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_server(tmp_path / "missing", "--port", "0")
+    assert result.returncode != 0 and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_database_and_folder_are_created(server):
+    assert (server.data_dir / "defensive.db").is_file()
+    assert (server.data_dir / "received_files").is_dir()
