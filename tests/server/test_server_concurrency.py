@@ -7,8 +7,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from helpers import ANY_ID, file_packets, make_identity, packet_bytes, upload
-from protocol import CrcOk, Acknowledged, FileReceived, Register, Registered, cksum
+from helpers import file_packets, make_identity, packet_bytes, upload
+from protocol import Acknowledged, CrcOk, FileReceived, cksum
 from protocol.codes import RequestCode
 from helpers import raw_header
 

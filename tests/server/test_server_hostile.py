@@ -12,7 +12,6 @@ import pytest
 
 from helpers import (
     ANY_ID,
-    RawClient,
     file_packets,
     make_identity,
     packet_bytes,

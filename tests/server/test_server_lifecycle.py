@@ -20,7 +20,6 @@ from helpers import (
     reconnect,
     server_env,
     start_server,
-    unique_name,
     upload,
 )
 from protocol import Acknowledged, CrcOk, FileReceived, Register, RegistrationFailed, cksum

@@ -10,8 +10,6 @@ import pytest
 
 from helpers import (
     ANY_ID,
-    RawClient,
-    file_packets,
     make_identity,
     private_key,
     raw_header,
@@ -30,7 +28,6 @@ from protocol import (
     PublicKeyReceived,
     Reconnect,
     ReconnectRefused,
-    Reconnected,
     Register,
     Registered,
     RegistrationFailed,
