@@ -18,17 +18,12 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from common import free_port
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 #: The ciphers the performance issue asks to compare; the fastest one counts.
 SCP_CIPHERS = ("aes256-gcm@openssh.com", "aes256-ctr", "chacha20-poly1305@openssh.com")
 START_TIMEOUT = 10.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_listening(port: int, timeout: float) -> None:

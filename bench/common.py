@@ -1,0 +1,216 @@
+"""What the benchmarks share: free ports, the real server, peak RSS, medians, tables.
+
+Every benchmark runs this checkout's ``python -m server`` as a subprocess bound
+to 127.0.0.1 in a temporary folder, measures several runs and reports medians;
+comparisons are ratios of figures measured side by side in the same run (the
+machine is shared and noisy). MB = 10**6 bytes, MiB = 2**20.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+HOST = "127.0.0.1"
+MIB = 1024 * 1024
+MB = 1_000_000
+#: Random bytes repeated to fill a test file: fast to write, incompressible.
+PATTERN_SIZE = 16 * MIB
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+POLL_INTERVAL = 0.05
+
+
+def env() -> dict[str, str]:
+    """The environment that runs this checkout's packages."""
+    result = dict(os.environ)
+    result["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), result.get("PYTHONPATH")]))
+    return result
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's soft descriptor limit towards ``wanted``; return it.
+
+    Children inherit it (the server started by :func:`start_server` too).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:  # root may raise the hard limit too
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        except (ValueError, OSError):
+            wanted = hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return wanted
+
+
+def make_file(path: Path, size: int) -> None:
+    """A file of ``size`` incompressible bytes."""
+    pattern = os.urandom(min(size, PATTERN_SIZE)) or b""
+    with path.open("wb") as handle:
+        left = size
+        while left:
+            left -= handle.write(pattern[: min(left, len(pattern))])
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """Peak resident set size (VmHWM) of a live process, in KiB; 0 if gone."""
+    return _status_kib(pid, "VmHWM:")
+
+
+def vm_rss_kib(pid: int) -> int:
+    """Current resident set size (VmRSS) of a live process, in KiB; 0 if gone."""
+    return _status_kib(pid, "VmRSS:")
+
+
+def _status_kib(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a live process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    # utime and stime are fields 14 and 15 of stat; 12 and 13 after the ")".
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def median(values: Sequence[float]) -> float:
+    """The median (NaN for no values)."""
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile (fraction in 0..1) of values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Server:
+    """A running ``python -m server`` in its own data folder."""
+
+    process: subprocess.Popen
+    port: int
+    data_dir: Path
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        return self.process.pid
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where it listens."""
+        return HOST, self.port
+
+    def stop(self) -> int:
+        """SIGTERM, wait, return the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(STOP_TIMEOUT)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def start_server(data_dir: Path, *flags: str, log_level: str = "INFO") -> Server:
+    """Start the real server on a free port of 127.0.0.1; wait until it accepts.
+
+    Its log goes to a file beside ``data_dir`` (the default INFO level, as
+    deployed: one line per connection and request).
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log_path = data_dir.parent / f"{data_dir.name}-server.log"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", "--host", HOST, "--port", str(port),
+             "--data-dir", str(data_dir), "--log-level", log_level, *flags],
+            cwd=data_dir, env=env(), stdin=subprocess.DEVNULL,
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    server = Server(process, port, data_dir, log_path)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"the server exited with {process.returncode}:\n{log_path.read_text()}"
+            )
+        try:
+            socket.create_connection(server.address, 1).close()
+            return server
+        except OSError:
+            time.sleep(POLL_INTERVAL)
+    server.stop()
+    raise RuntimeError("the server did not start listening")
+
+
+@dataclass
+class Check:
+    """One target: what it is, the measured figure, and whether it holds."""
+
+    name: str
+    measured: str
+    ok: bool
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A plain fixed-width table."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    print(title)
+    for index, row in enumerate(cells):
+        print("  ".join(
+            cell.ljust(width) if col == 0 else cell.rjust(width)
+            for col, (cell, width) in enumerate(zip(row, widths))
+        ))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+def report(checks: Sequence[Check]) -> int:
+    """Print every target and its verdict; return the exit status (1 if any missed)."""
+    print()
+    print_table("targets", ["target", "measured", "verdict"],
+                [[c.name, c.measured, "met" if c.ok else "MISSED"] for c in checks])
+    return 0 if all(c.ok for c in checks) else 1
