@@ -16,6 +16,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from . import crashpoints
 from .app import App
 from .limits import Limits
 from .loop import Server, create_listener
@@ -139,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
     try:
         limits = _limits(args)
+        crash_point = crashpoints.from_environment()
     except ValueError as exc:
         parser.error(str(exc))
+    if crash_point:
+        log.warning("test-only crash point %s armed: this server will kill itself", crash_point)
     data_dir = args.data_dir
     port = args.port if args.port is not None else read_port(data_dir)
     try:

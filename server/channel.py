@@ -45,6 +45,7 @@ from protocol.events import Response
 from protocol.upload import MAX_ZERO_FILL
 from protocol.wire import FILE_PACKET_FIELDS_SIZE, REQUEST_HEADER_SIZE, REQUEST_PAYLOAD_SIZES
 
+from . import crashpoints
 from .app import App, Peer
 from .handlers import HANDLERS, FilePacket, Outcome
 from .storage.files import StorageError
@@ -377,6 +378,7 @@ class Channel:
         data = self._conn.send(response)
         self._out += data
         self.bytes_out += len(data)
+        crashpoints.reached("response.queued")
         self._update_interest()
 
     def _write(self) -> None:
@@ -390,6 +392,7 @@ class Channel:
             self.close(f"send failed: {exc.strerror or exc}")
             return
         del self._out[:sent]
+        crashpoints.reached("response.sent")
         self._last_write = self._app.monotonic()
         if not self._out and self._state is _State.CLOSING:
             self._start_linger()

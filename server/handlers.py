@@ -41,6 +41,7 @@ from protocol.codes import CLIENT_ID_SIZE
 from protocol.events import Response
 from protocol.upload import IncomingFile, is_first_packet
 
+from . import crashpoints
 from .app import App, Peer
 from .binding import bind, check_key_use, check_registration
 from .storage.db import ClientRow, FileRow
@@ -157,6 +158,7 @@ def send_public_key(app: App, peer: Peer, event: SendPublicKey) -> Outcome:
     with app.db.transaction():
         app.db.set_keys(client.id, event.public_key, aes_key, now)
         bind(app.db, client.id, peer.address, now)
+    crashpoints.reached("key.committed")
     app.live_registrations.pop(client.id, None)
     return Outcome(
         PublicKeyReceived(client_id=client.id, encrypted_aes_key=sealed),
@@ -206,6 +208,7 @@ def reconnect(app: App, peer: Peer, event: Reconnect) -> Outcome:
     with app.db.transaction():
         app.db.set_aes_key(client.id, aes_key, now)
         bind(app.db, client.id, peer.address, now)
+    crashpoints.reached("key.committed")
     return Outcome(Reconnected(client_id=client.id, encrypted_aes_key=sealed), client=label)
 
 
@@ -231,8 +234,10 @@ def _received_file(app: App, peer: Peer, event) -> tuple[ClientRow, FileRow]:
 def crc_ok(app: App, peer: Peer, event: CrcOk) -> Outcome:
     """900: mark the file verified (idempotent)."""
     client, row = _received_file(app, peer, event)
+    crashpoints.reached("verify.before_commit")
     with app.db.transaction():
         app.db.set_verified(client.id, row.file_name, True)
+    crashpoints.reached("verify.committed")
     return Outcome(
         Acknowledged(client_id=client.id),
         client=client_label(client.name, client.id),
@@ -243,6 +248,7 @@ def crc_ok(app: App, peer: Peer, event: CrcOk) -> Outcome:
 def crc_retry(app: App, peer: Peer, event: CrcRetry) -> Outcome:
     """901: the file will come again; 1604 only if no 828 follows in time."""
     client, row = _received_file(app, peer, event)
+    crashpoints.reached("retry.received")
     return Outcome(
         deferred=Acknowledged(client_id=client.id),
         client=client_label(client.name, client.id),
@@ -253,8 +259,10 @@ def crc_retry(app: App, peer: Peer, event: CrcRetry) -> Outcome:
 def crc_abort(app: App, peer: Peer, event: CrcAbort) -> Outcome:
     """902: the client gives up; the file stays, not verified (decision 5)."""
     client, row = _received_file(app, peer, event)
+    crashpoints.reached("verify.before_commit")
     with app.db.transaction():
         app.db.set_verified(client.id, row.file_name, False)
+    crashpoints.reached("verify.committed")
     return Outcome(
         Acknowledged(client_id=client.id),
         client=client_label(client.name, client.id),
@@ -418,6 +426,7 @@ class FilePacket:
         existed = app.db.file_row(session.client_id, session.file_name) is not None
         with app.db.transaction():
             app.db.upsert_file(session.client_id, session.file_name, path_name)
+        crashpoints.reached("upload.committed")
         try:
             session.temp.install(name)
         except StorageError:

@@ -23,6 +23,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import crashpoints
+
 log = logging.getLogger(__name__)
 
 RECEIVED_DIR = "received_files"
@@ -148,6 +150,7 @@ class TempFile:
             self._fd: int | None = os.open(directory / self.name, _TEMP_FLAGS, _FILE_MODE)
         except OSError as exc:
             raise _storage_error("cannot create a temp file", exc) from exc
+        crashpoints.reached("temp.created")
 
     @property
     def path(self) -> Path:
@@ -171,6 +174,7 @@ class TempFile:
                 self._synced = self.size
         except OSError as exc:
             raise _storage_error("cannot write a received file", exc) from exc
+        crashpoints.reached("temp.written")
 
     def sync(self) -> None:
         """Flush the content to disk and close the descriptor.
@@ -185,6 +189,7 @@ class TempFile:
             raise _storage_error("cannot sync a received file", exc) from exc
         finally:
             os.close(fd)
+        crashpoints.reached("temp.synced")
 
     def install(self, final_name: str) -> None:
         """Rename onto the final name (atomic) and sync the folder.
@@ -194,9 +199,11 @@ class TempFile:
         """
         try:
             os.replace(self.path, self.directory / final_name)
+            crashpoints.reached("temp.renamed")
             _fsync_dir(self.directory)
         except OSError as exc:
             raise _storage_error("cannot install a received file", exc) from exc
+        crashpoints.reached("temp.dir_synced")
 
     def discard(self) -> None:
         """Close and remove the temp file; never raises."""

@@ -1,0 +1,96 @@
+"""Test-only crash points: kill this process at a named point of the server.
+
+Only tests/crash/ uses this. A test starts ``python -m server`` with
+
+    CIPHERDROP_CRASH_AT=<point>[:<count>]
+
+and the server kills itself with SIGKILL (no cleanup, no flush, as a power
+cut or ``kill -9`` would) the ``count``-th time (default: the first) it
+reaches ``reached("<point>")``; the test then restarts it on the same folder
+and checks what start-up repair left (HOSTILE.md G3). :func:`from_environment`
+reads the variable once, at start-up (``server/__main__.py``); nothing else
+arms a point, so an in-process server or a server started without the
+variable never crashes here, and an unarmed ``reached`` is one comparison.
+
+The points, in the order an upload meets them (:data:`POINTS`):
+
+* ``temp.created``: a packet opened a file's temp file, nothing written yet;
+* ``temp.written``: one chunk of plaintext written to the temp file;
+* ``temp.synced``: the temp file is fsynced and closed;
+* ``upload.committed``: the file's row (Verified=0) is committed, the temp
+  file not renamed yet;
+* ``temp.renamed``: ``os.replace`` onto the final name done, folder not synced;
+* ``temp.dir_synced``: the folder is synced, 1603 not queued yet;
+* ``verify.before_commit`` / ``verify.committed``: 900 (and 902) around the
+  commit of Verified, before 1604 is queued;
+* ``retry.received``: a 901 was accepted (its 1604 is deferred, variant 8);
+* ``key.committed``: 826/827 committed a fresh AES key, reply not queued;
+* ``response.queued``: a response is in the outgoing buffer, not sent;
+* ``response.sent``: some outgoing bytes went to the socket.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENVIRONMENT_VARIABLE = "CIPHERDROP_CRASH_AT"
+POINTS = frozenset(
+    {
+        "temp.created",
+        "temp.written",
+        "temp.synced",
+        "upload.committed",
+        "temp.renamed",
+        "temp.dir_synced",
+        "verify.before_commit",
+        "verify.committed",
+        "retry.received",
+        "key.committed",
+        "response.queued",
+        "response.sent",
+    }
+)
+# Windows has no SIGKILL; os.kill with any other signal is TerminateProcess there.
+_KILL = getattr(signal, "SIGKILL", signal.SIGTERM)
+
+_point: str | None = None
+_remaining = 0
+
+
+def configure(spec: str | None) -> str | None:
+    """Arm ``<point>[:<count>]`` (None or "" disarms); return the armed point.
+
+    Raises:
+        ValueError: an unknown point or a count that is not a positive integer.
+    """
+    global _point, _remaining
+    if not spec:
+        _point, _remaining = None, 0
+        return None
+    name, _, count = spec.partition(":")
+    if name not in POINTS:
+        raise ValueError(f"unknown crash point {name!r}; known: {', '.join(sorted(POINTS))}")
+    if count and not (count.isdigit() and int(count) >= 1):
+        raise ValueError(f"crash point count must be a positive integer, got {count!r}")
+    _point, _remaining = name, int(count) if count else 1
+    return name
+
+
+def from_environment() -> str | None:
+    """Arm the point named by ``CIPHERDROP_CRASH_AT``, if set (start-up only).
+
+    Raises:
+        ValueError: the variable names no known point (see :func:`configure`).
+    """
+    return configure(os.environ.get(ENVIRONMENT_VARIABLE))
+
+
+def reached(name: str) -> None:
+    """The server is at point ``name``: SIGKILL itself if that is the armed one."""
+    global _remaining
+    if name != _point:
+        return
+    _remaining -= 1
+    if _remaining <= 0:
+        os.kill(os.getpid(), _KILL)
