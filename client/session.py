@@ -1,7 +1,8 @@
 """A blocking TCP session over :class:`protocol.ClientConnection`.
 
-Each request goes out in one ``sendall`` of its whole bytes (some servers in
-the wild read a whole request per ``recv``). Replies are read until one whole
+Each request goes out in one gathered write of its whole bytes (some servers
+in the wild read a whole request per ``recv``): the header and an 828's
+content are passed to ``sendmsg`` side by side, never joined. Replies are read until one whole
 response has arrived. Every socket operation has a time-out, so a server that
 stops answering ends in :class:`NetworkError`, never in a hang.
 """
@@ -38,6 +39,25 @@ def _worth_logging(request) -> bool:
     """Every request but the middle packets of a file (thousands of lines)."""
     number = getattr(request, "packet_number", None)
     return number is None or number in (1, request.total_packets)
+
+
+def _send_all(sock: socket.socket, head: bytes, content: bytes | memoryview) -> None:
+    """``sendall`` of head + content without joining them (no copy of the content).
+
+    Raises:
+        TimeoutError, OSError: as ``sendall``.
+    """
+    if not len(content):
+        sock.sendall(head)
+        return
+    parts = [memoryview(head), memoryview(content).cast("B")]
+    while parts:
+        sent = sock.sendmsg(parts)
+        while parts and sent >= len(parts[0]):
+            sent -= len(parts[0])
+            parts.pop(0)
+        if parts:
+            parts[0] = parts[0][sent:]
 
 
 class Session:
@@ -111,15 +131,15 @@ class Session:
         Raises:
             NetworkError: cannot connect, or the connection broke.
         """
-        data = self._conn.send(request)
+        head, content = self._conn.send_parts(request)
         if self._sock is None:
             self._sock = self._connect()
         if self.first_request is None:
             self.first_request = request.code
         if _worth_logging(request):
-            log.debug("-> %s (%d bytes)", describe(request), len(data))
+            log.debug("-> %s (%d bytes)", describe(request), len(head) + len(content))
         try:
-            self._sock.sendall(data)
+            _send_all(self._sock, head, content)
         except TimeoutError:
             raise NetworkError(
                 f"the server stopped reading: a send to {self.address} made no progress"

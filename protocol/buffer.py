@@ -24,13 +24,18 @@ class ReceiveBuffer:
         """Take ``count`` bytes, or None while fewer have arrived."""
         if len(self._data) < count:
             return None
-        return self.extract_at_most(count)
+        return bytes(self.extract_at_most(count))
 
-    def extract_at_most(self, count: int) -> bytes:
-        """Take up to ``count`` bytes (possibly none)."""
+    def extract_at_most(self, count: int) -> bytes | bytearray:
+        """Take up to ``count`` bytes (possibly none).
+
+        Taking everything there is hands over the buffer itself, without a
+        copy (the usual case of a large 828 content: each received chunk is
+        copied once, into here); the result is then a bytearray that the
+        buffer no longer uses.
+        """
         if count >= len(self._data):
-            chunk = bytes(self._data)  # one copy, not a slice and then a copy
-            self._data.clear()
+            chunk, self._data = self._data, bytearray()
             return chunk
         with memoryview(self._data) as view:
             chunk = bytes(view[:count])

@@ -307,6 +307,17 @@ class ClientConnection(_Reader):
         Raises:
             LocalProtocolError: not a request.
         """
+        return b"".join(self.send_parts(request))
+
+    def send_parts(self, request: ev.Request) -> tuple[bytes, bytes | memoryview]:
+        """One request as (header and fixed fields, content), for a gathered write.
+
+        The content (an 828 packet's, else empty) is returned as given, not
+        copied: ``socket.sendmsg`` sends both parts as one request.
+
+        Raises:
+            LocalProtocolError: not a request.
+        """
         code = getattr(request, "code", None)
         if code not in REQUEST_PAYLOADS or isinstance(request, ev.FilePacketStarted):
             raise LocalProtocolError(f"not a request: {request!r}")
@@ -322,7 +333,7 @@ class ClientConnection(_Reader):
                 "payload_size": len(payload) + len(content),
             }
         )
-        return b"".join((header, payload, content))
+        return header + payload, content
 
     def next_event(self):
         """The next response event, ``NEED_DATA``, or ``ConnectionClosed``.

@@ -148,6 +148,20 @@ class CbcEncryptor:
         self._pending = bytes(data[whole:])
         return self._cipher.encrypt(data[:whole]) if whole else b""
 
+    def update_into(self, plaintext: bytes | bytearray | memoryview, output: bytearray | memoryview) -> int:
+        """Like :meth:`update`, but into ``output``; return the bytes written.
+
+        ``output`` must hold the input plus 15 bytes. With block-aligned chunks
+        (the client's packets) nothing is copied or allocated.
+        """
+        data = self._pending + bytes(plaintext) if self._pending else plaintext
+        whole = len(data) - len(data) % AES_BLOCK_SIZE
+        with memoryview(data) as view:
+            self._pending = bytes(view[whole:])
+            if whole:
+                self._cipher.encrypt(view[:whole], output=memoryview(output)[:whole])
+        return whole
+
     def finalize(self) -> bytes:
         """Pad and encrypt the last block; the encryptor is then spent."""
         pad = AES_BLOCK_SIZE - len(self._pending)
@@ -181,8 +195,9 @@ class CbcDecryptor:
             self._pending = pending + bytes(ciphertext)
             return b""
         if not pending:
-            self._pending = bytes(ciphertext[ready:])
-            return self._cipher.decrypt(ciphertext[:ready])
+            with memoryview(ciphertext) as view:  # slices without copies
+                self._pending = bytes(view[ready:])
+                return self._cipher.decrypt(view[:ready])
         # Complete the held block from the new bytes and decrypt both into one
         # buffer, rather than concatenating a large chunk to a 16-byte one.
         view = memoryview(ciphertext)

@@ -151,7 +151,7 @@ class FilePacketStarted(_FilePacketFields):
 class FileContent:
     """A piece of the current 828 packet's content, as it arrived."""
 
-    data: bytes
+    data: bytes | bytearray
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class SendFilePacket(_FilePacketFields):
     """828 to send: the fixed fields and this packet's content."""
 
     code: ClassVar = RequestCode.SEND_FILE
-    content: bytes = field(default=b"", repr=False)
+    content: bytes | bytearray | memoryview = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)

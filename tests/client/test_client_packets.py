@@ -56,7 +56,10 @@ def test_packets_are_one_cbc_stream_cut_in_order(data, packet_blocks):
     plan = plan_file(Path("f"), len(data), packet_blocks * 16)
     checksum = Cksum()
     read = []
-    packets = list(encrypted_packets(io.BytesIO(data), plan, AES_KEY, checksum, read.append))
+    packets = [
+        bytes(packet)  # each view is valid until the next packet
+        for packet in encrypted_packets(io.BytesIO(data), plan, AES_KEY, checksum, read.append)
+    ]
     assert len(packets) == plan.total_packets
     assert all(len(p) == plan.packet_size for p in packets[:-1])
     assert 0 < len(packets[-1]) <= plan.packet_size
@@ -81,11 +84,12 @@ def test_only_about_two_packets_are_in_memory():
             self.left = size
             self.asked: list[int] = []
 
-        def read(self, count: int = -1) -> bytes:
-            self.asked.append(count)
-            count = min(count, self.left)
+        def readinto(self, buffer) -> int:
+            self.asked.append(len(buffer))
+            count = min(len(buffer), self.left)
             self.left -= count
-            return bytes(count)
+            buffer[:count] = bytes(count)
+            return count
 
     size = 10 * DEFAULT_PACKET_SIZE + 5
     source = Source(size)

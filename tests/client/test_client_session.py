@@ -27,7 +27,8 @@ REPLY = ServerConnection().send(Registered(client_id=CLIENT_ID))
 
 
 class FakeSocket:
-    """Records each sendall; recv hands out scripted pieces (or raises them)."""
+    """Records each write (sendall, or sendmsg of gathered parts); recv hands
+    out scripted pieces (or raises them)."""
 
     def __init__(self, pieces=()) -> None:
         self.sent: list[bytes] = []
@@ -36,6 +37,11 @@ class FakeSocket:
 
     def sendall(self, data: bytes) -> None:
         self.sent.append(bytes(data))
+
+    def sendmsg(self, buffers) -> int:
+        data = b"".join(bytes(buffer) for buffer in buffers)
+        self.sent.append(data)
+        return len(data)
 
     def recv(self, size: int) -> bytes:
         piece = self.pieces.pop(0)
