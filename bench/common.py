@@ -214,3 +214,51 @@ def report(checks: Sequence[Check]) -> int:
     print_table("targets", ["target", "measured", "verdict"],
                 [[c.name, c.measured, "met" if c.ok else "MISSED"] for c in checks])
     return 0 if all(c.ok for c in checks) else 1
+
+
+class RawClient:
+    """A blocking connection speaking through ``protocol.ClientConnection``."""
+
+    def __init__(self, address: tuple[str, int], timeout: float = 60.0) -> None:
+        from protocol import ClientConnection
+
+        self.sock = socket.create_connection(address, timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.conn = ClientConnection()
+
+    def send(self, request) -> None:
+        """Send one request."""
+        self.sock.sendall(self.conn.send(request))
+
+    def receive(self):
+        """The next response event (ConnectionClosed at EOF)."""
+        from protocol import NEED_DATA
+
+        while True:
+            event = self.conn.next_event()
+            if event is not NEED_DATA:
+                return event
+            self.conn.receive_data(self.sock.recv(65536))
+
+    def request(self, request):
+        """Send a request and return its response."""
+        self.send(request)
+        return self.receive()
+
+    def register(self, name: str, private_key) -> tuple[bytes, bytes]:
+        """825 and 826 with a ready key pair; return (client id, AES key)."""
+        from protocol import PublicKeyReceived, Register, Registered, SendPublicKey, crypto
+
+        registered = self.request(Register(client_id=bytes(16), name=name))
+        if not isinstance(registered, Registered):
+            raise RuntimeError(f"825 answered {registered!r}")
+        keyed = self.request(SendPublicKey(
+            client_id=registered.client_id, name=name,
+            public_key=crypto.export_public_key(private_key)))
+        if not isinstance(keyed, PublicKeyReceived):
+            raise RuntimeError(f"826 answered {keyed!r}")
+        return registered.client_id, crypto.decrypt_aes_key(private_key, keyed.encrypted_aes_key)
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
