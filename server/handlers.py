@@ -423,16 +423,14 @@ class FilePacket:
         name = stored_name(session.file_name)
         path_name = app.store.path_name(session.client_id, name)
         session.temp.sync()
-        existed = app.db.file_row(session.client_id, session.file_name) is not None
+        previous = app.db.file_row(session.client_id, session.file_name)
         with app.db.transaction():
             app.db.upsert_file(session.client_id, session.file_name, path_name)
         crashpoints.reached("upload.committed")
         try:
             session.temp.install(name)
         except StorageError:
-            if not existed:
-                with app.db.transaction():
-                    app.db.delete_file(session.client_id, session.file_name)
+            self._undo_install(session, previous, path_name)
             raise
         app.uploads.finish(session)
         elapsed = app.monotonic() - session.started
@@ -449,3 +447,24 @@ class FilePacket:
                 f" {result.plain_size} bytes in {elapsed:.3f} s"
             ),
         )
+
+    def _undo_install(self, session: UploadSession, previous: FileRow | None, path_name: str) -> None:
+        """After a failed install: the previous row (or none), nothing new under a final name.
+
+        HOSTILE.md G1. If the rename failed, the previous file is untouched and
+        its row is put back as it was (Verified included). If only the folder
+        sync after the rename failed, a new name's file is removed with its
+        row; a new version has already replaced the previous file, so its row
+        (Verified false) stays true to what is on disk.
+        """
+        app = self._app
+        if session.temp.installed:
+            if previous is not None:
+                return
+            app.store.remove(path_name)
+        with app.db.transaction():
+            if previous is None:
+                app.db.delete_file(session.client_id, session.file_name)
+            else:
+                app.db.upsert_file(previous.id, previous.file_name, previous.path_name)
+                app.db.set_verified(previous.id, previous.file_name, previous.verified)

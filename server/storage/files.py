@@ -152,6 +152,9 @@ class TempFile:
         self.directory = directory
         self.name = f"{TEMP_PREFIX}{secrets.token_hex(_TEMP_RANDOM_BYTES)}"
         self.size = 0
+        #: Whether :meth:`install` renamed it onto its final name (even if
+        #: the folder sync after the rename failed).
+        self.installed = False
         #: Where the last write-back step started, and where it ended.
         self._step_start = 0
         self._step_end = 0
@@ -212,10 +215,12 @@ class TempFile:
         """Rename onto the final name (atomic) and sync the folder.
 
         Raises:
-            StorageError: rename or folder sync failed.
+            StorageError: rename or folder sync failed (:attr:`installed`
+                says whether the rename was done).
         """
         try:
             os.replace(self.path, self.directory / final_name)
+            self.installed = True
             crashpoints.reached("temp.renamed")
             _fsync_dir(self.directory)
         except OSError as exc:

@@ -1,38 +1,27 @@
-"""In-process server (loop in a thread) for what needs monkeypatching or socket tuning.
+"""In-process server (loop in a thread) for what needs socket tuning.
 
-Fault injection (HOSTILE.md G1, G5) and the outgoing-buffer bound (F2), which
-the kernel's send buffer would hide from an outside client.
+The outgoing-buffer bound (F2), which the kernel's send buffer would hide from
+an outside client. Fault injection (HOSTILE.md G1, G2, G5) is in
+tests/hostile/test_g_faults.py, inside the real server.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import ANY_ID, RawClient, make_identity, unique_name, upload
-from protocol import (
-    Acknowledged,
-    ConnectionClosed,
-    CrcOk,
-    FileReceived,
-    GeneralError,
-    Register,
-    Registered,
-)
-from protocol.codes import RequestCode
-from server import handlers
+from helpers import ANY_ID, RawClient, make_identity, unique_name
+from protocol import Register, Registered
 from server.app import App
 from server.limits import Limits
 from server.loop import Server, create_listener
 from server.storage.db import Database
-from server.storage.files import FileStore, TempFile
+from server.storage.files import FileStore
 
 
 class InProcess:
@@ -79,84 +68,6 @@ def inprocess(tmp_path):
     yield start
     for server in started:
         server.stop()
-
-
-def temp_files(root: Path) -> list[Path]:
-    return [p for p in (root / "received_files").rglob(".tmp-*")]
-
-
-def test_g5_unexpected_error_in_a_handler_is_contained(inprocess, monkeypatch, caplog):
-    server = inprocess()
-
-    def broken(app, peer, event):
-        raise ZeroDivisionError("injected")
-
-    monkeypatch.setitem(handlers.HANDLERS, RequestCode.CRC_OK, broken)
-    monkeypatch.setattr("server.channel.HANDLERS", handlers.HANDLERS)
-    caplog.set_level(logging.INFO)
-    with server.client() as bystander, server.client() as victim:
-        identity = make_identity(victim)
-        assert isinstance(victim.request(CrcOk(client_id=identity.client_id, file_name="x")), GeneralError)
-        assert isinstance(victim.receive(), ConnectionClosed)
-        assert isinstance(bystander.request(Register(client_id=ANY_ID, name=unique_name())), Registered)
-    assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
-    assert all("injected" not in r.getMessage() or r.exc_info for r in caplog.records)
-
-
-def test_g1_disk_full_during_write_is_1607_and_leaves_nothing(inprocess, monkeypatch):
-    server = inprocess()
-    real_write = TempFile.write
-
-    def full(self, data):
-        if self.size > 1000:
-            raise_error = OSError(errno.ENOSPC, "No space left on device")
-            from server.storage.files import _storage_error
-
-            raise _storage_error("cannot write", raise_error)
-        real_write(self, data)
-
-    with server.client() as client:
-        identity = make_identity(client)
-        monkeypatch.setattr(TempFile, "write", full)
-        assert isinstance(upload(client, identity, "big.bin", bytes(50_000)), GeneralError)
-        assert temp_files(server.data_dir) == []
-        monkeypatch.setattr(TempFile, "write", real_write)
-        assert isinstance(upload(client, identity, "big.bin", bytes(50_000)), FileReceived)
-    with sqlite3.connect(server.data_dir / "defensive.db") as db:
-        assert db.execute("SELECT COUNT(*) FROM files").fetchone() == (1,)
-
-
-def test_g1_install_failure_rolls_back_the_new_row(inprocess, monkeypatch):
-    server = inprocess()
-
-    def broken_install(self, final_name):
-        from server.storage.files import StorageError
-
-        raise StorageError("injected rename failure")
-
-    with server.client() as client:
-        identity = make_identity(client)
-        monkeypatch.setattr(TempFile, "install", broken_install)
-        assert isinstance(upload(client, identity, "f.bin", b"abc"), GeneralError)
-    with sqlite3.connect(server.data_dir / "defensive.db") as db:
-        assert db.execute("SELECT COUNT(*) FROM files").fetchone() == (0,)
-    assert temp_files(server.data_dir) == []
-
-
-def test_g2_database_error_is_1607_and_the_server_goes_on(inprocess, monkeypatch):
-    server = inprocess()
-    with server.client() as client:
-        identity = make_identity(client)
-        upload(client, identity, "f.bin", b"abc")
-        real = server.db.set_verified
-
-        def locked(*args):
-            raise sqlite3.OperationalError("database is locked")
-
-        monkeypatch.setattr(server.db, "set_verified", locked)
-        assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name="f.bin")), GeneralError)
-        monkeypatch.setattr(server.db, "set_verified", real)
-        assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name="f.bin")), Acknowledged)
 
 
 def test_f2_outgoing_bound_stops_reading_then_closes(inprocess, caplog):

@@ -1,0 +1,148 @@
+"""Fault injection inside a real ``python -m server`` (HOSTILE.md G1, G2, G5).
+
+Python imports ``sitecustomize`` at start-up from ``sys.path``; the fault
+tests put this folder on the server's PYTHONPATH and name a control file in
+``CIPHERDROP_FAULTS``. The control file is JSON, read again at every guarded
+call, so a test arms and disarms faults while the server runs:
+
+* ``{"write": {"errno": 28, "after": N}}``: ``os.write`` to a temp file fails
+  once that file holds N bytes (ENOSPC = 28, EIO = 5);
+* ``{"fsync": {"errno": 5}}``: fsync of a temp file fails;
+* ``{"fsync_dir": {"errno": 5}}``: fsync of a client folder fails;
+* ``{"replace": {"errno": 28}}``: ``os.replace`` of a temp file fails;
+* ``{"raise": 900}``: the handler of that code raises ZeroDivisionError;
+  ``{"raise": 828}``: recording a complete upload raises it, inside the
+  database transaction;
+* ``{"db": "readonly"}``: the server's SQLite connection is swapped for a
+  read-only one (``mode=ro``) until the control says otherwise.
+
+``CIPHERDROP_BUSY_TIMEOUT_MS`` lowers SQLite's busy timeout (G2 tests stay
+fast). Only the server's own modules are patched, never the test process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+
+_CONTROL = os.environ.get("CIPHERDROP_FAULTS")
+
+
+def _faults() -> dict:
+    try:
+        with open(_CONTROL, encoding="utf-8") as file:
+            return json.load(file)
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _fd_path(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
+
+
+def _is_temp(path: str) -> bool:
+    return os.path.basename(path).startswith(".tmp-")
+
+
+def _fail(rule: dict, what: str):
+    code = rule.get("errno", 5)
+    return OSError(code, f"{os.strerror(code)} (injected into {what})")
+
+
+class _FaultyOs:
+    """The ``os`` module as ``server.storage.files`` sees it, with faults."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+        self._written: dict[int, int] = {}
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def write(self, fd, data):
+        rule = _faults().get("write")
+        if rule and _is_temp(_fd_path(fd)):
+            if self._written.get(fd, 0) + len(data) > rule.get("after", 0):
+                raise _fail(rule, "write")
+        written = self._real.write(fd, data)
+        self._written[fd] = self._written.get(fd, 0) + written
+        return written
+
+    def close(self, fd):
+        self._written.pop(fd, None)
+        return self._real.close(fd)
+
+    def fsync(self, fd):
+        faults = _faults()
+        path = _fd_path(fd)
+        rule = faults.get("fsync_dir") if os.path.isdir(path) else (
+            faults.get("fsync") if _is_temp(path) else None
+        )
+        if rule:
+            raise _fail(rule, "fsync")
+        return self._real.fsync(fd)
+
+    def fdatasync(self, fd):
+        rule = _faults().get("fsync")
+        if rule and _is_temp(_fd_path(fd)):
+            raise _fail(rule, "fdatasync")
+        return self._real.fdatasync(fd)
+
+    def replace(self, src, dst, **kwargs):
+        rule = _faults().get("replace")
+        if rule and _is_temp(str(src)):
+            raise _fail(rule, "rename")
+        return self._real.replace(src, dst, **kwargs)
+
+
+def _install() -> None:
+    from server import handlers
+    from server.storage import db as db_module
+    from server.storage import files
+
+    busy = os.environ.get("CIPHERDROP_BUSY_TIMEOUT_MS")
+    if busy:
+        db_module._BUSY_TIMEOUT_MS = int(busy)
+    files.os = _FaultyOs(os)
+
+    for code, handler in list(handlers.HANDLERS.items()):
+        def guarded(app, peer, event, _handler=handler, _code=int(code)):
+            if _faults().get("raise") == _code:
+                raise ZeroDivisionError(f"injected into the {_code} handler")
+            return _handler(app, peer, event)
+
+        handlers.HANDLERS[code] = guarded
+
+    real_upsert = db_module.Database.upsert_file
+
+    def upsert_file(self, *args):
+        if _faults().get("raise") == 828:
+            raise ZeroDivisionError("injected into the 828 handler's transaction")
+        return real_upsert(self, *args)
+
+    db_module.Database.upsert_file = upsert_file
+
+    real_transaction = db_module.Database.transaction
+
+    def transaction(self):
+        readonly = _faults().get("db") == "readonly"
+        if readonly and not hasattr(self, "_writable"):
+            self._writable = self._db
+            self._db = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, isolation_level=None
+            )
+        elif not readonly and hasattr(self, "_writable"):
+            self._db.close()
+            self._db = self._writable
+            del self._writable
+        return real_transaction(self)
+
+    db_module.Database.transaction = transaction
+
+
+if _CONTROL:
+    _install()
