@@ -322,9 +322,12 @@ def wait_for_temp(folder: Path, size: int) -> None:
 
 
 def file_rows(data_dir: Path) -> dict[str, tuple[str, int]]:
-    with sqlite3.connect(data_dir / "defensive.db") as db:
+    db = sqlite3.connect(data_dir / "defensive.db")
+    try:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         rows = db.execute("SELECT FileName, PathName, Verified FROM files").fetchall()
+    finally:
+        db.close()
     names = [row[0] for row in rows]
     assert len(names) == len(set(names)), f"duplicate rows: {rows}"
     return {name: (path_name, verified) for name, path_name, verified in rows}
