@@ -32,6 +32,9 @@ MAX_PORT = 65535
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 1
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+#: Descriptors needed beside the connections (listener, wake-up pair, database,
+#: files being received).
+SPARE_DESCRIPTORS = 64
 
 #: Help for each limit flag; the flag is the field name with dashes.
 _LIMIT_HELP = {
@@ -104,6 +107,31 @@ def read_port(data_dir: Path) -> int:
     return DEFAULT_PORT
 
 
+def raise_descriptor_limit(connections: int) -> None:
+    """Raise the soft descriptor limit to fit ``connections`` (up to the hard limit).
+
+    Each connection is a descriptor; the server needs a few more (listener,
+    wake-up pair, database, files being received). Where the hard limit is too
+    low, warn: connections past it are refused by accept (EMFILE) and logged.
+    """
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + SPARE_DESCRIPTORS
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning(
+            "descriptor limit %d is below --max-connections %d plus %d spare",
+            target, connections, SPARE_DESCRIPTORS,
+        )
+
+
 def _limits(args: argparse.Namespace) -> Limits:
     return Limits(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(Limits)})
 
@@ -145,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if crash_point:
         log.warning("test-only crash point %s armed: this server will kill itself", crash_point)
+    raise_descriptor_limit(limits.max_connections)
     data_dir = args.data_dir
     port = args.port if args.port is not None else read_port(data_dir)
     try:

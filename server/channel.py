@@ -200,6 +200,7 @@ class Channel:
 
     def _process(self) -> None:
         """Drain every complete event while the out buffer has room."""
+        drained = False
         while self._state is _State.OPEN and len(self._out) < self._limits.max_outgoing:
             try:
                 event = self._conn.next_event()
@@ -209,11 +210,18 @@ class Channel:
             if event is NEED_DATA:
                 if self._conn.in_message and self._message_start is None:
                     self._message_start = self._last_recv
+                drained = True
                 break
             if isinstance(event, ConnectionClosed):
                 self._on_peer_closed()
                 break
             self._dispatch(event)
+        if drained and self._out:
+            # Every request received is answered: send the replies at once, in
+            # one write, rather than a select() round later (the peer works
+            # meanwhile). Not when paused by max_outgoing: then requests are
+            # still buffered, and EVENT_WRITE resumes them before any read.
+            self._send_pending()
         self._update_interest()
         self._arm_timer()
 
@@ -224,7 +232,9 @@ class Channel:
             self._packet = None
             self._app.uploads.channel_closed(self)
         if self._eof and exc.close:
-            self.close("connection closed in the middle of a message")
+            # The cut message is dropped, but the answers to the complete
+            # requests before it are still due: a half-closed peer reads them.
+            self._close_after_flush("connection closed in the middle of a message")
             return
         self._refuse(None, "", exc)
 
@@ -381,19 +391,25 @@ class Channel:
         crashpoints.reached("response.queued")
         self._update_interest()
 
-    def _write(self) -> None:
-        if not self._out or self._state is _State.CLOSED:
-            return
+    def _send_pending(self) -> bool:
+        """Send what the socket takes now; False if that failed (then closed)."""
         try:
             sent = self.sock.send(self._out)
         except (BlockingIOError, InterruptedError):
-            return
+            return True
         except OSError as exc:
             self.close(f"send failed: {exc.strerror or exc}")
-            return
+            return False
         del self._out[:sent]
         crashpoints.reached("response.sent")
         self._last_write = self._app.monotonic()
+        return True
+
+    def _write(self) -> None:
+        if not self._out or self._state is _State.CLOSED:
+            return
+        if not self._send_pending():
+            return
         if not self._out and self._state is _State.CLOSING:
             self._start_linger()
             return
@@ -463,8 +479,11 @@ class Channel:
         limits = self._limits
         if self._state is _State.LINGER:
             return self._linger_until, "linger over"
+        between_messages = self._message_start is None and self._packet is None
         if self._out and (
-            self._state is _State.CLOSING or len(self._out) >= limits.max_outgoing
+            self._state is _State.CLOSING
+            or len(self._out) >= limits.max_outgoing
+            or between_messages  # every request answered, the answers stuck
         ):
             return self._last_write + limits.idle_timeout, "peer does not read"
         if self._message_start is not None or self._packet is not None:

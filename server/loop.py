@@ -21,7 +21,11 @@ from .channel import Channel
 log = logging.getLogger(__name__)
 
 #: One receive buffer shared by all connections (the loop is one thread).
-RECV_BUFFER_SIZE = 1024 * 1024
+#: One recv is one connection's turn: 256 KiB decrypts and writes in well under
+#: a millisecond here, so that four uploads at full speed keep another
+#: client's round trip at a few ms (bench/fairness.py: p99 15 ms, against 40
+#: ms with 1 MiB), at no cost in throughput.
+RECV_BUFFER_SIZE = 256 * 1024
 #: Longest sleep in select(); timers usually wake the loop sooner.
 MAX_SELECT_TIMEOUT = 1.0
 #: Pending LastSeen/LastUsed stamps are committed this often.
