@@ -593,6 +593,7 @@ class FakeSocket:
         self.send_cap = send_cap
         self.shut_write = False
         self.closed = False
+        self.closed_on_stalled_peer = False
 
     def fileno(self) -> int:
         return -1 if self.closed else self.fd
@@ -631,6 +632,7 @@ class FakeSocket:
         self.shut_write = True
 
     def close(self) -> None:
+        self.closed_on_stalled_peer = self.stalled
         self.closed = True
 
 
@@ -828,6 +830,8 @@ class Harness:
             try:
                 event = connection.parser.next_event()
             except protocol.RemoteProtocolError as exc:
+                if connection.sock.closed_on_stalled_peer:
+                    continue  # a peer that does not read is cut off (HOSTILE F2)
                 raise Finding(f"response cut short: {exc}") from None
             if not isinstance(event, protocol.ConnectionClosed):
                 raise Finding(f"unparsed response: {event!r}")

@@ -20,7 +20,7 @@ from fuzz_server import (
     seed_inputs,
     seed_sessions,
 )
-from protocol import Reconnect
+from protocol import Reconnect, Register
 from server import handlers
 from server.storage.files import TempFile
 
@@ -94,3 +94,16 @@ def test_target_finds_a_false_1603(monkeypatch):
     monkeypatch.setattr(TempFile, "install", lambda self, name: None)
     with pytest.raises(Finding):
         run_input(encode_structured(1))
+
+
+# -- what the long runs found ------------------------------------------------------
+
+
+def test_eof_inside_a_message_still_delivers_the_answers_before_it():
+    # Found by fuzz_server.py: a peer that sent an 825, then part of a message
+    # and EOF (half-close) lost its 1600 when the server closed at once; the
+    # cut message is dropped, the answers queued before it are delivered.
+    request = fuzz_server._send(Register(client_id=bytes(16), name="alice"))
+    records = [Record(request + request[:10], stall=True), Record(b"", eof=True)]
+    stats = run_input(encode_raw(records, Control(send_cap=1)))
+    assert stats.responses["Registered"] == 1
