@@ -136,6 +136,10 @@ class Guard:
         self._before = self._state()
         self._beside = set(os.listdir(server.data_dir.parent))
 
+    def refresh(self) -> None:
+        """Take the bystander's state anew (after the test used it on purpose)."""
+        self._before = self._state()
+
     def _state(self) -> tuple:
         client_id = self.identity.client_id
         folder = client_dir(self.server, client_id)
@@ -218,6 +222,9 @@ def flood_until_stalled(
     """Send a request over and over without reading; stop once the server stops reading.
 
     Returns the bytes sent; ``sample`` is called every few milliseconds.
+
+    Raises:
+        ConnectionResetError, BrokenPipeError: the server closed it first.
     """
     client.sock.setblocking(False)
     burst = request * 64

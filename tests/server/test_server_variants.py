@@ -299,14 +299,3 @@ def test_variant11_exact_response_sizes(server):
         assert _raw_response(sock)[:3] == (3, 1601, 0)
         sock.sendall(raw_header(999, 0))
         assert _raw_response(sock)[:3] == (3, 1607, 0)
-
-
-def test_a7_any_request_version_is_served_and_answered_with_3(server):
-    with server.client() as client:
-        for version in (0, 255):
-            client.send_raw(raw_header(RequestCode.REGISTER, 255, version=version)
-                            + unique_name().encode().ljust(255, b"\0"))
-            version_byte = client.sock.recv(1)
-            assert version_byte == b"\3"
-            client.conn.receive_data(b"\3")
-            assert isinstance(client.receive(), Registered)

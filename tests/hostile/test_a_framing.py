@@ -1,0 +1,438 @@
+"""HOSTILE.md A: framing and header, against the real server over loopback.
+
+Every test ends with ``guard.check()``: the server lives, a bystander's rows
+and files are unchanged, nothing was written outside received_files/, no
+traceback was logged, and a fresh client completes a whole normal flow.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import struct
+import threading
+import time
+
+import pytest
+
+from helpers import (
+    ANY_ID,
+    file_packets,
+    make_identity,
+    packet_bytes,
+    private_key,
+    raw_header,
+    unique_name,
+)
+from hostile_helpers import Guard, client_files, db_rows, file_count, proc_status, temp_files, wait_count
+from protocol import (
+    ClientConnection,
+    ConnectionClosed,
+    CrcOk,
+    FileReceived,
+    GeneralError,
+    PublicKeyReceived,
+    Register,
+    Registered,
+    SendPublicKey,
+    cksum,
+    crypto,
+)
+from protocol.codes import RequestCode
+from protocol.wire import FILE_PACKET_FIELDS_SIZE, REQUEST_HEADER_SIZE, RESPONSE_HEADER_SIZE
+
+MIB = 1024 * 1024
+
+
+def replies_until_closed(client, timeout: float) -> list:
+    """Every reply until the server closes; AssertionError if it does not in time."""
+    replies = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            event = client.receive(max(0.01, deadline - time.monotonic()))
+        except TimeoutError:
+            raise AssertionError(f"not closed within {timeout} s (replies {replies})") from None
+        if isinstance(event, ConnectionClosed):
+            return replies
+        replies.append(event)
+
+
+# -- A1: partial message, then EOF or a stall ----------------------------------------------
+
+
+def test_a1_partial_header_then_eof(server):
+    guard = Guard(server)
+    with server.client() as client:
+        client.send_raw(b"\0" * 10)
+        client.sock.shutdown(socket.SHUT_WR)
+        assert client.sock.recv(100) == b""  # dropped silently: no reply
+    server.wait_log("closed: connection closed in the middle of a message")
+    guard.check()
+
+
+@pytest.mark.parametrize("part", ["825-payload", "828-fixed-part", "828-content"])
+def test_a1_partial_payload_then_eof(server, part):
+    guard = Guard(server)
+    with server.client() as owner:
+        identity = make_identity(owner)
+    raw = packet_bytes(file_packets(identity, "a1.bin", os.urandom(300), 1024)[0])
+    wire = {
+        "825-payload": raw_header(RequestCode.REGISTER, 255) + unique_name().encode()[:10].ljust(100, b"\0"),
+        "828-fixed-part": raw[:REQUEST_HEADER_SIZE + 100],  # header declares 267 + 320
+        "828-content": raw[:REQUEST_HEADER_SIZE + FILE_PACKET_FIELDS_SIZE + 100],
+    }[part]
+    with server.client() as client:
+        from helpers import reconnect
+
+        reconnect(client, identity)  # one connection for the whole session
+        client.send_raw(wire)
+        time.sleep(0.1)
+        client.sock.shutdown(socket.SHUT_WR)
+        assert client.sock.recv(100) == b""
+    server.wait_log("closed: connection closed in the middle of a message")
+    time.sleep(0.1)
+    assert temp_files(server) == [] and client_files(server, identity.client_id) == []
+    assert file_count(server, identity.client_id) == 0
+    assert db_rows(server, "SELECT COUNT(*) FROM clients") == [(2,)]  # no partial 825 processed
+    guard.check()
+
+
+def test_a1_stall_mid_message_is_closed_at_the_deadline(server_factory):
+    server = server_factory("--message-deadline", "1")
+    guard = Guard(server)
+    with server.client() as owner:
+        identity = make_identity(owner)
+    raw = packet_bytes(file_packets(identity, "a1.bin", os.urandom(3000), 4096)[0])
+    stalls = [server.client() for _ in range(3)]
+    try:
+        stalls[0].send_raw(b"\0" * 10)  # part of a header
+        stalls[1].send_raw(raw_header(RequestCode.REGISTER, 300) + b"x" * 100)  # 300 declared, 100 sent
+        from helpers import reconnect
+
+        reconnect(stalls[2], identity)
+        stalls[2].send_raw(raw[: len(raw) // 2])  # inside an 828's content
+        time.sleep(0.3)
+        assert len(temp_files(server)) == 1
+        started = time.monotonic()
+        for client in stalls:
+            assert replies_until_closed(client, 3) in ([], [GeneralError()])
+        assert time.monotonic() - started < 2.5
+    finally:
+        for client in stalls:
+            client.close()
+    wait_count(server, "timed out: message not completed in time", 3)
+    assert temp_files(server) == [] and file_count(server, identity.client_id) == 0
+    guard.check()
+
+
+# -- A2: slowloris, silence ----------------------------------------------------------------
+
+
+def test_a2_slowloris_is_cut_while_others_are_served(server_factory):
+    server = server_factory("--message-deadline", "1.5")
+    guard = Guard(server)
+    slow = server.client()
+    header = raw_header(RequestCode.REGISTER, 255)
+    stop = threading.Event()
+
+    def trickle():
+        for byte in header:
+            if stop.is_set():
+                return
+            try:
+                slow.send_raw(bytes([byte]))
+            except OSError:
+                return
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        with server.client() as fast:
+            started = time.monotonic()
+            make_identity(fast)
+            assert time.monotonic() - started < 1.0
+        started = time.monotonic()
+        assert slow.closed_within(4)
+        assert time.monotonic() - started < 2.0  # at the deadline, not at the end of the trickle
+    finally:
+        stop.set()
+        thread.join()
+        slow.close()
+    server.wait_log("timed out: message not completed in time")
+    guard.check()
+
+
+def test_a2_silent_connection_is_closed_at_the_deadline(server_factory):
+    server = server_factory("--message-deadline", "1")
+    guard = Guard(server)
+    with server.client() as silent:
+        started = time.monotonic()
+        assert replies_until_closed(silent, 3) == []
+        assert 0.8 < time.monotonic() - started < 2.5
+    server.wait_log("timed out: no request")
+    guard.check()
+
+
+def test_a2_idle_between_messages_is_closed_after_the_idle_timeout(server_factory):
+    server = server_factory("--idle-timeout", "1")
+    guard = Guard(server)
+    with server.client() as client:
+        client.request(Register(client_id=ANY_ID, name=unique_name()))
+        started = time.monotonic()
+        assert client.closed_within(4)
+        assert 0.8 < time.monotonic() - started < 3
+    server.wait_log("timed out: idle")
+    guard.check()
+
+
+def test_a2_slow_828_content_below_the_minimum_rate_is_cut(server_factory):
+    server = server_factory("--message-deadline", "1", "--min-content-rate", "100000")
+    guard = Guard(server)
+    with server.client() as client:
+        identity = make_identity(client)
+        raw = packet_bytes(file_packets(identity, "slow", os.urandom(500_000), 1_000_000)[0])
+        client.send_raw(raw[:400])
+        started = time.monotonic()
+        for i in range(400, len(raw), 2000):  # ~20 kB/s, under the minimum rate
+            try:
+                client.send_raw(raw[i : i + 2000])
+            except OSError:
+                break
+            time.sleep(0.1)
+            if time.monotonic() - started > 6:
+                break
+        assert client.closed_within(2)
+    assert time.monotonic() - started < 6
+    server.wait_log("message not completed in time")
+    time.sleep(0.1)
+    assert temp_files(server) == []
+    guard.check()
+
+
+# -- A3: impossible payload sizes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [825, 826, 827, 900, 901, 902, 0, 829, 1600, 65535])
+def test_a3_huge_payload_size(server, code):
+    guard = Guard(server)
+    pid = server.process.pid
+    rss_before = proc_status(pid, "VmRSS")
+    with server.client() as client:
+        client.send_raw(raw_header(code, 0xFFFFFFFF))  # and no payload at all
+        started = time.monotonic()
+        assert replies_until_closed(client, 2) == [GeneralError()]
+        assert time.monotonic() - started < 0.5  # at once, without waiting for a body
+    assert proc_status(pid, "VmRSS") - rss_before < 4 * MIB  # nothing allocated from the size
+    assert "payload too large to skip, closing" in server.log()
+    guard.check()
+
+
+def test_a3_828_packet_over_the_content_limit(server_factory):
+    server = server_factory("--max-content-size", "20000")
+    guard = Guard(server)
+    for size in (FILE_PACKET_FIELDS_SIZE + 20000 + 65536 + 1, 0xFFFFFFFF):
+        with server.client() as client:
+            client.send_raw(raw_header(RequestCode.SEND_FILE, size))
+            assert replies_until_closed(client, 2) == [GeneralError()]
+    assert "over the limit" in server.log()
+    guard.check()
+
+
+def test_a3_828_of_4_gib_is_streamed_not_buffered(server):
+    """Under the default limits a 4 GiB 828 is legal (PROTOCOL.md): streamed to disk."""
+    guard = Guard(server)
+    pid = server.process.pid
+    with server.client() as client:
+        identity = make_identity(client)
+        size = 0xFFFFFFFF - FILE_PACKET_FIELDS_SIZE  # content of the largest payload
+        orig = size - 17  # padded_size(orig) == size - 4: four bytes of zero fill at the end
+        header = packet_bytes(file_packets(identity, "huge.bin", b"")[0])[:REQUEST_HEADER_SIZE + FILE_PACKET_FIELDS_SIZE]
+        fields = bytearray(header)
+        struct.pack_into("<I", fields, 19, 0xFFFFFFFF)
+        struct.pack_into("<II", fields, REQUEST_HEADER_SIZE, crypto.padded_size(orig), orig)
+        client.send_raw(bytes(fields))
+        rss_before = proc_status(pid, "VmRSS")
+        chunk = os.urandom(MIB)
+        for _ in range(32):
+            client.send_raw(chunk)
+        time.sleep(0.3)
+        assert proc_status(pid, "VmRSS") - rss_before < 8 * MIB
+        assert len(temp_files(server)) == 1  # on its way to disk
+        assert client.nothing_within(0.1)
+    server.wait_log("closed: peer closed")
+    time.sleep(0.1)
+    assert temp_files(server) == []  # dropped with the connection (D4)
+    guard.check()
+
+
+# -- A4: well framed but wrong ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "code, size",
+    [(825, 10), (826, 416), (827, 0), (900, 254), (901, 256), (902, 0), (828, 100),
+     (0, 0), (829, 5), (903, 255), (1600, 16), (65535, 1)],
+)
+def test_a4_wrong_size_or_unknown_code(server, code, size):
+    guard = Guard(server)
+    with server.client() as client:
+        # the declared bytes look like a whole request: they must be skipped, not parsed
+        inner = ClientConnection().send(Register(client_id=ANY_ID, name=unique_name()))
+        payload = (inner * (size // len(inner) + 1))[:size]
+        client.send_raw(raw_header(code, size) + payload)
+        assert isinstance(client.receive(), GeneralError)
+        assert isinstance(client.request(Register(client_id=ANY_ID, name=unique_name())), Registered)
+        assert client.nothing_within(0.2)
+    assert db_rows(server, "SELECT COUNT(*) FROM clients") == [(2,)]
+    guard.check()
+
+
+def test_a4_six_errors_close_the_connection(server):
+    guard = Guard(server)
+    with server.client() as client:
+        for _ in range(5):
+            client.send_raw(raw_header(829, 0))
+            assert isinstance(client.receive(), GeneralError)
+        client.send_raw(raw_header(829, 0) * 100)  # an unlimited error loop is cut at six
+        assert replies_until_closed(client, 2) == [GeneralError()]
+    server.wait_log("closed: 6 errors")
+    guard.check()
+
+
+def test_a4_max_errors_flag(server_factory):
+    server = server_factory("--max-errors", "2")
+    guard = Guard(server)
+    with server.client() as client:
+        client.send_raw(raw_header(829, 0) * 3)
+        assert replies_until_closed(client, 2) == [GeneralError(), GeneralError()]
+    guard.check()
+
+
+def test_a4_payload_too_large_to_skip_closes(server_factory):
+    server = server_factory("--max-skip-payload", "100")
+    guard = Guard(server)
+    with server.client() as client:
+        client.send_raw(raw_header(826, 416))
+        assert replies_until_closed(client, 2) == [GeneralError()]
+    guard.check()
+
+
+# -- A5: coalesced and split requests -------------------------------------------------------------
+
+
+def test_a5_825_and_826_in_one_segment_answered_in_order(server):
+    guard = Guard(server)
+    with server.client() as client:
+        name = unique_name()
+        first = client.request(Register(client_id=ANY_ID, name=name))
+        key = private_key()
+        conn = ClientConnection()
+        segment = conn.send(Register(client_id=ANY_ID, name=unique_name())) + conn.send(
+            SendPublicKey(client_id=first.client_id, name=name, public_key=crypto.export_public_key(key))
+        ) + conn.send(Register(client_id=ANY_ID, name=unique_name()))
+        client.sock.sendall(segment)  # one write, one segment on loopback
+        answers = [client.receive() for _ in range(3)]
+    assert [type(a) for a in answers] == [Registered, PublicKeyReceived, Registered]
+    assert answers[1].client_id == first.client_id
+    guard.check()
+
+
+def test_a5_upload_in_one_byte_segments(server):
+    guard = Guard(server)
+    data = os.urandom(1500)
+    with server.client() as client:
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        identity = make_identity(client)
+        for packet in file_packets(identity, "split.bin", data, 1024):
+            for byte in packet_bytes(packet):
+                client.send_raw(bytes([byte]))
+        answer = client.receive()
+    assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
+    guard.check()
+
+
+# -- A6: not the protocol at all ------------------------------------------------------------------
+
+
+def _client_hello() -> bytes:
+    context = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="example.org")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def test_a6_http_request(server_factory):
+    server = server_factory("--message-deadline", "1")
+    guard = Guard(server)
+    with server.client() as client:
+        client.send_raw(b"GET / HTTP/1.1\r\n\r\n")  # 18 bytes: not even a header
+        assert replies_until_closed(client, 3) == []
+    server.wait_log("timed out: message not completed in time")
+    guard.check()
+
+
+@pytest.mark.parametrize("junk", ["tls-client-hello", "64-kib-random"])
+def test_a6_tls_hello_or_random_bytes(server_factory, junk):
+    server = server_factory("--message-deadline", "1")
+    guard = Guard(server)
+    pid = server.process.pid
+    rss_before = proc_status(pid, "VmRSS")
+    data = _client_hello() if junk == "tls-client-hello" else os.urandom(65536)
+    with server.client() as client:
+        try:
+            client.send_raw(data)
+        except OSError:
+            pass  # closed before all of it was taken
+        replies = replies_until_closed(client, 3)
+    # parsed as headers: unknown code or size → 1607 (and close, or skip and go on)
+    assert all(isinstance(r, GeneralError) for r in replies) and len(replies) <= 6
+    assert proc_status(pid, "VmRSS") - rss_before < 4 * MIB
+    guard.check()
+
+
+# -- A7: any version byte --------------------------------------------------------------------------
+
+
+def _with_version(wire: bytes, version: int) -> bytes:
+    return wire[:16] + bytes([version]) + wire[17:]
+
+
+@pytest.mark.parametrize("version", [0, 255])
+def test_a7_version_byte_0_or_255(server, version):
+    guard = Guard(server)
+    data = os.urandom(3000)
+    with server.client() as client:
+        conn = ClientConnection()
+
+        def request(event):
+            client.send_raw(_with_version(conn.send(event), version))
+            head = client.sock.recv(RESPONSE_HEADER_SIZE, socket.MSG_PEEK | socket.MSG_WAITALL)
+            assert head[0] == 3, head  # the reply carries version 3
+            return client.receive()
+
+        name = unique_name()
+        registered = request(Register(client_id=ANY_ID, name=name))
+        assert isinstance(registered, Registered)
+        key = private_key()
+        keyed = request(SendPublicKey(client_id=registered.client_id, name=name,
+                                      public_key=crypto.export_public_key(key)))
+        assert isinstance(keyed, PublicKeyReceived)
+        from helpers import Identity
+
+        identity = Identity(name, registered.client_id, key, crypto.decrypt_aes_key(key, keyed.encrypted_aes_key))
+        packets = file_packets(identity, "v.bin", data, 1024)
+        for packet in packets[:-1]:
+            client.send_raw(_with_version(conn.send(packet), version))
+        answer = request(packets[-1])
+        assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
+        assert type(request(CrcOk(client_id=identity.client_id, file_name="v.bin"))).__name__ == "Acknowledged"
+    assert db_rows(server, "SELECT Verified FROM files WHERE ID = ?", identity.client_id) == [(1,)]
+    guard.check()

@@ -1,0 +1,316 @@
+"""HOSTILE.md F: resource exhaustion and fairness, on the real server.
+
+Memory is the server process's own VmRSS / VmHWM from /proc/<pid>/status;
+times are a normal client's whole flow (825, 826, 828 ×3, 900) measured in
+the same test with and without the load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import selectors
+import socket
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from helpers import ANY_ID, RawClient, file_packets, make_identity, packet_bytes, raw_header, unique_name
+from hostile_helpers import (
+    STRANGER,
+    Guard,
+    flood_until_stalled,
+    normal_flow,
+    proc_status,
+    small_window_client,
+)
+from inprocess import InProcess
+from protocol import FileReceived, Register, Registered, cksum
+from protocol.codes import RequestCode
+from server.limits import Limits
+
+MIB = 1024 * 1024
+IDLE_CONNECTIONS = 1000
+
+
+def _raise_open_files(needed: int) -> None:
+    """Raise this process's descriptor limit; the server subprocess inherits it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        assert hard == resource.RLIM_INFINITY or hard >= needed, f"hard limit {hard} < {needed}"
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def _wait_all_closed(socks: list[socket.socket], timeout: float) -> float:
+    """Wait until the server closed every socket; return when the last one closed."""
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    open_count = len(socks)
+    try:
+        while open_count and time.monotonic() < deadline:
+            for key, _ in selector.select(max(0.0, deadline - time.monotonic())):
+                try:
+                    data = key.fileobj.recv(4096)
+                except ConnectionResetError:
+                    data = b""
+                except BlockingIOError:
+                    continue
+                if not data:
+                    selector.unregister(key.fileobj)
+                    open_count -= 1
+    finally:
+        selector.close()
+    assert open_count == 0, f"{open_count} connections still open after {timeout} s"
+    return time.monotonic()
+
+
+# -- F1: many idle connections, connection limits ---------------------------------------------
+
+
+def test_f1_thousand_silent_and_slow_connections_do_not_delay_a_normal_client(server_factory):
+    _raise_open_files(IDLE_CONNECTIONS * 2 + 256)
+    deadline = 3.0
+    server = server_factory("--message-deadline", str(deadline), "--idle-timeout", str(deadline))
+    guard = Guard(server)
+    normal_flow(server)  # warm up (the test's RSA keys are made on first use)
+    without = [normal_flow(server) for _ in range(3)]
+    socks = []
+    stop = threading.Event()
+    try:
+        opened = time.monotonic()
+        for _ in range(IDLE_CONNECTIONS):
+            socks.append(socket.create_connection(server.address, timeout=5))
+        slow = socks[: IDLE_CONNECTIONS // 2]  # slowloris: a header byte now and then
+        header = raw_header(RequestCode.REGISTER, 255)
+
+        def trickle():
+            for byte in header:
+                for sock in slow:
+                    try:
+                        sock.send(bytes([byte]))
+                    except OSError:
+                        pass
+                if stop.wait(0.5):
+                    return
+
+        thread = threading.Thread(target=trickle)
+        thread.start()
+        server.wait_log(rf"connected \({IDLE_CONNECTIONS} open\)")
+        with_load = [normal_flow(server) for _ in range(3)]
+        assert time.monotonic() - opened < deadline, "measured too late: the deadline already hit"
+        delay = statistics.median(with_load) - statistics.median(without)
+        print(f"\nF1: normal flow {statistics.median(without) * 1000:.0f} ms alone, "
+              f"{statistics.median(with_load) * 1000:.0f} ms with {IDLE_CONNECTIONS} idle connections "
+              f"(max {max(with_load) * 1000:.0f} ms)")
+        assert max(with_load) - max(without) < 1.0 and delay < 1.0, (without, with_load)
+        last = _wait_all_closed(socks, deadline + 5)
+        assert last - opened < deadline + 2.5, "not closed by the deadline"
+    finally:
+        stop.set()
+        for sock in socks:
+            sock.close()
+    log = server.log()
+    assert log.count("timed out: no request") >= IDLE_CONNECTIONS // 2 - 5
+    assert log.count("timed out: message not completed in time") >= IDLE_CONNECTIONS // 2 - 5
+    guard.check()
+
+
+def test_f1_over_max_connections_is_accepted_and_closed_at_once(server_factory):
+    server = server_factory("--max-connections", "50")
+    guard = Guard(server)
+    with server.client() as session:
+        identity = make_identity(session)
+        idle = [server.client() for _ in range(49)]
+        try:
+            server.wait_log(r"connected \(50 open\)")
+            for _ in range(5):
+                with server.client() as extra:
+                    started = time.monotonic()
+                    assert extra.closed_within(1)
+                    assert time.monotonic() - started < 0.5
+            # established sessions keep working
+            data = os.urandom(5000)
+            for packet in file_packets(identity, "f1.bin", data):
+                session.send(packet)
+            answer = session.receive()
+            assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
+        finally:
+            for client in idle:
+                client.close()
+    assert server.log().count("refused: 50 connections open") == 5
+    time.sleep(0.3)  # the idle ones are gone: room again
+    guard.check()
+
+
+def test_f1_per_address_limit_does_not_lock_out_other_addresses(server_factory):
+    server = server_factory("--max-connections-per-address", "10")
+    guard = Guard(server)
+    with server.client() as session:
+        identity = make_identity(session)
+        many = [server.client(source=f"127.1.{i // 250}.{i % 250 + 1}") for i in range(150)]
+        same = [server.client(source=STRANGER) for _ in range(20)]
+        try:
+            time.sleep(0.3)  # accept-and-close is at once: by now every refused one is closed
+            refused = [c for c in same if c.closed_within(0.02)]
+            assert len(refused) == 10  # one address over its limit: those are closed at once
+            assert server.log().count("refused: 10 connections open from this address") == 10
+            for client in many[::15]:  # other addresses are served meanwhile
+                assert isinstance(client.request(Register(client_id=ANY_ID, name=unique_name())), Registered)
+            data = os.urandom(3000)
+            for packet in file_packets(identity, "f1.bin", data):
+                session.send(packet)
+            assert isinstance(session.receive(), FileReceived)
+        finally:
+            for client in many + same:
+                client.close()
+    guard.check()
+
+
+# -- F2: a peer that never reads --------------------------------------------------------------
+
+
+def test_f2_peer_that_never_reads_cannot_grow_the_server(server_factory):
+    server = server_factory("--max-outgoing", "65536", "--idle-timeout", "3")
+    guard = Guard(server)
+    pid = server.process.pid
+    hog = small_window_client(server)
+    request = hog.conn.send(Register(client_id=ANY_ID, name=guard.identity.name))  # 1601 each
+    rss_before = proc_status(pid, "VmRSS")
+    peak = [rss_before]
+    port = hog.sock.getsockname()[1]
+    started = time.monotonic()
+    try:
+        try:
+            sent = flood_until_stalled(hog, request, sample=lambda: peak.append(proc_status(pid, "VmRSS")))
+        except (ConnectionResetError, BrokenPipeError):
+            sent = None  # on a loaded machine the server may give up before we see the stall
+        else:
+            for _ in range(10):
+                peak.append(proc_status(pid, "VmRSS"))
+                time.sleep(0.05)
+            # others are served while the hog is parked
+            assert normal_flow(server) < 1.0
+            # it is closed once the idle timeout passes without it reading
+            # (reading now would let the server go on: it must not read)
+            with pytest.raises((ConnectionResetError, BrokenPipeError)):
+                for _ in range(1000):
+                    try:
+                        hog.sock.send(request)
+                    except BlockingIOError:
+                        pass  # still full: not closed yet
+                    time.sleep(0.01)
+        server.wait_log(rf":{port} closed: timed out: peer does not read", 6)
+        assert time.monotonic() - started < 20
+    finally:
+        hog.close()
+    growth = max(peak) - rss_before
+    print(f"\nF2: {(sent or 0) / MIB:.1f} MiB of requests sent before the server stopped reading; "
+          f"server VmRSS {rss_before / MIB:.1f} MiB before, growth {growth / MIB:.2f} MiB")
+    assert growth < 8 * MIB
+    guard.check()
+
+
+@pytest.fixture
+def inprocess(tmp_path):
+    started = []
+
+    def start(**limits) -> InProcess:
+        server = InProcess(tmp_path / f"data{len(started)}", Limits(**limits))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_f2_outgoing_buffer_bound_in_process(inprocess, caplog):
+    """The channel's own buffers, which the kernel hides from an outside client."""
+    caplog.set_level(logging.INFO)
+    server = inprocess(max_outgoing=1024, idle_timeout=1.5)
+    name = unique_name()
+    with server.client() as owner:
+        make_identity(owner, name)
+    hog = RawClient(server.address)
+    hog.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    port = hog.sock.getsockname()[1]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        found = [c for c in list(server.server.channels) if c.peer.port == port]
+        if found:
+            break
+        time.sleep(0.01)
+    (channel,) = found
+    channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    request = hog.conn.send(Register(client_id=ANY_ID, name=name))  # 1601 each, not an error
+    hog.sock.setblocking(False)
+    peak_out = peak_in = 0
+    stalled_since = None
+    while time.monotonic() < deadline and not channel.closed:
+        peak_out = max(peak_out, len(channel._out))
+        peak_in = max(peak_in, len(channel._conn._buffer))
+        try:
+            hog.sock.send(request * 64)
+            stalled_since = None
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 0.3:
+                break
+            time.sleep(0.01)
+        except OSError:
+            break  # the server already gave up on us
+    assert peak_out < 1024 + 64  # bounded: one response past the bound at most
+    assert peak_in < 1100 * 1024  # at most one receive's worth plus a message
+    with server.client() as other:  # others are served meanwhile
+        assert isinstance(other.request(Register(client_id=ANY_ID, name=unique_name())), Registered)
+    deadline = time.monotonic() + 5
+    while not channel.closed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert channel.closed
+    assert any("peer does not read" in r.getMessage() for r in caplog.records)
+    assert not any(r.exc_info for r in caplog.records)
+    hog.close()
+
+
+# -- F3: one slow 64 MiB upload among many ------------------------------------------------------
+
+
+def test_f3_many_uploads_while_one_sends_64_mib_slowly(server):
+    guard = Guard(server)
+    pid = server.process.pid
+    hwm_before = proc_status(pid, "VmHWM")
+    data = os.urandom(64 * MIB)
+    with server.client() as slow:
+        identity = make_identity(slow)
+        raw = packet_bytes(file_packets(identity, "big.bin", data, len(data) + 16)[0])
+        done = threading.Event()
+
+        def send_slowly():
+            for i in range(0, len(raw), MIB):
+                slow.send_raw(raw[i : i + MIB])
+                time.sleep(0.04)  # about 20 MiB/s: some three seconds for the file
+            done.set()
+
+        sender = threading.Thread(target=send_slowly)
+        sender.start()
+        time.sleep(0.3)
+        with ThreadPoolExecutor(8) as pool:
+            times = list(pool.map(lambda _: normal_flow(server), range(24)))
+        assert not done.is_set(), "the big upload ended before the others: not a fairness test"
+        sender.join()
+        answer = slow.receive(30)
+    assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
+    hwm_growth = proc_status(pid, "VmHWM") - hwm_before
+    print(f"\nF3: 24 flows (8 at a time) during a 64 MiB upload: median "
+          f"{statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms; "
+          f"server VmHWM growth {hwm_growth / MIB:.1f} MiB")
+    assert max(times) < 1.0, times
+    assert hwm_growth < 32 * MIB  # the file is streamed, never held
+    guard.check()
