@@ -54,6 +54,8 @@ _LIMIT_HELP = {
     "max_clients": "registered clients; more registrations get 1601",
     "registrations_per_minute": "registrations per IP address per minute (0: no limit)",
     "retry_ack_delay": "seconds to wait after 901 for an 828 before answering 1604",
+    "busy_timeout": "seconds a database write waits for a lock another process holds "
+    "(every connection waits meanwhile; then 1607)",
 }
 
 
@@ -136,7 +138,7 @@ def _limits(args: argparse.Namespace) -> Limits:
     return Limits(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(Limits)})
 
 
-def _open_storage(data_dir: Path) -> tuple[Database, FileStore]:
+def _open_storage(data_dir: Path, busy_timeout: float) -> tuple[Database, FileStore]:
     """Open the database and files, and repair what a crash left.
 
     Raises:
@@ -144,7 +146,7 @@ def _open_storage(data_dir: Path) -> tuple[Database, FileStore]:
     """
     if not data_dir.is_dir():
         raise StorageError(f"data folder {data_dir} does not exist")
-    db = Database.open(data_dir / DB_NAME)
+    db = Database.open(data_dir / DB_NAME, busy_timeout)
     try:
         store = FileStore(data_dir)
         report = recover(db, store)
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data_dir
     port = args.port if args.port is not None else read_port(data_dir)
     try:
-        db, store = _open_storage(data_dir)
+        db, store = _open_storage(data_dir, limits.busy_timeout)
     except (DatabaseError, StorageError) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_STARTUP_FAILED

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from protocol.codes import MAX_UINT32
 
+from .storage.db import DEFAULT_BUSY_TIMEOUT
+
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -62,6 +64,8 @@ class Limits:
     max_clients: int = DEFAULT_MAX_CLIENTS
     registrations_per_minute: int = DEFAULT_REGISTRATIONS_PER_MINUTE
     retry_ack_delay: float = DEFAULT_RETRY_ACK_DELAY
+    #: Short, not SQLite's usual seconds: the whole loop waits (HOSTILE G2).
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_errors", "max_outgoing", "min_content_rate"):
@@ -79,6 +83,7 @@ class Limits:
             "max_clients",
             "registrations_per_minute",
             "retry_ack_delay",
+            "busy_timeout",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} cannot be negative")

@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "defensive.db"
 _SQLITE_MAGIC = b"SQLite format 3\0"
-_BUSY_TIMEOUT_MS = 5000
+#: How long a statement waits for a lock another process holds. The server's
+#: loop is one thread: while SQLite waits, every connection waits, so a write
+#: that cannot get the lock soon fails (1607, the client retries) instead.
+DEFAULT_BUSY_TIMEOUT = 0.25
+_MS = 1000
 _OK = "ok"
 
 _SCHEMA = (
@@ -161,8 +165,11 @@ class Database:
         self._used: dict[bytes, float] = {}
 
     @classmethod
-    def open(cls, path: Path) -> Database:
-        """Open or create the database, check it, set WAL and FULL sync."""
+    def open(cls, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Database:
+        """Open or create the database, check it, set WAL and FULL sync.
+
+        ``busy_timeout`` is in seconds (see :data:`DEFAULT_BUSY_TIMEOUT`).
+        """
         path = Path(path)
         _check_header(path)
         try:
@@ -170,7 +177,7 @@ class Database:
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot open {path}: {exc}") from exc
         try:
-            connection.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            connection.execute(f"PRAGMA busy_timeout = {round(busy_timeout * _MS)}")
             result = connection.execute("PRAGMA quick_check").fetchone()[0]
             if result != _OK:
                 raise DatabaseError(f"{path} is corrupt ({result}); left untouched")

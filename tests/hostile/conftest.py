@@ -27,14 +27,12 @@ class Faults:
         self.control = control
         self._monkeypatch = monkeypatch
 
-    def start(self, *flags: str, busy_timeout_ms: int | None = None, **kwargs):
+    def start(self, *flags: str, **kwargs):
         """A real server whose faults this object controls."""
         pythonpath = os.pathsep.join(filter(None, [str(INJECT_DIR), os.environ.get("PYTHONPATH")]))
         with self._monkeypatch.context() as env:
             env.setenv("PYTHONPATH", pythonpath)
             env.setenv("CIPHERDROP_FAULTS", str(self.control))
-            if busy_timeout_ms is not None:
-                env.setenv("CIPHERDROP_BUSY_TIMEOUT_MS", str(busy_timeout_ms))
             return self._factory(*flags, **kwargs)
 
     def arm(self, **faults) -> None:

@@ -201,10 +201,10 @@ def _database_writes_work(server, client, identity) -> None:
                    identity.client_id) == [("a.bin", 1), ("b.bin", 0)]
 
 
-def test_g2_database_locked_by_another_process(faults):
-    server = faults.start(busy_timeout_ms=200)
+def test_g2_database_locked_by_another_process(server):
+    """Default busy timeout: the single-threaded loop must not hang for everyone."""
     guard = Guard(server)
-    with server.client() as client:
+    with server.client() as client, server.client() as other:
         identity = make_identity(client)
         assert isinstance(upload(client, identity, "a.bin", b"first"), FileReceived)
         locker = subprocess.Popen(
@@ -213,6 +213,14 @@ def test_g2_database_locked_by_another_process(faults):
         )
         try:
             assert locker.stdout.readline().strip() == "locked"
+            # a write stuck on the lock and, meanwhile, another client's read
+            started = time.monotonic()
+            client.send(CrcOk(client_id=identity.client_id, file_name="a.bin"))
+            taken = other.request(Register(client_id=ANY_ID, name=guard.identity.name))
+            assert isinstance(taken, RegistrationFailed)
+            assert time.monotonic() - started < 1.0, "the whole server waited for the lock"
+            assert isinstance(client.receive(), GeneralError)
+            assert time.monotonic() - started < 1.0
             _database_writes_fail(server, guard, client, identity)
         finally:
             locker.stdin.close()

@@ -16,8 +16,7 @@ call, so a test arms and disarms faults while the server runs:
 * ``{"db": "readonly"}``: the server's SQLite connection is swapped for a
   read-only one (``mode=ro``) until the control says otherwise.
 
-``CIPHERDROP_BUSY_TIMEOUT_MS`` lowers SQLite's busy timeout (G2 tests stay
-fast). Only the server's own modules are patched, never the test process.
+Only the server's own modules are patched, never the test process.
 """
 
 from __future__ import annotations
@@ -104,9 +103,6 @@ def _install() -> None:
     from server.storage import db as db_module
     from server.storage import files
 
-    busy = os.environ.get("CIPHERDROP_BUSY_TIMEOUT_MS")
-    if busy:
-        db_module._BUSY_TIMEOUT_MS = int(busy)
     files.os = _FaultyOs(os)
 
     for code, handler in list(handlers.HANDLERS.items()):
