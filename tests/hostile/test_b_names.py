@@ -192,6 +192,7 @@ def test_b5_global_client_cap(server_factory):
     assert db_rows(server, "SELECT COUNT(*) FROM clients") == [(50,)]
     size = sum(p.stat().st_size for p in server.data_dir.glob("defensive.db*"))
     assert size < 2 * 1024 * 1024  # bounded
+    guard.check(flow=False)  # no new client fits: the flow below is the bystander's own
     # registered clients are served as before: the bystander reconnects and uploads
     data = os.urandom(5000)
     started = time.monotonic()
@@ -202,3 +203,6 @@ def test_b5_global_client_cap(server_factory):
     assert time.monotonic() - started < 1.0
     assert "client limit reached" in server.log()
     assert "Traceback" not in server.log()
+    with server.client() as client:  # a new client is refused cleanly, the connection goes on
+        assert isinstance(client.request(Register(client_id=ANY_ID, name=unique_name())), RegistrationFailed)
+        assert isinstance(client.request(Register(client_id=ANY_ID, name=guard.identity.name)), RegistrationFailed)

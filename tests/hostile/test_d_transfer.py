@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import statistics
 import struct
 import subprocess
 import threading
@@ -268,9 +267,10 @@ def test_d3_decryption_failures_are_indistinguishable(server):
                 assert temp_files(server) == []
             assert client.nothing_within(0.05)
     assert file_count(server, identity.client_id) == 0
-    medians = {kind: statistics.median(t) for kind, t in times.items()}
-    print("\nD3: time to 1607 (median ms): " + ", ".join(f"{k} {v * 1000:.2f}" for k, v in medians.items()))
-    assert max(medians.values()) - min(medians.values()) < 0.010, medians  # comparable timing
+    # the fastest of each kind: load on the machine only ever adds time
+    fastest = {kind: min(t) for kind, t in times.items()}
+    print("\nD3: time to 1607 (fastest of 7, ms): " + ", ".join(f"{k} {v * 1000:.2f}" for k, v in fastest.items()))
+    assert max(fastest.values()) - min(fastest.values()) < 0.005, fastest  # comparable timing
     log = server.log()
     assert len(re.findall(r"-> 1607 refused .*: decryption failed$", log, re.MULTILINE)) == 21  # one text
     assert "padding" not in log.lower()
@@ -328,6 +328,9 @@ def test_d4_timeout_after_packet_k_leaves_nothing(server_factory, model):
 
 
 def test_d5_valid_100_kb_binary_upload(server, tmp_path):
+    # "temp + fsync + os.replace + dir fsync" cannot be seen from outside a
+    # healthy run; test_g_faults.py fails each of those steps in the real
+    # server and gets 1607, which shows each one is on the path.
     guard = Guard(server)
     data = bytes(range(256)) * 400  # every byte value, 102,400 bytes
     sent_name = NameField.parse(b"report.bin\0kept as sent".ljust(255, b"\x01"))

@@ -204,3 +204,30 @@ def test_e4_symlink_planted_as_the_client_folder(server, tmp_path):
     assert "is not a folder" in server.log()
     assert list(outside.iterdir()) == []
     guard.check(allowed=(outside,))
+
+
+def test_e4_symlink_planted_at_the_temp_name(faults, tmp_path):
+    """Temp names are random; a local attacker who guesses one still cannot redirect the write.
+
+    The injection (inject/sitecustomize.py) stands in for the guess: it makes
+    the next temp name known, and the test plants a symlink there first.
+    """
+    server = faults.start()
+    guard = Guard(server)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"untouched")
+    with server.client() as client:
+        identity = make_identity(client)
+        assert isinstance(upload(client, identity, "first", b"makes the folder"), FileReceived)
+        folder = client_dir(server, identity.client_id)
+        planted = folder / ".tmp-guessed"
+        planted.symlink_to(outside)
+        faults.arm(temp_name="guessed")
+        assert isinstance(upload(client, identity, "x.txt", b"redirected?"), GeneralError)
+        faults.disarm()
+        assert outside.read_bytes() == b"untouched"  # O_EXCL | O_NOFOLLOW: never followed
+        assert planted.is_symlink()
+        planted.unlink()
+        assert isinstance(upload(client, identity, "x.txt", b"data"), FileReceived)
+    assert "cannot create a temp file" in server.log()
+    guard.check(allowed=(outside,))

@@ -76,7 +76,7 @@ def _wait_all_closed(socks: list[socket.socket], timeout: float) -> float:
 
 def test_f1_thousand_silent_and_slow_connections_do_not_delay_a_normal_client(server_factory):
     _raise_open_files(IDLE_CONNECTIONS * 2 + 256)
-    deadline = 3.0
+    deadline = 4.0
     server = server_factory("--message-deadline", str(deadline), "--idle-timeout", str(deadline))
     guard = Guard(server)
     normal_flow(server)  # warm up (the test's RSA keys are made on first use)

@@ -13,6 +13,8 @@ call, so a test arms and disarms faults while the server runs:
 * ``{"raise": 900}``: the handler of that code raises ZeroDivisionError;
   ``{"raise": 828}``: recording a complete upload raises it, inside the
   database transaction;
+* ``{"temp_name": "abc"}``: the next temp files are named ``.tmp-abc`` (a
+  local attacker who guessed the random name, HOSTILE E4);
 * ``{"db": "readonly"}``: the server's SQLite connection is swapped for a
   read-only one (``mode=ro``) until the control says otherwise.
 
@@ -98,12 +100,27 @@ class _FaultyOs:
         return self._real.replace(src, dst, **kwargs)
 
 
+class _GuessedSecrets:
+    """The ``secrets`` module as ``server.storage.files`` sees it: temp names on demand."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def token_hex(self, nbytes=None):
+        guessed = _faults().get("temp_name")
+        return guessed if guessed else self._real.token_hex(nbytes)
+
+
 def _install() -> None:
     from server import handlers
     from server.storage import db as db_module
     from server.storage import files
 
     files.os = _FaultyOs(os)
+    files.secrets = _GuessedSecrets(files.secrets)
 
     for code, handler in list(handlers.HANDLERS.items()):
         def guarded(app, peer, event, _handler=handler, _code=int(code)):
