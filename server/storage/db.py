@@ -223,7 +223,10 @@ class Database:
             self._write_pending()
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite has already rolled back after some errors (disk full, I/O):
+            # a second ROLLBACK would raise and hide the error that matters.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
         self._seen.clear()
         self._used.clear()

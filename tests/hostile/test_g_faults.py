@@ -52,6 +52,7 @@ from protocol import (
     FileReceived,
     GeneralError,
     Register,
+    Registered,
     RegistrationFailed,
     cksum,
 )
@@ -119,6 +120,53 @@ def test_g1_disk_full_during_temp_write(faults, tmpfs, tmp_path):
         answer = upload(client, identity, "big.bin", data, 65536)  # space again: served
         assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
     assert "No space left on device" in server.log()
+    guard.check()
+
+
+def _fill(path) -> None:
+    """Take every byte left on path's file system."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        for size in (65536, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\xff" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def test_g1_disk_full_for_the_database(server_factory, tmpfs, tmp_path):
+    """The whole data folder on a full tmpfs: the database cannot grow either."""
+    data_dir = tmp_path / "data"
+    if not tmpfs.mount(data_dir, "4m"):
+        # SQLite writes below Python, where inject/ cannot reach; the other G1
+        # tests cover the file steps. Runs wherever the tests run as root.
+        pytest.skip("needs mount rights for a tmpfs: SQLITE_FULL cannot be injected from Python")
+    server = server_factory("--min-free-disk", "0", data_dir=data_dir)
+    guard = Guard(server)
+    filler = data_dir / "received_files" / "filler"
+    with server.client() as client:
+        identity = make_identity(client)
+        _fill(filler)
+        clients_before = db_rows(server, "SELECT COUNT(*) FROM clients")
+        for _ in range(2):  # two failures each: six would close the connection
+            answer = client.request(Register(client_id=ANY_ID, name=unique_name("x" * 150)))
+            assert isinstance(answer, (GeneralError, Registered)), answer
+            assert isinstance(upload(client, identity, "f.bin", os.urandom(20_000)), GeneralError)
+        assert temp_files(server) == [] and client_files(server, identity.client_id) == []
+        assert file_count(server, identity.client_id) == 0
+        filler.unlink()
+        with sqlite3.connect(data_dir / "defensive.db") as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        data = os.urandom(20_000)
+        answer = upload(client, identity, "f.bin", data)
+        assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
+    assert db_rows(server, "SELECT COUNT(*) FROM clients")[0][0] >= clients_before[0][0]
+    log = server.log()
+    assert "database or disk is full" in log  # the real cause is logged, not hidden
+    assert "cannot rollback" not in log
     guard.check()
 
 
