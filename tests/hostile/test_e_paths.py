@@ -142,6 +142,7 @@ def test_e2_control_characters_and_non_ascii_bytes(server):
         b"tab\there", b"new\nline", b"bell\x07", b"esc\x1b[31m", b"del\x7f",
         "café.txt".encode(), b"\xe9t\xe9.txt", b"\x80\xff\xfe", "日本語.txt".encode(),
         "emoji-\U0001F600".encode(), b"bad-utf8-\xc3(",
+        b"x" * 254, "é".encode() * 127, b"%" * 254, b"\x01" * 254,  # longest, escaped past 255 bytes
     ]
     identity, folder = _upload_each(server, names)
     stored = {p.name for p in folder.iterdir()}

@@ -16,6 +16,7 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,7 @@ from hostile_helpers import (
     small_window_client,
 )
 from inprocess import InProcess
-from protocol import FileReceived, Register, Registered, cksum
+from protocol import FileReceived, GeneralError, Register, Registered, cksum
 from protocol.codes import RequestCode
 from server.limits import Limits
 
@@ -69,6 +70,12 @@ def _wait_all_closed(socks: list[socket.socket], timeout: float) -> float:
         selector.close()
     assert open_count == 0, f"{open_count} connections still open after {timeout} s"
     return time.monotonic()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- F1: many idle connections, connection limits ---------------------------------------------
@@ -313,4 +320,41 @@ def test_f3_many_uploads_while_one_sends_64_mib_slowly(server):
           f"server VmHWM growth {hwm_growth / MIB:.1f} MiB")
     assert max(times) < 1.0, times
     assert hwm_growth < 32 * MIB  # the file is streamed, never held
+    guard.check()
+
+
+def test_f1_descriptor_exhaustion_pauses_accepting_and_recovers(server):
+    """The server runs out of descriptors (EMFILE): it pauses accepting, it does not spin or die."""
+    guard = Guard(server)
+    pid = server.process.pid
+    with server.client() as session:
+        identity = make_identity(session)
+        in_use = len(os.listdir(f"/proc/{pid}/fd"))
+        limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 10, limits[1]))
+        idle = []
+        try:
+            for _ in range(30):  # the kernel queues what the server cannot accept
+                idle.append(socket.create_connection(server.address, timeout=5))
+            server.wait_log("accept failed: Too many open files; pausing accepts")
+            cpu_before = _cpu_seconds(pid)
+            time.sleep(1.0)
+            assert _cpu_seconds(pid) - cpu_before < 0.3  # paused, not spinning on accept
+            # the established session is still served: what needs no new descriptor works,
+            # what does is refused cleanly
+            assert isinstance(session.request(Register(client_id=ANY_ID, name=unique_name())), Registered)
+            data = os.urandom(3000)
+            for packet in file_packets(identity, "f1.bin", data):
+                session.send(packet)
+            answer = session.receive()
+            assert isinstance(answer, (FileReceived, GeneralError)), answer
+        finally:
+            for sock in idle:
+                sock.close()
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+        time.sleep(1.5)  # the pause ends; accepting resumes
+        for packet in file_packets(identity, "f1.bin", data):
+            session.send(packet)
+        answer = session.receive()
+        assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
     guard.check()
