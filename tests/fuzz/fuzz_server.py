@@ -216,7 +216,7 @@ class Record:
     slot: int = 0
     reopen: bool = False  # EOF on the slot's connection, then a new one
     eof: bool = False  # EOF after the body
-    advance: int = 0  # clock before the body: 0, short (variant 8), long (timeouts)
+    advance: int = 0  # clock before the body: 0, short (variant 8), timeouts, key window
     stall: bool = False  # the peer does not read during this record
 
     def flags(self) -> int:
@@ -559,6 +559,22 @@ def seed_sessions() -> list[list[Record]]:
         [Record(_send(reconnect, *_packets(k, "data.bin", small, 1024)), stall=True),
          Record(_send(p.CrcRetry(client_id=k, file_name="data.bin"))),
          Record(_send(p.CrcAbort(client_id=k, file_name="data.bin")), advance=1, eof=True)],
+        # 15: variant 9 and B4: a keyless name held by an open connection, 827
+        # before 826, a keyless registration replaced once its connection closed
+        [Record(_send(p.Register(client_id=b"\0" * 16, name="carol"))),
+         Record(_send(p.Register(client_id=b"\0" * 16, name="carol")), slot=1),
+         Record(_send(p.Reconnect(client_id=new_id, name="carol")), eof=True),
+         Record(_send(p.Register(client_id=b"\0" * 16, name="carol"),
+                      p.SendPublicKey(client_id=predictable_id(1), name="carol",
+                                      public_key=OTHER_KEY)), slot=1, eof=True)],
+        # 16: B5: registrations in a row (limits profile 3 caps clients and rate)
+        [Record(_send(*[p.Register(client_id=b"\0" * 16, name=f"user{n}") for n in range(4)],
+                      p.Reconnect(client_id=b"\0" * 16, name="user9")), eof=True)],
+        # 17: the key window passes (docs/KEY_BINDING.md): refused until a new 827
+        [Record(_send(reconnect)),
+         Record(_send(*_packets(k, "late.bin", small, 1024)), advance=3),
+         Record(_send(reconnect, *_packets(k, "late.bin", small, 1024),
+                      p.CrcOk(client_id=k, file_name="late.bin")), eof=True)],
     ]
     _SEEDS.extend(sessions)
     return _SEEDS
@@ -727,9 +743,11 @@ class Harness:
         max_chunk = max_chunk or self.control.max_chunk
         for number, record in enumerate(records):
             if record.advance:
-                self.advance(SHORT_ADVANCE if record.advance == 1 else self._long_wait())
+                self.advance(self._wait(record.advance))
             connection = self.slots.get(record.slot)
-            if connection is not None and (record.reopen or connection.sock.eof):
+            if connection is not None and (
+                record.reopen or connection.sock.eof or connection.channel.closed
+            ):
                 self.end(connection)
                 connection = None
             if connection is None:
@@ -788,6 +806,14 @@ class Harness:
     def _long_wait(self) -> float:
         limits = self.app.limits
         return max(limits.idle_timeout, limits.message_deadline) + 1
+
+    def _wait(self, advance: int) -> float:
+        """A record's clock step: variant 8's second, the timeouts, the key window."""
+        if advance == 1:
+            return SHORT_ADVANCE
+        if advance == 2:
+            return self._long_wait()
+        return self.app.limits.key_window + 1
 
     # -- checking --------------------------------------------------------------
 
