@@ -252,7 +252,7 @@ def test_a3_828_of_4_gib_is_streamed_not_buffered(server):
         orig = size - 17  # padded_size(orig) == size - 4: four bytes of zero fill at the end
         header = packet_bytes(file_packets(identity, "huge.bin", b"")[0])[:REQUEST_HEADER_SIZE + FILE_PACKET_FIELDS_SIZE]
         fields = bytearray(header)
-        struct.pack_into("<I", fields, 19, 0xFFFFFFFF)
+        struct.pack_into("<I", fields, REQUEST_HEADER_SIZE - 4, 0xFFFFFFFF)  # payload_size
         struct.pack_into("<II", fields, REQUEST_HEADER_SIZE, crypto.padded_size(orig), orig)
         client.send_raw(bytes(fields))
         rss_before = proc_status(pid, "VmRSS")

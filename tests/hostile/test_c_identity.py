@@ -7,6 +7,7 @@ The bystander of hostile_helpers.Guard is the victim wherever a case needs one:
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import time
 
@@ -44,6 +45,7 @@ from protocol import (
     crypto,
 )
 from protocol.codes import RequestCode
+from protocol.wire import RESPONSE_HEADER_SIZE, ResponseHeader
 
 
 def _send_key(client, client_id, name, key_bytes):
@@ -241,8 +243,9 @@ def test_c5_valid_827_gives_a_fresh_key_and_updates_last_seen(server):
     with server.client() as client:
         wire = ClientConnection().send(Reconnect(client_id=identity.client_id, name=identity.name))
         client.send_raw(wire)
-        head = client.sock.recv(7, 0x100)  # MSG_WAITALL: the header as sent
-        assert int.from_bytes(head[1:3], "little") == 1605 and int.from_bytes(head[3:7], "little") == 16 + 128
+        head = client.sock.recv(RESPONSE_HEADER_SIZE, socket.MSG_WAITALL)  # the header as sent
+        header = ResponseHeader.parse(head)
+        assert (header.version, header.code, header.payload_size) == (3, 1605, 16 + 128)
         client.conn.receive_data(head)
         answer = client.receive()
         assert isinstance(answer, Reconnected) and answer.client_id == identity.client_id

@@ -45,7 +45,7 @@ from protocol import (
     crypto,
 )
 from protocol.names import NameField
-from protocol.wire import REQUEST_HEADER_SIZE
+from protocol.wire import REQUEST_HEADER_SIZE, RESPONSE_HEADER_SIZE
 
 MIB = 1024 * 1024
 
@@ -261,7 +261,7 @@ def test_d3_decryption_failures_are_indistinguishable(server):
                 client.sock.settimeout(10)
                 started = time.perf_counter()
                 client.send_raw(last)
-                head = client.sock.recv(7, 0x100)  # MSG_WAITALL: the whole reply header
+                head = client.sock.recv(RESPONSE_HEADER_SIZE, socket.MSG_WAITALL)  # the whole reply
                 times[kind].append(time.perf_counter() - started)
                 assert head == b"\x03" + (1607).to_bytes(2, "little") + bytes(4), (kind, head)  # 1607, no payload
                 assert temp_files(server) == []
