@@ -1,11 +1,13 @@
 """Test-only crash points: kill this process at a named point of the server.
 
-Only tests/crash/ uses this. A test starts ``python -m server`` with
+Only tests use this (tests/crash/, tests/hostile/). A test starts
+``python -m server`` with
 
     CIPHERDROP_CRASH_AT=<point>[:<count>]
 
-and the server kills itself with SIGKILL (no cleanup, no flush, as a power
-cut or ``kill -9`` would) the ``count``-th time (default: the first) it
+and the server kills itself with SIGKILL (no cleanup, as ``kill -9`` or the
+OOM killer would; the kernel's page cache survives, so this checks the order
+of the steps, not the fsyncs) the ``count``-th time (default: the first) it
 reaches ``reached("<point>")``; the test then restarts it on the same folder
 and checks what start-up repair left (HOSTILE.md G3). :func:`from_environment`
 reads the variable once, at start-up (``server/__main__.py``); nothing else

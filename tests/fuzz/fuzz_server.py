@@ -960,9 +960,13 @@ _RECV_BUFFER = memoryview(bytearray(RECV_BUFFER_SIZE))
 class Workspace:
     """A tmpfs folder with the template database; one per process."""
 
+    PREFIX = "cipherdrop-fuzz-"
+
     def __init__(self) -> None:
         base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        self.root = Path(tempfile.mkdtemp(prefix="cipherdrop-fuzz-", dir=base))
+        base = base or tempfile.gettempdir()
+        self._remove_stale(Path(base))
+        self.root = Path(tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=base))
         self.template = self.root / "template.db"
         self.workdir = self.root / "work"
         self.workdir.mkdir()
@@ -974,6 +978,20 @@ class Workspace:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+    @classmethod
+    def _remove_stale(cls, base: Path) -> None:
+        """Workspaces of runs that ended without cleaning up (libFuzzer exits with _exit)."""
+        for path in base.glob(f"{cls.PREFIX}*-*"):
+            pid = path.name[len(cls.PREFIX):].split("-", 1)[0]
+            if not pid.isdigit():
+                continue
+            try:
+                os.kill(int(pid), 0)  # a probe: is the process still there?
+            except ProcessLookupError:
+                shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
 
 
 _workspace: Workspace | None = None
