@@ -231,18 +231,23 @@ def _received_file(app: App, peer: Peer, event) -> tuple[ClientRow, FileRow]:
     return client, row
 
 
-def crc_ok(app: App, peer: Peer, event: CrcOk) -> Outcome:
-    """900: mark the file verified (idempotent)."""
+def _record_verdict(app: App, peer: Peer, event, verified: bool, outcome: str) -> Outcome:
+    """900 and 902: store the client's verdict on the file, answer 1604."""
     client, row = _received_file(app, peer, event)
     crashpoints.reached("verify.before_commit")
     with app.db.transaction():
-        app.db.set_verified(client.id, row.file_name, True)
+        app.db.set_verified(client.id, row.file_name, verified)
     crashpoints.reached("verify.committed")
     return Outcome(
         Acknowledged(client_id=client.id),
         client=client_label(client.name, client.id),
-        detail=f"{printable(row.file_name)} verified",
+        detail=f"{printable(row.file_name)} {outcome}",
     )
+
+
+def crc_ok(app: App, peer: Peer, event: CrcOk) -> Outcome:
+    """900: mark the file verified (idempotent)."""
+    return _record_verdict(app, peer, event, True, "verified")
 
 
 def crc_retry(app: App, peer: Peer, event: CrcRetry) -> Outcome:
@@ -258,16 +263,7 @@ def crc_retry(app: App, peer: Peer, event: CrcRetry) -> Outcome:
 
 def crc_abort(app: App, peer: Peer, event: CrcAbort) -> Outcome:
     """902: the client gives up; the file stays, not verified (decision 5)."""
-    client, row = _received_file(app, peer, event)
-    crashpoints.reached("verify.before_commit")
-    with app.db.transaction():
-        app.db.set_verified(client.id, row.file_name, False)
-    crashpoints.reached("verify.committed")
-    return Outcome(
-        Acknowledged(client_id=client.id),
-        client=client_label(client.name, client.id),
-        detail=f"{printable(row.file_name)} kept unverified",
-    )
+    return _record_verdict(app, peer, event, False, "kept unverified")
 
 
 HANDLERS: dict[RequestCode, Callable[[App, Peer, object], Outcome]] = {
