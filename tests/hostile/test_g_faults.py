@@ -97,16 +97,7 @@ def test_g1_disk_full_during_temp_write(faults, tmpfs, tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         if real:
-            fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-            try:  # take every byte left
-                for size in (65536, 4096, 1):
-                    try:
-                        while True:
-                            os.write(fd, b"\xff" * size)
-                    except OSError as exc:
-                        assert exc.errno == errno.ENOSPC
-            finally:
-                os.close(fd)
+            _fill(filler)
         else:
             faults.arm(write={"errno": errno.ENOSPC, "after": 3 * 65536})
         _send_all(client, packets[2:])
