@@ -35,6 +35,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import run_atheris
+
 try:
     import atheris
 except ImportError:  # the hypothesis fallback below
@@ -298,21 +300,11 @@ def seed_inputs() -> list[bytes]:
     return inputs
 
 
-def write_seed_corpus(directory: Path) -> None:
-    directory.mkdir(parents=True)
-    for number, data in enumerate(seed_inputs()):
-        (directory / f"seed-{number:03d}").write_bytes(data)
-
-
 # -- entry points ------------------------------------------------------------
 
 
 def main_atheris(argv: list[str]) -> None:
-    for arg in argv[1:]:
-        if not arg.startswith("-") and not Path(arg).exists():
-            write_seed_corpus(Path(arg))
-    atheris.Setup(argv, TestOneInput)
-    atheris.Fuzz()
+    run_atheris(argv, seed_inputs, TestOneInput)
 
 
 def main_hypothesis(argv: list[str]) -> None:

@@ -75,6 +75,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import run_atheris
+
 try:
     import atheris
 except ImportError:  # the hypothesis fallback below
@@ -1045,18 +1047,8 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
 # -- entry points ---------------------------------------------------------------------------
 
 
-def write_seed_corpus(directory: Path) -> None:
-    directory.mkdir(parents=True)
-    for number, data in enumerate(seed_inputs()):
-        (directory / f"seed-{number:03d}").write_bytes(data)
-
-
 def main_atheris(argv: list[str]) -> None:
-    for arg in argv[1:]:
-        if not arg.startswith("-") and not Path(arg).exists():
-            write_seed_corpus(Path(arg))
-    atheris.Setup(argv, TestOneInput)
-    atheris.Fuzz()
+    run_atheris(argv, seed_inputs, TestOneInput)
 
 
 def inputs_strategy():
