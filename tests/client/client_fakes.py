@@ -222,6 +222,13 @@ def write_transfer_info(folder: Path, server: str, name: str, file: str | Path) 
     return path
 
 
+def run_against(script, work: Path, data: Path, run_client, *argv: str):
+    """Run the client on ``data`` (through transfer.info) against a fake server playing ``script``."""
+    with FakeServer(script) as server:
+        write_transfer_info(work, server.address, NAME, data.name)
+        return run_client(*argv)
+
+
 def file_received(keys: Keys, received, *, cksum_delta: int = 0) -> FileReceived:
     """The 1603 a correct server sends for this upload."""
     return FileReceived(

@@ -38,6 +38,7 @@ from client_fakes import (
     handshake_register,
     make_file,
     registered_folder,
+    run_against,
     write_transfer_info,
 )
 
@@ -58,9 +59,7 @@ def test_first_run_registers_uploads_and_writes_me_info(work, run_client):
         seen["file"] = accept_upload(peer, keys)
         peer.expect_closed()
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client("--packet-size", SMALL_PACKET)
+    result = run_against(script, work, data, run_client, "--packet-size", SMALL_PACKET)
 
     assert result.code == ExitCode.OK, result.err
     assert seen["register"].name == NAME
@@ -97,9 +96,7 @@ def test_second_run_reconnects_with_me_info(work, run_client):
         accept_upload(peer, keys)
         peer.expect_closed()
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client()
+    result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.OK, result.err
 
 
@@ -135,9 +132,7 @@ def test_name_with_spaces_and_non_ascii_letters_goes_as_utf8(work, run_client):
         handshake_register(peer, keys)
         seen["file"] = accept_upload(peer, keys)
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client()
+    result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.OK, result.err
     assert seen["file"].first.file_name.text == data.name.encode("utf-8")
 
@@ -154,9 +149,7 @@ def test_taken_name_stops_with_exit_4(work, run_client):
         peer.reply(RegistrationFailed())
         peer.expect_closed()
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client()
+    result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.REGISTRATION_REFUSED
     assert "taken" in result.err and "'alice'" in result.err
     assert not (work / "me.info").exists()
@@ -176,9 +169,7 @@ def test_1606_registers_again_and_rewrites_me_info(work, run_client):
         assert register.name == NAME
         accept_upload(peer, new)
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client()
+    result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.OK, result.err
     assert (work / "me.info").read_text().splitlines()[1] == new.client_id.hex()
     assert SERVER_ERROR_MESSAGE not in result.err
@@ -198,9 +189,7 @@ def test_1607_is_retried_then_succeeds(work, run_client):
         handshake_register(peer, keys)
         accept_upload(peer, keys)
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client()
+    result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.OK, result.err
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 1
 
@@ -218,9 +207,7 @@ def test_1607_four_times_is_fatal_and_names_the_step(work, run_client):
             peer.reply(GeneralError())
         peer.expect_closed()
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client()
+    result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.SERVER_ERROR
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 4
     assert "sending the public key (826) failed after 4 attempts" in result.err
@@ -237,9 +224,7 @@ def test_unexpected_reply_counts_as_an_error(work, run_client):
             peer.reply(Acknowledged(client_id=bytes(16)))
         peer.expect_closed()
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client()
+    result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.SERVER_ERROR
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 4
     assert "registration (825) failed" in result.err and "1604" in result.err
@@ -263,9 +248,7 @@ def test_aes_key_for_another_key_is_an_error(work, run_client):
                 )
             )
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client()
+    result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.SERVER_ERROR
     assert "does not decrypt" in result.err
 
@@ -284,9 +267,7 @@ def test_malformed_reply_is_retried_on_a_new_connection(work, run_client):
         handshake_register(peer, keys)
         accept_upload(peer, keys)
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client()
+    result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.OK, result.err
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 1
 
@@ -306,9 +287,7 @@ def test_1607_after_upload_resends_on_a_new_connection_after_827(work, run_clien
         received = accept_upload(peer, keys)
         assert received.plaintext == data.read_bytes()
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client("--packet-size", SMALL_PACKET)
+    result = run_against(script, work, data, run_client, "--packet-size", SMALL_PACKET)
     assert result.code == ExitCode.OK, result.err
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 1
 
@@ -335,9 +314,7 @@ def test_1607_in_the_middle_of_an_upload_stops_sending(work, run_client):
         handshake_reconnect(peer, keys)
         accept_upload(peer, keys)
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client("--packet-size", SMALL_PACKET)
+    result = run_against(script, work, data, run_client, "--packet-size", SMALL_PACKET)
     assert result.code == ExitCode.OK, result.err
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 1
 
@@ -359,9 +336,7 @@ def test_crc_mismatch_sends_901_and_resends_without_waiting(work, run_client):
         # No 1604 after the 901: a client that waited for one would hang here.
         accept_upload(peer, keys)
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client()
+    result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.OK, result.err
     assert "cksum mismatch" in result.err
     assert SERVER_ERROR_MESSAGE not in result.err
@@ -380,9 +355,7 @@ def test_stray_1604_after_901_is_tolerated(work, run_client):
         peer.reply(Acknowledged(client_id=keys.client_id))  # variant 8
         accept_upload(peer, keys)
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client()
+    result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.OK, result.err
     assert SERVER_ERROR_MESSAGE not in result.err
 
@@ -405,9 +378,7 @@ def test_crc_mismatch_four_times_sends_902_and_exits_6(work, run_client):
         peer.reply(Acknowledged(client_id=keys.client_id))
         peer.expect_closed()
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client()
+    result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.CHECKSUM
     assert uploads == [data.read_bytes()] * 4
     assert "gave up (902)" in result.err
@@ -433,9 +404,7 @@ def test_content_size_mismatch_is_a_crc_mismatch(work, run_client):
         peer.expect(CrcRetry)
         accept_upload(peer, keys)
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client()
+    result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.OK, result.err
     assert "cksum mismatch" in result.err
 
@@ -451,9 +420,7 @@ def test_a_server_that_never_answers_times_out(work, run_client):
         peer.expect(Register)
         peer.expect_closed()
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client("--timeout", "0.5")
+    result = run_against(script, work, data, run_client, "--timeout", "0.5")
     assert result.code == ExitCode.NETWORK
     assert "registration (825)" in result.err and "did not answer within 0.5 s" in result.err
 
@@ -481,9 +448,7 @@ def test_server_closing_mid_upload_is_a_network_error(work, run_client):
         peer.expect(Packet)
         peer.close()
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client("--packet-size", SMALL_PACKET)
+    result = run_against(script, work, data, run_client, "--packet-size", SMALL_PACKET)
     assert result.code == ExitCode.NETWORK
     assert "upload of 'data.bin'" in result.err
 
@@ -503,9 +468,7 @@ def test_upload_failing_four_times_is_fatal(work, run_client):
             peer.reply(GeneralError())
             peer.expect_closed()
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client()
+    result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.SERVER_ERROR
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 4
     assert "error: upload of 'data.bin' failed after 4 attempts" in result.err
@@ -526,9 +489,7 @@ def test_900_answered_with_1607_is_retried(work, run_client):
         peer.expect(CrcOk)
         peer.reply(Acknowledged(client_id=keys.client_id))
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client()
+    result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.OK, result.err
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 3
 
@@ -547,9 +508,7 @@ def test_1607_then_close_during_an_upload_is_an_error_reply(work, run_client):
         handshake_reconnect(peer, keys)
         accept_upload(peer, keys)
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client("--packet-size", SMALL_PACKET)
+    result = run_against(script, work, data, run_client, "--packet-size", SMALL_PACKET)
     assert result.code == ExitCode.OK, result.err
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 1
 
@@ -576,9 +535,7 @@ def test_1603_for_another_file_is_an_error(work, run_client):
         handshake_reconnect(peer, keys)
         accept_upload(peer, keys)
 
-    with FakeServer(script) as server:
-        write_transfer_info(work, server.address, NAME, data.name)
-        result = run_client("--verbose")
+    result = run_against(script, work, data, run_client, "--verbose")
     assert result.code == ExitCode.OK, result.err
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 1
     assert "1603 names the file other.bin" in result.err
