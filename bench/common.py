@@ -153,6 +153,11 @@ class Server:
         self.stop()
 
 
+#: A load benchmark is many clients on one address: lift the per-address
+#: limits that protect a real server from one address (flags passed later win).
+LOAD_FLAGS = ("--max-connections-per-address", "0", "--registrations-per-minute", "0")
+
+
 def start_server(data_dir: Path, *flags: str, log_level: str = "INFO") -> Server:
     """Start the real server on a free port of 127.0.0.1; wait until it accepts.
 
@@ -165,7 +170,7 @@ def start_server(data_dir: Path, *flags: str, log_level: str = "INFO") -> Server
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "server", "--host", HOST, "--port", str(port),
-             "--data-dir", str(data_dir), "--log-level", log_level, *flags],
+             "--data-dir", str(data_dir), "--log-level", log_level, *LOAD_FLAGS, *flags],
             cwd=data_dir, env=env(), stdin=subprocess.DEVNULL,
             stdout=log_file, stderr=subprocess.STDOUT,
         )

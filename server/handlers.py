@@ -56,7 +56,10 @@ class Outcome:
     """What a request led to.
 
     ``deferred`` is a response sent later unless an 828 starts first (901,
-    variant 8); ``final`` is False after a non-final 828 packet.
+    variant 8); ``final`` is False after a non-final 828 packet; ``refused``
+    marks an answer that is a refusal although it is not 1607 (1601, and a
+    1606 that registers nothing): it counts toward the connection's errors
+    and does not keep the connection alive.
     """
 
     response: Response | None = None
@@ -64,6 +67,7 @@ class Outcome:
     client: str = ""
     detail: str = ""
     final: bool = True
+    refused: bool = False
 
 
 def _refuse(message: str) -> RemoteProtocolError:
@@ -116,19 +120,22 @@ def register(app: App, peer: Peer, event: Register) -> Outcome:
     """825: a new name gets a fresh id; a keyless name is registered anew."""
     existing = app.db.client_by_name(event.name)
     if existing is not None and existing.public_key is not None:
-        return Outcome(RegistrationFailed(), client=event.name, detail="name taken")
+        return Outcome(RegistrationFailed(), client=event.name, detail="name taken", refused=True)
     holder = app.live_registrations.get(existing.id) if existing is not None else None
     if holder is not None and holder is not peer:
         return Outcome(
-            RegistrationFailed(), client=event.name, detail="name being registered by another connection"
+            RegistrationFailed(),
+            client=event.name,
+            detail="name being registered by another connection",
+            refused=True,
         )
     refusal = _can_register(app, peer, replacing=existing is not None)
     if refusal:
-        return Outcome(RegistrationFailed(), client=event.name, detail=refusal)
+        return Outcome(RegistrationFailed(), client=event.name, detail=refusal, refused=True)
     try:
         client_id = _register_name(app, peer, event.name, existing)
     except sqlite3.IntegrityError:
-        return Outcome(RegistrationFailed(), client=event.name, detail="name taken")
+        return Outcome(RegistrationFailed(), client=event.name, detail="name taken", refused=True)
     if existing is not None:
         app.live_registrations.pop(existing.id, None)
     app.live_registrations[client_id] = peer
@@ -190,6 +197,7 @@ def reconnect(app: App, peer: Peer, event: Reconnect) -> Outcome:
             ReconnectRefused(client_id=event.client_id),
             client=event.name,
             detail="client id does not match the name",
+            refused=True,
         )
     if client.public_key is None:
         with app.db.transaction():
@@ -200,7 +208,10 @@ def reconnect(app: App, peer: Peer, event: Reconnect) -> Outcome:
         public_key = crypto.import_public_key(client.public_key)
     except CryptoError:
         return Outcome(
-            ReconnectRefused(client_id=client.id), client=label, detail="stored key unusable"
+            ReconnectRefused(client_id=client.id),
+            client=label,
+            detail="stored key unusable",
+            refused=True,
         )
     aes_key = crypto.new_aes_key()
     sealed = crypto.encrypt_aes_key(public_key, aes_key)
