@@ -102,6 +102,8 @@ def check_name(name: str) -> str | None:
         return f"the client name is {len(name)} characters; at most {MAX_CONFIG_NAME_LENGTH}"
     if not all(ord(char) in _PRINTABLE_ASCII for char in name):
         return f"the client name {name!r} has characters other than printable ASCII"
+    if name.strip() != name:
+        return f"the client name {name!r} starts or ends with a space"
     return None
 
 

@@ -14,6 +14,7 @@ from .codes import MAX_WIRE_NAME_LENGTH, NAME_FIELD_SIZE
 from .errors import LocalProtocolError
 
 NUL = b"\0"
+SPACE = b" "
 _PRINTABLE_ASCII = range(0x20, 0x7F)
 
 
@@ -58,7 +59,13 @@ class NameField:
 
 
 def is_valid_client_name(text: bytes) -> bool:
-    """Whether text is a client name: 1 to 254 printable ASCII characters."""
-    return 0 < len(text) <= MAX_WIRE_NAME_LENGTH and all(
-        byte in _PRINTABLE_ASCII for byte in text
+    """Whether text is a client name: 1 to 254 printable ASCII characters.
+
+    No space may lead or end it (nor may it be only spaces): ``x``, ``x `` and
+    `` x`` would be three clients that print the same.
+    """
+    return (
+        0 < len(text) <= MAX_WIRE_NAME_LENGTH
+        and all(byte in _PRINTABLE_ASCII for byte in text)
+        and text.strip(SPACE) == text
     )

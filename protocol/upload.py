@@ -20,8 +20,11 @@ Variants handled here (PROTOCOL.md, "Variants that real clients send"):
    ``orig_file_size``.
 
 Every failure raises :class:`RemoteProtocolError` (answer 1607, connection
-kept: the framing is intact). Every decryption failure carries the same text
-(HOSTILE.md D3).
+kept: the framing is intact). A ciphertext that does not decrypt to exactly
+``orig_file_size`` bytes (bad padding, a length that is not whole blocks, or
+a plaintext of another size, in every layout) raises its subclass
+:class:`DecryptionFailed`, always with the same text (HOSTILE.md D3): the
+server counts these, since each one answers a guess about the key.
 """
 
 from __future__ import annotations
@@ -35,13 +38,20 @@ from .errors import CryptoError, LocalProtocolError, RemoteProtocolError
 from .events import FilePacketStarted
 from .names import NameField
 
-__all__ = ["MAX_ZERO_FILL", "IncomingFile", "ReceivedFile", "is_first_packet"]
+__all__ = ["MAX_ZERO_FILL", "DecryptionFailed", "IncomingFile", "ReceivedFile", "is_first_packet"]
 
 #: Zero fill accepted past ``content_size`` on the last packet when no earlier
 #: packet was longer (a one-packet file sent in a fixed-size buffer).
 MAX_ZERO_FILL = 64 * 1024
 #: The one text of every decryption failure (padding, length, anything).
 DECRYPTION_FAILED = "decryption failed"
+
+
+class DecryptionFailed(RemoteProtocolError):
+    """The ciphertext is not an encryption of ``orig_file_size`` bytes under the key."""
+
+    def __init__(self) -> None:
+        super().__init__(DECRYPTION_FAILED, close=False)
 
 
 def _refuse(message: str) -> RemoteProtocolError:
@@ -229,11 +239,11 @@ class IncomingFile:
             try:
                 tail = self._decryptor.finalize()
             except CryptoError:
-                raise _refuse(DECRYPTION_FAILED) from None
+                raise DecryptionFailed() from None
             self._account(tail)
         if self._is_last:
-            if self._per_packet and self._cksum.length != self._orig_size:
-                raise _refuse("plaintext does not add up to orig_file_size")
+            if self._cksum.length != self._orig_size:
+                raise DecryptionFailed()
             self._done = True
         else:
             self._next += 1
@@ -273,7 +283,7 @@ class IncomingFile:
         if packet.content_size != length:
             raise _refuse("content_size must equal the packet's content length")
         if not length or length % AES_BLOCK_SIZE:
-            raise _refuse(DECRYPTION_FAILED)
+            raise DecryptionFailed()
         bound = self._orig_size + AES_BLOCK_SIZE * number
         if self._received + length > min(bound, MAX_UINT32):
             raise _refuse("more ciphertext than orig_file_size can need")
@@ -281,4 +291,4 @@ class IncomingFile:
     def _account(self, plain: bytes) -> None:
         self._cksum.update(plain)
         if self._per_packet and self._cksum.length > self._orig_size:
-            raise _refuse("plaintext exceeds orig_file_size")
+            raise DecryptionFailed()

@@ -264,6 +264,11 @@ BAD_CLIENT_NAMES = [
     b"new\nline",
     b"\x80",
     b"\x1b[31mred",
+    # names that would print like another one
+    b"x ",
+    b" x",
+    b"x  ",
+    b"   ",
 ]
 
 

@@ -80,7 +80,7 @@ RESPONSE_EVENT_TYPES = (
 client_ids = st.binary(min_size=16, max_size=16)
 client_names = st.text(
     alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=254
-)
+).filter(lambda name: name.strip(" ") == name)
 uint32 = st.integers(0, 2**32 - 1)
 uint16 = st.integers(0, 2**16 - 1)
 no_nul = st.binary(min_size=1, max_size=254).map(lambda b: b.replace(b"\0", b"_"))
