@@ -56,6 +56,12 @@ _LIMIT_HELP = {
     "retry_ack_delay": "seconds to wait after 901 for an 828 before answering 1604",
     "busy_timeout": "seconds a database write waits for a lock another process holds "
     "(every connection waits meanwhile; then 1607)",
+    "max_decryption_failures_per_key": "failed decryptions under one AES key before "
+    "the key is refused until the next 826/827",
+    "max_decryption_failures_per_hour": "failed decryptions per client in any hour "
+    "before its uploads are refused for the rest of that hour",
+    "max_disk_share_per_address": "share (0 to 1] of the disk free for uploads "
+    "that the uploads from one IP address may reserve",
 }
 
 

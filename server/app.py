@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import collections
+import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .budget import DecryptionBudget
 from .limits import Limits
 from .storage.db import Database
 from .storage.files import FileStore
 from .timers import Timers
 from .uploads import Uploads
 
+log = logging.getLogger(__name__)
+
 _RATE_WINDOW = 60.0
+#: Lapsed keyless registrations are deleted this often (they stopped counting
+#: toward ``max_clients`` when they lapsed; this keeps the database small).
+PURGE_INTERVAL = 300.0
 
 
 @dataclass(eq=False)
@@ -21,7 +29,7 @@ class Peer:
     """The handlers' view of a connection: where it comes from.
 
     Each connection has its own Peer object; its identity stands for the
-    connection (see :attr:`App.live_registrations`).
+    connection (see :class:`LiveRegistrations`).
     """
 
     address: str
@@ -56,6 +64,45 @@ class RegistrationLimiter:
         return True
 
 
+class LiveRegistrations:
+    """Keyless registrations made by 825 on connections still open (HOSTILE.md B4).
+
+    Another connection's 825 for such a name gets 1601. Indexed both ways, so
+    that closing a connection costs what it held, not what all hold.
+    """
+
+    def __init__(self) -> None:
+        self._holder: dict[bytes, Peer] = {}
+        self._held: dict[Peer, set[bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._holder)
+
+    def holder(self, client_id: bytes) -> Peer | None:
+        """The connection that registered this keyless client, if still open."""
+        return self._holder.get(client_id)
+
+    def hold(self, client_id: bytes, peer: Peer) -> None:
+        """The connection ``peer`` registered ``client_id``."""
+        self.release(client_id)
+        self._holder[client_id] = peer
+        self._held.setdefault(peer, set()).add(client_id)
+
+    def release(self, client_id: bytes) -> None:
+        """The registration got its key or was replaced."""
+        peer = self._holder.pop(client_id, None)
+        if peer is not None:
+            held = self._held[peer]
+            held.discard(client_id)
+            if not held:
+                del self._held[peer]
+
+    def connection_closed(self, peer: Peer) -> None:
+        """Forget the registrations a closed connection was holding."""
+        for client_id in self._held.pop(peer, ()):
+            del self._holder[client_id]
+
+
 @dataclass
 class App:
     """The server's shared state; one per process, never a global."""
@@ -66,15 +113,28 @@ class App:
     timers: Timers
     uploads: Uploads
     registrations: RegistrationLimiter
+    budget: DecryptionBudget
     wall_clock: Callable[[], float] = field(default=time.time)
-    #: Keyless registrations made by 825 on a connection still open: another
-    #: connection's 825 for the same name gets 1601 (HOSTILE.md B4).
-    live_registrations: dict[bytes, Peer] = field(default_factory=dict)
+    live_registrations: LiveRegistrations = field(default_factory=LiveRegistrations)
 
     def connection_closed(self, peer: Peer) -> None:
         """Forget the registrations a closed connection was holding."""
-        for client_id in [k for k, v in self.live_registrations.items() if v is peer]:
-            del self.live_registrations[client_id]
+        self.live_registrations.connection_closed(peer)
+
+    def purge_lapsed_registrations(self) -> int:
+        """Delete keyless registrations older than the key window; return how many."""
+        with self.db.transaction():
+            count = self.db.delete_stale_keyless(self.wall_clock() - self.limits.key_window)
+        if count:
+            log.info("%d keyless registration(s) lapsed and were deleted", count)
+        return count
+
+    def _purge_periodically(self) -> None:
+        try:
+            self.purge_lapsed_registrations()
+        except sqlite3.Error as exc:
+            log.error("cannot delete lapsed registrations: %s", exc)
+        self.timers.call_later(PURGE_INTERVAL, self._purge_periodically)
 
     @classmethod
     def build(
@@ -86,14 +146,21 @@ class App:
     ) -> App:
         """Wire the parts together."""
         timers = Timers(clock)
-        return cls(
+        app = cls(
             db=db,
             store=store,
             limits=limits,
             timers=timers,
-            uploads=Uploads(timers, limits.idle_timeout),
+            uploads=Uploads(timers, limits),
             registrations=RegistrationLimiter(limits.registrations_per_minute, clock),
+            budget=DecryptionBudget(
+                limits.max_decryption_failures_per_key,
+                limits.max_decryption_failures_per_hour,
+                clock,
+            ),
         )
+        timers.call_later(PURGE_INTERVAL, app._purge_periodically)
+        return app
 
     def monotonic(self) -> float:
         """The loop's clock (deadlines, elapsed times)."""

@@ -19,12 +19,17 @@ The points, in the order an upload meets them (:data:`POINTS`):
 * ``temp.created``: a packet opened a file's temp file, nothing written yet;
 * ``temp.written``: one chunk of plaintext written to the temp file;
 * ``temp.synced``: the temp file is fsynced and closed;
-* ``upload.committed``: the file's row (Verified=0) is committed, the temp
-  file not renamed yet;
-* ``temp.renamed``: ``os.replace`` onto the final name done, folder not synced;
-* ``temp.dir_synced``: the folder is synced, 1603 not queued yet;
-* ``verify.before_commit`` / ``verify.committed``: 900 (and 902) around the
-  commit of Verified, before 1604 is queued;
+* ``upload.committed``: a name's first upload: its row (Verified=0) is
+  committed, the temp file not renamed yet;
+* ``upload.pending``: a later upload of a stored name is kept as a pending
+  version (its synced temp file), 1603 not queued yet;
+* ``temp.renamed``: ``os.replace`` onto the final name done, folder not synced
+  (at a first upload, or at the 900 of a pending version);
+* ``temp.dir_synced``: the folder is synced; 1603 (or the 900's commit) not
+  done yet;
+* ``verify.before_commit`` / ``verify.committed``: 900 (and 902) around what
+  they change (a pending version's rename, the Verified commit), before 1604
+  is queued;
 * ``retry.received``: a 901 was accepted (its 1604 is deferred, variant 8);
 * ``key.committed``: 826/827 committed a fresh AES key, reply not queued;
 * ``response.queued``: a response is in the outgoing buffer, not sent;
@@ -43,6 +48,7 @@ POINTS = frozenset(
         "temp.written",
         "temp.synced",
         "upload.committed",
+        "upload.pending",
         "temp.renamed",
         "temp.dir_synced",
         "verify.before_commit",

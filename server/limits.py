@@ -40,10 +40,18 @@ DEFAULT_MIN_FREE_DISK = 64 * MIB
 DEFAULT_KEY_WINDOW = 3600.0
 #: Registered clients in the database; 825 beyond it gets 1601 (HOSTILE B5).
 DEFAULT_MAX_CLIENTS = 100_000
-#: Registrations per address per minute; 0 is off (HOSTILE B5).
-DEFAULT_REGISTRATIONS_PER_MINUTE = 0
+#: Registrations per address per minute (HOSTILE B5): far above what a real
+#: client does (one per run), far below a flood that fills ``max_clients``.
+#: 0 is off (load tests raise it explicitly).
+DEFAULT_REGISTRATIONS_PER_MINUTE = 30
 #: Variant 8: after 901, wait this long for an 828 before answering 1604.
 DEFAULT_RETRY_ACK_DELAY = 1.0
+#: Failed decryptions under one AES key before the key is dead (server/budget.py).
+DEFAULT_MAX_DECRYPTION_FAILURES_PER_KEY = 3
+#: Failed decryptions per client per hour before its uploads are refused.
+DEFAULT_MAX_DECRYPTION_FAILURES_PER_HOUR = 10
+#: Share of the disk space free for uploads that one address may reserve.
+DEFAULT_MAX_DISK_SHARE_PER_ADDRESS = 0.5
 
 
 @dataclass(frozen=True)
@@ -66,14 +74,26 @@ class Limits:
     retry_ack_delay: float = DEFAULT_RETRY_ACK_DELAY
     #: Short, not SQLite's usual seconds: the whole loop waits (HOSTILE G2).
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    max_decryption_failures_per_key: int = DEFAULT_MAX_DECRYPTION_FAILURES_PER_KEY
+    max_decryption_failures_per_hour: int = DEFAULT_MAX_DECRYPTION_FAILURES_PER_HOUR
+    max_disk_share_per_address: float = DEFAULT_MAX_DISK_SHARE_PER_ADDRESS
 
     def __post_init__(self) -> None:
-        for name in ("max_connections", "max_errors", "max_outgoing", "min_content_rate"):
+        for name in (
+            "max_connections",
+            "max_errors",
+            "max_outgoing",
+            "min_content_rate",
+            "max_decryption_failures_per_key",
+            "max_decryption_failures_per_hour",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("message_deadline", "idle_timeout", "key_window"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if not 0 < self.max_disk_share_per_address <= 1:
+            raise ValueError("max_disk_share_per_address must be within (0, 1]")
         if not 0 < self.max_content_size <= MAX_UINT32:
             raise ValueError(f"max_content_size must be within 1..{MAX_UINT32}")
         for name in (

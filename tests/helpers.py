@@ -56,7 +56,11 @@ ANY_ID = b"\0" * 16
 #: register many clients from 127.0.0.1, past the per-address defaults that
 #: protect a real server. A test of those defaults passes ``load_flags=()``;
 #: flags a test passes itself come later and win.
-LOAD_FLAGS = ("--max-connections-per-address", "0", "--registrations-per-minute", "0")
+LOAD_FLAGS = (
+    "--max-connections-per-address", "0",
+    "--registrations-per-minute", "0",
+    "--max-disk-share-per-address", "1",
+)
 
 
 def server_env() -> dict[str, str]:

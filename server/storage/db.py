@@ -64,6 +64,15 @@ _SELECT_CLIENT_BY_NAME = (
     "SELECT ID, Name, PublicKey, LastSeen, AESKey FROM clients WHERE Name = ?"
 )
 _COUNT_CLIENTS = "SELECT COUNT(*) FROM clients"
+#: Clients that hold a key, or whose keyless registration is still fresh.
+_COUNT_LIVE_CLIENTS = (
+    "SELECT COUNT(*) FROM clients c LEFT JOIN key_bindings b ON b.ID = c.ID"
+    " WHERE c.PublicKey IS NOT NULL OR b.IssuedAt >= ?"
+)
+_STALE_KEYLESS = (
+    "SELECT c.ID FROM clients c LEFT JOIN key_bindings b ON b.ID = c.ID"
+    " WHERE c.PublicKey IS NULL AND (b.IssuedAt IS NULL OR b.IssuedAt < ?)"
+)
 _INSERT_CLIENT = "INSERT INTO clients (ID, Name, LastSeen) VALUES (?, ?, ?)"
 _DELETE_CLIENT = "DELETE FROM clients WHERE ID = ?"
 _SET_KEYS = "UPDATE clients SET PublicKey = ?, AESKey = ?, LastSeen = ? WHERE ID = ?"
@@ -71,6 +80,7 @@ _SET_AES_KEY = "UPDATE clients SET AESKey = ?, LastSeen = ? WHERE ID = ?"
 _SET_LAST_SEEN = "UPDATE clients SET LastSeen = ? WHERE ID = ?"
 _SELECT_FILE = "SELECT ID, FileName, PathName, Verified FROM files WHERE ID = ? AND FileName = ?"
 _SELECT_FILES = "SELECT ID, FileName, PathName, Verified FROM files"
+_SELECT_PATH_NAMES = "SELECT PathName FROM files WHERE ID = ?"
 _UPSERT_FILE = (
     "INSERT INTO files (ID, FileName, PathName, Verified) VALUES (?, ?, ?, 0)"
     " ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName, Verified = 0"
@@ -259,6 +269,17 @@ class Database:
         """How many clients are registered."""
         return self._db.execute(_COUNT_CLIENTS).fetchone()[0]
 
+    def count_live_clients(self, keyless_since: float) -> int:
+        """Clients with a key, plus keyless ones registered at or after ``keyless_since``."""
+        return self._db.execute(_COUNT_LIVE_CLIENTS, (keyless_since,)).fetchone()[0]
+
+    def delete_stale_keyless(self, before: float) -> int:
+        """Forget keyless registrations made before ``before``; return how many."""
+        stale = [row[0] for row in self._db.execute(_STALE_KEYLESS, (before,))]
+        for client_id in stale:
+            self.delete_client(client_id)
+        return len(stale)
+
     def insert_client(self, client_id: bytes, name: str, now: float) -> None:
         """Register a name (no keys yet). Raises sqlite3.IntegrityError if taken."""
         self._db.execute(_INSERT_CLIENT, (client_id, name, timestamp(now)))
@@ -292,6 +313,10 @@ class Database:
     def file_rows(self) -> list[FileRow]:
         """Every row of ``files``."""
         return [_file(row) for row in self._db.execute(_SELECT_FILES)]
+
+    def path_names(self, client_id: bytes) -> list[str]:
+        """The PathName of every file the client has."""
+        return [row[0] for row in self._db.execute(_SELECT_PATH_NAMES, (client_id,))]
 
     def upsert_file(self, client_id: bytes, file_name: bytes, path_name: str) -> None:
         """Insert or reset a file's row with Verified false."""

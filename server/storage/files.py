@@ -20,8 +20,10 @@ import logging
 import os
 import secrets
 import shutil
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from .. import crashpoints
 
@@ -44,6 +46,8 @@ _DIGEST_MARK = "~"
 #: Longest stored name in UTF-8 bytes (ext4 and NTFS allow 255).
 MAX_STORED_NAME_BYTES = 200
 _DIGEST_HEX_DIGITS = 32
+#: Hex digits of the suffix that sets apart names equal but for case.
+_CASE_SUFFIX_HEX_DIGITS = 8
 #: The name for a name with no text (unreachable over the wire: 1607 first).
 EMPTY_NAME = "%empty"
 _WINDOWS_DEVICES = frozenset(
@@ -106,13 +110,49 @@ def stored_name(name: bytes) -> str:
     if len(result.encode("utf-8")) > MAX_STORED_NAME_BYTES:
         digest = hashlib.sha256(name).hexdigest()[:_DIGEST_HEX_DIGITS]
         room = MAX_STORED_NAME_BYTES - len(_DIGEST_MARK) - len(digest)
-        prefix = result.encode("utf-8")[:room].decode("utf-8", errors="ignore")
-        # Never cut an escape in half; a cut "%4" would read as a different name.
-        cut = prefix.rfind(_ESCAPE, max(0, len(prefix) - 2))
-        if cut != -1:
-            prefix = prefix[:cut]
-        result = f"{prefix}{_DIGEST_MARK}{digest}"
+        result = f"{_cut(result, room)}{_DIGEST_MARK}{digest}"
     return result
+
+
+def _cut(text: str, room: int) -> str:
+    """At most ``room`` UTF-8 bytes of ``text``, never an escape cut in half.
+
+    A cut "%4" would read as a different name.
+    """
+    prefix = text.encode("utf-8")[:room].decode("utf-8", errors="ignore")
+    cut = prefix.rfind(_ESCAPE, max(0, len(prefix) - 2))
+    return prefix[:cut] if cut != -1 else prefix
+
+
+def case_key(stored: str) -> str:
+    """What a case-insensitive file system (NTFS, APFS) sees of a stored name."""
+    return unicodedata.normalize("NFD", stored).casefold()
+
+
+def unique_stored_name(name: bytes, taken: Iterable[str]) -> str:
+    """:func:`stored_name`, set apart from ``taken`` even where case is ignored.
+
+    ``a.txt`` and ``A.txt`` are two files on Linux but one on NTFS or APFS: a
+    name whose :func:`case_key` is taken gets ``~`` and a digest of the wire
+    name before its extension (``A~1f2e3d4c.txt``). A wire name never yields
+    a ``~`` of its own (it is escaped), so the suffix cannot meet a plain
+    stored name.
+    """
+    candidate = stored_name(name)
+    folded = {case_key(other) for other in taken}
+    if case_key(candidate) not in folded:
+        return candidate
+    stem, dot, extension = candidate.rpartition(".")
+    if not stem:
+        stem, dot, extension = candidate, "", ""
+    digest = hashlib.sha256(name).hexdigest()
+    for attempt in range(len(digest) - _CASE_SUFFIX_HEX_DIGITS + 1):
+        suffix = f"{_DIGEST_MARK}{digest[attempt:attempt + _CASE_SUFFIX_HEX_DIGITS]}{dot}{extension}"
+        room = MAX_STORED_NAME_BYTES - len(suffix.encode("utf-8"))
+        unique = f"{_cut(stem, room)}{suffix}"
+        if case_key(unique) not in folded:
+            return unique
+    raise StorageError(f"no stored name left for {name!r}")
 
 
 def client_dir_name(client_id: bytes) -> str:

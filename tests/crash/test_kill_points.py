@@ -13,7 +13,9 @@ files uploaded and verified with 900: ``keep.bin`` and ``again.bin``), starts
 The server dies by SIGKILL either at a crash point of its own
 (``CIPHERDROP_CRASH_AT``, see server/crashpoints.py; counts follow the
 session above: 1605 is response 1, the three 1603s are 2, 3, 5, the 1604s 4
-and 6; the temp files and commits are v1, v2, again.bin), or from the test
+and 6; the temp files are v1, v2, again.bin; v1, a first upload, is committed
+and renamed at once, while v2 and the new again.bin are pending versions of
+stored names: v2 is renamed at its 900, again.bin dropped at its 902), or from the test
 when the client reaches a step (timed kills: before the first packet, after
 k packets, in the middle of a packet, after 901 or 900). Then the server is
 restarted without the variable, and every time:
@@ -25,7 +27,8 @@ restarted without the variable, and every time:
   content is one complete upload of that name (v1, v2, the old or the new
   again.bin); a row with Verified=1 holds a content the client verified;
 - ``keep.bin``, verified before the kill and never touched since, is intact
-  with Verified=1;
+  with Verified=1, and so is the old ``again.bin``: its new version was never
+  confirmed (902), so it never replaced the verified file;
 - the client reconnects (827 → 1605), uploads victim.bin again (1603 with the
   right cksum) and verifies it (900 → 1604): one row, Verified=1, the new
   content.
@@ -120,14 +123,15 @@ KILL_POINTS = [
     KillPoint("901-received", 2, crash_at="retry.received"),
     KillPoint("901-resend-temp-created", 2, crash_at="temp.created:2"),
     KillPoint("901-resend-after-temp-fsync", 2, crash_at="temp.synced:2"),
-    KillPoint("901-resend-after-row-commit", 2, crash_at="upload.committed:2"),
-    KillPoint("901-resend-after-rename", 2, crash_at="temp.renamed:2"),
+    KillPoint("901-resend-kept-pending", 2, crash_at="upload.pending:1"),
     KillPoint("901-resend-1603-queued", 2, crash_at="response.queued:3"),
-    KillPoint("900-before-commit", 3, crash_at="verify.before_commit:1"),
+    KillPoint("900-before-install", 3, crash_at="verify.before_commit:1"),
+    KillPoint("900-pending-renamed-before-dir-fsync", 3, crash_at="temp.renamed:2"),
+    KillPoint("900-pending-dir-synced-before-commit", 3, crash_at="temp.dir_synced:2"),
     KillPoint("900-after-commit-before-1604", 3, crash_at="verify.committed:1"),
     KillPoint("900-1604-queued", 3, crash_at="response.queued:4"),
-    KillPoint("reupload-verified-name-after-row-commit", 4, crash_at="upload.committed:3"),
-    KillPoint("reupload-verified-name-after-rename", 4, crash_at="temp.renamed:3"),
+    KillPoint("reupload-verified-name-kept-pending", 4, crash_at="upload.pending:2"),
+    KillPoint("902-before-pending-dropped", 5, crash_at="verify.before_commit:2"),
     KillPoint("902-after-commit", 5, crash_at="verify.committed:2"),
     # kills from outside, when the client reaches a step
     KillPoint("timed-connected-nothing-sent", 0, step="connected"),
@@ -354,6 +358,7 @@ def check_folder(data_dir: Path, session: Session) -> None:
         if verified:
             assert content in session.verified.get(name, []), f"{name}: Verified=1, never verified"
     assert on_disk["keep.bin"] == KEEP and rows["keep.bin"][1] == 1
+    assert on_disk["again.bin"] == AGAIN_OLD and rows["again.bin"][1] == 1
 
 
 # -- the test --------------------------------------------------------------------

@@ -284,8 +284,11 @@ def test_c6_stranger_address_is_refused_before_decryption(server):
     assert temp_files(server) == [] and file_count(server, victim.client_id) == 1
     guard.check(flow=False)  # nothing of the victim's changed
     # a per-request client of the owner (same address) keeps working
+    (packet,) = file_packets(victim, "owner.bin", b"the owner's own file")
     with server.client() as same_address:
-        ack = same_address.request(CrcOk(client_id=victim.client_id, file_name="bystander.bin"))
+        assert isinstance(same_address.request(packet), FileReceived)
+    with server.client() as same_address:
+        ack = same_address.request(CrcOk(client_id=victim.client_id, file_name="owner.bin"))
         assert isinstance(ack, Acknowledged)
     guard.refresh()  # the owner's own use moved its LastSeen and LastUsed
     guard.check()

@@ -58,6 +58,8 @@ from protocol import (
 )
 
 DEFAULT_PORT = 1256
+#: The steps of installing a file (a rename and the folder's sync after it).
+INSTALL_STEPS = ("replace", "fsync_dir")
 
 
 def _verified_upload(client, identity, name: str, data: bytes) -> None:
@@ -173,32 +175,41 @@ def test_g1_disk_full_for_the_database(server_factory, tmpfs, tmp_path):
     ],
 )
 def test_g1_io_error_during_write_fsync_or_rename(faults, step, code):
+    """A fault while a file is written or installed: 1607, nothing half done."""
     server = faults.start()
     guard = Guard(server)
     old, new = os.urandom(5000), os.urandom(9000)
+    doc = lambda: (client_dir(server, identity.client_id) / "doc.bin").read_bytes()  # noqa: E731
+    rows = lambda: db_rows(server, "SELECT FileName, Verified FROM files WHERE ID = ?", identity.client_id)  # noqa: E731
     with server.client() as client:
         identity = make_identity(client)
         _verified_upload(client, identity, "doc.bin", old)
         faults.arm(**{step: {"errno": code}})
-        # a new version of a verified file, and a new file
-        _send_all(client, file_packets(identity, "doc.bin", new))
-        _only_one_error(client)
+        verify = CrcOk(client_id=identity.client_id, file_name="doc.bin")
+        if step in INSTALL_STEPS:
+            # a new version of a verified file waits as a pending version: it
+            # is installed at its 900, where the fault strikes
+            assert isinstance(upload(client, identity, "doc.bin", new), FileReceived)
+            assert isinstance(client.request(verify), GeneralError)
+            # replace: nothing moved; fsync_dir: renamed before the folder sync failed
+            assert doc() == (new if step == "fsync_dir" else old)
+        else:
+            _send_all(client, file_packets(identity, "doc.bin", new))
+            _only_one_error(client)
+            assert doc() == old
+        assert rows() == [("doc.bin", 1)]  # the verified row is intact
+        # a new file: its first upload is installed at once, and fails there
         _send_all(client, file_packets(identity, "fresh.bin", new))
         _only_one_error(client)
         faults.disarm()
+        if step in INSTALL_STEPS:  # the client's retry of the 900 completes it
+            assert isinstance(client.request(verify), Acknowledged)
+            assert (doc(), rows()) == (new, [("doc.bin", 1)])
         assert temp_files(server) == []
         assert client_files(server, identity.client_id) == ["doc.bin"]  # nothing under fresh.bin
-        rows = db_rows(server, "SELECT FileName, Verified FROM files WHERE ID = ?", identity.client_id)
-        stored = (client_dir(server, identity.client_id) / "doc.bin").read_bytes()
-        if step == "fsync_dir":
-            # The rename was done before the folder sync failed: the previous
-            # version is gone, and the row says so (unverified, the client sends again).
-            assert (stored, rows) == (new, [("doc.bin", 0)])
-        else:  # the previous verified version and its row are intact
-            assert (stored, rows) == (old, [("doc.bin", 1)])
         # the server keeps serving: the same client, same connection
-        answer = upload(client, identity, "doc.bin", new)
-        assert isinstance(answer, FileReceived) and answer.cksum == cksum(new)
+        _verified_upload(client, identity, "doc.bin", old)
+        assert doc() == old
     assert os.strerror(code) in server.log()
     guard.check()
 
@@ -304,8 +315,9 @@ def _restart_and_upload_again(server_factory, data_dir, guard, identity, name: s
         data = os.urandom(3000)
         answer = upload(client, identity, name, data)
         assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
+        assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name=name)), Acknowledged)
     assert db_rows(restarted, "SELECT COUNT(*), Verified FROM files WHERE ID = ? AND FileName = ?",
-                   identity.client_id, name) == [(1, 0)]
+                   identity.client_id, name) == [(1, 1)]
     assert (client_dir(restarted, identity.client_id) / name).read_bytes() == data
     guard.check()
     return restarted
@@ -332,52 +344,93 @@ def test_g3_kill_9_during_upload(server_factory, tmp_path):
     assert "1 temp file(s) removed" in restarted.log()
 
 
-def _crash_at(point, server_factory, monkeypatch, data_dir, identity, name: str, data: bytes):
-    """Restart with a crash point (server/crashpoints.py), upload, get killed there."""
+def _crash_at(point, server_factory, monkeypatch, data_dir, identity, name: str, data: bytes,
+              verify: bool = False):
+    """Restart with a crash point (server/crashpoints.py), upload, get killed there.
+
+    With ``verify``, the upload gets its 1603 and the kill comes during its 900.
+    """
     with monkeypatch.context() as env:
         env.setenv("CIPHERDROP_CRASH_AT", point)
         server = server_factory(data_dir=data_dir)
     with server.client() as client:
         reconnect(client, identity)
         _send_all(client, file_packets(identity, name, data))
-        assert isinstance(client.receive(), ConnectionClosed)  # no 1603
+        if verify:
+            assert isinstance(client.receive(), FileReceived)
+            client.send(CrcOk(client_id=identity.client_id, file_name=name))
+        assert isinstance(client.receive(), ConnectionClosed)  # no 1603 (or 1604)
     assert server.process.wait(10) == -signal.SIGKILL
 
 
-@pytest.mark.parametrize("existing", [False, True], ids=["new-name", "new-version"])
-def test_g3_kill_9_between_commit_and_rename(server_factory, monkeypatch, tmp_path, existing):
-    # The server commits the row (Verified 0) before the rename: this order
-    # has no window "between os.replace and the commit"; tests/crash/ kills
-    # the server at every other point of a session.
-    data_dir = tmp_path / "data"
+def _two_verified_files(server_factory, data_dir):
     server = server_factory(data_dir=data_dir)
     guard = Guard(server)
     keep, old = os.urandom(5000), os.urandom(5000)
     with server.client() as client:
         identity = make_identity(client)
         _verified_upload(client, identity, "keep.bin", keep)
-        if existing:
-            _verified_upload(client, identity, "doc.bin", old)
+        _verified_upload(client, identity, "doc.bin", old)
+    server.stop()
+    return guard, identity, keep, old
+
+
+def _doc_and_rows(server, identity) -> tuple[bytes, list]:
+    rows = db_rows(server, "SELECT FileName, Verified FROM files WHERE ID = ? ORDER BY FileName",
+                   identity.client_id)
+    return (client_dir(server, identity.client_id) / "doc.bin").read_bytes(), rows
+
+
+def test_g3_kill_9_between_commit_and_rename_of_a_first_upload(server_factory, monkeypatch, tmp_path):
+    # A name's first upload commits its row (Verified 0) before the rename: this
+    # order has no window "between os.replace and the commit"; tests/crash/
+    # kills the server at every other point of a session.
+    data_dir = tmp_path / "data"
+    server = server_factory(data_dir=data_dir)
+    guard = Guard(server)
+    keep = os.urandom(5000)
+    with server.client() as client:
+        identity = make_identity(client)
+        _verified_upload(client, identity, "keep.bin", keep)
     server.stop()
     _crash_at("upload.committed", server_factory, monkeypatch, data_dir, identity, "doc.bin", os.urandom(7000))
     restarted = server_factory(data_dir=data_dir)
     log = restarted.log()
     assert "1 temp file(s) removed" in log
-    rows = db_rows(restarted, "SELECT FileName, Verified FROM files WHERE ID = ? ORDER BY FileName",
-                   identity.client_id)
-    if existing:
-        # the previous file is intact; its row was reset to unverified by the
-        # upload that never got its 1603 (the client sends again)
-        assert rows == [("doc.bin", 0), ("keep.bin", 1)]
-        assert (client_dir(restarted, identity.client_id) / "doc.bin").read_bytes() == old
-    else:
-        assert rows == [("keep.bin", 1)]  # the row without a file is gone
-        assert "is missing; its row is removed" in log
+    assert db_rows(restarted, "SELECT FileName, Verified FROM files WHERE ID = ?",
+                   identity.client_id) == [("keep.bin", 1)]  # the row without a file is gone
+    assert "is missing; its row is removed" in log
     restarted.stop()
     _restart_and_upload_again(server_factory, data_dir, guard, identity, "doc.bin", keep)
 
 
-def test_g3_kill_9_between_rename_and_1603(server_factory, monkeypatch, tmp_path):
+def test_g3_kill_9_with_a_pending_version(server_factory, monkeypatch, tmp_path):
+    """A new version of a verified file, killed before its 1603: the verified file is intact."""
+    data_dir = tmp_path / "data"
+    guard, identity, keep, old = _two_verified_files(server_factory, data_dir)
+    _crash_at("upload.pending", server_factory, monkeypatch, data_dir, identity, "doc.bin", os.urandom(7000))
+    restarted = server_factory(data_dir=data_dir)
+    assert "1 temp file(s) removed" in restarted.log()
+    assert _doc_and_rows(restarted, identity) == (old, [("doc.bin", 1), ("keep.bin", 1)])
+    restarted.stop()
+    _restart_and_upload_again(server_factory, data_dir, guard, identity, "doc.bin", keep)
+
+
+@pytest.mark.parametrize("point", ["temp.renamed", "temp.dir_synced"])
+def test_g3_kill_9_between_rename_and_1604(server_factory, monkeypatch, tmp_path, point):
+    """The 900 of a pending version, killed after its rename: the confirmed file, one row."""
+    data_dir = tmp_path / "data"
+    guard, identity, keep, old = _two_verified_files(server_factory, data_dir)
+    new = os.urandom(7000)
+    _crash_at(point, server_factory, monkeypatch, data_dir, identity, "doc.bin", new, verify=True)
+    restarted = server_factory(data_dir=data_dir)
+    # the client sent 900 for this content: it is the stored file now, verified
+    assert _doc_and_rows(restarted, identity) == (new, [("doc.bin", 1), ("keep.bin", 1)])
+    restarted.stop()
+    _restart_and_upload_again(server_factory, data_dir, guard, identity, "doc.bin", keep)
+
+
+def test_g3_kill_9_between_rename_and_1603_of_a_first_upload(server_factory, monkeypatch, tmp_path):
     data_dir = tmp_path / "data"
     server = server_factory(data_dir=data_dir)
     guard = Guard(server)
@@ -385,14 +438,11 @@ def test_g3_kill_9_between_rename_and_1603(server_factory, monkeypatch, tmp_path
     with server.client() as client:
         identity = make_identity(client)
         _verified_upload(client, identity, "keep.bin", keep)
-        _verified_upload(client, identity, "doc.bin", os.urandom(5000))
     server.stop()
     _crash_at("temp.dir_synced", server_factory, monkeypatch, data_dir, identity, "doc.bin", new)
     restarted = server_factory(data_dir=data_dir)
     # the new file is complete and its row says unverified: consistent
-    assert (client_dir(restarted, identity.client_id) / "doc.bin").read_bytes() == new
-    assert db_rows(restarted, "SELECT FileName, Verified FROM files WHERE ID = ? ORDER BY FileName",
-                   identity.client_id) == [("doc.bin", 0), ("keep.bin", 1)]
+    assert _doc_and_rows(restarted, identity) == (new, [("doc.bin", 0), ("keep.bin", 1)])
     restarted.stop()
     _restart_and_upload_again(server_factory, data_dir, guard, identity, "doc.bin", keep)
 
@@ -571,6 +621,9 @@ def test_g5_exception_in_one_handler(faults):
     assert "ZeroDivisionError: injected into the 900 handler" in log
     assert f"900 {identity.client_id.hex()}: unexpected error" in log  # logged with context
     with server.client() as client:
+        # the verdict went with the connection: a new one uploads again, then verifies
+        assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name="f.bin")), GeneralError)
+        assert isinstance(upload(client, identity, "f.bin", b"data"), FileReceived)
         assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name="f.bin")), Acknowledged)
     guard.check(tracebacks=1)
 

@@ -24,7 +24,7 @@ from helpers import (
     start_server,
     upload,
 )
-from protocol import Acknowledged, CrcOk, FileReceived, Register, RegistrationFailed
+from protocol import Acknowledged, CrcOk, FileReceived, GeneralError, Register, RegistrationFailed
 from server.limits import Limits
 
 DEFAULT_PORT = 1256
@@ -104,13 +104,17 @@ def test_restart_with_the_same_folder_knows_clients_keys_and_files(server_factor
     second = server_factory(data_dir=data_dir)
     assert "1 client(s), 1 file(s)" in second.log()
     with second.client() as client:
-        # the AES key issued before the restart still works (same address, in time)
-        assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name="keep.bin")), Acknowledged)
+        # the AES key issued before the restart still works (same address, in time) ...
+        answer = upload(client, identity, "old-key.bin", b"sent under the old key")
+        assert isinstance(answer, FileReceived)
+        assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name="old-key.bin")), Acknowledged)
+        # ... but a verdict speaks only of an upload completed under it since the start
+        assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name="keep.bin")), GeneralError)
         reconnect(client, identity)
         answer = upload(client, identity, "new.bin", b"after restart")
         assert isinstance(answer, FileReceived)
         assert isinstance(client.request(Register(client_id=ANY_ID, name=identity.name)), RegistrationFailed)
     with sqlite3.connect(data_dir / "defensive.db") as db:
         files = sorted(db.execute("SELECT FileName, Verified FROM files").fetchall())
-    assert files == [("keep.bin", 1), ("new.bin", 0)]
+    assert files == [("keep.bin", 1), ("new.bin", 0), ("old-key.bin", 1)]
     assert (data_dir / "received_files" / identity.client_id.hex() / "keep.bin").read_bytes() == data

@@ -112,13 +112,20 @@ def test_variant8_901_then_silence_gets_1604_after_a_second(server):
 
 
 def test_900_after_a_new_upload_of_the_same_name_replaces_the_file(server):
+    stored = None
     with server.client() as client:
         identity = make_identity(client)
         upload(client, identity, "same.txt", b"first version")
         client.request(CrcOk(client_id=identity.client_id, file_name="same.txt"))
+        stored = server.data_dir / "received_files" / identity.client_id.hex() / "same.txt"
         assert isinstance(upload(client, identity, "same.txt", b"second"), FileReceived)
-    assert db_rows(server, "SELECT COUNT(*), Verified FROM files") == [(1, 0)]
-    assert (server.data_dir / "received_files" / identity.client_id.hex() / "same.txt").read_bytes() == b"second"
+        # a pending version until its 900: the verified file is untouched
+        assert db_rows(server, "SELECT COUNT(*), Verified FROM files") == [(1, 1)]
+        assert stored.read_bytes() == b"first version"
+        ack = client.request(CrcOk(client_id=identity.client_id, file_name="same.txt"))
+        assert isinstance(ack, Acknowledged)
+    assert db_rows(server, "SELECT COUNT(*), Verified FROM files") == [(1, 1)]
+    assert stored.read_bytes() == b"second"
 
 
 def test_empty_file(server):

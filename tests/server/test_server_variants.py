@@ -203,7 +203,8 @@ def test_variant7_one_connection_client_gets_nothing_after_non_final_828(server)
 
 
 def test_variant7_per_request_upload_expires_without_next_packet(server_factory):
-    server = server_factory("--idle-timeout", "1")
+    # an upload lives while it progresses: message_deadline after its last byte
+    server = server_factory("--message-deadline", "1")
     with server.client() as client:
         identity = make_identity(client)
     packets = file_packets(identity, "gone.bin", os.urandom(3000), 1024)
