@@ -3,7 +3,8 @@
 Reads ``port.info`` in the data folder (missing or invalid: a warning and port
 1256), opens ``defensive.db`` and ``received_files/`` there, repairs what a
 crash left, and serves until Ctrl-C or SIGTERM; then it stops accepting,
-closes every connection and the database, and exits 0.
+closes every connection and the database, and exits 0. The data folder is locked for the server's life (server/storage/lock.py): a second
+server on the same folder refuses to start.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .limits import Limits
 from .loop import Server, create_listener
 from .storage.db import DB_NAME, Database, DatabaseError
 from .storage.files import FileStore, StorageError
+from .storage.lock import DataDirLock, LockError
 from .storage.recovery import recover
 
 log = logging.getLogger("server")
@@ -141,11 +143,11 @@ def _limits(args: argparse.Namespace) -> Limits:
 def _open_storage(data_dir: Path, busy_timeout: float) -> tuple[Database, FileStore]:
     """Open the database and files, and repair what a crash left.
 
+    The caller holds the data folder's lock (:class:`DataDirLock`).
+
     Raises:
         DatabaseError, StorageError: with a message for the operator.
     """
-    if not data_dir.is_dir():
-        raise StorageError(f"data folder {data_dir} does not exist")
     db = Database.open(data_dir / DB_NAME, busy_timeout)
     try:
         store = FileStore(data_dir)
@@ -178,6 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     raise_descriptor_limit(limits.max_connections)
     data_dir = args.data_dir
     port = args.port if args.port is not None else read_port(data_dir)
+    try:
+        lock = DataDirLock.acquire(data_dir)  # before start-up repair touches a file
+    except LockError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_STARTUP_FAILED
+    try:
+        return _serve(args, limits, data_dir, port)
+    finally:
+        lock.release()
+
+
+def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) -> int:
+    """Open the storage, listen and serve until a stop signal; the exit code."""
     try:
         db, store = _open_storage(data_dir, limits.busy_timeout)
     except (DatabaseError, StorageError) as exc:

@@ -33,6 +33,7 @@ from helpers import (
     upload,
 )
 from hostile_helpers import (
+    LOCK_FILE,
     Guard,
     flood_until_stalled,
     small_window_client,
@@ -478,7 +479,7 @@ def test_g4_database_not_sqlite_or_corrupt(tmp_path, content):
     assert result.returncode != 0
     assert "defensive.db" in result.stderr and "Traceback" not in result.stderr
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
-    assert sorted(p.name for p in data_dir.iterdir()) == ["defensive.db"]
+    assert sorted(p.name for p in data_dir.iterdir()) == [LOCK_FILE, "defensive.db"]
 
 
 def test_g4_database_and_received_files_missing_are_created(server_factory, tmp_path):
