@@ -2,8 +2,9 @@
 
 Reads ``port.info`` in the data folder (missing or invalid: a warning and port
 1256), opens ``defensive.db`` and ``received_files/`` there, repairs what a
-crash left, and serves until Ctrl-C or SIGTERM; then it stops accepting,
-closes every connection and the database, and exits 0. The data folder is locked for the server's life (server/storage/lock.py): a second
+crash left, and serves until Ctrl-C, SIGTERM or SIGHUP; then it stops
+accepting, closes every connection and the database, and exits 0. The data
+folder is locked for the server's life (server/storage/lock.py): a second
 server on the same folder refuses to start.
 """
 
@@ -37,6 +38,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 #: Descriptors needed beside the connections (listener, wake-up pair, database,
 #: files being received).
 SPARE_DESCRIPTORS = 64
+#: Signals that stop the server cleanly. SIGHUP (the terminal or session went
+#: away) too, unless it was ignored when the server started (nohup).
+_STOP_SIGNALS = ("SIGINT", "SIGTERM")
+_HANGUP_SIGNAL = "SIGHUP"
 
 #: Help for each limit flag; the flag is the field name with dashes.
 _LIMIT_HELP = {
@@ -191,6 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         lock.release()
 
 
+def _stop_signals() -> list[signal.Signals]:
+    """The signals to stop on here (SIGHUP only where it exists and is not ignored)."""
+    found = [getattr(signal, name) for name in _STOP_SIGNALS]
+    hangup = getattr(signal, _HANGUP_SIGNAL, None)
+    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+        found.append(hangup)
+    return found
+
+
 def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) -> int:
     """Open the storage, listen and serve until a stop signal; the exit code."""
     try:
@@ -207,7 +221,7 @@ def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) 
     server = Server(App.build(db, store, limits), listener)
     previous = {
         signum: signal.signal(signum, lambda *_: server.stop())
-        for signum in (signal.SIGINT, signal.SIGTERM)
+        for signum in _stop_signals()
     }
     bound_port = server.address[1]
     log.info("listening on %s port %d", args.host or "all interfaces", bound_port)

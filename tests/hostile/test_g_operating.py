@@ -1,18 +1,23 @@
 """HOSTILE.md G, operating faults: what an operator (or a slip) does to a real server.
 
-Two servers on one data folder.
+Two servers on one data folder, and SIGHUP. The read-only database is with
+the other G2 cases in test_g_faults.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sqlite3
 import time
 
-from helpers import file_packets, make_identity
+from helpers import file_packets, make_identity, start_server
 from hostile_helpers import (
     LOCK_FILE,
     Guard,
     client_dir,
+    normal_flow,
     start_refused,
     temp_files,
 )
@@ -65,3 +70,51 @@ def test_g_second_server_on_the_same_folder_refuses_to_start(server_factory, tmp
     assert not is_locked(data_dir)  # released on exit: the folder serves again
     guard.server = server_factory(data_dir=data_dir)
     guard.check()
+
+
+# -- 15: SIGHUP --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _sighup(disposition):
+    """Start servers meanwhile with SIGHUP at this disposition (they inherit it)."""
+    previous = signal.signal(signal.SIGHUP, disposition)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_g_sighup_stops_cleanly_during_an_upload(tmp_path):
+    with _sighup(signal.SIG_DFL):
+        server = start_server(tmp_path / "data")
+    try:
+        with server.client() as client:
+            identity = make_identity(client)
+            packets = file_packets(identity, "half.bin", os.urandom(3 * PACKET), PACKET)
+            client.send(packets[0])
+            _wait_for_temp(server)
+            assert server.stop(signal.SIGHUP) == 0
+    finally:
+        server.kill()
+    log = server.log()
+    assert "stopped" in log and "Traceback" not in log, log
+    assert temp_files(server) == []
+    assert list(client_dir(server, identity.client_id).iterdir()) == []
+    with sqlite3.connect(server.data_dir / "defensive.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert not is_locked(server.data_dir)
+
+
+def test_g_sighup_ignored_at_start_stays_ignored(tmp_path):
+    """Started under nohup (SIGHUP ignored): a hangup does not stop it."""
+    with _sighup(signal.SIG_IGN):
+        server = start_server(tmp_path / "data")
+    try:
+        server.process.send_signal(signal.SIGHUP)
+        normal_flow(server)
+        assert server.process.poll() is None
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    assert "stopped" in server.log()
