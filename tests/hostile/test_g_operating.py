@@ -1,7 +1,8 @@
 """HOSTILE.md G, operating faults: what an operator (or a slip) does to a real server.
 
-Two servers on one data folder, and SIGHUP. The read-only database is with
-the other G2 cases in test_g_faults.py.
+Two servers on one data folder, SIGHUP, and entries in ``received_files/``
+the server never makes (folders, symlinks, fifos, stray names). The
+read-only database is with the other G2 cases in test_g_faults.py.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import contextlib
 import os
 import signal
 import sqlite3
+import stat
 import time
 
-from helpers import file_packets, make_identity, start_server
+import pytest
+
+from helpers import file_packets, make_identity, reconnect, start_server, upload
 from hostile_helpers import (
     LOCK_FILE,
     Guard,
@@ -118,3 +122,113 @@ def test_g_sighup_ignored_at_start_stays_ignored(tmp_path):
     finally:
         server.kill()
     assert "stopped" in server.log()
+
+
+# -- 15: entries the server never makes, found at start-up ----------------------------------
+
+
+def _make_dir(path, outside) -> None:
+    path.mkdir()
+    (path / "inside").write_bytes(b"inside")
+
+
+def _make_symlink(path, outside) -> None:
+    path.symlink_to(outside / "secret")
+
+
+def _make_dir_symlink(path, outside) -> None:
+    path.symlink_to(outside, target_is_directory=True)
+
+
+def _make_fifo(path, outside) -> None:
+    os.mkfifo(path)
+
+
+def _make_file(path, outside) -> None:
+    path.write_bytes(b"not a folder")
+
+
+def _same_kind(path, maker) -> bool:
+    """Whether a moved entry is still what was planted (content kept, link not followed)."""
+    if maker is _make_dir:
+        return path.is_dir() and not path.is_symlink() and (path / "inside").read_bytes() == b"inside"
+    if maker in (_make_symlink, _make_dir_symlink):
+        return path.is_symlink()
+    if maker is _make_fifo:
+        return stat.S_ISFIFO(path.lstat().st_mode)
+    return path.is_file() and path.read_bytes() == b"not a folder"
+
+
+# kind: (where, name, maker); where is "owner" (a client's folder), "root"
+# (received_files/), or "newcomer" (received_files/<a client's id that has no folder yet>)
+ENTRIES = {
+    "tmp-folder": ("owner", ".tmp-x", _make_dir),
+    "tmp-symlink": ("owner", ".tmp-link", _make_symlink),
+    "tmp-fifo": ("owner", ".tmp-fifo", _make_fifo),
+    "folder": ("owner", "doc.bin", _make_dir),
+    "symlink": ("owner", "doc.bin", _make_symlink),
+    "folder-symlink": ("owner", "sub", _make_dir_symlink),
+    "fifo": ("owner", "pipe.bin", _make_fifo),
+    "client-folder-is-a-file": ("newcomer", None, _make_file),
+    "client-folder-is-a-symlink": ("newcomer", None, _make_dir_symlink),
+    "client-folder-is-a-fifo": ("newcomer", None, _make_fifo),
+    "non-hex-file": ("root", "notes.txt", _make_file),
+    "non-hex-folder": ("root", "NOT-A-CLIENT", _make_dir),
+    "uppercase-hex-folder": ("root", "A" * 32, _make_dir),
+}
+
+
+@pytest.mark.parametrize("kind", list(ENTRIES))
+def test_g_start_up_handles_every_kind_of_entry(server_factory, tmp_path, kind):
+    """Start-up goes on; strays move to .orphaned/ as they are; other names stay."""
+    where, name, maker = ENTRIES[kind]
+    outside = tmp_path / "outside"  # made before the Guard: not a write beside the data
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret")
+    data_dir = tmp_path / "data"
+    server = server_factory(data_dir=data_dir)
+    guard = Guard(server)
+    with server.client() as client:
+        owner = make_identity(client)
+        assert isinstance(upload(client, owner, "keep.bin", b"keep"), FileReceived)
+    with server.client() as client:
+        newcomer = make_identity(client)  # keys, but no file yet: no folder
+    assert server.stop() == 0
+
+    received = data_dir / "received_files"
+    if where == "owner":  # the planted name itself, where a client can send it
+        upload_name = "after.bin" if name.startswith(".") else name
+        parent, uploader = received / owner.client_id.hex(), owner
+    elif where == "newcomer":
+        parent, uploader, upload_name = received, newcomer, "first.bin"
+        name = newcomer.client_id.hex()
+    else:
+        parent, uploader, upload_name = received, owner, "after.bin"
+    planted = parent / name
+    maker(planted, outside)
+
+    restarted = server_factory(data_dir=data_dir)  # a fifo must not block it
+    guard.server = restarted
+    log = restarted.log()
+    assert "Traceback" not in log
+    if where == "root":  # not the server's: left alone, and said so
+        assert _same_kind(planted, maker)
+        assert f"{planted} is not a client folder; left alone" in log, log
+        allowed = (planted,)
+    else:  # moved aside as it is, never followed, opened or deleted
+        assert not os.path.lexists(planted)
+        aside = received / ".orphaned" / (owner.client_id.hex() if where == "owner" else "")
+        [moved] = [p for p in aside.iterdir() if p.name.startswith(f"{name}.")]
+        assert _same_kind(moved, maker)
+        assert "moved to" in log and name in log, log
+        allowed = ()
+    assert (received / owner.client_id.hex() / "keep.bin").read_bytes() == b"keep"
+    assert sorted(os.listdir(outside)) == ["secret"] and (outside / "secret").read_bytes() == b"secret"
+
+    with restarted.client() as client:  # the name (or client folder) is usable again
+        reconnect(client, uploader)
+        data = os.urandom(3000)
+        answer = upload(client, uploader, upload_name, data)
+        assert isinstance(answer, FileReceived) and answer.cksum == cksum(data), answer
+    assert (client_dir(restarted, uploader.client_id) / upload_name).read_bytes() == data
+    guard.check(allowed=allowed)
