@@ -2,8 +2,10 @@
 
 Reads ``port.info`` in the data folder (missing or invalid: a warning and port
 1256), opens ``defensive.db`` and ``received_files/`` there, repairs what a
-crash left, and serves until Ctrl-C or SIGTERM; then it stops accepting,
-closes every connection and the database, and exits 0.
+crash left, and serves until Ctrl-C, SIGTERM or SIGHUP; then it stops
+accepting, closes every connection and the database, and exits 0. The data
+folder is locked for the server's life (server/storage/lock.py): a second
+server on the same folder refuses to start.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .limits import Limits
 from .loop import Server, create_listener
 from .storage.db import DB_NAME, Database, DatabaseError
 from .storage.files import FileStore, StorageError
+from .storage.lock import DataDirLock, LockError
 from .storage.recovery import recover
 
 log = logging.getLogger("server")
@@ -35,6 +38,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 #: Descriptors needed beside the connections (listener, wake-up pair, database,
 #: files being received).
 SPARE_DESCRIPTORS = 64
+#: Signals that stop the server cleanly. SIGHUP (the terminal or session went
+#: away) too, unless it was ignored when the server started (nohup).
+_STOP_SIGNALS = ("SIGINT", "SIGTERM")
+_HANGUP_SIGNAL = "SIGHUP"
 
 #: Help for each limit flag; the flag is the field name with dashes.
 _LIMIT_HELP = {
@@ -147,11 +154,11 @@ def _limits(args: argparse.Namespace) -> Limits:
 def _open_storage(data_dir: Path, busy_timeout: float) -> tuple[Database, FileStore]:
     """Open the database and files, and repair what a crash left.
 
+    The caller holds the data folder's lock (:class:`DataDirLock`).
+
     Raises:
         DatabaseError, StorageError: with a message for the operator.
     """
-    if not data_dir.is_dir():
-        raise StorageError(f"data folder {data_dir} does not exist")
     db = Database.open(data_dir / DB_NAME, busy_timeout)
     try:
         store = FileStore(data_dir)
@@ -185,6 +192,28 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data_dir
     port = args.port if args.port is not None else read_port(data_dir)
     try:
+        lock = DataDirLock.acquire(data_dir)  # before start-up repair touches a file
+    except LockError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_STARTUP_FAILED
+    try:
+        return _serve(args, limits, data_dir, port)
+    finally:
+        lock.release()
+
+
+def _stop_signals() -> list[signal.Signals]:
+    """The signals to stop on here (SIGHUP only where it exists and is not ignored)."""
+    found = [getattr(signal, name) for name in _STOP_SIGNALS]
+    hangup = getattr(signal, _HANGUP_SIGNAL, None)
+    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+        found.append(hangup)
+    return found
+
+
+def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) -> int:
+    """Open the storage, listen and serve until a stop signal; the exit code."""
+    try:
         db, store = _open_storage(data_dir, limits.busy_timeout)
     except (DatabaseError, StorageError) as exc:
         log.error("cannot start: %s", exc)
@@ -198,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(App.build(db, store, limits), listener)
     previous = {
         signum: signal.signal(signum, lambda *_: server.stop())
-        for signum in (signal.SIGINT, signal.SIGTERM)
+        for signum in _stop_signals()
     }
     bound_port = server.address[1]
     log.info("listening on %s port %d", args.host or "all interfaces", bound_port)

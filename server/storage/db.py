@@ -6,12 +6,17 @@ column names of PROTOCOL.md; the server's own data (key bindings, see
 docs/KEY_BINDING.md) lives in a table of its own, ``key_bindings``.
 
 A database that is not SQLite, or fails ``quick_check``, or lacks a column, is
-refused with :class:`DatabaseError` before anything is written to it.
+refused with :class:`DatabaseError` before anything is written to it. So is one
+the server cannot write (a read-only file, file system or folder, or SQLite's
+own read-only flag): SQLite would open it read-only without a word, and every
+request would get 1607. The check is a real write attempt, not permission
+bits, which root ignores.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -30,6 +35,8 @@ _SQLITE_MAGIC = b"SQLite format 3\0"
 DEFAULT_BUSY_TIMEOUT = 0.25
 _MS = 1000
 _OK = "ok"
+#: Opening the file for writing is the probe; nothing is written through it.
+_WRITE_PROBE_FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS clients (
@@ -161,11 +168,53 @@ def _check_header(path: Path) -> None:
         raise DatabaseError(f"{path} is not an SQLite database; left untouched")
 
 
+def _check_file_writable(path: Path) -> None:
+    """The file (if any) opens for writing, and its folder takes the WAL files.
+
+    Raises:
+        DatabaseError: read-only file, file system or folder.
+    """
+    try:
+        fd = os.open(path, _WRITE_PROBE_FLAGS)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise DatabaseError(f"{path} is read-only ({exc.strerror or exc})") from exc
+    else:
+        os.close(fd)
+    # access() reports a read-only mount or an immutable folder even to root.
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise DatabaseError(
+            f"{path.parent} is not writable: SQLite keeps {path.name}-wal and -shm there"
+        )
+
+
+def _probe_write(connection: sqlite3.Connection, path: Path) -> None:
+    """Write ``user_version`` back unchanged and roll back: a real write probe.
+
+    SQLite's own read-only cases (a file opened read-only, a header write
+    version it does not know) show only at the first write, not at BEGIN.
+
+    Raises:
+        DatabaseError: the database cannot be written (read-only, or locked
+            by another process beyond the busy timeout).
+    """
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        connection.execute(f"PRAGMA user_version = {int(version)}")
+    except sqlite3.OperationalError as exc:
+        raise DatabaseError(f"cannot write {path} ({exc}); left untouched") from exc
+    finally:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+
+
 class Database:
     """The server's single SQLite connection (one thread uses it).
 
     Raises (``open``):
-        DatabaseError: not SQLite, corrupt, or missing a PROTOCOL.md column.
+        DatabaseError: not SQLite, corrupt, read-only, or missing a PROTOCOL.md column.
     """
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
@@ -182,6 +231,7 @@ class Database:
         """
         path = Path(path)
         _check_header(path)
+        _check_file_writable(path)
         try:
             connection = sqlite3.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
@@ -191,6 +241,7 @@ class Database:
             result = connection.execute("PRAGMA quick_check").fetchone()[0]
             if result != _OK:
                 raise DatabaseError(f"{path} is corrupt ({result}); left untouched")
+            _probe_write(connection, path)
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
             for statement in _SCHEMA:

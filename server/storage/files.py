@@ -35,6 +35,8 @@ TEMP_PREFIX = ".tmp-"
 QUARANTINE_DIR = ".orphaned"
 _TEMP_RANDOM_BYTES = 8
 _CLIENT_DIR_HEX_DIGITS = 32
+#: A client folder's name is its id in these (:func:`client_dir_name`).
+_HEX_DIGITS = frozenset("0123456789abcdef")
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
@@ -371,11 +373,16 @@ class FileStore:
     # -- start-up -------------------------------------------------------------
 
     def remove_temp_files(self) -> int:
-        """Delete every ``.tmp-*`` file a crash left; return how many."""
+        """Delete every ``.tmp-*`` file a crash left; return how many.
+
+        Only regular files: a ``.tmp-*`` folder, symlink or fifo is not the
+        server's (its temp files are made with ``O_EXCL | O_NOFOLLOW``), and
+        :meth:`strays` lists it to be moved aside, never deleted or followed.
+        """
         removed = 0
         for directory in self._client_dirs():
             for entry in os.scandir(directory):
-                if entry.name.startswith(TEMP_PREFIX):
+                if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
                     os.unlink(entry.path)
                     removed += 1
         return removed
@@ -396,21 +403,69 @@ class FileStore:
                 )
         return found
 
+    def strays(self) -> list[StoredFile]:
+        """Entries the server never makes that would be in its way.
+
+        In a client folder: anything but a regular file, whatever its name (a
+        folder, symlink, fifo, socket). In ``received_files/``: a client
+        folder's name on anything but a real folder (``client_hex`` is then
+        empty). Other names there are not the server's: logged, left alone.
+        Nothing is followed or opened (a fifo would block).
+        """
+        found = []
+        for entry in os.scandir(self.root):
+            if not _is_client_dir_name(entry.name):
+                if entry.name != QUARANTINE_DIR:
+                    log.warning("%s is not a client folder; left alone", entry.path)
+            elif not entry.is_dir(follow_symlinks=False):
+                found.append(StoredFile("", entry.name, f"{RECEIVED_DIR}/{entry.name}"))
+        for directory in self._client_dirs():
+            for entry in os.scandir(directory):
+                if not entry.is_file(follow_symlinks=False):
+                    found.append(
+                        StoredFile(
+                            client_hex=directory.name,
+                            name=entry.name,
+                            path_name=f"{RECEIVED_DIR}/{directory.name}/{entry.name}",
+                        )
+                    )
+        return found
+
     def quarantine(self, stored: StoredFile) -> Path:
-        """Move a file that has no database row aside; return where it went."""
-        target_dir = self.root / QUARANTINE_DIR / stored.client_hex
-        target_dir.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        """Move an entry aside to ``.orphaned/``; return where it went.
+
+        The entry itself moves (a symlink is not followed, a folder keeps its
+        content).
+
+        Raises:
+            StorageError: ``.orphaned`` (or its client folder) is not a real folder.
+            OSError: the move failed.
+        """
+        target_dir = self._quarantine_dir(stored.client_hex)
         target = target_dir / f"{stored.name}.{secrets.token_hex(_TEMP_RANDOM_BYTES)}"
         os.replace(self.root / stored.client_hex / stored.name, target)
         return target
 
+    def _quarantine_dir(self, client_hex: str) -> Path:
+        """``.orphaned/<client_hex>``, made on demand; never through a symlink."""
+        target = self.root
+        for part in filter(None, (QUARANTINE_DIR, client_hex)):
+            target = target / part
+            try:
+                target.mkdir(mode=_DIR_MODE)
+            except FileExistsError:
+                pass
+            if target.is_symlink() or not target.is_dir():
+                raise StorageError(f"{target} is not a folder")
+        return target
+
     def _client_dirs(self) -> list[Path]:
-        dirs = []
-        for entry in os.scandir(self.root):
-            if (
-                len(entry.name) == _CLIENT_DIR_HEX_DIGITS
-                and entry.is_dir(follow_symlinks=False)
-                and all(c in "0123456789abcdef" for c in entry.name)
-            ):
-                dirs.append(Path(entry.path))
-        return dirs
+        return [
+            Path(entry.path)
+            for entry in os.scandir(self.root)
+            if _is_client_dir_name(entry.name) and entry.is_dir(follow_symlinks=False)
+        ]
+
+
+def _is_client_dir_name(name: str) -> bool:
+    return len(name) == _CLIENT_DIR_HEX_DIGITS and all(c in _HEX_DIGITS for c in name)

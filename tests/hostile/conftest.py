@@ -2,9 +2,9 @@
 
 ``faults`` starts real servers with tests/hostile/inject/sitecustomize.py on
 their PYTHONPATH and arms or disarms faults while they run. ``tmpfs`` mounts a
-size-limited tmpfs (real ENOSPC) when the test runs as root with mount
-rights; ``tmpfs.mounted`` is False otherwise and the test falls back to an
-injected ENOSPC.
+size-limited tmpfs (real ENOSPC), remounts it read-only, or binds a file
+read-only over itself, when the test runs as root with mount rights; each
+returns False otherwise and the test falls back to an injected fault or skips.
 """
 
 from __future__ import annotations
@@ -75,6 +75,29 @@ class Tmpfs:
             return False
         self.mounts.append(where)
         return True
+
+    def remount(self, where: Path, options: str) -> bool:
+        """Change the options of a mount made here (``ro``, ``rw``); False if it fails."""
+        result = subprocess.run(
+            ["mount", "-o", f"remount,{options}", str(where)], capture_output=True, timeout=10
+        )
+        return result.returncode == 0
+
+    def bind_read_only(self, path: Path) -> bool:
+        """Make one file or folder read-only in place (a read-only bind mount over it).
+
+        Root ignores permission bits; a read-only mount stops root too.
+        False if this host cannot.
+        """
+        try:
+            bound = subprocess.run(["mount", "--bind", str(path), str(path)],
+                                   capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        if bound.returncode != 0:
+            return False
+        self.mounts.append(path)
+        return self.remount(path, "bind,ro")
 
     def unmount_all(self) -> None:
         for where in reversed(self.mounts):

@@ -20,7 +20,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from helpers import ANY_ID, RawClient, ServerProcess, make_identity, unique_name, upload
+from helpers import (
+    ANY_ID,
+    POLL_INTERVAL,
+    START_TIMEOUT,
+    RawClient,
+    ServerProcess,
+    make_identity,
+    start_server,
+    unique_name,
+    upload,
+)
 from protocol import (
     Acknowledged,
     ClientConnection,
@@ -33,7 +43,9 @@ from protocol import (
 
 STRANGER = "127.0.0.2"
 DB_FILES = {"defensive.db", "defensive.db-wal", "defensive.db-shm", "defensive.db-journal"}
-TOP_LEVEL = DB_FILES | {"received_files", "port.info"}
+#: The server's lock on its data folder (one server per folder).
+LOCK_FILE = ".cipherdrop.lock"
+TOP_LEVEL = DB_FILES | {"received_files", "port.info", LOCK_FILE}
 _CLIENT_DIR = re.compile(r"^[0-9a-f]{32}$")
 #: What server_factory puts beside a data folder: other data folders and logs.
 _FACTORY_ENTRY = re.compile(r"^(server\d+|.+-server-\d+\.log)$")
@@ -85,6 +97,22 @@ def wait_count(server: ServerProcess, text: str, count: int, timeout: float = 5.
             return
         assert time.monotonic() < deadline, f"{text!r} logged {found} times, expected {count}"
         time.sleep(0.02)
+
+
+def start_refused(data_dir: Path, *flags: str) -> ServerProcess:
+    """Start a server that must refuse to start; it has exited when this returns.
+
+    Fails at once (and kills it) if it listens instead.
+    """
+    server = start_server(data_dir, *flags, wait=False)
+    deadline = time.monotonic() + START_TIMEOUT
+    while server.process.poll() is None:
+        if "listening on" in server.log():
+            server.kill()
+            raise AssertionError(f"the server started:\n{server.log()}")
+        assert time.monotonic() < deadline, f"the server neither started nor exited:\n{server.log()}"
+        time.sleep(POLL_INTERVAL)
+    return server
 
 
 def sentinel(client: RawClient) -> list:

@@ -33,6 +33,7 @@ from helpers import (
     upload,
 )
 from hostile_helpers import (
+    LOCK_FILE,
     Guard,
     flood_until_stalled,
     small_window_client,
@@ -43,6 +44,7 @@ from hostile_helpers import (
     file_count,
     normal_flow,
     sentinel,
+    start_refused,
     temp_files,
 )
 from protocol import (
@@ -280,7 +282,8 @@ def test_g2_database_locked_by_another_process(server):
     guard.check()
 
 
-def test_g2_read_only_database(faults):
+def test_g2_database_turns_read_only_while_serving(faults):
+    """Read-only after start (the connection swapped for a ``mode=ro`` one): 1607 per write."""
     server = faults.start()
     guard = Guard(server)
     with server.client() as client:
@@ -292,6 +295,96 @@ def test_g2_read_only_database(faults):
         _database_writes_work(server, client, identity)
     assert "readonly database" in server.log()
     guard.check()
+
+
+#: SQLite's header byte "file format write version" (1 legacy, 2 WAL): a value
+#: it does not know makes SQLite open the database read-only, for root too.
+WRITE_VERSION_OFFSET = 18
+UNKNOWN_WRITE_VERSION = 3
+
+
+def _set_write_version(db_path, version: int) -> None:
+    with open(db_path, "r+b") as file:
+        file.seek(WRITE_VERSION_OFFSET)
+        file.write(bytes([version]))
+
+
+def _read_only(how, data_dir, tmpfs):
+    """Make the stopped server's database (or folder) read-only; what to look for, and the undo.
+
+    Skips where this host cannot (mount rights, chattr).
+    """
+    db_path = data_dir / "defensive.db"
+    if how == "sqlite-header":
+        _set_write_version(db_path, UNKNOWN_WRITE_VERSION)
+        return "readonly database", lambda: _set_write_version(db_path, 2)
+    if how == "read-only-file-mount":
+        if not tmpfs.bind_read_only(db_path):
+            pytest.skip("needs mount rights for a read-only bind mount")
+        return "Read-only file system", tmpfs.unmount_all
+    if how == "immutable-file":
+        if subprocess.run(["chattr", "+i", str(db_path)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here")
+        return "Operation not permitted", lambda: subprocess.run(["chattr", "-i", str(db_path)], check=True)
+    assert how == "read-only-folder"  # the folder is a tmpfs the test mounted
+    if not tmpfs.remount(data_dir, "ro"):
+        pytest.skip("needs mount rights to remount a tmpfs read-only")
+    return "Read-only file system", lambda: tmpfs.remount(data_dir, "rw")
+
+
+@pytest.mark.parametrize(
+    "how", ["sqlite-header", "read-only-file-mount", "immutable-file", "read-only-folder"]
+)
+def test_g2_read_only_database(server_factory, tmpfs, tmp_path, how):
+    """Read-only before start: a clear refusal, not a server that answers 1607 to everything.
+
+    Real read-only states that stop root too (root ignores permission bits).
+    """
+    data_dir = tmp_path / "data"
+    flags = ("--min-free-disk", "0")  # the tmpfs of "read-only-folder" is small
+    if how == "read-only-folder" and not tmpfs.mount(data_dir, "4m"):
+        pytest.skip("needs mount rights for a tmpfs")
+    server = server_factory(*flags, data_dir=data_dir)
+    with server.client() as client:
+        identity = make_identity(client)
+        assert isinstance(upload(client, identity, "a.bin", b"first"), FileReceived)
+    assert server.stop() == 0
+    db_path = data_dir / "defensive.db"
+    before = hashlib.sha256(db_path.read_bytes()).hexdigest()
+    reason, undo = _read_only(how, data_dir, tmpfs)
+    try:
+        refused = start_refused(data_dir)
+    finally:
+        undo()
+    log = refused.log()
+    assert refused.process.returncode != 0 and "Traceback" not in log
+    [line] = [line for line in log.splitlines() if "cannot start" in line]
+    folder = how == "read-only-folder"
+    assert str(data_dir if folder else db_path) in line and reason in line, line
+    assert ("not writable" if folder else str(db_path)) in line, line
+    assert hashlib.sha256(db_path.read_bytes()).hexdigest() == before  # untouched
+    # writable again: the same data is served
+    restarted = server_factory(*flags, data_dir=data_dir)
+    guard = Guard(restarted)
+    with restarted.client() as client:
+        reconnect(client, identity)
+        assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name="a.bin")), Acknowledged)
+    guard.check()
+
+
+def test_g2_permission_bits_do_not_stop_root(server_factory, tmp_path):
+    """chmod 0444 stops an ordinary user (refused at start) but not root (served)."""
+    data_dir = tmp_path / "data"
+    server = server_factory(data_dir=data_dir)
+    server.stop()
+    db_path = data_dir / "defensive.db"
+    db_path.chmod(0o444)
+    if os.geteuid() != 0:
+        refused = start_refused(data_dir)
+        assert "Permission denied" in refused.log() and "Traceback" not in refused.log()
+        db_path.chmod(0o644)
+    restarted = server_factory(data_dir=data_dir)
+    normal_flow(restarted)  # root really can write: no false refusal
 
 
 # -- G3: kill -9 and restart ----------------------------------------------------------------
@@ -528,7 +621,7 @@ def test_g4_database_not_sqlite_or_corrupt(tmp_path, content):
     assert result.returncode != 0
     assert "defensive.db" in result.stderr and "Traceback" not in result.stderr
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
-    assert sorted(p.name for p in data_dir.iterdir()) == ["defensive.db"]
+    assert sorted(p.name for p in data_dir.iterdir()) == [LOCK_FILE, "defensive.db"]
 
 
 def test_g4_database_and_received_files_missing_are_created(server_factory, tmp_path):
