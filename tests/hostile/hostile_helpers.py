@@ -31,6 +31,7 @@ from helpers import (
     unique_name,
     upload,
 )
+from timing_helpers import HANG_TIMEOUT
 from protocol import (
     Acknowledged,
     ClientConnection,
@@ -87,7 +88,7 @@ def proc_status(pid: int, field: str) -> int:
     return int(found.group(1)) * 1024
 
 
-def wait_count(server: ServerProcess, text: str, count: int, timeout: float = 5.0) -> None:
+def wait_count(server: ServerProcess, text: str, count: int, timeout: float = HANG_TIMEOUT) -> None:
     """Wait until the log holds ``text`` exactly ``count`` times (more fails at once)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -244,7 +245,7 @@ def flood_until_stalled(
     client: RawClient,
     request: bytes,
     stall: float = 0.5,
-    limit: float = 20.0,
+    limit: float = HANG_TIMEOUT,
     sample: Callable[[], None] | None = None,
 ) -> int:
     """Send a request over and over without reading; stop once the server stops reading.

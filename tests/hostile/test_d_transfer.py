@@ -30,6 +30,7 @@ from hostile_helpers import (
     proc_status,
     temp_files,
 )
+from timing_helpers import HANG_TIMEOUT, TIMER_EARLY, round_trip, timer_bound, wait_until
 from protocol import (
     Acknowledged,
     ConnectionClosed,
@@ -48,6 +49,13 @@ from protocol.names import NameField
 from protocol.wire import REQUEST_HEADER_SIZE, RESPONSE_HEADER_SIZE
 
 MIB = 1024 * 1024
+#: D3 rounds: the fastest of this many replies per kind sheds what load adds.
+D3_ROUNDS = 15
+#: D3: the kinds' fastest replies may differ by this fraction of the fastest
+#: (about 1 ms each; a kind that skips or adds a step shows as a multiple).
+D3_SPREAD = 1.0
+#: D8: 65535 packets take seconds; only a hang takes this long (s).
+D8_HANG = 120
 
 
 def _changed(packet: SendFilePacket, **fields) -> SendFilePacket:
@@ -243,7 +251,7 @@ def _failing_upload(identity, kind: str) -> list[SendFilePacket]:
 
 
 def test_d3_decryption_failures_are_indistinguishable(server_factory):
-    # 21 failures on purpose: lift the budget that would refuse them after a few
+    # many failures on purpose: lift the budget that would refuse them after a few
     server = server_factory(
         "--max-decryption-failures-per-key", "100", "--max-decryption-failures-per-hour", "100"
     )
@@ -252,7 +260,7 @@ def test_d3_decryption_failures_are_indistinguishable(server_factory):
     times: dict[str, list[float]] = {kind: [] for kind in kinds}
     with server.client() as client:
         identity = make_identity(client)
-    for _ in range(7):
+    for _ in range(D3_ROUNDS):
         with server.client() as client:  # a new connection each round: 6 errors close one
             client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             reconnect(client, identity)
@@ -273,10 +281,12 @@ def test_d3_decryption_failures_are_indistinguishable(server_factory):
     assert file_count(server, identity.client_id) == 0
     # the fastest of each kind: load on the machine only ever adds time
     fastest = {kind: min(t) for kind, t in times.items()}
-    print("\nD3: time to 1607 (fastest of 7, ms): " + ", ".join(f"{k} {v * 1000:.2f}" for k, v in fastest.items()))
-    assert max(fastest.values()) - min(fastest.values()) < 0.005, fastest  # comparable timing
+    print(f"\nD3: time to 1607 (fastest of {D3_ROUNDS}, ms): "
+          + ", ".join(f"{k} {v * 1000:.2f}" for k, v in fastest.items()))
+    spread = max(fastest.values()) - min(fastest.values())
+    assert spread <= D3_SPREAD * min(fastest.values()), fastest  # comparable timing
     log = server.log()
-    assert len(re.findall(r"-> 1607 refused .*: decryption failed$", log, re.MULTILINE)) == 21  # one text
+    assert len(re.findall(r"-> 1607 refused .*: decryption failed$", log, re.MULTILINE)) == 3 * D3_ROUNDS  # one text
     assert "padding" not in log.lower()
     guard.check()
 
@@ -295,11 +305,9 @@ def test_d4_disconnect_after_packet_k_keeps_the_previous_version(server, where):
             client.send(packet)
         if where == "inside-a-packet":
             client.send_raw(packet_bytes(packets[3])[:1000])
-        time.sleep(0.2)
-        assert len(temp_files(server)) == 1
+        wait_until(lambda: len(temp_files(server)) == 1, "the upload's temp file")
     server.wait_log("connection closed in the middle of the file")
-    time.sleep(0.05)
-    assert client_files(server, identity.client_id) == ["d.bin"]
+    wait_until(lambda: client_files(server, identity.client_id) == ["d.bin"], "the temp file removed")
     assert (client_dir(server, identity.client_id) / "d.bin").read_bytes() == b"verified version"
     assert db_rows(server, "SELECT FileName, Verified FROM files WHERE ID = ?", identity.client_id) == [("d.bin", 1)]
     guard.check()
@@ -308,7 +316,8 @@ def test_d4_disconnect_after_packet_k_keeps_the_previous_version(server, where):
 @pytest.mark.parametrize("model", ["one-connection", "per-request"])
 def test_d4_timeout_after_packet_k_leaves_nothing(server_factory, model):
     # a one-connection client idles out; a per-request upload stops progressing
-    server = server_factory("--idle-timeout", "1", "--message-deadline", "1")
+    idle = 1.0
+    server = server_factory("--idle-timeout", str(idle), "--message-deadline", str(idle))
     guard = Guard(server)
     with server.client() as client:
         identity = make_identity(client)
@@ -318,13 +327,9 @@ def test_d4_timeout_after_packet_k_leaves_nothing(server_factory, model):
             reconnect(client, identity)
         for packet in packets[:3]:
             client.send(packet)
-        time.sleep(0.3)
-        assert len(temp_files(server)) == 1
-        assert client.closed_within(3)  # idle between packets (or per-request: closed at once)
-    deadline = time.monotonic() + 3
-    while temp_files(server):
-        assert time.monotonic() < deadline, "temp file not removed"
-        time.sleep(0.05)
+        wait_until(lambda: len(temp_files(server)) == 1, "the upload's temp file")
+        assert client.closed_within(idle + HANG_TIMEOUT)  # idle between packets (or per-request: closed at once)
+    wait_until(lambda: not temp_files(server), "temp file removed")
     _nothing_kept(server, identity)
     guard.check()
 
@@ -366,8 +371,10 @@ def test_d5_valid_100_kb_binary_upload(server, tmp_path):
 
 
 def test_d6_crc_requests(server_factory):
-    server = server_factory("--retry-ack-delay", "0.3")
+    delay = 0.3
+    server = server_factory("--retry-ack-delay", str(delay))
     guard = Guard(server)
+    baseline = round_trip(server)
     data = os.urandom(5000)
 
     def verified():
@@ -387,11 +394,11 @@ def test_d6_crc_requests(server_factory):
             answer = upload(client, identity, "d.bin", data)
             assert isinstance(answer, FileReceived), answer
             assert verified() == [("d.bin", 1)]  # a pending version: the verified file stays
+        started = time.monotonic()  # before the 901: the delay starts later
         client.send(CrcRetry(client_id=identity.client_id, file_name="d.bin"))
-        started = time.monotonic()
         assert isinstance(client.receive(), Acknowledged)  # 901 then silence: 1604 after the delay
         assert verified() == [("d.bin", 1)]
-        assert 0.25 <= time.monotonic() - started < 1.0
+        assert delay - TIMER_EARLY <= time.monotonic() - started <= timer_bound(delay, baseline)
         assert isinstance(upload(client, identity, "d.bin", data), FileReceived)
         answer = client.request(CrcAbort(client_id=identity.client_id, file_name="d.bin"))
         assert isinstance(answer, Acknowledged) and answer.client_id == identity.client_id
@@ -483,10 +490,6 @@ def test_d7_two_clients_same_file_name_stay_apart(server):
 # -- D8: 65,535 packets -------------------------------------------------------------------------------------
 
 
-#: Only a hang takes this long (a quiet machine needs a few seconds).
-D8_HANG_LIMIT = 120
-
-
 def test_d8_65535_packets_of_one_byte(server):
     """The most packets a file can have, all but the last carrying one ciphertext byte.
 
@@ -515,9 +518,9 @@ def test_d8_65535_packets_of_one_byte(server):
             wire += chunk
         hwm_before = proc_status(pid, "VmHWM")
         started = time.monotonic()
-        client.sock.settimeout(D8_HANG_LIMIT)  # sendall's timeout bounds the whole send
+        client.sock.settimeout(D8_HANG)  # sendall's timeout is for all of it: a hang bound, not a speed
         client.sock.sendall(wire)
-        answer = client.receive(D8_HANG_LIMIT)
+        answer = client.receive(D8_HANG)
         elapsed = time.monotonic() - started
     hwm_growth = proc_status(pid, "VmHWM") - hwm_before
     print(f"\nD8: {total} packets ({len(wire) / MIB:.1f} MiB on the wire) in {elapsed:.1f} s; "
@@ -525,7 +528,6 @@ def test_d8_65535_packets_of_one_byte(server):
     assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
     assert (client_dir(server, identity.client_id) / "d8.bin").read_bytes() == data
     assert hwm_growth < 16 * MIB  # per-packet state does not pile up
-    assert elapsed < 60
     guard.check()
 
 

@@ -37,13 +37,27 @@ from hostile_helpers import (
     normal_flow,
     proc_status,
     small_window_client,
+    wait_count,
 )
 from inprocess import InProcess
+from timing_helpers import (
+    HANG_TIMEOUT,
+    load_bound,
+    median_time,
+    round_trip,
+    timed,
+    timer_bound,
+    wait_until,
+    within_load,
+)
 from protocol import FileReceived, GeneralError, Register, Registered, cksum
 from protocol.codes import RequestCode
 from server.limits import Limits
 
 MIB = 1024 * 1024
+#: Seconds without a reply to the hog that show the server parked it (a
+#: busy server answers it thousands of times a second).
+PARKED_QUIET = 1
 IDLE_CONNECTIONS = 1000
 
 
@@ -121,15 +135,16 @@ def test_f1_thousand_silent_and_slow_connections_do_not_delay_a_normal_client(se
         thread = threading.Thread(target=trickle)
         thread.start()
         server.wait_log(rf"connected \({IDLE_CONNECTIONS} open\)")
+        all_open = time.monotonic()  # every idle connection's timer runs by now
         with_load = [normal_flow(server) for _ in range(3)]
-        assert time.monotonic() - opened < deadline, "measured too late: the deadline already hit"
-        delay = statistics.median(with_load) - statistics.median(without)
+        # the load was there all along: the server closed none of them yet
+        assert "timed out" not in server.log(), "measured too late: the deadline already hit"
         print(f"\nF1: normal flow {statistics.median(without) * 1000:.0f} ms alone, "
               f"{statistics.median(with_load) * 1000:.0f} ms with {IDLE_CONNECTIONS} idle connections "
               f"(max {max(with_load) * 1000:.0f} ms)")
-        assert max(with_load) - max(without) < 1.0 and delay < 1.0, (without, with_load)
-        last = _wait_all_closed(socks, deadline + 5)
-        assert last - opened < deadline + 2.5, "not closed by the deadline"
+        assert within_load(max(with_load), statistics.median(without)), (without, with_load)
+        last = _wait_all_closed(socks, deadline + HANG_TIMEOUT)
+        assert last - all_open <= timer_bound(deadline, statistics.median(without)), "not closed by the deadline"
     finally:
         stop.set()
         for sock in socks:
@@ -143,16 +158,18 @@ def test_f1_thousand_silent_and_slow_connections_do_not_delay_a_normal_client(se
 def test_f1_over_max_connections_is_accepted_and_closed_at_once(server_factory):
     server = server_factory("--max-connections", "50")
     guard = Guard(server)
+    baseline = round_trip(server)  # connect, one request, its reply
+    closes_before = server.log().count(" closed: ")
     with server.client() as session:
         identity = make_identity(session)
         idle = [server.client() for _ in range(49)]
         try:
             server.wait_log(r"connected \(50 open\)")
             for _ in range(5):
-                with server.client() as extra:
+                with server.client() as extra:  # closed at once, not left waiting in a queue
                     started = time.monotonic()
-                    assert extra.closed_within(1)
-                    assert time.monotonic() - started < 0.5
+                    assert extra.closed_within(HANG_TIMEOUT)
+                    assert time.monotonic() - started <= load_bound(baseline)
             # established sessions keep working
             data = os.urandom(5000)
             for packet in file_packets(identity, "f1.bin", data):
@@ -163,7 +180,8 @@ def test_f1_over_max_connections_is_accepted_and_closed_at_once(server_factory):
             for client in idle:
                 client.close()
     assert server.log().count("refused: 50 connections open") == 5
-    time.sleep(0.3)  # the idle ones are gone: room again
+    # the session and the 49 idle ones are gone (refused ones log no close): room again
+    wait_until(lambda: server.log().count(" closed: ") >= closes_before + 50, "the 50 connections closed")
     guard.check()
 
 
@@ -175,10 +193,14 @@ def test_f1_per_address_limit_does_not_lock_out_other_addresses(server_factory):
         many = [server.client(source=f"127.1.{i // 250}.{i % 250 + 1}") for i in range(150)]
         same = [server.client(source=STRANGER) for _ in range(20)]
         try:
-            time.sleep(0.3)  # accept-and-close is at once: by now every refused one is closed
-            refused = [c for c in same if c.closed_within(0.02)]
+            wait_count(server, "refused: 10 connections open from this address", 10)
+            # accept-and-close: every refused one is closed (the close follows its log line)
+            def closed_ones():
+                found = [c for c in same if c.closed_within(0.01)]
+                return found if len(found) >= 10 else None
+
+            refused = wait_until(closed_ones, "the 10 refused connections closed")
             assert len(refused) == 10  # one address over its limit: those are closed at once
-            assert server.log().count("refused: 10 connections open from this address") == 10
             for client in many[::15]:  # other addresses are served meanwhile
                 assert isinstance(client.request(Register(client_id=ANY_ID, name=unique_name())), Registered)
             data = os.urandom(3000)
@@ -195,37 +217,48 @@ def test_f1_per_address_limit_does_not_lock_out_other_addresses(server_factory):
 
 
 def test_f2_peer_that_never_reads_cannot_grow_the_server(server_factory):
-    server = server_factory("--max-outgoing", "65536", "--idle-timeout", "3")
+    idle_timeout = 3.0
+    server = server_factory("--max-outgoing", "65536", "--idle-timeout", str(idle_timeout))
     guard = Guard(server)
     pid = server.process.pid
+    normal_flow(server)  # warm up
+    alone = median_time(lambda: normal_flow(server))  # the baseline: no hog yet
     hog = small_window_client(server)
     request = hog.conn.send(Register(client_id=ANY_ID, name=guard.identity.name))  # 1601 each
     rss_before = proc_status(pid, "VmRSS")
     peak = [rss_before]
     port = hog.sock.getsockname()[1]
-    started = time.monotonic()
     try:
         try:
             sent = flood_until_stalled(hog, request, sample=lambda: peak.append(proc_status(pid, "VmRSS")))
         except (ConnectionResetError, BrokenPipeError):
             sent = None  # on a loaded machine the server may give up before we see the stall
         else:
-            for _ in range(10):
-                peak.append(proc_status(pid, "VmRSS"))
-                time.sleep(0.05)
-            # others are served while the hog is parked
-            assert normal_flow(server) < 1.0
+            # the stall is in our socket; the server may still be answering what
+            # its receive buffer holds (a 1601 each): parked once that stops
+            def parked() -> bool:
+                answered = server.log().count(f":{port} 825 ")
+                for _ in range(PARKED_QUIET * 20):
+                    peak.append(proc_status(pid, "VmRSS"))
+                    time.sleep(0.05)
+                return server.log().count(f":{port} 825 ") == answered
+
+            wait_until(parked, "the server stopped reading from the hog")
+            # others are served while the hog is parked, as fast as without it
+            parked = normal_flow(server)
+            assert within_load(parked, alone), (alone, parked)
             # it is closed once the idle timeout passes without it reading
             # (reading now would let the server go on: it must not read)
             with pytest.raises((ConnectionResetError, BrokenPipeError)):
-                for _ in range(1000):
+                deadline = time.monotonic() + idle_timeout + HANG_TIMEOUT
+                while time.monotonic() < deadline:
                     try:
                         hog.sock.send(request)
                     except BlockingIOError:
                         pass  # still full: not closed yet
                     time.sleep(0.01)
-        server.wait_log(rf":{port} closed: timed out: peer does not read", 6)
-        assert time.monotonic() - started < 20
+        # closed for not reading (not by the hang bound above)
+        server.wait_log(rf":{port} closed: timed out: peer does not read")
     finally:
         hog.close()
     growth = max(peak) - rss_before
@@ -305,31 +338,40 @@ def test_f3_many_uploads_while_one_sends_64_mib_slowly(server):
     pid = server.process.pid
     hwm_before = proc_status(pid, "VmHWM")
     data = os.urandom(64 * MIB)
+    normal_flow(server)  # warm up
+    with ThreadPoolExecutor(8) as pool:  # the baseline: the same 24 flows without the upload
+        alone = list(pool.map(lambda _: normal_flow(server), range(24)))
     with server.client() as slow:
         identity = make_identity(slow)
         raw = packet_bytes(file_packets(identity, "big.bin", data, len(data) + 16)[0])
-        done = threading.Event()
+        flows_done = threading.Event()
+        sent = [0]
 
         def send_slowly():
             for i in range(0, len(raw), MIB):
+                if i + MIB >= len(raw):  # the last MiB only once the others are done:
+                    flows_done.wait(HANG_TIMEOUT)  # the upload is in progress during all of them
                 slow.send_raw(raw[i : i + MIB])
+                sent[0] = i + MIB
                 time.sleep(0.04)  # about 20 MiB/s: some three seconds for the file
-            done.set()
 
         sender = threading.Thread(target=send_slowly)
         sender.start()
-        time.sleep(0.3)
+        wait_until(lambda: sent[0] >= 4 * MIB, "the big upload under way")
+        sent_before = sent[0]
         with ThreadPoolExecutor(8) as pool:
             times = list(pool.map(lambda _: normal_flow(server), range(24)))
-        assert not done.is_set(), "the big upload ended before the others: not a fairness test"
+        sent_during = sent[0] - sent_before
+        flows_done.set()
         sender.join()
-        answer = slow.receive(30)
+        answer = slow.receive(HANG_TIMEOUT)
+    assert sent_during > 0, "the big upload did not move while the others ran: not a fairness test"
     assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
     hwm_growth = proc_status(pid, "VmHWM") - hwm_before
-    print(f"\nF3: 24 flows (8 at a time) during a 64 MiB upload: median "
-          f"{statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms; "
-          f"server VmHWM growth {hwm_growth / MIB:.1f} MiB")
-    assert max(times) < 1.0, times
+    print(f"\nF3: 24 flows (8 at a time): median {statistics.median(alone) * 1000:.0f} ms alone; "
+          f"during a 64 MiB upload median {statistics.median(times) * 1000:.0f} ms, "
+          f"max {max(times) * 1000:.0f} ms; server VmHWM growth {hwm_growth / MIB:.1f} MiB")
+    assert within_load(max(times), statistics.median(alone)), (alone, times)
     assert hwm_growth < 32 * MIB  # the file is streamed, never held
     guard.check()
 

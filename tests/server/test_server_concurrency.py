@@ -11,6 +11,7 @@ from helpers import file_packets, make_identity, packet_bytes, upload
 from protocol import Acknowledged, CrcOk, FileReceived, cksum
 from protocol.codes import RequestCode
 from helpers import raw_header
+from timing_helpers import median_time, within_load
 
 CLIENTS = 50
 
@@ -35,7 +36,21 @@ def test_50_clients_at_once_each_with_its_own_file(server):
         assert stored.read_bytes() == data
 
 
+def fast_flow(server) -> float:
+    """A fresh client's register, key and 200 kB upload; its time."""
+    with server.client() as fast:
+        started = time.monotonic()
+        fast_identity = make_identity(fast)
+        data = os.urandom(200_000)
+        answer = upload(fast, fast_identity, "fast.bin", data, 8192)
+        elapsed = time.monotonic() - started
+        assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
+    return elapsed
+
+
 def test_slow_peers_do_not_delay_a_fast_one(server):
+    fast_flow(server)  # warm up (key pairs are made on first use)
+    alone = median_time(lambda: fast_flow(server))  # the baseline: no slow peers yet
     with server.client() as uploader:
         identity = make_identity(uploader)
     stop = threading.Event()
@@ -63,17 +78,9 @@ def test_slow_peers_do_not_delay_a_fast_one(server):
     for thread in threads:
         thread.start()
     try:
-        time.sleep(0.3)
-        timings = []
-        for _ in range(3):
-            with server.client() as fast:
-                started = time.monotonic()
-                fast_identity = make_identity(fast)
-                data = os.urandom(200_000)
-                answer = upload(fast, fast_identity, "fast.bin", data, 8192)
-                timings.append(time.monotonic() - started)
-                assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
-        assert max(timings) < 1.0, timings
+        time.sleep(0.3)  # the slow peers are under way (sooner or later: either way they are slow)
+        timings = [fast_flow(server) for _ in range(3)]
+        assert within_load(max(timings), alone), (alone, timings)
     finally:
         stop.set()
         for thread in threads:
