@@ -39,6 +39,7 @@ from protocol import (
     FileReceived,
     Register,
     Registered,
+    SendFilePacket,
     cksum,
 )
 
@@ -130,6 +131,17 @@ def sentinel(client: RawClient) -> list:
             return replies
         assert type(event).__name__ != "ConnectionClosed", f"closed after {replies}"
         replies.append(event)
+
+
+def changed(packet: SendFilePacket, **fields) -> SendFilePacket:
+    """The same 828 with some fields replaced."""
+    return SendFilePacket(**{**packet.__dict__, **fields})
+
+
+def verified_upload(client: RawClient, identity, name: str, data: bytes) -> None:
+    """Upload a file and confirm it with 900 (1603, then 1604)."""
+    assert isinstance(upload(client, identity, name, data), FileReceived)
+    assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name=name)), Acknowledged)
 
 
 def normal_flow(server: ServerProcess, size: int = 10_000) -> float:

@@ -23,12 +23,14 @@ from helpers import (
 )
 from hostile_helpers import (
     Guard,
+    changed,
     client_dir,
     client_files,
     db_rows,
     file_count,
     proc_status,
     temp_files,
+    verified_upload,
 )
 from timing_helpers import HANG_TIMEOUT, TIMER_EARLY, round_trip, timer_bound, wait_until
 from protocol import (
@@ -56,15 +58,6 @@ D3_ROUNDS = 15
 D3_SPREAD = 1.0
 #: D8: 65535 packets take seconds; only a hang takes this long (s).
 D8_HANG = 120
-
-
-def _changed(packet: SendFilePacket, **fields) -> SendFilePacket:
-    return SendFilePacket(**{**packet.__dict__, **fields})
-
-
-def _verified(client, identity, name: str, data: bytes) -> None:
-    assert isinstance(upload(client, identity, name, data), FileReceived)
-    assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name=name)), Acknowledged)
 
 
 def _replies_then_sentinel(client) -> list:
@@ -96,7 +89,7 @@ def test_d1_content_size_not_fitting_orig_size(server, content_size, orig_size):
     guard = Guard(server)
     with server.client() as client:
         identity = make_identity(client)
-        packets = [_changed(p, content_size=content_size, orig_file_size=orig_size)
+        packets = [changed(p, content_size=content_size, orig_file_size=orig_size)
                    for p in file_packets(identity, "d.bin", os.urandom(5000))]
         client.send(packets[0])
         assert isinstance(client.receive(), GeneralError)  # on that packet
@@ -139,7 +132,7 @@ def test_d1_over_the_disk_threshold(server_factory, tmpfs, tmp_path):
     with server.client() as client, server.client() as other:
         identity = make_identity(client)
         for claim in claims:
-            first = _changed(file_packets(identity, "d.bin", b"x" * 100)[0],
+            first = changed(file_packets(identity, "d.bin", b"x" * 100)[0],
                              content_size=crypto.padded_size(claim), orig_file_size=claim, total_packets=9)
             client.send(first)
             assert isinstance(client.receive(), GeneralError)
@@ -166,18 +159,18 @@ def test_d1_over_the_disk_threshold(server_factory, tmpfs, tmp_path):
 def _sequence(kind: str, p: list[SendFilePacket]) -> list[SendFilePacket]:
     last = p[-1]
     return {
-        "number-0": [_changed(p[0], packet_number=0)] + p[1:],
-        "number-over-total": p[:2] + [_changed(p[2], packet_number=7)] + p[3:],
-        "total-0": [_changed(x, total_packets=0) for x in p],
+        "number-0": [changed(p[0], packet_number=0)] + p[1:],
+        "number-over-total": p[:2] + [changed(p[2], packet_number=7)] + p[3:],
+        "total-0": [changed(x, total_packets=0) for x in p],
         "out-of-order": [p[0], p[2], p[3], p[4]],
         "duplicate": [p[0], p[1], p[1], p[2], p[3], p[4]],
-        "name-changes": p[:2] + [_changed(p[2], file_name=NameField.from_text("other.bin"))] + p[3:],
-        "total-changes": p[:2] + [_changed(x, total_packets=6) for x in p[2:]],
-        "content-size-changes": p[:2] + [_changed(x, content_size=x.content_size + 16) for x in p[2:]],
-        "orig-size-changes": p[:2] + [_changed(x, orig_file_size=x.orig_file_size - 1) for x in p[2:]],
-        "sum-past-content-size": p[:-1] + [_changed(last, content=last.content + b"\x01" * 32)],
-        "middle-packet-too-long": [p[0], _changed(p[1], content=p[1].content + p[2].content + p[3].content + p[4].content + b"\x05" * 16)] + p[2:],
-        "last-packet-short": p[:-1] + [_changed(last, content=last.content[:-16])],
+        "name-changes": p[:2] + [changed(p[2], file_name=NameField.from_text("other.bin"))] + p[3:],
+        "total-changes": p[:2] + [changed(x, total_packets=6) for x in p[2:]],
+        "content-size-changes": p[:2] + [changed(x, content_size=x.content_size + 16) for x in p[2:]],
+        "orig-size-changes": p[:2] + [changed(x, orig_file_size=x.orig_file_size - 1) for x in p[2:]],
+        "sum-past-content-size": p[:-1] + [changed(last, content=last.content + b"\x01" * 32)],
+        "middle-packet-too-long": [p[0], changed(p[1], content=p[1].content + p[2].content + p[3].content + p[4].content + b"\x05" * 16)] + p[2:],
+        "last-packet-short": p[:-1] + [changed(last, content=last.content[:-16])],
         "packet-without-upload": p[1:],
     }[kind]
 
@@ -237,7 +230,7 @@ def _failing_upload(identity, kind: str) -> list[SendFilePacket]:
     if kind == "bad-padding":  # tampered last block
         packets = file_packets(identity, "d.bin", data)
         last = packets[-1]
-        packets[-1] = _changed(last, content=last.content[:-1] + bytes([last.content[-1] ^ 0x55]))
+        packets[-1] = changed(last, content=last.content[:-1] + bytes([last.content[-1] ^ 0x55]))
         return packets
     if kind == "wrong-key":
         stranger = Identity(identity.name, identity.client_id, None, crypto.new_aes_key())
@@ -245,7 +238,7 @@ def _failing_upload(identity, kind: str) -> list[SendFilePacket]:
     if kind == "not-a-multiple-of-16":  # variant 6, the last packet's stream cut short
         packets = file_packets(identity, "d.bin", data, per_packet=True)
         cut = packets[-1].content[:-5]
-        packets[-1] = _changed(packets[-1], content=cut, content_size=len(cut))
+        packets[-1] = changed(packets[-1], content=cut, content_size=len(cut))
         return packets
     raise ValueError(kind)
 
@@ -299,7 +292,7 @@ def test_d4_disconnect_after_packet_k_keeps_the_previous_version(server, where):
     guard = Guard(server)
     with server.client() as client:
         identity = make_identity(client)
-        _verified(client, identity, "d.bin", b"verified version")
+        verified_upload(client, identity, "d.bin", b"verified version")
         packets = file_packets(identity, "d.bin", os.urandom(50_000), 8192)
         for packet in packets[:3]:
             client.send(packet)

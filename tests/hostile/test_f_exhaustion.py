@@ -45,7 +45,6 @@ from timing_helpers import (
     load_bound,
     median_time,
     round_trip,
-    timed,
     timer_bound,
     wait_until,
     within_load,
@@ -116,7 +115,6 @@ def test_f1_thousand_silent_and_slow_connections_do_not_delay_a_normal_client(se
     socks = []
     stop = threading.Event()
     try:
-        opened = time.monotonic()
         for _ in range(IDLE_CONNECTIONS):
             socks.append(socket.create_connection(server.address, timeout=5))
         slow = socks[: IDLE_CONNECTIONS // 2]  # slowloris: a header byte now and then

@@ -45,6 +45,7 @@ from hostile_helpers import (
     normal_flow,
     sentinel,
     start_refused,
+    verified_upload,
     temp_files,
 )
 from protocol import (
@@ -64,11 +65,6 @@ from timing_helpers import round_trip, timer_bound
 DEFAULT_PORT = 1256
 #: The steps of installing a file (a rename and the folder's sync after it).
 INSTALL_STEPS = ("replace", "fsync_dir")
-
-
-def _verified_upload(client, identity, name: str, data: bytes) -> None:
-    assert isinstance(upload(client, identity, name, data), FileReceived)
-    assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name=name)), Acknowledged)
 
 
 def _only_one_error(client) -> None:
@@ -187,7 +183,7 @@ def test_g1_io_error_during_write_fsync_or_rename(faults, step, code):
     rows = lambda: db_rows(server, "SELECT FileName, Verified FROM files WHERE ID = ?", identity.client_id)  # noqa: E731
     with server.client() as client:
         identity = make_identity(client)
-        _verified_upload(client, identity, "doc.bin", old)
+        verified_upload(client, identity, "doc.bin", old)
         faults.arm(**{step: {"errno": code}})
         verify = CrcOk(client_id=identity.client_id, file_name="doc.bin")
         if step in INSTALL_STEPS:
@@ -212,7 +208,7 @@ def test_g1_io_error_during_write_fsync_or_rename(faults, step, code):
         assert temp_files(server) == []
         assert client_files(server, identity.client_id) == ["doc.bin"]  # nothing under fresh.bin
         # the server keeps serving: the same client, same connection
-        _verified_upload(client, identity, "doc.bin", old)
+        verified_upload(client, identity, "doc.bin", old)
         assert doc() == old
     assert os.strerror(code) in server.log()
     guard.check()
@@ -374,7 +370,7 @@ def test_g2_read_only_database(server_factory, tmpfs, tmp_path, how):
     assert db_rows(restarted, "SELECT FileName FROM files WHERE ID = ?", identity.client_id) == [("a.bin",)]
     with restarted.client() as client:
         reconnect(client, identity)
-        _verified_upload(client, identity, "a.bin", b"second")
+        verified_upload(client, identity, "a.bin", b"second")
     assert (client_dir(restarted, identity.client_id) / "a.bin").read_bytes() == b"second"
     guard.check()
 
@@ -430,8 +426,8 @@ def test_g3_kill_9_during_upload(server_factory, tmp_path):
     keep, verified = os.urandom(10_000), os.urandom(10_000)
     with server.client() as client:
         identity = make_identity(client)
-        _verified_upload(client, identity, "keep.bin", keep)
-        _verified_upload(client, identity, "doc.bin", verified)
+        verified_upload(client, identity, "keep.bin", keep)
+        verified_upload(client, identity, "doc.bin", verified)
         _send_all(client, file_packets(identity, "doc.bin", os.urandom(2_000_000), 65536)[:10])
         folder = client_dir(server, identity.client_id)
         deadline = time.monotonic() + 5
@@ -469,8 +465,8 @@ def _two_verified_files(server_factory, data_dir):
     keep, old = os.urandom(5000), os.urandom(5000)
     with server.client() as client:
         identity = make_identity(client)
-        _verified_upload(client, identity, "keep.bin", keep)
-        _verified_upload(client, identity, "doc.bin", old)
+        verified_upload(client, identity, "keep.bin", keep)
+        verified_upload(client, identity, "doc.bin", old)
     server.stop()
     return guard, identity, keep, old
 
@@ -491,7 +487,7 @@ def test_g3_kill_9_between_commit_and_rename_of_a_first_upload(server_factory, m
     keep = os.urandom(5000)
     with server.client() as client:
         identity = make_identity(client)
-        _verified_upload(client, identity, "keep.bin", keep)
+        verified_upload(client, identity, "keep.bin", keep)
     server.stop()
     _crash_at("upload.committed", server_factory, monkeypatch, data_dir, identity, "doc.bin", os.urandom(7000))
     restarted = server_factory(data_dir=data_dir)
@@ -537,7 +533,7 @@ def test_g3_kill_9_between_rename_and_1603_of_a_first_upload(server_factory, mon
     keep, new = os.urandom(5000), os.urandom(7000)
     with server.client() as client:
         identity = make_identity(client)
-        _verified_upload(client, identity, "keep.bin", keep)
+        verified_upload(client, identity, "keep.bin", keep)
     server.stop()
     _crash_at("temp.dir_synced", server_factory, monkeypatch, data_dir, identity, "doc.bin", new)
     restarted = server_factory(data_dir=data_dir)

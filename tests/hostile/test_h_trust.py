@@ -30,7 +30,16 @@ from helpers import (
     unique_name,
     upload,
 )
-from hostile_helpers import STRANGER, Guard, client_dir, client_files, db_rows, temp_files
+from hostile_helpers import (
+    STRANGER,
+    Guard,
+    changed,
+    client_dir,
+    client_files,
+    db_rows,
+    temp_files,
+    verified_upload,
+)
 from protocol import (
     Acknowledged,
     ConnectionClosed,
@@ -55,15 +64,6 @@ from protocol.codes import AES_BLOCK_SIZE, NAME_FIELD_SIZE
 from timing_helpers import HANG_TIMEOUT, wait_until
 
 MIB = 1024 * 1024
-
-
-def _changed(packet: SendFilePacket, **fields) -> SendFilePacket:
-    return SendFilePacket(**{**packet.__dict__, **fields})
-
-
-def _verified(client, identity, name: str, data: bytes) -> None:
-    assert isinstance(upload(client, identity, name, data), FileReceived)
-    assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name=name)), Acknowledged)
 
 
 def _rows(server, identity) -> list[tuple]:
@@ -129,7 +129,7 @@ def test_h2a_a_new_version_waits_for_its_900(server_factory, ending):
     old, new = os.urandom(3000), os.urandom(4000)
     with server.client() as client:
         identity = make_identity(client)
-        _verified(client, identity, "doc.bin", old)
+        verified_upload(client, identity, "doc.bin", old)
         reconnect(client, identity)
     (packet,) = file_packets(identity, "doc.bin", new, 8192)
     with server.client() as client:
@@ -167,7 +167,7 @@ def test_h2a_a_one_connection_client_that_leaves_discards_its_pending_version(se
     old = os.urandom(3000)
     with server.client() as client:
         identity = make_identity(client)
-        _verified(client, identity, "doc.bin", old)
+        verified_upload(client, identity, "doc.bin", old)
         assert isinstance(upload(client, identity, "doc.bin", os.urandom(4000)), FileReceived)
         assert temp_files(server)  # the pending version
     wait_until(lambda: not temp_files(server), "the pending version discarded at the close")
@@ -183,8 +183,8 @@ def test_h2a_a_confirmed_new_version_replaces_the_file(server):
     old, new = os.urandom(3000), os.urandom(4000)
     with server.client() as client:
         identity = make_identity(client)
-        _verified(client, identity, "doc.bin", old)
-        _verified(client, identity, "doc.bin", new)
+        verified_upload(client, identity, "doc.bin", old)
+        verified_upload(client, identity, "doc.bin", new)
         assert (_stored(server, identity), _rows(server, identity)) == (new, [("doc.bin", 1)])
     guard.check()
 
@@ -197,7 +197,7 @@ def _bad_padding_packet(identity: Identity, name: str) -> SendFilePacket:
     # one block of CBC with a zero IV is the ECB encryption of the plaintext
     block = AES.new(identity.aes_key, AES.MODE_ECB).encrypt(bytes(AES_BLOCK_SIZE))
     (packet,) = file_packets(identity, name, bytes(AES_BLOCK_SIZE - 1))
-    return _changed(packet, content=block)
+    return changed(packet, content=block)
 
 
 def test_h2b_failed_decryptions_are_a_budget(server):
@@ -205,7 +205,7 @@ def test_h2b_failed_decryptions_are_a_budget(server):
     guard = Guard(server)
     with server.client() as client:
         victim = make_identity(client)
-        _verified(client, victim, "doc.bin", b"the victim's verified file")
+        verified_upload(client, victim, "doc.bin", b"the victim's verified file")
     answers = []
     for _ in range(5):  # five keys, each from an outsider's 827
         attacker = _stranger_key(server, victim)
@@ -237,7 +237,7 @@ def test_h2b_a_dead_key_comes_back_with_827(server):
         assert isinstance(upload(client, identity, "x.bin", b"good"), GeneralError)
         assert "key refused after failed decryptions" in server.log()
         reconnect(client, identity)
-        _verified(client, identity, "x.bin", b"good")
+        verified_upload(client, identity, "x.bin", b"good")
     guard.check()
 
 
@@ -248,7 +248,7 @@ def test_h3_verdicts_without_an_upload_change_nothing(server):
     guard = Guard(server)
     with server.client() as client:
         identity = make_identity(client)
-        _verified(client, identity, "yes.bin", b"verified")
+        verified_upload(client, identity, "yes.bin", b"verified")
         assert isinstance(upload(client, identity, "no.bin", b"given up"), FileReceived)
         assert isinstance(client.request(CrcAbort(client_id=identity.client_id, file_name="no.bin")),
                           Acknowledged)
@@ -288,7 +288,7 @@ def test_h4_827_while_a_packet_streams_is_a_defined_refusal(server):
         assert isinstance(uploader.receive(), GeneralError)
         assert "discarded while its packet was arriving" in server.log()
         # the connection goes on: a new upload under the new key works
-        _verified(uploader, identity, "big.bin", data)
+        verified_upload(uploader, identity, "big.bin", data)
     guard.check()  # no traceback
 
 
@@ -331,7 +331,7 @@ def test_h6_orig_file_size_is_checked(server, layout):
         packets = file_packets(identity, "d.bin", plain, size,
                                swapped=layout == "swapped", per_packet=layout == "per-packet")
         for packet in packets:
-            client.send(_changed(packet, orig_file_size=claimed))
+            client.send(changed(packet, orig_file_size=claimed))
         assert isinstance(client.receive(), GeneralError)
         assert client_files(server, identity.client_id) == []
         # the same file with its true size is served
@@ -370,8 +370,8 @@ def test_h7_file_names_equal_but_for_case_stay_apart(server):
     with server.client() as client:
         identity = make_identity(client)
         for name in names:
-            _verified(client, identity, name, contents[name])
-        _verified(client, identity, "A.txt", b"A.txt again")  # same name: same stored file
+            verified_upload(client, identity, name, contents[name])
+        verified_upload(client, identity, "A.txt", b"A.txt again")  # same name: same stored file
         contents["A.txt"] = b"A.txt again"
     stored = client_files(server, identity.client_id)
     folded = {unicodedata.normalize("NFD", name).casefold() for name in stored}
@@ -388,7 +388,7 @@ def test_h7_file_names_equal_but_for_case_stay_apart(server):
 def _claim(identity: Identity, name: str, plain_size: int) -> SendFilePacket:
     """A first packet that claims a file of ``plain_size`` bytes in 9 packets."""
     first = file_packets(identity, name, b"x" * 100)[0]
-    return _changed(first, content_size=crypto.padded_size(plain_size), orig_file_size=plain_size,
+    return changed(first, content_size=crypto.padded_size(plain_size), orig_file_size=plain_size,
                     total_packets=9)
 
 
