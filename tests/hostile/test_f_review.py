@@ -291,3 +291,19 @@ def test_f10_only_a_request_that_succeeds_resets_the_idle_timer(server_factory):
         assert isinstance(served.request(Register(client_id=ANY_ID, name=unique_name())), Registered)
     server.wait_log("timed out: idle")
     guard.check()
+
+
+def test_f10_one_address_cannot_take_every_slot_by_default(server_factory):
+    server = server_factory(load_flags=())
+    guard = Guard(server)
+    cap = 64
+    held = [server.client(source=STRANGER) for _ in range(cap)]
+    try:
+        assert isinstance(held[-1].request(Register(client_id=ANY_ID, name=unique_name())), Registered)
+        with server.client(source=STRANGER) as extra:
+            assert extra.closed_within(2), f"connection {cap + 1} from one address was kept"
+        assert server.log().count(f"refused: {cap} connections open from this address") == 1
+        guard.check()  # other addresses are served meanwhile
+    finally:
+        for client in held:
+            client.close()
