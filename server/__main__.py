@@ -46,7 +46,8 @@ _HANGUP_SIGNAL = "SIGHUP"
 #: Help for each limit flag; the flag is the field name with dashes.
 _LIMIT_HELP = {
     "max_connections": "open connections; one more is accepted and closed at once",
-    "max_connections_per_address": "open connections per IP address (0: no limit)",
+    "max_connections_per_address": "open connections per IP address, far above one client's "
+    "needs; raise it for clients behind one NAT (0: no limit)",
     "message_deadline": "seconds to finish a message once its first byte came",
     "idle_timeout": "seconds a connection may stay silent between messages",
     "min_content_rate": "bytes/s below which a slow 828 packet runs out of time",

@@ -7,6 +7,15 @@ EVENT_WRITE, which is registered only while some are pending; while more than
 ``max_outgoing`` bytes wait, the channel neither reads nor decodes (a peer that
 does not read cannot make the server buffer without bound).
 
+A turn handles at most ``MAX_REQUESTS_PER_TURN`` requests: a peer that
+pipelines cheap requests cannot hold the loop while others wait. What is left
+stays in the decoder's buffer, the channel stops reading and tells the loop
+(``on_backlog``), which resumes it next round (:meth:`Channel.resume`).
+
+Refused requests (1607, and the answers handlers mark ``Outcome.refused``)
+count toward ``max_errors`` and do not reset the idle timer: only a request
+that succeeds keeps a connection alive.
+
 This is the per-connection boundary of STYLE.md: protocol errors become 1607
 (or 1601) here, server faults become 1607, and any other exception is logged
 with its traceback, answered 1607 where possible and closes this connection
@@ -57,6 +66,11 @@ log = logging.getLogger(__name__)
 #: dropped so that the close does not reset the response away (lingering close).
 LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 1024 * 1024
+#: Requests handled per connection per loop turn; the rest waits one round.
+#: Another client waits for every pipelining peer's turn: a few cheap
+#: requests each keeps it within the fairness target (bench/fairness.py,
+#: tests/hostile/test_f_review.py); a big 828 is still one recv per turn.
+MAX_REQUESTS_PER_TURN = 4
 _PER_REQUEST_OPENERS = frozenset(
     {RequestCode.SEND_FILE, RequestCode.CRC_OK, RequestCode.CRC_RETRY, RequestCode.CRC_ABORT}
 )
@@ -85,6 +99,7 @@ class Channel:
         selector: selectors.BaseSelector,
         recv_buffer: memoryview,
         on_closed: Callable[[Channel], None],
+        on_backlog: Callable[[Channel], None] | None = None,
     ) -> None:
         self.sock = sock
         self.peer = peer
@@ -93,6 +108,11 @@ class Channel:
         self._selector = selector
         self._recv_buffer = recv_buffer
         self._on_closed = on_closed
+        # Without a loop to resume it (a test harness), a channel drains all at once.
+        self._on_backlog = on_backlog
+        self._turn_budget = MAX_REQUESTS_PER_TURN if on_backlog else MAX_UINT32
+        self._turn_requests = 0
+        self._backlogged = False
         self._conn = ServerConnection(
             max_discard_size=self._limits.max_skip_payload,
             max_packet_content=min(MAX_UINT32, self._limits.max_content_size + MAX_ZERO_FILL),
@@ -118,6 +138,7 @@ class Channel:
         self._linger_until = 0.0
         self._linger_dropped = 0
         self._close_reason = ""
+        self._timed_out = False
         self.bytes_in = 0
         self.bytes_out = 0
         self._timer: Timer | None = None
@@ -134,6 +155,15 @@ class Channel:
         """Whether the socket is closed."""
         return self._state is _State.CLOSED
 
+    @property
+    def silent(self) -> bool:
+        """The peer sent nothing and left (a port scan, a health check, a storm).
+
+        Such a close is logged at DEBUG only; the loop counts them in a
+        periodic summary. A silent connection we time out is logged as usual.
+        """
+        return self.bytes_in == 0 and not self._timed_out
+
     # -- loop entry points ----------------------------------------------------
 
     def on_readable(self) -> None:
@@ -143,6 +173,12 @@ class Channel:
     def on_writable(self) -> None:
         """The socket accepts data."""
         self._guard(self._write)
+
+    def resume(self) -> None:
+        """A new turn for the requests already buffered (after ``on_backlog``)."""
+        self._backlogged = False
+        if self._state is _State.OPEN:
+            self._guard(self._process)
 
     def close(self, reason: str) -> None:
         """Close now: no flush, no linger. Idempotent; never raises."""
@@ -167,7 +203,8 @@ class Channel:
             self._app.connection_closed(self.peer)
         finally:
             elapsed = self._app.monotonic() - self._opened
-            log.info(
+            log.log(
+                logging.DEBUG if self.silent else logging.INFO,
                 "%s closed: %s (in %d B, out %d B, %.3f s)",
                 self.peer, self._close_reason, self.bytes_in, self.bytes_out, elapsed,
             )
@@ -179,8 +216,8 @@ class Channel:
         if self._state is _State.LINGER:
             self._linger_read()
             return
-        if self._state is not _State.OPEN:
-            return
+        if self._state is not _State.OPEN or self._backlogged:
+            return  # a backlog is handled first (resume), then the socket is read
         try:
             count = self.sock.recv_into(self._recv_buffer)
         except (BlockingIOError, InterruptedError):
@@ -199,9 +236,33 @@ class Channel:
         self._process()
 
     def _process(self) -> None:
-        """Drain every complete event while the out buffer has room."""
-        drained = False
-        while self._state is _State.OPEN and len(self._out) < self._limits.max_outgoing:
+        """Handle complete events: one turn's worth, while the out buffer has room."""
+        self._turn_requests = 0
+        drained = self._drain()
+        self._backlogged = (
+            not drained
+            and self._state is _State.OPEN
+            and self._turn_requests >= self._turn_budget
+            and len(self._out) < self._limits.max_outgoing
+        )
+        if (drained or self._backlogged) and self._out:
+            # Every request handled is answered: send the replies at once, in
+            # one write, rather than a select() round later (the peer works
+            # meanwhile). Not when paused by max_outgoing: then requests are
+            # still buffered, and EVENT_WRITE resumes them before any read.
+            self._send_pending()
+        if self._backlogged and self._state is _State.OPEN:
+            self._on_backlog(self)
+        self._update_interest()
+        self._arm_timer()
+
+    def _drain(self) -> bool:
+        """Next events until NEED_DATA (True), the turn's end or a pause."""
+        while (
+            self._state is _State.OPEN
+            and len(self._out) < self._limits.max_outgoing
+            and self._turn_requests < self._turn_budget
+        ):
             try:
                 event = self._conn.next_event()
             except RemoteProtocolError as exc:
@@ -210,24 +271,16 @@ class Channel:
             if event is NEED_DATA:
                 if self._conn.in_message and self._message_start is None:
                     self._message_start = self._last_recv
-                drained = True
-                break
+                return True
             if isinstance(event, ConnectionClosed):
                 self._on_peer_closed()
-                break
+                return False
             self._dispatch(event)
-        if drained and self._out:
-            # Every request received is answered: send the replies at once, in
-            # one write, rather than a select() round later (the peer works
-            # meanwhile). Not when paused by max_outgoing: then requests are
-            # still buffered, and EVENT_WRITE resumes them before any read.
-            self._send_pending()
-        self._update_interest()
-        self._arm_timer()
+        return False
 
     def _on_broken_stream(self, exc: RemoteProtocolError) -> None:
         """The decoder refused the stream (bad header, size, name...)."""
-        self._end_message()
+        self._end_message(succeeded=False)
         if self._packet is not None:
             self._packet = None
             self._app.uploads.channel_closed(self)
@@ -295,7 +348,7 @@ class Channel:
 
     def _finish(self, code: RequestCode, outcome: Outcome) -> None:
         """Send what a request led to and apply the connection model."""
-        self._end_message()
+        self._end_message(succeeded=not outcome.refused)
         if outcome.response is not None:
             self._send(outcome.response)
             result = str(outcome.response.code.value)
@@ -311,29 +364,37 @@ class Channel:
         self._log_request(level, code, outcome.client, result, outcome.detail)
         if outcome.response is None and self._per_request:
             self._close_after_flush("per-request connection, request without reply")
+        elif outcome.refused:
+            self._count_error(close=False)
 
     def _refuse(self, code: RequestCode | None, client: str, exc: RemoteProtocolError) -> None:
         """Answer 1607 (or 1601); close if the stream is lost or errors pile up."""
         if code is None:
             self._request_t0, self._request_size = self._message_t0(), 0
-        self._end_message()
-        self._errors += 1
+        self._end_message(succeeded=False)
         response = _error_response(exc.response_code)
         self._send(response)
         self._log_request(
             logging.INFO, code, client, f"{response.code.value} refused", str(exc)
         )
-        if exc.close:
+        self._count_error(close=exc.close)
+
+    def _count_error(self, close: bool) -> None:
+        """One more refusal: close if the stream is lost or errors pile up."""
+        self._errors += 1
+        if close:
             self._close_after_flush("protocol error")
         elif self._errors >= self._limits.max_errors:
             self._close_after_flush(f"{self._errors} errors")
 
-    def _end_message(self) -> None:
-        now = self._app.monotonic()
+    def _end_message(self, succeeded: bool) -> None:
+        """A request is over; only one that succeeded restarts the idle timer."""
         self._message_start = None
         self._message_content = 0
-        self._last_boundary = now
         self._seen_request = True
+        self._turn_requests += 1
+        if succeeded:
+            self._last_boundary = self._app.monotonic()
 
     def _log_request(self, level: int, code, client: str, result: str, detail: str) -> None:
         if not log.isEnabledFor(level):
@@ -413,7 +474,11 @@ class Channel:
         if not self._out and self._state is _State.CLOSING:
             self._start_linger()
             return
-        if self._state is _State.OPEN and len(self._out) < self._limits.max_outgoing:
+        if (
+            self._state is _State.OPEN
+            and not self._backlogged  # the loop resumes it this round
+            and len(self._out) < self._limits.max_outgoing
+        ):
             self._process()  # resumes a paused peer; a no-op otherwise
         else:
             self._update_interest()
@@ -466,7 +531,9 @@ class Channel:
             return
         events = 0
         if self._state is _State.LINGER or (
-            self._state is _State.OPEN and len(self._out) < self._limits.max_outgoing
+            self._state is _State.OPEN
+            and not self._backlogged
+            and len(self._out) < self._limits.max_outgoing
         ):
             events |= selectors.EVENT_READ
         if self._out:
@@ -516,6 +583,7 @@ class Channel:
                 self.close(self._close_reason)
             else:
                 self._close_reason = ""
+                self._timed_out = True
                 self.close(f"timed out: {why}")
             return
         self._arm_timer()

@@ -16,8 +16,10 @@ MIB = 1024 * KIB
 
 #: sshd ``MaxStartups``-like ceiling on open connections.
 DEFAULT_MAX_CONNECTIONS = 1024
-#: Off: tests and NAT share addresses (sshd ``PerSourceMaxStartups``).
-DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 0
+#: Far above what one real client opens (it uses one connection, or one per
+#: request in turn), so that one address cannot hold every slot; a NAT or a
+#: load test raises it (sshd ``PerSourceMaxStartups``).
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 64
 #: Time to finish a started message (gunicorn ``timeout``).
 DEFAULT_MESSAGE_DEADLINE = 30.0
 #: Time allowed between messages (OpenSSH ClientAlive, uvicorn keep-alive).

@@ -5,6 +5,15 @@ listening socket and the wake-up socketpair. Timers (deadlines, variant 8, the
 periodic LastSeen flush) come from :class:`server.timers.Timers`; ``stop()``
 may be called from a signal handler: it only sets a flag and writes a byte to
 the socketpair.
+
+A channel whose turn ended with requests still buffered is in the backlog:
+each round resumes it, and select() does not sleep while the backlog is not
+empty (the selector cannot report bytes that were already read).
+
+Connection storms must not fill the disk through the log: a connection that
+sent nothing is logged at DEBUG and counted in one INFO line per
+``FLUSH_INTERVAL``; "connected" is INFO only while the number of open
+connections rises above its level at the last such summary.
 """
 
 from __future__ import annotations
@@ -77,6 +86,10 @@ class Server:
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
         self._selector.register(listener, selectors.EVENT_READ, self._accept)
         self._accepting = True
+        self._backlog: set[Channel] = set()
+        self._silent_closed = 0
+        self._open_mark = 0
+        self._summary_since = app.monotonic()
         self._flush_timer = app.timers.call_later(FLUSH_INTERVAL, self._flush)
 
     @property
@@ -101,10 +114,15 @@ class Server:
             self.close()
 
     def run_once(self) -> None:
-        """One select() round and the timers that are due."""
-        timeout = self.app.timers.timeout(MAX_SELECT_TIMEOUT)
+        """One select() round, one turn for each backlogged channel, the due timers."""
+        backlog = list(self._backlog)  # resumed channels may join it again
+        self._backlog.clear()
+        timeout = 0.0 if backlog else self.app.timers.timeout(MAX_SELECT_TIMEOUT)
         for key, mask in self._selector.select(timeout):
             self._handle(key.data, mask)
+        for channel in backlog:
+            if not channel.closed:
+                channel.resume()
         for timer in self.app.timers.due():
             self._run_guarded(timer.callback)
 
@@ -145,11 +163,20 @@ class Server:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             channel = Channel(
-                sock, peer, self.app, self._selector, self._recv_buffer, self._closed
+                sock, peer, self.app, self._selector, self._recv_buffer, self._closed,
+                on_backlog=self._backlog.add,  # one set for the Server's life
             )
             self.channels.add(channel)
             self._per_address[peer.address] = self._per_address.get(peer.address, 0) + 1
-            log.info("%s connected (%d open)", peer, len(self.channels))
+            self._log_connected(peer)
+
+    def _log_connected(self, peer: Peer) -> None:
+        """INFO while the open count rises (load coming), DEBUG in churn."""
+        level = logging.DEBUG
+        if len(self.channels) > self._open_mark:
+            self._open_mark = len(self.channels)
+            level = logging.INFO
+        log.log(level, "%s connected (%d open)", peer, len(self.channels))
 
     def _refusal(self, peer: Peer) -> str | None:
         limits = self.app.limits
@@ -173,6 +200,9 @@ class Server:
 
     def _closed(self, channel: Channel) -> None:
         self.channels.discard(channel)
+        self._backlog.discard(channel)
+        if channel.silent:
+            self._silent_closed += 1
         count = self._per_address.get(channel.peer.address, 0) - 1
         if count > 0:
             self._per_address[channel.peer.address] = count
@@ -193,7 +223,20 @@ class Server:
             self.app.db.flush()
         except sqlite3.Error as exc:
             log.error("cannot record LastSeen: %s", exc)
+        self._summarise_connections()
         self._flush_timer = self.app.timers.call_later(FLUSH_INTERVAL, self._flush)
+
+    def _summarise_connections(self) -> None:
+        """One line for the silent connections since the last one (see the module doc)."""
+        now = self.app.monotonic()
+        if self._silent_closed:
+            log.info(
+                "%d connections closed without sending a byte in the last %.0f s",
+                self._silent_closed, now - self._summary_since,
+            )
+        self._silent_closed = 0
+        self._summary_since = now
+        self._open_mark = len(self.channels)
 
     def close(self) -> None:
         """Stop accepting and close every connection and upload."""
