@@ -294,6 +294,13 @@ class StoredFile:
     path_name: str
 
 
+def _in_client_dir(directory: Path, name: str) -> StoredFile:
+    """An entry of a client folder, as start-up repair sees it."""
+    return StoredFile(
+        client_hex=directory.name, name=name, path_name=f"{RECEIVED_DIR}/{directory.name}/{name}"
+    )
+
+
 class FileStore:
     """The ``received_files/`` tree under a data folder.
 
@@ -394,13 +401,7 @@ class FileStore:
             for entry in os.scandir(directory):
                 if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
                     continue
-                found.append(
-                    StoredFile(
-                        client_hex=directory.name,
-                        name=entry.name,
-                        path_name=f"{RECEIVED_DIR}/{directory.name}/{entry.name}",
-                    )
-                )
+                found.append(_in_client_dir(directory, entry.name))
         return found
 
     def strays(self) -> list[StoredFile]:
@@ -422,13 +423,7 @@ class FileStore:
         for directory in self._client_dirs():
             for entry in os.scandir(directory):
                 if not entry.is_file(follow_symlinks=False):
-                    found.append(
-                        StoredFile(
-                            client_hex=directory.name,
-                            name=entry.name,
-                            path_name=f"{RECEIVED_DIR}/{directory.name}/{entry.name}",
-                        )
-                    )
+                    found.append(_in_client_dir(directory, entry.name))
         return found
 
     def quarantine(self, stored: StoredFile) -> Path:
