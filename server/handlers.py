@@ -96,24 +96,19 @@ def _new_client_id(app: App) -> bytes:
             return client_id
 
 
-def _keyless_is_stale(app: App, client: ClientRow) -> bool:
-    """Whether a keyless registration is older than the key window (it has lapsed).
-
-    A lapsed registration holds its name no longer and does not count toward
-    ``max_clients``; the next 825 or 827 for the name registers it afresh.
-    """
-    binding = app.db.binding(client.id)
-    return binding is None or app.wall_clock() - binding.issued_at > app.limits.key_window
-
-
-def _keyless_bound_elsewhere(app: App, peer: Peer, client: ClientRow) -> bool:
-    """Whether a fresh keyless registration belongs to another address.
+def _registration_address(app: App, client: ClientRow) -> str | None:
+    """The address a keyless registration belongs to, or None once it has lapsed.
 
     Until its 826, a registration is the address's that made it: nothing
     from elsewhere may move its binding, replace it or attach a key to it.
+    After the key window it has lapsed: it holds its name no longer, does not
+    count toward ``max_clients``, and the next 825 or 827 for the name
+    registers it afresh.
     """
     binding = app.db.binding(client.id)
-    return binding is not None and binding.address != peer.address
+    if binding is None or app.wall_clock() - binding.issued_at > app.limits.key_window:
+        return None
+    return binding.address
 
 
 def _can_register(app: App, peer: Peer, replacing: bool) -> str | None:
@@ -150,9 +145,10 @@ def _why_name_is_held(app: App, peer: Peer, existing: ClientRow | None) -> str |
         return None
     if existing.public_key is not None:
         return "name taken"
-    if _keyless_is_stale(app, existing):
+    address = _registration_address(app, existing)
+    if address is None:
         return None
-    if _keyless_bound_elsewhere(app, peer, existing):
+    if address != peer.address:
         return "name being registered from another address"
     holder = app.live_registrations.holder(existing.id)
     if holder is not None and holder is not peer:
@@ -229,7 +225,8 @@ def reconnect(app: App, peer: Peer, event: Reconnect) -> Outcome:
     now = app.wall_clock()
     if client is None:
         return _register_by_reconnect(app, peer, event.name, None)
-    if client.public_key is None and _keyless_is_stale(app, client):
+    keyless_address = _registration_address(app, client) if client.public_key is None else None
+    if client.public_key is None and keyless_address is None:
         return _register_by_reconnect(app, peer, event.name, client)
     label = client_label(client.name, client.id)
     if client.id != event.client_id:
@@ -241,7 +238,7 @@ def reconnect(app: App, peer: Peer, event: Reconnect) -> Outcome:
             refused=True,
         )
     if client.public_key is None:
-        if _keyless_bound_elsewhere(app, peer, client):
+        if keyless_address != peer.address:
             return Outcome(
                 ReconnectRefused(client_id=client.id),
                 client=label,
