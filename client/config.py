@@ -20,7 +20,7 @@ from pathlib import Path
 from Crypto.PublicKey import RSA
 
 from protocol import CryptoError
-from protocol.codes import CLIENT_ID_SIZE, MAX_CONFIG_NAME_LENGTH
+from protocol.codes import CLIENT_ID_SIZE
 from protocol.crypto import export_private_key, import_private_key
 
 from .errors import ConfigError
@@ -38,6 +38,8 @@ ME_NAME_LINE, ME_ID_LINE, ME_KEY_LINE = 1, 2, 3
 #: Owner read and write only: the files hold the private key.
 PRIVATE_FILE_MODE = 0o600
 MAX_PORT = 65535
+#: Longest client name ``transfer.info`` allows (the wire allows 254).
+MAX_CONFIG_NAME_LENGTH = 100
 _PRINTABLE_ASCII = range(0x20, 0x7F)
 #: A UTF-8 byte-order mark, as Windows editors write it.
 _BOM = "\ufeff"

@@ -42,7 +42,7 @@ from protocol import (
     SendFilePacket,
     SendPublicKey,
 )
-from protocol.codes import CLIENT_ID_SIZE, RequestCode
+from protocol.codes import CLIENT_ID_SIZE, PER_REQUEST_OPENERS
 from protocol.crypto import decrypt_aes_key, export_public_key, generate_private_key
 
 from .config import Identity, ServerAddress, save_identity
@@ -70,12 +70,6 @@ MAX_RESENDS = 3
 SERVER_ERROR_MESSAGE = "server responded with an error"
 #: The 825 header's client id is ignored by servers (variant 2).
 NO_CLIENT_ID = bytes(CLIENT_ID_SIZE)
-#: A connection that starts with one of these is a whole session (variant 7);
-#: one that starts with 828 or 900-902 is per request and cannot carry an
-#: upload of several packets.
-SESSION_OPENERS = frozenset(
-    {RequestCode.REGISTER, RequestCode.SEND_PUBLIC_KEY, RequestCode.RECONNECT}
-)
 BYTES_PER_MB = 1_000_000
 #: Floor of a measured duration, so that a rate never divides by zero.
 MIN_SECONDS = 1e-9
@@ -347,7 +341,7 @@ class Client:
         7), and a new one has no key yet: start a session with 827.
         """
         session = self._session
-        if session.connected and session.first_request not in SESSION_OPENERS:
+        if session.connected and session.first_request in PER_REQUEST_OPENERS:
             session.reset()
         if fresh_key or not session.connected:
             self._reconnect()

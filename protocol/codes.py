@@ -23,9 +23,6 @@ ENCRYPTED_AES_KEY_SIZE = RSA_KEY_BITS // 8
 
 #: Longest text that fits a name field with its NUL terminator.
 MAX_WIRE_NAME_LENGTH = NAME_FIELD_SIZE - 1
-#: Longest client name the client's ``transfer.info`` allows.
-MAX_CONFIG_NAME_LENGTH = 100
-
 #: Largest value of a 4-byte size field (payload_size, content_size, ...).
 MAX_UINT32 = 2**32 - 1
 #: Largest value of a 2-byte packet counter.
@@ -42,6 +39,15 @@ class RequestCode(enum.IntEnum):
     CRC_OK = 900
     CRC_RETRY = 901
     CRC_ABORT = 902
+
+
+#: PROTOCOL.md variant 7, the connection model: a connection whose first
+#: request is one of these is *per-request* (each request on a connection of
+#: its own, an answer or a close after each); any other first request starts
+#: a connection that carries a whole session. Server and client read it here.
+PER_REQUEST_OPENERS = frozenset(
+    {RequestCode.SEND_FILE, RequestCode.CRC_OK, RequestCode.CRC_RETRY, RequestCode.CRC_ABORT}
+)
 
 
 class ResponseCode(enum.IntEnum):

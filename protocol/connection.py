@@ -9,7 +9,6 @@ what it received (``b""`` at EOF) and calls ``next_event`` until it returns
 from __future__ import annotations
 
 import enum
-from dataclasses import fields
 from typing import Final
 
 from construct import ConstructError, Struct
@@ -190,12 +189,11 @@ class ServerConnection(_Reader):
         try:
             code = RequestCode(header.code)
         except ValueError:
-            self._reject_payload(f"unknown request code {header.code}")
-            return
+            raise self._reject_payload(f"unknown request code {header.code}") from None
         size = header.payload_size
         if code is RequestCode.SEND_FILE:
             if size < FILE_PACKET_FIELDS_SIZE:
-                self._reject_payload(f"828 payload of {size} bytes is too short")
+                raise self._reject_payload(f"828 payload of {size} bytes is too short")
             content = size - FILE_PACKET_FIELDS_SIZE
             if content > self.max_packet_content:
                 raise self._fail(
@@ -203,19 +201,19 @@ class ServerConnection(_Reader):
                     f" of {self.max_packet_content}"
                 )
         elif size != REQUEST_PAYLOAD_SIZES[code]:
-            self._reject_payload(
+            raise self._reject_payload(
                 f"{code.value} payload must be {REQUEST_PAYLOAD_SIZES[code]}"
                 f" bytes, got {size}"
             )
 
-    def _reject_payload(self, message: str):
-        """A well-framed wrong request: drop its payload if it is small."""
+    def _reject_payload(self, message: str) -> RemoteProtocolError:
+        """A well-framed wrong request: the error to raise; its payload is dropped if small."""
         size = self._header.payload_size
         if size > self.max_discard_size:
-            raise self._fail(f"{message}; payload too large to skip, closing")
+            return self._fail(f"{message}; payload too large to skip, closing")
         self._state = _ReadState.DISCARD
         self._remaining = size
-        raise self._fail(message, close=False)
+        return self._fail(message, close=False)
 
     def _next_payload(self):
         code = RequestCode(self._header.code)

@@ -160,11 +160,6 @@ class IncomingFile:
         return self._content_size - 1
 
     @property
-    def in_packet(self) -> bool:
-        """Whether a packet was started and not ended."""
-        return self._in_packet
-
-    @property
     def done(self) -> bool:
         """Whether the last packet was received and the file checked."""
         return self._done

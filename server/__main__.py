@@ -171,8 +171,10 @@ def _open_storage(data_dir: Path, busy_timeout: float) -> tuple[Database, FileSt
         db.close()
         raise
     log.info(
-        "data in %s: %d client(s), %d file(s); %d temp file(s) removed",
+        "data in %s: %d client(s), %d file(s); %d temp file(s) removed,"
+        " %d row(s) without a file removed, %d file(s) without a row and %d stray(s) moved aside",
         data_dir.resolve(), db.count_clients(), len(db.file_rows()), report.temp_files_removed,
+        report.rows_removed, report.files_quarantined, report.strays_moved,
     )
     return db, store
 

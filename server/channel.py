@@ -49,7 +49,7 @@ from protocol import (
     ResponseCode,
     ServerConnection,
 )
-from protocol.codes import MAX_UINT32
+from protocol.codes import MAX_UINT32, PER_REQUEST_OPENERS
 from protocol.events import Response
 from protocol.upload import MAX_ZERO_FILL
 from protocol.wire import FILE_PACKET_FIELDS_SIZE, REQUEST_HEADER_SIZE, REQUEST_PAYLOAD_SIZES
@@ -71,9 +71,6 @@ LINGER_MAX_BYTES = 1024 * 1024
 #: requests each keeps it within the fairness target (bench/fairness.py,
 #: tests/hostile/test_f_review.py); a big 828 is still one recv per turn.
 MAX_REQUESTS_PER_TURN = 4
-_PER_REQUEST_OPENERS = frozenset(
-    {RequestCode.SEND_FILE, RequestCode.CRC_OK, RequestCode.CRC_RETRY, RequestCode.CRC_ABORT}
-)
 _MS = 1000.0
 
 
@@ -330,7 +327,7 @@ class Channel:
 
     def _start_request(self, code: RequestCode) -> None:
         if self._per_request is None:
-            self._per_request = code in _PER_REQUEST_OPENERS
+            self._per_request = code in PER_REQUEST_OPENERS
         if code is not RequestCode.SEND_FILE:
             self._flush_deferred()
 

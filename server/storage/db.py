@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -418,7 +417,3 @@ def _file(row) -> FileRow | None:
         id=row[0], file_name=_name_bytes(row[1]), path_name=row[2], verified=bool(row[3])
     )
 
-
-def now() -> float:
-    """Wall-clock time, as stored in ``key_bindings`` (survives restarts)."""
-    return time.time()
