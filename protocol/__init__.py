@@ -1,7 +1,7 @@
 """cipherdrop's sans-I/O implementation of the encrypted file-drop protocol v3.
 
 No sockets, selectors, databases or files here: bytes in, typed events out,
-events in, bytes out (see ../shared/PROTOCOL.md for the wire contract).
+events in, bytes out, for the wire contract of protocol version 3.
 """
 
 from .cksum import Cksum, cksum
