@@ -23,7 +23,6 @@ import pytest
 
 from helpers import (
     ANY_ID,
-    RawClient,
     file_packets,
     make_identity,
     packet_bytes,
@@ -299,8 +298,10 @@ def test_f2_outgoing_buffer_bound_in_process(inprocess, caplog):
     caplog.set_level(logging.INFO)
     max_outgoing = 1024
     server = inprocess(max_outgoing=max_outgoing, idle_timeout=1.5)
-    hog = RawClient(server.address)
-    hog.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    # small segments: with loopback's 64 KiB MSS a receiver that opens its window
+    # again sends no update, and the sender's zero-window probes back off for
+    # longer than the test waits
+    hog = small_window_client(server)
     port = hog.sock.getsockname()[1]
     # requests that succeed (a refusal would count toward --max-errors): 901 for
     # its own file, a 1604 each
