@@ -312,13 +312,12 @@ def _install_pending(app: App, upload: Upload) -> None:
     new file with the previous row's flag (HOSTILE.md G3): never a Verified
     flag set on content the client did not confirm.
     """
+    temp = upload.temp
     try:
-        upload.temp.install(upload.stored_name)
-    except StorageError:
-        if upload.temp.installed:  # renamed; only the folder sync failed: a retry records it
+        temp.install(upload.stored_name)
+    finally:
+        if temp.installed:  # even if only the folder sync failed: a retry of 900 records it
             app.uploads.installed(upload)
-        raise
-    app.uploads.installed(upload)
     path_name = app.store.path_name(upload.client_id, upload.stored_name)
     with app.db.transaction():
         app.db.upsert_file(upload.client_id, upload.file_name, path_name)

@@ -195,12 +195,10 @@ class Uploads:
         """
         if self._uploads.get(upload.client_id) is upload:
             del self._uploads[upload.client_id]
-        names = self._complete.setdefault(upload.client_id, {})
-        earlier = names.get(upload.file_name)
+        earlier = self.completed(upload.client_id, upload.file_name)
         if earlier is not None:
             self.discard(earlier, "replaced by a newer upload of the name")
-            names = self._complete.setdefault(upload.client_id, {})
-        names[upload.file_name] = upload
+        self._complete.setdefault(upload.client_id, {})[upload.file_name] = upload
         upload.state = UploadState.COMPLETE
         upload.result = upload.incoming.result if upload.incoming is not None else None
         upload.incoming = None
