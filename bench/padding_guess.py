@@ -38,7 +38,9 @@ from protocol import (  # noqa: E402
     crypto,
 )
 from protocol.codes import AES_BLOCK_SIZE  # noqa: E402
-from server.limits import DEFAULT_MAX_DECRYPTION_FAILURES_PER_HOUR  # noqa: E402
+from server.limits import Limits  # noqa: E402
+
+DEFAULT_MAX_DECRYPTION_FAILURES_PER_HOUR = Limits().max_decryption_failures_per_hour
 
 ATTACKER = "127.0.0.2"
 #: A one-block file of 15 bytes: its padding must be exactly one 0x01 byte.

@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=_positive_float,
         default=DEFAULT_TIMEOUT,
-        help=f"give up when the server does not answer for this long (default: {DEFAULT_TIMEOUT:g})",
+        help="give up when the server does not answer for this long"
+        f" (default: {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
         "--packet-size",

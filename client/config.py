@@ -183,7 +183,9 @@ def load_settings(
     lines: list[str] | None = None
     if server is None or name is None or not files:
         if not path.is_file():
-            raise ConfigError(path, "not found (needed unless --server, --name and files are given)")
+            raise ConfigError(
+                path, "not found (needed unless --server, --name and files are given)"
+            )
         lines = _read_lines(path)
 
     if server is not None:
@@ -204,7 +206,7 @@ def load_settings(
 
     if files:
         for file in files:
-            _parse_with(lambda: check_file(file), file, None)
+            _parse_with(lambda file=file: check_file(file), file, None)
         chosen = tuple(files)
     else:
         text = _line(path, lines, FILE_LINE, "file path").strip()
@@ -259,7 +261,9 @@ def load_identity(config_dir: Path) -> Identity | None:
         client_id = b""
     if len(client_id) != CLIENT_ID_SIZE or len(id_text) != 2 * CLIENT_ID_SIZE:
         raise ConfigError(
-            path, f"the client id must be {2 * CLIENT_ID_SIZE} hex digits, got {id_text!r}", ME_ID_LINE
+            path,
+            f"the client id must be {2 * CLIENT_ID_SIZE} hex digits, got {id_text!r}",
+            ME_ID_LINE,
         )
     _line(path, lines, ME_KEY_LINE, "private key")
     key = _decode_key(path, "".join(lines[ME_KEY_LINE - 1 :]), ME_KEY_LINE)
@@ -278,7 +282,9 @@ def _check_priv_key(config_dir: Path, identity: Identity) -> None:
     _line(path, lines, 1, "private key")
     key = _decode_key(path, "".join(lines), 1)
     if key != identity.private_key:
-        raise ConfigError(path, f"the private key differs from the one in {ME_INFO} line {ME_KEY_LINE}", 1)
+        raise ConfigError(
+            path, f"the private key differs from the one in {ME_INFO} line {ME_KEY_LINE}", 1
+        )
 
 
 def _key_text(key: RSA.RsaKey) -> str:

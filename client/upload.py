@@ -304,7 +304,7 @@ class Client:
                 self._send_crc_retry(plan)
             received, local = self._with_retries(
                 f"upload of {name!r}",
-                lambda: self._send_file_once(plan, label),
+                lambda label=label: self._send_file_once(plan, label),
                 reset_on_error=True,
             )
             if received.cksum == local and received.content_size == plan.content_size:
@@ -349,7 +349,8 @@ class Client:
     def _send_crc_retry(self, plan: FilePlan) -> None:
         """901; the packets follow at once, with no reply awaited (variant 8)."""
         try:
-            self._session.send(CrcRetry(client_id=self.identity.client_id, file_name=plan.wire_name))
+            retry = CrcRetry(client_id=self.identity.client_id, file_name=plan.wire_name)
+            self._session.send(retry)
         except NetworkError as exc:
             exc.step = f"CRC mismatch notice (901) for {plan.display_name!r}"
             raise

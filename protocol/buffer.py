@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Union
+
+#: What a socket receive or a slice of it gives: any of these is accepted.
+BytesLike = Union[bytes, bytearray, memoryview]
+
 
 class ReceiveBuffer:
     """Bytes received and not yet consumed, plus whether the peer sent EOF."""
@@ -13,7 +18,7 @@ class ReceiveBuffer:
     def __len__(self) -> int:
         return len(self._data)
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: BytesLike) -> None:
         """Store received bytes; an empty ``data`` marks the end of the stream."""
         if data:
             self._data += data
@@ -35,8 +40,8 @@ class ReceiveBuffer:
         buffer no longer uses.
         """
         if count >= len(self._data):
-            chunk, self._data = self._data, bytearray()
-            return chunk
+            whole, self._data = self._data, bytearray()
+            return whole
         with memoryview(self._data) as view:
             chunk = bytes(view[:count])
         del self._data[:count]

@@ -9,12 +9,12 @@ what it received (``b""`` at EOF) and calls ``next_event`` until it returns
 from __future__ import annotations
 
 import enum
-from typing import Final
+from typing import Any, Final
 
 from construct import ConstructError, Struct
 
 from . import events as ev
-from .buffer import ReceiveBuffer
+from .buffer import BytesLike, ReceiveBuffer
 from .codes import MAX_UINT32, VERSION, RequestCode, ResponseCode
 from .errors import LocalProtocolError, RemoteProtocolError
 from .names import is_valid_client_name
@@ -94,7 +94,7 @@ class _Reader:
         self._state = _ReadState.HEADER
         self._remaining = 0
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: BytesLike) -> None:
         """Feed bytes received from the peer; ``b""`` means the peer sent EOF.
 
         Raises:
@@ -139,7 +139,7 @@ class _Reader:
 class ServerConnection(_Reader):
     """The server's side: parses requests, builds responses.
 
-    ``max_discard_size`` bounds the payload of a well-framed but wrong request
+    ``max_skip_payload`` bounds the payload of a well-framed but wrong request
     (wrong size, unknown code) that is read and dropped while the connection
     stays open; a larger one closes it. ``max_packet_content`` bounds the
     content of one 828 packet; content is never buffered whole anyway.
@@ -148,13 +148,14 @@ class ServerConnection(_Reader):
     def __init__(
         self,
         *,
-        max_discard_size: int = MAX_FIXED_REQUEST_PAYLOAD_SIZE,
+        max_skip_payload: int = MAX_FIXED_REQUEST_PAYLOAD_SIZE,
         max_packet_content: int = MAX_UINT32,
     ) -> None:
         super().__init__()
-        self.max_discard_size = max_discard_size
+        self.max_skip_payload = max_skip_payload
         self.max_packet_content = max_packet_content
-        self._header = None
+        #: The header being handled (a construct Container), or None.
+        self._header: Any = None
 
     def next_event(self):
         """The next request event, ``NEED_DATA``, or ``ConnectionClosed``.
@@ -209,7 +210,7 @@ class ServerConnection(_Reader):
     def _reject_payload(self, message: str) -> RemoteProtocolError:
         """A well-framed wrong request: the error to raise; its payload is dropped if small."""
         size = self._header.payload_size
-        if size > self.max_discard_size:
+        if size > self.max_skip_payload:
             return self._fail(f"{message}; payload too large to skip, closing")
         self._state = _ReadState.DISCARD
         self._remaining = size
@@ -222,11 +223,11 @@ class ServerConnection(_Reader):
         if raw is None:
             return self._need_data()
         client_id = self._header.client_id
-        content_length = self._header.payload_size - struct.sizeof()
+        bytes_in_packet = self._header.payload_size - struct.sizeof()
         try:
             values = _event_fields(struct.parse(raw))
         except ConstructError as exc:
-            self._skip_content(content_length)
+            self._skip_content(bytes_in_packet)
             raise self._fail(
                 f"{code.value}: malformed string field",
                 response_code=_NAME_ERROR_ANSWERS.get(code, ResponseCode.GENERAL_ERROR),
@@ -243,12 +244,12 @@ class ServerConnection(_Reader):
                 )
             values["name"] = name.decode("ascii")
         elif not values["file_name"].text:
-            self._skip_content(content_length)
+            self._skip_content(bytes_in_packet)
             raise self._fail(f"{code.value}: empty file name", close=False)
         if code is RequestCode.SEND_FILE:
             self._state = _ReadState.CONTENT
-            self._remaining = content_length
-            values["content_length"] = content_length
+            self._remaining = bytes_in_packet
+            values["bytes_in_packet"] = bytes_in_packet
         else:
             self._state = _ReadState.HEADER
         return _REQUEST_EVENTS[code](client_id=client_id, **values)
@@ -297,7 +298,8 @@ class ClientConnection(_Reader):
 
     def __init__(self) -> None:
         super().__init__()
-        self._header = None
+        #: The header being handled (a construct Container), or None.
+        self._header: Any = None
 
     def send(self, request: ev.Request) -> bytes:
         """The bytes of one request, ready for a single write.
@@ -307,7 +309,7 @@ class ClientConnection(_Reader):
         """
         return b"".join(self.send_parts(request))
 
-    def send_parts(self, request: ev.Request) -> tuple[bytes, bytes | memoryview]:
+    def send_parts(self, request: ev.Request) -> tuple[bytes, BytesLike]:
         """One request as (header and fixed fields, content), for a gathered write.
 
         The content (an 828 packet's, else empty) is returned as given, not

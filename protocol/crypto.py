@@ -12,6 +12,7 @@ from Crypto.PublicKey import RSA
 from Crypto.Random import get_random_bytes
 from Crypto.Util.asn1 import DerSequence
 
+from .buffer import BytesLike
 from .codes import AES_BLOCK_SIZE, AES_KEY_SIZE, PUBLIC_KEY_SIZE, RSA_KEY_BITS
 from .errors import CryptoError, LocalProtocolError
 
@@ -148,7 +149,7 @@ class CbcEncryptor:
         self._pending = bytes(data[whole:])
         return self._cipher.encrypt(data[:whole]) if whole else b""
 
-    def update_into(self, plaintext: bytes | bytearray | memoryview, output: bytearray | memoryview) -> int:
+    def update_into(self, plaintext: BytesLike, output: bytearray | memoryview) -> int:
         """Like :meth:`update`, but into ``output``; return the bytes written.
 
         ``output`` must hold the input plus 15 bytes. With block-aligned chunks
@@ -181,7 +182,7 @@ class CbcDecryptor:
         self._cipher = _cbc(aes_key)
         self._pending = b""
 
-    def update(self, ciphertext: bytes) -> bytes | bytearray:
+    def update(self, ciphertext: BytesLike) -> bytes | bytearray:
         """Decrypt what whole blocks there are, but the last one.
 
         The result may be a bytearray (decrypted in place, without a copy).
@@ -241,4 +242,4 @@ def decrypt(aes_key: bytes, ciphertext: bytes) -> bytes:
         CryptoError: bad length or padding.
     """
     decryptor = CbcDecryptor(aes_key)
-    return decryptor.update(ciphertext) + decryptor.finalize()
+    return bytes(decryptor.update(ciphertext) + decryptor.finalize())

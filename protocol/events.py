@@ -144,7 +144,7 @@ class FilePacketStarted(_FilePacketFields):
     """828 received: the packet's fixed fields; its content follows."""
 
     code: ClassVar = RequestCode.SEND_FILE
-    content_length: int = 0
+    bytes_in_packet: int = 0
 
 
 @dataclass(frozen=True)

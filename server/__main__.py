@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import logging
 import signal
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -22,10 +21,12 @@ from . import crashpoints
 from .app import App
 from .limits import Limits
 from .loop import Server, create_listener
-from .storage.db import DB_NAME, Database, DatabaseError
-from .storage.files import FileStore, StorageError
-from .storage.lock import DataDirLock, LockError
-from .storage.recovery import recover
+from .errors import LockError, StorageFault
+from .limits import HELP
+from .storage.commit import repair
+from .storage.folder import FolderBlobs
+from .storage.lock import DataDirLock
+from .storage.sqlite import DB_NAME, SqliteMetadata
 
 log = logging.getLogger("server")
 
@@ -42,36 +43,6 @@ SPARE_DESCRIPTORS = 64
 #: away) too, unless it was ignored when the server started (nohup).
 _STOP_SIGNALS = ("SIGINT", "SIGTERM")
 _HANGUP_SIGNAL = "SIGHUP"
-
-#: Help for each limit flag; the flag is the field name with dashes.
-_LIMIT_HELP = {
-    "max_connections": "open connections; one more is accepted and closed at once",
-    "max_connections_per_address": "open connections per IP address, far above one client's "
-    "needs; raise it for clients behind one NAT (0: no limit)",
-    "message_deadline": "seconds to finish a message once its first byte came",
-    "idle_timeout": "seconds a connection may stay silent between messages",
-    "min_content_rate": "bytes/s below which a slow 828 packet runs out of time",
-    "max_outgoing": "bytes of unsent responses before reading from a peer stops",
-    "max_errors": "refused requests on one connection before it is closed",
-    "max_content_size": "largest file accepted, in ciphertext bytes (content_size)",
-    "max_skip_payload": "wrong-size payloads up to this many bytes are skipped "
-    "(1607, connection kept); larger ones close the connection unread",
-    "min_free_disk": "bytes of disk that must stay free after an upload",
-    "key_window": "seconds an AES key stays usable after it was issued or last "
-    "used (see docs/KEY_BINDING.md)",
-    "max_clients": "registered clients; more registrations get 1601",
-    "registrations_per_minute": "registrations per IP address per minute (0: no limit)",
-    "retry_ack_delay": "seconds to wait after 901 for an 828 before answering 1604",
-    "busy_timeout": "seconds a database write waits for a lock another process holds "
-    "(every connection waits meanwhile; then 1607)",
-    "max_decryption_failures_per_key": "failed decryptions under one AES key before "
-    "the key is refused until the next 826/827",
-    "max_decryption_failures_per_hour": "failed decryptions per client in any hour "
-    "before its uploads are refused for the rest of that hour",
-    "max_disk_share_per_address": "share (0 to 1] of the disk free for uploads "
-    "that the uploads from one IP address may reserve",
-}
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: where to listen, where the data is, and the limits."""
@@ -101,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
             dest=spec.name,
             type=float if spec.type in (float, "float") else int,
             default=spec.default,
-            help=_LIMIT_HELP[spec.name],
+            help=spec.metadata[HELP],
         )
     return parser
 
@@ -152,31 +123,32 @@ def _limits(args: argparse.Namespace) -> Limits:
     return Limits(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(Limits)})
 
 
-def _open_storage(data_dir: Path, busy_timeout: float) -> tuple[Database, FileStore]:
-    """Open the database and files, and repair what a crash left.
+def _open_storage(data_dir: Path, busy_timeout: float) -> tuple[SqliteMetadata, FolderBlobs]:
+    """Open the stores and repair what a crash left.
 
     The caller holds the data folder's lock (:class:`DataDirLock`).
 
     Raises:
-        DatabaseError, StorageError: with a message for the operator.
+        StorageFault: with a message for the operator.
     """
-    db = Database.open(data_dir / DB_NAME, busy_timeout)
+    metadata = SqliteMetadata.open(data_dir / DB_NAME, busy_timeout)
     try:
-        store = FileStore(data_dir)
-        report = recover(db, store)
-    except (OSError, sqlite3.Error) as exc:
-        db.close()
-        raise StorageError(f"cannot repair {data_dir}: {exc}") from exc
-    except StorageError:
-        db.close()
+        blobs = FolderBlobs(data_dir)
+        report = repair(metadata, blobs)
+    except OSError as exc:
+        metadata.close()
+        raise StorageFault(f"cannot repair {data_dir}: {exc}") from exc
+    except StorageFault:
+        metadata.close()
         raise
     log.info(
         "data in %s: %d client(s), %d file(s); %d temp file(s) removed,"
         " %d row(s) without a file removed, %d file(s) without a row and %d stray(s) moved aside",
-        data_dir.resolve(), db.count_clients(), len(db.file_rows()), report.temp_files_removed,
-        report.rows_removed, report.files_quarantined, report.strays_moved,
+        data_dir.resolve(), metadata.count_clients(), len(metadata.file_rows()),
+        report.temps_removed, report.rows_removed, report.blobs_set_aside,
+        report.strays_set_aside,
     )
-    return db, store
+    return metadata, blobs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,17 +189,17 @@ def _stop_signals() -> list[signal.Signals]:
 def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) -> int:
     """Open the storage, listen and serve until a stop signal; the exit code."""
     try:
-        db, store = _open_storage(data_dir, limits.busy_timeout)
-    except (DatabaseError, StorageError) as exc:
+        metadata, blobs = _open_storage(data_dir, limits.busy_timeout)
+    except StorageFault as exc:
         log.error("cannot start: %s", exc)
         return EXIT_STARTUP_FAILED
     try:
         listener = create_listener(args.host, port)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", args.host or "*", port, exc.strerror or exc)
-        db.close()
+        metadata.close()
         return EXIT_STARTUP_FAILED
-    server = Server(App.build(db, store, limits), listener)
+    server = Server(App.build(metadata, blobs, limits), listener)
     previous = {
         signum: signal.signal(signum, lambda *_: server.stop())
         for signum in _stop_signals()
@@ -239,7 +211,7 @@ def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) 
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        db.close()
+        metadata.close()
     log.info("stopped")
     return EXIT_OK
 

@@ -1,20 +1,20 @@
-"""What every handler shares: storage, uploads, limits, timers and clocks."""
+"""What every handler shares: the stores, uploads, limits, timers and clocks."""
 
 from __future__ import annotations
 
 import collections
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from .budget import DecryptionBudget
+from .errors import StorageFault
 from .limits import Limits
-from .storage.db import Database
-from .storage.files import FileStore
+from .peer import Peer
+from .storage import BlobStore, MetadataStore
 from .timers import Timers
-from .uploads import Uploads
+from .upload import Uploads
 
 log = logging.getLogger(__name__)
 
@@ -24,24 +24,8 @@ _RATE_WINDOW = 60.0
 PURGE_INTERVAL = 300.0
 
 
-@dataclass(eq=False)
-class Peer:
-    """The handlers' view of a connection: where it comes from.
-
-    Each connection has its own Peer object; its identity stands for the
-    connection (see :class:`LiveRegistrations`).
-    """
-
-    address: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
-
-
 class RegistrationLimiter:
-    """Registrations per address in the last minute (HOSTILE.md B5)."""
+    """Registrations per address in the last minute (a flood of 825s)."""
 
     def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
         self._per_minute = per_minute
@@ -65,7 +49,7 @@ class RegistrationLimiter:
 
 
 class LiveRegistrations:
-    """Keyless registrations made by 825 on connections still open (HOSTILE.md B4).
+    """Keyless registrations made by 825 on connections still open.
 
     Another connection's 825 for such a name gets 1601. Indexed both ways, so
     that closing a connection costs what it held, not what all hold.
@@ -107,8 +91,8 @@ class LiveRegistrations:
 class App:
     """The server's shared state; one per process, never a global."""
 
-    db: Database
-    store: FileStore
+    metadata: MetadataStore
+    blobs: BlobStore
     limits: Limits
     timers: Timers
     uploads: Uploads
@@ -118,13 +102,14 @@ class App:
     live_registrations: LiveRegistrations = field(default_factory=LiveRegistrations)
 
     def connection_closed(self, peer: Peer) -> None:
-        """Forget the registrations a closed connection was holding."""
+        """A connection closed: drop the uploads and registrations it was holding."""
+        self.uploads.connection_closed(peer)
         self.live_registrations.connection_closed(peer)
 
     def purge_lapsed_registrations(self) -> int:
         """Delete keyless registrations older than the key window; return how many."""
-        with self.db.transaction():
-            count = self.db.delete_stale_keyless(self.wall_clock() - self.limits.key_window)
+        with self.metadata.transaction():
+            count = self.metadata.delete_stale_keyless(self.wall_clock() - self.limits.key_window)
         if count:
             log.info("%d keyless registration(s) lapsed and were deleted", count)
         return count
@@ -132,32 +117,33 @@ class App:
     def _purge_periodically(self) -> None:
         try:
             self.purge_lapsed_registrations()
-        except sqlite3.Error as exc:
+        except StorageFault as exc:
             log.error("cannot delete lapsed registrations: %s", exc)
         self.timers.call_later(PURGE_INTERVAL, self._purge_periodically)
 
     @classmethod
     def build(
         cls,
-        db: Database,
-        store: FileStore,
+        metadata: MetadataStore,
+        blobs: BlobStore,
         limits: Limits,
         clock: Callable[[], float] = time.monotonic,
     ) -> App:
         """Wire the parts together."""
         timers = Timers(clock)
+        budget = DecryptionBudget(
+            limits.max_decryption_failures_per_key,
+            limits.max_decryption_failures_per_hour,
+            clock,
+        )
         app = cls(
-            db=db,
-            store=store,
+            metadata=metadata,
+            blobs=blobs,
             limits=limits,
             timers=timers,
-            uploads=Uploads(timers, limits),
+            uploads=Uploads(timers, limits, metadata, blobs, budget),
             registrations=RegistrationLimiter(limits.registrations_per_minute, clock),
-            budget=DecryptionBudget(
-                limits.max_decryption_failures_per_key,
-                limits.max_decryption_failures_per_hour,
-                clock,
-            ),
+            budget=budget,
         )
         timers.call_later(PURGE_INTERVAL, app._purge_periodically)
         return app

@@ -1,6 +1,6 @@
 """Key binding: who may use a client's keys besides whoever knows its id.
 
-Keys outlive connections (PROTOCOL.md variant 7), and a client id travels in
+Keys outlive connections (docs/PROTOCOL.md, variant 7), and a client id travels in
 clear in every header, so the id alone must not be enough to act as a client.
 
 The rule (docs/KEY_BINDING.md has the reasoning):
@@ -12,7 +12,7 @@ The rule (docs/KEY_BINDING.md has the reasoning):
 * 1602 and 1605 bind the client's (new) AES key to the IP address that
   received it. 828 and 900–902 are accepted only from that address and only
   while the key was issued or last used within the key window (default one
-  hour). Otherwise: 1607, before any decryption (HOSTILE.md C6).
+  hour). Otherwise: 1607, before any decryption.
 * The binding is stored in ``key_bindings`` and survives restarts; its
   LastUsed is refreshed by every accepted use.
 
@@ -31,51 +31,47 @@ protocol has no proof of key possession before the first upload.
 
 from __future__ import annotations
 
-from protocol import RemoteProtocolError
-
-from .storage.db import Binding, ClientRow, Database
-
-
-def _refuse(message: str) -> RemoteProtocolError:
-    return RemoteProtocolError(message, close=False)
+from .errors import Refusal
+from .storage import Binding, ClientRow, MetadataStore
 
 
-def bind(db: Database, client_id: bytes, address: str, now: float) -> None:
+def bind(db: MetadataStore, client_id: bytes, address: str, now: float) -> None:
     """Bind a registration or a freshly issued key to an address from now."""
     db.set_binding(client_id, address, now)
 
 
 def _check(binding: Binding | None, address: str, since: float, now: float, window: float) -> None:
     if binding is None or binding.address != address:
-        raise _refuse("key is bound to another address")
+        raise Refusal("key is bound to another address")
     if now - since > window:
-        raise _refuse("key binding expired; reconnect (827) for a fresh key")
+        raise Refusal("key binding expired; reconnect (827) for a fresh key")
 
 
 def check_registration(
-    db: Database, client: ClientRow, address: str, now: float, window: float
+    db: MetadataStore, client: ClientRow, address: str, now: float, window: float
 ) -> None:
     """826 may come only from the address that registered, within the window.
 
     Raises:
-        RemoteProtocolError: 1607.
+        Refusal: 1607.
     """
     binding = db.binding(client.id)
     _check(binding, address, binding.issued_at if binding else now, now, window)
 
 
 def check_key_use(
-    db: Database, client: ClientRow, address: str, now: float, window: float
-) -> None:
+    db: MetadataStore, client: ClientRow, address: str, now: float, window: float
+) -> bytes:
     """828 and 900–902 may use the key only from its address, within the window.
 
-    Records the use on success.
+    Records the use on success, and returns the key.
 
     Raises:
-        RemoteProtocolError: 1607, before anything is decrypted.
+        Refusal: 1607, before anything is decrypted.
     """
     if client.aes_key is None:
-        raise _refuse("client has no AES key")
+        raise Refusal("client has no AES key")
     binding = db.binding(client.id)
     _check(binding, address, binding.last_used if binding else now, now, window)
     db.note_key_used(client.id, now)
+    return client.aes_key

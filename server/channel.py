@@ -1,30 +1,19 @@
-"""One connection: a non-blocking socket, a ServerConnection, an out buffer.
+"""One connection's transport: a non-blocking socket, an out buffer, a close.
 
-The loop calls :meth:`Channel.on_readable` / :meth:`Channel.on_writable`; the
-channel feeds what it read to the decoder, drains every complete event, hands
-requests to the handlers and queues the responses. Responses are written on
-EVENT_WRITE, which is registered only while some are pending; while more than
-``max_outgoing`` bytes wait, the channel neither reads nor decodes (a peer that
-does not read cannot make the server buffer without bound).
+A :class:`Channel` moves bytes between its socket and its
+:class:`~server.session.Session`, which decides everything about requests and
+answers. The channel owns what only a transport knows: the selector interest
+(EVENT_WRITE only while answers wait; no reading while more than
+``max_outgoing`` bytes wait, so a peer that does not read cannot make the
+server buffer without bound), turns (at most ``MAX_REQUESTS_PER_TURN``
+requests, then the loop resumes it next round: a pipelining peer cannot hold
+the loop), the lingering close after the session's close verdict (send what
+is queued, shut the write side, read and drop the input for a while so the
+close does not reset the answers away), and one timer.
 
-A turn handles at most ``MAX_REQUESTS_PER_TURN`` requests: a peer that
-pipelines cheap requests cannot hold the loop while others wait. What is left
-stays in the decoder's buffer, the channel stops reading and tells the loop
-(``on_backlog``), which resumes it next round (:meth:`Channel.resume`).
-
-Refused requests (1607, and the answers handlers mark ``Outcome.refused``)
-count toward ``max_errors`` and do not reset the idle timer: only a request
-that succeeds keeps a connection alive.
-
-This is the per-connection boundary of STYLE.md: protocol errors become 1607
-(or 1601) here, server faults become 1607, and any other exception is logged
-with its traceback, answered 1607 where possible and closes this connection
-only.
-
-Connection model (PROTOCOL.md variant 7): a connection whose first request is
-an 828 or a 900–902 is *per-request*: a request that gets no reply (a
-non-final 828, a 901) closes it. On a one-connection client a 901 arms a
-timer: 1604 if no 828 starts within ``retry_ack_delay`` (variant 8).
+It catches no broad exception: an error in any entry point reaches the
+loop's per-connection edge (:func:`server.loop.serve`), which calls
+:meth:`Channel.fail`.
 """
 
 from __future__ import annotations
@@ -33,32 +22,14 @@ import enum
 import logging
 import selectors
 import socket
-import sqlite3
 from typing import Callable
 
-from protocol import (
-    NEED_DATA,
-    ConnectionClosed,
-    FileContent,
-    FilePacketEnded,
-    FilePacketStarted,
-    GeneralError,
-    RegistrationFailed,
-    RemoteProtocolError,
-    RequestCode,
-    ResponseCode,
-    ServerConnection,
-)
-from protocol.codes import MAX_UINT32, PER_REQUEST_OPENERS
-from protocol.events import Response
-from protocol.upload import MAX_ZERO_FILL
-from protocol.wire import FILE_PACKET_FIELDS_SIZE, REQUEST_HEADER_SIZE, REQUEST_PAYLOAD_SIZES
+from protocol.codes import MAX_UINT32
 
 from . import crashpoints
-from .app import App, Peer
-from .handlers import HANDLERS, FilePacket, Outcome
-from .storage.files import StorageError
-from .timers import Timer
+from .peer import Peer
+from .session import Session, Step
+from .timers import Timer, Timers
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +37,14 @@ log = logging.getLogger(__name__)
 #: dropped so that the close does not reset the response away (lingering close).
 LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 1024 * 1024
-#: Requests handled per connection per loop turn; the rest waits one round.
+#: Requests stepped per connection per loop turn; the rest waits one round.
 #: Another client waits for every pipelining peer's turn: a few cheap
-#: requests each keeps it within the fairness target (bench/fairness.py,
-#: tests/hostile/test_f_review.py); a big 828 is still one recv per turn.
+#: requests each keeps it within the fairness target (docs/ARCHITECTURE.md);
+#: a big 828 is still one receive per turn.
 MAX_REQUESTS_PER_TURN = 4
-_MS = 1000.0
+
+#: How the loop runs a channel's entry point: its per-connection edge.
+Serve = Callable[["Channel", Callable[[], None]], None]
 
 
 class _State(enum.Enum):
@@ -81,57 +54,40 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-def _error_response(code: ResponseCode) -> Response:
-    return RegistrationFailed() if code is ResponseCode.REGISTRATION_FAILED else GeneralError()
-
-
 class Channel:
-    """One client connection in the loop."""
+    """One client connection in the loop: the transport beside its session."""
 
     def __init__(
         self,
         sock: socket.socket,
-        peer: Peer,
-        app: App,
+        session: Session,
         selector: selectors.BaseSelector,
         recv_buffer: memoryview,
+        timers: Timers,
+        serve: Serve,
         on_closed: Callable[[Channel], None],
         on_backlog: Callable[[Channel], None] | None = None,
     ) -> None:
         self.sock = sock
-        self.peer = peer
-        self._app = app
-        self._limits = app.limits
+        self.session = session
+        self._limits = session.app.limits
+        self._clock = timers.clock
         self._selector = selector
         self._recv_buffer = recv_buffer
+        self._timers = timers
+        self._serve = serve
         self._on_closed = on_closed
         # Without a loop to resume it (a test harness), a channel drains all at once.
         self._on_backlog = on_backlog
         self._turn_budget = MAX_REQUESTS_PER_TURN if on_backlog else MAX_UINT32
         self._turn_requests = 0
         self._backlogged = False
-        self._conn = ServerConnection(
-            max_discard_size=self._limits.max_skip_payload,
-            max_packet_content=min(MAX_UINT32, self._limits.max_content_size + MAX_ZERO_FILL),
-        )
         self._out = bytearray()
         self._state = _State.OPEN
-        self._events = selectors.EVENT_READ
-        self._per_request: bool | None = None
-        self._errors = 0
-        self._packet: FilePacket | None = None
-        self._deferred: tuple[Timer, Response, str] | None = None
         self._eof = False
-        now = app.monotonic()
+        now = self._clock()
         self._opened = now
-        self._last_boundary = now
-        self._last_recv = now
         self._last_write = now
-        self._message_start: float | None = None
-        self._message_content = 0
-        self._seen_request = False
-        self._request_t0 = now
-        self._request_size = 0
         self._linger_until = 0.0
         self._linger_dropped = 0
         self._close_reason = ""
@@ -139,13 +95,14 @@ class Channel:
         self.bytes_in = 0
         self.bytes_out = 0
         self._timer: Timer | None = None
-        selector.register(sock, self._events, self)
+        self._interest = selectors.EVENT_READ
+        selector.register(sock, self._interest, self)
         self._arm_timer()
 
     @property
-    def is_open(self) -> bool:
-        """Whether the connection still reads requests."""
-        return self._state is _State.OPEN
+    def peer(self) -> Peer:
+        """The connection's remote end."""
+        return self.session.peer
 
     @property
     def closed(self) -> bool:
@@ -165,51 +122,6 @@ class Channel:
 
     def on_readable(self) -> None:
         """The socket has data (or EOF)."""
-        self._guard(self._read)
-
-    def on_writable(self) -> None:
-        """The socket accepts data."""
-        self._guard(self._write)
-
-    def resume(self) -> None:
-        """A new turn for the requests already buffered (after ``on_backlog``)."""
-        self._backlogged = False
-        if self._state is _State.OPEN:
-            self._guard(self._process)
-
-    def close(self, reason: str) -> None:
-        """Close now: no flush, no linger. Idempotent; never raises."""
-        if self._state is _State.CLOSED:
-            return
-        self._state = _State.CLOSED
-        self._close_reason = self._close_reason or reason
-        if self._timer is not None:
-            self._timer.cancel()
-        self._cancel_deferred()
-        self._packet = None
-        try:
-            self._selector.unregister(self.sock)
-        except (KeyError, ValueError, OSError):
-            pass
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        try:
-            self._app.uploads.channel_closed(self)
-            self._app.connection_closed(self.peer)
-        finally:
-            elapsed = self._app.monotonic() - self._opened
-            log.log(
-                logging.DEBUG if self.silent else logging.INFO,
-                "%s closed: %s (in %d B, out %d B, %.3f s)",
-                self.peer, self._close_reason, self.bytes_in, self.bytes_out, elapsed,
-            )
-            self._on_closed(self)
-
-    # -- reading ----------------------------------------------------------------
-
-    def _read(self) -> None:
         if self._state is _State.LINGER:
             self._linger_read()
             return
@@ -222,20 +134,84 @@ class Channel:
         except OSError as exc:
             self.close(f"receive failed: {exc.strerror or exc}")
             return
-        now = self._app.monotonic()
-        self._last_recv = now
         if count:
             self.bytes_in += count
-            self._conn.receive_data(self._recv_buffer[:count])
+            self.session.receive_data(self._recv_buffer[:count])
         else:
             self._eof = True
-            self._conn.receive_data(b"")
+            self.session.receive_data(b"")
         self._process()
 
+    def on_writable(self) -> None:
+        """The socket accepts data."""
+        if not self._out or self._state is _State.CLOSED:
+            return
+        if not self._send_pending():
+            return
+        if not self._out and self._state is _State.CLOSING:
+            self._start_linger()
+        elif (
+            self._state is _State.OPEN
+            and not self._backlogged  # the loop resumes it this round
+            and len(self._out) < self._limits.max_outgoing
+        ):
+            self._process()  # resumes a paused peer; a no-op otherwise
+        else:
+            self._settle()
+
+    def resume(self) -> None:
+        """A new turn for the requests already buffered (after ``on_backlog``)."""
+        self._backlogged = False
+        if self._state is _State.OPEN:
+            self._process()
+
+    def fail(self) -> None:
+        """An unexpected error reached the loop's edge: answer 1607 if we can, close.
+
+        Called by the loop while it handles the error. Never raises on purpose.
+        """
+        if self._state is not _State.OPEN:
+            log.exception("%s: unexpected error while closing", self.peer)
+            self.close("internal error")
+            return
+        self.session.fail()
+        self._take_output()
+        self._close_after_flush("internal error")
+        self._settle()
+
+    def close(self, reason: str) -> None:
+        """Close now: no flush, no linger. Idempotent."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        self._close_reason = self._close_reason or reason
+        if self._timer is not None:
+            self._timer.cancel()
+        try:
+            self._selector.unregister(self.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        try:
+            self.session.connection_lost()
+        finally:
+            log.log(
+                logging.DEBUG if self.silent else logging.INFO,
+                "%s closed: %s (in %d B, out %d B, %.3f s)",
+                self.peer, self._close_reason, self.bytes_in, self.bytes_out,
+                self._clock() - self._opened,
+            )
+            self._on_closed(self)
+
+    # -- stepping the session ----------------------------------------------------
+
     def _process(self) -> None:
-        """Handle complete events: one turn's worth, while the out buffer has room."""
+        """Step the session: one turn's worth, while the out buffer has room."""
         self._turn_requests = 0
-        drained = self._drain()
+        drained = self._step()
         self._backlogged = (
             not drained
             and self._state is _State.OPEN
@@ -243,211 +219,40 @@ class Channel:
             and len(self._out) < self._limits.max_outgoing
         )
         if (drained or self._backlogged) and self._out:
-            # Every request handled is answered: send the replies at once, in
+            # Every request stepped is answered: send the replies at once, in
             # one write, rather than a select() round later (the peer works
             # meanwhile). Not when paused by max_outgoing: then requests are
             # still buffered, and EVENT_WRITE resumes them before any read.
             self._send_pending()
-        if self._backlogged and self._state is _State.OPEN:
+        if self._backlogged and self._state is _State.OPEN and self._on_backlog is not None:
             self._on_backlog(self)
-        self._update_interest()
-        self._arm_timer()
+        self._settle()
 
-    def _drain(self) -> bool:
-        """Next events until NEED_DATA (True), the turn's end or a pause."""
+    def _step(self) -> bool:
+        """Step until the session needs data (True), the turn ends or a pause."""
         while (
             self._state is _State.OPEN
             and len(self._out) < self._limits.max_outgoing
             and self._turn_requests < self._turn_budget
         ):
-            try:
-                event = self._conn.next_event()
-            except RemoteProtocolError as exc:
-                self._on_broken_stream(exc)
-                continue
-            if event is NEED_DATA:
-                if self._conn.in_message and self._message_start is None:
-                    self._message_start = self._last_recv
+            step = self.session.next_step()
+            self._take_output()
+            if step is Step.NEED_DATA:
                 return True
-            if isinstance(event, ConnectionClosed):
-                self._on_peer_closed()
-                return False
-            self._dispatch(event)
+            if step is Step.REQUEST:
+                self._turn_requests += 1
+            elif step is Step.CLOSE:
+                verdict = self.session.verdict
+                self._close_after_flush(verdict.reason if verdict else "closed")
         return False
 
-    def _on_broken_stream(self, exc: RemoteProtocolError) -> None:
-        """The decoder refused the stream (bad header, size, name...)."""
-        self._end_message(succeeded=False)
-        if self._packet is not None:
-            self._packet = None
-            self._app.uploads.channel_closed(self)
-        if self._eof and exc.close:
-            # The cut message is dropped, but the answers to the complete
-            # requests before it are still due: a half-closed peer reads them.
-            self._close_after_flush("connection closed in the middle of a message")
-            return
-        self._refuse(None, "", exc)
-
-    def _message_t0(self) -> float:
-        return self._message_start if self._message_start is not None else self._last_recv
-
-    def _dispatch(self, event) -> None:
-        code = getattr(event, "code", RequestCode.SEND_FILE)
-        client = ""
-        if isinstance(event, FilePacketStarted):
-            self._request_t0 = self._message_t0()
-            self._message_start = self._request_t0
-            self._request_size = REQUEST_HEADER_SIZE + FILE_PACKET_FIELDS_SIZE + event.content_length
-        elif not isinstance(event, (FileContent, FilePacketEnded)):
-            self._request_t0 = self._message_t0()
-            self._request_size = REQUEST_HEADER_SIZE + REQUEST_PAYLOAD_SIZES[code]
-        try:
-            if isinstance(event, FilePacketStarted):
-                self._start_packet(event)
-            elif isinstance(event, FileContent):
-                self._message_content += len(event.data)
-                self._packet.feed(event.data)
-            elif isinstance(event, FilePacketEnded):
-                packet, self._packet = self._packet, None
-                client = packet.client
-                outcome = packet.end()
-                self._finish(code, outcome)
-            else:
-                client = event.client_id.hex()
-                self._start_request(code)
-                self._finish(code, HANDLERS[code](self._app, self.peer, event))
-        except RemoteProtocolError as exc:
-            self._refuse(code, client, exc)
-        except (StorageError, sqlite3.Error) as exc:
-            log.error("%s %d %s: server fault: %s", self.peer, code, client, exc)
-            self._refuse(code, client, RemoteProtocolError("server fault", close=False))
-        except Exception:
-            log.exception("%s %d %s: unexpected error", self.peer, code, client)
-            self._refuse(code, client, RemoteProtocolError("internal error"))
-
-    def _start_request(self, code: RequestCode) -> None:
-        if self._per_request is None:
-            self._per_request = code in PER_REQUEST_OPENERS
-        if code is not RequestCode.SEND_FILE:
-            self._flush_deferred()
-
-    def _start_packet(self, event: FilePacketStarted) -> None:
-        self._start_request(RequestCode.SEND_FILE)
-        self._cancel_deferred()  # variant 8: an 828 started, no 1604
-        self._packet = FilePacket(
-            self._app,
-            self.peer,
-            self,
-            bool(self._per_request),
-            event,
-            is_open=lambda channel: getattr(channel, "is_open", False),
-        )
-
-    def _finish(self, code: RequestCode, outcome: Outcome) -> None:
-        """Send what a request led to and apply the connection model."""
-        self._end_message(succeeded=not outcome.refused)
-        if outcome.response is not None:
-            self._send(outcome.response)
-            result = str(outcome.response.code.value)
-        elif outcome.deferred is not None and not self._per_request:
-            timer = self._app.timers.call_later(
-                self._limits.retry_ack_delay, lambda: self._guard(self._deferred_due)
-            )
-            self._deferred = (timer, outcome.deferred, outcome.client)
-            result = "(deferred)"
-        else:
-            result = "(no reply)"
-        level = logging.INFO if outcome.final else logging.DEBUG
-        self._log_request(level, code, outcome.client, result, outcome.detail)
-        if outcome.response is None and self._per_request:
-            self._close_after_flush("per-request connection, request without reply")
-        elif outcome.refused:
-            self._count_error(close=False)
-
-    def _refuse(self, code: RequestCode | None, client: str, exc: RemoteProtocolError) -> None:
-        """Answer 1607 (or 1601); close if the stream is lost or errors pile up."""
-        if code is None:
-            self._request_t0, self._request_size = self._message_t0(), 0
-        self._end_message(succeeded=False)
-        response = _error_response(exc.response_code)
-        self._send(response)
-        self._log_request(
-            logging.INFO, code, client, f"{response.code.value} refused", str(exc)
-        )
-        self._count_error(close=exc.close)
-
-    def _count_error(self, close: bool) -> None:
-        """One more refusal: close if the stream is lost or errors pile up."""
-        self._errors += 1
-        if close:
-            self._close_after_flush("protocol error")
-        elif self._errors >= self._limits.max_errors:
-            self._close_after_flush(f"{self._errors} errors")
-
-    def _end_message(self, succeeded: bool) -> None:
-        """A request is over; only one that succeeded restarts the idle timer."""
-        self._message_start = None
-        self._message_content = 0
-        self._seen_request = True
-        self._turn_requests += 1
-        if succeeded:
-            self._last_boundary = self._app.monotonic()
-
-    def _log_request(self, level: int, code, client: str, result: str, detail: str) -> None:
-        if not log.isEnabledFor(level):
-            return
-        elapsed = (self._app.monotonic() - self._request_t0) * _MS
-        log.log(
-            level,
-            "%s %s %s -> %s (in %d B, %.1f ms)%s",
-            self.peer,
-            code.value if code is not None else "-",
-            client or "-",
-            result,
-            self._request_size,
-            elapsed,
-            f": {detail}" if detail else "",
-        )
-
-    def _on_peer_closed(self) -> None:
-        self._flush_deferred()
-        if self._out:
-            self._close_after_flush("peer closed")
-        else:
-            self.close("peer closed")
-
-    # -- variant 8 ----------------------------------------------------------------
-
-    def _deferred_due(self) -> None:
-        if self._deferred is None or self._state is not _State.OPEN:
-            return
-        _, response, client = self._deferred
-        self._deferred = None
-        self._send(response)
-        log.info("%s 901 %s -> %d (no 828 within %.1f s)", self.peer, client,
-                 response.code.value, self._limits.retry_ack_delay)
-        self._update_interest()
-
-    def _flush_deferred(self) -> None:
-        if self._deferred is not None:
-            timer, response, _ = self._deferred
-            timer.cancel()
-            self._deferred = None
-            self._send(response)
-
-    def _cancel_deferred(self) -> None:
-        if self._deferred is not None:
-            self._deferred[0].cancel()
-            self._deferred = None
+    def _take_output(self) -> None:
+        data = self.session.data_to_send()
+        if data:
+            self._out += data
+            self.bytes_out += len(data)
 
     # -- writing ----------------------------------------------------------------
-
-    def _send(self, response: Response) -> None:
-        data = self._conn.send(response)
-        self._out += data
-        self.bytes_out += len(data)
-        crashpoints.reached("response.queued")
-        self._update_interest()
 
     def _send_pending(self) -> bool:
         """Send what the socket takes now; False if that failed (then closed)."""
@@ -460,26 +265,8 @@ class Channel:
             return False
         del self._out[:sent]
         crashpoints.reached("response.sent")
-        self._last_write = self._app.monotonic()
+        self._last_write = self._clock()
         return True
-
-    def _write(self) -> None:
-        if not self._out or self._state is _State.CLOSED:
-            return
-        if not self._send_pending():
-            return
-        if not self._out and self._state is _State.CLOSING:
-            self._start_linger()
-            return
-        if (
-            self._state is _State.OPEN
-            and not self._backlogged  # the loop resumes it this round
-            and len(self._out) < self._limits.max_outgoing
-        ):
-            self._process()  # resumes a paused peer; a no-op otherwise
-        else:
-            self._update_interest()
-            self._arm_timer()
 
     # -- closing ----------------------------------------------------------------
 
@@ -488,13 +275,8 @@ class Channel:
             return
         self._close_reason = reason
         self._state = _State.CLOSING
-        self._cancel_deferred()
-        self._app.uploads.channel_closed(self)
         if not self._out:
             self._start_linger()
-        else:
-            self._update_interest()
-            self._arm_timer()
 
     def _start_linger(self) -> None:
         if self._eof:
@@ -506,9 +288,8 @@ class Channel:
             self.close(self._close_reason)
             return
         self._state = _State.LINGER
-        self._linger_until = self._app.monotonic() + LINGER_SECONDS
-        self._update_interest()
-        self._arm_timer()
+        self._linger_until = self._clock() + LINGER_SECONDS
+        self._settle()
 
     def _linger_read(self) -> None:
         try:
@@ -521,76 +302,62 @@ class Channel:
         if not count or self._linger_dropped > LINGER_MAX_BYTES:
             self.close(self._close_reason)
 
-    # -- selector interest and deadlines -----------------------------------------
+    # -- selector interest and the timer -------------------------------------------
 
-    def _update_interest(self) -> None:
+    def _settle(self) -> None:
+        """Match the selector interest and the timer to the state."""
         if self._state is _State.CLOSED:
             return
-        events = 0
+        interest = 0
         if self._state is _State.LINGER or (
             self._state is _State.OPEN
             and not self._backlogged
             and len(self._out) < self._limits.max_outgoing
         ):
-            events |= selectors.EVENT_READ
+            interest |= selectors.EVENT_READ
         if self._out:
-            events |= selectors.EVENT_WRITE
-        if events and events != self._events:
-            self._selector.modify(self.sock, events, self)
-            self._events = events
+            interest |= selectors.EVENT_WRITE
+        if interest and interest != self._interest:
+            self._selector.modify(self.sock, interest, self)
+            self._interest = interest
+        self._arm_timer()
 
     def _deadline(self) -> tuple[float, str]:
-        limits = self._limits
+        """When the connection times out, and why."""
         if self._state is _State.LINGER:
             return self._linger_until, "linger over"
-        between_messages = self._message_start is None and self._packet is None
         if self._out and (
             self._state is _State.CLOSING
-            or len(self._out) >= limits.max_outgoing
-            or between_messages  # every request answered, the answers stuck
+            or len(self._out) >= self._limits.max_outgoing
+            or self.session.between_messages  # every request answered, the answers stuck
         ):
-            return self._last_write + limits.idle_timeout, "peer does not read"
-        if self._message_start is not None or self._packet is not None:
-            start = self._message_start if self._message_start is not None else self._last_recv
-            deadline = start + limits.message_deadline
-            if self._message_content:
-                deadline = min(
-                    deadline + self._message_content / limits.min_content_rate,
-                    self._last_recv + limits.message_deadline,
-                )
-            return deadline, "message not completed in time"
-        if self._seen_request:
-            return self._last_boundary + limits.idle_timeout, "idle"
-        return self._opened + limits.message_deadline, "no request"
+            return self._last_write + self._limits.idle_timeout, "peer does not read"
+        return self.session.deadline()
+
+    def _wakeup(self) -> float:
+        deadline = self._deadline()[0]
+        return min(deadline, self.session.wakeup()) if self._state is _State.OPEN else deadline
 
     def _arm_timer(self) -> None:
         if self._state is _State.CLOSED:
             return
-        deadline, _ = self._deadline()
-        if self._timer is None or self._timer.cancelled or deadline < self._timer.when:
+        when = self._wakeup()
+        if self._timer is None or self._timer.cancelled or when < self._timer.when:
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = self._app.timers.call_at(deadline, lambda: self._guard(self._on_timer))
+            self._timer = self._timers.call_at(when, lambda: self._serve(self, self._on_timer))
 
     def _on_timer(self) -> None:
         self._timer = None
+        if self._state is _State.OPEN:
+            self.session.on_time()
+            self._take_output()
         deadline, why = self._deadline()
-        if self._app.monotonic() >= deadline:
-            if self._state is _State.LINGER:
-                self.close(self._close_reason)
-            else:
-                self._close_reason = ""
-                self._timed_out = True
-                self.close(f"timed out: {why}")
-            return
-        self._arm_timer()
-
-    # -- the boundary -------------------------------------------------------------
-
-    def _guard(self, action: Callable[[], None]) -> None:
-        """Run an action; an unexpected error closes this connection only."""
-        try:
-            action()
-        except Exception:
-            log.exception("%s: unexpected error; closing the connection", self.peer)
-            self.close("internal error")
+        if self._clock() < deadline:
+            self._settle()
+        elif self._state is _State.LINGER:
+            self.close(self._close_reason)
+        else:
+            self._close_reason = ""
+            self._timed_out = True
+            self.close(f"timed out: {why}")

@@ -1,111 +1,159 @@
 """The server's limits: one frozen dataclass, each field a command-line flag.
 
-Defaults follow HOSTILE.md, "Limits"; the comment on each says why.
+Each limit is declared once, with its default, its help text, its bounds and
+the reason for its default (the comment above it); ``python -m server``
+generates its flags from these declarations (``--max-errors`` for
+``max_errors``), and :class:`Limits` checks the bounds when it is built.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
+from typing import Any
 
 from protocol.codes import MAX_UINT32
 
-from .storage.db import DEFAULT_BUSY_TIMEOUT
-
 KIB = 1024
 MIB = 1024 * KIB
+HELP = "help"
+MINIMUM = "minimum"
+#: The value must be strictly greater than the minimum.
+EXCLUSIVE = "exclusive"
+MAXIMUM = "maximum"
 
-#: sshd ``MaxStartups``-like ceiling on open connections.
-DEFAULT_MAX_CONNECTIONS = 1024
-#: Far above what one real client opens (it uses one connection, or one per
-#: request in turn), so that one address cannot hold every slot; a NAT or a
-#: load test raises it (sshd ``PerSourceMaxStartups``).
-DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 64
-#: Time to finish a started message (gunicorn ``timeout``).
-DEFAULT_MESSAGE_DEADLINE = 30.0
-#: Time allowed between messages (OpenSSH ClientAlive, uvicorn keep-alive).
-DEFAULT_IDLE_TIMEOUT = 60.0
-#: 828 content slower than this on average is cut (Apache mod_reqtimeout
-#: ``MinRate``); each received byte extends the message deadline accordingly.
-DEFAULT_MIN_CONTENT_RATE = 1 * KIB
-#: Unsent responses per connection before reading from it stops.
-DEFAULT_MAX_OUTGOING = 1 * MIB
-#: Refused requests on one connection before it is closed (sshd MaxAuthTries).
-DEFAULT_MAX_ERRORS = 6
-#: The content_size field's own limit: 4 GiB - 1.
-DEFAULT_MAX_CONTENT_SIZE = MAX_UINT32
-#: A wrong-size request's payload up to this is read and dropped (1607, the
-#: connection stays); a larger one closes the connection unread.
-DEFAULT_MAX_SKIP_PAYLOAD = 64 * KIB
-#: Free disk space kept after every upload's worst case.
-DEFAULT_MIN_FREE_DISK = 64 * MIB
-#: A key is usable this long after it was issued or last used (KEY_BINDING.md).
-DEFAULT_KEY_WINDOW = 3600.0
-#: Registered clients in the database; 825 beyond it gets 1601 (HOSTILE B5).
-DEFAULT_MAX_CLIENTS = 100_000
-#: Registrations per address per minute (HOSTILE B5): far above what a real
-#: client does (one per run), far below a flood that fills ``max_clients``.
-#: 0 is off (load tests raise it explicitly).
-DEFAULT_REGISTRATIONS_PER_MINUTE = 30
-#: Variant 8: after 901, wait this long for an 828 before answering 1604.
-DEFAULT_RETRY_ACK_DELAY = 1.0
-#: Failed decryptions under one AES key before the key is dead (server/budget.py).
-DEFAULT_MAX_DECRYPTION_FAILURES_PER_KEY = 3
-#: Failed decryptions per client per hour before its uploads are refused.
-DEFAULT_MAX_DECRYPTION_FAILURES_PER_HOUR = 10
-#: Share of the disk space free for uploads that one address may reserve.
-DEFAULT_MAX_DISK_SHARE_PER_ADDRESS = 0.5
+
+def limit(
+    default: float,
+    help: str,
+    *,
+    minimum: float = 0,
+    exclusive: bool = False,
+    maximum: float = math.inf,
+) -> Any:
+    """Declare one limit: its default, its flag's help and its bounds."""
+    return dataclasses.field(
+        default=default,
+        metadata={HELP: help, MINIMUM: minimum, EXCLUSIVE: exclusive, MAXIMUM: maximum},
+    )
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Every bound the server enforces; see the module constants for why."""
+    """Every bound the server enforces."""
 
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
-    message_deadline: float = DEFAULT_MESSAGE_DEADLINE
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    min_content_rate: int = DEFAULT_MIN_CONTENT_RATE
-    max_outgoing: int = DEFAULT_MAX_OUTGOING
-    max_errors: int = DEFAULT_MAX_ERRORS
-    max_content_size: int = DEFAULT_MAX_CONTENT_SIZE
-    max_skip_payload: int = DEFAULT_MAX_SKIP_PAYLOAD
-    min_free_disk: int = DEFAULT_MIN_FREE_DISK
-    key_window: float = DEFAULT_KEY_WINDOW
-    max_clients: int = DEFAULT_MAX_CLIENTS
-    registrations_per_minute: int = DEFAULT_REGISTRATIONS_PER_MINUTE
-    retry_ack_delay: float = DEFAULT_RETRY_ACK_DELAY
-    #: Short, not SQLite's usual seconds: the whole loop waits (HOSTILE G2).
-    busy_timeout: float = DEFAULT_BUSY_TIMEOUT
-    max_decryption_failures_per_key: int = DEFAULT_MAX_DECRYPTION_FAILURES_PER_KEY
-    max_decryption_failures_per_hour: int = DEFAULT_MAX_DECRYPTION_FAILURES_PER_HOUR
-    max_disk_share_per_address: float = DEFAULT_MAX_DISK_SHARE_PER_ADDRESS
+    #: Like sshd ``MaxStartups``: a ceiling on open connections.
+    max_connections: int = limit(
+        1024, "open connections; one more is accepted and closed at once", minimum=1
+    )
+    #: Far above what one real client opens (one connection, or one per
+    #: request in turn), so that one address cannot hold every slot; a NAT or
+    #: a load test raises it (sshd ``PerSourceMaxStartups``).
+    max_connections_per_address: int = limit(
+        64,
+        "open connections per IP address, far above one client's needs;"
+        " raise it for clients behind one NAT (0: no limit)",
+    )
+    #: gunicorn's ``timeout``.
+    message_deadline: float = limit(
+        30.0, "seconds to finish a message once its first byte came", exclusive=True
+    )
+    #: OpenSSH ClientAlive, uvicorn keep-alive.
+    idle_timeout: float = limit(
+        60.0, "seconds a connection may stay silent between messages", exclusive=True
+    )
+    #: Apache mod_reqtimeout ``MinRate``: each received byte of an 828
+    #: extends its deadline by 1/rate seconds.
+    min_content_rate: int = limit(
+        KIB, "bytes/s below which a slow 828 packet runs out of time", minimum=1
+    )
+    #: asyncio's and uvicorn's high-water marks.
+    max_outgoing: int = limit(
+        MIB, "bytes of unsent responses before reading from a peer stops", minimum=1
+    )
+    #: sshd ``MaxAuthTries``.
+    max_errors: int = limit(
+        6, "refused requests on one connection before it is closed", minimum=1
+    )
+    #: The content_size field's own limit.
+    max_content_size: int = limit(
+        MAX_UINT32,
+        "largest file accepted, in ciphertext bytes (content_size)",
+        minimum=1,
+        maximum=MAX_UINT32,
+    )
+    #: Enough for any well-framed request of a wrong size; a larger payload
+    #: would have to be read just to be dropped.
+    max_skip_payload: int = limit(
+        64 * KIB,
+        "wrong-size payloads up to this many bytes are skipped (1607, connection"
+        " kept); larger ones close the connection unread",
+    )
+    #: Room for the database and the log after every upload's worst case.
+    min_free_disk: int = limit(64 * MIB, "bytes of disk that must stay free after an upload")
+    #: docs/KEY_BINDING.md.
+    key_window: float = limit(
+        3600.0,
+        "seconds an AES key stays usable after it was issued or last used"
+        " (see docs/KEY_BINDING.md)",
+        exclusive=True,
+    )
+    #: Bounds the database against registration floods.
+    max_clients: int = limit(100_000, "registered clients; more registrations get 1601")
+    #: Far above what a real client does (one per run), far below a flood
+    #: that fills ``max_clients``.
+    registrations_per_minute: int = limit(
+        30, "registrations per IP address per minute (0: no limit)"
+    )
+    #: Variant 8 (docs/PROTOCOL.md): clients that wait for 1604 wait this long.
+    retry_ack_delay: float = limit(
+        1.0, "seconds to wait after 901 for an 828 before answering 1604"
+    )
+    #: Short, not SQLite's usual seconds: the loop is one thread, so while a
+    #: statement waits every connection waits; a write that cannot get the
+    #: lock soon fails instead (1607, the client retries).
+    busy_timeout: float = limit(
+        0.25,
+        "seconds a database write waits for a lock another process holds"
+        " (every connection waits meanwhile; then 1607)",
+    )
+    #: server/budget.py: each failed decryption answers a guess about the key.
+    max_decryption_failures_per_key: int = limit(
+        3,
+        "failed decryptions under one AES key before the key is refused until"
+        " the next 826/827",
+        minimum=1,
+    )
+    max_decryption_failures_per_hour: int = limit(
+        10,
+        "failed decryptions per client in any hour before its uploads are"
+        " refused for the rest of that hour",
+        minimum=1,
+    )
+    #: One address may not reserve all the disk for its uploads.
+    max_disk_share_per_address: float = limit(
+        0.5,
+        "share (0 to 1] of the disk free for uploads that the uploads from one"
+        " IP address may reserve",
+        exclusive=True,
+        maximum=1,
+    )
 
     def __post_init__(self) -> None:
-        for name in (
-            "max_connections",
-            "max_errors",
-            "max_outgoing",
-            "min_content_rate",
-            "max_decryption_failures_per_key",
-            "max_decryption_failures_per_hour",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        for name in ("message_deadline", "idle_timeout", "key_window"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-        if not 0 < self.max_disk_share_per_address <= 1:
-            raise ValueError("max_disk_share_per_address must be within (0, 1]")
-        if not 0 < self.max_content_size <= MAX_UINT32:
-            raise ValueError(f"max_content_size must be within 1..{MAX_UINT32}")
-        for name in (
-            "max_connections_per_address",
-            "max_skip_payload",
-            "min_free_disk",
-            "max_clients",
-            "registrations_per_minute",
-            "retry_ack_delay",
-            "busy_timeout",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} cannot be negative")
+        for spec in dataclasses.fields(self):
+            problem = out_of_bounds(spec, getattr(self, spec.name))
+            if problem:
+                raise ValueError(f"{spec.name} {problem}")
+
+
+def out_of_bounds(spec: dataclasses.Field, value: float) -> str | None:
+    """Why ``value`` is outside a limit's bounds, or None."""
+    minimum, maximum = spec.metadata[MINIMUM], spec.metadata[MAXIMUM]
+    if spec.metadata[EXCLUSIVE] and value <= minimum:
+        return f"must be greater than {minimum:g}"
+    if value < minimum:
+        return f"must be at least {minimum:g}"
+    if value > maximum:
+        return f"must be at most {maximum:g}"
+    return None

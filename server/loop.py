@@ -6,6 +6,12 @@ periodic LastSeen flush) come from :class:`server.timers.Timers`; ``stop()``
 may be called from a signal handler: it only sets a flag and writes a byte to
 the socketpair.
 
+The loop holds the server's only broad ``except`` clauses, one per kind of
+work: :func:`serve` is the per-connection edge (an unexpected error
+closes that connection only, after a 1607 where one can go), and
+:meth:`Server._run_guarded` runs the housekeeping callbacks (an error there
+is logged and the server serves on).
+
 A channel whose turn ended with requests still buffered is in the backlog:
 each round resumes it, and select() does not sleep while the backlog is not
 empty (the selector cannot report bytes that were already read).
@@ -21,19 +27,20 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-import sqlite3
 from typing import Callable
 
-from .app import App, Peer
+from .app import App
 from .channel import Channel
+from .errors import StorageFault
+from .peer import Peer
+from .session import Session
 
 log = logging.getLogger(__name__)
 
 #: One receive buffer shared by all connections (the loop is one thread).
-#: One recv is one connection's turn: 256 KiB decrypts and writes in well under
-#: a millisecond here, so that four uploads at full speed keep another
-#: client's round trip at a few ms (bench/fairness.py: p99 15 ms, against 40
-#: ms with 1 MiB), at no cost in throughput.
+#: One receive is one connection's turn: small enough that uploads at full
+#: speed keep another client's round trip short, large enough to cost no
+#: throughput (measure with bench/fairness.py and bench/upload.py).
 RECV_BUFFER_SIZE = 256 * 1024
 #: Longest sleep in select(); timers usually wake the loop sooner.
 MAX_SELECT_TIMEOUT = 1.0
@@ -46,7 +53,7 @@ ACCEPT_PAUSE = 1.0
 _IPV4_MAPPED_PREFIX = "::ffff:"
 
 
-def _address(raw: tuple) -> Peer:
+def _address(raw: tuple[str, int] | tuple[str, int, int, int]) -> Peer:
     host = raw[0]
     if host.startswith(_IPV4_MAPPED_PREFIX) and "." in host:
         host = host[len(_IPV4_MAPPED_PREFIX):]
@@ -67,6 +74,14 @@ def create_listener(host: str, port: int) -> socket.socket:
         sock = socket.create_server((host, port), backlog=socket.SOMAXCONN)
     sock.setblocking(False)
     return sock
+
+
+def serve(channel: Channel, action: Callable[[], None]) -> None:
+    """The per-connection edge: an unexpected error closes this connection only."""
+    try:
+        action()
+    except Exception:
+        channel.fail()
 
 
 class Server:
@@ -122,21 +137,23 @@ class Server:
             self._handle(key.data, mask)
         for channel in backlog:
             if not channel.closed:
-                channel.resume()
+                serve(channel, channel.resume)
         for timer in self.app.timers.due():
-            self._run_guarded(timer.callback)
+            if timer.callback is not None:  # set: due() returns live timers only
+                self._run_guarded(timer.callback)
 
-    def _handle(self, target, mask: int) -> None:
+    def _handle(self, target: Channel | Callable[[], None], mask: int) -> None:
         if isinstance(target, Channel):
             if mask & selectors.EVENT_WRITE and not target.closed:
-                target.on_writable()
+                serve(target, target.on_writable)
             if mask & selectors.EVENT_READ and not target.closed:
-                target.on_readable()
+                serve(target, target.on_readable)
         else:
             self._run_guarded(target)
 
     @staticmethod
     def _run_guarded(action: Callable[[], None]) -> None:
+        """Housekeeping (accepting, timers of the app): log an error and serve on."""
         try:
             action()
         except Exception:
@@ -163,7 +180,13 @@ class Server:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             channel = Channel(
-                sock, peer, self.app, self._selector, self._recv_buffer, self._closed,
+                sock,
+                Session(self.app, peer),
+                self._selector,
+                self._recv_buffer,
+                self.app.timers,
+                serve=serve,
+                on_closed=self._closed,
                 on_backlog=self._backlog.add,  # one set for the Server's life
             )
             self.channels.add(channel)
@@ -220,8 +243,8 @@ class Server:
 
     def _flush(self) -> None:
         try:
-            self.app.db.flush()
-        except sqlite3.Error as exc:
+            self.app.metadata.flush()
+        except StorageFault as exc:
             log.error("cannot record LastSeen: %s", exc)
         self._summarise_connections()
         self._flush_timer = self.app.timers.call_later(FLUSH_INTERVAL, self._flush)

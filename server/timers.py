@@ -50,9 +50,6 @@ class Timers:
         self._counter = itertools.count()
         self._cancelled = 0  # cancelled entries still in the heap
 
-    def __len__(self) -> int:
-        return len(self._heap)
-
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         """Run callback at ``when`` (monotonic seconds)."""
         timer = Timer(when, callback, self)

@@ -208,7 +208,7 @@ class RawClient:
         """True if no byte (and no EOF) arrives for ``seconds``."""
         self.sock.settimeout(seconds)
         try:
-            data = self.sock.recv(1, socket.MSG_PEEK)
+            self.sock.recv(1, socket.MSG_PEEK)
         except socket.timeout:
             return True
         return False

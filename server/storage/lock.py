@@ -26,6 +26,8 @@ try:
 except ImportError:  # POSIX
     msvcrt = None  # type: ignore[assignment]
 
+from ..errors import LockError
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".cipherdrop.lock"
@@ -41,10 +43,6 @@ _OPEN_FLAGS = (
 )
 #: What a lock held elsewhere raises (flock: EWOULDBLOCK; msvcrt: EACCES).
 _HELD_ERRNOS = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK}
-
-
-class LockError(Exception):
-    """The data folder cannot be locked: another server holds it, or it is unusable."""
 
 
 def lock_path(data_dir: Path) -> Path:

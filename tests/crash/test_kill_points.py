@@ -51,7 +51,6 @@ import pytest
 from helpers import (
     Identity,
     RawClient,
-    ServerProcess,
     file_packets,
     make_identity,
     packet_bytes,
@@ -72,7 +71,8 @@ from protocol import (
     crypto,
 )
 from server.crashpoints import ENVIRONMENT_VARIABLE
-from server.storage.files import QUARANTINE_DIR, RECEIVED_DIR, TEMP_PREFIX, stored_name
+from server.storage.folder import QUARANTINE_DIR, RECEIVED_DIR, TEMP_PREFIX
+from server.storage.names import stored_name
 
 #: Ciphertext bytes per 828 of victim.bin; v1 and v2 have ten packets.
 PACKET = 16 * 1024

@@ -19,7 +19,7 @@ properties, checked after every feed and every event:
 - nothing but RemoteProtocolError escapes ``next_event``; after close=True no
   more bytes are fed, after close=False the stream goes on;
 - events are of the decoder's side, an 828's FileContent chunks add up to its
-  content_length, and ``next_event`` reaches NEED_DATA;
+  bytes_in_packet, and ``next_event`` reaches NEED_DATA;
 - the receive buffer never holds more than the bytes left over (less than one
   header or one held payload) plus the chunk just fed: 828 content and skipped
   payloads stream through, whatever payload_size says.
@@ -125,7 +125,7 @@ def plan(data: bytes) -> Plan:
     flags = control[0]
     limits = {}
     if flags & 0x04:
-        limits["max_discard_size"] = int.from_bytes(control[1:3], "little")
+        limits["max_skip_payload"] = int.from_bytes(control[1:3], "little")
     if flags & 0x08:
         limits["max_packet_content"] = int.from_bytes(control[3:5], "little")
     return Plan(
@@ -143,18 +143,18 @@ def make_input(
     *,
     server: bool = True,
     eof: bool = False,
-    max_discard_size: int | None = None,
+    max_skip_payload: int | None = None,
     max_packet_content: int | None = None,
     chunk_seed: int = 0,
     max_chunk: int = 4095,
 ) -> bytes:
     """The input that plays stream this way (the inverse of plan)."""
     flags = (0 if server else 0x01) | (0x02 if eof else 0)
-    flags |= 0x04 if max_discard_size is not None else 0
+    flags |= 0x04 if max_skip_payload is not None else 0
     flags |= 0x08 if max_packet_content is not None else 0
     return (
         bytes([flags])
-        + (max_discard_size or 0).to_bytes(2, "little")
+        + (max_skip_payload or 0).to_bytes(2, "little")
         + (max_packet_content or 0).to_bytes(2, "little")
         + bytes([chunk_seed])
         + (max_chunk - 1).to_bytes(2, "little")
@@ -188,7 +188,7 @@ def run_input(data: bytes) -> Stats:
         conn = protocol.ClientConnection()
         header, held, kinds = RESPONSE_HEADER_SIZE, CLIENT_HELD_PAYLOAD, CLIENT_EVENTS
     leftover_bound = max(header, held)
-    packet = None  # [content_length, received] while an 828 streams
+    packet = None  # [bytes_in_packet, received] while an 828 streams
 
     def drain() -> bool:
         """Events until NEED_DATA; False once the connection is over."""
@@ -213,7 +213,7 @@ def run_input(data: bytes) -> Stats:
             stats.kinds.add(type(event).__name__)
             if isinstance(event, protocol.FilePacketStarted):
                 assert packet is None
-                packet = [event.content_length, 0]
+                packet = [event.bytes_in_packet, 0]
             elif isinstance(event, protocol.FileContent):
                 assert packet is not None and event.data
                 packet[1] += len(event.data)
@@ -296,7 +296,7 @@ def seed_inputs() -> list[bytes]:
         inputs.append(make_input(stream, server=server, eof=True, max_chunk=1))
         inputs.append(make_input(stream, server=server, chunk_seed=7, max_chunk=40))
         if server:
-            inputs.append(make_input(stream, max_discard_size=300, max_packet_content=16))
+            inputs.append(make_input(stream, max_skip_payload=300, max_packet_content=16))
     return inputs
 
 

@@ -1,4 +1,4 @@
-"""Fuzz the server's connection handling: request streams into the real Channel.
+"""Fuzz the server's connection handling: request streams into the real Channel and Session.
 
 Run it from the repository root, for as long as you like (not in CI; one core):
 
@@ -13,14 +13,18 @@ Without atheris the same target runs under hypothesis:
 
     python tests/fuzz/fuzz_server.py --hypothesis --max-examples 20000
 
-What one input does. The real server objects (App, Channel, the handlers,
+What one input does. The real server objects (App, Channel, Session, the handlers,
 uploads, SQLite and the file store) run in-process on a fresh copy of a data
 folder on tmpfs that holds one client with a key (:data:`KNOWN_ID`). Sockets
 and the selector are fakes, so an input is played deterministically and fast:
 each record of the input is a piece of a stream on one of four connection
 slots, fed to that slot's Channel in chunks cut at pseudo-random points, with
 the loop's work (reads, writes, partial writes, a peer that stops reading,
-timers on a fake clock) done as ``server/loop.py`` would. Two encodings:
+timers on a fake clock) done as ``server/loop.py`` would. It drives the
+Channel rather than the Session alone because half of what it checks is the
+transport's (partial writes, a peer that stops reading, readiness spins);
+the session's rules are unit-tested directly in tests/server/test_session.py.
+Two encodings:
 
 - *structured* (first byte even): a seed session (:func:`seed_sessions`: valid
   sessions built with ``protocol.ClientConnection``, incl. variants 1 and 4 to
@@ -109,11 +113,15 @@ from Crypto.PublicKey import RSA  # noqa: E402
 
 from protocol import crypto  # noqa: E402
 from protocol.names import NameField  # noqa: E402
-from server.app import App, Peer  # noqa: E402
+from server.app import App  # noqa: E402
 from server.channel import Channel  # noqa: E402
 from server.limits import Limits  # noqa: E402
-from server.storage.db import DB_NAME, Database  # noqa: E402
-from server.storage.files import RECEIVED_DIR, TEMP_PREFIX, FileStore, stored_name  # noqa: E402
+from server.loop import serve  # noqa: E402
+from server.peer import Peer  # noqa: E402
+from server.session import Session  # noqa: E402
+from server.storage.folder import RECEIVED_DIR, TEMP_PREFIX, FolderBlobs  # noqa: E402
+from server.storage.names import stored_name  # noqa: E402
+from server.storage.sqlite import DB_NAME, SqliteMetadata  # noqa: E402
 
 # -- fixed facts of the harness ---------------------------------------------------
 
@@ -176,7 +184,7 @@ def predictable_id(number: int) -> bytes:
 
 def _predictable_id(app: App) -> bytes:
     number = 0
-    while app.db.client_by_id(predictable_id(number)) is not None:
+    while app.metadata.client_by_id(predictable_id(number)) is not None:
         number += 1
     return predictable_id(number)
 
@@ -720,9 +728,9 @@ class Harness:
         shutil.copyfile(template, self.data_dir / DB_NAME)
         self.control = control
         self.now = 0.0
-        self.db = Database.open(self.data_dir / DB_NAME)
-        self.app = App.build(self.db, FileStore(self.data_dir), LIMITS[control.limits],
-                             clock=lambda: self.now)
+        limits = LIMITS[control.limits]
+        self.db = SqliteMetadata.open(self.data_dir / DB_NAME, limits.busy_timeout)
+        self.app = App.build(self.db, FolderBlobs(self.data_dir), limits, clock=lambda: self.now)
         self.app.wall_clock = lambda: WALL_BASE + self.now
         self.selector = FakeSelector()
         self.slots: dict[int, Connection] = {}
@@ -736,7 +744,15 @@ class Harness:
     def open(self, slot: int) -> Connection:
         sock = FakeSocket(self.control.send_cap)
         peer = Peer(STRANGER if slot == 3 else ADDRESS, next(self.ports))
-        channel = Channel(sock, peer, self.app, self.selector, _RECV_BUFFER, lambda ch: None)
+        channel = Channel(
+            sock,
+            Session(self.app, peer),
+            self.selector,
+            _RECV_BUFFER,
+            self.app.timers,
+            serve=serve,
+            on_closed=lambda ch: None,
+        )
         connection = Connection(sock, channel, peer)
         self.every.append(connection)
         return connection
@@ -782,10 +798,10 @@ class Harness:
             events = self.selector.interest.get(sock, 0)
             acted = False
             if events & 2 and not sock.stalled:  # EVENT_WRITE
-                channel.on_writable()
+                serve(channel, channel.on_writable)
                 acted = True
             if events & 1 and not channel.closed and sock.readable():  # EVENT_READ
-                channel.on_readable()
+                serve(channel, channel.on_readable)
                 acted = True
             self.run_timers()
             if not acted:
@@ -972,7 +988,7 @@ class Workspace:
         self.template = self.root / "template.db"
         self.workdir = self.root / "work"
         self.workdir.mkdir()
-        db = Database.open(self.template)
+        db = SqliteMetadata.open(self.template, Limits().busy_timeout)
         db.insert_client(KNOWN_ID, KNOWN_NAME, WALL_BASE)
         db.set_keys(KNOWN_ID, KNOWN_KEY, AES_KEY, WALL_BASE)
         db.set_binding(KNOWN_ID, ADDRESS, WALL_BASE)

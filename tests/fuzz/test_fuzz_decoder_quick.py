@@ -70,7 +70,7 @@ def test_plan_reads_what_make_input_writes():
             b"stream",
             server=False,
             eof=True,
-            max_discard_size=300,
+            max_skip_payload=300,
             max_packet_content=16,
             chunk_seed=9,
             max_chunk=40,
@@ -79,7 +79,7 @@ def test_plan_reads_what_make_input_writes():
     assert plan == fuzz_decoder.Plan(
         server=False,
         eof=True,
-        limits={"max_discard_size": 300, "max_packet_content": 16},
+        limits={"max_skip_payload": 300, "max_packet_content": 16},
         chunk_seed=9,
         max_chunk=40,
         stream=b"stream",

@@ -22,7 +22,7 @@ from fuzz_server import (
 )
 from protocol import Reconnect, Register
 from server import handlers
-from server.storage.files import TempFile
+from server.storage.folder import TempFile
 
 
 def test_every_seed_is_served_as_meant():

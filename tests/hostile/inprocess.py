@@ -1,6 +1,6 @@
 """An in-process server (its loop in a thread), for what an outside client cannot see.
 
-The F2 test reads a channel's outgoing buffer directly: the kernel's socket
+The exhaustion tests read a channel's outgoing buffer directly: the kernel's socket
 buffers would hide the server's own bound from a client on the other side.
 """
 
@@ -13,8 +13,8 @@ from helpers import RawClient
 from server.app import App
 from server.limits import Limits
 from server.loop import Server, create_listener
-from server.storage.db import Database
-from server.storage.files import FileStore
+from server.storage.folder import FolderBlobs
+from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 
 class InProcess:
@@ -32,8 +32,8 @@ class InProcess:
 
     def _run(self) -> None:
         # SQLite objects belong to the thread that made them: build it all here.
-        self.db = Database.open(self.data_dir / "defensive.db")
-        self.app = App.build(self.db, FileStore(self.data_dir), self._limits)
+        self.db = SqliteMetadata.open(self.data_dir / DB_NAME, self._limits.busy_timeout)
+        self.app = App.build(self.db, FolderBlobs(self.data_dir), self._limits)
         self.server = Server(self.app, create_listener("127.0.0.1", 0))
         self._ready.set()
         try:

@@ -319,7 +319,7 @@ def test_f2_outgoing_buffer_bound_in_process(inprocess, caplog):
     # whole requests only, never reading: the server must stop reading and close it
     while time.monotonic() < deadline and not channel.closed:
         peak_out = max(peak_out, len(channel._out))
-        peak_in = max(peak_in, len(channel._conn._buffer))
+        peak_in = max(peak_in, len(channel.session._decoder._buffer))
         if not others_served and len(channel._out) >= max_outgoing:
             with server.client() as other:  # others are served meanwhile
                 assert isinstance(other.request(Register(client_id=ANY_ID, name=unique_name())), Registered)

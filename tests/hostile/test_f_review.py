@@ -38,8 +38,8 @@ from protocol import (
 from server.app import App
 from server.limits import Limits
 from server.loop import Server, create_listener
-from server.storage.db import Database
-from server.storage.files import FileStore
+from server.storage.folder import FolderBlobs
+from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 MIB = 1024 * 1024
 STORM = 20_000
@@ -204,8 +204,9 @@ def test_f10_pipelined_requests_on_other_connections_do_not_delay_a_client(serve
 
 def test_f10_a_turn_handles_a_bounded_number_of_requests_in_process(tmp_path):
     """The loop driven by hand: replies per select() round, and select()'s timeouts."""
-    db = Database.open(tmp_path / "defensive.db")
-    app = App.build(db, FileStore(tmp_path), Limits(max_errors=10_000))
+    limits = Limits(max_errors=10_000)
+    db = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
+    app = App.build(db, FolderBlobs(tmp_path), limits)
     server = Server(app, create_listener("127.0.0.1", 0))
     timeouts = []
     select = server._selector.select

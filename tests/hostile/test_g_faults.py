@@ -59,9 +59,10 @@ from protocol import (
     RegistrationFailed,
     cksum,
 )
-from server.storage.db import DEFAULT_BUSY_TIMEOUT
+from server.limits import Limits
 from timing_helpers import round_trip, timer_bound
 
+DEFAULT_BUSY_TIMEOUT = Limits().busy_timeout
 DEFAULT_PORT = 1256
 #: The steps of installing a file (a rename and the folder's sync after it).
 INSTALL_STEPS = ("replace", "fsync_dir")

@@ -437,7 +437,7 @@ def test_h8_one_address_reserves_at_most_its_share(server_factory, tmpfs, tmp_pa
 
 
 def test_h8_the_room_is_told_coarsely():
-    from server.handlers import DISK_ROOM_PRECISION_BITS, coarse
+    from server.upload import DISK_ROOM_PRECISION_BITS, coarse
 
     step = 1 << 20
     for amount in (5, 1000, 2 * MIB + 12345, 53 * 10**9 + 777, 2**32 - 1):
@@ -453,7 +453,8 @@ def test_h8_the_room_is_told_coarsely():
 
 
 def test_h11_closing_costs_what_the_connection_held():
-    from server.app import LiveRegistrations, Peer
+    from server.app import LiveRegistrations
+    from server.peer import Peer
 
     def close_many(registrations) -> float:
         peers = [Peer("127.0.0.1", port) for port in range(2000)]

@@ -119,7 +119,7 @@ WRONG_SIZES = [
 
 @pytest.mark.parametrize("code, size", WRONG_SIZES, ids=[f"{c}-{s}" for c, s in WRONG_SIZES])
 def test_wrong_payload_size_is_skipped(code, size):
-    conn = ServerConnection(max_discard_size=CAP)
+    conn = ServerConnection(max_skip_payload=CAP)
     # Payload bytes that would parse as a name if they were read as one.
     payload = (b"bob" + bytes(size))[:size]
     conn.receive_data(header(code, size) + payload + v.REGISTER)
@@ -134,11 +134,11 @@ def test_wrong_size_with_default_cap():
 
 @pytest.mark.parametrize("cap", [0, 10, 415, 1000])
 def test_discard_cap_boundary(cap):
-    at_cap = ServerConnection(max_discard_size=cap)
+    at_cap = ServerConnection(max_skip_payload=cap)
     at_cap.receive_data(header(829, cap) + bytes(cap) + v.REGISTER)
     assert_recoverable(at_cap)
 
-    over = ServerConnection(max_discard_size=cap)
+    over = ServerConnection(max_skip_payload=cap)
     over.receive_data(header(829, cap + 1))
     assert_fatal(over)
 
@@ -166,7 +166,7 @@ def test_828_of_4_gib_streams_with_default_limit():
     fixed = bytes.fromhex("ffffffff" "ffffffff" "0100" "0100") + v.FILE_NAME_REPORT
     (started,) = feed(conn, [header(828, 0xFFFFFFFF) + fixed])
     assert isinstance(started, FilePacketStarted)
-    assert started.content_length == 0xFFFFFFFF - 267
+    assert started.bytes_in_packet == 0xFFFFFFFF - 267
     chunk = bytes(1 << 20)
     for _ in range(4):
         assert feed(conn, [chunk]) == [FileContent(chunk)]
@@ -179,7 +179,7 @@ def test_828_content_over_the_limit_closes(limit):
     ok = ServerConnection(max_packet_content=limit)
     wire = header(828, 267 + limit) + bytes(8) + b"\x01\x00\x01\x00" + v.FILE_NAME_REPORT
     events = feed(ok, [wire, bytes(limit)])
-    assert events[0].content_length == limit
+    assert events[0].bytes_in_packet == limit
     assert events[-1] == FilePacketEnded()
 
     over = ServerConnection(max_packet_content=limit)

@@ -169,7 +169,7 @@ def expected_request_events(request) -> list:
         packet_number=request.packet_number,
         total_packets=request.total_packets,
         file_name=request.file_name,
-        content_length=len(request.content),
+        bytes_in_packet=len(request.content),
     )
     content = [FileContent(request.content)] if request.content else []
     return [started, *content, FilePacketEnded()]
@@ -217,7 +217,7 @@ def run(conn, chunks, *, eof: bool, event_types: tuple, header_size: int, held: 
             assert isinstance(event, event_types), event
             if isinstance(event, FilePacketStarted):
                 assert in_packet is None
-                in_packet = [event.content_length, 0]
+                in_packet = [event.bytes_in_packet, 0]
             elif isinstance(event, FileContent):
                 assert in_packet is not None and event.data
                 in_packet[1] += len(event.data)
@@ -328,7 +328,7 @@ def test_random_bytes_to_server(stream, data, eof):
     st.integers(0, 5000),
 )
 def test_random_bytes_to_server_with_limits(stream, data, eof, discard, content):
-    limits = {"max_discard_size": discard, "max_packet_content": content}
+    limits = {"max_skip_payload": discard, "max_packet_content": content}
     chunks = data.draw(chunkings(stream))
     assert run_server(chunks, eof=eof, **limits) == run_server([stream], eof=eof, **limits)
 

@@ -74,7 +74,7 @@ def test_big_828_content_concatenates_in_order():
         chunks = random_split(wire, random.Random(seed), max_cuts=50)
         events = merge_content(feed(ServerConnection(), chunks))
         assert [type(e) for e in events] == [FilePacketStarted, FileContent, FilePacketEnded]
-        assert events[0].content_length == len(content)
+        assert events[0].bytes_in_packet == len(content)
         assert events[1].data == content
 
 

@@ -33,8 +33,10 @@ from protocol import (
     cksum,
     crypto,
 )
-from server.limits import DEFAULT_RETRY_ACK_DELAY
+from server.limits import Limits
 from timing_helpers import HANG_TIMEOUT, TIMER_EARLY, round_trip, timer_bound
+
+DEFAULT_RETRY_ACK_DELAY = Limits().retry_ack_delay
 
 
 def db_rows(server, sql, *args):

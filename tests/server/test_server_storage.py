@@ -1,4 +1,4 @@
-"""Storage units: safe stored names (HOSTILE.md E1-E3), the database, limits."""
+"""Storage units: safe stored names (docs/HOSTILE.md, names), the metadata store, limits."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.limits import Limits
-from server.storage.db import Database, DatabaseError
-from server.storage.files import (
-    MAX_STORED_NAME_BYTES,
-    TEMP_PREFIX,
-    FileStore,
-    stored_name,
-)
+from server.errors import NameTaken, StorageFault, StoreUnusable
+from server.storage.folder import TEMP_PREFIX, FolderBlobs
+from server.storage.names import MAX_STORED_NAME_BYTES, stored_name
+from server.storage.sqlite import SqliteMetadata
+
+BUSY_TIMEOUT = Limits().busy_timeout
+
+
+def open_metadata(path) -> SqliteMetadata:
+    return SqliteMetadata.open(path, BUSY_TIMEOUT)
 
 RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{d}{n}" for d in ("COM", "LPT") for n in range(1, 10)}
 
@@ -88,17 +91,19 @@ def test_property_distinct_names_never_share_a_file(a, b):
 
 
 def test_database_schema_wal_and_full_sync(tmp_path):
-    db = Database.open(tmp_path / "defensive.db")
+    db = open_metadata(tmp_path / "defensive.db")
     db.close()
     raw = sqlite3.connect(tmp_path / "defensive.db")
     assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    columns = {t: [r[1] for r in raw.execute(f"PRAGMA table_info({t})")] for t in ("clients", "files")}
+    columns = {
+        t: [r[1] for r in raw.execute(f"PRAGMA table_info({t})")] for t in ("clients", "files")
+    }
     assert columns == {
         "clients": ["ID", "Name", "PublicKey", "LastSeen", "AESKey"],
         "files": ["ID", "FileName", "PathName", "Verified"],
     }
     raw.close()
-    db = Database.open(tmp_path / "defensive.db")
+    db = open_metadata(tmp_path / "defensive.db")
     assert db._db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
     db.close()
 
@@ -108,12 +113,12 @@ def test_database_missing_column_is_refused(tmp_path):
     raw.execute("CREATE TABLE clients (ID BLOB PRIMARY KEY, Name TEXT)")
     raw.commit()
     raw.close()
-    with pytest.raises(DatabaseError, match="lacks"):
-        Database.open(tmp_path / "defensive.db")
+    with pytest.raises(StoreUnusable, match="lacks"):
+        open_metadata(tmp_path / "defensive.db")
 
 
 def test_rollback_on_error_leaves_no_half_state(tmp_path):
-    db = Database.open(tmp_path / "defensive.db")
+    db = open_metadata(tmp_path / "defensive.db")
     with pytest.raises(RuntimeError):
         with db.transaction():
             db.insert_client(b"i" * 16, "alice", 0.0)
@@ -123,7 +128,7 @@ def test_rollback_on_error_leaves_no_half_state(tmp_path):
 
 
 def test_non_utf8_file_names_round_trip(tmp_path):
-    db = Database.open(tmp_path / "defensive.db")
+    db = open_metadata(tmp_path / "defensive.db")
     with db.transaction():
         db.upsert_file(b"i" * 16, b"\xe9t\xe9", "received_files/x/y")
         db.upsert_file(b"i" * 16, "été".encode(), "received_files/x/z")
@@ -132,14 +137,14 @@ def test_non_utf8_file_names_round_trip(tmp_path):
 
 
 def test_file_store_refuses_path_names_that_leave_it(tmp_path):
-    store = FileStore(tmp_path)
+    store = FolderBlobs(tmp_path)
     for path_name in ("../x", "received_files/../../x", "received_files/" + "a" * 32 + "/..",
                       "/etc/passwd", "received_files/" + "a" * 32 + "/x\\..\\y"):
         assert not store.exists(path_name)
 
 
 def test_temp_files_use_the_reserved_prefix(tmp_path):
-    temp = FileStore(tmp_path).new_temp(b"\x01" * 16)
+    temp = FolderBlobs(tmp_path).new_temp(b"\x01" * 16)
     assert temp.name.startswith(TEMP_PREFIX)
     temp.write(b"abc")
     temp.discard()
@@ -152,3 +157,24 @@ def test_temp_files_use_the_reserved_prefix(tmp_path):
 def test_limits_are_validated(bad):
     with pytest.raises(ValueError):
         Limits(**bad)
+
+
+def test_a_taken_name_is_the_stores_own_error(tmp_path):
+    db = open_metadata(tmp_path / "defensive.db")
+    with db.transaction():
+        db.insert_client(b"i" * 16, "alice", 0.0)
+    with pytest.raises(NameTaken):
+        with db.transaction():
+            db.insert_client(b"j" * 16, "alice", 0.0)
+    assert db.client_by_name("alice").id == b"i" * 16
+    db.close()
+
+
+def test_sqlite_errors_cross_the_seam_as_storage_faults(tmp_path):
+    db = open_metadata(tmp_path / "defensive.db")
+    db._db.close()  # the connection is gone: every statement fails in sqlite3
+    with pytest.raises(StorageFault):
+        db.client_by_name("alice")
+    with pytest.raises(StorageFault):
+        with db.transaction():
+            db.insert_client(b"i" * 16, "alice", 0.0)

@@ -55,7 +55,7 @@ def _fail(rule: dict, what: str):
 
 
 class _FaultyOs:
-    """The ``os`` module as ``server.storage.files`` sees it, with faults."""
+    """The ``os`` module as ``server.storage.folder`` sees it, with faults."""
 
     def __init__(self, real) -> None:
         self._real = real
@@ -101,7 +101,7 @@ class _FaultyOs:
 
 
 class _GuessedSecrets:
-    """The ``secrets`` module as ``server.storage.files`` sees it: temp names on demand."""
+    """The ``secrets`` module as ``server.storage.folder`` sees it: temp names on demand."""
 
     def __init__(self, real) -> None:
         self._real = real
@@ -116,11 +116,11 @@ class _GuessedSecrets:
 
 def _install() -> None:
     from server import handlers
-    from server.storage import db as db_module
-    from server.storage import files
+    from server.storage import folder
+    from server.storage.sqlite import SqliteMetadata
 
-    files.os = _FaultyOs(os)
-    files.secrets = _GuessedSecrets(files.secrets)
+    folder.os = _FaultyOs(os)
+    folder.secrets = _GuessedSecrets(folder.secrets)
 
     for code, handler in list(handlers.HANDLERS.items()):
         def guarded(app, peer, event, _handler=handler, _code=int(code)):
@@ -130,16 +130,16 @@ def _install() -> None:
 
         handlers.HANDLERS[code] = guarded
 
-    real_upsert = db_module.Database.upsert_file
+    real_upsert = SqliteMetadata.upsert_file
 
     def upsert_file(self, *args):
         if _faults().get("raise") == 828:
             raise ZeroDivisionError("injected into the 828 handler's transaction")
         return real_upsert(self, *args)
 
-    db_module.Database.upsert_file = upsert_file
+    SqliteMetadata.upsert_file = upsert_file
 
-    real_transaction = db_module.Database.transaction
+    real_transaction = SqliteMetadata.transaction
 
     def transaction(self):
         readonly = _faults().get("db") == "readonly"
@@ -154,7 +154,7 @@ def _install() -> None:
             del self._writable
         return real_transaction(self)
 
-    db_module.Database.transaction = transaction
+    SqliteMetadata.transaction = transaction
 
 
 if _CONTROL:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from protocol import FilePacketStarted, RemoteProtocolError, cksum, crypto
 from protocol.errors import LocalProtocolError
 from protocol.names import NameField
-from protocol.upload import MAX_ZERO_FILL, IncomingFile, is_first_packet
+from protocol.incoming import MAX_ZERO_FILL, IncomingFile, is_first_packet
 
 KEY = bytes(range(32))
 CLIENT = b"c" * 16
@@ -26,7 +26,7 @@ def packet(number, total, content, *, content_size, orig, name=b"f.bin") -> tupl
         packet_number=number,
         total_packets=total,
         file_name=NameField.from_text(name),
-        content_length=len(content),
+        bytes_in_packet=len(content),
     )
     return event, content
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .buffer import BytesLike
 from .cksum import Cksum
 from .codes import AES_BLOCK_SIZE, MAX_UINT32
 from .crypto import CbcDecryptor, padded_size
@@ -38,7 +39,14 @@ from .errors import CryptoError, LocalProtocolError, RemoteProtocolError
 from .events import FilePacketStarted
 from .names import NameField
 
-__all__ = ["MAX_ZERO_FILL", "DecryptionFailed", "IncomingFile", "ReceivedFile", "is_first_packet"]
+__all__ = [
+    "MAX_ZERO_FILL",
+    "DecryptionFailed",
+    "IncomingFile",
+    "PacketOrder",
+    "ReceivedFile",
+    "is_first_packet",
+]
 
 #: Zero fill accepted past ``content_size`` on the last packet when no earlier
 #: packet was longer (a one-packet file sent in a fixed-size buffer).
@@ -61,6 +69,44 @@ def _refuse(message: str) -> RemoteProtocolError:
 def is_first_packet(packet: FilePacketStarted) -> bool:
     """Whether a packet opens a file: (1, N) or, swapped, (N, 1)."""
     return min(packet.packet_number, packet.total_packets) == 1
+
+
+@dataclass(frozen=True)
+class PacketOrder:
+    """Where a file's packet number and total are (variant 5), and its total.
+
+    Learnt from the first packet, where the total is the larger field, and
+    held for the whole file: the one place that says which packet is which.
+    """
+
+    total: int
+    swapped: bool
+
+    @classmethod
+    def of_first(cls, first: FilePacketStarted) -> PacketOrder:
+        """The order a first packet sets.
+
+        Raises:
+            RemoteProtocolError: not a first packet (or a zero field).
+        """
+        if not is_first_packet(first) or 0 in (first.packet_number, first.total_packets):
+            raise _refuse(
+                f"first packet must be number 1, got"
+                f" {first.packet_number}/{first.total_packets}"
+            )
+        return cls(
+            total=max(first.packet_number, first.total_packets),
+            swapped=first.packet_number > first.total_packets,
+        )
+
+    def position(self, packet: FilePacketStarted) -> tuple[int, int]:
+        """A packet's (number, total) in this file's field order."""
+        number, total = packet.packet_number, packet.total_packets
+        return (total, number) if self.swapped else (number, total)
+
+    def is_last(self, packet: FilePacketStarted) -> bool:
+        """Whether a packet's fields name the file's last packet (or beyond it)."""
+        return self.position(packet)[0] >= self.total
 
 
 @dataclass(frozen=True)
@@ -94,18 +140,13 @@ class IncomingFile:
         *,
         max_content_size: int = MAX_UINT32,
     ) -> None:
-        if not is_first_packet(first) or 0 in (first.packet_number, first.total_packets):
-            raise _refuse(
-                f"first packet must be number 1, got"
-                f" {first.packet_number}/{first.total_packets}"
-            )
+        self.order = PacketOrder.of_first(first)
         self._aes_key = aes_key
-        self._swapped = first.packet_number > first.total_packets
-        self._total = max(first.packet_number, first.total_packets)
+        self._total = self.order.total
         self._name = first.file_name.text
         self._orig_size = first.orig_file_size
         self._content_size = first.content_size
-        self._per_packet = self._total > 1 and first.content_size == first.content_length
+        self._per_packet = self._total > 1 and first.content_size == first.bytes_in_packet
         if self._per_packet:
             if self._orig_size > max_content_size:
                 raise _refuse(f"orig_file_size {self._orig_size} is over the limit")
@@ -180,18 +221,13 @@ class IncomingFile:
             file_name=self._field,
         )
 
-    def position(self, packet: FilePacketStarted) -> tuple[int, int]:
-        """A packet's (number, total) in this file's field order (variant 5)."""
-        number, total = packet.packet_number, packet.total_packets
-        return (total, number) if self._swapped else (number, total)
-
     # -- feeding --------------------------------------------------------------
 
     def start_packet(self, packet: FilePacketStarted) -> None:
         """Start a further packet of this file (not the first one)."""
         if self._in_packet or self._done:
             raise LocalProtocolError("a packet started while another is open")
-        number, total = self.position(packet)
+        number, total = self.order.position(packet)
         if total != self._total:
             raise _refuse(f"total_packets changed from {self._total} to {total}")
         if number != self._next:
@@ -205,7 +241,7 @@ class IncomingFile:
         self._field = packet.file_name
         self._begin(packet, number)
 
-    def receive(self, data: bytes) -> bytes:
+    def receive(self, data: BytesLike) -> bytes | bytearray:
         """Take a piece of the current packet's content; return plaintext."""
         if not self._in_packet or len(data) > self._packet_left:
             raise LocalProtocolError("content outside of a packet's length")
@@ -213,7 +249,7 @@ class IncomingFile:
         take = min(len(data), self._cipher_left)
         if take < len(data):
             fill = data[take:]
-            if fill.count(0) != len(fill):
+            if bytes(fill).count(0) != len(fill):
                 raise _refuse("bytes past content_size that are not zero fill")
             data = data[:take]
         if not take:
@@ -247,7 +283,7 @@ class IncomingFile:
     # -- inside ---------------------------------------------------------------
 
     def _begin(self, packet: FilePacketStarted, number: int) -> None:
-        length = packet.content_length
+        length = packet.bytes_in_packet
         self._is_last = number == self._total
         if self._per_packet:
             self._check_own_stream(packet, number)
@@ -274,7 +310,7 @@ class IncomingFile:
 
     def _check_own_stream(self, packet: FilePacketStarted, number: int) -> None:
         """Variant 6: this packet's own content_size, a whole CBC stream."""
-        length = packet.content_length
+        length = packet.bytes_in_packet
         if packet.content_size != length:
             raise _refuse("content_size must equal the packet's content length")
         if not length or length % AES_BLOCK_SIZE:
@@ -283,7 +319,7 @@ class IncomingFile:
         if self._received + length > min(bound, MAX_UINT32):
             raise _refuse("more ciphertext than orig_file_size can need")
 
-    def _account(self, plain: bytes) -> None:
+    def _account(self, plain: bytes | bytearray) -> None:
         self._cksum.update(plain)
         if self._per_packet and self._cksum.length > self._orig_size:
             raise DecryptionFailed()

@@ -1,12 +1,16 @@
-"""``defensive.db``: the clients and files of PROTOCOL.md, in SQLite.
+"""``defensive.db``: the metadata store (:class:`~server.storage.base.MetadataStore`) in SQLite.
+
+The tables ``clients`` and ``files`` carry the column names of the protocol
+(docs/PROTOCOL.md, "Server rules"); the server's own data, the key bindings
+(docs/KEY_BINDING.md), lives in a table of its own, ``key_bindings``. No
+``sqlite3`` type leaves this module: its errors become
+:class:`~server.errors.StorageFault`, a taken name :class:`~server.errors.NameTaken`.
 
 WAL mode and ``synchronous=FULL``: every commit is on disk before the server
-answers (HOSTILE.md decision 6). The tables ``clients`` and ``files`` carry the
-column names of PROTOCOL.md; the server's own data (key bindings, see
-docs/KEY_BINDING.md) lives in a table of its own, ``key_bindings``.
+answers.
 
 A database that is not SQLite, or fails ``quick_check``, or lacks a column, is
-refused with :class:`DatabaseError` before anything is written to it. So is one
+refused with :class:`~server.errors.StoreUnusable` before anything is written to it. So is one
 the server cannot write (a read-only file, file system or folder, or SQLite's
 own read-only flag): SQLite would open it read-only without a word, and every
 request would get 1607. The check is a real write attempt, not permission
@@ -15,23 +19,22 @@ bits, which root ignores.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, ParamSpec, TypeVar
+
+from ..errors import NameTaken, StorageFault, StoreUnusable
+from .base import Binding, ClientRow, FileRow
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "defensive.db"
 _SQLITE_MAGIC = b"SQLite format 3\0"
-#: How long a statement waits for a lock another process holds. The server's
-#: loop is one thread: while SQLite waits, every connection waits, so a write
-#: that cannot get the lock soon fails (1607, the client retries) instead.
-DEFAULT_BUSY_TIMEOUT = 0.25
 _MS = 1000
 _OK = "ok"
 #: Opening the file for writing is the probe; nothing is written through it.
@@ -103,41 +106,6 @@ _SET_BINDING_USED = "UPDATE key_bindings SET LastUsed = ? WHERE ID = ? AND LastU
 _DELETE_BINDING = "DELETE FROM key_bindings WHERE ID = ?"
 
 
-class DatabaseError(Exception):
-    """The database cannot be used: not SQLite, corrupt, or the wrong schema."""
-
-
-@dataclass(frozen=True)
-class ClientRow:
-    """A row of ``clients``."""
-
-    id: bytes
-    name: str
-    public_key: bytes | None
-    last_seen: str | None
-    aes_key: bytes | None
-
-
-@dataclass(frozen=True)
-class FileRow:
-    """A row of ``files``; ``file_name`` is the wire name's text as sent."""
-
-    id: bytes
-    file_name: bytes
-    path_name: str
-    verified: bool
-
-
-@dataclass(frozen=True)
-class Binding:
-    """A row of ``key_bindings``: who may use the client's current key."""
-
-    id: bytes
-    address: str
-    issued_at: float
-    last_used: float
-
-
 def file_name_value(name: bytes) -> str | bytes:
     """How a wire file name is kept: TEXT where it is UTF-8, else the BLOB."""
     try:
@@ -162,28 +130,28 @@ def _check_header(path: Path) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise DatabaseError(f"cannot read {path}: {exc.strerror}") from exc
+        raise StoreUnusable(f"cannot read {path}: {exc.strerror}") from exc
     if head and head != _SQLITE_MAGIC:
-        raise DatabaseError(f"{path} is not an SQLite database; left untouched")
+        raise StoreUnusable(f"{path} is not an SQLite database; left untouched")
 
 
 def _check_file_writable(path: Path) -> None:
     """The file (if any) opens for writing, and its folder takes the WAL files.
 
     Raises:
-        DatabaseError: read-only file, file system or folder.
+        StoreUnusable: read-only file, file system or folder.
     """
     try:
         fd = os.open(path, _WRITE_PROBE_FLAGS)
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise DatabaseError(f"{path} is read-only ({exc.strerror or exc})") from exc
+        raise StoreUnusable(f"{path} is read-only ({exc.strerror or exc})") from exc
     else:
         os.close(fd)
     # access() reports a read-only mount or an immutable folder even to root.
     if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise DatabaseError(
+        raise StoreUnusable(
             f"{path.parent} is not writable: SQLite keeps {path.name}-wal and -shm there"
         )
 
@@ -195,7 +163,7 @@ def _probe_write(connection: sqlite3.Connection, path: Path) -> None:
     version it does not know) show only at the first write, not at BEGIN.
 
     Raises:
-        DatabaseError: the database cannot be written (read-only, or locked
+        StoreUnusable: the database cannot be written (read-only, or locked
             by another process beyond the busy timeout).
     """
     try:
@@ -203,17 +171,36 @@ def _probe_write(connection: sqlite3.Connection, path: Path) -> None:
         version = connection.execute("PRAGMA user_version").fetchone()[0]
         connection.execute(f"PRAGMA user_version = {int(version)}")
     except sqlite3.OperationalError as exc:
-        raise DatabaseError(f"cannot write {path} ({exc}); left untouched") from exc
+        raise StoreUnusable(f"cannot write {path} ({exc}); left untouched") from exc
     finally:
         if connection.in_transaction:
             connection.execute("ROLLBACK")
 
 
-class Database:
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
+
+
+def _translated(method: Callable[_Params, _Result]) -> Callable[_Params, _Result]:
+    """Run a store method; an SQLite error leaves it as :class:`StorageFault`."""
+
+    @functools.wraps(method)
+    def run(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StorageFault(f"database: {exc}") from exc
+
+    return run
+
+
+class SqliteMetadata:
     """The server's single SQLite connection (one thread uses it).
 
     Raises (``open``):
-        DatabaseError: not SQLite, corrupt, read-only, or missing a PROTOCOL.md column.
+        StoreUnusable: not SQLite, corrupt, read-only, or missing a column.
+    Raises (every other method):
+        StorageFault: SQLite failed (locked, read-only, disk full, I/O).
     """
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
@@ -223,10 +210,11 @@ class Database:
         self._used: dict[bytes, float] = {}
 
     @classmethod
-    def open(cls, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Database:
+    def open(cls, path: Path, busy_timeout: float) -> SqliteMetadata:
         """Open or create the database, check it, set WAL and FULL sync.
 
-        ``busy_timeout`` is in seconds (see :data:`DEFAULT_BUSY_TIMEOUT`).
+        ``busy_timeout``: seconds a statement waits for a lock another
+        process holds (the server's ``Limits.busy_timeout``).
         """
         path = Path(path)
         _check_header(path)
@@ -234,12 +222,12 @@ class Database:
         try:
             connection = sqlite3.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
-            raise DatabaseError(f"cannot open {path}: {exc}") from exc
+            raise StoreUnusable(f"cannot open {path}: {exc}") from exc
         try:
             connection.execute(f"PRAGMA busy_timeout = {round(busy_timeout * _MS)}")
             result = connection.execute("PRAGMA quick_check").fetchone()[0]
             if result != _OK:
-                raise DatabaseError(f"{path} is corrupt ({result}); left untouched")
+                raise StoreUnusable(f"{path} is corrupt ({result}); left untouched")
             _probe_write(connection, path)
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")
@@ -248,8 +236,8 @@ class Database:
             cls._check_columns(connection, path)
         except sqlite3.Error as exc:
             connection.close()
-            raise DatabaseError(f"{path} is unusable ({exc}); left untouched") from exc
-        except DatabaseError:
+            raise StoreUnusable(f"{path} is unusable ({exc}); left untouched") from exc
+        except StoreUnusable:
             connection.close()
             raise
         return cls(connection, path)
@@ -260,7 +248,7 @@ class Database:
             rows = connection.execute(f"PRAGMA table_info({table})").fetchall()
             missing = required - {row[1] for row in rows}
             if missing:
-                raise DatabaseError(
+                raise StoreUnusable(
                     f"{path}: table {table} lacks {', '.join(sorted(missing))}"
                 )
 
@@ -276,21 +264,30 @@ class Database:
         """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any exception.
 
         Pending LastSeen/LastUsed updates ride along in every commit.
+
+        Raises:
+            StorageFault: SQLite failed to begin or commit.
         """
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageFault(f"database: {exc}") from exc
         try:
             yield
             self._write_pending()
             self._db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             # SQLite has already rolled back after some errors (disk full, I/O):
             # a second ROLLBACK would raise and hide the error that matters.
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StorageFault(f"database: {exc}") from exc
             raise
         self._seen.clear()
         self._used.clear()
 
+    @_translated
     def flush(self) -> None:
         """Commit pending LastSeen/LastUsed updates, if any."""
         if self._seen or self._used:
@@ -305,24 +302,29 @@ class Database:
 
     # -- clients --------------------------------------------------------------
 
+    @_translated
     def client_by_id(self, client_id: bytes) -> ClientRow | None:
         """The client with this id, if any."""
         row = self._db.execute(_SELECT_CLIENT_BY_ID, (client_id,)).fetchone()
         return _client(row)
 
+    @_translated
     def client_by_name(self, name: str) -> ClientRow | None:
         """The client with this name, if any."""
         row = self._db.execute(_SELECT_CLIENT_BY_NAME, (name,)).fetchone()
         return _client(row)
 
+    @_translated
     def count_clients(self) -> int:
         """How many clients are registered."""
         return self._db.execute(_COUNT_CLIENTS).fetchone()[0]
 
+    @_translated
     def count_live_clients(self, keyless_since: float) -> int:
         """Clients with a key, plus keyless ones registered at or after ``keyless_since``."""
         return self._db.execute(_COUNT_LIVE_CLIENTS, (keyless_since,)).fetchone()[0]
 
+    @_translated
     def delete_stale_keyless(self, before: float) -> int:
         """Forget keyless registrations made before ``before``; return how many."""
         stale = [row[0] for row in self._db.execute(_STALE_KEYLESS, (before,))]
@@ -330,19 +332,30 @@ class Database:
             self.delete_client(client_id)
         return len(stale)
 
+    @_translated
     def insert_client(self, client_id: bytes, name: str, now: float) -> None:
-        """Register a name (no keys yet). Raises sqlite3.IntegrityError if taken."""
-        self._db.execute(_INSERT_CLIENT, (client_id, name, timestamp(now)))
+        """Register a name (no keys yet).
 
+        Raises:
+            NameTaken: another client holds the name.
+        """
+        try:
+            self._db.execute(_INSERT_CLIENT, (client_id, name, timestamp(now)))
+        except sqlite3.IntegrityError as exc:
+            raise NameTaken(name) from exc
+
+    @_translated
     def delete_client(self, client_id: bytes) -> None:
         """Forget a keyless registration and its binding."""
         self._db.execute(_DELETE_CLIENT, (client_id,))
         self._db.execute(_DELETE_BINDING, (client_id,))
 
+    @_translated
     def set_keys(self, client_id: bytes, public_key: bytes, aes_key: bytes, now: float) -> None:
         """Store the public key and the first AES key (826)."""
         self._db.execute(_SET_KEYS, (public_key, aes_key, timestamp(now), client_id))
 
+    @_translated
     def set_aes_key(self, client_id: bytes, aes_key: bytes, now: float) -> None:
         """Store a fresh AES key (827)."""
         self._db.execute(_SET_AES_KEY, (aes_key, timestamp(now), client_id))
@@ -353,37 +366,44 @@ class Database:
 
     # -- files ----------------------------------------------------------------
 
+    @_translated
     def file_row(self, client_id: bytes, file_name: bytes) -> FileRow | None:
         """The row of one of the client's files, if any."""
         row = self._db.execute(
             _SELECT_FILE, (client_id, file_name_value(file_name))
         ).fetchone()
-        return _file(row)
+        return None if row is None else _file(row)
 
+    @_translated
     def file_rows(self) -> list[FileRow]:
         """Every row of ``files``."""
         return [_file(row) for row in self._db.execute(_SELECT_FILES)]
 
+    @_translated
     def path_names(self, client_id: bytes) -> list[str]:
         """The PathName of every file the client has."""
         return [row[0] for row in self._db.execute(_SELECT_PATH_NAMES, (client_id,))]
 
+    @_translated
     def upsert_file(self, client_id: bytes, file_name: bytes, path_name: str) -> None:
         """Insert or reset a file's row with Verified false."""
         self._db.execute(_UPSERT_FILE, (client_id, file_name_value(file_name), path_name))
 
+    @_translated
     def set_verified(self, client_id: bytes, file_name: bytes, verified: bool) -> None:
         """Set a file's Verified flag (900: true, 902: false)."""
         self._db.execute(
             _SET_VERIFIED, (int(verified), client_id, file_name_value(file_name))
         )
 
+    @_translated
     def delete_file(self, client_id: bytes, file_name: bytes) -> None:
         """Remove a file's row."""
         self._db.execute(_DELETE_FILE, (client_id, file_name_value(file_name)))
 
     # -- key bindings ---------------------------------------------------------
 
+    @_translated
     def binding(self, client_id: bytes) -> Binding | None:
         """Who may use the client's key, and since when."""
         row = self._db.execute(_SELECT_BINDING, (client_id,)).fetchone()
@@ -392,6 +412,7 @@ class Database:
         used = max(row[3], self._used.get(client_id, row[3]))
         return Binding(id=row[0], address=row[1], issued_at=row[2], last_used=used)
 
+    @_translated
     def set_binding(self, client_id: bytes, address: str, now: float) -> None:
         """Bind the client's key (or registration) to an address from now."""
         self._db.execute(_UPSERT_BINDING, (client_id, address, now, now))
@@ -402,7 +423,7 @@ class Database:
         self._used[client_id] = now
 
 
-def _client(row) -> ClientRow | None:
+def _client(row: tuple | None) -> ClientRow | None:
     if row is None:
         return None
     return ClientRow(
@@ -410,9 +431,7 @@ def _client(row) -> ClientRow | None:
     )
 
 
-def _file(row) -> FileRow | None:
-    if row is None:
-        return None
+def _file(row: tuple) -> FileRow:
     return FileRow(
         id=row[0], file_name=_name_bytes(row[1]), path_name=row[2], verified=bool(row[3])
     )

@@ -1,0 +1,459 @@
+"""One connection's protocol, sans-I/O: bytes in, answers and a close verdict out.
+
+A :class:`Session` holds no socket, selector or descriptor. The transport
+(server/channel.py) feeds it what it received (:meth:`Session.receive_data`),
+steps it (:meth:`Session.next_step`) while it has room for answers, sends
+what :meth:`Session.data_to_send` returns, and closes when
+:attr:`Session.verdict` says so. Time is the app's clock: the transport wakes
+the session at :meth:`Session.wakeup` (:meth:`Session.on_time`).
+
+The rules that govern what a connection is owed:
+
+Rule 1. The first request fixes the connection model (docs/PROTOCOL.md,
+    variant 7): a connection whose first request is in
+    ``PER_REQUEST_OPENERS`` (828, 900–902) is *per-request*: its client
+    opens one connection per request and reads one reply from each. Any
+    other first request starts a *persistent* connection.
+
+Rule 2. A request the server honours is owed what :data:`OWED` says for
+    its kind and the connection model: its answer, nothing, a close, or
+    (901 on a persistent connection, variant 8) its answer only if no 828
+    starts within ``retry_ack_delay``.
+
+Rule 3. A refused request is always answered (1607, or 1601 where the
+    protocol names it), whatever :data:`OWED` says. It counts toward
+    ``max_errors`` and does not restart the idle timer: only a request that
+    succeeds keeps a connection alive. A refusal that leaves the byte stream
+    untrustworthy (a broken header, an impossible size) closes the
+    connection after its answer.
+
+Rule 4. A deferred 1604 (Rule 2) goes out when its delay passes; an 828
+    that starts cancels it; any other request, or the peer's close, sends it
+    first, so answers stay in order.
+
+Rule 5. Every connection has one deadline at a time: ``message_deadline``
+    for a message once its first byte came (extended by the 828 content
+    received, at ``min_content_rate``), ``idle_timeout`` between messages,
+    and ``message_deadline`` for the first request.
+
+What each request is owed is the table below; what a refusal or a fault is
+answered is :meth:`Session._refuse` and :meth:`Session.fail`, the one place
+where server errors (server/errors.py) become answers.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+from protocol import (
+    NEED_DATA,
+    ConnectionClosed,
+    FileContent,
+    FilePacketEnded,
+    FilePacketStarted,
+    GeneralError,
+    RegistrationFailed,
+    RemoteProtocolError,
+    RequestCode,
+    ResponseCode,
+    ServerConnection,
+)
+from protocol.codes import MAX_UINT32, PER_REQUEST_OPENERS
+from protocol.events import Request, Response
+from protocol.incoming import MAX_ZERO_FILL
+from protocol.wire import FILE_PACKET_FIELDS_SIZE, REQUEST_HEADER_SIZE, REQUEST_PAYLOAD_SIZES
+
+from . import crashpoints
+from .app import App
+from .errors import InternalFault, Refusal, StorageFault
+from .handlers import HANDLERS, file_packet_outcome, start_file_packet
+from .outcome import Outcome, RequestKind
+from .peer import Peer
+from .upload import IncomingPacket
+
+log = logging.getLogger(__name__)
+
+_MS = 1000.0
+
+
+class Model(enum.Enum):
+    """How a client uses its connections (Rule 1)."""
+
+    PERSISTENT = "persistent"
+    PER_REQUEST = "per-request"
+
+
+class Action(enum.Enum):
+    """What the server does once a request is handled (Rule 2)."""
+
+    SEND = "send its answer"
+    SEND_NOTHING = "send nothing"
+    CLOSE = "close the connection"
+    SEND_UNLESS_FILE_FOLLOWS = "send its answer unless an 828 starts within retry_ack_delay"
+
+
+_P, _R = Model.PERSISTENT, Model.PER_REQUEST
+
+#: What a request the server honours is owed, per kind and connection model.
+OWED: dict[RequestKind, dict[Model, Action]] = {
+    RequestKind.REGISTER: {_P: Action.SEND, _R: Action.SEND},
+    RequestKind.SEND_PUBLIC_KEY: {_P: Action.SEND, _R: Action.SEND},
+    RequestKind.RECONNECT: {_P: Action.SEND, _R: Action.SEND},
+    RequestKind.FILE_PACKET: {_P: Action.SEND_NOTHING, _R: Action.CLOSE},
+    RequestKind.LAST_FILE_PACKET: {_P: Action.SEND, _R: Action.SEND},
+    RequestKind.CRC_OK: {_P: Action.SEND, _R: Action.SEND},
+    RequestKind.CRC_RETRY: {_P: Action.SEND_UNLESS_FILE_FOLLOWS, _R: Action.CLOSE},
+    RequestKind.CRC_ABORT: {_P: Action.SEND, _R: Action.SEND},
+}
+
+
+class Step(enum.Enum):
+    """What one :meth:`Session.next_step` did."""
+
+    #: Nothing more to do until more bytes arrive.
+    NEED_DATA = "need data"
+    #: Part of a request (an 828's start or content) was handled.
+    PART = "part"
+    #: A request ended (answered, or not, per the table).
+    REQUEST = "request"
+    #: The session reached a close verdict.
+    CLOSE = "close"
+
+
+@dataclass(frozen=True)
+class Close:
+    """The session's verdict: close the connection, after sending what is queued."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    due: float
+    response: Response
+    client: str
+
+
+def _error_response(code: ResponseCode) -> Response:
+    return RegistrationFailed() if code is ResponseCode.REGISTRATION_FAILED else GeneralError()
+
+
+class Session:
+    """One connection's requests: decoding, handling, answers, deadlines, its log lines."""
+
+    def __init__(self, app: App, peer: Peer) -> None:
+        self.app = app
+        self.peer = peer
+        limits = app.limits
+        self._limits = limits
+        self._decoder = ServerConnection(
+            max_skip_payload=limits.max_skip_payload,
+            max_packet_content=min(MAX_UINT32, limits.max_content_size + MAX_ZERO_FILL),
+        )
+        self._outbox = bytearray()
+        self.verdict: Close | None = None
+        self.model: Model | None = None
+        self.errors = 0
+        self._eof = False
+        self._packet: IncomingPacket | None = None
+        self._packet_client = ""
+        self._deferred: _Deferred | None = None
+        now = app.monotonic()
+        self._opened = now
+        self._last_boundary = now
+        self._last_recv = now
+        self._message_start: float | None = None
+        self._message_content = 0
+        self._seen_request = False
+        self._request_t0 = now
+        self._request_size = 0
+        self._current: tuple[RequestCode | None, str] = (None, "")
+
+    # -- input ----------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes from the peer; ``b""`` when it closed its side."""
+        self._last_recv = self.app.monotonic()
+        if not data:
+            self._eof = True
+        self._decoder.receive_data(data)
+
+    def next_step(self) -> Step:
+        """Handle the next event of the stream (call until NEED_DATA or CLOSE)."""
+        if self.verdict is not None:
+            return Step.CLOSE
+        try:
+            event = self._decoder.next_event()
+        except RemoteProtocolError as exc:
+            self._on_broken_stream(exc)
+            return self._after(Step.REQUEST)
+        if event is NEED_DATA:
+            if self._decoder.in_message and self._message_start is None:
+                self._message_start = self._last_recv
+            return Step.NEED_DATA
+        if isinstance(event, ConnectionClosed):
+            self._flush_deferred()
+            self._close("peer closed")
+            return Step.CLOSE
+        if isinstance(event, FilePacketStarted):
+            self._start_packet(event)
+            return Step.PART
+        if isinstance(event, FileContent):
+            self._message_content += len(event.data)
+            if self._packet is not None:
+                self._packet.feed(event.data)
+            return Step.PART
+        if isinstance(event, FilePacketEnded):
+            self._end_packet()
+        else:
+            self._handle(event)
+        return self._after(Step.REQUEST)
+
+    def on_time(self) -> None:
+        """The clock reached :meth:`wakeup`: a deferred answer may be due."""
+        deferred = self._deferred
+        if deferred is None or self.verdict is not None or self.app.monotonic() < deferred.due:
+            return
+        self._deferred = None
+        self._send(deferred.response)
+        log.info("%s 901 %s -> %d (no 828 within %.1f s)", self.peer, deferred.client,
+                 deferred.response.code.value, self._limits.retry_ack_delay)
+
+    def fail(self) -> None:
+        """An unexpected error (a bug) reached the edge: answer 1607, close (Rule 3).
+
+        Called from the loop's one broad ``except``, with the error being
+        handled (it is logged here with its traceback). Never raises.
+        """
+        code, client = self._current
+        log.exception("%s %s %s: unexpected error", self.peer, _code_text(code), client or "-")
+        if self.verdict is None:
+            self._packet = None
+            self._refuse(code, client, InternalFault("internal error"), close=True)
+
+    def connection_lost(self) -> None:
+        """The transport closed: let go of what this connection held."""
+        self._packet = None
+        self._deferred = None
+        self.app.connection_closed(self.peer)
+
+    # -- output ---------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """The answers queued since the last call."""
+        if not self._outbox:
+            return b""
+        data = bytes(self._outbox)
+        self._outbox.clear()
+        return data
+
+    @property
+    def between_messages(self) -> bool:
+        """Whether every request that arrived is handled (no message half in)."""
+        return self._message_start is None and self._packet is None
+
+    def deadline(self) -> tuple[float, str]:
+        """When the connection times out, and why (Rule 5)."""
+        limits = self._limits
+        if not self.between_messages:
+            start = self._message_start if self._message_start is not None else self._last_recv
+            deadline = start + limits.message_deadline
+            if self._message_content:
+                deadline = min(
+                    deadline + self._message_content / limits.min_content_rate,
+                    self._last_recv + limits.message_deadline,
+                )
+            return deadline, "message not completed in time"
+        if self._seen_request:
+            return self._last_boundary + limits.idle_timeout, "idle"
+        return self._opened + limits.message_deadline, "no request"
+
+    def wakeup(self) -> float:
+        """When :meth:`on_time` or the deadline needs the session next."""
+        deadline = self.deadline()[0]
+        return deadline if self._deferred is None else min(deadline, self._deferred.due)
+
+    # -- requests ---------------------------------------------------------------
+
+    def _after(self, step: Step) -> Step:
+        return Step.CLOSE if self.verdict is not None else step
+
+    def _message_t0(self) -> float:
+        return self._message_start if self._message_start is not None else self._last_recv
+
+    def _start_request(self, code: RequestCode) -> None:
+        if self.model is None:
+            self.model = Model.PER_REQUEST if code in PER_REQUEST_OPENERS else Model.PERSISTENT
+        if code is RequestCode.SEND_FILE:
+            self._cancel_deferred()  # Rule 4: an 828 started, no 1604
+        else:
+            self._flush_deferred()
+
+    def _handle(self, event: Request) -> None:
+        """A request of one message (all but 828)."""
+        code = event.code
+        client = event.client_id.hex()
+        self._current = (code, client)
+        self._request_t0 = self._message_t0()
+        self._request_size = REQUEST_HEADER_SIZE + REQUEST_PAYLOAD_SIZES[code]
+        self._start_request(code)
+        try:
+            outcome = HANDLERS[code](self.app, self.peer, event)
+        except (Refusal, StorageFault) as exc:
+            self._refuse(code, client, exc)
+            return
+        self._finish(code, outcome)
+
+    def _start_packet(self, event: FilePacketStarted) -> None:
+        """An 828's fixed fields: its content follows."""
+        self._request_t0 = self._message_t0()
+        self._message_start = self._request_t0
+        self._request_size = REQUEST_HEADER_SIZE + FILE_PACKET_FIELDS_SIZE + event.bytes_in_packet
+        self._current = (RequestCode.SEND_FILE, event.client_id.hex())
+        self._start_request(RequestCode.SEND_FILE)
+        per_request = self.model is Model.PER_REQUEST
+        self._packet_client, self._packet = start_file_packet(
+            self.app, self.peer, per_request, event
+        )
+        self._current = (RequestCode.SEND_FILE, self._packet_client)
+
+    def _end_packet(self) -> None:
+        """An 828's content is complete."""
+        packet, self._packet = self._packet, None
+        client = self._packet_client
+        if packet is None:
+            raise InternalFault("an 828 ended that never started")
+        try:
+            outcome = file_packet_outcome(client, packet.end())
+        except (Refusal, StorageFault) as exc:
+            self._refuse(RequestCode.SEND_FILE, client, exc)
+            return
+        self._finish(RequestCode.SEND_FILE, outcome)
+
+    def _finish(self, code: RequestCode, outcome: Outcome) -> None:
+        """Send what a handled request is owed (Rules 2 and 3)."""
+        self._end_message(succeeded=not outcome.refused)
+        assert self.model is not None  # set by the request's start
+        action = Action.SEND if outcome.refused else OWED[outcome.kind][self.model]
+        response = outcome.response
+        if action in (Action.SEND, Action.SEND_UNLESS_FILE_FOLLOWS) and response is None:
+            raise InternalFault(f"{outcome.kind.value} is owed an answer and has none")
+        if action is Action.SEND and response is not None:
+            self._send(response)
+            result = str(response.code.value)
+        elif action is Action.SEND_UNLESS_FILE_FOLLOWS and response is not None:
+            due = self.app.monotonic() + self._limits.retry_ack_delay
+            self._deferred = _Deferred(due, response, outcome.client)
+            result = "(deferred)"
+        else:
+            result = "(no reply)"
+        level = logging.INFO if outcome.final else logging.DEBUG
+        self._log_request(level, code, outcome.client, result, outcome.detail)
+        if action is Action.CLOSE:
+            self._close("per-request connection, request without reply")
+        elif outcome.refused:
+            self._count_error(close=False)
+
+    # -- refusals (Rule 3) -------------------------------------------------------
+
+    def _on_broken_stream(self, exc: RemoteProtocolError) -> None:
+        """The decoder refused the stream (bad header, size, name...)."""
+        if self._packet is not None:
+            self._packet = None
+            self.app.uploads.connection_closed(self.peer)
+        if self._eof and exc.close:
+            # The cut message is dropped, but the answers to the complete
+            # requests before it are still due: a half-closed peer reads them.
+            self._end_message(succeeded=False)
+            self._close("connection closed in the middle of a message")
+            return
+        self._refuse(None, "", exc)
+
+    def _refuse(
+        self,
+        code: RequestCode | None,
+        client: str,
+        error: RemoteProtocolError | Refusal | StorageFault | InternalFault,
+        *,
+        close: bool = False,
+    ) -> None:
+        """Answer a refusal or a fault: 1607 (or 1601); close if the stream is lost."""
+        if isinstance(error, StorageFault):
+            log.error(
+                "%s %s %s: server fault: %s", self.peer, _code_text(code), client or "-", error
+            )
+            reason, response_code = "server fault", ResponseCode.GENERAL_ERROR
+        elif isinstance(error, InternalFault):
+            reason, response_code = str(error), ResponseCode.GENERAL_ERROR
+        else:
+            reason, response_code = str(error), error.response_code
+            close = close or error.close
+        if code is None:
+            self._request_t0, self._request_size = self._message_t0(), 0
+        self._end_message(succeeded=False)
+        response = _error_response(response_code)
+        self._send(response)
+        self._log_request(logging.INFO, code, client, f"{response.code.value} refused", reason)
+        self._count_error(close=close)
+
+    def _count_error(self, close: bool) -> None:
+        """One more refusal: close if the stream is lost or errors pile up."""
+        self.errors += 1
+        if close:
+            self._close("protocol error")
+        elif self.errors >= self._limits.max_errors:
+            self._close(f"{self.errors} errors")
+
+    def _end_message(self, succeeded: bool) -> None:
+        """A request is over; only one that succeeded restarts the idle timer."""
+        self._message_start = None
+        self._message_content = 0
+        self._seen_request = True
+        if succeeded:
+            self._last_boundary = self.app.monotonic()
+
+    def _close(self, reason: str) -> None:
+        """Reach the close verdict (the first reason stands); release the uploads now."""
+        if self.verdict is not None:
+            return
+        self.verdict = Close(reason)
+        self._cancel_deferred()
+        self.app.uploads.connection_closed(self.peer)
+
+    def _log_request(
+        self, level: int, code: RequestCode | None, client: str, result: str, detail: str
+    ) -> None:
+        if not log.isEnabledFor(level):
+            return
+        elapsed = (self.app.monotonic() - self._request_t0) * _MS
+        log.log(
+            level,
+            "%s %s %s -> %s (in %d B, %.1f ms)%s",
+            self.peer,
+            _code_text(code),
+            client or "-",
+            result,
+            self._request_size,
+            elapsed,
+            f": {detail}" if detail else "",
+        )
+
+    # -- answers ------------------------------------------------------------------
+
+    def _send(self, response: Response) -> None:
+        self._outbox += self._decoder.send(response)
+        crashpoints.reached("response.queued")
+
+    def _flush_deferred(self) -> None:
+        if self._deferred is not None:
+            response, self._deferred = self._deferred.response, None
+            self._send(response)
+
+    def _cancel_deferred(self) -> None:
+        self._deferred = None
+
+
+def _code_text(code: RequestCode | None) -> str:
+    return str(code.value) if code is not None else "-"

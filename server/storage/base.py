@@ -1,0 +1,196 @@
+"""The storage seam: what the handlers ask of a metadata store and a blob store.
+
+Two small interfaces, so that the handlers never see how things are kept:
+
+* :class:`MetadataStore`: clients, their keys and key bindings, and the files
+  each client holds, with transactions. First implementation: SQLite
+  (:mod:`server.storage.sqlite`).
+* :class:`BlobStore`: the received files' content: open a temp blob, write
+  it, commit it under its final name, read it, delete it. First
+  implementation: a local folder (:mod:`server.storage.folder`).
+
+What crosses the seam is plain Python: bytes, str, numbers and the frozen
+records below; what goes wrong is :class:`~server.errors.StorageFault` (or
+:class:`~server.errors.NameTaken`), never a library's own exception type.
+The order in which the two stores are written so that a crash leaves them
+consistent is in :mod:`server.storage.commit`, in one place.
+
+A blob is named by its *path name*, the string the ``files`` table keeps in
+``PathName`` (for the folder store, ``received_files/<client-id-hex>/<name>``).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable, Protocol
+
+
+@dataclass(frozen=True)
+class ClientRow:
+    """A client: its id, name, keys (None until 826) and last request time."""
+
+    id: bytes
+    name: str
+    public_key: bytes | None
+    last_seen: str | None
+    aes_key: bytes | None
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """A file a client holds; ``file_name`` is the wire name's text as sent."""
+
+    id: bytes
+    file_name: bytes
+    path_name: str
+    verified: bool
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Who may use a client's current key (or keyless registration), and since when."""
+
+    id: bytes
+    address: str
+    issued_at: float
+    last_used: float
+
+
+@dataclass(frozen=True)
+class BlobEntry:
+    """Something found in the blob store at start-up (a stored blob or a stray).
+
+    ``client_hex`` is empty for an entry in the place of a client's folder.
+    """
+
+    client_hex: str
+    name: str
+    path_name: str
+
+
+class MetadataStore(Protocol):
+    """Clients, keys, key bindings and files.
+
+    Writes happen inside :meth:`transaction`; stamps noted with
+    :meth:`note_seen` and :meth:`note_key_used` ride along with the next
+    commit or :meth:`flush`. Every method may raise
+    :class:`~server.errors.StorageFault`.
+    """
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Everything written inside commits together, or not at all."""
+        ...
+
+    def flush(self) -> None:
+        """Commit pending stamps, if any."""
+        ...
+
+    def close(self) -> None:
+        """Write pending stamps and let go of the store."""
+        ...
+
+    # clients
+    def client_by_id(self, client_id: bytes) -> ClientRow | None: ...
+    def client_by_name(self, name: str) -> ClientRow | None: ...
+    def count_clients(self) -> int: ...
+    def count_live_clients(self, keyless_since: float) -> int: ...
+    def delete_stale_keyless(self, before: float) -> int: ...
+
+    def insert_client(self, client_id: bytes, name: str, now: float) -> None:
+        """Register a name, keyless.
+
+        Raises:
+            NameTaken: another client holds the name.
+        """
+        ...
+
+    def delete_client(self, client_id: bytes) -> None: ...
+    def set_keys(self, client_id: bytes, public_key: bytes, aes_key: bytes, now: float) -> None: ...
+    def set_aes_key(self, client_id: bytes, aes_key: bytes, now: float) -> None: ...
+    def note_seen(self, client_id: bytes, now: float) -> None: ...
+
+    # files
+    def file_row(self, client_id: bytes, file_name: bytes) -> FileRow | None: ...
+    def file_rows(self) -> list[FileRow]: ...
+    def path_names(self, client_id: bytes) -> list[str]: ...
+    def upsert_file(self, client_id: bytes, file_name: bytes, path_name: str) -> None: ...
+    def set_verified(self, client_id: bytes, file_name: bytes, verified: bool) -> None: ...
+    def delete_file(self, client_id: bytes, file_name: bytes) -> None: ...
+
+    # key bindings
+    def binding(self, client_id: bytes) -> Binding | None: ...
+    def set_binding(self, client_id: bytes, address: str, now: float) -> None: ...
+    def note_key_used(self, client_id: bytes, now: float) -> None: ...
+
+
+class TempBlob(Protocol):
+    """A blob being written; nobody sees it until :meth:`install`.
+
+    Every method but :meth:`discard` may raise :class:`~server.errors.StorageFault`.
+    """
+
+    #: Bytes written so far.
+    size: int
+    #: Whether :meth:`install` put it under its final name (even if a later
+    #: step of the install failed).
+    installed: bool
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append data."""
+        ...
+
+    def sync(self) -> None:
+        """Make the content durable; no more writes."""
+        ...
+
+    def install(self, path_name: str) -> None:
+        """Commit: atomically become the blob ``path_name`` (replacing it), durably."""
+        ...
+
+    def discard(self) -> None:
+        """Forget the blob (never raises)."""
+        ...
+
+
+class BlobStore(Protocol):
+    """The received files' content, one namespace per client."""
+
+    def new_temp(self, client_id: bytes) -> TempBlob:
+        """Open a temp blob for one of the client's files."""
+        ...
+
+    def new_path_name(self, client_id: bytes, file_name: bytes, taken: Iterable[str]) -> str:
+        """The path name for a file's first upload, distinct from ``taken``."""
+        ...
+
+    def open(self, path_name: str) -> BinaryIO:
+        """Read a stored blob."""
+        ...
+
+    def exists(self, path_name: str) -> bool: ...
+
+    def remove(self, path_name: str) -> None:
+        """Delete a stored blob (absent is fine)."""
+        ...
+
+    def free_space(self) -> int:
+        """Bytes free for new blobs."""
+        ...
+
+    # start-up repair (server.storage.commit)
+    def remove_temps(self) -> int:
+        """Delete every temp blob a crash left; return how many."""
+        ...
+
+    def stored(self) -> list[BlobEntry]:
+        """Every stored blob."""
+        ...
+
+    def strays(self) -> list[BlobEntry]:
+        """Entries the server never makes that are in its way."""
+        ...
+
+    def set_aside(self, entry: BlobEntry) -> str:
+        """Move an entry out of the way, as it is; return where it went."""
+        ...

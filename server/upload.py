@@ -1,0 +1,663 @@
+"""A file being received, from its first packet to the client's verdict: one owner.
+
+Each client id has at most one upload in progress at a time, and one complete
+upload per file name waiting for its verdict, kept here rather than on a
+connection: a per-request client (docs/PROTOCOL.md, variant 7) sends each 828
+and its 900 on a new connection, so an upload outlives the connection that
+started it. An :class:`Upload` is always in exactly one phase, one class each:
+
+:class:`Receiving`
+    Packets are arriving; :class:`~protocol.incoming.IncomingFile` checks
+    their order (variant 5), the zero-filled last packet (variant 4) and
+    per-packet encryption (variant 6), decrypts and sums them, and the
+    plaintext goes to a temp blob. ``streaming`` is the connection inside one
+    of its packets right now; ``owner`` is a one-connection client's
+    connection, kept between packets (if it closes mid-file, the upload is
+    dropped). It lives only while it progresses: its deadline is
+    ``message_deadline`` after the last content byte, and no later than the
+    start plus ``message_deadline`` plus the bytes received at
+    ``min_content_rate``. Requests that are not its packets never extend it,
+    so the disk space it reserves cannot be held by an upload that does not
+    send.
+:class:`Failed`
+    The attempt was refused; its remaining packets are dropped without a
+    reply until its last packet, a new first packet, or its deadline, so
+    that a one-connection client gets one 1607 per attempt and stays in step.
+:class:`Installed`
+    The last packet came, and it was the name's first upload: it is the
+    stored file (Verified false), waiting for the verdict.
+:class:`Pending`
+    The last packet came for a name already stored: the *pending version*
+    waits as a synced temp blob and replaces the stored file only at the 900
+    of the client holding the same key (the pending-version rule). 901, 902,
+    a new key, the owner connection's close or ``idle_timeout`` discard it,
+    and the stored file stays as it was.
+:class:`GivenUp`
+    A pending version discarded by 901 or 902; it still takes a 902.
+
+Verdicts (900/901/902) apply only to an upload completed under the key in
+use, never to a file name alone. A first packet while another attempt of the
+same client is receiving, and not on that attempt's own connection, is
+refused, and the attempt in progress goes on: uploads are serialised per
+client, so the stored file is always one complete upload.
+
+The order in which a complete upload is written is
+:mod:`server.storage.commit`'s. One 828 on one connection is an
+:class:`IncomingPacket`; what it ends in is a :data:`PacketEnd` value, a
+refusal included.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol, Union
+
+from protocol import RemoteProtocolError
+from protocol.events import FilePacketStarted
+from protocol.incoming import DecryptionFailed, IncomingFile, PacketOrder, ReceivedFile
+
+from .budget import DecryptionBudget
+from .errors import Refusal, StorageFault
+from .labels import printable
+from .limits import Limits
+from .peer import Peer
+from . import crashpoints
+from .storage import BlobStore, MetadataStore, TempBlob, commit
+from .timers import Timer, Timers
+
+log = logging.getLogger(__name__)
+
+#: The disk room a first packet is checked against is told only to about
+#: 1/64 of itself (6 bits): enough to accept what fits, too coarse to read
+#: the free space, or others' uploads, byte by byte by probing sizes.
+DISK_ROOM_PRECISION_BITS = 6
+
+
+# -- the phases of an upload ----------------------------------------------------
+
+
+@dataclass
+class Receiving:
+    """Packets are arriving into a temp blob."""
+
+    incoming: IncomingFile
+    temp: TempBlob
+
+
+@dataclass
+class Failed:
+    """A refused attempt whose remaining packets are dropped."""
+
+
+@dataclass
+class Installed:
+    """A name's first upload, stored (Verified false), waiting for its verdict."""
+
+    result: ReceivedFile
+    path_name: str
+
+
+@dataclass
+class Pending:
+    """A later version of a stored name, a synced temp blob until its 900."""
+
+    result: ReceivedFile
+    path_name: str
+    temp: TempBlob
+
+
+@dataclass
+class GivenUp:
+    """A pending version discarded by 901 or 902."""
+
+    result: ReceivedFile
+    path_name: str
+
+
+Phase = Union[Receiving, Failed, Installed, Pending, GivenUp]
+#: The phases of a complete upload, waiting for the client's verdict.
+Complete = Union[Installed, Pending, GivenUp]
+
+
+@dataclass(eq=False)
+class Upload:
+    """One client's file, in one :data:`Phase`."""
+
+    client_id: bytes
+    #: Where the first packet came from (disk reservations per address).
+    address: str
+    #: The key it was sent under: a verdict must come under the same key.
+    aes_key: bytes
+    file_name: bytes
+    order: PacketOrder
+    started: float
+    phase: Phase
+    owner: Peer | None = None
+    streaming: Peer | None = None
+    received: int = 0
+    last_progress: float = 0.0
+    completed: float = 0.0
+    deadline_timer: Timer | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.last_progress = self.started
+
+    def held_by_other(self, peer: Peer) -> bool:
+        """Whether another connection is inside a packet of it, or owns it."""
+        return (self.streaming is not None and self.streaming is not peer) or (
+            self.owner is not None and self.owner is not peer
+        )
+
+    def continues_on(self, peer: Peer) -> bool:
+        """Whether a new first packet on ``peer`` may replace this upload.
+
+        A receiving upload is replaced only by its own connection (a
+        one-connection client starting over); anything else waits for it.
+        """
+        return not isinstance(self.phase, Receiving) or self.owner is peer
+
+    @property
+    def reserved(self) -> int:
+        """Disk bytes this upload may still need."""
+        if not isinstance(self.phase, Receiving):
+            return 0
+        return max(0, self.phase.incoming.max_plain_size - self.phase.temp.size)
+
+    def deadline(self, limits: Limits) -> float:
+        """When this upload is dropped unless it moves on."""
+        if isinstance(self.phase, (Installed, Pending, GivenUp)):
+            return self.completed + limits.idle_timeout
+        paced = self.started + limits.message_deadline + self.received / limits.min_content_rate
+        return min(paced, self.last_progress + limits.message_deadline)
+
+
+# -- what one packet ends in ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MoreToCome:
+    """The packet is in; more of its file is due."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A packet of a refused attempt, dropped; its answer already went."""
+
+    last: bool
+
+
+@dataclass(frozen=True)
+class FileComplete:
+    """The file is complete and kept (installed, or pending)."""
+
+    client_id: bytes
+    result: ReceivedFile
+    detail: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The packet (and its attempt) is refused: 1607. ``fault``: a store failed."""
+
+    reason: str
+    fault: bool = False
+
+
+PacketEnd = Union[MoreToCome, Dropped, FileComplete, Refused]
+
+
+class IncomingPacket(Protocol):
+    """One 828 on one connection: its content is fed, then it ends."""
+
+    def feed(self, data: bytes | bytearray) -> None: ...
+    def end(self) -> PacketEnd: ...
+
+
+class DroppedPacket:
+    """A packet whose content is dropped; its end is known from its start."""
+
+    def __init__(self, end: PacketEnd) -> None:
+        self._end = end
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """Content of a dropped packet: nothing to do."""
+
+    def end(self) -> PacketEnd:
+        """What the packet was known to end in."""
+        return self._end
+
+
+class StreamingPacket:
+    """A packet whose content streams into its upload.
+
+    If the attempt fails on the way (a sequence or decryption error, a store
+    fault), or the upload is discarded meanwhile (a new key, its deadline),
+    the rest of the content is dropped and the packet ends :class:`Refused`.
+    """
+
+    def __init__(self, uploads: Uploads, upload: Upload, peer: Peer, per_request: bool,
+                 phase: Receiving, last: bool) -> None:
+        self._uploads = uploads
+        self._upload = upload
+        self._peer = peer
+        self._per_request = per_request
+        self._phase = phase
+        self._last = last
+        self._refused: Refused | None = None
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """A piece of the packet's content."""
+        if self._refused is not None or not self._still_receiving():
+            return
+        try:
+            plain = self._phase.incoming.receive(data)
+            if plain:
+                self._phase.temp.write(plain)
+        except (RemoteProtocolError, StorageFault) as exc:
+            self._fail(exc)
+            return
+        self._upload.received += len(data)
+        self._upload.last_progress = self._uploads.clock()
+
+    def end(self) -> PacketEnd:
+        """The packet's content is complete: the file's end, or more to come."""
+        if self._refused is None:
+            self._still_receiving()
+        if self._refused is not None:
+            return self._refused
+        upload, incoming = self._upload, self._phase.incoming
+        try:
+            tail = incoming.end_packet()
+            if tail:
+                self._phase.temp.write(tail)
+        except (RemoteProtocolError, StorageFault) as exc:
+            return self._fail(exc)
+        if not incoming.done:
+            self._uploads.packet_done(upload, self._peer, self._per_request)
+            return MoreToCome(f"packet {incoming.next_packet - 1}/{incoming.total_packets}")
+        try:
+            owner = None if self._per_request else self._peer
+            return self._uploads.complete(upload, self._phase, owner)
+        except StorageFault as exc:
+            self._uploads.discard(upload, "could not be stored")
+            return Refused(str(exc), fault=True)
+
+    def _still_receiving(self) -> bool:
+        """Whether the upload is still this client's, receiving (not discarded meanwhile)."""
+        upload = self._upload
+        if upload.phase is self._phase and self._uploads.get(upload.client_id) is upload:
+            return True
+        self._refused = Refused("the upload was discarded while its packet was arriving")
+        return False
+
+    def _fail(self, exc: Exception) -> Refused:
+        """The attempt is over: drop its file; the packet ends refused."""
+        refused = Refused(str(exc), fault=isinstance(exc, StorageFault))
+        self._refused = refused
+        self._uploads.attempt_failed(self._upload, self._peer, self._per_request, self._last, exc)
+        return refused
+
+
+# -- every client's uploads -------------------------------------------------------
+
+
+class Uploads:
+    """The uploads of every client: at most one receiving per client id."""
+
+    def __init__(
+        self,
+        timers: Timers,
+        limits: Limits,
+        metadata: MetadataStore,
+        blobs: BlobStore,
+        budget: DecryptionBudget,
+    ) -> None:
+        self._timers = timers
+        self._limits = limits
+        self._metadata = metadata
+        self._blobs = blobs
+        self._budget = budget
+        self._uploads: dict[bytes, Upload] = {}
+        self._complete: dict[bytes, dict[bytes, Upload]] = {}
+        #: Connections to the uploads they own or stream (closing one is O(its uploads)).
+        self._held: dict[Peer, set[Upload]] = {}
+
+    def __len__(self) -> int:
+        return len(self._uploads) + sum(len(names) for names in self._complete.values())
+
+    def clock(self) -> float:
+        """The loop's clock."""
+        return self._timers.clock()
+
+    def get(self, client_id: bytes) -> Upload | None:
+        """The client's upload in progress (receiving or failed), if any."""
+        return self._uploads.get(client_id)
+
+    def completed(self, client_id: bytes, file_name: bytes) -> Upload | None:
+        """The client's complete upload of ``file_name`` waiting for verdicts, if any."""
+        return self._complete.get(client_id, {}).get(file_name)
+
+    def reserved_bytes(self, address: str | None = None) -> int:
+        """Disk bytes the uploads in progress may still need (from one address, or all)."""
+        return sum(
+            upload.reserved
+            for upload in self._uploads.values()
+            if address is None or upload.address == address
+        )
+
+    # -- packets ----------------------------------------------------------------
+
+    def start_packet(
+        self,
+        client_id: bytes,
+        aes_key: bytes,
+        peer: Peer,
+        per_request: bool,
+        packet: FilePacketStarted,
+    ) -> IncomingPacket:
+        """An 828 under the client's current key starts: where its content goes, how it ends."""
+        upload = self.get(client_id)
+        if upload is not None and upload.held_by_other(peer):
+            return DroppedPacket(Refused("another connection is sending this client's file"))
+        try:
+            order = PacketOrder.of_first(packet)
+        except RemoteProtocolError:
+            return self._continue(upload, peer, per_request, packet)
+        if upload is not None and not upload.continues_on(peer):
+            return DroppedPacket(Refused("another upload of this client is in progress"))
+        return self._begin(client_id, aes_key, peer, per_request, packet, order)
+
+    def _continue(
+        self, upload: Upload | None, peer: Peer, per_request: bool, packet: FilePacketStarted
+    ) -> IncomingPacket:
+        """A further packet of the client's upload in progress."""
+        if upload is None:
+            return DroppedPacket(Refused("packet of a file that is not being sent"))
+        last = upload.order.is_last(packet)
+        phase = upload.phase
+        if not isinstance(phase, Receiving):
+            if last:
+                self.discard(upload, "end of a failed attempt")
+            return DroppedPacket(Dropped(last))
+        try:
+            phase.incoming.start_packet(packet)
+        except RemoteProtocolError as exc:
+            self.attempt_failed(upload, peer, per_request, last, exc)
+            return DroppedPacket(Refused(str(exc)))
+        self._set_holders(upload, owner=upload.owner, streaming=peer)
+        return StreamingPacket(self, upload, peer, per_request, phase, last)
+
+    def _begin(
+        self,
+        client_id: bytes,
+        aes_key: bytes,
+        peer: Peer,
+        per_request: bool,
+        packet: FilePacketStarted,
+        order: PacketOrder,
+    ) -> IncomingPacket:
+        """A first packet: check the budget and the disk, open the temp blob."""
+
+        def upload(phase: Phase) -> Upload:
+            return Upload(
+                client_id, peer.address, aes_key, packet.file_name.text, order, self.clock(), phase
+            )
+
+        try:
+            if self._budget.uploads_blocked(client_id):
+                raise Refusal("too many failed decryptions for this client in the last hour")
+            incoming = IncomingFile(aes_key, packet, max_content_size=self._limits.max_content_size)
+            self._check_disk(peer, incoming.max_plain_size)
+            temp = self._blobs.new_temp(client_id)
+        except (Refusal, RemoteProtocolError, StorageFault) as exc:
+            if order.total > 1:
+                # Swallow the rest of this attempt quietly: one 1607 per attempt.
+                marker = upload(Failed())
+                self._add(marker)
+                self.packet_done(marker, peer, per_request)
+            return DroppedPacket(Refused(str(exc), fault=isinstance(exc, StorageFault)))
+        phase = Receiving(incoming, temp)
+        started = upload(phase)
+        self._add(started)
+        self._set_holders(started, owner=started.owner, streaming=peer)
+        return StreamingPacket(self, started, peer, per_request, phase, order.total == 1)
+
+    def _check_disk(self, peer: Peer, need: int) -> None:
+        """Room for the file's worst case, within this address's share.
+
+        The room is rounded down coarsely (:func:`coarse`), so that probing
+        sizes tells a client the magnitude of the free space, not its bytes.
+
+        Raises:
+            Refusal: not enough room.
+        """
+        limits = self._limits
+        usable = self._blobs.free_space() - limits.min_free_disk
+        unreserved = usable - self.reserved_bytes()
+        address_room = int(usable * limits.max_disk_share_per_address) - self.reserved_bytes(
+            peer.address
+        )
+        if need > coarse(min(unreserved, address_room)):
+            raise Refusal("not enough disk space for this file")
+
+    def attempt_failed(
+        self, upload: Upload, peer: Peer, per_request: bool, last: bool, exc: Exception
+    ) -> None:
+        """An attempt is refused: drop its file; swallow its further packets."""
+        if isinstance(exc, DecryptionFailed):
+            self._budget.record(upload.client_id, upload.aes_key)
+        if self.get(upload.client_id) is not upload:
+            return  # discarded meanwhile
+        if last:
+            self.discard(upload, f"failed: {exc}")
+            return
+        log.debug("upload for %s failed: %s", upload.client_id.hex(), exc)
+        self._drop_temp(upload)
+        upload.phase = Failed()
+        self.packet_done(upload, peer, per_request)
+
+    def packet_done(self, upload: Upload, peer: Peer, per_request: bool) -> None:
+        """A packet ended: the connection keeps the upload, or it waits for the next one."""
+        self._set_holders(upload, owner=None if per_request else peer, streaming=None)
+
+    def complete(self, upload: Upload, phase: Receiving, owner: Peer | None) -> FileComplete:
+        """The last packet is in: seal the file; install a first upload, keep a later one pending.
+
+        Raises:
+            StorageFault: the file could not be kept (the caller discards it).
+        """
+        result = phase.incoming.result
+        commit.seal(phase.temp)
+        previous = self._metadata.file_row(upload.client_id, upload.file_name)
+        if previous is None:
+            path_name = self._blobs.new_path_name(
+                upload.client_id, upload.file_name, self._metadata.path_names(upload.client_id)
+            )
+            commit.install_first(
+                self._metadata, self._blobs, phase.temp, upload.client_id, upload.file_name,
+                path_name,
+            )
+            complete: Complete = Installed(result, path_name)
+            stored = f"stored as {path_name}"
+        else:
+            commit.keep_pending()
+            complete = Pending(result, previous.path_name, phase.temp)
+            stored = f"kept as a pending version of {previous.path_name} until 900"
+        if self._uploads.get(upload.client_id) is upload:
+            del self._uploads[upload.client_id]
+        earlier = self.completed(upload.client_id, upload.file_name)
+        if earlier is not None:
+            self.discard(earlier, "replaced by a newer upload of the name")
+        self._complete.setdefault(upload.client_id, {})[upload.file_name] = upload
+        upload.phase = complete
+        upload.completed = self.clock()
+        self._set_holders(upload, owner=owner, streaming=None)
+        self._arm(upload)
+        elapsed = upload.completed - upload.started
+        return FileComplete(
+            upload.client_id,
+            result,
+            f"file {printable(upload.file_name)} {stored}: {result.plain_size} bytes"
+            f" in {elapsed:.3f} s",
+        )
+
+    # -- verdicts ----------------------------------------------------------------
+
+    def confirm(self, upload: Upload) -> str:
+        """900: a pending version replaces the stored file; the file is verified.
+
+        Raises:
+            Refusal: the upload was given up (901/902).
+            StorageFault: the install or the commit failed (a retried 900 completes it).
+        """
+        phase = upload.phase
+        if isinstance(phase, GivenUp):
+            raise Refusal("nothing to verify: this upload was given up (901/902)")
+        crashpoints.reached("verify.before_commit")
+        if isinstance(phase, Pending):
+            try:
+                commit.install_confirmed(
+                    self._metadata, phase.temp, upload.client_id, upload.file_name,
+                    phase.path_name,
+                )
+            finally:
+                if phase.temp.installed:  # even if only the folder sync failed
+                    upload.phase = Installed(phase.result, phase.path_name)
+            detail = "verified; replaces the stored version"
+        else:
+            with self._metadata.transaction():
+                self._metadata.set_verified(upload.client_id, upload.file_name, True)
+            detail = "verified"
+        crashpoints.reached("verify.committed")
+        return detail
+
+    def retry(self, upload: Upload) -> None:
+        """901: the file comes again; a pending version goes."""
+        self._give_up(upload, "the client's cksum differed (901)")
+
+    def abandon(self, upload: Upload) -> str:
+        """902: an installed upload stays unverified; a pending one goes.
+
+        Raises:
+            StorageFault: the commit failed.
+        """
+        crashpoints.reached("verify.before_commit")
+        if isinstance(upload.phase, (Pending, GivenUp)):
+            self._give_up(upload, "the client gave up (902)")
+            detail = "given up; the stored version stays as it was"
+        else:
+            with self._metadata.transaction():
+                self._metadata.set_verified(upload.client_id, upload.file_name, False)
+            detail = "kept unverified"
+        crashpoints.reached("verify.committed")
+        return detail
+
+    def _give_up(self, upload: Upload, reason: str) -> None:
+        phase = upload.phase
+        if isinstance(phase, Pending):
+            log.info(
+                "pending version of %r for client %s discarded: %s",
+                upload.file_name, upload.client_id.hex(), reason,
+            )
+            phase.temp.discard()
+            upload.phase = GivenUp(phase.result, phase.path_name)
+
+    # -- life cycle -------------------------------------------------------------
+
+    def _add(self, upload: Upload) -> None:
+        """A new upload (or failed marker), replacing the client's old one."""
+        old = self._uploads.get(upload.client_id)
+        if old is not None:
+            self.discard(old, "replaced by a new upload")
+        self._uploads[upload.client_id] = upload
+        self._arm(upload)
+
+    def discard(self, upload: Upload, reason: str) -> None:
+        """Forget an upload and delete its temp blob (a pending version included)."""
+        if self._uploads.get(upload.client_id) is upload:
+            del self._uploads[upload.client_id]
+        names = self._complete.get(upload.client_id)
+        if names is not None and names.get(upload.file_name) is upload:
+            del names[upload.file_name]
+            if not names:
+                del self._complete[upload.client_id]
+        if upload.deadline_timer is not None:
+            upload.deadline_timer.cancel()
+            upload.deadline_timer = None
+        if isinstance(upload.phase, (Receiving, Pending)):
+            log.info(
+                "upload of %r for client %s discarded: %s",
+                upload.file_name, upload.client_id.hex(), reason,
+            )
+        self._drop_temp(upload)
+        self._set_holders(upload, owner=None, streaming=None)
+
+    def discard_client(self, client_id: bytes, reason: str) -> None:
+        """Drop the client's uploads, in progress and complete (its key changed)."""
+        for upload in [self._uploads.get(client_id), *self._complete.get(client_id, {}).values()]:
+            if upload is not None:
+                self.discard(upload, reason)
+
+    def close(self) -> None:
+        """Drop every upload (shutdown)."""
+        for upload in list(self._uploads.values()):
+            self.discard(upload, "server stopping")
+        for names in list(self._complete.values()):
+            for upload in list(names.values()):
+                self.discard(upload, "server stopping")
+
+    def connection_closed(self, peer: Peer) -> None:
+        """A connection ended: drop the uploads it held (cut in the middle)."""
+        for upload in list(self._held.get(peer, ())):
+            self.discard(upload, "connection closed in the middle of the file")
+
+    # -- inside -----------------------------------------------------------------
+
+    def _set_holders(self, upload: Upload, *, owner: Peer | None, streaming: Peer | None) -> None:
+        for peer in (upload.owner, upload.streaming):
+            if peer is not None and peer not in (owner, streaming):
+                held = self._held.get(peer)
+                if held is not None:
+                    held.discard(upload)
+                    if not held:
+                        del self._held[peer]
+        upload.owner, upload.streaming = owner, streaming
+        for peer in (owner, streaming):
+            if peer is not None:
+                self._held.setdefault(peer, set()).add(upload)
+
+    def _arm(self, upload: Upload) -> None:
+        if upload.deadline_timer is not None:
+            upload.deadline_timer.cancel()
+        upload.deadline_timer = self._timers.call_at(
+            upload.deadline(self._limits), lambda: self._deadline_reached(upload)
+        )
+
+    def _deadline_reached(self, upload: Upload) -> None:
+        upload.deadline_timer = None
+        current = self._uploads.get(upload.client_id)
+        if upload not in (current, self.completed(upload.client_id, upload.file_name)):
+            return
+        if self.clock() < upload.deadline(self._limits):
+            self._arm(upload)  # it progressed meanwhile
+            return
+        receiving = isinstance(upload.phase, (Receiving, Failed))
+        self.discard(upload, "no progress in time" if receiving else "no verdict in time")
+
+    @staticmethod
+    def _drop_temp(upload: Upload) -> None:
+        if isinstance(upload.phase, (Receiving, Pending)):
+            upload.phase.temp.discard()
+            if isinstance(upload.phase, Pending):
+                upload.phase = GivenUp(upload.phase.result, upload.phase.path_name)
+
+
+def coarse(amount: int) -> int:
+    """``amount`` rounded down to 1/2**DISK_ROOM_PRECISION_BITS of its magnitude (0 if negative)."""
+    if amount <= 0:
+        return 0
+    step = 1 << max(0, amount.bit_length() - 1 - DISK_ROOM_PRECISION_BITS)
+    return amount - amount % step

@@ -1,0 +1,352 @@
+"""The session, sans-I/O: bytes in, answers and a close verdict out, on a fake clock.
+
+No socket, selector or loop: each test feeds a :class:`server.session.Session`
+the bytes a client would send and reads back what it queues. The stores are
+the real ones (SQLite and a folder in tmp_path). The end-to-end versions of
+these rules, over TCP, are in tests/server/test_server_requests.py and
+tests/hostile/.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers import ANY_ID, Identity, file_packets, private_key, unique_name
+from protocol import (
+    NEED_DATA,
+    Acknowledged,
+    ClientConnection,
+    CrcAbort,
+    CrcOk,
+    CrcRetry,
+    FileReceived,
+    GeneralError,
+    PublicKeyReceived,
+    Register,
+    Registered,
+    SendPublicKey,
+    cksum,
+    crypto,
+)
+from protocol.codes import PER_REQUEST_OPENERS, RequestCode
+from server.app import App
+from server.limits import Limits
+from server.outcome import RequestKind
+from server.peer import Peer
+from server.session import OWED, Action, Model, Session, Step
+from server.storage.folder import FolderBlobs
+from server.storage.sqlite import DB_NAME, SqliteMetadata
+
+SERVER_DIR = Path(__file__).resolve().parents[2] / "server"
+DATA = b"session test data " * 200  # three packets of 1024 bytes
+PACKET_SIZE = 1024
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    """An App on real stores and a fake clock; sessions on made-up peers."""
+
+    def __init__(self, data_dir: Path, limits: Limits) -> None:
+        self.clock = Clock()
+        self.metadata = SqliteMetadata.open(data_dir / DB_NAME, limits.busy_timeout)
+        self.app = App.build(self.metadata, FolderBlobs(data_dir), limits, clock=self.clock)
+        self._ports = iter(range(40000, 60000))
+
+    def session(self) -> Session:
+        return Session(self.app, Peer("127.0.0.1", next(self._ports)))
+
+    def close(self) -> None:
+        self.app.uploads.close()
+        self.metadata.close()
+
+
+@pytest.fixture
+def harness(tmp_path):
+    made = Harness(tmp_path, Limits())
+    yield made
+    made.close()
+
+
+def feed(session: Session, *requests, eof: bool = False) -> list[Step]:
+    """Send requests' bytes; step until the session needs data or closes."""
+    for request in requests:
+        session.receive_data(ClientConnection().send(request))
+    if eof:
+        session.receive_data(b"")
+    steps = []
+    while True:
+        step = session.next_step()
+        steps.append(step)
+        if step in (Step.NEED_DATA, Step.CLOSE):
+            return steps
+
+
+def answers(session: Session) -> list:
+    """The responses the session queued since the last call."""
+    parser = ClientConnection()
+    data = session.data_to_send()
+    if data:  # b"" would be an EOF to the parser
+        parser.receive_data(data)
+    found = []
+    while (event := parser.next_event()) is not NEED_DATA:
+        found.append(event)
+    return found
+
+
+def identity(harness: Harness, session: Session | None = None) -> Identity:
+    """A client registered with a key (on ``session``, persistent, if given)."""
+    session = session or harness.session()
+    name = unique_name()
+    feed(session, Register(client_id=ANY_ID, name=name))
+    (registered,) = answers(session)
+    assert isinstance(registered, Registered)
+    key = private_key()
+    public = crypto.export_public_key(key)
+    feed(session, SendPublicKey(client_id=registered.client_id, name=name, public_key=public))
+    (answer,) = answers(session)
+    assert isinstance(answer, PublicKeyReceived)
+    aes_key = crypto.decrypt_aes_key(key, answer.encrypted_aes_key)
+    return Identity(name, registered.client_id, key, aes_key)
+
+
+def packets(who: Identity, name: str = "a.bin"):
+    return file_packets(who, name, DATA, PACKET_SIZE)
+
+
+# -- the table ---------------------------------------------------------------------
+
+
+def test_the_owed_table_has_one_action_for_every_request_kind_and_model():
+    assert set(OWED) == set(RequestKind)
+    for kind, row in OWED.items():
+        assert set(row) == set(Model), kind
+
+
+def test_only_requests_without_a_reply_differ_between_the_models():
+    # Rule 2: what a per-request client cannot wait for closes its connection.
+    for kind, row in OWED.items():
+        if row[Model.PER_REQUEST] is Action.CLOSE:
+            assert row[Model.PERSISTENT] in (Action.SEND_NOTHING, Action.SEND_UNLESS_FILE_FOLLOWS)
+        else:
+            assert row[Model.PER_REQUEST] is row[Model.PERSISTENT] is Action.SEND, kind
+
+
+@pytest.mark.parametrize("opener", sorted(PER_REQUEST_OPENERS, key=lambda code: code.value))
+def test_the_first_request_fixes_the_model(harness, opener):
+    who = identity(harness)
+    session = harness.session()
+    first = {
+        RequestCode.SEND_FILE: packets(who)[0],
+        RequestCode.CRC_OK: CrcOk(client_id=who.client_id, file_name="a.bin"),
+        RequestCode.CRC_RETRY: CrcRetry(client_id=who.client_id, file_name="a.bin"),
+        RequestCode.CRC_ABORT: CrcAbort(client_id=who.client_id, file_name="a.bin"),
+    }[opener]
+    feed(session, first)
+    assert session.model is Model.PER_REQUEST
+
+
+def test_a_register_opens_a_persistent_session(harness):
+    session = harness.session()
+    feed(session, Register(client_id=ANY_ID, name=unique_name()))
+    assert session.model is Model.PERSISTENT
+
+
+# -- persistent sessions -------------------------------------------------------------
+
+
+def test_persistent_packets_are_answered_once_the_file_is_complete(harness):
+    session = harness.session()
+    who = identity(harness, session)
+    first, *middle, last = packets(who)
+    feed(session, first, *middle)
+    assert answers(session) == []  # SEND_NOTHING
+    assert session.verdict is None
+    feed(session, last)
+    (received,) = answers(session)
+    assert isinstance(received, FileReceived) and received.cksum == cksum(DATA)
+    feed(session, CrcOk(client_id=who.client_id, file_name="a.bin"))
+    assert [type(a) for a in answers(session)] == [Acknowledged]
+
+
+def test_901_on_a_persistent_session_waits_for_a_resend(harness):
+    session = harness.session()
+    who = identity(harness, session)
+    feed(session, *packets(who))
+    answers(session)
+    feed(session, CrcRetry(client_id=who.client_id, file_name="a.bin"))
+    assert answers(session) == []  # deferred (variant 8)
+    due = harness.clock.now + harness.app.limits.retry_ack_delay
+    assert session.wakeup() == pytest.approx(due)
+    harness.clock.now = due - 0.01
+    session.on_time()
+    assert answers(session) == []
+    harness.clock.now = due
+    session.on_time()
+    assert [type(a) for a in answers(session)] == [Acknowledged]
+
+
+def test_a_resend_within_the_delay_cancels_the_1604(harness):
+    session = harness.session()
+    who = identity(harness, session)
+    feed(session, *packets(who))
+    answers(session)
+    feed(session, CrcRetry(client_id=who.client_id, file_name="a.bin"))
+    harness.clock.now += harness.app.limits.retry_ack_delay / 2
+    feed(session, *packets(who))
+    harness.clock.now += harness.app.limits.retry_ack_delay
+    session.on_time()
+    assert [type(a) for a in answers(session)] == [FileReceived]  # no 1604 (Rule 4)
+
+
+def test_another_request_sends_the_deferred_1604_first(harness):
+    session = harness.session()
+    who = identity(harness, session)
+    feed(session, *packets(who))
+    answers(session)
+    feed(
+        session,
+        CrcRetry(client_id=who.client_id, file_name="a.bin"),
+        CrcAbort(client_id=who.client_id, file_name="a.bin"),
+    )
+    assert [type(a) for a in answers(session)] == [Acknowledged, Acknowledged]
+
+
+def test_the_peers_close_sends_the_deferred_1604(harness):
+    session = harness.session()
+    who = identity(harness, session)
+    feed(session, *packets(who))
+    answers(session)
+    steps = feed(session, CrcRetry(client_id=who.client_id, file_name="a.bin"), eof=True)
+    assert steps[-1] is Step.CLOSE and session.verdict.reason == "peer closed"
+    assert [type(a) for a in answers(session)] == [Acknowledged]
+
+
+# -- per-request sessions ---------------------------------------------------------------
+
+
+def test_per_request_packets_close_without_a_reply_until_the_last(harness):
+    who = identity(harness)
+    *early, last = packets(who)
+    for packet in early:
+        session = harness.session()
+        steps = feed(session, packet)
+        assert steps[-1] is Step.CLOSE
+        assert session.verdict.reason == "per-request connection, request without reply"
+        assert answers(session) == []
+        session.connection_lost()
+    session = harness.session()
+    feed(session, last)
+    (received,) = answers(session)
+    assert isinstance(received, FileReceived) and received.cksum == cksum(DATA)
+    assert session.verdict is None  # answered: the client closes
+
+
+def test_901_on_a_per_request_session_closes_at_once(harness):
+    who = identity(harness)
+    for packet in packets(who):
+        session = harness.session()
+        feed(session, packet)
+    assert [type(a) for a in answers(session)] == [FileReceived]
+    retry = harness.session()
+    steps = feed(retry, CrcRetry(client_id=who.client_id, file_name="a.bin"))
+    assert steps[-1] is Step.CLOSE and answers(retry) == []
+
+
+# -- refusals and faults (Rule 3) ---------------------------------------------------------
+
+
+def test_refusals_are_answered_and_close_at_max_errors(tmp_path):
+    harness = Harness(tmp_path, Limits(max_errors=3))
+    try:
+        session = harness.session()
+        who = identity(harness, session)
+        unknown = CrcOk(client_id=who.client_id, file_name="never-sent.bin")
+        for number in range(1, 4):
+            steps = feed(session, unknown)
+            assert [type(a) for a in answers(session)] == [GeneralError]
+            assert session.errors == number
+        assert steps[-1] is Step.CLOSE and session.verdict.reason == "3 errors"
+    finally:
+        harness.close()
+
+
+def test_a_refusal_does_not_restart_the_idle_timer(harness):
+    session = harness.session()
+    who = identity(harness, session)
+    feed(session, *packets(who))
+    answers(session)
+    idle_end, why = session.deadline()
+    assert why == "idle"
+    harness.clock.now += 10
+    feed(session, CrcOk(client_id=who.client_id, file_name="never-sent.bin"))
+    assert session.deadline() == (idle_end, "idle")
+    feed(session, CrcOk(client_id=who.client_id, file_name="a.bin"))
+    assert session.deadline()[0] == idle_end + 10  # a request that succeeded
+
+
+def test_a_broken_header_is_answered_then_closes(harness):
+    session = harness.session()
+    header = ANY_ID + bytes([3]) + (999).to_bytes(2, "little") + (2**31).to_bytes(4, "little")
+    session.receive_data(header)
+    assert session.next_step() is Step.CLOSE
+    assert [type(a) for a in answers(session)] == [GeneralError]
+    assert session.verdict.reason == "protocol error"
+
+
+def test_an_unexpected_error_is_answered_1607_and_closes(harness, caplog):
+    session = harness.session()
+    feed(session, Register(client_id=ANY_ID, name=unique_name()))
+    answers(session)
+    try:
+        raise ZeroDivisionError("a bug")
+    except ZeroDivisionError:
+        session.fail()
+    assert [type(a) for a in answers(session)] == [GeneralError]
+    assert session.verdict is not None
+    assert "unexpected error" in caplog.text and "ZeroDivisionError" in caplog.text
+
+
+# -- deadlines (Rule 5) ---------------------------------------------------------------------
+
+
+def test_deadlines_follow_the_message(harness):
+    limits = harness.app.limits
+    session = harness.session()
+    opened = harness.clock.now
+    assert session.deadline() == (opened + limits.message_deadline, "no request")
+    harness.clock.now += 1
+    request = ClientConnection().send(Register(client_id=ANY_ID, name=unique_name()))
+    session.receive_data(request[:5])
+    assert session.next_step() is Step.NEED_DATA
+    assert session.deadline() == (opened + 1 + limits.message_deadline, "message not completed in time")
+    harness.clock.now += 1
+    session.receive_data(request[5:])
+    feed(session)
+    assert session.deadline() == (harness.clock.now + limits.idle_timeout, "idle")
+
+
+# -- what the session does not hold -----------------------------------------------------------
+
+
+def test_the_session_holds_no_socket_selector_or_descriptor():
+    source = (SERVER_DIR / "session.py").read_text()
+    assert not re.search(r"^\s*(import|from)\s+(socket|selectors|select|os)\b", source, re.M)
+
+
+def test_nothing_outside_storage_imports_sqlite3():
+    importers = [
+        path.relative_to(SERVER_DIR).as_posix()
+        for path in SERVER_DIR.rglob("*.py")
+        if re.search(r"^\s*(import|from)\s+sqlite3\b", path.read_text(), re.M)
+    ]
+    assert importers and all(name.startswith("storage/") for name in importers), importers
