@@ -334,14 +334,13 @@ class Channel:
             return self._last_write + self._limits.idle_timeout, "peer does not read"
         return self.session.deadline()
 
-    def _wakeup(self) -> float:
-        deadline = self._deadline()[0]
-        return min(deadline, self.session.wakeup()) if self._state is _State.OPEN else deadline
-
     def _arm_timer(self) -> None:
         if self._state is _State.CLOSED:
             return
-        when = self._wakeup()
+        when = self._deadline()[0]
+        due = self.session.answer_due
+        if due is not None and self._state is _State.OPEN:
+            when = min(when, due)
         if self._timer is None or self._timer.cancelled or when < self._timer.when:
             if self._timer is not None:
                 self._timer.cancel()

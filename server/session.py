@@ -5,7 +5,8 @@ A :class:`Session` holds no socket, selector or descriptor. The transport
 steps it (:meth:`Session.next_step`) while it has room for answers, sends
 what :meth:`Session.data_to_send` returns, and closes when
 :attr:`Session.verdict` says so. Time is the app's clock: the transport wakes
-the session at :meth:`Session.wakeup` (:meth:`Session.on_time`).
+the session (:meth:`Session.on_time`) when a deferred answer is due
+(:attr:`Session.answer_due`) and at its deadline (:meth:`Session.deadline`).
 
 The rules that govern what a connection is owed:
 
@@ -212,7 +213,7 @@ class Session:
         return self._after(Step.REQUEST)
 
     def on_time(self) -> None:
-        """The clock reached :meth:`wakeup`: a deferred answer may be due."""
+        """The clock moved on: a deferred answer may be due (:attr:`answer_due`)."""
         deferred = self._deferred
         if deferred is None or self.verdict is not None or self.app.monotonic() < deferred.due:
             return
@@ -270,10 +271,10 @@ class Session:
             return self._last_boundary + limits.idle_timeout, "idle"
         return self._opened + limits.message_deadline, "no request"
 
-    def wakeup(self) -> float:
-        """When :meth:`on_time` or the deadline needs the session next."""
-        deadline = self.deadline()[0]
-        return deadline if self._deferred is None else min(deadline, self._deferred.due)
+    @property
+    def answer_due(self) -> float | None:
+        """When a deferred answer goes out unless an 828 starts (Rule 4), if one waits."""
+        return None if self._deferred is None else self._deferred.due
 
     # -- requests ---------------------------------------------------------------
 

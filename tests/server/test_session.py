@@ -186,7 +186,7 @@ def test_901_on_a_persistent_session_waits_for_a_resend(harness):
     feed(session, CrcRetry(client_id=who.client_id, file_name="a.bin"))
     assert answers(session) == []  # deferred (variant 8)
     due = harness.clock.now + harness.app.limits.retry_ack_delay
-    assert session.wakeup() == pytest.approx(due)
+    assert session.answer_due == pytest.approx(due)
     harness.clock.now = due - 0.01
     session.on_time()
     assert answers(session) == []
