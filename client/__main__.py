@@ -4,7 +4,7 @@ Run in a folder holding ``transfer.info`` (line 1 ``host:port``, line 2 the
 client name, line 3 the file to send), it does the whole flow without
 questions: the first run registers and writes ``me.info`` and ``priv.key``,
 later runs reconnect with them; then the file is sent encrypted and its cksum
-confirmed with the server (PROTOCOL.md).
+confirmed with the server (docs/PROTOCOL.md).
 
 Exit codes (``ExitCode``):
 
@@ -274,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("error: interrupted")
         return int(ExitCode.INTERRUPTED)
-    except Exception as exc:  # the one broad catch, at the edge (STYLE.md 2.9)
+    except Exception as exc:  # the one broad catch, at the edge
         log.error("error: internal error: %r", exc, exc_info=args.verbose)
         return int(ExitCode.INTERNAL)
     finally:

@@ -1,6 +1,6 @@
 """The client's files: ``transfer.info``, ``me.info`` and ``priv.key``.
 
-PROTOCOL.md, "Client files". Every problem raises :class:`ConfigError` naming
+docs/PROTOCOL.md, "Client files". Every problem raises :class:`ConfigError` naming
 the file and the line. ``me.info`` and ``priv.key`` hold the private key, so
 they are written atomically and readable by their owner only.
 """

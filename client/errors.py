@@ -45,7 +45,7 @@ class NetworkError(ClientError):
 
 
 class MalformedReply(ClientError):
-    """The server sent bytes that break PROTOCOL.md; the stream is unusable."""
+    """The server sent bytes that break docs/PROTOCOL.md; the stream is unusable."""
 
 
 class UnexpectedReply(ClientError):

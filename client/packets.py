@@ -1,6 +1,6 @@
 """A file as a stream of 828 packets: sizing, reading, cksum and encryption.
 
-PROTOCOL.md, 828: the file's ciphertext is one AES-CBC stream (zero IV,
+docs/PROTOCOL.md, 828: the file's ciphertext is one AES-CBC stream (zero IV,
 PKCS#7) cut into consecutive packets; ``content_size`` is the whole
 ciphertext and ``total_packets`` must fit its 2-byte field. The file is read
 one packet at a time, so memory stays flat whatever its size.

@@ -65,7 +65,7 @@ class Session:
 
     ``reset`` drops the connection (after a broken stream); the next request
     opens a new one. ``first_request`` is the code of the first request sent
-    on the current connection: PROTOCOL.md variant 7 makes it decide how a
+    on the current connection: docs/PROTOCOL.md variant 7 makes it decide how a
     server treats the connection.
     """
 
@@ -156,7 +156,7 @@ class Session:
         Raises:
             NetworkError: the server closed the connection or did not answer
                 within the time-out.
-            MalformedReply: the server sent something PROTOCOL.md forbids.
+            MalformedReply: the server sent something docs/PROTOCOL.md forbids.
         """
         while True:
             event = self._next_event()

@@ -1,6 +1,6 @@
 """The client's flow: register or reconnect, send files, confirm their cksum.
 
-PROTOCOL.md, "Flows" and "Client files":
+docs/PROTOCOL.md, "Flows" and "Client files":
 
 - first run: 825 → 1600 → 826 → 1602; later runs: 827 → 1605, and on 1606
   register again; 1601 stops the client (the name is taken);
@@ -62,11 +62,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: PROTOCOL.md "Client files": after an error reply, retry up to 3 times.
+#: docs/PROTOCOL.md "Client files": after an error reply, retry up to 3 times.
 MAX_RETRIES = 3
-#: PROTOCOL.md "Flows": after a cksum mismatch, at most 3 resends.
+#: docs/PROTOCOL.md "Flows": after a cksum mismatch, at most 3 resends.
 MAX_RESENDS = 3
-#: Printed, exactly, on 1607 or an unexpected reply (PROTOCOL.md).
+#: Printed, exactly, on 1607 or an unexpected reply (docs/PROTOCOL.md).
 SERVER_ERROR_MESSAGE = "server responded with an error"
 #: The 825 header's client id is ignored by servers (variant 2).
 NO_CLIENT_ID = bytes(CLIENT_ID_SIZE)

@@ -25,6 +25,12 @@ class ReceiveBuffer:
         else:
             self.eof = True
 
+    def peek(self, count: int) -> bytes | None:
+        """The first ``count`` bytes without taking them, or None while fewer have arrived."""
+        if len(self._data) < count:
+            return None
+        return bytes(self._data[:count])
+
     def maybe_extract_exactly(self, count: int) -> bytes | None:
         """Take ``count`` bytes, or None while fewer have arrived."""
         if len(self._data) < count:

@@ -2,7 +2,7 @@
 
 CRC-32, polynomial 0x04C11DB7, not reflected, initial value 0, over the data
 and then over its length (least significant byte first, only as many bytes as
-the length needs), complemented at the end (PROTOCOL.md, "Checksum"). The CRC
+the length needs), complemented at the end (docs/PROTOCOL.md, "Checksum"). The CRC
 register runs in anycrc's C code; this module adds the length and the
 complement.
 """

@@ -1,6 +1,6 @@
 """Request and response codes, the protocol version and the field sizes.
 
-Everything here is a fact of PROTOCOL.md. Sizes of whole messages are not
+Everything here is a fact of docs/PROTOCOL.md. Sizes of whole messages are not
 written down here: :mod:`protocol.wire` derives them from the declarations.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import enum
 
-#: Version byte of every response (PROTOCOL.md, "Framing"). Requests may carry
-#: any version; it is ignored (HOSTILE.md decision 4).
+#: Version byte of every response (docs/PROTOCOL.md, "Framing"). Requests may carry
+#: any version; it is ignored (docs/HOSTILE.md decision 4).
 VERSION = 3
 
 CLIENT_ID_SIZE = 16
@@ -41,7 +41,7 @@ class RequestCode(enum.IntEnum):
     CRC_ABORT = 902
 
 
-#: PROTOCOL.md variant 7, the connection model: a connection whose first
+#: docs/PROTOCOL.md variant 7, the connection model: a connection whose first
 #: request is one of these is *per-request* (each request on a connection of
 #: its own, an answer or a close after each); any other first request starts
 #: a connection that carries a whole session. Server and client read it here.

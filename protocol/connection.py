@@ -8,6 +8,7 @@ what it received (``b""`` at EOF) and calls ``next_event`` until it returns
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from typing import Any, Final
 
@@ -15,18 +16,14 @@ from construct import ConstructError, Struct
 
 from . import events as ev
 from .buffer import BytesLike, ReceiveBuffer
-from .codes import MAX_UINT32, VERSION, RequestCode, ResponseCode
+from .codes import CLIENT_ID_SIZE, MAX_UINT32, VERSION, ResponseCode
+from .editions import EDITIONS, FAMILIES, V3, Edition, Message, family_of
 from .errors import LocalProtocolError, RemoteProtocolError
 from .names import is_valid_client_name
 from .wire import (
-    FILE_PACKET_FIELDS_SIZE,
     MAX_FIXED_REQUEST_PAYLOAD_SIZE,
     REQUEST_HEADER_SIZE,
-    REQUEST_PAYLOAD_SIZES,
-    REQUEST_PAYLOADS,
     RESPONSE_HEADER_SIZE,
-    RESPONSE_PAYLOAD_SIZES,
-    RESPONSE_PAYLOADS,
     RequestHeader,
     ResponseHeader,
 )
@@ -40,33 +37,16 @@ class _NeedData:
 #: Returned by ``next_event`` while no whole event has arrived yet.
 NEED_DATA: Final = _NeedData()
 
-_REQUEST_EVENTS: dict[RequestCode, type] = {
-    RequestCode.REGISTER: ev.Register,
-    RequestCode.SEND_PUBLIC_KEY: ev.SendPublicKey,
-    RequestCode.RECONNECT: ev.Reconnect,
-    RequestCode.SEND_FILE: ev.FilePacketStarted,
-    RequestCode.CRC_OK: ev.CrcOk,
-    RequestCode.CRC_RETRY: ev.CrcRetry,
-    RequestCode.CRC_ABORT: ev.CrcAbort,
-}
-
-_RESPONSE_EVENTS: dict[ResponseCode, type] = {
-    ResponseCode.REGISTERED: ev.Registered,
-    ResponseCode.REGISTRATION_FAILED: ev.RegistrationFailed,
-    ResponseCode.PUBLIC_KEY_RECEIVED: ev.PublicKeyReceived,
-    ResponseCode.FILE_RECEIVED: ev.FileReceived,
-    ResponseCode.ACKNOWLEDGED: ev.Acknowledged,
-    ResponseCode.RECONNECTED: ev.Reconnected,
-    ResponseCode.RECONNECT_REFUSED: ev.ReconnectRefused,
-    ResponseCode.GENERAL_ERROR: ev.GeneralError,
-}
-
 #: Requests that carry a client name, and the answer to a malformed one.
-_NAME_ERROR_ANSWERS: dict[RequestCode, ResponseCode] = {
-    RequestCode.REGISTER: ResponseCode.REGISTRATION_FAILED,
-    RequestCode.SEND_PUBLIC_KEY: ResponseCode.GENERAL_ERROR,
-    RequestCode.RECONNECT: ResponseCode.GENERAL_ERROR,
+_NAME_ERROR_ANSWERS: dict[type, ResponseCode] = {
+    ev.Register: ResponseCode.REGISTRATION_FAILED,
+    ev.SendPublicKey: ResponseCode.GENERAL_ERROR,
+    ev.Reconnect: ResponseCode.GENERAL_ERROR,
 }
+#: What a file sent in one request is, as a packet (docs/EDITIONS.md).
+_WHOLE_FILE_PACKET = {"orig_file_size": None, "packet_number": 1, "total_packets": 1}
+#: The payload field of the 2022 file and CRC requests that repeats the header's id.
+_PAYLOAD_CLIENT_ID = "payload_client_id"
 
 
 class _ReadState(enum.Enum):
@@ -79,11 +59,23 @@ class _ReadState(enum.Enum):
 
 
 def _payload_fields(struct: Struct, event: object) -> dict:
-    return {sc.name: getattr(event, sc.name) for sc in struct.subcons}
+    """The values of a payload's named fields, taken from an event."""
+    return {
+        sc.name: getattr(event, "client_id" if sc.name == _PAYLOAD_CLIENT_ID else sc.name)
+        for sc in struct.subcons
+        if sc.name  # padding has no name
+    }
 
 
 def _event_fields(container) -> dict:
     return {key: value for key, value in container.items() if not key.startswith("_")}
+
+
+def _fits(message: Message, payload_size: int) -> bool:
+    """Whether a payload of this size can be this message (content may follow)."""
+    if message.has_content:
+        return payload_size >= message.payload_size
+    return payload_size == message.payload_size
 
 
 class _Reader:
@@ -137,12 +129,19 @@ class _Reader:
 
 
 class ServerConnection(_Reader):
-    """The server's side: parses requests, builds responses.
+    """The server's side: parses requests, builds responses, in one edition.
+
+    The first request names the connection's family of editions
+    (:mod:`protocol.editions`); :attr:`edition` is the one in use (answers go
+    out in it), :attr:`edition_known` whether the requests so far leave only
+    it. ``editions`` are those recognised; a code of any other is unknown.
+    The caller may settle the edition itself (:meth:`use`), as the server does
+    for the 1025 series.
 
     ``max_skip_payload`` bounds the payload of a well-framed but wrong request
     (wrong size, unknown code) that is read and dropped while the connection
     stays open; a larger one closes it. ``max_packet_content`` bounds the
-    content of one 828 packet; content is never buffered whole anyway.
+    content of one file request; content is never buffered whole anyway.
     """
 
     def __init__(
@@ -150,12 +149,37 @@ class ServerConnection(_Reader):
         *,
         max_skip_payload: int = MAX_FIXED_REQUEST_PAYLOAD_SIZE,
         max_packet_content: int = MAX_UINT32,
+        editions: tuple[Edition, ...] = EDITIONS,
     ) -> None:
         super().__init__()
         self.max_skip_payload = max_skip_payload
         self.max_packet_content = max_packet_content
+        self._editions = editions
+        #: The editions the requests so far allow, the one in use first.
+        self._candidates: tuple[Edition, ...] = ()
         #: The header being handled (a construct Container), or None.
         self._header: Any = None
+        #: The request that header starts, in each edition still possible.
+        self._messages: tuple[tuple[Edition, Message], ...] = ()
+
+    @property
+    def edition(self) -> Edition | None:
+        """The edition in use: answers go out in it (None before the first request)."""
+        return self._candidates[0] if self._candidates else None
+
+    @property
+    def edition_known(self) -> bool:
+        """Whether the requests so far leave one edition only."""
+        return len(self._candidates) == 1
+
+    @property
+    def request_code(self) -> int | None:
+        """The wire code of the request being handled (for the log)."""
+        return None if self._header is None else int(self._header.code)
+
+    def use(self, edition: Edition) -> None:
+        """Settle the edition (the caller knows it better than the bytes so far)."""
+        self._candidates = (edition,)
 
     def next_event(self):
         """The next request event, ``NEED_DATA``, or ``ConnectionClosed``.
@@ -185,27 +209,40 @@ class ServerConnection(_Reader):
             if self._state is _ReadState.PAYLOAD:
                 return self._next_payload()
 
+    def _possible_editions(self, code: int) -> tuple[Edition, ...]:
+        if self._candidates:
+            return self._candidates
+        family = family_of(code)
+        if family is None:
+            return ()
+        return tuple(e for e in FAMILIES[family] if e in self._editions)
+
     def _check_header(self) -> None:
-        header = self._header
-        try:
-            code = RequestCode(header.code)
-        except ValueError:
-            raise self._reject_payload(f"unknown request code {header.code}") from None
-        size = header.payload_size
-        if code is RequestCode.SEND_FILE:
-            if size < FILE_PACKET_FIELDS_SIZE:
-                raise self._reject_payload(f"828 payload of {size} bytes is too short")
-            content = size - FILE_PACKET_FIELDS_SIZE
+        code, size = self._header.code, self._header.payload_size
+        found = [
+            (edition, message)
+            for edition in self._possible_editions(code)
+            if (message := edition.request(code)) is not None
+        ]
+        if not found:
+            raise self._reject_payload(f"unknown request code {code}")
+        fitting = tuple((edition, message) for edition, message in found if _fits(message, size))
+        if not fitting:
+            message = found[0][1]
+            if message.has_content:
+                raise self._reject_payload(f"{code} payload of {size} bytes is too short")
+            raise self._reject_payload(
+                f"{code} payload must be {message.payload_size} bytes, got {size}"
+            )
+        message = fitting[0][1]
+        if message.has_content:
+            content = size - min(m.payload_size for _, m in fitting)
             if content > self.max_packet_content:
                 raise self._fail(
-                    f"828 packet content of {content} bytes is over the limit"
+                    f"{code} file content of {content} bytes is over the limit"
                     f" of {self.max_packet_content}"
                 )
-        elif size != REQUEST_PAYLOAD_SIZES[code]:
-            raise self._reject_payload(
-                f"{code.value} payload must be {REQUEST_PAYLOAD_SIZES[code]}"
-                f" bytes, got {size}"
-            )
+        self._messages = fitting
 
     def _reject_payload(self, message: str) -> RemoteProtocolError:
         """A well-framed wrong request: the error to raise; its payload is dropped if small."""
@@ -216,43 +253,85 @@ class ServerConnection(_Reader):
         self._remaining = size
         return self._fail(message, close=False)
 
+    def _choose(self) -> tuple[Edition, Message] | None:
+        """Of the editions a file request fits, those its content_size agrees with.
+
+        A file sent whole fits when payload_size is its fixed part plus
+        content_size (the 1100 series tells 2022 from 2023A so); a packet
+        fits whatever its content_size. None while the fixed parts are not in.
+        """
+        if len(self._messages) == 1:
+            return self._messages[0]
+        size = self._header.payload_size
+        longest = max(message.payload_size for _, message in self._messages)
+        raw = self._buffer.peek(longest)
+        if raw is None:
+            return None
+        agreeing = []
+        for edition, message in self._messages:
+            if not edition.whole_file:
+                agreeing.append((edition, message))
+                continue
+            try:
+                content_size = message.payload.parse(raw).content_size
+            except ConstructError:
+                continue
+            if size == message.payload_size + content_size:
+                agreeing.insert(0, (edition, message))
+        return agreeing[0] if agreeing else self._messages[0]
+
     def _next_payload(self):
-        code = RequestCode(self._header.code)
-        struct = REQUEST_PAYLOADS[code]
-        raw = self._buffer.maybe_extract_exactly(struct.sizeof())
+        if any(message.has_content for _, message in self._messages):
+            chosen = self._choose()
+            if chosen is None:
+                return self._need_data()
+        else:
+            chosen = self._messages[0]
+        edition, message = chosen
+        raw = self._buffer.maybe_extract_exactly(message.payload_size)
         if raw is None:
             return self._need_data()
+        # The editions this request fits stay possible; a file request, whose
+        # layout was told apart by its sizes, settles its edition.
+        others = tuple(e for e, _ in self._messages if e is not edition)
+        self._candidates = (edition,) if message.has_content else (edition, *others)
         client_id = self._header.client_id
-        bytes_in_packet = self._header.payload_size - struct.sizeof()
+        code = self._header.code
+        bytes_in_packet = self._header.payload_size - message.payload_size
         try:
-            values = _event_fields(struct.parse(raw))
+            values = _event_fields(message.payload.parse(raw))
         except ConstructError as exc:
             self._skip_content(bytes_in_packet)
             raise self._fail(
-                f"{code.value}: malformed string field",
-                response_code=_NAME_ERROR_ANSWERS.get(code, ResponseCode.GENERAL_ERROR),
+                f"{code}: malformed string field",
+                response_code=_NAME_ERROR_ANSWERS.get(message.event, ResponseCode.GENERAL_ERROR),
                 close=False,
             ) from exc
-        if code in _NAME_ERROR_ANSWERS:
+        if values.pop(_PAYLOAD_CLIENT_ID, client_id) != client_id:
+            self._skip_content(bytes_in_packet)
+            raise self._fail(f"{code}: the payload's client id is not the header's", close=False)
+        if message.event in _NAME_ERROR_ANSWERS:
             name = values["name"].text
             if not is_valid_client_name(name):
                 self._state = _ReadState.HEADER
                 raise self._fail(
-                    f"{code.value}: invalid client name {values['name']}",
-                    response_code=_NAME_ERROR_ANSWERS[code],
+                    f"{code}: invalid client name {values['name']}",
+                    response_code=_NAME_ERROR_ANSWERS[message.event],
                     close=False,
                 )
             values["name"] = name.decode("ascii")
         elif not values["file_name"].text:
             self._skip_content(bytes_in_packet)
-            raise self._fail(f"{code.value}: empty file name", close=False)
-        if code is RequestCode.SEND_FILE:
+            raise self._fail(f"{code}: empty file name", close=False)
+        if message.has_content:
             self._state = _ReadState.CONTENT
             self._remaining = bytes_in_packet
             values["bytes_in_packet"] = bytes_in_packet
-        else:
-            self._state = _ReadState.HEADER
-        return _REQUEST_EVENTS[code](client_id=client_id, **values)
+            if edition.whole_file:
+                values.update(_WHOLE_FILE_PACKET)
+            return ev.FilePacketStarted(client_id=client_id, **values)
+        self._state = _ReadState.HEADER
+        return message.event(client_id=client_id, **values)
 
     def _skip_content(self, count: int) -> None:
         self._state = _ReadState.DISCARD if count else _ReadState.HEADER
@@ -269,67 +348,71 @@ class ServerConnection(_Reader):
         return ev.FileContent(chunk)
 
     def send(self, response: ev.Response) -> bytes:
-        """The bytes of one response.
+        """The bytes of one response, in the connection's edition (v3 before any).
 
         Raises:
-            LocalProtocolError: not a response.
+            LocalProtocolError: not a response, or one the edition does not have.
         """
-        struct = _response_struct(response)
-        payload = struct.build(_payload_fields(struct, response))
+        edition = self.edition or V3
+        message = edition.response_for(type(response))
+        if message is None:
+            raise LocalProtocolError(f"not a response of edition {edition}: {response!r}")
+        payload = message.payload.build(_payload_fields(message.payload, response))
         header = ResponseHeader.build(
-            {"version": VERSION, "code": response.code, "payload_size": len(payload)}
+            {"version": VERSION, "code": message.code, "payload_size": len(payload)}
         )
         return header + payload
 
 
-def _response_struct(response) -> Struct:
-    code = getattr(response, "code", None)
-    if code not in RESPONSE_PAYLOADS:
-        raise LocalProtocolError(f"not a response: {response!r}")
-    return RESPONSE_PAYLOADS[code]
-
-
 class ClientConnection(_Reader):
-    """The client's side: builds requests, parses responses strictly.
+    """The client's side: builds requests, parses responses strictly, in one edition.
 
     Every response has one exact payload size (variant 11); anything else,
-    and any unknown code, is a broken stream.
+    and any code the edition does not have, is a broken stream. A response
+    layout without the client id (2022's acknowledgement) gives an event
+    whose ``client_id`` is zeros.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, edition: Edition = V3) -> None:
         super().__init__()
-        #: The header being handled (a construct Container), or None.
-        self._header: Any = None
+        self.edition = edition
+        #: The response being read (its message), or None between responses.
+        self._message: Message | None = None
 
     def send(self, request: ev.Request) -> bytes:
         """The bytes of one request, ready for a single write.
 
         Raises:
-            LocalProtocolError: not a request.
+            LocalProtocolError: not a request, or one the edition does not have.
         """
         return b"".join(self.send_parts(request))
 
     def send_parts(self, request: ev.Request) -> tuple[bytes, BytesLike]:
         """One request as (header and fixed fields, content), for a gathered write.
 
-        The content (an 828 packet's, else empty) is returned as given, not
-        copied: ``socket.sendmsg`` sends both parts as one request.
+        The content (a file request's, else empty) is returned as given, not
+        copied: ``socket.sendmsg`` sends both parts as one request. A file
+        sent whole (the 2022 and 2023 editions) must be packet 1 of 1.
 
         Raises:
-            LocalProtocolError: not a request.
+            LocalProtocolError: not a request, or one the edition does not have.
         """
-        code = getattr(request, "code", None)
-        if code not in REQUEST_PAYLOADS or isinstance(request, ev.FilePacketStarted):
-            raise LocalProtocolError(f"not a request: {request!r}")
-        struct = REQUEST_PAYLOADS[code]
-        values = _payload_fields(struct, request)
+        message = None
+        if not isinstance(request, ev.FilePacketStarted):
+            message = self.edition.request_for(type(request))
+        if message is None:
+            raise LocalProtocolError(f"not a request of edition {self.edition}: {request!r}")
+        if self.edition.whole_file and isinstance(request, ev.SendFilePacket):
+            if (request.packet_number, request.total_packets) != (1, 1):
+                raise LocalProtocolError(f"edition {self.edition} sends a file in one request")
+        values = _payload_fields(message.payload, request)
         content = request.content if isinstance(request, ev.SendFilePacket) else b""
-        payload = struct.build(values)
+        payload = message.payload.build(values)
         header = RequestHeader.build(
             {
                 "client_id": request.client_id,
                 "version": VERSION,
-                "code": code,
+                "code": message.code,
                 "payload_size": len(payload) + len(content),
             }
         )
@@ -345,30 +428,31 @@ class ClientConnection(_Reader):
         closed = self._at_boundary()
         if closed is not None:
             return closed
-        if self._state is _ReadState.HEADER:
+        if self._message is None:
             raw = self._buffer.maybe_extract_exactly(RESPONSE_HEADER_SIZE)
             if raw is None:
                 return self._need_data()
             header = ResponseHeader.parse(raw)
-            try:
-                code = ResponseCode(header.code)
-            except ValueError:
-                raise self._fail(f"unknown response code {header.code}") from None
-            if header.payload_size != RESPONSE_PAYLOAD_SIZES[code]:
+            message = self.edition.response(header.code)
+            if message is None:
+                raise self._fail(f"unknown response code {header.code}")
+            if header.payload_size != message.payload_size:
                 raise self._fail(
-                    f"{code.value} payload must be {RESPONSE_PAYLOAD_SIZES[code]}"
+                    f"{header.code} payload must be {message.payload_size}"
                     f" bytes, got {header.payload_size}"
                 )
-            self._header = header
+            self._message = message
             self._state = _ReadState.PAYLOAD
-        code = ResponseCode(self._header.code)
-        struct = RESPONSE_PAYLOADS[code]
-        raw = self._buffer.maybe_extract_exactly(struct.sizeof())
+        message = self._message
+        raw = self._buffer.maybe_extract_exactly(message.payload_size)
         if raw is None:
             return self._need_data()
+        self._message = None
         self._state = _ReadState.HEADER
         try:
-            values = _event_fields(struct.parse(raw))
+            values = _event_fields(message.payload.parse(raw))
         except ConstructError as exc:
-            raise self._fail(f"{code.value}: malformed payload") from exc
-        return _RESPONSE_EVENTS[code](**values)
+            raise self._fail(f"{message.code}: malformed payload") from exc
+        if "client_id" in {f.name for f in dataclasses.fields(message.event)}:
+            values.setdefault("client_id", bytes(CLIENT_ID_SIZE))
+        return message.event(**values)

@@ -19,7 +19,7 @@ from .errors import CryptoError, LocalProtocolError
 #: Crypto++'s default public exponent; with it the DER key is 160 bytes.
 PUBLIC_EXPONENT = 17
 ZERO_IV = bytes(AES_BLOCK_SIZE)
-#: The one message of every decryption failure (HOSTILE.md D3).
+#: The one message of every decryption failure (docs/HOSTILE.md D3).
 _DECRYPTION_FAILED = "decryption failed"
 
 

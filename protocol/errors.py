@@ -37,5 +37,5 @@ class CryptoError(ProtocolError):
     """A key could not be imported or a ciphertext could not be decrypted.
 
     Every decryption failure raises this same error with the same text, so that
-    a peer cannot tell a bad padding from any other failure (HOSTILE.md D3).
+    a peer cannot tell a bad padding from any other failure (docs/HOSTILE.md D3).
     """

@@ -125,7 +125,8 @@ class Reconnect(_WithClientId):
 @dataclass(frozen=True)
 class _FilePacketFields(_WithClientId):
     content_size: int
-    orig_file_size: int
+    #: None for a file sent in one request, which does not say it.
+    orig_file_size: int | None
     packet_number: int
     total_packets: int
     file_name: NameField
@@ -133,7 +134,8 @@ class _FilePacketFields(_WithClientId):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_range("content_size", self.content_size, MAX_UINT32)
-        _check_range("orig_file_size", self.orig_file_size, MAX_UINT32)
+        if self.orig_file_size is not None:
+            _check_range("orig_file_size", self.orig_file_size, MAX_UINT32)
         _check_range("packet_number", self.packet_number, MAX_UINT16)
         _check_range("total_packets", self.total_packets, MAX_UINT16)
         object.__setattr__(self, "file_name", _as_name_field(self.file_name))

@@ -1,11 +1,11 @@
 """Receiving one file over 828 packets: sequence checks, decryption, cksum.
 
-Sans-I/O: the caller feeds the packet events of one file (PROTOCOL.md, 828
+Sans-I/O: the caller feeds the packet events of one file (docs/PROTOCOL.md, 828
 details) and gets plaintext chunks back to write wherever it likes; at the end
 it reads the file's cksum and size. Nothing is buffered but the cipher's last
 block, so a packet or a file of any size streams through.
 
-Variants handled here (PROTOCOL.md, "Variants that real clients send"):
+Variants handled here (docs/PROTOCOL.md, "Variants that real clients send"):
 
 4. The last packet may be zero-filled past ``content_size``: the stream is cut
    there, the fill must be zeros and no longer than the longest packet of the
@@ -23,7 +23,7 @@ Every failure raises :class:`RemoteProtocolError` (answer 1607, connection
 kept: the framing is intact). A ciphertext that does not decrypt to exactly
 ``orig_file_size`` bytes (bad padding, a length that is not whole blocks, or
 a plaintext of another size, in every layout) raises its subclass
-:class:`DecryptionFailed`, always with the same text (HOSTILE.md D3): the
+:class:`DecryptionFailed`, always with the same text (docs/HOSTILE.md D3): the
 server counts these, since each one answers a guess about the key.
 """
 
@@ -128,7 +128,7 @@ class IncomingFile:
     store, in order.
 
     Raises (every method):
-        RemoteProtocolError: the packets break PROTOCOL.md or HOSTILE.md D1/D2,
+        RemoteProtocolError: the packets break docs/PROTOCOL.md or docs/HOSTILE.md D1/D2,
             or the ciphertext does not decrypt.
         LocalProtocolError: the caller fed events out of order.
     """
@@ -144,14 +144,24 @@ class IncomingFile:
         self._aes_key = aes_key
         self._total = self.order.total
         self._name = first.file_name.text
+        #: None for a file sent in one request (docs/EDITIONS.md): the
+        #: plaintext's size is then what the padding says.
         self._orig_size = first.orig_file_size
         self._content_size = first.content_size
         self._per_packet = self._total > 1 and first.content_size == first.bytes_in_packet
-        if self._per_packet:
+        #: The most plaintext the file can have.
+        self._plain_bound = first.content_size - 1
+        if self._orig_size is None:
+            if not first.content_size or first.content_size % AES_BLOCK_SIZE:
+                raise DecryptionFailed()
+            if first.content_size > max_content_size:
+                raise _refuse(f"content_size {first.content_size} is over the limit")
+        elif self._per_packet:
+            self._plain_bound = self._orig_size
             if self._orig_size > max_content_size:
                 raise _refuse(f"orig_file_size {self._orig_size} is over the limit")
         else:
-            if first.content_size != padded_size(first.orig_file_size):
+            if first.content_size != padded_size(self._orig_size):
                 raise _refuse(
                     f"content_size {first.content_size} does not fit"
                     f" orig_file_size {first.orig_file_size} under PKCS#7"
@@ -196,9 +206,7 @@ class IncomingFile:
     @property
     def max_plain_size(self) -> int:
         """An upper bound of the plaintext size (for disk-space checks)."""
-        if self._per_packet:
-            return self._orig_size
-        return self._content_size - 1
+        return self._plain_bound
 
     @property
     def done(self) -> bool:
@@ -273,7 +281,7 @@ class IncomingFile:
                 raise DecryptionFailed() from None
             self._account(tail)
         if self._is_last:
-            if self._cksum.length != self._orig_size:
+            if self._orig_size is not None and self._cksum.length != self._orig_size:
                 raise DecryptionFailed()
             self._done = True
         else:
@@ -315,11 +323,11 @@ class IncomingFile:
             raise _refuse("content_size must equal the packet's content length")
         if not length or length % AES_BLOCK_SIZE:
             raise DecryptionFailed()
-        bound = self._orig_size + AES_BLOCK_SIZE * number
+        bound = self._plain_bound + AES_BLOCK_SIZE * number
         if self._received + length > min(bound, MAX_UINT32):
             raise _refuse("more ciphertext than orig_file_size can need")
 
     def _account(self, plain: bytes | bytearray) -> None:
         self._cksum.update(plain)
-        if self._per_packet and self._cksum.length > self._orig_size:
+        if self._per_packet and self._cksum.length > self._plain_bound:
             raise DecryptionFailed()

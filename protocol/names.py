@@ -1,6 +1,6 @@
 """The fixed 255-byte string field: its padding rules and its validation.
 
-PROTOCOL.md, "Framing" and variant 1: the text, a NUL, then zero fill; some
+docs/PROTOCOL.md, "Framing" and variant 1: the text, a NUL, then zero fill; some
 peers pad on the left (NULs first, then the text, no terminator) and some leave
 garbage after the first NUL. The text is what lies between the leading NULs and
 the next NUL. A field with no NUL at all is malformed.

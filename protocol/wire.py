@@ -1,4 +1,4 @@
-"""Every message of PROTOCOL.md, declared once with construct.
+"""Every message of docs/PROTOCOL.md, declared once with construct.
 
 Sizes used elsewhere are derived from these declarations, never written out.
 """

@@ -9,7 +9,7 @@ and the server kills itself with SIGKILL (no cleanup, as ``kill -9`` or the
 OOM killer would; the kernel's page cache survives, so this checks the order
 of the steps, not the fsyncs) the ``count``-th time (default: the first) it
 reaches ``reached("<point>")``; the test then restarts it on the same folder
-and checks what start-up repair left (HOSTILE.md G3). :func:`from_environment`
+and checks what start-up repair left (docs/HOSTILE.md G3). :func:`from_environment`
 reads the variable once, at start-up (``server/__main__.py``); nothing else
 arms a point, so an in-process server or a server started without the
 variable never crashes here, and an unarmed ``reached`` is one comparison.

@@ -62,6 +62,7 @@ from protocol import (
     ServerConnection,
 )
 from protocol.codes import MAX_UINT32, PER_REQUEST_OPENERS
+from protocol.editions import EDITION_2024A, V3, Edition
 from protocol.events import Request, Response
 from protocol.incoming import MAX_ZERO_FILL
 from protocol.wire import FILE_PACKET_FIELDS_SIZE, REQUEST_HEADER_SIZE, REQUEST_PAYLOAD_SIZES
@@ -77,6 +78,9 @@ from .upload import IncomingPacket
 log = logging.getLogger(__name__)
 
 _MS = 1000.0
+#: The editions served (docs/EDITIONS.md): v3 and 2024A, which is v3 with the
+#: 1025-series codes. A request of another edition is an unknown code, as before.
+SERVED_EDITIONS: tuple[Edition, ...] = (V3, EDITION_2024A)
 
 
 class Model(enum.Enum):
@@ -135,6 +139,7 @@ class _Deferred:
     due: float
     response: Response
     client: str
+    code: str
 
 
 def _error_response(code: ResponseCode) -> Response:
@@ -152,6 +157,7 @@ class Session:
         self._decoder = ServerConnection(
             max_skip_payload=limits.max_skip_payload,
             max_packet_content=min(MAX_UINT32, limits.max_content_size + MAX_ZERO_FILL),
+            editions=SERVED_EDITIONS,
         )
         self._outbox = bytearray()
         self.verdict: Close | None = None
@@ -219,8 +225,9 @@ class Session:
             return
         self._deferred = None
         self._send(deferred.response)
-        log.info("%s 901 %s -> %d (no 828 within %.1f s)", self.peer, deferred.client,
-                 deferred.response.code.value, self._limits.retry_ack_delay)
+        log.info("%s %s %s -> %s (no file request within %.1f s)", self.peer, deferred.code,
+                 deferred.client, self._answer_code(deferred.response),
+                 self._limits.retry_ack_delay)
 
     def fail(self) -> None:
         """An unexpected error (a bug) reached the edge: answer 1607, close (Rule 3).
@@ -229,7 +236,7 @@ class Session:
         handled (it is logged here with its traceback). Never raises.
         """
         code, client = self._current
-        log.exception("%s %s %s: unexpected error", self.peer, _code_text(code), client or "-")
+        log.exception("%s %s %s: unexpected error", self.peer, self._code_text(code), client or "-")
         if self.verdict is None:
             self._packet = None
             self._refuse(code, client, InternalFault("internal error"), close=True)
@@ -343,10 +350,10 @@ class Session:
             raise InternalFault(f"{outcome.kind.value} is owed an answer and has none")
         if action is Action.SEND and response is not None:
             self._send(response)
-            result = str(response.code.value)
+            result = self._answer_code(response)
         elif action is Action.SEND_UNLESS_FILE_FOLLOWS and response is not None:
             due = self.app.monotonic() + self._limits.retry_ack_delay
-            self._deferred = _Deferred(due, response, outcome.client)
+            self._deferred = _Deferred(due, response, outcome.client, self._code_text(code))
             result = "(deferred)"
         else:
             result = "(no reply)"
@@ -383,7 +390,7 @@ class Session:
         """Answer a refusal or a fault: 1607 (or 1601); close if the stream is lost."""
         if isinstance(error, StorageFault):
             log.error(
-                "%s %s %s: server fault: %s", self.peer, _code_text(code), client or "-", error
+                "%s %s %s: server fault: %s", self.peer, self._code_text(code), client or "-", error
             )
             reason, response_code = "server fault", ResponseCode.GENERAL_ERROR
         elif isinstance(error, InternalFault):
@@ -396,7 +403,8 @@ class Session:
         self._end_message(succeeded=False)
         response = _error_response(response_code)
         self._send(response)
-        self._log_request(logging.INFO, code, client, f"{response.code.value} refused", reason)
+        result = f"{self._answer_code(response)} refused"
+        self._log_request(logging.INFO, code, client, result, reason)
         self._count_error(close=close)
 
     def _count_error(self, close: bool) -> None:
@@ -423,6 +431,17 @@ class Session:
         self._cancel_deferred()
         self.app.uploads.connection_closed(self.peer)
 
+    def _code_text(self, code: RequestCode | None) -> str:
+        """The request's code as its client sent it (in its edition), for the log."""
+        wire = self._decoder.request_code
+        return "-" if code is None or wire is None else str(wire)
+
+    def _answer_code(self, response: Response) -> str:
+        """The answer's code in the connection's edition, for the log."""
+        edition = self._decoder.edition or V3
+        message = edition.response_for(type(response))
+        return str(message.code if message is not None else response.code.value)
+
     def _log_request(
         self, level: int, code: RequestCode | None, client: str, result: str, detail: str
     ) -> None:
@@ -433,7 +452,7 @@ class Session:
             level,
             "%s %s %s -> %s (in %d B, %.1f ms)%s",
             self.peer,
-            _code_text(code),
+            self._code_text(code),
             client or "-",
             result,
             self._request_size,
@@ -454,7 +473,3 @@ class Session:
 
     def _cancel_deferred(self) -> None:
         self._deferred = None
-
-
-def _code_text(code: RequestCode | None) -> str:
-    return str(code.value) if code is not None else "-"

@@ -1,4 +1,4 @@
-"""kill -9 at many points of a session, restart on the same folder, check (HOSTILE.md G3).
+"""kill -9 at many points of a session, restart on the same folder, check (docs/HOSTILE.md G3).
 
 Each case copies one prepared data folder (a client with its key and two
 files uploaded and verified with 900: ``keep.bin`` and ``again.bin``), starts
@@ -196,7 +196,7 @@ class Session:
             self._expect(client, Acknowledged)
 
     def _per_request_session(self) -> None:
-        """PROTOCOL.md variant 7: each request on a connection of its own."""
+        """docs/PROTOCOL.md variant 7: each request on a connection of its own."""
         with self._connect() as client:
             self._reconnect(client)
         self.contents.setdefault("victim.bin", []).append(VICTIM_V1)

@@ -61,7 +61,7 @@ protocol = _import_protocol()
 
 REQUEST_HEADER_SIZE = 23
 RESPONSE_HEADER_SIZE = 7
-#: The largest payload a decoder ever holds whole: 826 (PROTOCOL.md).
+#: The largest payload a decoder ever holds whole: 826 (docs/PROTOCOL.md).
 SERVER_HELD_PAYLOAD = 415
 #: The largest response payload: 1603 (variant 11).
 CLIENT_HELD_PAYLOAD = 279

@@ -1,4 +1,4 @@
-"""Fixtures of the HOSTILE.md tests: fault injection and a small tmpfs.
+"""Fixtures of the docs/HOSTILE.md tests: fault injection and a small tmpfs.
 
 ``faults`` starts real servers with tests/hostile/inject/sitecustomize.py on
 their PYTHONPATH and arms or disarms faults while they run. ``tmpfs`` mounts a

@@ -1,6 +1,6 @@
-"""What every HOSTILE.md test checks besides its own case: the "Must not" column.
+"""What every docs/HOSTILE.md test checks besides its own case: the "Must not" column.
 
-Unless a case says otherwise, HOSTILE.md implies for every case: no crash, no
+Unless a case says otherwise, docs/HOSTILE.md implies for every case: no crash, no
 traceback, no hang of other connections, no write outside
 ``received_files/``, no change to other clients' rows or files. A
 :class:`Guard` made at the start of a test registers a *bystander* client
@@ -163,7 +163,7 @@ def normal_flow(server: ServerProcess, size: int = 10_000) -> float:
 
 
 class Guard:
-    """A bystander client and the checks of HOSTILE.md's "Must not" column."""
+    """A bystander client and the checks of docs/HOSTILE.md's "Must not" column."""
 
     def __init__(self, server: ServerProcess) -> None:
         self.server = server
@@ -199,7 +199,7 @@ class Guard:
         flow: bool = True,
         allowed: tuple[Path, ...] = (),
     ) -> float | None:
-        """Everything HOSTILE.md implies after a case; the normal flow's time.
+        """Everything docs/HOSTILE.md implies after a case; the normal flow's time.
 
         ``tracebacks`` is how many tracebacks the case logs on purpose,
         ``temps`` allows temp files of uploads still in progress, ``allowed``

@@ -1,4 +1,4 @@
-"""HOSTILE.md A: framing and header, against the real server over loopback.
+"""docs/HOSTILE.md A: framing and header, against the real server over loopback.
 
 Every test ends with ``guard.check()``: the server lives, a bystander's rows
 and files are unchanged, nothing was written outside received_files/, no
@@ -273,7 +273,7 @@ def test_a3_828_packet_over_the_content_limit(server_factory):
 
 
 def test_a3_828_of_4_gib_is_streamed_not_buffered(server):
-    """Under the default limits a 4 GiB 828 is legal (PROTOCOL.md): streamed to disk."""
+    """Under the default limits a 4 GiB 828 is legal (docs/PROTOCOL.md): streamed to disk."""
     guard = Guard(server)
     pid = server.process.pid
     with server.client() as client:

@@ -1,4 +1,4 @@
-"""HOSTILE.md B: registration and names (825), against the real server.
+"""docs/HOSTILE.md B: registration and names (825), against the real server.
 
 Every test ends with ``guard.check()`` (see hostile_helpers.Guard): the
 bystander registered there is the "existing row, key, files" of B2 and B3.

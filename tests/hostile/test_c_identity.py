@@ -1,4 +1,4 @@
-"""HOSTILE.md C: key exchange, reconnect and identity, against the real server.
+"""docs/HOSTILE.md C: key exchange, reconnect and identity, against the real server.
 
 The bystander of hostile_helpers.Guard is the victim wherever a case needs one:
 ``guard.check()`` proves its row, key, binding and files did not change.

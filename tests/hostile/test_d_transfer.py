@@ -1,4 +1,4 @@
-"""HOSTILE.md D: file transfer (828) and CRC (900/901/902), against the real server."""
+"""docs/HOSTILE.md D: file transfer (828) and CRC (900/901/902), against the real server."""
 
 from __future__ import annotations
 

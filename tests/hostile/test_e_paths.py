@@ -1,4 +1,4 @@
-"""HOSTILE.md E: file names and paths, against the real server.
+"""docs/HOSTILE.md E: file names and paths, against the real server.
 
 The server never joins a wire name to a path: each name becomes one plain
 file name inside received_files/<client>/ (server/storage/files.py,

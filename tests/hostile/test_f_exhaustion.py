@@ -1,4 +1,4 @@
-"""HOSTILE.md F: resource exhaustion and fairness, on the real server.
+"""docs/HOSTILE.md F: resource exhaustion and fairness, on the real server.
 
 Memory is the server process's own VmRSS / VmHWM from /proc/<pid>/status;
 times are a normal client's whole flow (825, 826, 828 ×3, 900) measured in

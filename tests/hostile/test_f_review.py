@@ -1,4 +1,4 @@
-"""HOSTILE.md F, review points 9 and 10: connection churn and one connection hogging the loop.
+"""docs/HOSTILE.md F, review points 9 and 10: connection churn and one connection hogging the loop.
 
 Point 9: a connect/close storm must leave no memory behind (cancelled deadline
 timers kept every closed connection alive) and cost the log a few bytes, not a

@@ -1,4 +1,4 @@
-"""HOSTILE.md G: faults, crashes, restart, on the real server.
+"""docs/HOSTILE.md G: faults, crashes, restart, on the real server.
 
 Faults are real where this host allows it: a 2 MiB tmpfs fills up (ENOSPC),
 another process locks the database, a peer resets with SO_LINGER 0, SIGKILL

@@ -1,4 +1,4 @@
-"""HOSTILE.md G, operating faults: what an operator (or a slip) does to a real server.
+"""docs/HOSTILE.md G, operating faults: what an operator (or a slip) does to a real server.
 
 Two servers on one data folder, SIGHUP, and entries in ``received_files/``
 the server never makes (folders, symlinks, fifos, stray names). The

@@ -1,7 +1,7 @@
 """H. Trust: what an outsider who reads a session off the wire, or only has bandwidth, can do.
 
 An independent review walked through these holes; each test is named after
-its point (h1 … h12) and checks HOSTILE.md's spirit as well: a defined
+its point (h1 … h12) and checks docs/HOSTILE.md's spirit as well: a defined
 answer, nothing lost, others unharmed (:class:`Guard`).
 
 The outsider knows what travels in clear: names, client ids and file names.

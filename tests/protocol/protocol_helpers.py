@@ -1,6 +1,6 @@
 """Helpers shared by the protocol tests: feeding, draining, splitting.
 
-Drain after every feed (STYLE.md principle 5), merge streamed 828 content so
+Drain after every feed (the sans-I/O contract), merge streamed 828 content so
 that event lists compare whatever the chunking was.
 """
 

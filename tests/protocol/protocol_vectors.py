@@ -1,4 +1,4 @@
-"""Byte vectors written by hand from PROTOCOL.md's tables.
+"""Byte vectors written by hand from docs/PROTOCOL.md's tables.
 
 Nothing here is produced by the code under test: every header is spelled out
 in hex (little-endian, field by field, as the "Framing" tables say) and every

@@ -1,6 +1,6 @@
 """protocol.cksum against the Linux ``cksum`` command and a bitwise reference.
 
-PROTOCOL.md "Checksum": CRC-32/POSIX over the bytes, then over the length
+docs/PROTOCOL.md "Checksum": CRC-32/POSIX over the bytes, then over the length
 (LSB first, as few bytes as it needs), complemented; equal to the first number
 ``cksum FILE`` prints, the empty file included.
 """

@@ -1,4 +1,4 @@
-"""protocol.crypto: key formats, RSA-OAEP, AES-256-CBC (PROTOCOL.md "Cryptography").
+"""protocol.crypto: key formats, RSA-OAEP, AES-256-CBC (docs/PROTOCOL.md "Cryptography").
 
 Compatibility is checked against PyCryptodome used directly (Crypto.Util.Padding
 and AES.new / PKCS1_OAEP with SHA-1 spelled out) and one FIPS-197 vector.

@@ -1,4 +1,4 @@
-"""Error paths of both decoders (PROTOCOL.md "Server rules", HOSTILE.md A-B).
+"""Error paths of both decoders (docs/PROTOCOL.md "Server rules", docs/HOSTILE.md A-B).
 
 A well-framed wrong request (unknown code, wrong size, bad name) raises
 RemoteProtocolError(close=False) carrying its answer, its payload is dropped
@@ -32,7 +32,7 @@ from protocol_helpers import drain, feed
 REGISTER_EVENT = Register(client_id=v.CLIENT_ID, name="alice")
 GENERAL_ERROR = ResponseCode.GENERAL_ERROR
 REGISTRATION_FAILED = ResponseCode.REGISTRATION_FAILED
-#: A cap large enough for every wrong size tried here (HOSTILE.md A4 "≤ cap").
+#: A cap large enough for every wrong size tried here (docs/HOSTILE.md A4 "≤ cap").
 CAP = 4096
 
 
@@ -160,7 +160,7 @@ def test_huge_payload_size_closes_without_buffering(code):
 
 
 def test_828_of_4_gib_streams_with_default_limit():
-    # PROTOCOL.md: a single packet may carry a whole file up to the 4-byte
+    # docs/PROTOCOL.md: a single packet may carry a whole file up to the 4-byte
     # limit; it is streamed, never held.
     conn = ServerConnection()
     fixed = bytes.fromhex("ffffffff" "ffffffff" "0100" "0100") + v.FILE_NAME_REPORT
@@ -288,7 +288,7 @@ def test_longest_client_name_fits():
 
 
 def test_non_ascii_file_name_is_data_not_an_error():
-    # HOSTILE.md E2: control characters and non-ASCII file names are stored
+    # docs/HOSTILE.md E2: control characters and non-ASCII file names are stored
     # under a safe name by the server; the decoder hands them over as bytes.
     text = b"\x01caf\xe9\\..\\x.txt"
     field = text + bytes(255 - len(text))

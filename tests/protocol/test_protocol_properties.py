@@ -1,4 +1,4 @@
-"""Hypothesis properties of both decoders (STYLE.md principle 11).
+"""Hypothesis properties of both decoders: round trips and any chunking.
 
 - build → parse round trip of every message, any chunking;
 - random and mutated byte streams, in random chunks, only ever give events,
@@ -47,7 +47,7 @@ PROPERTY = settings(
 
 REQUEST_HEADER_SIZE = 23
 RESPONSE_HEADER_SIZE = 7
-#: 826's payload, the largest a decoder ever holds whole (PROTOCOL.md).
+#: 826's payload, the largest a decoder ever holds whole (docs/PROTOCOL.md).
 LARGEST_HELD_PAYLOAD = 415
 RESPONSE_LARGEST_PAYLOAD = 279
 

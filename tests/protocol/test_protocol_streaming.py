@@ -1,4 +1,4 @@
-"""Any chunking of a byte stream gives the same events (PROTOCOL.md variant 3).
+"""Any chunking of a byte stream gives the same events (docs/PROTOCOL.md variant 3).
 
 Each message is fed whole, byte by byte and split at random points with
 several seeds; several messages are also coalesced in one chunk. An 828's
@@ -112,7 +112,7 @@ def test_coalesced_responses_any_chunking():
 
 
 def test_whole_stream_in_one_chunk_is_drained_in_one_go():
-    # STYLE.md principle 5: one receive_data, then next_event until NEED_DATA,
+    # The sans-I/O contract: one receive_data, then next_event until NEED_DATA,
     # gives every message; nothing waits for more input.
     wire, expected = _request_stream()
     conn = ServerConnection()

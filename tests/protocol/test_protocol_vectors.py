@@ -1,4 +1,4 @@
-"""Every request and response against byte vectors written from PROTOCOL.md.
+"""Every request and response against byte vectors written from docs/PROTOCOL.md.
 
 Requests are parsed by ServerConnection and built by ClientConnection,
 responses the reverse; both directions must give the hand-written bytes.
@@ -157,7 +157,7 @@ RESPONSES = [
 
 
 def test_vectors_have_the_sizes_of_the_spec():
-    # The vectors themselves, against PROTOCOL.md's numbers (23-byte request
+    # The vectors themselves, against docs/PROTOCOL.md's numbers (23-byte request
     # header, 7-byte response header, 255/415/267 payloads, variant 11).
     for wire in (v.REGISTER, v.RECONNECT, v.CRC_OK, v.CRC_RETRY, v.CRC_ABORT):
         assert len(wire) == 23 + 255
@@ -337,7 +337,7 @@ def test_several_requests_in_one_segment():
     assert events == REQUESTS[0][2] + REQUESTS[1][2] + REQUESTS[3][2] + REQUESTS[5][2]
 
 
-# -- any version byte (HOSTILE.md decision 4) --------------------------------
+# -- any version byte (docs/HOSTILE.md decision 4) --------------------------------
 
 
 @pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 255])

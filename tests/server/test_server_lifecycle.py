@@ -1,6 +1,6 @@
 """Running ``python -m server``: port.info, the port in use, signals, restart.
 
-Start-up faults (HOSTILE.md G4) and kill -9 (G3) are in tests/hostile/test_g_faults.py.
+Start-up faults (docs/HOSTILE.md G4) and kill -9 (G3) are in tests/hostile/test_g_faults.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Every request and response path of PROTOCOL.md, against the real server.
+"""Every request and response path of docs/PROTOCOL.md, against the real server.
 
-The refusals of HOSTILE.md (bad names and keys, key substitution, 827
+The refusals of docs/HOSTILE.md (bad names and keys, key substitution, 827
 refused...) are in tests/hostile/, one test per case.
 """
 

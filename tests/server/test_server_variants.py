@@ -1,4 +1,4 @@
-"""PROTOCOL.md "Variants that real clients send", 1 to 11, on the real server."""
+"""docs/PROTOCOL.md "Variants that real clients send", 1 to 11, on the real server."""
 
 from __future__ import annotations
 

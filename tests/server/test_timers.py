@@ -1,4 +1,4 @@
-"""server.timers: order, cancel, and what a cancelled timer keeps (HOSTILE.md F, review point 9)."""
+"""server.timers: order, cancel, and what a cancelled timer keeps (docs/HOSTILE.md F, review point 9)."""
 
 from __future__ import annotations
 

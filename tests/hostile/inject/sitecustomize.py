@@ -1,4 +1,4 @@
-"""Fault injection inside a real ``python -m server`` (HOSTILE.md G1, G2, G5).
+"""Fault injection inside a real ``python -m server`` (docs/HOSTILE.md G1, G2, G5).
 
 Python imports ``sitecustomize`` at start-up from ``sys.path``; the fault
 tests put this folder on the server's PYTHONPATH and name a control file in
