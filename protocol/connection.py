@@ -173,9 +173,19 @@ class ServerConnection(_Reader):
         return len(self._candidates) == 1
 
     @property
+    def candidates(self) -> tuple[Edition, ...]:
+        """The editions the requests so far allow, the one in use first."""
+        return self._candidates
+
+    @property
     def request_code(self) -> int | None:
         """The wire code of the request being handled (for the log)."""
         return None if self._header is None else int(self._header.code)
+
+    @property
+    def request_size(self) -> int:
+        """The size of the request being handled, header included (for the log)."""
+        return 0 if self._header is None else REQUEST_HEADER_SIZE + int(self._header.payload_size)
 
     def use(self, edition: Edition) -> None:
         """Settle the edition (the caller knows it better than the bytes so far)."""

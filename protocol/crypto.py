@@ -13,7 +13,7 @@ from Crypto.Random import get_random_bytes
 from Crypto.Util.asn1 import DerSequence
 
 from .buffer import BytesLike
-from .codes import AES_BLOCK_SIZE, AES_KEY_SIZE, PUBLIC_KEY_SIZE, RSA_KEY_BITS
+from .codes import AES_BLOCK_SIZE, AES_KEY_SIZE, AES_KEY_SIZES, PUBLIC_KEY_SIZE, RSA_KEY_BITS
 from .errors import CryptoError, LocalProtocolError
 
 #: Crypto++'s default public exponent; with it the DER key is 160 bytes.
@@ -99,9 +99,10 @@ def import_public_key(data: bytes) -> RSA.RsaKey:
     return key
 
 
-def new_aes_key() -> bytes:
-    """A fresh random AES-256 key."""
-    return get_random_bytes(AES_KEY_SIZE)
+def new_aes_key(size: int = AES_KEY_SIZE) -> bytes:
+    """A fresh random AES key: AES-256 (v3), or AES-128 for ``size`` 16."""
+    _check_key_size(size)
+    return get_random_bytes(size)
 
 
 def encrypt_aes_key(public_key: RSA.RsaKey, aes_key: bytes) -> bytes:
@@ -109,24 +110,28 @@ def encrypt_aes_key(public_key: RSA.RsaKey, aes_key: bytes) -> bytes:
     return PKCS1_OAEP.new(public_key).encrypt(aes_key)
 
 
-def decrypt_aes_key(private_key: RSA.RsaKey, encrypted: bytes) -> bytes:
+def decrypt_aes_key(private_key: RSA.RsaKey, encrypted: bytes, size: int = AES_KEY_SIZE) -> bytes:
     """The AES key from its RSA-OAEP ciphertext.
 
     Raises:
-        CryptoError: the ciphertext does not decrypt to a 32-byte key.
+        CryptoError: the ciphertext does not decrypt to a key of ``size`` bytes.
     """
     try:
         aes_key = PKCS1_OAEP.new(private_key).decrypt(encrypted)
     except (ValueError, TypeError) as exc:
         raise CryptoError(_DECRYPTION_FAILED) from exc
-    if len(aes_key) != AES_KEY_SIZE:
+    if len(aes_key) != size:
         raise CryptoError(_DECRYPTION_FAILED)
     return aes_key
 
 
+def _check_key_size(size: int) -> None:
+    if size not in AES_KEY_SIZES:
+        raise LocalProtocolError(f"AES key must be {' or '.join(map(str, AES_KEY_SIZES))} bytes")
+
+
 def _cbc(aes_key: bytes):
-    if len(aes_key) != AES_KEY_SIZE:
-        raise LocalProtocolError(f"AES key must be {AES_KEY_SIZE} bytes")
+    _check_key_size(len(aes_key))
     return AES.new(aes_key, AES.MODE_CBC, iv=ZERO_IV)
 
 

@@ -38,7 +38,7 @@ from typing import Mapping
 from construct import Int32ul, Padding, Struct
 
 from . import events as ev
-from .codes import AES_KEY_SIZE, CLIENT_ID_SIZE
+from .codes import AES_KEY_SIZE, AES_KEY_SIZES, CLIENT_ID_SIZE
 from .wire import (
     AesKeyPayload,
     ClientId,
@@ -53,7 +53,7 @@ from .wire import (
 )
 
 #: AES-128, the key of the 2022 and 2023 editions.
-AES_128_KEY_SIZE = 16
+AES_128_KEY_SIZE = AES_KEY_SIZES[1]
 
 # -- the payloads only some editions have ----------------------------------------
 

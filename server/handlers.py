@@ -1,7 +1,9 @@
 """One function per request, and the start of an 828, on the stores and the uploads.
 
-A handler sees the request event and the connection it came on
-(:class:`~server.peer.Peer`); it returns an :class:`~server.outcome.Outcome`
+A handler sees the request event, the connection it came on
+(:class:`~server.peer.Peer`) and the edition it speaks
+(:class:`~server.peer.Speaking`: the AES key size, whether a returning client
+sends its key again); it returns an :class:`~server.outcome.Outcome`
 (the kind of request and its answer), or raises :class:`~server.errors.Refusal`
 (1607). Store faults (:class:`~server.errors.StorageFault`) propagate to the
 session, which answers 1607 and keeps serving. Handlers know nothing of
@@ -46,7 +48,7 @@ from .binding import bind, check_key_use, check_registration
 from .errors import NameTaken, Refusal, StorageFault
 from .labels import client_label, printable
 from .outcome import Outcome, RequestKind
-from .peer import Peer
+from .peer import Peer, Speaking
 from .storage import ClientRow
 from .upload import (
     Dropped,
@@ -96,7 +98,9 @@ def _can_register(app: App, peer: Peer, replacing: bool) -> str | None:
     return None
 
 
-def _register_name(app: App, peer: Peer, name: str, replace: ClientRow | None) -> bytes:
+def _register_name(
+    app: App, peer: Peer, name: str, replace: ClientRow | None, speaking: Speaking
+) -> bytes:
     """Insert a keyless client bound to the peer's address; return its id.
 
     Raises:
@@ -107,7 +111,7 @@ def _register_name(app: App, peer: Peer, name: str, replace: ClientRow | None) -
     with app.metadata.transaction():
         if replace is not None:
             app.metadata.delete_client(replace.id)
-        app.metadata.insert_client(client_id, name, now)
+        app.metadata.insert_client(client_id, name, now, speaking.record)
         bind(app.metadata, client_id, peer.address, now)
     if replace is not None:
         app.live_registrations.release(replace.id)
@@ -131,7 +135,7 @@ def _why_name_is_held(app: App, peer: Peer, existing: ClientRow | None) -> str |
     return None
 
 
-def register(app: App, peer: Peer, event: Register) -> Outcome:
+def register(app: App, peer: Peer, event: Register, speaking: Speaking) -> Outcome:
     """825: a new name gets a fresh id; a keyless name of this address is registered anew."""
     existing = app.metadata.client_by_name(event.name)
     refusal = _why_name_is_held(app, peer, existing) or _can_register(
@@ -140,7 +144,7 @@ def register(app: App, peer: Peer, event: Register) -> Outcome:
     if refusal:
         return Outcome(REGISTER, RegistrationFailed(), event.name, refusal, refused=True)
     try:
-        client_id = _register_name(app, peer, event.name, existing)
+        client_id = _register_name(app, peer, event.name, existing, speaking)
     except NameTaken:
         return Outcome(REGISTER, RegistrationFailed(), event.name, "name taken", refused=True)
     app.live_registrations.hold(client_id, peer)
@@ -149,12 +153,19 @@ def register(app: App, peer: Peer, event: Register) -> Outcome:
     return Outcome(REGISTER, Registered(client_id=client_id), label, detail)
 
 
-def send_public_key(app: App, peer: Peer, event: SendPublicKey) -> Outcome:
-    """826: store the key once and answer with a fresh AES key under it."""
+def send_public_key(app: App, peer: Peer, event: SendPublicKey, speaking: Speaking) -> Outcome:
+    """826: store the key once and answer with a fresh AES key under it.
+
+    An edition without a reconnect (2022) sends its key again instead: the
+    same key, byte for byte, gets a fresh AES key as a reconnect would.
+    """
     client = app.metadata.client_by_id(event.client_id)
     if client is None or client.name != event.name:
         raise Refusal("826 for an unknown client id, or another client's name")
     if client.public_key is not None:
+        if not speaking.edition.has_reconnect and client.public_key == event.public_key:
+            outcome = _fresh_key(app, peer, client, speaking, PublicKeyReceived)
+            return Outcome(SEND_PUBLIC_KEY, outcome.response, outcome.client, "returning client")
         raise Refusal("the client already has a public key; it is never replaced")
     now = app.wall_clock()
     check_registration(app.metadata, client, peer.address, now, app.limits.key_window)
@@ -162,7 +173,7 @@ def send_public_key(app: App, peer: Peer, event: SendPublicKey) -> Outcome:
         public_key = crypto.import_public_key(event.public_key)
     except CryptoError as exc:
         raise Refusal(f"unusable public key: {exc}") from None
-    aes_key = crypto.new_aes_key()
+    aes_key = crypto.new_aes_key(speaking.edition.aes_key_size)
     sealed = crypto.encrypt_aes_key(public_key, aes_key)
     with app.metadata.transaction():
         app.metadata.set_keys(client.id, event.public_key, aes_key, now)
@@ -176,13 +187,15 @@ def send_public_key(app: App, peer: Peer, event: SendPublicKey) -> Outcome:
     )
 
 
-def _register_by_reconnect(app: App, peer: Peer, name: str, replace: ClientRow | None) -> Outcome:
+def _register_by_reconnect(
+    app: App, peer: Peer, name: str, replace: ClientRow | None, speaking: Speaking
+) -> Outcome:
     """Variant 9: 827 for an unknown (or lapsed keyless) name registers it; 1606 carries the id."""
     refusal = _can_register(app, peer, replacing=replace is not None)
     if refusal:
         raise Refusal(refusal)
     try:
-        client_id = _register_name(app, peer, name, replace)
+        client_id = _register_name(app, peer, name, replace, speaking)
     except NameTaken:
         raise Refusal("name registered meanwhile") from None
     return Outcome(
@@ -193,15 +206,15 @@ def _register_by_reconnect(app: App, peer: Peer, name: str, replace: ClientRow |
     )
 
 
-def reconnect(app: App, peer: Peer, event: Reconnect) -> Outcome:
+def reconnect(app: App, peer: Peer, event: Reconnect, speaking: Speaking) -> Outcome:
     """827: a fresh AES key, or 1606 with the id variant 9 calls for."""
     client = app.metadata.client_by_name(event.name)
     now = app.wall_clock()
     if client is None:
-        return _register_by_reconnect(app, peer, event.name, None)
+        return _register_by_reconnect(app, peer, event.name, None, speaking)
     keyless_address = _registration_address(app, client) if client.public_key is None else None
     if client.public_key is None and keyless_address is None:
-        return _register_by_reconnect(app, peer, event.name, client)
+        return _register_by_reconnect(app, peer, event.name, client, speaking)
     label = client_label(client.name, client.id)
     if client.id != event.client_id:
         # Never reveal the id of the name's owner: echo the request's id.
@@ -225,9 +238,23 @@ def reconnect(app: App, peer: Peer, event: Reconnect) -> Outcome:
             bind(app.metadata, client.id, peer.address, now)
             app.metadata.note_seen(client.id, now)
         return Outcome(RECONNECT, ReconnectRefused(client_id=client.id), label, "no public key yet")
+    return _fresh_key(app, peer, client, speaking, Reconnected)
+
+
+def _fresh_key(
+    app: App,
+    peer: Peer,
+    client: ClientRow,
+    speaking: Speaking,
+    answer: type[Reconnected] | type[PublicKeyReceived],
+) -> Outcome:
+    """A keyed client comes back: a fresh AES key under its stored public key."""
+    label = client_label(client.name, client.id)
     try:
-        public_key = crypto.import_public_key(client.public_key)
+        public_key = crypto.import_public_key(client.public_key or b"")
     except CryptoError:
+        if answer is PublicKeyReceived:
+            raise Refusal("stored public key unusable") from None
         return Outcome(
             RECONNECT,
             ReconnectRefused(client_id=client.id),
@@ -235,15 +262,16 @@ def reconnect(app: App, peer: Peer, event: Reconnect) -> Outcome:
             detail="stored key unusable",
             refused=True,
         )
-    aes_key = crypto.new_aes_key()
+    aes_key = crypto.new_aes_key(speaking.edition.aes_key_size)
     sealed = crypto.encrypt_aes_key(public_key, aes_key)
+    now = app.wall_clock()
     app.uploads.discard_client(client.id, "the client got a new AES key")
     with app.metadata.transaction():
         app.metadata.set_aes_key(client.id, aes_key, now)
         bind(app.metadata, client.id, peer.address, now)
     crashpoints.reached("key.committed")
     app.budget.forget_key(client.id)
-    return Outcome(RECONNECT, Reconnected(client_id=client.id, encrypted_aes_key=sealed), label)
+    return Outcome(RECONNECT, answer(client_id=client.id, encrypted_aes_key=sealed), label)
 
 
 def _keyed_client(app: App, peer: Peer, client_id: bytes) -> tuple[ClientRow, bytes]:
@@ -289,13 +317,13 @@ def _verdict_outcome(kind: RequestKind, client: ClientRow, upload: Upload, detai
     )
 
 
-def crc_ok(app: App, peer: Peer, event: CrcOk) -> Outcome:
+def crc_ok(app: App, peer: Peer, event: CrcOk, speaking: Speaking) -> Outcome:
     """900: the upload is verified: a pending version is installed, or the flag set (idempotent)."""
     client, upload = _completed_upload(app, peer, event)
     return _verdict_outcome(RequestKind.CRC_OK, client, upload, app.uploads.confirm(upload))
 
 
-def crc_retry(app: App, peer: Peer, event: CrcRetry) -> Outcome:
+def crc_retry(app: App, peer: Peer, event: CrcRetry, speaking: Speaking) -> Outcome:
     """901: the file will come again; 1604 only if no 828 follows in time."""
     client, upload = _completed_upload(app, peer, event)
     crashpoints.reached("retry.received")
@@ -303,13 +331,13 @@ def crc_retry(app: App, peer: Peer, event: CrcRetry) -> Outcome:
     return _verdict_outcome(RequestKind.CRC_RETRY, client, upload, "to be sent again")
 
 
-def crc_abort(app: App, peer: Peer, event: CrcAbort) -> Outcome:
+def crc_abort(app: App, peer: Peer, event: CrcAbort, speaking: Speaking) -> Outcome:
     """902: the client gives up: an installed upload stays unverified, a pending one goes."""
     client, upload = _completed_upload(app, peer, event)
     return _verdict_outcome(RequestKind.CRC_ABORT, client, upload, app.uploads.abandon(upload))
 
 
-Handler = Callable[[App, Peer, Request], Outcome]
+Handler = Callable[[App, Peer, Request, Speaking], Outcome]
 
 #: The handler of every request but 828 (whose packets stream: see below).
 HANDLERS: dict[RequestCode, Handler] = {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protocol.editions import V3, Edition
+
 
 @dataclass(eq=False)
 class Peer:
@@ -20,3 +22,21 @@ class Peer:
     def __str__(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Speaking:
+    """The protocol edition a request came in (docs/EDITIONS.md).
+
+    ``known`` is False while the connection's requests leave more than one
+    edition of its family possible: a registration then records the family,
+    and the first request that tells them apart records the edition.
+    """
+
+    edition: Edition = V3
+    known: bool = True
+
+    @property
+    def record(self) -> str:
+        """What a client registered now has recorded as its edition."""
+        return self.edition.name if self.known else self.edition.family.value

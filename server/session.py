@@ -37,6 +37,15 @@ Rule 5. Every connection has one deadline at a time: ``message_deadline``
     received, at ``min_content_rate``), ``idle_timeout`` between messages,
     and ``message_deadline`` for the first request.
 
+Rule 6. The first request's code names the edition's family
+    (docs/EDITIONS.md); answers go out in the edition in use. A client is
+    served in the edition it registered with: a request of another edition
+    is refused, and one whose bytes leave its family's editions open is
+    taken in the recorded one. In the 1025 series a first register is
+    answered in the 2024A form; the same name registered again before any
+    other request is a 2023C client that ignored that answer, and the
+    connection goes on in 2023C.
+
 What each request is owed is the table below; what a refusal or a fault is
 answered is :meth:`Session._refuse` and :meth:`Session.fail`, the one place
 where server errors (server/errors.py) become answers.
@@ -55,6 +64,7 @@ from protocol import (
     FilePacketEnded,
     FilePacketStarted,
     GeneralError,
+    Register,
     RegistrationFailed,
     RemoteProtocolError,
     RequestCode,
@@ -62,25 +72,23 @@ from protocol import (
     ServerConnection,
 )
 from protocol.codes import MAX_UINT32, PER_REQUEST_OPENERS
-from protocol.editions import EDITION_2024A, V3, Edition
+from protocol.editions import EDITION_2023C, EDITION_2024A, EDITIONS, V3, Edition
 from protocol.events import Request, Response
 from protocol.incoming import MAX_ZERO_FILL
-from protocol.wire import FILE_PACKET_FIELDS_SIZE, REQUEST_HEADER_SIZE, REQUEST_PAYLOAD_SIZES
 
 from . import crashpoints
 from .app import App
 from .errors import InternalFault, Refusal, StorageFault
 from .handlers import HANDLERS, file_packet_outcome, start_file_packet
 from .outcome import Outcome, RequestKind
-from .peer import Peer
-from .upload import IncomingPacket
+from .peer import Peer, Speaking
+from .upload import DroppedPacket, IncomingPacket, Refused
 
 log = logging.getLogger(__name__)
 
 _MS = 1000.0
-#: The editions served (docs/EDITIONS.md): v3 and 2024A, which is v3 with the
-#: 1025-series codes. A request of another edition is an unknown code, as before.
-SERVED_EDITIONS: tuple[Edition, ...] = (V3, EDITION_2024A)
+#: The editions served, all on the same port (docs/EDITIONS.md).
+SERVED_EDITIONS: tuple[Edition, ...] = EDITIONS
 
 
 class Model(enum.Enum):
@@ -177,6 +185,11 @@ class Session:
         self._request_t0 = now
         self._request_size = 0
         self._current: tuple[RequestCode | None, str] = (None, "")
+        #: Rule 6: the name of a first register, while only registers came.
+        self._first_name: str | None = None
+        self._registers_only = True
+        #: Clients whose edition this connection has checked.
+        self._settled: set[bytes] = set()
 
     # -- input ----------------------------------------------------------------
 
@@ -305,10 +318,11 @@ class Session:
         client = event.client_id.hex()
         self._current = (code, client)
         self._request_t0 = self._message_t0()
-        self._request_size = REQUEST_HEADER_SIZE + REQUEST_PAYLOAD_SIZES[code]
+        self._request_size = self._decoder.request_size
         self._start_request(code)
         try:
-            outcome = HANDLERS[code](self.app, self.peer, event)
+            self._settle_edition(event)
+            outcome = HANDLERS[code](self.app, self.peer, event, self._speaking())
         except (Refusal, StorageFault) as exc:
             self._refuse(code, client, exc)
             return
@@ -318,10 +332,16 @@ class Session:
         """An 828's fixed fields: its content follows."""
         self._request_t0 = self._message_t0()
         self._message_start = self._request_t0
-        self._request_size = REQUEST_HEADER_SIZE + FILE_PACKET_FIELDS_SIZE + event.bytes_in_packet
+        self._request_size = self._decoder.request_size
         self._current = (RequestCode.SEND_FILE, event.client_id.hex())
         self._start_request(RequestCode.SEND_FILE)
         per_request = self.model is Model.PER_REQUEST
+        try:
+            self._settle_edition(event)
+        except (Refusal, StorageFault) as exc:
+            refused = Refused(str(exc), fault=isinstance(exc, StorageFault))
+            self._packet_client, self._packet = event.client_id.hex(), DroppedPacket(refused)
+            return
         self._packet_client, self._packet = start_file_packet(
             self.app, self.peer, per_request, event
         )
@@ -339,6 +359,49 @@ class Session:
             self._refuse(RequestCode.SEND_FILE, client, exc)
             return
         self._finish(RequestCode.SEND_FILE, outcome)
+
+    # -- editions (Rule 6) ----------------------------------------------------------
+
+    def _speaking(self) -> Speaking:
+        return Speaking(self._decoder.edition or V3, self._decoder.edition_known)
+
+    def _settle_edition(self, event: Request | FilePacketStarted) -> None:
+        """Take the request in the edition its client registered with (Rule 6).
+
+        Raises:
+            Refusal: the client registered with another edition.
+        """
+        decoder = self._decoder
+        edition = decoder.edition or V3
+        if isinstance(event, Register):
+            if not self._registers_only:
+                return
+            if (
+                self._first_name == event.name
+                and edition is EDITION_2024A
+                and EDITION_2023C in decoder.candidates
+            ):
+                decoder.use(EDITION_2023C)  # it ignored a 1600 and asked again
+            elif self._first_name is None:
+                self._first_name = event.name
+            return
+        self._registers_only = False
+        if event.client_id in self._settled:
+            return
+        client = self.app.metadata.client_by_id(event.client_id)
+        if client is None:
+            return
+        stored = {candidate.name: candidate for candidate in decoder.candidates}.get(client.edition)
+        if stored is not None:
+            decoder.use(stored)
+        elif client.edition == edition.family.value:
+            if decoder.edition_known:
+                with self.app.metadata.transaction():
+                    self.app.metadata.set_edition(client.id, edition.name)
+        else:
+            raise Refusal(f"the client registered in edition {client.edition}, not {edition}")
+        if decoder.edition_known:
+            self._settled.add(client.id)
 
     def _finish(self, code: RequestCode, outcome: Outcome) -> None:
         """Send what a handled request is owed (Rules 2 and 3)."""

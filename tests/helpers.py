@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocol.editions import V3, Edition
 from protocol import (
     NEED_DATA,
     ClientConnection,
@@ -156,11 +157,14 @@ def start_server(
 class RawClient:
     """A blocking test connection speaking through ``ClientConnection``."""
 
-    def __init__(self, address: tuple[str, int], source: str | None = None) -> None:
+    def __init__(
+        self, address: tuple[str, int], source: str | None = None, edition: Edition = V3
+    ) -> None:
         self.sock = socket.create_connection(
             address, timeout=IO_TIMEOUT, source_address=(source, 0) if source else None
         )
-        self.conn = ClientConnection()
+        self.edition = edition
+        self.conn = ClientConnection(edition)
 
     def __enter__(self) -> RawClient:
         return self

@@ -28,13 +28,19 @@ from typing import BinaryIO, Iterable, Protocol
 
 @dataclass(frozen=True)
 class ClientRow:
-    """A client: its id, name, keys (None until 826) and last request time."""
+    """A client: its id, name, keys (None until 826), last request time, edition.
+
+    ``edition`` is the name of the protocol edition it registered with
+    (``protocol.editions``), or a family's name while its requests have not
+    told the family's editions apart.
+    """
 
     id: bytes
     name: str
     public_key: bytes | None
     last_seen: str | None
     aes_key: bytes | None
+    edition: str = "v3"
 
 
 @dataclass(frozen=True)
@@ -97,13 +103,15 @@ class MetadataStore(Protocol):
     def count_live_clients(self, keyless_since: float) -> int: ...
     def delete_stale_keyless(self, before: float) -> int: ...
 
-    def insert_client(self, client_id: bytes, name: str, now: float) -> None:
-        """Register a name, keyless.
+    def insert_client(self, client_id: bytes, name: str, now: float, edition: str) -> None:
+        """Register a name, keyless, in a protocol edition.
 
         Raises:
             NameTaken: another client holds the name.
         """
         ...
+
+    def set_edition(self, client_id: bytes, edition: str) -> None: ...
 
     def delete_client(self, client_id: bytes) -> None: ...
     def set_keys(self, client_id: bytes, public_key: bytes, aes_key: bytes, now: float) -> None: ...

@@ -46,7 +46,8 @@ _SCHEMA = (
         Name TEXT NOT NULL UNIQUE,
         PublicKey BLOB,
         LastSeen TEXT,
-        AESKey BLOB
+        AESKey BLOB,
+        Edition TEXT NOT NULL DEFAULT 'v3'
     )""",
     """CREATE TABLE IF NOT EXISTS files (
         ID BLOB NOT NULL,
@@ -62,16 +63,20 @@ _SCHEMA = (
         LastUsed REAL NOT NULL
     )""",
 )
+#: Columns added since the first schema: a database without them gets them
+#: (with their defaults) when it is opened.
+_ADDED_COLUMNS = {
+    "clients": {"Edition": "TEXT NOT NULL DEFAULT 'v3'"},
+}
 _REQUIRED_COLUMNS = {
     "clients": {"ID", "Name", "PublicKey", "LastSeen", "AESKey"},
     "files": {"ID", "FileName", "PathName", "Verified"},
     "key_bindings": {"ID", "Address", "IssuedAt", "LastUsed"},
 }
 
-_SELECT_CLIENT_BY_ID = "SELECT ID, Name, PublicKey, LastSeen, AESKey FROM clients WHERE ID = ?"
-_SELECT_CLIENT_BY_NAME = (
-    "SELECT ID, Name, PublicKey, LastSeen, AESKey FROM clients WHERE Name = ?"
-)
+_CLIENT_COLUMNS = "ID, Name, PublicKey, LastSeen, AESKey, Edition"
+_SELECT_CLIENT_BY_ID = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE ID = ?"
+_SELECT_CLIENT_BY_NAME = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = ?"
 _COUNT_CLIENTS = "SELECT COUNT(*) FROM clients"
 #: Clients that hold a key, or whose keyless registration is still fresh.
 _COUNT_LIVE_CLIENTS = (
@@ -82,7 +87,8 @@ _STALE_KEYLESS = (
     "SELECT c.ID FROM clients c LEFT JOIN key_bindings b ON b.ID = c.ID"
     " WHERE c.PublicKey IS NULL AND (b.IssuedAt IS NULL OR b.IssuedAt < ?)"
 )
-_INSERT_CLIENT = "INSERT INTO clients (ID, Name, LastSeen) VALUES (?, ?, ?)"
+_INSERT_CLIENT = "INSERT INTO clients (ID, Name, LastSeen, Edition) VALUES (?, ?, ?, ?)"
+_SET_EDITION = "UPDATE clients SET Edition = ? WHERE ID = ?"
 _DELETE_CLIENT = "DELETE FROM clients WHERE ID = ?"
 _SET_KEYS = "UPDATE clients SET PublicKey = ?, AESKey = ?, LastSeen = ? WHERE ID = ?"
 _SET_AES_KEY = "UPDATE clients SET AESKey = ?, LastSeen = ? WHERE ID = ?"
@@ -246,11 +252,16 @@ class SqliteMetadata:
     def _check_columns(connection: sqlite3.Connection, path: Path) -> None:
         for table, required in _REQUIRED_COLUMNS.items():
             rows = connection.execute(f"PRAGMA table_info({table})").fetchall()
-            missing = required - {row[1] for row in rows}
+            present = {row[1] for row in rows}
+            missing = required - present
             if missing:
                 raise StoreUnusable(
                     f"{path}: table {table} lacks {', '.join(sorted(missing))}"
                 )
+            for column, declaration in _ADDED_COLUMNS.get(table, {}).items():
+                if column not in present:
+                    log.info("adding column %s.%s to %s", table, column, path)
+                    connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         """Write pending timestamps and close."""
@@ -333,16 +344,21 @@ class SqliteMetadata:
         return len(stale)
 
     @_translated
-    def insert_client(self, client_id: bytes, name: str, now: float) -> None:
-        """Register a name (no keys yet).
+    def insert_client(self, client_id: bytes, name: str, now: float, edition: str) -> None:
+        """Register a name (no keys yet) in a protocol edition.
 
         Raises:
             NameTaken: another client holds the name.
         """
         try:
-            self._db.execute(_INSERT_CLIENT, (client_id, name, timestamp(now)))
+            self._db.execute(_INSERT_CLIENT, (client_id, name, timestamp(now), edition))
         except sqlite3.IntegrityError as exc:
             raise NameTaken(name) from exc
+
+    @_translated
+    def set_edition(self, client_id: bytes, edition: str) -> None:
+        """The edition the client's requests turned out to be."""
+        self._db.execute(_SET_EDITION, (edition, client_id))
 
     @_translated
     def delete_client(self, client_id: bytes) -> None:
@@ -427,7 +443,8 @@ def _client(row: tuple | None) -> ClientRow | None:
     if row is None:
         return None
     return ClientRow(
-        id=row[0], name=row[1], public_key=row[2], last_seen=row[3], aes_key=row[4]
+        id=row[0], name=row[1], public_key=row[2], last_seen=row[3], aes_key=row[4],
+        edition=row[5],
     )
 
 

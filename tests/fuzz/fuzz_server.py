@@ -198,7 +198,7 @@ def _deterministic_server():
     """
     saved_id, saved_key = server.handlers._new_client_id, crypto.new_aes_key
     server.handlers._new_client_id = _predictable_id
-    crypto.new_aes_key = lambda: AES_KEY
+    crypto.new_aes_key = lambda size=len(AES_KEY): AES_KEY[:size]
     loggers = [logging.getLogger(name) for name in ("server", "protocol")]
     saved_logging = [(lg.level, lg.propagate) for lg in loggers]
     for logger in loggers:
@@ -989,7 +989,7 @@ class Workspace:
         self.workdir = self.root / "work"
         self.workdir.mkdir()
         db = SqliteMetadata.open(self.template, Limits().busy_timeout)
-        db.insert_client(KNOWN_ID, KNOWN_NAME, WALL_BASE)
+        db.insert_client(KNOWN_ID, KNOWN_NAME, WALL_BASE, "v3")
         db.set_keys(KNOWN_ID, KNOWN_KEY, AES_KEY, WALL_BASE)
         db.set_binding(KNOWN_ID, ADDRESS, WALL_BASE)
         db.close()

@@ -66,7 +66,7 @@ def test_raw_inputs_decode_to_their_records():
 
 
 def test_target_finds_an_exception_in_a_handler(monkeypatch):
-    def broken(app, peer, event):
+    def broken(app, peer, event, speaking):
         raise KeyError("a handler bug")
 
     monkeypatch.setitem(handlers.HANDLERS, Reconnect.code, broken)

@@ -402,8 +402,9 @@ def test_every_decryption_failure_has_the_same_message(key, other_key):
     assert len(messages) == 1
 
 
-@pytest.mark.parametrize("size", [0, 16, 31, 33])
-def test_aes_key_must_be_32_bytes(size):
+@pytest.mark.parametrize("size", [0, 15, 24, 31, 33])
+def test_aes_key_must_be_16_or_32_bytes(size):
+    # AES-256 (v3, 2024A) or AES-128 (the 2022 and 2023 editions); never AES-192.
     with pytest.raises(LocalProtocolError):
         crypto.encrypt(bytes(size), b"x")
     with pytest.raises(LocalProtocolError):

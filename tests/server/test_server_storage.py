@@ -99,7 +99,7 @@ def test_database_schema_wal_and_full_sync(tmp_path):
         t: [r[1] for r in raw.execute(f"PRAGMA table_info({t})")] for t in ("clients", "files")
     }
     assert columns == {
-        "clients": ["ID", "Name", "PublicKey", "LastSeen", "AESKey"],
+        "clients": ["ID", "Name", "PublicKey", "LastSeen", "AESKey", "Edition"],
         "files": ["ID", "FileName", "PathName", "Verified"],
     }
     raw.close()
@@ -121,7 +121,7 @@ def test_rollback_on_error_leaves_no_half_state(tmp_path):
     db = open_metadata(tmp_path / "defensive.db")
     with pytest.raises(RuntimeError):
         with db.transaction():
-            db.insert_client(b"i" * 16, "alice", 0.0)
+            db.insert_client(b"i" * 16, "alice", 0.0, "v3")
             raise RuntimeError("boom")
     assert db.client_by_name("alice") is None
     db.close()
@@ -162,10 +162,10 @@ def test_limits_are_validated(bad):
 def test_a_taken_name_is_the_stores_own_error(tmp_path):
     db = open_metadata(tmp_path / "defensive.db")
     with db.transaction():
-        db.insert_client(b"i" * 16, "alice", 0.0)
+        db.insert_client(b"i" * 16, "alice", 0.0, "v3")
     with pytest.raises(NameTaken):
         with db.transaction():
-            db.insert_client(b"j" * 16, "alice", 0.0)
+            db.insert_client(b"j" * 16, "alice", 0.0, "v3")
     assert db.client_by_name("alice").id == b"i" * 16
     db.close()
 
@@ -177,4 +177,22 @@ def test_sqlite_errors_cross_the_seam_as_storage_faults(tmp_path):
         db.client_by_name("alice")
     with pytest.raises(StorageFault):
         with db.transaction():
-            db.insert_client(b"i" * 16, "alice", 0.0)
+            db.insert_client(b"i" * 16, "alice", 0.0, "v3")
+
+
+def test_a_database_of_before_the_editions_gets_the_edition_column(tmp_path):
+    raw = sqlite3.connect(tmp_path / "defensive.db")
+    raw.execute(
+        "CREATE TABLE clients (ID BLOB PRIMARY KEY, Name TEXT NOT NULL UNIQUE,"
+        " PublicKey BLOB, LastSeen TEXT, AESKey BLOB)"
+    )
+    raw.execute("INSERT INTO clients (ID, Name) VALUES (?, 'old')", (b"o" * 16,))
+    raw.commit()
+    raw.close()
+    db = open_metadata(tmp_path / "defensive.db")
+    assert db.client_by_name("old").edition == "v3"
+    with db.transaction():
+        db.insert_client(b"n" * 16, "new", 0.0, "2023C")
+        db.set_edition(b"o" * 16, "2024A")
+    assert (db.client_by_name("new").edition, db.client_by_name("old").edition) == ("2023C", "2024A")
+    db.close()

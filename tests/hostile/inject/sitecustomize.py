@@ -123,10 +123,10 @@ def _install() -> None:
     folder.secrets = _GuessedSecrets(folder.secrets)
 
     for code, handler in list(handlers.HANDLERS.items()):
-        def guarded(app, peer, event, _handler=handler, _code=int(code)):
+        def guarded(app, peer, event, speaking, _handler=handler, _code=int(code)):
             if _faults().get("raise") == _code:
                 raise ZeroDivisionError(f"injected into the {_code} handler")
-            return _handler(app, peer, event)
+            return _handler(app, peer, event, speaking)
 
         handlers.HANDLERS[code] = guarded
 
