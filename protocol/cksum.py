@@ -1,13 +1,21 @@
-"""The POSIX CRC of the Linux ``cksum`` command, at C speed.
+"""The POSIX CRC of the Linux ``cksum`` command, at C speed; and zlib's CRC-32.
 
 CRC-32, polynomial 0x04C11DB7, not reflected, initial value 0, over the data
 and then over its length (least significant byte first, only as many bytes as
 the length needs), complemented at the end (docs/PROTOCOL.md, "Checksum"). The CRC
 register runs in anycrc's C code; this module adds the length and the
 complement.
+
+Some clients compute zlib's CRC-32 instead (reflected, 0xFFFFFFFF in and out,
+no length appended): :class:`FileSums` keeps both while a file streams in, and
+:class:`CrcFlavour` names which one an answer carries (docs/EDITIONS.md,
+variant 5).
 """
 
 from __future__ import annotations
+
+import enum
+import zlib
 
 import anycrc
 
@@ -59,3 +67,39 @@ def cksum(data: bytes | bytearray | memoryview) -> int:
     checksum = Cksum()
     checksum.update(data)
     return checksum.value
+
+
+class CrcFlavour(enum.Enum):
+    """Which CRC a file-received answer carries."""
+
+    #: The POSIX cksum: the contract, and every client's first answer.
+    CKSUM = "cksum"
+    #: ``zlib.crc32`` of the plaintext, as some clients compute it.
+    ZLIB = "crc32"
+
+    @property
+    def other(self) -> CrcFlavour:
+        """The flavour an answer carries after a "CRC bad" to this one."""
+        return CrcFlavour.ZLIB if self is CrcFlavour.CKSUM else CrcFlavour.CKSUM
+
+
+class FileSums:
+    """Both CRCs of a file, updated together in one pass over its chunks."""
+
+    def __init__(self) -> None:
+        self._cksum = Cksum()
+        self._crc32 = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Add the next bytes of the file."""
+        self._cksum.update(data)
+        self._crc32 = zlib.crc32(data, self._crc32)
+
+    @property
+    def length(self) -> int:
+        """How many bytes went in so far."""
+        return self._cksum.length
+
+    def value(self, flavour: CrcFlavour) -> int:
+        """The CRC of everything so far, in a flavour."""
+        return self._cksum.value if flavour is CrcFlavour.CKSUM else self._crc32

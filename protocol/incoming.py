@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .buffer import BytesLike
-from .cksum import Cksum
+from .cksum import CrcFlavour, FileSums
 from .codes import AES_BLOCK_SIZE, MAX_UINT32
 from .crypto import CbcDecryptor, padded_size
 from .errors import CryptoError, LocalProtocolError, RemoteProtocolError
@@ -111,9 +111,11 @@ class PacketOrder:
 
 @dataclass(frozen=True)
 class ReceivedFile:
-    """What a complete upload gave: the 1603 fields and the plaintext size."""
+    """What a complete upload gave: the 1603 fields, both CRCs and the plaintext size."""
 
     cksum: int
+    #: zlib's CRC-32 of the plaintext (docs/EDITIONS.md, variant 5).
+    crc32: int
     content_size: int
     plain_size: int
     file_name: NameField
@@ -169,7 +171,7 @@ class IncomingFile:
             if first.content_size > max_content_size:
                 raise _refuse(f"content_size {first.content_size} is over the limit")
         self._decryptor = CbcDecryptor(aes_key)
-        self._cksum = Cksum()
+        self._sums = FileSums()
         self._received = 0
         self._next = 1
         self._longest_packet = 0
@@ -223,9 +225,10 @@ class IncomingFile:
         if not self._done:
             raise LocalProtocolError("the file is not complete")
         return ReceivedFile(
-            cksum=self._cksum.value,
+            cksum=self._sums.value(CrcFlavour.CKSUM),
+            crc32=self._sums.value(CrcFlavour.ZLIB),
             content_size=self._received,
-            plain_size=self._cksum.length,
+            plain_size=self._sums.length,
             file_name=self._field,
         )
 
@@ -281,7 +284,7 @@ class IncomingFile:
                 raise DecryptionFailed() from None
             self._account(tail)
         if self._is_last:
-            if self._orig_size is not None and self._cksum.length != self._orig_size:
+            if self._orig_size is not None and self._sums.length != self._orig_size:
                 raise DecryptionFailed()
             self._done = True
         else:
@@ -328,6 +331,6 @@ class IncomingFile:
             raise _refuse("more ciphertext than orig_file_size can need")
 
     def _account(self, plain: bytes | bytearray) -> None:
-        self._cksum.update(plain)
-        if self._per_packet and self._cksum.length > self._plain_bound:
+        self._sums.update(plain)
+        if self._per_packet and self._sums.length > self._plain_bound:
             raise DecryptionFailed()

@@ -383,7 +383,7 @@ def file_packet_outcome(client: str, end: PacketEnd) -> Outcome:
                 client_id=end.client_id,
                 content_size=result.content_size,
                 file_name=result.file_name,
-                cksum=result.cksum,
+                cksum=end.crc,
             ),
             client,
             end.detail,

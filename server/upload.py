@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Union
 
 from protocol import RemoteProtocolError
+from protocol.cksum import CrcFlavour
 from protocol.events import FilePacketStarted
 from protocol.incoming import DecryptionFailed, IncomingFile, PacketOrder, ReceivedFile
 
@@ -138,6 +139,10 @@ class Upload:
     received: int = 0
     last_progress: float = 0.0
     completed: float = 0.0
+    #: The CRC its file-received answer carried, and the client's preferred
+    #: one when it completed (docs/EDITIONS.md, variant 5).
+    flavour: CrcFlavour = CrcFlavour.CKSUM
+    preferred: CrcFlavour = CrcFlavour.CKSUM
     deadline_timer: Timer | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -191,11 +196,12 @@ class Dropped:
 
 @dataclass(frozen=True)
 class FileComplete:
-    """The file is complete and kept (installed, or pending)."""
+    """The file is complete and kept (installed, or pending); ``crc`` is the answer's CRC."""
 
     client_id: bytes
     result: ReceivedFile
     detail: str
+    crc: int
 
 
 @dataclass(frozen=True)
@@ -324,6 +330,10 @@ class Uploads:
         self._complete: dict[bytes, dict[bytes, Upload]] = {}
         #: Connections to the uploads they own or stream (closing one is O(its uploads)).
         self._held: dict[Peer, set[Upload]] = {}
+        #: The CRC flavour a client's next file-received answer carries, for
+        #: the clients whose last answer got a "CRC bad" (docs/EDITIONS.md,
+        #: variant 5); the others get the flavour they confirmed last.
+        self._next_flavour: dict[bytes, CrcFlavour] = {}
 
     def __len__(self) -> int:
         return len(self._uploads) + sum(len(names) for names in self._complete.values())
@@ -497,12 +507,23 @@ class Uploads:
         self._set_holders(upload, owner=owner, streaming=None)
         self._arm(upload)
         elapsed = upload.completed - upload.started
+        upload.preferred = self._preferred_flavour(upload.client_id)
+        upload.flavour = self._next_flavour.get(upload.client_id, upload.preferred)
+        crc = result.cksum if upload.flavour is CrcFlavour.CKSUM else result.crc32
         return FileComplete(
             upload.client_id,
             result,
             f"file {printable(upload.file_name)} {stored}: {result.plain_size} bytes"
-            f" in {elapsed:.3f} s",
+            f" in {elapsed:.3f} s, answered with its {upload.flavour.value}",
+            crc,
         )
+
+    def _preferred_flavour(self, client_id: bytes) -> CrcFlavour:
+        client = self._metadata.client_by_id(client_id)
+        try:
+            return CrcFlavour(client.crc) if client is not None else CrcFlavour.CKSUM
+        except ValueError:
+            return CrcFlavour.CKSUM
 
     # -- verdicts ----------------------------------------------------------------
 
@@ -532,10 +553,16 @@ class Uploads:
                 self._metadata.set_verified(upload.client_id, upload.file_name, True)
             detail = "verified"
         crashpoints.reached("verify.committed")
+        self._next_flavour.pop(upload.client_id, None)
+        if upload.flavour is not upload.preferred:
+            with self._metadata.transaction():
+                self._metadata.set_crc(upload.client_id, upload.flavour.value)
+            detail += f"; the client's CRC is {upload.flavour.value} from now on"
         return detail
 
     def retry(self, upload: Upload) -> None:
-        """901: the file comes again; a pending version goes."""
+        """901: the file comes again, answered with the other CRC; a pending version goes."""
+        self._next_flavour[upload.client_id] = upload.flavour.other
         self._give_up(upload, "the client's cksum differed (901)")
 
     def abandon(self, upload: Upload) -> str:
@@ -553,6 +580,7 @@ class Uploads:
                 self._metadata.set_verified(upload.client_id, upload.file_name, False)
             detail = "kept unverified"
         crashpoints.reached("verify.committed")
+        self._next_flavour.pop(upload.client_id, None)
         return detail
 
     def _give_up(self, upload: Upload, reason: str) -> None:
@@ -597,6 +625,7 @@ class Uploads:
 
     def discard_client(self, client_id: bytes, reason: str) -> None:
         """Drop the client's uploads, in progress and complete (its key changed)."""
+        self._next_flavour.pop(client_id, None)
         for upload in [self._uploads.get(client_id), *self._complete.get(client_id, {}).values()]:
             if upload is not None:
                 self.discard(upload, reason)

@@ -41,6 +41,8 @@ class ClientRow:
     last_seen: str | None
     aes_key: bytes | None
     edition: str = "v3"
+    #: The CRC the client confirmed last: "cksum", or "crc32" (zlib's).
+    crc: str = "cksum"
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class MetadataStore(Protocol):
         ...
 
     def set_edition(self, client_id: bytes, edition: str) -> None: ...
+    def set_crc(self, client_id: bytes, flavour: str) -> None: ...
 
     def delete_client(self, client_id: bytes) -> None: ...
     def set_keys(self, client_id: bytes, public_key: bytes, aes_key: bytes, now: float) -> None: ...

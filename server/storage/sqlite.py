@@ -47,7 +47,8 @@ _SCHEMA = (
         PublicKey BLOB,
         LastSeen TEXT,
         AESKey BLOB,
-        Edition TEXT NOT NULL DEFAULT 'v3'
+        Edition TEXT NOT NULL DEFAULT 'v3',
+        Crc TEXT NOT NULL DEFAULT 'cksum'
     )""",
     """CREATE TABLE IF NOT EXISTS files (
         ID BLOB NOT NULL,
@@ -66,7 +67,10 @@ _SCHEMA = (
 #: Columns added since the first schema: a database without them gets them
 #: (with their defaults) when it is opened.
 _ADDED_COLUMNS = {
-    "clients": {"Edition": "TEXT NOT NULL DEFAULT 'v3'"},
+    "clients": {
+        "Edition": "TEXT NOT NULL DEFAULT 'v3'",
+        "Crc": "TEXT NOT NULL DEFAULT 'cksum'",
+    },
 }
 _REQUIRED_COLUMNS = {
     "clients": {"ID", "Name", "PublicKey", "LastSeen", "AESKey"},
@@ -74,7 +78,7 @@ _REQUIRED_COLUMNS = {
     "key_bindings": {"ID", "Address", "IssuedAt", "LastUsed"},
 }
 
-_CLIENT_COLUMNS = "ID, Name, PublicKey, LastSeen, AESKey, Edition"
+_CLIENT_COLUMNS = "ID, Name, PublicKey, LastSeen, AESKey, Edition, Crc"
 _SELECT_CLIENT_BY_ID = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE ID = ?"
 _SELECT_CLIENT_BY_NAME = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = ?"
 _COUNT_CLIENTS = "SELECT COUNT(*) FROM clients"
@@ -89,6 +93,7 @@ _STALE_KEYLESS = (
 )
 _INSERT_CLIENT = "INSERT INTO clients (ID, Name, LastSeen, Edition) VALUES (?, ?, ?, ?)"
 _SET_EDITION = "UPDATE clients SET Edition = ? WHERE ID = ?"
+_SET_CRC = "UPDATE clients SET Crc = ? WHERE ID = ?"
 _DELETE_CLIENT = "DELETE FROM clients WHERE ID = ?"
 _SET_KEYS = "UPDATE clients SET PublicKey = ?, AESKey = ?, LastSeen = ? WHERE ID = ?"
 _SET_AES_KEY = "UPDATE clients SET AESKey = ?, LastSeen = ? WHERE ID = ?"
@@ -361,6 +366,11 @@ class SqliteMetadata:
         self._db.execute(_SET_EDITION, (edition, client_id))
 
     @_translated
+    def set_crc(self, client_id: bytes, flavour: str) -> None:
+        """The CRC flavour the client confirmed."""
+        self._db.execute(_SET_CRC, (flavour, client_id))
+
+    @_translated
     def delete_client(self, client_id: bytes) -> None:
         """Forget a keyless registration and its binding."""
         self._db.execute(_DELETE_CLIENT, (client_id,))
@@ -444,7 +454,7 @@ def _client(row: tuple | None) -> ClientRow | None:
         return None
     return ClientRow(
         id=row[0], name=row[1], public_key=row[2], last_seen=row[3], aes_key=row[4],
-        edition=row[5],
+        edition=row[5], crc=row[6],
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import zlib
 
 import pytest
 
@@ -200,16 +201,22 @@ def test_a_full_flow_in_every_edition(server, edition):
 
 
 @pytest.mark.parametrize("edition", EDITIONS, ids=EDITION_IDS)
-def test_crc_bad_then_a_resend_then_ok(server, edition):
-    data = b"resend me" * 3000
+def test_crc_bad_then_a_resend_then_ok_follows_the_crc_flavour_rule(server, edition):
+    # cksum first; after a CRC bad the other CRC (zlib's); the one confirmed is
+    # the client's from then on, and an answer after a CRC bad is the other again.
+    data, later = b"resend me" * 3000, b"later" * 999
     with RawClient(server.address, edition=edition) as client:
         who = keyed(client)
-        assert isinstance(send_file(client, who, "r.bin", data), FileReceived)
+        assert send_file(client, who, "r.bin", data).cksum == cksum(data)
         client.send(CrcRetry(client_id=who.client_id, file_name="r.bin"))
         answer = send_file(client, who, "r.bin", data)  # at once: no answer to the CRC bad
-        assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
+        assert isinstance(answer, FileReceived) and answer.cksum == zlib.crc32(data)
         assert isinstance(client.request(CrcOk(client_id=who.client_id, file_name="r.bin")), Acknowledged)
-    assert verified(server, who, "r.bin") == 1
+        assert verified(server, who, "r.bin") == 1
+        assert db_rows(server, "SELECT Crc FROM clients WHERE ID = ?", who.client_id) == [("crc32",)]
+        assert send_file(client, who, "l.bin", later).cksum == zlib.crc32(later)
+        client.send(CrcRetry(client_id=who.client_id, file_name="l.bin"))
+        assert send_file(client, who, "l.bin", later).cksum == cksum(later)
 
 
 @pytest.mark.parametrize("edition", EDITIONS, ids=EDITION_IDS)

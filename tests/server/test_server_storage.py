@@ -99,7 +99,7 @@ def test_database_schema_wal_and_full_sync(tmp_path):
         t: [r[1] for r in raw.execute(f"PRAGMA table_info({t})")] for t in ("clients", "files")
     }
     assert columns == {
-        "clients": ["ID", "Name", "PublicKey", "LastSeen", "AESKey", "Edition"],
+        "clients": ["ID", "Name", "PublicKey", "LastSeen", "AESKey", "Edition", "Crc"],
         "files": ["ID", "FileName", "PathName", "Verified"],
     }
     raw.close()
