@@ -34,6 +34,8 @@ from typing import Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from protocol.editions import BY_NAME, V3
+
 from .config import load_identity, load_settings
 from .errors import (
     ClientError,
@@ -189,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
             " more than 65535 packets"
         ),
     )
+    parser.add_argument(
+        "--edition",
+        choices=sorted(BY_NAME),
+        default=V3.name,
+        help="the protocol edition to speak (default: v3): the client becomes a reference"
+        " client of that semester's edition (docs/EDITIONS.md)",
+    )
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument(
         "-q", "--quiet", action="store_true", help="no progress, only warnings and errors"
@@ -233,7 +242,7 @@ def _run(args: argparse.Namespace) -> ExitCode:
         if isinstance(progress, BarProgress)
         else contextlib.nullcontext()
     )
-    with Session(settings.server, args.timeout) as session, redirect:
+    with Session(settings.server, args.timeout, BY_NAME[args.edition]) as session, redirect:
         client = Client(
             session,
             config_dir=config_dir,

@@ -25,7 +25,6 @@ from typing import Callable, Mapping, Sequence, TypeVar
 
 from protocol import (
     Acknowledged,
-    Cksum,
     CrcAbort,
     CrcOk,
     CrcRetry,
@@ -42,6 +41,7 @@ from protocol import (
     SendFilePacket,
     SendPublicKey,
 )
+from protocol.cksum import CrcFlavour, FileSums
 from protocol.codes import CLIENT_ID_SIZE, PER_REQUEST_OPENERS
 from protocol.crypto import decrypt_aes_key, export_public_key, generate_private_key
 
@@ -191,6 +191,8 @@ class Client:
         return self._with_retries(step, attempt)
 
     def _check_client_id(self, reply) -> None:
+        if not self._session.edition.carries(type(reply), "client_id"):
+            return  # 2022's acknowledgement carries no id (docs/EDITIONS.md)
         if reply.client_id != self.identity.client_id:
             raise UnexpectedReply(
                 f"{describe(reply)} carries client id {reply.client_id.hex()},"
@@ -235,8 +237,25 @@ class Client:
         )
 
     def _reconnect(self, *, announce: bool = False) -> None:
-        """827 → 1605 (fresh AES key), or 1606 → register again."""
+        """827 → 1605 (fresh AES key), or 1606 → register again.
+
+        An edition without a reconnect (2022) sends its public key again and
+        gets a fresh AES key in the answer (docs/EDITIONS.md).
+        """
         identity = self.identity
+        if not self._session.edition.has_reconnect:
+            self._exchange(
+                "sending the public key again (no reconnect in this edition)",
+                SendPublicKey(
+                    client_id=identity.client_id,
+                    name=identity.name,
+                    public_key=export_public_key(identity.private_key),
+                ),
+                {PublicKeyReceived: self._accept_key},
+            )
+            log.log(logging.INFO if announce else logging.DEBUG, "logged in again as %r",
+                    identity.name)
+            return
         known = self._exchange(
             "reconnection (827)",
             Reconnect(client_id=identity.client_id, name=identity.name),
@@ -261,7 +280,11 @@ class Client:
         """Take the AES key of a 1602 or 1605."""
         self._check_client_id(reply)
         try:
-            self._aes_key = decrypt_aes_key(self.identity.private_key, reply.encrypted_aes_key)
+            self._aes_key = decrypt_aes_key(
+                self.identity.private_key,
+                reply.encrypted_aes_key,
+                self._session.edition.aes_key_size,
+            )
         except CryptoError:
             raise UnexpectedReply(
                 f"the AES key in {describe(reply)} does not decrypt with our private key"
@@ -307,7 +330,10 @@ class Client:
                 lambda label=label: self._send_file_once(plan, label),
                 reset_on_error=True,
             )
-            if received.cksum == local and received.content_size == plan.content_size:
+            if received.cksum in local.values() and received.content_size == plan.content_size:
+                if received.cksum != local[CrcFlavour.CKSUM]:
+                    log.info("%s: the server answered with zlib's CRC-32 (it matches)", name)
+                local_cksum = local[CrcFlavour.CKSUM]
                 self._confirm(CrcOk, f"CRC confirmation (900) for {name!r}", plan)
                 seconds = time.monotonic() - started
                 log.info(
@@ -316,9 +342,9 @@ class Client:
                     plan.orig_size,
                     seconds,
                     plan.orig_size / BYTES_PER_MB / max(seconds, MIN_SECONDS),
-                    local,
+                    local_cksum,
                 )
-                return FileResult(plan, local, True, uploads, seconds)
+                return FileResult(plan, local_cksum, True, uploads, seconds)
             log.warning(
                 "%s: cksum mismatch: the server got %d bytes with cksum %d,"
                 " this file is %d bytes with cksum %d",
@@ -326,13 +352,13 @@ class Client:
                 received.content_size,
                 received.cksum,
                 plan.content_size,
-                local,
+                local[CrcFlavour.CKSUM],
             )
         self._confirm(CrcAbort, f"giving up (902) on {name!r}", plan)
         log.error(
             "%s: the cksum still differed after %d resends; gave up (902)", name, MAX_RESENDS
         )
-        return FileResult(plan, local, False, uploads, time.monotonic() - started)
+        return FileResult(plan, local[CrcFlavour.CKSUM], False, uploads, time.monotonic() - started)
 
     def _prepare_connection(self, *, fresh_key: bool) -> None:
         """Make sure the connection can carry a multi-packet upload.
@@ -364,38 +390,52 @@ class Client:
             {Acknowledged: self._check_client_id},
         )
 
-    def _send_file_once(self, plan: FilePlan, label: str) -> tuple[FileReceived, int]:
+    def _send_file_once(
+        self, plan: FilePlan, label: str
+    ) -> tuple[FileReceived, dict[CrcFlavour, int]]:
         """Send every packet of the file, then wait for 1603.
 
-        Returns the reply and the cksum of the plaintext that was sent.
+        Returns the reply and the CRCs of the plaintext that was sent: the
+        cksum, and zlib's CRC-32, which a server may answer with after a 901
+        (docs/EDITIONS.md, variant 5). An edition that sends a file whole
+        announces it in one request and streams its content in pieces.
         """
         self._prepare_connection(fresh_key=False)
-        checksum = Cksum()
+        sums = FileSums()
+        whole = self._session.edition.whole_file
         self._progress.start(label, plan.orig_size)
         try:
             with _open_for_reading(plan.path) as source:
                 packets = encrypted_packets(
-                    source, plan, self._aes_key, checksum, self._progress.update
+                    source, plan, self._aes_key, sums, self._progress.update
                 )
                 for number, content in enumerate(_reading(plan.path, packets), start=1):
                     self._take_early_reply()
-                    self._send_packet(plan, number, content)
+                    if not whole:
+                        self._send_packet(plan, number, content)
+                    elif number == 1:
+                        self._send_packet(plan, 1, content, whole_file=True)
+                    else:
+                        self._session.send_more(content)
         finally:
             self._progress.finish()
-        return self._await_file_received(plan), checksum.value
+        crcs = {flavour: sums.value(flavour) for flavour in CrcFlavour}
+        return self._await_file_received(plan), crcs
 
-    def _send_packet(self, plan: FilePlan, number: int, content: bytes) -> None:
+    def _send_packet(
+        self, plan: FilePlan, number: int, content: bytes, *, whole_file: bool = False
+    ) -> None:
         packet = SendFilePacket(
             client_id=self.identity.client_id,
             content_size=plan.content_size,
             orig_file_size=plan.orig_size,
-            packet_number=number,
-            total_packets=plan.total_packets,
+            packet_number=1 if whole_file else number,
+            total_packets=1 if whole_file else plan.total_packets,
             file_name=plan.wire_name,
             content=content,
         )
         try:
-            self._session.send(packet)
+            self._session.send(packet, content_length=plan.content_size if whole_file else None)
         except NetworkError:
             # A server may answer 1607 and close: prefer its answer, if any.
             reply = self._poll_quietly()

@@ -47,6 +47,8 @@ _NAME_ERROR_ANSWERS: dict[type, ResponseCode] = {
 _WHOLE_FILE_PACKET = {"orig_file_size": None, "packet_number": 1, "total_packets": 1}
 #: The payload field of the 2022 file and CRC requests that repeats the header's id.
 _PAYLOAD_CLIENT_ID = "payload_client_id"
+#: The largest answer of an unknown code a client reads whole to skip it.
+MAX_SKIPPED_ANSWER = 64 * 1024
 
 
 class _ReadState(enum.Enum):
@@ -383,11 +385,16 @@ class ClientConnection(_Reader):
     whose ``client_id`` is zeros.
     """
 
-    def __init__(self, edition: Edition = V3) -> None:
+    def __init__(self, edition: Edition = V3, *, skip_unknown: bool = False) -> None:
         super().__init__()
         self.edition = edition
+        #: Read an answer of a code the edition lacks whole and hand it over
+        #: as :class:`~protocol.events.UnknownResponse`, as 2023C clients do
+        #: (docs/EDITIONS.md), instead of calling the stream broken.
+        self.skip_unknown = skip_unknown
         #: The response being read (its message), or None between responses.
         self._message: Message | None = None
+        self._unknown: tuple[int, int] | None = None
 
     def send(self, request: ev.Request) -> bytes:
         """The bytes of one request, ready for a single write.
@@ -397,12 +404,16 @@ class ClientConnection(_Reader):
         """
         return b"".join(self.send_parts(request))
 
-    def send_parts(self, request: ev.Request) -> tuple[bytes, BytesLike]:
+    def send_parts(
+        self, request: ev.Request, *, content_length: int | None = None
+    ) -> tuple[bytes, BytesLike]:
         """One request as (header and fixed fields, content), for a gathered write.
 
         The content (a file request's, else empty) is returned as given, not
         copied: ``socket.sendmsg`` sends both parts as one request. A file
-        sent whole (the 2022 and 2023 editions) must be packet 1 of 1.
+        sent whole (the 2022 and 2023 editions) must be packet 1 of 1; with
+        ``content_length`` the header announces that much content, which the
+        caller sends itself, in pieces, after the head.
 
         Raises:
             LocalProtocolError: not a request, or one the edition does not have.
@@ -417,13 +428,14 @@ class ClientConnection(_Reader):
                 raise LocalProtocolError(f"edition {self.edition} sends a file in one request")
         values = _payload_fields(message.payload, request)
         content = request.content if isinstance(request, ev.SendFilePacket) else b""
+        length = len(content) if content_length is None else content_length
         payload = message.payload.build(values)
         header = RequestHeader.build(
             {
                 "client_id": request.client_id,
                 "version": VERSION,
                 "code": message.code,
-                "payload_size": len(payload) + len(content),
+                "payload_size": len(payload) + length,
             }
         )
         return header + payload, content
@@ -438,12 +450,18 @@ class ClientConnection(_Reader):
         closed = self._at_boundary()
         if closed is not None:
             return closed
+        if self._unknown is not None:
+            return self._skip_unknown()
         if self._message is None:
             raw = self._buffer.maybe_extract_exactly(RESPONSE_HEADER_SIZE)
             if raw is None:
                 return self._need_data()
             header = ResponseHeader.parse(raw)
             message = self.edition.response(header.code)
+            if message is None and self.skip_unknown and header.payload_size <= MAX_SKIPPED_ANSWER:
+                self._unknown = (header.code, header.payload_size)
+                self._state = _ReadState.DISCARD
+                return self._skip_unknown()
             if message is None:
                 raise self._fail(f"unknown response code {header.code}")
             if header.payload_size != message.payload_size:
@@ -466,3 +484,13 @@ class ClientConnection(_Reader):
         if "client_id" in {f.name for f in dataclasses.fields(message.event)}:
             values.setdefault("client_id", bytes(CLIENT_ID_SIZE))
         return message.event(**values)
+
+    def _skip_unknown(self):
+        assert self._unknown is not None
+        code, size = self._unknown
+        raw = self._buffer.maybe_extract_exactly(size)
+        if raw is None:
+            return self._need_data()
+        self._unknown = None
+        self._state = _ReadState.HEADER
+        return ev.UnknownResponse(code=code, payload_size=size)

@@ -46,6 +46,7 @@ __all__ = [
     "Response",
     "SendFilePacket",
     "SendPublicKey",
+    "UnknownResponse",
 ]
 
 
@@ -274,6 +275,14 @@ class GeneralError:
     """1607: the server could not honour the request."""
 
     code: ClassVar = ResponseCode.GENERAL_ERROR
+
+
+@dataclass(frozen=True)
+class UnknownResponse:
+    """An answer of a code the client's edition does not have, read whole and skipped."""
+
+    code: int
+    payload_size: int
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,48 @@
+"""``python -m client --edition E`` against the real server, for every edition.
+
+Each run is what a person does: a first run registers, a second run logs in
+again (827, its edition's reconnect, or the 2022 public key sent again) and
+sends two files; every file must arrive whole and be verified.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import pytest
+
+from client.__main__ import ExitCode
+from protocol.editions import EDITIONS
+
+from test_client_e2e import address, client_id, new_user, run, stored
+
+EDITION_NAMES = [edition.name.lower() for edition in EDITIONS]
+
+
+def verified_rows(server, home):
+    with sqlite3.connect(server.data_dir / "defensive.db") as db:
+        return db.execute(
+            "SELECT FileName, Verified FROM files WHERE ID = ? ORDER BY FileName",
+            (bytes.fromhex(client_id(home)),),
+        ).fetchall()
+
+
+@pytest.mark.parametrize("edition", EDITION_NAMES)
+def test_the_client_speaks_every_edition(server, tmp_path, edition):
+    home = new_user(tmp_path, address(server), f"ed-{edition}-{os.getpid()}", size=300_000)
+    first = run(home, "--edition", edition)
+    assert first.returncode == ExitCode.OK, first.stderr
+    assert "Traceback" not in first.stderr
+    (home / "big.bin").write_bytes(os.urandom(2_000_000))
+    (home / "empty.bin").write_bytes(b"")
+    second = run(home, "--edition", edition, "big.bin", "empty.bin")
+    assert second.returncode == ExitCode.OK, second.stderr
+    for name in ("notes.txt", "big.bin", "empty.bin"):
+        assert stored(server, home, name) == (home / name).read_bytes()
+    assert verified_rows(server, home) == [("big.bin", 1), ("empty.bin", 1), ("notes.txt", 1)]
+    with sqlite3.connect(server.data_dir / "defensive.db") as db:
+        (recorded,) = db.execute(
+            "SELECT Edition FROM clients WHERE ID = ?", (bytes.fromhex(client_id(home)),)
+        ).fetchone()
+    assert recorded.lower() == edition
