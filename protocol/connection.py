@@ -19,7 +19,8 @@ from .buffer import BytesLike, ReceiveBuffer
 from .codes import CLIENT_ID_SIZE, MAX_UINT32, VERSION, ResponseCode
 from .editions import EDITIONS, FAMILIES, V3, Edition, Message, family_of
 from .errors import LocalProtocolError, RemoteProtocolError
-from .names import is_valid_client_name
+from .codes import NAME_FIELD_SIZE
+from .names import NameField, is_valid_client_name
 from .wire import (
     MAX_FIXED_REQUEST_PAYLOAD_SIZE,
     REQUEST_HEADER_SIZE,
@@ -47,6 +48,8 @@ _NAME_ERROR_ANSWERS: dict[type, ResponseCode] = {
 _WHOLE_FILE_PACKET = {"orig_file_size": None, "packet_number": 1, "total_packets": 1}
 #: The payload field of the 2022 file and CRC requests that repeats the header's id.
 _PAYLOAD_CLIENT_ID = "payload_client_id"
+#: The requests that settle a file's CRC.
+_CRC_REQUESTS = (ev.CrcOk, ev.CrcRetry, ev.CrcAbort)
 #: The largest answer of an unknown code a client reads whole to skip it.
 MAX_SKIPPED_ANSWER = 64 * 1024
 
@@ -163,6 +166,16 @@ class ServerConnection(_Reader):
         self._header: Any = None
         #: The request that header starts, in each edition still possible.
         self._messages: tuple[tuple[Edition, Message], ...] = ()
+        #: After a CRC bad: the file it named, whose resend may keep the CRC
+        #: bad code on its packets (docs/PROTOCOL.md, variant 13).
+        self._retry_file: bytes | None = None
+        #: The file request being read is such a resend.
+        self._resend = False
+        #: The register being read carries a bare name (docs/EDITIONS.md, variant 1).
+        self._bare_name = False
+        #: A CRC request came without payload: bytes that follow and do not
+        #: parse are its payload, sent anyway (docs/EDITIONS.md, variant 3).
+        self._after_empty_crc = False
 
     @property
     def edition(self) -> Edition | None:
@@ -230,6 +243,15 @@ class ServerConnection(_Reader):
         return tuple(e for e in FAMILIES[family] if e in self._editions)
 
     def _check_header(self) -> None:
+        after_empty_crc, self._after_empty_crc = self._after_empty_crc, False
+        try:
+            self._identify()
+        except RemoteProtocolError as exc:
+            if not after_empty_crc:
+                raise
+            raise self._fail(f"{exc} (after a CRC request without payload)", answer=False) from None
+
+    def _identify(self) -> None:
         code, size = self._header.code, self._header.payload_size
         found = [
             (edition, message)
@@ -238,7 +260,16 @@ class ServerConnection(_Reader):
         ]
         if not found:
             raise self._reject_payload(f"unknown request code {code}")
+        self._bare_name = False
+        tolerated = self._tolerated(found, size)
+        if tolerated:
+            self._messages = tolerated
+            return
         fitting = tuple((edition, message) for edition, message in found if _fits(message, size))
+        self._resend = False
+        if not fitting and self._retry_file is not None:
+            fitting = self._resend_messages(found, size)
+            self._resend = bool(fitting)
         if not fitting:
             message = found[0][1]
             if message.has_content:
@@ -255,6 +286,31 @@ class ServerConnection(_Reader):
                     f" of {self.max_packet_content}"
                 )
         self._messages = fitting
+
+    def _tolerated(
+        self, found: list[tuple[Edition, Message]], size: int
+    ) -> tuple[tuple[Edition, Message], ...]:
+        """docs/EDITIONS.md variants 1 and 3: a bare-name register, an empty CRC request."""
+        for edition, message in found:
+            if message.event is ev.Register and edition.bare_name_register:
+                if 0 < size < message.payload_size:
+                    self._bare_name = True
+                    return ((edition, message),)
+            if message.event in _CRC_REQUESTS and edition.empty_crc_requests and size == 0:
+                return ((edition, message),)
+        return ()
+
+    @staticmethod
+    def _resend_messages(
+        found: list[tuple[Edition, Message]], size: int
+    ) -> tuple[tuple[Edition, Message], ...]:
+        """Variant 13: a CRC bad too long for one, that fits a file request, is the resend."""
+        resends = []
+        for edition, message in found:
+            file = edition.request_for(ev.SendFilePacket)
+            if message.event is ev.CrcRetry and file is not None and _fits(file, size):
+                resends.append((edition, file))
+        return tuple(resends)
 
     def _reject_payload(self, message: str) -> RemoteProtocolError:
         """A well-framed wrong request: the error to raise; its payload is dropped if small."""
@@ -300,6 +356,10 @@ class ServerConnection(_Reader):
         else:
             chosen = self._messages[0]
         edition, message = chosen
+        if self._header.payload_size == 0 and message.event in _CRC_REQUESTS:
+            return self._empty_crc_request(edition, message)
+        if self._bare_name:
+            return self._bare_name_register(edition, message)
         raw = self._buffer.maybe_extract_exactly(message.payload_size)
         if raw is None:
             return self._need_data()
@@ -335,6 +395,13 @@ class ServerConnection(_Reader):
         elif not values["file_name"].text:
             self._skip_content(bytes_in_packet)
             raise self._fail(f"{code}: empty file name", close=False)
+        elif self._resend and values["file_name"].text != self._retry_file:
+            self._skip_content(bytes_in_packet)
+            raise self._fail(f"{code}: payload of {self._header.payload_size} bytes", close=False)
+        if message.event is ev.CrcRetry:
+            self._retry_file = values["file_name"].text
+        elif not message.has_content:
+            self._retry_file = None
         if message.has_content:
             self._state = _ReadState.CONTENT
             self._remaining = bytes_in_packet
@@ -344,6 +411,29 @@ class ServerConnection(_Reader):
             return ev.FilePacketStarted(client_id=client_id, **values)
         self._state = _ReadState.HEADER
         return message.event(client_id=client_id, **values)
+
+    def _empty_crc_request(self, edition: Edition, message: Message):
+        """A CRC request without payload: about the last file sent (an empty name)."""
+        self._candidates = (edition,)
+        self._state = _ReadState.HEADER
+        self._after_empty_crc = True
+        empty = NameField(text=b"", raw=bytes(NAME_FIELD_SIZE))
+        return message.event(client_id=self._header.client_id, file_name=empty)
+
+    def _bare_name_register(self, edition: Edition, message: Message):
+        """A register whose payload is the name alone, without NUL or fill."""
+        raw = self._buffer.maybe_extract_exactly(self._header.payload_size)
+        if raw is None:
+            return self._need_data()
+        self._candidates = (edition,)
+        self._state = _ReadState.HEADER
+        if not is_valid_client_name(raw):
+            raise self._fail(
+                f"{self._header.code}: invalid client name {raw!r}",
+                response_code=ResponseCode.REGISTRATION_FAILED,
+                close=False,
+            )
+        return message.event(client_id=self._header.client_id, name=raw.decode("ascii"))
 
     def _skip_content(self, count: int) -> None:
         self._state = _ReadState.DISCARD if count else _ReadState.HEADER

@@ -116,6 +116,12 @@ class Edition:
     whole_file: bool = False
     #: The file and CRC requests repeat the client id in their payload (2022).
     client_id_in_payload: bool = False
+    #: Tolerated from this edition's clients (docs/EDITIONS.md, variants 1 and
+    #: 3): a register carrying the bare name (payload_size its length, no
+    #: NUL), and a CRC request without payload, meaning the last file sent,
+    #: whose payload may follow anyway (it then ends the connection unanswered).
+    bare_name_register: bool = False
+    empty_crc_requests: bool = False
     _request_by_code: Mapping[int, Message] = field(init=False, repr=False, compare=False)
     _request_by_event: Mapping[type, Message] = field(init=False, repr=False, compare=False)
     _response_by_code: Mapping[int, Message] = field(init=False, repr=False, compare=False)
@@ -235,6 +241,8 @@ EDITION_2022 = Edition(
     ),
     whole_file=True,
     client_id_in_payload=True,
+    bare_name_register=True,
+    empty_crc_requests=True,
 )
 EDITION_2023A = Edition(
     "2023A",

@@ -14,7 +14,9 @@ class RemoteProtocolError(ProtocolError):
 
     ``response_code`` is what a server answers (1607 unless the protocol names
     another code, such as 1601 for a bad name in 825); ``close`` says whether
-    the byte stream can no longer be trusted and the connection must end.
+    the byte stream can no longer be trusted and the connection must end;
+    ``answer`` False ends it without an answer (the bytes are the tail of a
+    request already answered, docs/EDITIONS.md variant 3).
     """
 
     def __init__(
@@ -23,10 +25,12 @@ class RemoteProtocolError(ProtocolError):
         *,
         response_code: ResponseCode = ResponseCode.GENERAL_ERROR,
         close: bool = True,
+        answer: bool = True,
     ) -> None:
         super().__init__(message)
         self.response_code = response_code
         self.close = close
+        self.answer = answer
 
 
 class LocalProtocolError(ProtocolError):

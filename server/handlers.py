@@ -300,7 +300,12 @@ def _completed_upload(
         Refusal: 1607; nothing is changed.
     """
     client, aes_key = _keyed_client(app, peer, event.client_id)
-    upload = app.uploads.completed(client.id, event.file_name.text)
+    name = event.file_name.text
+    # No name: a 2022 CRC request without payload, about the last file sent.
+    if name:
+        upload = app.uploads.completed(client.id, name)
+    else:
+        upload = app.uploads.last_completed(client.id)
     if upload is None or upload.aes_key != aes_key:
         raise Refusal(
             f"no upload of {printable(event.file_name.text)} was completed under the current key"

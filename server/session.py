@@ -431,6 +431,10 @@ class Session:
 
     def _on_broken_stream(self, exc: RemoteProtocolError) -> None:
         """The decoder refused the stream (bad header, size, name...)."""
+        if not exc.answer:  # the tail of a request already answered
+            self._end_message(succeeded=False)
+            self._close(str(exc))
+            return
         if self._packet is not None:
             self._packet = None
             self.app.uploads.connection_closed(self.peer)

@@ -350,6 +350,11 @@ class Uploads:
         """The client's complete upload of ``file_name`` waiting for verdicts, if any."""
         return self._complete.get(client_id, {}).get(file_name)
 
+    def last_completed(self, client_id: bytes) -> Upload | None:
+        """The client's upload completed last and waiting for its verdict, if any."""
+        waiting = self._complete.get(client_id, {}).values()
+        return max(waiting, key=lambda upload: upload.completed, default=None)
+
     def reserved_bytes(self, address: str | None = None) -> int:
         """Disk bytes the uploads in progress may still need (from one address, or all)."""
         return sum(

@@ -326,3 +326,67 @@ def test_responses_round_trip(edition, client_id, size, text, value):
         client = ClientConnection(edition)
         client.receive_data(server_for(edition).send(sent))
         assert drain(client) == [sent]
+
+
+# -- variants (docs/EDITIONS.md 1 and 3, docs/PROTOCOL.md 13) ------------------------------
+
+
+def test_a_2022_register_may_carry_the_bare_name():
+    server = ServerConnection()
+    assert feed(server, [request(1100, b"alice")]) == [Register(client_id=CID, name="alice")]
+    assert server.edition is EDITION_2022 and server.edition_known
+
+
+def test_a_crc_request_without_payload_is_about_the_last_file_and_its_tail_ends_the_connection():
+    server = ServerConnection()
+    server.use(EDITION_2022)
+    server.receive_data(request(1104, b""))
+    (event,) = drain(server)
+    assert isinstance(event, CrcOk) and event.file_name.text == b""
+    server.receive_data(CID + name(b"a.txt"))  # the 271 bytes it sent anyway
+    with pytest.raises(RemoteProtocolError) as ended:
+        drain(server)
+    assert ended.value.close and not ended.value.answer
+
+
+def test_an_empty_crc_request_is_refused_where_the_edition_does_not_send_them():
+    server = ServerConnection()
+    server.receive_data(request(900, b""))
+    with pytest.raises(RemoteProtocolError) as refused:
+        drain(server)
+    assert refused.value.answer and not refused.value.close
+
+
+def packet_901(file_name: bytes = b"a.txt") -> bytes:
+    fixed = u32(len(CONTENT)) + u32(20) + u16(1) + u16(1) + name(file_name)
+    return request(901, fixed + CONTENT)
+
+
+def test_after_a_901_a_901_carrying_a_packet_of_its_file_is_the_resend():
+    server = ServerConnection()
+    events = feed(server, [request(901, name(b"a.txt")), packet_901()])
+    assert events[0] == CrcRetry(client_id=CID, file_name="a.txt")
+    assert merge_content(events[1:]) == [
+        FilePacketStarted(CID, len(CONTENT), 20, 1, 1, "a.txt", len(CONTENT)),
+        FileContent(CONTENT),
+        FilePacketEnded(),
+    ]
+
+
+@pytest.mark.parametrize("before", [b"", request(900, name(b"a.txt"))])
+def test_a_long_901_that_is_not_a_resend_is_refused(before):
+    server = ServerConnection()
+    server.receive_data(before + packet_901())
+    with pytest.raises(RemoteProtocolError, match="901 payload must be 255"):
+        drain(server)
+
+
+def test_a_901_carrying_a_packet_of_another_file_is_refused():
+    server = ServerConnection()
+    server.receive_data(request(901, name(b"a.txt")))
+    assert drain(server) == [CrcRetry(client_id=CID, file_name="a.txt")]
+    server.receive_data(packet_901(b"b.txt") + request(900, name(b"a.txt")))
+    with pytest.raises(RemoteProtocolError) as refused:
+        drain(server)
+    assert not refused.value.close
+    assert drain(server) == [CrcOk(client_id=CID, file_name="a.txt")]  # its content was skipped

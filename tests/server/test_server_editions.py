@@ -315,3 +315,54 @@ def test_a_2022_crc_bad_without_a_resend_gets_an_empty_2104(server):
         client.send(CrcRetry(client_id=who.client_id, file_name="w.bin"))
         raw = client.sock.recv(64)  # after retry_ack_delay: 2104, no payload in 2022
         assert raw == bytes([3]) + (2104).to_bytes(2, "little") + bytes(4)
+
+
+# -- the variants, on the real server ---------------------------------------------------------
+
+
+def test_editions_variant_1_a_2022_register_with_the_bare_name(server):
+    text = unique_name("bare").encode()
+    with socket.create_connection(server.address, timeout=IO_TIMEOUT) as sock:
+        sock.sendall(request(1100, text))  # payload_size = the name's length, no NUL
+        version, code, client_id = read_answer(sock)
+    assert (version, code, len(client_id)) == (3, 2100, 16)
+    assert db_rows(server, "SELECT Edition FROM clients WHERE Name = ?", text.decode()) == [("2022",)]
+
+
+def test_editions_variant_3_a_crc_ok_without_payload_then_its_payload(server):
+    with RawClient(server.address, edition=EDITION_2022) as client:
+        who = keyed(client)
+        assert isinstance(send_file(client, who, "last.bin", b"last file"), FileReceived)
+        # payload_size 0, then the 271 bytes of its payload anyway
+        client.send_raw(request(1104, b"", who.client_id) + who.client_id + name(b"last.bin"))
+        assert read_answer(client.sock) == (3, 2104, b"")
+        assert client.sock.recv(1) == b""  # the tail ended the connection, unanswered
+    assert verified(server, who, "last.bin") == 1
+
+
+def test_editions_variant_6_a_new_upload_after_bad_final_is_a_new_attempt(server):
+    data = b"again after giving up" * 100
+    with RawClient(server.address, edition=EDITION_2023A) as client:
+        who = keyed(client)
+        assert isinstance(send_file(client, who, "g.bin", data), FileReceived)
+        assert isinstance(client.request(CrcAbort(client_id=who.client_id, file_name="g.bin")), Acknowledged)
+        assert send_file(client, who, "g.bin", data).cksum == cksum(data)
+        assert isinstance(client.request(CrcOk(client_id=who.client_id, file_name="g.bin")), Acknowledged)
+    assert verified(server, who, "g.bin") == 1
+
+
+def test_protocol_variant_13_a_resend_that_keeps_the_901_code(server):
+    data = b"resent under 901" * 500
+    with RawClient(server.address) as client:
+        who = keyed(client)
+        assert send_file(client, who, "v.bin", data).cksum == cksum(data)
+        client.send(CrcRetry(client_id=who.client_id, file_name="v.bin"))
+        ciphertext = crypto.encrypt(who.aes_key, data)
+        packets = [ciphertext[i : i + 1024] for i in range(0, len(ciphertext), 1024)]
+        for number, content in enumerate(packets, start=1):
+            fixed = u32(len(ciphertext)) + u32(len(data)) + u16(number) + u16(len(packets))
+            client.send_raw(request(901, fixed + name(b"v.bin") + content, who.client_id))
+        answer = client.receive()
+        assert isinstance(answer, FileReceived) and answer.cksum == zlib.crc32(data)  # after a 901
+        assert isinstance(client.request(CrcOk(client_id=who.client_id, file_name="v.bin")), Acknowledged)
+    assert stored(server, who, "v.bin") == data
