@@ -116,6 +116,8 @@ from protocol import crypto  # noqa: E402
 from protocol.names import NameField  # noqa: E402
 from server.app import App  # noqa: E402
 from server.channel import Channel  # noqa: E402
+from protocol.editions import EDITION_2022, EDITION_2023A, EDITION_2023C, EDITION_2024A, EDITIONS, V3, Edition  # noqa: E402
+from protocol.wire import RESPONSE_HEADER_SIZE  # noqa: E402
 from server.limits import Limits  # noqa: E402
 from server.loop import serve  # noqa: E402
 from server.peer import Peer  # noqa: E402
@@ -214,6 +216,52 @@ def _deterministic_server():
             logger.removeHandler(_WATCH)
             logger.setLevel(level)
             logger.propagate = propagate
+
+
+# -- responses ------------------------------------------------------------------------
+
+
+class AnyEditionParser:
+    """The server's answers, each of which must be well formed in some edition.
+
+    A connection's edition can change under it (a 1025 series client turns
+    out to be 2023C), so each answer is checked on its own: its code and
+    size must be one edition's, and its payload must parse in it.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._eof = False
+
+    def receive_data(self, data: bytes) -> None:
+        if data:
+            self._buffer += data
+        else:
+            self._eof = True
+
+    def next_event(self):
+        head = RESPONSE_HEADER_SIZE
+        if len(self._buffer) < head:
+            return self._waiting()
+        code = int.from_bytes(self._buffer[1:3], "little")
+        size = int.from_bytes(self._buffer[3:head], "little")
+        editions = [e for e in EDITIONS if (m := e.response(code)) and m.payload_size == size]
+        if not editions:
+            raise protocol.RemoteProtocolError(f"answer {code} of {size} bytes is no edition's")
+        if len(self._buffer) < head + size:
+            return self._waiting()
+        answer = bytes(self._buffer[: head + size])
+        del self._buffer[: head + size]
+        parser = protocol.ClientConnection(editions[0])
+        parser.receive_data(answer)
+        return parser.next_event()
+
+    def _waiting(self):
+        if not self._eof:
+            return protocol.NEED_DATA
+        if self._buffer:
+            raise protocol.RemoteProtocolError("connection closed in the middle of an answer")
+        return protocol.ConnectionClosed()
 
 
 # -- inputs -------------------------------------------------------------------------
@@ -446,21 +494,24 @@ def decode(data: bytes) -> tuple[Control, list[Record]]:
 # -- seed sessions ------------------------------------------------------------------
 
 
-def _send(*requests) -> bytes:
-    client = protocol.ClientConnection()
+def _send(*requests, edition: Edition = V3) -> bytes:
+    client = protocol.ClientConnection(edition)
     return b"".join(client.send(r) for r in requests)
 
 
 def _packets(client_id: bytes, name, data: bytes, size: int, *, swapped=False,
-             per_packet=False, zero_fill=False) -> list:
-    """The 828s of a file encrypted under :data:`AES_KEY`."""
+             per_packet=False, zero_fill=False, edition: Edition = V3) -> list:
+    """The 828s of a file encrypted under :data:`AES_KEY` (of the edition's size)."""
     if not isinstance(name, NameField):
         name = NameField.from_text(name)
+    key = AES_KEY[: edition.aes_key_size]
+    if edition.whole_file:
+        size = len(data) + 16  # one request
     if per_packet:
-        chunks = [crypto.encrypt(AES_KEY, data[i : i + size]) for i in range(0, max(1, len(data)), size)]
+        chunks = [crypto.encrypt(key, data[i : i + size]) for i in range(0, max(1, len(data)), size)]
         sizes = [len(c) for c in chunks]
     else:
-        cipher = crypto.encrypt(AES_KEY, data)
+        cipher = crypto.encrypt(key, data)
         chunks = [cipher[i : i + size] for i in range(0, len(cipher), size)]
         sizes = [len(cipher)] * len(chunks)
         if zero_fill:
@@ -587,6 +638,24 @@ def seed_sessions() -> list[list[Record]]:
          Record(_send(reconnect, *_packets(k, "late.bin", small, 1024),
                       p.CrcOk(client_id=k, file_name="late.bin")), eof=True)],
     ]
+    # 18-21: a first run in each other edition, on one connection: register,
+    # key, a file (whole, or 1028 packets), CRC bad and the resend, CRC ok.
+    for edition in (EDITION_2022, EDITION_2023A, EDITION_2023C, EDITION_2024A):
+        who = f"ed{edition.name}"
+        register = p.Register(client_id=b"\0" * 16, name=who)
+        # 2023C registers twice (it ignores the 2024A answer): the second id counts.
+        first = [register, register] if edition is EDITION_2023C else [register]
+        client_id = predictable_id(len(first) - 1)
+        parts = _packets(client_id, "e.bin", data, 1024, edition=edition)
+        sessions.append([Record(_send(
+            *first,
+            p.SendPublicKey(client_id=client_id, name=who, public_key=OTHER_KEY),
+            *parts,
+            p.CrcRetry(client_id=client_id, file_name="e.bin"),
+            *parts,
+            p.CrcOk(client_id=client_id, file_name="e.bin"),
+            edition=edition,
+        ), eof=True)])
     _SEEDS.extend(sessions)
     return _SEEDS
 
@@ -711,7 +780,7 @@ class Connection:
     sock: FakeSocket
     channel: Channel
     peer: Peer
-    parser: protocol.ClientConnection = field(default_factory=protocol.ClientConnection)
+    parser: AnyEditionParser = field(default_factory=lambda: AnyEditionParser())
     parsed: int = 0
     responses: list = field(default_factory=list)
     finished: bool = False

@@ -38,6 +38,17 @@ def test_every_seed_is_served_as_meant():
     }
 
 
+@pytest.mark.parametrize("index", [18, 19, 20, 21])
+def test_the_edition_seeds_are_served_whole(index):
+    # 2022, 2023A, 2023C, 2024A: a key, two file-received answers and one
+    # acknowledgement; then the harness's own v3 probe (827, a file, 900).
+    stats = run_input(encode_structured(index))
+    assert stats.responses["PublicKeyReceived"] == 1
+    assert stats.responses["FileReceived"] == 2 + 1
+    assert stats.responses["Acknowledged"] == 1 + 1
+    assert "GeneralError" not in stats.responses
+
+
 @settings(max_examples=150, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
 @given(inputs_strategy())

@@ -366,3 +366,53 @@ def test_protocol_variant_13_a_resend_that_keeps_the_901_code(server):
         assert isinstance(answer, FileReceived) and answer.cksum == zlib.crc32(data)  # after a 901
         assert isinstance(client.request(CrcOk(client_id=who.client_id, file_name="v.bin")), Acknowledged)
     assert stored(server, who, "v.bin") == data
+
+
+def test_editions_variant_2_the_register_headers_client_id_is_ignored(server):
+    for header_id in (bytes(16), b"a" * 16, os.urandom(16)):
+        with RawClient(server.address, edition=EDITION_2022) as client:
+            answer = client.request(Register(client_id=header_id, name=unique_name("v2")))
+            assert isinstance(answer, Registered) and answer.client_id != header_id
+
+
+def test_editions_variant_4_a_reconnect_name_with_garbage_after_the_nul(server):
+    with RawClient(server.address, edition=EDITION_2023C) as client:
+        who = keyed(client)
+    field = who.name.encode() + b"\0" + bytes(range(1, 200)) + b"\xff" * (254 - len(who.name) - 199)
+    assert len(field) == 255
+    with socket.create_connection(server.address, timeout=IO_TIMEOUT) as sock:
+        sock.sendall(request(1027, field, who.client_id))
+        version, code, payload = read_answer(sock)
+    assert (code, payload[:16], len(payload)) == (2105, who.client_id, 144)
+
+
+def test_editions_variant_7_the_same_name_twice_replaces_the_file(server):
+    with RawClient(server.address, edition=EDITION_2023C) as client:
+        who = keyed(client)
+        for data in (b"first version", b"second version, longer"):
+            assert send_file(client, who, "same.txt", data).cksum == cksum(data)
+            assert isinstance(client.request(CrcOk(client_id=who.client_id, file_name="same.txt")), Acknowledged)
+    assert stored(server, who, "same.txt") == b"second version, longer"
+
+
+def test_editions_variant_8_one_connection_requests_split_anyhow(server):
+    # One connection for the whole session; every request written a few bytes at a time.
+    with RawClient(server.address, edition=EDITION_2022) as client:
+        def send(event):
+            wire = client.conn.send(event)
+            for i in range(0, len(wire), 7):
+                client.send_raw(wire[i : i + 7])
+            return client.receive()
+
+        text = unique_name("split")
+        registered = send(Register(client_id=ANY_ID, name=text))
+        key = private_key()
+        answer = send(SendPublicKey(client_id=registered.client_id, name=text,
+                                    public_key=crypto.export_public_key(key)))
+        aes_key = crypto.decrypt_aes_key(key, answer.encrypted_aes_key, 16)
+        data = b"split into pieces" * 50
+        ciphertext = crypto.encrypt(aes_key, data)
+        received = send(SendFilePacket(registered.client_id, len(ciphertext), len(data), 1, 1,
+                                       "s.bin", content=ciphertext))
+        assert received.cksum == cksum(data)
+        assert isinstance(send(CrcOk(client_id=registered.client_id, file_name="s.bin")), Acknowledged)
