@@ -30,6 +30,7 @@ in CI.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ def _import_protocol():
 
 
 protocol = _import_protocol()
+
+from protocol.editions import EDITIONS  # noqa: E402
 
 REQUEST_HEADER_SIZE = 23
 RESPONSE_HEADER_SIZE = 7
@@ -284,6 +287,13 @@ def seed_streams() -> list[tuple[bool, bytes]]:
     ]
     seeds = [(True, client.send(r)) for r in requests]
     seeds.append((True, b"".join(client.send(r) for r in requests)))
+    # A whole session of every other edition (its file in one request where it sends so).
+    whole_file = dataclasses.replace(requests[3], content_size=32, total_packets=1)
+    for edition in EDITIONS[1:]:
+        speaker = p.ClientConnection(edition)
+        spoken = [r for r in requests if edition.request_for(type(r)) is not None]
+        spoken = [whole_file if r is requests[3] and edition.whole_file else r for r in spoken]
+        seeds.append((True, b"".join(speaker.send(r) for r in spoken)))
     seeds += [(False, server.send(r)) for r in responses]
     seeds.append((False, b"".join(server.send(r) for r in responses)))
     return seeds
