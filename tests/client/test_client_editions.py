@@ -30,11 +30,11 @@ def verified_rows(server, home):
 
 @pytest.mark.parametrize("edition", EDITION_NAMES)
 def test_the_client_speaks_every_edition(server, tmp_path, edition):
-    home = new_user(tmp_path, address(server), f"ed-{edition}-{os.getpid()}", size=300_000)
+    home = new_user(tmp_path, address(server), f"ed-{edition}-{os.getpid()}", size=100_000)
     first = run(home, "--edition", edition)
     assert first.returncode == ExitCode.OK, first.stderr
     assert "Traceback" not in first.stderr
-    (home / "big.bin").write_bytes(os.urandom(2_000_000))
+    (home / "big.bin").write_bytes(os.urandom(5_000_000))
     (home / "empty.bin").write_bytes(b"")
     second = run(home, "--edition", edition, "big.bin", "empty.bin")
     assert second.returncode == ExitCode.OK, second.stderr

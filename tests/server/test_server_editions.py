@@ -119,6 +119,53 @@ def test_a_2024a_session_is_served_with_v3_answers(server):
     assert f" 1025 {label} -> 1600" in log and f" 1029 {label} -> 1604" in log
 
 
+#: Written from the tables of docs/EDITIONS.md: request codes (register, key,
+#: file, CRC ok), answer codes (registered, key, file received, acknowledged),
+#: the acknowledgement's size, the AES key's, the file whole?, the id in payloads?
+BYTE_TABLES = {
+    "2022": ((1100, 1101, 1103, 1104), (2100, 2102, 2103, 2104), 0, 16, True, True),
+    "2023A": ((1100, 1101, 1103, 1104), (2100, 2102, 2103, 2104), 16, 16, True, False),
+    "2023C": ((1025, 1026, 1028, 1029), (2100, 2102, 2103, 2104), 16, 16, True, False),
+    "2024A": ((1025, 1026, 1028, 1029), (1600, 1602, 1603, 1604), 16, 32, False, False),
+    "v3": ((825, 826, 828, 900), (1600, 1602, 1603, 1604), 16, 32, False, False),
+}
+
+
+@pytest.mark.parametrize("edition", sorted(BYTE_TABLES))
+def test_a_session_written_byte_for_byte_from_the_tables(server, edition):
+    (register, key_code, file_code, ok), answers, ack_size, key_size, whole, with_id = BYTE_TABLES[edition]
+    text = unique_name(f"bytes{edition}").encode()
+    key = private_key()
+    plain = os.urandom(12_345)
+    with socket.create_connection(server.address, timeout=IO_TIMEOUT) as sock:
+        sock.sendall(request(register, name(text)))
+        if edition == "2023C":  # it ignores the 2024A answer to a first 1025, and asks again
+            assert read_answer(sock)[1] == 1600
+            sock.sendall(request(register, name(text)))
+        version, code, client_id = read_answer(sock)
+        assert (version, code, len(client_id)) == (3, answers[0], 16)
+        sock.sendall(request(key_code, name(text) + crypto.export_public_key(key), client_id))
+        _, code, payload = read_answer(sock)
+        assert (code, len(payload), payload[:16]) == (answers[1], 144, client_id)
+        aes_key = crypto.decrypt_aes_key(key, payload[16:], key_size)
+        ciphertext = crypto.encrypt(aes_key, plain)
+        prefix = client_id if with_id else b""
+        if whole:
+            fixed = prefix + u32(len(ciphertext)) + name(b"t.bin")
+        else:
+            fixed = u32(len(ciphertext)) + u32(len(plain)) + u16(1) + u16(1) + name(b"t.bin")
+        sock.sendall(request(file_code, fixed + ciphertext, client_id))
+        _, code, payload = read_answer(sock)
+        assert (code, len(payload)) == (answers[2], 279)
+        assert payload[:16] == client_id and payload[20:275] == name(b"t.bin")
+        assert int.from_bytes(payload[16:20], "little") == len(ciphertext)
+        assert int.from_bytes(payload[275:], "little") == cksum(plain)
+        sock.sendall(request(ok, prefix + name(b"t.bin"), client_id))
+        assert read_answer(sock) == (3, answers[3], client_id[:ack_size])
+    stored_file = server.data_dir / "received_files" / client_id.hex() / "t.bin"
+    assert stored_file.read_bytes() == plain
+
+
 def test_v3_and_2024a_clients_upload_at_the_same_time(server):
     # A v3 client mid-upload while a 2024A client registers: each in its own codes.
     v3 = RawClient(server.address)
