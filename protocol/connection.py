@@ -555,6 +555,10 @@ class ClientConnection(_Reader):
             if message is None:
                 raise self._fail(f"unknown response code {header.code}")
             if header.payload_size != message.payload_size:
+                # A server that cannot tell this family's editions apart yet
+                # answers in a sibling's layout (2022's 2101 to a 2023A client).
+                message = self._sibling_layout(header.code, header.payload_size) or message
+            if header.payload_size != message.payload_size:
                 raise self._fail(
                     f"{header.code} payload must be {message.payload_size}"
                     f" bytes, got {header.payload_size}"
@@ -574,6 +578,14 @@ class ClientConnection(_Reader):
         if "client_id" in {f.name for f in dataclasses.fields(message.event)}:
             values.setdefault("client_id", bytes(CLIENT_ID_SIZE))
         return message.event(**values)
+
+    def _sibling_layout(self, code: int, payload_size: int) -> Message | None:
+        """The layout of this code that an edition of the same family gives this size."""
+        for edition in FAMILIES[self.edition.family]:
+            message = edition.response(code)
+            if message is not None and message.payload_size == payload_size:
+                return message
+        return None
 
     def _skip_unknown(self):
         assert self._unknown is not None

@@ -36,6 +36,7 @@ restarted without the variable, and every time:
 
 from __future__ import annotations
 
+import zlib
 import dataclasses
 import random
 import shutil
@@ -58,6 +59,7 @@ from helpers import (
     start_server,
     upload,
 )
+from protocol.cksum import CrcFlavour
 from protocol import (
     Acknowledged,
     ClientConnection,
@@ -172,6 +174,11 @@ class Session:
     verified: dict[str, list[bytes]] = field(default_factory=dict)
     stopped_at: str = ""
     replies: int = 0
+    #: The CRC flavour rule (docs/EDITIONS.md variant 5): what the next 1603
+    #: carries, what the last one carried, what the client confirmed last.
+    crc_next: CrcFlavour = CrcFlavour.CKSUM
+    crc_answered: CrcFlavour = CrcFlavour.CKSUM
+    crc_preferred: CrcFlavour = CrcFlavour.CKSUM
 
     def run(self, per_request: bool) -> None:
         """The session of the module docstring, until the server dies."""
@@ -188,12 +195,14 @@ class Session:
             self._reconnect(client)
             self._upload(client, "victim.bin", VICTIM_V1, PACKET, attempt=1)
             self._send(client, packet_bytes_of(self.identity, CrcRetry, "victim.bin"))
+            self.crc_next = self.crc_answered.other
             self.on_step("901 sent")
             self._upload(client, "victim.bin", VICTIM_V2, PACKET, attempt=2)
             self._verify(client, "victim.bin", VICTIM_V2)
             self._upload(client, "again.bin", AGAIN_NEW, 1 << 20, attempt=1)
             self._send(client, packet_bytes_of(self.identity, CrcAbort, "again.bin"))
             self._expect(client, Acknowledged)
+            self.crc_next = self.crc_preferred
 
     def _per_request_session(self) -> None:
         """docs/PROTOCOL.md variant 7: each request on a connection of its own."""
@@ -242,13 +251,16 @@ class Session:
             self._send(client, raw[half:])
             self.on_step(f"{name}#{attempt} packet {number}")
         answer = self._expect(client, FileReceived)
-        assert answer.cksum == cksum(data), "the 1603 of a complete upload has the wrong cksum"
+        expected = cksum(data) if self.crc_next is CrcFlavour.CKSUM else zlib.crc32(data)
+        assert answer.cksum == expected, f"the 1603 of a complete upload has the wrong {self.crc_next.value}"
+        self.crc_answered = self.crc_next
 
     def _verify(self, client, name: str, data: bytes) -> None:
         self.verified.setdefault(name, []).append(data)
         self._send(client, packet_bytes_of(self.identity, CrcOk, name))
         self.on_step("900 sent")
         self._expect(client, Acknowledged)
+        self.crc_preferred = self.crc_next = self.crc_answered
 
     def _send(self, client: RawClient, data: bytes) -> None:
         try:
@@ -417,7 +429,13 @@ def test_kill_9_then_restart_is_consistent(point, prepared, tmp_path, monkeypatc
         with restarted.client() as client:
             reconnect(client, identity)
             answer = upload(client, identity, "victim.bin", AFTER, PACKET)
-            assert isinstance(answer, FileReceived) and answer.cksum == cksum(AFTER)
+            # The CRC the client confirmed last, as the database kept it through the crash.
+            with sqlite3.connect(data_dir / "defensive.db") as db:
+                (flavour,) = db.execute(
+                    "SELECT Crc FROM clients WHERE ID = ?", (identity.client_id,)
+                ).fetchone()
+            expected = cksum(AFTER) if flavour == "cksum" else zlib.crc32(AFTER)
+            assert isinstance(answer, FileReceived) and answer.cksum == expected
             answer = client.request(CrcOk(client_id=identity.client_id, file_name="victim.bin"))
             assert isinstance(answer, Acknowledged)
     finally:

@@ -1,0 +1,122 @@
+"""docs/HOSTILE.md in every edition: the cases whose code paths an edition could bypass.
+
+The rest of tests/hostile/ runs in v3; the requests of the other editions go
+through the same session, handlers, uploads and stores, and these tests make
+sure of it where an edition differs: its codes, its layouts, its key size, its
+file sent whole. Each case is checked in all five editions.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from helpers import ANY_ID, RawClient, unique_name
+from hostile_helpers import STRANGER
+from protocol import (
+    ClientConnection,
+    CrcOk,
+    FileReceived,
+    GeneralError,
+    Register,
+    RegistrationFailed,
+    SendFilePacket,
+    SendPublicKey,
+    crypto,
+)
+from protocol.editions import EDITION_2023C, EDITIONS
+from protocol.events import UnknownResponse
+from edition_helpers import db_rows, keyed, send_file
+
+EDITION_IDS = [edition.name for edition in EDITIONS]
+
+
+def files_of(server, client_id: bytes) -> list[str]:
+    folder = server.data_dir / "received_files" / client_id.hex()
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("edition", EDITIONS, ids=EDITION_IDS)
+def test_b_a_name_taken_in_one_edition_is_taken_in_all(server, edition):
+    text = unique_name("taken")
+    with RawClient(server.address, edition=edition) as owner:
+        keyed(owner, text)
+    for other in EDITIONS:
+        with RawClient(server.address, edition=other) as thief:
+            if other is EDITION_2023C:  # it ignores the 2024A answer to a first 1025
+                thief.conn = ClientConnection(other, skip_unknown=True)
+                assert isinstance(thief.request(Register(client_id=ANY_ID, name=text)), UnknownResponse)
+            answer = thief.request(Register(client_id=ANY_ID, name=text))
+            assert isinstance(answer, RegistrationFailed), (other, answer)
+
+
+@pytest.mark.parametrize("edition", EDITIONS, ids=EDITION_IDS)
+def test_c2_a_public_key_is_never_replaced(server, edition):
+    with RawClient(server.address, edition=edition) as client:
+        who = keyed(client)
+        other = crypto.export_public_key(crypto.generate_private_key())
+        answer = client.request(SendPublicKey(client_id=who.client_id, name=who.name, public_key=other))
+        assert isinstance(answer, GeneralError)
+    stored = db_rows(server, "SELECT PublicKey FROM clients WHERE ID = ?", who.client_id)
+    assert stored == [(crypto.export_public_key(who.private_key),)]
+
+
+@pytest.mark.parametrize("edition", EDITIONS, ids=EDITION_IDS)
+def test_c6_a_stranger_address_cannot_use_the_key(server, edition):
+    with RawClient(server.address, edition=edition) as owner:
+        who = keyed(owner)
+        assert isinstance(send_file(owner, who, "mine.bin", b"the owner's"), FileReceived)
+    with RawClient(server.address, source=STRANGER, edition=edition) as stranger:
+        assert isinstance(send_file(stranger, who, "evil.bin", b"evil"), GeneralError)
+        assert isinstance(stranger.request(CrcOk(client_id=who.client_id, file_name="mine.bin")), GeneralError)
+    assert files_of(server, who.client_id) == ["mine.bin"]
+    assert db_rows(server, "SELECT Verified FROM files WHERE ID = ?", who.client_id) == [(0,)]
+
+
+@pytest.mark.parametrize("edition", EDITIONS, ids=EDITION_IDS)
+def test_d3_a_file_that_does_not_decrypt_is_refused_and_leaves_nothing(server, edition):
+    with RawClient(server.address, edition=edition) as client:
+        who = keyed(client)
+        ciphertext = bytearray(crypto.encrypt(who.aes_key, b"x" * 100))
+        ciphertext[-1] ^= 0xFF  # the padding breaks
+        client.send(SendFilePacket(who.client_id, len(ciphertext), 100, 1, 1, "bad.bin",
+                                   content=bytes(ciphertext)))
+        assert isinstance(client.receive(), GeneralError)
+        assert isinstance(send_file(client, who, "good.bin", b"fine"), FileReceived)  # it goes on
+    assert files_of(server, who.client_id) == ["good.bin"]
+    assert "decryption failed" in server.log()
+
+
+@pytest.mark.parametrize("edition", EDITIONS, ids=EDITION_IDS)
+def test_e1_file_names_stay_in_the_client_folder(server, edition):
+    names = ["../../escape.txt", "/etc/passwd", "C:\\Windows\\win.ini", "..", "a/b/c.txt"]
+    with RawClient(server.address, edition=edition) as client:
+        who = keyed(client)
+        for wire_name in names:
+            assert isinstance(send_file(client, who, wire_name, b"contained"), FileReceived)
+    root = server.data_dir / "received_files"
+    assert sorted(path.name for path in root.iterdir() if path.is_dir() and not path.name.startswith(".")) \
+        >= [who.client_id.hex()]
+    assert len(files_of(server, who.client_id)) == len(names)
+    assert not (server.data_dir.parent / "escape.txt").exists()
+    assert all(path.parent.parent == root for path in root.rglob("*") if path.is_file())
+
+
+@pytest.mark.parametrize("edition", EDITIONS, ids=EDITION_IDS)
+def test_a3_d1_a_file_over_the_size_limit_is_refused(server_factory, edition):
+    server = server_factory("--max-content-size", "4096")
+    with RawClient(server.address, edition=edition) as client:
+        who = keyed(client)
+        assert isinstance(send_file(client, who, "big.bin", os.urandom(10_000)), GeneralError)
+        assert isinstance(send_file(client, who, "small.bin", b"fits"), FileReceived)  # it goes on
+        # Far over the limit: refused at its header, the connection closed unread.
+        huge = 4096 + 128 * 1024
+        head, _ = client.conn.send_parts(
+            SendFilePacket(who.client_id, huge, huge - 1, 1, 1, "huge.bin", content=b""),
+            content_length=huge,
+        )
+        client.send_raw(head)
+        assert client.closed_within(5)
+    assert files_of(server, who.client_id) == ["small.bin"]
+    assert "over the limit" in server.log()
