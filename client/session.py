@@ -229,6 +229,11 @@ class Session:
         self._eof = not data
         self._conn.receive_data(data)
 
+    @property
+    def reply_carried_id(self) -> bool:
+        """Whether the last reply carried its client id (some 1604s and 1606s come empty)."""
+        return self._conn.reply_carried_id
+
     def _next_event(self):
         try:
             event = self._conn.next_event()

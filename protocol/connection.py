@@ -83,6 +83,17 @@ def _fits(message: Message, payload_size: int) -> bool:
     return payload_size == message.payload_size
 
 
+#: Answers whose whole payload is the client id, which some servers leave out.
+_ID_OPTIONAL = (ev.Acknowledged, ev.ReconnectRefused)
+
+
+def _without_id(message: Message, payload_size: int) -> Message | None:
+    """The empty layout of an answer that may come without its id, for an empty payload."""
+    if payload_size == 0 and message.event in _ID_OPTIONAL:
+        return dataclasses.replace(message, payload=Struct())
+    return None
+
+
 class _Reader:
     """What both sides share: the buffer, the read state, EOF and errors."""
 
@@ -485,6 +496,10 @@ class ClientConnection(_Reader):
         #: The response being read (its message), or None between responses.
         self._message: Message | None = None
         self._unknown: tuple[int, int] | None = None
+        #: Whether the last response carried the client id its layout has room
+        #: for: some servers send 1604 and 1606 empty (their event then holds
+        #: zeros, which a caller must not take for an id).
+        self.reply_carried_id = True
 
     def send(self, request: ev.Request) -> bytes:
         """The bytes of one request, ready for a single write.
@@ -556,8 +571,13 @@ class ClientConnection(_Reader):
                 raise self._fail(f"unknown response code {header.code}")
             if header.payload_size != message.payload_size:
                 # A server that cannot tell this family's editions apart yet
-                # answers in a sibling's layout (2022's 2101 to a 2023A client).
-                message = self._sibling_layout(header.code, header.payload_size) or message
+                # answers in a sibling's layout (2022's 2101 to a 2023A client);
+                # some send an acknowledgement or a refusal without the id.
+                message = (
+                    self._sibling_layout(header.code, header.payload_size)
+                    or _without_id(message, header.payload_size)
+                    or message
+                )
             if header.payload_size != message.payload_size:
                 raise self._fail(
                     f"{header.code} payload must be {message.payload_size}"
@@ -575,6 +595,7 @@ class ClientConnection(_Reader):
             values = _event_fields(message.payload.parse(raw))
         except ConstructError as exc:
             raise self._fail(f"{message.code}: malformed payload") from exc
+        self.reply_carried_id = "client_id" in values
         if "client_id" in {f.name for f in dataclasses.fields(message.event)}:
             values.setdefault("client_id", bytes(CLIENT_ID_SIZE))
         return message.event(**values)

@@ -162,11 +162,6 @@ class Edition:
         """How this edition sends a response event (None: it has no such answer)."""
         return self._response_by_event.get(event)
 
-    def carries(self, event: type, field_name: str) -> bool:
-        """Whether this edition's layout of a response has the field (2022's 2104 has none)."""
-        message = self.response_for(event)
-        return message is not None and any(sc.name == field_name for sc in message.payload.subcons)
-
     @property
     def request_codes(self) -> frozenset[int]:
         """Every request code of the edition."""

@@ -390,3 +390,19 @@ def test_a_901_carrying_a_packet_of_another_file_is_refused():
         drain(server)
     assert not refused.value.close
     assert drain(server) == [CrcOk(client_id=CID, file_name="a.txt")]  # its content was skipped
+
+
+@pytest.mark.parametrize("code, event", [(1604, Acknowledged), (1606, ReconnectRefused)])
+def test_an_answer_without_its_id_is_read_and_said_so(code, event):
+    client = ClientConnection()
+    client.receive_data(response(code, b""))
+    assert drain(client) == [event(client_id=bytes(16))] and not client.reply_carried_id
+    client.receive_data(response(code, CID))
+    assert drain(client) == [event(client_id=CID)] and client.reply_carried_id
+
+
+def test_only_answers_that_are_the_id_alone_may_leave_it_out():
+    client = ClientConnection()
+    client.receive_data(response(1600, b""))  # a registration without its new id is useless
+    with pytest.raises(RemoteProtocolError, match="1600 payload must be 16"):
+        drain(client)
