@@ -44,7 +44,7 @@ from .errors import (
     RegistrationRefused,
     ServerError,
 )
-from .packets import DEFAULT_PACKET_SIZE
+from .packets import DEFAULT_PACKET_SIZE, Layout
 from .progress import BarProgress, make_progress
 from .session import DEFAULT_TIMEOUT, Session
 from .upload import MAX_RESENDS, MAX_RETRIES, Client
@@ -191,6 +191,27 @@ def build_parser() -> argparse.ArgumentParser:
             " more than 65535 packets"
         ),
     )
+    layout = parser.add_argument_group(
+        "layout (to test a server: each reproduces a variant of docs/PROTOCOL.md)"
+    )
+    layout.add_argument(
+        "--field-order",
+        choices=("spec", "swapped"),
+        default="spec",
+        help="packet_number then total_packets (spec), or the other way round (variant 5)",
+    )
+    layout.add_argument(
+        "--encrypt",
+        choices=("whole", "per-packet"),
+        default="whole",
+        help="one CBC stream for the file (whole), or one per packet of --packet-size"
+        " plaintext bytes (variant 6)",
+    )
+    layout.add_argument(
+        "--pad-last-packet",
+        action="store_true",
+        help="zero-fill the last packet to --packet-size (variant 4)",
+    )
     parser.add_argument(
         "--edition",
         choices=sorted(BY_NAME),
@@ -250,6 +271,11 @@ def _run(args: argparse.Namespace) -> ExitCode:
             identity=identity,
             progress=progress,
             packet_size=args.packet_size,
+            layout=Layout(
+                swapped=args.field_order == "swapped",
+                per_packet=args.encrypt == "per-packet",
+                pad_last=args.pad_last_packet and args.encrypt == "whole",
+            ),
         )
         results = client.run(settings.files)
     failed = [result.plan.display_name for result in results if not result.verified]

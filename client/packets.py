@@ -32,6 +32,27 @@ MAX_FILE_SIZE = (MAX_UINT32 // AES_BLOCK_SIZE) * AES_BLOCK_SIZE - 1
 
 
 @dataclass(frozen=True)
+class Layout:
+    """How a file's packets are laid out: the variants of docs/PROTOCOL.md a server may need.
+
+    The default is the standard layout. The others reproduce what some
+    clients send, so that a server can be tested with each on purpose.
+    """
+
+    #: Variant 5: ``total_packets`` first, then ``packet_number``.
+    swapped: bool = False
+    #: Variant 6: each packet its own CBC stream of ``packet_size`` plaintext
+    #: bytes; its ``content_size`` is that packet's ciphertext length.
+    per_packet: bool = False
+    #: Variant 4: the last packet zero-filled to ``packet_size`` (whole-stream only).
+    pad_last: bool = False
+
+
+#: The layout of docs/PROTOCOL.md, 828 details.
+STANDARD_LAYOUT = Layout()
+
+
+@dataclass(frozen=True)
 class FilePlan:
     """Everything the 828 headers of one file say, fixed before sending."""
 
@@ -76,14 +97,36 @@ def choose_packet_size(content_size: int, preferred: int = DEFAULT_PACKET_SIZE) 
     return math.ceil(size / AES_BLOCK_SIZE) * AES_BLOCK_SIZE
 
 
-def plan_file(path: Path, size: int, preferred_packet_size: int = DEFAULT_PACKET_SIZE) -> FilePlan:
+def plan_file(
+    path: Path,
+    size: int,
+    preferred_packet_size: int = DEFAULT_PACKET_SIZE,
+    layout: Layout = STANDARD_LAYOUT,
+) -> FilePlan:
     """The 828 fields of a file of ``size`` bytes.
+
+    With ``layout.per_packet``, ``packet_size`` is the plaintext of each
+    packet and ``content_size`` the sum of the packets' ciphertexts (what a
+    server receives).
 
     Raises:
         ValueError: the file is larger than MAX_FILE_SIZE.
     """
     if size > MAX_FILE_SIZE:
         raise ValueError(f"{size} bytes is over the protocol's {MAX_FILE_SIZE}")
+    if layout.per_packet:
+        packet_size = choose_packet_size(size or 1, preferred_packet_size)
+        total = max(1, math.ceil(size / packet_size))
+        last = size - (total - 1) * packet_size
+        content_size = (total - 1) * padded_size(packet_size) + padded_size(last)
+        return FilePlan(
+            path=path,
+            wire_name=NameField.from_text(wire_file_name(path)),
+            orig_size=size,
+            content_size=content_size,
+            packet_size=packet_size,
+            total_packets=total,
+        )
     content_size = padded_size(size)
     packet_size = choose_packet_size(content_size, preferred_packet_size)
     return FilePlan(
@@ -157,3 +200,29 @@ def _fill(source: BinaryIO, view: memoryview) -> int:
             break
         filled += count
     return filled
+
+
+def per_packet_ciphertexts(
+    source: BinaryIO,
+    plan: FilePlan,
+    aes_key: bytes,
+    checksum: Cksum | FileSums,
+    on_read: Callable[[int], None] = lambda count: None,
+) -> Iterator[bytes]:
+    """Variant 6: each packet's plaintext encrypted on its own (its own CBC stream).
+
+    Raises:
+        FileReadError: the file ended before ``plan.orig_size`` bytes.
+    """
+    remaining = plan.orig_size
+    plain = memoryview(bytearray(plan.packet_size))
+    for _ in range(plan.total_packets):
+        count = min(plan.packet_size, remaining)
+        chunk = plain[:count]
+        if _fill(source, chunk) < count:
+            raise FileReadError(plan.path, "the file shrank while being sent")
+        remaining -= count
+        checksum.update(chunk)
+        on_read(count)
+        encryptor = CbcEncryptor(aes_key)
+        yield encryptor.update(bytes(chunk)) + encryptor.finalize()

@@ -54,7 +54,15 @@ from .errors import (
     ServerError,
     UnexpectedReply,
 )
-from .packets import DEFAULT_PACKET_SIZE, FilePlan, encrypted_packets, plan_file
+from .packets import (
+    DEFAULT_PACKET_SIZE,
+    FilePlan,
+    STANDARD_LAYOUT,
+    Layout,
+    encrypted_packets,
+    per_packet_ciphertexts,
+    plan_file,
+)
 from .progress import NoProgress, Progress
 from .session import Session, describe
 
@@ -108,6 +116,7 @@ class Client:
         identity: Identity | None,
         progress: Progress | None = None,
         packet_size: int = DEFAULT_PACKET_SIZE,
+        layout: Layout = STANDARD_LAYOUT,
     ) -> None:
         self._session = session
         self._config_dir = config_dir
@@ -115,6 +124,7 @@ class Client:
         self.identity = identity
         self._progress = progress or NoProgress()
         self._packet_size = packet_size
+        self._layout = layout
         self._aes_key: bytes | None = None
         #: (connection number, count) of 1604s to ignore after a 901.
         self._stray_acks = (0, 0)
@@ -305,7 +315,7 @@ class Client:
         except OSError as exc:
             raise FileReadError(path, f"cannot access: {exc.strerror}") from None
         try:
-            plan = plan_file(path, size, self._packet_size)
+            plan = plan_file(path, size, self._packet_size, self._layout)
         except ValueError as exc:  # grew past the limit since it was checked
             raise FileReadError(path, f"too large: {exc}") from None
         name = plan.display_name
@@ -408,9 +418,14 @@ class Client:
         self._progress.start(label, plan.orig_size)
         try:
             with _open_for_reading(plan.path) as source:
-                packets = encrypted_packets(
-                    source, plan, self._aes_key, sums, self._progress.update
-                )
+                if self._layout.per_packet and not whole:
+                    packets = per_packet_ciphertexts(
+                        source, plan, self._aes_key, sums, self._progress.update
+                    )
+                else:
+                    packets = encrypted_packets(
+                        source, plan, self._aes_key, sums, self._progress.update
+                    )
                 for number, content in enumerate(_reading(plan.path, packets), start=1):
                     self._take_early_reply()
                     if not whole:
@@ -427,12 +442,19 @@ class Client:
     def _send_packet(
         self, plan: FilePlan, number: int, content: bytes, *, whole_file: bool = False
     ) -> None:
+        layout = STANDARD_LAYOUT if whole_file else self._layout
+        number, total = (1, 1) if whole_file else (number, plan.total_packets)
+        if layout.pad_last and number == total and len(content) < plan.packet_size:
+            content = bytes(content).ljust(plan.packet_size, b"\0")  # variant 4
+        if layout.swapped:
+            number, total = total, number  # variant 5
+        content_size = len(content) if layout.per_packet else plan.content_size  # variant 6
         packet = SendFilePacket(
             client_id=self.identity.client_id,
-            content_size=plan.content_size,
+            content_size=content_size,
             orig_file_size=plan.orig_size,
-            packet_number=1 if whole_file else number,
-            total_packets=1 if whole_file else plan.total_packets,
+            packet_number=number,
+            total_packets=total,
             file_name=plan.wire_name,
             content=content,
         )
