@@ -208,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
         " plaintext bytes (variant 6)",
     )
     layout.add_argument(
+        "--connection",
+        choices=("persistent", "per-request"),
+        default="persistent",
+        help="one connection for the session, or one per request (variant 7)",
+    )
+    layout.add_argument(
         "--pad-last-packet",
         action="store_true",
         help="zero-fill the last packet to --packet-size (variant 4)",
@@ -263,7 +269,13 @@ def _run(args: argparse.Namespace) -> ExitCode:
         if isinstance(progress, BarProgress)
         else contextlib.nullcontext()
     )
-    with Session(settings.server, args.timeout, BY_NAME[args.edition]) as session, redirect:
+    session = Session(
+        settings.server,
+        args.timeout,
+        BY_NAME[args.edition],
+        per_request=args.connection == "per-request",
+    )
+    with session, redirect:
         client = Client(
             session,
             config_dir=config_dir,

@@ -71,11 +71,19 @@ class Session:
     """
 
     def __init__(
-        self, address: ServerAddress, timeout: float = DEFAULT_TIMEOUT, edition: Edition = V3
+        self,
+        address: ServerAddress,
+        timeout: float = DEFAULT_TIMEOUT,
+        edition: Edition = V3,
+        *,
+        per_request: bool = False,
     ) -> None:
         self.address = address
         self.timeout = timeout
         self.edition = edition
+        #: One connection per request (docs/PROTOCOL.md variant 7): each
+        #: request opens a new one; what came back on the last one is dropped.
+        self.per_request = per_request
         self._sock: socket.socket | None = None
         self._conn = self._new_connection()
         self.first_request: RequestCode | None = None
@@ -149,6 +157,8 @@ class Session:
             NetworkError: cannot connect, or the connection broke.
         """
         head, content = self._conn.send_parts(request, content_length=content_length)
+        if self.per_request and self.first_request is not None:
+            self.reset()
         if self._sock is None:
             self._sock = self._connect()
         if self.first_request is None:

@@ -379,6 +379,10 @@ class Client:
         7), and a new one has no key yet: start a session with 827.
         """
         session = self._session
+        if session.per_request:  # keys live with the client id: no login per connection
+            if fresh_key or self._aes_key is None:
+                self._reconnect()
+            return
         if session.connected and session.first_request in PER_REQUEST_OPENERS:
             session.reset()
         if fresh_key or not session.connected:
@@ -492,6 +496,8 @@ class Client:
 
     def _take_early_reply(self) -> None:
         """A reply before the last packet is an error, but for a 1604 after 901."""
+        if self._session.per_request:
+            return  # the answer to a packet is a close; the next request opens anew
         reply = self._session.poll()
         if reply is None or self._is_stray_ack(reply):
             return

@@ -6,11 +6,31 @@ whole and verified; a fake server checks the bytes of each layout.
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 
 from client.__main__ import ExitCode
-from client_fakes import Keys, handshake_register, make_file, run_against
-from protocol import Acknowledged, CrcOk, FileReceived, cksum, crypto
+from client_fakes import Keys, handshake_register, make_file, run_against, write_transfer_info
+from protocol import (
+    NEED_DATA,
+    Acknowledged,
+    CrcOk,
+    CrcRetry,
+    FileContent,
+    FilePacketEnded,
+    FilePacketStarted,
+    FileReceived,
+    PublicKeyReceived,
+    Register,
+    Registered,
+    SendPublicKey,
+    ServerConnection,
+    cksum,
+    crypto,
+)
+from protocol.crypto import encrypt_aes_key, import_public_key, new_aes_key
 
 from test_client_e2e import address, new_user, run, stored
 
@@ -77,3 +97,73 @@ def test_the_last_packet_padded_with_zeros(work, run_client):
     last = seen["packets"][-1]
     assert len(last.content) == 1024 and last.content[464:] == bytes(560)
     assert all(p.fields.content_size == 2512 for p in seen["packets"])
+
+
+def test_per_request_connections_against_our_server(server, tmp_path):
+    home = new_user(tmp_path, address(server), "layout-per-request", size=100_000)
+    for _ in range(2):  # first run, then a second run with me.info
+        result = run(home, "--connection", "per-request", "--packet-size", "4000")
+        assert result.returncode == ExitCode.OK, result.stderr
+    assert stored(server, home, "notes.txt") == (home / "notes.txt").read_bytes()
+
+
+#: A server that reads one request with a single receive of at most this many
+#: bytes, answers, and closes (behaviour 3 of the issue).
+ONE_RECEIVE = 4290
+
+
+def test_a_server_that_reads_one_receive_per_connection(work, run_client):
+    data = make_file(work, size=10_000)
+    keys = Keys()
+    state = {"ciphertext": b"", "connections": 0, "sizes": []}
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                sock, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with sock:
+                state["connections"] += 1
+                raw = sock.recv(ONE_RECEIVE)
+                state["sizes"].append(len(raw))
+                conn = ServerConnection()
+                conn.receive_data(raw)
+                events = []
+                while (event := conn.next_event()) is not NEED_DATA:
+                    events.append(event)
+                if not events or (isinstance(events[0], FilePacketStarted) and not isinstance(events[-1], FilePacketEnded)):
+                    continue  # the request did not fit one receive: the connection dies
+                request, server_conn = events[0], ServerConnection()
+                if isinstance(request, Register):
+                    sock.sendall(server_conn.send(Registered(client_id=keys.client_id)))
+                elif isinstance(request, SendPublicKey):
+                    keys.aes_key = new_aes_key()
+                    sealed = encrypt_aes_key(import_public_key(request.public_key), keys.aes_key)
+                    sock.sendall(server_conn.send(PublicKeyReceived(keys.client_id, sealed)))
+                elif isinstance(request, FilePacketStarted):
+                    state["ciphertext"] += b"".join(e.data for e in events if isinstance(e, FileContent))
+                    if request.packet_number == request.total_packets:
+                        plain = crypto.decrypt(keys.aes_key, state["ciphertext"])
+                        sock.sendall(server_conn.send(FileReceived(
+                            keys.client_id, len(state["ciphertext"]), request.file_name, cksum(plain))))
+                        state["ciphertext"] = b""
+                elif isinstance(request, CrcRetry):
+                    sock.sendall(b"\x00")  # a single byte, then the close
+                else:
+                    sock.sendall(server_conn.send(Acknowledged(client_id=keys.client_id)))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        write_transfer_info(work, f"127.0.0.1:{listener.getsockname()[1]}", "alice", data.name)
+        result = run_client("--connection", "per-request", "--packet-size", "4000")
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    assert result.code == ExitCode.OK, result.err
+    assert max(state["sizes"]) <= ONE_RECEIVE and state["connections"] >= 2 + 3 + 1
