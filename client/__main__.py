@@ -214,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="one connection for the session, or one per request (variant 7)",
     )
     layout.add_argument(
+        "--strict",
+        action="store_true",
+        help="never switch layout on its own: by default, when a server refuses or drops"
+        " the standard layout in a known way, the upload is retried once in the layout"
+        " the symptom points to, for the rest of the run",
+    )
+    layout.add_argument(
         "--pad-last-packet",
         action="store_true",
         help="zero-fill the last packet to --packet-size (variant 4)",
@@ -288,6 +295,7 @@ def _run(args: argparse.Namespace) -> ExitCode:
                 per_packet=args.encrypt == "per-packet",
                 pad_last=args.pad_last_packet and args.encrypt == "whole",
             ),
+            fallback=not args.strict,
         )
         results = client.run(settings.files)
     failed = [result.plan.display_name for result in results if not result.verified]

@@ -36,12 +36,23 @@ class FileReadError(ConfigError):
 class NetworkError(ClientError):
     """The server cannot be reached, closed the connection or stopped answering.
 
-    ``step`` names what the client was doing, once the flow knows it.
+    ``step`` names what the client was doing, once the flow knows it;
+    ``closed`` says the server closed or reset the connection, ``timed_out``
+    that it did not answer in time (the symptoms the client's fallbacks read).
     """
 
-    def __init__(self, message: str, step: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        step: str | None = None,
+        *,
+        closed: bool = False,
+        timed_out: bool = False,
+    ) -> None:
         super().__init__(message)
         self.step = step
+        self.closed = closed
+        self.timed_out = timed_out
 
 
 class MalformedReply(ClientError):
@@ -49,7 +60,14 @@ class MalformedReply(ClientError):
 
 
 class UnexpectedReply(ClientError):
-    """A well-formed reply that is not an answer to the request (1607 included)."""
+    """A well-formed reply that is not an answer to the request (1607 included).
+
+    ``packet`` is the file packet after which it came, when it came early.
+    """
+
+    def __init__(self, message: str, packet: int | None = None) -> None:
+        super().__init__(message)
+        self.packet = packet
 
 
 class ServerError(ClientError):

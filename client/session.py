@@ -84,6 +84,9 @@ class Session:
         #: One connection per request (docs/PROTOCOL.md variant 7): each
         #: request opens a new one; what came back on the last one is dropped.
         self.per_request = per_request
+        #: Requests sent and replies read on the current connection.
+        self.requests_on_connection = 0
+        self.replies_on_connection = 0
         self._sock: socket.socket | None = None
         self._conn = self._new_connection()
         self.first_request: RequestCode | None = None
@@ -127,6 +130,8 @@ class Session:
         self._sock = None
         self._conn = self._new_connection()
         self.first_request = None
+        self.requests_on_connection = 0
+        self.replies_on_connection = 0
         self._eof = False
 
     def _new_connection(self) -> ClientConnection:
@@ -159,6 +164,7 @@ class Session:
         head, content = self._conn.send_parts(request, content_length=content_length)
         if self.per_request and self.first_request is not None:
             self.reset()
+        self.requests_on_connection += 1
         if self._sock is None:
             self._sock = self._connect()
         if self.first_request is None:
@@ -175,26 +181,36 @@ class Session:
         except TimeoutError:
             raise NetworkError(
                 f"the server stopped reading: a send to {self.address} made no progress"
-                f" for {self.timeout:g} s"
+                f" for {self.timeout:g} s",
+                timed_out=True,
             ) from None
         except OSError as exc:
             raise NetworkError(
-                f"the connection to {self.address} broke while sending: {exc.strerror or exc}"
+                f"the connection to {self.address} broke while sending: {exc.strerror or exc}",
+                closed=True,
             ) from None
 
-    def receive(self):
+    def receive(self, timeout: float | None = None):
         """Wait for the next whole response and return its event.
+
+        ``timeout`` shortens the wait for this reply (the session's otherwise).
 
         Raises:
             NetworkError: the server closed the connection or did not answer
                 within the time-out.
             MalformedReply: the server sent something docs/PROTOCOL.md forbids.
         """
-        while True:
-            event = self._next_event()
-            if event is not NEED_DATA:
-                return event
-            self._recv()
+        if timeout is not None and self._sock is not None:
+            self._sock.settimeout(timeout)
+        try:
+            while True:
+                event = self._next_event()
+                if event is not NEED_DATA:
+                    return event
+                self._recv(timeout)
+        finally:
+            if timeout is not None and self._sock is not None:
+                self._sock.settimeout(self.timeout)
 
     def poll(self):
         """A response that has already arrived, or None, without waiting.
@@ -223,18 +239,20 @@ class Session:
         readable, _, _ = select.select([self._sock], [], [], _NO_WAIT)
         return bool(readable)
 
-    def _recv(self) -> None:
+    def _recv(self, timeout: float | None = None) -> None:
         if self._sock is None:
             raise NetworkError(f"not connected to {self.address}")
         try:
             data = self._sock.recv(RECV_SIZE)
         except TimeoutError:
+            waited = self.timeout if timeout is None else timeout
             raise NetworkError(
-                f"the server at {self.address} did not answer within {self.timeout:g} s"
+                f"the server at {self.address} did not answer within {waited:g} s",
+                timed_out=True,
             ) from None
         except OSError as exc:
             raise NetworkError(
-                f"the connection to {self.address} broke: {exc.strerror or exc}"
+                f"the connection to {self.address} broke: {exc.strerror or exc}", closed=True
             ) from None
         self._eof = not data
         self._conn.receive_data(data)
@@ -250,11 +268,13 @@ class Session:
         except RemoteProtocolError as exc:
             if self._eof:
                 raise NetworkError(
-                    f"the server at {self.address} closed the connection in the middle of a reply"
+                    f"the server at {self.address} closed the connection in the middle of a reply",
+                    closed=True,
                 ) from None
             raise MalformedReply(f"malformed reply: {exc}") from None
         if isinstance(event, ConnectionClosed):
-            raise NetworkError(f"the server at {self.address} closed the connection")
+            raise NetworkError(f"the server at {self.address} closed the connection", closed=True)
         if event is not NEED_DATA:
+            self.replies_on_connection += 1
             log.debug("<- %s", describe(event))
         return event

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, TypeVar
 
@@ -81,6 +81,16 @@ NO_CLIENT_ID = bytes(CLIENT_ID_SIZE)
 BYTES_PER_MB = 1_000_000
 #: Floor of a measured duration, so that a rate never divides by zero.
 MIN_SECONDS = 1e-9
+#: Packets after a fallback to one connection per request: a request fits one
+#: receive of a small server (4,000 bytes of content, 4,290 bytes in all).
+FALLBACK_SMALL_PACKET = 4000
+#: Packets after a fallback for a server that reads fixed-size packets.
+FALLBACK_PADDED_PACKET = 1024
+#: How long the answer to a file is awaited before the layout is suspected
+#: (then the session's time-out applies).
+FALLBACK_WAIT = 5.0
+#: ... plus this much per byte of the file (bytes/s), for a server's final sync.
+FALLBACK_RATE = 20_000_000
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,7 @@ class Client:
         progress: Progress | None = None,
         packet_size: int = DEFAULT_PACKET_SIZE,
         layout: Layout = STANDARD_LAYOUT,
+        fallback: bool = True,
     ) -> None:
         self._session = session
         self._config_dir = config_dir
@@ -125,6 +136,7 @@ class Client:
         self._progress = progress or NoProgress()
         self._packet_size = packet_size
         self._layout = layout
+        self._fallback_on = fallback
         self._aes_key: bytes | None = None
         #: (connection number, count) of 1604s to ignore after a 901.
         self._stray_acks = (0, 0)
@@ -184,8 +196,56 @@ class Client:
                     log.info("retrying %s (retry %d of %d)", step, number, MAX_RETRIES)
             except NetworkError as exc:
                 exc.step = exc.step or step
-                raise
+                switch = self._fallback(exc)
+                if switch is None or number == attempts:
+                    raise
+                reason = str(exc)
+                self._take_fallback(step, switch)
         raise ServerError(step, reason, attempts)
+
+    # -- fallbacks -------------------------------------------------------------
+
+    def _fallback(self, exc: Exception, plan: FilePlan | None = None) -> str | None:
+        """The layout a symptom points to, if it is one the client has not taken yet.
+
+        Servers in the wild vary: a 1607 at the first packet of a multi-packet
+        file points to swapped fields and per-packet encryption (variants 5
+        and 6); a close after a reply on a connection, to one connection per
+        request with small packets (variant 7); no answer to a file, to
+        1,024-byte packets with the last zero-filled (variant 4). ``--strict``
+        turns this off. Each switch holds for the rest of the run.
+        """
+        if not self._fallback_on:
+            return None
+        layout, session = self._layout, self._session
+        if (
+            isinstance(exc, UnexpectedReply)
+            and exc.packet in (1, 2)
+            and plan is not None
+            and plan.total_packets > 1
+            and not (layout.swapped and layout.per_packet)
+        ):
+            self._layout = replace(layout, swapped=True, per_packet=True, pad_last=False)
+            return "swapped packet fields and per-packet encryption"
+        if isinstance(exc, NetworkError) and exc.closed and not session.per_request:
+            if session.replies_on_connection:  # it closed after answering
+                session.per_request = True
+                self._packet_size = min(self._packet_size, FALLBACK_SMALL_PACKET)
+                return f"one connection per request, packets of {FALLBACK_SMALL_PACKET} bytes"
+        if (
+            isinstance(exc, NetworkError)
+            and (exc.timed_out or exc.closed)
+            and plan is not None
+            and not layout.pad_last
+        ):
+            self._layout = Layout(pad_last=True)
+            self._packet_size = FALLBACK_PADDED_PACKET
+            return f"{FALLBACK_PADDED_PACKET}-byte packets, the last zero-filled"
+        return None
+
+    def _take_fallback(self, step: str, switch: str) -> None:
+        log.warning("%s: the server refused the layout; switching to %s", step, switch)
+        self._session.reset()
 
     def _exchange(self, step: str, request, handlers: Mapping[type, Callable[[object], T]]) -> T:
         """Send a request and hand its reply to the handler of its type, with retries."""
@@ -335,9 +395,12 @@ class Client:
             label = name if uploads == 1 else f"{name} (resend {uploads - 1}/{MAX_RESENDS})"
             if uploads > 1:
                 self._send_crc_retry(plan)
-            received, local = self._with_retries(
-                f"upload of {name!r}",
-                lambda label=label: self._send_file_once(plan, label),
+            step = f"upload of {name!r}"
+            received, local, plan = self._with_retries(
+                step,
+                lambda label=label, step=step: self._send_in_current_layout(
+                    path, size, label, step
+                ),
                 reset_on_error=True,
             )
             # Some servers report the plaintext size; the cksum is what proves the file.
@@ -406,6 +469,22 @@ class Client:
             {Acknowledged: self._check_client_id},
         )
 
+    def _send_in_current_layout(
+        self, path: Path, size: int, label: str, step: str
+    ) -> tuple[FileReceived, dict[CrcFlavour, int], FilePlan]:
+        """One upload attempt in the layout in force; a symptom of a layout
+        the server refuses switches it and makes the attempt a retry."""
+        plan = plan_file(path, size, self._packet_size, self._layout)
+        try:
+            received, crcs = self._send_file_once(plan, label)
+        except (UnexpectedReply, NetworkError) as exc:
+            switch = self._fallback(exc, plan)
+            if switch is None:
+                raise
+            self._take_fallback(step, switch)
+            raise UnexpectedReply(f"{exc} (retrying in another layout)") from exc
+        return received, crcs, plan
+
     def _send_file_once(
         self, plan: FilePlan, label: str
     ) -> tuple[FileReceived, dict[CrcFlavour, int]]:
@@ -431,7 +510,7 @@ class Client:
                         source, plan, self._aes_key, sums, self._progress.update
                     )
                 for number, content in enumerate(_reading(plan.path, packets), start=1):
-                    self._take_early_reply()
+                    self._take_early_reply(number)
                     if not whole:
                         self._send_packet(plan, number, content)
                     elif number == 1:
@@ -471,7 +550,8 @@ class Client:
                 raise
             raise UnexpectedReply(
                 f"the server answered {describe(reply)} during packet {number}"
-                f" of {plan.total_packets}, then closed the connection"
+                f" of {plan.total_packets}, then closed the connection",
+                packet=number - 1 or 1,
             ) from None
 
     def _poll_quietly(self):
@@ -494,17 +574,24 @@ class Client:
             return True
         return False
 
-    def _take_early_reply(self) -> None:
+    def _take_early_reply(self, number: int) -> None:
         """A reply before the last packet is an error, but for a 1604 after 901."""
         if self._session.per_request:
             return  # the answer to a packet is a close; the next request opens anew
         reply = self._session.poll()
         if reply is None or self._is_stray_ack(reply):
             return
-        raise UnexpectedReply(f"{_reply_error(reply, 'no reply')} before the last packet")
+        raise UnexpectedReply(
+            f"{_reply_error(reply, 'no reply')} before the last packet", packet=number - 1
+        )
 
     def _await_file_received(self, plan: FilePlan) -> FileReceived:
-        reply = self._session.receive()
+        wait = None
+        if self._fallback_on and not self._layout.pad_last:
+            # Long enough for any server that works, short enough not to wait
+            # for ever on one that dropped the layout (a fallback follows).
+            wait = min(self._session.timeout, FALLBACK_WAIT + plan.content_size / FALLBACK_RATE)
+        reply = self._session.receive(wait)
         while self._is_stray_ack(reply):
             reply = self._session.receive()
         self._stray_acks = (0, 0)

@@ -38,6 +38,8 @@ def test_the_client_speaks_every_edition(server, tmp_path, edition):
     (home / "empty.bin").write_bytes(b"")
     second = run(home, "--edition", edition, "big.bin", "empty.bin")
     assert second.returncode == ExitCode.OK, second.stderr
+    # Our server serves the standard layout: the client never falls back.
+    assert "refused the layout" not in first.stderr + second.stderr
     for name in ("notes.txt", "big.bin", "empty.bin"):
         assert stored(server, home, name) == (home / name).read_bytes()
     assert verified_rows(server, home) == [("big.bin", 1), ("empty.bin", 1), ("notes.txt", 1)]

@@ -47,6 +47,7 @@ def test_each_layout_is_served_whole_by_our_server(server, tmp_path, layout):
     home = new_user(tmp_path, address(server), f"layout-{layout}", size=100_000)
     result = run(home, "--packet-size", "1024", *LAYOUTS[layout])
     assert result.returncode == ExitCode.OK, result.stderr
+    assert "refused the layout" not in result.stderr
     assert stored(server, home, "notes.txt") == (home / "notes.txt").read_bytes()
 
 

@@ -1,0 +1,252 @@
+"""Servers that each refuse the standard layout in a way seen on the wire.
+
+Each fake server below completes uploads with its own clients' layout only.
+With the defaults the client notices the symptom, switches layout once (and
+says so) and completes; with ``--strict`` it fails as it always did. Every
+server keeps the client's key by client id, as variant 7 requires.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+
+import pytest
+
+from client.__main__ import ExitCode
+from client_fakes import write_transfer_info
+from protocol import (
+    NEED_DATA,
+    Acknowledged,
+    ConnectionClosed,
+    CrcAbort,
+    CrcOk,
+    CrcRetry,
+    CryptoError,
+    FileContent,
+    FilePacketEnded,
+    FilePacketStarted,
+    FileReceived,
+    GeneralError,
+    PublicKeyReceived,
+    Reconnected,
+    Register,
+    Registered,
+    SendPublicKey,
+    ServerConnection,
+    cksum,
+    crypto,
+)
+from protocol.crypto import encrypt_aes_key, import_public_key, new_aes_key
+
+CLIENT_ID = bytes(range(16))
+#: Behaviour 3: one request per connection, read with one receive of this size.
+ONE_RECEIVE = 4290
+#: Behaviour 4: every 828 payload is exactly this long (267 + 1,024).
+FIXED_PAYLOAD = 1291
+SIZES = {"100KB": 100_000, "5MB": 5_000_000}
+
+
+@dataclass
+class State:
+    """What a fake server keeps between connections: the key, the file so far."""
+
+    public_key: object = None
+    aes_key: bytes = b""
+    plain: bytearray = field(default_factory=bytearray)
+    ciphertext: bytearray = field(default_factory=bytearray)
+    uploads: int = 0
+    verified: bytes | None = None
+
+
+def _key_answer(state: State, request):
+    """825 → 1600; 826 and 827 → a fresh AES key under the stored public key."""
+    if isinstance(request, Register):
+        return Registered(client_id=CLIENT_ID)
+    if isinstance(request, SendPublicKey):
+        state.public_key = import_public_key(request.public_key)
+    state.aes_key = new_aes_key()
+    sealed = encrypt_aes_key(state.public_key, state.aes_key)
+    kind = PublicKeyReceived if isinstance(request, SendPublicKey) else Reconnected
+    return kind(client_id=CLIENT_ID, encrypted_aes_key=sealed)
+
+
+def _file_done(state: State, name) -> FileReceived:
+    state.uploads += 1
+    answer = FileReceived(CLIENT_ID, len(state.ciphertext), name, cksum(bytes(state.plain)))
+    state.last = bytes(state.plain)
+    state.plain.clear()
+    state.ciphertext.clear()
+    return answer
+
+
+def swapped_per_packet(sock: socket.socket, state: State) -> None:
+    """Behaviour 2: reads total first, decrypts each packet on its own; persistent."""
+    conn = ServerConnection()
+    packet, content = None, bytearray()
+    while True:
+        data = sock.recv(1 << 16)
+        conn.receive_data(data)
+        while (event := conn.next_event()) is not NEED_DATA:
+            if isinstance(event, ConnectionClosed):
+                return
+            if isinstance(event, FilePacketStarted):
+                packet, content = event, bytearray()
+            elif isinstance(event, FileContent):
+                content += event.data
+            elif isinstance(event, FilePacketEnded):
+                total, number = packet.packet_number, packet.total_packets  # the other way round
+                try:
+                    state.plain += crypto.decrypt(state.aes_key, bytes(content))
+                except CryptoError:
+                    sock.sendall(conn.send(GeneralError()))
+                    state.plain.clear()
+                    continue
+                state.ciphertext += content
+                if number == total:
+                    sock.sendall(conn.send(_file_done(state, packet.file_name)))
+            elif isinstance(event, (CrcOk, CrcAbort)):
+                state.verified = state.last if isinstance(event, CrcOk) else None
+                sock.sendall(conn.send(Acknowledged(client_id=CLIENT_ID)))
+            elif not isinstance(event, CrcRetry):
+                sock.sendall(conn.send(_key_answer(state, event)))
+
+
+def one_receive_per_connection(sock: socket.socket, state: State) -> None:
+    """Behaviour 3: one receive of at most 4,290 bytes, one answer, then close."""
+    conn = ServerConnection()
+    conn.receive_data(sock.recv(ONE_RECEIVE))
+    events = []
+    while (event := conn.next_event()) is not NEED_DATA:
+        events.append(event)
+    if not events or (isinstance(events[0], FilePacketStarted) and not isinstance(events[-1], FilePacketEnded)):
+        return  # cut: the connection dies unanswered
+    request = events[0]
+    if isinstance(request, FilePacketStarted):
+        content = b"".join(e.data for e in events if isinstance(e, FileContent))
+        state.ciphertext += content
+        if request.packet_number == request.total_packets:
+            state.plain += crypto.decrypt(state.aes_key, bytes(state.ciphertext))
+            sock.sendall(conn.send(_file_done(state, request.file_name)))
+    elif isinstance(request, CrcRetry):
+        sock.sendall(b"\x00")
+    elif isinstance(request, (CrcOk, CrcAbort)):
+        state.verified = state.last if isinstance(request, CrcOk) else None
+        sock.sendall(conn.send(Acknowledged(client_id=CLIENT_ID)))
+    else:
+        sock.sendall(conn.send(_key_answer(state, request)))
+
+
+def fixed_size_packets(sock: socket.socket, state: State) -> None:
+    """Behaviour 4: every 828 payload unpacked as exactly 1,291 bytes; else the handler dies."""
+    conn = ServerConnection()
+    while True:
+        data = sock.recv(1 << 16)
+        conn.receive_data(data)
+        while (event := conn.next_event()) is not NEED_DATA:
+            if isinstance(event, ConnectionClosed):
+                return
+            if isinstance(event, FilePacketStarted):
+                if 267 + event.bytes_in_packet != FIXED_PAYLOAD:
+                    state.dead = True
+                    threading.Event().wait(30)  # the handler is stuck: no answer, ever
+                    return
+                packet = event
+            elif isinstance(event, FileContent):
+                state.ciphertext += event.data
+            elif isinstance(event, FilePacketEnded):
+                if packet.packet_number == packet.total_packets:
+                    cipher = bytes(state.ciphertext[: packet.content_size])
+                    state.ciphertext = bytearray(cipher)
+                    state.plain += crypto.decrypt(state.aes_key, cipher)
+                    sock.sendall(conn.send(_file_done(state, packet.file_name)))
+            elif isinstance(event, (CrcOk, CrcAbort)):
+                state.verified = state.last if isinstance(event, CrcOk) else None
+                sock.sendall(conn.send(Acknowledged(client_id=CLIENT_ID)))
+            elif not isinstance(event, CrcRetry):
+                sock.sendall(conn.send(_key_answer(state, event)))
+
+
+class BehaviourServer:
+    """A fake server on 127.0.0.1 running ``handler(sock, state)`` per connection."""
+
+    def __init__(self, handler, *, one_at_a_time: bool = False) -> None:
+        self.state = State()
+        #: Serve each connection to its end before accepting the next.
+        self._one_at_a_time = one_at_a_time
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self._handler = handler
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            if self._one_at_a_time:
+                self._serve(sock)
+            else:
+                threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        with sock:
+            try:
+                self._handler(sock, self.state)
+            except OSError:
+                pass
+
+    def __enter__(self) -> BehaviourServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.listener.close()
+
+
+BEHAVIOURS = {
+    "swapped-per-packet": (swapped_per_packet, "swapped packet fields and per-packet encryption"),
+    "one-receive-per-connection": (one_receive_per_connection, "one connection per request"),
+    "fixed-1291-byte-packets": (fixed_size_packets, "1024-byte packets, the last zero-filled"),
+}
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+@pytest.mark.parametrize("behaviour", sorted(BEHAVIOURS))
+def test_the_default_client_falls_back_and_completes(work, run_client, behaviour, size):
+    handler, switch = BEHAVIOURS[behaviour]
+    data = os.urandom(SIZES[size])
+    (work / "data.bin").write_bytes(data)
+    with BehaviourServer(handler, one_at_a_time=handler is one_receive_per_connection) as server:
+        write_transfer_info(work, server.address, "alice", "data.bin")
+        first = run_client()  # registers
+        assert first.code == ExitCode.OK, first.err
+        # A 100 KB file is one packet of the default size: only a server that
+        # needs small or fixed packets makes the client switch for it.
+        if SIZES[size] > 1024 * 1024 or behaviour != "swapped-per-packet":
+            assert switch in first.err
+        assert server.state.verified == data and server.state.uploads == 1
+        second = run_client()  # logs in again with me.info
+        assert second.code == ExitCode.OK, second.err
+        assert server.state.verified == data and server.state.uploads == 2
+
+
+@pytest.mark.parametrize("behaviour", sorted(BEHAVIOURS))
+def test_strict_keeps_the_standard_layout_and_fails(work, run_client, behaviour):
+    handler, switch = BEHAVIOURS[behaviour]
+    (work / "data.bin").write_bytes(os.urandom(3_000_000))  # several packets of the default size
+    with BehaviourServer(handler, one_at_a_time=handler is one_receive_per_connection) as server:
+        write_transfer_info(work, server.address, "alice", "data.bin")
+        result = run_client("--strict", "--timeout", "2")
+    assert result.code in (ExitCode.SERVER_ERROR, ExitCode.NETWORK), result.err
+    assert switch not in result.err and server.state.verified is None
