@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import functools
 from dataclasses import dataclass, field
 
 import pytest
@@ -25,6 +26,7 @@ from protocol import (
     CrcOk,
     CrcRetry,
     CryptoError,
+    Reconnect,
     FileContent,
     FilePacketEnded,
     FilePacketStarted,
@@ -169,6 +171,47 @@ def fixed_size_packets(sock: socket.socket, state: State) -> None:
                 sock.sendall(conn.send(_key_answer(state, event)))
 
 
+def standard(sock: socket.socket, state: State, *, plaintext_size=False, empty_ack=False,
+             version=3, empty_1606=False, max_packet=None) -> None:
+    """A persistent server with one habit of those seen on the wire (behaviours 1, 5, 6)."""
+    conn = ServerConnection()
+
+    def reply(response, *, raw: bytes | None = None) -> None:
+        data = raw if raw is not None else conn.send(response)
+        sock.sendall(bytes([version]) + data[1:])
+
+    packet = None
+    while True:
+        data = sock.recv(1 << 16)
+        conn.receive_data(data)
+        while (event := conn.next_event()) is not NEED_DATA:
+            if isinstance(event, ConnectionClosed):
+                return
+            if isinstance(event, FilePacketStarted):
+                if max_packet is not None and event.bytes_in_packet > max_packet:
+                    return  # behaviour 5: a large packet breaks its field-by-field reads
+                packet = event
+            elif isinstance(event, FileContent):
+                state.ciphertext += event.data
+            elif isinstance(event, FilePacketEnded):
+                if packet.packet_number == packet.total_packets:
+                    state.plain += crypto.decrypt(state.aes_key, bytes(state.ciphertext))
+                    answer = _file_done(state, packet.file_name)
+                    if plaintext_size:  # behaviour 1
+                        answer = FileReceived(CLIENT_ID, len(state.last), answer.file_name, answer.cksum)
+                    reply(answer)
+            elif isinstance(event, (CrcOk, CrcAbort)):
+                state.verified = state.last if isinstance(event, CrcOk) else None
+                if empty_ack:  # behaviour 1
+                    reply(None, raw=bytes([3]) + (1604).to_bytes(2, "little") + bytes(4))
+                else:
+                    reply(Acknowledged(client_id=CLIENT_ID))
+            elif isinstance(event, Reconnect) and empty_1606:  # behaviour 6: no key kept
+                reply(None, raw=bytes([3]) + (1606).to_bytes(2, "little") + bytes(4))
+            elif not isinstance(event, CrcRetry):
+                reply(_key_answer(state, event))
+
+
 class BehaviourServer:
     """A fake server on 127.0.0.1 running ``handler(sock, state)`` per connection."""
 
@@ -215,10 +258,34 @@ class BehaviourServer:
 
 
 BEHAVIOURS = {
+    "5-small-packets-only": (
+        functools.partial(standard, max_packet=8192), "one connection per request"
+    ),
     "swapped-per-packet": (swapped_per_packet, "swapped packet fields and per-packet encryption"),
     "one-receive-per-connection": (one_receive_per_connection, "one connection per request"),
     "fixed-1291-byte-packets": (fixed_size_packets, "1024-byte packets, the last zero-filled"),
 }
+
+
+#: Behaviours the client copes with without a switch: (handler, what it sends).
+TOLERATED = {
+    "1-plaintext-size-empty-1604": functools.partial(standard, plaintext_size=True, empty_ack=True),
+    "6-version-4-empty-1606": functools.partial(standard, version=4, empty_1606=True),
+}
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+@pytest.mark.parametrize("behaviour", sorted(TOLERATED))
+def test_the_default_client_tolerates_and_completes(work, run_client, behaviour, size):
+    data = os.urandom(SIZES[size])
+    (work / "data.bin").write_bytes(data)
+    with BehaviourServer(TOLERATED[behaviour]) as server:
+        write_transfer_info(work, server.address, "alice", "data.bin")
+        for run in (1, 2):  # fresh, then with me.info
+            result = run_client()
+            assert result.code == ExitCode.OK, result.err
+            assert "refused the layout" not in result.err
+            assert server.state.verified == data and server.state.uploads == run
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
@@ -227,7 +294,7 @@ def test_the_default_client_falls_back_and_completes(work, run_client, behaviour
     handler, switch = BEHAVIOURS[behaviour]
     data = os.urandom(SIZES[size])
     (work / "data.bin").write_bytes(data)
-    with BehaviourServer(handler, one_at_a_time=handler is one_receive_per_connection) as server:
+    with BehaviourServer(handler, one_at_a_time=handler is not fixed_size_packets) as server:
         write_transfer_info(work, server.address, "alice", "data.bin")
         first = run_client()  # registers
         assert first.code == ExitCode.OK, first.err
@@ -245,7 +312,7 @@ def test_the_default_client_falls_back_and_completes(work, run_client, behaviour
 def test_strict_keeps_the_standard_layout_and_fails(work, run_client, behaviour):
     handler, switch = BEHAVIOURS[behaviour]
     (work / "data.bin").write_bytes(os.urandom(3_000_000))  # several packets of the default size
-    with BehaviourServer(handler, one_at_a_time=handler is one_receive_per_connection) as server:
+    with BehaviourServer(handler, one_at_a_time=handler is not fixed_size_packets) as server:
         write_transfer_info(work, server.address, "alice", "data.bin")
         result = run_client("--strict", "--timeout", "2")
     assert result.code in (ExitCode.SERVER_ERROR, ExitCode.NETWORK), result.err
