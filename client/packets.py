@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from protocol import Cksum, NameField
-from protocol.cksum import FileSums
 from protocol.codes import AES_BLOCK_SIZE, MAX_UINT16, MAX_UINT32, MAX_WIRE_NAME_LENGTH
 from protocol.crypto import CbcEncryptor, padded_size
 
@@ -143,7 +142,7 @@ def encrypted_packets(
     source: BinaryIO,
     plan: FilePlan,
     aes_key: bytes,
-    checksum: Cksum | FileSums,
+    checksum: Cksum,
     on_read: Callable[[int], None] = lambda count: None,
 ) -> Iterator[memoryview]:
     """Yield each packet's ciphertext in order, reading the file as it goes.
@@ -206,7 +205,7 @@ def per_packet_ciphertexts(
     source: BinaryIO,
     plan: FilePlan,
     aes_key: bytes,
-    checksum: Cksum | FileSums,
+    checksum: Cksum,
     on_read: Callable[[int], None] = lambda count: None,
 ) -> Iterator[bytes]:
     """Variant 6: each packet's plaintext encrypted on its own (its own CBC stream).

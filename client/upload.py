@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, TypeVar
 
 from protocol import (
     Acknowledged,
+    Cksum,
     CrcAbort,
     CrcOk,
     CrcRetry,
@@ -41,7 +43,7 @@ from protocol import (
     SendFilePacket,
     SendPublicKey,
 )
-from protocol.cksum import CrcFlavour, FileSums
+
 from protocol.codes import CLIENT_ID_SIZE, PER_REQUEST_OPENERS
 from protocol.crypto import decrypt_aes_key, export_public_key, generate_private_key
 
@@ -86,6 +88,8 @@ MIN_SECONDS = 1e-9
 FALLBACK_SMALL_PACKET = 4000
 #: Packets after a fallback for a server that reads fixed-size packets.
 FALLBACK_PADDED_PACKET = 1024
+#: Bytes read at a time when the file's zlib CRC-32 is computed (a second pass).
+CRC32_READ_SIZE = 1024 * 1024
 #: How long the answer to a file is awaited before the layout is suspected
 #: (then the session's time-out applies).
 FALLBACK_WAIT = 5.0
@@ -208,9 +212,10 @@ class Client:
     def _fallback(self, exc: Exception, plan: FilePlan | None = None) -> str | None:
         """The layout a symptom points to, if it is one the client has not taken yet.
 
-        Servers in the wild vary: a 1607 at the first packet of a multi-packet
-        file points to swapped fields and per-packet encryption (variants 5
-        and 6); a close after a reply on a connection, to one connection per
+        Servers in the wild vary: a 1607 before the last packet of a
+        multi-packet file (the client sends on without waiting, so it is seen a
+        packet or two after the one refused) points to swapped fields and
+        per-packet encryption (variants 5 and 6); a close after a reply on a connection, to one connection per
         request with small packets (variant 7); no answer to a file, to
         1,024-byte packets with the last zero-filled (variant 4). ``--strict``
         turns this off. Each switch holds for the rest of the run.
@@ -220,7 +225,7 @@ class Client:
         layout, session = self._layout, self._session
         if (
             isinstance(exc, UnexpectedReply)
-            and exc.packet in (1, 2)
+            and exc.packet is not None  # before the last packet: the layout, not the file
             and plan is not None
             and plan.total_packets > 1
             and not (layout.swapped and layout.per_packet)
@@ -405,10 +410,8 @@ class Client:
             )
             # Some servers report the plaintext size; the cksum is what proves the file.
             sizes = (plan.content_size, plan.orig_size)
-            if received.cksum in local.values() and received.content_size in sizes:
-                if received.cksum != local[CrcFlavour.CKSUM]:
-                    log.info("%s: the server answered with zlib's CRC-32 (it matches)", name)
-                local_cksum = local[CrcFlavour.CKSUM]
+            local_cksum = local
+            if received.content_size in sizes and self._crc_matches(received.cksum, local, plan):
                 self._confirm(CrcOk, f"CRC confirmation (900) for {name!r}", plan)
                 seconds = time.monotonic() - started
                 log.info(
@@ -427,13 +430,34 @@ class Client:
                 received.content_size,
                 received.cksum,
                 plan.content_size,
-                local[CrcFlavour.CKSUM],
+                local,
             )
         self._confirm(CrcAbort, f"giving up (902) on {name!r}", plan)
         log.error(
             "%s: the cksum still differed after %d resends; gave up (902)", name, MAX_RESENDS
         )
-        return FileResult(plan, local[CrcFlavour.CKSUM], False, uploads, time.monotonic() - started)
+        return FileResult(plan, local, False, uploads, time.monotonic() - started)
+
+    def _crc_matches(self, answered: int, cksum: int, plan: FilePlan) -> bool:
+        """Whether the server's CRC is the file's: its cksum, or zlib's CRC-32.
+
+        A server may answer zlib's CRC-32 (after a 901, or to a client that
+        confirmed one before; docs/EDITIONS.md variant 5). It is computed only
+        when the cksum differs, in a second pass over the file.
+        """
+        if answered == cksum:
+            return True
+        try:
+            with _open_for_reading(plan.path) as source:
+                crc32 = 0
+                while chunk := source.read(CRC32_READ_SIZE):
+                    crc32 = zlib.crc32(chunk, crc32)
+        except OSError as exc:
+            raise FileReadError(plan.path, f"cannot read: {exc.strerror}") from None
+        if answered != crc32:
+            return False
+        log.info("%s: the server answered with zlib's CRC-32 (it matches)", plan.display_name)
+        return True
 
     def _prepare_connection(self, *, fresh_key: bool) -> None:
         """Make sure the connection can carry a multi-packet upload.
@@ -471,7 +495,7 @@ class Client:
 
     def _send_in_current_layout(
         self, path: Path, size: int, label: str, step: str
-    ) -> tuple[FileReceived, dict[CrcFlavour, int], FilePlan]:
+    ) -> tuple[FileReceived, int, FilePlan]:
         """One upload attempt in the layout in force; a symptom of a layout
         the server refuses switches it and makes the attempt a retry."""
         plan = plan_file(path, size, self._packet_size, self._layout)
@@ -487,16 +511,15 @@ class Client:
 
     def _send_file_once(
         self, plan: FilePlan, label: str
-    ) -> tuple[FileReceived, dict[CrcFlavour, int]]:
+    ) -> tuple[FileReceived, int]:
         """Send every packet of the file, then wait for 1603.
 
-        Returns the reply and the CRCs of the plaintext that was sent: the
-        cksum, and zlib's CRC-32, which a server may answer with after a 901
-        (docs/EDITIONS.md, variant 5). An edition that sends a file whole
-        announces it in one request and streams its content in pieces.
+        Returns the reply and the cksum of the plaintext that was sent. An
+        edition that sends a file whole announces it in one request and
+        streams its content in pieces.
         """
         self._prepare_connection(fresh_key=False)
-        sums = FileSums()
+        sums = Cksum()
         whole = self._session.edition.whole_file
         self._progress.start(label, plan.orig_size)
         try:
@@ -519,8 +542,7 @@ class Client:
                         self._session.send_more(content)
         finally:
             self._progress.finish()
-        crcs = {flavour: sums.value(flavour) for flavour in CrcFlavour}
-        return self._await_file_received(plan), crcs
+        return self._await_file_received(plan), sums.value
 
     def _send_packet(
         self, plan: FilePlan, number: int, content: bytes, *, whole_file: bool = False

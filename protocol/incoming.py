@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .buffer import BytesLike
-from .cksum import CrcFlavour, FileSums
+from .cksum import FileSums
 from .codes import AES_BLOCK_SIZE, MAX_UINT32
 from .crypto import CbcDecryptor, padded_size
 from .errors import CryptoError, LocalProtocolError, RemoteProtocolError
@@ -114,8 +114,8 @@ class ReceivedFile:
     """What a complete upload gave: the 1603 fields, both CRCs and the plaintext size."""
 
     cksum: int
-    #: zlib's CRC-32 of the plaintext (docs/EDITIONS.md, variant 5).
-    crc32: int
+    #: zlib's CRC-32 of the plaintext (docs/EDITIONS.md, variant 5), if asked for.
+    crc32: int | None
     content_size: int
     plain_size: int
     file_name: NameField
@@ -141,6 +141,7 @@ class IncomingFile:
         first: FilePacketStarted,
         *,
         max_content_size: int = MAX_UINT32,
+        crc32: bool = False,
     ) -> None:
         self.order = PacketOrder.of_first(first)
         self._aes_key = aes_key
@@ -171,7 +172,7 @@ class IncomingFile:
             if first.content_size > max_content_size:
                 raise _refuse(f"content_size {first.content_size} is over the limit")
         self._decryptor = CbcDecryptor(aes_key)
-        self._sums = FileSums()
+        self._sums = FileSums(zlib=crc32)
         self._received = 0
         self._next = 1
         self._longest_packet = 0
@@ -225,8 +226,8 @@ class IncomingFile:
         if not self._done:
             raise LocalProtocolError("the file is not complete")
         return ReceivedFile(
-            cksum=self._sums.value(CrcFlavour.CKSUM),
-            crc32=self._sums.value(CrcFlavour.ZLIB),
+            cksum=self._sums.cksum,
+            crc32=self._sums.crc32,
             content_size=self._received,
             plain_size=self._sums.length,
             file_name=self._field,

@@ -424,7 +424,12 @@ class Uploads:
         try:
             if self._budget.uploads_blocked(client_id):
                 raise Refusal("too many failed decryptions for this client in the last hour")
-            incoming = IncomingFile(aes_key, packet, max_content_size=self._limits.max_content_size)
+            incoming = IncomingFile(
+                aes_key,
+                packet,
+                max_content_size=self._limits.max_content_size,
+                crc32=self._flavour_due(client_id) is CrcFlavour.ZLIB,
+            )
             self._check_disk(peer, incoming.max_plain_size)
             temp = self._blobs.new_temp(client_id)
         except (Refusal, RemoteProtocolError, StorageFault) as exc:
@@ -514,7 +519,12 @@ class Uploads:
         elapsed = upload.completed - upload.started
         upload.preferred = self._preferred_flavour(upload.client_id)
         upload.flavour = self._next_flavour.get(upload.client_id, upload.preferred)
-        crc = result.cksum if upload.flavour is CrcFlavour.CKSUM else result.crc32
+        crc = result.cksum
+        if upload.flavour is CrcFlavour.ZLIB:
+            if result.crc32 is None:  # the flavour changed while it arrived: the cksum
+                upload.flavour = CrcFlavour.CKSUM
+            else:
+                crc = result.crc32
         return FileComplete(
             upload.client_id,
             result,
@@ -522,6 +532,10 @@ class Uploads:
             f" in {elapsed:.3f} s, answered with its {upload.flavour.value}",
             crc,
         )
+
+    def _flavour_due(self, client_id: bytes) -> CrcFlavour:
+        """The CRC the client's next file-received answer carries."""
+        return self._next_flavour.get(client_id) or self._preferred_flavour(client_id)
 
     def _preferred_flavour(self, client_id: bytes) -> CrcFlavour:
         client = self._metadata.client_by_id(client_id)

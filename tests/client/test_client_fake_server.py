@@ -314,7 +314,8 @@ def test_1607_in_the_middle_of_an_upload_stops_sending(work, run_client):
         handshake_reconnect(peer, keys)
         accept_upload(peer, keys)
 
-    result = run_against(script, work, data, run_client, "--packet-size", SMALL_PACKET)
+    # --strict: an early 1607 would otherwise switch the layout (tests/client/test_client_fallback.py)
+    result = run_against(script, work, data, run_client, "--packet-size", SMALL_PACKET, "--strict")
     assert result.code == ExitCode.OK, result.err
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 1
 
@@ -508,7 +509,8 @@ def test_1607_then_close_during_an_upload_is_an_error_reply(work, run_client):
         handshake_reconnect(peer, keys)
         accept_upload(peer, keys)
 
-    result = run_against(script, work, data, run_client, "--packet-size", SMALL_PACKET)
+    # --strict: a 1607 at the first packet would otherwise switch the layout (test_client_fallback.py)
+    result = run_against(script, work, data, run_client, "--packet-size", SMALL_PACKET, "--strict")
     assert result.code == ExitCode.OK, result.err
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 1
 
