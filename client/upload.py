@@ -215,8 +215,9 @@ class Client:
         Servers in the wild vary: a 1607 before the last packet of a
         multi-packet file (the client sends on without waiting, so it is seen a
         packet or two after the one refused) points to swapped fields and
-        per-packet encryption (variants 5 and 6); a close after a reply on a connection, to one connection per
-        request with small packets (variant 7); no answer to a file, to
+        per-packet encryption (variants 5 and 6); a close after a reply on a
+        connection, to one connection per request with small packets (variant
+        7); no answer to a file, to
         1,024-byte packets with the last zero-filled (variant 4). ``--strict``
         turns this off. Each switch holds for the rest of the run.
         """
@@ -225,7 +226,7 @@ class Client:
         layout, session = self._layout, self._session
         if (
             isinstance(exc, UnexpectedReply)
-            and exc.packet is not None  # before the last packet: the layout, not the file
+            and exc.packet is not None  # before the last packet: the layout is refused
             and plan is not None
             and plan.total_packets > 1
             and not (layout.swapped and layout.per_packet)
