@@ -17,12 +17,19 @@ from construct import ConstructError, Struct
 from . import events as ev
 from .buffer import BytesLike, ReceiveBuffer
 from .codes import CLIENT_ID_SIZE, MAX_UINT32, VERSION, ResponseCode
-from .editions import EDITIONS, FAMILIES, V3, Edition, Message, family_of
+from .editions import (
+    EDITIONS,
+    FAMILIES,
+    MAX_FIXED_REQUEST_PAYLOAD_SIZE,
+    V3,
+    Edition,
+    Message,
+    family_of,
+)
 from .errors import LocalProtocolError, RemoteProtocolError
 from .codes import NAME_FIELD_SIZE
 from .names import NameField, is_valid_client_name
 from .wire import (
-    MAX_FIXED_REQUEST_PAYLOAD_SIZE,
     REQUEST_HEADER_SIZE,
     RESPONSE_HEADER_SIZE,
     RequestHeader,

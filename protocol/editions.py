@@ -262,6 +262,13 @@ EDITION_2024A = Edition(
 #: Every edition, v3 first.
 EDITIONS: tuple[Edition, ...] = (V3, EDITION_2022, EDITION_2023A, EDITION_2023C, EDITION_2024A)
 BY_NAME: Mapping[str, Edition] = {edition.name.lower(): edition for edition in EDITIONS}
+#: The largest payload of a request without content, in any edition (826's).
+MAX_FIXED_REQUEST_PAYLOAD_SIZE = max(
+    message.payload_size
+    for edition in EDITIONS
+    for message in edition.requests
+    if not message.has_content
+)
 
 #: The editions of each family, the one assumed until told otherwise first:
 #: 2022's answers where the 1100 series is still ambiguous (a 2022 client reads

@@ -1,5 +1,6 @@
-"""Every message of docs/PROTOCOL.md, declared once with construct.
+"""Every header and payload layout of docs/PROTOCOL.md, declared once with construct.
 
+Which code carries each layout, in each edition, is :mod:`protocol.editions`.
 Sizes used elsewhere are derived from these declarations, never written out.
 """
 
@@ -12,8 +13,6 @@ from .codes import (
     ENCRYPTED_AES_KEY_SIZE,
     NAME_FIELD_SIZE,
     PUBLIC_KEY_SIZE,
-    RequestCode,
-    ResponseCode,
 )
 from .names import NameField
 
@@ -81,36 +80,6 @@ FileReceivedPayload = Struct(
     "cksum" / Int32ul,
 )
 
-REQUEST_PAYLOADS: dict[RequestCode, Struct] = {
-    RequestCode.REGISTER: NamePayload,
-    RequestCode.SEND_PUBLIC_KEY: PublicKeyPayload,
-    RequestCode.RECONNECT: NamePayload,
-    RequestCode.SEND_FILE: FilePacketFields,
-    RequestCode.CRC_OK: FileNamePayload,
-    RequestCode.CRC_RETRY: FileNamePayload,
-    RequestCode.CRC_ABORT: FileNamePayload,
-}
-
-RESPONSE_PAYLOADS: dict[ResponseCode, Struct] = {
-    ResponseCode.REGISTERED: ClientIdPayload,
-    ResponseCode.REGISTRATION_FAILED: EmptyPayload,
-    ResponseCode.PUBLIC_KEY_RECEIVED: AesKeyPayload,
-    ResponseCode.FILE_RECEIVED: FileReceivedPayload,
-    ResponseCode.ACKNOWLEDGED: ClientIdPayload,
-    ResponseCode.RECONNECTED: AesKeyPayload,
-    ResponseCode.RECONNECT_REFUSED: ClientIdPayload,
-    ResponseCode.GENERAL_ERROR: EmptyPayload,
-}
-
 REQUEST_HEADER_SIZE = RequestHeader.sizeof()
 RESPONSE_HEADER_SIZE = ResponseHeader.sizeof()
 FILE_PACKET_FIELDS_SIZE = FilePacketFields.sizeof()
-
-#: Exact payload size of every request, except 828 whose fixed part is given
-#: (its content follows).
-REQUEST_PAYLOAD_SIZES = {code: s.sizeof() for code, s in REQUEST_PAYLOADS.items()}
-RESPONSE_PAYLOAD_SIZES = {code: s.sizeof() for code, s in RESPONSE_PAYLOADS.items()}
-#: The largest payload of any request but 828.
-MAX_FIXED_REQUEST_PAYLOAD_SIZE = max(
-    size for code, size in REQUEST_PAYLOAD_SIZES.items() if code != RequestCode.SEND_FILE
-)
