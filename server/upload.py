@@ -139,8 +139,8 @@ class Upload:
     received: int = 0
     last_progress: float = 0.0
     completed: float = 0.0
-    #: The CRC its file-received answer carried, and the client's preferred
-    #: one when it completed (docs/EDITIONS.md, variant 5).
+    #: The CRC its file-received answer carries, and the client's preferred
+    #: one, both fixed at its first packet (docs/EDITIONS.md, variant 5).
     flavour: CrcFlavour = CrcFlavour.CKSUM
     preferred: CrcFlavour = CrcFlavour.CKSUM
     deadline_timer: Timer | None = field(default=None, repr=False)
@@ -416,9 +416,13 @@ class Uploads:
     ) -> IncomingPacket:
         """A first packet: check the budget and the disk, open the temp blob."""
 
+        preferred = self._preferred_flavour(client_id)
+        flavour = self._next_flavour.get(client_id, preferred)
+
         def upload(phase: Phase) -> Upload:
             return Upload(
-                client_id, peer.address, aes_key, packet.file_name.text, order, self.clock(), phase
+                client_id, peer.address, aes_key, packet.file_name.text, order, self.clock(),
+                phase, flavour=flavour, preferred=preferred,
             )
 
         try:
@@ -428,7 +432,7 @@ class Uploads:
                 aes_key,
                 packet,
                 max_content_size=self._limits.max_content_size,
-                crc32=self._flavour_due(client_id) is CrcFlavour.ZLIB,
+                crc32=flavour is CrcFlavour.ZLIB,  # the answer's CRC only, in the one pass
             )
             self._check_disk(peer, incoming.max_plain_size)
             temp = self._blobs.new_temp(client_id)
@@ -517,14 +521,7 @@ class Uploads:
         self._set_holders(upload, owner=owner, streaming=None)
         self._arm(upload)
         elapsed = upload.completed - upload.started
-        upload.preferred = self._preferred_flavour(upload.client_id)
-        upload.flavour = self._next_flavour.get(upload.client_id, upload.preferred)
-        crc = result.cksum
-        if upload.flavour is CrcFlavour.ZLIB:
-            if result.crc32 is None:  # the flavour changed while it arrived: the cksum
-                upload.flavour = CrcFlavour.CKSUM
-            else:
-                crc = result.crc32
+        crc = result.cksum if result.crc32 is None else result.crc32  # per upload.flavour
         return FileComplete(
             upload.client_id,
             result,
@@ -532,10 +529,6 @@ class Uploads:
             f" in {elapsed:.3f} s, answered with its {upload.flavour.value}",
             crc,
         )
-
-    def _flavour_due(self, client_id: bytes) -> CrcFlavour:
-        """The CRC the client's next file-received answer carries."""
-        return self._next_flavour.get(client_id) or self._preferred_flavour(client_id)
 
     def _preferred_flavour(self, client_id: bytes) -> CrcFlavour:
         client = self._metadata.client_by_id(client_id)
