@@ -42,6 +42,7 @@ from protocol import (
     crypto,
 )
 from protocol.crypto import encrypt_aes_key, import_public_key, new_aes_key
+from wire_by_hand import response
 
 CLIENT_ID = bytes(range(16))
 #: Behaviour 3: one request per connection, read with one receive of this size.
@@ -60,11 +61,19 @@ class State:
     plain: bytearray = field(default_factory=bytearray)
     ciphertext: bytearray = field(default_factory=bytearray)
     uploads: int = 0
+    #: The file the last 1603 was for, and the one the client confirmed.
+    last: bytes = b""
     verified: bytes | None = None
 
 
-def _key_answer(state: State, request):
-    """825 → 1600; 826 and 827 → a fresh AES key under the stored public key."""
+def _answer(state: State, request):
+    """The answer to any request but a file: 825 → 1600; 826 and 827 → a fresh
+    AES key under the stored public key; 900 and 902 → 1604; 901 → none."""
+    if isinstance(request, CrcRetry):
+        return None
+    if isinstance(request, (CrcOk, CrcAbort)):
+        state.verified = state.last if isinstance(request, CrcOk) else None
+        return Acknowledged(client_id=CLIENT_ID)
     if isinstance(request, Register):
         return Registered(client_id=CLIENT_ID)
     if isinstance(request, SendPublicKey):
@@ -109,11 +118,8 @@ def swapped_per_packet(sock: socket.socket, state: State) -> None:
                 state.ciphertext += content
                 if number == total:
                     sock.sendall(conn.send(_file_done(state, packet.file_name)))
-            elif isinstance(event, (CrcOk, CrcAbort)):
-                state.verified = state.last if isinstance(event, CrcOk) else None
-                sock.sendall(conn.send(Acknowledged(client_id=CLIENT_ID)))
-            elif not isinstance(event, CrcRetry):
-                sock.sendall(conn.send(_key_answer(state, event)))
+            elif (answer := _answer(state, event)) is not None:
+                sock.sendall(conn.send(answer))
 
 
 def one_receive_per_connection(sock: socket.socket, state: State) -> None:
@@ -134,11 +140,8 @@ def one_receive_per_connection(sock: socket.socket, state: State) -> None:
             sock.sendall(conn.send(_file_done(state, request.file_name)))
     elif isinstance(request, CrcRetry):
         sock.sendall(b"\x00")
-    elif isinstance(request, (CrcOk, CrcAbort)):
-        state.verified = state.last if isinstance(request, CrcOk) else None
-        sock.sendall(conn.send(Acknowledged(client_id=CLIENT_ID)))
     else:
-        sock.sendall(conn.send(_key_answer(state, request)))
+        sock.sendall(conn.send(_answer(state, request)))
 
 
 def fixed_size_packets(sock: socket.socket, state: State) -> None:
@@ -164,11 +167,8 @@ def fixed_size_packets(sock: socket.socket, state: State) -> None:
                     state.ciphertext = bytearray(cipher)
                     state.plain += crypto.decrypt(state.aes_key, cipher)
                     sock.sendall(conn.send(_file_done(state, packet.file_name)))
-            elif isinstance(event, (CrcOk, CrcAbort)):
-                state.verified = state.last if isinstance(event, CrcOk) else None
-                sock.sendall(conn.send(Acknowledged(client_id=CLIENT_ID)))
-            elif not isinstance(event, CrcRetry):
-                sock.sendall(conn.send(_key_answer(state, event)))
+            elif (answer := _answer(state, event)) is not None:
+                sock.sendall(conn.send(answer))
 
 
 def standard(sock: socket.socket, state: State, *, plaintext_size=False, empty_ack=False,
@@ -200,16 +200,13 @@ def standard(sock: socket.socket, state: State, *, plaintext_size=False, empty_a
                     if plaintext_size:  # behaviour 1
                         answer = FileReceived(CLIENT_ID, len(state.last), answer.file_name, answer.cksum)
                     reply(answer)
-            elif isinstance(event, (CrcOk, CrcAbort)):
-                state.verified = state.last if isinstance(event, CrcOk) else None
-                if empty_ack:  # behaviour 1
-                    reply(None, raw=bytes([3]) + (1604).to_bytes(2, "little") + bytes(4))
-                else:
-                    reply(Acknowledged(client_id=CLIENT_ID))
             elif isinstance(event, Reconnect) and empty_1606:  # behaviour 6: no key kept
-                reply(None, raw=bytes([3]) + (1606).to_bytes(2, "little") + bytes(4))
-            elif not isinstance(event, CrcRetry):
-                reply(_key_answer(state, event))
+                reply(None, raw=response(1606, b""))
+            elif (answer := _answer(state, event)) is not None:
+                if empty_ack and isinstance(answer, Acknowledged):  # behaviour 1
+                    reply(None, raw=response(1604, b""))
+                else:
+                    reply(answer)
 
 
 class BehaviourServer:

@@ -18,12 +18,9 @@ from client_fakes import (
     run_against,
 )
 from protocol import CrcOk, FileReceived, Reconnect, ServerConnection
+from wire_by_hand import response
 
 SMALL_PACKET = "1024"
-
-
-def _raw_answer(code: int, payload: bytes, version: int = 3) -> bytes:
-    return bytes([version]) + code.to_bytes(2, "little") + len(payload).to_bytes(4, "little") + payload
 
 
 def test_a_1603_with_the_plaintext_size_and_an_empty_1604(work, run_client):
@@ -37,7 +34,7 @@ def test_a_1603_with_the_plaintext_size_and_an_empty_1604(work, run_client):
         answer = file_received(keys, received)
         peer.reply(FileReceived(keys.client_id, len(received.plaintext), answer.file_name, answer.cksum))
         peer.expect(CrcOk)
-        peer.send_raw(_raw_answer(1604, b""))  # no client id
+        peer.send_raw(response(1604, b""))  # no client id
         peer.expect_closed()
 
     result = run_against(script, work, data, run_client, "--packet-size", SMALL_PACKET)
@@ -56,7 +53,7 @@ def test_a_wrong_cksum_is_still_a_mismatch_whatever_the_size_field_says(work, ru
             answer = file_received(keys, received, cksum_delta=1)
             peer.reply(FileReceived(keys.client_id, len(received.plaintext), answer.file_name, answer.cksum))
             peer.next_request()  # 901, or 902 at the end
-        peer.send_raw(_raw_answer(1604, b""))
+        peer.send_raw(response(1604, b""))
         peer.expect_closed()
 
     result = run_against(script, work, data, run_client, "--packet-size", SMALL_PACKET)
@@ -74,7 +71,7 @@ def test_a_1604_naming_another_client_is_still_refused(work, run_client):
         peer.reply(file_received(keys, received))
         for _ in range(4):  # the 900 and its 3 retries, each answered with a stranger's id
             peer.expect(CrcOk)
-            peer.send_raw(_raw_answer(1604, b"x" * 16))
+            peer.send_raw(response(1604, b"x" * 16))
 
     result = run_against(script, work, data, run_client, "--packet-size", SMALL_PACKET)
     assert result.code == ExitCode.SERVER_ERROR, result.err
@@ -89,13 +86,13 @@ def test_a_server_version_byte_other_than_3_and_an_empty_1606(work, run_client):
     def script(server):
         peer = server.accept()
         peer.expect(Reconnect)
-        peer.send_raw(_raw_answer(1606, b"", version=4))  # unknown: register again
+        peer.send_raw(response(1606, b"", version=4))  # unknown: register again
         handshake_register_v4(peer, keys)
         received = peer.receive_file(keys.aes_key)
         sent = ServerConnection().send(file_received(keys, received))
         peer.send_raw(bytes([4]) + sent[1:])
         peer.expect(CrcOk)
-        peer.send_raw(_raw_answer(1604, keys.client_id, version=4))
+        peer.send_raw(response(1604, keys.client_id, version=4))
         peer.expect_closed()
 
     result = run_against(script, work, data, run_client, "--packet-size", SMALL_PACKET)

@@ -47,6 +47,8 @@ from protocol.editions import (
 )
 from protocol.names import NameField
 from protocol_helpers import drain, feed, merge_content
+from wire_by_hand import name, response, u16, u32
+from wire_by_hand import request as request_from
 
 CID = bytes(range(0x10, 0x20))
 KEY = bytes([0x30]) + bytes(range(159))  # 160 bytes; the decoder does not parse keys
@@ -64,27 +66,8 @@ CODES = {
 }
 
 
-def u16(value: int) -> bytes:
-    return value.to_bytes(2, "little")
-
-
-def u32(value: int) -> bytes:
-    return value.to_bytes(4, "little")
-
-
-def name(text: bytes) -> bytes:
-    """A 255-byte string field: the text, a NUL, zero fill."""
-    return text + bytes(255 - len(text))
-
-
 def request(code: int, payload: bytes, client_id: bytes = CID) -> bytes:
-    """client_id(16) version(1) code(2) payload_size(4), then the payload."""
-    return client_id + bytes([3]) + u16(code) + u32(len(payload)) + payload
-
-
-def response(code: int, payload: bytes) -> bytes:
-    """version(1) code(2) payload_size(4), then the payload."""
-    return bytes([3]) + u16(code) + u32(len(payload)) + payload
+    return request_from(code, payload, client_id)
 
 
 def request_vectors(edition: str):

@@ -42,25 +42,10 @@ from protocol import (
     crypto,
 )
 from edition_helpers import db_rows, keyed, send_file, stored, verified
+from wire_by_hand import name, request, u16, u32
 from protocol.editions import EDITION_2022, EDITION_2023A, EDITION_2023C, EDITIONS, V3
 
 HEADER = 7
-
-
-def u16(value: int) -> bytes:
-    return value.to_bytes(2, "little")
-
-
-def u32(value: int) -> bytes:
-    return value.to_bytes(4, "little")
-
-
-def name(text: bytes) -> bytes:
-    return text + bytes(255 - len(text))
-
-
-def request(code: int, payload: bytes, client_id: bytes = bytes(16)) -> bytes:
-    return client_id + bytes([3]) + u16(code) + u32(len(payload)) + payload
 
 
 def read_answer(sock: socket.socket) -> tuple[int, int, bytes]:
