@@ -213,12 +213,114 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
             print("  ".join("-" * width for width in widths))
 
 
-def report(checks: Sequence[Check]) -> int:
-    """Print every target and its verdict; return the exit status (1 if any missed)."""
+def report(checks: Sequence[Check], quiet: Quietness | None = None) -> int:
+    """Print every target and its verdict; return the exit status (1 if any missed).
+
+    With ``quiet`` given and the machine found busy, each row says "noisy: no
+    verdict" instead and the status is 2: figures taken beside other work are
+    printed, but not judged.
+    """
     print()
+    if quiet is not None:
+        print(quiet.summary())
+    judged = quiet is None or quiet.is_quiet()
     print_table("targets", ["target", "measured", "verdict"],
-                [[c.name, c.measured, "met" if c.ok else "MISSED"] for c in checks])
+                [[c.name, c.measured,
+                  ("met" if c.ok else "MISSED") if judged else "noisy: no verdict"]
+                 for c in checks])
+    if not judged:
+        return NOISY_EXIT
     return 0 if all(c.ok for c in checks) else 1
+
+
+#: The share of all cores that other processes may use before no verdict is given.
+NOISE_LIMIT = 0.10
+#: The exit status of a benchmark whose run was too noisy to judge.
+NOISY_EXIT = 2
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_seconds() -> float:
+    """CPU seconds every core has spent busy since boot (/proc/stat, first line)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
+def _descendants(root: int) -> set[int]:
+    """The live processes below ``root`` (from each /proc/<pid>/stat's parent)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _own_seconds() -> tuple[float, dict[int, float]]:
+    """CPU seconds of this process, its reaped children, and each live descendant."""
+    times = os.times()
+    reaped = times.user + times.system + times.children_user + times.children_system
+    live = {}
+    for pid in _descendants(os.getpid()):
+        try:
+            live[pid] = cpu_seconds(pid)
+        except OSError:
+            continue
+    return reaped, live
+
+
+class Quietness:
+    """How much of the machine other processes used while a benchmark ran.
+
+    Other processes' CPU = every core's busy time (/proc/stat) minus this
+    benchmark's own: itself, the children it reaped, and the descendants still
+    alive (the server). Their share of all cores decides whether a verdict is
+    given (``NOISE_LIMIT``)::
+
+        with Quietness() as quiet:
+            ...                          # the measured runs
+        return report(checks, quiet)
+    """
+
+    def __enter__(self) -> Quietness:
+        self.cores = os.cpu_count() or 1
+        self._started = time.perf_counter()
+        self._busy = _busy_seconds()
+        self._own, self._live = _own_seconds()
+        self.others_share = 0.0
+        self.load_average = os.getloadavg()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.sample()
+
+    def sample(self) -> None:
+        """Take the figures now (call before stopping a server whose CPU is ours)."""
+        wall = time.perf_counter() - self._started
+        busy = _busy_seconds() - self._busy
+        own, live = _own_seconds()
+        # A descendant alive at the start and reaped since is in ``own`` whole.
+        ours = own - self._own + sum(live.values()) - sum(self._live.values())
+        others = max(0.0, busy - ours)
+        self.others_share = others / (wall * self.cores) if wall > 0 else 0.0
+        self.load_average = os.getloadavg()
+
+    def is_quiet(self) -> bool:
+        return self.others_share <= NOISE_LIMIT
+
+    def summary(self) -> str:
+        one, five, fifteen = self.load_average
+        return (f"machine: {self.cores} cores, load average {one:.2f} {five:.2f} {fifteen:.2f}; "
+                f"other processes used {self.others_share:.0%} of the cores during the runs "
+                f"(limit for a verdict: {NOISE_LIMIT:.0%})")
 
 
 class RawClient:
