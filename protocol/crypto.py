@@ -11,6 +11,7 @@ from Crypto.Cipher import AES, PKCS1_OAEP
 from Crypto.PublicKey import RSA
 from Crypto.Random import get_random_bytes
 from Crypto.Util.asn1 import DerSequence
+from Crypto.Util.strxor import strxor
 
 from .buffer import BytesLike
 from .codes import AES_BLOCK_SIZE, AES_KEY_SIZE, AES_KEY_SIZES, PUBLIC_KEY_SIZE, RSA_KEY_BITS
@@ -177,20 +178,31 @@ class CbcEncryptor:
 
 
 class CbcDecryptor:
-    """AES-256-CBC, zero IV, PKCS#7: ciphertext chunks in, plaintext out.
+    """AES-CBC, zero IV, PKCS#7: ciphertext chunks in, plaintext out.
+
+    CBC decryption is ``P[i] = D(C[i]) xor C[i-1]`` (``C[-1]`` the IV): each
+    block depends on ciphertext only, so a whole chunk is decrypted by one
+    ECB call and one xor against the same ciphertext shifted by a block. On
+    AES-NI that runs several times faster than PyCryptodome's serial CBC
+    decryption; ``tests/protocol/test_protocol_crypto.py`` proves the two
+    equal over random chunkings.
 
     The last whole block is held back until ``finalize``, which checks the
     padding, so no padding byte ever reaches the caller.
     """
 
     def __init__(self, aes_key: bytes) -> None:
-        self._cipher = _cbc(aes_key)
-        self._pending = b""
+        _check_key_size(len(aes_key))
+        self._ecb = AES.new(aes_key, AES.MODE_ECB)
+        self._previous = ZERO_IV  # the ciphertext block before the next one
+        self._pending = b""  # ciphertext not decrypted yet: at most a block
+        self._out = bytearray()  # reused from chunk to chunk
 
-    def update(self, ciphertext: BytesLike) -> bytes | bytearray:
+    def update(self, ciphertext: BytesLike) -> memoryview:
         """Decrypt what whole blocks there are, but the last one.
 
-        The result may be a bytearray (decrypted in place, without a copy).
+        The result is a view of the decryptor's own buffer, valid until the
+        next call: write it out or copy it before then.
         """
         pending = self._pending
         total = len(pending) + len(ciphertext)
@@ -199,23 +211,29 @@ class CbcDecryptor:
             ready -= AES_BLOCK_SIZE  # keep a whole block for finalize()
         if ready <= 0:
             self._pending = pending + bytes(ciphertext)
-            return b""
-        if not pending:
-            with memoryview(ciphertext) as view:  # slices without copies
-                self._pending = bytes(view[ready:])
-                return self._cipher.decrypt(view[:ready])
-        # Complete the held block from the new bytes and decrypt both into one
-        # buffer, rather than concatenating a large chunk to a 16-byte one.
-        view = memoryview(ciphertext)
-        take = AES_BLOCK_SIZE - len(pending)
-        head = pending + bytes(view[:take])
-        out = bytearray(ready)
-        self._cipher.decrypt(head, output=memoryview(out)[:AES_BLOCK_SIZE])
-        if ready > AES_BLOCK_SIZE:
-            body = view[take : take + ready - AES_BLOCK_SIZE]
-            self._cipher.decrypt(body, output=memoryview(out)[AES_BLOCK_SIZE:])
-        self._pending = bytes(view[take + ready - AES_BLOCK_SIZE :])
-        return bytes(out) if ready <= AES_BLOCK_SIZE else out
+            return memoryview(b"")
+        if len(self._out) < ready:
+            self._out = bytearray(ready)
+        out = memoryview(self._out)[:ready]
+        with memoryview(ciphertext) as view:
+            if pending:  # complete the held block, rather than join two buffers
+                take = AES_BLOCK_SIZE - len(pending)
+                self._chain(pending + bytes(view[:take]), out[:AES_BLOCK_SIZE])
+                out, view = out[AES_BLOCK_SIZE:], view[take:]
+            body = len(out)
+            if body:
+                self._chain(view[:body], out)
+            self._pending = bytes(view[body:])
+        return memoryview(self._out)[:ready]
+
+    def _chain(self, blocks: BytesLike, out: memoryview) -> None:
+        """Decrypt whole blocks into ``out``: one ECB pass, then the CBC xor."""
+        with memoryview(blocks) as cipher:
+            self._ecb.decrypt(cipher, output=out)
+            strxor(out[:AES_BLOCK_SIZE], self._previous, output=out[:AES_BLOCK_SIZE])
+            if len(cipher) > AES_BLOCK_SIZE:
+                strxor(out[AES_BLOCK_SIZE:], cipher[:-AES_BLOCK_SIZE], output=out[AES_BLOCK_SIZE:])
+            self._previous = bytes(cipher[-AES_BLOCK_SIZE:])
 
     def finalize(self) -> bytes:
         """Decrypt the last block and strip its padding.
@@ -227,7 +245,7 @@ class CbcDecryptor:
         pending, self._pending = self._pending, b""
         if len(pending) != AES_BLOCK_SIZE:
             raise CryptoError(_DECRYPTION_FAILED)
-        last = self._cipher.decrypt(pending)
+        last = strxor(self._ecb.decrypt(pending), self._previous)
         pad = last[-1]
         if not 1 <= pad <= AES_BLOCK_SIZE or last[-pad:] != bytes([pad]) * pad:
             raise CryptoError(_DECRYPTION_FAILED)
@@ -247,4 +265,4 @@ def decrypt(aes_key: bytes, ciphertext: bytes) -> bytes:
         CryptoError: bad length or padding.
     """
     decryptor = CbcDecryptor(aes_key)
-    return bytes(decryptor.update(ciphertext) + decryptor.finalize())
+    return bytes(decryptor.update(ciphertext)) + decryptor.finalize()

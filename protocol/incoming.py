@@ -253,8 +253,12 @@ class IncomingFile:
         self._field = packet.file_name
         self._begin(packet, number)
 
-    def receive(self, data: BytesLike) -> bytes | bytearray:
-        """Take a piece of the current packet's content; return plaintext."""
+    def receive(self, data: BytesLike) -> BytesLike:
+        """Take a piece of the current packet's content; return its plaintext.
+
+        The plaintext may be a view of the decryptor's buffer, valid until the
+        next call: write it out before then.
+        """
         if not self._in_packet or len(data) > self._packet_left:
             raise LocalProtocolError("content outside of a packet's length")
         self._packet_left -= len(data)
@@ -331,7 +335,7 @@ class IncomingFile:
         if self._received + length > min(bound, MAX_UINT32):
             raise _refuse("more ciphertext than orig_file_size can need")
 
-    def _account(self, plain: bytes | bytearray) -> None:
+    def _account(self, plain: BytesLike) -> None:
         self._sums.update(plain)
         if self._per_packet and self._sums.length > self._plain_bound:
             raise DecryptionFailed()

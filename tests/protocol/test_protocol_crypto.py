@@ -10,6 +10,8 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from Crypto.Cipher import AES, PKCS1_OAEP
 from Crypto.Hash import SHA1
 from Crypto.PublicKey import RSA
@@ -294,11 +296,47 @@ def test_aes_streaming_random_chunks(seed):
     decryptor = crypto.CbcDecryptor(aes_key)
     out = []
     for chunk in chunked(expected, rng):
-        out.append(decryptor.update(chunk))
+        out.append(bytes(decryptor.update(chunk)))  # a view, valid until the next call
         # the last block is held back: no padding byte leaks out early
         assert sum(map(len, out)) <= len(expected) - 16
     out.append(decryptor.finalize())
     assert b"".join(out) == plaintext
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key_size=st.sampled_from([16, 32]),
+    plaintext=st.binary(max_size=4096),
+    cuts=st.lists(st.integers(min_value=0, max_value=4200), max_size=12),
+    trailing=st.binary(max_size=40),
+    data=st.data(),
+)
+def test_ecb_and_xor_equal_cbc_decryption(key_size, plaintext, cuts, trailing, data):
+    # Any chunking (chunks empty, shorter than a block, not multiples of 16),
+    # any key size, and ciphertext that is valid, tampered at the end or not
+    # whole blocks: the result is PyCryptodome's CBC decryption and unpad, or
+    # the one decryption failure where unpad refuses.
+    aes_key = data.draw(st.binary(min_size=key_size, max_size=key_size))
+    ciphertext = pycryptodome_encrypt(aes_key, plaintext)
+    if data.draw(st.booleans()):
+        ciphertext = ciphertext[: data.draw(st.integers(0, len(ciphertext)))] + trailing
+    try:
+        expected = pycryptodome_decrypt(aes_key, ciphertext)
+    except ValueError:
+        expected = None
+    decryptor = crypto.CbcDecryptor(aes_key)
+    out, position = bytearray(), 0
+    for cut in sorted(cuts):
+        cut = min(cut, len(ciphertext))
+        out += decryptor.update(ciphertext[position:cut])
+        position = max(position, cut)
+    out += decryptor.update(memoryview(ciphertext)[position:])
+    try:
+        out += decryptor.finalize()
+    except CryptoError:
+        assert expected is None
+    else:
+        assert bytes(out) == expected
 
 
 def chunked(data: bytes, rng: random.Random) -> list[bytes]:
