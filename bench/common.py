@@ -95,12 +95,19 @@ def _status_kib(pid: int, field: str) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a live process has used so far."""
+def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """User + system CPU time a live process has used so far.
+
+    With ``reaped_children``, add that of the children it has waited for
+    (an sshd's sessions, say).
+    """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    # utime and stime are fields 14 and 15 of stat; 12 and 13 after the ")".
-    return (int(fields[11]) + int(fields[12])) / ticks
+    # utime, stime, cutime, cstime are fields 14 to 17 of stat; 12 to 15 after the ")".
+    used = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        used += int(fields[13]) + int(fields[14])
+    return used / ticks
 
 
 def median(values: Sequence[float]) -> float:
@@ -240,50 +247,48 @@ NOISY_EXIT = 2
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _busy_seconds() -> float:
-    """CPU seconds every core has spent busy since boot (/proc/stat, first line)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+#: The kernel's thread parent: its children are kernel threads (writeback,
+#: softirq...), which mostly do this benchmark's own disk and loopback work.
+_KTHREADD = 2
 
 
-def _descendants(root: int) -> set[int]:
-    """The live processes below ``root`` (from each /proc/<pid>/stat's parent)."""
-    parents: dict[int, int] = {}
+def _processes() -> dict[int, tuple[int, float]]:
+    """Every process: pid → (parent pid, CPU seconds with its reaped children)."""
+    found = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {root}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended meanwhile
+        ticks = sum(int(field) for field in fields[11:15])  # utime stime cutime cstime
+        found[int(entry.name)] = (int(fields[1]), ticks / _CLOCK_TICKS)
     return found
 
 
-def _own_seconds() -> tuple[float, dict[int, float]]:
-    """CPU seconds of this process, its reaped children, and each live descendant."""
-    times = os.times()
-    reaped = times.user + times.system + times.children_user + times.children_system
-    live = {}
-    for pid in _descendants(os.getpid()):
-        try:
-            live[pid] = cpu_seconds(pid)
-        except OSError:
-            continue
-    return reaped, live
+def _others_seconds(processes: dict[int, tuple[int, float]]) -> dict[int, float]:
+    """The CPU seconds of each user process outside this benchmark's tree.
+
+    A process's reaped children count in its own figure, so short-lived
+    processes of others (a test suite's servers, say) are seen too.
+    """
+    ours, frontier = {os.getpid()}, {os.getpid()}
+    kernel = {_KTHREADD} | {pid for pid, (parent, _) in processes.items() if parent == _KTHREADD}
+    while frontier:
+        frontier = {pid for pid, (parent, _) in processes.items() if parent in frontier} - ours
+        ours |= frontier
+    return {pid: seconds for pid, (_, seconds) in processes.items()
+            if pid not in ours and pid not in kernel}
 
 
 class Quietness:
     """How much of the machine other processes used while a benchmark ran.
 
-    Other processes' CPU = every core's busy time (/proc/stat) minus this
-    benchmark's own: itself, the children it reaped, and the descendants still
-    alive (the server). Their share of all cores decides whether a verdict is
-    given (``NOISE_LIMIT``)::
+    Other processes' CPU: that of every user process outside this benchmark's
+    own tree (itself, its clients, the server, sshd...), read from /proc at
+    the start and at the end, with what each reaped meanwhile. Their share of
+    all cores decides whether a verdict is given (``NOISE_LIMIT``)::
 
         with Quietness() as quiet:
             ...                          # the measured runs
@@ -293,8 +298,7 @@ class Quietness:
     def __enter__(self) -> Quietness:
         self.cores = os.cpu_count() or 1
         self._started = time.perf_counter()
-        self._busy = _busy_seconds()
-        self._own, self._live = _own_seconds()
+        self._others = _others_seconds(_processes())
         self.others_share = 0.0
         self.load_average = os.getloadavg()
         return self
@@ -305,11 +309,8 @@ class Quietness:
     def sample(self) -> None:
         """Take the figures now (call before stopping a server whose CPU is ours)."""
         wall = time.perf_counter() - self._started
-        busy = _busy_seconds() - self._busy
-        own, live = _own_seconds()
-        # A descendant alive at the start and reaped since is in ``own`` whole.
-        ours = own - self._own + sum(live.values()) - sum(self._live.values())
-        others = max(0.0, busy - ours)
+        others = sum(max(0.0, seconds - self._others.get(pid, 0.0))
+                     for pid, seconds in _others_seconds(_processes()).items())
         self.others_share = others / (wall * self.cores) if wall > 0 else 0.0
         self.load_average = os.getloadavg()
 

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from common import free_port
 
@@ -43,8 +43,13 @@ class PrivateSshd:
         self.port = port
         self.client_key = client_key
 
-    def scp(self, source: Path, destination: Path, cipher: str) -> None:
-        """Copy source to destination on the private server with ``scp -O``."""
+    def scp(self, source: Path | Sequence[Path], destination: Path, cipher: str) -> None:
+        """Copy a file (or several, into a folder) to the private server with ``scp -O``.
+
+        Several files go in one scp command, one after another on one
+        connection: scp's own way of sending many files.
+        """
+        sources = [source] if isinstance(source, Path) else list(source)
         subprocess.run(
             [
                 "scp", "-O", "-q", "-c", cipher, "-P", str(self.port),
@@ -53,7 +58,7 @@ class PrivateSshd:
                 "-o", "UserKnownHostsFile=/dev/null",
                 "-o", "BatchMode=yes",
                 "-o", "Compression=no",
-                str(source), f"{_user()}@127.0.0.1:{destination}",
+                *map(str, sources), f"{_user()}@127.0.0.1:{destination}",
             ],
             check=True,
         )

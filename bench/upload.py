@@ -19,8 +19,13 @@ an upload); each timed run is a whole later run of the client: start, 827,
 828…, 1603, 900, exit. Peak RSS: the client's from ``wait4``, the server's
 VmHWM over every run.
 
-Targets (the performance issue): end to end ≥ 1.5 × scp and ≥ 0.6 × the
-crypto limit; peak RSS of either side ≤ 64 MiB. Exits 1 if one is missed.
+The server's CPU seconds per run come from /proc (they do not depend on what
+else runs). The load average and the other processes' share of the cores are
+printed, and no verdict is given when others used more than 10 % of them.
+
+Targets: end to end ≥ 0.75 × the CBC-encrypt rate and ≥ 0.85 × scp with
+aes256-gcm; peak RSS of either side ≤ 48 MiB. Exits 1 if one is missed, 2 if
+the run was too noisy to judge.
 
     python bench/upload.py                     # 1 GiB, 3 runs
     python bench/upload.py --size-mib 256 --runs 5 --no-scp
@@ -37,16 +42,18 @@ import time
 from pathlib import Path
 
 from common import (
-    HOST, MB, MIB, Check, env, make_file, median, print_table, report,
-    start_server, vm_hwm_kib,
+    HOST, MB, MIB, Check, Quietness, cpu_seconds, env, make_file, median, print_table,
+    report, start_server, vm_hwm_kib,
 )
 from Crypto.Cipher import AES
 from sshd import SCP_CIPHERS, private_sshd
 
 CRYPTO_CHUNK = MIB
-TARGET_VS_SCP = 1.5
-TARGET_VS_CRYPTO = 0.6
-TARGET_RSS_MIB = 64
+TARGET_VS_SCP = 0.85
+#: The scp cipher the target is set against (the others are printed beside it).
+SCP_TARGET_CIPHER = "aes256-gcm@openssh.com"
+TARGET_VS_CRYPTO = 0.75
+TARGET_RSS_MIB = 48
 CLIENT_NAME = "bench"
 CLIENT_TIMEOUT = 300
 
@@ -91,7 +98,7 @@ def main() -> int:
     size = args.size_mib * MIB
     extra = ["--packet-size", str(args.packet_size)] if args.packet_size else []
 
-    ours, client_rss, crypto = [], [], []
+    ours, client_rss, crypto, server_cpu = [], [], [], []
     scp: dict[str, list[float]] = {cipher: [] for cipher in SCP_CIPHERS}
     with tempfile.TemporaryDirectory(prefix="cipherdrop-bench-") as temp:
         root = Path(temp)
@@ -104,10 +111,12 @@ def main() -> int:
         sshd = None if args.no_scp else private_sshd()
         ssh = sshd.__enter__() if sshd else None
         try:
-            with start_server(root / "server") as server:
+            with start_server(root / "server") as server, Quietness() as quiet:
                 run_client(home, server.port, first, extra)  # registers: 825, 826
                 for number in range(1, args.runs + 1):
+                    cpu_before = cpu_seconds(server.pid)
                     seconds, rss = run_client(home, server.port, payload, extra)
+                    server_cpu.append(cpu_seconds(server.pid) - cpu_before)
                     ours.append(seconds)
                     client_rss.append(rss)
                     crypto.append(crypto_limit(payload))
@@ -117,12 +126,14 @@ def main() -> int:
                         ssh.scp(payload, target, cipher)
                         scp[cipher].append(time.perf_counter() - started)
                         target.unlink()
-                    print(f"run {number}: ours {size / MB / seconds:.0f} MB/s, "
+                    print(f"run {number}: ours {size / MB / seconds:.0f} MB/s "
+                          f"(server CPU {server_cpu[-1]:.2f} s), "
                           f"crypto {size / MB / crypto[-1]:.0f} MB/s"
                           + "".join(f", scp {c.split('@')[0]} {size / MB / s[-1]:.0f} MB/s"
                                     for c, s in scp.items() if s),
                           flush=True)
                 server_rss = vm_hwm_kib(server.pid) / 1024
+                quiet.sample()
             stored = list((root / "server" / "received_files").glob("*/payload.bin"))
             if not stored or stored[0].stat().st_size != size:
                 sys.exit("the stored file is missing or has the wrong size")
@@ -135,32 +146,32 @@ def main() -> int:
              f"{rate['ours']:.0f}", "1.00"],
             ["AES-256-CBC encrypt alone (crypto limit)", f"{median(crypto):.2f}",
              f"{rate['crypto']:.0f}", f"{rate['ours'] / rate['crypto']:.2f}"]]
-    best_scp = None
     for cipher, times in scp.items():
         if times:
-            mbps = size / MB / median(times)
-            rows.append([f"scp -O -c {cipher}", f"{median(times):.2f}", f"{mbps:.0f}",
-                         f"{rate['ours'] / mbps:.2f}"])
-            best_scp = max(best_scp or 0, mbps)
+            rate[cipher] = size / MB / median(times)
+            rows.append([f"scp -O -c {cipher}", f"{median(times):.2f}", f"{rate[cipher]:.0f}",
+                         f"{rate['ours'] / rate[cipher]:.2f}"])
     print()
     print_table(
         f"file {args.size_mib} MiB, median of {args.runs} runs, MB = 10^6 bytes",
         ["what", "seconds", "MB/s", "ours ÷ this"], rows,
     )
     print(f"peak RSS: client {max(client_rss):.1f} MiB, server {server_rss:.1f} MiB")
+    print(f"server CPU per run: median {median(server_cpu):.2f} s "
+          f"({median(server_cpu) * 1e3 / (size / MIB):.2f} ms per MiB)")
     checks = [
-        Check(f"end to end ≥ {TARGET_VS_CRYPTO} × crypto limit",
+        Check(f"end to end ≥ {TARGET_VS_CRYPTO} × the CBC-encrypt rate",
               f"{rate['ours'] / rate['crypto']:.2f} ×", rate["ours"] >= TARGET_VS_CRYPTO * rate["crypto"]),
         Check(f"client peak RSS ≤ {TARGET_RSS_MIB} MiB", f"{max(client_rss):.1f} MiB",
               max(client_rss) <= TARGET_RSS_MIB),
         Check(f"server peak RSS ≤ {TARGET_RSS_MIB} MiB", f"{server_rss:.1f} MiB",
               server_rss <= TARGET_RSS_MIB),
     ]
-    if best_scp:
-        checks.insert(0, Check(f"end to end ≥ {TARGET_VS_SCP} × fastest scp",
-                               f"{rate['ours'] / best_scp:.2f} ×",
-                               rate["ours"] >= TARGET_VS_SCP * best_scp))
-    return report(checks)
+    if SCP_TARGET_CIPHER in rate:
+        gcm = rate[SCP_TARGET_CIPHER]
+        checks.insert(1, Check(f"end to end ≥ {TARGET_VS_SCP} × scp {SCP_TARGET_CIPHER}",
+                               f"{rate['ours'] / gcm:.2f} ×", rate["ours"] >= TARGET_VS_SCP * gcm))
+    return report(checks, quiet)
 
 
 if __name__ == "__main__":
