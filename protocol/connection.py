@@ -109,15 +109,25 @@ class _Reader:
         self._state = _ReadState.HEADER
         self._remaining = 0
 
-    def receive_data(self, data: BytesLike) -> None:
+    def receive_data(self, data: BytesLike, *, lent: bool = False) -> None:
         """Feed bytes received from the peer; ``b""`` means the peer sent EOF.
+
+        With ``lent``, the bytes are not copied: file content comes out as
+        views of ``data``, which must stay as it is until :meth:`keep_unread`.
 
         Raises:
             LocalProtocolError: data fed after EOF.
         """
         if self._buffer.eof and data:
             raise LocalProtocolError("data received after EOF")
-        self._buffer.append(data)
+        if lent:
+            self._buffer.lend(data)
+        else:
+            self._buffer.append(data)
+
+    def keep_unread(self) -> None:
+        """Copy what is still unread of lent bytes: their buffer may be reused."""
+        self._buffer.keep()
 
     @property
     def in_message(self) -> bool:

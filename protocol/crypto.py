@@ -187,65 +187,71 @@ class CbcDecryptor:
     decryption; ``tests/protocol/test_protocol_crypto.py`` proves the two
     equal over random chunkings.
 
-    The last whole block is held back until ``finalize``, which checks the
-    padding, so no padding byte ever reaches the caller.
+    The last plaintext block is held back until ``finalize``, which checks
+    the padding, so no padding byte ever reaches the caller.
     """
 
     def __init__(self, aes_key: bytes) -> None:
         _check_key_size(len(aes_key))
         self._ecb = AES.new(aes_key, AES.MODE_ECB)
-        self._previous = ZERO_IV  # the ciphertext block before the next one
-        self._pending = b""  # ciphertext not decrypted yet: at most a block
+        self._previous = 0  # the ciphertext block before the next one (the IV)
+        self._partial = b""  # ciphertext short of a whole block
+        self._held = b""  # the last plaintext block, not given out yet
         self._out = bytearray()  # reused from chunk to chunk
 
     def update(self, ciphertext: BytesLike) -> memoryview:
-        """Decrypt what whole blocks there are, but the last one.
+        """Decrypt what whole blocks there are; give out all but the last.
 
         The result is a view of the decryptor's own buffer, valid until the
         next call: write it out or copy it before then.
         """
-        pending = self._pending
-        total = len(pending) + len(ciphertext)
-        ready = total - total % AES_BLOCK_SIZE
-        if ready == total:
-            ready -= AES_BLOCK_SIZE  # keep a whole block for finalize()
-        if ready <= 0:
-            self._pending = pending + bytes(ciphertext)
-            return memoryview(b"")
-        if len(self._out) < ready:
-            self._out = bytearray(ready)
-        out = memoryview(self._out)[:ready]
         with memoryview(ciphertext) as view:
-            if pending:  # complete the held block, rather than join two buffers
-                take = AES_BLOCK_SIZE - len(pending)
-                self._chain(pending + bytes(view[:take]), out[:AES_BLOCK_SIZE])
-                out, view = out[AES_BLOCK_SIZE:], view[take:]
-            body = len(out)
+            partial, held = self._partial, self._held
+            whole = len(partial) + len(view)
+            whole -= whole % AES_BLOCK_SIZE
+            if not whole:
+                self._partial = partial + bytes(view)
+                return memoryview(b"")
+            size = len(held) + whole
+            if len(self._out) < size:
+                self._out = bytearray(size)
+            out = memoryview(self._out)[:size]
+            out[: len(held)] = held
+            done = len(held)
+            if partial:  # the block begun by the previous chunk
+                take = AES_BLOCK_SIZE - len(partial)
+                head = partial + bytes(view[:take])
+                self._decrypt_blocks(head, out[done : done + AES_BLOCK_SIZE])
+                done += AES_BLOCK_SIZE
+                view = view[take:]
+            body = size - done
             if body:
-                self._chain(view[:body], out)
-            self._pending = bytes(view[body:])
-        return memoryview(self._out)[:ready]
+                self._decrypt_blocks(view[:body], out[done:])
+            self._partial = bytes(view[body:])
+            emit = size - AES_BLOCK_SIZE
+            self._held = bytes(out[emit:])
+            return out[:emit]
 
-    def _chain(self, blocks: BytesLike, out: memoryview) -> None:
-        """Decrypt whole blocks into ``out``: one ECB pass, then the CBC xor."""
-        with memoryview(blocks) as cipher:
-            self._ecb.decrypt(cipher, output=out)
-            strxor(out[:AES_BLOCK_SIZE], self._previous, output=out[:AES_BLOCK_SIZE])
-            if len(cipher) > AES_BLOCK_SIZE:
-                strxor(out[AES_BLOCK_SIZE:], cipher[:-AES_BLOCK_SIZE], output=out[AES_BLOCK_SIZE:])
-            self._previous = bytes(cipher[-AES_BLOCK_SIZE:])
+    def _decrypt_blocks(self, cipher: BytesLike, out: memoryview) -> None:
+        """Whole blocks into ``out``: one ECB pass, then the CBC xor."""
+        self._ecb.decrypt(cipher, output=out)
+        first = int.from_bytes(out[:AES_BLOCK_SIZE], "big") ^ self._previous
+        out[:AES_BLOCK_SIZE] = first.to_bytes(AES_BLOCK_SIZE, "big")
+        if len(out) > AES_BLOCK_SIZE:
+            rest = out[AES_BLOCK_SIZE:]
+            strxor(rest, memoryview(cipher)[:-AES_BLOCK_SIZE], output=rest)
+        self._previous = int.from_bytes(cipher[-AES_BLOCK_SIZE:], "big")
 
     def finalize(self) -> bytes:
-        """Decrypt the last block and strip its padding.
+        """Strip the padding of the last block.
 
         Raises:
             CryptoError: the stream was not a whole number of blocks, or its
                 padding is wrong (one message for both).
         """
-        pending, self._pending = self._pending, b""
-        if len(pending) != AES_BLOCK_SIZE:
+        last, self._held = self._held, b""
+        if self._partial or not last:
             raise CryptoError(_DECRYPTION_FAILED)
-        last = strxor(self._ecb.decrypt(pending), self._previous)
         pad = last[-1]
         if not 1 <= pad <= AES_BLOCK_SIZE or last[-pad:] != bytes([pad]) * pad:
             raise CryptoError(_DECRYPTION_FAILED)

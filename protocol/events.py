@@ -152,9 +152,12 @@ class FilePacketStarted(_FilePacketFields):
 
 @dataclass(frozen=True)
 class FileContent:
-    """A piece of the current 828 packet's content, as it arrived."""
+    """A piece of the current 828 packet's content, as it arrived.
 
-    data: bytes | bytearray
+    ``data`` may be a view of the receive buffer, valid until more is read.
+    """
+
+    data: bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)

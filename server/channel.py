@@ -74,6 +74,8 @@ class Channel:
         self._clock = timers.clock
         self._selector = selector
         self._recv_buffer = recv_buffer
+        #: How many bytes the next receive may take (the loop sets it per round).
+        self.turn_size = len(recv_buffer)
         self._timers = timers
         self._serve = serve
         self._on_closed = on_closed
@@ -128,19 +130,25 @@ class Channel:
         if self._state is not _State.OPEN or self._backlogged:
             return  # a backlog is handled first (resume), then the socket is read
         try:
-            count = self.sock.recv_into(self._recv_buffer)
+            count = self.sock.recv_into(self._recv_buffer, self.turn_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self.close(f"receive failed: {exc.strerror or exc}")
             return
-        if count:
-            self.bytes_in += count
-            self.session.receive_data(self._recv_buffer[:count])
-        else:
+        if not count:
             self._eof = True
             self.session.receive_data(b"")
-        self._process()
+            self._process()
+            return
+        self.bytes_in += count
+        # The loop's one receive buffer is lent: what this turn leaves unread
+        # is copied before another connection's receive reuses it.
+        self.session.receive_data(self._recv_buffer[:count], lent=True)
+        try:
+            self._process()
+        finally:
+            self.session.keep_unread()
 
     def on_writable(self) -> None:
         """The socket accepts data."""

@@ -38,10 +38,12 @@ from .session import Session
 log = logging.getLogger(__name__)
 
 #: One receive buffer shared by all connections (the loop is one thread).
-#: One receive is one connection's turn: small enough that uploads at full
-#: speed keep another client's round trip short, large enough to cost no
-#: throughput (measure with bench/fairness.py and bench/upload.py).
-RECV_BUFFER_SIZE = 256 * 1024
+#: One receive is one connection's turn. A connection alone in a round takes
+#: it whole: fewer, larger chunks cost less CPU per byte (bench/upload.py).
+RECV_BUFFER_SIZE = 1024 * 1024
+#: A turn when several connections are ready: small enough that uploads at
+#: full speed keep another client's round trip short (bench/fairness.py).
+SHARED_TURN_SIZE = 256 * 1024
 #: Longest sleep in select(); timers usually wake the loop sooner.
 MAX_SELECT_TIMEOUT = 1.0
 #: Pending LastSeen/LastUsed stamps are committed this often.
@@ -133,8 +135,10 @@ class Server:
         backlog = list(self._backlog)  # resumed channels may join it again
         self._backlog.clear()
         timeout = 0.0 if backlog else self.app.timers.timeout(MAX_SELECT_TIMEOUT)
-        for key, mask in self._selector.select(timeout):
-            self._handle(key.data, mask)
+        ready = self._selector.select(timeout)
+        turn = RECV_BUFFER_SIZE if len(ready) == 1 and not backlog else SHARED_TURN_SIZE
+        for key, mask in ready:
+            self._handle(key.data, mask, turn)
         for channel in backlog:
             if not channel.closed:
                 serve(channel, channel.resume)
@@ -142,11 +146,12 @@ class Server:
             if timer.callback is not None:  # set: due() returns live timers only
                 self._run_guarded(timer.callback)
 
-    def _handle(self, target: Channel | Callable[[], None], mask: int) -> None:
+    def _handle(self, target: Channel | Callable[[], None], mask: int, turn: int) -> None:
         if isinstance(target, Channel):
             if mask & selectors.EVENT_WRITE and not target.closed:
                 serve(target, target.on_writable)
             if mask & selectors.EVENT_READ and not target.closed:
+                target.turn_size = turn
                 serve(target, target.on_readable)
         else:
             self._run_guarded(target)

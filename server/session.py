@@ -193,12 +193,20 @@ class Session:
 
     # -- input ----------------------------------------------------------------
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Bytes from the peer; ``b""`` when it closed its side."""
+    def receive_data(self, data: bytes | bytearray | memoryview, *, lent: bool = False) -> None:
+        """Bytes from the peer; ``b""`` when it closed its side.
+
+        ``lent`` bytes are used in place until :meth:`keep_unread` (a file's
+        content is decrypted straight from them).
+        """
         self._last_recv = self.app.monotonic()
         if not data:
             self._eof = True
-        self._decoder.receive_data(data)
+        self._decoder.receive_data(data, lent=lent)
+
+    def keep_unread(self) -> None:
+        """Copy what is unread of lent bytes, before their buffer is reused."""
+        self._decoder.keep_unread()
 
     def next_step(self) -> Step:
         """Handle the next event of the stream (call until NEED_DATA or CLOSE)."""

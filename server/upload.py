@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Union
 
 from protocol import RemoteProtocolError
+from protocol.buffer import BytesLike
 from protocol.cksum import CrcFlavour
 from protocol.events import FilePacketStarted
 from protocol.incoming import DecryptionFailed, IncomingFile, PacketOrder, ReceivedFile
@@ -218,7 +219,7 @@ PacketEnd = Union[MoreToCome, Dropped, FileComplete, Refused]
 class IncomingPacket(Protocol):
     """One 828 on one connection: its content is fed, then it ends."""
 
-    def feed(self, data: bytes | bytearray) -> None: ...
+    def feed(self, data: BytesLike) -> None: ...
     def end(self) -> PacketEnd: ...
 
 
@@ -228,7 +229,7 @@ class DroppedPacket:
     def __init__(self, end: PacketEnd) -> None:
         self._end = end
 
-    def feed(self, data: bytes | bytearray) -> None:
+    def feed(self, data: BytesLike) -> None:
         """Content of a dropped packet: nothing to do."""
 
     def end(self) -> PacketEnd:
@@ -254,7 +255,7 @@ class StreamingPacket:
         self._last = last
         self._refused: Refused | None = None
 
-    def feed(self, data: bytes | bytearray) -> None:
+    def feed(self, data: BytesLike) -> None:
         """A piece of the packet's content."""
         if self._refused is not None or not self._still_receiving():
             return

@@ -697,7 +697,7 @@ class FakeSocket:
     def readable(self) -> bool:
         return bool(self.inbox) or self.eof
 
-    def recv_into(self, buffer) -> int:
+    def recv_into(self, buffer, nbytes: int = 0) -> int:
         if self.closed:
             raise OSError(9, "Bad file descriptor")
         if not self.inbox:
@@ -705,7 +705,7 @@ class FakeSocket:
                 return 0
             raise BlockingIOError
         chunk = self.inbox.popleft()
-        count = min(len(chunk), len(buffer))
+        count = min(len(chunk), nbytes or len(buffer))
         buffer[:count] = chunk[:count]
         if count < len(chunk):
             self.inbox.appendleft(chunk[count:])
