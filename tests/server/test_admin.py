@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from helpers import make_identity, server_env, upload
+from helpers import make_identity, reconnect, server_env, upload
 from protocol import Acknowledged, CrcOk, cksum
 
 ADMIN = [sys.executable, "-m", "server", "admin"]
@@ -218,3 +218,18 @@ def test_admin_usage_errors_name_the_program(tmp_path):
     assert result.returncode == EXIT_USAGE
     assert result.stderr.startswith("usage: python -m server admin")
     no_traceback(result)
+
+
+def test_a_confirmed_new_version_records_its_cksum_and_the_overwrite_is_logged(populated):
+    server, alice, _ = populated
+    new = b"a new alpha" * 7
+    with server.client() as client:
+
+        reconnect(client, alice)
+        upload(client, alice, "a.txt", new)
+        assert isinstance(client.request(CrcOk(client_id=alice.client_id, file_name="a.txt")), Acknowledged)
+    line = server.wait_log(r"127\.0\.0\.1: stored file \S+/a\.txt of client [0-9a-f]{32} overwritten.*").group(0)
+    assert alice.client_id.hex() in line and f"({len(new)} bytes)" in line
+    records = {r["file"]: r for r in json.loads(admin(server.data_dir, "files", "alice", "--json").stdout)}
+    assert records["a.txt"]["size"] == len(new) and records["a.txt"]["cksum"] == cksum(new)
+    assert admin(server.data_dir, "verify").returncode == 0
