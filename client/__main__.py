@@ -34,6 +34,7 @@ from typing import Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from protocol import __version__
 from protocol.editions import BY_NAME, V3
 
 from .config import load_identity, load_settings
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_exit_code_table(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "files",
         nargs="*",

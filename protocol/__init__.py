@@ -2,6 +2,9 @@
 
 No sockets, selectors, databases or files here: bytes in, typed events out,
 events in, bytes out, for the wire contract of protocol version 3.
+
+``__version__`` is cipherdrop's release, the one source of it: setup.cfg reads
+it (``attr:``) and both programs print it for ``--version``.
 """
 
 from .cksum import Cksum, cksum
@@ -31,7 +34,10 @@ from .events import (
 )
 from .names import NameField
 
+__version__ = "0.1.0"
+
 __all__ = [
+    "__version__",
     "NEED_DATA",
     "VERSION",
     "Acknowledged",

@@ -1,28 +1,45 @@
 """``python -m server`` (also the ``cipherdrop-server`` console script).
 
 Reads ``port.info`` in the data folder (missing or invalid: a warning and port
-1256), opens ``defensive.db`` and ``received_files/`` there, repairs what a
-crash left, and serves until Ctrl-C, SIGTERM or SIGHUP; then it stops
-accepting, closes every connection and the database, and exits 0. The data
-folder is locked for the server's life (server/storage/lock.py): a second
-server on the same folder refuses to start.
+1256), creates the data folder if needed, opens ``defensive.db`` and
+``received_files/`` there, repairs what a crash left, and serves until Ctrl-C,
+SIGTERM or SIGHUP. Then it drains: it stops accepting, closes the connections
+that hold nothing, lets uploads in progress finish for ``--drain-timeout``
+seconds (a second signal cuts them at once), logs what it cut off, closes the
+database, and exits 0. The data folder is locked for the server's life
+(server/storage/lock.py): a second server on the same folder refuses to start.
+
+``python -m server admin …`` is the operator's tool (server/admin/).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
+import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
-from . import crashpoints
+from protocol import __version__
+
+from . import crashpoints, logsetup
 from .app import App
-from .limits import Limits
-from .loop import Server, create_listener
 from .errors import LockError, StorageFault
-from .limits import HELP
+from .limits import HELP, LimitOutOfBounds, Limits
+from .loop import Server, create_listener
+from .options import (
+    MAX_PORT,
+    DataDirError,
+    finite_number,
+    port_number,
+    prepare_data_dir,
+    program_name,
+    whole_number,
+)
 from .storage.commit import repair
 from .storage.folder import FolderBlobs
 from .storage.lock import DataDirLock
@@ -32,10 +49,11 @@ log = logging.getLogger("server")
 
 DEFAULT_PORT = 1256
 PORT_FILE = "port.info"
-MAX_PORT = 65535
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 1
-LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+#: The first argument that runs the operator's tool instead of the server.
+ADMIN_COMMAND = "admin"
+ALL_INTERFACES = ""
 #: Descriptors needed beside the connections (listener, wake-up pair, database,
 #: files being received).
 SPARE_DESCRIPTORS = 64
@@ -44,33 +62,46 @@ SPARE_DESCRIPTORS = 64
 _STOP_SIGNALS = ("SIGINT", "SIGTERM")
 _HANGUP_SIGNAL = "SIGHUP"
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command line: where to listen, where the data is, and the limits."""
+    prog = prog or program_name()
     parser = argparse.ArgumentParser(
-        prog="python -m server",
+        prog=prog,
         description="cipherdrop server: receives encrypted files (protocol v3).",
+        epilog=f"The operator's commands (list, show, delete, verify):"
+        f" {prog} {ADMIN_COMMAND} --help",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
-        "--port", type=int, default=None,
-        help=f"TCP port (default: from {PORT_FILE} in the data folder, else {DEFAULT_PORT};"
-        " 0 picks a free port)",
+        "--port", type=port_number, default=None,
+        help=f"TCP port, 0 to {MAX_PORT} (default: from {PORT_FILE} in the data folder,"
+        f" else {DEFAULT_PORT}; 0 picks a free port)",
     )
-    parser.add_argument("--host", default="", help="address to listen on ('' = all interfaces)")
+    parser.add_argument(
+        "--host", default=ALL_INTERFACES,
+        help="address to listen on ('' = all interfaces, reachable from other machines;"
+        " 127.0.0.1 = this machine only)",
+    )
     parser.add_argument(
         "--data-dir", type=Path, default=Path("."),
-        help=f"folder of {PORT_FILE}, {DB_NAME} and received_files/",
+        help=f"folder of {PORT_FILE}, {DB_NAME} and received_files/ (created if missing)",
     )
     parser.add_argument(
         "--log-level", default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity",
     )
+    parser.add_argument(
+        "--log-format", default=logsetup.PLAIN, choices=logsetup.FORMATS,
+        help="plain: with time and level; journal: for systemd's journal (no time of our"
+        " own, the level as a <N> priority prefix)",
+    )
     limits = parser.add_argument_group("limits")
     for spec in dataclasses.fields(Limits):
         limits.add_argument(
-            f"--{spec.name.replace('_', '-')}",
+            _flag(spec.name),
             dest=spec.name,
-            type=float if spec.type in (float, "float") else int,
+            type=finite_number if spec.type in (float, "float") else whole_number,
             default=spec.default,
             help=spec.metadata[HELP],
         )
@@ -111,12 +142,22 @@ def raise_descriptor_limit(connections: int) -> None:
         return
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OverflowError, OSError) as exc:
+            # The kernel's own ceiling (fs.nr_open) may be below an unlimited hard limit.
+            log.warning("cannot raise the descriptor limit to %d: %s", target, exc)
+            target = soft
     if target < wanted:
         log.warning(
             "descriptor limit %d is below --max-connections %d plus %d spare",
             target, connections, SPARE_DESCRIPTORS,
         )
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of a limit's field name."""
+    return f"--{name.replace('_', '-')}"
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -152,19 +193,32 @@ def _open_storage(data_dir: Path, busy_timeout: float) -> tuple[SqliteMetadata, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the server; return the process exit code."""
-    parser = build_parser()
+    """Run the server (or, after ``admin``, the operator's tool); the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    prog = program_name()
+    if argv[:1] == [ADMIN_COMMAND]:
+        from .admin.cli import main as admin_main  # only the operator's tool needs it
+
+        return admin_main(argv[1:], prog=f"{prog} {ADMIN_COMMAND}")
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    logsetup.setup(args.log_level, args.log_format)
     try:
         limits = _limits(args)
+    except LimitOutOfBounds as exc:
+        parser.error(f"argument {_flag(exc.name)}: {exc.problem}")
+    try:
         crash_point = crashpoints.from_environment()
     except ValueError as exc:
         parser.error(str(exc))
     if crash_point:
         log.warning("test-only crash point %s armed: this server will kill itself", crash_point)
     raise_descriptor_limit(limits.max_connections)
-    data_dir = args.data_dir
+    try:
+        data_dir = prepare_data_dir(args.data_dir)
+    except DataDirError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_STARTUP_FAILED
     port = args.port if args.port is not None else read_port(data_dir)
     try:
         lock = DataDirLock.acquire(data_dir)  # before start-up repair touches a file
@@ -175,6 +229,32 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args, limits, data_dir, port)
     finally:
         lock.release()
+
+
+def announce_listening(host: str, port: int) -> None:
+    """Where the server listens: loudly (a warning) when it is every interface."""
+    if host == ALL_INTERFACES:
+        log.warning(
+            "listening on * port %d: ALL interfaces, reachable from other machines;"
+            " --host 127.0.0.1 keeps it to this one", port,
+        )
+    else:
+        log.info("listening on %s port %d", host, port)
+
+
+def listen_failure(exc: OSError, host: str, port: int) -> str:
+    """Why the server cannot listen, with what to do about it."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve --host {host!r} ({exc.strerror or exc})"
+    # create_server's own text repeats the address: the bare reason instead.
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        return f"{reason}: another program uses port {port}; pick another with --port"
+    if exc.errno == errno.EACCES:
+        return f"{reason}: ports below 1024 need privileges; pick another with --port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{reason}: {host} is not an address of this machine; check --host"
+    return reason
 
 
 def _stop_signals() -> list[signal.Signals]:
@@ -196,16 +276,18 @@ def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) 
     try:
         listener = create_listener(args.host, port)
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", args.host or "*", port, exc.strerror or exc)
+        log.error(
+            "cannot listen on %s port %d: %s", args.host or "all interfaces", port,
+            listen_failure(exc, args.host, port),
+        )
         metadata.close()
         return EXIT_STARTUP_FAILED
     server = Server(App.build(metadata, blobs, limits), listener)
     previous = {
-        signum: signal.signal(signum, lambda *_: server.stop())
+        signum: signal.signal(signum, lambda *_: server.drain())
         for signum in _stop_signals()
     }
-    bound_port = server.address[1]
-    log.info("listening on %s port %d", args.host or "all interfaces", bound_port)
+    announce_listening(args.host, server.address[1])
     try:
         server.serve_forever()
     finally:

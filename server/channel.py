@@ -120,6 +120,11 @@ class Channel:
         """
         return self.bytes_in == 0 and not self._timed_out
 
+    @property
+    def idle(self) -> bool:
+        """Open, between messages, every answer sent: closing it now cuts nothing."""
+        return self._state is _State.OPEN and not self._out and self.session.between_messages
+
     # -- loop entry points ----------------------------------------------------
 
     def on_readable(self) -> None:

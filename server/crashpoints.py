@@ -33,7 +33,10 @@ The points, in the order an upload meets them (:data:`POINTS`):
 * ``retry.received``: a 901 was accepted (its 1604 is deferred, variant 8);
 * ``key.committed``: 826/827 committed a fresh AES key, reply not queued;
 * ``response.queued``: a response is in the outgoing buffer, not sent;
-* ``response.sent``: some outgoing bytes went to the socket.
+* ``response.sent``: some outgoing bytes went to the socket;
+* ``remove.trashed`` / ``remove.forgotten`` (``admin delete-client``): the
+  client's folder is in the trash / its rows are deleted too, the trashed
+  folder not yet.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ POINTS = frozenset(
         "key.committed",
         "response.queued",
         "response.sent",
+        "remove.trashed",
+        "remove.forgotten",
     }
 )
 # Windows has no SIGKILL; os.kill with any other signal is TerminateProcess there.

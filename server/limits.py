@@ -17,11 +17,22 @@ from protocol.codes import MAX_UINT32
 
 KIB = 1024
 MIB = 1024 * KIB
+#: SQLite takes its busy timeout as a signed 32-bit count of milliseconds.
+MAX_BUSY_TIMEOUT = (2**31 - 1) // 1000
 HELP = "help"
 MINIMUM = "minimum"
 #: The value must be strictly greater than the minimum.
 EXCLUSIVE = "exclusive"
 MAXIMUM = "maximum"
+
+
+class LimitOutOfBounds(ValueError):
+    """A limit's value outside its bounds: ``name`` is the field, ``problem`` says why."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name} {problem}")
+        self.name = name
+        self.problem = problem
 
 
 def limit(
@@ -117,6 +128,7 @@ class Limits:
         0.25,
         "seconds a database write waits for a lock another process holds"
         " (every connection waits meanwhile; then 1607)",
+        maximum=MAX_BUSY_TIMEOUT,
     )
     #: server/budget.py: each failed decryption answers a guess about the key.
     max_decryption_failures_per_key: int = limit(
@@ -140,11 +152,18 @@ class Limits:
         maximum=1,
     )
 
+    #: systemd's default stop timeout is 90 s (then SIGKILL): well within it.
+    drain_timeout: float = limit(
+        30.0,
+        "seconds uploads in progress get to finish after SIGTERM (or Ctrl-C) before"
+        " their connections are cut; 0: cut at once",
+    )
+
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
             problem = out_of_bounds(spec, getattr(self, spec.name))
             if problem:
-                raise ValueError(f"{spec.name} {problem}")
+                raise LimitOutOfBounds(spec.name, problem)
 
 
 def out_of_bounds(spec: dataclasses.Field, value: float) -> str | None:

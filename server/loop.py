@@ -20,6 +20,12 @@ Connection storms must not fill the disk through the log: a connection that
 sent nothing is logged at DEBUG and counted in one INFO line per
 ``FLUSH_INTERVAL``; "connected" is INFO only while the number of open
 connections rises above its level at the last such summary.
+
+A stop signal asks for a *drain* (:meth:`Server.drain`): the listener
+closes, connections that hold nothing close at once, and those inside a
+message or holding an upload (receiving, or waiting for its verdict) go on
+until they are done or ``drain_timeout`` runs out; what is then cut off is
+logged, one line per connection. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ from typing import Callable
 from .app import App
 from .channel import Channel
 from .errors import StorageFault
+from .labels import printable
 from .peer import Peer
 from .session import Session
+from .upload import Receiving, Upload
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,11 @@ def create_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _doing(upload: Upload) -> str:
+    """What an upload cut off by the drain was doing."""
+    return "receiving" if isinstance(upload.phase, Receiving) else "awaiting the verdict on"
+
+
 def serve(channel: Channel, action: Callable[[], None]) -> None:
     """The per-connection edge: an unexpected error closes this connection only."""
     try:
@@ -97,6 +110,11 @@ class Server:
         self._selector = selectors.DefaultSelector()
         self._recv_buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
         self._stopping = False
+        #: Set by :meth:`drain` (a signal handler); the loop starts the drain.
+        self._drain_asked = False
+        self._drain_started: float | None = None
+        self._drain_over = False
+        self._closed_down = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -122,11 +140,24 @@ class Server:
         except OSError:
             pass
 
+    def drain(self) -> None:
+        """Ask for a graceful stop (safe from a signal handler); a second call stops at once."""
+        if self._drain_asked or self.app.limits.drain_timeout <= 0:
+            self.stop()
+            return
+        self._drain_asked = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
     def serve_forever(self) -> None:
-        """Run until :meth:`stop`; then close every connection."""
+        """Run until :meth:`stop` or the end of a drain; then close every connection."""
         try:
             while not self._stopping:
                 self.run_once()
+                if self._drain_asked:
+                    self._drain_round()
         finally:
             self.close()
 
@@ -222,7 +253,7 @@ class Server:
             self.app.timers.call_later(ACCEPT_PAUSE, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
-        if not self._accepting and not self._stopping:
+        if not self._accepting and not self._stopping and self._drain_started is None:
             self._selector.register(self.listener, selectors.EVENT_READ, self._accept)
             self._accepting = True
 
@@ -266,14 +297,63 @@ class Server:
         self._summary_since = now
         self._open_mark = len(self.channels)
 
-    def close(self) -> None:
-        """Stop accepting and close every connection and upload."""
-        if self.listener.fileno() == -1:
-            return
+    # -- draining ------------------------------------------------------------------
+
+    def _drain_round(self) -> None:
+        """Start the drain, close what holds nothing, stop when done or out of time."""
+        if self._drain_started is None:
+            self._drain_started = self.app.monotonic()
+            self._stop_accepting()
+            self.app.timers.call_later(self.app.limits.drain_timeout, self._end_drain)
+            log.info(
+                "stop asked: draining %d connection(s) for up to %g s (a second signal stops now)",
+                len(self.channels), self.app.limits.drain_timeout,
+            )
+        for channel in list(self.channels):
+            if channel.idle and not self.app.uploads.held_by(channel.peer):
+                channel.close("server stopping")
+        if not self.channels:
+            log.info("drained in %.3f s", self.app.monotonic() - self._drain_started)
+            self._stopping = True
+        elif self._drain_over:
+            self._log_cut_off()
+            self._stopping = True
+
+    def _end_drain(self) -> None:
+        self._drain_over = True
+
+    def _log_cut_off(self) -> None:
+        """One line per connection the drain timeout cuts off, with what it held."""
+        log.warning(
+            "drain timeout (%g s): cutting off %d connection(s)",
+            self.app.limits.drain_timeout, len(self.channels),
+        )
+        for channel in self.channels:
+            held = [
+                f"{_doing(upload)}"
+                f" {printable(upload.file_name)} for client"
+                f" {upload.client_id.hex()} ({upload.received} bytes in)"
+                for upload in self.app.uploads.held_by(channel.peer)
+            ]
+            log.warning(
+                "%s cut off by the stop: %s", channel.peer,
+                "; ".join(held) if held else "in the middle of a request",
+            )
+
+    def _stop_accepting(self) -> None:
+        """Close the listener: new clients are refused rather than left waiting."""
         if self._accepting:
             self._selector.unregister(self.listener)
             self._accepting = False
-        self.listener.close()
+        if self.listener.fileno() != -1:
+            self.listener.close()
+
+    def close(self) -> None:
+        """Stop accepting and close every connection and upload."""
+        if self._closed_down:
+            return
+        self._closed_down = True
+        self._stop_accepting()
         for channel in list(self.channels):
             channel.close("server stopping")
         self.app.uploads.close()

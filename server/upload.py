@@ -503,7 +503,7 @@ class Uploads:
             )
             commit.install_first(
                 self._metadata, self._blobs, phase.temp, upload.client_id, upload.file_name,
-                path_name,
+                path_name, _content(result),
             )
             complete: Complete = Installed(result, path_name)
             stored = f"stored as {path_name}"
@@ -555,11 +555,16 @@ class Uploads:
             try:
                 commit.install_confirmed(
                     self._metadata, phase.temp, upload.client_id, upload.file_name,
-                    phase.path_name,
+                    phase.path_name, _content(phase.result),
                 )
             finally:
                 if phase.temp.installed:  # even if only the folder sync failed
                     upload.phase = Installed(phase.result, phase.path_name)
+                    log.info(
+                        "%s: stored file %s of client %s overwritten by its confirmed new"
+                        " version (%d bytes)", upload.address, phase.path_name,
+                        upload.client_id.hex(), phase.result.plain_size,
+                    )
             detail = "verified; replaces the stored version"
         else:
             with self._metadata.transaction():
@@ -600,8 +605,8 @@ class Uploads:
         phase = upload.phase
         if isinstance(phase, Pending):
             log.info(
-                "pending version of %r for client %s discarded: %s",
-                upload.file_name, upload.client_id.hex(), reason,
+                "%s: pending version of %s for client %s discarded: %s",
+                upload.address, printable(upload.file_name), upload.client_id.hex(), reason,
             )
             phase.temp.discard()
             upload.phase = GivenUp(phase.result, phase.path_name)
@@ -630,8 +635,8 @@ class Uploads:
             upload.deadline_timer = None
         if isinstance(upload.phase, (Receiving, Pending)):
             log.info(
-                "upload of %r for client %s discarded: %s",
-                upload.file_name, upload.client_id.hex(), reason,
+                "%s: upload of %s for client %s discarded: %s",
+                upload.address, printable(upload.file_name), upload.client_id.hex(), reason,
             )
         self._drop_temp(upload)
         self._set_holders(upload, owner=None, streaming=None)
@@ -650,6 +655,10 @@ class Uploads:
         for names in list(self._complete.values()):
             for upload in list(names.values()):
                 self.discard(upload, "server stopping")
+
+    def held_by(self, peer: Peer) -> list[Upload]:
+        """The uploads a connection holds (receiving, or waiting for its verdict)."""
+        return list(self._held.get(peer, ()))
 
     def connection_closed(self, peer: Peer) -> None:
         """A connection ended: drop the uploads it held (cut in the middle)."""
@@ -695,6 +704,11 @@ class Uploads:
             upload.phase.temp.discard()
             if isinstance(upload.phase, Pending):
                 upload.phase = GivenUp(upload.phase.result, upload.phase.path_name)
+
+
+def _content(result: ReceivedFile) -> commit.Content:
+    """What the file's row records of the plaintext stored: its size and cksum."""
+    return commit.Content(size=result.plain_size, cksum=result.cksum)
 
 
 def coarse(amount: int) -> int:

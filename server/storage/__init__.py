@@ -7,7 +7,8 @@
   the safe stored names of :mod:`.names`;
 * :mod:`.commit`: the order of durable writes across the two, and start-up
   repair;
-* :mod:`.lock`: one server per data folder.
+* :mod:`.lock`: one server per data folder;
+* :mod:`.inventory`: a read-only view of the database for ``admin``.
 
 Nothing outside this package imports ``sqlite3``.
 """

@@ -25,6 +25,12 @@ losing a file the client was told about:
    no row, and anything the server never makes, are moved aside, never
    deleted.
 
+5. **Deleting a client** (:func:`remove_client`, ``admin delete-client``):
+   its folder moves into the trash (one rename: the decision), then every
+   row of it goes in one transaction, then the trashed folder is deleted.
+   Repair finishes a deletion a crash cut, first of all: a client found in
+   the trash loses its rows and its folder.
+
 So a crash leaves either the previous file with its row, or the new file with
 a row that was reset to Verified false (step 2) or that the client confirmed
 (step 3): never a Verified flag on content the client did not confirm.
@@ -54,6 +60,14 @@ def seal(temp: TempBlob) -> None:
     temp.sync()
 
 
+@dataclass(frozen=True)
+class Content:
+    """What a file's row records of the content installed: checked by ``admin verify``."""
+
+    size: int
+    cksum: int
+
+
 def install_first(
     metadata: MetadataStore,
     blobs: BlobStore,
@@ -61,14 +75,16 @@ def install_first(
     client_id: bytes,
     file_name: bytes,
     path_name: str,
+    content: Content,
 ) -> None:
-    """Step 2: the row (Verified false), then the rename; undone if the rename fails.
+    """Step 2: the row (Verified false, size, cksum), then the rename; undone if it fails.
 
     Raises:
         StorageFault: nothing of the upload is left under ``path_name``.
     """
     with metadata.transaction():
         metadata.upsert_file(client_id, file_name, path_name)
+        metadata.set_content(client_id, file_name, content.size, content.cksum)
     crashpoints.reached("upload.committed")
     try:
         temp.install(path_name)
@@ -91,6 +107,7 @@ def install_confirmed(
     client_id: bytes,
     file_name: bytes,
     path_name: str,
+    content: Content,
 ) -> None:
     """Step 3, at the 900: the rename onto the stored file, then the row, Verified true.
 
@@ -102,7 +119,40 @@ def install_confirmed(
     temp.install(path_name)
     with metadata.transaction():
         metadata.upsert_file(client_id, file_name, path_name)
+        metadata.set_content(client_id, file_name, content.size, content.cksum)
         metadata.set_verified(client_id, file_name, True)
+
+
+def remove_client(metadata: MetadataStore, blobs: BlobStore, client_id: bytes) -> None:
+    """Step 5: trash the client's folder, delete its rows, delete the folder.
+
+    Raises:
+        StorageFault: a step failed; whatever began is finished by the next
+            call or by start-up repair.
+    """
+    blobs.begin_removal(client_id)
+    crashpoints.reached("remove.trashed")
+    _finish_removal(metadata, blobs, client_id)
+
+
+def _finish_removal(metadata: MetadataStore, blobs: BlobStore, client_id: bytes) -> None:
+    with metadata.transaction():
+        metadata.forget_client(client_id)
+    crashpoints.reached("remove.forgotten")
+    blobs.finish_removal(client_id)
+
+
+def finish_removals(metadata: MetadataStore, blobs: BlobStore) -> int:
+    """Finish every client deletion a crash cut; return how many.
+
+    Raises:
+        StorageFault: one cannot be finished.
+    """
+    pending = blobs.pending_removals()
+    for client_id in pending:
+        log.warning("finishing the deletion of client %s", client_id.hex())
+        _finish_removal(metadata, blobs, client_id)
+    return len(pending)
 
 
 @dataclass(frozen=True)
@@ -113,14 +163,17 @@ class RepairReport:
     rows_removed: int
     blobs_set_aside: int
     strays_set_aside: int
+    removals_finished: int = 0
 
 
 def repair(metadata: MetadataStore, blobs: BlobStore) -> RepairReport:
-    """Step 4: remove temp blobs and rows without blobs; set aside blobs without rows and strays.
+    """Steps 4 and 5: finish deletions; remove temp blobs and rows without blobs; set aside
+    blobs without rows and strays.
 
     Raises:
         OSError, StorageFault: the store cannot be read or changed.
     """
+    removals = finish_removals(metadata, blobs)
     temps = blobs.remove_temps()
     if temps:
         log.warning("removed %d temp file(s) left by an interrupted upload", temps)
@@ -142,7 +195,7 @@ def repair(metadata: MetadataStore, blobs: BlobStore) -> RepairReport:
         for stored in blobs.stored()
         if stored.path_name not in known
     )
-    return RepairReport(temps, rows_removed, set_aside, strays)
+    return RepairReport(temps, rows_removed, set_aside, strays, removals)
 
 
 def _set_aside(blobs: BlobStore, entry: BlobEntry, why: str) -> bool:

@@ -32,6 +32,9 @@ RECEIVED_DIR = "received_files"
 TEMP_PREFIX = ".tmp-"
 #: Files found on disk at start with no database row are moved here.
 QUARANTINE_DIR = ".orphaned"
+#: A client being deleted: its folder is moved here first (the decision,
+#: atomic), its rows go next, then the folder (server.storage.commit).
+TRASH_DIR = ".deleting"
 _TEMP_RANDOM_BYTES = 8
 _CLIENT_DIR_HEX_DIGITS = 32
 #: A client folder's name is its id in these (:func:`client_dir_name`).
@@ -292,16 +295,7 @@ class FolderBlobs:
 
     def resolve(self, path_name: str) -> Path | None:
         """The file a path name names, if it is a well-formed one of this store."""
-        parts = path_name.split("/")
-        if (
-            len(parts) != 3
-            or parts[0] != RECEIVED_DIR
-            or not _is_client_dir_name(parts[1])
-            or parts[2] in ("", ".", "..")
-            or "\\" in parts[2]
-        ):
-            return None
-        return self.root / parts[1] / parts[2]
+        return stored_path(self.data_dir, path_name)
 
     # -- start-up -------------------------------------------------------------
 
@@ -342,7 +336,7 @@ class FolderBlobs:
         found = []
         for entry in os.scandir(self.root):
             if not _is_client_dir_name(entry.name):
-                if entry.name != QUARANTINE_DIR:
+                if entry.name not in (QUARANTINE_DIR, TRASH_DIR):
                     log.warning("%s is not a client folder; left alone", entry.path)
             elif not entry.is_dir(follow_symlinks=False):
                 found.append(BlobEntry("", entry.name, f"{RECEIVED_DIR}/{entry.name}"))
@@ -385,12 +379,86 @@ class FolderBlobs:
                 raise StorageFault(f"{target} is not a folder")
         return target
 
+    # -- deleting a client (server.storage.commit.remove_client) -----------------
+
+    def begin_removal(self, client_id: bytes) -> None:
+        """Move the client's folder into the trash, durably (an empty one if it had none).
+
+        Raises:
+            StorageFault: the trash or the move failed.
+        """
+        trash = self._trash_dir()
+        name = client_dir_name(client_id)
+        source = self.root / name
+        try:
+            if source.is_dir() and not source.is_symlink():
+                os.replace(source, trash / name)
+            else:
+                (trash / name).mkdir(mode=_DIR_MODE, exist_ok=True)
+            _fsync_dir(trash)
+            _fsync_dir(self.root)
+        except OSError as exc:
+            raise _storage_fault(f"cannot move {source} to {trash}", exc) from exc
+
+    def pending_removals(self) -> list[bytes]:
+        """The ids of the clients whose deletion began (their folder is in the trash)."""
+        trash = self.root / TRASH_DIR
+        if not trash.is_dir() or trash.is_symlink():
+            return []
+        return [
+            bytes.fromhex(entry.name) for entry in os.scandir(trash)
+            if _is_client_dir_name(entry.name)
+        ]
+
+    def finish_removal(self, client_id: bytes) -> None:
+        """Delete a client's folder from the trash (links in it are removed, never followed).
+
+        Raises:
+            StorageFault: it cannot be deleted.
+        """
+        target = self.root / TRASH_DIR / client_dir_name(client_id)
+        try:
+            if target.is_symlink() or not target.is_dir():
+                target.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(target)
+        except OSError as exc:
+            raise _storage_fault(f"cannot delete {target}", exc) from exc
+
+    def _trash_dir(self) -> Path:
+        trash = self.root / TRASH_DIR
+        try:
+            trash.mkdir(mode=_DIR_MODE, exist_ok=True)
+        except OSError as exc:
+            raise _storage_fault(f"cannot create {trash}", exc) from exc
+        if trash.is_symlink() or not trash.is_dir():
+            raise StorageFault(f"{trash} is not a folder")
+        return trash
+
     def _client_dirs(self) -> list[Path]:
         return [
             Path(entry.path)
             for entry in os.scandir(self.root)
             if _is_client_dir_name(entry.name) and entry.is_dir(follow_symlinks=False)
         ]
+
+
+def stored_path(data_dir: Path, path_name: str) -> Path | None:
+    """The file a ``PathName`` names under ``data_dir``, if it is a well-formed one.
+
+    Read-only tools (``admin``) use it without a :class:`FolderBlobs`, which
+    would create ``received_files/``.
+    """
+    parts = path_name.split("/")
+    if (
+        len(parts) != 3
+        or parts[0] != RECEIVED_DIR
+        or not _is_client_dir_name(parts[1])
+        or parts[2] in ("", ".", "..")
+        or "\\" in parts[2]
+    ):
+        return None
+    return Path(data_dir) / RECEIVED_DIR / parts[1] / parts[2]
 
 
 def _is_client_dir_name(name: str) -> bool:

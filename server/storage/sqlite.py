@@ -55,6 +55,8 @@ _SCHEMA = (
         FileName TEXT NOT NULL,
         PathName TEXT NOT NULL,
         Verified INTEGER NOT NULL DEFAULT 0,
+        Cksum INTEGER,
+        Size INTEGER,
         PRIMARY KEY (ID, FileName)
     )""",
     """CREATE TABLE IF NOT EXISTS key_bindings (
@@ -71,6 +73,8 @@ _ADDED_COLUMNS = {
         "Edition": "TEXT NOT NULL DEFAULT 'v3'",
         "Crc": "TEXT NOT NULL DEFAULT 'cksum'",
     },
+    # The stored content's cksum and size, recorded at install (NULL before).
+    "files": {"Cksum": "INTEGER", "Size": "INTEGER"},
 }
 _REQUIRED_COLUMNS = {
     "clients": {"ID", "Name", "PublicKey", "LastSeen", "AESKey"},
@@ -107,6 +111,8 @@ _UPSERT_FILE = (
 )
 _SET_VERIFIED = "UPDATE files SET Verified = ? WHERE ID = ? AND FileName = ?"
 _DELETE_FILE = "DELETE FROM files WHERE ID = ? AND FileName = ?"
+_SET_CONTENT = "UPDATE files SET Size = ?, Cksum = ? WHERE ID = ? AND FileName = ?"
+_DELETE_CLIENT_FILES = "DELETE FROM files WHERE ID = ?"
 _SELECT_BINDING = "SELECT ID, Address, IssuedAt, LastUsed FROM key_bindings WHERE ID = ?"
 _UPSERT_BINDING = (
     "INSERT INTO key_bindings (ID, Address, IssuedAt, LastUsed) VALUES (?, ?, ?, ?)"
@@ -140,6 +146,8 @@ def _check_header(path: Path) -> None:
             head = file.read(len(_SQLITE_MAGIC))
     except FileNotFoundError:
         return
+    except IsADirectoryError as exc:
+        raise StoreUnusable(f"{path} is a folder, not a database file") from exc
     except OSError as exc:
         raise StoreUnusable(f"cannot read {path}: {exc.strerror}") from exc
     if head and head != _SQLITE_MAGIC:
@@ -165,6 +173,19 @@ def _check_file_writable(path: Path) -> None:
         raise StoreUnusable(
             f"{path.parent} is not writable: SQLite keeps {path.name}-wal and -shm there"
         )
+
+
+def _why_unopenable(path: Path, exc: sqlite3.Error) -> str:
+    """What is wrong with a database path SQLite could not open ("unable to open ...")."""
+    if path.is_symlink() and not path.exists():
+        return f"it is a symbolic link to {os.readlink(path)}, which does not exist"
+    if not path.parent.is_dir():
+        return f"its folder {path.parent} does not exist or is not a folder"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"permission denied on its folder {path.parent}"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return "permission denied"
+    return str(exc)
 
 
 def _probe_write(connection: sqlite3.Connection, path: Path) -> None:
@@ -233,7 +254,7 @@ class SqliteMetadata:
         try:
             connection = sqlite3.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
-            raise StoreUnusable(f"cannot open {path}: {exc}") from exc
+            raise StoreUnusable(f"cannot open {path}: {_why_unopenable(path, exc)}") from exc
         try:
             connection.execute(f"PRAGMA busy_timeout = {round(busy_timeout * _MS)}")
             result = connection.execute("PRAGMA quick_check").fetchone()[0]
@@ -377,6 +398,12 @@ class SqliteMetadata:
         self._db.execute(_DELETE_BINDING, (client_id,))
 
     @_translated
+    def forget_client(self, client_id: bytes) -> None:
+        """Remove every row of a client: its files, its binding, itself."""
+        self._db.execute(_DELETE_CLIENT_FILES, (client_id,))
+        self.delete_client(client_id)
+
+    @_translated
     def set_keys(self, client_id: bytes, public_key: bytes, aes_key: bytes, now: float) -> None:
         """Store the public key and the first AES key (826)."""
         self._db.execute(_SET_KEYS, (public_key, aes_key, timestamp(now), client_id))
@@ -421,6 +448,11 @@ class SqliteMetadata:
         self._db.execute(
             _SET_VERIFIED, (int(verified), client_id, file_name_value(file_name))
         )
+
+    @_translated
+    def set_content(self, client_id: bytes, file_name: bytes, size: int, cksum: int) -> None:
+        """Record the size and cksum of the content a file's row now stands for."""
+        self._db.execute(_SET_CONTENT, (size, cksum, client_id, file_name_value(file_name)))
 
     @_translated
     def delete_file(self, client_id: bytes, file_name: bytes) -> None:

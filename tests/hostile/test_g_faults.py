@@ -656,8 +656,10 @@ def test_g4_received_files_unusable_or_data_dir_missing(tmp_path, tmpfs):
     assert result.returncode != 0 and "received_files" in result.stderr
     assert "Traceback" not in result.stderr
     assert (data_dir / "received_files").read_text() == "not a folder"
-    result = run_server(tmp_path / "missing", "--port", "0")
-    assert result.returncode != 0 and "does not exist" in result.stderr
+    # a missing data folder is created (issue 14); one that cannot be is refused
+    (tmp_path / "a-file").write_text("")
+    result = run_server(tmp_path / "a-file" / "missing", "--port", "0")
+    assert result.returncode != 0 and "cannot create data folder" in result.stderr
     assert "Traceback" not in result.stderr
     # unwritable: a read-only file system (root ignores permission bits)
     read_only = tmp_path / "ro"

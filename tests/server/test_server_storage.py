@@ -100,7 +100,7 @@ def test_database_schema_wal_and_full_sync(tmp_path):
     }
     assert columns == {
         "clients": ["ID", "Name", "PublicKey", "LastSeen", "AESKey", "Edition", "Crc"],
-        "files": ["ID", "FileName", "PathName", "Verified"],
+        "files": ["ID", "FileName", "PathName", "Verified", "Cksum", "Size"],
     }
     raw.close()
     db = open_metadata(tmp_path / "defensive.db")

@@ -1,0 +1,51 @@
+"""The server's log: one line per event on stderr, in one of two formats.
+
+``plain`` (the default) stamps each line with its time and level, for a
+terminal or a log file. ``journal`` is for systemd's journal, which stamps
+lines itself: no time of our own, and the level as the ``<N>`` syslog priority
+prefix that journald reads from a service's stderr (sd-daemon(3)).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+PLAIN = "plain"
+JOURNAL = "journal"
+FORMATS = (PLAIN, JOURNAL)
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+#: syslog priorities (sd-daemon(3)) of the logging levels; finer levels round down.
+SYSLOG_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+class JournalFormatter(logging.Formatter):
+    """``<priority>message``; each line of a traceback carries the prefix too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
+def syslog_priority(level: int) -> int:
+    """The syslog priority of a logging level (a custom level takes the next one up)."""
+    for known in sorted(SYSLOG_PRIORITY):
+        if level <= known:
+            return SYSLOG_PRIORITY[known]
+    return SYSLOG_PRIORITY[logging.CRITICAL]
+
+
+def setup(level: str, log_format: str = PLAIN) -> None:
+    """Send every logger's lines at ``level`` and above to stderr in ``log_format``."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == JOURNAL:
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)

@@ -1,0 +1,96 @@
+"""Checking the server's command line: each bad value ends in one line, never a traceback.
+
+argparse calls the ``type`` functions below; an ``ArgumentTypeError`` becomes
+``usage: …`` plus ``error: argument --port: …`` and exit code 2.
+:func:`prepare_data_dir` makes the data folder usable before anything else
+touches it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+MAX_PORT = 65535
+#: The name ``python -m server`` gives itself in ``usage:`` when run that way.
+MODULE_PROGRAM = "python -m server"
+_MAIN_FILE = "__main__.py"
+#: A data folder made by the server is its own: nobody else reads received files.
+DATA_DIR_MODE = 0o700
+
+
+class DataDirError(Exception):
+    """The data folder cannot be used; the message says which and why."""
+
+
+def program_name(argv0: str | None = None) -> str:
+    """How the program was started: ``python -m server`` or the script's name."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    name = Path(argv0).name
+    if not name or name == _MAIN_FILE:
+        return MODULE_PROGRAM
+    return name
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 (any free port) to 65535."""
+    value = _whole_number(text)
+    if not 0 <= value <= MAX_PORT:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (any free port) to {MAX_PORT}, got {value}"
+        )
+    return value
+
+
+def whole_number(text: str) -> int:
+    """A limit counted in whole units (its bounds are checked by ``Limits``)."""
+    return _whole_number(text)
+
+
+def finite_number(text: str) -> float:
+    """A limit in seconds or a share: a finite decimal number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def prepare_data_dir(path: Path) -> Path:
+    """The data folder, created (with its parents) if it does not exist.
+
+    Raises:
+        DataDirError: it is something else than a folder, or cannot be created.
+    """
+    if path.exists() and not path.is_dir():
+        raise DataDirError(f"data folder {path} is a file, not a folder")
+    if path.is_symlink() and not path.exists():
+        raise DataDirError(f"data folder {path} is a symbolic link to nothing")
+    try:
+        path.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataDirError(
+            f"cannot create data folder {path}: {exc.strerror or exc}{_where(exc, path)}"
+        ) from exc
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise DataDirError(f"data folder {path} is not readable and writable by this user")
+    return path
+
+
+def _where(exc: OSError, path: Path) -> str:
+    """The path an error names, when it is not the folder asked for (a parent)."""
+    if exc.filename and Path(exc.filename) != path:
+        return f" (at {exc.filename})"
+    return ""

@@ -1,0 +1,235 @@
+"""``python -m server admin``: against a real data folder, with a server running beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from helpers import make_identity, reconnect, server_env, upload
+from protocol import Acknowledged, CrcOk, cksum
+
+ADMIN = [sys.executable, "-m", "server", "admin"]
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+EXIT_SERVER_RUNNING = 3
+EXIT_UNUSABLE = 4
+
+
+def admin(data_dir, *args, env_extra=None):
+    env = server_env()
+    env.update(env_extra or {})
+    return subprocess.run(
+        [*ADMIN, *args, "--data-dir", str(data_dir)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+
+
+def no_traceback(result):
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+
+
+def verified_upload(server, name, files):
+    """A client with verified files {file name: bytes}; its identity."""
+    with server.client() as client:
+        identity = make_identity(client, name)
+        for file_name, data in files.items():
+            upload(client, identity, file_name, data)
+            answer = client.request(CrcOk(client_id=identity.client_id, file_name=file_name))
+            assert isinstance(answer, Acknowledged), answer
+    return identity
+
+
+@pytest.fixture
+def populated(server):
+    """A running server with two clients and three files."""
+    alice = verified_upload(server, "alice", {"a.txt": b"alpha" * 100, "b.bin": os.urandom(3000)})
+    bob = verified_upload(server, "bob", {"notes.md": b"# bob\n"})
+    return server, alice, bob
+
+
+def test_list_clients_beside_a_running_server(populated):
+    server, alice, bob = populated
+    result = admin(server.data_dir, "clients")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "ID", "EDITION", "LAST_SEEN", "FILES", "BYTES"]
+    alice_line = next(line for line in lines if line.startswith("alice"))
+    assert alice.client_id.hex() in alice_line and alice_line.split()[-2:] == ["2", "3500"]
+    bob_line = next(line for line in lines if line.startswith("bob"))
+    # aligned: the ID column starts at the same offset on every line
+    assert lines[0].index("ID") == alice_line.index(alice.client_id.hex()) == bob_line.index(bob.client_id.hex())
+    assert server.process.poll() is None  # the server runs on, untouched
+    no_traceback(result)
+
+
+def test_list_clients_json(populated):
+    server, alice, bob = populated
+    result = admin(server.data_dir, "clients", "--json")
+    records = {record["name"]: record for record in json.loads(result.stdout)}
+    assert records["bob"] == {
+        "name": "bob", "id": bob.client_id.hex(), "edition": "v3",
+        "last_seen": records["bob"]["last_seen"], "has_key": True, "files": 1, "bytes": 6,
+    }
+    assert records["alice"]["files"] == 2
+
+
+def test_list_files_with_size_cksum_and_path(populated):
+    server, alice, _ = populated
+    result = admin(server.data_dir, "files", "alice", "--json")
+    assert result.returncode == 0, result.stderr
+    records = {record["file"]: record for record in json.loads(result.stdout)}
+    assert set(records) == {"a.txt", "b.bin"}
+    assert records["a.txt"]["size"] == 500 and records["a.txt"]["cksum"] == cksum(b"alpha" * 100)
+    assert records["a.txt"]["verified"] is True
+    assert records["a.txt"]["stored_as"] == f"received_files/{alice.client_id.hex()}/a.txt"
+    text = admin(server.data_dir, "files")
+    assert text.returncode == 0 and len(text.stdout.splitlines()) == 1 + 3
+
+
+def test_show_one_client_by_name_or_id(populated):
+    server, alice, _ = populated
+    by_name = admin(server.data_dir, "client", "alice")
+    by_id = admin(server.data_dir, "client", alice.client_id.hex())
+    assert by_name.returncode == by_id.returncode == 0
+    assert by_name.stdout == by_id.stdout
+    assert f"id:        {alice.client_id.hex()}" in by_name.stdout
+    assert "a.txt" in by_name.stdout and "b.bin" in by_name.stdout
+
+
+def test_unknown_client_is_one_line_and_exit_1(populated):
+    server, _, _ = populated
+    result = admin(server.data_dir, "client", "nobody")
+    assert result.returncode == EXIT_PROBLEM
+    assert result.stderr.strip().endswith("no client named or with id 'nobody'")
+    no_traceback(result)
+
+
+def test_verify_passes_then_reports_changed_and_missing(populated):
+    server, alice, bob = populated
+    clean = admin(server.data_dir, "verify")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert clean.stdout.splitlines()[-1] == "3 ok, 0 changed, 0 missing, 0 no checksum recorded"
+    folder = server.data_dir / "received_files"
+    changed = folder / alice.client_id.hex() / "a.txt"
+    changed.write_bytes(b"alphA" + b"alpha" * 99)  # same size, another cksum
+    (folder / bob.client_id.hex() / "notes.md").unlink()
+    result = admin(server.data_dir, "verify", "--json")
+    assert result.returncode == EXIT_PROBLEM
+    verdicts = {record["file"]: record for record in json.loads(result.stdout)}
+    assert verdicts["a.txt"]["result"] == "changed" and "cksum" in verdicts["a.txt"]["detail"]
+    assert verdicts["notes.md"]["result"] == "missing"
+    assert verdicts["b.bin"]["result"] == "ok"
+    no_traceback(result)
+
+
+def test_verify_rows_from_before_checksums_are_reported_not_failed(populated):
+    server, alice, _ = populated
+    server.stop()
+    with sqlite3.connect(server.data_dir / "defensive.db") as db:
+        db.execute("UPDATE files SET Cksum = NULL, Size = NULL WHERE FileName = 'a.txt'")
+    result = admin(server.data_dir, "verify")
+    assert result.returncode == 0, result.stdout
+    assert "no checksum recorded" in next(line for line in result.stdout.splitlines() if "a.txt" in line)
+
+
+def test_old_database_without_the_columns_gets_them(tmp_path, server_factory):
+    data_dir = tmp_path / "old"
+    data_dir.mkdir()
+    with sqlite3.connect(data_dir / "defensive.db") as db:
+        db.execute("CREATE TABLE clients (ID BLOB PRIMARY KEY, Name TEXT NOT NULL UNIQUE,"
+                   " PublicKey BLOB, LastSeen TEXT, AESKey BLOB)")
+        db.execute("CREATE TABLE files (ID BLOB NOT NULL, FileName TEXT NOT NULL, PathName TEXT"
+                   " NOT NULL, Verified INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (ID, FileName))")
+    # read-only: the admin reads an old database as it is
+    assert admin(data_dir, "files").returncode == 0
+    server = server_factory(data_dir=data_dir)
+    verified_upload(server, "carol", {"c.txt": b"carol"})
+    result = admin(data_dir, "files", "--json")
+    [record] = json.loads(result.stdout)
+    assert record["size"] == 5 and record["cksum"] == cksum(b"carol")
+
+
+def test_delete_refused_while_the_server_runs(populated):
+    server, alice, _ = populated
+    result = admin(server.data_dir, "delete-client", "alice", "--yes")
+    assert result.returncode == EXIT_SERVER_RUNNING
+    assert "the server is running" in result.stderr and "stop it" in result.stderr
+    assert (server.data_dir / "received_files" / alice.client_id.hex() / "a.txt").exists()
+    no_traceback(result)
+
+
+def test_delete_without_yes_only_says_what(populated):
+    server, alice, _ = populated
+    server.stop()
+    result = admin(server.data_dir, "delete-client", "alice")
+    assert result.returncode == 0 and result.stdout.startswith("would delete client alice")
+    assert (server.data_dir / "received_files" / alice.client_id.hex()).is_dir()
+
+
+def test_delete_removes_rows_and_folder(populated, server_factory):
+    server, alice, bob = populated
+    assert server.stop() == 0
+    result = admin(server.data_dir, "delete-client", alice.client_id.hex(), "--yes")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("deleted client alice")
+    assert not (server.data_dir / "received_files" / alice.client_id.hex()).exists()
+    with sqlite3.connect(server.data_dir / "defensive.db") as db:
+        for table in ("clients", "files", "key_bindings"):
+            rows = db.execute(f"SELECT COUNT(*) FROM {table} WHERE ID = ?", (alice.client_id,))
+            assert rows.fetchone() == (0,), table
+    names = [record["name"] for record in json.loads(admin(server.data_dir, "clients", "--json").stdout)]
+    assert names == ["bob"]
+    restarted = server_factory(data_dir=server.data_dir)
+    assert "1 client(s), 1 file(s)" in restarted.log() and "moved to" not in restarted.log()
+
+
+@pytest.mark.parametrize("point", ["remove.trashed", "remove.forgotten"])
+def test_a_delete_cut_by_a_crash_is_finished_at_start(populated, server_factory, point):
+    server, alice, bob = populated
+    assert server.stop() == 0
+    crashed = admin(server.data_dir, "delete-client", "alice", "--yes",
+                    env_extra={"CIPHERDROP_CRASH_AT": point})
+    assert crashed.returncode == -9  # SIGKILL at the point
+    trash = server.data_dir / "received_files" / ".deleting" / alice.client_id.hex()
+    assert trash.is_dir() and not (server.data_dir / "received_files" / alice.client_id.hex()).exists()
+    restarted = server_factory(data_dir=server.data_dir)
+    log = restarted.log()
+    assert f"finishing the deletion of client {alice.client_id.hex()}" in log
+    assert "1 client(s), 1 file(s)" in log and "moved to" not in log
+    assert not trash.exists()
+    restarted.stop()
+    assert [r["name"] for r in json.loads(admin(server.data_dir, "clients", "--json").stdout)] == ["bob"]
+
+
+def test_admin_on_a_folder_without_database(tmp_path):
+    result = admin(tmp_path, "clients")
+    assert result.returncode == EXIT_UNUSABLE
+    assert "no database at" in result.stderr
+    no_traceback(result)
+
+
+def test_admin_usage_errors_name_the_program(tmp_path):
+    result = admin(tmp_path, "explode")
+    assert result.returncode == EXIT_USAGE
+    assert result.stderr.startswith("usage: python -m server admin")
+    no_traceback(result)
+
+
+def test_a_confirmed_new_version_records_its_cksum_and_the_overwrite_is_logged(populated):
+    server, alice, _ = populated
+    new = b"a new alpha" * 7
+    with server.client() as client:
+
+        reconnect(client, alice)
+        upload(client, alice, "a.txt", new)
+        assert isinstance(client.request(CrcOk(client_id=alice.client_id, file_name="a.txt")), Acknowledged)
+    line = server.wait_log(r"127\.0\.0\.1: stored file \S+/a\.txt of client [0-9a-f]{32} overwritten.*").group(0)
+    assert alice.client_id.hex() in line and f"({len(new)} bytes)" in line
+    records = {r["file"]: r for r in json.loads(admin(server.data_dir, "files", "alice", "--json").stdout)}
+    assert records["a.txt"]["size"] == len(new) and records["a.txt"]["cksum"] == cksum(new)
+    assert admin(server.data_dir, "verify").returncode == 0

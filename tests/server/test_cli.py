@@ -1,0 +1,182 @@
+"""Start-up and flags: one-line messages and exit codes, never a traceback (issue 14, point 2)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from helpers import server_env
+from protocol import __version__
+from server.__main__ import announce_listening, listen_failure
+from server.logsetup import JournalFormatter, syslog_priority
+
+USAGE_ERROR = 2
+STARTUP_FAILED = 1
+RUN_TIMEOUT = 30
+
+
+def run(*args, cwd=None, program=None):
+    """``python -m server ARGS`` (or started as ``program``), to its end."""
+    command = [sys.executable, "-m", "server", *args]
+    if program:
+        command = [sys.executable, "-c",
+                   f"import sys; sys.argv[0] = {program!r}; from server.__main__ import main;"
+                   " sys.exit(main())", *args]
+    return subprocess.run(command, env=server_env(), capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT, cwd=cwd)
+
+
+def one_line_error(result, code=USAGE_ERROR) -> str:
+    """The error line of a refused command line (argparse prints usage first)."""
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    return [line for line in result.stderr.splitlines() if "error" in line.lower()][-1]
+
+
+def test_version_of_both_programs():
+    server = run("--version")
+    assert server.returncode == 0 and server.stdout.strip() == f"python -m server {__version__}"
+    client = subprocess.run([sys.executable, "-m", "client", "--version"], env=server_env(),
+                            capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert client.returncode == 0 and client.stdout.strip().endswith(__version__)
+
+
+def test_version_is_the_package_version():
+    from setuptools.config.setupcfg import read_configuration
+
+    from helpers import REPO
+    assert read_configuration(REPO / "setup.cfg")["metadata"]["version"] == __version__
+
+
+@pytest.mark.parametrize("value, message", [
+    ("70000", "argument --port: must be 0 (any free port) to 65535, got 70000"),
+    ("-1", "argument --port: must be 0 (any free port) to 65535, got -1"),
+    ("http", "argument --port: not a whole number: 'http'"),
+])
+def test_bad_port_is_one_line(tmp_path, value, message):
+    line = one_line_error(run("--port", value, "--data-dir", str(tmp_path)))
+    assert line == f"python -m server: error: {message}"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--max-connections", "0", "must be at least 1"),
+    ("--idle-timeout", "0", "must be greater than 0"),
+    ("--idle-timeout", "nan", "must be a finite number, got 'nan'"),
+    ("--message-deadline", "inf", "must be a finite number, got 'inf'"),
+    ("--busy-timeout", "1e300", "must be at most"),
+    ("--max-errors", "2.5", "not a whole number: '2.5'"),
+    ("--drain-timeout", "-1", "must be at least 0"),
+])
+def test_bad_limit_is_one_line(tmp_path, flag, value, message):
+    line = one_line_error(run(flag, value, "--data-dir", str(tmp_path)))
+    assert line.startswith(f"python -m server: error: argument {flag}: {message}"), line
+
+
+def test_usage_shows_the_name_it_was_started_as(tmp_path):
+    result = run("--port", "x", program="/usr/local/bin/cipherdrop-server")
+    assert result.stderr.startswith("usage: cipherdrop-server ")
+    assert "cipherdrop-server: error: argument --port" in result.stderr
+    assert run("--port", "x").stderr.startswith("usage: python -m server ")
+
+
+def start_and_stop(data_dir, *flags):
+    """Start on a free port, wait for the listening line, SIGTERM; the log."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0",
+         "--data-dir", str(data_dir), *flags],
+        env=server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if "listening on" in line or "cannot start" in line:
+            break
+    process.terminate()
+    _, rest = process.communicate(timeout=RUN_TIMEOUT)
+    return process.returncode, "".join(lines) + rest
+
+
+def test_missing_data_dir_is_created(tmp_path):
+    data_dir = tmp_path / "new" / "data"
+    code, log = start_and_stop(data_dir)
+    assert code == 0, log
+    assert (data_dir / "defensive.db").is_file() and (data_dir / "received_files").is_dir()
+
+
+def test_data_dir_that_is_a_file_says_so(tmp_path):
+    (tmp_path / "data").write_text("")
+    result = run("--host", "127.0.0.1", "--port", "0", "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == STARTUP_FAILED and "Traceback" not in result.stderr
+    assert f"cannot start: data folder {tmp_path / 'data'} is a file, not a folder" in result.stderr
+
+
+def test_database_that_is_a_folder_says_so(tmp_path):
+    (tmp_path / "defensive.db").mkdir()
+    result = run("--host", "127.0.0.1", "--port", "0", "--data-dir", str(tmp_path))
+    assert result.returncode == STARTUP_FAILED and "Traceback" not in result.stderr
+    assert f"{tmp_path / 'defensive.db'} is a folder, not a database file" in result.stderr
+
+
+def test_database_link_to_nothing_says_path_and_why(tmp_path):
+    (tmp_path / "defensive.db").symlink_to(tmp_path / "gone" / "x.db")
+    result = run("--host", "127.0.0.1", "--port", "0", "--data-dir", str(tmp_path))
+    assert result.returncode == STARTUP_FAILED and "Traceback" not in result.stderr
+    assert f"cannot open {tmp_path / 'defensive.db'}: it is a symbolic link to" in result.stderr
+    assert "does not exist" in result.stderr and "unable to open database file" not in result.stderr
+
+
+def test_port_in_use_suggests_port(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run("--host", "127.0.0.1", "--port", str(port), "--data-dir", str(tmp_path))
+    assert result.returncode == STARTUP_FAILED and "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "cannot listen" in line]
+    assert line.endswith(f"cannot listen on 127.0.0.1 port {port}: Address already in use:"
+                         f" another program uses port {port}; pick another with --port")
+
+
+def test_listen_failure_hints():
+    import errno
+    assert "check --host" in listen_failure(OSError(errno.EADDRNOTAVAIL, "x"), "10.0.0.9", 1)
+    assert "need privileges" in listen_failure(OSError(errno.EACCES, "x"), "", 80)
+    assert "cannot resolve --host" in listen_failure(socket.gaierror(-2, "Name unknown"), "nope", 1)
+
+
+def test_all_interfaces_is_announced_loudly(caplog):
+    with caplog.at_level(logging.INFO, logger="server"):
+        announce_listening("", 1256)
+        announce_listening("127.0.0.1", 1256)
+    loud, quiet = caplog.records
+    assert loud.levelno == logging.WARNING and "ALL interfaces" in loud.getMessage()
+    assert "--host 127.0.0.1" in loud.getMessage()
+    assert quiet.levelno == logging.INFO and quiet.getMessage() == "listening on 127.0.0.1 port 1256"
+    # the test helpers' pattern still finds the port in the loud line
+    assert re.search(r"listening on \S+ port (\d+)", loud.getMessage()).group(1) == "1256"
+
+
+def test_journal_format_has_priorities_and_no_timestamps(tmp_path):
+    code, log = start_and_stop(tmp_path / "data", "--log-format", "journal")
+    assert code == 0, log
+    lines = log.splitlines()
+    assert lines and all(re.match(r"<[0-7]>", line) for line in lines), log
+    assert any(line.startswith("<6>listening on 127.0.0.1") for line in lines)
+    assert not any(re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", line) for line in lines)
+    code, plain = start_and_stop(tmp_path / "data")
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO ", plain.splitlines()[0]), plain
+
+
+def test_journal_formatter_prefixes_every_traceback_line():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("server", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    text = JournalFormatter("%(message)s").format(record)
+    assert text.count("\n") >= 2 and all(line.startswith("<3>") for line in text.splitlines())
+    assert syslog_priority(logging.DEBUG) == 7 and syslog_priority(logging.WARNING) == 4
