@@ -388,19 +388,18 @@ def _with_folder_hint(
     """The 1601 error, saying where this machine's identity for the name is, if known."""
     here = folder.resolve()
     elsewhere = [known for known in folders_of(server, name) if known.resolve() != here]
-    if elsewhere:
-        hint = (
-            f"this machine registered {name!r} with {server} from {elsewhere[0]}:"
-            f" run from that folder or pass --config-dir {elsewhere[0]}"
-            f" (or move its me.info and priv.key to {user_folder(server)} to use them"
-            " from any folder)"
+    if not elsewhere:
+        return RegistrationRefused(
+            f"{exc}; if this machine registered it from another folder, run from that"
+            " folder or pass --config-dir with the folder of its me.info and priv.key"
         )
-    else:
-        hint = (
-            "if this machine registered it from another folder, run from that folder"
-            " or pass --config-dir with the folder of its me.info and priv.key"
-        )
-    return RegistrationRefused(f"{exc}; {hint}")
+    # The name is ours, from another folder: "choose another name" would mislead.
+    return RegistrationRefused(
+        f"the server at {server} refused to register {name!r} (1601): this machine"
+        f" registered {name!r} with {server} from {elsewhere[0]}: run from that folder"
+        f" or pass --config-dir {elsewhere[0]} (or move its me.info and priv.key to"
+        f" {user_folder(server)} to use them from any folder)"
+    )
 
 
 def _remember_identity(

@@ -143,6 +143,7 @@ def test_1601_for_a_name_registered_from_another_folder_names_that_folder(server
     explicit = run_client(*flags(server), str(data), config_dir=second)
     assert explicit.code == ExitCode.REGISTRATION_REFUSED
     assert f"--config-dir {first}" in explicit.err
+    assert "choose another name" not in explicit.err  # the name is ours
 
 
 def test_1601_for_a_name_of_someone_else_suggests_config_dir_in_general(server, tmp_path, run_client):
