@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import stat
-from pathlib import Path
 
 from client import history
 from client.__main__ import build_parser
