@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import enum
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -37,7 +38,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from protocol import __version__
 from protocol.editions import BY_NAME, V3
 
-from .config import load_identity, load_settings
+from .config import Identity, ServerAddress, load_identity, load_settings
 from .errors import (
     ClientError,
     ConfigError,
@@ -45,8 +46,11 @@ from .errors import (
     RegistrationRefused,
     ServerError,
 )
+from .history import record_sent, sent_names
+from .locations import folders_of, identity_folder, remember_registration, user_folder
 from .packets import DEFAULT_PACKET_SIZE, Layout
 from .progress import BarProgress, make_progress
+from .selection import RENAME_FLAG, Upload, plan_uploads, sendable_path
 from .session import DEFAULT_TIMEOUT, Session
 from .upload import MAX_RESENDS, MAX_RETRIES, Client
 
@@ -109,6 +113,20 @@ their owner only. Later runs reconnect with them (the name in me.info is used).
 If the server no longer knows the client, it registers again; if the name
 belongs to someone else, it stops (exit 4).
 
+Where me.info and priv.key live, first match wins:
+  1  --config-dir DIR
+  2  $XDG_CONFIG_HOME/cipherdrop/<host>_<port>/ (default ~/.config/...), when it
+     holds me.info and the working folder does not: put an identity there to
+     use it from any folder
+  3  the working folder (a first registration writes them there)
+me.info and priv.key must be readable by their owner only (chmod 600).
+
+Each file is stored under its name; two files of one run with the same name
+are refused before anything is sent (or sent as "x (2).txt" with
+--rename-duplicates). -r sends a folder's files under their paths
+("photos/2024/a.jpg"). An upload replaces a file of the same name sent in an
+earlier run (the protocol's rule; -v says so).
+
 Several FILEs are sent one after another in one session. On an error reply
 the client prints "server responded with an error" and retries the step up to
 3 times; on a cksum mismatch it sends the file again, up to 3 times."""
@@ -157,7 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         type=Path,
         metavar="FILE",
-        help="file(s) to send, in this order (default: transfer.info line 3)",
+        help="file(s) to send, in this order (default: transfer.info line 3);"
+        " folders with -r",
+    )
+    parser.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="send the files in FILE folders, each under its path from the folder"
+        ' ("photos/2024/a.jpg"; the base name when the path is over 254 bytes)',
+    )
+    parser.add_argument(
+        "--flat",
+        action="store_true",
+        help="with -r, send every file under its base name only (for servers that"
+        ' refuse "/" in a name)',
+    )
+    parser.add_argument(
+        RENAME_FLAG,
+        action="store_true",
+        help='send a file whose name an earlier file of the run has as "name (2).ext"'
+        " (default: refuse the run before sending anything)",
     )
     parser.add_argument(
         "--server", metavar="HOST:PORT", help="server address (overrides transfer.info line 1)"
@@ -171,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config-dir",
         metavar="DIR",
         type=Path,
-        default=Path("."),
-        help="folder of transfer.info, me.info and priv.key (default: the current one)",
+        default=None,
+        help="folder of transfer.info, me.info and priv.key (default: the current one,"
+        " and for me.info and priv.key the per-user folder described above)",
     )
     parser.add_argument(
         "--timeout",
@@ -258,12 +297,16 @@ def _setup_logging(args: argparse.Namespace) -> logging.Handler:
 
 
 def _run(args: argparse.Namespace) -> ExitCode:
-    config_dir: Path = args.config_dir
-    if not config_dir.is_dir():
-        raise ConfigError(config_dir, "the configuration folder does not exist")
+    work: Path = args.config_dir or Path(".")
+    if not work.is_dir():
+        raise ConfigError(work, "the configuration folder does not exist")
+    uploads = _plan_files(args)
     settings = load_settings(
-        config_dir, server=args.server, name=args.name, files=tuple(args.files)
+        work, server=args.server, name=args.name, files=tuple(upload.path for upload in uploads)
     )
+    if not uploads:  # transfer.info line 3
+        uploads = [Upload(path, os.fsencode(path.name)) for path in settings.files]
+    config_dir = identity_folder(work, settings.server, explicit=args.config_dir is not None)
     identity = load_identity(config_dir)
     if identity is not None and identity.name != settings.name:
         log.warning(
@@ -272,6 +315,8 @@ def _run(args: argparse.Namespace) -> ExitCode:
             identity.name,
             settings.name,
         )
+    elif identity is not None:
+        _note_replacements(config_dir, identity, uploads)
     progress = make_progress(sys.stderr, quiet=args.quiet)
     redirect = (
         logging_redirect_tqdm(loggers=[log])
@@ -299,12 +344,76 @@ def _run(args: argparse.Namespace) -> ExitCode:
             ),
             fallback=not args.strict,
         )
-        results = client.run(settings.files)
+        try:
+            results = client.run([sendable_path(upload) for upload in uploads])
+        except RegistrationRefused as exc:
+            raise _with_folder_hint(exc, settings.server, settings.name, config_dir) from None
+        finally:
+            _remember_identity(settings.server, config_dir, identity, client.identity)
+    if client.identity is not None:
+        confirmed = [result.plan.wire_name.text for result in results if result.verified]
+        record_sent(config_dir, client.identity.client_id, confirmed)
     failed = [result.plan.display_name for result in results if not result.verified]
     if failed:
         log.error("error: cksum never matched for %s", ", ".join(map(repr, failed)))
         return ExitCode.CHECKSUM
     return ExitCode.OK
+
+
+def _plan_files(args: argparse.Namespace) -> list[Upload]:
+    """The FILE arguments as uploads, each under its own name (selection.py)."""
+    if args.flat and not args.recursive:
+        log.warning("--flat only applies with -r; ignored")
+    return plan_uploads(
+        args.files,
+        recursive=args.recursive,
+        flat=args.flat,
+        rename_duplicates=args.rename_duplicates,
+    )
+
+
+def _note_replacements(folder: Path, identity: Identity, uploads: list[Upload]) -> None:
+    """With -v: which uploads replace a file this client stored in an earlier run."""
+    earlier = sent_names(folder, identity.client_id)
+    for upload in uploads:
+        if upload.name in earlier:
+            log.debug(
+                "%r was stored by this client in an earlier run; this upload replaces it"
+                " (the protocol's rule)",
+                upload.display_name,
+            )
+
+
+def _with_folder_hint(
+    exc: RegistrationRefused, server: ServerAddress, name: str, folder: Path
+) -> RegistrationRefused:
+    """The 1601 error, saying where this machine's identity for the name is, if known."""
+    here = folder.resolve()
+    elsewhere = [known for known in folders_of(server, name) if known.resolve() != here]
+    if not elsewhere:
+        return RegistrationRefused(
+            f"{exc}; if this machine registered it from another folder, run from that"
+            " folder or pass --config-dir with the folder of its me.info and priv.key"
+        )
+    # The name is ours, from another folder: "choose another name" would mislead.
+    return RegistrationRefused(
+        f"the server at {server} refused to register {name!r} (1601): this machine"
+        f" registered {name!r} with {server} from {elsewhere[0]}: run from that folder"
+        f" or pass --config-dir {elsewhere[0]} (or move its me.info and priv.key to"
+        f" {user_folder(server)} to use them from any folder)"
+    )
+
+
+def _remember_identity(
+    server: ServerAddress, folder: Path, before: Identity | None, after: Identity | None
+) -> None:
+    """List the folder of a new registration, for the hint of a later 1601."""
+    if after is None or (before is not None and before.client_id == after.client_id):
+        return
+    try:
+        remember_registration(server, after.name, folder)
+    except ConfigError as exc:
+        log.warning("could not note where %r is registered: %s", after.name, exc)
 
 
 def _error_message(exc: ClientError) -> str:

@@ -43,6 +43,12 @@ MAX_CONFIG_NAME_LENGTH = 100
 _PRINTABLE_ASCII = range(0x20, 0x7F)
 #: A UTF-8 byte-order mark, as Windows editors write it.
 _BOM = "\ufeff"
+#: What marks a URL (``http://host:port``), which is not an address.
+_SCHEME_SEPARATOR = "://"
+#: Characters no host name or address holds (a path, a user, a query).
+_NOT_IN_HOST = set("/\\@?#")
+#: Permission bits for anyone but the owner: ssh refuses keys with any of them.
+_OTHERS_BITS = 0o077
 
 
 @dataclass(frozen=True)
@@ -81,15 +87,27 @@ def parse_server(text: str) -> ServerAddress:
     """``host:port`` (``[v6]:port`` for IPv6) as a ServerAddress.
 
     Raises:
-        ValueError: with a reason fit for a person.
+        ValueError: with a reason fit for a person (a URL, a missing port).
     """
     text = text.strip()
+    scheme, sep, rest = text.partition(_SCHEME_SEPARATOR)
+    if sep:
+        example = rest.split("/", 1)[0]
+        if ":" not in example:
+            example = f"{example or 'host'}:port"
+        raise ValueError(
+            f"{text!r} is a URL; the client speaks its own protocol over TCP,"
+            f" not {scheme or 'a scheme'}: write host:port, as in {example!r}"
+        )
     host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"expected host:port, got {text!r}")
+    if not sep or not host or (host.startswith("[") != host.endswith("]")):
+        raise ValueError(
+            f"expected host:port, got {text!r}: add the server's port (its"
+            " port.info holds it), as in 127.0.0.1:1256"
+        )
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not host or any(char.isspace() for char in host):
+    if not host or any(char.isspace() or char in _NOT_IN_HOST for char in host):
         raise ValueError(f"bad host in {text!r}")
     if not port_text.isdigit() or not 1 <= int(port_text) <= MAX_PORT:
         raise ValueError(f"bad port {port_text!r} in {text!r} (expected 1 to {MAX_PORT})")
@@ -181,6 +199,10 @@ def load_settings(
     """
     path = config_dir / TRANSFER_INFO
     lines: list[str] | None = None
+    # The flag is checked first: its mistake is the one to report.
+    flag_address = None
+    if server is not None:
+        flag_address = _parse_with(lambda: parse_server(server), "--server", None)
     if server is None or name is None or not files:
         if not path.is_file():
             raise ConfigError(
@@ -188,8 +210,8 @@ def load_settings(
             )
         lines = _read_lines(path)
 
-    if server is not None:
-        address = _parse_with(lambda: parse_server(server), "--server", None)
+    if flag_address is not None:
+        address = flag_address
     else:
         address = _parse_with(
             lambda: parse_server(_line(path, lines, SERVER_LINE, "host:port")), path, SERVER_LINE
@@ -249,6 +271,7 @@ def load_identity(config_dir: Path) -> Identity | None:
     path = config_dir / ME_INFO
     if not path.exists():
         return None
+    warn_if_exposed(path)
     lines = _read_lines(path)
     name = _line(path, lines, ME_NAME_LINE, "client name").strip()
     reason = check_name(name)
@@ -276,14 +299,32 @@ def _check_priv_key(config_dir: Path, identity: Identity) -> None:
     path = config_dir / PRIV_KEY
     if not path.exists():
         log.warning("%s is missing; writing it again from %s", PRIV_KEY, ME_INFO)
-        _write_private(path, _key_text(identity.private_key))
+        write_private(path, _key_text(identity.private_key))
         return
+    warn_if_exposed(path)
     lines = _read_lines(path)
     _line(path, lines, 1, "private key")
     key = _decode_key(path, "".join(lines), 1)
     if key != identity.private_key:
         raise ConfigError(
             path, f"the private key differs from the one in {ME_INFO} line {ME_KEY_LINE}", 1
+        )
+
+
+def warn_if_exposed(path: Path) -> None:
+    """Warn, as ssh does, when a file holding the private key is open to others."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return  # reading it reports the problem
+    if mode & _OTHERS_BITS:
+        log.warning(
+            "%s is readable or writable by others (mode %04o): it holds the private key;"
+            " run: chmod %o %s",
+            path,
+            mode,
+            PRIVATE_FILE_MODE,
+            path,
         )
 
 
@@ -298,13 +339,13 @@ def save_identity(config_dir: Path, identity: Identity) -> None:
         ConfigError: a file could not be written.
     """
     key_text = _key_text(identity.private_key)
-    _write_private(config_dir / PRIV_KEY, key_text)
-    _write_private(
+    write_private(config_dir / PRIV_KEY, key_text)
+    write_private(
         config_dir / ME_INFO, f"{identity.name}\n{identity.client_id.hex()}\n{key_text}"
     )
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Replace path with text: temp file (mode 0600), fsync, rename, fsync dir."""
     temp_name = None
     try:

@@ -70,15 +70,31 @@ class UnexpectedReply(ClientError):
         self.packet = packet
 
 
+#: The reason the upload flow gives for a bare 1607 (docs/PROTOCOL.md: no payload).
+BARE_GENERAL_ERROR = "the server answered 1607 (general error)"
+#: Added to a final bare 1607: the reply carries no reason, the server's log does.
+NO_REASON_HINT = "the server gave no reason; its log has it"
+
+
 class ServerError(ClientError):
-    """A step still failed after every retry: fatal, names the step and why."""
+    """A step still failed after every retry: fatal, names the step and why.
+
+    A bare 1607 carries no reason, so the message says where to look.
+    """
 
     def __init__(self, step: str, reason: str, attempts: int) -> None:
         self.step = step
         self.reason = reason
         self.attempts = attempts
-        super().__init__(f"{step} failed after {attempts} attempts: {reason}")
+        message = f"{step} failed after {attempts} attempts: {reason}"
+        if reason == BARE_GENERAL_ERROR:
+            message += f"; {NO_REASON_HINT}"
+        super().__init__(message)
 
 
 class RegistrationRefused(ClientError):
     """The server answered 1601: the name belongs to another client."""
+
+
+class DuplicateNames(ConfigError):
+    """Two files of one run would be stored under one name: nothing is sent."""

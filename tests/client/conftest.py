@@ -42,3 +42,11 @@ def run_client(capsys, work: Path):
         return Run(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def user_config_home(tmp_path: Path, monkeypatch) -> Path:
+    """XDG_CONFIG_HOME inside the test's folder: no test reads or writes the user's own."""
+    home = tmp_path / "xdg-config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    return home
