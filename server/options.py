@@ -9,6 +9,7 @@ touches it.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import sys
@@ -84,8 +85,12 @@ def prepare_data_dir(path: Path) -> Path:
         raise DataDirError(
             f"cannot create data folder {path}: {exc.strerror or exc}{_where(exc, path)}"
         ) from exc
-    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-        raise DataDirError(f"data folder {path} is not readable and writable by this user")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise DataDirError(f"data folder {path} is not readable: permission denied")
+    if not os.access(path, os.W_OK):
+        read_only = os.statvfs(path).f_flag & os.ST_RDONLY
+        why = os.strerror(errno.EROFS) if read_only else "permission denied"
+        raise DataDirError(f"data folder {path} is not writable: {why}")
     return path
 
 
