@@ -1,8 +1,8 @@
 """A file being received, from its first packet to the client's verdict: one owner.
 
-Each client id has at most one upload in progress at a time, and one complete
-upload per file name waiting for its verdict, kept here rather than on a
-connection: a per-request client (docs/PROTOCOL.md, variant 7) sends each 828
+Each client id has at most one upload in progress per file name (and at most
+``max_uploads_per_client`` at once), and one complete upload per file name
+waiting for its verdict, kept here rather than on a connection: a per-request client (docs/PROTOCOL.md, variant 7) sends each 828
 and its 900 on a new connection, so an upload outlives the connection that
 started it. An :class:`Upload` is always in exactly one phase, one class each:
 
@@ -37,9 +37,13 @@ started it. An :class:`Upload` is always in exactly one phase, one class each:
 
 Verdicts (900/901/902) apply only to an upload completed under the key in
 use, never to a file name alone. A first packet while another attempt of the
-same client is receiving, and not on that attempt's own connection, is
-refused, and the attempt in progress goes on: uploads are serialised per
-client, so the stored file is always one complete upload.
+same client and file name is receiving, and not on that attempt's own
+connection, is refused, and the attempt in progress goes on: uploads are
+serialised per client and file name (docs/HOSTILE.md D7), so the stored file
+is always one complete upload. Files of other names may stream at the same
+time on other connections (a client's ``--jobs``); a new first packet on a
+connection that owns an upload in progress starts that client over, and the
+upload it replaces is dropped.
 
 The order in which a complete upload is written is
 :mod:`server.storage.commit`'s. One 828 on one connection is an
@@ -295,7 +299,10 @@ class StreamingPacket:
     def _still_receiving(self) -> bool:
         """Whether the upload is still this client's, receiving (not discarded meanwhile)."""
         upload = self._upload
-        if upload.phase is self._phase and self._uploads.get(upload.client_id) is upload:
+        if (
+            upload.phase is self._phase
+            and self._uploads.get(upload.client_id, upload.file_name) is upload
+        ):
             return True
         self._refused = Refused("the upload was discarded while its packet was arriving")
         return False
@@ -312,7 +319,7 @@ class StreamingPacket:
 
 
 class Uploads:
-    """The uploads of every client: at most one receiving per client id."""
+    """The uploads of every client: at most one receiving per client id and file name."""
 
     def __init__(
         self,
@@ -327,7 +334,7 @@ class Uploads:
         self._metadata = metadata
         self._blobs = blobs
         self._budget = budget
-        self._uploads: dict[bytes, Upload] = {}
+        self._uploads: dict[bytes, dict[bytes, Upload]] = {}
         self._complete: dict[bytes, dict[bytes, Upload]] = {}
         #: Connections to the uploads they own or stream (closing one is O(its uploads)).
         self._held: dict[Peer, set[Upload]] = {}
@@ -337,15 +344,21 @@ class Uploads:
         self._next_flavour: dict[bytes, CrcFlavour] = {}
 
     def __len__(self) -> int:
-        return len(self._uploads) + sum(len(names) for names in self._complete.values())
+        return sum(len(names) for names in self._uploads.values()) + sum(
+            len(names) for names in self._complete.values()
+        )
 
     def clock(self) -> float:
         """The loop's clock."""
         return self._timers.clock()
 
-    def get(self, client_id: bytes) -> Upload | None:
-        """The client's upload in progress (receiving or failed), if any."""
-        return self._uploads.get(client_id)
+    def get(self, client_id: bytes, file_name: bytes) -> Upload | None:
+        """The client's upload of ``file_name`` in progress (receiving or failed), if any."""
+        return self._uploads.get(client_id, {}).get(file_name)
+
+    def in_progress(self, client_id: bytes) -> list[Upload]:
+        """The client's uploads in progress, of every name."""
+        return list(self._uploads.get(client_id, {}).values())
 
     def completed(self, client_id: bytes, file_name: bytes) -> Upload | None:
         """The client's complete upload of ``file_name`` waiting for verdicts, if any."""
@@ -360,7 +373,8 @@ class Uploads:
         """Disk bytes the uploads in progress may still need (from one address, or all)."""
         return sum(
             upload.reserved
-            for upload in self._uploads.values()
+            for names in self._uploads.values()
+            for upload in names.values()
             if address is None or upload.address == address
         )
 
@@ -375,7 +389,7 @@ class Uploads:
         packet: FilePacketStarted,
     ) -> IncomingPacket:
         """An 828 under the client's current key starts: where its content goes, how it ends."""
-        upload = self.get(client_id)
+        upload = self.get(client_id, packet.file_name.text)
         if upload is not None and upload.held_by_other(peer):
             return DroppedPacket(Refused("another connection is sending this client's file"))
         try:
@@ -383,8 +397,24 @@ class Uploads:
         except RemoteProtocolError:
             return self._continue(upload, peer, per_request, packet)
         if upload is not None and not upload.continues_on(peer):
-            return DroppedPacket(Refused("another upload of this client is in progress"))
+            return DroppedPacket(Refused("another upload of this client and file is in progress"))
+        self._start_over(client_id, peer)
+        name = packet.file_name.text
+        others = sum(other.file_name != name for other in self.in_progress(client_id))
+        if others >= self._limits.max_uploads_per_client:
+            return DroppedPacket(Refused("too many uploads of this client in progress"))
         return self._begin(client_id, aes_key, peer, per_request, packet, order)
+
+    def _start_over(self, client_id: bytes, peer: Peer) -> None:
+        """A first packet on a connection drops the uploads in progress it owns.
+
+        A one-connection client sends one file at a time: a new file on its
+        connection means it left the one before (as before the client could
+        send several at once).
+        """
+        for upload in self.in_progress(client_id):
+            if upload.owner is peer:
+                self.discard(upload, "replaced by a new upload")
 
     def _continue(
         self, upload: Upload | None, peer: Peer, per_request: bool, packet: FilePacketStarted
@@ -474,7 +504,7 @@ class Uploads:
         """An attempt is refused: drop its file; swallow its further packets."""
         if isinstance(exc, DecryptionFailed):
             self._budget.record(upload.client_id, upload.aes_key)
-        if self.get(upload.client_id) is not upload:
+        if self.get(upload.client_id, upload.file_name) is not upload:
             return  # discarded meanwhile
         if last:
             self.discard(upload, f"failed: {exc}")
@@ -511,8 +541,7 @@ class Uploads:
             commit.keep_pending()
             complete = Pending(result, previous.path_name, phase.temp)
             stored = f"kept as a pending version of {previous.path_name} until 900"
-        if self._uploads.get(upload.client_id) is upload:
-            del self._uploads[upload.client_id]
+        self._forget_in_progress(upload)
         earlier = self.completed(upload.client_id, upload.file_name)
         if earlier is not None:
             self.discard(earlier, "replaced by a newer upload of the name")
@@ -614,17 +643,23 @@ class Uploads:
     # -- life cycle -------------------------------------------------------------
 
     def _add(self, upload: Upload) -> None:
-        """A new upload (or failed marker), replacing the client's old one."""
-        old = self._uploads.get(upload.client_id)
+        """A new upload (or failed marker), replacing the client's old one of the name."""
+        old = self.get(upload.client_id, upload.file_name)
         if old is not None:
             self.discard(old, "replaced by a new upload")
-        self._uploads[upload.client_id] = upload
+        self._uploads.setdefault(upload.client_id, {})[upload.file_name] = upload
         self._arm(upload)
+
+    def _forget_in_progress(self, upload: Upload) -> None:
+        names = self._uploads.get(upload.client_id)
+        if names is not None and names.get(upload.file_name) is upload:
+            del names[upload.file_name]
+            if not names:
+                del self._uploads[upload.client_id]
 
     def discard(self, upload: Upload, reason: str) -> None:
         """Forget an upload and delete its temp blob (a pending version included)."""
-        if self._uploads.get(upload.client_id) is upload:
-            del self._uploads[upload.client_id]
+        self._forget_in_progress(upload)
         names = self._complete.get(upload.client_id)
         if names is not None and names.get(upload.file_name) is upload:
             del names[upload.file_name]
@@ -644,14 +679,14 @@ class Uploads:
     def discard_client(self, client_id: bytes, reason: str) -> None:
         """Drop the client's uploads, in progress and complete (its key changed)."""
         self._next_flavour.pop(client_id, None)
-        for upload in [self._uploads.get(client_id), *self._complete.get(client_id, {}).values()]:
-            if upload is not None:
-                self.discard(upload, reason)
+        for upload in [*self.in_progress(client_id), *self._complete.get(client_id, {}).values()]:
+            self.discard(upload, reason)
 
     def close(self) -> None:
         """Drop every upload (shutdown)."""
-        for upload in list(self._uploads.values()):
-            self.discard(upload, "server stopping")
+        for names in list(self._uploads.values()):
+            for upload in list(names.values()):
+                self.discard(upload, "server stopping")
         for names in list(self._complete.values()):
             for upload in list(names.values()):
                 self.discard(upload, "server stopping")
@@ -689,7 +724,7 @@ class Uploads:
 
     def _deadline_reached(self, upload: Upload) -> None:
         upload.deadline_timer = None
-        current = self._uploads.get(upload.client_id)
+        current = self.get(upload.client_id, upload.file_name)
         if upload not in (current, self.completed(upload.client_id, upload.file_name)):
             return
         if self.clock() < upload.deadline(self._limits):

@@ -469,6 +469,62 @@ def test_d7_same_client_same_name_interleaved(server):
     guard.check()
 
 
+def test_d7_one_client_streams_two_names_at_once(server):
+    # Serialised per client *and name*: files of other names stream side by
+    # side on other connections (a client's --jobs), each complete and verified.
+    guard = Guard(server)
+    datas = {"x.bin": os.urandom(40_000), "y.bin": os.urandom(40_000)}
+    with server.client() as a, server.client() as b:
+        identity = make_identity(a)
+        reconnect(b, identity)  # the client's one key, now for both connections
+        packets = {name: file_packets(identity, name, data, 4096) for name, data in datas.items()}
+        for first, second in zip(packets["x.bin"], packets["y.bin"]):
+            a.send(first)  # the two uploads interleave packet by packet
+            b.send(second)
+        for client, name in ((a, "x.bin"), (b, "y.bin")):
+            answer = client.receive()
+            assert isinstance(answer, FileReceived) and answer.cksum == cksum(datas[name]), answer
+            assert isinstance(client.request(CrcOk(client_id=identity.client_id, file_name=name)),
+                              Acknowledged)
+    for name, data in datas.items():
+        assert (client_dir(server, identity.client_id) / name).read_bytes() == data
+    assert db_rows(server, "SELECT FileName, Verified FROM files WHERE ID = ? ORDER BY FileName",
+                   identity.client_id) == [("x.bin", 1), ("y.bin", 1)]
+    guard.check()
+
+
+def test_d7_uploads_at_once_per_client_are_bounded(server_factory):
+    server = server_factory("--max-uploads-per-client", "2")
+    guard = Guard(server)
+    data = os.urandom(20_000)
+    clients = [server.client() for _ in range(3)]
+    try:
+        identity = make_identity(clients[0])
+        for client in clients[1:]:
+            reconnect(client, identity)  # persistent connections, one key
+        packets = {name: file_packets(identity, name, data, 4096) for name in ("a", "b", "c")}
+        for client, name in zip(clients[:2], packets):
+            client.send(packets[name][0])
+        wait_until(lambda: len(temp_files(server)) == 2, "two uploads stream")
+        clients[2].send(packets["c"][0])
+        assert isinstance(clients[2].receive(), GeneralError)  # a third name at once
+        wait_until(lambda: "too many uploads of this client in progress" in server.log(),
+                   "the refusal is logged")
+        for client, name in zip(clients[:2], packets):
+            for packet in packets[name][1:]:
+                client.send(packet)
+            assert isinstance(client.receive(), FileReceived)
+        # the two are done: the third name may come now
+        for packet in packets["c"]:
+            clients[2].send(packet)
+        assert isinstance(clients[2].receive(), FileReceived)
+    finally:
+        for client in clients:
+            client.close()
+    assert file_count(server, identity.client_id) == 3
+    guard.check()
+
+
 def test_d7_two_clients_same_file_name_stay_apart(server):
     guard = Guard(server)
     with server.client() as a, server.client() as b:

@@ -312,7 +312,7 @@ def test_h5_interleaved_per_request_uploads_of_one_name(server):
     assert kinds == [ConnectionClosed, GeneralError, ConnectionClosed, FileReceived], replies
     assert replies[-1].cksum == cksum(a)
     assert _stored(server, identity, "same.bin") == a  # one complete upload, never a mix
-    assert "another upload of this client is in progress" in server.log()
+    assert "another upload of this client and file is in progress" in server.log()
     guard.check()
 
 
