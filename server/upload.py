@@ -4,7 +4,8 @@ Each client id has at most one upload in progress per file name (and at most
 ``max_uploads_per_client`` at once), and one complete upload per file name
 waiting for its verdict, kept here rather than on a connection: a
 per-request client (docs/PROTOCOL.md, variant 7) sends each 828 and its 900
-on a new connection, so an upload outlives the connection that started it. An :class:`Upload` is always in exactly one phase, one class each:
+on a new connection, so an upload outlives the connection that started it.
+An :class:`Upload` is always in exactly one phase, one class each:
 
 :class:`Receiving`
     Packets are arriving; :class:`~protocol.incoming.IncomingFile` checks
