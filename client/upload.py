@@ -56,15 +56,8 @@ from .errors import (
     ServerError,
     UnexpectedReply,
 )
-from .packets import (
-    DEFAULT_PACKET_SIZE,
-    FilePlan,
-    STANDARD_LAYOUT,
-    Layout,
-    encrypted_packets,
-    per_packet_ciphertexts,
-    plan_file,
-)
+from .packets import DEFAULT_PACKET_SIZE, FilePlan, STANDARD_LAYOUT, Layout, plan_file
+from .pipeline import PipelinedPackets
 from .progress import NoProgress, Progress
 from .session import Session, describe
 
@@ -515,35 +508,41 @@ class Client:
     ) -> tuple[FileReceived, int]:
         """Send every packet of the file, then wait for 1603.
 
-        Returns the reply and the cksum of the plaintext that was sent. An
-        edition that sends a file whole announces it in one request and
-        streams its content in pieces.
+        Returns the reply and the cksum of the plaintext that was sent.
         """
         self._prepare_connection(fresh_key=False)
         sums = Cksum()
-        whole = self._session.edition.whole_file
         self._progress.start(label, plan.orig_size)
         try:
-            with _open_for_reading(plan.path) as source:
-                if self._layout.per_packet and not whole:
-                    packets = per_packet_ciphertexts(
-                        source, plan, self._aes_key, sums, self._progress.update
-                    )
-                else:
-                    packets = encrypted_packets(
-                        source, plan, self._aes_key, sums, self._progress.update
-                    )
-                for number, content in enumerate(_reading(plan.path, packets), start=1):
-                    self._take_early_reply(number)
-                    if not whole:
-                        self._send_packet(plan, number, content)
-                    elif number == 1:
-                        self._send_packet(plan, 1, content, whole_file=True)
-                    else:
-                        self._session.send_more(content)
+            self.send_packets(plan, sums)
         finally:
             self._progress.finish()
         return self._await_file_received(plan), sums.value
+
+    def send_packets(self, plan: FilePlan, sums: Cksum) -> None:
+        """Read, encrypt and send the file's packets, the three at once (client/pipeline.py).
+
+        An edition that sends a file whole announces it in one request and
+        streams its content in pieces. A reply before the last packet stops
+        the sending at once.
+
+        Raises:
+            FileReadError, NetworkError, UnexpectedReply.
+        """
+        whole = self._session.edition.whole_file
+        per_packet = self._layout.per_packet and not whole
+        with _open_for_reading(plan.path) as source, PipelinedPackets(
+            source, plan, self._aes_key, sums, per_packet=per_packet
+        ) as packets:
+            for number, packet in enumerate(packets, start=1):
+                self._take_early_reply(number)
+                if not whole:
+                    self._send_packet(plan, number, packet.content)
+                elif number == 1:
+                    self._send_packet(plan, 1, packet.content, whole_file=True)
+                else:
+                    self._session.send_more(packet.content)
+                self._progress.update(packet.plain_count)
 
     def _send_packet(
         self, plan: FilePlan, number: int, content: bytes, *, whole_file: bool = False
@@ -633,16 +632,3 @@ def _open_for_reading(path: Path):
         return path.open("rb")
     except OSError as exc:
         raise FileReadError(path, f"cannot read: {exc.strerror}") from None
-
-
-def _reading(path: Path, packets):
-    """Turn an OSError while the file is read into FileReadError."""
-    iterator = iter(packets)
-    while True:
-        try:
-            content = next(iterator)
-        except StopIteration:
-            return
-        except OSError as exc:
-            raise FileReadError(path, f"cannot read: {exc.strerror}") from None
-        yield content
