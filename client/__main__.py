@@ -44,9 +44,11 @@ from .errors import (
     RegistrationRefused,
     ServerError,
 )
+from .jobs import FileOutcome, ParallelUpload
 from .packets import DEFAULT_PACKET_SIZE, Layout
-from .progress import BarProgress, make_progress
+from .progress import BarProgress, CombinedProgress, Progress, make_progress
 from .session import DEFAULT_TIMEOUT, Session
+from .turns import SharedKey, Turns
 from .upload import MAX_RESENDS, MAX_RETRIES, Client
 
 log = logging.getLogger("client")
@@ -55,6 +57,9 @@ PROGRAM = "cipherdrop-client"
 #: Largest --packet-size: memory holds about two packets.
 MAX_PACKET_SIZE = 64 * 1024 * 1024
 PACKET_ALIGNMENT = 16
+#: --jobs: connections at once; more would only wait for their turn.
+DEFAULT_JOBS = 1
+MAX_JOBS = 16
 
 
 class ExitCode(enum.IntEnum):
@@ -232,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the protocol edition to speak (default: v3): the client becomes a reference"
         " client of that semester's edition (docs/EDITIONS.md)",
     )
+    _add_jobs_argument(parser)
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument(
         "-q", "--quiet", action="store_true", help="no progress, only warnings and errors"
@@ -240,6 +246,29 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log every request and reply"
     )
     return parser
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not DEFAULT_JOBS <= value <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_JOBS}, got {value}")
+    return value
+
+
+def _add_jobs_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        metavar="N",
+        type=_jobs,
+        default=DEFAULT_JOBS,
+        help=f"upload the FILEs over N connections at once (1 to {MAX_JOBS}, default"
+        f" {DEFAULT_JOBS}); they share one AES key, and the server streams one file of a"
+        " client at a time, so the others' answers and confirmations overlap it",
+    )
 
 
 def _setup_logging(args: argparse.Namespace) -> logging.Handler:
@@ -276,33 +305,109 @@ def _run(args: argparse.Namespace) -> ExitCode:
         if isinstance(progress, BarProgress)
         else contextlib.nullcontext()
     )
-    session = Session(
-        settings.server,
-        args.timeout,
-        BY_NAME[args.edition],
-        per_request=args.connection == "per-request",
-    )
+    session = _new_session(args, settings.server)
     with session, redirect:
-        client = Client(
-            session,
-            config_dir=config_dir,
-            name=settings.name,
-            identity=identity,
-            progress=progress,
-            packet_size=args.packet_size,
-            layout=Layout(
-                swapped=args.field_order == "swapped",
-                per_packet=args.encrypt == "per-packet",
-                pad_last=args.pad_last_packet and args.encrypt == "whole",
-            ),
-            fallback=not args.strict,
-        )
+        if args.jobs > DEFAULT_JOBS:
+            return _run_parallel(args, settings, identity, progress)
+        client = _new_client(args, session, settings.name, identity, progress)
         results = client.run(settings.files)
     failed = [result.plan.display_name for result in results if not result.verified]
     if failed:
         log.error("error: cksum never matched for %s", ", ".join(map(repr, failed)))
         return ExitCode.CHECKSUM
     return ExitCode.OK
+
+
+def _new_session(args: argparse.Namespace, server) -> Session:
+    return Session(
+        server,
+        args.timeout,
+        BY_NAME[args.edition],
+        per_request=args.connection == "per-request",
+    )
+
+
+def _new_client(
+    args: argparse.Namespace,
+    session: Session,
+    name: str,
+    identity,
+    progress: Progress,
+    **shared,
+) -> Client:
+    """A client on ``session`` with the layout and packet size of the command line."""
+    return Client(
+        session,
+        config_dir=args.config_dir,
+        name=name,
+        identity=identity,
+        progress=progress,
+        packet_size=args.packet_size,
+        layout=Layout(
+            swapped=args.field_order == "swapped",
+            per_packet=args.encrypt == "per-packet",
+            pad_last=args.pad_last_packet and args.encrypt == "whole",
+        ),
+        fallback=not args.strict,
+        **shared,
+    )
+
+
+def _run_parallel(args: argparse.Namespace, settings, identity, display) -> ExitCode:
+    """``--jobs N``: the files over N connections, one combined progress display."""
+    files = settings.files
+    combined = CombinedProgress(display, len(files), sum(_size(path) for path in files))
+    shared = {"turns": Turns(), "shared_key": SharedKey()}
+
+    def new_worker(worker_identity) -> Client:
+        return _new_client(
+            args,
+            _new_session(args, settings.server),
+            settings.name,
+            worker_identity,
+            combined.view(),
+            **shared,
+        )
+
+    first = _new_client(args, _new_session(args, settings.server), settings.name, identity,
+                        combined.view(), **shared)
+
+    def done(outcome: FileOutcome) -> None:
+        combined.file_done()
+
+    try:
+        outcomes = ParallelUpload(first, new_worker, args.jobs).run(files, done)
+    finally:
+        first.reset()
+        combined.finish()
+    return _report(outcomes)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # reported when its upload fails
+
+
+def _report(outcomes: Sequence[FileOutcome]) -> ExitCode:
+    """Log the outcome of each file; the exit code of the run."""
+    for outcome in outcomes:
+        if outcome.error is not None:
+            log.error("error: %s: %s", outcome.path.name, _error_message(outcome.error))
+    errors = [outcome.error for outcome in outcomes if outcome.error is not None]
+    if errors:
+        return _exit_code(errors[0])
+    if any(not outcome.verified for outcome in outcomes):
+        return ExitCode.CHECKSUM
+    return ExitCode.OK
+
+
+def _exit_code(exc: ClientError) -> ExitCode:
+    for kind, code in ERROR_EXIT_CODES.items():
+        if isinstance(exc, kind):
+            return code
+    return ExitCode.INTERNAL
 
 
 def _error_message(exc: ClientError) -> str:
@@ -322,10 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(_run(args))
     except ClientError as exc:
         log.error(_error_message(exc))
-        for kind, code in ERROR_EXIT_CODES.items():
-            if isinstance(exc, kind):
-                return int(code)
-        return int(ExitCode.INTERNAL)
+        return int(_exit_code(exc))
     except KeyboardInterrupt:
         log.error("error: interrupted")
         return int(ExitCode.INTERRUPTED)

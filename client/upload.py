@@ -59,6 +59,7 @@ from .errors import (
 from .packets import DEFAULT_PACKET_SIZE, FilePlan, STANDARD_LAYOUT, Layout, plan_file
 from .pipeline import PipelinedPackets
 from .progress import NoProgress, Progress
+from .turns import SOLO, SharedKey, Turns
 from .session import Session, describe
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,8 @@ class Client:
         packet_size: int = DEFAULT_PACKET_SIZE,
         layout: Layout = STANDARD_LAYOUT,
         fallback: bool = True,
+        turns: Turns = SOLO,
+        shared_key: SharedKey | None = None,
     ) -> None:
         self._session = session
         self._config_dir = config_dir
@@ -134,9 +137,20 @@ class Client:
         self._packet_size = packet_size
         self._layout = layout
         self._fallback_on = fallback
-        self._aes_key: bytes | None = None
+        #: Several connections of one client (``--jobs``) share the key and take turns.
+        self._turns = turns
+        self._key = shared_key or SharedKey()
         #: (connection number, count) of 1604s to ignore after a 901.
         self._stray_acks = (0, 0)
+
+    @property
+    def _aes_key(self) -> bytes | None:
+        """The AES key in use: the last one the client got, on any connection."""
+        return self._key.key
+
+    @_aes_key.setter
+    def _aes_key(self, key: bytes | None) -> None:
+        self._key.key = key
 
     @property
     def server(self) -> ServerAddress:
@@ -164,6 +178,17 @@ class Client:
             self._register()
         else:
             self._reconnect(announce=True)
+
+    def open_connection(self) -> None:
+        """Open one more connection of a logged-in client, with 827 (variant 7).
+
+        The key it gets replaces the client's on every connection (``--jobs``).
+        """
+        self._reconnect()
+
+    def reset(self) -> None:
+        """Drop the connection (after a failed file); the next upload opens a new one."""
+        self._session.reset()
 
     # -- retries -----------------------------------------------------------------
 
@@ -272,6 +297,7 @@ class Client:
 
     def _register(self) -> None:
         """825 → 1600, save me.info and priv.key, 826 → 1602."""
+        self._turns.before_new_key()
         private_key = generate_private_key()
 
         def refused(reply: RegistrationFailed) -> bytes:
@@ -312,6 +338,7 @@ class Client:
         gets a fresh AES key in the answer (docs/EDITIONS.md).
         """
         identity = self.identity
+        self._turns.before_new_key()
         if not self._session.edition.has_reconnect:
             self._exchange(
                 "sending the public key again (no reconnect in this edition)",
@@ -392,45 +419,63 @@ class Client:
         uploads = 0
         for uploads in range(1, MAX_RESENDS + 2):
             label = name if uploads == 1 else f"{name} (resend {uploads - 1}/{MAX_RESENDS})"
-            if uploads > 1:
-                self._send_crc_retry(plan)
             step = f"upload of {name!r}"
-            received, local, plan = self._with_retries(
-                step,
-                lambda label=label, step=step: self._send_in_current_layout(
-                    path, size, label, step
-                ),
-                reset_on_error=True,
-            )
-            # Some servers report the plaintext size; the cksum is what proves the file.
-            sizes = (plan.content_size, plan.orig_size)
-            local_cksum = local
-            if received.content_size in sizes and self._crc_matches(received.cksum, local, plan):
-                self._confirm(CrcOk, f"CRC confirmation (900) for {name!r}", plan)
-                seconds = time.monotonic() - started
-                log.info(
-                    "uploaded %r: %d bytes in %.2f s (%.1f MB/s), cksum %d verified",
-                    name,
-                    plan.orig_size,
-                    seconds,
-                    plan.orig_size / BYTES_PER_MB / max(seconds, MIN_SECONDS),
-                    local_cksum,
+            with self._turns.sending():
+                if uploads > 1:
+                    self._send_crc_retry(plan)
+                received, local, plan = self._with_retries(
+                    step,
+                    lambda label=label, step=step: self._send_in_current_layout(
+                        path, size, label, step
+                    ),
+                    reset_on_error=True,
                 )
-                return FileResult(plan, local_cksum, True, uploads, seconds)
-            log.warning(
-                "%s: cksum mismatch: the server got %d bytes with cksum %d,"
-                " this file is %d bytes with cksum %d",
-                name,
-                received.content_size,
-                received.cksum,
-                plan.content_size,
-                local,
-            )
-        self._confirm(CrcAbort, f"giving up (902) on {name!r}", plan)
+                self._turns.verdict_begins()
+            try:
+                verified = self._settle(received, local, plan, uploads, started)
+            finally:
+                self._turns.verdict_ends()
+            if verified is not None:
+                return verified
+        self._turns.verdict_begins()  # the upload given up waits for its 902
+        try:
+            self._confirm(CrcAbort, f"giving up (902) on {name!r}", plan)
+        finally:
+            self._turns.verdict_ends()
         log.error(
             "%s: the cksum still differed after %d resends; gave up (902)", name, MAX_RESENDS
         )
         return FileResult(plan, local, False, uploads, time.monotonic() - started)
+
+    def _settle(
+        self, received: FileReceived, local: int, plan: FilePlan, uploads: int, started: float
+    ) -> FileResult | None:
+        """900 if the server's CRC is the file's (the result), else log the mismatch (None)."""
+        name = plan.display_name
+        # Some servers report the plaintext size; the cksum is what proves the file.
+        sizes = (plan.content_size, plan.orig_size)
+        if received.content_size in sizes and self._crc_matches(received.cksum, local, plan):
+            self._confirm(CrcOk, f"CRC confirmation (900) for {name!r}", plan)
+            seconds = time.monotonic() - started
+            log.info(
+                "uploaded %r: %d bytes in %.2f s (%.1f MB/s), cksum %d verified",
+                name,
+                plan.orig_size,
+                seconds,
+                plan.orig_size / BYTES_PER_MB / max(seconds, MIN_SECONDS),
+                local,
+            )
+            return FileResult(plan, local, True, uploads, seconds)
+        log.warning(
+            "%s: cksum mismatch: the server got %d bytes with cksum %d,"
+            " this file is %d bytes with cksum %d",
+            name,
+            received.content_size,
+            received.cksum,
+            plan.content_size,
+            local,
+        )
+        return None
 
     def _crc_matches(self, answered: int, cksum: int, plan: FilePlan) -> bool:
         """Whether the server's CRC is the file's: its cksum, or zlib's CRC-32.
