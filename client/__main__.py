@@ -18,6 +18,8 @@ Exit codes (``ExitCode``):
     5    network failure: server unreachable, connection closed, or no
          answer within the time-out
     6    cksum failure: a file's cksum still differed after 3 resends
+    7    some files failed and the others were uploaded and verified (the
+         summary names each); when every file fails, the code of the first
     70   internal error (a bug: please report it with --verbose output)
     130  interrupted (Ctrl-C)
 """
@@ -48,6 +50,7 @@ from .jobs import FileOutcome, ParallelUpload
 from .packets import DEFAULT_PACKET_SIZE, Layout
 from .progress import BarProgress, CombinedProgress, Progress, make_progress
 from .session import DEFAULT_TIMEOUT, Session
+from .summary import reason, summary_lines
 from .turns import SharedKey, Turns
 from .upload import MAX_RESENDS, MAX_RETRIES, Client
 
@@ -72,6 +75,7 @@ class ExitCode(enum.IntEnum):
     REGISTRATION_REFUSED = 4
     NETWORK = 5
     CHECKSUM = 6
+    PARTIAL = 7
     INTERNAL = 70
     INTERRUPTED = 130
 
@@ -84,6 +88,7 @@ EXIT_CODE_HELP = {
     ExitCode.REGISTRATION_REFUSED: "registration refused (1601): the name is taken",
     ExitCode.NETWORK: "server unreachable, connection closed, or no answer in time",
     ExitCode.CHECKSUM: f"a file's cksum still differed after {MAX_RESENDS} resends",
+    ExitCode.PARTIAL: "some files failed, the others were verified (see the summary)",
     ExitCode.INTERNAL: "internal error (a bug)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
@@ -113,9 +118,12 @@ their owner only. Later runs reconnect with them (the name in me.info is used).
 If the server no longer knows the client, it registers again; if the name
 belongs to someone else, it stops (exit 4).
 
-Several FILEs are sent one after another in one session. On an error reply
-the client prints "server responded with an error" and retries the step up to
-3 times; on a cksum mismatch it sends the file again, up to 3 times."""
+Several FILEs are sent one after another in one session (or over --jobs
+connections at once); a file that fails does not stop the others, and a
+summary names how each went. On an error reply the client prints "server
+responded with an error" and retries the step up to 3 times; on a cksum
+mismatch it sends the file again, up to 3 times. Sizes and rates are in
+decimal units (1 MB = 1,000,000 bytes)."""
 
 
 def _exit_code_table() -> str:
@@ -305,17 +313,8 @@ def _run(args: argparse.Namespace) -> ExitCode:
         if isinstance(progress, BarProgress)
         else contextlib.nullcontext()
     )
-    session = _new_session(args, settings.server)
-    with session, redirect:
-        if args.jobs > DEFAULT_JOBS:
-            return _run_parallel(args, settings, identity, progress)
-        client = _new_client(args, session, settings.name, identity, progress)
-        results = client.run(settings.files)
-    failed = [result.plan.display_name for result in results if not result.verified]
-    if failed:
-        log.error("error: cksum never matched for %s", ", ".join(map(repr, failed)))
-        return ExitCode.CHECKSUM
-    return ExitCode.OK
+    with redirect:
+        return _upload_all(args, settings, identity, progress)
 
 
 def _new_session(args: argparse.Namespace, server) -> Session:
@@ -353,33 +352,35 @@ def _new_client(
     )
 
 
-def _run_parallel(args: argparse.Namespace, settings, identity, display) -> ExitCode:
-    """``--jobs N``: the files over N connections, one combined progress display."""
+def _upload_all(args: argparse.Namespace, settings, identity, display) -> ExitCode:
+    """The files over ``--jobs`` connections; the summary and the run's exit code.
+
+    One connection reports each file on the display; several share one
+    display of all the files (bytes, rate, files done).
+    """
     files = settings.files
-    combined = CombinedProgress(display, len(files), sum(_size(path) for path in files))
-    shared = {"turns": Turns(), "shared_key": SharedKey()}
+    combined = None
+    if args.jobs > DEFAULT_JOBS and len(files) > 1:
+        combined = CombinedProgress(display, len(files), sum(_size(path) for path in files))
+    shared = {"turns": Turns(), "shared_key": SharedKey()} if combined else {}
 
     def new_worker(worker_identity) -> Client:
-        return _new_client(
-            args,
-            _new_session(args, settings.server),
-            settings.name,
-            worker_identity,
-            combined.view(),
-            **shared,
-        )
+        session = _new_session(args, settings.server)
+        progress = combined.view() if combined else display
+        return _new_client(args, session, settings.name, worker_identity, progress, **shared)
 
-    first = _new_client(args, _new_session(args, settings.server), settings.name, identity,
-                        combined.view(), **shared)
+    first = new_worker(identity)
 
     def done(outcome: FileOutcome) -> None:
-        combined.file_done()
+        if combined:
+            combined.file_done()
 
     try:
         outcomes = ParallelUpload(first, new_worker, args.jobs).run(files, done)
     finally:
         first.reset()
-        combined.finish()
+        if combined:
+            combined.finish()
     return _report(outcomes)
 
 
@@ -391,16 +392,27 @@ def _size(path: Path) -> int:
 
 
 def _report(outcomes: Sequence[FileOutcome]) -> ExitCode:
-    """Log the outcome of each file; the exit code of the run."""
-    for outcome in outcomes:
+    """Log why each failed file failed, the summary of several files; the exit code.
+
+    All verified: 0. Some failed: PARTIAL. All failed: the code of the first
+    failure, as a run of that one file would end.
+    """
+    failures = [outcome for outcome in outcomes if not outcome.verified]
+    for outcome in failures:
         if outcome.error is not None:
-            log.error("error: %s: %s", outcome.path.name, _error_message(outcome.error))
-    errors = [outcome.error for outcome in outcomes if outcome.error is not None]
-    if errors:
-        return _exit_code(errors[0])
-    if any(not outcome.verified for outcome in outcomes):
-        return ExitCode.CHECKSUM
-    return ExitCode.OK
+            log.error("error: %s", reason(outcome.error))
+        else:
+            log.error("error: cksum never matched for %r", outcome.path.name)
+    if len(outcomes) > 1:
+        level = logging.WARNING if failures else logging.INFO
+        for line in summary_lines(outcomes):
+            log.log(level, "%s", line)
+    if not failures:
+        return ExitCode.OK
+    if len(failures) < len(outcomes):
+        return ExitCode.PARTIAL
+    first = failures[0]
+    return ExitCode.CHECKSUM if first.error is None else _exit_code(first.error)
 
 
 def _exit_code(exc: ClientError) -> ExitCode:
@@ -408,11 +420,6 @@ def _exit_code(exc: ClientError) -> ExitCode:
         if isinstance(exc, kind):
             return code
     return ExitCode.INTERNAL
-
-
-def _error_message(exc: ClientError) -> str:
-    step = getattr(exc, "step", None) if isinstance(exc, NetworkError) else None
-    return f"error: {step}: {exc}" if step else f"error: {exc}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -426,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(_run(args))
     except ClientError as exc:
-        log.error(_error_message(exc))
+        log.error("error: %s", reason(exc))
         return int(_exit_code(exc))
     except KeyboardInterrupt:
         log.error("error: interrupted")

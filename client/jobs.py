@@ -1,4 +1,4 @@
-"""Several files over several connections at once (``--jobs N``).
+"""The files of a run, over one connection or several at once (``--jobs N``).
 
 Each connection is its own :class:`~client.upload.Client` on its own
 :class:`~client.session.Session`, in its own thread, so each file is its own
@@ -8,6 +8,9 @@ time, so what runs at once is one file's sending beside the others' answers,
 900s and the reading of the files). Workers take the next file from one
 queue. A file that fails is reported in its outcome and the worker goes on
 with the next; only a bug stops the run.
+
+With one connection the files go in order, in the caller's thread, each after
+the first under a fresh key (827), as they always did.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ NewWorker = Callable[[Identity], Client]
 
 
 class ParallelUpload:
-    """``jobs`` connections uploading ``files``, each file once, in any order."""
+    """``jobs`` connections uploading ``files``, each file once (in order with one)."""
 
     def __init__(self, first: Client, new_worker: NewWorker, jobs: int) -> None:
         self._first = first
@@ -86,6 +89,9 @@ class ParallelUpload:
         for item in enumerate(files):
             todo.put(item)
         outcomes: dict[int, FileOutcome] = {}
+        if len(workers) == 1:
+            self._work(self._first, todo, outcomes, on_done, fresh_keys=True)
+            return [outcomes[index] for index in sorted(outcomes)]
         threads = [
             threading.Thread(
                 target=self._work,
@@ -115,19 +121,28 @@ class ParallelUpload:
         todo: queue.SimpleQueue[tuple[int, Path]],
         outcomes: dict[int, FileOutcome],
         on_done: Callable[[FileOutcome], None],
+        *,
+        fresh_keys: bool = False,
     ) -> None:
-        """Upload files from the queue until it is empty (or the run stops)."""
+        """Upload files from the queue until it is empty (or the run stops).
+
+        ``fresh_keys``: each file after the first under a key of its own (827),
+        which only a lone connection may ask for (client/turns.py).
+        """
         while not self._stopping.is_set():
             try:
                 index, path = todo.get_nowait()
             except queue.Empty:
                 return
             try:
-                outcome = FileOutcome(path, result=client.upload(path))
+                result = client.upload(path, fresh_key=fresh_keys and index > 0)
+                outcome = FileOutcome(path, result=result)
             except ClientError as exc:
                 client.reset()
                 outcome = FileOutcome(path, error=exc)
             except BaseException as exc:  # a bug: stop the run, raise it in the main thread
+                if fresh_keys:
+                    raise
                 self._bug = exc
                 self._stopping.set()
                 return

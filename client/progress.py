@@ -10,11 +10,12 @@ from typing import Callable, Protocol, TextIO
 
 from tqdm import tqdm
 
+from .units import UNIT_STEP, format_bytes
+
 log = logging.getLogger(__name__)
 
 #: Seconds between two progress lines when stderr is not a terminal.
 LOG_INTERVAL = 5.0
-BYTES_PER_MB = 1_000_000
 PERCENT = 100
 #: Floor of a measured duration, so that a rate never divides by zero.
 MIN_SECONDS = 1e-9
@@ -72,12 +73,12 @@ class BarProgress:
             desc=label,
             unit="B",
             unit_scale=True,
-            unit_divisor=1024,
+            unit_divisor=UNIT_STEP,  # decimal units, as everywhere (client/units.py)
             file=self._stream,
             dynamic_ncols=known,
             ncols=None if known else size.columns,
             nrows=None if known else size.lines,
-            leave=True,
+            leave=False,  # the line that ends each file says what the bar said
         )
 
     def update(self, count: int) -> None:
@@ -86,8 +87,9 @@ class BarProgress:
             self._bar.update(count)
 
     def finish(self) -> None:
-        """Close the bar."""
+        """Draw the bar's last state, then clear it (the file's own line follows)."""
         if self._bar is not None:
+            self._bar.refresh()
             self._bar.close()
             self._bar = None
 
@@ -138,12 +140,12 @@ class LogProgress:
         rate = self._done / max(now - self._started, MIN_SECONDS)
         eta = (self._total - self._done) / rate if rate else float("inf")
         log.info(
-            "%s: %d%% (%.1f of %.1f MB, %.1f MB/s, about %.0f s left)",
+            "%s: %d%% (%s of %s, %s/s, about %.0f s left)",
             self._label,
             PERCENT * self._done // max(self._total, 1),
-            self._done / BYTES_PER_MB,
-            self._total / BYTES_PER_MB,
-            rate / BYTES_PER_MB,
+            format_bytes(self._done),
+            format_bytes(self._total),
+            format_bytes(rate),
             eta,
         )
 

@@ -60,6 +60,7 @@ from .packets import DEFAULT_PACKET_SIZE, FilePlan, STANDARD_LAYOUT, Layout, pla
 from .pipeline import PipelinedPackets
 from .progress import NoProgress, Progress
 from .turns import SOLO, SharedKey, Turns
+from .units import format_bytes, format_rate, plural
 from .session import Session, describe
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,6 @@ MAX_RESENDS = 3
 SERVER_ERROR_MESSAGE = "server responded with an error"
 #: The 825 header's client id is ignored by servers (variant 2).
 NO_CLIENT_ID = bytes(CLIENT_ID_SIZE)
-BYTES_PER_MB = 1_000_000
-#: Floor of a measured duration, so that a rate never divides by zero.
-MIN_SECONDS = 1e-9
 #: Packets after a fallback to one connection per request: a request fits one
 #: receive of a small server (4,000 bytes of content, 4,290 bytes in all).
 FALLBACK_SMALL_PACKET = 4000
@@ -406,12 +404,12 @@ class Client:
             raise FileReadError(path, f"too large: {exc}") from None
         name = plan.display_name
         started = time.monotonic()
-        log.info(
-            "sending %r (%d bytes, %d packets of up to %d bytes) to %s",
+        log.debug(
+            "sending %r (%s, %s of up to %s) to %s",
             name,
-            plan.orig_size,
-            plan.total_packets,
-            plan.packet_size,
+            plural(plan.orig_size, "byte"),
+            plural(plan.total_packets, "packet"),
+            plural(plan.packet_size, "byte"),
             self.server,
         )
         if fresh_key:
@@ -457,12 +455,13 @@ class Client:
         if received.content_size in sizes and self._crc_matches(received.cksum, local, plan):
             self._confirm(CrcOk, f"CRC confirmation (900) for {name!r}", plan)
             seconds = time.monotonic() - started
+            rate = format_rate(plan.orig_size, seconds)
             log.info(
-                "uploaded %r: %d bytes in %.2f s (%.1f MB/s), cksum %d verified",
+                "uploaded %r: %s in %.2f s%s, cksum %d verified",
                 name,
-                plan.orig_size,
+                format_bytes(plan.orig_size),
                 seconds,
-                plan.orig_size / BYTES_PER_MB / max(seconds, MIN_SECONDS),
+                f" ({rate})" if rate else "",
                 local,
             )
             return FileResult(plan, local, True, uploads, seconds)

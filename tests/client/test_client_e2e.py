@@ -227,7 +227,8 @@ def test_no_server(tmp_path):
 
 def _start_and_wait_for_upload(home: Path, timeout: str = "5") -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-m", "client", "--timeout", timeout],
+        # --verbose: the line that says a file starts is a detail of normal output.
+        [sys.executable, "-m", "client", "--verbose", "--timeout", timeout],
         cwd=home,
         env=environment(),
         stdin=subprocess.DEVNULL,
