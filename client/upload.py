@@ -22,7 +22,7 @@ import time
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import Callable, Mapping, TypeVar
 
 from protocol import (
     Acknowledged,
@@ -156,19 +156,6 @@ class Client:
         return self._session.address
 
     # -- the whole run ---------------------------------------------------------
-
-    def run(self, files: Sequence[Path]) -> list[FileResult]:
-        """Log in, then upload each file in turn on the same session.
-
-        Raises:
-            ClientError: a subclass saying what failed; a cksum that never
-                matches is not raised but reported in the result.
-        """
-        self.log_in()
-        results = []
-        for index, path in enumerate(files):
-            results.append(self.upload(path, fresh_key=index > 0))
-        return results
 
     def log_in(self) -> None:
         """Get an AES key: reconnect with the stored identity, or register."""
