@@ -18,6 +18,8 @@ Exit codes (``ExitCode``):
     5    network failure: server unreachable, connection closed, or no
          answer within the time-out
     6    cksum failure: a file's cksum still differed after 3 resends
+    7    some files failed and the others were uploaded and verified (the
+         summary names each); when every file fails, the code of the first
     70   internal error (a bug: please report it with --verbose output)
     130  interrupted (Ctrl-C)
 """
@@ -47,11 +49,14 @@ from .errors import (
     ServerError,
 )
 from .history import record_sent, sent_names
+from .jobs import FileOutcome, ParallelUpload
 from .locations import folders_of, identity_folder, remember_registration, user_folder
 from .packets import DEFAULT_PACKET_SIZE, Layout
-from .progress import BarProgress, make_progress
+from .progress import BarProgress, CombinedProgress, Progress, make_progress
 from .selection import RENAME_FLAG, Upload, plan_uploads, sendable_path
 from .session import DEFAULT_TIMEOUT, Session
+from .summary import reason, summary_lines
+from .turns import SharedKey, Turns
 from .upload import MAX_RESENDS, MAX_RETRIES, Client
 
 log = logging.getLogger("client")
@@ -60,6 +65,9 @@ PROGRAM = "cipherdrop-client"
 #: Largest --packet-size: memory holds about two packets.
 MAX_PACKET_SIZE = 64 * 1024 * 1024
 PACKET_ALIGNMENT = 16
+#: --jobs: connections at once (the server takes up to 8 uploads of a client at once).
+DEFAULT_JOBS = 1
+MAX_JOBS = 16
 
 
 class ExitCode(enum.IntEnum):
@@ -72,6 +80,7 @@ class ExitCode(enum.IntEnum):
     REGISTRATION_REFUSED = 4
     NETWORK = 5
     CHECKSUM = 6
+    PARTIAL = 7
     INTERNAL = 70
     INTERRUPTED = 130
 
@@ -84,6 +93,7 @@ EXIT_CODE_HELP = {
     ExitCode.REGISTRATION_REFUSED: "registration refused (1601): the name is taken",
     ExitCode.NETWORK: "server unreachable, connection closed, or no answer in time",
     ExitCode.CHECKSUM: f"a file's cksum still differed after {MAX_RESENDS} resends",
+    ExitCode.PARTIAL: "some files failed, the others were verified (see the summary)",
     ExitCode.INTERNAL: "internal error (a bug)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
@@ -127,9 +137,12 @@ are refused before anything is sent (or sent as "x (2).txt" with
 ("photos/2024/a.jpg"). An upload replaces a file of the same name sent in an
 earlier run (the protocol's rule; -v says so).
 
-Several FILEs are sent one after another in one session. On an error reply
-the client prints "server responded with an error" and retries the step up to
-3 times; on a cksum mismatch it sends the file again, up to 3 times."""
+Several FILEs are sent one after another in one session (or over --jobs
+connections at once); a file that fails does not stop the others, and a
+summary names how each went. On an error reply the client prints "server
+responded with an error" and retries the step up to 3 times; on a cksum
+mismatch it sends the file again, up to 3 times. Sizes and rates are in
+decimal units (1 MB = 1,000,000 bytes)."""
 
 
 def _exit_code_table() -> str:
@@ -273,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the protocol edition to speak (default: v3): the client becomes a reference"
         " client of that semester's edition (docs/EDITIONS.md)",
     )
+    _add_jobs_argument(parser)
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument(
         "-q", "--quiet", action="store_true", help="no progress, only warnings and errors"
@@ -281,6 +295,29 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log every request and reply"
     )
     return parser
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not DEFAULT_JOBS <= value <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_JOBS}, got {value}")
+    return value
+
+
+def _add_jobs_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        metavar="N",
+        type=_jobs,
+        default=DEFAULT_JOBS,
+        help=f"upload the FILEs over N connections at once (1 to {MAX_JOBS}, default"
+        f" {DEFAULT_JOBS}); they share one AES key and stream at once (in turns, if the"
+        " server refuses that)",
+    )
 
 
 def _setup_logging(args: argparse.Namespace) -> logging.Handler:
@@ -323,41 +360,129 @@ def _run(args: argparse.Namespace) -> ExitCode:
         if isinstance(progress, BarProgress)
         else contextlib.nullcontext()
     )
-    session = Session(
-        settings.server,
+    with redirect:
+        return _upload_all(args, settings, config_dir, identity, uploads, progress)
+
+
+def _new_session(args: argparse.Namespace, server) -> Session:
+    return Session(
+        server,
         args.timeout,
         BY_NAME[args.edition],
         per_request=args.connection == "per-request",
     )
-    with session, redirect:
-        client = Client(
-            session,
-            config_dir=config_dir,
-            name=settings.name,
-            identity=identity,
-            progress=progress,
-            packet_size=args.packet_size,
-            layout=Layout(
-                swapped=args.field_order == "swapped",
-                per_packet=args.encrypt == "per-packet",
-                pad_last=args.pad_last_packet and args.encrypt == "whole",
-            ),
-            fallback=not args.strict,
+
+
+def _new_client(
+    args: argparse.Namespace,
+    session: Session,
+    config_dir: Path,
+    name: str,
+    identity,
+    progress: Progress,
+    **shared,
+) -> Client:
+    """A client on ``session`` with the layout and packet size of the command line."""
+    return Client(
+        session,
+        config_dir=config_dir,
+        name=name,
+        identity=identity,
+        progress=progress,
+        packet_size=args.packet_size,
+        layout=Layout(
+            swapped=args.field_order == "swapped",
+            per_packet=args.encrypt == "per-packet",
+            pad_last=args.pad_last_packet and args.encrypt == "whole",
+        ),
+        fallback=not args.strict,
+        **shared,
+    )
+
+
+def _upload_all(
+    args: argparse.Namespace,
+    settings,
+    config_dir: Path,
+    identity: Identity | None,
+    uploads: Sequence[Upload],
+    display: Progress,
+) -> ExitCode:
+    """The files over ``--jobs`` connections; the summary and the run's exit code.
+
+    One connection reports each file on the display; several share one
+    display of all the files (bytes, rate, files done).
+    """
+    files = [sendable_path(upload) for upload in uploads]
+    combined = None
+    if args.jobs > DEFAULT_JOBS and len(files) > 1:
+        combined = CombinedProgress(display, len(files), sum(_size(path) for path in files))
+    shared = {"turns": Turns(), "shared_key": SharedKey()} if combined else {}
+
+    def new_worker(worker_identity) -> Client:
+        session = _new_session(args, settings.server)
+        progress = combined.view() if combined else display
+        return _new_client(
+            args, session, config_dir, settings.name, worker_identity, progress, **shared
         )
-        try:
-            results = client.run([sendable_path(upload) for upload in uploads])
-        except RegistrationRefused as exc:
-            raise _with_folder_hint(exc, settings.server, settings.name, config_dir) from None
-        finally:
-            _remember_identity(settings.server, config_dir, identity, client.identity)
-    if client.identity is not None:
-        confirmed = [result.plan.wire_name.text for result in results if result.verified]
-        record_sent(config_dir, client.identity.client_id, confirmed)
-    failed = [result.plan.display_name for result in results if not result.verified]
-    if failed:
-        log.error("error: cksum never matched for %s", ", ".join(map(repr, failed)))
-        return ExitCode.CHECKSUM
-    return ExitCode.OK
+
+    first = new_worker(identity)
+
+    def done(outcome: FileOutcome) -> None:
+        if combined:
+            combined.file_done()
+
+    try:
+        outcomes = ParallelUpload(first, new_worker, args.jobs).run(files, done)
+    except RegistrationRefused as exc:
+        raise _with_folder_hint(exc, settings.server, settings.name, config_dir) from None
+    finally:
+        _remember_identity(settings.server, config_dir, identity, first.identity)
+        first.reset()
+        if combined:
+            combined.finish()
+    if first.identity is not None:
+        confirmed = [o.result.plan.wire_name.text for o in outcomes if o.verified and o.result]
+        record_sent(config_dir, first.identity.client_id, confirmed)
+    return _report(outcomes)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # reported when its upload fails
+
+
+def _report(outcomes: Sequence[FileOutcome]) -> ExitCode:
+    """Log why each failed file failed, the summary of several files; the exit code.
+
+    All verified: 0. Some failed: PARTIAL. All failed: the code of the first
+    failure, as a run of that one file would end.
+    """
+    failures = [outcome for outcome in outcomes if not outcome.verified]
+    for outcome in failures:
+        if outcome.error is not None:
+            log.error("error: %s", reason(outcome.error))
+        else:
+            log.error("error: cksum never matched for %r", outcome.path.name)
+    if len(outcomes) > 1:
+        level = logging.WARNING if failures else logging.INFO
+        for line in summary_lines(outcomes):
+            log.log(level, "%s", line)
+    if not failures:
+        return ExitCode.OK
+    if len(failures) < len(outcomes):
+        return ExitCode.PARTIAL
+    first = failures[0]
+    return ExitCode.CHECKSUM if first.error is None else _exit_code(first.error)
+
+
+def _exit_code(exc: ClientError) -> ExitCode:
+    for kind, code in ERROR_EXIT_CODES.items():
+        if isinstance(exc, kind):
+            return code
+    return ExitCode.INTERNAL
 
 
 def _plan_files(args: argparse.Namespace) -> list[Upload]:
@@ -432,11 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(_run(args))
     except ClientError as exc:
-        log.error(_error_message(exc))
-        for kind, code in ERROR_EXIT_CODES.items():
-            if isinstance(exc, kind):
-                return int(code)
-        return int(ExitCode.INTERNAL)
+        log.error("error: %s", reason(exc))
+        return int(_exit_code(exc))
     except KeyboardInterrupt:
         log.error("error: interrupted")
         return int(ExitCode.INTERRUPTED)

@@ -4,6 +4,10 @@ docs/PROTOCOL.md, 828: the file's ciphertext is one AES-CBC stream (zero IV,
 PKCS#7) cut into consecutive packets; ``content_size`` is the whole
 ciphertext and ``total_packets`` must fit its 2-byte field. The file is read
 one packet at a time, so memory stays flat whatever its size.
+
+The generators here are the serial reference: the client sends with
+:mod:`client.pipeline`, whose bytes tests/client/test_client_pipeline.py
+compares with theirs.
 """
 
 from __future__ import annotations
@@ -169,7 +173,7 @@ def encrypted_packets(
     while True:
         count = min(size, remaining)
         chunk = plain[:count]
-        if _fill(source, chunk) < count:
+        if fill(source, chunk) < count:
             raise FileReadError(
                 plan.path,
                 f"the file shrank while being sent ({plan.orig_size - remaining}"
@@ -190,7 +194,7 @@ def encrypted_packets(
             return
 
 
-def _fill(source: BinaryIO, view: memoryview) -> int:
+def fill(source: BinaryIO, view: memoryview) -> int:
     """Read into the whole view unless the file ends first; return the bytes read."""
     filled = 0
     while filled < len(view):
@@ -218,7 +222,7 @@ def per_packet_ciphertexts(
     for _ in range(plan.total_packets):
         count = min(plan.packet_size, remaining)
         chunk = plain[:count]
-        if _fill(source, chunk) < count:
+        if fill(source, chunk) < count:
             raise FileReadError(plan.path, "the file shrank while being sent")
         remaining -= count
         checksum.update(chunk)

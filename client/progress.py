@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Callable, Protocol, TextIO
 
 from tqdm import tqdm
 
+from .units import UNIT_STEP, format_bytes
+
 log = logging.getLogger(__name__)
 
 #: Seconds between two progress lines when stderr is not a terminal.
 LOG_INTERVAL = 5.0
-BYTES_PER_MB = 1_000_000
 PERCENT = 100
 #: Floor of a measured duration, so that a rate never divides by zero.
 MIN_SECONDS = 1e-9
@@ -47,6 +49,12 @@ class NoProgress:
     def finish(self) -> None:
         """Nothing to show."""
 
+    def relabel(self, label: str) -> None:
+        """Nothing to show."""
+
+    def grow(self, count: int) -> None:
+        """Nothing to show."""
+
 
 class BarProgress:
     """A tqdm bar with bytes/s and ETA, for a terminal."""
@@ -65,12 +73,12 @@ class BarProgress:
             desc=label,
             unit="B",
             unit_scale=True,
-            unit_divisor=1024,
+            unit_divisor=UNIT_STEP,  # decimal units, as everywhere (client/units.py)
             file=self._stream,
             dynamic_ncols=known,
             ncols=None if known else size.columns,
             nrows=None if known else size.lines,
-            leave=True,
+            leave=False,  # the line that ends each file says what the bar said
         )
 
     def update(self, count: int) -> None:
@@ -79,10 +87,22 @@ class BarProgress:
             self._bar.update(count)
 
     def finish(self) -> None:
-        """Close the bar."""
+        """Draw the bar's last state, then clear it (the file's own line follows)."""
         if self._bar is not None:
+            self._bar.refresh()
             self._bar.close()
             self._bar = None
+
+    def relabel(self, label: str) -> None:
+        """Say something else in front of the bar."""
+        if self._bar is not None:
+            self._bar.set_description_str(label)
+
+    def grow(self, count: int) -> None:
+        """``count`` more bytes to send than announced (a resend)."""
+        if self._bar is not None:
+            self._bar.total += count
+            self._bar.refresh()
 
 
 def _terminal_size(stream: TextIO) -> os.terminal_size:
@@ -120,20 +140,105 @@ class LogProgress:
         rate = self._done / max(now - self._started, MIN_SECONDS)
         eta = (self._total - self._done) / rate if rate else float("inf")
         log.info(
-            "%s: %d%% (%.1f of %.1f MB, %.1f MB/s, about %.0f s left)",
+            "%s: %d%% (%s of %s, %s/s, about %.0f s left)",
             self._label,
             PERCENT * self._done // max(self._total, 1),
-            self._done / BYTES_PER_MB,
-            self._total / BYTES_PER_MB,
-            rate / BYTES_PER_MB,
+            format_bytes(self._done),
+            format_bytes(self._total),
+            format_bytes(rate),
             eta,
         )
 
     def finish(self) -> None:
         """Nothing to close."""
 
+    def relabel(self, label: str) -> None:
+        """Name what the next lines are about."""
+        self._label = label
 
-def make_progress(stream: TextIO, *, quiet: bool) -> Progress:
+    def grow(self, count: int) -> None:
+        """``count`` more bytes to send than announced (a resend)."""
+        self._total += count
+
+
+class Display(Progress, Protocol):
+    """A progress display that can also be relabelled and grown (one for a whole run)."""
+
+    def relabel(self, label: str) -> None:
+        """Say something else in front of the figures."""
+
+    def grow(self, count: int) -> None:
+        """``count`` more bytes to send than announced."""
+
+
+class CombinedProgress:
+    """One display for the files of a ``--jobs`` run: total bytes, rate, files done.
+
+    Each connection reports through its own :meth:`view`; the calls come
+    from several threads.
+    """
+
+    def __init__(self, display: Display, files: int, total: int) -> None:
+        self._display = display
+        self._files = files
+        self._done = 0
+        self._lock = threading.Lock()
+        display.start(self._label(), total)
+
+    def _label(self) -> str:
+        return f"{self._done}/{self._files} files"
+
+    def view(self) -> Progress:
+        """The reporter of one connection."""
+        return _CombinedView(self)
+
+    def add(self, count: int) -> None:
+        """``count`` more bytes sent, on any connection."""
+        with self._lock:
+            self._display.update(count)
+
+    def grow(self, count: int) -> None:
+        """A resend: ``count`` more bytes to send."""
+        with self._lock:
+            self._display.grow(count)
+
+    def file_done(self) -> None:
+        """One more file is done (verified or not)."""
+        with self._lock:
+            self._done += 1
+            self._display.relabel(self._label())
+
+    def finish(self) -> None:
+        """Close the display."""
+        with self._lock:
+            self._display.finish()
+
+
+class _CombinedView:
+    """One connection's reports, added to a :class:`CombinedProgress`."""
+
+    def __init__(self, combined: CombinedProgress) -> None:
+        self._combined = combined
+        self._label: str | None = None
+
+    def start(self, label: str, total: int) -> None:
+        """A file begins; a second start of the same file is a resend."""
+        if self._label is not None and (
+            label == self._label or label.startswith(f"{self._label} (")
+        ):
+            self._combined.grow(total)  # a retry or a resend of the same file
+        else:
+            self._label = label
+
+    def update(self, count: int) -> None:
+        """Count the bytes in the total."""
+        self._combined.add(count)
+
+    def finish(self) -> None:
+        """The file is done when its outcome is known, not here."""
+
+
+def make_progress(stream: TextIO, *, quiet: bool) -> Display:
     """The reporter that fits: none when quiet, a bar on a terminal, else log lines."""
     if quiet:
         return NoProgress()

@@ -22,7 +22,7 @@ import time
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import Callable, Mapping, TypeVar
 
 from protocol import (
     Acknowledged,
@@ -56,16 +56,11 @@ from .errors import (
     ServerError,
     UnexpectedReply,
 )
-from .packets import (
-    DEFAULT_PACKET_SIZE,
-    FilePlan,
-    STANDARD_LAYOUT,
-    Layout,
-    encrypted_packets,
-    per_packet_ciphertexts,
-    plan_file,
-)
+from .packets import DEFAULT_PACKET_SIZE, FilePlan, STANDARD_LAYOUT, Layout, plan_file
+from .pipeline import PipelinedPackets
 from .progress import NoProgress, Progress
+from .turns import SOLO, SharedKey, Turns
+from .units import format_bytes, format_rate, plural
 from .session import Session, describe
 
 log = logging.getLogger(__name__)
@@ -80,9 +75,6 @@ MAX_RESENDS = 3
 SERVER_ERROR_MESSAGE = "server responded with an error"
 #: The 825 header's client id is ignored by servers (variant 2).
 NO_CLIENT_ID = bytes(CLIENT_ID_SIZE)
-BYTES_PER_MB = 1_000_000
-#: Floor of a measured duration, so that a rate never divides by zero.
-MIN_SECONDS = 1e-9
 #: Packets after a fallback to one connection per request: a request fits one
 #: receive of a small server (4,000 bytes of content, 4,290 bytes in all).
 FALLBACK_SMALL_PACKET = 4000
@@ -132,6 +124,8 @@ class Client:
         packet_size: int = DEFAULT_PACKET_SIZE,
         layout: Layout = STANDARD_LAYOUT,
         fallback: bool = True,
+        turns: Turns = SOLO,
+        shared_key: SharedKey | None = None,
     ) -> None:
         self._session = session
         self._config_dir = config_dir
@@ -141,9 +135,20 @@ class Client:
         self._packet_size = packet_size
         self._layout = layout
         self._fallback_on = fallback
-        self._aes_key: bytes | None = None
+        #: Several connections of one client (``--jobs``) share the key and take turns.
+        self._turns = turns
+        self._key = shared_key or SharedKey()
         #: (connection number, count) of 1604s to ignore after a 901.
         self._stray_acks = (0, 0)
+
+    @property
+    def _aes_key(self) -> bytes | None:
+        """The AES key in use: the last one the client got, on any connection."""
+        return self._key.key
+
+    @_aes_key.setter
+    def _aes_key(self, key: bytes | None) -> None:
+        self._key.key = key
 
     @property
     def server(self) -> ServerAddress:
@@ -152,25 +157,23 @@ class Client:
 
     # -- the whole run ---------------------------------------------------------
 
-    def run(self, files: Sequence[Path]) -> list[FileResult]:
-        """Log in, then upload each file in turn on the same session.
-
-        Raises:
-            ClientError: a subclass saying what failed; a cksum that never
-                matches is not raised but reported in the result.
-        """
-        self.log_in()
-        results = []
-        for index, path in enumerate(files):
-            results.append(self.upload(path, fresh_key=index > 0))
-        return results
-
     def log_in(self) -> None:
         """Get an AES key: reconnect with the stored identity, or register."""
         if self.identity is None:
             self._register()
         else:
             self._reconnect(announce=True)
+
+    def open_connection(self) -> None:
+        """Open one more connection of a logged-in client, with 827 (variant 7).
+
+        The key it gets replaces the client's on every connection (``--jobs``).
+        """
+        self._reconnect()
+
+    def reset(self) -> None:
+        """Drop the connection (after a failed file); the next upload opens a new one."""
+        self._session.reset()
 
     # -- retries -----------------------------------------------------------------
 
@@ -279,6 +282,7 @@ class Client:
 
     def _register(self) -> None:
         """825 → 1600, save me.info and priv.key, 826 → 1602."""
+        self._turns.before_new_key()
         private_key = generate_private_key()
 
         def refused(reply: RegistrationFailed) -> bytes:
@@ -319,6 +323,7 @@ class Client:
         gets a fresh AES key in the answer (docs/EDITIONS.md).
         """
         identity = self.identity
+        self._turns.before_new_key()
         if not self._session.edition.has_reconnect:
             self._exchange(
                 "sending the public key again (no reconnect in this edition)",
@@ -386,12 +391,12 @@ class Client:
             raise FileReadError(path, f"too large: {exc}") from None
         name = plan.display_name
         started = time.monotonic()
-        log.info(
-            "sending %r (%d bytes, %d packets of up to %d bytes) to %s",
+        log.debug(
+            "sending %r (%s, %s of up to %s) to %s",
             name,
-            plan.orig_size,
-            plan.total_packets,
-            plan.packet_size,
+            plural(plan.orig_size, "byte"),
+            plural(plan.total_packets, "packet"),
+            plural(plan.packet_size, "byte"),
             self.server,
         )
         if fresh_key:
@@ -399,45 +404,64 @@ class Client:
         uploads = 0
         for uploads in range(1, MAX_RESENDS + 2):
             label = name if uploads == 1 else f"{name} (resend {uploads - 1}/{MAX_RESENDS})"
-            if uploads > 1:
-                self._send_crc_retry(plan)
             step = f"upload of {name!r}"
-            received, local, plan = self._with_retries(
-                step,
-                lambda label=label, step=step: self._send_in_current_layout(
-                    path, size, label, step
-                ),
-                reset_on_error=True,
-            )
-            # Some servers report the plaintext size; the cksum is what proves the file.
-            sizes = (plan.content_size, plan.orig_size)
-            local_cksum = local
-            if received.content_size in sizes and self._crc_matches(received.cksum, local, plan):
-                self._confirm(CrcOk, f"CRC confirmation (900) for {name!r}", plan)
-                seconds = time.monotonic() - started
-                log.info(
-                    "uploaded %r: %d bytes in %.2f s (%.1f MB/s), cksum %d verified",
-                    name,
-                    plan.orig_size,
-                    seconds,
-                    plan.orig_size / BYTES_PER_MB / max(seconds, MIN_SECONDS),
-                    local_cksum,
+            with self._turns.sending():
+                if uploads > 1:
+                    self._send_crc_retry(plan)
+                received, local, plan = self._with_retries(
+                    step,
+                    lambda label=label, step=step: self._send_in_current_layout(
+                        path, size, label, step
+                    ),
+                    reset_on_error=True,
                 )
-                return FileResult(plan, local_cksum, True, uploads, seconds)
-            log.warning(
-                "%s: cksum mismatch: the server got %d bytes with cksum %d,"
-                " this file is %d bytes with cksum %d",
-                name,
-                received.content_size,
-                received.cksum,
-                plan.content_size,
-                local,
-            )
-        self._confirm(CrcAbort, f"giving up (902) on {name!r}", plan)
+                self._turns.verdict_begins()
+            try:
+                verified = self._settle(received, local, plan, uploads, started)
+            finally:
+                self._turns.verdict_ends()
+            if verified is not None:
+                return verified
+        self._turns.verdict_begins()  # the upload given up waits for its 902
+        try:
+            self._confirm(CrcAbort, f"giving up (902) on {name!r}", plan)
+        finally:
+            self._turns.verdict_ends()
         log.error(
             "%s: the cksum still differed after %d resends; gave up (902)", name, MAX_RESENDS
         )
         return FileResult(plan, local, False, uploads, time.monotonic() - started)
+
+    def _settle(
+        self, received: FileReceived, local: int, plan: FilePlan, uploads: int, started: float
+    ) -> FileResult | None:
+        """900 if the server's CRC is the file's (the result), else log the mismatch (None)."""
+        name = plan.display_name
+        # Some servers report the plaintext size; the cksum is what proves the file.
+        sizes = (plan.content_size, plan.orig_size)
+        if received.content_size in sizes and self._crc_matches(received.cksum, local, plan):
+            self._confirm(CrcOk, f"CRC confirmation (900) for {name!r}", plan)
+            seconds = time.monotonic() - started
+            rate = format_rate(plan.orig_size, seconds)
+            log.info(
+                "uploaded %r: %s in %.2f s%s, cksum %d verified",
+                name,
+                format_bytes(plan.orig_size),
+                seconds,
+                f" ({rate})" if rate else "",
+                local,
+            )
+            return FileResult(plan, local, True, uploads, seconds)
+        log.warning(
+            "%s: cksum mismatch: the server got %d bytes with cksum %d,"
+            " this file is %d bytes with cksum %d",
+            name,
+            received.content_size,
+            received.cksum,
+            plan.content_size,
+            local,
+        )
+        return None
 
     def _crc_matches(self, answered: int, cksum: int, plan: FilePlan) -> bool:
         """Whether the server's CRC is the file's: its cksum, or zlib's CRC-32.
@@ -503,6 +527,12 @@ class Client:
         try:
             received, crcs = self._send_file_once(plan, label)
         except (UnexpectedReply, NetworkError) as exc:
+            if isinstance(exc, UnexpectedReply) and self._turns.refused_beside():
+                log.info(
+                    "the server refused a file while another connection streamed one:"
+                    " the connections take turns from now on"
+                )
+                raise UnexpectedReply(f"{exc} (retrying in turn)") from exc
             switch = self._fallback(exc, plan)
             if switch is None:
                 raise
@@ -515,35 +545,41 @@ class Client:
     ) -> tuple[FileReceived, int]:
         """Send every packet of the file, then wait for 1603.
 
-        Returns the reply and the cksum of the plaintext that was sent. An
-        edition that sends a file whole announces it in one request and
-        streams its content in pieces.
+        Returns the reply and the cksum of the plaintext that was sent.
         """
         self._prepare_connection(fresh_key=False)
         sums = Cksum()
-        whole = self._session.edition.whole_file
         self._progress.start(label, plan.orig_size)
         try:
-            with _open_for_reading(plan.path) as source:
-                if self._layout.per_packet and not whole:
-                    packets = per_packet_ciphertexts(
-                        source, plan, self._aes_key, sums, self._progress.update
-                    )
-                else:
-                    packets = encrypted_packets(
-                        source, plan, self._aes_key, sums, self._progress.update
-                    )
-                for number, content in enumerate(_reading(plan.path, packets), start=1):
-                    self._take_early_reply(number)
-                    if not whole:
-                        self._send_packet(plan, number, content)
-                    elif number == 1:
-                        self._send_packet(plan, 1, content, whole_file=True)
-                    else:
-                        self._session.send_more(content)
+            self.send_packets(plan, sums)
         finally:
             self._progress.finish()
         return self._await_file_received(plan), sums.value
+
+    def send_packets(self, plan: FilePlan, sums: Cksum) -> None:
+        """Read, encrypt and send the file's packets, the three at once (client/pipeline.py).
+
+        An edition that sends a file whole announces it in one request and
+        streams its content in pieces. A reply before the last packet stops
+        the sending at once.
+
+        Raises:
+            FileReadError, NetworkError, UnexpectedReply.
+        """
+        whole = self._session.edition.whole_file
+        per_packet = self._layout.per_packet and not whole
+        with _open_for_reading(plan.path) as source, PipelinedPackets(
+            source, plan, self._aes_key, sums, per_packet=per_packet
+        ) as packets:
+            for number, packet in enumerate(packets, start=1):
+                self._take_early_reply(number)
+                if not whole:
+                    self._send_packet(plan, number, packet.content)
+                elif number == 1:
+                    self._send_packet(plan, 1, packet.content, whole_file=True)
+                else:
+                    self._session.send_more(packet.content)
+                self._progress.update(packet.plain_count)
 
     def _send_packet(
         self, plan: FilePlan, number: int, content: bytes, *, whole_file: bool = False
@@ -633,16 +669,3 @@ def _open_for_reading(path: Path):
         return path.open("rb")
     except OSError as exc:
         raise FileReadError(path, f"cannot read: {exc.strerror}") from None
-
-
-def _reading(path: Path, packets):
-    """Turn an OSError while the file is read into FileReadError."""
-    iterator = iter(packets)
-    while True:
-        try:
-            content = next(iterator)
-        except StopIteration:
-            return
-        except OSError as exc:
-            raise FileReadError(path, f"cannot read: {exc.strerror}") from None
-        yield content

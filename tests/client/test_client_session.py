@@ -177,4 +177,4 @@ def test_log_progress_writes_a_line_every_interval(caplog):
         now[0] += 1.0
         progress.update(10_000_000)
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["data.bin: 50% (50.0 of 100.0 MB, 10.0 MB/s, about 5 s left)"]
+    assert lines == ["data.bin: 50% (50.0 MB of 100.0 MB, 10.0 MB/s, about 5 s left)"]
