@@ -61,7 +61,14 @@ from .upload import MAX_RESENDS, MAX_RETRIES, Client
 
 log = logging.getLogger("client")
 
-PROGRAM = "cipherdrop-client"
+#: The name in ``usage:`` when started as ``python -m client``.
+MODULE_PROGRAM = "python -m client"
+
+
+def program_name(argv0: str | None = None) -> str:
+    """How the program was started: ``python -m client`` or the script's name."""
+    name = Path(sys.argv[0] if argv0 is None else argv0).name
+    return MODULE_PROGRAM if name in ("", "__main__.py") else name
 #: Largest --packet-size: memory holds about two packets.
 MAX_PACKET_SIZE = 64 * 1024 * 1024
 PACKET_ALIGNMENT = 16
@@ -177,7 +184,7 @@ def _packet_size(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the exit codes in its help."""
     parser = argparse.ArgumentParser(
-        prog=PROGRAM,
+        prog=program_name(),
         description=DESCRIPTION,
         epilog=_exit_code_table(),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -200,3 +200,13 @@ def test_ctrl_c_exits_130_without_traceback(work):
         _, err = process.communicate(timeout=RUN_TIMEOUT)
     assert process.returncode == ExitCode.INTERRUPTED
     assert "Traceback" not in err and "interrupted" in err
+
+
+def test_usage_names_the_program_as_it_was_started():
+    from client.__main__ import program_name
+
+    assert program_name("/usr/local/bin/cipherdrop-client") == "cipherdrop-client"
+    assert program_name("/work/client/__main__.py") == "python -m client"
+    result = subprocess.run([sys.executable, "-m", "client", "--help"], capture_output=True,
+                            text=True, env=environment(), timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("usage: python -m client "), result.stdout
