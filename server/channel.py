@@ -11,6 +11,11 @@ the loop), the lingering close after the session's close verdict (send what
 is queued, shut the write side, read and drop the input for a while so the
 close does not reset the answers away), and one timer.
 
+Answers wait for durability (group commit): a turn's answers are handed to
+the loop (``on_answers``), which makes the round's commits durable once
+(``MetadataStore.sync``) and then sends them (:meth:`Channel.send_answers`).
+Without a loop (a test harness), the channel syncs and sends itself.
+
 It catches no broad exception: an error in any entry point reaches the
 loop's per-connection edge (:func:`server.loop.serve`), which calls
 :meth:`Channel.fail`.
@@ -67,6 +72,7 @@ class Channel:
         serve: Serve,
         on_closed: Callable[[Channel], None],
         on_backlog: Callable[[Channel], None] | None = None,
+        on_answers: Callable[[Channel], None] | None = None,
     ) -> None:
         self.sock = sock
         self.session = session
@@ -80,6 +86,9 @@ class Channel:
         # Without a loop to resume it (a test harness), a channel drains all at once.
         self._on_backlog = on_backlog
         self._turn_budget = MAX_REQUESTS_PER_TURN if on_backlog else MAX_UINT32
+        self._on_answers = on_answers
+        #: Answers of this round wait in ``_out`` for the loop's sync.
+        self._awaiting_sync = False
         self._turn_requests = 0
         self._backlogged = False
         self._out = bytearray()
@@ -221,9 +230,10 @@ class Channel:
         if (drained or self._backlogged) and self._out:
             # Every request stepped is answered: send the replies at once, in
             # one write, rather than a select() round later (the peer works
-            # meanwhile). Not when paused by max_outgoing: then requests are
-            # still buffered, and EVENT_WRITE resumes them before any read.
-            self._send_pending()
+            # meanwhile), once the round's commits are durable. Not when
+            # paused by max_outgoing: then requests are still buffered, and
+            # EVENT_WRITE resumes them before any read.
+            self._answer()
         if self._backlogged and self._state is _State.OPEN and self._on_backlog is not None:
             self._on_backlog(self)
         self._settle()
@@ -253,6 +263,27 @@ class Channel:
             self.bytes_out += len(data)
 
     # -- writing ----------------------------------------------------------------
+
+    def _answer(self) -> None:
+        """Send this turn's answers once what they report is durable."""
+        if self._on_answers is None:
+            self.session.app.metadata.sync()
+            self._send_pending()
+        elif not self._awaiting_sync:
+            self._awaiting_sync = True
+            self._on_answers(self)
+
+    def send_answers(self) -> None:
+        """The round's commits are durable: send the answers waiting for them."""
+        self._awaiting_sync = False
+        if self._state is _State.CLOSED or not self._out:
+            return
+        if not self._send_pending():
+            return
+        if not self._out and self._state is _State.CLOSING:
+            self._start_linger()
+        else:
+            self._settle()
 
     def _send_pending(self) -> bool:
         """Send what the socket takes now; False if that failed (then closed)."""
@@ -315,7 +346,7 @@ class Channel:
             and len(self._out) < self._limits.max_outgoing
         ):
             interest |= selectors.EVENT_READ
-        if self._out:
+        if self._out and not self._awaiting_sync:  # else the loop sends them this round
             interest |= selectors.EVENT_WRITE
         if interest and interest != self._interest:
             self._selector.modify(self.sock, interest, self)
