@@ -2,11 +2,16 @@
 
 Which code carries each layout, in each edition, is :mod:`protocol.editions`.
 Sizes used elsewhere are derived from these declarations, never written out.
+What parses and builds them on the hot path is the same declaration compiled
+(:func:`compiled`): construct generates the code from it, so the declaration
+stays the one source of the format.
 """
 
 from __future__ import annotations
 
-from construct import Adapter, Bytes, Int8ul, Int16ul, Int32ul, Struct, ValidationError
+import functools
+
+from construct import Adapter, Bytes, Construct, Int8ul, Int16ul, Int32ul, Struct, ValidationError
 
 from .codes import (
     CLIENT_ID_SIZE,
@@ -83,3 +88,19 @@ FileReceivedPayload = Struct(
 REQUEST_HEADER_SIZE = RequestHeader.sizeof()
 RESPONSE_HEADER_SIZE = ResponseHeader.sizeof()
 FILE_PACKET_FIELDS_SIZE = FilePacketFields.sizeof()
+
+
+@functools.cache
+def compiled(struct: Construct) -> Construct:
+    """The declaration compiled by construct (``Struct.compile()``), once per declaration.
+
+    It parses and builds the same bytes as ``struct`` (tests/protocol checks
+    every layout both ways), in generated code rather than construct's
+    interpreter.
+    """
+    return struct.compile()
+
+
+#: The headers as the connections parse and build them.
+REQUEST_HEADER = compiled(RequestHeader)
+RESPONSE_HEADER = compiled(ResponseHeader)
