@@ -207,12 +207,14 @@ class Channel:
         try:
             self.session.connection_lost()
         finally:
-            log.log(
-                logging.DEBUG if self.silent else logging.INFO,
-                "%s closed: %s (in %d B, out %d B, %.3f s)",
-                self.peer, self._close_reason, self.bytes_in, self.bytes_out,
-                self._clock() - self._opened,
-            )
+            level = logging.DEBUG if self.silent else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(
+                    level,
+                    "%s closed: %s (in %d B, out %d B, %.3f s)",
+                    self.peer, self._close_reason, self.bytes_in, self.bytes_out,
+                    self._clock() - self._opened,
+                )
             self._on_closed(self)
 
     # -- stepping the session ----------------------------------------------------
