@@ -11,10 +11,11 @@ the loop), the lingering close after the session's close verdict (send what
 is queued, shut the write side, read and drop the input for a while so the
 close does not reset the answers away), and one timer.
 
-Answers wait for durability (group commit): a turn's answers are handed to
-the loop (``on_answers``), which makes the round's commits durable once
-(``MetadataStore.sync``) and then sends them (:meth:`Channel.send_answers`).
-Without a loop (a test harness), the channel syncs and sends itself.
+Answers wait for durability (group commit): whatever the session queues is
+held, and the channel handed to the loop (``on_answers``), which makes the
+round's commits durable once (``MetadataStore.sync``) and then sends it
+(:meth:`Channel.send_answers`). Without a loop (a test harness), the channel
+syncs before each send itself.
 
 It catches no broad exception: an error in any entry point reaches the
 loop's per-connection edge (:func:`server.loop.serve`), which calls
@@ -153,6 +154,17 @@ class Channel:
 
     def on_writable(self) -> None:
         """The socket accepts data."""
+        if self._awaiting_sync:
+            return  # this round's answers: the loop sends them after its sync
+        self._write(resume=True)
+
+    def send_answers(self) -> None:
+        """The round's commits are durable: send the answers that waited for them."""
+        self._awaiting_sync = False
+        self._write(resume=len(self._out) >= self._limits.max_outgoing)
+
+    def _write(self, resume: bool) -> None:
+        """Send what the socket takes; then linger, resume a paused peer, or settle."""
         if not self._out or self._state is _State.CLOSED:
             return
         if not self._send_pending():
@@ -160,7 +172,8 @@ class Channel:
         if not self._out and self._state is _State.CLOSING:
             self._start_linger()
         elif (
-            self._state is _State.OPEN
+            resume
+            and self._state is _State.OPEN
             and not self._backlogged  # the loop resumes it this round
             and len(self._out) < self._limits.max_outgoing
         ):
@@ -229,13 +242,12 @@ class Channel:
             and self._turn_requests >= self._turn_budget
             and len(self._out) < self._limits.max_outgoing
         )
-        if (drained or self._backlogged) and self._out:
+        if (drained or self._backlogged) and self._out and self._on_answers is None:
             # Every request stepped is answered: send the replies at once, in
-            # one write, rather than a select() round later (the peer works
-            # meanwhile), once the round's commits are durable. Not when
-            # paused by max_outgoing: then requests are still buffered, and
-            # EVENT_WRITE resumes them before any read.
-            self._answer()
+            # one write (with a loop, they go at the end of this round, after
+            # its sync). Not when paused by max_outgoing: then requests are
+            # still buffered, and EVENT_WRITE resumes them before any read.
+            self._send_pending()
         if self._backlogged and self._state is _State.OPEN and self._on_backlog is not None:
             self._on_backlog(self)
         self._settle()
@@ -263,32 +275,21 @@ class Channel:
         if data:
             self._out += data
             self.bytes_out += len(data)
+            if self._on_answers is not None and not self._awaiting_sync:
+                self._awaiting_sync = True  # held until the round's sync
+                self._on_answers(self)
 
     # -- writing ----------------------------------------------------------------
 
-    def _answer(self) -> None:
-        """Send this turn's answers once what they report is durable."""
-        if self._on_answers is None:
-            self.session.app.metadata.sync()
-            self._send_pending()
-        elif not self._awaiting_sync:
-            self._awaiting_sync = True
-            self._on_answers(self)
-
-    def send_answers(self) -> None:
-        """The round's commits are durable: send the answers waiting for them."""
-        self._awaiting_sync = False
-        if self._state is _State.CLOSED or not self._out:
-            return
-        if not self._send_pending():
-            return
-        if not self._out and self._state is _State.CLOSING:
-            self._start_linger()
-        else:
-            self._settle()
 
     def _send_pending(self) -> bool:
-        """Send what the socket takes now; False if that failed (then closed)."""
+        """Send what the socket takes now; False if that failed (then closed).
+
+        Without a loop to sync the round, what the answers report is made
+        durable here first.
+        """
+        if self._on_answers is None:
+            self.session.app.metadata.sync()
         try:
             sent = self.sock.send(self._out)
         except (BlockingIOError, InterruptedError):

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from helpers import ANY_ID, RawClient, unique_name
-from protocol import ConnectionClosed, Register, Registered
+from helpers import ANY_ID, RawClient, raw_header, unique_name
+from protocol import ConnectionClosed, GeneralError, Register, Registered
+from protocol.codes import RequestCode
 from server.app import App
 from server.errors import StorageFault
 from server.limits import Limits
@@ -23,6 +24,8 @@ from server.storage.folder import FolderBlobs
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 ROUNDS = 200
+#: A payload size the server will not read past: it answers 1607 and closes.
+UNSKIPPABLE = 1 << 30
 #: How long a round waits at most, so that a lost answer fails the test quickly.
 ROUND_PAUSE = 0.01
 
@@ -82,6 +85,30 @@ def test_answers_wait_for_the_rounds_sync(looped, monkeypatch):
     for client in clients:
         assert isinstance(client.receive(), Registered)
         client.close()
+
+
+def test_an_answer_before_a_close_waits_for_the_sync_too(looped, monkeypatch):
+    server, db = looped
+    client = RawClient(server.address[:2])
+    _run_until(server, lambda: len(server.channels) == 1)
+    seen_at_sync = []
+    real_sync = db.sync
+
+    def sync():
+        seen_at_sync.append((db.unsynced, _bytes_waiting(client)))
+        real_sync()
+
+    monkeypatch.setattr(db, "sync", sync)
+    # an 825, then a header whose size cannot be skipped: in one turn the 825
+    # is answered, the header refused (1607) and the connection closed
+    register = client.conn.send(Register(client_id=ANY_ID, name=unique_name()))
+    client.send_raw(register + raw_header(RequestCode.REGISTER, UNSKIPPABLE))
+    time.sleep(0.1)  # all of it in one receive
+    _run_until(server, lambda: _bytes_waiting(client) > 0)
+    assert seen_at_sync and seen_at_sync[0] == (True, 0)
+    assert isinstance(client.receive(), Registered)
+    assert isinstance(client.receive(), GeneralError)
+    client.close()
 
 
 def test_a_failed_sync_sends_no_answer_and_the_client_may_ask_again(looped, monkeypatch):
