@@ -252,17 +252,15 @@ def run_once(address: tuple[str, int], count: int, shared: Shared, server_pid: i
 class _OthersShare:
     """Load average and other processes' share of the cores (a stand-in for common.Quietness).
 
-    Others' CPU is the machine's busy time (/proc/stat) minus this process's
-    and the server's, over the runs' wall time and all cores.
+    Others' CPU: that of every user process outside this benchmark's tree
+    (itself and the server it started), kernel threads left out, with what
+    each reaped meanwhile, over the runs' wall time and all cores.
     """
-
-    def __init__(self, server_pid: int) -> None:
-        self._server_pid = server_pid
 
     def __enter__(self) -> _OthersShare:
         self.cores = os.cpu_count() or 1
         self._started = time.perf_counter()
-        self._busy, self._ours = _busy_seconds(), self._our_seconds()
+        self._others = _others_seconds()
         self.others_share = 0.0
         self.load_average = os.getloadavg()
         return self
@@ -270,15 +268,12 @@ class _OthersShare:
     def __exit__(self, *exc_info) -> None:
         self.sample()
 
-    def _our_seconds(self) -> float:
-        times = os.times()
-        return times.user + times.system + cpu_seconds(self._server_pid)
-
     def sample(self) -> None:
         """Take the figures now (before the server stops)."""
         wall = time.perf_counter() - self._started
-        others = (_busy_seconds() - self._busy) - (self._our_seconds() - self._ours)
-        self.others_share = max(0.0, others) / (wall * self.cores) if wall > 0 else 0.0
+        others = sum(max(0.0, seconds - self._others.get(pid, 0.0))
+                     for pid, seconds in _others_seconds().items())
+        self.others_share = others / (wall * self.cores) if wall > 0 else 0.0
         self.load_average = os.getloadavg()
 
     def is_quiet(self) -> bool:
@@ -291,18 +286,35 @@ class _OthersShare:
                 f"(limit for a verdict: {_NOISE_LIMIT:.0%})")
 
 
-def _busy_seconds() -> float:
-    """CPU time all processes used so far (user, nice, system, irq, softirq)."""
-    with open("/proc/stat") as stat:
-        fields = stat.readline().split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+#: The kernel's thread parent: its children are kernel threads.
+_KTHREADD = 2
 
 
-def quiet_machine(server_pid: int):
+def _others_seconds() -> dict[int, float]:
+    """CPU seconds (with reaped children) of each user process outside this process's tree."""
+    found: dict[int, tuple[int, float]] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended meanwhile
+        # fields 12-15 after the ")": utime stime cutime cstime; field 2: the parent
+        found[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / ticks)
+    ours, frontier = {os.getpid()}, {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, (parent, _) in found.items() if parent in frontier} - ours
+        ours |= frontier
+    return {pid: seconds for pid, (parent, seconds) in found.items()
+            if pid not in ours and pid != _KTHREADD and parent != _KTHREADD}
+
+
+def quiet_machine():
     """The one call that measures the machine's quietness: bench/common.py's when it has it."""
     quietness = getattr(common, "Quietness", None)
-    return quietness() if quietness is not None else _OthersShare(server_pid)
+    return quietness() if quietness is not None else _OthersShare()
 
 
 def report(checks: list[Check], quiet) -> int:
@@ -338,7 +350,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cipherdrop-sessions-") as temp:
         flags = ["--max-connections", str(largest + FD_MARGIN)]
         with start_server(Path(temp) / "server", *flags) as server:
-            with quiet_machine(server.pid) as quiet:
+            with quiet_machine() as quiet:
                 for count in args.clients:
                     results = []
                     for _ in range(args.runs):
