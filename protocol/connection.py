@@ -245,7 +245,7 @@ class ServerConnection(_Reader):
                 raw = self._buffer.maybe_extract_exactly(REQUEST_HEADER_SIZE)
                 if raw is None:
                     return self._need_data()
-                self._header = REQUEST_HEADER.parse(raw)
+                self._header = REQUEST_HEADER.unpack(raw)
                 self._check_header()
                 self._state = _ReadState.PAYLOAD
             if self._state is _ReadState.PAYLOAD:
@@ -477,10 +477,7 @@ class ServerConnection(_Reader):
         if message is None:
             raise LocalProtocolError(f"not a response of edition {edition}: {response!r}")
         payload = message.codec.build(_payload_fields(message, response))
-        header = RESPONSE_HEADER.build(
-            {"version": VERSION, "code": message.code, "payload_size": len(payload)}
-        )
-        return header + payload
+        return RESPONSE_HEADER.pack(VERSION, message.code, len(payload)) + payload
 
 
 class ClientConnection(_Reader):
@@ -541,14 +538,8 @@ class ClientConnection(_Reader):
         content = request.content if isinstance(request, ev.SendFilePacket) else b""
         length = len(content) if content_length is None else content_length
         payload = message.codec.build(values)
-        header = REQUEST_HEADER.build(
-            {
-                "client_id": request.client_id,
-                "version": VERSION,
-                "code": message.code,
-                "payload_size": len(payload) + length,
-            }
-        )
+        size = len(payload) + length
+        header = REQUEST_HEADER.pack(request.client_id, VERSION, message.code, size)
         return header + payload, content
 
     def next_event(self):
@@ -567,7 +558,7 @@ class ClientConnection(_Reader):
             raw = self._buffer.maybe_extract_exactly(RESPONSE_HEADER_SIZE)
             if raw is None:
                 return self._need_data()
-            header = RESPONSE_HEADER.parse(raw)
+            header = RESPONSE_HEADER.unpack(raw)
             message = self.edition.response(header.code)
             if message is None and self.skip_unknown and header.payload_size <= MAX_SKIPPED_ANSWER:
                 self._unknown = (header.code, header.payload_size)
