@@ -254,13 +254,16 @@ class _OthersShare:
 
     Others' CPU: that of every user process outside this benchmark's tree
     (itself and the server it started), kernel threads left out, with what
-    each reaped meanwhile, over the runs' wall time and all cores.
+    each reaped meanwhile; at most the machine's busy time (/proc/stat) less
+    this tree's, since a child reaped now may have run before the runs.
+    Over the runs' wall time and all cores.
     """
 
     def __enter__(self) -> _OthersShare:
         self.cores = os.cpu_count() or 1
         self._started = time.perf_counter()
         self._others = _others_seconds()
+        self._busy, self._ours = _busy_seconds(), _tree_seconds()
         self.others_share = 0.0
         self.load_average = os.getloadavg()
         return self
@@ -273,6 +276,8 @@ class _OthersShare:
         wall = time.perf_counter() - self._started
         others = sum(max(0.0, seconds - self._others.get(pid, 0.0))
                      for pid, seconds in _others_seconds().items())
+        busy = (_busy_seconds() - self._busy) - (_tree_seconds() - self._ours)
+        others = min(others, max(0.0, busy))
         self.others_share = others / (wall * self.cores) if wall > 0 else 0.0
         self.load_average = os.getloadavg()
 
@@ -290,8 +295,27 @@ class _OthersShare:
 _KTHREADD = 2
 
 
+def _busy_seconds() -> float:
+    """CPU time the whole machine used so far (user, nice, system, irq, softirq)."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_seconds() -> float:
+    """CPU time of this process's tree (itself, the server and its other children)."""
+    return sum(seconds for _, seconds in _processes(mine=True).values())
+
+
 def _others_seconds() -> dict[int, float]:
     """CPU seconds (with reaped children) of each user process outside this process's tree."""
+    return {pid: seconds for pid, (parent, seconds) in _processes(mine=False).items()
+            if pid != _KTHREADD and parent != _KTHREADD}
+
+
+def _processes(mine: bool) -> dict[int, tuple[int, float]]:
+    """pid → (parent, CPU seconds with reaped children), of this process's tree or the rest."""
     found: dict[int, tuple[int, float]] = {}
     ticks = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
@@ -307,8 +331,7 @@ def _others_seconds() -> dict[int, float]:
     while frontier:
         frontier = {pid for pid, (parent, _) in found.items() if parent in frontier} - ours
         ours |= frontier
-    return {pid: seconds for pid, (parent, seconds) in found.items()
-            if pid not in ours and pid != _KTHREADD and parent != _KTHREADD}
+    return {pid: entry for pid, entry in found.items() if (pid in ours) == mine}
 
 
 def quiet_machine():
