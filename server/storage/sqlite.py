@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sqlite3
 from contextlib import contextmanager
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 DB_NAME = "defensive.db"
 _SQLITE_MAGIC = b"SQLite format 3\0"
 _MS = 1000
+#: Texts of recent seconds kept for LastSeen (a clock that steps back reuses one).
+_SECONDS_KEPT = 4
+_US = 1_000_000
 _OK = "ok"
 #: Opening the file for writing is the probe; nothing is written through it.
 _WRITE_PROBE_FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
@@ -138,8 +142,16 @@ def _name_bytes(value: str | bytes) -> bytes:
 
 
 def timestamp(now: float) -> str:
-    """LastSeen's format: ISO 8601 in UTC."""
-    return datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
+    """LastSeen's format: ISO 8601 in UTC, to the second."""
+    # The second datetime.fromtimestamp gives: it rounds to the microsecond first.
+    fraction, whole = math.modf(now)
+    return _second_text(int(whole) + math.floor(round(fraction * _US) / _US))
+
+
+@functools.lru_cache(maxsize=_SECONDS_KEPT)
+def _second_text(second: int) -> str:
+    """One second's text: made once, though every request of that second stamps it."""
+    return datetime.fromtimestamp(second, timezone.utc).isoformat(timespec="seconds")
 
 
 def _check_header(path: Path) -> None:

@@ -239,3 +239,14 @@ def test_a_database_of_before_the_editions_gets_the_edition_column(tmp_path):
         db.set_edition(b"o" * 16, "2024A")
     assert (db.client_by_name("new").edition, db.client_by_name("old").edition) == ("2023C", "2024A")
     db.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_last_seen_text_is_the_iso_second_of_the_time(now):
+    from datetime import datetime, timezone
+
+    from server.storage.sqlite import timestamp
+
+    expected = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
+    assert timestamp(now) == expected
