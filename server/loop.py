@@ -140,7 +140,10 @@ class Server:
         """One select() round, one turn for each backlogged channel, the due timers."""
         backlog = list(self._backlog)  # resumed channels may join it again
         self._backlog.clear()
-        timeout = 0.0 if backlog else self.app.timers.timeout(MAX_SELECT_TIMEOUT)
+        # Answers held since the last round's end (a failure while sending
+        # them queues a 1607) go out without waiting in select().
+        waiting = backlog or self._answering
+        timeout = 0.0 if waiting else self.app.timers.timeout(MAX_SELECT_TIMEOUT)
         for key, mask in self._selector.select(timeout):
             self._handle(key.data, mask)
         for channel in backlog:

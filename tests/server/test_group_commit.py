@@ -174,3 +174,29 @@ def test_a_first_uploads_row_is_durable_before_its_rename():
     recorder = _Recorder()
     commit.install_first(recorder, None, recorder, b"i" * 16, b"f", "p")  # type: ignore[arg-type]
     assert recorder.steps == ["begin", "row", "commit", "sync", "rename"]
+
+
+def test_an_answer_queued_while_answers_go_out_does_not_wait_in_select(looped, monkeypatch):
+    server, db = looped
+    client = RawClient(server.address[:2])
+    _run_until(server, lambda: len(server.channels) == 1)
+    (channel,) = server.channels
+    real_write = type(channel)._write
+
+    def broken_once(self, resume):
+        monkeypatch.setattr(type(channel), "_write", real_write)
+        raise ZeroDivisionError("a bug while sending")  # the edge answers 1607
+
+    monkeypatch.setattr(type(channel), "_write", broken_once)
+    client.send(Register(client_id=ANY_ID, name=unique_name()))
+    time.sleep(0.1)
+    server.run_once()  # handles the 825; sending its answer fails: a 1607 is queued
+    timeouts = []
+    select = server._selector.select
+    monkeypatch.setattr(server._selector, "select",
+                        lambda timeout=None: (timeouts.append(timeout), select(timeout))[1])
+    server.run_once()
+    assert timeouts == [0.0]
+    # the 825's answer (durable, never sent), then the 1607 of the failure
+    assert [type(client.receive()) for _ in range(2)] == [Registered, GeneralError]
+    client.close()
