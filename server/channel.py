@@ -281,7 +281,6 @@ class Channel:
 
     # -- writing ----------------------------------------------------------------
 
-
     def _send_pending(self) -> bool:
         """Send what the socket takes now; False if that failed (then closed).
 
