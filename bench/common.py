@@ -267,19 +267,37 @@ def _processes() -> dict[int, tuple[int, float]]:
     return found
 
 
+def _tree(processes: dict[int, tuple[int, float]]) -> set[int]:
+    """This benchmark's process tree: itself and its descendants."""
+    ours, frontier = {os.getpid()}, {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, (parent, _) in processes.items() if parent in frontier} - ours
+        ours |= frontier
+    return ours
+
+
 def _others_seconds(processes: dict[int, tuple[int, float]]) -> dict[int, float]:
     """The CPU seconds of each user process outside this benchmark's tree.
 
     A process's reaped children count in its own figure, so short-lived
     processes of others (a test suite's servers, say) are seen too.
     """
-    ours, frontier = {os.getpid()}, {os.getpid()}
+    ours = _tree(processes)
     kernel = {_KTHREADD} | {pid for pid, (parent, _) in processes.items() if parent == _KTHREADD}
-    while frontier:
-        frontier = {pid for pid, (parent, _) in processes.items() if parent in frontier} - ours
-        ours |= frontier
     return {pid: seconds for pid, (_, seconds) in processes.items()
             if pid not in ours and pid not in kernel}
+
+
+def _tree_seconds(processes: dict[int, tuple[int, float]]) -> float:
+    """CPU seconds of this benchmark's tree, with what it reaped."""
+    return sum(processes[pid][1] for pid in _tree(processes))
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine was busy so far (/proc/stat, first line)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    return (user + nice + system + irq + softirq) / _CLOCK_TICKS
 
 
 class Quietness:
@@ -287,7 +305,8 @@ class Quietness:
 
     Other processes' CPU: that of every user process outside this benchmark's
     own tree (itself, its clients, the server, sshd...), read from /proc at
-    the start and at the end, with what each reaped meanwhile. Their share of
+    the start and at the end, with what each reaped meanwhile, and at most
+    the machine's busy time less this tree's. Their share of
     all cores decides whether a verdict is given (``NOISE_LIMIT``)::
 
         with Quietness() as quiet:
@@ -298,7 +317,9 @@ class Quietness:
     def __enter__(self) -> Quietness:
         self.cores = os.cpu_count() or 1
         self._started = time.perf_counter()
-        self._others = _others_seconds(_processes())
+        processes = _processes()
+        self._others = _others_seconds(processes)
+        self._busy, self._ours = _busy_seconds(), _tree_seconds(processes)
         self.others_share = 0.0
         self.load_average = os.getloadavg()
         return self
@@ -309,8 +330,13 @@ class Quietness:
     def sample(self) -> None:
         """Take the figures now (call before stopping a server whose CPU is ours)."""
         wall = time.perf_counter() - self._started
+        processes = _processes()
         others = sum(max(0.0, seconds - self._others.get(pid, 0.0))
-                     for pid, seconds in _others_seconds(_processes()).items())
+                     for pid, seconds in _others_seconds(processes).items())
+        # At most the machine's busy time less this tree's: a child another
+        # process reaps now may have run before the runs began.
+        busy = (_busy_seconds() - self._busy) - (_tree_seconds(processes) - self._ours)
+        others = min(others, max(0.0, busy))
         self.others_share = others / (wall * self.cores) if wall > 0 else 0.0
         self.load_average = os.getloadavg()
 

@@ -30,10 +30,10 @@ from .errors import LocalProtocolError, RemoteProtocolError
 from .codes import NAME_FIELD_SIZE
 from .names import NameField, is_valid_client_name
 from .wire import (
+    REQUEST_HEADER,
     REQUEST_HEADER_SIZE,
+    RESPONSE_HEADER,
     RESPONSE_HEADER_SIZE,
-    RequestHeader,
-    ResponseHeader,
 )
 
 
@@ -70,12 +70,11 @@ class _ReadState(enum.Enum):
     ERROR = "error"
 
 
-def _payload_fields(struct: Struct, event: object) -> dict:
+def _payload_fields(message: Message, event: object) -> dict:
     """The values of a payload's named fields, taken from an event."""
     return {
-        sc.name: getattr(event, "client_id" if sc.name == _PAYLOAD_CLIENT_ID else sc.name)
-        for sc in struct.subcons
-        if sc.name  # padding has no name
+        name: getattr(event, "client_id" if name == _PAYLOAD_CLIENT_ID else name)
+        for name in message.field_names
     }
 
 
@@ -256,7 +255,7 @@ class ServerConnection(_Reader):
                 raw = self._buffer.maybe_extract_exactly(REQUEST_HEADER_SIZE)
                 if raw is None:
                     return self._need_data()
-                self._header = RequestHeader.parse(raw)
+                self._header = REQUEST_HEADER.unpack(raw)
                 self._check_header()
                 self._state = _ReadState.PAYLOAD
             if self._state is _ReadState.PAYLOAD:
@@ -369,7 +368,7 @@ class ServerConnection(_Reader):
                 agreeing.append((edition, message))
                 continue
             try:
-                content_size = message.payload.parse(raw).content_size
+                content_size = message.codec.parse(raw).content_size
             except ConstructError:
                 continue
             if size == message.payload_size + content_size:
@@ -399,7 +398,7 @@ class ServerConnection(_Reader):
         code = self._header.code
         bytes_in_packet = self._header.payload_size - message.payload_size
         try:
-            values = _event_fields(message.payload.parse(raw))
+            values = _event_fields(message.codec.parse(raw))
         except ConstructError as exc:
             self._skip_content(bytes_in_packet)
             raise self._fail(
@@ -487,11 +486,8 @@ class ServerConnection(_Reader):
         message = edition.response_for(type(response))
         if message is None:
             raise LocalProtocolError(f"not a response of edition {edition}: {response!r}")
-        payload = message.payload.build(_payload_fields(message.payload, response))
-        header = ResponseHeader.build(
-            {"version": VERSION, "code": message.code, "payload_size": len(payload)}
-        )
-        return header + payload
+        payload = message.codec.build(_payload_fields(message, response))
+        return RESPONSE_HEADER.pack(VERSION, message.code, len(payload)) + payload
 
 
 class ClientConnection(_Reader):
@@ -548,18 +544,12 @@ class ClientConnection(_Reader):
         if self.edition.whole_file and isinstance(request, ev.SendFilePacket):
             if (request.packet_number, request.total_packets) != (1, 1):
                 raise LocalProtocolError(f"edition {self.edition} sends a file in one request")
-        values = _payload_fields(message.payload, request)
+        values = _payload_fields(message, request)
         content = request.content if isinstance(request, ev.SendFilePacket) else b""
         length = len(content) if content_length is None else content_length
-        payload = message.payload.build(values)
-        header = RequestHeader.build(
-            {
-                "client_id": request.client_id,
-                "version": VERSION,
-                "code": message.code,
-                "payload_size": len(payload) + length,
-            }
-        )
+        payload = message.codec.build(values)
+        size = len(payload) + length
+        header = REQUEST_HEADER.pack(request.client_id, VERSION, message.code, size)
         return header + payload, content
 
     def next_event(self):
@@ -578,7 +568,7 @@ class ClientConnection(_Reader):
             raw = self._buffer.maybe_extract_exactly(RESPONSE_HEADER_SIZE)
             if raw is None:
                 return self._need_data()
-            header = ResponseHeader.parse(raw)
+            header = RESPONSE_HEADER.unpack(raw)
             message = self.edition.response(header.code)
             if message is None and self.skip_unknown and header.payload_size <= MAX_SKIPPED_ANSWER:
                 self._unknown = (header.code, header.payload_size)
@@ -609,7 +599,7 @@ class ClientConnection(_Reader):
         self._message = None
         self._state = _ReadState.HEADER
         try:
-            values = _event_fields(message.payload.parse(raw))
+            values = _event_fields(message.codec.parse(raw))
         except ConstructError as exc:
             raise self._fail(f"{message.code}: malformed payload") from exc
         self.reply_carried_id = "client_id" in values

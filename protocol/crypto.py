@@ -10,7 +10,7 @@ from __future__ import annotations
 from Crypto.Cipher import AES, PKCS1_OAEP
 from Crypto.PublicKey import RSA
 from Crypto.Random import get_random_bytes
-from Crypto.Util.asn1 import DerSequence
+from Crypto.Util.asn1 import DerBitString, DerNull, DerObjectId, DerSequence
 from Crypto.Util.strxor import strxor
 
 from .buffer import BytesLike
@@ -76,8 +76,66 @@ def _der_length(data: bytes) -> int:
     return 2 + count + int.from_bytes(data[2 : 2 + count], "big")
 
 
+#: The algorithms of an RSA SubjectPublicKeyInfo (rsaEncryption, RSASSA-PSS),
+#: the two PyCryptodome's own import takes.
+_RSA_ALGORITHMS = (RSA.oid, "1.2.840.113549.1.1.10")
+#: RSAPublicKey (PKCS#1) and SubjectPublicKeyInfo are both SEQUENCEs of two.
+_PAIR = 2
+#: An AlgorithmIdentifier: its OID, and parameters that may be left out.
+_ALGORITHM_ELEMENTS = (1, 2)
+#: The DER every client of ours sends (``export_public_key``): an RSA-1024
+#: SubjectPublicKeyInfo with a one-byte exponent is these bytes, the 128 bytes
+#: of n, ``_SPKI_1024_BEFORE_E``, and e. Read by position, without a DER parser.
+_SPKI_1024_BEFORE_N = bytes.fromhex(
+    "30819d"  # SEQUENCE, 157 bytes
+    "300d06092a864886f70d0101010500"  # AlgorithmIdentifier: rsaEncryption, NULL
+    "03818b00"  # BIT STRING, 139 bytes, no unused bits
+    "30818702818100"  # SEQUENCE, 135 bytes; INTEGER n, 129 bytes: 0, then 128
+)
+_SPKI_1024_BEFORE_E = bytes.fromhex("0201")  # INTEGER e, one byte
+_SPKI_1024_N = slice(len(_SPKI_1024_BEFORE_N), len(_SPKI_1024_BEFORE_N) + RSA_KEY_BITS // 8)
+_SPKI_1024_E = _SPKI_1024_N.stop + len(_SPKI_1024_BEFORE_E)
+#: A one-byte DER INTEGER at or above this is negative.
+_DER_SIGN_BIT = 0x80
+
+
+def _rsa_public_numbers(der: bytes) -> tuple[int, int]:
+    """(n, e) of a PKCS#1 RSAPublicKey or an RSA SubjectPublicKeyInfo: each byte read once.
+
+    Raises:
+        ValueError, IndexError, TypeError: anything else (PyCryptodome's parse errors).
+        CryptoError: a private key.
+    """
+    if (
+        len(der) == PUBLIC_KEY_SIZE
+        and der.startswith(_SPKI_1024_BEFORE_N)
+        and der[_SPKI_1024_N.stop : _SPKI_1024_E] == _SPKI_1024_BEFORE_E
+        and der[_SPKI_1024_E] < _DER_SIGN_BIT
+    ):
+        return int.from_bytes(der[_SPKI_1024_N], "big"), der[_SPKI_1024_E]
+    outer = DerSequence().decode(der)
+    if len(outer) == _PAIR and outer.hasOnlyInts():
+        return int(outer[0]), int(outer[1])
+    if outer.hasInts():  # RSAPrivateKey: nine INTEGERs; PKCS#8: a version first
+        raise CryptoError("a private key was sent as a public key")
+    if len(outer) != _PAIR:
+        raise ValueError("not a SubjectPublicKeyInfo")
+    algorithm = DerSequence().decode(outer[0], nr_elements=_ALGORITHM_ELEMENTS)
+    if DerObjectId().decode(algorithm[0]).value not in _RSA_ALGORITHMS:
+        raise ValueError("not an RSA key")
+    if len(algorithm) == _PAIR:
+        DerNull().decode(algorithm[1])
+    inner = DerSequence().decode(
+        DerBitString().decode(outer[1]).value, nr_elements=_PAIR, only_ints_expected=True
+    )
+    return int(inner[0]), int(inner[1])
+
+
 def import_public_key(data: bytes) -> RSA.RsaKey:
     """Read a received public key: DER by its own length, trailing zeros ignored.
+
+    The DER is parsed once (PKCS#1 RSAPublicKey or SubjectPublicKeyInfo, the
+    forms a 160-byte field can hold) and the key built from its numbers.
 
     Raises:
         CryptoError: not an RSA-1024 public key with an odd exponent above 1,
@@ -87,12 +145,9 @@ def import_public_key(data: bytes) -> RSA.RsaKey:
     if length > len(data) or any(data[length:]):
         raise CryptoError("public key is not DER followed by zero padding")
     try:
-        DerSequence().decode(data[:length])
-        key = RSA.import_key(data[:length])
+        key = RSA.construct(_rsa_public_numbers(bytes(data[:length])))
     except (ValueError, IndexError, TypeError) as exc:
         raise CryptoError("not an RSA public key") from exc
-    if key.has_private():
-        raise CryptoError("a private key was sent as a public key")
     if key.size_in_bits() != RSA_KEY_BITS:
         raise CryptoError(f"RSA key of {key.size_in_bits()} bits, not {RSA_KEY_BITS}")
     if key.e < 3 or key.e % 2 == 0:

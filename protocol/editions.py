@@ -35,7 +35,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from construct import Int32ul, Padding, Struct
+from construct import Construct, Int32ul, Padding, Struct
 
 from . import events as ev
 from .codes import AES_KEY_SIZE, AES_KEY_SIZES, CLIENT_ID_SIZE
@@ -50,6 +50,7 @@ from .wire import (
     NameFieldBytes,
     NamePayload,
     PublicKeyPayload,
+    compiled,
 )
 
 #: AES-128, the key of the 2022 and 2023 editions.
@@ -96,11 +97,18 @@ class Message:
     payload: Struct
     #: Whether the payload is followed by file content (its size is the rest).
     has_content: bool = False
+    #: The fixed part's size (the whole payload unless content follows).
+    payload_size: int = field(init=False, repr=False, compare=False)
+    #: ``payload`` compiled: what parses and builds it (:func:`protocol.wire.compiled`).
+    codec: Construct = field(init=False, repr=False, compare=False)
+    #: The payload's named fields, in order (padding has no name).
+    field_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def payload_size(self) -> int:
-        """The fixed part's size (the whole payload unless content follows)."""
-        return int(self.payload.sizeof())
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "payload_size", int(self.payload.sizeof()))
+        object.__setattr__(self, "codec", compiled(self.payload))
+        names = tuple(sc.name for sc in self.payload.subcons if sc.name)
+        object.__setattr__(self, "field_names", names)
 
 
 @dataclass(frozen=True)

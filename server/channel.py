@@ -11,6 +11,12 @@ the loop), the lingering close after the session's close verdict (send what
 is queued, shut the write side, read and drop the input for a while so the
 close does not reset the answers away), and one timer.
 
+Answers wait for durability (group commit): whatever the session queues is
+held, and the channel handed to the loop (``on_answers``), which makes the
+round's commits durable once (``MetadataStore.sync``) and then sends it
+(:meth:`Channel.send_answers`). Without a loop (a test harness), the channel
+syncs before each send itself.
+
 It catches no broad exception: an error in any entry point reaches the
 loop's per-connection edge (:func:`server.loop.serve`), which calls
 :meth:`Channel.fail`.
@@ -67,6 +73,7 @@ class Channel:
         serve: Serve,
         on_closed: Callable[[Channel], None],
         on_backlog: Callable[[Channel], None] | None = None,
+        on_answers: Callable[[Channel], None] | None = None,
     ) -> None:
         self.sock = sock
         self.session = session
@@ -82,6 +89,9 @@ class Channel:
         # Without a loop to resume it (a test harness), a channel drains all at once.
         self._on_backlog = on_backlog
         self._turn_budget = MAX_REQUESTS_PER_TURN if on_backlog else MAX_UINT32
+        self._on_answers = on_answers
+        #: Answers of this round wait in ``_out`` for the loop's sync.
+        self._awaiting_sync = False
         self._turn_requests = 0
         self._backlogged = False
         self._out = bytearray()
@@ -157,6 +167,17 @@ class Channel:
 
     def on_writable(self) -> None:
         """The socket accepts data."""
+        if self._awaiting_sync:
+            return  # this round's answers: the loop sends them after its sync
+        self._write(resume=True)
+
+    def send_answers(self) -> None:
+        """The round's commits are durable: send the answers that waited for them."""
+        self._awaiting_sync = False
+        self._write(resume=len(self._out) >= self._limits.max_outgoing)
+
+    def _write(self, resume: bool) -> None:
+        """Send what the socket takes; then linger, resume a paused peer, or settle."""
         if not self._out or self._state is _State.CLOSED:
             return
         if not self._send_pending():
@@ -164,7 +185,8 @@ class Channel:
         if not self._out and self._state is _State.CLOSING:
             self._start_linger()
         elif (
-            self._state is _State.OPEN
+            resume
+            and self._state is _State.OPEN
             and not self._backlogged  # the loop resumes it this round
             and len(self._out) < self._limits.max_outgoing
         ):
@@ -211,12 +233,14 @@ class Channel:
         try:
             self.session.connection_lost()
         finally:
-            log.log(
-                logging.DEBUG if self.silent else logging.INFO,
-                "%s closed: %s (in %d B, out %d B, %.3f s)",
-                self.peer, self._close_reason, self.bytes_in, self.bytes_out,
-                self._clock() - self._opened,
-            )
+            level = logging.DEBUG if self.silent else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(
+                    level,
+                    "%s closed: %s (in %d B, out %d B, %.3f s)",
+                    self.peer, self._close_reason, self.bytes_in, self.bytes_out,
+                    self._clock() - self._opened,
+                )
             self._on_closed(self)
 
     # -- stepping the session ----------------------------------------------------
@@ -231,10 +255,10 @@ class Channel:
             and self._turn_requests >= self._turn_budget
             and len(self._out) < self._limits.max_outgoing
         )
-        if (drained or self._backlogged) and self._out:
+        if (drained or self._backlogged) and self._out and self._on_answers is None:
             # Every request stepped is answered: send the replies at once, in
-            # one write, rather than a select() round later (the peer works
-            # meanwhile). Not when paused by max_outgoing: then requests are
+            # one write (with a loop, they go at the end of this round, after
+            # its sync). Not when paused by max_outgoing: then requests are
             # still buffered, and EVENT_WRITE resumes them before any read.
             self._send_pending()
         if self._backlogged and self._state is _State.OPEN and self._on_backlog is not None:
@@ -264,11 +288,20 @@ class Channel:
         if data:
             self._out += data
             self.bytes_out += len(data)
+            if self._on_answers is not None and not self._awaiting_sync:
+                self._awaiting_sync = True  # held until the round's sync
+                self._on_answers(self)
 
     # -- writing ----------------------------------------------------------------
 
     def _send_pending(self) -> bool:
-        """Send what the socket takes now; False if that failed (then closed)."""
+        """Send what the socket takes now; False if that failed (then closed).
+
+        Without a loop to sync the round, what the answers report is made
+        durable here first.
+        """
+        if self._on_answers is None:
+            self.session.app.metadata.sync()
         try:
             sent = self.sock.send(self._out)
         except (BlockingIOError, InterruptedError):
@@ -328,7 +361,7 @@ class Channel:
             and len(self._out) < self._limits.max_outgoing
         ):
             interest |= selectors.EVENT_READ
-        if self._out:
+        if self._out and not self._awaiting_sync:  # else the loop sends them this round
             interest |= selectors.EVENT_WRITE
         if interest and interest != self._interest:
             self._selector.modify(self.sock, interest, self)

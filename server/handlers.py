@@ -88,10 +88,22 @@ def _registration_address(app: App, client: ClientRow) -> str | None:
     return binding.address
 
 
+def _at_client_limit(app: App) -> bool:
+    """Whether the live clients fill ``max_clients``.
+
+    Every live client is a client: the live count, which reads every row,
+    is needed only once the plain count (kept by the store's b-tree) reaches
+    the limit.
+    """
+    cap = app.limits.max_clients
+    if app.metadata.count_clients() < cap:
+        return False
+    return app.metadata.count_live_clients(app.wall_clock() - app.limits.key_window) >= cap
+
+
 def _can_register(app: App, peer: Peer, replacing: bool) -> str | None:
     """Why a new registration is refused (client cap, rate per address), or None."""
-    keyless_since = app.wall_clock() - app.limits.key_window
-    if not replacing and app.metadata.count_live_clients(keyless_since) >= app.limits.max_clients:
+    if not replacing and _at_client_limit(app):
         return "client limit reached"
     if not app.registrations.allow(peer.address):
         return "registration rate limit for this address"

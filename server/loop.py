@@ -12,6 +12,12 @@ closes that connection only, after a 1607 where one can go), and
 :meth:`Server._run_guarded` runs the housekeeping callbacks (an error there
 is logged and the server serves on).
 
+Group commit: a round's requests commit without an fsync each; at the end of
+the round one :meth:`~server.storage.base.MetadataStore.sync` makes them all
+durable, and only then do the round's answers go out (channels hand them
+over through ``on_answers``). If the sync fails, those answers are never
+sent: their connections are closed, and the clients ask again.
+
 A channel whose turn ended with requests still buffered is in the backlog:
 each round resumes it, and select() does not sleep while the backlog is not
 empty (the selector cannot report bytes that were already read).
@@ -122,6 +128,8 @@ class Server:
         self._selector.register(listener, selectors.EVENT_READ, self._accept)
         self._accepting = True
         self._backlog: set[Channel] = set()
+        #: Channels whose answers wait for this round's sync.
+        self._answering: list[Channel] = []
         self._silent_closed = 0
         self._open_mark = 0
         self._summary_since = app.monotonic()
@@ -165,7 +173,10 @@ class Server:
         """One select() round, one turn for each backlogged channel, the due timers."""
         backlog = list(self._backlog)  # resumed channels may join it again
         self._backlog.clear()
-        timeout = 0.0 if backlog else self.app.timers.timeout(MAX_SELECT_TIMEOUT)
+        # Answers held since the last round's end (a failure while sending
+        # them queues a 1607) go out without waiting in select().
+        waiting = backlog or self._answering
+        timeout = 0.0 if waiting else self.app.timers.timeout(MAX_SELECT_TIMEOUT)
         ready = self._selector.select(timeout)
         turn = RECV_BUFFER_SIZE if len(ready) == 1 and not backlog else SHARED_TURN_SIZE
         for key, mask in ready:
@@ -176,6 +187,25 @@ class Server:
         for timer in self.app.timers.due():
             if timer.callback is not None:  # set: due() returns live timers only
                 self._run_guarded(timer.callback)
+        self._send_answers()
+
+    def _send_answers(self) -> None:
+        """Group commit: one sync for the round, then every answer it holds back."""
+        if not self._answering:
+            return
+        answering = list(self._answering)
+        self._answering.clear()  # the list the channels were given
+        try:
+            self.app.metadata.sync()
+        except StorageFault as exc:
+            log.error("cannot make this round's commits durable (%s): %d connection(s)"
+                      " closed unanswered", exc, len(answering))
+            for channel in answering:
+                channel.close("answers not durable")
+            return
+        for channel in answering:
+            if not channel.closed:
+                serve(channel, channel.send_answers)
 
     def _handle(self, target: Channel | Callable[[], None], mask: int, turn: int) -> None:
         if isinstance(target, Channel):
@@ -224,6 +254,7 @@ class Server:
                 serve=serve,
                 on_closed=self._closed,
                 on_backlog=self._backlog.add,  # one set for the Server's life
+                on_answers=self._answering.append,  # emptied by _send_answers
             )
             self.channels.add(channel)
             self._per_address[peer.address] = self._per_address.get(peer.address, 0) + 1

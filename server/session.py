@@ -419,9 +419,10 @@ class Session:
         response = outcome.response
         if action in (Action.SEND, Action.SEND_UNLESS_FILE_FOLLOWS) and response is None:
             raise InternalFault(f"{outcome.kind.value} is owed an answer and has none")
+        result: Response | str
         if action is Action.SEND and response is not None:
             self._send(response)
-            result = self._answer_code(response)
+            result = response  # its code is written only if the line is
         elif action is Action.SEND_UNLESS_FILE_FOLLOWS and response is not None:
             due = self.app.monotonic() + self._limits.retry_ack_delay
             self._deferred = _Deferred(due, response, outcome.client, self._code_text(code))
@@ -478,8 +479,7 @@ class Session:
         self._end_message(succeeded=False)
         response = _error_response(response_code)
         self._send(response)
-        result = f"{self._answer_code(response)} refused"
-        self._log_request(logging.INFO, code, client, result, reason)
+        self._log_request(logging.INFO, code, client, response, reason, refused=True)
         self._count_error(close=close)
 
     def _count_error(self, close: bool) -> None:
@@ -518,10 +518,20 @@ class Session:
         return str(message.code if message is not None else response.code.value)
 
     def _log_request(
-        self, level: int, code: RequestCode | None, client: str, result: str, detail: str
+        self,
+        level: int,
+        code: RequestCode | None,
+        client: str,
+        result: Response | str,
+        detail: str,
+        *,
+        refused: bool = False,
     ) -> None:
+        """The request's one log line; nothing is formatted when the level is off."""
         if not log.isEnabledFor(level):
             return
+        if not isinstance(result, str):  # a response: its code, in the edition
+            result = self._answer_code(result) + (" refused" if refused else "")
         elapsed = (self.app.monotonic() - self._request_t0) * _MS
         log.log(
             level,

@@ -80,7 +80,9 @@ class BlobEntry:
 class MetadataStore(Protocol):
     """Clients, keys, key bindings and files.
 
-    Writes happen inside :meth:`transaction`; stamps noted with
+    Writes happen inside :meth:`transaction`; a commit is durable once
+    :meth:`sync` returns (the loop syncs once per round, before the round's
+    answers go out: group commit). Stamps noted with
     :meth:`note_seen` and :meth:`note_key_used` ride along with the next
     commit or :meth:`flush`. Every method may raise
     :class:`~server.errors.StorageFault`.
@@ -92,6 +94,15 @@ class MetadataStore(Protocol):
 
     def flush(self) -> None:
         """Commit pending stamps, if any."""
+        ...
+
+    @property
+    def unsynced(self) -> bool:
+        """Whether a commit is not durable yet."""
+        ...
+
+    def sync(self) -> None:
+        """Make every commit so far durable (a commit alone need not be)."""
         ...
 
     def close(self) -> None:

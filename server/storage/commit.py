@@ -1,7 +1,11 @@
 """The durable write order: how a received file is installed, undone and repaired.
 
 A file's content lives in the blob store and its row (``files``: name, path
-name, Verified) in the metadata store. Two stores cannot commit together, so
+name, Verified) in the metadata store. "Committed" below means durable: a
+commit is made durable by :meth:`MetadataStore.sync`, which the loop runs
+once per round before that round's answers go out (group commit); the one
+commit that must be durable before a step outside the metadata store (a first
+upload's row, before the rename) syncs at once. Two stores cannot commit together, so
 every write follows one order, chosen so that a crash between any two steps
 leaves something start-up repair (:func:`repair`) can put right without
 losing a file the client was told about:
@@ -85,6 +89,7 @@ def install_first(
     with metadata.transaction():
         metadata.upsert_file(client_id, file_name, path_name)
         metadata.set_content(client_id, file_name, content.size, content.cksum)
+    metadata.sync()  # the row is durable before the blob takes its name
     crashpoints.reached("upload.committed")
     try:
         temp.install(path_name)
@@ -138,6 +143,7 @@ def remove_client(metadata: MetadataStore, blobs: BlobStore, client_id: bytes) -
 def _finish_removal(metadata: MetadataStore, blobs: BlobStore, client_id: bytes) -> None:
     with metadata.transaction():
         metadata.forget_client(client_id)
+    metadata.sync()  # the rows are gone for good before the folder goes
     crashpoints.reached("remove.forgotten")
     blobs.finish_removal(client_id)
 

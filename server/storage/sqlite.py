@@ -6,8 +6,13 @@ The tables ``clients`` and ``files`` carry the column names of the protocol
 ``sqlite3`` type leaves this module: its errors become
 :class:`~server.errors.StorageFault`, a taken name :class:`~server.errors.NameTaken`.
 
-WAL mode and ``synchronous=FULL``: every commit is on disk before the server
-answers.
+WAL mode and ``synchronous=NORMAL``: a commit reaches the WAL file without
+an fsync of its own; :meth:`SqliteMetadata.sync` makes every commit so far
+durable with one fsync of the WAL. The loop calls it once per round, before
+any answer of that round goes out (group commit, server/loop.py), so that
+nothing is answered before it is on disk; a write that must be durable before
+a step outside the database (a first upload's row before its rename,
+server/storage/commit.py) calls it itself.
 
 A database that is not SQLite, or fails ``quick_check``, or lacks a column, is
 refused with :class:`~server.errors.StoreUnusable` before anything is written to it. So is one
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sqlite3
 from contextlib import contextmanager
@@ -36,9 +42,15 @@ log = logging.getLogger(__name__)
 DB_NAME = "defensive.db"
 _SQLITE_MAGIC = b"SQLite format 3\0"
 _MS = 1000
+#: Texts of recent seconds kept for LastSeen (a clock that steps back reuses one).
+_SECONDS_KEPT = 4
+_US = 1_000_000
 _OK = "ok"
 #: Opening the file for writing is the probe; nothing is written through it.
 _WRITE_PROBE_FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+#: The WAL file and the folder are opened only to be fsynced.
+_SYNC_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_WAL_SUFFIX = "-wal"
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS clients (
@@ -136,8 +148,16 @@ def _name_bytes(value: str | bytes) -> bytes:
 
 
 def timestamp(now: float) -> str:
-    """LastSeen's format: ISO 8601 in UTC."""
-    return datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
+    """LastSeen's format: ISO 8601 in UTC, to the second."""
+    # The second datetime.fromtimestamp gives: it rounds to the microsecond first.
+    fraction, whole = math.modf(now)
+    return _second_text(int(whole) + math.floor(round(fraction * _US) / _US))
+
+
+@functools.lru_cache(maxsize=_SECONDS_KEPT)
+def _second_text(second: int) -> str:
+    """One second's text: made once, though every request of that second stamps it."""
+    return datetime.fromtimestamp(second, timezone.utc).isoformat(timespec="seconds")
 
 
 def _check_header(path: Path) -> None:
@@ -240,10 +260,14 @@ class SqliteMetadata:
         self.path = path
         self._seen: dict[bytes, float] = {}
         self._used: dict[bytes, float] = {}
+        #: A commit is in the WAL and not yet fsynced.
+        self._unsynced = False
+        #: The WAL file, open for fsync from the first sync on (-1 until then).
+        self._wal_fd = -1
 
     @classmethod
     def open(cls, path: Path, busy_timeout: float) -> SqliteMetadata:
-        """Open or create the database, check it, set WAL and FULL sync.
+        """Open or create the database, check it, set WAL and NORMAL sync (see :meth:`sync`).
 
         ``busy_timeout``: seconds a statement waits for a lock another
         process holds (the server's ``Limits.busy_timeout``).
@@ -262,7 +286,7 @@ class SqliteMetadata:
                 raise StoreUnusable(f"{path} is corrupt ({result}); left untouched")
             _probe_write(connection, path)
             connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute("PRAGMA synchronous = NORMAL")
             for statement in _SCHEMA:
                 connection.execute(statement)
             cls._check_columns(connection, path)
@@ -290,11 +314,43 @@ class SqliteMetadata:
                     connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
-        """Write pending timestamps and close."""
+        """Write pending timestamps, make them durable, and close."""
         try:
             self.flush()
+            self.sync()
         finally:
+            if self._wal_fd != -1:
+                os.close(self._wal_fd)
+                self._wal_fd = -1
             self._db.close()
+
+    @property
+    def unsynced(self) -> bool:
+        """Whether a commit is not yet durable (:meth:`sync` has work to do)."""
+        return self._unsynced
+
+    def sync(self) -> None:
+        """Make every commit so far durable: one fsync of the WAL, if any commit is new.
+
+        Raises:
+            StorageFault: the fsync failed; the commits since the last sync
+                may not be on disk, and must not be answered.
+        """
+        if not self._unsynced:
+            return
+        try:
+            if self._wal_fd == -1:
+                self._wal_fd = os.open(f"{self.path}{_WAL_SUFFIX}", _SYNC_FLAGS)
+                # The WAL's folder entry is durable once, for the store's life.
+                folder = os.open(self.path.parent, _SYNC_FLAGS)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
+            os.fsync(self._wal_fd)
+        except OSError as exc:
+            raise StorageFault(f"database sync: {exc.strerror or exc}") from exc
+        self._unsynced = False
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -312,6 +368,7 @@ class SqliteMetadata:
         try:
             yield
             self._write_pending()
+            self._unsynced = True  # from here on, a commit may have reached the WAL
             self._db.execute("COMMIT")
         except BaseException as exc:
             # SQLite has already rolled back after some errors (disk full, I/O):

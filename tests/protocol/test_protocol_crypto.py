@@ -453,3 +453,25 @@ def test_crypto_error_is_a_protocol_error():
     from protocol import ProtocolError
 
     assert issubclass(CryptoError, ProtocolError)
+
+
+@pytest.mark.parametrize("exponent", [3, 17, 0x7F])
+def test_import_public_key_reads_our_own_layout_as_pycryptodome_does(key, exponent):
+    spki = with_exponent(key.public_key().export_key(format="DER"), exponent)
+    assert len(spki) == 160
+    assert crypto.import_public_key(spki) == RSA.import_key(spki)
+
+
+def test_import_public_key_refuses_a_negative_one_byte_exponent(key):
+    # 0x81 as a one-byte DER INTEGER is -127: not an exponent, whatever the layout
+    with pytest.raises(CryptoError):
+        crypto.import_public_key(with_exponent(key.public_key().export_key(format="DER"), 0x81))
+
+
+def test_import_public_key_reads_a_short_modulus_by_the_der(key):
+    # A modulus whose top bit is clear would be encoded without its 0 byte:
+    # our layout's bytes with a clear top bit are not a 1024-bit key.
+    spki = bytearray(key.public_key().export_key(format="DER"))
+    spki[29] &= 0x7F
+    with pytest.raises(CryptoError):
+        crypto.import_public_key(bytes(spki))

@@ -90,7 +90,7 @@ def test_property_distinct_names_never_share_a_file(a, b):
         assert stored_name(a) != stored_name(b)
 
 
-def test_database_schema_wal_and_full_sync(tmp_path):
+def test_database_schema_wal_and_normal_sync(tmp_path):
     db = open_metadata(tmp_path / "defensive.db")
     db.close()
     raw = sqlite3.connect(tmp_path / "defensive.db")
@@ -104,7 +104,50 @@ def test_database_schema_wal_and_full_sync(tmp_path):
     }
     raw.close()
     db = open_metadata(tmp_path / "defensive.db")
-    assert db._db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    assert db._db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL: sync() fsyncs
+    db.close()
+
+
+def test_a_commit_is_unsynced_until_sync_fsyncs_the_wal(tmp_path, monkeypatch):
+    from server.storage import sqlite as sqlite_module
+
+    db = open_metadata(tmp_path / "defensive.db")
+    synced = []
+    real_fsync = sqlite_module.os.fsync
+    monkeypatch.setattr(sqlite_module.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    db.sync()
+    assert not db.unsynced and synced == []  # nothing committed: nothing to sync
+    with db.transaction():
+        db.insert_client(b"i" * 16, "alice", 0.0, "v3")
+    with db.transaction():
+        db.insert_client(b"j" * 16, "bob", 0.0, "v3")
+    assert db.unsynced and synced == []  # two commits, no fsync yet
+    db.sync()
+    assert not db.unsynced
+    wal_syncs = [fd for fd in synced if fd == db._wal_fd]
+    assert len(wal_syncs) == 1  # one fsync of the WAL for both commits (and the folder once)
+    db.sync()
+    assert len(synced) <= 2  # no new commit: no new fsync
+    db.close()
+
+
+def test_a_failed_sync_is_a_storage_fault_and_stays_pending(tmp_path, monkeypatch):
+    from server.storage import sqlite as sqlite_module
+
+    db = open_metadata(tmp_path / "defensive.db")
+    with db.transaction():
+        db.insert_client(b"i" * 16, "alice", 0.0, "v3")
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(sqlite_module.os, "fsync", broken)
+    with pytest.raises(StorageFault, match="sync"):
+        db.sync()
+    assert db.unsynced  # the next sync tries again
+    monkeypatch.undo()
+    db.sync()
+    assert not db.unsynced
     db.close()
 
 
@@ -196,3 +239,14 @@ def test_a_database_of_before_the_editions_gets_the_edition_column(tmp_path):
         db.set_edition(b"o" * 16, "2024A")
     assert (db.client_by_name("new").edition, db.client_by_name("old").edition) == ("2023C", "2024A")
     db.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_last_seen_text_is_the_iso_second_of_the_time(now):
+    from datetime import datetime, timezone
+
+    from server.storage.sqlite import timestamp
+
+    expected = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
+    assert timestamp(now) == expected

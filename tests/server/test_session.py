@@ -9,6 +9,7 @@ tests/hostile/.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -350,3 +351,22 @@ def test_nothing_outside_storage_imports_sqlite3():
         if re.search(r"^\s*(import|from)\s+sqlite3\b", path.read_text(), re.M)
     ]
     assert importers and all(name.startswith("storage/") for name in importers), importers
+
+
+# -- the request's log line ------------------------------------------------------------------
+
+
+def test_a_request_line_is_not_formatted_when_its_level_is_off(harness, caplog, monkeypatch):
+    session = harness.session()
+    calls = []
+    real = Session._answer_code
+    monkeypatch.setattr(Session, "_answer_code", lambda self, r: (calls.append(r), real(self, r))[1])
+    caplog.set_level(logging.WARNING, logger="server.session")
+    feed(session, Register(client_id=ANY_ID, name=unique_name()))
+    assert [type(a) for a in answers(session)] == [Registered]
+    assert calls == []  # no code text made for a line nobody writes
+    caplog.set_level(logging.INFO, logger="server.session")
+    feed(session, CrcOk(client_id=ANY_ID, file_name="none.bin"))  # refused: 1607
+    assert [type(a) for a in answers(session)] == [GeneralError]
+    assert len(calls) == 1
+    assert re.search(r" 900 0{32} -> 1607 refused \(in \d+ B", caplog.text)
