@@ -162,6 +162,9 @@ class _Recorder:
     def upsert_file(self, *args) -> None:
         self.steps.append("row")
 
+    def set_content(self, *args) -> None:
+        self.steps.append("content")
+
     def sync(self) -> None:
         self.steps.append("sync")
 
@@ -172,8 +175,9 @@ class _Recorder:
 
 def test_a_first_uploads_row_is_durable_before_its_rename():
     recorder = _Recorder()
-    commit.install_first(recorder, None, recorder, b"i" * 16, b"f", "p")  # type: ignore[arg-type]
-    assert recorder.steps == ["begin", "row", "commit", "sync", "rename"]
+    content = commit.Content(size=1, cksum=2)
+    commit.install_first(recorder, None, recorder, b"i" * 16, b"f", "p", content)  # type: ignore[arg-type]
+    assert recorder.steps == ["begin", "row", "content", "commit", "sync", "rename"]
 
 
 def test_an_answer_queued_while_answers_go_out_does_not_wait_in_select(looped, monkeypatch):
