@@ -41,6 +41,24 @@ def env() -> dict[str, str]:
     return result
 
 
+def timed_client_run(home: Path, port: int, name: str, args: Sequence[str],
+                     timeout: float) -> tuple[float, float]:
+    """One whole ``python -m client`` run from ``home``: (seconds, peak RSS in MiB).
+
+    Exits the benchmark when the client fails.
+    """
+    command = [sys.executable, "-m", "client", "--quiet", "--timeout", str(timeout),
+               "--server", f"{HOST}:{port}", "--name", name, *args]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=home, env=env(), stdin=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        sys.exit(f"the client exited with {code}: {' '.join(command[3:])}")
+    return seconds, usage.ru_maxrss / 1024  # ru_maxrss is KiB on Linux
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nobody listens on right now."""
     with socket.socket() as sock:

@@ -22,17 +22,15 @@ cores are printed; no verdict when others used over 10 % of them (exit 2).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from common import (
-    HOST, MB, MIB, Check, Quietness, env, make_file, median, print_table, report,
-    start_server, vm_hwm_kib,
+    MB, MIB, Check, Quietness, make_file, median, print_table, report, start_server,
+    timed_client_run, vm_hwm_kib,
 )
 from sshd import SCP_CIPHERS, private_sshd
 
@@ -46,17 +44,8 @@ CLIENT_TIMEOUT = 300
 
 def run_client(home: Path, port: int, paths: list[Path], jobs: int) -> tuple[float, float]:
     """One whole client run over every file; (seconds, peak RSS in MiB)."""
-    command = [sys.executable, "-m", "client", "--quiet", "--timeout", str(CLIENT_TIMEOUT),
-               "--server", f"{HOST}:{port}", "--name", CLIENT_NAME, "--jobs", str(jobs),
-               *map(str, paths)]
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=home, env=env(), stdin=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        sys.exit(f"the client (--jobs {jobs}) exited with {code}")
-    return seconds, usage.ru_maxrss / 1024
+    return timed_client_run(home, port, CLIENT_NAME, ["--jobs", str(jobs), *map(str, paths)],
+                             CLIENT_TIMEOUT)
 
 
 def main() -> int:

@@ -35,15 +35,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from common import (
-    HOST, MB, MIB, Check, Quietness, cpu_seconds, env, make_file, median, print_table,
-    report, start_server, vm_hwm_kib,
+    MB, MIB, Check, Quietness, cpu_seconds, make_file, median, print_table, report,
+    start_server, timed_client_run, vm_hwm_kib,
 )
 from Crypto.Cipher import AES
 from sshd import SCP_CIPHERS, private_sshd
@@ -59,17 +58,8 @@ CLIENT_TIMEOUT = 300
 
 
 def run_client(home: Path, port: int, path: Path, extra: list[str]) -> tuple[float, float]:
-    """One whole client run; (seconds, peak RSS in MiB). Exits on failure."""
-    command = [sys.executable, "-m", "client", "--quiet", "--timeout", str(CLIENT_TIMEOUT),
-               "--server", f"{HOST}:{port}", "--name", CLIENT_NAME, *extra, str(path)]
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=home, env=env(), stdin=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        sys.exit(f"the client exited with {code}")
-    return seconds, usage.ru_maxrss / 1024  # ru_maxrss is KiB on Linux
+    """One whole client run of ``path``; (seconds, peak RSS in MiB). Exits on failure."""
+    return timed_client_run(home, port, CLIENT_NAME, [*extra, str(path)], CLIENT_TIMEOUT)
 
 
 def crypto_limit(path: Path) -> float:

@@ -154,6 +154,14 @@ def file_record(stored: StoredFile) -> dict[str, Any]:
     }
 
 
+def _print_records(args: argparse.Namespace, records: list[dict], columns, out: TextIO) -> None:
+    """A list of records: JSON with ``--json``, else an aligned table of ``columns``."""
+    if args.json:
+        output.as_json(records, out)
+    else:
+        output.table(records, columns, out)
+
+
 def list_clients(args: argparse.Namespace, out: TextIO) -> Exit:
     """``clients``."""
     inventory = _inventory(args)
@@ -161,10 +169,7 @@ def list_clients(args: argparse.Namespace, out: TextIO) -> Exit:
         records = [client_record(client) for client in inventory.clients()]
     finally:
         inventory.close()
-    if args.json:
-        output.as_json(records, out)
-    else:
-        output.table(records, CLIENT_COLUMNS, out)
+    _print_records(args, records, CLIENT_COLUMNS, out)
     return Exit.OK
 
 
@@ -176,10 +181,7 @@ def list_files(args: argparse.Namespace, out: TextIO) -> Exit:
         records = [file_record(stored) for stored in inventory.files(client_id)]
     finally:
         inventory.close()
-    if args.json:
-        output.as_json(records, out)
-    else:
-        output.table(records, FILE_COLUMNS, out)
+    _print_records(args, records, FILE_COLUMNS, out)
     return Exit.OK
 
 
@@ -211,10 +213,8 @@ def verify(args: argparse.Namespace, out: TextIO) -> Exit:
         inventory.close()
     records = [_check_record(check) for check in checks]
     failed = sum(check.verdict.failed for check in checks)
-    if args.json:
-        output.as_json(records, out)
-    else:
-        output.table(records, CHECK_COLUMNS, out)
+    _print_records(args, records, CHECK_COLUMNS, out)
+    if not args.json:
         counts = {verdict: 0 for verdict in Verdict}
         for check in checks:
             counts[check.verdict] += 1
