@@ -119,13 +119,22 @@ def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
     With ``reaped_children``, add that of the children it has waited for
     (an sshd's sessions, say).
     """
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
+    fields = _stat_fields(pid)
     # utime, stime, cutime, cstime are fields 14 to 17 of stat; 12 to 15 after the ")".
     used = int(fields[11]) + int(fields[12])
     if reaped_children:
         used += int(fields[13]) + int(fields[14])
-    return used / ticks
+    return used / _CLOCK_TICKS
+
+
+def system_seconds(pid: int) -> float:
+    """The kernel-mode part (stime) of a live process's CPU time so far."""
+    return int(_stat_fields(pid)[12]) / _CLOCK_TICKS
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name (which may hold spaces)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def median(values: Sequence[float]) -> float:

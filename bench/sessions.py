@@ -42,7 +42,7 @@ from pathlib import Path
 
 from common import (
     Check, Quietness, cpu_seconds, median, percentile, print_table, raise_fd_limit, report,
-    start_server,
+    start_server, system_seconds,
 )
 
 from protocol import (
@@ -186,18 +186,12 @@ class ClientSession:
             self.sock.close()
 
 
-def _system_seconds(pid: int) -> float:
-    """The kernel-mode part (stime) of a live process's CPU time so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[12]) / os.sysconf("SC_CLK_TCK")  # stime: field 15 of stat
-
-
 def run_once(address: tuple[str, int], count: int, shared: Shared, server_pid: int) -> dict:
     """Start ``count`` sessions at once and drive them all to the end."""
     sessions = [ClientSession(index, shared) for index in range(count)]  # before the clock
     selector = selectors.DefaultSelector()
     both = selectors.EVENT_READ | selectors.EVENT_WRITE
-    cpu_before, system_before = cpu_seconds(server_pid), _system_seconds(server_pid)
+    cpu_before, system_before = cpu_seconds(server_pid), system_seconds(server_pid)
     started = time.perf_counter()
     interest = {}
     for session in sessions:
@@ -222,7 +216,7 @@ def run_once(address: tuple[str, int], count: int, shared: Shared, server_pid: i
                 selector.modify(key.fileobj, wanted, session)
                 interest[session] = wanted
     cpu = cpu_seconds(server_pid) - cpu_before
-    system = _system_seconds(server_pid) - system_before
+    system = system_seconds(server_pid) - system_before
     finished = [s.finished for s in sessions if s.finished]
     elapsed = max(finished) - started if finished else float("nan")
     errors = [s.error or "not finished in time" for s in sessions if s.error or not s.finished]
