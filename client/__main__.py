@@ -40,7 +40,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from protocol import __version__
 from protocol.editions import BY_NAME, V3
 
-from .config import Identity, ServerAddress, load_identity, load_settings
+from .config import (
+    Identity, ServerAddress, check_name, load_identity, load_settings, parse_server,
+)
 from .errors import (
     ClientError,
     ConfigError,
@@ -218,11 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
         " (default: refuse the run before sending anything)",
     )
     parser.add_argument(
-        "--server", metavar="HOST:PORT", help="server address (overrides transfer.info line 1)"
+        "--server",
+        metavar="HOST:PORT",
+        type=_server_flag,
+        help="server address (overrides transfer.info line 1)",
     )
     parser.add_argument(
         "--name",
         metavar="NAME",
+        type=_name_flag,
         help="client name to register (overrides transfer.info line 2)",
     )
     parser.add_argument(
@@ -338,6 +344,23 @@ def _setup_logging(args: argparse.Namespace) -> logging.Handler:
     else:
         log.setLevel(logging.INFO)
     return handler
+
+
+def _server_flag(text: str) -> str:
+    """--server checked on the command line: a bad address is a usage error (exit 2)."""
+    try:
+        parse_server(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _name_flag(text: str) -> str:
+    """--name checked on the command line: a bad name is a usage error (exit 2)."""
+    reason = check_name(text)
+    if reason is not None:
+        raise argparse.ArgumentTypeError(reason)
+    return text
 
 
 def _run(args: argparse.Namespace) -> ExitCode:

@@ -48,8 +48,8 @@ class DecryptionBudget:
         """Whether the client failed too often in the last hour to upload now."""
         return len(self._recent(client_id)) >= self._per_hour
 
-    def record(self, client_id: bytes, aes_key: bytes) -> None:
-        """Count one failed decryption under ``aes_key``; log when a limit is reached."""
+    def record(self, client_id: bytes, aes_key: bytes, address: str) -> None:
+        """Count one failed decryption under ``aes_key`` (from ``address``); log at a limit."""
         key, count = self._by_key.get(client_id, (aes_key, 0))
         count = count + 1 if key == aes_key else 1
         self._by_key[client_id] = (aes_key, count)
@@ -58,14 +58,14 @@ class DecryptionBudget:
         self._by_client[client_id] = recent
         if len(recent) == self._per_hour:
             log.warning(
-                "client %s: %d failed decryptions within an hour, from any address:"
+                "%s: client %s: %d failed decryptions within an hour, from any address:"
                 " a likely padding-guessing attack; its uploads are refused for the hour",
-                client_id.hex(), len(recent),
+                address, client_id.hex(), len(recent),
             )
         elif count == self._per_key:
             log.warning(
-                "client %s: %d failed decryptions under one key; the key is dead until 826/827",
-                client_id.hex(), count,
+                "%s: client %s: %d failed decryptions under one key; the key is dead until"
+                " 826/827", address, client_id.hex(), count,
             )
 
     def forget_key(self, client_id: bytes) -> None:

@@ -237,8 +237,9 @@ class Channel:
             if log.isEnabledFor(level):
                 log.log(
                     level,
-                    "%s closed: %s (in %d B, out %d B, %.3f s)",
-                    self.peer, self._close_reason, self.bytes_in, self.bytes_out,
+                    "%s %s closed: %s (in %d B, out %d B, %.3f s)",
+                    self.peer, self.session.client, self._close_reason, self.bytes_in,
+                    self.bytes_out,
                     self._clock() - self._opened,
                 )
             self._on_closed(self)

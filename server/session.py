@@ -185,6 +185,7 @@ class Session:
         self._request_t0 = now
         self._request_size = 0
         self._current: tuple[RequestCode | None, str] = (None, "")
+        self._last_client = ""  # as the last request's log line named it
         #: Rule 6: the name of a first register, while only registers came.
         self._first_name: str | None = None
         self._registers_only = True
@@ -238,6 +239,11 @@ class Session:
         else:
             self._handle(event)
         return self._after(Step.REQUEST)
+
+    @property
+    def client(self) -> str:
+        """The last client this connection spoke for, for the log ("-" if none yet)."""
+        return self._last_client or "-"
 
     def on_time(self) -> None:
         """The clock moved on: a deferred answer may be due (:attr:`answer_due`)."""
@@ -528,6 +534,8 @@ class Session:
         refused: bool = False,
     ) -> None:
         """The request's one log line; nothing is formatted when the level is off."""
+        if client:
+            self._last_client = client
         if not log.isEnabledFor(level):
             return
         if not isinstance(result, str):  # a response: its code, in the edition

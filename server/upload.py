@@ -504,13 +504,13 @@ class Uploads:
     ) -> None:
         """An attempt is refused: drop its file; swallow its further packets."""
         if isinstance(exc, DecryptionFailed):
-            self._budget.record(upload.client_id, upload.aes_key)
+            self._budget.record(upload.client_id, upload.aes_key, upload.address)
         if self.get(upload.client_id, upload.file_name) is not upload:
             return  # discarded meanwhile
         if last:
             self.discard(upload, f"failed: {exc}")
             return
-        log.debug("upload for %s failed: %s", upload.client_id.hex(), exc)
+        log.debug("%s: upload for %s failed: %s", upload.address, upload.client_id.hex(), exc)
         self._drop_temp(upload)
         upload.phase = Failed()
         self.packet_done(upload, peer, per_request)

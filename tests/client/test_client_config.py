@@ -126,14 +126,14 @@ def test_flags_override_transfer_info_lines(work, data, tmp_path):
 
 def test_no_transfer_info_needed_when_every_flag_is_given(work, data, run_client):
     result = run_client("--server", "127.0.0.1:bad", "--name", NAME, str(data))
-    assert result.code == ExitCode.CONFIG
-    assert "--server: bad port 'bad'" in result.err
+    assert result.code == ExitCode.USAGE  # a bad flag is a bad command line
+    assert "argument --server: bad port 'bad'" in result.err
 
 
 def test_bad_name_flag(work, data, run_client):
     result = run_client("--server", "127.0.0.1:1", "--name", "x" * 101, str(data))
-    assert result.code == ExitCode.CONFIG
-    assert "--name: the client name is 101 characters" in result.err
+    assert result.code == ExitCode.USAGE
+    assert "argument --name: the client name is 101 characters" in result.err
 
 
 def test_missing_file_argument_is_named(work, run_client, tmp_path):

@@ -209,17 +209,18 @@ def test_an_identity_readable_by_others_is_warned_about_like_ssh(server, tmp_pat
 # -- point 10: messages -------------------------------------------------------------
 
 
-def test_a_url_as_server_is_a_configuration_error_saying_host_port(tmp_path, run_client):
+def test_a_url_as_server_is_a_usage_error_saying_host_port(tmp_path, run_client):
     data = make_file(tmp_path, "notes.txt")
     result = run_client("--server", "http://127.0.0.1:1256", "--name", NAME, str(data))
-    assert result.code == ExitCode.CONFIG
+    assert result.code == ExitCode.USAGE
     assert "is a URL" in result.err and "'127.0.0.1:1256'" in result.err
+    assert "usage:" in result.err  # argparse's: the usage line, then the reason
 
 
 def test_a_server_without_port_is_reported_before_a_missing_transfer_info(run_client):
     result = run_client("--server", "localhost")
-    assert result.code == ExitCode.CONFIG
-    assert "--server: expected host:port, got 'localhost': add the server's port" in result.err
+    assert result.code == ExitCode.USAGE
+    assert "argument --server: expected host:port, got 'localhost': add the server's port" in result.err
     assert "transfer.info" not in result.err
 
 

@@ -269,7 +269,7 @@ def test_f2_peer_that_never_reads_cannot_grow_the_server(server_factory):
                         pass  # still full: not closed yet
                     time.sleep(0.01)
         # closed for not reading (not by the hang bound above)
-        server.wait_log(rf":{port} closed: timed out: peer does not read")
+        server.wait_log(rf":{port} \S+ closed: timed out: peer does not read")
     finally:
         hog.close()
     growth = max(peak) - rss_before

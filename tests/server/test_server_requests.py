@@ -171,7 +171,7 @@ def test_keyless_name_is_free_again_once_its_connection_closed(server):
     with server.client() as a:
         first = a.request(Register(client_id=ANY_ID, name=name))
         port = a.sock.getsockname()[1]
-    server.wait_log(rf":{port} closed: ")  # the name is freed with the close
+    server.wait_log(rf":{port} \S+ closed: ")  # the name is freed with the close
     with server.client() as b:
         second = b.request(Register(client_id=ANY_ID, name=name))
     assert isinstance(second, Registered) and second.client_id != first.client_id
