@@ -182,7 +182,7 @@ def send_public_key(app: App, peer: Peer, event: SendPublicKey, speaking: Speaki
     now = app.wall_clock()
     check_registration(app.metadata, client, peer.address, now, app.limits.key_window)
     try:
-        public_key = crypto.import_public_key(event.public_key)
+        public_key = crypto.read_public_key(event.public_key)
     except CryptoError as exc:
         raise Refusal(f"unusable public key: {exc}") from None
     aes_key = crypto.new_aes_key(speaking.edition.aes_key_size)
@@ -263,7 +263,7 @@ def _fresh_key(
     """A keyed client comes back: a fresh AES key under its stored public key."""
     label = client_label(client.name, client.id)
     try:
-        public_key = crypto.import_public_key(client.public_key or b"")
+        public_key = crypto.read_public_key(client.public_key or b"")
     except CryptoError:
         if answer is PublicKeyReceived:
             raise Refusal("stored public key unusable") from None

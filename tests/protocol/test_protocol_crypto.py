@@ -190,9 +190,30 @@ def bad_public_keys(key) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("name", BAD_PUBLIC_KEYS)
-def test_import_public_key_refuses(bad_public_keys, name):
+@pytest.mark.parametrize("read", [crypto.import_public_key, crypto.read_public_key])
+def test_import_public_key_refuses(bad_public_keys, name, read):
     with pytest.raises(CryptoError):
-        crypto.import_public_key(bad_public_keys[name])
+        read(bad_public_keys[name])
+
+
+def test_read_public_key_gives_the_numbers_pycryptodome_reads(key):
+    spki = key.public_key().export_key(format="DER")
+    numbers = crypto.read_public_key(pkcs1_public_der(key.public_key()).ljust(160, b"\0"))
+    assert numbers == crypto.read_public_key(spki) == crypto.RsaPublicNumbers(key.n, key.e)
+
+
+@pytest.mark.parametrize("why, n, e", [
+    ("even modulus", 2**1023 + 2, 17),
+    ("modulus sharing a factor with e", 17 * (2**1019 + 1), 17),
+    ("exponent not below the modulus", 2**1024 - 1, 2**1024 - 1),
+])
+def test_read_public_key_checks_the_numbers_as_rsa_construct_does(why, n, e):
+    assert n.bit_length() == 1024, why
+    der = DerSequence([n, e]).encode()
+    with pytest.raises(CryptoError):
+        crypto.read_public_key(der)
+    with pytest.raises(ValueError):
+        RSA.construct((n, e))  # PyCryptodome refuses them too
 
 
 def test_sanity_of_the_bad_key_builders(key):
@@ -224,6 +245,31 @@ def test_oaep_is_sha1_mgf1_sha1_both_ways(key):
     assert crypto.decrypt_aes_key(key, theirs) == aes_key
     ours = crypto.encrypt_aes_key(key.public_key(), aes_key)
     assert PKCS1_OAEP.new(key, hashAlgo=SHA1).decrypt(ours) == aes_key
+
+
+_OAEP_KEY = crypto.generate_private_key()
+
+
+@settings(max_examples=60, deadline=None)
+@given(message=st.binary(max_size=86), as_numbers=st.booleans())
+def test_our_oaep_decrypts_with_pycryptodome(message, as_numbers):
+    """Any message that fits (up to 128 - 2*20 - 2 bytes), from the numbers or a key."""
+    public = _OAEP_KEY.public_key()
+    sealing = crypto.RsaPublicNumbers(public.n, public.e) if as_numbers else public
+    sealed = crypto.encrypt_aes_key(sealing, message)
+    assert len(sealed) == 128
+    assert PKCS1_OAEP.new(_OAEP_KEY, hashAlgo=SHA1).decrypt(sealed) == message
+
+
+def test_oaep_seals_the_same_key_differently_each_time(key):
+    aes_key = crypto.new_aes_key()
+    assert len({crypto.encrypt_aes_key(key.public_key(), aes_key) for _ in range(5)}) == 5
+
+
+def test_oaep_refuses_a_message_too_long_for_the_key(key):
+    crypto.encrypt_aes_key(key.public_key(), bytes(86))
+    with pytest.raises(LocalProtocolError):
+        crypto.encrypt_aes_key(key.public_key(), bytes(87))
 
 
 def test_fresh_aes_keys_differ():

@@ -9,11 +9,13 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import server_env
 from protocol import __version__
 from server.__main__ import announce_listening, listen_failure
-from server.logsetup import JournalFormatter, syslog_priority
+from server.logsetup import PLAIN_FORMAT, JournalFormatter, PlainFormatter, syslog_priority
 
 USAGE_ERROR = 2
 STARTUP_FAILED = 1
@@ -180,3 +182,14 @@ def test_journal_formatter_prefixes_every_traceback_line():
     text = JournalFormatter("%(message)s").format(record)
     assert text.count("\n") >= 2 and all(line.startswith("<3>") for line in text.splitlines())
     assert syslog_priority(logging.DEBUG) == 7 and syslog_priority(logging.WARNING) == 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(created=st.lists(st.floats(min_value=0, max_value=4e9), min_size=1, max_size=6))
+def test_the_plain_format_stamps_lines_as_logging_does(created):
+    """The once-a-second time text gives the lines logging's own Formatter gives."""
+    ours, theirs = PlainFormatter(), logging.Formatter(PLAIN_FORMAT)
+    for when in created:  # in any order: the cached second must follow each
+        record = logging.LogRecord("server", logging.INFO, __file__, 1, "event %s", ("x",), None)
+        record.created, record.msecs = when, int((when - int(when)) * 1000)
+        assert ours.format(record) == theirs.format(record)
