@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import enum
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence, TextIO
@@ -36,6 +38,8 @@ class Exit(enum.IntEnum):
     USAGE = 2
     SERVER_RUNNING = 3
     UNUSABLE = 4
+    #: As a program killed by SIGPIPE would end (what ``head`` leaves a writer).
+    OUTPUT_CLOSED = 128 + signal.SIGPIPE
 
 
 EXIT_TABLE = """exit codes:
@@ -43,7 +47,8 @@ EXIT_TABLE = """exit codes:
   1  verify found a changed or missing file, or no such client
   2  bad command line
   3  a server is running on the data folder (delete-client)
-  4  the data folder or its database cannot be used"""
+  4  the data folder or its database cannot be used
+  141  the output was closed early (as by head)"""
 
 CLIENT_COLUMNS = ("name", "id", "edition", "last_seen", "files", "bytes")
 FILE_COLUMNS = ("client", "file", "stored_as", "size", "verified")
@@ -59,13 +64,11 @@ class AdminError(Exception):
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    """The admin command line: one subcommand per task."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--data-dir", type=Path, default=Path("."),
-        help=f"the server's data folder (with {DB_NAME} and received_files/)",
-    )
-    common.add_argument("--json", action="store_true", help="JSON for scripts")
+    """The admin command line: one subcommand per task.
+
+    ``--data-dir`` and ``--json`` go before the command or after it (``admin
+    --data-dir D clients`` and ``admin clients --data-dir D`` alike).
+    """
     parser = argparse.ArgumentParser(
         prog=prog,
         description="cipherdrop's operator tool. Read-only commands run beside a running"
@@ -74,6 +77,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_common_options(parser, Path("."), False)
+    # after the command: the same options, which leave the values above alone unless given
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common_options(common, argparse.SUPPRESS, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser(
         "clients", parents=[common],
@@ -100,6 +107,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _add_common_options(parser: argparse.ArgumentParser, data_dir: object, json: object) -> None:
+    parser.add_argument(
+        "--data-dir", type=Path, default=data_dir,
+        help=f"the server's data folder (with {DB_NAME} and received_files/; default: .)",
+    )
+    parser.add_argument("--json", action="store_true", default=json, help="JSON for scripts")
+
+
 def main(
     argv: Sequence[str], prog: str = "python -m server admin", out: TextIO | None = None
 ) -> int:
@@ -108,7 +123,9 @@ def main(
     args = build_parser(prog).parse_args(argv)
     try:
         crashpoints.from_environment()  # test-only (tests/server/test_admin.py)
-        return int(COMMANDS[args.command](args, out))
+        code = int(COMMANDS[args.command](args, out))
+        out.flush()  # a closed pipe is found here, not at the interpreter's exit
+        return code
     except AdminError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return int(exc.code)
@@ -118,6 +135,16 @@ def main(
     except StorageFault as exc:  # StoreUnusable too
         print(f"{prog}: {exc}", file=sys.stderr)
         return int(Exit.UNUSABLE)
+    except BrokenPipeError:  # ``admin files | head``: the reader had enough
+        _silence_stdout()
+        return int(Exit.OUTPUT_CLOSED)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter's last flush then finds no closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 # -- read-only commands -------------------------------------------------------------

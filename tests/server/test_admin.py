@@ -233,3 +233,29 @@ def test_a_confirmed_new_version_records_its_cksum_and_the_overwrite_is_logged(p
     records = {r["file"]: r for r in json.loads(admin(server.data_dir, "files", "alice", "--json").stdout)}
     assert records["a.txt"]["size"] == len(new) and records["a.txt"]["cksum"] == cksum(new)
     assert admin(server.data_dir, "verify").returncode == 0
+
+
+def test_the_options_go_before_the_command_too(populated):
+    server, alice, bob = populated
+    before = subprocess.run(
+        [*ADMIN, "--data-dir", str(server.data_dir), "--json", "clients"],
+        env=server_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert before.returncode == 0, before.stderr
+    assert before.stdout == admin(server.data_dir, "clients", "--json").stdout
+    assert {record["name"] for record in json.loads(before.stdout)} == {"alice", "bob"}
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(populated):
+    server, alice, bob = populated
+    # long names: the listing is far more than a pipe and stdout's buffer hold
+    many = {f"{number:03}{'n' * 200}.txt": b"x" for number in range(300)}
+    verified_upload(server, "carol", many)
+    with subprocess.Popen([*ADMIN, "files", "--data-dir", str(server.data_dir)],
+                          env=server_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) as run:
+        run.stdout.readline()  # the header, then the reader goes away
+        run.stdout.close()
+        error = run.stderr.read().decode()
+        code = run.wait(60)
+    assert "Traceback" not in error and error == "", error
+    assert code == 128 + 13  # SIGPIPE's number on Linux: as a writer killed by it ends
