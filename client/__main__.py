@@ -35,8 +35,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from tqdm.contrib.logging import logging_redirect_tqdm
-
 from protocol import __version__
 from protocol.editions import BY_NAME, V3
 
@@ -363,6 +361,14 @@ def _name_flag(text: str) -> str:
     return text
 
 
+def _log_above_the_bar() -> contextlib.AbstractContextManager[None]:
+    """Log lines printed above the progress bar, not through it."""
+    # imported here, as tqdm itself (client/progress.py): only a bar needs it
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm(loggers=[log])
+
+
 def _run(args: argparse.Namespace) -> ExitCode:
     work: Path = args.config_dir or Path(".")
     if not work.is_dir():
@@ -386,9 +392,7 @@ def _run(args: argparse.Namespace) -> ExitCode:
         _note_replacements(config_dir, identity, uploads)
     progress = make_progress(sys.stderr, quiet=args.quiet)
     redirect = (
-        logging_redirect_tqdm(loggers=[log])
-        if isinstance(progress, BarProgress)
-        else contextlib.nullcontext()
+        _log_above_the_bar() if isinstance(progress, BarProgress) else contextlib.nullcontext()
     )
     with redirect:
         return _upload_all(args, settings, config_dir, identity, uploads, progress)

@@ -6,11 +6,12 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Protocol, TextIO
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Callable, Protocol, TextIO
 
 from .units import UNIT_STEP, format_bytes
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ class BarProgress:
     def start(self, label: str, total: int) -> None:
         """Open a bar for this file."""
         self.finish()
+        # imported here: tqdm (and the asyncio it pulls in) is a quarter of the
+        # client's start-up, paid only when a bar is drawn
+        from tqdm import tqdm
+
         size = _terminal_size(self._stream)
         known = size != FALLBACK_SIZE
         self._bar = tqdm(

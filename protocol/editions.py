@@ -99,16 +99,22 @@ class Message:
     has_content: bool = False
     #: The fixed part's size (the whole payload unless content follows).
     payload_size: int = field(init=False, repr=False, compare=False)
-    #: ``payload`` compiled: what parses and builds it (:func:`protocol.wire.compiled`).
-    codec: Construct = field(init=False, repr=False, compare=False)
     #: The payload's named fields, in order (padding has no name).
     field_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "payload_size", int(self.payload.sizeof()))
-        object.__setattr__(self, "codec", compiled(self.payload))
         names = tuple(sc.name for sc in self.payload.subcons if sc.name)
         object.__setattr__(self, "field_names", names)
+
+    @property
+    def codec(self) -> Construct:
+        """``payload`` compiled: what parses and builds it (:func:`protocol.wire.compiled`).
+
+        Compiled on first use, once: a client, which speaks a few messages of
+        one edition, starts without compiling all of them.
+        """
+        return compiled(self.payload)
 
 
 @dataclass(frozen=True)
