@@ -190,13 +190,17 @@ class Server:
         self._send_answers()
 
     def _send_answers(self) -> None:
-        """Group commit: one sync for the round, then every answer it holds back."""
+        """Group commit: one commit and sync for the round, then every answer it holds back."""
         if not self._answering:
+            try:
+                self.app.metadata.finish_round(durable=False)  # nothing to answer
+            except StorageFault as exc:
+                log.error("cannot commit this round's writes: %s", exc)
             return
         answering = list(self._answering)
         self._answering.clear()  # the list the channels were given
         try:
-            self.app.metadata.sync()
+            self.app.metadata.finish_round(durable=True)
         except StorageFault as exc:
             log.error("cannot make this round's commits durable (%s): %d connection(s)"
                       " closed unanswered", exc, len(answering))

@@ -80,9 +80,10 @@ class BlobEntry:
 class MetadataStore(Protocol):
     """Clients, keys, key bindings and files.
 
-    Writes happen inside :meth:`transaction`; a commit is durable once
-    :meth:`sync` returns (the loop syncs once per round, before the round's
-    answers go out: group commit). Stamps noted with
+    Writes happen inside :meth:`transaction`, each request's its own part of
+    the round's transaction; the loop ends each round with
+    :meth:`finish_round` (durable before the round's answers go out: group
+    commit), and :meth:`sync` makes what is written so far durable at once. Stamps noted with
     :meth:`note_seen` and :meth:`note_key_used` ride along with the next
     commit or :meth:`flush`. Every method may raise
     :class:`~server.errors.StorageFault`.
@@ -101,8 +102,12 @@ class MetadataStore(Protocol):
         """Whether a commit is not durable yet."""
         ...
 
+    def finish_round(self, *, durable: bool) -> None:
+        """The loop's end of a round: commit it; with ``durable``, :meth:`sync` too."""
+        ...
+
     def sync(self) -> None:
-        """Make every commit so far durable (a commit alone need not be)."""
+        """Commit the round's writes so far and make every commit durable."""
         ...
 
     def close(self) -> None:

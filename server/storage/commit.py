@@ -195,6 +195,7 @@ def repair(metadata: MetadataStore, blobs: BlobStore) -> RepairReport:
                 log.warning("file %s is missing; its row is removed", row.path_name)
                 metadata.delete_file(row.id, row.file_name)
                 rows_removed += 1
+    metadata.sync()  # the repair is durable before the first request
     known = {row.path_name for row in rows}
     set_aside = sum(
         _set_aside(blobs, stored, "has no database row")

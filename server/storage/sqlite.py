@@ -6,13 +6,20 @@ The tables ``clients`` and ``files`` carry the column names of the protocol
 ``sqlite3`` type leaves this module: its errors become
 :class:`~server.errors.StorageFault`, a taken name :class:`~server.errors.NameTaken`.
 
-WAL mode and ``synchronous=NORMAL``: a commit reaches the WAL file without
-an fsync of its own; :meth:`SqliteMetadata.sync` makes every commit so far
-durable with one fsync of the WAL. The loop calls it once per round, before
-any answer of that round goes out (group commit, server/loop.py), so that
-nothing is answered before it is on disk; a write that must be durable before
-a step outside the database (a first upload's row before its rename,
-server/storage/commit.py) calls it itself.
+Group commit: one SQLite transaction per loop round. The first write of a
+round opens it (``BEGIN IMMEDIATE``); each request's writes are a savepoint
+in it, so that a request that fails undoes its own writes only. WAL mode and
+``synchronous=NORMAL``: :meth:`SqliteMetadata.sync` commits the round so far
+(its pages reach the WAL once, however many requests wrote them) and makes it
+durable with one fsync of the WAL. The loop ends every round with
+:meth:`SqliteMetadata.finish_round`: a commit, and the sync if the round has
+answers, which go out only after it (server/loop.py), so that nothing is
+answered before it is on disk. A write that must be durable before a step
+outside the database (a first upload's row before its rename,
+server/storage/commit.py) calls :meth:`sync` itself. If SQLite rolls the
+round back (it does after a full disk or an I/O error), or its commit fails,
+the round is lost: :meth:`finish_round` raises, and the loop closes the
+connections the round was to answer, unanswered (their writes are gone).
 
 A database that is not SQLite, or fails ``quick_check``, or lacks a column, is
 refused with :class:`~server.errors.StoreUnusable` before anything is written to it. So is one
@@ -38,6 +45,11 @@ from ..errors import NameTaken, StorageFault, StoreUnusable
 from .base import Binding, ClientRow, FileRow
 
 log = logging.getLogger(__name__)
+
+#: A request's writes within the round's transaction.
+_SAVEPOINT = "SAVEPOINT request"
+_RELEASE = "RELEASE request"
+_ROLLBACK_TO = "ROLLBACK TO request"
 
 DB_NAME = "defensive.db"
 _SQLITE_MAGIC = b"SQLite format 3\0"
@@ -262,6 +274,9 @@ class SqliteMetadata:
         self._used: dict[bytes, float] = {}
         #: A commit is in the WAL and not yet fsynced.
         self._unsynced = False
+        #: SQLite rolled back this round's transaction after an error: the
+        #: writes of its earlier requests are gone (see the module doc).
+        self._round_lost: str | None = None
         #: The WAL file, open for fsync from the first sync on (-1 until then).
         self._wal_fd = -1
 
@@ -326,16 +341,55 @@ class SqliteMetadata:
 
     @property
     def unsynced(self) -> bool:
-        """Whether a commit is not yet durable (:meth:`sync` has work to do)."""
-        return self._unsynced
+        """Whether a write is not yet durable (:meth:`sync` has work to do)."""
+        return self._unsynced or self._db.in_transaction
 
-    def sync(self) -> None:
-        """Make every commit so far durable: one fsync of the WAL, if any commit is new.
+    def finish_round(self, *, durable: bool) -> None:
+        """The loop's end of a round: commit it, and with ``durable`` make it durable.
 
         Raises:
-            StorageFault: the fsync failed; the commits since the last sync
-                may not be on disk, and must not be answered.
+            StorageFault: the round is lost (SQLite rolled it back, or its
+                commit failed: reported here, once), or the fsync failed; no
+                answer of the round may go out.
         """
+        lost, self._round_lost = self._round_lost, None
+        if lost is not None:
+            raise StorageFault(f"database: the round's writes were rolled back ({lost})")
+        try:
+            if durable:
+                self.sync()
+            else:
+                self._commit()
+        except StorageFault:
+            self._round_lost = None  # reported to the loop, which owns the round
+            raise
+
+    def _commit(self) -> None:
+        """Commit the round's transaction, if one is open.
+
+        Raises:
+            StorageFault: the commit failed: the round is lost (every
+                request of it lost its writes, not only the caller's).
+        """
+        if not self._db.in_transaction:
+            return
+        self._unsynced = True  # from here on, the round may have reached the WAL
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._round_lost = str(exc)
+            raise StorageFault(f"database: {exc}") from exc
+
+    def sync(self) -> None:
+        """Commit the round so far and make every commit durable: one fsync of the WAL.
+
+        Raises:
+            StorageFault: the commit or the fsync failed; the writes since
+                the last sync may not be on disk, and must not be answered.
+        """
+        self._commit()
         if not self._unsynced:
             return
         try:
@@ -354,27 +408,31 @@ class SqliteMetadata:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any exception.
+        """A request's writes: a savepoint in the round's transaction (opened if need be).
 
-        Pending LastSeen/LastUsed updates ride along in every commit.
+        They are kept, or undone on any exception; the round's commit
+        (:meth:`finish_round`, :meth:`sync`) writes them. Pending
+        LastSeen/LastUsed updates ride along.
 
         Raises:
-            StorageFault: SQLite failed to begin or commit.
+            StorageFault: SQLite failed to begin or to write.
         """
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            if not self._db.in_transaction:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(_SAVEPOINT)
         except sqlite3.Error as exc:
             raise StorageFault(f"database: {exc}") from exc
         try:
             yield
             self._write_pending()
-            self._unsynced = True  # from here on, a commit may have reached the WAL
-            self._db.execute("COMMIT")
+            self._db.execute(_RELEASE)
         except BaseException as exc:
-            # SQLite has already rolled back after some errors (disk full, I/O):
-            # a second ROLLBACK would raise and hide the error that matters.
             if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+                self._db.execute(_ROLLBACK_TO)
+                self._db.execute(_RELEASE)
+            else:  # SQLite rolled the whole round back (disk full, I/O error)
+                self._round_lost = str(exc)
             if isinstance(exc, sqlite3.Error):
                 raise StorageFault(f"database: {exc}") from exc
             raise

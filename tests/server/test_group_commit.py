@@ -8,6 +8,7 @@ it receives when the sync fails.
 from __future__ import annotations
 
 import socket
+import sqlite3
 import time
 
 import pytest
@@ -204,3 +205,62 @@ def test_an_answer_queued_while_answers_go_out_does_not_wait_in_select(looped, m
     # the 825's answer (durable, never sent), then the 1607 of the failure
     assert [type(client.receive()) for _ in range(2)] == [Registered, GeneralError]
     client.close()
+
+
+# -- one transaction per round -------------------------------------------------------
+
+
+def _names_seen_by_another_connection(path) -> set[str]:
+    with sqlite3.connect(path) as other:
+        return {row[0] for row in other.execute("SELECT Name FROM clients")}
+
+
+def test_a_round_commits_its_requests_together_and_a_failed_one_alone_is_undone(tmp_path):
+    db = SqliteMetadata.open(tmp_path / DB_NAME, Limits().busy_timeout)
+    try:
+        with db.transaction():
+            db.insert_client(b"a" * 16, "first", 0.0, "v3")
+        with pytest.raises(ZeroDivisionError):
+            with db.transaction():  # a request that fails after its write
+                db.insert_client(b"b" * 16, "undone", 0.0, "v3")
+                raise ZeroDivisionError
+        with db.transaction():
+            db.insert_client(b"c" * 16, "third", 0.0, "v3")
+        # inside the round, the server sees its own writes; nobody else yet
+        assert db.client_by_name("first") is not None and db.client_by_name("undone") is None
+        assert db.unsynced and _names_seen_by_another_connection(db.path) == set()
+        db.finish_round(durable=True)
+        assert not db.unsynced
+        assert _names_seen_by_another_connection(db.path) == {"first", "third"}
+    finally:
+        db.close()
+
+
+def test_a_lost_round_is_reported_to_the_loop_once(tmp_path, monkeypatch):
+    db = SqliteMetadata.open(tmp_path / DB_NAME, Limits().busy_timeout)
+    try:
+        with db.transaction():
+            db.insert_client(b"a" * 16, "lost", 0.0, "v3")
+        # a commit that fails inside a request (a first upload syncs its row at once)
+        real_db = db._db
+
+        class FailingCommit:
+            in_transaction = True
+
+            def execute(self, statement, *args):
+                if statement == "COMMIT":
+                    raise sqlite3.OperationalError("database or disk is full")
+                return real_db.execute(statement, *args)
+
+        monkeypatch.setattr(db, "_db", FailingCommit())
+        with pytest.raises(StorageFault, match="disk is full"):
+            db.sync()
+        monkeypatch.setattr(db, "_db", real_db)
+        assert not real_db.in_transaction  # rolled back: the round's writes are gone
+        # the loop learns that the round's other requests lost their writes too
+        with pytest.raises(StorageFault, match="rolled back"):
+            db.finish_round(durable=True)
+        db.finish_round(durable=True)  # once only: the next round is a new one
+        assert _names_seen_by_another_connection(db.path) == set()
+    finally:
+        db.close()
