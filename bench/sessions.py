@@ -15,10 +15,13 @@ The server is the real ``python -m server`` at its default log level.
 
 Prints, per N (the median of ``--runs`` runs): the server's CPU milliseconds
 per session (utime + stime from /proc/<pid>/stat, the run's delta ÷ sessions:
-a figure the machine's load moves less; the kernel's part, stime, beside it), sessions per second (N over the
-time from the first connect to the last 1604: a figure it does move), errors,
-and p50/p99 of a session's time. Then the machine's load average and the
-share of the cores other processes used during the runs, and a verdict per
+a figure the machine's load moves less; the kernel's part, stime, beside
+it), sessions per second (N over the time from the first connect to the last
+1604: a figure it does move), errors, and p50/p99 of a session's time. Each
+run starts once the earlier runs' connections have left TIME_WAIT (up to a
+minute: see ``common.settle``), or the kernel's part grows run after run.
+Then the machine's load average and the share of the cores other processes
+used during the runs (the noisiest run's), and a verdict per
 target: ≤ 1.8 ms of server CPU per session, ≥ 400 sessions/s, no error. When
 other processes used more than 10 % of the cores the verdicts are refused
 ("noisy: no verdict", exit status 2): the figures are printed, not judged.
@@ -42,7 +45,7 @@ from pathlib import Path
 
 from common import (
     Check, Quietness, cpu_seconds, median, percentile, print_table, raise_fd_limit, report,
-    start_server, system_seconds,
+    settle, start_server, system_seconds,
 )
 
 from protocol import (
@@ -255,33 +258,37 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cipherdrop-sessions-") as temp:
         flags = ["--max-connections", str(largest + FD_MARGIN)]
         with start_server(Path(temp) / "server", *flags) as server:
-            with Quietness() as quiet:
-                for count in args.clients:
-                    results = []
-                    for _ in range(args.runs):
-                        run += 1
-                        shared = Shared(keys, payload, cksum(payload), run)
+            quiet: Quietness | None = None  # the noisiest run's: it decides the verdict
+            for count in args.clients:
+                results = []
+                for _ in range(args.runs):
+                    run += 1
+                    waited = settle()
+                    shared = Shared(keys, payload, cksum(payload), run)
+                    with Quietness() as this_run:  # the settling wait is not measured
                         result = run_once(server.address, count, shared, server.pid)
-                        results.append(result)
-                        print(f"N={count} run {len(results)}: {result['cpu_ms']:.2f} ms server"
-                              f" CPU/session ({result['system_ms']:.2f} in the kernel),"
-                              f" {result['rate']:.0f} sessions/s,"
-                              f" {result['errors']} errors {result['first_error']}", flush=True)
-                    cpu_ms = median([r["cpu_ms"] for r in results])
-                    rate = median([r["rate"] for r in results])
-                    errors = sum(r["errors"] for r in results)
-                    rows.append([
-                        count, f"{cpu_ms:.2f}",
-                        f"{median([r['system_ms'] for r in results]):.2f}", f"{rate:.0f}", errors,
-                        f"{median([r['p50'] for r in results]) * _MS:.0f}",
-                        f"{median([r['p99'] for r in results]) * _MS:.0f}",
-                    ])
-                    checks.append(Check(f"N={count}: ≤ {TARGET_CPU_MS} ms server CPU/session",
-                                        f"{cpu_ms:.2f} ms", cpu_ms <= TARGET_CPU_MS))
-                    checks.append(Check(f"N={count}: ≥ {TARGET_RATE:.0f} sessions/s",
-                                        f"{rate:.0f}/s", rate >= TARGET_RATE))
-                    checks.append(Check(f"N={count}: zero errors", str(errors), errors == 0))
-                quiet.sample()  # before the server stops: its CPU is ours
+                    if quiet is None or this_run.others_share > quiet.others_share:
+                        quiet = this_run
+                    results.append(result)
+                    print(f"N={count} run {len(results)}: {result['cpu_ms']:.2f} ms server"
+                          f" CPU/session ({result['system_ms']:.2f} in the kernel),"
+                          f" {result['rate']:.0f} sessions/s,"
+                          f" {result['errors']} errors {result['first_error']}"
+                          f" (after {waited:.0f} s for TIME_WAIT to clear)", flush=True)
+                cpu_ms = median([r["cpu_ms"] for r in results])
+                rate = median([r["rate"] for r in results])
+                errors = sum(r["errors"] for r in results)
+                rows.append([
+                    count, f"{cpu_ms:.2f}",
+                    f"{median([r['system_ms'] for r in results]):.2f}", f"{rate:.0f}", errors,
+                    f"{median([r['p50'] for r in results]) * _MS:.0f}",
+                    f"{median([r['p99'] for r in results]) * _MS:.0f}",
+                ])
+                checks.append(Check(f"N={count}: ≤ {TARGET_CPU_MS} ms server CPU/session",
+                                    f"{cpu_ms:.2f} ms", cpu_ms <= TARGET_CPU_MS))
+                checks.append(Check(f"N={count}: ≥ {TARGET_RATE:.0f} sessions/s",
+                                    f"{rate:.0f}/s", rate >= TARGET_RATE))
+                checks.append(Check(f"N={count}: zero errors", str(errors), errors == 0))
     print()
     print_table(
         f"825, 826, one {FILE_SIZE // 1024} KiB file, 900 per client; median of {args.runs} runs"
@@ -289,6 +296,7 @@ def main() -> int:
         ["N", "server CPU ms/session", "of it kernel", "sessions/s", "errors", "p50 ms",
          "p99 ms"], rows,
     )
+    assert quiet is not None  # at least one run
     return report(checks, quiet)
 
 
