@@ -15,6 +15,7 @@ Stable API (other test suites use it):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -25,6 +26,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from Crypto.Cipher import AES
+
+from protocol.codes import AES_BLOCK_SIZE
 from protocol.editions import V3, Edition
 from protocol import (
     NEED_DATA,
@@ -337,6 +341,17 @@ def file_packets(
     return packets
 
 
+def bad_padding_packet(identity: Identity, file_name: str) -> SendFilePacket:
+    """One 16-byte 828 that surely fails: it decrypts to a block ending in 0 (no PKCS#7).
+
+    A random block would pass about once in 256 tries: the attack, not a test.
+    """
+    # one block of CBC with a zero IV is the ECB encryption of the plaintext
+    block = AES.new(identity.aes_key, AES.MODE_ECB).encrypt(bytes(AES_BLOCK_SIZE))
+    (packet,) = file_packets(identity, file_name, bytes(AES_BLOCK_SIZE - 1))
+    return dataclasses.replace(packet, content=block)
+
+
 def upload(client: RawClient, identity: Identity, file_name, data: bytes, packet_size: int = 1024, **variants):
     """Send a whole file on this connection; return the server's answer."""
     for packet in file_packets(identity, file_name, data, packet_size, **variants):
@@ -351,6 +366,7 @@ def packet_bytes(packet: SendFilePacket) -> bytes:
 
 __all__ = [
     "ANY_ID",
+    "bad_padding_packet",
     "FILE_PACKET_FIELDS_SIZE",
     "HOST",
     "REQUEST_HEADER_SIZE",

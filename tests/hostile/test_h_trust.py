@@ -16,10 +16,10 @@ import time
 import unicodedata
 
 import pytest
-from Crypto.Cipher import AES
 
 from helpers import (
     ANY_ID,
+    bad_padding_packet,
     Identity,
     file_packets,
     make_identity,
@@ -60,7 +60,7 @@ from protocol import (
     cksum,
     crypto,
 )
-from protocol.codes import AES_BLOCK_SIZE, NAME_FIELD_SIZE
+from protocol.codes import NAME_FIELD_SIZE
 from timing_helpers import HANG_TIMEOUT, wait_until
 
 MIB = 1024 * 1024
@@ -189,17 +189,6 @@ def test_h2a_a_confirmed_new_version_replaces_the_file(server):
     guard.check()
 
 
-def _bad_padding_packet(identity: Identity, name: str) -> SendFilePacket:
-    """One 16-byte 828 that surely fails: it decrypts to a block ending in 0 (no PKCS#7).
-
-    A random block would pass about once in 256 tries: the attack, not a test.
-    """
-    # one block of CBC with a zero IV is the ECB encryption of the plaintext
-    block = AES.new(identity.aes_key, AES.MODE_ECB).encrypt(bytes(AES_BLOCK_SIZE))
-    (packet,) = file_packets(identity, name, bytes(AES_BLOCK_SIZE - 1))
-    return changed(packet, content=block)
-
-
 def test_h2b_failed_decryptions_are_a_budget(server):
     """Guessing padding from many addresses: 3 guesses per key, 10 per client-hour."""
     guard = Guard(server)
@@ -211,7 +200,7 @@ def test_h2b_failed_decryptions_are_a_budget(server):
         attacker = _stranger_key(server, victim)
         for source in (STRANGER, STRANGER, STRANGER, STRANGER):
             with server.client(source=source) as stranger:
-                answers.append(stranger.request(_bad_padding_packet(attacker, "doc.bin")))
+                answers.append(stranger.request(bad_padding_packet(attacker, "doc.bin")))
     assert all(isinstance(answer, GeneralError) for answer in answers), answers
     log = server.log()
     # the decryptor saw 3 guesses per key, and 10 in all: the rest were refused before it
@@ -232,7 +221,7 @@ def test_h2b_a_dead_key_comes_back_with_827(server):
     with server.client() as client:
         identity = make_identity(client)
         for _ in range(3):
-            assert isinstance(client.request(_bad_padding_packet(identity, "x.bin")), GeneralError)
+            assert isinstance(client.request(bad_padding_packet(identity, "x.bin")), GeneralError)
         # the key is dead: even a good upload (and any verdict) is refused
         assert isinstance(upload(client, identity, "x.bin", b"good"), GeneralError)
         assert "key refused after failed decryptions" in server.log()

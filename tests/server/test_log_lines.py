@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 
-from Crypto.Cipher import AES
-
-from helpers import CrcAbort, CrcOk, CrcRetry, FileReceived, file_packets, make_identity, upload
+from helpers import (
+    CrcAbort, CrcOk, CrcRetry, FileReceived, bad_padding_packet, file_packets, make_identity,
+    upload,
+)
 from protocol import Acknowledged, GeneralError
 
 #: Lines about the server or a connection before it names any client.
@@ -16,14 +16,6 @@ NOT_A_CLIENT_EVENT = re.compile(
     r"listening on|listens on all|connected \(\d+ open\)|connections closed without"
     r"|stop asked|drained in|stopped|using port|data folder|descriptor limit|cipherdrop"
 )
-BLOCK = AES.block_size
-
-
-def _bad_padding(identity, name: str):
-    """One 16-byte 828 whose block decrypts to a plaintext with no PKCS#7 padding."""
-    block = AES.new(identity.aes_key, AES.MODE_ECB).encrypt(bytes(BLOCK))
-    (packet,) = file_packets(identity, name, bytes(BLOCK - 1))
-    return dataclasses.replace(packet, content=block)
 
 
 def _event_lines(log: str) -> list[str]:
@@ -45,7 +37,7 @@ def test_each_event_line_names_the_address_and_the_client(server):
         client.request(CrcAbort(client_id=identity.client_id, file_name="b.bin"))
         client.send(file_packets(identity, "d.bin", os.urandom(5000))[0])  # cut by the close
         for _ in range(3):  # the third kills the key: the budget's warning
-            assert isinstance(client.request(_bad_padding(identity, "c.bin")), GeneralError)
+            assert isinstance(client.request(bad_padding_packet(identity, "c.bin")), GeneralError)
     server.wait_log(r"\S+ closed: ")
     assert server.stop() == 0
     lines = _event_lines(server.log())
