@@ -6,7 +6,7 @@ import collections
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import AbstractSet, Callable
 
 from .budget import DecryptionBudget
 from .errors import StorageFault
@@ -105,6 +105,23 @@ class App:
         """A connection closed: drop the uploads and registrations it was holding."""
         self.uploads.connection_closed(peer)
         self.live_registrations.connection_closed(peer)
+
+    def end_round(self, *, durable: bool) -> AbstractSet[object]:
+        """Commit the round (durably if asked, or if first uploads wait); then install them.
+
+        Returns the ``awaits_install`` tokens of the files that could not be
+        installed: their answers become 1607 (:meth:`Session.release`).
+
+        Raises:
+            StorageFault: the round is lost; none of its answers may go out.
+        """
+        durable = durable or self.uploads.installs_waiting
+        try:
+            self.metadata.finish_round(durable=durable)
+        except StorageFault:
+            self.uploads.abandon_recorded()
+            raise
+        return self.uploads.install_recorded() if durable else set()
 
     def purge_lapsed_registrations(self) -> int:
         """Delete keyless registrations older than the key window; return how many."""

@@ -28,7 +28,7 @@ import enum
 import logging
 import selectors
 import socket
-from typing import Callable
+from typing import Callable, Collection
 
 from protocol.codes import MAX_UINT32
 
@@ -133,7 +133,12 @@ class Channel:
     @property
     def idle(self) -> bool:
         """Open, between messages, every answer sent: closing it now cuts nothing."""
-        return self._state is _State.OPEN and not self._out and self.session.between_messages
+        return (
+            self._state is _State.OPEN
+            and not self._out
+            and not self.session.holds_answers
+            and self.session.between_messages
+        )
 
     # -- loop entry points ----------------------------------------------------
 
@@ -171,8 +176,14 @@ class Channel:
             return  # this round's answers: the loop sends them after its sync
         self._write(resume=True)
 
-    def send_answers(self) -> None:
-        """The round's commits are durable: send the answers that waited for them."""
+    def send_answers(self, unstored: Collection[object] = ()) -> None:
+        """The round's commits are durable: send the answers that waited for them.
+
+        ``unstored``: the files of the round that could not take their names;
+        their answers become 1607 (:meth:`Session.release`).
+        """
+        self.session.release(unstored)
+        self._take_output()
         self._awaiting_sync = False
         self._write(resume=len(self._out) >= self._limits.max_outgoing)
 
@@ -256,7 +267,11 @@ class Channel:
             and self._turn_requests >= self._turn_budget
             and len(self._out) < self._limits.max_outgoing
         )
-        if (drained or self._backlogged) and self._out and self._on_answers is None:
+        if (
+            (drained or self._backlogged)
+            and (self._out or self.session.holds_answers)
+            and self._on_answers is None
+        ):
             # Every request stepped is answered: send the replies at once, in
             # one write (with a loop, they go at the end of this round, after
             # its sync). Not when paused by max_outgoing: then requests are
@@ -289,6 +304,7 @@ class Channel:
         if data:
             self._out += data
             self.bytes_out += len(data)
+        if data or self.session.holds_answers:
             if self._on_answers is not None and not self._awaiting_sync:
                 self._awaiting_sync = True  # held until the round's sync
                 self._on_answers(self)
@@ -302,7 +318,8 @@ class Channel:
         durable here first.
         """
         if self._on_answers is None:
-            self.session.app.metadata.sync()
+            self.session.release(self.session.app.end_round(durable=True))
+            self._take_output()
         try:
             sent = self.sock.send(self._out)
         except (BlockingIOError, InterruptedError):
@@ -322,7 +339,7 @@ class Channel:
             return
         self._close_reason = reason
         self._state = _State.CLOSING
-        if not self._out:
+        if not self._out and not self.session.holds_answers:
             self._start_linger()
 
     def _start_linger(self) -> None:

@@ -404,6 +404,7 @@ def file_packet_outcome(client: str, end: PacketEnd) -> Outcome:
             ),
             client,
             end.detail,
+            awaits_install=end.awaits_install,
         )
     if isinstance(end, MoreToCome):
         return Outcome(RequestKind.FILE_PACKET, None, client, end.detail, final=False)

@@ -36,6 +36,7 @@ logged, one line per connection. A second signal stops at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import selectors
 import socket
@@ -193,14 +194,14 @@ class Server:
         """Group commit: one commit and sync for the round, then every answer it holds back."""
         if not self._answering:
             try:
-                self.app.metadata.finish_round(durable=False)  # nothing to answer
+                self.app.end_round(durable=False)  # nothing to answer
             except StorageFault as exc:
                 log.error("cannot commit this round's writes: %s", exc)
             return
         answering = list(self._answering)
         self._answering.clear()  # the list the channels were given
         try:
-            self.app.metadata.finish_round(durable=True)
+            unstored = self.app.end_round(durable=True)
         except StorageFault as exc:
             log.error("cannot make this round's commits durable (%s): %d connection(s)"
                       " closed unanswered", exc, len(answering))
@@ -209,7 +210,7 @@ class Server:
             return
         for channel in answering:
             if not channel.closed:
-                serve(channel, channel.send_answers)
+                serve(channel, functools.partial(channel.send_answers, unstored))
 
     def _handle(self, target: Channel | Callable[[], None], mask: int, turn: int) -> None:
         if isinstance(target, Channel):

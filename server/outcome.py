@@ -47,3 +47,7 @@ class Outcome:
     detail: str = ""
     refused: bool = False
     final: bool = True
+    #: The stored file the answer reports takes its name only once the round
+    #: is durable (a first upload): the answer is held until then, and a 1607
+    #: goes instead if the file cannot take it.
+    awaits_install: object | None = None

@@ -56,6 +56,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
+from typing import Collection
 
 from protocol import (
     NEED_DATA,
@@ -150,6 +151,17 @@ class _Deferred:
     code: str
 
 
+@dataclass(frozen=True)
+class _Held:
+    """An answer held until the round's files take their names."""
+
+    data: bytes
+    #: The ``awaits_install`` token of the file it reports, if any.
+    awaits: object | None = None
+    #: What goes instead if that file could not take its name (a 1607).
+    instead: bytes = b""
+
+
 def _error_response(code: ResponseCode) -> Response:
     return RegistrationFailed() if code is ResponseCode.REGISTRATION_FAILED else GeneralError()
 
@@ -168,6 +180,9 @@ class Session:
             editions=SERVED_EDITIONS,
         )
         self._outbox = bytearray()
+        #: Answers held until the round's files take their names (a first
+        #: upload's 1603, and every answer after it on this connection).
+        self._held: list[_Held] = []
         self.verdict: Close | None = None
         self.model: Model | None = None
         self.errors = 0
@@ -276,8 +291,23 @@ class Session:
 
     # -- output ---------------------------------------------------------------
 
+    @property
+    def holds_answers(self) -> bool:
+        """Whether answers wait for the round's first uploads to take their names."""
+        return bool(self._held)
+
+    def release(self, unstored: Collection[object]) -> None:
+        """The round is durable and its files installed: queue the held answers, in order.
+
+        The answer of a file in ``unstored`` (its ``awaits_install`` token)
+        becomes a 1607: that file could not take its name.
+        """
+        held, self._held = self._held, []
+        for answer in held:
+            self._outbox += answer.instead if answer.awaits in unstored else answer.data
+
     def data_to_send(self) -> bytes:
-        """The answers queued since the last call."""
+        """The answers queued since the last call (not those held: :meth:`release`)."""
         if not self._outbox:
             return b""
         data = bytes(self._outbox)
@@ -427,7 +457,7 @@ class Session:
             raise InternalFault(f"{outcome.kind.value} is owed an answer and has none")
         result: Response | str
         if action is Action.SEND and response is not None:
-            self._send(response)
+            self._send(response, outcome.awaits_install)
             result = response  # its code is written only if the line is
         elif action is Action.SEND_UNLESS_FILE_FOLLOWS and response is not None:
             due = self.app.monotonic() + self._limits.retry_ack_delay
@@ -555,8 +585,15 @@ class Session:
 
     # -- answers ------------------------------------------------------------------
 
-    def _send(self, response: Response) -> None:
-        self._outbox += self._decoder.send(response)
+    def _send(self, response: Response, awaits: object | None = None) -> None:
+        data = self._decoder.send(response)
+        if awaits is not None:
+            instead = self._decoder.send(_error_response(ResponseCode.GENERAL_ERROR))
+            self._held.append(_Held(data, awaits, instead))
+        elif self._held:  # answers go in order: behind the held one
+            self._held.append(_Held(data))
+        else:
+            self._outbox += data
         crashpoints.reached("response.queued")
 
     def _flush_deferred(self) -> None:

@@ -208,6 +208,9 @@ class FileComplete:
     result: ReceivedFile
     detail: str
     crc: int
+    #: A first upload: it takes its name when the round is durable (the
+    #: token :meth:`Uploads.install_recorded` reports if it cannot).
+    awaits_install: object | None = None
 
 
 @dataclass(frozen=True)
@@ -316,6 +319,14 @@ class StreamingPacket:
         return refused
 
 
+@dataclass(frozen=True, eq=False)
+class _FirstInstall:
+    """A first upload whose row is in the round, waiting for it to be durable."""
+
+    upload: Upload
+    temp: TempBlob
+
+
 # -- every client's uploads -------------------------------------------------------
 
 
@@ -339,6 +350,11 @@ class Uploads:
         self._complete: dict[bytes, dict[bytes, Upload]] = {}
         #: Connections to the uploads they own or stream (closing one is O(its uploads)).
         self._held: dict[Peer, set[Upload]] = {}
+        #: First uploads whose rows are in the round, by path name: each is
+        #: renamed onto its name once the round is durable (:meth:`install_recorded`).
+        self._to_install: dict[str, _FirstInstall] = {}
+        #: First uploads of the round that could not take their names.
+        self._install_failed: set[_FirstInstall] = set()
         #: The CRC flavour a client's next file-received answer carries, for
         #: the clients whose last answer got a "CRC bad" (docs/EDITIONS.md,
         #: variant 5); the others get the flavour they confirmed last.
@@ -522,24 +538,31 @@ class Uploads:
     def complete(self, upload: Upload, phase: Receiving, owner: Peer | None) -> FileComplete:
         """The last packet is in: seal the file; install a first upload, keep a later one pending.
 
+        A first upload's row goes into the round; its blob takes its name once
+        the round is durable (:meth:`install_recorded`), before its answer
+        goes out.
+
         Raises:
             StorageFault: the file could not be kept (the caller discards it).
         """
         result = phase.incoming.result
         commit.seal(phase.temp)
         previous = self._metadata.file_row(upload.client_id, upload.file_name)
+        awaits: _FirstInstall | None
         if previous is None:
             path_name = self._blobs.new_path_name(
                 upload.client_id, upload.file_name, self._metadata.path_names(upload.client_id)
             )
-            commit.install_first(
-                self._metadata, self._blobs, phase.temp, upload.client_id, upload.file_name,
-                path_name, _content(result),
+            commit.record_first(
+                self._metadata, upload.client_id, upload.file_name, path_name, _content(result)
             )
+            awaits = _FirstInstall(upload, phase.temp)
+            self._to_install[path_name] = awaits
             complete: Complete = Installed(result, path_name)
             stored = f"stored as {path_name}"
         else:
             commit.keep_pending()
+            awaits = None
             complete = Pending(result, previous.path_name, phase.temp)
             stored = f"kept as a pending version of {previous.path_name} until 900"
         self._forget_in_progress(upload)
@@ -559,6 +582,7 @@ class Uploads:
             f"file {printable(upload.file_name)} {stored}: {result.plain_size} bytes"
             f" in {elapsed:.3f} s, answered with its {upload.flavour.value}",
             crc,
+            awaits,
         )
 
     def _preferred_flavour(self, client_id: bytes) -> CrcFlavour:
@@ -567,6 +591,53 @@ class Uploads:
             return CrcFlavour(client.crc) if client is not None else CrcFlavour.CKSUM
         except ValueError:
             return CrcFlavour.CKSUM
+
+    # -- the round's first uploads ------------------------------------------------
+
+    @property
+    def installs_waiting(self) -> bool:
+        """Whether first uploads wait for the round to be durable to take their names."""
+        return bool(self._to_install)
+
+    def install_recorded(self) -> set[_FirstInstall]:
+        """The round is durable: rename each first upload onto its name, in order.
+
+        Returns the ``awaits_install`` tokens of the files that could not take
+        their names (each row is removed, each upload forgotten): their 1603
+        must not go out.
+        """
+        failed, self._install_failed = self._install_failed, set()
+        waiting, self._to_install = self._to_install, {}
+        for path_name, first in waiting.items():
+            upload = first.upload
+            try:
+                commit.install_recorded(
+                    self._metadata, self._blobs, first.temp, upload.client_id,
+                    upload.file_name, path_name,
+                )
+            except StorageFault as exc:
+                log.error(
+                    "%s: file %s of client %s could not be stored: %s; answered 1607",
+                    upload.address, printable(upload.file_name), upload.client_id.hex(), exc,
+                )
+                first.temp.discard()
+                self.discard(upload, "could not be stored")
+                failed.add(first)
+        return failed
+
+    def abandon_recorded(self) -> None:
+        """The round is lost: its first uploads never take their names (none is answered)."""
+        waiting, self._to_install = self._to_install, {}
+        self._install_failed.clear()
+        for first in waiting.values():
+            first.temp.discard()
+            self.discard(first.upload, "its round could not be made durable")
+        try:  # a commit that reached the database before the sync failed
+            with self._metadata.transaction():
+                for first in waiting.values():
+                    self._metadata.delete_file(first.upload.client_id, first.upload.file_name)
+        except StorageFault as exc:  # start-up repair removes rows without a file
+            log.error("cannot remove the rows of files never stored: %s", exc)
 
     # -- verdicts ----------------------------------------------------------------
 
@@ -582,6 +653,11 @@ class Uploads:
             raise Refusal("nothing to verify: this upload was given up (901/902)")
         crashpoints.reached("verify.before_commit")
         if isinstance(phase, Pending):
+            if phase.path_name in self._to_install:
+                # The name's first upload came in this same round: it takes its
+                # name first, or it would replace this confirmed version.
+                self._metadata.sync()
+                self._install_failed |= self.install_recorded()
             try:
                 commit.install_confirmed(
                     self._metadata, phase.temp, upload.client_id, upload.file_name,

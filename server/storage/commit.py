@@ -3,19 +3,22 @@
 A file's content lives in the blob store and its row (``files``: name, path
 name, Verified) in the metadata store. "Committed" below means durable: a
 commit is made durable by :meth:`MetadataStore.sync`, which the loop runs
-once per round before that round's answers go out (group commit); the one
-commit that must be durable before a step outside the metadata store (a first
-upload's row, before the rename) syncs at once. Two stores cannot commit together, so
+once per round before that round's answers go out (group commit). Two
+stores cannot commit together, so
 every write follows one order, chosen so that a crash between any two steps
 leaves something start-up repair (:func:`repair`) can put right without
 losing a file the client was told about:
 
 1. **Seal.** The upload's content is synced in its temp blob, before any
    answer (:func:`seal`).
-2. A name's **first upload** (:func:`install_first`): the row is committed
-   with Verified false, then the temp blob is renamed onto its final name
-   (and the folder synced), then 1603 goes out. If the rename fails, it is
-   undone: the renamed blob (if any) and the row are removed.
+2. A name's **first upload**: the row is written with Verified false in the
+   round (:func:`record_first`); once the round is durable, the temp blob is
+   renamed onto its final name and the folder synced
+   (:func:`install_recorded`), then 1603 goes out. The rename waits for the
+   round's sync rather than syncing at once, so that a round of many first
+   uploads costs one sync, not one each. If the rename fails, it is undone:
+   the renamed blob (if any) and the row are removed, and a 1607 goes out
+   in place of the 1603 (the session held it until then).
 3. A **later upload** of a stored name is a *pending version*: it stays a
    synced temp blob, 1603 goes out, and the stored file is untouched. Only the
    900 of the client holding the same key installs it
@@ -72,24 +75,38 @@ class Content:
     cksum: int
 
 
-def install_first(
+def record_first(
+    metadata: MetadataStore,
+    client_id: bytes,
+    file_name: bytes,
+    path_name: str,
+    content: Content,
+) -> None:
+    """Step 2, first half: the row (Verified false, size, cksum), in the round.
+
+    The blob takes its name only once this row is durable (:func:`install_recorded`).
+
+    Raises:
+        StorageFault: the row could not be written.
+    """
+    with metadata.transaction():
+        metadata.upsert_file(client_id, file_name, path_name)
+        metadata.set_content(client_id, file_name, content.size, content.cksum)
+
+
+def install_recorded(
     metadata: MetadataStore,
     blobs: BlobStore,
     temp: TempBlob,
     client_id: bytes,
     file_name: bytes,
     path_name: str,
-    content: Content,
 ) -> None:
-    """Step 2: the row (Verified false, size, cksum), then the rename; undone if it fails.
+    """Step 2, second half, once the row is durable: the rename; undone if it fails.
 
     Raises:
         StorageFault: nothing of the upload is left under ``path_name``.
     """
-    with metadata.transaction():
-        metadata.upsert_file(client_id, file_name, path_name)
-        metadata.set_content(client_id, file_name, content.size, content.cksum)
-    metadata.sync()  # the row is durable before the blob takes its name
     crashpoints.reached("upload.committed")
     try:
         temp.install(path_name)

@@ -13,20 +13,41 @@ import time
 
 import pytest
 
-from helpers import ANY_ID, RawClient, raw_header, unique_name
-from protocol import ConnectionClosed, GeneralError, Register, Registered
+from helpers import (
+    ANY_ID,
+    Identity,
+    RawClient,
+    file_packets,
+    packet_bytes,
+    private_key,
+    raw_header,
+    unique_name,
+)
+from protocol import (
+    Acknowledged,
+    ConnectionClosed,
+    CrcOk,
+    FileReceived,
+    GeneralError,
+    Register,
+    Registered,
+    SendPublicKey,
+    cksum,
+    crypto,
+)
 from protocol.codes import RequestCode
 from server.app import App
 from server.errors import StorageFault
 from server.limits import Limits
 from server.loop import Server, create_listener
-from server.storage import commit
-from server.storage.folder import FolderBlobs
+from server.storage.folder import RECEIVED_DIR, FolderBlobs, TempFile, client_dir_name
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 ROUNDS = 200
 #: A payload size the server will not read past: it answers 1607 and closes.
 UNSKIPPABLE = 1 << 30
+#: A packet size that sends each test file in one 828 (one request per file in a round).
+WHOLE_FILE = 1 << 16
 #: How long a round waits at most, so that a lost answer fails the test quickly.
 ROUND_PAUSE = 0.01
 
@@ -141,44 +162,186 @@ def _seen_client(db: SqliteMetadata, name: str) -> bool:
     return db.client_by_name(name) is not None
 
 
-class _Recorder:
-    """A metadata store and a temp blob that note the order of their steps."""
-
-    def __init__(self) -> None:
-        self.steps: list[str] = []
-        self.installed = False
-
-    def transaction(self):
-        recorder = self
-
-        class _Transaction:
-            def __enter__(self):
-                recorder.steps.append("begin")
-
-            def __exit__(self, *exc):
-                recorder.steps.append("commit")
-
-        return _Transaction()
-
-    def upsert_file(self, *args) -> None:
-        self.steps.append("row")
-
-    def set_content(self, *args) -> None:
-        self.steps.append("content")
-
-    def sync(self) -> None:
-        self.steps.append("sync")
-
-    def install(self, path_name: str) -> None:
-        self.steps.append("rename")
-        self.installed = True
+# -- first uploads: the rename waits for the round's sync ----------------------------
 
 
-def test_a_first_uploads_row_is_durable_before_its_rename():
-    recorder = _Recorder()
-    content = commit.Content(size=1, cksum=2)
-    commit.install_first(recorder, None, recorder, b"i" * 16, b"f", "p", content)  # type: ignore[arg-type]
-    assert recorder.steps == ["begin", "row", "content", "commit", "sync", "rename"]
+def _ask(server: Server, client: RawClient, request):
+    """Send a request and run the loop until its answer is in."""
+    client.send(request)
+    _run_until(server, lambda: _bytes_waiting(client) > 0)
+    return client.receive()
+
+
+def _identity(server: Server, client: RawClient) -> Identity:
+    name = unique_name()
+    registered = _ask(server, client, Register(client_id=ANY_ID, name=name))
+    key = private_key()
+    public = crypto.export_public_key(key)
+    answer = _ask(server, client, SendPublicKey(client_id=registered.client_id, name=name, public_key=public))
+    aes_key = crypto.decrypt_aes_key(key, answer.encrypted_aes_key)
+    return Identity(name, registered.client_id, key, aes_key)
+
+
+def _rows_seen_by_another_connection(path) -> dict[bytes, tuple[str, int]]:
+    """Committed file rows: FileName -> (PathName, Verified)."""
+    with sqlite3.connect(path) as other:
+        rows = other.execute("SELECT FileName, PathName, Verified FROM files")
+        return {name.encode(): (path_name, verified) for name, path_name, verified in rows}
+
+
+@pytest.fixture
+def two_clients(looped):
+    server, db = looped
+    clients = [RawClient(server.address[:2]) for _ in range(2)]
+    _run_until(server, lambda: len(server.channels) == len(clients))
+    identities = [_identity(server, client) for client in clients]
+    yield server, db, list(zip(clients, identities))
+    for client in clients:
+        client.close()
+
+
+def _send_files(pairs, data: bytes) -> None:
+    """Each client sends one file, whole; the next round sees them all."""
+    for client, identity in pairs:
+        (packet,) = file_packets(identity, f"{identity.name}.bin", data, WHOLE_FILE)
+        client.send(packet)
+    time.sleep(0.1)  # every packet in the server's socket buffers: one round takes them
+
+
+def test_first_uploads_in_one_round_share_its_sync_and_take_their_names_after_it(
+    two_clients, monkeypatch, tmp_path
+):
+    server, db, pairs = two_clients
+    steps = []
+    real_sync, real_install = db.sync, TempFile.install
+
+    def sync():
+        steps.append("sync")
+        real_sync()
+
+    def install(temp, path_name):
+        # the row is committed and synced before the blob takes its name
+        rows = _rows_seen_by_another_connection(db.path)
+        steps.append(("rename", path_name in {path for path, _ in rows.values()},
+                      db.unsynced))
+        real_install(temp, path_name)
+
+    monkeypatch.setattr(db, "sync", sync)
+    monkeypatch.setattr(TempFile, "install", install)
+    data = b"first upload" * 100
+    _send_files(pairs, data)
+    server.run_once()
+    assert steps == ["sync", ("rename", True, False), ("rename", True, False)]
+    for client, identity in pairs:
+        answer = client.receive()
+        assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
+        (path_name, verified), = [
+            row for name, row in _rows_seen_by_another_connection(db.path).items()
+            if name == f"{identity.name}.bin".encode()
+        ]
+        assert (tmp_path / path_name).read_bytes() == data and verified == 0
+
+
+def test_a_first_upload_that_cannot_take_its_name_is_answered_1607_in_place_of_1603(
+    two_clients, monkeypatch, tmp_path
+):
+    server, db, pairs = two_clients
+    (failing, failing_identity), (other, other_identity) = pairs
+    real_install = TempFile.install
+    failing_folder = client_dir_name(failing_identity.client_id)
+
+    def install(temp, path_name):
+        if failing_folder in path_name:
+            raise StorageFault("cannot install a received file: Input/output error")
+        real_install(temp, path_name)
+
+    monkeypatch.setattr(TempFile, "install", install)
+    data = b"x" * 5000
+    _send_files(pairs, data)
+    # the failing client's next request is answered after it, in order
+    failing.send_raw(failing.conn.send(Register(client_id=ANY_ID, name=unique_name())))
+    time.sleep(0.1)
+    server.run_once()
+    answers = [failing.receive() for _ in range(2)]
+    assert [type(answer) for answer in answers] == [GeneralError, Registered]
+    assert isinstance(other.receive(), FileReceived)
+    server.run_once()  # the undone row is committed with the next round
+    rows = _rows_seen_by_another_connection(db.path)
+    assert f"{failing_identity.name}.bin".encode() not in rows
+    assert f"{other_identity.name}.bin".encode() in rows
+    assert list((tmp_path / RECEIVED_DIR / failing_folder).iterdir()) == []  # no temp left
+    # the connection goes on: the client sends the file again, and it is stored
+    monkeypatch.undo()
+    (packet,) = file_packets(failing_identity, f"{failing_identity.name}.bin", data, WHOLE_FILE)
+    assert isinstance(_ask(server, failing, packet), FileReceived)
+    assert (tmp_path / RECEIVED_DIR / failing_folder / f"{failing_identity.name}.bin").exists()
+
+
+def test_answers_held_for_a_first_upload_go_out_before_the_connection_closes(
+    looped, tmp_path
+):
+    server, db = looped
+    client = RawClient(server.address[:2])
+    _run_until(server, lambda: len(server.channels) == 1)
+    identity = _identity(server, client)
+    data = b"then a bad header" * 40
+    (packet,) = file_packets(identity, "last.bin", data, WHOLE_FILE)
+    # in one turn: the file (its 1603 held), then a header the server refuses
+    # and closes on (its 1607 held behind it)
+    client.send_raw(packet_bytes(packet) + raw_header(RequestCode.REGISTER, UNSKIPPABLE))
+    time.sleep(0.1)
+    _run_until(server, lambda: not server.channels)
+    answer = client.receive()
+    assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
+    assert isinstance(client.receive(), GeneralError)
+    assert isinstance(client.receive(), ConnectionClosed)
+    folder = tmp_path / RECEIVED_DIR / client_dir_name(identity.client_id)
+    assert (folder / "last.bin").read_bytes() == data
+    client.close()
+
+
+def test_a_lost_round_stores_none_of_its_first_uploads(two_clients, monkeypatch, tmp_path):
+    server, db, pairs = two_clients
+
+    def broken():
+        raise StorageFault("database sync: Input/output error")
+
+    monkeypatch.setattr(db, "sync", broken)
+    data = b"y" * 3000
+    _send_files(pairs, data)
+    server.run_once()
+    for client, identity in pairs:
+        assert isinstance(client.receive(), ConnectionClosed)
+        folder = tmp_path / RECEIVED_DIR / client_dir_name(identity.client_id)
+        assert list(folder.iterdir()) == []  # neither a temp nor a stored file
+    monkeypatch.undo()
+    server.run_once()  # the rows that reached the database are removed with this round
+    assert _rows_seen_by_another_connection(db.path) == {}
+
+
+def test_a_version_confirmed_in_the_round_of_the_names_first_upload_is_the_one_stored(
+    looped, tmp_path
+):
+    server, db = looped
+    client = RawClient(server.address[:2])
+    _run_until(server, lambda: len(server.channels) == 1)
+    identity = _identity(server, client)
+    first, second = b"version one " * 50, b"version two " * 60
+    burst = b"".join(
+        packet_bytes(packet)
+        for data in (first, second)
+        for packet in file_packets(identity, "same.bin", data, WHOLE_FILE)
+    )
+    burst += client.conn.send(CrcOk(client_id=identity.client_id, file_name="same.bin"))
+    client.send_raw(burst)  # v1, v2 of the same name and the 900, in one round
+    time.sleep(0.1)
+    server.run_once()
+    answers = [client.receive() for _ in range(3)]
+    assert [type(answer) for answer in answers] == [FileReceived, FileReceived, Acknowledged]
+    server.run_once()
+    ((path_name, verified),) = _rows_seen_by_another_connection(db.path).values()
+    assert (tmp_path / path_name).read_bytes() == second and verified == 1
+    client.close()
 
 
 def test_an_answer_queued_while_answers_go_out_does_not_wait_in_select(looped, monkeypatch):

@@ -93,7 +93,9 @@ def feed(session: Session, *requests, eof: bool = False) -> list[Step]:
 
 
 def answers(session: Session) -> list:
-    """The responses the session queued since the last call."""
+    """The responses the session queued since the last call, once the round ends (as the loop
+    ends it: its commits durable, its first uploads installed)."""
+    session.release(session.app.end_round(durable=True))
     parser = ClientConnection()
     data = session.data_to_send()
     if data:  # b"" would be an EOF to the parser
