@@ -303,7 +303,6 @@ class Channel:
         data = self.session.data_to_send()
         if data:
             self._out += data
-            self.bytes_out += len(data)
         if data or self.session.holds_answers:
             if self._on_answers is not None and not self._awaiting_sync:
                 self._awaiting_sync = True  # held until the round's sync
@@ -328,6 +327,7 @@ class Channel:
             self.close(f"send failed: {exc.strerror or exc}")
             return False
         del self._out[:sent]
+        self.bytes_out += sent
         crashpoints.reached("response.sent")
         self._last_write = self._clock()
         return True

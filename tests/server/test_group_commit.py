@@ -7,6 +7,7 @@ it receives when the sync fails.
 
 from __future__ import annotations
 
+import logging
 import socket
 import sqlite3
 import time
@@ -133,8 +134,11 @@ def test_an_answer_before_a_close_waits_for_the_sync_too(looped, monkeypatch):
     client.close()
 
 
-def test_a_failed_sync_sends_no_answer_and_the_client_may_ask_again(looped, monkeypatch):
+def test_a_failed_sync_sends_no_answer_and_the_client_may_ask_again(
+    looped, monkeypatch, caplog
+):
     server, db = looped
+    caplog.set_level(logging.INFO, logger="server.channel")
     client = RawClient(server.address[:2])
     name = unique_name()
 
@@ -146,6 +150,8 @@ def test_a_failed_sync_sends_no_answer_and_the_client_may_ask_again(looped, monk
     _run_until(server, lambda: not server.channels and _seen_client(db, name))
     # no answer came: the connection closed with nothing before its end
     assert isinstance(client.receive(), ConnectionClosed)
+    (closed,) = [r.getMessage() for r in caplog.records if " closed: " in r.getMessage()]
+    assert "answers not durable" in closed and "out 0 B" in closed  # what was sent, not queued
     client.close()
     monkeypatch.undo()
     # The store is consistent: the keyless registration is this address's, so
