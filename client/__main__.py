@@ -52,7 +52,7 @@ from .history import record_sent, sent_names
 from .jobs import FileOutcome, ParallelUpload
 from .locations import folders_of, identity_folder, remember_registration, user_folder
 from .packets import DEFAULT_PACKET_SIZE, Layout
-from .progress import BarProgress, CombinedProgress, Progress, make_progress
+from .progress import BarProgress, CombinedProgress, Display, Progress, make_progress
 from .selection import RENAME_FLAG, Upload, plan_uploads, sendable_path
 from .session import DEFAULT_TIMEOUT, Session
 from .summary import reason, summary_lines
@@ -440,7 +440,7 @@ def _upload_all(
     config_dir: Path,
     identity: Identity | None,
     uploads: Sequence[Upload],
-    display: Progress,
+    display: Display,
 ) -> ExitCode:
     """The files over ``--jobs`` connections; the summary and the run's exit code.
 

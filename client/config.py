@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import logging
 import os
 import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from Crypto.PublicKey import RSA
 
@@ -27,6 +29,8 @@ from .errors import ConfigError
 from .packets import MAX_FILE_SIZE, check_wire_name, wire_file_name
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 TRANSFER_INFO = "transfer.info"
 ME_INFO = "me.info"
@@ -198,7 +202,8 @@ def load_settings(
         ConfigError: naming the file (or the argument) and the line.
     """
     path = config_dir / TRANSFER_INFO
-    lines: list[str] | None = None
+    # transfer.info's lines; none when the arguments give everything (no line is read then).
+    lines: list[str] = []
     # The flag is checked first: its mistake is the one to report.
     flag_address = None
     if server is not None:
@@ -217,6 +222,7 @@ def load_settings(
             lambda: parse_server(_line(path, lines, SERVER_LINE, "host:port")), path, SERVER_LINE
         )
 
+    name_source: Path | str
     if name is None:
         name = _line(path, lines, NAME_LINE, "client name").strip()
         name_source, name_line = path, NAME_LINE
@@ -228,7 +234,7 @@ def load_settings(
 
     if files:
         for file in files:
-            _parse_with(lambda file=file: check_file(file), file, None)
+            _parse_with(functools.partial(check_file, file), file, None)
         chosen = tuple(files)
     else:
         text = _line(path, lines, FILE_LINE, "file path").strip()
@@ -238,7 +244,7 @@ def load_settings(
     return Settings(server=address, name=name, files=chosen)
 
 
-def _parse_with(parse, source: Path | str, line: int | None):
+def _parse_with(parse: Callable[[], T], source: Path | str, line: int | None) -> T:
     try:
         return parse()
     except ValueError as exc:

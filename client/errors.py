@@ -98,3 +98,11 @@ class RegistrationRefused(ClientError):
 
 class DuplicateNames(ConfigError):
     """Two files of one run would be stored under one name: nothing is sent."""
+
+
+class NotLoggedIn(RuntimeError):
+    """A step that needs the identity or the AES key ran before ``Client.log_in``.
+
+    A bug in the caller, not a failure of the run: deliberately no ClientError,
+    so that it ends in a traceback rather than in a message and an exit code.
+    """

@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 from protocol import Cksum, NameField
 from protocol.codes import AES_BLOCK_SIZE, MAX_UINT16, MAX_UINT32, MAX_WIRE_NAME_LENGTH
@@ -32,6 +32,13 @@ DEFAULT_PACKET_SIZE = 1024 * 1024
 #: The largest plaintext whose padded ciphertext still fits ``content_size``
 #: (4 bytes): PKCS#7 always adds 1 to 16 bytes.
 MAX_FILE_SIZE = (MAX_UINT32 // AES_BLOCK_SIZE) * AES_BLOCK_SIZE - 1
+
+
+class Readable(Protocol):
+    """A source of a file's bytes: a file opened ``rb``, an ``io.BytesIO``, a raw stream."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None:
+        """Read into ``buffer``; return the bytes read (0 or None: none came)."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +150,7 @@ def plan_file(
 
 
 def encrypted_packets(
-    source: BinaryIO,
+    source: Readable,
     plan: FilePlan,
     aes_key: bytes,
     checksum: Cksum,
@@ -194,7 +201,7 @@ def encrypted_packets(
             return
 
 
-def fill(source: BinaryIO, view: memoryview) -> int:
+def fill(source: Readable, view: memoryview) -> int:
     """Read into the whole view unless the file ends first; return the bytes read."""
     filled = 0
     while filled < len(view):
@@ -206,7 +213,7 @@ def fill(source: BinaryIO, view: memoryview) -> int:
 
 
 def per_packet_ciphertexts(
-    source: BinaryIO,
+    source: Readable,
     plan: FilePlan,
     aes_key: bytes,
     checksum: Cksum,

@@ -25,14 +25,14 @@ import queue
 import threading
 from dataclasses import dataclass
 from types import TracebackType
-from typing import BinaryIO, Iterator, Union
+from typing import Iterator, Union
 
 from protocol import Cksum
 from protocol.codes import AES_BLOCK_SIZE
 from protocol.crypto import CbcEncryptor
 
 from .errors import FileReadError
-from .packets import FilePlan, fill
+from .packets import FilePlan, Readable, fill
 
 #: Buffers per stage: one being worked on while the other waits for the next
 #: stage. Two plaintext and two ciphertext packets are in memory at most.
@@ -81,7 +81,7 @@ class PipelinedPackets:
 
     def __init__(
         self,
-        source: BinaryIO,
+        source: Readable,
         plan: FilePlan,
         aes_key: bytes,
         checksum: Cksum,

@@ -14,6 +14,7 @@ import select
 import socket
 
 from protocol import ClientConnection, ConnectionClosed, NEED_DATA, RemoteProtocolError
+from protocol.buffer import BytesLike
 from protocol.codes import RequestCode
 from protocol.editions import EDITION_2023C, V3, Edition
 
@@ -42,7 +43,7 @@ def _worth_logging(request) -> bool:
     return number is None or number in (1, request.total_packets)
 
 
-def _send_all(sock: socket.socket, head: bytes, content: bytes | memoryview) -> None:
+def _send_all(sock: socket.socket, head: bytes, content: BytesLike) -> None:
     """``sendall`` of head + content without joining them (no copy of the content).
 
     Raises:
@@ -147,7 +148,7 @@ class Session:
 
     # -- requests and replies --------------------------------------------------
 
-    def send_more(self, content: bytes | memoryview) -> None:
+    def send_more(self, content: BytesLike) -> None:
         """More content of the request just sent (a file sent whole, in pieces).
 
         Raises:
@@ -173,7 +174,7 @@ class Session:
             log.debug("-> %s (%d bytes)", describe(request), len(head) + len(content))
         self._send_bytes(head, content)
 
-    def _send_bytes(self, head: bytes, content: bytes | memoryview) -> None:
+    def _send_bytes(self, head: bytes, content: BytesLike) -> None:
         if self._sock is None:
             raise NetworkError(f"not connected to {self.address}")
         try:

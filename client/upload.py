@@ -17,12 +17,13 @@ may still be on their way on the old one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, Protocol, TypeVar
 
 from protocol import (
     Acknowledged,
@@ -44,7 +45,8 @@ from protocol import (
     SendPublicKey,
 )
 
-from protocol.codes import CLIENT_ID_SIZE, PER_REQUEST_OPENERS
+from protocol.buffer import BytesLike
+from protocol.codes import CLIENT_ID_SIZE, PER_REQUEST_OPENERS, ResponseCode
 from protocol.crypto import decrypt_aes_key, export_public_key, generate_private_key
 
 from .config import Identity, ServerAddress, save_identity
@@ -52,6 +54,7 @@ from .errors import (
     FileReadError,
     MalformedReply,
     NetworkError,
+    NotLoggedIn,
     RegistrationRefused,
     ServerError,
     UnexpectedReply,
@@ -98,6 +101,17 @@ class FileResult:
     verified: bool
     uploads: int
     seconds: float
+
+
+class _Reply(Protocol):
+    """A kind of reply: its class carries its code."""
+
+    code: ClassVar[ResponseCode]
+
+
+#: What ``Client._exchange`` does with each kind of reply. Each handler takes
+#: the reply of its own kind, which a mapping's one value type cannot say: Any.
+_Handlers = Mapping[type[_Reply], Callable[[Any], T]]
 
 
 def _reply_error(reply: object, expected: str) -> str:
@@ -149,6 +163,17 @@ class Client:
     @_aes_key.setter
     def _aes_key(self, key: bytes | None) -> None:
         self._key.key = key
+
+    @property
+    def _registered_identity(self) -> Identity:
+        """The identity, registered or loaded: ``log_in`` comes first.
+
+        Raises:
+            NotLoggedIn: called before there was one.
+        """
+        if self.identity is None:
+            raise NotLoggedIn("no identity yet: log_in() registers first")
+        return self.identity
 
     @property
     def server(self) -> ServerAddress:
@@ -256,7 +281,7 @@ class Client:
         log.warning("%s: the server refused the layout; switching to %s", step, switch)
         self._session.reset()
 
-    def _exchange(self, step: str, request, handlers: Mapping[type, Callable[[object], T]]) -> T:
+    def _exchange(self, step: str, request, handlers: _Handlers[T]) -> T:
         """Send a request and hand its reply to the handler of its type, with retries."""
         expected = " or ".join(f"{int(kind.code)} {kind.__name__}" for kind in handlers)
 
@@ -272,10 +297,11 @@ class Client:
     def _check_client_id(self, reply) -> None:
         if not self._session.reply_carried_id:
             return  # 2022's acknowledgement, and some servers' 1604, carry no id
-        if reply.client_id != self.identity.client_id:
+        ours = self._registered_identity.client_id
+        if reply.client_id != ours:
             raise UnexpectedReply(
                 f"{describe(reply)} carries client id {reply.client_id.hex()},"
-                f" ours is {self.identity.client_id.hex()}"
+                f" ours is {ours.hex()}"
             )
 
     # -- registration and keys -------------------------------------------------
@@ -322,7 +348,7 @@ class Client:
         An edition without a reconnect (2022) sends its public key again and
         gets a fresh AES key in the answer (docs/EDITIONS.md).
         """
-        identity = self.identity
+        identity = self._registered_identity
         self._turns.before_new_key()
         if not self._session.edition.has_reconnect:
             self._exchange(
@@ -357,12 +383,12 @@ class Client:
             self._name = identity.name
             self._register()
 
-    def _accept_key(self, reply) -> bool:
+    def _accept_key(self, reply: PublicKeyReceived | Reconnected) -> bool:
         """Take the AES key of a 1602 or 1605."""
         self._check_client_id(reply)
         try:
             self._aes_key = decrypt_aes_key(
-                self.identity.private_key,
+                self._registered_identity.private_key,
                 reply.encrypted_aes_key,
                 self._session.edition.aes_key_size,
             )
@@ -410,9 +436,7 @@ class Client:
                     self._send_crc_retry(plan)
                 received, local, plan = self._with_retries(
                     step,
-                    lambda label=label, step=step: self._send_in_current_layout(
-                        path, size, label, step
-                    ),
+                    functools.partial(self._send_in_current_layout, path, size, label, step),
                     reset_on_error=True,
                 )
                 self._turns.verdict_begins()
@@ -503,7 +527,9 @@ class Client:
     def _send_crc_retry(self, plan: FilePlan) -> None:
         """901; the packets follow at once, with no reply awaited (variant 8)."""
         try:
-            retry = CrcRetry(client_id=self.identity.client_id, file_name=plan.wire_name)
+            retry = CrcRetry(
+                client_id=self._registered_identity.client_id, file_name=plan.wire_name
+            )
             self._session.send(retry)
         except NetworkError as exc:
             exc.step = f"CRC mismatch notice (901) for {plan.display_name!r}"
@@ -514,7 +540,7 @@ class Client:
         """900 or 902, answered by 1604."""
         self._exchange(
             step,
-            kind(client_id=self.identity.client_id, file_name=plan.wire_name),
+            kind(client_id=self._registered_identity.client_id, file_name=plan.wire_name),
             {Acknowledged: self._check_client_id},
         )
 
@@ -566,10 +592,13 @@ class Client:
         Raises:
             FileReadError, NetworkError, UnexpectedReply.
         """
+        aes_key = self._aes_key
+        if aes_key is None:
+            raise NotLoggedIn("no AES key to encrypt the file with: log_in() gets one first")
         whole = self._session.edition.whole_file
         per_packet = self._layout.per_packet and not whole
         with _open_for_reading(plan.path) as source, PipelinedPackets(
-            source, plan, self._aes_key, sums, per_packet=per_packet
+            source, plan, aes_key, sums, per_packet=per_packet
         ) as packets:
             for number, packet in enumerate(packets, start=1):
                 self._take_early_reply(number)
@@ -582,7 +611,7 @@ class Client:
                 self._progress.update(packet.plain_count)
 
     def _send_packet(
-        self, plan: FilePlan, number: int, content: bytes, *, whole_file: bool = False
+        self, plan: FilePlan, number: int, content: BytesLike, *, whole_file: bool = False
     ) -> None:
         layout = STANDARD_LAYOUT if whole_file else self._layout
         number, total = (1, 1) if whole_file else (number, plan.total_packets)
@@ -592,7 +621,7 @@ class Client:
             number, total = total, number  # variant 5
         content_size = len(content) if layout.per_packet else plan.content_size  # variant 6
         packet = SendFilePacket(
-            client_id=self.identity.client_id,
+            client_id=self._registered_identity.client_id,
             content_size=content_size,
             orig_file_size=plan.orig_size,
             packet_number=number,
@@ -626,7 +655,7 @@ class Client:
             isinstance(reply, Acknowledged)
             and count
             and connection == self._session.connections_opened
-            and reply.client_id == self.identity.client_id
+            and reply.client_id == self._registered_identity.client_id
         ):
             self._stray_acks = (connection, count - 1)
             log.debug("ignoring the 1604 that answers our 901")
