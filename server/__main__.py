@@ -51,6 +51,8 @@ DEFAULT_PORT = 1256
 PORT_FILE = "port.info"
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 1
+#: The server stopped because its database could not be made durable.
+EXIT_DURABILITY_LOST = 3
 #: The first argument that runs the operator's tool instead of the server.
 ADMIN_COMMAND = "admin"
 ALL_INTERFACES = ""
@@ -293,7 +295,13 @@ def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) 
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        metadata.close()
+        try:
+            metadata.close()
+        except StorageFault as exc:
+            log.error("closing the database: %s", exc)
+    if server.durability_lost is not None:
+        log.critical("stopped: the database could not be made durable; restart the server")
+        return EXIT_DURABILITY_LOST
     log.info("stopped")
     return EXIT_OK
 

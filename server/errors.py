@@ -57,6 +57,17 @@ class StorageFault(ServerError):
     """A store could not do what was asked (disk full, I/O, a lock, read-only)."""
 
 
+class DurabilityLost(StorageFault):
+    """An fsync of the database failed: what it held may never reach the disk.
+
+    Linux may drop the pages of a failed fsync, so a later fsync that works
+    proves nothing about them, nor about the commits after them (SQLite's
+    recovery stops at the first bad frame of its WAL). Nothing may be
+    answered on that database again: the server stops, and a restart
+    recovers from what is on disk.
+    """
+
+
 class StoreUnusable(StorageFault):
     """At start-up: the database or the folder cannot be used (left untouched)."""
 

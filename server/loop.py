@@ -44,7 +44,7 @@ from typing import Callable
 
 from .app import App
 from .channel import Channel
-from .errors import StorageFault
+from .errors import DurabilityLost, StorageFault
 from .labels import printable
 from .peer import Peer
 from .session import Session
@@ -119,6 +119,8 @@ class Server:
         self._stopping = False
         #: Set by :meth:`drain` (a signal handler); the loop starts the drain.
         self._drain_asked = False
+        #: Set when the database could not be made durable: the loop stops.
+        self.durability_lost: DurabilityLost | None = None
         self._drain_started: float | None = None
         self._drain_over = False
         self._closed_down = False
@@ -192,25 +194,36 @@ class Server:
 
     def _send_answers(self) -> None:
         """Group commit: one commit and sync for the round, then every answer it holds back."""
-        if not self._answering:
-            try:
-                self.app.end_round(durable=False)  # nothing to answer
-            except StorageFault as exc:
-                log.error("cannot commit this round's writes: %s", exc)
-            return
         answering = list(self._answering)
         self._answering.clear()  # the list the channels were given
         try:
-            unstored = self.app.end_round(durable=True)
+            unstored = self.app.end_round(durable=bool(answering))
+        except DurabilityLost as exc:
+            log.critical(
+                "cannot make this round's commits durable (%s): stopping; %d connection(s)"
+                " closed unanswered. Nothing can be answered on this database any more;"
+                " a restart recovers what is on disk", exc, len(answering),
+            )
+            self._close_unanswered(answering)
+            self.durability_lost = exc
+            self._stopping = True
+            return
         except StorageFault as exc:
+            if not answering:
+                log.error("cannot commit this round's writes: %s", exc)
+                return
             log.error("cannot make this round's commits durable (%s): %d connection(s)"
                       " closed unanswered", exc, len(answering))
-            for channel in answering:
-                channel.close("answers not durable")
+            self._close_unanswered(answering)
             return
         for channel in answering:
             if not channel.closed:
                 serve(channel, functools.partial(channel.send_answers, unstored))
+
+    @staticmethod
+    def _close_unanswered(answering: list[Channel]) -> None:
+        for channel in answering:
+            channel.close("answers not durable")
 
     def _handle(self, target: Channel | Callable[[], None], mask: int, turn: int) -> None:
         if isinstance(target, Channel):

@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, ParamSpec, TypeVar
 
-from ..errors import NameTaken, StorageFault, StoreUnusable
+from ..errors import DurabilityLost, NameTaken, StorageFault, StoreUnusable
 from .base import Binding, ClientRow, FileRow
 
 log = logging.getLogger(__name__)
@@ -279,6 +279,8 @@ class SqliteMetadata:
         self._round_lost: str | None = None
         #: The WAL file, open for fsync from the first sync on (-1 until then).
         self._wal_fd = -1
+        #: Why an fsync failed: from then on no sync succeeds (:class:`DurabilityLost`).
+        self._durability_lost: str | None = None
 
     @classmethod
     def open(cls, path: Path, busy_timeout: float) -> SqliteMetadata:
@@ -386,9 +388,13 @@ class SqliteMetadata:
         """Commit the round so far and make every commit durable: one fsync of the WAL.
 
         Raises:
-            StorageFault: the commit or the fsync failed; the writes since
-                the last sync may not be on disk, and must not be answered.
+            StorageFault: the commit failed; the round's writes are gone.
+            DurabilityLost: the fsync failed, now or at an earlier sync: the
+                writes since the last good sync may never be on disk, and
+                nothing may be answered on this database again.
         """
+        if self._durability_lost is not None:
+            raise DurabilityLost(f"database sync failed earlier ({self._durability_lost})")
         self._commit()
         if not self._unsynced:
             return
@@ -403,7 +409,8 @@ class SqliteMetadata:
                     os.close(folder)
             os.fsync(self._wal_fd)
         except OSError as exc:
-            raise StorageFault(f"database sync: {exc.strerror or exc}") from exc
+            self._durability_lost = exc.strerror or str(exc)
+            raise DurabilityLost(f"database sync: {self._durability_lost}") from exc
         self._unsynced = False
 
     @contextmanager

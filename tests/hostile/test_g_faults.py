@@ -62,6 +62,7 @@ from protocol import (
     cksum,
 )
 from protocol.crypto import decrypt_aes_key
+from server.__main__ import EXIT_DURABILITY_LOST
 from server.limits import Limits
 from timing_helpers import round_trip, timer_bound
 
@@ -69,6 +70,8 @@ DEFAULT_BUSY_TIMEOUT = Limits().busy_timeout
 DEFAULT_PORT = 1256
 #: The steps of installing a file (a rename and the folder's sync after it).
 INSTALL_STEPS = ("replace", "fsync_dir")
+#: How long a server that must stop on its own may take.
+WAIT_FOR_EXIT = 15.0
 
 
 def _only_one_error(client) -> None:
@@ -228,6 +231,29 @@ def test_g1_io_error_during_write_fsync_or_rename(faults, step, code):
         verified_upload(client, identity, "doc.bin", old)
         assert doc() == old
     assert os.strerror(code) in server.log()
+    guard.check()
+
+
+def test_g1_failed_database_fsync_stops_the_server_and_a_restart_serves(faults):
+    """A failed fsync of the WAL: no answer rests on it, later ones neither; exit 3."""
+    server = faults.start()
+    guard = Guard(server)
+    with server.client() as client:
+        identity = make_identity(client)  # durable before the fault
+        faults.arm(wal_fsync={"errno": errno.EIO})
+        client.send(Register(client_id=ANY_ID, name=unique_name()))
+        assert isinstance(client.receive(), ConnectionClosed)  # never answered
+    # Linux may drop the pages of a failed fsync, so a later fsync that works
+    # proves nothing: the server does not wait for one, it stops
+    assert server.process.wait(timeout=WAIT_FOR_EXIT) == EXIT_DURABILITY_LOST
+    log = server.log()
+    assert "CRITICAL" in log and os.strerror(errno.EIO) in log
+    assert "Traceback" not in log
+    faults.disarm()
+    restarted = faults.start(data_dir=server.data_dir)
+    with restarted.client() as client:
+        reconnect(client, identity)  # what was answered before the fault is there
+    guard.server = restarted
     guard.check()
 
 

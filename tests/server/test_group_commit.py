@@ -7,7 +7,9 @@ it receives when the sync fails.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
 import sqlite3
 import time
@@ -38,7 +40,7 @@ from protocol import (
 )
 from protocol.codes import RequestCode
 from server.app import App
-from server.errors import StorageFault
+from server.errors import DurabilityLost, StorageFault
 from server.limits import Limits
 from server.loop import Server, create_listener
 from server.storage.folder import RECEIVED_DIR, FolderBlobs, TempFile, client_dir_name
@@ -62,7 +64,10 @@ def looped(tmp_path):
     server = Server(app, create_listener("127.0.0.1", 0))
     yield server, db
     server.close()
-    db.close()
+    try:
+        db.close()
+    except DurabilityLost:  # the test failed its fsync on purpose: nothing to make durable
+        pass
 
 
 def _bytes_waiting(client: RawClient) -> int:
@@ -162,6 +167,34 @@ def test_a_failed_sync_sends_no_answer_and_the_client_may_ask_again(
     assert isinstance(again.receive(), Registered)
     assert not db.unsynced
     again.close()
+
+
+def test_a_failed_wal_fsync_stops_the_loop_and_no_later_sync_succeeds(looped, monkeypatch):
+    server, db = looped
+    client = RawClient(server.address[:2])
+    _run_until(server, lambda: len(server.channels) == 1)
+    assert isinstance(_ask(server, client, Register(client_id=ANY_ID, name=unique_name())),
+                      Registered)  # the WAL is open for fsync from here on
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if fd == db._wal_fd:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    client.send(Register(client_id=ANY_ID, name=unique_name()))
+    time.sleep(0.1)
+    server.run_once()
+    assert isinstance(server.durability_lost, DurabilityLost)
+    assert isinstance(client.receive(), ConnectionClosed)  # never answered
+    monkeypatch.undo()
+    # the fsync works again, but the pages of the failed one may be gone: no
+    # sync may claim durability on this database any more
+    with pytest.raises(DurabilityLost, match="failed earlier"):
+        db.sync()
+    server.serve_forever()  # returns at once: the loop was told to stop
+    client.close()
 
 
 def _seen_client(db: SqliteMetadata, name: str) -> bool:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.limits import Limits
-from server.errors import NameTaken, StorageFault, StoreUnusable
+from server.errors import DurabilityLost, NameTaken, StorageFault, StoreUnusable
 from server.storage.folder import TEMP_PREFIX, FolderBlobs
 from server.storage.names import MAX_STORED_NAME_BYTES, stored_name
 from server.storage.sqlite import SqliteMetadata
@@ -131,7 +131,7 @@ def test_a_commit_is_unsynced_until_sync_fsyncs_the_wal(tmp_path, monkeypatch):
     db.close()
 
 
-def test_a_failed_sync_is_a_storage_fault_and_stays_pending(tmp_path, monkeypatch):
+def test_a_failed_sync_loses_durability_for_good(tmp_path, monkeypatch):
     from server.storage import sqlite as sqlite_module
 
     db = open_metadata(tmp_path / "defensive.db")
@@ -142,13 +142,16 @@ def test_a_failed_sync_is_a_storage_fault_and_stays_pending(tmp_path, monkeypatc
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(sqlite_module.os, "fsync", broken)
-    with pytest.raises(StorageFault, match="sync"):
+    with pytest.raises(DurabilityLost, match="sync"):
         db.sync()
-    assert db.unsynced  # the next sync tries again
+    assert db.unsynced
     monkeypatch.undo()
-    db.sync()
-    assert not db.unsynced
-    db.close()
+    # the fsync works again, but the pages of the failed one may be gone:
+    # no later sync may say the database is durable
+    with pytest.raises(DurabilityLost, match="failed earlier"):
+        db.sync()
+    with pytest.raises(DurabilityLost):
+        db.close()
 
 
 def test_database_missing_column_is_refused(tmp_path):

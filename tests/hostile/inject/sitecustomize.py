@@ -9,6 +9,7 @@ call, so a test arms and disarms faults while the server runs:
   once that file holds N bytes (ENOSPC = 28, EIO = 5);
 * ``{"fsync": {"errno": 5}}``: fsync of a temp file fails;
 * ``{"fsync_dir": {"errno": 5}}``: fsync of a client folder fails;
+* ``{"wal_fsync": {"errno": 5}}``: fsync of the database's WAL fails;
 * ``{"replace": {"errno": 28}}``: ``os.replace`` of a temp file fails;
 * ``{"raise": 900}``: the handler of that code raises ZeroDivisionError;
   ``{"raise": 828}``: recording a complete upload raises it, inside the
@@ -28,6 +29,7 @@ import os
 import sqlite3
 
 _CONTROL = os.environ.get("CIPHERDROP_FAULTS")
+_WAL_SUFFIX = "-wal"
 
 
 def _faults() -> dict:
@@ -61,6 +63,11 @@ class _FaultyOs:
         self._real = real
         self._written: dict[int, int] = {}
 
+    def _fsync_rule(self, faults: dict, path: str):
+        if os.path.isdir(path):
+            return faults.get("fsync_dir")
+        return faults.get("fsync") if _is_temp(path) else None
+
     def __getattr__(self, name):
         return getattr(self._real, name)
 
@@ -80,9 +87,7 @@ class _FaultyOs:
     def fsync(self, fd):
         faults = _faults()
         path = _fd_path(fd)
-        rule = faults.get("fsync_dir") if os.path.isdir(path) else (
-            faults.get("fsync") if _is_temp(path) else None
-        )
+        rule = self._fsync_rule(faults, path)
         if rule:
             raise _fail(rule, "fsync")
         return self._real.fsync(fd)
@@ -98,6 +103,13 @@ class _FaultyOs:
         if rule and _is_temp(str(src)):
             raise _fail(rule, "rename")
         return self._real.replace(src, dst, **kwargs)
+
+
+class _FaultyDatabaseOs(_FaultyOs):
+    """The ``os`` module as ``server.storage.sqlite`` sees it: its WAL's fsync may fail."""
+
+    def _fsync_rule(self, faults: dict, path: str):
+        return faults.get("wal_fsync") if path.endswith(_WAL_SUFFIX) else None
 
 
 class _GuessedSecrets:
@@ -116,10 +128,11 @@ class _GuessedSecrets:
 
 def _install() -> None:
     from server import handlers
-    from server.storage import folder
+    from server.storage import folder, sqlite
     from server.storage.sqlite import SqliteMetadata
 
     folder.os = _FaultyOs(os)
+    sqlite.os = _FaultyDatabaseOs(os)
     folder.secrets = _GuessedSecrets(folder.secrets)
 
     for code, handler in list(handlers.HANDLERS.items()):
