@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from helpers import ANY_ID, RawClient, unique_name
+from helpers import ANY_ID, RawClient, bad_padding_packet, unique_name
 from hostile_helpers import STRANGER
 from protocol import (
     ClientConnection,
@@ -78,10 +78,8 @@ def test_c6_a_stranger_address_cannot_use_the_key(server, edition):
 def test_d3_a_file_that_does_not_decrypt_is_refused_and_leaves_nothing(server, edition):
     with RawClient(server.address, edition=edition) as client:
         who = keyed(client)
-        ciphertext = bytearray(crypto.encrypt(who.aes_key, b"x" * 100))
-        ciphertext[-1] ^= 0xFF  # the padding breaks
-        client.send(SendFilePacket(who.client_id, len(ciphertext), 100, 1, 1, "bad.bin",
-                                   content=bytes(ciphertext)))
+        # surely bad: a flipped ciphertext byte would leave valid padding 1 time in 256
+        client.send(bad_padding_packet(who, "bad.bin"))
         assert isinstance(client.receive(), GeneralError)
         assert isinstance(send_file(client, who, "good.bin", b"fine"), FileReceived)  # it goes on
     assert files_of(server, who.client_id) == ["good.bin"]
