@@ -28,7 +28,7 @@ from protocol import __version__
 
 from . import crashpoints, logsetup
 from .app import App
-from .errors import LockError, StorageFault
+from .errors import DurabilityLost, LockError, StorageFault
 from .limits import HELP, LimitOutOfBounds, Limits
 from .loop import Server, create_listener
 from .options import (
@@ -295,11 +295,15 @@ def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) 
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        durability_lost = server.durability_lost
         try:
             metadata.close()
+        except DurabilityLost as exc:  # lost in a round the loop did not get to report
+            log.error("closing the database: %s", exc)
+            durability_lost = exc
         except StorageFault as exc:
             log.error("closing the database: %s", exc)
-    if server.durability_lost is not None:
+    if durability_lost is not None:
         log.critical("stopped: the database could not be made durable; restart the server")
         return EXIT_DURABILITY_LOST
     log.info("stopped")

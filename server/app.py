@@ -119,9 +119,9 @@ class App:
         try:
             self.metadata.finish_round(durable=durable)
         except StorageFault:
-            self.uploads.abandon_recorded()
+            self.uploads.abandon_first_uploads()
             raise
-        return self.uploads.install_recorded() if durable else set()
+        return self.uploads.install_first_uploads() if durable else set()
 
     def purge_lapsed_registrations(self) -> int:
         """Delete keyless registrations older than the key window; return how many."""

@@ -267,11 +267,7 @@ class Channel:
             and self._turn_requests >= self._turn_budget
             and len(self._out) < self._limits.max_outgoing
         )
-        if (
-            (drained or self._backlogged)
-            and (self._out or self.session.holds_answers)
-            and self._on_answers is None
-        ):
+        if (drained or self._backlogged) and self._out and self._on_answers is None:
             # Every request stepped is answered: send the replies at once, in
             # one write (with a loop, they go at the end of this round, after
             # its sync). Not when paused by max_outgoing: then requests are
@@ -301,6 +297,10 @@ class Channel:
 
     def _take_output(self) -> None:
         data = self.session.data_to_send()
+        if self._on_answers is None and self.session.holds_answers:
+            # No loop to end the round: end it now, so that nothing stays held.
+            self.session.release(self.session.app.end_round(durable=True))
+            data += self.session.data_to_send()
         if data:
             self._out += data
         if data or self.session.holds_answers:
@@ -317,8 +317,7 @@ class Channel:
         durable here first.
         """
         if self._on_answers is None:
-            self.session.release(self.session.app.end_round(durable=True))
-            self._take_output()
+            self.session.app.end_round(durable=True)
         try:
             sent = self.sock.send(self._out)
         except (BlockingIOError, InterruptedError):

@@ -32,7 +32,9 @@ The points, in the order an upload meets them (:data:`POINTS`):
   is queued;
 * ``retry.received``: a 901 was accepted (its 1604 is deferred, variant 8);
 * ``key.committed``: 826/827 committed a fresh AES key, reply not queued;
-* ``response.queued``: a response is in the outgoing buffer, not sent;
+* ``response.queued``: a response is in the outgoing buffer, not sent (a
+  first upload's 1603, and what follows it on its connection, only once the
+  file took its name at the round's end);
 * ``response.sent``: some outgoing bytes went to the socket;
 * ``remove.trashed`` / ``remove.forgotten`` (``admin delete-client``): the
   client's folder is in the trash / its rows are deleted too, the trashed

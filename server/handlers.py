@@ -325,19 +325,24 @@ def _completed_upload(
     return client, upload
 
 
-def _verdict_outcome(kind: RequestKind, client: ClientRow, upload: Upload, detail: str) -> Outcome:
+def _verdict_outcome(
+    app: App, kind: RequestKind, client: ClientRow, upload: Upload, detail: str
+) -> Outcome:
+    """The 1604 of a verdict; held with the file's 1603 while the file waits to take its name."""
     return Outcome(
         kind,
         Acknowledged(client_id=client.id),
         client_label(client.name, client.id),
         f"{printable(upload.file_name)} {detail}",
+        awaits_install=app.uploads.awaiting_install(upload),
     )
 
 
 def crc_ok(app: App, peer: Peer, event: CrcOk, speaking: Speaking) -> Outcome:
     """900: the upload is verified: a pending version is installed, or the flag set (idempotent)."""
     client, upload = _completed_upload(app, peer, event)
-    return _verdict_outcome(RequestKind.CRC_OK, client, upload, app.uploads.confirm(upload))
+    detail = app.uploads.confirm(upload)
+    return _verdict_outcome(app, RequestKind.CRC_OK, client, upload, detail)
 
 
 def crc_retry(app: App, peer: Peer, event: CrcRetry, speaking: Speaking) -> Outcome:
@@ -345,13 +350,14 @@ def crc_retry(app: App, peer: Peer, event: CrcRetry, speaking: Speaking) -> Outc
     client, upload = _completed_upload(app, peer, event)
     crashpoints.reached("retry.received")
     app.uploads.retry(upload)
-    return _verdict_outcome(RequestKind.CRC_RETRY, client, upload, "to be sent again")
+    return _verdict_outcome(app, RequestKind.CRC_RETRY, client, upload, "to be sent again")
 
 
 def crc_abort(app: App, peer: Peer, event: CrcAbort, speaking: Speaking) -> Outcome:
     """902: the client gives up: an installed upload stays unverified, a pending one goes."""
     client, upload = _completed_upload(app, peer, event)
-    return _verdict_outcome(RequestKind.CRC_ABORT, client, upload, app.uploads.abandon(upload))
+    detail = app.uploads.abandon(upload)
+    return _verdict_outcome(app, RequestKind.CRC_ABORT, client, upload, detail)
 
 
 Handler = Callable[[App, Peer, Request, Speaking], Outcome]

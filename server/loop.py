@@ -15,8 +15,11 @@ is logged and the server serves on).
 Group commit: a round's requests commit without an fsync each; at the end of
 the round one :meth:`~server.storage.base.MetadataStore.sync` makes them all
 durable, and only then do the round's answers go out (channels hand them
-over through ``on_answers``). If the sync fails, those answers are never
-sent: their connections are closed, and the clients ask again.
+over through ``on_answers``); a name's first upload takes its name between
+the two (:meth:`App.end_round`). If the commit fails, those answers are
+never sent: their connections are closed, and the clients ask again. If the
+fsync fails (:class:`~server.errors.DurabilityLost`), the server stops as
+well: no later answer could rest on that database.
 
 A channel whose turn ended with requests still buffered is in the backlog:
 each round resumes it, and select() does not sleep while the backlog is not

@@ -182,7 +182,7 @@ class Session:
         self._outbox = bytearray()
         #: Answers held until the round's files take their names (a first
         #: upload's 1603, and every answer after it on this connection).
-        self._held: list[_Held] = []
+        self._held_answers: list[_Held] = []
         self.verdict: Close | None = None
         self.model: Model | None = None
         self.errors = 0
@@ -294,7 +294,7 @@ class Session:
     @property
     def holds_answers(self) -> bool:
         """Whether answers wait for the round's first uploads to take their names."""
-        return bool(self._held)
+        return bool(self._held_answers)
 
     def release(self, unstored: Collection[object]) -> None:
         """The round is durable and its files installed: queue the held answers, in order.
@@ -302,9 +302,10 @@ class Session:
         The answer of a file in ``unstored`` (its ``awaits_install`` token)
         becomes a 1607: that file could not take its name.
         """
-        held, self._held = self._held, []
+        held, self._held_answers = self._held_answers, []
         for answer in held:
             self._outbox += answer.instead if answer.awaits in unstored else answer.data
+            crashpoints.reached("response.queued")
 
     def data_to_send(self) -> bytes:
         """The answers queued since the last call (not those held: :meth:`release`)."""
@@ -589,12 +590,12 @@ class Session:
         data = self._decoder.send(response)
         if awaits is not None:
             instead = self._decoder.send(_error_response(ResponseCode.GENERAL_ERROR))
-            self._held.append(_Held(data, awaits, instead))
-        elif self._held:  # answers go in order: behind the held one
-            self._held.append(_Held(data))
+            self._held_answers.append(_Held(data, awaits, instead))
+        elif self._held_answers:  # answers go in order: behind the held one
+            self._held_answers.append(_Held(data))
         else:
             self._outbox += data
-        crashpoints.reached("response.queued")
+            crashpoints.reached("response.queued")  # a held one: at its release
 
     def _flush_deferred(self) -> None:
         if self._deferred is not None:

@@ -209,7 +209,7 @@ class FileComplete:
     detail: str
     crc: int
     #: A first upload: it takes its name when the round is durable (the
-    #: token :meth:`Uploads.install_recorded` reports if it cannot).
+    #: token :meth:`Uploads.install_first_uploads` reports if it cannot).
     awaits_install: object | None = None
 
 
@@ -325,6 +325,7 @@ class _FirstInstall:
 
     upload: Upload
     temp: TempBlob
+    path_name: str
 
 
 # -- every client's uploads -------------------------------------------------------
@@ -350,9 +351,9 @@ class Uploads:
         self._complete: dict[bytes, dict[bytes, Upload]] = {}
         #: Connections to the uploads they own or stream (closing one is O(its uploads)).
         self._held: dict[Peer, set[Upload]] = {}
-        #: First uploads whose rows are in the round, by path name: each is
-        #: renamed onto its name once the round is durable (:meth:`install_recorded`).
-        self._to_install: dict[str, _FirstInstall] = {}
+        #: First uploads whose rows are in the round, in order: each is renamed
+        #: onto its name once the round is durable (:meth:`install_first_uploads`).
+        self._to_install: list[_FirstInstall] = []
         #: First uploads of the round that could not take their names.
         self._install_failed: set[_FirstInstall] = set()
         #: The CRC flavour a client's next file-received answer carries, for
@@ -539,7 +540,7 @@ class Uploads:
         """The last packet is in: seal the file; install a first upload, keep a later one pending.
 
         A first upload's row goes into the round; its blob takes its name once
-        the round is durable (:meth:`install_recorded`), before its answer
+        the round is durable (:meth:`install_first_uploads`), before its answer
         goes out.
 
         Raises:
@@ -556,8 +557,8 @@ class Uploads:
             commit.record_first(
                 self._metadata, upload.client_id, upload.file_name, path_name, _content(result)
             )
-            awaits = _FirstInstall(upload, phase.temp)
-            self._to_install[path_name] = awaits
+            awaits = _FirstInstall(upload, phase.temp, path_name)
+            self._to_install.append(awaits)
             complete: Complete = Installed(result, path_name)
             stored = f"stored as {path_name}"
         else:
@@ -599,7 +600,7 @@ class Uploads:
         """Whether first uploads wait for the round to be durable to take their names."""
         return bool(self._to_install)
 
-    def install_recorded(self) -> set[_FirstInstall]:
+    def install_first_uploads(self) -> set[_FirstInstall]:
         """The round is durable: rename each first upload onto its name, in order.
 
         Returns the ``awaits_install`` tokens of the files that could not take
@@ -607,13 +608,13 @@ class Uploads:
         must not go out.
         """
         failed, self._install_failed = self._install_failed, set()
-        waiting, self._to_install = self._to_install, {}
-        for path_name, first in waiting.items():
+        waiting, self._to_install = self._to_install, []
+        for first in waiting:
             upload = first.upload
             try:
                 commit.install_recorded(
                     self._metadata, self._blobs, first.temp, upload.client_id,
-                    upload.file_name, path_name,
+                    upload.file_name, first.path_name,
                 )
             except StorageFault as exc:
                 log.error(
@@ -625,16 +626,22 @@ class Uploads:
                 failed.add(first)
         return failed
 
-    def abandon_recorded(self) -> None:
-        """The round is lost: its first uploads never take their names (none is answered)."""
-        waiting, self._to_install = self._to_install, {}
+    def awaiting_install(self, upload: Upload) -> _FirstInstall | None:
+        """The token of a first upload still waiting for the round to take its name, if any."""
+        return next((first for first in self._to_install if first.upload is upload), None)
+
+    def abandon_first_uploads(self) -> None:
+        """The round is lost (or the server stops): its first uploads never take their names."""
+        waiting, self._to_install = self._to_install, []
         self._install_failed.clear()
-        for first in waiting.values():
+        for first in waiting:
             first.temp.discard()
             self.discard(first.upload, "its round could not be made durable")
+        if not waiting:
+            return
         try:  # a commit that reached the database before the sync failed
             with self._metadata.transaction():
-                for first in waiting.values():
+                for first in waiting:
                     self._metadata.delete_file(first.upload.client_id, first.upload.file_name)
         except StorageFault as exc:  # start-up repair removes rows without a file
             log.error("cannot remove the rows of files never stored: %s", exc)
@@ -653,11 +660,11 @@ class Uploads:
             raise Refusal("nothing to verify: this upload was given up (901/902)")
         crashpoints.reached("verify.before_commit")
         if isinstance(phase, Pending):
-            if phase.path_name in self._to_install:
+            if any(first.path_name == phase.path_name for first in self._to_install):
                 # The name's first upload came in this same round: it takes its
                 # name first, or it would replace this confirmed version.
                 self._metadata.sync()
-                self._install_failed |= self.install_recorded()
+                self._install_failed |= self.install_first_uploads()
             try:
                 commit.install_confirmed(
                     self._metadata, phase.temp, upload.client_id, upload.file_name,
@@ -760,7 +767,8 @@ class Uploads:
             self.discard(upload, reason)
 
     def close(self) -> None:
-        """Drop every upload (shutdown)."""
+        """Drop every upload (shutdown); first uploads still waiting for their round too."""
+        self.abandon_first_uploads()
         for names in list(self._uploads.values()):
             for upload in list(names.values()):
                 self.discard(upload, "server stopping")

@@ -354,6 +354,8 @@ class SqliteMetadata:
                 commit failed: reported here, once), or the fsync failed; no
                 answer of the round may go out.
         """
+        if self._durability_lost is not None:
+            raise DurabilityLost(f"database sync failed earlier ({self._durability_lost})")
         lost, self._round_lost = self._round_lost, None
         if lost is not None:
             raise StorageFault(f"database: the round's writes were rolled back ({lost})")
@@ -395,6 +397,9 @@ class SqliteMetadata:
         """
         if self._durability_lost is not None:
             raise DurabilityLost(f"database sync failed earlier ({self._durability_lost})")
+        lost = self._round_lost
+        if lost is not None:  # reported to the loop by finish_round
+            raise StorageFault(f"database: the round's writes were rolled back ({lost})")
         self._commit()
         if not self._unsynced:
             return

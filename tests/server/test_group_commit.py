@@ -297,12 +297,17 @@ def test_a_first_upload_that_cannot_take_its_name_is_answered_1607_in_place_of_1
     monkeypatch.setattr(TempFile, "install", install)
     data = b"x" * 5000
     _send_files(pairs, data)
-    # the failing client's next request is answered after it, in order
-    failing.send_raw(failing.conn.send(Register(client_id=ANY_ID, name=unique_name())))
+    # the failing client's next requests are answered after it, in order: a
+    # blind 900 for the file not stored is refused too
+    file_name = f"{failing_identity.name}.bin"
+    failing.send_raw(
+        failing.conn.send(CrcOk(client_id=failing_identity.client_id, file_name=file_name))
+        + failing.conn.send(Register(client_id=ANY_ID, name=unique_name()))
+    )
     time.sleep(0.1)
     server.run_once()
-    answers = [failing.receive() for _ in range(2)]
-    assert [type(answer) for answer in answers] == [GeneralError, Registered]
+    answers = [failing.receive() for _ in range(3)]
+    assert [type(answer) for answer in answers] == [GeneralError, GeneralError, Registered]
     assert isinstance(other.receive(), FileReceived)
     server.run_once()  # the undone row is committed with the next round
     rows = _rows_seen_by_another_connection(db.path)
@@ -337,6 +342,34 @@ def test_answers_held_for_a_first_upload_go_out_before_the_connection_closes(
     folder = tmp_path / RECEIVED_DIR / client_dir_name(identity.client_id)
     assert (folder / "last.bin").read_bytes() == data
     client.close()
+
+
+def test_a_stop_before_the_round_ends_stores_none_of_its_waiting_first_uploads(
+    two_clients, monkeypatch, tmp_path
+):
+    server, db, pairs = two_clients
+    monkeypatch.setattr(server, "_send_answers", lambda: None)  # the stop comes first
+    _send_files(pairs, b"z" * 2000)
+    server.run_once()
+    server.close()
+    db.finish_round(durable=True)  # what closing the database commits
+    assert _rows_seen_by_another_connection(db.path) == {}
+    for _, identity in pairs:
+        folder = tmp_path / RECEIVED_DIR / client_dir_name(identity.client_id)
+        assert list(folder.iterdir()) == []  # neither a temp nor a stored file
+
+
+def test_a_sync_inside_a_lost_round_fails_and_leaves_the_report_to_the_loop(tmp_path):
+    db = SqliteMetadata.open(tmp_path / DB_NAME, Limits().busy_timeout)
+    try:
+        db._round_lost = "database or disk is full"  # SQLite rolled the round back
+        with pytest.raises(StorageFault, match="rolled back"):
+            db.sync()  # a request's sync: no file may take its name on it
+        with pytest.raises(StorageFault, match="rolled back"):
+            db.finish_round(durable=True)
+        db.finish_round(durable=True)
+    finally:
+        db.close()
 
 
 def test_a_lost_round_stores_none_of_its_first_uploads(two_clients, monkeypatch, tmp_path):
