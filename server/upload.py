@@ -607,7 +607,12 @@ class Uploads:
         their names (each row is removed, each upload forgotten): their 1603
         must not go out.
         """
+        self._install_waiting()
         failed, self._install_failed = self._install_failed, set()
+        return failed
+
+    def _install_waiting(self) -> None:
+        """Rename each waiting first upload onto its name, in order; note those that fail."""
         waiting, self._to_install = self._to_install, []
         for first in waiting:
             upload = first.upload
@@ -623,8 +628,7 @@ class Uploads:
                 )
                 first.temp.discard()
                 self.discard(upload, "could not be stored")
-                failed.add(first)
-        return failed
+                self._install_failed.add(first)
 
     def awaiting_install(self, upload: Upload) -> _FirstInstall | None:
         """The token of a first upload still waiting for the round to take its name, if any."""
@@ -664,7 +668,7 @@ class Uploads:
                 # The name's first upload came in this same round: it takes its
                 # name first, or it would replace this confirmed version.
                 self._metadata.sync()
-                self._install_failed |= self.install_first_uploads()
+                self._install_waiting()
             try:
                 commit.install_confirmed(
                     self._metadata, phase.temp, upload.client_id, upload.file_name,

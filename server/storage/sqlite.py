@@ -14,9 +14,8 @@ in it, so that a request that fails undoes its own writes only. WAL mode and
 durable with one fsync of the WAL. The loop ends every round with
 :meth:`SqliteMetadata.finish_round`: a commit, and the sync if the round has
 answers, which go out only after it (server/loop.py), so that nothing is
-answered before it is on disk. A write that must be durable before a step
-outside the database (a first upload's row before its rename,
-server/storage/commit.py) calls :meth:`sync` itself. If SQLite rolls the
+answered before it is on disk (a first upload's rename follows that sync:
+server/storage/commit.py). If SQLite rolls the
 round back (it does after a full disk or an I/O error), or its commit fails,
 the round is lost: :meth:`finish_round` raises, and the loop closes the
 connections the round was to answer, unanswered (their writes are gone).
@@ -354,8 +353,7 @@ class SqliteMetadata:
                 commit failed: reported here, once), or the fsync failed; no
                 answer of the round may go out.
         """
-        if self._durability_lost is not None:
-            raise DurabilityLost(f"database sync failed earlier ({self._durability_lost})")
+        self._check_durability()
         lost, self._round_lost = self._round_lost, None
         if lost is not None:
             raise StorageFault(f"database: the round's writes were rolled back ({lost})")
@@ -367,6 +365,11 @@ class SqliteMetadata:
         except StorageFault:
             self._round_lost = None  # reported to the loop, which owns the round
             raise
+
+    def _check_durability(self) -> None:
+        """Raises DurabilityLost if an fsync ever failed on this database."""
+        if self._durability_lost is not None:
+            raise DurabilityLost(f"database sync failed earlier ({self._durability_lost})")
 
     def _commit(self) -> None:
         """Commit the round's transaction, if one is open.
@@ -395,8 +398,7 @@ class SqliteMetadata:
                 writes since the last good sync may never be on disk, and
                 nothing may be answered on this database again.
         """
-        if self._durability_lost is not None:
-            raise DurabilityLost(f"database sync failed earlier ({self._durability_lost})")
+        self._check_durability()
         lost = self._round_lost
         if lost is not None:  # reported to the loop by finish_round
             raise StorageFault(f"database: the round's writes were rolled back ({lost})")
