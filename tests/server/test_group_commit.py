@@ -239,6 +239,21 @@ def two_clients(looped):
         client.close()
 
 
+@pytest.fixture
+def keyed_client(looped):
+    """The looped server, its store, and one client with a key on it."""
+    server, db = looped
+    client = RawClient(server.address[:2])
+    _run_until(server, lambda: len(server.channels) == 1)
+    yield server, db, client, _identity(server, client)
+    client.close()
+
+
+def _folder(data_dir, identity: Identity):
+    """The client's folder under the data folder."""
+    return data_dir / RECEIVED_DIR / client_dir_name(identity.client_id)
+
+
 def _send_files(pairs, data: bytes) -> None:
     """Each client sends one file, whole; the next round sees them all."""
     for client, identity in pairs:
@@ -287,7 +302,7 @@ def test_a_first_upload_that_cannot_take_its_name_is_answered_1607_in_place_of_1
     server, db, pairs = two_clients
     (failing, failing_identity), (other, other_identity) = pairs
     real_install = TempFile.install
-    failing_folder = client_dir_name(failing_identity.client_id)
+    failing_folder = client_dir_name(failing_identity.client_id)  # in path names
 
     def install(temp, path_name):
         if failing_folder in path_name:
@@ -313,21 +328,18 @@ def test_a_first_upload_that_cannot_take_its_name_is_answered_1607_in_place_of_1
     rows = _rows_seen_by_another_connection(db.path)
     assert f"{failing_identity.name}.bin".encode() not in rows
     assert f"{other_identity.name}.bin".encode() in rows
-    assert list((tmp_path / RECEIVED_DIR / failing_folder).iterdir()) == []  # no temp left
+    assert list(_folder(tmp_path, failing_identity).iterdir()) == []  # no temp left
     # the connection goes on: the client sends the file again, and it is stored
     monkeypatch.undo()
     (packet,) = file_packets(failing_identity, f"{failing_identity.name}.bin", data, WHOLE_FILE)
     assert isinstance(_ask(server, failing, packet), FileReceived)
-    assert (tmp_path / RECEIVED_DIR / failing_folder / f"{failing_identity.name}.bin").exists()
+    assert (_folder(tmp_path, failing_identity) / f"{failing_identity.name}.bin").exists()
 
 
 def test_answers_held_for_a_first_upload_go_out_before_the_connection_closes(
-    looped, tmp_path
+    keyed_client, tmp_path
 ):
-    server, db = looped
-    client = RawClient(server.address[:2])
-    _run_until(server, lambda: len(server.channels) == 1)
-    identity = _identity(server, client)
+    server, db, client, identity = keyed_client
     data = b"then a bad header" * 40
     (packet,) = file_packets(identity, "last.bin", data, WHOLE_FILE)
     # in one turn: the file (its 1603 held), then a header the server refuses
@@ -339,9 +351,7 @@ def test_answers_held_for_a_first_upload_go_out_before_the_connection_closes(
     assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
     assert isinstance(client.receive(), GeneralError)
     assert isinstance(client.receive(), ConnectionClosed)
-    folder = tmp_path / RECEIVED_DIR / client_dir_name(identity.client_id)
-    assert (folder / "last.bin").read_bytes() == data
-    client.close()
+    assert (_folder(tmp_path, identity) / "last.bin").read_bytes() == data
 
 
 def test_a_stop_before_the_round_ends_stores_none_of_its_waiting_first_uploads(
@@ -355,8 +365,7 @@ def test_a_stop_before_the_round_ends_stores_none_of_its_waiting_first_uploads(
     db.finish_round(durable=True)  # what closing the database commits
     assert _rows_seen_by_another_connection(db.path) == {}
     for _, identity in pairs:
-        folder = tmp_path / RECEIVED_DIR / client_dir_name(identity.client_id)
-        assert list(folder.iterdir()) == []  # neither a temp nor a stored file
+        assert list(_folder(tmp_path, identity).iterdir()) == []  # neither a temp nor a file
 
 
 def test_a_sync_inside_a_lost_round_fails_and_leaves_the_report_to_the_loop(tmp_path):
@@ -384,20 +393,16 @@ def test_a_lost_round_stores_none_of_its_first_uploads(two_clients, monkeypatch,
     server.run_once()
     for client, identity in pairs:
         assert isinstance(client.receive(), ConnectionClosed)
-        folder = tmp_path / RECEIVED_DIR / client_dir_name(identity.client_id)
-        assert list(folder.iterdir()) == []  # neither a temp nor a stored file
+        assert list(_folder(tmp_path, identity).iterdir()) == []  # neither a temp nor a file
     monkeypatch.undo()
     server.run_once()  # the rows that reached the database are removed with this round
     assert _rows_seen_by_another_connection(db.path) == {}
 
 
 def test_a_version_confirmed_in_the_round_of_the_names_first_upload_is_the_one_stored(
-    looped, tmp_path
+    keyed_client, tmp_path
 ):
-    server, db = looped
-    client = RawClient(server.address[:2])
-    _run_until(server, lambda: len(server.channels) == 1)
-    identity = _identity(server, client)
+    server, db, client, identity = keyed_client
     first, second = b"version one " * 50, b"version two " * 60
     burst = b"".join(
         packet_bytes(packet)
@@ -413,7 +418,6 @@ def test_a_version_confirmed_in_the_round_of_the_names_first_upload_is_the_one_s
     server.run_once()
     ((path_name, verified),) = _rows_seen_by_another_connection(db.path).values()
     assert (tmp_path / path_name).read_bytes() == second and verified == 1
-    client.close()
 
 
 def test_an_answer_queued_while_answers_go_out_does_not_wait_in_select(looped, monkeypatch):
