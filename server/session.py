@@ -267,9 +267,11 @@ class Session:
             return
         self._deferred = None
         self._send(deferred.response)
-        log.info("%s %s %s -> %s (no file request within %.1f s)", self.peer, deferred.code,
-                 deferred.client, self._answer_code(deferred.response),
-                 self._limits.retry_ack_delay)
+        level = self.app.log_limiter.level(log, self.peer.address, logging.INFO)
+        if log.isEnabledFor(level):
+            log.log(level, "%s %s %s -> %s (no file request within %.1f s)", self.peer,
+                    deferred.code, deferred.client, self._answer_code(deferred.response),
+                    self._limits.retry_ack_delay)
 
     def fail(self) -> None:
         """An unexpected error (a bug) reached the edge: answer 1607, close (Rule 3).
@@ -564,9 +566,13 @@ class Session:
         *,
         refused: bool = False,
     ) -> None:
-        """The request's one log line; nothing is formatted when the level is off."""
+        """The request's one log line; nothing is formatted when the level is off.
+
+        Past its address's budget (server/lograte.py) the line goes to DEBUG.
+        """
         if client:
             self._last_client = client
+        level = self.app.log_limiter.level(log, self.peer.address, level)
         if not log.isEnabledFor(level):
             return
         if not isinstance(result, str):  # a response: its code, in the edition

@@ -68,6 +68,7 @@ from .budget import DecryptionBudget
 from .errors import Refusal, StorageFault
 from .labels import printable
 from .limits import Limits
+from .lograte import LogLimiter
 from .peer import Peer
 from . import crashpoints
 from .storage import BlobStore, MetadataStore, TempBlob, commit
@@ -341,8 +342,10 @@ class Uploads:
         metadata: MetadataStore,
         blobs: BlobStore,
         budget: DecryptionBudget,
+        log_limiter: LogLimiter,
     ) -> None:
         self._timers = timers
+        self._log_limiter = log_limiter
         self._limits = limits
         self._metadata = metadata
         self._blobs = blobs
@@ -677,7 +680,8 @@ class Uploads:
             finally:
                 if phase.temp.installed:  # even if only the folder sync failed
                     upload.phase = Installed(phase.result, phase.path_name)
-                    log.info(
+                    log.log(
+                        self._log_level(upload),
                         "%s: stored file %s of client %s overwritten by its confirmed new"
                         " version (%d bytes)", upload.address, phase.path_name,
                         upload.client_id.hex(), phase.result.plain_size,
@@ -721,7 +725,8 @@ class Uploads:
     def _give_up(self, upload: Upload, reason: str) -> None:
         phase = upload.phase
         if isinstance(phase, Pending):
-            log.info(
+            log.log(
+                self._log_level(upload),
                 "%s: pending version of %s for client %s discarded: %s",
                 upload.address, printable(upload.file_name), upload.client_id.hex(), reason,
             )
@@ -729,6 +734,10 @@ class Uploads:
             upload.phase = GivenUp(phase.result, phase.path_name)
 
     # -- life cycle -------------------------------------------------------------
+
+    def _log_level(self, upload: Upload) -> int:
+        """INFO for a line about an upload, DEBUG past its address's budget."""
+        return self._log_limiter.level(log, upload.address, logging.INFO)
 
     def _add(self, upload: Upload) -> None:
         """A new upload (or failed marker), replacing the client's old one of the name."""
@@ -757,7 +766,8 @@ class Uploads:
             upload.deadline_timer.cancel()
             upload.deadline_timer = None
         if isinstance(upload.phase, (Receiving, Pending)):
-            log.info(
+            log.log(
+                self._log_level(upload),
                 "%s: upload of %s for client %s discarded: %s",
                 upload.address, printable(upload.file_name), upload.client_id.hex(), reason,
             )
