@@ -26,6 +26,11 @@ EXCLUSIVE = "exclusive"
 MAXIMUM = "maximum"
 
 
+def size_text(count: int) -> str:
+    """A byte count for the log: in bytes below a MiB, else in MiB."""
+    return f"{count} bytes" if abs(count) < MIB else f"{count / MIB:.1f} MiB"
+
+
 class LimitOutOfBounds(ValueError):
     """A limit's value outside its bounds: ``name`` is the field, ``problem`` says why."""
 

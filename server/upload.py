@@ -65,9 +65,9 @@ from protocol.events import FilePacketStarted
 from protocol.incoming import DecryptionFailed, IncomingFile, PacketOrder, ReceivedFile
 
 from .budget import DecryptionBudget
-from .errors import Refusal, StorageFault
+from .errors import NoRoom, Refusal, StorageFault
 from .labels import printable
-from .limits import Limits
+from .limits import Limits, size_text
 from .lograte import LogLimiter
 from .peer import Peer
 from . import crashpoints
@@ -220,6 +220,15 @@ class Refused:
 
     reason: str
     fault: bool = False
+    #: The disk had no room for the file (:class:`~server.errors.NoRoom`).
+    no_room: bool = False
+
+    @classmethod
+    def of(cls, error: Exception) -> Refused:
+        """The end of a packet that ``error`` refused."""
+        return cls(
+            str(error), fault=isinstance(error, StorageFault), no_room=isinstance(error, NoRoom)
+        )
 
 
 PacketEnd = Union[MoreToCome, Dropped, FileComplete, Refused]
@@ -314,7 +323,7 @@ class StreamingPacket:
 
     def _fail(self, exc: Exception) -> Refused:
         """The attempt is over: drop its file; the packet ends refused."""
-        refused = Refused(str(exc), fault=isinstance(exc, StorageFault))
+        refused = Refused.of(exc)
         self._refused = refused
         self._uploads.attempt_failed(self._upload, self._peer, self._per_request, self._last, exc)
         return refused
@@ -494,7 +503,7 @@ class Uploads:
                 marker = upload(Failed())
                 self._add(marker)
                 self.packet_done(marker, peer, per_request)
-            return DroppedPacket(Refused(str(exc), fault=isinstance(exc, StorageFault)))
+            return DroppedPacket(Refused.of(exc))
         phase = Receiving(incoming, temp)
         started = upload(phase)
         self._add(started)
@@ -508,16 +517,25 @@ class Uploads:
         sizes tells a client the magnitude of the free space, not its bytes.
 
         Raises:
-            Refusal: not enough room.
+            NoRoom: not enough room on the disk.
+            Refusal: not enough room within this address's share.
         """
         limits = self._limits
-        usable = self._blobs.free_space() - limits.min_free_disk
-        unreserved = usable - self.reserved_bytes()
-        address_room = int(usable * limits.max_disk_share_per_address) - self.reserved_bytes(
-            peer.address
-        )
-        if need > coarse(min(unreserved, address_room)):
-            raise Refusal("not enough disk space for this file")
+        free = self._blobs.free_space()
+        usable = free - limits.min_free_disk
+        reserved = self.reserved_bytes()
+        if need > coarse(usable - reserved):
+            raise NoRoom(
+                f"not enough disk space for this file: it may need {size_text(need)};"
+                f" {size_text(free)} free, --min-free-disk {size_text(limits.min_free_disk)},"
+                f" {size_text(reserved)} reserved by uploads in progress"
+            )
+        share = limits.max_disk_share_per_address
+        if need > coarse(int(usable * share) - self.reserved_bytes(peer.address)):
+            raise Refusal(
+                f"not enough disk space for this file within this address's share of the"
+                f" disk (--max-disk-share-per-address {share:g})"
+            )
 
     def attempt_failed(
         self, upload: Upload, peer: Peer, per_request: bool, last: bool, exc: Exception
