@@ -188,8 +188,10 @@ class Server:
 
 
 #: A load benchmark is many clients on one address: lift the per-address
-#: limits that protect a real server from one address (flags passed later win).
-LOAD_FLAGS = ("--max-connections-per-address", "0", "--registrations-per-minute", "0")
+#: limits that protect a real server from one address, its log budget
+#: included (benchmarks count lines of the log; flags passed later win).
+LOAD_FLAGS = ("--max-connections-per-address", "0", "--registrations-per-minute", "0",
+              "--log-lines-per-address", "0")
 
 
 def start_server(data_dir: Path, *flags: str, log_level: str = "INFO") -> Server:

@@ -73,7 +73,10 @@ class UnexpectedReply(ClientError):
 #: The reason the upload flow gives for a bare 1607 (docs/PROTOCOL.md: no payload).
 BARE_GENERAL_ERROR = "the server answered 1607 (general error)"
 #: Added to a final bare 1607: the reply carries no reason, the server's log does.
-NO_REASON_HINT = "the server gave no reason; its log has it"
+NO_REASON_HINT = (
+    "the server gave no reason (1607 carries none: a full disk or one of its limits,"
+    " for instance); its log says why"
+)
 
 
 class ServerError(ClientError):

@@ -29,7 +29,7 @@ from protocol import __version__
 from . import crashpoints, logsetup
 from .app import App
 from .errors import DurabilityLost, LockError, StorageFault
-from .limits import HELP, LimitOutOfBounds, Limits
+from .limits import HELP, LimitOutOfBounds, Limits, size_text
 from .loop import Server, create_listener
 from .options import (
     MAX_PORT,
@@ -233,6 +233,21 @@ def main(argv: list[str] | None = None) -> int:
         lock.release()
 
 
+def warn_if_disk_short(blobs: FolderBlobs, min_free_disk: int, data_dir: Path) -> None:
+    """Warn when the disk already has less free space than ``--min-free-disk`` needs.
+
+    Every upload would be refused (each refusal is a warning too): say so
+    once, at start-up, rather than let the server look healthy.
+    """
+    free = blobs.free_space()
+    if free < min_free_disk:
+        log.warning(
+            "only %s free on the disk of %s, below --min-free-disk %s: every upload will be"
+            " refused until space is freed (or --min-free-disk lowered)",
+            size_text(free), data_dir.resolve(), size_text(min_free_disk),
+        )
+
+
 def announce_listening(host: str, port: int) -> None:
     """Where the server listens: loudly (a warning) when it is every interface."""
     if host == ALL_INTERFACES:
@@ -275,6 +290,7 @@ def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) 
     except StorageFault as exc:
         log.error("cannot start: %s", exc)
         return EXIT_STARTUP_FAILED
+    warn_if_disk_short(blobs, limits.min_free_disk, data_dir)
     try:
         listener = create_listener(args.host, port)
     except OSError as exc:

@@ -11,6 +11,7 @@ from typing import AbstractSet, Callable
 from .budget import DecryptionBudget
 from .errors import StorageFault
 from .limits import Limits
+from .lograte import LogLimiter
 from .peer import Peer
 from .storage import BlobStore, MetadataStore
 from .timers import Timers
@@ -98,6 +99,8 @@ class App:
     uploads: Uploads
     registrations: RegistrationLimiter
     budget: DecryptionBudget
+    #: How many event lines each address may log (server/lograte.py).
+    log_limiter: LogLimiter
     wall_clock: Callable[[], float] = field(default=time.time)
     live_registrations: LiveRegistrations = field(default_factory=LiveRegistrations)
 
@@ -138,6 +141,11 @@ class App:
             log.error("cannot delete lapsed registrations: %s", exc)
         self.timers.call_later(PURGE_INTERVAL, self._purge_periodically)
 
+    def _sweep_log_periodically(self) -> None:
+        """Count the lines of floods that fell silent (their next line would have)."""
+        self.log_limiter.sweep()
+        self.timers.call_later(self.limits.log_rate_interval, self._sweep_log_periodically)
+
     @classmethod
     def build(
         cls,
@@ -153,16 +161,20 @@ class App:
             limits.max_decryption_failures_per_hour,
             clock,
         )
+        log_limiter = LogLimiter(limits.log_lines_per_address, limits.log_rate_interval, clock)
         app = cls(
             metadata=metadata,
             blobs=blobs,
             limits=limits,
             timers=timers,
-            uploads=Uploads(timers, limits, metadata, blobs, budget),
+            uploads=Uploads(timers, limits, metadata, blobs, budget, log_limiter),
             registrations=RegistrationLimiter(limits.registrations_per_minute, clock),
             budget=budget,
+            log_limiter=log_limiter,
         )
         timers.call_later(PURGE_INTERVAL, app._purge_periodically)
+        if limits.log_lines_per_address:
+            timers.call_later(limits.log_rate_interval, app._sweep_log_periodically)
         return app
 
     def monotonic(self) -> float:

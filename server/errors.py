@@ -4,8 +4,10 @@
 
     ServerError                 what the server raises on purpose
     ├── Refusal                 a request the server will not honour: the answer
-    │                           is ``response_code`` (1607, or 1601 where the
-    │                           protocol names it); ``close`` ends the connection
+    │   │                       is ``response_code`` (1607, or 1601 where the
+    │   │                       protocol names it); ``close`` ends the connection
+    │   └── NoRoom              an upload the disk has no room for: the
+    │                           operator's concern too (logged at WARNING)
     ├── StorageFault            a store failed (disk full, I/O error, database
     │   │                       locked or read-only): 1607, the connection stays,
     │   │                       the client may retry
@@ -51,6 +53,14 @@ class Refusal(ServerError):
         super().__init__(message)
         self.response_code = response_code
         self.close = close
+
+
+class NoRoom(Refusal):
+    """An upload refused because the disk lacks room for it (``--min-free-disk``).
+
+    The peer did nothing wrong: the operator must hear of it, so it is logged
+    at WARNING (within the address's log budget), with the figures.
+    """
 
 
 class StorageFault(ServerError):

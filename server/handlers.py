@@ -45,7 +45,7 @@ from protocol.events import Request
 from . import crashpoints
 from .app import App
 from .binding import bind, check_key_use, check_registration
-from .errors import NameTaken, Refusal, StorageFault
+from .errors import NameTaken, NoRoom, Refusal, StorageFault
 from .labels import client_label, printable
 from .outcome import Outcome, RequestKind
 from .peer import Peer, Speaking
@@ -385,7 +385,7 @@ def start_file_packet(
     try:
         client, aes_key = _keyed_client(app, peer, event.client_id)
     except (Refusal, StorageFault) as exc:
-        refused = Refused(str(exc), fault=isinstance(exc, StorageFault))
+        refused = Refused.of(exc)
         return event.client_id.hex(), DroppedPacket(refused)
     label = client_label(client.name, client.id)
     return label, app.uploads.start_packet(client.id, aes_key, peer, per_request, event)
@@ -424,4 +424,6 @@ def file_packet_outcome(client: str, end: PacketEnd) -> Outcome:
         )
     if end.fault:
         raise StorageFault(end.reason)
+    if end.no_room:
+        raise NoRoom(end.reason)
     raise Refusal(end.reason)

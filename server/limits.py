@@ -26,6 +26,11 @@ EXCLUSIVE = "exclusive"
 MAXIMUM = "maximum"
 
 
+def size_text(count: int) -> str:
+    """A byte count for the log: in bytes below a MiB, else in MiB."""
+    return f"{count} bytes" if abs(count) < MIB else f"{count / MIB:.1f} MiB"
+
+
 class LimitOutOfBounds(ValueError):
     """A limit's value outside its bounds: ``name`` is the field, ``problem`` says why."""
 
@@ -155,6 +160,21 @@ class Limits:
         " IP address may reserve",
         exclusive=True,
         maximum=1,
+    )
+
+    #: A client's run writes a few lines (connect, key, close) and about three
+    #: per file (827, 828, 900): some sixty files a minute from one address
+    #: at INFO, while a flood of refused requests writes a few hundred lines a
+    #: minute instead of hundreds of thousands (server/lograte.py, journald's
+    #: RateLimitBurst per peer).
+    log_lines_per_address: int = limit(
+        200,
+        "event lines logged per IP address per --log-rate-interval; past it its"
+        " lines go to DEBUG and one line counts them (0: no limit)",
+    )
+    #: journald's RateLimitIntervalSec is 30 s; a minute halves the summaries.
+    log_rate_interval: float = limit(
+        60.0, "seconds of the window of --log-lines-per-address", exclusive=True
     )
 
     #: systemd's default stop timeout is 90 s (then SIGKILL): well within it.

@@ -28,7 +28,9 @@ empty (the selector cannot report bytes that were already read).
 Connection storms must not fill the disk through the log: a connection that
 sent nothing is logged at DEBUG and counted in one INFO line per
 ``FLUSH_INTERVAL``; "connected" is INFO only while the number of open
-connections rises above its level at the last such summary.
+connections rises above its level at the last such summary. Every line about
+a peer counts toward its address's budget (server/lograte.py); past it, the
+line goes to DEBUG and is counted.
 
 A stop signal asks for a *drain* (:meth:`Server.drain`): the listener
 closes, connections that hold nothing close at once, and those inside a
@@ -261,7 +263,8 @@ class Server:
             peer = _address(raw)
             refusal = self._refusal(peer)
             if refusal:
-                log.warning("%s refused: %s", peer, refusal)
+                level = self.app.log_limiter.level(log, peer.address, logging.WARNING)
+                log.log(level, "%s refused: %s", peer, refusal)
                 sock.close()
                 continue
             sock.setblocking(False)
@@ -286,7 +289,7 @@ class Server:
         level = logging.DEBUG
         if len(self.channels) > self._open_mark:
             self._open_mark = len(self.channels)
-            level = logging.INFO
+            level = self.app.log_limiter.level(log, peer.address, logging.INFO)
         log.log(level, "%s connected (%d open)", peer, len(self.channels))
 
     def _refusal(self, peer: Peer) -> str | None:
@@ -409,6 +412,7 @@ class Server:
         for channel in list(self.channels):
             channel.close("server stopping")
         self.app.uploads.close()
+        self.app.log_limiter.flush()  # what was suppressed is counted before the end
         self._flush_timer.cancel()
         self._selector.close()
         self._wake_r.close()

@@ -79,7 +79,7 @@ from protocol.incoming import MAX_ZERO_FILL
 
 from . import crashpoints
 from .app import App
-from .errors import InternalFault, Refusal, StorageFault
+from .errors import InternalFault, NoRoom, Refusal, StorageFault
 from .handlers import HANDLERS, file_packet_outcome, start_file_packet
 from .outcome import Outcome, RequestKind
 from .peer import Peer, Speaking
@@ -267,9 +267,11 @@ class Session:
             return
         self._deferred = None
         self._send(deferred.response)
-        log.info("%s %s %s -> %s (no file request within %.1f s)", self.peer, deferred.code,
-                 deferred.client, self._answer_code(deferred.response),
-                 self._limits.retry_ack_delay)
+        level = self.app.log_limiter.level(log, self.peer.address, logging.INFO)
+        if log.isEnabledFor(level):
+            log.log(level, "%s %s %s -> %s (no file request within %.1f s)", self.peer,
+                    deferred.code, deferred.client, self._answer_code(deferred.response),
+                    self._limits.retry_ack_delay)
 
     def fail(self) -> None:
         """An unexpected error (a bug) reached the edge: answer 1607, close (Rule 3).
@@ -384,7 +386,7 @@ class Session:
         try:
             self._settle_edition(event)
         except (Refusal, StorageFault) as exc:
-            refused = Refused(str(exc), fault=isinstance(exc, StorageFault))
+            refused = Refused.of(exc)
             self._packet_client, self._packet = event.client_id.hex(), DroppedPacket(refused)
             return
         self._packet_client, self._packet = start_file_packet(
@@ -500,7 +502,12 @@ class Session:
         *,
         close: bool = False,
     ) -> None:
-        """Answer a refusal or a fault: 1607 (or 1601); close if the stream is lost."""
+        """Answer a refusal or a fault: 1607 (or 1601); close if the stream is lost.
+
+        Logged at INFO, or at WARNING when the disk had no room (the operator's
+        concern); a storage fault is an ERROR line of its own.
+        """
+        level = logging.WARNING if isinstance(error, NoRoom) else logging.INFO
         if isinstance(error, StorageFault):
             log.error(
                 "%s %s %s: server fault: %s", self.peer, self._code_text(code), client or "-", error
@@ -516,7 +523,7 @@ class Session:
         self._end_message(succeeded=False)
         response = _error_response(response_code)
         self._send(response)
-        self._log_request(logging.INFO, code, client, response, reason, refused=True)
+        self._log_request(level, code, client, response, reason, refused=True)
         self._count_error(close=close)
 
     def _count_error(self, close: bool) -> None:
@@ -564,9 +571,13 @@ class Session:
         *,
         refused: bool = False,
     ) -> None:
-        """The request's one log line; nothing is formatted when the level is off."""
+        """The request's one log line; nothing is formatted when the level is off.
+
+        Past its address's budget (server/lograte.py) the line goes to DEBUG.
+        """
         if client:
             self._last_client = client
+        level = self.app.log_limiter.level(log, self.peer.address, level)
         if not log.isEnabledFor(level):
             return
         if not isinstance(result, str):  # a response: its code, in the edition

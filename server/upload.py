@@ -65,9 +65,10 @@ from protocol.events import FilePacketStarted
 from protocol.incoming import DecryptionFailed, IncomingFile, PacketOrder, ReceivedFile
 
 from .budget import DecryptionBudget
-from .errors import Refusal, StorageFault
+from .errors import NoRoom, Refusal, StorageFault
 from .labels import printable
-from .limits import Limits
+from .limits import Limits, size_text
+from .lograte import LogLimiter
 from .peer import Peer
 from . import crashpoints
 from .storage import BlobStore, MetadataStore, TempBlob, commit
@@ -219,6 +220,15 @@ class Refused:
 
     reason: str
     fault: bool = False
+    #: The disk had no room for the file (:class:`~server.errors.NoRoom`).
+    no_room: bool = False
+
+    @classmethod
+    def of(cls, error: Exception) -> Refused:
+        """The end of a packet that ``error`` refused."""
+        return cls(
+            str(error), fault=isinstance(error, StorageFault), no_room=isinstance(error, NoRoom)
+        )
 
 
 PacketEnd = Union[MoreToCome, Dropped, FileComplete, Refused]
@@ -313,7 +323,7 @@ class StreamingPacket:
 
     def _fail(self, exc: Exception) -> Refused:
         """The attempt is over: drop its file; the packet ends refused."""
-        refused = Refused(str(exc), fault=isinstance(exc, StorageFault))
+        refused = Refused.of(exc)
         self._refused = refused
         self._uploads.attempt_failed(self._upload, self._peer, self._per_request, self._last, exc)
         return refused
@@ -341,8 +351,10 @@ class Uploads:
         metadata: MetadataStore,
         blobs: BlobStore,
         budget: DecryptionBudget,
+        log_limiter: LogLimiter,
     ) -> None:
         self._timers = timers
+        self._log_limiter = log_limiter
         self._limits = limits
         self._metadata = metadata
         self._blobs = blobs
@@ -491,7 +503,7 @@ class Uploads:
                 marker = upload(Failed())
                 self._add(marker)
                 self.packet_done(marker, peer, per_request)
-            return DroppedPacket(Refused(str(exc), fault=isinstance(exc, StorageFault)))
+            return DroppedPacket(Refused.of(exc))
         phase = Receiving(incoming, temp)
         started = upload(phase)
         self._add(started)
@@ -505,16 +517,25 @@ class Uploads:
         sizes tells a client the magnitude of the free space, not its bytes.
 
         Raises:
-            Refusal: not enough room.
+            NoRoom: not enough room on the disk.
+            Refusal: not enough room within this address's share.
         """
         limits = self._limits
-        usable = self._blobs.free_space() - limits.min_free_disk
-        unreserved = usable - self.reserved_bytes()
-        address_room = int(usable * limits.max_disk_share_per_address) - self.reserved_bytes(
-            peer.address
-        )
-        if need > coarse(min(unreserved, address_room)):
-            raise Refusal("not enough disk space for this file")
+        free = self._blobs.free_space()
+        usable = free - limits.min_free_disk
+        reserved = self.reserved_bytes()
+        if need > coarse(usable - reserved):
+            raise NoRoom(
+                f"not enough disk space for this file: it may need {size_text(need)};"
+                f" {size_text(free)} free, --min-free-disk {size_text(limits.min_free_disk)},"
+                f" {size_text(reserved)} reserved by uploads in progress"
+            )
+        share = limits.max_disk_share_per_address
+        if need > coarse(int(usable * share) - self.reserved_bytes(peer.address)):
+            raise Refusal(
+                f"not enough disk space for this file within this address's share of the"
+                f" disk (--max-disk-share-per-address {share:g})"
+            )
 
     def attempt_failed(
         self, upload: Upload, peer: Peer, per_request: bool, last: bool, exc: Exception
@@ -677,7 +698,8 @@ class Uploads:
             finally:
                 if phase.temp.installed:  # even if only the folder sync failed
                     upload.phase = Installed(phase.result, phase.path_name)
-                    log.info(
+                    log.log(
+                        self._log_level(upload),
                         "%s: stored file %s of client %s overwritten by its confirmed new"
                         " version (%d bytes)", upload.address, phase.path_name,
                         upload.client_id.hex(), phase.result.plain_size,
@@ -721,7 +743,8 @@ class Uploads:
     def _give_up(self, upload: Upload, reason: str) -> None:
         phase = upload.phase
         if isinstance(phase, Pending):
-            log.info(
+            log.log(
+                self._log_level(upload),
                 "%s: pending version of %s for client %s discarded: %s",
                 upload.address, printable(upload.file_name), upload.client_id.hex(), reason,
             )
@@ -729,6 +752,10 @@ class Uploads:
             upload.phase = GivenUp(phase.result, phase.path_name)
 
     # -- life cycle -------------------------------------------------------------
+
+    def _log_level(self, upload: Upload) -> int:
+        """INFO for a line about an upload, DEBUG past its address's budget."""
+        return self._log_limiter.level(log, upload.address, logging.INFO)
 
     def _add(self, upload: Upload) -> None:
         """A new upload (or failed marker), replacing the client's old one of the name."""
@@ -757,7 +784,8 @@ class Uploads:
             upload.deadline_timer.cancel()
             upload.deadline_timer = None
         if isinstance(upload.phase, (Receiving, Pending)):
-            log.info(
+            log.log(
+                self._log_level(upload),
                 "%s: upload of %s for client %s discarded: %s",
                 upload.address, printable(upload.file_name), upload.client_id.hex(), reason,
             )

@@ -59,13 +59,15 @@ _LISTENING = re.compile(r"listening on \S+ port (\d+)")
 ANY_ID = b"\0" * 16
 #: Every test server gets these first: the tests open many connections and
 #: register many clients from 127.0.0.1, past the per-address defaults that
-#: protect a real server. A test of those defaults passes ``load_flags=()``;
+#: protect a real server (and read lines from its log that a busy address would
+#: have past its log budget). A test of those defaults passes ``load_flags=()``;
 #: flags a test passes itself come later and win. ``stop()`` cuts uploads in
 #: progress at once (``--drain-timeout 0``): a test of the drain passes its own.
 LOAD_FLAGS = (
     "--max-connections-per-address", "0",
     "--registrations-per-minute", "0",
     "--max-disk-share-per-address", "1",
+    "--log-lines-per-address", "0",
     "--drain-timeout", "0",
 )
 

@@ -284,6 +284,8 @@ def inprocess(tmp_path):
     started = []
 
     def start(**limits) -> InProcess:
+        # A hog's closing line is read from the log: no log budget (LOAD_FLAGS too).
+        limits = {"log_lines_per_address": 0, **limits}
         server = InProcess(tmp_path / f"data{len(started)}", Limits(**limits))
         started.append(server)
         return server

@@ -232,3 +232,41 @@ def test_g_start_up_handles_every_kind_of_entry(server_factory, tmp_path, kind):
         assert isinstance(answer, FileReceived) and answer.cksum == cksum(data), answer
     assert (client_dir(restarted, uploader.client_id) / upload_name).read_bytes() == data
     guard.check(allowed=allowed)
+
+
+# -- a disk smaller than --min-free-disk ---------------------------------------------------------
+
+#: A disk smaller than the default --min-free-disk (64 MiB), as issue 24 found it.
+SMALL_DISK = "20m"
+#: Lines one address may log here: fewer than the test's requests.
+DISK_LOG_BUDGET = 5
+DISK_REFUSALS = 5  # below --max-errors: one connection
+
+
+def test_g_a_disk_below_min_free_disk_warns_at_start_and_at_each_refusal(
+    server_factory, tmpfs, tmp_path,
+):
+    """The operator hears of it at start-up, and each refusal says why, at WARNING (in budget)."""
+    data_dir = tmp_path / "data"
+    flags = ("--log-lines-per-address", str(DISK_LOG_BUDGET), "--log-rate-interval", "3600")
+    if not tmpfs.mount(data_dir, SMALL_DISK):  # no mount rights: the flag makes the disk small
+        flags += ("--min-free-disk", str(2**60))
+    server = server_factory(*flags, data_dir=data_dir)
+    log = server.log()
+    assert "WARNING only " in log and "below --min-free-disk" in log, log
+    assert log.index("below --min-free-disk") < log.index("listening on")
+    with server.client() as client:
+        identity = make_identity(client)
+        for number in range(DISK_REFUSALS):
+            assert not isinstance(upload(client, identity, f"{number}.bin", b"x" * 100), FileReceived)
+    assert server.stop() == 0
+    lines = server.log().splitlines()
+    refusals = [line for line in lines if "-> 1607 refused" in line]
+    warned = [line for line in refusals if " WARNING 127.0.0.1:" in line]
+    assert warned, refusals
+    for line in warned:
+        assert "not enough disk space for this file: it may need" in line
+        assert "--min-free-disk" in line
+    assert len(warned) <= DISK_LOG_BUDGET  # a full disk's refusals are within the budget too
+    summary = [line for line in lines if "lines suppressed for 127.0.0.1" in line]
+    assert summary and " WARNING " in summary[0], lines  # the level of what it counts

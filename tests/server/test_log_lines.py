@@ -47,3 +47,51 @@ def test_each_event_line_names_the_address_and_the_client(server):
     for line in lines:
         assert "127.0.0.1" in line, line
         assert identity.client_id.hex() in line, line
+
+
+#: A log budget small enough to pass at once, and a window no test outlasts:
+#: what is asserted is counts, never times.
+FLOOD_BUDGET = 20
+FLOOD_CONNECTIONS = 40
+FLOOD_ADDRESS, BYSTANDER = "127.0.0.1", "127.0.0.2"
+_SUPPRESSED = re.compile(r"(\d+) lines suppressed for (\S+)")
+
+
+def _refused_requests(server, source: str, connections: int) -> int:
+    """Requests the server refuses (a verdict on a file nobody sent), each connection
+    until the server closes it at ``--max-errors``; how many were refused."""
+    refused = 0
+    for _ in range(connections):
+        with server.client(source) as client:
+            while True:
+                answer = client.request(CrcOk(client_id=os.urandom(16), file_name="x.bin"))
+                if not isinstance(answer, GeneralError):
+                    break
+                refused += 1
+    return refused
+
+
+def _lines_about(log: str, address: str) -> list[str]:
+    return [line for line in log.splitlines()
+            if f" {address}:" in line and not _SUPPRESSED.search(line)]
+
+
+def test_a_flood_from_one_address_writes_a_bounded_log_and_says_how_much_it_left_out(
+    server_factory,
+):
+    server = server_factory(
+        "--log-lines-per-address", str(FLOOD_BUDGET), "--log-rate-interval", "3600",
+    )
+    flooded = _refused_requests(server, FLOOD_ADDRESS, FLOOD_CONNECTIONS)
+    assert flooded > 5 * FLOOD_BUDGET  # each refusal alone is a line past the budget
+    bystander = _refused_requests(server, BYSTANDER, 1)
+    server.wait_log(rf" {re.escape(BYSTANDER)}:\d+ \S+ closed: ")
+    assert server.stop() == 0
+    log = server.log()
+    assert len(_lines_about(log, FLOOD_ADDRESS)) <= FLOOD_BUDGET
+    summaries = {address: int(count) for count, address in _SUPPRESSED.findall(log)}
+    assert summaries.get(FLOOD_ADDRESS, 0) >= flooded - FLOOD_BUDGET, log[-2000:]
+    assert BYSTANDER not in summaries
+    bystander_lines = _lines_about(log, BYSTANDER)
+    assert sum("-> 1607 refused" in line for line in bystander_lines) == bystander
+    assert any("closed: " in line for line in bystander_lines)
