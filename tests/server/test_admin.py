@@ -94,8 +94,8 @@ def test_list_files_with_size_cksum_and_path(populated):
 def test_show_one_client_by_name_or_id(populated):
     server, alice, _ = populated
     by_name = admin(server.data_dir, "client", "alice")
-    by_id = admin(server.data_dir, "client", alice.client_id.hex())
-    assert by_name.returncode == by_id.returncode == 0
+    by_id = admin(server.data_dir, "client", "--id", alice.client_id.hex())
+    assert by_name.returncode == by_id.returncode == 0, by_id.stderr
     assert by_name.stdout == by_id.stdout
     assert f"id:        {alice.client_id.hex()}" in by_name.stdout
     assert "a.txt" in by_name.stdout and "b.bin" in by_name.stdout
@@ -105,8 +105,60 @@ def test_unknown_client_is_one_line_and_exit_1(populated):
     server, _, _ = populated
     result = admin(server.data_dir, "client", "nobody")
     assert result.returncode == EXIT_PROBLEM
-    assert result.stderr.strip().endswith("no client named or with id 'nobody'")
+    assert result.stderr.strip().endswith("no client named 'nobody'")
     no_traceback(result)
+
+
+def _id_spellings(client_id: bytes) -> list[str]:
+    """Names that spell another client's id: bytes.fromhex reads each of them as the id."""
+    upper = client_id.hex().upper()
+    spaced = " ".join(upper[index:index + 2] for index in range(0, len(upper), 2))
+    return [client_id.hex(), upper, spaced]
+
+
+@pytest.mark.parametrize("spelling", range(3), ids=["hex", "capitals", "spaced"])
+def test_a_name_that_spells_another_clients_id_selects_its_own_client(populated, spelling):
+    # issue 22 point 2: the named client is the one shown and deleted, never the id's owner
+    server, alice, bob = populated
+    name = _id_spellings(alice.client_id)[spelling]
+    mallory = verified_upload(server, name, {"m.txt": b"mallory"})
+    shown = admin(server.data_dir, "client", name, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == mallory.client_id.hex()
+    files = admin(server.data_dir, "files", name, "--json")
+    assert [record["file"] for record in json.loads(files.stdout)] == ["m.txt"]
+    server.stop()
+    dry = admin(server.data_dir, "delete-client", name)
+    assert dry.returncode == 0 and mallory.client_id.hex() in dry.stdout and name in dry.stdout
+    deleted = admin(server.data_dir, "delete-client", name, "--yes")
+    assert deleted.returncode == 0, deleted.stderr
+    # what it deletes is named, by name and id, before it is deleted
+    first = deleted.stdout.splitlines()[0]
+    assert first.startswith("deleting client") and mallory.client_id.hex() in first and name in first
+    assert (server.data_dir / "received_files" / alice.client_id.hex() / "a.txt").exists()
+    remaining = {record["name"] for record in json.loads(admin(server.data_dir, "clients", "--json").stdout)}
+    assert remaining == {"alice", "bob"}
+
+
+def test_an_id_is_only_its_32_hex_digits_and_never_guessed(populated):
+    server, alice, _ = populated
+    spaced = _id_spellings(alice.client_id)[2]
+    # a plain argument is a name: an id there is not taken for one, but the refusal says how
+    as_name = admin(server.data_dir, "client", alice.client_id.hex())
+    assert as_name.returncode == EXIT_PROBLEM
+    assert f"--id {alice.client_id.hex()}" in as_name.stderr
+    loose = admin(server.data_dir, "client", "--id", spaced)
+    assert loose.returncode == EXIT_USAGE and "exactly 32 hex digits" in loose.stderr
+    both = admin(server.data_dir, "client", "alice", "--id", alice.client_id.hex())
+    assert both.returncode == EXIT_USAGE and "not both" in both.stderr
+    neither = admin(server.data_dir, "delete-client", "--yes")
+    assert neither.returncode == EXIT_USAGE
+    upper = admin(server.data_dir, "files", "--id", alice.client_id.hex().upper(), "--json")
+    assert upper.returncode == 0 and len(json.loads(upper.stdout)) == 2
+    for result in (as_name, both, neither):
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for result in (as_name, loose, both, neither):
+        no_traceback(result)
 
 
 def test_verify_passes_then_reports_changed_and_missing(populated):
@@ -167,16 +219,21 @@ def test_delete_without_yes_only_says_what(populated):
     server, alice, _ = populated
     server.stop()
     result = admin(server.data_dir, "delete-client", "alice")
-    assert result.returncode == 0 and result.stdout.startswith("would delete client alice")
+    assert result.returncode == 0 and result.stdout.startswith(
+        f"would delete client 'alice' (id {alice.client_id.hex()})"
+    )
     assert (server.data_dir / "received_files" / alice.client_id.hex()).is_dir()
 
 
 def test_delete_removes_rows_and_folder(populated, server_factory):
     server, alice, bob = populated
     assert server.stop() == 0
-    result = admin(server.data_dir, "delete-client", alice.client_id.hex(), "--yes")
+    result = admin(server.data_dir, "delete-client", "--id", alice.client_id.hex(), "--yes")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("deleted client alice")
+    assert result.stdout.splitlines() == [
+        f"deleting client 'alice' (id {alice.client_id.hex()}): 2 file(s), 3500 bytes",
+        f"deleted client 'alice' (id {alice.client_id.hex()}): 2 file(s), 3500 bytes",
+    ]
     assert not (server.data_dir / "received_files" / alice.client_id.hex()).exists()
     with sqlite3.connect(server.data_dir / "defensive.db") as db:
         for table in ("clients", "files", "key_bindings"):
