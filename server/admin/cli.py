@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from protocol import __version__
-from protocol.printable import quoted
+from protocol.printable import escape_controls, quoted
 
 from .. import crashpoints
 from ..errors import LockError, StorageFault
@@ -147,17 +147,22 @@ def main(
         out.flush()  # a closed pipe is found here, not at the interpreter's exit
         return code
     except AdminError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        _say_why(prog, exc)
         return int(exc.code)
     except ValueError as exc:  # a bad crash point
-        print(f"{prog}: {exc}", file=sys.stderr)
+        _say_why(prog, exc)
         return int(Exit.USAGE)
     except StorageFault as exc:  # StoreUnusable too
-        print(f"{prog}: {exc}", file=sys.stderr)
+        _say_why(prog, exc)
         return int(Exit.UNUSABLE)
     except BrokenPipeError:  # ``admin files | head``: the reader had enough
         _silence_stdout()
         return int(Exit.OUTPUT_CLOSED)
+
+
+def _say_why(prog: str, exc: Exception) -> None:
+    """The one line of a refusal on stderr (nothing in it can act on the terminal)."""
+    print(f"{prog}: {escape_controls(str(exc))}", file=sys.stderr)
 
 
 def _silence_stdout() -> None:
@@ -217,10 +222,10 @@ def client_record(client: ClientSummary) -> dict[str, Any]:
 
 
 def file_record(stored: StoredFile) -> dict[str, Any]:
-    """A file row as a flat record (names as text, undecodable bytes escaped)."""
+    """A file row as a flat record (a name that is not UTF-8 stays bytes: see :mod:`.output`)."""
     return {
         "client": stored.client_name, "client_id": stored.client_id.hex(),
-        "file": output.text(stored.file_name), "stored_as": stored.path_name,
+        "file": stored.file_name, "stored_as": stored.path_name,
         "size": stored.size, "cksum": stored.cksum, "verified": stored.verified,
     }
 
@@ -298,7 +303,7 @@ def verify(args: argparse.Namespace, out: TextIO) -> Exit:
 def _check_record(check: Check) -> dict[str, Any]:
     return {
         "client": check.stored.client_name, "client_id": check.stored.client_id.hex(),
-        "file": output.text(check.stored.file_name), "stored_as": check.stored.path_name,
+        "file": check.stored.file_name, "stored_as": check.stored.path_name,
         "result": check.verdict.value, "detail": check.detail,
     }
 

@@ -316,3 +316,58 @@ def test_a_reader_that_stops_early_gets_no_traceback(populated):
         code = run.wait(60)
     assert "Traceback" not in error and error == "", error
     assert code == 128 + 13  # SIGPIPE's number on Linux: as a writer killed by it ends
+
+
+#: File names a hostile client sends (issue 22 point 3): each would act on a terminal.
+HOSTILE_FILE_NAMES = [
+    b"csi\x1b[2J\x1b[31mred.txt",  # clear the screen, recolour
+    b"osc\x1b]0;owned title\x07.txt",  # set the window title
+    b"cr\rover.txt",
+    b"bell\x07.txt",
+    b"lf\nbob  forged.txt  received_files/x  1  yes",  # a forged row
+    "c1\u009b31mcsi.txt".encode(),  # the one-byte CSI, in UTF-8
+    "rlo\u202etxt.exe".encode(),  # shows as ...exe.txt
+    "isolate\u2066x\u2069\u200e.txt".encode(),
+    b"del\x7f.txt",
+    b"latin1 caf\xe9.txt",  # not UTF-8
+    b"back\\x1b.txt",  # a literal backslash: must not read as an escape
+]
+
+
+def _for_people(text: str) -> None:
+    """Output a terminal may show: no character but the line feeds acts on it."""
+    for line in text.splitlines():
+        assert line.isprintable(), ascii(line)
+    assert "\r" not in text and "\x85" not in text
+
+
+def test_hostile_names_are_shown_escaped_and_json_stays_ascii(populated):
+    server, alice, _ = populated
+    mallory = verified_upload(server, "mallory", {name: b"m" for name in HOSTILE_FILE_NAMES})
+    server.stop()
+    with sqlite3.connect(server.data_dir / "defensive.db") as db:  # a row another tool wrote
+        db.execute("UPDATE clients SET Name = ? WHERE ID = ?", ("bob\x1b[8m\u202e", alice.client_id))
+    rows = 1 + len(HOSTILE_FILE_NAMES)  # the header and one line per file
+    for command in (["files"], ["files", "--id", mallory.client_id.hex()], ["verify"],
+                    ["client", "--id", mallory.client_id.hex()], ["clients"],
+                    ["client", "--id", alice.client_id.hex()]):
+        result = admin(server.data_dir, *command)
+        assert result.returncode == 0, (command, result.stderr)
+        _for_people(result.stdout)
+        if command[0] == "files":
+            assert len(result.stdout.splitlines()) == rows + (3 if len(command) == 1 else 0)
+    shown = admin(server.data_dir, "files", "--id", mallory.client_id.hex()).stdout
+    assert "csi\\x1b[2J\\x1b[31mred.txt" in shown and "rlo\\u202etxt.exe" in shown
+    assert "latin1 caf\\xe9.txt" in shown and "back\\\\x1b.txt" in shown
+    assert "lf\\x0abob  forged.txt" in shown
+    listed = admin(server.data_dir, "clients").stdout
+    assert "bob\\x1b[8m\\u202e" in listed
+    for command in (["files"], ["verify"], ["clients"], ["client", "--id", mallory.client_id.hex()]):
+        result = admin(server.data_dir, *command, "--json")
+        assert result.returncode == 0 and result.stdout.isascii(), command
+        json.loads(result.stdout)  # valid
+    records = json.loads(admin(server.data_dir, "files", "--id", mallory.client_id.hex(), "--json").stdout)
+    names = {record["file"] for record in records}
+    # JSON keeps each UTF-8 name as it is; the one that is not UTF-8 has its byte escaped
+    assert {name.decode() for name in HOSTILE_FILE_NAMES if name != b"latin1 caf\xe9.txt"} < names
+    assert "latin1 caf\\xe9.txt" in names
