@@ -12,6 +12,8 @@ import logging
 import sys
 import time
 
+from protocol.printable import escape_controls
+
 PLAIN = "plain"
 JOURNAL = "journal"
 FORMATS = (PLAIN, JOURNAL)
@@ -26,7 +28,21 @@ SYSLOG_PRIORITY = {
 }
 
 
-class PlainFormatter(logging.Formatter):
+class OneLineFormatter(logging.Formatter):
+    """A record's message is one line: any control character left in it is escaped.
+
+    Peer-supplied names are put in the printable form where they are logged;
+    this is the last line of defence for text that got there another way (an
+    exception's message, say). Backslashes are left alone, so an escaped name
+    reads the same. A traceback (``exc_info``) still follows on lines of its own.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
+class PlainFormatter(OneLineFormatter):
     """``time level message``; the time's text is made once per second, not per line."""
 
     #: logging.Formatter's own defaults (its class attributes), set here.
@@ -48,7 +64,7 @@ class PlainFormatter(logging.Formatter):
         return self.default_msec_format % (self._second_text, record.msecs)
 
 
-class JournalFormatter(logging.Formatter):
+class JournalFormatter(OneLineFormatter):
     """``<priority>message``; each line of a traceback carries the prefix too."""
 
     def format(self, record: logging.LogRecord) -> str:
