@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from protocol.codes import MAX_WIRE_NAME_LENGTH
+from protocol.printable import printable
 
 from .errors import ConfigError, DuplicateNames
 
@@ -51,8 +52,8 @@ class Upload:
 
     @property
     def display_name(self) -> str:
-        """The name sent, as a person reads it."""
-        return os.fsdecode(self.name)
+        """The name sent, as a person reads it (the printable form: protocol/printable.py)."""
+        return printable(self.name)
 
 
 def plan_uploads(
@@ -84,7 +85,7 @@ def sendable_path(upload: Upload) -> Path:
     if os.fsencode(upload.path.name) == upload.name:
         return upload.path
     path = _SentAs(upload.path)
-    path._sent_as = upload.display_name
+    path._sent_as = os.fsdecode(upload.name)
     return path
 
 

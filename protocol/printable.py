@@ -17,12 +17,15 @@ terminal or a log reader acts on and reads back to exactly one name:
 * everything else is itself.
 
 :func:`quoted` adds quotes for a name inside a sentence (the log's form), and
-:func:`escape_controls` is the log formatter's last line of defence: it
-escapes the same characters but leaves backslashes alone, so that a message
-whose names are already printable passes unchanged.
+:func:`escape_controls` is the log formatters' last line of defence
+(:class:`OneLineFormatter`): it escapes the same characters but leaves
+backslashes alone, so that a message whose names are already printable
+passes unchanged. Nothing here does I/O.
 """
 
 from __future__ import annotations
+
+import logging
 
 #: Python's ``surrogateescape`` error handler maps an undecodable byte B to U+DC00 + B.
 _SURROGATE_ESCAPE_BASE = 0xDC00
@@ -55,6 +58,20 @@ def escape_controls(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(_shown(char) for char in text)
+
+
+class OneLineFormatter(logging.Formatter):
+    """A log record's message is one line: any control character left in it is escaped.
+
+    The server's and the client's formatters: names are put in the printable
+    form where they are logged, and this is the last line of defence for text
+    that got there another way (an exception's message, a local path). A
+    traceback (``exc_info``) still follows on lines of its own.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
 
 def _shown(char: str) -> str:

@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 
-from protocol.printable import escape_controls
+from protocol.printable import OneLineFormatter
 
 PLAIN = "plain"
 JOURNAL = "journal"
@@ -26,20 +26,6 @@ SYSLOG_PRIORITY = {
     logging.INFO: 6,
     logging.DEBUG: 7,
 }
-
-
-class OneLineFormatter(logging.Formatter):
-    """A record's message is one line: any control character left in it is escaped.
-
-    Peer-supplied names are put in the printable form where they are logged;
-    this is the last line of defence for text that got there another way (an
-    exception's message, say). Backslashes are left alone, so an escaped name
-    reads the same. A traceback (``exc_info``) still follows on lines of its own.
-    """
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape_controls(record.message)
-        return super().formatMessage(record)
 
 
 class PlainFormatter(OneLineFormatter):
