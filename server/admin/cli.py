@@ -23,7 +23,7 @@ from .. import crashpoints
 from ..errors import LockError, StorageFault
 from ..limits import Limits
 from ..storage.commit import finish_removals, remove_client
-from ..storage.folder import FolderBlobs
+from ..storage.folder import RECEIVED_DIR, FolderBlobs
 from ..storage.inventory import ClientSummary, Inventory, StoredFile, parse_client_id
 from ..storage.lock import DataDirLock, is_locked
 from ..storage.sqlite import DB_NAME, SqliteMetadata
@@ -48,7 +48,7 @@ EXIT_TABLE = """exit codes:
   1  verify found a changed or missing file, or no such client
   2  bad command line
   3  a server is running on the data folder (delete-client)
-  4  the data folder or its database cannot be used
+  4  the data folder or its database cannot be used (missing, unreadable, not one)
   141  the output was closed early (as by head)"""
 
 CLIENT_COLUMNS = ("name", "id", "edition", "last_seen", "files", "bytes")
@@ -158,6 +158,9 @@ def main(
     except BrokenPipeError:  # ``admin files | head``: the reader had enough
         _silence_stdout()
         return int(Exit.OUTPUT_CLOSED)
+    except OSError as exc:  # a file of the data folder that cannot be read or changed
+        _say_why(prog, AdminError(_unreadable(args.data_dir, exc), Exit.UNUSABLE))
+        return int(Exit.UNUSABLE)
 
 
 def _say_why(prog: str, exc: Exception) -> None:
@@ -176,9 +179,36 @@ def _silence_stdout() -> None:
 
 
 def _inventory(args: argparse.Namespace) -> Inventory:
-    if not args.data_dir.is_dir():
-        raise AdminError(f"data folder {args.data_dir} does not exist", Exit.UNUSABLE)
+    _check_folder(args.data_dir)
     return Inventory.open(args.data_dir)
+
+
+def _check_folder(data_dir: Path) -> None:
+    """Refuse, with the reason, a data folder that is missing, not a folder or unreadable.
+
+    A folder without the database (a foreign one) is refused by :meth:`Inventory.open`.
+
+    Raises:
+        AdminError: exit 4.
+    """
+    try:
+        if not data_dir.exists():
+            raise AdminError(f"data folder {data_dir} does not exist", Exit.UNUSABLE)
+        if not data_dir.is_dir():
+            raise AdminError(f"{data_dir} is not a folder (--data-dir)", Exit.UNUSABLE)
+        with os.scandir(data_dir):
+            pass
+    except OSError as exc:
+        raise AdminError(_unreadable(data_dir, exc), Exit.UNUSABLE) from exc
+
+
+def _unreadable(path: Path | str, exc: OSError) -> str:
+    """Why a path cannot be used, and the usual way out."""
+    reason = exc.strerror or str(exc)
+    hint = " (run it as the server's user, e.g. sudo -u cipherdrop)" if isinstance(
+        exc, PermissionError
+    ) else ""
+    return f"cannot use {exc.filename or path}: {reason}{hint}"
 
 
 def _find(inventory: Inventory, args: argparse.Namespace) -> ClientSummary:
@@ -283,8 +313,11 @@ def show_client(args: argparse.Namespace, out: TextIO) -> Exit:
 
 
 def verify(args: argparse.Namespace, out: TextIO) -> Exit:
-    """``verify``: exit 1 if a file changed or is missing."""
+    """``verify``: exit 1 if a file changed or is missing (exit 4 if their folder is unreadable)."""
     inventory = _inventory(args)
+    received = args.data_dir / RECEIVED_DIR
+    if received.exists():  # else each file is missing
+        _check_folder(received)
     try:
         checks = check_all(inventory, args.data_dir)
     finally:

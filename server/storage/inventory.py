@@ -90,8 +90,14 @@ class Inventory:
             StoreUnusable: there is none, or it cannot be read.
         """
         path = Path(data_dir) / DB_NAME
-        if not path.is_file():
-            raise StoreUnusable(f"no database at {path} (has a server run on this folder?)")
+        try:
+            is_file = path.is_file()
+        except OSError as exc:  # a folder that cannot be searched
+            raise StoreUnusable(f"cannot read {path}: {exc.strerror or exc}") from exc
+        if not is_file:
+            raise StoreUnusable(
+                f"no database at {path}: not a cipherdrop data folder (has a server run on it?)"
+            )
         uri = f"file:{quote(str(path.resolve()))}?mode=ro"
         try:
             connection = sqlite3.connect(uri, uri=True, isolation_level=None)

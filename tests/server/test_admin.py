@@ -371,3 +371,107 @@ def test_hostile_names_are_shown_escaped_and_json_stays_ascii(populated):
     # JSON keeps each UTF-8 name as it is; the one that is not UTF-8 has its byte escaped
     assert {name.decode() for name in HOSTILE_FILE_NAMES if name != b"latin1 caf\xe9.txt"} < names
     assert "latin1 caf\\xe9.txt" in names
+
+
+# -- folders the tool cannot use (issue 24 point 2) ----------------------------------------
+
+#: Every command, as an operator would type it.
+EVERY_COMMAND = [
+    ["clients"], ["files"], ["files", "alice"], ["client", "alice"],
+    ["client", "--id", "00" * 16], ["verify"], ["delete-client", "alice"],
+    ["delete-client", "alice", "--yes"],
+]
+#: unshare(1) with a user namespace: root's files are then checked as any user's, so a
+#: mode of 000 denies (tests run as root, which reads anything otherwise).
+AS_ANOTHER_USER = ["unshare", "--user", "--"]
+
+
+def _can_drop_privileges() -> bool:
+    try:
+        return subprocess.run([*AS_ANOTHER_USER, "true"], capture_output=True, timeout=30,
+                              check=False).returncode == 0
+    except OSError:
+        return False
+
+
+def _data_folder(path):
+    """A real data folder: its database made as a server makes it, and a client folder."""
+    from server.limits import Limits
+    from server.storage.sqlite import SqliteMetadata
+
+    path.mkdir()
+    SqliteMetadata.open(path / "defensive.db", Limits().busy_timeout).close()
+    (path / "received_files").mkdir()
+    return path
+
+
+def _folder(tmp_path, state):
+    """A data folder in one of the states the tool must refuse (exit 4)."""
+    folder = tmp_path / "data"
+    if state == "missing":
+        return folder
+    if state == "a file":
+        folder.write_text("not a folder")
+        return folder
+    if state.startswith("unreadable"):
+        _data_folder(folder)
+        target = {"unreadable folder": folder, "unreadable database": folder / "defensive.db",
+                  "unreadable files": folder / "received_files"}[state]
+        target.chmod(0)
+        return folder
+    folder.mkdir()
+    if state == "foreign: text database":
+        (folder / "defensive.db").write_text("hello\n")
+    elif state == "foreign: another sqlite database":
+        with sqlite3.connect(folder / "defensive.db") as db:
+            db.execute("CREATE TABLE notes (text TEXT)")
+    return folder
+
+
+UNUSABLE_STATES = [
+    "missing", "a file", "foreign: empty folder", "foreign: text database",
+    "foreign: another sqlite database", "unreadable folder", "unreadable database",
+]
+
+
+def test_verify_refuses_a_files_folder_it_cannot_read(tmp_path):
+    if not _can_drop_privileges():
+        pytest.skip("no user namespace to run as another user")
+    folder = _folder(tmp_path, "unreadable files")
+    try:
+        result = subprocess.run([*AS_ANOTHER_USER, *ADMIN, "verify", "--data-dir", str(folder)],
+                                env=server_env(), capture_output=True, text=True, timeout=60,
+                                check=False)
+    finally:
+        (folder / "received_files").chmod(0o700)
+    assert result.returncode == EXIT_UNUSABLE, result.stderr
+    assert result.stderr.strip().endswith("received_files: Permission denied"
+                                          " (run it as the server's user, e.g. sudo -u cipherdrop)")
+    no_traceback(result)
+
+
+@pytest.mark.parametrize("state", UNUSABLE_STATES)
+def test_every_command_refuses_an_unusable_folder_with_one_line_and_exit_4(tmp_path, state):
+    prefix = []
+    if state.startswith("unreadable"):
+        if not _can_drop_privileges():
+            pytest.skip("no user namespace to run as another user")
+        prefix = AS_ANOTHER_USER
+    folder = _folder(tmp_path, state)
+    try:
+        for command in EVERY_COMMAND:
+            result = subprocess.run(
+                [*prefix, *ADMIN, *command, "--data-dir", str(folder)],
+                env=server_env(), capture_output=True, text=True, timeout=60, check=False,
+            )
+            assert result.returncode == EXIT_UNUSABLE, (command, result.stderr)
+            lines = result.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith("python -m server admin: "), (
+                command, result.stderr,
+            )
+            assert str(folder) in lines[0], lines[0]  # it says which folder
+            no_traceback(result)
+    finally:
+        for path in (folder, folder / "defensive.db", folder / "received_files"):
+            if path.exists() and not path.is_symlink():
+                path.chmod(0o700)
