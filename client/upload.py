@@ -314,7 +314,7 @@ class Client:
 
         def refused(reply: RegistrationFailed) -> bytes:
             raise RegistrationRefused(
-                f"the server at {self.server} refused to register {self._name!r} (1601):"
+                f"the server at {self.server} refused to register {quoted(self._name)} (1601):"
                 " the name is taken by another client (or malformed);"
                 " choose another name in transfer.info line 2 or with --name"
             )
