@@ -365,6 +365,7 @@ def test_hostile_names_are_shown_escaped_and_json_stays_ascii(populated):
     for command in (["files"], ["verify"], ["clients"], ["client", "--id", mallory.client_id.hex()]):
         result = admin(server.data_dir, *command, "--json")
         assert result.returncode == 0 and result.stdout.isascii(), command
+        _for_people(result.stdout)  # DEL too is an escape, not a raw byte
         json.loads(result.stdout)  # valid
     records = json.loads(admin(server.data_dir, "files", "--id", mallory.client_id.hex(), "--json").stdout)
     names = {record["file"] for record in records}
