@@ -37,6 +37,7 @@ from typing import Sequence
 
 from protocol import __version__
 from protocol.editions import BY_NAME, V3
+from protocol.printable import OneLineFormatter, quoted
 
 from .config import (
     Identity, ServerAddress, check_name, load_identity, load_settings, parse_server,
@@ -333,7 +334,7 @@ def _add_jobs_argument(parser: argparse.ArgumentParser) -> None:
 
 def _setup_logging(args: argparse.Namespace) -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(OneLineFormatter("%(message)s"))
     log.addHandler(handler)
     if args.verbose:
         log.setLevel(logging.DEBUG)
@@ -499,7 +500,7 @@ def _report(outcomes: Sequence[FileOutcome]) -> ExitCode:
         if outcome.error is not None:
             log.error("error: %s", reason(outcome.error))
         else:
-            log.error("error: cksum never matched for %r", outcome.path.name)
+            log.error("error: cksum never matched for %s", quoted(outcome.path.name))
     if len(outcomes) > 1:
         level = logging.WARNING if failures else logging.INFO
         for line in summary_lines(outcomes):

@@ -24,6 +24,7 @@ from Crypto.PublicKey import RSA
 from protocol import CryptoError
 from protocol.codes import CLIENT_ID_SIZE
 from protocol.crypto import export_private_key, import_private_key
+from protocol.printable import quoted
 
 from .errors import ConfigError
 from .packets import MAX_FILE_SIZE, check_wire_name, wire_file_name
@@ -100,21 +101,23 @@ def parse_server(text: str) -> ServerAddress:
         if ":" not in example:
             example = f"{example or 'host'}:port"
         raise ValueError(
-            f"{text!r} is a URL; the client speaks its own protocol over TCP,"
-            f" not {scheme or 'a scheme'}: write host:port, as in {example!r}"
+            f"{quoted(text)} is a URL; the client speaks its own protocol over TCP,"
+            f" not {scheme or 'a scheme'}: write host:port, as in {quoted(example)}"
         )
     host, sep, port_text = text.rpartition(":")
     if not sep or not host or (host.startswith("[") != host.endswith("]")):
         raise ValueError(
-            f"expected host:port, got {text!r}: add the server's port (its"
+            f"expected host:port, got {quoted(text)}: add the server's port (its"
             " port.info holds it), as in 127.0.0.1:1256"
         )
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not host or any(char.isspace() or char in _NOT_IN_HOST for char in host):
-        raise ValueError(f"bad host in {text!r}")
+        raise ValueError(f"bad host in {quoted(text)}")
     if not port_text.isdigit() or not 1 <= int(port_text) <= MAX_PORT:
-        raise ValueError(f"bad port {port_text!r} in {text!r} (expected 1 to {MAX_PORT})")
+        raise ValueError(
+            f"bad port {quoted(port_text)} in {quoted(text)} (expected 1 to {MAX_PORT})"
+        )
     return ServerAddress(host, int(port_text))
 
 
@@ -125,9 +128,9 @@ def check_name(name: str) -> str | None:
     if len(name) > MAX_CONFIG_NAME_LENGTH:
         return f"the client name is {len(name)} characters; at most {MAX_CONFIG_NAME_LENGTH}"
     if not all(ord(char) in _PRINTABLE_ASCII for char in name):
-        return f"the client name {name!r} has characters other than printable ASCII"
+        return f"the client name {quoted(name)} has characters other than printable ASCII"
     if name.strip() != name:
-        return f"the client name {name!r} starts or ends with a space"
+        return f"the client name {quoted(name)} starts or ends with a space"
     return None
 
 
@@ -141,24 +144,24 @@ def check_file(path: Path) -> int:
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise ValueError(f"file {str(path)!r} not found") from None
+        raise ValueError(f"file {quoted(str(path))} not found") from None
     except OSError as exc:
-        raise ValueError(f"cannot access {str(path)!r}: {exc.strerror}") from None
+        raise ValueError(f"cannot access {quoted(str(path))}: {exc.strerror}") from None
     if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{str(path)!r} is not a regular file")
+        raise ValueError(f"{quoted(str(path))} is not a regular file")
     try:
         with path.open("rb"):
             pass
     except OSError as exc:
-        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+        raise ValueError(f"cannot read {quoted(str(path))}: {exc.strerror}") from None
     if info.st_size > MAX_FILE_SIZE:
         raise ValueError(
-            f"{str(path)!r} is {info.st_size} bytes; the protocol's 4-byte size"
+            f"{quoted(str(path))} is {info.st_size} bytes; the protocol's 4-byte size"
             f" fields carry files of at most {MAX_FILE_SIZE} bytes (4 GiB - 17)"
         )
     reason = check_wire_name(wire_file_name(path))
     if reason:
-        raise ValueError(f"{str(path)!r}: {reason}")
+        raise ValueError(f"{quoted(str(path))}: {reason}")
     return info.st_size
 
 
@@ -291,7 +294,7 @@ def load_identity(config_dir: Path) -> Identity | None:
     if len(client_id) != CLIENT_ID_SIZE or len(id_text) != 2 * CLIENT_ID_SIZE:
         raise ConfigError(
             path,
-            f"the client id must be {2 * CLIENT_ID_SIZE} hex digits, got {id_text!r}",
+            f"the client id must be {2 * CLIENT_ID_SIZE} hex digits, got {quoted(id_text)}",
             ME_ID_LINE,
         )
     _line(path, lines, ME_KEY_LINE, "private key")

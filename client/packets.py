@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Protocol
 from protocol import Cksum, NameField
 from protocol.codes import AES_BLOCK_SIZE, MAX_UINT16, MAX_UINT32, MAX_WIRE_NAME_LENGTH
 from protocol.crypto import CbcEncryptor, padded_size
+from protocol.printable import printable, quoted
 
 from .errors import FileReadError
 
@@ -75,8 +76,13 @@ class FilePlan:
 
     @property
     def display_name(self) -> str:
-        """The file name as a person reads it."""
-        return os.fsdecode(self.wire_name.text)
+        """The file name as a person reads it (the printable form: protocol/printable.py)."""
+        return printable(self.wire_name.text)
+
+    @property
+    def quoted_name(self) -> str:
+        """The file name quoted, for a sentence."""
+        return quoted(self.wire_name.text)
 
 
 def wire_file_name(path: Path) -> bytes:

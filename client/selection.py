@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from protocol.codes import MAX_WIRE_NAME_LENGTH
+from protocol.printable import printable, quoted
 
 from .errors import ConfigError, DuplicateNames
 
@@ -51,8 +52,8 @@ class Upload:
 
     @property
     def display_name(self) -> str:
-        """The name sent, as a person reads it."""
-        return os.fsdecode(self.name)
+        """The name sent, as a person reads it (the printable form: protocol/printable.py)."""
+        return printable(self.name)
 
 
 def plan_uploads(
@@ -84,7 +85,7 @@ def sendable_path(upload: Upload) -> Path:
     if os.fsencode(upload.path.name) == upload.name:
         return upload.path
     path = _SentAs(upload.path)
-    path._sent_as = upload.display_name
+    path._sent_as = os.fsdecode(upload.name)
     return path
 
 
@@ -192,7 +193,7 @@ def _settle_duplicates(uploads: list[Upload], *, rename: bool) -> list[Upload]:
         return uploads
     if not rename:
         pairs = "; ".join(
-            f"{str(earlier.path)!r} and {str(later.path)!r} as {later.display_name!r}"
+            f"{quoted(str(earlier.path))} and {quoted(str(later.path))} as {quoted(later.name)}"
             for earlier, later in clashes
         )
         raise DuplicateNames(
@@ -211,8 +212,8 @@ def _settle_duplicates(uploads: list[Upload], *, rename: bool) -> list[Upload]:
         if len(new_name) > MAX_WIRE_NAME_LENGTH:
             raise DuplicateNames(
                 upload.path,
-                f"sent as {os.fsdecode(new_name)!r} to set it apart from"
-                f" {str(first[upload.name].path)!r}, its name would be over"
+                f"sent as {quoted(os.fsdecode(new_name))} to set it apart from"
+                f" {quoted(str(first[upload.name].path))}, its name would be over"
                 f" {MAX_WIRE_NAME_LENGTH} bytes; rename one of them",
             )
         taken.add(new_name)

@@ -17,6 +17,7 @@ from protocol import ClientConnection, ConnectionClosed, NEED_DATA, RemoteProtoc
 from protocol.buffer import BytesLike
 from protocol.codes import RequestCode
 from protocol.editions import EDITION_2023C, V3, Edition
+from protocol.printable import quoted
 
 from .config import ServerAddress
 from .errors import MalformedReply, NetworkError
@@ -107,7 +108,9 @@ class Session:
                 (self.address.host, self.address.port), timeout=self.timeout
             )
         except socket.gaierror as exc:
-            raise NetworkError(f"cannot resolve {self.address.host!r}: {exc.strerror}") from None
+            raise NetworkError(
+                f"cannot resolve {quoted(self.address.host)}: {exc.strerror}"
+            ) from None
         except ConnectionRefusedError:
             raise NetworkError(
                 f"cannot connect to {self.address}: connection refused (is the server running?)"

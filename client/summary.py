@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from protocol.printable import printable
+
 from .errors import ClientError, NetworkError
 from .jobs import FileOutcome
 from .units import format_bytes, plural
@@ -17,7 +19,7 @@ def reason(exc: ClientError) -> str:
 
 def describe_outcome(outcome: FileOutcome) -> str:
     """One line: the file, its size, and how it went (and why, if it failed)."""
-    name = outcome.path.name
+    name = printable(outcome.path.name)
     result = outcome.result
     if outcome.error is not None:
         return f"{name}: failed: {reason(outcome.error)}"

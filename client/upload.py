@@ -48,6 +48,7 @@ from protocol import (
 from protocol.buffer import BytesLike
 from protocol.codes import CLIENT_ID_SIZE, PER_REQUEST_OPENERS, ResponseCode
 from protocol.crypto import decrypt_aes_key, export_public_key, generate_private_key
+from protocol.printable import quoted
 
 from .config import Identity, ServerAddress, save_identity
 from .errors import (
@@ -313,7 +314,7 @@ class Client:
 
         def refused(reply: RegistrationFailed) -> bytes:
             raise RegistrationRefused(
-                f"the server at {self.server} refused to register {self._name!r} (1601):"
+                f"the server at {self.server} refused to register {quoted(self._name)} (1601):"
                 " the name is taken by another client (or malformed);"
                 " choose another name in transfer.info line 2 or with --name"
             )
@@ -418,8 +419,8 @@ class Client:
         name = plan.display_name
         started = time.monotonic()
         log.debug(
-            "sending %r (%s, %s of up to %s) to %s",
-            name,
+            "sending %s (%s, %s of up to %s) to %s",
+            plan.quoted_name,
             plural(plan.orig_size, "byte"),
             plural(plan.total_packets, "packet"),
             plural(plan.packet_size, "byte"),
@@ -430,7 +431,7 @@ class Client:
         uploads = 0
         for uploads in range(1, MAX_RESENDS + 2):
             label = name if uploads == 1 else f"{name} (resend {uploads - 1}/{MAX_RESENDS})"
-            step = f"upload of {name!r}"
+            step = f"upload of {plan.quoted_name}"
             with self._turns.sending():
                 if uploads > 1:
                     self._send_crc_retry(plan)
@@ -448,7 +449,7 @@ class Client:
                 return verified
         self._turns.verdict_begins()  # the upload given up waits for its 902
         try:
-            self._confirm(CrcAbort, f"giving up (902) on {name!r}", plan)
+            self._confirm(CrcAbort, f"giving up (902) on {plan.quoted_name}", plan)
         finally:
             self._turns.verdict_ends()
         log.error(
@@ -464,7 +465,7 @@ class Client:
         # Some servers report the plaintext size; the cksum is what proves the file.
         sizes = (plan.content_size, plan.orig_size)
         if received.content_size in sizes and self._crc_matches(received.cksum, local, plan):
-            self._confirm(CrcOk, f"CRC confirmation (900) for {name!r}", plan)
+            self._confirm(CrcOk, f"CRC confirmation (900) for {plan.quoted_name}", plan)
             seconds = time.monotonic() - started
             rate = format_rate(plan.orig_size, seconds)
             log.info(
@@ -532,7 +533,7 @@ class Client:
             )
             self._session.send(retry)
         except NetworkError as exc:
-            exc.step = f"CRC mismatch notice (901) for {plan.display_name!r}"
+            exc.step = f"CRC mismatch notice (901) for {plan.quoted_name}"
             raise
         self._stray_acks = (self._session.connections_opened, 1)
 
@@ -688,7 +689,7 @@ class Client:
         self._check_client_id(reply)
         if reply.file_name.text != plan.wire_name.text:
             raise UnexpectedReply(
-                f"1603 names the file {reply.file_name}, we sent {plan.display_name!r}"
+                f"1603 names the file {quoted(reply.file_name.text)}, we sent {plan.quoted_name}"
             )
         return reply
 

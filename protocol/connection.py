@@ -29,6 +29,7 @@ from .editions import (
 from .errors import LocalProtocolError, RemoteProtocolError
 from .codes import NAME_FIELD_SIZE
 from .names import NameField, is_valid_client_name
+from .printable import quoted
 from .wire import (
     REQUEST_HEADER,
     REQUEST_HEADER_SIZE,
@@ -414,7 +415,7 @@ class ServerConnection(_Reader):
             if not is_valid_client_name(name):
                 self._state = _ReadState.HEADER
                 raise self._fail(
-                    f"{code}: invalid client name {values['name']}",
+                    f"{code}: invalid client name {quoted(name)}",
                     response_code=_NAME_ERROR_ANSWERS[message.event],
                     close=False,
                 )
@@ -456,7 +457,7 @@ class ServerConnection(_Reader):
         self._state = _ReadState.HEADER
         if not is_valid_client_name(raw):
             raise self._fail(
-                f"{self._header.code}: invalid client name {raw!r}",
+                f"{self._header.code}: invalid client name {quoted(raw)}",
                 response_code=ResponseCode.REGISTRATION_FAILED,
                 close=False,
             )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .codes import MAX_WIRE_NAME_LENGTH, NAME_FIELD_SIZE
 from .errors import LocalProtocolError
+from .printable import printable
 
 NUL = b"\0"
 SPACE = b" "
@@ -55,7 +56,8 @@ class NameField:
         return cls(text=text, raw=text.ljust(NAME_FIELD_SIZE, NUL))
 
     def __str__(self) -> str:
-        return self.text.decode("utf-8", errors="backslashreplace")
+        """The text in the printable form (a name from a peer never reaches a log raw)."""
+        return printable(self.text)
 
 
 def is_valid_client_name(text: bytes) -> bool:

@@ -41,12 +41,13 @@ from protocol import (
 )
 from protocol.codes import CLIENT_ID_SIZE
 from protocol.events import Request
+from protocol.printable import quoted
 
 from . import crashpoints
 from .app import App
 from .binding import bind, check_key_use, check_registration
 from .errors import NameTaken, NoRoom, Refusal, StorageFault
-from .labels import client_label, printable
+from .labels import client_label
 from .outcome import Outcome, RequestKind
 from .peer import Peer, Speaking
 from .storage import ClientRow
@@ -320,7 +321,7 @@ def _completed_upload(
         upload = app.uploads.last_completed(client.id)
     if upload is None or upload.aes_key != aes_key:
         raise Refusal(
-            f"no upload of {printable(event.file_name.text)} was completed under the current key"
+            f"no upload of {quoted(event.file_name.text)} was completed under the current key"
         )
     return client, upload
 
@@ -333,7 +334,7 @@ def _verdict_outcome(
         kind,
         Acknowledged(client_id=client.id),
         client_label(client.name, client.id),
-        f"{printable(upload.file_name)} {detail}",
+        f"{quoted(upload.file_name)} {detail}",
         awaits_install=app.uploads.awaiting_install(upload),
     )
 

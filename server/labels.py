@@ -1,13 +1,10 @@
-"""How clients and wire names appear in the log."""
+"""How clients appear in the log (names in the one printable form: protocol/printable.py)."""
 
 from __future__ import annotations
+
+from protocol.printable import printable
 
 
 def client_label(name: str, client_id: bytes) -> str:
     """A client in the log: name/id-hex."""
-    return f"{name}/{client_id.hex()}"
-
-
-def printable(name: bytes) -> str:
-    """A wire name for the log: quoted, control characters escaped."""
-    return repr(name.decode("utf-8", errors="backslashreplace"))
+    return f"{printable(name)}/{client_id.hex()}"

@@ -12,6 +12,8 @@ import logging
 import sys
 import time
 
+from protocol.printable import OneLineFormatter
+
 PLAIN = "plain"
 JOURNAL = "journal"
 FORMATS = (PLAIN, JOURNAL)
@@ -26,7 +28,7 @@ SYSLOG_PRIORITY = {
 }
 
 
-class PlainFormatter(logging.Formatter):
+class PlainFormatter(OneLineFormatter):
     """``time level message``; the time's text is made once per second, not per line."""
 
     #: logging.Formatter's own defaults (its class attributes), set here.
@@ -48,7 +50,7 @@ class PlainFormatter(logging.Formatter):
         return self.default_msec_format % (self._second_text, record.msecs)
 
 
-class JournalFormatter(logging.Formatter):
+class JournalFormatter(OneLineFormatter):
     """``<priority>message``; each line of a traceback carries the prefix too."""
 
     def format(self, record: logging.LogRecord) -> str:

@@ -47,10 +47,11 @@ import selectors
 import socket
 from typing import Callable
 
+from protocol.printable import quoted
+
 from .app import App
 from .channel import Channel
 from .errors import DurabilityLost, StorageFault
-from .labels import printable
 from .peer import Peer
 from .session import Session
 from .upload import Receiving, Upload
@@ -386,7 +387,7 @@ class Server:
         for channel in self.channels:
             held = [
                 f"{_doing(upload)}"
-                f" {printable(upload.file_name)} for client"
+                f" {quoted(upload.file_name)} for client"
                 f" {upload.client_id.hex()} ({upload.received} bytes in)"
                 for upload in self.app.uploads.held_by(channel.peer)
             ]

@@ -63,10 +63,10 @@ from protocol.buffer import BytesLike
 from protocol.cksum import CrcFlavour
 from protocol.events import FilePacketStarted
 from protocol.incoming import DecryptionFailed, IncomingFile, PacketOrder, ReceivedFile
+from protocol.printable import quoted
 
 from .budget import DecryptionBudget
 from .errors import NoRoom, Refusal, StorageFault
-from .labels import printable
 from .limits import Limits, size_text
 from .lograte import LogLimiter
 from .peer import Peer
@@ -601,7 +601,7 @@ class Uploads:
         return FileComplete(
             upload.client_id,
             result,
-            f"file {printable(upload.file_name)} {stored}: {result.plain_size} bytes"
+            f"file {quoted(upload.file_name)} {stored}: {result.plain_size} bytes"
             f" in {elapsed:.3f} s, answered with its {upload.flavour.value}",
             crc,
             awaits,
@@ -645,7 +645,7 @@ class Uploads:
             except StorageFault as exc:
                 log.error(
                     "%s: file %s of client %s could not be stored: %s; answered 1607",
-                    upload.address, printable(upload.file_name), upload.client_id.hex(), exc,
+                    upload.address, quoted(upload.file_name), upload.client_id.hex(), exc,
                 )
                 first.temp.discard()
                 self.discard(upload, "could not be stored")
@@ -746,7 +746,7 @@ class Uploads:
             log.log(
                 self._log_level(upload),
                 "%s: pending version of %s for client %s discarded: %s",
-                upload.address, printable(upload.file_name), upload.client_id.hex(), reason,
+                upload.address, quoted(upload.file_name), upload.client_id.hex(), reason,
             )
             phase.temp.discard()
             upload.phase = GivenUp(phase.result, phase.path_name)
@@ -787,7 +787,7 @@ class Uploads:
             log.log(
                 self._log_level(upload),
                 "%s: upload of %s for client %s discarded: %s",
-                upload.address, printable(upload.file_name), upload.client_id.hex(), reason,
+                upload.address, quoted(upload.file_name), upload.client_id.hex(), reason,
             )
         self._drop_temp(upload)
         self._set_holders(upload, owner=None, streaming=None)

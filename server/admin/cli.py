@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from protocol import __version__
+from protocol.printable import escape_controls, quoted
 
 from .. import crashpoints
 from ..errors import LockError, StorageFault
 from ..limits import Limits
 from ..storage.commit import finish_removals, remove_client
-from ..storage.folder import FolderBlobs
-from ..storage.inventory import ClientSummary, Inventory, StoredFile
+from ..storage.folder import RECEIVED_DIR, FolderBlobs
+from ..storage.inventory import ClientSummary, Inventory, StoredFile, parse_client_id
 from ..storage.lock import DataDirLock, is_locked
 from ..storage.sqlite import DB_NAME, SqliteMetadata
 from . import output
@@ -47,7 +48,7 @@ EXIT_TABLE = """exit codes:
   1  verify found a changed or missing file, or no such client
   2  bad command line
   3  a server is running on the data folder (delete-client)
-  4  the data folder or its database cannot be used
+  4  the data folder or its database cannot be used (missing, unreadable, not one)
   141  the output was closed early (as by head)"""
 
 CLIENT_COLUMNS = ("name", "id", "edition", "last_seen", "files", "bytes")
@@ -81,23 +82,33 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     # after the command: the same options, which leave the values above alone unless given
     common = argparse.ArgumentParser(add_help=False)
     _add_common_options(common, argparse.SUPPRESS, argparse.SUPPRESS)
+    # a client by its name (the argument) or by its id (--id), never a guess between them
+    selector = argparse.ArgumentParser(add_help=False)
+    selector.add_argument(
+        "--id", dest="client_id", type=_client_id, metavar="HEX",
+        help="the client with this id (its 32 hex digits, as `clients` shows them)"
+        " rather than a NAME",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser(
         "clients", parents=[common],
         help="list clients (name, id, edition, last seen, files, bytes)",
     )
     files = commands.add_parser(
-        "files", parents=[common], help="list files (client, name, stored path, size, verified)"
+        "files", parents=[common, selector],
+        help="list files (client, name, stored path, size, verified)",
     )
-    files.add_argument("client", nargs="?", help="only this client's (name or hex id)")
-    show = commands.add_parser("client", parents=[common], help="show one client and its files")
-    show.add_argument("client", help="name or hex id")
+    files.add_argument("client", nargs="?", metavar="NAME", help="only this client's (by name)")
+    show = commands.add_parser(
+        "client", parents=[common, selector], help="show one client and its files"
+    )
+    show.add_argument("client", nargs="?", metavar="NAME", help="the client's name")
     delete = commands.add_parser(
-        "delete-client", parents=[common],
+        "delete-client", parents=[common, selector],
         help="delete a client: its rows and its folder, in one crash-safe step"
         " (the server must be stopped)",
     )
-    delete.add_argument("client", help="name or hex id")
+    delete.add_argument("client", nargs="?", metavar="NAME", help="the client's name")
     delete.add_argument("--yes", action="store_true", help="really delete (without it: say what)")
     commands.add_parser(
         "verify", parents=[common],
@@ -105,6 +116,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         " exit 1 if one changed or is missing",
     )
     return parser
+
+
+def _client_id(text: str) -> bytes:
+    client_id = parse_client_id(text)
+    if client_id is None:
+        raise argparse.ArgumentTypeError(
+            f"a client id is exactly 32 hex digits, got {quoted(text)}"
+        )
+    return client_id
 
 
 def _add_common_options(parser: argparse.ArgumentParser, data_dir: object, json: object) -> None:
@@ -127,17 +147,25 @@ def main(
         out.flush()  # a closed pipe is found here, not at the interpreter's exit
         return code
     except AdminError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        _say_why(prog, exc)
         return int(exc.code)
     except ValueError as exc:  # a bad crash point
-        print(f"{prog}: {exc}", file=sys.stderr)
+        _say_why(prog, exc)
         return int(Exit.USAGE)
     except StorageFault as exc:  # StoreUnusable too
-        print(f"{prog}: {exc}", file=sys.stderr)
+        _say_why(prog, exc)
         return int(Exit.UNUSABLE)
     except BrokenPipeError:  # ``admin files | head``: the reader had enough
         _silence_stdout()
         return int(Exit.OUTPUT_CLOSED)
+    except OSError as exc:  # a file of the data folder that cannot be read or changed
+        _say_why(prog, AdminError(_unreadable(args.data_dir, exc), Exit.UNUSABLE))
+        return int(Exit.UNUSABLE)
+
+
+def _say_why(prog: str, exc: Exception) -> None:
+    """The one line of a refusal on stderr (nothing in it can act on the terminal)."""
+    print(f"{prog}: {escape_controls(str(exc))}", file=sys.stderr)
 
 
 def _silence_stdout() -> None:
@@ -151,16 +179,67 @@ def _silence_stdout() -> None:
 
 
 def _inventory(args: argparse.Namespace) -> Inventory:
-    if not args.data_dir.is_dir():
-        raise AdminError(f"data folder {args.data_dir} does not exist", Exit.UNUSABLE)
+    _check_folder(args.data_dir)
     return Inventory.open(args.data_dir)
 
 
-def _find(inventory: Inventory, key: str) -> ClientSummary:
-    client = inventory.client(key)
+def _check_folder(data_dir: Path) -> None:
+    """Refuse, with the reason, a data folder that is missing, not a folder or unreadable.
+
+    A folder without the database (a foreign one) is refused by :meth:`Inventory.open`.
+
+    Raises:
+        AdminError: exit 4.
+    """
+    try:
+        if not data_dir.exists():
+            raise AdminError(f"data folder {data_dir} does not exist", Exit.UNUSABLE)
+        if not data_dir.is_dir():
+            raise AdminError(f"{data_dir} is not a folder (--data-dir)", Exit.UNUSABLE)
+        with os.scandir(data_dir):
+            pass
+    except OSError as exc:
+        raise AdminError(_unreadable(data_dir, exc), Exit.UNUSABLE) from exc
+
+
+def _unreadable(path: Path | str, exc: OSError) -> str:
+    """Why a path cannot be used, and the usual way out."""
+    reason = exc.strerror or str(exc)
+    hint = " (run it as the server's user, e.g. sudo -u cipherdrop)" if isinstance(
+        exc, PermissionError
+    ) else ""
+    return f"cannot use {exc.filename or path}: {reason}{hint}"
+
+
+def _find(inventory: Inventory, args: argparse.Namespace) -> ClientSummary:
+    """The client the command names: by its name, or by ``--id``; never one for the other."""
+    if args.client_id is not None:
+        client = inventory.client_by_id(args.client_id)
+        if client is None:
+            raise AdminError(f"no client with id {args.client_id.hex()}", Exit.PROBLEM)
+        return client
+    client = inventory.client_by_name(args.client)
     if client is None:
-        raise AdminError(f"no client named or with id {key!r}", Exit.PROBLEM)
+        hint = ""
+        if parse_client_id(args.client) is not None:
+            hint = f" (to name a client by its id: --id {args.client})"
+        raise AdminError(f"no client named {quoted(args.client)}{hint}", Exit.PROBLEM)
     return client
+
+
+def _selects_one(args: argparse.Namespace, optional: bool = False) -> bool:
+    """Whether the command names a client; a NAME and an --id together are refused.
+
+    Raises:
+        AdminError: both, or (unless ``optional``) neither.
+    """
+    if args.client is not None and args.client_id is not None:
+        raise AdminError("name the client by NAME or by --id, not both", Exit.USAGE)
+    if args.client is None and args.client_id is None:
+        if optional:
+            return False
+        raise AdminError("name the client: NAME or --id HEX", Exit.USAGE)
+    return True
 
 
 def client_record(client: ClientSummary) -> dict[str, Any]:
@@ -173,10 +252,10 @@ def client_record(client: ClientSummary) -> dict[str, Any]:
 
 
 def file_record(stored: StoredFile) -> dict[str, Any]:
-    """A file row as a flat record (names as text, undecodable bytes escaped)."""
+    """A file row as a flat record (a name that is not UTF-8 stays bytes: see :mod:`.output`)."""
     return {
         "client": stored.client_name, "client_id": stored.client_id.hex(),
-        "file": output.text(stored.file_name), "stored_as": stored.path_name,
+        "file": stored.file_name, "stored_as": stored.path_name,
         "size": stored.size, "cksum": stored.cksum, "verified": stored.verified,
     }
 
@@ -202,9 +281,10 @@ def list_clients(args: argparse.Namespace, out: TextIO) -> Exit:
 
 def list_files(args: argparse.Namespace, out: TextIO) -> Exit:
     """``files [CLIENT]``."""
+    selects = _selects_one(args, optional=True)
     inventory = _inventory(args)
     try:
-        client_id = _find(inventory, args.client).id if args.client else None
+        client_id = _find(inventory, args).id if selects else None
         records = [file_record(stored) for stored in inventory.files(client_id)]
     finally:
         inventory.close()
@@ -213,10 +293,11 @@ def list_files(args: argparse.Namespace, out: TextIO) -> Exit:
 
 
 def show_client(args: argparse.Namespace, out: TextIO) -> Exit:
-    """``client CLIENT``: its fields, then its files."""
+    """``client NAME`` or ``client --id HEX``: its fields, then its files."""
+    _selects_one(args)
     inventory = _inventory(args)
     try:
-        client = _find(inventory, args.client)
+        client = _find(inventory, args)
         files = [file_record(stored) for stored in inventory.files(client.id)]
     finally:
         inventory.close()
@@ -232,8 +313,11 @@ def show_client(args: argparse.Namespace, out: TextIO) -> Exit:
 
 
 def verify(args: argparse.Namespace, out: TextIO) -> Exit:
-    """``verify``: exit 1 if a file changed or is missing."""
+    """``verify``: exit 1 if a file changed or is missing (exit 4 if their folder is unreadable)."""
     inventory = _inventory(args)
+    received = args.data_dir / RECEIVED_DIR
+    if received.exists():  # else each file is missing
+        _check_folder(received)
     try:
         checks = check_all(inventory, args.data_dir)
     finally:
@@ -252,7 +336,7 @@ def verify(args: argparse.Namespace, out: TextIO) -> Exit:
 def _check_record(check: Check) -> dict[str, Any]:
     return {
         "client": check.stored.client_name, "client_id": check.stored.client_id.hex(),
-        "file": output.text(check.stored.file_name), "stored_as": check.stored.path_name,
+        "file": check.stored.file_name, "stored_as": check.stored.path_name,
         "result": check.verdict.value, "detail": check.detail,
     }
 
@@ -261,13 +345,20 @@ def _check_record(check: Check) -> dict[str, Any]:
 
 
 def delete_client(args: argparse.Namespace, out: TextIO) -> Exit:
-    """``delete-client CLIENT --yes``: under the data folder's lock, or refused."""
+    """``delete-client NAME|--id HEX --yes``: under the data folder's lock, or refused.
+
+    It says what it deletes (name and id) before it does, and again after.
+    """
+    _selects_one(args)
     inventory = _inventory(args)
     try:
-        client = _find(inventory, args.client)
+        client = _find(inventory, args)
     finally:
         inventory.close()
-    what = f"client {client.name} ({client.id.hex()}): {client.files} file(s), {client.bytes} bytes"
+    what = (
+        f"client {quoted(client.name)} (id {client.id.hex()}):"
+        f" {client.files} file(s), {client.bytes} bytes"
+    )
     if not args.yes:
         out.write(f"would delete {what}; add --yes to delete it\n")
         return Exit.OK
@@ -280,6 +371,8 @@ def delete_client(args: argparse.Namespace, out: TextIO) -> Exit:
                 " (a deletion changes files the server serves)", Exit.SERVER_RUNNING,
             ) from exc
         raise AdminError(str(exc), Exit.UNUSABLE) from exc
+    out.write(f"deleting {what}\n")
+    out.flush()
     try:
         metadata = SqliteMetadata.open(args.data_dir / DB_NAME, Limits().busy_timeout)
         try:

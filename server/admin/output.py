@@ -1,9 +1,19 @@
-"""The admin tool's output: aligned text columns for people, JSON for scripts."""
+"""The admin tool's output: aligned text columns for people, JSON for scripts.
+
+Names come from clients, so every text a person reads is in the project's
+one printable form (:mod:`protocol.printable`): an escape sequence, a line
+feed or a bidi override in a name shows as ``\\x1b``, ``\\x0a``,
+``\\u202e``, and cannot recolour the terminal, forge a row or reorder a
+line. JSON keeps the names as they are (a script reads the real name) but
+is written in ASCII only: every other character is a ``\\uNNNN`` escape.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any, Sequence, TextIO
+
+from protocol.printable import printable
 
 #: Spaces between two columns.
 COLUMN_GAP = 2
@@ -12,14 +22,20 @@ NONE_TEXT = "-"
 
 
 def text(value: Any) -> str:
-    """One cell: None as "-", bools as yes/no, bytes (a non-UTF-8 name) escaped."""
+    """One cell: None as "-", bools as yes/no, text and bytes in the printable form."""
     if value is None:
         return NONE_TEXT
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="backslashreplace")
+    if isinstance(value, (str, bytes)):
+        return printable(value)
     return str(value)
+
+
+def _json_value(value: Any) -> str:
+    if isinstance(value, bytes):
+        return printable(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: TextIO) -> None:
@@ -55,6 +71,6 @@ def fields(record: dict[str, Any], out: TextIO) -> None:
 
 
 def as_json(document: Any, out: TextIO) -> None:
-    """A JSON document (bytes as escaped text), then a newline."""
-    json.dump(document, out, indent=2, default=text, ensure_ascii=False)
+    """A JSON document in ASCII (bytes, a non-UTF-8 name, in the printable form), then a newline."""
+    json.dump(document, out, indent=2, default=_json_value, ensure_ascii=True)
     out.write("\n")

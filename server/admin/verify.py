@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from protocol import Cksum
+from protocol.printable import quoted
 
 from ..storage.folder import stored_path
 from ..storage.inventory import Inventory, StoredFile
@@ -73,7 +74,9 @@ def check_file(stored: StoredFile, data_dir: Path) -> Check:
     """One file against its row."""
     path = stored_path(data_dir, stored.path_name)
     if path is None:
-        return Check(stored, Verdict.MISSING, f"{stored.path_name!r} is not a stored file's name")
+        return Check(
+            stored, Verdict.MISSING, f"{quoted(stored.path_name)} is not a stored file's name"
+        )
     try:
         fd = os.open(path, _READ_FLAGS)
     except FileNotFoundError:

@@ -21,6 +21,8 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
+from protocol.printable import quoted
+
 from .. import crashpoints
 from ..errors import StorageFault
 from .base import BlobEntry
@@ -262,7 +264,7 @@ class FolderBlobs:
         """
         path = self.resolve(path_name)
         if path is None:
-            raise StorageFault(f"{path_name!r} is not a stored file's path name")
+            raise StorageFault(f"{quoted(path_name)} is not a stored file's path name")
         try:
             fd = os.open(path, _READ_FLAGS)
         except OSError as exc:

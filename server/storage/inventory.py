@@ -10,6 +10,7 @@ NULL. No ``sqlite3`` type leaves this module: errors become
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ _MS = 1000
 #: A reader waits this long for a writer's checkpoint before giving up.
 READ_BUSY_TIMEOUT = 5.0
 _CLIENT_ID_BYTES = 16
+_CLIENT_ID_HEX = re.compile(f"[0-9a-fA-F]{{{2 * _CLIENT_ID_BYTES}}}")
 _CONTENT_COLUMNS = ("Cksum", "Size")
 
 _SELECT_CLIENTS = (
@@ -88,8 +90,14 @@ class Inventory:
             StoreUnusable: there is none, or it cannot be read.
         """
         path = Path(data_dir) / DB_NAME
-        if not path.is_file():
-            raise StoreUnusable(f"no database at {path} (has a server run on this folder?)")
+        try:
+            is_file = path.is_file()
+        except OSError as exc:  # a folder that cannot be searched
+            raise StoreUnusable(f"cannot read {path}: {exc.strerror or exc}") from exc
+        if not is_file:
+            raise StoreUnusable(
+                f"no database at {path}: not a cipherdrop data folder (has a server run on it?)"
+            )
         uri = f"file:{quote(str(path.resolve()))}?mode=ro"
         try:
             connection = sqlite3.connect(uri, uri=True, isolation_level=None)
@@ -115,20 +123,24 @@ class Inventory:
         query = _SELECT_CLIENTS.format(where="", **self._columns)
         return [_summary(row) for row in self._query(query, ())]
 
-    def client(self, key: str) -> ClientSummary | None:
-        """The client with this id (32 hex digits) or, failing that, this name.
+    def client_by_name(self, name: str) -> ClientSummary | None:
+        """The client with exactly this name, or None.
 
         Raises:
             StoreUnusable: the database cannot be read.
         """
-        client_id = parse_client_id(key)
-        if client_id is not None:
-            query = _SELECT_CLIENTS.format(where="WHERE c.ID = ?", **self._columns)
-            found = self._query(query, (client_id,))
-            if found:
-                return _summary(found[0])
-        query = _SELECT_CLIENTS.format(where="WHERE c.Name = ?", **self._columns)
-        found = self._query(query, (key,))
+        return self._one_client("WHERE c.Name = ?", name)
+
+    def client_by_id(self, client_id: bytes) -> ClientSummary | None:
+        """The client with this id, or None.
+
+        Raises:
+            StoreUnusable: the database cannot be read.
+        """
+        return self._one_client("WHERE c.ID = ?", client_id)
+
+    def _one_client(self, where: str, key: str | bytes) -> ClientSummary | None:
+        found = self._query(_SELECT_CLIENTS.format(where=where, **self._columns), (key,))
         return _summary(found[0]) if found else None
 
     def files(self, client_id: bytes | None = None) -> list[StoredFile]:
@@ -163,12 +175,14 @@ class Inventory:
 
 
 def parse_client_id(text: str) -> bytes | None:
-    """A client id from its 32 hex digits, or None."""
-    try:
-        value = bytes.fromhex(text)
-    except ValueError:
+    """A client id from exactly its 32 hex digits (as ``admin clients`` shows it), or None.
+
+    Nothing looser: ``bytes.fromhex`` alone would also take spaces, and a name
+    such as ``"AB CD …"`` would then select another client.
+    """
+    if _CLIENT_ID_HEX.fullmatch(text) is None:
         return None
-    return value if len(value) == _CLIENT_ID_BYTES else None
+    return bytes.fromhex(text)
 
 
 def _summary(row: tuple) -> ClientSummary:

@@ -12,6 +12,8 @@ import hashlib
 import unicodedata
 from typing import Iterable
 
+from protocol.printable import quoted
+
 from ..errors import StorageFault
 
 _ESCAPE = "%"
@@ -114,4 +116,4 @@ def unique_stored_name(name: bytes, taken: Iterable[str]) -> str:
         unique = f"{_cut(stem, room)}{suffix}"
         if case_key(unique) not in folded:
             return unique
-    raise StorageFault(f"no stored name left for {name!r}")
+    raise StorageFault(f"no stored name left for {quoted(name)}")

@@ -540,4 +540,62 @@ def test_1603_for_another_file_is_an_error(work, run_client):
     result = run_against(script, work, data, run_client, "--verbose")
     assert result.code == ExitCode.OK, result.err
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 1
-    assert "1603 names the file other.bin" in result.err
+    assert "1603 names the file 'other.bin'" in result.err
+
+
+def _on_screen(text: str) -> None:
+    """What the client wrote: no character but the line feeds can act on a terminal."""
+    for line in text.splitlines():
+        assert line.isprintable(), ascii(line)
+    assert "\r" not in text
+
+
+#: What a hostile server names the file in its 1603: a window title, a cleared
+#: screen, a carriage return and a forged line, a C1 CSI and a bidi override.
+HOSTILE_1603_NAME = "\x1b]0;owned\x07\x1b[2J\rok\nsummary: 1 file, 1 verified\u009b31m\u202eexe.bin"
+
+
+def test_a_file_name_from_a_hostile_server_is_shown_escaped(work, run_client):
+    # issue 22 point 5: the server is not authenticated; what it sends is a stranger's text
+    data = make_file(work, size=100)
+    keys = Keys()
+
+    def script(server):
+        peer = server.accept()
+        handshake_register(peer, keys)
+        received = peer.receive_file(keys.aes_key)
+        reply = file_received(keys, received)
+        peer.reply(FileReceived(client_id=keys.client_id, content_size=reply.content_size,
+                                file_name=HOSTILE_1603_NAME, cksum=reply.cksum))
+        peer.expect_closed()
+        peer = server.accept()
+        handshake_reconnect(peer, keys)
+        accept_upload(peer, keys)
+
+    result = run_against(script, work, data, run_client, "--verbose")
+    assert result.code == ExitCode.OK, result.err
+    _on_screen(result.err + result.out)
+    assert "1603 names the file '\\x1b]0;owned\\x07\\x1b[2J\\x0dok\\x0asummary" in result.err
+    assert "\\u009b31m\\u202eexe.bin'" in result.err
+
+
+def test_local_file_names_with_controls_are_shown_escaped(work, run_client, tmp_path):
+    names = ["evil\x1b[31m\x07\u202etxt.exe", "cr\rforged\u009b.bin"]
+    files = [make_file(tmp_path, name, size=3000) for name in names]
+    keys = Keys()
+
+    def script(server):
+        peer = server.accept()
+        handshake_register(peer, keys)
+        for number, path in enumerate(files):
+            if number:
+                handshake_reconnect(peer, keys)
+            received = accept_upload(peer, keys)
+            assert received.first.file_name.text == path.name.encode()  # sent as it is
+
+    with FakeServer(script) as server:
+        result = run_client("--server", server.address, "--name", NAME, "--verbose", *map(str, files))
+    assert result.code == ExitCode.OK, result.err
+    _on_screen(result.err + result.out)
+    summary = result.err[result.err.index("summary:"):]  # the summary names each file
+    assert "evil\\x1b[31m\\x07\\u202etxt.exe" in summary and "cr\\x0dforged\\u009b.bin" in summary

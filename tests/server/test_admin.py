@@ -94,8 +94,8 @@ def test_list_files_with_size_cksum_and_path(populated):
 def test_show_one_client_by_name_or_id(populated):
     server, alice, _ = populated
     by_name = admin(server.data_dir, "client", "alice")
-    by_id = admin(server.data_dir, "client", alice.client_id.hex())
-    assert by_name.returncode == by_id.returncode == 0
+    by_id = admin(server.data_dir, "client", "--id", alice.client_id.hex())
+    assert by_name.returncode == by_id.returncode == 0, by_id.stderr
     assert by_name.stdout == by_id.stdout
     assert f"id:        {alice.client_id.hex()}" in by_name.stdout
     assert "a.txt" in by_name.stdout and "b.bin" in by_name.stdout
@@ -105,8 +105,60 @@ def test_unknown_client_is_one_line_and_exit_1(populated):
     server, _, _ = populated
     result = admin(server.data_dir, "client", "nobody")
     assert result.returncode == EXIT_PROBLEM
-    assert result.stderr.strip().endswith("no client named or with id 'nobody'")
+    assert result.stderr.strip().endswith("no client named 'nobody'")
     no_traceback(result)
+
+
+def _id_spellings(client_id: bytes) -> list[str]:
+    """Names that spell another client's id: bytes.fromhex reads each of them as the id."""
+    upper = client_id.hex().upper()
+    spaced = " ".join(upper[index:index + 2] for index in range(0, len(upper), 2))
+    return [client_id.hex(), upper, spaced]
+
+
+@pytest.mark.parametrize("spelling", range(3), ids=["hex", "capitals", "spaced"])
+def test_a_name_that_spells_another_clients_id_selects_its_own_client(populated, spelling):
+    # issue 22 point 2: the named client is the one shown and deleted, never the id's owner
+    server, alice, bob = populated
+    name = _id_spellings(alice.client_id)[spelling]
+    mallory = verified_upload(server, name, {"m.txt": b"mallory"})
+    shown = admin(server.data_dir, "client", name, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == mallory.client_id.hex()
+    files = admin(server.data_dir, "files", name, "--json")
+    assert [record["file"] for record in json.loads(files.stdout)] == ["m.txt"]
+    server.stop()
+    dry = admin(server.data_dir, "delete-client", name)
+    assert dry.returncode == 0 and mallory.client_id.hex() in dry.stdout and name in dry.stdout
+    deleted = admin(server.data_dir, "delete-client", name, "--yes")
+    assert deleted.returncode == 0, deleted.stderr
+    # what it deletes is named, by name and id, before it is deleted
+    first = deleted.stdout.splitlines()[0]
+    assert first.startswith("deleting client") and mallory.client_id.hex() in first and name in first
+    assert (server.data_dir / "received_files" / alice.client_id.hex() / "a.txt").exists()
+    remaining = {record["name"] for record in json.loads(admin(server.data_dir, "clients", "--json").stdout)}
+    assert remaining == {"alice", "bob"}
+
+
+def test_an_id_is_only_its_32_hex_digits_and_never_guessed(populated):
+    server, alice, _ = populated
+    spaced = _id_spellings(alice.client_id)[2]
+    # a plain argument is a name: an id there is not taken for one, but the refusal says how
+    as_name = admin(server.data_dir, "client", alice.client_id.hex())
+    assert as_name.returncode == EXIT_PROBLEM
+    assert f"--id {alice.client_id.hex()}" in as_name.stderr
+    loose = admin(server.data_dir, "client", "--id", spaced)
+    assert loose.returncode == EXIT_USAGE and "exactly 32 hex digits" in loose.stderr
+    both = admin(server.data_dir, "client", "alice", "--id", alice.client_id.hex())
+    assert both.returncode == EXIT_USAGE and "not both" in both.stderr
+    neither = admin(server.data_dir, "delete-client", "--yes")
+    assert neither.returncode == EXIT_USAGE
+    upper = admin(server.data_dir, "files", "--id", alice.client_id.hex().upper(), "--json")
+    assert upper.returncode == 0 and len(json.loads(upper.stdout)) == 2
+    for result in (as_name, both, neither):
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for result in (as_name, loose, both, neither):
+        no_traceback(result)
 
 
 def test_verify_passes_then_reports_changed_and_missing(populated):
@@ -167,16 +219,21 @@ def test_delete_without_yes_only_says_what(populated):
     server, alice, _ = populated
     server.stop()
     result = admin(server.data_dir, "delete-client", "alice")
-    assert result.returncode == 0 and result.stdout.startswith("would delete client alice")
+    assert result.returncode == 0 and result.stdout.startswith(
+        f"would delete client 'alice' (id {alice.client_id.hex()})"
+    )
     assert (server.data_dir / "received_files" / alice.client_id.hex()).is_dir()
 
 
 def test_delete_removes_rows_and_folder(populated, server_factory):
     server, alice, bob = populated
     assert server.stop() == 0
-    result = admin(server.data_dir, "delete-client", alice.client_id.hex(), "--yes")
+    result = admin(server.data_dir, "delete-client", "--id", alice.client_id.hex(), "--yes")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("deleted client alice")
+    assert result.stdout.splitlines() == [
+        f"deleting client 'alice' (id {alice.client_id.hex()}): 2 file(s), 3500 bytes",
+        f"deleted client 'alice' (id {alice.client_id.hex()}): 2 file(s), 3500 bytes",
+    ]
     assert not (server.data_dir / "received_files" / alice.client_id.hex()).exists()
     with sqlite3.connect(server.data_dir / "defensive.db") as db:
         for table in ("clients", "files", "key_bindings"):
@@ -259,3 +316,163 @@ def test_a_reader_that_stops_early_gets_no_traceback(populated):
         code = run.wait(60)
     assert "Traceback" not in error and error == "", error
     assert code == 128 + 13  # SIGPIPE's number on Linux: as a writer killed by it ends
+
+
+#: File names a hostile client sends (issue 22 point 3): each would act on a terminal.
+HOSTILE_FILE_NAMES = [
+    b"csi\x1b[2J\x1b[31mred.txt",  # clear the screen, recolour
+    b"osc\x1b]0;owned title\x07.txt",  # set the window title
+    b"cr\rover.txt",
+    b"bell\x07.txt",
+    b"lf\nbob  forged.txt  received_files/x  1  yes",  # a forged row
+    "c1\u009b31mcsi.txt".encode(),  # the one-byte CSI, in UTF-8
+    "rlo\u202etxt.exe".encode(),  # shows as ...exe.txt
+    "isolate\u2066x\u2069\u200e.txt".encode(),
+    b"del\x7f.txt",
+    b"latin1 caf\xe9.txt",  # not UTF-8
+    b"back\\x1b.txt",  # a literal backslash: must not read as an escape
+]
+
+
+def _for_people(text: str) -> None:
+    """Output a terminal may show: no character but the line feeds acts on it."""
+    for line in text.splitlines():
+        assert line.isprintable(), ascii(line)
+    assert "\r" not in text and "\x85" not in text
+
+
+def test_hostile_names_are_shown_escaped_and_json_stays_ascii(populated):
+    server, alice, _ = populated
+    mallory = verified_upload(server, "mallory", {name: b"m" for name in HOSTILE_FILE_NAMES})
+    server.stop()
+    with sqlite3.connect(server.data_dir / "defensive.db") as db:  # a row another tool wrote
+        db.execute("UPDATE clients SET Name = ? WHERE ID = ?", ("bob\x1b[8m\u202e", alice.client_id))
+    rows = 1 + len(HOSTILE_FILE_NAMES)  # the header and one line per file
+    for command in (["files"], ["files", "--id", mallory.client_id.hex()], ["verify"],
+                    ["client", "--id", mallory.client_id.hex()], ["clients"],
+                    ["client", "--id", alice.client_id.hex()]):
+        result = admin(server.data_dir, *command)
+        assert result.returncode == 0, (command, result.stderr)
+        _for_people(result.stdout)
+        if command[0] == "files":
+            assert len(result.stdout.splitlines()) == rows + (3 if len(command) == 1 else 0)
+    shown = admin(server.data_dir, "files", "--id", mallory.client_id.hex()).stdout
+    assert "csi\\x1b[2J\\x1b[31mred.txt" in shown and "rlo\\u202etxt.exe" in shown
+    assert "latin1 caf\\xe9.txt" in shown and "back\\\\x1b.txt" in shown
+    assert "lf\\x0abob  forged.txt" in shown
+    listed = admin(server.data_dir, "clients").stdout
+    assert "bob\\x1b[8m\\u202e" in listed
+    for command in (["files"], ["verify"], ["clients"], ["client", "--id", mallory.client_id.hex()]):
+        result = admin(server.data_dir, *command, "--json")
+        assert result.returncode == 0 and result.stdout.isascii(), command
+        _for_people(result.stdout)  # DEL too is an escape, not a raw byte
+        json.loads(result.stdout)  # valid
+    records = json.loads(admin(server.data_dir, "files", "--id", mallory.client_id.hex(), "--json").stdout)
+    names = {record["file"] for record in records}
+    # JSON keeps each UTF-8 name as it is; the one that is not UTF-8 has its byte escaped
+    assert {name.decode() for name in HOSTILE_FILE_NAMES if name != b"latin1 caf\xe9.txt"} < names
+    assert "latin1 caf\\xe9.txt" in names
+
+
+# -- folders the tool cannot use (issue 24 point 2) ----------------------------------------
+
+#: Every command, as an operator would type it.
+EVERY_COMMAND = [
+    ["clients"], ["files"], ["files", "alice"], ["client", "alice"],
+    ["client", "--id", "00" * 16], ["verify"], ["delete-client", "alice"],
+    ["delete-client", "alice", "--yes"],
+]
+#: unshare(1) with a user namespace: root's files are then checked as any user's, so a
+#: mode of 000 denies (tests run as root, which reads anything otherwise).
+AS_ANOTHER_USER = ["unshare", "--user", "--"]
+
+
+def _can_drop_privileges() -> bool:
+    try:
+        return subprocess.run([*AS_ANOTHER_USER, "true"], capture_output=True, timeout=30,
+                              check=False).returncode == 0
+    except OSError:
+        return False
+
+
+def _data_folder(path):
+    """A real data folder: its database made as a server makes it, and a client folder."""
+    from server.limits import Limits
+    from server.storage.sqlite import SqliteMetadata
+
+    path.mkdir()
+    SqliteMetadata.open(path / "defensive.db", Limits().busy_timeout).close()
+    (path / "received_files").mkdir()
+    return path
+
+
+def _folder(tmp_path, state):
+    """A data folder in one of the states the tool must refuse (exit 4)."""
+    folder = tmp_path / "data"
+    if state == "missing":
+        return folder
+    if state == "a file":
+        folder.write_text("not a folder")
+        return folder
+    if state.startswith("unreadable"):
+        _data_folder(folder)
+        target = {"unreadable folder": folder, "unreadable database": folder / "defensive.db",
+                  "unreadable files": folder / "received_files"}[state]
+        target.chmod(0)
+        return folder
+    folder.mkdir()
+    if state == "foreign: text database":
+        (folder / "defensive.db").write_text("hello\n")
+    elif state == "foreign: another sqlite database":
+        with sqlite3.connect(folder / "defensive.db") as db:
+            db.execute("CREATE TABLE notes (text TEXT)")
+    return folder
+
+
+UNUSABLE_STATES = [
+    "missing", "a file", "foreign: empty folder", "foreign: text database",
+    "foreign: another sqlite database", "unreadable folder", "unreadable database",
+]
+
+
+def test_verify_refuses_a_files_folder_it_cannot_read(tmp_path):
+    if not _can_drop_privileges():
+        pytest.skip("no user namespace to run as another user")
+    folder = _folder(tmp_path, "unreadable files")
+    try:
+        result = subprocess.run([*AS_ANOTHER_USER, *ADMIN, "verify", "--data-dir", str(folder)],
+                                env=server_env(), capture_output=True, text=True, timeout=60,
+                                check=False)
+    finally:
+        (folder / "received_files").chmod(0o700)
+    assert result.returncode == EXIT_UNUSABLE, result.stderr
+    assert result.stderr.strip().endswith("received_files: Permission denied"
+                                          " (run it as the server's user, e.g. sudo -u cipherdrop)")
+    no_traceback(result)
+
+
+@pytest.mark.parametrize("state", UNUSABLE_STATES)
+def test_every_command_refuses_an_unusable_folder_with_one_line_and_exit_4(tmp_path, state):
+    prefix = []
+    if state.startswith("unreadable"):
+        if not _can_drop_privileges():
+            pytest.skip("no user namespace to run as another user")
+        prefix = AS_ANOTHER_USER
+    folder = _folder(tmp_path, state)
+    try:
+        for command in EVERY_COMMAND:
+            result = subprocess.run(
+                [*prefix, *ADMIN, *command, "--data-dir", str(folder)],
+                env=server_env(), capture_output=True, text=True, timeout=60, check=False,
+            )
+            assert result.returncode == EXIT_UNUSABLE, (command, result.stderr)
+            lines = result.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith("python -m server admin: "), (
+                command, result.stderr,
+            )
+            assert str(folder) in lines[0], lines[0]  # it says which folder
+            no_traceback(result)
+    finally:
+        for path in (folder, folder / "defensive.db", folder / "received_files"):
+            if path.exists() and not path.is_symlink():
+                path.chmod(0o700)
