@@ -34,7 +34,10 @@ from .loop import Server, create_listener
 from .options import (
     MAX_PORT,
     DataDirError,
+    DefaultsHelpFormatter,
+    OneLineErrorParser,
     finite_number,
+    listen_host,
     port_number,
     prepare_data_dir,
     program_name,
@@ -67,12 +70,12 @@ _HANGUP_SIGNAL = "SIGHUP"
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command line: where to listen, where the data is, and the limits."""
     prog = prog or program_name()
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=prog,
         description="cipherdrop server: receives encrypted files (protocol v3).",
         epilog=f"The operator's commands (list, show, delete, verify):"
         f" {prog} {ADMIN_COMMAND} --help",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -81,9 +84,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         f" else {DEFAULT_PORT}; 0 picks a free port)",
     )
     parser.add_argument(
-        "--host", default=ALL_INTERFACES,
-        help="address to listen on ('' = all interfaces, reachable from other machines;"
-        " 127.0.0.1 = this machine only)",
+        "--host", type=listen_host, default=ALL_INTERFACES,
+        help="address or name to listen on (default: all interfaces, reachable from other"
+        " machines; 127.0.0.1 = this machine only)",
     )
     parser.add_argument(
         "--data-dir", type=Path, default=Path("."),
