@@ -1,0 +1,31 @@
+"""What the README and docs/ tell a newcomer and an operator (issue 24)."""
+
+from __future__ import annotations
+
+import re
+
+from helpers import REPO
+
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+FENCE = "```"
+#: ``python -m server`` run outside the clone runs any ``server/`` folder of the
+#: current folder instead (issue 24, point 6).
+MODULE_COMMAND = re.compile(r"\bpython3? -m (server|client)\b")
+
+
+def fenced_lines(text: str) -> list[str]:
+    """The lines inside the ``` blocks of a Markdown text."""
+    inside = False
+    found = []
+    for line in text.splitlines():
+        if line.lstrip().startswith(FENCE):
+            inside = not inside
+        elif inside:
+            found.append(line)
+    return found
+
+
+def test_commands_in_readme_and_docs_are_the_installed_ones():
+    for document in DOCUMENTS:
+        for line in fenced_lines(document.read_text()):
+            assert not MODULE_COMMAND.search(line), f"{document.name}: {line}"
