@@ -29,3 +29,17 @@ def test_commands_in_readme_and_docs_are_the_installed_ones():
     for document in DOCUMENTS:
         for line in fenced_lines(document.read_text()):
             assert not MODULE_COMMAND.search(line), f"{document.name}: {line}"
+
+
+def opening(text: str) -> str:
+    """The README's text before its first section."""
+    return text[:text.index("\n## ")]
+
+
+def test_the_opening_says_what_the_protocol_protects_and_what_not():
+    text = opening((REPO / "README.md").read_text())
+    assert "end to end" not in text  # the server is never authenticated (docs/SECURITY.md)
+    [paragraph] = [p for p in text.split("\n\n") if "(docs/SECURITY.md)" in p]
+    words = " ".join(paragraph.split())
+    assert "only listens" in words and "never authenticated" in words and "no MAC" in words
+    assert words.count(". ") + 1 == 2  # two sentences
