@@ -126,7 +126,9 @@ not needed when all three are given.
 
 The first run registers the name, makes an RSA key pair and writes me.info
 (name, client id, private key) and priv.key (private key), both readable by
-their owner only. Later runs reconnect with them (the name in me.info is used).
+their owner only. Later runs reconnect with them, under the name in me.info:
+--name is then not needed, and a different --name is refused (use --config-dir
+with another folder for another name).
 If the server no longer knows the client, it registers again; if the name
 belongs to someone else, it stops (exit 4).
 
@@ -374,21 +376,25 @@ def _run(args: argparse.Namespace) -> ExitCode:
     if not work.is_dir():
         raise ConfigError(work, "the configuration folder does not exist")
     uploads = _plan_files(args)
+    explicit = args.config_dir is not None
+
+    # The identity registered with the server load_settings names (read once).
+    found: dict[ServerAddress, tuple[Path, Identity | None]] = {}
+
+    def stored_name(server: ServerAddress) -> str | None:
+        folder = identity_folder(work, server, explicit=explicit)
+        found[server] = folder, load_identity(folder)
+        identity = found[server][1]
+        return None if identity is None else identity.name
+
     settings = load_settings(
-        work, server=args.server, name=args.name, files=tuple(upload.path for upload in uploads)
+        work, server=args.server, name=args.name,
+        files=tuple(upload.path for upload in uploads), stored_name=stored_name,
     )
     if not uploads:  # transfer.info line 3
         uploads = [Upload(path, os.fsencode(path.name)) for path in settings.files]
-    config_dir = identity_folder(work, settings.server, explicit=args.config_dir is not None)
-    identity = load_identity(config_dir)
-    if identity is not None and identity.name != settings.name:
-        log.warning(
-            "me.info holds the client %r; using it rather than %r"
-            " (remove me.info and priv.key to register a new name)",
-            identity.name,
-            settings.name,
-        )
-    elif identity is not None:
+    config_dir, identity = found[settings.server]
+    if identity is not None:
         _note_replacements(config_dir, identity, uploads)
     progress = make_progress(sys.stderr, quiet=args.quiet)
     redirect = (
