@@ -20,6 +20,8 @@ Exit codes (``ExitCode``):
     6    cksum failure: a file's cksum still differed after 3 resends
     7    some files failed and the others were uploaded and verified (the
          summary names each); when every file fails, the code of the first
+    8    the address is not a cipherdrop server: its first answer is another
+         protocol's (SSH, HTTP, TLS) or no edition's; nothing is retried
     70   internal error (a bug: please report it with --verbose output)
     130  interrupted (Ctrl-C)
 """
@@ -45,6 +47,7 @@ from .errors import (
     ClientError,
     ConfigError,
     NetworkError,
+    NotAServer,
     RegistrationRefused,
     ServerError,
 )
@@ -88,6 +91,7 @@ class ExitCode(enum.IntEnum):
     NETWORK = 5
     CHECKSUM = 6
     PARTIAL = 7
+    NOT_A_SERVER = 8
     INTERNAL = 70
     INTERRUPTED = 130
 
@@ -101,6 +105,7 @@ EXIT_CODE_HELP = {
     ExitCode.NETWORK: "server unreachable, connection closed, or no answer in time",
     ExitCode.CHECKSUM: f"a file's cksum still differed after {MAX_RESENDS} resends",
     ExitCode.PARTIAL: "some files failed, the others were verified (see the summary)",
+    ExitCode.NOT_A_SERVER: "not a cipherdrop server: it answered in another protocol",
     ExitCode.INTERNAL: "internal error (a bug)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
@@ -110,6 +115,7 @@ ERROR_EXIT_CODES: dict[type[ClientError], ExitCode] = {
     ConfigError: ExitCode.CONFIG,
     RegistrationRefused: ExitCode.REGISTRATION_REFUSED,
     NetworkError: ExitCode.NETWORK,
+    NotAServer: ExitCode.NOT_A_SERVER,
     ServerError: ExitCode.SERVER_ERROR,
 }
 
