@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import functools
 import logging
 import os
 import stat
@@ -230,8 +229,7 @@ def load_settings(
     name = _client_name(path, lines, name, registered)
 
     if files:
-        for file in files:
-            _parse_with(functools.partial(check_file, file), file, None)
+        _check_files(files)
         chosen = tuple(files)
     else:
         text = _line(path, lines, FILE_LINE, "file path").strip()
@@ -273,6 +271,29 @@ def _client_name(path: Path, lines: list[str], flag: str | None, registered: str
     if reason:
         raise ConfigError(source, reason, line)
     return name
+
+
+def _check_files(files: tuple[Path, ...]) -> None:
+    """Check every file of the run before any is sent.
+
+    Raises:
+        ConfigError: naming the first file that cannot be sent (and how many
+            others cannot), saying that nothing was sent when the run has several.
+    """
+    problems = []
+    for file in files:
+        try:
+            check_file(file)
+        except ValueError as exc:
+            problems.append((file, str(exc)))
+    if not problems:
+        return
+    first, reason = problems[0]
+    if len(files) > 1:
+        others = len(problems) - 1
+        more = f" (and {others} other file(s) of the run cannot either)" if others else ""
+        reason += f"{more}; nothing was sent: each of the {len(files)} files is checked first"
+    raise ConfigError(first, reason)
 
 
 def _parse_with(parse: Callable[[], T], source: Path | str, line: int | None) -> T:
