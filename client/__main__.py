@@ -120,8 +120,11 @@ ERROR_EXIT_CODES: dict[type[ClientError], ExitCode] = {
 }
 
 DESCRIPTION = """\
-Upload files to a cipherdrop server, encrypted end to end (AES-256 under a key
-exchanged with RSA-1024), and confirm each one's cksum with the server.
+Upload files to a cipherdrop server, encrypted (AES-256 under a key exchanged
+with RSA-1024), and confirm each one's cksum with the server. The encryption
+keeps the content from a listener on the network, not from one who controls
+the path: the server is not authenticated and the content has no MAC
+(docs/SECURITY.md).
 
 Run in a folder (or with --config-dir) holding transfer.info:
   line 1  host:port of the server

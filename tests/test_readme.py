@@ -43,3 +43,33 @@ def test_the_opening_says_what_the_protocol_protects_and_what_not():
     words = " ".join(paragraph.split())
     assert "only listens" in words and "never authenticated" in words and "no MAC" in words
     assert words.count(". ") + 1 == 2  # two sentences
+
+
+def section(text: str, title: str) -> str:
+    """A README section, from its title to the next one."""
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def test_the_performance_figures_name_their_date_and_no_moving_tree():
+    performance = section((REPO / "README.md").read_text(), "Performance")
+    for moving in ("this tree", "today", "this round", "this session"):
+        assert moving not in performance, moving
+    assert re.search(r"measured on \d{4}-\d{2}-\d{2}", performance)
+    assert "python bench/" in performance
+
+
+def test_the_readme_says_which_connects_are_logged_and_how_long_the_tests_take():
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "one line per event (connect," not in readme  # most connected lines are DEBUG
+    assert "`--log-level DEBUG` shows every connect" in readme
+    tests = " ".join(section((REPO / "README.md").read_text(), "Tests").split())
+    assert re.search(r"about \d+ minutes on a quiet machine", tests)
+
+
+def test_the_client_help_does_not_promise_end_to_end_encryption(capsys):
+    from client.__main__ import main
+    assert main(["--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "end to end" not in help_text and "the server is not authenticated" in help_text
