@@ -31,6 +31,7 @@ from .app import App
 from .errors import DurabilityLost, LockError, StorageFault
 from .limits import HELP, LimitOutOfBounds, Limits
 from .loop import Server, create_listener
+from .metrics import NO_METRICS, Metrics, MetricsUnavailable, PrometheusMetrics
 from .options import (
     MAX_PORT,
     DataDirError,
@@ -38,6 +39,7 @@ from .options import (
     OneLineErrorParser,
     finite_number,
     listen_host,
+    metrics_address,
     port_number,
     prepare_data_dir,
     program_name,
@@ -100,6 +102,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--log-format", default=logsetup.PLAIN, choices=logsetup.FORMATS,
         help="plain: with time and level; journal: for systemd's journal (no time of our"
         " own, the level as a <N> priority prefix)",
+    )
+    parser.add_argument(
+        "--metrics", metavar="HOST:PORT", type=metrics_address, default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off;"
+        " needs the cipherdrop[metrics] extra)",
     )
     limits = parser.add_argument_group("limits")
     for spec in dataclasses.fields(Limits):
@@ -271,8 +278,45 @@ def _stop_signals() -> list[signal.Signals]:
     return found
 
 
+def start_metrics(address: tuple[str, int] | None) -> Metrics:
+    """The metrics to count into: served at ``address``, or none without one.
+
+    Raises:
+        MetricsUnavailable: prometheus_client is not installed.
+        OSError: the address cannot be bound.
+    """
+    if address is None:
+        return NO_METRICS
+    metrics = PrometheusMetrics()
+    host, port = metrics.serve(*address)
+    log.info("metrics on http://%s/metrics", _host_port(host, port))
+    return metrics
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) -> int:
     """Open the storage, listen and serve until a stop signal; the exit code."""
+    try:
+        metrics = start_metrics(args.metrics)
+    except MetricsUnavailable as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_STARTUP_FAILED
+    except OSError as exc:
+        log.error("cannot serve the metrics on %s: %s", _host_port(*args.metrics),
+                  listen_failure(exc, args.metrics[0], args.metrics[1]))
+        return EXIT_STARTUP_FAILED
+    try:
+        return _serve_with(args, limits, data_dir, port, metrics)
+    finally:
+        metrics.close()
+
+
+def _serve_with(
+    args: argparse.Namespace, limits: Limits, data_dir: Path, port: int, metrics: Metrics
+) -> int:
     try:
         metadata, blobs = _open_storage(data_dir, limits.busy_timeout)
     except StorageFault as exc:
@@ -287,7 +331,8 @@ def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) 
         )
         metadata.close()
         return EXIT_STARTUP_FAILED
-    server = Server(App.build(metadata, blobs, limits), listener)
+    server = Server(App.build(metadata, blobs, limits, metrics=metrics), listener)
+    metrics.watch_connections(lambda: len(server.channels))  # read at each scrape
     previous = {
         signum: signal.signal(signum, lambda *_: server.drain())
         for signum in _stop_signals()

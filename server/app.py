@@ -11,6 +11,7 @@ from typing import AbstractSet, Callable
 from .budget import DecryptionBudget
 from .errors import StorageFault
 from .limits import Limits
+from .metrics import NO_METRICS, Metrics
 from .peer import Peer
 from .storage import BlobStore, MetadataStore
 from .timers import Timers
@@ -100,6 +101,8 @@ class App:
     budget: DecryptionBudget
     wall_clock: Callable[[], float] = field(default=time.time)
     live_registrations: LiveRegistrations = field(default_factory=LiveRegistrations)
+    #: What the loop, the sessions and the budget report to (server/metrics.py).
+    metrics: Metrics = NO_METRICS
 
     def connection_closed(self, peer: Peer) -> None:
         """A connection closed: drop the uploads and registrations it was holding."""
@@ -145,6 +148,7 @@ class App:
         blobs: BlobStore,
         limits: Limits,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics = NO_METRICS,
     ) -> App:
         """Wire the parts together."""
         timers = Timers(clock)
@@ -152,6 +156,7 @@ class App:
             limits.max_decryption_failures_per_key,
             limits.max_decryption_failures_per_hour,
             clock,
+            metrics,
         )
         app = cls(
             metadata=metadata,
@@ -161,6 +166,7 @@ class App:
             uploads=Uploads(timers, limits, metadata, blobs, budget),
             registrations=RegistrationLimiter(limits.registrations_per_minute, clock),
             budget=budget,
+            metrics=metrics,
         )
         timers.call_later(PURGE_INTERVAL, app._purge_periodically)
         return app

@@ -95,6 +95,18 @@ def listen_host(text: str) -> str:
     return text
 
 
+def metrics_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``) where the metrics are served; port 0 picks one."""
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT, as in 127.0.0.1:9100, got {text!r}"
+        )
+    return listen_host(host), port_number(port_text)
+
+
 def whole_number(text: str) -> int:
     """A limit counted in whole units (its bounds are checked by ``Limits``)."""
     return _whole_number(text)
