@@ -73,3 +73,10 @@ def test_the_client_help_does_not_promise_end_to_end_encryption(capsys):
     assert main(["--help"]) == 0
     help_text = " ".join(capsys.readouterr().out.split())
     assert "end to end" not in help_text and "the server is not authenticated" in help_text
+
+
+def test_the_first_command_serves_this_machine_only():
+    readme = (REPO / "README.md").read_text()
+    first_block = readme.split(f"{FENCE}sh\n", 1)[1].split(FENCE, 1)[0]
+    first_command = next(line for line in first_block.splitlines() if line.strip())
+    assert "cipherdrop-server" in first_command and "--host 127.0.0.1" in first_command
