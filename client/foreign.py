@@ -34,7 +34,7 @@ TELLING_SIZE = RESPONSE_HEADER_SIZE
 ANSWER_CODES = frozenset(message.code for edition in EDITIONS for message in edition.responses)
 #: Added to a time-out of the first answer on a connection.
 SILENCE_HINT = (
-    "if it is not a cipherdrop server (an HTTP server, say), it may be waiting for"
+    "if it is not a cipherdrop server, an HTTP server for one, it may be waiting for"
     " something the protocol never sends: check the port"
 )
 
