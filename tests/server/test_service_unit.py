@@ -97,7 +97,8 @@ def fresh_env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs git (apt-get install git)")
+@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(),
+                    reason="needs a git checkout and git (apt-get install git)")
 def test_the_readme_service_steps_install_a_unit_systemd_accepts(tmp_path):
     root, clone = tmp_path / "root", tmp_path / "clone"
     (root / "etc" / "systemd" / "system").mkdir(parents=True)
