@@ -258,6 +258,8 @@ def listen_failure(exc: OSError, host: str, port: int) -> str:
     """Why the server cannot listen, with what to do about it."""
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve --host {host!r} ({exc.strerror or exc})"
+    if exc.errno is not None and exc.errno < 0:  # a gaierror that create_server re-raised
+        return f"--host {host!r} did not resolve to an address"
     # create_server's own text repeats the address: the bare reason instead.
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
     if exc.errno == errno.EADDRINUSE:

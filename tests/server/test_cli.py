@@ -178,6 +178,8 @@ def test_listen_failure_hints():
     assert "check --host" in listen_failure(OSError(errno.EADDRNOTAVAIL, "x"), "10.0.0.9", 1)
     assert "need privileges" in listen_failure(OSError(errno.EACCES, "x"), "", 80)
     assert "cannot resolve --host" in listen_failure(socket.gaierror(-2, "Name unknown"), "nope", 1)
+    # socket.create_server re-raises a failed resolution as a plain OSError(-2, ...)
+    assert listen_failure(OSError(-2, "x"), "nope", 1) == "--host 'nope' did not resolve to an address"
 
 
 def test_all_interfaces_is_announced_loudly(caplog):
