@@ -20,6 +20,8 @@ Exit codes (``ExitCode``):
     6    cksum failure: a file's cksum still differed after 3 resends
     7    some files failed and the others were uploaded and verified (the
          summary names each); when every file fails, the code of the first
+    8    the address is not a cipherdrop server: its first answer is another
+         protocol's (SSH, HTTP, TLS) or no edition's; nothing is retried
     70   internal error (a bug: please report it with --verbose output)
     130  interrupted (Ctrl-C)
 """
@@ -46,6 +48,7 @@ from .errors import (
     ClientError,
     ConfigError,
     NetworkError,
+    NotAServer,
     RegistrationRefused,
     ServerError,
 )
@@ -89,6 +92,7 @@ class ExitCode(enum.IntEnum):
     NETWORK = 5
     CHECKSUM = 6
     PARTIAL = 7
+    NOT_A_SERVER = 8
     INTERNAL = 70
     INTERRUPTED = 130
 
@@ -102,6 +106,7 @@ EXIT_CODE_HELP = {
     ExitCode.NETWORK: "server unreachable, connection closed, or no answer in time",
     ExitCode.CHECKSUM: f"a file's cksum still differed after {MAX_RESENDS} resends",
     ExitCode.PARTIAL: "some files failed, the others were verified (see the summary)",
+    ExitCode.NOT_A_SERVER: "not a cipherdrop server: it answered in another protocol",
     ExitCode.INTERNAL: "internal error (a bug)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
@@ -111,12 +116,16 @@ ERROR_EXIT_CODES: dict[type[ClientError], ExitCode] = {
     ConfigError: ExitCode.CONFIG,
     RegistrationRefused: ExitCode.REGISTRATION_REFUSED,
     NetworkError: ExitCode.NETWORK,
+    NotAServer: ExitCode.NOT_A_SERVER,
     ServerError: ExitCode.SERVER_ERROR,
 }
 
 DESCRIPTION = """\
-Upload files to a cipherdrop server, encrypted end to end (AES-256 under a key
-exchanged with RSA-1024), and confirm each one's cksum with the server.
+Upload files to a cipherdrop server, encrypted (AES-256 under a key exchanged
+with RSA-1024), and confirm each one's cksum with the server. The encryption
+keeps the content from a listener on the network, not from one who controls
+the path: the server is not authenticated and the content has no MAC
+(docs/SECURITY.md).
 
 Run in a folder (or with --config-dir) holding transfer.info:
   line 1  host:port of the server
@@ -127,7 +136,9 @@ not needed when all three are given.
 
 The first run registers the name, makes an RSA key pair and writes me.info
 (name, client id, private key) and priv.key (private key), both readable by
-their owner only. Later runs reconnect with them (the name in me.info is used).
+their owner only. Later runs reconnect with them, under the name in me.info:
+--name is then not needed, and a different --name is refused (use --config-dir
+with another folder for another name).
 If the server no longer knows the client, it registers again; if the name
 belongs to someone else, it stops (exit 4).
 
@@ -375,21 +386,25 @@ def _run(args: argparse.Namespace) -> ExitCode:
     if not work.is_dir():
         raise ConfigError(work, "the configuration folder does not exist")
     uploads = _plan_files(args)
+    explicit = args.config_dir is not None
+
+    # The identity registered with the server load_settings names (read once).
+    found: dict[ServerAddress, tuple[Path, Identity | None]] = {}
+
+    def stored_name(server: ServerAddress) -> str | None:
+        folder = identity_folder(work, server, explicit=explicit)
+        found[server] = folder, load_identity(folder)
+        identity = found[server][1]
+        return None if identity is None else identity.name
+
     settings = load_settings(
-        work, server=args.server, name=args.name, files=tuple(upload.path for upload in uploads)
+        work, server=args.server, name=args.name,
+        files=tuple(upload.path for upload in uploads), stored_name=stored_name,
     )
     if not uploads:  # transfer.info line 3
         uploads = [Upload(path, os.fsencode(path.name)) for path in settings.files]
-    config_dir = identity_folder(work, settings.server, explicit=args.config_dir is not None)
-    identity = load_identity(config_dir)
-    if identity is not None and identity.name != settings.name:
-        log.warning(
-            "me.info holds the client %r; using it rather than %r"
-            " (remove me.info and priv.key to register a new name)",
-            identity.name,
-            settings.name,
-        )
-    elif identity is not None:
+    config_dir, identity = found[settings.server]
+    if identity is not None:
         _note_replacements(config_dir, identity, uploads)
     progress = make_progress(sys.stderr, quiet=args.quiet)
     redirect = (

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import functools
 import logging
 import os
 import stat
@@ -195,11 +194,14 @@ def load_settings(
     server: str | None = None,
     name: str | None = None,
     files: tuple[Path, ...] = (),
+    stored_name: Callable[[ServerAddress], str | None] = lambda _: None,
 ) -> Settings:
     """Read transfer.info in config_dir; the arguments override its lines.
 
     transfer.info is only needed for what the arguments leave out; a relative
-    path on its line 3 is relative to config_dir.
+    path on its line 3 is relative to config_dir. ``stored_name`` gives the
+    name of the identity already registered with a server (me.info), if any:
+    that identity needs no name, and a different ``--name`` is refused.
 
     Raises:
         ConfigError: naming the file (or the argument) and the line.
@@ -209,9 +211,11 @@ def load_settings(
     lines: list[str] = []
     # The flag is checked first: its mistake is the one to report.
     flag_address = None
+    registered = None
     if server is not None:
         flag_address = _parse_with(lambda: parse_server(server), "--server", None)
-    if server is None or name is None or not files:
+        registered = stored_name(flag_address)
+    if server is None or (name is None and registered is None) or not files:
         if not path.is_file():
             raise ConfigError(
                 path, "not found (needed unless --server, --name and files are given)"
@@ -224,20 +228,11 @@ def load_settings(
         address = _parse_with(
             lambda: parse_server(_line(path, lines, SERVER_LINE, "host:port")), path, SERVER_LINE
         )
-
-    name_source: Path | str
-    if name is None:
-        name = _line(path, lines, NAME_LINE, "client name").strip()
-        name_source, name_line = path, NAME_LINE
-    else:
-        name_source, name_line = "--name", None
-    reason = check_name(name)
-    if reason:
-        raise ConfigError(name_source, reason, name_line)
+        registered = stored_name(address)
+    name = _client_name(path, lines, name, registered)
 
     if files:
-        for file in files:
-            _parse_with(functools.partial(check_file, file), file, None)
+        _check_files(files)
         chosen = tuple(files)
     else:
         text = _line(path, lines, FILE_LINE, "file path").strip()
@@ -245,6 +240,63 @@ def load_settings(
         _parse_with(lambda: check_file(file), path, FILE_LINE)
         chosen = (file,)
     return Settings(server=address, name=name, files=chosen)
+
+
+def _client_name(path: Path, lines: list[str], flag: str | None, registered: str | None) -> str:
+    """The name of this run: the registered one, else --name, else transfer.info line 2.
+
+    Raises:
+        ConfigError: --name differs from the registered name, or the name is not allowed.
+    """
+    if flag is not None and registered is not None and flag != registered:
+        raise ConfigError(
+            "--name",
+            f"this folder's {ME_INFO} is the client {registered!r}, not {flag!r}: leave"
+            f" --name out to send as {registered!r}, or pass --config-dir with another"
+            f" folder to use (or register) {flag!r} there",
+        )
+    source: Path | str
+    line: int | None
+    if flag is not None:
+        name, source, line = flag, "--name", None
+    elif registered is not None:
+        name, source, line = registered, ME_INFO, ME_NAME_LINE
+        if lines and len(lines) >= NAME_LINE and lines[NAME_LINE - 1].strip() != registered:
+            log.warning(
+                "%s line %d names %r but %s holds the client %r; sending as %r"
+                " (remove %s and %s to register a new name)",
+                path, NAME_LINE, lines[NAME_LINE - 1].strip(), ME_INFO, registered,
+                registered, ME_INFO, PRIV_KEY,
+            )
+    else:
+        name, source, line = _line(path, lines, NAME_LINE, "client name").strip(), path, NAME_LINE
+    reason = check_name(name)
+    if reason:
+        raise ConfigError(source, reason, line)
+    return name
+
+
+def _check_files(files: tuple[Path, ...]) -> None:
+    """Check every file of the run before any is sent.
+
+    Raises:
+        ConfigError: naming the first file that cannot be sent (and how many
+            others cannot), saying that nothing was sent when the run has several.
+    """
+    problems = []
+    for file in files:
+        try:
+            check_file(file)
+        except ValueError as exc:
+            problems.append((file, str(exc)))
+    if not problems:
+        return
+    first, reason = problems[0]
+    if len(files) > 1:
+        others = len(problems) - 1
+        more = f" (and {others} other file(s) of the run cannot either)" if others else ""
+        reason += f"{more}; nothing was sent: each of the {len(files)} files is checked first"
+    raise ConfigError(first, reason)
 
 
 def _parse_with(parse: Callable[[], T], source: Path | str, line: int | None) -> T:

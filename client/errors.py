@@ -55,6 +55,10 @@ class NetworkError(ClientError):
         self.timed_out = timed_out
 
 
+class NotAServer(ClientError):
+    """The address answers in another protocol (client/foreign.py): no retry can help."""
+
+
 class MalformedReply(ClientError):
     """The server sent bytes that break docs/PROTOCOL.md; the stream is unusable."""
 

@@ -7,15 +7,16 @@ the protocol's rule; within one run it would lose a file without a word. So
 name, before anything is sent, naming both paths; with ``rename_duplicates``
 it sends the later ones as ``stem (2).ext``, ``stem (3).ext`` … and says so.
 
-Folders (``-r``) are walked in name order. Each file is sent under its path
-relative to the folder's parent, parts joined by ``/`` (``photos/2024/a.jpg``):
-the name field carries any byte but NUL, and a server must store such a name
-without following it as a path (PROTOCOL.md "Rules", HOSTILE.md E1; ours
-keeps it whole, as ``photos%2F2024%2Fa.jpg`` on disk). Where the protocol does
-not allow it, a path longer than the field's 254 bytes, the file is sent
-under its base name with a warning; ``flat`` sends every file under its base
-name (for servers that refuse ``/`` in a name). Either way the duplicate rule
-above still holds.
+Folders (``-r``) are walked in name order; what a walk leaves out (a link to
+a folder, a private key, a link to nothing, a fifo) is logged with why. Each
+file is sent under its path relative to the folder's parent, parts joined by
+``/`` (``photos/2024/a.jpg``): the name field carries any byte but NUL, and a
+server must store such a name without following it as a path (PROTOCOL.md
+"Rules", HOSTILE.md E1; ours keeps it whole, as ``photos%2F2024%2Fa.jpg`` on
+disk). Where the protocol does not allow it, a path longer than the field's
+254 bytes, the file is sent under its base name with a warning; ``flat``
+sends every file under its base name (for servers that refuse ``/`` in a
+name). Either way the duplicate rule above still holds.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ log = logging.getLogger(__name__)
 NAME_SEPARATOR = b"/"
 #: A folder walk never sends these: they hold a client's private key.
 PRIVATE_FILE_NAMES = frozenset({"me.info", "priv.key"})
+#: Why a walk does not enter a symbolic link to a folder.
+LINKED_FOLDER = (
+    "a symbolic link to a folder (-r does not follow links: one may lead out of the"
+    " folder or back into it)"
+)
 #: The flag that sends duplicates under distinct names (named in messages).
 RENAME_FLAG = "--rename-duplicates"
 #: The first number given to a renamed duplicate: "x (2).txt".
@@ -118,27 +124,47 @@ def _expand(paths: Iterable[Path], *, recursive: bool, flat: bool) -> Iterator[U
 
 
 def _walk(folder: Path, *, flat: bool) -> Iterator[Upload]:
-    """Every regular file under folder, in name order, with its name to send."""
+    """Every regular file under folder, in name order, with its name to send.
+
+    What is left out is logged, each with why, and counted in a closing line.
+    """
     prefix = folder.resolve().name
-    found = 0
+    found = skipped = 0
 
     def fail(exc: OSError) -> None:
         raise ConfigError(exc.filename or folder, f"cannot read the folder: {exc.strerror}")
 
     for top, dirs, files in os.walk(folder, onerror=fail):
         dirs.sort()
+        for dir_name in [name for name in dirs if Path(top, name).is_symlink()]:
+            # os.walk would leave it out without a word.
+            log.warning("not sending %s: %s", Path(top, dir_name), LINKED_FOLDER)
+            dirs.remove(dir_name)
+            skipped += 1
         for file_name in sorted(files):
             path = Path(top, file_name)
-            if file_name in PRIVATE_FILE_NAMES:
-                log.warning("not sending %s: a client's private key (name it to send it)", path)
-                continue
-            if not path.is_file():
-                log.warning("not sending %s: not a regular file", path)
+            why = _left_out(path)
+            if why is not None:
+                log.warning("not sending %s: %s", path, why)
+                skipped += 1
                 continue
             found += 1
             yield Upload(path, _folder_name(path, folder, prefix, flat=flat))
     if not found:
         log.warning("%s: no files to send in this folder", folder)
+    if skipped:
+        log.warning("%s: %d file(s) to send, %d left out (listed above)", folder, found, skipped)
+
+
+def _left_out(path: Path) -> str | None:
+    """Why a walk does not send the file at path, or None to send it."""
+    if path.name in PRIVATE_FILE_NAMES:
+        return "a client's private key (name it to send it)"
+    if path.is_symlink() and not path.exists():
+        return "a symbolic link to nothing"
+    if not path.is_file():
+        return "not a regular file"
+    return None
 
 
 def _folder_name(path: Path, folder: Path, prefix: str, *, flat: bool) -> bytes:

@@ -20,7 +20,8 @@ from protocol.editions import EDITION_2023C, V3, Edition
 from protocol.printable import quoted
 
 from .config import ServerAddress
-from .errors import MalformedReply, NetworkError
+from . import foreign
+from .errors import MalformedReply, NetworkError, NotAServer
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class Session:
         self.first_request: RequestCode | None = None
         self.connections_opened = 0
         self._eof = False
+        #: The connection's first bytes until they are a known answer (client/foreign.py).
+        self._first_bytes = b""
 
     # -- connection ----------------------------------------------------------
 
@@ -137,6 +140,7 @@ class Session:
         self.requests_on_connection = 0
         self.replies_on_connection = 0
         self._eof = False
+        self._first_bytes = b""
 
     def _new_connection(self) -> ClientConnection:
         # A 2023C client reads an answer it does not expect whole and asks
@@ -250,8 +254,10 @@ class Session:
             data = self._sock.recv(RECV_SIZE)
         except TimeoutError:
             waited = self.timeout if timeout is None else timeout
+            silent = self.replies_on_connection == 0 and not self._first_bytes
+            hint = f" ({foreign.SILENCE_HINT})" if silent else ""
             raise NetworkError(
-                f"the server at {self.address} did not answer within {waited:g} s",
+                f"the server at {self.address} did not answer within {waited:g} s{hint}",
                 timed_out=True,
             ) from None
         except OSError as exc:
@@ -259,7 +265,20 @@ class Session:
                 f"the connection to {self.address} broke: {exc.strerror or exc}", closed=True
             ) from None
         self._eof = not data
+        if self.replies_on_connection == 0 and len(self._first_bytes) < foreign.TELLING_SIZE:
+            self._check_first_bytes(data)
         self._conn.receive_data(data)
+
+    def _check_first_bytes(self, data: bytes) -> None:
+        """Stop at once when a connection's first bytes are another protocol's.
+
+        Raises:
+            NotAServer: they are (client/foreign.py).
+        """
+        self._first_bytes = (self._first_bytes + data)[: foreign.TELLING_SIZE]
+        verdict = foreign.recognise(self._first_bytes)
+        if verdict is not None:
+            raise NotAServer(f"{self.address} is not a cipherdrop server ({verdict})")
 
     @property
     def reply_carried_id(self) -> bool:

@@ -31,10 +31,15 @@ from .app import App
 from .errors import DurabilityLost, LockError, StorageFault
 from .limits import HELP, LimitOutOfBounds, Limits, size_text
 from .loop import Server, create_listener
+from .metrics import NO_METRICS, Metrics, MetricsUnavailable, PrometheusMetrics
 from .options import (
     MAX_PORT,
     DataDirError,
+    DefaultsHelpFormatter,
+    OneLineErrorParser,
     finite_number,
+    listen_host,
+    metrics_address,
     port_number,
     prepare_data_dir,
     program_name,
@@ -67,12 +72,12 @@ _HANGUP_SIGNAL = "SIGHUP"
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command line: where to listen, where the data is, and the limits."""
     prog = prog or program_name()
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=prog,
         description="cipherdrop server: receives encrypted files (protocol v3).",
         epilog=f"The operator's commands (list, show, delete, verify):"
         f" {prog} {ADMIN_COMMAND} --help",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -81,9 +86,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         f" else {DEFAULT_PORT}; 0 picks a free port)",
     )
     parser.add_argument(
-        "--host", default=ALL_INTERFACES,
-        help="address to listen on ('' = all interfaces, reachable from other machines;"
-        " 127.0.0.1 = this machine only)",
+        "--host", type=listen_host, default=ALL_INTERFACES,
+        help="address or name to listen on (default: all interfaces, reachable from other"
+        " machines; 127.0.0.1 = this machine only)",
     )
     parser.add_argument(
         "--data-dir", type=Path, default=Path("."),
@@ -97,6 +102,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--log-format", default=logsetup.PLAIN, choices=logsetup.FORMATS,
         help="plain: with time and level; journal: for systemd's journal (no time of our"
         " own, the level as a <N> priority prefix)",
+    )
+    parser.add_argument(
+        "--metrics", metavar="HOST:PORT", type=metrics_address, default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off;"
+        " needs the cipherdrop[metrics] extra)",
     )
     limits = parser.add_argument_group("limits")
     for spec in dataclasses.fields(Limits):
@@ -263,6 +273,8 @@ def listen_failure(exc: OSError, host: str, port: int) -> str:
     """Why the server cannot listen, with what to do about it."""
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve --host {host!r} ({exc.strerror or exc})"
+    if exc.errno is not None and exc.errno < 0:  # a gaierror that create_server re-raised
+        return f"--host {host!r} did not resolve to an address"
     # create_server's own text repeats the address: the bare reason instead.
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
     if exc.errno == errno.EADDRINUSE:
@@ -283,8 +295,45 @@ def _stop_signals() -> list[signal.Signals]:
     return found
 
 
+def start_metrics(address: tuple[str, int] | None) -> Metrics:
+    """The metrics to count into: served at ``address``, or none without one.
+
+    Raises:
+        MetricsUnavailable: prometheus_client is not installed.
+        OSError: the address cannot be bound.
+    """
+    if address is None:
+        return NO_METRICS
+    metrics = PrometheusMetrics()
+    host, port = metrics.serve(*address)
+    log.info("metrics on http://%s/metrics", _host_port(host, port))
+    return metrics
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) -> int:
     """Open the storage, listen and serve until a stop signal; the exit code."""
+    try:
+        metrics = start_metrics(args.metrics)
+    except MetricsUnavailable as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_STARTUP_FAILED
+    except OSError as exc:
+        log.error("cannot serve the metrics on %s: %s", _host_port(*args.metrics),
+                  listen_failure(exc, args.metrics[0], args.metrics[1]))
+        return EXIT_STARTUP_FAILED
+    try:
+        return _serve_with(args, limits, data_dir, port, metrics)
+    finally:
+        metrics.close()
+
+
+def _serve_with(
+    args: argparse.Namespace, limits: Limits, data_dir: Path, port: int, metrics: Metrics
+) -> int:
     try:
         metadata, blobs = _open_storage(data_dir, limits.busy_timeout)
     except StorageFault as exc:
@@ -300,7 +349,8 @@ def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) 
         )
         metadata.close()
         return EXIT_STARTUP_FAILED
-    server = Server(App.build(metadata, blobs, limits), listener)
+    server = Server(App.build(metadata, blobs, limits, metrics=metrics), listener)
+    metrics.watch_connections(lambda: len(server.channels))  # read at each scrape
     previous = {
         signum: signal.signal(signum, lambda *_: server.drain())
         for signum in _stop_signals()

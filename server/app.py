@@ -12,6 +12,7 @@ from .budget import DecryptionBudget
 from .errors import StorageFault
 from .limits import Limits
 from .lograte import LogLimiter
+from .metrics import NO_METRICS, Metrics
 from .peer import Peer
 from .storage import BlobStore, MetadataStore
 from .timers import Timers
@@ -103,6 +104,8 @@ class App:
     log_limiter: LogLimiter
     wall_clock: Callable[[], float] = field(default=time.time)
     live_registrations: LiveRegistrations = field(default_factory=LiveRegistrations)
+    #: What the loop, the sessions and the budget report to (server/metrics.py).
+    metrics: Metrics = NO_METRICS
 
     def connection_closed(self, peer: Peer) -> None:
         """A connection closed: drop the uploads and registrations it was holding."""
@@ -153,6 +156,7 @@ class App:
         blobs: BlobStore,
         limits: Limits,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics = NO_METRICS,
     ) -> App:
         """Wire the parts together."""
         timers = Timers(clock)
@@ -160,6 +164,7 @@ class App:
             limits.max_decryption_failures_per_key,
             limits.max_decryption_failures_per_hour,
             clock,
+            metrics,
         )
         log_limiter = LogLimiter(limits.log_lines_per_address, limits.log_rate_interval, clock)
         app = cls(
@@ -171,6 +176,7 @@ class App:
             registrations=RegistrationLimiter(limits.registrations_per_minute, clock),
             budget=budget,
             log_limiter=log_limiter,
+            metrics=metrics,
         )
         timers.call_later(PURGE_INTERVAL, app._purge_periodically)
         if limits.log_lines_per_address:

@@ -23,6 +23,8 @@ import collections
 import logging
 from typing import Callable
 
+from .metrics import NO_METRICS, Metrics
+
 log = logging.getLogger(__name__)
 
 #: The per-client window of failures.
@@ -32,7 +34,11 @@ HOUR = 3600.0
 class DecryptionBudget:
     """Failed decryptions per key and per client in the last hour."""
 
-    def __init__(self, per_key: int, per_hour: int, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, per_key: int, per_hour: int, clock: Callable[[], float],
+        metrics: Metrics = NO_METRICS,
+    ) -> None:
+        self._metrics = metrics
         self._per_key = per_key
         self._per_hour = per_hour
         self._clock = clock
@@ -40,13 +46,25 @@ class DecryptionBudget:
         self._by_client: dict[bytes, collections.deque[float]] = {}
 
     def key_dead(self, client_id: bytes, aes_key: bytes) -> bool:
-        """Whether this key of the client failed too often to be used again."""
+        """Whether this key of the client failed too often to be used again.
+
+        Asked once per request that needs the key: True refuses it (counted).
+        """
         key, count = self._by_key.get(client_id, (b"", 0))
-        return key == aes_key and count >= self._per_key
+        dead = key == aes_key and count >= self._per_key
+        if dead:
+            self._metrics.budget_refusal("key")
+        return dead
 
     def uploads_blocked(self, client_id: bytes) -> bool:
-        """Whether the client failed too often in the last hour to upload now."""
-        return len(self._recent(client_id)) >= self._per_hour
+        """Whether the client failed too often in the last hour to upload now.
+
+        Asked once per upload: True refuses it (counted).
+        """
+        blocked = len(self._recent(client_id)) >= self._per_hour
+        if blocked:
+            self._metrics.budget_refusal("hour")
+        return blocked
 
     def record(self, client_id: bytes, aes_key: bytes, address: str) -> None:
         """Count one failed decryption under ``aes_key`` (from ``address``); log at a limit."""

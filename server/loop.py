@@ -187,23 +187,31 @@ class Server:
         waiting = backlog or self._answering
         timeout = 0.0 if waiting else self.app.timers.timeout(MAX_SELECT_TIMEOUT)
         ready = self._selector.select(timeout)
+        woke = self.app.monotonic()
         turn = RECV_BUFFER_SIZE if len(ready) == 1 and not backlog else SHARED_TURN_SIZE
         for key, mask in ready:
             self._handle(key.data, mask, turn)
         for channel in backlog:
             if not channel.closed:
                 serve(channel, channel.resume)
-        for timer in self.app.timers.due():
+        due = self.app.timers.due()  # earliest first
+        if due:
+            self.app.metrics.loop_lag(self.app.monotonic() - due[0].when)
+        for timer in due:
             if timer.callback is not None:  # set: due() returns live timers only
                 self._run_guarded(timer.callback)
         self._send_answers()
+        self.app.metrics.loop_round(self.app.monotonic() - woke)
 
     def _send_answers(self) -> None:
         """Group commit: one commit and sync for the round, then every answer it holds back."""
         answering = list(self._answering)
         self._answering.clear()  # the list the channels were given
+        started = self.app.monotonic()
         try:
             unstored = self.app.end_round(durable=bool(answering))
+            if answering:
+                self.app.metrics.storage_commit(self.app.monotonic() - started)
         except DurabilityLost as exc:
             log.critical(
                 "cannot make this round's commits durable (%s): stopping; %d connection(s)"

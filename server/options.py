@@ -1,7 +1,8 @@
 """Checking the server's command line: each bad value ends in one line, never a traceback.
 
 argparse calls the ``type`` functions below; an ``ArgumentTypeError`` becomes
-``usage: …`` plus ``error: argument --port: …`` and exit code 2.
+one line, ``error: argument --port: …; see … --help``, and exit code 2
+(:class:`OneLineErrorParser`: no usage block before it).
 :func:`prepare_data_dir` makes the data folder usable before anything else
 touches it.
 """
@@ -12,8 +13,10 @@ import argparse
 import errno
 import math
 import os
+import socket
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 MAX_PORT = 65535
 #: The name ``python -m server`` gives itself in ``usage:`` when run that way.
@@ -21,6 +24,30 @@ MODULE_PROGRAM = "python -m server"
 _MAIN_FILE = "__main__.py"
 #: A data folder made by the server is its own: nobody else reads received files.
 DATA_DIR_MODE = 0o700
+
+
+#: A flag's help that already says what its default does (argparse would add
+#: ``(default: None)`` after it).
+DEFAULT_STATED = "(default:"
+#: Exit code of a refused command line (argparse's own).
+EXIT_USAGE = 2
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A parser whose refusal is one line (the error, then where the help is)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE; see PROG --help`` and exit 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: …)`` to a flag's help unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help and DEFAULT_STATED in action.help:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class DataDirError(Exception):
@@ -51,6 +78,33 @@ def port_number(text: str) -> int:
             f"must be 0 (any free port) to {MAX_PORT}, got {value}"
         )
     return value
+
+
+def listen_host(text: str) -> str:
+    """An address to listen on: '' (every interface) or a name that resolves."""
+    if not text:
+        return text
+    try:
+        socket.getaddrinfo(text, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} did not resolve to an address ({exc.strerror or exc})"
+        ) from None
+    except UnicodeError:  # a label over 63 characters, or not IDNA
+        raise argparse.ArgumentTypeError(f"{text!r} is not a host name") from None
+    return text
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``) where the metrics are served; port 0 picks one."""
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT, as in 127.0.0.1:9100, got {text!r}"
+        )
+    return listen_host(host), port_number(port_text)
 
 
 def whole_number(text: str) -> int:

@@ -524,6 +524,7 @@ class Session:
         response = _error_response(response_code)
         self._send(response)
         self._log_request(level, code, client, response, reason, refused=True)
+        self.app.metrics.refusal(error, reason)
         self._count_error(close=close)
 
     def _count_error(self, close: bool) -> None:
@@ -571,12 +572,18 @@ class Session:
         *,
         refused: bool = False,
     ) -> None:
-        """The request's one log line; nothing is formatted when the level is off.
+        """The request's one log line (and its count); nothing is formatted when off.
 
         Past its address's budget (server/lograte.py) the line goes to DEBUG.
         """
         if client:
             self._last_client = client
+        if self.app.metrics.enabled:
+            answer = result if isinstance(result, str) else self._answer_code(result)
+            self.app.metrics.request(
+                (self._decoder.edition or V3).name, self._code_text(code), answer,
+                self._request_size, code, refused,
+            )
         level = self.app.log_limiter.level(log, self.peer.address, level)
         if not log.isEnabledFor(level):
             return

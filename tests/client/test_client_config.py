@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -286,3 +287,41 @@ def test_unwritable_folder_is_a_config_error(work, monkeypatch):
     monkeypatch.setattr(config.tempfile, "mkstemp", fail)
     with pytest.raises(ConfigError, match="priv.key: cannot write: Permission denied"):
         save_identity(work, Identity(NAME, CLIENT_ID, KEY))
+
+
+# -- --name beside a registered identity (issue 24, point 8) ----------------------
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (connecting is refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_registered_identity_needs_no_name(work, data, run_client):
+    write_me_info(work, [NAME, CLIENT_ID.hex(), KEY_TEXT])
+    result = run_client("--server", f"127.0.0.1:{closed_port()}", str(data))
+    assert result.code == ExitCode.NETWORK, result.err  # past the configuration, to the network
+    assert "transfer.info" not in result.err
+    settings = load_settings(work, server="h:1", files=(data,), stored_name=lambda _: NAME)
+    assert settings.name == NAME
+
+
+def test_a_name_other_than_the_registered_one_is_refused(work, data, run_client):
+    write_me_info(work, [NAME, CLIENT_ID.hex(), KEY_TEXT])
+    result = run_client("--server", f"127.0.0.1:{closed_port()}", "--name", "other", str(data))
+    assert result.code == ExitCode.CONFIG
+    [line] = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: --name: this folder's me.info is the client {NAME!r},"
+                           " not 'other':"), line
+    assert "--config-dir" in line
+    same = run_client("--server", f"127.0.0.1:{closed_port()}", "--name", NAME, str(data))
+    assert same.code == ExitCode.NETWORK, same.err
+
+
+def test_transfer_info_name_beside_another_registered_one_warns_and_uses_it(work, data, caplog):
+    write_transfer_info(work, "h:1", "other", "data.bin")
+    settings = load_settings(work, stored_name=lambda _: NAME)
+    assert settings.name == NAME
+    assert f"names 'other' but me.info holds the client {NAME!r}" in caplog.text

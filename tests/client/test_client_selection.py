@@ -136,3 +136,35 @@ def test_sendable_path_answers_with_the_name_to_send_and_reads_the_file(tmp_path
         assert source.read() == b"content"
     assert os.fspath(renamed) == str(data)
     assert renamed.parent.name == "b"
+
+
+# -- what a walk leaves out, and a missing file among others (issue 24, point 10) ----
+
+
+def test_r_names_each_thing_it_leaves_out_and_why(tmp_path, caplog):
+    root = tmp_path / "photos"
+    touch(root / "a.jpg")
+    elsewhere = touch(tmp_path / "elsewhere" / "b.jpg").parent
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "dangling.jpg").symlink_to(tmp_path / "nothing")
+    os.mkfifo(root / "pipe")
+    with caplog.at_level(logging.WARNING):
+        uploads = plan_uploads([root], recursive=True)
+    assert names(uploads) == ["photos/a.jpg"]
+    assert f"not sending {root / 'linked'}: a symbolic link to a folder" in caplog.text
+    assert f"not sending {root / 'dangling.jpg'}: a symbolic link to nothing" in caplog.text
+    assert f"not sending {root / 'pipe'}: not a regular file" in caplog.text
+    assert caplog.messages[-1] == f"{root}: 1 file(s) to send, 3 left out (listed above)"
+
+
+def test_a_missing_file_among_others_says_nothing_was_sent(tmp_path, capsys):
+    from client.__main__ import ExitCode, main
+    present = touch(tmp_path / "a.txt")
+    missing = tmp_path / "gone.txt"
+    code = main(["--config-dir", str(tmp_path), "--server", "127.0.0.1:1", "--name", "alice",
+                 str(present), str(missing), str(tmp_path / "also-gone.txt")])
+    assert code == ExitCode.CONFIG
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (f"error: gone.txt: file {str(missing)!r} not found (and 1 other file(s) of"
+                    " the run cannot either); nothing was sent: each of the 3 files is checked"
+                    " first")

@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from client.config import ServerAddress
-from client.errors import MalformedReply, NetworkError
+from client.errors import MalformedReply, NetworkError, NotAServer
 from client.progress import BarProgress, LogProgress, NoProgress, make_progress
 from client.session import Session
 from protocol import (
@@ -103,7 +103,7 @@ def test_two_replies_in_one_piece(fake):
         ([TimeoutError()], NetworkError, "did not answer within 30 s"),
         ([ConnectionResetError(104, "Connection reset by peer")], NetworkError, "reset"),
         ([struct.pack("<BHI", 3, 1600, 3) + b"abc"], MalformedReply, "payload must be 16"),
-        ([struct.pack("<BHI", 3, 1599, 0)], MalformedReply, "unknown response code 1599"),
+        ([struct.pack("<BHI", 3, 1599, 0)], NotAServer, "no edition of the protocol has"),
     ],
 )
 def test_failures_are_typed(fake, pieces, error, message):
@@ -111,6 +111,15 @@ def test_failures_are_typed(fake, pieces, error, message):
     session = Session(ADDRESS)
     with pytest.raises(error, match=message):
         session.request(Register(client_id=bytes(16), name="alice"))
+
+
+def test_an_unknown_code_after_the_first_answer_is_a_malformed_reply(fake):
+    fake.pieces = [REPLY + struct.pack("<BHI", 3, 1599, 0)]
+    session = Session(ADDRESS)
+    assert session.request(Register(client_id=bytes(16), name="alice")) == Registered(
+        client_id=CLIENT_ID)
+    with pytest.raises(MalformedReply, match="unknown response code 1599"):
+        session.receive()
 
 
 def test_reset_starts_a_fresh_connection_and_parser(fake):

@@ -34,10 +34,12 @@ def run(*args, cwd=None, program=None):
 
 
 def one_line_error(result, code=USAGE_ERROR) -> str:
-    """The error line of a refused command line (argparse prints usage first)."""
+    """The one line of a refused command line, without where the help is."""
     assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr
-    return [line for line in result.stderr.splitlines() if "error" in line.lower()][-1]
+    [line] = result.stderr.splitlines()  # no usage block before it (issue 24, point 4)
+    message, see = line.rsplit("; ", 1)
+    assert see == f"see {line.split(':', 1)[0]} --help"
+    return message
 
 
 def test_version_of_both_programs():
@@ -81,9 +83,36 @@ def test_bad_limit_is_one_line(tmp_path, flag, value, message):
 
 def test_usage_shows_the_name_it_was_started_as(tmp_path):
     result = run("--port", "x", program="/usr/local/bin/cipherdrop-server")
-    assert result.stderr.startswith("usage: cipherdrop-server ")
-    assert "cipherdrop-server: error: argument --port" in result.stderr
-    assert run("--port", "x").stderr.startswith("usage: python -m server ")
+    assert one_line_error(result).startswith("cipherdrop-server: error: argument --port")
+    assert result.stderr.endswith("; see cipherdrop-server --help\n")
+    assert one_line_error(run("--port", "x")).startswith("python -m server: error: ")
+
+
+def test_unknown_flag_is_one_line(tmp_path):
+    line = one_line_error(run("--prot", "1256", "--data-dir", str(tmp_path)))
+    assert line == "python -m server: error: unrecognized arguments: --prot 1256"
+
+
+def test_help_says_what_a_missing_port_or_host_does():
+    result = run("--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # argparse wraps the help
+    assert "(default: None)" not in text and "(default: )" not in text
+    assert "(default: from port.info in the data folder, else 1256;" in text
+    assert "(default: all interfaces," in text
+    assert "(default: 1024)" in text  # the others keep theirs
+
+
+#: A name the resolver refuses itself (a space): no query leaves the machine.
+UNRESOLVABLE = "no such host.invalid"
+
+
+def test_host_that_does_not_resolve_is_a_usage_error(tmp_path):
+    result = run("--host", UNRESOLVABLE, "--port", "0", "--data-dir", str(tmp_path))
+    line = one_line_error(result)
+    assert line.startswith(f"python -m server: error: argument --host: {UNRESOLVABLE!r}"
+                           " did not resolve to an address ("), line
+    assert not (tmp_path / "defensive.db").exists()  # refused before anything started
 
 
 def start_and_stop(data_dir, *flags):
@@ -149,6 +178,8 @@ def test_listen_failure_hints():
     assert "check --host" in listen_failure(OSError(errno.EADDRNOTAVAIL, "x"), "10.0.0.9", 1)
     assert "need privileges" in listen_failure(OSError(errno.EACCES, "x"), "", 80)
     assert "cannot resolve --host" in listen_failure(socket.gaierror(-2, "Name unknown"), "nope", 1)
+    # socket.create_server re-raises a failed resolution as a plain OSError(-2, ...)
+    assert listen_failure(OSError(-2, "x"), "nope", 1) == "--host 'nope' did not resolve to an address"
 
 
 def test_all_interfaces_is_announced_loudly(caplog):
