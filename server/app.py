@@ -12,6 +12,7 @@ from .budget import DecryptionBudget
 from .errors import StorageFault
 from .limits import Limits
 from .peer import Peer
+from .shares import RoundShares
 from .storage import BlobStore, MetadataStore
 from .timers import Timers
 from .upload import Uploads
@@ -98,6 +99,8 @@ class App:
     uploads: Uploads
     registrations: RegistrationLimiter
     budget: DecryptionBudget
+    #: What each address may have done in the current loop round.
+    shares: RoundShares
     wall_clock: Callable[[], float] = field(default=time.time)
     live_registrations: LiveRegistrations = field(default_factory=LiveRegistrations)
 
@@ -153,14 +156,18 @@ class App:
             limits.max_decryption_failures_per_hour,
             clock,
         )
+        shares = RoundShares(
+            limits.requests_per_address_per_round, limits.durable_files_per_address_per_round
+        )
         app = cls(
             metadata=metadata,
             blobs=blobs,
             limits=limits,
             timers=timers,
-            uploads=Uploads(timers, limits, metadata, blobs, budget),
+            uploads=Uploads(timers, limits, metadata, blobs, budget, shares),
             registrations=RegistrationLimiter(limits.registrations_per_minute, clock),
             budget=budget,
+            shares=shares,
         )
         timers.call_later(PURGE_INTERVAL, app._purge_periodically)
         return app

@@ -122,6 +122,23 @@ class Limits:
     registrations_per_minute: int = limit(
         30, "registrations per IP address per minute (0: no limit)"
     )
+    #: One connection's turn is at most 4 requests; these two bound all the
+    #: connections of one address together, so that many connections from
+    #: one address cannot fill every loop round with their work and stall
+    #: the other clients (server/shares.py, bench/fairness.py).
+    requests_per_address_per_round: int = limit(
+        8,
+        "requests the connections of one IP address may have handled in one"
+        " loop round, together; the rest wait for the next rounds (0: no limit)",
+    )
+    #: A file made durable costs file and folder fsyncs in the loop thread,
+    #: milliseconds each where another request costs microseconds: one per
+    #: address per round keeps another client's round trip short.
+    durable_files_per_address_per_round: int = limit(
+        1,
+        "uploads completed (or confirmed versions installed) for one IP address"
+        " in one loop round, together; the rest wait for the next rounds (0: no limit)",
+    )
     #: Variant 8 (docs/PROTOCOL.md): clients that wait for 1604 wait this long.
     retry_ack_delay: float = limit(
         1.0, "seconds to wait after 901 for an 828 before answering 1604"

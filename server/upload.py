@@ -69,6 +69,7 @@ from .errors import Refusal, StorageFault
 from .labels import printable
 from .limits import Limits
 from .peer import Peer
+from .shares import RoundShares
 from . import crashpoints
 from .storage import BlobStore, MetadataStore, TempBlob, commit
 from .timers import Timer, Timers
@@ -341,8 +342,11 @@ class Uploads:
         metadata: MetadataStore,
         blobs: BlobStore,
         budget: DecryptionBudget,
+        shares: RoundShares,
     ) -> None:
         self._timers = timers
+        #: Files made durable are charged to the address they came from.
+        self._shares = shares
         self._limits = limits
         self._metadata = metadata
         self._blobs = blobs
@@ -547,6 +551,7 @@ class Uploads:
             StorageFault: the file could not be kept (the caller discards it).
         """
         result = phase.incoming.result
+        self._shares.file_made_durable(upload.address)
         commit.seal(phase.temp)
         previous = self._metadata.file_row(upload.client_id, upload.file_name)
         awaits: _FirstInstall | None
@@ -664,6 +669,7 @@ class Uploads:
             raise Refusal("nothing to verify: this upload was given up (901/902)")
         crashpoints.reached("verify.before_commit")
         if isinstance(phase, Pending):
+            self._shares.file_made_durable(upload.address)
             if any(first.path_name == phase.path_name for first in self._to_install):
                 # The name's first upload came in this same round: it takes its
                 # name first, or it would replace this confirmed version.
