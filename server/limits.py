@@ -114,7 +114,10 @@ class Limits:
     #: A client uploading several files at once (``--jobs``) sends each on its
     #: own connection; each upload reserves disk and a temp file, so a few.
     max_uploads_per_client: int = limit(
-        8, "files one client may be sending at once (each of another name)", minimum=1
+        8,
+        "files one client may be sending at once (each of another name), new versions"
+        " of stored files waiting for their 900 included",
+        minimum=1,
     )
     max_clients: int = limit(100_000, "registered clients; more registrations get 1601")
     #: Far above what a real client does (one per run), far below a flood

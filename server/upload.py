@@ -1,7 +1,8 @@
 """A file being received, from its first packet to the client's verdict: one owner.
 
 Each client id has at most one upload in progress per file name (and at most
-``max_uploads_per_client`` at once), and one complete upload per file name
+``max_uploads_per_client`` at once, pending versions included: each holds a
+temp blob), and one complete upload per file name
 waiting for its verdict, kept here rather than on a connection: a
 per-request client (docs/PROTOCOL.md, variant 7) sends each 828 and its 900
 on a new connection, so an upload outlives the connection that started it.
@@ -382,6 +383,13 @@ class Uploads:
         """The client's uploads in progress, of every name."""
         return list(self._uploads.get(client_id, {}).values())
 
+    def _holding_temps(self, client_id: bytes) -> list[Upload]:
+        """The client's uploads that hold a temp blob: in progress, or pending versions."""
+        waiting = self._complete.get(client_id, {}).values()
+        return self.in_progress(client_id) + [
+            upload for upload in waiting if isinstance(upload.phase, Pending)
+        ]
+
     def completed(self, client_id: bytes, file_name: bytes) -> Upload | None:
         """The client's complete upload of ``file_name`` waiting for verdicts, if any."""
         return self._complete.get(client_id, {}).get(file_name)
@@ -422,9 +430,12 @@ class Uploads:
             return DroppedPacket(Refused("another upload of this client and file is in progress"))
         self._start_over(client_id, peer)
         name = packet.file_name.text
-        others = sum(other.file_name != name for other in self.in_progress(client_id))
+        others = sum(other.file_name != name for other in self._holding_temps(client_id))
         if others >= self._limits.max_uploads_per_client:
-            return DroppedPacket(Refused("too many uploads of this client in progress"))
+            return DroppedPacket(Refused(
+                "too many uploads of this client in progress (or pending versions"
+                " waiting for their 900)"
+            ))
         return self._begin(client_id, aes_key, peer, per_request, packet, order)
 
     def _start_over(self, client_id: bytes, peer: Peer) -> None:

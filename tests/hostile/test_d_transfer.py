@@ -525,6 +525,31 @@ def test_d7_uploads_at_once_per_client_are_bounded(server_factory):
     guard.check()
 
 
+def test_d7_pending_versions_count_toward_the_uploads_per_client(server_factory):
+    # Each later version of a stored name waits for its 900 as a temp file:
+    # one connection must not hold more of them than --max-uploads-per-client.
+    limit = 2
+    server = server_factory("--max-uploads-per-client", str(limit))
+    guard = Guard(server)
+    names = [f"v{number}.bin" for number in range(limit + 1)]
+    with server.client() as client:
+        identity = make_identity(client)
+        for name in names:
+            verified_upload(client, identity, name, b"stored version")
+        for name in names[:limit]:  # new versions, no verdict: pending
+            assert isinstance(upload(client, identity, name, b"new version"), FileReceived)
+        assert len(temp_files(server)) == limit
+        assert isinstance(upload(client, identity, names[limit], b"new version"), GeneralError)
+        assert len(temp_files(server)) == limit
+        # a verdict frees its place: the refused name may come now
+        assert isinstance(
+            client.request(CrcOk(client_id=identity.client_id, file_name=names[0])), Acknowledged
+        )
+        assert isinstance(upload(client, identity, names[limit], b"new version"), FileReceived)
+    wait_until(lambda: not temp_files(server), "the pending versions dropped with their connection")
+    guard.check()
+
+
 def test_d7_two_clients_same_file_name_stay_apart(server):
     guard = Guard(server)
     with server.client() as a, server.client() as b:
