@@ -120,6 +120,14 @@ class Limits:
         minimum=1,
     )
     max_clients: int = limit(100_000, "registered clients; more registrations get 1601")
+    #: Off by default: the protocol has no way to delete a file, so a quota
+    #: is a policy the operator chooses (docs/OPERATING.md).
+    max_bytes_per_client: int = limit(
+        0,
+        "bytes one client may keep: its stored files (verified or not), its new"
+        " versions waiting for their 900 and its uploads in progress; an upload"
+        " that would go over it gets 1607 (0: no limit)",
+    )
     #: Far above what a real client does (one per run), far below a flood
     #: that fills ``max_clients``.
     registrations_per_minute: int = limit(

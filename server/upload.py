@@ -498,6 +498,7 @@ class Uploads:
                 max_content_size=self._limits.max_content_size,
                 crc32=flavour is CrcFlavour.ZLIB,  # the answer's CRC only, in the one pass
             )
+            self._check_quota(client_id, packet.file_name.text, incoming.max_plain_size)
             self._check_disk(peer, incoming.max_plain_size)
             temp = self._blobs.new_temp(client_id)
         except (Refusal, RemoteProtocolError, StorageFault) as exc:
@@ -512,6 +513,31 @@ class Uploads:
         self._add(started)
         self._set_holders(started, owner=started.owner, streaming=peer)
         return StreamingPacket(self, started, peer, per_request, phase, order.total == 1)
+
+    def _check_quota(self, client_id: bytes, file_name: bytes, need: int) -> None:
+        """Room for the file's worst case within the client's quota (``max_bytes_per_client``).
+
+        What the client holds: its stored files, its pending versions and its
+        other uploads in progress (each at its worst case). A new version of a
+        stored name counts beside the stored one: both are on disk until its 900.
+
+        Raises:
+            Refusal: the upload could take the client over its quota.
+            StorageFault: the stored bytes cannot be read.
+        """
+        quota = self._limits.max_bytes_per_client
+        if not quota:
+            return
+        held = self._metadata.stored_bytes(client_id) + sum(
+            _bytes_held(upload)
+            for upload in self._holding_temps(client_id)
+            if not (upload.file_name == file_name and isinstance(upload.phase, Receiving))
+        )
+        if held + need > quota:
+            raise Refusal(
+                f"over the client's quota: {held} bytes held, this file up to {need},"
+                f" quota {quota}"
+            )
 
     def _check_disk(self, peer: Peer, need: int) -> None:
         """Room for the file's worst case, within this address's share.
@@ -845,6 +871,15 @@ class Uploads:
             upload.phase.temp.discard()
             if isinstance(upload.phase, Pending):
                 upload.phase = GivenUp(upload.phase.result, upload.phase.path_name)
+
+
+def _bytes_held(upload: Upload) -> int:
+    """Disk bytes an upload holds or may take: a pending version's, a receiving one's worst case."""
+    if isinstance(upload.phase, Receiving):
+        return upload.phase.incoming.max_plain_size
+    if isinstance(upload.phase, Pending):
+        return upload.phase.result.plain_size
+    return 0
 
 
 def _content(result: ReceivedFile) -> commit.Content:
