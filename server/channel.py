@@ -95,7 +95,7 @@ class Channel:
         self._on_backlog = on_backlog
         self._turn_budget = MAX_REQUESTS_PER_TURN if on_backlog else MAX_UINT32
         self._on_answers = on_answers
-        #: The round's requests per address (None without a loop: no share).
+        #: What each address may still do this round (None without a loop: no share).
         self._shares = shares
         #: The last turn was refused: the address had used its round's share.
         self._deferred = False

@@ -26,11 +26,12 @@ each round resumes it, and select() does not sleep while the backlog is not
 empty (the selector cannot report bytes that were already read). The
 connections of one address share a number of requests and of files made
 durable per round (:class:`~server.shares.RoundShares`): past either, a
-channel is deferred into the backlog, and the next round resumes the deferred channels first, in the
-order they were deferred, then the rest of the backlog, then what select()
-reports: round robin among one address's connections, and however many
-connections one address opens, its work in a round stays bounded, so the
-round (and every other client's answer, which waits for its end) stays short.
+channel is deferred into the backlog, and the next round resumes the
+deferred channels first, in the order they were deferred, then the rest of
+the backlog, then what select() reports: round robin among one address's
+connections. However many connections one address opens, its work in a
+round stays bounded, so the round (and every other client's answer, which
+waits for its end) stays short.
 
 Connection storms must not fill the disk through the log: a connection that
 sent nothing is logged at DEBUG and counted in one INFO line per

@@ -431,7 +431,8 @@ def test_f_a_client_over_its_byte_quota_is_refused(server_factory):
     guard = Guard(server)
     with server.client() as client:
         identity = make_identity(client)
-        assert isinstance(upload(client, identity, "a.bin", os.urandom(20_000)), FileReceived)  # no 900
+        # no 900: an unverified file counts too
+        assert isinstance(upload(client, identity, "a.bin", os.urandom(20_000)), FileReceived)
         assert isinstance(upload(client, identity, "b.bin", os.urandom(20_000)), GeneralError)
         assert isinstance(upload(client, identity, "c.bin", os.urandom(5_000)), FileReceived)
         # a new version of a stored name is held beside the stored one until its 900
