@@ -190,8 +190,11 @@ class Server:
 #: A load benchmark is many clients on one address: lift the per-address
 #: limits that protect a real server from one address, its log budget
 #: included (benchmarks count lines of the log; flags passed later win).
-LOAD_FLAGS = ("--max-connections-per-address", "0", "--registrations-per-minute", "0",
-              "--log-lines-per-address", "0")
+LOAD_FLAGS = (
+    "--max-connections-per-address", "0", "--registrations-per-minute", "0",
+    "--log-lines-per-address", "0",
+    "--requests-per-address-per-round", "0", "--durable-files-per-address-per-round", "0",
+)
 
 
 def start_server(data_dir: Path, *flags: str, log_level: str = "INFO") -> Server:
@@ -416,10 +419,14 @@ class Quietness:
 class RawClient:
     """A blocking connection speaking through ``protocol.ClientConnection``."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = 60.0) -> None:
+    def __init__(self, address: tuple[str, int], timeout: float = 60.0,
+                 source: str | None = None) -> None:
+        """``source``: the local address to connect from (another 127.x.y.z: another peer)."""
         from protocol import ClientConnection
 
-        self.sock = socket.create_connection(address, timeout=timeout)
+        self.sock = socket.create_connection(
+            address, timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn = ClientConnection()
 

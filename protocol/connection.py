@@ -27,6 +27,7 @@ from .editions import (
     family_of,
 )
 from .errors import LocalProtocolError, RemoteProtocolError
+from .incoming import most_packet_content
 from .codes import NAME_FIELD_SIZE
 from .names import NameField, is_valid_client_name
 from .printable import quoted
@@ -174,7 +175,10 @@ class ServerConnection(_Reader):
     ``max_skip_payload`` bounds the payload of a well-framed but wrong request
     (wrong size, unknown code) that is read and dropped while the connection
     stays open; a larger one closes it. ``max_packet_content`` bounds the
-    content of one file request; content is never buffered whole anyway.
+    content of one file request; content is never buffered whole anyway. A
+    file request whose content no layout it may be in can take
+    (:func:`~protocol.incoming.most_packet_content`) is refused at its fixed
+    fields, unread, unless it is small enough to skip.
     """
 
     def __init__(
@@ -376,10 +380,38 @@ class ServerConnection(_Reader):
                 agreeing.insert(0, (edition, message))
         return agreeing[0] if agreeing else self._messages[0]
 
+    def _content_checked(self) -> bool:
+        """A file request's content fits one of its layouts, or is small enough to skip.
+
+        False while the fixed fields are not in.
+
+        Raises:
+            RemoteProtocolError: in no layout it may be in can the content be
+                received (:func:`~protocol.incoming.most_packet_content`), and
+                it is too large to read past: refused unread, closing.
+        """
+        size = self._header.payload_size
+        raw = self._buffer.peek(max(message.payload_size for _, message in self._messages))
+        if raw is None:
+            return False
+        for edition, message in self._messages:
+            try:
+                fields = message.codec.parse(raw)
+            except ConstructError:
+                return True  # malformed: refused as such once read (a 1607 that keeps it)
+            single = edition.whole_file or max(fields.packet_number, fields.total_packets) <= 1
+            most = most_packet_content(fields.content_size, single=single)
+            if size - message.payload_size <= max(most, self.max_skip_payload):
+                return True
+        raise self._fail(
+            f"{self._header.code} file content of {size} payload bytes is more than its"
+            " content_size allows; payload too large to skip, closing"
+        )
+
     def _next_payload(self):
         if any(message.has_content for _, message in self._messages):
             chosen = self._choose()
-            if chosen is None:
+            if chosen is None or not self._content_checked():
                 return self._need_data()
         else:
             chosen = self._messages[0]

@@ -46,6 +46,7 @@ __all__ = [
     "PacketOrder",
     "ReceivedFile",
     "is_first_packet",
+    "most_packet_content",
 ]
 
 #: Zero fill accepted past ``content_size`` on the last packet when no earlier
@@ -53,6 +54,20 @@ __all__ = [
 MAX_ZERO_FILL = 64 * 1024
 #: The one text of every decryption failure (padding, length, anything).
 DECRYPTION_FAILED = "decryption failed"
+
+
+def most_packet_content(content_size: int, *, single: bool) -> int:
+    """The most content a packet of a file of ``content_size`` can carry (``single``: its only one).
+
+    A packet carries at most ``content_size`` bytes of ciphertext (the file's,
+    or its own in variant 6); only the last packet of a file may carry zero
+    fill past it (variant 4), no longer than the file's longest packet (itself
+    at most ``content_size``) or :data:`MAX_ZERO_FILL`, and a file of one packet
+    has no other packet. Whatever is longer can never be received: the
+    decoder refuses it before reading it.
+    """
+    fill = MAX_ZERO_FILL if single else max(content_size, MAX_ZERO_FILL)
+    return content_size + fill
 
 
 class DecryptionFailed(RemoteProtocolError):

@@ -14,6 +14,7 @@ from .limits import Limits
 from .lograte import LogLimiter
 from .metrics import NO_METRICS, Metrics
 from .peer import Peer
+from .shares import RoundShares
 from .storage import BlobStore, MetadataStore
 from .timers import Timers
 from .upload import Uploads
@@ -102,6 +103,8 @@ class App:
     budget: DecryptionBudget
     #: How many event lines each address may log (server/lograte.py).
     log_limiter: LogLimiter
+    #: What each address may have done in the current loop round.
+    shares: RoundShares
     wall_clock: Callable[[], float] = field(default=time.time)
     live_registrations: LiveRegistrations = field(default_factory=LiveRegistrations)
     #: What the loop, the sessions and the budget report to (server/metrics.py).
@@ -167,15 +170,19 @@ class App:
             metrics,
         )
         log_limiter = LogLimiter(limits.log_lines_per_address, limits.log_rate_interval, clock)
+        shares = RoundShares(
+            limits.requests_per_address_per_round, limits.durable_files_per_address_per_round
+        )
         app = cls(
             metadata=metadata,
             blobs=blobs,
             limits=limits,
             timers=timers,
-            uploads=Uploads(timers, limits, metadata, blobs, budget, log_limiter),
+            uploads=Uploads(timers, limits, metadata, blobs, budget, log_limiter, shares),
             registrations=RegistrationLimiter(limits.registrations_per_minute, clock),
             budget=budget,
             log_limiter=log_limiter,
+            shares=shares,
             metrics=metrics,
         )
         timers.call_later(PURGE_INTERVAL, app._purge_periodically)

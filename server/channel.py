@@ -7,7 +7,10 @@ answers. The channel owns what only a transport knows: the selector interest
 ``max_outgoing`` bytes wait, so a peer that does not read cannot make the
 server buffer without bound), turns (at most ``MAX_REQUESTS_PER_TURN``
 requests, then the loop resumes it next round: a pipelining peer cannot hold
-the loop), the lingering close after the session's close verdict (send what
+the loop; and only while its address has some of its share of the round
+left, :class:`~server.shares.RoundShares`: a connection whose address has
+used it is *deferred*, neither read nor stepped, until the loop resumes it in
+a later round), the lingering close after the session's close verdict (send what
 is queued, shut the write side, read and drop the input for a while so the
 close does not reset the answers away), and one timer.
 
@@ -35,6 +38,7 @@ from protocol.codes import MAX_UINT32
 from . import crashpoints
 from .peer import Peer
 from .session import Session, Step
+from .shares import RoundShares
 from .timers import Timer, Timers
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,7 @@ class Channel:
         on_closed: Callable[[Channel], None],
         on_backlog: Callable[[Channel], None] | None = None,
         on_answers: Callable[[Channel], None] | None = None,
+        shares: RoundShares | None = None,
     ) -> None:
         self.sock = sock
         self.session = session
@@ -90,6 +95,12 @@ class Channel:
         self._on_backlog = on_backlog
         self._turn_budget = MAX_REQUESTS_PER_TURN if on_backlog else MAX_UINT32
         self._on_answers = on_answers
+        #: What each address may still do this round (None without a loop: no share).
+        self._shares = shares
+        #: The last turn was refused: the address had used its round's share.
+        self._deferred = False
+        #: Deferred before its socket was read: its resume reads first.
+        self._unread = False
         #: Answers of this round wait in ``_out`` for the loop's sync.
         self._awaiting_sync = False
         self._turn_requests = 0
@@ -131,6 +142,11 @@ class Channel:
         return self.bytes_in == 0 and not self._timed_out
 
     @property
+    def deferred(self) -> bool:
+        """Its last turn was refused (its address had used the round's share): resume it first."""
+        return self._deferred
+
+    @property
     def idle(self) -> bool:
         """Open, between messages, every answer sent: closing it now cuts nothing."""
         return (
@@ -149,6 +165,9 @@ class Channel:
             return
         if self._state is not _State.OPEN or self._backlogged:
             return  # a backlog is handled first (resume), then the socket is read
+        if not self._share_left():
+            self._defer(unread=True)
+            return
         try:
             count = self.sock.recv_into(self._recv_buffer, self.turn_size)
         except (BlockingIOError, InterruptedError):
@@ -208,7 +227,13 @@ class Channel:
     def resume(self) -> None:
         """A new turn for the requests already buffered (after ``on_backlog``)."""
         self._backlogged = False
-        if self._state is _State.OPEN:
+        if self._state is not _State.OPEN:
+            return
+        if self._unread:
+            self._unread = False
+            self.on_readable()
+            self._settle()
+        else:
             self._process()
 
     def fail(self) -> None:
@@ -261,12 +286,15 @@ class Channel:
     def _process(self) -> None:
         """Step the session: one turn's worth, while the out buffer has room."""
         self._turn_requests = 0
+        if not self._share_left():
+            self._defer(unread=False)
+            return
+        self._deferred = False
         drained = self._step()
         self._backlogged = (
             not drained
             and self._state is _State.OPEN
-            and self._turn_requests >= self._turn_budget
-            and len(self._out) < self._limits.max_outgoing
+            and len(self._out) < self._limits.max_outgoing  # else paused, not backlogged
         )
         if (drained or self._backlogged) and self._out and self._on_answers is None:
             # Every request stepped is answered: send the replies at once, in
@@ -278,12 +306,26 @@ class Channel:
             self._on_backlog(self)
         self._settle()
 
+    def _share_left(self) -> bool:
+        """Whether the address may have another request handled this round."""
+        return self._shares is None or self._shares.has_left(self.peer.address)
+
+    def _defer(self, *, unread: bool) -> None:
+        """The address used its share of the round: wait, in the backlog, for a later one."""
+        self._deferred = True
+        self._unread = self._unread or unread
+        self._backlogged = True
+        if self._on_backlog is not None:  # always set when shares are
+            self._on_backlog(self)
+        self._settle()
+
     def _step(self) -> bool:
-        """Step until the session needs data (True), the turn ends or a pause."""
+        """Step until the session needs data (True), the turn or the share ends, or a pause."""
         while (
             self._state is _State.OPEN
             and len(self._out) < self._limits.max_outgoing
             and self._turn_requests < self._turn_budget
+            and self._share_left()
         ):
             step = self.session.next_step()
             self._take_output()
@@ -291,6 +333,8 @@ class Channel:
                 return True
             if step is Step.REQUEST:
                 self._turn_requests += 1
+                if self._shares is not None:
+                    self._shares.request_handled(self.peer.address)
             elif step is Step.CLOSE:
                 verdict = self.session.verdict
                 self._close_after_flush(verdict.reason if verdict else "closed")

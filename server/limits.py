@@ -119,13 +119,41 @@ class Limits:
     #: A client uploading several files at once (``--jobs``) sends each on its
     #: own connection; each upload reserves disk and a temp file, so a few.
     max_uploads_per_client: int = limit(
-        8, "files one client may be sending at once (each of another name)", minimum=1
+        8,
+        "files one client may be sending at once (each of another name), new versions"
+        " of stored files waiting for their 900 included",
+        minimum=1,
     )
     max_clients: int = limit(100_000, "registered clients; more registrations get 1601")
+    #: Off by default: the protocol has no way to delete a file, so a quota
+    #: is a policy the operator chooses (docs/OPERATING.md).
+    max_bytes_per_client: int = limit(
+        0,
+        "bytes one client may keep: its stored files (verified or not), its new"
+        " versions waiting for their 900 and its uploads in progress; an upload"
+        " that would go over it gets 1607 (0: no limit)",
+    )
     #: Far above what a real client does (one per run), far below a flood
     #: that fills ``max_clients``.
     registrations_per_minute: int = limit(
         30, "registrations per IP address per minute (0: no limit)"
+    )
+    #: One connection's turn is at most 4 requests; these two bound all the
+    #: connections of one address together, so that many connections from
+    #: one address cannot fill every loop round with their work and stall
+    #: the other clients (server/shares.py, bench/fairness.py).
+    requests_per_address_per_round: int = limit(
+        8,
+        "requests the connections of one IP address may have handled in one"
+        " loop round, together; the rest wait for the next rounds (0: no limit)",
+    )
+    #: A file made durable costs file and folder fsyncs in the loop thread,
+    #: milliseconds each where another request costs microseconds: one per
+    #: address per round keeps another client's round trip short.
+    durable_files_per_address_per_round: int = limit(
+        1,
+        "uploads completed (or confirmed versions installed) for one IP address"
+        " in one loop round, together; the rest wait for the next rounds (0: no limit)",
     )
     #: Variant 8 (docs/PROTOCOL.md): clients that wait for 1604 wait this long.
     retry_ack_delay: float = limit(

@@ -23,7 +23,15 @@ well: no later answer could rest on that database.
 
 A channel whose turn ended with requests still buffered is in the backlog:
 each round resumes it, and select() does not sleep while the backlog is not
-empty (the selector cannot report bytes that were already read).
+empty (the selector cannot report bytes that were already read). The
+connections of one address share a number of requests and of files made
+durable per round (:class:`~server.shares.RoundShares`): past either, a
+channel is deferred into the backlog, and the next round resumes the
+deferred channels first, in the order they were deferred, then the rest of
+the backlog, then what select() reports: round robin among one address's
+connections. However many connections one address opens, its work in a
+round stays bounded, so the round (and every other client's answer, which
+waits for its end) stays short.
 
 Connection storms must not fill the disk through the log: a connection that
 sent nothing is logged at DEBUG and counted in one INFO line per
@@ -136,7 +144,9 @@ class Server:
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
         self._selector.register(listener, selectors.EVENT_READ, self._accept)
         self._accepting = True
-        self._backlog: set[Channel] = set()
+        #: Channels to resume next round (ordered sets): deferred ones first.
+        self._deferred: dict[Channel, None] = {}
+        self._backlog: dict[Channel, None] = {}
         #: Channels whose answers wait for this round's sync.
         self._answering: list[Channel] = []
         self._silent_closed = 0
@@ -179,9 +189,12 @@ class Server:
             self.close()
 
     def run_once(self) -> None:
-        """One select() round, one turn for each backlogged channel, the due timers."""
-        backlog = list(self._backlog)  # resumed channels may join it again
+        """One select() round: a turn for each backlogged channel, then the ready ones, timers."""
+        # Resumed channels may join the backlog again.
+        backlog = [*self._deferred, *self._backlog]
+        self._deferred.clear()
         self._backlog.clear()
+        self.app.shares.new_round()
         # Answers held since the last round's end (a failure while sending
         # them queues a 1607) go out without waiting in select().
         waiting = backlog or self._answering
@@ -189,11 +202,13 @@ class Server:
         ready = self._selector.select(timeout)
         woke = self.app.monotonic()
         turn = RECV_BUFFER_SIZE if len(ready) == 1 and not backlog else SHARED_TURN_SIZE
-        for key, mask in ready:
-            self._handle(key.data, mask, turn)
         for channel in backlog:
             if not channel.closed:
+                channel.turn_size = turn
                 serve(channel, channel.resume)
+        resumed = set(backlog)  # had their turn this round
+        for key, mask in ready:
+            self._handle(key.data, mask, turn, resumed)
         due = self.app.timers.due()  # earliest first
         if due:
             self.app.metrics.loop_lag(self.app.monotonic() - due[0].when)
@@ -239,11 +254,12 @@ class Server:
         for channel in answering:
             channel.close("answers not durable")
 
-    def _handle(self, target: Channel | Callable[[], None], mask: int, turn: int) -> None:
+    def _handle(self, target: Channel | Callable[[], None], mask: int, turn: int,
+                resumed: set[Channel]) -> None:
         if isinstance(target, Channel):
             if mask & selectors.EVENT_WRITE and not target.closed:
                 serve(target, target.on_writable)
-            if mask & selectors.EVENT_READ and not target.closed:
+            if mask & selectors.EVENT_READ and not target.closed and target not in resumed:
                 target.turn_size = turn
                 serve(target, target.on_readable)
         else:
@@ -286,8 +302,9 @@ class Server:
                 self.app.timers,
                 serve=serve,
                 on_closed=self._closed,
-                on_backlog=self._backlog.add,  # one set for the Server's life
+                on_backlog=self._to_backlog,
                 on_answers=self._answering.append,  # emptied by _send_answers
+                shares=self.app.shares,
             )
             self.channels.add(channel)
             self._per_address[peer.address] = self._per_address.get(peer.address, 0) + 1
@@ -321,9 +338,14 @@ class Server:
             self._selector.register(self.listener, selectors.EVENT_READ, self._accept)
             self._accepting = True
 
+    def _to_backlog(self, channel: Channel) -> None:
+        """Resume ``channel`` next round: among the first if it was deferred."""
+        (self._deferred if channel.deferred else self._backlog)[channel] = None
+
     def _closed(self, channel: Channel) -> None:
         self.channels.discard(channel)
-        self._backlog.discard(channel)
+        self._backlog.pop(channel, None)
+        self._deferred.pop(channel, None)
         if channel.silent:
             self._silent_closed += 1
         count = self._per_address.get(channel.peer.address, 0) - 1

@@ -1,7 +1,8 @@
 """A file being received, from its first packet to the client's verdict: one owner.
 
 Each client id has at most one upload in progress per file name (and at most
-``max_uploads_per_client`` at once), and one complete upload per file name
+``max_uploads_per_client`` at once, pending versions included: each holds a
+temp blob), and one complete upload per file name
 waiting for its verdict, kept here rather than on a connection: a
 per-request client (docs/PROTOCOL.md, variant 7) sends each 828 and its 900
 on a new connection, so an upload outlives the connection that started it.
@@ -70,6 +71,7 @@ from .errors import NoRoom, Refusal, StorageFault
 from .limits import Limits, size_text
 from .lograte import LogLimiter
 from .peer import Peer
+from .shares import RoundShares
 from . import crashpoints
 from .storage import BlobStore, MetadataStore, TempBlob, commit
 from .timers import Timer, Timers
@@ -352,9 +354,12 @@ class Uploads:
         blobs: BlobStore,
         budget: DecryptionBudget,
         log_limiter: LogLimiter,
+        shares: RoundShares,
     ) -> None:
         self._timers = timers
         self._log_limiter = log_limiter
+        #: Files made durable are charged to the address they came from.
+        self._shares = shares
         self._limits = limits
         self._metadata = metadata
         self._blobs = blobs
@@ -389,6 +394,13 @@ class Uploads:
     def in_progress(self, client_id: bytes) -> list[Upload]:
         """The client's uploads in progress, of every name."""
         return list(self._uploads.get(client_id, {}).values())
+
+    def _holding_temps(self, client_id: bytes) -> list[Upload]:
+        """The client's uploads that hold a temp blob: in progress, or pending versions."""
+        waiting = self._complete.get(client_id, {}).values()
+        return self.in_progress(client_id) + [
+            upload for upload in waiting if isinstance(upload.phase, Pending)
+        ]
 
     def completed(self, client_id: bytes, file_name: bytes) -> Upload | None:
         """The client's complete upload of ``file_name`` waiting for verdicts, if any."""
@@ -430,9 +442,12 @@ class Uploads:
             return DroppedPacket(Refused("another upload of this client and file is in progress"))
         self._start_over(client_id, peer)
         name = packet.file_name.text
-        others = sum(other.file_name != name for other in self.in_progress(client_id))
+        others = sum(other.file_name != name for other in self._holding_temps(client_id))
         if others >= self._limits.max_uploads_per_client:
-            return DroppedPacket(Refused("too many uploads of this client in progress"))
+            return DroppedPacket(Refused(
+                "too many uploads of this client in progress (or pending versions"
+                " waiting for their 900)"
+            ))
         return self._begin(client_id, aes_key, peer, per_request, packet, order)
 
     def _start_over(self, client_id: bytes, peer: Peer) -> None:
@@ -495,6 +510,7 @@ class Uploads:
                 max_content_size=self._limits.max_content_size,
                 crc32=flavour is CrcFlavour.ZLIB,  # the answer's CRC only, in the one pass
             )
+            self._check_quota(client_id, packet.file_name.text, incoming.max_plain_size)
             self._check_disk(peer, incoming.max_plain_size)
             temp = self._blobs.new_temp(client_id)
         except (Refusal, RemoteProtocolError, StorageFault) as exc:
@@ -509,6 +525,31 @@ class Uploads:
         self._add(started)
         self._set_holders(started, owner=started.owner, streaming=peer)
         return StreamingPacket(self, started, peer, per_request, phase, order.total == 1)
+
+    def _check_quota(self, client_id: bytes, file_name: bytes, need: int) -> None:
+        """Room for the file's worst case within the client's quota (``max_bytes_per_client``).
+
+        What the client holds: its stored files, its pending versions and its
+        other uploads in progress (each at its worst case). A new version of a
+        stored name counts beside the stored one: both are on disk until its 900.
+
+        Raises:
+            Refusal: the upload could take the client over its quota.
+            StorageFault: the stored bytes cannot be read.
+        """
+        quota = self._limits.max_bytes_per_client
+        if not quota:
+            return
+        held = self._metadata.stored_bytes(client_id) + sum(
+            _bytes_held(upload)
+            for upload in self._holding_temps(client_id)
+            if not (upload.file_name == file_name and isinstance(upload.phase, Receiving))
+        )
+        if held + need > quota:
+            raise Refusal(
+                f"over the client's quota: {held} bytes held, this file up to {need},"
+                f" quota {quota}"
+            )
 
     def _check_disk(self, peer: Peer, need: int) -> None:
         """Room for the file's worst case, within this address's share.
@@ -568,6 +609,7 @@ class Uploads:
             StorageFault: the file could not be kept (the caller discards it).
         """
         result = phase.incoming.result
+        self._shares.file_made_durable(upload.address)
         commit.seal(phase.temp)
         previous = self._metadata.file_row(upload.client_id, upload.file_name)
         awaits: _FirstInstall | None
@@ -685,6 +727,7 @@ class Uploads:
             raise Refusal("nothing to verify: this upload was given up (901/902)")
         crashpoints.reached("verify.before_commit")
         if isinstance(phase, Pending):
+            self._shares.file_made_durable(upload.address)
             if any(first.path_name == phase.path_name for first in self._to_install):
                 # The name's first upload came in this same round: it takes its
                 # name first, or it would replace this confirmed version.
@@ -856,6 +899,15 @@ class Uploads:
             upload.phase.temp.discard()
             if isinstance(upload.phase, Pending):
                 upload.phase = GivenUp(upload.phase.result, upload.phase.path_name)
+
+
+def _bytes_held(upload: Upload) -> int:
+    """Disk bytes an upload holds or may take: a pending version's, a receiving one's worst case."""
+    if isinstance(upload.phase, Receiving):
+        return upload.phase.incoming.max_plain_size
+    if isinstance(upload.phase, Pending):
+        return upload.phase.result.plain_size
+    return 0
 
 
 def _content(result: ReceivedFile) -> commit.Content:

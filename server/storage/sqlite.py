@@ -128,6 +128,8 @@ _SET_LAST_SEEN = "UPDATE clients SET LastSeen = ? WHERE ID = ?"
 _SELECT_FILE = "SELECT ID, FileName, PathName, Verified FROM files WHERE ID = ? AND FileName = ?"
 _SELECT_FILES = "SELECT ID, FileName, PathName, Verified FROM files"
 _SELECT_PATH_NAMES = "SELECT PathName FROM files WHERE ID = ?"
+#: The primary key (ID, FileName) indexes it: the client's rows only are read.
+_SUM_STORED_BYTES = "SELECT COALESCE(SUM(Size), 0) FROM files WHERE ID = ?"
 _UPSERT_FILE = (
     "INSERT INTO files (ID, FileName, PathName, Verified) VALUES (?, ?, ?, 0)"
     " ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName, Verified = 0"
@@ -565,6 +567,11 @@ class SqliteMetadata:
     def path_names(self, client_id: bytes) -> list[str]:
         """The PathName of every file the client has."""
         return [row[0] for row in self._db.execute(_SELECT_PATH_NAMES, (client_id,))]
+
+    @_translated
+    def stored_bytes(self, client_id: bytes) -> int:
+        """The size of every file the client has stored, verified or not."""
+        return self._db.execute(_SUM_STORED_BYTES, (client_id,)).fetchone()[0]
 
     @_translated
     def upsert_file(self, client_id: bytes, file_name: bytes, path_name: str) -> None:

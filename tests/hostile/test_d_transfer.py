@@ -525,6 +525,62 @@ def test_d7_uploads_at_once_per_client_are_bounded(server_factory):
     guard.check()
 
 
+def test_d7_pending_versions_count_toward_the_uploads_per_client(server_factory):
+    # Each later version of a stored name waits for its 900 as a temp file:
+    # one connection must not hold more of them than --max-uploads-per-client.
+    limit = 2
+    server = server_factory("--max-uploads-per-client", str(limit))
+    guard = Guard(server)
+    names = [f"v{number}.bin" for number in range(limit + 1)]
+    with server.client() as client:
+        identity = make_identity(client)
+        for name in names:
+            verified_upload(client, identity, name, b"stored version")
+        for name in names[:limit]:  # new versions, no verdict: pending
+            assert isinstance(upload(client, identity, name, b"new version"), FileReceived)
+        assert len(temp_files(server)) == limit
+        assert isinstance(upload(client, identity, names[limit], b"new version"), GeneralError)
+        assert len(temp_files(server)) == limit
+        # a verdict frees its place: the refused name may come now
+        assert isinstance(
+            client.request(CrcOk(client_id=identity.client_id, file_name=names[0])), Acknowledged
+        )
+        assert isinstance(upload(client, identity, names[limit], b"new version"), FileReceived)
+    wait_until(lambda: not temp_files(server), "the pending versions dropped with their connection")
+    guard.check()
+
+
+@pytest.mark.parametrize("verdict", ["900 on a new connection", "none"])
+def test_d9_a_per_request_pending_version_outlives_its_connection_until_the_idle_timeout(
+    server_factory, verdict
+):
+    idle = 3.0
+    server = server_factory("--idle-timeout", str(idle))
+    guard = Guard(server)
+    with server.client() as client:
+        identity = make_identity(client)
+        verified_upload(client, identity, "p.bin", b"stored version")
+    (packet,) = file_packets(identity, "p.bin", b"new version", 1 << 16)
+    with server.client() as client:  # per-request: the 828 alone on its connection
+        client.send(packet)
+        assert isinstance(client.receive(), FileReceived)
+    stored = client_dir(server, identity.client_id) / "p.bin"
+    crc_ok = CrcOk(client_id=identity.client_id, file_name="p.bin")
+    if verdict == "none":
+        wait_until(lambda: not temp_files(server), "the pending version dropped at the idle timeout",
+                   timeout=idle + HANG_TIMEOUT)
+        server.wait_log("no verdict in time")
+        with server.client() as client:
+            assert isinstance(client.request(crc_ok), GeneralError)
+        assert stored.read_bytes() == b"stored version"
+    else:
+        assert len(temp_files(server)) == 1  # its connection closed; the version waits
+        with server.client() as client:
+            assert isinstance(client.request(crc_ok), Acknowledged)
+        assert stored.read_bytes() == b"new version"
+    guard.check()
+
+
 def test_d7_two_clients_same_file_name_stay_apart(server):
     guard = Guard(server)
     with server.client() as a, server.client() as b:

@@ -25,11 +25,16 @@ from protocol import (
     SendPublicKey,
     crypto,
 )
+from protocol.codes import MAX_UINT32
 from protocol.editions import EDITION_2023C, EDITIONS
 from protocol.events import UnknownResponse
+from protocol.wire import REQUEST_HEADER_SIZE
 from edition_helpers import db_rows, keyed, send_file
+from timing_helpers import load_bound, round_trip
 
 EDITION_IDS = [edition.name for edition in EDITIONS]
+#: More than any two layouts of one file request differ by.
+LAYOUT_PEEK = 64
 
 
 def files_of(server, client_id: bytes) -> list[str]:
@@ -99,6 +104,25 @@ def test_e1_file_names_stay_in_the_client_folder(server, edition):
     assert len(files_of(server, who.client_id)) == len(names)
     assert not (server.data_dir.parent / "escape.txt").exists()
     assert all(path.parent.parent == root for path in root.rglob("*") if path.is_file())
+
+
+@pytest.mark.parametrize("edition", EDITIONS, ids=EDITION_IDS)
+def test_a3_a_file_request_longer_than_its_content_size_allows_is_refused_unread(server, edition):
+    # payload_size 0xFFFFFFFF for a file of 16 bytes: no layout can take that
+    # content, so it is refused at its fixed fields, not read past for 4 GiB.
+    baseline = round_trip(server)
+    with RawClient(server.address, edition=edition) as client:
+        who = keyed(client)
+        request = SendFilePacket(who.client_id, 16, 1, 1, 1, "huge.bin", content=b"")
+        fixed = len(client.conn.send_parts(request, content_length=0)[0]) - REQUEST_HEADER_SIZE
+        head, _ = client.conn.send_parts(request, content_length=MAX_UINT32 - fixed)
+        # A few bytes of content, no more: 2022 and 2023A share their codes,
+        # and a file request is told apart by the fields of the longer layout.
+        client.send_raw(head + bytes(LAYOUT_PEEK))
+        assert isinstance(client.receive(load_bound(baseline)), GeneralError)
+        assert client.closed_within(load_bound(baseline))
+    assert "too large to skip, closing" in server.log()
+    assert files_of(server, who.client_id) == []
 
 
 @pytest.mark.parametrize("edition", EDITIONS, ids=EDITION_IDS)

@@ -423,3 +423,25 @@ def test_f1_descriptor_exhaustion_pauses_accepting_and_recovers(server):
         answer = session.receive()
         assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
     guard.check()
+
+
+def test_f_a_client_over_its_byte_quota_is_refused(server_factory):
+    # What a client keeps counts whether verified, unverified or a new version
+    # waiting for its 900: files never confirmed cannot grow without bound.
+    quota = 30_000
+    server = server_factory("--max-bytes-per-client", str(quota))
+    guard = Guard(server)
+    with server.client() as client:
+        identity = make_identity(client)
+        # no 900: an unverified file counts too
+        assert isinstance(upload(client, identity, "a.bin", os.urandom(20_000)), FileReceived)
+        assert isinstance(upload(client, identity, "b.bin", os.urandom(20_000)), GeneralError)
+        assert isinstance(upload(client, identity, "c.bin", os.urandom(5_000)), FileReceived)
+        # a new version of a stored name is held beside the stored one until its 900
+        assert isinstance(upload(client, identity, "c.bin", os.urandom(5_000)), GeneralError)
+        assert isinstance(upload(client, identity, "d.bin", os.urandom(4_000)), FileReceived)
+    with server.client() as other:  # the quota is each client's own
+        stranger = make_identity(other)
+        assert isinstance(upload(other, stranger, "b.bin", os.urandom(20_000)), FileReceived)
+    assert server.log().count("over the client's quota") == 2
+    guard.check()

@@ -8,6 +8,8 @@ A cut message is an error; EOF between messages is ConnectionClosed.
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 import protocol_vectors as v
@@ -27,6 +29,7 @@ from protocol import (
     ResponseCode,
     ServerConnection,
 )
+from protocol.incoming import MAX_ZERO_FILL
 from protocol_helpers import drain, feed
 
 REGISTER_EVENT = Register(client_id=v.CLIENT_ID, name="alice")
@@ -177,7 +180,8 @@ def test_828_of_4_gib_streams_with_default_limit():
 @pytest.mark.parametrize("limit", [0, 1000, 1 << 20])
 def test_828_content_over_the_limit_closes(limit):
     ok = ServerConnection(max_packet_content=limit)
-    wire = header(828, 267 + limit) + bytes(8) + b"\x01\x00\x01\x00" + v.FILE_NAME_REPORT
+    sizes = struct.pack("<II", limit, 0)  # content_size: the packet's content fits it
+    wire = header(828, 267 + limit) + sizes + b"\x01\x00\x01\x00" + v.FILE_NAME_REPORT
     events = feed(ok, [wire, bytes(limit)])
     assert events[0].bytes_in_packet == limit
     assert events[-1] == FilePacketEnded()
@@ -191,6 +195,38 @@ def test_828_content_over_the_limit_closes(limit):
     huge = ServerConnection(max_packet_content=limit)
     huge.receive_data(header(828, 0xFFFFFFFF))
     assert_fatal(huge)
+
+
+def _packet_head(payload_size: int, content_size: int, number: int, total: int) -> bytes:
+    sizes = struct.pack("<IIHH", content_size, content_size - 1, number, total)
+    return header(828, payload_size) + sizes + v.FILE_NAME_REPORT
+
+
+@pytest.mark.parametrize("number, total", [(1, 1), (2, 3), (3, 3), (3, 1)])
+def test_828_content_no_layout_can_take_is_refused_unread(number, total):
+    content_size = 32
+    single = max(number, total) == 1
+    most = content_size + (MAX_ZERO_FILL if single else max(content_size, MAX_ZERO_FILL))
+    fits = ServerConnection()
+    fits.receive_data(_packet_head(267 + most, content_size, number, total))
+    assert isinstance(fits.next_event(), FilePacketStarted)  # refused later, if at all
+
+    never = ServerConnection()
+    never.receive_data(_packet_head(267 + most + 1, content_size, number, total))
+    error = next_error(never)
+    assert error.close is True and "too large to skip" in str(error)
+    assert_fatal(never)
+
+    huge = ServerConnection()
+    huge.receive_data(_packet_head(0xFFFFFFFF, content_size, number, total))
+    assert next_error(huge).close is True
+
+
+def test_828_content_no_layout_can_take_but_small_is_read_past():
+    # Within the skip cap it goes on as before: read, then refused by its file.
+    small = ServerConnection(max_skip_payload=1 << 20)
+    small.receive_data(_packet_head(267 + 2 * MAX_ZERO_FILL, 16, 1, 1))
+    assert isinstance(small.next_event(), FilePacketStarted)
 
 
 # -- string fields -----------------------------------------------------------

@@ -57,8 +57,13 @@ ROUND_PAUSE = 0.01
 
 @pytest.fixture
 def looped(tmp_path):
-    """A server whose loop the test runs, and its metadata store."""
-    limits = Limits()
+    """A server whose loop the test runs, and its metadata store.
+
+    Every test client is on 127.0.0.1: without the per-address shares of a
+    round (tested in tests/server/test_round_shares.py), one round takes the
+    requests of all of them, as it would from several addresses.
+    """
+    limits = Limits(requests_per_address_per_round=0, durable_files_per_address_per_round=0)
     db = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
     app = App.build(db, FolderBlobs(tmp_path), limits)
     server = Server(app, create_listener("127.0.0.1", 0))
