@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,40 +11,16 @@ from .budget import DecryptionBudget
 from .errors import StorageFault
 from .limits import Limits
 from .peer import Peer
+from .rate import RegistrationLimiter
 from .storage import BlobStore, MetadataStore
 from .timers import Timers
 from .upload import Uploads
 
 log = logging.getLogger(__name__)
 
-_RATE_WINDOW = 60.0
 #: Lapsed keyless registrations are deleted this often (they stopped counting
 #: toward ``max_clients`` when they lapsed; this keeps the database small).
 PURGE_INTERVAL = 300.0
-
-
-class RegistrationLimiter:
-    """Registrations per address in the last minute (a flood of 825s)."""
-
-    def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
-        self._per_minute = per_minute
-        self._clock = clock
-        self._times: dict[str, collections.deque] = {}
-
-    def allow(self, address: str) -> bool:
-        """Count a registration; False when the address is over its rate."""
-        if not self._per_minute:
-            return True
-        now = self._clock()
-        times = self._times.setdefault(address, collections.deque())
-        while times and now - times[0] > _RATE_WINDOW:
-            times.popleft()
-        for stale in [a for a, t in self._times.items() if not t and a != address]:
-            del self._times[stale]
-        if len(times) >= self._per_minute:
-            return False
-        times.append(now)
-        return True
 
 
 class LiveRegistrations:

@@ -45,3 +45,46 @@ def test_at_the_cap_live_clients_decide(tmp_path, monkeypatch):
     assert len(scans) == 1
     _add(app, 3, keyed=True)
     assert handlers._at_client_limit(app)
+
+
+# -- the registration rate: every stale address is forgotten --------------------------------------
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_rate_limiter_forgets_every_stale_address():
+    from server.rate import RATE_WINDOW, RegistrationLimiter
+
+    clock = FakeClock()
+    limiter = RegistrationLimiter(per_minute=2, clock=clock)
+    for number in range(50_000):
+        assert limiter.allow(f"10.{number >> 16}.{(number >> 8) & 255}.{number & 255}")
+    assert len(limiter) == 50_000
+    clock.now += RATE_WINDOW / 2
+    assert limiter.allow("192.0.2.1")
+    assert len(limiter) == 50_001  # all still within the window
+    clock.now += RATE_WINDOW * 60  # an hour later
+    assert limiter.allow("192.0.2.2")
+    assert len(limiter) == 1  # only the address that just registered is kept
+
+
+def test_the_rate_limiter_still_counts_each_address():
+    from server.rate import RATE_WINDOW, RegistrationLimiter
+
+    clock = FakeClock()
+    limiter = RegistrationLimiter(per_minute=2, clock=clock)
+    assert [limiter.allow("192.0.2.1") for _ in range(3)] == [True, True, False]
+    clock.now += RATE_WINDOW / 2
+    assert limiter.allow("192.0.2.2")  # another address is not held back
+    assert not limiter.allow("192.0.2.1")
+    clock.now += RATE_WINDOW / 2 + 1  # the first two left the window
+    assert limiter.allow("192.0.2.1")
+    assert len(limiter) == 2
