@@ -56,6 +56,12 @@ EXIT_DURABILITY_LOST = 3
 #: The first argument that runs the operator's tool instead of the server.
 ADMIN_COMMAND = "admin"
 ALL_INTERFACES = ""
+#: --host values that mean every interface: of both families (dual stack), of one.
+EVERY_INTERFACE = {
+    ALL_INTERFACES: "ALL interfaces",
+    "0.0.0.0": "ALL IPv4 interfaces",
+    "::": "ALL IPv6 interfaces",
+}
 #: Descriptors needed beside the connections (listener, wake-up pair, database,
 #: files being received).
 SPARE_DESCRIPTORS = 64
@@ -82,8 +88,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--host", default=ALL_INTERFACES,
-        help="address to listen on ('' = all interfaces, reachable from other machines;"
-        " 127.0.0.1 = this machine only)",
+        help="address to listen on ('' = all interfaces, IPv4 and IPv6, reachable from"
+        " other machines; '::' = all IPv6 interfaces; 127.0.0.1 or ::1 = this machine only)",
     )
     parser.add_argument(
         "--data-dir", type=Path, default=Path("."),
@@ -235,10 +241,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def announce_listening(host: str, port: int) -> None:
     """Where the server listens: loudly (a warning) when it is every interface."""
-    if host == ALL_INTERFACES:
+    every = EVERY_INTERFACE.get(host.strip("[]"))
+    if every is not None:
         log.warning(
-            "listening on * port %d: ALL interfaces, reachable from other machines;"
-            " --host 127.0.0.1 keeps it to this one", port,
+            "listening on %s port %d: %s, reachable from other machines;"
+            " --host 127.0.0.1 (or ::1) keeps it to this one", host or "*", port, every,
         )
     else:
         log.info("listening on %s port %d", host, port)

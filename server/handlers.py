@@ -105,7 +105,7 @@ def _can_register(app: App, peer: Peer, replacing: bool) -> str | None:
     """Why a new registration is refused (client cap, rate per address), or None."""
     if not replacing and _at_client_limit(app):
         return "client limit reached"
-    if not app.registrations.allow(peer.address):
+    if not app.registrations.allow(peer.group):
         return "registration rate limit for this address"
     return None
 

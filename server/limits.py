@@ -15,6 +15,8 @@ from typing import Any
 
 from protocol.codes import MAX_UINT32
 
+from .peer import DEFAULT_IPV6_PREFIX, IPV6_BITS
+
 KIB = 1024
 MIB = 1024 * KIB
 #: SQLite takes its busy timeout as a signed 32-bit count of milliseconds.
@@ -155,6 +157,17 @@ class Limits:
         " IP address may reserve",
         exclusive=True,
         maximum=1,
+    )
+
+    #: RFC 6177: a host or a home network gets a /64; counting each IPv6
+    #: address alone would give one machine 2^64 "addresses" (server/peer.py).
+    ipv6_prefix: int = limit(
+        DEFAULT_IPV6_PREFIX,
+        "IPv6 peers count as one address per network of this many leading bits for"
+        " every per-address limit (128: each address alone); key binding stays per"
+        " exact address",
+        minimum=1,
+        maximum=IPV6_BITS,
     )
 
     #: systemd's default stop timeout is 90 s (then SIGKILL): well within it.

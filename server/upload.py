@@ -132,8 +132,10 @@ class Upload:
     """One client's file, in one :data:`Phase`."""
 
     client_id: bytes
-    #: Where the first packet came from (disk reservations per address).
+    #: Where the first packet came from (for the log).
     address: str
+    #: The address group of that (disk reservations per address: server/peer.py).
+    group: str
     #: The key it was sent under: a verdict must come under the same key.
     aes_key: bytes
     file_name: bytes
@@ -387,13 +389,13 @@ class Uploads:
         waiting = self._complete.get(client_id, {}).values()
         return max(waiting, key=lambda upload: upload.completed, default=None)
 
-    def reserved_bytes(self, address: str | None = None) -> int:
-        """Disk bytes the uploads in progress may still need (from one address, or all)."""
+    def reserved_bytes(self, group: str | None = None) -> int:
+        """Disk bytes the uploads in progress may still need (from one address group, or all)."""
         return sum(
             upload.reserved
             for names in self._uploads.values()
             for upload in names.values()
-            if address is None or upload.address == address
+            if group is None or upload.group == group
         )
 
     # -- packets ----------------------------------------------------------------
@@ -470,7 +472,8 @@ class Uploads:
 
         def upload(phase: Phase) -> Upload:
             return Upload(
-                client_id, peer.address, aes_key, packet.file_name.text, order, self.clock(),
+                client_id, peer.address, peer.group, aes_key, packet.file_name.text, order,
+                self.clock(),
                 phase, flavour=flavour, preferred=preferred,
             )
 
@@ -511,7 +514,7 @@ class Uploads:
         usable = self._blobs.free_space() - limits.min_free_disk
         unreserved = usable - self.reserved_bytes()
         address_room = int(usable * limits.max_disk_share_per_address) - self.reserved_bytes(
-            peer.address
+            peer.group
         )
         if need > coarse(min(unreserved, address_room)):
             raise Refusal("not enough disk space for this file")
