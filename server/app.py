@@ -18,8 +18,9 @@ from .upload import Uploads
 
 log = logging.getLogger(__name__)
 
-#: Lapsed keyless registrations are deleted this often (they stopped counting
-#: toward ``max_clients`` when they lapsed; this keeps the database small).
+#: Lapsed keyless registrations are deleted this often (and whenever a
+#: registration meets the client cap, so that they stop counting at once);
+#: this keeps the database small.
 PURGE_INTERVAL = 300.0
 
 

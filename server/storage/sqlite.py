@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import sqlite3
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,7 +72,8 @@ _SCHEMA = (
         LastSeen TEXT,
         AESKey BLOB,
         Edition TEXT NOT NULL DEFAULT 'v3',
-        Crc TEXT NOT NULL DEFAULT 'cksum'
+        Crc TEXT NOT NULL DEFAULT 'cksum',
+        UnusedSince REAL
     )""",
     """CREATE TABLE IF NOT EXISTS files (
         ID BLOB NOT NULL,
@@ -95,10 +97,41 @@ _ADDED_COLUMNS = {
     "clients": {
         "Edition": "TEXT NOT NULL DEFAULT 'v3'",
         "Crc": "TEXT NOT NULL DEFAULT 'cksum'",
+        # When the client's unused time began: its registration or its last
+        # key (the binding's IssuedAt); NULL once it stored a file.
+        "UnusedSince": "REAL",
     },
     # The stored content's cksum and size, recorded at install (NULL before).
     "files": {"Cksum": "INTEGER", "Size": "INTEGER"},
 }
+#: What an added column holds in the rows that were there before it (run
+#: right after the column is added). A client without a binding gets the
+#: time of the migration (keyless ones: 0, lapsed, as they were already).
+_FILLED_COLUMNS = {
+    ("clients", "UnusedSince"): (
+        "UPDATE clients SET UnusedSince = CASE WHEN PublicKey IS NULL"
+        " THEN COALESCE((SELECT IssuedAt FROM key_bindings b WHERE b.ID = clients.ID), 0)"
+        " ELSE COALESCE((SELECT IssuedAt FROM key_bindings b WHERE b.ID = clients.ID), :now)"
+        " END WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.ID = clients.ID)"
+    ),
+}
+#: Made after the columns: the keyless registrations by age, so that finding
+#: the lapsed ones reads what it deletes, not every row.
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS clients_keyless ON clients (UnusedSince)"
+    " WHERE PublicKey IS NULL",
+)
+#: The number of clients, kept with the rows by triggers (the count is read
+#: at every registration that meets the cap: a COUNT(*) would read every
+#: row). TEMP: made from the rows at each open, and rolled back with them.
+_COUNTS = (
+    "CREATE TEMP TABLE client_total (Clients INTEGER NOT NULL)",
+    "INSERT INTO client_total SELECT COUNT(*) FROM main.clients",
+    "CREATE TEMP TRIGGER client_added AFTER INSERT ON main.clients BEGIN"
+    " UPDATE client_total SET Clients = Clients + 1; END",
+    "CREATE TEMP TRIGGER client_removed AFTER DELETE ON main.clients BEGIN"
+    " UPDATE client_total SET Clients = Clients - 1; END",
+)
 _REQUIRED_COLUMNS = {
     "clients": {"ID", "Name", "PublicKey", "LastSeen", "AESKey"},
     "files": {"ID", "FileName", "PathName", "Verified"},
@@ -108,17 +141,14 @@ _REQUIRED_COLUMNS = {
 _CLIENT_COLUMNS = "ID, Name, PublicKey, LastSeen, AESKey, Edition, Crc"
 _SELECT_CLIENT_BY_ID = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE ID = ?"
 _SELECT_CLIENT_BY_NAME = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = ?"
-_COUNT_CLIENTS = "SELECT COUNT(*) FROM clients"
-#: Clients that hold a key, or whose keyless registration is still fresh.
-_COUNT_LIVE_CLIENTS = (
-    "SELECT COUNT(*) FROM clients c LEFT JOIN key_bindings b ON b.ID = c.ID"
-    " WHERE c.PublicKey IS NOT NULL OR b.IssuedAt >= ?"
+_COUNT_CLIENTS = "SELECT Clients FROM temp.client_total"
+#: Through the index clients_keyless.
+_STALE_KEYLESS = "SELECT ID FROM clients WHERE PublicKey IS NULL AND UnusedSince < ?"
+_INSERT_CLIENT = (
+    "INSERT INTO clients (ID, Name, LastSeen, Edition, UnusedSince) VALUES (?, ?, ?, ?, ?)"
 )
-_STALE_KEYLESS = (
-    "SELECT c.ID FROM clients c LEFT JOIN key_bindings b ON b.ID = c.ID"
-    " WHERE c.PublicKey IS NULL AND (b.IssuedAt IS NULL OR b.IssuedAt < ?)"
-)
-_INSERT_CLIENT = "INSERT INTO clients (ID, Name, LastSeen, Edition) VALUES (?, ?, ?, ?)"
+#: A new binding (a registration made again, a key issued) starts the unused time again.
+_SET_UNUSED_SINCE = "UPDATE clients SET UnusedSince = ? WHERE ID = ? AND UnusedSince IS NOT NULL"
 _SET_EDITION = "UPDATE clients SET Edition = ? WHERE ID = ?"
 _SET_CRC = "UPDATE clients SET Crc = ? WHERE ID = ?"
 _DELETE_CLIENT = "DELETE FROM clients WHERE ID = ?"
@@ -303,9 +333,13 @@ class SqliteMetadata:
             _probe_write(connection, path)
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
+            # The TEMP tables (_COUNTS) are small and made again at each open.
+            connection.execute("PRAGMA temp_store = MEMORY")
             for statement in _SCHEMA:
                 connection.execute(statement)
             cls._check_columns(connection, path)
+            for statement in (*_INDEXES, *_COUNTS):
+                connection.execute(statement)
         except sqlite3.Error as exc:
             connection.close()
             raise StoreUnusable(f"{path} is unusable ({exc}); left untouched") from exc
@@ -328,6 +362,9 @@ class SqliteMetadata:
                 if column not in present:
                     log.info("adding column %s.%s to %s", table, column, path)
                     connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                    filling = _FILLED_COLUMNS.get((table, column))
+                    if filling:
+                        connection.execute(filling, {"now": time.time()})
 
     def close(self) -> None:
         """Write pending timestamps, make them durable, and close."""
@@ -482,17 +519,15 @@ class SqliteMetadata:
 
     @_translated
     def count_clients(self) -> int:
-        """How many clients are registered."""
+        """How many clients are registered (a number kept with the rows: no scan)."""
         return self._db.execute(_COUNT_CLIENTS).fetchone()[0]
 
     @_translated
-    def count_live_clients(self, keyless_since: float) -> int:
-        """Clients with a key, plus keyless ones registered at or after ``keyless_since``."""
-        return self._db.execute(_COUNT_LIVE_CLIENTS, (keyless_since,)).fetchone()[0]
-
-    @_translated
     def delete_stale_keyless(self, before: float) -> int:
-        """Forget keyless registrations made before ``before``; return how many."""
+        """Forget keyless registrations made (or made again) before ``before``; return how many.
+
+        Reads what it deletes (an index by age), not every row.
+        """
         stale = [row[0] for row in self._db.execute(_STALE_KEYLESS, (before,))]
         for client_id in stale:
             self.delete_client(client_id)
@@ -506,7 +541,7 @@ class SqliteMetadata:
             NameTaken: another client holds the name.
         """
         try:
-            self._db.execute(_INSERT_CLIENT, (client_id, name, timestamp(now), edition))
+            self._db.execute(_INSERT_CLIENT, (client_id, name, timestamp(now), edition, now))
         except sqlite3.IntegrityError as exc:
             raise NameTaken(name) from exc
 
@@ -603,6 +638,7 @@ class SqliteMetadata:
     def set_binding(self, client_id: bytes, address: str, now: float) -> None:
         """Bind the client's key (or registration) to an address from now."""
         self._db.execute(_UPSERT_BINDING, (client_id, address, now, now))
+        self._db.execute(_SET_UNUSED_SINCE, (now, client_id))
         self._used.pop(client_id, None)
 
     def note_key_used(self, client_id: bytes, now: float) -> None:
