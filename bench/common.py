@@ -189,7 +189,11 @@ class Server:
 
 #: A load benchmark is many clients on one address: lift the per-address
 #: limits that protect a real server from one address (flags passed later win).
-LOAD_FLAGS = ("--max-connections-per-address", "0", "--registrations-per-minute", "0")
+LOAD_FLAGS = (
+    "--max-connections-per-address", "0",
+    "--registrations-per-minute", "0",
+    "--max-client-share-per-address", "1",
+)
 
 
 def start_server(data_dir: Path, *flags: str, log_level: str = "INFO") -> Server:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import signal
@@ -40,6 +41,7 @@ from .options import (
     program_name,
     whole_number,
 )
+from .peer import address_group
 from .storage.commit import repair
 from .storage.folder import FolderBlobs
 from .storage.lock import DataDirLock
@@ -172,7 +174,7 @@ def _limits(args: argparse.Namespace) -> Limits:
     return Limits(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(Limits)})
 
 
-def _open_storage(data_dir: Path, busy_timeout: float) -> tuple[SqliteMetadata, FolderBlobs]:
+def _open_storage(data_dir: Path, limits: Limits) -> tuple[SqliteMetadata, FolderBlobs]:
     """Open the stores and repair what a crash left.
 
     The caller holds the data folder's lock (:class:`DataDirLock`).
@@ -180,7 +182,8 @@ def _open_storage(data_dir: Path, busy_timeout: float) -> tuple[SqliteMetadata, 
     Raises:
         StorageFault: with a message for the operator.
     """
-    metadata = SqliteMetadata.open(data_dir / DB_NAME, busy_timeout)
+    group_of = functools.partial(address_group, ipv6_prefix=limits.ipv6_prefix)
+    metadata = SqliteMetadata.open(data_dir / DB_NAME, limits.busy_timeout, group_of)
     try:
         blobs = FolderBlobs(data_dir)
         report = repair(metadata, blobs)
@@ -278,7 +281,7 @@ def _stop_signals() -> list[signal.Signals]:
 def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) -> int:
     """Open the storage, listen and serve until a stop signal; the exit code."""
     try:
-        metadata, blobs = _open_storage(data_dir, limits.busy_timeout)
+        metadata, blobs = _open_storage(data_dir, limits)
     except StorageFault as exc:
         log.error("cannot start: %s", exc)
         return EXIT_STARTUP_FAILED

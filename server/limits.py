@@ -119,6 +119,22 @@ class Limits:
         8, "files one client may be sending at once (each of another name)", minimum=1
     )
     max_clients: int = limit(100_000, "registered clients; more registrations get 1601")
+    #: So that no one address can fill ``max_clients`` (a NAT of many users
+    #: raises it): 1,000 clients per address at the default cap.
+    max_client_share_per_address: float = limit(
+        0.01,
+        "share (0 to 1] of --max-clients that the clients registered from one IP address"
+        " (an IPv6 /64: --ipv6-prefix) may take; at least one client",
+        exclusive=True,
+        maximum=1,
+    )
+    #: A registration that got its key and never stored a file holds a name
+    #: and a share of the cap; a week is far beyond a real first upload.
+    unused_client_lapse: float = limit(
+        7 * 24 * 3600.0,
+        "seconds after its last key (826/827) that a client which never stored a file"
+        " lapses and is deleted, freeing its name and its share of --max-clients (0: never)",
+    )
     #: Far above what a real client does (one per run), far below a flood
     #: that fills ``max_clients``.
     registrations_per_minute: int = limit(

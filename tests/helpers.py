@@ -66,6 +66,7 @@ LOAD_FLAGS = (
     "--max-connections-per-address", "0",
     "--registrations-per-minute", "0",
     "--max-disk-share-per-address", "1",
+    "--max-client-share-per-address", "1",
     "--drain-timeout", "0",
 )
 

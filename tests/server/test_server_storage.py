@@ -100,7 +100,7 @@ def test_database_schema_wal_and_normal_sync(tmp_path):
     }
     assert columns == {
         "clients": ["ID", "Name", "PublicKey", "LastSeen", "AESKey", "Edition", "Crc",
-                    "UnusedSince"],
+                    "UnusedSince", "RegisteredFrom"],
         "files": ["ID", "FileName", "PathName", "Verified", "Cksum", "Size"],
     }
     raw.close()
@@ -256,7 +256,7 @@ def test_last_seen_text_is_the_iso_second_of_the_time(now):
     assert timestamp(now) == expected
 
 
-def test_a_database_of_before_the_lapse_gets_each_clients_unused_time(tmp_path):
+def test_a_database_of_before_the_lapse_gets_each_clients_unused_time_and_address(tmp_path):
     raw = sqlite3.connect(tmp_path / "defensive.db")
     raw.execute(
         "CREATE TABLE clients (ID BLOB PRIMARY KEY, Name TEXT NOT NULL UNIQUE,"
@@ -278,6 +278,10 @@ def test_a_database_of_before_the_lapse_gets_each_clients_unused_time(tmp_path):
     db = open_metadata(tmp_path / "defensive.db")
     unused = dict(db._db.execute("SELECT Name, UnusedSince FROM clients").fetchall())
     assert db.count_clients() == 4
+    # the address a key is bound to stands for the one that registered (its share)
+    assert db.client_by_id(b"c" * 16).registered_from == "192.0.2.1"
+    assert db.client_by_id(b"d" * 16).registered_from is None
+    assert db.count_clients("192.0.2.1") == 2
     db.close()
     letters = {name[0]: value for name, value in unused.items()}
     assert letters["a"] == 5.0  # keyless: from its binding
