@@ -194,6 +194,7 @@ LOAD_FLAGS = (
     "--max-connections-per-address", "0", "--registrations-per-minute", "0",
     "--log-lines-per-address", "0",
     "--requests-per-address-per-round", "0", "--durable-files-per-address-per-round", "0",
+    "--max-client-share-per-address", "1",
 )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import signal
@@ -45,6 +46,7 @@ from .options import (
     program_name,
     whole_number,
 )
+from .peer import address_group
 from .storage.commit import repair
 from .storage.folder import FolderBlobs
 from .storage.lock import DataDirLock
@@ -61,6 +63,12 @@ EXIT_DURABILITY_LOST = 3
 #: The first argument that runs the operator's tool instead of the server.
 ADMIN_COMMAND = "admin"
 ALL_INTERFACES = ""
+#: --host values that mean every interface: of both families (dual stack), of one.
+EVERY_INTERFACE = {
+    ALL_INTERFACES: "ALL interfaces",
+    "0.0.0.0": "ALL IPv4 interfaces",
+    "::": "ALL IPv6 interfaces",
+}
 #: Descriptors needed beside the connections (listener, wake-up pair, database,
 #: files being received).
 SPARE_DESCRIPTORS = 64
@@ -87,8 +95,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--host", type=listen_host, default=ALL_INTERFACES,
-        help="address or name to listen on (default: all interfaces, reachable from other"
-        " machines; 127.0.0.1 = this machine only)",
+        help="address or name to listen on ('' = all interfaces, IPv4 and IPv6, reachable from"
+        " other machines; '::' = all IPv6 interfaces; 127.0.0.1 or ::1 = this machine only)",
     )
     parser.add_argument(
         "--data-dir", type=Path, default=Path("."),
@@ -176,7 +184,7 @@ def _limits(args: argparse.Namespace) -> Limits:
     return Limits(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(Limits)})
 
 
-def _open_storage(data_dir: Path, busy_timeout: float) -> tuple[SqliteMetadata, FolderBlobs]:
+def _open_storage(data_dir: Path, limits: Limits) -> tuple[SqliteMetadata, FolderBlobs]:
     """Open the stores and repair what a crash left.
 
     The caller holds the data folder's lock (:class:`DataDirLock`).
@@ -184,7 +192,8 @@ def _open_storage(data_dir: Path, busy_timeout: float) -> tuple[SqliteMetadata, 
     Raises:
         StorageFault: with a message for the operator.
     """
-    metadata = SqliteMetadata.open(data_dir / DB_NAME, busy_timeout)
+    group_of = functools.partial(address_group, ipv6_prefix=limits.ipv6_prefix)
+    metadata = SqliteMetadata.open(data_dir / DB_NAME, limits.busy_timeout, group_of)
     try:
         blobs = FolderBlobs(data_dir)
         report = repair(metadata, blobs)
@@ -260,10 +269,11 @@ def warn_if_disk_short(blobs: FolderBlobs, min_free_disk: int, data_dir: Path) -
 
 def announce_listening(host: str, port: int) -> None:
     """Where the server listens: loudly (a warning) when it is every interface."""
-    if host == ALL_INTERFACES:
+    every = EVERY_INTERFACE.get(host.strip("[]"))
+    if every is not None:
         log.warning(
-            "listening on * port %d: ALL interfaces, reachable from other machines;"
-            " --host 127.0.0.1 keeps it to this one", port,
+            "listening on %s port %d: %s, reachable from other machines;"
+            " --host 127.0.0.1 (or ::1) keeps it to this one", host or "*", port, every,
         )
     else:
         log.info("listening on %s port %d", host, port)
@@ -335,7 +345,7 @@ def _serve_with(
     args: argparse.Namespace, limits: Limits, data_dir: Path, port: int, metrics: Metrics
 ) -> int:
     try:
-        metadata, blobs = _open_storage(data_dir, limits.busy_timeout)
+        metadata, blobs = _open_storage(data_dir, limits)
     except StorageFault as exc:
         log.error("cannot start: %s", exc)
         return EXIT_STARTUP_FAILED

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from dataclasses import dataclass, field
@@ -13,7 +12,8 @@ from .errors import StorageFault
 from .limits import Limits
 from .lograte import LogLimiter
 from .metrics import NO_METRICS, Metrics
-from .peer import Peer
+from .peer import Peer, address_group
+from .rate import RegistrationLimiter
 from .shares import RoundShares
 from .storage import BlobStore, MetadataStore
 from .timers import Timers
@@ -21,34 +21,11 @@ from .upload import Uploads
 
 log = logging.getLogger(__name__)
 
-_RATE_WINDOW = 60.0
-#: Lapsed keyless registrations are deleted this often (they stopped counting
-#: toward ``max_clients`` when they lapsed; this keeps the database small).
+#: Lapsed clients (keyless registrations past the key window, keyed clients
+#: that never stored a file past ``unused_client_lapse``) are deleted this
+#: often, and whenever a registration meets the client cap or its address's
+#: share of it, so that they stop counting at once; this keeps the database small.
 PURGE_INTERVAL = 300.0
-
-
-class RegistrationLimiter:
-    """Registrations per address in the last minute (a flood of 825s)."""
-
-    def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
-        self._per_minute = per_minute
-        self._clock = clock
-        self._times: dict[str, collections.deque] = {}
-
-    def allow(self, address: str) -> bool:
-        """Count a registration; False when the address is over its rate."""
-        if not self._per_minute:
-            return True
-        now = self._clock()
-        times = self._times.setdefault(address, collections.deque())
-        while times and now - times[0] > _RATE_WINDOW:
-            times.popleft()
-        for stale in [a for a, t in self._times.items() if not t and a != address]:
-            del self._times[stale]
-        if len(times) >= self._per_minute:
-            return False
-        times.append(now)
-        return True
 
 
 class LiveRegistrations:
@@ -132,19 +109,47 @@ class App:
             raise
         return self.uploads.install_first_uploads() if durable else set()
 
-    def purge_lapsed_registrations(self) -> int:
-        """Delete keyless registrations older than the key window; return how many."""
+    @property
+    def client_share(self) -> int:
+        """How many clients one address group may register (``max_client_share_per_address``)."""
+        share = int(self.limits.max_clients * self.limits.max_client_share_per_address)
+        return max(1, share)
+
+    def group_of(self, address: str | None) -> str | None:
+        """The address group of a stored address (server/peer.py), None for none."""
+        return None if address is None else address_group(address, self.limits.ipv6_prefix)
+
+    def purge_lapsed_clients(self) -> int:
+        """Delete lapsed keyless registrations and lapsed unused clients; return how many.
+
+        Each query reads what it deletes (indexes by age). A client with an
+        upload in progress is kept.
+        """
+        now = self.wall_clock()
+        lapse = self.limits.unused_client_lapse
         with self.metadata.transaction():
-            count = self.metadata.delete_stale_keyless(self.wall_clock() - self.limits.key_window)
-        if count:
-            log.info("%d keyless registration(s) lapsed and were deleted", count)
-        return count
+            keyless = self.metadata.delete_stale_keyless(now - self.limits.key_window)
+            unused = [
+                client_id
+                for client_id in (self.metadata.unused_clients(now - lapse) if lapse else [])
+                if not self.uploads.in_progress(client_id)
+            ]
+            for client_id in unused:
+                self.metadata.forget_client(client_id)
+        if keyless:
+            log.info("%d keyless registration(s) lapsed and were deleted", keyless)
+        if unused:
+            log.info(
+                "%d client(s) that never stored a file lapsed and were deleted: %s",
+                len(unused), " ".join(client_id.hex() for client_id in unused),
+            )
+        return keyless + len(unused)
 
     def _purge_periodically(self) -> None:
         try:
-            self.purge_lapsed_registrations()
+            self.purge_lapsed_clients()
         except StorageFault as exc:
-            log.error("cannot delete lapsed registrations: %s", exc)
+            log.error("cannot delete lapsed clients: %s", exc)
         self.timers.call_later(PURGE_INTERVAL, self._purge_periodically)
 
     def _sweep_log_periodically(self) -> None:

@@ -79,9 +79,9 @@ def _registration_address(app: App, client: ClientRow) -> str | None:
 
     Until its 826, a registration is the address's that made it: nothing
     from elsewhere may move its binding, replace it or attach a key to it.
-    After the key window it has lapsed: it holds its name no longer, does not
-    count toward ``max_clients``, and the next 825 or 827 for the name
-    registers it afresh.
+    After the key window it has lapsed: it holds its name no longer, is
+    deleted before it could keep a registration from fitting under
+    ``max_clients``, and the next 825 or 827 for the name registers it afresh.
     """
     binding = app.metadata.binding(client.id)
     if binding is None or app.wall_clock() - binding.issued_at > app.limits.key_window:
@@ -89,24 +89,38 @@ def _registration_address(app: App, client: ClientRow) -> str | None:
     return binding.address
 
 
-def _at_client_limit(app: App) -> bool:
-    """Whether the live clients fill ``max_clients``.
+def _why_no_room(app: App, peer: Peer, replace: ClientRow | None) -> str | None:
+    """Why one more client does not fit: the cap, or the peer's address group's share of it.
 
-    Every live client is a client: the live count, which reads every row,
-    is needed only once the plain count (kept by the store's b-tree) reaches
-    the limit.
+    A registration that replaces another (a lapsed or the peer's own keyless
+    one) leaves the total as it is, and its group's count too if the
+    replaced row was registered from the same group. The counts are numbers
+    the store keeps with its rows; only when one is reached are the lapsed
+    clients deleted (reading only those: indexes by age) and the counts read
+    again. So a registration refused at the cap costs the same with 100
+    clients as with 100,000.
     """
-    cap = app.limits.max_clients
-    if app.metadata.count_clients() < cap:
-        return False
-    return app.metadata.count_live_clients(app.wall_clock() - app.limits.key_window) >= cap
+    grows_group = replace is None or app.group_of(replace.registered_from) != peer.group
+
+    def full() -> str | None:
+        if replace is None and app.metadata.count_clients() >= app.limits.max_clients:
+            return "client limit reached"
+        if grows_group and app.metadata.count_clients(peer.group) >= app.client_share:
+            return "this address's share of the client limit reached"
+        return None
+
+    if full() is None:
+        return None
+    app.purge_lapsed_clients()
+    return full()
 
 
-def _can_register(app: App, peer: Peer, replacing: bool) -> str | None:
-    """Why a new registration is refused (client cap, rate per address), or None."""
-    if not replacing and _at_client_limit(app):
-        return "client limit reached"
-    if not app.registrations.allow(peer.address):
+def _can_register(app: App, peer: Peer, replace: ClientRow | None) -> str | None:
+    """Why a new registration is refused (client cap and share, rate per address), or None."""
+    refusal = _why_no_room(app, peer, replace)
+    if refusal:
+        return refusal
+    if not app.registrations.allow(peer.group):
         return "registration rate limit for this address"
     return None
 
@@ -124,7 +138,7 @@ def _register_name(
     with app.metadata.transaction():
         if replace is not None:
             app.metadata.delete_client(replace.id)
-        app.metadata.insert_client(client_id, name, now, speaking.record)
+        app.metadata.insert_client(client_id, name, now, speaking.record, peer.address)
         bind(app.metadata, client_id, peer.address, now)
     if replace is not None:
         app.live_registrations.release(replace.id)
@@ -151,9 +165,7 @@ def _why_name_is_held(app: App, peer: Peer, existing: ClientRow | None) -> str |
 def register(app: App, peer: Peer, event: Register, speaking: Speaking) -> Outcome:
     """825: a new name gets a fresh id; a keyless name of this address is registered anew."""
     existing = app.metadata.client_by_name(event.name)
-    refusal = _why_name_is_held(app, peer, existing) or _can_register(
-        app, peer, replacing=existing is not None
-    )
+    refusal = _why_name_is_held(app, peer, existing) or _can_register(app, peer, existing)
     if refusal:
         return Outcome(REGISTER, RegistrationFailed(), event.name, refusal, refused=True)
     try:
@@ -204,7 +216,7 @@ def _register_by_reconnect(
     app: App, peer: Peer, name: str, replace: ClientRow | None, speaking: Speaking
 ) -> Outcome:
     """Variant 9: 827 for an unknown (or lapsed keyless) name registers it; 1606 carries the id."""
-    refusal = _can_register(app, peer, replacing=replace is not None)
+    refusal = _can_register(app, peer, replace)
     if refusal:
         raise Refusal(refusal)
     try:

@@ -15,6 +15,8 @@ from typing import Any
 
 from protocol.codes import MAX_UINT32
 
+from .peer import DEFAULT_IPV6_PREFIX, IPV6_BITS
+
 KIB = 1024
 MIB = 1024 * KIB
 #: SQLite takes its busy timeout as a signed 32-bit count of milliseconds.
@@ -133,6 +135,22 @@ class Limits:
         " versions waiting for their 900 and its uploads in progress; an upload"
         " that would go over it gets 1607 (0: no limit)",
     )
+    #: So that no one address can fill ``max_clients`` (a NAT of many users
+    #: raises it): 1,000 clients per address at the default cap.
+    max_client_share_per_address: float = limit(
+        0.01,
+        "share (0 to 1] of --max-clients that the clients registered from one IP address"
+        " (an IPv6 /64: --ipv6-prefix) may take; at least one client",
+        exclusive=True,
+        maximum=1,
+    )
+    #: A registration that got its key and never stored a file holds a name
+    #: and a share of the cap; a week is far beyond a real first upload.
+    unused_client_lapse: float = limit(
+        7 * 24 * 3600.0,
+        "seconds after its last key (826/827) that a client which never stored a file"
+        " lapses and is deleted, freeing its name and its share of --max-clients (0: never)",
+    )
     #: Far above what a real client does (one per run), far below a flood
     #: that fills ``max_clients``.
     registrations_per_minute: int = limit(
@@ -203,6 +221,16 @@ class Limits:
     #: journald's RateLimitIntervalSec is 30 s; a minute halves the summaries.
     log_rate_interval: float = limit(
         60.0, "seconds of the window of --log-lines-per-address", exclusive=True
+    )
+    #: RFC 6177: a host or a home network gets a /64; counting each IPv6
+    #: address alone would give one machine 2^64 "addresses" (server/peer.py).
+    ipv6_prefix: int = limit(
+        DEFAULT_IPV6_PREFIX,
+        "IPv6 peers count as one address per network of this many leading bits for"
+        " every per-address limit (128: each address alone); key binding stays per"
+        " exact address",
+        minimum=1,
+        maximum=IPV6_BITS,
     )
 
     #: systemd's default stop timeout is 90 s (then SIGKILL): well within it.

@@ -50,6 +50,7 @@ logged, one line per connection. A second signal stops at once.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import selectors
 import socket
@@ -81,18 +82,23 @@ FLUSH_INTERVAL = 5.0
 ACCEPT_BURST = 64
 #: After EMFILE/ENFILE, stop accepting for this long.
 ACCEPT_PAUSE = 1.0
-_IPV4_MAPPED_PREFIX = "::ffff:"
+IPV6 = 6
 
 
-def _address(raw: tuple[str, int] | tuple[str, int, int, int]) -> Peer:
-    host = raw[0]
-    if host.startswith(_IPV4_MAPPED_PREFIX) and "." in host:
-        host = host[len(_IPV4_MAPPED_PREFIX):]
-    return Peer(address=host, port=raw[1])
+def listen_family(host: str) -> socket.AddressFamily:
+    """AF_INET6 for an IPv6 literal (``::``, ``::1``, ``[::1]``), else AF_INET."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return socket.AF_INET
+    return socket.AF_INET6 if ip.version == IPV6 else socket.AF_INET
 
 
 def create_listener(host: str, port: int) -> socket.socket:
     """A listening socket; ``host`` "" means every interface (dual-stack if possible).
+
+    An IPv6 literal listens on IPv6 only (``::``: every IPv6 interface;
+    ``::1``: this machine); any other host (an IPv4 address, a name) on IPv4.
 
     Raises:
         OSError: the address cannot be bound.
@@ -102,9 +108,35 @@ def create_listener(host: str, port: int) -> socket.socket:
             ("", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=socket.SOMAXCONN
         )
     else:
-        sock = socket.create_server((host, port), backlog=socket.SOMAXCONN)
+        family = listen_family(host)
+        sock = socket.create_server(
+            (host.strip("[]"), port), family=family, backlog=socket.SOMAXCONN
+        )
     sock.setblocking(False)
     return sock
+
+
+class OpenPerGroup:
+    """Open connections per address group (server/peer.py): ``--max-connections-per-address``."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, int] = {}
+
+    def count(self, peer: Peer) -> int:
+        """Connections open from the peer's group."""
+        return self._open.get(peer.group, 0)
+
+    def opened(self, peer: Peer) -> None:
+        """A connection from ``peer`` was accepted."""
+        self._open[peer.group] = self.count(peer) + 1
+
+    def closed(self, peer: Peer) -> None:
+        """A connection from ``peer`` closed."""
+        count = self.count(peer) - 1
+        if count > 0:
+            self._open[peer.group] = count
+        else:
+            self._open.pop(peer.group, None)
 
 
 def _doing(upload: Upload) -> str:
@@ -127,7 +159,7 @@ class Server:
         self.app = app
         self.listener = listener
         self.channels: set[Channel] = set()
-        self._per_address: dict[str, int] = {}
+        self._per_address = OpenPerGroup()
         self._selector = selectors.DefaultSelector()
         self._recv_buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
         self._stopping = False
@@ -285,7 +317,7 @@ class Server:
                 log.error("accept failed: %s; pausing accepts", exc.strerror or exc)
                 self._pause_accepting()
                 return
-            peer = _address(raw)
+            peer = Peer(raw[0], raw[1], self.app.limits.ipv6_prefix)
             refusal = self._refusal(peer)
             if refusal:
                 level = self.app.log_limiter.level(log, peer.address, logging.WARNING)
@@ -307,7 +339,7 @@ class Server:
                 shares=self.app.shares,
             )
             self.channels.add(channel)
-            self._per_address[peer.address] = self._per_address.get(peer.address, 0) + 1
+            self._per_address.opened(peer)
             self._log_connected(peer)
 
     def _log_connected(self, peer: Peer) -> None:
@@ -323,7 +355,7 @@ class Server:
         if len(self.channels) >= limits.max_connections:
             return f"{limits.max_connections} connections open"
         per_address = limits.max_connections_per_address
-        if per_address and self._per_address.get(peer.address, 0) >= per_address:
+        if per_address and self._per_address.count(peer) >= per_address:
             return f"{per_address} connections open from this address"
         return None
 
@@ -348,11 +380,7 @@ class Server:
         self._deferred.pop(channel, None)
         if channel.silent:
             self._silent_closed += 1
-        count = self._per_address.get(channel.peer.address, 0) - 1
-        if count > 0:
-            self._per_address[channel.peer.address] = count
-        else:
-            self._per_address.pop(channel.peer.address, None)
+        self._per_address.closed(channel.peer)
 
     # -- housekeeping ------------------------------------------------------------
 

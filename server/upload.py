@@ -135,8 +135,10 @@ class Upload:
     """One client's file, in one :data:`Phase`."""
 
     client_id: bytes
-    #: Where the first packet came from (disk reservations per address).
+    #: Where the first packet came from (for the log).
     address: str
+    #: The address group of that (disk reservations per address: server/peer.py).
+    group: str
     #: The key it was sent under: a verdict must come under the same key.
     aes_key: bytes
     file_name: bytes
@@ -411,13 +413,13 @@ class Uploads:
         waiting = self._complete.get(client_id, {}).values()
         return max(waiting, key=lambda upload: upload.completed, default=None)
 
-    def reserved_bytes(self, address: str | None = None) -> int:
-        """Disk bytes the uploads in progress may still need (from one address, or all)."""
+    def reserved_bytes(self, group: str | None = None) -> int:
+        """Disk bytes the uploads in progress may still need (from one address group, or all)."""
         return sum(
             upload.reserved
             for names in self._uploads.values()
             for upload in names.values()
-            if address is None or upload.address == address
+            if group is None or upload.group == group
         )
 
     # -- packets ----------------------------------------------------------------
@@ -497,7 +499,8 @@ class Uploads:
 
         def upload(phase: Phase) -> Upload:
             return Upload(
-                client_id, peer.address, aes_key, packet.file_name.text, order, self.clock(),
+                client_id, peer.address, peer.group, aes_key, packet.file_name.text, order,
+                self.clock(),
                 phase, flavour=flavour, preferred=preferred,
             )
 
@@ -572,7 +575,7 @@ class Uploads:
                 f" {size_text(reserved)} reserved by uploads in progress"
             )
         share = limits.max_disk_share_per_address
-        if need > coarse(int(usable * share) - self.reserved_bytes(peer.address)):
+        if need > coarse(int(usable * share) - self.reserved_bytes(peer.group)):
             raise Refusal(
                 f"not enough disk space for this file within this address's share of the"
                 f" disk (--max-disk-share-per-address {share:g})"

@@ -68,6 +68,7 @@ LOAD_FLAGS = (
     "--registrations-per-minute", "0",
     "--max-disk-share-per-address", "1",
     "--log-lines-per-address", "0",
+    "--max-client-share-per-address", "1",
     "--drain-timeout", "0",
 )
 

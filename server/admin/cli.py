@@ -27,7 +27,7 @@ from ..storage.folder import RECEIVED_DIR, FolderBlobs
 from ..storage.inventory import ClientSummary, Inventory, StoredFile, parse_client_id
 from ..storage.lock import DataDirLock, is_locked
 from ..storage.sqlite import DB_NAME, SqliteMetadata
-from . import output
+from . import output, unused
 from .verify import Check, Verdict, check_all
 
 
@@ -47,7 +47,7 @@ EXIT_TABLE = """exit codes:
   0  done
   1  verify found a changed or missing file, or no such client
   2  bad command line
-  3  a server is running on the data folder (delete-client)
+  3  a server is running on the data folder (delete-client, purge-unused)
   4  the data folder or its database cannot be used (missing, unreadable, not one)
   141  the output was closed early (as by head)"""
 
@@ -115,6 +115,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="check every stored file against the size and cksum recorded at install;"
         " exit 1 if one changed or is missing",
     )
+    unused.add_commands(commands, common)
     return parser
 
 
@@ -395,4 +396,6 @@ COMMANDS = {
     "client": show_client,
     "delete-client": delete_client,
     "verify": verify,
+    "unused": unused.list_unused,
+    "purge-unused": unused.purge_unused,
 }

@@ -43,6 +43,8 @@ class ClientRow:
     edition: str = "v3"
     #: The CRC the client confirmed last: "cksum", or "crc32" (zlib's).
     crc: str = "cksum"
+    #: The exact address that registered it (None for a row of before this was kept).
+    registered_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,12 +119,33 @@ class MetadataStore(Protocol):
     # clients
     def client_by_id(self, client_id: bytes) -> ClientRow | None: ...
     def client_by_name(self, name: str) -> ClientRow | None: ...
-    def count_clients(self) -> int: ...
-    def count_live_clients(self, keyless_since: float) -> int: ...
-    def delete_stale_keyless(self, before: float) -> int: ...
+    def count_clients(self, group: str | None = None) -> int:
+        """How many clients are registered, or registered from one address group.
 
-    def insert_client(self, client_id: bytes, name: str, now: float, edition: str) -> None:
-        """Register a name, keyless, in a protocol edition.
+        A number kept with the rows, read in O(1): the store groups the
+        registering addresses as server/peer.py does.
+        """
+        ...
+
+    def unused_clients(self, before: float) -> list[bytes]:
+        """Clients with a key that never stored a file, their last key issued before ``before``.
+
+        Costs what it returns, not what is kept (it runs at the client cap).
+        """
+        ...
+
+    def delete_stale_keyless(self, before: float) -> int:
+        """Forget keyless registrations last bound before ``before``; return how many.
+
+        Costs what it deletes, not what is kept (it runs at the client cap).
+        """
+        ...
+
+
+    def insert_client(
+        self, client_id: bytes, name: str, now: float, edition: str, address: str | None = None
+    ) -> None:
+        """Register a name, keyless, in a protocol edition, from ``address`` (for its share).
 
         Raises:
             NameTaken: another client holds the name.

@@ -37,6 +37,14 @@ _SELECT_FILES = (
     " FROM files f LEFT JOIN clients c ON c.ID = f.ID"
     " {where} ORDER BY c.Name, f.FileName"
 )
+#: Clients that never stored a file, the longest unused first (UnusedSince
+#: and RegisteredFrom read NULL in a database of before them).
+_SELECT_UNUSED = (
+    "SELECT c.ID, c.Name, c.PublicKey IS NOT NULL, {registered_from}, {unused_since}, c.LastSeen"
+    " FROM clients c WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.ID = c.ID)"
+    " ORDER BY {unused_since}, c.Name"
+)
+_UNUSED_COLUMNS = ("RegisteredFrom", "UnusedSince")
 _SELECT_FILE = (
     "SELECT f.ID, c.Name, f.FileName, f.PathName, f.Verified, {size}, {cksum}"
     " FROM files f LEFT JOIN clients c ON c.ID = f.ID WHERE f.ID = ? AND f.FileName = ?"
@@ -55,6 +63,20 @@ class ClientSummary:
     files: int
     #: The sum of the recorded sizes (files installed before sizes were recorded count 0).
     bytes: int
+
+
+@dataclass(frozen=True)
+class UnusedClient:
+    """A client that never stored a file: it lapses (docs/OPERATING.md, "Clients that lapse")."""
+
+    id: bytes
+    name: str
+    has_key: bool
+    #: The exact address that registered it (None in a database of before this was kept).
+    registered_from: str | None
+    #: When its unused time began (its registration or last key; None: not recorded).
+    unused_since: float | None
+    last_seen: str | None
 
 
 @dataclass(frozen=True)
@@ -166,6 +188,25 @@ class Inventory:
             _SELECT_FILE.format(**self._columns), (stored.client_id, stored.file_name)
         )
         return _stored(rows[0]) if rows else None
+
+    def unused_clients(self) -> list[UnusedClient]:
+        """Every client that never stored a file, the longest unused first.
+
+        Raises:
+            StoreUnusable: the database cannot be read.
+        """
+        present = {row[1] for row in self._query("PRAGMA table_info(clients)", ())}
+        registered_from, unused_since = (
+            f"c.{name}" if name in present else "NULL" for name in _UNUSED_COLUMNS
+        )
+        query = _SELECT_UNUSED.format(registered_from=registered_from, unused_since=unused_since)
+        return [
+            UnusedClient(
+                id=row[0], name=row[1], has_key=bool(row[2]), registered_from=row[3],
+                unused_since=row[4], last_seen=row[5],
+            )
+            for row in self._query(query, ())
+        ]
 
     def _query(self, query: str, parameters: tuple) -> list[tuple]:
         try:

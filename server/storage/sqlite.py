@@ -35,12 +35,14 @@ import logging
 import math
 import os
 import sqlite3
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, ParamSpec, TypeVar
 
 from ..errors import DurabilityLost, NameTaken, StorageFault, StoreUnusable
+from ..peer import address_group
 from .base import Binding, ClientRow, FileRow
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,9 @@ _SCHEMA = (
         LastSeen TEXT,
         AESKey BLOB,
         Edition TEXT NOT NULL DEFAULT 'v3',
-        Crc TEXT NOT NULL DEFAULT 'cksum'
+        Crc TEXT NOT NULL DEFAULT 'cksum',
+        UnusedSince REAL,
+        RegisteredFrom TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS files (
         ID BLOB NOT NULL,
@@ -95,30 +99,91 @@ _ADDED_COLUMNS = {
     "clients": {
         "Edition": "TEXT NOT NULL DEFAULT 'v3'",
         "Crc": "TEXT NOT NULL DEFAULT 'cksum'",
+        # When the client's unused time began: its registration or its last
+        # key (the binding's IssuedAt); NULL once it stored a file.
+        "UnusedSince": "REAL",
+        # The exact address of the 825 (or 827) that registered it: its
+        # address group's share of the client cap counts it.
+        "RegisteredFrom": "TEXT",
     },
     # The stored content's cksum and size, recorded at install (NULL before).
     "files": {"Cksum": "INTEGER", "Size": "INTEGER"},
 }
+#: What an added column holds in the rows that were there before it (run
+#: right after the column is added). A client without a binding gets the
+#: time of the migration (keyless ones: 0, lapsed, as they were already).
+_FILLED_COLUMNS = {
+    ("clients", "UnusedSince"): (
+        "UPDATE clients SET UnusedSince = CASE WHEN PublicKey IS NULL"
+        " THEN COALESCE((SELECT IssuedAt FROM key_bindings b WHERE b.ID = clients.ID), 0)"
+        " ELSE COALESCE((SELECT IssuedAt FROM key_bindings b WHERE b.ID = clients.ID), :now)"
+        " END WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.ID = clients.ID)"
+    ),
+    # The nearest thing recorded: the address its key (or registration) is bound to.
+    ("clients", "RegisteredFrom"): (
+        "UPDATE clients SET RegisteredFrom ="
+        " (SELECT Address FROM key_bindings b WHERE b.ID = clients.ID)"
+    ),
+}
+#: Made after the columns: the keyless registrations by age, so that finding
+#: the lapsed ones reads what it deletes, not every row.
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS clients_keyless ON clients (UnusedSince)"
+    " WHERE PublicKey IS NULL",
+    "CREATE INDEX IF NOT EXISTS clients_unused ON clients (UnusedSince)"
+    " WHERE PublicKey IS NOT NULL AND UnusedSince IS NOT NULL",
+)
+#: The SQL function that gives an address's group (server/peer.py), for _COUNTS.
+_GROUP_FUNCTION = "address_group"
+#: The number of clients, in all and per address group of RegisteredFrom,
+#: kept with the rows by triggers (the counts are read at every registration
+#: that meets the cap or a share of it: a COUNT(*) would read every row).
+#: TEMP: made from the rows at each open (so under the grouping of this
+#: run's ``--ipv6-prefix``), and rolled back with them.
+_COUNTS = (
+    "CREATE TEMP TABLE client_total (Clients INTEGER NOT NULL)",
+    "INSERT INTO client_total SELECT COUNT(*) FROM main.clients",
+    "CREATE TEMP TABLE client_groups (AddressGroup TEXT PRIMARY KEY, Clients INTEGER NOT NULL)",
+    f"INSERT INTO client_groups SELECT {_GROUP_FUNCTION}(RegisteredFrom), COUNT(*)"
+    " FROM main.clients WHERE RegisteredFrom IS NOT NULL GROUP BY 1",
+    "CREATE TEMP TRIGGER client_added AFTER INSERT ON main.clients BEGIN"
+    " UPDATE client_total SET Clients = Clients + 1;"
+    f" INSERT INTO client_groups SELECT {_GROUP_FUNCTION}(NEW.RegisteredFrom), 1"
+    " WHERE NEW.RegisteredFrom IS NOT NULL"
+    " ON CONFLICT (AddressGroup) DO UPDATE SET Clients = Clients + 1; END",
+    "CREATE TEMP TRIGGER client_removed AFTER DELETE ON main.clients BEGIN"
+    " UPDATE client_total SET Clients = Clients - 1;"
+    f" UPDATE client_groups SET Clients = Clients - 1"
+    f" WHERE AddressGroup = {_GROUP_FUNCTION}(OLD.RegisteredFrom);"
+    " DELETE FROM client_groups WHERE Clients <= 0"
+    f" AND AddressGroup = {_GROUP_FUNCTION}(OLD.RegisteredFrom); END",
+)
 _REQUIRED_COLUMNS = {
     "clients": {"ID", "Name", "PublicKey", "LastSeen", "AESKey"},
     "files": {"ID", "FileName", "PathName", "Verified"},
     "key_bindings": {"ID", "Address", "IssuedAt", "LastUsed"},
 }
 
-_CLIENT_COLUMNS = "ID, Name, PublicKey, LastSeen, AESKey, Edition, Crc"
+_CLIENT_COLUMNS = "ID, Name, PublicKey, LastSeen, AESKey, Edition, Crc, RegisteredFrom"
 _SELECT_CLIENT_BY_ID = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE ID = ?"
 _SELECT_CLIENT_BY_NAME = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = ?"
-_COUNT_CLIENTS = "SELECT COUNT(*) FROM clients"
-#: Clients that hold a key, or whose keyless registration is still fresh.
-_COUNT_LIVE_CLIENTS = (
-    "SELECT COUNT(*) FROM clients c LEFT JOIN key_bindings b ON b.ID = c.ID"
-    " WHERE c.PublicKey IS NOT NULL OR b.IssuedAt >= ?"
+_COUNT_CLIENTS = "SELECT Clients FROM temp.client_total"
+_COUNT_GROUP_CLIENTS = "SELECT Clients FROM temp.client_groups WHERE AddressGroup = ?"
+#: Through the index clients_keyless.
+_STALE_KEYLESS = "SELECT ID FROM clients WHERE PublicKey IS NULL AND UnusedSince < ?"
+#: Through the index clients_unused.
+_UNUSED_KEYED = (
+    "SELECT ID FROM clients"
+    " WHERE PublicKey IS NOT NULL AND UnusedSince IS NOT NULL AND UnusedSince < ?"
 )
-_STALE_KEYLESS = (
-    "SELECT c.ID FROM clients c LEFT JOIN key_bindings b ON b.ID = c.ID"
-    " WHERE c.PublicKey IS NULL AND (b.IssuedAt IS NULL OR b.IssuedAt < ?)"
+_INSERT_CLIENT = (
+    "INSERT INTO clients (ID, Name, LastSeen, Edition, UnusedSince, RegisteredFrom)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
 )
-_INSERT_CLIENT = "INSERT INTO clients (ID, Name, LastSeen, Edition) VALUES (?, ?, ?, ?)"
+#: A new binding (a registration made again, a key issued) starts the unused time again.
+_SET_UNUSED_SINCE = "UPDATE clients SET UnusedSince = ? WHERE ID = ? AND UnusedSince IS NOT NULL"
+#: A client that stored a file is used: it never lapses.
+_SET_USED = "UPDATE clients SET UnusedSince = NULL WHERE ID = ? AND UnusedSince IS NOT NULL"
 _SET_EDITION = "UPDATE clients SET Edition = ? WHERE ID = ?"
 _SET_CRC = "UPDATE clients SET Crc = ? WHERE ID = ?"
 _DELETE_CLIENT = "DELETE FROM clients WHERE ID = ?"
@@ -284,11 +349,15 @@ class SqliteMetadata:
         self._durability_lost: str | None = None
 
     @classmethod
-    def open(cls, path: Path, busy_timeout: float) -> SqliteMetadata:
+    def open(
+        cls, path: Path, busy_timeout: float, group_of: Callable[[str], str] = address_group
+    ) -> SqliteMetadata:
         """Open or create the database, check it, set WAL and NORMAL sync (see :meth:`sync`).
 
         ``busy_timeout``: seconds a statement waits for a lock another
-        process holds (the server's ``Limits.busy_timeout``).
+        process holds (the server's ``Limits.busy_timeout``). ``group_of``:
+        an address's group (server/peer.py, with the server's
+        ``--ipv6-prefix``), which :meth:`count_clients` counts by.
         """
         path = Path(path)
         _check_header(path)
@@ -299,15 +368,20 @@ class SqliteMetadata:
             raise StoreUnusable(f"cannot open {path}: {_why_unopenable(path, exc)}") from exc
         try:
             connection.execute(f"PRAGMA busy_timeout = {round(busy_timeout * _MS)}")
+            connection.create_function(_GROUP_FUNCTION, 1, group_of, deterministic=True)
             result = connection.execute("PRAGMA quick_check").fetchone()[0]
             if result != _OK:
                 raise StoreUnusable(f"{path} is corrupt ({result}); left untouched")
             _probe_write(connection, path)
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
+            # The TEMP tables (_COUNTS) are small and made again at each open.
+            connection.execute("PRAGMA temp_store = MEMORY")
             for statement in _SCHEMA:
                 connection.execute(statement)
             cls._check_columns(connection, path)
+            for statement in (*_INDEXES, *_COUNTS):
+                connection.execute(statement)
         except sqlite3.Error as exc:
             connection.close()
             raise StoreUnusable(f"{path} is unusable ({exc}); left untouched") from exc
@@ -330,6 +404,9 @@ class SqliteMetadata:
                 if column not in present:
                     log.info("adding column %s.%s to %s", table, column, path)
                     connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                    filling = _FILLED_COLUMNS.get((table, column))
+                    if filling:
+                        connection.execute(filling, {"now": time.time()})
 
     def close(self) -> None:
         """Write pending timestamps, make them durable, and close."""
@@ -483,32 +560,48 @@ class SqliteMetadata:
         return _client(row)
 
     @_translated
-    def count_clients(self) -> int:
-        """How many clients are registered."""
-        return self._db.execute(_COUNT_CLIENTS).fetchone()[0]
+    def count_clients(self, group: str | None = None) -> int:
+        """How many clients are registered, or registered from one address group.
+
+        A number kept with the rows: no scan.
+        """
+        if group is None:
+            return self._db.execute(_COUNT_CLIENTS).fetchone()[0]
+        row = self._db.execute(_COUNT_GROUP_CLIENTS, (group,)).fetchone()
+        return 0 if row is None else row[0]
 
     @_translated
-    def count_live_clients(self, keyless_since: float) -> int:
-        """Clients with a key, plus keyless ones registered at or after ``keyless_since``."""
-        return self._db.execute(_COUNT_LIVE_CLIENTS, (keyless_since,)).fetchone()[0]
+    def unused_clients(self, before: float) -> list[bytes]:
+        """Clients with a key that never stored a file, their last key issued before ``before``.
+
+        Reads what it returns (an index by age), not every row.
+        """
+        return [row[0] for row in self._db.execute(_UNUSED_KEYED, (before,))]
 
     @_translated
     def delete_stale_keyless(self, before: float) -> int:
-        """Forget keyless registrations made before ``before``; return how many."""
+        """Forget keyless registrations made (or made again) before ``before``; return how many.
+
+        Reads what it deletes (an index by age), not every row.
+        """
         stale = [row[0] for row in self._db.execute(_STALE_KEYLESS, (before,))]
         for client_id in stale:
             self.delete_client(client_id)
         return len(stale)
 
     @_translated
-    def insert_client(self, client_id: bytes, name: str, now: float, edition: str) -> None:
-        """Register a name (no keys yet) in a protocol edition.
+    def insert_client(
+        self, client_id: bytes, name: str, now: float, edition: str, address: str | None = None
+    ) -> None:
+        """Register a name (no keys yet) in a protocol edition, from ``address``.
 
         Raises:
             NameTaken: another client holds the name.
         """
         try:
-            self._db.execute(_INSERT_CLIENT, (client_id, name, timestamp(now), edition))
+            self._db.execute(
+                _INSERT_CLIENT, (client_id, name, timestamp(now), edition, now, address)
+            )
         except sqlite3.IntegrityError as exc:
             raise NameTaken(name) from exc
 
@@ -575,8 +668,9 @@ class SqliteMetadata:
 
     @_translated
     def upsert_file(self, client_id: bytes, file_name: bytes, path_name: str) -> None:
-        """Insert or reset a file's row with Verified false."""
+        """Insert or reset a file's row with Verified false: the client is used from now on."""
         self._db.execute(_UPSERT_FILE, (client_id, file_name_value(file_name), path_name))
+        self._db.execute(_SET_USED, (client_id,))
 
     @_translated
     def set_verified(self, client_id: bytes, file_name: bytes, verified: bool) -> None:
@@ -610,6 +704,7 @@ class SqliteMetadata:
     def set_binding(self, client_id: bytes, address: str, now: float) -> None:
         """Bind the client's key (or registration) to an address from now."""
         self._db.execute(_UPSERT_BINDING, (client_id, address, now, now))
+        self._db.execute(_SET_UNUSED_SINCE, (now, client_id))
         self._used.pop(client_id, None)
 
     def note_key_used(self, client_id: bytes, now: float) -> None:
@@ -622,7 +717,7 @@ def _client(row: tuple | None) -> ClientRow | None:
         return None
     return ClientRow(
         id=row[0], name=row[1], public_key=row[2], last_seen=row[3], aes_key=row[4],
-        edition=row[5], crc=row[6],
+        edition=row[5], crc=row[6], registered_from=row[7],
     )
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import ANY_ID, RawClient, raw_header, reconnect, unique_name, upload
+from helpers import ANY_ID, RawClient, make_identity, raw_header, reconnect, unique_name, upload
 from hostile_helpers import STRANGER, Guard, db_rows, normal_flow
 from timing_helpers import load_bound, round_trip, within_load
 from protocol import (
@@ -214,3 +214,25 @@ def test_b5_global_client_cap(server_factory):
     with server.client() as client:  # a new client is refused cleanly, the connection goes on
         assert isinstance(client.request(Register(client_id=ANY_ID, name=unique_name())), RegistrationFailed)
         assert isinstance(client.request(Register(client_id=ANY_ID, name=guard.identity.name)), RegistrationFailed)
+
+
+def test_b5_one_address_cannot_fill_the_cap_for_good(server_factory, tmp_path):
+    """Issue 22: 30 keyed clients from one address held ``--max-clients 30`` for good."""
+    data_dir = tmp_path / "data"
+    flags = ("--max-clients", "30", "--max-client-share-per-address", "0.2", *SQUAT_FLAGS)
+    # the real server's per-address defaults, but for the registration rate
+    load_flags = ("--registrations-per-minute", "0")
+    server = server_factory(*flags, data_dir=data_dir, load_flags=load_flags)
+    with server.client() as hog:
+        for _ in range(6):  # a fifth of the cap, each with its key: they never lapse by the window
+            make_identity(hog)
+        assert isinstance(hog.request(Register(client_id=ANY_ID, name=unique_name())), RegistrationFailed)
+    assert "this address's share of the client limit reached" in server.log()
+    with server.client(source=STRANGER) as newcomer:  # another address still gets in
+        make_identity(newcomer)
+    server.stop()
+    restarted = server_factory(*flags, data_dir=data_dir, load_flags=load_flags)
+    with restarted.client() as hog:  # the share is kept across a restart
+        assert isinstance(hog.request(Register(client_id=ANY_ID, name=unique_name())), RegistrationFailed)
+    with restarted.client(source=STRANGER) as newcomer:
+        make_identity(newcomer)

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from helpers import make_identity, reconnect, server_env, upload
-from protocol import Acknowledged, CrcOk, cksum
+from helpers import ANY_ID, make_identity, reconnect, server_env, upload
+from protocol import Acknowledged, CrcOk, Register, Registered, cksum
 
 ADMIN = [sys.executable, "-m", "server", "admin"]
 EXIT_PROBLEM = 1
@@ -476,3 +476,29 @@ def test_every_command_refuses_an_unusable_folder_with_one_line_and_exit_4(tmp_p
         for path in (folder, folder / "defensive.db", folder / "received_files"):
             if path.exists() and not path.is_symlink():
                 path.chmod(0o700)
+def test_unused_lists_and_purges_the_clients_that_never_stored_a_file(populated):
+    server, alice, bob = populated
+    with server.client() as client:
+        make_identity(client, "keyed-idle")
+        assert isinstance(client.request(Register(client_id=ANY_ID, name="keyless")), Registered)
+    result = admin(server.data_dir, "unused", "--json")
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    assert sorted(record["name"] for record in records) == ["keyed-idle", "keyless"]
+    assert {record["registered_from"] for record in records} == {"127.0.0.1"}
+    assert {record["has_key"] for record in records} == {True, False}
+    assert all(0 <= record["unused_for"] < 600 for record in records)
+    table = admin(server.data_dir, "unused")
+    assert table.stdout.splitlines()[0].split() == [
+        "NAME", "ID", "HAS_KEY", "REGISTERED_FROM", "UNUSED_FOR", "LAST_SEEN"]
+    assert json.loads(admin(server.data_dir, "unused", "--older-than", "3600", "--json").stdout) == []
+    said = admin(server.data_dir, "purge-unused", "--older-than", "0")
+    assert said.returncode == 0 and said.stdout.startswith("would delete 2 client(s)")
+    running = admin(server.data_dir, "purge-unused", "--older-than", "0", "--yes")
+    assert running.returncode == EXIT_SERVER_RUNNING and "stop it" in running.stderr
+    server.stop()
+    done = admin(server.data_dir, "purge-unused", "--older-than", "0", "--yes")
+    assert done.returncode == 0 and done.stdout.startswith("deleted 2 client(s)"), done.stderr
+    names = [record["name"] for record in json.loads(admin(server.data_dir, "clients", "--json").stdout)]
+    assert sorted(names) == ["alice", "bob"]
+    no_traceback(done)

@@ -224,3 +224,14 @@ def test_the_plain_format_stamps_lines_as_logging_does(created):
         record = logging.LogRecord("server", logging.INFO, __file__, 1, "event %s", ("x",), None)
         record.created, record.msecs = when, int((when - int(when)) * 1000)
         assert ours.format(record) == theirs.format(record)
+
+
+def test_every_interface_of_one_family_is_announced_loudly(caplog):
+    with caplog.at_level(logging.INFO, logger="server"):
+        announce_listening("::", 1256)
+        announce_listening("0.0.0.0", 1256)
+        announce_listening("::1", 1256)
+    six, four, local = caplog.records
+    assert six.levelno == four.levelno == logging.WARNING
+    assert "ALL IPv6 interfaces" in six.getMessage() and "ALL IPv4 interfaces" in four.getMessage()
+    assert local.levelno == logging.INFO and local.getMessage() == "listening on ::1 port 1256"

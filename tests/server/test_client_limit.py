@@ -1,47 +1,219 @@
-"""The client cap (max_clients) reads every row only when the cap may be reached."""
+"""The client cap (max_clients) and each address's share of it; clients that lapse.
+
+The counts are kept with the rows; lapsed clients are purged when a
+registration meets the cap or a share.
+
+The cost of a registration at the cap is measured in SQLite virtual-machine
+steps (a progress handler), not in seconds: it must not grow with the number
+of clients.
+"""
 
 from __future__ import annotations
 
+from helpers import ANY_ID, unique_name
+from protocol import Register, Registered, RegistrationFailed
 from server import handlers
 from server.app import App
 from server.limits import Limits
+from server.peer import Peer, Speaking
 from server.storage.folder import FolderBlobs
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 KEYED = b"k" * 160
+KEY_WINDOW = 3600.0
+ANYONE = Peer("198.51.100.1", 1)
 
 
-def _app(tmp_path, max_clients: int, monkeypatch) -> tuple[App, list[float]]:
-    limits = Limits(max_clients=max_clients)
-    db = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
-    app = App.build(db, FolderBlobs(tmp_path), limits)
-    scans: list[float] = []
-    real = db.count_live_clients
-    monkeypatch.setattr(db, "count_live_clients", lambda since: (scans.append(since), real(since))[1])
-    return app, scans
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def _add(app: App, number: int, keyed: bool) -> None:
-    client_id = number.to_bytes(16, "big")
+def _app(tmp_path, **limits) -> tuple[App, FakeClock]:
+    limits.setdefault("max_client_share_per_address", 1)
+    made = Limits(key_window=KEY_WINDOW, **limits)
+    db = SqliteMetadata.open(tmp_path / DB_NAME, made.busy_timeout)
+    app = App.build(db, FolderBlobs(tmp_path), made)
+    clock = FakeClock()
+    app.wall_clock = clock
+    return app, clock
+
+
+def _add(app: App, numbers: range, keyed: bool) -> None:
     with app.metadata.transaction():
-        app.metadata.insert_client(client_id, f"c{number}", app.wall_clock(), "v3")
-        if keyed:
-            app.metadata.set_keys(client_id, KEYED, bytes(32), app.wall_clock())
+        for number in numbers:
+            client_id = number.to_bytes(16, "big")
+            app.metadata.insert_client(client_id, f"c{number}", app.wall_clock(), "v3", "192.0.2.1")
+            app.metadata.set_binding(client_id, "192.0.2.1", app.wall_clock())
+            if keyed:
+                app.metadata.set_keys(client_id, KEYED, bytes(32), app.wall_clock())
+    app.metadata.finish_round(durable=False)
 
 
-def test_below_the_cap_the_live_count_is_not_read(tmp_path, monkeypatch):
-    app, scans = _app(tmp_path, 3, monkeypatch)
-    for number in range(2):
-        _add(app, number, keyed=True)
-        assert not handlers._at_client_limit(app)
-    assert scans == []
+def _steps(app: App, action) -> int:
+    """SQLite virtual-machine steps ``action`` takes on the app's database."""
+    counted = [0]
+
+    def count() -> int:
+        counted[0] += 1
+        return 0
+
+    connection = app.metadata._db  # the store's own connection: its statements are counted
+    connection.set_progress_handler(count, 1)
+    try:
+        action()
+    finally:
+        connection.set_progress_handler(None, 1)
+    return counted[0]
 
 
-def test_at_the_cap_live_clients_decide(tmp_path, monkeypatch):
-    app, scans = _app(tmp_path, 2, monkeypatch)
-    _add(app, 1, keyed=True)
-    _add(app, 2, keyed=False)  # keyless and never bound: not live
-    assert not handlers._at_client_limit(app)
-    assert len(scans) == 1
-    _add(app, 3, keyed=True)
-    assert handlers._at_client_limit(app)
+def test_the_count_is_kept_with_the_rows(tmp_path):
+    app, _ = _app(tmp_path, max_clients=10)
+    _add(app, range(3), keyed=True)
+    assert app.metadata.count_clients() == 3
+    with app.metadata.transaction():
+        app.metadata.forget_client((1).to_bytes(16, "big"))
+    assert app.metadata.count_clients() == 2
+    try:
+        with app.metadata.transaction():
+            app.metadata.insert_client(b"x" * 16, "rolled back", 0.0, "v3")
+            raise RuntimeError
+    except RuntimeError:
+        pass
+    assert app.metadata.count_clients() == 2  # a request's rollback takes its count back
+    app.metadata.close()
+    reopened = SqliteMetadata.open(tmp_path / DB_NAME, 1.0)
+    assert reopened.count_clients() == 2
+    reopened.close()
+
+
+def test_at_the_cap_lapsed_registrations_stop_counting_at_once(tmp_path):
+    app, clock = _app(tmp_path, max_clients=3)
+    _add(app, range(1), keyed=True)
+    _add(app, range(1, 3), keyed=False)
+    assert handlers._why_no_room(app, ANYONE, None)
+    clock.now += KEY_WINDOW + 1  # the keyless two lapsed; the periodic purge has not run
+    assert not handlers._why_no_room(app, ANYONE, None)
+    assert app.metadata.count_clients() == 1
+
+
+def test_a_refusal_at_the_cap_costs_the_same_however_many_clients(tmp_path):
+    def refusal_steps(clients: int, folder) -> int:
+        folder.mkdir()
+        app, _ = _app(folder, max_clients=clients)
+        _add(app, range(clients), keyed=True)
+        assert handlers._why_no_room(app, ANYONE, None)
+        steps = min(_steps(app, lambda: handlers._why_no_room(app, ANYONE, None)) for _ in range(3))
+        app.metadata.close()
+        return steps
+
+    few = refusal_steps(100, tmp_path / "few")
+    many = refusal_steps(10_000, tmp_path / "many")
+    # a scan of the rows would take 100 times the steps; an index lookup, a few more
+    assert many < 2 * few, (few, many)
+
+
+def _register(app: App, peer: Peer, name: str | None = None) -> bool:
+    event = Register(client_id=ANY_ID, name=name or unique_name())
+    answer = handlers.register(app, peer, event, Speaking()).response
+    assert isinstance(answer, (Registered, RegistrationFailed))
+    return isinstance(answer, Registered)
+
+
+def test_one_address_gets_its_share_of_the_cap_and_no_more(tmp_path):
+    app, _ = _app(tmp_path, max_clients=30, max_client_share_per_address=0.1)
+    assert app.client_share == 3
+    one, same_64, next_64 = (Peer(a, 1) for a in ("2001:db8::1", "2001:db8::ffff", "2001:db8:0:1::1"))
+    assert [_register(app, one) for _ in range(3)] == [True] * 3
+    assert not _register(app, one) and not _register(app, same_64)  # its /64 is one address
+    assert _register(app, next_64) and _register(app, ANYONE)
+    app.metadata.close()
+    # the registering address is stored: the share holds after a restart
+    reopened, _ = _app(tmp_path, max_clients=30, max_client_share_per_address=0.1)
+    assert not _register(reopened, Peer("2001:db8::2", 1))
+    assert _register(reopened, Peer("2001:db8:0:2::1", 1))
+    reopened.metadata.close()
+
+
+def test_the_smallest_share_is_one_client(tmp_path):
+    app, _ = _app(tmp_path, max_clients=30, max_client_share_per_address=0.01)
+    assert app.client_share == 1
+    assert _register(app, ANYONE) and not _register(app, ANYONE)
+    app.metadata.close()
+
+
+def test_registering_the_own_keyless_name_again_fits_in_a_full_share(tmp_path):
+    app, _ = _app(tmp_path, max_clients=30, max_client_share_per_address=0.01)
+    name = unique_name()
+    assert _register(app, ANYONE, name)
+    assert _register(app, ANYONE, name)  # it replaces its own registration: no new client
+    assert app.metadata.count_clients() == 1
+    app.metadata.close()
+
+
+def test_keyed_clients_that_never_stored_a_file_lapse(tmp_path):
+    lapse = 7 * 24 * 3600.0
+    app, clock = _app(tmp_path, max_clients=30, max_client_share_per_address=0.1,
+                      unused_client_lapse=lapse)
+    _add(app, range(3), keyed=True)  # all from 192.0.2.1: its share is full
+    with app.metadata.transaction():
+        app.metadata.upsert_file((0).to_bytes(16, "big"), b"kept.bin", "p")  # this one stored a file
+    owner = Peer("192.0.2.1", 1)
+    assert not _register(app, owner)
+    clock.now += lapse / 2
+    with app.metadata.transaction():  # a new key restarts its time
+        app.metadata.set_binding((1).to_bytes(16, "big"), "192.0.2.1", clock.now)
+    clock.now += lapse / 2 + 1
+    assert _register(app, owner)  # client 2 lapsed: purged at the share, room again
+    assert app.metadata.client_by_id((2).to_bytes(16, "big")) is None
+    assert app.metadata.client_by_id((0).to_bytes(16, "big")) is not None
+    assert app.metadata.client_by_id((1).to_bytes(16, "big")) is not None
+    assert not _register(app, owner)
+    app.metadata.close()
+
+
+def test_unused_clients_do_not_lapse_with_a_lapse_of_zero(tmp_path):
+    app, clock = _app(tmp_path, max_clients=3, unused_client_lapse=0)
+    _add(app, range(3), keyed=True)
+    clock.now += 10**9
+    assert app.purge_lapsed_clients() == 0
+    assert app.metadata.count_clients() == 3
+    app.metadata.close()
+
+
+# -- the registration rate: every stale address is forgotten --------------------------------------
+
+
+def test_the_rate_limiter_forgets_every_stale_address():
+    from server.rate import RATE_WINDOW, RegistrationLimiter
+
+    clock = FakeClock()
+    limiter = RegistrationLimiter(per_minute=2, clock=clock)
+    for number in range(50_000):
+        assert limiter.allow(f"10.{number >> 16}.{(number >> 8) & 255}.{number & 255}")
+    assert len(limiter) == 50_000
+    clock.now += RATE_WINDOW / 2
+    assert limiter.allow("192.0.2.1")
+    assert len(limiter) == 50_001  # all still within the window
+    clock.now += RATE_WINDOW * 60  # an hour later
+    assert limiter.allow("192.0.2.2")
+    assert len(limiter) == 1  # only the address that just registered is kept
+
+
+def test_the_rate_limiter_still_counts_each_address():
+    from server.rate import RATE_WINDOW, RegistrationLimiter
+
+    clock = FakeClock()
+    limiter = RegistrationLimiter(per_minute=2, clock=clock)
+    assert [limiter.allow("192.0.2.1") for _ in range(3)] == [True, True, False]
+    clock.now += RATE_WINDOW / 2
+    assert limiter.allow("192.0.2.2")  # another address is not held back
+    assert not limiter.allow("192.0.2.1")
+    clock.now += RATE_WINDOW / 2 + 1  # the first two left the window
+    assert limiter.allow("192.0.2.1")
+    assert len(limiter) == 2

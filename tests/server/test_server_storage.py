@@ -99,7 +99,8 @@ def test_database_schema_wal_and_normal_sync(tmp_path):
         t: [r[1] for r in raw.execute(f"PRAGMA table_info({t})")] for t in ("clients", "files")
     }
     assert columns == {
-        "clients": ["ID", "Name", "PublicKey", "LastSeen", "AESKey", "Edition", "Crc"],
+        "clients": ["ID", "Name", "PublicKey", "LastSeen", "AESKey", "Edition", "Crc",
+                    "UnusedSince", "RegisteredFrom"],
         "files": ["ID", "FileName", "PathName", "Verified", "Cksum", "Size"],
     }
     raw.close()
@@ -253,3 +254,37 @@ def test_last_seen_text_is_the_iso_second_of_the_time(now):
 
     expected = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
     assert timestamp(now) == expected
+
+
+def test_a_database_of_before_the_lapse_gets_each_clients_unused_time_and_address(tmp_path):
+    raw = sqlite3.connect(tmp_path / "defensive.db")
+    raw.execute(
+        "CREATE TABLE clients (ID BLOB PRIMARY KEY, Name TEXT NOT NULL UNIQUE,"
+        " PublicKey BLOB, LastSeen TEXT, AESKey BLOB)"
+    )
+    raw.execute("CREATE TABLE key_bindings (ID BLOB PRIMARY KEY, Address TEXT NOT NULL,"
+                " IssuedAt REAL NOT NULL, LastUsed REAL NOT NULL)")
+    raw.execute("CREATE TABLE files (ID BLOB NOT NULL, FileName TEXT NOT NULL, PathName TEXT"
+                " NOT NULL, Verified INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (ID, FileName))")
+    rows = {b"a" * 16: None, b"b" * 16: None, b"c" * 16: b"k", b"d" * 16: b"k"}
+    for client_id, key in rows.items():
+        raw.execute("INSERT INTO clients (ID, Name, PublicKey) VALUES (?, ?, ?)",
+                    (client_id, client_id.decode(), key))
+    for client_id in (b"a" * 16, b"c" * 16):
+        raw.execute("INSERT INTO key_bindings VALUES (?, '192.0.2.1', 5.0, 6.0)", (client_id,))
+    raw.execute("INSERT INTO files VALUES (?, 'f', 'p', 1)", (b"c" * 16,))
+    raw.commit()
+    raw.close()
+    db = open_metadata(tmp_path / "defensive.db")
+    unused = dict(db._db.execute("SELECT Name, UnusedSince FROM clients").fetchall())
+    assert db.count_clients() == 4
+    # the address a key is bound to stands for the one that registered (its share)
+    assert db.client_by_id(b"c" * 16).registered_from == "192.0.2.1"
+    assert db.client_by_id(b"d" * 16).registered_from is None
+    assert db.count_clients("192.0.2.1") == 2
+    db.close()
+    letters = {name[0]: value for name, value in unused.items()}
+    assert letters["a"] == 5.0  # keyless: from its binding
+    assert letters["b"] == 0  # keyless, never bound: lapsed, as it was
+    assert letters["c"] is None  # it stored a file: it never lapses
+    assert letters["d"] > 1_000_000_000  # keyed, no file, no binding: from the migration

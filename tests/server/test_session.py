@@ -372,3 +372,17 @@ def test_a_request_line_is_not_formatted_when_its_level_is_off(harness, caplog, 
     assert [type(a) for a in answers(session)] == [GeneralError]
     assert len(calls) == 1
     assert re.search(r" 900 0{32} -> 1607 refused \(in \d+ B", caplog.text)
+
+
+def test_the_disk_reservation_of_an_upload_counts_against_its_address_group(harness):
+    from server.peer import Peer
+
+    session = Session(harness.app, Peer("2001:db8:1:2::1", 40000))
+    who = identity(harness, session)
+    first, *_ = packets(who)
+    feed(session, first)  # the upload is in progress: its worst case is reserved
+    reserved = harness.app.uploads.reserved_bytes()
+    assert reserved > 0
+    # the same /64 is the same address for the disk share; the next /64 is not
+    assert harness.app.uploads.reserved_bytes(Peer("2001:db8:1:2::ffff", 1).group) == reserved
+    assert harness.app.uploads.reserved_bytes(Peer("2001:db8:1:3::1", 1).group) == 0
