@@ -95,8 +95,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--host", type=listen_host, default=ALL_INTERFACES,
-        help="address or name to listen on ('' = all interfaces, IPv4 and IPv6, reachable from"
-        " other machines; '::' = all IPv6 interfaces; 127.0.0.1 or ::1 = this machine only)",
+        help="address or name to listen on (default: all interfaces, IPv4 and IPv6, reachable"
+        " from other machines; '::' = all IPv6 interfaces; 127.0.0.1 or ::1 = this machine"
+        " only)",
     )
     parser.add_argument(
         "--data-dir", type=Path, default=Path("."),

@@ -81,11 +81,15 @@ def port_number(text: str) -> int:
 
 
 def listen_host(text: str) -> str:
-    """An address to listen on: '' (every interface) or a name that resolves."""
+    """An address to listen on: '' (every interface), an IPv6 literal (bracketed or not)
+    or a name that resolves."""
     if not text:
         return text
     try:
-        socket.getaddrinfo(text, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        socket.getaddrinfo(
+            text.removeprefix("[").removesuffix("]"), None,
+            type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE,
+        )
     except socket.gaierror as exc:
         raise argparse.ArgumentTypeError(
             f"{text!r} did not resolve to an address ({exc.strerror or exc})"
