@@ -46,6 +46,16 @@ Rule 6. The first request's code names the edition's family
     other request is a 2023C client that ignored that answer, and the
     connection goes on in 2023C.
 
+Rule 7. Nothing is written for a client on behalf of an address that may
+    not use its keys (docs/KEY_BINDING.md). Every request that names a
+    client (all but a register) is checked once, before anything else:
+    the client's binding (server/binding.py) says whether the peer's
+    address may act for it. If not, the request is refused (1607, in its
+    edition) before anything is written or decrypted, unless it is one its
+    handler serves from elsewhere by its own rules (827; 826 to a keyed
+    client); such a request records nothing of Rule 6 (the client's
+    edition) either.
+
 What each request is owed is the table below; what a refusal or a fault is
 answered is :meth:`Session._refuse` and :meth:`Session.fail`, the one place
 where server errors (server/errors.py) become answers.
@@ -65,11 +75,13 @@ from protocol import (
     FilePacketEnded,
     FilePacketStarted,
     GeneralError,
+    Reconnect,
     Register,
     RegistrationFailed,
     RemoteProtocolError,
     RequestCode,
     ResponseCode,
+    SendPublicKey,
     ServerConnection,
 )
 from protocol.codes import MAX_UINT32, PER_REQUEST_OPENERS
@@ -79,10 +91,12 @@ from protocol.incoming import MAX_ZERO_FILL
 
 from . import crashpoints
 from .app import App
+from .binding import why_not_bound
 from .errors import InternalFault, Refusal, StorageFault
 from .handlers import HANDLERS, file_packet_outcome, start_file_packet
 from .outcome import Outcome, RequestKind
 from .peer import Peer, Speaking
+from .storage import ClientRow
 from .upload import DroppedPacket, IncomingPacket, Refused
 
 log = logging.getLogger(__name__)
@@ -160,6 +174,18 @@ class _Held:
     awaits: object | None = None
     #: What goes instead if that file could not take its name (a 1607).
     instead: bytes = b""
+
+
+def _handled_unbound(event: Request | FilePacketStarted, client: ClientRow) -> bool:
+    """Rule 7: whether a request goes to its handler from an address the client is not bound to.
+
+    827 asks by name and id, from anywhere (docs/KEY_BINDING.md); an 826 to a
+    keyed client is a 2022 client coming back with its stored key, or a key
+    substitution its handler refuses.
+    """
+    if isinstance(event, Reconnect):
+        return True
+    return isinstance(event, SendPublicKey) and client.public_key is not None
 
 
 def _error_response(code: ResponseCode) -> Response:
@@ -366,7 +392,7 @@ class Session:
         self._request_size = self._decoder.request_size
         self._start_request(code)
         try:
-            self._settle_edition(event)
+            self._admit(event)
             outcome = HANDLERS[code](self.app, self.peer, event, self._speaking())
         except (Refusal, StorageFault) as exc:
             self._refuse(code, client, exc)
@@ -382,7 +408,7 @@ class Session:
         self._start_request(RequestCode.SEND_FILE)
         per_request = self.model is Model.PER_REQUEST
         try:
-            self._settle_edition(event)
+            self._admit(event)
         except (Refusal, StorageFault) as exc:
             refused = Refused(str(exc), fault=isinstance(exc, StorageFault))
             self._packet_client, self._packet = event.client_id.hex(), DroppedPacket(refused)
@@ -410,43 +436,66 @@ class Session:
     def _speaking(self) -> Speaking:
         return Speaking(self._decoder.edition or V3, self._decoder.edition_known)
 
-    def _settle_edition(self, event: Request | FilePacketStarted) -> None:
+    def _admit(self, event: Request | FilePacketStarted) -> None:
+        """Rules 7 and 6: may the peer act for the request's client, and in which edition.
+
+        Raises:
+            Refusal: the client is bound to another address (and the request
+                is not one handled from elsewhere), or it registered with
+                another edition. Nothing was written.
+        """
+        if isinstance(event, Register):
+            self._note_register(event)
+            return
+        self._registers_only = False
+        app = self.app
+        client = app.metadata.client_by_id(event.client_id)
+        if client is None:
+            return  # its handler refuses it, or registers a name (variant 9)
+        refusal = why_not_bound(
+            app.metadata, client, self.peer.address, app.wall_clock(), self._limits.key_window
+        )
+        if refusal is not None and not _handled_unbound(event, client):
+            raise Refusal(refusal)
+        self._settle_edition(client, record=refusal is None)
+
+    def _note_register(self, event: Register) -> None:
+        """Rule 6 in the 1025 series: the same name registered again is a 2023C client."""
+        if not self._registers_only:
+            return
+        decoder = self._decoder
+        if (
+            self._first_name == event.name
+            and decoder.edition is EDITION_2024A
+            and EDITION_2023C in decoder.candidates
+        ):
+            decoder.use(EDITION_2023C)  # it ignored a 1600 and asked again
+        elif self._first_name is None:
+            self._first_name = event.name
+
+    def _settle_edition(self, client: ClientRow, *, record: bool) -> None:
         """Take the request in the edition its client registered with (Rule 6).
+
+        Records the edition a request tells apart only if ``record`` (Rule 7).
 
         Raises:
             Refusal: the client registered with another edition.
         """
+        if client.id in self._settled:
+            return
         decoder = self._decoder
         edition = decoder.edition or V3
-        if isinstance(event, Register):
-            if not self._registers_only:
-                return
-            if (
-                self._first_name == event.name
-                and edition is EDITION_2024A
-                and EDITION_2023C in decoder.candidates
-            ):
-                decoder.use(EDITION_2023C)  # it ignored a 1600 and asked again
-            elif self._first_name is None:
-                self._first_name = event.name
-            return
-        self._registers_only = False
-        if event.client_id in self._settled:
-            return
-        client = self.app.metadata.client_by_id(event.client_id)
-        if client is None:
-            return
         stored = {candidate.name: candidate for candidate in decoder.candidates}.get(client.edition)
         if stored is not None:
             decoder.use(stored)
-        elif client.edition == edition.family.value:
-            if decoder.edition_known:
-                with self.app.metadata.transaction():
-                    self.app.metadata.set_edition(client.id, edition.name)
-        else:
+        elif client.edition != edition.family.value:
             raise Refusal(f"the client registered in edition {client.edition}, not {edition}")
-        if decoder.edition_known:
-            self._settled.add(client.id)
+        elif not (decoder.edition_known and record):
+            return
+        else:
+            with self.app.metadata.transaction():
+                self.app.metadata.set_edition(client.id, edition.name)
+        self._settled.add(client.id)
 
     def _finish(self, code: RequestCode, outcome: Outcome) -> None:
         """Send what a handled request is owed (Rules 2 and 3)."""
