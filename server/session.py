@@ -41,10 +41,15 @@ Rule 6. The first request's code names the edition's family
     (docs/EDITIONS.md); answers go out in the edition in use. A client is
     served in the edition it registered with: a request of another edition
     is refused, and one whose bytes leave its family's editions open is
-    taken in the recorded one. In the 1025 series a first register is
-    answered in the 2024A form; the same name registered again before any
-    other request is a 2023C client that ignored that answer, and the
-    connection goes on in 2023C.
+    taken in the recorded one. In the 1025 series a first register that
+    succeeds is answered with the 2100 header alone, its id held for
+    ``first_register_hold``: a client that sends anything meanwhile read
+    only the header, as 2024A clients do with an answer they do not expect,
+    and the connection goes on in 2024A (the id is never sent: the stream
+    stays aligned); a client that waits is a 2023C client, which gets the
+    id when the hold ends, and the connection goes on in 2023C. A refused
+    first register is answered in the 2024A form; the same name registered
+    again before any other request is then a 2023C client that ignored it.
 
 Rule 7. Nothing is written for a client on behalf of an address that may
     not use its keys (docs/KEY_BINDING.md). Every request that names a
@@ -77,6 +82,7 @@ from protocol import (
     GeneralError,
     Reconnect,
     Register,
+    Registered,
     RegistrationFailed,
     RemoteProtocolError,
     RequestCode,
@@ -85,6 +91,7 @@ from protocol import (
     ServerConnection,
 )
 from protocol.codes import MAX_UINT32, PER_REQUEST_OPENERS
+from protocol.wire import RESPONSE_HEADER_SIZE
 from protocol.editions import EDITION_2023C, EDITION_2024A, EDITIONS, V3, Edition
 from protocol.events import Request, Response
 from protocol.incoming import MAX_ZERO_FILL
@@ -166,6 +173,16 @@ class _Deferred:
 
 
 @dataclass(frozen=True)
+class _HeldId:
+    """Rule 6: the payload of the 2100 that answered a first 1025, held back."""
+
+    due: float
+    payload: bytes
+    client_id: bytes
+    client: str
+
+
+@dataclass(frozen=True)
 class _Held:
     """An answer held until the round's files take their names."""
 
@@ -216,6 +233,7 @@ class Session:
         self._packet: IncomingPacket | None = None
         self._packet_client = ""
         self._deferred: _Deferred | None = None
+        self._held_id: _HeldId | None = None
         now = app.monotonic()
         self._opened = now
         self._last_boundary = now
@@ -257,12 +275,15 @@ class Session:
         try:
             event = self._decoder.next_event()
         except RemoteProtocolError as exc:
+            self._release_held_id(waited=False)
             self._on_broken_stream(exc)
             return self._after(Step.REQUEST)
         if event is NEED_DATA:
             if self._decoder.in_message and self._message_start is None:
                 self._message_start = self._last_recv
             return Step.NEED_DATA
+        # Rule 6: a request while the id is held was sent after the header alone.
+        self._release_held_id(waited=isinstance(event, ConnectionClosed))
         if isinstance(event, ConnectionClosed):
             self._flush_deferred()
             self._close("peer closed")
@@ -287,7 +308,11 @@ class Session:
         return self._last_client or "-"
 
     def on_time(self) -> None:
-        """The clock moved on: a deferred answer may be due (:attr:`answer_due`)."""
+        """The clock moved on: a deferred answer or a held id may be due (:attr:`answer_due`)."""
+        held = self._held_id
+        if held is not None and self.verdict is None and self.app.monotonic() >= held.due:
+            # A message begun meanwhile was sent without waiting for the id.
+            self._release_held_id(waited=not self._decoder.in_message)
         deferred = self._deferred
         if deferred is None or self.verdict is not None or self.app.monotonic() < deferred.due:
             return
@@ -313,6 +338,7 @@ class Session:
         """The transport closed: let go of what this connection held."""
         self._packet = None
         self._deferred = None
+        self._held_id = None
         self.app.connection_closed(self.peer)
 
     # -- output ---------------------------------------------------------------
@@ -364,8 +390,9 @@ class Session:
 
     @property
     def answer_due(self) -> float | None:
-        """When a deferred answer goes out unless an 828 starts (Rule 4), if one waits."""
-        return None if self._deferred is None else self._deferred.due
+        """When a deferred answer (Rule 4) or a held id (Rule 6) is due, if one waits."""
+        dues = [held.due for held in (self._deferred, self._held_id) if held is not None]
+        return min(dues) if dues else None
 
     # -- requests ---------------------------------------------------------------
 
@@ -460,7 +487,7 @@ class Session:
         self._settle_edition(client, record=refusal is None)
 
     def _note_register(self, event: Register) -> None:
-        """Rule 6 in the 1025 series: the same name registered again is a 2023C client."""
+        """Rule 6 in the 1025 series: after a refused first register, the same name is 2023C."""
         if not self._registers_only:
             return
         decoder = self._decoder
@@ -469,7 +496,7 @@ class Session:
             and decoder.edition is EDITION_2024A
             and EDITION_2023C in decoder.candidates
         ):
-            decoder.use(EDITION_2023C)  # it ignored a 1600 and asked again
+            decoder.use(EDITION_2023C)  # it ignored a refusal in the 2024A form
         elif self._first_name is None:
             self._first_name = event.name
 
@@ -497,6 +524,42 @@ class Session:
                 self.app.metadata.set_edition(client.id, edition.name)
         self._settled.add(client.id)
 
+    def _probes_edition(self) -> bool:
+        """Rule 6: whether a register's answer tells 2023C from 2024A (a first 1025 does)."""
+        candidates = self._decoder.candidates
+        return EDITION_2023C in candidates and EDITION_2024A in candidates
+
+    def _hold_id(self, response: Registered, client: str) -> str:
+        """Rule 6: queue the 2100 header alone; hold its payload, the id, for a moment.
+
+        Returns what the request's log line says it was answered.
+        """
+        data = self._decoder.send(response, EDITION_2023C)
+        self._queue(data[:RESPONSE_HEADER_SIZE])
+        due = self.app.monotonic() + self._limits.first_register_hold
+        self._held_id = _HeldId(due, data[RESPONSE_HEADER_SIZE:], response.client_id, client)
+        return f"{self._answer_code(response, EDITION_2023C)} header, the id held"
+
+    def _release_held_id(self, *, waited: bool) -> None:
+        """Rule 6: the client waited for the id (2023C: send it) or asked again (2024A: never)."""
+        held, self._held_id = self._held_id, None
+        if held is None:
+            return
+        edition = EDITION_2023C if waited else EDITION_2024A
+        self._decoder.use(edition)
+        if waited:
+            self._queue(held.payload)
+        try:
+            with self.app.metadata.transaction():
+                self.app.metadata.set_edition(held.client_id, edition.name)
+        except StorageFault as exc:  # its next request records it
+            log.error("%s 1025 %s: server fault: %s", self.peer, held.client, exc)
+        log.info(
+            "%s 1025 %s: %s", self.peer, held.client,
+            "the client waited for the id: a 2023C client, the id sent" if waited
+            else "the client asked again after the header: a 2024A client, the id withheld",
+        )
+
     def _finish(self, code: RequestCode, outcome: Outcome) -> None:
         """Send what a handled request is owed (Rules 2 and 3)."""
         self._end_message(succeeded=not outcome.refused)
@@ -506,7 +569,9 @@ class Session:
         if action in (Action.SEND, Action.SEND_UNLESS_FILE_FOLLOWS) and response is None:
             raise InternalFault(f"{outcome.kind.value} is owed an answer and has none")
         result: Response | str
-        if action is Action.SEND and response is not None:
+        if action is Action.SEND and isinstance(response, Registered) and self._probes_edition():
+            result = self._hold_id(response, outcome.client)
+        elif action is Action.SEND and response is not None:
             self._send(response, outcome.awaits_install)
             result = response  # its code is written only if the line is
         elif action is Action.SEND_UNLESS_FILE_FOLLOWS and response is not None:
@@ -597,9 +662,9 @@ class Session:
         wire = self._decoder.request_code
         return "-" if code is None or wire is None else str(wire)
 
-    def _answer_code(self, response: Response) -> str:
-        """The answer's code in the connection's edition, for the log."""
-        edition = self._decoder.edition or V3
+    def _answer_code(self, response: Response, edition: Edition | None = None) -> str:
+        """The answer's code in the connection's edition (or the one given), for the log."""
+        edition = edition or self._decoder.edition or V3
         message = edition.response_for(type(response))
         return str(message.code if message is not None else response.code.value)
 
@@ -640,7 +705,12 @@ class Session:
         if awaits is not None:
             instead = self._decoder.send(_error_response(ResponseCode.GENERAL_ERROR))
             self._held_answers.append(_Held(data, awaits, instead))
-        elif self._held_answers:  # answers go in order: behind the held one
+        else:
+            self._queue(data)
+
+    def _queue(self, data: bytes) -> None:
+        """Bytes of an answer, behind the held ones if any (answers go in order)."""
+        if self._held_answers:
             self._held_answers.append(_Held(data))
         else:
             self._outbox += data
