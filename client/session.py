@@ -16,7 +16,7 @@ import socket
 from protocol import ClientConnection, ConnectionClosed, NEED_DATA, RemoteProtocolError
 from protocol.buffer import BytesLike
 from protocol.codes import RequestCode
-from protocol.editions import EDITION_2023C, V3, Edition
+from protocol.editions import EDITION_2023C, EDITION_2024A, V3, Edition
 from protocol.printable import quoted
 
 from .config import ServerAddress
@@ -143,9 +143,14 @@ class Session:
         self._first_bytes = b""
 
     def _new_connection(self) -> ClientConnection:
-        # A 2023C client reads an answer it does not expect whole and asks
-        # again (the server's first answer to 1025 is 2024A's; docs/EDITIONS.md).
-        return ClientConnection(self.edition, skip_unknown=self.edition is EDITION_2023C)
+        # An answer of the other 1025-series edition: a 2023C client reads it
+        # whole, a 2024A client its header alone, and each asks again
+        # (docs/EDITIONS.md, "Telling the editions apart").
+        return ClientConnection(
+            self.edition,
+            skip_unknown=self.edition is EDITION_2023C,
+            header_only_unknown=self.edition is EDITION_2024A,
+        )
 
     def __enter__(self) -> Session:
         return self

@@ -44,6 +44,7 @@ from protocol import (
     SendFilePacket,
     SendPublicKey,
 )
+from protocol.events import UnknownResponse
 
 from protocol.buffer import BytesLike
 from protocol.codes import CLIENT_ID_SIZE, PER_REQUEST_OPENERS, ResponseCode
@@ -77,6 +78,9 @@ MAX_RETRIES = 3
 MAX_RESENDS = 3
 #: Printed, exactly, on 1607 or an unexpected reply (docs/PROTOCOL.md).
 SERVER_ERROR_MESSAGE = "server responded with an error"
+#: docs/EDITIONS.md: a 1025-series client asks again once after an answer
+#: of the other edition (the server's answer to a first 1025 tells them apart).
+REGISTER_ASKS = 2
 #: The 825 header's client id is ignored by servers (variant 2).
 NO_CLIENT_ID = bytes(CLIENT_ID_SIZE)
 #: Packets after a fallback to one connection per request: a request fits one
@@ -282,12 +286,22 @@ class Client:
         log.warning("%s: the server refused the layout; switching to %s", step, switch)
         self._session.reset()
 
-    def _exchange(self, step: str, request, handlers: _Handlers[T]) -> T:
-        """Send a request and hand its reply to the handler of its type, with retries."""
+    def _exchange(self, step: str, request, handlers: _Handlers[T], *, asks: int = 1) -> T:
+        """Send a request and hand its reply to the handler of its type, with retries.
+
+        An answer of another edition (:class:`UnknownResponse`) is met by
+        sending the request again on the same connection, up to ``asks``
+        times in all (docs/EDITIONS.md: how a first 1025 is answered).
+        """
         expected = " or ".join(f"{int(kind.code)} {kind.__name__}" for kind in handlers)
 
         def attempt() -> T:
             reply = self._session.request(request)
+            for _ in range(1, asks):
+                if not isinstance(reply, UnknownResponse):
+                    break
+                log.debug("%d is another edition's answer: asking again", reply.code)
+                reply = self._session.request(request)
             handler = handlers.get(type(reply))
             if handler is None:
                 raise UnexpectedReply(_reply_error(reply, expected))
@@ -323,6 +337,7 @@ class Client:
             "registration (825)",
             Register(client_id=NO_CLIENT_ID, name=self._name),
             {Registered: lambda reply: reply.client_id, RegistrationFailed: refused},
+            asks=REGISTER_ASKS,
         )
         # Saved before 826: once the server holds the public key, losing the
         # private key would lock the name for good.

@@ -79,7 +79,7 @@ class CrcFlavour(enum.Enum):
 
     @property
     def other(self) -> CrcFlavour:
-        """The flavour an answer carries after a "CRC bad" to this one."""
+        """The flavour an answer carries after a "CRC bad" to this one, for the same plaintext."""
         return CrcFlavour.ZLIB if self is CrcFlavour.CKSUM else CrcFlavour.CKSUM
 
 

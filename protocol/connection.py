@@ -235,8 +235,12 @@ class ServerConnection(_Reader):
         return 0 if self._header is None else REQUEST_HEADER_SIZE + int(self._header.payload_size)
 
     def use(self, edition: Edition) -> None:
-        """Settle the edition (the caller knows it better than the bytes so far)."""
+        """Settle the edition (the caller knows it better than the bytes so far).
+
+        A request whose header is in already is read in it too, if it has it.
+        """
         self._candidates = (edition,)
+        self._messages = tuple((e, m) for e, m in self._messages if e is edition) or self._messages
 
     def next_event(self):
         """The next request event, ``NEED_DATA``, or ``ConnectionClosed``.
@@ -509,13 +513,16 @@ class ServerConnection(_Reader):
         self._remaining -= len(chunk)
         return ev.FileContent(chunk)
 
-    def send(self, response: ev.Response) -> bytes:
+    def send(self, response: ev.Response, edition: Edition | None = None) -> bytes:
         """The bytes of one response, in the connection's edition (v3 before any).
+
+        ``edition`` sends it in another edition of the connection's family
+        instead (the server's answer to a first 1025, docs/EDITIONS.md).
 
         Raises:
             LocalProtocolError: not a response, or one the edition does not have.
         """
-        edition = self.edition or V3
+        edition = edition or self.edition or V3
         message = edition.response_for(type(response))
         if message is None:
             raise LocalProtocolError(f"not a response of edition {edition}: {response!r}")
@@ -532,13 +539,23 @@ class ClientConnection(_Reader):
     whose ``client_id`` is zeros.
     """
 
-    def __init__(self, edition: Edition = V3, *, skip_unknown: bool = False) -> None:
+    def __init__(
+        self,
+        edition: Edition = V3,
+        *,
+        skip_unknown: bool = False,
+        header_only_unknown: bool = False,
+    ) -> None:
         super().__init__()
         self.edition = edition
         #: Read an answer of a code the edition lacks whole and hand it over
         #: as :class:`~protocol.events.UnknownResponse`, as 2023C clients do
         #: (docs/EDITIONS.md), instead of calling the stream broken.
         self.skip_unknown = skip_unknown
+        #: Hand such an answer over once its header is read, and read none of
+        #: its payload (the next bytes are taken for the next answer), as
+        #: 2024A clients do (docs/EDITIONS.md).
+        self.header_only_unknown = header_only_unknown
         #: The response being read (its message), or None between responses.
         self._message: Message | None = None
         self._unknown: tuple[int, int] | None = None
@@ -603,6 +620,8 @@ class ClientConnection(_Reader):
                 return self._need_data()
             header = RESPONSE_HEADER.unpack(raw)
             message = self.edition.response(header.code)
+            if message is None and self.header_only_unknown:
+                return ev.UnknownResponse(code=header.code, payload_size=header.payload_size)
             if message is None and self.skip_unknown and header.payload_size <= MAX_SKIPPED_ANSWER:
                 self._unknown = (header.code, header.payload_size)
                 self._state = _ReadState.DISCARD

@@ -282,7 +282,7 @@ class GeneralError:
 
 @dataclass(frozen=True)
 class UnknownResponse:
-    """An answer of a code the client's edition does not have, read whole and skipped."""
+    """An answer of a code the client's edition lacks, skipped: read whole, or its header alone."""
 
     code: int
     payload_size: int

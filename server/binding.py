@@ -15,6 +15,12 @@ The rule (docs/KEY_BINDING.md has the reasoning):
   hour). Otherwise: 1607, before any decryption.
 * The binding is stored in ``key_bindings`` and survives restarts; its
   LastUsed is refreshed by every accepted use.
+* Nothing is written for a client on behalf of an address it is not bound
+  to: not its edition, its CRC flavour or its last-seen time either. The
+  session checks the binding once per request that names a client, before
+  anything else (Rule 7 of server/session.py, :func:`why_not_bound`); only
+  827, and a 2022 client's 826 with its stored key, are handled from
+  elsewhere, by their own rules.
 
 What it protects: a stranger elsewhere who learned a client id (from a
 capture, a log, a shared me.info) cannot upload, overwrite, verify or abort
@@ -32,7 +38,7 @@ protocol has no proof of key possession before the first upload.
 from __future__ import annotations
 
 from .errors import Refusal
-from .storage import Binding, ClientRow, MetadataStore
+from .storage import ClientRow, MetadataStore
 
 
 def bind(db: MetadataStore, client_id: bytes, address: str, now: float) -> None:
@@ -40,38 +46,33 @@ def bind(db: MetadataStore, client_id: bytes, address: str, now: float) -> None:
     db.set_binding(client_id, address, now)
 
 
-def _check(binding: Binding | None, address: str, since: float, now: float, window: float) -> None:
-    if binding is None or binding.address != address:
-        raise Refusal("key is bound to another address")
-    if now - since > window:
-        raise Refusal("key binding expired; reconnect (827) for a fresh key")
-
-
-def check_registration(
+def why_not_bound(
     db: MetadataStore, client: ClientRow, address: str, now: float, window: float
-) -> None:
-    """826 may come only from the address that registered, within the window.
+) -> str | None:
+    """Why a request from this address may not act for the client, or None if it may.
 
-    Raises:
-        Refusal: 1607.
+    A keyed client is bound to the address that received its key, for the
+    window since the key's last use; a keyless one to the address that
+    registered it, for the window since then. Rule 7 of server/session.py
+    asks this once per request that names a client, before anything is
+    written for it.
     """
     binding = db.binding(client.id)
-    _check(binding, address, binding.issued_at if binding else now, now, window)
+    if binding is None or binding.address != address:
+        return "key is bound to another address"
+    since = binding.last_used if client.aes_key is not None else binding.issued_at
+    if now - since > window:
+        return "key binding expired; reconnect (827) for a fresh key"
+    return None
 
 
-def check_key_use(
-    db: MetadataStore, client: ClientRow, address: str, now: float, window: float
-) -> bytes:
-    """828 and 900–902 may use the key only from its address, within the window.
-
-    Records the use on success, and returns the key.
+def use_key(db: MetadataStore, client: ClientRow, now: float) -> bytes:
+    """The key of a client whose binding admitted the request; records the use.
 
     Raises:
-        Refusal: 1607, before anything is decrypted.
+        Refusal: 1607, the client has no key yet.
     """
     if client.aes_key is None:
         raise Refusal("client has no AES key")
-    binding = db.binding(client.id)
-    _check(binding, address, binding.last_used if binding else now, now, window)
     db.note_key_used(client.id, now)
     return client.aes_key

@@ -6,7 +6,9 @@ A handler sees the request event, the connection it came on
 sends its key again); it returns an :class:`~server.outcome.Outcome`
 (the kind of request and its answer), or raises :class:`~server.errors.Refusal`
 (1607). Store faults (:class:`~server.errors.StorageFault`) propagate to the
-session, which answers 1607 and keeps serving. Handlers know nothing of
+session, which answers 1607 and keeps serving. A handler sees only requests
+the session admitted: from an address the client is bound to, but for 827
+and an 826 to a keyed client (Rule 7 of server/session.py). Handlers know nothing of
 sockets, nor of what a connection model owes (the session's table does).
 
 An 828 spans many events: :func:`start_file_packet` hands the packet to the
@@ -45,7 +47,7 @@ from protocol.printable import quoted
 
 from . import crashpoints
 from .app import App
-from .binding import bind, check_key_use, check_registration
+from .binding import bind, use_key
 from .errors import NameTaken, NoRoom, Refusal, StorageFault
 from .labels import client_label
 from .outcome import Outcome, RequestKind
@@ -182,7 +184,9 @@ def send_public_key(app: App, peer: Peer, event: SendPublicKey, speaking: Speaki
     """826: store the key once and answer with a fresh AES key under it.
 
     An edition without a reconnect (2022) sends its key again instead: the
-    same key, byte for byte, gets a fresh AES key as a reconnect would.
+    same key, byte for byte, gets a fresh AES key as a reconnect would. A
+    keyless client's 826 reaches here only from the address that registered
+    it, within the key window (Rule 7 of server/session.py).
     """
     client = app.metadata.client_by_id(event.client_id)
     if client is None or client.name != event.name:
@@ -193,7 +197,6 @@ def send_public_key(app: App, peer: Peer, event: SendPublicKey, speaking: Speaki
             return Outcome(SEND_PUBLIC_KEY, outcome.response, outcome.client, "returning client")
         raise Refusal("the client already has a public key; it is never replaced")
     now = app.wall_clock()
-    check_registration(app.metadata, client, peer.address, now, app.limits.key_window)
     try:
         public_key = crypto.read_public_key(event.public_key)
     except CryptoError as exc:
@@ -300,7 +303,10 @@ def _fresh_key(
 
 
 def _keyed_client(app: App, peer: Peer, client_id: bytes) -> tuple[ClientRow, bytes]:
-    """The client whose key this request uses, and the key, if the binding and the budget allow it.
+    """The client whose key this request uses, and the key, if the budget allows it.
+
+    The session admitted the request first: the peer's address may use the
+    client's keys (Rule 7 of server/session.py).
 
     Raises:
         Refusal: 1607, before anything is decrypted.
@@ -309,7 +315,7 @@ def _keyed_client(app: App, peer: Peer, client_id: bytes) -> tuple[ClientRow, by
     if client is None:
         raise Refusal("unknown client id")
     now = app.wall_clock()
-    aes_key = check_key_use(app.metadata, client, peer.address, now, app.limits.key_window)
+    aes_key = use_key(app.metadata, client, now)
     if app.budget.key_dead(client.id, aes_key):
         raise Refusal("key refused after failed decryptions; reconnect (827) for a fresh key")
     app.metadata.note_seen(client.id, now)

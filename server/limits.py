@@ -177,6 +177,16 @@ class Limits:
     retry_ack_delay: float = limit(
         1.0, "seconds to wait after 901 for an 828 before answering 1604"
     )
+    #: docs/EDITIONS.md, "Telling the editions apart": a 2024A client asks
+    #: again as soon as it has read the header, a round trip; a 2023C client
+    #: waits this long once, at its registration.
+    first_register_hold: float = limit(
+        0.5,
+        "seconds the id of a connection's first 1025 waits behind its 2100 header"
+        " (a 2024A client asks again within it; a 2023C client then reads it)",
+        minimum=0,
+        exclusive=True,
+    )
     #: Short, not SQLite's usual seconds: the loop is one thread, so while a
     #: statement waits every connection waits; a write that cannot get the
     #: lock soon fails instead (1607, the client retries).

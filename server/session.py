@@ -41,10 +41,25 @@ Rule 6. The first request's code names the edition's family
     (docs/EDITIONS.md); answers go out in the edition in use. A client is
     served in the edition it registered with: a request of another edition
     is refused, and one whose bytes leave its family's editions open is
-    taken in the recorded one. In the 1025 series a first register is
-    answered in the 2024A form; the same name registered again before any
-    other request is a 2023C client that ignored that answer, and the
-    connection goes on in 2023C.
+    taken in the recorded one. In the 1025 series a first register that
+    succeeds is answered with the 2100 header alone, its id held for
+    ``first_register_hold``: a client that sends anything meanwhile read
+    only the header, as 2024A clients do with an answer they do not expect,
+    and the connection goes on in 2024A (the id is never sent: the stream
+    stays aligned); a client that waits is a 2023C client, which gets the
+    id when the hold ends, and the connection goes on in 2023C. A refused
+    first register is answered in the 2024A form; the same name registered
+    again before any other request is then a 2023C client that ignored it.
+
+Rule 7. Nothing is written for a client on behalf of an address that may
+    not use its keys (docs/KEY_BINDING.md). Every request that names a
+    client (all but a register) is checked once, before anything else:
+    the client's binding (server/binding.py) says whether the peer's
+    address may act for it. If not, the request is refused (1607, in its
+    edition) before anything is written or decrypted, unless it is one its
+    handler serves from elsewhere by its own rules (827; 826 to a keyed
+    client); such a request records nothing of Rule 6 (the client's
+    edition) either.
 
 What each request is owed is the table below; what a refusal or a fault is
 answered is :meth:`Session._refuse` and :meth:`Session.fail`, the one place
@@ -65,24 +80,30 @@ from protocol import (
     FilePacketEnded,
     FilePacketStarted,
     GeneralError,
+    Reconnect,
     Register,
+    Registered,
     RegistrationFailed,
     RemoteProtocolError,
     RequestCode,
     ResponseCode,
+    SendPublicKey,
     ServerConnection,
 )
 from protocol.codes import MAX_UINT32, PER_REQUEST_OPENERS
+from protocol.wire import RESPONSE_HEADER_SIZE
 from protocol.editions import EDITION_2023C, EDITION_2024A, EDITIONS, V3, Edition
 from protocol.events import Request, Response
 from protocol.incoming import MAX_ZERO_FILL
 
 from . import crashpoints
 from .app import App
+from .binding import why_not_bound
 from .errors import InternalFault, NoRoom, Refusal, StorageFault
 from .handlers import HANDLERS, file_packet_outcome, start_file_packet
 from .outcome import Outcome, RequestKind
 from .peer import Peer, Speaking
+from .storage import ClientRow
 from .upload import DroppedPacket, IncomingPacket, Refused
 
 log = logging.getLogger(__name__)
@@ -152,6 +173,16 @@ class _Deferred:
 
 
 @dataclass(frozen=True)
+class _HeldId:
+    """Rule 6: the payload of the 2100 that answered a first 1025, held back."""
+
+    due: float
+    payload: bytes
+    client_id: bytes
+    client: str
+
+
+@dataclass(frozen=True)
 class _Held:
     """An answer held until the round's files take their names."""
 
@@ -160,6 +191,18 @@ class _Held:
     awaits: object | None = None
     #: What goes instead if that file could not take its name (a 1607).
     instead: bytes = b""
+
+
+def _handled_unbound(event: Request | FilePacketStarted, client: ClientRow) -> bool:
+    """Rule 7: whether a request goes to its handler from an address the client is not bound to.
+
+    827 asks by name and id, from anywhere (docs/KEY_BINDING.md); an 826 to a
+    keyed client is a 2022 client coming back with its stored key, or a key
+    substitution its handler refuses.
+    """
+    if isinstance(event, Reconnect):
+        return True
+    return isinstance(event, SendPublicKey) and client.public_key is not None
 
 
 def _error_response(code: ResponseCode) -> Response:
@@ -190,6 +233,7 @@ class Session:
         self._packet: IncomingPacket | None = None
         self._packet_client = ""
         self._deferred: _Deferred | None = None
+        self._held_id: _HeldId | None = None
         now = app.monotonic()
         self._opened = now
         self._last_boundary = now
@@ -231,12 +275,15 @@ class Session:
         try:
             event = self._decoder.next_event()
         except RemoteProtocolError as exc:
+            self._release_held_id(waited=False)
             self._on_broken_stream(exc)
             return self._after(Step.REQUEST)
         if event is NEED_DATA:
             if self._decoder.in_message and self._message_start is None:
                 self._message_start = self._last_recv
             return Step.NEED_DATA
+        # Rule 6: a request while the id is held was sent after the header alone.
+        self._release_held_id(waited=isinstance(event, ConnectionClosed))
         if isinstance(event, ConnectionClosed):
             self._flush_deferred()
             self._close("peer closed")
@@ -261,7 +308,11 @@ class Session:
         return self._last_client or "-"
 
     def on_time(self) -> None:
-        """The clock moved on: a deferred answer may be due (:attr:`answer_due`)."""
+        """The clock moved on: a deferred answer or a held id may be due (:attr:`answer_due`)."""
+        held = self._held_id
+        if held is not None and self.verdict is None and self.app.monotonic() >= held.due:
+            # A message begun meanwhile was sent without waiting for the id.
+            self._release_held_id(waited=not self._decoder.in_message)
         deferred = self._deferred
         if deferred is None or self.verdict is not None or self.app.monotonic() < deferred.due:
             return
@@ -289,6 +340,7 @@ class Session:
         """The transport closed: let go of what this connection held."""
         self._packet = None
         self._deferred = None
+        self._held_id = None
         self.app.connection_closed(self.peer)
 
     # -- output ---------------------------------------------------------------
@@ -340,8 +392,9 @@ class Session:
 
     @property
     def answer_due(self) -> float | None:
-        """When a deferred answer goes out unless an 828 starts (Rule 4), if one waits."""
-        return None if self._deferred is None else self._deferred.due
+        """When a deferred answer (Rule 4) or a held id (Rule 6) is due, if one waits."""
+        dues = [held.due for held in (self._deferred, self._held_id) if held is not None]
+        return min(dues) if dues else None
 
     # -- requests ---------------------------------------------------------------
 
@@ -368,7 +421,7 @@ class Session:
         self._request_size = self._decoder.request_size
         self._start_request(code)
         try:
-            self._settle_edition(event)
+            self._admit(event)
             outcome = HANDLERS[code](self.app, self.peer, event, self._speaking())
         except (Refusal, StorageFault) as exc:
             self._refuse(code, client, exc)
@@ -384,7 +437,7 @@ class Session:
         self._start_request(RequestCode.SEND_FILE)
         per_request = self.model is Model.PER_REQUEST
         try:
-            self._settle_edition(event)
+            self._admit(event)
         except (Refusal, StorageFault) as exc:
             refused = Refused.of(exc)
             self._packet_client, self._packet = event.client_id.hex(), DroppedPacket(refused)
@@ -412,43 +465,102 @@ class Session:
     def _speaking(self) -> Speaking:
         return Speaking(self._decoder.edition or V3, self._decoder.edition_known)
 
-    def _settle_edition(self, event: Request | FilePacketStarted) -> None:
+    def _admit(self, event: Request | FilePacketStarted) -> None:
+        """Rules 7 and 6: may the peer act for the request's client, and in which edition.
+
+        Raises:
+            Refusal: the client is bound to another address (and the request
+                is not one handled from elsewhere), or it registered with
+                another edition. Nothing was written.
+        """
+        if isinstance(event, Register):
+            self._note_register(event)
+            return
+        self._registers_only = False
+        app = self.app
+        client = app.metadata.client_by_id(event.client_id)
+        if client is None:
+            return  # its handler refuses it, or registers a name (variant 9)
+        refusal = why_not_bound(
+            app.metadata, client, self.peer.address, app.wall_clock(), self._limits.key_window
+        )
+        if refusal is not None and not _handled_unbound(event, client):
+            raise Refusal(refusal)
+        self._settle_edition(client, record=refusal is None)
+
+    def _note_register(self, event: Register) -> None:
+        """Rule 6 in the 1025 series: after a refused first register, the same name is 2023C."""
+        if not self._registers_only:
+            return
+        decoder = self._decoder
+        if (
+            self._first_name == event.name
+            and decoder.edition is EDITION_2024A
+            and EDITION_2023C in decoder.candidates
+        ):
+            decoder.use(EDITION_2023C)  # it ignored a refusal in the 2024A form
+        elif self._first_name is None:
+            self._first_name = event.name
+
+    def _settle_edition(self, client: ClientRow, *, record: bool) -> None:
         """Take the request in the edition its client registered with (Rule 6).
+
+        Records the edition a request tells apart only if ``record`` (Rule 7).
 
         Raises:
             Refusal: the client registered with another edition.
         """
+        if client.id in self._settled:
+            return
         decoder = self._decoder
         edition = decoder.edition or V3
-        if isinstance(event, Register):
-            if not self._registers_only:
-                return
-            if (
-                self._first_name == event.name
-                and edition is EDITION_2024A
-                and EDITION_2023C in decoder.candidates
-            ):
-                decoder.use(EDITION_2023C)  # it ignored a 1600 and asked again
-            elif self._first_name is None:
-                self._first_name = event.name
-            return
-        self._registers_only = False
-        if event.client_id in self._settled:
-            return
-        client = self.app.metadata.client_by_id(event.client_id)
-        if client is None:
-            return
         stored = {candidate.name: candidate for candidate in decoder.candidates}.get(client.edition)
         if stored is not None:
             decoder.use(stored)
-        elif client.edition == edition.family.value:
-            if decoder.edition_known:
-                with self.app.metadata.transaction():
-                    self.app.metadata.set_edition(client.id, edition.name)
-        else:
+        elif client.edition != edition.family.value:
             raise Refusal(f"the client registered in edition {client.edition}, not {edition}")
-        if decoder.edition_known:
-            self._settled.add(client.id)
+        elif not (decoder.edition_known and record):
+            return
+        else:
+            with self.app.metadata.transaction():
+                self.app.metadata.set_edition(client.id, edition.name)
+        self._settled.add(client.id)
+
+    def _probes_edition(self) -> bool:
+        """Rule 6: whether a register's answer tells 2023C from 2024A (a first 1025 does)."""
+        candidates = self._decoder.candidates
+        return EDITION_2023C in candidates and EDITION_2024A in candidates
+
+    def _hold_id(self, response: Registered, client: str) -> str:
+        """Rule 6: queue the 2100 header alone; hold its payload, the id, for a moment.
+
+        Returns what the request's log line says it was answered.
+        """
+        data = self._decoder.send(response, EDITION_2023C)
+        self._queue(data[:RESPONSE_HEADER_SIZE])
+        due = self.app.monotonic() + self._limits.first_register_hold
+        self._held_id = _HeldId(due, data[RESPONSE_HEADER_SIZE:], response.client_id, client)
+        return f"{self._answer_code(response, EDITION_2023C)} header, the id held"
+
+    def _release_held_id(self, *, waited: bool) -> None:
+        """Rule 6: the client waited for the id (2023C: send it) or asked again (2024A: never)."""
+        held, self._held_id = self._held_id, None
+        if held is None:
+            return
+        edition = EDITION_2023C if waited else EDITION_2024A
+        self._decoder.use(edition)
+        if waited:
+            self._queue(held.payload)
+        try:
+            with self.app.metadata.transaction():
+                self.app.metadata.set_edition(held.client_id, edition.name)
+        except StorageFault as exc:  # its next request records it
+            log.error("%s 1025 %s: server fault: %s", self.peer, held.client, exc)
+        log.info(
+            "%s 1025 %s: %s", self.peer, held.client,
+            "the client waited for the id: a 2023C client, the id sent" if waited
+            else "the client asked again after the header: a 2024A client, the id withheld",
+        )
 
     def _finish(self, code: RequestCode, outcome: Outcome) -> None:
         """Send what a handled request is owed (Rules 2 and 3)."""
@@ -459,7 +571,9 @@ class Session:
         if action in (Action.SEND, Action.SEND_UNLESS_FILE_FOLLOWS) and response is None:
             raise InternalFault(f"{outcome.kind.value} is owed an answer and has none")
         result: Response | str
-        if action is Action.SEND and response is not None:
+        if action is Action.SEND and isinstance(response, Registered) and self._probes_edition():
+            result = self._hold_id(response, outcome.client)
+        elif action is Action.SEND and response is not None:
             self._send(response, outcome.awaits_install)
             result = response  # its code is written only if the line is
         elif action is Action.SEND_UNLESS_FILE_FOLLOWS and response is not None:
@@ -556,9 +670,9 @@ class Session:
         wire = self._decoder.request_code
         return "-" if code is None or wire is None else str(wire)
 
-    def _answer_code(self, response: Response) -> str:
-        """The answer's code in the connection's edition, for the log."""
-        edition = self._decoder.edition or V3
+    def _answer_code(self, response: Response, edition: Edition | None = None) -> str:
+        """The answer's code in the connection's edition (or the one given), for the log."""
+        edition = edition or self._decoder.edition or V3
         message = edition.response_for(type(response))
         return str(message.code if message is not None else response.code.value)
 
@@ -609,7 +723,12 @@ class Session:
         if awaits is not None:
             instead = self._decoder.send(_error_response(ResponseCode.GENERAL_ERROR))
             self._held_answers.append(_Held(data, awaits, instead))
-        elif self._held_answers:  # answers go in order: behind the held one
+        else:
+            self._queue(data)
+
+    def _queue(self, data: bytes) -> None:
+        """Bytes of an answer, behind the held ones if any (answers go in order)."""
+        if self._held_answers:
             self._held_answers.append(_Held(data))
         else:
             self._outbox += data

@@ -67,7 +67,7 @@ from protocol.incoming import DecryptionFailed, IncomingFile, PacketOrder, Recei
 from protocol.printable import quoted
 
 from .budget import DecryptionBudget
-from .errors import NoRoom, Refusal, StorageFault
+from .errors import InternalFault, NoRoom, Refusal, StorageFault
 from .limits import Limits, size_text
 from .lograte import LogLimiter
 from .peer import Peer
@@ -130,6 +130,30 @@ Phase = Union[Receiving, Failed, Installed, Pending, GivenUp]
 Complete = Union[Installed, Pending, GivenUp]
 
 
+@dataclass(frozen=True)
+class CrcBad:
+    """A client's attempt that got a "CRC bad" (901): what its next answer carries.
+
+    A 901 says only that the client's value differs from the one it was
+    sent, not which CRC the client computes (docs/EDITIONS.md, variant 5).
+    The server tells the two causes apart by the file that comes next: the
+    same plaintext again (same size, same cksum) means the flavour was the
+    mismatch, so the answer carries the other one; another plaintext means
+    the earlier attempt was corrupted on the way, so the answer stays in the
+    flavour the client was last answered in.
+    """
+
+    plain_size: int
+    cksum: int
+    #: The flavour that attempt was answered in.
+    flavour: CrcFlavour
+
+    def flavour_for(self, resent: ReceivedFile) -> CrcFlavour:
+        """The flavour of the answer to the upload after this 901."""
+        same = (resent.plain_size, resent.cksum) == (self.plain_size, self.cksum)
+        return self.flavour.other if same else self.flavour
+
+
 @dataclass(eq=False)
 class Upload:
     """One client's file, in one :data:`Phase`."""
@@ -151,9 +175,12 @@ class Upload:
     last_progress: float = 0.0
     completed: float = 0.0
     #: The CRC its file-received answer carries, and the client's preferred
-    #: one, both fixed at its first packet (docs/EDITIONS.md, variant 5).
+    #: one (docs/EDITIONS.md, variant 5). After a 901 the flavour is settled
+    #: by the file itself, when it is complete (:class:`CrcBad`).
     flavour: CrcFlavour = CrcFlavour.CKSUM
     preferred: CrcFlavour = CrcFlavour.CKSUM
+    #: The client's attempt before this one, if it got a 901.
+    after_crc_bad: CrcBad | None = None
     deadline_timer: Timer | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -375,10 +402,10 @@ class Uploads:
         self._to_install: list[_FirstInstall] = []
         #: First uploads of the round that could not take their names.
         self._install_failed: set[_FirstInstall] = set()
-        #: The CRC flavour a client's next file-received answer carries, for
-        #: the clients whose last answer got a "CRC bad" (docs/EDITIONS.md,
-        #: variant 5); the others get the flavour they confirmed last.
-        self._next_flavour: dict[bytes, CrcFlavour] = {}
+        #: The clients whose last answer got a "CRC bad", and what that
+        #: attempt was (docs/EDITIONS.md, variant 5): their next answer's
+        #: flavour depends on it. The others get the flavour they confirmed last.
+        self._crc_bad: dict[bytes, CrcBad] = {}
 
     def __len__(self) -> int:
         return sum(len(names) for names in self._uploads.values()) + sum(
@@ -495,13 +522,14 @@ class Uploads:
         """A first packet: check the budget and the disk, open the temp blob."""
 
         preferred = self._preferred_flavour(client_id)
-        flavour = self._next_flavour.get(client_id, preferred)
+        crc_bad = self._crc_bad.get(client_id)
+        flavour = preferred if crc_bad is None else crc_bad.flavour
 
         def upload(phase: Phase) -> Upload:
             return Upload(
                 client_id, peer.address, peer.group, aes_key, packet.file_name.text, order,
                 self.clock(),
-                phase, flavour=flavour, preferred=preferred,
+                phase, flavour=flavour, preferred=preferred, after_crc_bad=crc_bad,
             )
 
         try:
@@ -511,7 +539,9 @@ class Uploads:
                 aes_key,
                 packet,
                 max_content_size=self._limits.max_content_size,
-                crc32=flavour is CrcFlavour.ZLIB,  # the answer's CRC only, in the one pass
+                # The answer's CRC only, in the one pass: after a 901 both,
+                # as the file itself settles which one goes (CrcBad).
+                crc32=flavour is CrcFlavour.ZLIB or crc_bad is not None,
             )
             self._check_quota(client_id, packet.file_name.text, incoming.max_plain_size)
             self._check_disk(peer, incoming.max_plain_size)
@@ -642,7 +672,11 @@ class Uploads:
         self._set_holders(upload, owner=owner, streaming=None)
         self._arm(upload)
         elapsed = upload.completed - upload.started
-        crc = result.cksum if result.crc32 is None else result.crc32  # per upload.flavour
+        if upload.after_crc_bad is not None:
+            upload.flavour = upload.after_crc_bad.flavour_for(result)
+        crc = result.crc32 if upload.flavour is CrcFlavour.ZLIB else result.cksum
+        if crc is None:
+            raise InternalFault(f"the {upload.flavour.value} of the answer was not computed")
         return FileComplete(
             upload.client_id,
             result,
@@ -756,7 +790,7 @@ class Uploads:
                 self._metadata.set_verified(upload.client_id, upload.file_name, True)
             detail = "verified"
         crashpoints.reached("verify.committed")
-        self._next_flavour.pop(upload.client_id, None)
+        self._crc_bad.pop(upload.client_id, None)
         if upload.flavour is not upload.preferred:
             with self._metadata.transaction():
                 self._metadata.set_crc(upload.client_id, upload.flavour.value)
@@ -764,8 +798,15 @@ class Uploads:
         return detail
 
     def retry(self, upload: Upload) -> None:
-        """901: the file comes again, answered with the other CRC; a pending version goes."""
-        self._next_flavour[upload.client_id] = upload.flavour.other
+        """901: the file comes again, its answer's CRC settled by it (:class:`CrcBad`).
+
+        A pending version goes.
+        """
+        phase = upload.phase
+        if isinstance(phase, (Installed, Pending, GivenUp)):
+            result = phase.result
+            crc_bad = CrcBad(result.plain_size, result.cksum, upload.flavour)
+            self._crc_bad[upload.client_id] = crc_bad
         self._give_up(upload, "the client's cksum differed (901)")
 
     def abandon(self, upload: Upload) -> str:
@@ -783,7 +824,7 @@ class Uploads:
                 self._metadata.set_verified(upload.client_id, upload.file_name, False)
             detail = "kept unverified"
         crashpoints.reached("verify.committed")
-        self._next_flavour.pop(upload.client_id, None)
+        self._crc_bad.pop(upload.client_id, None)
         return detail
 
     def _give_up(self, upload: Upload, reason: str) -> None:
@@ -840,7 +881,7 @@ class Uploads:
 
     def discard_client(self, client_id: bytes, reason: str) -> None:
         """Drop the client's uploads, in progress and complete (its key changed)."""
-        self._next_flavour.pop(client_id, None)
+        self._crc_bad.pop(client_id, None)
         for upload in [*self.in_progress(client_id), *self._complete.get(client_id, {}).values()]:
             self.discard(upload, reason)
 

@@ -6,19 +6,32 @@ import sqlite3
 
 from helpers import ANY_ID, Identity, RawClient, private_key, unique_name
 from protocol import ClientConnection, PublicKeyReceived, Register, Registered, SendFilePacket, SendPublicKey, crypto
-from protocol.editions import EDITION_2023C, EDITION_2024A
+from protocol.editions import EDITION_2024A
+from protocol.events import UnknownResponse
+
+
+def register(client: RawClient, name_text: str):
+    """Register in the client's edition; the answer (Registered, or a refusal).
+
+    A first 1025 that registers is answered with the 2100 header alone, its
+    id held a moment (docs/EDITIONS.md): a 2023C client waits for the id, a
+    2024A client reads the header alone and registers again.
+    """
+    if client.edition is not EDITION_2024A:
+        return client.request(Register(client_id=ANY_ID, name=name_text))
+    client.conn = ClientConnection(EDITION_2024A, header_only_unknown=True)
+    answer = client.request(Register(client_id=ANY_ID, name=name_text))
+    if isinstance(answer, UnknownResponse):
+        assert (answer.code, answer.payload_size) == (2100, 16), answer
+        answer = client.request(Register(client_id=ANY_ID, name=name_text))
+    client.conn = ClientConnection(EDITION_2024A)
+    return answer
 
 
 def keyed(client: RawClient, name_text: str | None = None, key=None) -> Identity:
     """Register and send a public key in the client's edition."""
     name_text = name_text or unique_name(client.edition.name)
-    if client.edition is EDITION_2023C:
-        # A first 1025 is answered in the 2024A form; a 2023C client reads that
-        # answer whole, ignores it and registers again (docs/EDITIONS.md).
-        client.conn = ClientConnection(EDITION_2024A)
-        assert isinstance(client.request(Register(client_id=ANY_ID, name=name_text)), Registered)
-        client.conn = ClientConnection(EDITION_2023C)
-    registered = client.request(Register(client_id=ANY_ID, name=name_text))
+    registered = register(client, name_text)
     assert isinstance(registered, Registered), registered
     key = key or private_key()
     public = crypto.export_public_key(key)

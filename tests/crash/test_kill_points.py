@@ -195,7 +195,7 @@ class Session:
             self._reconnect(client)
             self._upload(client, "victim.bin", VICTIM_V1, PACKET, attempt=1)
             self._send(client, packet_bytes_of(self.identity, CrcRetry, "victim.bin"))
-            self.crc_next = self.crc_answered.other
+            self._after_crc_bad(VICTIM_V1, VICTIM_V2)
             self.on_step("901 sent")
             self._upload(client, "victim.bin", VICTIM_V2, PACKET, attempt=2)
             self._verify(client, "victim.bin", VICTIM_V2)
@@ -254,6 +254,10 @@ class Session:
         expected = cksum(data) if self.crc_next is CrcFlavour.CKSUM else zlib.crc32(data)
         assert answer.cksum == expected, f"the 1603 of a complete upload has the wrong {self.crc_next.value}"
         self.crc_answered = self.crc_next
+
+    def _after_crc_bad(self, bad: bytes, resent: bytes) -> None:
+        """Variant 5: the same plaintext again gets the other CRC, another one the same."""
+        self.crc_next = self.crc_answered.other if resent == bad else self.crc_answered
 
     def _verify(self, client, name: str, data: bytes) -> None:
         self.verified.setdefault(name, []).append(data)

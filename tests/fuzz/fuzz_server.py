@@ -221,12 +221,28 @@ def _deterministic_server():
 # -- responses ------------------------------------------------------------------------
 
 
+#: The 2100 header that answers a first 1025, whose id may be withheld.
+HELD_ID_HEADER = (2100, 16)
+
+
+def _editions_answering(code: int, size: int) -> list[Edition]:
+    return [e for e in EDITIONS if (m := e.response(code)) and m.payload_size == size]
+
+
+def _is_answer_header(head: bytes) -> bool:
+    code, size = int.from_bytes(head[1:3], "little"), int.from_bytes(head[3:7], "little")
+    return head[0] == protocol.VERSION and bool(_editions_answering(code, size))
+
+
 class AnyEditionParser:
     """The server's answers, each of which must be well formed in some edition.
 
     A connection's edition can change under it (a 1025 series client turns
     out to be 2023C), so each answer is checked on its own: its code and
-    size must be one edition's, and its payload must parse in it.
+    size must be one edition's, and its payload must parse in it. The 2100
+    that answers a first 1025 may come as its header alone (its id withheld
+    from a 2024A client, docs/EDITIONS.md): it is, when an answer's header
+    or the end of the stream follows it at once.
     """
 
     def __init__(self) -> None:
@@ -245,9 +261,16 @@ class AnyEditionParser:
             return self._waiting()
         code = int.from_bytes(self._buffer[1:3], "little")
         size = int.from_bytes(self._buffer[3:head], "little")
-        editions = [e for e in EDITIONS if (m := e.response(code)) and m.payload_size == size]
+        editions = _editions_answering(code, size)
         if not editions:
             raise protocol.RemoteProtocolError(f"answer {code} of {size} bytes is no edition's")
+        if (code, size) == HELD_ID_HEADER:
+            after = bytes(self._buffer[head : 2 * head])
+            if len(after) < head and not self._eof:
+                return protocol.NEED_DATA
+            if not after or (len(after) == head and _is_answer_header(after)):
+                del self._buffer[:head]
+                return self.next_event()
         if len(self._buffer) < head + size:
             return self._waiting()
         answer = bytes(self._buffer[: head + size])
@@ -643,19 +666,23 @@ def seed_sessions() -> list[list[Record]]:
     for edition in (EDITION_2022, EDITION_2023A, EDITION_2023C, EDITION_2024A):
         who = f"ed{edition.name}"
         register = p.Register(client_id=b"\0" * 16, name=who)
-        # 2023C registers twice (it ignores the 2024A answer): the second id counts.
-        first = [register, register] if edition is EDITION_2023C else [register]
+        # The first 1025 gets the 2100 header alone (docs/EDITIONS.md): 2024A
+        # asks again at once (the second id counts), 2023C waits for the id.
+        first = [register, register] if edition is EDITION_2024A else [register]
         client_id = predictable_id(len(first) - 1)
         parts = _packets(client_id, "e.bin", data, 1024, edition=edition)
-        sessions.append([Record(_send(
-            *first,
+        rest = _send(
             p.SendPublicKey(client_id=client_id, name=who, public_key=OTHER_KEY),
             *parts,
             p.CrcRetry(client_id=client_id, file_name="e.bin"),
             *parts,
             p.CrcOk(client_id=client_id, file_name="e.bin"),
             edition=edition,
-        ), eof=True)])
+        )
+        if edition is EDITION_2023C:
+            sessions.append([Record(_send(*first, edition=edition)), Record(rest, advance=1, eof=True)])
+        else:
+            sessions.append([Record(_send(*first, edition=edition) + rest, eof=True)])
     _SEEDS.extend(sessions)
     return _SEEDS
 

@@ -15,18 +15,23 @@ import pytest
 from helpers import ANY_ID, RawClient, bad_padding_packet, unique_name
 from hostile_helpers import STRANGER
 from protocol import (
+    Acknowledged,
     ClientConnection,
     CrcOk,
     FileReceived,
     GeneralError,
+    Reconnect,
+    Reconnected,
     Register,
     RegistrationFailed,
     SendFilePacket,
     SendPublicKey,
+    cksum,
     crypto,
 )
 from protocol.codes import MAX_UINT32
 from protocol.editions import EDITION_2023C, EDITIONS
+from protocol.events import ReconnectRefused
 from protocol.events import UnknownResponse
 from protocol.wire import REQUEST_HEADER_SIZE
 from edition_helpers import db_rows, keyed, send_file
@@ -77,6 +82,50 @@ def test_c6_a_stranger_address_cannot_use_the_key(server, edition):
         assert isinstance(stranger.request(CrcOk(client_id=who.client_id, file_name="mine.bin")), GeneralError)
     assert files_of(server, who.client_id) == ["mine.bin"]
     assert db_rows(server, "SELECT Verified FROM files WHERE ID = ?", who.client_id) == [(0,)]
+
+
+def _victims_rows(server, client_id: bytes) -> list[tuple]:
+    """Everything the server keeps of a client that a request could write."""
+    return db_rows(server, "SELECT Edition, Crc, LastSeen, AESKey FROM clients WHERE ID = ?", client_id) \
+        + db_rows(server, "SELECT Address, IssuedAt, LastUsed FROM key_bindings WHERE ID = ?", client_id)
+
+
+@pytest.mark.parametrize("victim_edition", EDITIONS, ids=EDITION_IDS)
+@pytest.mark.parametrize("stranger_edition", EDITIONS, ids=EDITION_IDS)
+def test_c6_a_stranger_in_any_edition_writes_nothing_for_a_fresh_client(
+    server, victim_edition, stranger_edition
+):
+    # Between its registration and its first file request, a client of one
+    # edition is named by a stranger elsewhere in another edition's layouts
+    # (a 271-byte 1104 against 2023A, a 255-byte one against 2022, a 2023C
+    # 1028 against 2024A...): refused, and nothing of the client is written,
+    # so the client goes on in its own edition (docs/KEY_BINDING.md).
+    with RawClient(server.address, edition=victim_edition) as owner:
+        who = keyed(owner)
+        before = _victims_rows(server, who.client_id)
+        with RawClient(server.address, source=STRANGER, edition=stranger_edition) as stranger:
+            guessed = type(who)(who.name, who.client_id, who.private_key, os.urandom(stranger_edition.aes_key_size))
+            assert isinstance(send_file(stranger, guessed, "f.bin", b"the stranger's"), GeneralError)
+            assert isinstance(stranger.request(CrcOk(client_id=who.client_id, file_name="f.bin")), GeneralError)
+            if stranger_edition.has_reconnect:
+                # By id, under a name of its own: that name is registered
+                # afresh (variant 9), or refused in another family.
+                answer = stranger.request(Reconnect(client_id=who.client_id, name=unique_name("s")))
+                assert isinstance(answer, GeneralError) or (
+                    isinstance(answer, ReconnectRefused) and answer.client_id != who.client_id
+                ), answer
+        assert _victims_rows(server, who.client_id) == before
+        data = b"the owner's own file" * 100
+        answer = send_file(owner, who, "mine.bin", data)
+        assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
+        assert isinstance(owner.request(CrcOk(client_id=who.client_id, file_name="mine.bin")), Acknowledged)
+        if victim_edition.has_reconnect:
+            answer = owner.request(Reconnect(client_id=who.client_id, name=who.name))
+            assert isinstance(answer, Reconnected), answer
+            fresh = crypto.decrypt_aes_key(who.private_key, answer.encrypted_aes_key, victim_edition.aes_key_size)
+            assert len(fresh) == victim_edition.aes_key_size
+    assert db_rows(server, "SELECT Edition FROM clients WHERE ID = ?", who.client_id) == [(victim_edition.name,)]
+    assert files_of(server, who.client_id) == ["mine.bin"]
 
 
 @pytest.mark.parametrize("edition", EDITIONS, ids=EDITION_IDS)

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import (
+    NEED_DATA,
     Acknowledged,
     ClientConnection,
     CrcAbort,
@@ -389,3 +390,34 @@ def test_only_answers_that_are_the_id_alone_may_leave_it_out():
     client.receive_data(response(1600, b""))  # a registration without its new id is useless
     with pytest.raises(RemoteProtocolError, match="1600 payload must be 16"):
         drain(client)
+
+
+# -- an answer of the other 1025-series edition (docs/EDITIONS.md) ---------------------------
+
+
+def test_a_2024a_client_reads_an_unknown_answers_header_alone():
+    # The 2100 header of a first 1025, its id withheld; then the 1600 to the
+    # 1025 sent again: the stream stays aligned.
+    client = ClientConnection(EDITION_2024A, header_only_unknown=True)
+    client.receive_data(response(2100, CID)[:7] + response(1600, CID))
+    unknown = client.next_event()
+    assert (type(unknown).__name__, unknown.code, unknown.payload_size) == ("UnknownResponse", 2100, 16)
+    assert client.next_event() == Registered(client_id=CID)
+
+
+def test_a_2023c_client_reads_an_unknown_answer_whole():
+    client = ClientConnection(EDITION_2023C, skip_unknown=True)
+    client.receive_data(response(1600, bytes(16)) + response(2100, CID))
+    assert type(client.next_event()).__name__ == "UnknownResponse"
+    assert client.next_event() == Registered(client_id=CID)
+
+
+def test_a_request_whose_header_is_in_is_read_in_the_edition_settled_meanwhile():
+    server = ServerConnection()
+    data = request_from(1025, name(b"alice"))
+    server.receive_data(data[:30])
+    assert server.next_event() is NEED_DATA
+    server.use(EDITION_2024A)  # the session knows better (Rule 6 of server/session.py)
+    server.receive_data(data[30:])
+    assert isinstance(server.next_event(), Register)
+    assert server.candidates == (EDITION_2024A,)

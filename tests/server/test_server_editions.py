@@ -64,15 +64,31 @@ def _read(sock: socket.socket, count: int) -> bytes:
     return data
 
 
+def register_as_2024a(sock: socket.socket, text: bytes) -> bytes:
+    """A 2024A client's registration, from the wire facts of one (docs/EDITIONS.md).
+
+    Header id 16 x '0', version 3, the 278 bytes in one write. It expects
+    1600; of an answer it does not expect it reads the 7-byte header alone
+    and sends its 1025 again at once. Returns the id of the 1600.
+    """
+    register = request(1025, name(text), client_id=b"0" * 16)
+    sock.sendall(register)
+    for _ in range(2):
+        head = _read(sock, HEADER)
+        code, size = int.from_bytes(head[1:3], "little"), int.from_bytes(head[3:7], "little")
+        if code == 1600:
+            assert (head[0], size) == (3, 16)
+            return _read(sock, size)
+        sock.sendall(register)  # the payload it did not read stays unread
+    raise AssertionError("no 1600 after asking twice")
+
+
 def test_a_2024a_session_is_served_with_v3_answers(server):
     text = unique_name("e2024a").encode()
     key = private_key()
     plain = b"2024A edition file\n" * 500
     with socket.create_connection(server.address, timeout=IO_TIMEOUT) as sock:
-        sock.sendall(request(1025, name(text), client_id=b"a" * 16))
-        version, code, payload = read_answer(sock)
-        assert (version, code, len(payload)) == (3, 1600, 16)
-        client_id = payload
+        client_id = register_as_2024a(sock, text)
 
         sock.sendall(request(1026, name(text) + crypto.export_public_key(key), client_id))
         _, code, payload = read_answer(sock)
@@ -121,12 +137,12 @@ def test_a_session_written_byte_for_byte_from_the_tables(server, edition):
     key = private_key()
     plain = os.urandom(12_345)
     with socket.create_connection(server.address, timeout=IO_TIMEOUT) as sock:
-        sock.sendall(request(register, name(text)))
-        if edition == "2023C":  # it ignores the 2024A answer to a first 1025, and asks again
-            assert read_answer(sock)[1] == 1600
+        if edition == "2024A":
+            client_id = register_as_2024a(sock, text)
+        else:
             sock.sendall(request(register, name(text)))
-        version, code, client_id = read_answer(sock)
-        assert (version, code, len(client_id)) == (3, answers[0], 16)
+            version, code, client_id = read_answer(sock)
+            assert (version, code, len(client_id)) == (3, answers[0], 16)
         sock.sendall(request(key_code, name(text) + crypto.export_public_key(key), client_id))
         _, code, payload = read_answer(sock)
         assert (code, len(payload), payload[:16]) == (answers[1], 144, client_id)
@@ -154,8 +170,7 @@ def test_v3_and_2024a_clients_upload_at_the_same_time(server):
     v3 = RawClient(server.address)
     identity = make_identity(v3)
     with socket.create_connection(server.address, timeout=IO_TIMEOUT) as sock:
-        sock.sendall(request(1025, name(unique_name("e2024a").encode())))
-        assert read_answer(sock)[1] == 1600
+        register_as_2024a(sock, unique_name("e2024a").encode())
         answer = upload(v3, identity, "v3.bin", b"v3 data" * 1000)
         assert isinstance(answer, FileReceived) and answer.cksum == cksum(b"v3 data" * 1000)
     v3.close()
@@ -247,16 +262,85 @@ def test_the_2022_returning_client_sends_its_key_again(server):
         assert isinstance(refused, GeneralError)
 
 
-def test_a_1025_sent_again_is_a_2023c_client(server):
-    # A 2023C client reads the unexpected 1600 whole, ignores it and asks again.
-    text = unique_name("c").encode()
+# -- the first 1025: three kinds of client (docs/EDITIONS.md, "Telling the editions apart")
+
+
+def _go_on_as_2023c(server, sock: socket.socket, text: bytes, client_id: bytes) -> None:
+    """The rest of a 2023C session: 2102 with a 16-byte key, a file whole, 2103, 2104."""
+    key = private_key()
+    sock.sendall(request(1026, name(text) + crypto.export_public_key(key), client_id))
+    _, code, payload = read_answer(sock)
+    assert (code, len(payload), payload[:16]) == (2102, 144, client_id)
+    aes_key = crypto.decrypt_aes_key(key, payload[16:], 16)
+    plain = os.urandom(5000)
+    ciphertext = crypto.encrypt(aes_key, plain)
+    sock.sendall(request(1028, u32(len(ciphertext)) + name(b"c.bin") + ciphertext, client_id))
+    _, code, payload = read_answer(sock)
+    assert (code, payload[:16], int.from_bytes(payload[275:], "little")) == (2103, client_id, cksum(plain))
+    sock.sendall(request(1029, name(b"c.bin"), client_id))
+    assert read_answer(sock) == (3, 2104, client_id)
+    assert db_rows(server, "SELECT Edition FROM clients WHERE ID = ?", client_id) == [("2023C",)]
+
+
+def test_a_2023c_client_that_accepts_only_2100_is_registered(server):
+    # Its header id is uninitialised memory; it writes the 278 bytes at once,
+    # accepts only 2100 to its first 1025 and exits on anything else.
+    text = unique_name("c3").encode()
     with socket.create_connection(server.address, timeout=IO_TIMEOUT) as sock:
-        sock.sendall(request(1025, name(text)))
-        assert read_answer(sock)[1] == 1600
-        sock.sendall(request(1025, name(text)))
+        sock.sendall(request(1025, name(text), client_id=os.urandom(16)))
         version, code, client_id = read_answer(sock)
-        assert (version, code, len(client_id)) == (3, 2100, 16)
-    assert db_rows(server, "SELECT Edition FROM clients WHERE Name = ?", text.decode()) == [("2023C",)]
+        assert (version, code, len(client_id)) == (3, 2100, 16), "server rejected register request"
+        _go_on_as_2023c(server, sock, text, client_id)
+
+
+def test_b0rik_reads_an_unexpected_answer_whole_and_asks_again(server):
+    # b0rik (2023C): header id 16 x 'a', the 1025 in two writes; an answer it
+    # does not expect is read whole and ignored, and it asks again.
+    text = unique_name("borik").encode()
+    register = request(1025, name(text), client_id=b"a" * 16)
+    with socket.create_connection(server.address, timeout=IO_TIMEOUT) as sock:
+        answers = []
+        while not answers or answers[-1][1] != 2100:
+            assert len(answers) < 3, answers
+            sock.sendall(register[:23])
+            sock.sendall(register[23:])
+            answers.append(read_answer(sock))
+        assert [code for _, code, _ in answers] == [2100]  # no answer to ignore
+        _go_on_as_2023c(server, sock, text, answers[-1][2])
+
+
+def test_a_2024a_client_reads_the_2100_header_alone_and_stays_aligned(server_factory):
+    # A hold far longer than its round trip: the id of the 2100 is never sent.
+    server = server_factory("--first-register-hold", "30")
+    text = unique_name("d0").encode()
+    key = private_key()
+    with socket.create_connection(server.address, timeout=IO_TIMEOUT) as sock:
+        sock.sendall(request(1025, name(text), client_id=b"0" * 16))
+        head = _read(sock, HEADER)
+        assert (head[0], int.from_bytes(head[1:3], "little"), int.from_bytes(head[3:7], "little")) == (3, 2100, 16)
+        sock.sendall(request(1025, name(text), client_id=b"0" * 16))  # at once, the payload unread
+        version, code, client_id = read_answer(sock)
+        assert (version, code, len(client_id)) == (3, 1600, 16)
+        sock.sendall(request(1026, name(text) + crypto.export_public_key(key), client_id))
+        _, code, payload = read_answer(sock)
+        assert (code, len(payload), payload[:16]) == (1602, 144, client_id)
+        assert len(crypto.decrypt_aes_key(key, payload[16:])) == 32
+    # The registration the first 1025 made was replaced by the second's.
+    assert db_rows(server, "SELECT ID, Edition FROM clients WHERE Name = ?", text.decode()) == [(client_id, "2024A")]
+    assert "a 2024A client, the id withheld" in server.log()
+
+
+def test_a_2023c_client_refused_at_first_gets_the_2023c_form_when_it_asks_again(server):
+    # A refusal has no payload to hold: it goes in the 2024A form, which a
+    # 2024A client expects; b0rik reads it whole, ignores it and asks again.
+    text = unique_name("taken").encode()
+    with RawClient(server.address) as owner:
+        make_identity(owner, text.decode())
+    with socket.create_connection(server.address, timeout=IO_TIMEOUT) as sock:
+        sock.sendall(request(1025, name(text), client_id=b"a" * 16))
+        assert read_answer(sock) == (3, 1601, b"")
+        sock.sendall(request(1025, name(text), client_id=b"a" * 16))
+        assert read_answer(sock) == (3, 2101, b"")
 
 
 def test_a_client_is_refused_in_another_edition(server):

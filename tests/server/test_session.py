@@ -33,6 +33,7 @@ from protocol import (
     crypto,
 )
 from protocol.codes import PER_REQUEST_OPENERS, RequestCode
+from protocol.editions import EDITION_2024A
 from server.app import App
 from server.limits import Limits
 from server.outcome import RequestKind
@@ -235,6 +236,67 @@ def test_the_peers_close_sends_the_deferred_1604(harness):
 
 
 # -- per-request sessions ---------------------------------------------------------------
+
+
+# -- the first 1025 (Rule 6) -----------------------------------------------------------
+
+
+def _register_1025(name: str, cut: int | None = None) -> bytes:
+    data = ClientConnection(EDITION_2024A).send(Register(client_id=ANY_ID, name=name))
+    return data if cut is None else data[:cut]
+
+
+def test_a_first_1025_is_answered_with_the_2100_header_and_its_id_after_the_hold(harness):
+    session = harness.session()
+    session.receive_data(_register_1025(unique_name()))
+    assert session.next_step() is Step.REQUEST
+    header = session.data_to_send()
+    assert header[1:] == (2100).to_bytes(2, "little") + (16).to_bytes(4, "little")
+    due = harness.clock.now + harness.app.limits.first_register_hold
+    assert session.answer_due == pytest.approx(due)
+    harness.clock.now = due - 0.01
+    session.on_time()
+    assert session.data_to_send() == b""
+    harness.clock.now = due
+    session.on_time()
+    client_id = session.data_to_send()
+    assert len(client_id) == 16 and session.answer_due is None
+    assert harness.metadata.client_by_id(client_id).edition == "2023C"
+
+
+def test_a_request_within_the_hold_is_a_2024a_client_and_the_id_is_never_sent(harness):
+    session = harness.session()
+    name = unique_name()
+    session.receive_data(_register_1025(name))
+    session.next_step()
+    first_header = session.data_to_send()
+    session.receive_data(_register_1025(name))  # it read the header alone, and asks again
+    assert session.next_step() is Step.REQUEST
+    answer = session.data_to_send()
+    assert (first_header[1:3], answer[1:3], len(answer)) == (
+        (2100).to_bytes(2, "little"), (1600).to_bytes(2, "little"), 7 + 16
+    )
+    harness.clock.now += 10 * harness.app.limits.first_register_hold
+    session.on_time()
+    assert session.data_to_send() == b"" and session.answer_due is None
+    assert harness.metadata.client_by_name(name).edition == "2024A"
+
+
+def test_a_request_begun_when_the_hold_ends_is_a_2024a_client(harness):
+    # The id never goes out behind a client that did not wait for it.
+    session = harness.session()
+    name = unique_name()
+    session.receive_data(_register_1025(name))
+    session.next_step()
+    session.data_to_send()
+    session.receive_data(_register_1025(name, cut=30))
+    assert session.next_step() is Step.NEED_DATA
+    harness.clock.now += harness.app.limits.first_register_hold
+    session.on_time()
+    assert session.data_to_send() == b""
+    session.receive_data(_register_1025(name)[30:])
+    session.next_step()
+    assert session.data_to_send()[1:3] == (1600).to_bytes(2, "little")
 
 
 def test_per_request_packets_close_without_a_reply_until_the_last(harness):
