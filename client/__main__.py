@@ -242,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=_positive_float,
         default=DEFAULT_TIMEOUT,
-        help="give up when the server does not answer for this long"
-        f" (default: {DEFAULT_TIMEOUT:g})",
+        help="give up when a connect, a send that makes no progress, or a whole answer"
+        f" takes longer than this (default: {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
         "--packet-size",

@@ -4,7 +4,9 @@ Each request goes out in one gathered write of its whole bytes (some servers
 in the wild read a whole request per ``recv``): the header and an 828's
 content are passed to ``sendmsg`` side by side, never joined. Replies are read until one whole
 response has arrived. Every socket operation has a time-out, so a server that
-stops answering ends in :class:`NetworkError`, never in a hang.
+stops answering ends in :class:`NetworkError`, never in a hang; the time-out
+of an answer is a deadline for the whole answer, so a server that trickles it
+byte by byte cannot stretch it either.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import time
 
 from protocol import ClientConnection, ConnectionClosed, NEED_DATA, RemoteProtocolError
 from protocol.buffer import BytesLike
@@ -23,7 +26,7 @@ from .errors import MalformedReply, NetworkError
 
 log = logging.getLogger(__name__)
 
-#: Seconds a connect, a send or a wait for a reply may take.
+#: Seconds a connect may take, a send may make no progress, or a whole reply may take.
 DEFAULT_TIMEOUT = 30.0
 RECV_SIZE = 64 * 1024
 #: select() time-out of a poll that must not wait.
@@ -194,23 +197,25 @@ class Session:
     def receive(self, timeout: float | None = None):
         """Wait for the next whole response and return its event.
 
-        ``timeout`` shortens the wait for this reply (the session's otherwise).
+        The whole response must arrive within ``timeout`` seconds (the
+        session's time-out otherwise): one deadline per answer, however the
+        server spreads its bytes.
 
         Raises:
             NetworkError: the server closed the connection or did not answer
                 within the time-out.
             MalformedReply: the server sent something docs/PROTOCOL.md forbids.
         """
-        if timeout is not None and self._sock is not None:
-            self._sock.settimeout(timeout)
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
         try:
             while True:
                 event = self._next_event()
                 if event is not NEED_DATA:
                     return event
-                self._recv(timeout)
+                self._recv(deadline, wait)
         finally:
-            if timeout is not None and self._sock is not None:
+            if self._sock is not None:
                 self._sock.settimeout(self.timeout)
 
     def poll(self):
@@ -240,15 +245,21 @@ class Session:
         readable, _, _ = select.select([self._sock], [], [], _NO_WAIT)
         return bool(readable)
 
-    def _recv(self, timeout: float | None = None) -> None:
+    def _recv(self, deadline: float | None = None, wait: float | None = None) -> None:
+        """One ``recv``; with a ``deadline`` (of ``time.monotonic``), ended by it."""
         if self._sock is None:
             raise NetworkError(f"not connected to {self.address}")
         try:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self._sock.settimeout(left)
             data = self._sock.recv(RECV_SIZE)
         except TimeoutError:
-            waited = self.timeout if timeout is None else timeout
             raise NetworkError(
-                f"the server at {self.address} did not answer within {waited:g} s",
+                f"the server at {self.address} did not answer within"
+                f" {self.timeout if wait is None else wait:g} s",
                 timed_out=True,
             ) from None
         except OSError as exc:

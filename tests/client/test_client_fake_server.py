@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import time
 
 
 from client.__main__ import ExitCode
@@ -24,6 +25,7 @@ from protocol import (
     Registered,
     RegistrationFailed,
     SendPublicKey,
+    ServerConnection,
 )
 from protocol.crypto import encrypt_aes_key, generate_private_key, new_aes_key
 
@@ -424,6 +426,31 @@ def test_a_server_that_never_answers_times_out(work, run_client):
     result = run_against(script, work, data, run_client, "--timeout", "0.5")
     assert result.code == ExitCode.NETWORK
     assert "registration (825)" in result.err and "did not answer within 0.5 s" in result.err
+
+
+def test_a_server_that_trickles_its_answer_is_bound_by_the_timeout(work, run_client):
+    """--timeout bounds a whole answer: one byte every 0.7 × the time-out does not stretch it."""
+    data = make_file(work)
+    timeout = 1.0
+    answer = ServerConnection().send(Registered(client_id=bytes(16)))
+    trickle_time = len(answer) * 0.7 * timeout  # 16 s, about 20 × the time-out
+
+    def script(server):
+        peer = server.accept()
+        peer.expect(Register)
+        try:
+            for byte in answer:
+                peer.send_raw(bytes([byte]))
+                time.sleep(0.7 * timeout)
+        except OSError:  # the client gave up and closed: what the test wants
+            pass
+
+    started = time.monotonic()
+    result = run_against(script, work, data, run_client, "--timeout", f"{timeout:g}")
+    elapsed = time.monotonic() - started
+    assert result.code == ExitCode.NETWORK, result.err
+    assert "did not answer within 1 s" in result.err
+    assert elapsed < 5 * timeout < trickle_time / 3
 
 
 def test_no_server_is_a_network_error(work, run_client):
