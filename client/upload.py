@@ -85,11 +85,6 @@ FALLBACK_SMALL_PACKET = 4000
 FALLBACK_PADDED_PACKET = 1024
 #: Bytes read at a time when the file's zlib CRC-32 is computed (a second pass).
 CRC32_READ_SIZE = 1024 * 1024
-#: How long the answer to a file is awaited before the layout is suspected
-#: (then the session's time-out applies).
-FALLBACK_WAIT = 5.0
-#: ... plus this much per byte of the file (bytes/s), for a server's final sync.
-FALLBACK_RATE = 20_000_000
 
 
 @dataclass(frozen=True)
@@ -674,12 +669,12 @@ class Client:
         )
 
     def _await_file_received(self, plan: FilePlan) -> FileReceived:
-        wait = None
-        if self._fallback_on and not self._layout.pad_last:
-            # Long enough for any server that works, short enough not to wait
-            # for ever on one that dropped the layout (a fallback follows).
-            wait = min(self._session.timeout, FALLBACK_WAIT + plan.content_size / FALLBACK_RATE)
-        reply = self._session.receive(wait)
+        """The 1603 of the file just sent, awaited up to the session's time-out.
+
+        A server may take long over a large file (a final sync): the wait is
+        the time-out of any answer, not a guess from the file's size.
+        """
+        reply = self._session.receive()
         while self._is_stray_ack(reply):
             reply = self._session.receive()
         self._stray_acks = (0, 0)

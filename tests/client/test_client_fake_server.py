@@ -453,6 +453,28 @@ def test_a_server_that_trickles_its_answer_is_bound_by_the_timeout(work, run_cli
     assert elapsed < 5 * timeout < trickle_time / 3
 
 
+def test_a_slow_answer_to_a_large_file_is_awaited_up_to_the_timeout(work, run_client):
+    """A server that read the whole file may take long over it: no resend, no switch."""
+    data = make_file(work, size=3 * 1024 * 1024)
+    keys = Keys()
+    # Longer than any wait guessed from the file's size (5 s plus 20 MB/s
+    # before), well within --timeout.
+    slow = 5.5
+
+    def script(server):
+        peer = server.accept()
+        handshake_register(peer, keys)
+        received = peer.receive_file(keys.aes_key)
+        time.sleep(slow)
+        peer.reply(file_received(keys, received))
+        peer.expect(CrcOk)
+        peer.reply(Acknowledged(client_id=keys.client_id))
+
+    result = run_against(script, work, data, run_client, "--timeout", f"{3 * slow:g}")
+    assert result.code == ExitCode.OK, result.err
+    assert SERVER_ERROR_MESSAGE not in result.err and "refused the layout" not in result.err
+
+
 def test_no_server_is_a_network_error(work, run_client):
     data = make_file(work)
     import socket
