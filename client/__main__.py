@@ -283,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="never switch layout on its own: by default, when a server refuses or drops"
         " the standard layout in a known way, the upload is retried once in the layout"
-        " the symptom points to, for the rest of the run",
+        " the symptom points to, for the rest of the run. Either way a file gets"
+        f" {MAX_RETRIES} retries in all (after error replies or a dropped connection,"
+        " across its resends), plus one attempt in each layout switched to",
     )
     layout.add_argument(
         "--pad-last-packet",

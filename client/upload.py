@@ -51,6 +51,7 @@ from protocol.crypto import decrypt_aes_key, export_public_key, generate_private
 
 from .config import Identity, ServerAddress, save_identity
 from .errors import (
+    ClientError,
     FileReadError,
     MalformedReply,
     NetworkError,
@@ -96,6 +97,40 @@ class FileResult:
     verified: bool
     uploads: int
     seconds: float
+
+
+@dataclass
+class RetryBudget:
+    """The retries of one step, or of one file across its layouts and resends.
+
+    One budget per file, never restarted (docs/CLIENT.md, "Flow and
+    retries"): every retry after an error reply or a dropped connection takes
+    one, whichever step of the file's upload it is in. A layout switch takes
+    none: each layout is tried at most once, so the switches are bounded too.
+    """
+
+    retries: int = MAX_RETRIES
+    used: int = 0
+
+    @property
+    def attempts(self) -> int:
+        """The attempts made so far."""
+        return self.used + 1
+
+    def take(self) -> int | None:
+        """The number of the next retry, or None when none is left."""
+        if self.used >= self.retries:
+            return None
+        self.used += 1
+        return self.used
+
+
+class _LayoutSwitched(ClientError):
+    """An attempt ended by a symptom that names the layout; the layout was switched."""
+
+    def __init__(self, cause: ClientError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class _Reply(Protocol):
@@ -149,6 +184,12 @@ class Client:
         self._key = shared_key or SharedKey()
         #: (connection number, count) of 1604s to ignore after a 901.
         self._stray_acks = (0, 0)
+        #: The retries of the file being sent (None between files: each step its own).
+        self._budget: RetryBudget | None = None
+        #: A file was received (1603) in the layout in force: it is kept for
+        #: the rest of the run, whatever happens later (a crash, a drain, a
+        #: full disk is the server's trouble, not the layout's).
+        self._layout_proven = False
 
     @property
     def _aes_key(self) -> bytes | None:
@@ -203,48 +244,72 @@ class Client:
         """Run attempt; on an error reply print the message and retry it.
 
         A malformed reply always replaces the connection; ``reset_on_error``
-        replaces it after any error reply (more may be on their way).
+        replaces it after any error reply (more may be on their way). A
+        connection the server closes after it answered on it is the server
+        going away (a crash, a drain): the attempt is retried on a new
+        connection in the same layout, and only the same close again on the
+        new connection names the layout (one connection per request). The
+        retries come from the file's budget while a file is sent.
 
         Raises:
-            ServerError: still failing after MAX_RETRIES retries.
+            ServerError: still failing once the budget is spent.
             NetworkError: with ``step`` set.
         """
-        attempts = 1 + MAX_RETRIES
-        for number in range(1, attempts + 1):
+        budget = self._budget or RetryBudget()
+        went_away = 0  # closes after an answer in a row
+        while True:
             try:
                 return attempt()
+            except _LayoutSwitched as switched:
+                if not isinstance(switched.cause, NetworkError):
+                    log.warning(SERVER_ERROR_MESSAGE)
+                continue
             except (UnexpectedReply, MalformedReply) as exc:
+                went_away = 0
                 log.warning(SERVER_ERROR_MESSAGE)
                 log.info("%s: %s", step, exc)
-                reason = str(exc)
                 if reset_on_error or isinstance(exc, MalformedReply):
                     self._session.reset()
-                if number < attempts:
-                    log.info("retrying %s (retry %d of %d)", step, number, MAX_RETRIES)
+                retry = budget.take()
+                if retry is None:
+                    raise ServerError(step, str(exc), budget.attempts) from None
+                log.info("retrying %s (retry %d of %d)", step, retry, budget.retries)
             except NetworkError as exc:
                 exc.step = exc.step or step
-                switch = self._fallback(exc)
-                if switch is None or number == attempts:
+                if not (exc.closed and self._session.replies_on_connection):
+                    raise  # unreachable, silent or closed before answering: report it
+                went_away += 1
+                switch = self._fallback(exc) if went_away > 1 else None
+                if switch is not None:
+                    self._take_fallback(step, switch)
+                    continue
+                retry = budget.take()
+                if retry is None:
                     raise
-                reason = str(exc)
-                self._take_fallback(step, switch)
-        raise ServerError(step, reason, attempts)
-
-    # -- fallbacks -------------------------------------------------------------
+                log.warning(
+                    "the server closed the connection during %s; retrying on a new"
+                    " connection (retry %d of %d)",
+                    step,
+                    retry,
+                    budget.retries,
+                )
+                self._session.reset()
 
     def _fallback(self, exc: Exception, plan: FilePlan | None = None) -> str | None:
-        """The layout a symptom points to, if it is one the client has not taken yet.
+        """The layout a symptom names, if it is one the client has not taken yet.
 
         Servers in the wild vary: a 1607 before the last packet of a
         multi-packet file (the client sends on without waiting, so it is seen a
         packet or two after the one refused) points to swapped fields and
-        per-packet encryption (variants 5 and 6); a close after a reply on a
-        connection, to one connection per request with small packets (variant
-        7); no answer to a file, to
-        1,024-byte packets with the last zero-filled (variant 4). ``--strict``
-        turns this off. Each switch holds for the rest of the run.
+        per-packet encryption (variants 5 and 6); a close right after an
+        answer, on two connections in a row, to one connection per request
+        with small packets (variant 7); no answer to a file, to 1,024-byte
+        packets with the last zero-filled (variant 4). A layout in which a
+        file was received is never left: what goes wrong later is the
+        server's trouble. ``--strict`` turns this off. Each switch holds for
+        the rest of the run.
         """
-        if not self._fallback_on:
+        if not self._fallback_on or self._layout_proven:
             return None
         layout, session = self._layout, self._session
         if (
@@ -263,7 +328,7 @@ class Client:
                 return f"one connection per request, packets of {FALLBACK_SMALL_PACKET} bytes"
         if (
             isinstance(exc, NetworkError)
-            and (exc.timed_out or exc.closed)
+            and exc.timed_out
             and plan is not None
             and not layout.pad_last
         ):
@@ -420,6 +485,15 @@ class Client:
             plural(plan.packet_size, "byte"),
             self.server,
         )
+        self._budget = RetryBudget()  # one for the whole file (docs/CLIENT.md)
+        try:
+            return self._upload(plan, size, started, fresh_key=fresh_key)
+        finally:
+            self._budget = None
+
+    def _upload(self, plan: FilePlan, size: int, started: float, *, fresh_key: bool) -> FileResult:
+        """The upload of one file and its verdict, under the file's retry budget."""
+        path, name = plan.path, plan.display_name
         if fresh_key:
             self._prepare_connection(fresh_key=True)
         uploads = 0
@@ -542,8 +616,8 @@ class Client:
     def _send_in_current_layout(
         self, path: Path, size: int, label: str, step: str
     ) -> tuple[FileReceived, int, FilePlan]:
-        """One upload attempt in the layout in force; a symptom of a layout
-        the server refuses switches it and makes the attempt a retry."""
+        """One upload attempt in the layout in force; a symptom that names a
+        layout the server refuses switches it and makes the attempt end."""
         plan = plan_file(path, size, self._packet_size, self._layout)
         try:
             received, crcs = self._send_file_once(plan, label)
@@ -554,11 +628,13 @@ class Client:
                     " the connections take turns from now on"
                 )
                 raise UnexpectedReply(f"{exc} (retrying in turn)") from exc
+            if isinstance(exc, NetworkError) and exc.closed:
+                raise  # a close names no layout by itself (_with_retries)
             switch = self._fallback(exc, plan)
             if switch is None:
                 raise
             self._take_fallback(step, switch)
-            raise UnexpectedReply(f"{exc} (retrying in another layout)") from exc
+            raise _LayoutSwitched(exc) from exc
         return received, crcs, plan
 
     def _send_file_once(
@@ -685,6 +761,7 @@ class Client:
             raise UnexpectedReply(
                 f"1603 names the file {reply.file_name}, we sent {plan.display_name!r}"
             )
+        self._layout_proven = True
         return reply
 
 

@@ -524,6 +524,34 @@ def test_upload_failing_four_times_is_fatal(work, run_client):
     assert "error: upload of 'data.bin' failed after 4 attempts" in result.err
 
 
+def test_a_file_has_one_retry_budget_across_its_resends(work, run_client):
+    """Each upload of the file refused once (1607), each received one with another cksum:
+    the retries are counted once for the file, never from 1 again."""
+    data = make_file(work, size=3000)
+    keys = Keys()
+
+    def script(server):
+        peer = server.accept()
+        handshake_register(peer, keys)
+        for upload in range(4):
+            if upload:
+                peer.expect(CrcRetry)
+            peer.receive_file(keys.aes_key)
+            peer.reply(GeneralError())
+            peer.expect_closed()
+            if upload == 3:
+                return  # the budget is spent: the client gives up on the file
+            peer = server.accept()
+            handshake_reconnect(peer, keys)
+            peer.reply(file_received(keys, peer.receive_file(keys.aes_key), cksum_delta=1))
+
+    result = run_against(script, work, data, run_client)
+    assert result.code == ExitCode.SERVER_ERROR, result.err
+    assert "error: upload of 'data.bin' failed after 4 attempts" in result.err
+    retries = [line for line in result.err.splitlines() if "(retry " in line]
+    assert [line.split("(retry ")[1] for line in retries] == ["1 of 3)", "2 of 3)", "3 of 3)"]
+
+
 def test_900_answered_with_1607_is_retried(work, run_client):
     data = make_file(work, size=3000)
     keys = Keys()
