@@ -96,6 +96,8 @@ class Session:
         self.first_request: RequestCode | None = None
         self.connections_opened = 0
         self._eof = False
+        #: The server closed the connection after a whole reply (not inside one).
+        self._closed_between_replies = False
 
     # -- connection ----------------------------------------------------------
 
@@ -137,6 +139,7 @@ class Session:
         self.requests_on_connection = 0
         self.replies_on_connection = 0
         self._eof = False
+        self._closed_between_replies = False
 
     def _new_connection(self) -> ClientConnection:
         # A 2023C client reads an answer it does not expect whole and asks
@@ -218,6 +221,23 @@ class Session:
             if self._sock is not None:
                 self._sock.settimeout(self.timeout)
 
+    def answer_or_close(self):
+        """The answer to the request just sent, or None if the server closed
+        the connection without one (as it does after a non-final 828 or a 901
+        on a per-request connection, docs/PROTOCOL.md variant 7).
+
+        Raises:
+            NetworkError: no answer and no close within the time-out, or the
+                connection broke in the middle of an answer.
+            MalformedReply: as :meth:`receive`.
+        """
+        try:
+            return self.receive()
+        except NetworkError as exc:
+            if self._closed_between_replies:
+                return None
+            raise
+
     def poll(self):
         """A response that has already arrived, or None, without waiting.
 
@@ -285,6 +305,7 @@ class Session:
                 ) from None
             raise MalformedReply(f"malformed reply: {exc}") from None
         if isinstance(event, ConnectionClosed):
+            self._closed_between_replies = True
             raise NetworkError(f"the server at {self.address} closed the connection", closed=True)
         if event is not NEED_DATA:
             self.replies_on_connection += 1

@@ -302,8 +302,9 @@ class Client:
         multi-packet file (the client sends on without waiting, so it is seen a
         packet or two after the one refused) points to swapped fields and
         per-packet encryption (variants 5 and 6); a close right after an
-        answer, on two connections in a row, to one connection per request
-        with small packets (variant 7); no answer to a file, to 1,024-byte
+        answer, on two connections in a row, to small packets (a server that
+        reads a request with one receive), and once more to one connection
+        per request (variant 7); no answer to a file, to 1,024-byte
         packets with the last zero-filled (variant 4). A layout in which a
         file was received is never left: what goes wrong later is the
         server's trouble. ``--strict`` turns this off. Each switch holds for
@@ -323,8 +324,10 @@ class Client:
             return "swapped packet fields and per-packet encryption"
         if isinstance(exc, NetworkError) and exc.closed and not session.per_request:
             if session.replies_on_connection:  # it closed after answering
+                if self._packet_size > FALLBACK_SMALL_PACKET:  # first: a packet too large?
+                    self._packet_size = FALLBACK_SMALL_PACKET
+                    return f"packets of {FALLBACK_SMALL_PACKET} bytes"
                 session.per_request = True
-                self._packet_size = min(self._packet_size, FALLBACK_SMALL_PACKET)
                 return f"one connection per request, packets of {FALLBACK_SMALL_PACKET} bytes"
         if (
             isinstance(exc, NetworkError)
@@ -594,16 +597,23 @@ class Client:
             self._reconnect()
 
     def _send_crc_retry(self, plan: FilePlan) -> None:
-        """901; the packets follow at once, with no reply awaited (variant 8)."""
+        """901; the packets follow at once, with no reply awaited (variant 8).
+
+        On per-request connections its close (or a 1604) comes first, as for a packet.
+        """
         try:
             retry = CrcRetry(
                 client_id=self._registered_identity.client_id, file_name=plan.wire_name
             )
             self._session.send(retry)
+            self._stray_acks = (self._session.connections_opened, 1)
+            if self._session.per_request:  # its 1604 or its close, before the packets
+                reply = self._session.answer_or_close()
+                if reply is not None and not self._is_stray_ack(reply):
+                    raise UnexpectedReply(_reply_error(reply, "1604 or a close") + " after 901")
         except NetworkError as exc:
             exc.step = f"CRC mismatch notice (901) for {plan.display_name!r}"
             raise
-        self._stray_acks = (self._session.connections_opened, 1)
 
     def _confirm(self, kind: type, step: str, plan: FilePlan) -> None:
         """900 or 902, answered by 1604."""
@@ -675,6 +685,8 @@ class Client:
                 self._take_early_reply(number)
                 if not whole:
                     self._send_packet(plan, number, packet.content)
+                    if self._session.per_request and number < plan.total_packets:
+                        self._await_packet_close(number)
                 elif number == 1:
                     self._send_packet(plan, 1, packet.content, whole_file=True)
                 else:
@@ -712,6 +724,21 @@ class Client:
                 f" of {plan.total_packets}, then closed the connection",
                 packet=number - 1 or 1,
             ) from None
+
+    def _await_packet_close(self, number: int) -> None:
+        """Per request: the close (or an answer) that ends a non-final packet's
+        connection, before the next packet goes out.
+
+        A server may handle each connection in a thread of its own and store
+        packets in the order its threads run: packets in flight at once
+        would be stored out of order (variant 7).
+        """
+        reply = self._session.answer_or_close()
+        if reply is None or self._is_stray_ack(reply):
+            return
+        raise UnexpectedReply(
+            f"{_reply_error(reply, 'a close')} after packet {number}", packet=number
+        )
 
     def _poll_quietly(self):
         try:

@@ -9,6 +9,7 @@ server keeps the client's key by client id, as variant 7 requires.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import threading
 import functools
@@ -144,6 +145,46 @@ def one_receive_per_connection(sock: socket.socket, state: State) -> None:
         sock.sendall(conn.send(_answer(state, request)))
 
 
+def _one_request(sock: socket.socket) -> tuple[ServerConnection, list]:
+    """Read until one whole request has arrived: its events (an 828's content included)."""
+    conn = ServerConnection()
+    events: list = []
+    while not events or isinstance(events[-1], (FilePacketStarted, FileContent)):
+        data = sock.recv(1 << 16)
+        conn.receive_data(data)
+        while (event := conn.next_event()) is not NEED_DATA:
+            if isinstance(event, ConnectionClosed):
+                return conn, []
+            events.append(event)
+    return conn, events
+
+
+#: Behaviour 3': the lock under which a thread appends its packet.
+_APPEND = threading.Lock()
+
+
+def threaded_per_connection(sock: socket.socket, state: State) -> None:
+    """Behaviour 3': one request per connection, answered (or closed after a
+    non-final 828), each connection in a thread of its own that appends its
+    packet in the order the threads get there."""
+    conn, events = _one_request(sock)
+    if not events:
+        return
+    request = events[0]
+    threading.Event().wait(random.uniform(0, 0.002))  # threads run in any order
+    with _APPEND:
+        if isinstance(request, FilePacketStarted):
+            state.ciphertext += b"".join(e.data for e in events if isinstance(e, FileContent))
+            if request.packet_number == request.total_packets:
+                try:
+                    state.plain += crypto.decrypt(state.aes_key, bytes(state.ciphertext))
+                except CryptoError:  # scrambled packets: garbage
+                    state.plain += bytes(state.ciphertext)
+                sock.sendall(conn.send(_file_done(state, request.file_name)))
+        elif (answer := _answer(state, request)) is not None:
+            sock.sendall(conn.send(answer))
+
+
 def fixed_size_packets(sock: socket.socket, state: State) -> None:
     """Behaviour 4: every 828 payload unpacked as exactly 1,291 bytes; else the handler dies."""
     conn = ServerConnection()
@@ -255,11 +296,10 @@ class BehaviourServer:
 
 
 BEHAVIOURS = {
-    "5-small-packets-only": (
-        functools.partial(standard, max_packet=8192), "one connection per request"
-    ),
+    "5-small-packets-only": (functools.partial(standard, max_packet=8192), "packets of 4000 bytes"),
     "swapped-per-packet": (swapped_per_packet, "swapped packet fields and per-packet encryption"),
     "one-receive-per-connection": (one_receive_per_connection, "one connection per request"),
+    "threaded-per-connection": (threaded_per_connection, "one connection per request"),
     "fixed-1291-byte-packets": (fixed_size_packets, "1024-byte packets, the last zero-filled"),
 }
 
@@ -291,7 +331,8 @@ def test_the_default_client_falls_back_and_completes(work, run_client, behaviour
     handler, switch = BEHAVIOURS[behaviour]
     data = os.urandom(SIZES[size])
     (work / "data.bin").write_bytes(data)
-    with BehaviourServer(handler, one_at_a_time=handler is not fixed_size_packets) as server:
+    one_at_a_time = handler not in (fixed_size_packets, threaded_per_connection)
+    with BehaviourServer(handler, one_at_a_time=one_at_a_time) as server:
         write_transfer_info(work, server.address, "alice", "data.bin")
         first = run_client()  # registers
         assert first.code == ExitCode.OK, first.err
@@ -309,7 +350,8 @@ def test_the_default_client_falls_back_and_completes(work, run_client, behaviour
 def test_strict_keeps_the_standard_layout_and_fails(work, run_client, behaviour):
     handler, switch = BEHAVIOURS[behaviour]
     (work / "data.bin").write_bytes(os.urandom(3_000_000))  # several packets of the default size
-    with BehaviourServer(handler, one_at_a_time=handler is not fixed_size_packets) as server:
+    one_at_a_time = handler not in (fixed_size_packets, threaded_per_connection)
+    with BehaviourServer(handler, one_at_a_time=one_at_a_time) as server:
         write_transfer_info(work, server.address, "alice", "data.bin")
         result = run_client("--strict", "--timeout", "2")
     assert result.code in (ExitCode.SERVER_ERROR, ExitCode.NETWORK), result.err
