@@ -313,15 +313,8 @@ class Client:
         if not self._fallback_on or self._layout_proven:
             return None
         layout, session = self._layout, self._session
-        if (
-            isinstance(exc, UnexpectedReply)
-            and exc.packet is not None  # before the last packet: the layout is refused
-            and plan is not None
-            and plan.total_packets > 1
-            and not (layout.swapped and layout.per_packet)
-        ):
-            self._layout = replace(layout, swapped=True, per_packet=True, pad_last=False)
-            return "swapped packet fields and per-packet encryption"
+        if isinstance(exc, UnexpectedReply) and exc.packet is not None and plan is not None:
+            return self._after_refusal(plan)  # a packet refused: the layout is
         if isinstance(exc, NetworkError) and exc.closed and not session.per_request:
             if session.replies_on_connection:  # it closed after answering
                 if self._packet_size > FALLBACK_SMALL_PACKET:  # first: a packet too large?
@@ -339,6 +332,22 @@ class Client:
             self._packet_size = FALLBACK_PADDED_PACKET
             return f"{FALLBACK_PADDED_PACKET}-byte packets, the last zero-filled"
         return None
+
+    def _after_refusal(self, plan: FilePlan) -> str | None:
+        """The next layout for a server that refused a packet of ``plan``, if any.
+
+        The ladder: swapped fields and per-packet encryption (variants 5 and
+        6), then the whole file in one packet (a server that takes every 828
+        as a whole file).
+        """
+        layout = self._layout
+        if plan.total_packets <= 1 or layout.whole_file:
+            return None
+        if not (layout.swapped and layout.per_packet):
+            self._layout = replace(layout, swapped=True, per_packet=True, pad_last=False)
+            return "swapped packet fields and per-packet encryption"
+        self._layout = Layout(whole_file=True)
+        return "the whole file in one packet"
 
     def _take_fallback(self, step: str, switch: str) -> None:
         log.warning("%s: the server refused the layout; switching to %s", step, switch)
@@ -676,7 +685,7 @@ class Client:
         aes_key = self._aes_key
         if aes_key is None:
             raise NotLoggedIn("no AES key to encrypt the file with: log_in() gets one first")
-        whole = self._session.edition.whole_file
+        whole = self._session.edition.whole_file or self._layout.whole_file
         per_packet = self._layout.per_packet and not whole
         with _open_for_reading(plan.path) as source, PipelinedPackets(
             source, plan, aes_key, sums, per_packet=per_packet

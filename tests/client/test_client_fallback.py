@@ -13,6 +13,7 @@ import random
 import socket
 import threading
 import functools
+import zlib
 from dataclasses import dataclass, field
 
 import pytest
@@ -185,6 +186,35 @@ def threaded_per_connection(sock: socket.socket, state: State) -> None:
             sock.sendall(conn.send(answer))
 
 
+def every_packet_a_whole_file(sock: socket.socket, state: State) -> None:
+    """Behaviour 7: each 828 taken as the whole file (decrypted alone), answered
+    1603 with zlib's CRC-32, or 1607 if it does not decrypt; persistent."""
+    conn = ServerConnection()
+    content = bytearray()
+    while True:
+        conn.receive_data(sock.recv(1 << 16))
+        while (event := conn.next_event()) is not NEED_DATA:
+            if isinstance(event, ConnectionClosed):
+                return
+            if isinstance(event, FilePacketStarted):
+                packet, content = event, bytearray()
+            elif isinstance(event, FileContent):
+                content += event.data
+            elif isinstance(event, FilePacketEnded):
+                try:
+                    plain = crypto.decrypt(state.aes_key, bytes(content))
+                except CryptoError:
+                    sock.sendall(conn.send(GeneralError()))
+                    continue
+                state.uploads += len(plain) == packet.orig_file_size  # a whole file indeed
+                state.last = plain
+                sock.sendall(conn.send(
+                    FileReceived(CLIENT_ID, len(content), packet.file_name, zlib.crc32(plain))
+                ))
+            elif (answer := _answer(state, event)) is not None:
+                sock.sendall(conn.send(answer))
+
+
 def fixed_size_packets(sock: socket.socket, state: State) -> None:
     """Behaviour 4: every 828 payload unpacked as exactly 1,291 bytes; else the handler dies."""
     conn = ServerConnection()
@@ -301,7 +331,12 @@ BEHAVIOURS = {
     "one-receive-per-connection": (one_receive_per_connection, "one connection per request"),
     "threaded-per-connection": (threaded_per_connection, "one connection per request"),
     "fixed-1291-byte-packets": (fixed_size_packets, "1024-byte packets, the last zero-filled"),
+    "every-packet-a-whole-file": (every_packet_a_whole_file, "the whole file in one packet"),
 }
+
+
+#: Behaviours that serve a file of one packet of the default size as it is.
+ONE_PACKET_SERVED = ("swapped-per-packet", "every-packet-a-whole-file")
 
 
 #: Behaviours the client copes with without a switch: (handler, what it sends).
@@ -338,7 +373,7 @@ def test_the_default_client_falls_back_and_completes(work, run_client, behaviour
         assert first.code == ExitCode.OK, first.err
         # A 100 KB file is one packet of the default size: only a server that
         # needs small or fixed packets makes the client switch for it.
-        if SIZES[size] > 1024 * 1024 or behaviour != "swapped-per-packet":
+        if SIZES[size] > 1024 * 1024 or behaviour not in ONE_PACKET_SERVED:
             assert switch in first.err
         assert server.state.verified == data and server.state.uploads == 1
         second = run_client()  # logs in again with me.info
