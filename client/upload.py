@@ -47,7 +47,12 @@ from protocol import (
 
 from protocol.buffer import BytesLike
 from protocol.codes import CLIENT_ID_SIZE, PER_REQUEST_OPENERS, ResponseCode
-from protocol.crypto import decrypt_aes_key, export_public_key, generate_private_key
+from protocol.crypto import (
+    decrypt_aes_key,
+    export_public_key,
+    generate_private_key,
+    padded_size,
+)
 
 from .config import Identity, ServerAddress, save_identity
 from .errors import (
@@ -84,6 +89,9 @@ NO_CLIENT_ID = bytes(CLIENT_ID_SIZE)
 FALLBACK_SMALL_PACKET = 4000
 #: Packets after a fallback for a server that reads fixed-size packets.
 FALLBACK_PADDED_PACKET = 1024
+#: Packets after a refusal for a server that reads a packet with one receive
+#: (large packets arrive cut); its own client sends packets of this size.
+FALLBACK_CUT_PACKET = 8192
 #: Bytes read at a time when the file's zlib CRC-32 is computed (a second pass).
 CRC32_READ_SIZE = 1024 * 1024
 
@@ -177,6 +185,8 @@ class Client:
         self.identity = identity
         self._progress = progress or NoProgress()
         self._packet_size = packet_size
+        #: The packet size asked for (a fallback may change ``_packet_size``).
+        self._preferred_packet_size = packet_size
         self._layout = layout
         self._fallback_on = fallback
         #: Several connections of one client (``--jobs``) share the key and take turns.
@@ -314,7 +324,8 @@ class Client:
             return None
         layout, session = self._layout, self._session
         if isinstance(exc, UnexpectedReply) and exc.packet is not None and plan is not None:
-            return self._after_refusal(plan)  # a packet refused: the layout is
+            # A packet refused: the layout is named (the file refused whole, its size only).
+            return self._after_refusal(plan, final=exc.packet >= plan.total_packets)
         if isinstance(exc, NetworkError) and exc.closed and not session.per_request:
             if session.replies_on_connection:  # it closed after answering
                 if self._packet_size > FALLBACK_SMALL_PACKET:  # first: a packet too large?
@@ -333,21 +344,35 @@ class Client:
             return f"{FALLBACK_PADDED_PACKET}-byte packets, the last zero-filled"
         return None
 
-    def _after_refusal(self, plan: FilePlan) -> str | None:
+    def _after_refusal(self, plan: FilePlan, *, final: bool) -> str | None:
         """The next layout for a server that refused a packet of ``plan``, if any.
 
-        The ladder: swapped fields and per-packet encryption (variants 5 and
-        6), then the whole file in one packet (a server that takes every 828
-        as a whole file).
+        A refusal of the whole file (``final``: a 1607 for its 1603) names
+        only a packet size: a file of one large packet.
+
+        The ladder, each rung taken once and only where it changes what is
+        sent: swapped fields and per-packet encryption (variants 5 and 6);
+        small packets in the standard layout (a server that reads a packet
+        with one receive, so large ones arrive cut); the whole file in one
+        packet (a server that takes every 828 as a whole file).
         """
         layout = self._layout
-        if plan.total_packets <= 1 or layout.whole_file:
+        if layout.whole_file:
             return None
-        if not (layout.swapped and layout.per_packet):
+        several = padded_size(plan.orig_size) > self._preferred_packet_size and not final
+        untouched = self._packet_size == self._preferred_packet_size
+        if several and not layout.per_packet and untouched:
             self._layout = replace(layout, swapped=True, per_packet=True, pad_last=False)
             return "swapped packet fields and per-packet encryption"
-        self._layout = Layout(whole_file=True)
-        return "the whole file in one packet"
+        if self._packet_size > FALLBACK_CUT_PACKET and plan.content_size > FALLBACK_CUT_PACKET:
+            self._layout = STANDARD_LAYOUT
+            self._packet_size = FALLBACK_CUT_PACKET
+            return f"packets of {FALLBACK_CUT_PACKET} bytes"
+        if several:
+            self._layout = Layout(whole_file=True)
+            self._packet_size = self._preferred_packet_size
+            return "the whole file in one packet"
+        return None
 
     def _take_fallback(self, step: str, switch: str) -> None:
         log.warning("%s: the server refused the layout; switching to %s", step, switch)
@@ -790,6 +815,8 @@ class Client:
         while self._is_stray_ack(reply):
             reply = self._session.receive()
         self._stray_acks = (0, 0)
+        if isinstance(reply, GeneralError):  # the file refused, at its last packet
+            raise UnexpectedReply(_reply_error(reply, "1603"), packet=plan.total_packets)
         if not isinstance(reply, FileReceived):
             raise UnexpectedReply(_reply_error(reply, "1603 FileReceived"))
         self._check_client_id(reply)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import struct
 import threading
 import functools
 import zlib
@@ -215,6 +216,52 @@ def every_packet_a_whole_file(sock: socket.socket, state: State) -> None:
                 sock.sendall(conn.send(answer))
 
 
+#: Behaviour 8: the buffer each field of a request is read into with one receive.
+FIELD_RECEIVE = 1 << 16
+#: The fields of a request: the header's, then an 828's before its content.
+HEADER_FIELDS = (16, 1, 2, 4)
+PACKET_FIELDS = (4, 4, 2, 2, 255)
+
+
+def one_receive_per_field(sock: socket.socket, state: State) -> None:
+    """Behaviour 8: each field read with one receive (of at most 64 KiB): a
+    large packet arrives cut, the stream is lost, 1607 and close; persistent."""
+    conn = ServerConnection()
+
+    def field(size: int) -> bytes:
+        data = sock.recv(min(size, FIELD_RECEIVE))
+        if len(data) < size:
+            raise EOFError  # cut (or closed): what follows is not a request
+        return data
+
+    try:
+        while True:
+            header = b"".join(field(size) for size in HEADER_FIELDS)
+            code, payload_size = struct.unpack("<HI", header[17:])
+            payload = b""
+            if code == 828:
+                payload = b"".join(field(size) for size in PACKET_FIELDS)
+                payload += field(payload_size - len(payload)) if payload_size > len(payload) else b""
+            elif payload_size:
+                payload = field(payload_size)
+            conn.receive_data(header + payload)
+            while (event := conn.next_event()) is not NEED_DATA:
+                if isinstance(event, FilePacketStarted):
+                    packet = event
+                elif isinstance(event, FileContent):
+                    state.ciphertext += event.data
+                elif isinstance(event, FilePacketEnded):
+                    if packet.packet_number == packet.total_packets:
+                        state.plain += crypto.decrypt(state.aes_key, bytes(state.ciphertext))
+                        sock.sendall(conn.send(_file_done(state, packet.file_name)))
+                elif (answer := _answer(state, event)) is not None:
+                    sock.sendall(conn.send(answer))
+    except EOFError:
+        state.plain.clear()
+        state.ciphertext.clear()
+        sock.sendall(conn.send(GeneralError()))
+
+
 def fixed_size_packets(sock: socket.socket, state: State) -> None:
     """Behaviour 4: every 828 payload unpacked as exactly 1,291 bytes; else the handler dies."""
     conn = ServerConnection()
@@ -332,6 +379,7 @@ BEHAVIOURS = {
     "threaded-per-connection": (threaded_per_connection, "one connection per request"),
     "fixed-1291-byte-packets": (fixed_size_packets, "1024-byte packets, the last zero-filled"),
     "every-packet-a-whole-file": (every_packet_a_whole_file, "the whole file in one packet"),
+    "one-receive-per-field": (one_receive_per_field, "packets of 8192 bytes"),
 }
 
 
