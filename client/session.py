@@ -23,6 +23,7 @@ from protocol.editions import EDITION_2023C, V3, Edition
 
 from .config import ServerAddress
 from .errors import MalformedReply, NetworkError
+from .stall import ReadingWatch
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,11 @@ DEFAULT_TIMEOUT = 30.0
 RECV_SIZE = 64 * 1024
 #: select() time-out of a poll that must not wait.
 _NO_WAIT = 0
+#: While the server's reading is watched (``Session.watch_reading``): how
+#: often the kernel is asked, and how long its evidence that the server
+#: stopped reading must hold before the wait ends (client/stall.py).
+STALL_PROBE = 0.1
+STALL_EVIDENCE = 1.0
 
 
 def describe(event: object) -> str:
@@ -44,25 +50,6 @@ def _worth_logging(request) -> bool:
     """Every request but the middle packets of a file (thousands of lines)."""
     number = getattr(request, "packet_number", None)
     return number is None or number in (1, request.total_packets)
-
-
-def _send_all(sock: socket.socket, head: bytes, content: BytesLike) -> None:
-    """``sendall`` of head + content without joining them (no copy of the content).
-
-    Raises:
-        TimeoutError, OSError: as ``sendall``.
-    """
-    if not len(content):
-        sock.sendall(head)
-        return
-    parts = [memoryview(head), memoryview(content).cast("B")]
-    while parts:
-        sent = sock.sendmsg(parts)
-        while parts and sent >= len(parts[0]):
-            sent -= len(parts[0])
-            parts.pop(0)
-        if parts:
-            parts[0] = parts[0][sent:]
 
 
 class Session:
@@ -96,6 +83,11 @@ class Session:
         self.first_request: RequestCode | None = None
         self.connections_opened = 0
         self._eof = False
+        #: End a send or a wait for an answer as soon as the kernel shows, for
+        #: STALL_EVIDENCE, that the server stopped reading (client/stall.py):
+        #: set while a layout the server may have dropped is tried.
+        self.watch_reading = False
+        self._watch: ReadingWatch | None = None
         #: The server closed the connection after a whole reply (not inside one).
         self._closed_between_replies = False
 
@@ -124,6 +116,7 @@ class Session:
         except OSError as exc:
             raise NetworkError(f"cannot connect to {self.address}: {exc.strerror or exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._watch = ReadingWatch(sock)
         self.connections_opened += 1
         log.debug("connected to %s", self.address)
         return sock
@@ -181,21 +174,75 @@ class Session:
         self._send_bytes(head, content)
 
     def _send_bytes(self, head: bytes, content: BytesLike) -> None:
-        if self._sock is None:
+        """Head and content in one gathered write (no copy of the content)."""
+        sock = self._sock
+        if sock is None:
             raise NetworkError(f"not connected to {self.address}")
+        parts = [memoryview(head)] + ([memoryview(content).cast("B")] if len(content) else [])
+        parts = [part for part in parts if len(part)]
+        progress = time.monotonic()
+        stalled: float | None = None
+        if self.watch_reading:
+            sock.settimeout(STALL_PROBE)
         try:
-            _send_all(self._sock, head, content)
-        except TimeoutError:
-            raise NetworkError(
-                f"the server stopped reading: a send to {self.address} made no progress"
-                f" for {self.timeout:g} s",
-                timed_out=True,
-            ) from None
+            while parts:
+                try:
+                    sent = sock.sendmsg(parts)
+                except TimeoutError:
+                    now = time.monotonic()
+                    if now - progress >= self.timeout:
+                        raise NetworkError(
+                            f"the server stopped reading: a send to {self.address} made no"
+                            f" progress for {self.timeout:g} s",
+                            timed_out=True,
+                        ) from None
+                    stalled = self._check_reading(stalled, now)
+                    continue
+                progress, stalled = time.monotonic(), None
+                while parts and sent >= len(parts[0]):
+                    sent -= len(parts[0])
+                    parts.pop(0)
+                if parts:
+                    parts[0] = parts[0][sent:]
         except OSError as exc:
             raise NetworkError(
                 f"the connection to {self.address} broke while sending: {exc.strerror or exc}",
                 closed=True,
             ) from None
+        finally:
+            if self.watch_reading and self._sock is not None:
+                self._sock.settimeout(self.timeout)
+
+    def _check_reading(self, since: float | None, now: float) -> float | None:
+        """When the server began to show it stopped reading (None: it reads).
+
+        Raises:
+            NetworkError: it has shown it for STALL_EVIDENCE (``timed_out``).
+        """
+        if self._sock is None or self._watch is None:
+            return None
+        if not self._watch.stopped_reading(self._sock):
+            return None
+        since = now if since is None else since
+        if now - since >= STALL_EVIDENCE:
+            raise NetworkError(
+                f"the server at {self.address} stopped reading: bytes it received stay"
+                f" unread for {STALL_EVIDENCE:g} s",
+                timed_out=True,
+            )
+        return since
+
+    def _wait_readable(self, deadline: float, since: float | None) -> float | None:
+        """Wait until the reply is readable or the deadline, watching the server's reading."""
+        while self._sock is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return since
+            readable, _, _ = select.select([self._sock], [], [], min(left, STALL_PROBE))
+            if readable:
+                return since
+            since = self._check_reading(since, time.monotonic())
+        return since
 
     def receive(self, timeout: float | None = None):
         """Wait for the next whole response and return its event.
@@ -211,11 +258,14 @@ class Session:
         """
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
+        stalled: float | None = None
         try:
             while True:
                 event = self._next_event()
                 if event is not NEED_DATA:
                     return event
+                if self.watch_reading:
+                    stalled = self._wait_readable(deadline, stalled)
                 self._recv(deadline, wait)
         finally:
             if self._sock is not None:
@@ -233,7 +283,7 @@ class Session:
         """
         try:
             return self.receive()
-        except NetworkError as exc:
+        except NetworkError:
             if self._closed_between_replies:
                 return None
             raise

@@ -690,12 +690,24 @@ class Client:
         """
         self._prepare_connection(fresh_key=False)
         sums = Cksum()
+        session = self._session
+        # While the layout is unproven, a server that stops reading is evidence
+        # at once, not after the time-out (docs/CLIENT.md, "Fallbacks").
+        session.watch_reading = (
+            self._fallback_on
+            and not self._layout_proven
+            and not self._layout.pad_last
+            and not session.per_request
+        )
         self._progress.start(label, plan.orig_size)
         try:
-            self.send_packets(plan, sums)
+            try:
+                self.send_packets(plan, sums)
+            finally:
+                self._progress.finish()
+            return self._await_file_received(plan), sums.value
         finally:
-            self._progress.finish()
-        return self._await_file_received(plan), sums.value
+            session.watch_reading = False
 
     def send_packets(self, plan: FilePlan, sums: Cksum) -> None:
         """Read, encrypt and send the file's packets, the three at once (client/pipeline.py).

@@ -13,6 +13,7 @@ import random
 import socket
 import struct
 import threading
+import time
 import functools
 import zlib
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from client.__main__ import ExitCode
+from client.session import STALL_EVIDENCE
 from client_fakes import write_transfer_info
 from protocol import (
     NEED_DATA,
@@ -262,20 +264,34 @@ def one_receive_per_field(sock: socket.socket, state: State) -> None:
         sock.sendall(conn.send(GeneralError()))
 
 
+def _exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        piece = sock.recv(size - len(data))
+        if not piece:
+            raise EOFError
+        data += piece
+    return data
+
+
 def fixed_size_packets(sock: socket.socket, state: State) -> None:
-    """Behaviour 4: every 828 payload unpacked as exactly 1,291 bytes; else the handler dies."""
+    """Behaviour 4: reads a header, then every 828 payload as exactly 1,291 bytes;
+    after a payload of another size the handler is stuck (reads no more, never answers)."""
     conn = ServerConnection()
+    packet = None
     while True:
-        data = sock.recv(1 << 16)
-        conn.receive_data(data)
+        try:
+            header = _exactly(sock, 23)
+            code, payload_size = struct.unpack("<HI", header[17:])
+            payload = _exactly(sock, FIXED_PAYLOAD if code == 828 else payload_size)
+        except EOFError:
+            return
+        if code == 828 and payload_size != FIXED_PAYLOAD:
+            threading.Event().wait(30)  # the handler is stuck: no answer, ever
+            return
+        conn.receive_data(header + payload)
         while (event := conn.next_event()) is not NEED_DATA:
-            if isinstance(event, ConnectionClosed):
-                return
             if isinstance(event, FilePacketStarted):
-                if 267 + event.bytes_in_packet != FIXED_PAYLOAD:
-                    state.dead = True
-                    threading.Event().wait(30)  # the handler is stuck: no answer, ever
-                    return
                 packet = event
             elif isinstance(event, FileContent):
                 state.ciphertext += event.data
@@ -439,3 +455,29 @@ def test_strict_keeps_the_standard_layout_and_fails(work, run_client, behaviour)
         result = run_client("--strict", "--timeout", "2")
     assert result.code in (ExitCode.SERVER_ERROR, ExitCode.NETWORK), result.err
     assert switch not in result.err and server.state.verified is None
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_a_fallback_run_stays_near_the_servers_own_client(work, run_client, tmp_path, size):
+    """Against a server that stops reading at a packet of another size, the switch
+    comes from the kernel's evidence, not a time-out: the whole run stays within
+    about twice a run of its own client's layout (measured in the same test)."""
+    data = os.urandom(SIZES[size])
+    own = tmp_path / "own-client"
+    own.mkdir()
+    for folder in (own, work):
+        (folder / "data.bin").write_bytes(data)
+    with BehaviourServer(fixed_size_packets) as server:
+        for folder in (own, work):
+            write_transfer_info(folder, server.address, f"alice-{folder.name}", "data.bin")
+        started = time.monotonic()
+        baseline = run_client("--strict", "--pad-last-packet", "--packet-size", "1024",
+                              config_dir=own)
+        own_seconds = time.monotonic() - started
+        started = time.monotonic()
+        result = run_client()
+        seconds = time.monotonic() - started
+    assert baseline.code == ExitCode.OK and result.code == ExitCode.OK, result.err
+    assert "1024-byte packets" in result.err
+    print(f"{size}: own client {own_seconds:.2f} s, ours with the switch {seconds:.2f} s")
+    assert seconds < 2 * own_seconds + 2 * STALL_EVIDENCE
