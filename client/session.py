@@ -39,11 +39,13 @@ STALL_PROBE = 0.1
 STALL_EVIDENCE = 1.0
 
 
-def describe(event: object) -> str:
-    """A short name of a request or response for logs: ``1603 FileReceived``."""
-    code = getattr(event, "code", None)
-    name = type(event).__name__
-    return f"{int(code)} {name}" if code is not None else name
+def describe(event: object, edition: Edition = V3) -> str:
+    """A short name of a request or response (or of its class) for logs, with
+    its code in ``edition``: ``1603 FileReceived`` (``2103 FileReceived`` in 2022)."""
+    kind = event if isinstance(event, type) else type(event)
+    message = edition.request_for(kind) or edition.response_for(kind)
+    code = message.code if message is not None else getattr(event, "code", None)
+    return f"{int(code)} {kind.__name__}" if code is not None else kind.__name__
 
 
 def _worth_logging(request) -> bool:
@@ -147,6 +149,10 @@ class Session:
 
     # -- requests and replies --------------------------------------------------
 
+    def describe(self, event: object) -> str:
+        """:func:`describe` with the codes of this session's edition."""
+        return describe(event, self.edition)
+
     def send_more(self, content: BytesLike) -> None:
         """More content of the request just sent (a file sent whole, in pieces).
 
@@ -170,7 +176,7 @@ class Session:
         if self.first_request is None:
             self.first_request = request.code
         if _worth_logging(request):
-            log.debug("-> %s (%d bytes)", describe(request), len(head) + len(content))
+            log.debug("-> %s (%d bytes)", self.describe(request), len(head) + len(content))
         self._send_bytes(head, content)
 
     def _send_bytes(self, head: bytes, content: BytesLike) -> None:
@@ -359,5 +365,5 @@ class Session:
             raise NetworkError(f"the server at {self.address} closed the connection", closed=True)
         if event is not NEED_DATA:
             self.replies_on_connection += 1
-            log.debug("<- %s", describe(event))
+            log.debug("<- %s", self.describe(event))
         return event

@@ -47,6 +47,7 @@ from protocol import (
 
 from protocol.buffer import BytesLike
 from protocol.codes import CLIENT_ID_SIZE, PER_REQUEST_OPENERS, ResponseCode
+from protocol.editions import V3, Edition
 from protocol.crypto import (
     decrypt_aes_key,
     export_public_key,
@@ -56,6 +57,7 @@ from protocol.crypto import (
 
 from .config import Identity, ServerAddress, save_identity
 from .errors import (
+    BARE_GENERAL_ERROR,
     ClientError,
     FileReadError,
     MalformedReply,
@@ -96,15 +98,22 @@ FALLBACK_CUT_PACKET = 8192
 CRC32_READ_SIZE = 1024 * 1024
 
 
+#: The checksums a server may answer a file with (docs/EDITIONS.md variant 5),
+#: as logs and the summary name them.
+CKSUM = "cksum"
+CRC32_ZLIB = "CRC-32 (zlib)"
+
+
 @dataclass(frozen=True)
 class FileResult:
-    """How one file went."""
+    """How one file went; ``check`` names the checksum the server's matched."""
 
     plan: FilePlan
     cksum: int
     verified: bool
     uploads: int
     seconds: float
+    check: str = CKSUM
 
 
 @dataclass
@@ -152,10 +161,12 @@ class _Reply(Protocol):
 _Handlers = Mapping[type[_Reply], Callable[[Any], T]]
 
 
-def _reply_error(reply: object, expected: str) -> str:
+def _reply_error(reply: object, expected: str, edition: Edition = V3) -> str:
     if isinstance(reply, GeneralError):
-        return "the server answered 1607 (general error)"
-    return f"expected {expected}, the server answered {describe(reply)}"
+        if edition is V3:
+            return BARE_GENERAL_ERROR
+        return f"the server answered {describe(reply, edition)} (general error)"
+    return f"expected {expected}, the server answered {describe(reply, edition)}"
 
 
 class Client:
@@ -380,16 +391,20 @@ class Client:
 
     def _exchange(self, step: str, request, handlers: _Handlers[T]) -> T:
         """Send a request and hand its reply to the handler of its type, with retries."""
-        expected = " or ".join(f"{int(kind.code)} {kind.__name__}" for kind in handlers)
+        expected = " or ".join(self._session.describe(kind) for kind in handlers)
 
         def attempt() -> T:
             reply = self._session.request(request)
             handler = handlers.get(type(reply))
             if handler is None:
-                raise UnexpectedReply(_reply_error(reply, expected))
+                raise UnexpectedReply(self._reply_error(reply, expected))
             return handler(reply)
 
         return self._with_retries(step, attempt)
+
+    def _reply_error(self, reply: object, expected: str) -> str:
+        """Why a reply is not the one expected, in the codes of the session's edition."""
+        return _reply_error(reply, expected, self._session.edition)
 
     def _check_client_id(self, reply) -> None:
         if not self._session.reply_carried_id:
@@ -397,7 +412,7 @@ class Client:
         ours = self._registered_identity.client_id
         if reply.client_id != ours:
             raise UnexpectedReply(
-                f"{describe(reply)} carries client id {reply.client_id.hex()},"
+                f"{self._session.describe(reply)} carries client id {reply.client_id.hex()},"
                 f" ours is {ours.hex()}"
             )
 
@@ -491,7 +506,8 @@ class Client:
             )
         except CryptoError:
             raise UnexpectedReply(
-                f"the AES key in {describe(reply)} does not decrypt with our private key"
+                f"the AES key in {self._session.describe(reply)} does not decrypt"
+                " with our private key"
             ) from None
         log.debug("received a fresh AES key")
         return True
@@ -512,16 +528,7 @@ class Client:
             plan = plan_file(path, size, self._packet_size, self._layout)
         except ValueError as exc:  # grew past the limit since it was checked
             raise FileReadError(path, f"too large: {exc}") from None
-        name = plan.display_name
         started = time.monotonic()
-        log.debug(
-            "sending %r (%s, %s of up to %s) to %s",
-            name,
-            plural(plan.orig_size, "byte"),
-            plural(plan.total_packets, "packet"),
-            plural(plan.packet_size, "byte"),
-            self.server,
-        )
         self._budget = RetryBudget()  # one for the whole file (docs/CLIENT.md)
         try:
             return self._upload(plan, size, started, fresh_key=fresh_key)
@@ -569,19 +576,21 @@ class Client:
         name = plan.display_name
         # Some servers report the plaintext size; the cksum is what proves the file.
         sizes = (plan.content_size, plan.orig_size)
-        if received.content_size in sizes and self._crc_matches(received.cksum, local, plan):
+        check = self._matching_check(received.cksum, local, plan)
+        if received.content_size in sizes and check is not None:
             self._confirm(CrcOk, f"CRC confirmation (900) for {name!r}", plan)
             seconds = time.monotonic() - started
             rate = format_rate(plan.orig_size, seconds)
             log.info(
-                "uploaded %r: %s in %.2f s%s, cksum %d verified",
+                "uploaded %r: %s in %.2f s%s, %s %d verified",
                 name,
                 format_bytes(plan.orig_size),
                 seconds,
                 f" ({rate})" if rate else "",
-                local,
+                check,
+                received.cksum,
             )
-            return FileResult(plan, local, True, uploads, seconds)
+            return FileResult(plan, local, True, uploads, seconds, check=check)
         log.warning(
             "%s: cksum mismatch: the server got %d bytes with cksum %d,"
             " this file is %d bytes with cksum %d",
@@ -593,15 +602,15 @@ class Client:
         )
         return None
 
-    def _crc_matches(self, answered: int, cksum: int, plan: FilePlan) -> bool:
-        """Whether the server's CRC is the file's: its cksum, or zlib's CRC-32.
+    def _matching_check(self, answered: int, cksum: int, plan: FilePlan) -> str | None:
+        """Which checksum of the file the server's CRC is (CKSUM or CRC32_ZLIB), or None.
 
         A server may answer zlib's CRC-32 (after a 901, or to a client that
         confirmed one before; docs/EDITIONS.md variant 5). It is computed only
         when the cksum differs, in a second pass over the file.
         """
         if answered == cksum:
-            return True
+            return CKSUM
         try:
             with _open_for_reading(plan.path) as source:
                 crc32 = 0
@@ -610,9 +619,9 @@ class Client:
         except OSError as exc:
             raise FileReadError(plan.path, f"cannot read: {exc.strerror}") from None
         if answered != crc32:
-            return False
+            return None
         log.info("%s: the server answered with zlib's CRC-32 (it matches)", plan.display_name)
-        return True
+        return CRC32_ZLIB
 
     def _prepare_connection(self, *, fresh_key: bool) -> None:
         """Make sure the connection can carry a multi-packet upload.
@@ -644,7 +653,8 @@ class Client:
             if self._session.per_request:  # its 1604 or its close, before the packets
                 reply = self._session.answer_or_close()
                 if reply is not None and not self._is_stray_ack(reply):
-                    raise UnexpectedReply(_reply_error(reply, "1604 or a close") + " after 901")
+                    expected = f"{self._session.describe(Acknowledged)} or a close"
+                    raise UnexpectedReply(f"{self._reply_error(reply, expected)} after 901")
         except NetworkError as exc:
             exc.step = f"CRC mismatch notice (901) for {plan.display_name!r}"
             raise
@@ -689,6 +699,13 @@ class Client:
         Returns the reply and the cksum of the plaintext that was sent.
         """
         self._prepare_connection(fresh_key=False)
+        log.debug(
+            "sending %r (%s, %s) to %s",
+            plan.display_name,
+            plural(plan.orig_size, "byte"),
+            self._packets_sent(plan),
+            self.server,
+        )
         sums = Cksum()
         session = self._session
         # While the layout is unproven, a server that stops reading is evidence
@@ -708,6 +725,14 @@ class Client:
             return self._await_file_received(plan), sums.value
         finally:
             session.watch_reading = False
+
+    def _packets_sent(self, plan: FilePlan) -> str:
+        """The requests that carry the file, as a log says it."""
+        if self._session.edition.whole_file or self._layout.whole_file:
+            return f"in one request, streamed in pieces of up to {plural(plan.packet_size, 'byte')}"
+        return (
+            f"{plural(plan.total_packets, 'packet')} of up to {plural(plan.packet_size, 'byte')}"
+        )
 
     def send_packets(self, plan: FilePlan, sums: Cksum) -> None:
         """Read, encrypt and send the file's packets, the three at once (client/pipeline.py).
@@ -766,7 +791,7 @@ class Client:
             if reply is None:
                 raise
             raise UnexpectedReply(
-                f"the server answered {describe(reply)} during packet {number}"
+                f"the server answered {self._session.describe(reply)} during packet {number}"
                 f" of {plan.total_packets}, then closed the connection",
                 packet=number - 1 or 1,
             ) from None
@@ -783,7 +808,7 @@ class Client:
         if reply is None or self._is_stray_ack(reply):
             return
         raise UnexpectedReply(
-            f"{_reply_error(reply, 'a close')} after packet {number}", packet=number
+            f"{self._reply_error(reply, 'a close')} after packet {number}", packet=number
         )
 
     def _poll_quietly(self):
@@ -814,7 +839,7 @@ class Client:
         if reply is None or self._is_stray_ack(reply):
             return
         raise UnexpectedReply(
-            f"{_reply_error(reply, 'no reply')} before the last packet", packet=number - 1
+            f"{self._reply_error(reply, 'no reply')} before the last packet", packet=number - 1
         )
 
     def _await_file_received(self, plan: FilePlan) -> FileReceived:
@@ -828,9 +853,12 @@ class Client:
             reply = self._session.receive()
         self._stray_acks = (0, 0)
         if isinstance(reply, GeneralError):  # the file refused, at its last packet
-            raise UnexpectedReply(_reply_error(reply, "1603"), packet=plan.total_packets)
+            raise UnexpectedReply(
+                self._reply_error(reply, self._session.describe(FileReceived)),
+                packet=plan.total_packets,
+            )
         if not isinstance(reply, FileReceived):
-            raise UnexpectedReply(_reply_error(reply, "1603 FileReceived"))
+            raise UnexpectedReply(self._reply_error(reply, self._session.describe(FileReceived)))
         self._check_client_id(reply)
         if reply.file_name.text != plan.wire_name.text:
             raise UnexpectedReply(

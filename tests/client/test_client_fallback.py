@@ -481,3 +481,19 @@ def test_a_fallback_run_stays_near_the_servers_own_client(work, run_client, tmp_
     assert "1024-byte packets" in result.err
     print(f"{size}: own client {own_seconds:.2f} s, ours with the switch {seconds:.2f} s")
     assert seconds < 2 * own_seconds + 2 * STALL_EVIDENCE
+
+
+def test_a_zlib_crc_is_reported_as_what_it_is(work, run_client):
+    """A server that answers zlib's CRC-32: the log and the summary name that
+    checksum and the value the server sent, never a cksum it did not send."""
+    files = {"a.bin": os.urandom(50_000), "b.bin": os.urandom(70_000)}
+    for name, data in files.items():
+        (work / name).write_bytes(data)
+    with BehaviourServer(every_packet_a_whole_file) as server:
+        write_transfer_info(work, server.address, "alice", "a.bin")
+        result = run_client(*(str(work / name) for name in files))
+    assert result.code == ExitCode.OK, result.err
+    for name, data in files.items():
+        assert f"CRC-32 (zlib) {zlib.crc32(data)} verified" in result.err
+        assert f"  {name}: " in result.err and "sent, CRC-32 (zlib) verified" in result.err
+        assert f"cksum {cksum(data)} verified" not in result.err
