@@ -211,6 +211,8 @@ class Client:
         #: the rest of the run, whatever happens later (a crash, a drain, a
         #: full disk is the server's trouble, not the layout's).
         self._layout_proven = False
+        #: The layout switches taken in this run (each at most once).
+        self._switches_taken: set[str] = set()
 
     @property
     def _aes_key(self) -> bytes | None:
@@ -316,8 +318,26 @@ class Client:
                 )
                 self._session.reset()
 
+    # -- fallbacks -------------------------------------------------------------
+
     def _fallback(self, exc: Exception, plan: FilePlan | None = None) -> str | None:
-        """The layout a symptom names, if it is one the client has not taken yet.
+        """The layout a symptom names, if the client has not switched to it yet.
+
+        Each switch is taken at most once in a run, so a server that refuses
+        everything ends the ladder rather than sending the client round it.
+        """
+        if not self._fallback_on or self._layout_proven:
+            return None
+        before = (self._layout, self._packet_size, self._session.per_request)
+        switch = self._next_layout(exc, plan)
+        if switch is None or switch in self._switches_taken:
+            self._layout, self._packet_size, self._session.per_request = before
+            return None
+        self._switches_taken.add(switch)
+        return switch
+
+    def _next_layout(self, exc: Exception, plan: FilePlan | None) -> str | None:
+        """The layout a symptom names (set in force), if any.
 
         Servers in the wild vary: a 1607 before the last packet of a
         multi-packet file (the client sends on without waiting, so it is seen a
@@ -331,8 +351,6 @@ class Client:
         server's trouble. ``--strict`` turns this off. Each switch holds for
         the rest of the run.
         """
-        if not self._fallback_on or self._layout_proven:
-            return None
         layout, session = self._layout, self._session
         if isinstance(exc, UnexpectedReply) and exc.packet is not None and plan is not None:
             # A packet refused: the layout is named (the file refused whole, its size only).
@@ -576,8 +594,12 @@ class Client:
         name = plan.display_name
         # Some servers report the plaintext size; the cksum is what proves the file.
         sizes = (plan.content_size, plan.orig_size)
-        check = self._matching_check(received.cksum, local, plan)
-        if received.content_size in sizes and check is not None:
+        check = (
+            self._matching_check(received.cksum, local, plan)
+            if received.content_size in sizes
+            else None
+        )
+        if check is not None:
             self._confirm(CrcOk, f"CRC confirmation (900) for {name!r}", plan)
             seconds = time.monotonic() - started
             rate = format_rate(plan.orig_size, seconds)

@@ -42,6 +42,7 @@ from protocol import (
     Register,
     Registered,
     SendPublicKey,
+    RemoteProtocolError,
     ServerConnection,
     cksum,
     crypto,
@@ -497,3 +498,33 @@ def test_a_zlib_crc_is_reported_as_what_it_is(work, run_client):
         assert f"CRC-32 (zlib) {zlib.crc32(data)} verified" in result.err
         assert f"  {name}: " in result.err and "sent, CRC-32 (zlib) verified" in result.err
         assert f"cksum {cksum(data)} verified" not in result.err
+
+
+def refuse_every_packet(sock: socket.socket, state: State) -> None:
+    """Answers 1607 to every 828 at once, whatever its layout; the rest as usual."""
+    conn = ServerConnection()
+    while True:
+        conn.receive_data(sock.recv(1 << 16))
+        try:
+            while (event := conn.next_event()) is not NEED_DATA:
+                if isinstance(event, ConnectionClosed):
+                    return
+                if isinstance(event, FilePacketStarted):
+                    sock.sendall(conn.send(GeneralError()))
+                elif not isinstance(event, (FileContent, FilePacketEnded)):
+                    if (answer := _answer(state, event)) is not None:
+                        sock.sendall(conn.send(answer))
+        except RemoteProtocolError:  # the client gave the file up halfway
+            return
+
+
+def test_a_server_that_refuses_every_layout_ends_the_ladder(work, run_client):
+    """Each layout is tried once, then the file's 3 retries: a bounded run, exit 1."""
+    (work / "data.bin").write_bytes(os.urandom(SIZES["5MB"]))
+    with BehaviourServer(refuse_every_packet) as server:
+        write_transfer_info(work, server.address, "alice", "data.bin")
+        result = run_client()
+    assert result.code == ExitCode.SERVER_ERROR, result.err
+    switches = [line for line in result.err.splitlines() if "refused the layout" in line]
+    assert len(switches) == len(set(switches)) == 3, result.err
+    assert "failed after 4 attempts" in result.err
