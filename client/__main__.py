@@ -254,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=_positive_float,
         default=DEFAULT_TIMEOUT,
-        help="give up when the server does not answer for this long"
-        f" (default: {DEFAULT_TIMEOUT:g})",
+        help="give up when a connect, a send that makes no progress, or a whole answer"
+        f" takes longer than this (default: {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
         "--packet-size",
@@ -295,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="never switch layout on its own: by default, when a server refuses or drops"
         " the standard layout in a known way, the upload is retried once in the layout"
-        " the symptom points to, for the rest of the run",
+        " the symptom points to, for the rest of the run. Either way a file gets"
+        f" {MAX_RETRIES} retries in all (after error replies or a dropped connection,"
+        " across its resends), plus one attempt in each layout switched to",
     )
     layout.add_argument(
         "--pad-last-packet",

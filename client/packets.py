@@ -57,6 +57,9 @@ class Layout:
     per_packet: bool = False
     #: Variant 4: the last packet zero-filled to ``packet_size`` (whole-stream only).
     pad_last: bool = False
+    #: The whole file in one 828 (1 of 1), its content streamed in pieces of
+    #: ``packet_size``: for a server that takes every 828 as a whole file.
+    whole_file: bool = False
 
 
 #: The layout of docs/PROTOCOL.md, 828 details.

@@ -4,7 +4,9 @@ Each request goes out in one gathered write of its whole bytes (some servers
 in the wild read a whole request per ``recv``): the header and an 828's
 content are passed to ``sendmsg`` side by side, never joined. Replies are read until one whole
 response has arrived. Every socket operation has a time-out, so a server that
-stops answering ends in :class:`NetworkError`, never in a hang.
+stops answering ends in :class:`NetworkError`, never in a hang; the time-out
+of an answer is a deadline for the whole answer, so a server that trickles it
+byte by byte cannot stretch it either.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import time
 
 from protocol import ClientConnection, ConnectionClosed, NEED_DATA, RemoteProtocolError
 from protocol.buffer import BytesLike
@@ -22,46 +25,35 @@ from protocol.printable import quoted
 from .config import ServerAddress
 from . import foreign
 from .errors import MalformedReply, NetworkError, NotAServer
+from .stall import ReadingWatch
 
 log = logging.getLogger(__name__)
 
-#: Seconds a connect, a send or a wait for a reply may take.
+#: Seconds a connect may take, a send may make no progress, or a whole reply may take.
 DEFAULT_TIMEOUT = 30.0
 RECV_SIZE = 64 * 1024
 #: select() time-out of a poll that must not wait.
 _NO_WAIT = 0
+#: While the server's reading is watched (``Session.watch_reading``): how
+#: often the kernel is asked, and how long its evidence that the server
+#: stopped reading must hold before the wait ends (client/stall.py).
+STALL_PROBE = 0.1
+STALL_EVIDENCE = 1.0
 
 
-def describe(event: object) -> str:
-    """A short name of a request or response for logs: ``1603 FileReceived``."""
-    code = getattr(event, "code", None)
-    name = type(event).__name__
-    return f"{int(code)} {name}" if code is not None else name
+def describe(event: object, edition: Edition = V3) -> str:
+    """A short name of a request or response (or of its class) for logs, with
+    its code in ``edition``: ``1603 FileReceived`` (``2103 FileReceived`` in 2022)."""
+    kind = event if isinstance(event, type) else type(event)
+    message = edition.request_for(kind) or edition.response_for(kind)
+    code = message.code if message is not None else getattr(event, "code", None)
+    return f"{int(code)} {kind.__name__}" if code is not None else kind.__name__
 
 
 def _worth_logging(request) -> bool:
     """Every request but the middle packets of a file (thousands of lines)."""
     number = getattr(request, "packet_number", None)
     return number is None or number in (1, request.total_packets)
-
-
-def _send_all(sock: socket.socket, head: bytes, content: BytesLike) -> None:
-    """``sendall`` of head + content without joining them (no copy of the content).
-
-    Raises:
-        TimeoutError, OSError: as ``sendall``.
-    """
-    if not len(content):
-        sock.sendall(head)
-        return
-    parts = [memoryview(head), memoryview(content).cast("B")]
-    while parts:
-        sent = sock.sendmsg(parts)
-        while parts and sent >= len(parts[0]):
-            sent -= len(parts[0])
-            parts.pop(0)
-        if parts:
-            parts[0] = parts[0][sent:]
 
 
 class Session:
@@ -97,6 +89,13 @@ class Session:
         self._eof = False
         #: The connection's first bytes until they are a known answer (client/foreign.py).
         self._first_bytes = b""
+        #: End a send or a wait for an answer as soon as the kernel shows, for
+        #: STALL_EVIDENCE, that the server stopped reading (client/stall.py):
+        #: set while a layout the server may have dropped is tried.
+        self.watch_reading = False
+        self._watch: ReadingWatch | None = None
+        #: The server closed the connection after a whole reply (not inside one).
+        self._closed_between_replies = False
 
     # -- connection ----------------------------------------------------------
 
@@ -125,6 +124,7 @@ class Session:
         except OSError as exc:
             raise NetworkError(f"cannot connect to {self.address}: {exc.strerror or exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._watch = ReadingWatch(sock)
         self.connections_opened += 1
         log.debug("connected to %s", self.address)
         return sock
@@ -141,6 +141,7 @@ class Session:
         self.replies_on_connection = 0
         self._eof = False
         self._first_bytes = b""
+        self._closed_between_replies = False
 
     def _new_connection(self) -> ClientConnection:
         # An answer of the other 1025-series edition: a 2023C client reads it
@@ -159,6 +160,10 @@ class Session:
         self.reset()
 
     # -- requests and replies --------------------------------------------------
+
+    def describe(self, event: object) -> str:
+        """:func:`describe` with the codes of this session's edition."""
+        return describe(event, self.edition)
 
     def send_more(self, content: BytesLike) -> None:
         """More content of the request just sent (a file sent whole, in pieces).
@@ -183,47 +188,123 @@ class Session:
         if self.first_request is None:
             self.first_request = request.code
         if _worth_logging(request):
-            log.debug("-> %s (%d bytes)", describe(request), len(head) + len(content))
+            log.debug("-> %s (%d bytes)", self.describe(request), len(head) + len(content))
         self._send_bytes(head, content)
 
     def _send_bytes(self, head: bytes, content: BytesLike) -> None:
-        if self._sock is None:
+        """Head and content in one gathered write (no copy of the content)."""
+        sock = self._sock
+        if sock is None:
             raise NetworkError(f"not connected to {self.address}")
+        parts = [memoryview(head)] + ([memoryview(content).cast("B")] if len(content) else [])
+        parts = [part for part in parts if len(part)]
+        progress = time.monotonic()
+        stalled: float | None = None
+        if self.watch_reading:
+            sock.settimeout(STALL_PROBE)
         try:
-            _send_all(self._sock, head, content)
-        except TimeoutError:
-            raise NetworkError(
-                f"the server stopped reading: a send to {self.address} made no progress"
-                f" for {self.timeout:g} s",
-                timed_out=True,
-            ) from None
+            while parts:
+                try:
+                    sent = sock.sendmsg(parts)
+                except TimeoutError:
+                    now = time.monotonic()
+                    if now - progress >= self.timeout:
+                        raise NetworkError(
+                            f"the server stopped reading: a send to {self.address} made no"
+                            f" progress for {self.timeout:g} s",
+                            timed_out=True,
+                        ) from None
+                    stalled = self._check_reading(stalled, now)
+                    continue
+                progress, stalled = time.monotonic(), None
+                while parts and sent >= len(parts[0]):
+                    sent -= len(parts[0])
+                    parts.pop(0)
+                if parts:
+                    parts[0] = parts[0][sent:]
         except OSError as exc:
             raise NetworkError(
                 f"the connection to {self.address} broke while sending: {exc.strerror or exc}",
                 closed=True,
             ) from None
+        finally:
+            if self.watch_reading and self._sock is not None:
+                self._sock.settimeout(self.timeout)
+
+    def _check_reading(self, since: float | None, now: float) -> float | None:
+        """When the server began to show it stopped reading (None: it reads).
+
+        Raises:
+            NetworkError: it has shown it for STALL_EVIDENCE (``timed_out``).
+        """
+        if self._sock is None or self._watch is None:
+            return None
+        if not self._watch.stopped_reading(self._sock):
+            return None
+        since = now if since is None else since
+        if now - since >= STALL_EVIDENCE:
+            raise NetworkError(
+                f"the server at {self.address} stopped reading: bytes it received stay"
+                f" unread for {STALL_EVIDENCE:g} s",
+                timed_out=True,
+            )
+        return since
+
+    def _wait_readable(self, deadline: float, since: float | None) -> float | None:
+        """Wait until the reply is readable or the deadline, watching the server's reading."""
+        while self._sock is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return since
+            readable, _, _ = select.select([self._sock], [], [], min(left, STALL_PROBE))
+            if readable:
+                return since
+            since = self._check_reading(since, time.monotonic())
+        return since
 
     def receive(self, timeout: float | None = None):
         """Wait for the next whole response and return its event.
 
-        ``timeout`` shortens the wait for this reply (the session's otherwise).
+        The whole response must arrive within ``timeout`` seconds (the
+        session's time-out otherwise): one deadline per answer, however the
+        server spreads its bytes.
 
         Raises:
             NetworkError: the server closed the connection or did not answer
                 within the time-out.
             MalformedReply: the server sent something docs/PROTOCOL.md forbids.
         """
-        if timeout is not None and self._sock is not None:
-            self._sock.settimeout(timeout)
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        stalled: float | None = None
         try:
             while True:
                 event = self._next_event()
                 if event is not NEED_DATA:
                     return event
-                self._recv(timeout)
+                if self.watch_reading:
+                    stalled = self._wait_readable(deadline, stalled)
+                self._recv(deadline, wait)
         finally:
-            if timeout is not None and self._sock is not None:
+            if self._sock is not None:
                 self._sock.settimeout(self.timeout)
+
+    def answer_or_close(self):
+        """The answer to the request just sent, or None if the server closed
+        the connection without one (as it does after a non-final 828 or a 901
+        on a per-request connection, docs/PROTOCOL.md variant 7).
+
+        Raises:
+            NetworkError: no answer and no close within the time-out, or the
+                connection broke in the middle of an answer.
+            MalformedReply: as :meth:`receive`.
+        """
+        try:
+            return self.receive()
+        except NetworkError:
+            if self._closed_between_replies:
+                return None
+            raise
 
     def poll(self):
         """A response that has already arrived, or None, without waiting.
@@ -252,13 +333,19 @@ class Session:
         readable, _, _ = select.select([self._sock], [], [], _NO_WAIT)
         return bool(readable)
 
-    def _recv(self, timeout: float | None = None) -> None:
+    def _recv(self, deadline: float | None = None, wait: float | None = None) -> None:
+        """One ``recv``; with a ``deadline`` (of ``time.monotonic``), ended by it."""
         if self._sock is None:
             raise NetworkError(f"not connected to {self.address}")
         try:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self._sock.settimeout(left)
             data = self._sock.recv(RECV_SIZE)
         except TimeoutError:
-            waited = self.timeout if timeout is None else timeout
+            waited = self.timeout if wait is None else wait
             silent = self.replies_on_connection == 0 and not self._first_bytes
             hint = f" ({foreign.SILENCE_HINT})" if silent else ""
             raise NetworkError(
@@ -301,8 +388,9 @@ class Session:
                 ) from None
             raise MalformedReply(f"malformed reply: {exc}") from None
         if isinstance(event, ConnectionClosed):
+            self._closed_between_replies = True
             raise NetworkError(f"the server at {self.address} closed the connection", closed=True)
         if event is not NEED_DATA:
             self.replies_on_connection += 1
-            log.debug("<- %s", describe(event))
+            log.debug("<- %s", self.describe(event))
         return event

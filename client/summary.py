@@ -27,7 +27,7 @@ def describe_outcome(outcome: FileOutcome) -> str:
     size = format_bytes(result.plan.orig_size)
     resends = "" if result.uploads == 1 else f" after {plural(result.uploads, 'upload')}"
     if result.verified:
-        return f"{name}: {size} sent, cksum verified{resends}"
+        return f"{name}: {size} sent, {result.check} verified{resends}"
     return f"{name}: {size} sent, failed: the cksum still differed{resends} (gave up, 902)"
 
 

@@ -48,11 +48,19 @@ from protocol.events import UnknownResponse
 
 from protocol.buffer import BytesLike
 from protocol.codes import CLIENT_ID_SIZE, PER_REQUEST_OPENERS, ResponseCode
-from protocol.crypto import decrypt_aes_key, export_public_key, generate_private_key
+from protocol.editions import V3, Edition
+from protocol.crypto import (
+    decrypt_aes_key,
+    export_public_key,
+    generate_private_key,
+    padded_size,
+)
 from protocol.printable import quoted
 
 from .config import Identity, ServerAddress, save_identity
 from .errors import (
+    BARE_GENERAL_ERROR,
+    ClientError,
     FileReadError,
     MalformedReply,
     NetworkError,
@@ -88,24 +96,63 @@ NO_CLIENT_ID = bytes(CLIENT_ID_SIZE)
 FALLBACK_SMALL_PACKET = 4000
 #: Packets after a fallback for a server that reads fixed-size packets.
 FALLBACK_PADDED_PACKET = 1024
+#: Packets after a refusal for a server that reads a packet with one receive
+#: (large packets arrive cut); its own client sends packets of this size.
+FALLBACK_CUT_PACKET = 8192
 #: Bytes read at a time when the file's zlib CRC-32 is computed (a second pass).
 CRC32_READ_SIZE = 1024 * 1024
-#: How long the answer to a file is awaited before the layout is suspected
-#: (then the session's time-out applies).
-FALLBACK_WAIT = 5.0
-#: ... plus this much per byte of the file (bytes/s), for a server's final sync.
-FALLBACK_RATE = 20_000_000
+
+
+#: The checksums a server may answer a file with (docs/EDITIONS.md variant 5),
+#: as logs and the summary name them.
+CKSUM = "cksum"
+CRC32_ZLIB = "CRC-32 (zlib)"
 
 
 @dataclass(frozen=True)
 class FileResult:
-    """How one file went."""
+    """How one file went; ``check`` names the checksum the server's matched."""
 
     plan: FilePlan
     cksum: int
     verified: bool
     uploads: int
     seconds: float
+    check: str = CKSUM
+
+
+@dataclass
+class RetryBudget:
+    """The retries of one step, or of one file across its layouts and resends.
+
+    One budget per file, never restarted (docs/CLIENT.md, "Flow and
+    retries"): every retry after an error reply or a dropped connection takes
+    one, whichever step of the file's upload it is in. A layout switch takes
+    none: each layout is tried at most once, so the switches are bounded too.
+    """
+
+    retries: int = MAX_RETRIES
+    used: int = 0
+
+    @property
+    def attempts(self) -> int:
+        """The attempts made so far."""
+        return self.used + 1
+
+    def take(self) -> int | None:
+        """The number of the next retry, or None when none is left."""
+        if self.used >= self.retries:
+            return None
+        self.used += 1
+        return self.used
+
+
+class _LayoutSwitched(ClientError):
+    """An attempt ended by a symptom that names the layout; the layout was switched."""
+
+    def __init__(self, cause: ClientError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class _Reply(Protocol):
@@ -119,10 +166,12 @@ class _Reply(Protocol):
 _Handlers = Mapping[type[_Reply], Callable[[Any], T]]
 
 
-def _reply_error(reply: object, expected: str) -> str:
+def _reply_error(reply: object, expected: str, edition: Edition = V3) -> str:
     if isinstance(reply, GeneralError):
-        return "the server answered 1607 (general error)"
-    return f"expected {expected}, the server answered {describe(reply)}"
+        if edition is V3:
+            return BARE_GENERAL_ERROR
+        return f"the server answered {describe(reply, edition)} (general error)"
+    return f"expected {expected}, the server answered {describe(reply, edition)}"
 
 
 class Client:
@@ -152,6 +201,8 @@ class Client:
         self.identity = identity
         self._progress = progress or NoProgress()
         self._packet_size = packet_size
+        #: The packet size asked for (a fallback may change ``_packet_size``).
+        self._preferred_packet_size = packet_size
         self._layout = layout
         self._fallback_on = fallback
         #: Several connections of one client (``--jobs``) share the key and take turns.
@@ -159,6 +210,14 @@ class Client:
         self._key = shared_key or SharedKey()
         #: (connection number, count) of 1604s to ignore after a 901.
         self._stray_acks = (0, 0)
+        #: The retries of the file being sent (None between files: each step its own).
+        self._budget: RetryBudget | None = None
+        #: A file was received (1603) in the layout in force: it is kept for
+        #: the rest of the run, whatever happens later (a crash, a drain, a
+        #: full disk is the server's trouble, not the layout's).
+        self._layout_proven = False
+        #: The layout switches taken in this run (each at most once).
+        self._switches_taken: set[str] = set()
 
     @property
     def _aes_key(self) -> bytes | None:
@@ -213,73 +272,140 @@ class Client:
         """Run attempt; on an error reply print the message and retry it.
 
         A malformed reply always replaces the connection; ``reset_on_error``
-        replaces it after any error reply (more may be on their way).
+        replaces it after any error reply (more may be on their way). A
+        connection the server closes after it answered on it is the server
+        going away (a crash, a drain): the attempt is retried on a new
+        connection in the same layout, and only the same close again on the
+        new connection names the layout (one connection per request). The
+        retries come from the file's budget while a file is sent.
 
         Raises:
-            ServerError: still failing after MAX_RETRIES retries.
+            ServerError: still failing once the budget is spent.
             NetworkError: with ``step`` set.
         """
-        attempts = 1 + MAX_RETRIES
-        for number in range(1, attempts + 1):
+        budget = self._budget or RetryBudget()
+        went_away = 0  # closes after an answer in a row
+        while True:
             try:
                 return attempt()
+            except _LayoutSwitched as switched:
+                if not isinstance(switched.cause, NetworkError):
+                    log.warning(SERVER_ERROR_MESSAGE)
+                continue
             except (UnexpectedReply, MalformedReply) as exc:
+                went_away = 0
                 log.warning(SERVER_ERROR_MESSAGE)
                 log.info("%s: %s", step, exc)
-                reason = str(exc)
                 if reset_on_error or isinstance(exc, MalformedReply):
                     self._session.reset()
-                if number < attempts:
-                    log.info("retrying %s (retry %d of %d)", step, number, MAX_RETRIES)
+                retry = budget.take()
+                if retry is None:
+                    raise ServerError(step, str(exc), budget.attempts) from None
+                log.info("retrying %s (retry %d of %d)", step, retry, budget.retries)
             except NetworkError as exc:
                 exc.step = exc.step or step
-                switch = self._fallback(exc)
-                if switch is None or number == attempts:
+                if not (exc.closed and self._session.replies_on_connection):
+                    raise  # unreachable, silent or closed before answering: report it
+                went_away += 1
+                switch = self._fallback(exc) if went_away > 1 else None
+                if switch is not None:
+                    self._take_fallback(step, switch)
+                    continue
+                retry = budget.take()
+                if retry is None:
                     raise
-                reason = str(exc)
-                self._take_fallback(step, switch)
-        raise ServerError(step, reason, attempts)
+                log.warning(
+                    "the server closed the connection during %s; retrying on a new"
+                    " connection (retry %d of %d)",
+                    step,
+                    retry,
+                    budget.retries,
+                )
+                self._session.reset()
 
     # -- fallbacks -------------------------------------------------------------
 
     def _fallback(self, exc: Exception, plan: FilePlan | None = None) -> str | None:
-        """The layout a symptom points to, if it is one the client has not taken yet.
+        """The layout a symptom names, if the client has not switched to it yet.
+
+        Each switch is taken at most once in a run, so a server that refuses
+        everything ends the ladder rather than sending the client round it.
+        """
+        if not self._fallback_on or self._layout_proven:
+            return None
+        before = (self._layout, self._packet_size, self._session.per_request)
+        switch = self._next_layout(exc, plan)
+        if switch is None or switch in self._switches_taken:
+            self._layout, self._packet_size, self._session.per_request = before
+            return None
+        self._switches_taken.add(switch)
+        return switch
+
+    def _next_layout(self, exc: Exception, plan: FilePlan | None) -> str | None:
+        """The layout a symptom names (set in force), if any.
 
         Servers in the wild vary: a 1607 before the last packet of a
         multi-packet file (the client sends on without waiting, so it is seen a
         packet or two after the one refused) points to swapped fields and
-        per-packet encryption (variants 5 and 6); a close after a reply on a
-        connection, to one connection per request with small packets (variant
-        7); no answer to a file, to
-        1,024-byte packets with the last zero-filled (variant 4). ``--strict``
-        turns this off. Each switch holds for the rest of the run.
+        per-packet encryption (variants 5 and 6); a close right after an
+        answer, on two connections in a row, to small packets (a server that
+        reads a request with one receive), and once more to one connection
+        per request (variant 7); no answer to a file, to 1,024-byte
+        packets with the last zero-filled (variant 4). A layout in which a
+        file was received is never left: what goes wrong later is the
+        server's trouble. ``--strict`` turns this off. Each switch holds for
+        the rest of the run.
         """
-        if not self._fallback_on:
-            return None
         layout, session = self._layout, self._session
-        if (
-            isinstance(exc, UnexpectedReply)
-            and exc.packet is not None  # before the last packet: the layout is refused
-            and plan is not None
-            and plan.total_packets > 1
-            and not (layout.swapped and layout.per_packet)
-        ):
-            self._layout = replace(layout, swapped=True, per_packet=True, pad_last=False)
-            return "swapped packet fields and per-packet encryption"
+        if isinstance(exc, UnexpectedReply) and exc.packet is not None and plan is not None:
+            # A packet refused: the layout is named (the file refused whole, its size only).
+            return self._after_refusal(plan, final=exc.packet >= plan.total_packets)
         if isinstance(exc, NetworkError) and exc.closed and not session.per_request:
             if session.replies_on_connection:  # it closed after answering
+                if self._packet_size > FALLBACK_SMALL_PACKET:  # first: a packet too large?
+                    self._packet_size = FALLBACK_SMALL_PACKET
+                    return f"packets of {FALLBACK_SMALL_PACKET} bytes"
                 session.per_request = True
-                self._packet_size = min(self._packet_size, FALLBACK_SMALL_PACKET)
                 return f"one connection per request, packets of {FALLBACK_SMALL_PACKET} bytes"
         if (
             isinstance(exc, NetworkError)
-            and (exc.timed_out or exc.closed)
+            and exc.timed_out
             and plan is not None
             and not layout.pad_last
         ):
             self._layout = Layout(pad_last=True)
             self._packet_size = FALLBACK_PADDED_PACKET
             return f"{FALLBACK_PADDED_PACKET}-byte packets, the last zero-filled"
+        return None
+
+    def _after_refusal(self, plan: FilePlan, *, final: bool) -> str | None:
+        """The next layout for a server that refused a packet of ``plan``, if any.
+
+        A refusal of the whole file (``final``: a 1607 for its 1603) names
+        only a packet size: a file of one large packet.
+
+        The ladder, each rung taken once and only where it changes what is
+        sent: swapped fields and per-packet encryption (variants 5 and 6);
+        small packets in the standard layout (a server that reads a packet
+        with one receive, so large ones arrive cut); the whole file in one
+        packet (a server that takes every 828 as a whole file).
+        """
+        layout = self._layout
+        if layout.whole_file:
+            return None
+        several = padded_size(plan.orig_size) > self._preferred_packet_size and not final
+        untouched = self._packet_size == self._preferred_packet_size
+        if several and not layout.per_packet and untouched:
+            self._layout = replace(layout, swapped=True, per_packet=True, pad_last=False)
+            return "swapped packet fields and per-packet encryption"
+        if self._packet_size > FALLBACK_CUT_PACKET and plan.content_size > FALLBACK_CUT_PACKET:
+            self._layout = STANDARD_LAYOUT
+            self._packet_size = FALLBACK_CUT_PACKET
+            return f"packets of {FALLBACK_CUT_PACKET} bytes"
+        if several:
+            self._layout = Layout(whole_file=True)
+            self._packet_size = self._preferred_packet_size
+            return "the whole file in one packet"
         return None
 
     def _take_fallback(self, step: str, switch: str) -> None:
@@ -293,7 +419,7 @@ class Client:
         sending the request again on the same connection, up to ``asks``
         times in all (docs/EDITIONS.md: how a first 1025 is answered).
         """
-        expected = " or ".join(f"{int(kind.code)} {kind.__name__}" for kind in handlers)
+        expected = " or ".join(self._session.describe(kind) for kind in handlers)
 
         def attempt() -> T:
             reply = self._session.request(request)
@@ -304,10 +430,14 @@ class Client:
                 reply = self._session.request(request)
             handler = handlers.get(type(reply))
             if handler is None:
-                raise UnexpectedReply(_reply_error(reply, expected))
+                raise UnexpectedReply(self._reply_error(reply, expected))
             return handler(reply)
 
         return self._with_retries(step, attempt)
+
+    def _reply_error(self, reply: object, expected: str) -> str:
+        """Why a reply is not the one expected, in the codes of the session's edition."""
+        return _reply_error(reply, expected, self._session.edition)
 
     def _check_client_id(self, reply) -> None:
         if not self._session.reply_carried_id:
@@ -315,7 +445,7 @@ class Client:
         ours = self._registered_identity.client_id
         if reply.client_id != ours:
             raise UnexpectedReply(
-                f"{describe(reply)} carries client id {reply.client_id.hex()},"
+                f"{self._session.describe(reply)} carries client id {reply.client_id.hex()},"
                 f" ours is {ours.hex()}"
             )
 
@@ -410,7 +540,8 @@ class Client:
             )
         except CryptoError:
             raise UnexpectedReply(
-                f"the AES key in {describe(reply)} does not decrypt with our private key"
+                f"the AES key in {self._session.describe(reply)} does not decrypt"
+                " with our private key"
             ) from None
         log.debug("received a fresh AES key")
         return True
@@ -431,16 +562,16 @@ class Client:
             plan = plan_file(path, size, self._packet_size, self._layout)
         except ValueError as exc:  # grew past the limit since it was checked
             raise FileReadError(path, f"too large: {exc}") from None
-        name = plan.display_name
         started = time.monotonic()
-        log.debug(
-            "sending %s (%s, %s of up to %s) to %s",
-            plan.quoted_name,
-            plural(plan.orig_size, "byte"),
-            plural(plan.total_packets, "packet"),
-            plural(plan.packet_size, "byte"),
-            self.server,
-        )
+        self._budget = RetryBudget()  # one for the whole file (docs/CLIENT.md)
+        try:
+            return self._upload(plan, size, started, fresh_key=fresh_key)
+        finally:
+            self._budget = None
+
+    def _upload(self, plan: FilePlan, size: int, started: float, *, fresh_key: bool) -> FileResult:
+        """The upload of one file and its verdict, under the file's retry budget."""
+        path, name = plan.path, plan.display_name
         if fresh_key:
             self._prepare_connection(fresh_key=True)
         uploads = 0
@@ -479,19 +610,25 @@ class Client:
         name = plan.display_name
         # Some servers report the plaintext size; the cksum is what proves the file.
         sizes = (plan.content_size, plan.orig_size)
-        if received.content_size in sizes and self._crc_matches(received.cksum, local, plan):
+        check = (
+            self._matching_check(received.cksum, local, plan)
+            if received.content_size in sizes
+            else None
+        )
+        if check is not None:
             self._confirm(CrcOk, f"CRC confirmation (900) for {plan.quoted_name}", plan)
             seconds = time.monotonic() - started
             rate = format_rate(plan.orig_size, seconds)
             log.info(
-                "uploaded %r: %s in %.2f s%s, cksum %d verified",
-                name,
+                "uploaded %s: %s in %.2f s%s, %s %d verified",
+                plan.quoted_name,
                 format_bytes(plan.orig_size),
                 seconds,
                 f" ({rate})" if rate else "",
-                local,
+                check,
+                received.cksum,
             )
-            return FileResult(plan, local, True, uploads, seconds)
+            return FileResult(plan, local, True, uploads, seconds, check=check)
         log.warning(
             "%s: cksum mismatch: the server got %d bytes with cksum %d,"
             " this file is %d bytes with cksum %d",
@@ -503,15 +640,15 @@ class Client:
         )
         return None
 
-    def _crc_matches(self, answered: int, cksum: int, plan: FilePlan) -> bool:
-        """Whether the server's CRC is the file's: its cksum, or zlib's CRC-32.
+    def _matching_check(self, answered: int, cksum: int, plan: FilePlan) -> str | None:
+        """Which checksum of the file the server's CRC is (CKSUM or CRC32_ZLIB), or None.
 
         A server may answer zlib's CRC-32 (after a 901, or to a client that
         confirmed one before; docs/EDITIONS.md variant 5). It is computed only
         when the cksum differs, in a second pass over the file.
         """
         if answered == cksum:
-            return True
+            return CKSUM
         try:
             with _open_for_reading(plan.path) as source:
                 crc32 = 0
@@ -520,9 +657,9 @@ class Client:
         except OSError as exc:
             raise FileReadError(plan.path, f"cannot read: {exc.strerror}") from None
         if answered != crc32:
-            return False
+            return None
         log.info("%s: the server answered with zlib's CRC-32 (it matches)", plan.display_name)
-        return True
+        return CRC32_ZLIB
 
     def _prepare_connection(self, *, fresh_key: bool) -> None:
         """Make sure the connection can carry a multi-packet upload.
@@ -541,16 +678,24 @@ class Client:
             self._reconnect()
 
     def _send_crc_retry(self, plan: FilePlan) -> None:
-        """901; the packets follow at once, with no reply awaited (variant 8)."""
+        """901; the packets follow at once, with no reply awaited (variant 8).
+
+        On per-request connections its close (or a 1604) comes first, as for a packet.
+        """
         try:
             retry = CrcRetry(
                 client_id=self._registered_identity.client_id, file_name=plan.wire_name
             )
             self._session.send(retry)
+            self._stray_acks = (self._session.connections_opened, 1)
+            if self._session.per_request:  # its 1604 or its close, before the packets
+                reply = self._session.answer_or_close()
+                if reply is not None and not self._is_stray_ack(reply):
+                    expected = f"{self._session.describe(Acknowledged)} or a close"
+                    raise UnexpectedReply(f"{self._reply_error(reply, expected)} after 901")
         except NetworkError as exc:
             exc.step = f"CRC mismatch notice (901) for {plan.quoted_name}"
             raise
-        self._stray_acks = (self._session.connections_opened, 1)
 
     def _confirm(self, kind: type, step: str, plan: FilePlan) -> None:
         """900 or 902, answered by 1604."""
@@ -563,8 +708,8 @@ class Client:
     def _send_in_current_layout(
         self, path: Path, size: int, label: str, step: str
     ) -> tuple[FileReceived, int, FilePlan]:
-        """One upload attempt in the layout in force; a symptom of a layout
-        the server refuses switches it and makes the attempt a retry."""
+        """One upload attempt in the layout in force; a symptom that names a
+        layout the server refuses switches it and makes the attempt end."""
         plan = plan_file(path, size, self._packet_size, self._layout)
         try:
             received, crcs = self._send_file_once(plan, label)
@@ -575,11 +720,13 @@ class Client:
                     " the connections take turns from now on"
                 )
                 raise UnexpectedReply(f"{exc} (retrying in turn)") from exc
+            if isinstance(exc, NetworkError) and exc.closed:
+                raise  # a close names no layout by itself (_with_retries)
             switch = self._fallback(exc, plan)
             if switch is None:
                 raise
             self._take_fallback(step, switch)
-            raise UnexpectedReply(f"{exc} (retrying in another layout)") from exc
+            raise _LayoutSwitched(exc) from exc
         return received, crcs, plan
 
     def _send_file_once(
@@ -590,13 +737,40 @@ class Client:
         Returns the reply and the cksum of the plaintext that was sent.
         """
         self._prepare_connection(fresh_key=False)
+        log.debug(
+            "sending %s (%s, %s) to %s",
+            plan.quoted_name,
+            plural(plan.orig_size, "byte"),
+            self._packets_sent(plan),
+            self.server,
+        )
         sums = Cksum()
+        session = self._session
+        # While the layout is unproven, a server that stops reading is evidence
+        # at once, not after the time-out (docs/CLIENT.md, "Fallbacks").
+        session.watch_reading = (
+            self._fallback_on
+            and not self._layout_proven
+            and not self._layout.pad_last
+            and not session.per_request
+        )
         self._progress.start(label, plan.orig_size)
         try:
-            self.send_packets(plan, sums)
+            try:
+                self.send_packets(plan, sums)
+            finally:
+                self._progress.finish()
+            return self._await_file_received(plan), sums.value
         finally:
-            self._progress.finish()
-        return self._await_file_received(plan), sums.value
+            session.watch_reading = False
+
+    def _packets_sent(self, plan: FilePlan) -> str:
+        """The requests that carry the file, as a log says it."""
+        if self._session.edition.whole_file or self._layout.whole_file:
+            return f"in one request, streamed in pieces of up to {plural(plan.packet_size, 'byte')}"
+        return (
+            f"{plural(plan.total_packets, 'packet')} of up to {plural(plan.packet_size, 'byte')}"
+        )
 
     def send_packets(self, plan: FilePlan, sums: Cksum) -> None:
         """Read, encrypt and send the file's packets, the three at once (client/pipeline.py).
@@ -611,7 +785,7 @@ class Client:
         aes_key = self._aes_key
         if aes_key is None:
             raise NotLoggedIn("no AES key to encrypt the file with: log_in() gets one first")
-        whole = self._session.edition.whole_file
+        whole = self._session.edition.whole_file or self._layout.whole_file
         per_packet = self._layout.per_packet and not whole
         with _open_for_reading(plan.path) as source, PipelinedPackets(
             source, plan, aes_key, sums, per_packet=per_packet
@@ -620,6 +794,8 @@ class Client:
                 self._take_early_reply(number)
                 if not whole:
                     self._send_packet(plan, number, packet.content)
+                    if self._session.per_request and number < plan.total_packets:
+                        self._await_packet_close(number)
                 elif number == 1:
                     self._send_packet(plan, 1, packet.content, whole_file=True)
                 else:
@@ -653,10 +829,25 @@ class Client:
             if reply is None:
                 raise
             raise UnexpectedReply(
-                f"the server answered {describe(reply)} during packet {number}"
+                f"the server answered {self._session.describe(reply)} during packet {number}"
                 f" of {plan.total_packets}, then closed the connection",
                 packet=number - 1 or 1,
             ) from None
+
+    def _await_packet_close(self, number: int) -> None:
+        """Per request: the close (or an answer) that ends a non-final packet's
+        connection, before the next packet goes out.
+
+        A server may handle each connection in a thread of its own and store
+        packets in the order its threads run: packets in flight at once
+        would be stored out of order (variant 7).
+        """
+        reply = self._session.answer_or_close()
+        if reply is None or self._is_stray_ack(reply):
+            return
+        raise UnexpectedReply(
+            f"{self._reply_error(reply, 'a close')} after packet {number}", packet=number
+        )
 
     def _poll_quietly(self):
         try:
@@ -686,26 +877,32 @@ class Client:
         if reply is None or self._is_stray_ack(reply):
             return
         raise UnexpectedReply(
-            f"{_reply_error(reply, 'no reply')} before the last packet", packet=number - 1
+            f"{self._reply_error(reply, 'no reply')} before the last packet", packet=number - 1
         )
 
     def _await_file_received(self, plan: FilePlan) -> FileReceived:
-        wait = None
-        if self._fallback_on and not self._layout.pad_last:
-            # Long enough for any server that works, short enough not to wait
-            # for ever on one that dropped the layout (a fallback follows).
-            wait = min(self._session.timeout, FALLBACK_WAIT + plan.content_size / FALLBACK_RATE)
-        reply = self._session.receive(wait)
+        """The 1603 of the file just sent, awaited up to the session's time-out.
+
+        A server may take long over a large file (a final sync): the wait is
+        the time-out of any answer, not a guess from the file's size.
+        """
+        reply = self._session.receive()
         while self._is_stray_ack(reply):
             reply = self._session.receive()
         self._stray_acks = (0, 0)
+        if isinstance(reply, GeneralError):  # the file refused, at its last packet
+            raise UnexpectedReply(
+                self._reply_error(reply, self._session.describe(FileReceived)),
+                packet=plan.total_packets,
+            )
         if not isinstance(reply, FileReceived):
-            raise UnexpectedReply(_reply_error(reply, "1603 FileReceived"))
+            raise UnexpectedReply(self._reply_error(reply, self._session.describe(FileReceived)))
         self._check_client_id(reply)
         if reply.file_name.text != plan.wire_name.text:
             raise UnexpectedReply(
                 f"1603 names the file {quoted(reply.file_name.text)}, we sent {plan.quoted_name}"
             )
+        self._layout_proven = True
         return reply
 
 

@@ -8,12 +8,14 @@ sends two files; every file must arrive whole and be verified.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 
 import pytest
 
 from client.__main__ import ExitCode
-from protocol.editions import EDITIONS
+from protocol import events
+from protocol.editions import EDITIONS, V3
 
 from test_client_e2e import address, client_id, new_user, run, stored
 
@@ -48,3 +50,21 @@ def test_the_client_speaks_every_edition(server, tmp_path, edition):
             "SELECT Edition FROM clients WHERE ID = ?", (bytes.fromhex(client_id(home)),)
         ).fetchone()
     assert recorded.lower() == edition
+
+
+@pytest.mark.parametrize("edition", [e for e in EDITIONS if e is not V3], ids=str)
+def test_verbose_logs_the_editions_own_codes_and_what_is_sent(server, tmp_path, edition):
+    home = new_user(tmp_path, address(server), f"log-{edition.name}-{os.getpid()}", size=3_000_000)
+    result = run(home, "--edition", edition.name.lower(), "-v")
+    assert result.returncode == ExitCode.OK, result.stderr
+    logged = re.findall(r"(?:->|<-) (\d+) (\w+)", result.stderr)
+    assert logged
+    for code, name in logged:
+        kind = getattr(events, name)
+        message = edition.request_for(kind) or edition.response_for(kind)
+        if message is None:  # an answer the client skips (2023C) is named by its own code
+            assert kind is events.UnknownResponse, (edition.name, code, name)
+            continue
+        assert int(code) == message.code, (edition.name, code, name)
+    if edition.whole_file:
+        assert "in one request" in result.stderr and "packets of up to" not in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import time
 
 
 from client.__main__ import ExitCode
@@ -24,6 +25,7 @@ from protocol import (
     Registered,
     RegistrationFailed,
     SendPublicKey,
+    ServerConnection,
 )
 from protocol.crypto import encrypt_aes_key, generate_private_key, new_aes_key
 
@@ -426,6 +428,53 @@ def test_a_server_that_never_answers_times_out(work, run_client):
     assert "registration (825)" in result.err and "did not answer within 0.5 s" in result.err
 
 
+def test_a_server_that_trickles_its_answer_is_bound_by_the_timeout(work, run_client):
+    """--timeout bounds a whole answer: one byte every 0.7 × the time-out does not stretch it."""
+    data = make_file(work)
+    timeout = 1.0
+    answer = ServerConnection().send(Registered(client_id=bytes(16)))
+    trickle_time = len(answer) * 0.7 * timeout  # 16 s, about 20 × the time-out
+
+    def script(server):
+        peer = server.accept()
+        peer.expect(Register)
+        try:
+            for byte in answer:
+                peer.send_raw(bytes([byte]))
+                time.sleep(0.7 * timeout)
+        except OSError:  # the client gave up and closed: what the test wants
+            pass
+
+    started = time.monotonic()
+    result = run_against(script, work, data, run_client, "--timeout", f"{timeout:g}")
+    elapsed = time.monotonic() - started
+    assert result.code == ExitCode.NETWORK, result.err
+    assert "did not answer within 1 s" in result.err
+    assert elapsed < 5 * timeout < trickle_time / 3
+
+
+def test_a_slow_answer_to_a_large_file_is_awaited_up_to_the_timeout(work, run_client):
+    """A server that read the whole file may take long over it: no resend, no switch."""
+    data = make_file(work, size=3 * 1024 * 1024)
+    keys = Keys()
+    # Longer than any wait guessed from the file's size (5 s plus 20 MB/s
+    # before), well within --timeout.
+    slow = 5.5
+
+    def script(server):
+        peer = server.accept()
+        handshake_register(peer, keys)
+        received = peer.receive_file(keys.aes_key)
+        time.sleep(slow)
+        peer.reply(file_received(keys, received))
+        peer.expect(CrcOk)
+        peer.reply(Acknowledged(client_id=keys.client_id))
+
+    result = run_against(script, work, data, run_client, "--timeout", f"{3 * slow:g}")
+    assert result.code == ExitCode.OK, result.err
+    assert SERVER_ERROR_MESSAGE not in result.err and "refused the layout" not in result.err
+
+
 def test_no_server_is_a_network_error(work, run_client):
     data = make_file(work)
     import socket
@@ -473,6 +522,34 @@ def test_upload_failing_four_times_is_fatal(work, run_client):
     assert result.code == ExitCode.SERVER_ERROR
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 4
     assert "error: upload of 'data.bin' failed after 4 attempts" in result.err
+
+
+def test_a_file_has_one_retry_budget_across_its_resends(work, run_client):
+    """Each upload of the file refused once (1607), each received one with another cksum:
+    the retries are counted once for the file, never from 1 again."""
+    data = make_file(work, size=3000)
+    keys = Keys()
+
+    def script(server):
+        peer = server.accept()
+        handshake_register(peer, keys)
+        for upload in range(4):
+            if upload:
+                peer.expect(CrcRetry)
+            peer.receive_file(keys.aes_key)
+            peer.reply(GeneralError())
+            peer.expect_closed()
+            if upload == 3:
+                return  # the budget is spent: the client gives up on the file
+            peer = server.accept()
+            handshake_reconnect(peer, keys)
+            peer.reply(file_received(keys, peer.receive_file(keys.aes_key), cksum_delta=1))
+
+    result = run_against(script, work, data, run_client)
+    assert result.code == ExitCode.SERVER_ERROR, result.err
+    assert "error: upload of 'data.bin' failed after 4 attempts" in result.err
+    retries = [line for line in result.err.splitlines() if "(retry " in line]
+    assert [line.split("(retry ")[1] for line in retries] == ["1 of 3)", "2 of 3)", "3 of 3)"]
 
 
 def test_900_answered_with_1607_is_retried(work, run_client):

@@ -9,14 +9,19 @@ server keeps the client's key by client id, as variant 7 requires.
 from __future__ import annotations
 
 import os
+import random
 import socket
+import struct
 import threading
+import time
 import functools
+import zlib
 from dataclasses import dataclass, field
 
 import pytest
 
 from client.__main__ import ExitCode
+from client.session import STALL_EVIDENCE
 from client_fakes import write_transfer_info
 from protocol import (
     NEED_DATA,
@@ -37,6 +42,7 @@ from protocol import (
     Register,
     Registered,
     SendPublicKey,
+    RemoteProtocolError,
     ServerConnection,
     cksum,
     crypto,
@@ -144,20 +150,149 @@ def one_receive_per_connection(sock: socket.socket, state: State) -> None:
         sock.sendall(conn.send(_answer(state, request)))
 
 
-def fixed_size_packets(sock: socket.socket, state: State) -> None:
-    """Behaviour 4: every 828 payload unpacked as exactly 1,291 bytes; else the handler dies."""
+def _one_request(sock: socket.socket) -> tuple[ServerConnection, list]:
+    """Read until one whole request has arrived: its events (an 828's content included)."""
     conn = ServerConnection()
-    while True:
+    events: list = []
+    while not events or isinstance(events[-1], (FilePacketStarted, FileContent)):
         data = sock.recv(1 << 16)
         conn.receive_data(data)
         while (event := conn.next_event()) is not NEED_DATA:
             if isinstance(event, ConnectionClosed):
+                return conn, []
+            events.append(event)
+    return conn, events
+
+
+#: Behaviour 3': the lock under which a thread appends its packet.
+_APPEND = threading.Lock()
+
+
+def threaded_per_connection(sock: socket.socket, state: State) -> None:
+    """Behaviour 3': one request per connection, answered (or closed after a
+    non-final 828), each connection in a thread of its own that appends its
+    packet in the order the threads get there."""
+    conn, events = _one_request(sock)
+    if not events:
+        return
+    request = events[0]
+    threading.Event().wait(random.uniform(0, 0.002))  # threads run in any order
+    with _APPEND:
+        if isinstance(request, FilePacketStarted):
+            state.ciphertext += b"".join(e.data for e in events if isinstance(e, FileContent))
+            if request.packet_number == request.total_packets:
+                try:
+                    state.plain += crypto.decrypt(state.aes_key, bytes(state.ciphertext))
+                except CryptoError:  # scrambled packets: garbage
+                    state.plain += bytes(state.ciphertext)
+                sock.sendall(conn.send(_file_done(state, request.file_name)))
+        elif (answer := _answer(state, request)) is not None:
+            sock.sendall(conn.send(answer))
+
+
+def every_packet_a_whole_file(sock: socket.socket, state: State) -> None:
+    """Behaviour 7: each 828 taken as the whole file (decrypted alone), answered
+    1603 with zlib's CRC-32, or 1607 if it does not decrypt; persistent."""
+    conn = ServerConnection()
+    content = bytearray()
+    while True:
+        conn.receive_data(sock.recv(1 << 16))
+        while (event := conn.next_event()) is not NEED_DATA:
+            if isinstance(event, ConnectionClosed):
                 return
             if isinstance(event, FilePacketStarted):
-                if 267 + event.bytes_in_packet != FIXED_PAYLOAD:
-                    state.dead = True
-                    threading.Event().wait(30)  # the handler is stuck: no answer, ever
-                    return
+                packet, content = event, bytearray()
+            elif isinstance(event, FileContent):
+                content += event.data
+            elif isinstance(event, FilePacketEnded):
+                try:
+                    plain = crypto.decrypt(state.aes_key, bytes(content))
+                except CryptoError:
+                    sock.sendall(conn.send(GeneralError()))
+                    continue
+                state.uploads += len(plain) == packet.orig_file_size  # a whole file indeed
+                state.last = plain
+                sock.sendall(conn.send(
+                    FileReceived(CLIENT_ID, len(content), packet.file_name, zlib.crc32(plain))
+                ))
+            elif (answer := _answer(state, event)) is not None:
+                sock.sendall(conn.send(answer))
+
+
+#: Behaviour 8: the buffer each field of a request is read into with one receive.
+FIELD_RECEIVE = 1 << 16
+#: The fields of a request: the header's, then an 828's before its content.
+HEADER_FIELDS = (16, 1, 2, 4)
+PACKET_FIELDS = (4, 4, 2, 2, 255)
+
+
+def one_receive_per_field(sock: socket.socket, state: State) -> None:
+    """Behaviour 8: each field read with one receive (of at most 64 KiB): a
+    large packet arrives cut, the stream is lost, 1607 and close; persistent."""
+    conn = ServerConnection()
+
+    def field(size: int) -> bytes:
+        data = sock.recv(min(size, FIELD_RECEIVE))
+        if len(data) < size:
+            raise EOFError  # cut (or closed): what follows is not a request
+        return data
+
+    try:
+        while True:
+            header = b"".join(field(size) for size in HEADER_FIELDS)
+            code, payload_size = struct.unpack("<HI", header[17:])
+            payload = b""
+            if code == 828:
+                payload = b"".join(field(size) for size in PACKET_FIELDS)
+                payload += field(payload_size - len(payload)) if payload_size > len(payload) else b""
+            elif payload_size:
+                payload = field(payload_size)
+            conn.receive_data(header + payload)
+            while (event := conn.next_event()) is not NEED_DATA:
+                if isinstance(event, FilePacketStarted):
+                    packet = event
+                elif isinstance(event, FileContent):
+                    state.ciphertext += event.data
+                elif isinstance(event, FilePacketEnded):
+                    if packet.packet_number == packet.total_packets:
+                        state.plain += crypto.decrypt(state.aes_key, bytes(state.ciphertext))
+                        sock.sendall(conn.send(_file_done(state, packet.file_name)))
+                elif (answer := _answer(state, event)) is not None:
+                    sock.sendall(conn.send(answer))
+    except EOFError:
+        state.plain.clear()
+        state.ciphertext.clear()
+        sock.sendall(conn.send(GeneralError()))
+
+
+def _exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        piece = sock.recv(size - len(data))
+        if not piece:
+            raise EOFError
+        data += piece
+    return data
+
+
+def fixed_size_packets(sock: socket.socket, state: State) -> None:
+    """Behaviour 4: reads a header, then every 828 payload as exactly 1,291 bytes;
+    after a payload of another size the handler is stuck (reads no more, never answers)."""
+    conn = ServerConnection()
+    packet = None
+    while True:
+        try:
+            header = _exactly(sock, 23)
+            code, payload_size = struct.unpack("<HI", header[17:])
+            payload = _exactly(sock, FIXED_PAYLOAD if code == 828 else payload_size)
+        except EOFError:
+            return
+        if code == 828 and payload_size != FIXED_PAYLOAD:
+            threading.Event().wait(30)  # the handler is stuck: no answer, ever
+            return
+        conn.receive_data(header + payload)
+        while (event := conn.next_event()) is not NEED_DATA:
+            if isinstance(event, FilePacketStarted):
                 packet = event
             elif isinstance(event, FileContent):
                 state.ciphertext += event.data
@@ -255,13 +390,18 @@ class BehaviourServer:
 
 
 BEHAVIOURS = {
-    "5-small-packets-only": (
-        functools.partial(standard, max_packet=8192), "one connection per request"
-    ),
+    "5-small-packets-only": (functools.partial(standard, max_packet=8192), "packets of 4000 bytes"),
     "swapped-per-packet": (swapped_per_packet, "swapped packet fields and per-packet encryption"),
     "one-receive-per-connection": (one_receive_per_connection, "one connection per request"),
+    "threaded-per-connection": (threaded_per_connection, "one connection per request"),
     "fixed-1291-byte-packets": (fixed_size_packets, "1024-byte packets, the last zero-filled"),
+    "every-packet-a-whole-file": (every_packet_a_whole_file, "the whole file in one packet"),
+    "one-receive-per-field": (one_receive_per_field, "packets of 8192 bytes"),
 }
+
+
+#: Behaviours that serve a file of one packet of the default size as it is.
+ONE_PACKET_SERVED = ("swapped-per-packet", "every-packet-a-whole-file")
 
 
 #: Behaviours the client copes with without a switch: (handler, what it sends).
@@ -291,13 +431,14 @@ def test_the_default_client_falls_back_and_completes(work, run_client, behaviour
     handler, switch = BEHAVIOURS[behaviour]
     data = os.urandom(SIZES[size])
     (work / "data.bin").write_bytes(data)
-    with BehaviourServer(handler, one_at_a_time=handler is not fixed_size_packets) as server:
+    one_at_a_time = handler not in (fixed_size_packets, threaded_per_connection)
+    with BehaviourServer(handler, one_at_a_time=one_at_a_time) as server:
         write_transfer_info(work, server.address, "alice", "data.bin")
         first = run_client()  # registers
         assert first.code == ExitCode.OK, first.err
         # A 100 KB file is one packet of the default size: only a server that
         # needs small or fixed packets makes the client switch for it.
-        if SIZES[size] > 1024 * 1024 or behaviour != "swapped-per-packet":
+        if SIZES[size] > 1024 * 1024 or behaviour not in ONE_PACKET_SERVED:
             assert switch in first.err
         assert server.state.verified == data and server.state.uploads == 1
         second = run_client()  # logs in again with me.info
@@ -309,8 +450,81 @@ def test_the_default_client_falls_back_and_completes(work, run_client, behaviour
 def test_strict_keeps_the_standard_layout_and_fails(work, run_client, behaviour):
     handler, switch = BEHAVIOURS[behaviour]
     (work / "data.bin").write_bytes(os.urandom(3_000_000))  # several packets of the default size
-    with BehaviourServer(handler, one_at_a_time=handler is not fixed_size_packets) as server:
+    one_at_a_time = handler not in (fixed_size_packets, threaded_per_connection)
+    with BehaviourServer(handler, one_at_a_time=one_at_a_time) as server:
         write_transfer_info(work, server.address, "alice", "data.bin")
         result = run_client("--strict", "--timeout", "2")
     assert result.code in (ExitCode.SERVER_ERROR, ExitCode.NETWORK), result.err
     assert switch not in result.err and server.state.verified is None
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_a_fallback_run_stays_near_the_servers_own_client(work, run_client, tmp_path, size):
+    """Against a server that stops reading at a packet of another size, the switch
+    comes from the kernel's evidence, not a time-out: the whole run stays within
+    about twice a run of its own client's layout (measured in the same test)."""
+    data = os.urandom(SIZES[size])
+    own = tmp_path / "own-client"
+    own.mkdir()
+    for folder in (own, work):
+        (folder / "data.bin").write_bytes(data)
+    with BehaviourServer(fixed_size_packets) as server:
+        for folder in (own, work):
+            write_transfer_info(folder, server.address, f"alice-{folder.name}", "data.bin")
+        started = time.monotonic()
+        baseline = run_client("--strict", "--pad-last-packet", "--packet-size", "1024",
+                              config_dir=own)
+        own_seconds = time.monotonic() - started
+        started = time.monotonic()
+        result = run_client()
+        seconds = time.monotonic() - started
+    assert baseline.code == ExitCode.OK and result.code == ExitCode.OK, result.err
+    assert "1024-byte packets" in result.err
+    print(f"{size}: own client {own_seconds:.2f} s, ours with the switch {seconds:.2f} s")
+    assert seconds < 2 * own_seconds + 2 * STALL_EVIDENCE
+
+
+def test_a_zlib_crc_is_reported_as_what_it_is(work, run_client):
+    """A server that answers zlib's CRC-32: the log and the summary name that
+    checksum and the value the server sent, never a cksum it did not send."""
+    files = {"a.bin": os.urandom(50_000), "b.bin": os.urandom(70_000)}
+    for name, data in files.items():
+        (work / name).write_bytes(data)
+    with BehaviourServer(every_packet_a_whole_file) as server:
+        write_transfer_info(work, server.address, "alice", "a.bin")
+        result = run_client(*(str(work / name) for name in files))
+    assert result.code == ExitCode.OK, result.err
+    for name, data in files.items():
+        assert f"CRC-32 (zlib) {zlib.crc32(data)} verified" in result.err
+        assert f"  {name}: " in result.err and "sent, CRC-32 (zlib) verified" in result.err
+        assert f"cksum {cksum(data)} verified" not in result.err
+
+
+def refuse_every_packet(sock: socket.socket, state: State) -> None:
+    """Answers 1607 to every 828 at once, whatever its layout; the rest as usual."""
+    conn = ServerConnection()
+    while True:
+        conn.receive_data(sock.recv(1 << 16))
+        try:
+            while (event := conn.next_event()) is not NEED_DATA:
+                if isinstance(event, ConnectionClosed):
+                    return
+                if isinstance(event, FilePacketStarted):
+                    sock.sendall(conn.send(GeneralError()))
+                elif not isinstance(event, (FileContent, FilePacketEnded)):
+                    if (answer := _answer(state, event)) is not None:
+                        sock.sendall(conn.send(answer))
+        except RemoteProtocolError:  # the client gave the file up halfway
+            return
+
+
+def test_a_server_that_refuses_every_layout_ends_the_ladder(work, run_client):
+    """Each layout is tried once, then the file's 3 retries: a bounded run, exit 1."""
+    (work / "data.bin").write_bytes(os.urandom(SIZES["5MB"]))
+    with BehaviourServer(refuse_every_packet) as server:
+        write_transfer_info(work, server.address, "alice", "data.bin")
+        result = run_client()
+    assert result.code == ExitCode.SERVER_ERROR, result.err
+    switches = [line for line in result.err.splitlines() if "refused the layout" in line]
+    assert len(switches) == len(set(switches)) == 3, result.err
+    assert "failed after 4 attempts" in result.err

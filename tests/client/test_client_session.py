@@ -52,6 +52,9 @@ class FakeSocket:
     def fileno(self) -> int:
         return -1
 
+    def settimeout(self, timeout) -> None:
+        pass
+
     def close(self) -> None:
         self.closed = True
 

@@ -1,0 +1,74 @@
+"""Whether a server stopped reading, from what the kernel knows of the connection.
+
+docs/CLIENT.md, "Fallbacks": a server that dropped the layout may stop
+reading without a word. The kernel shows it: bytes sent that the server has
+not acknowledged while its receive window is at zero (its buffer is full), or
+everything acknowledged while the window it advertises stays under half of
+the one it opened the connection with (bytes it received and has not read; a
+server that reads them announces the reopened window at once, as it has
+doubled). That is evidence, where a silent wait is not.
+
+Linux only (``TCP_INFO`` and ``SIOCOUTQ``); elsewhere there is no evidence,
+and the time-out alone decides.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+try:
+    import fcntl
+    import termios
+
+    _OUTQ: int | None = termios.TIOCOUTQ  # SIOCOUTQ: bytes not yet acknowledged
+except (ImportError, AttributeError):  # not Linux
+    _OUTQ = None
+
+#: ``struct tcp_info``: the offset of ``tcpi_snd_wnd`` (the window the peer
+#: advertises, scaled), the last field of Linux's, and the size up to its end.
+_SND_WND_OFFSET = 228
+_TCP_INFO_SIZE = _SND_WND_OFFSET + 4
+_INT = struct.Struct("i")
+_UINT = struct.Struct("I")
+
+
+def _peer_window(sock: socket.socket) -> int | None:
+    """The receive window the server advertises, or None where unknown."""
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if tcp_info is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, _TCP_INFO_SIZE)
+    except OSError:
+        return None
+    if len(info) < _TCP_INFO_SIZE:  # a kernel without tcpi_snd_wnd
+        return None
+    return _UINT.unpack_from(info, _SND_WND_OFFSET)[0]
+
+
+def _unacknowledged(sock: socket.socket) -> int | None:
+    """Bytes sent or queued that the server has not acknowledged, or None where unknown."""
+    if _OUTQ is None:
+        return None
+    try:
+        return _INT.unpack(fcntl.ioctl(sock.fileno(), _OUTQ, bytes(_INT.size)))[0]
+    except OSError:
+        return None
+
+
+class ReadingWatch:
+    """Watches one connection for a server that stopped reading."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        #: The window the server opened the connection with (nothing unread yet).
+        self._opening_window = _peer_window(sock)
+
+    def stopped_reading(self, sock: socket.socket) -> bool:
+        """Whether the kernel shows, right now, bytes the server has not read."""
+        window, unacknowledged = _peer_window(sock), _unacknowledged(sock)
+        if window is None or unacknowledged is None or not self._opening_window:
+            return False
+        if unacknowledged:
+            return window == 0
+        return window < self._opening_window // 2
