@@ -262,3 +262,35 @@ def registered_folder(folder: Path, keys: Keys, name: str = NAME) -> None:
     key_text = base64.b64encode(export_private_key(private_key)).decode()
     (folder / "me.info").write_text(f"{name}\n{keys.client_id.hex()}\n{key_text}\n")
     (folder / "priv.key").write_text(key_text + "\n")
+
+class FakeSocket:
+    """Records each write (sendall, or sendmsg of gathered parts); recv hands
+    out scripted pieces (or raises them)."""
+
+    def __init__(self, pieces=()) -> None:
+        self.sent: list[bytes] = []
+        self.pieces = list(pieces)
+        self.closed = False
+
+    def sendall(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+    def sendmsg(self, buffers) -> int:
+        data = b"".join(bytes(buffer) for buffer in buffers)
+        self.sent.append(data)
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        piece = self.pieces.pop(0)
+        if isinstance(piece, BaseException):
+            raise piece
+        return piece
+
+    def fileno(self) -> int:
+        return -1
+
+    def settimeout(self, timeout) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True

@@ -13,6 +13,7 @@ from client.config import ServerAddress
 from client.errors import NetworkError, NotAServer
 from client.foreign import SILENCE_HINT, recognise
 from client.session import Session
+from client_fakes import FakeSocket
 from protocol import Register, Registered, ServerConnection
 
 SSH_BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n"
@@ -46,38 +47,18 @@ def test_an_answer_or_too_few_bytes_are_not_judged(first):
 
 
 def test_a_banner_in_pieces_is_named_without_waiting_for_a_whole_header(monkeypatch):
-    pieces = [b"SS", b"H", b"-2.0-x\r\n"]
-
-    class Socket:
-        def sendall(self, data):
-            pass
-
-        def recv(self, size):
-            return pieces.pop(0)
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(Session, "_connect", lambda self: Socket())
+    fake = FakeSocket([b"SS", b"H", b"-2.0-x\r\n"])
+    monkeypatch.setattr(Session, "_connect", lambda self: fake)
     session = Session(ServerAddress("127.0.0.1", 9))
     with pytest.raises(NotAServer, match=r"^127.0.0.1:9 is not a cipherdrop server \(it"
                                          r" answered like an SSH server\)$"):
         session.request(Register(client_id=bytes(16), name="alice"))
-    assert pieces == []
+    assert fake.pieces == []
 
 
 def test_silence_on_a_first_answer_says_what_it_may_be(monkeypatch):
-    class Socket:
-        def sendall(self, data):
-            pass
-
-        def recv(self, size):
-            raise TimeoutError
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(Session, "_connect", lambda self: Socket())
+    fake = FakeSocket([TimeoutError()])
+    monkeypatch.setattr(Session, "_connect", lambda self: fake)
     with pytest.raises(NetworkError) as caught:
         Session(ServerAddress("127.0.0.1", 9)).request(Register(client_id=bytes(16), name="a"))
     assert str(caught.value).endswith(f"({SILENCE_HINT})")

@@ -13,6 +13,7 @@ from client.config import ServerAddress
 from client.errors import MalformedReply, NetworkError, NotAServer
 from client.progress import BarProgress, LogProgress, NoProgress, make_progress
 from client.session import Session
+from client_fakes import FakeSocket
 from protocol import (
     GeneralError,
     Register,
@@ -26,37 +27,6 @@ CLIENT_ID = bytes(range(16))
 REPLY = ServerConnection().send(Registered(client_id=CLIENT_ID))
 
 
-class FakeSocket:
-    """Records each write (sendall, or sendmsg of gathered parts); recv hands
-    out scripted pieces (or raises them)."""
-
-    def __init__(self, pieces=()) -> None:
-        self.sent: list[bytes] = []
-        self.pieces = list(pieces)
-        self.closed = False
-
-    def sendall(self, data: bytes) -> None:
-        self.sent.append(bytes(data))
-
-    def sendmsg(self, buffers) -> int:
-        data = b"".join(bytes(buffer) for buffer in buffers)
-        self.sent.append(data)
-        return len(data)
-
-    def recv(self, size: int) -> bytes:
-        piece = self.pieces.pop(0)
-        if isinstance(piece, BaseException):
-            raise piece
-        return piece
-
-    def fileno(self) -> int:
-        return -1
-
-    def settimeout(self, timeout) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
 
 
 @pytest.fixture
