@@ -12,6 +12,7 @@ from .errors import StorageFault
 from .limits import Limits
 from .lograte import LogLimiter
 from .metrics import NO_METRICS, Metrics
+from .outcome import InstallTicket
 from .peer import Peer, address_group
 from .rate import RegistrationLimiter
 from .shares import RoundShares
@@ -92,11 +93,11 @@ class App:
         self.uploads.connection_closed(peer)
         self.live_registrations.connection_closed(peer)
 
-    def end_round(self, *, durable: bool) -> AbstractSet[object]:
+    def end_round(self, *, durable: bool) -> AbstractSet[InstallTicket]:
         """Commit the round (durably if asked, or if first uploads wait); then install them.
 
-        Returns the ``awaits_install`` tokens of the files that could not be
-        installed: their answers become 1607 (:meth:`Session.release`).
+        Returns the tickets of the first uploads that could not take their
+        names: their answers become 1607 (:meth:`Session.release`).
 
         Raises:
             StorageFault: the round is lost; none of its answers may go out.

@@ -6,22 +6,23 @@ answers. The channel owns what only a transport knows: the selector interest
 (EVENT_WRITE only while answers wait; no reading while more than
 ``max_outgoing`` bytes wait, so a peer that does not read cannot make the
 server buffer without bound), turns (at most ``MAX_REQUESTS_PER_TURN``
-requests, then the loop resumes it next round: a pipelining peer cannot hold
-the loop; and only while its address has some of its share of the round
-left, :class:`~server.shares.RoundShares`: a connection whose address has
-used it is *deferred*, neither read nor stepped, until the loop resumes it in
-a later round), the lingering close after the session's close verdict (send what
-is queued, shut the write side, read and drop the input for a while so the
+requests, then it asks for another turn: a pipelining peer cannot hold the
+loop), the lingering close after the session's close verdict (send what is
+queued, shut the write side, read and drop the input for a while so the
 close does not reset the answers away), and one timer.
 
-Answers wait for durability (group commit): whatever the session queues is
-held, and the channel handed to the loop (``on_answers``), which makes the
-round's commits durable once (``MetadataStore.sync``) and then sends it
-(:meth:`Channel.send_answers`). Without a loop (a test harness), the channel
-syncs before each send itself.
+It knows nothing of rounds or stores. What it needs from the loop that runs
+it goes through one :class:`LoopPort`: whether it may take another request
+now (the loop's per-address shares of a round; when it may not, the loop
+*defers* it: neither read nor stepped until the loop resumes it), a turn
+for the requests it still buffers, and the end of its answers' wait. Every
+answer waits for the loop: the channel reports it holds answers
+(:meth:`LoopPort.hold_answers`), and the loop, once the round's work is
+durable (group commit, :meth:`server.loop.Server.run_once`), releases the
+session's held answers and calls :meth:`Channel.send_answers`.
 
 It catches no broad exception: an error in any entry point reaches the
-loop's per-connection edge (:func:`server.loop.serve`), which calls
+loop's per-connection edge (:meth:`LoopPort.serve`), which calls
 :meth:`Channel.fail`.
 """
 
@@ -31,14 +32,11 @@ import enum
 import logging
 import selectors
 import socket
-from typing import Callable, Collection
-
-from protocol.codes import MAX_UINT32
+from typing import Callable, Protocol
 
 from . import crashpoints
 from .peer import Peer
 from .session import Session, Step
-from .shares import RoundShares
 from .timers import Timer, Timers
 
 log = logging.getLogger(__name__)
@@ -53,8 +51,34 @@ LINGER_MAX_BYTES = 1024 * 1024
 #: a big 828 is still one receive per turn.
 MAX_REQUESTS_PER_TURN = 4
 
-#: How the loop runs a channel's entry point: its per-connection edge.
-Serve = Callable[["Channel", Callable[[], None]], None]
+
+class LoopPort(Protocol):
+    """What a channel needs from the loop that runs it (:class:`server.loop.Server`)."""
+
+    def serve(self, channel: Channel, action: Callable[[], None]) -> None:
+        """Run one of the channel's entry points at the loop's per-connection edge."""
+
+    def may_take_request(self, channel: Channel) -> bool:
+        """Whether the channel may have another request handled now."""
+
+    def request_taken(self, channel: Channel) -> None:
+        """The channel had a request handled."""
+
+    def hold_answers(self, channel: Channel) -> None:
+        """The channel has answers to send once what they report is durable.
+
+        At the round's end the loop releases the session's held answers
+        (:meth:`Session.release`), then calls :meth:`Channel.send_answers`.
+        """
+
+    def wants_turn(self, channel: Channel) -> None:
+        """The channel's turn ended with requests still buffered: resume it next round."""
+
+    def defer(self, channel: Channel) -> None:
+        """The channel may take no request now: resume it first in a later round."""
+
+    def channel_closed(self, channel: Channel) -> None:
+        """The channel closed (its socket unregistered): forget it."""
 
 
 class _State(enum.Enum):
@@ -74,11 +98,7 @@ class Channel:
         selector: selectors.BaseSelector,
         recv_buffer: memoryview,
         timers: Timers,
-        serve: Serve,
-        on_closed: Callable[[Channel], None],
-        on_backlog: Callable[[Channel], None] | None = None,
-        on_answers: Callable[[Channel], None] | None = None,
-        shares: RoundShares | None = None,
+        port: LoopPort,
     ) -> None:
         self.sock = sock
         self.session = session
@@ -89,20 +109,11 @@ class Channel:
         #: How many bytes the next receive may take (the loop sets it per round).
         self.turn_size = len(recv_buffer)
         self._timers = timers
-        self._serve = serve
-        self._on_closed = on_closed
-        # Without a loop to resume it (a test harness), a channel drains all at once.
-        self._on_backlog = on_backlog
-        self._turn_budget = MAX_REQUESTS_PER_TURN if on_backlog else MAX_UINT32
-        self._on_answers = on_answers
-        #: What each address may still do this round (None without a loop: no share).
-        self._shares = shares
-        #: The last turn was refused: the address had used its round's share.
-        self._deferred = False
+        self._port = port
         #: Deferred before its socket was read: its resume reads first.
         self._unread = False
-        #: Answers of this round wait in ``_out`` for the loop's sync.
-        self._awaiting_sync = False
+        #: Answers wait in ``_out`` (and in the session) until the loop sends them.
+        self._answers_held = False
         self._turn_requests = 0
         self._backlogged = False
         self._out = bytearray()
@@ -142,11 +153,6 @@ class Channel:
         return self.bytes_in == 0 and not self._timed_out
 
     @property
-    def deferred(self) -> bool:
-        """Its last turn was refused (its address had used the round's share): resume it first."""
-        return self._deferred
-
-    @property
     def idle(self) -> bool:
         """Open, between messages, every answer sent: closing it now cuts nothing."""
         return (
@@ -165,7 +171,7 @@ class Channel:
             return
         if self._state is not _State.OPEN or self._backlogged:
             return  # a backlog is handled first (resume), then the socket is read
-        if not self._share_left():
+        if not self._port.may_take_request(self):
             self._defer(unread=True)
             return
         try:
@@ -191,19 +197,15 @@ class Channel:
 
     def on_writable(self) -> None:
         """The socket accepts data."""
-        if self._awaiting_sync:
-            return  # this round's answers: the loop sends them after its sync
+        if self._answers_held:
+            return  # the loop sends them (send_answers)
         self._write(resume=True)
 
-    def send_answers(self, unstored: Collection[object] = ()) -> None:
-        """The round's commits are durable: send the answers that waited for them.
-
-        ``unstored``: the files of the round that could not take their names;
-        their answers become 1607 (:meth:`Session.release`).
-        """
-        self.session.release(unstored)
+    def send_answers(self) -> None:
+        """What the answers report is durable, and the loop released the session's
+        held answers (:meth:`Session.release`): send them."""
         self._take_output()
-        self._awaiting_sync = False
+        self._answers_held = False
         self._write(resume=len(self._out) >= self._limits.max_outgoing)
 
     def _write(self, resume: bool) -> None:
@@ -225,7 +227,7 @@ class Channel:
             self._settle()
 
     def resume(self) -> None:
-        """A new turn for the requests already buffered (after ``on_backlog``)."""
+        """A new turn for the requests already buffered (after ``wants_turn`` or ``defer``)."""
         self._backlogged = False
         if self._state is not _State.OPEN:
             return
@@ -279,53 +281,44 @@ class Channel:
                     self.bytes_out,
                     self._clock() - self._opened,
                 )
-            self._on_closed(self)
+            self._port.channel_closed(self)
 
     # -- stepping the session ----------------------------------------------------
 
     def _process(self) -> None:
         """Step the session: one turn's worth, while the out buffer has room."""
         self._turn_requests = 0
-        if not self._share_left():
+        if not self._port.may_take_request(self):
             self._defer(unread=False)
             return
-        self._deferred = False
         drained = self._step()
         self._backlogged = (
             not drained
             and self._state is _State.OPEN
             and len(self._out) < self._limits.max_outgoing  # else paused, not backlogged
         )
-        if (drained or self._backlogged) and self._out and self._on_answers is None:
-            # Every request stepped is answered: send the replies at once, in
-            # one write (with a loop, they go at the end of this round, after
-            # its sync). Not when paused by max_outgoing: then requests are
-            # still buffered, and EVENT_WRITE resumes them before any read.
-            self._send_pending()
-        if self._backlogged and self._state is _State.OPEN and self._on_backlog is not None:
-            self._on_backlog(self)
+        if self._backlogged:
+            self._port.wants_turn(self)
         self._settle()
 
-    def _share_left(self) -> bool:
-        """Whether the address may have another request handled this round."""
-        return self._shares is None or self._shares.has_left(self.peer.address)
-
     def _defer(self, *, unread: bool) -> None:
-        """The address used its share of the round: wait, in the backlog, for a later one."""
-        self._deferred = True
+        """It may take no request now: wait for the loop to resume it."""
         self._unread = self._unread or unread
         self._backlogged = True
-        if self._on_backlog is not None:  # always set when shares are
-            self._on_backlog(self)
+        self._port.defer(self)
         self._settle()
 
     def _step(self) -> bool:
-        """Step until the session needs data (True), the turn or the share ends, or a pause."""
+        """Step the session until it needs data (True), or the turn ends, or it must wait.
+
+        It waits when the port says so, or when ``max_outgoing`` bytes wait
+        to be sent (a pause).
+        """
         while (
             self._state is _State.OPEN
             and len(self._out) < self._limits.max_outgoing
-            and self._turn_requests < self._turn_budget
-            and self._share_left()
+            and self._turn_requests < MAX_REQUESTS_PER_TURN
+            and self._port.may_take_request(self)
         ):
             step = self.session.next_step()
             self._take_output()
@@ -333,8 +326,7 @@ class Channel:
                 return True
             if step is Step.REQUEST:
                 self._turn_requests += 1
-                if self._shares is not None:
-                    self._shares.request_handled(self.peer.address)
+                self._port.request_taken(self)
             elif step is Step.CLOSE:
                 verdict = self.session.verdict
                 self._close_after_flush(verdict.reason if verdict else "closed")
@@ -342,27 +334,16 @@ class Channel:
 
     def _take_output(self) -> None:
         data = self.session.data_to_send()
-        if self._on_answers is None and self.session.holds_answers:
-            # No loop to end the round: end it now, so that nothing stays held.
-            self.session.release(self.session.app.end_round(durable=True))
-            data += self.session.data_to_send()
         if data:
             self._out += data
-        if data or self.session.holds_answers:
-            if self._on_answers is not None and not self._awaiting_sync:
-                self._awaiting_sync = True  # held until the round's sync
-                self._on_answers(self)
+        if (data or self.session.holds_answers) and not self._answers_held:
+            self._answers_held = True  # until the loop sends them
+            self._port.hold_answers(self)
 
     # -- writing ----------------------------------------------------------------
 
     def _send_pending(self) -> bool:
-        """Send what the socket takes now; False if that failed (then closed).
-
-        Without a loop to sync the round, what the answers report is made
-        durable here first.
-        """
-        if self._on_answers is None:
-            self.session.app.end_round(durable=True)
+        """Send what the socket takes now; False if that failed (then closed)."""
         try:
             sent = self.sock.send(self._out)
         except (BlockingIOError, InterruptedError):
@@ -423,7 +404,7 @@ class Channel:
             and len(self._out) < self._limits.max_outgoing
         ):
             interest |= selectors.EVENT_READ
-        if self._out and not self._awaiting_sync:  # else the loop sends them this round
+        if self._out and not self._answers_held:  # else the loop sends them
             interest |= selectors.EVENT_WRITE
         if interest and interest != self._interest:
             self._selector.modify(self.sock, interest, self)
@@ -452,7 +433,7 @@ class Channel:
         if self._timer is None or self._timer.cancelled or when < self._timer.when:
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = self._timers.call_at(when, lambda: self._serve(self, self._on_timer))
+            self._timer = self._timers.call_at(when, lambda: self._port.serve(self, self._on_timer))
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -12,14 +12,20 @@ closes that connection only, after a 1607 where one can go), and
 :meth:`Server._run_guarded` runs the housekeeping callbacks (an error there
 is logged and the server serves on).
 
+The loop is its channels' :class:`~server.channel.LoopPort`: a channel asks
+it whether it may take another request, for another turn, and to hold its
+answers; the loop owns the rounds and ends each one.
+
 Group commit: a round's requests commit without an fsync each; at the end of
 the round one :meth:`~server.storage.base.MetadataStore.sync` makes them all
-durable, and only then do the round's answers go out (channels hand them
-over through ``on_answers``); a name's first upload takes its name between
-the two (:meth:`App.end_round`). If the commit fails, those answers are
-never sent: their connections are closed, and the clients ask again. If the
-fsync fails (:class:`~server.errors.DurabilityLost`), the server stops as
-well: no later answer could rest on that database.
+durable, and only then do the round's answers go out (channels report them
+through :meth:`Server.hold_answers`); a name's first upload takes its name
+between the two (:meth:`App.end_round`), and the answer of one that could
+not becomes a 1607 as the loop releases the session's held answers
+(:meth:`~server.session.Session.release`). If the commit fails, those
+answers are never sent: their connections are closed, and the clients ask
+again. If the fsync fails (:class:`~server.errors.DurabilityLost`), the
+server stops as well: no later answer could rest on that database.
 
 A channel whose turn ended with requests still buffered is in the backlog:
 each round resumes it, and select() does not sleep while the backlog is not
@@ -54,13 +60,14 @@ import ipaddress
 import logging
 import selectors
 import socket
-from typing import Callable
+from typing import AbstractSet, Callable
 
 from protocol.printable import quoted
 
 from .app import App
 from .channel import Channel
 from .errors import DurabilityLost, StorageFault
+from .outcome import InstallTicket
 from .peer import Peer
 from .session import Session
 from .upload import Receiving, Upload
@@ -152,6 +159,12 @@ def serve(channel: Channel, action: Callable[[], None]) -> None:
         channel.fail()
 
 
+def _release(channel: Channel, unstored: AbstractSet[InstallTicket]) -> None:
+    """The round is durable: queue the channel's held answers (1607 for ``unstored``), send."""
+    channel.session.release(unstored)
+    channel.send_answers()
+
+
 class Server:
     """Accepts connections and runs every channel's I/O and timers."""
 
@@ -179,7 +192,7 @@ class Server:
         #: Channels to resume next round (ordered sets): deferred ones first.
         self._deferred: dict[Channel, None] = {}
         self._backlog: dict[Channel, None] = {}
-        #: Channels whose answers wait for this round's sync.
+        #: Channels whose answers wait for this round's end.
         self._answering: list[Channel] = []
         self._silent_closed = 0
         self._open_mark = 0
@@ -252,8 +265,7 @@ class Server:
 
     def _send_answers(self) -> None:
         """Group commit: one commit and sync for the round, then every answer it holds back."""
-        answering = list(self._answering)
-        self._answering.clear()  # the list the channels were given
+        answering, self._answering = self._answering, []
         started = self.app.monotonic()
         try:
             unstored = self.app.end_round(durable=bool(answering))
@@ -279,7 +291,7 @@ class Server:
             return
         for channel in answering:
             if not channel.closed:
-                serve(channel, functools.partial(channel.send_answers, unstored))
+                serve(channel, functools.partial(_release, channel, unstored))
 
     @staticmethod
     def _close_unanswered(answering: list[Channel]) -> None:
@@ -332,11 +344,7 @@ class Server:
                 self._selector,
                 self._recv_buffer,
                 self.app.timers,
-                serve=serve,
-                on_closed=self._closed,
-                on_backlog=self._to_backlog,
-                on_answers=self._answering.append,  # emptied by _send_answers
-                shares=self.app.shares,
+                port=self,
             )
             self.channels.add(channel)
             self._per_address.opened(peer)
@@ -370,11 +378,34 @@ class Server:
             self._selector.register(self.listener, selectors.EVENT_READ, self._accept)
             self._accepting = True
 
-    def _to_backlog(self, channel: Channel) -> None:
-        """Resume ``channel`` next round: among the first if it was deferred."""
-        (self._deferred if channel.deferred else self._backlog)[channel] = None
+    # -- the channels' port (server.channel.LoopPort) ------------------------------
 
-    def _closed(self, channel: Channel) -> None:
+    def serve(self, channel: Channel, action: Callable[[], None]) -> None:
+        """Run a channel's entry point at the per-connection edge (:func:`serve`)."""
+        serve(channel, action)
+
+    def may_take_request(self, channel: Channel) -> bool:
+        """Whether the channel's address has some of this round's shares left."""
+        return self.app.shares.has_left(channel.peer.address)
+
+    def request_taken(self, channel: Channel) -> None:
+        """Charge a handled request to the channel's address for this round."""
+        self.app.shares.request_handled(channel.peer.address)
+
+    def hold_answers(self, channel: Channel) -> None:
+        """Send the channel's answers at this round's end (:meth:`_send_answers`)."""
+        self._answering.append(channel)
+
+    def wants_turn(self, channel: Channel) -> None:
+        """Resume the channel next round, after the deferred ones."""
+        self._backlog[channel] = None
+
+    def defer(self, channel: Channel) -> None:
+        """Resume the channel in the next round, among the first (round robin)."""
+        self._deferred[channel] = None
+
+    def channel_closed(self, channel: Channel) -> None:
+        """Forget a closed channel."""
         self.channels.discard(channel)
         self._backlog.pop(channel, None)
         self._deferred.pop(channel, None)

@@ -2,6 +2,9 @@
 
 The session (server/session.py) reads :data:`~server.session.OWED` with the
 kind and the connection model to know what the request is owed on the wire.
+An answer that reports a first upload carries the upload's
+:class:`InstallTicket`: the session holds it until the round's end says
+whether the file took its name.
 """
 
 from __future__ import annotations
@@ -10,6 +13,18 @@ import enum
 from dataclasses import dataclass
 
 from protocol.events import Response
+
+
+class InstallTicket:
+    """A first upload waiting for the round's end to take its name.
+
+    Its answer is held with it (:meth:`server.session.Session.release`); the
+    round's end (:meth:`server.app.App.end_round`) names the tickets whose
+    files could not take their names. A ticket is compared by identity: it
+    stands for one upload of one round.
+    """
+
+    __slots__ = ()
 
 
 class RequestKind(enum.Enum):
@@ -50,4 +65,4 @@ class Outcome:
     #: The stored file the answer reports takes its name only once the round
     #: is durable (a first upload): the answer is held until then, and a 1607
     #: goes instead if the file cannot take it.
-    awaits_install: object | None = None
+    awaits_install: InstallTicket | None = None

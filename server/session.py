@@ -71,7 +71,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Collection
+from typing import AbstractSet
 
 from protocol import (
     NEED_DATA,
@@ -101,7 +101,7 @@ from .app import App
 from .binding import why_not_bound
 from .errors import InternalFault, NoRoom, Refusal, StorageFault
 from .handlers import HANDLERS, file_packet_outcome, start_file_packet
-from .outcome import Outcome, RequestKind
+from .outcome import InstallTicket, Outcome, RequestKind
 from .peer import Peer, Speaking
 from .storage import ClientRow
 from .upload import DroppedPacket, IncomingPacket, Refused
@@ -187,8 +187,8 @@ class _Held:
     """An answer held until the round's files take their names."""
 
     data: bytes
-    #: The ``awaits_install`` token of the file it reports, if any.
-    awaits: object | None = None
+    #: The ticket of the first upload it reports, if any.
+    awaits: InstallTicket | None = None
     #: What goes instead if that file could not take its name (a 1607).
     instead: bytes = b""
 
@@ -350,11 +350,11 @@ class Session:
         """Whether answers wait for the round's first uploads to take their names."""
         return bool(self._held_answers)
 
-    def release(self, unstored: Collection[object]) -> None:
+    def release(self, unstored: AbstractSet[InstallTicket]) -> None:
         """The round is durable and its files installed: queue the held answers, in order.
 
-        The answer of a file in ``unstored`` (its ``awaits_install`` token)
-        becomes a 1607: that file could not take its name.
+        The answer of a file whose ticket is in ``unstored`` becomes a 1607:
+        that file could not take its name.
         """
         held, self._held_answers = self._held_answers, []
         for answer in held:
@@ -718,7 +718,7 @@ class Session:
 
     # -- answers ------------------------------------------------------------------
 
-    def _send(self, response: Response, awaits: object | None = None) -> None:
+    def _send(self, response: Response, awaits: InstallTicket | None = None) -> None:
         data = self._decoder.send(response)
         if awaits is not None:
             instead = self._decoder.send(_error_response(ResponseCode.GENERAL_ERROR))

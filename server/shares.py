@@ -13,10 +13,12 @@ of one address share, per round:
   a folder fsync). These cost milliseconds each, in the loop thread, where a
   request of another kind costs microseconds.
 
-Before each request a connection asks :meth:`RoundShares.left`; when its
-address has used either share, the connection is *deferred*: neither read
-nor stepped until a later round, which resumes the deferred connections
-before the others (round robin, :meth:`server.loop.Server.run_once`).
+Before each request a connection asks the loop
+(:meth:`server.loop.Server.may_take_request`), which asks
+:meth:`RoundShares.has_left`; when its address has used either share, the
+connection is *deferred*: neither read nor stepped until a later round, which
+resumes the deferred connections before the others (round robin,
+:meth:`server.loop.Server.run_once`).
 """
 
 from __future__ import annotations

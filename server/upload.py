@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Protocol, Union
+from typing import AbstractSet, Protocol, Union
 
 from protocol import RemoteProtocolError
 from protocol.buffer import BytesLike
@@ -70,6 +70,7 @@ from .budget import DecryptionBudget
 from .errors import InternalFault, NoRoom, Refusal, StorageFault
 from .limits import Limits, size_text
 from .lograte import LogLimiter
+from .outcome import InstallTicket
 from .peer import Peer
 from .shares import RoundShares
 from . import crashpoints
@@ -241,8 +242,8 @@ class FileComplete:
     detail: str
     crc: int
     #: A first upload: it takes its name when the round is durable (the
-    #: token :meth:`Uploads.install_first_uploads` reports if it cannot).
-    awaits_install: object | None = None
+    #: ticket :meth:`Uploads.install_first_uploads` reports if it cannot).
+    awaits_install: InstallTicket | None = None
 
 
 @dataclass(frozen=True)
@@ -361,7 +362,7 @@ class StreamingPacket:
 
 
 @dataclass(frozen=True, eq=False)
-class _FirstInstall:
+class _FirstInstall(InstallTicket):
     """A first upload whose row is in the round, waiting for it to be durable."""
 
     upload: Upload
@@ -700,12 +701,12 @@ class Uploads:
         """Whether first uploads wait for the round to be durable to take their names."""
         return bool(self._to_install)
 
-    def install_first_uploads(self) -> set[_FirstInstall]:
+    def install_first_uploads(self) -> AbstractSet[InstallTicket]:
         """The round is durable: rename each first upload onto its name, in order.
 
-        Returns the ``awaits_install`` tokens of the files that could not take
-        their names (each row is removed, each upload forgotten): their 1603
-        must not go out.
+        Returns the tickets of the files that could not take their names
+        (each row is removed, each upload forgotten): their 1603 must not go
+        out.
         """
         self._install_waiting()
         failed, self._install_failed = self._install_failed, set()
@@ -730,8 +731,8 @@ class Uploads:
                 self.discard(upload, "could not be stored")
                 self._install_failed.add(first)
 
-    def awaiting_install(self, upload: Upload) -> _FirstInstall | None:
-        """The token of a first upload still waiting for the round to take its name, if any."""
+    def awaiting_install(self, upload: Upload) -> InstallTicket | None:
+        """The ticket of a first upload still waiting for the round to take its name, if any."""
         return next((first for first in self._to_install if first.upload is upload), None)
 
     def abandon_first_uploads(self) -> None:

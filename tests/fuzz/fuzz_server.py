@@ -20,7 +20,9 @@ and the selector are fakes, so an input is played deterministically and fast:
 each record of the input is a piece of a stream on one of four connection
 slots, fed to that slot's Channel in chunks cut at pseudo-random points, with
 the loop's work (reads, writes, partial writes, a peer that stops reading,
-timers on a fake clock) done as ``server/loop.py`` would. It drives the
+timers on a fake clock, the turns and the end of each round through a fake
+loop port, tests/fuzz/harness.py ``FakePort``) done as ``server/loop.py``
+would. It drives the
 Channel rather than the Session alone because half of what it checks is the
 transport's (partial writes, a peer that stops reading, readiness spins);
 the session's rules are unit-tested directly in tests/server/test_session.py.
@@ -80,7 +82,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import run_atheris
+from harness import FakePort, run_atheris
 
 try:
     import atheris
@@ -830,6 +832,7 @@ class Harness:
         self.app = App.build(self.db, FolderBlobs(self.data_dir), limits, clock=lambda: self.now)
         self.app.wall_clock = lambda: WALL_BASE + self.now
         self.selector = FakeSelector()
+        self.port = FakePort(self.app, serve)
         self.slots: dict[int, Connection] = {}
         self.every: list[Connection] = []
         self.ports = iter(range(40000, 60000))
@@ -847,8 +850,7 @@ class Harness:
             self.selector,
             _RECV_BUFFER,
             self.app.timers,
-            serve=serve,
-            on_closed=lambda ch: None,
+            port=self.port,
         )
         connection = Connection(sock, channel, peer)
         self.every.append(connection)
@@ -887,20 +889,24 @@ class Harness:
         self.pump(connection)
 
     def pump(self, connection: Connection) -> None:
-        """Readiness events for one connection until it has nothing to do."""
+        """Loop rounds for one connection's readiness events until it has nothing to do."""
         sock, channel = connection.sock, connection.channel
         for _ in range(MAX_ROUNDS + sum(map(len, sock.inbox))):
             if channel.closed:
                 break
+            resumed = self.port.resume_backlog()  # had their turn this round
+            acted = bool(resumed)
             events = self.selector.interest.get(sock, 0)
-            acted = False
-            if events & 2 and not sock.stalled:  # EVENT_WRITE
+            if events & 2 and not sock.stalled and not channel.closed:  # EVENT_WRITE
                 serve(channel, channel.on_writable)
                 acted = True
-            if events & 1 and not channel.closed and sock.readable():  # EVENT_READ
+            if (
+                events & 1 and not channel.closed and channel not in resumed and sock.readable()
+            ):  # EVENT_READ
                 serve(channel, channel.on_readable)
                 acted = True
             self.run_timers()
+            acted = self.port.end_round() or acted
             if not acted:
                 break
         else:

@@ -53,7 +53,8 @@ def test_the_edition_seeds_are_served_whole(index):
           suppress_health_check=list(HealthCheck))
 @given(inputs_strategy())
 # Found by this test: a first upload's held 1603, then a header that closes the
-# connection, in one turn of a channel without a loop (the answers stayed held).
+# connection, in one turn of a channel (the answers stayed held; the channel then
+# ended rounds itself when no loop ran it).
 @example(data=b"\x00\x00\x7f\x00\x00\x0c\x02\x00\xe9\x00\x00\x01")
 def test_random_and_corrupted_sessions(data):
     run_input(data)
