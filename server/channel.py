@@ -307,8 +307,8 @@ class Channel:
         self._settle()
 
     def _share_left(self) -> bool:
-        """Whether the address may have another request handled this round."""
-        return self._shares is None or self._shares.has_left(self.peer.address)
+        """Whether the address (its group: server/peer.py) may have another request handled now."""
+        return self._shares is None or self._shares.has_left(self.peer.group)
 
     def _defer(self, *, unread: bool) -> None:
         """The address used its share of the round: wait, in the backlog, for a later one."""
@@ -334,7 +334,7 @@ class Channel:
             if step is Step.REQUEST:
                 self._turn_requests += 1
                 if self._shares is not None:
-                    self._shares.request_handled(self.peer.address)
+                    self._shares.request_handled(self.peer.group)
             elif step is Step.CLOSE:
                 verdict = self.session.verdict
                 self._close_after_flush(verdict.reason if verdict else "closed")
