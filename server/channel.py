@@ -270,7 +270,7 @@ class Channel:
             self.session.connection_lost()
         finally:
             level = logging.DEBUG if self.silent else logging.INFO
-            level = self.session.app.log_limiter.level(log, self.peer.address, level)
+            level = self.session.app.log_limiter.level(log, self.peer.group, level)
             if log.isEnabledFor(level):
                 log.log(
                     level,

@@ -318,7 +318,7 @@ class Session:
             return
         self._deferred = None
         self._send(deferred.response)
-        level = self.app.log_limiter.level(log, self.peer.address, logging.INFO)
+        level = self.app.log_limiter.level(log, self.peer.group, logging.INFO)
         if log.isEnabledFor(level):
             log.log(level, "%s %s %s -> %s (no file request within %.1f s)", self.peer,
                     deferred.code, deferred.client, self._answer_code(deferred.response),
@@ -698,7 +698,7 @@ class Session:
                 (self._decoder.edition or V3).name, self._code_text(code), answer,
                 self._request_size, code, refused,
             )
-        level = self.app.log_limiter.level(log, self.peer.address, level)
+        level = self.app.log_limiter.level(log, self.peer.group, level)
         if not log.isEnabledFor(level):
             return
         if not isinstance(result, str):  # a response: its code, in the edition

@@ -842,7 +842,7 @@ class Uploads:
 
     def _log_level(self, upload: Upload) -> int:
         """INFO for a line about an upload, DEBUG past its address's budget."""
-        return self._log_limiter.level(log, upload.address, logging.INFO)
+        return self._log_limiter.level(log, upload.group, logging.INFO)
 
     def _add(self, upload: Upload) -> None:
         """A new upload (or failed marker), replacing the client's old one of the name."""

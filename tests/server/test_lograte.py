@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 
+from helpers import RawClient
+from protocol import CrcOk, GeneralError
+from protocol.codes import CLIENT_ID_SIZE
+from server import loop
 from server.app import App
 from server.limits import Limits
 from server.lograte import OTHER_ADDRESSES, PURGE_PER_CALL, LogLimiter
+from server.peer import Peer
 from server.storage.folder import FolderBlobs
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
@@ -179,3 +185,59 @@ def test_the_server_counts_a_silent_flood_on_its_timers(tmp_path, clock, caplog)
         app.uploads.close()
         metadata.close()
     assert f"3 lines suppressed for {A}" in caplog.text
+
+
+#: One host's /64: each of its connections comes from an address of its own.
+HOST_64 = "2001:db8:1:2::"
+#: Connections from it, each one request: several lines each without a shared budget.
+HOST_CONNECTIONS = 4 * BURST
+#: Rounds of the loop run by hand, far more than the connections need.
+ROUNDS = 400
+
+
+def test_the_addresses_of_one_64_share_one_budget(tmp_path, monkeypatch, caplog):
+    """Like every per-address limit, the log's budget counts an IPv6 /64 as one address."""
+    real_peer = loop.Peer
+
+    def peer(address: str, port: int, ipv6_prefix: int) -> Peer:
+        return real_peer(f"{HOST_64}{port:x}", port, ipv6_prefix)
+
+    monkeypatch.setattr(loop, "Peer", peer)
+    limits = Limits(log_lines_per_address=BURST, log_rate_interval=3600.0)
+    metadata = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
+    app = App.build(metadata, FolderBlobs(tmp_path), limits)
+    server = loop.Server(app, loop.create_listener("127.0.0.1", 0))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="server"):
+            for _ in range(HOST_CONNECTIONS):
+                with RawClient(server.address[:2]) as client:
+                    client.send(CrcOk(client_id=bytes(CLIENT_ID_SIZE), file_name="x"))
+                    _run_until(server, lambda: _answered(client))
+                    assert isinstance(client.receive(), GeneralError)
+                _run_until(server, lambda: not server.channels)
+    finally:
+        server.close()
+        metadata.close()
+    host_lines = [record for record in caplog.records if HOST_64 in record.getMessage()]
+    assert len(host_lines) >= 2 * HOST_CONNECTIONS  # a refusal and a close each...
+    written = [record for record in host_lines if record.levelno >= logging.INFO]
+    assert len(written) == BURST  # ...and the /64 had one budget of them above DEBUG
+
+
+def _run_until(server: loop.Server, done) -> None:
+    for _ in range(ROUNDS):
+        if done():
+            return
+        server.run_once()
+    raise AssertionError("the server did not get there")
+
+
+def _answered(client: RawClient) -> bool:
+    """Whether the server sent something the client has not read yet."""
+    client.sock.setblocking(False)
+    try:
+        return bool(client.sock.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
+    finally:
+        client.sock.setblocking(True)
