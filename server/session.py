@@ -556,8 +556,9 @@ class Session:
                 self.app.metadata.set_edition(held.client_id, edition.name)
         except StorageFault as exc:  # its next request records it
             log.error("%s 1025 %s: server fault: %s", self.peer, held.client, exc)
-        log.info(
-            "%s 1025 %s: %s", self.peer, held.client,
+        level = self.app.log_limiter.level(log, self.peer.group, logging.INFO)
+        log.log(
+            level, "%s 1025 %s: %s", self.peer, held.client,
             "the client waited for the id: a 2023C client, the id sent" if waited
             else "the client asked again after the header: a 2024A client, the id withheld",
         )

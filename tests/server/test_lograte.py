@@ -15,6 +15,7 @@ from server.app import App
 from server.limits import Limits
 from server.lograte import OTHER_ADDRESSES, PURGE_PER_CALL, LogLimiter
 from server.peer import Peer
+from wire_by_hand import name, request
 from server.storage.folder import FolderBlobs
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
@@ -193,6 +194,9 @@ HOST_64 = "2001:db8:1:2::"
 HOST_CONNECTIONS = 4 * BURST
 #: Rounds of the loop run by hand, far more than the connections need.
 ROUNDS = 400
+#: The 1025 series' register (docs/EDITIONS.md), and its 2100 whole: header and id.
+FIRST_REGISTER = 1025
+HELD_ANSWER_SIZE = 7 + CLIENT_ID_SIZE
 
 
 def test_the_addresses_of_one_64_share_one_budget(tmp_path, monkeypatch, caplog):
@@ -224,6 +228,28 @@ def test_the_addresses_of_one_64_share_one_budget(tmp_path, monkeypatch, caplog)
     assert len(written) == BURST  # ...and the /64 had one budget of them above DEBUG
 
 
+def test_the_edition_a_held_id_told_is_a_line_within_the_budget(tmp_path, caplog):
+    """A first 1025's second line (Rule 6 of server/session.py) counts like every other."""
+    limits = Limits(log_lines_per_address=1, log_rate_interval=3600.0, first_register_hold=0.01)
+    metadata = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
+    app = App.build(metadata, FolderBlobs(tmp_path), limits)
+    server = loop.Server(app, loop.create_listener("127.0.0.1", 0))
+    register = request(FIRST_REGISTER, name(b"waits"), client_id=b"a" * CLIENT_ID_SIZE)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="server"):
+            with RawClient(server.address[:2]) as client:
+                client.send_raw(register)  # a 2023C client: it waits for the id
+                _run_until(server, lambda: _answered(client, HELD_ANSWER_SIZE))
+            _run_until(server, lambda: not server.channels)
+    finally:
+        server.close()
+        metadata.close()
+    assert "a 2023C client, the id sent" in caplog.text
+    written = [record for record in caplog.records if record.levelno >= logging.INFO
+               and "127.0.0.1:" in record.getMessage()]
+    assert len(written) == 1, [record.getMessage() for record in written]
+
+
 def _run_until(server: loop.Server, done) -> None:
     for _ in range(ROUNDS):
         if done():
@@ -232,11 +258,11 @@ def _run_until(server: loop.Server, done) -> None:
     raise AssertionError("the server did not get there")
 
 
-def _answered(client: RawClient) -> bool:
-    """Whether the server sent something the client has not read yet."""
+def _answered(client: RawClient, size: int = 1) -> bool:
+    """Whether the server sent ``size`` bytes the client has not read yet."""
     client.sock.setblocking(False)
     try:
-        return bool(client.sock.recv(1, socket.MSG_PEEK))
+        return len(client.sock.recv(size, socket.MSG_PEEK)) >= size
     except BlockingIOError:
         return False
     finally:
