@@ -587,7 +587,8 @@ class Session:
         self._log_request(level, code, outcome.client, result, outcome.detail)
         if action is Action.CLOSE:
             self._close("per-request connection, request without reply")
-        elif outcome.refused:
+        elif outcome.refused:  # answered by its handler (a 1601, or an 827's 1606)
+            self.app.metrics.refusal(Refusal(outcome.detail), outcome.detail)
             self._count_error(close=False)
 
     # -- refusals (Rule 3) -------------------------------------------------------
