@@ -102,7 +102,7 @@ class LogLimiter:
         return False
 
     def level(self, logger: logging.Logger, group: str, level: int) -> int:
-        """The level of a line about a peer of address ``group``: ``level`` within budget, else DEBUG.
+        """The level of a line about a peer of ``group``: ``level`` within budget, else DEBUG.
 
         Lines the logger would not write at ``level`` (DEBUG ones included)
         are not counted.
