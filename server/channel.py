@@ -456,7 +456,9 @@ class Channel:
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._state is _State.OPEN:
+        # Deferred before its socket was read: what is due (a held id, a 1604)
+        # waits for that read, which may start a request that changes it.
+        if self._state is _State.OPEN and not self._unread:
             self.session.on_time()
             self._take_output()
         deadline, why = self._deadline()

@@ -42,6 +42,7 @@ from server.session import Session, Step
 from server.storage import commit
 from server.storage.folder import FolderBlobs
 from server.storage.sqlite import DB_NAME, SqliteMetadata
+from wire_by_hand import name, request
 
 FLOODING_ADDRESS = "127.0.0.1"
 OTHER_ADDRESS = "127.0.0.2"
@@ -227,3 +228,58 @@ def _requests_per_round(server: Server, monkeypatch, flooding: str) -> None:
         assert all(isinstance(client.receive(), Reconnected) for _ in range(PIPELINED))
         client.close()
     other.close()
+
+
+#: Rule 6 of server/session.py: a 2024A client's first 1025 (header id 16 x '0').
+FIRST_REGISTER = 1025
+HEADER_SIZE = 7
+#: Longer than the test's steps before the client asks again.
+HOLD = 4 * SETTLE
+
+
+def test_a_held_id_waits_for_the_bytes_its_deferred_connection_left_unread(tmp_path):
+    # A 2024A client asks again at once after the 2100 header; its address has
+    # used its round's share (another of its connections), so that round does
+    # not read it. The id held must not go out as if the client had waited.
+    limits = Limits(requests_per_address_per_round=1, first_register_hold=HOLD)
+    db = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
+    app = App.build(db, FolderBlobs(tmp_path), limits)
+    server = Server(app, create_listener(FLOODING_ADDRESS, 0))
+    try:
+        ((busy, identity),) = _connect(server, 1, FLOODING_ADDRESS)
+        register = request(FIRST_REGISTER, name(unique_name().encode()), client_id=b"0" * 16)
+        with RawClient(server.address[:2]) as client:
+            client.send_raw(register)
+            for _ in range(ROUNDS):
+                if _answered(client):
+                    break
+                server.run_once()
+            head = client.sock.recv(HEADER_SIZE)
+            assert int.from_bytes(head[1:3], "little") == 2100  # its payload, the id, held
+            busy.sock.sendall(b"".join(
+                busy.conn.send(Reconnect(client_id=identity.client_id, name=identity.name))
+                for _ in range(PIPELINED)
+            ))
+            time.sleep(SETTLE)
+            server.run_once()  # the busy connection's requests are in, one handled
+            client.send_raw(register)  # at once, as a 2024A client does
+            time.sleep(HOLD)  # the hold is due in the next round
+            for _ in range(ROUNDS):
+                server.run_once()
+                if _answered(client):
+                    break
+            version, code, size = read_header(client)
+            assert (version, code, size) == (3, 1600, 16)  # not the id's bytes as a header
+        busy.close()
+    finally:
+        server.close()
+        db.close()
+
+
+def read_header(client: RawClient) -> tuple[int, int, int]:
+    head = b""
+    while len(head) < HEADER_SIZE:
+        chunk = client.sock.recv(HEADER_SIZE - len(head))
+        assert chunk
+        head += chunk
+    return head[0], int.from_bytes(head[1:3], "little"), int.from_bytes(head[3:7], "little")
