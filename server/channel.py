@@ -272,7 +272,7 @@ class Channel:
             self.session.connection_lost()
         finally:
             level = logging.DEBUG if self.silent else logging.INFO
-            level = self.session.app.log_limiter.level(log, self.peer.address, level)
+            level = self.session.app.log_limiter.level(log, self.peer.group, level)
             if log.isEnabledFor(level):
                 log.log(
                     level,
@@ -437,7 +437,9 @@ class Channel:
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._state is _State.OPEN:
+        # Deferred before its socket was read: what is due (a held id, a 1604)
+        # waits for that read, which may start a request that changes it.
+        if self._state is _State.OPEN and not self._unread:
             self.session.on_time()
             self._take_output()
         deadline, why = self._deadline()

@@ -1,6 +1,6 @@
 """How many event lines one address may write into the log (a flood must not fill the disk).
 
-Each address (:func:`log_key`) gets ``burst`` lines at INFO and above per
+Each address group (:func:`log_key`) gets ``burst`` lines at INFO and above per
 window of ``interval`` seconds, the model of journald's
 ``RateLimitIntervalSec``/``RateLimitBurst``, per peer like sshd's
 ``PerSourcePenalties``. Past that, its lines go to DEBUG (the operator who
@@ -40,12 +40,14 @@ PURGE_PER_CALL = 4
 Report = Callable[[str, int, float, int], None]
 
 
-def log_key(address: str) -> str:
-    """The key of a peer address's log budget: the address itself.
+def log_key(group: str) -> str:
+    """The key of a peer's log budget: its address group (``Peer.group``, server/peer.py).
 
-    The one place that says which addresses share a budget.
+    The one place that says which addresses share a budget: those of one
+    group, like every other per-address limit (one IPv6 /64 does not get a
+    budget per address; only ``max_keys`` bounded that).
     """
-    return address
+    return group
 
 
 @dataclass
@@ -99,15 +101,15 @@ class LogLimiter:
         window.level = max(window.level, level)
         return False
 
-    def level(self, logger: logging.Logger, address: str, level: int) -> int:
-        """The level of a line about the peer at ``address``: ``level`` within budget, else DEBUG.
+    def level(self, logger: logging.Logger, group: str, level: int) -> int:
+        """The level of a line about a peer of ``group``: ``level`` within budget, else DEBUG.
 
         Lines the logger would not write at ``level`` (DEBUG ones included)
         are not counted.
         """
         if level <= logging.DEBUG or not logger.isEnabledFor(level):
             return level
-        return level if self.admit(log_key(address), level) else logging.DEBUG
+        return level if self.admit(log_key(group), level) else logging.DEBUG
 
     def sweep(self) -> None:
         """Report and forget every window that ended (the loop's timers call this)."""

@@ -332,7 +332,7 @@ class Server:
             peer = Peer(raw[0], raw[1], self.app.limits.ipv6_prefix)
             refusal = self._refusal(peer)
             if refusal:
-                level = self.app.log_limiter.level(log, peer.address, logging.WARNING)
+                level = self.app.log_limiter.level(log, peer.group, logging.WARNING)
                 log.log(level, "%s refused: %s", peer, refusal)
                 sock.close()
                 continue
@@ -355,7 +355,7 @@ class Server:
         level = logging.DEBUG
         if len(self.channels) > self._open_mark:
             self._open_mark = len(self.channels)
-            level = self.app.log_limiter.level(log, peer.address, logging.INFO)
+            level = self.app.log_limiter.level(log, peer.group, logging.INFO)
         log.log(level, "%s connected (%d open)", peer, len(self.channels))
 
     def _refusal(self, peer: Peer) -> str | None:

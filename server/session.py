@@ -318,7 +318,7 @@ class Session:
             return
         self._deferred = None
         self._send(deferred.response)
-        level = self.app.log_limiter.level(log, self.peer.address, logging.INFO)
+        level = self.app.log_limiter.level(log, self.peer.group, logging.INFO)
         if log.isEnabledFor(level):
             log.log(level, "%s %s %s -> %s (no file request within %.1f s)", self.peer,
                     deferred.code, deferred.client, self._answer_code(deferred.response),
@@ -556,8 +556,9 @@ class Session:
                 self.app.metadata.set_edition(held.client_id, edition.name)
         except StorageFault as exc:  # its next request records it
             log.error("%s 1025 %s: server fault: %s", self.peer, held.client, exc)
-        log.info(
-            "%s 1025 %s: %s", self.peer, held.client,
+        level = self.app.log_limiter.level(log, self.peer.group, logging.INFO)
+        log.log(
+            level, "%s 1025 %s: %s", self.peer, held.client,
             "the client waited for the id: a 2023C client, the id sent" if waited
             else "the client asked again after the header: a 2024A client, the id withheld",
         )
@@ -586,7 +587,8 @@ class Session:
         self._log_request(level, code, outcome.client, result, outcome.detail)
         if action is Action.CLOSE:
             self._close("per-request connection, request without reply")
-        elif outcome.refused:
+        elif outcome.refused:  # answered by its handler (a 1601, or an 827's 1606)
+            self.app.metrics.refusal(Refusal(outcome.detail), outcome.detail)
             self._count_error(close=False)
 
     # -- refusals (Rule 3) -------------------------------------------------------
@@ -698,7 +700,7 @@ class Session:
                 (self._decoder.edition or V3).name, self._code_text(code), answer,
                 self._request_size, code, refused,
             )
-        level = self.app.log_limiter.level(log, self.peer.address, level)
+        level = self.app.log_limiter.level(log, self.peer.group, level)
         if not log.isEnabledFor(level):
             return
         if not isinstance(result, str):  # a response: its code, in the edition

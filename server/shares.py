@@ -19,6 +19,9 @@ Before each request a connection asks the loop
 connection is *deferred*: neither read nor stepped until a later round, which
 resumes the deferred connections before the others (round robin,
 :meth:`server.loop.Server.run_once`).
+
+"An address" here is an address group (``Peer.group``, server/peer.py): the
+connections of one IPv6 /64 share one share, whatever addresses they use.
 """
 
 from __future__ import annotations

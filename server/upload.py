@@ -388,7 +388,7 @@ class Uploads:
     ) -> None:
         self._timers = timers
         self._log_limiter = log_limiter
-        #: Files made durable are charged to the address they came from.
+        #: Files made durable are charged to the address group they came from.
         self._shares = shares
         self._limits = limits
         self._metadata = metadata
@@ -643,7 +643,7 @@ class Uploads:
             StorageFault: the file could not be kept (the caller discards it).
         """
         result = phase.incoming.result
-        self._shares.file_made_durable(upload.address)
+        self._shares.file_made_durable(upload.group)
         commit.seal(phase.temp)
         previous = self._metadata.file_row(upload.client_id, upload.file_name)
         awaits: _FirstInstall | None
@@ -765,7 +765,7 @@ class Uploads:
             raise Refusal("nothing to verify: this upload was given up (901/902)")
         crashpoints.reached("verify.before_commit")
         if isinstance(phase, Pending):
-            self._shares.file_made_durable(upload.address)
+            self._shares.file_made_durable(upload.group)
             if any(first.path_name == phase.path_name for first in self._to_install):
                 # The name's first upload came in this same round: it takes its
                 # name first, or it would replace this confirmed version.
@@ -843,7 +843,7 @@ class Uploads:
 
     def _log_level(self, upload: Upload) -> int:
         """INFO for a line about an upload, DEBUG past its address's budget."""
-        return self._log_limiter.level(log, upload.address, logging.INFO)
+        return self._log_limiter.level(log, upload.group, logging.INFO)
 
     def _add(self, upload: Upload) -> None:
         """A new upload (or failed marker), replacing the client's old one of the name."""

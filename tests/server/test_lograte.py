@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 
+from helpers import RawClient
+from protocol import CrcOk, GeneralError
+from protocol.codes import CLIENT_ID_SIZE
+from server import loop
 from server.app import App
 from server.limits import Limits
 from server.lograte import OTHER_ADDRESSES, PURGE_PER_CALL, LogLimiter
+from server.peer import Peer
+from wire_by_hand import name, request
 from server.storage.folder import FolderBlobs
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
@@ -179,3 +186,85 @@ def test_the_server_counts_a_silent_flood_on_its_timers(tmp_path, clock, caplog)
         app.uploads.close()
         metadata.close()
     assert f"3 lines suppressed for {A}" in caplog.text
+
+
+#: One host's /64: each of its connections comes from an address of its own.
+HOST_64 = "2001:db8:1:2::"
+#: Connections from it, each one request: several lines each without a shared budget.
+HOST_CONNECTIONS = 4 * BURST
+#: Rounds of the loop run by hand, far more than the connections need.
+ROUNDS = 400
+#: The 1025 series' register (docs/EDITIONS.md), and its 2100 whole: header and id.
+FIRST_REGISTER = 1025
+HELD_ANSWER_SIZE = 7 + CLIENT_ID_SIZE
+
+
+def test_the_addresses_of_one_64_share_one_budget(tmp_path, monkeypatch, caplog):
+    """Like every per-address limit, the log's budget counts an IPv6 /64 as one address."""
+    real_peer = loop.Peer
+
+    def peer(address: str, port: int, ipv6_prefix: int) -> Peer:
+        return real_peer(f"{HOST_64}{port:x}", port, ipv6_prefix)
+
+    monkeypatch.setattr(loop, "Peer", peer)
+    limits = Limits(log_lines_per_address=BURST, log_rate_interval=3600.0)
+    metadata = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
+    app = App.build(metadata, FolderBlobs(tmp_path), limits)
+    server = loop.Server(app, loop.create_listener("127.0.0.1", 0))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="server"):
+            for _ in range(HOST_CONNECTIONS):
+                with RawClient(server.address[:2]) as client:
+                    client.send(CrcOk(client_id=bytes(CLIENT_ID_SIZE), file_name="x"))
+                    _run_until(server, lambda: _answered(client))
+                    assert isinstance(client.receive(), GeneralError)
+                _run_until(server, lambda: not server.channels)
+    finally:
+        server.close()
+        metadata.close()
+    host_lines = [record for record in caplog.records  # its own lines, not the summary
+                  if HOST_64 in record.getMessage() and "suppressed" not in record.getMessage()]
+    assert len(host_lines) >= 2 * HOST_CONNECTIONS  # a refusal and a close each...
+    written = [record for record in host_lines if record.levelno >= logging.INFO]
+    assert len(written) == BURST  # ...and the /64 had one budget of them above DEBUG
+
+
+def test_the_edition_a_held_id_told_is_a_line_within_the_budget(tmp_path, caplog):
+    """A first 1025's second line (Rule 6 of server/session.py) counts like every other."""
+    limits = Limits(log_lines_per_address=1, log_rate_interval=3600.0, first_register_hold=0.01)
+    metadata = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
+    app = App.build(metadata, FolderBlobs(tmp_path), limits)
+    server = loop.Server(app, loop.create_listener("127.0.0.1", 0))
+    register = request(FIRST_REGISTER, name(b"waits"), client_id=b"a" * CLIENT_ID_SIZE)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="server"):
+            with RawClient(server.address[:2]) as client:
+                client.send_raw(register)  # a 2023C client: it waits for the id
+                _run_until(server, lambda: _answered(client, HELD_ANSWER_SIZE))
+            _run_until(server, lambda: not server.channels)
+    finally:
+        server.close()
+        metadata.close()
+    assert "a 2023C client, the id sent" in caplog.text
+    written = [record for record in caplog.records if record.levelno >= logging.INFO
+               and "127.0.0.1:" in record.getMessage()]
+    assert len(written) == 1, [record.getMessage() for record in written]
+
+
+def _run_until(server: loop.Server, done) -> None:
+    for _ in range(ROUNDS):
+        if done():
+            return
+        server.run_once()
+    raise AssertionError("the server did not get there")
+
+
+def _answered(client: RawClient, size: int = 1) -> bool:
+    """Whether the server sent ``size`` bytes the client has not read yet."""
+    client.sock.setblocking(False)
+    try:
+        return len(client.sock.recv(size, socket.MSG_PEEK)) >= size
+    except BlockingIOError:
+        return False
+    finally:
+        client.sock.setblocking(True)

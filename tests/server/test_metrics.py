@@ -10,14 +10,16 @@ import urllib.request
 import pytest
 
 from helpers import (
+    ANY_ID,
     CrcOk,
     FileReceived,
     file_packets,
     make_identity,
     server_env,
     start_server,
+    unique_name,
 )
-from protocol import cksum
+from protocol import Register, RegistrationFailed, cksum
 from server.budget import DecryptionBudget
 from server.errors import Refusal, StorageFault
 from server.metrics import MAX_REASONS, OTHER_REASON, PrometheusMetrics, reason_label
@@ -84,6 +86,22 @@ def test_a_scrape_during_a_real_upload_sees_it(tmp_path):
     assert value(after, "cipherdrop_storage_commit_seconds_count") >= 1
     assert value(after, "cipherdrop_loop_round_seconds_count") > value(
         before, "cipherdrop_loop_round_seconds_count")
+
+
+def test_a_registration_refused_at_the_cap_is_counted_with_its_reason(tmp_path):
+    # The refusal an operator alerts on: its handler answers it (1601), not an error.
+    server = start_server(tmp_path, "--metrics", "127.0.0.1:0", "--max-clients", "1")
+    try:
+        port = int(server.wait_log(METRICS_LINE).group(1))
+        with server.client() as client:
+            make_identity(client)
+            refused = client.request(Register(client_id=ANY_ID, name=unique_name()))
+            assert isinstance(refused, RegistrationFailed)
+        samples = scrape(port)
+    finally:
+        assert server.stop() == 0
+    assert value(samples, "cipherdrop_refusals_total",
+                 kind="refused", reason="client limit reached") == 1
 
 
 def test_without_the_flag_prometheus_client_is_not_imported():
