@@ -385,12 +385,12 @@ class Server:
         serve(channel, action)
 
     def may_take_request(self, channel: Channel) -> bool:
-        """Whether the channel's address has some of this round's shares left."""
-        return self.app.shares.has_left(channel.peer.address)
+        """Whether the channel's address group (server/peer.py) has shares left this round."""
+        return self.app.shares.has_left(channel.peer.group)
 
     def request_taken(self, channel: Channel) -> None:
-        """Charge a handled request to the channel's address for this round."""
-        self.app.shares.request_handled(channel.peer.address)
+        """Charge a handled request to the channel's address group for this round."""
+        self.app.shares.request_handled(channel.peer.group)
 
     def hold_answers(self, channel: Channel) -> None:
         """Send the channel's answers at this round's end (:meth:`_send_answers`)."""
