@@ -463,9 +463,8 @@ class Uploads:
         upload = self.get(client_id, packet.file_name.text)
         if upload is not None and upload.held_by_other(peer):
             return DroppedPacket(Refused("another connection is sending this client's file"))
-        try:
-            order = PacketOrder.of_first(packet)
-        except RemoteProtocolError:
+        order = PacketOrder.of_packet(packet)
+        if order is None:
             return self._continue(upload, peer, per_request, packet)
         if upload is not None and not upload.continues_on(peer):
             return DroppedPacket(Refused("another upload of this client and file is in progress"))
@@ -538,6 +537,7 @@ class Uploads:
             incoming = IncomingFile(
                 aes_key,
                 packet,
+                order,
                 max_content_size=self._limits.max_content_size,
                 # The answer's CRC only, in the one pass: after a 901 both,
                 # as the file itself settles which one goes (CrcBad).
