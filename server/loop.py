@@ -63,7 +63,8 @@ from .channel import Channel
 from .errors import DurabilityLost, StorageFault
 from .peer import Peer
 from .session import Session
-from .upload import Receiving, Upload
+from .phases import Receiving
+from .upload import Upload
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ refusal included.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Protocol, Union
 
 from protocol import RemoteProtocolError
@@ -71,6 +71,7 @@ from .errors import InternalFault, NoRoom, Refusal, StorageFault
 from .limits import Limits, size_text
 from .lograte import LogLimiter
 from .peer import Peer
+from .phases import Complete, Failed, GivenUp, Installed, Pending, Phase, Receiving, check_move
 from .shares import RoundShares
 from . import crashpoints
 from .storage import BlobStore, MetadataStore, TempBlob, commit
@@ -82,52 +83,6 @@ log = logging.getLogger(__name__)
 #: 1/64 of itself (6 bits): enough to accept what fits, too coarse to read
 #: the free space, or others' uploads, byte by byte by probing sizes.
 DISK_ROOM_PRECISION_BITS = 6
-
-
-# -- the phases of an upload ----------------------------------------------------
-
-
-@dataclass
-class Receiving:
-    """Packets are arriving into a temp blob."""
-
-    incoming: IncomingFile
-    temp: TempBlob
-
-
-@dataclass
-class Failed:
-    """A refused attempt whose remaining packets are dropped."""
-
-
-@dataclass
-class Installed:
-    """A name's first upload, stored (Verified false), waiting for its verdict."""
-
-    result: ReceivedFile
-    path_name: str
-
-
-@dataclass
-class Pending:
-    """A later version of a stored name, a synced temp blob until its 900."""
-
-    result: ReceivedFile
-    path_name: str
-    temp: TempBlob
-
-
-@dataclass
-class GivenUp:
-    """A pending version discarded by 901 or 902."""
-
-    result: ReceivedFile
-    path_name: str
-
-
-Phase = Union[Receiving, Failed, Installed, Pending, GivenUp]
-#: The phases of a complete upload, waiting for the client's verdict.
-Complete = Union[Installed, Pending, GivenUp]
 
 
 @dataclass(frozen=True)
@@ -168,7 +123,8 @@ class Upload:
     file_name: bytes
     order: PacketOrder
     started: float
-    phase: Phase
+    #: The phase it starts in (one of ``FIRST_PHASES``): see :attr:`phase`.
+    first_phase: InitVar[Phase]
     owner: Peer | None = None
     streaming: Peer | None = None
     received: int = 0
@@ -182,9 +138,26 @@ class Upload:
     #: The client's attempt before this one, if it got a 901.
     after_crc_bad: CrcBad | None = None
     deadline_timer: Timer | None = field(default=None, repr=False)
+    _phase: Phase = field(init=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, first_phase: Phase) -> None:
+        check_move(None, first_phase)
+        self._phase = first_phase
         self.last_progress = self.started
+
+    @property
+    def phase(self) -> Phase:
+        """Where it is in its life (server/phases.py): changed only by :meth:`_enter`."""
+        return self._phase
+
+    def _enter(self, phase: Phase) -> None:
+        """Move to ``phase``: the one place an upload changes phase.
+
+        Raises:
+            IllegalTransition: ``server.phases.TRANSITIONS`` does not list the move.
+        """
+        check_move(self._phase, phase)
+        self._phase = phase
 
     def held_by_other(self, peer: Peer) -> bool:
         """Whether another connection is inside a packet of it, or owns it."""
@@ -624,7 +597,7 @@ class Uploads:
             return
         log.debug("%s: upload for %s failed: %s", upload.address, upload.client_id.hex(), exc)
         self._drop_temp(upload)
-        upload.phase = Failed()
+        upload._enter(Failed())
         self.packet_done(upload, peer, per_request)
 
     def packet_done(self, upload: Upload, peer: Peer, per_request: bool) -> None:
@@ -667,7 +640,7 @@ class Uploads:
         if earlier is not None:
             self.discard(earlier, "replaced by a newer upload of the name")
         self._complete.setdefault(upload.client_id, {})[upload.file_name] = upload
-        upload.phase = complete
+        upload._enter(complete)
         upload.completed = self.clock()
         self._set_holders(upload, owner=owner, streaming=None)
         self._arm(upload)
@@ -777,7 +750,7 @@ class Uploads:
                 )
             finally:
                 if phase.temp.installed:  # even if only the folder sync failed
-                    upload.phase = Installed(phase.result, phase.path_name)
+                    upload._enter(Installed(phase.result, phase.path_name))
                     log.log(
                         self._log_level(upload),
                         "%s: stored file %s of client %s overwritten by its confirmed new"
@@ -836,7 +809,7 @@ class Uploads:
                 upload.address, quoted(upload.file_name), upload.client_id.hex(), reason,
             )
             phase.temp.discard()
-            upload.phase = GivenUp(phase.result, phase.path_name)
+            upload._enter(GivenUp(phase.result, phase.path_name))
 
     # -- life cycle -------------------------------------------------------------
 
@@ -942,7 +915,7 @@ class Uploads:
         if isinstance(upload.phase, (Receiving, Pending)):
             upload.phase.temp.discard()
             if isinstance(upload.phase, Pending):
-                upload.phase = GivenUp(upload.phase.result, upload.phase.path_name)
+                upload._enter(GivenUp(upload.phase.result, upload.phase.path_name))
 
 
 def _bytes_held(upload: Upload) -> int:
