@@ -62,8 +62,8 @@ from .app import App
 from .channel import Channel
 from .errors import DurabilityLost, StorageFault
 from .peer import Peer
-from .session import Session
 from .phases import Receiving
+from .session import Session
 from .upload import Upload
 
 log = logging.getLogger(__name__)
