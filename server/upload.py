@@ -66,9 +66,10 @@ from protocol.events import FilePacketStarted
 from protocol.incoming import DecryptionFailed, IncomingFile, PacketOrder, ReceivedFile
 from protocol.printable import quoted
 
+from .admission import Admission
 from .budget import DecryptionBudget
 from .errors import InternalFault, NoRoom, Refusal, StorageFault
-from .limits import Limits, size_text
+from .limits import Limits
 from .lograte import LogLimiter
 from .peer import Peer
 from .phases import Complete, Failed, GivenUp, Installed, Pending, Phase, Receiving, check_move
@@ -78,12 +79,6 @@ from .storage import BlobStore, MetadataStore, TempBlob, commit
 from .timers import Timer, Timers
 
 log = logging.getLogger(__name__)
-
-#: The disk room a first packet is checked against is told only to about
-#: 1/64 of itself (6 bits): enough to accept what fits, too coarse to read
-#: the free space, or others' uploads, byte by byte by probing sizes.
-DISK_ROOM_PRECISION_BITS = 6
-
 
 @dataclass(frozen=True)
 class CrcBad:
@@ -366,6 +361,8 @@ class Uploads:
         self._metadata = metadata
         self._blobs = blobs
         self._budget = budget
+        #: What a first packet is checked against before its upload starts.
+        self._admission = Admission(limits, metadata, blobs, budget, self)
         self._uploads: dict[bytes, dict[bytes, Upload]] = {}
         self._complete: dict[bytes, dict[bytes, Upload]] = {}
         #: Connections to the uploads they own or stream (closing one is O(its uploads)).
@@ -397,7 +394,7 @@ class Uploads:
         """The client's uploads in progress, of every name."""
         return list(self._uploads.get(client_id, {}).values())
 
-    def _holding_temps(self, client_id: bytes) -> list[Upload]:
+    def holding_temps(self, client_id: bytes) -> list[Upload]:
         """The client's uploads that hold a temp blob: in progress, or pending versions."""
         waiting = self._complete.get(client_id, {}).values()
         return self.in_progress(client_id) + [
@@ -442,13 +439,10 @@ class Uploads:
         if upload is not None and not upload.continues_on(peer):
             return DroppedPacket(Refused("another upload of this client and file is in progress"))
         self._start_over(client_id, peer)
-        name = packet.file_name.text
-        others = sum(other.file_name != name for other in self._holding_temps(client_id))
-        if others >= self._limits.max_uploads_per_client:
-            return DroppedPacket(Refused(
-                "too many uploads of this client in progress (or pending versions"
-                " waiting for their 900)"
-            ))
+        try:
+            self._admission.check_pending_bound(client_id, packet.file_name.text)
+        except Refusal as exc:
+            return DroppedPacket(Refused.of(exc))
         return self._begin(client_id, aes_key, peer, per_request, packet, order)
 
     def _start_over(self, client_id: bytes, peer: Peer) -> None:
@@ -505,8 +499,7 @@ class Uploads:
             )
 
         try:
-            if self._budget.uploads_blocked(client_id):
-                raise Refusal("too many failed decryptions for this client in the last hour")
+            self._admission.check_budget(client_id)
             incoming = IncomingFile(
                 aes_key,
                 packet,
@@ -516,8 +509,9 @@ class Uploads:
                 # as the file itself settles which one goes (CrcBad).
                 crc32=flavour is CrcFlavour.ZLIB or crc_bad is not None,
             )
-            self._check_quota(client_id, packet.file_name.text, incoming.max_plain_size)
-            self._check_disk(peer, incoming.max_plain_size)
+            self._admission.check_room(
+                client_id, packet.file_name.text, peer, incoming.max_plain_size
+            )
             temp = self._blobs.new_temp(client_id)
         except (Refusal, RemoteProtocolError, StorageFault) as exc:
             if order.total > 1:
@@ -531,58 +525,6 @@ class Uploads:
         self._add(started)
         self._set_holders(started, owner=started.owner, streaming=peer)
         return StreamingPacket(self, started, peer, per_request, phase, order.total == 1)
-
-    def _check_quota(self, client_id: bytes, file_name: bytes, need: int) -> None:
-        """Room for the file's worst case within the client's quota (``max_bytes_per_client``).
-
-        What the client holds: its stored files, its pending versions and its
-        other uploads in progress (each at its worst case). A new version of a
-        stored name counts beside the stored one: both are on disk until its 900.
-
-        Raises:
-            Refusal: the upload could take the client over its quota.
-            StorageFault: the stored bytes cannot be read.
-        """
-        quota = self._limits.max_bytes_per_client
-        if not quota:
-            return
-        held = self._metadata.stored_bytes(client_id) + sum(
-            _bytes_held(upload)
-            for upload in self._holding_temps(client_id)
-            if not (upload.file_name == file_name and isinstance(upload.phase, Receiving))
-        )
-        if held + need > quota:
-            raise Refusal(
-                f"over the client's quota: {held} bytes held, this file up to {need},"
-                f" quota {quota}"
-            )
-
-    def _check_disk(self, peer: Peer, need: int) -> None:
-        """Room for the file's worst case, within this address's share.
-
-        The room is rounded down coarsely (:func:`coarse`), so that probing
-        sizes tells a client the magnitude of the free space, not its bytes.
-
-        Raises:
-            NoRoom: not enough room on the disk.
-            Refusal: not enough room within this address's share.
-        """
-        limits = self._limits
-        free = self._blobs.free_space()
-        usable = free - limits.min_free_disk
-        reserved = self.reserved_bytes()
-        if need > coarse(usable - reserved):
-            raise NoRoom(
-                f"not enough disk space for this file: it may need {size_text(need)};"
-                f" {size_text(free)} free, --min-free-disk {size_text(limits.min_free_disk)},"
-                f" {size_text(reserved)} reserved by uploads in progress"
-            )
-        share = limits.max_disk_share_per_address
-        if need > coarse(int(usable * share) - self.reserved_bytes(peer.group)):
-            raise Refusal(
-                f"not enough disk space for this file within this address's share of the"
-                f" disk (--max-disk-share-per-address {share:g})"
-            )
 
     def attempt_failed(
         self, upload: Upload, peer: Peer, per_request: bool, last: bool, exc: Exception
@@ -918,23 +860,6 @@ class Uploads:
                 upload._enter(GivenUp(upload.phase.result, upload.phase.path_name))
 
 
-def _bytes_held(upload: Upload) -> int:
-    """Disk bytes an upload holds or may take: a pending version's, a receiving one's worst case."""
-    if isinstance(upload.phase, Receiving):
-        return upload.phase.incoming.max_plain_size
-    if isinstance(upload.phase, Pending):
-        return upload.phase.result.plain_size
-    return 0
-
-
 def _content(result: ReceivedFile) -> commit.Content:
     """What the file's row records of the plaintext stored: its size and cksum."""
     return commit.Content(size=result.plain_size, cksum=result.cksum)
-
-
-def coarse(amount: int) -> int:
-    """``amount`` rounded down to 1/2**DISK_ROOM_PRECISION_BITS of its magnitude (0 if negative)."""
-    if amount <= 0:
-        return 0
-    step = 1 << max(0, amount.bit_length() - 1 - DISK_ROOM_PRECISION_BITS)
-    return amount - amount % step
