@@ -353,7 +353,7 @@ def _verdict_outcome(
         Acknowledged(client_id=client.id),
         client_label(client.name, client.id),
         f"{quoted(upload.file_name)} {detail}",
-        awaits_install=app.uploads.awaiting_install(upload),
+        awaits_install=app.uploads.installs.awaiting_install(upload),
     )
 
 

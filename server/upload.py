@@ -66,16 +66,17 @@ from protocol.events import FilePacketStarted
 from protocol.incoming import DecryptionFailed, IncomingFile, PacketOrder, ReceivedFile
 from protocol.printable import quoted
 
+from . import crashpoints
 from .admission import Admission
 from .budget import DecryptionBudget
 from .errors import InternalFault, NoRoom, Refusal, StorageFault
+from .installs import RoundInstalls, _FirstInstall
 from .limits import Limits
 from .lograte import LogLimiter
 from .peer import Peer
 from .phases import Complete, Failed, GivenUp, Installed, Pending, Phase, Receiving, check_move
 from .shares import RoundShares
-from . import crashpoints
-from .storage import BlobStore, MetadataStore, TempBlob, commit
+from .storage import BlobStore, MetadataStore, commit
 from .timers import Timer, Timers
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ class FileComplete:
     detail: str
     crc: int
     #: A first upload: it takes its name when the round is durable (the
-    #: token :meth:`Uploads.install_first_uploads` reports if it cannot).
+    #: token :meth:`RoundInstalls.install_first_uploads` reports if it cannot).
     awaits_install: object | None = None
 
 
@@ -328,15 +329,6 @@ class StreamingPacket:
         return refused
 
 
-@dataclass(frozen=True, eq=False)
-class _FirstInstall:
-    """A first upload whose row is in the round, waiting for it to be durable."""
-
-    upload: Upload
-    temp: TempBlob
-    path_name: str
-
-
 # -- every client's uploads -------------------------------------------------------
 
 
@@ -367,11 +359,8 @@ class Uploads:
         self._complete: dict[bytes, dict[bytes, Upload]] = {}
         #: Connections to the uploads they own or stream (closing one is O(its uploads)).
         self._held: dict[Peer, set[Upload]] = {}
-        #: First uploads whose rows are in the round, in order: each is renamed
-        #: onto its name once the round is durable (:meth:`install_first_uploads`).
-        self._to_install: list[_FirstInstall] = []
-        #: First uploads of the round that could not take their names.
-        self._install_failed: set[_FirstInstall] = set()
+        #: The round's first uploads, waiting to take their names (server/installs.py).
+        self.installs = RoundInstalls(metadata, blobs, self.discard)
         #: The clients whose last answer got a "CRC bad", and what that
         #: attempt was (docs/EDITIONS.md, variant 5): their next answer's
         #: flavour depends on it. The others get the flavour they confirmed last.
@@ -550,7 +539,7 @@ class Uploads:
         """The last packet is in: seal the file; install a first upload, keep a later one pending.
 
         A first upload's row goes into the round; its blob takes its name once
-        the round is durable (:meth:`install_first_uploads`), before its answer
+        the round is durable (:meth:`RoundInstalls.end_round`), before its answer
         goes out.
 
         Raises:
@@ -568,8 +557,7 @@ class Uploads:
             commit.record_first(
                 self._metadata, upload.client_id, upload.file_name, path_name, _content(result)
             )
-            awaits = _FirstInstall(upload, phase.temp, path_name)
-            self._to_install.append(awaits)
+            awaits = self.installs.wait(upload, phase.temp, path_name)
             complete: Complete = Installed(result, path_name)
             stored = f"stored as {path_name}"
         else:
@@ -608,63 +596,6 @@ class Uploads:
         except ValueError:
             return CrcFlavour.CKSUM
 
-    # -- the round's first uploads ------------------------------------------------
-
-    @property
-    def installs_waiting(self) -> bool:
-        """Whether first uploads wait for the round to be durable to take their names."""
-        return bool(self._to_install)
-
-    def install_first_uploads(self) -> set[_FirstInstall]:
-        """The round is durable: rename each first upload onto its name, in order.
-
-        Returns the ``awaits_install`` tokens of the files that could not take
-        their names (each row is removed, each upload forgotten): their 1603
-        must not go out.
-        """
-        self._install_waiting()
-        failed, self._install_failed = self._install_failed, set()
-        return failed
-
-    def _install_waiting(self) -> None:
-        """Rename each waiting first upload onto its name, in order; note those that fail."""
-        waiting, self._to_install = self._to_install, []
-        for first in waiting:
-            upload = first.upload
-            try:
-                commit.install_recorded(
-                    self._metadata, self._blobs, first.temp, upload.client_id,
-                    upload.file_name, first.path_name,
-                )
-            except StorageFault as exc:
-                log.error(
-                    "%s: file %s of client %s could not be stored: %s; answered 1607",
-                    upload.address, quoted(upload.file_name), upload.client_id.hex(), exc,
-                )
-                first.temp.discard()
-                self.discard(upload, "could not be stored")
-                self._install_failed.add(first)
-
-    def awaiting_install(self, upload: Upload) -> _FirstInstall | None:
-        """The token of a first upload still waiting for the round to take its name, if any."""
-        return next((first for first in self._to_install if first.upload is upload), None)
-
-    def abandon_first_uploads(self) -> None:
-        """The round is lost (or the server stops): its first uploads never take their names."""
-        waiting, self._to_install = self._to_install, []
-        self._install_failed.clear()
-        for first in waiting:
-            first.temp.discard()
-            self.discard(first.upload, "its round could not be made durable")
-        if not waiting:
-            return
-        try:  # a commit that reached the database before the sync failed
-            with self._metadata.transaction():
-                for first in waiting:
-                    self._metadata.delete_file(first.upload.client_id, first.upload.file_name)
-        except StorageFault as exc:  # start-up repair removes rows without a file
-            log.error("cannot remove the rows of files never stored: %s", exc)
-
     # -- verdicts ----------------------------------------------------------------
 
     def confirm(self, upload: Upload) -> str:
@@ -680,11 +611,7 @@ class Uploads:
         crashpoints.reached("verify.before_commit")
         if isinstance(phase, Pending):
             self._shares.file_made_durable(upload.address)
-            if any(first.path_name == phase.path_name for first in self._to_install):
-                # The name's first upload came in this same round: it takes its
-                # name first, or it would replace this confirmed version.
-                self._metadata.sync()
-                self._install_waiting()
+            self.installs.install_first_of(phase.path_name)
             try:
                 commit.install_confirmed(
                     self._metadata, phase.temp, upload.client_id, upload.file_name,
@@ -802,7 +729,7 @@ class Uploads:
 
     def close(self) -> None:
         """Drop every upload (shutdown); first uploads still waiting for their round too."""
-        self.abandon_first_uploads()
+        self.installs.abandon_first_uploads()
         for names in list(self._uploads.values()):
             for upload in list(names.values()):
                 self.discard(upload, "server stopping")
