@@ -52,6 +52,7 @@ from .errors import NameTaken, NoRoom, Refusal, StorageFault
 from .labels import client_label
 from .outcome import Outcome, RequestKind
 from .peer import Peer, Speaking
+from .phases import Upload
 from .storage import ClientRow
 from .upload import (
     Dropped,
@@ -61,7 +62,6 @@ from .upload import (
     MoreToCome,
     PacketEnd,
     Refused,
-    Upload,
 )
 
 REGISTER = RequestKind.REGISTER

@@ -62,9 +62,8 @@ from .app import App
 from .channel import Channel
 from .errors import DurabilityLost, StorageFault
 from .peer import Peer
-from .phases import Receiving
+from .phases import Receiving, Upload
 from .session import Session
-from .upload import Upload
 
 log = logging.getLogger(__name__)
 

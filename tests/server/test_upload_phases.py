@@ -27,7 +27,7 @@ from protocol import (
 )
 from protocol.incoming import ReceivedFile
 from protocol.names import NameField
-from server import upload as upload_module
+from server import phases as phases_module
 from server.app import App
 from server.errors import IllegalTransition, InternalFault
 from server.limits import Limits
@@ -41,11 +41,11 @@ from server.phases import (
     Pending,
     Phase,
     Receiving,
+    Upload,
 )
 from server.session import Session
 from server.storage.folder import FolderBlobs
 from server.storage.sqlite import DB_NAME, SqliteMetadata
-from server.upload import Upload
 
 DATA = b"phase test data " * 220  # four packets of 1024 bytes
 PACKET_SIZE = 1024
@@ -173,13 +173,13 @@ class Client:
 
 def test_every_move_in_the_table_is_made_by_some_requests(tmp_path, monkeypatch):
     made: set[tuple[type[Phase] | None, type[Phase]]] = set()
-    check = upload_module.check_move
+    check = phases_module.check_move
 
     def recording(old, new):
         check(old, new)
         made.add((None if old is None else type(old), type(new)))
 
-    monkeypatch.setattr(upload_module, "check_move", recording)
+    monkeypatch.setattr(phases_module, "check_move", recording)
     client = Client(tmp_path)
     try:
         who = client.who
