@@ -6,7 +6,8 @@ temp blob), and one complete upload per file name
 waiting for its verdict, kept here rather than on a connection: a
 per-request client (docs/PROTOCOL.md, variant 7) sends each 828 and its 900
 on a new connection, so an upload outlives the connection that started it.
-An :class:`Upload` is always in exactly one phase, one class each:
+An :class:`~server.phases.Upload` is always in exactly one phase, one class
+each (server/phases.py, where the one table of the moves between them is):
 
 :class:`Receiving`
     Packets are arriving; :class:`~protocol.incoming.IncomingFile` checks
@@ -47,10 +48,12 @@ time on other connections (a client's ``--jobs``); a new first packet on a
 connection that owns an upload in progress starts that client over, and the
 upload it replaces is dropped.
 
-The order in which a complete upload is written is
-:mod:`server.storage.commit`'s. One 828 on one connection is an
-:class:`IncomingPacket`; what it ends in is a :data:`PacketEnd` value, a
-refusal included.
+Beside this module: server/packets.py receives one 828 (an
+:class:`~server.packets.IncomingPacket`, whose end is a
+:data:`~server.packets.PacketEnd` value, a refusal included);
+server/admission.py checks a first packet before its upload starts;
+server/installs.py ends a loop round and installs its first uploads. The
+order in which a complete upload is written is :mod:`server.storage.commit`'s.
 """
 
 from __future__ import annotations
@@ -88,9 +91,6 @@ from .storage import BlobStore, MetadataStore, commit
 from .timers import Timers
 
 log = logging.getLogger(__name__)
-
-
-# -- every client's uploads -------------------------------------------------------
 
 
 class Uploads:
