@@ -98,21 +98,29 @@ class PacketOrder:
     swapped: bool
 
     @classmethod
+    def of_packet(cls, packet: FilePacketStarted) -> PacketOrder | None:
+        """The order a packet sets if it opens a file (:func:`is_first_packet`), else None."""
+        if not is_first_packet(packet):
+            return None  # a zero field is never a first packet either: min() is not 1
+        return cls(
+            total=max(packet.packet_number, packet.total_packets),
+            swapped=packet.packet_number > packet.total_packets,
+        )
+
+    @classmethod
     def of_first(cls, first: FilePacketStarted) -> PacketOrder:
         """The order a first packet sets.
 
         Raises:
             RemoteProtocolError: not a first packet (or a zero field).
         """
-        if not is_first_packet(first) or 0 in (first.packet_number, first.total_packets):
+        order = cls.of_packet(first)
+        if order is None:
             raise _refuse(
                 f"first packet must be number 1, got"
                 f" {first.packet_number}/{first.total_packets}"
             )
-        return cls(
-            total=max(first.packet_number, first.total_packets),
-            swapped=first.packet_number > first.total_packets,
-        )
+        return order
 
     def position(self, packet: FilePacketStarted) -> tuple[int, int]:
         """A packet's (number, total) in this file's field order."""
@@ -139,7 +147,9 @@ class ReceivedFile:
 class IncomingFile:
     """One file being received: built on its first packet, fed the rest.
 
-    Use: ``receive(chunk)`` and ``end_packet()`` for the first packet, then
+    Built from the first packet and the :class:`PacketOrder` the caller found
+    in it (once: the caller needed it to tell a first packet from a further
+    one). Use: ``receive(chunk)`` and ``end_packet()`` for the first packet, then
     ``start_packet(event)``, ``receive``… ``end_packet()`` for each further
     one, until ``done``; then read ``result``. Each call returns plaintext to
     store, in order.
@@ -154,11 +164,14 @@ class IncomingFile:
         self,
         aes_key: bytes,
         first: FilePacketStarted,
+        order: PacketOrder,
         *,
         max_content_size: int = MAX_UINT32,
         crc32: bool = False,
     ) -> None:
-        self.order = PacketOrder.of_first(first)
+        if order.position(first) != (1, order.total):
+            raise LocalProtocolError("the order given is not the first packet's")
+        self.order = order
         self._aes_key = aes_key
         self._total = self.order.total
         self._name = first.file_name.text

@@ -94,7 +94,7 @@ class App:
         self.live_registrations.connection_closed(peer)
 
     def end_round(self, *, durable: bool) -> AbstractSet[InstallTicket]:
-        """Commit the round (durably if asked, or if first uploads wait); then install them.
+        """Commit the round, then install its first uploads (:meth:`RoundInstalls.end_round`).
 
         Returns the tickets of the first uploads that could not take their
         names: their answers become 1607 (:meth:`Session.release`).
@@ -102,13 +102,7 @@ class App:
         Raises:
             StorageFault: the round is lost; none of its answers may go out.
         """
-        durable = durable or self.uploads.installs_waiting
-        try:
-            self.metadata.finish_round(durable=durable)
-        except StorageFault:
-            self.uploads.abandon_first_uploads()
-            raise
-        return self.uploads.install_first_uploads() if durable else set()
+        return self.uploads.installs.end_round(durable=durable)
 
     @property
     def client_share(self) -> int:

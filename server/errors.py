@@ -18,7 +18,9 @@
     ├── LockError               at start-up: another server holds the data
     │                           folder, or it cannot be locked
     └── InternalFault           a rule of our own broken (a bug): 1607, the
-                                connection closes, logged with its traceback
+        │                       connection closes, logged with its traceback
+        └── IllegalTransition   an upload asked to make a move that the table
+                                of its phases does not list (server/phases.py)
 
 The protocol package's :class:`~protocol.RemoteProtocolError` (the peer broke
 the contract while we decoded its bytes) carries the same two facts as a
@@ -92,3 +94,7 @@ class LockError(ServerError):
 
 class InternalFault(ServerError):
     """A rule of the server's own was broken: a bug, never the peer's doing."""
+
+
+class IllegalTransition(InternalFault):
+    """An upload was asked to change phase in a way ``server.phases.TRANSITIONS`` forbids."""

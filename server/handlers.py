@@ -51,9 +51,7 @@ from .binding import bind, use_key
 from .errors import NameTaken, NoRoom, Refusal, StorageFault
 from .labels import client_label
 from .outcome import Outcome, RequestKind
-from .peer import Peer, Speaking
-from .storage import ClientRow
-from .upload import (
+from .packets import (
     Dropped,
     DroppedPacket,
     FileComplete,
@@ -61,8 +59,11 @@ from .upload import (
     MoreToCome,
     PacketEnd,
     Refused,
-    Upload,
+    start_packet,
 )
+from .peer import Peer, Speaking
+from .phases import Upload
+from .storage import ClientRow
 
 REGISTER = RequestKind.REGISTER
 SEND_PUBLIC_KEY = RequestKind.SEND_PUBLIC_KEY
@@ -353,7 +354,7 @@ def _verdict_outcome(
         Acknowledged(client_id=client.id),
         client_label(client.name, client.id),
         f"{quoted(upload.file_name)} {detail}",
-        awaits_install=app.uploads.awaiting_install(upload),
+        awaits_install=app.uploads.installs.awaiting_install(upload),
     )
 
 
@@ -407,7 +408,7 @@ def start_file_packet(
         refused = Refused.of(exc)
         return event.client_id.hex(), DroppedPacket(refused)
     label = client_label(client.name, client.id)
-    return label, app.uploads.start_packet(client.id, aes_key, peer, per_request, event)
+    return label, start_packet(app.uploads, client.id, aes_key, peer, per_request, event)
 
 
 def file_packet_outcome(client: str, end: PacketEnd) -> Outcome:

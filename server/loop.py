@@ -69,8 +69,8 @@ from .channel import Channel
 from .errors import DurabilityLost, StorageFault
 from .outcome import InstallTicket
 from .peer import Peer
+from .phases import Receiving, Upload
 from .session import Session
-from .upload import Receiving, Upload
 
 log = logging.getLogger(__name__)
 

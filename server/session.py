@@ -102,9 +102,9 @@ from .binding import why_not_bound
 from .errors import InternalFault, NoRoom, Refusal, StorageFault
 from .handlers import HANDLERS, file_packet_outcome, start_file_packet
 from .outcome import InstallTicket, Outcome, RequestKind
+from .packets import DroppedPacket, IncomingPacket, Refused
 from .peer import Peer, Speaking
 from .storage import ClientRow
-from .upload import DroppedPacket, IncomingPacket, Refused
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ temp blob), and one complete upload per file name
 waiting for its verdict, kept here rather than on a connection: a
 per-request client (docs/PROTOCOL.md, variant 7) sends each 828 and its 900
 on a new connection, so an upload outlives the connection that started it.
-An :class:`Upload` is always in exactly one phase, one class each:
+An :class:`~server.phases.Upload` is always in exactly one phase, one class
+each (server/phases.py, where the one table of the moves between them is):
 
 :class:`Receiving`
     Packets are arriving; :class:`~protocol.incoming.IncomingFile` checks
@@ -47,330 +48,49 @@ time on other connections (a client's ``--jobs``); a new first packet on a
 connection that owns an upload in progress starts that client over, and the
 upload it replaces is dropped.
 
-The order in which a complete upload is written is
-:mod:`server.storage.commit`'s. One 828 on one connection is an
-:class:`IncomingPacket`; what it ends in is a :data:`PacketEnd` value, a
-refusal included.
+Beside this module: server/packets.py receives one 828 (an
+:class:`~server.packets.IncomingPacket`, whose end is a
+:data:`~server.packets.PacketEnd` value, a refusal included);
+server/admission.py checks a first packet before its upload starts;
+server/installs.py ends a loop round and installs its first uploads. The
+order in which a complete upload is written is :mod:`server.storage.commit`'s.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import AbstractSet, Protocol, Union
 
 from protocol import RemoteProtocolError
-from protocol.buffer import BytesLike
 from protocol.cksum import CrcFlavour
 from protocol.events import FilePacketStarted
 from protocol.incoming import DecryptionFailed, IncomingFile, PacketOrder, ReceivedFile
 from protocol.printable import quoted
 
-from .budget import DecryptionBudget
-from .errors import InternalFault, NoRoom, Refusal, StorageFault
-from .limits import Limits, size_text
-from .lograte import LogLimiter
-from .outcome import InstallTicket
-from .peer import Peer
-from .shares import RoundShares
 from . import crashpoints
-from .storage import BlobStore, MetadataStore, TempBlob, commit
-from .timers import Timer, Timers
+from .admission import Admission
+from .budget import DecryptionBudget
+from .errors import InternalFault, Refusal, StorageFault
+from .installs import RoundInstalls, _FirstInstall
+from .limits import Limits
+from .lograte import LogLimiter
+from .packets import DroppedPacket, FileComplete, IncomingPacket, Refused, StreamingPacket
+from .peer import Peer
+from .phases import (
+    Complete,
+    CrcBad,
+    Failed,
+    GivenUp,
+    Installed,
+    Pending,
+    Phase,
+    Receiving,
+    Upload,
+)
+from .shares import RoundShares
+from .storage import BlobStore, MetadataStore, commit
+from .timers import Timers
 
 log = logging.getLogger(__name__)
-
-#: The disk room a first packet is checked against is told only to about
-#: 1/64 of itself (6 bits): enough to accept what fits, too coarse to read
-#: the free space, or others' uploads, byte by byte by probing sizes.
-DISK_ROOM_PRECISION_BITS = 6
-
-
-# -- the phases of an upload ----------------------------------------------------
-
-
-@dataclass
-class Receiving:
-    """Packets are arriving into a temp blob."""
-
-    incoming: IncomingFile
-    temp: TempBlob
-
-
-@dataclass
-class Failed:
-    """A refused attempt whose remaining packets are dropped."""
-
-
-@dataclass
-class Installed:
-    """A name's first upload, stored (Verified false), waiting for its verdict."""
-
-    result: ReceivedFile
-    path_name: str
-
-
-@dataclass
-class Pending:
-    """A later version of a stored name, a synced temp blob until its 900."""
-
-    result: ReceivedFile
-    path_name: str
-    temp: TempBlob
-
-
-@dataclass
-class GivenUp:
-    """A pending version discarded by 901 or 902."""
-
-    result: ReceivedFile
-    path_name: str
-
-
-Phase = Union[Receiving, Failed, Installed, Pending, GivenUp]
-#: The phases of a complete upload, waiting for the client's verdict.
-Complete = Union[Installed, Pending, GivenUp]
-
-
-@dataclass(frozen=True)
-class CrcBad:
-    """A client's attempt that got a "CRC bad" (901): what its next answer carries.
-
-    A 901 says only that the client's value differs from the one it was
-    sent, not which CRC the client computes (docs/EDITIONS.md, variant 5).
-    The server tells the two causes apart by the file that comes next: the
-    same plaintext again (same size, same cksum) means the flavour was the
-    mismatch, so the answer carries the other one; another plaintext means
-    the earlier attempt was corrupted on the way, so the answer stays in the
-    flavour the client was last answered in.
-    """
-
-    plain_size: int
-    cksum: int
-    #: The flavour that attempt was answered in.
-    flavour: CrcFlavour
-
-    def flavour_for(self, resent: ReceivedFile) -> CrcFlavour:
-        """The flavour of the answer to the upload after this 901."""
-        same = (resent.plain_size, resent.cksum) == (self.plain_size, self.cksum)
-        return self.flavour.other if same else self.flavour
-
-
-@dataclass(eq=False)
-class Upload:
-    """One client's file, in one :data:`Phase`."""
-
-    client_id: bytes
-    #: Where the first packet came from (for the log).
-    address: str
-    #: The address group of that (disk reservations per address: server/peer.py).
-    group: str
-    #: The key it was sent under: a verdict must come under the same key.
-    aes_key: bytes
-    file_name: bytes
-    order: PacketOrder
-    started: float
-    phase: Phase
-    owner: Peer | None = None
-    streaming: Peer | None = None
-    received: int = 0
-    last_progress: float = 0.0
-    completed: float = 0.0
-    #: The CRC its file-received answer carries, and the client's preferred
-    #: one (docs/EDITIONS.md, variant 5). After a 901 the flavour is settled
-    #: by the file itself, when it is complete (:class:`CrcBad`).
-    flavour: CrcFlavour = CrcFlavour.CKSUM
-    preferred: CrcFlavour = CrcFlavour.CKSUM
-    #: The client's attempt before this one, if it got a 901.
-    after_crc_bad: CrcBad | None = None
-    deadline_timer: Timer | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self.last_progress = self.started
-
-    def held_by_other(self, peer: Peer) -> bool:
-        """Whether another connection is inside a packet of it, or owns it."""
-        return (self.streaming is not None and self.streaming is not peer) or (
-            self.owner is not None and self.owner is not peer
-        )
-
-    def continues_on(self, peer: Peer) -> bool:
-        """Whether a new first packet on ``peer`` may replace this upload.
-
-        A receiving upload is replaced only by its own connection (a
-        one-connection client starting over); anything else waits for it.
-        """
-        return not isinstance(self.phase, Receiving) or self.owner is peer
-
-    @property
-    def reserved(self) -> int:
-        """Disk bytes this upload may still need."""
-        if not isinstance(self.phase, Receiving):
-            return 0
-        return max(0, self.phase.incoming.max_plain_size - self.phase.temp.size)
-
-    def deadline(self, limits: Limits) -> float:
-        """When this upload is dropped unless it moves on."""
-        if isinstance(self.phase, (Installed, Pending, GivenUp)):
-            return self.completed + limits.idle_timeout
-        paced = self.started + limits.message_deadline + self.received / limits.min_content_rate
-        return min(paced, self.last_progress + limits.message_deadline)
-
-
-# -- what one packet ends in ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MoreToCome:
-    """The packet is in; more of its file is due."""
-
-    detail: str
-
-
-@dataclass(frozen=True)
-class Dropped:
-    """A packet of a refused attempt, dropped; its answer already went."""
-
-    last: bool
-
-
-@dataclass(frozen=True)
-class FileComplete:
-    """The file is complete and kept (installed, or pending); ``crc`` is the answer's CRC."""
-
-    client_id: bytes
-    result: ReceivedFile
-    detail: str
-    crc: int
-    #: A first upload: it takes its name when the round is durable (the
-    #: ticket :meth:`Uploads.install_first_uploads` reports if it cannot).
-    awaits_install: InstallTicket | None = None
-
-
-@dataclass(frozen=True)
-class Refused:
-    """The packet (and its attempt) is refused: 1607. ``fault``: a store failed."""
-
-    reason: str
-    fault: bool = False
-    #: The disk had no room for the file (:class:`~server.errors.NoRoom`).
-    no_room: bool = False
-
-    @classmethod
-    def of(cls, error: Exception) -> Refused:
-        """The end of a packet that ``error`` refused."""
-        return cls(
-            str(error), fault=isinstance(error, StorageFault), no_room=isinstance(error, NoRoom)
-        )
-
-
-PacketEnd = Union[MoreToCome, Dropped, FileComplete, Refused]
-
-
-class IncomingPacket(Protocol):
-    """One 828 on one connection: its content is fed, then it ends."""
-
-    def feed(self, data: BytesLike) -> None: ...
-    def end(self) -> PacketEnd: ...
-
-
-class DroppedPacket:
-    """A packet whose content is dropped; its end is known from its start."""
-
-    def __init__(self, end: PacketEnd) -> None:
-        self._end = end
-
-    def feed(self, data: BytesLike) -> None:
-        """Content of a dropped packet: nothing to do."""
-
-    def end(self) -> PacketEnd:
-        """What the packet was known to end in."""
-        return self._end
-
-
-class StreamingPacket:
-    """A packet whose content streams into its upload.
-
-    If the attempt fails on the way (a sequence or decryption error, a store
-    fault), or the upload is discarded meanwhile (a new key, its deadline),
-    the rest of the content is dropped and the packet ends :class:`Refused`.
-    """
-
-    def __init__(self, uploads: Uploads, upload: Upload, peer: Peer, per_request: bool,
-                 phase: Receiving, last: bool) -> None:
-        self._uploads = uploads
-        self._upload = upload
-        self._peer = peer
-        self._per_request = per_request
-        self._phase = phase
-        self._last = last
-        self._refused: Refused | None = None
-
-    def feed(self, data: BytesLike) -> None:
-        """A piece of the packet's content."""
-        if self._refused is not None or not self._still_receiving():
-            return
-        try:
-            plain = self._phase.incoming.receive(data)
-            if plain:
-                self._phase.temp.write(plain)
-        except (RemoteProtocolError, StorageFault) as exc:
-            self._fail(exc)
-            return
-        self._upload.received += len(data)
-        self._upload.last_progress = self._uploads.clock()
-
-    def end(self) -> PacketEnd:
-        """The packet's content is complete: the file's end, or more to come."""
-        if self._refused is None:
-            self._still_receiving()
-        if self._refused is not None:
-            return self._refused
-        upload, incoming = self._upload, self._phase.incoming
-        try:
-            tail = incoming.end_packet()
-            if tail:
-                self._phase.temp.write(tail)
-        except (RemoteProtocolError, StorageFault) as exc:
-            return self._fail(exc)
-        if not incoming.done:
-            self._uploads.packet_done(upload, self._peer, self._per_request)
-            return MoreToCome(f"packet {incoming.next_packet - 1}/{incoming.total_packets}")
-        try:
-            owner = None if self._per_request else self._peer
-            return self._uploads.complete(upload, self._phase, owner)
-        except StorageFault as exc:
-            self._uploads.discard(upload, "could not be stored")
-            return Refused(str(exc), fault=True)
-
-    def _still_receiving(self) -> bool:
-        """Whether the upload is still this client's, receiving (not discarded meanwhile)."""
-        upload = self._upload
-        if (
-            upload.phase is self._phase
-            and self._uploads.get(upload.client_id, upload.file_name) is upload
-        ):
-            return True
-        self._refused = Refused("the upload was discarded while its packet was arriving")
-        return False
-
-    def _fail(self, exc: Exception) -> Refused:
-        """The attempt is over: drop its file; the packet ends refused."""
-        refused = Refused.of(exc)
-        self._refused = refused
-        self._uploads.attempt_failed(self._upload, self._peer, self._per_request, self._last, exc)
-        return refused
-
-
-@dataclass(frozen=True, eq=False)
-class _FirstInstall(InstallTicket):
-    """A first upload whose row is in the round, waiting for it to be durable."""
-
-    upload: Upload
-    temp: TempBlob
-    path_name: str
-
-
-# -- every client's uploads -------------------------------------------------------
 
 
 class Uploads:
@@ -394,15 +114,14 @@ class Uploads:
         self._metadata = metadata
         self._blobs = blobs
         self._budget = budget
+        #: What a first packet is checked against before its upload starts.
+        self._admission = Admission(limits, metadata, blobs, budget, self)
         self._uploads: dict[bytes, dict[bytes, Upload]] = {}
         self._complete: dict[bytes, dict[bytes, Upload]] = {}
         #: Connections to the uploads they own or stream (closing one is O(its uploads)).
         self._held: dict[Peer, set[Upload]] = {}
-        #: First uploads whose rows are in the round, in order: each is renamed
-        #: onto its name once the round is durable (:meth:`install_first_uploads`).
-        self._to_install: list[_FirstInstall] = []
-        #: First uploads of the round that could not take their names.
-        self._install_failed: set[_FirstInstall] = set()
+        #: The round's first uploads, waiting to take their names (server/installs.py).
+        self.installs = RoundInstalls(metadata, blobs, self.discard)
         #: The clients whose last answer got a "CRC bad", and what that
         #: attempt was (docs/EDITIONS.md, variant 5): their next answer's
         #: flavour depends on it. The others get the flavour they confirmed last.
@@ -425,7 +144,7 @@ class Uploads:
         """The client's uploads in progress, of every name."""
         return list(self._uploads.get(client_id, {}).values())
 
-    def _holding_temps(self, client_id: bytes) -> list[Upload]:
+    def holding_temps(self, client_id: bytes) -> list[Upload]:
         """The client's uploads that hold a temp blob: in progress, or pending versions."""
         waiting = self._complete.get(client_id, {}).values()
         return self.in_progress(client_id) + [
@@ -450,37 +169,9 @@ class Uploads:
             if group is None or upload.group == group
         )
 
-    # -- packets ----------------------------------------------------------------
+    # -- packets (server/packets.py) ----------------------------------------------
 
-    def start_packet(
-        self,
-        client_id: bytes,
-        aes_key: bytes,
-        peer: Peer,
-        per_request: bool,
-        packet: FilePacketStarted,
-    ) -> IncomingPacket:
-        """An 828 under the client's current key starts: where its content goes, how it ends."""
-        upload = self.get(client_id, packet.file_name.text)
-        if upload is not None and upload.held_by_other(peer):
-            return DroppedPacket(Refused("another connection is sending this client's file"))
-        try:
-            order = PacketOrder.of_first(packet)
-        except RemoteProtocolError:
-            return self._continue(upload, peer, per_request, packet)
-        if upload is not None and not upload.continues_on(peer):
-            return DroppedPacket(Refused("another upload of this client and file is in progress"))
-        self._start_over(client_id, peer)
-        name = packet.file_name.text
-        others = sum(other.file_name != name for other in self._holding_temps(client_id))
-        if others >= self._limits.max_uploads_per_client:
-            return DroppedPacket(Refused(
-                "too many uploads of this client in progress (or pending versions"
-                " waiting for their 900)"
-            ))
-        return self._begin(client_id, aes_key, peer, per_request, packet, order)
-
-    def _start_over(self, client_id: bytes, peer: Peer) -> None:
+    def start_over(self, client_id: bytes, peer: Peer) -> None:
         """A first packet on a connection drops the uploads in progress it owns.
 
         A one-connection client sends one file at a time: a new file on its
@@ -491,27 +182,7 @@ class Uploads:
             if upload.owner is peer:
                 self.discard(upload, "replaced by a new upload")
 
-    def _continue(
-        self, upload: Upload | None, peer: Peer, per_request: bool, packet: FilePacketStarted
-    ) -> IncomingPacket:
-        """A further packet of the client's upload in progress."""
-        if upload is None:
-            return DroppedPacket(Refused("packet of a file that is not being sent"))
-        last = upload.order.is_last(packet)
-        phase = upload.phase
-        if not isinstance(phase, Receiving):
-            if last:
-                self.discard(upload, "end of a failed attempt")
-            return DroppedPacket(Dropped(last))
-        try:
-            phase.incoming.start_packet(packet)
-        except RemoteProtocolError as exc:
-            self.attempt_failed(upload, peer, per_request, last, exc)
-            return DroppedPacket(Refused(str(exc)))
-        self._set_holders(upload, owner=upload.owner, streaming=peer)
-        return StreamingPacket(self, upload, peer, per_request, phase, last)
-
-    def _begin(
+    def begin(
         self,
         client_id: bytes,
         aes_key: bytes,
@@ -520,7 +191,14 @@ class Uploads:
         packet: FilePacketStarted,
         order: PacketOrder,
     ) -> IncomingPacket:
-        """A first packet: check the budget and the disk, open the temp blob."""
+        """A first packet: admit it (server/admission.py), open the temp blob.
+
+        Raises nothing: a refusal is the packet's end (:class:`Refused`).
+        """
+        try:
+            self._admission.check_pending_bound(client_id, packet.file_name.text)
+        except Refusal as exc:
+            return DroppedPacket(Refused.of(exc))
 
         preferred = self._preferred_flavour(client_id)
         crc_bad = self._crc_bad.get(client_id)
@@ -534,18 +212,19 @@ class Uploads:
             )
 
         try:
-            if self._budget.uploads_blocked(client_id):
-                raise Refusal("too many failed decryptions for this client in the last hour")
+            self._admission.check_budget(client_id)
             incoming = IncomingFile(
                 aes_key,
                 packet,
+                order,
                 max_content_size=self._limits.max_content_size,
                 # The answer's CRC only, in the one pass: after a 901 both,
                 # as the file itself settles which one goes (CrcBad).
                 crc32=flavour is CrcFlavour.ZLIB or crc_bad is not None,
             )
-            self._check_quota(client_id, packet.file_name.text, incoming.max_plain_size)
-            self._check_disk(peer, incoming.max_plain_size)
+            self._admission.check_room(
+                client_id, packet.file_name.text, peer, incoming.max_plain_size
+            )
             temp = self._blobs.new_temp(client_id)
         except (Refusal, RemoteProtocolError, StorageFault) as exc:
             if order.total > 1:
@@ -557,60 +236,8 @@ class Uploads:
         phase = Receiving(incoming, temp)
         started = upload(phase)
         self._add(started)
-        self._set_holders(started, owner=started.owner, streaming=peer)
+        self.packet_started(started, peer)
         return StreamingPacket(self, started, peer, per_request, phase, order.total == 1)
-
-    def _check_quota(self, client_id: bytes, file_name: bytes, need: int) -> None:
-        """Room for the file's worst case within the client's quota (``max_bytes_per_client``).
-
-        What the client holds: its stored files, its pending versions and its
-        other uploads in progress (each at its worst case). A new version of a
-        stored name counts beside the stored one: both are on disk until its 900.
-
-        Raises:
-            Refusal: the upload could take the client over its quota.
-            StorageFault: the stored bytes cannot be read.
-        """
-        quota = self._limits.max_bytes_per_client
-        if not quota:
-            return
-        held = self._metadata.stored_bytes(client_id) + sum(
-            _bytes_held(upload)
-            for upload in self._holding_temps(client_id)
-            if not (upload.file_name == file_name and isinstance(upload.phase, Receiving))
-        )
-        if held + need > quota:
-            raise Refusal(
-                f"over the client's quota: {held} bytes held, this file up to {need},"
-                f" quota {quota}"
-            )
-
-    def _check_disk(self, peer: Peer, need: int) -> None:
-        """Room for the file's worst case, within this address's share.
-
-        The room is rounded down coarsely (:func:`coarse`), so that probing
-        sizes tells a client the magnitude of the free space, not its bytes.
-
-        Raises:
-            NoRoom: not enough room on the disk.
-            Refusal: not enough room within this address's share.
-        """
-        limits = self._limits
-        free = self._blobs.free_space()
-        usable = free - limits.min_free_disk
-        reserved = self.reserved_bytes()
-        if need > coarse(usable - reserved):
-            raise NoRoom(
-                f"not enough disk space for this file: it may need {size_text(need)};"
-                f" {size_text(free)} free, --min-free-disk {size_text(limits.min_free_disk)},"
-                f" {size_text(reserved)} reserved by uploads in progress"
-            )
-        share = limits.max_disk_share_per_address
-        if need > coarse(int(usable * share) - self.reserved_bytes(peer.group)):
-            raise Refusal(
-                f"not enough disk space for this file within this address's share of the"
-                f" disk (--max-disk-share-per-address {share:g})"
-            )
 
     def attempt_failed(
         self, upload: Upload, peer: Peer, per_request: bool, last: bool, exc: Exception
@@ -625,8 +252,12 @@ class Uploads:
             return
         log.debug("%s: upload for %s failed: %s", upload.address, upload.client_id.hex(), exc)
         self._drop_temp(upload)
-        upload.phase = Failed()
+        upload._enter(Failed())
         self.packet_done(upload, peer, per_request)
+
+    def packet_started(self, upload: Upload, peer: Peer) -> None:
+        """A packet of the upload starts on ``peer``: it streams there until the packet ends."""
+        self._set_holders(upload, owner=upload.owner, streaming=peer)
 
     def packet_done(self, upload: Upload, peer: Peer, per_request: bool) -> None:
         """A packet ended: the connection keeps the upload, or it waits for the next one."""
@@ -636,7 +267,7 @@ class Uploads:
         """The last packet is in: seal the file; install a first upload, keep a later one pending.
 
         A first upload's row goes into the round; its blob takes its name once
-        the round is durable (:meth:`install_first_uploads`), before its answer
+        the round is durable (:meth:`RoundInstalls.end_round`), before its answer
         goes out.
 
         Raises:
@@ -654,8 +285,7 @@ class Uploads:
             commit.record_first(
                 self._metadata, upload.client_id, upload.file_name, path_name, _content(result)
             )
-            awaits = _FirstInstall(upload, phase.temp, path_name)
-            self._to_install.append(awaits)
+            awaits = self.installs.wait(upload, phase.temp, path_name)
             complete: Complete = Installed(result, path_name)
             stored = f"stored as {path_name}"
         else:
@@ -668,7 +298,7 @@ class Uploads:
         if earlier is not None:
             self.discard(earlier, "replaced by a newer upload of the name")
         self._complete.setdefault(upload.client_id, {})[upload.file_name] = upload
-        upload.phase = complete
+        upload._enter(complete)
         upload.completed = self.clock()
         self._set_holders(upload, owner=owner, streaming=None)
         self._arm(upload)
@@ -694,63 +324,6 @@ class Uploads:
         except ValueError:
             return CrcFlavour.CKSUM
 
-    # -- the round's first uploads ------------------------------------------------
-
-    @property
-    def installs_waiting(self) -> bool:
-        """Whether first uploads wait for the round to be durable to take their names."""
-        return bool(self._to_install)
-
-    def install_first_uploads(self) -> AbstractSet[InstallTicket]:
-        """The round is durable: rename each first upload onto its name, in order.
-
-        Returns the tickets of the files that could not take their names
-        (each row is removed, each upload forgotten): their 1603 must not go
-        out.
-        """
-        self._install_waiting()
-        failed, self._install_failed = self._install_failed, set()
-        return failed
-
-    def _install_waiting(self) -> None:
-        """Rename each waiting first upload onto its name, in order; note those that fail."""
-        waiting, self._to_install = self._to_install, []
-        for first in waiting:
-            upload = first.upload
-            try:
-                commit.install_recorded(
-                    self._metadata, self._blobs, first.temp, upload.client_id,
-                    upload.file_name, first.path_name,
-                )
-            except StorageFault as exc:
-                log.error(
-                    "%s: file %s of client %s could not be stored: %s; answered 1607",
-                    upload.address, quoted(upload.file_name), upload.client_id.hex(), exc,
-                )
-                first.temp.discard()
-                self.discard(upload, "could not be stored")
-                self._install_failed.add(first)
-
-    def awaiting_install(self, upload: Upload) -> InstallTicket | None:
-        """The ticket of a first upload still waiting for the round to take its name, if any."""
-        return next((first for first in self._to_install if first.upload is upload), None)
-
-    def abandon_first_uploads(self) -> None:
-        """The round is lost (or the server stops): its first uploads never take their names."""
-        waiting, self._to_install = self._to_install, []
-        self._install_failed.clear()
-        for first in waiting:
-            first.temp.discard()
-            self.discard(first.upload, "its round could not be made durable")
-        if not waiting:
-            return
-        try:  # a commit that reached the database before the sync failed
-            with self._metadata.transaction():
-                for first in waiting:
-                    self._metadata.delete_file(first.upload.client_id, first.upload.file_name)
-        except StorageFault as exc:  # start-up repair removes rows without a file
-            log.error("cannot remove the rows of files never stored: %s", exc)
-
     # -- verdicts ----------------------------------------------------------------
 
     def confirm(self, upload: Upload) -> str:
@@ -766,11 +339,7 @@ class Uploads:
         crashpoints.reached("verify.before_commit")
         if isinstance(phase, Pending):
             self._shares.file_made_durable(upload.group)
-            if any(first.path_name == phase.path_name for first in self._to_install):
-                # The name's first upload came in this same round: it takes its
-                # name first, or it would replace this confirmed version.
-                self._metadata.sync()
-                self._install_waiting()
+            self.installs.install_first_of(phase.path_name)
             try:
                 commit.install_confirmed(
                     self._metadata, phase.temp, upload.client_id, upload.file_name,
@@ -778,7 +347,7 @@ class Uploads:
                 )
             finally:
                 if phase.temp.installed:  # even if only the folder sync failed
-                    upload.phase = Installed(phase.result, phase.path_name)
+                    upload._enter(Installed(phase.result, phase.path_name))
                     log.log(
                         self._log_level(upload),
                         "%s: stored file %s of client %s overwritten by its confirmed new"
@@ -837,12 +406,12 @@ class Uploads:
                 upload.address, quoted(upload.file_name), upload.client_id.hex(), reason,
             )
             phase.temp.discard()
-            upload.phase = GivenUp(phase.result, phase.path_name)
+            upload._enter(GivenUp(phase.result, phase.path_name))
 
     # -- life cycle -------------------------------------------------------------
 
     def _log_level(self, upload: Upload) -> int:
-        """INFO for a line about an upload, DEBUG past its address's budget."""
+        """INFO for a line about an upload, DEBUG past its address group's budget."""
         return self._log_limiter.level(log, upload.group, logging.INFO)
 
     def _add(self, upload: Upload) -> None:
@@ -888,7 +457,7 @@ class Uploads:
 
     def close(self) -> None:
         """Drop every upload (shutdown); first uploads still waiting for their round too."""
-        self.abandon_first_uploads()
+        self.installs.abandon_first_uploads()
         for names in list(self._uploads.values()):
             for upload in list(names.values()):
                 self.discard(upload, "server stopping")
@@ -943,26 +512,9 @@ class Uploads:
         if isinstance(upload.phase, (Receiving, Pending)):
             upload.phase.temp.discard()
             if isinstance(upload.phase, Pending):
-                upload.phase = GivenUp(upload.phase.result, upload.phase.path_name)
-
-
-def _bytes_held(upload: Upload) -> int:
-    """Disk bytes an upload holds or may take: a pending version's, a receiving one's worst case."""
-    if isinstance(upload.phase, Receiving):
-        return upload.phase.incoming.max_plain_size
-    if isinstance(upload.phase, Pending):
-        return upload.phase.result.plain_size
-    return 0
+                upload._enter(GivenUp(upload.phase.result, upload.phase.path_name))
 
 
 def _content(result: ReceivedFile) -> commit.Content:
     """What the file's row records of the plaintext stored: its size and cksum."""
     return commit.Content(size=result.plain_size, cksum=result.cksum)
-
-
-def coarse(amount: int) -> int:
-    """``amount`` rounded down to 1/2**DISK_ROOM_PRECISION_BITS of its magnitude (0 if negative)."""
-    if amount <= 0:
-        return 0
-    step = 1 << max(0, amount.bit_length() - 1 - DISK_ROOM_PRECISION_BITS)
-    return amount - amount % step

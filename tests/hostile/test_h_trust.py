@@ -426,7 +426,7 @@ def test_h8_one_address_reserves_at_most_its_share(server_factory, tmpfs, tmp_pa
 
 
 def test_h8_the_room_is_told_coarsely():
-    from server.upload import DISK_ROOM_PRECISION_BITS, coarse
+    from server.admission import DISK_ROOM_PRECISION_BITS, coarse
 
     step = 1 << 20
     for amount in (5, 1000, 2 * MIB + 12345, 53 * 10**9 + 777, 2**32 - 1):

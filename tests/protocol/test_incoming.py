@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from protocol import FilePacketStarted, RemoteProtocolError, cksum, crypto
 from protocol.errors import LocalProtocolError
 from protocol.names import NameField
-from protocol.incoming import MAX_ZERO_FILL, IncomingFile, is_first_packet
+from protocol.incoming import MAX_ZERO_FILL, IncomingFile, PacketOrder, is_first_packet
 
 KEY = bytes(range(32))
 CLIENT = b"c" * 16
@@ -62,7 +62,7 @@ def feed(packets, *, piece: int | None = None, key=KEY) -> tuple[bytes, Incoming
     incoming = None
     for event, content in packets:
         if incoming is None:
-            incoming = IncomingFile(key, event)
+            incoming = IncomingFile(key, event, PacketOrder.of_first(event))
         else:
             incoming.start_packet(event)
         step = piece or max(len(content), 1)
@@ -118,7 +118,8 @@ def test_fill_longer_than_allowed_is_refused():
     ciphertext = crypto.encrypt(KEY, data)
     content = ciphertext + bytes(MAX_ZERO_FILL + 1)
     with pytest.raises(RemoteProtocolError, match="more than content_size"):
-        IncomingFile(KEY, packet(1, 1, content, content_size=16, orig=10)[0])
+        event = packet(1, 1, content, content_size=16, orig=10)[0]
+        IncomingFile(KEY, event, PacketOrder.of_first(event))
 
 
 def test_variant5_swapped_fields():
@@ -166,19 +167,41 @@ def test_variant6_plaintext_must_add_up_to_orig_size():
 )
 def test_d1_content_size_must_fit_orig_size(content_size, orig):
     with pytest.raises(RemoteProtocolError, match="PKCS#7"):
-        IncomingFile(KEY, packet(1, 1, b"x" * content_size, content_size=content_size, orig=orig)[0])
+        event = packet(1, 1, b"x" * content_size, content_size=content_size, orig=orig)[0]
+        IncomingFile(KEY, event, PacketOrder.of_first(event))
 
 
 def test_d1_content_size_over_the_limit():
     event, _ = packet(1, 2, b"\0" * 16, content_size=2048, orig=2040)
     with pytest.raises(RemoteProtocolError, match="over the limit"):
-        IncomingFile(KEY, event, max_content_size=1024)
+        IncomingFile(KEY, event, PacketOrder.of_first(event), max_content_size=1024)
 
 
 @pytest.mark.parametrize("number, total", [(0, 1), (1, 0), (0, 0), (2, 3), (3, 2)])
 def test_d2_bad_first_packet_numbers(number, total):
+    event = packet(number, total, bytes(16), content_size=32, orig=20)[0]
+    assert PacketOrder.of_packet(event) is None
     with pytest.raises(RemoteProtocolError):
-        IncomingFile(KEY, packet(number, total, bytes(16), content_size=32, orig=20)[0])
+        PacketOrder.of_first(event)
+
+
+@pytest.mark.parametrize(
+    "number, total, swapped", [(2, 3, False), (3, 2, True), (1, 3, True), (3, 1, False)]
+)
+def test_a_file_is_built_only_from_its_first_packet_and_that_packets_order(number, total, swapped):
+    event = packet(number, total, bytes(16), content_size=32, orig=20)[0]
+    with pytest.raises(LocalProtocolError):
+        IncomingFile(KEY, event, PacketOrder(total=3, swapped=swapped))
+
+
+@pytest.mark.parametrize("number, total", [(1, 4), (4, 1), (1, 1)])
+def test_the_order_of_a_first_packet_is_found_in_one_pass(number, total):
+    event = packet(number, total, bytes(16), content_size=32, orig=20)[0]
+    order = PacketOrder.of_packet(event)
+    assert order == PacketOrder.of_first(event)
+    assert order is not None and order.total == max(number, total)
+    assert order.swapped is (number > total)
+    assert order.position(event) == (1, order.total)
 
 
 def test_d2_out_of_order_duplicate_and_beyond_total():
@@ -247,7 +270,7 @@ def feed_error(packets, key=KEY) -> str:
 def test_padding_byte_never_reaches_the_caller_before_the_check():
     data = os.urandom(70)
     (event, content), = whole_file_packets(data, 4096)
-    incoming = IncomingFile(KEY, event)
+    incoming = IncomingFile(KEY, event, PacketOrder.of_first(event))
     early = bytes(incoming.receive(content))
     assert early == data[:64]  # the last block, with the padding, is held back
     assert early + incoming.end_packet() == data
@@ -255,7 +278,7 @@ def test_padding_byte_never_reaches_the_caller_before_the_check():
 
 def test_events_out_of_order_are_local_errors():
     (event, content), = whole_file_packets(b"abc", 4096)
-    incoming = IncomingFile(KEY, event)
+    incoming = IncomingFile(KEY, event, PacketOrder.of_first(event))
     with pytest.raises(LocalProtocolError):
         incoming.end_packet()
     with pytest.raises(LocalProtocolError):
