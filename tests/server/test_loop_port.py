@@ -220,7 +220,7 @@ def test_a_first_upload_is_answered_by_its_install_ticket(rig, monkeypatch):
             monkeypatch.setattr(TempFile, "install", install)
         (packet,) = file_packets(who, name, b"ticket " * 100, 1 << 16)
         rig.send(packet)
-        assert isinstance(rig.app.uploads.awaiting_install(_upload(rig, who, name)), InstallTicket)
+        assert isinstance(rig.app.uploads.installs.awaiting_install(_upload(rig, who, name)), InstallTicket)
         rig.end_round()
         (answer,) = rig.answers()
         assert isinstance(answer, GeneralError if fails else FileReceived)
