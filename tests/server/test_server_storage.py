@@ -14,9 +14,9 @@ from server.limits import Limits
 from server.errors import DurabilityLost, NameTaken, StorageFault, StoreUnusable
 from server.storage.folder import TEMP_PREFIX, FolderBlobs
 from server.storage.names import MAX_STORED_NAME_BYTES, stored_name
-from server.storage.sqlite import SqliteMetadata
+from server.storage.sqlite import DEFAULT_BUSY_TIMEOUT, SqliteMetadata
 
-BUSY_TIMEOUT = Limits().busy_timeout
+BUSY_TIMEOUT = DEFAULT_BUSY_TIMEOUT
 
 
 def open_metadata(path) -> SqliteMetadata:

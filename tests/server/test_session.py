@@ -60,7 +60,7 @@ class Harness:
 
     def __init__(self, data_dir: Path, limits: Limits) -> None:
         self.clock = Clock()
-        self.metadata = SqliteMetadata.open(data_dir / DB_NAME, limits.busy_timeout)
+        self.metadata = SqliteMetadata.open(data_dir / DB_NAME)
         self.app = App.build(self.metadata, FolderBlobs(data_dir), limits, clock=self.clock)
         self._ports = iter(range(40000, 60000))
 
