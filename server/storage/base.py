@@ -154,7 +154,8 @@ class MetadataStore(Protocol):
         ...
 
     def close(self) -> None:
-        """Write pending stamps and let go of the store."""
+        """Write pending stamps and let go of the store; then every other method raises
+        StorageFault, and ``close`` does nothing."""
         ...
 
     # clients

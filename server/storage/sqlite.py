@@ -341,6 +341,7 @@ class SqliteMetadata:
         self._wal_fd = -1
         #: Why an fsync failed: from then on no sync succeeds (:class:`DurabilityLost`).
         self._durability_lost: str | None = None
+        self._closed = False
 
     @classmethod
     def open(
@@ -406,7 +407,10 @@ class SqliteMetadata:
                         connection.execute(filling, {"now": time.time()})
 
     def close(self) -> None:
-        """Write pending timestamps, make them durable, and close."""
+        """Write pending timestamps, make them durable, and close (again: nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.flush()
             self.sync()
