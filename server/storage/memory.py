@@ -298,7 +298,7 @@ class MemoryMetadata:
         )
 
     def upsert_file(self, client_id: bytes, file_name: bytes, path_name: str) -> None:
-        """Insert or reset a file's row (Verified false; size and cksum kept); the client is used."""
+        """Insert or reset a file's row (unverified; size and cksum kept); the client is used."""
         self._check_open()
         key = (client_id, bytes(file_name))
         row = FileRow(id=client_id, file_name=bytes(file_name), path_name=path_name,
