@@ -1,8 +1,9 @@
 """``python -m server`` (also the ``cipherdrop-server`` console script).
 
 Reads ``port.info`` in the data folder (missing or invalid: a warning and port
-1256), creates the data folder if needed, opens ``defensive.db`` and
-``received_files/`` there, repairs what a crash left, and serves until Ctrl-C,
+1256), creates the data folder if needed, opens the stores (``--metadata``
+and ``--blobs``; by default ``defensive.db`` and ``received_files/`` in the
+data folder: server/storage/factory.py), repairs what a crash left, and serves until Ctrl-C,
 SIGTERM or SIGHUP. Then it drains: it stops accepting, closes the connections
 that hold nothing, lets uploads in progress finish for ``--drain-timeout``
 seconds (a second signal cuts them at once), logs what it cut off, closes the
@@ -50,11 +51,11 @@ from .peer import address_group
 from .storage import BlobStore, MetadataStore
 from .storage.commit import repair
 from .storage.factory import (
-    BLOB_BACKENDS,
     BLOBS_OPTION,
-    METADATA_BACKENDS,
     METADATA_OPTION,
     StoreUrls,
+    blobs_help,
+    metadata_help,
     open_stores,
 )
 from .storage.lock import DataDirLock
@@ -113,17 +114,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         METADATA_OPTION, metavar="URL", default=None,
-        help="where clients and file rows are kept, as"
-        f" {' or '.join(f'{scheme}:///PATH' for scheme in METADATA_BACKENDS)}"
-        " (sqlite: takes ?busy_timeout=SECONDS, default 0.25: how long a write waits"
-        " for a lock another process holds; every connection waits meanwhile)"
-        " (default: sqlite:///DATA-DIR/defensive.db)",
+        help=f"where clients and file rows are kept: {metadata_help()}",
     )
     parser.add_argument(
         BLOBS_OPTION, metavar="URL", default=None,
-        help="where received files' content is kept, as"
-        f" {' or '.join(f'{scheme}:///PATH' for scheme in BLOB_BACKENDS)}"
-        " (default: file:///DATA-DIR/received_files)",
+        help=f"where received files' content is kept: {blobs_help()}",
     )
     parser.add_argument(
         "--log-level", default="INFO",

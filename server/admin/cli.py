@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 from protocol import __version__
 from protocol.printable import escape_controls, quoted
@@ -24,11 +24,11 @@ from ..errors import BadStoreUrl, LockError, StorageFault
 from ..peer import address_group
 from ..storage.commit import finish_removals, remove_client
 from ..storage.factory import (
-    BLOB_BACKENDS,
     BLOBS_OPTION,
-    METADATA_BACKENDS,
     METADATA_OPTION,
     StoreUrls,
+    blobs_help,
+    metadata_help,
     open_blob_reader,
     open_inventory,
     open_stores,
@@ -136,11 +136,6 @@ def _client_id(text: str) -> bytes:
     return client_id
 
 
-def _forms(backends: Iterable[str]) -> str:
-    """How a store URL of each known scheme is written."""
-    return " or ".join(f"{scheme}:///PATH" for scheme in backends)
-
-
 def _add_common_options(parser: argparse.ArgumentParser, data_dir: object, json: object) -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=data_dir,
@@ -150,11 +145,11 @@ def _add_common_options(parser: argparse.ArgumentParser, data_dir: object, json:
     store_default = None if data_dir is not argparse.SUPPRESS else argparse.SUPPRESS
     parser.add_argument(
         METADATA_OPTION, metavar="URL", default=store_default,
-        help=f"the server's {METADATA_OPTION}, if it was given one ({_forms(METADATA_BACKENDS)})",
+        help=f"the server's {METADATA_OPTION}, if it was given one: {metadata_help()}",
     )
     parser.add_argument(
         BLOBS_OPTION, metavar="URL", default=store_default,
-        help=f"the server's {BLOBS_OPTION}, if it was given one ({_forms(BLOB_BACKENDS)})",
+        help=f"the server's {BLOBS_OPTION}, if it was given one: {blobs_help()}",
     )
     parser.add_argument("--json", action="store_true", default=json, help="JSON for scripts")
 

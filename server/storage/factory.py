@@ -35,6 +35,9 @@ class MetadataBackend(Protocol):
     """A kind of metadata store, as the factory opens it."""
 
     scheme: str
+    #: How ``--help`` shows its URL (with its options), and its default place.
+    form: str
+    default_form: str
 
     def default(self, data_dir: Path) -> StoreUrl:
         """Where the store is when no URL is given."""
@@ -57,6 +60,8 @@ class BlobBackend(Protocol):
     """A kind of blob store, as the factory opens it."""
 
     scheme: str
+    form: str
+    default_form: str
 
     def default(self, data_dir: Path) -> StoreUrl: ...
     def check(self, url: StoreUrl) -> None: ...
@@ -81,6 +86,22 @@ BLOB_BACKENDS: Mapping[str, BlobBackend] = {
 #: The backends used when no URL is given.
 DEFAULT_METADATA = sqlite.BACKEND.scheme
 DEFAULT_BLOBS = folder.BACKEND.scheme
+
+
+def help_text(backends: Mapping[str, MetadataBackend | BlobBackend], default: str) -> str:
+    """The URL forms of the known backends, and the default place, for ``--help``."""
+    forms = " or ".join(backend.form for backend in backends.values())
+    return f"{forms} (default: {backends[default].default_form})"
+
+
+def metadata_help() -> str:
+    """``--metadata``'s help: the forms the metadata backends take."""
+    return help_text(METADATA_BACKENDS, DEFAULT_METADATA)
+
+
+def blobs_help() -> str:
+    """``--blobs``'s help: the forms the blob backends take."""
+    return help_text(BLOB_BACKENDS, DEFAULT_BLOBS)
 
 
 def parse_url(text: str, backends: Mapping[str, object], option: str) -> StoreUrl:

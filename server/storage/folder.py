@@ -510,6 +510,9 @@ class FolderBackend:
     """``file:///PATH``: the blob store in a local folder (a data folder's ``received_files/``)."""
 
     scheme = "file"
+    #: How ``--help`` shows its URL, and its default place.
+    form = "file:///PATH (a folder; made if missing)"
+    default_form = f"file:///DATA-DIR/{RECEIVED_DIR}"
 
     def default(self, data_dir: Path) -> StoreUrl:
         """``received_files/`` in the data folder."""

@@ -737,6 +737,14 @@ class SqliteBackend:
     """``sqlite:///PATH[?busy_timeout=SECONDS]``: the metadata store in one SQLite file."""
 
     scheme = "sqlite"
+    #: How ``--help`` shows its URL.
+    form = (
+        f"sqlite:///PATH[?{BUSY_TIMEOUT_OPTION}=SECONDS] (the seconds a write waits for a lock"
+        f" another process holds, default {DEFAULT_BUSY_TIMEOUT:g}; every connection waits"
+        " meanwhile)"
+    )
+    #: The default place, as ``--help`` shows it.
+    default_form = f"sqlite:///DATA-DIR/{DB_NAME}"
 
     def default(self, data_dir: Path) -> StoreUrl:
         """``defensive.db`` in the data folder."""
