@@ -110,7 +110,7 @@ def _registration_costs(clients: int, room: int, repeat: int) -> dict[str, float
 
     with tempfile.TemporaryDirectory() as folder:
         limits = Limits(max_clients=clients + room, registrations_per_minute=0)
-        metadata = SqliteMetadata.open(Path(folder) / DB_NAME, limits.busy_timeout)
+        metadata = SqliteMetadata.open(Path(folder) / DB_NAME)
         app = App.build(metadata, FolderBlobs(Path(folder)), limits, clock=FakeClock())
         _fill(metadata, clients, app.wall_clock())
         names = iter(range(10**9))

@@ -1,8 +1,9 @@
 """``python -m server`` (also the ``cipherdrop-server`` console script).
 
 Reads ``port.info`` in the data folder (missing or invalid: a warning and port
-1256), creates the data folder if needed, opens ``defensive.db`` and
-``received_files/`` there, repairs what a crash left, and serves until Ctrl-C,
+1256), creates the data folder if needed, opens the stores (``--metadata``
+and ``--blobs``; by default ``defensive.db`` and ``received_files/`` in the
+data folder: server/storage/factory.py), repairs what a crash left, and serves until Ctrl-C,
 SIGTERM or SIGHUP. Then it drains: it stops accepting, closes the connections
 that hold nothing, lets uploads in progress finish for ``--drain-timeout``
 seconds (a second signal cuts them at once), logs what it cut off, closes the
@@ -29,7 +30,7 @@ from protocol import __version__
 
 from . import crashpoints, logsetup
 from .app import App
-from .errors import DurabilityLost, LockError, StorageFault
+from .errors import BadStoreUrl, DurabilityLost, LockError, StorageFault
 from .limits import HELP, LimitOutOfBounds, Limits, size_text
 from .loop import Server, create_listener
 from .metrics import NO_METRICS, Metrics, MetricsUnavailable, PrometheusMetrics
@@ -47,10 +48,17 @@ from .options import (
     whole_number,
 )
 from .peer import address_group
+from .storage import BlobStore, MetadataStore
 from .storage.commit import repair
-from .storage.folder import FolderBlobs
+from .storage.factory import (
+    BLOBS_OPTION,
+    METADATA_OPTION,
+    StoreUrls,
+    blobs_help,
+    metadata_help,
+    open_stores,
+)
 from .storage.lock import DataDirLock
-from .storage.sqlite import DB_NAME, SqliteMetadata
 
 log = logging.getLogger("server")
 
@@ -101,7 +109,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--data-dir", type=Path, default=Path("."),
-        help=f"folder of {PORT_FILE}, {DB_NAME} and received_files/ (created if missing)",
+        help=f"folder of {PORT_FILE}, the lock, and by default the database and"
+        " received_files/ (created if missing)",
+    )
+    parser.add_argument(
+        METADATA_OPTION, metavar="URL", default=None,
+        help=f"where clients and file rows are kept: {metadata_help()}",
+    )
+    parser.add_argument(
+        BLOBS_OPTION, metavar="URL", default=None,
+        help=f"where received files' content is kept: {blobs_help()}",
     )
     parser.add_argument(
         "--log-level", default="INFO",
@@ -185,7 +202,9 @@ def _limits(args: argparse.Namespace) -> Limits:
     return Limits(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(Limits)})
 
 
-def _open_storage(data_dir: Path, limits: Limits) -> tuple[SqliteMetadata, FolderBlobs]:
+def _open_storage(
+    urls: StoreUrls, limits: Limits
+) -> tuple[MetadataStore, BlobStore]:
     """Open the stores and repair what a crash left.
 
     The caller holds the data folder's lock (:class:`DataDirLock`).
@@ -194,20 +213,19 @@ def _open_storage(data_dir: Path, limits: Limits) -> tuple[SqliteMetadata, Folde
         StorageFault: with a message for the operator.
     """
     group_of = functools.partial(address_group, ipv6_prefix=limits.ipv6_prefix)
-    metadata = SqliteMetadata.open(data_dir / DB_NAME, limits.busy_timeout, group_of)
+    metadata, blobs = open_stores(urls, group_of)
     try:
-        blobs = FolderBlobs(data_dir)
         report = repair(metadata, blobs)
     except OSError as exc:
         metadata.close()
-        raise StorageFault(f"cannot repair {data_dir}: {exc}") from exc
+        raise StorageFault(f"cannot repair {urls.blobs}: {exc}") from exc
     except StorageFault:
         metadata.close()
         raise
     log.info(
-        "data in %s: %d client(s), %d file(s); %d temp file(s) removed,"
+        "data in %s and %s: %d client(s), %d file(s); %d temp file(s) removed,"
         " %d row(s) without a file removed, %d file(s) without a row and %d stray(s) moved aside",
-        data_dir.resolve(), metadata.count_clients(), len(metadata.file_rows()),
+        urls.metadata, urls.blobs, metadata.count_clients(), len(metadata.file_rows()),
         report.temps_removed, report.rows_removed, report.blobs_set_aside,
         report.strays_set_aside,
     )
@@ -235,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if crash_point:
         log.warning("test-only crash point %s armed: this server will kill itself", crash_point)
+    try:
+        urls = StoreUrls.given(args.metadata, args.blobs, args.data_dir.resolve())
+    except BadStoreUrl as exc:
+        parser.error(str(exc))
     raise_descriptor_limit(limits.max_connections)
     try:
         data_dir = prepare_data_dir(args.data_dir)
@@ -248,12 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return EXIT_STARTUP_FAILED
     try:
-        return _serve(args, limits, data_dir, port)
+        return _serve(args, limits, urls, port)
     finally:
         lock.release()
 
 
-def warn_if_disk_short(blobs: FolderBlobs, min_free_disk: int, data_dir: Path) -> None:
+def warn_if_disk_short(blobs: BlobStore, min_free_disk: int, where: object) -> None:
     """Warn when the disk already has less free space than ``--min-free-disk`` needs.
 
     Every upload would be refused (each refusal is a warning too): say so
@@ -264,7 +286,7 @@ def warn_if_disk_short(blobs: FolderBlobs, min_free_disk: int, data_dir: Path) -
         log.warning(
             "only %s free on the disk of %s, below --min-free-disk %s: every upload will be"
             " refused until space is freed (or --min-free-disk lowered)",
-            size_text(free), data_dir.resolve(), size_text(min_free_disk),
+            size_text(free), where, size_text(min_free_disk),
         )
 
 
@@ -325,7 +347,7 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) -> int:
+def _serve(args: argparse.Namespace, limits: Limits, urls: StoreUrls, port: int) -> int:
     """Open the storage, listen and serve until a stop signal; the exit code."""
     try:
         metrics = start_metrics(args.metrics)
@@ -337,20 +359,20 @@ def _serve(args: argparse.Namespace, limits: Limits, data_dir: Path, port: int) 
                   listen_failure(exc, args.metrics[0], args.metrics[1]))
         return EXIT_STARTUP_FAILED
     try:
-        return _serve_with(args, limits, data_dir, port, metrics)
+        return _serve_with(args, limits, urls, port, metrics)
     finally:
         metrics.close()
 
 
 def _serve_with(
-    args: argparse.Namespace, limits: Limits, data_dir: Path, port: int, metrics: Metrics
+    args: argparse.Namespace, limits: Limits, urls: StoreUrls, port: int, metrics: Metrics
 ) -> int:
     try:
-        metadata, blobs = _open_storage(data_dir, limits)
+        metadata, blobs = _open_storage(urls, limits)
     except StorageFault as exc:
         log.error("cannot start: %s", exc)
         return EXIT_STARTUP_FAILED
-    warn_if_disk_short(blobs, limits.min_free_disk, data_dir)
+    warn_if_disk_short(blobs, limits.min_free_disk, urls.blobs)
     try:
         listener = create_listener(args.host, port)
     except OSError as exc:

@@ -84,6 +84,14 @@ class StoreUnusable(StorageFault):
     """At start-up: the database or the folder cannot be used (left untouched)."""
 
 
+class BlobMissing(StorageFault):
+    """A blob store holds nothing under the path name asked for."""
+
+
+class BadStoreUrl(ValueError):
+    """A ``--metadata`` or ``--blobs`` value no store takes; the message says why."""
+
+
 class NameTaken(ServerError):
     """The metadata store already holds this client name."""
 

@@ -19,8 +19,6 @@ from .peer import DEFAULT_IPV6_PREFIX, IPV6_BITS
 
 KIB = 1024
 MIB = 1024 * KIB
-#: SQLite takes its busy timeout as a signed 32-bit count of milliseconds.
-MAX_BUSY_TIMEOUT = (2**31 - 1) // 1000
 HELP = "help"
 MINIMUM = "minimum"
 #: The value must be strictly greater than the minimum.
@@ -186,15 +184,6 @@ class Limits:
         " (a 2024A client asks again within it; a 2023C client then reads it)",
         minimum=0,
         exclusive=True,
-    )
-    #: Short, not SQLite's usual seconds: the loop is one thread, so while a
-    #: statement waits every connection waits; a write that cannot get the
-    #: lock soon fails instead (1607, the client retries).
-    busy_timeout: float = limit(
-        0.25,
-        "seconds a database write waits for a lock another process holds"
-        " (every connection waits meanwhile; then 1607)",
-        maximum=MAX_BUSY_TIMEOUT,
     )
     #: server/budget.py: each failed decryption answers a guess about the key.
     max_decryption_failures_per_key: int = limit(

@@ -20,13 +20,21 @@ from protocol import __version__
 from protocol.printable import escape_controls, quoted
 
 from .. import crashpoints
-from ..errors import LockError, StorageFault
-from ..limits import Limits
+from ..errors import BadStoreUrl, LockError, StorageFault
+from ..peer import address_group
 from ..storage.commit import finish_removals, remove_client
-from ..storage.folder import RECEIVED_DIR, FolderBlobs
-from ..storage.inventory import ClientSummary, Inventory, StoredFile, parse_client_id
+from ..storage.factory import (
+    BLOBS_OPTION,
+    METADATA_OPTION,
+    StoreUrls,
+    blobs_help,
+    metadata_help,
+    open_blob_reader,
+    open_inventory,
+    open_stores,
+)
+from ..storage.inventory import ClientSummary, InventoryView, StoredFile, parse_client_id
 from ..storage.lock import DataDirLock, is_locked
-from ..storage.sqlite import DB_NAME, SqliteMetadata
 from . import output, unused
 from .verify import Check, Verdict, check_all
 
@@ -131,7 +139,17 @@ def _client_id(text: str) -> bytes:
 def _add_common_options(parser: argparse.ArgumentParser, data_dir: object, json: object) -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=data_dir,
-        help=f"the server's data folder (with {DB_NAME} and received_files/; default: .)",
+        help="the server's data folder (its lock, and by default defensive.db and"
+        " received_files/; default: .)",
+    )
+    store_default = None if data_dir is not argparse.SUPPRESS else argparse.SUPPRESS
+    parser.add_argument(
+        METADATA_OPTION, metavar="URL", default=store_default,
+        help=f"the server's {METADATA_OPTION}, if it was given one: {metadata_help()}",
+    )
+    parser.add_argument(
+        BLOBS_OPTION, metavar="URL", default=store_default,
+        help=f"the server's {BLOBS_OPTION}, if it was given one: {blobs_help()}",
     )
     parser.add_argument("--json", action="store_true", default=json, help="JSON for scripts")
 
@@ -154,7 +172,8 @@ def main(
         _say_why(prog, exc)
         return int(Exit.USAGE)
     except StorageFault as exc:  # StoreUnusable too
-        _say_why(prog, exc)
+        hint = _HINT if isinstance(exc.__cause__, PermissionError) else ""
+        _say_why(prog, AdminError(f"{exc}{hint}", Exit.UNUSABLE))
         return int(Exit.UNUSABLE)
     except BrokenPipeError:  # ``admin files | head``: the reader had enough
         _silence_stdout()
@@ -179,15 +198,29 @@ def _silence_stdout() -> None:
 # -- read-only commands -------------------------------------------------------------
 
 
-def _inventory(args: argparse.Namespace) -> Inventory:
-    _check_folder(args.data_dir)
-    return Inventory.open(args.data_dir)
+def store_urls(args: argparse.Namespace) -> StoreUrls:
+    """Where the stores are: ``--metadata`` and ``--blobs``, else in ``--data-dir``.
+
+    Raises:
+        AdminError: a value is not a store's URL (exit 2).
+    """
+    try:
+        return StoreUrls.given(args.metadata, args.blobs, args.data_dir)
+    except BadStoreUrl as exc:
+        raise AdminError(str(exc), Exit.USAGE) from exc
+
+
+def _inventory(args: argparse.Namespace) -> InventoryView:
+    urls = store_urls(args)
+    if args.metadata is None:  # in the data folder: say so if it is not one
+        _check_folder(args.data_dir)
+    return open_inventory(urls.metadata)
 
 
 def _check_folder(data_dir: Path) -> None:
     """Refuse, with the reason, a data folder that is missing, not a folder or unreadable.
 
-    A folder without the database (a foreign one) is refused by :meth:`Inventory.open`.
+    A folder without the database (a foreign one) is refused by the inventory's opening.
 
     Raises:
         AdminError: exit 4.
@@ -206,13 +239,15 @@ def _check_folder(data_dir: Path) -> None:
 def _unreadable(path: Path | str, exc: OSError) -> str:
     """Why a path cannot be used, and the usual way out."""
     reason = exc.strerror or str(exc)
-    hint = " (run it as the server's user, e.g. sudo -u cipherdrop)" if isinstance(
-        exc, PermissionError
-    ) else ""
+    hint = _HINT if isinstance(exc, PermissionError) else ""
     return f"cannot use {exc.filename or path}: {reason}{hint}"
 
 
-def _find(inventory: Inventory, args: argparse.Namespace) -> ClientSummary:
+#: The usual way out of a permission denied.
+_HINT = " (run it as the server's user, e.g. sudo -u cipherdrop)"
+
+
+def _find(inventory: InventoryView, args: argparse.Namespace) -> ClientSummary:
     """The client the command names: by its name, or by ``--id``; never one for the other."""
     if args.client_id is not None:
         client = inventory.client_by_id(args.client_id)
@@ -316,11 +351,8 @@ def show_client(args: argparse.Namespace, out: TextIO) -> Exit:
 def verify(args: argparse.Namespace, out: TextIO) -> Exit:
     """``verify``: exit 1 if a file changed or is missing (exit 4 if their folder is unreadable)."""
     inventory = _inventory(args)
-    received = args.data_dir / RECEIVED_DIR
-    if received.exists():  # else each file is missing
-        _check_folder(received)
     try:
-        checks = check_all(inventory, args.data_dir)
+        checks = check_all(inventory, open_blob_reader(store_urls(args).blobs))
     finally:
         inventory.close()
     records = [_check_record(check) for check in checks]
@@ -375,9 +407,8 @@ def delete_client(args: argparse.Namespace, out: TextIO) -> Exit:
     out.write(f"deleting {what}\n")
     out.flush()
     try:
-        metadata = SqliteMetadata.open(args.data_dir / DB_NAME, Limits().busy_timeout)
+        metadata, blobs = open_stores(store_urls(args), address_group)
         try:
-            blobs = FolderBlobs(args.data_dir)
             finish_removals(metadata, blobs)
             if metadata.client_by_id(client.id) is None:
                 raise AdminError(f"client {client.id.hex()} is gone already", Exit.PROBLEM)

@@ -21,8 +21,9 @@ from ..errors import LockError
 from ..limits import Limits
 from ..options import finite_number
 from ..storage.inventory import UnusedClient
+from ..peer import address_group
+from ..storage.factory import open_metadata
 from ..storage.lock import DataDirLock, is_locked
-from ..storage.sqlite import DB_NAME, SqliteMetadata
 from . import output
 
 UNUSED_COLUMNS = ("name", "id", "has_key", "registered_from", "unused_for", "last_seen")
@@ -88,7 +89,7 @@ def list_unused(args: argparse.Namespace, out: TextIO) -> int:
 
 def purge_unused(args: argparse.Namespace, out: TextIO) -> int:
     """``purge-unused [--older-than SECONDS] --yes``: under the data folder's lock, or refused."""
-    from .cli import AdminError, Exit, _inventory
+    from .cli import AdminError, Exit, _inventory, store_urls
 
     now = time.time()
     inventory = _inventory(args)
@@ -112,7 +113,7 @@ def purge_unused(args: argparse.Namespace, out: TextIO) -> int:
             ) from exc
         raise AdminError(str(exc), Exit.UNUSABLE) from exc
     try:
-        metadata = SqliteMetadata.open(args.data_dir / DB_NAME, Limits().busy_timeout)
+        metadata = open_metadata(store_urls(args).metadata, address_group)
         try:
             with metadata.transaction():
                 for client in found:

@@ -5,29 +5,24 @@ Each file row gets one verdict (:class:`Verdict`). ``missing`` and
 installed before sizes and cksums were recorded) is reported, not a failure:
 there is nothing to compare with. A file that differs is checked once more
 against its row read again, so that a version a running server installs
-meanwhile (rename, then commit: server/storage/commit.py) is not reported.
+meanwhile (rename, then commit: server/storage/commit.py) is not reported. Files are
+read through the blob store's reader (:meth:`BlobReader.open`), whatever the backend.
 """
 
 from __future__ import annotations
 
 import enum
-import os
-import stat
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 from protocol import Cksum
-from protocol.printable import quoted
 
-from ..storage.folder import stored_path
-from ..storage.inventory import Inventory, StoredFile
+from ..errors import StorageFault
+from ..storage.base import BlobReader
+from ..storage.inventory import InventoryView, StoredFile
 
 #: Read this much of a file at a time: memory stays bounded.
 READ_CHUNK = 1024 * 1024
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(
-    os, "O_BINARY", 0
-)
 
 
 class Verdict(enum.Enum):
@@ -53,7 +48,7 @@ class Check:
     detail: str = ""
 
 
-def check_all(inventory: Inventory, data_dir: Path) -> list[Check]:
+def check_all(inventory: InventoryView, blobs: BlobReader) -> list[Check]:
     """Check every file row.
 
     Raises:
@@ -61,31 +56,22 @@ def check_all(inventory: Inventory, data_dir: Path) -> list[Check]:
     """
     checks = []
     for stored in inventory.files():
-        check = check_file(stored, data_dir)
+        check = check_file(stored, blobs)
         if check.verdict.failed:
             again = inventory.refreshed(stored)
             if again is not None and again != stored:
-                check = check_file(again, data_dir)
+                check = check_file(again, blobs)
         checks.append(check)
     return checks
 
 
-def check_file(stored: StoredFile, data_dir: Path) -> Check:
-    """One file against its row."""
-    path = stored_path(data_dir, stored.path_name)
-    if path is None:
-        return Check(
-            stored, Verdict.MISSING, f"{quoted(stored.path_name)} is not a stored file's name"
-        )
+def check_file(stored: StoredFile, blobs: BlobReader) -> Check:
+    """One file against its row, read through the blob store."""
     try:
-        fd = os.open(path, _READ_FLAGS)
-    except FileNotFoundError:
-        return Check(stored, Verdict.MISSING, "no such file")
-    except OSError as exc:
-        return Check(stored, Verdict.MISSING, f"cannot open it: {exc.strerror or exc}")
-    with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return Check(stored, Verdict.MISSING, "not a regular file")
+        file = blobs.open(stored.path_name)
+    except StorageFault as exc:  # BlobMissing; not a stored file's name, not a file, unreadable
+        return Check(stored, Verdict.MISSING, str(exc))
+    with file:
         if stored.size is None or stored.cksum is None:
             return Check(stored, Verdict.UNRECORDED, "installed before checksums were recorded")
         size, value = _cksum(file)

@@ -5,22 +5,39 @@
 * :mod:`.sqlite`: the metadata store in SQLite (``defensive.db``);
 * :mod:`.folder`: the blob store in a local folder (``received_files/``), with
   the safe stored names of :mod:`.names`;
+* :mod:`.memory`: both stores in memory (the tests' pair);
+* :mod:`.factory`: the one place that knows the backends: it opens the
+  stores from ``--metadata`` and ``--blobs`` (URL-like; a new backend is
+  one module here and one line in its table);
 * :mod:`.commit`: the order of durable writes across the two, and start-up
   repair;
 * :mod:`.lock`: one server per data folder;
-* :mod:`.inventory`: a read-only view of the database for ``admin``.
+* :mod:`.inventory`: a read-only view of the metadata for ``admin``
+  (:class:`~.inventory.InventoryView`; SQLite's is :class:`~.inventory.Inventory`).
 
 Nothing outside this package imports ``sqlite3``.
 """
 
-from .base import BlobEntry, BlobStore, Binding, ClientRow, FileRow, MetadataStore, TempBlob
+from .base import (
+    BlobEntry,
+    BlobReader,
+    BlobStore,
+    Binding,
+    ClientRow,
+    FileRow,
+    MetadataStore,
+    StoreUrl,
+    TempBlob,
+)
 
 __all__ = [
     "BlobEntry",
+    "BlobReader",
     "BlobStore",
     "Binding",
     "ClientRow",
     "FileRow",
     "MetadataStore",
+    "StoreUrl",
     "TempBlob",
 ]

@@ -17,13 +17,59 @@ consistent is in :mod:`server.storage.commit`, in one place.
 
 A blob is named by its *path name*, the string the ``files`` table keeps in
 ``PathName`` (for the folder store, ``received_files/<client-id-hex>/<name>``).
+
+Which implementation serves is chosen by a URL-like name, :class:`StoreUrl`
+(``sqlite:///srv/data/defensive.db``, ``file:///srv/data/received_files``),
+in :mod:`server.storage.factory`, the one place that knows the backends.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Protocol
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO, Iterable, Mapping, Protocol
+
+#: Texts of recent seconds kept for LastSeen (a clock that steps back reuses one).
+_SECONDS_KEPT = 4
+_US = 1_000_000
+
+
+def timestamp(now: float) -> str:
+    """LastSeen's format (:attr:`ClientRow.last_seen`): ISO 8601 in UTC, to the second."""
+    # The second datetime.fromtimestamp gives: it rounds to the microsecond first.
+    fraction, whole = math.modf(now)
+    return _second_text(int(whole) + math.floor(round(fraction * _US) / _US))
+
+
+@functools.lru_cache(maxsize=_SECONDS_KEPT)
+def _second_text(second: int) -> str:
+    """One second's text: made once, though every request of that second stamps it."""
+    return datetime.fromtimestamp(second, timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    """Where a store is, as ``--metadata`` or ``--blobs`` names it: ``scheme://[host]/path?options``.
+
+    ``path`` is the URL's path (percent-decoded; relative when written
+    ``scheme:path``), ``host`` its host (empty for a local store), ``options``
+    its query. Each backend checks the host and options it takes.
+    """
+
+    scheme: str
+    path: Path
+    host: str = ""
+    options: Mapping[str, str] = field(default_factory=dict)
+    #: As the operator wrote it (for messages); empty for a default place.
+    text: str = ""
+
+    def __str__(self) -> str:
+        """As written, or a default place's path."""
+        return self.text or str(self.path)
 
 
 @dataclass(frozen=True)
@@ -99,11 +145,6 @@ class MetadataStore(Protocol):
         """Commit pending stamps, if any."""
         ...
 
-    @property
-    def unsynced(self) -> bool:
-        """Whether a commit is not durable yet."""
-        ...
-
     def finish_round(self, *, durable: bool) -> None:
         """The loop's end of a round: commit it; with ``durable``, :meth:`sync` too."""
         ...
@@ -113,7 +154,8 @@ class MetadataStore(Protocol):
         ...
 
     def close(self) -> None:
-        """Write pending stamps and let go of the store."""
+        """Write pending stamps and let go of the store; then every other method raises
+        StorageFault, and ``close`` does nothing."""
         ...
 
     # clients
@@ -215,7 +257,22 @@ class TempBlob(Protocol):
         ...
 
 
-class BlobStore(Protocol):
+class BlobReader(Protocol):
+    """Reading stored blobs only: what ``admin verify`` opens (it creates nothing)."""
+
+    def open(self, path_name: str) -> BinaryIO:
+        """Read a stored blob.
+
+        Raises:
+            BlobMissing: nothing is stored under ``path_name``.
+            StorageFault: it cannot be read (or is not a blob the store made).
+        """
+        ...
+
+    def exists(self, path_name: str) -> bool: ...
+
+
+class BlobStore(BlobReader, Protocol):
     """The received files' content, one namespace per client."""
 
     def new_temp(self, client_id: bytes) -> TempBlob:
@@ -225,12 +282,6 @@ class BlobStore(Protocol):
     def new_path_name(self, client_id: bytes, file_name: bytes, taken: Iterable[str]) -> str:
         """The path name for a file's first upload, distinct from ``taken``."""
         ...
-
-    def open(self, path_name: str) -> BinaryIO:
-        """Read a stored blob."""
-        ...
-
-    def exists(self, path_name: str) -> bool: ...
 
     def remove(self, path_name: str) -> None:
         """Delete a stored blob (absent is fine)."""

@@ -18,14 +18,15 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from protocol.printable import quoted
 
 from .. import crashpoints
-from ..errors import StorageFault
-from .base import BlobEntry
+from ..errors import BadStoreUrl, BlobMissing, StorageFault, StoreUnusable
+from .base import BlobEntry, StoreUrl
 from .names import unique_stored_name
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,13 @@ _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
 _FSYNC_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(
-    os, "O_BINARY", 0
+#: O_NONBLOCK: opening a fifo planted in a client folder must not wait for a writer.
+_READ_FLAGS = (
+    os.O_RDONLY
+    | os.O_NONBLOCK
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
 )
 _TEMP_FLAGS = (
     os.O_WRONLY
@@ -209,8 +215,33 @@ class FolderBlobs:
     """
 
     def __init__(self, data_dir: Path) -> None:
-        self.data_dir = Path(data_dir)
-        self.root = self.data_dir / RECEIVED_DIR
+        self._set_up(Path(data_dir) / RECEIVED_DIR, create=True)
+
+    @classmethod
+    def at(cls, root: Path, *, create: bool = True) -> FolderBlobs:
+        """The store in the folder ``root`` (a data folder's ``received_files/`` by default).
+
+        With ``create`` (the server) the folder is made if missing and must be
+        writable; without it (a reader: ``admin verify``) nothing is made or
+        changed, and a missing folder holds no blob.
+
+        Raises:
+            StorageFault: the folder cannot be created, written or searched.
+        """
+        store = cls.__new__(cls)
+        store._set_up(Path(root), create=create)
+        return store
+
+    def _set_up(self, root: Path, create: bool) -> None:
+        self.root = root
+        if not create:
+            try:
+                if root.exists():
+                    with os.scandir(root):
+                        pass
+            except OSError as exc:
+                raise StoreUnusable(f"cannot use {root}: {exc.strerror or exc}") from exc
+            return
         try:
             self.root.mkdir(mode=_DIR_MODE, exist_ok=True)
         except OSError as exc:
@@ -257,18 +288,26 @@ class FolderBlobs:
         return TempFile(self, self.client_dir(client_id))
 
     def open(self, path_name: str) -> BinaryIO:
-        """A stored file, opened for reading (never through a symlink).
+        """A stored file, opened for reading (never through a symlink, never blocking on a fifo).
 
         Raises:
-            StorageFault: no such stored file, or it cannot be opened.
+            BlobMissing: no such file.
+            StorageFault: not a stored file's path name, not a regular file,
+                or it cannot be opened.
         """
         path = self.resolve(path_name)
         if path is None:
-            raise StorageFault(f"{quoted(path_name)} is not a stored file's path name")
+            raise StorageFault(f"{quoted(path_name)} is not a stored file's name")
         try:
             fd = os.open(path, _READ_FLAGS)
+        except FileNotFoundError as exc:
+            raise BlobMissing("no such file") from exc
         except OSError as exc:
-            raise _storage_fault(f"cannot open {path_name}", exc) from exc
+            raise _storage_fault("cannot open it", exc) from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StorageFault("not a regular file")
+        os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
 
     def exists(self, path_name: str) -> bool:
@@ -297,7 +336,7 @@ class FolderBlobs:
 
     def resolve(self, path_name: str) -> Path | None:
         """The file a path name names, if it is a well-formed one of this store."""
-        return stored_path(self.data_dir, path_name)
+        return stored_path(self.root, path_name)
 
     # -- start-up -------------------------------------------------------------
 
@@ -445,11 +484,11 @@ class FolderBlobs:
         ]
 
 
-def stored_path(data_dir: Path, path_name: str) -> Path | None:
-    """The file a ``PathName`` names under ``data_dir``, if it is a well-formed one.
+def stored_path(root: Path, path_name: str) -> Path | None:
+    """The file a ``PathName`` names in the store folder ``root``, if it is a well-formed one.
 
-    Read-only tools (``admin``) use it without a :class:`FolderBlobs`, which
-    would create ``received_files/``.
+    A path name is ``received_files/<client-id-hex>/<name>`` wherever the
+    folder is (``--blobs``): the rows keep the layout's name, not the place.
     """
     parts = path_name.split("/")
     if (
@@ -460,8 +499,51 @@ def stored_path(data_dir: Path, path_name: str) -> Path | None:
         or "\\" in parts[2]
     ):
         return None
-    return Path(data_dir) / RECEIVED_DIR / parts[1] / parts[2]
+    return Path(root) / parts[1] / parts[2]
 
 
 def _is_client_dir_name(name: str) -> bool:
     return len(name) == _CLIENT_DIR_HEX_DIGITS and all(c in _HEX_DIGITS for c in name)
+
+
+class FolderBackend:
+    """``file:///PATH``: the blob store in a local folder (a data folder's ``received_files/``)."""
+
+    scheme = "file"
+    #: How ``--help`` shows its URL, and its default place.
+    form = "file:///PATH (a folder; made if missing)"
+    default_form = f"file:///DATA-DIR/{RECEIVED_DIR}"
+
+    def default(self, data_dir: Path) -> StoreUrl:
+        """``received_files/`` in the data folder."""
+        return StoreUrl(self.scheme, Path(data_dir) / RECEIVED_DIR)
+
+    def check(self, url: StoreUrl) -> None:
+        """A local path, no options.
+
+        Raises:
+            BadStoreUrl: a host or an option.
+        """
+        if url.host not in ("", "localhost"):
+            raise BadStoreUrl(f"{url}: a folder is on this machine: file:///PATH")
+        if url.options:
+            raise BadStoreUrl(f"{url}: file: takes no options")
+
+    def open(self, url: StoreUrl) -> FolderBlobs:
+        """The folder, made if missing (the server's).
+
+        Raises:
+            StorageFault: it cannot be made or written.
+        """
+        return FolderBlobs.at(url.path)
+
+    def open_reader(self, url: StoreUrl) -> FolderBlobs:
+        """The folder, read only: nothing is made.
+
+        Raises:
+            StoreUnusable: it cannot be searched.
+        """
+        return FolderBlobs.at(url.path, create=False)
+
+
+BACKEND = FolderBackend()

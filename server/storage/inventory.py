@@ -1,4 +1,7 @@
-"""A read-only view of ``defensive.db`` for the operator's tool, safe beside the server.
+"""A read-only view of the metadata for the operator's tool, safe beside the server.
+
+:class:`InventoryView` is what ``admin`` asks of any metadata backend (the
+factory's ``open_inventory``); :class:`Inventory` is SQLite's, on ``defensive.db``.
 
 The database is opened read-only (``mode=ro``): nothing here can write, so
 the ``admin`` commands that only look need no lock and run beside a server
@@ -14,10 +17,10 @@ import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote
 
 from ..errors import StoreUnusable
-from .sqlite import DB_NAME
 
 _MS = 1000
 #: A reader waits this long for a writer's checkpoint before giving up.
@@ -92,8 +95,20 @@ class StoredFile:
     cksum: int | None
 
 
+class InventoryView(Protocol):
+    """What ``admin`` reads of a metadata store; every method may raise StoreUnusable."""
+
+    def close(self) -> None: ...
+    def clients(self) -> list[ClientSummary]: ...
+    def client_by_name(self, name: str) -> ClientSummary | None: ...
+    def client_by_id(self, client_id: bytes) -> ClientSummary | None: ...
+    def files(self, client_id: bytes | None = None) -> list[StoredFile]: ...
+    def refreshed(self, stored: StoredFile) -> StoredFile | None: ...
+    def unused_clients(self) -> list[UnusedClient]: ...
+
+
 class Inventory:
-    """Read-only queries over one data folder's database."""
+    """Read-only queries over one SQLite database (an :class:`InventoryView`)."""
 
     def __init__(self, connection: sqlite3.Connection, path: Path, content_columns: bool) -> None:
         self._db = connection
@@ -105,13 +120,13 @@ class Inventory:
         self._columns = {"cksum": cksum, "size": size}
 
     @classmethod
-    def open(cls, data_dir: Path) -> Inventory:
-        """Open ``defensive.db`` in ``data_dir`` read-only.
+    def open(cls, path: Path) -> Inventory:
+        """Open the database at ``path`` (a data folder's ``defensive.db``) read-only.
 
         Raises:
             StoreUnusable: there is none, or it cannot be read.
         """
-        path = Path(data_dir) / DB_NAME
+        path = Path(path)
         try:
             is_file = path.is_file()
         except OSError as exc:  # a folder that cannot be searched

@@ -37,13 +37,15 @@ import os
 import sqlite3
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, ParamSpec, TypeVar
 
-from ..errors import DurabilityLost, NameTaken, StorageFault, StoreUnusable
+from ..errors import BadStoreUrl, DurabilityLost, NameTaken, StorageFault, StoreUnusable
 from ..peer import address_group
-from .base import Binding, ClientRow, FileRow
+from .base import Binding, ClientRow, FileRow, StoreUrl, timestamp
+
+if TYPE_CHECKING:
+    from .inventory import Inventory
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +57,14 @@ _ROLLBACK_TO = "ROLLBACK TO request"
 DB_NAME = "defensive.db"
 _SQLITE_MAGIC = b"SQLite format 3\0"
 _MS = 1000
-#: Texts of recent seconds kept for LastSeen (a clock that steps back reuses one).
-_SECONDS_KEPT = 4
-_US = 1_000_000
+#: Short, not SQLite's usual seconds: the loop is one thread, so while a
+#: statement waits every connection waits; a write that cannot get the lock
+#: soon fails instead (1607, the client retries).
+DEFAULT_BUSY_TIMEOUT = 0.25
+#: SQLite takes its busy timeout as a signed 32-bit count of milliseconds.
+MAX_BUSY_TIMEOUT = (2**31 - 1) // _MS
+#: The option of a ``sqlite:`` URL that sets it (``?busy_timeout=SECONDS``).
+BUSY_TIMEOUT_OPTION = "busy_timeout"
 _OK = "ok"
 #: Opening the file for writing is the probe; nothing is written through it.
 _WRITE_PROBE_FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
@@ -225,19 +232,6 @@ def _name_bytes(value: str | bytes) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
-def timestamp(now: float) -> str:
-    """LastSeen's format: ISO 8601 in UTC, to the second."""
-    # The second datetime.fromtimestamp gives: it rounds to the microsecond first.
-    fraction, whole = math.modf(now)
-    return _second_text(int(whole) + math.floor(round(fraction * _US) / _US))
-
-
-@functools.lru_cache(maxsize=_SECONDS_KEPT)
-def _second_text(second: int) -> str:
-    """One second's text: made once, though every request of that second stamps it."""
-    return datetime.fromtimestamp(second, timezone.utc).isoformat(timespec="seconds")
-
-
 def _check_header(path: Path) -> None:
     try:
         with open(path, "rb") as file:
@@ -347,15 +341,19 @@ class SqliteMetadata:
         self._wal_fd = -1
         #: Why an fsync failed: from then on no sync succeeds (:class:`DurabilityLost`).
         self._durability_lost: str | None = None
+        self._closed = False
 
     @classmethod
     def open(
-        cls, path: Path, busy_timeout: float, group_of: Callable[[str], str] = address_group
+        cls,
+        path: Path,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        group_of: Callable[[str], str] = address_group,
     ) -> SqliteMetadata:
         """Open or create the database, check it, set WAL and NORMAL sync (see :meth:`sync`).
 
         ``busy_timeout``: seconds a statement waits for a lock another
-        process holds (the server's ``Limits.busy_timeout``). ``group_of``:
+        process holds (``sqlite:…?busy_timeout=``). ``group_of``:
         an address's group (server/peer.py, with the server's
         ``--ipv6-prefix``), which :meth:`count_clients` counts by.
         """
@@ -409,7 +407,10 @@ class SqliteMetadata:
                         connection.execute(filling, {"now": time.time()})
 
     def close(self) -> None:
-        """Write pending timestamps, make them durable, and close."""
+        """Write pending timestamps, make them durable, and close (again: nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.flush()
             self.sync()
@@ -421,7 +422,11 @@ class SqliteMetadata:
 
     @property
     def unsynced(self) -> bool:
-        """Whether a write is not yet durable (:meth:`sync` has work to do)."""
+        """Whether a write is not yet durable (:meth:`sync` has work to do).
+
+        Not part of :class:`~server.storage.base.MetadataStore`: the group
+        commit's own tests look at it.
+        """
         return self._unsynced or self._db.in_transaction
 
     def finish_round(self, *, durable: bool) -> None:
@@ -726,3 +731,71 @@ def _file(row: tuple) -> FileRow:
         id=row[0], file_name=_name_bytes(row[1]), path_name=row[2], verified=bool(row[3])
     )
 
+
+
+class SqliteBackend:
+    """``sqlite:///PATH[?busy_timeout=SECONDS]``: the metadata store in one SQLite file."""
+
+    scheme = "sqlite"
+    #: How ``--help`` shows its URL.
+    form = (
+        f"sqlite:///PATH[?{BUSY_TIMEOUT_OPTION}=SECONDS] (the seconds a write waits for a lock"
+        f" another process holds, default {DEFAULT_BUSY_TIMEOUT:g}; every connection waits"
+        " meanwhile)"
+    )
+    #: The default place, as ``--help`` shows it.
+    default_form = f"sqlite:///DATA-DIR/{DB_NAME}"
+
+    def default(self, data_dir: Path) -> StoreUrl:
+        """``defensive.db`` in the data folder."""
+        return StoreUrl(self.scheme, Path(data_dir) / DB_NAME)
+
+    def check(self, url: StoreUrl) -> None:
+        """A local file; the one option ``busy_timeout``, 0 to :data:`MAX_BUSY_TIMEOUT` seconds.
+
+        Raises:
+            BadStoreUrl: a host, another option, or a bad timeout.
+        """
+        self._busy_timeout(url)
+
+    def _busy_timeout(self, url: StoreUrl) -> float:
+        if url.host not in ("", "localhost"):
+            raise BadStoreUrl(f"{url}: an SQLite database is a local file: sqlite:///PATH")
+        unknown = sorted(set(url.options) - {BUSY_TIMEOUT_OPTION})
+        if unknown:
+            raise BadStoreUrl(
+                f"{url}: unknown option {unknown[0]!r} (sqlite: takes {BUSY_TIMEOUT_OPTION})"
+            )
+        text = url.options.get(BUSY_TIMEOUT_OPTION)
+        if text is None:
+            return DEFAULT_BUSY_TIMEOUT
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = math.nan
+        if not 0 <= seconds <= MAX_BUSY_TIMEOUT:  # NaN too
+            raise BadStoreUrl(
+                f"{url}: {BUSY_TIMEOUT_OPTION} must be seconds from 0 to {MAX_BUSY_TIMEOUT}"
+            )
+        return seconds
+
+    def open(self, url: StoreUrl, group_of: Callable[[str], str]) -> SqliteMetadata:
+        """The server's store (see :meth:`SqliteMetadata.open`).
+
+        Raises:
+            StoreUnusable: not SQLite, corrupt, read-only, or missing a column.
+        """
+        return SqliteMetadata.open(url.path, self._busy_timeout(url), group_of)
+
+    def open_inventory(self, url: StoreUrl) -> Inventory:
+        """The read-only view ``admin`` lists from (it writes nothing).
+
+        Raises:
+            StoreUnusable: there is no database, or it cannot be read.
+        """
+        from .inventory import Inventory  # it names DB_NAME from here
+
+        return Inventory.open(url.path)
+
+
+BACKEND = SqliteBackend()

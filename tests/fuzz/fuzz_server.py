@@ -828,7 +828,7 @@ class Harness:
         self.control = control
         self.now = 0.0
         limits = LIMITS[control.limits]
-        self.db = SqliteMetadata.open(self.data_dir / DB_NAME, limits.busy_timeout)
+        self.db = SqliteMetadata.open(self.data_dir / DB_NAME)
         self.app = App.build(self.db, FolderBlobs(self.data_dir), limits, clock=lambda: self.now)
         self.app.wall_clock = lambda: WALL_BASE + self.now
         self.selector = FakeSelector()
@@ -1099,7 +1099,7 @@ class Workspace:
         self.template = self.root / "template.db"
         self.workdir = self.root / "work"
         self.workdir.mkdir()
-        db = SqliteMetadata.open(self.template, Limits().busy_timeout)
+        db = SqliteMetadata.open(self.template)
         db.insert_client(KNOWN_ID, KNOWN_NAME, WALL_BASE, "v3")
         db.set_keys(KNOWN_ID, KNOWN_KEY, AES_KEY, WALL_BASE)
         db.set_binding(KNOWN_ID, ADDRESS, WALL_BASE)

@@ -32,7 +32,7 @@ class InProcess:
 
     def _run(self) -> None:
         # SQLite objects belong to the thread that made them: build it all here.
-        self.db = SqliteMetadata.open(self.data_dir / DB_NAME, self._limits.busy_timeout)
+        self.db = SqliteMetadata.open(self.data_dir / DB_NAME)
         self.app = App.build(self.db, FolderBlobs(self.data_dir), self._limits)
         self.server = Server(self.app, create_listener("127.0.0.1", 0))
         self._ready.set()

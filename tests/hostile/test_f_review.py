@@ -205,7 +205,7 @@ def test_f10_pipelined_requests_on_other_connections_do_not_delay_a_client(serve
 def test_f10_a_turn_handles_a_bounded_number_of_requests_in_process(tmp_path):
     """The loop driven by hand: replies per select() round, and select()'s timeouts."""
     limits = Limits(max_errors=10_000)
-    db = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
+    db = SqliteMetadata.open(tmp_path / DB_NAME)
     app = App.build(db, FolderBlobs(tmp_path), limits)
     server = Server(app, create_listener("127.0.0.1", 0))
     timeouts = []

@@ -63,10 +63,9 @@ from protocol import (
 )
 from protocol.crypto import decrypt_aes_key
 from server.__main__ import EXIT_DURABILITY_LOST
-from server.limits import Limits
+from server.storage.sqlite import DEFAULT_BUSY_TIMEOUT
 from timing_helpers import round_trip, timer_bound
 
-DEFAULT_BUSY_TIMEOUT = Limits().busy_timeout
 DEFAULT_PORT = 1256
 #: The steps of installing a file (a rename and the folder's sync after it).
 INSTALL_STEPS = ("replace", "fsync_dir")

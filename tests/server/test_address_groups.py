@@ -68,7 +68,7 @@ def _register(app: App, peer: Peer) -> bool:
 @pytest.mark.parametrize("prefix", [64, 128])
 def test_the_registration_rate_counts_the_group(tmp_path, prefix):
     limits = Limits(registrations_per_minute=2, ipv6_prefix=prefix)
-    db = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
+    db = SqliteMetadata.open(tmp_path / DB_NAME)
     app = App.build(db, FolderBlobs(tmp_path), limits)
     try:
         allowed = [_register(app, Peer(address, 1, prefix)) for address in HOST_64]
@@ -81,7 +81,7 @@ def test_the_registration_rate_counts_the_group(tmp_path, prefix):
 
 def test_key_binding_stays_per_exact_address(tmp_path):
     limits = Limits()
-    db = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
+    db = SqliteMetadata.open(tmp_path / DB_NAME)
     app = App.build(db, FolderBlobs(tmp_path), limits)
     try:
         registrant, neighbour = Peer(HOST_64[0], 1), Peer(HOST_64[1], 2)

@@ -179,6 +179,46 @@ def test_verify_passes_then_reports_changed_and_missing(populated):
     no_traceback(result)
 
 
+def test_stores_named_by_url_are_where_the_server_keeps_things_and_admin_reads_them(
+    tmp_path, server_factory
+):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    stores = ["--metadata", f"sqlite://{elsewhere / 'meta.db'}?busy_timeout=1",
+              "--blobs", f"file://{elsewhere / 'files'}"]
+    data_dir = tmp_path / "data"
+    server = server_factory(*stores, data_dir=data_dir)
+    alice = verified_upload(server, "alice", {"a.txt": b"alpha" * 100})
+    assert (elsewhere / "files" / alice.client_id.hex() / "a.txt").read_bytes() == b"alpha" * 100
+    assert not (data_dir / "defensive.db").exists() and not (data_dir / "received_files").exists()
+    listed = admin(data_dir, "files", *stores, "--json")
+    assert [record["file"] for record in json.loads(listed.stdout)] == ["a.txt"], listed.stderr
+    clean = admin(data_dir, "verify", *stores)
+    assert clean.returncode == 0 and clean.stdout.splitlines()[-1].startswith("1 ok"), clean.stderr
+    (elsewhere / "files" / alice.client_id.hex() / "a.txt").write_bytes(b"alphA" + b"alpha" * 99)
+    assert admin(data_dir, "verify", *stores).returncode == EXIT_PROBLEM  # read through --blobs
+    assert admin(data_dir, "clients").returncode == EXIT_UNUSABLE  # the data folder has none
+    server.stop()
+    deleted = admin(data_dir, "delete-client", "alice", "--yes", *stores)
+    assert deleted.returncode == 0, deleted.stderr
+    assert not (elsewhere / "files" / alice.client_id.hex()).exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--metadata", "postgresql://db/cipherdrop", "scheme 'postgresql:'; known: sqlite:"),
+    ("--blobs", "s3://bucket/files", "scheme 's3:'; known: file:"),
+    ("--metadata", "/srv/defensive.db", "no scheme; known: sqlite:"),
+    ("--metadata", "sqlite:///x.db?busy_timeout=-1", "busy_timeout must be seconds from 0 to"),
+    ("--metadata", "sqlite:///x.db?journal=off", "unknown option 'journal'"),
+])
+def test_a_store_url_no_backend_takes_is_a_one_line_usage_error(tmp_path, option, value, message):
+    result = admin(tmp_path, "clients", option, value)
+    assert result.returncode == EXIT_USAGE
+    [line] = result.stderr.splitlines()
+    assert line.startswith("python -m server admin: ") and message in line, line
+    no_traceback(result)
+
+
 def test_verify_rows_from_before_checksums_are_reported_not_failed(populated):
     server, alice, _ = populated
     server.stop()
@@ -397,11 +437,10 @@ def _can_drop_privileges() -> bool:
 
 def _data_folder(path):
     """A real data folder: its database made as a server makes it, and a client folder."""
-    from server.limits import Limits
     from server.storage.sqlite import SqliteMetadata
 
     path.mkdir()
-    SqliteMetadata.open(path / "defensive.db", Limits().busy_timeout).close()
+    SqliteMetadata.open(path / "defensive.db").close()
     (path / "received_files").mkdir()
     return path
 

@@ -72,13 +72,28 @@ def test_bad_port_is_one_line(tmp_path, value, message):
     ("--idle-timeout", "0", "must be greater than 0"),
     ("--idle-timeout", "nan", "must be a finite number, got 'nan'"),
     ("--message-deadline", "inf", "must be a finite number, got 'inf'"),
-    ("--busy-timeout", "1e300", "must be at most"),
     ("--max-errors", "2.5", "not a whole number: '2.5'"),
     ("--drain-timeout", "-1", "must be at least 0"),
 ])
 def test_bad_limit_is_one_line(tmp_path, flag, value, message):
     line = one_line_error(run(flag, value, "--data-dir", str(tmp_path)))
     assert line.startswith(f"python -m server: error: argument {flag}: {message}"), line
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--metadata", "mysql://db/cipherdrop", "--metadata 'mysql://db/cipherdrop':"
+     " scheme 'mysql:'; known: sqlite:"),
+    ("--blobs", "s3://bucket/files", "--blobs 's3://bucket/files': scheme 's3:'; known: file:"),
+    ("--metadata", "sqlite:///x.db?busy_timeout=1e300", "sqlite:///x.db?busy_timeout=1e300:"
+     " busy_timeout must be seconds from 0 to 2147483"),
+    ("--metadata", "sqlite://elsewhere/x.db", "sqlite://elsewhere/x.db: an SQLite database is"
+     " a local file: sqlite:///PATH"),
+    ("--blobs", "file:///x?mode=ro", "file:///x?mode=ro: file: takes no options"),
+])
+def test_a_bad_store_url_is_one_line_naming_what_is_known(tmp_path, flag, value, message):
+    line = one_line_error(run(flag, value, "--data-dir", str(tmp_path)))
+    assert line == f"python -m server: error: {message}"
+    assert list(tmp_path.iterdir()) == []  # refused before anything is made
 
 
 def test_usage_shows_the_name_it_was_started_as(tmp_path):

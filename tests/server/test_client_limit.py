@@ -37,7 +37,7 @@ class FakeClock:
 def _app(tmp_path, **limits) -> tuple[App, FakeClock]:
     limits.setdefault("max_client_share_per_address", 1)
     made = Limits(key_window=KEY_WINDOW, **limits)
-    db = SqliteMetadata.open(tmp_path / DB_NAME, made.busy_timeout)
+    db = SqliteMetadata.open(tmp_path / DB_NAME)
     app = App.build(db, FolderBlobs(tmp_path), made)
     clock = FakeClock()
     app.wall_clock = clock

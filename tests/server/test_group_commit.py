@@ -64,7 +64,7 @@ def looped(tmp_path):
     requests of all of them, as it would from several addresses.
     """
     limits = Limits(requests_per_address_per_round=0, durable_files_per_address_per_round=0)
-    db = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
+    db = SqliteMetadata.open(tmp_path / DB_NAME)
     app = App.build(db, FolderBlobs(tmp_path), limits)
     server = Server(app, create_listener("127.0.0.1", 0))
     yield server, db
@@ -374,7 +374,7 @@ def test_a_stop_before_the_round_ends_stores_none_of_its_waiting_first_uploads(
 
 
 def test_a_sync_inside_a_lost_round_fails_and_leaves_the_report_to_the_loop(tmp_path):
-    db = SqliteMetadata.open(tmp_path / DB_NAME, Limits().busy_timeout)
+    db = SqliteMetadata.open(tmp_path / DB_NAME)
     try:
         db._round_lost = "database or disk is full"  # SQLite rolled the round back
         with pytest.raises(StorageFault, match="rolled back"):
@@ -460,7 +460,7 @@ def _names_seen_by_another_connection(path) -> set[str]:
 
 
 def test_a_round_commits_its_requests_together_and_a_failed_one_alone_is_undone(tmp_path):
-    db = SqliteMetadata.open(tmp_path / DB_NAME, Limits().busy_timeout)
+    db = SqliteMetadata.open(tmp_path / DB_NAME)
     try:
         with db.transaction():
             db.insert_client(b"a" * 16, "first", 0.0, "v3")
@@ -481,7 +481,7 @@ def test_a_round_commits_its_requests_together_and_a_failed_one_alone_is_undone(
 
 
 def test_a_lost_round_is_reported_to_the_loop_once(tmp_path, monkeypatch):
-    db = SqliteMetadata.open(tmp_path / DB_NAME, Limits().busy_timeout)
+    db = SqliteMetadata.open(tmp_path / DB_NAME)
     try:
         with db.transaction():
             db.insert_client(b"a" * 16, "lost", 0.0, "v3")

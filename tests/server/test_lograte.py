@@ -173,7 +173,7 @@ def test_lines_the_log_leaves_out_use_no_budget(clock, reports):
 
 def test_the_server_counts_a_silent_flood_on_its_timers(tmp_path, clock, caplog):
     limits = Limits(log_lines_per_address=BURST, log_rate_interval=INTERVAL)
-    metadata = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
+    metadata = SqliteMetadata.open(tmp_path / DB_NAME)
     app = App.build(metadata, FolderBlobs(tmp_path), limits, clock=clock)
     try:
         with caplog.at_level(logging.INFO, logger="server"):

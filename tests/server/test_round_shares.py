@@ -60,7 +60,7 @@ FLOODING_64 = "2001:db8:1:2::"
 def looped(tmp_path):
     """A server at the default limits whose loop the test runs."""
     limits = Limits()
-    db = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
+    db = SqliteMetadata.open(tmp_path / DB_NAME)
     app = App.build(db, FolderBlobs(tmp_path), limits)
     server = Server(app, create_listener(FLOODING_ADDRESS, 0))
     yield server

@@ -14,9 +14,9 @@ from server.limits import Limits
 from server.errors import DurabilityLost, NameTaken, StorageFault, StoreUnusable
 from server.storage.folder import TEMP_PREFIX, FolderBlobs
 from server.storage.names import MAX_STORED_NAME_BYTES, stored_name
-from server.storage.sqlite import SqliteMetadata
+from server.storage.sqlite import DEFAULT_BUSY_TIMEOUT, SqliteMetadata
 
-BUSY_TIMEOUT = Limits().busy_timeout
+BUSY_TIMEOUT = DEFAULT_BUSY_TIMEOUT
 
 
 def open_metadata(path) -> SqliteMetadata:
@@ -188,6 +188,31 @@ def test_file_store_refuses_path_names_that_leave_it(tmp_path):
     for path_name in ("../x", "received_files/../../x", "received_files/" + "a" * 32 + "/..",
                       "/etc/passwd", "received_files/" + "a" * 32 + "/x\\..\\y"):
         assert not store.exists(path_name)
+
+
+def test_reading_a_fifo_planted_as_a_stored_file_is_refused_without_waiting(tmp_path):
+    import os
+    import threading
+
+    store = FolderBlobs(tmp_path)
+    path_name = store.new_path_name(b"\x01" * 16, b"pipe", [])
+    store.client_dir(b"\x01" * 16)
+    os.mkfifo(store.resolve(path_name))
+    outcome = []
+
+    def read() -> None:
+        try:
+            store.open(path_name)
+        except StorageFault as exc:
+            outcome.append(str(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(30)  # a blocking open would wait for a writer for ever
+    if reader.is_alive():
+        with open(store.resolve(path_name), "wb"):  # let the stuck reader go
+            pass
+    assert outcome == ["not a regular file"]
 
 
 def test_temp_files_use_the_reserved_prefix(tmp_path):

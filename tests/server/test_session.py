@@ -2,7 +2,8 @@
 
 No socket, selector or loop: each test feeds a :class:`server.session.Session`
 the bytes a client would send and reads back what it queues. The stores are
-the real ones (SQLite and a folder in tmp_path). The end-to-end versions of
+the memory pair (server/storage/memory.py), which tests/storage/ holds to the
+same contract as SQLite and the folder. The end-to-end versions of
 these rules, over TCP, are in tests/server/test_server_requests.py and
 tests/hostile/.
 """
@@ -39,8 +40,7 @@ from server.limits import Limits
 from server.outcome import RequestKind
 from server.peer import Peer
 from server.session import OWED, Action, Model, Session, Step
-from server.storage.folder import FolderBlobs
-from server.storage.sqlite import DB_NAME, SqliteMetadata
+from server.storage.memory import MemoryBlobs, MemoryMetadata
 
 SERVER_DIR = Path(__file__).resolve().parents[2] / "server"
 DATA = b"session test data " * 200  # three packets of 1024 bytes
@@ -56,12 +56,13 @@ class Clock:
 
 
 class Harness:
-    """An App on real stores and a fake clock; sessions on made-up peers."""
+    """An App on the memory stores and a fake clock; sessions on made-up peers."""
 
-    def __init__(self, data_dir: Path, limits: Limits) -> None:
+    def __init__(self, limits: Limits) -> None:
         self.clock = Clock()
-        self.metadata = SqliteMetadata.open(data_dir / DB_NAME, limits.busy_timeout)
-        self.app = App.build(self.metadata, FolderBlobs(data_dir), limits, clock=self.clock)
+        self.metadata = MemoryMetadata()
+        self.blobs = MemoryBlobs()
+        self.app = App.build(self.metadata, self.blobs, limits, clock=self.clock)
         self._ports = iter(range(40000, 60000))
 
     def session(self) -> Session:
@@ -73,8 +74,8 @@ class Harness:
 
 
 @pytest.fixture
-def harness(tmp_path):
-    made = Harness(tmp_path, Limits())
+def harness():
+    made = Harness(Limits())
     yield made
     made.close()
 
@@ -180,6 +181,8 @@ def test_persistent_packets_are_answered_once_the_file_is_complete(harness):
     assert isinstance(received, FileReceived) and received.cksum == cksum(DATA)
     feed(session, CrcOk(client_id=who.client_id, file_name="a.bin"))
     assert [type(a) for a in answers(session)] == [Acknowledged]
+    row = harness.metadata.file_row(who.client_id, b"a.bin")
+    assert row.verified and harness.blobs.open(row.path_name).read() == DATA  # in the stores
 
 
 def test_901_on_a_persistent_session_waits_for_a_resend(harness):
@@ -330,8 +333,8 @@ def test_901_on_a_per_request_session_closes_at_once(harness):
 # -- refusals and faults (Rule 3) ---------------------------------------------------------
 
 
-def test_refusals_are_answered_and_close_at_max_errors(tmp_path):
-    harness = Harness(tmp_path, Limits(max_errors=3))
+def test_refusals_are_answered_and_close_at_max_errors():
+    harness = Harness(Limits(max_errors=3))
     try:
         session = harness.session()
         who = identity(harness, session)

@@ -1,0 +1,221 @@
+"""Opening the stores: the one place that knows which backends exist.
+
+The server (``--metadata``, ``--blobs``) and ``admin`` name their stores
+with URL-like values, :class:`~server.storage.base.StoreUrl`::
+
+    sqlite:///srv/cipherdrop/defensive.db?busy_timeout=0.25
+    file:///srv/cipherdrop/received_files
+
+Without them, today's places in the data folder (``defensive.db`` and
+``received_files/``). A scheme is looked up in :data:`METADATA_BACKENDS` or
+:data:`BLOB_BACKENDS`: a new backend is one module (or package) under
+``server/storage/`` with a backend object (:class:`MetadataBackend`,
+:class:`BlobBackend`), and one line in a table here. Nothing above this
+package names a backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ..errors import BadStoreUrl, StorageFault
+from . import folder, sqlite
+from .base import BlobReader, BlobStore, MetadataStore, StoreUrl
+from .inventory import InventoryView
+
+#: The options that name the stores, for messages.
+METADATA_OPTION = "--metadata"
+BLOBS_OPTION = "--blobs"
+
+
+class MetadataBackend(Protocol):
+    """A kind of metadata store, as the factory opens it."""
+
+    scheme: str
+    #: How ``--help`` shows its URL (with its options), and its default place.
+    form: str
+    default_form: str
+
+    def default(self, data_dir: Path) -> StoreUrl:
+        """Where the store is when no URL is given."""
+        ...
+
+    def check(self, url: StoreUrl) -> None:
+        """Raises BadStoreUrl: a host or option the backend does not take."""
+        ...
+
+    def open(self, url: StoreUrl, group_of: Callable[[str], str]) -> MetadataStore:
+        """The server's store (``group_of``: an address's group, for ``count_clients``)."""
+        ...
+
+    def open_inventory(self, url: StoreUrl) -> InventoryView:
+        """A read-only view for ``admin``: it must neither write nor wait for the server."""
+        ...
+
+
+class BlobBackend(Protocol):
+    """A kind of blob store, as the factory opens it."""
+
+    scheme: str
+    form: str
+    default_form: str
+
+    def default(self, data_dir: Path) -> StoreUrl: ...
+    def check(self, url: StoreUrl) -> None: ...
+
+    def open(self, url: StoreUrl) -> BlobStore:
+        """The server's store (made if missing)."""
+        ...
+
+    def open_reader(self, url: StoreUrl) -> BlobReader:
+        """A read-only view for ``admin verify``: it makes and changes nothing."""
+        ...
+
+
+#: Metadata stores by URL scheme.
+METADATA_BACKENDS: Mapping[str, MetadataBackend] = {
+    sqlite.BACKEND.scheme: sqlite.BACKEND,
+}
+#: Blob stores by URL scheme.
+BLOB_BACKENDS: Mapping[str, BlobBackend] = {
+    folder.BACKEND.scheme: folder.BACKEND,
+}
+#: The backends used when no URL is given.
+DEFAULT_METADATA = sqlite.BACKEND.scheme
+DEFAULT_BLOBS = folder.BACKEND.scheme
+
+
+def help_text(backends: Mapping[str, MetadataBackend | BlobBackend], default: str) -> str:
+    """The URL forms of the known backends, and the default place, for ``--help``."""
+    forms = " or ".join(backend.form for backend in backends.values())
+    return f"{forms} (default: {backends[default].default_form})"
+
+
+def metadata_help() -> str:
+    """``--metadata``'s help: the forms the metadata backends take."""
+    return help_text(METADATA_BACKENDS, DEFAULT_METADATA)
+
+
+def blobs_help() -> str:
+    """``--blobs``'s help: the forms the blob backends take."""
+    return help_text(BLOB_BACKENDS, DEFAULT_BLOBS)
+
+
+def parse_url(text: str, backends: Mapping[str, object], option: str) -> StoreUrl:
+    """A store URL: ``scheme://[host]/path[?name=value&...]`` or ``scheme:relative/path``.
+
+    Raises:
+        BadStoreUrl: no scheme, a scheme no backend has (the message names
+            the known ones), no path, or a repeated option.
+    """
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:  # an unclosed [ in the host
+        raise BadStoreUrl(f"{option} {text!r}: {exc}") from exc
+    known = ", ".join(f"{scheme}:" for scheme in backends)
+    if not parts.scheme or parts.scheme not in backends:
+        what = f"scheme {parts.scheme + ':'!r}" if parts.scheme else "no scheme"
+        raise BadStoreUrl(f"{option} {text!r}: {what}; known: {known}")
+    if not parts.path or parts.fragment:
+        raise BadStoreUrl(f"{option} {text!r}: give a path, as {parts.scheme}:///PATH")
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    options = dict(pairs)
+    if len(options) != len(pairs):
+        raise BadStoreUrl(f"{option} {text!r}: an option is given twice")
+    return StoreUrl(
+        scheme=parts.scheme, path=Path(unquote(parts.path)), host=parts.hostname or "",
+        options=options, text=text,
+    )
+
+
+def metadata_url(text: str | None, data_dir: Path) -> StoreUrl:
+    """``--metadata``'s value, checked by its backend; ``defensive.db`` in ``data_dir`` without one.
+
+    Raises:
+        BadStoreUrl: see :func:`parse_url` and the backend's ``check``.
+    """
+    if text is None:
+        return METADATA_BACKENDS[DEFAULT_METADATA].default(data_dir)
+    url = parse_url(text, METADATA_BACKENDS, METADATA_OPTION)
+    METADATA_BACKENDS[url.scheme].check(url)
+    return url
+
+
+def blobs_url(text: str | None, data_dir: Path) -> StoreUrl:
+    """``--blobs``'s value, checked by its backend; ``received_files/`` in ``data_dir`` without one.
+
+    Raises:
+        BadStoreUrl: see :func:`parse_url` and the backend's ``check``.
+    """
+    if text is None:
+        return BLOB_BACKENDS[DEFAULT_BLOBS].default(data_dir)
+    url = parse_url(text, BLOB_BACKENDS, BLOBS_OPTION)
+    BLOB_BACKENDS[url.scheme].check(url)
+    return url
+
+
+@dataclass(frozen=True)
+class StoreUrls:
+    """Where the metadata and the blobs are."""
+
+    metadata: StoreUrl
+    blobs: StoreUrl
+
+    @classmethod
+    def given(cls, metadata: str | None, blobs: str | None, data_dir: Path) -> StoreUrls:
+        """From the two options (None: the default place in ``data_dir``).
+
+        Raises:
+            BadStoreUrl: one of them is not a store's URL.
+        """
+        return cls(metadata_url(metadata, data_dir), blobs_url(blobs, data_dir))
+
+
+def open_stores(
+    urls: StoreUrls, group_of: Callable[[str], str]
+) -> tuple[MetadataStore, BlobStore]:
+    """Open both stores for the server (or ``admin``'s changing commands).
+
+    ``group_of``: an address's group (server/peer.py with ``--ipv6-prefix``),
+    which the metadata store counts clients by.
+
+    Raises:
+        StorageFault: a store cannot be opened (StoreUnusable: left untouched).
+    """
+    metadata = open_metadata(urls.metadata, group_of)
+    try:
+        blobs = BLOB_BACKENDS[urls.blobs.scheme].open(urls.blobs)
+    except StorageFault:
+        metadata.close()
+        raise
+    return metadata, blobs
+
+
+def open_metadata(url: StoreUrl, group_of: Callable[[str], str]) -> MetadataStore:
+    """The metadata store alone (``admin purge-unused``), writable.
+
+    Raises:
+        StorageFault: it cannot be opened (StoreUnusable: left untouched).
+    """
+    return METADATA_BACKENDS[url.scheme].open(url, group_of)
+
+
+def open_inventory(url: StoreUrl) -> InventoryView:
+    """The metadata, read only (``admin``'s listings).
+
+    Raises:
+        StoreUnusable: there is no store there, or it cannot be read.
+    """
+    return METADATA_BACKENDS[url.scheme].open_inventory(url)
+
+
+def open_blob_reader(url: StoreUrl) -> BlobReader:
+    """The blobs, read only (``admin verify``).
+
+    Raises:
+        StoreUnusable: the store cannot be read.
+    """
+    return BLOB_BACKENDS[url.scheme].open_reader(url)

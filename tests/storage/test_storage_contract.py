@@ -1,0 +1,435 @@
+"""The storage contract: the same cases on every (metadata, blob) pair of stores.
+
+Each case uses only what server/storage/base.py promises, so that a backend
+that passes them can stand in for another. The pairs are in :data:`PAIRS`:
+a new backend (PostgreSQL, an object store) is one more line there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from server.errors import BlobMissing, NameTaken, StorageFault
+from server.peer import address_group
+from server.storage.base import BlobStore, MetadataStore, timestamp
+from server.storage.commit import Content, record_first, remove_client, repair
+from server.storage.factory import StoreUrls, open_stores
+from server.storage.memory import MemoryBlobs, MemoryMetadata
+
+Stores = tuple[MetadataStore, BlobStore]
+
+
+def sqlite_and_folder(data_dir: Path) -> Stores:
+    """The server's own pair, opened as the server opens it (no option: in the data folder)."""
+    return open_stores(StoreUrls.given(None, None, data_dir), address_group)
+
+
+def memory(data_dir: Path) -> Stores:
+    return MemoryMetadata(), MemoryBlobs()
+
+
+#: Every pair the contract is held to: (metadata, blobs) made in a fresh folder.
+PAIRS: dict[str, Callable[[Path], Stores]] = {
+    "sqlite+folder": sqlite_and_folder,
+    "memory+memory": memory,
+}
+
+ALICE = b"a" * 16
+BOB = b"b" * 16
+NOW = 1_700_000_000.0
+KEY = b"public key bytes"
+AES = b"k" * 32
+
+
+class Closed(Exception):
+    """Raised on purpose inside a transaction."""
+
+
+@pytest.fixture(params=list(PAIRS))
+def stores(request, tmp_path):
+    metadata, blobs = PAIRS[request.param](tmp_path)
+    yield metadata, blobs
+    metadata.close()
+
+
+@pytest.fixture
+def metadata(stores) -> MetadataStore:
+    return stores[0]
+
+
+@pytest.fixture
+def blobs(stores) -> BlobStore:
+    return stores[1]
+
+
+def register(metadata: MetadataStore, client_id: bytes, name: str, address: str = "127.0.0.1",
+             now: float = NOW) -> None:
+    with metadata.transaction():
+        metadata.insert_client(client_id, name, now, "v3", address)
+        metadata.set_binding(client_id, address, now)
+
+
+def stored_blob(blobs: BlobStore, client_id: bytes, file_name: bytes, data: bytes) -> str:
+    path_name = blobs.new_path_name(client_id, file_name, [])
+    temp = blobs.new_temp(client_id)
+    temp.write(data)
+    temp.sync()
+    temp.install(path_name)
+    return path_name
+
+
+# -- clients ---------------------------------------------------------------------------
+
+
+def test_a_client_is_found_by_id_and_name_with_what_it_registered(metadata):
+    with metadata.transaction():
+        metadata.insert_client(ALICE, "alice", NOW, "2023C", "127.0.0.7")
+    by_id, by_name = metadata.client_by_id(ALICE), metadata.client_by_name("alice")
+    assert by_id == by_name
+    assert (by_id.id, by_id.name, by_id.edition, by_id.registered_from) == (
+        ALICE, "alice", "2023C", "127.0.0.7")
+    assert (by_id.public_key, by_id.aes_key, by_id.crc) == (None, None, "cksum")
+    assert by_id.last_seen == timestamp(NOW)
+    assert metadata.client_by_id(BOB) is None and metadata.client_by_name("bob") is None
+
+
+def test_a_taken_name_raises_name_taken_and_writes_nothing(metadata):
+    register(metadata, ALICE, "alice")
+    with pytest.raises(NameTaken):
+        with metadata.transaction():
+            metadata.insert_client(BOB, "alice", NOW, "v3", "127.0.0.2")
+    assert metadata.client_by_id(BOB) is None and metadata.count_clients() == 1
+
+
+def test_keys_edition_and_crc_are_kept(metadata):
+    register(metadata, ALICE, "alice")
+    with metadata.transaction():
+        metadata.set_keys(ALICE, KEY, AES, NOW + 5)
+        metadata.set_edition(ALICE, "2024A")
+        metadata.set_crc(ALICE, "crc32")
+    row = metadata.client_by_id(ALICE)
+    assert (row.public_key, row.aes_key, row.edition, row.crc) == (KEY, AES, "2024A", "crc32")
+    assert row.last_seen == timestamp(NOW + 5)
+    with metadata.transaction():
+        metadata.set_aes_key(ALICE, b"n" * 32, NOW + 9)
+    row = metadata.client_by_id(ALICE)
+    assert (row.public_key, row.aes_key, row.last_seen) == (KEY, b"n" * 32, timestamp(NOW + 9))
+
+
+def test_a_request_time_is_written_with_the_next_transaction_or_flush(metadata):
+    register(metadata, ALICE, "alice")
+    metadata.note_seen(ALICE, NOW + 60)
+    metadata.flush()
+    assert metadata.client_by_id(ALICE).last_seen == timestamp(NOW + 60)
+    metadata.note_seen(ALICE, NOW + 120)
+    with metadata.transaction():
+        metadata.set_crc(ALICE, "crc32")
+    assert metadata.client_by_id(ALICE).last_seen == timestamp(NOW + 120)
+
+
+def test_counts_follow_the_rows_in_all_and_per_address_group(metadata):
+    register(metadata, ALICE, "alice", "127.0.0.1")
+    register(metadata, BOB, "bob", "127.0.0.1")
+    register(metadata, b"c" * 16, "carol", "10.0.0.9")
+    assert metadata.count_clients() == 3
+    assert metadata.count_clients(address_group("127.0.0.1")) == 2
+    assert metadata.count_clients(address_group("10.0.0.9")) == 1
+    assert metadata.count_clients(address_group("192.0.2.1")) == 0
+    with metadata.transaction():
+        metadata.delete_client(BOB)
+        metadata.forget_client(b"c" * 16)
+    assert metadata.count_clients() == 1
+    assert metadata.count_clients(address_group("127.0.0.1")) == 1
+    assert metadata.count_clients(address_group("10.0.0.9")) == 0
+
+
+def test_ipv6_peers_of_one_network_share_a_count(metadata):
+    register(metadata, ALICE, "alice", "2001:db8::1")
+    register(metadata, BOB, "bob", "2001:db8::2")
+    assert metadata.count_clients(address_group("2001:db8::99")) == 2
+
+
+def test_clients_lapse_by_their_unused_time_until_they_store_a_file(metadata):
+    with metadata.transaction():
+        metadata.insert_client(ALICE, "keyless", NOW, "v3", "127.0.0.1")
+    register(metadata, BOB, "keyed", now=NOW)
+    register(metadata, b"c" * 16, "user", now=NOW)
+    with metadata.transaction():
+        metadata.set_keys(BOB, KEY, AES, NOW)
+        metadata.set_keys(b"c" * 16, KEY, AES, NOW)
+        metadata.upsert_file(b"c" * 16, b"f.txt", "x")  # used: never lapses
+    assert metadata.unused_clients(NOW) == []  # unused since NOW: not before it
+    assert metadata.unused_clients(NOW + 1) == [BOB]
+    with metadata.transaction():
+        metadata.set_binding(BOB, "127.0.0.1", NOW + 50)  # a new key starts the time again
+    assert metadata.unused_clients(NOW + 1) == []
+    with metadata.transaction():
+        assert metadata.delete_stale_keyless(NOW) == 0
+        assert metadata.delete_stale_keyless(NOW + 1) == 1
+    assert metadata.client_by_id(ALICE) is None and metadata.binding(ALICE) is None
+    assert metadata.client_by_id(BOB) is not None and metadata.count_clients() == 2
+
+
+# -- bindings --------------------------------------------------------------------------
+
+
+def test_a_binding_records_its_address_and_the_last_use(metadata):
+    register(metadata, ALICE, "alice", "127.0.0.5", now=NOW)
+    binding = metadata.binding(ALICE)
+    assert (binding.id, binding.address, binding.issued_at, binding.last_used) == (
+        ALICE, "127.0.0.5", NOW, NOW)
+    metadata.note_key_used(ALICE, NOW + 30)
+    assert metadata.binding(ALICE).last_used == NOW + 30  # seen before it is written
+    metadata.flush()
+    metadata.note_key_used(ALICE, NOW + 10)  # older: never moves it back
+    metadata.flush()
+    assert metadata.binding(ALICE).last_used == NOW + 30
+    with metadata.transaction():
+        metadata.set_binding(ALICE, "127.0.0.6", NOW + 40)
+    assert metadata.binding(ALICE) == type(binding)(ALICE, "127.0.0.6", NOW + 40, NOW + 40)
+    assert metadata.binding(BOB) is None
+
+
+# -- files -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file_name", [b"report.pdf", "caf\u00e9.txt".encode(), b"\xff\xfe raw"])
+def test_a_file_row_is_upserted_verified_measured_and_deleted(metadata, file_name):
+    register(metadata, ALICE, "alice")
+    with metadata.transaction():
+        metadata.upsert_file(ALICE, file_name, "p/1")
+        metadata.set_content(ALICE, file_name, 1000, 1234)
+    row = metadata.file_row(ALICE, file_name)
+    assert (row.id, row.file_name, row.path_name, row.verified) == (ALICE, file_name, "p/1", False)
+    assert metadata.stored_bytes(ALICE) == 1000
+    with metadata.transaction():
+        metadata.set_verified(ALICE, file_name, True)
+    assert metadata.file_row(ALICE, file_name).verified
+    with metadata.transaction():  # a new upload of the name: unverified, the content kept
+        metadata.upsert_file(ALICE, file_name, "p/2")
+    assert metadata.file_row(ALICE, file_name) == type(row)(ALICE, file_name, "p/2", False)
+    assert metadata.stored_bytes(ALICE) == 1000
+    assert metadata.file_rows() == [metadata.file_row(ALICE, file_name)]
+    assert metadata.path_names(ALICE) == ["p/2"] and metadata.path_names(BOB) == []
+    with metadata.transaction():
+        metadata.delete_file(ALICE, file_name)
+    assert metadata.file_row(ALICE, file_name) is None and metadata.stored_bytes(ALICE) == 0
+
+
+def test_stored_bytes_sums_one_clients_files_only(metadata):
+    register(metadata, ALICE, "alice")
+    register(metadata, BOB, "bob")
+    with metadata.transaction():
+        for client_id, name, size in ((ALICE, b"a", 10), (ALICE, b"b", 20), (BOB, b"a", 400)):
+            metadata.upsert_file(client_id, name, f"{client_id.hex()}/{name.decode()}")
+            metadata.set_content(client_id, name, size, 1)
+        metadata.upsert_file(ALICE, b"c", "no content recorded")
+    assert (metadata.stored_bytes(ALICE), metadata.stored_bytes(BOB)) == (30, 400)
+
+
+def test_forget_client_removes_its_files_binding_and_row_and_no_one_elses(metadata):
+    register(metadata, ALICE, "alice")
+    register(metadata, BOB, "bob")
+    with metadata.transaction():
+        metadata.upsert_file(ALICE, b"a", "pa")
+        metadata.upsert_file(BOB, b"b", "pb")
+    with metadata.transaction():
+        metadata.forget_client(ALICE)
+    assert metadata.client_by_id(ALICE) is None and metadata.binding(ALICE) is None
+    assert metadata.file_row(ALICE, b"a") is None
+    assert [row.id for row in metadata.file_rows()] == [BOB] and metadata.binding(BOB)
+
+
+# -- transactions and rounds -----------------------------------------------------------
+
+
+def test_a_failing_request_rolls_back_all_its_writes_together(metadata):
+    register(metadata, ALICE, "alice")
+    with pytest.raises(Closed):
+        with metadata.transaction():
+            metadata.insert_client(BOB, "bob", NOW, "v3", "127.0.0.2")
+            metadata.set_binding(BOB, "127.0.0.2", NOW)
+            metadata.upsert_file(ALICE, b"f", "pf")
+            metadata.set_content(ALICE, b"f", 5, 5)
+            metadata.set_edition(ALICE, "2024A")
+            metadata.forget_client(ALICE)
+            raise Closed
+    assert metadata.client_by_id(BOB) is None and metadata.binding(BOB) is None
+    assert metadata.client_by_id(ALICE).edition == "v3" and metadata.binding(ALICE)
+    assert metadata.file_rows() == [] and metadata.count_clients() == 1
+    assert metadata.count_clients(address_group("127.0.0.2")) == 0
+    with metadata.transaction():  # the name is free again
+        metadata.insert_client(BOB, "bob", NOW, "v3", "127.0.0.2")
+
+
+def test_an_inner_failure_undoes_its_own_writes_and_an_outer_one_undoes_both(metadata):
+    with metadata.transaction():
+        metadata.insert_client(ALICE, "alice", NOW, "v3", "127.0.0.1")
+        with pytest.raises(Closed):
+            with metadata.transaction():
+                metadata.insert_client(BOB, "bob", NOW, "v3", "127.0.0.1")
+                raise Closed
+    assert metadata.client_by_id(ALICE) and metadata.client_by_id(BOB) is None
+    with pytest.raises(Closed):
+        with metadata.transaction():
+            with metadata.transaction():
+                metadata.insert_client(BOB, "bob", NOW, "v3", "127.0.0.1")
+            raise Closed
+    assert metadata.client_by_id(BOB) is None and metadata.count_clients() == 1
+
+
+def test_requests_of_a_round_stand_alone_and_a_finished_round_stays(metadata):
+    register(metadata, ALICE, "alice")  # request 1 of the round
+    with pytest.raises(Closed):  # request 2 fails: request 1 stays
+        with metadata.transaction():
+            metadata.set_crc(ALICE, "crc32")
+            raise Closed
+    metadata.finish_round(durable=False)
+    register(metadata, BOB, "bob")
+    metadata.finish_round(durable=True)
+    with pytest.raises(Closed):
+        with metadata.transaction():
+            metadata.forget_client(ALICE)
+            metadata.forget_client(BOB)
+            raise Closed
+    metadata.sync()
+    assert metadata.client_by_id(ALICE).crc == "cksum" and metadata.client_by_id(BOB)
+    with metadata.transaction():
+        metadata.set_crc(BOB, "crc32")
+    metadata.sync()  # mid-round: what is written so far is kept
+    assert metadata.client_by_id(BOB).crc == "crc32"
+
+
+def test_a_closed_store_refuses_with_a_storage_fault(stores):
+    metadata, _ = stores
+    register(metadata, ALICE, "alice")
+    metadata.note_seen(ALICE, NOW + 1)
+    metadata.close()
+    with pytest.raises(StorageFault):
+        metadata.client_by_id(ALICE)
+
+
+# -- blobs -----------------------------------------------------------------------------
+
+
+def test_a_blob_is_written_sealed_installed_and_read_back(blobs):
+    path_name = blobs.new_path_name(ALICE, b"report.pdf", [])
+    temp = blobs.new_temp(ALICE)
+    temp.write(b"first part, ")
+    temp.write(memoryview(b"second part"))
+    assert temp.size == len(b"first part, second part") and not temp.installed
+    temp.sync()
+    assert not blobs.exists(path_name)  # nobody sees it before install
+    temp.install(path_name)
+    assert temp.installed and blobs.exists(path_name)
+    with blobs.open(path_name) as file:
+        assert file.read() == b"first part, second part"
+    temp.discard()  # after install: nothing happens
+    assert blobs.exists(path_name)
+    assert [(entry.client_hex, entry.path_name) for entry in blobs.stored()] == [
+        (ALICE.hex(), path_name)]
+
+
+def test_an_install_replaces_the_blob_at_once(blobs):
+    path_name = stored_blob(blobs, ALICE, b"f", b"old version")
+    stored_blob_at = blobs.new_temp(ALICE)
+    stored_blob_at.write(b"new")
+    stored_blob_at.sync()
+    with blobs.open(path_name) as file:
+        assert file.read() == b"old version"  # a pending version leaves it untouched
+    stored_blob_at.install(path_name)
+    with blobs.open(path_name) as file:
+        assert file.read() == b"new"
+
+
+def test_a_discarded_temp_leaves_nothing_and_a_written_one_cannot_grow(blobs):
+    temp = blobs.new_temp(ALICE)
+    temp.write(b"data")
+    temp.sync()
+    with pytest.raises(StorageFault):
+        temp.write(b"more")
+    temp.discard()
+    temp.discard()  # twice: never raises
+    assert blobs.stored() == [] and blobs.remove_temps() == 0
+
+
+def test_a_blob_installs_only_in_its_own_clients_namespace(blobs):
+    others = blobs.new_path_name(BOB, b"f", [])
+    temp = blobs.new_temp(ALICE)
+    temp.write(b"x")
+    temp.sync()
+    with pytest.raises(StorageFault):
+        temp.install(others)
+    assert not temp.installed and not blobs.exists(others)
+    temp.discard()
+
+
+def test_new_path_names_are_distinct_from_those_taken_even_by_case(blobs):
+    first = blobs.new_path_name(ALICE, b"Report.PDF", [])
+    second = blobs.new_path_name(ALICE, b"report.pdf", [first])
+    assert second.lower() != first.lower()
+    assert blobs.new_path_name(ALICE, b"report.pdf", []) != blobs.new_path_name(BOB, b"report.pdf", [])
+
+
+def test_a_missing_blob_is_missing_and_removing_it_is_fine(blobs):
+    path_name = blobs.new_path_name(ALICE, b"f", [])
+    with pytest.raises(BlobMissing):
+        blobs.open(path_name)
+    blobs.remove(path_name)
+    stored = stored_blob(blobs, ALICE, b"g", b"g")
+    blobs.remove(stored)
+    assert not blobs.exists(stored) and blobs.stored() == []
+
+
+def test_free_space_is_a_count_of_bytes(blobs):
+    free = blobs.free_space()
+    assert isinstance(free, int) and free > 0
+
+
+def test_start_up_removes_temps_left_behind_but_not_stored_blobs(blobs):
+    kept = stored_blob(blobs, ALICE, b"kept", b"kept")
+    left = [blobs.new_temp(ALICE), blobs.new_temp(BOB)]
+    left[0].write(b"half an upload")
+    assert blobs.remove_temps() == 2
+    assert blobs.remove_temps() == 0 and blobs.exists(kept)
+    for temp in left:
+        temp.discard()
+    assert blobs.strays() == []
+
+
+# -- both stores -----------------------------------------------------------------------
+
+
+def test_removing_a_client_takes_its_blobs_and_rows_and_is_finished_if_cut(stores):
+    metadata, blobs = stores
+    register(metadata, ALICE, "alice")
+    register(metadata, BOB, "bob")
+    kept = stored_blob(blobs, BOB, b"b", b"bob's")
+    gone = stored_blob(blobs, ALICE, b"a", b"alice's")
+    record_first(metadata, ALICE, b"a", gone, Content(7, 1))
+    record_first(metadata, BOB, b"b", kept, Content(5, 1))
+    metadata.sync()
+    blobs.begin_removal(ALICE)  # cut here: the blobs are out, the rows not yet
+    assert not blobs.exists(gone) and blobs.pending_removals() == [ALICE]
+    assert repair(metadata, blobs).removals_finished == 1
+    assert blobs.pending_removals() == [] and metadata.client_by_id(ALICE) is None
+    remove_client(metadata, blobs, BOB)
+    assert not blobs.exists(kept) and metadata.file_rows() == [] and metadata.count_clients() == 0
+
+
+def test_repair_drops_rows_without_blobs_and_sets_aside_blobs_without_rows(stores):
+    metadata, blobs = stores
+    register(metadata, ALICE, "alice")
+    present = stored_blob(blobs, ALICE, b"present", b"p")
+    orphan = stored_blob(blobs, ALICE, b"orphan", b"o")
+    with metadata.transaction():
+        metadata.upsert_file(ALICE, b"present", present)
+        metadata.upsert_file(ALICE, b"lost", blobs.new_path_name(ALICE, b"lost", [present]))
+    report = repair(metadata, blobs)
+    assert (report.rows_removed, report.blobs_set_aside) == (1, 1)
+    assert [row.file_name for row in metadata.file_rows()] == [b"present"]
+    assert [entry.path_name for entry in blobs.stored()] == [present]
+    assert not blobs.exists(orphan)
