@@ -208,7 +208,7 @@ def test_the_addresses_of_one_64_share_one_budget(tmp_path, monkeypatch, caplog)
 
     monkeypatch.setattr(loop, "Peer", peer)
     limits = Limits(log_lines_per_address=BURST, log_rate_interval=3600.0)
-    metadata = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
+    metadata = SqliteMetadata.open(tmp_path / DB_NAME)
     app = App.build(metadata, FolderBlobs(tmp_path), limits)
     server = loop.Server(app, loop.create_listener("127.0.0.1", 0))
     try:
@@ -232,7 +232,7 @@ def test_the_addresses_of_one_64_share_one_budget(tmp_path, monkeypatch, caplog)
 def test_the_edition_a_held_id_told_is_a_line_within_the_budget(tmp_path, caplog):
     """A first 1025's second line (Rule 6 of server/session.py) counts like every other."""
     limits = Limits(log_lines_per_address=1, log_rate_interval=3600.0, first_register_hold=0.01)
-    metadata = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
+    metadata = SqliteMetadata.open(tmp_path / DB_NAME)
     app = App.build(metadata, FolderBlobs(tmp_path), limits)
     server = loop.Server(app, loop.create_listener("127.0.0.1", 0))
     register = request(FIRST_REGISTER, name(b"waits"), client_id=b"a" * CLIENT_ID_SIZE)

@@ -80,7 +80,7 @@ class Rig:
 
     def __init__(self, data_dir) -> None:
         limits = Limits()
-        self.metadata = SqliteMetadata.open(data_dir / DB_NAME, limits.busy_timeout)
+        self.metadata = SqliteMetadata.open(data_dir / DB_NAME)
         self.app = App.build(self.metadata, FolderBlobs(data_dir), limits)
         self.selector = selectors.DefaultSelector()
         self.port = RecordingPort()

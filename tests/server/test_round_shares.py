@@ -242,7 +242,7 @@ def test_a_held_id_waits_for_the_bytes_its_deferred_connection_left_unread(tmp_p
     # used its round's share (another of its connections), so that round does
     # not read it. The id held must not go out as if the client had waited.
     limits = Limits(requests_per_address_per_round=1, first_register_hold=HOLD)
-    db = SqliteMetadata.open(tmp_path / DB_NAME, limits.busy_timeout)
+    db = SqliteMetadata.open(tmp_path / DB_NAME)
     app = App.build(db, FolderBlobs(tmp_path), limits)
     server = Server(app, create_listener(FLOODING_ADDRESS, 0))
     try:

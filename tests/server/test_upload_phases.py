@@ -132,7 +132,7 @@ class Client:
     """One persistent session on an App over real stores."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.metadata = SqliteMetadata.open(data_dir / DB_NAME, Limits().busy_timeout)
+        self.metadata = SqliteMetadata.open(data_dir / DB_NAME)
         self.app = App.build(self.metadata, FolderBlobs(data_dir), Limits())
         self.session = Session(self.app, Peer("127.0.0.1", 40000))
         name = unique_name()
