@@ -32,6 +32,7 @@ from protocol import (
     Registered,
     RegistrationFailed,
     RemoteProtocolError,
+    RequestCode,
     SendFilePacket,
     SendPublicKey,
     ServerConnection,
@@ -421,3 +422,15 @@ def test_a_request_whose_header_is_in_is_read_in_the_edition_settled_meanwhile()
     server.receive_data(data[30:])
     assert isinstance(server.next_event(), Register)
     assert server.candidates == (EDITION_2024A,)
+
+
+def test_v3_codes_are_the_request_events_own():
+    # One name per request: v3 codes its requests by their RequestCode, and
+    # the other editions number theirs in the same order from their first code.
+    assert {message.event: message.code for message in V3.requests} == {
+        message.event: message.event.code for message in V3.requests
+    }
+    assert sorted(message.code for message in V3.requests) == sorted(RequestCode)
+    for edition in EDITIONS:
+        order = [message.event for message in sorted(edition.requests, key=lambda m: m.code)]
+        assert order == [m.event for m in V3.requests if m.event in order], edition
