@@ -47,12 +47,13 @@ class _NeedData:
 #: Returned by ``next_event`` while no whole event has arrived yet.
 NEED_DATA: Final = _NeedData()
 
-#: Requests that carry a client name, and the answer to a malformed one.
-_NAME_ERROR_ANSWERS: dict[type, ResponseCode] = {
-    ev.Register: ResponseCode.REGISTRATION_FAILED,
-    ev.SendPublicKey: ResponseCode.GENERAL_ERROR,
-    ev.Reconnect: ResponseCode.GENERAL_ERROR,
-}
+#: The answer to a request whose client name or string field is malformed,
+#: where it is not 1607: a register is refused as a registration.
+_MALFORMED_ANSWERS: dict[type, ResponseCode] = {ev.Register: ResponseCode.REGISTRATION_FAILED}
+#: The payload fields a request is checked by, where its declaration has them
+#: (:attr:`~protocol.editions.Message.field_names`): a client name, a file name.
+_NAME_FIELD = "name"
+_FILE_NAME_FIELD = "file_name"
 #: What a file sent in one request is, as a packet (docs/EDITIONS.md).
 _WHOLE_FILE_PACKET = {"orig_file_size": None, "packet_number": 1, "total_packets": 1}
 #: The payload field of the 2022 file and CRC requests that repeats the header's id.
@@ -434,36 +435,39 @@ class ServerConnection(_Reader):
         client_id = self._header.client_id
         code = self._header.code
         bytes_in_packet = self._header.payload_size - message.payload_size
+        malformed_answer = _MALFORMED_ANSWERS.get(message.event, ResponseCode.GENERAL_ERROR)
         try:
             values = _event_fields(message.codec.parse(raw))
         except ConstructError as exc:
             self._skip_content(bytes_in_packet)
             raise self._fail(
-                f"{code}: malformed string field",
-                response_code=_NAME_ERROR_ANSWERS.get(message.event, ResponseCode.GENERAL_ERROR),
-                close=False,
+                f"{code}: malformed string field", response_code=malformed_answer, close=False
             ) from exc
         if values.pop(_PAYLOAD_CLIENT_ID, client_id) != client_id:
             self._skip_content(bytes_in_packet)
             raise self._fail(f"{code}: the payload's client id is not the header's", close=False)
-        if message.event in _NAME_ERROR_ANSWERS:
-            name = values["name"].text
+        if _NAME_FIELD in values:
+            name = values[_NAME_FIELD].text
             if not is_valid_client_name(name):
-                self._state = _ReadState.HEADER
+                self._skip_content(bytes_in_packet)
                 raise self._fail(
                     f"{code}: invalid client name {quoted(name)}",
-                    response_code=_NAME_ERROR_ANSWERS[message.event],
+                    response_code=malformed_answer,
                     close=False,
                 )
-            values["name"] = name.decode("ascii")
-        elif not values["file_name"].text:
-            self._skip_content(bytes_in_packet)
-            raise self._fail(f"{code}: empty file name", close=False)
-        elif self._resend and values["file_name"].text != self._retry_file:
-            self._skip_content(bytes_in_packet)
-            raise self._fail(f"{code}: payload of {self._header.payload_size} bytes", close=False)
+            values[_NAME_FIELD] = name.decode("ascii")
+        if _FILE_NAME_FIELD in values:
+            file_name = values[_FILE_NAME_FIELD].text
+            if not file_name:
+                self._skip_content(bytes_in_packet)
+                raise self._fail(f"{code}: empty file name", close=False)
+            if self._resend and file_name != self._retry_file:
+                self._skip_content(bytes_in_packet)
+                raise self._fail(
+                    f"{code}: payload of {self._header.payload_size} bytes", close=False
+                )
         if message.event is ev.CrcRetry:
-            self._retry_file = values["file_name"].text
+            self._retry_file = values[_FILE_NAME_FIELD].text
         elif not message.has_content:
             self._retry_file = None
         if message.has_content:

@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 from construct import Construct, Int32ul, Padding, Struct
 
 from . import events as ev
-from .codes import AES_KEY_SIZE, AES_KEY_SIZES, CLIENT_ID_SIZE
+from .codes import AES_KEY_SIZE, AES_KEY_SIZES, CLIENT_ID_SIZE, RequestCode, ResponseCode
 from .wire import (
     AesKeyPayload,
     ClientId,
@@ -182,29 +182,48 @@ class Edition:
         return frozenset(self._request_by_code)
 
 
+#: The order in which the editions number their requests: v3's (:class:`RequestCode`).
+_REQUEST_ORDER: tuple[RequestCode, ...] = tuple(RequestCode)
+#: v3's first answer code; the editions number their answers in v3's order from theirs.
+_FIRST_RESPONSE_CODE = min(ResponseCode)
+
+
+def _v3_code(event: type[ev.Request]) -> int:
+    """v3's code of a request: the event's own (:class:`RequestCode`)."""
+    return int(event.code)
+
+
+def _numbered_from(base: int) -> Callable[[type[ev.Request]], int]:
+    """The codes of an edition whose requests follow one another from ``base``, in v3's order."""
+
+    def code_of(event: type[ev.Request]) -> int:
+        return base + _REQUEST_ORDER.index(event.code)
+
+    return code_of
+
+
 def _requests(
-    base: int,
+    code_of: Callable[[type[ev.Request]], int],
     *,
-    register: int = 0,
-    public_key: int = 1,
-    reconnect: int | None = 2,
-    file: int = 3,
-    crc: int = 4,
+    reconnect: bool = True,
     file_payload: Struct = FilePacketFields,
     crc_payload: Struct = FileNamePayload,
 ) -> tuple[Message, ...]:
-    """The requests of an edition whose codes follow one another from ``base``."""
-    found = [
-        Message(ev.Register, base + register, NamePayload),
-        Message(ev.SendPublicKey, base + public_key, PublicKeyPayload),
-        Message(ev.SendFilePacket, base + file, file_payload, has_content=True),
-        Message(ev.CrcOk, base + crc, crc_payload),
-        Message(ev.CrcRetry, base + crc + 1, crc_payload),
-        Message(ev.CrcAbort, base + crc + 2, crc_payload),
+    """The requests of an edition, each coded by ``code_of`` (its event class to its code)."""
+    found: list[tuple[type[ev.Request], Struct]] = [
+        (ev.Register, NamePayload),
+        (ev.SendPublicKey, PublicKeyPayload),
+        (ev.SendFilePacket, file_payload),
+        (ev.CrcOk, crc_payload),
+        (ev.CrcRetry, crc_payload),
+        (ev.CrcAbort, crc_payload),
     ]
-    if reconnect is not None:
-        found.insert(2, Message(ev.Reconnect, base + reconnect, NamePayload))
-    return tuple(found)
+    if reconnect:
+        found.insert(2, (ev.Reconnect, NamePayload))
+    return tuple(
+        Message(event, code_of(event), payload, has_content=event is ev.SendFilePacket)
+        for event, payload in found
+    )
 
 
 def _responses(
@@ -214,31 +233,33 @@ def _responses(
     acknowledged: Struct = ClientIdPayload,
     reconnect: bool = True,
 ) -> tuple[Message, ...]:
-    """The eight answers, coded from ``base`` in the order of v3's 1600-1607."""
-    found = [
-        Message(ev.Registered, base, ClientIdPayload),
-        Message(ev.RegistrationFailed, base + 1, refused),
-        Message(ev.PublicKeyReceived, base + 2, AesKeyPayload),
-        Message(ev.FileReceived, base + 3, FileReceivedPayload),
-        Message(ev.Acknowledged, base + 4, acknowledged),
-        Message(ev.GeneralError, base + 7, EmptyPayload),
+    """The eight answers, coded from ``base`` in the order of v3's 1600-1607 (ResponseCode)."""
+    found: list[tuple[type[ev.Response], Struct]] = [
+        (ev.Registered, ClientIdPayload),
+        (ev.RegistrationFailed, refused),
+        (ev.PublicKeyReceived, AesKeyPayload),
+        (ev.FileReceived, FileReceivedPayload),
+        (ev.Acknowledged, acknowledged),
+        (ev.GeneralError, EmptyPayload),
     ]
     if reconnect:
-        found += [
-            Message(ev.Reconnected, base + 5, AesKeyPayload),
-            Message(ev.ReconnectRefused, base + 6, ClientIdPayload),
-        ]
-    return tuple(found)
+        found += [(ev.Reconnected, AesKeyPayload), (ev.ReconnectRefused, ClientIdPayload)]
+    return tuple(
+        Message(event, base + event.code - _FIRST_RESPONSE_CODE, payload)
+        for event, payload in found
+    )
 
 
-V3 = Edition("v3", Family.V3, AES_KEY_SIZE, _requests(825, crc=900 - 825), _responses(1600))
+V3 = Edition(
+    "v3", Family.V3, AES_KEY_SIZE, _requests(_v3_code), _responses(_FIRST_RESPONSE_CODE)
+)
 EDITION_2022 = Edition(
     "2022",
     Family.SERIES_1100,
     AES_128_KEY_SIZE,
     _requests(
-        1100,
-        reconnect=None,
+        _numbered_from(1100),
+        reconnect=False,
         file_payload=WholeFileFields2022,
         crc_payload=FileNamePayload2022,
     ),
@@ -257,7 +278,7 @@ EDITION_2023A = Edition(
     "2023A",
     Family.SERIES_1100,
     AES_128_KEY_SIZE,
-    _requests(1100, file_payload=WholeFileFields),
+    _requests(_numbered_from(1100), file_payload=WholeFileFields),
     _responses(2100),
     whole_file=True,
 )
@@ -265,12 +286,16 @@ EDITION_2023C = Edition(
     "2023C",
     Family.SERIES_1025,
     AES_128_KEY_SIZE,
-    _requests(1025, file_payload=WholeFileFields),
+    _requests(_numbered_from(1025), file_payload=WholeFileFields),
     _responses(2100),
     whole_file=True,
 )
 EDITION_2024A = Edition(
-    "2024A", Family.SERIES_1025, AES_KEY_SIZE, _requests(1025), _responses(1600)
+    "2024A",
+    Family.SERIES_1025,
+    AES_KEY_SIZE,
+    _requests(_numbered_from(1025)),
+    _responses(_FIRST_RESPONSE_CODE),
 )
 
 #: Every edition, v3 first.

@@ -37,7 +37,6 @@ from protocol import (
     Register,
     Registered,
     RegistrationFailed,
-    RequestCode,
     SendPublicKey,
     crypto,
 )
@@ -382,14 +381,14 @@ def crc_abort(app: App, peer: Peer, event: CrcAbort, speaking: Speaking) -> Outc
 
 Handler = Callable[[App, Peer, Request, Speaking], Outcome]
 
-#: The handler of every request but 828 (whose packets stream: see below).
-HANDLERS: dict[RequestCode, Handler] = {
-    RequestCode.REGISTER: register,  # type: ignore[dict-item]
-    RequestCode.SEND_PUBLIC_KEY: send_public_key,  # type: ignore[dict-item]
-    RequestCode.RECONNECT: reconnect,  # type: ignore[dict-item]
-    RequestCode.CRC_OK: crc_ok,  # type: ignore[dict-item]
-    RequestCode.CRC_RETRY: crc_retry,  # type: ignore[dict-item]
-    RequestCode.CRC_ABORT: crc_abort,  # type: ignore[dict-item]
+#: The handler of every request but 828 (whose packets stream: see below), by its event.
+HANDLERS: dict[type[Request], Handler] = {
+    Register: register,  # type: ignore[dict-item]
+    SendPublicKey: send_public_key,  # type: ignore[dict-item]
+    Reconnect: reconnect,  # type: ignore[dict-item]
+    CrcOk: crc_ok,  # type: ignore[dict-item]
+    CrcRetry: crc_retry,  # type: ignore[dict-item]
+    CrcAbort: crc_abort,  # type: ignore[dict-item]
 }
 
 

@@ -422,7 +422,7 @@ class Session:
         self._start_request(code)
         try:
             self._admit(event)
-            outcome = HANDLERS[code](self.app, self.peer, event, self._speaking())
+            outcome = HANDLERS[type(event)](self.app, self.peer, event, self._speaking())
         except (Refusal, StorageFault) as exc:
             self._refuse(code, client, exc)
             return

@@ -84,7 +84,7 @@ def test_target_finds_an_exception_in_a_handler(monkeypatch):
     def broken(app, peer, event, speaking):
         raise KeyError("a handler bug")
 
-    monkeypatch.setitem(handlers.HANDLERS, Reconnect.code, broken)
+    monkeypatch.setitem(handlers.HANDLERS, Reconnect, broken)
     with pytest.raises(Finding, match="KeyError"):
         run_input(encode_structured(1))
 

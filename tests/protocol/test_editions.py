@@ -8,7 +8,12 @@ Each request is parsed by a ``ServerConnection`` and built by a
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
 import pytest
+from construct import Bytes, Struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,10 +37,13 @@ from protocol import (
     Registered,
     RegistrationFailed,
     RemoteProtocolError,
+    RequestCode,
+    ResponseCode,
     SendFilePacket,
     SendPublicKey,
     ServerConnection,
 )
+from protocol import connection, editions
 from protocol.editions import (
     EDITION_2022,
     EDITION_2023A,
@@ -44,9 +52,11 @@ from protocol.editions import (
     EDITIONS,
     V3,
     Family,
+    Message,
     family_of,
 )
 from protocol.names import NameField
+from protocol.wire import NamePayload
 from protocol_helpers import drain, feed, merge_content
 from wire_by_hand import name, response, u16, u32
 from wire_by_hand import request as request_from
@@ -421,3 +431,85 @@ def test_a_request_whose_header_is_in_is_read_in_the_edition_settled_meanwhile()
     server.receive_data(data[30:])
     assert isinstance(server.next_event(), Register)
     assert server.candidates == (EDITION_2024A,)
+
+
+def test_v3_codes_are_the_request_events_own():
+    # One name per request: v3 codes its requests by their RequestCode, and
+    # the other editions number theirs in the same order from their first code.
+    assert {message.event: message.code for message in V3.requests} == {
+        message.event: message.event.code for message in V3.requests
+    }
+    assert sorted(message.code for message in V3.requests) == sorted(RequestCode)
+    for edition in EDITIONS:
+        order = [message.event for message in sorted(edition.requests, key=lambda m: m.code)]
+        assert order == [m.event for m in V3.requests if m.event in order], edition
+
+
+# -- a request of neither kind -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scratch:
+    """A request a new edition might bring: neither a client name nor a file name."""
+
+    code: ClassVar = 903
+    client_id: bytes
+    token: bytes
+
+
+SCRATCH_TOKEN = Struct("token" / Bytes(8))
+
+
+@pytest.fixture
+def scratch_v3(monkeypatch):
+    """v3 with one more request, a _Scratch at 903, as a new request would be added."""
+    edition = dataclasses.replace(
+        V3, requests=(*V3.requests, Message(_Scratch, _Scratch.code, SCRATCH_TOKEN))
+    )
+    families = {**editions.FAMILIES, Family.V3: (edition,)}
+    monkeypatch.setattr(editions, "FAMILIES", families)
+    monkeypatch.setattr(connection, "FAMILIES", families)
+    return edition
+
+
+def test_a_request_with_neither_name_is_read_from_its_declaration(scratch_v3):
+    server = ServerConnection(editions=(scratch_v3,))
+    server.receive_data(request(_Scratch.code, b"12345678") + request(825, name(b"alice")))
+    assert drain(server) == [
+        _Scratch(client_id=CID, token=b"12345678"),
+        Register(client_id=CID, name="alice"),
+    ]
+
+
+@dataclass(frozen=True)
+class _NamedScratch:
+    """A new request that carries a client name: checked as every client name is."""
+
+    code: ClassVar = 904
+    client_id: bytes
+    name: str
+
+
+@pytest.fixture
+def named_scratch_v3(monkeypatch, scratch_v3):
+    edition = dataclasses.replace(
+        scratch_v3,
+        requests=(*scratch_v3.requests, Message(_NamedScratch, _NamedScratch.code, NamePayload)),
+    )
+    families = {**editions.FAMILIES, Family.V3: (edition,)}
+    monkeypatch.setattr(editions, "FAMILIES", families)
+    monkeypatch.setattr(connection, "FAMILIES", families)
+    return edition
+
+
+def test_a_new_request_with_a_client_name_has_it_checked(named_scratch_v3):
+    server = ServerConnection(editions=(named_scratch_v3,))
+    server.receive_data(request(_NamedScratch.code, name(b"bob")))
+    assert drain(server) == [_NamedScratch(client_id=CID, name="bob")]
+    server.receive_data(request(_NamedScratch.code, name(b"b\x01b")))
+    with pytest.raises(RemoteProtocolError, match="invalid client name") as refused:
+        drain(server)
+    assert refused.value.response_code is ResponseCode.GENERAL_ERROR
+    assert not refused.value.close
+    server.receive_data(request(_Scratch.code, b"12345678"))
+    assert drain(server) == [_Scratch(client_id=CID, token=b"12345678")]

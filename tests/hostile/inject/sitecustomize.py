@@ -135,13 +135,13 @@ def _install() -> None:
     sqlite.os = _FaultyDatabaseOs(os)
     folder.secrets = _GuessedSecrets(folder.secrets)
 
-    for code, handler in list(handlers.HANDLERS.items()):
-        def guarded(app, peer, event, speaking, _handler=handler, _code=int(code)):
+    for request, handler in list(handlers.HANDLERS.items()):
+        def guarded(app, peer, event, speaking, _handler=handler, _code=int(request.code)):
             if _faults().get("raise") == _code:
                 raise ZeroDivisionError(f"injected into the {_code} handler")
             return _handler(app, peer, event, speaking)
 
-        handlers.HANDLERS[code] = guarded
+        handlers.HANDLERS[request] = guarded
 
     real_upsert = SqliteMetadata.upsert_file
 
