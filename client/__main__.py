@@ -159,9 +159,11 @@ earlier run (the protocol's rule; -v says so).
 Several FILEs are sent one after another in one session (or over --jobs
 connections at once); a file that fails does not stop the others, and a
 summary names how each went. On an error reply the client prints "server
-responded with an error" and retries the step up to 3 times; on a cksum
-mismatch it sends the file again, up to 3 times. Sizes and rates are in
-decimal units (1 MB = 1,000,000 bytes)."""
+responded with an error" and retries: 3 in all for a file, whatever step of
+it failed, across its resends and layouts (a step outside a file, such as
+the registration, has 3 of its own); on a cksum mismatch it sends the file
+again, up to 3 times. Sizes and rates are in decimal units (1 MB = 1,000,000
+bytes)."""
 
 
 def _exit_code_table() -> str:
