@@ -42,7 +42,8 @@ from protocol.editions import BY_NAME, V3
 from protocol.printable import OneLineFormatter, quoted
 
 from .config import (
-    Identity, ServerAddress, check_name, load_identity, load_settings, parse_server,
+    Identity, RegisteredName, ServerAddress, check_name, load_identity, load_settings,
+    parse_server,
 )
 from .errors import (
     ClientError,
@@ -395,11 +396,11 @@ def _run(args: argparse.Namespace) -> ExitCode:
     # The identity registered with the server load_settings names (read once).
     found: dict[ServerAddress, tuple[Path, Identity | None]] = {}
 
-    def stored_name(server: ServerAddress) -> str | None:
+    def stored_name(server: ServerAddress) -> RegisteredName | None:
         folder = identity_folder(work, server, explicit=explicit)
         found[server] = folder, load_identity(folder)
         identity = found[server][1]
-        return None if identity is None else identity.name
+        return None if identity is None else (identity.name, folder)
 
     settings = load_settings(
         work, server=args.server, name=args.name,
