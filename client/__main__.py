@@ -42,7 +42,8 @@ from protocol.editions import BY_NAME, V3
 from protocol.printable import OneLineFormatter, quoted
 
 from .config import (
-    Identity, ServerAddress, check_name, load_identity, load_settings, parse_server,
+    Identity, RegisteredName, ServerAddress, check_name, load_identity, load_settings,
+    parse_server,
 )
 from .errors import (
     ClientError,
@@ -159,9 +160,11 @@ earlier run (the protocol's rule; -v says so).
 Several FILEs are sent one after another in one session (or over --jobs
 connections at once); a file that fails does not stop the others, and a
 summary names how each went. On an error reply the client prints "server
-responded with an error" and retries the step up to 3 times; on a cksum
-mismatch it sends the file again, up to 3 times. Sizes and rates are in
-decimal units (1 MB = 1,000,000 bytes)."""
+responded with an error" and retries: 3 in all for a file, whatever step of
+it failed, across its resends and layouts (a step outside a file, such as
+the registration, has 3 of its own); on a cksum mismatch it sends the file
+again, up to 3 times. Sizes and rates are in decimal units (1 MB = 1,000,000
+bytes)."""
 
 
 def _exit_code_table() -> str:
@@ -393,11 +396,11 @@ def _run(args: argparse.Namespace) -> ExitCode:
     # The identity registered with the server load_settings names (read once).
     found: dict[ServerAddress, tuple[Path, Identity | None]] = {}
 
-    def stored_name(server: ServerAddress) -> str | None:
+    def stored_name(server: ServerAddress) -> RegisteredName | None:
         folder = identity_folder(work, server, explicit=explicit)
         found[server] = folder, load_identity(folder)
         identity = found[server][1]
-        return None if identity is None else identity.name
+        return None if identity is None else (identity.name, folder)
 
     settings = load_settings(
         work, server=args.server, name=args.name,

@@ -188,20 +188,25 @@ def _line(path: Path, lines: list[str], number: int, what: str) -> str:
 # -- transfer.info -------------------------------------------------------------
 
 
+#: The name registered with a server, and the folder of its me.info.
+RegisteredName = tuple[str, Path]
+
+
 def load_settings(
     config_dir: Path,
     *,
     server: str | None = None,
     name: str | None = None,
     files: tuple[Path, ...] = (),
-    stored_name: Callable[[ServerAddress], str | None] = lambda _: None,
+    stored_name: Callable[[ServerAddress], RegisteredName | None] = lambda _: None,
 ) -> Settings:
     """Read transfer.info in config_dir; the arguments override its lines.
 
     transfer.info is only needed for what the arguments leave out; a relative
     path on its line 3 is relative to config_dir. ``stored_name`` gives the
-    name of the identity already registered with a server (me.info), if any:
-    that identity needs no name, and a different ``--name`` is refused.
+    name of the identity already registered with a server, and the folder of
+    its me.info, if any: that identity needs no name, and a different
+    ``--name`` is refused.
 
     Raises:
         ConfigError: naming the file (or the argument) and the line.
@@ -242,18 +247,22 @@ def load_settings(
     return Settings(server=address, name=name, files=chosen)
 
 
-def _client_name(path: Path, lines: list[str], flag: str | None, registered: str | None) -> str:
+def _client_name(
+    path: Path, lines: list[str], flag: str | None, stored: RegisteredName | None
+) -> str:
     """The name of this run: the registered one, else --name, else transfer.info line 2.
 
     Raises:
         ConfigError: --name differs from the registered name, or the name is not allowed.
     """
-    if flag is not None and registered is not None and flag != registered:
+    registered = None if stored is None else stored[0]
+    if flag is not None and stored is not None and flag != registered:
+        me_info = quoted(str(stored[1] / ME_INFO))
         raise ConfigError(
             "--name",
-            f"this folder's {ME_INFO} is the client {registered!r}, not {flag!r}: leave"
-            f" --name out to send as {registered!r}, or pass --config-dir with another"
-            f" folder to use (or register) {flag!r} there",
+            f"{me_info} is the client {quoted(stored[0])}, not {quoted(flag)}: leave"
+            f" --name out to send as {quoted(stored[0])}, or pass --config-dir with"
+            f" another folder to use (or register) {quoted(flag)} there",
         )
     source: Path | str
     line: int | None

@@ -348,8 +348,10 @@ class Session:
             waited = self.timeout if wait is None else wait
             silent = self.replies_on_connection == 0 and not self._first_bytes
             hint = f" ({foreign.SILENCE_HINT})" if silent else ""
+            # Part of an answer came (a server that trickles it): say so.
+            verb = "did not finish its answer" if self._conn.in_message else "did not answer"
             raise NetworkError(
-                f"the server at {self.address} did not answer within {waited:g} s{hint}",
+                f"the server at {self.address} {verb} within {waited:g} s{hint}",
                 timed_out=True,
             ) from None
         except OSError as exc:

@@ -6,7 +6,9 @@ not acknowledged while its receive window is at zero (its buffer is full), or
 everything acknowledged while the window it advertises stays under half of
 the one it opened the connection with (bytes it received and has not read; a
 server that reads them announces the reopened window at once, as it has
-doubled). That is evidence, where a silent wait is not.
+doubled). That is evidence, where a silent wait is not, as long as it does
+not move: a server that reads, however slowly, acknowledges more bytes or
+opens its window between two looks, and is not taken to have stopped.
 
 Linux only (``TCP_INFO`` and ``SIOCOUTQ``); elsewhere there is no evidence,
 and the time-out alone decides.
@@ -63,12 +65,22 @@ class ReadingWatch:
     def __init__(self, sock: socket.socket) -> None:
         #: The window the server opened the connection with (nothing unread yet).
         self._opening_window = _peer_window(sock)
+        #: (window, unacknowledged) at the last look that showed unread bytes.
+        self._last: tuple[int, int] | None = None
 
     def stopped_reading(self, sock: socket.socket) -> bool:
-        """Whether the kernel shows, right now, bytes the server has not read."""
+        """Whether the kernel shows bytes the server has not read, and no read
+        since the last look (no byte more acknowledged, no wider window)."""
         window, unacknowledged = _peer_window(sock), _unacknowledged(sock)
         if window is None or unacknowledged is None or not self._opening_window:
+            self._last = None
             return False
         if unacknowledged:
-            return window == 0
-        return window < self._opening_window // 2
+            unread = window == 0
+        else:
+            unread = window < self._opening_window // 2
+        last, self._last = self._last, ((window, unacknowledged) if unread else None)
+        if not unread:
+            return False
+        read_since = last is not None and (unacknowledged < last[1] or window > last[0])
+        return not read_since

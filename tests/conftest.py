@@ -4,6 +4,10 @@
 folder, stopped (SIGTERM) after the test; ``server_factory(*flags,
 data_dir=None)`` starts more, with flags (e.g. ``"--idle-timeout", "1"``).
 See tests/helpers.py for the test client.
+
+A test marked ``needed_in_ci`` may skip where a tool it needs is missing
+(systemd-analyze, git), but not in CI: .ci/run sets ``CIPHERDROP_CI``, and
+there its skip is a failure.
 """
 
 from __future__ import annotations
@@ -14,6 +18,20 @@ from pathlib import Path
 import pytest
 
 from helpers import ServerProcess, start_server
+
+#: Set by .ci/run: a skip of a test marked ``needed_in_ci`` fails the run.
+CI_ENV = "CIPHERDROP_CI"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """In CI, turn the skip of a test CI needs into a failure that says why it skipped."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get(CI_ENV) and item.get_closest_marker("needed_in_ci"):
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but CI needs it: {reason}"
 
 
 @pytest.fixture

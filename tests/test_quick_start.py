@@ -69,6 +69,7 @@ def read_lines(stream, into: queue.Queue) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.needed_in_ci
 @pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(),
                     reason="needs a git checkout and git (apt-get install git)")
 def test_the_two_quick_start_lines_serve_and_send_in_a_fresh_clone(tmp_path):

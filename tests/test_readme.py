@@ -80,3 +80,19 @@ def test_the_first_command_serves_this_machine_only():
     first_block = readme.split(f"{FENCE}sh\n", 1)[1].split(FENCE, 1)[0]
     first_command = next(line for line in first_block.splitlines() if line.strip())
     assert "cipherdrop-server" in first_command and "--host 127.0.0.1" in first_command
+
+
+def test_the_client_exit_code_1_names_the_files_retry_budget():
+    # issue 23 point 9: one budget per file; "3 retries of a step" was stale
+    rows = {document.name: next(line for line in document.read_text().splitlines()
+                                if line.startswith("| 1 |"))
+            for document in (REPO / "README.md", REPO / "docs" / "CLIENT.md")}
+    for name, row in rows.items():
+        assert "3 retries of the file" in row and not row.endswith("of a step |"), f"{name}: {row}"
+
+
+def test_the_readme_does_not_say_the_client_switches_layout_once():
+    # the fallbacks are a ladder, each rung taken at most once (docs/CLIENT.md)
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert "switches layout once" not in text
+    assert "each switch at most once in a run" in text

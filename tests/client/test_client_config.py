@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from client import config
-from client.__main__ import ExitCode
+from client.__main__ import ExitCode, main
 from client.config import (
     Identity,
     ServerAddress,
@@ -21,6 +21,7 @@ from client.config import (
     save_identity,
 )
 from client.errors import ConfigError
+from client.locations import user_folder
 from protocol.crypto import export_private_key, generate_private_key
 
 from client_fakes import write_transfer_info
@@ -304,7 +305,7 @@ def test_a_registered_identity_needs_no_name(work, data, run_client):
     result = run_client("--server", f"127.0.0.1:{closed_port()}", str(data))
     assert result.code == ExitCode.NETWORK, result.err  # past the configuration, to the network
     assert "transfer.info" not in result.err
-    settings = load_settings(work, server="h:1", files=(data,), stored_name=lambda _: NAME)
+    settings = load_settings(work, server="h:1", files=(data,), stored_name=lambda _: (NAME, work))
     assert settings.name == NAME
 
 
@@ -313,15 +314,32 @@ def test_a_name_other_than_the_registered_one_is_refused(work, data, run_client)
     result = run_client("--server", f"127.0.0.1:{closed_port()}", "--name", "other", str(data))
     assert result.code == ExitCode.CONFIG
     [line] = [line for line in result.err.splitlines() if line.startswith("error:")]
-    assert line.startswith(f"error: --name: this folder's me.info is the client {NAME!r},"
+    assert line.startswith(f"error: --name: '{work / 'me.info'}' is the client {NAME!r},"
                            " not 'other':"), line
     assert "--config-dir" in line
     same = run_client("--server", f"127.0.0.1:{closed_port()}", "--name", NAME, str(data))
     assert same.code == ExitCode.NETWORK, same.err
 
 
+def test_a_refused_name_names_the_me_info_of_the_per_user_folder(tmp_path, data, monkeypatch,
+                                                                  capsys):
+    # The identity is not in the working folder: the refusal says where it is.
+    port = closed_port()
+    folder = user_folder(ServerAddress("127.0.0.1", port))
+    folder.mkdir(parents=True)
+    write_me_info(folder, [NAME, CLIENT_ID.hex(), KEY_TEXT])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code = main(["--server", f"127.0.0.1:{port}", "--name", "other", str(data)])
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == ExitCode.CONFIG
+    assert f"'{folder / 'me.info'}' is the client {NAME!r}, not 'other'" in line, line
+    assert "this folder" not in line
+
+
 def test_transfer_info_name_beside_another_registered_one_warns_and_uses_it(work, data, caplog):
     write_transfer_info(work, "h:1", "other", "data.bin")
-    settings = load_settings(work, stored_name=lambda _: NAME)
+    settings = load_settings(work, stored_name=lambda _: (NAME, work))
     assert settings.name == NAME
     assert f"names 'other' but me.info holds the client {NAME!r}" in caplog.text

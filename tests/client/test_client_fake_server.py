@@ -449,7 +449,7 @@ def test_a_server_that_trickles_its_answer_is_bound_by_the_timeout(work, run_cli
     result = run_against(script, work, data, run_client, "--timeout", f"{timeout:g}")
     elapsed = time.monotonic() - started
     assert result.code == ExitCode.NETWORK, result.err
-    assert "did not answer within 1 s" in result.err
+    assert "did not finish its answer within 1 s" in result.err  # part of it came
     assert elapsed < 5 * timeout < trickle_time / 3
 
 

@@ -484,6 +484,47 @@ def test_a_fallback_run_stays_near_the_servers_own_client(work, run_client, tmp_
     assert seconds < 2 * own_seconds + 2 * STALL_EVIDENCE
 
 
+#: A slow server's reads: this many bytes, then a pause (about 1 MB/s).
+SLOW_READ, SLOW_READ_PAUSE = 16384, 0.016
+#: Its receive buffer, set as many servers set theirs (no autotuning).
+SLOW_SERVER_BUFFER = 65536
+
+
+class _SlowlyRead:
+    """A server's socket read slowly but without a stop (a busy or small server)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_SERVER_BUFFER)
+        self._sock = sock
+
+    def recv(self, size: int) -> bytes:
+        time.sleep(SLOW_READ_PAUSE)
+        return self._sock.recv(min(size, SLOW_READ))
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+
+def test_a_server_that_reads_slowly_has_not_stopped_reading(work, run_client):
+    """A server that keeps reading, however slowly, is no evidence against the
+    layout: its window opens a little at each read and the bytes it acknowledges
+    grow. Only a server whose reading makes no progress at all for
+    STALL_EVIDENCE is taken to have dropped the layout."""
+    data = os.urandom(3_000_000)  # several default packets, read for about 3 s
+    (work / "data.bin").write_bytes(data)
+    with BehaviourServer(standard_slowly_read, one_at_a_time=True) as server:
+        write_transfer_info(work, server.address, "alice", "data.bin")
+        result = run_client()
+    assert result.code == ExitCode.OK, result.err
+    assert "refused the layout" not in result.err
+    assert server.state.verified == data and server.state.uploads == 1
+
+
+def standard_slowly_read(sock: socket.socket, state: State) -> None:
+    """The standard server, reading about 1 MB/s."""
+    standard(_SlowlyRead(sock), state)  # type: ignore[arg-type]
+
+
 def test_a_zlib_crc_is_reported_as_what_it_is(work, run_client):
     """A server that answers zlib's CRC-32: the log and the summary name that
     checksum and the value the server sent, never a cksum it did not send."""

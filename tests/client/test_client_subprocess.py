@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from client.__main__ import ExitCode
+from client.upload import MAX_RETRIES
 from protocol import Register
 
 from client_fakes import (
@@ -63,6 +64,13 @@ def test_help_explains_flags_and_exit_codes(work):
         assert word in result.stdout
     for code in ExitCode:
         assert f"\n  {int(code):<4} " in result.stdout
+
+
+def test_help_states_one_retry_budget_per_file(work):
+    # issue 23 point 9: the count never starts again within a file
+    text = " ".join(run(work, "--help").stdout.split())
+    assert f"retries: {MAX_RETRIES} in all for a file" in text
+    assert "retries the step" not in text
 
 
 def test_exit_codes_are_in_the_module_docstring():

@@ -57,6 +57,7 @@ def test_the_unit_is_sandboxed_and_writes_only_its_data_folder():
     assert int(unit["TimeoutStopSec"][0]) > 30
 
 
+@pytest.mark.needed_in_ci
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason=SYSTEMD_MISSING)
 def test_systemd_analyze_verify_finds_nothing(tmp_path):
     # verify checks that ExecStart's program exists: point it at this checkout's server.
@@ -97,6 +98,7 @@ def fresh_env() -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.needed_in_ci
 @pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(),
                     reason="needs a git checkout and git (apt-get install git)")
 def test_the_readme_service_steps_install_a_unit_systemd_accepts(tmp_path):
