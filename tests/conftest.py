@@ -57,24 +57,3 @@ def server(server_factory) -> ServerProcess:
     """A real server with default limits and an empty data folder."""
     return server_factory()
 
-
-#: The words every skip for a missing system package carries: the install line.
-INSTALL_HINT = "apt-get install"
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """In CI (``CI`` set), a test skipped for a missing package fails instead.
-
-    A developer without the package sees the skip and its install line;
-    CI installs every package (.ci/run), so such a skip there means a test
-    that did not run.
-    """
-    outcome = yield
-    report = outcome.get_result()
-    if not (os.environ.get("CI") and report.skipped and isinstance(report.longrepr, tuple)):
-        return
-    reason = report.longrepr[2]
-    if INSTALL_HINT in reason:
-        report.outcome = "failed"
-        report.longrepr = f"CI skipped a test for a missing package: {reason}"
