@@ -90,7 +90,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     prog = prog or program_name()
     parser = OneLineErrorParser(
         prog=prog,
-        description="cipherdrop server: receives encrypted files (protocol v3, older editions too).",
+        description="cipherdrop server: receives encrypted files (protocol v3 and older editions).",
         epilog=f"The operator's commands (list, show, delete, verify):"
         f" {prog} {ADMIN_COMMAND} --help",
         formatter_class=DefaultsHelpFormatter,
