@@ -21,15 +21,9 @@ from .. import crashpoints
 from ..errors import StorageFault
 from ..peer import address_group
 from ..storage.commit import finish_removals, remove_client
-from ..storage.factory import (
-    BLOBS_OPTION,
-    METADATA_OPTION,
-    blobs_help,
-    metadata_help,
-    open_blob_reader,
-    open_stores,
-)
+from ..storage.factory import open_blob_reader, open_stores
 from ..storage.inventory import ClientSummary, InventoryView, StoredFile, parse_client_id
+from ..storage.store_options import add_store_options
 from . import output, unused
 from .common import (
     PERMISSION_HINT,
@@ -128,14 +122,7 @@ def _add_common_options(parser: argparse.ArgumentParser, data_dir: object, json:
         " received_files/; default: .)",
     )
     store_default = None if data_dir is not argparse.SUPPRESS else argparse.SUPPRESS
-    parser.add_argument(
-        METADATA_OPTION, metavar="URL", default=store_default,
-        help=f"the server's {METADATA_OPTION}, if it was given one: {metadata_help()}",
-    )
-    parser.add_argument(
-        BLOBS_OPTION, metavar="URL", default=store_default,
-        help=f"the server's {BLOBS_OPTION}, if it was given one: {blobs_help()}",
-    )
+    add_store_options(parser, store_default, the_servers=True)
     parser.add_argument("--json", action="store_true", default=json, help="JSON for scripts")
 
 
