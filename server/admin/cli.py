@@ -310,10 +310,9 @@ def delete_client(args: argparse.Namespace, out: TextIO) -> Exit:
     if not args.yes:
         out.write(f"would delete {what}; add --yes to delete it\n")
         return Exit.OK
-    lock = lock_or_refuse(args.data_dir, "delete", "a deletion changes files the server serves")
-    out.write(f"deleting {what}\n")
-    out.flush()
-    try:
+    with lock_or_refuse(args.data_dir, "delete", "a deletion changes files the server serves"):
+        out.write(f"deleting {what}\n")
+        out.flush()
         metadata, blobs = open_stores(store_urls(args), address_group)
         try:
             finish_removals(metadata, blobs)
@@ -322,8 +321,6 @@ def delete_client(args: argparse.Namespace, out: TextIO) -> Exit:
             remove_client(metadata, blobs, client.id)
         finally:
             metadata.close()
-    finally:
-        lock.release()
     out.write(f"deleted {what}\n")
     return Exit.OK
 

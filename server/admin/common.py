@@ -11,8 +11,9 @@ import argparse
 import enum
 import os
 import signal
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Iterator, Sequence, TextIO
 
 from ..errors import BadStoreUrl, LockError
 from ..storage.factory import StoreUrls, open_inventory
@@ -91,8 +92,9 @@ def unreadable(path: Path | str, exc: OSError) -> str:
     return f"cannot use {exc.filename or path}: {reason}{hint}"
 
 
-def lock_or_refuse(data_dir: Path, verb: str, why: str) -> DataDirLock:
-    """The data folder's lock, for a command that changes the folder; the caller releases it.
+@contextmanager
+def lock_or_refuse(data_dir: Path, verb: str, why: str) -> Iterator[None]:
+    """Hold the data folder's lock over a command's change to the folder, or refuse it.
 
     ``verb`` names the command in the refusal ("stop it, then VERB again"),
     ``why`` says why the server must be stopped for it.
@@ -101,7 +103,7 @@ def lock_or_refuse(data_dir: Path, verb: str, why: str) -> DataDirLock:
         AdminError: a server holds the lock (exit 3), or the folder cannot be locked (exit 4).
     """
     try:
-        return DataDirLock.acquire(data_dir)
+        lock = DataDirLock.acquire(data_dir)
     except LockError as exc:
         if is_locked(data_dir):
             raise AdminError(
@@ -109,6 +111,10 @@ def lock_or_refuse(data_dir: Path, verb: str, why: str) -> DataDirLock:
                 Exit.SERVER_RUNNING,
             ) from exc
         raise AdminError(str(exc), Exit.UNUSABLE) from exc
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def print_records(

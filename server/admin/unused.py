@@ -99,8 +99,7 @@ def purge_unused(args: argparse.Namespace, out: TextIO) -> int:
         for client in found:
             out.write(f"  {output.text(client.name)} ({client.id.hex()})\n")
         return Exit.OK
-    lock = lock_or_refuse(args.data_dir, "purge", "the server also deletes lapsed clients itself")
-    try:
+    with lock_or_refuse(args.data_dir, "purge", "the server also deletes lapsed clients itself"):
         metadata = open_metadata(store_urls(args).metadata, address_group)
         try:
             with metadata.transaction():
@@ -108,7 +107,5 @@ def purge_unused(args: argparse.Namespace, out: TextIO) -> int:
                     metadata.forget_client(client.id)
         finally:
             metadata.close()
-    finally:
-        lock.release()
     out.write(f"deleted {what}\n")
     return Exit.OK
