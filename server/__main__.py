@@ -50,15 +50,9 @@ from .options import (
 from .peer import address_group
 from .storage import BlobStore, MetadataStore
 from .storage.commit import repair
-from .storage.factory import (
-    BLOBS_OPTION,
-    METADATA_OPTION,
-    StoreUrls,
-    blobs_help,
-    metadata_help,
-    open_stores,
-)
+from .storage.factory import StoreUrls, open_stores
 from .storage.lock import DataDirLock
+from .storage.store_options import add_store_options
 
 log = logging.getLogger("server")
 
@@ -112,14 +106,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help=f"folder of {PORT_FILE}, the lock, and by default the database and"
         " received_files/ (created if missing)",
     )
-    parser.add_argument(
-        METADATA_OPTION, metavar="URL", default=None,
-        help=f"where clients and file rows are kept: {metadata_help()}",
-    )
-    parser.add_argument(
-        BLOBS_OPTION, metavar="URL", default=None,
-        help=f"where received files' content is kept: {blobs_help()}",
-    )
+    add_store_options(parser)
     parser.add_argument(
         "--log-level", default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity",

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -367,6 +368,27 @@ def packet_bytes(packet: SendFilePacket) -> bytes:
     return ClientConnection().send(packet)
 
 
+def proxied_connections(
+    listener: socket.socket, target: tuple[str, int], *, timeout: float | None = None
+) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A test proxy's connections: each one accepted on ``listener``, with a new one
+    to ``target`` (``timeout``: its connect's), until the listener is closed.
+
+    A client whose server cannot be reached is closed: the server is gone.
+    """
+    while True:
+        try:
+            client, _ = listener.accept()
+        except OSError:
+            return
+        try:
+            server = socket.create_connection(target, timeout=timeout)
+        except OSError:
+            client.close()
+            continue
+        yield client, server
+
+
 __all__ = [
     "ANY_ID",
     "bad_padding_packet",
@@ -384,6 +406,7 @@ __all__ = [
     "make_identity",
     "packet_bytes",
     "private_key",
+    "proxied_connections",
     "raw_header",
     "reconnect",
     "start_server",

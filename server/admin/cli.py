@@ -9,9 +9,7 @@ its database cannot be used.
 from __future__ import annotations
 
 import argparse
-import enum
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence, TextIO
@@ -20,35 +18,24 @@ from protocol import __version__
 from protocol.printable import escape_controls, quoted
 
 from .. import crashpoints
-from ..errors import BadStoreUrl, LockError, StorageFault
+from ..errors import StorageFault
 from ..peer import address_group
 from ..storage.commit import finish_removals, remove_client
-from ..storage.factory import (
-    BLOBS_OPTION,
-    METADATA_OPTION,
-    StoreUrls,
-    blobs_help,
-    metadata_help,
-    open_blob_reader,
-    open_inventory,
-    open_stores,
-)
+from ..storage.factory import open_blob_reader, open_stores
 from ..storage.inventory import ClientSummary, InventoryView, StoredFile, parse_client_id
-from ..storage.lock import DataDirLock, is_locked
+from ..storage.store_options import add_store_options
 from . import output, unused
+from .common import (
+    PERMISSION_HINT,
+    AdminError,
+    Exit,
+    inventory_of,
+    lock_or_refuse,
+    print_records,
+    store_urls,
+    unreadable,
+)
 from .verify import Check, Verdict, check_all
-
-
-class Exit(enum.IntEnum):
-    """The admin tool's exit codes."""
-
-    OK = 0
-    PROBLEM = 1
-    USAGE = 2
-    SERVER_RUNNING = 3
-    UNUSABLE = 4
-    #: As a program killed by SIGPIPE would end (what ``head`` leaves a writer).
-    OUTPUT_CLOSED = 128 + signal.SIGPIPE
 
 
 EXIT_TABLE = """exit codes:
@@ -62,14 +49,6 @@ EXIT_TABLE = """exit codes:
 CLIENT_COLUMNS = ("name", "id", "edition", "last_seen", "files", "bytes")
 FILE_COLUMNS = ("client", "file", "stored_as", "size", "verified")
 CHECK_COLUMNS = ("client", "file", "stored_as", "result", "detail")
-
-
-class AdminError(Exception):
-    """A command that cannot be done; the message is for the operator."""
-
-    def __init__(self, message: str, code: Exit) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -143,14 +122,7 @@ def _add_common_options(parser: argparse.ArgumentParser, data_dir: object, json:
         " received_files/; default: .)",
     )
     store_default = None if data_dir is not argparse.SUPPRESS else argparse.SUPPRESS
-    parser.add_argument(
-        METADATA_OPTION, metavar="URL", default=store_default,
-        help=f"the server's {METADATA_OPTION}, if it was given one: {metadata_help()}",
-    )
-    parser.add_argument(
-        BLOBS_OPTION, metavar="URL", default=store_default,
-        help=f"the server's {BLOBS_OPTION}, if it was given one: {blobs_help()}",
-    )
+    add_store_options(parser, store_default, the_servers=True)
     parser.add_argument("--json", action="store_true", default=json, help="JSON for scripts")
 
 
@@ -172,14 +144,14 @@ def main(
         _say_why(prog, exc)
         return int(Exit.USAGE)
     except StorageFault as exc:  # StoreUnusable too
-        hint = _HINT if isinstance(exc.__cause__, PermissionError) else ""
+        hint = PERMISSION_HINT if isinstance(exc.__cause__, PermissionError) else ""
         _say_why(prog, AdminError(f"{exc}{hint}", Exit.UNUSABLE))
         return int(Exit.UNUSABLE)
     except BrokenPipeError:  # ``admin files | head``: the reader had enough
         _silence_stdout()
         return int(Exit.OUTPUT_CLOSED)
     except OSError as exc:  # a file of the data folder that cannot be read or changed
-        _say_why(prog, AdminError(_unreadable(args.data_dir, exc), Exit.UNUSABLE))
+        _say_why(prog, AdminError(unreadable(args.data_dir, exc), Exit.UNUSABLE))
         return int(Exit.UNUSABLE)
 
 
@@ -196,55 +168,6 @@ def _silence_stdout() -> None:
 
 
 # -- read-only commands -------------------------------------------------------------
-
-
-def store_urls(args: argparse.Namespace) -> StoreUrls:
-    """Where the stores are: ``--metadata`` and ``--blobs``, else in ``--data-dir``.
-
-    Raises:
-        AdminError: a value is not a store's URL (exit 2).
-    """
-    try:
-        return StoreUrls.given(args.metadata, args.blobs, args.data_dir)
-    except BadStoreUrl as exc:
-        raise AdminError(str(exc), Exit.USAGE) from exc
-
-
-def _inventory(args: argparse.Namespace) -> InventoryView:
-    urls = store_urls(args)
-    if args.metadata is None:  # in the data folder: say so if it is not one
-        _check_folder(args.data_dir)
-    return open_inventory(urls.metadata)
-
-
-def _check_folder(data_dir: Path) -> None:
-    """Refuse, with the reason, a data folder that is missing, not a folder or unreadable.
-
-    A folder without the database (a foreign one) is refused by the inventory's opening.
-
-    Raises:
-        AdminError: exit 4.
-    """
-    try:
-        if not data_dir.exists():
-            raise AdminError(f"data folder {data_dir} does not exist", Exit.UNUSABLE)
-        if not data_dir.is_dir():
-            raise AdminError(f"{data_dir} is not a folder (--data-dir)", Exit.UNUSABLE)
-        with os.scandir(data_dir):
-            pass
-    except OSError as exc:
-        raise AdminError(_unreadable(data_dir, exc), Exit.UNUSABLE) from exc
-
-
-def _unreadable(path: Path | str, exc: OSError) -> str:
-    """Why a path cannot be used, and the usual way out."""
-    reason = exc.strerror or str(exc)
-    hint = _HINT if isinstance(exc, PermissionError) else ""
-    return f"cannot use {exc.filename or path}: {reason}{hint}"
-
-
-#: The usual way out of a permission denied.
-_HINT = " (run it as the server's user, e.g. sudo -u cipherdrop)"
 
 
 def _find(inventory: InventoryView, args: argparse.Namespace) -> ClientSummary:
@@ -296,42 +219,34 @@ def file_record(stored: StoredFile) -> dict[str, Any]:
     }
 
 
-def _print_records(args: argparse.Namespace, records: list[dict], columns, out: TextIO) -> None:
-    """A list of records: JSON with ``--json``, else an aligned table of ``columns``."""
-    if args.json:
-        output.as_json(records, out)
-    else:
-        output.table(records, columns, out)
-
-
 def list_clients(args: argparse.Namespace, out: TextIO) -> Exit:
     """``clients``."""
-    inventory = _inventory(args)
+    inventory = inventory_of(args)
     try:
         records = [client_record(client) for client in inventory.clients()]
     finally:
         inventory.close()
-    _print_records(args, records, CLIENT_COLUMNS, out)
+    print_records(args, records, CLIENT_COLUMNS, out)
     return Exit.OK
 
 
 def list_files(args: argparse.Namespace, out: TextIO) -> Exit:
     """``files [CLIENT]``."""
     selects = _selects_one(args, optional=True)
-    inventory = _inventory(args)
+    inventory = inventory_of(args)
     try:
         client_id = _find(inventory, args).id if selects else None
         records = [file_record(stored) for stored in inventory.files(client_id)]
     finally:
         inventory.close()
-    _print_records(args, records, FILE_COLUMNS, out)
+    print_records(args, records, FILE_COLUMNS, out)
     return Exit.OK
 
 
 def show_client(args: argparse.Namespace, out: TextIO) -> Exit:
     """``client NAME`` or ``client --id HEX``: its fields, then its files."""
     _selects_one(args)
-    inventory = _inventory(args)
+    inventory = inventory_of(args)
     try:
         client = _find(inventory, args)
         files = [file_record(stored) for stored in inventory.files(client.id)]
@@ -350,14 +265,14 @@ def show_client(args: argparse.Namespace, out: TextIO) -> Exit:
 
 def verify(args: argparse.Namespace, out: TextIO) -> Exit:
     """``verify``: exit 1 if a file changed or is missing (exit 4 if their folder is unreadable)."""
-    inventory = _inventory(args)
+    inventory = inventory_of(args)
     try:
         checks = check_all(inventory, open_blob_reader(store_urls(args).blobs))
     finally:
         inventory.close()
     records = [_check_record(check) for check in checks]
     failed = sum(check.verdict.failed for check in checks)
-    _print_records(args, records, CHECK_COLUMNS, out)
+    print_records(args, records, CHECK_COLUMNS, out)
     if not args.json:
         counts = {verdict: 0 for verdict in Verdict}
         for check in checks:
@@ -383,7 +298,7 @@ def delete_client(args: argparse.Namespace, out: TextIO) -> Exit:
     It says what it deletes (name and id) before it does, and again after.
     """
     _selects_one(args)
-    inventory = _inventory(args)
+    inventory = inventory_of(args)
     try:
         client = _find(inventory, args)
     finally:
@@ -395,18 +310,9 @@ def delete_client(args: argparse.Namespace, out: TextIO) -> Exit:
     if not args.yes:
         out.write(f"would delete {what}; add --yes to delete it\n")
         return Exit.OK
-    try:
-        lock = DataDirLock.acquire(args.data_dir)
-    except LockError as exc:
-        if is_locked(args.data_dir):
-            raise AdminError(
-                f"the server is running on {args.data_dir}: stop it, then delete again"
-                " (a deletion changes files the server serves)", Exit.SERVER_RUNNING,
-            ) from exc
-        raise AdminError(str(exc), Exit.UNUSABLE) from exc
-    out.write(f"deleting {what}\n")
-    out.flush()
-    try:
+    with lock_or_refuse(args.data_dir, "delete", "a deletion changes files the server serves"):
+        out.write(f"deleting {what}\n")
+        out.flush()
         metadata, blobs = open_stores(store_urls(args), address_group)
         try:
             finish_removals(metadata, blobs)
@@ -415,8 +321,6 @@ def delete_client(args: argparse.Namespace, out: TextIO) -> Exit:
             remove_client(metadata, blobs, client.id)
         finally:
             metadata.close()
-    finally:
-        lock.release()
     out.write(f"deleted {what}\n")
     return Exit.OK
 

@@ -17,14 +17,13 @@ import argparse
 import time
 from typing import Any, TextIO
 
-from ..errors import LockError
 from ..limits import Limits
 from ..options import finite_number
 from ..storage.inventory import UnusedClient
 from ..peer import address_group
 from ..storage.factory import open_metadata
-from ..storage.lock import DataDirLock, is_locked
 from . import output
+from .common import Exit, inventory_of, lock_or_refuse, print_records, store_urls
 
 UNUSED_COLUMNS = ("name", "id", "has_key", "registered_from", "unused_for", "last_seen")
 #: ``purge-unused``'s default age: the server's own lapse of a keyed client.
@@ -73,46 +72,34 @@ def _older(clients: list[UnusedClient], older_than: float, now: float) -> list[U
     ]
 
 
-def list_unused(args: argparse.Namespace, out: TextIO) -> int:
-    """``unused [--older-than SECONDS]``."""
-    from .cli import Exit, _inventory, _print_records
-
-    now = time.time()
-    inventory = _inventory(args)
+def _unused_for_longer(args: argparse.Namespace, now: float) -> list[UnusedClient]:
+    """The clients that never stored a file, unused for longer than ``--older-than``."""
+    inventory = inventory_of(args)
     try:
-        found = _older(inventory.unused_clients(), args.older_than, now)
+        return _older(inventory.unused_clients(), args.older_than, now)
     finally:
         inventory.close()
-    _print_records(args, [unused_record(client, now) for client in found], UNUSED_COLUMNS, out)
+
+
+def list_unused(args: argparse.Namespace, out: TextIO) -> int:
+    """``unused [--older-than SECONDS]``."""
+    now = time.time()
+    found = _unused_for_longer(args, now)
+    print_records(args, [unused_record(client, now) for client in found], UNUSED_COLUMNS, out)
     return Exit.OK
 
 
 def purge_unused(args: argparse.Namespace, out: TextIO) -> int:
     """``purge-unused [--older-than SECONDS] --yes``: under the data folder's lock, or refused."""
-    from .cli import AdminError, Exit, _inventory, store_urls
-
     now = time.time()
-    inventory = _inventory(args)
-    try:
-        found = _older(inventory.unused_clients(), args.older_than, now)
-    finally:
-        inventory.close()
+    found = _unused_for_longer(args, now)
     what = f"{len(found)} client(s) that never stored a file, unused for over {args.older_than:g} s"
     if not args.yes:
         out.write(f"would delete {what}; add --yes to delete them\n")
         for client in found:
             out.write(f"  {output.text(client.name)} ({client.id.hex()})\n")
         return Exit.OK
-    try:
-        lock = DataDirLock.acquire(args.data_dir)
-    except LockError as exc:
-        if is_locked(args.data_dir):
-            raise AdminError(
-                f"the server is running on {args.data_dir}: stop it, then purge again"
-                " (the server also deletes lapsed clients itself)", Exit.SERVER_RUNNING,
-            ) from exc
-        raise AdminError(str(exc), Exit.UNUSABLE) from exc
-    try:
+    with lock_or_refuse(args.data_dir, "purge", "the server also deletes lapsed clients itself"):
         metadata = open_metadata(store_urls(args).metadata, address_group)
         try:
             with metadata.transaction():
@@ -120,7 +107,5 @@ def purge_unused(args: argparse.Namespace, out: TextIO) -> int:
                     metadata.forget_client(client.id)
         finally:
             metadata.close()
-    finally:
-        lock.release()
     out.write(f"deleted {what}\n")
     return Exit.OK

@@ -9,6 +9,8 @@
 * :mod:`.factory`: the one place that knows the backends: it opens the
   stores from ``--metadata`` and ``--blobs`` (URL-like; a new backend is
   one module here and one line in its table);
+* :mod:`.store_options`: those two options, on the server's command line and
+  ``admin``'s;
 * :mod:`.commit`: the order of durable writes across the two, and start-up
   repair;
 * :mod:`.lock`: one server per data folder;

@@ -25,6 +25,7 @@ from protocol import (
     FilePacketEnded,
     FilePacketStarted,
     FileReceived,
+    GeneralError,
     NEED_DATA,
     PublicKeyReceived,
     Reconnect,
@@ -229,12 +230,14 @@ def run_against(script, work: Path, data: Path, run_client, *argv: str):
         return run_client(*argv)
 
 
-def file_received(keys: Keys, received, *, cksum_delta: int = 0) -> FileReceived:
-    """The 1603 a correct server sends for this upload."""
+def file_received(
+    keys: Keys, received, *, cksum_delta: int = 0, file_name: str | None = None
+) -> FileReceived:
+    """The 1603 a correct server sends for this upload (or with another cksum or file name)."""
     return FileReceived(
         client_id=keys.client_id,
         content_size=len(received.ciphertext),
-        file_name=received.first.file_name,
+        file_name=received.first.file_name if file_name is None else file_name,
         cksum=(received.cksum + cksum_delta) % 2**32,
     )
 
@@ -246,6 +249,13 @@ def accept_upload(peer, keys: Keys, *, first: Packet | None = None):
     peer.expect(CrcOk)
     peer.reply(Acknowledged(client_id=keys.client_id))
     return received
+
+
+def refuse_upload(peer, keys: Keys) -> None:
+    """Receive one upload, answer it 1607, and see the client close the connection."""
+    peer.receive_file(keys.aes_key)
+    peer.reply(GeneralError())
+    peer.expect_closed()
 
 
 def make_file(folder: Path, name: str = "data.bin", size: int = 5000) -> Path:

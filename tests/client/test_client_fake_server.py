@@ -39,6 +39,7 @@ from client_fakes import (
     handshake_reconnect,
     handshake_register,
     make_file,
+    refuse_upload,
     registered_folder,
     run_against,
     write_transfer_info,
@@ -281,9 +282,7 @@ def test_1607_after_upload_resends_on_a_new_connection_after_827(work, run_clien
     def script(server):
         peer = server.accept()
         handshake_register(peer, keys)
-        peer.receive_file(keys.aes_key)
-        peer.reply(GeneralError())
-        peer.expect_closed()
+        refuse_upload(peer, keys)
         peer = server.accept()
         handshake_reconnect(peer, keys)
         received = accept_upload(peer, keys)
@@ -514,9 +513,7 @@ def test_upload_failing_four_times_is_fatal(work, run_client):
             if attempt:
                 peer = server.accept()
                 handshake_reconnect(peer, keys)
-            peer.receive_file(keys.aes_key)
-            peer.reply(GeneralError())
-            peer.expect_closed()
+            refuse_upload(peer, keys)
 
     result = run_against(script, work, data, run_client)
     assert result.code == ExitCode.SERVER_ERROR
@@ -536,9 +533,7 @@ def test_a_file_has_one_retry_budget_across_its_resends(work, run_client):
         for upload in range(4):
             if upload:
                 peer.expect(CrcRetry)
-            peer.receive_file(keys.aes_key)
-            peer.reply(GeneralError())
-            peer.expect_closed()
+            refuse_upload(peer, keys)
             if upload == 3:
                 return  # the budget is spent: the client gives up on the file
             peer = server.accept()
@@ -592,29 +587,27 @@ def test_1607_then_close_during_an_upload_is_an_error_reply(work, run_client):
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 1
 
 
-def test_1603_for_another_file_is_an_error(work, run_client):
-    data = make_file(work, size=100)
+def _1603_naming(file_name: str):
+    """A server script: the first upload answered with a 1603 that names ``file_name``
+    (the client closes), the upload again on a new connection accepted."""
     keys = Keys()
 
     def script(server):
         peer = server.accept()
         handshake_register(peer, keys)
         received = peer.receive_file(keys.aes_key)
-        reply = file_received(keys, received)
-        peer.reply(
-            FileReceived(
-                client_id=keys.client_id,
-                content_size=reply.content_size,
-                file_name="other.bin",
-                cksum=reply.cksum,
-            )
-        )
+        peer.reply(file_received(keys, received, file_name=file_name))
         peer.expect_closed()
         peer = server.accept()
         handshake_reconnect(peer, keys)
         accept_upload(peer, keys)
 
-    result = run_against(script, work, data, run_client, "--verbose")
+    return script
+
+
+def test_1603_for_another_file_is_an_error(work, run_client):
+    data = make_file(work, size=100)
+    result = run_against(_1603_naming("other.bin"), work, data, run_client, "--verbose")
     assert result.code == ExitCode.OK, result.err
     assert result.err.splitlines().count(SERVER_ERROR_MESSAGE) == 1
     assert "1603 names the file 'other.bin'" in result.err
@@ -635,21 +628,7 @@ HOSTILE_1603_NAME = "\x1b]0;owned\x07\x1b[2J\rok\nsummary: 1 file, 1 verified\u0
 def test_a_file_name_from_a_hostile_server_is_shown_escaped(work, run_client):
     # issue 22 point 5: the server is not authenticated; what it sends is a stranger's text
     data = make_file(work, size=100)
-    keys = Keys()
-
-    def script(server):
-        peer = server.accept()
-        handshake_register(peer, keys)
-        received = peer.receive_file(keys.aes_key)
-        reply = file_received(keys, received)
-        peer.reply(FileReceived(client_id=keys.client_id, content_size=reply.content_size,
-                                file_name=HOSTILE_1603_NAME, cksum=reply.cksum))
-        peer.expect_closed()
-        peer = server.accept()
-        handshake_reconnect(peer, keys)
-        accept_upload(peer, keys)
-
-    result = run_against(script, work, data, run_client, "--verbose")
+    result = run_against(_1603_naming(HOSTILE_1603_NAME), work, data, run_client, "--verbose")
     assert result.code == ExitCode.OK, result.err
     _on_screen(result.err + result.out)
     assert "1603 names the file '\\x1b]0;owned\\x07\\x1b[2J\\x0dok\\x0asummary" in result.err

@@ -219,6 +219,30 @@ def every_packet_a_whole_file(sock: socket.socket, state: State) -> None:
                 sock.sendall(conn.send(answer))
 
 
+def _answer_events(
+    sock: socket.socket, conn: ServerConnection, state: State, packet, *,
+    content_size_only: bool = False,
+):
+    """Drain ``conn``: keep each 828's content, answer the file (1603) at its last
+    packet and any other request as :func:`_answer` does; the 828 under way is
+    returned (its end needs its header). ``content_size_only``: the file is the
+    first ``content_size`` bytes received (behaviour 4's last packet is zero-filled)."""
+    while (event := conn.next_event()) is not NEED_DATA:
+        if isinstance(event, FilePacketStarted):
+            packet = event
+        elif isinstance(event, FileContent):
+            state.ciphertext += event.data
+        elif isinstance(event, FilePacketEnded):
+            if packet.packet_number == packet.total_packets:
+                if content_size_only:
+                    del state.ciphertext[packet.content_size:]
+                state.plain += crypto.decrypt(state.aes_key, bytes(state.ciphertext))
+                sock.sendall(conn.send(_file_done(state, packet.file_name)))
+        elif (answer := _answer(state, event)) is not None:
+            sock.sendall(conn.send(answer))
+    return packet
+
+
 #: Behaviour 8: the buffer each field of a request is read into with one receive.
 FIELD_RECEIVE = 1 << 16
 #: The fields of a request: the header's, then an 828's before its content.
@@ -230,6 +254,7 @@ def one_receive_per_field(sock: socket.socket, state: State) -> None:
     """Behaviour 8: each field read with one receive (of at most 64 KiB): a
     large packet arrives cut, the stream is lost, 1607 and close; persistent."""
     conn = ServerConnection()
+    packet = None
 
     def field(size: int) -> bytes:
         data = sock.recv(min(size, FIELD_RECEIVE))
@@ -248,17 +273,7 @@ def one_receive_per_field(sock: socket.socket, state: State) -> None:
             elif payload_size:
                 payload = field(payload_size)
             conn.receive_data(header + payload)
-            while (event := conn.next_event()) is not NEED_DATA:
-                if isinstance(event, FilePacketStarted):
-                    packet = event
-                elif isinstance(event, FileContent):
-                    state.ciphertext += event.data
-                elif isinstance(event, FilePacketEnded):
-                    if packet.packet_number == packet.total_packets:
-                        state.plain += crypto.decrypt(state.aes_key, bytes(state.ciphertext))
-                        sock.sendall(conn.send(_file_done(state, packet.file_name)))
-                elif (answer := _answer(state, event)) is not None:
-                    sock.sendall(conn.send(answer))
+            packet = _answer_events(sock, conn, state, packet)
     except EOFError:
         state.plain.clear()
         state.ciphertext.clear()
@@ -291,19 +306,7 @@ def fixed_size_packets(sock: socket.socket, state: State) -> None:
             threading.Event().wait(30)  # the handler is stuck: no answer, ever
             return
         conn.receive_data(header + payload)
-        while (event := conn.next_event()) is not NEED_DATA:
-            if isinstance(event, FilePacketStarted):
-                packet = event
-            elif isinstance(event, FileContent):
-                state.ciphertext += event.data
-            elif isinstance(event, FilePacketEnded):
-                if packet.packet_number == packet.total_packets:
-                    cipher = bytes(state.ciphertext[: packet.content_size])
-                    state.ciphertext = bytearray(cipher)
-                    state.plain += crypto.decrypt(state.aes_key, cipher)
-                    sock.sendall(conn.send(_file_done(state, packet.file_name)))
-            elif (answer := _answer(state, event)) is not None:
-                sock.sendall(conn.send(answer))
+        packet = _answer_events(sock, conn, state, packet, content_size_only=True)
 
 
 def standard(sock: socket.socket, state: State, *, plaintext_size=False, empty_ack=False,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import server_env
+from helpers import proxied_connections, server_env
 
 RUN_TIMEOUT = 120
 #: Client bytes let through on a connection before the proxy holds it: more
@@ -64,16 +64,7 @@ class HoldingProxy:
         self._threads.append(thread)
 
     def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self._server, timeout=5)
-            except OSError:
-                client.close()  # the server is gone: so is the connection
-                continue
+        for client, server in proxied_connections(self.listener, self._server, timeout=5):
             self._start(self._pump, client, server, True)
             self._start(self._pump, server, client, False)
 

@@ -27,7 +27,7 @@ from Crypto.Hash import SHA1
 from Crypto.Util.Padding import pad
 
 from edition_helpers import db_rows
-from helpers import IO_TIMEOUT, private_key, unique_name
+from helpers import IO_TIMEOUT, private_key, proxied_connections, unique_name
 from protocol import cksum, crypto
 from wire_by_hand import name, request, u16, u32
 
@@ -56,12 +56,7 @@ class FlippingProxy:
         self.listener.close()
 
     def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.target)
+        for client, server in proxied_connections(self.listener, self.target):
             threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
             threading.Thread(target=self._answers, args=(server, client), daemon=True).start()
 
