@@ -421,8 +421,9 @@ class Session:
         self._request_size = self._decoder.request_size
         self._start_request(code)
         try:
-            self._admit(event)
-            outcome = HANDLERS[type(event)](self.app, self.peer, event, self._speaking())
+            with self.app.metadata.request():
+                self._admit(event)
+                outcome = HANDLERS[type(event)](self.app, self.peer, event, self._speaking())
         except (Refusal, StorageFault) as exc:
             self._refuse(code, client, exc)
             return
@@ -436,15 +437,16 @@ class Session:
         self._current = (RequestCode.SEND_FILE, event.client_id.hex())
         self._start_request(RequestCode.SEND_FILE)
         per_request = self.model is Model.PER_REQUEST
-        try:
-            self._admit(event)
-        except (Refusal, StorageFault) as exc:
-            refused = Refused.of(exc)
-            self._packet_client, self._packet = event.client_id.hex(), DroppedPacket(refused)
-            return
-        self._packet_client, self._packet = start_file_packet(
-            self.app, self.peer, per_request, event
-        )
+        with self.app.metadata.request():
+            try:
+                self._admit(event)
+            except (Refusal, StorageFault) as exc:
+                refused = Refused.of(exc)
+                self._packet_client, self._packet = event.client_id.hex(), DroppedPacket(refused)
+                return
+            self._packet_client, self._packet = start_file_packet(
+                self.app, self.peer, per_request, event
+            )
         self._current = (RequestCode.SEND_FILE, self._packet_client)
 
     def _end_packet(self) -> None:
