@@ -15,13 +15,14 @@ The rule that keeps it true:
   session opens around one event it handles: it never outlives the step,
   and the loop runs no other connection's step meanwhile. Outside a
   request, every read goes to the store.
-* Every write goes through here and drops what it may change (the client's
-  row for a write to the client, its binding for a new binding, everything
-  for a write whose clients are not named, and after a transaction that
-  failed); a noted key use raises the cached binding's ``last_used``, as the
-  stores' own :meth:`~server.storage.base.MetadataStore.binding` does with a
-  pending one. A noted request time changes no row the stores return before
-  it is written.
+* Every write goes through here and drops what it may change: a write to a
+  client drops its row and binding, a new binding the binding, a write whose
+  clients are not named (lapsed registrations) and a transaction that failed
+  (its writes are undone) everything. A noted key use raises the cached
+  binding's ``last_used``, as the stores'
+  :meth:`~server.storage.base.MetadataStore.binding` counts a pending one;
+  a noted request time changes no row the stores return before it is
+  written.
 * A name is answered from the cache only by a row read in this request:
   names move only by a delete and an insert, which drop the rows they touch.
 """

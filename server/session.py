@@ -62,7 +62,9 @@ Rule 7. Nothing is written for a client on behalf of an address that may
     edition) before anything is written or decrypted, unless it is one its
     handler serves from elsewhere by its own rules (827; 826 to a keyed
     client); such a request records nothing of Rule 6 (the client's
-    edition) either.
+    edition) either. The check and the handler run inside one
+    ``app.metadata.request()`` (server/reads.py): the client's row and
+    binding are read from the store once for both.
 
 What each request is owed is the table below; what a refusal or a fault is
 answered is :meth:`Session._refuse` and :meth:`Session.fail`, the one place
