@@ -15,6 +15,7 @@ from .metrics import NO_METRICS, Metrics
 from .outcome import InstallTicket
 from .peer import Peer, address_group
 from .rate import RegistrationLimiter
+from .reads import RequestReads
 from .shares import RoundShares
 from .storage import BlobStore, MetadataStore
 from .timers import Timers
@@ -72,7 +73,8 @@ class LiveRegistrations:
 class App:
     """The server's shared state; one per process, never a global."""
 
-    metadata: MetadataStore
+    #: The metadata store, its client reads made once per request (server/reads.py).
+    metadata: RequestReads
     blobs: BlobStore
     limits: Limits
     timers: Timers
@@ -161,7 +163,9 @@ class App:
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics = NO_METRICS,
     ) -> App:
-        """Wire the parts together."""
+        """Wire the parts together; everything reads and writes ``metadata`` through one
+        :class:`RequestReads`."""
+        reads = RequestReads(metadata)
         timers = Timers(clock)
         budget = DecryptionBudget(
             limits.max_decryption_failures_per_key,
@@ -174,11 +178,11 @@ class App:
             limits.requests_per_address_per_round, limits.durable_files_per_address_per_round
         )
         app = cls(
-            metadata=metadata,
+            metadata=reads,
             blobs=blobs,
             limits=limits,
             timers=timers,
-            uploads=Uploads(timers, limits, metadata, blobs, budget, log_limiter, shares),
+            uploads=Uploads(timers, limits, reads, blobs, budget, log_limiter, shares),
             registrations=RegistrationLimiter(limits.registrations_per_minute, clock),
             budget=budget,
             log_limiter=log_limiter,

@@ -4,7 +4,7 @@ A handler sees the request event, the connection it came on
 (:class:`~server.peer.Peer`) and the edition it speaks
 (:class:`~server.peer.Speaking`: the AES key size, whether a returning client
 sends its key again); it returns an :class:`~server.outcome.Outcome`
-(the kind of request and its answer), or raises :class:`~server.errors.Refusal`
+(its answer, what to log), or raises :class:`~server.errors.Refusal`
 (1607). Store faults (:class:`~server.errors.StorageFault`) propagate to the
 session, which answers 1607 and keeps serving. A handler sees only requests
 the session admitted: from an address the client is bound to, but for 827
@@ -49,7 +49,7 @@ from .app import App
 from .binding import bind, use_key
 from .errors import NameTaken, NoRoom, Refusal, StorageFault
 from .labels import client_label
-from .outcome import Outcome, RequestKind
+from .outcome import Outcome
 from .packets import (
     Dropped,
     DroppedPacket,
@@ -63,11 +63,6 @@ from .packets import (
 from .peer import Peer, Speaking
 from .phases import Upload
 from .storage import ClientRow
-
-REGISTER = RequestKind.REGISTER
-SEND_PUBLIC_KEY = RequestKind.SEND_PUBLIC_KEY
-RECONNECT = RequestKind.RECONNECT
-
 
 def _new_client_id(app: App) -> bytes:
     while True:
@@ -169,15 +164,15 @@ def register(app: App, peer: Peer, event: Register, speaking: Speaking) -> Outco
     existing = app.metadata.client_by_name(event.name)
     refusal = _why_name_is_held(app, peer, existing) or _can_register(app, peer, existing)
     if refusal:
-        return Outcome(REGISTER, RegistrationFailed(), event.name, refusal, refused=True)
+        return Outcome(RegistrationFailed(), event.name, refusal, refused=True)
     try:
         client_id = _register_name(app, peer, event.name, existing, speaking)
     except NameTaken:
-        return Outcome(REGISTER, RegistrationFailed(), event.name, "name taken", refused=True)
+        return Outcome(RegistrationFailed(), event.name, "name taken", refused=True)
     app.live_registrations.hold(client_id, peer)
     detail = "keyless registration replaced" if existing else ""
     label = client_label(event.name, client_id)
-    return Outcome(REGISTER, Registered(client_id=client_id), label, detail)
+    return Outcome(Registered(client_id=client_id), label, detail)
 
 
 def send_public_key(app: App, peer: Peer, event: SendPublicKey, speaking: Speaking) -> Outcome:
@@ -194,7 +189,7 @@ def send_public_key(app: App, peer: Peer, event: SendPublicKey, speaking: Speaki
     if client.public_key is not None:
         if not speaking.edition.has_reconnect and client.public_key == event.public_key:
             outcome = _fresh_key(app, peer, client, speaking, PublicKeyReceived)
-            return Outcome(SEND_PUBLIC_KEY, outcome.response, outcome.client, "returning client")
+            return Outcome(outcome.response, outcome.client, "returning client")
         raise Refusal("the client already has a public key; it is never replaced")
     now = app.wall_clock()
     try:
@@ -209,7 +204,6 @@ def send_public_key(app: App, peer: Peer, event: SendPublicKey, speaking: Speaki
     crashpoints.reached("key.committed")
     app.live_registrations.release(client.id)
     return Outcome(
-        SEND_PUBLIC_KEY,
         PublicKeyReceived(client_id=client.id, encrypted_aes_key=sealed),
         client_label(client.name, client.id),
     )
@@ -227,7 +221,6 @@ def _register_by_reconnect(
     except NameTaken:
         raise Refusal("name registered meanwhile") from None
     return Outcome(
-        RECONNECT,
         ReconnectRefused(client_id=client_id),
         client_label(name, client_id),
         "unknown name: registered afresh, no key yet",
@@ -247,7 +240,6 @@ def reconnect(app: App, peer: Peer, event: Reconnect, speaking: Speaking) -> Out
     if client.id != event.client_id:
         # Never reveal the id of the name's owner: echo the request's id.
         return Outcome(
-            RECONNECT,
             ReconnectRefused(client_id=event.client_id),
             client=event.name,
             detail="client id does not match the name",
@@ -256,7 +248,6 @@ def reconnect(app: App, peer: Peer, event: Reconnect, speaking: Speaking) -> Out
     if client.public_key is None:
         if keyless_address != peer.address:
             return Outcome(
-                RECONNECT,
                 ReconnectRefused(client_id=client.id),
                 client=label,
                 detail="no public key yet; registered from another address, binding kept",
@@ -265,7 +256,7 @@ def reconnect(app: App, peer: Peer, event: Reconnect, speaking: Speaking) -> Out
         with app.metadata.transaction():
             bind(app.metadata, client.id, peer.address, now)
             app.metadata.note_seen(client.id, now)
-        return Outcome(RECONNECT, ReconnectRefused(client_id=client.id), label, "no public key yet")
+        return Outcome(ReconnectRefused(client_id=client.id), label, "no public key yet")
     return _fresh_key(app, peer, client, speaking, Reconnected)
 
 
@@ -284,7 +275,6 @@ def _fresh_key(
         if answer is PublicKeyReceived:
             raise Refusal("stored public key unusable") from None
         return Outcome(
-            RECONNECT,
             ReconnectRefused(client_id=client.id),
             client=label,
             detail="stored key unusable",
@@ -299,7 +289,7 @@ def _fresh_key(
         bind(app.metadata, client.id, peer.address, now)
     crashpoints.reached("key.committed")
     app.budget.forget_key(client.id)
-    return Outcome(RECONNECT, answer(client_id=client.id, encrypted_aes_key=sealed), label)
+    return Outcome(answer(client_id=client.id, encrypted_aes_key=sealed), label)
 
 
 def _keyed_client(app: App, peer: Peer, client_id: bytes) -> tuple[ClientRow, bytes]:
@@ -345,11 +335,10 @@ def _completed_upload(
 
 
 def _verdict_outcome(
-    app: App, kind: RequestKind, client: ClientRow, upload: Upload, detail: str
+    app: App, client: ClientRow, upload: Upload, detail: str
 ) -> Outcome:
     """The 1604 of a verdict; held with the file's 1603 while the file waits to take its name."""
     return Outcome(
-        kind,
         Acknowledged(client_id=client.id),
         client_label(client.name, client.id),
         f"{quoted(upload.file_name)} {detail}",
@@ -361,7 +350,7 @@ def crc_ok(app: App, peer: Peer, event: CrcOk, speaking: Speaking) -> Outcome:
     """900: the upload is verified: a pending version is installed, or the flag set (idempotent)."""
     client, upload = _completed_upload(app, peer, event)
     detail = app.uploads.confirm(upload)
-    return _verdict_outcome(app, RequestKind.CRC_OK, client, upload, detail)
+    return _verdict_outcome(app, client, upload, detail)
 
 
 def crc_retry(app: App, peer: Peer, event: CrcRetry, speaking: Speaking) -> Outcome:
@@ -369,14 +358,14 @@ def crc_retry(app: App, peer: Peer, event: CrcRetry, speaking: Speaking) -> Outc
     client, upload = _completed_upload(app, peer, event)
     crashpoints.reached("retry.received")
     app.uploads.retry(upload)
-    return _verdict_outcome(app, RequestKind.CRC_RETRY, client, upload, "to be sent again")
+    return _verdict_outcome(app, client, upload, "to be sent again")
 
 
 def crc_abort(app: App, peer: Peer, event: CrcAbort, speaking: Speaking) -> Outcome:
     """902: the client gives up: an installed upload stays unverified, a pending one goes."""
     client, upload = _completed_upload(app, peer, event)
     detail = app.uploads.abandon(upload)
-    return _verdict_outcome(app, RequestKind.CRC_ABORT, client, upload, detail)
+    return _verdict_outcome(app, client, upload, detail)
 
 
 Handler = Callable[[App, Peer, Request, Speaking], Outcome]
@@ -420,7 +409,6 @@ def file_packet_outcome(client: str, end: PacketEnd) -> Outcome:
     if isinstance(end, FileComplete):
         result = end.result
         return Outcome(
-            RequestKind.LAST_FILE_PACKET,
             FileReceived(
                 client_id=end.client_id,
                 content_size=result.content_size,
@@ -432,10 +420,9 @@ def file_packet_outcome(client: str, end: PacketEnd) -> Outcome:
             awaits_install=end.awaits_install,
         )
     if isinstance(end, MoreToCome):
-        return Outcome(RequestKind.FILE_PACKET, None, client, end.detail, final=False)
+        return Outcome(None, client, end.detail, final=False)
     if isinstance(end, Dropped):
         return Outcome(
-            RequestKind.FILE_PACKET,
             None,
             client,
             "packet of a failed attempt dropped",

@@ -1,7 +1,8 @@
-"""What a handler hands back: the kind of request it was and what it led to.
+"""What a handler hands back: what a request led to.
 
 The session (server/session.py) reads :data:`~server.session.OWED` with the
-kind and the connection model to know what the request is owed on the wire.
+request (its event class), whether the outcome has an answer and the
+connection model to know what the request is owed on the wire.
 An answer that reports a first upload carries the upload's
 :class:`InstallTicket`: the session holds it until the round's end says
 whether the file took its name.
@@ -9,7 +10,6 @@ whether the file took its name.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 from protocol.events import Response
@@ -27,36 +27,22 @@ class InstallTicket:
     __slots__ = ()
 
 
-class RequestKind(enum.Enum):
-    """The operations of the protocol, as the owed-answer table knows them."""
-
-    REGISTER = "register"
-    SEND_PUBLIC_KEY = "send public key"
-    RECONNECT = "reconnect"
-    #: An 828 after which more of its file is due (or one of a refused
-    #: attempt, whose answer already went).
-    FILE_PACKET = "file packet"
-    #: The 828 that completes a file.
-    LAST_FILE_PACKET = "last file packet"
-    CRC_OK = "crc ok"
-    CRC_RETRY = "crc retry"
-    CRC_ABORT = "crc abort"
-
-
 @dataclass(frozen=True)
 class Outcome:
     """What one request led to.
 
     ``response`` is the answer the request is owed, if any (for a 901, the
-    1604 that goes out only if no 828 follows in time). ``refused`` marks a
+    1604 that goes out only if no 828 follows in time); only an 828 may have
+    none (a packet after which more of its file is due, or one of a refused
+    attempt, whose 1607 went at the refusal). ``refused`` marks a
     refusal (1607, and 1601 or a 1606 that registers nothing): it is always
     sent, counts toward the connection's errors and does not keep the
     connection alive. ``client`` and ``detail`` go into the request's log
     line; ``final`` is False for a packet after which more of its file is due
-    (logged at DEBUG).
+    (logged at DEBUG; the last packet of a refused attempt is final, and
+    unanswered).
     """
 
-    kind: RequestKind
     response: Response | None = None
     client: str = ""
     detail: str = ""

@@ -17,9 +17,12 @@ Rule 1. The first request fixes the connection model (docs/PROTOCOL.md,
     other first request starts a *persistent* connection.
 
 Rule 2. A request the server honours is owed what :data:`OWED` says for
-    its kind and the connection model: its answer, nothing, a close, or
-    (901 on a persistent connection, variant 8) its answer only if no 828
-    starts within ``retry_ack_delay``.
+    the request (its event class), whether its handler answered it, and the
+    connection model: its answer, nothing, a close, or (901 on a persistent
+    connection, variant 8) its answer only if no 828 starts within
+    ``retry_ack_delay``. Only an 828 may go unanswered: a packet after which
+    more of its file is due, or one of a refused attempt (its 1607 went at
+    the refusal); the packet that completes a file is answered (1603).
 
 Rule 3. A refused request is always answered (1607, or 1601 where the
     protocol names it), whatever :data:`OWED` says. It counts toward
@@ -59,7 +62,9 @@ Rule 7. Nothing is written for a client on behalf of an address that may
     edition) before anything is written or decrypted, unless it is one its
     handler serves from elsewhere by its own rules (827; 826 to a keyed
     client); such a request records nothing of Rule 6 (the client's
-    edition) either.
+    edition) either. The check and the handler run inside one
+    ``app.metadata.request()`` (server/reads.py): the client's row and
+    binding are read from the store once for both.
 
 What each request is owed is the table below; what a refusal or a fault is
 answered is :meth:`Session._refuse` and :meth:`Session.fail`, the one place
@@ -76,6 +81,9 @@ from typing import AbstractSet
 from protocol import (
     NEED_DATA,
     ConnectionClosed,
+    CrcAbort,
+    CrcOk,
+    CrcRetry,
     FileContent,
     FilePacketEnded,
     FilePacketStarted,
@@ -87,6 +95,7 @@ from protocol import (
     RemoteProtocolError,
     RequestCode,
     ResponseCode,
+    SendFilePacket,
     SendPublicKey,
     ServerConnection,
 )
@@ -101,7 +110,7 @@ from .app import App
 from .binding import why_not_bound
 from .errors import InternalFault, NoRoom, Refusal, StorageFault
 from .handlers import HANDLERS, file_packet_outcome, start_file_packet
-from .outcome import InstallTicket, Outcome, RequestKind
+from .outcome import InstallTicket, Outcome
 from .packets import DroppedPacket, IncomingPacket, Refused
 from .peer import Peer, Speaking
 from .storage import ClientRow
@@ -131,16 +140,20 @@ class Action(enum.Enum):
 
 _P, _R = Model.PERSISTENT, Model.PER_REQUEST
 
-#: What a request the server honours is owed, per kind and connection model.
-OWED: dict[RequestKind, dict[Model, Action]] = {
-    RequestKind.REGISTER: {_P: Action.SEND, _R: Action.SEND},
-    RequestKind.SEND_PUBLIC_KEY: {_P: Action.SEND, _R: Action.SEND},
-    RequestKind.RECONNECT: {_P: Action.SEND, _R: Action.SEND},
-    RequestKind.FILE_PACKET: {_P: Action.SEND_NOTHING, _R: Action.CLOSE},
-    RequestKind.LAST_FILE_PACKET: {_P: Action.SEND, _R: Action.SEND},
-    RequestKind.CRC_OK: {_P: Action.SEND, _R: Action.SEND},
-    RequestKind.CRC_RETRY: {_P: Action.SEND_UNLESS_FILE_FOLLOWS, _R: Action.CLOSE},
-    RequestKind.CRC_ABORT: {_P: Action.SEND, _R: Action.SEND},
+#: Whether the handler answered the request (:data:`OWED`'s second key).
+ANSWERED, UNANSWERED = True, False
+
+#: What a request the server honours is owed, per request (its event class),
+#: whether it was answered, and connection model.
+OWED: dict[tuple[type[Request], bool], dict[Model, Action]] = {
+    (Register, ANSWERED): {_P: Action.SEND, _R: Action.SEND},
+    (SendPublicKey, ANSWERED): {_P: Action.SEND, _R: Action.SEND},
+    (Reconnect, ANSWERED): {_P: Action.SEND, _R: Action.SEND},
+    (SendFilePacket, UNANSWERED): {_P: Action.SEND_NOTHING, _R: Action.CLOSE},
+    (SendFilePacket, ANSWERED): {_P: Action.SEND, _R: Action.SEND},
+    (CrcOk, ANSWERED): {_P: Action.SEND, _R: Action.SEND},
+    (CrcRetry, ANSWERED): {_P: Action.SEND_UNLESS_FILE_FOLLOWS, _R: Action.CLOSE},
+    (CrcAbort, ANSWERED): {_P: Action.SEND, _R: Action.SEND},
 }
 
 
@@ -421,12 +434,13 @@ class Session:
         self._request_size = self._decoder.request_size
         self._start_request(code)
         try:
-            self._admit(event)
-            outcome = HANDLERS[type(event)](self.app, self.peer, event, self._speaking())
+            with self.app.metadata.request():
+                self._admit(event)
+                outcome = HANDLERS[type(event)](self.app, self.peer, event, self._speaking())
         except (Refusal, StorageFault) as exc:
             self._refuse(code, client, exc)
             return
-        self._finish(code, outcome)
+        self._finish(type(event), outcome)
 
     def _start_packet(self, event: FilePacketStarted) -> None:
         """An 828's fixed fields: its content follows."""
@@ -436,15 +450,16 @@ class Session:
         self._current = (RequestCode.SEND_FILE, event.client_id.hex())
         self._start_request(RequestCode.SEND_FILE)
         per_request = self.model is Model.PER_REQUEST
-        try:
-            self._admit(event)
-        except (Refusal, StorageFault) as exc:
-            refused = Refused.of(exc)
-            self._packet_client, self._packet = event.client_id.hex(), DroppedPacket(refused)
-            return
-        self._packet_client, self._packet = start_file_packet(
-            self.app, self.peer, per_request, event
-        )
+        with self.app.metadata.request():
+            try:
+                self._admit(event)
+            except (Refusal, StorageFault) as exc:
+                refused = Refused.of(exc)
+                self._packet_client, self._packet = event.client_id.hex(), DroppedPacket(refused)
+                return
+            self._packet_client, self._packet = start_file_packet(
+                self.app, self.peer, per_request, event
+            )
         self._current = (RequestCode.SEND_FILE, self._packet_client)
 
     def _end_packet(self) -> None:
@@ -458,7 +473,7 @@ class Session:
         except (Refusal, StorageFault) as exc:
             self._refuse(RequestCode.SEND_FILE, client, exc)
             return
-        self._finish(RequestCode.SEND_FILE, outcome)
+        self._finish(SendFilePacket, outcome)
 
     # -- editions (Rule 6) ----------------------------------------------------------
 
@@ -563,14 +578,23 @@ class Session:
             else "the client asked again after the header: a 2024A client, the id withheld",
         )
 
-    def _finish(self, code: RequestCode, outcome: Outcome) -> None:
+    def _finish(self, request: type[Request], outcome: Outcome) -> None:
         """Send what a handled request is owed (Rules 2 and 3)."""
         self._end_message(succeeded=not outcome.refused)
         assert self.model is not None  # set by the request's start
-        action = Action.SEND if outcome.refused else OWED[outcome.kind][self.model]
+        code = request.code
         response = outcome.response
+        answered = response is not None
+        owed = OWED.get((request, answered))
+        if outcome.refused:
+            action = Action.SEND
+        elif owed is None:
+            said = "answered" if answered else "unanswered"
+            raise InternalFault(f"{request.__name__} {said}: no row in OWED")
+        else:
+            action = owed[self.model]
         if action in (Action.SEND, Action.SEND_UNLESS_FILE_FOLLOWS) and response is None:
-            raise InternalFault(f"{outcome.kind.value} is owed an answer and has none")
+            raise InternalFault(f"{request.__name__} is owed an answer and has none")
         result: Response | str
         if action is Action.SEND and isinstance(response, Registered) and self._probes_edition():
             result = self._hold_id(response, outcome.client)

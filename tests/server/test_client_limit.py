@@ -63,7 +63,7 @@ def _steps(app: App, action) -> int:
         counted[0] += 1
         return 0
 
-    connection = app.metadata._db  # the store's own connection: its statements are counted
+    connection = app.metadata.store._db  # the store's own connection: its statements are counted
     connection.set_progress_handler(count, 1)
     try:
         action()

@@ -29,17 +29,17 @@ from protocol import (
     PublicKeyReceived,
     Register,
     Registered,
+    SendFilePacket,
     SendPublicKey,
     cksum,
     crypto,
 )
 from protocol.codes import PER_REQUEST_OPENERS, RequestCode
-from protocol.editions import EDITION_2024A
+from protocol.editions import EDITION_2024A, EDITIONS
 from server.app import App
 from server.limits import Limits
-from server.outcome import RequestKind
 from server.peer import Peer
-from server.session import OWED, Action, Model, Session, Step
+from server.session import ANSWERED, OWED, UNANSWERED, Action, Model, Session, Step
 from server.storage.memory import MemoryBlobs, MemoryMetadata
 
 SERVER_DIR = Path(__file__).resolve().parents[2] / "server"
@@ -131,19 +131,23 @@ def packets(who: Identity, name: str = "a.bin"):
 # -- the table ---------------------------------------------------------------------
 
 
-def test_the_owed_table_has_one_action_for_every_request_kind_and_model():
-    assert set(OWED) == set(RequestKind)
-    for kind, row in OWED.items():
-        assert set(row) == set(Model), kind
+def test_the_owed_table_has_a_row_for_every_answered_request_and_the_unanswered_828():
+    # Keyed by the request's one name, its event class (as the editions list it).
+    requests = {message.event for edition in EDITIONS for message in edition.requests}
+    assert set(OWED) == {(request, ANSWERED) for request in requests} | {
+        (SendFilePacket, UNANSWERED)
+    }
+    for key, row in OWED.items():
+        assert set(row) == set(Model), key
 
 
 def test_only_requests_without_a_reply_differ_between_the_models():
     # Rule 2: what a per-request client cannot wait for closes its connection.
-    for kind, row in OWED.items():
+    for key, row in OWED.items():
         if row[Model.PER_REQUEST] is Action.CLOSE:
             assert row[Model.PERSISTENT] in (Action.SEND_NOTHING, Action.SEND_UNLESS_FILE_FOLLOWS)
         else:
-            assert row[Model.PER_REQUEST] is row[Model.PERSISTENT] is Action.SEND, kind
+            assert row[Model.PER_REQUEST] is row[Model.PERSISTENT] is Action.SEND, key
 
 
 @pytest.mark.parametrize("opener", sorted(PER_REQUEST_OPENERS, key=lambda code: code.value))
@@ -317,6 +321,29 @@ def test_per_request_packets_close_without_a_reply_until_the_last(harness):
     (received,) = answers(session)
     assert isinstance(received, FileReceived) and received.cksum == cksum(DATA)
     assert session.verdict is None  # answered: the client closes
+
+
+@pytest.mark.parametrize("per_request", [False, True])
+def test_a_refused_attempt_is_answered_once_and_its_last_packet_is_owed_nothing(per_request):
+    # The first packet is over the quota: 1607 once; the rest of the attempt,
+    # its last packet included (final, logged at INFO), goes unanswered.
+    harness = Harness(Limits(max_bytes_per_client=len(DATA) // 2))
+    try:
+        session = harness.session()
+        who = identity(harness, None if per_request else session)  # Rule 1
+        first, *rest = packets(who)
+        feed(session, first)
+        assert [type(a) for a in answers(session)] == [GeneralError]
+        assert session.model is (Model.PER_REQUEST if per_request else Model.PERSISTENT)
+        for packet in rest:
+            if per_request:
+                session.connection_lost()
+                session = harness.session()
+            steps = feed(session, packet)
+            assert answers(session) == []
+            assert (steps[-1] is Step.CLOSE) is per_request
+    finally:
+        harness.close()
 
 
 def test_901_on_a_per_request_session_closes_at_once(harness):

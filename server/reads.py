@@ -1,0 +1,209 @@
+"""A request's reads of its client, made once: the metadata store with a per-request cache.
+
+Every request that names a client reads its row and its binding where it
+needs them: the session's admission (Rule 7 and Rule 6 of
+server/session.py), its handler (the key it uses, server/handlers.py), an
+upload's first packet (the CRC the client confirmed, server/upload.py).
+:class:`RequestReads` stands in front of the metadata store and, inside
+:meth:`RequestReads.request`, answers each repeated read of a client's row or
+binding from what the first one read, so a request costs one read of each
+whatever asks for it.
+
+The rule that keeps it true:
+
+* The cache lives only inside one :meth:`~RequestReads.request`, which the
+  session opens around one event it handles: it never outlives the step,
+  and the loop runs no other connection's step meanwhile. Outside a
+  request, every read goes to the store.
+* Every write goes through here and drops what it may change: a write to a
+  client drops its row and binding, a new binding the binding, a write whose
+  clients are not named (lapsed registrations) and a transaction that failed
+  (its writes are undone) everything. A noted key use raises the cached
+  binding's ``last_used``, as the stores'
+  :meth:`~server.storage.base.MetadataStore.binding` counts a pending one;
+  a noted request time changes no row the stores return before it is
+  written.
+* A name is answered from the cache only by a row read in this request:
+  names move only by a delete and an insert, which drop the rows they touch.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Iterator
+
+from .storage import Binding, ClientRow, FileRow, MetadataStore
+
+
+class RequestReads:
+    """The metadata store, with the client rows and bindings one request reads kept for it.
+
+    It is itself a :class:`~server.storage.base.MetadataStore`: everything is
+    the wrapped store's, but the repeated reads of :meth:`request`.
+    """
+
+    def __init__(self, store: MetadataStore) -> None:
+        self.store = store
+        self._active = False
+        self._clients: dict[bytes, ClientRow | None] = {}
+        self._bindings: dict[bytes, Binding | None] = {}
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """One request's step: a client's row and binding are read once inside."""
+        outer = self._active
+        self._active = True
+        try:
+            yield
+        finally:
+            self._active = outer
+            if not outer:
+                self._forget_all()
+
+    def _forget_all(self) -> None:
+        self._clients.clear()
+        self._bindings.clear()
+
+    def _forget(self, client_id: bytes) -> None:
+        """A write to the client: its row and binding are read again."""
+        self._clients.pop(client_id, None)
+        self._bindings.pop(client_id, None)
+
+    # -- transactions ----------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The store's transaction; a failed one drops every cached read (its writes are undone)."""
+        try:
+            with self.store.transaction():
+                yield
+        except BaseException:
+            self._forget_all()
+            raise
+
+    def flush(self) -> None:
+        self.store.flush()
+
+    def finish_round(self, *, durable: bool) -> None:
+        self.store.finish_round(durable=durable)
+
+    def sync(self) -> None:
+        self.store.sync()
+
+    def close(self) -> None:
+        self._forget_all()
+        self.store.close()
+
+    # -- clients -----------------------------------------------------------------------
+
+    def client_by_id(self, client_id: bytes) -> ClientRow | None:
+        """The client with this id, if any (read once per request)."""
+        if not self._active:
+            return self.store.client_by_id(client_id)
+        if client_id not in self._clients:
+            self._clients[client_id] = self.store.client_by_id(client_id)
+        return self._clients[client_id]
+
+    def client_by_name(self, name: str) -> ClientRow | None:
+        """The client with this name, if any (a row this request read, if it has the name)."""
+        if not self._active:
+            return self.store.client_by_name(name)
+        for client in self._clients.values():
+            if client is not None and client.name == name:
+                return client
+        client = self.store.client_by_name(name)
+        if client is not None:
+            self._clients[client.id] = client
+        return client
+
+    def count_clients(self, group: str | None = None) -> int:
+        return self.store.count_clients(group)
+
+    def unused_clients(self, before: float) -> list[bytes]:
+        return self.store.unused_clients(before)
+
+    def delete_stale_keyless(self, before: float) -> int:
+        self._forget_all()
+        return self.store.delete_stale_keyless(before)
+
+    def insert_client(
+        self, client_id: bytes, name: str, now: float, edition: str, address: str | None = None
+    ) -> None:
+        self._forget(client_id)
+        self.store.insert_client(client_id, name, now, edition, address)
+
+    def set_edition(self, client_id: bytes, edition: str) -> None:
+        self._forget(client_id)
+        self.store.set_edition(client_id, edition)
+
+    def set_crc(self, client_id: bytes, flavour: str) -> None:
+        self._forget(client_id)
+        self.store.set_crc(client_id, flavour)
+
+    def delete_client(self, client_id: bytes) -> None:
+        self._forget(client_id)
+        self.store.delete_client(client_id)
+
+    def forget_client(self, client_id: bytes) -> None:
+        self._forget(client_id)
+        self.store.forget_client(client_id)
+
+    def set_keys(self, client_id: bytes, public_key: bytes, aes_key: bytes, now: float) -> None:
+        self._forget(client_id)
+        self.store.set_keys(client_id, public_key, aes_key, now)
+
+    def set_aes_key(self, client_id: bytes, aes_key: bytes, now: float) -> None:
+        self._forget(client_id)
+        self.store.set_aes_key(client_id, aes_key, now)
+
+    def note_seen(self, client_id: bytes, now: float) -> None:
+        """A stamp: the row the store returns is the same until it is written."""
+        self.store.note_seen(client_id, now)
+
+    # -- files ---------------------------------------------------------------------------
+
+    def file_row(self, client_id: bytes, file_name: bytes) -> FileRow | None:
+        return self.store.file_row(client_id, file_name)
+
+    def file_rows(self) -> list[FileRow]:
+        return self.store.file_rows()
+
+    def path_names(self, client_id: bytes) -> list[str]:
+        return self.store.path_names(client_id)
+
+    def stored_bytes(self, client_id: bytes) -> int:
+        return self.store.stored_bytes(client_id)
+
+    def upsert_file(self, client_id: bytes, file_name: bytes, path_name: str) -> None:
+        self.store.upsert_file(client_id, file_name, path_name)
+
+    def set_verified(self, client_id: bytes, file_name: bytes, verified: bool) -> None:
+        self.store.set_verified(client_id, file_name, verified)
+
+    def delete_file(self, client_id: bytes, file_name: bytes) -> None:
+        self.store.delete_file(client_id, file_name)
+
+    def set_content(self, client_id: bytes, file_name: bytes, size: int, cksum: int) -> None:
+        self.store.set_content(client_id, file_name, size, cksum)
+
+    # -- key bindings ------------------------------------------------------------------
+
+    def binding(self, client_id: bytes) -> Binding | None:
+        """Who may use the client's key, and since when (read once per request)."""
+        if not self._active:
+            return self.store.binding(client_id)
+        if client_id not in self._bindings:
+            self._bindings[client_id] = self.store.binding(client_id)
+        return self._bindings[client_id]
+
+    def set_binding(self, client_id: bytes, address: str, now: float) -> None:
+        self._bindings.pop(client_id, None)
+        self.store.set_binding(client_id, address, now)
+
+    def note_key_used(self, client_id: bytes, now: float) -> None:
+        """A stamp the store's binding counts at once: so does the cached one."""
+        self.store.note_key_used(client_id, now)
+        cached = self._bindings.get(client_id)
+        if cached is not None:
+            self._bindings[client_id] = replace(cached, last_used=max(cached.last_used, now))

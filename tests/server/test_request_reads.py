@@ -1,0 +1,247 @@
+"""A request reads its client once (server/reads.py): statements counted, and the cache's rules.
+
+The counts are SQLite's own statements (``set_trace_callback`` on the store's
+connection) for requests driven through a :class:`~server.session.Session`:
+a count does not depend on the machine's load. The cache's rules (it never
+outlives a request, a write drops what it changes) are checked on the
+memory store, whose reads are counted by a subclass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+from helpers import ANY_ID, Identity, file_packets, private_key, unique_name
+from protocol import (
+    NEED_DATA,
+    ClientConnection,
+    CrcOk,
+    FileReceived,
+    PublicKeyReceived,
+    Reconnect,
+    Reconnected,
+    Register,
+    Registered,
+    SendPublicKey,
+    crypto,
+)
+from server.app import App
+from server.limits import Limits
+from server.peer import Peer
+from server.reads import RequestReads
+from server.session import Session, Step
+from server.storage.folder import FolderBlobs
+from server.storage.memory import MemoryMetadata
+from server.storage.sqlite import DB_NAME, SqliteMetadata
+
+#: The statements of a single-packet 828 that stores a new file: one read of
+#: the client, one of its binding, the file's row and the client's path names,
+#: and the request's savepoint with its writes (the row, its content, the
+#: client's LastSeen and its key's LastUsed) in the round's transaction.
+SINGLE_PACKET_STATEMENTS = 12
+#: The statements of an 827 of a keyed client: one read of the client (by
+#: its id, for Rule 7; its name is the same row), one of its binding, and the
+#: savepoint with the new key and binding.
+RECONNECT_STATEMENTS = 8
+_SELECT = re.compile(r"^SELECT .* FROM (\w+)")
+
+
+class Statements:
+    """The SQL statements run on a SQLite store's connection while counting."""
+
+    def __init__(self, db: SqliteMetadata) -> None:
+        self.run: list[str] = []
+        db._db.set_trace_callback(self.run.append)  # the store's own connection
+
+    def during(self, action) -> list[str]:
+        self.run.clear()
+        action()
+        return list(self.run)
+
+
+def reads_by_table(statements: list[str]) -> Counter:
+    return Counter(found.group(1) for text in statements if (found := _SELECT.match(text)))
+
+
+class Client:
+    """One persistent connection of a client, on an App over SQLite and a folder."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.session = Session(app, Peer("127.0.0.1", 40000))
+
+    def feed(self, *requests) -> None:
+        """The requests' bytes, handled (the round not ended: its commit is shared)."""
+        for request in requests:
+            self.session.receive_data(ClientConnection().send(request))
+        while self.session.next_step() not in (Step.NEED_DATA, Step.CLOSE):
+            pass
+
+    def send(self, *requests) -> list:
+        """The requests, handled in one round; their answers."""
+        self.feed(*requests)
+        return self.answers()
+
+    def answers(self) -> list:
+        """End the round as the loop does; the answers it released."""
+        self.session.release(self.app.end_round(durable=False))
+        parser = ClientConnection()
+        data = self.session.data_to_send()
+        if data:
+            parser.receive_data(data)
+        found = []
+        while (event := parser.next_event()) is not NEED_DATA:
+            found.append(event)
+        return found
+
+    def identity(self) -> Identity:
+        name = unique_name()
+        (registered,) = self.send(Register(client_id=ANY_ID, name=name))
+        assert isinstance(registered, Registered)
+        key = private_key()
+        public = crypto.export_public_key(key)
+        (answer,) = self.send(
+            SendPublicKey(client_id=registered.client_id, name=name, public_key=public)
+        )
+        assert isinstance(answer, PublicKeyReceived)
+        aes_key = crypto.decrypt_aes_key(key, answer.encrypted_aes_key)
+        return Identity(name, registered.client_id, key, aes_key)
+
+
+@pytest.fixture
+def sqlite_app(tmp_path):
+    db = SqliteMetadata.open(tmp_path / DB_NAME)
+    app = App.build(db, FolderBlobs(tmp_path), Limits())
+    yield app, Statements(db)
+    app.uploads.close()
+    db.close()
+
+
+def test_a_single_packet_828_reads_its_client_and_binding_once(sqlite_app):
+    app, statements = sqlite_app
+    client = Client(app)
+    who = client.identity()
+    (packet,) = file_packets(who, "one.bin", b"single packet" * 10)
+    run = statements.during(lambda: client.feed(packet))
+    assert [type(answer) for answer in client.answers()] == [FileReceived]
+    reads = reads_by_table(run)
+    assert reads["clients"] == 1 and reads["key_bindings"] == 1, run
+    assert len(run) <= SINGLE_PACKET_STATEMENTS, run
+
+
+def test_an_827_reads_its_client_and_binding_once(sqlite_app):
+    app, statements = sqlite_app
+    client = Client(app)
+    who = client.identity()
+    run = statements.during(lambda: client.feed(Reconnect(client_id=who.client_id, name=who.name)))
+    assert [type(answer) for answer in client.answers()] == [Reconnected]
+    reads = reads_by_table(run)
+    assert reads["clients"] == 1 and reads["key_bindings"] == 1, run
+    assert len(run) <= RECONNECT_STATEMENTS, run
+
+
+def test_a_verdict_reads_its_client_and_binding_once(sqlite_app):
+    app, statements = sqlite_app
+    client = Client(app)
+    who = client.identity()
+    client.send(*file_packets(who, "two.bin", b"two packets" * 200))
+    run = statements.during(lambda: client.feed(CrcOk(client_id=who.client_id, file_name="two.bin")))
+    reads = reads_by_table(run)
+    assert reads["clients"] == 1 and reads["key_bindings"] == 1, run
+
+
+# -- the cache's rules ------------------------------------------------------------------
+
+
+class CountingMetadata(MemoryMetadata):
+    """The memory store, counting its reads of client rows and bindings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: Counter = Counter()
+
+    def client_by_id(self, client_id):
+        self.reads["client"] += 1
+        return super().client_by_id(client_id)
+
+    def client_by_name(self, name):
+        self.reads["client"] += 1
+        return super().client_by_name(name)
+
+    def binding(self, client_id):
+        self.reads["binding"] += 1
+        return super().binding(client_id)
+
+
+CLIENT_ID = b"\x01" * 16
+NOW = 1000.0
+
+
+@pytest.fixture
+def store():
+    made = CountingMetadata()
+    with made.transaction():
+        made.insert_client(CLIENT_ID, "alice", NOW, "v3", "192.0.2.1")
+        made.set_binding(CLIENT_ID, "192.0.2.1", NOW)
+        made.set_keys(CLIENT_ID, b"public", b"k" * 32, NOW)
+    made.reads.clear()
+    return made
+
+
+def test_inside_a_request_a_client_is_read_once_by_id_or_name(store):
+    reads = RequestReads(store)
+    with reads.request():
+        first = reads.client_by_id(CLIENT_ID)
+        assert reads.client_by_id(CLIENT_ID) is first
+        assert reads.client_by_name("alice") is first
+        assert reads.binding(CLIENT_ID) is reads.binding(CLIENT_ID)
+    assert store.reads == Counter(client=1, binding=1)
+
+
+def test_nothing_is_kept_from_one_request_to_the_next(store):
+    reads = RequestReads(store)
+    with reads.request():
+        assert reads.client_by_id(CLIENT_ID).aes_key == b"k" * 32
+    with store.transaction():  # a write the cache never saw (another process's, say)
+        store.set_aes_key(CLIENT_ID, b"n" * 32, NOW)
+    with reads.request():
+        assert reads.client_by_id(CLIENT_ID).aes_key == b"n" * 32
+    reads.client_by_id(CLIENT_ID)  # outside a request: the store's
+    assert store.reads["client"] == 3
+
+
+def test_a_write_inside_a_request_drops_what_it_changes(store):
+    reads = RequestReads(store)
+    with reads.request():
+        assert reads.client_by_id(CLIENT_ID).edition == "v3"
+        with reads.transaction():
+            reads.set_edition(CLIENT_ID, "2024A")
+            reads.set_binding(CLIENT_ID, "192.0.2.9", NOW + 1)
+        assert reads.client_by_id(CLIENT_ID).edition == "2024A"
+        assert reads.binding(CLIENT_ID).address == "192.0.2.9"
+        with reads.transaction():
+            reads.delete_client(CLIENT_ID)
+        assert reads.client_by_id(CLIENT_ID) is None
+        assert reads.client_by_name("alice") is None
+
+
+def test_a_failed_transaction_drops_what_it_wrote(store):
+    reads = RequestReads(store)
+    with reads.request():
+        with pytest.raises(RuntimeError), reads.transaction():
+            reads.set_aes_key(CLIENT_ID, b"n" * 32, NOW)
+            assert reads.client_by_id(CLIENT_ID).aes_key == b"n" * 32
+            raise RuntimeError
+        assert reads.client_by_id(CLIENT_ID).aes_key == b"k" * 32
+
+
+def test_a_noted_key_use_counts_in_the_cached_binding_as_in_the_store(store):
+    reads = RequestReads(store)
+    with reads.request():
+        assert reads.binding(CLIENT_ID).last_used == NOW
+        reads.note_key_used(CLIENT_ID, NOW + 5)
+        assert reads.binding(CLIENT_ID) == store.binding(CLIENT_ID)
+        assert reads.binding(CLIENT_ID).last_used == NOW + 5
