@@ -169,6 +169,7 @@ def publish_confirmed(blobs: BlobStore, writer: BlobWriter, path_name: str) -> N
     Raises:
         StorageFault: it is not yet (publishing again finishes it; so does repair).
     """
+    crashpoints.reached("upload.confirmed")
     blobs.publish(writer.key, path_name)
 
 
