@@ -29,7 +29,7 @@ from protocol.printable import quoted
 
 from .. import crashpoints
 from ..errors import BadStoreUrl, BlobMissing, StorageFault, StoreUnusable
-from .base import BlobEntry, StoreUrl, UnpublishedBlob, is_blob_key
+from .base import BlobEntry, StoreUrl, UnpublishedBlob
 from .names import unique_stored_name
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ _TEMP_RANDOM_BYTES = 8
 _CLIENT_DIR_HEX_DIGITS = 32
 #: A client folder's name is its id in these (:func:`client_dir_name`).
 _HEX_DIGITS = frozenset("0123456789abcdef")
+#: What a blob key may hold in a file name (:func:`_is_key_name`).
+_KEY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
+_MAX_KEY_CHARS = 64
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
@@ -101,7 +104,7 @@ class TempFile:
     """An upload being written: ``.tmp-<key>`` in the client's folder (a :class:`BlobWriter`)."""
 
     def __init__(self, directory: Path, key: str) -> None:
-        if not is_blob_key(key):
+        if not _is_key_name(key):
             raise StorageFault(f"{quoted(key)} is not a blob key")
         self.directory = directory
         self.key = key
@@ -278,7 +281,7 @@ class FolderBlobs:
                 there, or the rename or folder sync failed.
         """
         target = self.resolve(path_name)
-        if target is None or not is_blob_key(key):
+        if target is None or not _is_key_name(key):
             raise StorageFault(f"{quoted(path_name)} is not a stored file's name")
         source = target.parent / f"{TEMP_PREFIX}{key}"
         try:
@@ -524,6 +527,15 @@ def stored_path(root: Path, path_name: str) -> Path | None:
     ):
         return None
     return Path(root) / parts[1] / parts[2]
+
+
+def _is_key_name(key: str) -> bool:
+    """Whether a blob key is safe in a file name: lowercase letters and digits, at most 64.
+
+    :func:`~server.storage.base.new_blob_key` gives 32 hex digits; the check
+    is what the file name needs, no more.
+    """
+    return 0 < len(key) <= _MAX_KEY_CHARS and all(c in _KEY_CHARS for c in key)
 
 
 def _is_client_dir_name(name: str) -> bool:
