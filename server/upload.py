@@ -68,6 +68,7 @@ from protocol.printable import quoted
 
 from . import crashpoints
 from .admission import Admission
+from .blobport import BlobPort, QueuedWriter
 from .budget import DecryptionBudget
 from .errors import InternalFault, Refusal, StorageFault
 from .installs import RoundInstalls, _Publish
@@ -105,7 +106,10 @@ class Uploads:
         budget: DecryptionBudget,
         log_limiter: LogLimiter,
         shares: RoundShares,
+        port: BlobPort | None = None,
     ) -> None:
+        #: Where blob writes go: a worker thread (server/blobport.py).
+        self.port = port if port is not None else BlobPort()
         self._timers = timers
         self._log_limiter = log_limiter
         #: Files made durable are charged to the address group they came from.
@@ -143,6 +147,15 @@ class Uploads:
     def in_progress(self, client_id: bytes) -> list[Upload]:
         """The client's uploads in progress, of every name."""
         return list(self._uploads.get(client_id, {}).values())
+
+    def storage_behind(self, peer: Peer) -> QueuedWriter | None:
+        """The blob a connection streams, if its writes are behind (server/blobport.py)."""
+        for upload in self._held.get(peer, ()):
+            phase = upload.phase
+            if isinstance(phase, Receiving) and isinstance(phase.writer, QueuedWriter):
+                if phase.writer.behind:
+                    return phase.writer
+        return None
 
     def holding_blobs(self, client_id: bytes) -> list[Upload]:
         """The client's uploads that hold a blob: in progress, or pending versions."""
@@ -225,7 +238,7 @@ class Uploads:
             self._admission.check_room(
                 client_id, packet.file_name.text, peer, incoming.max_plain_size
             )
-            writer = self._blobs.begin(client_id, new_blob_key())
+            writer = self.port.wrap(self._blobs.begin(client_id, new_blob_key()))
         except (Refusal, RemoteProtocolError, StorageFault) as exc:
             if order.total > 1:
                 # Swallow the rest of this attempt quietly: one 1607 per attempt.

@@ -502,9 +502,9 @@ class MemoryBlobs:
         self.blobs.pop(path_name, None)
 
     def free_space(self) -> int:
-        """The capacity less what is stored and being written."""
-        held = sum(map(len, self.blobs.values())) + sum(
-            writer.size for writer in self.writers.values()
+        """The capacity less what is stored and being written (a worker thread may ask)."""
+        held = sum(map(len, list(self.blobs.values()))) + sum(
+            writer.size for writer in list(self.writers.values())
         )
         return max(0, self.capacity - held)
 
