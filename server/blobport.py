@@ -1,11 +1,13 @@
 """Blob writes off the loop thread: a worker writes, the loop learns of it through its selector.
 
-An upload's content is handed to :meth:`QueuedWriter.write`, which copies it
-and queues it for one worker thread; the loop goes on at once. The worker
-writes it to the store's own :class:`~server.storage.BlobWriter`, in order,
-and tells the loop through
-a socketpair registered in the loop's selector (:meth:`BlobPort.on_ready`)
-when a blob that was behind has caught up.
+For a blob store whose writes may wait long (``BlobStore.slow_writes``, a
+network round trip), an upload's content is handed to
+:meth:`QueuedWriter.write`, which copies it and queues it for one worker
+thread; the loop goes on at once. The worker writes it to the store's own
+:class:`~server.storage.BlobWriter`, in order, and tells the loop through a
+socketpair registered in the loop's selector (:meth:`BlobPort.on_ready`)
+when a blob that was behind has caught up. (A local folder's writes go to
+the page cache: the handoff would cost more than it saves.)
 
 Backpressure: a blob with more than ``behind_bytes`` queued is *behind*
 (:attr:`QueuedWriter.behind`); the loop then stops reading the connection
@@ -15,9 +17,9 @@ plus one receive, whatever the store's speed.
 
 What stays in the loop thread: :meth:`QueuedWriter.seal` and
 :meth:`QueuedWriter.abort` wait for the blob's queue to empty (at most about
-``behind_bytes``) and then seal or abort in the loop
-thread, and publishing (server/installs.py) is synchronous: the write order
-of server/storage/commit.py is unchanged.
+``behind_bytes``) and then seal or abort in the loop thread, and publishing
+(server/installs.py) is synchronous: the write order of
+server/storage/commit.py is unchanged.
 """
 
 from __future__ import annotations

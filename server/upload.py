@@ -238,7 +238,9 @@ class Uploads:
             self._admission.check_room(
                 client_id, packet.file_name.text, peer, incoming.max_plain_size
             )
-            writer = self.port.wrap(self._blobs.begin(client_id, new_blob_key()))
+            writer = self._blobs.begin(client_id, new_blob_key())
+            if self._blobs.slow_writes:
+                writer = self.port.wrap(writer)
         except (Refusal, RemoteProtocolError, StorageFault) as exc:
             if order.total > 1:
                 # Swallow the rest of this attempt quietly: one 1607 per attempt.

@@ -316,6 +316,11 @@ class BlobReader(Protocol):
 class BlobStore(BlobReader, Protocol):
     """The received files' content, one namespace per client."""
 
+    #: Whether a write may wait long (a network round trip): the server then
+    #: hands an upload's writes to a worker thread (server/blobport.py), with
+    #: backpressure. A local folder's writes go to the page cache: False.
+    slow_writes: bool
+
     def begin(self, client_id: bytes, key: str) -> BlobWriter:
         """Start writing one of the client's uploads under ``key`` (:func:`new_blob_key`)."""
         ...

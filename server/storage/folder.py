@@ -193,9 +193,14 @@ def _in_client_dir(directory: Path, name: str) -> BlobEntry:
 class FolderBlobs:
     """The ``received_files/`` tree under a data folder (a :class:`BlobStore`).
 
+    Its writes go to the page cache (:data:`WRITEBACK_STEP`): the loop makes
+    them itself (``slow_writes`` is False), a thread handoff would cost more.
+
     Raises (constructor):
         StorageFault: the folder cannot be created or written.
     """
+
+    slow_writes = False
 
     def __init__(self, data_dir: Path) -> None:
         self._set_up(Path(data_dir) / RECEIVED_DIR, create=True)

@@ -422,6 +422,9 @@ class MemoryBlobs:
     :meth:`free_space` and a full store can be tested.
     """
 
+    #: Set it to have the server write through its blob port (server/blobport.py).
+    slow_writes = False
+
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
         self.blobs: dict[str, bytes] = {}

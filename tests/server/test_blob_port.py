@@ -39,6 +39,8 @@ SEAL_STALLS = 2
 class SlowFolder(FolderBlobs):
     """The folder store, each write of an upload taking WRITE_PAUSE (a distant store)."""
 
+    slow_writes = True
+
     def begin(self, client_id: bytes, key: str) -> TempFile:
         writer = super().begin(client_id, key)
         real_write = writer.write

@@ -154,9 +154,9 @@ def _durable_files_per_round_in_turn(server: Server, monkeypatch) -> None:
     real_seal = commit.seal
     owner = {}
 
-    def seal(writer):  # the store's own writer is behind the blob port's
-        sealed[-1].append(owner[writer.inner.directory.name])
-        real_seal(writer)
+    def seal(temp):
+        sealed[-1].append(owner[temp.directory.name])
+        real_seal(temp)
 
     monkeypatch.setattr(commit, "seal", seal)
     for client, identity in flooders:
