@@ -4,7 +4,8 @@ The sessions are those of bench/sessions.py (825, 826, one 64 KiB file, 900).
 A count does not depend on what else runs on the machine, unlike a time: it
 is the figure to compare two trees with on a noisy machine. Needs strace.
 Counts are per session and include the ``accept``s, so they are a little
-higher at small N.
+higher at small N. Every thread of the server is counted (``strace -f``: blob
+writes run in a worker thread, server/blobport.py).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def main() -> int:
         flags = ["--max-connections", str(args.clients + sessions.FD_MARGIN)]
         with start_server(Path(temp) / "server", *flags) as server:
             tracer = subprocess.Popen(
-                ["strace", "-c", "-p", str(server.pid), "-o", str(report_path)],
+                ["strace", "-f", "-c", "-p", str(server.pid), "-o", str(report_path)],
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(ATTACH_PAUSE)

@@ -211,10 +211,11 @@ def _open_storage(
         raise
     log.info(
         "data in %s and %s: %d client(s), %d file(s); %d temp file(s) removed,"
-        " %d row(s) without a file removed, %d file(s) without a row and %d stray(s) moved aside",
+        " %d upload(s) published at last, %d row(s) without a file removed,"
+        " %d file(s) without a row and %d stray(s) moved aside",
         urls.metadata, urls.blobs, metadata.count_clients(), len(metadata.file_rows()),
-        report.temps_removed, report.rows_removed, report.blobs_set_aside,
-        report.strays_set_aside,
+        report.unpublished_deleted, report.published, report.rows_removed,
+        report.blobs_set_aside, report.strays_set_aside,
     )
     return metadata, blobs
 

@@ -3,7 +3,7 @@
 In the order they are made (server/packets.py):
 
 1. **The pending-version bound.** A client holds at most
-   ``max_uploads_per_client`` temp blobs of other names: uploads in progress
+   ``max_uploads_per_client`` blobs of other names: uploads in progress
    and pending versions waiting for their 900.
 2. **The decryption budget** (server/budget.py): a client with too many
    failed decryptions in the last hour uploads nothing.
@@ -41,7 +41,7 @@ DISK_ROOM_PRECISION_BITS = 6
 class HeldUploads(Protocol):
     """What admission reads of the uploads there are (server/upload.py's ``Uploads``)."""
 
-    def holding_temps(self, client_id: bytes) -> list[Upload]: ...
+    def holding_blobs(self, client_id: bytes) -> list[Upload]: ...
     def reserved_bytes(self, group: str | None = None) -> int: ...
 
 
@@ -63,12 +63,12 @@ class Admission:
         self._uploads = uploads
 
     def check_pending_bound(self, client_id: bytes, file_name: bytes) -> None:
-        """Room for one more temp blob of the client's (``max_uploads_per_client``).
+        """Room for one more blob of the client's (``max_uploads_per_client``).
 
         Raises:
             Refusal: the client holds as many as it may, of other names.
         """
-        held = self._uploads.holding_temps(client_id)
+        held = self._uploads.holding_blobs(client_id)
         others = sum(other.file_name != file_name for other in held)
         if others >= self._limits.max_uploads_per_client:
             raise Refusal(
@@ -112,7 +112,7 @@ class Admission:
             return
         held = self._metadata.stored_bytes(client_id) + sum(
             bytes_held(upload)
-            for upload in self._uploads.holding_temps(client_id)
+            for upload in self._uploads.holding_blobs(client_id)
             if not (upload.file_name == file_name and isinstance(upload.phase, Receiving))
         )
         if held + need > quota:

@@ -19,10 +19,12 @@ The points, in the order an upload meets them (:data:`POINTS`):
 * ``temp.created``: a packet opened a file's temp file, nothing written yet;
 * ``temp.written``: one chunk of plaintext written to the temp file;
 * ``temp.synced``: the temp file is fsynced and closed;
-* ``upload.committed``: a name's first upload: its row (Verified=0) is
-  committed, the temp file not renamed yet;
+* ``upload.committed``: a name's first upload: its row (Verified=0, pointing
+  at the upload's key) is durable, the temp file not published (renamed) yet;
 * ``upload.pending``: a later upload of a stored name is kept as a pending
-  version (its synced temp file), 1603 not queued yet;
+  version (its synced temp file, the row's pending pointer), 1603 not queued yet;
+* ``upload.confirmed``: a 900's pointer swap (Verified=1) is durable, the
+  pending version not published yet (start-up repair publishes it);
 * ``temp.renamed``: ``os.replace`` onto the final name done, folder not synced
   (at a first upload, or at the 900 of a pending version);
 * ``temp.dir_synced``: the folder is synced; 1603 (or the 900's commit) not
@@ -54,6 +56,7 @@ POINTS = frozenset(
         "temp.synced",
         "upload.committed",
         "upload.pending",
+        "upload.confirmed",
         "temp.renamed",
         "temp.dir_synced",
         "verify.before_commit",

@@ -1,11 +1,14 @@
-"""The end of a loop round, and the first uploads that take their names then.
+"""The end of a loop round, and the uploads published then.
 
-A first upload's row is written into the round (server/storage/commit.py);
-its blob takes its name only once the round is durable, before its answer
-goes out. :meth:`RoundInstalls.end_round` is the whole order: commit the
-round (one sync of the metadata store: group commit), then rename each of
-the round's first uploads onto its name, in the order they completed. If the
-round is lost, none of them takes its name, and their rows go.
+A first upload's row, and a confirmed version's pointer swap, are written
+into the round (server/storage/commit.py); the blob is published only once
+the round is durable, before the answer goes out. :meth:`RoundInstalls.end_round`
+is the whole order: commit the round (one sync of the metadata store: group
+commit), then publish each of the round's blobs, in the order they were
+recorded (a name's first upload before a later version of it confirmed in the
+same round). If the round is lost, none of them is published: the first
+uploads' rows go, and a confirmed version is left to start-up repair, which
+publishes it if its swap reached the disk.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from protocol.printable import quoted
 
 from .errors import StorageFault
 from .outcome import InstallTicket
-from .storage import BlobStore, MetadataStore, TempBlob, commit
+from .storage import BlobStore, BlobWriter, MetadataStore, commit
 
 if TYPE_CHECKING:
     from .upload import Upload
@@ -27,38 +30,47 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
-class _FirstInstall(InstallTicket):
-    """A first upload whose row is in the round, waiting for it to be durable."""
+class _Publish(InstallTicket):
+    """An upload whose row (or pointer swap) is in the round, waiting for it to be durable."""
 
     upload: Upload
-    temp: TempBlob
+    writer: BlobWriter
     path_name: str
+    #: A name's first upload (undone if it cannot be published), or a confirmed version.
+    first: bool
+    #: The plaintext bytes published (for the log).
+    size: int = 0
 
 
 class RoundInstalls:
-    """The round's first uploads, waiting for the round to be durable to take their names."""
+    """The round's blobs, waiting for the round to be durable to be published."""
 
     def __init__(
         self,
         metadata: MetadataStore,
         blobs: BlobStore,
         discard: Callable[[Upload, str], None],
+        log_level: Callable[[Upload], int],
     ) -> None:
         self._metadata = metadata
         self._blobs = blobs
-        #: Forgets an upload that will never take its name (``Uploads.discard``).
+        #: Forgets an upload that will never be published (``Uploads.discard``).
         self._discard = discard
-        #: First uploads whose rows are in the round, in order: each is renamed
-        #: onto its name once the round is durable (:meth:`install_first_uploads`).
-        self._to_install: list[_FirstInstall] = []
-        #: First uploads of the round that could not take their names.
-        self._install_failed: set[_FirstInstall] = set()
+        #: The level of a line about an upload (its address group's log budget).
+        self._log_level = log_level
+        #: Blobs whose rows are in the round, in order: each is published once
+        #: the round is durable (:meth:`install_first_uploads`).
+        self._to_install: list[_Publish] = []
+        #: Uploads of the round that could not be published.
+        self._install_failed: set[_Publish] = set()
+        #: Confirmed versions whose publish failed: owed to the client's next 900.
+        self._owed: dict[Upload, _Publish] = {}
 
     def end_round(self, *, durable: bool) -> AbstractSet[InstallTicket]:
-        """Commit the round (durably if asked, or if first uploads wait); then install them.
+        """Commit the round (durably if asked, or if blobs wait); then publish them.
 
         Returns the tickets of the files that could not be
-        installed: their answers become 1607 (:meth:`Session.release`).
+        published: their answers become 1607 (:meth:`Session.release`).
 
         Raises:
             StorageFault: the round is lost; none of its answers may go out.
@@ -71,76 +83,97 @@ class RoundInstalls:
             raise
         return self.install_first_uploads() if durable else set()
 
-    def wait(self, upload: Upload, temp: TempBlob, path_name: str) -> _FirstInstall:
-        """A first upload's row is in the round: it takes its name at the round's end."""
-        first = _FirstInstall(upload, temp, path_name)
+    def wait(self, upload: Upload, writer: BlobWriter, path_name: str) -> _Publish:
+        """A first upload's row is in the round: it is published at the round's end."""
+        first = _Publish(upload, writer, path_name, first=True)
         self._to_install.append(first)
         return first
 
+    def wait_confirmed(
+        self, upload: Upload, writer: BlobWriter, path_name: str, size: int
+    ) -> None:
+        """A confirmed version's swap is in the round: it is published at the round's end."""
+        self._to_install.append(_Publish(upload, writer, path_name, first=False, size=size))
+
+    def publish_owed(self, upload: Upload) -> None:
+        """A 900 again: a confirmed version whose publish failed is published at the round's end."""
+        owed = self._owed.pop(upload, None)
+        if owed is not None:
+            self._to_install.append(owed)
+
     @property
     def installs_waiting(self) -> bool:
-        """Whether first uploads wait for the round to be durable to take their names."""
+        """Whether blobs wait for the round to be durable to be published."""
         return bool(self._to_install)
 
     def install_first_uploads(self) -> AbstractSet[InstallTicket]:
-        """The round is durable: rename each first upload onto its name, in order.
+        """The round is durable: publish each waiting blob, in order.
 
-        Returns the tickets of the files that could not take
-        their names (each row is removed, each upload forgotten): their 1603
+        Returns the tickets of the files that could not be published (each
+        first upload's row is removed, each upload forgotten): their answers
         must not go out.
         """
         self._install_waiting()
         failed, self._install_failed = self._install_failed, set()
         return failed
 
-    def install_first_of(self, path_name: str) -> None:
-        """Before a confirmed version replaces ``path_name``: its first upload, if waiting, first.
-
-        A name's first upload that came in this same round must take its name
-        before a later version does, or it would replace the confirmed one.
-
-        Raises:
-            StorageFault: the metadata store could not be made durable.
-        """
-        if any(first.path_name == path_name for first in self._to_install):
-            self._metadata.sync()
-            self._install_waiting()
-
     def _install_waiting(self) -> None:
-        """Rename each waiting first upload onto its name, in order; note those that fail."""
+        """Publish each waiting blob, in order; note those that fail."""
         waiting, self._to_install = self._to_install, []
-        for first in waiting:
-            upload = first.upload
+        undone: set[str] = set()  # path names whose first upload was undone
+        for entry in waiting:
+            upload = entry.upload
             try:
-                commit.install_recorded(
-                    self._metadata, self._blobs, first.temp, upload.client_id,
-                    upload.file_name, first.path_name,
-                )
+                if entry.first:
+                    commit.publish_first(
+                        self._metadata, self._blobs, entry.writer, upload.client_id,
+                        upload.file_name, entry.path_name,
+                    )
+                elif entry.path_name in undone:
+                    raise StorageFault("its name's first upload could not be stored")
+                else:
+                    commit.publish_confirmed(self._blobs, entry.writer, entry.path_name)
+                    log.log(
+                        self._log_level(upload),
+                        "%s: stored file %s of client %s overwritten by its confirmed new"
+                        " version (%d bytes)", upload.address, entry.path_name,
+                        upload.client_id.hex(), entry.size,
+                    )
             except StorageFault as exc:
                 log.error(
                     "%s: file %s of client %s could not be stored: %s; answered 1607",
                     upload.address, quoted(upload.file_name), upload.client_id.hex(), exc,
                 )
-                first.temp.discard()
-                self._discard(upload, "could not be stored")
-                self._install_failed.add(first)
+                self._install_failed.add(entry)
+                if entry.first or entry.path_name in undone:
+                    undone.add(entry.path_name)
+                    entry.writer.abort()
+                    self._discard(upload, "could not be stored")
+                else:
+                    self._owed[upload] = entry
 
     def awaiting_install(self, upload: Upload) -> InstallTicket | None:
-        """The token of a first upload still waiting for the round to take its name, if any."""
-        return next((first for first in self._to_install if first.upload is upload), None)
+        """The ticket of an upload still waiting for the round to be published, if any."""
+        return next((entry for entry in self._to_install if entry.upload is upload), None)
 
     def abandon_first_uploads(self) -> None:
-        """The round is lost (or the server stops): its first uploads never take their names."""
+        """The round is lost (or the server stops): nothing waiting is published.
+
+        A first upload is forgotten with its row; a confirmed version's blob
+        is left for start-up repair (its swap may have reached the disk).
+        """
         waiting, self._to_install = self._to_install, []
         self._install_failed.clear()
-        for first in waiting:
-            first.temp.discard()
-            self._discard(first.upload, "its round could not be made durable")
-        if not waiting:
+        self._owed.clear()
+        firsts = [entry for entry in waiting if entry.first]
+        for entry in firsts:
+            entry.writer.abort()
+            self._discard(entry.upload, "its round could not be made durable")
+        if not firsts:
             return
         try:  # a commit that reached the database before the sync failed
             with self._metadata.transaction():
-                for first in waiting:
-                    self._metadata.delete_file(first.upload.client_id, first.upload.file_name)
+                for entry in firsts:
+                    self._metadata.delete_file(entry.upload.client_id, entry.upload.file_name)
         except StorageFault as exc:  # start-up repair removes rows without a file
             log.error("cannot remove the rows of files never stored: %s", exc)

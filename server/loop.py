@@ -188,10 +188,14 @@ class Server:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
         self._selector.register(listener, selectors.EVENT_READ, self._accept)
+        #: Blob writes finish in the port's worker; it wakes the loop through this.
+        self._selector.register(app.uploads.port, selectors.EVENT_READ, app.uploads.port.on_ready)
         self._accepting = True
         #: Channels to resume next round (ordered sets): deferred ones first.
         self._deferred: dict[Channel, None] = {}
         self._backlog: dict[Channel, None] = {}
+        #: Channels whose blob is behind: resumed when it caught up (:meth:`_unpark`).
+        self._parked: dict[Channel, None] = {}
         #: Channels whose answers wait for this round's end.
         self._answering: list[Channel] = []
         self._silent_closed = 0
@@ -385,8 +389,25 @@ class Server:
         serve(channel, action)
 
     def may_take_request(self, channel: Channel) -> bool:
-        """Whether the channel's address group (server/peer.py) has shares left this round."""
+        """Whether the channel's address group (server/peer.py) has shares left this round,
+        and the blob it streams is not behind (server/blobport.py).
+
+        A channel whose blob is behind is parked: neither read nor stepped
+        until the blob port says the blob caught up.
+        """
+        behind = self.app.uploads.storage_behind(channel.peer)
+        if behind is not None:
+            self._parked[channel] = None
+            self.app.uploads.port.when_caught_up(
+                behind, functools.partial(self._unpark, channel)
+            )
+            return False
         return self.app.shares.has_left(channel.peer.group)
+
+    def _unpark(self, channel: Channel) -> None:
+        """Its blob caught up: resume the channel next round, among the first."""
+        if self._parked.pop(channel, 0) is None and not channel.closed:
+            self._deferred[channel] = None
 
     def request_taken(self, channel: Channel) -> None:
         """Charge a handled request to the channel's address group for this round."""
@@ -401,14 +422,17 @@ class Server:
         self._backlog[channel] = None
 
     def defer(self, channel: Channel) -> None:
-        """Resume the channel in the next round, among the first (round robin)."""
-        self._deferred[channel] = None
+        """Resume the channel in the next round, among the first (round robin); a parked
+        one once its blob caught up (:meth:`_unpark`)."""
+        if channel not in self._parked:
+            self._deferred[channel] = None
 
     def channel_closed(self, channel: Channel) -> None:
         """Forget a closed channel."""
         self.channels.discard(channel)
         self._backlog.pop(channel, None)
         self._deferred.pop(channel, None)
+        self._parked.pop(channel, None)
         if channel.silent:
             self._silent_closed += 1
         self._per_address.closed(channel.peer)
@@ -502,6 +526,7 @@ class Server:
         for channel in list(self.channels):
             channel.close("server stopping")
         self.app.uploads.close()
+        self.app.uploads.port.close()
         self.app.log_limiter.flush()  # what was suppressed is counted before the end
         self._flush_timer.cancel()
         self._selector.close()

@@ -175,7 +175,7 @@ class StreamingPacket:
         try:
             plain = self._phase.incoming.receive(data)
             if plain:
-                self._phase.temp.write(plain)
+                self._phase.writer.write(plain)
         except (RemoteProtocolError, StorageFault) as exc:
             self._fail(exc)
             return
@@ -192,7 +192,7 @@ class StreamingPacket:
         try:
             tail = incoming.end_packet()
             if tail:
-                self._phase.temp.write(tail)
+                self._phase.writer.write(tail)
         except (RemoteProtocolError, StorageFault) as exc:
             return self._fail(exc)
         if not incoming.done:

@@ -20,16 +20,16 @@ from protocol.incoming import IncomingFile, PacketOrder, ReceivedFile
 from .errors import IllegalTransition
 from .limits import Limits
 from .peer import Peer
-from .storage import TempBlob
+from .storage import BlobWriter
 from .timers import Timer
 
 
 @dataclass
 class Receiving:
-    """Packets are arriving into a temp blob."""
+    """Packets are arriving, written under the upload's blob key."""
 
     incoming: IncomingFile
-    temp: TempBlob
+    writer: BlobWriter
 
 
 @dataclass
@@ -47,11 +47,11 @@ class Installed:
 
 @dataclass
 class Pending:
-    """A later version of a stored name, a synced temp blob until its 900."""
+    """A later version of a stored name, a sealed blob (the row's pending pointer) until its 900."""
 
     result: ReceivedFile
     path_name: str
-    temp: TempBlob
+    writer: BlobWriter
 
 
 @dataclass
@@ -189,7 +189,7 @@ class Upload:
         """Disk bytes this upload may still need."""
         if not isinstance(self.phase, Receiving):
             return 0
-        return max(0, self.phase.incoming.max_plain_size - self.phase.temp.size)
+        return max(0, self.phase.incoming.max_plain_size - self.phase.writer.size)
 
     def deadline(self, limits: Limits) -> float:
         """When this upload is dropped unless it moves on."""

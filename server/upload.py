@@ -2,7 +2,7 @@
 
 Each client id has at most one upload in progress per file name (and at most
 ``max_uploads_per_client`` at once, pending versions included: each holds a
-temp blob), and one complete upload per file name
+blob under its own key), and one complete upload per file name
 waiting for its verdict, kept here rather than on a connection: a
 per-request client (docs/PROTOCOL.md, variant 7) sends each 828 and its 900
 on a new connection, so an upload outlives the connection that started it.
@@ -13,8 +13,8 @@ each (server/phases.py, where the one table of the moves between them is):
     Packets are arriving; :class:`~protocol.incoming.IncomingFile` checks
     their order (variant 5), the zero-filled last packet (variant 4) and
     per-packet encryption (variant 6), decrypts and sums them, and the
-    plaintext goes to a temp blob. ``streaming`` is the connection inside one
-    of its packets right now; ``owner`` is a one-connection client's
+    plaintext is written under the upload's blob key. ``streaming`` is the
+    connection inside one of its packets right now; ``owner`` is a one-connection client's
     connection, kept between packets (if it closes mid-file, the upload is
     dropped). It lives only while it progresses: its deadline is
     ``message_deadline`` after the last content byte, and no later than the
@@ -31,10 +31,10 @@ each (server/phases.py, where the one table of the moves between them is):
     stored file (Verified false), waiting for the verdict.
 :class:`Pending`
     The last packet came for a name already stored: the *pending version*
-    waits as a synced temp blob and replaces the stored file only at the 900
-    of the client holding the same key (the pending-version rule). 901, 902,
-    a new key, the owner connection's close or ``idle_timeout`` discard it,
-    and the stored file stays as it was.
+    waits as a sealed blob (the row's pending pointer) and replaces the stored
+    file only at the 900 of the client holding the same key (the
+    pending-version rule). 901, 902, a new key, the owner connection's close
+    or ``idle_timeout`` discard it, and the stored file stays as it was.
 :class:`GivenUp`
     A pending version discarded by 901 or 902; it still takes a 902.
 
@@ -52,7 +52,7 @@ Beside this module: server/packets.py receives one 828 (an
 :class:`~server.packets.IncomingPacket`, whose end is a
 :data:`~server.packets.PacketEnd` value, a refusal included);
 server/admission.py checks a first packet before its upload starts;
-server/installs.py ends a loop round and installs its first uploads. The
+server/installs.py ends a loop round and publishes its uploads. The
 order in which a complete upload is written is :mod:`server.storage.commit`'s.
 """
 
@@ -68,9 +68,10 @@ from protocol.printable import quoted
 
 from . import crashpoints
 from .admission import Admission
+from .blobport import BlobPort, QueuedWriter
 from .budget import DecryptionBudget
 from .errors import InternalFault, Refusal, StorageFault
-from .installs import RoundInstalls, _FirstInstall
+from .installs import RoundInstalls, _Publish
 from .limits import Limits
 from .lograte import LogLimiter
 from .packets import DroppedPacket, FileComplete, IncomingPacket, Refused, StreamingPacket
@@ -87,7 +88,7 @@ from .phases import (
     Upload,
 )
 from .shares import RoundShares
-from .storage import BlobStore, MetadataStore, commit
+from .storage import BlobStore, MetadataStore, commit, new_blob_key
 from .timers import Timers
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,10 @@ class Uploads:
         budget: DecryptionBudget,
         log_limiter: LogLimiter,
         shares: RoundShares,
+        port: BlobPort | None = None,
     ) -> None:
+        #: Where blob writes go: a worker thread (server/blobport.py).
+        self.port = port if port is not None else BlobPort()
         self._timers = timers
         self._log_limiter = log_limiter
         #: Files made durable are charged to the address group they came from.
@@ -120,8 +124,8 @@ class Uploads:
         self._complete: dict[bytes, dict[bytes, Upload]] = {}
         #: Connections to the uploads they own or stream (closing one is O(its uploads)).
         self._held: dict[Peer, set[Upload]] = {}
-        #: The round's first uploads, waiting to take their names (server/installs.py).
-        self.installs = RoundInstalls(metadata, blobs, self.discard)
+        #: The round's uploads, waiting to be published (server/installs.py).
+        self.installs = RoundInstalls(metadata, blobs, self.discard, self._log_level)
         #: The clients whose last answer got a "CRC bad", and what that
         #: attempt was (docs/EDITIONS.md, variant 5): their next answer's
         #: flavour depends on it. The others get the flavour they confirmed last.
@@ -144,8 +148,17 @@ class Uploads:
         """The client's uploads in progress, of every name."""
         return list(self._uploads.get(client_id, {}).values())
 
-    def holding_temps(self, client_id: bytes) -> list[Upload]:
-        """The client's uploads that hold a temp blob: in progress, or pending versions."""
+    def storage_behind(self, peer: Peer) -> QueuedWriter | None:
+        """The blob a connection streams, if its writes are behind (server/blobport.py)."""
+        for upload in self._held.get(peer, ()):
+            phase = upload.phase
+            if isinstance(phase, Receiving) and isinstance(phase.writer, QueuedWriter):
+                if phase.writer.behind:
+                    return phase.writer
+        return None
+
+    def holding_blobs(self, client_id: bytes) -> list[Upload]:
+        """The client's uploads that hold a blob: in progress, or pending versions."""
         waiting = self._complete.get(client_id, {}).values()
         return self.in_progress(client_id) + [
             upload for upload in waiting if isinstance(upload.phase, Pending)
@@ -191,7 +204,7 @@ class Uploads:
         packet: FilePacketStarted,
         order: PacketOrder,
     ) -> IncomingPacket:
-        """A first packet: admit it (server/admission.py), open the temp blob.
+        """A first packet: admit it (server/admission.py), start its blob.
 
         Raises nothing: a refusal is the packet's end (:class:`Refused`).
         """
@@ -225,7 +238,9 @@ class Uploads:
             self._admission.check_room(
                 client_id, packet.file_name.text, peer, incoming.max_plain_size
             )
-            temp = self._blobs.new_temp(client_id)
+            writer = self._blobs.begin(client_id, new_blob_key())
+            if self._blobs.slow_writes:
+                writer = self.port.wrap(writer)
         except (Refusal, RemoteProtocolError, StorageFault) as exc:
             if order.total > 1:
                 # Swallow the rest of this attempt quietly: one 1607 per attempt.
@@ -233,7 +248,7 @@ class Uploads:
                 self._add(marker)
                 self.packet_done(marker, peer, per_request)
             return DroppedPacket(Refused.of(exc))
-        phase = Receiving(incoming, temp)
+        phase = Receiving(incoming, writer)
         started = upload(phase)
         self._add(started)
         self.packet_started(started, peer)
@@ -251,7 +266,7 @@ class Uploads:
             self.discard(upload, f"failed: {exc}")
             return
         log.debug("%s: upload for %s failed: %s", upload.address, upload.client_id.hex(), exc)
-        self._drop_temp(upload)
+        self._drop_blob(upload)
         upload._enter(Failed())
         self.packet_done(upload, peer, per_request)
 
@@ -275,23 +290,26 @@ class Uploads:
         """
         result = phase.incoming.result
         self._shares.file_made_durable(upload.group)
-        commit.seal(phase.temp)
+        commit.seal(phase.writer)
         previous = self._metadata.file_row(upload.client_id, upload.file_name)
-        awaits: _FirstInstall | None
+        awaits: _Publish | None
         if previous is None:
             path_name = self._blobs.new_path_name(
                 upload.client_id, upload.file_name, self._metadata.path_names(upload.client_id)
             )
             commit.record_first(
-                self._metadata, upload.client_id, upload.file_name, path_name, _content(result)
+                self._metadata, upload.client_id, upload.file_name, path_name,
+                phase.writer.key, _content(result),
             )
-            awaits = self.installs.wait(upload, phase.temp, path_name)
+            awaits = self.installs.wait(upload, phase.writer, path_name)
             complete: Complete = Installed(result, path_name)
             stored = f"stored as {path_name}"
         else:
-            commit.keep_pending()
+            commit.keep_pending(
+                self._metadata, upload.client_id, upload.file_name, phase.writer.key
+            )
             awaits = None
-            complete = Pending(result, previous.path_name, phase.temp)
+            complete = Pending(result, previous.path_name, phase.writer)
             stored = f"kept as a pending version of {previous.path_name} until 900"
         self._forget_in_progress(upload)
         earlier = self.completed(upload.client_id, upload.file_name)
@@ -329,9 +347,13 @@ class Uploads:
     def confirm(self, upload: Upload) -> str:
         """900: a pending version replaces the stored file; the file is verified.
 
+        A pending version's pointers are swapped in the round; it is published
+        at the round's end (server/installs.py), its 1604 held until then. A
+        publish that failed there is owed: the next 900 publishes it again.
+
         Raises:
             Refusal: the upload was given up (901/902).
-            StorageFault: the install or the commit failed (a retried 900 completes it).
+            StorageFault: the commit failed (a retried 900 completes it).
         """
         phase = upload.phase
         if isinstance(phase, GivenUp):
@@ -339,25 +361,19 @@ class Uploads:
         crashpoints.reached("verify.before_commit")
         if isinstance(phase, Pending):
             self._shares.file_made_durable(upload.group)
-            self.installs.install_first_of(phase.path_name)
-            try:
-                commit.install_confirmed(
-                    self._metadata, phase.temp, upload.client_id, upload.file_name,
-                    phase.path_name, _content(phase.result),
-                )
-            finally:
-                if phase.temp.installed:  # even if only the folder sync failed
-                    upload._enter(Installed(phase.result, phase.path_name))
-                    log.log(
-                        self._log_level(upload),
-                        "%s: stored file %s of client %s overwritten by its confirmed new"
-                        " version (%d bytes)", upload.address, phase.path_name,
-                        upload.client_id.hex(), phase.result.plain_size,
-                    )
+            commit.confirm_pending(
+                self._metadata, upload.client_id, upload.file_name, phase.writer.key,
+                _content(phase.result),
+            )
+            self.installs.wait_confirmed(
+                upload, phase.writer, phase.path_name, phase.result.plain_size
+            )
+            upload._enter(Installed(phase.result, phase.path_name))
             detail = "verified; replaces the stored version"
         else:
             with self._metadata.transaction():
                 self._metadata.set_verified(upload.client_id, upload.file_name, True)
+            self.installs.publish_owed(upload)
             detail = "verified"
         crashpoints.reached("verify.committed")
         self._crc_bad.pop(upload.client_id, None)
@@ -405,7 +421,7 @@ class Uploads:
                 "%s: pending version of %s for client %s discarded: %s",
                 upload.address, quoted(upload.file_name), upload.client_id.hex(), reason,
             )
-            phase.temp.discard()
+            phase.writer.abort()
             upload._enter(GivenUp(phase.result, phase.path_name))
 
     # -- life cycle -------------------------------------------------------------
@@ -430,7 +446,7 @@ class Uploads:
                 del self._uploads[upload.client_id]
 
     def discard(self, upload: Upload, reason: str) -> None:
-        """Forget an upload and delete its temp blob (a pending version included)."""
+        """Forget an upload and delete its blob (a pending version included)."""
         self._forget_in_progress(upload)
         names = self._complete.get(upload.client_id)
         if names is not None and names.get(upload.file_name) is upload:
@@ -446,7 +462,7 @@ class Uploads:
                 "%s: upload of %s for client %s discarded: %s",
                 upload.address, quoted(upload.file_name), upload.client_id.hex(), reason,
             )
-        self._drop_temp(upload)
+        self._drop_blob(upload)
         self._set_holders(upload, owner=None, streaming=None)
 
     def discard_client(self, client_id: bytes, reason: str) -> None:
@@ -508,9 +524,9 @@ class Uploads:
         self.discard(upload, "no progress in time" if receiving else "no verdict in time")
 
     @staticmethod
-    def _drop_temp(upload: Upload) -> None:
+    def _drop_blob(upload: Upload) -> None:
         if isinstance(upload.phase, (Receiving, Pending)):
-            upload.phase.temp.discard()
+            upload.phase.writer.abort()
             if isinstance(upload.phase, Pending):
                 upload._enter(GivenUp(upload.phase.result, upload.phase.path_name))
 

@@ -24,22 +24,26 @@ from .base import (
     BlobEntry,
     BlobReader,
     BlobStore,
+    BlobWriter,
     Binding,
     ClientRow,
     FileRow,
     MetadataStore,
     StoreUrl,
-    TempBlob,
+    UnpublishedBlob,
+    new_blob_key,
 )
 
 __all__ = [
     "BlobEntry",
     "BlobReader",
     "BlobStore",
+    "BlobWriter",
     "Binding",
     "ClientRow",
     "FileRow",
     "MetadataStore",
     "StoreUrl",
-    "TempBlob",
+    "UnpublishedBlob",
+    "new_blob_key",
 ]

@@ -5,9 +5,10 @@ Two small interfaces, so that the handlers never see how things are kept:
 * :class:`MetadataStore`: clients, their keys and key bindings, and the files
   each client holds, with transactions. First implementation: SQLite
   (:mod:`server.storage.sqlite`).
-* :class:`BlobStore`: the received files' content: open a temp blob, write
-  it, commit it under its final name, read it, delete it. First
-  implementation: a local folder (:mod:`server.storage.folder`).
+* :class:`BlobStore`: the received files' content: each upload written once
+  under a key of its own (:func:`new_blob_key`), sealed, then published as
+  what a file's path name reads; read, deleted. First implementation: a
+  local folder (:mod:`server.storage.folder`).
 
 What crosses the seam is plain Python: bytes, str, numbers and the frozen
 records below; what goes wrong is :class:`~server.errors.StorageFault` (or
@@ -15,8 +16,14 @@ records below; what goes wrong is :class:`~server.errors.StorageFault` (or
 The order in which the two stores are written so that a crash leaves them
 consistent is in :mod:`server.storage.commit`, in one place.
 
-A blob is named by its *path name*, the string the ``files`` table keeps in
-``PathName`` (for the folder store, ``received_files/<client-id-hex>/<name>``).
+A stored file is read by its *path name*, the string the ``files`` table
+keeps in ``PathName`` (for the folder store,
+``received_files/<client-id-hex>/<name>``); its content is the blob the row
+points at, by its *blob key* (``BlobKey``; a pending version is a second
+pointer, ``PendingKey``). Publishing a key under a path name is the store's
+own business (the folder renames the upload's file into place; a store that
+reads by key has nothing to move): it is idempotent, so that start-up repair
+can finish one a crash cut.
 
 Which implementation serves is chosen by a URL-like name, :class:`StoreUrl`
 (``sqlite:///srv/data/defensive.db``, ``file:///srv/data/received_files``),
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+import secrets
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +44,18 @@ from typing import BinaryIO, Iterable, Mapping, Protocol
 #: Texts of recent seconds kept for LastSeen (a clock that steps back reuses one).
 _SECONDS_KEPT = 4
 _US = 1_000_000
+#: Random bytes in a blob key (shown as hex: safe as a file or object name).
+BLOB_KEY_BYTES = 16
+
+
+def new_blob_key() -> str:
+    """A fresh key for one upload's content: unique, lowercase hex."""
+    return secrets.token_hex(BLOB_KEY_BYTES)
+
+
+def is_blob_key(text: str) -> bool:
+    """Whether ``text`` has the form :func:`new_blob_key` gives."""
+    return len(text) == 2 * BLOB_KEY_BYTES and all(c in "0123456789abcdef" for c in text)
 
 
 def timestamp(now: float) -> str:
@@ -101,6 +121,10 @@ class FileRow:
     file_name: bytes
     path_name: str
     verified: bool
+    #: The blob the path name reads (None for a row written before keys were kept).
+    blob_key: str | None = None
+    #: A sealed later version waiting for its 900, if any.
+    pending_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +135,14 @@ class Binding:
     address: str
     issued_at: float
     last_used: float
+
+
+@dataclass(frozen=True)
+class UnpublishedBlob:
+    """An upload's blob, written under its key and never published (start-up repair)."""
+
+    client_id: bytes
+    key: str
 
 
 @dataclass(frozen=True)
@@ -214,7 +246,21 @@ class MetadataStore(Protocol):
     def stored_bytes(self, client_id: bytes) -> int:
         """The plaintext bytes of the client's stored files, verified or not."""
         ...
-    def upsert_file(self, client_id: bytes, file_name: bytes, path_name: str) -> None: ...
+    def upsert_file(
+        self, client_id: bytes, file_name: bytes, path_name: str, blob_key: str | None = None
+    ) -> None:
+        """Insert or reset a file's row (Verified false, no pending version), pointing at
+        ``blob_key``."""
+        ...
+
+    def set_pending(self, client_id: bytes, file_name: bytes, blob_key: str | None) -> None:
+        """Point the file's pending version at ``blob_key`` (None: no pending version)."""
+        ...
+
+    def promote_pending(self, client_id: bytes, file_name: bytes, blob_key: str) -> None:
+        """The 900's swap: the file now points at ``blob_key``, and has no pending version."""
+        ...
+
     def set_verified(self, client_id: bytes, file_name: bytes, verified: bool) -> None: ...
     def delete_file(self, client_id: bytes, file_name: bytes) -> None: ...
 
@@ -228,32 +274,27 @@ class MetadataStore(Protocol):
     def note_key_used(self, client_id: bytes, now: float) -> None: ...
 
 
-class TempBlob(Protocol):
-    """A blob being written; nobody sees it until :meth:`install`.
+class BlobWriter(Protocol):
+    """One upload's content, written once under its own key; nobody reads it until published.
 
-    Every method but :meth:`discard` may raise :class:`~server.errors.StorageFault`.
+    Every method but :meth:`abort` may raise :class:`~server.errors.StorageFault`.
     """
 
+    #: The upload's blob key (:func:`new_blob_key`).
+    key: str
     #: Bytes written so far.
     size: int
-    #: Whether :meth:`install` put it under its final name (even if a later
-    #: step of the install failed).
-    installed: bool
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append data."""
         ...
 
-    def sync(self) -> None:
-        """Make the content durable; no more writes."""
+    def seal(self) -> None:
+        """Make the content durable under its key; no more writes."""
         ...
 
-    def install(self, path_name: str) -> None:
-        """Commit: atomically become the blob ``path_name`` (replacing it), durably."""
-        ...
-
-    def discard(self) -> None:
-        """Forget the blob (never raises)."""
+    def abort(self) -> None:
+        """Delete the blob: no row points at it (never raises)."""
         ...
 
 
@@ -275,16 +316,33 @@ class BlobReader(Protocol):
 class BlobStore(BlobReader, Protocol):
     """The received files' content, one namespace per client."""
 
-    def new_temp(self, client_id: bytes) -> TempBlob:
-        """Open a temp blob for one of the client's files."""
+    #: Whether a write may wait long (a network round trip): the server then
+    #: hands an upload's writes to a worker thread (server/blobport.py), with
+    #: backpressure. A local folder's writes go to the page cache: False.
+    slow_writes: bool
+
+    def begin(self, client_id: bytes, key: str) -> BlobWriter:
+        """Start writing one of the client's uploads under ``key`` (:func:`new_blob_key`)."""
+        ...
+
+    def publish(self, key: str, path_name: str) -> None:
+        """Make the sealed blob ``key`` what ``path_name`` reads, durably, replacing it.
+
+        Idempotent: publishing a key already published under ``path_name``
+        (its writer never aborted since) only makes sure it is durable.
+
+        Raises:
+            StorageFault: it could not (whatever ``path_name`` reads is then
+                either its old content or the blob; publishing again finishes).
+        """
         ...
 
     def new_path_name(self, client_id: bytes, file_name: bytes, taken: Iterable[str]) -> str:
         """The path name for a file's first upload, distinct from ``taken``."""
         ...
 
-    def remove(self, path_name: str) -> None:
-        """Delete a stored blob (absent is fine)."""
+    def delete(self, path_name: str) -> None:
+        """Delete what ``path_name`` reads (absent is fine)."""
         ...
 
     def free_space(self) -> int:
@@ -292,8 +350,12 @@ class BlobStore(BlobReader, Protocol):
         ...
 
     # start-up repair (server.storage.commit)
-    def remove_temps(self) -> int:
-        """Delete every temp blob a crash left; return how many."""
+    def unpublished(self) -> list[UnpublishedBlob]:
+        """Every blob written under its key and never published (a crash left it)."""
+        ...
+
+    def delete_unpublished(self, blob: UnpublishedBlob) -> None:
+        """Delete an unpublished blob no row points at (absent is fine)."""
         ...
 
     def stored(self) -> list[BlobEntry]:

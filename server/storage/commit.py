@@ -1,42 +1,53 @@
-"""The durable write order: how a received file is installed, undone and repaired.
+"""The durable write order: how a received file is published, undone and repaired.
 
-A file's content lives in the blob store and its row (``files``: name, path
-name, Verified) in the metadata store. "Committed" below means durable: a
-commit is made durable by :meth:`MetadataStore.sync`, which the loop runs
-once per round before that round's answers go out (group commit). Two
-stores cannot commit together, so
-every write follows one order, chosen so that a crash between any two steps
+A file's content lives in the blob store, written once under a key of its
+own (the upload's blob key), and its row (``files``: name, path name,
+Verified, ``BlobKey``, ``PendingKey``) in the metadata store, pointing at
+it. Nothing is ever renamed at this level: a blob is *published* as what its
+path name reads (:meth:`BlobStore.publish`; the folder store renames it into
+place, a store that reads by key has nothing to move), and publishing is
+idempotent. "Durable" below means the metadata commit is: the loop makes
+each round's writes durable once, at the round's end, before that round's
+answers go out (group commit). Two stores cannot commit together, so every
+write follows one order, chosen so that a crash between any two steps
 leaves something start-up repair (:func:`repair`) can put right without
 losing a file the client was told about:
 
-1. **Seal.** The upload's content is synced in its temp blob, before any
-   answer (:func:`seal`).
-2. A name's **first upload**: the row is written with Verified false in the
-   round (:func:`record_first`); once the round is durable, the temp blob is
-   renamed onto its final name and the folder synced
-   (:func:`install_recorded`), then 1603 goes out. The rename waits for the
-   round's sync rather than syncing at once, so that a round of many first
-   uploads costs one sync, not one each. If the rename fails, it is undone:
-   the renamed blob (if any) and the row are removed, and a 1607 goes out
-   in place of the 1603 (the session held it until then).
-3. A **later upload** of a stored name is a *pending version*: it stays a
-   synced temp blob, 1603 goes out, and the stored file is untouched. Only the
-   900 of the client holding the same key installs it
-   (:func:`install_confirmed`): the temp blob is renamed onto the stored file,
-   then the row is committed with Verified true, then 1604. A 901, a 902, a
-   new key or a timeout discard the temp blob.
-4. **Repair**, at start-up (:func:`repair`): temp blobs are removed (their
-   uploads never got an answer, or were pending versions never confirmed);
-   rows whose blob is missing are removed (a first upload cut between steps
-   2's commit and rename: the client got no 1603 and sends again); blobs with
-   no row, and anything the server never makes, are moved aside, never
-   deleted.
+1. **Seal.** The upload's content is durable under its key before any row
+   points at it, and before any answer (:func:`seal`).
+2. A name's **first upload**: its row, pointing at the key, is written with
+   Verified false in the round (:func:`record_first`); once the round is
+   durable the blob is published under the path name (:func:`publish_first`),
+   then 1603 goes out. A round of many first uploads costs one metadata sync.
+   If the publish fails it is undone (whatever the path name reads, and the
+   row, go) and a 1607 goes out in place of the 1603 (held until then).
+3. A **later upload** of a stored name is a *pending version*: the row's
+   second pointer, ``PendingKey``, names its sealed blob (:func:`keep_pending`),
+   1603 goes out, and the stored file is untouched. Only the 900 of the
+   client holding the same key swaps the pointers, in one metadata
+   transaction with the content and Verified true (:func:`confirm_pending`);
+   once the round is durable the blob is published (:func:`publish_confirmed`,
+   after any first upload of the name in the same round), then 1604. A
+   publish that fails answers 1607 and stays owed: the client's next 900
+   publishes it again. A 901, a 902, a new key or a timeout abort the pending
+   blob; its stale pointer is cleared by repair.
+4. **Garbage** is any blob no row points at: an aborted upload, a pending
+   version never confirmed, an upload a crash cut. Blobs are deleted as
+   soon as they are garbage; start-up repair (:func:`repair`) sweeps what a
+   crash left: it publishes each blob a durable row points at but that was
+   never published under a name that reads the previous version (a crash
+   between step 3's swap and publish: rolled forward; a first upload cut
+   between step 2's commit and publish is rolled back, its row removed: its
+   client got no 1603 and sends again), clears pending pointers, removes
+   rows whose blob is missing, deletes unpublished blobs no row points at (no upload is in
+   flight at start-up: no grace period is needed), and moves aside, never
+   deletes, published blobs with no row and anything the server never makes.
 
 5. **Deleting a client** (:func:`remove_client`, ``admin delete-client``):
-   its folder moves into the trash (one rename: the decision), then every
-   row of it goes in one transaction, then the trashed folder is deleted.
-   Repair finishes a deletion a crash cut, first of all: a client found in
-   the trash loses its rows and its folder.
+   its blobs are taken out of the store (one atomic step: the decision),
+   then every row of it goes in one transaction, then the blobs are deleted.
+   Repair finishes a deletion a crash cut, first of all: a client found
+   taken out loses its rows and its blobs.
 
 So a crash leaves either the previous file with its row, or the new file with
 a row that was reset to Verified false (step 2) or that the client confirmed
@@ -50,7 +61,7 @@ from dataclasses import dataclass
 
 from .. import crashpoints
 from ..errors import StorageFault
-from .base import BlobEntry, BlobStore, MetadataStore, TempBlob
+from .base import BlobEntry, BlobStore, BlobWriter, FileRow, MetadataStore, UnpublishedBlob
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +69,13 @@ _NOT_A_FILE = "is not a regular file"
 _NOT_A_FOLDER = "is not a real client folder"
 
 
-def seal(temp: TempBlob) -> None:
-    """Step 1: the content is durable in its temp blob.
+def seal(writer: BlobWriter) -> None:
+    """Step 1: the content is durable under its key.
 
     Raises:
         StorageFault: the sync failed.
     """
-    temp.sync()
+    writer.seal()
 
 
 @dataclass(frozen=True)
@@ -80,69 +91,86 @@ def record_first(
     client_id: bytes,
     file_name: bytes,
     path_name: str,
+    blob_key: str,
     content: Content,
 ) -> None:
-    """Step 2, first half: the row (Verified false, size, cksum), in the round.
+    """Step 2, first half: the row (pointing at ``blob_key``, Verified false, size, cksum).
 
-    The blob takes its name only once this row is durable (:func:`install_recorded`).
+    The blob is published only once this row is durable (:func:`publish_first`).
 
     Raises:
         StorageFault: the row could not be written.
     """
     with metadata.transaction():
-        metadata.upsert_file(client_id, file_name, path_name)
+        metadata.upsert_file(client_id, file_name, path_name, blob_key)
         metadata.set_content(client_id, file_name, content.size, content.cksum)
 
 
-def install_recorded(
+def publish_first(
     metadata: MetadataStore,
     blobs: BlobStore,
-    temp: TempBlob,
+    writer: BlobWriter,
     client_id: bytes,
     file_name: bytes,
     path_name: str,
 ) -> None:
-    """Step 2, second half, once the row is durable: the rename; undone if it fails.
+    """Step 2, second half, once the row is durable: publish; undone if it fails.
 
     Raises:
         StorageFault: nothing of the upload is left under ``path_name``.
     """
     crashpoints.reached("upload.committed")
     try:
-        temp.install(path_name)
+        blobs.publish(writer.key, path_name)
     except StorageFault:
-        if temp.installed:
-            blobs.remove(path_name)
+        blobs.delete(path_name)  # a first upload's name read nothing before
+        writer.abort()
         with metadata.transaction():
             metadata.delete_file(client_id, file_name)
         raise
 
 
-def keep_pending() -> None:
-    """Step 3, first half: a sealed later version waits, as it is, for its 900."""
+def keep_pending(
+    metadata: MetadataStore, client_id: bytes, file_name: bytes, blob_key: str
+) -> None:
+    """Step 3, first half: a sealed later version waits for its 900, the row's second pointer.
+
+    Raises:
+        StorageFault: the pointer could not be written.
+    """
+    with metadata.transaction():
+        metadata.set_pending(client_id, file_name, blob_key)
     crashpoints.reached("upload.pending")
 
 
-def install_confirmed(
+def confirm_pending(
     metadata: MetadataStore,
-    temp: TempBlob,
     client_id: bytes,
     file_name: bytes,
-    path_name: str,
+    blob_key: str,
     content: Content,
 ) -> None:
-    """Step 3, at the 900: the rename onto the stored file, then the row, Verified true.
+    """Step 3, at the 900: swap the pointers, record the content, Verified true: one transaction.
+
+    The blob is published once the round is durable (:func:`publish_confirmed`).
 
     Raises:
-        StorageFault: the rename or the commit failed (``temp.installed``
-            says whether the stored file is the new one already: then a
-            retried 900 only sets the flag).
+        StorageFault: the transaction failed (nothing of it is kept).
     """
-    temp.install(path_name)
     with metadata.transaction():
-        metadata.upsert_file(client_id, file_name, path_name)
+        metadata.promote_pending(client_id, file_name, blob_key)
         metadata.set_content(client_id, file_name, content.size, content.cksum)
         metadata.set_verified(client_id, file_name, True)
+
+
+def publish_confirmed(blobs: BlobStore, writer: BlobWriter, path_name: str) -> None:
+    """Step 3, once the swap is durable: the confirmed version is what ``path_name`` reads.
+
+    Raises:
+        StorageFault: it is not yet (publishing again finishes it; so does repair).
+    """
+    crashpoints.reached("upload.confirmed")
+    blobs.publish(writer.key, path_name)
 
 
 def remove_client(metadata: MetadataStore, blobs: BlobStore, client_id: bytes) -> None:
@@ -182,44 +210,70 @@ def finish_removals(metadata: MetadataStore, blobs: BlobStore) -> int:
 class RepairReport:
     """What start-up repair did."""
 
-    temps_removed: int
+    unpublished_deleted: int
     rows_removed: int
     blobs_set_aside: int
     strays_set_aside: int
     removals_finished: int = 0
+    #: Blobs a durable row pointed at, published at last (rolled forward).
+    published: int = 0
 
 
 def repair(metadata: MetadataStore, blobs: BlobStore) -> RepairReport:
-    """Steps 4 and 5: finish deletions; remove temp blobs and rows without blobs; set aside
-    blobs without rows and strays.
+    """Steps 4 and 5: finish deletions, roll forward publishes a crash cut, clear pending
+    pointers, remove rows without blobs, delete garbage, set aside blobs without rows and strays.
 
     Raises:
         OSError, StorageFault: the store cannot be read or changed.
     """
     removals = finish_removals(metadata, blobs)
-    temps = blobs.remove_temps()
-    if temps:
-        log.warning("removed %d temp file(s) left by an interrupted upload", temps)
+    unpublished = {(blob.client_id, blob.key): blob for blob in blobs.unpublished()}
     strays = sum(
         _set_aside(blobs, stray, _NOT_A_FILE if stray.client_hex else _NOT_A_FOLDER)
         for stray in blobs.strays()
     )
     rows = metadata.file_rows()
-    rows_removed = 0
+    rows_removed = published = 0
     with metadata.transaction():
         for row in rows:
-            if not blobs.exists(row.path_name):
+            if row.pending_key is not None:
+                metadata.set_pending(row.id, row.file_name, None)
+            if _roll_forward(blobs, row, unpublished):
+                published += 1
+            elif not blobs.exists(row.path_name):
                 log.warning("file %s is missing; its row is removed", row.path_name)
                 metadata.delete_file(row.id, row.file_name)
                 rows_removed += 1
     metadata.sync()  # the repair is durable before the first request
+    for blob in unpublished.values():
+        blobs.delete_unpublished(blob)
+    if unpublished:
+        log.warning("deleted %d unfinished upload(s) no row points at", len(unpublished))
     known = {row.path_name for row in rows}
     set_aside = sum(
         _set_aside(blobs, stored, "has no database row")
         for stored in blobs.stored()
         if stored.path_name not in known
     )
-    return RepairReport(temps, rows_removed, set_aside, strays, removals)
+    return RepairReport(len(unpublished), rows_removed, set_aside, strays, removals, published)
+
+
+def _roll_forward(
+    blobs: BlobStore, row: FileRow, unpublished: dict[tuple[bytes, str], UnpublishedBlob]
+) -> bool:
+    """Publish the row's blob if a crash cut a confirmed version's publish; whether it did.
+
+    A first upload's blob is not: its path name reads nothing yet, and the
+    client never got its 1603 (the row goes, the blob is garbage).
+    """
+    if row.blob_key is None or (row.id, row.blob_key) not in unpublished:
+        return False
+    if not blobs.exists(row.path_name):
+        return False
+    del unpublished[(row.id, row.blob_key)]
+    blobs.publish(row.blob_key, row.path_name)
+    log.warning("file %s: its upload is published at last", row.path_name)
+    return True
 
 
 def _set_aside(blobs: BlobStore, entry: BlobEntry, why: str) -> bool:

@@ -5,11 +5,14 @@ stored name comes from :mod:`server.storage.names` (never the wire name
 itself), and the path name the metadata store keeps is that path relative to
 the data folder, with ``/``.
 
-A file is written to a temp file with a random ``.tmp-`` name inside the
+An upload is written under its blob key, as ``.tmp-<key>`` inside the
 client's folder, opened with ``O_CREAT | O_EXCL | O_NOFOLLOW`` (a planted
-symlink is never followed), fsynced, and only then renamed onto
-its final name with ``os.replace``, and the folder fsynced. Stored names never
-start with a dot, so nothing a client sends can collide with a temp file.
+symlink is never followed), and fsynced (sealed). Publishing it is this
+store's own business: a rename onto its final name with ``os.replace``, then
+a fsync of the folder; a key whose file is gone while the final name is there
+was published already (publishing again only syncs the folder). Stored names
+never start with a dot, so nothing a client sends can collide with an
+upload's file.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from protocol.printable import quoted
 
 from .. import crashpoints
 from ..errors import BadStoreUrl, BlobMissing, StorageFault, StoreUnusable
-from .base import BlobEntry, StoreUrl
+from .base import BlobEntry, StoreUrl, UnpublishedBlob
 from .names import unique_stored_name
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,9 @@ _TEMP_RANDOM_BYTES = 8
 _CLIENT_DIR_HEX_DIGITS = 32
 #: A client folder's name is its id in these (:func:`client_dir_name`).
 _HEX_DIGITS = frozenset("0123456789abcdef")
+#: What a blob key may hold in a file name (:func:`_is_key_name`).
+_KEY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
+_MAX_KEY_CHARS = 64
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
@@ -95,16 +101,15 @@ _FADVISE = getattr(os, "posix_fadvise", None)
 
 
 class TempFile:
-    """A file being received: a temp file in the client's folder (a :class:`TempBlob`)."""
+    """An upload being written: ``.tmp-<key>`` in the client's folder (a :class:`BlobWriter`)."""
 
-    def __init__(self, store: FolderBlobs, directory: Path) -> None:
-        self._store = store
+    def __init__(self, directory: Path, key: str) -> None:
+        if not _is_key_name(key):
+            raise StorageFault(f"{quoted(key)} is not a blob key")
         self.directory = directory
-        self.name = f"{TEMP_PREFIX}{secrets.token_hex(_TEMP_RANDOM_BYTES)}"
+        self.key = key
+        self.name = f"{TEMP_PREFIX}{key}"
         self.size = 0
-        #: Whether :meth:`install` renamed it onto its final name (even if
-        #: the folder sync after the rename failed).
-        self.installed = False
         #: Where the last write-back step started, and where it ended.
         self._step_start = 0
         self._step_end = 0
@@ -117,7 +122,7 @@ class TempFile:
 
     @property
     def path(self) -> Path:
-        """Where the temp file is."""
+        """Where the upload's file is until it is published."""
         return self.directory / self.name
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -147,7 +152,7 @@ class TempFile:
                      os.POSIX_FADV_DONTNEED)
         self._step_start, self._step_end = self._step_end, self.size
 
-    def sync(self) -> None:
+    def seal(self) -> None:
         """Flush the content to disk and close the descriptor.
 
         Raises:
@@ -162,36 +167,14 @@ class TempFile:
             os.close(self._fd)
         crashpoints.reached("temp.synced")
 
-    def install(self, path_name: str) -> None:
-        """Rename onto the stored file ``path_name`` (atomic) and sync the folder.
-
-        Raises:
-            StorageFault: ``path_name`` is not in this client's folder, or the
-                rename or folder sync failed (:attr:`installed` says whether
-                the rename was done).
-        """
-        target = self._store.resolve(path_name)
-        if target is None or target.parent != self.directory:
-            raise StorageFault(f"{path_name} is not a stored file of {self.directory.name}")
-        try:
-            os.replace(self.path, target)
-            self.installed = True
-            crashpoints.reached("temp.renamed")
-            _fsync_dir(self.directory)
-        except OSError as exc:
-            raise _storage_fault("cannot install a received file", exc) from exc
-        crashpoints.reached("temp.dir_synced")
-
-    def discard(self) -> None:
-        """Close and remove the temp file; never raises."""
+    def abort(self) -> None:
+        """Close and remove the upload's file (gone already once published); never raises."""
         if self._open:
             self._open = False
             try:
                 os.close(self._fd)
             except OSError:
                 pass
-        if self.installed:
-            return
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -210,9 +193,14 @@ def _in_client_dir(directory: Path, name: str) -> BlobEntry:
 class FolderBlobs:
     """The ``received_files/`` tree under a data folder (a :class:`BlobStore`).
 
+    Its writes go to the page cache (:data:`WRITEBACK_STEP`): the loop makes
+    them itself (``slow_writes`` is False), a thread handoff would cost more.
+
     Raises (constructor):
         StorageFault: the folder cannot be created or written.
     """
+
+    slow_writes = False
 
     def __init__(self, data_dir: Path) -> None:
         self._set_up(Path(data_dir) / RECEIVED_DIR, create=True)
@@ -279,13 +267,40 @@ class FolderBlobs:
             raise StorageFault(f"{directory} is not a folder")
         return directory
 
-    def new_temp(self, client_id: bytes) -> TempFile:
-        """A fresh temp file in the client's folder.
+    def begin(self, client_id: bytes, key: str) -> TempFile:
+        """A fresh ``.tmp-<key>`` file in the client's folder.
 
         Raises:
-            StorageFault: it cannot be created.
+            StorageFault: it cannot be created (or ``key`` is not a blob key).
         """
-        return TempFile(self, self.client_dir(client_id))
+        return TempFile(self.client_dir(client_id), key)
+
+    def publish(self, key: str, path_name: str) -> None:
+        """Rename ``.tmp-<key>`` onto ``path_name`` (atomic), then sync the folder.
+
+        Both are in the same client folder. If the key's file is gone and
+        ``path_name`` is there, the rename was done: only the sync is left.
+
+        Raises:
+            StorageFault: ``path_name`` is not a stored file's, neither is
+                there, or the rename or folder sync failed.
+        """
+        target = self.resolve(path_name)
+        if target is None or not _is_key_name(key):
+            raise StorageFault(f"{quoted(path_name)} is not a stored file's name")
+        source = target.parent / f"{TEMP_PREFIX}{key}"
+        try:
+            try:
+                os.replace(source, target)
+            except FileNotFoundError:
+                if not self.exists(path_name):
+                    raise
+            else:
+                crashpoints.reached("temp.renamed")
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            raise _storage_fault("cannot install a received file", exc) from exc
+        crashpoints.reached("temp.dir_synced")
 
     def open(self, path_name: str) -> BinaryIO:
         """A stored file, opened for reading (never through a symlink, never blocking on a fifo).
@@ -315,7 +330,7 @@ class FolderBlobs:
         path = self.resolve(path_name)
         return path is not None and path.is_file() and not path.is_symlink()
 
-    def remove(self, path_name: str) -> None:
+    def delete(self, path_name: str) -> None:
         """Delete a stored file (absent is fine).
 
         Raises:
@@ -340,20 +355,37 @@ class FolderBlobs:
 
     # -- start-up -------------------------------------------------------------
 
-    def remove_temps(self) -> int:
-        """Delete every ``.tmp-*`` file a crash left; return how many.
+    def unpublished(self) -> list[UnpublishedBlob]:
+        """Every ``.tmp-<key>`` regular file a crash left in a client folder.
 
         Only regular files: a ``.tmp-*`` folder, symlink or fifo is not the
-        server's (its temp files are made with ``O_EXCL | O_NOFOLLOW``), and
+        server's (its files are made with ``O_EXCL | O_NOFOLLOW``), and
         :meth:`strays` lists it to be moved aside, never deleted or followed.
+        A ``.tmp-`` file whose name is no blob key (an older server's) is
+        listed too, under that name: no row points at it.
         """
-        removed = 0
+        found = []
         for directory in self._client_dirs():
             for entry in os.scandir(directory):
                 if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
-                    os.unlink(entry.path)
-                    removed += 1
-        return removed
+                    key = entry.name[len(TEMP_PREFIX):]
+                    found.append(UnpublishedBlob(bytes.fromhex(directory.name), key))
+        return found
+
+    def delete_unpublished(self, blob: UnpublishedBlob) -> None:
+        """Delete one ``.tmp-<key>`` file (absent is fine).
+
+        Raises:
+            StorageFault: it cannot be deleted.
+        """
+        name = f"{TEMP_PREFIX}{blob.key}"
+        if "/" in name or "\\" in name or blob.key in ("", ".", ".."):
+            raise StorageFault(f"{quoted(blob.key)} is not a blob key")
+        path = self.root / client_dir_name(blob.client_id) / name
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _storage_fault(f"cannot delete {path}", exc) from exc
 
     def stored(self) -> list[BlobEntry]:
         """Every final file under ``received_files/<client-id-hex>/``."""
@@ -500,6 +532,15 @@ def stored_path(root: Path, path_name: str) -> Path | None:
     ):
         return None
     return Path(root) / parts[1] / parts[2]
+
+
+def _is_key_name(key: str) -> bool:
+    """Whether a blob key is safe in a file name: lowercase letters and digits, at most 64.
+
+    :func:`~server.storage.base.new_blob_key` gives 32 hex digits; the check
+    is what the file name needs, no more.
+    """
+    return 0 < len(key) <= _MAX_KEY_CHARS and all(c in _KEY_CHARS for c in key)
 
 
 def _is_client_dir_name(name: str) -> bool:

@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator
 
 from ..errors import BlobMissing, NameTaken, StorageFault
 from ..peer import address_group
-from .base import BlobEntry, Binding, ClientRow, FileRow, timestamp
+from .base import (
+    BlobEntry, Binding, ClientRow, FileRow, UnpublishedBlob, is_blob_key, timestamp,
+)
 
 if TYPE_CHECKING:
-    from .base import BlobStore, MetadataStore, TempBlob
+    from .base import BlobStore, BlobWriter, MetadataStore
 from .names import unique_stored_name
 
 #: Where the memory store says its blobs are (a path name's first part).
@@ -297,12 +299,15 @@ class MemoryMetadata:
             found.size or 0 for key, found in self._files.items() if key[0] == client_id
         )
 
-    def upsert_file(self, client_id: bytes, file_name: bytes, path_name: str) -> None:
-        """Insert or reset a file's row (unverified; size and cksum kept); the client is used."""
+    def upsert_file(
+        self, client_id: bytes, file_name: bytes, path_name: str, blob_key: str | None = None
+    ) -> None:
+        """Insert or reset a file's row (unverified, no pending version; size and cksum
+        kept); the client is used."""
         self._check_open()
         key = (client_id, bytes(file_name))
         row = FileRow(id=client_id, file_name=bytes(file_name), path_name=path_name,
-                      verified=False)
+                      verified=False, blob_key=blob_key)
         found = self._files.get(key)
         self._set(self._files, key, _File(row) if found is None else replace(found, row=row))
         self._set_unused_since(client_id, None)
@@ -313,6 +318,20 @@ class MemoryMetadata:
         if found is not None:
             self._update_file(client_id, bytes(file_name),
                               row=replace(found.row, verified=verified))
+
+    def set_pending(self, client_id: bytes, file_name: bytes, blob_key: str | None) -> None:
+        """Point the file's pending version at ``blob_key`` (None: none)."""
+        found = self._files.get((client_id, bytes(file_name)))
+        if found is not None:
+            self._update_file(client_id, bytes(file_name),
+                              row=replace(found.row, pending_key=blob_key))
+
+    def promote_pending(self, client_id: bytes, file_name: bytes, blob_key: str) -> None:
+        """The file points at ``blob_key`` and has no pending version."""
+        found = self._files.get((client_id, bytes(file_name)))
+        if found is not None:
+            self._update_file(client_id, bytes(file_name),
+                              row=replace(found.row, blob_key=blob_key, pending_key=None))
 
     def set_content(self, client_id: bytes, file_name: bytes, size: int, cksum: int) -> None:
         """Record the size and cksum of a file's content."""
@@ -350,59 +369,45 @@ class MemoryMetadata:
         self._used[client_id] = now
 
 
-class MemoryTemp:
-    """A blob being written, in memory (a :class:`TempBlob`)."""
+class MemoryWriter:
+    """An upload being written under its key, in memory (a :class:`BlobWriter`)."""
 
-    def __init__(self, store: MemoryBlobs, client_id: bytes) -> None:
+    def __init__(self, store: MemoryBlobs, client_id: bytes, key: str) -> None:
         self._store = store
         self.client_id = client_id
+        self.key = key
         self._content = bytearray()
         self.size = 0
-        self.installed = False
-        self.synced = False
-        self.discarded = False
+        self.sealed = False
+        self.aborted = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append data.
 
         Raises:
-            StorageFault: after :meth:`sync` or :meth:`discard`, or past the store's capacity.
+            StorageFault: after :meth:`seal` or :meth:`abort`, or past the store's capacity.
         """
-        if self.synced or self.discarded:
+        if self.sealed or self.aborted:
             raise StorageFault("cannot write a received file: it is closed")
         if len(data) > self._store.free_space():
             raise StorageFault("cannot write a received file: No space left on device")
         self._content += data
         self.size += len(data)
 
-    def sync(self) -> None:
+    def seal(self) -> None:
         """No more writes.
 
         Raises:
-            StorageFault: discarded already.
+            StorageFault: aborted already.
         """
-        if self.discarded:
+        if self.aborted:
             raise StorageFault("cannot sync a received file: it is discarded")
-        self.synced = True
+        self.sealed = True
 
-    def install(self, path_name: str) -> None:
-        """Become the blob ``path_name`` of its client, replacing it.
-
-        Raises:
-            StorageFault: ``path_name`` is not one of this client's, or it is discarded.
-        """
-        if self._store.owner(path_name) != self.client_id:
-            raise StorageFault(f"{path_name} is not a stored file of {self.client_id.hex()}")
-        if self.discarded:
-            raise StorageFault("cannot install a received file: it is discarded")
-        self._store.blobs[path_name] = bytes(self._content)
-        self.installed = True
-        self._store.temps.discard(self)
-
-    def discard(self) -> None:
+    def abort(self) -> None:
         """Forget the blob; never raises."""
-        self.discarded = True
-        self._store.temps.discard(self)
+        self.aborted = True
+        self._store.writers.pop(self.key, None)
 
     @property
     def content(self) -> bytes:
@@ -417,10 +422,14 @@ class MemoryBlobs:
     :meth:`free_space` and a full store can be tested.
     """
 
+    #: Set it to have the server write through its blob port (server/blobport.py).
+    slow_writes = False
+
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
         self.blobs: dict[str, bytes] = {}
-        self.temps: set[MemoryTemp] = set()
+        #: Uploads written under their keys and not published, by key.
+        self.writers: dict[str, MemoryWriter] = {}
         #: Blobs set aside by start-up repair, by where they went.
         self.aside: dict[str, bytes] = {}
         #: Clients whose removal began: their blobs, taken out.
@@ -437,11 +446,36 @@ class MemoryBlobs:
         except ValueError:
             return None
 
-    def new_temp(self, client_id: bytes) -> MemoryTemp:
-        """A fresh temp blob of the client's."""
-        temp = MemoryTemp(self, client_id)
-        self.temps.add(temp)
-        return temp
+    def begin(self, client_id: bytes, key: str) -> MemoryWriter:
+        """Start writing one of the client's uploads under ``key``.
+
+        Raises:
+            StorageFault: the key is taken or malformed.
+        """
+        if not is_blob_key(key) or key in self.writers:
+            raise StorageFault(f"{key} is not a fresh blob key")
+        writer = MemoryWriter(self, client_id, key)
+        self.writers[key] = writer
+        return writer
+
+    def publish(self, key: str, path_name: str) -> None:
+        """The sealed blob ``key`` becomes what ``path_name`` reads (again: nothing to do).
+
+        Raises:
+            StorageFault: ``path_name`` is not the writer's client's, the blob
+                is not sealed, or neither it nor ``path_name`` is there.
+        """
+        writer = self.writers.get(key)
+        if writer is None:
+            if path_name in self.blobs:
+                return
+            raise StorageFault(f"cannot install a received file: no blob {key}")
+        if self.owner(path_name) != writer.client_id:
+            raise StorageFault(f"{path_name} is not a stored file of {writer.client_id.hex()}")
+        if not writer.sealed:
+            raise StorageFault(f"cannot install a received file: {key} is not sealed")
+        self.blobs[path_name] = writer.content
+        del self.writers[key]
 
     def new_path_name(self, client_id: bytes, file_name: bytes, taken: Iterable[str]) -> str:
         """A safe stored name for ``file_name``, distinct from ``taken`` even ignoring case.
@@ -466,21 +500,24 @@ class MemoryBlobs:
         """Whether a blob is stored under ``path_name``."""
         return path_name in self.blobs
 
-    def remove(self, path_name: str) -> None:
+    def delete(self, path_name: str) -> None:
         """Delete a stored blob (absent is fine)."""
         self.blobs.pop(path_name, None)
 
     def free_space(self) -> int:
-        """The capacity less what is stored and being written."""
-        held = sum(map(len, self.blobs.values())) + sum(temp.size for temp in self.temps)
+        """The capacity less what is stored and being written (a worker thread may ask)."""
+        held = sum(map(len, list(self.blobs.values()))) + sum(
+            writer.size for writer in list(self.writers.values())
+        )
         return max(0, self.capacity - held)
 
-    def remove_temps(self) -> int:
-        """Forget every temp blob not installed or discarded; how many."""
-        left = list(self.temps)
-        for temp in left:
-            temp.discard()
-        return len(left)
+    def unpublished(self) -> list[UnpublishedBlob]:
+        """Every blob written under its key and not published."""
+        return [UnpublishedBlob(writer.client_id, key) for key, writer in self.writers.items()]
+
+    def delete_unpublished(self, blob: UnpublishedBlob) -> None:
+        """Forget an unpublished blob (absent is fine)."""
+        self.writers.pop(blob.key, None)
 
     def stored(self) -> list[BlobEntry]:
         """Every stored blob."""
@@ -529,4 +566,4 @@ def _entry(path_name: str) -> BlobEntry:
 if TYPE_CHECKING:  # mypy checks them against the interfaces
     _METADATA: MetadataStore = MemoryMetadata()
     _BLOBS: BlobStore = MemoryBlobs()
-    _TEMP: TempBlob = MemoryTemp(MemoryBlobs(), b"")
+    _WRITER: BlobWriter = MemoryWriter(MemoryBlobs(), b"", "")

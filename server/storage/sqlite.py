@@ -91,6 +91,8 @@ _SCHEMA = (
         Verified INTEGER NOT NULL DEFAULT 0,
         Cksum INTEGER,
         Size INTEGER,
+        BlobKey TEXT,
+        PendingKey TEXT,
         PRIMARY KEY (ID, FileName)
     )""",
     """CREATE TABLE IF NOT EXISTS key_bindings (
@@ -114,7 +116,9 @@ _ADDED_COLUMNS = {
         "RegisteredFrom": "TEXT",
     },
     # The stored content's cksum and size, recorded at install (NULL before).
-    "files": {"Cksum": "INTEGER", "Size": "INTEGER"},
+    # The blob the row points at, and a pending version's (server/storage/commit.py):
+    # NULL in the rows of before (their content is what PathName reads).
+    "files": {"Cksum": "INTEGER", "Size": "INTEGER", "BlobKey": "TEXT", "PendingKey": "TEXT"},
 }
 #: What an added column holds in the rows that were there before it (run
 #: right after the column is added). A client without a binding gets the
@@ -197,14 +201,20 @@ _DELETE_CLIENT = "DELETE FROM clients WHERE ID = ?"
 _SET_KEYS = "UPDATE clients SET PublicKey = ?, AESKey = ?, LastSeen = ? WHERE ID = ?"
 _SET_AES_KEY = "UPDATE clients SET AESKey = ?, LastSeen = ? WHERE ID = ?"
 _SET_LAST_SEEN = "UPDATE clients SET LastSeen = ? WHERE ID = ?"
-_SELECT_FILE = "SELECT ID, FileName, PathName, Verified FROM files WHERE ID = ? AND FileName = ?"
-_SELECT_FILES = "SELECT ID, FileName, PathName, Verified FROM files"
+_FILE_COLUMNS = "ID, FileName, PathName, Verified, BlobKey, PendingKey"
+_SELECT_FILE = f"SELECT {_FILE_COLUMNS} FROM files WHERE ID = ? AND FileName = ?"
+_SELECT_FILES = f"SELECT {_FILE_COLUMNS} FROM files"
 _SELECT_PATH_NAMES = "SELECT PathName FROM files WHERE ID = ?"
 #: The primary key (ID, FileName) indexes it: the client's rows only are read.
 _SUM_STORED_BYTES = "SELECT COALESCE(SUM(Size), 0) FROM files WHERE ID = ?"
 _UPSERT_FILE = (
-    "INSERT INTO files (ID, FileName, PathName, Verified) VALUES (?, ?, ?, 0)"
-    " ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName, Verified = 0"
+    "INSERT INTO files (ID, FileName, PathName, Verified, BlobKey) VALUES (?, ?, ?, 0, ?)"
+    " ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName, Verified = 0,"
+    " BlobKey = excluded.BlobKey, PendingKey = NULL"
+)
+_SET_PENDING = "UPDATE files SET PendingKey = ? WHERE ID = ? AND FileName = ?"
+_PROMOTE_PENDING = (
+    "UPDATE files SET BlobKey = ?, PendingKey = NULL WHERE ID = ? AND FileName = ?"
 )
 _SET_VERIFIED = "UPDATE files SET Verified = ? WHERE ID = ? AND FileName = ?"
 _DELETE_FILE = "DELETE FROM files WHERE ID = ? AND FileName = ?"
@@ -672,10 +682,25 @@ class SqliteMetadata:
         return self._db.execute(_SUM_STORED_BYTES, (client_id,)).fetchone()[0]
 
     @_translated
-    def upsert_file(self, client_id: bytes, file_name: bytes, path_name: str) -> None:
-        """Insert or reset a file's row with Verified false: the client is used from now on."""
-        self._db.execute(_UPSERT_FILE, (client_id, file_name_value(file_name), path_name))
+    def upsert_file(
+        self, client_id: bytes, file_name: bytes, path_name: str, blob_key: str | None = None
+    ) -> None:
+        """Insert or reset a file's row with Verified false, pointing at ``blob_key``:
+        the client is used from now on."""
+        self._db.execute(
+            _UPSERT_FILE, (client_id, file_name_value(file_name), path_name, blob_key)
+        )
         self._db.execute(_SET_USED, (client_id,))
+
+    @_translated
+    def set_pending(self, client_id: bytes, file_name: bytes, blob_key: str | None) -> None:
+        """Point the file's pending version at ``blob_key`` (None: none)."""
+        self._db.execute(_SET_PENDING, (blob_key, client_id, file_name_value(file_name)))
+
+    @_translated
+    def promote_pending(self, client_id: bytes, file_name: bytes, blob_key: str) -> None:
+        """The 900's swap: the file points at ``blob_key``, with no pending version."""
+        self._db.execute(_PROMOTE_PENDING, (blob_key, client_id, file_name_value(file_name)))
 
     @_translated
     def set_verified(self, client_id: bytes, file_name: bytes, verified: bool) -> None:
@@ -728,7 +753,8 @@ def _client(row: tuple | None) -> ClientRow | None:
 
 def _file(row: tuple) -> FileRow:
     return FileRow(
-        id=row[0], file_name=_name_bytes(row[1]), path_name=row[2], verified=bool(row[3])
+        id=row[0], file_name=_name_bytes(row[1]), path_name=row[2], verified=bool(row[3]),
+        blob_key=row[4], pending_key=row[5],
     )
 
 

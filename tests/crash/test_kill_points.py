@@ -128,6 +128,7 @@ KILL_POINTS = [
     KillPoint("901-resend-kept-pending", 2, crash_at="upload.pending:1"),
     KillPoint("901-resend-1603-queued", 2, crash_at="response.queued:3"),
     KillPoint("900-before-install", 3, crash_at="verify.before_commit:1"),
+    KillPoint("900-swap-durable-before-publish", 3, crash_at="upload.confirmed:1"),
     KillPoint("900-pending-renamed-before-dir-fsync", 3, crash_at="temp.renamed:2"),
     KillPoint("900-pending-dir-synced-before-commit", 3, crash_at="temp.dir_synced:2"),
     KillPoint("900-after-commit-before-1604", 3, crash_at="verify.committed:1"),

@@ -22,7 +22,7 @@ from fuzz_server import (
 )
 from protocol import Reconnect, Register
 from server import handlers
-from server.storage.folder import TempFile
+from server.storage.folder import FolderBlobs, TempFile
 
 
 def test_every_seed_is_served_as_meant():
@@ -99,14 +99,14 @@ def test_target_finds_a_malformed_response(monkeypatch):
 
 
 def test_target_finds_a_temp_file_left_behind(monkeypatch):
-    monkeypatch.setattr(TempFile, "discard", lambda self: None)
+    monkeypatch.setattr(TempFile, "abort", lambda self: None)
     # Seed 10: a per-request upload that expires.
     with pytest.raises(Finding, match="temp file left"):
         run_input(encode_structured(10))
 
 
 def test_target_finds_a_false_1603(monkeypatch):
-    monkeypatch.setattr(TempFile, "install", lambda self, name: None)
+    monkeypatch.setattr(FolderBlobs, "publish", lambda self, key, name: None)
     with pytest.raises(Finding):
         run_input(encode_structured(1))
 

@@ -43,7 +43,7 @@ from server.app import App
 from server.errors import DurabilityLost, StorageFault
 from server.limits import Limits
 from server.loop import Server, create_listener
-from server.storage.folder import RECEIVED_DIR, FolderBlobs, TempFile, client_dir_name
+from server.storage.folder import RECEIVED_DIR, FolderBlobs, client_dir_name
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 ROUNDS = 200
@@ -272,21 +272,21 @@ def test_first_uploads_in_one_round_share_its_sync_and_take_their_names_after_it
 ):
     server, db, pairs = two_clients
     steps = []
-    real_sync, real_install = db.sync, TempFile.install
+    real_sync, real_install = db.sync, FolderBlobs.publish
 
     def sync():
         steps.append("sync")
         real_sync()
 
-    def install(temp, path_name):
+    def install(store, key, path_name):
         # the row is committed and synced before the blob takes its name
         rows = _rows_seen_by_another_connection(db.path)
         steps.append(("rename", path_name in {path for path, _ in rows.values()},
                       db.unsynced))
-        real_install(temp, path_name)
+        real_install(store, key, path_name)
 
     monkeypatch.setattr(db, "sync", sync)
-    monkeypatch.setattr(TempFile, "install", install)
+    monkeypatch.setattr(FolderBlobs, "publish", install)
     data = b"first upload" * 100
     _send_files(pairs, data)
     server.run_once()
@@ -306,15 +306,15 @@ def test_a_first_upload_that_cannot_take_its_name_is_answered_1607_in_place_of_1
 ):
     server, db, pairs = two_clients
     (failing, failing_identity), (other, other_identity) = pairs
-    real_install = TempFile.install
+    real_install = FolderBlobs.publish
     failing_folder = client_dir_name(failing_identity.client_id)  # in path names
 
-    def install(temp, path_name):
+    def install(store, key, path_name):
         if failing_folder in path_name:
             raise StorageFault("cannot install a received file: Input/output error")
-        real_install(temp, path_name)
+        real_install(store, key, path_name)
 
-    monkeypatch.setattr(TempFile, "install", install)
+    monkeypatch.setattr(FolderBlobs, "publish", install)
     data = b"x" * 5000
     _send_files(pairs, data)
     # the failing client's next requests are answered after it, in order: a
@@ -405,9 +405,17 @@ def test_a_lost_round_stores_none_of_its_first_uploads(two_clients, monkeypatch,
 
 
 def test_a_version_confirmed_in_the_round_of_the_names_first_upload_is_the_one_stored(
-    keyed_client, tmp_path
+    keyed_client, tmp_path, monkeypatch
 ):
     server, db, client, identity = keyed_client
+    syncs = []
+    real_sync = db.sync
+
+    def sync():
+        syncs.append("sync")
+        real_sync()
+
+    monkeypatch.setattr(db, "sync", sync)
     first, second = b"version one " * 50, b"version two " * 60
     burst = b"".join(
         packet_bytes(packet)
@@ -418,6 +426,8 @@ def test_a_version_confirmed_in_the_round_of_the_names_first_upload_is_the_one_s
     client.send_raw(burst)  # v1, v2 of the same name and the 900, in one round
     time.sleep(0.1)
     server.run_once()
+    # one sync, the round's: v1 then v2 are published after it, in order
+    assert syncs == ["sync"]
     answers = [client.receive() for _ in range(3)]
     assert [type(answer) for answer in answers] == [FileReceived, FileReceived, Acknowledged]
     server.run_once()

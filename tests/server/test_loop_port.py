@@ -34,7 +34,7 @@ from server.loop import serve
 from server.outcome import InstallTicket
 from server.peer import Peer
 from server.session import Session
-from server.storage.folder import FolderBlobs, TempFile
+from server.storage.folder import FolderBlobs
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 RECV_BUFFER = memoryview(bytearray(1 << 20))
@@ -203,7 +203,7 @@ def test_a_closed_channel_tells_the_port(rig):
 def test_a_first_upload_is_answered_by_its_install_ticket(rig, monkeypatch):
     who = rig.identity()
 
-    def install(temp, path_name):
+    def install(store, key, path_name):
         raise StorageFault("cannot install a received file: Input/output error")
 
     tickets = []
@@ -217,7 +217,7 @@ def test_a_first_upload_is_answered_by_its_install_ticket(rig, monkeypatch):
     monkeypatch.setattr(rig.app, "end_round", end_round)
     for name, fails in (("stored.bin", False), ("unstored.bin", True)):
         if fails:
-            monkeypatch.setattr(TempFile, "install", install)
+            monkeypatch.setattr(FolderBlobs, "publish", install)
         (packet,) = file_packets(who, name, b"ticket " * 100, 1 << 16)
         rig.send(packet)
         assert isinstance(rig.app.uploads.installs.awaiting_install(_upload(rig, who, name)), InstallTicket)

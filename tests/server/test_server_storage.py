@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from server.limits import Limits
 from server.errors import DurabilityLost, NameTaken, StorageFault, StoreUnusable
+from server.storage import new_blob_key
+from server.storage.commit import Content, confirm_pending, keep_pending, repair
 from server.storage.folder import TEMP_PREFIX, FolderBlobs
 from server.storage.names import MAX_STORED_NAME_BYTES, stored_name
 from server.storage.sqlite import DEFAULT_BUSY_TIMEOUT, SqliteMetadata
@@ -101,7 +103,8 @@ def test_database_schema_wal_and_normal_sync(tmp_path):
     assert columns == {
         "clients": ["ID", "Name", "PublicKey", "LastSeen", "AESKey", "Edition", "Crc",
                     "UnusedSince", "RegisteredFrom"],
-        "files": ["ID", "FileName", "PathName", "Verified", "Cksum", "Size"],
+        "files": ["ID", "FileName", "PathName", "Verified", "Cksum", "Size", "BlobKey",
+                  "PendingKey"],
     }
     raw.close()
     db = open_metadata(tmp_path / "defensive.db")
@@ -215,12 +218,13 @@ def test_reading_a_fifo_planted_as_a_stored_file_is_refused_without_waiting(tmp_
     assert outcome == ["not a regular file"]
 
 
-def test_temp_files_use_the_reserved_prefix(tmp_path):
-    temp = FolderBlobs(tmp_path).new_temp(b"\x01" * 16)
-    assert temp.name.startswith(TEMP_PREFIX)
-    temp.write(b"abc")
-    temp.discard()
-    assert not temp.path.exists()
+def test_uploads_are_written_under_their_key_with_the_reserved_prefix(tmp_path):
+    key = new_blob_key()
+    writer = FolderBlobs(tmp_path).begin(b"\x01" * 16, key)
+    assert writer.name == f"{TEMP_PREFIX}{key}"
+    writer.write(b"abc")
+    writer.abort()
+    assert not writer.path.exists()
 
 
 @pytest.mark.parametrize(
@@ -267,6 +271,42 @@ def test_a_database_of_before_the_editions_gets_the_edition_column(tmp_path):
         db.insert_client(b"n" * 16, "new", 0.0, "2023C")
         db.set_edition(b"o" * 16, "2024A")
     assert (db.client_by_name("new").edition, db.client_by_name("old").edition) == ("2023C", "2024A")
+    db.close()
+
+
+def test_a_database_of_before_blob_keys_opens_and_its_files_are_kept_by_repair(tmp_path):
+    """Rows of before BlobKey/PendingKey: no key (their content is what PathName reads)."""
+    client_id = b"o" * 16
+    raw = sqlite3.connect(tmp_path / "defensive.db")
+    raw.execute(
+        "CREATE TABLE clients (ID BLOB PRIMARY KEY, Name TEXT NOT NULL UNIQUE,"
+        " PublicKey BLOB, LastSeen TEXT, AESKey BLOB)"
+    )
+    raw.execute("CREATE TABLE files (ID BLOB NOT NULL, FileName TEXT NOT NULL, PathName TEXT"
+                " NOT NULL, Verified INTEGER NOT NULL DEFAULT 0, Cksum INTEGER, Size INTEGER,"
+                " PRIMARY KEY (ID, FileName))")
+    raw.execute("INSERT INTO clients (ID, Name) VALUES (?, 'old')", (client_id,))
+    blobs = FolderBlobs(tmp_path)
+    path_name = blobs.path_name(client_id, "old.bin")
+    blobs.client_dir(client_id).joinpath("old.bin").write_bytes(b"old content")
+    raw.execute("INSERT INTO files (ID, FileName, PathName, Verified) VALUES (?, 'old.bin', ?, 1)",
+                (client_id, path_name))
+    raw.commit()
+    raw.close()
+    db = open_metadata(tmp_path / "defensive.db")
+    (row,) = db.file_rows()
+    assert (row.path_name, row.verified, row.blob_key, row.pending_key) == (path_name, True, None, None)
+    report = repair(db, blobs)
+    assert (report.rows_removed, report.published, report.blobs_set_aside) == (0, 0, 0)
+    pending = blobs.begin(client_id, new_blob_key())
+    pending.write(b"new content")
+    pending.seal()
+    keep_pending(db, client_id, b"old.bin", pending.key)
+    confirm_pending(db, client_id, b"old.bin", pending.key, Content(11, 1))
+    db.sync()
+    blobs.publish(pending.key, path_name)
+    assert db.file_row(client_id, b"old.bin").blob_key == pending.key
+    assert (tmp_path / path_name).read_bytes() == b"new content"
     db.close()
 
 

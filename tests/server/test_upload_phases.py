@@ -57,11 +57,11 @@ RESULT = ReceivedFile(
 def a_phase(kind: type[Phase]) -> Phase:
     """An instance of a phase, with stand-ins for what the move rule never reads."""
     if kind is Receiving:
-        return Receiving(incoming=None, temp=None)  # type: ignore[arg-type]
+        return Receiving(incoming=None, writer=None)  # type: ignore[arg-type]
     if kind is Failed:
         return Failed()
     if kind is Pending:
-        return Pending(RESULT, "a", temp=None)  # type: ignore[arg-type]
+        return Pending(RESULT, "a", writer=None)  # type: ignore[arg-type]
     return kind(RESULT, "a")  # type: ignore[call-arg]
 
 

@@ -14,8 +14,12 @@ import pytest
 
 from server.errors import BlobMissing, NameTaken, StorageFault
 from server.peer import address_group
-from server.storage.base import BlobStore, MetadataStore, timestamp
-from server.storage.commit import Content, record_first, remove_client, repair
+from server.storage.base import (
+    BlobStore, BlobWriter, MetadataStore, UnpublishedBlob, new_blob_key, timestamp,
+)
+from server.storage.commit import (
+    Content, confirm_pending, keep_pending, record_first, remove_client, repair,
+)
 from server.storage.factory import StoreUrls, open_stores
 from server.storage.memory import MemoryBlobs, MemoryMetadata
 
@@ -72,12 +76,16 @@ def register(metadata: MetadataStore, client_id: bytes, name: str, address: str 
         metadata.set_binding(client_id, address, now)
 
 
+def sealed(blobs: BlobStore, client_id: bytes, data: bytes) -> BlobWriter:
+    writer = blobs.begin(client_id, new_blob_key())
+    writer.write(data)
+    writer.seal()
+    return writer
+
+
 def stored_blob(blobs: BlobStore, client_id: bytes, file_name: bytes, data: bytes) -> str:
     path_name = blobs.new_path_name(client_id, file_name, [])
-    temp = blobs.new_temp(client_id)
-    temp.write(data)
-    temp.sync()
-    temp.install(path_name)
+    blobs.publish(sealed(blobs, client_id, data).key, path_name)
     return path_name
 
 
@@ -315,56 +323,54 @@ def test_a_closed_store_refuses_with_a_storage_fault(stores):
 # -- blobs -----------------------------------------------------------------------------
 
 
-def test_a_blob_is_written_sealed_installed_and_read_back(blobs):
+def test_a_blob_is_written_under_its_key_sealed_published_and_read_back(blobs):
     path_name = blobs.new_path_name(ALICE, b"report.pdf", [])
-    temp = blobs.new_temp(ALICE)
-    temp.write(b"first part, ")
-    temp.write(memoryview(b"second part"))
-    assert temp.size == len(b"first part, second part") and not temp.installed
-    temp.sync()
-    assert not blobs.exists(path_name)  # nobody sees it before install
-    temp.install(path_name)
-    assert temp.installed and blobs.exists(path_name)
+    writer = blobs.begin(ALICE, new_blob_key())
+    writer.write(b"first part, ")
+    writer.write(memoryview(b"second part"))
+    assert writer.size == len(b"first part, second part")
+    writer.seal()
+    assert not blobs.exists(path_name)  # nobody reads it before it is published
+    assert blobs.unpublished() == [UnpublishedBlob(ALICE, writer.key)]
+    blobs.publish(writer.key, path_name)
+    assert blobs.exists(path_name) and blobs.unpublished() == []
     with blobs.open(path_name) as file:
         assert file.read() == b"first part, second part"
-    temp.discard()  # after install: nothing happens
+    blobs.publish(writer.key, path_name)  # again (a retry, or repair): nothing changes
+    writer.abort()  # after publishing: nothing happens
     assert blobs.exists(path_name)
     assert [(entry.client_hex, entry.path_name) for entry in blobs.stored()] == [
         (ALICE.hex(), path_name)]
 
 
-def test_an_install_replaces_the_blob_at_once(blobs):
+def test_publishing_replaces_what_the_name_reads_at_once(blobs):
     path_name = stored_blob(blobs, ALICE, b"f", b"old version")
-    stored_blob_at = blobs.new_temp(ALICE)
-    stored_blob_at.write(b"new")
-    stored_blob_at.sync()
+    pending = sealed(blobs, ALICE, b"new")
     with blobs.open(path_name) as file:
         assert file.read() == b"old version"  # a pending version leaves it untouched
-    stored_blob_at.install(path_name)
+    blobs.publish(pending.key, path_name)
     with blobs.open(path_name) as file:
         assert file.read() == b"new"
 
 
-def test_a_discarded_temp_leaves_nothing_and_a_written_one_cannot_grow(blobs):
-    temp = blobs.new_temp(ALICE)
-    temp.write(b"data")
-    temp.sync()
+def test_an_aborted_blob_leaves_nothing_and_a_sealed_one_cannot_grow(blobs):
+    writer = sealed(blobs, ALICE, b"data")
     with pytest.raises(StorageFault):
-        temp.write(b"more")
-    temp.discard()
-    temp.discard()  # twice: never raises
-    assert blobs.stored() == [] and blobs.remove_temps() == 0
+        writer.write(b"more")
+    writer.abort()
+    writer.abort()  # twice: never raises
+    assert blobs.stored() == [] and blobs.unpublished() == []
+    with pytest.raises(StorageFault):  # nothing to publish, nothing published
+        blobs.publish(writer.key, blobs.new_path_name(ALICE, b"f", []))
 
 
-def test_a_blob_installs_only_in_its_own_clients_namespace(blobs):
+def test_a_blob_is_published_only_in_its_own_clients_namespace(blobs):
     others = blobs.new_path_name(BOB, b"f", [])
-    temp = blobs.new_temp(ALICE)
-    temp.write(b"x")
-    temp.sync()
+    writer = sealed(blobs, ALICE, b"x")
     with pytest.raises(StorageFault):
-        temp.install(others)
-    assert not temp.installed and not blobs.exists(others)
-    temp.discard()
+        blobs.publish(writer.key, others)
+    assert not blobs.exists(others)
+    writer.abort()
 
 
 def test_new_path_names_are_distinct_from_those_taken_even_by_case(blobs):
@@ -378,9 +384,9 @@ def test_a_missing_blob_is_missing_and_removing_it_is_fine(blobs):
     path_name = blobs.new_path_name(ALICE, b"f", [])
     with pytest.raises(BlobMissing):
         blobs.open(path_name)
-    blobs.remove(path_name)
+    blobs.delete(path_name)
     stored = stored_blob(blobs, ALICE, b"g", b"g")
-    blobs.remove(stored)
+    blobs.delete(stored)
     assert not blobs.exists(stored) and blobs.stored() == []
 
 
@@ -389,14 +395,19 @@ def test_free_space_is_a_count_of_bytes(blobs):
     assert isinstance(free, int) and free > 0
 
 
-def test_start_up_removes_temps_left_behind_but_not_stored_blobs(blobs):
+def test_unpublished_blobs_are_listed_and_deleted_but_not_stored_ones(blobs):
     kept = stored_blob(blobs, ALICE, b"kept", b"kept")
-    left = [blobs.new_temp(ALICE), blobs.new_temp(BOB)]
+    left = [blobs.begin(ALICE, new_blob_key()), blobs.begin(BOB, new_blob_key())]
     left[0].write(b"half an upload")
-    assert blobs.remove_temps() == 2
-    assert blobs.remove_temps() == 0 and blobs.exists(kept)
-    for temp in left:
-        temp.discard()
+    found = blobs.unpublished()
+    assert sorted(found, key=lambda blob: blob.client_id) == [
+        UnpublishedBlob(ALICE, left[0].key), UnpublishedBlob(BOB, left[1].key)]
+    for blob in found:
+        blobs.delete_unpublished(blob)
+        blobs.delete_unpublished(blob)  # absent: fine
+    assert blobs.unpublished() == [] and blobs.exists(kept)
+    for writer in left:
+        writer.abort()
     assert blobs.strays() == []
 
 
@@ -409,8 +420,8 @@ def test_removing_a_client_takes_its_blobs_and_rows_and_is_finished_if_cut(store
     register(metadata, BOB, "bob")
     kept = stored_blob(blobs, BOB, b"b", b"bob's")
     gone = stored_blob(blobs, ALICE, b"a", b"alice's")
-    record_first(metadata, ALICE, b"a", gone, Content(7, 1))
-    record_first(metadata, BOB, b"b", kept, Content(5, 1))
+    record_first(metadata, ALICE, b"a", gone, new_blob_key(), Content(7, 1))
+    record_first(metadata, BOB, b"b", kept, new_blob_key(), Content(5, 1))
     metadata.sync()
     blobs.begin_removal(ALICE)  # cut here: the blobs are out, the rows not yet
     assert not blobs.exists(gone) and blobs.pending_removals() == [ALICE]
@@ -433,3 +444,63 @@ def test_repair_drops_rows_without_blobs_and_sets_aside_blobs_without_rows(store
     assert [row.file_name for row in metadata.file_rows()] == [b"present"]
     assert [entry.path_name for entry in blobs.stored()] == [present]
     assert not blobs.exists(orphan)
+
+
+def test_a_row_points_at_its_blob_and_a_900_swaps_the_pending_pointer(metadata):
+    register(metadata, ALICE, "alice")
+    first, later = new_blob_key(), new_blob_key()
+    record_first(metadata, ALICE, b"f", "p/f", first, Content(1, 1))
+    keep_pending(metadata, ALICE, b"f", later)
+    row = metadata.file_row(ALICE, b"f")
+    assert (row.blob_key, row.pending_key, row.verified) == (first, later, False)
+    confirm_pending(metadata, ALICE, b"f", later, Content(2, 2))
+    row = metadata.file_row(ALICE, b"f")
+    assert (row.blob_key, row.pending_key, row.verified) == (later, None, True)
+    with pytest.raises(RuntimeError), metadata.transaction():  # a failed 900: no half swap
+        metadata.set_pending(ALICE, b"f", first)
+        metadata.promote_pending(ALICE, b"f", first)
+        raise RuntimeError("the request failed")
+    assert metadata.file_row(ALICE, b"f") == row
+
+
+def _cut_between_swap_and_publish(metadata, blobs, old: bytes, new: bytes) -> str:
+    """A stored file whose confirmed new version's swap is durable and publish never ran."""
+    register(metadata, ALICE, "alice")
+    path_name = blobs.new_path_name(ALICE, b"f", [])
+    first = sealed(blobs, ALICE, old)
+    record_first(metadata, ALICE, b"f", path_name, first.key, Content(len(old), 1))
+    metadata.sync()
+    blobs.publish(first.key, path_name)
+    pending = sealed(blobs, ALICE, new)
+    keep_pending(metadata, ALICE, b"f", pending.key)
+    confirm_pending(metadata, ALICE, b"f", pending.key, Content(len(new), 2))
+    metadata.sync()
+    return path_name
+
+
+def test_repair_publishes_a_confirmed_version_whose_publish_a_crash_cut(stores):
+    metadata, blobs = stores
+    path_name = _cut_between_swap_and_publish(metadata, blobs, b"old", b"confirmed")
+    report = repair(metadata, blobs)
+    assert (report.published, report.unpublished_deleted, report.rows_removed) == (1, 0, 0)
+    with blobs.open(path_name) as file:
+        assert file.read() == b"confirmed"
+    assert blobs.unpublished() == [] and metadata.file_row(ALICE, b"f").verified
+
+
+def test_repair_rolls_back_a_first_upload_and_deletes_garbage_and_stale_pointers(stores):
+    metadata, blobs = stores
+    register(metadata, ALICE, "alice")
+    path_name = stored_blob(blobs, ALICE, b"kept", b"kept")
+    unanswered, never_confirmed, aborted = (sealed(blobs, ALICE, b"x") for _ in range(3))
+    record_first(metadata, ALICE, b"kept", path_name, new_blob_key(), Content(4, 1))
+    record_first(metadata, ALICE, b"new", blobs.new_path_name(ALICE, b"new", [path_name]),
+                 unanswered.key, Content(1, 1))
+    keep_pending(metadata, ALICE, b"kept", never_confirmed.key)
+    metadata.sync()
+    report = repair(metadata, blobs)
+    assert (report.published, report.unpublished_deleted, report.rows_removed) == (0, 3, 1)
+    assert blobs.unpublished() == [] and [entry.path_name for entry in blobs.stored()] == [path_name]
+    (row,) = metadata.file_rows()
+    assert (row.file_name, row.pending_key) == (b"kept", None)
+    aborted.abort()

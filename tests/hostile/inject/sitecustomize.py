@@ -14,8 +14,9 @@ call, so a test arms and disarms faults while the server runs:
 * ``{"raise": 900}``: the handler of that code raises ZeroDivisionError;
   ``{"raise": 828}``: recording a complete upload raises it, inside the
   database transaction;
-* ``{"temp_name": "abc"}``: the next temp files are named ``.tmp-abc`` (a
-  local attacker who guessed the random name, HOSTILE E4);
+* ``{"temp_name": "abc"}``: the next blob keys are ``abc``, so the next temp
+  files are named ``.tmp-abc`` (a local attacker who guessed the random
+  name, HOSTILE E4);
 * ``{"db": "readonly"}``: the server's SQLite connection is swapped for a
   read-only one (``mode=ro``) until the control says otherwise.
 
@@ -128,12 +129,13 @@ class _GuessedSecrets:
 
 def _install() -> None:
     from server import handlers
-    from server.storage import folder, sqlite
+    from server.storage import base, folder, sqlite
     from server.storage.sqlite import SqliteMetadata
 
     folder.os = _FaultyOs(os)
     sqlite.os = _FaultyDatabaseOs(os)
     folder.secrets = _GuessedSecrets(folder.secrets)
+    base.secrets = _GuessedSecrets(base.secrets)
 
     for request, handler in list(handlers.HANDLERS.items()):
         def guarded(app, peer, event, speaking, _handler=handler, _code=int(request.code)):

@@ -1,0 +1,237 @@
+"""Blob writes off the loop thread: a worker writes, the loop learns of it through its selector.
+
+For a blob store whose writes may wait long (``BlobStore.slow_writes``, a
+network round trip), an upload's content is handed to
+:meth:`QueuedWriter.write`, which copies it and queues it for one worker
+thread; the loop goes on at once. The worker writes it to the store's own
+:class:`~server.storage.BlobWriter`, in order, and tells the loop through a
+socketpair registered in the loop's selector (:meth:`BlobPort.on_ready`)
+when a blob that was behind has caught up. (A local folder's writes go to
+the page cache: the handoff would cost more than it saves.)
+
+Backpressure: a blob with more than ``behind_bytes`` queued is *behind*
+(:attr:`QueuedWriter.behind`); the loop then stops reading the connection
+that streams it (``LoopPort.may_take_request`` says no) until the worker has
+caught up to half that, so a connection holds at most about ``behind_bytes``
+plus one receive, whatever the store's speed.
+
+What stays in the loop thread: :meth:`QueuedWriter.seal` and
+:meth:`QueuedWriter.abort` wait for the blob's queue to empty (at most about
+``behind_bytes``) and then seal or abort in the loop thread, and publishing
+(server/installs.py) is synchronous: the write order of
+server/storage/commit.py is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import weakref
+from typing import Callable
+
+from .errors import StorageFault
+from .storage import BlobWriter
+
+log = logging.getLogger(__name__)
+
+#: Bytes queued for one blob past which its connection is not read.
+BEHIND_BYTES = 4 * 1024 * 1024
+#: Bytes the loop reads off the wake-up socket at once.
+_WAKE_READ = 4096
+
+
+class QueuedWriter:
+    """A :class:`BlobWriter` whose writes the port's worker does (itself a BlobWriter)."""
+
+    def __init__(self, port: BlobPort, inner: BlobWriter) -> None:
+        self._port = port
+        self.inner = inner
+        self.key = inner.key
+        #: Bytes handed to :meth:`write` (written or queued).
+        self.size = 0
+        #: Bytes queued and not yet written (guarded by the port's lock).
+        self.queued = 0
+        #: The first write that failed; later writes, seal and abort see it.
+        self.error: StorageFault | None = None
+        #: Set by :meth:`abort`: queued writes are dropped.
+        self.cancelled = False
+
+    @property
+    def behind(self) -> bool:
+        """More than ``behind_bytes`` wait to be written."""
+        return self.queued > self._port.behind_bytes
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue a copy of ``data`` (it may be a view of a buffer the loop reuses).
+
+        Raises:
+            StorageFault: an earlier write of this blob failed.
+        """
+        if self.error is not None:
+            raise self.error
+        chunk = bytes(data)
+        self.size += len(chunk)
+        self._port.submit(self, chunk)
+
+    def seal(self) -> None:
+        """Wait for the queued writes, then seal in this thread.
+
+        Raises:
+            StorageFault: a write or the seal failed.
+        """
+        self._port.wait_written(self)
+        if self.error is not None:
+            raise self.error
+        self.inner.seal()
+
+    def abort(self) -> None:
+        """Drop what is queued, wait for a write in progress, abort (never raises)."""
+        self.cancelled = True
+        self._port.wait_written(self)
+        self.inner.abort()
+
+
+class _Shared:
+    """What the worker thread and the loop share (the worker never holds the port itself,
+    so that a port nobody uses any more is collected and its worker stops)."""
+
+    def __init__(self, behind_bytes: int) -> None:
+        self.behind_bytes = behind_bytes
+        self.jobs: queue.SimpleQueue[tuple[QueuedWriter, bytes] | None] = queue.SimpleQueue()
+        self.lock = threading.Condition()
+        #: Blobs the loop waits on to resume a connection, with what to call.
+        self.waiting: dict[QueuedWriter, Callable[[], None]] = {}
+        #: Blobs caught up since the loop last looked (guarded by the lock).
+        self.caught_up: list[QueuedWriter] = []
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        self.thread: threading.Thread | None = None
+        self.stopped = False
+
+    def wake(self) -> None:
+        try:
+            self.wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # a wake-up is pending already
+
+    def stop(self) -> None:
+        """Let the worker end once the queue is done; close the sockets."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.jobs.put(None)
+        self.wake_r.close()
+        self.wake_w.close()
+
+
+def _work(shared: _Shared) -> None:
+    """The worker thread: write each queued chunk, in order, until told to stop."""
+    while True:
+        job = shared.jobs.get()
+        if job is None:
+            return
+        _write(shared, *job)
+
+
+def _write(shared: _Shared, writer: QueuedWriter, data: bytes) -> None:
+    if not writer.cancelled and writer.error is None:
+        try:
+            writer.inner.write(data)
+        except StorageFault as exc:
+            writer.error = exc
+        except Exception as exc:  # a store's bug: the upload fails, the server goes on
+            log.exception("unexpected error writing a blob")
+            writer.error = StorageFault(f"cannot write a received file: {exc}")
+    with shared.lock:
+        writer.queued -= len(data)
+        if writer in shared.waiting and writer.queued <= shared.behind_bytes // 2:
+            shared.caught_up.append(writer)
+            if not shared.stopped:
+                shared.wake()
+        shared.lock.notify_all()
+
+
+class BlobPort:
+    """One worker thread for every blob write, and a socketpair to wake the loop.
+
+    The thread starts with the first write; :meth:`close` (or the port's end)
+    stops it once what is queued is written.
+    """
+
+    def __init__(self, behind_bytes: int = BEHIND_BYTES) -> None:
+        self._shared = _Shared(behind_bytes)
+        weakref.finalize(self, self._shared.stop)
+
+    @property
+    def behind_bytes(self) -> int:
+        """Bytes queued for one blob past which its connection is not read."""
+        return self._shared.behind_bytes
+
+    @behind_bytes.setter
+    def behind_bytes(self, value: int) -> None:
+        self._shared.behind_bytes = value
+
+    def wrap(self, writer: BlobWriter) -> QueuedWriter:
+        """The store's writer, its writes done by the worker."""
+        return QueuedWriter(self, writer)
+
+    def fileno(self) -> int:
+        """What the loop's selector watches: readable when a blob caught up."""
+        return self._shared.wake_r.fileno()
+
+    def submit(self, writer: QueuedWriter, chunk: bytes) -> None:
+        """Queue one chunk for the worker (after :meth:`close`: write it at once)."""
+        shared = self._shared
+        if shared.stopped:  # in order after what the worker still has
+            self.wait_written(writer)
+            with shared.lock:
+                writer.queued += len(chunk)
+            _write(shared, writer, chunk)
+            return
+        with shared.lock:
+            writer.queued += len(chunk)
+        if shared.thread is None:
+            shared.thread = threading.Thread(
+                target=_work, args=(shared,), name="blob-writes", daemon=True
+            )
+            shared.thread.start()
+        shared.jobs.put((writer, chunk))
+
+    def wait_written(self, writer: QueuedWriter) -> None:
+        """Block until nothing of ``writer`` is queued or being written."""
+        shared = self._shared
+        with shared.lock:
+            shared.lock.wait_for(lambda: writer.queued == 0)
+            if writer in shared.waiting and not shared.stopped:  # the loop resumes its waiter
+                shared.caught_up.append(writer)
+                shared.wake()
+
+    def when_caught_up(self, writer: QueuedWriter, resume: Callable[[], None]) -> None:
+        """Call ``resume`` (in the loop thread, from :meth:`on_ready`) once ``writer`` caught up."""
+        shared = self._shared
+        with shared.lock:
+            shared.waiting[writer] = resume
+            if writer.queued <= shared.behind_bytes // 2:
+                shared.caught_up.append(writer)
+                shared.wake()
+
+    def on_ready(self) -> None:
+        """The loop's selector saw the wake-up socket: resume what waited on blobs caught up."""
+        shared = self._shared
+        try:
+            while shared.wake_r.recv(_WAKE_READ):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        with shared.lock:
+            ready, shared.caught_up = shared.caught_up, []
+            actions = [shared.waiting.pop(writer) for writer in ready if writer in shared.waiting]
+        for action in actions:
+            action()
+
+    def close(self) -> None:
+        """Stop the worker once what is queued is written; close the sockets."""
+        self._shared.stop()

@@ -1,0 +1,138 @@
+"""Blob writes off the loop thread (server/blobport.py): a slow store stalls no one else.
+
+A blob store whose every write sleeps finishes a large upload while the loop
+answers another client's 827s as promptly as before the upload began; the
+uploading connection is not read while its blob is behind, so what it holds
+stays bounded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from helpers import RawClient, make_identity, reconnect, upload
+from protocol import FileReceived, cksum
+from server.app import App
+from server.blobport import BlobPort
+from server.limits import Limits
+from server.loop import Server, create_listener
+from server.storage.folder import FolderBlobs, TempFile
+from server.storage.memory import MemoryBlobs
+from server.storage.sqlite import DB_NAME, SqliteMetadata
+
+#: How long each write of the slow store takes.
+WRITE_PAUSE = 0.15
+PACKET = 64 * 1024
+BIG = bytes(range(256)) * (24 * PACKET // 256)  # 24 packets: at least 24 slow writes
+#: The port's bound in the test: a few packets, so that backpressure shows.
+BEHIND = 2 * PACKET
+BASELINE_REQUESTS = 5
+#: An answer this part of a write's pause late waited for one.
+SLOW_ANSWER = 0.9
+#: Answers that may wait for the seal (it waits for the writes still queued).
+SEAL_STALLS = 2
+
+
+class SlowFolder(FolderBlobs):
+    """The folder store, each write of an upload taking WRITE_PAUSE (a distant store)."""
+
+    slow_writes = True
+
+    def begin(self, client_id: bytes, key: str) -> TempFile:
+        writer = super().begin(client_id, key)
+        real_write = writer.write
+
+        def slow_write(data) -> None:
+            time.sleep(WRITE_PAUSE)
+            real_write(data)
+
+        writer.write = slow_write  # type: ignore[method-assign]
+        return writer
+
+
+@pytest.fixture
+def slow_server(tmp_path):
+    """A server on the slow store, its loop in a thread of its own (SQLite's with it)."""
+    ready: list[Server] = []
+    started = threading.Event()
+
+    def run() -> None:
+        limits = Limits(requests_per_address_per_round=0, durable_files_per_address_per_round=0)
+        db = SqliteMetadata.open(tmp_path / DB_NAME)
+        app = App.build(db, SlowFolder(tmp_path), limits)
+        app.uploads.port.behind_bytes = BEHIND
+        server = Server(app, create_listener("127.0.0.1", 0))
+        ready.append(server)
+        started.set()
+        try:
+            server.serve_forever()
+        finally:
+            db.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(30)
+    yield ready[0]
+    ready[0].stop()
+    thread.join(30)
+
+
+def _round_trip(client: RawClient, identity) -> float:
+    started = time.monotonic()
+    reconnect(client, identity)
+    return time.monotonic() - started
+
+
+def test_the_loop_answers_another_client_while_a_slow_store_finishes_a_large_upload(
+    slow_server,
+):
+    address = slow_server.address[:2]
+    with RawClient(address) as other, RawClient(address) as uploader:
+        other_identity = make_identity(other)
+        uploader_identity = make_identity(uploader)
+        baseline = [_round_trip(other, other_identity) for _ in range(BASELINE_REQUESTS)]
+        answer: list = []
+        big = threading.Thread(
+            target=lambda: answer.append(upload(uploader, uploader_identity, "big.bin", BIG, PACKET))
+        )
+        started = time.monotonic()
+        big.start()
+        during = []
+        while big.is_alive():
+            during.append(_round_trip(other, other_identity))
+        big.join()
+        took = time.monotonic() - started
+    (received,) = answer
+    assert isinstance(received, FileReceived) and received.cksum == cksum(BIG)
+    # the upload took its slow writes' time; the other client was answered all along
+    assert took >= len(BIG) // PACKET * WRITE_PAUSE / 2
+    assert len(during) >= BASELINE_REQUESTS, (during, took)
+    # as promptly as before it: an answer that waited for a slow write took
+    # that long; only the seal, which waits for the few writes still queued,
+    # may hold the loop (once)
+    waited = [took for took in during if took >= max(SLOW_ANSWER * WRITE_PAUSE,
+                                                      10 * max(baseline))]
+    assert len(waited) <= SEAL_STALLS, (baseline, during)
+
+
+def test_a_blob_behind_is_caught_up_and_written_in_order():
+    port = BlobPort(behind_bytes=4)
+    blobs = MemoryBlobs()
+    client_id = b"\1" * 16
+    path_name = f"memory/{client_id.hex()}/f"
+    writer = port.wrap(blobs.begin(client_id, "ab" * 16))
+    resumed = []
+    for part in (b"one ", b"two ", b"three"):
+        writer.write(memoryview(part))
+    port.when_caught_up(writer, lambda: resumed.append(True))
+    writer.seal()  # waits for the worker
+    assert writer.queued == 0 and not writer.behind and writer.size == len(b"one two three")
+    port.on_ready()
+    assert resumed == [True]
+    blobs.publish(writer.key, path_name)
+    with blobs.open(path_name) as file:
+        assert file.read() == b"one two three"
+    port.close()
