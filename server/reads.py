@@ -175,8 +175,16 @@ class RequestReads:
     def stored_bytes(self, client_id: bytes) -> int:
         return self.store.stored_bytes(client_id)
 
-    def upsert_file(self, client_id: bytes, file_name: bytes, path_name: str) -> None:
-        self.store.upsert_file(client_id, file_name, path_name)
+    def upsert_file(
+        self, client_id: bytes, file_name: bytes, path_name: str, blob_key: str | None = None
+    ) -> None:
+        self.store.upsert_file(client_id, file_name, path_name, blob_key)
+
+    def set_pending(self, client_id: bytes, file_name: bytes, blob_key: str | None) -> None:
+        self.store.set_pending(client_id, file_name, blob_key)
+
+    def promote_pending(self, client_id: bytes, file_name: bytes, blob_key: str) -> None:
+        self.store.promote_pending(client_id, file_name, blob_key)
 
     def set_verified(self, client_id: bytes, file_name: bytes, verified: bool) -> None:
         self.store.set_verified(client_id, file_name, verified)
