@@ -279,8 +279,9 @@ def unique_name(prefix: str = "client") -> str:
     return f"{prefix}-{os.getpid()}-{next(_names)}"
 
 
-def make_identity(client: RawClient, name: str | None = None) -> Identity:
-    """Register and send a public key on this connection."""
+def make_identity(client, name: str | None = None) -> Identity:
+    """Register and send a public key on this connection (anything with ``request``:
+    a :class:`RawClient`, or an in-process session's harness)."""
     name = name or unique_name()
     registered = client.request(Register(client_id=ANY_ID, name=name))
     assert isinstance(registered, Registered), registered

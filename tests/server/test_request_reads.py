@@ -14,19 +14,14 @@ from collections import Counter
 
 import pytest
 
-from helpers import ANY_ID, Identity, file_packets, private_key, unique_name
+from helpers import Identity, file_packets, make_identity
 from protocol import (
     NEED_DATA,
     ClientConnection,
     CrcOk,
     FileReceived,
-    PublicKeyReceived,
     Reconnect,
     Reconnected,
-    Register,
-    Registered,
-    SendPublicKey,
-    crypto,
 )
 from server.app import App
 from server.limits import Limits
@@ -97,18 +92,13 @@ class Client:
             found.append(event)
         return found
 
+    def request(self, request):
+        """One request, its one answer (for helpers.make_identity)."""
+        (answer,) = self.send(request)
+        return answer
+
     def identity(self) -> Identity:
-        name = unique_name()
-        (registered,) = self.send(Register(client_id=ANY_ID, name=name))
-        assert isinstance(registered, Registered)
-        key = private_key()
-        public = crypto.export_public_key(key)
-        (answer,) = self.send(
-            SendPublicKey(client_id=registered.client_id, name=name, public_key=public)
-        )
-        assert isinstance(answer, PublicKeyReceived)
-        aes_key = crypto.decrypt_aes_key(key, answer.encrypted_aes_key)
-        return Identity(name, registered.client_id, key, aes_key)
+        return make_identity(self)
 
 
 @pytest.fixture

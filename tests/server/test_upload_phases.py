@@ -13,17 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ANY_ID, Identity, file_packets, private_key, unique_name
+from helpers import file_packets, make_identity
 from protocol import (
     NEED_DATA,
     ClientConnection,
     CrcAbort,
     CrcOk,
-    PublicKeyReceived,
-    Register,
-    Registered,
-    SendPublicKey,
-    crypto,
 )
 from protocol.incoming import ReceivedFile
 from protocol.names import NameField
@@ -135,17 +130,12 @@ class Client:
         self.metadata = SqliteMetadata.open(data_dir / DB_NAME)
         self.app = App.build(self.metadata, FolderBlobs(data_dir), Limits())
         self.session = Session(self.app, Peer("127.0.0.1", 40000))
-        name = unique_name()
-        (registered,) = self.send(Register(client_id=ANY_ID, name=name))
-        assert isinstance(registered, Registered)
-        key = private_key()
-        public = crypto.export_public_key(key)
-        (answer,) = self.send(
-            SendPublicKey(client_id=registered.client_id, name=name, public_key=public)
-        )
-        assert isinstance(answer, PublicKeyReceived)
-        aes_key = crypto.decrypt_aes_key(key, answer.encrypted_aes_key)
-        self.who = Identity(name, registered.client_id, key, aes_key)
+        self.who = make_identity(self)
+
+    def request(self, request):
+        """One request, its one answer (for helpers.make_identity)."""
+        (answer,) = self.send(request)
+        return answer
 
     def send(self, *requests) -> list:
         """Feed requests, end the round as the loop does, and parse the answers."""
