@@ -122,8 +122,8 @@ def test_flags_override_transfer_info_lines(work, data, tmp_path):
     other = tmp_path / "other.bin"
     other.write_bytes(b"x")
     write_transfer_info(work, "localhost:bad", "a" * 200, "missing")
-    settings = load_settings(work, server="10.0.0.1:99", name="bob", files=(other, data))
-    assert settings == config.Settings(ServerAddress("10.0.0.1", 99), "bob", (other, data))
+    settings = load_settings(work, server="127.0.0.5:99", name="bob", files=(other, data))
+    assert settings == config.Settings(ServerAddress("127.0.0.5", 99), "bob", (other, data))
 
 
 def test_no_transfer_info_needed_when_every_flag_is_given(work, data, run_client):

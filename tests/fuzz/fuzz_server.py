@@ -137,7 +137,7 @@ AES_KEY = bytes(range(32))
 WALL_BASE = 1_700_000_000.0
 ADDRESS = "127.0.0.1"
 #: Slot 3 comes from elsewhere: the key binding refuses it (HOSTILE C6).
-STRANGER = "10.9.8.7"
+STRANGER = "127.0.0.7"
 SLOTS = 4
 RECV_BUFFER_SIZE = 1024 * 1024
 REQUEST_HEADER = struct.Struct("<16sBHI")

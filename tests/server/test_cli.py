@@ -190,7 +190,7 @@ def test_port_in_use_suggests_port(tmp_path):
 
 def test_listen_failure_hints():
     import errno
-    assert "check --host" in listen_failure(OSError(errno.EADDRNOTAVAIL, "x"), "10.0.0.9", 1)
+    assert "check --host" in listen_failure(OSError(errno.EADDRNOTAVAIL, "x"), "127.0.0.9", 1)
     assert "need privileges" in listen_failure(OSError(errno.EACCES, "x"), "", 80)
     assert "cannot resolve --host" in listen_failure(socket.gaierror(-2, "Name unknown"), "nope", 1)
     # socket.create_server re-raises a failed resolution as a plain OSError(-2, ...)
