@@ -143,6 +143,7 @@ class App:
         return keyless + len(unused)
 
     def _purge_periodically(self) -> None:
+        self.registrations.sweep()
         try:
             self.purge_lapsed_clients()
         except StorageFault as exc:

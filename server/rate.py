@@ -2,10 +2,12 @@
 
 Each group's registration times are a deque, and the groups are kept in an
 ordered dict from the least to the most recently registering: a group whose
-last registration is older than the window is at the front, and each call
-pops every such group there. A group enters the dict once per registration,
-so the pops cost O(1) per call amortised, and the memory is what the last
-window's registrations need, however many groups came before.
+last registration is older than the window is at the front. Each call pops
+at most ``PURGE_PER_CALL`` such groups there (bounded work per 825, and more
+than the one group a call can add, so stale groups drain faster than they
+come); :meth:`RegistrationLimiter.sweep`, on the server's timers, pops the
+rest when 825s stop. The memory is what the last window's registrations
+need, however many groups came before.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from typing import Callable
 
 #: The rate's window, in seconds (the limit is per minute).
 RATE_WINDOW = 60.0
+#: Stale groups forgotten per registration at the most: bounded work per call,
+#: several times the one group a call may add.
+PURGE_PER_CALL = 8
 
 
 class RegistrationLimiter:
@@ -37,7 +42,7 @@ class RegistrationLimiter:
         if not self._per_minute:
             return True
         now = self._clock()
-        self._forget_stale(now)
+        self._forget_stale(now, PURGE_PER_CALL)
         times = self._times.get(group)
         if times is None:
             times = self._times[group] = collections.deque()
@@ -49,9 +54,15 @@ class RegistrationLimiter:
         self._times.move_to_end(group)
         return True
 
-    def _forget_stale(self, now: float) -> None:
-        """Drop every group whose last registration left the window (they are at the front)."""
-        while self._times:
+    def sweep(self) -> None:
+        """Forget every group whose last registration left the window (the timers call this)."""
+        self._forget_stale(self._clock(), len(self._times))
+
+    def _forget_stale(self, now: float, most: int) -> None:
+        """Drop up to ``most`` groups whose last registration left the window (at the front)."""
+        for _ in range(most):
+            if not self._times:
+                return
             group, times = next(iter(self._times.items()))
             if times and now - times[-1] <= RATE_WINDOW:
                 return

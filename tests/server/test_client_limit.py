@@ -190,7 +190,7 @@ def test_unused_clients_do_not_lapse_with_a_lapse_of_zero(tmp_path):
 
 
 def test_the_rate_limiter_forgets_every_stale_address():
-    from server.rate import RATE_WINDOW, RegistrationLimiter
+    from server.rate import PURGE_PER_CALL, RATE_WINDOW, RegistrationLimiter
 
     clock = FakeClock()
     limiter = RegistrationLimiter(per_minute=2, clock=clock)
@@ -202,7 +202,31 @@ def test_the_rate_limiter_forgets_every_stale_address():
     assert len(limiter) == 50_001  # all still within the window
     clock.now += RATE_WINDOW * 60  # an hour later
     assert limiter.allow("192.0.2.2")
-    assert len(limiter) == 1  # only the address that just registered is kept
+    # one call forgets a bounded number of stale addresses, never all 50,001 at once
+    assert len(limiter) == 50_001 - PURGE_PER_CALL + 1
+    for number in range(3, 3 + 50_000 // PURGE_PER_CALL):
+        assert limiter.allow(f"198.51.{number >> 8}.{number & 255}")
+    # each call forgot more stale addresses than it added: the old ones are gone
+    assert len(limiter) == 1 + 50_000 // PURGE_PER_CALL
+    clock.now += RATE_WINDOW * 60
+    limiter.sweep()  # the timers' sweep forgets the rest, with no 825 at all
+    assert len(limiter) == 0
+
+
+def test_the_servers_timers_sweep_the_rate_limiter_when_825s_stop(tmp_path):
+    from server.app import PURGE_INTERVAL
+
+    clock = FakeClock()
+    db = SqliteMetadata.open(tmp_path / DB_NAME)
+    app = App.build(db, FolderBlobs(tmp_path), Limits(), clock=clock)
+    for number in range(100):
+        assert app.registrations.allow(f"198.51.100.{number}")
+    clock.now += PURGE_INTERVAL  # no 825 since: only the timers can forget them
+    for timer in app.timers.due():
+        if timer.callback is not None:
+            timer.callback()
+    assert len(app.registrations) == 0
+    db.close()
 
 
 def test_the_rate_limiter_still_counts_each_address():
