@@ -59,6 +59,7 @@ from .locations import folders_of, identity_folder, remember_registration, user_
 from .packets import DEFAULT_PACKET_SIZE, Layout
 from .progress import BarProgress, CombinedProgress, Display, Progress, make_progress
 from .selection import RENAME_FLAG, Upload, plan_uploads, sendable_path
+from .send_rate import DEFAULT_MIN_RATE
 from .session import DEFAULT_TIMEOUT, Session
 from .summary import reason, summary_lines
 from .turns import SharedKey, Turns
@@ -183,6 +184,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or above, got {text}")
+    return value
+
+
 def _packet_size(text: str) -> int:
     try:
         value = int(text)
@@ -259,6 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT,
         help="give up when a connect, a send that makes no progress, or a whole answer"
         f" takes longer than this (default: {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--min-rate",
+        metavar="BYTES_PER_S",
+        type=_rate,
+        default=DEFAULT_MIN_RATE,
+        help="give up on a send that averages fewer bytes per second than this over"
+        f" a --timeout of sending, 0 for no floor (default: {DEFAULT_MIN_RATE})",
     )
     parser.add_argument(
         "--packet-size",
@@ -425,6 +444,7 @@ def _new_session(args: argparse.Namespace, server) -> Session:
         args.timeout,
         BY_NAME[args.edition],
         per_request=args.connection == "per-request",
+        min_rate=args.min_rate,
     )
 
 

@@ -6,7 +6,8 @@ content are passed to ``sendmsg`` side by side, never joined. Replies are read u
 response has arrived. Every socket operation has a time-out, so a server that
 stops answering ends in :class:`NetworkError`, never in a hang; the time-out
 of an answer is a deadline for the whole answer, so a server that trickles it
-byte by byte cannot stretch it either.
+byte by byte cannot stretch it either, nor can one that reads a request a
+little at a time: a send has a floor under its rate (client/send_rate.py).
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from protocol.printable import quoted
 from .config import ServerAddress
 from . import foreign
 from .errors import MalformedReply, NetworkError, NotAServer
+from .send_rate import DEFAULT_MIN_RATE, SendRate
 from .stall import ReadingWatch
 
 log = logging.getLogger(__name__)
 
-#: Seconds a connect may take, a send may make no progress, or a whole reply may take.
+#: Seconds a connect may take, a send may make no progress (or its rate's
+#: window lasts, client/send_rate.py), or a whole reply may take.
 DEFAULT_TIMEOUT = 30.0
 RECV_SIZE = 64 * 1024
 #: select() time-out of a poll that must not wait.
@@ -72,9 +75,14 @@ class Session:
         edition: Edition = V3,
         *,
         per_request: bool = False,
+        min_rate: float = DEFAULT_MIN_RATE,
     ) -> None:
         self.address = address
         self.timeout = timeout
+        #: Bytes per second a send must average over each ``timeout`` of
+        #: sending (client/send_rate.py); 0: no floor.
+        self.min_rate = min_rate
+        self._send_rate = SendRate(min_rate, timeout)
         self.edition = edition
         #: One connection per request (docs/PROTOCOL.md variant 7): each
         #: request opens a new one; what came back on the last one is dropped.
@@ -142,6 +150,7 @@ class Session:
         self._eof = False
         self._first_bytes = b""
         self._closed_between_replies = False
+        self._send_rate = SendRate(self.min_rate, self.timeout)
 
     def _new_connection(self) -> ClientConnection:
         # An answer of the other 1025-series edition: a 2023C client reads it
@@ -192,7 +201,11 @@ class Session:
         self._send_bytes(head, content)
 
     def _send_bytes(self, head: bytes, content: BytesLike) -> None:
-        """Head and content in one gathered write (no copy of the content)."""
+        """Head and content in one gathered write (no copy of the content).
+
+        Each wait ends within the time-out and at the end of the send rate's
+        window, which is then weighed (client/send_rate.py).
+        """
         sock = self._sock
         if sock is None:
             raise NetworkError(f"not connected to {self.address}")
@@ -200,10 +213,13 @@ class Session:
         parts = [part for part in parts if len(part)]
         progress = time.monotonic()
         stalled: float | None = None
-        if self.watch_reading:
-            sock.settimeout(STALL_PROBE)
+        self._send_rate.begin(progress)
         try:
             while parts:
+                now = time.monotonic()
+                self._weigh_send_rate(0, now)
+                wait = STALL_PROBE if self.watch_reading else self.timeout
+                sock.settimeout(min(wait, self._send_rate.time_left(now)))
                 try:
                     sent = sock.sendmsg(parts)
                 except TimeoutError:
@@ -214,9 +230,11 @@ class Session:
                             f" progress for {self.timeout:g} s",
                             timed_out=True,
                         ) from None
-                    stalled = self._check_reading(stalled, now)
+                    if self.watch_reading:
+                        stalled = self._check_reading(stalled, now)
                     continue
                 progress, stalled = time.monotonic(), None
+                self._weigh_send_rate(sent, progress)
                 while parts and sent >= len(parts[0]):
                     sent -= len(parts[0])
                     parts.pop(0)
@@ -228,8 +246,24 @@ class Session:
                 closed=True,
             ) from None
         finally:
-            if self.watch_reading and self._sock is not None:
+            self._send_rate.end(time.monotonic())
+            if self._sock is not None:
                 self._sock.settimeout(self.timeout)
+
+    def _weigh_send_rate(self, sent: int, now: float) -> None:
+        """Count ``sent`` bytes in the send rate's window, and weigh it if it is over.
+
+        Raises:
+            NetworkError: the window fell under ``min_rate`` (``timed_out``).
+        """
+        rate = self._send_rate.sent(sent, now)
+        if rate is not None:
+            raise NetworkError(
+                f"the server at {self.address} reads too slowly: {rate:.0f} bytes/s over"
+                f" {self.timeout:g} s of sending, under the floor of {self.min_rate:g}"
+                " bytes/s (--min-rate)",
+                timed_out=True,
+            )
 
     def _check_reading(self, since: float | None, now: float) -> float | None:
         """When the server began to show it stopped reading (None: it reads).
