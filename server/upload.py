@@ -421,7 +421,7 @@ class Uploads:
                 "%s: pending version of %s for client %s discarded: %s",
                 upload.address, quoted(upload.file_name), upload.client_id.hex(), reason,
             )
-            phase.writer.abort()
+            self._discard_pending(upload, phase)
             upload._enter(GivenUp(phase.result, phase.path_name))
 
     # -- life cycle -------------------------------------------------------------
@@ -523,12 +523,25 @@ class Uploads:
         receiving = isinstance(upload.phase, (Receiving, Failed))
         self.discard(upload, "no progress in time" if receiving else "no verdict in time")
 
-    @staticmethod
-    def _drop_blob(upload: Upload) -> None:
-        if isinstance(upload.phase, (Receiving, Pending)):
-            upload.phase.writer.abort()
-            if isinstance(upload.phase, Pending):
-                upload._enter(GivenUp(upload.phase.result, upload.phase.path_name))
+    def _drop_blob(self, upload: Upload) -> None:
+        phase = upload.phase
+        if isinstance(phase, Receiving):
+            phase.writer.abort()
+        elif isinstance(phase, Pending):
+            self._discard_pending(upload, phase)
+            upload._enter(GivenUp(phase.result, phase.path_name))
+
+    def _discard_pending(self, upload: Upload, phase: Pending) -> None:
+        """No row points at the pending version any more, and its blob goes."""
+        try:
+            commit.discard_pending(
+                self._metadata, phase.writer, upload.client_id, upload.file_name
+            )
+        except StorageFault as exc:
+            log.warning(
+                "%s: pending version of %s for client %s: its pointer stays until repair: %s",
+                upload.address, quoted(upload.file_name), upload.client_id.hex(), exc,
+            )
 
 
 def _content(result: ReceivedFile) -> commit.Content:

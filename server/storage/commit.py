@@ -29,8 +29,8 @@ losing a file the client was told about:
    once the round is durable the blob is published (:func:`publish_confirmed`,
    after any first upload of the name in the same round), then 1604. A
    publish that fails answers 1607 and stays owed: the client's next 900
-   publishes it again. A 901, a 902, a new key or a timeout abort the pending
-   blob; its stale pointer is cleared by repair.
+   publishes it again. A 901, a 902, a new key or a timeout clear the pending
+   pointer, in the round, and abort its blob (:func:`discard_pending`).
 4. **Garbage** is any blob no row points at: an aborted upload, a pending
    version never confirmed, an upload a crash cut. Blobs are deleted as
    soon as they are garbage; start-up repair (:func:`repair`) sweeps what a
@@ -171,6 +171,27 @@ def publish_confirmed(blobs: BlobStore, writer: BlobWriter, path_name: str) -> N
     """
     crashpoints.reached("upload.confirmed")
     blobs.publish(writer.key, path_name)
+
+
+def discard_pending(
+    metadata: MetadataStore, writer: BlobWriter, client_id: bytes, file_name: bytes
+) -> None:
+    """Step 3 undone (901, 902, a new key, a timeout): no pointer at the pending blob; it goes.
+
+    The pointer is cleared only if it still names this blob (a newer
+    version's may have replaced it); the blob is aborted whatever happens.
+
+    Raises:
+        StorageFault: the pointer could not be cleared (the blob is gone;
+            repair clears the pointer).
+    """
+    try:
+        with metadata.transaction():
+            row = metadata.file_row(client_id, file_name)
+            if row is not None and row.pending_key == writer.key:
+                metadata.set_pending(client_id, file_name, None)
+    finally:
+        writer.abort()
 
 
 def remove_client(metadata: MetadataStore, blobs: BlobStore, client_id: bytes) -> None:

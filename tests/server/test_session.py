@@ -242,6 +242,40 @@ def test_the_peers_close_sends_the_deferred_1604(harness):
     assert [type(a) for a in answers(session)] == [Acknowledged]
 
 
+def _pending_version(harness: Harness) -> tuple[Session, Identity]:
+    """A stored, verified a.bin and a later version of it, pending (its row's second pointer)."""
+    session = harness.session()
+    who = identity(harness, session)
+    feed(session, *packets(who))
+    answers(session)
+    feed(session, CrcOk(client_id=who.client_id, file_name="a.bin"))
+    answers(session)
+    feed(session, *file_packets(who, "a.bin", DATA[::-1], PACKET_SIZE))
+    (received,) = answers(session)
+    assert isinstance(received, FileReceived)
+    assert harness.metadata.file_row(who.client_id, b"a.bin").pending_key is not None
+    return session, who
+
+
+@pytest.mark.parametrize("ending", ["901", "902", "timeout"])
+def test_a_discarded_pending_version_leaves_no_pointer_at_it(harness, ending):
+    session, who = _pending_version(harness)
+    if ending == "901":
+        feed(session, CrcRetry(client_id=who.client_id, file_name="a.bin"))
+    elif ending == "902":
+        feed(session, CrcAbort(client_id=who.client_id, file_name="a.bin"))
+    else:
+        harness.clock.now += harness.app.limits.idle_timeout + 1
+        for timer in harness.app.timers.due():
+            if timer.callback is not None:
+                timer.callback()
+    answers(session)
+    row = harness.metadata.file_row(who.client_id, b"a.bin")
+    assert row.pending_key is None and row.verified
+    assert harness.blobs.open(row.path_name).read() == DATA  # the stored version stays
+    assert harness.blobs.unpublished() == []  # its blob is gone
+
+
 # -- per-request sessions ---------------------------------------------------------------
 
 
