@@ -125,7 +125,7 @@ class Uploads:
         #: Connections to the uploads they own or stream (closing one is O(its uploads)).
         self._held: dict[Peer, set[Upload]] = {}
         #: The round's uploads, waiting to be published (server/installs.py).
-        self.installs = RoundInstalls(metadata, blobs, self.discard, self._log_level)
+        self.installs = RoundInstalls(metadata, blobs, self.discard, self._log_level, timers)
         #: The clients whose last answer got a "CRC bad", and what that
         #: attempt was (docs/EDITIONS.md, variant 5): their next answer's
         #: flavour depends on it. The others get the flavour they confirmed last.
@@ -349,7 +349,7 @@ class Uploads:
 
         A pending version's pointers are swapped in the round; it is published
         at the round's end (server/installs.py), its 1604 held until then. A
-        publish that failed there is owed: the next 900 publishes it again.
+        publish that failed there is owed: retried on a timer, or by the next 900.
 
         Raises:
             Refusal: the upload was given up (901/902).

@@ -28,13 +28,16 @@ losing a file the client was told about:
    transaction with the content and Verified true (:func:`confirm_pending`);
    once the round is durable the blob is published (:func:`publish_confirmed`,
    after any first upload of the name in the same round), then 1604. A
-   publish that fails answers 1607 and stays owed: the client's next 900
-   publishes it again. A 901, a 902, a new key or a timeout clear the pending
-   pointer, in the round, and abort its blob (:func:`discard_pending`).
+   publish that fails answers 1607 and stays owed: it is published again on a
+   timer (server/installs.py) or at the client's next 900, until it is.
+   A 901, a 902, a new key or a timeout clear the pending pointer, in the
+   round, and abort its blob (:func:`discard_pending`).
 4. **Garbage** is any blob no row points at: an aborted upload, a pending
    version never confirmed, an upload a crash cut. Blobs are deleted as
-   soon as they are garbage; start-up repair (:func:`repair`) sweeps what a
-   crash left: it publishes each blob a durable row points at but that was
+   soon as they are garbage (but an owed version a later one replaced is
+   left, its replacement's swap perhaps not yet durable); start-up repair
+   (:func:`repair`) sweeps what a crash left: it publishes each blob a
+   durable row points at but that was
    never published under a name that reads the previous version (a crash
    between step 3's swap and publish: rolled forward; a first upload cut
    between step 2's commit and publish is rolled back, its row removed: its

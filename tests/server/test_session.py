@@ -37,6 +37,8 @@ from protocol import (
 from protocol.codes import PER_REQUEST_OPENERS, RequestCode
 from protocol.editions import EDITION_2024A, EDITIONS
 from server.app import App
+from server.errors import StorageFault
+from server.installs import OWED_PUBLISH_RETRY
 from server.limits import Limits
 from server.peer import Peer
 from server.session import ANSWERED, OWED, UNANSWERED, Action, Model, Session, Step
@@ -274,6 +276,63 @@ def test_a_discarded_pending_version_leaves_no_pointer_at_it(harness, ending):
     assert row.pending_key is None and row.verified
     assert harness.blobs.open(row.path_name).read() == DATA  # the stored version stays
     assert harness.blobs.unpublished() == []  # its blob is gone
+
+
+def _fire_timers_after(harness: Harness, delay: float) -> None:
+    harness.clock.now += delay
+    for timer in harness.app.timers.due():
+        if timer.callback is not None:
+            timer.callback()
+
+
+def test_a_confirmed_version_whose_publish_failed_is_published_later_without_a_900(
+    harness, monkeypatch
+):
+    session, who = _pending_version(harness)
+    real_publish = MemoryBlobs.publish
+    failing = {"left": 2}
+
+    def publish(self, key, path_name):
+        if failing["left"]:
+            failing["left"] -= 1
+            raise StorageFault("cannot install a received file: Input/output error")
+        real_publish(self, key, path_name)
+
+    monkeypatch.setattr(MemoryBlobs, "publish", publish)
+    feed(session, CrcOk(client_id=who.client_id, file_name="a.bin"))
+    (answer,) = answers(session)
+    assert isinstance(answer, GeneralError)  # 1607: the client never sends the 900 again
+    row = harness.metadata.file_row(who.client_id, b"a.bin")
+    assert harness.blobs.open(row.path_name).read() == DATA  # the row's version is not there
+    _fire_timers_after(harness, OWED_PUBLISH_RETRY)  # fails again: owed still
+    assert harness.blobs.open(row.path_name).read() == DATA
+    _fire_timers_after(harness, OWED_PUBLISH_RETRY)
+    assert harness.blobs.open(row.path_name).read() == DATA[::-1]
+    assert harness.blobs.unpublished() == []
+
+
+def test_an_owed_publish_replaced_by_a_later_version_is_not_published(harness, monkeypatch):
+    session, who = _pending_version(harness)
+    real_publish = MemoryBlobs.publish
+    failing = {"left": 1}
+
+    def publish(self, key, path_name):
+        if failing["left"]:
+            failing["left"] -= 1
+            raise StorageFault("cannot install a received file: Input/output error")
+        real_publish(self, key, path_name)
+
+    monkeypatch.setattr(MemoryBlobs, "publish", publish)
+    feed(session, CrcOk(client_id=who.client_id, file_name="a.bin"))
+    answers(session)
+    third = b"third version " * 100
+    feed(session, *file_packets(who, "a.bin", third, PACKET_SIZE))
+    answers(session)
+    feed(session, CrcOk(client_id=who.client_id, file_name="a.bin"))
+    assert [type(a) for a in answers(session)] == [Acknowledged]
+    _fire_timers_after(harness, OWED_PUBLISH_RETRY)
+    row = harness.metadata.file_row(who.client_id, b"a.bin")
+    assert harness.blobs.open(row.path_name).read() == third
 
 
 # -- per-request sessions ---------------------------------------------------------------
