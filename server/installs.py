@@ -172,8 +172,8 @@ class RoundInstalls:
         """Publish each owed confirmed version again (its swap is durable); keep what fails.
 
         A version no longer the row's (a later one was confirmed, or the
-        client was deleted) is not published: it is garbage, left to repair
-        (the swap that replaced it may not be durable yet).
+        client was deleted) is not published: it is garbage, left to the
+        sweeper's grace period (the swap that replaced it may not be durable yet).
         """
         self._owed_timer = None
         for upload, entry in list(self._owed.items()):

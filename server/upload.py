@@ -164,6 +164,15 @@ class Uploads:
             upload for upload in waiting if isinstance(upload.phase, Pending)
         ]
 
+    def live_blob_keys(self) -> set[str]:
+        """The keys of the blobs uploads write or hold: never garbage (server/storage/sweep.py)."""
+        keys = set()
+        for names in (*self._uploads.values(), *self._complete.values()):
+            for upload in names.values():
+                if isinstance(upload.phase, (Receiving, Pending)):
+                    keys.add(upload.phase.writer.key)
+        return keys
+
     def completed(self, client_id: bytes, file_name: bytes) -> Upload | None:
         """The client's complete upload of ``file_name`` waiting for verdicts, if any."""
         return self._complete.get(client_id, {}).get(file_name)

@@ -33,9 +33,10 @@ losing a file the client was told about:
    A 901, a 902, a new key or a timeout clear the pending pointer, in the
    round, and abort its blob (:func:`discard_pending`).
 4. **Garbage** is any blob no row points at: an aborted upload, a pending
-   version never confirmed, an upload a crash cut. Blobs are deleted as
-   soon as they are garbage (but an owed version a later one replaced is
-   left, its replacement's swap perhaps not yet durable); start-up repair
+   version never confirmed, an upload a crash cut. An aborted upload's
+   blob is deleted at once; the rest (an owed version a later one
+   replaced, its replacement's swap perhaps not yet durable) goes through
+   the sweeper (server/storage/sweep.py), after a grace period; start-up repair
    (:func:`repair`) sweeps what a crash left: it publishes each blob a
    durable row points at but that was
    never published under a name that reads the previous version (a crash

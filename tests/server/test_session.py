@@ -43,6 +43,7 @@ from server.limits import Limits
 from server.peer import Peer
 from server.session import ANSWERED, OWED, UNANSWERED, Action, Model, Session, Step
 from server.storage.memory import MemoryBlobs, MemoryMetadata
+from server.storage.sweep import GARBAGE_GRACE
 
 SERVER_DIR = Path(__file__).resolve().parents[2] / "server"
 DATA = b"session test data " * 200  # three packets of 1024 bytes
@@ -333,6 +334,25 @@ def test_an_owed_publish_replaced_by_a_later_version_is_not_published(harness, m
     _fire_timers_after(harness, OWED_PUBLISH_RETRY)
     row = harness.metadata.file_row(who.client_id, b"a.bin")
     assert harness.blobs.open(row.path_name).read() == third
+    assert harness.blobs.unpublished() != []  # the replaced version: garbage, in its grace
+    _fire_timers_after(harness, GARBAGE_GRACE)
+    _fire_timers_after(harness, GARBAGE_GRACE)
+    assert harness.blobs.unpublished() == []  # swept by the App's sweeper
+
+
+def test_the_sweeper_leaves_the_blob_of_an_upload_in_flight(harness):
+    session = harness.session()
+    who = identity(harness, session)
+    first, *rest = packets(who)
+    feed(session, first)
+    answers(session)
+    sweeper = harness.app.sweeper
+    sweeper.sweep()
+    harness.clock.now += GARBAGE_GRACE
+    assert sweeper.sweep() == 0
+    feed(session, *rest)
+    (received,) = answers(session)
+    assert isinstance(received, FileReceived) and received.cksum == cksum(DATA)
 
 
 # -- per-request sessions ---------------------------------------------------------------

@@ -22,6 +22,7 @@ from server.storage.commit import (
 )
 from server.storage.factory import StoreUrls, open_stores
 from server.storage.memory import MemoryBlobs, MemoryMetadata
+from server.storage.sweep import GARBAGE_GRACE, Sweeper
 
 Stores = tuple[MetadataStore, BlobStore]
 
@@ -504,3 +505,34 @@ def test_repair_rolls_back_a_first_upload_and_deletes_garbage_and_stale_pointers
     (row,) = metadata.file_rows()
     assert (row.file_name, row.pending_key) == (b"kept", None)
     aborted.abort()
+
+
+# -- the garbage sweeper ----------------------------------------------------------------
+
+
+def test_the_sweeper_deletes_a_blob_only_once_unreferenced_for_the_grace_period(metadata, blobs):
+    client_id = b"s" * 16
+    register(metadata, client_id, "swept")
+    path_name = stored_blob(blobs, client_id, b"kept", b"stored")
+    current = sealed(blobs, client_id, b"current")
+    pending = sealed(blobs, client_id, b"pending")
+    in_flight = blobs.begin(client_id, new_blob_key())
+    sealed(blobs, client_id, b"garbage")
+    with metadata.transaction():
+        metadata.upsert_file(client_id, b"kept", path_name, current.key)
+        metadata.set_pending(client_id, b"kept", pending.key)
+    now = [NOW]
+    sweeper = Sweeper(metadata, blobs, lambda: now[0], lambda: {in_flight.key})
+    assert sweeper.sweep() == 0  # found unreferenced: its grace begins
+    now[0] += GARBAGE_GRACE / 2
+    assert sweeper.sweep() == 0
+    now[0] += GARBAGE_GRACE / 2
+    assert sweeper.sweep() == 1
+    left = {blob.key for blob in blobs.unpublished()}
+    assert left == {current.key, pending.key, in_flight.key}
+    with metadata.transaction():  # the pending version is given up: garbage from now on
+        metadata.set_pending(client_id, b"kept", None)
+    assert sweeper.sweep() == 0
+    now[0] += GARBAGE_GRACE
+    assert sweeper.sweep() == 1
+    assert {blob.key for blob in blobs.unpublished()} == {current.key, in_flight.key}
