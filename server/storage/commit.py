@@ -254,8 +254,8 @@ def repair(metadata: MetadataStore, blobs: BlobStore) -> RepairReport:
     removals = finish_removals(metadata, blobs)
     unpublished = {(blob.client_id, blob.key): blob for blob in blobs.unpublished()}
     strays = sum(
-        _set_aside(blobs, stray, _NOT_A_FILE if stray.client_hex else _NOT_A_FOLDER)
-        for stray in blobs.strays()
+        _set_aside(blobs, stray, _NOT_A_FILE if stray.owner else _NOT_A_FOLDER)
+        for stray in blobs.foreign_entries()
     )
     rows = metadata.file_rows()
     rows_removed = published = 0
@@ -304,7 +304,7 @@ def _roll_forward(
 def _set_aside(blobs: BlobStore, entry: BlobEntry, why: str) -> bool:
     """Move one entry aside and log it; False (logged) if it cannot move."""
     try:
-        target = blobs.set_aside(entry)
+        target = blobs.quarantine(entry)
     except StorageFault as exc:
         log.warning("%s %s; cannot move it aside (%s): left in place", entry.path_name, why, exc)
         return False

@@ -523,11 +523,11 @@ class MemoryBlobs:
         """Every stored blob."""
         return [_entry(path_name) for path_name in self.blobs]
 
-    def strays(self) -> list[BlobEntry]:
+    def foreign_entries(self) -> list[BlobEntry]:
         """Nothing: only the store writes here."""
         return []
 
-    def set_aside(self, entry: BlobEntry) -> str:
+    def quarantine(self, entry: BlobEntry) -> str:
         """Move a blob aside; where it went.
 
         Raises:
@@ -560,7 +560,7 @@ class MemoryBlobs:
 
 def _entry(path_name: str) -> BlobEntry:
     _, client_hex, name = path_name.split("/")
-    return BlobEntry(client_hex=client_hex, name=name, path_name=path_name)
+    return BlobEntry(owner=client_hex, name=name, path_name=path_name)
 
 
 if TYPE_CHECKING:  # mypy checks them against the interfaces

@@ -7,6 +7,7 @@ a new backend (PostgreSQL, an object store) is one more line there.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +16,7 @@ import pytest
 from server.errors import BlobMissing, NameTaken, StorageFault
 from server.peer import address_group
 from server.storage.base import (
-    BlobStore, BlobWriter, MetadataStore, UnpublishedBlob, new_blob_key, timestamp,
+    BlobEntry, BlobStore, BlobWriter, MetadataStore, UnpublishedBlob, new_blob_key, timestamp,
 )
 from server.storage.commit import (
     Content, confirm_pending, keep_pending, record_first, remove_client, repair,
@@ -340,7 +341,7 @@ def test_a_blob_is_written_under_its_key_sealed_published_and_read_back(blobs):
     blobs.publish(writer.key, path_name)  # again (a retry, or repair): nothing changes
     writer.abort()  # after publishing: nothing happens
     assert blobs.exists(path_name)
-    assert [(entry.client_hex, entry.path_name) for entry in blobs.stored()] == [
+    assert [(entry.owner, entry.path_name) for entry in blobs.stored()] == [
         (ALICE.hex(), path_name)]
 
 
@@ -409,7 +410,7 @@ def test_unpublished_blobs_are_listed_and_deleted_but_not_stored_ones(blobs):
     assert blobs.unpublished() == [] and blobs.exists(kept)
     for writer in left:
         writer.abort()
-    assert blobs.strays() == []
+    assert blobs.foreign_entries() == []
 
 
 # -- both stores -----------------------------------------------------------------------
@@ -536,3 +537,10 @@ def test_the_sweeper_deletes_a_blob_only_once_unreferenced_for_the_grace_period(
     now[0] += GARBAGE_GRACE
     assert sweeper.sweep() == 1
     assert {blob.key for blob in blobs.unpublished()} == {current.key, in_flight.key}
+
+
+def test_the_blob_store_interface_says_what_any_store_does_not_how_a_folder_does_it():
+    names = {name for name in dir(BlobStore) if not name.startswith("_")}
+    assert not names & {"strays", "set_aside"}
+    assert {"foreign_entries", "quarantine"} <= names
+    assert [field.name for field in fields(BlobEntry)] == ["owner", "name", "path_name"]
