@@ -346,8 +346,8 @@ class BlobStore(BlobReader, Protocol):
         """Delete what ``path_name`` reads (absent is fine)."""
         ...
 
-    def free_space(self) -> int:
-        """Bytes free for new blobs."""
+    def room(self) -> int | None:
+        """Bytes the store can still take for new blobs; None: unbounded or unknown."""
         ...
 
     # start-up repair (server.storage.commit)

@@ -345,7 +345,7 @@ class FolderBlobs:
             except OSError as exc:
                 raise _storage_fault(f"cannot delete {path_name}", exc) from exc
 
-    def free_space(self) -> int:
+    def room(self) -> int:
         """Free bytes on the file system of ``received_files/``."""
         return shutil.disk_usage(self.root).free
 

@@ -61,10 +61,10 @@ class Clock:
 class Harness:
     """An App on the memory stores and a fake clock; sessions on made-up peers."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, blobs: MemoryBlobs | None = None) -> None:
         self.clock = Clock()
         self.metadata = MemoryMetadata()
-        self.blobs = MemoryBlobs()
+        self.blobs = blobs if blobs is not None else MemoryBlobs()
         self.app = App.build(self.metadata, self.blobs, limits, clock=self.clock)
         self._ports = iter(range(40000, 60000))
 
@@ -338,6 +338,18 @@ def test_an_owed_publish_replaced_by_a_later_version_is_not_published(harness, m
     _fire_timers_after(harness, GARBAGE_GRACE)
     _fire_timers_after(harness, GARBAGE_GRACE)
     assert harness.blobs.unpublished() == []  # swept by the App's sweeper
+
+
+def test_a_store_that_cannot_count_its_room_admits_uploads_without_the_disk_checks():
+    harness = Harness(Limits(), MemoryBlobs(capacity=None))
+    try:
+        session = harness.session()
+        who = identity(harness, session)
+        feed(session, *packets(who))
+        (received,) = answers(session)
+        assert isinstance(received, FileReceived) and received.cksum == cksum(DATA)
+    finally:
+        harness.close()
 
 
 def test_the_sweeper_leaves_the_blob_of_an_upload_in_flight(harness):

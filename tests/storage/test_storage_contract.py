@@ -392,9 +392,13 @@ def test_a_missing_blob_is_missing_and_removing_it_is_fine(blobs):
     assert not blobs.exists(stored) and blobs.stored() == []
 
 
-def test_free_space_is_a_count_of_bytes(blobs):
-    free = blobs.free_space()
-    assert isinstance(free, int) and free > 0
+def test_room_is_a_count_of_bytes(blobs):
+    room = blobs.room()
+    assert isinstance(room, int) and room > 0
+
+
+def test_an_unbounded_store_has_no_room_to_count():
+    assert MemoryBlobs(capacity=None).room() is None
 
 
 def test_unpublished_blobs_are_listed_and_deleted_but_not_stored_ones(blobs):
