@@ -269,8 +269,8 @@ def warn_if_disk_short(blobs: BlobStore, min_free_disk: int, where: object) -> N
     Every upload would be refused (each refusal is a warning too): say so
     once, at start-up, rather than let the server look healthy.
     """
-    free = blobs.free_space()
-    if free < min_free_disk:
+    free = blobs.room()
+    if free is not None and free < min_free_disk:
         log.warning(
             "only %s free on the disk of %s, below --min-free-disk %s: every upload will be"
             " refused until space is freed (or --min-free-disk lowered)",

@@ -132,7 +132,9 @@ class Admission:
             Refusal: not enough room within this address's share.
         """
         limits = self._limits
-        free = self._blobs.free_space()
+        free = self._blobs.room()
+        if free is None:
+            return  # a store that is unbounded, or cannot tell: nothing to check
         usable = free - limits.min_free_disk
         reserved = self._uploads.reserved_bytes()
         if need > coarse(usable - reserved):

@@ -18,6 +18,7 @@ from .rate import RegistrationLimiter
 from .reads import RequestReads
 from .shares import RoundShares
 from .storage import BlobStore, MetadataStore
+from .storage.sweep import GARBAGE_GRACE, Sweeper
 from .timers import Timers
 from .upload import Uploads
 
@@ -85,6 +86,8 @@ class App:
     log_limiter: LogLimiter
     #: What each address may have done in the current loop round.
     shares: RoundShares
+    #: Deletes the blobs no row points at any more, after a grace period.
+    sweeper: Sweeper
     wall_clock: Callable[[], float] = field(default=time.time)
     live_registrations: LiveRegistrations = field(default_factory=LiveRegistrations)
     #: What the loop, the sessions and the budget report to (server/metrics.py).
@@ -150,6 +153,13 @@ class App:
             log.error("cannot delete lapsed clients: %s", exc)
         self.timers.call_later(PURGE_INTERVAL, self._purge_periodically)
 
+    def _sweep_garbage_periodically(self) -> None:
+        try:
+            self.sweeper.sweep()
+        except StorageFault as exc:
+            log.error("cannot delete the blobs no row points at: %s", exc)
+        self.timers.call_later(GARBAGE_GRACE, self._sweep_garbage_periodically)
+
     def _sweep_log_periodically(self) -> None:
         """Count the lines of floods that fell silent (their next line would have)."""
         self.log_limiter.sweep()
@@ -178,19 +188,22 @@ class App:
         shares = RoundShares(
             limits.requests_per_address_per_round, limits.durable_files_per_address_per_round
         )
+        uploads = Uploads(timers, limits, reads, blobs, budget, log_limiter, shares)
         app = cls(
             metadata=reads,
             blobs=blobs,
             limits=limits,
             timers=timers,
-            uploads=Uploads(timers, limits, reads, blobs, budget, log_limiter, shares),
+            uploads=uploads,
             registrations=RegistrationLimiter(limits.registrations_per_minute, clock),
             budget=budget,
             log_limiter=log_limiter,
             shares=shares,
+            sweeper=Sweeper(reads, blobs, clock, uploads.live_blob_keys),
             metrics=metrics,
         )
         timers.call_later(PURGE_INTERVAL, app._purge_periodically)
+        timers.call_later(GARBAGE_GRACE, app._sweep_garbage_periodically)
         if limits.log_lines_per_address:
             timers.call_later(limits.log_rate_interval, app._sweep_log_periodically)
         return app

@@ -8,7 +8,10 @@ commit), then publish each of the round's blobs, in the order they were
 recorded (a name's first upload before a later version of it confirmed in the
 same round). If the round is lost, none of them is published: the first
 uploads' rows go, and a confirmed version is left to start-up repair, which
-publishes it if its swap reached the disk.
+publishes it if its swap reached the disk. A confirmed version whose publish
+fails is *owed*: it is published again every :data:`OWED_PUBLISH_RETRY`
+seconds (or at the client's next 900) until it is, unless a later version
+replaced it meanwhile.
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ from protocol.printable import quoted
 from .errors import StorageFault
 from .outcome import InstallTicket
 from .storage import BlobStore, BlobWriter, MetadataStore, commit
+from .timers import Timer, Timers
 
 if TYPE_CHECKING:
     from .upload import Upload
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two attempts to publish a confirmed version whose publish failed.
+OWED_PUBLISH_RETRY = 1.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,9 +58,11 @@ class RoundInstalls:
         blobs: BlobStore,
         discard: Callable[[Upload, str], None],
         log_level: Callable[[Upload], int],
+        timers: Timers,
     ) -> None:
         self._metadata = metadata
         self._blobs = blobs
+        self._timers = timers
         #: Forgets an upload that will never be published (``Uploads.discard``).
         self._discard = discard
         #: The level of a line about an upload (its address group's log budget).
@@ -63,8 +72,10 @@ class RoundInstalls:
         self._to_install: list[_Publish] = []
         #: Uploads of the round that could not be published.
         self._install_failed: set[_Publish] = set()
-        #: Confirmed versions whose publish failed: owed to the client's next 900.
+        #: Confirmed versions whose publish failed: retried (:meth:`_retry_owed`).
         self._owed: dict[Upload, _Publish] = {}
+        #: The next retry of the owed publishes, while any is owed.
+        self._owed_timer: Timer | None = None
 
     def end_round(self, *, durable: bool) -> AbstractSet[InstallTicket]:
         """Commit the round (durably if asked, or if blobs wait); then publish them.
@@ -151,6 +162,42 @@ class RoundInstalls:
                     self._discard(upload, "could not be stored")
                 else:
                     self._owed[upload] = entry
+                    self._arm_owed()
+
+    def _arm_owed(self) -> None:
+        if self._owed_timer is None:
+            self._owed_timer = self._timers.call_later(OWED_PUBLISH_RETRY, self._retry_owed)
+
+    def _retry_owed(self) -> None:
+        """Publish each owed confirmed version again (its swap is durable); keep what fails.
+
+        A version no longer the row's (a later one was confirmed, or the
+        client was deleted) is not published: it is garbage, left to the
+        sweeper's grace period (the swap that replaced it may not be durable yet).
+        """
+        self._owed_timer = None
+        for upload, entry in list(self._owed.items()):
+            row = self._metadata.file_row(upload.client_id, upload.file_name)
+            if row is None or row.blob_key != entry.writer.key:
+                del self._owed[upload]
+                continue
+            try:
+                commit.publish_confirmed(self._blobs, entry.writer, entry.path_name)
+            except StorageFault as exc:
+                log.warning(
+                    "%s: file %s of client %s: its confirmed version is still not stored: %s;"
+                    " retried in %.0f s", upload.address, quoted(upload.file_name),
+                    upload.client_id.hex(), exc, OWED_PUBLISH_RETRY,
+                )
+                continue
+            del self._owed[upload]
+            log.warning(
+                "%s: stored file %s of client %s overwritten by its confirmed new version"
+                " at last (%d bytes)", upload.address, entry.path_name,
+                upload.client_id.hex(), entry.size,
+            )
+        if self._owed:
+            self._arm_owed()
 
     def awaiting_install(self, upload: Upload) -> InstallTicket | None:
         """The ticket of an upload still waiting for the round to be published, if any."""
@@ -165,6 +212,9 @@ class RoundInstalls:
         waiting, self._to_install = self._to_install, []
         self._install_failed.clear()
         self._owed.clear()
+        if self._owed_timer is not None:
+            self._owed_timer.cancel()
+            self._owed_timer = None
         firsts = [entry for entry in waiting if entry.first]
         for entry in firsts:
             entry.writer.abort()

@@ -125,7 +125,7 @@ class Uploads:
         #: Connections to the uploads they own or stream (closing one is O(its uploads)).
         self._held: dict[Peer, set[Upload]] = {}
         #: The round's uploads, waiting to be published (server/installs.py).
-        self.installs = RoundInstalls(metadata, blobs, self.discard, self._log_level)
+        self.installs = RoundInstalls(metadata, blobs, self.discard, self._log_level, timers)
         #: The clients whose last answer got a "CRC bad", and what that
         #: attempt was (docs/EDITIONS.md, variant 5): their next answer's
         #: flavour depends on it. The others get the flavour they confirmed last.
@@ -163,6 +163,15 @@ class Uploads:
         return self.in_progress(client_id) + [
             upload for upload in waiting if isinstance(upload.phase, Pending)
         ]
+
+    def live_blob_keys(self) -> set[str]:
+        """The keys of the blobs uploads write or hold: never garbage (server/storage/sweep.py)."""
+        keys = set()
+        for names in (*self._uploads.values(), *self._complete.values()):
+            for upload in names.values():
+                if isinstance(upload.phase, (Receiving, Pending)):
+                    keys.add(upload.phase.writer.key)
+        return keys
 
     def completed(self, client_id: bytes, file_name: bytes) -> Upload | None:
         """The client's complete upload of ``file_name`` waiting for verdicts, if any."""
@@ -349,7 +358,7 @@ class Uploads:
 
         A pending version's pointers are swapped in the round; it is published
         at the round's end (server/installs.py), its 1604 held until then. A
-        publish that failed there is owed: the next 900 publishes it again.
+        publish that failed there is owed: retried on a timer, or by the next 900.
 
         Raises:
             Refusal: the upload was given up (901/902).
@@ -421,7 +430,7 @@ class Uploads:
                 "%s: pending version of %s for client %s discarded: %s",
                 upload.address, quoted(upload.file_name), upload.client_id.hex(), reason,
             )
-            phase.writer.abort()
+            self._discard_pending(upload, phase)
             upload._enter(GivenUp(phase.result, phase.path_name))
 
     # -- life cycle -------------------------------------------------------------
@@ -523,12 +532,25 @@ class Uploads:
         receiving = isinstance(upload.phase, (Receiving, Failed))
         self.discard(upload, "no progress in time" if receiving else "no verdict in time")
 
-    @staticmethod
-    def _drop_blob(upload: Upload) -> None:
-        if isinstance(upload.phase, (Receiving, Pending)):
-            upload.phase.writer.abort()
-            if isinstance(upload.phase, Pending):
-                upload._enter(GivenUp(upload.phase.result, upload.phase.path_name))
+    def _drop_blob(self, upload: Upload) -> None:
+        phase = upload.phase
+        if isinstance(phase, Receiving):
+            phase.writer.abort()
+        elif isinstance(phase, Pending):
+            self._discard_pending(upload, phase)
+            upload._enter(GivenUp(phase.result, phase.path_name))
+
+    def _discard_pending(self, upload: Upload, phase: Pending) -> None:
+        """No row points at the pending version any more, and its blob goes."""
+        try:
+            commit.discard_pending(
+                self._metadata, phase.writer, upload.client_id, upload.file_name
+            )
+        except StorageFault as exc:
+            log.warning(
+                "%s: pending version of %s for client %s: its pointer stays until repair: %s",
+                upload.address, quoted(upload.file_name), upload.client_id.hex(), exc,
+            )
 
 
 def _content(result: ReceivedFile) -> commit.Content:

@@ -149,10 +149,11 @@ class UnpublishedBlob:
 class BlobEntry:
     """Something found in the blob store at start-up (a stored blob or a stray).
 
-    ``client_hex`` is empty for an entry in the place of a client's folder.
+    ``owner`` names the client it is filed under, as the store writes it
+    (empty for an entry where the store files a client).
     """
 
-    client_hex: str
+    owner: str
     name: str
     path_name: str
 
@@ -345,8 +346,8 @@ class BlobStore(BlobReader, Protocol):
         """Delete what ``path_name`` reads (absent is fine)."""
         ...
 
-    def free_space(self) -> int:
-        """Bytes free for new blobs."""
+    def room(self) -> int | None:
+        """Bytes the store can still take for new blobs; None: unbounded or unknown."""
         ...
 
     # start-up repair (server.storage.commit)
@@ -362,11 +363,11 @@ class BlobStore(BlobReader, Protocol):
         """Every stored blob."""
         ...
 
-    def strays(self) -> list[BlobEntry]:
+    def foreign_entries(self) -> list[BlobEntry]:
         """Entries the server never makes that are in its way."""
         ...
 
-    def set_aside(self, entry: BlobEntry) -> str:
+    def quarantine(self, entry: BlobEntry) -> str:
         """Move an entry out of the way, as it is; return where it went."""
         ...
 

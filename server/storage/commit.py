@@ -28,13 +28,17 @@ losing a file the client was told about:
    transaction with the content and Verified true (:func:`confirm_pending`);
    once the round is durable the blob is published (:func:`publish_confirmed`,
    after any first upload of the name in the same round), then 1604. A
-   publish that fails answers 1607 and stays owed: the client's next 900
-   publishes it again. A 901, a 902, a new key or a timeout abort the pending
-   blob; its stale pointer is cleared by repair.
+   publish that fails answers 1607 and stays owed: it is published again on a
+   timer (server/installs.py) or at the client's next 900, until it is.
+   A 901, a 902, a new key or a timeout clear the pending pointer, in the
+   round, and abort its blob (:func:`discard_pending`).
 4. **Garbage** is any blob no row points at: an aborted upload, a pending
-   version never confirmed, an upload a crash cut. Blobs are deleted as
-   soon as they are garbage; start-up repair (:func:`repair`) sweeps what a
-   crash left: it publishes each blob a durable row points at but that was
+   version never confirmed, an upload a crash cut. An aborted upload's
+   blob is deleted at once; the rest (an owed version a later one
+   replaced, its replacement's swap perhaps not yet durable) goes through
+   the sweeper (server/storage/sweep.py), after a grace period; start-up repair
+   (:func:`repair`) sweeps what a crash left: it publishes each blob a
+   durable row points at but that was
    never published under a name that reads the previous version (a crash
    between step 3's swap and publish: rolled forward; a first upload cut
    between step 2's commit and publish is rolled back, its row removed: its
@@ -173,6 +177,27 @@ def publish_confirmed(blobs: BlobStore, writer: BlobWriter, path_name: str) -> N
     blobs.publish(writer.key, path_name)
 
 
+def discard_pending(
+    metadata: MetadataStore, writer: BlobWriter, client_id: bytes, file_name: bytes
+) -> None:
+    """Step 3 undone (901, 902, a new key, a timeout): no pointer at the pending blob; it goes.
+
+    The pointer is cleared only if it still names this blob (a newer
+    version's may have replaced it); the blob is aborted whatever happens.
+
+    Raises:
+        StorageFault: the pointer could not be cleared (the blob is gone;
+            repair clears the pointer).
+    """
+    try:
+        with metadata.transaction():
+            row = metadata.file_row(client_id, file_name)
+            if row is not None and row.pending_key == writer.key:
+                metadata.set_pending(client_id, file_name, None)
+    finally:
+        writer.abort()
+
+
 def remove_client(metadata: MetadataStore, blobs: BlobStore, client_id: bytes) -> None:
     """Step 5: trash the client's folder, delete its rows, delete the folder.
 
@@ -229,8 +254,8 @@ def repair(metadata: MetadataStore, blobs: BlobStore) -> RepairReport:
     removals = finish_removals(metadata, blobs)
     unpublished = {(blob.client_id, blob.key): blob for blob in blobs.unpublished()}
     strays = sum(
-        _set_aside(blobs, stray, _NOT_A_FILE if stray.client_hex else _NOT_A_FOLDER)
-        for stray in blobs.strays()
+        _set_aside(blobs, stray, _NOT_A_FILE if stray.owner else _NOT_A_FOLDER)
+        for stray in blobs.foreign_entries()
     )
     rows = metadata.file_rows()
     rows_removed = published = 0
@@ -279,7 +304,7 @@ def _roll_forward(
 def _set_aside(blobs: BlobStore, entry: BlobEntry, why: str) -> bool:
     """Move one entry aside and log it; False (logged) if it cannot move."""
     try:
-        target = blobs.set_aside(entry)
+        target = blobs.quarantine(entry)
     except StorageFault as exc:
         log.warning("%s %s; cannot move it aside (%s): left in place", entry.path_name, why, exc)
         return False

@@ -186,7 +186,7 @@ class TempFile:
 def _in_client_dir(directory: Path, name: str) -> BlobEntry:
     """An entry of a client folder, as start-up repair sees it."""
     return BlobEntry(
-        client_hex=directory.name, name=name, path_name=f"{RECEIVED_DIR}/{directory.name}/{name}"
+        owner=directory.name, name=name, path_name=f"{RECEIVED_DIR}/{directory.name}/{name}"
     )
 
 
@@ -345,7 +345,7 @@ class FolderBlobs:
             except OSError as exc:
                 raise _storage_fault(f"cannot delete {path_name}", exc) from exc
 
-    def free_space(self) -> int:
+    def room(self) -> int:
         """Free bytes on the file system of ``received_files/``."""
         return shutil.disk_usage(self.root).free
 
@@ -360,7 +360,7 @@ class FolderBlobs:
 
         Only regular files: a ``.tmp-*`` folder, symlink or fifo is not the
         server's (its files are made with ``O_EXCL | O_NOFOLLOW``), and
-        :meth:`strays` lists it to be moved aside, never deleted or followed.
+        :meth:`foreign_entries` lists it to be moved aside, never deleted or followed.
         A ``.tmp-`` file whose name is no blob key (an older server's) is
         listed too, under that name: no row points at it.
         """
@@ -397,12 +397,12 @@ class FolderBlobs:
                 found.append(_in_client_dir(directory, entry.name))
         return found
 
-    def strays(self) -> list[BlobEntry]:
+    def foreign_entries(self) -> list[BlobEntry]:
         """Entries the server never makes that would be in its way.
 
         In a client folder: anything but a regular file, whatever its name (a
         folder, symlink, fifo, socket). In ``received_files/``: a client
-        folder's name on anything but a real folder (``client_hex`` is then
+        folder's name on anything but a real folder (``owner`` is then
         empty). Other names there are not the server's: logged, left alone.
         Nothing is followed or opened (a fifo would block).
         """
@@ -419,7 +419,7 @@ class FolderBlobs:
                     found.append(_in_client_dir(directory, entry.name))
         return found
 
-    def set_aside(self, entry: BlobEntry) -> str:
+    def quarantine(self, entry: BlobEntry) -> str:
         """Move an entry aside to ``.orphaned/``; return where it went.
 
         The entry itself moves (a symlink is not followed, a folder keeps its
@@ -429,10 +429,10 @@ class FolderBlobs:
             StorageFault: ``.orphaned`` (or its client folder) is not a real
                 folder, or the move failed.
         """
-        target_dir = self._quarantine_dir(entry.client_hex)
+        target_dir = self._quarantine_dir(entry.owner)
         target = target_dir / f"{entry.name}.{secrets.token_hex(_TEMP_RANDOM_BYTES)}"
         try:
-            os.replace(self.root / entry.client_hex / entry.name, target)
+            os.replace(self.root / entry.owner / entry.name, target)
         except OSError as exc:
             raise StorageFault(exc.strerror or str(exc)) from exc
         return str(target)

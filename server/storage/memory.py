@@ -389,7 +389,8 @@ class MemoryWriter:
         """
         if self.sealed or self.aborted:
             raise StorageFault("cannot write a received file: it is closed")
-        if len(data) > self._store.free_space():
+        room = self._store.room()
+        if room is not None and len(data) > room:
             raise StorageFault("cannot write a received file: No space left on device")
         self._content += data
         self.size += len(data)
@@ -419,13 +420,13 @@ class MemoryBlobs:
     """Blobs in a dict by path name ``memory/<client-id-hex>/<stored name>`` (a :class:`BlobStore`).
 
     ``capacity`` bounds what it holds (stored and being written), so that
-    :meth:`free_space` and a full store can be tested.
+    :meth:`room` and a full store can be tested; None: unbounded.
     """
 
     #: Set it to have the server write through its blob port (server/blobport.py).
     slow_writes = False
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, capacity: int | None = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
         self.blobs: dict[str, bytes] = {}
         #: Uploads written under their keys and not published, by key.
@@ -504,8 +505,10 @@ class MemoryBlobs:
         """Delete a stored blob (absent is fine)."""
         self.blobs.pop(path_name, None)
 
-    def free_space(self) -> int:
+    def room(self) -> int | None:
         """The capacity less what is stored and being written (a worker thread may ask)."""
+        if self.capacity is None:
+            return None
         held = sum(map(len, list(self.blobs.values()))) + sum(
             writer.size for writer in list(self.writers.values())
         )
@@ -523,11 +526,11 @@ class MemoryBlobs:
         """Every stored blob."""
         return [_entry(path_name) for path_name in self.blobs]
 
-    def strays(self) -> list[BlobEntry]:
+    def foreign_entries(self) -> list[BlobEntry]:
         """Nothing: only the store writes here."""
         return []
 
-    def set_aside(self, entry: BlobEntry) -> str:
+    def quarantine(self, entry: BlobEntry) -> str:
         """Move a blob aside; where it went.
 
         Raises:
@@ -560,7 +563,7 @@ class MemoryBlobs:
 
 def _entry(path_name: str) -> BlobEntry:
     _, client_hex, name = path_name.split("/")
-    return BlobEntry(client_hex=client_hex, name=name, path_name=path_name)
+    return BlobEntry(owner=client_hex, name=name, path_name=path_name)
 
 
 if TYPE_CHECKING:  # mypy checks them against the interfaces

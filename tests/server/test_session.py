@@ -37,10 +37,13 @@ from protocol import (
 from protocol.codes import PER_REQUEST_OPENERS, RequestCode
 from protocol.editions import EDITION_2024A, EDITIONS
 from server.app import App
+from server.errors import StorageFault
+from server.installs import OWED_PUBLISH_RETRY
 from server.limits import Limits
 from server.peer import Peer
 from server.session import ANSWERED, OWED, UNANSWERED, Action, Model, Session, Step
 from server.storage.memory import MemoryBlobs, MemoryMetadata
+from server.storage.sweep import GARBAGE_GRACE
 
 SERVER_DIR = Path(__file__).resolve().parents[2] / "server"
 DATA = b"session test data " * 200  # three packets of 1024 bytes
@@ -58,10 +61,10 @@ class Clock:
 class Harness:
     """An App on the memory stores and a fake clock; sessions on made-up peers."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, blobs: MemoryBlobs | None = None) -> None:
         self.clock = Clock()
         self.metadata = MemoryMetadata()
-        self.blobs = MemoryBlobs()
+        self.blobs = blobs if blobs is not None else MemoryBlobs()
         self.app = App.build(self.metadata, self.blobs, limits, clock=self.clock)
         self._ports = iter(range(40000, 60000))
 
@@ -240,6 +243,128 @@ def test_the_peers_close_sends_the_deferred_1604(harness):
     steps = feed(session, CrcRetry(client_id=who.client_id, file_name="a.bin"), eof=True)
     assert steps[-1] is Step.CLOSE and session.verdict.reason == "peer closed"
     assert [type(a) for a in answers(session)] == [Acknowledged]
+
+
+def _pending_version(harness: Harness) -> tuple[Session, Identity]:
+    """A stored, verified a.bin and a later version of it, pending (its row's second pointer)."""
+    session = harness.session()
+    who = identity(harness, session)
+    feed(session, *packets(who))
+    answers(session)
+    feed(session, CrcOk(client_id=who.client_id, file_name="a.bin"))
+    answers(session)
+    feed(session, *file_packets(who, "a.bin", DATA[::-1], PACKET_SIZE))
+    (received,) = answers(session)
+    assert isinstance(received, FileReceived)
+    assert harness.metadata.file_row(who.client_id, b"a.bin").pending_key is not None
+    return session, who
+
+
+@pytest.mark.parametrize("ending", ["901", "902", "timeout"])
+def test_a_discarded_pending_version_leaves_no_pointer_at_it(harness, ending):
+    session, who = _pending_version(harness)
+    if ending == "901":
+        feed(session, CrcRetry(client_id=who.client_id, file_name="a.bin"))
+    elif ending == "902":
+        feed(session, CrcAbort(client_id=who.client_id, file_name="a.bin"))
+    else:
+        harness.clock.now += harness.app.limits.idle_timeout + 1
+        for timer in harness.app.timers.due():
+            if timer.callback is not None:
+                timer.callback()
+    answers(session)
+    row = harness.metadata.file_row(who.client_id, b"a.bin")
+    assert row.pending_key is None and row.verified
+    assert harness.blobs.open(row.path_name).read() == DATA  # the stored version stays
+    assert harness.blobs.unpublished() == []  # its blob is gone
+
+
+def _fire_timers_after(harness: Harness, delay: float) -> None:
+    harness.clock.now += delay
+    for timer in harness.app.timers.due():
+        if timer.callback is not None:
+            timer.callback()
+
+
+def test_a_confirmed_version_whose_publish_failed_is_published_later_without_a_900(
+    harness, monkeypatch
+):
+    session, who = _pending_version(harness)
+    real_publish = MemoryBlobs.publish
+    failing = {"left": 2}
+
+    def publish(self, key, path_name):
+        if failing["left"]:
+            failing["left"] -= 1
+            raise StorageFault("cannot install a received file: Input/output error")
+        real_publish(self, key, path_name)
+
+    monkeypatch.setattr(MemoryBlobs, "publish", publish)
+    feed(session, CrcOk(client_id=who.client_id, file_name="a.bin"))
+    (answer,) = answers(session)
+    assert isinstance(answer, GeneralError)  # 1607: the client never sends the 900 again
+    row = harness.metadata.file_row(who.client_id, b"a.bin")
+    assert harness.blobs.open(row.path_name).read() == DATA  # the row's version is not there
+    _fire_timers_after(harness, OWED_PUBLISH_RETRY)  # fails again: owed still
+    assert harness.blobs.open(row.path_name).read() == DATA
+    _fire_timers_after(harness, OWED_PUBLISH_RETRY)
+    assert harness.blobs.open(row.path_name).read() == DATA[::-1]
+    assert harness.blobs.unpublished() == []
+
+
+def test_an_owed_publish_replaced_by_a_later_version_is_not_published(harness, monkeypatch):
+    session, who = _pending_version(harness)
+    real_publish = MemoryBlobs.publish
+    failing = {"left": 1}
+
+    def publish(self, key, path_name):
+        if failing["left"]:
+            failing["left"] -= 1
+            raise StorageFault("cannot install a received file: Input/output error")
+        real_publish(self, key, path_name)
+
+    monkeypatch.setattr(MemoryBlobs, "publish", publish)
+    feed(session, CrcOk(client_id=who.client_id, file_name="a.bin"))
+    answers(session)
+    third = b"third version " * 100
+    feed(session, *file_packets(who, "a.bin", third, PACKET_SIZE))
+    answers(session)
+    feed(session, CrcOk(client_id=who.client_id, file_name="a.bin"))
+    assert [type(a) for a in answers(session)] == [Acknowledged]
+    _fire_timers_after(harness, OWED_PUBLISH_RETRY)
+    row = harness.metadata.file_row(who.client_id, b"a.bin")
+    assert harness.blobs.open(row.path_name).read() == third
+    assert harness.blobs.unpublished() != []  # the replaced version: garbage, in its grace
+    _fire_timers_after(harness, GARBAGE_GRACE)
+    _fire_timers_after(harness, GARBAGE_GRACE)
+    assert harness.blobs.unpublished() == []  # swept by the App's sweeper
+
+
+def test_a_store_that_cannot_count_its_room_admits_uploads_without_the_disk_checks():
+    harness = Harness(Limits(), MemoryBlobs(capacity=None))
+    try:
+        session = harness.session()
+        who = identity(harness, session)
+        feed(session, *packets(who))
+        (received,) = answers(session)
+        assert isinstance(received, FileReceived) and received.cksum == cksum(DATA)
+    finally:
+        harness.close()
+
+
+def test_the_sweeper_leaves_the_blob_of_an_upload_in_flight(harness):
+    session = harness.session()
+    who = identity(harness, session)
+    first, *rest = packets(who)
+    feed(session, first)
+    answers(session)
+    sweeper = harness.app.sweeper
+    sweeper.sweep()
+    harness.clock.now += GARBAGE_GRACE
+    assert sweeper.sweep() == 0
+    feed(session, *rest)
+    (received,) = answers(session)
+    assert isinstance(received, FileReceived) and received.cksum == cksum(DATA)
 
 
 # -- per-request sessions ---------------------------------------------------------------

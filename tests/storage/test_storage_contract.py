@@ -7,6 +7,7 @@ a new backend (PostgreSQL, an object store) is one more line there.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
@@ -15,13 +16,14 @@ import pytest
 from server.errors import BlobMissing, NameTaken, StorageFault
 from server.peer import address_group
 from server.storage.base import (
-    BlobStore, BlobWriter, MetadataStore, UnpublishedBlob, new_blob_key, timestamp,
+    BlobEntry, BlobStore, BlobWriter, MetadataStore, UnpublishedBlob, new_blob_key, timestamp,
 )
 from server.storage.commit import (
     Content, confirm_pending, keep_pending, record_first, remove_client, repair,
 )
 from server.storage.factory import StoreUrls, open_stores
 from server.storage.memory import MemoryBlobs, MemoryMetadata
+from server.storage.sweep import GARBAGE_GRACE, Sweeper
 
 Stores = tuple[MetadataStore, BlobStore]
 
@@ -339,7 +341,7 @@ def test_a_blob_is_written_under_its_key_sealed_published_and_read_back(blobs):
     blobs.publish(writer.key, path_name)  # again (a retry, or repair): nothing changes
     writer.abort()  # after publishing: nothing happens
     assert blobs.exists(path_name)
-    assert [(entry.client_hex, entry.path_name) for entry in blobs.stored()] == [
+    assert [(entry.owner, entry.path_name) for entry in blobs.stored()] == [
         (ALICE.hex(), path_name)]
 
 
@@ -390,9 +392,13 @@ def test_a_missing_blob_is_missing_and_removing_it_is_fine(blobs):
     assert not blobs.exists(stored) and blobs.stored() == []
 
 
-def test_free_space_is_a_count_of_bytes(blobs):
-    free = blobs.free_space()
-    assert isinstance(free, int) and free > 0
+def test_room_is_a_count_of_bytes(blobs):
+    room = blobs.room()
+    assert isinstance(room, int) and room > 0
+
+
+def test_an_unbounded_store_has_no_room_to_count():
+    assert MemoryBlobs(capacity=None).room() is None
 
 
 def test_unpublished_blobs_are_listed_and_deleted_but_not_stored_ones(blobs):
@@ -408,7 +414,7 @@ def test_unpublished_blobs_are_listed_and_deleted_but_not_stored_ones(blobs):
     assert blobs.unpublished() == [] and blobs.exists(kept)
     for writer in left:
         writer.abort()
-    assert blobs.strays() == []
+    assert blobs.foreign_entries() == []
 
 
 # -- both stores -----------------------------------------------------------------------
@@ -504,3 +510,41 @@ def test_repair_rolls_back_a_first_upload_and_deletes_garbage_and_stale_pointers
     (row,) = metadata.file_rows()
     assert (row.file_name, row.pending_key) == (b"kept", None)
     aborted.abort()
+
+
+# -- the garbage sweeper ----------------------------------------------------------------
+
+
+def test_the_sweeper_deletes_a_blob_only_once_unreferenced_for_the_grace_period(metadata, blobs):
+    client_id = b"s" * 16
+    register(metadata, client_id, "swept")
+    path_name = stored_blob(blobs, client_id, b"kept", b"stored")
+    current = sealed(blobs, client_id, b"current")
+    pending = sealed(blobs, client_id, b"pending")
+    in_flight = blobs.begin(client_id, new_blob_key())
+    sealed(blobs, client_id, b"garbage")
+    with metadata.transaction():
+        metadata.upsert_file(client_id, b"kept", path_name, current.key)
+        metadata.set_pending(client_id, b"kept", pending.key)
+    now = [NOW]
+    sweeper = Sweeper(metadata, blobs, lambda: now[0], lambda: {in_flight.key})
+    assert sweeper.sweep() == 0  # found unreferenced: its grace begins
+    now[0] += GARBAGE_GRACE / 2
+    assert sweeper.sweep() == 0
+    now[0] += GARBAGE_GRACE / 2
+    assert sweeper.sweep() == 1
+    left = {blob.key for blob in blobs.unpublished()}
+    assert left == {current.key, pending.key, in_flight.key}
+    with metadata.transaction():  # the pending version is given up: garbage from now on
+        metadata.set_pending(client_id, b"kept", None)
+    assert sweeper.sweep() == 0
+    now[0] += GARBAGE_GRACE
+    assert sweeper.sweep() == 1
+    assert {blob.key for blob in blobs.unpublished()} == {current.key, in_flight.key}
+
+
+def test_the_blob_store_interface_says_what_any_store_does_not_how_a_folder_does_it():
+    names = {name for name in dir(BlobStore) if not name.startswith("_")}
+    assert not names & {"strays", "set_aside"}
+    assert {"foreign_entries", "quarantine"} <= names
+    assert [field.name for field in fields(BlobEntry)] == ["owner", "name", "path_name"]
