@@ -23,6 +23,7 @@ from fuzz_server import (
 from protocol import Reconnect, Register
 from server import handlers
 from server.storage.folder import FolderBlobs, TempFile
+from server.storage.sweep import Sweeper
 
 
 def test_every_seed_is_served_as_meant():
@@ -100,6 +101,8 @@ def test_target_finds_a_malformed_response(monkeypatch):
 
 def test_target_finds_a_temp_file_left_behind(monkeypatch):
     monkeypatch.setattr(TempFile, "abort", lambda self: None)
+    # The sweeper would delete the leak after its grace period: the target must see it.
+    monkeypatch.setattr(Sweeper, "sweep", lambda self: 0)
     # Seed 10: a per-request upload that expires.
     with pytest.raises(Finding, match="temp file left"):
         run_input(encode_structured(10))
