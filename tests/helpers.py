@@ -279,6 +279,17 @@ def unique_name(prefix: str = "client") -> str:
     return f"{prefix}-{os.getpid()}-{next(_names)}"
 
 
+def parse_answers(data: bytes) -> list:
+    """The responses in bytes a server sent (none for b"", which a parser would take for EOF)."""
+    parser = ClientConnection()
+    if data:
+        parser.receive_data(data)
+    found = []
+    while (event := parser.next_event()) is not NEED_DATA:
+        found.append(event)
+    return found
+
+
 def make_identity(client, name: str | None = None) -> Identity:
     """Register and send a public key on this connection (anything with ``request``:
     a :class:`RawClient`, or an in-process session's harness)."""

@@ -14,9 +14,8 @@ from collections import Counter
 
 import pytest
 
-from helpers import Identity, file_packets, make_identity
+from helpers import parse_answers, Identity, file_packets, make_identity
 from protocol import (
-    NEED_DATA,
     ClientConnection,
     CrcOk,
     FileReceived,
@@ -83,14 +82,7 @@ class Client:
     def answers(self) -> list:
         """End the round as the loop does; the answers it released."""
         self.session.release(self.app.end_round(durable=False))
-        parser = ClientConnection()
-        data = self.session.data_to_send()
-        if data:
-            parser.receive_data(data)
-        found = []
-        while (event := parser.next_event()) is not NEED_DATA:
-            found.append(event)
-        return found
+        return parse_answers(self.session.data_to_send())
 
     def request(self, request):
         """One request, its one answer (for helpers.make_identity)."""

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ANY_ID, Identity, file_packets, private_key, unique_name
+from helpers import ANY_ID, parse_answers, Identity, file_packets, private_key, unique_name
 from protocol import (
-    NEED_DATA,
     Acknowledged,
     ClientConnection,
     CrcAbort,
@@ -101,14 +100,7 @@ def answers(session: Session) -> list:
     """The responses the session queued since the last call, once the round ends (as the loop
     ends it: its commits durable, its first uploads installed)."""
     session.release(session.app.end_round(durable=True))
-    parser = ClientConnection()
-    data = session.data_to_send()
-    if data:  # b"" would be an EOF to the parser
-        parser.receive_data(data)
-    found = []
-    while (event := parser.next_event()) is not NEED_DATA:
-        found.append(event)
-    return found
+    return parse_answers(session.data_to_send())
 
 
 def identity(harness: Harness, session: Session | None = None) -> Identity:
@@ -286,12 +278,10 @@ def _fire_timers_after(harness: Harness, delay: float) -> None:
             timer.callback()
 
 
-def test_a_confirmed_version_whose_publish_failed_is_published_later_without_a_900(
-    harness, monkeypatch
-):
-    session, who = _pending_version(harness)
+def _fail_publishes(monkeypatch, times: int) -> None:
+    """The memory store's next ``times`` publishes fail as a disk would."""
     real_publish = MemoryBlobs.publish
-    failing = {"left": 2}
+    failing = {"left": times}
 
     def publish(self, key, path_name):
         if failing["left"]:
@@ -300,6 +290,13 @@ def test_a_confirmed_version_whose_publish_failed_is_published_later_without_a_9
         real_publish(self, key, path_name)
 
     monkeypatch.setattr(MemoryBlobs, "publish", publish)
+
+
+def test_a_confirmed_version_whose_publish_failed_is_published_later_without_a_900(
+    harness, monkeypatch
+):
+    session, who = _pending_version(harness)
+    _fail_publishes(monkeypatch, 2)
     feed(session, CrcOk(client_id=who.client_id, file_name="a.bin"))
     (answer,) = answers(session)
     assert isinstance(answer, GeneralError)  # 1607: the client never sends the 900 again
@@ -314,16 +311,7 @@ def test_a_confirmed_version_whose_publish_failed_is_published_later_without_a_9
 
 def test_an_owed_publish_replaced_by_a_later_version_is_not_published(harness, monkeypatch):
     session, who = _pending_version(harness)
-    real_publish = MemoryBlobs.publish
-    failing = {"left": 1}
-
-    def publish(self, key, path_name):
-        if failing["left"]:
-            failing["left"] -= 1
-            raise StorageFault("cannot install a received file: Input/output error")
-        real_publish(self, key, path_name)
-
-    monkeypatch.setattr(MemoryBlobs, "publish", publish)
+    _fail_publishes(monkeypatch, 1)
     feed(session, CrcOk(client_id=who.client_id, file_name="a.bin"))
     answers(session)
     third = b"third version " * 100

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import file_packets, make_identity
+from helpers import parse_answers, file_packets, make_identity
 from protocol import (
-    NEED_DATA,
     ClientConnection,
     CrcAbort,
     CrcOk,
@@ -144,14 +143,7 @@ class Client:
         while self.session.next_step().name not in ("NEED_DATA", "CLOSE"):
             pass
         self.session.release(self.app.end_round(durable=True))
-        parser = ClientConnection()
-        data = self.session.data_to_send()
-        if data:
-            parser.receive_data(data)
-        found = []
-        while (event := parser.next_event()) is not NEED_DATA:
-            found.append(event)
-        return found
+        return parse_answers(self.session.data_to_send())
 
     def packets(self, name: str) -> list:
         return file_packets(self.who, name, DATA, PACKET_SIZE)
