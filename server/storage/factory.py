@@ -131,17 +131,22 @@ def parse_url(text: str, backends: Mapping[str, object], option: str) -> StoreUr
     )
 
 
+def _store_url(text: str | None, data_dir: Path, backends, default: str, option: str) -> StoreUrl:
+    """An option's URL checked by its backend, or the default backend's place in ``data_dir``."""
+    if text is None:
+        return backends[default].default(data_dir)
+    url = parse_url(text, backends, option)
+    backends[url.scheme].check(url)
+    return url
+
+
 def metadata_url(text: str | None, data_dir: Path) -> StoreUrl:
     """``--metadata``'s value, checked by its backend; ``defensive.db`` in ``data_dir`` without one.
 
     Raises:
         BadStoreUrl: see :func:`parse_url` and the backend's ``check``.
     """
-    if text is None:
-        return METADATA_BACKENDS[DEFAULT_METADATA].default(data_dir)
-    url = parse_url(text, METADATA_BACKENDS, METADATA_OPTION)
-    METADATA_BACKENDS[url.scheme].check(url)
-    return url
+    return _store_url(text, data_dir, METADATA_BACKENDS, DEFAULT_METADATA, METADATA_OPTION)
 
 
 def blobs_url(text: str | None, data_dir: Path) -> StoreUrl:
@@ -150,11 +155,7 @@ def blobs_url(text: str | None, data_dir: Path) -> StoreUrl:
     Raises:
         BadStoreUrl: see :func:`parse_url` and the backend's ``check``.
     """
-    if text is None:
-        return BLOB_BACKENDS[DEFAULT_BLOBS].default(data_dir)
-    url = parse_url(text, BLOB_BACKENDS, BLOBS_OPTION)
-    BLOB_BACKENDS[url.scheme].check(url)
-    return url
+    return _store_url(text, data_dir, BLOB_BACKENDS, DEFAULT_BLOBS, BLOBS_OPTION)
 
 
 @dataclass(frozen=True)
