@@ -1,0 +1,1 @@
+"""Real services the backend tests start from installed binaries, on loopback only."""
