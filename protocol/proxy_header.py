@@ -80,6 +80,12 @@ V2_FIXED_SIZE = ProxyV2Fixed.sizeof()
 #: :func:`parse_proxy_header` never asks for more.
 MAX_HEADER_SIZE = max(V1_MAX_LENGTH, V2_FIXED_SIZE + MAX_V2_PAYLOAD)
 
+#: How many of a connection's first bytes tell whether it begins with a PROXY
+#: header (:func:`starts_like_proxy_header`). A request of this protocol starts
+#: with a 16-byte client id: these bytes are the v2 signature, or ``PROXY ``
+#: and six more, in one client id out of 2**48.
+PROBE_SIZE = len(V2_SIGNATURE)
+
 #: A version 1 port: decimal, no leading zero (the specification: no octal confusion).
 _V1_PORT = re.compile(rb"0|[1-9][0-9]{0,4}")
 _MAX_PORT = 65535
@@ -157,6 +163,20 @@ def parse_proxy_header(data: bytes | bytearray | memoryview) -> ProxyHeader | _N
     if V2_SIGNATURE.startswith(data) or V1_PREFIX.startswith(data):
         return NEED_DATA
     raise ProxyHeaderError("no PROXY protocol signature")
+
+
+def starts_like_proxy_header(opening: bytes | bytearray) -> bool:
+    """Whether a connection's first :data:`PROBE_SIZE` bytes (or more) begin a PROXY header.
+
+    For a connection that must not send one: a balancer that sends headers
+    to a server that was not told to take them from it.
+    """
+    if len(opening) < PROBE_SIZE:
+        return False
+    try:
+        return parse_proxy_header(opening[:PROBE_SIZE]) is NEED_DATA
+    except ProxyHeaderError:
+        return False
 
 
 def _parse_v2(data: bytes) -> ProxyHeader | _NeedData:
@@ -270,6 +290,7 @@ __all__ = [
     "MAX_HEADER_SIZE",
     "MAX_V2_PAYLOAD",
     "NEED_DATA",
+    "PROBE_SIZE",
     "V1_MAX_LENGTH",
     "V1_PREFIX",
     "V2_SIGNATURE",
@@ -279,4 +300,5 @@ __all__ = [
     "ProxyHeader",
     "ProxyHeaderError",
     "parse_proxy_header",
+    "starts_like_proxy_header",
 ]
