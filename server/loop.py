@@ -394,7 +394,7 @@ class Server:
     def header_read(self, wait: HeaderWait, client: Peer) -> None:
         """The header named the client: admit the connection as the client's."""
         self._header_waits.discard(wait)
-        self._open_channel(wait.sock, client, via=wait.proxy)
+        self._open_channel(wait.sock, client, via=wait.proxy if client is not wait.proxy else None)
 
     def header_wait_closed(self, wait: HeaderWait) -> None:
         """A connection closed before its header was read: forget it."""
