@@ -10,14 +10,21 @@ protocol garbage, and its address is never used.
 
 from __future__ import annotations
 
+import argparse
+import ipaddress
 import re
 import socket
+import subprocess
+import sys
 import time
 
 import proxy_headers as ph
 import pytest
-from helpers import HOST, LOAD_FLAGS, RawClient, make_identity, unique_name, upload
+from helpers import HOST, LOAD_FLAGS, RawClient, make_identity, server_env, unique_name, upload
 from protocol import ClientConnection, FileReceived, GeneralError, Register, Registered
+from server.options import address_networks
+from server.peer import Peer
+from server.proxied import NO_PROXIES, ProxySources
 
 PROXY = HOST
 #: The clients the headers name (never the test's own address).
@@ -52,6 +59,41 @@ def behind(server, header: bytes, *, piece: int | None = None) -> RawClient:
         client.send_raw(header[start:start + piece])
         time.sleep(WRITE_GAP)
     return client
+
+
+def test_the_flag_takes_addresses_and_networks():
+    sources = ProxySources(address_networks("127.0.0.1, 10.1.0.0/16,::1"))
+    assert sources.networks == (ipaddress.ip_network("127.0.0.1/32"),
+                                ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("::1/128"))
+    assert sources.send_headers(Peer("10.1.255.3", 1))
+    assert sources.send_headers(Peer("::ffff:127.0.0.1", 1))  # as a dual-stack listener says it
+    assert not sources.send_headers(Peer("10.2.0.1", 1))
+    assert not sources.send_headers(Peer("127.0.0.2", 1))
+    assert not NO_PROXIES.send_headers(Peer("127.0.0.1", 1))
+
+
+@pytest.mark.parametrize("value, why", [
+    ("10.1.2.3/16", "has host bits set"),
+    ("127.0.0.1,", "''"),
+    ("proxy.example", "'proxy.example' is no address or CIDR network"),
+])
+def test_a_bad_flag_value_is_refused(value, why):
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(why)):
+        address_networks(value)
+
+
+def test_a_bad_flag_value_is_one_line_at_start(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "--data-dir", str(tmp_path),
+         "--proxy-protocol-from", "10.1.2.3/16"],
+        env=server_env(), capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "python -m server: error: argument --proxy-protocol-from: '10.1.2.3/16' is no address"
+        " or CIDR network (10.1.2.3/16 has host bits set); see python -m server --help"
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_v2_client_registers_uploads_and_is_logged_under_the_headers_address(proxied):
@@ -189,3 +231,19 @@ def test_a_balancers_plain_health_check_is_silent(proxied):
         assert isinstance(client.request(Register(client_id=bytes(16), name=unique_name())),
                           Registered)
     assert "PROXY protocol sender" not in proxied.log()
+    proxied.wait_log(r"1 connections closed without sending a byte")  # counted, as a channel's
+
+
+def test_a_header_cut_by_the_peer_is_one_line(proxied):
+    with behind(proxied, ph.v1("TCP4", CLIENT, PROXY, CLIENT_PORT, 1256)[:20]):
+        pass
+    proxied.wait_log(rf"{re.escape(PROXY)}:\d+ \(a PROXY protocol sender\) closed: closed before"
+                     r" its PROXY header \(in 20 B")
+
+
+def test_a_connection_awaiting_its_header_holds_one_of_max_connections(server_factory):
+    server = server_factory("--proxy-protocol-from", PROXY, "--max-connections", "1")
+    with behind(server, b"PROXY "):
+        with behind(server, ph.v2_tcp4(CLIENT, CLIENT_PORT)) as second:
+            assert second.closed_within(5)
+        server.wait_log(rf"{re.escape(PROXY)}:\d+ refused: 1 connections open")
