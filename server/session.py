@@ -627,10 +627,11 @@ class Session:
     def _proxy_header(self) -> bool:
         """Whether the connection began with a PROXY header: refused (1607), closed.
 
-        A connection whose header is taken never gets here (server/proxied.py
-        reads it first): this one's peer is not in ``--proxy-protocol-from``,
-        and its header's address is not trusted. Decided once, on the first
-        :data:`PROBE_SIZE` bytes, before any request can be whole.
+        A listed balancer's header was read before the session began
+        (server/proxied.py): this header comes from a peer not in
+        ``--proxy-protocol-from`` (or is a second one), and its address is
+        not trusted. Decided once, on the first :data:`PROBE_SIZE` bytes,
+        before any request can be whole.
         """
         opening = self._opening
         if opening is None or (len(opening) < PROBE_SIZE and not self._eof):

@@ -15,6 +15,7 @@ import subprocess
 import time
 
 import pytest
+
 from helpers import HOST, IO_TIMEOUT, POLL_INTERVAL, RawClient, make_identity, unique_name, upload
 from protocol import FileReceived, GeneralError, Register, Registered
 

@@ -18,8 +18,9 @@ import subprocess
 import sys
 import time
 
-import proxy_headers as ph
 import pytest
+
+import proxy_headers as ph
 from helpers import HOST, LOAD_FLAGS, RawClient, make_identity, server_env, unique_name, upload
 from protocol import ClientConnection, FileReceived, GeneralError, Register, Registered
 from server.options import address_networks
