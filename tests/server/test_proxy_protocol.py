@@ -22,7 +22,14 @@ import pytest
 
 import proxy_headers as ph
 from helpers import HOST, LOAD_FLAGS, RawClient, make_identity, server_env, unique_name, upload
-from protocol import ClientConnection, FileReceived, GeneralError, Register, Registered
+from protocol import (
+    ClientConnection,
+    FileReceived,
+    GeneralError,
+    Register,
+    Registered,
+    RegistrationFailed,
+)
 from server.options import address_networks
 from server.peer import Peer
 from server.proxied import NO_PROXIES, ProxySources
@@ -222,6 +229,18 @@ def test_per_address_limits_count_the_headers_address_not_the_balancers(server_f
         with behind(server, ph.v2_tcp4(OTHER_CLIENT, CLIENT_PORT)) as other:
             assert isinstance(other.request(Register(client_id=bytes(16), name=unique_name())),
                               Registered)
+
+
+def test_the_registration_rate_counts_the_headers_address(server_factory):
+    flags = [flag for flag in LOAD_FLAGS]
+    flags[flags.index("--registrations-per-minute") + 1] = "1"
+    server = server_factory("--proxy-protocol-from", PROXY, *flags, load_flags=())
+    answers = []
+    for client, port in ((CLIENT, CLIENT_PORT), (CLIENT, CLIENT_PORT + 1), (OTHER_CLIENT, CLIENT_PORT)):
+        with behind(server, ph.v2_tcp4(client, port)) as connection:
+            answers.append(type(connection.request(
+                Register(client_id=bytes(16), name=unique_name()))))
+    assert answers == [Registered, RegistrationFailed, Registered]
 
 
 def test_a_balancers_plain_health_check_is_silent(proxied):
