@@ -267,3 +267,14 @@ def test_a_connection_awaiting_its_header_holds_one_of_max_connections(server_fa
         with behind(server, ph.v2_tcp4(CLIENT, CLIENT_PORT)) as second:
             assert second.closed_within(5)
         server.wait_log(rf"{re.escape(PROXY)}:\d+ refused: 1 connections open")
+
+
+def test_a_stop_closes_a_connection_awaiting_its_header(proxied):
+    with behind(proxied, b"PROXY TCP4 127.0.0.7"):
+        # Accepted in order: once a later connection is served, this one is waiting.
+        with behind(proxied, ph.v2_tcp4(CLIENT, CLIENT_PORT)) as later:
+            assert isinstance(later.request(Register(client_id=bytes(16), name=unique_name())),
+                              Registered)
+        assert proxied.stop() == 0
+    proxied.wait_log(rf"{re.escape(PROXY)}:\d+ \(a PROXY protocol sender\) closed:"
+                     r" server stopping")
