@@ -81,9 +81,10 @@ V2_FIXED_SIZE = ProxyV2Fixed.sizeof()
 MAX_HEADER_SIZE = max(V1_MAX_LENGTH, V2_FIXED_SIZE + MAX_V2_PAYLOAD)
 
 #: How many of a connection's first bytes tell whether it begins with a PROXY
-#: header (:func:`starts_like_proxy_header`). A request of this protocol starts
-#: with a 16-byte client id: these bytes are the v2 signature, or ``PROXY ``
-#: and six more, in one client id out of 2**48.
+#: header (:func:`starts_like_proxy_header`): the v2 signature, or ``PROXY ``
+#: and six bytes without a line feed. A request of this protocol starts with
+#: its 16-byte client id, which begins so once in 2**48 random ids (the
+#: server's are random; a register's, which the server ignores, is zeros).
 PROBE_SIZE = len(V2_SIGNATURE)
 
 #: A version 1 port: decimal, no leading zero (the specification: no octal confusion).
