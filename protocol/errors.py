@@ -1,4 +1,13 @@
-"""The typed errors of the protocol package."""
+"""The typed errors of the protocol package.
+
+::
+
+    ProtocolError
+    ├── RemoteProtocolError     the peer broke the contract (an answer, a close flag)
+    │   └── ProxyHeaderError    no valid PROXY header where one must be (closed, unanswered)
+    ├── LocalProtocolError      we tried to build what the protocol cannot carry
+    └── CryptoError             a key or a ciphertext that does not decrypt
+"""
 
 from __future__ import annotations
 
@@ -43,3 +52,14 @@ class CryptoError(ProtocolError):
     Every decryption failure raises this same error with the same text, so that
     a peer cannot tell a bad padding from any other failure (docs/HOSTILE.md D3).
     """
+
+
+class ProxyHeaderError(RemoteProtocolError):
+    """A connection from a PROXY protocol sender began with no valid PROXY header.
+
+    The specification (HAProxy's proxy-protocol.txt) says such a connection
+    is dropped at once, unanswered: nothing is known of whom it would answer.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, close=True, answer=False)

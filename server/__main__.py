@@ -39,6 +39,7 @@ from .options import (
     DataDirError,
     DefaultsHelpFormatter,
     OneLineErrorParser,
+    address_networks,
     finite_number,
     listen_host,
     metrics_address,
@@ -48,6 +49,7 @@ from .options import (
     whole_number,
 )
 from .peer import address_group
+from .proxied import ProxySources
 from .storage import BlobStore, MetadataStore
 from .storage.commit import repair
 from .storage.factory import StoreUrls, open_stores
@@ -115,6 +117,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--log-format", default=logsetup.PLAIN, choices=logsetup.FORMATS,
         help="plain: with time and level; journal: for systemd's journal (no time of our"
         " own, the level as a <N> priority prefix)",
+    )
+    parser.add_argument(
+        "--proxy-protocol-from", metavar="CIDR[,CIDR...]", type=address_networks, default=(),
+        help="balancers whose connections begin with a PROXY protocol header (v1 or v2, as"
+        " HAProxy's send-proxy-v2 sends): the header's client address then counts for key"
+        " binding, per-address limits and logs. A connection from there without a valid"
+        " header is closed; a header from anywhere else is not trusted (default: none)",
     )
     parser.add_argument(
         "--metrics", metavar="HOST:PORT", type=metrics_address, default=None,
@@ -370,13 +379,16 @@ def _serve_with(
         )
         metadata.close()
         return EXIT_STARTUP_FAILED
-    server = Server(App.build(metadata, blobs, limits, metrics=metrics), listener)
+    proxies = ProxySources(args.proxy_protocol_from)
+    server = Server(App.build(metadata, blobs, limits, metrics=metrics), listener, proxies)
     metrics.watch_connections(lambda: len(server.channels))  # read at each scrape
     previous = {
         signum: signal.signal(signum, lambda *_: server.drain())
         for signum in _stop_signals()
     }
     announce_listening(args.host, server.address[1])
+    if proxies:
+        log.info("connections from %s must begin with a PROXY protocol header", proxies)
     try:
         server.serve_forever()
     finally:

@@ -46,6 +46,11 @@ connections rises above its level at the last such summary. Every line about
 a peer counts toward its address's budget (server/lograte.py); past it, the
 line goes to DEBUG and is counted.
 
+A connection from a PROXY protocol sender (``--proxy-protocol-from``) is a
+:class:`~server.proxied.HeaderWait` until its header is read: only then is
+its client's address known, and only then is it admitted by that address's
+limits and made a channel (server/proxied.py).
+
 A stop signal asks for a *drain* (:meth:`Server.drain`): the listener
 closes, connections that hold nothing close at once, and those inside a
 message or holding an upload (receiving, or waiting for its verdict) go on
@@ -70,6 +75,7 @@ from .errors import DurabilityLost, StorageFault
 from .outcome import InstallTicket
 from .peer import Peer
 from .phases import Receiving, Upload
+from .proxied import NO_PROXIES, HeaderWait, ProxySources
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -168,10 +174,15 @@ def _release(channel: Channel, unstored: AbstractSet[InstallTicket]) -> None:
 class Server:
     """Accepts connections and runs every channel's I/O and timers."""
 
-    def __init__(self, app: App, listener: socket.socket) -> None:
+    def __init__(
+        self, app: App, listener: socket.socket, proxies: ProxySources = NO_PROXIES
+    ) -> None:
         self.app = app
         self.listener = listener
         self.channels: set[Channel] = set()
+        #: ``--proxy-protocol-from``; connections from there wait for their header.
+        self._proxies = proxies
+        self._header_waits: set[HeaderWait] = set()
         self._per_address = OpenPerGroup()
         self._selector = selectors.DefaultSelector()
         self._recv_buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
@@ -334,40 +345,79 @@ class Server:
                 self._pause_accepting()
                 return
             peer = Peer(raw[0], raw[1], self.app.limits.ipv6_prefix)
-            refusal = self._refusal(peer)
-            if refusal:
-                level = self.app.log_limiter.level(log, peer.group, logging.WARNING)
-                log.log(level, "%s refused: %s", peer, refusal)
-                sock.close()
-                continue
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            channel = Channel(
-                sock,
-                Session(self.app, peer),
-                self._selector,
-                self._recv_buffer,
-                self.app.timers,
-                port=self,
-            )
-            self.channels.add(channel)
-            self._per_address.opened(peer)
-            self._log_connected(peer)
+            if self._proxies.send_headers(peer):
+                self._await_header(sock, peer)
+            else:
+                self._open_channel(sock, peer)
 
-    def _log_connected(self, peer: Peer) -> None:
+    def _open_channel(self, sock: socket.socket, peer: Peer, via: Peer | None = None) -> None:
+        """Admit a connection from ``peer`` (``via`` a PROXY protocol sender), or refuse it."""
+        refusal = self._refusal(peer)
+        if refusal:
+            self._refuse(sock, peer, refusal)
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        channel = Channel(
+            sock,
+            Session(self.app, peer),
+            self._selector,
+            self._recv_buffer,
+            self.app.timers,
+            port=self,
+        )
+        self.channels.add(channel)
+        self._per_address.opened(peer)
+        self._log_connected(peer, via)
+
+    def _refuse(self, sock: socket.socket, peer: Peer, refusal: str) -> None:
+        level = self.app.log_limiter.level(log, peer.group, logging.WARNING)
+        log.log(level, "%s refused: %s", peer, refusal)
+        sock.close()
+
+    def _await_header(self, sock: socket.socket, proxy: Peer) -> None:
+        """A connection from a PROXY protocol sender: read its header (server/proxied.py).
+
+        Its own address is the sender's, which speaks for many clients: only
+        ``--max-connections`` applies until the header names the client.
+        """
+        refusal = self._refusal(proxy, by_address=False)
+        if refusal:
+            self._refuse(sock, proxy, refusal)
+            return
+        sock.setblocking(False)
+        self._header_waits.add(HeaderWait(
+            sock, proxy, self._selector, self.app.timers, self.app.log_limiter,
+            self.app.limits.message_deadline, port=self,
+        ))
+
+    def header_read(self, wait: HeaderWait, client: Peer) -> None:
+        """The header named the client: admit the connection as the client's."""
+        self._header_waits.discard(wait)
+        self._open_channel(wait.sock, client, via=wait.proxy if client is not wait.proxy else None)
+
+    def header_wait_closed(self, wait: HeaderWait) -> None:
+        """A connection closed before its header was read: forget it."""
+        self._header_waits.discard(wait)
+        if wait.silent:
+            self._silent_closed += 1
+
+    def _log_connected(self, peer: Peer, via: Peer | None) -> None:
         """INFO while the open count rises (load coming), DEBUG in churn."""
         level = logging.DEBUG
         if len(self.channels) > self._open_mark:
             self._open_mark = len(self.channels)
             level = self.app.log_limiter.level(log, peer.group, logging.INFO)
-        log.log(level, "%s connected (%d open)", peer, len(self.channels))
+        through = f" through {via}" if via is not None else ""
+        log.log(level, "%s connected%s (%d open)", peer, through, len(self.channels))
 
-    def _refusal(self, peer: Peer) -> str | None:
+    def _refusal(self, peer: Peer, *, by_address: bool = True) -> str | None:
+        """Why a connection is refused: the open count, or (``by_address``) its address's."""
         limits = self.app.limits
-        if len(self.channels) >= limits.max_connections:
+        if len(self.channels) + len(self._header_waits) >= limits.max_connections:
             return f"{limits.max_connections} connections open"
         per_address = limits.max_connections_per_address
-        if per_address and self._per_address.count(peer) >= per_address:
+        if by_address and per_address and self._per_address.count(peer) >= per_address:
             return f"{per_address} connections open from this address"
         return None
 
@@ -478,6 +528,8 @@ class Server:
                 "stop asked: draining %d connection(s) for up to %g s (a second signal stops now)",
                 len(self.channels), self.app.limits.drain_timeout,
             )
+        for wait in list(self._header_waits):
+            wait.close("server stopping")
         for channel in list(self.channels):
             if channel.idle and not self.app.uploads.held_by(channel.peer):
                 channel.close("server stopping")
@@ -523,6 +575,8 @@ class Server:
             return
         self._closed_down = True
         self._stop_accepting()
+        for wait in list(self._header_waits):
+            wait.close("server stopping")
         for channel in list(self.channels):
             channel.close("server stopping")
         self.app.uploads.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
 import math
 import os
 import socket
@@ -109,6 +110,27 @@ def metrics_address(text: str) -> tuple[str, int]:
             f"expected HOST:PORT, as in 127.0.0.1:9100, got {text!r}"
         )
     return listen_host(host), port_number(port_text)
+
+
+#: Separates the networks of a list option (``--proxy-protocol-from``).
+LIST_SEPARATOR = ","
+
+
+def address_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Networks in CIDR form or single addresses, comma-separated (``127.0.0.1,10.1.0.0/16``).
+
+    A network with host bits set (``10.1.2.3/16``) is refused rather than
+    widened: these lists say whom the server trusts.
+    """
+    networks = []
+    for item in text.split(LIST_SEPARATOR):
+        try:
+            networks.append(ipaddress.ip_network(item.strip()))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{item.strip()!r} is no address or CIDR network ({exc})"
+            ) from None
+    return tuple(networks)
 
 
 def whole_number(text: str) -> int:

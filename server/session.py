@@ -104,6 +104,7 @@ from protocol.wire import RESPONSE_HEADER_SIZE
 from protocol.editions import EDITION_2023C, EDITION_2024A, EDITIONS, V3, Edition
 from protocol.events import Request, Response
 from protocol.incoming import MAX_ZERO_FILL
+from protocol.proxy_header import PROBE_SIZE, starts_like_proxy_header
 
 from . import crashpoints
 from .app import App
@@ -263,6 +264,8 @@ class Session:
         self._registers_only = True
         #: Clients whose edition this connection has checked.
         self._settled: set[bytes] = set()
+        #: The connection's first bytes, until they tell a PROXY header (:meth:`_proxy_header`).
+        self._opening: bytearray | None = bytearray()
 
     # -- input ----------------------------------------------------------------
 
@@ -275,6 +278,8 @@ class Session:
         self._last_recv = self.app.monotonic()
         if not data:
             self._eof = True
+        if self._opening is not None:
+            self._opening += data[:PROBE_SIZE - len(self._opening)]
         self._decoder.receive_data(data, lent=lent)
 
     def keep_unread(self) -> None:
@@ -285,6 +290,8 @@ class Session:
         """Handle the next event of the stream (call until NEED_DATA or CLOSE)."""
         if self.verdict is not None:
             return Step.CLOSE
+        if self._proxy_header():
+            return self._after(Step.REQUEST)
         try:
             event = self._decoder.next_event()
         except RemoteProtocolError as exc:
@@ -616,6 +623,26 @@ class Session:
             self._count_error(close=False)
 
     # -- refusals (Rule 3) -------------------------------------------------------
+
+    def _proxy_header(self) -> bool:
+        """Whether the connection began with a PROXY header: refused (1607), closed.
+
+        A listed balancer's header was read before the session began
+        (server/proxied.py): this header comes from a peer not in
+        ``--proxy-protocol-from`` (or is a second one), and its address is
+        not trusted. Decided once, on the first :data:`PROBE_SIZE` bytes,
+        before any request can be whole.
+        """
+        opening = self._opening
+        if opening is None or (len(opening) < PROBE_SIZE and not self._eof):
+            return False
+        self._opening = None
+        if not starts_like_proxy_header(opening):
+            return False
+        self._on_broken_stream(RemoteProtocolError(
+            "a PROXY protocol header, from an address not in --proxy-protocol-from"
+        ))
+        return True
 
     def _on_broken_stream(self, exc: RemoteProtocolError) -> None:
         """The decoder refused the stream (bad header, size, name...)."""

@@ -25,6 +25,7 @@ from helpers import (
     raw_header,
     unique_name,
 )
+import proxy_headers
 from hostile_helpers import Guard, client_files, db_rows, file_count, proc_status, temp_files, wait_count
 from timing_helpers import (
     HANG_TIMEOUT,
@@ -470,4 +471,81 @@ def test_a7_version_byte_0_or_255(server, version):
         assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
         assert type(request(CrcOk(client_id=identity.client_id, file_name="v.bin"))).__name__ == "Acknowledged"
     assert db_rows(server, "SELECT Verified FROM files WHERE ID = ?", identity.client_id) == [(1,)]
+    guard.check()
+
+
+# -- A8: PROXY protocol headers ----------------------------------------------------------------------
+
+#: The balancer listed in --proxy-protocol-from, and an attacker that is not.
+BALANCER = "127.0.0.3"
+SPOOFER = "127.0.0.4"
+
+
+def test_a8_a_header_from_an_unlisted_peer_is_refused_and_its_address_unused(server_factory):
+    server = server_factory("--proxy-protocol-from", BALANCER)
+    guard = Guard(server)
+    victim = guard.identity
+    # The header names the bystander's own address, 127.0.0.1, where its key is bound.
+    spoof = proxy_headers.v2_tcp4("127.0.0.1", 40000)
+    (packet,) = file_packets(victim, "bystander.bin", os.urandom(100))
+    with server.client(source=SPOOFER) as client:
+        client.send_raw(spoof + packet_bytes(packet))
+        assert [type(r) for r in replies_until_closed(client, HANG_TIMEOUT)] == [GeneralError]
+    server.wait_log(rf"{SPOOFER}:\d+ - - -> 1607 refused .*a PROXY protocol header, from an"
+                    r" address not in --proxy-protocol-from")
+    guard.check()
+
+
+@pytest.mark.parametrize("opening", [
+    b"",  # no header: the first request straight away
+    proxy_headers.v1("TCP4", "127.0.0.1", BALANCER, 1, 2)[:-2] + b"\n",
+    proxy_headers.SIGNATURE + bytes([proxy_headers.V2_PROXY, proxy_headers.TCP4]) + b"\xff\xff",
+], ids=["no header", "broken v1", "oversized v2"])
+def test_a8_a_listed_balancer_without_a_valid_header_is_closed_at_once(server_factory, opening):
+    server = server_factory("--proxy-protocol-from", BALANCER)
+    guard = Guard(server)
+    register = ClientConnection().send(Register(client_id=ANY_ID, name=unique_name()))
+    with server.client(source=BALANCER) as balancer:
+        balancer.send_raw(opening + register)
+        assert replies_until_closed(balancer, HANG_TIMEOUT) == []
+    server.wait_log(rf"{BALANCER}:\d+ \(a PROXY protocol sender\) closed: no valid PROXY header")
+    assert "825" not in server.log().split("PROXY protocol sender")[-1]
+    guard.check()
+
+
+def test_a8_a_dribbled_header_is_cut_at_the_deadline_while_others_are_served(server_factory):
+    deadline = 1.5
+    server = server_factory("--proxy-protocol-from", BALANCER, "--message-deadline", str(deadline))
+    guard = Guard(server)
+    with server.client() as fast:
+        alone = timed(lambda: make_identity(fast))  # the baseline: nothing dribbles yet
+    header = proxy_headers.v2_tcp4("127.0.0.9", 40000)
+    slow = server.client(source=BALANCER)
+    stop = threading.Event()
+    dribbled = []
+
+    def dribble():
+        for byte in header:
+            if stop.is_set():
+                return
+            try:
+                slow.send_raw(bytes([byte]))
+            except OSError:
+                return
+            dribbled.append(byte)
+            time.sleep(TRICKLE_PAUSE)
+
+    thread = threading.Thread(target=dribble)
+    thread.start()
+    try:
+        wait_until(lambda: dribbled, "the dribble started")
+        with server.client() as fast:
+            assert within_load(timed(lambda: make_identity(fast)), alone)
+        assert slow.closed_within(deadline + HANG_TIMEOUT)
+        assert len(dribbled) < len(header), "closed only once the header was whole"
+    finally:
+        stop.set()
+        thread.join()
+        slow.close()
+    server.wait_log(rf"{BALANCER}:\d+ \(a PROXY protocol sender\) closed: timed out: no PROXY header")
     guard.check()
