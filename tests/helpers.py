@@ -89,11 +89,13 @@ class ServerProcess:
     data_dir: Path
     log_path: Path
     port: int = 0
+    #: The loopback address it listens on (a cluster's nodes each have their own).
+    host: str = HOST
 
     @property
     def address(self) -> tuple[str, int]:
         """Where it listens."""
-        return HOST, self.port
+        return self.host, self.port
 
     def log(self) -> str:
         """Everything it logged so far."""
@@ -132,23 +134,28 @@ def start_server(
     port: int = 0,
     wait: bool = True,
     load_flags: tuple[str, ...] = LOAD_FLAGS,
+    host: str = HOST,
+    env: dict[str, str] | None = None,
 ) -> ServerProcess:
-    """Start the real server in data_dir; with ``wait``, until it listens."""
+    """Start the real server in data_dir; with ``wait``, until it listens.
+
+    ``env`` adds variables to :func:`server_env` (an object store's credentials).
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"{data_dir.name}-server-{time.monotonic_ns()}.log"
-    args = [sys.executable, "-m", "server", "--host", HOST, "--data-dir", str(data_dir)]
+    args = [sys.executable, "-m", "server", "--host", host, "--data-dir", str(data_dir)]
     if port is not None:
         args += ["--port", str(port)]
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             [*args, *load_flags, *flags],
             cwd=data_dir,
-            env=server_env(),
+            env={**server_env(), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    server = ServerProcess(process, data_dir, log_path)
+    server = ServerProcess(process, data_dir, log_path, host=host)
     if wait:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
