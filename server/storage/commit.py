@@ -199,21 +199,21 @@ def discard_pending(
 
 
 def remove_client(metadata: MetadataStore, blobs: BlobStore, client_id: bytes) -> None:
-    """Step 5: trash the client's folder, delete its rows, delete the folder.
+    """Step 5: take the client's blobs out, delete its rows, delete the blobs.
 
     Raises:
         StorageFault: a step failed; whatever began is finished by the next
             call or by start-up repair.
     """
     blobs.begin_removal(client_id)
-    crashpoints.reached("remove.trashed")
+    crashpoints.reached("remove.begun")
     _finish_removal(metadata, blobs, client_id)
 
 
 def _finish_removal(metadata: MetadataStore, blobs: BlobStore, client_id: bytes) -> None:
     with metadata.transaction():
         metadata.forget_client(client_id)
-    metadata.sync()  # the rows are gone for good before the folder goes
+    metadata.sync()  # the rows are gone for good before the blobs go
     crashpoints.reached("remove.forgotten")
     blobs.finish_removal(client_id)
 

@@ -118,7 +118,7 @@ class TempFile:
         except OSError as exc:
             raise _storage_fault("cannot create a temp file", exc) from exc
         self._open = True
-        crashpoints.reached("temp.created")
+        crashpoints.reached("write.begun")
 
     @property
     def path(self) -> Path:
@@ -141,7 +141,7 @@ class TempFile:
                 self._write_back()
         except OSError as exc:
             raise _storage_fault("cannot write a received file", exc) from exc
-        crashpoints.reached("temp.written")
+        crashpoints.reached("write.appended")
 
     def _write_back(self) -> None:
         """Start writing the new dirty range out; drop what is already written."""
@@ -165,7 +165,7 @@ class TempFile:
             raise _storage_fault("cannot sync a received file", exc) from exc
         finally:
             os.close(self._fd)
-        crashpoints.reached("temp.synced")
+        crashpoints.reached("write.sealed")
 
     def abort(self) -> None:
         """Close and remove the upload's file (gone already once published); never raises."""
@@ -296,11 +296,11 @@ class FolderBlobs:
                 if not self.exists(path_name):
                     raise
             else:
-                crashpoints.reached("temp.renamed")
+                crashpoints.reached("publish.placed")
             _fsync_dir(target.parent)
         except OSError as exc:
             raise _storage_fault("cannot install a received file", exc) from exc
-        crashpoints.reached("temp.dir_synced")
+        crashpoints.reached("publish.durable")
 
     def open(self, path_name: str) -> BinaryIO:
         """A stored file, opened for reading (never through a symlink, never blocking on a fifo).
