@@ -98,12 +98,25 @@ class RequestReads:
     # -- clients -----------------------------------------------------------------------
 
     def client_by_id(self, client_id: bytes) -> ClientRow | None:
-        """The client with this id, if any (read once per request)."""
+        """The client with this id, if any (read once per request, with its binding)."""
         if not self._active:
             return self.store.client_by_id(client_id)
-        if client_id not in self._clients:
-            self._clients[client_id] = self.store.client_by_id(client_id)
+        self._read(client_id)
         return self._clients[client_id]
+
+    def client_and_binding(self, client_id: bytes) -> tuple[ClientRow | None, Binding | None]:
+        """The client and its binding (read once per request)."""
+        if not self._active:
+            return self.store.client_and_binding(client_id)
+        self._read(client_id)
+        return self._clients[client_id], self._bindings[client_id]
+
+    def _read(self, client_id: bytes) -> None:
+        """Inside a request: the client's row and binding are cached, read in one call."""
+        if client_id not in self._clients or client_id not in self._bindings:
+            self._clients[client_id], self._bindings[client_id] = (
+                self.store.client_and_binding(client_id)
+            )
 
     def client_by_name(self, name: str) -> ClientRow | None:
         """The client with this name, if any (a row this request read, if it has the name)."""
@@ -201,8 +214,7 @@ class RequestReads:
         """Who may use the client's key, and since when (read once per request)."""
         if not self._active:
             return self.store.binding(client_id)
-        if client_id not in self._bindings:
-            self._bindings[client_id] = self.store.binding(client_id)
+        self._read(client_id)
         return self._bindings[client_id]
 
     def set_binding(self, client_id: bytes, address: str, now: float) -> None:

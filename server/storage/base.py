@@ -193,6 +193,14 @@ class MetadataStore(Protocol):
 
     # clients
     def client_by_id(self, client_id: bytes) -> ClientRow | None: ...
+    def client_and_binding(self, client_id: bytes) -> tuple[ClientRow | None, Binding | None]:
+        """The client with this id and its key binding, in one read (what a request checks).
+
+        The binding is what :meth:`binding` returns (a noted use counted); a
+        binding belongs to its client: None for both when there is no client.
+        """
+        ...
+
     def client_by_name(self, name: str) -> ClientRow | None: ...
     def count_clients(self, group: str | None = None) -> int:
         """How many clients are registered, or registered from one address group.

@@ -193,6 +193,11 @@ class MemoryMetadata:
         found = self._clients.get(client_id)
         return None if found is None else found.row
 
+    def client_and_binding(self, client_id: bytes) -> tuple[ClientRow | None, Binding | None]:
+        """The client with this id and its binding (None for both without a client)."""
+        client = self.client_by_id(client_id)
+        return client, None if client is None else self.binding(client_id)
+
     def client_by_name(self, name: str) -> ClientRow | None:
         """The client with this name, if any."""
         self._check_open()

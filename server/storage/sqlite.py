@@ -178,6 +178,14 @@ _REQUIRED_COLUMNS = {
 _CLIENT_COLUMNS = "ID, Name, PublicKey, LastSeen, AESKey, Edition, Crc, RegisteredFrom"
 _SELECT_CLIENT_BY_ID = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE ID = ?"
 _SELECT_CLIENT_BY_NAME = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = ?"
+_BINDING_COLUMNS = "ID, Address, IssuedAt, LastUsed"
+#: A request's reads of its client: the row and its binding, one statement.
+_SELECT_CLIENT_AND_BINDING = (
+    "SELECT " + ", ".join(f"c.{column}" for column in _CLIENT_COLUMNS.split(", "))
+    + ", " + ", ".join(f"b.{column}" for column in _BINDING_COLUMNS.split(", "))
+    + " FROM clients c LEFT JOIN key_bindings b ON b.ID = c.ID WHERE c.ID = ?"
+)
+_CLIENT_COLUMN_COUNT = len(_CLIENT_COLUMNS.split(", "))
 _COUNT_CLIENTS = "SELECT Clients FROM temp.client_total"
 _COUNT_GROUP_CLIENTS = "SELECT Clients FROM temp.client_groups WHERE AddressGroup = ?"
 #: Through the index clients_keyless.
@@ -220,7 +228,7 @@ _SET_VERIFIED = "UPDATE files SET Verified = ? WHERE ID = ? AND FileName = ?"
 _DELETE_FILE = "DELETE FROM files WHERE ID = ? AND FileName = ?"
 _SET_CONTENT = "UPDATE files SET Size = ?, Cksum = ? WHERE ID = ? AND FileName = ?"
 _DELETE_CLIENT_FILES = "DELETE FROM files WHERE ID = ?"
-_SELECT_BINDING = "SELECT ID, Address, IssuedAt, LastUsed FROM key_bindings WHERE ID = ?"
+_SELECT_BINDING = f"SELECT {_BINDING_COLUMNS} FROM key_bindings WHERE ID = ?"
 _UPSERT_BINDING = (
     "INSERT INTO key_bindings (ID, Address, IssuedAt, LastUsed) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (ID) DO UPDATE SET Address = excluded.Address,"
@@ -569,6 +577,17 @@ class SqliteMetadata:
         return _client(row)
 
     @_translated
+    def client_and_binding(self, client_id: bytes) -> tuple[ClientRow | None, Binding | None]:
+        """The client and its binding: one SELECT, the binding LEFT JOINed."""
+        row = self._db.execute(_SELECT_CLIENT_AND_BINDING, (client_id,)).fetchone()
+        if row is None:
+            return None, None
+        binding = row[_CLIENT_COLUMN_COUNT:]
+        return _client(row[:_CLIENT_COLUMN_COUNT]), (
+            None if binding[0] is None else self._binding(binding)
+        )
+
+    @_translated
     def client_by_name(self, name: str) -> ClientRow | None:
         """The client with this name, if any."""
         row = self._db.execute(_SELECT_CLIENT_BY_NAME, (name,)).fetchone()
@@ -725,9 +744,11 @@ class SqliteMetadata:
     def binding(self, client_id: bytes) -> Binding | None:
         """Who may use the client's key, and since when."""
         row = self._db.execute(_SELECT_BINDING, (client_id,)).fetchone()
-        if row is None:
-            return None
-        used = max(row[3], self._used.get(client_id, row[3]))
+        return None if row is None else self._binding(row)
+
+    def _binding(self, row: tuple) -> Binding:
+        """A key_bindings row, a noted use counted."""
+        used = max(row[3], self._used.get(row[0], row[3]))
         return Binding(id=row[0], address=row[1], issued_at=row[2], last_used=used)
 
     @_translated

@@ -203,6 +203,18 @@ def test_a_binding_records_its_address_and_the_last_use(metadata):
     assert metadata.binding(BOB) is None
 
 
+def test_a_client_and_its_binding_are_read_together_as_each_alone(metadata):
+    register(metadata, ALICE, "alice", "127.0.0.5", now=NOW)
+    with metadata.transaction():
+        metadata.insert_client(BOB, "bob", NOW, "v3", "127.0.0.6")  # no binding yet
+    metadata.note_key_used(ALICE, NOW + 30)  # a noted use counts, as in binding()
+    assert metadata.client_and_binding(ALICE) == (
+        metadata.client_by_id(ALICE), metadata.binding(ALICE))
+    assert metadata.client_and_binding(ALICE)[1].last_used == NOW + 30
+    assert metadata.client_and_binding(BOB) == (metadata.client_by_id(BOB), None)
+    assert metadata.client_and_binding(b"c" * 16) == (None, None)
+
+
 # -- files -----------------------------------------------------------------------------
 
 
