@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Iterator
+from typing import Collection, Iterator
 
 from .storage import Binding, ClientRow, FileRow, MetadataStore
 
@@ -207,6 +207,9 @@ class RequestReads:
 
     def set_content(self, client_id: bytes, file_name: bytes, size: int, cksum: int) -> None:
         self.store.set_content(client_id, file_name, size, cksum)
+
+    def referenced_keys(self, keys: Collection[str]) -> set[str]:
+        return self.store.referenced_keys(keys)
 
     # -- key bindings ------------------------------------------------------------------
 

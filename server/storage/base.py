@@ -39,13 +39,16 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Iterable, Mapping, Protocol
+from typing import BinaryIO, Collection, Iterable, Mapping, Protocol
 
 #: Texts of recent seconds kept for LastSeen (a clock that steps back reuses one).
 _SECONDS_KEPT = 4
 _US = 1_000_000
 #: Random bytes in a blob key (shown as hex: safe as a file or object name).
 BLOB_KEY_BYTES = 16
+#: The most keys one :meth:`MetadataStore.referenced_keys` is asked about
+#: (a query's parameters: SQLite took at most 999 before 3.32).
+KEYS_PER_QUERY = 500
 
 
 def new_blob_key() -> str:
@@ -275,6 +278,14 @@ class MetadataStore(Protocol):
 
     def set_content(self, client_id: bytes, file_name: bytes, size: int, cksum: int) -> None:
         """Record the stored content's size and cksum (checked by ``admin verify``)."""
+        ...
+
+    def referenced_keys(self, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` that a file row points at (``BlobKey`` or ``PendingKey``).
+
+        Costs what it is asked, not what is kept (the sweeper asks it about
+        the blobs it finds, in batches of at most :data:`KEYS_PER_QUERY`).
+        """
         ...
 
     # key bindings

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Collection, Iterable, Iterator
 
 from ..errors import BlobMissing, NameTaken, StorageFault
 from ..peer import address_group
@@ -73,6 +73,8 @@ class MemoryMetadata:
         #: The client counts kept with the rows: in all, and per address group.
         self._total = 0
         self._groups: dict[str, int] = {}
+        #: How many row pointers (BlobKey, PendingKey) name each blob key, kept with the rows.
+        self._pointers: dict[str, int] = {}
         self._seen: dict[bytes, float] = {}
         self._used: dict[bytes, float] = {}
         #: The undo logs of the open transactions, innermost last.
@@ -100,10 +102,24 @@ class MemoryMetadata:
             if isinstance(value, _Client):
                 self._count(value.row, 1)
                 self._names[value.row.name] = value.row.id
+        if table is self._files:  # so does the pointer index
+            if isinstance(old, _File):
+                self._point(old.row, -1)
+            if isinstance(value, _File):
+                self._point(value.row, 1)
         if value is None:
             table.pop(key, None)
         else:
             table[key] = value
+
+    def _point(self, row: FileRow, step: int) -> None:
+        for key in (row.blob_key, row.pending_key):
+            if key is not None:
+                count = self._pointers.get(key, 0) + step
+                if count > 0:
+                    self._pointers[key] = count
+                else:
+                    self._pointers.pop(key, None)
 
     def _count(self, row: ClientRow, step: int) -> None:
         self._total += step
@@ -341,6 +357,11 @@ class MemoryMetadata:
     def set_content(self, client_id: bytes, file_name: bytes, size: int, cksum: int) -> None:
         """Record the size and cksum of a file's content."""
         self._update_file(client_id, bytes(file_name), size=size, cksum=cksum)
+
+    def referenced_keys(self, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` a row points at (an index kept with the rows)."""
+        self._check_open()
+        return {key for key in keys if self._pointers.get(key)}
 
     def delete_file(self, client_id: bytes, file_name: bytes) -> None:
         """Remove a file's row."""

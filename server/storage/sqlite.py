@@ -38,7 +38,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Callable, Collection, Iterator, ParamSpec, TypeVar
 
 from ..errors import BadStoreUrl, DurabilityLost, NameTaken, StorageFault, StoreUnusable
 from ..peer import address_group
@@ -143,6 +143,10 @@ _INDEXES = (
     " WHERE PublicKey IS NULL",
     "CREATE INDEX IF NOT EXISTS clients_unused ON clients (UnusedSince)"
     " WHERE PublicKey IS NOT NULL AND UnusedSince IS NOT NULL",
+    # The rows pointing at a blob, so that the sweeper reads what it asks about.
+    "CREATE INDEX IF NOT EXISTS files_blob_key ON files (BlobKey) WHERE BlobKey IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS files_pending_key ON files (PendingKey)"
+    " WHERE PendingKey IS NOT NULL",
 )
 #: The SQL function that gives an address's group (server/peer.py), for _COUNTS.
 _GROUP_FUNCTION = "address_group"
@@ -227,6 +231,11 @@ _PROMOTE_PENDING = (
 _SET_VERIFIED = "UPDATE files SET Verified = ? WHERE ID = ? AND FileName = ?"
 _DELETE_FILE = "DELETE FROM files WHERE ID = ? AND FileName = ?"
 _SET_CONTENT = "UPDATE files SET Size = ?, Cksum = ? WHERE ID = ? AND FileName = ?"
+#: Through the indexes files_blob_key and files_pending_key: ``{marks}`` is one ``?`` per key.
+_REFERENCED_KEYS = (
+    "SELECT BlobKey FROM files WHERE BlobKey IN ({marks})"
+    " UNION SELECT PendingKey FROM files WHERE PendingKey IN ({marks})"
+)
 _DELETE_CLIENT_FILES = "DELETE FROM files WHERE ID = ?"
 _SELECT_BINDING = f"SELECT {_BINDING_COLUMNS} FROM key_bindings WHERE ID = ?"
 _UPSERT_BINDING = (
@@ -732,6 +741,15 @@ class SqliteMetadata:
     def set_content(self, client_id: bytes, file_name: bytes, size: int, cksum: int) -> None:
         """Record the size and cksum of the content a file's row now stands for."""
         self._db.execute(_SET_CONTENT, (size, cksum, client_id, file_name_value(file_name)))
+
+    @_translated
+    def referenced_keys(self, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` a row points at: two index lookups per key."""
+        if not keys:
+            return set()
+        listed = list(keys)
+        query = _REFERENCED_KEYS.format(marks=", ".join("?" * len(listed)))
+        return {row[0] for row in self._db.execute(query, listed + listed)}
 
     @_translated
     def delete_file(self, client_id: bytes, file_name: bytes) -> None:

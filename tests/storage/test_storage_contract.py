@@ -524,6 +524,22 @@ def test_repair_rolls_back_a_first_upload_and_deletes_garbage_and_stale_pointers
     aborted.abort()
 
 
+def test_referenced_keys_are_those_a_row_points_at_now(metadata):
+    register(metadata, ALICE, "alice")
+    current, pending, unknown = new_blob_key(), new_blob_key(), new_blob_key()
+    with metadata.transaction():
+        metadata.upsert_file(ALICE, b"f", "f", current)
+        metadata.set_pending(ALICE, b"f", pending)
+    assert metadata.referenced_keys([current, pending, unknown]) == {current, pending}
+    assert metadata.referenced_keys([]) == set()
+    with metadata.transaction():
+        metadata.promote_pending(ALICE, b"f", pending)
+    assert metadata.referenced_keys([current, pending]) == {pending}
+    with metadata.transaction():
+        metadata.delete_file(ALICE, b"f")
+    assert metadata.referenced_keys([current, pending]) == set()
+
+
 # -- the garbage sweeper ----------------------------------------------------------------
 
 
