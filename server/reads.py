@@ -182,9 +182,6 @@ class RequestReads:
     def file_rows(self) -> list[FileRow]:
         return self.store.file_rows()
 
-    def path_names(self, client_id: bytes) -> list[str]:
-        return self.store.path_names(client_id)
-
     def stored_bytes(self, client_id: bytes) -> int:
         return self.store.stored_bytes(client_id)
 

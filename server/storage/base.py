@@ -39,7 +39,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Collection, Iterable, Mapping, Protocol
+from typing import BinaryIO, Collection, Mapping, Protocol
 
 #: Texts of recent seconds kept for LastSeen (a clock that steps back reuses one).
 _SECONDS_KEPT = 4
@@ -254,7 +254,6 @@ class MetadataStore(Protocol):
     # files
     def file_row(self, client_id: bytes, file_name: bytes) -> FileRow | None: ...
     def file_rows(self) -> list[FileRow]: ...
-    def path_names(self, client_id: bytes) -> list[str]: ...
     def stored_bytes(self, client_id: bytes) -> int:
         """The plaintext bytes of the client's stored files, verified or not."""
         ...
@@ -357,8 +356,17 @@ class BlobStore(BlobReader, Protocol):
         """
         ...
 
-    def new_path_name(self, client_id: bytes, file_name: bytes, taken: Iterable[str]) -> str:
-        """The path name for a file's first upload, distinct from ``taken``."""
+    def new_path_name(self, client_id: bytes, file_name: bytes, key: str) -> str:
+        """The path name for the first upload of ``file_name``, whose blob is ``key``.
+
+        Distinct from what the client's stored blobs are read by and from
+        the names given to its other uploads not yet published: the store
+        holds the name for ``key`` until that blob is published, aborted or
+        deleted.
+
+        Raises:
+            StorageFault: no distinct name is left.
+        """
         ...
 
     def delete(self, path_name: str) -> None:

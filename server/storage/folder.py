@@ -17,13 +17,14 @@ upload's file.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
 import shutil
 import stat
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Callable
 
 from protocol.printable import quoted
 
@@ -103,9 +104,13 @@ _FADVISE = getattr(os, "posix_fadvise", None)
 class TempFile:
     """An upload being written: ``.tmp-<key>`` in the client's folder (a :class:`BlobWriter`)."""
 
-    def __init__(self, directory: Path, key: str) -> None:
+    def __init__(
+        self, directory: Path, key: str, on_abort: Callable[[], None] = lambda: None
+    ) -> None:
         if not _is_key_name(key):
             raise StorageFault(f"{quoted(key)} is not a blob key")
+        #: What the store lets go of when the upload is aborted (its name).
+        self._on_abort = on_abort
         self.directory = directory
         self.key = key
         self.name = f"{TEMP_PREFIX}{key}"
@@ -169,6 +174,7 @@ class TempFile:
 
     def abort(self) -> None:
         """Close and remove the upload's file (gone already once published); never raises."""
+        self._on_abort()
         if self._open:
             self._open = False
             try:
@@ -222,6 +228,8 @@ class FolderBlobs:
 
     def _set_up(self, root: Path, create: bool) -> None:
         self.root = root
+        #: The stored names given to uploads not yet published: key -> (client, name).
+        self._named: dict[str, tuple[bytes, str]] = {}
         if not create:
             try:
                 if root.exists():
@@ -243,14 +251,33 @@ class FolderBlobs:
         """The path name of a stored name: relative to the data folder, with ``/``."""
         return f"{RECEIVED_DIR}/{client_dir_name(client_id)}/{name}"
 
-    def new_path_name(self, client_id: bytes, file_name: bytes, taken: Iterable[str]) -> str:
-        """A safe stored name for ``file_name``, distinct from ``taken`` even ignoring case.
+    def new_path_name(self, client_id: bytes, file_name: bytes, key: str) -> str:
+        """A safe stored name for ``file_name``, held for ``key`` until it is published.
+
+        Distinct, even ignoring case, from the names in the client's folder
+        and those given to its other uploads not yet published.
 
         Raises:
-            StorageFault: no distinct name is left.
+            StorageFault: no distinct name is left, or the folder cannot be read.
         """
-        names = (path.rsplit("/", 1)[-1] for path in taken)
-        return self.path_name(client_id, unique_stored_name(file_name, names))
+        held = [name for owner, name in self._named.values() if owner == client_id]
+        name = unique_stored_name(file_name, [*self._names_in(client_id), *held])
+        self._named[key] = (client_id, name)
+        return self.path_name(client_id, name)
+
+    def _names_in(self, client_id: bytes) -> list[str]:
+        """The stored names in the client's folder (none if it has no folder yet).
+
+        Raises:
+            StorageFault: the folder cannot be read.
+        """
+        try:
+            with os.scandir(self.root / client_dir_name(client_id)) as entries:
+                return [entry.name for entry in entries if not entry.name.startswith(".")]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise _storage_fault("cannot list a client folder", exc) from exc
 
     def client_dir(self, client_id: bytes) -> Path:
         """The client's folder, created on demand; never a symlink.
@@ -273,7 +300,11 @@ class FolderBlobs:
         Raises:
             StorageFault: it cannot be created (or ``key`` is not a blob key).
         """
-        return TempFile(self.client_dir(client_id), key)
+        return TempFile(self.client_dir(client_id), key, functools.partial(self._let_go, key))
+
+    def _let_go(self, key: str) -> None:
+        """The name held for ``key`` is free again (its upload was aborted)."""
+        self._named.pop(key, None)
 
     def publish(self, key: str, path_name: str) -> None:
         """Rename ``.tmp-<key>`` onto ``path_name`` (atomic), then sync the folder.
@@ -300,6 +331,7 @@ class FolderBlobs:
             _fsync_dir(target.parent)
         except OSError as exc:
             raise _storage_fault("cannot install a received file", exc) from exc
+        self._named.pop(key, None)  # the folder holds the name from now on
         crashpoints.reached("publish.durable")
 
     def open(self, path_name: str) -> BinaryIO:
@@ -381,6 +413,7 @@ class FolderBlobs:
         name = f"{TEMP_PREFIX}{blob.key}"
         if "/" in name or "\\" in name or blob.key in ("", ".", ".."):
             raise StorageFault(f"{quoted(blob.key)} is not a blob key")
+        self._named.pop(blob.key, None)
         path = self.root / client_dir_name(blob.client_id) / name
         try:
             path.unlink(missing_ok=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Collection, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Collection, Iterator
 
 from ..errors import BlobMissing, NameTaken, StorageFault
 from ..peer import address_group
@@ -310,10 +310,6 @@ class MemoryMetadata:
         self._check_open()
         return [found.row for found in self._files.values()]
 
-    def path_names(self, client_id: bytes) -> list[str]:
-        """The path name of every file the client has."""
-        return [found.row.path_name for key, found in self._files.items() if key[0] == client_id]
-
     def stored_bytes(self, client_id: bytes) -> int:
         """The recorded size of every file the client has, verified or not."""
         return sum(
@@ -434,6 +430,7 @@ class MemoryWriter:
     def abort(self) -> None:
         """Forget the blob; never raises."""
         self.aborted = True
+        self._store.named.pop(self.key, None)
         self._store.writers.pop(self.key, None)
 
     @property
@@ -457,6 +454,8 @@ class MemoryBlobs:
         self.blobs: dict[str, bytes] = {}
         #: Uploads written under their keys and not published, by key.
         self.writers: dict[str, MemoryWriter] = {}
+        #: The stored names given to uploads not yet published: key -> (client, name).
+        self.named: dict[str, tuple[bytes, str]] = {}
         #: Blobs set aside by start-up repair, by where they went.
         self.aside: dict[str, bytes] = {}
         #: Clients whose removal began: their blobs, taken out.
@@ -503,15 +502,23 @@ class MemoryBlobs:
             raise StorageFault(f"cannot install a received file: {key} is not sealed")
         self.blobs[path_name] = writer.content
         del self.writers[key]
+        self.named.pop(key, None)
 
-    def new_path_name(self, client_id: bytes, file_name: bytes, taken: Iterable[str]) -> str:
-        """A safe stored name for ``file_name``, distinct from ``taken`` even ignoring case.
+    def new_path_name(self, client_id: bytes, file_name: bytes, key: str) -> str:
+        """A safe stored name for ``file_name``, held for ``key`` until it is published.
+
+        Distinct, even ignoring case, from the client's stored blobs and the
+        names given to its other uploads not yet published.
 
         Raises:
             StorageFault: no distinct name is left.
         """
-        names = (path.rsplit("/", 1)[-1] for path in taken)
-        return f"{MEMORY_ROOT}/{client_id.hex()}/{unique_stored_name(file_name, names)}"
+        stored = [_entry(path_name).name for path_name in self.blobs
+                  if self.owner(path_name) == client_id]
+        held = [name for owner, name in self.named.values() if owner == client_id]
+        name = unique_stored_name(file_name, [*stored, *held])
+        self.named[key] = (client_id, name)
+        return f"{MEMORY_ROOT}/{client_id.hex()}/{name}"
 
     def open(self, path_name: str) -> BinaryIO:
         """Read a stored blob.
@@ -547,6 +554,7 @@ class MemoryBlobs:
     def delete_unpublished(self, blob: UnpublishedBlob) -> None:
         """Forget an unpublished blob (absent is fine)."""
         self.writers.pop(blob.key, None)
+        self.named.pop(blob.key, None)
 
     def stored(self) -> list[BlobEntry]:
         """Every stored blob."""

@@ -216,7 +216,6 @@ _SET_LAST_SEEN = "UPDATE clients SET LastSeen = ? WHERE ID = ?"
 _FILE_COLUMNS = "ID, FileName, PathName, Verified, BlobKey, PendingKey"
 _SELECT_FILE = f"SELECT {_FILE_COLUMNS} FROM files WHERE ID = ? AND FileName = ?"
 _SELECT_FILES = f"SELECT {_FILE_COLUMNS} FROM files"
-_SELECT_PATH_NAMES = "SELECT PathName FROM files WHERE ID = ?"
 #: The primary key (ID, FileName) indexes it: the client's rows only are read.
 _SUM_STORED_BYTES = "SELECT COALESCE(SUM(Size), 0) FROM files WHERE ID = ?"
 _UPSERT_FILE = (
@@ -698,11 +697,6 @@ class SqliteMetadata:
     def file_rows(self) -> list[FileRow]:
         """Every row of ``files``."""
         return [_file(row) for row in self._db.execute(_SELECT_FILES)]
-
-    @_translated
-    def path_names(self, client_id: bytes) -> list[str]:
-        """The PathName of every file the client has."""
-        return [row[0] for row in self._db.execute(_SELECT_PATH_NAMES, (client_id,))]
 
     @_translated
     def stored_bytes(self, client_id: bytes) -> int:

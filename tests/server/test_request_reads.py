@@ -32,10 +32,11 @@ from server.storage.memory import MemoryMetadata
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 #: The statements of a single-packet 828 that stores a new file: one read of
-#: the client with its binding, the file's row and the client's path names,
-#: and the request's savepoint with its writes (the row, its content, the
-#: client's LastSeen and its key's LastUsed) in the round's transaction.
-SINGLE_PACKET_STATEMENTS = 11
+#: the client with its binding, one of the file's row (its path name is the
+#: blob store's to choose), and the request's savepoint with its writes (the
+#: row, its content, the client's LastSeen and its key's LastUsed) in the
+#: round's transaction.
+SINGLE_PACKET_STATEMENTS = 10
 #: The statements of an 827 of a keyed client: one read of the client (by
 #: its id, for Rule 7; its name is the same row) with its binding, and the
 #: savepoint with the new key and binding.

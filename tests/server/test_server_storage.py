@@ -198,7 +198,7 @@ def test_reading_a_fifo_planted_as_a_stored_file_is_refused_without_waiting(tmp_
     import threading
 
     store = FolderBlobs(tmp_path)
-    path_name = store.new_path_name(b"\x01" * 16, b"pipe", [])
+    path_name = store.new_path_name(b"\x01" * 16, b"pipe", new_blob_key())
     store.client_dir(b"\x01" * 16)
     os.mkfifo(store.resolve(path_name))
     outcome = []

@@ -340,6 +340,17 @@ def test_a_store_that_cannot_count_its_room_admits_uploads_without_the_disk_chec
         harness.close()
 
 
+def test_first_uploads_of_names_equal_but_for_case_in_one_round_get_distinct_path_names(harness):
+    session = harness.session()
+    who = identity(harness, session)
+    feed(session, *file_packets(who, "a.txt", DATA, len(DATA) + 1024),
+         *file_packets(who, "A.TXT", DATA[::-1], len(DATA) + 1024))
+    assert [type(answer) for answer in answers(session)] == [FileReceived, FileReceived]
+    rows = [harness.metadata.file_row(who.client_id, name) for name in (b"a.txt", b"A.TXT")]
+    assert rows[0].path_name.lower() != rows[1].path_name.lower()  # one round: the store held it
+    assert [harness.blobs.open(row.path_name).read() for row in rows] == [DATA, DATA[::-1]]
+
+
 def test_the_sweeper_leaves_the_blob_of_an_upload_in_flight(harness):
     session = harness.session()
     who = identity(harness, session)

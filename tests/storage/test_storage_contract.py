@@ -86,8 +86,9 @@ def sealed(blobs: BlobStore, client_id: bytes, data: bytes) -> BlobWriter:
 
 
 def stored_blob(blobs: BlobStore, client_id: bytes, file_name: bytes, data: bytes) -> str:
-    path_name = blobs.new_path_name(client_id, file_name, [])
-    blobs.publish(sealed(blobs, client_id, data).key, path_name)
+    writer = sealed(blobs, client_id, data)
+    path_name = blobs.new_path_name(client_id, file_name, writer.key)
+    blobs.publish(writer.key, path_name)
     return path_name
 
 
@@ -235,7 +236,6 @@ def test_a_file_row_is_upserted_verified_measured_and_deleted(metadata, file_nam
     assert metadata.file_row(ALICE, file_name) == type(row)(ALICE, file_name, "p/2", False)
     assert metadata.stored_bytes(ALICE) == 1000
     assert metadata.file_rows() == [metadata.file_row(ALICE, file_name)]
-    assert metadata.path_names(ALICE) == ["p/2"] and metadata.path_names(BOB) == []
     with metadata.transaction():
         metadata.delete_file(ALICE, file_name)
     assert metadata.file_row(ALICE, file_name) is None and metadata.stored_bytes(ALICE) == 0
@@ -338,8 +338,8 @@ def test_a_closed_store_refuses_with_a_storage_fault(stores):
 
 
 def test_a_blob_is_written_under_its_key_sealed_published_and_read_back(blobs):
-    path_name = blobs.new_path_name(ALICE, b"report.pdf", [])
     writer = blobs.begin(ALICE, new_blob_key())
+    path_name = blobs.new_path_name(ALICE, b"report.pdf", writer.key)
     writer.write(b"first part, ")
     writer.write(memoryview(b"second part"))
     assert writer.size == len(b"first part, second part")
@@ -375,11 +375,11 @@ def test_an_aborted_blob_leaves_nothing_and_a_sealed_one_cannot_grow(blobs):
     writer.abort()  # twice: never raises
     assert blobs.stored() == [] and blobs.unpublished() == []
     with pytest.raises(StorageFault):  # nothing to publish, nothing published
-        blobs.publish(writer.key, blobs.new_path_name(ALICE, b"f", []))
+        blobs.publish(writer.key, blobs.new_path_name(ALICE, b"f", writer.key))
 
 
 def test_a_blob_is_published_only_in_its_own_clients_namespace(blobs):
-    others = blobs.new_path_name(BOB, b"f", [])
+    others = blobs.new_path_name(BOB, b"f", new_blob_key())
     writer = sealed(blobs, ALICE, b"x")
     with pytest.raises(StorageFault):
         blobs.publish(writer.key, others)
@@ -387,15 +387,27 @@ def test_a_blob_is_published_only_in_its_own_clients_namespace(blobs):
     writer.abort()
 
 
-def test_new_path_names_are_distinct_from_those_taken_even_by_case(blobs):
-    first = blobs.new_path_name(ALICE, b"Report.PDF", [])
-    second = blobs.new_path_name(ALICE, b"report.pdf", [first])
-    assert second.lower() != first.lower()
-    assert blobs.new_path_name(ALICE, b"report.pdf", []) != blobs.new_path_name(BOB, b"report.pdf", [])
+def test_a_new_path_name_is_distinct_from_the_clients_stored_and_held_ones_even_by_case(blobs):
+    stored = stored_blob(blobs, ALICE, b"Report.PDF", b"stored")
+    held = blobs.new_path_name(ALICE, b"report.pdf", new_blob_key())  # not yet published
+    third = blobs.new_path_name(ALICE, b"REPORT.pdf", new_blob_key())
+    assert len({path_name.lower() for path_name in (stored, held, third)}) == 3
+    assert blobs.new_path_name(BOB, b"report.pdf", new_blob_key()) not in (stored, held, third)
+
+
+def test_a_name_is_held_until_its_blob_is_published_or_aborted(blobs):
+    first = sealed(blobs, ALICE, b"first")
+    name = blobs.new_path_name(ALICE, b"a.txt", first.key)
+    assert blobs.new_path_name(ALICE, b"A.TXT", new_blob_key()).lower() != name.lower()
+    first.abort()  # the name is free again: a later upload of it gets it
+    second = sealed(blobs, ALICE, b"second")
+    assert blobs.new_path_name(ALICE, b"a.txt", second.key) == name
+    blobs.publish(second.key, name)  # held by the stored blob from now on
+    assert blobs.new_path_name(ALICE, b"a.txt", new_blob_key()) != name
 
 
 def test_a_missing_blob_is_missing_and_removing_it_is_fine(blobs):
-    path_name = blobs.new_path_name(ALICE, b"f", [])
+    path_name = blobs.new_path_name(ALICE, b"f", new_blob_key())
     with pytest.raises(BlobMissing):
         blobs.open(path_name)
     blobs.delete(path_name)
@@ -456,7 +468,7 @@ def test_repair_drops_rows_without_blobs_and_sets_aside_blobs_without_rows(store
     orphan = stored_blob(blobs, ALICE, b"orphan", b"o")
     with metadata.transaction():
         metadata.upsert_file(ALICE, b"present", present)
-        metadata.upsert_file(ALICE, b"lost", blobs.new_path_name(ALICE, b"lost", [present]))
+        metadata.upsert_file(ALICE, b"lost", blobs.new_path_name(ALICE, b"lost", new_blob_key()))
     report = repair(metadata, blobs)
     assert (report.rows_removed, report.blobs_set_aside) == (1, 1)
     assert [row.file_name for row in metadata.file_rows()] == [b"present"]
@@ -484,8 +496,8 @@ def test_a_row_points_at_its_blob_and_a_900_swaps_the_pending_pointer(metadata):
 def _cut_between_swap_and_publish(metadata, blobs, old: bytes, new: bytes) -> str:
     """A stored file whose confirmed new version's swap is durable and publish never ran."""
     register(metadata, ALICE, "alice")
-    path_name = blobs.new_path_name(ALICE, b"f", [])
     first = sealed(blobs, ALICE, old)
+    path_name = blobs.new_path_name(ALICE, b"f", first.key)
     record_first(metadata, ALICE, b"f", path_name, first.key, Content(len(old), 1))
     metadata.sync()
     blobs.publish(first.key, path_name)
@@ -512,7 +524,7 @@ def test_repair_rolls_back_a_first_upload_and_deletes_garbage_and_stale_pointers
     path_name = stored_blob(blobs, ALICE, b"kept", b"kept")
     unanswered, never_confirmed, aborted = (sealed(blobs, ALICE, b"x") for _ in range(3))
     record_first(metadata, ALICE, b"kept", path_name, new_blob_key(), Content(4, 1))
-    record_first(metadata, ALICE, b"new", blobs.new_path_name(ALICE, b"new", [path_name]),
+    record_first(metadata, ALICE, b"new", blobs.new_path_name(ALICE, b"new", unanswered.key),
                  unanswered.key, Content(1, 1))
     keep_pending(metadata, ALICE, b"kept", never_confirmed.key)
     metadata.sync()

@@ -59,7 +59,7 @@ def many_files(request, tmp_path):
         for number in range(MANY_FILES):
             name = f"f{number}".encode()
             writer = sealed(blobs, CLIENT, name)
-            path_name = blobs.new_path_name(CLIENT, name, [])
+            path_name = blobs.new_path_name(CLIENT, name, writer.key)
             blobs.publish(writer.key, path_name)
             metadata.upsert_file(CLIENT, name, path_name, writer.key)
     metadata.sync()
