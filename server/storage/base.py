@@ -313,7 +313,13 @@ class BlobWriter(Protocol):
         ...
 
     def abort(self) -> None:
-        """Delete the blob: no row points at it (never raises)."""
+        """Give the blob up: no more writes, never published; it is garbage (never raises).
+
+        Nothing waits for it to go: a store deletes it at once where that
+        costs nothing worth waiting for (a local file), or leaves it to the
+        sweeper (server/storage/sweep.py, after its grace period) and to
+        start-up repair, as an object store whose delete is a round trip does.
+        """
         ...
 
 

@@ -173,7 +173,13 @@ class TempFile:
         crashpoints.reached("write.sealed")
 
     def abort(self) -> None:
-        """Close and remove the upload's file (gone already once published); never raises."""
+        """Close and remove the upload's file (gone already once published); never raises.
+
+        At once, not left to the sweeper: an unlink costs less than the
+        fsyncs the loop makes anyway, and a partial file must not hold the
+        disk (an address's garbage is not charged to its share of it, and a
+        full disk is served again as soon as the failed upload is gone).
+        """
         self._on_abort()
         if self._open:
             self._open = False

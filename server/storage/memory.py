@@ -428,10 +428,14 @@ class MemoryWriter:
         self.sealed = True
 
     def abort(self) -> None:
-        """Forget the blob; never raises."""
+        """Give the blob up; it stays, garbage, until the sweeper deletes it (never raises).
+
+        As an object store's would: deleting is left to the sweeper, so that
+        the contract and the session are tested with garbage that outlives
+        its upload.
+        """
         self.aborted = True
         self._store.named.pop(self.key, None)
-        self._store.writers.pop(self.key, None)
 
     @property
     def content(self) -> bytes:
@@ -489,13 +493,15 @@ class MemoryBlobs:
 
         Raises:
             StorageFault: ``path_name`` is not the writer's client's, the blob
-                is not sealed, or neither it nor ``path_name`` is there.
+                is not sealed or was aborted, or neither it nor ``path_name`` is there.
         """
         writer = self.writers.get(key)
         if writer is None:
             if path_name in self.blobs:
                 return
             raise StorageFault(f"cannot install a received file: no blob {key}")
+        if writer.aborted:
+            raise StorageFault(f"cannot install a received file: {key} was given up")
         if self.owner(path_name) != writer.client_id:
             raise StorageFault(f"{path_name} is not a stored file of {writer.client_id.hex()}")
         if not writer.sealed:
@@ -548,7 +554,7 @@ class MemoryBlobs:
         return max(0, self.capacity - held)
 
     def unpublished(self) -> list[UnpublishedBlob]:
-        """Every blob written under its key and not published."""
+        """Every blob written under its key and not published (aborted ones included)."""
         return [UnpublishedBlob(writer.client_id, key) for key, writer in self.writers.items()]
 
     def delete_unpublished(self, blob: UnpublishedBlob) -> None:

@@ -367,15 +367,24 @@ def test_publishing_replaces_what_the_name_reads_at_once(blobs):
         assert file.read() == b"new"
 
 
-def test_an_aborted_blob_leaves_nothing_and_a_sealed_one_cannot_grow(blobs):
+def test_an_aborted_blob_is_garbage_never_published_and_a_sealed_one_cannot_grow(
+    metadata, blobs
+):
     writer = sealed(blobs, ALICE, b"data")
     with pytest.raises(StorageFault):
         writer.write(b"more")
     writer.abort()
     writer.abort()  # twice: never raises
-    assert blobs.stored() == [] and blobs.unpublished() == []
-    with pytest.raises(StorageFault):  # nothing to publish, nothing published
+    with pytest.raises(StorageFault):  # given up: never published
         blobs.publish(writer.key, blobs.new_path_name(ALICE, b"f", writer.key))
+    assert blobs.stored() == []
+    # Gone at once, or (a store that leaves it to the sweeper) once its grace is over.
+    now = [NOW]
+    sweeper = Sweeper(metadata, blobs, lambda: now[0], set)
+    sweeper.sweep()
+    now[0] += GARBAGE_GRACE
+    sweeper.sweep()
+    assert blobs.unpublished() == []
 
 
 def test_a_blob_is_published_only_in_its_own_clients_namespace(blobs):
