@@ -272,14 +272,20 @@ class FolderBlobs:
         return self.path_name(client_id, name)
 
     def _names_in(self, client_id: bytes) -> list[str]:
-        """The stored names in the client's folder (none if it has no folder yet).
+        """The stored files' names in the client's folder (none if it has no folder yet).
+
+        Regular files only: anything else there is not the server's (a
+        planted symlink is replaced at publish, never followed, as before).
 
         Raises:
             StorageFault: the folder cannot be read.
         """
         try:
             with os.scandir(self.root / client_dir_name(client_id)) as entries:
-                return [entry.name for entry in entries if not entry.name.startswith(".")]
+                return [
+                    entry.name for entry in entries
+                    if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)
+                ]
         except FileNotFoundError:
             return []
         except OSError as exc:
