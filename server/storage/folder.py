@@ -236,6 +236,9 @@ class FolderBlobs:
         self.root = root
         #: The stored names given to uploads not yet published: key -> (client, name).
         self._named: dict[str, tuple[bytes, str]] = {}
+        #: The stored names in the client folders this store made, by folder:
+        #: known without listing the folder (:meth:`new_path_name`).
+        self._made: dict[str, set[str]] = {}
         if not create:
             try:
                 if root.exists():
@@ -274,12 +277,16 @@ class FolderBlobs:
     def _names_in(self, client_id: bytes) -> list[str]:
         """The stored files' names in the client's folder (none if it has no folder yet).
 
+        Known without a listing in a folder this store made; else listed.
         Regular files only: anything else there is not the server's (a
         planted symlink is replaced at publish, never followed, as before).
 
         Raises:
             StorageFault: the folder cannot be read.
         """
+        known = self._made.get(client_dir_name(client_id))
+        if known is not None:
+            return list(known)
         try:
             with os.scandir(self.root / client_dir_name(client_id)) as entries:
                 return [
@@ -299,9 +306,13 @@ class FolderBlobs:
         """
         directory = self.root / client_dir_name(client_id)
         try:
-            directory.mkdir(mode=_DIR_MODE, exist_ok=True)
+            directory.mkdir(mode=_DIR_MODE)
+        except FileExistsError:
+            pass
         except OSError as exc:
             raise _storage_fault("cannot create a client folder", exc) from exc
+        else:  # made now: the store knows every name in it from here on
+            self._made[directory.name] = set()
         if directory.is_symlink() or not directory.is_dir():
             raise StorageFault(f"{directory} is not a folder")
         return directory
@@ -344,6 +355,7 @@ class FolderBlobs:
         except OSError as exc:
             raise _storage_fault("cannot install a received file", exc) from exc
         self._named.pop(key, None)  # the folder holds the name from now on
+        self._made.get(target.parent.name, set()).add(target.name)
         crashpoints.reached("publish.durable")
 
     def open(self, path_name: str) -> BinaryIO:
@@ -388,6 +400,7 @@ class FolderBlobs:
                 pass
             except OSError as exc:
                 raise _storage_fault(f"cannot delete {path_name}", exc) from exc
+            self._made.get(path.parent.name, set()).discard(path.name)
 
     def room(self) -> int:
         """Free bytes on the file system of ``received_files/``."""
@@ -480,6 +493,7 @@ class FolderBlobs:
             os.replace(self.root / entry.owner / entry.name, target)
         except OSError as exc:
             raise StorageFault(exc.strerror or str(exc)) from exc
+        self._made.get(entry.owner, set()).discard(entry.name)
         return str(target)
 
     def _quarantine_dir(self, client_hex: str) -> Path:
@@ -508,6 +522,7 @@ class FolderBlobs:
         trash = self._trash_dir()
         name = client_dir_name(client_id)
         source = self.root / name
+        self._made.pop(name, None)
         try:
             if source.is_dir() and not source.is_symlink():
                 os.replace(source, trash / name)
