@@ -239,6 +239,11 @@ class FolderBlobs:
         #: The stored names in the client folders this store made, by folder:
         #: known without listing the folder (:meth:`new_path_name`).
         self._made: dict[str, set[str]] = {}
+        #: Whether :meth:`unpublished` has listed every client folder since the
+        #: store was opened, and the folders it must list again: those where a
+        #: blob was begun since, or where it found one.
+        self._listed_all = False
+        self._may_hold_unpublished: set[str] = set()
         if not create:
             try:
                 if root.exists():
@@ -323,7 +328,9 @@ class FolderBlobs:
         Raises:
             StorageFault: it cannot be created (or ``key`` is not a blob key).
         """
-        return TempFile(self.client_dir(client_id), key, functools.partial(self._let_go, key))
+        directory = self.client_dir(client_id)
+        self._may_hold_unpublished.add(directory.name)
+        return TempFile(directory, key, functools.partial(self._let_go, key))
 
     def _let_go(self, key: str) -> None:
         """The name held for ``key`` is free again (its upload was aborted)."""
@@ -420,13 +427,27 @@ class FolderBlobs:
         :meth:`foreign_entries` lists it to be moved aside, never deleted or followed.
         A ``.tmp-`` file whose name is no blob key (an older server's) is
         listed too, under that name: no row points at it.
+
+        The first call lists every client folder (start-up repair); a later
+        one (the sweeper's) only those where a blob was begun or found since:
+        only this store writes in its folder (the data folder's lock), so a
+        sweep costs the folders with uploads, not every client's.
         """
+        if self._listed_all:
+            directories = [
+                self.root / name for name in sorted(self._may_hold_unpublished)
+                if (self.root / name).is_dir() and not (self.root / name).is_symlink()
+            ]
+        else:
+            directories = self._client_dirs()
         found = []
-        for directory in self._client_dirs():
+        for directory in directories:
             for entry in os.scandir(directory):
                 if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
                     key = entry.name[len(TEMP_PREFIX):]
                     found.append(UnpublishedBlob(bytes.fromhex(directory.name), key))
+        self._listed_all = True
+        self._may_hold_unpublished = {blob.client_id.hex() for blob in found}
         return found
 
     def delete_unpublished(self, blob: UnpublishedBlob) -> None:

@@ -8,12 +8,14 @@ shows that asking reads through the indexes, not the table.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import pytest
 
 from server.storage import sweep
 from server.storage.base import new_blob_key
+from server.storage.folder import FolderBlobs
 from server.storage.sqlite import _REFERENCED_KEYS, SqliteMetadata
 from server.storage.sweep import GARBAGE_GRACE, Sweeper
 from test_storage_contract import NOW, PAIRS, register, sealed
@@ -112,3 +114,26 @@ def test_sqlite_asks_about_keys_through_its_indexes(tmp_path):
     finally:
         metadata.close()
 
+
+def test_the_folder_lists_again_only_the_folders_where_blobs_were_begun(tmp_path, monkeypatch):
+    store = FolderBlobs(tmp_path)
+    clients = [bytes([number]) * 16 for number in range(1, 31)]
+    for client_id in clients:
+        writer = sealed(store, client_id, b"stored")
+        store.publish(writer.key, store.new_path_name(client_id, b"f", writer.key))
+    listed = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path: listed.append(path) or real_scandir(path))
+    assert store.unpublished() == []  # the first listing: every client folder
+    assert len(listed) == 1 + len(clients)
+    listed.clear()
+    assert store.unpublished() == [] and listed == []  # nothing begun since: nothing listed
+    in_flight = store.begin(clients[0], new_blob_key())
+    assert [blob.key for blob in store.unpublished()] == [in_flight.key]
+    assert listed == [store.root / clients[0].hex()]
+    in_flight.seal()
+    store.publish(in_flight.key, store.new_path_name(clients[0], b"g", in_flight.key))
+    listed.clear()
+    assert store.unpublished() == [] and len(listed) == 1  # found empty: not listed again
+    listed.clear()
+    assert store.unpublished() == [] and listed == []
