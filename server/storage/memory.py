@@ -545,7 +545,8 @@ class MemoryBlobs:
         self.blobs.pop(path_name, None)
 
     def room(self) -> int | None:
-        """The capacity less what is stored and being written (a worker thread may ask)."""
+        """The capacity less what is stored, being written, or aborted and not yet swept
+        (a worker thread may ask)."""
         if self.capacity is None:
             return None
         held = sum(map(len, list(self.blobs.values()))) + sum(
