@@ -1,1 +1,1 @@
-"""cipherdrop's server: one thread, one selectors loop, SQLite and a folder."""
+"""cipherdrop's server: one thread, one selectors loop, a metadata store and a blob store."""

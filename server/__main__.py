@@ -219,7 +219,7 @@ def _open_storage(
         metadata.close()
         raise
     log.info(
-        "data in %s and %s: %d client(s), %d file(s); %d temp file(s) removed,"
+        "data in %s and %s: %d client(s), %d file(s); %d unfinished upload(s) deleted,"
         " %d upload(s) published at last, %d row(s) without a file removed,"
         " %d file(s) without a row and %d stray(s) moved aside",
         urls.metadata, urls.blobs, metadata.count_clients(), len(metadata.file_rows()),

@@ -16,21 +16,22 @@ variable never crashes here, and an unarmed ``reached`` is one comparison.
 
 The points, in the order an upload meets them (:data:`POINTS`):
 
-* ``temp.created``: a packet opened a file's temp file, nothing written yet;
-* ``temp.written``: one chunk of plaintext written to the temp file;
-* ``temp.synced``: the temp file is fsynced and closed;
+* ``write.begun``: a packet began an upload's blob (under its key), nothing
+  written yet;
+* ``write.appended``: one chunk of plaintext appended to the blob;
+* ``write.sealed``: the blob is sealed (durable under its key, closed);
 * ``upload.committed``: a name's first upload: its row (Verified=0, pointing
-  at the upload's key) is durable, the temp file not published (renamed) yet;
+  at the upload's key) is durable, the blob not published yet;
 * ``upload.pending``: a later upload of a stored name is kept as a pending
-  version (its synced temp file, the row's pending pointer), 1603 not queued yet;
+  version (its sealed blob, the row's pending pointer), 1603 not queued yet;
 * ``upload.confirmed``: a 900's pointer swap (Verified=1) is durable, the
   pending version not published yet (start-up repair publishes it);
-* ``temp.renamed``: ``os.replace`` onto the final name done, folder not synced
-  (at a first upload, or at the 900 of a pending version);
-* ``temp.dir_synced``: the folder is synced; 1603 (or the 900's commit) not
-  done yet;
+* ``publish.placed``: the blob is what its path name reads, not yet durably,
+  at a first upload or at the 900 of a pending version;
+* ``publish.durable``: the publish is durable; 1603 (or the 900's answer) not
+  queued yet;
 * ``verify.before_commit`` / ``verify.committed``: 900 (and 902) around what
-  they change (a pending version's rename, the Verified commit), before 1604
+  they change (a pending version's pointer swap, the Verified commit), before 1604
   is queued;
 * ``retry.received``: a 901 was accepted (its 1604 is deferred, variant 8);
 * ``key.committed``: 826/827 committed a fresh AES key, reply not queued;
@@ -38,9 +39,9 @@ The points, in the order an upload meets them (:data:`POINTS`):
   first upload's 1603, and what follows it on its connection, only once the
   file took its name at the round's end);
 * ``response.sent``: some outgoing bytes went to the socket;
-* ``remove.trashed`` / ``remove.forgotten`` (``admin delete-client``): the
-  client's folder is in the trash / its rows are deleted too, the trashed
-  folder not yet.
+* ``remove.begun`` / ``remove.forgotten`` (``admin delete-client``): the
+  client's blobs are taken out of the store / its rows are deleted too, the
+  blobs not yet.
 """
 
 from __future__ import annotations
@@ -51,21 +52,21 @@ import signal
 ENVIRONMENT_VARIABLE = "CIPHERDROP_CRASH_AT"
 POINTS = frozenset(
     {
-        "temp.created",
-        "temp.written",
-        "temp.synced",
+        "write.begun",
+        "write.appended",
+        "write.sealed",
         "upload.committed",
         "upload.pending",
         "upload.confirmed",
-        "temp.renamed",
-        "temp.dir_synced",
+        "publish.placed",
+        "publish.durable",
         "verify.before_commit",
         "verify.committed",
         "retry.received",
         "key.committed",
         "response.queued",
         "response.sent",
-        "remove.trashed",
+        "remove.begun",
         "remove.forgotten",
     }
 )

@@ -11,8 +11,8 @@
     ├── StorageFault            a store failed (disk full, I/O error, database
     │   │                       locked or read-only): 1607, the connection stays,
     │   │                       the client may retry
-    │   └── StoreUnusable       at start-up: the database or the folder cannot
-    │                           be used at all; the server does not start
+    │   └── StoreUnusable       at start-up: the metadata or the blob store
+    │                           cannot be used at all; the server does not start
     ├── NameTaken               the metadata store holds the name already; the
     │                           handlers turn it into the protocol's refusal
     ├── LockError               at start-up: another server holds the data
@@ -73,15 +73,15 @@ class DurabilityLost(StorageFault):
     """An fsync of the database failed: what it held may never reach the disk.
 
     Linux may drop the pages of a failed fsync, so a later fsync that works
-    proves nothing about them, nor about the commits after them (SQLite's
-    recovery stops at the first bad frame of its WAL). Nothing may be
+    proves nothing about them, nor about the commits after them (a
+    write-ahead log's recovery stops at its first bad frame). Nothing may be
     answered on that database again: the server stops, and a restart
     recovers from what is on disk.
     """
 
 
 class StoreUnusable(StorageFault):
-    """At start-up: the database or the folder cannot be used (left untouched)."""
+    """At start-up: the metadata or the blob store cannot be used (left untouched)."""
 
 
 class BlobMissing(StorageFault):

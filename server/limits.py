@@ -117,7 +117,7 @@ class Limits:
     )
     #: Bounds the database against registration floods.
     #: A client uploading several files at once (``--jobs``) sends each on its
-    #: own connection; each upload reserves disk and a temp file, so a few.
+    #: own connection; each upload reserves room and a blob in the store, so a few.
     max_uploads_per_client: int = limit(
         8,
         "files one client may be sending at once (each of another name), new versions"
@@ -163,7 +163,7 @@ class Limits:
         "requests the connections of one IP address may have handled in one"
         " loop round, together; the rest wait for the next rounds (0: no limit)",
     )
-    #: A file made durable costs file and folder fsyncs in the loop thread,
+    #: A file made durable costs the blob store's syncs in the loop thread,
     #: milliseconds each where another request costs microseconds: one per
     #: address per round keeps another client's round trip short.
     durable_files_per_address_per_round: int = limit(

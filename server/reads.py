@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Iterator
+from typing import Collection, Iterator
 
 from .storage import Binding, ClientRow, FileRow, MetadataStore
 
@@ -98,12 +98,25 @@ class RequestReads:
     # -- clients -----------------------------------------------------------------------
 
     def client_by_id(self, client_id: bytes) -> ClientRow | None:
-        """The client with this id, if any (read once per request)."""
+        """The client with this id, if any (read once per request, with its binding)."""
         if not self._active:
             return self.store.client_by_id(client_id)
-        if client_id not in self._clients:
-            self._clients[client_id] = self.store.client_by_id(client_id)
+        self._read(client_id)
         return self._clients[client_id]
+
+    def client_and_binding(self, client_id: bytes) -> tuple[ClientRow | None, Binding | None]:
+        """The client and its binding (read once per request)."""
+        if not self._active:
+            return self.store.client_and_binding(client_id)
+        self._read(client_id)
+        return self._clients[client_id], self._bindings[client_id]
+
+    def _read(self, client_id: bytes) -> None:
+        """Inside a request: the client's row and binding are cached, read in one call."""
+        if client_id not in self._clients or client_id not in self._bindings:
+            self._clients[client_id], self._bindings[client_id] = (
+                self.store.client_and_binding(client_id)
+            )
 
     def client_by_name(self, name: str) -> ClientRow | None:
         """The client with this name, if any (a row this request read, if it has the name)."""
@@ -169,9 +182,6 @@ class RequestReads:
     def file_rows(self) -> list[FileRow]:
         return self.store.file_rows()
 
-    def path_names(self, client_id: bytes) -> list[str]:
-        return self.store.path_names(client_id)
-
     def stored_bytes(self, client_id: bytes) -> int:
         return self.store.stored_bytes(client_id)
 
@@ -195,14 +205,16 @@ class RequestReads:
     def set_content(self, client_id: bytes, file_name: bytes, size: int, cksum: int) -> None:
         self.store.set_content(client_id, file_name, size, cksum)
 
+    def referenced_keys(self, keys: Collection[str]) -> set[str]:
+        return self.store.referenced_keys(keys)
+
     # -- key bindings ------------------------------------------------------------------
 
     def binding(self, client_id: bytes) -> Binding | None:
         """Who may use the client's key, and since when (read once per request)."""
         if not self._active:
             return self.store.binding(client_id)
-        if client_id not in self._bindings:
-            self._bindings[client_id] = self.store.binding(client_id)
+        self._read(client_id)
         return self._bindings[client_id]
 
     def set_binding(self, client_id: bytes, address: str, now: float) -> None:

@@ -8,10 +8,10 @@ of one address share, per round:
 
 * ``requests_per_address_per_round`` requests;
 * ``durable_files_per_address_per_round`` files made durable: a complete
-  upload sealed (a file fsync; a first upload's rename and folder fsync
-  follow at the round's end) or a confirmed version installed (a rename and
-  a folder fsync). These cost milliseconds each, in the loop thread, where a
-  request of another kind costs microseconds.
+  upload sealed (its blob made durable; a first upload's publish follows at
+  the round's end) or a confirmed version published. On a local disk these
+  cost milliseconds each (fsyncs), in the loop thread, where a request of
+  another kind costs microseconds.
 
 Before each request a connection asks the loop
 (:meth:`server.loop.Server.may_take_request`), which asks

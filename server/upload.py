@@ -304,7 +304,7 @@ class Uploads:
         awaits: _Publish | None
         if previous is None:
             path_name = self._blobs.new_path_name(
-                upload.client_id, upload.file_name, self._metadata.path_names(upload.client_id)
+                upload.client_id, upload.file_name, phase.writer.key
             )
             commit.record_first(
                 self._metadata, upload.client_id, upload.file_name, path_name,

@@ -92,7 +92,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     show.add_argument("client", nargs="?", metavar="NAME", help="the client's name")
     delete = commands.add_parser(
         "delete-client", parents=[common, selector],
-        help="delete a client: its rows and its folder, in one crash-safe step"
+        help="delete a client: its rows and its files, in one crash-safe step"
         " (the server must be stopped)",
     )
     delete.add_argument("client", nargs="?", metavar="NAME", help="the client's name")

@@ -5,7 +5,7 @@ Each file row gets one verdict (:class:`Verdict`). ``missing`` and
 installed before sizes and cksums were recorded) is reported, not a failure:
 there is nothing to compare with. A file that differs is checked once more
 against its row read again, so that a version a running server installs
-meanwhile (rename, then commit: server/storage/commit.py) is not reported. Files are
+meanwhile (commit, then publish: server/storage/commit.py) is not reported. Files are
 read through the blob store's reader (:meth:`BlobReader.open`), whatever the backend.
 """
 

@@ -39,13 +39,16 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Iterable, Mapping, Protocol
+from typing import BinaryIO, Collection, Mapping, Protocol
 
 #: Texts of recent seconds kept for LastSeen (a clock that steps back reuses one).
 _SECONDS_KEPT = 4
 _US = 1_000_000
 #: Random bytes in a blob key (shown as hex: safe as a file or object name).
 BLOB_KEY_BYTES = 16
+#: The most keys one :meth:`MetadataStore.referenced_keys` is asked about
+#: (a query's parameters: SQLite took at most 999 before 3.32).
+KEYS_PER_QUERY = 500
 
 
 def new_blob_key() -> str:
@@ -193,6 +196,14 @@ class MetadataStore(Protocol):
 
     # clients
     def client_by_id(self, client_id: bytes) -> ClientRow | None: ...
+    def client_and_binding(self, client_id: bytes) -> tuple[ClientRow | None, Binding | None]:
+        """The client with this id and its key binding, in one read (what a request checks).
+
+        The binding is what :meth:`binding` returns (a noted use counted); a
+        binding belongs to its client: None for both when there is no client.
+        """
+        ...
+
     def client_by_name(self, name: str) -> ClientRow | None: ...
     def count_clients(self, group: str | None = None) -> int:
         """How many clients are registered, or registered from one address group.
@@ -243,7 +254,6 @@ class MetadataStore(Protocol):
     # files
     def file_row(self, client_id: bytes, file_name: bytes) -> FileRow | None: ...
     def file_rows(self) -> list[FileRow]: ...
-    def path_names(self, client_id: bytes) -> list[str]: ...
     def stored_bytes(self, client_id: bytes) -> int:
         """The plaintext bytes of the client's stored files, verified or not."""
         ...
@@ -267,6 +277,14 @@ class MetadataStore(Protocol):
 
     def set_content(self, client_id: bytes, file_name: bytes, size: int, cksum: int) -> None:
         """Record the stored content's size and cksum (checked by ``admin verify``)."""
+        ...
+
+    def referenced_keys(self, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` that a file row points at (``BlobKey`` or ``PendingKey``).
+
+        Costs what it is asked, not what is kept (the sweeper asks it about
+        the blobs it finds, in batches of at most :data:`KEYS_PER_QUERY`).
+        """
         ...
 
     # key bindings
@@ -295,7 +313,13 @@ class BlobWriter(Protocol):
         ...
 
     def abort(self) -> None:
-        """Delete the blob: no row points at it (never raises)."""
+        """Give the blob up: no more writes, never published; it is garbage (never raises).
+
+        Nothing waits for it to go: a store deletes it at once where that
+        costs nothing worth waiting for (a local file), or leaves it to the
+        sweeper (server/storage/sweep.py, after its grace period) and to
+        start-up repair, as an object store whose delete is a round trip does.
+        """
         ...
 
 
@@ -338,8 +362,17 @@ class BlobStore(BlobReader, Protocol):
         """
         ...
 
-    def new_path_name(self, client_id: bytes, file_name: bytes, taken: Iterable[str]) -> str:
-        """The path name for a file's first upload, distinct from ``taken``."""
+    def new_path_name(self, client_id: bytes, file_name: bytes, key: str) -> str:
+        """The path name for the first upload of ``file_name``, whose blob is ``key``.
+
+        Distinct from what the client's stored blobs are read by and from
+        the names given to its other uploads not yet published: the store
+        holds the name for ``key`` until that blob is published, aborted or
+        deleted.
+
+        Raises:
+            StorageFault: no distinct name is left.
+        """
         ...
 
     def delete(self, path_name: str) -> None:

@@ -33,10 +33,13 @@ losing a file the client was told about:
    A 901, a 902, a new key or a timeout clear the pending pointer, in the
    round, and abort its blob (:func:`discard_pending`).
 4. **Garbage** is any blob no row points at: an aborted upload, a pending
-   version never confirmed, an upload a crash cut. An aborted upload's
-   blob is deleted at once; the rest (an owed version a later one
-   replaced, its replacement's swap perhaps not yet durable) goes through
-   the sweeper (server/storage/sweep.py), after a grace period; start-up repair
+   version never confirmed, an owed version a later one replaced (its
+   replacement's swap perhaps not yet durable), an upload a crash cut. An
+   aborted blob is never published, and nothing waits for it to go: the
+   store deletes it at once where that is cheap (a local file) or leaves it
+   to the sweeper (:meth:`BlobWriter.abort`). The sweeper
+   (server/storage/sweep.py) deletes what no row and no upload in flight
+   points at, once a grace period has passed; start-up repair
    (:func:`repair`) sweeps what a crash left: it publishes each blob a
    durable row points at but that was
    never published under a name that reads the previous version (a crash
@@ -199,21 +202,21 @@ def discard_pending(
 
 
 def remove_client(metadata: MetadataStore, blobs: BlobStore, client_id: bytes) -> None:
-    """Step 5: trash the client's folder, delete its rows, delete the folder.
+    """Step 5: take the client's blobs out, delete its rows, delete the blobs.
 
     Raises:
         StorageFault: a step failed; whatever began is finished by the next
             call or by start-up repair.
     """
     blobs.begin_removal(client_id)
-    crashpoints.reached("remove.trashed")
+    crashpoints.reached("remove.begun")
     _finish_removal(metadata, blobs, client_id)
 
 
 def _finish_removal(metadata: MetadataStore, blobs: BlobStore, client_id: bytes) -> None:
     with metadata.transaction():
         metadata.forget_client(client_id)
-    metadata.sync()  # the rows are gone for good before the folder goes
+    metadata.sync()  # the rows are gone for good before the blobs go
     crashpoints.reached("remove.forgotten")
     blobs.finish_removal(client_id)
 

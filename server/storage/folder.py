@@ -17,13 +17,14 @@ upload's file.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
 import shutil
 import stat
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Callable
 
 from protocol.printable import quoted
 
@@ -103,9 +104,13 @@ _FADVISE = getattr(os, "posix_fadvise", None)
 class TempFile:
     """An upload being written: ``.tmp-<key>`` in the client's folder (a :class:`BlobWriter`)."""
 
-    def __init__(self, directory: Path, key: str) -> None:
+    def __init__(
+        self, directory: Path, key: str, on_abort: Callable[[], None] = lambda: None
+    ) -> None:
         if not _is_key_name(key):
             raise StorageFault(f"{quoted(key)} is not a blob key")
+        #: What the store lets go of when the upload is aborted (its name).
+        self._on_abort = on_abort
         self.directory = directory
         self.key = key
         self.name = f"{TEMP_PREFIX}{key}"
@@ -118,7 +123,7 @@ class TempFile:
         except OSError as exc:
             raise _storage_fault("cannot create a temp file", exc) from exc
         self._open = True
-        crashpoints.reached("temp.created")
+        crashpoints.reached("write.begun")
 
     @property
     def path(self) -> Path:
@@ -141,7 +146,7 @@ class TempFile:
                 self._write_back()
         except OSError as exc:
             raise _storage_fault("cannot write a received file", exc) from exc
-        crashpoints.reached("temp.written")
+        crashpoints.reached("write.appended")
 
     def _write_back(self) -> None:
         """Start writing the new dirty range out; drop what is already written."""
@@ -165,10 +170,17 @@ class TempFile:
             raise _storage_fault("cannot sync a received file", exc) from exc
         finally:
             os.close(self._fd)
-        crashpoints.reached("temp.synced")
+        crashpoints.reached("write.sealed")
 
     def abort(self) -> None:
-        """Close and remove the upload's file (gone already once published); never raises."""
+        """Close and remove the upload's file (gone already once published); never raises.
+
+        At once, not left to the sweeper: an unlink costs less than the
+        fsyncs the loop makes anyway, and a partial file must not hold the
+        disk (an address's garbage is not charged to its share of it, and a
+        full disk is served again as soon as the failed upload is gone).
+        """
+        self._on_abort()
         if self._open:
             self._open = False
             try:
@@ -222,6 +234,16 @@ class FolderBlobs:
 
     def _set_up(self, root: Path, create: bool) -> None:
         self.root = root
+        #: The stored names given to uploads not yet published: key -> (client, name).
+        self._named: dict[str, tuple[bytes, str]] = {}
+        #: The stored names in the client folders this store made, by folder:
+        #: known without listing the folder (:meth:`new_path_name`).
+        self._made: dict[str, set[str]] = {}
+        #: Whether :meth:`unpublished` has listed every client folder since the
+        #: store was opened, and the folders it must list again: those where a
+        #: blob was begun since, or where it found one.
+        self._listed_all = False
+        self._may_hold_unpublished: set[str] = set()
         if not create:
             try:
                 if root.exists():
@@ -243,14 +265,43 @@ class FolderBlobs:
         """The path name of a stored name: relative to the data folder, with ``/``."""
         return f"{RECEIVED_DIR}/{client_dir_name(client_id)}/{name}"
 
-    def new_path_name(self, client_id: bytes, file_name: bytes, taken: Iterable[str]) -> str:
-        """A safe stored name for ``file_name``, distinct from ``taken`` even ignoring case.
+    def new_path_name(self, client_id: bytes, file_name: bytes, key: str) -> str:
+        """A safe stored name for ``file_name``, held for ``key`` until it is published.
+
+        Distinct, even ignoring case, from the names in the client's folder
+        and those given to its other uploads not yet published.
 
         Raises:
-            StorageFault: no distinct name is left.
+            StorageFault: no distinct name is left, or the folder cannot be read.
         """
-        names = (path.rsplit("/", 1)[-1] for path in taken)
-        return self.path_name(client_id, unique_stored_name(file_name, names))
+        held = [name for owner, name in self._named.values() if owner == client_id]
+        name = unique_stored_name(file_name, [*self._names_in(client_id), *held])
+        self._named[key] = (client_id, name)
+        return self.path_name(client_id, name)
+
+    def _names_in(self, client_id: bytes) -> list[str]:
+        """The stored files' names in the client's folder (none if it has no folder yet).
+
+        Known without a listing in a folder this store made; else listed.
+        Regular files only: anything else there is not the server's (a
+        planted symlink is replaced at publish, never followed, as before).
+
+        Raises:
+            StorageFault: the folder cannot be read.
+        """
+        known = self._made.get(client_dir_name(client_id))
+        if known is not None:
+            return list(known)
+        try:
+            with os.scandir(self.root / client_dir_name(client_id)) as entries:
+                return [
+                    entry.name for entry in entries
+                    if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)
+                ]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise _storage_fault("cannot list a client folder", exc) from exc
 
     def client_dir(self, client_id: bytes) -> Path:
         """The client's folder, created on demand; never a symlink.
@@ -260,9 +311,13 @@ class FolderBlobs:
         """
         directory = self.root / client_dir_name(client_id)
         try:
-            directory.mkdir(mode=_DIR_MODE, exist_ok=True)
+            directory.mkdir(mode=_DIR_MODE)
+        except FileExistsError:
+            pass
         except OSError as exc:
             raise _storage_fault("cannot create a client folder", exc) from exc
+        else:  # made now: the store knows every name in it from here on
+            self._made[directory.name] = set()
         if directory.is_symlink() or not directory.is_dir():
             raise StorageFault(f"{directory} is not a folder")
         return directory
@@ -273,7 +328,13 @@ class FolderBlobs:
         Raises:
             StorageFault: it cannot be created (or ``key`` is not a blob key).
         """
-        return TempFile(self.client_dir(client_id), key)
+        directory = self.client_dir(client_id)
+        self._may_hold_unpublished.add(directory.name)
+        return TempFile(directory, key, functools.partial(self._let_go, key))
+
+    def _let_go(self, key: str) -> None:
+        """The name held for ``key`` is free again (its upload was aborted)."""
+        self._named.pop(key, None)
 
     def publish(self, key: str, path_name: str) -> None:
         """Rename ``.tmp-<key>`` onto ``path_name`` (atomic), then sync the folder.
@@ -296,11 +357,13 @@ class FolderBlobs:
                 if not self.exists(path_name):
                     raise
             else:
-                crashpoints.reached("temp.renamed")
+                crashpoints.reached("publish.placed")
             _fsync_dir(target.parent)
         except OSError as exc:
             raise _storage_fault("cannot install a received file", exc) from exc
-        crashpoints.reached("temp.dir_synced")
+        self._named.pop(key, None)  # the folder holds the name from now on
+        self._made.get(target.parent.name, set()).add(target.name)
+        crashpoints.reached("publish.durable")
 
     def open(self, path_name: str) -> BinaryIO:
         """A stored file, opened for reading (never through a symlink, never blocking on a fifo).
@@ -344,6 +407,7 @@ class FolderBlobs:
                 pass
             except OSError as exc:
                 raise _storage_fault(f"cannot delete {path_name}", exc) from exc
+            self._made.get(path.parent.name, set()).discard(path.name)
 
     def room(self) -> int:
         """Free bytes on the file system of ``received_files/``."""
@@ -363,13 +427,27 @@ class FolderBlobs:
         :meth:`foreign_entries` lists it to be moved aside, never deleted or followed.
         A ``.tmp-`` file whose name is no blob key (an older server's) is
         listed too, under that name: no row points at it.
+
+        The first call lists every client folder (start-up repair); a later
+        one (the sweeper's) only those where a blob was begun or found since:
+        only this store writes in its folder (the data folder's lock), so a
+        sweep costs the folders with uploads, not every client's.
         """
+        if self._listed_all:
+            directories = [
+                self.root / name for name in sorted(self._may_hold_unpublished)
+                if (self.root / name).is_dir() and not (self.root / name).is_symlink()
+            ]
+        else:
+            directories = self._client_dirs()
         found = []
-        for directory in self._client_dirs():
+        for directory in directories:
             for entry in os.scandir(directory):
                 if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
                     key = entry.name[len(TEMP_PREFIX):]
                     found.append(UnpublishedBlob(bytes.fromhex(directory.name), key))
+        self._listed_all = True
+        self._may_hold_unpublished = {blob.client_id.hex() for blob in found}
         return found
 
     def delete_unpublished(self, blob: UnpublishedBlob) -> None:
@@ -381,6 +459,7 @@ class FolderBlobs:
         name = f"{TEMP_PREFIX}{blob.key}"
         if "/" in name or "\\" in name or blob.key in ("", ".", ".."):
             raise StorageFault(f"{quoted(blob.key)} is not a blob key")
+        self._named.pop(blob.key, None)
         path = self.root / client_dir_name(blob.client_id) / name
         try:
             path.unlink(missing_ok=True)
@@ -435,6 +514,7 @@ class FolderBlobs:
             os.replace(self.root / entry.owner / entry.name, target)
         except OSError as exc:
             raise StorageFault(exc.strerror or str(exc)) from exc
+        self._made.get(entry.owner, set()).discard(entry.name)
         return str(target)
 
     def _quarantine_dir(self, client_hex: str) -> Path:
@@ -463,6 +543,7 @@ class FolderBlobs:
         trash = self._trash_dir()
         name = client_dir_name(client_id)
         source = self.root / name
+        self._made.pop(name, None)
         try:
             if source.is_dir() and not source.is_symlink():
                 os.replace(source, trash / name)

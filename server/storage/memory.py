@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Collection, Iterator
 
 from ..errors import BlobMissing, NameTaken, StorageFault
 from ..peer import address_group
@@ -73,6 +73,8 @@ class MemoryMetadata:
         #: The client counts kept with the rows: in all, and per address group.
         self._total = 0
         self._groups: dict[str, int] = {}
+        #: How many row pointers (BlobKey, PendingKey) name each blob key, kept with the rows.
+        self._pointers: dict[str, int] = {}
         self._seen: dict[bytes, float] = {}
         self._used: dict[bytes, float] = {}
         #: The undo logs of the open transactions, innermost last.
@@ -100,10 +102,24 @@ class MemoryMetadata:
             if isinstance(value, _Client):
                 self._count(value.row, 1)
                 self._names[value.row.name] = value.row.id
+        if table is self._files:  # so does the pointer index
+            if isinstance(old, _File):
+                self._point(old.row, -1)
+            if isinstance(value, _File):
+                self._point(value.row, 1)
         if value is None:
             table.pop(key, None)
         else:
             table[key] = value
+
+    def _point(self, row: FileRow, step: int) -> None:
+        for key in (row.blob_key, row.pending_key):
+            if key is not None:
+                count = self._pointers.get(key, 0) + step
+                if count > 0:
+                    self._pointers[key] = count
+                else:
+                    self._pointers.pop(key, None)
 
     def _count(self, row: ClientRow, step: int) -> None:
         self._total += step
@@ -192,6 +208,11 @@ class MemoryMetadata:
         self._check_open()
         found = self._clients.get(client_id)
         return None if found is None else found.row
+
+    def client_and_binding(self, client_id: bytes) -> tuple[ClientRow | None, Binding | None]:
+        """The client with this id and its binding (None for both without a client)."""
+        client = self.client_by_id(client_id)
+        return client, None if client is None else self.binding(client_id)
 
     def client_by_name(self, name: str) -> ClientRow | None:
         """The client with this name, if any."""
@@ -289,10 +310,6 @@ class MemoryMetadata:
         self._check_open()
         return [found.row for found in self._files.values()]
 
-    def path_names(self, client_id: bytes) -> list[str]:
-        """The path name of every file the client has."""
-        return [found.row.path_name for key, found in self._files.items() if key[0] == client_id]
-
     def stored_bytes(self, client_id: bytes) -> int:
         """The recorded size of every file the client has, verified or not."""
         return sum(
@@ -336,6 +353,11 @@ class MemoryMetadata:
     def set_content(self, client_id: bytes, file_name: bytes, size: int, cksum: int) -> None:
         """Record the size and cksum of a file's content."""
         self._update_file(client_id, bytes(file_name), size=size, cksum=cksum)
+
+    def referenced_keys(self, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` a row points at (an index kept with the rows)."""
+        self._check_open()
+        return {key for key in keys if self._pointers.get(key)}
 
     def delete_file(self, client_id: bytes, file_name: bytes) -> None:
         """Remove a file's row."""
@@ -406,9 +428,14 @@ class MemoryWriter:
         self.sealed = True
 
     def abort(self) -> None:
-        """Forget the blob; never raises."""
+        """Give the blob up; it stays, garbage, until the sweeper deletes it (never raises).
+
+        As an object store's would: deleting is left to the sweeper, so that
+        the contract and the session are tested with garbage that outlives
+        its upload.
+        """
         self.aborted = True
-        self._store.writers.pop(self.key, None)
+        self._store.named.pop(self.key, None)
 
     @property
     def content(self) -> bytes:
@@ -431,6 +458,8 @@ class MemoryBlobs:
         self.blobs: dict[str, bytes] = {}
         #: Uploads written under their keys and not published, by key.
         self.writers: dict[str, MemoryWriter] = {}
+        #: The stored names given to uploads not yet published: key -> (client, name).
+        self.named: dict[str, tuple[bytes, str]] = {}
         #: Blobs set aside by start-up repair, by where they went.
         self.aside: dict[str, bytes] = {}
         #: Clients whose removal began: their blobs, taken out.
@@ -464,28 +493,38 @@ class MemoryBlobs:
 
         Raises:
             StorageFault: ``path_name`` is not the writer's client's, the blob
-                is not sealed, or neither it nor ``path_name`` is there.
+                is not sealed or was aborted, or neither it nor ``path_name`` is there.
         """
         writer = self.writers.get(key)
         if writer is None:
             if path_name in self.blobs:
                 return
             raise StorageFault(f"cannot install a received file: no blob {key}")
+        if writer.aborted:
+            raise StorageFault(f"cannot install a received file: {key} was given up")
         if self.owner(path_name) != writer.client_id:
             raise StorageFault(f"{path_name} is not a stored file of {writer.client_id.hex()}")
         if not writer.sealed:
             raise StorageFault(f"cannot install a received file: {key} is not sealed")
         self.blobs[path_name] = writer.content
         del self.writers[key]
+        self.named.pop(key, None)
 
-    def new_path_name(self, client_id: bytes, file_name: bytes, taken: Iterable[str]) -> str:
-        """A safe stored name for ``file_name``, distinct from ``taken`` even ignoring case.
+    def new_path_name(self, client_id: bytes, file_name: bytes, key: str) -> str:
+        """A safe stored name for ``file_name``, held for ``key`` until it is published.
+
+        Distinct, even ignoring case, from the client's stored blobs and the
+        names given to its other uploads not yet published.
 
         Raises:
             StorageFault: no distinct name is left.
         """
-        names = (path.rsplit("/", 1)[-1] for path in taken)
-        return f"{MEMORY_ROOT}/{client_id.hex()}/{unique_stored_name(file_name, names)}"
+        stored = [_entry(path_name).name for path_name in self.blobs
+                  if self.owner(path_name) == client_id]
+        held = [name for owner, name in self.named.values() if owner == client_id]
+        name = unique_stored_name(file_name, [*stored, *held])
+        self.named[key] = (client_id, name)
+        return f"{MEMORY_ROOT}/{client_id.hex()}/{name}"
 
     def open(self, path_name: str) -> BinaryIO:
         """Read a stored blob.
@@ -506,7 +545,8 @@ class MemoryBlobs:
         self.blobs.pop(path_name, None)
 
     def room(self) -> int | None:
-        """The capacity less what is stored and being written (a worker thread may ask)."""
+        """The capacity less what is stored, being written, or aborted and not yet swept
+        (a worker thread may ask)."""
         if self.capacity is None:
             return None
         held = sum(map(len, list(self.blobs.values()))) + sum(
@@ -515,12 +555,13 @@ class MemoryBlobs:
         return max(0, self.capacity - held)
 
     def unpublished(self) -> list[UnpublishedBlob]:
-        """Every blob written under its key and not published."""
+        """Every blob written under its key and not published (aborted ones included)."""
         return [UnpublishedBlob(writer.client_id, key) for key, writer in self.writers.items()]
 
     def delete_unpublished(self, blob: UnpublishedBlob) -> None:
         """Forget an unpublished blob (absent is fine)."""
         self.writers.pop(blob.key, None)
+        self.named.pop(blob.key, None)
 
     def stored(self) -> list[BlobEntry]:
         """Every stored blob."""

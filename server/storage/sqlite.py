@@ -38,7 +38,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Callable, Collection, Iterator, ParamSpec, TypeVar
 
 from ..errors import BadStoreUrl, DurabilityLost, NameTaken, StorageFault, StoreUnusable
 from ..peer import address_group
@@ -143,6 +143,10 @@ _INDEXES = (
     " WHERE PublicKey IS NULL",
     "CREATE INDEX IF NOT EXISTS clients_unused ON clients (UnusedSince)"
     " WHERE PublicKey IS NOT NULL AND UnusedSince IS NOT NULL",
+    # The rows pointing at a blob, so that the sweeper reads what it asks about.
+    "CREATE INDEX IF NOT EXISTS files_blob_key ON files (BlobKey) WHERE BlobKey IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS files_pending_key ON files (PendingKey)"
+    " WHERE PendingKey IS NOT NULL",
 )
 #: The SQL function that gives an address's group (server/peer.py), for _COUNTS.
 _GROUP_FUNCTION = "address_group"
@@ -178,6 +182,14 @@ _REQUIRED_COLUMNS = {
 _CLIENT_COLUMNS = "ID, Name, PublicKey, LastSeen, AESKey, Edition, Crc, RegisteredFrom"
 _SELECT_CLIENT_BY_ID = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE ID = ?"
 _SELECT_CLIENT_BY_NAME = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = ?"
+_BINDING_COLUMNS = "ID, Address, IssuedAt, LastUsed"
+#: A request's reads of its client: the row and its binding, one statement.
+_SELECT_CLIENT_AND_BINDING = (
+    "SELECT " + ", ".join(f"c.{column}" for column in _CLIENT_COLUMNS.split(", "))
+    + ", " + ", ".join(f"b.{column}" for column in _BINDING_COLUMNS.split(", "))
+    + " FROM clients c LEFT JOIN key_bindings b ON b.ID = c.ID WHERE c.ID = ?"
+)
+_CLIENT_COLUMN_COUNT = len(_CLIENT_COLUMNS.split(", "))
 _COUNT_CLIENTS = "SELECT Clients FROM temp.client_total"
 _COUNT_GROUP_CLIENTS = "SELECT Clients FROM temp.client_groups WHERE AddressGroup = ?"
 #: Through the index clients_keyless.
@@ -204,7 +216,6 @@ _SET_LAST_SEEN = "UPDATE clients SET LastSeen = ? WHERE ID = ?"
 _FILE_COLUMNS = "ID, FileName, PathName, Verified, BlobKey, PendingKey"
 _SELECT_FILE = f"SELECT {_FILE_COLUMNS} FROM files WHERE ID = ? AND FileName = ?"
 _SELECT_FILES = f"SELECT {_FILE_COLUMNS} FROM files"
-_SELECT_PATH_NAMES = "SELECT PathName FROM files WHERE ID = ?"
 #: The primary key (ID, FileName) indexes it: the client's rows only are read.
 _SUM_STORED_BYTES = "SELECT COALESCE(SUM(Size), 0) FROM files WHERE ID = ?"
 _UPSERT_FILE = (
@@ -219,8 +230,13 @@ _PROMOTE_PENDING = (
 _SET_VERIFIED = "UPDATE files SET Verified = ? WHERE ID = ? AND FileName = ?"
 _DELETE_FILE = "DELETE FROM files WHERE ID = ? AND FileName = ?"
 _SET_CONTENT = "UPDATE files SET Size = ?, Cksum = ? WHERE ID = ? AND FileName = ?"
+#: Through the indexes files_blob_key and files_pending_key: ``{marks}`` is one ``?`` per key.
+_REFERENCED_KEYS = (
+    "SELECT BlobKey FROM files WHERE BlobKey IN ({marks})"
+    " UNION SELECT PendingKey FROM files WHERE PendingKey IN ({marks})"
+)
 _DELETE_CLIENT_FILES = "DELETE FROM files WHERE ID = ?"
-_SELECT_BINDING = "SELECT ID, Address, IssuedAt, LastUsed FROM key_bindings WHERE ID = ?"
+_SELECT_BINDING = f"SELECT {_BINDING_COLUMNS} FROM key_bindings WHERE ID = ?"
 _UPSERT_BINDING = (
     "INSERT INTO key_bindings (ID, Address, IssuedAt, LastUsed) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (ID) DO UPDATE SET Address = excluded.Address,"
@@ -569,6 +585,17 @@ class SqliteMetadata:
         return _client(row)
 
     @_translated
+    def client_and_binding(self, client_id: bytes) -> tuple[ClientRow | None, Binding | None]:
+        """The client and its binding: one SELECT, the binding LEFT JOINed."""
+        row = self._db.execute(_SELECT_CLIENT_AND_BINDING, (client_id,)).fetchone()
+        if row is None:
+            return None, None
+        binding = row[_CLIENT_COLUMN_COUNT:]
+        return _client(row[:_CLIENT_COLUMN_COUNT]), (
+            None if binding[0] is None else self._binding(binding)
+        )
+
+    @_translated
     def client_by_name(self, name: str) -> ClientRow | None:
         """The client with this name, if any."""
         row = self._db.execute(_SELECT_CLIENT_BY_NAME, (name,)).fetchone()
@@ -672,11 +699,6 @@ class SqliteMetadata:
         return [_file(row) for row in self._db.execute(_SELECT_FILES)]
 
     @_translated
-    def path_names(self, client_id: bytes) -> list[str]:
-        """The PathName of every file the client has."""
-        return [row[0] for row in self._db.execute(_SELECT_PATH_NAMES, (client_id,))]
-
-    @_translated
     def stored_bytes(self, client_id: bytes) -> int:
         """The size of every file the client has stored, verified or not."""
         return self._db.execute(_SUM_STORED_BYTES, (client_id,)).fetchone()[0]
@@ -715,6 +737,15 @@ class SqliteMetadata:
         self._db.execute(_SET_CONTENT, (size, cksum, client_id, file_name_value(file_name)))
 
     @_translated
+    def referenced_keys(self, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` a row points at: two index lookups per key."""
+        if not keys:
+            return set()
+        listed = list(keys)
+        query = _REFERENCED_KEYS.format(marks=", ".join("?" * len(listed)))
+        return {row[0] for row in self._db.execute(query, listed + listed)}
+
+    @_translated
     def delete_file(self, client_id: bytes, file_name: bytes) -> None:
         """Remove a file's row."""
         self._db.execute(_DELETE_FILE, (client_id, file_name_value(file_name)))
@@ -725,9 +756,11 @@ class SqliteMetadata:
     def binding(self, client_id: bytes) -> Binding | None:
         """Who may use the client's key, and since when."""
         row = self._db.execute(_SELECT_BINDING, (client_id,)).fetchone()
-        if row is None:
-            return None
-        used = max(row[3], self._used.get(client_id, row[3]))
+        return None if row is None else self._binding(row)
+
+    def _binding(self, row: tuple) -> Binding:
+        """A key_bindings row, a noted use counted."""
+        used = max(row[3], self._used.get(row[0], row[3]))
         return Binding(id=row[0], address=row[1], issued_at=row[2], last_used=used)
 
     @_translated

@@ -6,6 +6,13 @@ flight is writing or holding. A blob found so is deleted only once it has
 been found so for :data:`GARBAGE_GRACE` seconds, so that a pointer written
 meanwhile (or a swap not yet durable) keeps it. Start-up repair deletes
 what a crash left at once: no upload is in flight then.
+
+A sweep costs what it finds, not what is kept: the blob store lists its
+unpublished blobs, those no upload holds are the candidates, and the
+metadata store is asked about those keys only
+(:meth:`~server.storage.base.MetadataStore.referenced_keys`, in batches of
+:data:`~server.storage.base.KEYS_PER_QUERY`). With no garbage it reads no
+file row at all.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import AbstractSet, Callable
 
-from .base import BlobStore, MetadataStore, UnpublishedBlob
+from .base import KEYS_PER_QUERY, BlobStore, MetadataStore, UnpublishedBlob
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +53,12 @@ class Sweeper:
             StorageFault: the stores cannot be read or a blob cannot be deleted.
         """
         now = self._clock()
-        referenced = set(self._live_keys())
-        for row in self._metadata.file_rows():
-            referenced.update(key for key in (row.blob_key, row.pending_key) if key is not None)
+        live = self._live_keys()
+        candidates = [blob for blob in self._blobs.unpublished() if blob.key not in live]
+        referenced = self._referenced([blob.key for blob in candidates])
         since = self._unreferenced_since
         self._unreferenced_since = {
-            blob: since.get(blob, now)
-            for blob in self._blobs.unpublished()
-            if blob.key not in referenced
+            blob: since.get(blob, now) for blob in candidates if blob.key not in referenced
         }
         expired = [
             blob for blob, found in self._unreferenced_since.items() if now - found >= GARBAGE_GRACE
@@ -66,3 +71,10 @@ class Sweeper:
                 "deleted %d blob(s) no row pointed at for %.0f s", len(expired), GARBAGE_GRACE
             )
         return len(expired)
+
+    def _referenced(self, keys: list[str]) -> set[str]:
+        """Those of ``keys`` a row points at, asked in batches."""
+        referenced: set[str] = set()
+        for start in range(0, len(keys), KEYS_PER_QUERY):
+            referenced |= self._metadata.referenced_keys(keys[start:start + KEYS_PER_QUERY])
+        return referenced

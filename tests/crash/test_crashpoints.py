@@ -31,12 +31,12 @@ def test_unarmed_points_do_nothing(kills):
 
 
 def test_the_armed_point_kills_at_its_count_only(kills):
-    assert crashpoints.configure("temp.written:3") == "temp.written"
-    crashpoints.reached("temp.written")
-    crashpoints.reached("temp.synced")
-    crashpoints.reached("temp.written")
+    assert crashpoints.configure("write.appended:3") == "write.appended"
+    crashpoints.reached("write.appended")
+    crashpoints.reached("write.sealed")
+    crashpoints.reached("write.appended")
     assert kills == []
-    crashpoints.reached("temp.written")
+    crashpoints.reached("write.appended")
     assert kills == [(crashpoints.os.getpid(), signal.SIGKILL)]
 
 
@@ -46,7 +46,7 @@ def test_the_count_defaults_to_the_first_time(kills):
     assert len(kills) == 1
 
 
-@pytest.mark.parametrize("spec", ["nowhere", "temp.written:0", "temp.written:x", "temp.written:-1"])
+@pytest.mark.parametrize("spec", ["nowhere", "write.appended:0", "write.appended:x", "write.appended:-1"])
 def test_a_bad_spec_is_refused(spec):
     with pytest.raises(ValueError):
         crashpoints.configure(spec)

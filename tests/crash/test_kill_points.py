@@ -13,9 +13,9 @@ files uploaded and verified with 900: ``keep.bin`` and ``again.bin``), starts
 The server dies by SIGKILL either at a crash point of its own
 (``CIPHERDROP_CRASH_AT``, see server/crashpoints.py; counts follow the
 session above: 1605 is response 1, the three 1603s are 2, 3, 5, the 1604s 4
-and 6; the temp files are v1, v2, again.bin; v1, a first upload, is committed
-and renamed at once, while v2 and the new again.bin are pending versions of
-stored names: v2 is renamed at its 900, again.bin dropped at its 902), or from the test
+and 6; the blobs written are v1, v2, again.bin; v1, a first upload, is committed
+and published at once, while v2 and the new again.bin are pending versions of
+stored names: v2 is published at its 900, again.bin dropped at its 902), or from the test
 when the client reaches a step (timed kills: before the first packet, after
 k packets, in the middle of a packet, after 901 or 900). Then the server is
 restarted without the variable, and every time:
@@ -112,25 +112,25 @@ KILL_POINTS = [
     # crash points inside the server, in session order
     KillPoint("827-key-committed-before-1605", 0, crash_at="key.committed"),
     KillPoint("1605-queued-not-sent", 0, crash_at="response.queued:1"),
-    KillPoint("v1-temp-created-nothing-written", 1, crash_at="temp.created:1"),
-    KillPoint("v1-after-first-temp-write", 1, crash_at="temp.written:1"),
-    KillPoint("v1-after-fourth-temp-write", 1, crash_at="temp.written:4"),
-    KillPoint("v1-after-ninth-temp-write", 1, crash_at="temp.written:9"),
-    KillPoint("v1-after-temp-fsync", 1, crash_at="temp.synced:1"),
-    KillPoint("v1-after-row-commit-before-rename", 1, crash_at="upload.committed:1"),
-    KillPoint("v1-after-rename-before-dir-fsync", 1, crash_at="temp.renamed:1"),
-    KillPoint("v1-after-dir-fsync-before-1603", 1, crash_at="temp.dir_synced:1"),
+    KillPoint("v1-blob-begun-nothing-written", 1, crash_at="write.begun:1"),
+    KillPoint("v1-after-first-write", 1, crash_at="write.appended:1"),
+    KillPoint("v1-after-fourth-write", 1, crash_at="write.appended:4"),
+    KillPoint("v1-after-ninth-write", 1, crash_at="write.appended:9"),
+    KillPoint("v1-after-seal", 1, crash_at="write.sealed:1"),
+    KillPoint("v1-after-row-commit-before-publish", 1, crash_at="upload.committed:1"),
+    KillPoint("v1-placed-before-publish-durable", 1, crash_at="publish.placed:1"),
+    KillPoint("v1-published-before-1603", 1, crash_at="publish.durable:1"),
     KillPoint("v1-1603-queued-not-sent", 1, crash_at="response.queued:2"),
     KillPoint("v1-1603-sent", None, crash_at="response.sent:2"),
     KillPoint("901-received", 2, crash_at="retry.received"),
-    KillPoint("901-resend-temp-created", 2, crash_at="temp.created:2"),
-    KillPoint("901-resend-after-temp-fsync", 2, crash_at="temp.synced:2"),
+    KillPoint("901-resend-blob-begun", 2, crash_at="write.begun:2"),
+    KillPoint("901-resend-after-seal", 2, crash_at="write.sealed:2"),
     KillPoint("901-resend-kept-pending", 2, crash_at="upload.pending:1"),
     KillPoint("901-resend-1603-queued", 2, crash_at="response.queued:3"),
     KillPoint("900-before-install", 3, crash_at="verify.before_commit:1"),
     KillPoint("900-swap-durable-before-publish", 3, crash_at="upload.confirmed:1"),
-    KillPoint("900-pending-renamed-before-dir-fsync", 3, crash_at="temp.renamed:2"),
-    KillPoint("900-pending-dir-synced-before-commit", 3, crash_at="temp.dir_synced:2"),
+    KillPoint("900-pending-placed-before-publish-durable", 3, crash_at="publish.placed:2"),
+    KillPoint("900-pending-published-before-commit", 3, crash_at="publish.durable:2"),
     KillPoint("900-after-commit-before-1604", 3, crash_at="verify.committed:1"),
     KillPoint("900-1604-queued", 3, crash_at="response.queued:4"),
     KillPoint("reupload-verified-name-kept-pending", 4, crash_at="upload.pending:2"),

@@ -479,7 +479,7 @@ def test_g3_kill_9_during_upload(server_factory, tmp_path):
         server.kill()
     assert (folder / "doc.bin").read_bytes() == verified
     restarted = _restart_and_upload_again(server_factory, data_dir, guard, identity, "doc.bin", keep)
-    assert "1 temp file(s) removed" in restarted.log()
+    assert "1 unfinished upload(s) deleted" in restarted.log()
 
 
 def _crash_at(point, server_factory, monkeypatch, data_dir, identity, name: str, data: bytes,
@@ -534,7 +534,7 @@ def test_g3_kill_9_between_commit_and_rename_of_a_first_upload(server_factory, m
     _crash_at("upload.committed", server_factory, monkeypatch, data_dir, identity, "doc.bin", os.urandom(7000))
     restarted = server_factory(data_dir=data_dir)
     log = restarted.log()
-    assert "1 temp file(s) removed" in log
+    assert "1 unfinished upload(s) deleted" in log
     assert db_rows(restarted, "SELECT FileName, Verified FROM files WHERE ID = ?",
                    identity.client_id) == [("keep.bin", 1)]  # the row without a file is gone
     assert "is missing; its row is removed" in log
@@ -548,13 +548,13 @@ def test_g3_kill_9_with_a_pending_version(server_factory, monkeypatch, tmp_path)
     guard, identity, keep, old = _two_verified_files(server_factory, data_dir)
     _crash_at("upload.pending", server_factory, monkeypatch, data_dir, identity, "doc.bin", os.urandom(7000))
     restarted = server_factory(data_dir=data_dir)
-    assert "1 temp file(s) removed" in restarted.log()
+    assert "1 unfinished upload(s) deleted" in restarted.log()
     assert _doc_and_rows(restarted, identity) == (old, [("doc.bin", 1), ("keep.bin", 1)])
     restarted.stop()
     _restart_and_upload_again(server_factory, data_dir, guard, identity, "doc.bin", keep)
 
 
-@pytest.mark.parametrize("point", ["temp.renamed", "temp.dir_synced"])
+@pytest.mark.parametrize("point", ["publish.placed", "publish.durable"])
 def test_g3_kill_9_between_rename_and_1604(server_factory, monkeypatch, tmp_path, point):
     """The 900 of a pending version, killed after its rename: the confirmed file, one row."""
     data_dir = tmp_path / "data"
@@ -577,7 +577,7 @@ def test_g3_kill_9_between_rename_and_1603_of_a_first_upload(server_factory, mon
         identity = make_identity(client)
         verified_upload(client, identity, "keep.bin", keep)
     server.stop()
-    _crash_at("temp.dir_synced", server_factory, monkeypatch, data_dir, identity, "doc.bin", new)
+    _crash_at("publish.durable", server_factory, monkeypatch, data_dir, identity, "doc.bin", new)
     restarted = server_factory(data_dir=data_dir)
     # the new file is complete and its row says unverified: consistent
     assert _doc_and_rows(restarted, identity) == (new, [("doc.bin", 0), ("keep.bin", 1)])

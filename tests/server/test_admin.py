@@ -285,7 +285,7 @@ def test_delete_removes_rows_and_folder(populated, server_factory):
     assert "1 client(s), 1 file(s)" in restarted.log() and "moved to" not in restarted.log()
 
 
-@pytest.mark.parametrize("point", ["remove.trashed", "remove.forgotten"])
+@pytest.mark.parametrize("point", ["remove.begun", "remove.forgotten"])
 def test_a_delete_cut_by_a_crash_is_finished_at_start(populated, server_factory, point):
     server, alice, bob = populated
     assert server.stop() == 0

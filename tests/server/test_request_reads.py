@@ -32,15 +32,19 @@ from server.storage.memory import MemoryMetadata
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 #: The statements of a single-packet 828 that stores a new file: one read of
-#: the client, one of its binding, the file's row and the client's path names,
-#: and the request's savepoint with its writes (the row, its content, the
-#: client's LastSeen and its key's LastUsed) in the round's transaction.
-SINGLE_PACKET_STATEMENTS = 12
+#: the client with its binding, one of the file's row (its path name is the
+#: blob store's to choose), and the request's savepoint with its writes (the
+#: row, its content, the client's LastSeen and its key's LastUsed) in the
+#: round's transaction.
+SINGLE_PACKET_STATEMENTS = 10
 #: The statements of an 827 of a keyed client: one read of the client (by
-#: its id, for Rule 7; its name is the same row), one of its binding, and the
+#: its id, for Rule 7; its name is the same row) with its binding, and the
 #: savepoint with the new key and binding.
-RECONNECT_STATEMENTS = 8
-_SELECT = re.compile(r"^SELECT .* FROM (\w+)")
+RECONNECT_STATEMENTS = 7
+#: The tables a SELECT reads (each FROM and JOIN).
+_TABLE = re.compile(r"\b(?:FROM|JOIN) (\w+)")
+#: Where a request's client lives: its row and its key binding.
+_CLIENT_TABLES = {"clients", "key_bindings"}
 
 
 class Statements:
@@ -56,8 +60,18 @@ class Statements:
         return list(self.run)
 
 
+def _selects(statements: list[str]) -> list[str]:
+    return [text for text in statements if text.startswith("SELECT ")]
+
+
 def reads_by_table(statements: list[str]) -> Counter:
-    return Counter(found.group(1) for text in statements if (found := _SELECT.match(text)))
+    """How many SELECTs read each table (a join reads two)."""
+    return Counter(table for text in _selects(statements) for table in set(_TABLE.findall(text)))
+
+
+def client_reads(statements: list[str]) -> int:
+    """How many SELECTs read the client's row or its binding."""
+    return sum(1 for text in _selects(statements) if _CLIENT_TABLES & set(_TABLE.findall(text)))
 
 
 class Client:
@@ -111,6 +125,7 @@ def test_a_single_packet_828_reads_its_client_and_binding_once(sqlite_app):
     assert [type(answer) for answer in client.answers()] == [FileReceived]
     reads = reads_by_table(run)
     assert reads["clients"] == 1 and reads["key_bindings"] == 1, run
+    assert client_reads(run) == 1, run  # one statement: the row with its binding
     assert len(run) <= SINGLE_PACKET_STATEMENTS, run
 
 
@@ -122,6 +137,7 @@ def test_an_827_reads_its_client_and_binding_once(sqlite_app):
     assert [type(answer) for answer in client.answers()] == [Reconnected]
     reads = reads_by_table(run)
     assert reads["clients"] == 1 and reads["key_bindings"] == 1, run
+    assert client_reads(run) == 1, run  # one statement: the row with its binding
     assert len(run) <= RECONNECT_STATEMENTS, run
 
 
@@ -133,6 +149,7 @@ def test_a_verdict_reads_its_client_and_binding_once(sqlite_app):
     run = statements.during(lambda: client.feed(CrcOk(client_id=who.client_id, file_name="two.bin")))
     reads = reads_by_table(run)
     assert reads["clients"] == 1 and reads["key_bindings"] == 1, run
+    assert client_reads(run) == 1, run  # one statement: the row with its binding
 
 
 # -- the cache's rules ------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ntpath
+import os
 import posixpath
 import sqlite3
 
@@ -198,7 +199,7 @@ def test_reading_a_fifo_planted_as_a_stored_file_is_refused_without_waiting(tmp_
     import threading
 
     store = FolderBlobs(tmp_path)
-    path_name = store.new_path_name(b"\x01" * 16, b"pipe", [])
+    path_name = store.new_path_name(b"\x01" * 16, b"pipe", new_blob_key())
     store.client_dir(b"\x01" * 16)
     os.mkfifo(store.resolve(path_name))
     outcome = []
@@ -225,6 +226,30 @@ def test_uploads_are_written_under_their_key_with_the_reserved_prefix(tmp_path):
     writer.write(b"abc")
     writer.abort()
     assert not writer.path.exists()
+
+
+def _stored(store: FolderBlobs, client_id: bytes, file_name: bytes) -> str:
+    writer = store.begin(client_id, new_blob_key())
+    writer.write(file_name)
+    writer.seal()
+    path_name = store.new_path_name(client_id, file_name, writer.key)
+    store.publish(writer.key, path_name)
+    return path_name
+
+
+def test_a_folder_the_store_made_gives_names_without_listing_it(tmp_path, monkeypatch):
+    store, client_id = FolderBlobs(tmp_path), b"\x01" * 16
+    first = _stored(store, client_id, b"a.txt")
+    listed = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path: listed.append(path) or real_scandir(path))
+    second = _stored(store, client_id, b"A.TXT")  # the store knows a.txt: no listing
+    assert listed == [] and second.lower() != first.lower()
+    store.delete(first)
+    assert store.new_path_name(client_id, b"a.txt", new_blob_key()) == first  # free again
+    restarted = FolderBlobs(tmp_path)  # a folder it did not make: listed once per name asked
+    assert restarted.new_path_name(client_id, b"a.TXT", new_blob_key()).lower() != second.lower()
+    assert len(listed) == 1
 
 
 @pytest.mark.parametrize(

@@ -268,7 +268,14 @@ def test_a_discarded_pending_version_leaves_no_pointer_at_it(harness, ending):
     row = harness.metadata.file_row(who.client_id, b"a.bin")
     assert row.pending_key is None and row.verified
     assert harness.blobs.open(row.path_name).read() == DATA  # the stored version stays
-    assert harness.blobs.unpublished() == []  # its blob is gone
+    assert harness.metadata.referenced_keys(_unpublished_keys(harness)) == set()  # garbage
+    _fire_timers_after(harness, GARBAGE_GRACE)
+    _fire_timers_after(harness, GARBAGE_GRACE)
+    assert harness.blobs.unpublished() == []  # swept by the App's sweeper
+
+
+def _unpublished_keys(harness: Harness) -> set[str]:
+    return {blob.key for blob in harness.blobs.unpublished()}
 
 
 def _fire_timers_after(harness: Harness, delay: float) -> None:
@@ -338,6 +345,34 @@ def test_a_store_that_cannot_count_its_room_admits_uploads_without_the_disk_chec
         assert isinstance(received, FileReceived) and received.cksum == cksum(DATA)
     finally:
         harness.close()
+
+
+def test_a_cut_upload_leaves_garbage_that_the_sweeper_deletes_after_its_grace(harness):
+    session = harness.session()
+    who = identity(harness, session)
+    first, *_ = packets(who)
+    feed(session, first)
+    answers(session)
+    (key,) = harness.app.uploads.live_blob_keys()
+    session.connection_lost()  # cut after its first packet: the upload is discarded
+    assert harness.app.uploads.live_blob_keys() == set()
+    assert _unpublished_keys(harness) == {key}  # garbage: nothing waited for it to go
+    assert harness.metadata.referenced_keys([key]) == set()
+    _fire_timers_after(harness, GARBAGE_GRACE)  # found unreferenced: its grace begins
+    assert _unpublished_keys(harness) == {key}
+    _fire_timers_after(harness, GARBAGE_GRACE)
+    assert harness.blobs.unpublished() == []
+
+
+def test_first_uploads_of_names_equal_but_for_case_in_one_round_get_distinct_path_names(harness):
+    session = harness.session()
+    who = identity(harness, session)
+    feed(session, *file_packets(who, "a.txt", DATA, len(DATA) + 1024),
+         *file_packets(who, "A.TXT", DATA[::-1], len(DATA) + 1024))
+    assert [type(answer) for answer in answers(session)] == [FileReceived, FileReceived]
+    rows = [harness.metadata.file_row(who.client_id, name) for name in (b"a.txt", b"A.TXT")]
+    assert rows[0].path_name.lower() != rows[1].path_name.lower()  # one round: the store held it
+    assert [harness.blobs.open(row.path_name).read() for row in rows] == [DATA, DATA[::-1]]
 
 
 def test_the_sweeper_leaves_the_blob_of_an_upload_in_flight(harness):

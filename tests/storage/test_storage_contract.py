@@ -86,8 +86,9 @@ def sealed(blobs: BlobStore, client_id: bytes, data: bytes) -> BlobWriter:
 
 
 def stored_blob(blobs: BlobStore, client_id: bytes, file_name: bytes, data: bytes) -> str:
-    path_name = blobs.new_path_name(client_id, file_name, [])
-    blobs.publish(sealed(blobs, client_id, data).key, path_name)
+    writer = sealed(blobs, client_id, data)
+    path_name = blobs.new_path_name(client_id, file_name, writer.key)
+    blobs.publish(writer.key, path_name)
     return path_name
 
 
@@ -203,6 +204,18 @@ def test_a_binding_records_its_address_and_the_last_use(metadata):
     assert metadata.binding(BOB) is None
 
 
+def test_a_client_and_its_binding_are_read_together_as_each_alone(metadata):
+    register(metadata, ALICE, "alice", "127.0.0.5", now=NOW)
+    with metadata.transaction():
+        metadata.insert_client(BOB, "bob", NOW, "v3", "127.0.0.6")  # no binding yet
+    metadata.note_key_used(ALICE, NOW + 30)  # a noted use counts, as in binding()
+    assert metadata.client_and_binding(ALICE) == (
+        metadata.client_by_id(ALICE), metadata.binding(ALICE))
+    assert metadata.client_and_binding(ALICE)[1].last_used == NOW + 30
+    assert metadata.client_and_binding(BOB) == (metadata.client_by_id(BOB), None)
+    assert metadata.client_and_binding(b"c" * 16) == (None, None)
+
+
 # -- files -----------------------------------------------------------------------------
 
 
@@ -223,7 +236,6 @@ def test_a_file_row_is_upserted_verified_measured_and_deleted(metadata, file_nam
     assert metadata.file_row(ALICE, file_name) == type(row)(ALICE, file_name, "p/2", False)
     assert metadata.stored_bytes(ALICE) == 1000
     assert metadata.file_rows() == [metadata.file_row(ALICE, file_name)]
-    assert metadata.path_names(ALICE) == ["p/2"] and metadata.path_names(BOB) == []
     with metadata.transaction():
         metadata.delete_file(ALICE, file_name)
     assert metadata.file_row(ALICE, file_name) is None and metadata.stored_bytes(ALICE) == 0
@@ -326,8 +338,8 @@ def test_a_closed_store_refuses_with_a_storage_fault(stores):
 
 
 def test_a_blob_is_written_under_its_key_sealed_published_and_read_back(blobs):
-    path_name = blobs.new_path_name(ALICE, b"report.pdf", [])
     writer = blobs.begin(ALICE, new_blob_key())
+    path_name = blobs.new_path_name(ALICE, b"report.pdf", writer.key)
     writer.write(b"first part, ")
     writer.write(memoryview(b"second part"))
     assert writer.size == len(b"first part, second part")
@@ -355,19 +367,28 @@ def test_publishing_replaces_what_the_name_reads_at_once(blobs):
         assert file.read() == b"new"
 
 
-def test_an_aborted_blob_leaves_nothing_and_a_sealed_one_cannot_grow(blobs):
+def test_an_aborted_blob_is_garbage_never_published_and_a_sealed_one_cannot_grow(
+    metadata, blobs
+):
     writer = sealed(blobs, ALICE, b"data")
     with pytest.raises(StorageFault):
         writer.write(b"more")
     writer.abort()
     writer.abort()  # twice: never raises
-    assert blobs.stored() == [] and blobs.unpublished() == []
-    with pytest.raises(StorageFault):  # nothing to publish, nothing published
-        blobs.publish(writer.key, blobs.new_path_name(ALICE, b"f", []))
+    with pytest.raises(StorageFault):  # given up: never published
+        blobs.publish(writer.key, blobs.new_path_name(ALICE, b"f", writer.key))
+    assert blobs.stored() == []
+    # Gone at once, or (a store that leaves it to the sweeper) once its grace is over.
+    now = [NOW]
+    sweeper = Sweeper(metadata, blobs, lambda: now[0], set)
+    sweeper.sweep()
+    now[0] += GARBAGE_GRACE
+    sweeper.sweep()
+    assert blobs.unpublished() == []
 
 
 def test_a_blob_is_published_only_in_its_own_clients_namespace(blobs):
-    others = blobs.new_path_name(BOB, b"f", [])
+    others = blobs.new_path_name(BOB, b"f", new_blob_key())
     writer = sealed(blobs, ALICE, b"x")
     with pytest.raises(StorageFault):
         blobs.publish(writer.key, others)
@@ -375,15 +396,27 @@ def test_a_blob_is_published_only_in_its_own_clients_namespace(blobs):
     writer.abort()
 
 
-def test_new_path_names_are_distinct_from_those_taken_even_by_case(blobs):
-    first = blobs.new_path_name(ALICE, b"Report.PDF", [])
-    second = blobs.new_path_name(ALICE, b"report.pdf", [first])
-    assert second.lower() != first.lower()
-    assert blobs.new_path_name(ALICE, b"report.pdf", []) != blobs.new_path_name(BOB, b"report.pdf", [])
+def test_a_new_path_name_is_distinct_from_the_clients_stored_and_held_ones_even_by_case(blobs):
+    stored = stored_blob(blobs, ALICE, b"Report.PDF", b"stored")
+    held = blobs.new_path_name(ALICE, b"report.pdf", new_blob_key())  # not yet published
+    third = blobs.new_path_name(ALICE, b"REPORT.pdf", new_blob_key())
+    assert len({path_name.lower() for path_name in (stored, held, third)}) == 3
+    assert blobs.new_path_name(BOB, b"report.pdf", new_blob_key()) not in (stored, held, third)
+
+
+def test_a_name_is_held_until_its_blob_is_published_or_aborted(blobs):
+    first = sealed(blobs, ALICE, b"first")
+    name = blobs.new_path_name(ALICE, b"a.txt", first.key)
+    assert blobs.new_path_name(ALICE, b"A.TXT", new_blob_key()).lower() != name.lower()
+    first.abort()  # the name is free again: a later upload of it gets it
+    second = sealed(blobs, ALICE, b"second")
+    assert blobs.new_path_name(ALICE, b"a.txt", second.key) == name
+    blobs.publish(second.key, name)  # held by the stored blob from now on
+    assert blobs.new_path_name(ALICE, b"a.txt", new_blob_key()) != name
 
 
 def test_a_missing_blob_is_missing_and_removing_it_is_fine(blobs):
-    path_name = blobs.new_path_name(ALICE, b"f", [])
+    path_name = blobs.new_path_name(ALICE, b"f", new_blob_key())
     with pytest.raises(BlobMissing):
         blobs.open(path_name)
     blobs.delete(path_name)
@@ -444,7 +477,7 @@ def test_repair_drops_rows_without_blobs_and_sets_aside_blobs_without_rows(store
     orphan = stored_blob(blobs, ALICE, b"orphan", b"o")
     with metadata.transaction():
         metadata.upsert_file(ALICE, b"present", present)
-        metadata.upsert_file(ALICE, b"lost", blobs.new_path_name(ALICE, b"lost", [present]))
+        metadata.upsert_file(ALICE, b"lost", blobs.new_path_name(ALICE, b"lost", new_blob_key()))
     report = repair(metadata, blobs)
     assert (report.rows_removed, report.blobs_set_aside) == (1, 1)
     assert [row.file_name for row in metadata.file_rows()] == [b"present"]
@@ -472,8 +505,8 @@ def test_a_row_points_at_its_blob_and_a_900_swaps_the_pending_pointer(metadata):
 def _cut_between_swap_and_publish(metadata, blobs, old: bytes, new: bytes) -> str:
     """A stored file whose confirmed new version's swap is durable and publish never ran."""
     register(metadata, ALICE, "alice")
-    path_name = blobs.new_path_name(ALICE, b"f", [])
     first = sealed(blobs, ALICE, old)
+    path_name = blobs.new_path_name(ALICE, b"f", first.key)
     record_first(metadata, ALICE, b"f", path_name, first.key, Content(len(old), 1))
     metadata.sync()
     blobs.publish(first.key, path_name)
@@ -500,7 +533,7 @@ def test_repair_rolls_back_a_first_upload_and_deletes_garbage_and_stale_pointers
     path_name = stored_blob(blobs, ALICE, b"kept", b"kept")
     unanswered, never_confirmed, aborted = (sealed(blobs, ALICE, b"x") for _ in range(3))
     record_first(metadata, ALICE, b"kept", path_name, new_blob_key(), Content(4, 1))
-    record_first(metadata, ALICE, b"new", blobs.new_path_name(ALICE, b"new", [path_name]),
+    record_first(metadata, ALICE, b"new", blobs.new_path_name(ALICE, b"new", unanswered.key),
                  unanswered.key, Content(1, 1))
     keep_pending(metadata, ALICE, b"kept", never_confirmed.key)
     metadata.sync()
@@ -510,6 +543,22 @@ def test_repair_rolls_back_a_first_upload_and_deletes_garbage_and_stale_pointers
     (row,) = metadata.file_rows()
     assert (row.file_name, row.pending_key) == (b"kept", None)
     aborted.abort()
+
+
+def test_referenced_keys_are_those_a_row_points_at_now(metadata):
+    register(metadata, ALICE, "alice")
+    current, pending, unknown = new_blob_key(), new_blob_key(), new_blob_key()
+    with metadata.transaction():
+        metadata.upsert_file(ALICE, b"f", "f", current)
+        metadata.set_pending(ALICE, b"f", pending)
+    assert metadata.referenced_keys([current, pending, unknown]) == {current, pending}
+    assert metadata.referenced_keys([]) == set()
+    with metadata.transaction():
+        metadata.promote_pending(ALICE, b"f", pending)
+    assert metadata.referenced_keys([current, pending]) == {pending}
+    with metadata.transaction():
+        metadata.delete_file(ALICE, b"f")
+    assert metadata.referenced_keys([current, pending]) == set()
 
 
 # -- the garbage sweeper ----------------------------------------------------------------
