@@ -1,0 +1,62 @@
+"""The object store the S3 tests use: one Ceph radosgw per test session (tests/backends/ceph.py).
+
+``ceph_gateway`` starts it once, in a temp folder, on 127.0.0.1, and stops
+it at the session's end; without Ceph's binaries it skips with the install
+line (the tests that use it are marked ``needed_in_ci``). ``s3_url`` gives
+each test a fresh bucket, as ``--blobs`` names it, with the gateway's keys
+in the AWS environment variables (the only way the store takes them).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from backends.ceph import HOST, CephGateway, skip_reason
+
+_buckets = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def ceph_gateway(tmp_path_factory) -> Iterator[CephGateway]:
+    """A one-node Ceph cluster with radosgw, for the whole session."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    gateway = CephGateway(tmp_path_factory.mktemp("ceph")).start()
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def s3_environment(ceph_gateway, monkeypatch) -> dict[str, str]:
+    """The gateway's keys in this process's AWS environment variables (and no metadata lookup)."""
+    environment = ceph_gateway.environment()
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    return environment
+
+
+def s3_client(gateway: CephGateway):
+    """A plain boto3 client of the gateway (the tests' own view of the bucket)."""
+    import boto3
+    from botocore.config import Config
+
+    environment = gateway.environment()
+    return boto3.client(
+        "s3", endpoint_url=gateway.endpoint, region_name=environment["AWS_DEFAULT_REGION"],
+        aws_access_key_id=environment["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=environment["AWS_SECRET_ACCESS_KEY"],
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+@pytest.fixture
+def s3_url(ceph_gateway, s3_environment) -> str:
+    """A fresh bucket's ``--blobs`` URL (prefix ``node/``, path-style, the gateway's endpoint)."""
+    bucket = f"cipherdrop-test-{next(_buckets)}"
+    s3_client(ceph_gateway).create_bucket(Bucket=bucket)
+    assert HOST in ceph_gateway.endpoint
+    return f"s3://{bucket}/node?endpoint={ceph_gateway.endpoint}&addressing=path"
