@@ -150,6 +150,17 @@ class CephGateway:
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         }
 
+    def client(self):
+        """A plain boto3 client of the gateway, path-style (a test's or bench's own view)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name=REGION,
+            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+            config=Config(s3={"addressing_style": "path"}),
+        )
+
     def start(self) -> CephGateway:
         """Make the cluster and start every daemon; return once S3 answers.
 

@@ -39,24 +39,10 @@ def s3_environment(ceph_gateway, monkeypatch) -> dict[str, str]:
     return environment
 
 
-def s3_client(gateway: CephGateway):
-    """A plain boto3 client of the gateway (the tests' own view of the bucket)."""
-    import boto3
-    from botocore.config import Config
-
-    environment = gateway.environment()
-    return boto3.client(
-        "s3", endpoint_url=gateway.endpoint, region_name=environment["AWS_DEFAULT_REGION"],
-        aws_access_key_id=environment["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=environment["AWS_SECRET_ACCESS_KEY"],
-        config=Config(s3={"addressing_style": "path"}),
-    )
-
-
 @pytest.fixture
 def s3_url(ceph_gateway, s3_environment) -> str:
     """A fresh bucket's ``--blobs`` URL (prefix ``node/``, path-style, the gateway's endpoint)."""
     bucket = f"cipherdrop-test-{next(_buckets)}"
-    s3_client(ceph_gateway).create_bucket(Bucket=bucket)
+    ceph_gateway.client().create_bucket(Bucket=bucket)
     assert HOST in ceph_gateway.endpoint
     return f"s3://{bucket}/node?endpoint={ceph_gateway.endpoint}&addressing=path"

@@ -33,7 +33,8 @@ def location(url: StoreUrl) -> Location:
     Raises:
         BadStoreUrl: a bucket, option or option value S3 would not take.
     """
-    if not _BUCKET.fullmatch(url.host):
+    written = urlsplit(url.text).netloc if url.text else url.host
+    if written != url.host or not _BUCKET.fullmatch(url.host):  # no user, password or port
         raise BadStoreUrl(f"{url}: give a bucket's name: s3://BUCKET/PREFIX")
     unknown = sorted(set(url.options) - set(OPTIONS))
     if unknown:

@@ -81,8 +81,8 @@ class S3Upload:
         self.size = 0
         self._part = bytearray()
         self._upload_id: str | None = None
-        #: Parts in flight, oldest first: (number, the future of its ETag).
-        self._in_flight: deque[tuple[int, Future]] = deque()
+        #: Parts in flight, oldest first: (number, bytes, the future of its ETag).
+        self._in_flight: deque[tuple[int, int, Future]] = deque()
         self._sent: list[dict[str, Any]] = []
         #: The most parts of this upload in flight at once (for the figures).
         self.peak_in_flight = 0
@@ -90,6 +90,11 @@ class S3Upload:
         self.aborted = False
         #: Set by the store when a path name reads this blob: abort leaves it.
         self.published = False
+
+    @property
+    def held(self) -> int:
+        """Bytes of this upload in memory: the part filling and the parts in flight."""
+        return len(self._part) + sum(size for _, size, _ in self._in_flight)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append data; send each part that fills.
@@ -117,7 +122,7 @@ class S3Upload:
             self._collect_oldest()
         number = len(self._sent) + len(self._in_flight) + 1
         future = self._store.uploaders.submit(self._send_part, number, part)
-        self._in_flight.append((number, future))
+        self._in_flight.append((number, len(part), future))
         self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
 
     def _send_part(self, number: int, part: bytes) -> str:
@@ -129,7 +134,7 @@ class S3Upload:
         return str(answer["ETag"])
 
     def _collect_oldest(self) -> None:
-        number, future = self._in_flight.popleft()
+        number, _, future = self._in_flight.popleft()
         try:
             etag = future.result()
         except StorageFault:
@@ -178,10 +183,10 @@ class S3Upload:
         self.aborted = True
         self._part = bytearray()
         self._store.forget(self)
-        for _, future in self._in_flight:
+        for _, _, future in self._in_flight:
             future.cancel()
         try:
-            for _, future in self._in_flight:
+            for _, _, future in self._in_flight:
                 if not future.cancelled():
                     future.exception()  # wait: a part sent after the abort would linger
             self._in_flight.clear()
