@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from backends.ceph import SECRET_KEY
+from backends.ceph import PACKAGES, SECRET_KEY
 from helpers import (
-    IO_TIMEOUT, POLL_INTERVAL, RawClient, file_packets, make_identity, server_env, upload,
+    IO_TIMEOUT, REPO, POLL_INTERVAL, RawClient, file_packets, make_identity, server_env, upload,
 )
 from protocol import Acknowledged, CrcOk, FileReceived, GeneralError, cksum
 from server.app import App
@@ -91,6 +91,13 @@ def test_an_s3_url_takes_no_credentials_and_no_option_s3_would_refuse(text, mess
 def test_checking_an_s3_url_needs_no_boto3(monkeypatch):
     monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 raises ImportError
     BLOB_BACKENDS["s3"].check(parse_url("s3://files-bucket/p", BLOB_BACKENDS, "--blobs"))
+
+
+def test_ci_installs_the_ceph_packages_the_s3_tests_need():
+    script = (REPO / ".ci" / "run").read_text()
+    listed = script.split("CEPH_PACKAGES=", 1)[1].split("\n", 1)[0]
+    assert set(PACKAGES) <= set(listed.split('"')[1].split())
+    assert script.index("CEPH_PACKAGES") < script.index("python -m pytest")
 
 
 # -- streaming, aborting, sweeping (the store on radosgw) --------------------------------
