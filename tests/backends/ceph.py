@@ -90,7 +90,7 @@ bluestore cache size = 134217728
 mgr initial modules =
 
 [client.rgw.a]
-rgw frontends = beast endpoint={host}:{rgw_port}
+rgw frontends = beast endpoint={host}:{rgw_port} tcp_nodelay=1
 rgw data = {root}/rgw/$name
 rgw dns name = {host}
 rgw enable usage log = false
@@ -272,7 +272,8 @@ def main() -> None:
     gateway = CephGateway(root).start()
     print(f"radosgw at {gateway.endpoint} in {time.monotonic() - started:.1f} s "
           f"(access key {ACCESS_KEY}); Ctrl-C stops it", flush=True)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    for stop in (signal.SIGINT, signal.SIGTERM):  # SIGINT is ignored in a background job
+        signal.signal(stop, signal.default_int_handler)
     try:
         signal.pause()
     except KeyboardInterrupt:

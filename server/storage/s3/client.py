@@ -32,7 +32,13 @@ READ_TIMEOUT = 60.0
 MAX_ATTEMPTS = 3
 #: The S3 error codes that say an object or an upload is not there.
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
+#: The S3 error codes of a conditional PUT (``If-None-Match: *``) that found the object there.
+_THERE_CODES = frozenset({"PreconditionFailed", "412"})
 INSTALL_HINT = "pip install 'cipherdrop[s3]'"
+
+
+class AlreadyThere(StorageFault):
+    """A conditional PUT (``If-None-Match: *``) found an object under its name."""
 
 
 @dataclass(frozen=True)
@@ -88,13 +94,16 @@ def is_missing(exc: BaseException) -> bool:
 
 
 def fault(action: str, exc: BaseException) -> StorageFault:
-    """The seam's error for a failed request: BlobMissing when the object is not there.
+    """The seam's error for a failed request: BlobMissing when the object is not there,
+    AlreadyThere when a conditional PUT found it.
 
     The message is botocore's (the operation and the store's error code);
     it never holds a credential.
     """
     if is_missing(exc):
         return BlobMissing(f"{action}: no such object")
+    if error_code(exc) in _THERE_CODES:
+        return AlreadyThere(f"{action}: the object is there already")
     return StorageFault(f"{action}: {exc}")
 
 

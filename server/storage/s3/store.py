@@ -33,7 +33,7 @@ from ...errors import BlobMissing, StorageFault
 from ..base import BlobEntry, UnpublishedBlob, is_blob_key
 from ..folder import RECEIVED_DIR
 from ..names import unique_stored_name
-from .client import Location, client_errors, connect, fault
+from .client import AlreadyThere, Location, client_errors, connect, fault
 from .upload import PartUploaders, S3Upload
 
 log = logging.getLogger(__name__)
@@ -193,23 +193,27 @@ class S3Blobs:
     def publish(self, key: str, path_name: str) -> None:
         """Point ``path_name``'s name at the sealed blob ``key``; delete the blob it named before.
 
-        Idempotent: a name that holds ``key`` already is left as it is.
+        A first upload's name is one conditional PUT (``If-None-Match: *``);
+        a name that is there is read first, and left as it is if it holds
+        ``key`` already (idempotent).
 
         Raises:
             StorageFault: ``path_name`` is not a stored file's name, no sealed
                 blob ``key`` is in its client's namespace, or a request failed.
         """
         name_object, client_hex = self._checked_name(path_name)
-        previous = self._read_name(name_object)
-        if previous != key:
-            try:
-                self.request("cannot install a received file", "head_object",
-                             Key=self.blob_object(bytes.fromhex(client_hex), key))
-            except BlobMissing as exc:
-                raise StorageFault(f"cannot install a received file: no sealed blob {key} "
-                                   f"of {client_hex}") from exc
+        self._check_sealed(key, bytes.fromhex(client_hex))
+        body = key.encode("ascii")
+        previous: str | None = None
+        try:
             answer = self.request("cannot install a received file", "put_object",
-                                  Key=name_object, Body=key.encode("ascii"))
+                                  Key=name_object, Body=body, IfNoneMatch="*")
+        except AlreadyThere:
+            previous = self._read_name(name_object)
+            if previous != key:
+                answer = self.request("cannot install a received file", "put_object",
+                                      Key=name_object, Body=body)
+        if previous != key:
             with self._lock:
                 self._names[name_object] = (answer.get("ETag", ""), key)
         with self._lock:
@@ -218,6 +222,20 @@ class S3Blobs:
             writer.published = True
         if previous is not None and previous != key:
             self._delete_blob(client_hex, previous)
+
+    def _check_sealed(self, key: str, client_id: bytes) -> None:
+        """Raises StorageFault unless ``key`` is a sealed blob of the client's (an upload of this
+        store's, sealed, needs no request)."""
+        with self._lock:
+            writer = self._writers.get(key)
+        if writer is not None and writer.sealed and writer.client_id == client_id:
+            return
+        try:
+            self.request("cannot install a received file", "head_object",
+                         Key=self.blob_object(client_id, key))
+        except BlobMissing as exc:
+            raise StorageFault(f"cannot install a received file: no sealed blob {key} "
+                               f"of {client_id.hex()}") from exc
 
     def _delete_blob(self, client_hex: str, key: str) -> None:
         """Delete a blob no name reads any more; left to the sweeper if it cannot (logged)."""

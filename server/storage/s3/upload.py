@@ -104,14 +104,17 @@ class S3Upload:
         """
         if self.sealed or self.aborted:
             raise StorageFault("cannot write a received file: it is closed")
-        self._part += data
-        self.size += len(data)
-        while len(self._part) >= PART_BYTES:
-            part = bytes(memoryview(self._part)[:PART_BYTES])
-            del self._part[:PART_BYTES]
-            self._send(part)
+        view = memoryview(data).cast("B")
+        self.size += len(view)
+        while view:
+            room = PART_BYTES - len(self._part)
+            self._part += view[:room]
+            view = view[room:]
+            if len(self._part) == PART_BYTES:
+                self._send(self._part)  # handed over as it is: no copy
+                self._part = bytearray()
 
-    def _send(self, part: bytes) -> None:
+    def _send(self, part: bytearray) -> None:
         """Hand one part to the uploaders, after the oldest if this upload has too many out."""
         if self._upload_id is None:
             self._upload_id = self._store.request(
@@ -125,7 +128,7 @@ class S3Upload:
         self._in_flight.append((number, len(part), future))
         self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
 
-    def _send_part(self, number: int, part: bytes) -> str:
+    def _send_part(self, number: int, part: bytearray) -> str:
         """In an uploader thread: one UploadPart; its ETag."""
         answer = self._store.request(
             "cannot send a part of a received file", "upload_part",
@@ -157,11 +160,11 @@ class S3Upload:
         if self._upload_id is None:
             self._store.request(
                 "cannot store a received file", "put_object",
-                Key=self.object_name, Body=bytes(self._part), IfNoneMatch="*",
+                Key=self.object_name, Body=self._part, IfNoneMatch="*",
             )
         else:
             if self._part:
-                self._send(bytes(self._part))
+                self._send(self._part)
             while self._in_flight:
                 self._collect_oldest()
             self._store.request(
