@@ -31,7 +31,7 @@ from server.storage.factory import BLOB_BACKENDS, StoreUrls, blobs_url, open_sto
 from server.storage.s3.backend import location
 from server.storage.s3.client import Location
 from server.storage.s3.store import S3Blobs
-from server.storage.s3.upload import MAX_PARTS_IN_FLIGHT, PART_BYTES
+from server.storage.s3.upload import MAX_PARTS_IN_FLIGHT, MAX_PARTS_IN_FLIGHT_TOTAL, PART_BYTES
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 from server.storage.sweep import GARBAGE_GRACE, Sweeper
 
@@ -41,6 +41,8 @@ PACKET = 64 * 1024
 #: A file of a few parts, its last one short.
 PARTS_AND_A_HALF = 3 * PART_BYTES + PART_BYTES // 2
 CHUNK = 1024 * 1024
+#: Uploads enough that their parts in flight exceed the store's cap.
+UPLOADS_PAST_THE_CAP = MAX_PARTS_IN_FLIGHT_TOTAL // MAX_PARTS_IN_FLIGHT + 2
 
 needs_ceph = pytest.mark.needed_in_ci
 
@@ -124,6 +126,27 @@ def test_an_upload_streams_in_parts_as_it_arrives_at_most_two_in_flight(tmp_path
     with blobs.open(path_name) as file:
         assert file.read() == data
     assert _uploads(client, _bucket(s3_url)) == []
+    metadata.close()
+
+
+@needs_ceph
+def test_parts_of_many_uploads_are_sent_at_most_eight_at_once(tmp_path, s3_url):
+    metadata, blobs = _open(tmp_path, s3_url)
+    writers = [blobs.begin(ALICE, new_blob_key()) for _ in range(UPLOADS_PAST_THE_CAP)]
+    data = _content(MAX_PARTS_IN_FLIGHT * PART_BYTES)
+
+    def write(writer) -> None:  # each upload in its own thread, as if from its own port
+        for start in range(0, len(data), CHUNK):
+            writer.write(memoryview(data)[start:start + CHUNK])
+        writer.seal()
+
+    threads = [threading.Thread(target=write, args=(writer,)) for writer in writers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(writer.sealed for writer in writers)
+    assert 1 < blobs.uploaders.peak_sending <= MAX_PARTS_IN_FLIGHT_TOTAL
     metadata.close()
 
 

@@ -25,7 +25,7 @@ import logging
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ...errors import BlobMissing, StorageFault
 
@@ -43,30 +43,34 @@ MAX_PARTS_IN_FLIGHT_TOTAL = 8
 
 
 class PartUploaders:
-    """The threads that send parts, shared by a store's uploads (started on demand)."""
+    """The threads that send parts, shared by a store's uploads (started on demand).
+
+    At most ``threads`` parts are being sent at once; more wait their turn.
+    """
 
     def __init__(self, threads: int = MAX_PARTS_IN_FLIGHT_TOTAL) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s3-parts")
         self._lock = threading.Lock()
-        #: Parts submitted and not yet sent (for the figures: the global cap's use).
-        self.in_flight = 0
-        self.peak_in_flight = 0
+        #: Parts being sent now, and the most at once so far (the global cap's use).
+        self.sending = 0
+        self.peak_sending = 0
 
-    def submit(self, send: Any, *args: Any) -> Future:
-        """Send one part in a thread; the future holds its answer."""
-        with self._lock:
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        future = self._pool.submit(send, *args)
-        future.add_done_callback(self._done)
-        return future
+    def submit(self, send: Callable[..., str], *args: Any) -> Future:
+        """Send one part in a thread; the future holds its answer (its ETag)."""
+        return self._pool.submit(self._send, send, *args)
 
-    def _done(self, _future: Future) -> None:
+    def _send(self, send: Callable[..., str], *args: Any) -> str:
         with self._lock:
-            self.in_flight -= 1
+            self.sending += 1
+            self.peak_sending = max(self.peak_sending, self.sending)
+        try:
+            return send(*args)
+        finally:
+            with self._lock:
+                self.sending -= 1
 
     def close(self) -> None:
-        """Let the threads end once the parts submitted are sent."""
+        """Let the threads end once the parts being sent are; drop those waiting."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
