@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.ceph import PACKAGES, SECRET_KEY
+from backends.ceph import ACCESS_KEY, PACKAGES, SECRET_KEY
 from helpers import (
     IO_TIMEOUT, REPO, POLL_INTERVAL, RawClient, file_packets, make_identity, server_env, upload,
 )
@@ -198,7 +198,7 @@ def _wait_for(condition, what: str) -> None:
 def test_a_server_on_s3_stores_confirms_replaces_a_file_and_admin_verify_reads_it(
     server_factory, s3_url, tmp_path,
 ):
-    server = server_factory("--blobs", s3_url)
+    server = server_factory("--blobs", s3_url, "--log-level", "DEBUG")
     first, second = _content(PARTS_AND_A_HALF), _content(PART_BYTES // 3)[::-1]
     with server.client() as client:
         identity = make_identity(client)
@@ -213,7 +213,7 @@ def test_a_server_on_s3_stores_confirms_replaces_a_file_and_admin_verify_reads_i
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert server.stop() == 0
-    assert SECRET_KEY not in server.log()
+    assert ACCESS_KEY not in server.log() and SECRET_KEY not in server.log()
     metadata, blobs = _open(server.data_dir, s3_url)
     (entry,) = blobs.stored()
     with blobs.open(entry.path_name) as file:

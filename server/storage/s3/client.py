@@ -16,6 +16,7 @@ for a missing object): nothing above this package sees their types.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,9 @@ _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
 #: The S3 error codes of a conditional PUT (``If-None-Match: *``) that found the object there.
 _THERE_CODES = frozenset({"PreconditionFailed", "412"})
 INSTALL_HINT = "pip install 'cipherdrop[s3]'"
+#: The libraries' loggers, kept at WARNING: at DEBUG they log every request's
+#: headers (the access key's id in the signature) and body.
+LIBRARY_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3")
 
 
 class AlreadyThere(StorageFault):
@@ -69,6 +73,8 @@ def connect(location: Location) -> Any:
         from botocore.config import Config
     except ImportError as exc:
         raise StoreUnusable(f"{location}: the s3 store needs boto3: {INSTALL_HINT}") from exc
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     config = Config(
         s3={"addressing_style": location.addressing},
         max_pool_connections=MAX_CONNECTIONS,

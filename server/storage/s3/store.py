@@ -56,7 +56,9 @@ def _is_client_hex(text: str) -> bool:
 
 
 class S3Blobs:
-    """Blobs in a bucket under a prefix (see the module); ``writable`` False: ``admin verify``'s.
+    """Blobs in a bucket under a prefix (see the module).
+
+    ``client``: a boto3 S3 client to use (by default one made for ``location``).
 
     Raises (constructor):
         StoreUnusable: boto3 is missing.
