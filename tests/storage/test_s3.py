@@ -214,6 +214,8 @@ def test_a_server_on_s3_stores_confirms_replaces_a_file_and_admin_verify_reads_i
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert server.stop() == 0
     assert ACCESS_KEY not in server.log() and SECRET_KEY not in server.log()
+    again = server_factory("--blobs", s3_url, data_dir=server.data_dir)  # repair keeps it
+    assert again.stop() == 0 and "WARNING" not in again.log(), again.log()
     metadata, blobs = _open(server.data_dir, s3_url)
     (entry,) = blobs.stored()
     with blobs.open(entry.path_name) as file:
