@@ -83,10 +83,15 @@ class S3Upload:
         self.key = key
         self.object_name = store.blob_object(client_id, key)
         self.size = 0
-        self._part = bytearray()
+        #: The part filling (zero-filled by calloc: its pages count once written), and
+        #: how much of it is.
+        self._part = bytearray(PART_BYTES)
+        self._filled = 0
+        #: A part sent, kept for the next one to fill: no allocation per part.
+        self._spare: list[bytearray] = []
         self._upload_id: str | None = None
-        #: Parts in flight, oldest first: (number, bytes, the future of its ETag).
-        self._in_flight: deque[tuple[int, int, Future]] = deque()
+        #: Parts in flight, oldest first: (number, its buffer, the future of its ETag).
+        self._in_flight: deque[tuple[int, bytearray, Future]] = deque()
         self._sent: list[dict[str, Any]] = []
         #: The most parts of this upload in flight at once (for the figures).
         self.peak_in_flight = 0
@@ -98,7 +103,7 @@ class S3Upload:
     @property
     def held(self) -> int:
         """Bytes of this upload in memory: the part filling and the parts in flight."""
-        return len(self._part) + sum(size for _, size, _ in self._in_flight)
+        return self._filled + sum(len(part) for _, part, _ in self._in_flight)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append data; send each part that fills.
@@ -111,12 +116,14 @@ class S3Upload:
         view = memoryview(data).cast("B")
         self.size += len(view)
         while view:
-            room = PART_BYTES - len(self._part)
-            self._part += view[:room]
-            view = view[room:]
-            if len(self._part) == PART_BYTES:
+            taken = min(PART_BYTES - self._filled, len(view))
+            self._part[self._filled:self._filled + taken] = view[:taken]
+            self._filled += taken
+            view = view[taken:]
+            if self._filled == PART_BYTES:
                 self._send(self._part)  # handed over as it is: no copy
-                self._part = bytearray()
+                self._part = self._spare.pop() if self._spare else bytearray(PART_BYTES)
+                self._filled = 0
 
     def _send(self, part: bytearray) -> None:
         """Hand one part to the uploaders, after the oldest if this upload has too many out."""
@@ -129,7 +136,7 @@ class S3Upload:
             self._collect_oldest()
         number = len(self._sent) + len(self._in_flight) + 1
         future = self._store.uploaders.submit(self._send_part, number, part)
-        self._in_flight.append((number, len(part), future))
+        self._in_flight.append((number, part, future))
         self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
 
     def _send_part(self, number: int, part: bytearray) -> str:
@@ -141,7 +148,7 @@ class S3Upload:
         return str(answer["ETag"])
 
     def _collect_oldest(self) -> None:
-        number, _, future = self._in_flight.popleft()
+        number, part, future = self._in_flight.popleft()
         try:
             etag = future.result()
         except StorageFault:
@@ -150,6 +157,8 @@ class S3Upload:
             log.exception("unexpected error sending a part")
             raise StorageFault(f"cannot send a part of a received file: {exc}") from exc
         self._sent.append({"PartNumber": number, "ETag": etag})
+        if len(part) == PART_BYTES and not self._spare:
+            self._spare.append(part)
 
     def seal(self) -> None:
         """Send what is left and complete the object (or PUT it whole if it never filled a part).
@@ -161,6 +170,7 @@ class S3Upload:
             raise StorageFault("cannot sync a received file: it is discarded")
         if self.sealed:
             return
+        del self._part[self._filled:]  # the last part: what was written of it
         if self._upload_id is None:
             self._store.request(
                 "cannot store a received file", "put_object",
@@ -176,8 +186,14 @@ class S3Upload:
                 Key=self.object_name, UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._sent},
             )
-        self._part = bytearray()
+        self._release()
         self.sealed = True
+
+    def _release(self) -> None:
+        """Let go of the part buffers (the parts in flight keep theirs until sent)."""
+        self._part = bytearray()
+        self._filled = 0
+        self._spare.clear()
 
     def abort(self) -> None:
         """Drop the upload: abort the multipart upload, or delete the sealed object; never raises.
@@ -188,7 +204,7 @@ class S3Upload:
         if self.aborted or self.published:
             return
         self.aborted = True
-        self._part = bytearray()
+        self._release()
         self._store.forget(self)
         for _, _, future in self._in_flight:
             future.cancel()
