@@ -14,6 +14,7 @@ without it), pools of one replica, few placement groups.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -115,6 +116,18 @@ def free_port(host: str = HOST) -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+#: prctl's option that sends a signal to a process when its parent ends (Linux).
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent() -> None:
+    """In a daemon's process before exec: SIGTERM when the process that started it ends."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() ends it, a killed run does not
 
 
 class CephError(RuntimeError):
@@ -219,11 +232,14 @@ class CephGateway:
         return done.stdout
 
     def _daemon(self, program: str, *args: str) -> None:
-        """Start a daemon in the foreground of its own process (``-f``), logging to its file."""
+        """Start a daemon in the foreground of its own process (``-f``), logging to its file.
+
+        It gets SIGTERM if this process dies first (a killed test run leaves no daemon).
+        """
         log = (self.root / "log" / f"{program}.out").open("ab")
         self._daemons.append(subprocess.Popen(
             self._command(program, "-f", *args), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_end_with_parent,
         ))
         log.close()
 
