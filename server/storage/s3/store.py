@@ -14,18 +14,22 @@ Layout under the URL's prefix ``P``:
 
 A path name is ``received_files/<client-id-hex>/<stored name>``, as in a
 folder. Reading one reads its name, then its blob. Garbage (blobs no name
-reads, and multipart uploads never completed) is listed by
-:meth:`S3Blobs.unpublished` for the sweeper; the names' keys are cached by
-ETag, so a sweep costs listings, not one read per file.
+reads, and multipart uploads never completed: those another process began
+once a day old) is listed by :meth:`S3Blobs.unpublished` for the sweeper
+and start-up repair; the names' keys are cached by ETag, so a sweep costs
+listings, not one read per file.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
 import secrets
 import threading
-from typing import Any, BinaryIO, Iterable, Iterator
+import time
+from datetime import datetime
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from protocol.printable import quoted
 
@@ -49,10 +53,20 @@ _ASIDE_RANDOM_BYTES = 8
 _DELETE_BATCH = 1000
 #: Bytes a reader asks the store for at once.
 READ_CHUNK = 1024 * 1024
+#: Seconds a multipart upload another process began waits to be listed as unpublished (and
+#: so be swept): it may be in progress. A crashed server's are aborted after that.
+MULTIPART_UPLOAD_AGE = 24 * 3600.0
 
 
 def _is_client_hex(text: str) -> bool:
     return len(text) == _CLIENT_HEX_DIGITS and all(c in _HEX for c in text)
+
+
+def _age(when: Any, now: float) -> float:
+    """Seconds since a listing's timestamp (a datetime); none: as old as can be."""
+    if not isinstance(when, datetime):
+        return math.inf
+    return now - when.timestamp()
 
 
 class S3Blobs:
@@ -67,9 +81,19 @@ class S3Blobs:
     #: Every write is a network round trip: the server writes through its blob port.
     slow_writes = True
 
-    def __init__(self, location: Location, client: Any | None = None) -> None:
+    def __init__(
+        self,
+        location: Location,
+        client: Any | None = None,
+        *,
+        upload_age: float = MULTIPART_UPLOAD_AGE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.location = location
         self._client = client if client is not None else connect(location)
+        #: How old a multipart upload this store did not begin must be to be listed.
+        self.upload_age = upload_age
+        self._clock = clock
         self.uploaders = PartUploaders()
         self._lock = threading.Lock()
         #: Uploads begun here and not yet published or aborted, by key.
@@ -332,16 +356,21 @@ class S3Blobs:
         return UnpublishedBlob(bytes.fromhex(parts[0]), parts[1])
 
     def unpublished(self) -> list[UnpublishedBlob]:
-        """Blobs no name reads: sealed ones, multipart uploads never completed, and uploads
-        begun here that have not sent a part yet.
+        """Blobs no name reads: the uploads begun here and not published, the sealed blobs
+        in the store, and the multipart uploads begun at least :attr:`upload_age` ago (one
+        another process began may be in progress: a large file from a slow client).
 
         Raises:
             StorageFault: the store cannot be listed.
         """
         named = self._named_keys()
         found: dict[UnpublishedBlob, None] = {}
+        now = self._clock()
         objects = [entry["Key"] for entry in self._list(BLOBS)]
-        uploads = [upload["Key"] for upload in self._multipart_uploads(BLOBS)]
+        uploads = [
+            upload["Key"] for upload in self._multipart_uploads(BLOBS)
+            if _age(upload.get("Initiated"), now) >= self.upload_age
+        ]
         for object_name in objects + uploads:
             blob = self._blob_of(object_name)
             if blob is not None and blob.key not in named:
