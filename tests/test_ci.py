@@ -33,3 +33,19 @@ def test_ci_runs_the_suite_as_ci():
     script = (REPO / ".ci" / "run").read_text()
     assert f"export {CI_ENV}=1" in script
     assert script.index(f"export {CI_ENV}=1") < script.index("python -m pytest")
+
+
+def _installed_by_ci() -> dict[str, str]:
+    """.ci/run's NEEDED list: each program a backend test runs, and the package that has it."""
+    script = (REPO / ".ci" / "run").read_text()
+    listed = script.split('NEEDED="', 1)[1].split('"', 1)[0]
+    return dict(pair.split(":", 1) for pair in listed.split())
+
+
+def test_ci_installs_the_package_of_every_backend_a_test_starts():
+    from backends.ceph import PACKAGES as CEPH_PACKAGES
+
+    packages = set(_installed_by_ci().values())
+    assert {"postgresql", "haproxy", "systemd", *CEPH_PACKAGES} <= packages
+    script = (REPO / ".ci" / "run").read_text()
+    assert script.index("apt-get install") < script.index("python -m pytest")

@@ -5,6 +5,7 @@ with URL-like values, :class:`~server.storage.base.StoreUrl`::
 
     sqlite:///srv/cipherdrop/defensive.db?busy_timeout=0.25
     file:///srv/cipherdrop/received_files
+    s3://cipherdrop-files/node-a?endpoint=http://127.0.0.1:7480&addressing=path
 
 Without them, today's places in the data folder (``defensive.db`` and
 ``received_files/``). A scheme is looked up in :data:`METADATA_BACKENDS` or
@@ -22,7 +23,7 @@ from typing import Callable, Mapping, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import BadStoreUrl, StorageFault
-from . import folder, sqlite
+from . import folder, s3, sqlite
 from .base import BlobReader, BlobStore, MetadataStore, StoreUrl
 from .inventory import InventoryView
 
@@ -82,6 +83,7 @@ METADATA_BACKENDS: Mapping[str, MetadataBackend] = {
 #: Blob stores by URL scheme.
 BLOB_BACKENDS: Mapping[str, BlobBackend] = {
     folder.BACKEND.scheme: folder.BACKEND,
+    s3.BACKEND.scheme: s3.BACKEND,
 }
 #: The backends used when no URL is given.
 DEFAULT_METADATA = sqlite.BACKEND.scheme

@@ -206,7 +206,7 @@ def test_stores_named_by_url_are_where_the_server_keeps_things_and_admin_reads_t
 
 @pytest.mark.parametrize("option, value, message", [
     ("--metadata", "postgresql://db/cipherdrop", "scheme 'postgresql:'; known: sqlite:"),
-    ("--blobs", "s3://bucket/files", "scheme 's3:'; known: file:"),
+    ("--blobs", "gs://bucket/files", "scheme 'gs:'; known: file:, s3:"),
     ("--metadata", "/srv/defensive.db", "no scheme; known: sqlite:"),
     ("--metadata", "sqlite:///x.db?busy_timeout=-1", "busy_timeout must be seconds from 0 to"),
     ("--metadata", "sqlite:///x.db?journal=off", "unknown option 'journal'"),

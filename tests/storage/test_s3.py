@@ -1,0 +1,292 @@
+"""The blob store in an S3 bucket (server/storage/s3/): its URL, streaming, sweeping, a real server.
+
+Against the session's Ceph radosgw (tests/storage/conftest.py; the contract
+cases run on it in test_storage_contract.py); the store's faults are
+injected with moto, in process (moto is a mock: it proves the error path,
+not the store).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from backends.ceph import ACCESS_KEY, SECRET_KEY
+from helpers import (
+    IO_TIMEOUT, POLL_INTERVAL, RawClient, file_packets, make_identity, server_env, upload,
+)
+from protocol import Acknowledged, CrcOk, FileReceived, GeneralError, cksum
+from server.app import App
+from server.errors import BadStoreUrl
+from server.limits import Limits
+from server.loop import Server, create_listener
+from server.peer import address_group
+from server.storage.base import UnpublishedBlob, new_blob_key
+from server.storage.factory import BLOB_BACKENDS, StoreUrls, blobs_url, open_stores, parse_url
+from server.storage.s3.backend import location
+from server.storage.s3.client import Location
+from server.storage.s3.store import MULTIPART_UPLOAD_AGE, S3Blobs
+from server.storage.s3.upload import MAX_PARTS_IN_FLIGHT, MAX_PARTS_IN_FLIGHT_TOTAL, PART_BYTES
+from server.storage.sqlite import DB_NAME, SqliteMetadata
+from server.storage.sweep import GARBAGE_GRACE, Sweeper
+
+ALICE = b"a" * 16
+#: Packets of the end-to-end uploads (the protocol's content is encrypted: a bit more).
+PACKET = 64 * 1024
+#: A file of a few parts, its last one short.
+PARTS_AND_A_HALF = 3 * PART_BYTES + PART_BYTES // 2
+CHUNK = 1024 * 1024
+#: Uploads enough that their parts in flight exceed the store's cap.
+UPLOADS_PAST_THE_CAP = MAX_PARTS_IN_FLIGHT_TOTAL // MAX_PARTS_IN_FLIGHT + 2
+
+needs_ceph = pytest.mark.needed_in_ci
+
+
+def _content(size: int) -> bytes:
+    return bytes(range(256)) * (size // 256) + bytes(size % 256)
+
+
+def _open(data_dir: Path, url: str):
+    data_dir.mkdir(exist_ok=True)
+    return open_stores(StoreUrls.given(None, url, data_dir), address_group)
+
+
+def _uploads(client, bucket: str) -> list[dict]:
+    return client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def _bucket(url: str) -> str:
+    return url.split("/")[2]
+
+
+# -- the URL ---------------------------------------------------------------------------
+
+
+def test_an_s3_url_names_a_bucket_a_prefix_and_how_to_reach_the_store():
+    url = blobs_url("s3://files-bucket/node/a/?endpoint=http://127.0.0.1:7480"
+                    "&region=eu-west-3&addressing=path", Path("."))
+    assert location(url) == Location("files-bucket", "node/a/", "http://127.0.0.1:7480",
+                                     "eu-west-3", "path")
+    assert location(blobs_url("s3://files-bucket/", Path("."))) == Location("files-bucket")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("s3://x/p", "bucket"),
+    ("s3://Files/p", "bucket"),
+    ("s3://key:secret@files-bucket/p", "bucket"),
+    ("s3://files-bucket/p?aws_secret_access_key=k", "no option"),
+    ("s3://files-bucket/p?access_key=k", "no option"),
+    ("s3://files-bucket/p?addressing=dns", "addressing"),
+    ("s3://files-bucket/p?endpoint=ftp://127.0.0.1", "endpoint"),
+    ("s3://files-bucket/p?region=eu%20west", "region"),
+])
+def test_an_s3_url_takes_no_credentials_and_no_option_s3_would_refuse(text, message):
+    with pytest.raises(BadStoreUrl, match=message):
+        blobs_url(text, Path("."))
+
+
+def test_checking_an_s3_url_needs_no_boto3(monkeypatch):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 raises ImportError
+    BLOB_BACKENDS["s3"].check(parse_url("s3://files-bucket/p", BLOB_BACKENDS, "--blobs"))
+
+
+# -- streaming, aborting, sweeping (the store on radosgw) --------------------------------
+
+
+@needs_ceph
+def test_an_upload_streams_in_parts_as_it_arrives_at_most_two_in_flight(tmp_path, s3_url,
+                                                                         ceph_gateway):
+    metadata, blobs = _open(tmp_path, s3_url)
+    client = ceph_gateway.client()
+    data = _content(PARTS_AND_A_HALF)
+    writer = blobs.begin(ALICE, new_blob_key())
+    for start in range(0, len(data), CHUNK):
+        writer.write(memoryview(data)[start:start + CHUNK])
+        assert writer.held <= (MAX_PARTS_IN_FLIGHT + 1) * PART_BYTES
+    (upload_,) = _uploads(client, _bucket(s3_url))  # before the seal: parts are in the store
+    parts = client.list_parts(Bucket=_bucket(s3_url), Key=upload_["Key"],
+                              UploadId=upload_["UploadId"])["Parts"]
+    assert len(parts) >= len(data) // PART_BYTES - MAX_PARTS_IN_FLIGHT
+    assert 1 <= writer.peak_in_flight <= MAX_PARTS_IN_FLIGHT
+    writer.seal()
+    path_name = blobs.new_path_name(ALICE, b"big", writer.key)
+    blobs.publish(writer.key, path_name)
+    with blobs.open(path_name) as file:
+        assert file.read() == data
+    assert _uploads(client, _bucket(s3_url)) == []
+    metadata.close()
+
+
+@needs_ceph
+def test_parts_of_many_uploads_are_sent_at_most_eight_at_once(tmp_path, s3_url):
+    metadata, blobs = _open(tmp_path, s3_url)
+    writers = [blobs.begin(ALICE, new_blob_key()) for _ in range(UPLOADS_PAST_THE_CAP)]
+    data = _content(MAX_PARTS_IN_FLIGHT * PART_BYTES)
+
+    def write(writer) -> None:  # each upload in its own thread, as if from its own port
+        for start in range(0, len(data), CHUNK):
+            writer.write(memoryview(data)[start:start + CHUNK])
+        writer.seal()
+
+    threads = [threading.Thread(target=write, args=(writer,)) for writer in writers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(writer.sealed for writer in writers)
+    assert 1 < blobs.uploaders.peak_sending <= MAX_PARTS_IN_FLIGHT_TOTAL
+    metadata.close()
+
+
+@needs_ceph
+def test_an_aborted_upload_leaves_no_multipart_upload_and_no_object(tmp_path, s3_url,
+                                                                     ceph_gateway):
+    metadata, blobs = _open(tmp_path, s3_url)
+    client = ceph_gateway.client()
+    writer = blobs.begin(ALICE, new_blob_key())
+    writer.write(_content(PART_BYTES + 1))
+    assert len(_uploads(client, _bucket(s3_url))) == 1
+    writer.abort()
+    assert _uploads(client, _bucket(s3_url)) == [] and blobs.unpublished() == []
+    assert client.list_objects_v2(Bucket=_bucket(s3_url)).get("KeyCount") == 0
+    metadata.close()
+
+
+@needs_ceph
+def test_a_multipart_upload_a_crash_abandoned_is_swept_a_day_later(tmp_path, s3_url,
+                                                                    ceph_gateway):
+    metadata, crashed = _open(tmp_path / "before", s3_url)
+    client = ceph_gateway.client()
+    abandoned = crashed.begin(ALICE, new_blob_key())
+    abandoned.write(_content(PART_BYTES))  # one part sent; then the node is gone
+    metadata.close()
+    metadata, after = _open(tmp_path / "after", s3_url)
+    assert after.unpublished() == []  # it may be another server's upload in progress
+    now = [time.time() + MULTIPART_UPLOAD_AGE]  # a day later
+    blobs = S3Blobs(location(blobs_url(s3_url, tmp_path)), clock=lambda: now[0])
+    assert blobs.unpublished() == [UnpublishedBlob(ALICE, abandoned.key)]
+    sweeper = Sweeper(metadata, blobs, lambda: now[0], set)
+    assert sweeper.sweep() == 0 and len(_uploads(client, _bucket(s3_url))) == 1
+    now[0] += GARBAGE_GRACE
+    assert sweeper.sweep() == 1
+    assert _uploads(client, _bucket(s3_url)) == [] and blobs.unpublished() == []
+    metadata.close()
+
+
+# -- a real server -----------------------------------------------------------------------
+
+
+def _wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + IO_TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(POLL_INTERVAL)
+
+
+@needs_ceph
+@pytest.mark.slow
+def test_a_server_on_s3_stores_confirms_replaces_a_file_and_admin_verify_reads_it(
+    server_factory, s3_url, tmp_path,
+):
+    server = server_factory("--blobs", s3_url, "--log-level", "DEBUG")
+    first, second = _content(PARTS_AND_A_HALF), _content(PART_BYTES // 3)[::-1]
+    with server.client() as client:
+        identity = make_identity(client)
+        for version in (first, second):
+            answer = upload(client, identity, "report.bin", version, PACKET)
+            assert isinstance(answer, FileReceived) and answer.cksum == cksum(version)
+            ok = client.request(CrcOk(client_id=identity.client_id, file_name="report.bin"))
+            assert isinstance(ok, Acknowledged)
+    verify = subprocess.run(
+        [sys.executable, "-m", "server", "admin", "verify", "--data-dir", str(server.data_dir),
+         "--blobs", s3_url], capture_output=True, text=True, timeout=120, env=server_env(),
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert server.stop() == 0
+    assert ACCESS_KEY not in server.log() and SECRET_KEY not in server.log()
+    again = server_factory("--blobs", s3_url, data_dir=server.data_dir)  # repair keeps it
+    assert again.stop() == 0 and "WARNING" not in again.log(), again.log()
+    metadata, blobs = _open(server.data_dir, s3_url)
+    (entry,) = blobs.stored()
+    with blobs.open(entry.path_name) as file:
+        assert file.read() == second
+    assert blobs.unpublished() == []  # the first version's blob went with its replacement
+    metadata.close()
+
+
+@needs_ceph
+@pytest.mark.slow
+def test_a_server_on_s3_aborts_the_multipart_upload_of_a_cut_upload(server_factory, s3_url,
+                                                                     ceph_gateway):
+    server = server_factory("--blobs", s3_url)
+    client_s3 = ceph_gateway.client()
+    with server.client() as client:
+        identity = make_identity(client)
+        packets = file_packets(identity, "cut.bin", _content(3 * PART_BYTES), PACKET)
+        for packet in packets[: len(packets) // 2]:
+            client.send(packet)
+        _wait_for(lambda: _uploads(client_s3, _bucket(s3_url)), "no part reached the store")
+    _wait_for(lambda: not _uploads(client_s3, _bucket(s3_url)), "the upload was not aborted")
+    with server.client() as client:  # and the server goes on
+        make_identity(client)
+
+
+# -- a store fault (moto) ------------------------------------------------------------------
+
+
+@pytest.fixture
+def moto_server(tmp_path, monkeypatch):
+    """A server in this process, its blobs in a moto bucket (every request answered by moto)."""
+    moto = pytest.importorskip("moto")
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
+        monkeypatch.setenv(name, value)
+    with moto.mock_aws():
+        blobs = S3Blobs(Location("faulty-bucket", "node/", region="us-east-1"))
+        blobs.request("make the bucket", "create_bucket")
+        ready: list[Server] = []
+        started = threading.Event()
+
+        def run() -> None:  # SQLite's connection lives in the loop's thread
+            db = SqliteMetadata.open(tmp_path / DB_NAME)
+            ready.append(Server(App.build(db, blobs, Limits()), create_listener("127.0.0.1", 0)))
+            started.set()
+            try:
+                ready[0].serve_forever()
+            finally:
+                db.close()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        assert started.wait(30)
+        yield ready[0]
+        ready[0].stop()
+        thread.join(30)
+        blobs.close()
+
+
+def test_a_store_fault_answers_1607_and_the_server_goes_on(moto_server, monkeypatch):
+    from moto.s3.exceptions import S3ClientError
+    from moto.s3.models import S3Backend
+
+    real_put = S3Backend.put_object
+
+    def failing_put(self, bucket_name, key_name, *args, **kwargs):
+        if "/blobs/" in f"/{key_name}":
+            raise S3ClientError("InternalError", "injected: the store failed")
+        return real_put(self, bucket_name, key_name, *args, **kwargs)
+
+    address = moto_server.address[:2]
+    with RawClient(address) as client:
+        identity = make_identity(client)
+        monkeypatch.setattr(S3Backend, "put_object", failing_put)
+        assert isinstance(upload(client, identity, "f.bin", b"small file"), GeneralError)
+        monkeypatch.setattr(S3Backend, "put_object", real_put)
+    with RawClient(address) as client:
+        identity = make_identity(client)
+        assert isinstance(upload(client, identity, "f.bin", b"small file"), FileReceived)
