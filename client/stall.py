@@ -10,6 +10,14 @@ doubled). That is evidence, where a silent wait is not, as long as it does
 not move: a server that reads, however slowly, acknowledges more bytes or
 opens its window between two looks, and is not taken to have stopped.
 
+How long it must not move (:func:`evidence_hold`) is scaled from the server
+itself: ``STALL_ANSWER_FACTOR`` times the slowest answer it gave in the run
+(from the end of a request to the end of its answer; a server's answer waits
+for the same things its reading does: its loop, its disk, the machine's
+load), never under ``STALL_EVIDENCE_FLOOR`` nor over ``STALL_EVIDENCE``, and
+over at least ``STALL_LOOKS`` looks (:class:`StallClock`): on a loaded
+machine the looks come late, and the hold stretches with them.
+
 Linux only (``TCP_INFO`` and ``SIOCOUTQ``); elsewhere there is no evidence,
 and the time-out alone decides.
 """
@@ -33,6 +41,52 @@ _SND_WND_OFFSET = 228
 _TCP_INFO_SIZE = _SND_WND_OFFSET + 4
 _INT = struct.Struct("i")
 _UINT = struct.Struct("I")
+
+#: The longest the evidence must hold, and the hold before the server has
+#: answered anything (no measure of its pace yet).
+STALL_EVIDENCE = 1.0
+#: The shortest hold, however fast the server answered.
+STALL_EVIDENCE_FLOOR = 0.1
+#: The hold in multiples of the server's slowest answer of the run.
+STALL_ANSWER_FACTOR = 50
+#: The looks the evidence must hold over; they come every hold / STALL_LOOKS.
+STALL_LOOKS = 5
+
+
+def evidence_hold(slowest_answer: float | None) -> float:
+    """Seconds the evidence must hold, from the server's slowest answer so far (None: none yet)."""
+    if slowest_answer is None:
+        return STALL_EVIDENCE
+    scaled = STALL_ANSWER_FACTOR * slowest_answer
+    return min(max(scaled, STALL_EVIDENCE_FLOOR), STALL_EVIDENCE)
+
+
+class StallClock:
+    """How long, and over how many looks, the evidence has held (sans-I/O: the
+    caller gives the time and what each look saw)."""
+
+    def __init__(self, hold: float) -> None:
+        #: Seconds the evidence must hold.
+        self.hold = hold
+        self._since: float | None = None
+        self._looks = 0
+
+    @property
+    def probe(self) -> float:
+        """Seconds between two looks."""
+        return self.hold / STALL_LOOKS
+
+    def look(self, stopped: bool, now: float) -> bool:
+        """Count one look; whether the evidence has now held ``hold`` seconds
+        and ``STALL_LOOKS`` looks after the first that saw it."""
+        if not stopped:
+            self._since, self._looks = None, 0
+            return False
+        if self._since is None:
+            self._since = now
+            return False
+        self._looks += 1
+        return self._looks >= STALL_LOOKS and now - self._since >= self.hold
 
 
 def _peer_window(sock: socket.socket) -> int | None:

@@ -309,7 +309,7 @@ class Client:
                 went_away += 1
                 switch = self._fallback(exc) if went_away > 1 else None
                 if switch is not None:
-                    self._take_fallback(step, switch)
+                    self._take_fallback(step, switch, exc)
                     continue
                 retry = budget.take()
                 if retry is None:
@@ -408,7 +408,8 @@ class Client:
             return "the whole file in one packet"
         return None
 
-    def _take_fallback(self, step: str, switch: str) -> None:
+    def _take_fallback(self, step: str, switch: str, symptom: ClientError) -> None:
+        log.debug("%s: %s", step, symptom)
         log.warning("%s: the server refused the layout; switching to %s", step, switch)
         self._session.reset()
 
@@ -725,7 +726,7 @@ class Client:
             switch = self._fallback(exc, plan)
             if switch is None:
                 raise
-            self._take_fallback(step, switch)
+            self._take_fallback(step, switch, exc)
             raise _LayoutSwitched(exc) from exc
         return received, crcs, plan
 

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from client import stall
-from client.stall import ReadingWatch
+from client.stall import ReadingWatch, StallClock
 
 OPENING_WINDOW = 65483
 
@@ -51,3 +51,59 @@ def test_bytes_left_unread_behind_a_window_that_reopens_show_no_stop(monkeypatch
 def test_a_server_that_stops_after_reading_a_little_is_evidence_again(monkeypatch, readings):
     _, said = _watch(monkeypatch, readings)
     assert said == [True, False, True, True]
+
+
+# -- how long the evidence must hold (a fake clock: times are given) -------------------
+
+
+def test_the_hold_scales_with_the_servers_slowest_answer():
+    fast, slow = 0.001, 0.010
+    assert stall.evidence_hold(fast) == stall.STALL_EVIDENCE_FLOOR
+    assert stall.evidence_hold(slow) == pytest.approx(stall.STALL_ANSWER_FACTOR * slow)
+    assert stall.evidence_hold(slow) > stall.evidence_hold(fast)
+    assert stall.evidence_hold(1.0) == stall.STALL_EVIDENCE  # never longer than before
+    assert stall.evidence_hold(None) == stall.STALL_EVIDENCE  # no answer yet: no measure
+
+
+def _looks_until_stop(clock: StallClock, times: list[float]) -> float | None:
+    """Feed looks that all see the evidence; the time of the look that stops, if any."""
+    for now in times:
+        if clock.look(True, now):
+            return now
+    return None
+
+
+def test_a_fast_server_that_stops_is_given_up_well_before_the_fixed_hold():
+    """The server answered its last request in 1 ms: the evidence ends the wait
+    after the floor's hold, a tenth of STALL_EVIDENCE."""
+    clock = StallClock(stall.evidence_hold(0.001))
+    times = [look * clock.probe for look in range(100)]
+    stopped = _looks_until_stop(clock, times)
+    assert stopped is not None
+    assert stopped == pytest.approx(stall.STALL_EVIDENCE_FLOOR)
+    assert stopped < stall.STALL_EVIDENCE
+
+
+def test_a_server_that_answers_slowly_is_given_a_longer_hold():
+    clock = StallClock(stall.evidence_hold(0.015))
+    times = [look * stall.STALL_EVIDENCE_FLOOR / stall.STALL_LOOKS for look in range(100)]
+    stopped = _looks_until_stop(clock, times)
+    assert stopped is not None and stopped >= stall.STALL_ANSWER_FACTOR * 0.015
+
+
+def test_looks_that_come_late_on_a_loaded_machine_stretch_the_hold():
+    """Two looks 3 s apart (the client was not scheduled in between): the time
+    is there, the looks are not; the server may not have run either."""
+    clock = StallClock(stall.evidence_hold(0.001))
+    assert _looks_until_stop(clock, [0.0, 3.0]) is None
+    late = [3.0 + look * clock.probe for look in range(1, stall.STALL_LOOKS)]
+    assert _looks_until_stop(clock, late) == late[-1]
+
+
+def test_a_look_that_sees_reading_starts_the_hold_again():
+    clock = StallClock(stall.evidence_hold(0.001))
+    probe = clock.probe
+    assert _looks_until_stop(clock, [look * probe for look in range(stall.STALL_LOOKS)]) is None
+    assert not clock.look(False, stall.STALL_LOOKS * probe)  # it read: no stop
+    again = [(stall.STALL_LOOKS + 1 + look) * probe for look in range(stall.STALL_LOOKS + 1)]
+    assert _looks_until_stop(clock, again) == again[-1]
