@@ -35,7 +35,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from protocol import __version__
 from protocol.editions import BY_NAME, V3
@@ -207,9 +207,18 @@ def _packet_size(text: str) -> int:
     return value
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A parser whose refusal is one line, as the server's: the error, then
+    where the help is (no usage block before it)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE; see PROG --help`` and exit with ExitCode.USAGE."""
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the exit codes in its help."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=program_name(),
         description=DESCRIPTION,
         epilog=_exit_code_table(),
