@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_rate,
         default=DEFAULT_MIN_RATE,
         help="give up on a send that averages fewer bytes per second than this over"
-        f" a --timeout of sending, 0 for no floor (default: {DEFAULT_MIN_RATE})",
+        " a --timeout of sending and retry it on a new connection (one of the file's"
+        f" retries), 0 for no floor (default: {DEFAULT_MIN_RATE})",
     )
     parser.add_argument(
         "--packet-size",
@@ -327,8 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="never switch layout on its own: by default, when a server refuses or drops"
         " the standard layout in a known way, the upload is retried once in the layout"
         " the symptom points to, for the rest of the run. Either way a file gets"
-        f" {MAX_RETRIES} retries in all (after error replies or a dropped connection,"
-        " across its resends), plus one attempt in each layout switched to",
+        f" {MAX_RETRIES} retries in all (after error replies, a dropped connection or a"
+        " send under --min-rate, across its resends), plus one attempt in each layout"
+        " switched to",
     )
     layout.add_argument(
         "--pad-last-packet",

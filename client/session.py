@@ -268,6 +268,7 @@ class Session:
                 f" {self.timeout:g} s of sending, under the floor of {self.min_rate:g}"
                 " bytes/s (--min-rate)",
                 timed_out=True,
+                too_slow=True,
             )
 
     def _stall_clock(self) -> StallClock:

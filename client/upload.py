@@ -276,7 +276,8 @@ class Client:
         connection the server closes after it answered on it is the server
         going away (a crash, a drain): the attempt is retried on a new
         connection in the same layout, and only the same close again on the
-        new connection names the layout (one connection per request). The
+        new connection names the layout (one connection per request). A send
+        the ``--min-rate`` floor ended is retried on a new connection. The
         retries come from the file's budget while a file is sent.
 
         Raises:
@@ -304,6 +305,11 @@ class Client:
                 log.info("retrying %s (retry %d of %d)", step, retry, budget.retries)
             except NetworkError as exc:
                 exc.step = exc.step or step
+                if exc.too_slow:
+                    went_away = 0
+                    if not self._retry_on_new_connection(budget, f"{step}: {exc}"):
+                        raise
+                    continue
                 if not (exc.closed and self._session.replies_on_connection):
                     raise  # unreachable, silent or closed before answering: report it
                 went_away += 1
@@ -311,17 +317,21 @@ class Client:
                 if switch is not None:
                     self._take_fallback(step, switch, exc)
                     continue
-                retry = budget.take()
-                if retry is None:
+                closed = f"the server closed the connection during {step}"
+                if not self._retry_on_new_connection(budget, closed):
                     raise
-                log.warning(
-                    "the server closed the connection during %s; retrying on a new"
-                    " connection (retry %d of %d)",
-                    step,
-                    retry,
-                    budget.retries,
-                )
-                self._session.reset()
+
+    def _retry_on_new_connection(self, budget: RetryBudget, what: str) -> bool:
+        """Say what happened and drop the connection, taking one retry of
+        ``budget``; False (and nothing done) when none is left."""
+        retry = budget.take()
+        if retry is None:
+            return False
+        log.warning(
+            "%s; retrying on a new connection (retry %d of %d)", what, retry, budget.retries
+        )
+        self._session.reset()
+        return True
 
     # -- fallbacks -------------------------------------------------------------
 
