@@ -541,8 +541,8 @@ class _SlowlyRead:
 def test_a_server_that_reads_slowly_has_not_stopped_reading(work, run_client):
     """A server that keeps reading, however slowly, is no evidence against the
     layout: its window opens a little at each read and the bytes it acknowledges
-    grow. Only a server whose reading makes no progress at all for
-    STALL_EVIDENCE is taken to have dropped the layout."""
+    grow. Only a server whose reading makes no progress at all for the hold
+    (client/stall.py evidence_hold) is taken to have dropped the layout."""
     data = os.urandom(3_000_000)  # several default packets, read for about 3 s
     (work / "data.bin").write_bytes(data)
     with BehaviourServer(standard_slowly_read, one_at_a_time=True) as server:
