@@ -107,3 +107,35 @@ def test_a_look_that_sees_reading_starts_the_hold_again():
     assert not clock.look(False, stall.STALL_LOOKS * probe)  # it read: no stop
     again = [(stall.STALL_LOOKS + 1 + look) * probe for look in range(stall.STALL_LOOKS + 1)]
     assert _looks_until_stop(clock, again) == again[-1]
+
+
+def _first_stop(monkeypatch, readings: list[tuple[int, int]], slowest_answer: float):
+    """The time (on a fake clock, one look per probe) at which a watch fed
+    ``readings`` and a clock scaled from ``slowest_answer`` end the wait, if any."""
+    clock = StallClock(stall.evidence_hold(slowest_answer))
+    windows = iter([OPENING_WINDOW] + [window for window, _ in readings])
+    unacknowledged = iter([unacked for _, unacked in readings])
+    monkeypatch.setattr(stall, "_peer_window", lambda sock: next(windows))
+    monkeypatch.setattr(stall, "_unacknowledged", lambda sock: next(unacknowledged))
+    with socket.socket() as sock:
+        watch = ReadingWatch(sock)
+        for look in range(len(readings)):
+            now = look * clock.probe
+            if clock.look(watch.stopped_reading(sock), now):
+                return now
+    return None
+
+
+def test_a_window_at_zero_ends_the_wait_before_the_fixed_hold_would_have(monkeypatch):
+    """A send blocked behind a window at zero that does not move, on a server
+    that answered in 2 ms: the wait ends at the shortest hold, where the fixed
+    STALL_EVIDENCE would still be waiting."""
+    stopped = _first_stop(monkeypatch, [(0, 900_000)] * 100, slowest_answer=0.002)
+    assert stopped == pytest.approx(stall.STALL_EVIDENCE_FLOOR)
+    assert stopped < stall.STALL_EVIDENCE
+
+
+def test_a_slow_reader_behind_a_window_at_zero_never_ends_the_wait(monkeypatch):
+    """The same window at zero, but fewer bytes unacknowledged at each look."""
+    readings = [(0, 900_000 - 4_096 * look) for look in range(100)]
+    assert _first_stop(monkeypatch, readings, slowest_answer=0.002) is None
