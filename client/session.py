@@ -37,6 +37,9 @@ DEFAULT_TIMEOUT = 30.0
 RECV_SIZE = 64 * 1024
 #: select() time-out of a poll that must not wait.
 _NO_WAIT = 0
+#: Seconds between two looks at the server's window while a request waits for
+#: room in it (``Session.whole_requests``).
+ROOM_POLL = 0.001
 
 
 def describe(event: object, edition: Edition = V3) -> str:
@@ -98,6 +101,11 @@ class Session:
         #: dropped is tried.
         self.watch_reading = False
         self._watch: ReadingWatch | None = None
+        #: Send each request only when the server's window can take all of it
+        #: at once, so that it arrives whole: set for a server that reads a
+        #: request's field with one receive (a request sent into a full
+        #: window goes out in pieces, and it reads a piece).
+        self.whole_requests = False
         #: Seconds from the end of a request to the end of its answer: the
         #: slowest of the run (None before the first answer), and when the
         #: request now awaiting its answer was sent.
@@ -201,8 +209,28 @@ class Session:
             self.first_request = request.code
         if _worth_logging(request):
             log.debug("-> %s (%d bytes)", self.describe(request), len(head) + len(content))
+        if self.whole_requests:
+            self._await_room(len(head) + len(content))
         self._send_bytes(head, content)
         self._sent_at = time.monotonic()
+
+    def _await_room(self, size: int) -> None:
+        """Wait until the server's window can take ``size`` bytes at once.
+
+        Raises:
+            NetworkError: it could not within the time-out (``timed_out``).
+        """
+        if self._sock is None or self._watch is None:
+            return
+        deadline = time.monotonic() + self.timeout
+        while not self._watch.has_room(self._sock, size):
+            if time.monotonic() >= deadline:
+                raise NetworkError(
+                    f"the server stopped reading: the window of {self.address} had no room"
+                    f" for a request of {size} bytes for {self.timeout:g} s",
+                    timed_out=True,
+                )
+            time.sleep(ROOM_POLL)
 
     def _send_bytes(self, head: bytes, content: BytesLike) -> None:
         """Head and content in one gathered write (no copy of the content).

@@ -122,6 +122,15 @@ class ReadingWatch:
         #: (window, unacknowledged) at the last look that showed unread bytes.
         self._last: tuple[int, int] | None = None
 
+    def has_room(self, sock: socket.socket, size: int) -> bool:
+        """Whether the server's window can take ``size`` more bytes at once,
+        beyond those sent or queued before them; True where the kernel does
+        not say, or where the window never could (its opening one is smaller)."""
+        window, queued = _peer_window(sock), _unacknowledged(sock)
+        if window is None or queued is None or not self._opening_window:
+            return True
+        return window - queued >= size or size > self._opening_window
+
     def stopped_reading(self, sock: socket.socket) -> bool:
         """Whether the kernel shows bytes the server has not read, and no read
         since the last look (no byte more acknowledged, no wider window)."""

@@ -409,9 +409,9 @@ class Client:
             self._layout = replace(layout, swapped=True, per_packet=True, pad_last=False)
             return "swapped packet fields and per-packet encryption"
         if self._packet_size > FALLBACK_CUT_PACKET and plan.content_size > FALLBACK_CUT_PACKET:
-            self._layout = STANDARD_LAYOUT
+            self._layout = Layout(arrive_whole=True)
             self._packet_size = FALLBACK_CUT_PACKET
-            return f"packets of {FALLBACK_CUT_PACKET} bytes"
+            return f"packets of {FALLBACK_CUT_PACKET} bytes, each sent whole"
         if several:
             self._layout = Layout(whole_file=True)
             self._packet_size = self._preferred_packet_size
@@ -765,6 +765,7 @@ class Client:
             and not self._layout.pad_last
             and not session.per_request
         )
+        session.whole_requests = self._layout.arrive_whole
         self._progress.start(label, plan.orig_size)
         try:
             try:
@@ -773,7 +774,7 @@ class Client:
                 self._progress.finish()
             return self._await_file_received(plan), sums.value
         finally:
-            session.watch_reading = False
+            session.watch_reading = session.whole_requests = False
 
     def _packets_sent(self, plan: FilePlan) -> str:
         """The requests that carry the file, as a log says it."""

@@ -285,6 +285,34 @@ def one_receive_per_field(sock: socket.socket, state: State) -> None:
         sock.sendall(conn.send(GeneralError()))
 
 
+#: Behaviour 8 behind a small receive buffer, reading slowly: a client that
+#: sends faster than it reads fills its window, and a packet sent into a full
+#: window goes out in pieces.
+SMALL_SERVER_BUFFER = 16384
+REQUEST_READ_PAUSE = 0.002
+
+
+class _SlowFields:
+    """A server's socket with a small receive buffer, each request read a little late."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_SERVER_BUFFER)
+        self._sock = sock
+
+    def recv(self, size: int) -> bytes:
+        if size == HEADER_FIELDS[0]:  # a request's first field
+            time.sleep(REQUEST_READ_PAUSE)
+        return self._sock.recv(size)
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+
+def one_receive_per_field_slowly(sock: socket.socket, state: State) -> None:
+    """Behaviour 8, reading slowly behind a small buffer."""
+    one_receive_per_field(_SlowFields(sock), state)  # type: ignore[arg-type]
+
+
 def _exactly(sock: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -405,6 +433,7 @@ BEHAVIOURS = {
     "fixed-1291-byte-packets": (fixed_size_packets, "1024-byte packets, the last zero-filled"),
     "every-packet-a-whole-file": (every_packet_a_whole_file, "the whole file in one packet"),
     "one-receive-per-field": (one_receive_per_field, "packets of 8192 bytes"),
+    "one-receive-per-field-slowly": (one_receive_per_field_slowly, "packets of 8192 bytes"),
 }
 
 

@@ -139,3 +139,23 @@ def test_a_slow_reader_behind_a_window_at_zero_never_ends_the_wait(monkeypatch):
     """The same window at zero, but fewer bytes unacknowledged at each look."""
     readings = [(0, 900_000 - 4_096 * look) for look in range(100)]
     assert _first_stop(monkeypatch, readings, slowest_answer=0.002) is None
+
+
+def _room(monkeypatch, window: int | None, queued: int | None, size: int) -> bool:
+    """What a watch says of room for ``size`` bytes behind ``window`` and ``queued``."""
+    windows = iter([OPENING_WINDOW, window])
+    monkeypatch.setattr(stall, "_peer_window", lambda sock: next(windows))
+    monkeypatch.setattr(stall, "_unacknowledged", lambda sock: queued)
+    with socket.socket() as sock:
+        return ReadingWatch(sock).has_room(sock, size)
+
+
+@pytest.mark.parametrize(("window", "queued", "size", "room"), [
+    (65_483, 0, 8_482, True),  # an open window, nothing in flight
+    (65_483, 60_000, 8_482, False),  # the window is nearly taken by bytes sent before
+    (4_096, 0, 8_482, False),  # a server behind in its reading
+    (0, 0, OPENING_WINDOW + 1, True),  # more than the window ever was: no wait could help
+    (None, 0, 8_482, True),  # the kernel does not say: no wait
+])
+def test_room_for_a_request_in_the_servers_window(monkeypatch, window, queued, size, room):
+    assert _room(monkeypatch, window, queued, size) is room
