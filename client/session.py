@@ -215,21 +215,29 @@ class Session:
         self._sent_at = time.monotonic()
 
     def _await_room(self, size: int) -> None:
-        """Wait until the server's window can take ``size`` bytes at once.
+        """Wait until the server's window can take ``size`` bytes at once,
+        watching its reading as a send does (``watch_reading``).
 
         Raises:
-            NetworkError: it could not within the time-out (``timed_out``).
+            NetworkError: it could not within the time-out, or the server
+                stopped reading (``timed_out``).
         """
         if self._sock is None or self._watch is None:
             return
-        deadline = time.monotonic() + self.timeout
+        stall = self._stall_clock()
+        started = time.monotonic()
+        next_look = started + stall.probe
         while not self._watch.has_room(self._sock, size):
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now - started >= self.timeout:
                 raise NetworkError(
                     f"the server stopped reading: the window of {self.address} had no room"
                     f" for a request of {size} bytes for {self.timeout:g} s",
                     timed_out=True,
                 )
+            if self.watch_reading and now >= next_look:
+                self._check_reading(stall, now, waiting=size)
+                next_look = now + stall.probe
             time.sleep(ROOM_POLL)
 
     def _send_bytes(self, head: bytes, content: BytesLike) -> None:
@@ -303,15 +311,16 @@ class Session:
         """A clock for one send or wait, its hold scaled from the server's answers."""
         return StallClock(evidence_hold(self.slowest_answer))
 
-    def _check_reading(self, stall: StallClock, now: float) -> None:
-        """One look at whether the server stopped reading.
+    def _check_reading(self, stall: StallClock, now: float, waiting: int = 0) -> None:
+        """One look at whether the server stopped reading (``waiting``: bytes
+        held back until its window can take them, ReadingWatch.stopped_reading).
 
         Raises:
             NetworkError: it has shown it for the clock's hold (``timed_out``).
         """
         if self._sock is None or self._watch is None:
             return
-        if stall.look(self._watch.stopped_reading(self._sock), now):
+        if stall.look(self._watch.stopped_reading(self._sock, waiting), now):
             slowest = self.slowest_answer
             pace = (
                 f"its slowest answer took {slowest * 1000:.0f} ms"

@@ -2,7 +2,8 @@
 
 docs/CLIENT.md, "Fallbacks": a server that dropped the layout may stop
 reading without a word. The kernel shows it: bytes sent that the server has
-not acknowledged while its receive window is at zero (its buffer is full), or
+not acknowledged filling all its receive window (at zero, or smaller than
+them: its buffer is full), or
 everything acknowledged while the window it advertises stays under half of
 the one it opened the connection with (bytes it received and has not read; a
 server that reads them announces the reopened window at once, as it has
@@ -131,17 +132,21 @@ class ReadingWatch:
             return True
         return window - queued >= size or size > self._opening_window
 
-    def stopped_reading(self, sock: socket.socket) -> bool:
+    def stopped_reading(self, sock: socket.socket, waiting: int = 0) -> bool:
         """Whether the kernel shows bytes the server has not read, and no read
-        since the last look (no byte more acknowledged, no wider window)."""
+        since the last look (no byte more acknowledged, no wider window).
+
+        ``waiting``: bytes of a request held back until the window can take
+        them all; a window too small for them shows unread bytes too.
+        """
         window, unacknowledged = _peer_window(sock), _unacknowledged(sock)
         if window is None or unacknowledged is None or not self._opening_window:
             self._last = None
             return False
         if unacknowledged:
-            unread = window == 0
+            unread = unacknowledged >= window  # its window is taken: it accepts no more
         else:
-            unread = window < self._opening_window // 2
+            unread = window < self._opening_window // 2 or window < waiting
         last, self._last = self._last, ((window, unacknowledged) if unread else None)
         if not unread:
             return False

@@ -7,7 +7,11 @@ import socket
 import pytest
 
 from client import stall
+from client.config import ServerAddress
+from client.errors import NetworkError
+from client.session import Session
 from client.stall import ReadingWatch, StallClock
+from protocol import SendFilePacket
 
 OPENING_WINDOW = 65483
 
@@ -29,6 +33,25 @@ def _watch(monkeypatch, readings: list[tuple[int, int]]) -> tuple[ReadingWatch, 
 def test_a_window_at_zero_that_does_not_move_is_evidence(monkeypatch):
     _, said = _watch(monkeypatch, [(0, 900_000)] * 4)
     assert said == [True] * 4
+
+
+def test_a_window_taken_by_bytes_it_does_not_acknowledge_is_evidence(monkeypatch):
+    # A server whose buffer is full may go on advertising a window and
+    # acknowledge nothing (seen on loopback behind a 16 KiB buffer).
+    _, said = _watch(monkeypatch, [(16_384, 25_736)] * 4)
+    assert said == [True] * 4
+
+
+def test_a_window_too_small_for_a_request_held_back_is_evidence(monkeypatch):
+    # Everything acknowledged, the window at half the opening one: not under
+    # half, but too small for the 8,482 bytes waiting to go whole.
+    windows = iter([16_384] + [8_192] * 3)
+    monkeypatch.setattr(stall, "_peer_window", lambda sock: next(windows))
+    monkeypatch.setattr(stall, "_unacknowledged", lambda sock: 0)
+    with socket.socket() as sock:
+        watch = ReadingWatch(sock)
+        assert not watch.stopped_reading(sock)
+        assert [watch.stopped_reading(sock, waiting=8_482) for _ in range(2)] == [True, True]
 
 
 def test_a_server_that_reads_slowly_shows_no_stop(monkeypatch):
@@ -159,3 +182,33 @@ def _room(monkeypatch, window: int | None, queued: int | None, size: int) -> boo
 ])
 def test_room_for_a_request_in_the_servers_window(monkeypatch, window, queued, size, room):
     assert _room(monkeypatch, window, queued, size) is room
+
+
+#: A time-out far longer than any hold: a wait that reaches it says so.
+LONG_TIMEOUT = 20.0
+#: A receive buffer small enough that a few packets fill it.
+SMALL_BUFFER = 16384
+
+
+def test_a_packet_waiting_for_room_ends_on_the_evidence_not_the_time_out():
+    """Sending each packet whole (a server that reads a packet with one
+    receive), a server that stops reading leaves no room in its window: the
+    wait for room ends as a blocked send does, on the kernel's evidence held
+    for the scaled hold, not at the time-out."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+        session = Session(ServerAddress("127.0.0.1", listener.getsockname()[1]), LONG_TIMEOUT)
+        session.whole_requests = session.watch_reading = True
+        session.slowest_answer = 0.002
+        packet = SendFilePacket(
+            client_id=bytes(16), content_size=8192 * 64, orig_file_size=8192 * 64,
+            packet_number=1, total_packets=64, file_name="f", content=bytes(8192),
+        )
+        try:
+            with pytest.raises(NetworkError) as stopped:
+                for _ in range(packet.total_packets):  # never read: the window fills
+                    session.send(packet)
+        finally:
+            session.reset()
+    assert stopped.value.timed_out
+    assert "stay unread for 0.1 s" in str(stopped.value)
