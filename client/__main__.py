@@ -35,7 +35,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from protocol import __version__
 from protocol.editions import BY_NAME, V3
@@ -207,9 +207,18 @@ def _packet_size(text: str) -> int:
     return value
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A parser whose refusal is one line, as the server's: the error, then
+    where the help is (no usage block before it)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE; see PROG --help`` and exit with ExitCode.USAGE."""
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the exit codes in its help."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=program_name(),
         description=DESCRIPTION,
         epilog=_exit_code_table(),
@@ -277,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_rate,
         default=DEFAULT_MIN_RATE,
         help="give up on a send that averages fewer bytes per second than this over"
-        f" a --timeout of sending, 0 for no floor (default: {DEFAULT_MIN_RATE})",
+        " a --timeout of sending and retry it on a new connection (one of the file's"
+        f" retries), 0 for no floor (default: {DEFAULT_MIN_RATE})",
     )
     parser.add_argument(
         "--packet-size",
@@ -318,8 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="never switch layout on its own: by default, when a server refuses or drops"
         " the standard layout in a known way, the upload is retried once in the layout"
         " the symptom points to, for the rest of the run. Either way a file gets"
-        f" {MAX_RETRIES} retries in all (after error replies or a dropped connection,"
-        " across its resends), plus one attempt in each layout switched to",
+        f" {MAX_RETRIES} retries in all (after error replies, a dropped connection or a"
+        " send under --min-rate, across its resends), plus one attempt in each layout"
+        " switched to",
     )
     layout.add_argument(
         "--pad-last-packet",

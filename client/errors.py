@@ -38,7 +38,9 @@ class NetworkError(ClientError):
 
     ``step`` names what the client was doing, once the flow knows it;
     ``closed`` says the server closed or reset the connection, ``timed_out``
-    that it did not answer in time (the symptoms the client's fallbacks read).
+    that it did not answer in time (the symptoms the client's fallbacks read),
+    ``too_slow`` that it read a send slower than ``--min-rate`` (a failure the
+    retries of a step or file cover, client/upload.py).
     """
 
     def __init__(
@@ -48,11 +50,13 @@ class NetworkError(ClientError):
         *,
         closed: bool = False,
         timed_out: bool = False,
+        too_slow: bool = False,
     ) -> None:
         super().__init__(message)
         self.step = step
         self.closed = closed
         self.timed_out = timed_out
+        self.too_slow = too_slow
 
 
 class NotAServer(ClientError):

@@ -60,6 +60,9 @@ class Layout:
     #: The whole file in one 828 (1 of 1), its content streamed in pieces of
     #: ``packet_size``: for a server that takes every 828 as a whole file.
     whole_file: bool = False
+    #: Each packet sent only when the server's window can take all of it, so
+    #: that it arrives whole: for a server that reads a packet with one receive.
+    arrive_whole: bool = False
 
 
 #: The layout of docs/PROTOCOL.md, 828 details.

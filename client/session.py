@@ -27,7 +27,7 @@ from .config import ServerAddress
 from . import foreign
 from .errors import MalformedReply, NetworkError, NotAServer
 from .send_rate import DEFAULT_MIN_RATE, SendRate
-from .stall import ReadingWatch
+from .stall import ReadingWatch, StallClock, evidence_hold
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,9 @@ DEFAULT_TIMEOUT = 30.0
 RECV_SIZE = 64 * 1024
 #: select() time-out of a poll that must not wait.
 _NO_WAIT = 0
-#: While the server's reading is watched (``Session.watch_reading``): how
-#: often the kernel is asked, and how long its evidence that the server
-#: stopped reading must hold before the wait ends (client/stall.py).
-STALL_PROBE = 0.1
-STALL_EVIDENCE = 1.0
+#: Seconds between two looks at the server's window while a request waits for
+#: room in it (``Session.whole_requests``).
+ROOM_POLL = 0.001
 
 
 def describe(event: object, edition: Edition = V3) -> str:
@@ -98,10 +96,21 @@ class Session:
         #: The connection's first bytes until they are a known answer (client/foreign.py).
         self._first_bytes = b""
         #: End a send or a wait for an answer as soon as the kernel shows, for
-        #: STALL_EVIDENCE, that the server stopped reading (client/stall.py):
-        #: set while a layout the server may have dropped is tried.
+        #: a hold scaled from the server's answers, that the server stopped
+        #: reading (client/stall.py): set while a layout the server may have
+        #: dropped is tried.
         self.watch_reading = False
         self._watch: ReadingWatch | None = None
+        #: Send each request only when the server's window can take all of it
+        #: at once, so that it arrives whole: set for a server that reads a
+        #: request's field with one receive (a request sent into a full
+        #: window goes out in pieces, and it reads a piece).
+        self.whole_requests = False
+        #: Seconds from the end of a request to the end of its answer: the
+        #: slowest of the run (None before the first answer), and when the
+        #: request now awaiting its answer was sent.
+        self.slowest_answer: float | None = None
+        self._sent_at: float | None = None
         #: The server closed the connection after a whole reply (not inside one).
         self._closed_between_replies = False
 
@@ -150,6 +159,7 @@ class Session:
         self._eof = False
         self._first_bytes = b""
         self._closed_between_replies = False
+        self._sent_at = None
         self._send_rate = SendRate(self.min_rate, self.timeout)
 
     def _new_connection(self) -> ClientConnection:
@@ -181,6 +191,7 @@ class Session:
             NetworkError: the connection broke.
         """
         self._send_bytes(b"", content)
+        self._sent_at = time.monotonic()
 
     def send(self, request, *, content_length: int | None = None) -> None:
         """Send one whole request in a single write.
@@ -198,7 +209,36 @@ class Session:
             self.first_request = request.code
         if _worth_logging(request):
             log.debug("-> %s (%d bytes)", self.describe(request), len(head) + len(content))
+        if self.whole_requests:
+            self._await_room(len(head) + len(content))
         self._send_bytes(head, content)
+        self._sent_at = time.monotonic()
+
+    def _await_room(self, size: int) -> None:
+        """Wait until the server's window can take ``size`` bytes at once,
+        watching its reading as a send does (``watch_reading``).
+
+        Raises:
+            NetworkError: it could not within the time-out, or the server
+                stopped reading (``timed_out``).
+        """
+        if self._sock is None or self._watch is None:
+            return
+        stall = self._stall_clock()
+        started = time.monotonic()
+        next_look = started + stall.probe
+        while not self._watch.has_room(self._sock, size):
+            now = time.monotonic()
+            if now - started >= self.timeout:
+                raise NetworkError(
+                    f"the server stopped reading: the window of {self.address} had no room"
+                    f" for a request of {size} bytes for {self.timeout:g} s",
+                    timed_out=True,
+                )
+            if self.watch_reading and now >= next_look:
+                self._check_reading(stall, now, waiting=size)
+                next_look = now + stall.probe
+            time.sleep(ROOM_POLL)
 
     def _send_bytes(self, head: bytes, content: BytesLike) -> None:
         """Head and content in one gathered write (no copy of the content).
@@ -212,13 +252,13 @@ class Session:
         parts = [memoryview(head)] + ([memoryview(content).cast("B")] if len(content) else [])
         parts = [part for part in parts if len(part)]
         progress = time.monotonic()
-        stalled: float | None = None
+        stall = self._stall_clock()
         self._send_rate.begin(progress)
         try:
             while parts:
                 now = time.monotonic()
                 self._weigh_send_rate(0, now)
-                wait = STALL_PROBE if self.watch_reading else self.timeout
+                wait = stall.probe if self.watch_reading else self.timeout
                 sock.settimeout(min(wait, self._send_rate.time_left(now)))
                 try:
                     sent = sock.sendmsg(parts)
@@ -231,9 +271,10 @@ class Session:
                             timed_out=True,
                         ) from None
                     if self.watch_reading:
-                        stalled = self._check_reading(stalled, now)
+                        self._check_reading(stall, now)
                     continue
-                progress, stalled = time.monotonic(), None
+                progress = time.monotonic()
+                stall.look(False, progress)
                 self._weigh_send_rate(sent, progress)
                 while parts and sent >= len(parts[0]):
                     sent -= len(parts[0])
@@ -263,38 +304,45 @@ class Session:
                 f" {self.timeout:g} s of sending, under the floor of {self.min_rate:g}"
                 " bytes/s (--min-rate)",
                 timed_out=True,
+                too_slow=True,
             )
 
-    def _check_reading(self, since: float | None, now: float) -> float | None:
-        """When the server began to show it stopped reading (None: it reads).
+    def _stall_clock(self) -> StallClock:
+        """A clock for one send or wait, its hold scaled from the server's answers."""
+        return StallClock(evidence_hold(self.slowest_answer))
+
+    def _check_reading(self, stall: StallClock, now: float, waiting: int = 0) -> None:
+        """One look at whether the server stopped reading (``waiting``: bytes
+        held back until its window can take them, ReadingWatch.stopped_reading).
 
         Raises:
-            NetworkError: it has shown it for STALL_EVIDENCE (``timed_out``).
+            NetworkError: it has shown it for the clock's hold (``timed_out``).
         """
         if self._sock is None or self._watch is None:
-            return None
-        if not self._watch.stopped_reading(self._sock):
-            return None
-        since = now if since is None else since
-        if now - since >= STALL_EVIDENCE:
+            return
+        if stall.look(self._watch.stopped_reading(self._sock, waiting), now):
+            slowest = self.slowest_answer
+            pace = (
+                f"its slowest answer took {slowest * 1000:.0f} ms"
+                if slowest is not None
+                else "it has not answered yet"
+            )
             raise NetworkError(
                 f"the server at {self.address} stopped reading: bytes it received stay"
-                f" unread for {STALL_EVIDENCE:g} s",
+                f" unread for {stall.hold:.2g} s ({pace})",
                 timed_out=True,
             )
-        return since
 
-    def _wait_readable(self, deadline: float, since: float | None) -> float | None:
+    def _wait_readable(self, deadline: float, stall: StallClock) -> None:
         """Wait until the reply is readable or the deadline, watching the server's reading."""
         while self._sock is not None:
             left = deadline - time.monotonic()
             if left <= 0:
-                return since
-            readable, _, _ = select.select([self._sock], [], [], min(left, STALL_PROBE))
+                return
+            readable, _, _ = select.select([self._sock], [], [], min(left, stall.probe))
             if readable:
-                return since
-            since = self._check_reading(since, time.monotonic())
-        return since
+                return
+            self._check_reading(stall, time.monotonic())
 
     def receive(self, timeout: float | None = None):
         """Wait for the next whole response and return its event.
@@ -310,14 +358,14 @@ class Session:
         """
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
-        stalled: float | None = None
+        stall = self._stall_clock()
         try:
             while True:
                 event = self._next_event()
                 if event is not NEED_DATA:
                     return event
                 if self.watch_reading:
-                    stalled = self._wait_readable(deadline, stalled)
+                    self._wait_readable(deadline, stall)
                 self._recv(deadline, wait)
         finally:
             if self._sock is not None:
@@ -428,5 +476,17 @@ class Session:
             raise NetworkError(f"the server at {self.address} closed the connection", closed=True)
         if event is not NEED_DATA:
             self.replies_on_connection += 1
-            log.debug("<- %s", self.describe(event))
+            took = self._time_answer()
+            after = f" (after {took * 1000:.0f} ms)" if took is not None else ""
+            log.debug("<- %s%s", self.describe(event), after)
         return event
+
+    def _time_answer(self) -> float | None:
+        """Count the reply that ended the wait for the request last sent in
+        ``slowest_answer``; the seconds it took (None: a second reply to it)."""
+        if self._sent_at is None:
+            return None
+        took, self._sent_at = time.monotonic() - self._sent_at, None
+        if self.slowest_answer is None or took > self.slowest_answer:
+            self.slowest_answer = took
+        return took

@@ -2,13 +2,22 @@
 
 docs/CLIENT.md, "Fallbacks": a server that dropped the layout may stop
 reading without a word. The kernel shows it: bytes sent that the server has
-not acknowledged while its receive window is at zero (its buffer is full), or
+not acknowledged filling all its receive window (at zero, or smaller than
+them: its buffer is full), or
 everything acknowledged while the window it advertises stays under half of
 the one it opened the connection with (bytes it received and has not read; a
 server that reads them announces the reopened window at once, as it has
 doubled). That is evidence, where a silent wait is not, as long as it does
 not move: a server that reads, however slowly, acknowledges more bytes or
 opens its window between two looks, and is not taken to have stopped.
+
+How long it must not move (:func:`evidence_hold`) is scaled from the server
+itself: ``STALL_ANSWER_FACTOR`` times the slowest answer it gave in the run
+(from the end of a request to the end of its answer; a server's answer waits
+for the same things its reading does: its loop, its disk, the machine's
+load), never under ``STALL_EVIDENCE_FLOOR`` nor over ``STALL_EVIDENCE``, and
+over at least ``STALL_LOOKS`` looks (:class:`StallClock`): on a loaded
+machine the looks come late, and the hold stretches with them.
 
 Linux only (``TCP_INFO`` and ``SIOCOUTQ``); elsewhere there is no evidence,
 and the time-out alone decides.
@@ -33,6 +42,52 @@ _SND_WND_OFFSET = 228
 _TCP_INFO_SIZE = _SND_WND_OFFSET + 4
 _INT = struct.Struct("i")
 _UINT = struct.Struct("I")
+
+#: The longest the evidence must hold, and the hold before the server has
+#: answered anything (no measure of its pace yet).
+STALL_EVIDENCE = 1.0
+#: The shortest hold, however fast the server answered.
+STALL_EVIDENCE_FLOOR = 0.1
+#: The hold in multiples of the server's slowest answer of the run.
+STALL_ANSWER_FACTOR = 50
+#: The looks the evidence must hold over; they come every hold / STALL_LOOKS.
+STALL_LOOKS = 5
+
+
+def evidence_hold(slowest_answer: float | None) -> float:
+    """Seconds the evidence must hold, from the server's slowest answer so far (None: none yet)."""
+    if slowest_answer is None:
+        return STALL_EVIDENCE
+    scaled = STALL_ANSWER_FACTOR * slowest_answer
+    return min(max(scaled, STALL_EVIDENCE_FLOOR), STALL_EVIDENCE)
+
+
+class StallClock:
+    """How long, and over how many looks, the evidence has held (sans-I/O: the
+    caller gives the time and what each look saw)."""
+
+    def __init__(self, hold: float) -> None:
+        #: Seconds the evidence must hold.
+        self.hold = hold
+        self._since: float | None = None
+        self._looks = 0
+
+    @property
+    def probe(self) -> float:
+        """Seconds between two looks."""
+        return self.hold / STALL_LOOKS
+
+    def look(self, stopped: bool, now: float) -> bool:
+        """Count one look; whether the evidence has now held ``hold`` seconds
+        and ``STALL_LOOKS`` looks after the first that saw it."""
+        if not stopped:
+            self._since, self._looks = None, 0
+            return False
+        if self._since is None:
+            self._since = now
+            return False
+        self._looks += 1
+        return self._looks >= STALL_LOOKS and now - self._since >= self.hold
 
 
 def _peer_window(sock: socket.socket) -> int | None:
@@ -68,17 +123,30 @@ class ReadingWatch:
         #: (window, unacknowledged) at the last look that showed unread bytes.
         self._last: tuple[int, int] | None = None
 
-    def stopped_reading(self, sock: socket.socket) -> bool:
+    def has_room(self, sock: socket.socket, size: int) -> bool:
+        """Whether the server's window can take ``size`` more bytes at once,
+        beyond those sent or queued before them; True where the kernel does
+        not say, or where the window never could (its opening one is smaller)."""
+        window, queued = _peer_window(sock), _unacknowledged(sock)
+        if window is None or queued is None or not self._opening_window:
+            return True
+        return window - queued >= size or size > self._opening_window
+
+    def stopped_reading(self, sock: socket.socket, waiting: int = 0) -> bool:
         """Whether the kernel shows bytes the server has not read, and no read
-        since the last look (no byte more acknowledged, no wider window)."""
+        since the last look (no byte more acknowledged, no wider window).
+
+        ``waiting``: bytes of a request held back until the window can take
+        them all; a window too small for them shows unread bytes too.
+        """
         window, unacknowledged = _peer_window(sock), _unacknowledged(sock)
         if window is None or unacknowledged is None or not self._opening_window:
             self._last = None
             return False
         if unacknowledged:
-            unread = window == 0
+            unread = unacknowledged >= window  # its window is taken: it accepts no more
         else:
-            unread = window < self._opening_window // 2
+            unread = window < self._opening_window // 2 or window < waiting
         last, self._last = self._last, ((window, unacknowledged) if unread else None)
         if not unread:
             return False

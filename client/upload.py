@@ -276,7 +276,8 @@ class Client:
         connection the server closes after it answered on it is the server
         going away (a crash, a drain): the attempt is retried on a new
         connection in the same layout, and only the same close again on the
-        new connection names the layout (one connection per request). The
+        new connection names the layout (one connection per request). A send
+        the ``--min-rate`` floor ended is retried on a new connection. The
         retries come from the file's budget while a file is sent.
 
         Raises:
@@ -304,24 +305,33 @@ class Client:
                 log.info("retrying %s (retry %d of %d)", step, retry, budget.retries)
             except NetworkError as exc:
                 exc.step = exc.step or step
+                if exc.too_slow:
+                    went_away = 0
+                    if not self._retry_on_new_connection(budget, f"{step}: {exc}"):
+                        raise
+                    continue
                 if not (exc.closed and self._session.replies_on_connection):
                     raise  # unreachable, silent or closed before answering: report it
                 went_away += 1
                 switch = self._fallback(exc) if went_away > 1 else None
                 if switch is not None:
-                    self._take_fallback(step, switch)
+                    self._take_fallback(step, switch, exc)
                     continue
-                retry = budget.take()
-                if retry is None:
+                closed = f"the server closed the connection during {step}"
+                if not self._retry_on_new_connection(budget, closed):
                     raise
-                log.warning(
-                    "the server closed the connection during %s; retrying on a new"
-                    " connection (retry %d of %d)",
-                    step,
-                    retry,
-                    budget.retries,
-                )
-                self._session.reset()
+
+    def _retry_on_new_connection(self, budget: RetryBudget, what: str) -> bool:
+        """Say what happened and drop the connection, taking one retry of
+        ``budget``; False (and nothing done) when none is left."""
+        retry = budget.take()
+        if retry is None:
+            return False
+        log.warning(
+            "%s; retrying on a new connection (retry %d of %d)", what, retry, budget.retries
+        )
+        self._session.reset()
+        return True
 
     # -- fallbacks -------------------------------------------------------------
 
@@ -399,16 +409,17 @@ class Client:
             self._layout = replace(layout, swapped=True, per_packet=True, pad_last=False)
             return "swapped packet fields and per-packet encryption"
         if self._packet_size > FALLBACK_CUT_PACKET and plan.content_size > FALLBACK_CUT_PACKET:
-            self._layout = STANDARD_LAYOUT
+            self._layout = Layout(arrive_whole=True)
             self._packet_size = FALLBACK_CUT_PACKET
-            return f"packets of {FALLBACK_CUT_PACKET} bytes"
+            return f"packets of {FALLBACK_CUT_PACKET} bytes, each sent whole"
         if several:
             self._layout = Layout(whole_file=True)
             self._packet_size = self._preferred_packet_size
             return "the whole file in one packet"
         return None
 
-    def _take_fallback(self, step: str, switch: str) -> None:
+    def _take_fallback(self, step: str, switch: str, symptom: ClientError) -> None:
+        log.debug("%s: %s", step, symptom)
         log.warning("%s: the server refused the layout; switching to %s", step, switch)
         self._session.reset()
 
@@ -725,7 +736,7 @@ class Client:
             switch = self._fallback(exc, plan)
             if switch is None:
                 raise
-            self._take_fallback(step, switch)
+            self._take_fallback(step, switch, exc)
             raise _LayoutSwitched(exc) from exc
         return received, crcs, plan
 
@@ -754,6 +765,7 @@ class Client:
             and not self._layout.pad_last
             and not session.per_request
         )
+        session.whole_requests = self._layout.arrive_whole
         self._progress.start(label, plan.orig_size)
         try:
             try:
@@ -762,7 +774,7 @@ class Client:
                 self._progress.finish()
             return self._await_file_received(plan), sums.value
         finally:
-            session.watch_reading = False
+            session.watch_reading = session.whole_requests = False
 
     def _packets_sent(self, plan: FilePlan) -> str:
         """The requests that carry the file, as a log says it."""

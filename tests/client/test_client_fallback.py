@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import struct
 import threading
@@ -21,7 +22,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from client.__main__ import ExitCode
-from client.session import STALL_EVIDENCE
+from client.stall import (
+    STALL_ANSWER_FACTOR, STALL_EVIDENCE, STALL_EVIDENCE_FLOOR, evidence_hold,
+)
 from client_fakes import write_transfer_info
 from protocol import (
     NEED_DATA,
@@ -70,6 +73,8 @@ class State:
     #: The file the last 1603 was for, and the one the client confirmed.
     last: bytes = b""
     verified: bytes | None = None
+    #: Pauses a pausing server took before reading a file.
+    pauses: int = 0
 
 
 def _answer(state: State, request):
@@ -280,6 +285,34 @@ def one_receive_per_field(sock: socket.socket, state: State) -> None:
         sock.sendall(conn.send(GeneralError()))
 
 
+#: Behaviour 8 behind a small receive buffer, reading slowly: a client that
+#: sends faster than it reads fills its window, and a packet sent into a full
+#: window goes out in pieces.
+SMALL_SERVER_BUFFER = 16384
+REQUEST_READ_PAUSE = 0.002
+
+
+class _SlowFields:
+    """A server's socket with a small receive buffer, each request read a little late."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_SERVER_BUFFER)
+        self._sock = sock
+
+    def recv(self, size: int) -> bytes:
+        if size == HEADER_FIELDS[0]:  # a request's first field
+            time.sleep(REQUEST_READ_PAUSE)
+        return self._sock.recv(size)
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+
+def one_receive_per_field_slowly(sock: socket.socket, state: State) -> None:
+    """Behaviour 8, reading slowly behind a small buffer."""
+    one_receive_per_field(_SlowFields(sock), state)  # type: ignore[arg-type]
+
+
 def _exactly(sock: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -400,6 +433,7 @@ BEHAVIOURS = {
     "fixed-1291-byte-packets": (fixed_size_packets, "1024-byte packets, the last zero-filled"),
     "every-packet-a-whole-file": (every_packet_a_whole_file, "the whole file in one packet"),
     "one-receive-per-field": (one_receive_per_field, "packets of 8192 bytes"),
+    "one-receive-per-field-slowly": (one_receive_per_field_slowly, "packets of 8192 bytes"),
 }
 
 
@@ -487,6 +521,31 @@ def test_a_fallback_run_stays_near_the_servers_own_client(work, run_client, tmp_
     assert seconds < 2 * own_seconds + 2 * STALL_EVIDENCE
 
 
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_the_switch_waits_a_hold_scaled_from_the_servers_answers(work, run_client, size):
+    """The evidence that the server stopped reading is held for the hold that
+    its answers in the run set (client/stall.py), not a fixed second: a server
+    that answers in a few ms is given up after a fraction of STALL_EVIDENCE."""
+    data = os.urandom(SIZES[size])
+    (work / "data.bin").write_bytes(data)
+    with BehaviourServer(fixed_size_packets) as server:
+        write_transfer_info(work, server.address, "alice", "data.bin")
+        assert run_client().code == ExitCode.OK  # registers
+        result = run_client("-v")
+    assert result.code == ExitCode.OK, result.err
+    assert server.state.verified == data and server.state.uploads == 2
+    before_switch = result.err.split("refused the layout", 1)[0]
+    answers = [int(ms) for ms in re.findall(r"<- \d+ \w+ \(after (\d+) ms\)", before_switch)]
+    stop = re.search(r"stay unread for ([\d.]+) s \(its slowest answer took (\d+) ms\)",
+                     before_switch)
+    assert answers and stop, result.err
+    hold, slowest = float(stop[1]), int(stop[2])
+    assert slowest == max(answers)
+    # Both printed rounded: the slowest answer to the ms, the hold to 2 digits.
+    rounding = STALL_ANSWER_FACTOR * 0.0005 + 0.01
+    assert hold == pytest.approx(evidence_hold(slowest / 1000), abs=rounding)
+
+
 #: A slow server's reads: this many bytes, then a pause (about 1 MB/s).
 SLOW_READ, SLOW_READ_PAUSE = 16384, 0.016
 #: Its receive buffer, set as many servers set theirs (no autotuning).
@@ -511,8 +570,8 @@ class _SlowlyRead:
 def test_a_server_that_reads_slowly_has_not_stopped_reading(work, run_client):
     """A server that keeps reading, however slowly, is no evidence against the
     layout: its window opens a little at each read and the bytes it acknowledges
-    grow. Only a server whose reading makes no progress at all for
-    STALL_EVIDENCE is taken to have dropped the layout."""
+    grow. Only a server whose reading makes no progress at all for the hold
+    (client/stall.py evidence_hold) is taken to have dropped the layout."""
     data = os.urandom(3_000_000)  # several default packets, read for about 3 s
     (work / "data.bin").write_bytes(data)
     with BehaviourServer(standard_slowly_read, one_at_a_time=True) as server:
@@ -526,6 +585,65 @@ def test_a_server_that_reads_slowly_has_not_stopped_reading(work, run_client):
 def standard_slowly_read(sock: socket.socket, state: State) -> None:
     """The standard server, reading about 1 MB/s."""
     standard(_SlowlyRead(sock), state)  # type: ignore[arg-type]
+
+
+#: A healthy server on a loaded machine: each answer takes this long, and it
+#: reads nothing of a file for PAUSE (three times the shortest hold, a fifth
+#: of the server's slowest answer times STALL_ANSWER_FACTOR), then all of it.
+ANSWER_DELAY, PAUSE = 0.015, 0.3
+#: The answers that give a key: a file comes next.
+KEY_ANSWERS = (1602, 1605)
+
+
+class _PausesBeforeEachFile:
+    """A server's socket that answers slowly and pauses before reading a file."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._pause = False
+        self.pauses = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._pause:
+            self._pause = False
+            self.pauses += 1
+            time.sleep(PAUSE)
+        return self._sock.recv(size)
+
+    def sendall(self, data: bytes) -> None:
+        time.sleep(ANSWER_DELAY)
+        self._sock.sendall(data)
+        self._pause = int.from_bytes(data[1:3], "little") in KEY_ANSWERS
+
+
+def standard_paused_before_each_file(sock: socket.socket, state: State) -> None:
+    """The standard server, answering in ANSWER_DELAY and pausing PAUSE before a file."""
+    paused = _PausesBeforeEachFile(sock)
+    try:
+        standard(paused, state)  # type: ignore[arg-type]
+    finally:
+        state.pauses += paused.pauses
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_a_server_that_pauses_then_reads_everything_has_not_stopped_reading(
+    work, run_client, size
+):
+    """A pause longer than the shortest hold, on a server whose answers show it
+    is slow (a loaded machine): the hold is scaled from its answers, so the
+    client waits it out and switches nothing, whether the file was all sent
+    (100 kB: the wait for its answer) or the send is blocked (5 MB)."""
+    data = os.urandom(SIZES[size])
+    (work / "data.bin").write_bytes(data)
+    assert PAUSE > 2 * STALL_EVIDENCE_FLOOR
+    with BehaviourServer(standard_paused_before_each_file, one_at_a_time=True) as server:
+        write_transfer_info(work, server.address, "alice", "data.bin")
+        for run in (1, 2):  # fresh (825, 826), then with me.info (827)
+            result = run_client()
+            assert result.code == ExitCode.OK, result.err
+            assert "refused the layout" not in result.err
+            assert server.state.verified == data and server.state.uploads == run
+    assert server.state.pauses == 2
 
 
 def test_a_zlib_crc_is_reported_as_what_it_is(work, run_client):

@@ -3,6 +3,7 @@ little now and then cannot stretch a send past the time-out's windows."""
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 
@@ -11,11 +12,13 @@ import pytest
 from client.__main__ import ExitCode
 from client.send_rate import SendRate
 from client.session import Session
+from client.upload import MAX_RETRIES
 from client_fakes import (
     NAME,
     FakeServer,
     Keys,
     accept_upload,
+    handshake_reconnect,
     handshake_register,
     make_file,
     write_transfer_info,
@@ -99,16 +102,42 @@ class _Trickled:
 
 
 def _trickle(server) -> None:
-    """Register, then read TRICKLE_READ bytes every TRICKLE_PAUSE × the time-out
-    until the client gives up (or the whole file's trickle is over)."""
+    """Register, then trickle every attempt at the file (one connection each)
+    until the client gives up: the first and its MAX_RETRIES retries."""
+    keys = Keys()
     peer = server.accept()
-    handshake_register(peer, Keys())
+    handshake_register(peer, keys)
+    _trickle_until_given_up(server, peer)
+    for _ in range(MAX_RETRIES):
+        peer = server.accept()
+        handshake_reconnect(peer, keys)
+        _trickle_until_given_up(server, peer)
+
+
+def _trickle_once_then_serve(server) -> None:
+    """Register and trickle the file until the client gives up; then, on its
+    next connection, read the file at full speed and confirm it."""
+    keys = Keys()
+    peer = server.accept()
+    handshake_register(peer, keys)
+    _trickle_until_given_up(server, peer)
+    peer = server.accept()
+    handshake_reconnect(peer, keys)
+    accept_upload(peer, keys)
+
+
+def _trickle_until_given_up(server, peer) -> None:
+    """Read TRICKLE_READ bytes every TRICKLE_PAUSE × the time-out until the
+    client gives up: it closes, or comes back on a new connection (or the
+    whole file's trickle is over)."""
     limit = time.monotonic() + TRICKLE_TIME
     try:
         while time.monotonic() < limit:
             if not peer.sock.recv(TRICKLE_READ):
                 return
-            time.sleep(TRICKLE_PAUSE * TIMEOUT)
+            back, _, _ = select.select([server.listener], [], [], TRICKLE_PAUSE * TIMEOUT)
+            if back:
+                return
     except OSError:  # the client gave up and closed: what the test wants
         pass
 
@@ -162,7 +191,9 @@ def test_a_server_that_trickles_its_reading_is_bound_by_the_floor(
     work, run_client, small_send_buffer
 ):
     """Each read makes progress, so the time-out alone never ends the send; the
-    floor ends it within a few time-outs, not after the whole file's trickle."""
+    floor ends each attempt within a few time-outs, not after the whole file's
+    trickle, and the attempts are the file's retries (one budget)."""
+    attempts = 1 + MAX_RETRIES
     started = time.monotonic()
     result = _run_with_small_buffers(
         _trickle, work, run_client, FILE_SIZE, MIN_RATE, TIMEOUT
@@ -170,5 +201,20 @@ def test_a_server_that_trickles_its_reading_is_bound_by_the_floor(
     elapsed = time.monotonic() - started
     assert result.code == ExitCode.NETWORK, result.err
     assert "reads too slowly" in result.err and f"under the floor of {MIN_RATE}" in result.err
+    assert result.err.count("under the floor") == attempts, result.err
+    assert f"retry {MAX_RETRIES} of {MAX_RETRIES}" in result.err
     print(f"ended after {elapsed / TIMEOUT:.1f} time-outs; the trickle takes {TRICKLE_TIME:.0f} s")
-    assert elapsed < 6 * TIMEOUT < TRICKLE_TIME / 4
+    assert elapsed < attempts * 6 * TIMEOUT < TRICKLE_TIME
+
+
+def test_a_send_under_the_floor_is_retried_under_the_files_budget(
+    work, run_client, small_send_buffer
+):
+    """A send the floor ended is a failure like a close or an error reply: the
+    file is sent again on a new connection, taking one of its retries."""
+    result = _run_with_small_buffers(
+        _trickle_once_then_serve, work, run_client, FILE_SIZE, MIN_RATE, TIMEOUT
+    )
+    assert result.code == ExitCode.OK, result.err
+    assert "reads too slowly" in result.err
+    assert f"retrying on a new connection (retry 1 of {MAX_RETRIES})" in result.err

@@ -86,6 +86,16 @@ def test_bad_flag_is_a_usage_error(work):
     assert "multiple of 16" in result.stderr
 
 
+@pytest.mark.parametrize("flags", [("--packet-size", "1000"), ("--no-such-flag",), ("--jobs",)])
+def test_a_refused_command_line_is_one_line_as_the_servers(work, flags):
+    """The error and where the help is, as the server says it: no usage block."""
+    result = run(work, *flags)
+    assert result.returncode == ExitCode.USAGE
+    [line] = result.stderr.splitlines()
+    program = line.split(": error: ", 1)[0]
+    assert line.startswith(f"{program}: error: ") and line.endswith(f"; see {program} --help")
+
+
 def test_config_error_exits_3_without_traceback(work):
     (work / "transfer.info").write_text("localhost:99999\nalice\nx\n")
     result = run(work)
