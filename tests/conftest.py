@@ -57,3 +57,29 @@ def server(server_factory) -> ServerProcess:
     """A real server with default limits and an empty data folder."""
     return server_factory()
 
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL cluster for the whole run (tests/backends/postgres.py).
+
+    Skips, with the install line, where the binaries are missing; the tests
+    using it carry ``needed_in_ci``, so that CI fails instead.
+    """
+    from backends.postgres import INSTALL_LINE, PostgresCluster, find_binaries
+
+    if find_binaries() is None:
+        pytest.skip(f"PostgreSQL is not installed: {INSTALL_LINE}")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed: pip install 'cipherdrop[postgres]'")
+    cluster = PostgresCluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster) -> str:
+    """The URL of a fresh, empty database in the session's cluster."""
+    return postgres_cluster.database()

@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import BadStoreUrl, StorageFault
-from . import folder, sqlite
+from . import folder, postgres, sqlite
 from .base import BlobReader, BlobStore, MetadataStore, StoreUrl
 from .inventory import InventoryView
 
@@ -78,6 +78,7 @@ class BlobBackend(Protocol):
 #: Metadata stores by URL scheme.
 METADATA_BACKENDS: Mapping[str, MetadataBackend] = {
     sqlite.BACKEND.scheme: sqlite.BACKEND,
+    postgres.BACKEND.scheme: postgres.BACKEND,
 }
 #: Blob stores by URL scheme.
 BLOB_BACKENDS: Mapping[str, BlobBackend] = {

@@ -37,10 +37,20 @@ def memory(data_dir: Path) -> Stores:
     return MemoryMetadata(), MemoryBlobs()
 
 
+def postgresql_and_folder(data_dir: Path, database_url: str) -> Stores:
+    """A fresh database in the session's throwaway cluster, and a folder."""
+    return open_stores(StoreUrls.given(database_url, None, data_dir), address_group)
+
+
 #: Every pair the contract is held to: (metadata, blobs) made in a fresh folder.
 PAIRS: dict[str, Callable[[Path], Stores]] = {
     "sqlite+folder": sqlite_and_folder,
     "memory+memory": memory,
+}
+#: The pairs on a database server: made with a fresh database's URL too
+#: (the ``postgres_url`` fixture: skipped without the binaries, but not in CI).
+SERVER_PAIRS: dict[str, tuple[str, Callable[[Path, str], Stores]]] = {
+    "postgresql+folder": ("postgres_url", postgresql_and_folder),
 }
 
 ALICE = b"a" * 16
@@ -54,9 +64,15 @@ class Closed(Exception):
     """Raised on purpose inside a transaction."""
 
 
-@pytest.fixture(params=list(PAIRS))
+@pytest.fixture(params=[
+    *PAIRS, *(pytest.param(name, marks=pytest.mark.needed_in_ci) for name in SERVER_PAIRS)
+])
 def stores(request, tmp_path):
-    metadata, blobs = PAIRS[request.param](tmp_path)
+    if request.param in SERVER_PAIRS:
+        fixture, make = SERVER_PAIRS[request.param]
+        metadata, blobs = make(tmp_path, request.getfixturevalue(fixture))
+    else:
+        metadata, blobs = PAIRS[request.param](tmp_path)
     yield metadata, blobs
     metadata.close()
 
