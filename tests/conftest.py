@@ -83,3 +83,18 @@ def postgres_cluster():
 def postgres_url(postgres_cluster) -> str:
     """The URL of a fresh, empty database in the session's cluster."""
     return postgres_cluster.database()
+
+
+#: The metadata backends a server test can be parametrized over (``backend_server``).
+METADATA_BACKENDS = [
+    "sqlite", pytest.param("postgresql", marks=pytest.mark.needed_in_ci),
+]
+
+
+@pytest.fixture(params=METADATA_BACKENDS)
+def backend_server(request, server_factory) -> ServerProcess:
+    """A real server, once with its metadata in SQLite (the default), once in PostgreSQL
+    (a fresh database of the session's throwaway cluster: ``--metadata postgresql://``)."""
+    if request.param == "sqlite":
+        return server_factory()
+    return server_factory("--metadata", request.getfixturevalue("postgres_url"))

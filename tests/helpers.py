@@ -89,6 +89,8 @@ class ServerProcess:
     data_dir: Path
     log_path: Path
     port: int = 0
+    #: ``--metadata`` as given (None: SQLite in the data folder).
+    metadata: str | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -148,7 +150,7 @@ def start_server(
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    server = ServerProcess(process, data_dir, log_path)
+    server = ServerProcess(process, data_dir, log_path, metadata=_option(flags, "--metadata"))
     if wait:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -162,6 +164,14 @@ def start_server(
         server.kill()
         raise RuntimeError(f"server did not start:\n{server.log()}")
     return server
+
+
+def _option(flags: tuple[str, ...], name: str) -> str | None:
+    """The value of ``name`` among command-line flags, if given."""
+    for flag, value in zip(flags, flags[1:]):
+        if flag == name:
+            return value
+    return None
 
 
 class RawClient:
