@@ -9,9 +9,8 @@ No psycopg type leaves this package: its errors become
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlsplit
-
 from ...errors import BadStoreUrl, StorageFault, StoreUnusable
+from ..urltext import has_password, without_password
 
 if TYPE_CHECKING:
     import psycopg
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
 INSTALL_HINT = "pip install 'cipherdrop[postgres]'"
 #: Where libpq finds a password, for the refusal of a URL that carries one.
 PASSWORD_PLACES = "~/.pgpass (or the file PGPASSFILE names) or PGPASSWORD"
-_PASSWORD_OPTION = "password"
 #: What the store names itself as, in pg_stat_activity.
 APPLICATION_NAME = "cipherdrop-server"
 
@@ -31,28 +29,11 @@ def check_no_password(text: str) -> None:
     Raises:
         BadStoreUrl: the message shows the URL without the password.
     """
-    parts = urlsplit(text)
-    options = {name for name, _ in parse_qsl(parts.query, keep_blank_values=True)}
-    if parts.password is None and _PASSWORD_OPTION not in options:
-        return
-    raise BadStoreUrl(
-        f"--metadata {without_password(text)}: a password does not belong in the URL"
-        f" (it would show in the process list); put it in {PASSWORD_PLACES}"
-    )
-
-
-def without_password(text: str) -> str:
-    """The URL with any password replaced by ``***`` (for messages)."""
-    parts = urlsplit(text)
-    netloc = parts.netloc
-    if parts.password is not None:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.partition(':')[0]}:***@{host}"
-    query = "&".join(
-        f"{name}={'***' if name == _PASSWORD_OPTION else value}"
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return parts._replace(netloc=netloc, query=query).geturl()
+    if has_password(text):
+        raise BadStoreUrl(
+            f"--metadata {without_password(text)}: a password does not belong in the URL"
+            f" (it would show in the process list); put it in {PASSWORD_PLACES}"
+        )
 
 
 def driver() -> None:

@@ -11,7 +11,8 @@ import psycopg
 
 from ...errors import StoreUnusable
 from ..inventory import ClientSummary, StoredFile, UnusedClient
-from .connect import connect, reason, without_password
+from ..urltext import without_password
+from .connect import connect, reason
 
 _READ_ONLY = "SET default_transaction_read_only = on"
 _HAS_SCHEMA = "SELECT to_regclass('schema_version') IS NOT NULL"

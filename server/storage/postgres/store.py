@@ -36,7 +36,8 @@ from ...errors import NameTaken, StorageFault, StoreUnusable
 from ...peer import address_group
 from ..base import Binding, ClientRow, FileRow, timestamp
 from . import schema
-from .connect import connect, fault, reason, without_password
+from ..urltext import without_password
+from .connect import connect, fault, reason
 from .roundcommit import PgRoundCommit
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,8 @@ class PostgresMetadata:
         self._flushes = 0
         #: The round's BEGIN has gone out.
         self._in_round = False
+        #: The last request's RELEASE, sent with the next batch (a COMMIT needs none).
+        self._release_owed = False
         #: Why the round's writes are gone (reported once, by finish_round).
         self._round_lost: str | None = None
         self._commit: PgRoundCommit | None = None
@@ -226,6 +229,7 @@ class PostgresMetadata:
         """The round's writes are gone: finish_round raises; the next write begins anew."""
         self._round_lost = self._round_lost or why
         self._in_round = False
+        self._release_owed = False
         self._queue.clear()
         self._levels.clear()
         db = self._db
@@ -246,11 +250,14 @@ class PostgresMetadata:
         db = self._live()
         batch = self._queue
         self._queue = []
-        if batch:
+        if batch:  # the savepoints queued in it go out: their levels are sent
             self._flushes += 1
             if not self._in_round and self._levels:
                 batch.insert(0, (_BEGIN, ()))
                 self._in_round = True
+        if self._release_owed:
+            batch.insert(0, (_RELEASE, ()))
+            self._release_owed = False
         if read is not None:
             batch.append(read)
         self.round_trips += 1
@@ -342,9 +349,12 @@ class PostgresMetadata:
                 del self._queue[level.mark]
                 self._levels.pop()
                 return
-        self._queue.append((_RELEASE, ()))
-        if len(self._levels) == 1:
-            self._send(None)
+        if len(self._levels) == 1 and not self._queue:  # all of it went out already
+            self._release_owed = True
+        else:
+            self._queue.append((_RELEASE, ()))
+            if len(self._levels) == 1:
+                self._send(None)
         self._levels.pop()
 
     def _undo(self, level: _Level, sent_with_error: bool = False) -> None:
@@ -394,6 +404,7 @@ class PostgresMetadata:
         if not self._in_round:
             return None
         self._in_round = False
+        self._release_owed = False
         self.round_trips += 1
         self.statements += 1
         commit = PgRoundCommit(db.pgconn, self._commit_done)
