@@ -447,6 +447,10 @@ class PostgresMetadata:
             self._closed = True
             if self._db is not None:
                 self._db.close()
+            log.info(
+                "database: %d round trip(s), %d statement(s) since start",
+                self.round_trips, self.statements,
+            )
 
     # -- clients ---------------------------------------------------------------------
 
