@@ -86,6 +86,26 @@ def test_a_requests_writes_go_out_in_one_round_trip(store):
     assert store.round_trips - before == 1
 
 
+def test_a_clients_row_and_binding_are_one_round_trip_and_a_write_between_reads_again(store):
+    register(store, ALICE, "alice")
+    before = store.round_trips
+    assert store.client_by_id(ALICE).name == "alice"
+    assert store.binding(ALICE).address == "127.0.0.1"
+    assert store.round_trips - before == 1
+    store.client_by_id(ALICE)
+    with store.transaction():
+        store.set_binding(ALICE, "127.0.0.9", NOW + 5)
+    assert store.binding(ALICE).address == "127.0.0.9"
+    store.client_by_id(ALICE)
+    with pytest.raises(ZeroDivisionError):
+        with store.transaction():
+            store.set_binding(ALICE, "127.0.0.10", NOW + 9)
+            assert store.binding(ALICE).address == "127.0.0.10"
+            store.client_by_id(ALICE)
+            1 / 0
+    assert store.binding(ALICE).address == "127.0.0.9"  # the failed request's is undone
+
+
 def test_the_round_commit_completes_as_its_socket_is_polled(store, observer):
     register(store, ALICE, "alice")
     register(store, BOB, "bob")

@@ -10,10 +10,12 @@ is durable (``synchronous_commit`` as the database sets it: on by default).
 Round trips, not statements, are what a request costs (~0.1 ms each on
 loopback, and the loop waits for each): a request's writes are queued and
 go out together, with the round's ``BEGIN``, the request's ``SAVEPOINT``
-and ``RELEASE``, in one pipeline when the request ends, or before a read
-that must see them. A write whose outcome the request needs at once
-(registering a name: :class:`~server.errors.NameTaken`) goes out at once,
-with the writes queued before it. :attr:`PostgresMetadata.round_trips` and
+and ``RELEASE``, as one multi-statement message (parameters bound by
+psycopg's client-side escaping) when the request ends, or before a read
+that must see them. A client's row and its binding are read together. A
+write whose outcome the request needs at once (registering a name:
+:class:`~server.errors.NameTaken`) goes out at once, with the writes queued
+before it. :attr:`PostgresMetadata.round_trips` and
 :attr:`~PostgresMetadata.statements` count them (bench/sessions.py).
 
 A lost connection loses the round under way (the loop closes its
@@ -48,8 +50,17 @@ _RELEASE = "RELEASE request"
 _ROLLBACK_TO = "ROLLBACK TO request"
 _ROLLBACK = "ROLLBACK"
 
-_CLIENT_COLUMNS = "ID, Name, PublicKey, LastSeen, AESKey, Edition, Crc, RegisteredFrom"
-_SELECT_CLIENT_BY_ID = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE ID = %s"
+_CLIENT_FIELDS = (
+    "ID", "Name", "PublicKey", "LastSeen", "AESKey", "Edition", "Crc", "RegisteredFrom",
+)
+_CLIENT_COLUMNS = ", ".join(_CLIENT_FIELDS)
+#: A client's row with its binding: the two reads a request makes one after the other
+#: (its admission rules, server/session.py), in one round trip.
+_SELECT_CLIENT_AND_BINDING = (
+    "SELECT c.ID, c.Name, c.PublicKey, c.LastSeen, c.AESKey, c.Edition, c.Crc,"
+    " c.RegisteredFrom, b.ID, b.Address, b.IssuedAt, b.LastUsed"
+    " FROM clients c LEFT JOIN key_bindings b ON b.ID = c.ID WHERE c.ID = %s"
+)
 _SELECT_CLIENT_BY_NAME = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = %s"
 _COUNT_CLIENTS = "SELECT Clients FROM client_counts WHERE AddressGroup = %s"
 _UNUSED_KEYED = (
@@ -156,6 +167,9 @@ class PostgresMetadata:
         self._round_lost: str | None = None
         self._commit: PgRoundCommit | None = None
         self._closed = False
+        #: The binding read with the last client row, for a binding() asked for next
+        #: (any other call drops it: a write may change it).
+        self._next_binding: tuple[bytes, tuple | None] | None = None
         #: Round trips and statements sent (bench/sessions.py reads them).
         self.round_trips = 0
         self.statements = 0
@@ -248,6 +262,7 @@ class PostgresMetadata:
                 undoes what went out), or the connection failed (the round is lost).
         """
         db = self._live()
+        self._next_binding = None
         batch = self._queue
         self._queue = []
         if batch:  # the savepoints queued in it go out: their levels are sent
@@ -264,11 +279,13 @@ class PostgresMetadata:
         self.statements += len(batch)
         try:
             if len(batch) == 1:
-                cursors = [db.execute(*batch[0])]
-            else:
-                with db.pipeline():
-                    cursors = [db.execute(*statement) for statement in batch]
-            return cursors[-1].fetchall() if read is not None else []
+                cursor = db.execute(*batch[0])
+            else:  # one message: cheaper than a pipeline (bench figures in docs/OPERATING.md)
+                binder = psycopg.ClientCursor(db)
+                cursor = db.execute(";".join(binder.mogrify(*statement) for statement in batch))
+                while cursor.nextset():  # to the last statement's result
+                    pass
+            return cursor.fetchall() if read is not None else []
         except psycopg.OperationalError as exc:
             if db.closed or db.broken:
                 self._lose_round(reason(exc))
@@ -281,6 +298,7 @@ class PostgresMetadata:
     def _write(self, statement: str, *params: Any) -> None:
         """Queue a write; outside any transaction, send it at once."""
         self._live()
+        self._next_binding = None
         self._queue.append((statement, params))
         if not self._levels:
             self._send(None)
@@ -359,6 +377,7 @@ class PostgresMetadata:
 
     def _undo(self, level: _Level, sent_with_error: bool = False) -> None:
         """A level fails: drop what it queued; roll back what it sent."""
+        self._next_binding = None
         if not self._levels or self._levels[-1] is not level:
             return  # the round was lost under it
         self._levels.pop()
@@ -370,9 +389,7 @@ class PostgresMetadata:
         if db is None or db.closed or not self._in_round:
             return
         try:
-            with db.pipeline():
-                db.execute(_ROLLBACK_TO)
-                db.execute(_RELEASE)
+            db.execute(f"{_ROLLBACK_TO}; {_RELEASE}")
         except psycopg.Error as exc:
             self._lose_round(reason(exc))
 
@@ -455,8 +472,13 @@ class PostgresMetadata:
     # -- clients ---------------------------------------------------------------------
 
     def client_by_id(self, client_id: bytes) -> ClientRow | None:
-        """The client with this id, if any."""
-        return _client(self._read(_SELECT_CLIENT_BY_ID, client_id))
+        """The client with this id, if any (its binding read with it, for :meth:`binding`)."""
+        rows = self._read(_SELECT_CLIENT_AND_BINDING, client_id)
+        if not rows:
+            return None
+        binding = rows[0][len(_CLIENT_FIELDS):]
+        self._next_binding = (client_id, None if binding[0] is None else binding)
+        return _client([rows[0][:len(_CLIENT_FIELDS)]])
 
     def client_by_name(self, name: str) -> ClientRow | None:
         """The client with this name, if any."""
@@ -577,10 +599,14 @@ class PostgresMetadata:
 
     def binding(self, client_id: bytes) -> Binding | None:
         """Who may use the client's key, and since when."""
-        rows = self._read(_SELECT_BINDING, client_id)
-        if not rows:
+        read_before, self._next_binding = self._next_binding, None
+        if read_before is not None and read_before[0] == client_id:
+            row = read_before[1]
+        else:
+            rows = self._read(_SELECT_BINDING, client_id)
+            row = rows[0] if rows else None
+        if row is None:
             return None
-        row = rows[0]
         used = max(row[3], self._used.get(client_id, row[3]))
         return Binding(id=row[0], address=row[1], issued_at=row[2], last_used=used)
 
