@@ -107,7 +107,8 @@ class PostgresCluster:
 
     def _pg(self, program: str, *args: str) -> str:
         done = subprocess.run(
-            [str(self.binaries / program), *args], capture_output=True, text=True, **_run_as()
+            [str(self.binaries / program), *args], capture_output=True, text=True,
+            timeout=PG_CTL_WAIT * 2, **_run_as(),
         )
         if done.returncode != 0:
             raise RuntimeError(f"{program} failed ({done.returncode}): {done.stderr.strip()}")
@@ -144,8 +145,12 @@ class PostgresCluster:
         return [row[0] for row in rows]
 
     def restart(self) -> None:
-        """Stop (fast: connections are cut) and start again on the same port."""
-        self._pg("pg_ctl", "restart", "-w", "-m", "fast", "-D", str(self.data))
+        """Stop (fast: connections are cut) and start again on the same port.
+
+        With ``-l``: a server started without it keeps pg_ctl's output pipe open.
+        """
+        self._pg("pg_ctl", "restart", "-w", "-t", str(PG_CTL_WAIT), "-m", "fast",
+                 "-D", str(self.data), "-l", str(self.log))
 
     def stop(self) -> None:
         """Stop the cluster (fast) and delete its folder."""

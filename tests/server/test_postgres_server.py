@@ -112,3 +112,31 @@ def test_admin_on_a_database_without_the_schema_is_refused(tmp_path, postgres_ur
     result = admin(tmp_path, "clients", "--metadata", postgres_url)
     assert result.returncode == 4 and "holds no cipherdrop schema" in result.stderr
     no_traceback(result)
+
+
+#: Attempts at a whole session after the database came back (the first may find the
+#: connection lost: refused with 1607, or closed unanswered).
+SESSIONS_AFTER_RESTART = 5
+
+
+def test_the_server_serves_again_by_itself_after_the_database_restarts(
+    server_factory, postgres_cluster, postgres_url
+):
+    server = server_factory("--metadata", postgres_url)
+    before = verified_upload(server, "before", {"a.txt": b"answered before the restart"})
+    postgres_cluster.restart()  # fast: the server's connection is cut
+    failures = []
+    for attempt in range(SESSIONS_AFTER_RESTART):
+        try:
+            verified_upload(server, f"after{attempt}", {"b.txt": b"after"})
+            break
+        except (AssertionError, OSError) as exc:  # a refusal, or a connection closed unanswered
+            failures.append(exc)
+    else:
+        pytest.fail(f"no session succeeded after the restart: {failures}")
+    assert server.process.poll() is None
+    log = server.log()
+    assert "database: the connection is lost" in log and "Traceback" not in log
+    with psycopg.connect(postgres_url) as db:  # what was answered before is there
+        assert db.execute("SELECT Verified FROM files WHERE ID = %s",
+                          (before.client_id,)).fetchall() == [(True,)]

@@ -8,6 +8,7 @@ binaries, but not in CI.
 from __future__ import annotations
 
 import selectors
+import time
 
 import psycopg
 import pytest
@@ -202,3 +203,28 @@ def test_a_database_that_refuses_is_unusable_with_the_reason(postgres_cluster):
     url = postgres_cluster.url("no_such_database")
     with pytest.raises(StoreUnusable, match='database "no_such_database" does not exist'):
         PostgresMetadata.open(url)
+
+
+def test_a_database_away_is_tried_once_per_interval_and_used_again_when_back(
+    store, observer, postgres_cluster, monkeypatch
+):
+    from server.storage.postgres import store as store_module
+
+    monkeypatch.setattr(store_module, "RECONNECT_INTERVAL", 0.2)
+    register(store, ALICE, "alice")
+    store.finish_round(durable=True)
+    database = observer.execute("SELECT current_database()").fetchone()[0]
+    kill_the_stores_backend(observer)
+    allow = 'ALTER DATABASE "{}" ALLOW_CONNECTIONS {}'
+    postgres_cluster.sql(allow.format(database, "false"))  # from another database
+    try:
+        with pytest.raises(StorageFault, match="terminating connection"):  # found lost
+            store.client_by_id(ALICE)
+        with pytest.raises(StorageFault, match="not currently accepting connections"):
+            store.client_by_id(ALICE)
+        with pytest.raises(StorageFault, match="trying again shortly"):  # no new attempt yet
+            store.client_by_id(ALICE)
+    finally:
+        postgres_cluster.sql(allow.format(database, "true"))
+    time.sleep(0.3)
+    assert store.client_by_id(ALICE).name == "alice"

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 INSTALL_HINT = "pip install 'cipherdrop[postgres]'"
 #: Where libpq finds a password, for the refusal of a URL that carries one.
 PASSWORD_PLACES = "~/.pgpass (or the file PGPASSFILE names) or PGPASSWORD"
+#: Seconds a connection attempt may take (the loop waits for it), unless the URL's
+#: ``connect_timeout`` says otherwise (libpq waits forever by default).
+CONNECT_TIMEOUT = 5
 #: What the store names itself as, in pg_stat_activity.
 APPLICATION_NAME = "cipherdrop-server"
 
@@ -58,8 +61,11 @@ def connect(conninfo: str) -> psycopg.Connection:
     import psycopg
 
     try:
+        given = psycopg.conninfo.conninfo_to_dict(conninfo)
+        timeout = given.get("connect_timeout", CONNECT_TIMEOUT)
         return psycopg.connect(
-            conninfo, autocommit=True, application_name=APPLICATION_NAME
+            conninfo, autocommit=True, application_name=APPLICATION_NAME,
+            connect_timeout=timeout,
         )
     except psycopg.Error as exc:
         raise StoreUnusable(f"cannot use {without_password(conninfo)}: {reason(exc)}") from exc

@@ -19,7 +19,8 @@ before it. :attr:`PostgresMetadata.round_trips` and
 :attr:`~PostgresMetadata.statements` count them (bench/sessions.py).
 
 A lost connection loses the round under way (the loop closes its
-connections unanswered); the next request connects again, and fails with
+connections unanswered); the next request connects again (one attempt per
+:data:`RECONNECT_INTERVAL`), and fails with
 :class:`~server.errors.StorageFault` while the database stays away.
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import select
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -125,6 +127,9 @@ _RECOUNT = (
     " WHERE AddressGroup IS NOT NULL GROUP BY AddressGroup",
 )
 
+#: Seconds between attempts to connect again after the connection was lost.
+RECONNECT_INTERVAL = 1.0
+
 _Statement = tuple[str, Sequence[Any]]
 #: Placeholders in the write queue: a request's savepoint, sent with its first write.
 _MARK = (_SAVEPOINT, ())
@@ -167,6 +172,9 @@ class PostgresMetadata:
         self._round_lost: str | None = None
         self._commit: PgRoundCommit | None = None
         self._closed = False
+        #: No new connection is tried before this (time.monotonic()), after one failed.
+        self._retry_at = 0.0
+        self._unreachable = False
         #: The binding read with the last client row, for a binding() asked for next
         #: (any other call drops it: a write may change it).
         self._next_binding: tuple[bytes, tuple | None] | None = None
@@ -231,17 +239,26 @@ class PostgresMetadata:
             return db
         if self._in_round:
             self._lose_round("the connection was lost")
+        now = time.monotonic()
+        if now < self._retry_at:  # each attempt may wait: not for every request
+            raise StorageFault("database: unreachable, trying again shortly")
         try:
             db = connect(self._conninfo)
         except StoreUnusable as exc:
+            self._retry_at = now + RECONNECT_INTERVAL
+            if not self._unreachable:
+                log.warning("database: %s; trying again every %g s", exc, RECONNECT_INTERVAL)
+            self._unreachable = True
             raise StorageFault(str(exc)) from exc
-        log.info("connected to the database again")
+        log.info("database: connected again")
+        self._unreachable = False
         self._db = db
         return db
 
     def _lose_round(self, why: str) -> None:
         """The round's writes are gone: finish_round raises; the next write begins anew."""
-        self._round_lost = self._round_lost or why
+        if self._in_round:  # else no write of the round had gone out
+            self._round_lost = self._round_lost or why
         self._in_round = False
         self._release_owed = False
         self._queue.clear()
@@ -288,6 +305,7 @@ class PostgresMetadata:
             return cursor.fetchall() if read is not None else []
         except psycopg.OperationalError as exc:
             if db.closed or db.broken:
+                log.warning("database: the connection is lost (%s)", reason(exc))
                 self._lose_round(reason(exc))
             raise fault(exc) from exc
         except psycopg.Error as exc:
