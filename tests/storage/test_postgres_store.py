@@ -65,8 +65,9 @@ def complete_polled(commit) -> int:
     return polls
 
 
-def test_a_requests_writes_go_out_in_one_round_trip(store):
+def test_a_requests_writes_ride_with_the_next_read_or_the_commit(store, observer):
     register(store, ALICE, "alice")
+    store.finish_round(durable=True)
     before = store.round_trips
     with store.transaction():
         store.set_keys(ALICE, b"public", b"k" * 32, NOW)
@@ -75,16 +76,41 @@ def test_a_requests_writes_go_out_in_one_round_trip(store):
         store.upsert_file(ALICE, b"f.txt", "p/f")
         store.set_content(ALICE, b"f.txt", 10, 99)
         store.note_seen(ALICE, NOW + 1)
-    assert store.round_trips - before == 1
-    before = store.round_trips
     with store.transaction():  # a read carries the writes before it
         store.set_verified(ALICE, b"f.txt", True)
         assert store.file_row(ALICE, b"f.txt").verified
-    assert store.round_trips - before == 1
-    before = store.round_trips
+    with store.transaction():
+        store.set_binding(ALICE, "127.0.0.3", NOW + 2)
     with store.transaction():  # reads only: no savepoint goes out
         assert store.client_by_id(ALICE).edition == "2024A"
-    assert store.round_trips - before == 1
+    store.finish_round(durable=True)  # the last writes go with the COMMIT
+    assert store.round_trips - before == 3
+    assert observer.execute("SELECT Address FROM key_bindings").fetchall() == [("127.0.0.3",)]
+
+
+def test_an_ended_requests_write_that_fails_loses_the_round(store, observer):
+    register(store, ALICE, "alice")
+    store.finish_round(durable=True)
+    with store.transaction():
+        store.set_crc(ALICE, "crc32")
+    with store.transaction():  # out of bigint's range: refused when it goes out
+        store.set_content(ALICE, b"f.txt", 2**64, 1)
+    with pytest.raises(StorageFault, match="out of range"):
+        store.finish_round(durable=True)
+    assert observer.execute("SELECT Crc FROM clients").fetchall() == [("cksum",)]
+    with store.transaction():
+        store.set_crc(ALICE, "crc32")
+    with store.transaction():
+        store.set_content(ALICE, b"f.txt", 2**64, 1)
+    with pytest.raises(StorageFault, match="out of range"):  # found by the next request's read
+        with store.transaction():
+            store.client_by_id(ALICE)
+    with pytest.raises(StorageFault, match="rolled back"):  # none of the round may be answered
+        store.finish_round(durable=True)
+    register(store, BOB, "bob")  # the next round is fine
+    store.finish_round(durable=True)
+    assert observer.execute("SELECT Name, Crc FROM clients ORDER BY Name").fetchall() == [
+        ("alice", "cksum"), ("bob", "cksum")]
 
 
 def test_a_clients_row_and_binding_are_one_round_trip_and_a_write_between_reads_again(store):

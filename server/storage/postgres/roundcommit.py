@@ -16,16 +16,19 @@ from psycopg import pq
 
 from ...errors import StorageFault
 
-_COMMIT = b"COMMIT"
 #: What PostgreSQL answers to a COMMIT of a transaction an error had aborted.
 _ROLLED_BACK = b"ROLLBACK"
 _FLUSH_DONE = 0
 
 
 class PgRoundCommit:
-    """The round's COMMIT under way on one connection."""
+    """The round's COMMIT under way on one connection (``query``: the writes still queued,
+    then COMMIT, in one message; a failed statement leaves the rest undone: the round is lost).
+    """
 
-    def __init__(self, pgconn: pq.abc.PGconn, done: Callable[[str | None], None]) -> None:
+    def __init__(
+        self, pgconn: pq.abc.PGconn, query: bytes, done: Callable[[str | None], None]
+    ) -> None:
         self._pgconn = pgconn
         self._done = done
         self._failure: str | None = None
@@ -33,7 +36,7 @@ class PgRoundCommit:
         self._was_nonblocking = pgconn.nonblocking
         pgconn.nonblocking = 1
         try:
-            pgconn.send_query(_COMMIT)
+            pgconn.send_query(query)
         except psycopg.Error as exc:
             message = _message(pgconn, exc)
             self._end(message)

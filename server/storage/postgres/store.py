@@ -8,11 +8,12 @@ the loop can wait on (server/storage/postgres/roundcommit.py). Every COMMIT
 is durable (``synchronous_commit`` as the database sets it: on by default).
 
 Round trips, not statements, are what a request costs (~0.1 ms each on
-loopback, and the loop waits for each): a request's writes are queued and
-go out together, with the round's ``BEGIN``, the request's ``SAVEPOINT``
-and ``RELEASE``, as one multi-statement message (parameters bound by
-psycopg's client-side escaping) when the request ends, or before a read
-that must see them. A client's row and its binding are read together. A
+loopback, and the loop waits for each): a request's writes are queued, with
+its ``SAVEPOINT`` and ``RELEASE``, and go out as one multi-statement message
+(parameters bound by psycopg's client-side escaping) with the next read
+that must see them or with the round's ``COMMIT``. A queued write of a
+request that has ended cannot be undone alone once it fails (its answer
+waits for the round): such a failure loses the round. A client's row and its binding are read together. A
 write whose outcome the request needs at once (registering a name:
 :class:`~server.errors.NameTaken`) goes out at once, with the writes queued
 before it. :attr:`PostgresMetadata.round_trips` and
@@ -51,6 +52,9 @@ _SAVEPOINT = "SAVEPOINT request"
 _RELEASE = "RELEASE request"
 _ROLLBACK_TO = "ROLLBACK TO request"
 _ROLLBACK = "ROLLBACK"
+_COMMIT = "COMMIT"
+#: The one write whose failure is its own request's answer (NameTaken), not the round's loss.
+_NAME_CONSTRAINT = "clients_name_key"
 
 _CLIENT_FIELDS = (
     "ID", "Name", "PublicKey", "LastSeen", "AESKey", "Edition", "Crc", "RegisteredFrom",
@@ -168,6 +172,9 @@ class PostgresMetadata:
         self._in_round = False
         #: The last request's RELEASE, sent with the next batch (a COMMIT needs none).
         self._release_owed = False
+        #: The queue holds ended requests' writes: they go with the next read or the COMMIT,
+        #: and a failure among them loses the round (their answers wait for it).
+        self._deferred = False
         #: Why the round's writes are gone (reported once, by finish_round).
         self._round_lost: str | None = None
         self._commit: PgRoundCommit | None = None
@@ -261,6 +268,7 @@ class PostgresMetadata:
             self._round_lost = self._round_lost or why
         self._in_round = False
         self._release_owed = False
+        self._deferred = False
         self._queue.clear()
         self._levels.clear()
         db = self._db
@@ -282,9 +290,10 @@ class PostgresMetadata:
         self._next_binding = None
         batch = self._queue
         self._queue = []
+        deferred, self._deferred = self._deferred, False
         if batch:  # the savepoints queued in it go out: their levels are sent
             self._flushes += 1
-            if not self._in_round and self._levels:
+            if not self._in_round and (self._levels or deferred):
                 batch.insert(0, (_BEGIN, ()))
                 self._in_round = True
         if self._release_owed:
@@ -298,8 +307,7 @@ class PostgresMetadata:
             if len(batch) == 1:
                 cursor = db.execute(*batch[0])
             else:  # one message: cheaper than a pipeline (bench figures in docs/OPERATING.md)
-                binder = psycopg.ClientCursor(db)
-                cursor = db.execute(";".join(binder.mogrify(*statement) for statement in batch))
+                cursor = db.execute(_one_message(db, batch))
                 while cursor.nextset():  # to the last statement's result
                     pass
             return cursor.fetchall() if read is not None else []
@@ -309,7 +317,9 @@ class PostgresMetadata:
                 self._lose_round(reason(exc))
             raise fault(exc) from exc
         except psycopg.Error as exc:
-            if not self._levels and self._in_round:  # no savepoint to go back to
+            if deferred and not _is_the_callers(exc):  # an ended request's write failed
+                self._lose_round(reason(exc))
+            elif not self._levels and self._in_round:  # no savepoint to go back to
                 self._lose_round(reason(exc))
             raise fault(exc) from exc
 
@@ -387,10 +397,9 @@ class PostgresMetadata:
                 return
         if len(self._levels) == 1 and not self._queue:  # all of it went out already
             self._release_owed = True
-        else:
+        else:  # its writes wait for the next read or the COMMIT
             self._queue.append((_RELEASE, ()))
-            if len(self._levels) == 1:
-                self._send(None)
+            self._deferred = self._deferred or len(self._levels) == 1
         self._levels.pop()
 
     def _undo(self, level: _Level, sent_with_error: bool = False) -> None:
@@ -436,21 +445,34 @@ class PostgresMetadata:
         if lost is not None:
             raise StorageFault(f"database: the round's writes were rolled back ({lost})")
         db = self._live()
-        if not self._in_round:
+        batch, self._queue = self._queue, []
+        if batch and not self._in_round:
+            batch.insert(0, (_BEGIN, ()))
+        elif not self._in_round:
             return None
+        batch.append((_COMMIT, ()))
         self._in_round = False
         self._release_owed = False
+        self._deferred = False
         self.round_trips += 1
-        self.statements += 1
-        commit = PgRoundCommit(db.pgconn, self._commit_done)
+        self.statements += len(batch)
+        commit = PgRoundCommit(db.pgconn, _one_message(db, batch).encode(), self._commit_done)
         self._commit = commit
         return commit
 
     def _commit_done(self, failure: str | None) -> None:
         """The round commit ended (``failure``: why it did not commit)."""
         self._commit = None
-        if failure is not None and self._db is not None and self._db.pgconn.status != _OK:
-            self._db.close()
+        db = self._db
+        if failure is None or db is None or db.closed:
+            return
+        if db.pgconn.status != _OK:
+            db.close()
+        elif db.info.transaction_status != _IDLE:  # a write failed: the rest was skipped
+            try:
+                db.execute(_ROLLBACK)
+            except psycopg.Error:
+                db.close()
 
     def finish_round(self, *, durable: bool) -> None:
         """The round's commit, waited for (admin tools, tests, start-up, today's loop).
@@ -687,6 +709,19 @@ def migrate_at(conninfo: str) -> tuple[int, int]:
         raise StoreUnusable(f"cannot use {without_password(conninfo)}: {reason(exc)}") from exc
     finally:
         db.close()
+
+
+def _one_message(db: psycopg.Connection, batch: list[_Statement]) -> str:
+    """Statements with their parameters bound (psycopg's client-side escaping), as one text."""
+    binder = psycopg.ClientCursor(db)
+    return ";".join(binder.mogrify(*statement) for statement in batch)
+
+
+def _is_the_callers(exc: psycopg.Error) -> bool:
+    """Whether a batch's failure is its last statement's, the caller's own: a taken name."""
+    return isinstance(exc, pg_errors.UniqueViolation) and (
+        exc.diag.constraint_name == _NAME_CONSTRAINT
+    )
 
 
 def _client(rows: list[tuple]) -> ClientRow | None:
