@@ -13,8 +13,8 @@ its ``SAVEPOINT`` and ``RELEASE``, and go out as one multi-statement message
 (parameters bound by psycopg's client-side escaping) with the next read
 that must see them or with the round's ``COMMIT``. A queued write of a
 request that has ended cannot be undone alone once it fails (its answer
-waits for the round): such a failure loses the round. A client's row and its binding are read together. A
-write whose outcome the request needs at once (registering a name:
+waits for the round): such a failure loses the round. A client's row and
+its binding are read together. A write whose outcome the request needs at once (registering a name:
 :class:`~server.errors.NameTaken`) goes out at once, with the writes queued
 before it. :attr:`PostgresMetadata.round_trips` and
 :attr:`~PostgresMetadata.statements` count them (bench/sessions.py).
