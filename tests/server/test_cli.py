@@ -82,7 +82,7 @@ def test_bad_limit_is_one_line(tmp_path, flag, value, message):
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--metadata", "mysql://db/cipherdrop", "--metadata 'mysql://db/cipherdrop':"
-     " scheme 'mysql:'; known: sqlite:"),
+     " scheme 'mysql:'; known: sqlite:, postgresql:"),
     ("--blobs", "s3://bucket/files", "--blobs 's3://bucket/files': scheme 's3:'; known: file:"),
     ("--metadata", "sqlite:///x.db?busy_timeout=1e300", "sqlite:///x.db?busy_timeout=1e300:"
      " busy_timeout must be seconds from 0 to 2147483"),
