@@ -15,7 +15,8 @@ import sys
 import psycopg
 import pytest
 
-from helpers import server_env
+from helpers import ANY_ID, server_env
+from protocol import Register, Registered
 from server.storage.postgres import schema
 from test_admin import admin, no_traceback, verified_upload
 
@@ -84,6 +85,10 @@ def test_admin_lists_verifies_migrates_and_deletes_on_postgresql(
     files = admin(data_dir, "files", "alice", *stores, "--json")
     assert [(f["file"], f["size"]) for f in json.loads(files.stdout)] == [
         ("a.txt", 500), ("b.bin", 5)], files.stderr
+    with server.client() as client:  # a keyless registration: unused
+        assert isinstance(client.request(Register(client_id=ANY_ID, name="idle")), Registered)
+    unused = admin(data_dir, "unused", *stores, "--json")
+    assert [c["name"] for c in json.loads(unused.stdout)] == ["idle"], unused.stderr
     checked = admin(data_dir, "verify", *stores)
     assert checked.returncode == 0 and checked.stdout.splitlines()[-1].startswith("3 ok")
     migrated = admin(data_dir, "migrate", *stores)
