@@ -66,15 +66,9 @@ def postgres_cluster():
     Skips, with the install line, where the binaries are missing; the tests
     using it carry ``needed_in_ci``, so that CI fails instead.
     """
-    from backends.postgres import INSTALL_LINE, PostgresCluster, find_binaries
+    from backends.postgres import start_or_skip
 
-    if find_binaries() is None:
-        pytest.skip(f"PostgreSQL is not installed: {INSTALL_LINE}")
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pytest.skip("psycopg is not installed: pip install 'cipherdrop[postgres]'")
-    cluster = PostgresCluster.start()
+    cluster = start_or_skip()
     yield cluster
     cluster.stop()
 

@@ -48,6 +48,23 @@ def find_binaries() -> Path | None:
     return None
 
 
+def start_or_skip() -> PostgresCluster:
+    """A started cluster; the calling test skips, saying how to install what is missing.
+
+    Raises:
+        pytest.skip.Exception: no binaries, or no psycopg.
+    """
+    import pytest
+
+    if find_binaries() is None:
+        pytest.skip(f"PostgreSQL is not installed: {INSTALL_LINE}")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed: pip install 'cipherdrop[postgres]'")
+    return PostgresCluster.start()
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind((LOOPBACK, 0))
