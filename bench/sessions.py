@@ -28,6 +28,17 @@ other processes used more than 10 % of the cores the verdicts are refused
 
     python bench/sessions.py                       # N = 200, 3 runs
     python bench/sessions.py --clients 200 1000 --runs 3
+    python bench/sessions.py --postgres            # and beside it, on PostgreSQL
+    python bench/sessions.py --metadata postgresql://cipherdrop@db.example/bench
+
+With ``--postgres`` (a throwaway cluster from the installed binaries,
+tests/backends/postgres.py) or ``--metadata URL``, every N runs on SQLite and
+then on PostgreSQL, in the same run; the server CPU per session is then the
+loop process's plus the database's backends' (from /proc, when the database
+is on this machine), and the round trips and statements per session are read
+from the line the store logs at its close. The verdicts of issue 26 come
+with them: sessions/s on PostgreSQL ÷ on SQLite ≥ 0.6, loop CPU per session
+on PostgreSQL ≤ 2.5 ms, no error.
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import selectors
 import socket
 import sys
@@ -44,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import (
+    REPO,
     Check, Quietness, cpu_seconds, median, percentile, print_table, raise_fd_limit, report,
     settle, start_server, system_seconds,
 )
@@ -61,6 +74,13 @@ KEY_POOL = 8
 #: The targets of issue 13 (point 5).
 TARGET_CPU_MS = 1.8
 TARGET_RATE = 400.0
+#: The targets of issue 26: PostgreSQL's rate against SQLite's, side by side, and its loop CPU.
+TARGET_POSTGRES_RATIO = 0.6
+TARGET_POSTGRES_LOOP_CPU_MS = 2.5
+#: The line the PostgreSQL store logs at its close (server/storage/postgres/store.py).
+_DATABASE_COUNTS = re.compile(r"database: (\d+) round trip\(s\), (\d+) statement\(s\)")
+#: How the store names itself to PostgreSQL (its backends are found by it).
+_APPLICATION_NAME = "cipherdrop-server"
 SESSION_DEADLINE = 120.0
 SELECT_TIMEOUT = 1.0
 RECV_SIZE = 65536
@@ -189,12 +209,35 @@ class ClientSession:
             self.sock.close()
 
 
-def run_once(address: tuple[str, int], count: int, shared: Shared, server_pid: int) -> dict:
+def database_backends(url: str | None) -> list[int]:
+    """The server's backends in the database at ``url`` (none for SQLite, or one elsewhere)."""
+    if url is None:
+        return []
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        rows = db.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+            " AND datname = current_database()", (_APPLICATION_NAME,),
+        ).fetchall()
+    return [pid for (pid,) in rows if Path(f"/proc/{pid}").exists()]
+
+
+def _cpu_of(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+def run_once(
+    address: tuple[str, int], count: int, shared: Shared, server_pid: int,
+    backends: list[int] | None = None,
+) -> dict:
     """Start ``count`` sessions at once and drive them all to the end."""
+    backends = backends or []
     sessions = [ClientSession(index, shared) for index in range(count)]  # before the clock
     selector = selectors.DefaultSelector()
     both = selectors.EVENT_READ | selectors.EVENT_WRITE
     cpu_before, system_before = cpu_seconds(server_pid), system_seconds(server_pid)
+    database_before = _cpu_of(backends)
     started = time.perf_counter()
     interest = {}
     for session in sessions:
@@ -220,6 +263,7 @@ def run_once(address: tuple[str, int], count: int, shared: Shared, server_pid: i
                 interest[session] = wanted
     cpu = cpu_seconds(server_pid) - cpu_before
     system = system_seconds(server_pid) - system_before
+    database = _cpu_of(backends) - database_before
     finished = [s.finished for s in sessions if s.finished]
     elapsed = max(finished) - started if finished else float("nan")
     errors = [s.error or "not finished in time" for s in sessions if s.error or not s.finished]
@@ -236,6 +280,7 @@ def run_once(address: tuple[str, int], count: int, shared: Shared, server_pid: i
         "p99": percentile(times, 0.99),
         "cpu_ms": cpu / count * _MS,
         "system_ms": system / count * _MS,
+        "database_ms": database / count * _MS,
     }
 
 
@@ -244,6 +289,11 @@ def main() -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[200],
                         help="concurrent clients N (several values: one row each)")
     parser.add_argument("--runs", type=int, default=3, help="runs per N (median)")
+    parser.add_argument("--metadata", metavar="URL",
+                        help="also run with the metadata in this PostgreSQL database"
+                        " (postgresql://…; the password in ~/.pgpass or PGPASSWORD)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="also run on PostgreSQL, in a throwaway cluster started here")
     args = parser.parse_args()
     largest = max(args.clients)
     raise_fd_limit(2 * largest + FD_MARGIN)
@@ -253,51 +303,116 @@ def main() -> int:
         private = crypto.generate_private_key()
         keys.append((private, crypto.export_public_key(private)))
     payload = os.urandom(FILE_SIZE)
-    rows, checks = [], []
-    run = 0
-    with tempfile.TemporaryDirectory(prefix="cipherdrop-sessions-") as temp:
-        flags = ["--max-connections", str(largest + FD_MARGIN)]
-        with start_server(Path(temp) / "server", *flags) as server:
-            quiet: Quietness | None = None  # the noisiest run's: it decides the verdict
-            for count in args.clients:
-                results = []
-                for _ in range(args.runs):
-                    run += 1
-                    waited = settle()
-                    shared = Shared(keys, payload, cksum(payload), run)
-                    with Quietness() as this_run:  # the settling wait is not measured
-                        result = run_once(server.address, count, shared, server.pid)
-                    if quiet is None or this_run.others_share > quiet.others_share:
-                        quiet = this_run
-                    results.append(result)
-                    print(f"N={count} run {len(results)}: {result['cpu_ms']:.2f} ms server"
-                          f" CPU/session ({result['system_ms']:.2f} in the kernel),"
-                          f" {result['rate']:.0f} sessions/s,"
-                          f" {result['errors']} errors {result['first_error']}"
-                          f" (after {waited:.0f} s for TIME_WAIT to clear)", flush=True)
-                cpu_ms = median([r["cpu_ms"] for r in results])
-                rate = median([r["rate"] for r in results])
-                errors = sum(r["errors"] for r in results)
-                rows.append([
-                    count, f"{cpu_ms:.2f}",
-                    f"{median([r['system_ms'] for r in results]):.2f}", f"{rate:.0f}", errors,
-                    f"{median([r['p50'] for r in results]) * _MS:.0f}",
-                    f"{median([r['p99'] for r in results]) * _MS:.0f}",
-                ])
-                checks.append(Check(f"N={count}: ≤ {TARGET_CPU_MS} ms server CPU/session",
-                                    f"{cpu_ms:.2f} ms", cpu_ms <= TARGET_CPU_MS))
-                checks.append(Check(f"N={count}: ≥ {TARGET_RATE:.0f} sessions/s",
-                                    f"{rate:.0f}/s", rate >= TARGET_RATE))
-                checks.append(Check(f"N={count}: zero errors", str(errors), errors == 0))
+    cluster = None
+    stores: list[tuple[str, str | None]] = [("sqlite", None)]
+    if args.postgres:
+        sys.path.insert(0, str(REPO / "tests"))
+        from backends.postgres import PostgresCluster
+
+        cluster = PostgresCluster.start()
+        stores.append(("postgresql", cluster.database("bench")))
+    elif args.metadata:
+        stores.append(("postgresql", args.metadata))
+    try:
+        rows, checks, quiet = _measure(args, stores, keys, payload)
+    finally:
+        if cluster is not None:
+            cluster.stop()
     print()
     print_table(
         f"825, 826, one {FILE_SIZE // 1024} KiB file, 900 per client; median of {args.runs} runs"
-        " (errors: total)",
-        ["N", "server CPU ms/session", "of it kernel", "sessions/s", "errors", "p50 ms",
+        " (errors: total; server CPU = loop + database backends)",
+        ["metadata", "N", "server CPU ms/session", "loop", "of it kernel", "database",
+         "round trips/session", "statements/session", "sessions/s", "errors", "p50 ms",
          "p99 ms"], rows,
     )
-    assert quiet is not None  # at least one run
     return report(checks, quiet)
+
+
+def _measure(
+    args: argparse.Namespace, stores: list[tuple[str, str | None]], keys: list, payload: bytes
+) -> tuple[list, list[Check], Quietness]:
+    """Every store, every N, ``args.runs`` runs each: the table's rows, the checks, the
+    noisiest run's quietness."""
+    rows: list = []
+    checks: list[Check] = []
+    rates: dict[tuple[str, int], float] = {}
+    quiet: Quietness | None = None  # the noisiest run's: it decides the verdict
+    run = 0
+    for store, url in stores:
+        with tempfile.TemporaryDirectory(prefix="cipherdrop-sessions-") as temp:
+            flags = ["--max-connections", str(max(args.clients) + FD_MARGIN)]
+            if url is not None:
+                flags += ["--metadata", url]
+            store_rows = []
+            with start_server(Path(temp) / "server", *flags) as server:
+                backends = database_backends(url)
+                sessions = 0
+                for count in args.clients:
+                    results = []
+                    for _ in range(args.runs):
+                        run += 1
+                        waited = settle()
+                        shared = Shared(keys, payload, cksum(payload), run)
+                        with Quietness() as this_run:  # the settling wait is not measured
+                            result = run_once(server.address, count, shared, server.pid,
+                                              backends)
+                        sessions += count
+                        if quiet is None or this_run.others_share > quiet.others_share:
+                            quiet = this_run
+                        results.append(result)
+                        print(f"{store} N={count} run {len(results)}: {result['cpu_ms']:.2f} ms"
+                              f" loop CPU/session ({result['system_ms']:.2f} in the kernel),"
+                              f" {result['database_ms']:.2f} ms database,"
+                              f" {result['rate']:.0f} sessions/s,"
+                              f" {result['errors']} errors {result['first_error']}"
+                              f" (after {waited:.0f} s for TIME_WAIT to clear)", flush=True)
+                    loop_ms = median([r["cpu_ms"] for r in results])
+                    database_ms = median([r["database_ms"] for r in results])
+                    rate = median([r["rate"] for r in results])
+                    rates[store, count] = rate
+                    errors = sum(r["errors"] for r in results)
+                    store_rows.append([
+                        store, count, f"{loop_ms + database_ms:.2f}", f"{loop_ms:.2f}",
+                        f"{median([r['system_ms'] for r in results]):.2f}",
+                        f"{database_ms:.2f}" if backends else "-", "", "",
+                        f"{rate:.0f}", errors,
+                        f"{median([r['p50'] for r in results]) * _MS:.0f}",
+                        f"{median([r['p99'] for r in results]) * _MS:.0f}",
+                    ])
+                    checks.extend(_checks(store, count, loop_ms, rate, errors, rates))
+            if url is not None:  # the store logs its round trips at its close
+                found = _DATABASE_COUNTS.findall(server.log_path.read_text())
+                if found:
+                    trips, statements = (int(value) for value in found[-1])
+                    for row in store_rows:
+                        row[6] = f"{trips / sessions:.1f}"
+                        row[7] = f"{statements / sessions:.1f}"
+            rows.extend(store_rows)
+    assert quiet is not None  # at least one run
+    return rows, checks, quiet
+
+
+def _checks(
+    store: str, count: int, loop_ms: float, rate: float, errors: int,
+    rates: dict[tuple[str, int], float],
+) -> list[Check]:
+    """The verdicts of one row: issue 13's on SQLite, issue 26's on PostgreSQL."""
+    found = [Check(f"{store} N={count}: zero errors", str(errors), errors == 0)]
+    if store == "sqlite":
+        return found + [
+            Check(f"N={count}: ≤ {TARGET_CPU_MS} ms server CPU/session",
+                  f"{loop_ms:.2f} ms", loop_ms <= TARGET_CPU_MS),
+            Check(f"N={count}: ≥ {TARGET_RATE:.0f} sessions/s", f"{rate:.0f}/s",
+                  rate >= TARGET_RATE),
+        ]
+    ratio = rate / rates["sqlite", count] if rates.get(("sqlite", count)) else float("nan")
+    return found + [
+        Check(f"{store} N={count}: ≤ {TARGET_POSTGRES_LOOP_CPU_MS} ms loop CPU/session",
+              f"{loop_ms:.2f} ms", loop_ms <= TARGET_POSTGRES_LOOP_CPU_MS),
+        Check(f"{store} N={count}: sessions/s ÷ SQLite's ≥ {TARGET_POSTGRES_RATIO}",
+              f"{ratio:.2f}", ratio >= TARGET_POSTGRES_RATIO),
+    ]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Fixtures shared by every test suite: the real server as a subprocess.
+"""Fixtures shared by every test suite: the real server as a subprocess, and the
+real services the backend tests use (a throwaway PostgreSQL, a one-node Ceph
+radosgw), each started once per run.
 
 ``server`` is a fresh ``python -m server`` on 127.0.0.1 with its own data
 folder, stopped (SIGTERM) after the test; ``server_factory(*flags,
@@ -12,6 +14,7 @@ there its skip is a failure.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -57,3 +60,75 @@ def server(server_factory) -> ServerProcess:
     """A real server with default limits and an empty data folder."""
     return server_factory()
 
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL cluster for the whole run (tests/backends/postgres.py).
+
+    Skips, with the install line, where the binaries are missing; the tests
+    using it carry ``needed_in_ci``, so that CI fails instead.
+    """
+    from backends.postgres import start_or_skip
+
+    cluster = start_or_skip()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster) -> str:
+    """The URL of a fresh, empty database in the session's cluster."""
+    return postgres_cluster.database()
+
+
+#: The metadata backends a server test can be parametrized over (``backend_server``).
+METADATA_BACKENDS = [
+    "sqlite", pytest.param("postgresql", marks=pytest.mark.needed_in_ci),
+]
+
+
+@pytest.fixture(params=METADATA_BACKENDS)
+def backend_server(request, server_factory) -> ServerProcess:
+    """A real server, once with its metadata in SQLite (the default), once in PostgreSQL
+    (a fresh database of the session's throwaway cluster: ``--metadata postgresql://``)."""
+    if request.param == "sqlite":
+        return server_factory()
+    return server_factory("--metadata", request.getfixturevalue("postgres_url"))
+
+
+_buckets = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def ceph_gateway(tmp_path_factory):
+    """A one-node Ceph cluster with radosgw for the whole run (tests/backends/ceph.py).
+
+    Skips, with the install line, where Ceph's binaries are missing (the
+    tests using it carry ``needed_in_ci``).
+    """
+    from backends.ceph import CephGateway, skip_reason
+
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    gateway = CephGateway(tmp_path_factory.mktemp("ceph")).start()
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def s3_environment(ceph_gateway, monkeypatch) -> dict[str, str]:
+    """The gateway's keys in this process's AWS environment variables (the only way the store
+    takes them), and no metadata lookup."""
+    environment = ceph_gateway.environment()
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    return environment
+
+
+@pytest.fixture
+def s3_url(ceph_gateway, s3_environment) -> str:
+    """A fresh bucket's ``--blobs`` URL (prefix ``node/``, path-style, the gateway's endpoint)."""
+    bucket = f"cipherdrop-test-{next(_buckets)}"
+    ceph_gateway.client().create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/node?endpoint={ceph_gateway.endpoint}&addressing=path"

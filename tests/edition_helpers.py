@@ -60,10 +60,18 @@ def stored(server, who: Identity, file_name: str) -> bytes:
 
 
 def verified(server, who: Identity, file_name: str) -> int:
-    return db_rows(server, "SELECT Verified FROM files WHERE ID = ? AND FileName = ?",
-                   who.client_id, file_name)[0][0]
+    # PostgreSQL keeps a file name as its bytes (bytea); SQLite as text where it is UTF-8.
+    name = file_name.encode() if server.metadata else file_name
+    return int(db_rows(server, "SELECT Verified FROM files WHERE ID = ? AND FileName = ?",
+                       who.client_id, name)[0][0])
 
 
 def db_rows(server, sql, *args):
+    """Rows of the server's metadata store: SQLite in its data folder, or its --metadata URL."""
+    if server.metadata:
+        import psycopg
+
+        with psycopg.connect(server.metadata) as db:
+            return [tuple(row) for row in db.execute(sql.replace("?", "%s"), args).fetchall()]
     with sqlite3.connect(server.data_dir / "defensive.db") as db:
         return db.execute(sql, args).fetchall()

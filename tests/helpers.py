@@ -91,6 +91,8 @@ class ServerProcess:
     port: int = 0
     #: The loopback address it listens on (a cluster's nodes each have their own).
     host: str = HOST
+    #: ``--metadata`` as given (None: SQLite in the data folder).
+    metadata: str | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -155,7 +157,8 @@ def start_server(
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    server = ServerProcess(process, data_dir, log_path, host=host)
+    server = ServerProcess(process, data_dir, log_path, host=host,
+                           metadata=_option(flags, "--metadata"))
     if wait:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -169,6 +172,14 @@ def start_server(
         server.kill()
         raise RuntimeError(f"server did not start:\n{server.log()}")
     return server
+
+
+def _option(flags: tuple[str, ...], name: str) -> str | None:
+    """The value of ``name`` among command-line flags, if given."""
+    for flag, value in zip(flags, flags[1:]):
+        if flag == name:
+            return value
+    return None
 
 
 class RawClient:

@@ -1,4 +1,4 @@
-"""``python -m server admin``: list, show, delete and verify, on a data folder.
+"""``python -m server admin``: list, show, delete, verify and migrate, on a data folder.
 
 Exit codes (also in ``--help``): 0 done; 1 ``verify`` found a changed or
 missing file, or the client asked for does not exist; 2 bad command line;
@@ -24,7 +24,7 @@ from ..storage.commit import finish_removals, remove_client
 from ..storage.factory import open_blob_reader, open_stores
 from ..storage.inventory import ClientSummary, InventoryView, StoredFile, parse_client_id
 from ..storage.store_options import add_store_options
-from . import output, unused
+from . import migrate, output, unused
 from .common import (
     PERMISSION_HINT,
     AdminError,
@@ -103,6 +103,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         " exit 1 if one changed or is missing",
     )
     unused.add_commands(commands, common)
+    migrate.add_command(commands, common)
     return parser
 
 
@@ -333,4 +334,5 @@ COMMANDS = {
     "verify": verify,
     "unused": unused.list_unused,
     "purge-unused": unused.purge_unused,
+    "migrate": migrate.migrate,
 }

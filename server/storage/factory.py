@@ -23,9 +23,10 @@ from typing import Callable, Mapping, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import BadStoreUrl, StorageFault
-from . import folder, s3, sqlite
+from . import folder, postgres, s3, sqlite
 from .base import BlobReader, BlobStore, MetadataStore, StoreUrl
 from .inventory import InventoryView
+from .urltext import without_password
 
 #: The options that name the stores, for messages.
 METADATA_OPTION = "--metadata"
@@ -56,6 +57,10 @@ class MetadataBackend(Protocol):
         """A read-only view for ``admin``: it must neither write nor wait for the server."""
         ...
 
+    def migrate(self, url: StoreUrl) -> str:
+        """Bring the store's schema up to date (``admin migrate``); what was done, in one line."""
+        ...
+
 
 class BlobBackend(Protocol):
     """A kind of blob store, as the factory opens it."""
@@ -79,6 +84,7 @@ class BlobBackend(Protocol):
 #: Metadata stores by URL scheme.
 METADATA_BACKENDS: Mapping[str, MetadataBackend] = {
     sqlite.BACKEND.scheme: sqlite.BACKEND,
+    postgres.BACKEND.scheme: postgres.BACKEND,
 }
 #: Blob stores by URL scheme.
 BLOB_BACKENDS: Mapping[str, BlobBackend] = {
@@ -113,20 +119,21 @@ def parse_url(text: str, backends: Mapping[str, object], option: str) -> StoreUr
         BadStoreUrl: no scheme, a scheme no backend has (the message names
             the known ones), no path, or a repeated option.
     """
+    shown = without_password(text)  # a message never shows a password
     try:
         parts = urlsplit(text)
     except ValueError as exc:  # an unclosed [ in the host
-        raise BadStoreUrl(f"{option} {text!r}: {exc}") from exc
+        raise BadStoreUrl(f"{option} {shown!r}: {exc}") from exc
     known = ", ".join(f"{scheme}:" for scheme in backends)
     if not parts.scheme or parts.scheme not in backends:
         what = f"scheme {parts.scheme + ':'!r}" if parts.scheme else "no scheme"
-        raise BadStoreUrl(f"{option} {text!r}: {what}; known: {known}")
+        raise BadStoreUrl(f"{option} {shown!r}: {what}; known: {known}")
     if not parts.path or parts.fragment:
-        raise BadStoreUrl(f"{option} {text!r}: give a path, as {parts.scheme}:///PATH")
+        raise BadStoreUrl(f"{option} {shown!r}: give a path, as {parts.scheme}:///PATH")
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     options = dict(pairs)
     if len(options) != len(pairs):
-        raise BadStoreUrl(f"{option} {text!r}: an option is given twice")
+        raise BadStoreUrl(f"{option} {shown!r}: an option is given twice")
     return StoreUrl(
         scheme=parts.scheme, path=Path(unquote(parts.path)), host=parts.hostname or "",
         options=options, text=text,
@@ -204,6 +211,15 @@ def open_metadata(url: StoreUrl, group_of: Callable[[str], str]) -> MetadataStor
         StorageFault: it cannot be opened (StoreUnusable: left untouched).
     """
     return METADATA_BACKENDS[url.scheme].open(url, group_of)
+
+
+def migrate_metadata(url: StoreUrl) -> str:
+    """Bring the metadata store's schema up to date; what was done, in one line.
+
+    Raises:
+        StoreUnusable: the store cannot be used, or its schema is newer than this server's.
+    """
+    return METADATA_BACKENDS[url.scheme].migrate(url)
 
 
 def open_inventory(url: StoreUrl) -> InventoryView:

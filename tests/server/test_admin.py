@@ -205,7 +205,7 @@ def test_stores_named_by_url_are_where_the_server_keeps_things_and_admin_reads_t
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("--metadata", "postgresql://db/cipherdrop", "scheme 'postgresql:'; known: sqlite:"),
+    ("--metadata", "mysql://db/cipherdrop", "scheme 'mysql:'; known: sqlite:, postgresql:"),
     ("--blobs", "gs://bucket/files", "scheme 'gs:'; known: file:, s3:"),
     ("--metadata", "/srv/defensive.db", "no scheme; known: sqlite:"),
     ("--metadata", "sqlite:///x.db?busy_timeout=-1", "busy_timeout must be seconds from 0 to"),

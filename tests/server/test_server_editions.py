@@ -182,8 +182,8 @@ EDITION_IDS = [edition.name for edition in EDITIONS]
 
 
 @pytest.mark.parametrize("edition", EDITIONS, ids=EDITION_IDS)
-def test_a_full_flow_in_every_edition(server, edition):
-    with RawClient(server.address, edition=edition) as client:
+def test_a_full_flow_in_every_edition(backend_server, edition):
+    with RawClient(backend_server.address, edition=edition) as client:
         who = keyed(client)
         assert len(who.aes_key) == edition.aes_key_size
         for file_name, data in (("empty.bin", b""), ("100k.bin", os.urandom(100_000)),
@@ -192,49 +192,49 @@ def test_a_full_flow_in_every_edition(server, edition):
             assert isinstance(answer, FileReceived), answer
             assert answer.cksum == cksum(data) and answer.content_size == len(crypto.encrypt(who.aes_key, data))
             assert isinstance(client.request(CrcOk(client_id=who.client_id, file_name=file_name)), Acknowledged)
-            assert stored(server, who, file_name) == data and verified(server, who, file_name) == 1
+            assert stored(backend_server, who, file_name) == data and verified(backend_server, who, file_name) == 1
     # Recorded at registration (or, in the 1100 and 1025 series, once a file
     # request's layout told the editions apart).
-    assert db_rows(server, "SELECT Edition FROM clients WHERE ID = ?", who.client_id) == [(edition.name,)]
+    assert db_rows(backend_server, "SELECT Edition FROM clients WHERE ID = ?", who.client_id) == [(edition.name,)]
 
 
 @pytest.mark.parametrize("edition", EDITIONS, ids=EDITION_IDS)
-def test_crc_bad_then_a_resend_then_ok_follows_the_crc_flavour_rule(server, edition):
+def test_crc_bad_then_a_resend_then_ok_follows_the_crc_flavour_rule(backend_server, edition):
     # cksum first; after a CRC bad the other CRC (zlib's); the one confirmed is
     # the client's from then on, and an answer after a CRC bad is the other again.
     data, later = b"resend me" * 3000, b"later" * 999
-    with RawClient(server.address, edition=edition) as client:
+    with RawClient(backend_server.address, edition=edition) as client:
         who = keyed(client)
         assert send_file(client, who, "r.bin", data).cksum == cksum(data)
         client.send(CrcRetry(client_id=who.client_id, file_name="r.bin"))
         answer = send_file(client, who, "r.bin", data)  # at once: no answer to the CRC bad
         assert isinstance(answer, FileReceived) and answer.cksum == zlib.crc32(data)
         assert isinstance(client.request(CrcOk(client_id=who.client_id, file_name="r.bin")), Acknowledged)
-        assert verified(server, who, "r.bin") == 1
-        assert db_rows(server, "SELECT Crc FROM clients WHERE ID = ?", who.client_id) == [("crc32",)]
+        assert verified(backend_server, who, "r.bin") == 1
+        assert db_rows(backend_server, "SELECT Crc FROM clients WHERE ID = ?", who.client_id) == [("crc32",)]
         assert send_file(client, who, "l.bin", later).cksum == zlib.crc32(later)
         client.send(CrcRetry(client_id=who.client_id, file_name="l.bin"))
         assert send_file(client, who, "l.bin", later).cksum == cksum(later)
 
 
 @pytest.mark.parametrize("edition", EDITIONS, ids=EDITION_IDS)
-def test_crc_bad_three_times_then_bad_final(server, edition):
+def test_crc_bad_three_times_then_bad_final(backend_server, edition):
     data = b"never right" * 1000
-    with RawClient(server.address, edition=edition) as client:
+    with RawClient(backend_server.address, edition=edition) as client:
         who = keyed(client)
         for _ in range(3):
             assert isinstance(send_file(client, who, "b.bin", data), FileReceived)
             client.send(CrcRetry(client_id=who.client_id, file_name="b.bin"))
         assert isinstance(send_file(client, who, "b.bin", data), FileReceived)
         assert isinstance(client.request(CrcAbort(client_id=who.client_id, file_name="b.bin")), Acknowledged)
-    assert verified(server, who, "b.bin") == 0
+    assert verified(backend_server, who, "b.bin") == 0
 
 
 @pytest.mark.parametrize("edition", [e for e in EDITIONS if e.has_reconnect], ids=lambda e: e.name)
-def test_a_reconnect_gets_a_fresh_key_of_the_editions_size(server, edition):
-    with RawClient(server.address, edition=edition) as client:
+def test_a_reconnect_gets_a_fresh_key_of_the_editions_size(backend_server, edition):
+    with RawClient(backend_server.address, edition=edition) as client:
         who = keyed(client)
-    with RawClient(server.address, edition=edition) as client:
+    with RawClient(backend_server.address, edition=edition) as client:
         answer = client.request(Reconnect(client_id=who.client_id, name=who.name))
         assert isinstance(answer, Reconnected), answer
         aes_key = crypto.decrypt_aes_key(who.private_key, answer.encrypted_aes_key, edition.aes_key_size)
@@ -343,21 +343,21 @@ def test_a_2023c_client_refused_at_first_gets_the_2023c_form_when_it_asks_again(
         assert read_answer(sock) == (3, 2101, b"")
 
 
-def test_a_client_is_refused_in_another_edition(server):
-    with RawClient(server.address, edition=EDITION_2023A) as client:
+def test_a_client_is_refused_in_another_edition(backend_server):
+    with RawClient(backend_server.address, edition=EDITION_2023A) as client:
         who = keyed(client)
         assert isinstance(send_file(client, who, "a.bin", b"a"), FileReceived)
-    with RawClient(server.address, edition=V3) as client:
+    with RawClient(backend_server.address, edition=V3) as client:
         answer = client.request(CrcOk(client_id=who.client_id, file_name="a.bin"))
         assert isinstance(answer, GeneralError)
-    assert "registered in edition 2023A" in server.log()
+    assert "registered in edition 2023A" in backend_server.log()
 
 
-def test_names_are_unique_across_editions(server):
+def test_names_are_unique_across_editions(backend_server):
     text = unique_name("shared")
-    with RawClient(server.address, edition=EDITION_2022) as client:
+    with RawClient(backend_server.address, edition=EDITION_2022) as client:
         keyed(client, text)
-    with RawClient(server.address, edition=V3) as client:
+    with RawClient(backend_server.address, edition=V3) as client:
         assert isinstance(client.request(Register(client_id=ANY_ID, name=text)), RegistrationFailed)
 
 
@@ -453,13 +453,13 @@ def test_editions_variant_4_a_reconnect_name_with_garbage_after_the_nul(server):
     assert (code, payload[:16], len(payload)) == (2105, who.client_id, 144)
 
 
-def test_editions_variant_7_the_same_name_twice_replaces_the_file(server):
-    with RawClient(server.address, edition=EDITION_2023C) as client:
+def test_editions_variant_7_the_same_name_twice_replaces_the_file(backend_server):
+    with RawClient(backend_server.address, edition=EDITION_2023C) as client:
         who = keyed(client)
         for data in (b"first version", b"second version, longer"):
             assert send_file(client, who, "same.txt", data).cksum == cksum(data)
             assert isinstance(client.request(CrcOk(client_id=who.client_id, file_name="same.txt")), Acknowledged)
-    assert stored(server, who, "same.txt") == b"second version, longer"
+    assert stored(backend_server, who, "same.txt") == b"second version, longer"
 
 
 def test_editions_variant_8_one_connection_requests_split_anyhow(server):

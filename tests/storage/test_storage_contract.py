@@ -42,15 +42,27 @@ def sqlite_and_s3(data_dir: Path, s3_url: str) -> Stores:
     return open_stores(StoreUrls.given(None, s3_url, data_dir), address_group)
 
 
+def postgresql_and_folder(data_dir: Path, database_url: str) -> Stores:
+    """A fresh database in the session's throwaway cluster, and a folder."""
+    return open_stores(StoreUrls.given(database_url, None, data_dir), address_group)
+
+
+def postgresql_and_s3(data_dir: Path, database_url: str, s3_url: str) -> Stores:
+    """The cluster's pair: a fresh database and a fresh bucket."""
+    return open_stores(StoreUrls.given(database_url, s3_url, data_dir), address_group)
+
+
 #: Every pair the contract is held to: (metadata, blobs) made in a fresh folder.
 PAIRS: dict[str, Callable[[Path], Stores]] = {
     "sqlite+folder": sqlite_and_folder,
     "memory+memory": memory,
 }
-#: Pairs whose blobs are on the session's radosgw (tests/storage/conftest.py):
-#: made in a fresh folder and a fresh bucket (its URL).
-S3_PAIRS: dict[str, Callable[[Path, str], Stores]] = {
-    "sqlite+s3": sqlite_and_s3,
+#: The pairs on real services (tests/conftest.py starts them: skipped without
+#: the binaries, but not in CI): the fixtures whose URLs they are made with.
+SERVER_PAIRS: dict[str, tuple[tuple[str, ...], Callable[..., Stores]]] = {
+    "sqlite+s3": (("s3_url",), sqlite_and_s3),
+    "postgresql+folder": (("postgres_url",), postgresql_and_folder),
+    "postgresql+s3": (("postgres_url", "s3_url"), postgresql_and_s3),
 }
 
 ALICE = b"a" * 16
@@ -64,11 +76,13 @@ class Closed(Exception):
     """Raised on purpose inside a transaction."""
 
 
-@pytest.fixture(params=[*PAIRS, *(pytest.param(name, marks=pytest.mark.needed_in_ci)
-                                   for name in S3_PAIRS)])
+@pytest.fixture(params=[
+    *PAIRS, *(pytest.param(name, marks=pytest.mark.needed_in_ci) for name in SERVER_PAIRS)
+])
 def stores(request, tmp_path):
-    if request.param in S3_PAIRS:
-        metadata, blobs = S3_PAIRS[request.param](tmp_path, request.getfixturevalue("s3_url"))
+    if request.param in SERVER_PAIRS:
+        fixtures, make = SERVER_PAIRS[request.param]
+        metadata, blobs = make(tmp_path, *map(request.getfixturevalue, fixtures))
     else:
         metadata, blobs = PAIRS[request.param](tmp_path)
     yield metadata, blobs

@@ -1,0 +1,748 @@
+"""The metadata store (:class:`~server.storage.base.MetadataStore`) in PostgreSQL, over psycopg 3.
+
+Group commit as in SQLite (server/storage/sqlite.py): one transaction per
+loop round, a savepoint per request (:meth:`PostgresMetadata.transaction`),
+so that a request that fails undoes its own writes only; the round's COMMIT
+goes out through :meth:`PostgresMetadata.begin_round_commit`, whose socket
+the loop can wait on (server/storage/postgres/roundcommit.py). Every COMMIT
+is durable (``synchronous_commit`` as the database sets it: on by default).
+
+Round trips, not statements, are what a request costs (~0.1 ms each on
+loopback, and the loop waits for each): a request's writes are queued, with
+its ``SAVEPOINT`` and ``RELEASE``, and go out as one multi-statement message
+(parameters bound by psycopg's client-side escaping) with the next read
+that must see them or with the round's ``COMMIT``. A queued write of a
+request that has ended cannot be undone alone once it fails (its answer
+waits for the round): such a failure loses the round. A client's row and
+its binding are read together. A write whose outcome the request needs at once (registering a name:
+:class:`~server.errors.NameTaken`) goes out at once, with the writes queued
+before it. :attr:`PostgresMetadata.round_trips` and
+:attr:`~PostgresMetadata.statements` count them (bench/sessions.py).
+
+A lost connection loses the round under way (the loop closes its
+connections unanswered); the next request connects again (one attempt per
+:data:`RECONNECT_INTERVAL`), and fails with
+:class:`~server.errors.StorageFault` while the database stays away.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Collection, Iterator, Sequence
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from ...errors import NameTaken, StorageFault, StoreUnusable
+from ...peer import address_group
+from ..base import Binding, ClientRow, FileRow, timestamp
+from . import schema
+from ..urltext import without_password
+from .connect import connect, fault, reason
+from .roundcommit import PgRoundCommit
+
+log = logging.getLogger(__name__)
+
+_BEGIN = "BEGIN"
+_SAVEPOINT = "SAVEPOINT request"
+_RELEASE = "RELEASE request"
+_ROLLBACK_TO = "ROLLBACK TO request"
+_ROLLBACK = "ROLLBACK"
+_COMMIT = "COMMIT"
+#: The one write whose failure is its own request's answer (NameTaken), not the round's loss.
+_NAME_CONSTRAINT = "clients_name_key"
+
+_CLIENT_FIELDS = (
+    "ID", "Name", "PublicKey", "LastSeen", "AESKey", "Edition", "Crc", "RegisteredFrom",
+)
+_CLIENT_COLUMNS = ", ".join(_CLIENT_FIELDS)
+#: A client's row with its binding: the two reads a request makes one after the other
+#: (its admission rules, server/session.py), in one round trip.
+_SELECT_CLIENT_AND_BINDING = (
+    "SELECT c.ID, c.Name, c.PublicKey, c.LastSeen, c.AESKey, c.Edition, c.Crc,"
+    " c.RegisteredFrom, b.ID, b.Address, b.IssuedAt, b.LastUsed"
+    " FROM clients c LEFT JOIN key_bindings b ON b.ID = c.ID WHERE c.ID = %s"
+)
+_SELECT_CLIENT = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE ID = %s"
+_SELECT_CLIENT_BY_NAME = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = %s"
+_COUNT_CLIENTS = "SELECT Clients FROM client_counts WHERE AddressGroup = %s"
+_UNUSED_KEYED = (
+    "SELECT ID FROM clients"
+    " WHERE PublicKey IS NOT NULL AND UnusedSince IS NOT NULL AND UnusedSince < %s"
+)
+#: Through the index clients_keyless; the bindings go with the rows, in one statement.
+_DELETE_STALE_KEYLESS = (
+    "WITH gone AS (DELETE FROM clients WHERE PublicKey IS NULL AND UnusedSince < %s"
+    " RETURNING ID), unbound AS (DELETE FROM key_bindings WHERE ID IN (SELECT ID FROM gone))"
+    " SELECT count(*) FROM gone"
+)
+_INSERT_CLIENT = (
+    "INSERT INTO clients (ID, Name, LastSeen, Edition, UnusedSince, RegisteredFrom, AddressGroup)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+_SET_UNUSED_SINCE = (
+    "UPDATE clients SET UnusedSince = %s WHERE ID = %s AND UnusedSince IS NOT NULL"
+)
+_SET_USED = "UPDATE clients SET UnusedSince = NULL WHERE ID = %s AND UnusedSince IS NOT NULL"
+_SET_EDITION = "UPDATE clients SET Edition = %s WHERE ID = %s"
+_SET_CRC = "UPDATE clients SET Crc = %s WHERE ID = %s"
+_DELETE_CLIENT = "DELETE FROM clients WHERE ID = %s"
+_SET_KEYS = "UPDATE clients SET PublicKey = %s, AESKey = %s, LastSeen = %s WHERE ID = %s"
+_SET_AES_KEY = "UPDATE clients SET AESKey = %s, LastSeen = %s WHERE ID = %s"
+_SET_LAST_SEEN = "UPDATE clients SET LastSeen = %s WHERE ID = %s"
+_FILE_COLUMNS = "ID, FileName, PathName, Verified, BlobKey, PendingKey"
+_SELECT_FILE = f"SELECT {_FILE_COLUMNS} FROM files WHERE ID = %s AND FileName = %s"
+_SELECT_FILES = f"SELECT {_FILE_COLUMNS} FROM files ORDER BY ID, FileName"
+#: Two index lookups per key (files_blob_key, files_pending_key), whatever the table holds.
+_REFERENCED_KEYS = (
+    "SELECT BlobKey FROM files WHERE BlobKey = ANY(%s)"
+    " UNION SELECT PendingKey FROM files WHERE PendingKey = ANY(%s)"
+)
+_SUM_STORED_BYTES = "SELECT COALESCE(SUM(Size), 0) FROM files WHERE ID = %s"
+_UPSERT_FILE = (
+    "INSERT INTO files (ID, FileName, PathName, Verified, BlobKey) VALUES (%s, %s, %s, false, %s)"
+    " ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName, Verified = false,"
+    " BlobKey = excluded.BlobKey, PendingKey = NULL"
+)
+_SET_PENDING = "UPDATE files SET PendingKey = %s WHERE ID = %s AND FileName = %s"
+_PROMOTE_PENDING = (
+    "UPDATE files SET BlobKey = %s, PendingKey = NULL WHERE ID = %s AND FileName = %s"
+)
+_SET_VERIFIED = "UPDATE files SET Verified = %s WHERE ID = %s AND FileName = %s"
+_DELETE_FILE = "DELETE FROM files WHERE ID = %s AND FileName = %s"
+_SET_CONTENT = "UPDATE files SET Size = %s, Cksum = %s WHERE ID = %s AND FileName = %s"
+_DELETE_CLIENT_FILES = "DELETE FROM files WHERE ID = %s"
+_SELECT_BINDING = "SELECT ID, Address, IssuedAt, LastUsed FROM key_bindings WHERE ID = %s"
+_UPSERT_BINDING = (
+    "INSERT INTO key_bindings (ID, Address, IssuedAt, LastUsed) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT (ID) DO UPDATE SET Address = excluded.Address,"
+    " IssuedAt = excluded.IssuedAt, LastUsed = excluded.LastUsed"
+)
+_SET_BINDING_USED = "UPDATE key_bindings SET LastUsed = %s WHERE ID = %s AND LastUsed < %s"
+_DELETE_BINDING = "DELETE FROM key_bindings WHERE ID = %s"
+# Start-up: the address groups under this run's grouping (--ipv6-prefix), and the counts.
+_REGISTERED_FROM = (
+    "SELECT DISTINCT RegisteredFrom, AddressGroup FROM clients WHERE RegisteredFrom IS NOT NULL"
+)
+_SET_GROUP = "UPDATE clients SET AddressGroup = %s WHERE RegisteredFrom = %s"
+_RECOUNT = (
+    "DELETE FROM client_counts",
+    f"INSERT INTO client_counts SELECT '{schema.TOTAL_GROUP}', count(*) FROM clients",
+    "INSERT INTO client_counts SELECT AddressGroup, count(*) FROM clients"
+    " WHERE AddressGroup IS NOT NULL GROUP BY AddressGroup",
+)
+
+#: Seconds between attempts to connect again after the connection was lost.
+RECONNECT_INTERVAL = 1.0
+
+_Statement = tuple[str, Sequence[Any]]
+#: Placeholders in the write queue: a request's savepoint, sent with its first write.
+_MARK = (_SAVEPOINT, ())
+
+
+@dataclass
+class _Level:
+    """One open :meth:`PostgresMetadata.transaction` (they nest)."""
+
+    #: Where its SAVEPOINT sits in the write queue.
+    mark: int
+    #: The queue flushes before it opened: its SAVEPOINT went out once this grew.
+    flushes: int
+
+
+class PostgresMetadata:
+    """The server's connection to PostgreSQL (one thread uses it).
+
+    Raises (``open``):
+        StoreUnusable: the database refuses, or its schema is newer than ours.
+    Raises (every other method):
+        StorageFault: the database failed, or cannot be reached.
+    """
+
+    def __init__(self, conninfo: str, group_of: Callable[[str], str]) -> None:
+        self._conninfo = conninfo
+        self._group_of = group_of
+        self._db: psycopg.Connection | None = None
+        self._seen: dict[bytes, float] = {}
+        self._used: dict[bytes, float] = {}
+        #: Writes not yet sent, with the savepoints of the open levels.
+        self._queue: list[_Statement] = []
+        self._levels: list[_Level] = []
+        self._flushes = 0
+        #: The round's BEGIN has gone out.
+        self._in_round = False
+        #: The last request's RELEASE, sent with the next batch (a COMMIT needs none).
+        self._release_owed = False
+        #: The queue holds ended requests' writes: they go with the next read or the COMMIT,
+        #: and a failure among them loses the round (their answers wait for it).
+        self._deferred = False
+        #: Why the round's writes are gone (reported once, by finish_round).
+        self._round_lost: str | None = None
+        self._commit: PgRoundCommit | None = None
+        self._closed = False
+        #: No new connection is tried before this (time.monotonic()), after one failed.
+        self._retry_at = 0.0
+        self._unreachable = False
+        #: Round trips and statements sent (bench/sessions.py reads them).
+        self.round_trips = 0
+        self.statements = 0
+
+    @classmethod
+    def open(
+        cls, conninfo: str, group_of: Callable[[str], str] = address_group
+    ) -> PostgresMetadata:
+        """Connect, bring the schema up to date, and count the clients by address group.
+
+        Raises:
+            StoreUnusable: the database refuses, or its schema is newer than this server's.
+        """
+        store = cls(conninfo, group_of)
+        store._db = connect(conninfo)
+        try:
+            migrate(store._db, conninfo)
+            store._regroup()
+        except psycopg.Error as exc:
+            store._db.close()
+            raise StoreUnusable(
+                f"cannot use {without_password(conninfo)}: {reason(exc)}"
+            ) from exc
+        except StoreUnusable:
+            store._db.close()
+            raise
+        return store
+
+    def _regroup(self) -> None:
+        """Group the registering addresses as this run does; make the counts from the rows."""
+        db = self._live()
+        with db.transaction():
+            found = db.execute(_REGISTERED_FROM).fetchall()
+            moved = [
+                (self._group_of(address), address) for address, group in found
+                if self._group_of(address) != group
+            ]
+            if moved:
+                log.info("address groups changed for %d address(es): recounting", len(moved))
+                db.cursor().executemany(_SET_GROUP, moved)
+                for statement in _RECOUNT:
+                    db.execute(statement)
+
+    # -- the connection ------------------------------------------------------------
+
+    def _live(self) -> psycopg.Connection:
+        """The connection; made again if it was lost (the round it carried is lost with it).
+
+        Raises:
+            StorageFault: the store is closed, a commit is under way, or the
+                database cannot be reached.
+        """
+        if self._closed:
+            raise StorageFault("database: closed")
+        if self._commit is not None:
+            raise StorageFault("database: the round's commit is under way")
+        db = self._db
+        if db is not None and not db.closed:
+            return db
+        if self._in_round:
+            self._lose_round("the connection was lost")
+        now = time.monotonic()
+        if now < self._retry_at:  # each attempt may wait: not for every request
+            raise StorageFault("database: unreachable, trying again shortly")
+        try:
+            db = connect(self._conninfo)
+        except StoreUnusable as exc:
+            self._retry_at = now + RECONNECT_INTERVAL
+            if not self._unreachable:
+                log.warning("database: %s; trying again every %g s", exc, RECONNECT_INTERVAL)
+            self._unreachable = True
+            raise StorageFault(str(exc)) from exc
+        log.info("database: connected again")
+        self._unreachable = False
+        self._db = db
+        return db
+
+    def _lose_round(self, why: str) -> None:
+        """The round's writes are gone: finish_round raises; the next write begins anew."""
+        if self._in_round:  # else no write of the round had gone out
+            self._round_lost = self._round_lost or why
+        self._in_round = False
+        self._release_owed = False
+        self._deferred = False
+        self._queue.clear()
+        self._levels.clear()
+        db = self._db
+        if db is not None and not db.closed and db.info.transaction_status != _IDLE:
+            try:
+                db.execute(_ROLLBACK)
+            except psycopg.Error:
+                db.close()
+
+    def _send(self, read: _Statement | None) -> list[tuple]:
+        """Send the queued writes (with BEGIN if the round has none yet) and ``read``, in
+        one round trip; the read's rows.
+
+        Raises:
+            StorageFault: the database refused a statement (the caller's savepoint
+                undoes what went out), or the connection failed (the round is lost).
+        """
+        db = self._live()
+        batch = self._queue
+        self._queue = []
+        deferred, self._deferred = self._deferred, False
+        if batch:  # the savepoints queued in it go out: their levels are sent
+            self._flushes += 1
+            if not self._in_round and (self._levels or deferred):
+                batch.insert(0, (_BEGIN, ()))
+                self._in_round = True
+        if self._release_owed:
+            batch.insert(0, (_RELEASE, ()))
+            self._release_owed = False
+        if read is not None:
+            batch.append(read)
+        self.round_trips += 1
+        self.statements += len(batch)
+        try:
+            if len(batch) == 1:
+                cursor = db.execute(*batch[0])
+            else:  # one message: one round trip, and less loop CPU than a pipeline
+                cursor = db.execute(_one_message(db, batch))
+                while cursor.nextset():  # to the last statement's result
+                    pass
+            return cursor.fetchall() if read is not None else []
+        except psycopg.OperationalError as exc:
+            if db.closed or db.broken:
+                log.warning("database: the connection is lost (%s)", reason(exc))
+                self._lose_round(reason(exc))
+            raise fault(exc) from exc
+        except psycopg.Error as exc:
+            if deferred and not _is_the_callers(exc):  # an ended request's write failed
+                self._lose_round(reason(exc))
+            elif not self._levels and self._in_round:  # no savepoint to go back to
+                self._lose_round(reason(exc))
+            raise fault(exc) from exc
+
+    def _write(self, statement: str, *params: Any) -> None:
+        """Queue a write; outside any transaction, send it at once."""
+        self._live()
+        self._queue.append((statement, params))
+        if not self._levels:
+            self._send(None)
+
+    def _read(self, statement: str, *params: Any) -> list[tuple]:
+        """Rows, after the queued writes went out (the read must see them)."""
+        if self._queue and any(entry is not _MARK for entry in self._queue):
+            return self._send((statement, params))
+        self._live()
+        return self._send_read_only((statement, params))
+
+    def _send_read_only(self, read: _Statement) -> list[tuple]:
+        queue, self._queue = self._queue, []  # savepoints only: they wait for a write
+        try:
+            return self._send(read)
+        finally:
+            self._queue = queue + self._queue
+
+    # -- transactions and rounds ---------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A request's writes: a savepoint in the round's transaction (begun with its first write).
+
+        They are kept, or undone on any exception; the round's commit writes
+        them. Pending LastSeen/LastUsed updates ride along.
+
+        Raises:
+            StorageFault: the database refused a write, or cannot be reached.
+        """
+        self._live()
+        level = _Level(mark=len(self._queue), flushes=self._flushes)
+        self._queue.append(_MARK)
+        self._levels.append(level)
+        try:
+            yield
+            if len(self._levels) == 1:
+                self._queue_stamps()
+        except BaseException:
+            self._undo(level)
+            raise
+        try:
+            self._keep(level)
+        except StorageFault:
+            self._undo(level, sent_with_error=True)
+            raise
+        if not self._levels:
+            self._seen.clear()
+            self._used.clear()
+
+    def _keep(self, level: _Level) -> None:
+        """A level ends well: its savepoint goes (with its writes, if it is the outermost).
+
+        Raises:
+            StorageFault: the round was lost under it, or its writes were refused.
+        """
+        if not self._levels or self._levels[-1] is not level:
+            lost = self._round_lost
+            raise StorageFault(f"database: the round's writes were rolled back ({lost})")
+        if level.flushes == self._flushes:  # its SAVEPOINT has not gone out yet
+            if len(self._queue) == level.mark + 1:  # and it wrote nothing
+                del self._queue[level.mark]
+                self._levels.pop()
+                return
+            if len(self._levels) > 1:  # its writes join the enclosing level's
+                del self._queue[level.mark]
+                self._levels.pop()
+                return
+        if len(self._levels) == 1 and not self._queue:  # all of it went out already
+            self._release_owed = True
+        else:  # its writes wait for the next read or the COMMIT
+            self._queue.append((_RELEASE, ()))
+            self._deferred = self._deferred or len(self._levels) == 1
+        self._levels.pop()
+
+    def _undo(self, level: _Level, sent_with_error: bool = False) -> None:
+        """A level fails: drop what it queued; roll back what it sent."""
+        if not self._levels or self._levels[-1] is not level:
+            return  # the round was lost under it
+        self._levels.pop()
+        if level.flushes == self._flushes and not sent_with_error:
+            del self._queue[level.mark:]  # nothing of it went out
+            return
+        self._queue.clear()  # all queued since its SAVEPOINT went out is its own
+        db = self._db
+        if db is None or db.closed or not self._in_round:
+            return
+        try:
+            db.execute(f"{_ROLLBACK_TO}; {_RELEASE}")
+        except psycopg.Error as exc:
+            self._lose_round(reason(exc))
+
+    def _queue_stamps(self) -> None:
+        for client_id, when in self._seen.items():
+            self._queue.append((_SET_LAST_SEEN, (timestamp(when), client_id)))
+        for client_id, when in self._used.items():
+            self._queue.append((_SET_BINDING_USED, (when, client_id, when)))
+
+    def flush(self) -> None:
+        """Commit pending LastSeen/LastUsed updates, if any."""
+        if self._seen or self._used:
+            with self.transaction():
+                pass
+
+    def begin_round_commit(self, *, durable: bool) -> PgRoundCommit | None:
+        """Send the round's COMMIT without waiting (every commit is durable).
+
+        None: the round wrote nothing. Until the commit's advance() has
+        returned True or raised, no other method may be called.
+
+        Raises:
+            StorageFault: the round is lost (its writes are gone).
+        """
+        lost, self._round_lost = self._round_lost, None
+        if lost is not None:
+            raise StorageFault(f"database: the round's writes were rolled back ({lost})")
+        db = self._live()
+        batch, self._queue = self._queue, []
+        if batch and not self._in_round:
+            batch.insert(0, (_BEGIN, ()))
+        elif not self._in_round:
+            return None
+        batch.append((_COMMIT, ()))
+        self._in_round = False
+        self._release_owed = False
+        self._deferred = False
+        self.round_trips += 1
+        self.statements += len(batch)
+        commit = PgRoundCommit(db.pgconn, _one_message(db, batch).encode(), self._commit_done)
+        self._commit = commit
+        return commit
+
+    def _commit_done(self, failure: str | None) -> None:
+        """The round commit ended (``failure``: why it did not commit)."""
+        self._commit = None
+        db = self._db
+        if failure is None or db is None or db.closed:
+            return
+        if db.pgconn.status != _OK:
+            db.close()
+        elif db.info.transaction_status != _IDLE:  # a write failed: the rest was skipped
+            try:
+                db.execute(_ROLLBACK)
+            except psycopg.Error:
+                db.close()
+
+    def finish_round(self, *, durable: bool) -> None:
+        """The round's commit, waited for (admin tools, tests, start-up, today's loop).
+
+        Raises:
+            StorageFault: the round is lost; no answer of it may go out.
+        """
+        commit = self.begin_round_commit(durable=durable)
+        while commit is not None and not commit.advance():
+            socket = [commit.fileno()]
+            if commit.wants_write:
+                select.select([], socket, [])
+            else:
+                select.select(socket, [], [])
+
+    def sync(self) -> None:
+        """Commit the round so far (durably, as every commit)."""
+        self.finish_round(durable=True)
+
+    def close(self) -> None:
+        """Write pending stamps, commit, and disconnect (again: nothing)."""
+        if self._closed:
+            return
+        try:
+            if self._db is not None and not self._db.closed:
+                self.flush()
+                self.sync()
+        finally:
+            self._closed = True
+            if self._db is not None:
+                self._db.close()
+            log.info(
+                "database: %d round trip(s), %d statement(s) since start",
+                self.round_trips, self.statements,
+            )
+
+    # -- clients ---------------------------------------------------------------------
+
+    def client_by_id(self, client_id: bytes) -> ClientRow | None:
+        """The client with this id, if any."""
+        return _client(self._read(_SELECT_CLIENT, client_id))
+
+    def client_and_binding(self, client_id: bytes) -> tuple[ClientRow | None, Binding | None]:
+        """The client with this id and its key binding, in one round trip."""
+        rows = self._read(_SELECT_CLIENT_AND_BINDING, client_id)
+        if not rows:
+            return None, None
+        binding = rows[0][len(_CLIENT_FIELDS):]
+        return (_client([rows[0][:len(_CLIENT_FIELDS)]]),
+                None if binding[0] is None else self._binding(client_id, binding))
+
+    def client_by_name(self, name: str) -> ClientRow | None:
+        """The client with this name, if any."""
+        return _client(self._read(_SELECT_CLIENT_BY_NAME, name))
+
+    def count_clients(self, group: str | None = None) -> int:
+        """How many clients are registered, or registered from one address group (kept by a
+        trigger: no scan)."""
+        rows = self._read(_COUNT_CLIENTS, schema.TOTAL_GROUP if group is None else group)
+        return int(rows[0][0]) if rows else 0
+
+    def unused_clients(self, before: float) -> list[bytes]:
+        """Clients with a key that never stored a file, their last key issued before ``before``."""
+        return [row[0] for row in self._read(_UNUSED_KEYED, before)]
+
+    def delete_stale_keyless(self, before: float) -> int:
+        """Forget keyless registrations made (or made again) before ``before``; return how many."""
+        return int(self._send((_DELETE_STALE_KEYLESS, (before,)))[0][0])
+
+    def insert_client(
+        self, client_id: bytes, name: str, now: float, edition: str, address: str | None = None
+    ) -> None:
+        """Register a name (no keys yet) in a protocol edition, from ``address``; sent at once.
+
+        Raises:
+            NameTaken: another client holds the name.
+        """
+        group = None if address is None else self._group_of(address)
+        self._live()
+        self._queue.append(
+            (_INSERT_CLIENT, (client_id, name, timestamp(now), edition, now, address, group))
+        )
+        try:
+            self._send(None)
+        except StorageFault as exc:
+            if isinstance(exc.__cause__, pg_errors.UniqueViolation):
+                raise NameTaken(name) from exc
+            raise
+
+    def set_edition(self, client_id: bytes, edition: str) -> None:
+        """The edition the client's requests turned out to be."""
+        self._write(_SET_EDITION, edition, client_id)
+
+    def set_crc(self, client_id: bytes, flavour: str) -> None:
+        """The CRC flavour the client confirmed."""
+        self._write(_SET_CRC, flavour, client_id)
+
+    def delete_client(self, client_id: bytes) -> None:
+        """Forget a keyless registration and its binding."""
+        self._write(_DELETE_CLIENT, client_id)
+        self._write(_DELETE_BINDING, client_id)
+
+    def forget_client(self, client_id: bytes) -> None:
+        """Remove every row of a client: its files, its binding, itself."""
+        self._write(_DELETE_CLIENT_FILES, client_id)
+        self.delete_client(client_id)
+
+    def set_keys(self, client_id: bytes, public_key: bytes, aes_key: bytes, now: float) -> None:
+        """Store the public key and the first AES key (826)."""
+        self._write(_SET_KEYS, public_key, aes_key, timestamp(now), client_id)
+
+    def set_aes_key(self, client_id: bytes, aes_key: bytes, now: float) -> None:
+        """Store a fresh AES key (827)."""
+        self._write(_SET_AES_KEY, aes_key, timestamp(now), client_id)
+
+    def note_seen(self, client_id: bytes, now: float) -> None:
+        """Record a request's time; written with the next commit or flush."""
+        self._seen[client_id] = now
+
+    # -- files -----------------------------------------------------------------------
+
+    def file_row(self, client_id: bytes, file_name: bytes) -> FileRow | None:
+        """The row of one of the client's files, if any."""
+        rows = self._read(_SELECT_FILE, client_id, file_name)
+        return _file(rows[0]) if rows else None
+
+    def file_rows(self) -> list[FileRow]:
+        """Every row of ``files``."""
+        return [_file(row) for row in self._read(_SELECT_FILES)]
+
+    def referenced_keys(self, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` a row points at: two index lookups per key."""
+        if not keys:
+            return set()
+        listed = list(keys)
+        return {row[0] for row in self._read(_REFERENCED_KEYS, listed, listed)}
+
+    def stored_bytes(self, client_id: bytes) -> int:
+        """The size of every file the client has stored, verified or not."""
+        return int(self._read(_SUM_STORED_BYTES, client_id)[0][0])
+
+    def upsert_file(
+        self, client_id: bytes, file_name: bytes, path_name: str, blob_key: str | None = None
+    ) -> None:
+        """Insert or reset a file's row with Verified false, pointing at ``blob_key``:
+        the client is used from now on."""
+        self._write(_UPSERT_FILE, client_id, file_name, path_name, blob_key)
+        self._write(_SET_USED, client_id)
+
+    def set_pending(self, client_id: bytes, file_name: bytes, blob_key: str | None) -> None:
+        """Point the file's pending version at ``blob_key`` (None: none)."""
+        self._write(_SET_PENDING, blob_key, client_id, file_name)
+
+    def promote_pending(self, client_id: bytes, file_name: bytes, blob_key: str) -> None:
+        """The 900's swap: the file points at ``blob_key``, with no pending version."""
+        self._write(_PROMOTE_PENDING, blob_key, client_id, file_name)
+
+    def set_verified(self, client_id: bytes, file_name: bytes, verified: bool) -> None:
+        """Set a file's Verified flag (900: true, 902: false)."""
+        self._write(_SET_VERIFIED, verified, client_id, file_name)
+
+    def set_content(self, client_id: bytes, file_name: bytes, size: int, cksum: int) -> None:
+        """Record the size and cksum of the content a file's row now stands for."""
+        self._write(_SET_CONTENT, size, cksum, client_id, file_name)
+
+    def delete_file(self, client_id: bytes, file_name: bytes) -> None:
+        """Remove a file's row."""
+        self._write(_DELETE_FILE, client_id, file_name)
+
+    # -- key bindings ----------------------------------------------------------------
+
+    def binding(self, client_id: bytes) -> Binding | None:
+        """Who may use the client's key, and since when."""
+        rows = self._read(_SELECT_BINDING, client_id)
+        return self._binding(client_id, rows[0]) if rows else None
+
+    def _binding(self, client_id: bytes, row: tuple) -> Binding:
+        """A binding row, its last use counting one noted since the last write."""
+        used = max(row[3], self._used.get(client_id, row[3]))
+        return Binding(id=row[0], address=row[1], issued_at=row[2], last_used=used)
+
+    def set_binding(self, client_id: bytes, address: str, now: float) -> None:
+        """Bind the client's key (or registration) to an address from now."""
+        self._write(_UPSERT_BINDING, client_id, address, now, now)
+        self._write(_SET_UNUSED_SINCE, now, client_id)
+        self._used.pop(client_id, None)
+
+    def note_key_used(self, client_id: bytes, now: float) -> None:
+        """Record a use of the key; written with the next commit or flush."""
+        self._used[client_id] = now
+
+
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+_OK = psycopg.pq.ConnStatus.OK
+
+
+def migrate(db: psycopg.Connection, conninfo: str) -> tuple[int, int]:
+    """Bring the schema up to :data:`~.schema.SCHEMA_VERSION`; (version found, version now).
+
+    One transaction, under an advisory lock: servers starting together migrate once.
+
+    Raises:
+        StoreUnusable: the database's schema is newer than this server's.
+        psycopg.Error: the database refused.
+    """
+    make_table, read_version = schema.version_statements()
+    with db.transaction():
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (schema.MIGRATION_LOCK,))
+        db.execute(make_table)
+        rows = db.execute(read_version).fetchall()
+        found = int(rows[0][0]) if rows else 0
+        if found > schema.SCHEMA_VERSION:
+            raise StoreUnusable(
+                f"{without_password(conninfo)}: schema version {found} is newer than this"
+                f" server's {schema.SCHEMA_VERSION}; left untouched"
+            )
+        for version, statements in schema.steps(found):
+            log.info("migrating the schema to version %d", version)
+            for statement in statements:
+                db.execute(statement)
+        if not rows:
+            db.execute("INSERT INTO schema_version VALUES (%s)", (schema.SCHEMA_VERSION,))
+        elif found != schema.SCHEMA_VERSION:
+            db.execute("UPDATE schema_version SET Version = %s", (schema.SCHEMA_VERSION,))
+    return found, schema.SCHEMA_VERSION
+
+
+def migrate_at(conninfo: str) -> tuple[int, int]:
+    """Connect, migrate (see :func:`migrate`) and disconnect.
+
+    Raises:
+        StoreUnusable: the database refuses, or its schema is newer than this server's.
+    """
+    db = connect(conninfo)
+    try:
+        return migrate(db, conninfo)
+    except psycopg.Error as exc:
+        raise StoreUnusable(f"cannot use {without_password(conninfo)}: {reason(exc)}") from exc
+    finally:
+        db.close()
+
+
+def _one_message(db: psycopg.Connection, batch: list[_Statement]) -> str:
+    """Statements with their parameters bound (psycopg's client-side escaping), as one text."""
+    binder = psycopg.ClientCursor(db)
+    return ";".join(binder.mogrify(*statement) for statement in batch)
+
+
+def _is_the_callers(exc: psycopg.Error) -> bool:
+    """Whether a batch's failure is its last statement's, the caller's own: a taken name."""
+    return isinstance(exc, pg_errors.UniqueViolation) and (
+        exc.diag.constraint_name == _NAME_CONSTRAINT
+    )
+
+
+def _client(rows: list[tuple]) -> ClientRow | None:
+    if not rows:
+        return None
+    row = rows[0]
+    return ClientRow(
+        id=bytes(row[0]), name=row[1], public_key=_bytes(row[2]), last_seen=row[3],
+        aes_key=_bytes(row[4]), edition=row[5], crc=row[6], registered_from=row[7],
+    )
+
+
+def _bytes(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
+def _file(row: tuple) -> FileRow:
+    return FileRow(
+        id=bytes(row[0]), file_name=bytes(row[1]), path_name=row[2], verified=bool(row[3]),
+        blob_key=row[4], pending_key=row[5],
+    )

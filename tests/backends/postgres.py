@@ -1,0 +1,177 @@
+"""A throwaway PostgreSQL cluster from the installed binaries, for tests and benchmarks.
+
+``PostgresCluster.start()`` runs ``initdb --no-sync -A trust`` in a fresh
+temporary folder and ``pg_ctl start`` on 127.0.0.1 with a free port (its
+unix socket in the same folder); ``stop()`` stops it and deletes the folder.
+``database()`` makes an empty database and returns its URL (no password:
+``trust`` on the loopback). As root (CI) the cluster runs as the ``postgres``
+user, since PostgreSQL refuses to run as root.
+
+Without the binaries, :func:`find_binaries` returns None and the tests skip
+with :data:`INSTALL_LINE` (CI installs them: .ci/run).
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: How to get the binaries, for the skip message.
+INSTALL_LINE = "apt-get install postgresql (Debian/Ubuntu; CI installs it: .ci/run)"
+#: Where Debian puts them when they are not on PATH.
+DEBIAN_BINARIES = "/usr/lib/postgresql/*/bin"
+#: The user the cluster runs as when the tests run as root.
+SERVICE_USER = "postgres"
+SUPERUSER = "postgres"
+LOOPBACK = "127.0.0.1"
+#: pg_ctl's own limit on waiting for the server to start or stop, in seconds.
+PG_CTL_WAIT = 60
+_names = itertools.count()
+
+
+def find_binaries() -> Path | None:
+    """The folder of ``initdb`` and ``pg_ctl``, or None when PostgreSQL is not installed."""
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(found).parent
+    for folder in sorted(glob.glob(DEBIAN_BINARIES), reverse=True):
+        if (Path(folder) / "initdb").exists():
+            return Path(folder)
+    return None
+
+
+def start_or_skip() -> PostgresCluster:
+    """A started cluster; the calling test skips, saying how to install what is missing.
+
+    Raises:
+        pytest.skip.Exception: no binaries, or no psycopg.
+    """
+    import pytest
+
+    if find_binaries() is None:
+        pytest.skip(f"PostgreSQL is not installed: {INSTALL_LINE}")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed: pip install 'cipherdrop[postgres]'")
+    return PostgresCluster.start()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def _run_as() -> dict:
+    """subprocess arguments that drop root to the service user (PostgreSQL refuses root)."""
+    if os.geteuid() != 0:
+        return {}
+    return {"user": SERVICE_USER, "group": pwd.getpwnam(SERVICE_USER).pw_gid}
+
+
+@dataclass
+class PostgresCluster:
+    """One running cluster (see the module doc)."""
+
+    binaries: Path
+    folder: Path
+    port: int
+    #: Databases made so far.
+    databases: list[str] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, binaries: Path | None = None) -> PostgresCluster:
+        """initdb and start a cluster; the caller stops it.
+
+        Raises:
+            RuntimeError: the binaries are missing, or initdb or pg_ctl failed (with their output).
+        """
+        binaries = binaries or find_binaries()
+        if binaries is None:
+            raise RuntimeError(f"PostgreSQL is not installed: {INSTALL_LINE}")
+        folder = Path(tempfile.mkdtemp(prefix="cipherdrop-pg-"))
+        if os.geteuid() == 0:
+            account = pwd.getpwnam(SERVICE_USER)
+            os.chown(folder, account.pw_uid, account.pw_gid)
+        cluster = cls(binaries, folder, _free_port())
+        try:
+            cluster._pg("initdb", "--no-sync", "-A", "trust", "-U", SUPERUSER, "-E", "UTF8",
+                        "-D", str(cluster.data))
+            options = f"-c listen_addresses={LOOPBACK} -p {cluster.port} -k {folder} -c fsync=off"
+            cluster._pg("pg_ctl", "start", "-w", "-t", str(PG_CTL_WAIT), "-D", str(cluster.data),
+                        "-l", str(cluster.log), "-o", options)
+        except RuntimeError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return cluster
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "postgres.log"
+
+    def _pg(self, program: str, *args: str) -> str:
+        done = subprocess.run(
+            [str(self.binaries / program), *args], capture_output=True, text=True,
+            timeout=PG_CTL_WAIT * 2, **_run_as(),
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{program} failed ({done.returncode}): {done.stderr.strip()}")
+        return done.stdout
+
+    def url(self, database: str = SUPERUSER) -> str:
+        """The URL of a database, as ``--metadata`` takes it."""
+        return f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.port}/{database}"
+
+    def database(self, name: str | None = None) -> str:
+        """Make an empty database; its URL."""
+        import psycopg
+
+        name = name or f"test{next(_names)}"
+        with psycopg.connect(self.url(), autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        self.databases.append(name)
+        return self.url(name)
+
+    def sql(self, statement: str, database: str = SUPERUSER) -> list[tuple]:
+        """Run one statement as the superuser; its rows (none for a command)."""
+        import psycopg
+
+        with psycopg.connect(self.url(database), autocommit=True) as admin:
+            cursor = admin.execute(statement)
+            return cursor.fetchall() if cursor.description else []
+
+    def backend_pids(self) -> list[int]:
+        """The processes serving clients now (bench: their CPU time, from /proc)."""
+        rows = self.sql(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            " AND pid <> pg_backend_pid()"
+        )
+        return [row[0] for row in rows]
+
+    def restart(self) -> None:
+        """Stop (fast: connections are cut) and start again on the same port.
+
+        With ``-l``: a server started without it keeps pg_ctl's output pipe open.
+        """
+        self._pg("pg_ctl", "restart", "-w", "-t", str(PG_CTL_WAIT), "-m", "fast",
+                 "-D", str(self.data), "-l", str(self.log))
+
+    def stop(self) -> None:
+        """Stop the cluster (fast) and delete its folder."""
+        try:
+            self._pg("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data))
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,102 @@
+"""The loop's rounds on PostgreSQL: a round whose commit fails (its backend killed) is
+closed unanswered, and the next round is served on a new connection.
+
+The loop is driven by hand (``run_once``) in this thread, as in
+test_group_commit.py; the store is PostgreSQL, in a fresh database of the
+session's throwaway cluster (skipped without the binaries, but not in CI).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import psycopg
+import pytest
+
+from helpers import ANY_ID, RawClient, unique_name
+from protocol import ConnectionClosed, Register, Registered
+from server.app import App
+from server.limits import Limits
+from server.loop import Server, create_listener
+from server.storage.folder import FolderBlobs
+from server.storage.postgres.connect import APPLICATION_NAME
+from server.storage.postgres.store import PostgresMetadata
+
+pytestmark = pytest.mark.needed_in_ci
+
+ROUNDS = 200
+ROUND_PAUSE = 0.01
+CLIENTS = 3
+
+
+@pytest.fixture
+def looped(tmp_path, postgres_url):
+    limits = Limits(requests_per_address_per_round=0, durable_files_per_address_per_round=0)
+    db = PostgresMetadata.open(postgres_url)
+    server = Server(App.build(db, FolderBlobs(tmp_path), limits), create_listener("127.0.0.1", 0))
+    yield server, db, postgres_url
+    server.close()
+    db.close()
+
+
+def _run_until(server: Server, done) -> None:
+    for _ in range(ROUNDS):
+        server.run_once()
+        if done():
+            return
+        time.sleep(ROUND_PAUSE)
+    raise AssertionError("the loop never got there")
+
+
+def _names(url: str) -> list[str]:
+    with psycopg.connect(url) as db:
+        return [row[0] for row in db.execute("SELECT Name FROM clients ORDER BY Name")]
+
+
+def test_a_round_whose_commit_fails_is_closed_unanswered_and_the_next_is_served(
+    looped, monkeypatch
+):
+    server, db, url = looped
+    clients = [RawClient(server.address[:2]) for _ in range(CLIENTS)]
+    _run_until(server, lambda: len(server.channels) == CLIENTS)
+    real_finish = db.finish_round
+    killed = []
+
+    def finish_round(*, durable: bool) -> None:
+        if not killed:  # the database loses the connection as the round ends
+            with psycopg.connect(url, autocommit=True) as other:
+                killed.extend(other.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = %s AND datname = current_database()",
+                    (APPLICATION_NAME,)).fetchall())
+        real_finish(durable=durable)
+
+    monkeypatch.setattr(db, "finish_round", finish_round)
+    for client in clients:
+        client.send(Register(client_id=ANY_ID, name=unique_name()))
+    time.sleep(0.1)  # every request in the server's socket buffers: one round takes them
+    _run_until(server, lambda: not server.channels)
+    assert killed == [(True,)]
+    for client in clients:  # nothing answered: none of it is in the database
+        assert isinstance(client.receive(), ConnectionClosed)
+        client.close()
+    assert _names(url) == []
+    again = RawClient(server.address[:2])
+    name = unique_name()
+    again.send(Register(client_id=ANY_ID, name=name))
+    _run_until(server, lambda: _answered(again))
+    assert isinstance(again.receive(), Registered)
+    assert _names(url) == [name]
+    again.close()
+
+
+def _answered(client: RawClient) -> bool:
+    """Whether the server sent the client something (without reading it)."""
+    client.sock.setblocking(False)
+    try:
+        return bool(client.sock.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
+    finally:
+        client.sock.setblocking(True)

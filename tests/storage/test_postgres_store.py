@@ -1,0 +1,250 @@
+"""What the PostgreSQL store does beyond the contract suite: its round trips, its
+non-blocking round commit, a lost connection, its schema version, its URL.
+
+Against a throwaway cluster (tests/backends/postgres.py): skipped without the
+binaries, but not in CI.
+"""
+
+from __future__ import annotations
+
+import selectors
+import time
+
+import psycopg
+import pytest
+
+from server.errors import BadStoreUrl, StorageFault, StoreUnusable
+from server.storage.factory import metadata_url
+from server.storage.postgres import schema
+from server.storage.postgres.connect import APPLICATION_NAME
+from server.storage.postgres.store import PostgresMetadata, migrate_at
+
+pytestmark = pytest.mark.needed_in_ci
+
+ALICE = b"a" * 16
+BOB = b"b" * 16
+NOW = 1_700_000_000.0
+#: Seconds a poll of the commit's socket may wait before the test calls it stuck.
+POLL_TIMEOUT = 30
+
+
+@pytest.fixture
+def store(postgres_url):
+    opened = PostgresMetadata.open(postgres_url)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def observer(postgres_url):
+    """Another connection: what the store committed is what it sees."""
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        yield db
+
+
+def register(store: PostgresMetadata, client_id: bytes, name: str) -> None:
+    with store.transaction():
+        store.insert_client(client_id, name, NOW, "v3", "127.0.0.1")
+        store.set_binding(client_id, "127.0.0.1", NOW)
+
+
+def names(observer) -> list[str]:
+    return [row[0] for row in observer.execute("SELECT Name FROM clients ORDER BY Name")]
+
+
+def complete_polled(commit) -> int:
+    """Advance a round commit as the loop would: only when its socket is ready; the polls."""
+    polls = 0
+    with selectors.DefaultSelector() as selector:
+        while not commit.advance():
+            events = selectors.EVENT_WRITE if commit.wants_write else selectors.EVENT_READ
+            selector.register(commit.fileno(), events)
+            assert selector.select(POLL_TIMEOUT), "the commit's socket never became ready"
+            selector.unregister(commit.fileno())
+            polls += 1
+    return polls
+
+
+def test_a_requests_writes_ride_with_the_next_read_or_the_commit(store, observer):
+    register(store, ALICE, "alice")
+    store.finish_round(durable=True)
+    before = store.round_trips
+    with store.transaction():
+        store.set_keys(ALICE, b"public", b"k" * 32, NOW)
+        store.set_edition(ALICE, "2024A")
+        store.set_crc(ALICE, "crc32")
+        store.upsert_file(ALICE, b"f.txt", "p/f")
+        store.set_content(ALICE, b"f.txt", 10, 99)
+        store.note_seen(ALICE, NOW + 1)
+    with store.transaction():  # a read carries the writes before it
+        store.set_verified(ALICE, b"f.txt", True)
+        assert store.file_row(ALICE, b"f.txt").verified
+    with store.transaction():
+        store.set_binding(ALICE, "127.0.0.3", NOW + 2)
+    with store.transaction():  # reads only: no savepoint goes out
+        assert store.client_by_id(ALICE).edition == "2024A"
+    store.finish_round(durable=True)  # the last writes go with the COMMIT
+    assert store.round_trips - before == 3
+    assert observer.execute("SELECT Address FROM key_bindings").fetchall() == [("127.0.0.3",)]
+
+
+def test_an_ended_requests_write_that_fails_loses_the_round(store, observer):
+    register(store, ALICE, "alice")
+    store.finish_round(durable=True)
+    with store.transaction():
+        store.set_crc(ALICE, "crc32")
+    with store.transaction():  # out of bigint's range: refused when it goes out
+        store.set_content(ALICE, b"f.txt", 2**64, 1)
+    with pytest.raises(StorageFault, match="out of range"):
+        store.finish_round(durable=True)
+    assert observer.execute("SELECT Crc FROM clients").fetchall() == [("cksum",)]
+    with store.transaction():
+        store.set_crc(ALICE, "crc32")
+    with store.transaction():
+        store.set_content(ALICE, b"f.txt", 2**64, 1)
+    with pytest.raises(StorageFault, match="out of range"):  # found by the next request's read
+        with store.transaction():
+            store.client_by_id(ALICE)
+    with pytest.raises(StorageFault, match="rolled back"):  # none of the round may be answered
+        store.finish_round(durable=True)
+    register(store, BOB, "bob")  # the next round is fine
+    store.finish_round(durable=True)
+    assert observer.execute("SELECT Name, Crc FROM clients ORDER BY Name").fetchall() == [
+        ("alice", "cksum"), ("bob", "cksum")]
+
+
+def test_a_clients_row_and_binding_are_one_round_trip(store):
+    register(store, ALICE, "alice")
+    before = store.round_trips
+    client, binding = store.client_and_binding(ALICE)
+    assert (client.name, binding.address) == ("alice", "127.0.0.1")
+    assert store.round_trips - before == 1
+    with pytest.raises(ZeroDivisionError):
+        with store.transaction():
+            store.set_binding(ALICE, "127.0.0.10", NOW + 9)
+            assert store.client_and_binding(ALICE)[1].address == "127.0.0.10"
+            1 / 0
+    assert store.client_and_binding(ALICE)[1].address == "127.0.0.1"  # the failed request's is undone
+
+
+def test_the_round_commit_completes_as_its_socket_is_polled(store, observer):
+    register(store, ALICE, "alice")
+    register(store, BOB, "bob")
+    assert names(observer) == []  # the round is not committed yet
+    commit = store.begin_round_commit(durable=True)
+    assert commit is not None
+    complete_polled(commit)
+    assert names(observer) == ["alice", "bob"]
+    assert store.begin_round_commit(durable=True) is None  # nothing left to commit
+    with store.transaction():  # the next round begins on the same connection
+        store.set_crc(ALICE, "crc32")
+    store.finish_round(durable=True)
+    assert observer.execute("SELECT Crc FROM clients WHERE ID = %s", (ALICE,)).fetchone() == (
+        "crc32",)
+
+
+def kill_the_stores_backend(observer) -> None:
+    killed = observer.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = %s AND datname = current_database()", (APPLICATION_NAME,)
+    ).fetchall()
+    assert killed == [(True,)]
+
+
+def test_a_killed_backend_loses_the_round_and_the_store_serves_again(store, observer):
+    register(store, ALICE, "alice")
+    store.finish_round(durable=True)
+    register(store, BOB, "bob")
+    kill_the_stores_backend(observer)
+    with pytest.raises(StorageFault):
+        commit = store.begin_round_commit(durable=True)
+        assert commit is not None
+        complete_polled(commit)
+    assert names(observer) == ["alice"]  # bob's round is lost, unanswered
+    register(store, BOB, "bob")  # connects again by itself
+    store.finish_round(durable=True)
+    assert names(observer) == ["alice", "bob"]
+
+
+def test_a_backend_killed_mid_round_fails_the_round_at_its_end(store, observer):
+    register(store, ALICE, "alice")
+    kill_the_stores_backend(observer)
+    with pytest.raises(StorageFault):
+        register(store, BOB, "bob")
+    with pytest.raises(StorageFault):  # alice's writes went with the connection
+        store.finish_round(durable=True)
+    assert names(observer) == []
+    register(store, ALICE, "alice")
+    store.finish_round(durable=True)
+    assert names(observer) == ["alice"]
+
+
+def test_the_schema_version_is_recorded_and_migrating_again_changes_nothing(
+    store, observer, postgres_url
+):
+    assert observer.execute("SELECT Version FROM schema_version").fetchall() == [
+        (schema.SCHEMA_VERSION,)]
+    assert migrate_at(postgres_url) == (schema.SCHEMA_VERSION, schema.SCHEMA_VERSION)
+    assert observer.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
+
+
+def test_a_schema_newer_than_the_servers_is_refused_untouched(store, observer, postgres_url):
+    observer.execute("UPDATE schema_version SET Version = %s", (schema.SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreUnusable, match="newer than this server's"):
+        PostgresMetadata.open(postgres_url)
+    assert observer.execute("SELECT Version FROM schema_version").fetchone() == (
+        schema.SCHEMA_VERSION + 1,)
+
+
+def test_counts_follow_a_changed_address_grouping_at_open(store, postgres_url):
+    register(store, ALICE, "alice")
+    register(store, BOB, "bob")
+    store.finish_round(durable=True)
+    regrouped = PostgresMetadata.open(postgres_url, group_of=lambda address: "one group")
+    try:
+        assert regrouped.count_clients("one group") == 2 and regrouped.count_clients() == 2
+    finally:
+        regrouped.close()
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://cipherdrop:s3cret@db.example/cipherdrop",
+    "postgresql://db.example/cipherdrop?password=s3cret&sslmode=require",
+])
+def test_a_url_with_a_password_is_refused_saying_where_it_goes(tmp_path, url):
+    with pytest.raises(BadStoreUrl) as refused:
+        metadata_url(url, tmp_path)
+    message = str(refused.value)
+    assert "s3cret" not in message and "~/.pgpass" in message and "PGPASSWORD" in message
+    assert "\n" not in message
+
+
+def test_a_database_that_refuses_is_unusable_with_the_reason(postgres_cluster):
+    url = postgres_cluster.url("no_such_database")
+    with pytest.raises(StoreUnusable, match='database "no_such_database" does not exist'):
+        PostgresMetadata.open(url)
+
+
+def test_a_database_away_is_tried_once_per_interval_and_used_again_when_back(
+    store, observer, postgres_cluster, monkeypatch
+):
+    from server.storage.postgres import store as store_module
+
+    monkeypatch.setattr(store_module, "RECONNECT_INTERVAL", 0.2)
+    register(store, ALICE, "alice")
+    store.finish_round(durable=True)
+    database = observer.execute("SELECT current_database()").fetchone()[0]
+    kill_the_stores_backend(observer)
+    allow = 'ALTER DATABASE "{}" ALLOW_CONNECTIONS {}'
+    postgres_cluster.sql(allow.format(database, "false"))  # from another database
+    try:
+        with pytest.raises(StorageFault, match="terminating connection"):  # found lost
+            store.client_by_id(ALICE)
+        with pytest.raises(StorageFault, match="not currently accepting connections"):
+            store.client_by_id(ALICE)
+        with pytest.raises(StorageFault, match="trying again shortly"):  # no new attempt yet
+            store.client_by_id(ALICE)
+    finally:
+        postgres_cluster.sql(allow.format(database, "true"))
+    time.sleep(0.3)
+    assert store.client_by_id(ALICE).name == "alice"
