@@ -24,7 +24,8 @@ from protocol.printable import quoted
 
 from .errors import StorageFault
 from .outcome import InstallTicket
-from .storage import BlobStore, BlobWriter, MetadataStore, commit
+from .storage import BlobStore, BlobWriter, MetadataStore, RoundCommit, commit
+from .storage.base import wait_for
 from .timers import Timer, Timers
 
 if TYPE_CHECKING:
@@ -76,23 +77,48 @@ class RoundInstalls:
         self._owed: dict[Upload, _Publish] = {}
         #: The next retry of the owed publishes, while any is owed.
         self._owed_timer: Timer | None = None
+        #: Whether the round being committed is made durable (its blobs are then published).
+        self._durable = False
+
+    def begin_round(self, *, durable: bool) -> RoundCommit | None:
+        """Start committing the round (durably if asked, or if blobs wait).
+
+        None: committed already; else the loop waits for the commit through
+        its selector, then calls :meth:`round_committed` (or, if the commit
+        raised, :meth:`abandon_first_uploads`).
+
+        Raises:
+            StorageFault: the round is lost; none of its answers may go out
+                (its first uploads are abandoned).
+        """
+        self._durable = durable or self.installs_waiting
+        try:
+            return self._metadata.begin_round_commit(durable=self._durable)
+        except StorageFault:
+            self.abandon_first_uploads()
+            raise
+
+    def round_committed(self) -> AbstractSet[InstallTicket]:
+        """The round's commit is done: publish its blobs if it was durable.
+
+        Returns the tickets of the files that could not be published: their
+        answers become 1607 (:meth:`Session.release`).
+        """
+        return self.install_first_uploads() if self._durable else set()
 
     def end_round(self, *, durable: bool) -> AbstractSet[InstallTicket]:
-        """Commit the round (durably if asked, or if blobs wait); then publish them.
-
-        Returns the tickets of the files that could not be
-        published: their answers become 1607 (:meth:`Session.release`).
+        """:meth:`begin_round`, waited for, then :meth:`round_committed` (tests, tools).
 
         Raises:
             StorageFault: the round is lost; none of its answers may go out.
         """
-        durable = durable or self.installs_waiting
+        commit = self.begin_round(durable=durable)
         try:
-            self._metadata.finish_round(durable=durable)
+            wait_for(commit)
         except StorageFault:
             self.abandon_first_uploads()
             raise
-        return self.install_first_uploads() if durable else set()
+        return self.round_committed()
 
     def wait(self, upload: Upload, writer: BlobWriter, path_name: str) -> _Publish:
         """A first upload's row is in the round: it is published at the round's end."""

@@ -71,6 +71,8 @@ from .outcome import InstallTicket
 from .peer import Peer
 from .phases import Receiving, Upload
 from .session import Session
+from .storage import RoundCommit
+from .storage.base import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +167,29 @@ def _release(channel: Channel, unstored: AbstractSet[InstallTicket]) -> None:
     channel.send_answers()
 
 
+class _RoundInFlight:
+    """A round whose commit is under way: what the loop waits on, and whom it answers then.
+
+    It stands in the selector for the commit's descriptor (a file object).
+    """
+
+    def __init__(self, commit: RoundCommit, answering: list[Channel], started: float) -> None:
+        self.commit = commit
+        self.answering = answering
+        self.started = started
+        #: The selector interest registered now.
+        self.registered = self.interest
+
+    def fileno(self) -> int:
+        """The commit's descriptor."""
+        return self.commit.fileno()
+
+    @property
+    def interest(self) -> int:
+        """The selector event the commit waits for."""
+        return selectors.EVENT_WRITE if self.commit.wants_write else selectors.EVENT_READ
+
+
 class Server:
     """Accepts connections and runs every channel's I/O and timers."""
 
@@ -198,6 +223,8 @@ class Server:
         self._parked: dict[Channel, None] = {}
         #: Channels whose answers wait for this round's end.
         self._answering: list[Channel] = []
+        #: The round whose commit is under way, if any: no request is handled meanwhile.
+        self._round: _RoundInFlight | None = None
         self._silent_closed = 0
         self._open_mark = 0
         self._summary_since = app.monotonic()
@@ -238,7 +265,12 @@ class Server:
             self.close()
 
     def run_once(self) -> None:
-        """One select() round: a turn for each backlogged channel, then the ready ones, timers."""
+        """One select() round: a turn for each backlogged channel, then the ready ones, timers;
+        then the round's commit begins (:meth:`_end_round`). While it is under way, a round
+        serves sockets only (:meth:`_serve_while_committing`)."""
+        if self._round is not None:
+            self._serve_while_committing(self._round)
+            return
         # Resumed channels may join the backlog again.
         backlog = [*self._deferred, *self._backlog]
         self._deferred.clear()
@@ -258,24 +290,93 @@ class Server:
         resumed = set(backlog)  # had their turn this round
         for key, mask in ready:
             self._handle(key.data, mask, turn, resumed)
-        due = self.app.timers.due()  # earliest first
+        self._run_timers()
+        self._end_round()
+        self.app.metrics.loop_round(self.app.monotonic() - woke)
+
+    def _serve_while_committing(self, in_flight: _RoundInFlight) -> None:
+        """A round whose commit is under way: socket I/O and timers that call no store.
+
+        Channels that become readable are deferred (no request is handled:
+        the store is busy); they are resumed first once the round is over.
+        The commit's own descriptor is advanced last.
+        """
+        timeout = self.app.timers.timeout(MAX_SELECT_TIMEOUT, storage=False)
+        ready = self._selector.select(timeout)
+        commit_ready = False
+        for key, mask in ready:
+            if key.data is in_flight:
+                commit_ready = True
+            else:
+                self._handle(key.data, mask, SHARED_TURN_SIZE, set())
+        self._run_timers()
+        if commit_ready:
+            self._advance_commit(in_flight)
+
+    def _run_timers(self) -> None:
+        """Run the due timers; while a commit is under way, only those that call no store."""
+        due = self.app.timers.due(storage=self._round is None)  # earliest first
         if due:
             self.app.metrics.loop_lag(self.app.monotonic() - due[0].when)
         for timer in due:
             if timer.callback is not None:  # set: due() returns live timers only
                 self._run_guarded(timer.callback)
-        self._send_answers()
-        self.app.metrics.loop_round(self.app.monotonic() - woke)
 
-    def _send_answers(self) -> None:
-        """Group commit: one commit and sync for the round, then every answer it holds back."""
+    def _end_round(self) -> None:
+        """Group commit: begin the round's commit; its held answers go out once it is done.
+
+        A commit that completes later (a :class:`RoundCommit`) is waited for
+        through the selector (:meth:`_serve_while_committing`).
+        """
         answering, self._answering = self._answering, []
         started = self.app.monotonic()
         try:
-            unstored = self.app.end_round(durable=bool(answering))
-            if answering:
-                self.app.metrics.storage_commit(self.app.monotonic() - started)
-        except DurabilityLost as exc:
+            commit = self.app.begin_round(durable=bool(answering))
+        except StorageFault as exc:
+            self._round_failed(answering, exc)
+            return
+        in_flight = _RoundInFlight(commit, answering, started) if commit is not None else None
+        if in_flight is None:
+            self._round_durable(answering, started)
+            return
+        self._round = in_flight
+        self._selector.register(in_flight, in_flight.interest, in_flight)
+        self._advance_commit(in_flight)
+
+    def _advance_commit(self, in_flight: _RoundInFlight) -> None:
+        """Advance the round's commit; once done, send the round's answers."""
+        try:
+            done = in_flight.commit.advance()
+        except StorageFault as exc:
+            self._commit_over(in_flight)
+            self.app.round_lost()
+            self._round_failed(in_flight.answering, exc)
+            return
+        if not done:
+            interest = in_flight.interest
+            if interest != in_flight.registered:
+                self._selector.modify(in_flight, interest, in_flight)
+                in_flight.registered = interest
+            return
+        self._commit_over(in_flight)
+        self._round_durable(in_flight.answering, in_flight.started)
+
+    def _commit_over(self, in_flight: _RoundInFlight) -> None:
+        self._selector.unregister(in_flight)
+        self._round = None
+
+    def _round_durable(self, answering: list[Channel], started: float) -> None:
+        """The round is committed (durable if it had answers): publish, then answer."""
+        unstored = self.app.round_committed()
+        if answering:
+            self.app.metrics.storage_commit(self.app.monotonic() - started)
+        for channel in answering:
+            if not channel.closed:
+                serve(channel, functools.partial(_release, channel, unstored))
+
+    def _round_failed(self, answering: list[Channel], exc: StorageFault) -> None:
+        """The round is lost: its connections close unanswered; DurabilityLost stops the loop."""
+        if isinstance(exc, DurabilityLost):
             log.critical(
                 "cannot make this round's commits durable (%s): stopping; %d connection(s)"
                 " closed unanswered. Nothing can be answered on this database any more;"
@@ -285,17 +386,27 @@ class Server:
             self.durability_lost = exc
             self._stopping = True
             return
-        except StorageFault as exc:
-            if not answering:
-                log.error("cannot commit this round's writes: %s", exc)
-                return
-            log.error("cannot make this round's commits durable (%s): %d connection(s)"
-                      " closed unanswered", exc, len(answering))
-            self._close_unanswered(answering)
+        if not answering:
+            log.error("cannot commit this round's writes: %s", exc)
             return
-        for channel in answering:
-            if not channel.closed:
-                serve(channel, functools.partial(_release, channel, unstored))
+        log.error("cannot make this round's commits durable (%s): %d connection(s)"
+                  " closed unanswered", exc, len(answering))
+        self._close_unanswered(answering)
+
+    def _wait_for_round(self) -> None:
+        """Block until the round's commit under way is over (the server stops)."""
+        in_flight = self._round
+        if in_flight is None:
+            return
+        try:
+            wait_for(in_flight.commit)
+        except StorageFault as exc:
+            self._commit_over(in_flight)
+            self.app.round_lost()
+            self._round_failed(in_flight.answering, exc)
+            return
+        self._commit_over(in_flight)
+        self._round_durable(in_flight.answering, in_flight.started)
 
     @staticmethod
     def _close_unanswered(answering: list[Channel]) -> None:
@@ -375,7 +486,9 @@ class Server:
         if self._accepting:
             self._selector.unregister(self.listener)
             self._accepting = False
-            self.app.timers.call_later(ACCEPT_PAUSE, self._resume_accepting)
+            self.app.timers.call_later(
+                ACCEPT_PAUSE, self._resume_accepting, touches_storage=False
+            )
 
     def _resume_accepting(self) -> None:
         if not self._accepting and not self._stopping and self._drain_started is None:
@@ -395,6 +508,8 @@ class Server:
         A channel whose blob is behind is parked: neither read nor stepped
         until the blob port says the blob caught up.
         """
+        if self._round is not None:
+            return False  # the store is busy: the loop resumes it after the commit
         behind = self.app.uploads.storage_behind(channel.peer)
         if behind is not None:
             self._parked[channel] = None
@@ -414,7 +529,7 @@ class Server:
         self.app.shares.request_handled(channel.peer.group)
 
     def hold_answers(self, channel: Channel) -> None:
-        """Send the channel's answers at this round's end (:meth:`_send_answers`)."""
+        """Send the channel's answers once this round is committed (:meth:`_end_round`)."""
         self._answering.append(channel)
 
     def wants_turn(self, channel: Channel) -> None:
@@ -473,7 +588,9 @@ class Server:
         if self._drain_started is None:
             self._drain_started = self.app.monotonic()
             self._stop_accepting()
-            self.app.timers.call_later(self.app.limits.drain_timeout, self._end_drain)
+            self.app.timers.call_later(
+                self.app.limits.drain_timeout, self._end_drain, touches_storage=False
+            )
             log.info(
                 "stop asked: draining %d connection(s) for up to %g s (a second signal stops now)",
                 len(self.channels), self.app.limits.drain_timeout,
@@ -522,6 +639,7 @@ class Server:
         if self._closed_down:
             return
         self._closed_down = True
+        self._wait_for_round()
         self._stop_accepting()
         for channel in list(self.channels):
             channel.close("server stopping")
