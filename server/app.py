@@ -141,6 +141,12 @@ class App:
         self._drop_closed()
         return unstored
 
+    @property
+    def blob_work_pending(self) -> AbstractSet[InstallTicket]:
+        """The tickets whose blob the blob port's worker still seals or publishes: their
+        answers stay held (:meth:`Session.release`)."""
+        return self.uploads.installs.pending
+
     def round_lost(self) -> None:
         """The round's commit failed: none of its first uploads is stored."""
         self.committing = False
@@ -207,7 +213,9 @@ class App:
     def _sweep_log_periodically(self) -> None:
         """Count the lines of floods that fell silent (their next line would have)."""
         self.log_limiter.sweep()
-        self.timers.call_later(self.limits.log_rate_interval, self._sweep_log_periodically)
+        self.timers.call_later(
+            self.limits.log_rate_interval, self._sweep_log_periodically, touches_storage=False
+        )
 
     @classmethod
     def build(
@@ -249,7 +257,9 @@ class App:
         timers.call_later(PURGE_INTERVAL, app._purge_periodically)
         timers.call_later(GARBAGE_GRACE, app._sweep_garbage_periodically)
         if limits.log_lines_per_address:
-            timers.call_later(limits.log_rate_interval, app._sweep_log_periodically)
+            timers.call_later(
+                limits.log_rate_interval, app._sweep_log_periodically, touches_storage=False
+            )
         return app
 
     def monotonic(self) -> float:

@@ -17,15 +17,25 @@ it whether it may take another request, for another turn, and to hold its
 answers; the loop owns the rounds and ends each one.
 
 Group commit: a round's requests commit without an fsync each; at the end of
-the round one :meth:`~server.storage.base.MetadataStore.sync` makes them all
-durable, and only then do the round's answers go out (channels report them
-through :meth:`Server.hold_answers`); a name's first upload takes its name
-between the two (:meth:`App.end_round`), and the answer of one that could
-not becomes a 1607 as the loop releases the session's held answers
-(:meth:`~server.session.Session.release`). If the commit fails, those
-answers are never sent: their connections are closed, and the clients ask
-again. If the fsync fails (:class:`~server.errors.DurabilityLost`), the
-server stops as well: no later answer could rest on that database.
+the round (:meth:`Server._end_round`) one commit of the metadata store
+makes them all durable, and only then do the round's answers go out
+(channels report them through :meth:`Server.hold_answers`); a name's first
+upload is published between the two (:meth:`App.round_committed`), and the
+answer of one that could not be becomes a 1607 as the loop releases the
+session's held answers (:meth:`~server.session.Session.release`). The
+commit completes later: :meth:`App.begin_round` hands back a
+:class:`~server.storage.base.RoundCommit` (SQLite: its COMMIT done here, the
+WAL's fsync in a worker), whose descriptor the loop watches in its selector
+(:meth:`Server._serve_while_committing`): meanwhile it accepts, sends
+answers already released and runs the timers that call no store, but
+handles no request (readable channels are deferred to the next round) and
+calls nothing of the store. If the commit fails, the round's answers are
+never sent: their connections are closed, and the clients ask again. If
+the fsync fails (:class:`~server.errors.DurabilityLost`), the server stops
+as well: no later answer could rest on that database. An answer that
+reports a blob the blob port's worker still seals or publishes (a store
+with ``slow_writes``, server/blobport.py) stays held until the worker is
+done, and goes out at the end of the round in which it is.
 
 A channel whose turn ended with requests still buffered is in the backlog:
 each round resumes it, and select() does not sleep while the backlog is not
@@ -161,9 +171,12 @@ def serve(channel: Channel, action: Callable[[], None]) -> None:
         channel.fail()
 
 
-def _release(channel: Channel, unstored: AbstractSet[InstallTicket]) -> None:
-    """The round is durable: queue the channel's held answers (1607 for ``unstored``), send."""
-    channel.session.release(unstored)
+def _release(
+    channel: Channel, unstored: AbstractSet[InstallTicket], pending: AbstractSet[InstallTicket]
+) -> None:
+    """The round is durable: queue the channel's held answers (1607 for ``unstored``; from
+    the first that reports a blob still ``pending`` on, they stay held), send."""
+    channel.session.release(unstored, pending)
     channel.send_answers()
 
 
@@ -214,7 +227,7 @@ class Server:
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
         self._selector.register(listener, selectors.EVENT_READ, self._accept)
         #: Blob writes finish in the port's worker; it wakes the loop through this.
-        self._selector.register(app.uploads.port, selectors.EVENT_READ, app.uploads.port.on_ready)
+        self._selector.register(app.uploads.port, selectors.EVENT_READ, self._blobs_ready)
         self._accepting = True
         #: Channels to resume next round (ordered sets): deferred ones first.
         self._deferred: dict[Channel, None] = {}
@@ -225,6 +238,8 @@ class Server:
         self._answering: list[Channel] = []
         #: The round whose commit is under way, if any: no request is handled meanwhile.
         self._round: _RoundInFlight | None = None
+        #: Channels whose held answers wait for the blob port's worker (a seal, a publish).
+        self._awaiting_blobs: dict[Channel, None] = {}
         self._silent_closed = 0
         self._open_mark = 0
         self._summary_since = app.monotonic()
@@ -271,6 +286,7 @@ class Server:
         if self._round is not None:
             self._serve_while_committing(self._round)
             return
+        self._blob_jobs_done()  # those done while a commit was under way
         # Resumed channels may join the backlog again.
         backlog = [*self._deferred, *self._backlog]
         self._deferred.clear()
@@ -368,11 +384,29 @@ class Server:
     def _round_durable(self, answering: list[Channel], started: float) -> None:
         """The round is committed (durable if it had answers): publish, then answer."""
         unstored = self.app.round_committed()
+        pending = self.app.blob_work_pending
         if answering:
             self.app.metrics.storage_commit(self.app.monotonic() - started)
         for channel in answering:
             if not channel.closed:
-                serve(channel, functools.partial(_release, channel, unstored))
+                serve(channel, functools.partial(_release, channel, unstored, pending))
+                if channel.session.holds_answers and not channel.closed:
+                    self._awaiting_blobs[channel] = None
+
+    def _blobs_ready(self) -> None:
+        """The blob port's worker caught up or finished jobs (server/blobport.py)."""
+        self.app.uploads.port.on_ready()
+        if self._round is None:
+            self._blob_jobs_done()
+
+    def _blob_jobs_done(self) -> None:
+        """Finish the blob jobs the worker is done with (the stores free); the answers that
+        waited on them go out at this round's end."""
+        if self.app.uploads.port.run_finished():
+            waiting, self._awaiting_blobs = self._awaiting_blobs, {}
+            for channel in waiting:
+                if not channel.closed:
+                    self.hold_answers(channel)
 
     def _round_failed(self, answering: list[Channel], exc: StorageFault) -> None:
         """The round is lost: its connections close unanswered; DurabilityLost stops the loop."""
@@ -548,6 +582,7 @@ class Server:
         self._backlog.pop(channel, None)
         self._deferred.pop(channel, None)
         self._parked.pop(channel, None)
+        self._awaiting_blobs.pop(channel, None)
         if channel.silent:
             self._silent_closed += 1
         self._per_address.closed(channel.peer)
