@@ -183,15 +183,17 @@ def _release(
 class _RoundInFlight:
     """A round whose commit is under way: what the loop waits on, and whom it answers then.
 
-    It stands in the selector for the commit's descriptor (a file object).
+    It stands in the selector for the commit's descriptor (a file object),
+    while the commit is under way only: a commit's descriptor may be closed
+    once it is done, and its number reused.
     """
 
     def __init__(self, commit: RoundCommit, answering: list[Channel], started: float) -> None:
         self.commit = commit
         self.answering = answering
         self.started = started
-        #: The selector interest registered now.
-        self.registered = self.interest
+        #: The selector interest registered (0: not registered yet).
+        self.registered = 0
 
     def fileno(self) -> int:
         """The commit's descriptor."""
@@ -356,7 +358,6 @@ class Server:
             self._round_durable(answering, started)
             return
         self._round = in_flight
-        self._selector.register(in_flight, in_flight.interest, in_flight)
         self._advance_commit(in_flight)
 
     def _advance_commit(self, in_flight: _RoundInFlight) -> None:
@@ -364,22 +365,28 @@ class Server:
         try:
             done = in_flight.commit.advance()
         except StorageFault as exc:
-            self._commit_over(in_flight)
-            self.app.round_lost()
-            self._round_failed(in_flight.answering, exc)
+            self._commit_over(in_flight, exc)
             return
         if not done:
             interest = in_flight.interest
-            if interest != in_flight.registered:
+            if not in_flight.registered:
+                self._selector.register(in_flight, interest, in_flight)
+            elif interest != in_flight.registered:
                 self._selector.modify(in_flight, interest, in_flight)
-                in_flight.registered = interest
+            in_flight.registered = interest
             return
-        self._commit_over(in_flight)
-        self._round_durable(in_flight.answering, in_flight.started)
+        self._commit_over(in_flight, None)
 
-    def _commit_over(self, in_flight: _RoundInFlight) -> None:
-        self._selector.unregister(in_flight)
+    def _commit_over(self, in_flight: _RoundInFlight, failure: StorageFault | None) -> None:
+        """The round's commit is done (``failure`` None) or lost: answer, or close unanswered."""
+        if in_flight.registered:
+            self._selector.unregister(in_flight)
         self._round = None
+        if failure is None:
+            self._round_durable(in_flight.answering, in_flight.started)
+            return
+        self.app.round_lost()
+        self._round_failed(in_flight.answering, failure)
 
     def _round_durable(self, answering: list[Channel], started: float) -> None:
         """The round is committed (durable if it had answers): publish, then answer."""
@@ -435,12 +442,9 @@ class Server:
         try:
             wait_for(in_flight.commit)
         except StorageFault as exc:
-            self._commit_over(in_flight)
-            self.app.round_lost()
-            self._round_failed(in_flight.answering, exc)
+            self._commit_over(in_flight, exc)
             return
-        self._commit_over(in_flight)
-        self._round_durable(in_flight.answering, in_flight.started)
+        self._commit_over(in_flight, None)
 
     @staticmethod
     def _close_unanswered(answering: list[Channel]) -> None:

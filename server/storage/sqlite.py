@@ -371,13 +371,15 @@ class _WalSyncer:
         self._jobs.put(True)
 
     def finished(self) -> bool:
-        """Whether the sync asked last is done (its wake-up byte is read off)."""
+        """Whether the sync asked last is done (then its wake-up byte, sent before, is read
+        off: one system call, none while it is not done)."""
+        if not self._finished.is_set():
+            return False
         try:
-            while self._wake_r.recv(_WAKE_READ):
-                pass
+            self._wake_r.recv(_WAKE_READ)
         except (BlockingIOError, InterruptedError):
             pass
-        return self._finished.is_set()
+        return True
 
     def _work(self) -> None:
         while self._jobs.get():
@@ -385,11 +387,11 @@ class _WalSyncer:
                 self._sync()
             except OSError as exc:
                 self.error = exc
-            self._finished.set()
             try:
                 self._wake_w.send(b"\0")
             except OSError:  # closed meanwhile: nobody waits any more
                 pass
+            self._finished.set()  # after the byte: finished() finds it to read off
 
     def close(self) -> None:
         """End the thread (after the sync under way) and close the socketpair."""
