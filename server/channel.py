@@ -406,15 +406,8 @@ class Channel:
             interest |= selectors.EVENT_READ
         if self._out and not self._answers_held:  # else the loop sends them
             interest |= selectors.EVENT_WRITE
-        if interest != self._interest:
-            # No interest (deferred, nothing to send): out of the selector, so
-            # that a socket with input waiting does not wake the loop again and again.
-            if not interest:
-                self._selector.unregister(self.sock)
-            elif not self._interest:
-                self._selector.register(self.sock, interest, self)
-            else:
-                self._selector.modify(self.sock, interest, self)
+        if interest and interest != self._interest:
+            self._selector.modify(self.sock, interest, self)
             self._interest = interest
         self._arm_timer()
 

@@ -26,10 +26,10 @@ session's held answers (:meth:`~server.session.Session.release`). The
 commit completes later: :meth:`App.begin_round` hands back a
 :class:`~server.storage.base.RoundCommit` (SQLite: its COMMIT done here, the
 WAL's fsync in a worker), whose descriptor the loop watches in its selector
-(:meth:`Server._serve_while_committing`): meanwhile it accepts, sends
-answers already released and runs the timers that call no store, but
-handles no request (readable channels are deferred to the next round) and
-calls nothing of the store. If the commit fails, the round's answers are
+(:meth:`Server._serve_while_committing`): meanwhile it accepts, takes
+wake-ups and the blob port's reports, and runs the timers that call no
+store, but handles no request (what connections send waits in the kernel
+until the next round) and calls nothing of the store. If the commit fails, the round's answers are
 never sent: their connections are closed, and the clients ask again. If
 the fsync fails (:class:`~server.errors.DurabilityLost`), the server stops
 as well: no later answer could rest on that database. An answer that
@@ -180,20 +180,21 @@ def _release(
     channel.send_answers()
 
 
-class _RoundInFlight:
-    """A round whose commit is under way: what the loop waits on, and whom it answers then.
+def _waiting_selector() -> selectors.BaseSelector:
+    """A selector whose registrations are no system calls (poll, else select): the loop
+    makes one per turn while a round's commit is under way."""
+    if hasattr(selectors, "PollSelector"):
+        return selectors.PollSelector()
+    return selectors.SelectSelector()
 
-    It stands in the selector for the commit's descriptor (a file object),
-    while the commit is under way only: a commit's descriptor may be closed
-    once it is done, and its number reused.
-    """
+
+class _RoundInFlight:
+    """A round whose commit is under way: what the loop waits on, and whom it answers then."""
 
     def __init__(self, commit: RoundCommit, answering: list[Channel], started: float) -> None:
         self.commit = commit
         self.answering = answering
         self.started = started
-        #: The selector interest registered (0: not registered yet).
-        self.registered = 0
 
     def fileno(self) -> int:
         """The commit's descriptor."""
@@ -313,20 +314,30 @@ class Server:
         self.app.metrics.loop_round(self.app.monotonic() - woke)
 
     def _serve_while_committing(self, in_flight: _RoundInFlight) -> None:
-        """A round whose commit is under way: socket I/O and timers that call no store.
+        """A round whose commit is under way: accept, wake-ups, blob port, and the timers
+        that call no store, until the commit's descriptor is ready.
 
-        Channels that become readable are deferred (no request is handled:
-        the store is busy); they are resumed first once the round is over.
-        The commit's own descriptor is advanced last.
+        The loop waits on a selector of its own then (:func:`_waiting_selector`,
+        made for the round: no system call to set up), so that the
+        connections, whose requests wait for the next round, do not wake it:
+        they stay in the main selector, and it reports them once the round is
+        over.
         """
+        waiting = _waiting_selector()
+        waiting.register(in_flight.fileno(), in_flight.interest, in_flight)
+        waiting.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
+        waiting.register(self.app.uploads.port, selectors.EVENT_READ, self._blobs_ready)
+        if self._accepting:
+            waiting.register(self.listener, selectors.EVENT_READ, self._accept)
         timeout = self.app.timers.timeout(MAX_SELECT_TIMEOUT, storage=False)
-        ready = self._selector.select(timeout)
+        ready = waiting.select(timeout)
+        waiting.close()
         commit_ready = False
-        for key, mask in ready:
+        for key, _ in ready:
             if key.data is in_flight:
                 commit_ready = True
             else:
-                self._handle(key.data, mask, SHARED_TURN_SIZE, set())
+                self._run_guarded(key.data)
         self._run_timers()
         if commit_ready:
             self._advance_commit(in_flight)
@@ -368,19 +379,11 @@ class Server:
             self._commit_over(in_flight, exc)
             return
         if not done:
-            interest = in_flight.interest
-            if not in_flight.registered:
-                self._selector.register(in_flight, interest, in_flight)
-            elif interest != in_flight.registered:
-                self._selector.modify(in_flight, interest, in_flight)
-            in_flight.registered = interest
-            return
+            return  # waited for in the next turn (wants_write says how)
         self._commit_over(in_flight, None)
 
     def _commit_over(self, in_flight: _RoundInFlight, failure: StorageFault | None) -> None:
         """The round's commit is done (``failure`` None) or lost: answer, or close unanswered."""
-        if in_flight.registered:
-            self._selector.unregister(in_flight)
         self._round = None
         if failure is None:
             self._round_durable(in_flight.answering, in_flight.started)

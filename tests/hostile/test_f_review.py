@@ -210,9 +210,7 @@ def test_f10_a_turn_handles_a_bounded_number_of_requests_in_process(tmp_path):
     server = Server(app, create_listener("127.0.0.1", 0))
     timeouts = []
     select = server._selector.select
-    # A turn while a round's commit is under way waits for it in select(): not a sleep.
-    server._selector.select = lambda timeout=None: (
-        timeouts.append(0 if server._round is not None else timeout), select(timeout))[1]
+    server._selector.select = lambda timeout=None: (timeouts.append(timeout), select(timeout))[1]
     try:
         client = RawClient(server.address[:2])
         while not server.channels:
