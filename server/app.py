@@ -17,7 +17,7 @@ from .peer import Peer, address_group
 from .rate import RegistrationLimiter
 from .reads import RequestReads
 from .shares import RoundShares
-from .storage import BlobStore, MetadataStore
+from .storage import BlobStore, MetadataStore, RoundCommit
 from .storage.sweep import GARBAGE_GRACE, Sweeper
 from .timers import Timers
 from .upload import Uploads
@@ -92,14 +92,25 @@ class App:
     live_registrations: LiveRegistrations = field(default_factory=LiveRegistrations)
     #: What the loop, the sessions and the budget report to (server/metrics.py).
     metrics: Metrics = NO_METRICS
+    #: A round's commit is under way (:meth:`begin_round`): the store may not be called.
+    committing: bool = False
+    _closed_while_committing: list[Peer] = field(default_factory=list)
 
     def connection_closed(self, peer: Peer) -> None:
-        """A connection closed: drop the uploads and registrations it was holding."""
-        self.uploads.connection_closed(peer)
+        """A connection closed: drop the uploads and registrations it was holding.
+
+        While a round's commit is under way the store may not be called
+        (:meth:`begin_round`): its uploads are dropped once the commit is done.
+        """
         self.live_registrations.connection_closed(peer)
+        if self.committing:
+            self._closed_while_committing.append(peer)
+        else:
+            self.uploads.connection_closed(peer)
 
     def end_round(self, *, durable: bool) -> AbstractSet[InstallTicket]:
-        """Commit the round, then install its first uploads (:meth:`RoundInstalls.end_round`).
+        """Commit the round, then install its first uploads (:meth:`RoundInstalls.end_round`),
+        waited for (tests; the loop uses :meth:`begin_round`).
 
         Returns the tickets of the first uploads that could not take their
         names: their answers become 1607 (:meth:`Session.release`).
@@ -108,6 +119,45 @@ class App:
             StorageFault: the round is lost; none of its answers may go out.
         """
         return self.uploads.installs.end_round(durable=durable)
+
+    def begin_round(self, *, durable: bool) -> RoundCommit | None:
+        """Start the round's commit (:meth:`RoundInstalls.begin_round`).
+
+        If a :class:`RoundCommit` comes back, nothing may call the store until
+        it is done: then :meth:`round_committed`, or :meth:`round_lost` if it raised.
+
+        Raises:
+            StorageFault: the round is lost; none of its answers may go out.
+        """
+        commit = self.uploads.installs.begin_round(durable=durable)
+        self.committing = commit is not None
+        return commit
+
+    def round_committed(self) -> AbstractSet[InstallTicket]:
+        """The round's commit is done: publish its blobs; return the tickets of those that
+        could not be (their answers become 1607)."""
+        self.committing = False
+        unstored = self.uploads.installs.round_committed()
+        self._drop_closed()
+        return unstored
+
+    @property
+    def blob_work_pending(self) -> AbstractSet[InstallTicket]:
+        """The tickets whose blob the blob port's worker still seals or publishes: their
+        answers stay held (:meth:`Session.release`)."""
+        return self.uploads.installs.pending
+
+    def round_lost(self) -> None:
+        """The round's commit failed: none of its first uploads is stored."""
+        self.committing = False
+        self.uploads.installs.abandon_first_uploads()
+        self._drop_closed()
+
+    def _drop_closed(self) -> None:
+        """The store may be called again: drop what connections closed meanwhile held."""
+        closed, self._closed_while_committing = self._closed_while_committing, []
+        for peer in closed:
+            self.uploads.connection_closed(peer)
 
     @property
     def client_share(self) -> int:
@@ -163,7 +213,9 @@ class App:
     def _sweep_log_periodically(self) -> None:
         """Count the lines of floods that fell silent (their next line would have)."""
         self.log_limiter.sweep()
-        self.timers.call_later(self.limits.log_rate_interval, self._sweep_log_periodically)
+        self.timers.call_later(
+            self.limits.log_rate_interval, self._sweep_log_periodically, touches_storage=False
+        )
 
     @classmethod
     def build(
@@ -205,7 +257,9 @@ class App:
         timers.call_later(PURGE_INTERVAL, app._purge_periodically)
         timers.call_later(GARBAGE_GRACE, app._sweep_garbage_periodically)
         if limits.log_lines_per_address:
-            timers.call_later(limits.log_rate_interval, app._sweep_log_periodically)
+            timers.call_later(
+                limits.log_rate_interval, app._sweep_log_periodically, touches_storage=False
+            )
         return app
 
     def monotonic(self) -> float:

@@ -1,13 +1,15 @@
-"""Blob writes off the loop thread: a worker writes, the loop learns of it through its selector.
+"""Blob work off the loop thread: a worker writes, seals and publishes; the loop learns of it
+through its selector.
 
-For a blob store whose writes may wait long (``BlobStore.slow_writes``, a
+For a blob store whose calls may wait long (``BlobStore.slow_writes``, a
 network round trip), an upload's content is handed to
 :meth:`QueuedWriter.write`, which copies it and queues it for one worker
 thread; the loop goes on at once. The worker writes it to the store's own
 :class:`~server.storage.BlobWriter`, in order, and tells the loop through a
 socketpair registered in the loop's selector (:meth:`BlobPort.on_ready`)
 when a blob that was behind has caught up. (A local folder's writes go to
-the page cache: the handoff would cost more than it saves.)
+the page cache: the handoff would cost more than it saves, and its seals and
+publishes stay in the loop thread.)
 
 Backpressure: a blob with more than ``behind_bytes`` queued is *behind*
 (:attr:`QueuedWriter.behind`); the loop then stops reading the connection
@@ -15,11 +17,14 @@ that streams it (``LoopPort.may_take_request`` says no) until the worker has
 caught up to half that, so a connection holds at most about ``behind_bytes``
 plus one receive, whatever the store's speed.
 
-What stays in the loop thread: :meth:`QueuedWriter.seal` and
-:meth:`QueuedWriter.abort` wait for the blob's queue to empty (at most about
-``behind_bytes``) and then seal or abort in the loop thread, and publishing
-(server/installs.py) is synchronous: the write order of
-server/storage/commit.py is unchanged.
+Sealing, publishing and aborting go to the same worker, after the blob's
+writes (:meth:`QueuedWriter.seal_later`, :meth:`BlobPort.run`,
+:meth:`QueuedWriter.abort`): the loop never waits for them. A job's end is
+reported in the loop thread: :meth:`BlobPort.on_ready` collects the jobs
+done, and :meth:`BlobPort.run_finished` calls what waits on them, when the
+loop may call the stores again (not while a round's commit is under way).
+The answers that report such a job are held until it is done
+(server/installs.py); the write order of server/storage/commit.py is kept.
 """
 
 from __future__ import annotations
@@ -76,21 +81,54 @@ class QueuedWriter:
         self._port.submit(self, chunk)
 
     def seal(self) -> None:
-        """Wait for the queued writes, then seal in this thread.
+        """Wait for the queued writes, then seal in this thread (tools and tests; the loop
+        uses :meth:`seal_later`).
 
         Raises:
             StorageFault: a write or the seal failed.
         """
         self._port.wait_written(self)
+        self._seal_now()
+
+    def _seal_now(self) -> None:
         if self.error is not None:
             raise self.error
         self.inner.seal()
 
+    def seal_later(self, done: Callable[[StorageFault | None], None] | None = None) -> None:
+        """Seal in the worker, after the queued writes; ``done(error)`` then, in the loop
+        thread (:meth:`BlobPort.run_finished`). A seal that fails is this blob's
+        :attr:`error`: a later job of it (a publish) fails with it."""
+
+        def seal() -> None:
+            try:
+                self._seal_now()
+            except StorageFault as exc:
+                self.error = self.error or exc
+                raise
+
+        self._port.run(seal, done)
+
+    def check(self) -> None:
+        """Raises the error of a write or seal of this blob that failed, if one did.
+
+        Raises:
+            StorageFault: that error.
+        """
+        if self.error is not None:
+            raise self.error
+
+    def then(
+        self, action: Callable[[], None], done: Callable[[StorageFault | None], None]
+    ) -> None:
+        """Call ``action`` in the worker after what is queued for this blob (its seal
+        included: :meth:`seal_later`); ``done(error)`` then, in the loop thread."""
+        self._port.run(action, done)
+
     def abort(self) -> None:
-        """Drop what is queued, wait for a write in progress, abort (never raises)."""
+        """Drop what is queued; the worker aborts after a write in progress (never raises)."""
         self.cancelled = True
-        self._port.wait_written(self)
-        self.inner.abort()
+        self._port.run(self.inner.abort, None)
 
 
 class _Shared:
@@ -99,7 +137,11 @@ class _Shared:
 
     def __init__(self, behind_bytes: int) -> None:
         self.behind_bytes = behind_bytes
-        self.jobs: queue.SimpleQueue[tuple[QueuedWriter, bytes] | None] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[tuple[QueuedWriter, bytes] | _Job | None] = (
+            queue.SimpleQueue()
+        )
+        #: Jobs done since the loop last looked (guarded by the lock).
+        self.finished: list[_Job] = []
         self.lock = threading.Condition()
         #: Blobs the loop waits on to resume a connection, with what to call.
         self.waiting: dict[QueuedWriter, Callable[[], None]] = {}
@@ -127,13 +169,46 @@ class _Shared:
         self.wake_w.close()
 
 
+class _Job:
+    """A store call for the worker (a seal, a publish, an abort) and what waits on its end."""
+
+    __slots__ = ("action", "done", "error")
+
+    def __init__(
+        self, action: Callable[[], None], done: Callable[[StorageFault | None], None] | None
+    ) -> None:
+        self.action = action
+        self.done = done
+        #: Why the call failed, once it ran.
+        self.error: StorageFault | None = None
+
+
 def _work(shared: _Shared) -> None:
-    """The worker thread: write each queued chunk, in order, until told to stop."""
+    """The worker thread: write each queued chunk, run each job, in order, until told to stop."""
     while True:
         job = shared.jobs.get()
         if job is None:
             return
-        _write(shared, *job)
+        if isinstance(job, _Job):
+            _run(shared, job)
+        else:
+            _write(shared, *job)
+
+
+def _run(shared: _Shared, job: _Job) -> None:
+    try:
+        job.action()
+    except StorageFault as exc:
+        job.error = exc
+    except Exception as exc:  # a store's bug: that file fails, the server goes on
+        log.exception("unexpected error in a blob store call")
+        job.error = StorageFault(f"blob store: {exc}")
+    if job.done is None:
+        return
+    with shared.lock:
+        shared.finished.append(job)
+        if not shared.stopped:
+            shared.wake()
 
 
 def _write(shared: _Shared, writer: QueuedWriter, data: bytes) -> None:
@@ -193,12 +268,43 @@ class BlobPort:
             return
         with shared.lock:
             writer.queued += len(chunk)
+        self._start()
+        shared.jobs.put((writer, chunk))
+
+    def run(
+        self, action: Callable[[], None], done: Callable[[StorageFault | None], None] | None
+    ) -> None:
+        """Call ``action`` in the worker, after everything queued before; then
+        ``done(error)`` in the loop thread (:meth:`run_finished`). After
+        :meth:`close`: both at once, here."""
+        job = _Job(action, done)
+        shared = self._shared
+        if shared.stopped:  # in order after what the worker still has
+            if shared.thread is not None:
+                shared.thread.join()
+            _run(shared, job)
+            self.run_finished()
+            return
+        self._start()
+        shared.jobs.put(job)
+
+    def run_finished(self) -> int:
+        """Call what waits on the jobs done (loop thread, the stores free); return how many."""
+        shared = self._shared
+        with shared.lock:
+            finished, shared.finished = shared.finished, []
+        for job in finished:
+            if job.done is not None:
+                job.done(job.error)
+        return len(finished)
+
+    def _start(self) -> None:
+        shared = self._shared
         if shared.thread is None:
             shared.thread = threading.Thread(
                 target=_work, args=(shared,), name="blob-writes", daemon=True
             )
             shared.thread.start()
-        shared.jobs.put((writer, chunk))
 
     def wait_written(self, writer: QueuedWriter) -> None:
         """Block until nothing of ``writer`` is queued or being written."""

@@ -2,29 +2,41 @@
 
 A first upload's row, and a confirmed version's pointer swap, are written
 into the round (server/storage/commit.py); the blob is published only once
-the round is durable, before the answer goes out. :meth:`RoundInstalls.end_round`
-is the whole order: commit the round (one sync of the metadata store: group
-commit), then publish each of the round's blobs, in the order they were
-recorded (a name's first upload before a later version of it confirmed in the
-same round). If the round is lost, none of them is published: the first
-uploads' rows go, and a confirmed version is left to start-up repair, which
-publishes it if its swap reached the disk. A confirmed version whose publish
-fails is *owed*: it is published again every :data:`OWED_PUBLISH_RETRY`
-seconds (or at the client's next 900) until it is, unless a later version
-replaced it meanwhile.
+the round is durable, before the answer goes out. The whole order:
+commit the round (one sync of the metadata store: group commit,
+:meth:`RoundInstalls.begin_round`, whose commit the loop waits for through
+its selector), then (:meth:`RoundInstalls.round_committed`) publish each of
+the round's blobs, in the order they were recorded (a name's first upload
+before a later version of it confirmed in the same round). If the round is
+lost, none of them is published: the first uploads' rows go, and a
+confirmed version is left to start-up repair, which publishes it if its swap
+reached the disk. A confirmed version whose publish fails is *owed*: it is
+published again every :data:`OWED_PUBLISH_RETRY` seconds (or at the
+client's next 900) until it is, unless a later version replaced it meanwhile.
+
+For a blob store with slow writes, the publishes go to the blob port's
+worker (server/blobport.py), in the same order, after the blobs' seals; a
+later version kept pending is answered only once its seal is done
+(:meth:`RoundInstalls.wait_sealed`). Their answers stay held meanwhile
+(:attr:`RoundInstalls.pending`), and the loop goes on; what follows a
+publish in the metadata (a failed first upload's row removed) is done in the
+loop thread when the worker reports it, the stores free.
 """
 
 from __future__ import annotations
 
 import logging
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AbstractSet, Callable
 
 from protocol.printable import quoted
 
+from .blobport import QueuedWriter
 from .errors import StorageFault
 from .outcome import InstallTicket
-from .storage import BlobStore, BlobWriter, MetadataStore, commit
+from .storage import BlobStore, BlobWriter, MetadataStore, RoundCommit, commit
+from .storage.base import wait_for
 from .timers import Timer, Timers
 
 if TYPE_CHECKING:
@@ -49,6 +61,14 @@ class _Publish(InstallTicket):
     size: int = 0
 
 
+@dataclass(frozen=True, eq=False)
+class _Sealing(InstallTicket):
+    """A later version kept pending on a store with slow writes: answered once sealed."""
+
+    upload: Upload
+    writer: QueuedWriter
+
+
 class RoundInstalls:
     """The round's blobs, waiting for the round to be durable to be published."""
 
@@ -71,28 +91,55 @@ class RoundInstalls:
         #: the round is durable (:meth:`install_first_uploads`).
         self._to_install: list[_Publish] = []
         #: Uploads of the round that could not be published.
-        self._install_failed: set[_Publish] = set()
+        self._install_failed: set[_Publish | _Sealing] = set()
         #: Confirmed versions whose publish failed: retried (:meth:`_retry_owed`).
         self._owed: dict[Upload, _Publish] = {}
         #: The next retry of the owed publishes, while any is owed.
         self._owed_timer: Timer | None = None
+        #: Whether the round being committed is made durable (its blobs are then published).
+        self._durable = False
+        #: Tickets whose blob the port's worker is still sealing or publishing.
+        self._pending: set[_Publish | _Sealing] = set()
+
+    def begin_round(self, *, durable: bool) -> RoundCommit | None:
+        """Start committing the round (durably if asked, or if blobs wait).
+
+        None: committed already; else the loop waits for the commit through
+        its selector, then calls :meth:`round_committed` (or, if the commit
+        raised, :meth:`abandon_first_uploads`).
+
+        Raises:
+            StorageFault: the round is lost; none of its answers may go out
+                (its first uploads are abandoned).
+        """
+        self._durable = durable or self.installs_waiting
+        try:
+            return self._metadata.begin_round_commit(durable=self._durable)
+        except StorageFault:
+            self.abandon_first_uploads()
+            raise
+
+    def round_committed(self) -> AbstractSet[InstallTicket]:
+        """The round's commit is done: publish its blobs if it was durable.
+
+        Returns the tickets of the files that could not be published: their
+        answers become 1607 (:meth:`Session.release`).
+        """
+        return self.install_first_uploads() if self._durable else set()
 
     def end_round(self, *, durable: bool) -> AbstractSet[InstallTicket]:
-        """Commit the round (durably if asked, or if blobs wait); then publish them.
-
-        Returns the tickets of the files that could not be
-        published: their answers become 1607 (:meth:`Session.release`).
+        """:meth:`begin_round`, waited for, then :meth:`round_committed` (tests, tools).
 
         Raises:
             StorageFault: the round is lost; none of its answers may go out.
         """
-        durable = durable or self.installs_waiting
+        commit = self.begin_round(durable=durable)
         try:
-            self._metadata.finish_round(durable=durable)
+            wait_for(commit)
         except StorageFault:
             self.abandon_first_uploads()
             raise
-        return self.install_first_uploads() if durable else set()
+        return self.round_committed()
 
     def wait(self, upload: Upload, writer: BlobWriter, path_name: str) -> _Publish:
         """A first upload's row is in the round: it is published at the round's end."""
@@ -105,6 +152,33 @@ class RoundInstalls:
     ) -> None:
         """A confirmed version's swap is in the round: it is published at the round's end."""
         self._to_install.append(_Publish(upload, writer, path_name, first=False, size=size))
+
+    def wait_sealed(self, upload: Upload, writer: QueuedWriter) -> InstallTicket:
+        """A later version kept pending, its seal in the port's worker: its answer waits for it.
+
+        If the seal fails, the pending version is discarded and its answer becomes 1607.
+        """
+        ticket = _Sealing(upload, writer)
+        self._pending.add(ticket)
+        writer.then(writer.check, functools.partial(self._sealed, ticket))
+        return ticket
+
+    def _sealed(self, ticket: _Sealing, error: StorageFault | None) -> None:
+        self._pending.discard(ticket)
+        if error is None:
+            return
+        upload = ticket.upload
+        log.error(
+            "%s: file %s of client %s could not be stored: %s; answered 1607",
+            upload.address, quoted(upload.file_name), upload.client_id.hex(), error,
+        )
+        self._install_failed.add(ticket)
+        self._discard(upload, "could not be stored")
+
+    @property
+    def pending(self) -> AbstractSet[InstallTicket]:
+        """The tickets whose blob the port's worker is still sealing or publishing."""
+        return frozenset(self._pending)
 
     def publish_owed(self, upload: Upload) -> None:
         """A 900 again: a confirmed version whose publish failed is published at the round's end."""
@@ -133,6 +207,9 @@ class RoundInstalls:
         waiting, self._to_install = self._to_install, []
         undone: set[str] = set()  # path names whose first upload was undone
         for entry in waiting:
+            if isinstance(entry.writer, QueuedWriter):
+                self._publish_later(entry, entry.writer, undone)
+                continue
             upload = entry.upload
             try:
                 if entry.first:
@@ -164,6 +241,61 @@ class RoundInstalls:
                     self._owed[upload] = entry
                     self._arm_owed()
 
+    def _publish_later(self, entry: _Publish, writer: QueuedWriter, undone: set[str]) -> None:
+        """Publish in the port's worker, after the blob's seal; :meth:`_published` then.
+
+        ``undone`` is the round's path names whose first upload was undone,
+        filled and read by the worker (in the round's order).
+        """
+
+        def publish() -> None:
+            if entry.first:
+                try:
+                    writer.check()  # its seal failed: it is undone the same way
+                    commit.publish_first_blob(self._blobs, writer, entry.path_name)
+                except StorageFault:
+                    undone.add(entry.path_name)
+                    raise
+            elif entry.path_name in undone:
+                raise StorageFault("its name's first upload could not be stored")
+            else:
+                commit.publish_confirmed(self._blobs, writer, entry.path_name)
+
+        self._pending.add(entry)
+        writer.then(publish, functools.partial(self._published, entry, undone))
+
+    def _published(self, entry: _Publish, undone: set[str], error: StorageFault | None) -> None:
+        """The worker published a blob, or could not (loop thread, the stores free)."""
+        self._pending.discard(entry)
+        upload = entry.upload
+        if error is None:
+            if not entry.first:
+                log.log(
+                    self._log_level(upload),
+                    "%s: stored file %s of client %s overwritten by its confirmed new"
+                    " version (%d bytes)", upload.address, entry.path_name,
+                    upload.client_id.hex(), entry.size,
+                )
+            return
+        log.error(
+            "%s: file %s of client %s could not be stored: %s; answered 1607",
+            upload.address, quoted(upload.file_name), upload.client_id.hex(), error,
+        )
+        self._install_failed.add(entry)
+        if entry.first:
+            entry.writer.abort()
+            try:
+                commit.undo_first(self._metadata, upload.client_id, upload.file_name)
+            except StorageFault as exc:  # start-up repair removes rows without a file
+                log.error("cannot remove the row of a file never stored: %s", exc)
+            self._discard(upload, "could not be stored")
+        elif entry.path_name in undone:
+            entry.writer.abort()
+            self._discard(upload, "could not be stored")
+        else:
+            self._owed[upload] = entry
+            self._arm_owed()
+
     def _arm_owed(self) -> None:
         if self._owed_timer is None:
             self._owed_timer = self._timers.call_later(OWED_PUBLISH_RETRY, self._retry_owed)
@@ -180,6 +312,10 @@ class RoundInstalls:
             row = self._metadata.file_row(upload.client_id, upload.file_name)
             if row is None or row.blob_key != entry.writer.key:
                 del self._owed[upload]
+                continue
+            if isinstance(entry.writer, QueuedWriter):  # in the port's worker
+                del self._owed[upload]
+                self._publish_later(entry, entry.writer, set())
                 continue
             try:
                 commit.publish_confirmed(self._blobs, entry.writer, entry.path_name)
@@ -200,8 +336,9 @@ class RoundInstalls:
             self._arm_owed()
 
     def awaiting_install(self, upload: Upload) -> InstallTicket | None:
-        """The ticket of an upload still waiting for the round to be published, if any."""
-        return next((entry for entry in self._to_install if entry.upload is upload), None)
+        """The ticket of an upload still waiting to be published (or sealed), if any."""
+        waiting: list[_Publish | _Sealing] = [*self._to_install, *self._pending]
+        return next((entry for entry in waiting if entry.upload is upload), None)
 
     def abandon_first_uploads(self) -> None:
         """The round is lost (or the server stops): nothing waiting is published.
@@ -227,3 +364,4 @@ class RoundInstalls:
                     self._metadata.delete_file(entry.upload.client_id, entry.upload.file_name)
         except StorageFault as exc:  # start-up repair removes rows without a file
             log.error("cannot remove the rows of files never stored: %s", exc)
+

@@ -17,15 +17,26 @@ it whether it may take another request, for another turn, and to hold its
 answers; the loop owns the rounds and ends each one.
 
 Group commit: a round's requests commit without an fsync each; at the end of
-the round one :meth:`~server.storage.base.MetadataStore.sync` makes them all
-durable, and only then do the round's answers go out (channels report them
-through :meth:`Server.hold_answers`); a name's first upload takes its name
-between the two (:meth:`App.end_round`), and the answer of one that could
-not becomes a 1607 as the loop releases the session's held answers
-(:meth:`~server.session.Session.release`). If the commit fails, those
-answers are never sent: their connections are closed, and the clients ask
-again. If the fsync fails (:class:`~server.errors.DurabilityLost`), the
-server stops as well: no later answer could rest on that database.
+the round (:meth:`Server._end_round`) one commit of the metadata store
+makes them all durable, and only then do the round's answers go out
+(channels report them through :meth:`Server.hold_answers`); a name's first
+upload is published between the two (:meth:`App.round_committed`), and the
+answer of one that could not be becomes a 1607 as the loop releases the
+session's held answers (:meth:`~server.session.Session.release`). The
+commit completes later: :meth:`App.begin_round` hands back a
+:class:`~server.storage.base.RoundCommit` (a worker's fsync, or a
+database's non-blocking COMMIT: docs/ARCHITECTURE.md), whose descriptor the
+loop watches in its selector (:meth:`Server._serve_while_committing`):
+meanwhile it accepts, takes wake-ups and the blob port's reports, and runs
+the timers that call no store, but handles no request (what connections
+send waits in the kernel until the next round) and calls nothing of the
+store. If the commit fails, the round's answers are
+never sent: their connections are closed, and the clients ask again. If
+the fsync fails (:class:`~server.errors.DurabilityLost`), the server stops
+as well: no later answer could rest on that database. An answer that
+reports a blob the blob port's worker still seals or publishes (a store
+with ``slow_writes``, server/blobport.py) stays held until the worker is
+done, and goes out at the end of the round in which it is.
 
 A channel whose turn ended with requests still buffered is in the backlog:
 each round resumes it, and select() does not sleep while the backlog is not
@@ -77,6 +88,8 @@ from .peer import Peer
 from .phases import Receiving, Upload
 from .proxied import NO_PROXIES, HeaderWait, ProxySources
 from .session import Session
+from .storage import RoundCommit
+from .storage.base import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +178,39 @@ def serve(channel: Channel, action: Callable[[], None]) -> None:
         channel.fail()
 
 
-def _release(channel: Channel, unstored: AbstractSet[InstallTicket]) -> None:
-    """The round is durable: queue the channel's held answers (1607 for ``unstored``), send."""
-    channel.session.release(unstored)
+def _release(
+    channel: Channel, unstored: AbstractSet[InstallTicket], pending: AbstractSet[InstallTicket]
+) -> None:
+    """The round is durable: queue the channel's held answers (1607 for ``unstored``; from
+    the first that reports a blob still ``pending`` on, they stay held), send."""
+    channel.session.release(unstored, pending)
     channel.send_answers()
+
+
+def _waiting_selector() -> selectors.BaseSelector:
+    """A selector whose registrations are no system calls (poll, else select): the loop
+    makes one per turn while a round's commit is under way."""
+    if hasattr(selectors, "PollSelector"):
+        return selectors.PollSelector()
+    return selectors.SelectSelector()
+
+
+class _RoundInFlight:
+    """A round whose commit is under way: what the loop waits on, and whom it answers then."""
+
+    def __init__(self, commit: RoundCommit, answering: list[Channel], started: float) -> None:
+        self.commit = commit
+        self.answering = answering
+        self.started = started
+
+    def fileno(self) -> int:
+        """The commit's descriptor."""
+        return self.commit.fileno()
+
+    @property
+    def interest(self) -> int:
+        """The selector event the commit waits for."""
+        return selectors.EVENT_WRITE if self.commit.wants_write else selectors.EVENT_READ
 
 
 class Server:
@@ -200,7 +242,7 @@ class Server:
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
         self._selector.register(listener, selectors.EVENT_READ, self._accept)
         #: Blob writes finish in the port's worker; it wakes the loop through this.
-        self._selector.register(app.uploads.port, selectors.EVENT_READ, app.uploads.port.on_ready)
+        self._selector.register(app.uploads.port, selectors.EVENT_READ, self._blobs_ready)
         self._accepting = True
         #: Channels to resume next round (ordered sets): deferred ones first.
         self._deferred: dict[Channel, None] = {}
@@ -209,6 +251,10 @@ class Server:
         self._parked: dict[Channel, None] = {}
         #: Channels whose answers wait for this round's end.
         self._answering: list[Channel] = []
+        #: The round whose commit is under way, if any: no request is handled meanwhile.
+        self._round: _RoundInFlight | None = None
+        #: Channels whose held answers wait for the blob port's worker (a seal, a publish).
+        self._awaiting_blobs: dict[Channel, None] = {}
         self._silent_closed = 0
         self._open_mark = 0
         self._summary_since = app.monotonic()
@@ -249,7 +295,13 @@ class Server:
             self.close()
 
     def run_once(self) -> None:
-        """One select() round: a turn for each backlogged channel, then the ready ones, timers."""
+        """One select() round: a turn for each backlogged channel, then the ready ones, timers;
+        then the round's commit begins (:meth:`_end_round`). While it is under way, a round
+        serves sockets only (:meth:`_serve_while_committing`)."""
+        if self._round is not None:
+            self._serve_while_committing(self._round)
+            return
+        self._blob_jobs_done()  # those done while a commit was under way
         # Resumed channels may join the backlog again.
         backlog = [*self._deferred, *self._backlog]
         self._deferred.clear()
@@ -269,24 +321,118 @@ class Server:
         resumed = set(backlog)  # had their turn this round
         for key, mask in ready:
             self._handle(key.data, mask, turn, resumed)
-        due = self.app.timers.due()  # earliest first
+        self._run_timers()
+        self._end_round()
+        self.app.metrics.loop_round(self.app.monotonic() - woke)
+
+    def _serve_while_committing(self, in_flight: _RoundInFlight) -> None:
+        """A round whose commit is under way: accept, wake-ups, blob port, and the timers
+        that call no store, until the commit's descriptor is ready.
+
+        The loop waits on a selector of its own then (:func:`_waiting_selector`,
+        made for the round: no system call to set up), so that the
+        connections, whose requests wait for the next round, do not wake it:
+        they stay in the main selector, and it reports them once the round is
+        over.
+        """
+        waiting = _waiting_selector()
+        waiting.register(in_flight.fileno(), in_flight.interest, in_flight)
+        waiting.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
+        waiting.register(self.app.uploads.port, selectors.EVENT_READ, self._blobs_ready)
+        if self._accepting:
+            waiting.register(self.listener, selectors.EVENT_READ, self._accept)
+        timeout = self.app.timers.timeout(MAX_SELECT_TIMEOUT, storage=False)
+        ready = waiting.select(timeout)
+        waiting.close()
+        commit_ready = False
+        for key, _ in ready:
+            if key.data is in_flight:
+                commit_ready = True
+            else:
+                self._run_guarded(key.data)
+        self._run_timers()
+        if commit_ready:
+            self._advance_commit(in_flight)
+
+    def _run_timers(self) -> None:
+        """Run the due timers; while a commit is under way, only those that call no store."""
+        due = self.app.timers.due(storage=self._round is None)  # earliest first
         if due:
             self.app.metrics.loop_lag(self.app.monotonic() - due[0].when)
         for timer in due:
             if timer.callback is not None:  # set: due() returns live timers only
                 self._run_guarded(timer.callback)
-        self._send_answers()
-        self.app.metrics.loop_round(self.app.monotonic() - woke)
 
-    def _send_answers(self) -> None:
-        """Group commit: one commit and sync for the round, then every answer it holds back."""
+    def _end_round(self) -> None:
+        """Group commit: begin the round's commit; its held answers go out once it is done.
+
+        A commit that completes later (a :class:`RoundCommit`) is waited for
+        through the selector (:meth:`_serve_while_committing`).
+        """
         answering, self._answering = self._answering, []
         started = self.app.monotonic()
         try:
-            unstored = self.app.end_round(durable=bool(answering))
-            if answering:
-                self.app.metrics.storage_commit(self.app.monotonic() - started)
-        except DurabilityLost as exc:
+            commit = self.app.begin_round(durable=bool(answering))
+        except StorageFault as exc:
+            self._round_failed(answering, exc)
+            return
+        in_flight = _RoundInFlight(commit, answering, started) if commit is not None else None
+        if in_flight is None:
+            self._round_durable(answering, started)
+            return
+        self._round = in_flight
+        self._advance_commit(in_flight)
+
+    def _advance_commit(self, in_flight: _RoundInFlight) -> None:
+        """Advance the round's commit; once done, send the round's answers."""
+        try:
+            done = in_flight.commit.advance()
+        except StorageFault as exc:
+            self._commit_over(in_flight, exc)
+            return
+        if not done:
+            return  # waited for in the next turn (wants_write says how)
+        self._commit_over(in_flight, None)
+
+    def _commit_over(self, in_flight: _RoundInFlight, failure: StorageFault | None) -> None:
+        """The round's commit is done (``failure`` None) or lost: answer, or close unanswered."""
+        self._round = None
+        if failure is None:
+            self._round_durable(in_flight.answering, in_flight.started)
+            return
+        self.app.round_lost()
+        self._round_failed(in_flight.answering, failure)
+
+    def _round_durable(self, answering: list[Channel], started: float) -> None:
+        """The round is committed (durable if it had answers): publish, then answer."""
+        unstored = self.app.round_committed()
+        pending = self.app.blob_work_pending
+        if answering:
+            self.app.metrics.storage_commit(self.app.monotonic() - started)
+        for channel in answering:
+            if not channel.closed:
+                serve(channel, functools.partial(_release, channel, unstored, pending))
+                if channel.session.holds_answers and not channel.closed:
+                    self._awaiting_blobs[channel] = None
+
+    def _blobs_ready(self) -> None:
+        """The blob port's worker caught up or finished jobs (server/blobport.py)."""
+        self.app.uploads.port.on_ready()
+        if self._round is None:
+            self._blob_jobs_done()
+
+    def _blob_jobs_done(self) -> None:
+        """Finish the blob jobs the worker is done with (the stores free); the answers that
+        waited on them go out at this round's end."""
+        if self.app.uploads.port.run_finished():
+            waiting, self._awaiting_blobs = self._awaiting_blobs, {}
+            for channel in waiting:
+                if not channel.closed:
+                    self.hold_answers(channel)
+
+    def _round_failed(self, answering: list[Channel], exc: StorageFault) -> None:
+        """The round is lost: its connections close unanswered; DurabilityLost stops the loop."""
+        if isinstance(exc, DurabilityLost):
             log.critical(
                 "cannot make this round's commits durable (%s): stopping; %d connection(s)"
                 " closed unanswered. Nothing can be answered on this database any more;"
@@ -296,17 +442,24 @@ class Server:
             self.durability_lost = exc
             self._stopping = True
             return
-        except StorageFault as exc:
-            if not answering:
-                log.error("cannot commit this round's writes: %s", exc)
-                return
-            log.error("cannot make this round's commits durable (%s): %d connection(s)"
-                      " closed unanswered", exc, len(answering))
-            self._close_unanswered(answering)
+        if not answering:
+            log.error("cannot commit this round's writes: %s", exc)
             return
-        for channel in answering:
-            if not channel.closed:
-                serve(channel, functools.partial(_release, channel, unstored))
+        log.error("cannot make this round's commits durable (%s): %d connection(s)"
+                  " closed unanswered", exc, len(answering))
+        self._close_unanswered(answering)
+
+    def _wait_for_round(self) -> None:
+        """Block until the round's commit under way is over (the server stops)."""
+        in_flight = self._round
+        if in_flight is None:
+            return
+        try:
+            wait_for(in_flight.commit)
+        except StorageFault as exc:
+            self._commit_over(in_flight, exc)
+            return
+        self._commit_over(in_flight, None)
 
     @staticmethod
     def _close_unanswered(answering: list[Channel]) -> None:
@@ -425,7 +578,9 @@ class Server:
         if self._accepting:
             self._selector.unregister(self.listener)
             self._accepting = False
-            self.app.timers.call_later(ACCEPT_PAUSE, self._resume_accepting)
+            self.app.timers.call_later(
+                ACCEPT_PAUSE, self._resume_accepting, touches_storage=False
+            )
 
     def _resume_accepting(self) -> None:
         if not self._accepting and not self._stopping and self._drain_started is None:
@@ -445,6 +600,8 @@ class Server:
         A channel whose blob is behind is parked: neither read nor stepped
         until the blob port says the blob caught up.
         """
+        if self._round is not None:
+            return False  # the store is busy: the loop resumes it after the commit
         behind = self.app.uploads.storage_behind(channel.peer)
         if behind is not None:
             self._parked[channel] = None
@@ -464,7 +621,7 @@ class Server:
         self.app.shares.request_handled(channel.peer.group)
 
     def hold_answers(self, channel: Channel) -> None:
-        """Send the channel's answers at this round's end (:meth:`_send_answers`)."""
+        """Send the channel's answers once this round is committed (:meth:`_end_round`)."""
         self._answering.append(channel)
 
     def wants_turn(self, channel: Channel) -> None:
@@ -483,6 +640,7 @@ class Server:
         self._backlog.pop(channel, None)
         self._deferred.pop(channel, None)
         self._parked.pop(channel, None)
+        self._awaiting_blobs.pop(channel, None)
         if channel.silent:
             self._silent_closed += 1
         self._per_address.closed(channel.peer)
@@ -523,7 +681,9 @@ class Server:
         if self._drain_started is None:
             self._drain_started = self.app.monotonic()
             self._stop_accepting()
-            self.app.timers.call_later(self.app.limits.drain_timeout, self._end_drain)
+            self.app.timers.call_later(
+                self.app.limits.drain_timeout, self._end_drain, touches_storage=False
+            )
             log.info(
                 "stop asked: draining %d connection(s) for up to %g s (a second signal stops now)",
                 len(self.channels), self.app.limits.drain_timeout,
@@ -574,6 +734,7 @@ class Server:
         if self._closed_down:
             return
         self._closed_down = True
+        self._wait_for_round()
         self._stop_accepting()
         for wait in list(self._header_waits):
             wait.close("server stopping")

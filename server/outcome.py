@@ -19,7 +19,7 @@ class InstallTicket:
     """A first upload waiting for the round's end to take its name.
 
     Its answer is held with it (:meth:`server.session.Session.release`); the
-    round's end (:meth:`server.app.App.end_round`) names the tickets whose
+    round's end (:meth:`server.app.App.round_committed`) names the tickets whose
     files could not take their names. A ticket is compared by identity: it
     stands for one upload of one round.
     """

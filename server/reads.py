@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Collection, Iterator
 
-from .storage import Binding, ClientRow, FileRow, MetadataStore
+from .storage import Binding, ClientRow, FileRow, MetadataStore, RoundCommit
 
 
 class RequestReads:
@@ -84,6 +84,9 @@ class RequestReads:
 
     def flush(self) -> None:
         self.store.flush()
+
+    def begin_round_commit(self, *, durable: bool) -> RoundCommit | None:
+        return self.store.begin_round_commit(durable=durable)
 
     def finish_round(self, *, durable: bool) -> None:
         self.store.finish_round(durable=durable)

@@ -370,13 +370,22 @@ class Session:
         """Whether answers wait for the round's first uploads to take their names."""
         return bool(self._held_answers)
 
-    def release(self, unstored: AbstractSet[InstallTicket]) -> None:
+    def release(
+        self, unstored: AbstractSet[InstallTicket],
+        pending: AbstractSet[InstallTicket] = frozenset(),
+    ) -> None:
         """The round is durable and its files installed: queue the held answers, in order.
 
         The answer of a file whose ticket is in ``unstored`` becomes a 1607:
-        that file could not take its name.
+        that file could not take its name. The answers from the first one
+        whose ticket is in ``pending`` on stay held (its blob's store is still
+        at work: server/blobport.py), answers going in order.
         """
-        held, self._held_answers = self._held_answers, []
+        held = self._held_answers
+        ready = next(
+            (at for at, answer in enumerate(held) if answer.awaits in pending), len(held)
+        )
+        held, self._held_answers = held[:ready], held[ready:]
         for answer in held:
             self._outbox += answer.instead if answer.awaits in unstored else answer.data
             crashpoints.reached("response.queued")

@@ -71,7 +71,8 @@ from .admission import Admission
 from .blobport import BlobPort, QueuedWriter
 from .budget import DecryptionBudget
 from .errors import InternalFault, Refusal, StorageFault
-from .installs import RoundInstalls, _Publish
+from .outcome import InstallTicket
+from .installs import RoundInstalls
 from .limits import Limits
 from .lograte import LogLimiter
 from .packets import DroppedPacket, FileComplete, IncomingPacket, Refused, StreamingPacket
@@ -291,7 +292,7 @@ class Uploads:
         """The last packet is in: seal the file; install a first upload, keep a later one pending.
 
         A first upload's row goes into the round; its blob takes its name once
-        the round is durable (:meth:`RoundInstalls.end_round`), before its answer
+        the round is durable (:meth:`RoundInstalls.round_committed`), before its answer
         goes out.
 
         Raises:
@@ -299,9 +300,12 @@ class Uploads:
         """
         result = phase.incoming.result
         self._shares.file_made_durable(upload.group)
-        commit.seal(phase.writer)
+        if isinstance(phase.writer, QueuedWriter):
+            phase.writer.seal_later()  # the answer waits for it (server/installs.py)
+        else:
+            commit.seal(phase.writer)
         previous = self._metadata.file_row(upload.client_id, upload.file_name)
-        awaits: _Publish | None
+        awaits: InstallTicket | None
         if previous is None:
             path_name = self._blobs.new_path_name(
                 upload.client_id, upload.file_name, phase.writer.key
@@ -318,6 +322,8 @@ class Uploads:
                 self._metadata, upload.client_id, upload.file_name, phase.writer.key
             )
             awaits = None
+            if isinstance(phase.writer, QueuedWriter):
+                awaits = self.installs.wait_sealed(upload, phase.writer)
             complete = Pending(result, previous.path_name, phase.writer)
             stored = f"kept as a pending version of {previous.path_name} until 900"
         self._forget_in_progress(upload)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import math
 import secrets
+import selectors
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -161,13 +162,60 @@ class BlobEntry:
     path_name: str
 
 
+class RoundCommit(Protocol):
+    """A round's commit under way; the loop waits for it through its selector."""
+
+    def fileno(self) -> int:
+        """The descriptor to wait on (a worker's socketpair end, or the database's socket)."""
+        ...
+
+    @property
+    def wants_write(self) -> bool:
+        """Wait for the descriptor to be writable (else readable); may change after advance()."""
+        ...
+
+    def advance(self) -> bool:
+        """Do what can be done without waiting; True once the round is committed (and
+        durable if asked).
+
+        Raises:
+            StorageFault: the round is lost (none of its answers may go out).
+            DurabilityLost: durability failed for good (the server stops).
+        """
+        ...
+
+
+def wait_for(commit: RoundCommit | None) -> None:
+    """Advance a round's commit until it is done, blocking (``finish_round``'s wait).
+
+    Raises:
+        StorageFault: the round is lost.
+        DurabilityLost: durability failed for good.
+    """
+    if commit is None:
+        return
+    with selectors.DefaultSelector() as selector:
+        interest = 0
+        while not commit.advance():
+            wanted = selectors.EVENT_WRITE if commit.wants_write else selectors.EVENT_READ
+            if wanted != interest:
+                if interest:
+                    selector.unregister(commit.fileno())
+                selector.register(commit.fileno(), wanted)
+                interest = wanted
+            selector.select()
+
+
 class MetadataStore(Protocol):
     """Clients, keys, key bindings and files.
 
     Writes happen inside :meth:`transaction`, each request's its own part of
     the round's transaction; the loop ends each round with
-    :meth:`finish_round` (durable before the round's answers go out: group
-    commit), and :meth:`sync` makes what is written so far durable at once. Stamps noted with
+    :meth:`begin_round_commit` and waits for the :class:`RoundCommit` it
+    returns through its selector, serving sockets meanwhile (durable before
+    the round's answers go out: group commit); :meth:`finish_round` is the
+    same, waited for, and :meth:`sync` makes what is written so far durable
+    at once. Stamps noted with
     :meth:`note_seen` and :meth:`note_key_used` ride along with the next
     commit or :meth:`flush`. Every method may raise
     :class:`~server.errors.StorageFault`.
@@ -181,8 +229,22 @@ class MetadataStore(Protocol):
         """Commit pending stamps, if any."""
         ...
 
+    def begin_round_commit(self, *, durable: bool) -> RoundCommit | None:
+        """Start committing the round's writes (and making them durable when ``durable``).
+
+        None: done already (nothing to commit, or the store finished at once).
+        Until the returned commit's advance() has returned True or raised, the
+        loop calls no other method of the store.
+
+        Raises:
+            StorageFault: the round is lost (none of its answers may go out).
+            DurabilityLost: durability failed for good (the server stops).
+        """
+        ...
+
     def finish_round(self, *, durable: bool) -> None:
-        """The loop's end of a round: commit it; with ``durable``, :meth:`sync` too."""
+        """The same, waited for (admin tools, tests, start-up): begin_round_commit and
+        advance until done, blocking (:func:`wait_for`)."""
         ...
 
     def sync(self) -> None:

@@ -14,7 +14,14 @@ leaves something start-up repair (:func:`repair`) can put right without
 losing a file the client was told about:
 
 1. **Seal.** The upload's content is durable under its key before any row
-   points at it, and before any answer (:func:`seal`).
+   points at it, and before any answer (:func:`seal`). For a blob store
+   with slow writes (server/blobport.py), the seal runs in a worker beside
+   the round that writes the row: the answer still waits for it, and so do
+   the blob's publish (queued after it) and a later version's 1603. A crash
+   between the round's commit and the seal leaves a row whose blob was never
+   published (a first upload's: repair removes it, its client got no 1603)
+   or a pending pointer (repair clears every one): never a row that outlives
+   repair pointing at content not durable.
 2. A name's **first upload**: its row, pointing at the key, is written with
    Verified false in the round (:func:`record_first`); once the round is
    durable the blob is published under the path name (:func:`publish_first`),
@@ -126,15 +133,38 @@ def publish_first(
     Raises:
         StorageFault: nothing of the upload is left under ``path_name``.
     """
+    try:
+        publish_first_blob(blobs, writer, path_name)
+    except StorageFault:
+        undo_first(metadata, client_id, file_name)
+        raise
+
+
+def publish_first_blob(blobs: BlobStore, writer: BlobWriter, path_name: str) -> None:
+    """Step 2, second half, the blob store's part (a worker's, for a store with slow writes):
+    publish; if that fails, nothing of the upload is left under ``path_name``, and the
+    row goes next (:func:`undo_first`).
+
+    Raises:
+        StorageFault: the publish failed.
+    """
     crashpoints.reached("upload.committed")
     try:
         blobs.publish(writer.key, path_name)
     except StorageFault:
         blobs.delete(path_name)  # a first upload's name read nothing before
         writer.abort()
-        with metadata.transaction():
-            metadata.delete_file(client_id, file_name)
         raise
+
+
+def undo_first(metadata: MetadataStore, client_id: bytes, file_name: bytes) -> None:
+    """Step 2 undone, the metadata's part: the row of a first upload never published goes.
+
+    Raises:
+        StorageFault: it could not (start-up repair removes a row whose blob is missing).
+    """
+    with metadata.transaction():
+        metadata.delete_file(client_id, file_name)
 
 
 def keep_pending(

@@ -4,7 +4,7 @@
 :class:`~server.storage.base.MetadataStore` and
 :class:`~server.storage.base.BlobStore` promise, with nothing kept past the
 process: each request's writes undo together, a round ends with
-:meth:`MemoryMetadata.finish_round`, a taken name raises
+:meth:`MemoryMetadata.begin_round_commit` (done at once), a taken name raises
 :class:`~server.errors.NameTaken`, client counts are kept with the rows.
 tests/storage/ runs the same contract cases on them and on SQLite and the
 folder, and tests/server/test_session.py runs the session on them.
@@ -181,10 +181,14 @@ class MemoryMetadata:
             with self.transaction():
                 pass
 
-    def finish_round(self, *, durable: bool) -> None:
-        """The round's writes are kept (memory has nothing to make durable)."""
+    def begin_round_commit(self, *, durable: bool) -> None:
+        """The round's writes are kept (memory has nothing to make durable): done at once."""
         self._check_open()
         self.round_writes = 0
+
+    def finish_round(self, *, durable: bool) -> None:
+        """As :meth:`begin_round_commit`."""
+        self.begin_round_commit(durable=durable)
 
     def sync(self) -> None:
         """As :meth:`finish_round`: the writes so far are kept."""

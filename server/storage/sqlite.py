@@ -12,10 +12,15 @@ in it, so that a request that fails undoes its own writes only. WAL mode and
 ``synchronous=NORMAL``: :meth:`SqliteMetadata.sync` commits the round so far
 (its pages reach the WAL once, however many requests wrote them) and makes it
 durable with one fsync of the WAL. The loop ends every round with
-:meth:`SqliteMetadata.finish_round`: a commit, and the sync if the round has
-answers, which go out only after it (server/loop.py), so that nothing is
-answered before it is on disk (a first upload's rename follows that sync:
-server/storage/commit.py). If SQLite rolls the
+:meth:`SqliteMetadata.begin_round_commit`: the COMMIT, in the loop thread
+(it writes the round's pages to the WAL in the page cache: quick), and, if
+the round has answers, the fsync of the WAL by a worker thread
+(:class:`_WalSyncer`), which signals its end through a socketpair the loop
+waits on in its selector (:class:`WalSync`, the round's
+:class:`~server.storage.base.RoundCommit`); the answers go out only after
+it (server/loop.py), so that nothing is answered before it is on disk (a
+first upload's publish follows that sync: server/storage/commit.py).
+:meth:`SqliteMetadata.finish_round` is the same, waited for. If SQLite rolls the
 round back (it does after a full disk or an I/O error), or its commit fails,
 the round is lost: :meth:`finish_round` raises, and the loop closes the
 connections the round was to answer, unanswered (their writes are gone).
@@ -34,7 +39,10 @@ import functools
 import logging
 import math
 import os
+import queue
+import socket
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +50,7 @@ from typing import TYPE_CHECKING, Callable, Collection, Iterator, ParamSpec, Typ
 
 from ..errors import BadStoreUrl, DurabilityLost, NameTaken, StorageFault, StoreUnusable
 from ..peer import address_group
-from .base import Binding, ClientRow, FileRow, StoreUrl, timestamp
+from .base import Binding, ClientRow, FileRow, StoreUrl, timestamp, wait_for
 
 if TYPE_CHECKING:
     from .inventory import Inventory
@@ -71,6 +79,8 @@ _WRITE_PROBE_FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BI
 #: The WAL file and the folder are opened only to be fsynced.
 _SYNC_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 _WAL_SUFFIX = "-wal"
+#: Bytes read off the worker's wake-up socket at once.
+_WAKE_READ = 64
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS clients (
@@ -344,6 +354,93 @@ def _translated(method: Callable[_Params, _Result]) -> Callable[_Params, _Result
     return run
 
 
+class _WalSyncer:
+    """One worker thread that fsyncs the WAL for the loop, and the socketpair it signals on.
+
+    The thread starts with the first sync and ends at :meth:`close`. One sync
+    is under way at a time (the loop waits for it before it calls the store
+    again).
+    """
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self._sync = sync
+        #: True: sync once; False: end the thread.
+        self._jobs: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._thread: threading.Thread | None = None
+        self._finished = threading.Event()
+        #: Why the last sync failed, if it did (read once it finished).
+        self.error: OSError | None = None
+
+    def fileno(self) -> int:
+        """Readable once the sync asked by :meth:`start` finished."""
+        return self._wake_r.fileno()
+
+    def start(self) -> None:
+        """Ask the worker for one sync of the WAL."""
+        self._finished.clear()
+        self.error = None
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="wal-sync", daemon=True)
+            self._thread.start()
+        self._jobs.put(True)
+
+    def finished(self) -> bool:
+        """Whether the sync asked last is done (then its wake-up byte, sent before, is read
+        off: one system call, none while it is not done)."""
+        if not self._finished.is_set():
+            return False
+        try:
+            self._wake_r.recv(_WAKE_READ)
+        except (BlockingIOError, InterruptedError):
+            pass
+        return True
+
+    def _work(self) -> None:
+        while self._jobs.get():
+            try:
+                self._sync()
+            except OSError as exc:
+                self.error = exc
+            try:
+                self._wake_w.send(b"\0")
+            except OSError:  # closed meanwhile: nobody waits any more
+                pass
+            self._finished.set()  # after the byte: finished() finds it to read off
+
+    def close(self) -> None:
+        """End the thread (after the sync under way) and close the socketpair."""
+        if self._thread is not None:
+            self._jobs.put(False)
+            self._thread.join()
+            self._thread = None
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+class WalSync:
+    """The round's :class:`~server.storage.base.RoundCommit`: committed, the WAL's fsync
+    under way in the worker; done when the worker's byte arrives."""
+
+    wants_write = False
+
+    def __init__(self, store: SqliteMetadata) -> None:
+        self._store = store
+
+    def fileno(self) -> int:
+        """The worker's end of the socketpair."""
+        return self._store._syncer.fileno()
+
+    def advance(self) -> bool:
+        """True once the fsync is done.
+
+        Raises:
+            DurabilityLost: the fsync failed (as :meth:`SqliteMetadata.sync`).
+        """
+        return self._store._sync_finished()
+
+
 class SqliteMetadata:
     """The server's single SQLite connection (one thread uses it).
 
@@ -368,6 +465,8 @@ class SqliteMetadata:
         #: Why an fsync failed: from then on no sync succeeds (:class:`DurabilityLost`).
         self._durability_lost: str | None = None
         self._closed = False
+        #: Fsyncs the WAL off the loop thread (:meth:`begin_round_commit`).
+        self._syncer = _WalSyncer(self._fsync_wal)
 
     @classmethod
     def open(
@@ -441,6 +540,7 @@ class SqliteMetadata:
             self.flush()
             self.sync()
         finally:
+            self._syncer.close()
             if self._wal_fd != -1:
                 os.close(self._wal_fd)
                 self._wal_fd = -1
@@ -455,26 +555,53 @@ class SqliteMetadata:
         """
         return self._unsynced or self._db.in_transaction
 
-    def finish_round(self, *, durable: bool) -> None:
-        """The loop's end of a round: commit it, and with ``durable`` make it durable.
+    def begin_round_commit(self, *, durable: bool) -> WalSync | None:
+        """The loop's end of a round: COMMIT here; with ``durable``, the WAL's fsync in the
+        worker (the :class:`WalSync` returned; None if there is nothing to make durable).
 
         Raises:
             StorageFault: the round is lost (SQLite rolled it back, or its
-                commit failed: reported here, once), or the fsync failed; no
-                answer of the round may go out.
+                commit failed: reported here, once); no answer of the round
+                may go out.
+            DurabilityLost: an fsync failed earlier.
         """
         self._check_durability()
         lost, self._round_lost = self._round_lost, None
         if lost is not None:
             raise StorageFault(f"database: the round's writes were rolled back ({lost})")
         try:
-            if durable:
-                self.sync()
-            else:
-                self._commit()
+            self._commit()
         except StorageFault:
             self._round_lost = None  # reported to the loop, which owns the round
             raise
+        if not durable or not self._unsynced:
+            return None
+        self._syncer.start()
+        return WalSync(self)
+
+    def _sync_finished(self) -> bool:
+        """Whether the worker's fsync is done (:meth:`WalSync.advance`).
+
+        Raises:
+            DurabilityLost: it failed.
+        """
+        if not self._syncer.finished():
+            return False
+        error = self._syncer.error
+        if error is not None:
+            self._durability_lost = error.strerror or str(error)
+            raise DurabilityLost(f"database sync: {self._durability_lost}") from error
+        self._unsynced = False
+        return True
+
+    def finish_round(self, *, durable: bool) -> None:
+        """The same, waited for (:func:`~server.storage.base.wait_for`).
+
+        Raises:
+            StorageFault: the round is lost, or the fsync failed; no answer of
+                the round may go out.
+        """
+        wait_for(self.begin_round_commit(durable=durable))
 
     def _check_durability(self) -> None:
         """Raises DurabilityLost if an fsync ever failed on this database."""
@@ -516,19 +643,27 @@ class SqliteMetadata:
         if not self._unsynced:
             return
         try:
-            if self._wal_fd == -1:
-                self._wal_fd = os.open(f"{self.path}{_WAL_SUFFIX}", _SYNC_FLAGS)
-                # The WAL's folder entry is durable once, for the store's life.
-                folder = os.open(self.path.parent, _SYNC_FLAGS)
-                try:
-                    os.fsync(folder)
-                finally:
-                    os.close(folder)
-            os.fsync(self._wal_fd)
+            self._fsync_wal()
         except OSError as exc:
             self._durability_lost = exc.strerror or str(exc)
             raise DurabilityLost(f"database sync: {self._durability_lost}") from exc
         self._unsynced = False
+
+    def _fsync_wal(self) -> None:
+        """One fsync of the WAL (the first one opens it and fsyncs its folder).
+
+        Raises:
+            OSError: it failed.
+        """
+        if self._wal_fd == -1:
+            self._wal_fd = os.open(f"{self.path}{_WAL_SUFFIX}", _SYNC_FLAGS)
+            # The WAL's folder entry is durable once, for the store's life.
+            folder = os.open(self.path.parent, _SYNC_FLAGS)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        os.fsync(self._wal_fd)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

@@ -1,9 +1,10 @@
-"""Blob writes off the loop thread (server/blobport.py): a slow store stalls no one else.
+"""Blob work off the loop thread (server/blobport.py): a slow store stalls no one else.
 
 A blob store whose every write sleeps finishes a large upload while the loop
 answers another client's 827s as promptly as before the upload began; the
 uploading connection is not read while its blob is behind, so what it holds
-stays bounded.
+stays bounded. A store whose seal and publish sleep too stalls no one either:
+they run in the port's worker, and only the upload's own answer waits for them.
 """
 
 from __future__ import annotations
@@ -53,16 +54,46 @@ class SlowFolder(FolderBlobs):
         return writer
 
 
-@pytest.fixture
-def slow_server(tmp_path):
-    """A server on the slow store, its loop in a thread of its own (SQLite's with it)."""
+#: How long the seal and the publish of the slower store take: far more than a round trip.
+SEAL_PAUSE = 1.0
+
+
+class SlowerFolder(SlowFolder):
+    """The slow store, its seal and its publish taking SEAL_PAUSE each; it notes when
+    (monotonic) the first seal began and the last publish ended."""
+
+    def __init__(self, data_dir) -> None:
+        super().__init__(data_dir)
+        self.sealing: list[float] = []
+        self.published: list[float] = []
+
+    def begin(self, client_id: bytes, key: str) -> TempFile:
+        writer = super().begin(client_id, key)
+        real_seal = writer.seal
+
+        def slow_seal() -> None:
+            self.sealing.append(time.monotonic())
+            time.sleep(SEAL_PAUSE)
+            real_seal()
+
+        writer.seal = slow_seal  # type: ignore[method-assign]
+        return writer
+
+    def publish(self, key: str, path_name: str) -> None:
+        time.sleep(SEAL_PAUSE)
+        super().publish(key, path_name)
+        self.published.append(time.monotonic())
+
+
+def _serve(tmp_path, store: FolderBlobs):
+    """A server on ``store``, its loop in a thread of its own (SQLite's with it)."""
     ready: list[Server] = []
     started = threading.Event()
 
     def run() -> None:
         limits = Limits(requests_per_address_per_round=0, durable_files_per_address_per_round=0)
         db = SqliteMetadata.open(tmp_path / DB_NAME)
-        app = App.build(db, SlowFolder(tmp_path), limits)
+        app = App.build(db, store, limits)
         app.uploads.port.behind_bytes = BEHIND
         server = Server(app, create_listener("127.0.0.1", 0))
         ready.append(server)
@@ -78,6 +109,20 @@ def slow_server(tmp_path):
     yield ready[0]
     ready[0].stop()
     thread.join(30)
+
+
+@pytest.fixture
+def slow_server(tmp_path):
+    """A server on the slow store."""
+    yield from _serve(tmp_path, SlowFolder(tmp_path))
+
+
+@pytest.fixture
+def slower(tmp_path):
+    """A server on the slower store, and the store."""
+    store = SlowerFolder(tmp_path)
+    for server in _serve(tmp_path, store):
+        yield server, store
 
 
 def _round_trip(client: RawClient, identity) -> float:
@@ -116,6 +161,36 @@ def test_the_loop_answers_another_client_while_a_slow_store_finishes_a_large_upl
     waited = [took for took in during if took >= max(SLOW_ANSWER * WRITE_PAUSE,
                                                       10 * max(baseline))]
     assert len(waited) <= SEAL_STALLS, (baseline, during)
+
+
+def test_the_loop_answers_another_client_while_a_slow_store_seals_and_publishes(slower):
+    server, store = slower
+    address = server.address[:2]
+    data = BIG[: 4 * PACKET]
+    with RawClient(address) as other, RawClient(address) as uploader:
+        other_identity = make_identity(other)
+        uploader_identity = make_identity(uploader)
+        baseline = [_round_trip(other, other_identity) for _ in range(BASELINE_REQUESTS)]
+        answer: list = []
+        big = threading.Thread(
+            target=lambda: answer.append(
+                upload(uploader, uploader_identity, "sealed.bin", data, PACKET))
+        )
+        big.start()
+        during = []  # (when it began, how long it took)
+        while big.is_alive():
+            began = time.monotonic()
+            during.append((began, _round_trip(other, other_identity)))
+        big.join()
+    (received,) = answer
+    assert isinstance(received, FileReceived) and received.cksum == cksum(data)
+    # the round trips made while the store sealed and published the file
+    (sealing,), (published,) = store.sealing, store.published
+    meanwhile = [took for began, took in during if sealing <= began <= published - SEAL_PAUSE]
+    assert len(meanwhile) >= BASELINE_REQUESTS, (during, sealing, published)
+    # none waited for the seal or the publish
+    slow = max(SLOW_ANSWER * SEAL_PAUSE, 10 * max(baseline))
+    assert all(took < slow for took in meanwhile), (baseline, meanwhile)
 
 
 def test_a_blob_behind_is_caught_up_and_written_in_order():

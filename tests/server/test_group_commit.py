@@ -1,8 +1,10 @@
 """Group commit: one sync per loop round, and no answer before it (server/loop.py).
 
 The loop is driven by hand (``run_once``) in this thread, so the test sees
-each round: what the client had received when the round's sync ran, and what
-it receives when the sync fails.
+each round: what the client had received when the round's durable commit
+began (``begin_round_commit``), and what it receives when it fails. A round's
+commit completes in a later ``run_once`` (SQLite's fsync runs in a worker):
+:func:`_run_round` runs the loop until it is over.
 """
 
 from __future__ import annotations
@@ -95,22 +97,43 @@ def _run_until(server: Server, done) -> None:
     raise AssertionError("the loop never got there")
 
 
+def _run_round(server: Server) -> None:
+    """One round, and the loop until its commit is over (its answers released)."""
+    server.run_once()
+    for _ in range(ROUNDS):
+        if server._round is None:
+            return
+        server.run_once()
+    raise AssertionError("the round's commit never ended")
+
+
+def _on_durable_commit(db: SqliteMetadata, monkeypatch, action) -> None:
+    """Call ``action()`` as each durable round's commit begins, before it."""
+    real = db.begin_round_commit
+
+    def begin(*, durable: bool):
+        if durable:
+            action()
+        return real(durable=durable)
+
+    monkeypatch.setattr(db, "begin_round_commit", begin)
+
+
+def _broken_durable_commit() -> None:
+    raise StorageFault("database sync: Input/output error")
+
+
 def test_answers_wait_for_the_rounds_sync(looped, monkeypatch):
     server, db = looped
     clients = [RawClient(server.address[:2]) for _ in range(3)]
     _run_until(server, lambda: len(server.channels) == len(clients))
     seen_at_sync = []
-    real_sync = db.sync
-
-    def sync():
-        seen_at_sync.append((db.unsynced, [_bytes_waiting(c) for c in clients]))
-        real_sync()
-
-    monkeypatch.setattr(db, "sync", sync)
+    _on_durable_commit(db, monkeypatch, lambda: seen_at_sync.append(
+        (db.unsynced, [_bytes_waiting(c) for c in clients])))
     for client in clients:
         client.send(Register(client_id=ANY_ID, name=unique_name()))
     time.sleep(0.1)  # every request in the server's socket buffers: one round takes them
-    server.run_once()
+    _run_round(server)
     assert seen_at_sync, "the round's answers went out without a sync"
     unsynced, waiting = seen_at_sync[0]
     assert unsynced and waiting == [0, 0, 0]  # commits pending, nothing sent yet
@@ -125,13 +148,8 @@ def test_an_answer_before_a_close_waits_for_the_sync_too(looped, monkeypatch):
     client = RawClient(server.address[:2])
     _run_until(server, lambda: len(server.channels) == 1)
     seen_at_sync = []
-    real_sync = db.sync
-
-    def sync():
-        seen_at_sync.append((db.unsynced, _bytes_waiting(client)))
-        real_sync()
-
-    monkeypatch.setattr(db, "sync", sync)
+    _on_durable_commit(db, monkeypatch,
+                       lambda: seen_at_sync.append((db.unsynced, _bytes_waiting(client))))
     # an 825, then a header whose size cannot be skipped: in one turn the 825
     # is answered, the header refused (1607) and the connection closed
     register = client.conn.send(Register(client_id=ANY_ID, name=unique_name()))
@@ -151,11 +169,7 @@ def test_a_failed_sync_sends_no_answer_and_the_client_may_ask_again(
     caplog.set_level(logging.INFO, logger="server.channel")
     client = RawClient(server.address[:2])
     name = unique_name()
-
-    def broken():
-        raise StorageFault("database sync: Input/output error")
-
-    monkeypatch.setattr(db, "sync", broken)
+    _on_durable_commit(db, monkeypatch, _broken_durable_commit)
     client.send(Register(client_id=ANY_ID, name=name))
     _run_until(server, lambda: not server.channels and _seen_client(db, name))
     # no answer came: the connection closed with nothing before its end
@@ -190,7 +204,7 @@ def test_a_failed_wal_fsync_stops_the_loop_and_no_later_sync_succeeds(looped, mo
     monkeypatch.setattr(os, "fsync", fsync)
     client.send(Register(client_id=ANY_ID, name=unique_name()))
     time.sleep(0.1)
-    server.run_once()
+    _run_round(server)
     assert isinstance(server.durability_lost, DurabilityLost)
     assert isinstance(client.receive(), ConnectionClosed)  # never answered
     monkeypatch.undo()
@@ -272,11 +286,7 @@ def test_first_uploads_in_one_round_share_its_sync_and_take_their_names_after_it
 ):
     server, db, pairs = two_clients
     steps = []
-    real_sync, real_install = db.sync, FolderBlobs.publish
-
-    def sync():
-        steps.append("sync")
-        real_sync()
+    real_install = FolderBlobs.publish
 
     def install(store, key, path_name):
         # the row is committed and synced before the blob takes its name
@@ -285,11 +295,11 @@ def test_first_uploads_in_one_round_share_its_sync_and_take_their_names_after_it
                       db.unsynced))
         real_install(store, key, path_name)
 
-    monkeypatch.setattr(db, "sync", sync)
+    _on_durable_commit(db, monkeypatch, lambda: steps.append("sync"))
     monkeypatch.setattr(FolderBlobs, "publish", install)
     data = b"first upload" * 100
     _send_files(pairs, data)
-    server.run_once()
+    _run_round(server)
     assert steps == ["sync", ("rename", True, False), ("rename", True, False)]
     for client, identity in pairs:
         answer = client.receive()
@@ -325,11 +335,11 @@ def test_a_first_upload_that_cannot_take_its_name_is_answered_1607_in_place_of_1
         + failing.conn.send(Register(client_id=ANY_ID, name=unique_name()))
     )
     time.sleep(0.1)
-    server.run_once()
+    _run_round(server)
     answers = [failing.receive() for _ in range(3)]
     assert [type(answer) for answer in answers] == [GeneralError, GeneralError, Registered]
     assert isinstance(other.receive(), FileReceived)
-    server.run_once()  # the undone row is committed with the next round
+    _run_round(server)  # the undone row is committed with the next round
     rows = _rows_seen_by_another_connection(db.path)
     assert f"{failing_identity.name}.bin".encode() not in rows
     assert f"{other_identity.name}.bin".encode() in rows
@@ -363,7 +373,7 @@ def test_a_stop_before_the_round_ends_stores_none_of_its_waiting_first_uploads(
     two_clients, monkeypatch, tmp_path
 ):
     server, db, pairs = two_clients
-    monkeypatch.setattr(server, "_send_answers", lambda: None)  # the stop comes first
+    monkeypatch.setattr(server, "_end_round", lambda: None)  # the stop comes first
     _send_files(pairs, b"z" * 2000)
     server.run_once()
     server.close()
@@ -388,19 +398,15 @@ def test_a_sync_inside_a_lost_round_fails_and_leaves_the_report_to_the_loop(tmp_
 
 def test_a_lost_round_stores_none_of_its_first_uploads(two_clients, monkeypatch, tmp_path):
     server, db, pairs = two_clients
-
-    def broken():
-        raise StorageFault("database sync: Input/output error")
-
-    monkeypatch.setattr(db, "sync", broken)
+    _on_durable_commit(db, monkeypatch, _broken_durable_commit)
     data = b"y" * 3000
     _send_files(pairs, data)
-    server.run_once()
+    _run_round(server)
     for client, identity in pairs:
         assert isinstance(client.receive(), ConnectionClosed)
         assert list(_folder(tmp_path, identity).iterdir()) == []  # neither a temp nor a file
     monkeypatch.undo()
-    server.run_once()  # the rows that reached the database are removed with this round
+    _run_round(server)  # the rows that reached the database are removed with this round
     assert _rows_seen_by_another_connection(db.path) == {}
 
 
@@ -409,13 +415,7 @@ def test_a_version_confirmed_in_the_round_of_the_names_first_upload_is_the_one_s
 ):
     server, db, client, identity = keyed_client
     syncs = []
-    real_sync = db.sync
-
-    def sync():
-        syncs.append("sync")
-        real_sync()
-
-    monkeypatch.setattr(db, "sync", sync)
+    _on_durable_commit(db, monkeypatch, lambda: syncs.append("sync"))
     first, second = b"version one " * 50, b"version two " * 60
     burst = b"".join(
         packet_bytes(packet)
@@ -425,12 +425,12 @@ def test_a_version_confirmed_in_the_round_of_the_names_first_upload_is_the_one_s
     burst += client.conn.send(CrcOk(client_id=identity.client_id, file_name="same.bin"))
     client.send_raw(burst)  # v1, v2 of the same name and the 900, in one round
     time.sleep(0.1)
-    server.run_once()
+    _run_round(server)
     # one sync, the round's: v1 then v2 are published after it, in order
     assert syncs == ["sync"]
     answers = [client.receive() for _ in range(3)]
     assert [type(answer) for answer in answers] == [FileReceived, FileReceived, Acknowledged]
-    server.run_once()
+    _run_round(server)
     ((path_name, verified),) = _rows_seen_by_another_connection(db.path).values()
     assert (tmp_path / path_name).read_bytes() == second and verified == 1
 
@@ -449,7 +449,7 @@ def test_an_answer_queued_while_answers_go_out_does_not_wait_in_select(looped, m
     monkeypatch.setattr(type(channel), "_write", broken_once)
     client.send(Register(client_id=ANY_ID, name=unique_name()))
     time.sleep(0.1)
-    server.run_once()  # handles the 825; sending its answer fails: a 1607 is queued
+    _run_round(server)  # handles the 825; sending its answer fails: a 1607 is queued
     timeouts = []
     select = server._selector.select
     monkeypatch.setattr(server._selector, "select",

@@ -60,19 +60,19 @@ def test_a_round_whose_commit_fails_is_closed_unanswered_and_the_next_is_served(
     server, db, url = looped
     clients = [RawClient(server.address[:2]) for _ in range(CLIENTS)]
     _run_until(server, lambda: len(server.channels) == CLIENTS)
-    real_finish = db.finish_round
+    real_begin = db.begin_round_commit
     killed = []
 
-    def finish_round(*, durable: bool) -> None:
+    def begin_round_commit(*, durable: bool):
         if not killed:  # the database loses the connection as the round ends
             with psycopg.connect(url, autocommit=True) as other:
                 killed.extend(other.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                     " WHERE application_name = %s AND datname = current_database()",
                     (APPLICATION_NAME,)).fetchall())
-        real_finish(durable=durable)
+        return real_begin(durable=durable)
 
-    monkeypatch.setattr(db, "finish_round", finish_round)
+    monkeypatch.setattr(db, "begin_round_commit", begin_round_commit)
     for client in clients:
         client.send(Register(client_id=ANY_ID, name=unique_name()))
     time.sleep(0.1)  # every request in the server's socket buffers: one round takes them

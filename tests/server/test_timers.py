@@ -82,3 +82,21 @@ def test_cancel_after_due_is_harmless_and_compaction_keeps_order():
     expected = [t.when for t in later[3::4]]
     assert [t.when for t in timers.due()] == expected
     assert len(timers._heap) == 0
+
+
+def test_while_a_commit_is_under_way_only_the_timers_that_call_no_store_come_due():
+    clock = _Clock()
+    timers = Timers(clock)
+    ran = []
+    timers.call_at(1.0, lambda: ran.append("store"))
+    timers.call_at(2.0, lambda: ran.append("free"), touches_storage=False)
+    timers.call_at(4.0, lambda: ran.append("free later"), touches_storage=False).cancel()
+    assert timers.timeout(10.0, storage=False) == 2.0  # the store's timer does not wake it
+    clock.now = 5.0
+    for timer in timers.due(storage=False):
+        timer.callback()
+    assert ran == ["free"] and timers.timeout(10.0, storage=False) == 10.0
+    assert timers.timeout(10.0) == 0.0  # the store's timer is due once the commit is done
+    for timer in timers.due():
+        timer.callback()
+    assert ran == ["free", "store"]

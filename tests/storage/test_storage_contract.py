@@ -7,6 +7,7 @@ a new backend (PostgreSQL, an object store) is one more line there.
 
 from __future__ import annotations
 
+import selectors
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable
@@ -51,6 +52,10 @@ def postgresql_and_s3(data_dir: Path, database_url: str, s3_url: str) -> Stores:
     """The cluster's pair: a fresh database and a fresh bucket."""
     return open_stores(StoreUrls.given(database_url, s3_url, data_dir), address_group)
 
+
+#: How long one wait on a round's commit may take, and how many waits at most.
+COMMIT_PATIENCE = 5.0
+MAX_COMMIT_WAITS = 100
 
 #: Every pair the contract is held to: (metadata, blobs) made in a fresh folder.
 PAIRS: dict[str, Callable[[Path], Stores]] = {
@@ -351,6 +356,37 @@ def test_requests_of_a_round_stand_alone_and_a_finished_round_stays(metadata):
         metadata.set_crc(BOB, "crc32")
     metadata.sync()  # mid-round: what is written so far is kept
     assert metadata.client_by_id(BOB).crc == "crc32"
+
+
+def _advance_until_done(commit) -> int:
+    """Advance a round's commit as the loop does, waiting on its descriptor; return the waits."""
+    waits = 0
+    while not commit.advance():
+        event = selectors.EVENT_WRITE if commit.wants_write else selectors.EVENT_READ
+        with selectors.DefaultSelector() as selector:
+            selector.register(commit.fileno(), event)
+            selector.select(COMMIT_PATIENCE)
+        waits += 1
+        assert waits < MAX_COMMIT_WAITS, "the round's commit never completed"
+    return waits
+
+
+def test_a_round_committed_later_keeps_its_writes_once_its_commit_says_done(metadata):
+    register(metadata, ALICE, "alice")
+    commit = metadata.begin_round_commit(durable=True)
+    if commit is not None:  # else done at once
+        _advance_until_done(commit)
+    assert not metadata.begin_round_commit(durable=True)  # nothing left to make durable
+    register(metadata, BOB, "bob")
+    commit = metadata.begin_round_commit(durable=False)  # a commit, no sync to wait for
+    if commit is not None:  # a database server answers later all the same
+        _advance_until_done(commit)
+    with pytest.raises(Closed):  # the next round's failed request leaves both
+        with metadata.transaction():
+            metadata.forget_client(ALICE)
+            raise Closed
+    metadata.finish_round(durable=True)
+    assert metadata.client_by_id(ALICE) and metadata.client_by_id(BOB)
 
 
 def test_a_closed_store_refuses_with_a_storage_fault(stores):
