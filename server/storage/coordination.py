@@ -41,6 +41,9 @@ from .base import StoreUrl
 REGISTRATION = "registration"
 UPLOAD = "upload"
 
+#: How often a node renews its holds and leases within one lease time.
+RENEWALS_PER_LEASE = 3
+
 #: The URL schemes whose metadata store is shared by nodes (its coordination with it).
 SHARED_SCHEMES = frozenset({"postgresql", "postgres"})
 
@@ -109,7 +112,7 @@ class Coordination(Protocol):
         ...
 
     def may_run_purges(self) -> bool:
-        """Whether this node is the one that runs the periodic purges (it stays so while it runs)."""
+        """Whether this node runs the periodic purges (it stays the one while it runs)."""
         ...
 
     def purge(self, window: float) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Collection, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from ..errors import StorageFault, StoreUnusable
 from .coordination import REGISTRATION, UPLOAD, FailureCounts, upload_key
@@ -178,7 +178,7 @@ class PgCoordination:
                 raise StorageFault(f"cannot connect to the database: {_reason(exc)}") from exc
         return self._connection
 
-    def _execute(self, statement: str, values: dict[str, object]) -> Sequence[Any] | None:
+    def _execute(self, statement: str, values: Mapping[str, object]) -> Sequence[Any] | None:
         """One statement, one round trip: its first row, if any.
 
         Raises:
@@ -193,7 +193,7 @@ class PgCoordination:
                 self._drop_connection()
             raise StorageFault(f"coordination: {_reason(exc)}") from exc
 
-    def _rows(self, statement: str, values: dict[str, object]) -> list[Sequence[Any]]:
+    def _rows(self, statement: str, values: Mapping[str, object]) -> list[Sequence[Any]]:
         connection = self._connect()
         try:
             return connection.execute(statement, values).fetchall()
@@ -219,7 +219,8 @@ class PgCoordination:
 
     def registration_held_elsewhere(self, client_id: bytes) -> bool:
         """Whether another node holds the registration, unlapsed (one round trip)."""
-        return self._execute(_HELD_ELSEWHERE, self._lease_values(REGISTRATION, client_id)) is not None
+        found = self._execute(_HELD_ELSEWHERE, self._lease_values(REGISTRATION, client_id))
+        return found is not None
 
     def release_registrations(self, client_ids: Collection[bytes]) -> None:
         """This node no longer holds these registrations (one round trip)."""
@@ -256,7 +257,7 @@ class PgCoordination:
     # -- the failure budget ---------------------------------------------------
 
     def decrypt_failures(self, client_id: bytes, aes_key: bytes, window: float) -> FailureCounts:
-        """The client's failed decryptions under ``aes_key``, and within ``window`` (one round trip)."""
+        """The client's failures under ``aes_key``, and within ``window`` (one round trip)."""
         values = {"client": client_id, "tag": key_tag(aes_key), "window": window}
         row = self._execute(_FAILURES, values)
         assert row is not None  # a SELECT of two values always has its row
