@@ -50,6 +50,7 @@ from .options import (
 from .peer import address_group
 from .storage import BlobStore, MetadataStore
 from .storage.commit import repair
+from .storage.coordination import open_coordination
 from .storage.factory import StoreUrls, open_stores
 from .storage.lock import DataDirLock
 from .storage.store_options import add_store_options
@@ -100,6 +101,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="address or name to listen on (default: all interfaces, IPv4 and IPv6, reachable"
         " from other machines; '::' = all IPv6 interfaces; 127.0.0.1 or ::1 = this machine"
         " only)",
+    )
+    parser.add_argument(
+        "--node-name", default=None,
+        help="this server's name among the servers sharing one database (default:"
+        " hostname:port); each must have its own",
     )
     parser.add_argument(
         "--data-dir", type=Path, default=Path("."),
@@ -370,7 +376,18 @@ def _serve_with(
         )
         metadata.close()
         return EXIT_STARTUP_FAILED
-    server = Server(App.build(metadata, blobs, limits, metrics=metrics), listener)
+    node = args.node_name or f"{socket.gethostname()}:{listener.getsockname()[1]}"
+    try:
+        coordination = open_coordination(urls.metadata, node, limits.message_deadline)
+    except StorageFault as exc:
+        log.error("cannot start: %s", exc)
+        listener.close()
+        metadata.close()
+        return EXIT_STARTUP_FAILED
+    if coordination is not None:
+        log.info("node %s: holds, leases and failure counts shared in the metadata database", node)
+    app = App.build(metadata, blobs, limits, metrics=metrics, coordination=coordination)
+    server = Server(app, listener)
     metrics.watch_connections(lambda: len(server.channels))  # read at each scrape
     previous = {
         signum: signal.signal(signum, lambda *_: server.drain())
@@ -383,6 +400,7 @@ def _serve_with(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         durability_lost = server.durability_lost
+        app.coordination.close()
         try:
             metadata.close()
         except DurabilityLost as exc:  # lost in a round the loop did not get to report

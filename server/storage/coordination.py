@@ -288,3 +288,18 @@ def upload_key(client_id: bytes, file_name: bytes) -> bytes:
 def is_shared(url: StoreUrl) -> bool:
     """Whether nodes share the metadata store at ``url`` (a coordination with it is needed)."""
     return url.scheme in SHARED_SCHEMES
+
+
+def open_coordination(url: StoreUrl, node: str, lease: float) -> Coordination | None:
+    """The coordination of the nodes sharing the metadata store at ``url``, as ``node``.
+
+    None for a store only one server opens (the server then keeps it in memory).
+
+    Raises:
+        StoreUnusable: the shared database cannot coordinate (with the reason).
+    """
+    if not is_shared(url):
+        return None
+    from .pg_coordination import PgCoordination  # psycopg only where PostgreSQL is used
+
+    return PgCoordination(url.text, node, lease)

@@ -1,0 +1,179 @@
+"""Two nodes sharing one metadata store and one coordination act as one server.
+
+Each node is an App of its own (its connections, uploads, timers) on the
+same memory stores, with its own view of one :class:`MemoryCoordination`
+(server/storage/coordination.py); sessions from the same address may land on
+either, as after a balancer's failover. The coordination itself is held to
+its contract, in memory and in PostgreSQL, in tests/storage/test_coordination.py.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from helpers import (
+    ANY_ID, Identity, bad_padding_packet, file_packets, private_key, unique_name,
+)
+from protocol import (
+    FileReceived,
+    GeneralError,
+    PublicKeyReceived,
+    Register,
+    Registered,
+    RegistrationFailed,
+    SendPublicKey,
+    crypto,
+)
+from server.app import App
+from server.limits import Limits
+from server.peer import Peer
+from server.session import Session
+from server.storage.coordination import MemoryCoordination
+from server.storage.memory import MemoryBlobs, MemoryMetadata
+from test_session import Clock, answers, feed, packets
+
+ADDRESS = "127.0.0.1"
+
+
+class Nodes:
+    """Two Apps on the same stores, each its own node of one coordination, on one fake clock."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.clock = Clock()
+        self.metadata = MemoryMetadata()
+        self.blobs = MemoryBlobs()
+        first = MemoryCoordination(self.clock, "a", lease=limits.message_deadline)
+        self.a = App.build(self.metadata, self.blobs, limits, clock=self.clock, coordination=first)
+        self.b = App.build(
+            self.metadata, self.blobs, limits, clock=self.clock, coordination=first.join("b")
+        )
+        self._ports = iter(range(40000, 60000))
+
+    def session(self, app: App) -> Session:
+        return Session(app, Peer(ADDRESS, next(self._ports)))
+
+    def close(self) -> None:
+        for app in (self.a, self.b):
+            app.uploads.close()
+        self.metadata.close()
+
+
+@pytest.fixture
+def nodes():
+    made = Nodes(Limits(max_decryption_failures_per_hour=2))
+    yield made
+    made.close()
+
+
+def keyed(nodes: Nodes, app: App, session: Session | None = None) -> Identity:
+    """A client registered with a key on ``app`` (on ``session``, then a one-connection client)."""
+    session = session or nodes.session(app)
+    name = unique_name()
+    feed(session, Register(client_id=ANY_ID, name=name))
+    (registered,) = answers(session)
+    key = private_key()
+    public = crypto.export_public_key(key)
+    feed(session, SendPublicKey(client_id=registered.client_id, name=name, public_key=public))
+    (answer,) = answers(session)
+    assert isinstance(answer, PublicKeyReceived)
+    aes_key = crypto.decrypt_aes_key(key, answer.encrypted_aes_key)
+    return Identity(name, registered.client_id, key, aes_key)
+
+
+def send_per_request(nodes: Nodes, app: App, who: Identity) -> list:
+    """A file's packets, each on a connection of its own (a per-request client); the answers."""
+    for packet in packets(who):
+        session = nodes.session(app)
+        feed(session, packet)
+    return answers(session)
+
+
+def test_a_keyless_registration_open_on_one_node_holds_its_name_on_the_other(nodes):
+    name = unique_name()
+    holder = nodes.session(nodes.a)
+    feed(holder, Register(client_id=ANY_ID, name=name))
+    assert isinstance(answers(holder)[0], Registered)
+    other = nodes.session(nodes.b)
+    feed(other, Register(client_id=ANY_ID, name=name))
+    assert isinstance(answers(other)[0], RegistrationFailed)
+    nodes.a.connection_closed(holder.peer)  # its connection closes: the name is free again
+    again = nodes.session(nodes.b)
+    feed(again, Register(client_id=ANY_ID, name=name))
+    assert isinstance(answers(again)[0], Registered)
+
+
+def test_a_node_that_stops_renewing_loses_its_holds_within_a_lease(nodes):
+    name = unique_name()
+    holder = nodes.session(nodes.a)
+    feed(holder, Register(client_id=ANY_ID, name=name))
+    answers(holder)
+    nodes.clock.now += nodes.a.limits.message_deadline + 1  # node a stopped: no renewal
+    other = nodes.session(nodes.b)
+    feed(other, Register(client_id=ANY_ID, name=name))
+    assert isinstance(answers(other)[0], Registered)
+
+
+def test_a_renewing_node_keeps_its_holds_past_a_lease(nodes):
+    name = unique_name()
+    holder = nodes.session(nodes.a)
+    feed(holder, Register(client_id=ANY_ID, name=name))
+    answers(holder)
+    for _ in range(4):  # the loop's timer renews every third of a lease
+        nodes.clock.now += nodes.a.limits.message_deadline / 2
+        nodes.a._renew_periodically()
+    other = nodes.session(nodes.b)
+    feed(other, Register(client_id=ANY_ID, name=name))
+    assert isinstance(answers(other)[0], RegistrationFailed)
+
+
+def test_two_nodes_never_receive_the_same_client_and_file_at_once(nodes, caplog):
+    sending = nodes.session(nodes.a)
+    who = keyed(nodes, nodes.a, sending)
+    first, *rest = packets(who)
+    feed(sending, first)
+    assert answers(sending) == []  # receiving on node a
+    elsewhere = nodes.session(nodes.b)
+    with caplog.at_level(logging.INFO):
+        feed(elsewhere, first)
+        assert isinstance(answers(elsewhere)[0], GeneralError)
+    assert "on another node" in caplog.text
+    feed(sending, *rest)
+    assert isinstance(answers(sending)[0], FileReceived)  # node a's upload went on
+    # a's upload stopped receiving: b may take the name
+    assert isinstance(send_per_request(nodes, nodes.b, who)[0], FileReceived)
+
+
+def test_an_upload_cut_on_one_node_frees_its_name_for_the_other(nodes):
+    sending = nodes.session(nodes.a)
+    who = keyed(nodes, nodes.a, sending)
+    first = packets(who)[0]
+    feed(sending, first)
+    answers(sending)
+    nodes.a.connection_closed(sending.peer)
+    assert isinstance(send_per_request(nodes, nodes.b, who)[0], FileReceived)
+
+
+def test_the_failure_budget_counts_failures_made_on_both_nodes(nodes):
+    who = keyed(nodes, nodes.a)
+    for app, name in ((nodes.a, "x.bin"), (nodes.b, "y.bin")):  # the hourly budget is 2
+        session = nodes.session(app)
+        feed(session, bad_padding_packet(who, name))
+        assert isinstance(answers(session)[0], GeneralError)
+    for app in (nodes.a, nodes.b):  # blocked for the hour on both
+        session = nodes.session(app)
+        feed(session, *file_packets(who, "z.bin", b"one packet"))
+        assert isinstance(answers(session)[0], GeneralError)
+
+
+def test_only_one_node_runs_the_periodic_purges(nodes, monkeypatch):
+    ran: list[str] = []
+    for name, app in (("a", nodes.a), ("b", nodes.b)):
+        monkeypatch.setattr(app, "purge_lapsed_clients", lambda name=name: ran.append(name) or 0)
+    nodes.a._purge_periodically()
+    nodes.b._purge_periodically()
+    assert ran == ["a"]
+    nodes.a.coordination.close()  # node a stops: b takes over
+    nodes.b._purge_periodically()
+    assert ran == ["a", "b"]
