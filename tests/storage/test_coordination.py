@@ -1,0 +1,308 @@
+"""The coordination contract: the same cases on every implementation, with two nodes on one state.
+
+In memory (:class:`MemoryCoordination`, nodes joined in one process, a fake
+clock) and in PostgreSQL (:class:`PgCoordination`, each node on a connection
+of its own to a throwaway cluster: tests/storage/pg_throwaway.py). A lease
+lapses by moving the clock (memory) or the rows' expiries (PostgreSQL);
+one case also lets a short lease lapse by the database's own clock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Iterator
+
+import pytest
+
+from pg_throwaway import postgres_cluster, postgres_conninfo  # noqa: F401 (fixtures)
+from server.errors import StoreUnusable
+from server.storage.coordination import Coordination, MemoryCoordination
+
+ALICE, BOB = b"a" * 16, b"b" * 16
+KEY, OTHER_KEY = b"k" * 32, b"o" * 32
+HOUR = 3600.0
+LEASE = 30.0
+#: How long the real-clock case waits at most for a short lease to lapse.
+LAPSE_WAIT = 30.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Backend:
+    """Nodes of one coordination state, and a way to let every lease lapse."""
+
+    def __init__(
+        self, node: Callable[[str, float], Coordination], lapse: Callable[[], None]
+    ) -> None:
+        self.node = node
+        self.lapse = lapse
+        self.made: list[Coordination] = []
+
+    def __call__(self, name: str, lease: float = LEASE) -> Coordination:
+        made = self.node(name, lease)
+        self.made.append(made)
+        return made
+
+
+def memory_backend() -> Backend:
+    clock = Clock()
+    first: list[MemoryCoordination] = []
+
+    def node(name: str, lease: float) -> Coordination:
+        if not first:
+            first.append(MemoryCoordination(clock, name, lease))
+            return first[0]
+        return first[0].join(name)
+
+    def lapse() -> None:
+        clock.now += 10 * LEASE
+
+    return Backend(node, lapse)
+
+
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.needed_in_ci)])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "memory":
+        made = memory_backend()
+    else:
+        made = postgres_backend(request.getfixturevalue("postgres_conninfo"))
+    yield made
+    for node in made.made:
+        node.close()
+
+
+def postgres_backend(conninfo: str) -> Backend:
+    import psycopg
+
+    from server.storage.pg_coordination import PgCoordination
+
+    def lapse() -> None:
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            connection.execute(
+                "UPDATE coordination_leases SET expires = now() - interval '1 second'"
+            )
+
+    return Backend(lambda name, lease: PgCoordination(conninfo, name, lease), lapse)
+
+
+# -- registration holds ---------------------------------------------------------------
+
+
+def test_a_registration_held_by_one_node_is_held_for_the_other_until_it_lapses(backend):
+    a, b = backend("a"), backend("b")
+    a.hold_registration(ALICE)
+    assert b.registration_held_elsewhere(ALICE)
+    assert not a.registration_held_elsewhere(ALICE)  # its own
+    assert not b.registration_held_elsewhere(BOB)
+    backend.lapse()
+    assert not b.registration_held_elsewhere(ALICE)
+
+
+def test_a_released_registration_is_free_at_once(backend):
+    a, b = backend("a"), backend("b")
+    a.hold_registration(ALICE)
+    a.hold_registration(BOB)
+    a.release_registrations([ALICE])
+    assert not b.registration_held_elsewhere(ALICE)
+    assert b.registration_held_elsewhere(BOB)
+
+
+def test_one_node_cannot_release_another_s_hold(backend):
+    a, b = backend("a"), backend("b")
+    a.hold_registration(ALICE)
+    b.release_registrations([ALICE])
+    assert b.registration_held_elsewhere(ALICE)
+
+
+# -- upload leases ----------------------------------------------------------------------
+
+
+def test_an_upload_lease_is_one_node_s_until_released(backend):
+    a, b = backend("a"), backend("b")
+    assert a.take_upload(ALICE, b"f.bin")
+    assert not b.take_upload(ALICE, b"f.bin")
+    assert a.take_upload(ALICE, b"f.bin")  # its own: renewed
+    assert b.take_upload(ALICE, b"g.bin")  # another name
+    assert b.take_upload(BOB, b"f.bin")  # another client
+    b.release_upload(ALICE, b"f.bin")  # not b's: nothing
+    assert not b.take_upload(ALICE, b"f.bin")
+    a.release_upload(ALICE, b"f.bin")
+    assert b.take_upload(ALICE, b"f.bin")
+    assert not a.take_upload(ALICE, b"f.bin")
+
+
+def test_an_upload_lease_lapses_unless_renewed(backend):
+    a, b = backend("a"), backend("b")
+    assert a.take_upload(ALICE, b"f.bin")
+    backend.lapse()
+    assert b.take_upload(ALICE, b"f.bin")
+    assert not a.take_upload(ALICE, b"f.bin")
+
+
+def test_renewal_keeps_what_the_node_holds_and_lets_go_of_the_rest(backend):
+    a, b = backend("a"), backend("b")
+    a.take_upload(ALICE, b"kept.bin")
+    a.take_upload(ALICE, b"dropped.bin")
+    a.hold_registration(ALICE)
+    a.hold_registration(BOB)
+    backend.lapse()
+    a.renew([ALICE], [(ALICE, b"kept.bin")])  # lapsed and free: taken again
+    assert not b.take_upload(ALICE, b"kept.bin")
+    assert b.take_upload(ALICE, b"dropped.bin")
+    assert b.registration_held_elsewhere(ALICE)
+    assert not b.registration_held_elsewhere(BOB)
+
+
+def test_renewal_does_not_take_back_a_lapsed_lease_another_node_took(backend):
+    a, b = backend("a"), backend("b")
+    a.take_upload(ALICE, b"f.bin")
+    backend.lapse()
+    assert b.take_upload(ALICE, b"f.bin")
+    a.renew([], [(ALICE, b"f.bin")])
+    assert not a.take_upload(ALICE, b"f.bin")
+
+
+def test_uploading_names_the_clients_with_a_lease_on_any_node(backend):
+    a, b = backend("a"), backend("b")
+    a.take_upload(ALICE, b"f.bin")
+    assert b.uploading([ALICE, BOB]) == {ALICE}
+    assert b.uploading([]) == set()
+    backend.lapse()
+    assert b.uploading([ALICE, BOB]) == set()
+
+
+def test_closing_a_node_lets_go_of_its_holds_and_leases(backend):
+    a, b = backend("a"), backend("b")
+    a.take_upload(ALICE, b"f.bin")
+    a.hold_registration(BOB)
+    a.close()
+    assert b.take_upload(ALICE, b"f.bin")
+    assert not b.registration_held_elsewhere(BOB)
+
+
+# -- the failure budget -----------------------------------------------------------------
+
+
+def test_failures_made_on_both_nodes_count_together(backend):
+    a, b = backend("a"), backend("b")
+    assert a.decrypt_failures(ALICE, KEY, HOUR) == b.decrypt_failures(ALICE, KEY, HOUR)
+    assert a.decrypt_failures(ALICE, KEY, HOUR).in_window == 0
+    first = a.note_decrypt_failure(ALICE, KEY, HOUR)
+    second = b.note_decrypt_failure(ALICE, KEY, HOUR)
+    assert (first.under_key, first.in_window) == (1, 1)
+    assert (second.under_key, second.in_window) == (2, 2)
+    seen = a.decrypt_failures(ALICE, KEY, HOUR)
+    assert (seen.under_key, seen.in_window) == (2, 2)
+    assert b.decrypt_failures(BOB, KEY, HOUR).in_window == 0
+
+
+def test_a_new_key_starts_its_count_again_and_the_window_keeps_counting(backend):
+    a, b = backend("a"), backend("b")
+    a.note_decrypt_failure(ALICE, KEY, HOUR)
+    a.note_decrypt_failure(ALICE, KEY, HOUR)
+    assert b.decrypt_failures(ALICE, OTHER_KEY, HOUR).under_key == 0
+    counts = b.note_decrypt_failure(ALICE, OTHER_KEY, HOUR)
+    assert (counts.under_key, counts.in_window) == (1, 3)
+    assert a.decrypt_failures(ALICE, KEY, HOUR).under_key == 0  # the old key's count is gone
+
+
+def test_a_purge_forgets_failures_past_the_window(backend):
+    a, b = backend("a"), backend("b")
+    a.note_decrypt_failure(ALICE, KEY, HOUR)
+    b.purge(HOUR)
+    assert a.decrypt_failures(ALICE, KEY, HOUR).in_window == 1
+    b.purge(0.0)
+    counts = a.decrypt_failures(ALICE, KEY, HOUR)
+    assert counts.in_window == 0 and counts.under_key == 1  # a key's count has no window
+
+
+# -- the purge leader ---------------------------------------------------------------------
+
+
+def test_one_node_runs_the_purges_and_another_takes_over_when_it_stops(backend):
+    a, b, c = backend("a"), backend("b"), backend("c")
+    assert a.may_run_purges()
+    assert a.may_run_purges()  # it stays the leader
+    assert not b.may_run_purges() and not c.may_run_purges()
+    a.close()
+    leaders = [node.may_run_purges() for node in (b, c)]
+    assert leaders == [True, False]
+
+
+# -- PostgreSQL only ----------------------------------------------------------------------
+
+
+@pytest.mark.needed_in_ci
+def test_a_short_lease_lapses_by_the_database_s_clock(postgres_conninfo):  # noqa: F811
+    from server.storage.pg_coordination import PgCoordination
+
+    lease = 2.0
+    a = PgCoordination(postgres_conninfo, "a", lease)
+    b = PgCoordination(postgres_conninfo, "b", lease)
+    try:
+        taken = time.monotonic()
+        assert a.take_upload(ALICE, b"f.bin")
+        assert not b.take_upload(ALICE, b"f.bin")
+        while not b.take_upload(ALICE, b"f.bin"):
+            assert time.monotonic() - taken < LAPSE_WAIT, "the lease never lapsed"
+            time.sleep(lease / 10)
+        assert time.monotonic() - taken >= lease  # not before it lapsed
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.needed_in_ci
+def test_two_nodes_racing_for_one_lease_never_both_get_it(postgres_conninfo):  # noqa: F811
+    from server.storage.pg_coordination import PgCoordination
+
+    nodes = [PgCoordination(postgres_conninfo, name, LEASE) for name in ("a", "b")]
+    rounds = 50
+    won: list[list[bool]] = [[], []]
+    start = threading.Barrier(2)
+
+    def race(index: int) -> None:
+        for number in range(rounds):
+            start.wait()
+            won[index].append(nodes[index].take_upload(ALICE, b"%d" % number))
+
+    threads = [threading.Thread(target=race, args=(index,)) for index in (0, 1)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for node in nodes:
+            node.close()
+    assert all(first != second for first, second in zip(*won))  # exactly one, every round
+
+
+@pytest.mark.needed_in_ci
+def test_tables_of_a_later_version_are_refused(postgres_conninfo):  # noqa: F811
+    import psycopg
+
+    from server.storage.pg_coordination import VERSION, PgCoordination
+
+    PgCoordination(postgres_conninfo, "a", LEASE).close()
+    with psycopg.connect(postgres_conninfo, autocommit=True) as connection:
+        connection.execute("UPDATE coordination_version SET version = %s", (VERSION + 1,))
+    with pytest.raises(StoreUnusable, match="later server"):
+        PgCoordination(postgres_conninfo, "a", LEASE)
+
+
+@pytest.mark.needed_in_ci
+def test_an_unreachable_database_is_a_one_line_refusal():
+    pytest.importorskip("psycopg")
+    from server.storage.pg_coordination import PgCoordination
+
+    with pytest.raises(StoreUnusable) as refused:
+        PgCoordination("host=127.0.0.1 port=1 dbname=none connect_timeout=2", "a", LEASE)
+    assert "\n" not in str(refused.value)
