@@ -26,7 +26,7 @@ import logging
 
 from .errors import StorageFault
 from .metrics import NO_METRICS, Metrics
-from .storage.coordination import Coordination
+from .storage.coordination import Coordination, FailureCounts
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ class DecryptionBudget:
         self._per_key = per_key
         self._per_hour = per_hour
         self._counts = counts
+        #: The counts :meth:`key_dead` read last, for the :meth:`uploads_blocked`
+        #: of the same first packet (one read of the counts per request).
+        self._read: tuple[bytes, bytes, FailureCounts] | None = None
 
     def key_dead(self, client_id: bytes, aes_key: bytes) -> bool:
         """Whether this key of the client failed too often to be used again.
@@ -54,6 +57,7 @@ class DecryptionBudget:
             StorageFault: the counts cannot be read.
         """
         counts = self._counts.decrypt_failures(client_id, aes_key, HOUR)
+        self._read = (client_id, aes_key, counts)
         dead = counts.under_key >= self._per_key
         if dead:
             self._metrics.budget_refusal("key")
@@ -62,12 +66,17 @@ class DecryptionBudget:
     def uploads_blocked(self, client_id: bytes, aes_key: bytes) -> bool:
         """Whether the client failed too often in the last hour to upload now.
 
-        Asked once per upload: True refuses it (counted).
+        Asked once per upload, after :meth:`key_dead` in the same request,
+        whose reading it takes (once) rather than read again: True refuses it (counted).
 
         Raises:
             StorageFault: the counts cannot be read.
         """
-        counts = self._counts.decrypt_failures(client_id, aes_key, HOUR)
+        read, self._read = self._read, None
+        if read is not None and read[:2] == (client_id, aes_key):
+            counts = read[2]
+        else:
+            counts = self._counts.decrypt_failures(client_id, aes_key, HOUR)
         blocked = counts.in_window >= self._per_hour
         if blocked:
             self._metrics.budget_refusal("hour")
@@ -78,6 +87,7 @@ class DecryptionBudget:
 
         A new key's first failure starts its count again (the hourly one stays).
         """
+        self._read = None
         try:
             counts = self._counts.note_decrypt_failure(client_id, aes_key, HOUR)
         except StorageFault as exc:

@@ -2,8 +2,11 @@
 
 Each node has a connection of its own (autocommit: each call is one
 statement, committed at once, so one round trip; nothing waits for a
-round of the metadata store). Its tables are created if absent, under a
-version of their own (``coordination_version``):
+round of the metadata store). Its commits do not wait for the WAL to reach
+the disk (``synchronous_commit = off``): a database crash may forget the
+last few holds, leases and failures, which is what a restart of a single
+server forgets too; the metadata's own commits stay durable. Its tables
+are created if absent, under a version of their own (``coordination_version``):
 
 * ``coordination_leases``: one row per hold or lease (kind, key, node,
   expiry), taken with ``INSERT … ON CONFLICT … DO UPDATE … WHERE`` the
@@ -171,7 +174,8 @@ class PgCoordination:
             try:
                 self._connection = psycopg.connect(
                     self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                    options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                    options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+                    " -c synchronous_commit=off",
                     application_name=f"cipherdrop coordination {self.node}"[:63],
                 )
             except psycopg.Error as exc:

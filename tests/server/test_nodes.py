@@ -67,9 +67,8 @@ def nodes():
     made.close()
 
 
-def keyed(nodes: Nodes, app: App, session: Session | None = None) -> Identity:
-    """A client registered with a key on ``app`` (on ``session``, then a one-connection client)."""
-    session = session or nodes.session(app)
+def keyed(session: Session) -> Identity:
+    """A client registered with a key on ``session`` (then a one-connection client's)."""
     name = unique_name()
     feed(session, Register(client_id=ANY_ID, name=name))
     (registered,) = answers(session)
@@ -130,7 +129,7 @@ def test_a_renewing_node_keeps_its_holds_past_a_lease(nodes):
 
 def test_two_nodes_never_receive_the_same_client_and_file_at_once(nodes, caplog):
     sending = nodes.session(nodes.a)
-    who = keyed(nodes, nodes.a, sending)
+    who = keyed(sending)
     first, *rest = packets(who)
     feed(sending, first)
     assert answers(sending) == []  # receiving on node a
@@ -147,7 +146,7 @@ def test_two_nodes_never_receive_the_same_client_and_file_at_once(nodes, caplog)
 
 def test_an_upload_cut_on_one_node_frees_its_name_for_the_other(nodes):
     sending = nodes.session(nodes.a)
-    who = keyed(nodes, nodes.a, sending)
+    who = keyed(sending)
     first = packets(who)[0]
     feed(sending, first)
     answers(sending)
@@ -156,7 +155,7 @@ def test_an_upload_cut_on_one_node_frees_its_name_for_the_other(nodes):
 
 
 def test_the_failure_budget_counts_failures_made_on_both_nodes(nodes):
-    who = keyed(nodes, nodes.a)
+    who = keyed(nodes.session(nodes.a))
     for app, name in ((nodes.a, "x.bin"), (nodes.b, "y.bin")):  # the hourly budget is 2
         session = nodes.session(app)
         feed(session, bad_padding_packet(who, name))
@@ -177,3 +176,26 @@ def test_only_one_node_runs_the_periodic_purges(nodes, monkeypatch):
     nodes.a.coordination.close()  # node a stops: b takes over
     nodes.b._purge_periodically()
     assert ran == ["a", "b"]
+
+
+class CountingReads(MemoryCoordination):
+    """A node that counts its reads of the failure counts (each one a round trip in PostgreSQL)."""
+
+    reads = 0
+
+    def decrypt_failures(self, client_id, aes_key, window):
+        CountingReads.reads += 1
+        return super().decrypt_failures(client_id, aes_key, window)
+
+
+def test_a_first_packet_reads_the_failure_counts_once():
+    clock = Clock()
+    app = App.build(MemoryMetadata(), MemoryBlobs(), Limits(), clock=clock,
+                    coordination=CountingReads(clock))
+    session = Session(app, Peer(ADDRESS, 40000))
+    who = keyed(session)
+    CountingReads.reads = 0
+    feed(session, *file_packets(who, "one.bin", b"one packet"))
+    assert isinstance(answers(session)[0], FileReceived)
+    assert CountingReads.reads == 1  # the key's verdict and the hour's, from one read
+    app.uploads.close()
