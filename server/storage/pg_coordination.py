@@ -123,6 +123,9 @@ _NOTE_FAILURE = (
     f" SELECT (SELECT failures FROM counted), ({_IN_WINDOW}) + 1"
 )
 _TRY_LEAD = "SELECT pg_try_advisory_lock(%(lock)s)"
+#: A node that stops hands the leadership over at once (its backend would,
+#: but only once it notices the connection closed).
+_STOP_LEADING = "SELECT pg_advisory_unlock_all()"
 _PURGE = (
     "WITH failures AS (DELETE FROM coordination_failures"
     "  WHERE at <= now() - %(window)s * interval '1 second')"
@@ -299,8 +302,10 @@ class PgCoordination:
             return
         try:
             self.renew((), ())
-        except StorageFault as exc:  # they lapse by themselves
-            log.warning("cannot release this node's holds and leases: %s", exc)
+            if self._leader:
+                self._execute(_STOP_LEADING, {})
+        except StorageFault as exc:  # they lapse by themselves, the lock goes with the connection
+            log.warning("cannot release this node's holds, leases or leadership: %s", exc)
         self._drop_connection()
 
 

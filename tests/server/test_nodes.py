@@ -1,15 +1,20 @@
 """Two nodes sharing one metadata store and one coordination act as one server.
 
 Each node is an App of its own (its connections, uploads, timers) on the
-same memory stores, with its own view of one :class:`MemoryCoordination`
-(server/storage/coordination.py); sessions from the same address may land on
-either, as after a balancer's failover. The coordination itself is held to
-its contract, in memory and in PostgreSQL, in tests/storage/test_coordination.py.
+same memory stores, with its own node of one coordination
+(server/storage/coordination.py): in memory, and in a throwaway PostgreSQL
+(tests/storage/pg_throwaway.py), each node on its own connection. Sessions
+from the same address may land on either, as after a balancer's failover.
+The cases that let time pass run in memory, on a fake clock. The
+coordination itself is held to its contract in tests/storage/test_coordination.py.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -30,25 +35,36 @@ from server.app import App
 from server.limits import Limits
 from server.peer import Peer
 from server.session import Session
-from server.storage.coordination import MemoryCoordination
+from server.storage.coordination import Coordination, MemoryCoordination
 from server.storage.memory import MemoryBlobs, MemoryMetadata
 from test_session import Clock, answers, feed, packets
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
+from pg_throwaway import postgres_cluster, postgres_conninfo  # noqa: E402, F401 (fixtures)
+
 ADDRESS = "127.0.0.1"
+
+
+#: Two nodes of one coordination, each made from its node name and the lease time.
+NodePair = Callable[[Clock, float], tuple[Coordination, Coordination]]
+LIMITS = Limits(max_decryption_failures_per_hour=2)
+
+
+def in_memory(clock: Clock, lease: float) -> tuple[Coordination, Coordination]:
+    first = MemoryCoordination(clock, "a", lease=lease)
+    return first, first.join("b")
 
 
 class Nodes:
     """Two Apps on the same stores, each its own node of one coordination, on one fake clock."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, pair: NodePair = in_memory) -> None:
         self.clock = Clock()
         self.metadata = MemoryMetadata()
         self.blobs = MemoryBlobs()
-        first = MemoryCoordination(self.clock, "a", lease=limits.message_deadline)
+        first, second = pair(self.clock, limits.message_deadline)
         self.a = App.build(self.metadata, self.blobs, limits, clock=self.clock, coordination=first)
-        self.b = App.build(
-            self.metadata, self.blobs, limits, clock=self.clock, coordination=first.join("b")
-        )
+        self.b = App.build(self.metadata, self.blobs, limits, clock=self.clock, coordination=second)
         self._ports = iter(range(40000, 60000))
 
     def session(self, app: App) -> Session:
@@ -57,12 +73,34 @@ class Nodes:
     def close(self) -> None:
         for app in (self.a, self.b):
             app.uploads.close()
+            app.coordination.close()
         self.metadata.close()
 
 
+def in_postgres(conninfo: str) -> NodePair:
+    from server.storage.pg_coordination import PgCoordination
+
+    def pair(clock: Clock, lease: float) -> tuple[Coordination, Coordination]:
+        return PgCoordination(conninfo, "a", lease), PgCoordination(conninfo, "b", lease)
+
+    return pair
+
+
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.needed_in_ci)])
+def nodes(request: pytest.FixtureRequest):
+    """Two nodes, in memory or in PostgreSQL: the cases that need no time to pass."""
+    if request.param == "memory":
+        made = Nodes(LIMITS)
+    else:
+        made = Nodes(LIMITS, in_postgres(request.getfixturevalue("postgres_conninfo")))
+    yield made
+    made.close()
+
+
 @pytest.fixture
-def nodes():
-    made = Nodes(Limits(max_decryption_failures_per_hour=2))
+def memory_nodes():
+    """Two nodes in memory: their fake clock moves the leases' time too."""
+    made = Nodes(LIMITS)
     yield made
     made.close()
 
@@ -103,7 +141,8 @@ def test_a_keyless_registration_open_on_one_node_holds_its_name_on_the_other(nod
     assert isinstance(answers(again)[0], Registered)
 
 
-def test_a_node_that_stops_renewing_loses_its_holds_within_a_lease(nodes):
+def test_a_node_that_stops_renewing_loses_its_holds_within_a_lease(memory_nodes):
+    nodes = memory_nodes
     name = unique_name()
     holder = nodes.session(nodes.a)
     feed(holder, Register(client_id=ANY_ID, name=name))
@@ -114,7 +153,8 @@ def test_a_node_that_stops_renewing_loses_its_holds_within_a_lease(nodes):
     assert isinstance(answers(other)[0], Registered)
 
 
-def test_a_renewing_node_keeps_its_holds_past_a_lease(nodes):
+def test_a_renewing_node_keeps_its_holds_past_a_lease(memory_nodes):
+    nodes = memory_nodes
     name = unique_name()
     holder = nodes.session(nodes.a)
     feed(holder, Register(client_id=ANY_ID, name=name))

@@ -9,12 +9,16 @@ one case also lets a short lease lapse by the database's own clock.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Callable, Iterator
 
 import pytest
 
+from helpers import server_env
 from pg_throwaway import postgres_cluster, postgres_conninfo  # noqa: F401 (fixtures)
 from server.errors import StoreUnusable
 from server.storage.coordination import Coordination, MemoryCoordination
@@ -306,3 +310,41 @@ def test_an_unreachable_database_is_a_one_line_refusal():
     with pytest.raises(StoreUnusable) as refused:
         PgCoordination("host=127.0.0.1 port=1 dbname=none connect_timeout=2", "a", LEASE)
     assert "\n" not in str(refused.value)
+
+
+#: A node in a process of its own: it leads, takes a lease, says so, and waits to be killed.
+_DOOMED_NODE = """
+import sys, time
+from server.storage.pg_coordination import PgCoordination
+node = PgCoordination(sys.argv[1], "doomed", float(sys.argv[2]))
+assert node.may_run_purges() and node.take_upload(b"a" * 16, b"f.bin")
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.needed_in_ci
+def test_a_killed_node_loses_its_leadership_and_its_leases_lapse(postgres_conninfo):  # noqa: F811
+    from server.storage.pg_coordination import PgCoordination
+
+    lease = 2.0
+    doomed = subprocess.Popen(
+        [sys.executable, "-c", _DOOMED_NODE, postgres_conninfo, str(lease)],
+        stdout=subprocess.PIPE, text=True, env=server_env(),
+    )
+    survivor = PgCoordination(postgres_conninfo, "survivor", lease)
+    try:
+        assert doomed.stdout is not None and doomed.stdout.readline() == "ready\n"
+        assert not survivor.may_run_purges()
+        assert not survivor.take_upload(ALICE, b"f.bin")
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+        waited = time.monotonic()
+        while not (survivor.may_run_purges() and survivor.take_upload(ALICE, b"f.bin")):
+            assert time.monotonic() - waited < LAPSE_WAIT, "the killed node's hold stayed"
+            time.sleep(lease / 10)
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+            doomed.wait()
+        survivor.close()
