@@ -32,7 +32,11 @@ from typing import Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.storage.coordination import Coordination, MemoryCoordination  # noqa: E402
+from server.storage.coordination import (  # noqa: E402
+    Coordination,
+    MemoryCoordination,
+    UploadLease,
+)
 
 HOUR = 3600.0
 LEASE = 30.0
@@ -83,24 +87,29 @@ def client(number: int) -> bytes:
     return number.to_bytes(16, "big")
 
 
+def lease(number: int) -> UploadLease:
+    return UploadLease(client(number), b"new.bin", f"{number:032x}")
+
+
 def cases(node: Coordination, other: Coordination) -> dict[str, Callable[[int], object]]:
     """Each call as a server makes it, on fresh keys so that no case meets another's rows."""
     key = b"k" * 32
     held = [client(n) for n in range(HELD)]
-    uploads = [(client(n), b"f.bin") for n in range(HELD)]
+    uploads = [UploadLease(client(n), b"f.bin", f"{n:032x}") for n in range(HELD)]
     other.hold_registration(client(10**6))
     node.may_run_purges()  # the leader from here on
     return {
         "hold_registration (825)": lambda n: node.hold_registration(client(n)),
         "registration_held_elsewhere (825 again)": lambda n: node.registration_held_elsewhere(
             client(10**6)),
-        "take_upload (first packet)": lambda n: node.take_upload(client(n), b"new.bin"),
-        "take_upload (held elsewhere: refused)": lambda n: other.take_upload(client(n), b"new.bin"),
+        "take_upload (first packet)": lambda n: node.take_upload(lease(n)),
+        "take_upload (held elsewhere: refused)": lambda n: other.take_upload(lease(n)),
         "release_upload (upload ends)": lambda n: node.release_upload(client(n), b"new.bin"),
         "decrypt_failures (828, 900-902)": lambda n: node.decrypt_failures(client(n), key, HOUR),
         "note_decrypt_failure (a failure)": lambda n: node.note_decrypt_failure(
             client(n), key, HOUR),
         f"renew ({HELD} holds + {HELD} leases)": lambda n: node.renew(held, uploads),
+        "live_blobs (each sweep)": lambda n: node.live_blobs(),
         "may_run_purges (the leader)": lambda n: node.may_run_purges(),
     }
 

@@ -93,7 +93,7 @@ from .phases import (
 )
 from .shares import RoundShares
 from .storage import BlobStore, BlobWriter, MetadataStore, commit, new_blob_key
-from .storage.coordination import Coordination
+from .storage.coordination import Coordination, UploadLease
 from .timers import Timers
 
 log = logging.getLogger(__name__)
@@ -175,8 +175,15 @@ class Uploads:
         ]
 
     def live_blob_keys(self) -> set[str]:
-        """The keys of the blobs uploads write or hold: never garbage (server/storage/sweep.py)."""
-        keys = set()
+        """The keys of the blobs uploads write or hold: never garbage (server/storage/sweep.py).
+
+        Other nodes' uploads being received count too (their leases name
+        their blobs): a blob store the nodes share holds them.
+
+        Raises:
+            StorageFault: the coordination cannot tell (nothing is swept then).
+        """
+        keys = self._coordination.live_blobs()
         for names in (*self._uploads.values(), *self._complete.values()):
             for upload in names.values():
                 if isinstance(upload.phase, (Receiving, Pending)):
@@ -460,9 +467,13 @@ class Uploads:
         self._uploads.setdefault(upload.client_id, {})[upload.file_name] = upload
         self._arm(upload)
 
-    def leased(self) -> list[tuple[bytes, bytes]]:
-        """The (client id, file name) of every lease this node holds (for the renewal)."""
-        return list(self._leases)
+    def leased(self) -> list[UploadLease]:
+        """Every upload lease this node holds (for the renewal)."""
+        return [
+            UploadLease(client_id, file_name, upload.phase.writer.key)
+            for (client_id, file_name), upload in self._leases.items()
+            if isinstance(upload.phase, Receiving)
+        ]
 
     def _take_lease(self, client_id: bytes, file_name: bytes, writer: BlobWriter) -> None:
         """Take the lease of the client's upload of ``file_name`` for a new attempt.
@@ -472,7 +483,7 @@ class Uploads:
             StorageFault: the coordination cannot tell (the writer is aborted).
         """
         try:
-            taken = self._coordination.take_upload(client_id, file_name)
+            taken = self._coordination.take_upload(UploadLease(client_id, file_name, writer.key))
         except StorageFault:
             writer.abort()
             raise

@@ -9,7 +9,9 @@ memory (docs/ARCHITECTURE.md, "Several nodes"):
   1601 while it is open (server/registrations.py);
 * one **upload lease** per client and file name: the node receiving it
   holds it from the first packet until the upload stops receiving
-  (server/upload.py);
+  (server/upload.py); the lease names the blob it writes, so that no
+  node's sweeper takes that blob for garbage in a shared blob store
+  (server/storage/sweep.py);
 * the **decryption-failure budget**: failures per key, and per client in a
   window, counted across nodes and addresses (server/budget.py);
 * the **purge leader**: one node at a time deletes lapsed clients
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Protocol
+from typing import Callable, Collection, NamedTuple, Protocol
 
 from protocol.codes import CLIENT_ID_SIZE
 
@@ -46,6 +48,14 @@ RENEWALS_PER_LEASE = 3
 
 #: The URL schemes whose metadata store is shared by nodes (its coordination with it).
 SHARED_SCHEMES = frozenset({"postgresql", "postgres"})
+
+
+class UploadLease(NamedTuple):
+    """A receiving upload, as its lease names it: the client, the file name, the blob it writes."""
+
+    client_id: bytes
+    file_name: bytes
+    blob_key: str
 
 
 @dataclass(frozen=True)
@@ -76,8 +86,8 @@ class Coordination(Protocol):
         """This node no longer holds these registrations (its connection closed)."""
         ...
 
-    def take_upload(self, client_id: bytes, file_name: bytes) -> bool:
-        """Take (or renew) the lease of the client's upload of ``file_name``.
+    def take_upload(self, lease: UploadLease) -> bool:
+        """Take (or renew) the lease of the client's upload of a file name.
 
         Returns False if another node holds it, unlapsed.
         """
@@ -91,8 +101,12 @@ class Coordination(Protocol):
         """Those of ``client_ids`` with an upload lease on any node."""
         ...
 
+    def live_blobs(self) -> set[str]:
+        """The blob keys of the uploads any node is receiving (unlapsed leases)."""
+        ...
+
     def renew(
-        self, registrations: Collection[bytes], uploads: Collection[tuple[bytes, bytes]]
+        self, registrations: Collection[bytes], uploads: Collection[UploadLease]
     ) -> None:
         """What this node holds now: each for another ``lease``; its other holds and leases go."""
         ...
@@ -128,6 +142,8 @@ class Coordination(Protocol):
 class _Held:
     node: str
     until: float
+    #: An upload lease's blob key.
+    blob: str | None = None
 
 
 @dataclass
@@ -171,10 +187,10 @@ class MemoryCoordination:
         held = self._shared.leases.get(key)
         return held is not None and held.node != self.node and held.until > self._clock()
 
-    def _take(self, key: tuple[str, bytes]) -> bool:
+    def _take(self, key: tuple[str, bytes], blob: str | None = None) -> bool:
         if self._held_elsewhere(key):
             return False
-        self._shared.leases[key] = _Held(self.node, self._clock() + self._lease)
+        self._shared.leases[key] = _Held(self.node, self._clock() + self._lease, blob)
         return True
 
     def _release(self, key: tuple[str, bytes]) -> None:
@@ -195,9 +211,9 @@ class MemoryCoordination:
         for client_id in client_ids:
             self._release((REGISTRATION, client_id))
 
-    def take_upload(self, client_id: bytes, file_name: bytes) -> bool:
+    def take_upload(self, lease: UploadLease) -> bool:
         """Take (or renew) the upload's lease; False if another node holds it."""
-        return self._take((UPLOAD, upload_key(client_id, file_name)))
+        return self._take((UPLOAD, upload_key(lease.client_id, lease.file_name)), lease.blob_key)
 
     def release_upload(self, client_id: bytes, file_name: bytes) -> None:
         """The upload stopped receiving here."""
@@ -213,18 +229,28 @@ class MemoryCoordination:
         }
         return leased.intersection(client_ids)
 
+    def live_blobs(self) -> set[str]:
+        """The blob keys of the uploads any node is receiving."""
+        now = self._clock()
+        return {
+            held.blob for held in self._shared.leases.values()
+            if held.blob is not None and held.until > now
+        }
+
     def renew(
-        self, registrations: Collection[bytes], uploads: Collection[tuple[bytes, bytes]]
+        self, registrations: Collection[bytes], uploads: Collection[UploadLease]
     ) -> None:
         """Renew what this node holds; its other holds and leases go."""
-        kept = {(REGISTRATION, client_id) for client_id in registrations} | {
-            (UPLOAD, upload_key(*upload)) for upload in uploads
+        kept: dict[tuple[str, bytes], str | None] = {
+            (REGISTRATION, client_id): None for client_id in registrations
         }
+        for lease in uploads:
+            kept[(UPLOAD, upload_key(lease.client_id, lease.file_name))] = lease.blob_key
         for key, held in list(self._shared.leases.items()):
             if held.node == self.node and key not in kept:
                 del self._shared.leases[key]
-        for key in kept:
-            self._take(key)
+        for key, blob in kept.items():
+            self._take(key, blob)
 
     # -- the failure budget ---------------------------------------------------
 

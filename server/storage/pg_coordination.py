@@ -32,7 +32,7 @@ import logging
 from typing import Any, Collection, Mapping, Sequence
 
 from ..errors import StorageFault, StoreUnusable
-from .coordination import REGISTRATION, UPLOAD, FailureCounts, upload_key
+from .coordination import REGISTRATION, UPLOAD, FailureCounts, UploadLease, upload_key
 
 try:
     import psycopg
@@ -59,7 +59,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS coordination_version (version integer NOT NULL)",
     "CREATE TABLE IF NOT EXISTS coordination_leases ("
     " kind text NOT NULL, key bytea NOT NULL, node text NOT NULL,"
-    " expires timestamptz NOT NULL, PRIMARY KEY (kind, key))",
+    " expires timestamptz NOT NULL, blob text, PRIMARY KEY (kind, key))",
     "CREATE INDEX IF NOT EXISTS coordination_leases_node ON coordination_leases (node)",
     "CREATE TABLE IF NOT EXISTS coordination_key_failures ("
     " client_id bytea PRIMARY KEY, key_tag bytea NOT NULL, failures integer NOT NULL)",
@@ -74,9 +74,10 @@ _READ_VERSION = "SELECT max(version) FROM coordination_version"
 
 _LEASE_FOR = "now() + %(lease)s * interval '1 second'"
 _TAKE = (
-    "INSERT INTO coordination_leases AS held (kind, key, node, expires)"
-    f" VALUES (%(kind)s, %(key)s, %(node)s, {_LEASE_FOR})"
-    " ON CONFLICT (kind, key) DO UPDATE SET node = excluded.node, expires = excluded.expires"
+    "INSERT INTO coordination_leases AS held (kind, key, node, expires, blob)"
+    f" VALUES (%(kind)s, %(key)s, %(node)s, {_LEASE_FOR}, %(blob)s)"
+    " ON CONFLICT (kind, key) DO UPDATE"
+    " SET node = excluded.node, expires = excluded.expires, blob = excluded.blob"
     " WHERE held.node = excluded.node OR held.expires <= now()"
     " RETURNING 1"
 )
@@ -88,6 +89,10 @@ _RELEASE = (
     "DELETE FROM coordination_leases"
     " WHERE kind = %(kind)s AND key = ANY(%(keys)s) AND node = %(node)s"
 )
+_LIVE_BLOBS = (
+    "SELECT blob FROM coordination_leases"
+    " WHERE kind = %(kind)s AND expires > now() AND blob IS NOT NULL"
+)
 _UPLOADING = (
     "SELECT DISTINCT substring(key from 1 for %(size)s) FROM coordination_leases"
     " WHERE kind = %(kind)s AND expires > now()"
@@ -96,12 +101,14 @@ _UPLOADING = (
 #: One statement: this node's current holds and leases renewed (or taken
 #: again where lapsed and free), its others deleted (the two sets are disjoint).
 _RENEW = (
-    "WITH held (kind, key) AS (SELECT * FROM unnest(%(kinds)s::text[], %(keys)s::bytea[])),"
+    "WITH held (kind, key, blob) AS"
+    " (SELECT * FROM unnest(%(kinds)s::text[], %(keys)s::bytea[], %(blobs)s::text[])),"
     " gone AS (DELETE FROM coordination_leases AS old WHERE old.node = %(node)s"
     "  AND NOT EXISTS (SELECT 1 FROM held WHERE held.kind = old.kind AND held.key = old.key))"
-    " INSERT INTO coordination_leases AS taken (kind, key, node, expires)"
-    f" SELECT kind, key, %(node)s, {_LEASE_FOR} FROM held"
-    " ON CONFLICT (kind, key) DO UPDATE SET node = excluded.node, expires = excluded.expires"
+    " INSERT INTO coordination_leases AS taken (kind, key, node, expires, blob)"
+    f" SELECT kind, key, %(node)s, {_LEASE_FOR}, blob FROM held"
+    " ON CONFLICT (kind, key) DO UPDATE"
+    " SET node = excluded.node, expires = excluded.expires, blob = excluded.blob"
     " WHERE taken.node = excluded.node OR taken.expires <= now()"
 )
 _IN_WINDOW = (
@@ -215,8 +222,8 @@ class PgCoordination:
             self._connection.close()
             self._connection = None
 
-    def _lease_values(self, kind: str, key: bytes) -> dict[str, object]:
-        return {"kind": kind, "key": key, "node": self.node, "lease": self._lease}
+    def _lease_values(self, kind: str, key: bytes, blob: str | None = None) -> dict[str, object]:
+        return {"kind": kind, "key": key, "node": self.node, "lease": self._lease, "blob": blob}
 
     # -- holds and leases -----------------------------------------------------
 
@@ -234,10 +241,10 @@ class PgCoordination:
         values = {"kind": REGISTRATION, "keys": list(client_ids), "node": self.node}
         self._execute(_RELEASE, values)
 
-    def take_upload(self, client_id: bytes, file_name: bytes) -> bool:
+    def take_upload(self, lease: UploadLease) -> bool:
         """Take (or renew) the upload's lease; False if another node holds it (one round trip)."""
-        key = upload_key(client_id, file_name)
-        return self._execute(_TAKE, self._lease_values(UPLOAD, key)) is not None
+        key = upload_key(lease.client_id, lease.file_name)
+        return self._execute(_TAKE, self._lease_values(UPLOAD, key, lease.blob_key)) is not None
 
     def release_upload(self, client_id: bytes, file_name: bytes) -> None:
         """The upload stopped receiving here (one round trip)."""
@@ -252,13 +259,21 @@ class PgCoordination:
         values = {"kind": UPLOAD, "size": size, "clients": list(client_ids)}
         return {bytes(row[0]) for row in self._rows(_UPLOADING, values)}
 
+    def live_blobs(self) -> set[str]:
+        """The blob keys of the uploads any node is receiving (one round trip)."""
+        return {row[0] for row in self._rows(_LIVE_BLOBS, {"kind": UPLOAD})}
+
     def renew(
-        self, registrations: Collection[bytes], uploads: Collection[tuple[bytes, bytes]]
+        self, registrations: Collection[bytes], uploads: Collection[UploadLease]
     ) -> None:
         """Renew what this node holds; its other holds and leases go (one round trip)."""
-        keys = [*registrations, *(upload_key(*upload) for upload in uploads)]
+        leased = [upload_key(lease.client_id, lease.file_name) for lease in uploads]
+        keys = [*registrations, *leased]
         kinds = [REGISTRATION] * len(registrations) + [UPLOAD] * len(uploads)
-        values = {"kinds": kinds, "keys": keys, "node": self.node, "lease": self._lease}
+        blobs = [None] * len(registrations) + [lease.blob_key for lease in uploads]
+        values = {
+            "kinds": kinds, "keys": keys, "blobs": blobs, "node": self.node, "lease": self._lease
+        }
         self._execute(_RENEW, values)
 
     # -- the failure budget ---------------------------------------------------

@@ -37,6 +37,7 @@ from server.peer import Peer
 from server.session import Session
 from server.storage.coordination import Coordination, MemoryCoordination
 from server.storage.memory import MemoryBlobs, MemoryMetadata
+from server.storage.sweep import GARBAGE_GRACE
 from test_session import Clock, answers, feed, packets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
@@ -239,3 +240,19 @@ def test_a_first_packet_reads_the_failure_counts_once():
     assert isinstance(answers(session)[0], FileReceived)
     assert CountingReads.reads == 1  # the key's verdict and the hour's, from one read
     app.uploads.close()
+
+
+def test_a_blob_one_node_receives_is_not_garbage_to_the_other_s_sweeper(nodes):
+    sending = nodes.session(nodes.a)
+    who = keyed(sending)
+    first, *rest = packets(who)
+    feed(sending, first)
+    answers(sending)
+    receiving = {blob.key for blob in nodes.blobs.unpublished()}
+    assert receiving  # node a's upload, written under its key in the shared blob store
+    for _ in range(2):  # found unreferenced, then past the grace: would be deleted
+        nodes.b.sweeper.sweep()
+        nodes.clock.now += GARBAGE_GRACE + 1
+    assert receiving <= {blob.key for blob in nodes.blobs.unpublished()}
+    feed(sending, *rest)
+    assert isinstance(answers(sending)[0], FileReceived)

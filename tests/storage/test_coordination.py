@@ -21,7 +21,7 @@ import pytest
 from helpers import server_env
 from pg_throwaway import postgres_cluster, postgres_conninfo  # noqa: F401 (fixtures)
 from server.errors import StoreUnusable
-from server.storage.coordination import Coordination, MemoryCoordination
+from server.storage.coordination import Coordination, MemoryCoordination, UploadLease
 
 ALICE, BOB = b"a" * 16, b"b" * 16
 KEY, OTHER_KEY = b"k" * 32, b"o" * 32
@@ -29,6 +29,11 @@ HOUR = 3600.0
 LEASE = 30.0
 #: How long the real-clock case waits at most for a short lease to lapse.
 LAPSE_WAIT = 30.0
+
+
+def lease(client_id: bytes, file_name: bytes) -> UploadLease:
+    """The lease of an upload whose blob is named after its client and file name."""
+    return UploadLease(client_id, file_name, (client_id + file_name).hex())
 
 
 class Clock:
@@ -130,64 +135,85 @@ def test_one_node_cannot_release_another_s_hold(backend):
 
 def test_an_upload_lease_is_one_node_s_until_released(backend):
     a, b = backend("a"), backend("b")
-    assert a.take_upload(ALICE, b"f.bin")
-    assert not b.take_upload(ALICE, b"f.bin")
-    assert a.take_upload(ALICE, b"f.bin")  # its own: renewed
-    assert b.take_upload(ALICE, b"g.bin")  # another name
-    assert b.take_upload(BOB, b"f.bin")  # another client
+    assert a.take_upload(lease(ALICE, b"f.bin"))
+    assert not b.take_upload(lease(ALICE, b"f.bin"))
+    assert a.take_upload(lease(ALICE, b"f.bin"))  # its own: renewed
+    assert b.take_upload(lease(ALICE, b"g.bin"))  # another name
+    assert b.take_upload(lease(BOB, b"f.bin"))  # another client
     b.release_upload(ALICE, b"f.bin")  # not b's: nothing
-    assert not b.take_upload(ALICE, b"f.bin")
+    assert not b.take_upload(lease(ALICE, b"f.bin"))
     a.release_upload(ALICE, b"f.bin")
-    assert b.take_upload(ALICE, b"f.bin")
-    assert not a.take_upload(ALICE, b"f.bin")
+    assert b.take_upload(lease(ALICE, b"f.bin"))
+    assert not a.take_upload(lease(ALICE, b"f.bin"))
 
 
 def test_an_upload_lease_lapses_unless_renewed(backend):
     a, b = backend("a"), backend("b")
-    assert a.take_upload(ALICE, b"f.bin")
+    assert a.take_upload(lease(ALICE, b"f.bin"))
     backend.lapse()
-    assert b.take_upload(ALICE, b"f.bin")
-    assert not a.take_upload(ALICE, b"f.bin")
+    assert b.take_upload(lease(ALICE, b"f.bin"))
+    assert not a.take_upload(lease(ALICE, b"f.bin"))
 
 
 def test_renewal_keeps_what_the_node_holds_and_lets_go_of_the_rest(backend):
     a, b = backend("a"), backend("b")
-    a.take_upload(ALICE, b"kept.bin")
-    a.take_upload(ALICE, b"dropped.bin")
+    a.take_upload(lease(ALICE, b"kept.bin"))
+    a.take_upload(lease(ALICE, b"dropped.bin"))
     a.hold_registration(ALICE)
     a.hold_registration(BOB)
     backend.lapse()
-    a.renew([ALICE], [(ALICE, b"kept.bin")])  # lapsed and free: taken again
-    assert not b.take_upload(ALICE, b"kept.bin")
-    assert b.take_upload(ALICE, b"dropped.bin")
+    a.renew([ALICE], [lease(ALICE, b"kept.bin")])  # lapsed and free: taken again
+    assert not b.take_upload(lease(ALICE, b"kept.bin"))
+    assert b.take_upload(lease(ALICE, b"dropped.bin"))
     assert b.registration_held_elsewhere(ALICE)
     assert not b.registration_held_elsewhere(BOB)
 
 
 def test_renewal_does_not_take_back_a_lapsed_lease_another_node_took(backend):
     a, b = backend("a"), backend("b")
-    a.take_upload(ALICE, b"f.bin")
+    a.take_upload(lease(ALICE, b"f.bin"))
     backend.lapse()
-    assert b.take_upload(ALICE, b"f.bin")
-    a.renew([], [(ALICE, b"f.bin")])
-    assert not a.take_upload(ALICE, b"f.bin")
+    assert b.take_upload(lease(ALICE, b"f.bin"))
+    a.renew([], [lease(ALICE, b"f.bin")])
+    assert not a.take_upload(lease(ALICE, b"f.bin"))
 
 
 def test_uploading_names_the_clients_with_a_lease_on_any_node(backend):
     a, b = backend("a"), backend("b")
-    a.take_upload(ALICE, b"f.bin")
+    a.take_upload(lease(ALICE, b"f.bin"))
     assert b.uploading([ALICE, BOB]) == {ALICE}
     assert b.uploading([]) == set()
     backend.lapse()
     assert b.uploading([ALICE, BOB]) == set()
 
 
+def test_the_blobs_of_uploads_any_node_receives_are_live(backend):
+    a, b = backend("a"), backend("b")
+    a.take_upload(lease(ALICE, b"f.bin"))
+    b.take_upload(lease(BOB, b"g.bin"))
+    b.hold_registration(ALICE)
+    live = {lease(ALICE, b"f.bin").blob_key, lease(BOB, b"g.bin").blob_key}
+    assert a.live_blobs() == b.live_blobs() == live
+    a.release_upload(ALICE, b"f.bin")
+    assert b.live_blobs() == {lease(BOB, b"g.bin").blob_key}
+    backend.lapse()
+    assert a.live_blobs() == set()
+
+
+def test_renewal_keeps_a_lease_s_blob_live(backend):
+    a, b = backend("a"), backend("b")
+    a.take_upload(lease(ALICE, b"f.bin"))
+    backend.lapse()
+    a.renew([], [lease(ALICE, b"f.bin")])
+    assert b.live_blobs() == {lease(ALICE, b"f.bin").blob_key}
+
+
 def test_closing_a_node_lets_go_of_its_holds_and_leases(backend):
     a, b = backend("a"), backend("b")
-    a.take_upload(ALICE, b"f.bin")
+    a.take_upload(lease(ALICE, b"f.bin"))
     a.hold_registration(BOB)
     a.close()
-    assert b.take_upload(ALICE, b"f.bin")
+    assert b.take_upload(lease(ALICE, b"f.bin"))
     assert not b.registration_held_elsewhere(BOB)
 
 
@@ -247,17 +273,17 @@ def test_one_node_runs_the_purges_and_another_takes_over_when_it_stops(backend):
 def test_a_short_lease_lapses_by_the_database_s_clock(postgres_conninfo):  # noqa: F811
     from server.storage.pg_coordination import PgCoordination
 
-    lease = 2.0
-    a = PgCoordination(postgres_conninfo, "a", lease)
-    b = PgCoordination(postgres_conninfo, "b", lease)
+    lease_time = 2.0
+    a = PgCoordination(postgres_conninfo, "a", lease_time)
+    b = PgCoordination(postgres_conninfo, "b", lease_time)
     try:
         taken = time.monotonic()
-        assert a.take_upload(ALICE, b"f.bin")
-        assert not b.take_upload(ALICE, b"f.bin")
-        while not b.take_upload(ALICE, b"f.bin"):
+        assert a.take_upload(lease(ALICE, b"f.bin"))
+        assert not b.take_upload(lease(ALICE, b"f.bin"))
+        while not b.take_upload(lease(ALICE, b"f.bin")):
             assert time.monotonic() - taken < LAPSE_WAIT, "the lease never lapsed"
-            time.sleep(lease / 10)
-        assert time.monotonic() - taken >= lease  # not before it lapsed
+            time.sleep(lease_time / 10)
+        assert time.monotonic() - taken >= lease_time  # not before it lapsed
     finally:
         a.close()
         b.close()
@@ -275,7 +301,7 @@ def test_two_nodes_racing_for_one_lease_never_both_get_it(postgres_conninfo):  #
     def race(index: int) -> None:
         for number in range(rounds):
             start.wait()
-            won[index].append(nodes[index].take_upload(ALICE, b"%d" % number))
+            won[index].append(nodes[index].take_upload(lease(ALICE, b"%d" % number)))
 
     threads = [threading.Thread(target=race, args=(index,)) for index in (0, 1)]
     try:
@@ -315,9 +341,10 @@ def test_an_unreachable_database_is_a_one_line_refusal():
 #: A node in a process of its own: it leads, takes a lease, says so, and waits to be killed.
 _DOOMED_NODE = """
 import sys, time
+from server.storage.coordination import UploadLease
 from server.storage.pg_coordination import PgCoordination
 node = PgCoordination(sys.argv[1], "doomed", float(sys.argv[2]))
-assert node.may_run_purges() and node.take_upload(b"a" * 16, b"f.bin")
+assert node.may_run_purges() and node.take_upload(UploadLease(b"a" * 16, b"f.bin", "doomed"))
 print("ready", flush=True)
 time.sleep(600)
 """
@@ -327,22 +354,22 @@ time.sleep(600)
 def test_a_killed_node_loses_its_leadership_and_its_leases_lapse(postgres_conninfo):  # noqa: F811
     from server.storage.pg_coordination import PgCoordination
 
-    lease = 2.0
+    lease_time = 2.0
     doomed = subprocess.Popen(
-        [sys.executable, "-c", _DOOMED_NODE, postgres_conninfo, str(lease)],
+        [sys.executable, "-c", _DOOMED_NODE, postgres_conninfo, str(lease_time)],
         stdout=subprocess.PIPE, text=True, env=server_env(),
     )
-    survivor = PgCoordination(postgres_conninfo, "survivor", lease)
+    survivor = PgCoordination(postgres_conninfo, "survivor", lease_time)
     try:
         assert doomed.stdout is not None and doomed.stdout.readline() == "ready\n"
         assert not survivor.may_run_purges()
-        assert not survivor.take_upload(ALICE, b"f.bin")
+        assert not survivor.take_upload(lease(ALICE, b"f.bin"))
         doomed.send_signal(signal.SIGKILL)
         doomed.wait()
         waited = time.monotonic()
-        while not (survivor.may_run_purges() and survivor.take_upload(ALICE, b"f.bin")):
+        while not (survivor.may_run_purges() and survivor.take_upload(lease(ALICE, b"f.bin"))):
             assert time.monotonic() - waited < LAPSE_WAIT, "the killed node's hold stayed"
-            time.sleep(lease / 10)
+            time.sleep(lease_time / 10)
     finally:
         if doomed.poll() is None:
             doomed.kill()
