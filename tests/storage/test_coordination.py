@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
@@ -21,7 +22,13 @@ import pytest
 from helpers import server_env
 from pg_throwaway import postgres_cluster, postgres_conninfo  # noqa: F401 (fixtures)
 from server.errors import StoreUnusable
-from server.storage.coordination import Coordination, MemoryCoordination, UploadLease
+from server.storage.base import StoreUrl
+from server.storage.coordination import (
+    Coordination,
+    MemoryCoordination,
+    UploadLease,
+    open_coordination,
+)
 
 ALICE, BOB = b"a" * 16, b"b" * 16
 KEY, OTHER_KEY = b"k" * 32, b"o" * 32
@@ -375,3 +382,29 @@ def test_a_killed_node_loses_its_leadership_and_its_leases_lapse(postgres_connin
             doomed.kill()
             doomed.wait()
         survivor.close()
+
+
+# -- which coordination a server opens --------------------------------------------------
+
+
+def test_a_store_only_one_server_opens_needs_no_shared_coordination(tmp_path):
+    url = StoreUrl("sqlite", tmp_path / "defensive.db")
+    assert open_coordination(url, "node", LEASE) is None
+
+
+@pytest.mark.needed_in_ci
+def test_a_postgresql_store_opens_the_nodes_coordination_in_it(postgres_conninfo):  # noqa: F811
+    from psycopg.conninfo import conninfo_to_dict
+
+    from server.storage.pg_coordination import PgCoordination
+
+    parts = conninfo_to_dict(postgres_conninfo)
+    text = f"postgresql://{parts['user']}@{parts['host']}:{parts['port']}/{parts['dbname']}"
+    url = StoreUrl("postgresql", Path(f"/{parts['dbname']}"), host=str(parts["host"]), text=text)
+    node = open_coordination(url, "node-1", LEASE)
+    try:
+        assert isinstance(node, PgCoordination) and node.node == "node-1"
+        assert node.may_run_purges()
+    finally:
+        assert node is not None
+        node.close()
