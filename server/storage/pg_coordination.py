@@ -22,13 +22,16 @@ are created if absent, under a version of their own (``coordination_version``):
 
 A call that fails raises :class:`~server.errors.StorageFault`; a broken
 connection is opened again at the next call (the leadership is then asked
-for again).
+for again), but not within :data:`RECONNECT_DELAY` of a failed attempt:
+meanwhile calls fail at once, so that a database that is down costs the
+loop one connection timeout per delay, not one per call.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from typing import Any, Collection, Mapping, Sequence
 
 from ..errors import StorageFault, StoreUnusable
@@ -48,8 +51,11 @@ VERSION = 1
 PURGE_LOCK = 0x63645F7075726765  # "cd_purge"
 SCHEMA_LOCK = 0x63645F736368656D  # "cd_schem"
 #: Seconds to connect, and that one call may take, before it fails (the loop waits meanwhile).
-CONNECT_TIMEOUT = 5
+CONNECT_TIMEOUT = 2
 STATEMENT_TIMEOUT_MS = 2000
+#: Seconds after a failed connection during which calls fail at once rather
+#: than each wait for a connection of its own.
+RECONNECT_DELAY = 1.0
 #: Bytes of the digest that stands for an AES key in the failure counts.
 KEY_TAG_SIZE = 16
 INSTALL = "pip install 'cipherdrop[postgres]'"
@@ -162,6 +168,8 @@ class PgCoordination:
         self._lease = lease
         self._leader = False
         self._connection: Any = None
+        #: No connection is attempted before this (``time.monotonic``).
+        self._next_attempt = 0.0
         try:
             connection = self._connect()
             with connection.transaction():
@@ -181,6 +189,8 @@ class PgCoordination:
     def _connect(self) -> Any:
         if self._connection is None or self._connection.closed:
             self._leader = False
+            if time.monotonic() < self._next_attempt:
+                raise StorageFault("the database was unreachable a moment ago")
             try:
                 self._connection = psycopg.connect(
                     self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
@@ -189,6 +199,7 @@ class PgCoordination:
                     application_name=f"cipherdrop coordination {self.node}"[:63],
                 )
             except psycopg.Error as exc:
+                self._next_attempt = time.monotonic() + RECONNECT_DELAY
                 raise StorageFault(f"cannot connect to the database: {_reason(exc)}") from exc
         return self._connection
 
@@ -198,19 +209,19 @@ class PgCoordination:
         Raises:
             StorageFault: it failed (a broken connection is opened again next time).
         """
+        rows = self._rows(statement, values)
+        return rows[0] if rows else None
+
+    def _rows(self, statement: str, values: Mapping[str, object]) -> list[Sequence[Any]]:
+        """One statement, one round trip: its rows (none for a statement without).
+
+        Raises:
+            StorageFault: it failed (a broken connection is opened again next time).
+        """
         connection = self._connect()
         try:
             cursor = connection.execute(statement, values)
-            return cursor.fetchone() if cursor.description is not None else None
-        except psycopg.Error as exc:
-            if connection.broken:
-                self._drop_connection()
-            raise StorageFault(f"coordination: {_reason(exc)}") from exc
-
-    def _rows(self, statement: str, values: Mapping[str, object]) -> list[Sequence[Any]]:
-        connection = self._connect()
-        try:
-            return connection.execute(statement, values).fetchall()
+            return cursor.fetchall() if cursor.description is not None else []
         except psycopg.Error as exc:
             if connection.broken:
                 self._drop_connection()

@@ -408,3 +408,50 @@ def test_a_postgresql_store_opens_the_nodes_coordination_in_it(postgres_conninfo
     finally:
         assert node is not None
         node.close()
+
+
+@pytest.mark.needed_in_ci
+def test_a_lost_connection_fails_one_call_and_the_next_connects_again(postgres_conninfo):  # noqa: F811
+    import psycopg
+
+    from server.errors import StorageFault
+    from server.storage.pg_coordination import RECONNECT_DELAY, PgCoordination
+
+    a = PgCoordination(postgres_conninfo, "a", LEASE)
+    try:
+        assert a.may_run_purges()
+        with psycopg.connect(postgres_conninfo, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name LIKE 'cipherdrop coordination %'"
+            )
+        with pytest.raises(StorageFault):
+            a.take_upload(lease(ALICE, b"f.bin"))
+        recovered = time.monotonic()
+        while True:
+            try:
+                assert a.take_upload(lease(ALICE, b"f.bin"))
+                break
+            except StorageFault:
+                assert time.monotonic() - recovered < LAPSE_WAIT
+                time.sleep(RECONNECT_DELAY / 4)
+        assert a.may_run_purges()  # asked for again on the new connection, and got
+    finally:
+        a.close()
+
+
+@pytest.mark.needed_in_ci
+def test_an_unreachable_database_fails_calls_at_once_between_attempts(postgres_conninfo):  # noqa: F811
+    from server.errors import StorageFault
+    from server.storage.pg_coordination import PgCoordination
+
+    a = PgCoordination(postgres_conninfo, "a", LEASE)
+    try:
+        a._drop_connection()
+        a._conninfo = "host=127.0.0.1 port=1 dbname=none"  # the database went away
+        with pytest.raises(StorageFault, match="cannot connect"):
+            a.take_upload(lease(ALICE, b"f.bin"))
+        with pytest.raises(StorageFault, match="a moment ago"):  # no new attempt yet
+            a.take_upload(lease(ALICE, b"f.bin"))
+    finally:
+        a.close()
