@@ -32,6 +32,7 @@ from protocol import (
     crypto,
 )
 from server.app import App
+from server.errors import StorageFault
 from server.limits import Limits
 from server.peer import Peer
 from server.session import Session
@@ -256,3 +257,36 @@ def test_a_blob_one_node_receives_is_not_garbage_to_the_other_s_sweeper(nodes):
     assert receiving <= {blob.key for blob in nodes.blobs.unpublished()}
     feed(sending, *rest)
     assert isinstance(answers(sending)[0], FileReceived)
+
+
+class Unreachable(MemoryCoordination):
+    """A node whose database is down: every call of the coordination fails."""
+
+    def __getattribute__(self, name: str):
+        if name in {
+            "hold_registration", "registration_held_elsewhere", "release_registrations",
+            "take_upload", "release_upload", "uploading", "live_blobs", "renew",
+            "decrypt_failures", "note_decrypt_failure", "may_run_purges", "purge",
+        }:
+            def fail(*args, **kwargs):
+                raise StorageFault("the database is unreachable")
+            return fail
+        return super().__getattribute__(name)
+
+
+def test_a_node_whose_database_is_down_refuses_what_needs_it_and_keeps_serving(caplog):
+    clock = Clock()
+    app = App.build(MemoryMetadata(), MemoryBlobs(), Limits(), clock=clock,
+                    coordination=Unreachable(clock))
+    session = Session(app, Peer(ADDRESS, 40000))
+    with caplog.at_level(logging.WARNING):
+        who = keyed(session)  # the registration is held on this node only
+        feed(session, *file_packets(who, "one.bin", b"one packet"))
+        assert isinstance(answers(session)[0], GeneralError)  # the budget cannot be read
+        app._renew_periodically()
+        app._purge_periodically()
+        app._sweep_garbage_periodically()
+    assert "held on this node only" in caplog.text
+    assert "cannot renew" in caplog.text and "cannot delete lapsed clients" in caplog.text
+    app.connection_closed(session.peer)
+    app.uploads.close()
