@@ -91,9 +91,11 @@ _HELD_ELSEWHERE = (
     "SELECT 1 FROM coordination_leases"
     " WHERE kind = %(kind)s AND key = %(key)s AND node <> %(node)s AND expires > now()"
 )
+#: One key at a time, by equality: matched against an array (``= ANY``, a
+#: join with ``unnest``), the planner may read every row of the kind.
 _RELEASE = (
     "DELETE FROM coordination_leases"
-    " WHERE kind = %(kind)s AND key = ANY(%(keys)s) AND node = %(node)s"
+    " WHERE kind = %(kind)s AND key = %(key)s AND node = %(node)s"
 )
 _LIVE_BLOBS = (
     "SELECT blob FROM coordination_leases"
@@ -248,9 +250,17 @@ class PgCoordination:
         return found is not None
 
     def release_registrations(self, client_ids: Collection[bytes]) -> None:
-        """This node no longer holds these registrations (one round trip)."""
-        values = {"kind": REGISTRATION, "keys": list(client_ids), "node": self.node}
-        self._execute(_RELEASE, values)
+        """This node no longer holds these registrations (one round trip: a pipeline)."""
+        connection = self._connect()
+        values = [
+            {"kind": REGISTRATION, "key": client_id, "node": self.node} for client_id in client_ids
+        ]
+        try:
+            connection.cursor().executemany(_RELEASE, values)
+        except psycopg.Error as exc:
+            if connection.broken:
+                self._drop_connection()
+            raise StorageFault(f"coordination: {_reason(exc)}") from exc
 
     def take_upload(self, lease: UploadLease) -> bool:
         """Take (or renew) the upload's lease; False if another node holds it (one round trip)."""
@@ -259,7 +269,7 @@ class PgCoordination:
 
     def release_upload(self, client_id: bytes, file_name: bytes) -> None:
         """The upload stopped receiving here (one round trip)."""
-        values = {"kind": UPLOAD, "keys": [upload_key(client_id, file_name)], "node": self.node}
+        values = {"kind": UPLOAD, "key": upload_key(client_id, file_name), "node": self.node}
         self._execute(_RELEASE, values)
 
     def uploading(self, client_ids: Collection[bytes]) -> set[bytes]:
