@@ -45,6 +45,9 @@ UPLOAD = "upload"
 
 #: How often a node renews its holds and leases within one lease time.
 RENEWALS_PER_LEASE = 3
+#: Seconds a hold or lease lasts after its renewal, unless told (the
+#: server's is its ``--message-deadline``, of this default).
+DEFAULT_LEASE = 30.0
 
 #: The URL schemes whose metadata store is shared by nodes (its coordination with it).
 SHARED_SCHEMES = frozenset({"postgresql", "postgres"})
@@ -169,7 +172,7 @@ class MemoryCoordination:
         self,
         clock: Callable[[], float],
         node: str = "local",
-        lease: float = 30.0,
+        lease: float = DEFAULT_LEASE,
         shared: _Shared | None = None,
     ) -> None:
         self.node = node

@@ -303,7 +303,8 @@ class PgCoordination:
         """The client's failures under ``aes_key``, and within ``window`` (one round trip)."""
         values = {"client": client_id, "tag": key_tag(aes_key), "window": window}
         row = self._execute(_FAILURES, values)
-        assert row is not None  # a SELECT of two values always has its row
+        if row is None:
+            raise StorageFault("coordination: the failure counts came back empty")
         return FailureCounts(row[0] or 0, row[1])
 
     def note_decrypt_failure(
@@ -312,7 +313,8 @@ class PgCoordination:
         """Count one failed decryption under ``aes_key``; the counts with it (one round trip)."""
         values = {"client": client_id, "tag": key_tag(aes_key), "window": window}
         row = self._execute(_NOTE_FAILURE, values)
-        assert row is not None
+        if row is None:
+            raise StorageFault("coordination: the failure counts came back empty")
         return FailureCounts(row[0], row[1])
 
     # -- purges ---------------------------------------------------------------
