@@ -322,6 +322,11 @@ def _stop_signals() -> list[signal.Signals]:
     return found
 
 
+def node_name(given: str | None, port: int) -> str:
+    """This server's name among those sharing its database: ``--node-name``, or host:port."""
+    return given or f"{socket.gethostname()}:{port}"
+
+
 def start_metrics(address: tuple[str, int] | None) -> Metrics:
     """The metrics to count into: served at ``address``, or none without one.
 
@@ -376,7 +381,7 @@ def _serve_with(
         )
         metadata.close()
         return EXIT_STARTUP_FAILED
-    node = args.node_name or f"{socket.gethostname()}:{listener.getsockname()[1]}"
+    node = node_name(args.node_name, listener.getsockname()[1])
     try:
         coordination = open_coordination(urls.metadata, node, limits.message_deadline)
     except StorageFault as exc:

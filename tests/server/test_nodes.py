@@ -12,6 +12,7 @@ coordination itself is held to its contract in tests/storage/test_coordination.p
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Callable
@@ -290,3 +291,11 @@ def test_a_node_whose_database_is_down_refuses_what_needs_it_and_keeps_serving(c
     assert "cannot renew" in caplog.text and "cannot delete lapsed clients" in caplog.text
     app.connection_closed(session.peer)
     app.uploads.close()
+
+
+def test_a_node_is_named_by_its_option_or_by_its_host_and_port():
+    from server.__main__ import build_parser, node_name
+
+    assert node_name(None, 1256) == f"{socket.gethostname()}:1256"
+    named = build_parser().parse_args(["--node-name", "drop-2"]).node_name
+    assert node_name(named, 1256) == "drop-2"
