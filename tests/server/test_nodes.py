@@ -11,6 +11,7 @@ coordination itself is held to its contract in tests/storage/test_coordination.p
 
 from __future__ import annotations
 
+import collections
 import logging
 import socket
 import sys
@@ -23,6 +24,8 @@ from helpers import (
     ANY_ID, Identity, bad_padding_packet, file_packets, private_key, unique_name,
 )
 from protocol import (
+    Acknowledged,
+    CrcOk,
     FileReceived,
     GeneralError,
     PublicKeyReceived,
@@ -221,26 +224,57 @@ def test_only_one_node_runs_the_periodic_purges(nodes, monkeypatch):
     assert ran == ["a", "b"]
 
 
-class CountingReads(MemoryCoordination):
-    """A node that counts its reads of the failure counts (each one a round trip in PostgreSQL)."""
+#: The coordination's calls: each one statement, one round trip, in PostgreSQL.
+CALLS = (
+    "hold_registration", "registration_held_elsewhere", "release_registrations",
+    "take_upload", "release_upload", "uploading", "live_blobs", "renew",
+    "decrypt_failures", "note_decrypt_failure", "may_run_purges", "purge",
+)
 
-    reads = 0
 
-    def decrypt_failures(self, client_id, aes_key, window):
-        CountingReads.reads += 1
-        return super().decrypt_failures(client_id, aes_key, window)
+class Counting(MemoryCoordination):
+    """A node that counts the calls it is asked (each a round trip in PostgreSQL)."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def __getattribute__(self, name: str):
+        found = super().__getattribute__(name)
+        if name in CALLS:
+            self.calls[name] += 1
+        return found
+
+
+def counted_app() -> tuple[App, Counting, Session]:
+    clock = Clock()
+    counting = Counting(clock)
+    app = App.build(MemoryMetadata(), MemoryBlobs(), Limits(), clock=clock, coordination=counting)
+    return app, counting, Session(app, Peer(ADDRESS, 40000))
 
 
 def test_a_first_packet_reads_the_failure_counts_once():
-    clock = Clock()
-    app = App.build(MemoryMetadata(), MemoryBlobs(), Limits(), clock=clock,
-                    coordination=CountingReads(clock))
-    session = Session(app, Peer(ADDRESS, 40000))
+    app, counting, session = counted_app()
     who = keyed(session)
-    CountingReads.reads = 0
+    counting.calls.clear()
     feed(session, *file_packets(who, "one.bin", b"one packet"))
     assert isinstance(answers(session)[0], FileReceived)
-    assert CountingReads.reads == 1  # the key's verdict and the hour's, from one read
+    assert counting.calls["decrypt_failures"] == 1  # the key's verdict and the hour's
+    app.uploads.close()
+
+
+def test_a_session_makes_one_call_per_decision():
+    app, counting, session = counted_app()
+    who = keyed(session)  # 825 (the hold), 826 (none: let go at the renewal)
+    feed(session, *file_packets(who, "one.bin", b"one packet"))
+    feed(session, CrcOk(client_id=who.client_id, file_name="one.bin"))
+    assert [type(answer) for answer in answers(session)] == [FileReceived, Acknowledged]
+    assert counting.calls == {
+        "hold_registration": 1,
+        "decrypt_failures": 2,  # the 828's (key and hour), the 900's (key)
+        "take_upload": 1,
+        "release_upload": 1,
+    }
     app.uploads.close()
 
 
@@ -264,11 +298,7 @@ class Unreachable(MemoryCoordination):
     """A node whose database is down: every call of the coordination fails."""
 
     def __getattribute__(self, name: str):
-        if name in {
-            "hold_registration", "registration_held_elsewhere", "release_registrations",
-            "take_upload", "release_upload", "uploading", "live_blobs", "renew",
-            "decrypt_failures", "note_decrypt_failure", "may_run_purges", "purge",
-        }:
+        if name in CALLS:
             def fail(*args, **kwargs):
                 raise StorageFault("the database is unreachable")
             return fail
