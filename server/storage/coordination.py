@@ -6,7 +6,7 @@ memory (docs/ARCHITECTURE.md, "Several nodes"):
 
 * a keyless registration's **hold** on its name: the node whose connection
   made it holds it, so that another connection (of the same address) gets
-  1601 while it is open (server/registrations.py);
+  1601 while it is open (``LiveRegistrations``, server/app.py);
 * one **upload lease** per client and file name: the node receiving it
   holds it from the first packet until the upload stops receiving
   (server/upload.py); the lease names the blob it writes, so that no
@@ -14,8 +14,8 @@ memory (docs/ARCHITECTURE.md, "Several nodes"):
   (server/storage/sweep.py);
 * the **decryption-failure budget**: failures per key, and per client in a
   window, counted across nodes and addresses (server/budget.py);
-* the **purge leader**: one node at a time deletes lapsed clients
-  (server/app.py).
+* the **purge leader**: one node at a time deletes lapsed clients and
+  old failures (server/app.py).
 
 A hold or lease is this node's for ``lease`` seconds after it was taken or
 last renewed; :meth:`Coordination.renew` (every third of that, from the
