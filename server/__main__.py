@@ -52,6 +52,7 @@ from .peer import address_group
 from .proxied import ProxySources
 from .storage import BlobStore, MetadataStore
 from .storage.commit import repair
+from .storage.coordination import open_coordination
 from .storage.factory import StoreUrls, open_stores
 from .storage.lock import DataDirLock
 from .storage.store_options import add_store_options
@@ -102,6 +103,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="address or name to listen on (default: all interfaces, IPv4 and IPv6, reachable"
         " from other machines; '::' = all IPv6 interfaces; 127.0.0.1 or ::1 = this machine"
         " only)",
+    )
+    parser.add_argument(
+        "--node-name", default=None,
+        help="this server's name among the servers sharing one database (default:"
+        " hostname:port); each must have its own",
     )
     parser.add_argument(
         "--data-dir", type=Path, default=Path("."),
@@ -325,6 +331,11 @@ def _stop_signals() -> list[signal.Signals]:
     return found
 
 
+def node_name(given: str | None, port: int) -> str:
+    """This server's name among those sharing its database: ``--node-name``, or host:port."""
+    return given or f"{socket.gethostname()}:{port}"
+
+
 def start_metrics(address: tuple[str, int] | None) -> Metrics:
     """The metrics to count into: served at ``address``, or none without one.
 
@@ -379,8 +390,18 @@ def _serve_with(
         )
         metadata.close()
         return EXIT_STARTUP_FAILED
-    proxies = ProxySources(args.proxy_protocol_from)
-    server = Server(App.build(metadata, blobs, limits, metrics=metrics), listener, proxies)
+    node = node_name(args.node_name, listener.getsockname()[1])
+    try:
+        coordination = open_coordination(urls.metadata, node, limits.message_deadline)
+    except StorageFault as exc:
+        log.error("cannot start: %s", exc)
+        listener.close()
+        metadata.close()
+        return EXIT_STARTUP_FAILED
+    if coordination is not None:
+        log.info("node %s: holds, leases and failure counts shared in the metadata database", node)
+    app = App.build(metadata, blobs, limits, metrics=metrics, coordination=coordination)
+    server = Server(app, listener, ProxySources(args.proxy_protocol_from))
     metrics.watch_connections(lambda: len(server.channels))  # read at each scrape
     previous = {
         signum: signal.signal(signum, lambda *_: server.drain())
@@ -395,6 +416,7 @@ def _serve_with(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         durability_lost = server.durability_lost
+        app.coordination.close()
         try:
             metadata.close()
         except DurabilityLost as exc:  # lost in a round the loop did not get to report

@@ -76,13 +76,14 @@ class Admission:
                 " waiting for their 900)"
             )
 
-    def check_budget(self, client_id: bytes) -> None:
+    def check_budget(self, client_id: bytes, aes_key: bytes) -> None:
         """The client may still upload (server/budget.py).
 
         Raises:
             Refusal: too many failed decryptions for this client.
+            StorageFault: the counts cannot be read.
         """
-        if self._budget.uploads_blocked(client_id):
+        if self._budget.uploads_blocked(client_id, aes_key):
             raise Refusal("too many failed decryptions for this client in the last hour")
 
     def check_room(self, client_id: bytes, file_name: bytes, peer: Peer, need: int) -> None:

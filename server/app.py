@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AbstractSet, Callable
 
-from .budget import DecryptionBudget
+from .budget import HOUR, DecryptionBudget
 from .errors import StorageFault
 from .limits import Limits
 from .lograte import LogLimiter
@@ -18,6 +18,7 @@ from .rate import RegistrationLimiter
 from .reads import RequestReads
 from .shares import RoundShares
 from .storage import BlobStore, MetadataStore, RoundCommit
+from .storage.coordination import RENEWALS_PER_LEASE, Coordination, MemoryCoordination
 from .storage.sweep import GARBAGE_GRACE, Sweeper
 from .timers import Timers
 from .upload import Uploads
@@ -35,10 +36,16 @@ class LiveRegistrations:
     """Keyless registrations made by 825 on connections still open.
 
     Another connection's 825 for such a name gets 1601. Indexed both ways, so
-    that closing a connection costs what it held, not what all hold.
+    that closing a connection costs what it held, not what all hold. With
+    other nodes (``shared``), each is also held in the coordination
+    (server/storage/coordination.py) for as long as this node renews it:
+    another node's connection gets 1601 too. A registration that got its key
+    or was replaced is let go there at the next renewal (a keyed or deleted
+    client's hold is never asked about); a closed connection's at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shared: Coordination | None = None) -> None:
+        self._shared = shared
         self._holder: dict[bytes, Peer] = {}
         self._held: dict[Peer, set[bytes]] = {}
 
@@ -49,11 +56,34 @@ class LiveRegistrations:
         """The connection that registered this keyless client, if still open."""
         return self._holder.get(client_id)
 
+    def held_elsewhere(self, client_id: bytes) -> bool:
+        """Whether another node's connection holds this keyless client.
+
+        Raises:
+            StorageFault: the coordination cannot tell.
+        """
+        return self._shared is not None and self._shared.registration_held_elsewhere(client_id)
+
+    def held(self) -> list[bytes]:
+        """Every keyless client this node holds (for the renewal)."""
+        return list(self._holder)
+
     def hold(self, client_id: bytes, peer: Peer) -> None:
-        """The connection ``peer`` registered ``client_id``."""
+        """The connection ``peer`` registered ``client_id``.
+
+        If the coordination cannot take the hold, it is held here only (logged).
+        """
         self.release(client_id)
         self._holder[client_id] = peer
         self._held.setdefault(peer, set()).add(client_id)
+        if self._shared is not None:
+            try:
+                self._shared.hold_registration(client_id)
+            except StorageFault as exc:
+                log.warning(
+                    "%s: client %s: its registration is held on this node only: %s",
+                    peer.address, client_id.hex(), exc,
+                )
 
     def release(self, client_id: bytes) -> None:
         """The registration got its key or was replaced."""
@@ -66,8 +96,14 @@ class LiveRegistrations:
 
     def connection_closed(self, peer: Peer) -> None:
         """Forget the registrations a closed connection was holding."""
-        for client_id in self._held.pop(peer, ()):
+        held = self._held.pop(peer, ())
+        for client_id in held:
             del self._holder[client_id]
+        if held and self._shared is not None:
+            try:
+                self._shared.release_registrations(held)
+            except StorageFault as exc:  # they go at the next renewal, or lapse
+                log.warning("%s: cannot let go of its registrations: %s", peer.address, exc)
 
 
 @dataclass
@@ -88,6 +124,8 @@ class App:
     shares: RoundShares
     #: Deletes the blobs no row points at any more, after a grace period.
     sweeper: Sweeper
+    #: What the nodes sharing the metadata agree on (server/storage/coordination.py).
+    coordination: Coordination
     wall_clock: Callable[[], float] = field(default=time.time)
     live_registrations: LiveRegistrations = field(default_factory=LiveRegistrations)
     #: What the loop, the sessions and the budget report to (server/metrics.py).
@@ -184,6 +222,9 @@ class App:
                 for client_id in (self.metadata.unused_clients(now - lapse) if lapse else [])
                 if not self.uploads.in_progress(client_id)
             ]
+            if unused:  # an upload on another node keeps its client too
+                elsewhere = self.coordination.uploading(unused)
+                unused = [client_id for client_id in unused if client_id not in elsewhere]
             for client_id in unused:
                 self.metadata.forget_client(client_id)
         if keyless:
@@ -196,12 +237,27 @@ class App:
         return keyless + len(unused)
 
     def _purge_periodically(self) -> None:
+        """This node's rates; the lapsed clients and old failures, if this node is the leader."""
         self.registrations.sweep()
         try:
-            self.purge_lapsed_clients()
+            if self.coordination.may_run_purges():
+                self.purge_lapsed_clients()
+                self.coordination.purge(HOUR)
         except StorageFault as exc:
             log.error("cannot delete lapsed clients: %s", exc)
         self.timers.call_later(PURGE_INTERVAL, self._purge_periodically)
+
+    def _renew_periodically(self) -> None:
+        """Renew this node's registration holds and upload leases; let go of the others."""
+        try:
+            self.coordination.renew(self.live_registrations.held(), self.uploads.leased())
+        except StorageFault as exc:
+            log.error("cannot renew this node's holds and leases: %s", exc)
+        self.timers.call_later(self._renewal_interval, self._renew_periodically)
+
+    @property
+    def _renewal_interval(self) -> float:
+        return self.limits.message_deadline / RENEWALS_PER_LEASE
 
     def _sweep_garbage_periodically(self) -> None:
         try:
@@ -225,22 +281,30 @@ class App:
         limits: Limits,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics = NO_METRICS,
+        coordination: Coordination | None = None,
     ) -> App:
         """Wire the parts together; everything reads and writes ``metadata`` through one
-        :class:`RequestReads`."""
+        :class:`RequestReads`.
+
+        ``coordination``: what this node shares with the others (None: it is
+        the only one, :class:`MemoryCoordination` on ``clock``); its holds and
+        leases last ``message_deadline`` after each renewal.
+        """
         reads = RequestReads(metadata)
         timers = Timers(clock)
+        if coordination is None:
+            coordination = MemoryCoordination(clock, lease=limits.message_deadline)
         budget = DecryptionBudget(
             limits.max_decryption_failures_per_key,
             limits.max_decryption_failures_per_hour,
-            clock,
+            coordination,
             metrics,
         )
         log_limiter = LogLimiter(limits.log_lines_per_address, limits.log_rate_interval, clock)
         shares = RoundShares(
             limits.requests_per_address_per_round, limits.durable_files_per_address_per_round
         )
-        uploads = Uploads(timers, limits, reads, blobs, budget, log_limiter, shares)
+        uploads = Uploads(timers, limits, reads, blobs, budget, log_limiter, shares, coordination)
         app = cls(
             metadata=reads,
             blobs=blobs,
@@ -252,9 +316,12 @@ class App:
             log_limiter=log_limiter,
             shares=shares,
             sweeper=Sweeper(reads, blobs, clock, uploads.live_blob_keys),
+            coordination=coordination,
+            live_registrations=LiveRegistrations(coordination),
             metrics=metrics,
         )
         timers.call_later(PURGE_INTERVAL, app._purge_periodically)
+        timers.call_later(app._renewal_interval, app._renew_periodically)
         timers.call_later(GARBAGE_GRACE, app._sweep_garbage_periodically)
         if limits.log_lines_per_address:
             timers.call_later(

@@ -12,18 +12,21 @@ failures makes that guessing slow:
   addresses; past that, its uploads are refused until the hour of the oldest
   failure is over, and the server logs a warning (a likely attack).
 
-The counts live in memory (a restart clears them; an outsider cannot make the
-server restart). Refusing the victim's uploads for an hour is the price: an
-outsider who knows name and id can already deny service with 827.
+The counts are the coordination's (server/storage/coordination.py): in
+memory for a single server (a restart clears them; an outsider cannot make
+the server restart), in the shared database for several nodes, so that a
+guesser spreading his 828s over nodes and addresses meets one budget.
+Refusing the victim's uploads for an hour is the price: an outsider who
+knows name and id can already deny service with 827.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-from typing import Callable
 
+from .errors import StorageFault
 from .metrics import NO_METRICS, Metrics
+from .storage.coordination import Coordination, FailureCounts
 
 log = logging.getLogger(__name__)
 
@@ -32,71 +35,75 @@ HOUR = 3600.0
 
 
 class DecryptionBudget:
-    """Failed decryptions per key and per client in the last hour."""
+    """Failed decryptions per key and per client in the last hour (the coordination's counts)."""
 
     def __init__(
-        self, per_key: int, per_hour: int, clock: Callable[[], float],
-        metrics: Metrics = NO_METRICS,
+        self, per_key: int, per_hour: int, counts: Coordination, metrics: Metrics = NO_METRICS,
     ) -> None:
         self._metrics = metrics
         self._per_key = per_key
         self._per_hour = per_hour
-        self._clock = clock
-        self._by_key: dict[bytes, tuple[bytes, int]] = {}
-        self._by_client: dict[bytes, collections.deque[float]] = {}
+        self._counts = counts
+        #: The counts :meth:`key_dead` read last, for the :meth:`uploads_blocked`
+        #: of the same first packet (one read of the counts per request).
+        self._read: tuple[bytes, bytes, FailureCounts] | None = None
 
     def key_dead(self, client_id: bytes, aes_key: bytes) -> bool:
         """Whether this key of the client failed too often to be used again.
 
         Asked once per request that needs the key: True refuses it (counted).
+
+        Raises:
+            StorageFault: the counts cannot be read.
         """
-        key, count = self._by_key.get(client_id, (b"", 0))
-        dead = key == aes_key and count >= self._per_key
+        counts = self._counts.decrypt_failures(client_id, aes_key, HOUR)
+        self._read = (client_id, aes_key, counts)
+        dead = counts.under_key >= self._per_key
         if dead:
             self._metrics.budget_refusal("key")
         return dead
 
-    def uploads_blocked(self, client_id: bytes) -> bool:
+    def uploads_blocked(self, client_id: bytes, aes_key: bytes) -> bool:
         """Whether the client failed too often in the last hour to upload now.
 
-        Asked once per upload: True refuses it (counted).
+        Asked once per upload, after :meth:`key_dead` in the same request,
+        whose reading it takes (once) rather than read again: True refuses it (counted).
+
+        Raises:
+            StorageFault: the counts cannot be read.
         """
-        blocked = len(self._recent(client_id)) >= self._per_hour
+        read, self._read = self._read, None
+        if read is not None and read[:2] == (client_id, aes_key):
+            counts = read[2]
+        else:
+            counts = self._counts.decrypt_failures(client_id, aes_key, HOUR)
+        blocked = counts.in_window >= self._per_hour
         if blocked:
             self._metrics.budget_refusal("hour")
         return blocked
 
     def record(self, client_id: bytes, aes_key: bytes, address: str) -> None:
-        """Count one failed decryption under ``aes_key`` (from ``address``); log at a limit."""
-        key, count = self._by_key.get(client_id, (aes_key, 0))
-        count = count + 1 if key == aes_key else 1
-        self._by_key[client_id] = (aes_key, count)
-        recent = self._recent(client_id)
-        recent.append(self._clock())
-        self._by_client[client_id] = recent
-        if len(recent) == self._per_hour:
+        """Count one failed decryption under ``aes_key`` (from ``address``); log at a limit.
+
+        A new key's first failure starts its count again (the hourly one stays).
+        """
+        self._read = None
+        try:
+            counts = self._counts.note_decrypt_failure(client_id, aes_key, HOUR)
+        except StorageFault as exc:
+            log.error(
+                "%s: client %s: a failed decryption could not be counted: %s",
+                address, client_id.hex(), exc,
+            )
+            return
+        if counts.in_window == self._per_hour:
             log.warning(
                 "%s: client %s: %d failed decryptions within an hour, from any address:"
                 " a likely padding-guessing attack; its uploads are refused for the hour",
-                address, client_id.hex(), len(recent),
+                address, client_id.hex(), counts.in_window,
             )
-        elif count == self._per_key:
+        elif counts.under_key == self._per_key:
             log.warning(
                 "%s: client %s: %d failed decryptions under one key; the key is dead until"
-                " 826/827", address, client_id.hex(), count,
+                " 826/827", address, client_id.hex(), counts.under_key,
             )
-
-    def forget_key(self, client_id: bytes) -> None:
-        """A new key was issued: its count starts at zero (the hourly one stays)."""
-        self._by_key.pop(client_id, None)
-
-    def _recent(self, client_id: bytes) -> collections.deque[float]:
-        times = self._by_client.get(client_id)
-        if times is None:
-            return collections.deque()
-        now = self._clock()
-        while times and now - times[0] >= HOUR:
-            times.popleft()
-        if not times:
-            del self._by_client[client_id]
-        return times

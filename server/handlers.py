@@ -156,6 +156,8 @@ def _why_name_is_held(app: App, peer: Peer, existing: ClientRow | None) -> str |
     holder = app.live_registrations.holder(existing.id)
     if holder is not None and holder is not peer:
         return "name being registered by another connection"
+    if holder is None and app.live_registrations.held_elsewhere(existing.id):
+        return "name being registered by another connection"
     return None
 
 
@@ -288,7 +290,6 @@ def _fresh_key(
         app.metadata.set_aes_key(client.id, aes_key, now)
         bind(app.metadata, client.id, peer.address, now)
     crashpoints.reached("key.committed")
-    app.budget.forget_key(client.id)
     return Outcome(answer(client_id=client.id, encrypted_aes_key=sealed), label)
 
 

@@ -43,10 +43,14 @@ use, never to a file name alone. A first packet while another attempt of the
 same client and file name is receiving, and not on that attempt's own
 connection, is refused, and the attempt in progress goes on: uploads are
 serialised per client and file name (docs/HOSTILE.md D7), so the stored file
-is always one complete upload. Files of other names may stream at the same
-time on other connections (a client's ``--jobs``); a new first packet on a
-connection that owns an upload in progress starts that client over, and the
-upload it replaces is dropped.
+is always one complete upload. Across the nodes sharing the metadata, the
+receiving upload holds a lease (server/storage/coordination.py), taken at
+its first packet and let go when it stops receiving (completed, failed,
+discarded: when it stops progressing, at its deadline): another node's
+first packet of the same client and file name is refused meanwhile. Files
+of other names may stream at the same time on other connections (a client's
+``--jobs``); a new first packet on a connection that owns an upload in
+progress starts that client over, and the upload it replaces is dropped.
 
 Beside this module: server/packets.py receives one 828 (an
 :class:`~server.packets.IncomingPacket`, whose end is a
@@ -89,7 +93,8 @@ from .phases import (
     Upload,
 )
 from .shares import RoundShares
-from .storage import BlobStore, MetadataStore, commit, new_blob_key
+from .storage import BlobStore, BlobWriter, MetadataStore, commit, new_blob_key
+from .storage.coordination import Coordination, UploadLease
 from .timers import Timers
 
 log = logging.getLogger(__name__)
@@ -107,6 +112,7 @@ class Uploads:
         budget: DecryptionBudget,
         log_limiter: LogLimiter,
         shares: RoundShares,
+        coordination: Coordination,
         port: BlobPort | None = None,
     ) -> None:
         #: Where blob writes go: a worker thread (server/blobport.py).
@@ -119,6 +125,10 @@ class Uploads:
         self._metadata = metadata
         self._blobs = blobs
         self._budget = budget
+        #: Where the leases of receiving uploads are taken, for every node to see.
+        self._coordination = coordination
+        #: The receiving upload that holds each lease this node took.
+        self._leases: dict[tuple[bytes, bytes], Upload] = {}
         #: What a first packet is checked against before its upload starts.
         self._admission = Admission(limits, metadata, blobs, budget, self)
         self._uploads: dict[bytes, dict[bytes, Upload]] = {}
@@ -166,8 +176,15 @@ class Uploads:
         ]
 
     def live_blob_keys(self) -> set[str]:
-        """The keys of the blobs uploads write or hold: never garbage (server/storage/sweep.py)."""
-        keys = set()
+        """The keys of the blobs uploads write or hold: never garbage (server/storage/sweep.py).
+
+        Other nodes' uploads being received count too (their leases name
+        their blobs): a blob store the nodes share holds them.
+
+        Raises:
+            StorageFault: the coordination cannot tell (nothing is swept then).
+        """
+        keys = self._coordination.live_blobs()
         for names in (*self._uploads.values(), *self._complete.values()):
             for upload in names.values():
                 if isinstance(upload.phase, (Receiving, Pending)):
@@ -235,7 +252,7 @@ class Uploads:
             )
 
         try:
-            self._admission.check_budget(client_id)
+            self._admission.check_budget(client_id, aes_key)
             incoming = IncomingFile(
                 aes_key,
                 packet,
@@ -251,6 +268,7 @@ class Uploads:
             writer = self._blobs.begin(client_id, new_blob_key())
             if self._blobs.slow_writes:
                 writer = self.port.wrap(writer)
+            self._take_lease(client_id, packet.file_name.text, writer)
         except (Refusal, RemoteProtocolError, StorageFault) as exc:
             if order.total > 1:
                 # Swallow the rest of this attempt quietly: one 1607 per attempt.
@@ -260,6 +278,7 @@ class Uploads:
             return DroppedPacket(Refused.of(exc))
         phase = Receiving(incoming, writer)
         started = upload(phase)
+        self._leases[(client_id, started.file_name)] = started
         self._add(started)
         self.packet_started(started, peer)
         return StreamingPacket(self, started, peer, per_request, phase, order.total == 1)
@@ -277,6 +296,7 @@ class Uploads:
             return
         log.debug("%s: upload for %s failed: %s", upload.address, upload.client_id.hex(), exc)
         self._drop_blob(upload)
+        self._release_lease(upload)
         upload._enter(Failed())
         self.packet_done(upload, peer, per_request)
 
@@ -453,7 +473,46 @@ class Uploads:
         self._uploads.setdefault(upload.client_id, {})[upload.file_name] = upload
         self._arm(upload)
 
+    def leased(self) -> list[UploadLease]:
+        """Every upload lease this node holds (for the renewal)."""
+        return [
+            UploadLease(client_id, file_name, upload.phase.writer.key)
+            for (client_id, file_name), upload in self._leases.items()
+            if isinstance(upload.phase, Receiving)
+        ]
+
+    def _take_lease(self, client_id: bytes, file_name: bytes, writer: BlobWriter) -> None:
+        """Take the lease of the client's upload of ``file_name`` for a new attempt.
+
+        Raises:
+            Refusal: another node is receiving it (the writer is aborted).
+            StorageFault: the coordination cannot tell (the writer is aborted).
+        """
+        try:
+            taken = self._coordination.take_upload(UploadLease(client_id, file_name, writer.key))
+        except StorageFault:
+            writer.abort()
+            raise
+        if not taken:
+            writer.abort()
+            raise Refusal("another upload of this client and file is in progress (on another node)")
+
+    def _release_lease(self, upload: Upload) -> None:
+        """The upload stops receiving: its lease goes (if it is the one holding it)."""
+        key = (upload.client_id, upload.file_name)
+        if self._leases.get(key) is not upload:
+            return
+        del self._leases[key]
+        try:
+            self._coordination.release_upload(*key)
+        except StorageFault as exc:  # it goes at the next renewal, or lapses
+            log.warning(
+                "%s: upload of %s for client %s: its lease stays until the next renewal: %s",
+                upload.address, quoted(upload.file_name), upload.client_id.hex(), exc,
+            )
+
     def _forget_in_progress(self, upload: Upload) -> None:
+        self._release_lease(upload)
         names = self._uploads.get(upload.client_id)
         if names is not None and names.get(upload.file_name) is upload:
             del names[upload.file_name]

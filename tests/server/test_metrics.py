@@ -21,6 +21,7 @@ from helpers import (
 )
 from protocol import Register, RegistrationFailed, cksum
 from server.budget import DecryptionBudget
+from server.storage.coordination import MemoryCoordination
 from server.errors import Refusal, StorageFault
 from server.metrics import MAX_REASONS, OTHER_REASON, PrometheusMetrics, reason_label
 
@@ -142,14 +143,16 @@ def test_refusals_are_counted_by_kind_and_a_bounded_reason():
 
 def test_the_decryption_budget_counts_its_refusals():
     metrics = PrometheusMetrics()
-    budget = DecryptionBudget(per_key=2, per_hour=3, clock=lambda: 0.0, metrics=metrics)
+    budget = DecryptionBudget(
+        per_key=2, per_hour=3, counts=MemoryCoordination(lambda: 0.0), metrics=metrics
+    )
     client, key = b"c" * 16, b"k" * 32
     assert not budget.key_dead(client, key)
     for _ in range(2):
         budget.record(client, key, "127.0.0.1")
     assert budget.key_dead(client, key)
     budget.record(client, key, "127.0.0.1")
-    assert budget.uploads_blocked(client)
+    assert budget.uploads_blocked(client, key)
     sample = metrics.registry.get_sample_value
     assert sample("cipherdrop_decryption_budget_refusals_total", {"limit": "key"}) == 1
     assert sample("cipherdrop_decryption_budget_refusals_total", {"limit": "hour"}) == 1

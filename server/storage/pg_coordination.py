@@ -1,0 +1,353 @@
+"""The coordination seam (:mod:`.coordination`) in PostgreSQL: what the nodes share, as rows.
+
+Each node has a connection of its own (autocommit: each call is one
+statement, committed at once, so one round trip; nothing waits for a
+round of the metadata store). Its commits do not wait for the WAL to reach
+the disk (``synchronous_commit = off``): a database crash may forget the
+last few holds, leases and failures, which is what a restart of a single
+server forgets too; the metadata's own commits stay durable. Its tables
+are created if absent, under a version of their own (``coordination_version``):
+
+* ``coordination_leases``: one row per hold or lease (kind, key, node,
+  expiry), taken with ``INSERT … ON CONFLICT … DO UPDATE … WHERE`` the
+  holder is this node or the row has lapsed, so that two nodes never hold
+  the same key at once. Expiries are the database's clock (``now()``):
+  the nodes' clocks need not agree.
+* ``coordination_key_failures``: per client, the key its count is of (a
+  digest: the key itself stays in the metadata) and that count;
+  ``coordination_failures``: one row per failed decryption, with its time.
+* The purge leader holds a session-level advisory lock
+  (``pg_try_advisory_lock``): released when its connection ends, however
+  the node stops, so that another node takes over.
+
+A call that fails raises :class:`~server.errors.StorageFault`; a broken
+connection is opened again at the next call (the leadership is then asked
+for again), but not within :data:`RECONNECT_DELAY` of a failed attempt:
+meanwhile calls fail at once, so that a database that is down costs the
+loop one connection timeout per delay, not one per call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any, Collection, Mapping, Sequence
+
+from ..errors import StorageFault, StoreUnusable
+from .coordination import REGISTRATION, UPLOAD, FailureCounts, UploadLease, upload_key
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - the default install has no PostgreSQL
+    psycopg = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+#: The tables' layout this code writes; a database with a later one is refused.
+VERSION = 1
+#: The advisory lock (one 64-bit number) the purge leader holds, and the one
+#: that makes concurrent table creation take turns.
+PURGE_LOCK = 0x63645F7075726765  # "cd_purge"
+SCHEMA_LOCK = 0x63645F736368656D  # "cd_schem"
+#: Seconds to connect, and that one call may take, before it fails (the loop waits meanwhile).
+CONNECT_TIMEOUT = 2
+STATEMENT_TIMEOUT_MS = 2000
+#: Seconds after a failed connection during which calls fail at once rather
+#: than each wait for a connection of its own.
+RECONNECT_DELAY = 1.0
+#: Bytes of the digest that stands for an AES key in the failure counts.
+KEY_TAG_SIZE = 16
+INSTALL = "pip install 'cipherdrop[postgres]'"
+
+_SCHEMA = (
+    "SELECT pg_advisory_xact_lock(%(lock)s)",
+    "CREATE TABLE IF NOT EXISTS coordination_version (version integer NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS coordination_leases ("
+    " kind text NOT NULL, key bytea NOT NULL, node text NOT NULL,"
+    " expires timestamptz NOT NULL, blob text, PRIMARY KEY (kind, key))",
+    "CREATE INDEX IF NOT EXISTS coordination_leases_node ON coordination_leases (node)",
+    "CREATE TABLE IF NOT EXISTS coordination_key_failures ("
+    " client_id bytea PRIMARY KEY, key_tag bytea NOT NULL, failures integer NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS coordination_failures ("
+    " client_id bytea NOT NULL, at timestamptz NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS coordination_failures_client"
+    " ON coordination_failures (client_id, at)",
+    "INSERT INTO coordination_version"
+    " SELECT %(version)s WHERE NOT EXISTS (SELECT 1 FROM coordination_version)",
+)
+_READ_VERSION = "SELECT max(version) FROM coordination_version"
+
+_LEASE_FOR = "now() + %(lease)s * interval '1 second'"
+_TAKE = (
+    "INSERT INTO coordination_leases AS held (kind, key, node, expires, blob)"
+    f" VALUES (%(kind)s, %(key)s, %(node)s, {_LEASE_FOR}, %(blob)s)"
+    " ON CONFLICT (kind, key) DO UPDATE"
+    " SET node = excluded.node, expires = excluded.expires, blob = excluded.blob"
+    " WHERE held.node = excluded.node OR held.expires <= now()"
+    " RETURNING 1"
+)
+_HELD_ELSEWHERE = (
+    "SELECT 1 FROM coordination_leases"
+    " WHERE kind = %(kind)s AND key = %(key)s AND node <> %(node)s AND expires > now()"
+)
+#: One key at a time, by equality: matched against an array (``= ANY``, a
+#: join with ``unnest``), the planner may read every row of the kind.
+_RELEASE = (
+    "DELETE FROM coordination_leases"
+    " WHERE kind = %(kind)s AND key = %(key)s AND node = %(node)s"
+)
+_LIVE_BLOBS = (
+    "SELECT blob FROM coordination_leases"
+    " WHERE kind = %(kind)s AND expires > now() AND blob IS NOT NULL"
+)
+_UPLOADING = (
+    "SELECT DISTINCT substring(key from 1 for %(size)s) FROM coordination_leases"
+    " WHERE kind = %(kind)s AND expires > now()"
+    " AND substring(key from 1 for %(size)s) = ANY(%(clients)s)"
+)
+#: One statement: this node's current holds and leases renewed (or taken
+#: again where lapsed and free), its others deleted (the two sets are disjoint).
+_RENEW = (
+    "WITH held (kind, key, blob) AS"
+    " (SELECT * FROM unnest(%(kinds)s::text[], %(keys)s::bytea[], %(blobs)s::text[])),"
+    " gone AS (DELETE FROM coordination_leases AS old WHERE old.node = %(node)s"
+    "  AND NOT EXISTS (SELECT 1 FROM held WHERE held.kind = old.kind AND held.key = old.key))"
+    " INSERT INTO coordination_leases AS taken (kind, key, node, expires, blob)"
+    f" SELECT kind, key, %(node)s, {_LEASE_FOR}, blob FROM held"
+    " ON CONFLICT (kind, key) DO UPDATE"
+    " SET node = excluded.node, expires = excluded.expires, blob = excluded.blob"
+    " WHERE taken.node = excluded.node OR taken.expires <= now()"
+)
+_IN_WINDOW = (
+    "SELECT count(*) FROM coordination_failures"
+    " WHERE client_id = %(client)s AND at > now() - %(window)s * interval '1 second'"
+)
+_FAILURES = (
+    "SELECT (SELECT failures FROM coordination_key_failures"
+    "  WHERE client_id = %(client)s AND key_tag = %(tag)s),"
+    f" ({_IN_WINDOW})"
+)
+#: One statement: the per-key count raised (or started again under a new
+#: key), the failure's row added; the window's count does not see that row yet: +1.
+_NOTE_FAILURE = (
+    "WITH counted AS (INSERT INTO coordination_key_failures AS old VALUES (%(client)s, %(tag)s, 1)"
+    "  ON CONFLICT (client_id) DO UPDATE SET failures = CASE WHEN old.key_tag = excluded.key_tag"
+    "  THEN old.failures + 1 ELSE 1 END, key_tag = excluded.key_tag RETURNING failures),"
+    " noted AS (INSERT INTO coordination_failures VALUES (%(client)s, now()))"
+    f" SELECT (SELECT failures FROM counted), ({_IN_WINDOW}) + 1"
+)
+_TRY_LEAD = "SELECT pg_try_advisory_lock(%(lock)s)"
+#: A node that stops hands the leadership over at once (its backend would,
+#: but only once it notices the connection closed).
+_STOP_LEADING = "SELECT pg_advisory_unlock_all()"
+_PURGE = (
+    "WITH failures AS (DELETE FROM coordination_failures"
+    "  WHERE at <= now() - %(window)s * interval '1 second')"
+    " DELETE FROM coordination_leases WHERE expires <= now()"
+)
+
+
+def key_tag(aes_key: bytes) -> bytes:
+    """What stands for an AES key in the failure counts: a digest, never the key."""
+    return hashlib.sha256(aes_key).digest()[:KEY_TAG_SIZE]
+
+
+class PgCoordination:
+    """The nodes' coordination in a PostgreSQL database, on a connection of this node's."""
+
+    def __init__(self, conninfo: str, node: str, lease: float) -> None:
+        """Connect and create the tables if absent.
+
+        Raises:
+            StoreUnusable: no psycopg, the database refuses, or its tables are
+                of a later version.
+        """
+        if psycopg is None:
+            raise StoreUnusable(f"PostgreSQL needs psycopg: {INSTALL}")
+        self.node = node
+        self._conninfo = conninfo
+        self._lease = lease
+        self._leader = False
+        self._connection: Any = None
+        #: No connection is attempted before this (``time.monotonic``).
+        self._next_attempt = 0.0
+        try:
+            connection = self._connect()
+            with connection.transaction():
+                for statement in _SCHEMA:
+                    connection.execute(statement, {"lock": SCHEMA_LOCK, "version": VERSION})
+            version = connection.execute(_READ_VERSION).fetchone()[0]
+        except (psycopg.Error, StorageFault) as exc:
+            self.close()
+            raise StoreUnusable(f"cannot coordinate in the database: {_reason(exc)}") from exc
+        if version > VERSION:
+            self.close()
+            raise StoreUnusable(
+                f"the coordination tables are of version {version}, made by a later server"
+                f" (this one knows {VERSION})"
+            )
+
+    def _connect(self) -> Any:
+        if self._connection is None or self._connection.closed:
+            self._leader = False
+            if time.monotonic() < self._next_attempt:
+                raise StorageFault("the database was unreachable a moment ago")
+            try:
+                self._connection = psycopg.connect(
+                    self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                    options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+                    " -c synchronous_commit=off",
+                    application_name=f"cipherdrop coordination {self.node}"[:63],
+                )
+            except psycopg.Error as exc:
+                self._next_attempt = time.monotonic() + RECONNECT_DELAY
+                raise StorageFault(f"cannot connect to the database: {_reason(exc)}") from exc
+        return self._connection
+
+    def _execute(self, statement: str, values: Mapping[str, object]) -> Sequence[Any] | None:
+        """One statement, one round trip: its first row, if any.
+
+        Raises:
+            StorageFault: it failed (a broken connection is opened again next time).
+        """
+        rows = self._rows(statement, values)
+        return rows[0] if rows else None
+
+    def _rows(self, statement: str, values: Mapping[str, object]) -> list[Sequence[Any]]:
+        """One statement, one round trip: its rows (none for a statement without).
+
+        Raises:
+            StorageFault: it failed (a broken connection is opened again next time).
+        """
+        connection = self._connect()
+        try:
+            cursor = connection.execute(statement, values)
+            return cursor.fetchall() if cursor.description is not None else []
+        except psycopg.Error as exc:
+            if connection.broken:
+                self._drop_connection()
+            raise StorageFault(f"coordination: {_reason(exc)}") from exc
+
+    def _drop_connection(self) -> None:
+        self._leader = False
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _lease_values(self, kind: str, key: bytes, blob: str | None = None) -> dict[str, object]:
+        return {"kind": kind, "key": key, "node": self.node, "lease": self._lease, "blob": blob}
+
+    # -- holds and leases -----------------------------------------------------
+
+    def hold_registration(self, client_id: bytes) -> None:
+        """This node holds the keyless registration ``client_id`` (one round trip)."""
+        self._execute(_TAKE, self._lease_values(REGISTRATION, client_id))
+
+    def registration_held_elsewhere(self, client_id: bytes) -> bool:
+        """Whether another node holds the registration, unlapsed (one round trip)."""
+        found = self._execute(_HELD_ELSEWHERE, self._lease_values(REGISTRATION, client_id))
+        return found is not None
+
+    def release_registrations(self, client_ids: Collection[bytes]) -> None:
+        """This node no longer holds these registrations (one round trip: a pipeline)."""
+        connection = self._connect()
+        values = [
+            {"kind": REGISTRATION, "key": client_id, "node": self.node} for client_id in client_ids
+        ]
+        try:
+            connection.cursor().executemany(_RELEASE, values)
+        except psycopg.Error as exc:
+            if connection.broken:
+                self._drop_connection()
+            raise StorageFault(f"coordination: {_reason(exc)}") from exc
+
+    def take_upload(self, lease: UploadLease) -> bool:
+        """Take (or renew) the upload's lease; False if another node holds it (one round trip)."""
+        key = upload_key(lease.client_id, lease.file_name)
+        return self._execute(_TAKE, self._lease_values(UPLOAD, key, lease.blob_key)) is not None
+
+    def release_upload(self, client_id: bytes, file_name: bytes) -> None:
+        """The upload stopped receiving here (one round trip)."""
+        values = {"kind": UPLOAD, "key": upload_key(client_id, file_name), "node": self.node}
+        self._execute(_RELEASE, values)
+
+    def uploading(self, client_ids: Collection[bytes]) -> set[bytes]:
+        """Those of ``client_ids`` with an upload lease on any node (one round trip)."""
+        if not client_ids:
+            return set()
+        size = len(next(iter(client_ids)))
+        values = {"kind": UPLOAD, "size": size, "clients": list(client_ids)}
+        return {bytes(row[0]) for row in self._rows(_UPLOADING, values)}
+
+    def live_blobs(self) -> set[str]:
+        """The blob keys of the uploads any node is receiving (one round trip)."""
+        return {row[0] for row in self._rows(_LIVE_BLOBS, {"kind": UPLOAD})}
+
+    def renew(
+        self, registrations: Collection[bytes], uploads: Collection[UploadLease]
+    ) -> None:
+        """Renew what this node holds; its other holds and leases go (one round trip)."""
+        leased = [upload_key(lease.client_id, lease.file_name) for lease in uploads]
+        keys = [*registrations, *leased]
+        kinds = [REGISTRATION] * len(registrations) + [UPLOAD] * len(uploads)
+        blobs = [None] * len(registrations) + [lease.blob_key for lease in uploads]
+        values = {
+            "kinds": kinds, "keys": keys, "blobs": blobs, "node": self.node, "lease": self._lease
+        }
+        self._execute(_RENEW, values)
+
+    # -- the failure budget ---------------------------------------------------
+
+    def decrypt_failures(self, client_id: bytes, aes_key: bytes, window: float) -> FailureCounts:
+        """The client's failures under ``aes_key``, and within ``window`` (one round trip)."""
+        values = {"client": client_id, "tag": key_tag(aes_key), "window": window}
+        row = self._execute(_FAILURES, values)
+        if row is None:
+            raise StorageFault("coordination: the failure counts came back empty")
+        return FailureCounts(row[0] or 0, row[1])
+
+    def note_decrypt_failure(
+        self, client_id: bytes, aes_key: bytes, window: float
+    ) -> FailureCounts:
+        """Count one failed decryption under ``aes_key``; the counts with it (one round trip)."""
+        values = {"client": client_id, "tag": key_tag(aes_key), "window": window}
+        row = self._execute(_NOTE_FAILURE, values)
+        if row is None:
+            raise StorageFault("coordination: the failure counts came back empty")
+        return FailureCounts(row[0], row[1])
+
+    # -- purges ---------------------------------------------------------------
+
+    def may_run_purges(self) -> bool:
+        """Whether this node runs the purges: it holds the advisory lock while connected.
+
+        One round trip until it is the leader; none after, while its
+        connection lasts (a new connection asks again).
+        """
+        if not self._leader:
+            row = self._execute(_TRY_LEAD, {"lock": PURGE_LOCK})
+            self._leader = bool(row and row[0])
+        return self._leader
+
+    def purge(self, window: float) -> None:
+        """Forget failures older than ``window`` and lapsed holds and leases (one round trip)."""
+        self._execute(_PURGE, {"window": window})
+
+    def close(self) -> None:
+        """Let go of this node's holds, leases and leadership (closing its connection)."""
+        if self._connection is None or self._connection.closed:
+            return
+        try:
+            self.renew((), ())
+            if self._leader:
+                self._execute(_STOP_LEADING, {})
+        except StorageFault as exc:  # they lapse by themselves, the lock goes with the connection
+            log.warning("cannot release this node's holds, leases or leadership: %s", exc)
+        self._drop_connection()
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's first line (libpq's messages run over several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

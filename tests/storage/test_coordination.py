@@ -1,0 +1,456 @@
+"""The coordination contract: the same cases on every implementation, with two nodes on one state.
+
+In memory (:class:`MemoryCoordination`, nodes joined in one process, a fake
+clock) and in PostgreSQL (:class:`PgCoordination`, each node on a connection
+of its own to a throwaway cluster: tests/backends/postgres.py). A lease
+lapses by moving the clock (memory) or the rows' expiries (PostgreSQL);
+one case also lets a short lease lapse by the database's own clock.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from helpers import server_env
+
+from server.errors import StoreUnusable
+from server.storage.base import StoreUrl
+from server.storage.coordination import (
+    Coordination,
+    MemoryCoordination,
+    UploadLease,
+    open_coordination,
+)
+
+ALICE, BOB = b"a" * 16, b"b" * 16
+KEY, OTHER_KEY = b"k" * 32, b"o" * 32
+HOUR = 3600.0
+LEASE = 30.0
+#: How long the real-clock case waits at most for a short lease to lapse.
+LAPSE_WAIT = 30.0
+
+
+def lease(client_id: bytes, file_name: bytes) -> UploadLease:
+    """The lease of an upload whose blob is named after its client and file name."""
+    return UploadLease(client_id, file_name, (client_id + file_name).hex())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Backend:
+    """Nodes of one coordination state, and a way to let every lease lapse."""
+
+    def __init__(
+        self, node: Callable[[str, float], Coordination], lapse: Callable[[], None]
+    ) -> None:
+        self.node = node
+        self.lapse = lapse
+        self.made: list[Coordination] = []
+
+    def __call__(self, name: str, lease: float = LEASE) -> Coordination:
+        made = self.node(name, lease)
+        self.made.append(made)
+        return made
+
+
+def memory_backend() -> Backend:
+    clock = Clock()
+    first: list[MemoryCoordination] = []
+
+    def node(name: str, lease: float) -> Coordination:
+        if not first:
+            first.append(MemoryCoordination(clock, name, lease))
+            return first[0]
+        return first[0].join(name)
+
+    def lapse() -> None:
+        clock.now += 10 * LEASE
+
+    return Backend(node, lapse)
+
+
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.needed_in_ci)])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "memory":
+        made = memory_backend()
+    else:
+        made = postgres_backend(request.getfixturevalue("postgres_url"))
+    yield made
+    for node in made.made:
+        node.close()
+
+
+def postgres_backend(conninfo: str) -> Backend:
+    import psycopg
+
+    from server.storage.pg_coordination import PgCoordination
+
+    def lapse() -> None:
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            connection.execute(
+                "UPDATE coordination_leases SET expires = now() - interval '1 second'"
+            )
+
+    return Backend(lambda name, lease: PgCoordination(conninfo, name, lease), lapse)
+
+
+# -- registration holds ---------------------------------------------------------------
+
+
+def test_a_registration_held_by_one_node_is_held_for_the_other_until_it_lapses(backend):
+    a, b = backend("a"), backend("b")
+    a.hold_registration(ALICE)
+    assert b.registration_held_elsewhere(ALICE)
+    assert not a.registration_held_elsewhere(ALICE)  # its own
+    assert not b.registration_held_elsewhere(BOB)
+    backend.lapse()
+    assert not b.registration_held_elsewhere(ALICE)
+
+
+def test_a_released_registration_is_free_at_once(backend):
+    a, b = backend("a"), backend("b")
+    a.hold_registration(ALICE)
+    a.hold_registration(BOB)
+    a.release_registrations([ALICE])
+    assert not b.registration_held_elsewhere(ALICE)
+    assert b.registration_held_elsewhere(BOB)
+
+
+def test_one_node_cannot_release_another_s_hold(backend):
+    a, b = backend("a"), backend("b")
+    a.hold_registration(ALICE)
+    b.release_registrations([ALICE])
+    assert b.registration_held_elsewhere(ALICE)
+
+
+# -- upload leases ----------------------------------------------------------------------
+
+
+def test_an_upload_lease_is_one_node_s_until_released(backend):
+    a, b = backend("a"), backend("b")
+    assert a.take_upload(lease(ALICE, b"f.bin"))
+    assert not b.take_upload(lease(ALICE, b"f.bin"))
+    assert a.take_upload(lease(ALICE, b"f.bin"))  # its own: renewed
+    assert b.take_upload(lease(ALICE, b"g.bin"))  # another name
+    assert b.take_upload(lease(BOB, b"f.bin"))  # another client
+    b.release_upload(ALICE, b"f.bin")  # not b's: nothing
+    assert not b.take_upload(lease(ALICE, b"f.bin"))
+    a.release_upload(ALICE, b"f.bin")
+    assert b.take_upload(lease(ALICE, b"f.bin"))
+    assert not a.take_upload(lease(ALICE, b"f.bin"))
+
+
+def test_an_upload_lease_lapses_unless_renewed(backend):
+    a, b = backend("a"), backend("b")
+    assert a.take_upload(lease(ALICE, b"f.bin"))
+    backend.lapse()
+    assert b.take_upload(lease(ALICE, b"f.bin"))
+    assert not a.take_upload(lease(ALICE, b"f.bin"))
+
+
+def test_renewal_keeps_what_the_node_holds_and_lets_go_of_the_rest(backend):
+    a, b = backend("a"), backend("b")
+    a.take_upload(lease(ALICE, b"kept.bin"))
+    a.take_upload(lease(ALICE, b"dropped.bin"))
+    a.hold_registration(ALICE)
+    a.hold_registration(BOB)
+    backend.lapse()
+    a.renew([ALICE], [lease(ALICE, b"kept.bin")])  # lapsed and free: taken again
+    assert not b.take_upload(lease(ALICE, b"kept.bin"))
+    assert b.take_upload(lease(ALICE, b"dropped.bin"))
+    assert b.registration_held_elsewhere(ALICE)
+    assert not b.registration_held_elsewhere(BOB)
+
+
+def test_renewal_does_not_take_back_a_lapsed_lease_another_node_took(backend):
+    a, b = backend("a"), backend("b")
+    a.take_upload(lease(ALICE, b"f.bin"))
+    backend.lapse()
+    assert b.take_upload(lease(ALICE, b"f.bin"))
+    a.renew([], [lease(ALICE, b"f.bin")])
+    assert not a.take_upload(lease(ALICE, b"f.bin"))
+
+
+def test_uploading_names_the_clients_with_a_lease_on_any_node(backend):
+    a, b = backend("a"), backend("b")
+    a.take_upload(lease(ALICE, b"f.bin"))
+    assert b.uploading([ALICE, BOB]) == {ALICE}
+    assert b.uploading([]) == set()
+    backend.lapse()
+    assert b.uploading([ALICE, BOB]) == set()
+
+
+def test_the_blobs_of_uploads_any_node_receives_are_live(backend):
+    a, b = backend("a"), backend("b")
+    a.take_upload(lease(ALICE, b"f.bin"))
+    b.take_upload(lease(BOB, b"g.bin"))
+    b.hold_registration(ALICE)
+    live = {lease(ALICE, b"f.bin").blob_key, lease(BOB, b"g.bin").blob_key}
+    assert a.live_blobs() == b.live_blobs() == live
+    a.release_upload(ALICE, b"f.bin")
+    assert b.live_blobs() == {lease(BOB, b"g.bin").blob_key}
+    backend.lapse()
+    assert a.live_blobs() == set()
+
+
+def test_renewal_keeps_a_lease_s_blob_live(backend):
+    a, b = backend("a"), backend("b")
+    a.take_upload(lease(ALICE, b"f.bin"))
+    backend.lapse()
+    a.renew([], [lease(ALICE, b"f.bin")])
+    assert b.live_blobs() == {lease(ALICE, b"f.bin").blob_key}
+
+
+def test_closing_a_node_lets_go_of_its_holds_and_leases(backend):
+    a, b = backend("a"), backend("b")
+    a.take_upload(lease(ALICE, b"f.bin"))
+    a.hold_registration(BOB)
+    a.close()
+    assert b.take_upload(lease(ALICE, b"f.bin"))
+    assert not b.registration_held_elsewhere(BOB)
+
+
+# -- the failure budget -----------------------------------------------------------------
+
+
+def test_failures_made_on_both_nodes_count_together(backend):
+    a, b = backend("a"), backend("b")
+    assert a.decrypt_failures(ALICE, KEY, HOUR) == b.decrypt_failures(ALICE, KEY, HOUR)
+    assert a.decrypt_failures(ALICE, KEY, HOUR).in_window == 0
+    first = a.note_decrypt_failure(ALICE, KEY, HOUR)
+    second = b.note_decrypt_failure(ALICE, KEY, HOUR)
+    assert (first.under_key, first.in_window) == (1, 1)
+    assert (second.under_key, second.in_window) == (2, 2)
+    seen = a.decrypt_failures(ALICE, KEY, HOUR)
+    assert (seen.under_key, seen.in_window) == (2, 2)
+    assert b.decrypt_failures(BOB, KEY, HOUR).in_window == 0
+
+
+def test_a_new_key_starts_its_count_again_and_the_window_keeps_counting(backend):
+    a, b = backend("a"), backend("b")
+    a.note_decrypt_failure(ALICE, KEY, HOUR)
+    a.note_decrypt_failure(ALICE, KEY, HOUR)
+    assert b.decrypt_failures(ALICE, OTHER_KEY, HOUR).under_key == 0
+    counts = b.note_decrypt_failure(ALICE, OTHER_KEY, HOUR)
+    assert (counts.under_key, counts.in_window) == (1, 3)
+    assert a.decrypt_failures(ALICE, KEY, HOUR).under_key == 0  # the old key's count is gone
+
+
+def test_a_purge_forgets_failures_past_the_window(backend):
+    a, b = backend("a"), backend("b")
+    a.note_decrypt_failure(ALICE, KEY, HOUR)
+    b.purge(HOUR)
+    assert a.decrypt_failures(ALICE, KEY, HOUR).in_window == 1
+    b.purge(0.0)
+    counts = a.decrypt_failures(ALICE, KEY, HOUR)
+    assert counts.in_window == 0 and counts.under_key == 1  # a key's count has no window
+
+
+# -- the purge leader ---------------------------------------------------------------------
+
+
+def test_one_node_runs_the_purges_and_another_takes_over_when_it_stops(backend):
+    a, b, c = backend("a"), backend("b"), backend("c")
+    assert a.may_run_purges()
+    assert a.may_run_purges()  # it stays the leader
+    assert not b.may_run_purges() and not c.may_run_purges()
+    a.close()
+    leaders = [node.may_run_purges() for node in (b, c)]
+    assert leaders == [True, False]
+
+
+# -- PostgreSQL only ----------------------------------------------------------------------
+
+
+@pytest.mark.needed_in_ci
+def test_a_short_lease_lapses_by_the_database_s_clock(postgres_url):
+    from server.storage.pg_coordination import PgCoordination
+
+    lease_time = 2.0
+    a = PgCoordination(postgres_url, "a", lease_time)
+    b = PgCoordination(postgres_url, "b", lease_time)
+    try:
+        taken = time.monotonic()
+        assert a.take_upload(lease(ALICE, b"f.bin"))
+        assert not b.take_upload(lease(ALICE, b"f.bin"))
+        while not b.take_upload(lease(ALICE, b"f.bin")):
+            assert time.monotonic() - taken < LAPSE_WAIT, "the lease never lapsed"
+            time.sleep(lease_time / 10)
+        assert time.monotonic() - taken >= lease_time  # not before it lapsed
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.needed_in_ci
+def test_two_nodes_racing_for_one_lease_never_both_get_it(postgres_url):
+    from server.storage.pg_coordination import PgCoordination
+
+    nodes = [PgCoordination(postgres_url, name, LEASE) for name in ("a", "b")]
+    rounds = 50
+    won: list[list[bool]] = [[], []]
+    start = threading.Barrier(2)
+
+    def race(index: int) -> None:
+        for number in range(rounds):
+            start.wait()
+            won[index].append(nodes[index].take_upload(lease(ALICE, b"%d" % number)))
+
+    threads = [threading.Thread(target=race, args=(index,)) for index in (0, 1)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for node in nodes:
+            node.close()
+    assert all(first != second for first, second in zip(*won))  # exactly one, every round
+
+
+@pytest.mark.needed_in_ci
+def test_tables_of_a_later_version_are_refused(postgres_url):
+    import psycopg
+
+    from server.storage.pg_coordination import VERSION, PgCoordination
+
+    PgCoordination(postgres_url, "a", LEASE).close()
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("UPDATE coordination_version SET version = %s", (VERSION + 1,))
+    with pytest.raises(StoreUnusable, match="later server"):
+        PgCoordination(postgres_url, "a", LEASE)
+
+
+@pytest.mark.needed_in_ci
+def test_an_unreachable_database_is_a_one_line_refusal():
+    pytest.importorskip("psycopg")
+    from server.storage.pg_coordination import PgCoordination
+
+    with pytest.raises(StoreUnusable) as refused:
+        PgCoordination("host=127.0.0.1 port=1 dbname=none connect_timeout=2", "a", LEASE)
+    assert "\n" not in str(refused.value)
+
+
+#: A node in a process of its own: it leads, takes a lease, says so, and waits to be killed.
+_DOOMED_NODE = """
+import sys, time
+from server.storage.coordination import UploadLease
+from server.storage.pg_coordination import PgCoordination
+node = PgCoordination(sys.argv[1], "doomed", float(sys.argv[2]))
+assert node.may_run_purges() and node.take_upload(UploadLease(b"a" * 16, b"f.bin", "doomed"))
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.needed_in_ci
+def test_a_killed_node_loses_its_leadership_and_its_leases_lapse(postgres_url):
+    from server.storage.pg_coordination import PgCoordination
+
+    lease_time = 2.0
+    doomed = subprocess.Popen(
+        [sys.executable, "-c", _DOOMED_NODE, postgres_url, str(lease_time)],
+        stdout=subprocess.PIPE, text=True, env=server_env(),
+    )
+    survivor = PgCoordination(postgres_url, "survivor", lease_time)
+    try:
+        assert doomed.stdout is not None and doomed.stdout.readline() == "ready\n"
+        assert not survivor.may_run_purges()
+        assert not survivor.take_upload(lease(ALICE, b"f.bin"))
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+        waited = time.monotonic()
+        while not (survivor.may_run_purges() and survivor.take_upload(lease(ALICE, b"f.bin"))):
+            assert time.monotonic() - waited < LAPSE_WAIT, "the killed node's hold stayed"
+            time.sleep(lease_time / 10)
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+            doomed.wait()
+        survivor.close()
+
+
+# -- which coordination a server opens --------------------------------------------------
+
+
+def test_a_store_only_one_server_opens_needs_no_shared_coordination(tmp_path):
+    url = StoreUrl("sqlite", tmp_path / "defensive.db")
+    assert open_coordination(url, "node", LEASE) is None
+
+
+@pytest.mark.needed_in_ci
+def test_a_postgresql_store_opens_the_nodes_coordination_in_it(postgres_url):
+    from psycopg.conninfo import conninfo_to_dict
+
+    from server.storage.pg_coordination import PgCoordination
+
+    parts = conninfo_to_dict(postgres_url)
+    text = f"postgresql://{parts['user']}@{parts['host']}:{parts['port']}/{parts['dbname']}"
+    url = StoreUrl("postgresql", Path(f"/{parts['dbname']}"), host=str(parts["host"]), text=text)
+    node = open_coordination(url, "node-1", LEASE)
+    try:
+        assert isinstance(node, PgCoordination) and node.node == "node-1"
+        assert node.may_run_purges()
+    finally:
+        assert node is not None
+        node.close()
+
+
+@pytest.mark.needed_in_ci
+def test_a_lost_connection_fails_one_call_and_the_next_connects_again(postgres_url):
+    import psycopg
+
+    from server.errors import StorageFault
+    from server.storage.pg_coordination import RECONNECT_DELAY, PgCoordination
+
+    a = PgCoordination(postgres_url, "a", LEASE)
+    try:
+        assert a.may_run_purges()
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name LIKE 'cipherdrop coordination %'"
+            )
+        with pytest.raises(StorageFault):
+            a.take_upload(lease(ALICE, b"f.bin"))
+        recovered = time.monotonic()
+        while True:
+            try:
+                assert a.take_upload(lease(ALICE, b"f.bin"))
+                break
+            except StorageFault:
+                assert time.monotonic() - recovered < LAPSE_WAIT
+                time.sleep(RECONNECT_DELAY / 4)
+        assert a.may_run_purges()  # asked for again on the new connection, and got
+    finally:
+        a.close()
+
+
+@pytest.mark.needed_in_ci
+def test_an_unreachable_database_fails_calls_at_once_between_attempts(postgres_url):
+    from server.errors import StorageFault
+    from server.storage.pg_coordination import PgCoordination
+
+    a = PgCoordination(postgres_url, "a", LEASE)
+    try:
+        a._drop_connection()
+        a._conninfo = "host=127.0.0.1 port=1 dbname=none"  # the database went away
+        with pytest.raises(StorageFault, match="cannot connect"):
+            a.take_upload(lease(ALICE, b"f.bin"))
+        with pytest.raises(StorageFault, match="a moment ago"):  # no new attempt yet
+            a.take_upload(lease(ALICE, b"f.bin"))
+    finally:
+        a.close()
