@@ -401,7 +401,8 @@ def _serve_with(
     if coordination is not None:
         log.info("node %s: holds, leases and failure counts shared in the metadata database", node)
     app = App.build(metadata, blobs, limits, metrics=metrics, coordination=coordination)
-    server = Server(app, listener, ProxySources(args.proxy_protocol_from))
+    proxies = ProxySources(args.proxy_protocol_from)
+    server = Server(app, listener, proxies)
     metrics.watch_connections(lambda: len(server.channels))  # read at each scrape
     previous = {
         signum: signal.signal(signum, lambda *_: server.drain())
