@@ -1,0 +1,191 @@
+"""A cipherdrop cluster on one machine, on loopback only: the tested deployment of docs/SCALING.md.
+
+The pieces, each started from its installed binary in a folder of its own:
+
+* a throwaway PostgreSQL (:mod:`backends.postgres`) holding the metadata;
+* a one-node Ceph radosgw (:mod:`backends.ceph`) holding the files;
+* two or three cipherdrop nodes, each on its own 127.0.0.x address
+  (``--metadata postgresql://…``, ``--blobs s3://…``,
+  ``--proxy-protocol-from 127.0.0.1``, ``--node-name``);
+* HAProxy (:mod:`backends.haproxy`) in front, on 127.0.0.1: ``balance
+  source``, ``hash-type consistent``, ``send-proxy-v2``.
+
+Nothing binds or connects outside 127.0.0.0/8, and no network namespace is
+used (a client in the root namespace toward an address inside one would
+leave the machine by the default route).
+
+By hand::
+
+    python tests/backends/cluster.py --nodes 3      # starts it, prints where, Ctrl-C stops
+
+The tests start one cluster per test session (tests/conftest.py,
+``cluster``) and reuse it; a test that kills a node starts it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __name__ == "__main__":  # run as a script: the test helpers are imported as the tests do
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backends.ceph import CephGateway
+from backends.haproxy import Backend, HAProxy
+from backends.postgres import PostgresCluster
+from helpers import ServerProcess, start_server
+
+#: HAProxy's address; it reaches the nodes from here, so the nodes trust headers from it.
+BALANCER_HOST = "127.0.0.1"
+#: Node i listens on 127.0.0.(NODE_HOST_BASE + i).
+NODE_HOST_BASE = 11
+#: The bucket the nodes share, and each deployment's prefix in it.
+BUCKET = "cipherdrop"
+PREFIX = "files"
+DATABASE = "cipherdrop"
+DEFAULT_NODES = 2
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def node_host(index: int) -> str:
+    """The loopback address of node ``index``."""
+    return f"127.0.0.{NODE_HOST_BASE + index}"
+
+
+@dataclass
+class Cluster:
+    """Running pieces; :meth:`stop` ends what this object started."""
+
+    folder: Path
+    postgres: PostgresCluster
+    gateway: CephGateway
+    metadata_url: str
+    blobs_url: str
+    #: Node index -> its server process (a stopped one stays until restarted).
+    nodes: dict[int, ServerProcess] = field(default_factory=dict)
+    ports: dict[int, int] = field(default_factory=dict)
+    balancer: HAProxy | None = None
+    #: Whether stop() ends the database and the store (started here, not given).
+    owns_services: bool = False
+
+    @classmethod
+    def start(
+        cls, folder: Path, nodes: int = DEFAULT_NODES, *,
+        postgres: PostgresCluster | None = None, gateway: CephGateway | None = None,
+        spare_nodes: int = 1,
+    ) -> Cluster:
+        """Start (or reuse) the database and the store, ``nodes`` nodes and HAProxy.
+
+        HAProxy knows ``spare_nodes`` more, down until :meth:`start_node` starts them
+        (adding a node).
+        """
+        owns = postgres is None and gateway is None
+        postgres = postgres or PostgresCluster.start()
+        gateway = gateway or CephGateway(folder / "ceph").start()
+        metadata_url = postgres.database(f"{DATABASE}_{_free_port(BALANCER_HOST)}")
+        bucket = f"{BUCKET}-{_free_port(BALANCER_HOST)}"
+        gateway.client().create_bucket(Bucket=bucket)
+        blobs_url = (f"s3://{bucket}/{PREFIX}?endpoint={gateway.endpoint}"
+                     f"&region=us-east-1&addressing=path")
+        cluster = cls(folder, postgres, gateway, metadata_url, blobs_url, owns_services=owns)
+        try:
+            total = nodes + spare_nodes
+            cluster.ports = {i: _free_port(node_host(i)) for i in range(total)}
+            for index in range(nodes):
+                cluster.start_node(index)
+            backends = [Backend(f"node{i}", node_host(i), cluster.ports[i]) for i in range(total)]
+            cluster.balancer = HAProxy(
+                folder / "haproxy", (BALANCER_HOST, _free_port(BALANCER_HOST)), backends
+            )
+            for index in range(nodes):
+                cluster.balancer.wait_state(f"node{index}", "UP")
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where clients connect: HAProxy."""
+        assert self.balancer is not None
+        return self.balancer.listen
+
+    def node_flags(self, index: int) -> list[str]:
+        """A node's flags beside the test servers' usual ones."""
+        return [
+            "--metadata", self.metadata_url,
+            "--blobs", self.blobs_url,
+            "--proxy-protocol-from", BALANCER_HOST,
+            "--node-name", f"node{index}",
+        ]
+
+    def start_node(self, index: int) -> ServerProcess:
+        """Start node ``index`` (again) on its address and port."""
+        node = start_server(
+            self.folder / f"node{index}", *self.node_flags(index),
+            port=self.ports[index], host=node_host(index), env=self.gateway.environment(),
+        )
+        self.nodes[index] = node
+        if self.balancer is not None:
+            self.balancer.wait_state(f"node{index}", "UP")
+        return node
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL node ``index`` (a crash), and wait until HAProxy sees it down."""
+        self.nodes[index].kill()
+        if self.balancer is not None:
+            self.balancer.wait_state(f"node{index}", "DOWN")
+
+    def live_nodes(self) -> list[int]:
+        return [i for i, node in self.nodes.items() if node.process.poll() is None]
+
+    def stop(self) -> None:
+        """Stop HAProxy and the nodes (and the database and store if started here)."""
+        if self.balancer is not None:
+            self.balancer.stop()
+        for node in self.nodes.values():
+            if node.process.poll() is None:
+                node.stop(signal.SIGTERM)
+        if self.owns_services:
+            self.gateway.stop()
+            self.postgres.stop()
+
+
+def main() -> None:
+    """Start a cluster, print where its pieces are, and stop it on Ctrl-C."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--nodes", type=int, default=DEFAULT_NODES, choices=range(1, 10))
+    parser.add_argument("--folder", type=Path, help="where the pieces keep their files"
+                        " (default: a new temporary folder, deleted at the end)")
+    args = parser.parse_args()
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="cipherdrop-cluster-"))
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # sigwait takes them
+    cluster = Cluster.start(folder, args.nodes, spare_nodes=0)
+    try:
+        host, port = cluster.address
+        print(f"HAProxy: {host}:{port}  (cipherdrop-client --server {host}:{port})")
+        for index, node in cluster.nodes.items():
+            print(f"node{index}: {node.host}:{node.port}  log {node.log_path}")
+        print(f"metadata: {cluster.metadata_url}\nblobs: {cluster.blobs_url}\nCtrl-C stops it")
+        signal.sigwait(_STOP_SIGNALS)
+    finally:
+        cluster.stop()
+        if args.folder is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
