@@ -39,13 +39,15 @@ from .wire import (
 )
 
 
-class _NeedData:
+class NeedData:
+    """The type of :data:`NEED_DATA` (a parser's "not a whole message yet")."""
+
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
 #: Returned by ``next_event`` while no whole event has arrived yet.
-NEED_DATA: Final = _NeedData()
+NEED_DATA: Final = NeedData()
 
 #: The answer to a request whose client name or string field is malformed,
 #: where it is not 1607: a register is refused as a registration.

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from construct import BitStruct, Bytes, Const, ConstructError, Int16ub, Nibble, Struct
 
-from .connection import NEED_DATA, _NeedData
+from .connection import NEED_DATA, NeedData
 from .errors import ProxyHeaderError
 from .printable import quoted
 
@@ -147,7 +147,7 @@ class ProxyHeader:
     length: int
 
 
-def parse_proxy_header(data: bytes | bytearray | memoryview) -> ProxyHeader | _NeedData:
+def parse_proxy_header(data: bytes | bytearray | memoryview) -> ProxyHeader | NeedData:
     """The header at the start of ``data``, or ``NEED_DATA`` while it may still come.
 
     Reads at most the header's own bytes: what follows it never changes the
@@ -180,7 +180,7 @@ def starts_like_proxy_header(opening: bytes | bytearray) -> bool:
         return False
 
 
-def _parse_v2(data: bytes) -> ProxyHeader | _NeedData:
+def _parse_v2(data: bytes) -> ProxyHeader | NeedData:
     if len(data) < V2_FIXED_SIZE:
         return NEED_DATA
     fixed = ProxyV2Fixed.parse(data[:V2_FIXED_SIZE])
@@ -222,7 +222,7 @@ def _parse_v2(data: bytes) -> ProxyHeader | _NeedData:
     )
 
 
-def _parse_v1(data: bytes) -> ProxyHeader | _NeedData:
+def _parse_v1(data: bytes) -> ProxyHeader | NeedData:
     line_feed = data.find(b"\n", 0, V1_MAX_LENGTH)
     if line_feed < 0:
         if len(data) >= V1_MAX_LENGTH:

@@ -503,8 +503,12 @@ class Server:
             else:
                 self._open_channel(sock, peer)
 
-    def _open_channel(self, sock: socket.socket, peer: Peer, via: Peer | None = None) -> None:
-        """Admit a connection from ``peer`` (``via`` a PROXY protocol sender), or refuse it."""
+    def _open_channel(
+        self, sock: socket.socket, peer: Peer, via: Peer | None = None,
+        opened: float | None = None,
+    ) -> None:
+        """Admit a connection from ``peer`` (``via`` a PROXY protocol sender, which it reached
+        at ``opened``), or refuse it."""
         refusal = self._refusal(peer)
         if refusal:
             self._refuse(sock, peer, refusal)
@@ -513,7 +517,7 @@ class Server:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         channel = Channel(
             sock,
-            Session(self.app, peer),
+            Session(self.app, peer, opened),
             self._selector,
             self._recv_buffer,
             self.app.timers,
@@ -547,7 +551,8 @@ class Server:
     def header_read(self, wait: HeaderWait, client: Peer) -> None:
         """The header named the client: admit the connection as the client's."""
         self._header_waits.discard(wait)
-        self._open_channel(wait.sock, client, via=wait.proxy if client is not wait.proxy else None)
+        self._open_channel(wait.sock, client, via=wait.proxy if client is not wait.proxy else None,
+                           opened=wait.opened)
 
     def header_wait_closed(self, wait: HeaderWait) -> None:
         """A connection closed before its header was read: forget it."""

@@ -119,6 +119,12 @@ class HeaderWait:
         self._timer: Timer = timers.call_at(self._opened + deadline, self._on_timer)
 
     @property
+    def opened(self) -> float:
+        """When the connection was accepted (the loop's clock): its first request's deadline
+        counts from then, the header's wait included."""
+        return self._opened
+
+    @property
     def silent(self) -> bool:
         """The sender sent nothing and left (a plain TCP health check); see Channel.silent."""
         return not self._bytes_in and not self._timed_out

@@ -226,7 +226,9 @@ def _error_response(code: ResponseCode) -> Response:
 class Session:
     """One connection's requests: decoding, handling, answers, deadlines, its log lines."""
 
-    def __init__(self, app: App, peer: Peer) -> None:
+    def __init__(self, app: App, peer: Peer, opened: float | None = None) -> None:
+        """``opened``: when the connection was accepted (the loop's clock), if before now:
+        the first request's deadline counts from it (a PROXY header's wait included)."""
         self.app = app
         self.peer = peer
         limits = app.limits
@@ -249,7 +251,7 @@ class Session:
         self._deferred: _Deferred | None = None
         self._held_id: _HeldId | None = None
         now = app.monotonic()
-        self._opened = now
+        self._opened = now if opened is None else opened
         self._last_boundary = now
         self._last_recv = now
         self._message_start: float | None = None

@@ -191,6 +191,23 @@ def test_a_truncated_header_runs_out_of_the_first_requests_deadline(server_facto
                     r" timed out: no PROXY header \(in 27 B")
 
 
+def test_the_first_requests_deadline_counts_from_the_connection_not_from_its_header(
+    server_factory,
+):
+    deadline = 3.0
+    server = server_factory("--proxy-protocol-from", PROXY, "--message-deadline", str(deadline))
+    client = server.client()
+    time.sleep(deadline * 2 / 3)  # the header comes late, but within the deadline
+    client.send_raw(ph.v2_tcp4(CLIENT, CLIENT_PORT))
+    header_sent = time.monotonic()
+    with client:
+        # Counted from the header, the deadline would leave the connection open a whole
+        # deadline more; counted from the connection, a third of it.
+        assert client.closed_within(deadline)
+    assert time.monotonic() - header_sent < deadline
+    server.wait_log(rf"{re.escape(CLIENT)}:{CLIENT_PORT} .*timed out")
+
+
 @pytest.mark.parametrize("header", [
     ph.v2_tcp4(CLIENT, CLIENT_PORT), ph.v1("TCP4", CLIENT, PROXY, CLIENT_PORT, 1256),
 ], ids=["v2", "v1"])
