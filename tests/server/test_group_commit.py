@@ -12,12 +12,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import socket
 import sqlite3
 import time
 
 import pytest
-
 from helpers import (
     ANY_ID,
     Identity,
@@ -28,6 +26,8 @@ from helpers import (
     raw_header,
     unique_name,
 )
+from loop_driving import bytes_waiting, run_round, run_until
+
 from protocol import (
     Acknowledged,
     ConnectionClosed,
@@ -48,13 +48,10 @@ from server.loop import Server, create_listener
 from server.storage.folder import RECEIVED_DIR, FolderBlobs, client_dir_name
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
-ROUNDS = 200
 #: A payload size the server will not read past: it answers 1607 and closes.
 UNSKIPPABLE = 1 << 30
 #: A packet size that sends each test file in one 828 (one request per file in a round).
 WHOLE_FILE = 1 << 16
-#: How long a round waits at most, so that a lost answer fails the test quickly.
-ROUND_PAUSE = 0.01
 
 
 @pytest.fixture
@@ -77,34 +74,10 @@ def looped(tmp_path):
         pass
 
 
-def _bytes_waiting(client: RawClient) -> int:
-    """What the server sent that the client has not read yet (EOF counts as nothing)."""
-    client.sock.setblocking(False)
-    try:
-        return len(client.sock.recv(1 << 16, socket.MSG_PEEK))
-    except BlockingIOError:
-        return 0
-    finally:
-        client.sock.setblocking(True)
 
 
-def _run_until(server: Server, done) -> None:
-    for _ in range(ROUNDS):
-        server.run_once()
-        if done():
-            return
-        time.sleep(ROUND_PAUSE)
-    raise AssertionError("the loop never got there")
 
 
-def _run_round(server: Server) -> None:
-    """One round, and the loop until its commit is over (its answers released)."""
-    server.run_once()
-    for _ in range(ROUNDS):
-        if server._round is None:
-            return
-        server.run_once()
-    raise AssertionError("the round's commit never ended")
 
 
 def _on_durable_commit(db: SqliteMetadata, monkeypatch, action) -> None:
@@ -126,14 +99,14 @@ def _broken_durable_commit() -> None:
 def test_answers_wait_for_the_rounds_sync(looped, monkeypatch):
     server, db = looped
     clients = [RawClient(server.address[:2]) for _ in range(3)]
-    _run_until(server, lambda: len(server.channels) == len(clients))
+    run_until(server, lambda: len(server.channels) == len(clients))
     seen_at_sync = []
     _on_durable_commit(db, monkeypatch, lambda: seen_at_sync.append(
-        (db.unsynced, [_bytes_waiting(c) for c in clients])))
+        (db.unsynced, [bytes_waiting(c) for c in clients])))
     for client in clients:
         client.send(Register(client_id=ANY_ID, name=unique_name()))
     time.sleep(0.1)  # every request in the server's socket buffers: one round takes them
-    _run_round(server)
+    run_round(server)
     assert seen_at_sync, "the round's answers went out without a sync"
     unsynced, waiting = seen_at_sync[0]
     assert unsynced and waiting == [0, 0, 0]  # commits pending, nothing sent yet
@@ -146,16 +119,16 @@ def test_answers_wait_for_the_rounds_sync(looped, monkeypatch):
 def test_an_answer_before_a_close_waits_for_the_sync_too(looped, monkeypatch):
     server, db = looped
     client = RawClient(server.address[:2])
-    _run_until(server, lambda: len(server.channels) == 1)
+    run_until(server, lambda: len(server.channels) == 1)
     seen_at_sync = []
     _on_durable_commit(db, monkeypatch,
-                       lambda: seen_at_sync.append((db.unsynced, _bytes_waiting(client))))
+                       lambda: seen_at_sync.append((db.unsynced, bytes_waiting(client))))
     # an 825, then a header whose size cannot be skipped: in one turn the 825
     # is answered, the header refused (1607) and the connection closed
     register = client.conn.send(Register(client_id=ANY_ID, name=unique_name()))
     client.send_raw(register + raw_header(RequestCode.REGISTER, UNSKIPPABLE))
     time.sleep(0.1)  # all of it in one receive
-    _run_until(server, lambda: _bytes_waiting(client) > 0)
+    run_until(server, lambda: bytes_waiting(client) > 0)
     assert seen_at_sync and seen_at_sync[0] == (True, 0)
     assert isinstance(client.receive(), Registered)
     assert isinstance(client.receive(), GeneralError)
@@ -171,7 +144,7 @@ def test_a_failed_sync_sends_no_answer_and_the_client_may_ask_again(
     name = unique_name()
     _on_durable_commit(db, monkeypatch, _broken_durable_commit)
     client.send(Register(client_id=ANY_ID, name=name))
-    _run_until(server, lambda: not server.channels and _seen_client(db, name))
+    run_until(server, lambda: not server.channels and _seen_client(db, name))
     # no answer came: the connection closed with nothing before its end
     assert isinstance(client.receive(), ConnectionClosed)
     (closed,) = [r.getMessage() for r in caplog.records if " closed: " in r.getMessage()]
@@ -182,7 +155,7 @@ def test_a_failed_sync_sends_no_answer_and_the_client_may_ask_again(
     # the same client, asking again, gets its answer.
     again = RawClient(server.address[:2])
     again.send(Register(client_id=ANY_ID, name=name))
-    _run_until(server, lambda: _bytes_waiting(again) > 0)
+    run_until(server, lambda: bytes_waiting(again) > 0)
     assert isinstance(again.receive(), Registered)
     assert not db.unsynced
     again.close()
@@ -191,7 +164,7 @@ def test_a_failed_sync_sends_no_answer_and_the_client_may_ask_again(
 def test_a_failed_wal_fsync_stops_the_loop_and_no_later_sync_succeeds(looped, monkeypatch):
     server, db = looped
     client = RawClient(server.address[:2])
-    _run_until(server, lambda: len(server.channels) == 1)
+    run_until(server, lambda: len(server.channels) == 1)
     assert isinstance(_ask(server, client, Register(client_id=ANY_ID, name=unique_name())),
                       Registered)  # the WAL is open for fsync from here on
     real_fsync = os.fsync
@@ -204,7 +177,7 @@ def test_a_failed_wal_fsync_stops_the_loop_and_no_later_sync_succeeds(looped, mo
     monkeypatch.setattr(os, "fsync", fsync)
     client.send(Register(client_id=ANY_ID, name=unique_name()))
     time.sleep(0.1)
-    _run_round(server)
+    run_round(server)
     assert isinstance(server.durability_lost, DurabilityLost)
     assert isinstance(client.receive(), ConnectionClosed)  # never answered
     monkeypatch.undo()
@@ -226,7 +199,7 @@ def _seen_client(db: SqliteMetadata, name: str) -> bool:
 def _ask(server: Server, client: RawClient, request):
     """Send a request and run the loop until its answer is in."""
     client.send(request)
-    _run_until(server, lambda: _bytes_waiting(client) > 0)
+    run_until(server, lambda: bytes_waiting(client) > 0)
     return client.receive()
 
 
@@ -251,7 +224,7 @@ def _rows_seen_by_another_connection(path) -> dict[bytes, tuple[str, int]]:
 def two_clients(looped):
     server, db = looped
     clients = [RawClient(server.address[:2]) for _ in range(2)]
-    _run_until(server, lambda: len(server.channels) == len(clients))
+    run_until(server, lambda: len(server.channels) == len(clients))
     identities = [_identity(server, client) for client in clients]
     yield server, db, list(zip(clients, identities))
     for client in clients:
@@ -263,7 +236,7 @@ def keyed_client(looped):
     """The looped server, its store, and one client with a key on it."""
     server, db = looped
     client = RawClient(server.address[:2])
-    _run_until(server, lambda: len(server.channels) == 1)
+    run_until(server, lambda: len(server.channels) == 1)
     yield server, db, client, _identity(server, client)
     client.close()
 
@@ -299,7 +272,7 @@ def test_first_uploads_in_one_round_share_its_sync_and_take_their_names_after_it
     monkeypatch.setattr(FolderBlobs, "publish", install)
     data = b"first upload" * 100
     _send_files(pairs, data)
-    _run_round(server)
+    run_round(server)
     assert steps == ["sync", ("rename", True, False), ("rename", True, False)]
     for client, identity in pairs:
         answer = client.receive()
@@ -335,11 +308,11 @@ def test_a_first_upload_that_cannot_take_its_name_is_answered_1607_in_place_of_1
         + failing.conn.send(Register(client_id=ANY_ID, name=unique_name()))
     )
     time.sleep(0.1)
-    _run_round(server)
+    run_round(server)
     answers = [failing.receive() for _ in range(3)]
     assert [type(answer) for answer in answers] == [GeneralError, GeneralError, Registered]
     assert isinstance(other.receive(), FileReceived)
-    _run_round(server)  # the undone row is committed with the next round
+    run_round(server)  # the undone row is committed with the next round
     rows = _rows_seen_by_another_connection(db.path)
     assert f"{failing_identity.name}.bin".encode() not in rows
     assert f"{other_identity.name}.bin".encode() in rows
@@ -361,7 +334,7 @@ def test_answers_held_for_a_first_upload_go_out_before_the_connection_closes(
     # and closes on (its 1607 held behind it)
     client.send_raw(packet_bytes(packet) + raw_header(RequestCode.REGISTER, UNSKIPPABLE))
     time.sleep(0.1)
-    _run_until(server, lambda: not server.channels)
+    run_until(server, lambda: not server.channels)
     answer = client.receive()
     assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
     assert isinstance(client.receive(), GeneralError)
@@ -401,12 +374,12 @@ def test_a_lost_round_stores_none_of_its_first_uploads(two_clients, monkeypatch,
     _on_durable_commit(db, monkeypatch, _broken_durable_commit)
     data = b"y" * 3000
     _send_files(pairs, data)
-    _run_round(server)
+    run_round(server)
     for client, identity in pairs:
         assert isinstance(client.receive(), ConnectionClosed)
         assert list(_folder(tmp_path, identity).iterdir()) == []  # neither a temp nor a file
     monkeypatch.undo()
-    _run_round(server)  # the rows that reached the database are removed with this round
+    run_round(server)  # the rows that reached the database are removed with this round
     assert _rows_seen_by_another_connection(db.path) == {}
 
 
@@ -425,12 +398,12 @@ def test_a_version_confirmed_in_the_round_of_the_names_first_upload_is_the_one_s
     burst += client.conn.send(CrcOk(client_id=identity.client_id, file_name="same.bin"))
     client.send_raw(burst)  # v1, v2 of the same name and the 900, in one round
     time.sleep(0.1)
-    _run_round(server)
+    run_round(server)
     # one sync, the round's: v1 then v2 are published after it, in order
     assert syncs == ["sync"]
     answers = [client.receive() for _ in range(3)]
     assert [type(answer) for answer in answers] == [FileReceived, FileReceived, Acknowledged]
-    _run_round(server)
+    run_round(server)
     ((path_name, verified),) = _rows_seen_by_another_connection(db.path).values()
     assert (tmp_path / path_name).read_bytes() == second and verified == 1
 
@@ -438,7 +411,7 @@ def test_a_version_confirmed_in_the_round_of_the_names_first_upload_is_the_one_s
 def test_an_answer_queued_while_answers_go_out_does_not_wait_in_select(looped, monkeypatch):
     server, db = looped
     client = RawClient(server.address[:2])
-    _run_until(server, lambda: len(server.channels) == 1)
+    run_until(server, lambda: len(server.channels) == 1)
     (channel,) = server.channels
     real_write = type(channel)._write
 
@@ -449,7 +422,7 @@ def test_an_answer_queued_while_answers_go_out_does_not_wait_in_select(looped, m
     monkeypatch.setattr(type(channel), "_write", broken_once)
     client.send(Register(client_id=ANY_ID, name=unique_name()))
     time.sleep(0.1)
-    _run_round(server)  # handles the 825; sending its answer fails: a 1607 is queued
+    run_round(server)  # handles the 825; sending its answer fails: a 1607 is queued
     timeouts = []
     select = server._selector.select
     monkeypatch.setattr(server._selector, "select",

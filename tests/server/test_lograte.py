@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 import pytest
-
 from helpers import RawClient
+from loop_driving import answered, run_until
+from wire_by_hand import name, request
+
 from protocol import CrcOk, GeneralError
 from protocol.codes import CLIENT_ID_SIZE
 from server import loop
@@ -15,7 +16,6 @@ from server.app import App
 from server.limits import Limits
 from server.lograte import OTHER_ADDRESSES, PURGE_PER_CALL, LogLimiter
 from server.peer import Peer
-from wire_by_hand import name, request
 from server.storage.folder import FolderBlobs
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
@@ -192,8 +192,6 @@ def test_the_server_counts_a_silent_flood_on_its_timers(tmp_path, clock, caplog)
 HOST_64 = "2001:db8:1:2::"
 #: Connections from it, each one request: several lines each without a shared budget.
 HOST_CONNECTIONS = 4 * BURST
-#: Rounds of the loop run by hand, far more than the connections need.
-ROUNDS = 400
 #: The 1025 series' register (docs/EDITIONS.md), and its 2100 whole: header and id.
 FIRST_REGISTER = 1025
 HELD_ANSWER_SIZE = 7 + CLIENT_ID_SIZE
@@ -216,9 +214,9 @@ def test_the_addresses_of_one_64_share_one_budget(tmp_path, monkeypatch, caplog)
             for _ in range(HOST_CONNECTIONS):
                 with RawClient(server.address[:2]) as client:
                     client.send(CrcOk(client_id=bytes(CLIENT_ID_SIZE), file_name="x"))
-                    _run_until(server, lambda: _answered(client))
+                    run_until(server, lambda: answered(client))
                     assert isinstance(client.receive(), GeneralError)
-                _run_until(server, lambda: not server.channels)
+                run_until(server, lambda: not server.channels)
     finally:
         server.close()
         metadata.close()
@@ -240,8 +238,8 @@ def test_the_edition_a_held_id_told_is_a_line_within_the_budget(tmp_path, caplog
         with caplog.at_level(logging.DEBUG, logger="server"):
             with RawClient(server.address[:2]) as client:
                 client.send_raw(register)  # a 2023C client: it waits for the id
-                _run_until(server, lambda: _answered(client, HELD_ANSWER_SIZE))
-            _run_until(server, lambda: not server.channels)
+                run_until(server, lambda: answered(client, HELD_ANSWER_SIZE))
+            run_until(server, lambda: not server.channels)
     finally:
         server.close()
         metadata.close()
@@ -251,20 +249,4 @@ def test_the_edition_a_held_id_told_is_a_line_within_the_budget(tmp_path, caplog
     assert len(written) == 1, [record.getMessage() for record in written]
 
 
-def _run_until(server: loop.Server, done) -> None:
-    for _ in range(ROUNDS):
-        if done():
-            return
-        server.run_once()
-    raise AssertionError("the server did not get there")
 
-
-def _answered(client: RawClient, size: int = 1) -> bool:
-    """Whether the server sent ``size`` bytes the client has not read yet."""
-    client.sock.setblocking(False)
-    try:
-        return len(client.sock.recv(size, socket.MSG_PEEK)) >= size
-    except BlockingIOError:
-        return False
-    finally:
-        client.sock.setblocking(True)

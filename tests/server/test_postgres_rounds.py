@@ -8,13 +8,13 @@ session's throwaway cluster (skipped without the binaries, but not in CI).
 
 from __future__ import annotations
 
-import socket
 import time
 
 import psycopg
 import pytest
-
 from helpers import ANY_ID, RawClient, unique_name
+from loop_driving import answered, run_until
+
 from protocol import ConnectionClosed, Register, Registered
 from server.app import App
 from server.limits import Limits
@@ -25,8 +25,6 @@ from server.storage.postgres.store import PostgresMetadata
 
 pytestmark = pytest.mark.needed_in_ci
 
-ROUNDS = 200
-ROUND_PAUSE = 0.01
 CLIENTS = 3
 
 
@@ -40,13 +38,6 @@ def looped(tmp_path, postgres_url):
     db.close()
 
 
-def _run_until(server: Server, done) -> None:
-    for _ in range(ROUNDS):
-        server.run_once()
-        if done():
-            return
-        time.sleep(ROUND_PAUSE)
-    raise AssertionError("the loop never got there")
 
 
 def _names(url: str) -> list[str]:
@@ -59,7 +50,7 @@ def test_a_round_whose_commit_fails_is_closed_unanswered_and_the_next_is_served(
 ):
     server, db, url = looped
     clients = [RawClient(server.address[:2]) for _ in range(CLIENTS)]
-    _run_until(server, lambda: len(server.channels) == CLIENTS)
+    run_until(server, lambda: len(server.channels) == CLIENTS)
     real_begin = db.begin_round_commit
     killed = []
 
@@ -76,7 +67,7 @@ def test_a_round_whose_commit_fails_is_closed_unanswered_and_the_next_is_served(
     for client in clients:
         client.send(Register(client_id=ANY_ID, name=unique_name()))
     time.sleep(0.1)  # every request in the server's socket buffers: one round takes them
-    _run_until(server, lambda: not server.channels)
+    run_until(server, lambda: not server.channels)
     assert killed == [(True,)]
     for client in clients:  # nothing answered: none of it is in the database
         assert isinstance(client.receive(), ConnectionClosed)
@@ -85,18 +76,8 @@ def test_a_round_whose_commit_fails_is_closed_unanswered_and_the_next_is_served(
     again = RawClient(server.address[:2])
     name = unique_name()
     again.send(Register(client_id=ANY_ID, name=name))
-    _run_until(server, lambda: _answered(again))
+    run_until(server, lambda: answered(again))
     assert isinstance(again.receive(), Registered)
     assert _names(url) == [name]
     again.close()
 
-
-def _answered(client: RawClient) -> bool:
-    """Whether the server sent the client something (without reading it)."""
-    client.sock.setblocking(False)
-    try:
-        return bool(client.sock.recv(1, socket.MSG_PEEK))
-    except BlockingIOError:
-        return False
-    finally:
-        client.sock.setblocking(True)

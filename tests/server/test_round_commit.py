@@ -15,6 +15,8 @@ import threading
 import time
 
 from helpers import ANY_ID, RawClient, unique_name
+from loop_driving import bytes_waiting, run_until
+
 from protocol import ConnectionClosed, Register, Registered
 from server.app import App
 from server.errors import DurabilityLost, StorageFault
@@ -22,7 +24,6 @@ from server.limits import Limits
 from server.loop import Server, create_listener
 from server.storage.memory import MemoryBlobs, MemoryMetadata
 
-ROUNDS = 200
 ROUND_PAUSE = 0.01
 #: How long the threaded test waits for the loop at most (a lost answer fails it then).
 PATIENCE = 30.0
@@ -112,23 +113,8 @@ def _server(store: GatedMetadata) -> Server:
     return Server(app, create_listener("127.0.0.1", 0))
 
 
-def _bytes_waiting(client: RawClient) -> int:
-    client.sock.setblocking(False)
-    try:
-        return len(client.sock.recv(1 << 16, socket.MSG_PEEK))
-    except BlockingIOError:
-        return 0
-    finally:
-        client.sock.setblocking(True)
 
 
-def _run_until(server: Server, done) -> None:
-    for _ in range(ROUNDS):
-        server.run_once()
-        if done():
-            return
-        time.sleep(ROUND_PAUSE)
-    raise AssertionError("the loop never got there")
 
 
 def _wait(done) -> None:
@@ -152,7 +138,7 @@ def test_the_loop_accepts_while_a_rounds_commit_is_under_way_and_answers_after_i
         second.send(Register(client_id=ANY_ID, name=unique_name()))
         third = RawClient(server.address[:2])
         _wait(lambda: len(server.channels) == 3)  # the loop went round after the 825 came
-        assert _bytes_waiting(first) == 0 and _bytes_waiting(second) == 0
+        assert bytes_waiting(first) == 0 and bytes_waiting(second) == 0
         assert store.in_flight and store.calls_in_flight == []
         store.commits[0].open()
         assert isinstance(first.receive(), Registered)  # once the round is durable
@@ -176,16 +162,16 @@ def test_a_round_commit_that_fails_closes_its_connections_unanswered():
     server = _server(store)
     try:
         lost, other = RawClient(server.address[:2]), RawClient(server.address[:2])
-        _run_until(server, lambda: len(server.channels) == 2)
+        run_until(server, lambda: len(server.channels) == 2)
         lost.send(Register(client_id=ANY_ID, name=unique_name()))
-        _run_until(server, lambda: store.in_flight)
+        run_until(server, lambda: store.in_flight)
         other.send(Register(client_id=ANY_ID, name=unique_name()))  # waits for the next round
         store.commits[0].open(StorageFault("database: disk I/O error"))
-        _run_until(server, lambda: len(server.channels) == 1)
+        run_until(server, lambda: len(server.channels) == 1)
         assert isinstance(lost.receive(), ConnectionClosed)  # nothing before the close
-        _run_until(server, lambda: len(store.commits) == 2)
+        run_until(server, lambda: len(store.commits) == 2)
         store.commits[1].open()
-        _run_until(server, lambda: _bytes_waiting(other) > 0)
+        run_until(server, lambda: bytes_waiting(other) > 0)
         assert isinstance(other.receive(), Registered)  # the server serves on
         assert server.durability_lost is None
         lost.close()
@@ -200,9 +186,9 @@ def test_a_round_commit_whose_durability_is_lost_stops_the_server():
     try:
         client = RawClient(server.address[:2])
         client.send(Register(client_id=ANY_ID, name=unique_name()))
-        _run_until(server, lambda: store.in_flight)
+        run_until(server, lambda: store.in_flight)
         store.commits[0].open(DurabilityLost("database sync: Input/output error"))
-        _run_until(server, lambda: server.durability_lost is not None)
+        run_until(server, lambda: server.durability_lost is not None)
         server.serve_forever()  # returns at once: the loop was told to stop
         assert isinstance(client.receive(), ConnectionClosed)  # never answered
         client.close()

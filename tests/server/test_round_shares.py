@@ -10,11 +10,9 @@ answered in the round its request came in.
 from __future__ import annotations
 
 import collections
-import socket
 import time
 
 import pytest
-
 from helpers import (
     ANY_ID,
     Identity,
@@ -24,6 +22,9 @@ from helpers import (
     private_key,
     unique_name,
 )
+from loop_driving import answered, run_round
+from wire_by_hand import name, request
+
 from protocol import (
     FileReceived,
     PublicKeyReceived,
@@ -42,7 +43,6 @@ from server.session import Session, Step
 from server.storage import commit
 from server.storage.folder import FolderBlobs
 from server.storage.sqlite import DB_NAME, SqliteMetadata
-from wire_by_hand import name, request
 
 FLOODING_ADDRESS = "127.0.0.1"
 OTHER_ADDRESS = "127.0.0.2"
@@ -87,31 +87,15 @@ def one_host_many_addresses(monkeypatch) -> str:
     return address_group(FLOODING_64)
 
 
-def _run_round(server: Server) -> None:
-    """One loop round, to its end: its commit may complete in later turns of the loop."""
-    server.run_once()
-    give_up = time.monotonic() + COMMIT_PATIENCE
-    while server._round is not None:
-        assert time.monotonic() < give_up, "the round's commit never ended"
-        server.run_once()
 
 
-def _answered(client: RawClient) -> bool:
-    """Whether the server sent something the client has not read yet."""
-    client.sock.setblocking(False)
-    try:
-        return bool(client.sock.recv(1, socket.MSG_PEEK))
-    except BlockingIOError:
-        return False
-    finally:
-        client.sock.setblocking(True)
 
 
 def _ask(server: Server, client: RawClient, request):
     client.send(request)
     for _ in range(ROUNDS):
-        _run_round(server)
-        if _answered(client):
+        run_round(server)
+        if answered(client):
             return client.receive()
     raise AssertionError("no answer")
 
@@ -180,15 +164,15 @@ def _durable_files_per_round_in_turn(server: Server, monkeypatch) -> None:
     time.sleep(SETTLE)
     other.send(Reconnect(client_id=other_identity.client_id, name=other_identity.name))
     time.sleep(SETTLE)
-    _run_round(server)
+    run_round(server)
     sealed.append([])
-    assert _answered(other), "the other address waited beyond the round its request came in"
+    assert answered(other), "the other address waited beyond the round its request came in"
     assert isinstance(other.receive(), Reconnected)
     expected = CONNECTIONS * PIPELINED
     for _ in range(ROUNDS):
         if sum(map(len, sealed)) == expected:
             break
-        _run_round(server)
+        run_round(server)
         sealed.append([])
     share = server.app.limits.durable_files_per_address_per_round
     assert max(map(len, sealed)) == share  # never more in one round
@@ -228,7 +212,7 @@ def _requests_per_round(server: Server, monkeypatch, flooding: str) -> None:
     time.sleep(SETTLE)
     expected = CONNECTIONS * PIPELINED
     for _ in range(ROUNDS):
-        _run_round(server)
+        run_round(server)
         if sum(counts[flooding] for counts in rounds) == expected:
             break
         rounds.append(collections.Counter())
@@ -262,9 +246,9 @@ def test_a_held_id_waits_for_the_bytes_its_deferred_connection_left_unread(tmp_p
         with RawClient(server.address[:2]) as client:
             client.send_raw(register)
             for _ in range(ROUNDS):
-                if _answered(client):
+                if answered(client):
                     break
-                _run_round(server)
+                run_round(server)
             head = client.sock.recv(HEADER_SIZE)
             assert int.from_bytes(head[1:3], "little") == 2100  # its payload, the id, held
             busy.sock.sendall(b"".join(
@@ -272,12 +256,12 @@ def test_a_held_id_waits_for_the_bytes_its_deferred_connection_left_unread(tmp_p
                 for _ in range(PIPELINED)
             ))
             time.sleep(SETTLE)
-            _run_round(server)  # the busy connection's requests are in, one handled
+            run_round(server)  # the busy connection's requests are in, one handled
             client.send_raw(register)  # at once, as a 2024A client does
             time.sleep(HOLD)  # the hold is due in the next round
             for _ in range(ROUNDS):
-                _run_round(server)
-                if _answered(client):
+                run_round(server)
+                if answered(client):
                     break
             version, code, size = read_header(client)
             assert (version, code, size) == (3, 1600, 16)  # not the id's bytes as a header
