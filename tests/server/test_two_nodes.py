@@ -1,0 +1,278 @@
+"""Two ``python -m server`` processes sharing one PostgreSQL act as one server (issue 26, 4-5).
+
+Each node is a real process on its own port with its own data folder
+(``--metadata`` the same database, ``--node-name a`` or ``b``) and one
+blob folder shared by both (``--blobs file:///…/received_files``: what
+docs/OPERATING.md recommends for nodes on one host). The database is a
+fresh one of the session's throwaway cluster (tests/backends/postgres.py):
+skipped without the binaries, but not in CI. The same rules between nodes
+in one process, on a fake clock, are in test_nodes.py.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from helpers import (
+    ANY_ID,
+    Identity,
+    RawClient,
+    ServerProcess,
+    bad_padding_packet,
+    file_packets,
+    make_identity,
+    reconnect,
+    unique_name,
+    upload,
+)
+from protocol import (
+    Acknowledged,
+    ConnectionClosed,
+    CrcOk,
+    FileReceived,
+    GeneralError,
+    Register,
+    Registered,
+    RegistrationFailed,
+)
+
+pytestmark = pytest.mark.needed_in_ci
+
+#: The blob folder both nodes share, in the test's folder.
+SHARED_BLOBS = Path("shared") / "received_files"
+#: Seconds a hold or lease lasts in the node-kill test (the server's --message-deadline).
+SHORT_DEADLINE = 3.0
+#: How far past the lease time a killed node's lease may lapse, as a multiple of it:
+#: the lease is renewed every third of it, and a loaded machine is slow to retry.
+LEASE_MARGIN = 2.0
+#: Seconds between two attempts at something the other node must take over.
+RETRY_PAUSE = 0.1
+#: Seconds to wait for a node to see a row another wrote (a lease taken).
+SEEN_TIMEOUT = 10.0
+#: A file of two packets (the first one leaves the upload open).
+TWO_PACKETS = 1024
+TWO_PACKET_FILE = b"two packets" * 150
+
+
+@dataclass
+class TwoNodes:
+    """Two running nodes on one database and one blob folder."""
+
+    a: ServerProcess
+    b: ServerProcess
+    url: str
+    blobs: Path
+
+    def rows(self, client_id: bytes) -> dict[bytes, tuple[str, bool]]:
+        """The client's files as the database has them: name -> (path name, verified)."""
+        with psycopg.connect(self.url) as db:
+            return {
+                bytes(name): (path, verified) for name, path, verified in db.execute(
+                    "SELECT FileName, PathName, Verified FROM files WHERE ID = %s",
+                    (client_id,))
+            }
+
+    def stored(self, client_id: bytes, file_name: str) -> bytes:
+        """The content of a stored file, from the shared folder its row names."""
+        path_name, _ = self.rows(client_id)[file_name.encode()]
+        return (self.blobs.parent / path_name).read_bytes()
+
+    def leases(self, kind: str) -> list[str]:
+        """The nodes holding a hold or lease of this kind, unlapsed."""
+        with psycopg.connect(self.url) as db:
+            return [node for (node,) in db.execute(
+                "SELECT node FROM coordination_leases WHERE kind = %s AND expires > now()",
+                (kind,))]
+
+
+@pytest.fixture
+def start_nodes(tmp_path, server_factory, postgres_url):
+    """``start_nodes(*flags)``: nodes a and b, each given ``flags``."""
+
+    def start(*flags: str) -> TwoNodes:
+        blobs = tmp_path / SHARED_BLOBS
+        blobs.parent.mkdir(exist_ok=True)
+        a, b = (
+            server_factory(
+                "--metadata", postgres_url, "--blobs", blobs.as_uri(), "--node-name", name,
+                *flags, data_dir=tmp_path / name,
+            )
+            for name in ("a", "b")
+        )
+        return TwoNodes(a, b, postgres_url, blobs)
+
+    return start
+
+
+@pytest.fixture
+def nodes(start_nodes) -> TwoNodes:
+    return start_nodes()
+
+
+def confirmed(client: RawClient, who: Identity, file_name: str, data: bytes) -> None:
+    """A whole upload answered 1603, then its 900 answered 1604."""
+    answer = upload(client, who, file_name, data)
+    assert isinstance(answer, FileReceived), answer
+    answer = client.request(CrcOk(client_id=who.client_id, file_name=file_name))
+    assert isinstance(answer, Acknowledged), answer
+
+
+def per_request_upload(
+    node: ServerProcess, who: Identity, file_name: str, data: bytes, packet_size: int
+):
+    """A file sent as a per-request client does, each packet on a connection of its own; the
+    answer of its last packet, or the refusal of an earlier one."""
+    for packet in file_packets(who, file_name, data, packet_size):
+        with node.client() as client:
+            client.send(packet)
+            answer = client.receive()
+        if not isinstance(answer, ConnectionClosed):  # a refusal, or the last packet's answer
+            return answer
+    return answer
+
+
+def wait_until(found, what: str, timeout: float = SEEN_TIMEOUT):
+    """Poll ``found()`` until it is true; its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = found()
+        if value:
+            return value
+        time.sleep(RETRY_PAUSE)
+    raise AssertionError(f"never saw {what}")
+
+
+def test_a_name_registered_on_one_node_is_taken_on_the_other(nodes):
+    keyed, keyless = unique_name(), unique_name()
+    with nodes.a.client() as client:  # 825 + 826, then gone: the name is a client's
+        make_identity(client, keyed)
+    with nodes.b.client() as client:
+        assert isinstance(client.request(Register(client_id=ANY_ID, name=keyed)),
+                          RegistrationFailed)
+    with nodes.a.client() as holder:  # 825 alone, its connection open: held by node a
+        assert isinstance(holder.request(Register(client_id=ANY_ID, name=keyless)), Registered)
+        with nodes.b.client() as other:
+            assert isinstance(other.request(Register(client_id=ANY_ID, name=keyless)),
+                              RegistrationFailed)
+
+
+def test_a_client_registered_on_one_node_reconnects_uploads_and_confirms_on_the_other(nodes):
+    with nodes.a.client() as client:
+        who = make_identity(client)
+    data = b"sent to the other node" * 40
+    with nodes.b.client() as client:
+        reconnect(client, who)
+        confirmed(client, who, "moved.txt", data)
+    assert nodes.rows(who.client_id)[b"moved.txt"][1] is True
+    assert nodes.stored(who.client_id, "moved.txt") == data
+
+
+def test_the_failure_budget_counts_failures_made_on_both_nodes(start_nodes):
+    nodes = start_nodes("--max-decryption-failures-per-hour", "2")
+    with nodes.a.client() as client:
+        who = make_identity(client)
+    for node, name in ((nodes.a, "x.bin"), (nodes.b, "y.bin")):  # one failure on each
+        with node.client() as client:
+            client.send(bad_padding_packet(who, name))
+            assert isinstance(client.receive(), GeneralError)
+    for node in (nodes.a, nodes.b):  # the hour's budget is spent on both
+        with node.client() as client:
+            assert isinstance(upload(client, who, "z.bin", b"refused"), GeneralError)
+    assert "failed decryptions within an hour" in nodes.b.log()
+    assert b"z.bin" not in nodes.rows(who.client_id)
+
+
+def test_two_nodes_never_accept_the_same_client_and_file_at_once(nodes):
+    with nodes.a.client() as sending:
+        who = make_identity(sending)
+        first, second = file_packets(who, "one.bin", TWO_PACKET_FILE, TWO_PACKETS)
+        sending.send(first)  # receiving on node a: its lease
+        wait_until(lambda: nodes.leases("upload") == ["a"], "node a's upload lease")
+        assert isinstance(per_request_upload(nodes.b, who, "one.bin", TWO_PACKET_FILE,
+                                             TWO_PACKETS), GeneralError)
+        sending.send(second)
+        assert isinstance(sending.receive(), FileReceived)  # node a's upload went on
+        assert isinstance(sending.request(CrcOk(client_id=who.client_id, file_name="one.bin")),
+                          Acknowledged)
+    assert "on another node" in nodes.b.log()
+    assert nodes.stored(who.client_id, "one.bin") == TWO_PACKET_FILE
+
+
+def test_a_killed_node_loses_nothing_answered_and_its_leases_lapse_within_the_lease_time(
+    start_nodes,
+):
+    nodes = start_nodes("--message-deadline", str(SHORT_DEADLINE))
+    kept = b"answered before the kill" * 50
+    cut = nodes.b.client()
+    who = make_identity(cut)
+    confirmed(cut, who, "kept.bin", kept)
+    cut.send(file_packets(who, "cut.bin", TWO_PACKET_FILE, TWO_PACKETS)[0])
+    keyless = unique_name()
+    holder = nodes.b.client()
+    assert isinstance(holder.request(Register(client_id=ANY_ID, name=keyless)), Registered)
+    wait_until(lambda: nodes.leases("upload") == ["b"], "node b's upload lease")
+    assert set(nodes.leases("registration")) == {"b"}
+    nodes.b.kill()  # mid-upload, holding a keyless registration
+    killed = time.monotonic()
+    cut.close()
+    holder.close()
+
+    refused = {"upload": 0, "registration": 0}
+
+    def upload_taken() -> bool:
+        answer = per_request_upload(nodes.a, who, "cut.bin", TWO_PACKET_FILE, TWO_PACKETS)
+        refused["upload"] += isinstance(answer, GeneralError)
+        return isinstance(answer, FileReceived)
+
+    def name_taken() -> bool:
+        with nodes.a.client() as client:
+            answer = client.request(Register(client_id=ANY_ID, name=keyless))
+        refused["registration"] += isinstance(answer, RegistrationFailed)
+        return isinstance(answer, Registered)
+
+    wait_until(upload_taken, "node a take the upload", LEASE_MARGIN * SHORT_DEADLINE)
+    wait_until(name_taken, "node a take the name", LEASE_MARGIN * SHORT_DEADLINE)
+    lapsed = time.monotonic() - killed
+    assert refused["upload"] >= 1  # the lease outlived node b for a while
+    assert lapsed < LEASE_MARGIN * SHORT_DEADLINE
+    with nodes.a.client() as client:
+        assert isinstance(client.request(CrcOk(client_id=who.client_id, file_name="cut.bin")),
+                          Acknowledged)
+    rows = nodes.rows(who.client_id)
+    assert rows[b"kept.bin"][1] and rows[b"cut.bin"][1]
+    assert nodes.stored(who.client_id, "kept.bin") == kept
+    assert nodes.stored(who.client_id, "cut.bin") == TWO_PACKET_FILE
+
+
+
+def test_while_the_database_is_down_both_nodes_refuse_and_then_serve_again_by_themselves(
+    nodes, postgres_cluster
+):
+    with nodes.a.client() as client:
+        who = make_identity(client)
+        confirmed(client, who, "before.bin", b"answered before the outage")
+    with postgres_cluster.down():
+        for node in (nodes.a, nodes.b):  # the first request finds the connection lost
+            with node.client() as client:
+                assert isinstance(client.request(Register(client_id=ANY_ID, name=unique_name())),
+                                  GeneralError)
+            with node.client() as client:
+                assert isinstance(upload(client, who, "down.bin", b"refused"), GeneralError)
+    for node in (nodes.a, nodes.b):
+        def served(node=node) -> bool:
+            with node.client() as client:
+                answer = upload(client, who, f"after-{node.port}.bin", b"after")
+            return isinstance(answer, FileReceived)
+
+        wait_until(served, "the node serve again")
+        assert node.process.poll() is None
+        log = node.log()
+        assert "database: the connection is lost" in log and "Traceback" not in log
+    assert set(nodes.rows(who.client_id)) == {
+        b"before.bin", f"after-{nodes.a.port}.bin".encode(), f"after-{nodes.b.port}.bin".encode()}
+    assert nodes.stored(who.client_id, "before.bin") == b"answered before the outage"
