@@ -11,8 +11,11 @@ in one process, on a fake clock, are in test_nodes.py.
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -20,6 +23,7 @@ import pytest
 
 from helpers import (
     ANY_ID,
+    IO_TIMEOUT,
     Identity,
     RawClient,
     ServerProcess,
@@ -36,9 +40,13 @@ from protocol import (
     CrcOk,
     FileReceived,
     GeneralError,
+    Reconnect,
+    Reconnected,
+    ReconnectRefused,
     Register,
     Registered,
     RegistrationFailed,
+    crypto,
 )
 
 pytestmark = pytest.mark.needed_in_ci
@@ -57,6 +65,24 @@ SEEN_TIMEOUT = 10.0
 #: A file of two packets (the first one leaves the upload open).
 TWO_PACKETS = 1024
 TWO_PACKET_FILE = b"two packets" * 150
+#: Clients uploading on each node while the database restarts.
+LOADERS_PER_NODE = 2
+#: Seconds the load may take to be served again after the restart (a node tries
+#: to connect again every second).
+RESUME_TIMEOUT = 30.0
+#: The loaders' files are of this many sizes (in steps of their name's length), up to
+#: a few packets.
+FILE_SIZES = 200
+#: Seconds each commit that writes a file row takes, in the restart test: long
+#: enough that the restart finds rounds committing.
+SLOW_COMMIT = 0.05
+#: Makes every commit that wrote a file row wait: a deferred trigger (a test device).
+SLOW_COMMITS = (
+    "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS"
+    f" $$ BEGIN PERFORM pg_sleep({SLOW_COMMIT}); RETURN NULL; END $$",
+    "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON files"
+    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+)
 
 
 @dataclass
@@ -77,10 +103,13 @@ class TwoNodes:
                     (client_id,))
             }
 
-    def stored(self, client_id: bytes, file_name: str) -> bytes:
-        """The content of a stored file, from the shared folder its row names."""
+    def stored(self, client_id: bytes, file_name: str) -> bytes | None:
+        """The content of a stored file, from the shared folder its row names (None: no file)."""
         path_name, _ = self.rows(client_id)[file_name.encode()]
-        return (self.blobs.parent / path_name).read_bytes()
+        try:
+            return (self.blobs.parent / path_name).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def leases(self, kind: str) -> list[str]:
         """The nodes holding a hold or lease of this kind, unlapsed."""
@@ -276,3 +305,106 @@ def test_while_the_database_is_down_both_nodes_refuse_and_then_serve_again_by_th
     assert set(nodes.rows(who.client_id)) == {
         b"before.bin", f"after-{nodes.a.port}.bin".encode(), f"after-{nodes.b.port}.bin".encode()}
     assert nodes.stored(who.client_id, "before.bin") == b"answered before the outage"
+
+
+@dataclass
+class Loader:
+    """A client uploading one new file after another to one node, on a persistent connection
+    (827 on each new one), until told to stop; what it was answered."""
+
+    node: ServerProcess
+    who: Identity
+    stop: threading.Event
+    #: File name -> content, for each file answered 1603 (durable, then).
+    answered: dict[str, bytes] = field(default_factory=dict)
+    #: Those of them whose 900 was answered 1604.
+    confirmed: list[str] = field(default_factory=list)
+    #: What ended each attempt that did not end in 1604: "refused" (1607, 1606) or "closed".
+    ends: list[str] = field(default_factory=list)
+    #: Anything else: an unexpected answer, or no answer in time.
+    unexpected: list[str] = field(default_factory=list)
+
+    def run(self) -> None:
+        files = itertools.count(1)
+        while not self.stop.is_set():
+            try:
+                with self.node.client() as client:
+                    self._serve(client, files)
+            except TimeoutError:
+                self.unexpected.append(f"no answer within {IO_TIMEOUT} s")
+            except OSError:  # reset: the connection is gone unanswered
+                self.ends.append("closed")
+            time.sleep(RETRY_PAUSE)
+
+    def _serve(self, client: RawClient, files: Iterator[int]) -> None:
+        """827, then one new file after another, until an answer is not the one hoped for."""
+        answer = client.request(Reconnect(client_id=self.who.client_id, name=self.who.name))
+        if not self._expected(answer, Reconnected):
+            return
+        self.who.aes_key = crypto.decrypt_aes_key(self.who.private_key, answer.encrypted_aes_key)
+        while not self.stop.is_set():
+            number = next(files)
+            name = f"{self.node.port}-{number}.bin"
+            data = name.encode() * (number % FILE_SIZES + 1)
+            if not self._expected(upload(client, self.who, name, data), FileReceived):
+                return
+            self.answered[name] = data
+            answer = client.request(CrcOk(client_id=self.who.client_id, file_name=name))
+            if not self._expected(answer, Acknowledged):
+                return
+            self.confirmed.append(name)
+
+    def _expected(self, answer, wanted: type) -> bool:
+        if isinstance(answer, wanted):
+            return True
+        if isinstance(answer, (GeneralError, ReconnectRefused)):
+            self.ends.append("refused")
+        elif isinstance(answer, ConnectionClosed):
+            self.ends.append("closed")
+        else:
+            self.unexpected.append(repr(answer))
+        return False
+
+
+def test_the_database_restarted_under_load_loses_nothing_answered(nodes, postgres_cluster):
+    with psycopg.connect(nodes.url, autocommit=True) as db:
+        for statement in SLOW_COMMITS:
+            db.execute(statement)
+    stop = threading.Event()
+    loaders = []
+    for node in (nodes.a, nodes.b):
+        for _ in range(LOADERS_PER_NODE):
+            with node.client() as client:
+                loaders.append(Loader(node, make_identity(client), stop))
+    threads = [threading.Thread(target=loader.run) for loader in loaders]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: all(loader.confirmed for loader in loaders), "every loader served")
+        postgres_cluster.restart()  # fast: every connection to it is cut
+        before = [len(loader.confirmed) for loader in loaders]
+        wait_until(lambda: all(len(loader.confirmed) > count
+                               for loader, count in zip(loaders, before)),
+                   "every loader served again", RESUME_TIMEOUT)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(IO_TIMEOUT * 2)
+    assert [loader.unexpected for loader in loaders] == [[]] * len(loaders)
+    assert any("refused" in loader.ends for loader in loaders)  # 1607 while it was down
+    for node in (nodes.a, nodes.b):
+        assert node.process.poll() is None
+        log = node.log()
+        assert "database: connected again" in log and "Traceback" not in log
+    # the restart found rounds committing: they were closed unanswered
+    assert "closed unanswered" in nodes.a.log() + nodes.b.log()
+    lost = []
+    for loader in loaders:  # answered, then lost: none
+        rows = nodes.rows(loader.who.client_id)
+        for name, data in loader.answered.items():
+            row = rows.get(name.encode())
+            if row is None or nodes.stored(loader.who.client_id, name) != data:
+                lost.append(name)
+            elif name in loader.confirmed and not row[1]:
+                lost.append(f"{name} (its 900)")
+    assert lost == []
