@@ -75,14 +75,10 @@ RESUME_TIMEOUT = 30.0
 FILE_SIZES = 200
 #: Seconds each commit that writes a file row takes, in the restart test: long
 #: enough that the restart finds rounds committing.
-SLOW_COMMIT = 0.05
-#: Makes every commit that wrote a file row wait: a deferred trigger (a test device).
-SLOW_COMMITS = (
-    "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS"
-    f" $$ BEGIN PERFORM pg_sleep({SLOW_COMMIT}); RETURN NULL; END $$",
-    "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON files"
-    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
-)
+SLOW_COMMIT = 0.3
+#: Seconds a node's commit of a first upload takes while the other node is sent the same
+#: file: long enough for the whole of it.
+SLOWER_COMMIT = 2.0
 
 
 @dataclass
@@ -165,6 +161,26 @@ def per_request_upload(
     return answer
 
 
+def slow_commits(url: str, seconds: float) -> None:
+    """Make every commit that wrote a file row take ``seconds`` more: a deferred trigger in the
+    database (a test device)."""
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(
+            "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS"
+            f" $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$")
+        db.execute(
+            "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON files"
+            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()")
+
+
+def committing(url: str) -> bool:
+    """Whether a commit is in the slowed part (:func:`slow_commits`) now."""
+    with psycopg.connect(url) as db:
+        return bool(db.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+            " AND datname = current_database()").fetchall())
+
+
 def wait_until(found, what: str, timeout: float = SEEN_TIMEOUT):
     """Poll ``found()`` until it is true; its value."""
     deadline = time.monotonic() + timeout
@@ -230,6 +246,21 @@ def test_two_nodes_never_accept_the_same_client_and_file_at_once(nodes):
                           Acknowledged)
     assert "on another node" in nodes.b.log()
     assert nodes.stored(who.client_id, "one.bin") == TWO_PACKET_FILE
+
+
+def test_a_node_committing_a_first_upload_keeps_its_lease_until_the_row_is_there(nodes):
+    with nodes.a.client() as client:
+        who = make_identity(client)
+    slow_commits(nodes.url, SLOWER_COMMIT)
+    first, second = b"the first upload" * 20, b"the same name, sent to the other node"
+    with nodes.a.client() as sending:
+        for packet in file_packets(who, "same.bin", first):
+            sending.send(packet)
+        wait_until(lambda: committing(nodes.url), "node a commit the row")
+        elsewhere = per_request_upload(nodes.b, who, "same.bin", second, len(second))
+        assert isinstance(sending.receive(), FileReceived)
+    assert isinstance(elsewhere, GeneralError)  # not a second first upload of the name
+    assert nodes.stored(who.client_id, "same.bin") == first
 
 
 def test_a_killed_node_loses_nothing_answered_and_its_leases_lapse_within_the_lease_time(
@@ -367,9 +398,7 @@ class Loader:
 
 
 def test_the_database_restarted_under_load_loses_nothing_answered(nodes, postgres_cluster):
-    with psycopg.connect(nodes.url, autocommit=True) as db:
-        for statement in SLOW_COMMITS:
-            db.execute(statement)
+    slow_commits(nodes.url, SLOW_COMMIT)
     stop = threading.Event()
     loaders = []
     for node in (nodes.a, nodes.b):
