@@ -79,12 +79,15 @@ class RoundInstalls:
         discard: Callable[[Upload, str], None],
         log_level: Callable[[Upload], int],
         timers: Timers,
+        round_over: Callable[[], None] = lambda: None,
     ) -> None:
         self._metadata = metadata
         self._blobs = blobs
         self._timers = timers
         #: Forgets an upload that will never be published (``Uploads.discard``).
         self._discard = discard
+        #: Told when a round is over, committed or lost (``Uploads.round_over``).
+        self._round_over = round_over
         #: The level of a line about an upload (its address group's log budget).
         self._log_level = log_level
         #: Blobs whose rows are in the round, in order: each is published once
@@ -125,7 +128,10 @@ class RoundInstalls:
         Returns the tickets of the files that could not be published: their
         answers become 1607 (:meth:`Session.release`).
         """
-        return self.install_first_uploads() if self._durable else set()
+        try:
+            return self.install_first_uploads() if self._durable else set()
+        finally:
+            self._round_over()
 
     def end_round(self, *, durable: bool) -> AbstractSet[InstallTicket]:
         """:meth:`begin_round`, waited for, then :meth:`round_committed` (tests, tools).
@@ -356,12 +362,13 @@ class RoundInstalls:
         for entry in firsts:
             entry.writer.abort()
             self._discard(entry.upload, "its round could not be made durable")
-        if not firsts:
-            return
         try:  # a commit that reached the database before the sync failed
-            with self._metadata.transaction():
-                for entry in firsts:
-                    self._metadata.delete_file(entry.upload.client_id, entry.upload.file_name)
+            if firsts:
+                with self._metadata.transaction():
+                    for entry in firsts:
+                        self._metadata.delete_file(entry.upload.client_id, entry.upload.file_name)
         except StorageFault as exc:  # start-up repair removes rows without a file
             log.error("cannot remove the rows of files never stored: %s", exc)
+        finally:
+            self._round_over()
 

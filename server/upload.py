@@ -45,9 +45,11 @@ connection, is refused, and the attempt in progress goes on: uploads are
 serialised per client and file name (docs/HOSTILE.md D7), so the stored file
 is always one complete upload. Across the nodes sharing the metadata, the
 receiving upload holds a lease (server/storage/coordination.py), taken at
-its first packet and let go when it stops receiving (completed, failed,
-discarded: when it stops progressing, at its deadline): another node's
-first packet of the same client and file name is refused meanwhile. Files
+its first packet and let go when it stops receiving (failed, discarded:
+when it stops progressing, at its deadline), or, once complete, when the
+round that records it is over (its row committed, or lost): another node's
+first packet of the same client and file name is refused meanwhile, and
+after it finds the row, so that its upload is a new version. Files
 of other names may stream at the same time on other connections (a client's
 ``--jobs``); a new first packet on a connection that owns an upload in
 progress starts that client over, and the upload it replaces is dropped.
@@ -129,6 +131,9 @@ class Uploads:
         self._coordination = coordination
         #: The receiving upload that holds each lease this node took.
         self._leases: dict[tuple[bytes, bytes], Upload] = {}
+        #: The leases of the uploads completed in this round, with the blob each names:
+        #: let go once the round is over (:meth:`round_over`).
+        self._round_leases: dict[tuple[bytes, bytes], tuple[Upload, UploadLease]] = {}
         #: What a first packet is checked against before its upload starts.
         self._admission = Admission(limits, metadata, blobs, budget, self)
         self._uploads: dict[bytes, dict[bytes, Upload]] = {}
@@ -136,7 +141,9 @@ class Uploads:
         #: Connections to the uploads they own or stream (closing one is O(its uploads)).
         self._held: dict[Peer, set[Upload]] = {}
         #: The round's uploads, waiting to be published (server/installs.py).
-        self.installs = RoundInstalls(metadata, blobs, self.discard, self._log_level, timers)
+        self.installs = RoundInstalls(
+            metadata, blobs, self.discard, self._log_level, timers, self.round_over
+        )
         #: The clients whose last answer got a "CRC bad", and what that
         #: attempt was (docs/EDITIONS.md, variant 5): their next answer's
         #: flavour depends on it. The others get the flavour they confirmed last.
@@ -346,6 +353,7 @@ class Uploads:
                 awaits = self.installs.wait_sealed(upload, phase.writer)
             complete = Pending(result, previous.path_name, phase.writer)
             stored = f"kept as a pending version of {previous.path_name} until 900"
+        self._keep_lease_for_the_round(upload, phase.writer.key)
         self._forget_in_progress(upload)
         earlier = self.completed(upload.client_id, upload.file_name)
         if earlier is not None:
@@ -475,11 +483,34 @@ class Uploads:
 
     def leased(self) -> list[UploadLease]:
         """Every upload lease this node holds (for the renewal)."""
-        return [
-            UploadLease(client_id, file_name, upload.phase.writer.key)
+        held = {key: lease for key, (_, lease) in self._round_leases.items()}
+        held.update(
+            ((client_id, file_name), UploadLease(client_id, file_name, upload.phase.writer.key))
             for (client_id, file_name), upload in self._leases.items()
             if isinstance(upload.phase, Receiving)
-        ]
+        )
+        return list(held.values())
+
+    def _keep_lease_for_the_round(self, upload: Upload, blob_key: str) -> None:
+        """The upload is complete: its lease stays until its round is over.
+
+        Until then another node would find no row for a first upload (the
+        round is not committed), take the name for a second first upload,
+        and the two would share one path name, the later row pointing at
+        the other's content.
+        """
+        key = (upload.client_id, upload.file_name)
+        if self._leases.get(key) is upload:
+            del self._leases[key]
+            self._round_leases[key] = (upload, UploadLease(*key, blob_key))
+
+    def round_over(self) -> None:
+        """The round is committed or lost: the leases of the uploads it completed go, but
+        for a name a new upload here holds again."""
+        ended, self._round_leases = self._round_leases, {}
+        for key, (upload, _) in ended.items():
+            if key not in self._leases:
+                self._let_go(upload)
 
     def _take_lease(self, client_id: bytes, file_name: bytes, writer: BlobWriter) -> None:
         """Take the lease of the client's upload of ``file_name`` for a new attempt.
@@ -503,8 +534,12 @@ class Uploads:
         if self._leases.get(key) is not upload:
             return
         del self._leases[key]
+        self._let_go(upload)
+
+    def _let_go(self, upload: Upload) -> None:
+        """Release the upload's lease in the coordination."""
         try:
-            self._coordination.release_upload(*key)
+            self._coordination.release_upload(upload.client_id, upload.file_name)
         except StorageFault as exc:  # it goes at the next renewal, or lapses
             log.warning(
                 "%s: upload of %s for client %s: its lease stays until the next renewal: %s",

@@ -8,8 +8,9 @@ memory (docs/ARCHITECTURE.md, "Several nodes"):
   made it holds it, so that another connection (of the same address) gets
   1601 while it is open (``LiveRegistrations``, server/app.py);
 * one **upload lease** per client and file name: the node receiving it
-  holds it from the first packet until the upload stops receiving
-  (server/upload.py); the lease names the blob it writes, so that no
+  holds it from the first packet until the upload stops receiving, or,
+  complete, until the round that records it is over (server/upload.py);
+  the lease names the blob it writes, so that no
   node's sweeper takes that blob for garbage in a shared blob store
   (server/storage/sweep.py);
 * the **decryption-failure budget**: failures per key, and per client in a

@@ -13,6 +13,7 @@ with :data:`INSTALL_LINE` (CI installs them: .ci/run).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -21,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,9 +108,7 @@ class PostgresCluster:
         try:
             cluster._pg("initdb", "--no-sync", "-A", "trust", "-U", SUPERUSER, "-E", "UTF8",
                         "-D", str(cluster.data))
-            options = f"-c listen_addresses={LOOPBACK} -p {cluster.port} -k {folder} -c fsync=off"
-            cluster._pg("pg_ctl", "start", "-w", "-t", str(PG_CTL_WAIT), "-D", str(cluster.data),
-                        "-l", str(cluster.log), "-o", options)
+            cluster._start()
         except RuntimeError:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -121,6 +121,11 @@ class PostgresCluster:
     @property
     def log(self) -> Path:
         return self.folder / "postgres.log"
+
+    def _start(self) -> None:
+        options = f"-c listen_addresses={LOOPBACK} -p {self.port} -k {self.folder} -c fsync=off"
+        self._pg("pg_ctl", "start", "-w", "-t", str(PG_CTL_WAIT), "-D", str(self.data),
+                 "-l", str(self.log), "-o", options)
 
     def _pg(self, program: str, *args: str) -> str:
         done = subprocess.run(
@@ -168,6 +173,16 @@ class PostgresCluster:
         """
         self._pg("pg_ctl", "restart", "-w", "-t", str(PG_CTL_WAIT), "-m", "fast",
                  "-D", str(self.data), "-l", str(self.log))
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The cluster stopped (fast: connections are cut) for a while: started again after."""
+        self._pg("pg_ctl", "stop", "-w", "-t", str(PG_CTL_WAIT), "-m", "fast",
+                 "-D", str(self.data))
+        try:
+            yield
+        finally:
+            self._start()
 
     def stop(self) -> None:
         """Stop the cluster (fast) and delete its folder."""

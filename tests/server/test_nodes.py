@@ -190,6 +190,19 @@ def test_two_nodes_never_receive_the_same_client_and_file_at_once(nodes, caplog)
     assert isinstance(send_per_request(nodes, nodes.b, who)[0], FileReceived)
 
 
+def test_a_complete_upload_keeps_its_lease_until_its_round_is_over(nodes):
+    sending = nodes.session(nodes.a)
+    who = keyed(sending)
+    feed(sending, *packets(who))  # complete on node a; its round not yet committed
+    elsewhere = nodes.session(nodes.b)
+    feed(elsewhere, packets(who)[0])
+    assert [type(answer) for answer in answers(elsewhere)] == [GeneralError]  # no second first
+    # upload of the name
+    assert isinstance(answers(sending)[0], FileReceived)  # a's round is over: the row is there
+    assert nodes.a.uploads.leased() == []
+    assert isinstance(send_per_request(nodes, nodes.b, who)[0], FileReceived)  # a new version
+
+
 def test_an_upload_cut_on_one_node_frees_its_name_for_the_other(nodes):
     sending = nodes.session(nodes.a)
     who = keyed(sending)

@@ -18,6 +18,7 @@ import pytest
 from helpers import ANY_ID, server_env
 from protocol import Register, Registered
 from server.storage.postgres import schema
+from backends.postgres import SUPERUSER
 from test_admin import admin, no_traceback, verified_upload
 
 pytestmark = pytest.mark.needed_in_ci
@@ -61,6 +62,18 @@ def test_a_database_server_that_is_not_there_is_a_one_line_refusal(tmp_path, pos
         result = start(tmp_path / "data", "--metadata", url)
     assert result.returncode == STARTUP_FAILED
     assert "Connection refused" in refusal(result)
+
+
+def test_a_role_that_may_not_make_the_tables_is_a_one_line_refusal(
+    tmp_path, postgres_cluster, postgres_url
+):
+    role = f"weak_{postgres_url.rsplit('/', 1)[1]}"  # may connect, not create (PostgreSQL 15)
+    postgres_cluster.sql(f"CREATE ROLE {role} LOGIN")
+    url = postgres_url.replace(f"{SUPERUSER}@", f"{role}@")
+    result = start(tmp_path / "data", "--metadata", url)
+    assert result.returncode == STARTUP_FAILED
+    assert refusal(result).endswith(f"cannot start: cannot use {url}: permission denied for"
+                                    " schema public")
 
 
 def test_a_password_in_the_url_is_refused_and_never_shown(tmp_path):

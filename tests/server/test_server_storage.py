@@ -15,7 +15,8 @@ from server.limits import Limits
 from server.errors import DurabilityLost, NameTaken, StorageFault, StoreUnusable
 from server.storage import new_blob_key
 from server.storage.commit import Content, confirm_pending, keep_pending, repair
-from server.storage.folder import TEMP_PREFIX, FolderBlobs
+from server.storage.base import StoreUrl
+from server.storage.folder import TEMP_PREFIX, FolderBackend, FolderBlobs
 from server.storage.names import MAX_STORED_NAME_BYTES, stored_name
 from server.storage.sqlite import DEFAULT_BUSY_TIMEOUT, SqliteMetadata
 
@@ -250,6 +251,16 @@ def test_a_folder_the_store_made_gives_names_without_listing_it(tmp_path, monkey
     restarted = FolderBlobs(tmp_path)  # a folder it did not make: listed once per name asked
     assert restarted.new_path_name(client_id, b"a.TXT", new_blob_key()).lower() != second.lower()
     assert len(listed) == 1
+
+
+def test_a_folder_nodes_share_gives_names_apart_from_the_other_node_s(tmp_path):
+    client_id = b"\x01" * 16
+    here, there = (FolderBackend().open(StoreUrl("file", tmp_path, text=tmp_path.as_uri()))
+                   for _ in range(2))
+    _stored(here, client_id, b"x.bin")  # node "here" made the client's folder
+    theirs = _stored(there, client_id, b"A.TXT")
+    ours = _stored(here, client_id, b"a.txt")
+    assert ours.lower() != theirs.lower()  # one file, where case is ignored
 
 
 @pytest.mark.parametrize(

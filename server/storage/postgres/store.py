@@ -434,21 +434,23 @@ class PostgresMetadata:
     def begin_round_commit(self, *, durable: bool) -> PgRoundCommit | None:
         """Send the round's COMMIT without waiting (every commit is durable).
 
-        None: the round wrote nothing. Until the commit's advance() has
-        returned True or raised, no other method may be called.
+        None: the round wrote nothing, so its answers (refusals, reads) need
+        no database, even one that cannot be reached now. Until the commit's
+        advance() has returned True or raised, no other method may be called.
 
         Raises:
-            StorageFault: the round is lost (its writes are gone).
+            StorageFault: the round is lost (its writes are gone), or the
+                database cannot be reached for its writes.
         """
         lost, self._round_lost = self._round_lost, None
         if lost is not None:
             raise StorageFault(f"database: the round's writes were rolled back ({lost})")
+        if not self._queue and not self._in_round:
+            return None
         db = self._live()
         batch, self._queue = self._queue, []
-        if batch and not self._in_round:
+        if not self._in_round:
             batch.insert(0, (_BEGIN, ()))
-        elif not self._in_round:
-            return None
         batch.append((_COMMIT, ()))
         self._in_round = False
         self._release_owed = False
