@@ -130,6 +130,11 @@ class Cluster:
         return cluster
 
     @property
+    def bucket(self) -> str:
+        """The bucket the nodes share."""
+        return self.blobs_url.split("/")[2]
+
+    @property
     def address(self) -> tuple[str, int]:
         """Where clients connect: HAProxy."""
         assert self.balancer is not None
