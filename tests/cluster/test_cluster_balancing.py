@@ -14,6 +14,7 @@ import re
 
 import pytest
 
+from backends.cluster import MAINTENANCE, UP, node_name
 from edition_helpers import read_stored
 from helpers import ANY_ID, Identity, RawClient, file_packets, make_identity, unique_name
 from protocol import (
@@ -100,3 +101,9 @@ def test_a_node_added_takes_new_addresses_and_the_others_keep_theirs(cluster):
     finally:
         cluster.retire_node(spare)
     assert {source: serving_node(cluster, source) for source in ADDED_NODE_SOURCES} == before
+
+
+def test_haproxy_sees_the_running_nodes_up_and_the_spare_in_maintenance(cluster):
+    spare = next(i for i in cluster.ports if i not in cluster.live_nodes())
+    expected = {node_name(i): UP for i in cluster.live_nodes()} | {node_name(spare): MAINTENANCE}
+    assert cluster.balancer.server_states() == expected
