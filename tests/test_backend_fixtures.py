@@ -3,6 +3,8 @@ install them (and CI, which needs them, fails instead: tests/test_ci.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from backends import postgres
@@ -49,3 +51,14 @@ def test_waiting_for_a_state_takes_that_state_exactly():
     with pytest.raises(TimeoutError, match="node0 not UP"):
         HAProxy.wait_state(Going(), "node0", "UP", timeout=0.2)  # type: ignore[arg-type]
     HAProxy.wait_state(Going(), "node0", "UP 1/2", timeout=0.2)  # type: ignore[arg-type]
+
+
+def test_docs_scaling_shows_the_haproxy_configuration_the_cluster_tests_run():
+    from backends.haproxy import Backend, render_config
+    from helpers import REPO
+
+    text = (REPO / "docs" / "SCALING.md").read_text()
+    shown = text.split("\n```\nglobal\n", 1)[1].split("```", 1)[0]
+    nodes = [Backend(f"node{i}", f"127.0.0.1{1 + i}", 1256, spare=i == 2) for i in range(3)]
+    assert "global\n" + shown == render_config(("127.0.0.1", 1256), nodes,
+                                               stats_socket=Path("/run/haproxy/admin.sock"))
