@@ -149,16 +149,12 @@ class Cluster:
             "--node-name", node_name(index),
         ]
 
-    def start_node(self, index: int, env: dict[str, str] | None = None) -> ServerProcess:
+    def start_node(self, index: int) -> ServerProcess:
         """Start node ``index`` (again) on its address and port, listening before HAProxy
-        sends it anything (a spare leaves maintenance then: adding a node).
-
-        ``env`` adds variables to the node's environment beside the store's credentials.
-        """
+        sends it anything (a spare leaves maintenance then: adding a node)."""
         node = start_server(
             self.folder / node_name(index), *self.node_flags(index),
-            port=self.ports[index], host=node_host(index),
-            env={**self.gateway.environment(), **(env or {})},
+            port=self.ports[index], host=node_host(index), env=self.gateway.environment(),
         )
         self.nodes[index] = node
         if self.balancer is not None:
@@ -201,7 +197,6 @@ class Cluster:
             capture_output=True, text=True, timeout=ADMIN_TIMEOUT, stdin=subprocess.DEVNULL,
             env={**server_env(), **self.gateway.environment()},
         )
-
 
     def stop(self) -> None:
         """Stop HAProxy and the nodes (and the database and store if started here)."""
