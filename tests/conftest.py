@@ -132,3 +132,22 @@ def s3_url(ceph_gateway, s3_environment) -> str:
     bucket = f"cipherdrop-test-{next(_buckets)}"
     ceph_gateway.client().create_bucket(Bucket=bucket)
     return f"s3://{bucket}/node?endpoint={ceph_gateway.endpoint}&addressing=path"
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory, postgres_cluster, ceph_gateway):
+    """Two cipherdrop nodes behind HAProxy, on the session's PostgreSQL and radosgw, and a
+    spare node HAProxy knows in maintenance (tests/backends/cluster.py), for the whole run.
+
+    A test that kills, adds or restarts a piece leaves the cluster as it found it.
+    Skips, with the install line, where HAProxy is missing (``needed_in_ci``).
+    """
+    from backends.cluster import Cluster
+    from backends.haproxy import INSTALL_LINE, haproxy_binary
+
+    if haproxy_binary() is None:
+        pytest.skip(f"HAProxy is not installed: {INSTALL_LINE}")
+    started = Cluster.start(tmp_path_factory.mktemp("cluster"), postgres=postgres_cluster,
+                            gateway=ceph_gateway, spare_nodes=1)
+    yield started
+    started.stop()

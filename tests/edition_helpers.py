@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 from helpers import ANY_ID, Identity, RawClient, private_key, unique_name
@@ -56,7 +57,29 @@ def send_file(client: RawClient, who: Identity, file_name: str, data: bytes):
 
 
 def stored(server, who: Identity, file_name: str) -> bytes:
+    """A stored file's content: in the server's data folder, or read through its ``--blobs``."""
+    if server.blobs:
+        return read_stored(server, who.client_id, file_name)
     return (server.data_dir / "received_files" / who.client_id.hex() / file_name).read_bytes()
+
+
+def read_stored(server, client_id: bytes, file_name: str) -> bytes:
+    """A file as the server's stores hold it: its row's blob, read as ``admin verify`` reads it
+    (the store's credentials are the server's environment's)."""
+    from unittest import mock
+
+    from server.storage.factory import StoreUrls, open_blob_reader, open_inventory
+
+    urls = StoreUrls.given(server.metadata, server.blobs, server.data_dir)
+    names = (file_name, file_name.encode())
+    with mock.patch.dict(os.environ, server.env):
+        inventory = open_inventory(urls.metadata)
+        try:
+            (row,) = [f for f in inventory.files(client_id) if f.file_name in names]
+        finally:
+            inventory.close()
+        with open_blob_reader(urls.blobs).open(row.path_name) as file:
+            return file.read()
 
 
 def verified(server, who: Identity, file_name: str) -> int:

@@ -93,6 +93,10 @@ class ServerProcess:
     host: str = HOST
     #: ``--metadata`` as given (None: SQLite in the data folder).
     metadata: str | None = None
+    #: ``--blobs`` as given (None: received_files/ in the data folder).
+    blobs: str | None = None
+    #: The variables added to its environment (an object store's credentials).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -158,7 +162,8 @@ def start_server(
             stderr=subprocess.STDOUT,
         )
     server = ServerProcess(process, data_dir, log_path, host=host,
-                           metadata=_option(flags, "--metadata"))
+                           metadata=_option(flags, "--metadata"), blobs=_option(flags, "--blobs"),
+                           env=dict(env or {}))
     if wait:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:

@@ -39,6 +39,8 @@ ACCESS_KEY = "cipherdropci"
 SECRET_KEY = "cipherdrop-ci-secret-key-not-a-secret"
 USER_ID = "ci"
 REGION = "us-east-1"
+#: radosgw's name in the cluster (its section of ceph.conf).
+GATEWAY_NAME = "client.rgw.a"
 
 #: The OSD's block file: sparse, so it takes only what is written.
 BLOCK_BYTES = 4 * 1024**3
@@ -90,7 +92,7 @@ bluestore cache autotune = false
 bluestore cache size = 134217728
 mgr initial modules =
 
-[client.rgw.a]
+[{gateway}]
 rgw frontends = beast endpoint={host}:{rgw_port} tcp_nodelay=1
 rgw data = {root}/rgw/$name
 rgw dns name = {host}
@@ -189,14 +191,14 @@ class CephGateway:
 
     def _start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        for part in ("run", "log", "mon/mon.a", "osd/osd.0", "mgr/mgr.x", "rgw/client.rgw.a"):
+        for part in ("run", "log", "mon/mon.a", "osd/osd.0", "mgr/mgr.x", f"rgw/{GATEWAY_NAME}"):
             (self.root / part).mkdir(parents=True, exist_ok=True)
         self.rgw_port = self.rgw_port or free_port()
         self.mon_port = self.mon_port or free_port()
         fsid = str(uuid.uuid4())
         self.conf.write_text(_CONF.format(
             fsid=fsid, host=HOST, mon_port=self.mon_port, rgw_port=self.rgw_port,
-            root=self.root, block_bytes=BLOCK_BYTES,
+            root=self.root, block_bytes=BLOCK_BYTES, gateway=GATEWAY_NAME,
         ))
         monmap = self.root / "monmap"
         self._run("monmaptool", "--create", "--fsid", fsid,
@@ -209,11 +211,44 @@ class CephGateway:
         self._run("ceph", "osd", "crush", "add", f"osd.{osd_id}", "1",
                   "root=default", "host=localhost")
         self._daemon("ceph-mgr", "-i", "x")
-        self._daemon("radosgw", "-n", "client.rgw.a")
-        self._wait_for_gateway()
+        self.start_gateway()
         self._run("radosgw-admin", "user", "create", f"--uid={USER_ID}",
                   "--display-name=cipherdrop tests",
                   f"--access-key={ACCESS_KEY}", f"--secret={SECRET_KEY}")
+
+    def start_gateway(self) -> None:
+        """Start radosgw (again, after :meth:`stop_gateway`); return once S3 answers.
+
+        Raises:
+            CephError: a daemon ended, or no answer in :data:`STEP_TIMEOUT`.
+        """
+        self._daemon("radosgw", "-n", GATEWAY_NAME)
+        self._wait_for_gateway()
+
+    def stop_gateway(self) -> None:
+        """Stop radosgw alone (SIGTERM, then SIGKILL): the store is out, its data kept."""
+        for daemon in [d for d in self._daemons if d.args[0] == "radosgw"]:
+            self._end(daemon)
+            self._daemons.remove(daemon)
+
+    def restart_gateway(self) -> None:
+        """:meth:`stop_gateway`, then :meth:`start_gateway` on the same port.
+
+        Raises:
+            CephError: it did not answer again.
+        """
+        self.stop_gateway()
+        self.start_gateway()
+
+    @staticmethod
+    def _end(daemon: subprocess.Popen) -> None:
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
 
     def _command(self, program: str, *args: str) -> list[str]:
         return [program, "--conf", str(self.conf), *args]

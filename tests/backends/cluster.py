@@ -27,18 +27,20 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 if __name__ == "__main__":  # run as a script: the test helpers are imported as the tests do
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # tests/ for the helpers, then the checkout before it (tests/protocol/ is not the package)
+    sys.path[:0] = [str(Path(__file__).resolve().parents[i]) for i in (2, 1)]
 
 from backends.ceph import CephGateway
 from backends.haproxy import Backend, HAProxy
 from backends.postgres import PostgresCluster
-from helpers import ServerProcess, start_server
+from helpers import ServerProcess, server_env, start_server
 
 #: HAProxy's address; it reaches the nodes from here, so the nodes trust headers from it.
 BALANCER_HOST = "127.0.0.1"
@@ -49,6 +51,10 @@ BUCKET = "cipherdrop"
 PREFIX = "files"
 DATABASE = "cipherdrop"
 DEFAULT_NODES = 2
+#: HAProxy's states of a node: serving, out by its checks, in maintenance (a spare).
+UP, DOWN, MAINTENANCE = "UP", "DOWN", "MAINT"
+#: Seconds ``admin verify`` may take.
+ADMIN_TIMEOUT = 120
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -63,6 +69,11 @@ def _free_port(host: str) -> int:
 def node_host(index: int) -> str:
     """The loopback address of node ``index``."""
     return f"127.0.0.{NODE_HOST_BASE + index}"
+
+
+def node_name(index: int) -> str:
+    """Node ``index``'s name: its ``--node-name`` and its server's in HAProxy."""
+    return f"node{index}"
 
 
 @dataclass
@@ -89,8 +100,8 @@ class Cluster:
     ) -> Cluster:
         """Start (or reuse) the database and the store, ``nodes`` nodes and HAProxy.
 
-        HAProxy knows ``spare_nodes`` more, down until :meth:`start_node` starts them
-        (adding a node).
+        HAProxy knows ``spare_nodes`` more, in maintenance (``disabled``) until
+        :meth:`start_node` starts them (adding a node).
         """
         owns = postgres is None and gateway is None
         postgres = postgres or PostgresCluster.start()
@@ -106,16 +117,22 @@ class Cluster:
             cluster.ports = {i: _free_port(node_host(i)) for i in range(total)}
             for index in range(nodes):
                 cluster.start_node(index)
-            backends = [Backend(f"node{i}", node_host(i), cluster.ports[i]) for i in range(total)]
+            backends = [Backend(node_name(i), node_host(i), cluster.ports[i], spare=i >= nodes)
+                        for i in range(total)]
             cluster.balancer = HAProxy(
                 folder / "haproxy", (BALANCER_HOST, _free_port(BALANCER_HOST)), backends
             )
-            for index in range(nodes):
-                cluster.balancer.wait_state(f"node{index}", "UP")
+            for index in range(total):
+                cluster.balancer.wait_state(node_name(index), UP if index < nodes else MAINTENANCE)
         except BaseException:
             cluster.stop()
             raise
         return cluster
+
+    @property
+    def bucket(self) -> str:
+        """The bucket the nodes share."""
+        return self.blobs_url.split("/")[2]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -129,28 +146,57 @@ class Cluster:
             "--metadata", self.metadata_url,
             "--blobs", self.blobs_url,
             "--proxy-protocol-from", BALANCER_HOST,
-            "--node-name", f"node{index}",
+            "--node-name", node_name(index),
         ]
 
     def start_node(self, index: int) -> ServerProcess:
-        """Start node ``index`` (again) on its address and port."""
+        """Start node ``index`` (again) on its address and port, listening before HAProxy
+        sends it anything (a spare leaves maintenance then: adding a node)."""
         node = start_server(
-            self.folder / f"node{index}", *self.node_flags(index),
+            self.folder / node_name(index), *self.node_flags(index),
             port=self.ports[index], host=node_host(index), env=self.gateway.environment(),
         )
         self.nodes[index] = node
         if self.balancer is not None:
-            self.balancer.wait_state(f"node{index}", "UP")
+            self.balancer.enable(node_name(index))
+            self.balancer.wait_state(node_name(index), UP)
         return node
 
     def kill_node(self, index: int) -> None:
-        """SIGKILL node ``index`` (a crash), and wait until HAProxy sees it down."""
+        """SIGKILL node ``index`` (a crash), and wait until HAProxy's checks see it down."""
         self.nodes[index].kill()
         if self.balancer is not None:
-            self.balancer.wait_state(f"node{index}", "DOWN")
+            self.balancer.wait_state(node_name(index), DOWN)
+
+    def retire_node(self, index: int) -> None:
+        """Put node ``index`` in maintenance in HAProxy, then stop it (SIGTERM): a spare again."""
+        if self.balancer is not None:
+            self.balancer.disable(node_name(index))
+            self.balancer.wait_state(node_name(index), MAINTENANCE)
+        self.nodes[index].stop(signal.SIGTERM)
 
     def live_nodes(self) -> list[int]:
+        """The indexes of the nodes running now."""
         return [i for i, node in self.nodes.items() if node.process.poll() is None]
+
+    def node_that_logged(self, text: str) -> int | None:
+        """The running node whose log holds ``text`` (a unique client name: who served it)."""
+        found = [i for i in self.live_nodes() if text in self.nodes[i].log()]
+        assert len(found) <= 1, f"{text!r} in the logs of nodes {found}"
+        return found[0] if found else None
+
+    def as_server(self) -> ClusterServer:
+        """The cluster as the tests of one server see one: an address, its stores, a log."""
+        return ClusterServer(self)
+
+    def verify(self) -> subprocess.CompletedProcess:
+        """``admin verify`` on the cluster's stores: every file row against its blob."""
+        return subprocess.run(
+            [sys.executable, "-m", "server", "admin", "verify", "--data-dir", str(self.folder),
+             "--metadata", self.metadata_url, "--blobs", self.blobs_url],
+            capture_output=True, text=True, timeout=ADMIN_TIMEOUT, stdin=subprocess.DEVNULL,
+            env={**server_env(), **self.gateway.environment()},
+        )
 
     def stop(self) -> None:
         """Stop HAProxy and the nodes (and the database and store if started here)."""
@@ -164,6 +210,23 @@ class Cluster:
             self.postgres.stop()
 
 
+class ClusterServer:
+    """The cluster behind HAProxy, with the attributes the edition tests read of a server
+    (tests/edition_helpers.py): where to connect, the stores, the nodes' logs together."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.address = cluster.address
+        self.metadata: str | None = cluster.metadata_url
+        self.blobs: str | None = cluster.blobs_url
+        self.data_dir = cluster.folder
+        self.env = cluster.gateway.environment()
+
+    def log(self) -> str:
+        """What the running nodes logged, one node after the other."""
+        return "".join(self.cluster.nodes[i].log() for i in self.cluster.live_nodes())
+
+
 def main() -> None:
     """Start a cluster, print where its pieces are, and stop it on Ctrl-C."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -172,17 +235,25 @@ def main() -> None:
                         " (default: a new temporary folder, deleted at the end)")
     args = parser.parse_args()
     folder = args.folder or Path(tempfile.mkdtemp(prefix="cipherdrop-cluster-"))
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # sigwait takes them
-    cluster = Cluster.start(folder, args.nodes, spare_nodes=0)
+    # Both stop it through KeyboardInterrupt: during the start too (Cluster.start stops what
+    # it started). Not a blocked signal mask: the daemons would inherit it and ignore SIGTERM.
+    for stop in _STOP_SIGNALS:
+        signal.signal(stop, signal.default_int_handler)
     try:
-        host, port = cluster.address
-        print(f"HAProxy: {host}:{port}  (cipherdrop-client --server {host}:{port})")
-        for index, node in cluster.nodes.items():
-            print(f"node{index}: {node.host}:{node.port}  log {node.log_path}")
-        print(f"metadata: {cluster.metadata_url}\nblobs: {cluster.blobs_url}\nCtrl-C stops it")
-        signal.sigwait(_STOP_SIGNALS)
+        cluster = Cluster.start(folder, args.nodes, spare_nodes=0)
+        try:
+            host, port = cluster.address
+            print(f"HAProxy: {host}:{port}  (python -m client --server {host}:{port} …)")
+            for index, node in cluster.nodes.items():
+                print(f"{node_name(index)}: {node.host}:{node.port}  log {node.log_path}")
+            print(f"metadata: {cluster.metadata_url}\nblobs: {cluster.blobs_url}\n"
+                  "Ctrl-C stops it", flush=True)
+            signal.pause()
+        finally:
+            cluster.stop()
+    except KeyboardInterrupt:
+        pass
     finally:
-        cluster.stop()
         if args.folder is None:
             shutil.rmtree(folder, ignore_errors=True)
 

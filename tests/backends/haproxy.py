@@ -6,7 +6,12 @@ one node while that node lives), ``send-proxy-v2`` (the node learns the
 client's address from the PROXY header), and health checks that send the
 header too (``check-send-proxy``: a LOCAL header, which the node answers by
 closing), so that a node that dies loses its clients to the others within
-about a check interval.
+about a check interval. A connection that reaches a dead node before its
+checks failed is sent to another node (``option redispatch`` on the last of
+its ``retries``). A spare node (:attr:`Backend.spare`) is listed
+``disabled``: in maintenance, sent nothing and not checked, until
+:meth:`HAProxy.enable` (HAProxy 2.6 starts every other server UP, before its
+first check: a spare that is not running would read "UP 1/2" at first).
 
 Run from the installed binary (Debian's ``haproxy``) in the foreground
 (``-db``), in a folder of its own; :meth:`HAProxy.stop` ends it.
@@ -27,9 +32,14 @@ INSTALL_LINE = "apt-get install haproxy"
 CHECK_INTERVAL_MS = 200
 CHECK_FALLS = 2
 CHECK_RISES = 1
+#: Connection attempts to a node (the last one to another node: ``option redispatch``).
+CONNECT_RETRIES = 2
 #: How long to wait for HAProxy to listen.
 START_TIMEOUT = 10.0
 _POLL = 0.05
+#: The backend section's name, and the status column of ``show stat`` (its 18th).
+BACKEND_NAME = "nodes"
+_STATUS_FIELD = 17
 
 
 def haproxy_binary() -> str | None:
@@ -46,6 +56,13 @@ class Backend:
     name: str
     host: str
     port: int
+    #: Listed in maintenance (``disabled``) until :meth:`HAProxy.enable`: a node not started yet.
+    spare: bool = False
+
+    @property
+    def line(self) -> str:
+        """Its ``server`` line."""
+        return f"server {self.name} {self.host}:{self.port}" + (" disabled" if self.spare else "")
 
 
 def render_config(listen: tuple[str, int], backends: list[Backend], *, stats_socket: Path) -> str:
@@ -61,16 +78,18 @@ def render_config(listen: tuple[str, int], backends: list[Backend], *, stats_soc
         "    timeout client 1h",
         "    timeout server 1h",
         "    timeout check 1s",
+        f"    retries {CONNECT_RETRIES}",
+        "    option redispatch",
         "frontend drop",
         f"    bind {host}:{port}",
-        "    default_backend nodes",
-        "backend nodes",
+        f"    default_backend {BACKEND_NAME}",
+        f"backend {BACKEND_NAME}",
         "    balance source",
         "    hash-type consistent",
         f"    default-server send-proxy-v2 check check-send-proxy inter {CHECK_INTERVAL_MS}"
         f" fall {CHECK_FALLS} rise {CHECK_RISES}",
     ]
-    lines += [f"    server {b.name} {b.host}:{b.port}" for b in backends]
+    lines += [f"    {backend.line}" for backend in backends]
     return "\n".join(lines) + "\n"
 
 
@@ -118,20 +137,33 @@ class HAProxy:
                 chunks.append(chunk)
         return b"".join(chunks).decode(errors="replace")
 
+    def enable(self, name: str) -> None:
+        """Take ``name`` out of maintenance: UP at once (started: its checks keep it so)."""
+        self._server_command("enable server", name)
+
+    def disable(self, name: str) -> None:
+        """Put ``name`` in maintenance: no new connection goes to it, nor a check."""
+        self._server_command("disable server", name)
+
+    def _server_command(self, command: str, name: str) -> None:
+        answer = self.admin(f"{command} {BACKEND_NAME}/{name}").strip()
+        if answer:  # the runtime API answers a done command with nothing
+            raise RuntimeError(f"haproxy refused {command} {name}: {answer}")
+
     def server_states(self) -> dict[str, str]:
-        """Each backend's name and state: "UP", "DOWN", ..."""
+        """Each backend's name and state: "UP", "DOWN", "MAINT", "UP 1/2" (going down), ..."""
         states = {}
         for line in self.admin("show stat").splitlines():
             fields = line.split(",")
-            if len(fields) > 17 and fields[0] == "nodes" and fields[1] not in ("BACKEND",):
-                states[fields[1]] = fields[17]
+            if len(fields) > _STATUS_FIELD and fields[0] == BACKEND_NAME and fields[1] != "BACKEND":
+                states[fields[1]] = fields[_STATUS_FIELD]
         return states
 
     def wait_state(self, name: str, state: str, timeout: float = 10.0) -> None:
-        """Wait until HAProxy's health checks see ``name`` in ``state``."""
+        """Wait until HAProxy shows ``name`` in exactly ``state`` ("UP 1/2" is not "UP")."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.server_states().get(name, "").startswith(state):
+            if self.server_states().get(name) == state:
                 return
             time.sleep(_POLL)
         raise TimeoutError(f"{name} not {state}: {self.server_states()}")
