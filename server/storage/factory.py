@@ -49,8 +49,11 @@ class MetadataBackend(Protocol):
         """Raises BadStoreUrl: a host or option the backend does not take."""
         ...
 
-    def open(self, url: StoreUrl, group_of: Callable[[str], str]) -> MetadataStore:
-        """The server's store (``group_of``: an address's group, for ``count_clients``)."""
+    def open(
+        self, url: StoreUrl, group_of: Callable[[str], str], node: str | None = None
+    ) -> MetadataStore:
+        """The server's store (``group_of``: an address's group, for ``count_clients``), as
+        ``node`` where nodes share it (``FileRow.node``)."""
         ...
 
     def open_inventory(self, url: StoreUrl) -> InventoryView:
@@ -185,17 +188,19 @@ class StoreUrls:
 
 
 def open_stores(
-    urls: StoreUrls, group_of: Callable[[str], str]
+    urls: StoreUrls, group_of: Callable[[str], str], node: str | None = None
 ) -> tuple[MetadataStore, BlobStore]:
     """Open both stores for the server (or ``admin``'s changing commands).
 
     ``group_of``: an address's group (server/peer.py with ``--ipv6-prefix``),
-    which the metadata store counts clients by.
+    which the metadata store counts clients by; ``node``: the server's name
+    (``--node-name``), which a metadata store the nodes share records in the
+    rows it points at blobs (``admin``: None).
 
     Raises:
         StorageFault: a store cannot be opened (StoreUnusable: left untouched).
     """
-    metadata = open_metadata(urls.metadata, group_of)
+    metadata = METADATA_BACKENDS[urls.metadata.scheme].open(urls.metadata, group_of, node)
     try:
         blobs = BLOB_BACKENDS[urls.blobs.scheme].open(urls.blobs)
     except StorageFault:
