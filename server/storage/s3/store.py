@@ -15,9 +15,9 @@ Layout under the URL's prefix ``P``:
 A path name is ``received_files/<client-id-hex>/<stored name>``, as in a
 folder. Reading one reads its name, then its blob. Garbage (blobs no name
 reads, and multipart uploads never completed: those another process began
-once a day old) is listed by :meth:`S3Blobs.unpublished` for the sweeper
-and start-up repair; the names' keys are cached by ETag, so a sweep costs
-listings, not one read per file.
+once older than the sweeper's grace period) is listed by
+:meth:`S3Blobs.unpublished` for the sweeper and start-up repair; the names'
+keys are cached by ETag, so a sweep costs listings, not one read per file.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ...errors import BlobMissing, StorageFault
 from ..base import BlobEntry, UnpublishedBlob, is_blob_key
 from ..folder import RECEIVED_DIR
 from ..names import unique_stored_name
+from ..sweep import GARBAGE_GRACE
 from .client import AlreadyThere, Location, client_errors, connect, fault
 from .upload import PartUploaders, S3Upload
 
@@ -54,8 +55,10 @@ _DELETE_BATCH = 1000
 #: Bytes a reader asks the store for at once.
 READ_CHUNK = 1024 * 1024
 #: Seconds a multipart upload another process began waits to be listed as unpublished (and
-#: so be swept): it may be in progress. A crashed server's are aborted after that.
-MULTIPART_UPLOAD_AGE = 24 * 3600.0
+#: so be swept): it may be in progress. Another node's in progress is live to the sweeper
+#: through its lease (server/storage/coordination.py); one a crashed node abandoned is
+#: aborted once its lease lapsed and the sweeper's grace period passed.
+MULTIPART_UPLOAD_AGE = GARBAGE_GRACE
 
 
 def _is_client_hex(text: str) -> bool:
