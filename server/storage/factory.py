@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from ..errors import BadStoreUrl, StorageFault
 from . import folder, postgres, s3, sqlite
 from .base import BlobReader, BlobStore, MetadataStore, StoreUrl
+from .coordination import is_shared
 from .inventory import InventoryView
 from .urltext import without_password
 
@@ -75,8 +76,8 @@ class BlobBackend(Protocol):
     def default(self, data_dir: Path) -> StoreUrl: ...
     def check(self, url: StoreUrl) -> None: ...
 
-    def open(self, url: StoreUrl) -> BlobStore:
-        """The server's store (made if missing)."""
+    def open(self, url: StoreUrl, shared: bool = False) -> BlobStore:
+        """The server's store (made if missing); ``shared``: other nodes write in it too."""
         ...
 
     def open_reader(self, url: StoreUrl) -> BlobReader:
@@ -201,8 +202,8 @@ def open_stores(
         StorageFault: a store cannot be opened (StoreUnusable: left untouched).
     """
     metadata = METADATA_BACKENDS[urls.metadata.scheme].open(urls.metadata, group_of, node)
-    try:
-        blobs = BLOB_BACKENDS[urls.blobs.scheme].open(urls.blobs)
+    try:  # the nodes sharing a metadata store share its blob store
+        blobs = BLOB_BACKENDS[urls.blobs.scheme].open(urls.blobs, is_shared(urls.metadata))
     except StorageFault:
         metadata.close()
         raise

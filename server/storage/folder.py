@@ -218,22 +218,25 @@ class FolderBlobs:
         self._set_up(Path(data_dir) / RECEIVED_DIR, create=True)
 
     @classmethod
-    def at(cls, root: Path, *, create: bool = True) -> FolderBlobs:
+    def at(cls, root: Path, *, create: bool = True, shared: bool = False) -> FolderBlobs:
         """The store in the folder ``root`` (a data folder's ``received_files/`` by default).
 
         With ``create`` (the server) the folder is made if missing and must be
         writable; without it (a reader: ``admin verify``) nothing is made or
-        changed, and a missing folder holds no blob.
+        changed, and a missing folder holds no blob. ``shared``: the nodes of
+        one host write in it too, so nothing in it is known without a listing.
 
         Raises:
             StorageFault: the folder cannot be created, written or searched.
         """
         store = cls.__new__(cls)
-        store._set_up(Path(root), create=create)
+        store._set_up(Path(root), create=create, shared=shared)
         return store
 
-    def _set_up(self, root: Path, create: bool) -> None:
+    def _set_up(self, root: Path, create: bool, shared: bool = False) -> None:
         self.root = root
+        #: Other processes (nodes) write in the folder too: every listing reads it.
+        self.shared = shared
         #: The stored names given to uploads not yet published: key -> (client, name).
         self._named: dict[str, tuple[bytes, str]] = {}
         #: The stored names in the client folders this store made, by folder:
@@ -282,14 +285,15 @@ class FolderBlobs:
     def _names_in(self, client_id: bytes) -> list[str]:
         """The stored files' names in the client's folder (none if it has no folder yet).
 
-        Known without a listing in a folder this store made; else listed.
+        Known without a listing in a folder this store made (unless the folder
+        is shared); else listed.
         Regular files only: anything else there is not the server's (a
         planted symlink is replaced at publish, never followed, as before).
 
         Raises:
             StorageFault: the folder cannot be read.
         """
-        known = self._made.get(client_dir_name(client_id))
+        known = None if self.shared else self._made.get(client_dir_name(client_id))
         if known is not None:
             return list(known)
         try:
@@ -431,9 +435,10 @@ class FolderBlobs:
         The first call lists every client folder (start-up repair); a later
         one (the sweeper's) only those where a blob was begun or found since:
         only this store writes in its folder (the data folder's lock), so a
-        sweep costs the folders with uploads, not every client's.
+        sweep costs the folders with uploads, not every client's. A shared
+        folder (other nodes write in it) is listed whole each time.
         """
-        if self._listed_all:
+        if self._listed_all and not self.shared:
             directories = [
                 self.root / name for name in sorted(self._may_hold_unpublished)
                 if (self.root / name).is_dir() and not (self.root / name).is_symlink()
@@ -651,13 +656,13 @@ class FolderBackend:
         if url.options:
             raise BadStoreUrl(f"{url}: file: takes no options")
 
-    def open(self, url: StoreUrl) -> FolderBlobs:
-        """The folder, made if missing (the server's).
+    def open(self, url: StoreUrl, shared: bool = False) -> FolderBlobs:
+        """The folder, made if missing (the server's; ``shared``: with other nodes).
 
         Raises:
             StorageFault: it cannot be made or written.
         """
-        return FolderBlobs.at(url.path)
+        return FolderBlobs.at(url.path, shared=shared)
 
     def open_reader(self, url: StoreUrl) -> FolderBlobs:
         """The folder, read only: nothing is made.

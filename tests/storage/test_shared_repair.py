@@ -179,6 +179,30 @@ def test_a_file_another_node_publishes_during_repair_is_not_set_aside(node_store
     assert _read(blobs_b, published[0]) == b"fresh"
 
 
+def test_the_sweeping_node_finds_what_another_node_left_since_it_started(node_stores):
+    meta_a, blobs_a = node_stores("a")
+    _register(meta_a)
+    meta_b, blobs_b = node_stores("b")
+    repair(meta_b, blobs_b, "b")  # b has listed the store once
+    killed = _sealed(blobs_a, b"sealed; a was killed before its row was durable")
+    now = [NOW]
+    sweeper = Sweeper(meta_b, blobs_b, lambda: now[0], set)
+    assert sweeper.sweep() == 0
+    now[0] += GARBAGE_GRACE
+    assert sweeper.sweep() == 1
+    assert killed.key not in {blob.key for blob in blobs_b.unpublished()}
+
+
+def test_a_name_another_node_published_is_not_given_again(node_stores):
+    meta_a, blobs_a = node_stores("a")
+    _register(meta_a)
+    _, blobs_b = node_stores("b")
+    mine = blobs_b.begin(ALICE, new_blob_key())  # b makes the client's folder, if any
+    theirs = _published(meta_a, blobs_a, b"f", b"a's")
+    assert blobs_b.new_path_name(ALICE, b"f", mine.key) != theirs
+    mine.abort()
+
+
 # -- the sweep: one node at a time, off the loop for a slow store ---------------------------
 
 
