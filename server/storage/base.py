@@ -459,7 +459,8 @@ class BlobStore(BlobReader, Protocol):
         ...
 
     def stored(self) -> list[BlobEntry]:
-        """Every stored blob."""
+        """Every stored blob: each path name :meth:`exists` says reads one (repair's one
+        listing, in place of a question per row)."""
         ...
 
     def foreign_entries(self) -> list[BlobEntry]:

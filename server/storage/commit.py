@@ -318,6 +318,8 @@ def repair(metadata: MetadataStore, blobs: BlobStore, node: str | None = None) -
         _set_aside(blobs, stray, _NOT_A_FILE if stray.owner else _NOT_A_FOLDER)
         for stray in blobs.foreign_entries()
     )
+    stored = blobs.stored()  # what each path name reads, listed once rather than asked per row
+    present = {entry.path_name for entry in stored}
     rows_removed = published = 0
     with metadata.transaction():
         for row in metadata.file_rows():
@@ -325,19 +327,18 @@ def repair(metadata: MetadataStore, blobs: BlobStore, node: str | None = None) -
                 continue
             if row.pending_key is not None:
                 metadata.set_pending(row.id, row.file_name, None)
-            if _roll_forward(blobs, row, unpublished):
-                published += 1
-            elif not blobs.exists(row.path_name):
+            if row.path_name not in present:
                 log.warning("file %s is missing; its row is removed", row.path_name)
                 metadata.delete_file(row.id, row.file_name)
                 rows_removed += 1
+            elif _roll_forward(blobs, row, unpublished):
+                published += 1
     metadata.sync()  # the repair is durable before the first request
     garbage = list(unpublished.values()) if node is None else []
     for blob in garbage:
         blobs.delete_unpublished(blob)
     if garbage:
         log.warning("deleted %d unfinished upload(s) no row points at", len(garbage))
-    stored = blobs.stored()
     # Read after the listing: a name published before it has its row durable by now.
     known = {row.path_name for row in metadata.file_rows()}
     set_aside = sum(
@@ -356,14 +357,13 @@ def _left_by(row: FileRow, node: str | None) -> bool:
 def _roll_forward(
     blobs: BlobStore, row: FileRow, unpublished: dict[tuple[bytes, str], UnpublishedBlob]
 ) -> bool:
-    """Publish the row's blob if a crash cut a confirmed version's publish; whether it did.
+    """Publish the row's blob, whose path name reads a previous version, if a crash cut a
+    confirmed version's publish; whether it did.
 
     A first upload's blob is not: its path name reads nothing yet, and the
     client never got its 1603 (the row goes, the blob is garbage).
     """
     if row.blob_key is None or (row.id, row.blob_key) not in unpublished:
-        return False
-    if not blobs.exists(row.path_name):
         return False
     del unpublished[(row.id, row.blob_key)]
     blobs.publish(row.blob_key, row.path_name)

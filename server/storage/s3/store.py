@@ -348,6 +348,10 @@ class S3Blobs:
 
     def _named_keys(self) -> set[str]:
         """The blob keys every name (stored or set aside) holds, read once per ETag."""
+        return set(self._name_keys().values())
+
+    def _name_keys(self) -> dict[str, str]:
+        """The blob key each name object (stored or set aside) holds, read once per ETag."""
         found: dict[str, tuple[str, str]] = {}
         for prefix in (FILES, ORPHANED):
             for entry in self._list(prefix):
@@ -362,7 +366,7 @@ class S3Blobs:
                     found[name] = (etag, key)
         with self._lock:
             self._names = found
-        return {key for _, key in found.values()}
+        return {name: key for name, (_, key) in found.items()}
 
     def _blob_of(self, object_name: str) -> UnpublishedBlob | None:
         """The client and key of a ``blobs/`` object name (None: not one of the server's)."""
@@ -421,16 +425,25 @@ class S3Blobs:
             writer.aborted = True
 
     def stored(self) -> list[BlobEntry]:
-        """Every file's name in the store.
+        """Every file's name in the store whose blob is there (as :meth:`exists` says).
+
+        Listings, and a read of each name not read since it last changed
+        (its ETag): a repair, whose listing of garbage has read them all
+        just before, reads none.
 
         Raises:
             StorageFault: the store cannot be listed.
         """
+        names = self._name_keys()
+        blobs = {blob for blob in map(self._blob_of, (e["Key"] for e in self._list(BLOBS)))
+                 if blob is not None}
         found = []
         start = len(self.location.prefix) + len(FILES)
-        for entry in self._list(FILES):
-            parts = entry["Key"][start:].split("/")
-            if len(parts) == 2 and _is_client_hex(parts[0]) and parts[1]:
+        for name_object, key in names.items():
+            parts = name_object[start:].split("/")
+            if (name_object.startswith(self.location.prefix + FILES) and len(parts) == 2
+                    and _is_client_hex(parts[0]) and parts[1]
+                    and UnpublishedBlob(bytes.fromhex(parts[0]), key) in blobs):
                 found.append(BlobEntry(parts[0], parts[1], f"{RECEIVED_DIR}/{parts[0]}/{parts[1]}"))
         return found
 
