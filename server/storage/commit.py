@@ -58,6 +58,16 @@ losing a file the client was told about:
    flight at start-up: no grace period is needed), and moves aside, never
    deletes, published blobs with no row and anything the server never makes.
 
+5. **Deleting a client** (:func:`remove_client`, ``admin delete-client``):
+   its blobs are taken out of the store (one atomic step: the decision),
+   then every row of it goes in one transaction, then the blobs are deleted.
+   Repair finishes a deletion a crash cut, first of all: a client found
+   taken out loses its rows and its blobs.
+
+So a crash leaves either the previous file with its row, or the new file with
+a row that was reset to Verified false (step 2) or that the client confirmed
+(step 3): never a Verified flag on content the client did not confirm.
+
 With **several nodes** sharing both stores (a metadata store in PostgreSQL
 and one blob store: a bucket, or one folder of one host), a node starting
 is not alone: the others keep receiving, publishing and waiting for 900s
@@ -79,17 +89,9 @@ only what it may have left itself, thing by thing:
 * a deletion a crash cut is finished, as a single server does (finishing it
   again changes nothing).
 
-A single server (no ``node``) owns everything it finds, as above.
-
-5. **Deleting a client** (:func:`remove_client`, ``admin delete-client``):
-   its blobs are taken out of the store (one atomic step: the decision),
-   then every row of it goes in one transaction, then the blobs are deleted.
-   Repair finishes a deletion a crash cut, first of all: a client found
-   taken out loses its rows and its blobs.
-
-So a crash leaves either the previous file with its row, or the new file with
-a row that was reset to Verified false (step 2) or that the client confirmed
-(step 3): never a Verified flag on content the client did not confirm.
+A single server (no ``node``) owns everything it finds, as above. The
+sweep, with several nodes, is one node's at a time (the purge leader's,
+server/app.py).
 """
 
 from __future__ import annotations
