@@ -99,19 +99,20 @@ class Sweeper:
         def listing() -> None:
             listed.extend(self._blobs.unpublished())
 
-        def decide(error: StorageFault | None) -> None:
-            if error is None:
-                try:
-                    expired = self._expired(listed)
-                except StorageFault as exc:
-                    error = exc
-                else:
-                    self._run(lambda: deleting(expired), self._ended)
-                    return
-            self._ended(error)
+        def decide(error: StorageFault | None) -> None:  # in the loop thread
+            if error is not None:
+                self._ended(error)
+                return
+            try:
+                expired = self._expired(listed)
+            except StorageFault as exc:
+                self._ended(exc)
+                return
 
-        def deleting(expired: list[UnpublishedBlob]) -> None:
-            self._delete(expired)
+            def deleting() -> None:
+                self._delete(expired)
+
+            self._run(deleting, self._ended)
 
         self._run(listing, decide)
         return True
