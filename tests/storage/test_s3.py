@@ -158,8 +158,9 @@ def test_an_aborted_upload_leaves_no_multipart_upload_and_no_object(tmp_path, s3
 
 
 @needs_ceph
-def test_a_multipart_upload_a_crash_abandoned_is_swept_once_old_enough(tmp_path, s3_url,
-                                                                    ceph_gateway):
+def test_a_multipart_upload_a_crash_abandoned_is_swept_once_old_enough(
+    tmp_path, s3_url, ceph_gateway,
+):
     metadata, crashed = _open(tmp_path / "before", s3_url)
     client = ceph_gateway.client()
     abandoned = crashed.begin(ALICE, new_blob_key())
