@@ -52,7 +52,7 @@ from .peer import address_group
 from .proxied import ProxySources
 from .storage import BlobStore, MetadataStore
 from .storage.commit import repair
-from .storage.coordination import open_coordination
+from .storage.coordination import is_shared, open_coordination
 from .storage.factory import StoreUrls, open_stores
 from .storage.lock import DataDirLock
 from .storage.store_options import add_store_options
@@ -205,9 +205,10 @@ def _limits(args: argparse.Namespace) -> Limits:
 
 
 def _open_storage(
-    urls: StoreUrls, limits: Limits
+    urls: StoreUrls, limits: Limits, node: str
 ) -> tuple[MetadataStore, BlobStore]:
-    """Open the stores and repair what a crash left.
+    """Open the stores as ``node`` and repair what a crash left (with other nodes sharing
+    them, what this node left: server/storage/commit.py).
 
     The caller holds the data folder's lock (:class:`DataDirLock`).
 
@@ -215,9 +216,9 @@ def _open_storage(
         StorageFault: with a message for the operator.
     """
     group_of = functools.partial(address_group, ipv6_prefix=limits.ipv6_prefix)
-    metadata, blobs = open_stores(urls, group_of)
+    metadata, blobs = open_stores(urls, group_of, node)
     try:
-        report = repair(metadata, blobs)
+        report = repair(metadata, blobs, node if is_shared(urls.metadata) else None)
     except OSError as exc:
         metadata.close()
         raise StorageFault(f"cannot repair {urls.blobs}: {exc}") from exc
@@ -376,21 +377,21 @@ def _serve_with(
     args: argparse.Namespace, limits: Limits, urls: StoreUrls, port: int, metrics: Metrics
 ) -> int:
     try:
-        metadata, blobs = _open_storage(urls, limits)
-    except StorageFault as exc:
-        log.error("cannot start: %s", exc)
-        return EXIT_STARTUP_FAILED
-    warn_if_disk_short(blobs, limits.min_free_disk, urls.blobs)
-    try:
         listener = create_listener(args.host, port)
     except OSError as exc:
         log.error(
             "cannot listen on %s port %d: %s", args.host or "all interfaces", port,
             listen_failure(exc, args.host, port),
         )
-        metadata.close()
         return EXIT_STARTUP_FAILED
-    node = node_name(args.node_name, listener.getsockname()[1])
+    node = node_name(args.node_name, listener.getsockname()[1])  # repair needs it
+    try:
+        metadata, blobs = _open_storage(urls, limits, node)
+    except StorageFault as exc:
+        log.error("cannot start: %s", exc)
+        listener.close()
+        return EXIT_STARTUP_FAILED
+    warn_if_disk_short(blobs, limits.min_free_disk, urls.blobs)
     try:
         coordination = open_coordination(urls.metadata, node, limits.message_deadline)
     except StorageFault as exc:

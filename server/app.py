@@ -19,7 +19,7 @@ from .reads import RequestReads
 from .shares import RoundShares
 from .storage import BlobStore, MetadataStore, RoundCommit
 from .storage.coordination import RENEWALS_PER_LEASE, Coordination, MemoryCoordination
-from .storage.sweep import GARBAGE_GRACE, Sweeper
+from .storage.sweep import GARBAGE_GRACE, Sweeper, run_here
 from .timers import Timers
 from .upload import Uploads
 
@@ -122,7 +122,8 @@ class App:
     log_limiter: LogLimiter
     #: What each address may have done in the current loop round.
     shares: RoundShares
-    #: Deletes the blobs no row points at any more, after a grace period.
+    #: Deletes the blobs no row points at any more, after a grace period (the purge
+    #: leader's: one node at a time sweeps the blob store the nodes share).
     sweeper: Sweeper
     #: What the nodes sharing the metadata agree on (server/storage/coordination.py).
     coordination: Coordination
@@ -260,8 +261,11 @@ class App:
         return self.limits.message_deadline / RENEWALS_PER_LEASE
 
     def _sweep_garbage_periodically(self) -> None:
+        """Begin a sweep of the blobs no row points at, if this node is the purge leader: the
+        nodes share one blob store, and one of them sweeps it at a time."""
         try:
-            self.sweeper.sweep()
+            if self.coordination.may_run_purges():
+                self.sweeper.start()
         except StorageFault as exc:
             log.error("cannot delete the blobs no row points at: %s", exc)
         self.timers.call_later(GARBAGE_GRACE, self._sweep_garbage_periodically)
@@ -315,7 +319,10 @@ class App:
             budget=budget,
             log_limiter=log_limiter,
             shares=shares,
-            sweeper=Sweeper(reads, blobs, clock, uploads.live_blob_keys),
+            sweeper=Sweeper(
+                reads, blobs, clock, uploads.live_blob_keys,
+                uploads.port.run if blobs.slow_writes else run_here,
+            ),
             coordination=coordination,
             live_registrations=LiveRegistrations(coordination),
             metrics=metrics,

@@ -129,6 +129,10 @@ class FileRow:
     blob_key: str | None = None
     #: A sealed later version waiting for its 900, if any.
     pending_key: str | None = None
+    #: The node that last pointed the row at a blob (a first upload, a pending version, a
+    #: 900's swap): that blob's publish, or its 900, is that node's to finish. None: a
+    #: store one server opens (every row is its own).
+    node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -455,7 +459,8 @@ class BlobStore(BlobReader, Protocol):
         ...
 
     def stored(self) -> list[BlobEntry]:
-        """Every stored blob."""
+        """Every stored blob: each path name :meth:`exists` says reads one (repair's one
+        listing, in place of a question per row)."""
         ...
 
     def foreign_entries(self) -> list[BlobEntry]:

@@ -20,8 +20,9 @@ losing a file the client was told about:
    the blob's publish (queued after it) and a later version's 1603. A crash
    between the round's commit and the seal leaves a row whose blob was never
    published (a first upload's: repair removes it, its client got no 1603)
-   or a pending pointer (repair clears every one): never a row that outlives
-   repair pointing at content not durable.
+   or a pending pointer (repair clears it; with several nodes, the repair of
+   the node that set it): never a row that outlives repair pointing at
+   content not durable.
 2. A name's **first upload**: its row, pointing at the key, is written with
    Verified false in the round (:func:`record_first`); once the round is
    durable the blob is published under the path name (:func:`publish_first`),
@@ -66,6 +67,31 @@ losing a file the client was told about:
 So a crash leaves either the previous file with its row, or the new file with
 a row that was reset to Verified false (step 2) or that the client confirmed
 (step 3): never a Verified flag on content the client did not confirm.
+
+With **several nodes** sharing both stores (a metadata store in PostgreSQL
+and one blob store: a bucket, or one folder of one host), a node starting
+is not alone: the others keep receiving, publishing and waiting for 900s
+while it repairs. Its repair (:func:`repair` given its ``node``) touches
+only what it may have left itself, thing by thing:
+
+* an **unpublished blob** is never deleted by repair (another node may be
+  receiving it, or have sealed it for a row not yet durable): the sweeper
+  deletes it once no row and no lease names it, after its grace period;
+* a **pending pointer** is cleared only if this node set it (a row's
+  ``node``): another node's client may still confirm it with a 900;
+* a **row whose path name reads nothing** is removed, and a confirmed
+  version's publish rolled forward, only if this node last pointed the row
+  at a blob: another node's publish may be in flight (it is owed by that
+  node, which finishes it, or repairs it when it starts again);
+* a **published name without a row** is looked up in the rows read after
+  the store was listed (a first upload's row is durable before its name is
+  published), so another node's fresh file is never taken for an orphan;
+* a deletion a crash cut is finished, as a single server does (finishing it
+  again changes nothing).
+
+A single server (no ``node``) owns everything it finds, as above. The
+sweep, with several nodes, is one node's at a time (the purge leader's,
+server/app.py).
 """
 
 from __future__ import annotations
@@ -277,9 +303,13 @@ class RepairReport:
     published: int = 0
 
 
-def repair(metadata: MetadataStore, blobs: BlobStore) -> RepairReport:
+def repair(metadata: MetadataStore, blobs: BlobStore, node: str | None = None) -> RepairReport:
     """Steps 4 and 5: finish deletions, roll forward publishes a crash cut, clear pending
     pointers, remove rows without blobs, delete garbage, set aside blobs without rows and strays.
+
+    ``node``: this server's name when other nodes share both stores; only
+    what it left is repaired then, and garbage is the sweeper's (the module's
+    "several nodes"). None: the server is alone, and everything is its own.
 
     Raises:
         OSError, StorageFault: the store cannot be read or changed.
@@ -290,43 +320,52 @@ def repair(metadata: MetadataStore, blobs: BlobStore) -> RepairReport:
         _set_aside(blobs, stray, _NOT_A_FILE if stray.owner else _NOT_A_FOLDER)
         for stray in blobs.foreign_entries()
     )
-    rows = metadata.file_rows()
+    stored = blobs.stored()  # what each path name reads, listed once rather than asked per row
+    present = {entry.path_name for entry in stored}
     rows_removed = published = 0
     with metadata.transaction():
-        for row in rows:
+        for row in metadata.file_rows():
+            if not _left_by(row, node):
+                continue
             if row.pending_key is not None:
                 metadata.set_pending(row.id, row.file_name, None)
-            if _roll_forward(blobs, row, unpublished):
-                published += 1
-            elif not blobs.exists(row.path_name):
+            if row.path_name not in present:
                 log.warning("file %s is missing; its row is removed", row.path_name)
                 metadata.delete_file(row.id, row.file_name)
                 rows_removed += 1
+            elif _roll_forward(blobs, row, unpublished):
+                published += 1
     metadata.sync()  # the repair is durable before the first request
-    for blob in unpublished.values():
+    garbage = list(unpublished.values()) if node is None else []
+    for blob in garbage:
         blobs.delete_unpublished(blob)
-    if unpublished:
-        log.warning("deleted %d unfinished upload(s) no row points at", len(unpublished))
-    known = {row.path_name for row in rows}
+    if garbage:
+        log.warning("deleted %d unfinished upload(s) no row points at", len(garbage))
+    # Read after the listing: a name published before it has its row durable by now.
+    known = {row.path_name for row in metadata.file_rows()}
     set_aside = sum(
-        _set_aside(blobs, stored, "has no database row")
-        for stored in blobs.stored()
-        if stored.path_name not in known
+        _set_aside(blobs, entry, "has no database row")
+        for entry in stored
+        if entry.path_name not in known
     )
-    return RepairReport(len(unpublished), rows_removed, set_aside, strays, removals, published)
+    return RepairReport(len(garbage), rows_removed, set_aside, strays, removals, published)
+
+
+def _left_by(row: FileRow, node: str | None) -> bool:
+    """Whether this node (None: a server alone) may have left the row's blob work undone."""
+    return node is None or row.node is None or row.node == node
 
 
 def _roll_forward(
     blobs: BlobStore, row: FileRow, unpublished: dict[tuple[bytes, str], UnpublishedBlob]
 ) -> bool:
-    """Publish the row's blob if a crash cut a confirmed version's publish; whether it did.
+    """Publish the row's blob, whose path name reads a previous version, if a crash cut a
+    confirmed version's publish; whether it did.
 
     A first upload's blob is not: its path name reads nothing yet, and the
     client never got its 1603 (the row goes, the blob is garbage).
     """
     if row.blob_key is None or (row.id, row.blob_key) not in unpublished:
-        return False
-    if not blobs.exists(row.path_name):
         return False
     del unpublished[(row.id, row.blob_key)]
     blobs.publish(row.blob_key, row.path_name)

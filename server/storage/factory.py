@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from ..errors import BadStoreUrl, StorageFault
 from . import folder, postgres, s3, sqlite
 from .base import BlobReader, BlobStore, MetadataStore, StoreUrl
+from .coordination import is_shared
 from .inventory import InventoryView
 from .urltext import without_password
 
@@ -49,8 +50,11 @@ class MetadataBackend(Protocol):
         """Raises BadStoreUrl: a host or option the backend does not take."""
         ...
 
-    def open(self, url: StoreUrl, group_of: Callable[[str], str]) -> MetadataStore:
-        """The server's store (``group_of``: an address's group, for ``count_clients``)."""
+    def open(
+        self, url: StoreUrl, group_of: Callable[[str], str], node: str | None = None
+    ) -> MetadataStore:
+        """The server's store (``group_of``: an address's group, for ``count_clients``), as
+        ``node`` where nodes share it (``FileRow.node``)."""
         ...
 
     def open_inventory(self, url: StoreUrl) -> InventoryView:
@@ -72,8 +76,8 @@ class BlobBackend(Protocol):
     def default(self, data_dir: Path) -> StoreUrl: ...
     def check(self, url: StoreUrl) -> None: ...
 
-    def open(self, url: StoreUrl) -> BlobStore:
-        """The server's store (made if missing)."""
+    def open(self, url: StoreUrl, shared: bool = False) -> BlobStore:
+        """The server's store (made if missing); ``shared``: other nodes write in it too."""
         ...
 
     def open_reader(self, url: StoreUrl) -> BlobReader:
@@ -185,19 +189,21 @@ class StoreUrls:
 
 
 def open_stores(
-    urls: StoreUrls, group_of: Callable[[str], str]
+    urls: StoreUrls, group_of: Callable[[str], str], node: str | None = None
 ) -> tuple[MetadataStore, BlobStore]:
     """Open both stores for the server (or ``admin``'s changing commands).
 
     ``group_of``: an address's group (server/peer.py with ``--ipv6-prefix``),
-    which the metadata store counts clients by.
+    which the metadata store counts clients by; ``node``: the server's name
+    (``--node-name``), which a metadata store the nodes share records in the
+    rows it points at blobs (``admin``: None).
 
     Raises:
         StorageFault: a store cannot be opened (StoreUnusable: left untouched).
     """
-    metadata = open_metadata(urls.metadata, group_of)
-    try:
-        blobs = BLOB_BACKENDS[urls.blobs.scheme].open(urls.blobs)
+    metadata = METADATA_BACKENDS[urls.metadata.scheme].open(urls.metadata, group_of, node)
+    try:  # the nodes sharing a metadata store share its blob store
+        blobs = BLOB_BACKENDS[urls.blobs.scheme].open(urls.blobs, is_shared(urls.metadata))
     except StorageFault:
         metadata.close()
         raise

@@ -215,30 +215,28 @@ class FolderBlobs:
     slow_writes = False
 
     def __init__(self, data_dir: Path) -> None:
-        self._set_up(Path(data_dir) / RECEIVED_DIR, create=True, only_writer=True)
+        self._set_up(Path(data_dir) / RECEIVED_DIR, create=True)
 
     @classmethod
-    def at(cls, root: Path, *, create: bool = True, only_writer: bool = False) -> FolderBlobs:
+    def at(cls, root: Path, *, create: bool = True, shared: bool = False) -> FolderBlobs:
         """The store in the folder ``root`` (a data folder's ``received_files/`` by default).
 
         With ``create`` (the server) the folder is made if missing and must be
         writable; without it (a reader: ``admin verify``) nothing is made or
-        changed, and a missing folder holds no blob. ``only_writer``: no other
-        server writes in it (a data folder's own, under its lock); a folder
-        named by ``--blobs`` may be shared by the nodes of one host.
+        changed, and a missing folder holds no blob. ``shared``: the nodes of
+        one host write in it too, so nothing in it is known without a listing.
 
         Raises:
             StorageFault: the folder cannot be created, written or searched.
         """
         store = cls.__new__(cls)
-        store._set_up(Path(root), create=create, only_writer=only_writer)
+        store._set_up(Path(root), create=create, shared=shared)
         return store
 
-    def _set_up(self, root: Path, create: bool, only_writer: bool) -> None:
+    def _set_up(self, root: Path, create: bool, shared: bool = False) -> None:
         self.root = root
-        #: Whether this store is the only one writing in its folder: then it knows
-        #: the names of a client folder it made without listing it.
-        self._only_writer = only_writer
+        #: Other processes (nodes) write in the folder too: every listing reads it.
+        self.shared = shared
         #: The stored names given to uploads not yet published: key -> (client, name).
         self._named: dict[str, tuple[bytes, str]] = {}
         #: The stored names in the client folders this store made, by folder:
@@ -287,16 +285,15 @@ class FolderBlobs:
     def _names_in(self, client_id: bytes) -> list[str]:
         """The stored files' names in the client's folder (none if it has no folder yet).
 
-        Known without a listing in a folder this store made, if it is the only
-        writer (another node's names would be missed: on a file system that
-        ignores case, its ``A.TXT`` would be replaced by this one's ``a.txt``); else listed.
+        Known without a listing in a folder this store made (unless the folder
+        is shared); else listed.
         Regular files only: anything else there is not the server's (a
         planted symlink is replaced at publish, never followed, as before).
 
         Raises:
             StorageFault: the folder cannot be read.
         """
-        known = self._made.get(client_dir_name(client_id)) if self._only_writer else None
+        known = None if self.shared else self._made.get(client_dir_name(client_id))
         if known is not None:
             return list(known)
         try:
@@ -436,13 +433,12 @@ class FolderBlobs:
         listed too, under that name: no row points at it.
 
         The first call lists every client folder (start-up repair); a later
-        one (the sweeper's) only those where a blob was begun or found since,
-        so a sweep costs the folders with uploads, not every client's. In a
-        folder that nodes share, another node's unpublished blobs are found
-        where this store begins one too (a client it takes over), else left
-        to that node's own sweeper and repair.
+        one (the sweeper's) only those where a blob was begun or found since:
+        only this store writes in its folder (the data folder's lock), so a
+        sweep costs the folders with uploads, not every client's. A shared
+        folder (other nodes write in it) is listed whole each time.
         """
-        if self._listed_all:
+        if self._listed_all and not self.shared:
             directories = [
                 self.root / name for name in sorted(self._may_hold_unpublished)
                 if (self.root / name).is_dir() and not (self.root / name).is_symlink()
@@ -660,14 +656,13 @@ class FolderBackend:
         if url.options:
             raise BadStoreUrl(f"{url}: file: takes no options")
 
-    def open(self, url: StoreUrl) -> FolderBlobs:
-        """The folder, made if missing (the server's): its only writer if it is the default
-        place in the data folder (under the data folder's lock), else maybe one of several.
+    def open(self, url: StoreUrl, shared: bool = False) -> FolderBlobs:
+        """The folder, made if missing (the server's; ``shared``: with other nodes).
 
         Raises:
             StorageFault: it cannot be made or written.
         """
-        return FolderBlobs.at(url.path, only_writer=not url.text)
+        return FolderBlobs.at(url.path, shared=shared)
 
     def open_reader(self, url: StoreUrl) -> FolderBlobs:
         """The folder, read only: nothing is made.

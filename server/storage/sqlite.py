@@ -973,8 +973,11 @@ class SqliteBackend:
             )
         return seconds
 
-    def open(self, url: StoreUrl, group_of: Callable[[str], str]) -> SqliteMetadata:
-        """The server's store (see :meth:`SqliteMetadata.open`).
+    def open(
+        self, url: StoreUrl, group_of: Callable[[str], str], node: str | None = None
+    ) -> SqliteMetadata:
+        """The server's store (see :meth:`SqliteMetadata.open`); one server opens it, so
+        ``node`` is not recorded (every row is its own).
 
         Raises:
             StoreUnusable: not SQLite, corrupt, read-only, or missing a column.

@@ -2,9 +2,11 @@
 
 Garbage (server/storage/commit.py, step 4) is any unpublished blob that no
 file row points at (``BlobKey`` or ``PendingKey``) and that no upload in
-flight is writing or holding. A blob found so is deleted only once it has
+flight is writing or holding (on any node: the coordination's leases name
+the blobs being received). A blob found so is deleted only once it has
 been found so for :data:`GARBAGE_GRACE` seconds, so that a pointer written
-meanwhile (or a swap not yet durable) keeps it. Start-up repair deletes
+meanwhile (or a swap not yet durable, or another node's sealed blob whose
+row is not yet durable) keeps it. A single server's start-up repair deletes
 what a crash left at once: no upload is in flight then.
 
 A sweep costs what it finds, not what is kept: the blob store lists its
@@ -13,6 +15,12 @@ metadata store is asked about those keys only
 (:meth:`~server.storage.base.MetadataStore.referenced_keys`, in batches of
 :data:`~server.storage.base.KEYS_PER_QUERY`). With no garbage it reads no
 file row at all.
+
+The server sweeps with :meth:`Sweeper.start`: the blob store's listing and
+its deletions go to a :data:`Runner` (for a store with slow writes, the blob
+port's worker: server/blobport.py), the metadata and the coordination are
+asked in the loop thread, between the two. :meth:`Sweeper.sweep` does all of
+it in the caller's thread (tools and tests).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import logging
 from typing import AbstractSet, Callable
 
+from ..errors import StorageFault
 from .base import KEYS_PER_QUERY, BlobStore, MetadataStore, UnpublishedBlob
 
 log = logging.getLogger(__name__)
@@ -27,9 +36,29 @@ log = logging.getLogger(__name__)
 #: Seconds a blob stays unreferenced before the sweeper deletes it.
 GARBAGE_GRACE = 60.0
 
+#: What waits on a blob store call: called with its error (None: it went well).
+Done = Callable[[StorageFault | None], None]
+#: Runs a blob store call, then ``done`` in the loop thread (``BlobPort.run``).
+Runner = Callable[[Callable[[], None], Done], None]
+
+
+def run_here(action: Callable[[], None], done: Done) -> None:
+    """A :data:`Runner` for a store whose calls are quick: the call, then ``done``, at once."""
+    try:
+        action()
+    except StorageFault as exc:
+        done(exc)
+        return
+    done(None)
+
 
 class Sweeper:
-    """Deletes blobs unreferenced for longer than :data:`GARBAGE_GRACE` (call :meth:`sweep`)."""
+    """Deletes blobs unreferenced for longer than :data:`GARBAGE_GRACE` (:meth:`start`,
+    or :meth:`sweep`).
+
+    ``run``: where the blob store's calls run (:func:`run_here`, or the blob
+    port's worker for a store with slow writes).
+    """
 
     def __init__(
         self,
@@ -37,24 +66,68 @@ class Sweeper:
         blobs: BlobStore,
         clock: Callable[[], float],
         live_keys: Callable[[], AbstractSet[str]],
+        run: Runner = run_here,
     ) -> None:
         self._metadata = metadata
         self._blobs = blobs
         self._clock = clock
         #: The keys of the blobs uploads in flight write or hold.
         self._live_keys = live_keys
+        self._run = run
         #: When each unreferenced blob was first found so.
         self._unreferenced_since: dict[UnpublishedBlob, float] = {}
+        #: A sweep begun by :meth:`start` is not over.
+        self.under_way = False
 
     def sweep(self) -> int:
-        """Delete the blobs unreferenced for the grace period; return how many.
+        """Delete the blobs unreferenced for the grace period, in this thread; return how many.
 
         Raises:
             StorageFault: the stores cannot be read or a blob cannot be deleted.
         """
+        return self._delete(self._expired(self._blobs.unpublished()))
+
+    def start(self) -> bool:
+        """Begin a sweep, unless one is under way (whether it began): the listing, then the
+        deletions, run where ``run`` puts them; a failure is logged, and the next sweep tries
+        again."""
+        if self.under_way:
+            return False
+        self.under_way = True
+        listed: list[UnpublishedBlob] = []
+
+        def listing() -> None:
+            listed.extend(self._blobs.unpublished())
+
+        def decide(error: StorageFault | None) -> None:  # in the loop thread
+            if error is not None:
+                self._ended(error)
+                return
+            try:
+                expired = self._expired(listed)
+            except StorageFault as exc:
+                self._ended(exc)
+                return
+
+            def deleting() -> None:
+                self._delete(expired)
+
+            self._run(deleting, self._ended)
+
+        self._run(listing, decide)
+        return True
+
+    def _ended(self, error: StorageFault | None) -> None:
+        self.under_way = False
+        if error is not None:
+            log.error("cannot delete the blobs no row points at: %s", error)
+
+    def _expired(self, unpublished: list[UnpublishedBlob]) -> list[UnpublishedBlob]:
+        """Of the blobs listed, those unreferenced for the grace period (they are forgotten
+        here: found again, their grace begins again)."""
         now = self._clock()
         live = self._live_keys()
-        candidates = [blob for blob in self._blobs.unpublished() if blob.key not in live]
+        candidates = [blob for blob in unpublished if blob.key not in live]
         referenced = self._referenced([blob.key for blob in candidates])
         since = self._unreferenced_since
         self._unreferenced_since = {
@@ -64,8 +137,13 @@ class Sweeper:
             blob for blob, found in self._unreferenced_since.items() if now - found >= GARBAGE_GRACE
         ]
         for blob in expired:
-            self._blobs.delete_unpublished(blob)
             del self._unreferenced_since[blob]
+        return expired
+
+    def _delete(self, expired: list[UnpublishedBlob]) -> int:
+        """Delete the blobs (the blob store's calls only); how many."""
+        for blob in expired:
+            self._blobs.delete_unpublished(blob)
         if expired:
             log.warning(
                 "deleted %d blob(s) no row pointed at for %.0f s", len(expired), GARBAGE_GRACE

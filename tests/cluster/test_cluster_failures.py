@@ -49,7 +49,6 @@ RESTART_SOURCE = "127.0.0.201"
 IN_FLIGHT_SOURCE = "127.0.0.202"
 #: A file of two parts and a half, being received while another node restarts.
 IN_FLIGHT_BYTES = 20 * 1024 * 1024
-REPAIR_RISK = "start-up repair not node-aware: fixed on w5-repair"
 LEASE_DEFECT = (
     "server defect: the killed node's upload lease on (client, file name) stays in"
     " PostgreSQL until --message-deadline (30 s) lapses; the other node answers each retry"
@@ -215,10 +214,7 @@ def _send_half(cluster, client: RawClient, packets: list) -> list:
     return packets[half:]
 
 
-@pytest.mark.xfail(strict=True, reason=REPAIR_RISK)
 def test_a_node_restarting_leaves_the_other_nodes_uploads_in_flight(cluster):
-    # Last of the cluster tests: while repair is not node-aware it loses pending.bin, which
-    # the other tests' ``admin verify`` (every row of the session) would report.
     first, second, big = (os.urandom(300_000), os.urandom(200_000),
                           os.urandom(IN_FLIGHT_BYTES))
     with RawClient(cluster.address, source=IN_FLIGHT_SOURCE) as client:

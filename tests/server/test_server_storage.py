@@ -255,7 +255,7 @@ def test_a_folder_the_store_made_gives_names_without_listing_it(tmp_path, monkey
 
 def test_a_folder_nodes_share_gives_names_apart_from_the_other_node_s(tmp_path):
     client_id = b"\x01" * 16
-    here, there = (FolderBackend().open(StoreUrl("file", tmp_path, text=tmp_path.as_uri()))
+    here, there = (FolderBackend().open(StoreUrl("file", tmp_path, text=tmp_path.as_uri()), shared=True)
                    for _ in range(2))
     _stored(here, client_id, b"x.bin")  # node "here" made the client's folder
     theirs = _stored(there, client_id, b"A.TXT")

@@ -441,7 +441,6 @@ def test_the_database_restarted_under_load_loses_nothing_answered(nodes, postgre
     assert "closed unanswered" in nodes.a.log() + nodes.b.log()
 
 
-@pytest.mark.xfail(strict=True, reason="start-up repair not node-aware: fixed on w5-repair")
 def test_a_killed_node_started_again_leaves_the_other_node_s_uploads_alone(nodes):
     stored, newer = b"the stored version" * 10, b"a new version, waiting for its 900" * 10
     with nodes.a.client() as client:

@@ -50,8 +50,10 @@ class PostgresBackend:
         """
         check_no_password(url.text)
 
-    def open(self, url: StoreUrl, group_of: Callable[[str], str]) -> PostgresMetadata:
-        """The server's store: connected, its schema migrated.
+    def open(
+        self, url: StoreUrl, group_of: Callable[[str], str], node: str | None = None
+    ) -> PostgresMetadata:
+        """The server's store, as ``node``: connected, its schema migrated.
 
         Raises:
             StoreUnusable: psycopg is missing, or the database refuses (the reason given).
@@ -61,7 +63,7 @@ class PostgresBackend:
         driver()
         from .store import PostgresMetadata
 
-        return PostgresMetadata.open(url.text, group_of)
+        return PostgresMetadata.open(url.text, group_of, node)
 
     def open_inventory(self, url: StoreUrl) -> InventoryView:
         """``admin``'s read-only view (a read-only session).

@@ -47,6 +47,7 @@ _FIRST_SCHEMA = (
         Size bigint,
         BlobKey text,
         PendingKey text,
+        Node text,
         PRIMARY KEY (ID, FileName)
     )""",
     """CREATE TABLE key_bindings (

@@ -94,7 +94,7 @@ _DELETE_CLIENT = "DELETE FROM clients WHERE ID = %s"
 _SET_KEYS = "UPDATE clients SET PublicKey = %s, AESKey = %s, LastSeen = %s WHERE ID = %s"
 _SET_AES_KEY = "UPDATE clients SET AESKey = %s, LastSeen = %s WHERE ID = %s"
 _SET_LAST_SEEN = "UPDATE clients SET LastSeen = %s WHERE ID = %s"
-_FILE_COLUMNS = "ID, FileName, PathName, Verified, BlobKey, PendingKey"
+_FILE_COLUMNS = "ID, FileName, PathName, Verified, BlobKey, PendingKey, Node"
 _SELECT_FILE = f"SELECT {_FILE_COLUMNS} FROM files WHERE ID = %s AND FileName = %s"
 _SELECT_FILES = f"SELECT {_FILE_COLUMNS} FROM files ORDER BY ID, FileName"
 #: Two index lookups per key (files_blob_key, files_pending_key), whatever the table holds.
@@ -104,13 +104,17 @@ _REFERENCED_KEYS = (
 )
 _SUM_STORED_BYTES = "SELECT COALESCE(SUM(Size), 0) FROM files WHERE ID = %s"
 _UPSERT_FILE = (
-    "INSERT INTO files (ID, FileName, PathName, Verified, BlobKey) VALUES (%s, %s, %s, false, %s)"
+    "INSERT INTO files (ID, FileName, PathName, Verified, BlobKey, Node)"
+    " VALUES (%s, %s, %s, false, %s, %s)"
     " ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName, Verified = false,"
-    " BlobKey = excluded.BlobKey, PendingKey = NULL"
+    " BlobKey = excluded.BlobKey, PendingKey = NULL, Node = excluded.Node"
 )
-_SET_PENDING = "UPDATE files SET PendingKey = %s WHERE ID = %s AND FileName = %s"
+#: A pending pointer set names the node that sets it; one cleared leaves the node as it was.
+_SET_PENDING = (
+    "UPDATE files SET PendingKey = %s, Node = COALESCE(%s, Node) WHERE ID = %s AND FileName = %s"
+)
 _PROMOTE_PENDING = (
-    "UPDATE files SET BlobKey = %s, PendingKey = NULL WHERE ID = %s AND FileName = %s"
+    "UPDATE files SET BlobKey = %s, PendingKey = NULL, Node = %s WHERE ID = %s AND FileName = %s"
 )
 _SET_VERIFIED = "UPDATE files SET Verified = %s WHERE ID = %s AND FileName = %s"
 _DELETE_FILE = "DELETE FROM files WHERE ID = %s AND FileName = %s"
@@ -163,9 +167,14 @@ class PostgresMetadata:
         StorageFault: the database failed, or cannot be reached.
     """
 
-    def __init__(self, conninfo: str, group_of: Callable[[str], str]) -> None:
+    def __init__(
+        self, conninfo: str, group_of: Callable[[str], str], node: str | None = None
+    ) -> None:
         self._conninfo = conninfo
         self._group_of = group_of
+        #: The node this server is (``--node-name``), written into the rows it points at a
+        #: blob (:attr:`FileRow.node`); None: ``admin``'s, which points none.
+        self.node = node
         self._db: psycopg.Connection | None = None
         self._seen: dict[bytes, float] = {}
         self._used: dict[bytes, float] = {}
@@ -193,14 +202,15 @@ class PostgresMetadata:
 
     @classmethod
     def open(
-        cls, conninfo: str, group_of: Callable[[str], str] = address_group
+        cls, conninfo: str, group_of: Callable[[str], str] = address_group,
+        node: str | None = None,
     ) -> PostgresMetadata:
         """Connect, bring the schema up to date, and count the clients by address group.
 
         Raises:
             StoreUnusable: the database refuses, or its schema is newer than this server's.
         """
-        store = cls(conninfo, group_of)
+        store = cls(conninfo, group_of, node)
         store._db = connect(conninfo)
         try:
             migrate(store._db, conninfo)
@@ -620,16 +630,17 @@ class PostgresMetadata:
     ) -> None:
         """Insert or reset a file's row with Verified false, pointing at ``blob_key``:
         the client is used from now on."""
-        self._write(_UPSERT_FILE, client_id, file_name, path_name, blob_key)
+        self._write(_UPSERT_FILE, client_id, file_name, path_name, blob_key, self.node)
         self._write(_SET_USED, client_id)
 
     def set_pending(self, client_id: bytes, file_name: bytes, blob_key: str | None) -> None:
         """Point the file's pending version at ``blob_key`` (None: none)."""
-        self._write(_SET_PENDING, blob_key, client_id, file_name)
+        node = None if blob_key is None else self.node
+        self._write(_SET_PENDING, blob_key, node, client_id, file_name)
 
     def promote_pending(self, client_id: bytes, file_name: bytes, blob_key: str) -> None:
         """The 900's swap: the file points at ``blob_key``, with no pending version."""
-        self._write(_PROMOTE_PENDING, blob_key, client_id, file_name)
+        self._write(_PROMOTE_PENDING, blob_key, self.node, client_id, file_name)
 
     def set_verified(self, client_id: bytes, file_name: bytes, verified: bool) -> None:
         """Set a file's Verified flag (900: true, 902: false)."""
@@ -746,5 +757,5 @@ def _bytes(value: Any) -> bytes | None:
 def _file(row: tuple) -> FileRow:
     return FileRow(
         id=bytes(row[0]), file_name=bytes(row[1]), path_name=row[2], verified=bool(row[3]),
-        blob_key=row[4], pending_key=row[5],
+        blob_key=row[4], pending_key=row[5], node=row[6],
     )

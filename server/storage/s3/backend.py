@@ -74,8 +74,9 @@ class S3Backend:
         """Raises BadStoreUrl: no bucket, or an option S3 would not take."""
         location(url)
 
-    def open(self, url: StoreUrl) -> S3Blobs:
-        """The store, once the bucket answers (the server's).
+    def open(self, url: StoreUrl, shared: bool = False) -> S3Blobs:
+        """The store, once the bucket answers (the server's; a bucket is listed for each
+        answer, so ``shared`` changes nothing).
 
         Raises:
             StoreUnusable: boto3 is missing, or the bucket cannot be reached.

@@ -15,9 +15,9 @@ Layout under the URL's prefix ``P``:
 A path name is ``received_files/<client-id-hex>/<stored name>``, as in a
 folder. Reading one reads its name, then its blob. Garbage (blobs no name
 reads, and multipart uploads never completed: those another process began
-once a day old) is listed by :meth:`S3Blobs.unpublished` for the sweeper
-and start-up repair; the names' keys are cached by ETag, so a sweep costs
-listings, not one read per file.
+once older than the sweeper's grace period) is listed by
+:meth:`S3Blobs.unpublished` for the sweeper and start-up repair; the names'
+keys are cached by ETag, so a sweep costs listings, not one read per file.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ...errors import BlobMissing, StorageFault
 from ..base import BlobEntry, UnpublishedBlob, is_blob_key
 from ..folder import RECEIVED_DIR
 from ..names import unique_stored_name
+from ..sweep import GARBAGE_GRACE
 from .client import AlreadyThere, Location, client_errors, connect, fault
 from .upload import PartUploaders, S3Upload
 
@@ -54,8 +55,10 @@ _DELETE_BATCH = 1000
 #: Bytes a reader asks the store for at once.
 READ_CHUNK = 1024 * 1024
 #: Seconds a multipart upload another process began waits to be listed as unpublished (and
-#: so be swept): it may be in progress. A crashed server's are aborted after that.
-MULTIPART_UPLOAD_AGE = 24 * 3600.0
+#: so be swept): it may be in progress. Another node's in progress is live to the sweeper
+#: through its lease (server/storage/coordination.py); one a crashed node abandoned is
+#: aborted once its lease lapsed and the sweeper's grace period passed.
+MULTIPART_UPLOAD_AGE = GARBAGE_GRACE
 
 
 def _is_client_hex(text: str) -> bool:
@@ -345,6 +348,10 @@ class S3Blobs:
 
     def _named_keys(self) -> set[str]:
         """The blob keys every name (stored or set aside) holds, read once per ETag."""
+        return set(self._name_keys().values())
+
+    def _name_keys(self) -> dict[str, str]:
+        """The blob key each name object (stored or set aside) holds, read once per ETag."""
         found: dict[str, tuple[str, str]] = {}
         for prefix in (FILES, ORPHANED):
             for entry in self._list(prefix):
@@ -359,7 +366,7 @@ class S3Blobs:
                     found[name] = (etag, key)
         with self._lock:
             self._names = found
-        return {key for _, key in found.values()}
+        return {name: key for name, (_, key) in found.items()}
 
     def _blob_of(self, object_name: str) -> UnpublishedBlob | None:
         """The client and key of a ``blobs/`` object name (None: not one of the server's)."""
@@ -418,16 +425,25 @@ class S3Blobs:
             writer.aborted = True
 
     def stored(self) -> list[BlobEntry]:
-        """Every file's name in the store.
+        """Every file's name in the store whose blob is there (as :meth:`exists` says).
+
+        Listings, and a read of each name not read since it last changed
+        (its ETag): a repair, whose listing of garbage has read them all
+        just before, reads none.
 
         Raises:
             StorageFault: the store cannot be listed.
         """
+        names = self._name_keys()
+        blobs = {blob for blob in map(self._blob_of, (e["Key"] for e in self._list(BLOBS)))
+                 if blob is not None}
         found = []
         start = len(self.location.prefix) + len(FILES)
-        for entry in self._list(FILES):
-            parts = entry["Key"][start:].split("/")
-            if len(parts) == 2 and _is_client_hex(parts[0]) and parts[1]:
+        for name_object, key in names.items():
+            parts = name_object[start:].split("/")
+            if (name_object.startswith(self.location.prefix + FILES) and len(parts) == 2
+                    and _is_client_hex(parts[0]) and parts[1]
+                    and UnpublishedBlob(bytes.fromhex(parts[0]), key) in blobs):
                 found.append(BlobEntry(parts[0], parts[1], f"{RECEIVED_DIR}/{parts[0]}/{parts[1]}"))
         return found
 
