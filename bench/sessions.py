@@ -44,6 +44,7 @@ on PostgreSQL ≤ 2.5 ms, no error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import re
@@ -55,6 +56,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import fairness
 from common import (
     REPO,
     Check, Quietness, cpu_seconds, median, percentile, print_table, raise_fd_limit, report,
@@ -74,13 +76,28 @@ KEY_POOL = 8
 #: The targets of issue 13 (point 5).
 TARGET_CPU_MS = 1.8
 TARGET_RATE = 400.0
-#: The targets of issue 26: PostgreSQL's rate against SQLite's, side by side, and its loop CPU.
+#: The targets of issue 26 (its table): PostgreSQL's rate against SQLite's, side by side,
+#: two processes' rate against one's, the loop CPU, and the 827 beside big uploads.
 TARGET_POSTGRES_RATIO = 0.6
+TARGET_NODES_RATIO = 1.5
 TARGET_POSTGRES_LOOP_CPU_MS = 2.5
+TARGET_UPLOADS_P99_MS = 50.0
+#: The target of issue 26 judged by a test, not here: files answered, then lost.
+LOST_FILES_TEST = "tests/server/test_two_nodes.py"
+DEFAULT_CLIENTS = (200,)
+ISSUE_26_CLIENTS = (200, 1000)
+UPLOAD_RUNS = 3
+#: The setups' labels, and the two server processes sharing one database.
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
+NODES = 2
+NODE_NAMES = ("a", "b")
+POSTGRESQL_NODES = f"postgresql, {NODES} nodes"
 #: The line the PostgreSQL store logs at its close (server/storage/postgres/store.py).
 _DATABASE_COUNTS = re.compile(r"database: (\d+) round trip\(s\), (\d+) statement\(s\)")
-#: How the store names itself to PostgreSQL (its backends are found by it).
-_APPLICATION_NAME = "cipherdrop-server"
+#: How the store ("cipherdrop-server") and the coordination ("cipherdrop coordination
+#: NODE") name themselves to PostgreSQL: their backends are found by it.
+_APPLICATION_NAMES = "cipherdrop%"
 SESSION_DEADLINE = 120.0
 SELECT_TIMEOUT = 1.0
 RECV_SIZE = 65536
@@ -210,15 +227,16 @@ class ClientSession:
 
 
 def database_backends(url: str | None) -> list[int]:
-    """The server's backends in the database at ``url`` (none for SQLite, or one elsewhere)."""
+    """The servers' backends in the database at ``url``, their store's and their
+    coordination's (none for SQLite, or for a database elsewhere)."""
     if url is None:
         return []
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as db:
         rows = db.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
-            " AND datname = current_database()", (_APPLICATION_NAME,),
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s"
+            " AND datname = current_database()", (_APPLICATION_NAMES,),
         ).fetchall()
     return [pid for (pid,) in rows if Path(f"/proc/{pid}").exists()]
 
@@ -227,20 +245,26 @@ def _cpu_of(pids: list[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
 
+def _system_of(pids: list[int]) -> float:
+    return sum(system_seconds(pid) for pid in pids)
+
+
 def run_once(
-    address: tuple[str, int], count: int, shared: Shared, server_pid: int,
+    addresses: list[tuple[str, int]], count: int, shared: Shared, server_pids: list[int],
     backends: list[int] | None = None,
 ) -> dict:
-    """Start ``count`` sessions at once and drive them all to the end."""
+    """Start ``count`` sessions at once, split in turn across the servers at ``addresses``,
+    and drive them all to the end."""
     backends = backends or []
     sessions = [ClientSession(index, shared) for index in range(count)]  # before the clock
     selector = selectors.DefaultSelector()
     both = selectors.EVENT_READ | selectors.EVENT_WRITE
-    cpu_before, system_before = cpu_seconds(server_pid), system_seconds(server_pid)
+    cpu_before, system_before = _cpu_of(server_pids), _system_of(server_pids)
     database_before = _cpu_of(backends)
     started = time.perf_counter()
     interest = {}
-    for session in sessions:
+    for index, session in enumerate(sessions):
+        address = addresses[index % len(addresses)]
         selector.register(session.connect(address), both, session)
         interest[session] = both
     live = count
@@ -261,8 +285,8 @@ def run_once(
             if wanted != interest[session]:
                 selector.modify(key.fileobj, wanted, session)
                 interest[session] = wanted
-    cpu = cpu_seconds(server_pid) - cpu_before
-    system = system_seconds(server_pid) - system_before
+    cpu = _cpu_of(server_pids) - cpu_before
+    system = _system_of(server_pids) - system_before
     database = _cpu_of(backends) - database_before
     finished = [s.finished for s in sessions if s.finished]
     elapsed = max(finished) - started if finished else float("nan")
@@ -284,17 +308,45 @@ def run_once(
     }
 
 
+@dataclass
+class Setup:
+    """Where the metadata is, and how many server processes share it."""
+
+    label: str
+    url: str | None  # None: SQLite in each server's data folder
+    nodes: int = 1
+
+
+@dataclass
+class Figures:
+    """The medians of one setup at one N."""
+
+    loop_ms: float
+    rate: float
+    errors: int
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[200],
-                        help="concurrent clients N (several values: one row each)")
+    parser.add_argument("--clients", type=int, nargs="+", default=None,
+                        help="concurrent clients N (several values: one row each; default"
+                        f" {DEFAULT_CLIENTS[0]}, or {' and '.join(map(str, ISSUE_26_CLIENTS))}"
+                        " on PostgreSQL)")
     parser.add_argument("--runs", type=int, default=3, help="runs per N (median)")
     parser.add_argument("--metadata", metavar="URL",
                         help="also run with the metadata in this PostgreSQL database"
                         " (postgresql://…; the password in ~/.pgpass or PGPASSWORD)")
     parser.add_argument("--postgres", action="store_true",
                         help="also run on PostgreSQL, in a throwaway cluster started here")
+    parser.add_argument("--upload-mib", type=int, default=fairness.DEFAULT_SIZE_MIB,
+                        help="on PostgreSQL: each of the four uploads beside the 827 probe"
+                        " (bench/fairness.py; 0: not run)")
+    parser.add_argument("--upload-runs", type=int, default=UPLOAD_RUNS,
+                        help="on PostgreSQL: runs of the four uploads (median)")
     args = parser.parse_args()
+    on_postgres = args.postgres or args.metadata is not None
+    if args.clients is None:
+        args.clients = list(ISSUE_26_CLIENTS if on_postgres else DEFAULT_CLIENTS)
     largest = max(args.clients)
     raise_fd_limit(2 * largest + FD_MARGIN)
 
@@ -304,115 +356,205 @@ def main() -> int:
         keys.append((private, crypto.export_public_key(private)))
     payload = os.urandom(FILE_SIZE)
     cluster = None
-    stores: list[tuple[str, str | None]] = [("sqlite", None)]
+    setups = [Setup(SQLITE, None)]
     if args.postgres:
         sys.path.insert(0, str(REPO / "tests"))
         from backends.postgres import PostgresCluster
 
         cluster = PostgresCluster.start()
-        stores.append(("postgresql", cluster.database("bench")))
+        setups += [Setup(POSTGRESQL, cluster.database("bench_one")),
+                   Setup(POSTGRESQL_NODES, cluster.database("bench_two"), NODES)]
     elif args.metadata:
-        stores.append(("postgresql", args.metadata))
+        setups += [Setup(POSTGRESQL, args.metadata),
+                   Setup(POSTGRESQL_NODES, args.metadata, NODES)]
     try:
-        rows, checks, quiet = _measure(args, stores, keys, payload)
+        rows, figures, quiet = _measure(args, setups, keys, payload)
+        uploads = None
+        if on_postgres and args.upload_mib:
+            uploads, quiet = _probe_beside_uploads(args, setups[1].url, quiet)
     finally:
         if cluster is not None:
             cluster.stop()
     print()
     print_table(
         f"825, 826, one {FILE_SIZE // 1024} KiB file, 900 per client; median of {args.runs} runs"
-        " (errors: total; server CPU = loop + database backends)",
+        " (errors: total; server CPU = loop + database backends, per session; N split across"
+        " the nodes)",
         ["metadata", "N", "server CPU ms/session", "loop", "of it kernel", "database",
          "round trips/session", "statements/session", "sessions/s", "errors", "p50 ms",
-         "p99 ms"], rows,
+         "p99 ms", "load", "others' share"], rows,
     )
+    if uploads is not None:
+        print()
+        print_table(f"on PostgreSQL: 827 → 1605 round trip while {fairness.UPLOADS} uploads of"
+                    f" {args.upload_mib} MiB stream in",
+                    ["", "round trips", "p50 ms", "p99 ms", "max ms"],
+                    uploads.rows + [uploads.median_row()])
+    checks = _sqlite_checks(args.clients, figures)
+    if on_postgres:
+        checks += _postgres_checks(args, figures, uploads)
     return report(checks, quiet)
 
 
 def _measure(
-    args: argparse.Namespace, stores: list[tuple[str, str | None]], keys: list, payload: bytes
-) -> tuple[list, list[Check], Quietness]:
-    """Every store, every N, ``args.runs`` runs each: the table's rows, the checks, the
+    args: argparse.Namespace, setups: list[Setup], keys: list, payload: bytes
+) -> tuple[list, dict[tuple[str, int], Figures], Quietness]:
+    """Every setup, every N, ``args.runs`` runs each: the table's rows, the medians, the
     noisiest run's quietness."""
     rows: list = []
-    checks: list[Check] = []
-    rates: dict[tuple[str, int], float] = {}
+    figures: dict[tuple[str, int], Figures] = {}
     quiet: Quietness | None = None  # the noisiest run's: it decides the verdict
     run = 0
-    for store, url in stores:
-        with tempfile.TemporaryDirectory(prefix="cipherdrop-sessions-") as temp:
-            flags = ["--max-connections", str(max(args.clients) + FD_MARGIN)]
-            if url is not None:
-                flags += ["--metadata", url]
+    for setup in setups:
+        with tempfile.TemporaryDirectory(prefix="cipherdrop-sessions-") as temp, \
+                contextlib.ExitStack() as stack:
+            servers = [stack.enter_context(start_server(Path(temp) / f"server{node}", *flags))
+                       for node, flags in enumerate(_server_flags(args, setup, Path(temp)))]
+            addresses = [server.address for server in servers]
+            pids = [server.pid for server in servers]
+            backends = database_backends(setup.url)
             store_rows = []
-            with start_server(Path(temp) / "server", *flags) as server:
-                backends = database_backends(url)
-                sessions = 0
-                for count in args.clients:
-                    results = []
-                    for _ in range(args.runs):
-                        run += 1
-                        waited = settle()
-                        shared = Shared(keys, payload, cksum(payload), run)
-                        with Quietness() as this_run:  # the settling wait is not measured
-                            result = run_once(server.address, count, shared, server.pid,
-                                              backends)
-                        sessions += count
-                        if quiet is None or this_run.others_share > quiet.others_share:
-                            quiet = this_run
-                        results.append(result)
-                        print(f"{store} N={count} run {len(results)}: {result['cpu_ms']:.2f} ms"
-                              f" loop CPU/session ({result['system_ms']:.2f} in the kernel),"
-                              f" {result['database_ms']:.2f} ms database,"
-                              f" {result['rate']:.0f} sessions/s,"
-                              f" {result['errors']} errors {result['first_error']}"
-                              f" (after {waited:.0f} s for TIME_WAIT to clear)", flush=True)
-                    loop_ms = median([r["cpu_ms"] for r in results])
-                    database_ms = median([r["database_ms"] for r in results])
-                    rate = median([r["rate"] for r in results])
-                    rates[store, count] = rate
-                    errors = sum(r["errors"] for r in results)
-                    store_rows.append([
-                        store, count, f"{loop_ms + database_ms:.2f}", f"{loop_ms:.2f}",
-                        f"{median([r['system_ms'] for r in results]):.2f}",
-                        f"{database_ms:.2f}" if backends else "-", "", "",
-                        f"{rate:.0f}", errors,
-                        f"{median([r['p50'] for r in results]) * _MS:.0f}",
-                        f"{median([r['p99'] for r in results]) * _MS:.0f}",
-                    ])
-                    checks.extend(_checks(store, count, loop_ms, rate, errors, rates))
-            if url is not None:  # the store logs its round trips at its close
-                found = _DATABASE_COUNTS.findall(server.log_path.read_text())
-                if found:
-                    trips, statements = (int(value) for value in found[-1])
-                    for row in store_rows:
-                        row[6] = f"{trips / sessions:.1f}"
-                        row[7] = f"{statements / sessions:.1f}"
+            sessions = 0
+            for count in args.clients:
+                results = []
+                for _ in range(args.runs):
+                    run += 1
+                    waited = settle()
+                    shared = Shared(keys, payload, cksum(payload), run)
+                    with Quietness() as this_run:  # the settling wait is not measured
+                        result = run_once(addresses, count, shared, pids, backends)
+                    result["load"] = this_run.load_average[0]
+                    result["others"] = this_run.others_share
+                    sessions += count
+                    if quiet is None or this_run.others_share > quiet.others_share:
+                        quiet = this_run
+                    results.append(result)
+                    print(f"{setup.label} N={count} run {len(results)}: {result['cpu_ms']:.2f} ms"
+                          f" loop CPU/session ({result['system_ms']:.2f} in the kernel),"
+                          f" {result['database_ms']:.2f} ms database,"
+                          f" {result['rate']:.0f} sessions/s,"
+                          f" {result['errors']} errors {result['first_error']}"
+                          f" (after {waited:.0f} s for TIME_WAIT to clear; load"
+                          f" {result['load']:.2f}, others {result['others']:.0%})", flush=True)
+                loop_ms = median([r["cpu_ms"] for r in results])
+                database_ms = median([r["database_ms"] for r in results])
+                rate = median([r["rate"] for r in results])
+                errors = sum(r["errors"] for r in results)
+                figures[setup.label, count] = Figures(loop_ms, rate, errors)
+                store_rows.append([
+                    setup.label, count, f"{loop_ms + database_ms:.2f}", f"{loop_ms:.2f}",
+                    f"{median([r['system_ms'] for r in results]):.2f}",
+                    f"{database_ms:.2f}" if backends else "-", "-", "-",
+                    f"{rate:.0f}", errors,
+                    f"{median([r['p50'] for r in results]) * _MS:.0f}",
+                    f"{median([r['p99'] for r in results]) * _MS:.0f}",
+                    f"{median([r['load'] for r in results]):.2f}",
+                    f"{median([r['others'] for r in results]):.0%}",
+                ])
+            for server in servers:
+                server.stop()  # the store logs its round trips at its close
+            trips, statements = _database_counts(servers)
+            if trips:
+                for row in store_rows:
+                    row[6] = f"{trips / sessions:.1f}"
+                    row[7] = f"{statements / sessions:.1f}"
             rows.extend(store_rows)
     assert quiet is not None  # at least one run
-    return rows, checks, quiet
+    return rows, figures, quiet
 
 
-def _checks(
-    store: str, count: int, loop_ms: float, rate: float, errors: int,
-    rates: dict[tuple[str, int], float],
-) -> list[Check]:
-    """The verdicts of one row: issue 13's on SQLite, issue 26's on PostgreSQL."""
-    found = [Check(f"{store} N={count}: zero errors", str(errors), errors == 0)]
-    if store == "sqlite":
-        return found + [
-            Check(f"N={count}: ≤ {TARGET_CPU_MS} ms server CPU/session",
-                  f"{loop_ms:.2f} ms", loop_ms <= TARGET_CPU_MS),
-            Check(f"N={count}: ≥ {TARGET_RATE:.0f} sessions/s", f"{rate:.0f}/s",
-                  rate >= TARGET_RATE),
+def _server_flags(args: argparse.Namespace, setup: Setup, temp: Path) -> list[list[str]]:
+    """Each server's flags: on PostgreSQL, its URL; with several nodes, their names and
+    one blob folder they share."""
+    flags = ["--max-connections", str(max(args.clients) + FD_MARGIN)]
+    if setup.url is None:
+        return [flags]
+    flags += ["--metadata", setup.url]
+    if setup.nodes == 1:
+        return [flags]
+    shared_blobs = ["--blobs", (temp / "blobs").as_uri()]
+    return [flags + shared_blobs + ["--node-name", NODE_NAMES[node]]
+            for node in range(setup.nodes)]
+
+
+def _database_counts(servers: list) -> tuple[int, int]:
+    """The round trips and statements the servers' stores logged at their close."""
+    trips = statements = 0
+    for server in servers:
+        found = _DATABASE_COUNTS.findall(server.log_path.read_text())
+        if found:
+            trips += int(found[-1][0])
+            statements += int(found[-1][1])
+    return trips, statements
+
+
+def _probe_beside_uploads(
+    args: argparse.Namespace, url: str | None, quiet: Quietness
+) -> tuple[fairness.StreamRuns, Quietness]:
+    """bench/fairness.py's streams on PostgreSQL; the noisier quietness of the two."""
+    assert url is not None
+    with tempfile.TemporaryDirectory(prefix="cipherdrop-sessions-uploads-") as temp, \
+            Quietness() as during:
+        found = fairness.probe_beside_uploads(
+            Path(temp), args.upload_mib, args.upload_runs, "--metadata", url,
+            label="postgresql, 827 beside four uploads: ",
+        )
+        during.sample()
+    return found, during if during.others_share > quiet.others_share else quiet
+
+
+def _sqlite_checks(clients: list[int], figures: dict[tuple[str, int], Figures]) -> list[Check]:
+    """Issue 13's targets, on SQLite."""
+    checks = []
+    for count in clients:
+        found = figures[SQLITE, count]
+        checks += [
+            Check(f"{SQLITE} N={count}: zero errors", str(found.errors), found.errors == 0),
+            Check(f"{SQLITE} N={count}: ≤ {TARGET_CPU_MS} ms server CPU/session",
+                  f"{found.loop_ms:.2f} ms", found.loop_ms <= TARGET_CPU_MS),
+            Check(f"{SQLITE} N={count}: ≥ {TARGET_RATE:.0f} sessions/s", f"{found.rate:.0f}/s",
+                  found.rate >= TARGET_RATE),
         ]
-    ratio = rate / rates["sqlite", count] if rates.get(("sqlite", count)) else float("nan")
-    return found + [
-        Check(f"{store} N={count}: ≤ {TARGET_POSTGRES_LOOP_CPU_MS} ms loop CPU/session",
-              f"{loop_ms:.2f} ms", loop_ms <= TARGET_POSTGRES_LOOP_CPU_MS),
-        Check(f"{store} N={count}: sessions/s ÷ SQLite's ≥ {TARGET_POSTGRES_RATIO}",
-              f"{ratio:.2f}", ratio >= TARGET_POSTGRES_RATIO),
-    ]
+    return checks
+
+
+def _postgres_checks(
+    args: argparse.Namespace, figures: dict[tuple[str, int], Figures],
+    uploads: fairness.StreamRuns | None,
+) -> list[Check]:
+    """Issue 26's targets table, row by row."""
+    checks = []
+    for count in args.clients:
+        one, sqlite, two = (figures[label, count]
+                            for label in (POSTGRESQL, SQLITE, POSTGRESQL_NODES))
+        ratio = one.rate / sqlite.rate if sqlite.rate else float("nan")
+        checks.append(Check(
+            f"N={count}: sessions/s, one process, PostgreSQL ÷ SQLite ≥ {TARGET_POSTGRES_RATIO}",
+            f"{ratio:.2f} ({one.rate:.0f} ÷ {sqlite.rate:.0f})", ratio >= TARGET_POSTGRES_RATIO))
+    for count in args.clients:
+        one, two = figures[POSTGRESQL, count], figures[POSTGRESQL_NODES, count]
+        ratio = two.rate / one.rate if one.rate else float("nan")
+        checks.append(Check(
+            f"N={count}: sessions/s, {NODES} processes ÷ one, on PostgreSQL ≥ {TARGET_NODES_RATIO}",
+            f"{ratio:.2f} ({two.rate:.0f} ÷ {one.rate:.0f})", ratio >= TARGET_NODES_RATIO))
+    for count in args.clients:
+        loop_ms = figures[POSTGRESQL, count].loop_ms
+        checks.append(Check(
+            f"N={count}: loop CPU/session on PostgreSQL ≤ {TARGET_POSTGRES_LOOP_CPU_MS} ms",
+            f"{loop_ms:.2f} ms", loop_ms <= TARGET_POSTGRES_LOOP_CPU_MS))
+    errors = sum(found.errors for found in figures.values())
+    checks.append(Check(
+        f"errors across N = {', '.join(map(str, args.clients))} (every setup, every run)",
+        str(errors), errors == 0))
+    if uploads is not None:
+        p99 = median(uploads.p99s)
+        checks.append(Check(
+            f"827 round trip p99 beside {fairness.UPLOADS} uploads of {args.upload_mib} MiB,"
+            f" on PostgreSQL ≤ {TARGET_UPLOADS_P99_MS:.0f} ms (errors: {uploads.errors})",
+            f"{p99:.1f} ms", p99 <= TARGET_UPLOADS_P99_MS and uploads.errors == 0))
+    checks.append(Check("answered-then-lost files across a node kill and a database restart"
+                        " = 0", "-", False, judged_by=LOST_FILES_TEST))
+    return checks
 
 
 if __name__ == "__main__":
