@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -349,29 +349,43 @@ TIME_WAIT_SECONDS = 60.0
 SETTLED_TIME_WAITS = 100
 
 
-def time_wait_sockets() -> int:
-    """The machine's TCP sockets in TIME_WAIT (IPv4 and IPv6)."""
+def time_wait_sockets(ports: Collection[int] | None = None) -> int:
+    """The machine's TCP sockets in TIME_WAIT (IPv4 and IPv6); with ``ports``, only those
+    with one of them at either end."""
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
             continue
-        count += sum(1 for line in lines if line.split()[3] == _TIME_WAIT)
+        for line in lines:
+            fields = line.split()
+            if fields[3] != _TIME_WAIT:
+                continue
+            if ports is None or _port(fields[1]) in ports or _port(fields[2]) in ports:
+                count += 1
     return count
 
 
-def settle() -> float:
+def _port(address: str) -> int:
+    """The port of /proc/net/tcp's ``HEXADDRESS:HEXPORT``."""
+    return int(address.rsplit(":", 1)[1], 16)
+
+
+def settle(ports: Collection[int] | None = None) -> float:
     """Wait until earlier runs' connections have left TIME_WAIT; the seconds waited.
 
     A run of N sessions leaves N of them for a minute, and thousands make the
     kernel's share of every later session grow, run after run (seen here:
     1.9 → 3.2 ms of server CPU per session over four runs in a row, 1.8 → 2.1
-    with a minute between them): each run starts from a settled table.
+    with a minute between them, against one server): each run starts from a
+    settled table. With ``ports`` (the servers' of the next run), only the
+    connections to them count: the machine's others (other programs', or
+    another server's of the benchmark) are not waited for.
     """
     started = time.monotonic()
     deadline = started + TIME_WAIT_SECONDS + POLL_INTERVAL * 10
-    while time_wait_sockets() >= SETTLED_TIME_WAITS and time.monotonic() < deadline:
+    while time_wait_sockets(ports) >= SETTLED_TIME_WAITS and time.monotonic() < deadline:
         time.sleep(POLL_INTERVAL * 10)
     return time.monotonic() - started
 

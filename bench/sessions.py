@@ -17,28 +17,39 @@ Prints, per N (the median of ``--runs`` runs): the server's CPU milliseconds
 per session (utime + stime from /proc/<pid>/stat, the run's delta ÷ sessions:
 a figure the machine's load moves less; the kernel's part, stime, beside
 it), sessions per second (N over the time from the first connect to the last
-1604: a figure it does move), errors, and p50/p99 of a session's time. Each
-run starts once the earlier runs' connections have left TIME_WAIT (up to a
-minute: see ``common.settle``), or the kernel's part grows run after run.
-Then the machine's load average and the share of the cores other processes
-used during the runs (the noisiest run's), and a verdict per
-target: ≤ 1.8 ms of server CPU per session, ≥ 400 sessions/s, no error. When
-other processes used more than 10 % of the cores the verdicts are refused
-("noisy: no verdict", exit status 2): the figures are printed, not judged.
+1604: a figure it does move), errors, p50/p99 of a session's time, and the
+machine's load beside them (the 1-minute load average, and the share of the
+cores other processes used during the run). Each run starts once its servers'
+earlier connections have left TIME_WAIT (up to a minute: see
+``common.settle``), or the kernel's part grows run after run. Then a verdict
+per target: ≤ 1.8 ms of server CPU per session, ≥ 400 sessions/s, no error
+(issue 13). When other processes used more than 10 % of the cores in the
+noisiest run, the verdicts are refused (exit status 2): each row says what
+it would be, marked "noisy: no verdict".
 
     python bench/sessions.py                       # N = 200, 3 runs
     python bench/sessions.py --clients 200 1000 --runs 3
-    python bench/sessions.py --postgres            # and beside it, on PostgreSQL
+    python bench/sessions.py --postgres            # issue 26's targets table
     python bench/sessions.py --metadata postgresql://cipherdrop@db.example/bench
 
 With ``--postgres`` (a throwaway cluster from the installed binaries,
-tests/backends/postgres.py) or ``--metadata URL``, every N runs on SQLite and
-then on PostgreSQL, in the same run; the server CPU per session is then the
-loop process's plus the database's backends' (from /proc, when the database
-is on this machine), and the round trips and statements per session are read
-from the line the store logs at its close. The verdicts of issue 26 come
-with them: sessions/s on PostgreSQL ÷ on SQLite ≥ 0.6, loop CPU per session
-on PostgreSQL ≤ 2.5 ms, no error.
+tests/backends/postgres.py) or ``--metadata URL``, N is 200 and 1000 unless
+given, and each N runs in three setups side by side, their runs interleaved
+(run 1 of each, then run 2 of each...; each setup and N has servers of its
+own): SQLite; PostgreSQL; and two ``python -m server`` processes
+(``--node-name a`` and ``b``, one blob folder) sharing the PostgreSQL
+database, the clients split across them in turn. The server CPU per session
+is then the loop processes' plus the database's backends' (the stores' and
+the coordinations', from /proc, when the database is on this machine), and
+the round trips and statements per session are read from the line each
+store logs at its close. Then bench/fairness.py's four uploads of 256 MiB
+(``--upload-mib``) beside the 827 probe, on PostgreSQL. The targets of
+issue 26 come with them, row by row: sessions/s on PostgreSQL ÷ on SQLite
+≥ 0.6; two processes ÷ one, on PostgreSQL, ≥ 1.5; loop CPU per session on
+PostgreSQL ≤ 2.5 ms; no error across every N; the 827's p99 beside the
+uploads ≤ 50 ms; and no answered file lost across a node kill and a
+database restart, which tests/server/test_two_nodes.py judges (its row says
+so).
 """
 
 from __future__ import annotations
@@ -53,7 +64,7 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import fairness
@@ -396,70 +407,94 @@ def main() -> int:
     return report(checks, quiet)
 
 
+@dataclass
+class Group:
+    """One setup's servers for one N, started once and measured ``--runs`` times."""
+
+    setup: Setup
+    count: int
+    servers: list
+    backends: list[int]
+    results: list[dict] = field(default_factory=list)
+    #: The round trips and statements its stores logged at their close.
+    database_counts: tuple[int, int] = (0, 0)
+
+    @property
+    def ports(self) -> list[int]:
+        return [server.port for server in self.servers]
+
+
 def _measure(
     args: argparse.Namespace, setups: list[Setup], keys: list, payload: bytes
 ) -> tuple[list, dict[tuple[str, int], Figures], Quietness]:
-    """Every setup, every N, ``args.runs`` runs each: the table's rows, the medians, the
-    noisiest run's quietness."""
-    rows: list = []
-    figures: dict[tuple[str, int], Figures] = {}
+    """Every setup at every N, ``args.runs`` runs each, interleaved (run 1 of each, then run
+    2 of each...): the table's rows, the medians, the noisiest run's quietness.
+
+    Each (setup, N) has servers of its own, on ports of their own, so that a run waits
+    only for its own earlier run's connections to leave TIME_WAIT (``settle``).
+    """
     quiet: Quietness | None = None  # the noisiest run's: it decides the verdict
-    run = 0
-    for setup in setups:
-        with tempfile.TemporaryDirectory(prefix="cipherdrop-sessions-") as temp, \
-                contextlib.ExitStack() as stack:
-            servers = [stack.enter_context(start_server(Path(temp) / f"server{node}", *flags))
-                       for node, flags in enumerate(_server_flags(args, setup, Path(temp)))]
-            addresses = [server.address for server in servers]
-            pids = [server.pid for server in servers]
-            backends = database_backends(setup.url)
-            store_rows = []
-            sessions = 0
-            for count in args.clients:
-                results = []
-                for _ in range(args.runs):
-                    run += 1
-                    waited = settle()
-                    shared = Shared(keys, payload, cksum(payload), run)
-                    with Quietness() as this_run:  # the settling wait is not measured
-                        result = run_once(addresses, count, shared, pids, backends)
-                    result["load"] = this_run.load_average[0]
-                    result["others"] = this_run.others_share
-                    sessions += count
-                    if quiet is None or this_run.others_share > quiet.others_share:
-                        quiet = this_run
-                    results.append(result)
-                    print(f"{setup.label} N={count} run {len(results)}: {result['cpu_ms']:.2f} ms"
-                          f" loop CPU/session ({result['system_ms']:.2f} in the kernel),"
-                          f" {result['database_ms']:.2f} ms database,"
-                          f" {result['rate']:.0f} sessions/s,"
-                          f" {result['errors']} errors {result['first_error']}"
-                          f" (after {waited:.0f} s for TIME_WAIT to clear; load"
-                          f" {result['load']:.2f}, others {result['others']:.0%})", flush=True)
-                loop_ms = median([r["cpu_ms"] for r in results])
-                database_ms = median([r["database_ms"] for r in results])
-                rate = median([r["rate"] for r in results])
-                errors = sum(r["errors"] for r in results)
-                figures[setup.label, count] = Figures(loop_ms, rate, errors)
-                store_rows.append([
-                    setup.label, count, f"{loop_ms + database_ms:.2f}", f"{loop_ms:.2f}",
-                    f"{median([r['system_ms'] for r in results]):.2f}",
-                    f"{database_ms:.2f}" if backends else "-", "-", "-",
-                    f"{rate:.0f}", errors,
-                    f"{median([r['p50'] for r in results]) * _MS:.0f}",
-                    f"{median([r['p99'] for r in results]) * _MS:.0f}",
-                    f"{median([r['load'] for r in results]):.2f}",
-                    f"{median([r['others'] for r in results]):.0%}",
-                ])
-            for server in servers:
+    with tempfile.TemporaryDirectory(prefix="cipherdrop-sessions-") as temp, \
+            contextlib.ExitStack() as stack:
+        groups = []
+        for count in args.clients:
+            for setup in setups:
+                folder = Path(temp) / f"{len(groups)}"
+                before = set(database_backends(setup.url))
+                servers = [stack.enter_context(start_server(folder / f"server{node}", *flags))
+                           for node, flags in enumerate(_server_flags(args, setup, folder))]
+                backends = [pid for pid in database_backends(setup.url) if pid not in before]
+                groups.append(Group(setup, count, servers, backends))
+        serial = 0  # the names of a run's clients are new in every database
+        for run in range(1, args.runs + 1):
+            for group in groups:
+                serial += 1
+                waited = settle(group.ports)
+                shared = Shared(keys, payload, cksum(payload), serial)
+                with Quietness() as this_run:  # the settling wait is not measured
+                    result = run_once([server.address for server in group.servers],
+                                      group.count, shared,
+                                      [server.pid for server in group.servers], group.backends)
+                result["load"] = this_run.load_average[0]
+                result["others"] = this_run.others_share
+                if quiet is None or this_run.others_share > quiet.others_share:
+                    quiet = this_run
+                group.results.append(result)
+                print(f"{group.setup.label} N={group.count} run {run}: {result['cpu_ms']:.2f} ms"
+                      f" loop CPU/session ({result['system_ms']:.2f} in the kernel),"
+                      f" {result['database_ms']:.2f} ms database,"
+                      f" {result['rate']:.0f} sessions/s,"
+                      f" {result['errors']} errors {result['first_error']}"
+                      f" (after {waited:.0f} s for TIME_WAIT to clear; load"
+                      f" {result['load']:.2f}, others {result['others']:.0%})", flush=True)
+        for group in groups:
+            for server in group.servers:
                 server.stop()  # the store logs its round trips at its close
-            trips, statements = _database_counts(servers)
-            if trips:
-                for row in store_rows:
-                    row[6] = f"{trips / sessions:.1f}"
-                    row[7] = f"{statements / sessions:.1f}"
-            rows.extend(store_rows)
+            group.database_counts = _database_counts(group.servers)
     assert quiet is not None  # at least one run
+    rows = []
+    figures: dict[tuple[str, int], Figures] = {}
+    for group in sorted(groups, key=lambda g: (setups.index(g.setup), g.count)):
+        results = group.results
+        loop_ms = median([r["cpu_ms"] for r in results])
+        database_ms = median([r["database_ms"] for r in results])
+        rate = median([r["rate"] for r in results])
+        errors = sum(r["errors"] for r in results)
+        figures[group.setup.label, group.count] = Figures(loop_ms, rate, errors)
+        trips, statements = group.database_counts
+        sessions = group.count * len(results)
+        rows.append([
+            group.setup.label, group.count, f"{loop_ms + database_ms:.2f}", f"{loop_ms:.2f}",
+            f"{median([r['system_ms'] for r in results]):.2f}",
+            f"{database_ms:.2f}" if group.backends else "-",
+            f"{trips / sessions:.1f}" if trips else "-",
+            f"{statements / sessions:.1f}" if trips else "-",
+            f"{rate:.0f}", errors,
+            f"{median([r['p50'] for r in results]) * _MS:.0f}",
+            f"{median([r['p99'] for r in results]) * _MS:.0f}",
+            f"{median([r['load'] for r in results]):.2f}",
+            f"{median([r['others'] for r in results]):.0%}",
+        ])
     return rows, figures, quiet
 
 
