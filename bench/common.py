@@ -198,18 +198,40 @@ LOAD_FLAGS = (
 )
 
 
-def start_server(data_dir: Path, *flags: str, log_level: str = "INFO") -> Server:
+#: ``python -c`` this, the statistics' path, then the server's arguments: ``python -m
+#: server`` under cProfile, timed by the process's CPU time.
+_PROFILED_SERVER = """
+import cProfile, runpy, sys, time
+path = sys.argv.pop(1)
+profile = cProfile.Profile(time.process_time)
+try:
+    profile.runcall(runpy.run_module, "server", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+finally:
+    profile.dump_stats(path)
+"""
+
+
+def start_server(data_dir: Path, *flags: str, log_level: str = "INFO",
+                 profile: Path | None = None) -> Server:
     """Start the real server on a free port of 127.0.0.1; wait until it accepts.
 
     Its log goes to a file beside ``data_dir`` (the default INFO level, as
-    deployed: one line per connection and request).
+    deployed: one line per connection and request). With ``profile``, it runs
+    under cProfile timed by CPU time (not wall time: waits on the database or
+    the machine's other processes count nothing), which writes its statistics
+    there when the server stops (``python -m pstats``; the server's CPU figures
+    then include the profiler's).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = data_dir.parent / f"{data_dir.name}-server.log"
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--host", HOST, "--port", str(port),
+            [sys.executable,
+             *(("-c", _PROFILED_SERVER, str(profile)) if profile else ("-m", "server")),
+             "--host", HOST, "--port", str(port),
              "--data-dir", str(data_dir), "--log-level", log_level, *LOAD_FLAGS, *flags],
             cwd=data_dir, env=env(), stdin=subprocess.DEVNULL,
             stdout=log_file, stderr=subprocess.STDOUT,

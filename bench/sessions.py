@@ -354,6 +354,10 @@ def main() -> int:
                         " (bench/fairness.py; 0: not run)")
     parser.add_argument("--upload-runs", type=int, default=UPLOAD_RUNS,
                         help="on PostgreSQL: runs of the four uploads (median)")
+    parser.add_argument("--profile", metavar="DIR", type=Path,
+                        help="run each server under cProfile, its statistics written to"
+                        " DIR/SETUP-N-NODE.prof at its stop (the CPU figures then include"
+                        " the profiler's)")
     args = parser.parse_args()
     on_postgres = args.postgres or args.metadata is not None
     if args.clients is None:
@@ -441,8 +445,13 @@ def _measure(
             for setup in setups:
                 folder = Path(temp) / f"{len(groups)}"
                 before = set(database_backends(setup.url))
-                servers = [stack.enter_context(start_server(folder / f"server{node}", *flags))
-                           for node, flags in enumerate(_server_flags(args, setup, folder))]
+                servers = [
+                    stack.enter_context(start_server(
+                        folder / f"server{node}", *flags,
+                        profile=_profile_path(args.profile, setup, count, node),
+                    ))
+                    for node, flags in enumerate(_server_flags(args, setup, folder))
+                ]
                 backends = [pid for pid in database_backends(setup.url) if pid not in before]
                 groups.append(Group(setup, count, servers, backends))
         serial = 0  # the names of a run's clients are new in every database
@@ -510,6 +519,15 @@ def _server_flags(args: argparse.Namespace, setup: Setup, temp: Path) -> list[li
     shared_blobs = ["--blobs", (temp / "blobs").as_uri()]
     return [flags + shared_blobs + ["--node-name", NODE_NAMES[node]]
             for node in range(setup.nodes)]
+
+
+def _profile_path(folder: Path | None, setup: Setup, count: int, node: int) -> Path | None:
+    """Where a server's cProfile statistics go (``--profile``), or None."""
+    if folder is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^a-z0-9]+", "-", setup.label)
+    return folder.resolve() / f"{name}-{count}-{node}.prof"
 
 
 def _database_counts(servers: list) -> tuple[int, int]:
