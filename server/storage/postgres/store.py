@@ -10,7 +10,7 @@ is durable (``synchronous_commit`` as the database sets it: on by default).
 Round trips, not statements, are what a request costs (~0.1 ms each on
 loopback, and the loop waits for each): a request's writes are queued, with
 its ``SAVEPOINT`` and ``RELEASE``, and go out as one multi-statement message
-(parameters bound by psycopg's client-side escaping) with the next read
+(parameters bound as literals: server/storage/postgres/literals.py) with the next read
 that must see them or with the round's ``COMMIT``. A queued write of a
 request that has ended cannot be undone alone once it fails (its answer
 waits for the round): such a failure loses the round. A client's row and
@@ -43,6 +43,7 @@ from ..base import Binding, ClientRow, FileRow, timestamp
 from . import schema
 from ..urltext import without_password
 from .connect import connect, fault, reason
+from .literals import Binder
 from .roundcommit import PgRoundCommit
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,9 @@ class PostgresMetadata:
         #: No new connection is tried before this (time.monotonic()), after one failed.
         self._retry_at = 0.0
         self._unreachable = False
+        #: Binds a batch's parameters for one message, by the quoting rules of its connection.
+        self._binder: Binder | None = None
+        self._binder_of: psycopg.Connection | None = None
         #: Round trips and statements sent (bench/sessions.py reads them).
         self.round_trips = 0
         self.statements = 0
@@ -308,7 +312,7 @@ class PostgresMetadata:
             if len(batch) == 1:
                 cursor = db.execute(*batch[0])
             else:  # one message: one round trip, and less loop CPU than a pipeline
-                cursor = db.execute(_one_message(db, batch))
+                cursor = db.execute(self._one_message(db, batch))
                 while cursor.nextset():  # to the last statement's result
                     pass
             return cursor.fetchall() if read is not None else []
@@ -323,6 +327,12 @@ class PostgresMetadata:
             elif not self._levels and self._in_round:  # no savepoint to go back to
                 self._lose_round(reason(exc))
             raise fault(exc) from exc
+
+    def _one_message(self, db: psycopg.Connection, batch: list[_Statement]) -> str:
+        """Statements with their parameters bound as literals, as one text."""
+        if self._binder is None or self._binder_of is not db:  # a new connection's rules
+            self._binder, self._binder_of = Binder(db), db
+        return self._binder.text(batch)
 
     def _write(self, statement: str, *params: Any) -> None:
         """Queue a write; outside any transaction, send it at once."""
@@ -455,7 +465,8 @@ class PostgresMetadata:
         self._deferred = False
         self.round_trips += 1
         self.statements += len(batch)
-        commit = PgRoundCommit(db.pgconn, _one_message(db, batch).encode(), self._commit_done)
+        message = self._one_message(db, batch).encode()
+        commit = PgRoundCommit(db.pgconn, message, self._commit_done)
         self._commit = commit
         return commit
 
@@ -712,12 +723,6 @@ def migrate_at(conninfo: str) -> tuple[int, int]:
         raise StoreUnusable(f"cannot use {without_password(conninfo)}: {reason(exc)}") from exc
     finally:
         db.close()
-
-
-def _one_message(db: psycopg.Connection, batch: list[_Statement]) -> str:
-    """Statements with their parameters bound (psycopg's client-side escaping), as one text."""
-    binder = psycopg.ClientCursor(db)
-    return ";".join(binder.mogrify(*statement) for statement in batch)
 
 
 def _is_the_callers(exc: psycopg.Error) -> bool:
