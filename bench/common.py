@@ -34,10 +34,12 @@ STOP_TIMEOUT = 30.0
 POLL_INTERVAL = 0.05
 
 
-def env() -> dict[str, str]:
-    """The environment that runs this checkout's packages."""
+def env(checkout: Path = REPO) -> dict[str, str]:
+    """The environment that runs this checkout's packages (or another's)."""
     result = dict(os.environ)
-    result["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), result.get("PYTHONPATH")]))
+    result["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(checkout), result.get("PYTHONPATH")])
+    )
     return result
 
 
@@ -214,7 +216,7 @@ finally:
 
 
 def start_server(data_dir: Path, *flags: str, log_level: str = "INFO",
-                 profile: Path | None = None) -> Server:
+                 profile: Path | None = None, checkout: Path = REPO) -> Server:
     """Start the real server on a free port of 127.0.0.1; wait until it accepts.
 
     Its log goes to a file beside ``data_dir`` (the default INFO level, as
@@ -222,7 +224,8 @@ def start_server(data_dir: Path, *flags: str, log_level: str = "INFO",
     under cProfile timed by CPU time (not wall time: waits on the database or
     the machine's other processes count nothing), which writes its statistics
     there when the server stops (``python -m pstats``; the server's CPU figures
-    then include the profiler's).
+    then include the profiler's). ``checkout``: the server of another checkout
+    of the project (a worktree of an earlier commit, to compare with).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -233,7 +236,7 @@ def start_server(data_dir: Path, *flags: str, log_level: str = "INFO",
              *(("-c", _PROFILED_SERVER, str(profile)) if profile else ("-m", "server")),
              "--host", HOST, "--port", str(port),
              "--data-dir", str(data_dir), "--log-level", log_level, *LOAD_FLAGS, *flags],
-            cwd=data_dir, env=env(), stdin=subprocess.DEVNULL,
+            cwd=data_dir, env=env(checkout), stdin=subprocess.DEVNULL,
             stdout=log_file, stderr=subprocess.STDOUT,
         )
     server = Server(process, port, data_dir, log_path)

@@ -50,6 +50,12 @@ PostgreSQL ≤ 2.5 ms; no error across every N; the 827's p99 beside the
 uploads ≤ 50 ms; and no answered file lost across a node kill and a
 database restart, which tests/server/test_two_nodes.py judges (its row says
 so).
+
+``--compare-with CHECKOUT`` adds the one-process PostgreSQL setup once more,
+run by the server of another checkout (``git worktree add /tmp/before
+COMMIT``): a change's before and after, side by side in one run.
+``--profile DIR`` runs every server under cProfile, timed by CPU time (what
+dominates the loop's CPU per session: ``python -m pstats DIR/FILE.prof``).
 """
 
 from __future__ import annotations
@@ -326,6 +332,8 @@ class Setup:
     label: str
     url: str | None  # None: SQLite in each server's data folder
     nodes: int = 1
+    #: Whose server: this checkout's, or another's (``--compare-with``).
+    checkout: Path = REPO
 
 
 @dataclass
@@ -354,6 +362,10 @@ def main() -> int:
                         " (bench/fairness.py; 0: not run)")
     parser.add_argument("--upload-runs", type=int, default=UPLOAD_RUNS,
                         help="on PostgreSQL: runs of the four uploads (median)")
+    parser.add_argument("--compare-with", metavar="CHECKOUT", type=Path,
+                        help="on PostgreSQL: the one-process setup run a second time, side by"
+                        " side, with the server of another checkout of the project (a"
+                        " `git worktree add` of an earlier commit: before and after a change)")
     parser.add_argument("--profile", metavar="DIR", type=Path,
                         help="run each server under cProfile, its statistics written to"
                         " DIR/SETUP-N-NODE.prof at its stop (the CPU figures then include"
@@ -382,6 +394,10 @@ def main() -> int:
     elif args.metadata:
         setups += [Setup(POSTGRESQL, args.metadata),
                    Setup(POSTGRESQL_NODES, args.metadata, NODES)]
+    if on_postgres and args.compare_with:
+        url = cluster.database("bench_compared") if cluster else args.metadata
+        setups.append(Setup(f"{POSTGRESQL} ({args.compare_with.name})", url,
+                            checkout=args.compare_with.resolve()))
     try:
         rows, figures, quiet = _measure(args, setups, keys, payload)
         uploads = None
@@ -449,6 +465,7 @@ def _measure(
                     stack.enter_context(start_server(
                         folder / f"server{node}", *flags,
                         profile=_profile_path(args.profile, setup, count, node),
+                        checkout=setup.checkout,
                     ))
                     for node, flags in enumerate(_server_flags(args, setup, folder))
                 ]
