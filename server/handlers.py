@@ -100,9 +100,15 @@ def _why_no_room(app: App, peer: Peer, replace: ClientRow | None) -> str | None:
     grows_group = replace is None or app.group_of(replace.registered_from) != peer.group
 
     def full() -> str | None:
-        if replace is None and app.metadata.count_clients() >= app.limits.max_clients:
-            return "client limit reached"
-        if grows_group and app.metadata.count_clients(peer.group) >= app.client_share:
+        if replace is None:  # one more client, in all and in its group: read together
+            total, in_group = app.metadata.client_counts(peer.group)
+            if total >= app.limits.max_clients:
+                return "client limit reached"
+        elif grows_group:
+            in_group = app.metadata.count_clients(peer.group)
+        else:
+            return None
+        if in_group >= app.client_share:
             return "this address's share of the client limit reached"
         return None
 

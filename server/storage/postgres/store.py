@@ -71,6 +71,11 @@ _SELECT_CLIENT_AND_BINDING = (
 _SELECT_CLIENT = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE ID = %s"
 _SELECT_CLIENT_BY_NAME = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = %s"
 _COUNT_CLIENTS = "SELECT Clients FROM client_counts WHERE AddressGroup = %s"
+#: The total and one group's count, in one statement (a group never counted: 0).
+_COUNT_CLIENTS_AND_GROUP = (
+    "SELECT (SELECT Clients FROM client_counts WHERE AddressGroup = %s),"
+    " COALESCE((SELECT Clients FROM client_counts WHERE AddressGroup = %s), 0)"
+)
 _UNUSED_KEYED = (
     "SELECT ID FROM clients"
     " WHERE PublicKey IS NOT NULL AND UnusedSince IS NOT NULL AND UnusedSince < %s"
@@ -543,6 +548,12 @@ class PostgresMetadata:
         trigger: no scan)."""
         rows = self._read(_COUNT_CLIENTS, schema.TOTAL_GROUP if group is None else group)
         return int(rows[0][0]) if rows else 0
+
+    def client_counts(self, group: str) -> tuple[int, int]:
+        """How many clients are registered, and how many from one address group: one round
+        trip."""
+        total, in_group = self._read(_COUNT_CLIENTS_AND_GROUP, schema.TOTAL_GROUP, group)[0]
+        return int(total or 0), int(in_group)
 
     def unused_clients(self, before: float) -> list[bytes]:
         """Clients with a key that never stored a file, their last key issued before ``before``."""
