@@ -301,7 +301,7 @@ class MetadataStore(Protocol):
         """Register a name, keyless, in a protocol edition, from ``address`` (for its share).
 
         Raises:
-            NameTaken: another client holds the name.
+            NameTaken: another client holds the name, or the id (nothing is overwritten).
         """
         ...
 

@@ -777,7 +777,7 @@ class SqliteMetadata:
         """Register a name (no keys yet) in a protocol edition, from ``address``.
 
         Raises:
-            NameTaken: another client holds the name.
+            NameTaken: another client holds the name, or the id.
         """
         try:
             self._db.execute(

@@ -154,6 +154,15 @@ def test_a_verdict_reads_its_client_and_binding_once(sqlite_app):
     assert client_reads(run) == 1, run  # one statement: the row with its binding
 
 
+def test_an_825_of_a_new_name_reads_its_name_and_not_its_fresh_id(sqlite_app):
+    """A fresh id is 128 random bits: the store's key refuses a taken one, unread."""
+    app, statements = sqlite_app
+    client = Client(app)
+    run = statements.during(lambda: client.feed(Register(client_id=bytes(16), name="newcomer")))
+    assert [type(answer) for answer in client.answers()] == [Registered]
+    assert reads_by_table(run)["clients"] == 1, run  # by its name
+
+
 @pytest.mark.needed_in_ci
 def test_an_825_of_a_new_name_reads_both_client_counts_in_one_round_trip(
     tmp_path, postgres_url, monkeypatch

@@ -148,6 +148,15 @@ def test_a_taken_name_raises_name_taken_and_writes_nothing(metadata):
     assert metadata.client_by_id(BOB) is None and metadata.count_clients() == 1
 
 
+def test_a_taken_id_raises_name_taken_and_overwrites_nothing(metadata):
+    register(metadata, ALICE, "alice")
+    with pytest.raises(NameTaken):
+        with metadata.transaction():
+            metadata.insert_client(ALICE, "bob", NOW, "v3", "127.0.0.2")
+    assert metadata.client_by_id(ALICE).name == "alice" and metadata.count_clients() == 1
+    assert metadata.client_by_name("bob") is None
+
+
 def test_keys_edition_and_crc_are_kept(metadata):
     register(metadata, ALICE, "alice")
     with metadata.transaction():

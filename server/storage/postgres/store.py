@@ -54,8 +54,9 @@ _RELEASE = "RELEASE request"
 _ROLLBACK_TO = "ROLLBACK TO request"
 _ROLLBACK = "ROLLBACK"
 _COMMIT = "COMMIT"
-#: The one write whose failure is its own request's answer (NameTaken), not the round's loss.
-_NAME_CONSTRAINT = "clients_name_key"
+#: The one write whose failure is its own request's answer (NameTaken), not the round's
+#: loss: a client's insert, refused for its name or (as the other stores do) its id.
+_INSERT_CONSTRAINTS = frozenset({"clients_name_key", "clients_pkey"})
 
 _CLIENT_FIELDS = (
     "ID", "Name", "PublicKey", "LastSeen", "AESKey", "Edition", "Crc", "RegisteredFrom",
@@ -569,7 +570,7 @@ class PostgresMetadata:
         """Register a name (no keys yet) in a protocol edition, from ``address``; sent at once.
 
         Raises:
-            NameTaken: another client holds the name.
+            NameTaken: another client holds the name, or the id.
         """
         group = None if address is None else self._group_of(address)
         self._live()
@@ -739,7 +740,7 @@ def migrate_at(conninfo: str) -> tuple[int, int]:
 def _is_the_callers(exc: psycopg.Error) -> bool:
     """Whether a batch's failure is its last statement's, the caller's own: a taken name."""
     return isinstance(exc, pg_errors.UniqueViolation) and (
-        exc.diag.constraint_name == _NAME_CONSTRAINT
+        exc.diag.constraint_name in _INSERT_CONSTRAINTS
     )
 
 
