@@ -17,33 +17,51 @@ Prints, per N (the median of ``--runs`` runs): the server's CPU milliseconds
 per session (utime + stime from /proc/<pid>/stat, the run's delta ÷ sessions:
 a figure the machine's load moves less; the kernel's part, stime, beside
 it), sessions per second (N over the time from the first connect to the last
-1604: a figure it does move), errors, and p50/p99 of a session's time. Each
-run starts once the earlier runs' connections have left TIME_WAIT (up to a
-minute: see ``common.settle``), or the kernel's part grows run after run.
-Then the machine's load average and the share of the cores other processes
-used during the runs (the noisiest run's), and a verdict per
-target: ≤ 1.8 ms of server CPU per session, ≥ 400 sessions/s, no error. When
-other processes used more than 10 % of the cores the verdicts are refused
-("noisy: no verdict", exit status 2): the figures are printed, not judged.
+1604: a figure it does move), errors, p50/p99 of a session's time, and the
+machine's load beside them (the 1-minute load average, and the share of the
+cores other processes used during the run). Each run starts once its servers'
+earlier connections have left TIME_WAIT (up to a minute: see
+``common.settle``), or the kernel's part grows run after run. Then a verdict
+per target: ≤ 1.8 ms of server CPU per session, ≥ 400 sessions/s, no error
+(issue 13). When other processes used more than 10 % of the cores in the
+noisiest run, the verdicts are refused (exit status 2): each row says what
+it would be, marked "noisy: no verdict".
 
     python bench/sessions.py                       # N = 200, 3 runs
     python bench/sessions.py --clients 200 1000 --runs 3
-    python bench/sessions.py --postgres            # and beside it, on PostgreSQL
+    python bench/sessions.py --postgres            # issue 26's targets table
     python bench/sessions.py --metadata postgresql://cipherdrop@db.example/bench
 
 With ``--postgres`` (a throwaway cluster from the installed binaries,
-tests/backends/postgres.py) or ``--metadata URL``, every N runs on SQLite and
-then on PostgreSQL, in the same run; the server CPU per session is then the
-loop process's plus the database's backends' (from /proc, when the database
-is on this machine), and the round trips and statements per session are read
-from the line the store logs at its close. The verdicts of issue 26 come
-with them: sessions/s on PostgreSQL ÷ on SQLite ≥ 0.6, loop CPU per session
-on PostgreSQL ≤ 2.5 ms, no error.
+tests/backends/postgres.py) or ``--metadata URL``, N is 200 and 1000 unless
+given, and each N runs in three setups side by side, their runs interleaved
+(run 1 of each, then run 2 of each...; each setup and N has servers of its
+own): SQLite; PostgreSQL; and two ``python -m server`` processes
+(``--node-name a`` and ``b``, one blob folder) sharing the PostgreSQL
+database, the clients split across them in turn. The server CPU per session
+is then the loop processes' plus the database's backends' (the stores' and
+the coordinations', from /proc, when the database is on this machine), and
+the round trips and statements per session are read from the line each
+store logs at its close. Then bench/fairness.py's four uploads of 256 MiB
+(``--upload-mib``) beside the 827 probe, on PostgreSQL. The targets of
+issue 26 come with them, row by row: sessions/s on PostgreSQL ÷ on SQLite
+≥ 0.6; two processes ÷ one, on PostgreSQL, ≥ 1.5; loop CPU per session on
+PostgreSQL ≤ 2.5 ms; no error across every N; the 827's p99 beside the
+uploads ≤ 50 ms; and no answered file lost across a node kill and a
+database restart, which tests/server/test_two_nodes.py judges (its row says
+so).
+
+``--compare-with CHECKOUT`` adds the one-process PostgreSQL setup once more,
+run by the server of another checkout (``git worktree add /tmp/before
+COMMIT``): a change's before and after, side by side in one run.
+``--profile DIR`` runs every server under cProfile, timed by CPU time (what
+dominates the loop's CPU per session: ``python -m pstats DIR/FILE.prof``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import re
@@ -52,9 +70,10 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import fairness
 from common import (
     REPO,
     Check, Quietness, cpu_seconds, median, percentile, print_table, raise_fd_limit, report,
@@ -74,13 +93,28 @@ KEY_POOL = 8
 #: The targets of issue 13 (point 5).
 TARGET_CPU_MS = 1.8
 TARGET_RATE = 400.0
-#: The targets of issue 26: PostgreSQL's rate against SQLite's, side by side, and its loop CPU.
+#: The targets of issue 26 (its table): PostgreSQL's rate against SQLite's, side by side,
+#: two processes' rate against one's, the loop CPU, and the 827 beside big uploads.
 TARGET_POSTGRES_RATIO = 0.6
+TARGET_NODES_RATIO = 1.5
 TARGET_POSTGRES_LOOP_CPU_MS = 2.5
+TARGET_UPLOADS_P99_MS = 50.0
+#: The target of issue 26 judged by a test, not here: files answered, then lost.
+LOST_FILES_TEST = "tests/server/test_two_nodes.py"
+DEFAULT_CLIENTS = (200,)
+ISSUE_26_CLIENTS = (200, 1000)
+UPLOAD_RUNS = 3
+#: The setups' labels, and the two server processes sharing one database.
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
+NODES = 2
+NODE_NAMES = ("a", "b")
+POSTGRESQL_NODES = f"postgresql, {NODES} nodes"
 #: The line the PostgreSQL store logs at its close (server/storage/postgres/store.py).
 _DATABASE_COUNTS = re.compile(r"database: (\d+) round trip\(s\), (\d+) statement\(s\)")
-#: How the store names itself to PostgreSQL (its backends are found by it).
-_APPLICATION_NAME = "cipherdrop-server"
+#: How the store ("cipherdrop-server") and the coordination ("cipherdrop coordination
+#: NODE") name themselves to PostgreSQL: their backends are found by it.
+_APPLICATION_NAMES = "cipherdrop%"
 SESSION_DEADLINE = 120.0
 SELECT_TIMEOUT = 1.0
 RECV_SIZE = 65536
@@ -210,15 +244,16 @@ class ClientSession:
 
 
 def database_backends(url: str | None) -> list[int]:
-    """The server's backends in the database at ``url`` (none for SQLite, or one elsewhere)."""
+    """The servers' backends in the database at ``url``, their store's and their
+    coordination's (none for SQLite, or for a database elsewhere)."""
     if url is None:
         return []
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as db:
         rows = db.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
-            " AND datname = current_database()", (_APPLICATION_NAME,),
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s"
+            " AND datname = current_database()", (_APPLICATION_NAMES,),
         ).fetchall()
     return [pid for (pid,) in rows if Path(f"/proc/{pid}").exists()]
 
@@ -227,20 +262,26 @@ def _cpu_of(pids: list[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
 
+def _system_of(pids: list[int]) -> float:
+    return sum(system_seconds(pid) for pid in pids)
+
+
 def run_once(
-    address: tuple[str, int], count: int, shared: Shared, server_pid: int,
+    addresses: list[tuple[str, int]], count: int, shared: Shared, server_pids: list[int],
     backends: list[int] | None = None,
 ) -> dict:
-    """Start ``count`` sessions at once and drive them all to the end."""
+    """Start ``count`` sessions at once, split in turn across the servers at ``addresses``,
+    and drive them all to the end."""
     backends = backends or []
     sessions = [ClientSession(index, shared) for index in range(count)]  # before the clock
     selector = selectors.DefaultSelector()
     both = selectors.EVENT_READ | selectors.EVENT_WRITE
-    cpu_before, system_before = cpu_seconds(server_pid), system_seconds(server_pid)
+    cpu_before, system_before = _cpu_of(server_pids), _system_of(server_pids)
     database_before = _cpu_of(backends)
     started = time.perf_counter()
     interest = {}
-    for session in sessions:
+    for index, session in enumerate(sessions):
+        address = addresses[index % len(addresses)]
         selector.register(session.connect(address), both, session)
         interest[session] = both
     live = count
@@ -261,8 +302,8 @@ def run_once(
             if wanted != interest[session]:
                 selector.modify(key.fileobj, wanted, session)
                 interest[session] = wanted
-    cpu = cpu_seconds(server_pid) - cpu_before
-    system = system_seconds(server_pid) - system_before
+    cpu = _cpu_of(server_pids) - cpu_before
+    system = _system_of(server_pids) - system_before
     database = _cpu_of(backends) - database_before
     finished = [s.finished for s in sessions if s.finished]
     elapsed = max(finished) - started if finished else float("nan")
@@ -284,17 +325,55 @@ def run_once(
     }
 
 
+@dataclass
+class Setup:
+    """Where the metadata is, and how many server processes share it."""
+
+    label: str
+    url: str | None  # None: SQLite in each server's data folder
+    nodes: int = 1
+    #: Whose server: this checkout's, or another's (``--compare-with``).
+    checkout: Path = REPO
+
+
+@dataclass
+class Figures:
+    """The medians of one setup at one N."""
+
+    loop_ms: float
+    rate: float
+    errors: int
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[200],
-                        help="concurrent clients N (several values: one row each)")
+    parser.add_argument("--clients", type=int, nargs="+", default=None,
+                        help="concurrent clients N (several values: one row each; default"
+                        f" {DEFAULT_CLIENTS[0]}, or {' and '.join(map(str, ISSUE_26_CLIENTS))}"
+                        " on PostgreSQL)")
     parser.add_argument("--runs", type=int, default=3, help="runs per N (median)")
     parser.add_argument("--metadata", metavar="URL",
                         help="also run with the metadata in this PostgreSQL database"
                         " (postgresql://…; the password in ~/.pgpass or PGPASSWORD)")
     parser.add_argument("--postgres", action="store_true",
                         help="also run on PostgreSQL, in a throwaway cluster started here")
+    parser.add_argument("--upload-mib", type=int, default=fairness.DEFAULT_SIZE_MIB,
+                        help="on PostgreSQL: each of the four uploads beside the 827 probe"
+                        " (bench/fairness.py; 0: not run)")
+    parser.add_argument("--upload-runs", type=int, default=UPLOAD_RUNS,
+                        help="on PostgreSQL: runs of the four uploads (median)")
+    parser.add_argument("--compare-with", metavar="CHECKOUT", type=Path,
+                        help="on PostgreSQL: the one-process setup run a second time, side by"
+                        " side, with the server of another checkout of the project (a"
+                        " `git worktree add` of an earlier commit: before and after a change)")
+    parser.add_argument("--profile", metavar="DIR", type=Path,
+                        help="run each server under cProfile, its statistics written to"
+                        " DIR/SETUP-N-NODE.prof at its stop (the CPU figures then include"
+                        " the profiler's)")
     args = parser.parse_args()
+    on_postgres = args.postgres or args.metadata is not None
+    if args.clients is None:
+        args.clients = list(ISSUE_26_CLIENTS if on_postgres else DEFAULT_CLIENTS)
     largest = max(args.clients)
     raise_fd_limit(2 * largest + FD_MARGIN)
 
@@ -304,115 +383,248 @@ def main() -> int:
         keys.append((private, crypto.export_public_key(private)))
     payload = os.urandom(FILE_SIZE)
     cluster = None
-    stores: list[tuple[str, str | None]] = [("sqlite", None)]
+    setups = [Setup(SQLITE, None)]
     if args.postgres:
         sys.path.insert(0, str(REPO / "tests"))
         from backends.postgres import PostgresCluster
 
         cluster = PostgresCluster.start()
-        stores.append(("postgresql", cluster.database("bench")))
+        setups += [Setup(POSTGRESQL, cluster.database("bench_one")),
+                   Setup(POSTGRESQL_NODES, cluster.database("bench_two"), NODES)]
     elif args.metadata:
-        stores.append(("postgresql", args.metadata))
+        setups += [Setup(POSTGRESQL, args.metadata),
+                   Setup(POSTGRESQL_NODES, args.metadata, NODES)]
+    if on_postgres and args.compare_with:
+        url = cluster.database("bench_compared") if cluster else args.metadata
+        setups.append(Setup(f"{POSTGRESQL} ({args.compare_with.name})", url,
+                            checkout=args.compare_with.resolve()))
     try:
-        rows, checks, quiet = _measure(args, stores, keys, payload)
+        rows, figures, quiet = _measure(args, setups, keys, payload)
+        uploads = None
+        if on_postgres and args.upload_mib:
+            uploads, quiet = _probe_beside_uploads(args, setups[1].url, quiet)
     finally:
         if cluster is not None:
             cluster.stop()
     print()
     print_table(
         f"825, 826, one {FILE_SIZE // 1024} KiB file, 900 per client; median of {args.runs} runs"
-        " (errors: total; server CPU = loop + database backends)",
+        " (errors: total; server CPU = loop + database backends, per session; N split across"
+        " the nodes)",
         ["metadata", "N", "server CPU ms/session", "loop", "of it kernel", "database",
          "round trips/session", "statements/session", "sessions/s", "errors", "p50 ms",
-         "p99 ms"], rows,
+         "p99 ms", "load", "others' share"], rows,
     )
+    if uploads is not None:
+        print()
+        print_table(f"on PostgreSQL: 827 → 1605 round trip while {fairness.UPLOADS} uploads of"
+                    f" {args.upload_mib} MiB stream in",
+                    ["", "round trips", "p50 ms", "p99 ms", "max ms"],
+                    uploads.rows + [uploads.median_row()])
+    checks = _sqlite_checks(args.clients, figures)
+    if on_postgres:
+        checks += _postgres_checks(args, figures, uploads)
     return report(checks, quiet)
 
 
+@dataclass
+class Group:
+    """One setup's servers for one N, started once and measured ``--runs`` times."""
+
+    setup: Setup
+    count: int
+    servers: list
+    backends: list[int]
+    results: list[dict] = field(default_factory=list)
+    #: The round trips and statements its stores logged at their close.
+    database_counts: tuple[int, int] = (0, 0)
+
+    @property
+    def ports(self) -> list[int]:
+        return [server.port for server in self.servers]
+
+
 def _measure(
-    args: argparse.Namespace, stores: list[tuple[str, str | None]], keys: list, payload: bytes
-) -> tuple[list, list[Check], Quietness]:
-    """Every store, every N, ``args.runs`` runs each: the table's rows, the checks, the
-    noisiest run's quietness."""
-    rows: list = []
-    checks: list[Check] = []
-    rates: dict[tuple[str, int], float] = {}
+    args: argparse.Namespace, setups: list[Setup], keys: list, payload: bytes
+) -> tuple[list, dict[tuple[str, int], Figures], Quietness]:
+    """Every setup at every N, ``args.runs`` runs each, interleaved (run 1 of each, then run
+    2 of each...): the table's rows, the medians, the noisiest run's quietness.
+
+    Each (setup, N) has servers of its own, on ports of their own, so that a run waits
+    only for its own earlier run's connections to leave TIME_WAIT (``settle``).
+    """
     quiet: Quietness | None = None  # the noisiest run's: it decides the verdict
-    run = 0
-    for store, url in stores:
-        with tempfile.TemporaryDirectory(prefix="cipherdrop-sessions-") as temp:
-            flags = ["--max-connections", str(max(args.clients) + FD_MARGIN)]
-            if url is not None:
-                flags += ["--metadata", url]
-            store_rows = []
-            with start_server(Path(temp) / "server", *flags) as server:
-                backends = database_backends(url)
-                sessions = 0
-                for count in args.clients:
-                    results = []
-                    for _ in range(args.runs):
-                        run += 1
-                        waited = settle()
-                        shared = Shared(keys, payload, cksum(payload), run)
-                        with Quietness() as this_run:  # the settling wait is not measured
-                            result = run_once(server.address, count, shared, server.pid,
-                                              backends)
-                        sessions += count
-                        if quiet is None or this_run.others_share > quiet.others_share:
-                            quiet = this_run
-                        results.append(result)
-                        print(f"{store} N={count} run {len(results)}: {result['cpu_ms']:.2f} ms"
-                              f" loop CPU/session ({result['system_ms']:.2f} in the kernel),"
-                              f" {result['database_ms']:.2f} ms database,"
-                              f" {result['rate']:.0f} sessions/s,"
-                              f" {result['errors']} errors {result['first_error']}"
-                              f" (after {waited:.0f} s for TIME_WAIT to clear)", flush=True)
-                    loop_ms = median([r["cpu_ms"] for r in results])
-                    database_ms = median([r["database_ms"] for r in results])
-                    rate = median([r["rate"] for r in results])
-                    rates[store, count] = rate
-                    errors = sum(r["errors"] for r in results)
-                    store_rows.append([
-                        store, count, f"{loop_ms + database_ms:.2f}", f"{loop_ms:.2f}",
-                        f"{median([r['system_ms'] for r in results]):.2f}",
-                        f"{database_ms:.2f}" if backends else "-", "", "",
-                        f"{rate:.0f}", errors,
-                        f"{median([r['p50'] for r in results]) * _MS:.0f}",
-                        f"{median([r['p99'] for r in results]) * _MS:.0f}",
-                    ])
-                    checks.extend(_checks(store, count, loop_ms, rate, errors, rates))
-            if url is not None:  # the store logs its round trips at its close
-                found = _DATABASE_COUNTS.findall(server.log_path.read_text())
-                if found:
-                    trips, statements = (int(value) for value in found[-1])
-                    for row in store_rows:
-                        row[6] = f"{trips / sessions:.1f}"
-                        row[7] = f"{statements / sessions:.1f}"
-            rows.extend(store_rows)
+    with tempfile.TemporaryDirectory(prefix="cipherdrop-sessions-") as temp, \
+            contextlib.ExitStack() as stack:
+        groups = []
+        for count in args.clients:
+            for setup in setups:
+                folder = Path(temp) / f"{len(groups)}"
+                before = set(database_backends(setup.url))
+                servers = [
+                    stack.enter_context(start_server(
+                        folder / f"server{node}", *flags,
+                        profile=_profile_path(args.profile, setup, count, node),
+                        checkout=setup.checkout,
+                    ))
+                    for node, flags in enumerate(_server_flags(args, setup, folder))
+                ]
+                backends = [pid for pid in database_backends(setup.url) if pid not in before]
+                groups.append(Group(setup, count, servers, backends))
+        serial = 0  # the names of a run's clients are new in every database
+        for run in range(1, args.runs + 1):
+            for group in groups:
+                serial += 1
+                waited = settle(group.ports)
+                shared = Shared(keys, payload, cksum(payload), serial)
+                with Quietness() as this_run:  # the settling wait is not measured
+                    result = run_once([server.address for server in group.servers],
+                                      group.count, shared,
+                                      [server.pid for server in group.servers], group.backends)
+                result["load"] = this_run.load_average[0]
+                result["others"] = this_run.others_share
+                if quiet is None or this_run.others_share > quiet.others_share:
+                    quiet = this_run
+                group.results.append(result)
+                print(f"{group.setup.label} N={group.count} run {run}: {result['cpu_ms']:.2f} ms"
+                      f" loop CPU/session ({result['system_ms']:.2f} in the kernel),"
+                      f" {result['database_ms']:.2f} ms database,"
+                      f" {result['rate']:.0f} sessions/s,"
+                      f" {result['errors']} errors {result['first_error']}"
+                      f" (after {waited:.0f} s for TIME_WAIT to clear; load"
+                      f" {result['load']:.2f}, others {result['others']:.0%})", flush=True)
+        for group in groups:
+            for server in group.servers:
+                server.stop()  # the store logs its round trips at its close
+            group.database_counts = _database_counts(group.servers)
     assert quiet is not None  # at least one run
-    return rows, checks, quiet
+    rows = []
+    figures: dict[tuple[str, int], Figures] = {}
+    for group in sorted(groups, key=lambda g: (setups.index(g.setup), g.count)):
+        results = group.results
+        loop_ms = median([r["cpu_ms"] for r in results])
+        database_ms = median([r["database_ms"] for r in results])
+        rate = median([r["rate"] for r in results])
+        errors = sum(r["errors"] for r in results)
+        figures[group.setup.label, group.count] = Figures(loop_ms, rate, errors)
+        trips, statements = group.database_counts
+        sessions = group.count * len(results)
+        rows.append([
+            group.setup.label, group.count, f"{loop_ms + database_ms:.2f}", f"{loop_ms:.2f}",
+            f"{median([r['system_ms'] for r in results]):.2f}",
+            f"{database_ms:.2f}" if group.backends else "-",
+            f"{trips / sessions:.1f}" if trips else "-",
+            f"{statements / sessions:.1f}" if trips else "-",
+            f"{rate:.0f}", errors,
+            f"{median([r['p50'] for r in results]) * _MS:.0f}",
+            f"{median([r['p99'] for r in results]) * _MS:.0f}",
+            f"{median([r['load'] for r in results]):.2f}",
+            f"{median([r['others'] for r in results]):.0%}",
+        ])
+    return rows, figures, quiet
 
 
-def _checks(
-    store: str, count: int, loop_ms: float, rate: float, errors: int,
-    rates: dict[tuple[str, int], float],
-) -> list[Check]:
-    """The verdicts of one row: issue 13's on SQLite, issue 26's on PostgreSQL."""
-    found = [Check(f"{store} N={count}: zero errors", str(errors), errors == 0)]
-    if store == "sqlite":
-        return found + [
-            Check(f"N={count}: ≤ {TARGET_CPU_MS} ms server CPU/session",
-                  f"{loop_ms:.2f} ms", loop_ms <= TARGET_CPU_MS),
-            Check(f"N={count}: ≥ {TARGET_RATE:.0f} sessions/s", f"{rate:.0f}/s",
-                  rate >= TARGET_RATE),
+def _server_flags(args: argparse.Namespace, setup: Setup, temp: Path) -> list[list[str]]:
+    """Each server's flags: on PostgreSQL, its URL; with several nodes, their names and
+    one blob folder they share."""
+    flags = ["--max-connections", str(max(args.clients) + FD_MARGIN)]
+    if setup.url is None:
+        return [flags]
+    flags += ["--metadata", setup.url]
+    if setup.nodes == 1:
+        return [flags]
+    shared_blobs = ["--blobs", (temp / "blobs").as_uri()]
+    return [flags + shared_blobs + ["--node-name", NODE_NAMES[node]]
+            for node in range(setup.nodes)]
+
+
+def _profile_path(folder: Path | None, setup: Setup, count: int, node: int) -> Path | None:
+    """Where a server's cProfile statistics go (``--profile``), or None."""
+    if folder is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^a-z0-9]+", "-", setup.label)
+    return folder.resolve() / f"{name}-{count}-{node}.prof"
+
+
+def _database_counts(servers: list) -> tuple[int, int]:
+    """The round trips and statements the servers' stores logged at their close."""
+    trips = statements = 0
+    for server in servers:
+        found = _DATABASE_COUNTS.findall(server.log_path.read_text())
+        if found:
+            trips += int(found[-1][0])
+            statements += int(found[-1][1])
+    return trips, statements
+
+
+def _probe_beside_uploads(
+    args: argparse.Namespace, url: str | None, quiet: Quietness
+) -> tuple[fairness.StreamRuns, Quietness]:
+    """bench/fairness.py's streams on PostgreSQL; the noisier quietness of the two."""
+    assert url is not None
+    with tempfile.TemporaryDirectory(prefix="cipherdrop-sessions-uploads-") as temp, \
+            Quietness() as during:
+        found = fairness.probe_beside_uploads(
+            Path(temp), args.upload_mib, args.upload_runs, "--metadata", url,
+            label="postgresql, 827 beside four uploads: ",
+        )
+        during.sample()
+    return found, during if during.others_share > quiet.others_share else quiet
+
+
+def _sqlite_checks(clients: list[int], figures: dict[tuple[str, int], Figures]) -> list[Check]:
+    """Issue 13's targets, on SQLite."""
+    checks = []
+    for count in clients:
+        found = figures[SQLITE, count]
+        checks += [
+            Check(f"{SQLITE} N={count}: zero errors", str(found.errors), found.errors == 0),
+            Check(f"{SQLITE} N={count}: ≤ {TARGET_CPU_MS} ms server CPU/session",
+                  f"{found.loop_ms:.2f} ms", found.loop_ms <= TARGET_CPU_MS),
+            Check(f"{SQLITE} N={count}: ≥ {TARGET_RATE:.0f} sessions/s", f"{found.rate:.0f}/s",
+                  found.rate >= TARGET_RATE),
         ]
-    ratio = rate / rates["sqlite", count] if rates.get(("sqlite", count)) else float("nan")
-    return found + [
-        Check(f"{store} N={count}: ≤ {TARGET_POSTGRES_LOOP_CPU_MS} ms loop CPU/session",
-              f"{loop_ms:.2f} ms", loop_ms <= TARGET_POSTGRES_LOOP_CPU_MS),
-        Check(f"{store} N={count}: sessions/s ÷ SQLite's ≥ {TARGET_POSTGRES_RATIO}",
-              f"{ratio:.2f}", ratio >= TARGET_POSTGRES_RATIO),
-    ]
+    return checks
+
+
+def _postgres_checks(
+    args: argparse.Namespace, figures: dict[tuple[str, int], Figures],
+    uploads: fairness.StreamRuns | None,
+) -> list[Check]:
+    """Issue 26's targets table, row by row."""
+    checks = []
+    for count in args.clients:
+        one, sqlite, two = (figures[label, count]
+                            for label in (POSTGRESQL, SQLITE, POSTGRESQL_NODES))
+        ratio = one.rate / sqlite.rate if sqlite.rate else float("nan")
+        checks.append(Check(
+            f"N={count}: sessions/s, one process, PostgreSQL ÷ SQLite ≥ {TARGET_POSTGRES_RATIO}",
+            f"{ratio:.2f} ({one.rate:.0f} ÷ {sqlite.rate:.0f})", ratio >= TARGET_POSTGRES_RATIO))
+    for count in args.clients:
+        one, two = figures[POSTGRESQL, count], figures[POSTGRESQL_NODES, count]
+        ratio = two.rate / one.rate if one.rate else float("nan")
+        checks.append(Check(
+            f"N={count}: sessions/s, {NODES} processes ÷ one, on PostgreSQL ≥ {TARGET_NODES_RATIO}",
+            f"{ratio:.2f} ({two.rate:.0f} ÷ {one.rate:.0f})", ratio >= TARGET_NODES_RATIO))
+    for count in args.clients:
+        loop_ms = figures[POSTGRESQL, count].loop_ms
+        checks.append(Check(
+            f"N={count}: loop CPU/session on PostgreSQL ≤ {TARGET_POSTGRES_LOOP_CPU_MS} ms",
+            f"{loop_ms:.2f} ms", loop_ms <= TARGET_POSTGRES_LOOP_CPU_MS))
+    errors = sum(found.errors for found in figures.values())
+    checks.append(Check(
+        f"errors across N = {', '.join(map(str, args.clients))} (every setup, every run)",
+        str(errors), errors == 0))
+    if uploads is not None:
+        p99 = median(uploads.p99s)
+        checks.append(Check(
+            f"827 round trip p99 beside {fairness.UPLOADS} uploads of {args.upload_mib} MiB,"
+            f" on PostgreSQL ≤ {TARGET_UPLOADS_P99_MS:.0f} ms (errors: {uploads.errors})",
+            f"{p99:.1f} ms", p99 <= TARGET_UPLOADS_P99_MS and uploads.errors == 0))
+    checks.append(Check("answered-then-lost files across a node kill and a database restart"
+                        " = 0", "-", False, judged_by=LOST_FILES_TEST))
+    return checks
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def main() -> int:
             )
             time.sleep(ATTACH_PAUSE)
             shared = sessions.Shared(keys, payload, cksum(payload), 1)
-            result = sessions.run_once(server.address, args.clients, shared, server.pid)
+            result = sessions.run_once([server.address], args.clients, shared, [server.pid])
             tracer.send_signal(signal.SIGINT)
             tracer.wait()
         counts = count_calls(report_path.read_text())

@@ -136,6 +136,9 @@ class RequestReads:
     def count_clients(self, group: str | None = None) -> int:
         return self.store.count_clients(group)
 
+    def client_counts(self, group: str) -> tuple[int, int]:
+        return self.store.client_counts(group)
+
     def unused_clients(self, before: float) -> list[bytes]:
         return self.store.unused_clients(before)
 

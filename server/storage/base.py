@@ -279,6 +279,11 @@ class MetadataStore(Protocol):
         """
         ...
 
+    def client_counts(self, group: str) -> tuple[int, int]:
+        """How many clients are registered, and how many from one address group, read
+        together (a registration checks both)."""
+        ...
+
     def unused_clients(self, before: float) -> list[bytes]:
         """Clients with a key that never stored a file, their last key issued before ``before``.
 
@@ -300,7 +305,7 @@ class MetadataStore(Protocol):
         """Register a name, keyless, in a protocol edition, from ``address`` (for its share).
 
         Raises:
-            NameTaken: another client holds the name.
+            NameTaken: another client holds the name, or the id (nothing is overwritten).
         """
         ...
 

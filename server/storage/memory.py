@@ -229,6 +229,10 @@ class MemoryMetadata:
         self._check_open()
         return self._total if group is None else self._groups.get(group, 0)
 
+    def client_counts(self, group: str) -> tuple[int, int]:
+        """How many clients, in all and from one address group."""
+        return self.count_clients(), self.count_clients(group)
+
     def unused_clients(self, before: float) -> list[bytes]:
         """Clients with a key that never stored a file, unused since before ``before``."""
         return [

@@ -747,6 +747,10 @@ class SqliteMetadata:
         row = self._db.execute(_COUNT_GROUP_CLIENTS, (group,)).fetchone()
         return 0 if row is None else row[0]
 
+    def client_counts(self, group: str) -> tuple[int, int]:
+        """How many clients, in all and from one address group (two reads in process)."""
+        return self.count_clients(), self.count_clients(group)
+
     @_translated
     def unused_clients(self, before: float) -> list[bytes]:
         """Clients with a key that never stored a file, their last key issued before ``before``.
@@ -773,7 +777,7 @@ class SqliteMetadata:
         """Register a name (no keys yet) in a protocol edition, from ``address``.
 
         Raises:
-            NameTaken: another client holds the name.
+            NameTaken: another client holds the name, or the id.
         """
         try:
             self._db.execute(

@@ -21,6 +21,8 @@ from protocol import (
     FileReceived,
     Reconnect,
     Reconnected,
+    Register,
+    Registered,
 )
 from server.app import App
 from server.limits import Limits
@@ -150,6 +152,42 @@ def test_a_verdict_reads_its_client_and_binding_once(sqlite_app):
     reads = reads_by_table(run)
     assert reads["clients"] == 1 and reads["key_bindings"] == 1, run
     assert client_reads(run) == 1, run  # one statement: the row with its binding
+
+
+def test_an_825_of_a_new_name_reads_its_name_and_not_its_fresh_id(sqlite_app):
+    """A fresh id is 128 random bits: the store's key refuses a taken one, unread."""
+    app, statements = sqlite_app
+    client = Client(app)
+    run = statements.during(lambda: client.feed(Register(client_id=bytes(16), name="newcomer")))
+    assert [type(answer) for answer in client.answers()] == [Registered]
+    assert reads_by_table(run)["clients"] == 1, run  # by its name
+
+
+@pytest.mark.needed_in_ci
+def test_an_825_of_a_new_name_reads_both_client_counts_in_one_round_trip(
+    tmp_path, postgres_url, monkeypatch
+):
+    """The cap and the address group's share are checked together: on a database server,
+    each read is a round trip the loop waits for."""
+    from server.storage.postgres.store import PostgresMetadata
+
+    db = PostgresMetadata.open(postgres_url)
+    app = App.build(db, FolderBlobs(tmp_path), Limits())
+    trips: list[str] = []
+    send = db._send
+
+    def recorded(read):
+        trips.append(";".join(text for text, _ in [*db._queue, *([read] if read else [])]))
+        return send(read)
+
+    monkeypatch.setattr(db, "_send", recorded)
+    try:
+        answers = Client(app).send(Register(client_id=bytes(16), name="newcomer"))
+    finally:
+        app.uploads.close()
+        db.close()
+    assert [type(answer) for answer in answers] == [Registered]
+    assert sum("client_counts" in trip for trip in trips) == 1, trips
 
 
 # -- the cache's rules ------------------------------------------------------------------

@@ -13,7 +13,7 @@ import time
 import psycopg
 import pytest
 
-from server.errors import BadStoreUrl, StorageFault, StoreUnusable
+from server.errors import BadStoreUrl, NameTaken, StorageFault, StoreUnusable
 from server.storage.factory import metadata_url
 from server.storage.postgres import schema
 from server.storage.postgres.connect import APPLICATION_NAME
@@ -111,6 +111,19 @@ def test_an_ended_requests_write_that_fails_loses_the_round(store, observer):
     store.finish_round(durable=True)
     assert observer.execute("SELECT Name, Crc FROM clients ORDER BY Name").fetchall() == [
         ("alice", "cksum"), ("bob", "cksum")]
+
+
+def test_an_insert_refused_for_its_id_is_its_own_answer_not_the_rounds_loss(store, observer):
+    """A fresh id is not read first (server/handlers.py): a taken one is refused as a
+    taken name is, with the round's other writes kept."""
+    register(store, ALICE, "alice")
+    store.finish_round(durable=True)
+    with store.transaction():  # an ended request's write, sent with the insert below
+        store.set_crc(ALICE, "crc32")
+    with pytest.raises(NameTaken), store.transaction():
+        store.insert_client(ALICE, "bob", NOW, "v3", "127.0.0.1")
+    store.finish_round(durable=True)
+    assert observer.execute("SELECT Name, Crc FROM clients").fetchall() == [("alice", "crc32")]
 
 
 def test_a_clients_row_and_binding_are_one_round_trip(store):

@@ -148,6 +148,15 @@ def test_a_taken_name_raises_name_taken_and_writes_nothing(metadata):
     assert metadata.client_by_id(BOB) is None and metadata.count_clients() == 1
 
 
+def test_a_taken_id_raises_name_taken_and_overwrites_nothing(metadata):
+    register(metadata, ALICE, "alice")
+    with pytest.raises(NameTaken):
+        with metadata.transaction():
+            metadata.insert_client(ALICE, "bob", NOW, "v3", "127.0.0.2")
+    assert metadata.client_by_id(ALICE).name == "alice" and metadata.count_clients() == 1
+    assert metadata.client_by_name("bob") is None
+
+
 def test_keys_edition_and_crc_are_kept(metadata):
     register(metadata, ALICE, "alice")
     with metadata.transaction():
@@ -188,6 +197,16 @@ def test_counts_follow_the_rows_in_all_and_per_address_group(metadata):
     assert metadata.count_clients() == 1
     assert metadata.count_clients(address_group("127.0.0.1")) == 1
     assert metadata.count_clients(address_group("127.0.0.9")) == 0
+
+
+def test_both_counts_read_together_are_the_counts(metadata):
+    register(metadata, ALICE, "alice", "127.0.0.1")
+    register(metadata, BOB, "bob", "127.0.0.9")
+    assert metadata.client_counts(address_group("127.0.0.1")) == (2, 1)
+    assert metadata.client_counts(address_group("192.0.2.1")) == (2, 0)  # a group never seen
+    with metadata.transaction():  # inside a request, its own writes counted
+        metadata.insert_client(b"c" * 16, "carol", NOW, "v3", "127.0.0.1")
+        assert metadata.client_counts(address_group("127.0.0.1")) == (3, 2)
 
 
 def test_ipv6_peers_of_one_network_share_a_count(metadata):

@@ -10,7 +10,7 @@ is durable (``synchronous_commit`` as the database sets it: on by default).
 Round trips, not statements, are what a request costs (~0.1 ms each on
 loopback, and the loop waits for each): a request's writes are queued, with
 its ``SAVEPOINT`` and ``RELEASE``, and go out as one multi-statement message
-(parameters bound by psycopg's client-side escaping) with the next read
+(parameters bound as literals: server/storage/postgres/literals.py) with the next read
 that must see them or with the round's ``COMMIT``. A queued write of a
 request that has ended cannot be undone alone once it fails (its answer
 waits for the round): such a failure loses the round. A client's row and
@@ -43,6 +43,7 @@ from ..base import Binding, ClientRow, FileRow, timestamp
 from . import schema
 from ..urltext import without_password
 from .connect import connect, fault, reason
+from .literals import Binder
 from .roundcommit import PgRoundCommit
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,9 @@ _RELEASE = "RELEASE request"
 _ROLLBACK_TO = "ROLLBACK TO request"
 _ROLLBACK = "ROLLBACK"
 _COMMIT = "COMMIT"
-#: The one write whose failure is its own request's answer (NameTaken), not the round's loss.
-_NAME_CONSTRAINT = "clients_name_key"
+#: The one write whose failure is its own request's answer (NameTaken), not the round's
+#: loss: a client's insert, refused for its name or (as the other stores do) its id.
+_INSERT_CONSTRAINTS = frozenset({"clients_name_key", "clients_pkey"})
 
 _CLIENT_FIELDS = (
     "ID", "Name", "PublicKey", "LastSeen", "AESKey", "Edition", "Crc", "RegisteredFrom",
@@ -70,6 +72,11 @@ _SELECT_CLIENT_AND_BINDING = (
 _SELECT_CLIENT = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE ID = %s"
 _SELECT_CLIENT_BY_NAME = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = %s"
 _COUNT_CLIENTS = "SELECT Clients FROM client_counts WHERE AddressGroup = %s"
+#: The total and one group's count, in one statement (a group never counted: 0).
+_COUNT_CLIENTS_AND_GROUP = (
+    "SELECT (SELECT Clients FROM client_counts WHERE AddressGroup = %s),"
+    " COALESCE((SELECT Clients FROM client_counts WHERE AddressGroup = %s), 0)"
+)
 _UNUSED_KEYED = (
     "SELECT ID FROM clients"
     " WHERE PublicKey IS NOT NULL AND UnusedSince IS NOT NULL AND UnusedSince < %s"
@@ -196,6 +203,9 @@ class PostgresMetadata:
         #: No new connection is tried before this (time.monotonic()), after one failed.
         self._retry_at = 0.0
         self._unreachable = False
+        #: Binds a batch's parameters for one message, by the quoting rules of its connection.
+        self._binder: Binder | None = None
+        self._binder_of: psycopg.Connection | None = None
         #: Round trips and statements sent (bench/sessions.py reads them).
         self.round_trips = 0
         self.statements = 0
@@ -318,7 +328,7 @@ class PostgresMetadata:
             if len(batch) == 1:
                 cursor = db.execute(*batch[0])
             else:  # one message: one round trip, and less loop CPU than a pipeline
-                cursor = db.execute(_one_message(db, batch))
+                cursor = db.execute(self._one_message(db, batch))
                 while cursor.nextset():  # to the last statement's result
                     pass
             return cursor.fetchall() if read is not None else []
@@ -333,6 +343,12 @@ class PostgresMetadata:
             elif not self._levels and self._in_round:  # no savepoint to go back to
                 self._lose_round(reason(exc))
             raise fault(exc) from exc
+
+    def _one_message(self, db: psycopg.Connection, batch: list[_Statement]) -> str:
+        """Statements with their parameters bound as literals, as one text."""
+        if self._binder is None or self._binder_of is not db:  # a new connection's rules
+            self._binder, self._binder_of = Binder(db), db
+        return self._binder.text(batch)
 
     def _write(self, statement: str, *params: Any) -> None:
         """Queue a write; outside any transaction, send it at once."""
@@ -467,7 +483,8 @@ class PostgresMetadata:
         self._deferred = False
         self.round_trips += 1
         self.statements += len(batch)
-        commit = PgRoundCommit(db.pgconn, _one_message(db, batch).encode(), self._commit_done)
+        message = self._one_message(db, batch).encode()
+        commit = PgRoundCommit(db.pgconn, message, self._commit_done)
         self._commit = commit
         return commit
 
@@ -545,6 +562,12 @@ class PostgresMetadata:
         rows = self._read(_COUNT_CLIENTS, schema.TOTAL_GROUP if group is None else group)
         return int(rows[0][0]) if rows else 0
 
+    def client_counts(self, group: str) -> tuple[int, int]:
+        """How many clients are registered, and how many from one address group: one round
+        trip."""
+        total, in_group = self._read(_COUNT_CLIENTS_AND_GROUP, schema.TOTAL_GROUP, group)[0]
+        return int(total or 0), int(in_group)
+
     def unused_clients(self, before: float) -> list[bytes]:
         """Clients with a key that never stored a file, their last key issued before ``before``."""
         return [row[0] for row in self._read(_UNUSED_KEYED, before)]
@@ -559,7 +582,7 @@ class PostgresMetadata:
         """Register a name (no keys yet) in a protocol edition, from ``address``; sent at once.
 
         Raises:
-            NameTaken: another client holds the name.
+            NameTaken: another client holds the name, or the id.
         """
         group = None if address is None else self._group_of(address)
         self._live()
@@ -727,16 +750,10 @@ def migrate_at(conninfo: str) -> tuple[int, int]:
         db.close()
 
 
-def _one_message(db: psycopg.Connection, batch: list[_Statement]) -> str:
-    """Statements with their parameters bound (psycopg's client-side escaping), as one text."""
-    binder = psycopg.ClientCursor(db)
-    return ";".join(binder.mogrify(*statement) for statement in batch)
-
-
 def _is_the_callers(exc: psycopg.Error) -> bool:
     """Whether a batch's failure is its last statement's, the caller's own: a taken name."""
     return isinstance(exc, pg_errors.UniqueViolation) and (
-        exc.diag.constraint_name == _NAME_CONSTRAINT
+        exc.diag.constraint_name in _INSERT_CONSTRAINTS
     )
 
 
