@@ -10,7 +10,7 @@ are created if absent, under a version of their own (``coordination_version``):
 
 * ``coordination_nodes``: one row per node name ever used, numbering it:
   while a node runs, its coordination connection holds a session-level
-  advisory lock of that number (:data:`NODE_LOCKS`, the number), which
+  advisory lock of two numbers (:data:`NODE_LOCKS`, then its own), which
   PostgreSQL releases the moment the connection ends, however the node
   stops (a killed process's socket closes, its backend exits). Numbers
   are the table's, so two names never share a lock; a node that finds its
