@@ -652,22 +652,19 @@ class Session:
         if action in (Action.SEND, Action.SEND_UNLESS_FILE_FOLLOWS) and response is None:
             raise InternalFault(f"{request.__name__} is owed an answer and has none")
         level = logging.INFO if outcome.final else logging.DEBUG
-        result: Response | str
+        client, detail = outcome.client, outcome.detail
         if action is Action.SEND and isinstance(response, Registered) and self._probes_edition():
-            result = self._hold_id(response, outcome.client)
+            self._log_request(level, code, client, self._hold_id(response, client), detail)
         elif action is Action.SEND and response is not None:
-            # Logged when it goes: a first upload's 1603 may become a 1607 meanwhile.
-            line = self._request_line(level, code, outcome.client, response, outcome.detail)
+            # Its line goes with it: a first upload's 1603 may become a 1607 meanwhile.
+            line = self._request_line(level, code, client, response, detail)
             self._send(response, outcome.awaits_install, line)
-            result = ""
         elif action is Action.SEND_UNLESS_FILE_FOLLOWS and response is not None:
             due = self.app.monotonic() + self._limits.retry_ack_delay
-            self._deferred = _Deferred(due, response, outcome.client, self._code_text(code))
-            result = "(deferred)"
+            self._deferred = _Deferred(due, response, client, self._code_text(code))
+            self._log_request(level, code, client, "(deferred)", detail)
         else:
-            result = "(no reply)"
-        if result:
-            self._log_request(level, code, outcome.client, result, outcome.detail)
+            self._log_request(level, code, client, "(no reply)", detail)
         if action is Action.CLOSE:
             self._close("per-request connection, request without reply")
         elif outcome.refused:  # answered by its handler (a 1601, or an 827's 1606)
