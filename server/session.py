@@ -75,7 +75,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AbstractSet
 
 from protocol import (
@@ -197,6 +197,27 @@ class _HeldId:
 
 
 @dataclass(frozen=True)
+class _RequestLine:
+    """A request's log line, as of its handling: written when its answer goes."""
+
+    level: int
+    code: RequestCode | None
+    client: str
+    #: The answer (its code is written), or what happened instead ("(no reply)").
+    result: Response | str
+    detail: str
+    refused: bool
+    #: The request's bytes, and when it began (the loop's clock).
+    size: int
+    t0: float
+
+
+#: What a held answer's line says when its file could not take its name (the
+#: ERROR line before it says why).
+UNSTORED = "could not be stored"
+
+
+@dataclass(frozen=True)
 class _Held:
     """An answer held until the round's files take their names."""
 
@@ -205,6 +226,8 @@ class _Held:
     awaits: InstallTicket | None = None
     #: What goes instead if that file could not take its name (a 1607).
     instead: bytes = b""
+    #: Its request's log line, written when it goes (with the answer that went).
+    line: _RequestLine | None = None
 
 
 def _handled_unbound(event: Request | FilePacketStarted, client: ClientRow) -> bool:
@@ -359,7 +382,14 @@ class Session:
             self._refuse(code, client, InternalFault("internal error"), close=True)
 
     def connection_lost(self) -> None:
-        """The transport closed: let go of what this connection held."""
+        """The transport closed: let go of what this connection held.
+
+        The lines of the answers still held say that none of them went.
+        """
+        held, self._held_answers = self._held_answers, []
+        for answer in held:
+            if answer.line is not None:
+                self._write_line(replace(answer.line, result="(closed unanswered)"))
         self._packet = None
         self._deferred = None
         self._held_id = None
@@ -389,8 +419,16 @@ class Session:
         )
         held, self._held_answers = held[:ready], held[ready:]
         for answer in held:
-            self._outbox += answer.instead if answer.awaits in unstored else answer.data
+            line = answer.line
+            if answer.awaits in unstored:
+                self._outbox += answer.instead
+                if line is not None:
+                    line = replace(line, result=GeneralError(), detail=UNSTORED, refused=True)
+            else:
+                self._outbox += answer.data
             crashpoints.reached("response.queued")
+            if line is not None:
+                self._write_line(line)
 
     def data_to_send(self) -> bytes:
         """The answers queued since the last call (not those held: :meth:`release`)."""
@@ -613,20 +651,20 @@ class Session:
             action = owed[self.model]
         if action in (Action.SEND, Action.SEND_UNLESS_FILE_FOLLOWS) and response is None:
             raise InternalFault(f"{request.__name__} is owed an answer and has none")
-        result: Response | str
+        level = logging.INFO if outcome.final else logging.DEBUG
+        client, detail = outcome.client, outcome.detail
         if action is Action.SEND and isinstance(response, Registered) and self._probes_edition():
-            result = self._hold_id(response, outcome.client)
+            self._log_request(level, code, client, self._hold_id(response, client), detail)
         elif action is Action.SEND and response is not None:
-            self._send(response, outcome.awaits_install)
-            result = response  # its code is written only if the line is
+            # Its line goes with it: a first upload's 1603 may become a 1607 meanwhile.
+            line = self._request_line(level, code, client, response, detail)
+            self._send(response, outcome.awaits_install, line)
         elif action is Action.SEND_UNLESS_FILE_FOLLOWS and response is not None:
             due = self.app.monotonic() + self._limits.retry_ack_delay
-            self._deferred = _Deferred(due, response, outcome.client, self._code_text(code))
-            result = "(deferred)"
+            self._deferred = _Deferred(due, response, client, self._code_text(code))
+            self._log_request(level, code, client, "(deferred)", detail)
         else:
-            result = "(no reply)"
-        level = logging.INFO if outcome.final else logging.DEBUG
-        self._log_request(level, code, outcome.client, result, outcome.detail)
+            self._log_request(level, code, client, "(no reply)", detail)
         if action is Action.CLOSE:
             self._close("per-request connection, request without reply")
         elif outcome.refused:  # answered by its handler (a 1601, or an 827's 1606)
@@ -700,8 +738,9 @@ class Session:
             self._request_t0, self._request_size = self._message_t0(), 0
         self._end_message(succeeded=False)
         response = _error_response(response_code)
-        self._send(response)
-        self._log_request(level, code, client, response, reason, refused=True)
+        self._send(response, line=self._request_line(
+            level, code, client, response, reason, refused=True
+        ))
         self.app.metrics.refusal(error, reason)
         self._count_error(close=close)
 
@@ -750,53 +789,82 @@ class Session:
         *,
         refused: bool = False,
     ) -> None:
-        """The request's one log line (and its count); nothing is formatted when off.
+        """The request's one log line (and its count), now: it has no answer waiting."""
+        self._write_line(self._request_line(level, code, client, result, detail, refused=refused))
 
-        Past its address's budget (server/lograte.py) the line goes to DEBUG.
-        """
+    def _request_line(
+        self,
+        level: int,
+        code: RequestCode | None,
+        client: str,
+        result: Response | str,
+        detail: str,
+        *,
+        refused: bool = False,
+    ) -> _RequestLine:
+        """The line of the request being handled, to write when its answer goes."""
         if client:
             self._last_client = client
+        return _RequestLine(
+            level, code, client, result, detail, refused, self._request_size, self._request_t0
+        )
+
+    def _write_line(self, line: _RequestLine) -> None:
+        """Write a request's line (and count it); nothing is formatted when off.
+
+        Past its address's budget (server/lograte.py) the line goes to DEBUG.
+        The time is from the request's start until its answer went (or not).
+        """
+        result = line.result
         if self.app.metrics.enabled:
             answer = result if isinstance(result, str) else self._answer_code(result)
             self.app.metrics.request(
-                (self._decoder.edition or V3).name, self._code_text(code), answer,
-                self._request_size, code, refused,
+                (self._decoder.edition or V3).name, self._code_text(line.code), answer,
+                line.size, line.code, line.refused,
             )
-        level = self.app.log_limiter.level(log, self.peer.group, level)
+        level = self.app.log_limiter.level(log, self.peer.group, line.level)
         if not log.isEnabledFor(level):
             return
         if not isinstance(result, str):  # a response: its code, in the edition
-            result = self._answer_code(result) + (" refused" if refused else "")
-        elapsed = (self.app.monotonic() - self._request_t0) * _MS
+            result = self._answer_code(result) + (" refused" if line.refused else "")
+        elapsed = (self.app.monotonic() - line.t0) * _MS
         log.log(
             level,
             "%s %s %s -> %s (in %d B, %.1f ms)%s",
             self.peer,
-            self._code_text(code),
-            client or "-",
+            self._code_text(line.code),
+            line.client or "-",
             result,
-            self._request_size,
+            line.size,
             elapsed,
-            f": {detail}" if detail else "",
+            f": {line.detail}" if line.detail else "",
         )
 
     # -- answers ------------------------------------------------------------------
 
-    def _send(self, response: Response, awaits: InstallTicket | None = None) -> None:
+    def _send(
+        self,
+        response: Response,
+        awaits: InstallTicket | None = None,
+        line: _RequestLine | None = None,
+    ) -> None:
+        """Queue an answer; its request's ``line`` is written when it goes."""
         data = self._decoder.send(response)
         if awaits is not None:
             instead = self._decoder.send(_error_response(ResponseCode.GENERAL_ERROR))
-            self._held_answers.append(_Held(data, awaits, instead))
+            self._held_answers.append(_Held(data, awaits, instead, line))
         else:
-            self._queue(data)
+            self._queue(data, line)
 
-    def _queue(self, data: bytes) -> None:
+    def _queue(self, data: bytes, line: _RequestLine | None = None) -> None:
         """Bytes of an answer, behind the held ones if any (answers go in order)."""
         if self._held_answers:
-            self._held_answers.append(_Held(data))
+            self._held_answers.append(_Held(data, line=line))
         else:
             self._outbox += data
             crashpoints.reached("response.queued")  # a held one: at its release
+            if line is not None:
+                self._write_line(line)
 
     def _flush_deferred(self) -> None:
         if self._deferred is not None:

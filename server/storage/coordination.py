@@ -22,7 +22,9 @@ A hold or lease is this node's for ``lease`` seconds after it was taken or
 last renewed; :meth:`Coordination.renew` (every third of that, from the
 loop's timer) renews what the node still holds and lets go of the rest, so
 that a node that stops (killed, cut off) loses them within ``lease``
-seconds and another node may serve the same client.
+seconds and another node may serve the same client. Where the nodes are
+processes of their own (:mod:`.pg_coordination`), a node that is gone
+loses them at once: they are void while its name's lock is not held.
 
 Two implementations: :class:`MemoryCoordination` (the nodes of one process:
 a single server is one node of it, and tests join more), and the

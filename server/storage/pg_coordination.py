@@ -8,10 +8,21 @@ last few holds, leases and failures, which is what a restart of a single
 server forgets too; the metadata's own commits stay durable. Its tables
 are created if absent, under a version of their own (``coordination_version``):
 
+* ``coordination_nodes``: one row per node name ever used, numbering it:
+  while a node runs, its coordination connection holds a session-level
+  advisory lock of two numbers (:data:`NODE_LOCKS`, then its own), which
+  PostgreSQL releases the moment the connection ends, however the node
+  stops (a killed process's socket closes, its backend exits). Numbers
+  are the table's, so two names never share a lock; a node that finds its
+  name's lock held by another connection (a node of the same name, or its
+  own previous run, still going) waits :data:`NAME_WAIT` for it, then is
+  refused.
 * ``coordination_leases``: one row per hold or lease (kind, key, node,
   expiry), taken with ``INSERT … ON CONFLICT … DO UPDATE … WHERE`` the
-  holder is this node or the row has lapsed, so that two nodes never hold
-  the same key at once. Expiries are the database's clock (``now()``):
+  holder is this node, or the row has lapsed, or its node's lock is not
+  held (the node is gone: its holds and leases are void at once), so that
+  two live nodes never hold the same key at once. ``pg_locks`` is read
+  only then, on a conflict. Expiries are the database's clock (``now()``):
   the nodes' clocks need not agree.
 * ``coordination_key_failures``: per client, the key its count is of (a
   digest: the key itself stays in the metadata) and that count;
@@ -44,12 +55,23 @@ except ImportError:  # pragma: no cover - the default install has no PostgreSQL
 
 log = logging.getLogger(__name__)
 
-#: The tables' layout this code writes; a database with a later one is refused.
-VERSION = 1
+#: The tables' layout this code writes; a database with a later one is refused
+#: (2: nodes hold their name's lock; a node of version 1 holds none, and would
+#: seem gone to the others).
+VERSION = 2
 #: The advisory lock (one 64-bit number) the purge leader holds, and the one
 #: that makes concurrent table creation take turns.
 PURGE_LOCK = 0x63645F7075726765  # "cd_purge"
 SCHEMA_LOCK = 0x63645F736368656D  # "cd_schem"
+#: The first of the two 32-bit numbers of every node's lock (the second is
+#: its number in ``coordination_nodes``): a two-number advisory lock never
+#: meets a one-number one such as the two above.
+NODE_LOCKS = 0x63645F6E  # "cd_n"
+#: Seconds a starting node waits for its name's lock (its previous run's
+#: backend may still be going) before it is refused.
+NAME_WAIT = 5.0
+#: Seconds between two attempts at that lock.
+NAME_RETRY = 0.1
 #: Seconds to connect, and that one call may take, before it fails (the loop waits meanwhile).
 CONNECT_TIMEOUT = 2
 STATEMENT_TIMEOUT_MS = 2000
@@ -73,23 +95,59 @@ _SCHEMA = (
     " client_id bytea NOT NULL, at timestamptz NOT NULL)",
     "CREATE INDEX IF NOT EXISTS coordination_failures_client"
     " ON coordination_failures (client_id, at)",
+    "CREATE TABLE IF NOT EXISTS coordination_nodes ("
+    " node text PRIMARY KEY, number integer GENERATED ALWAYS AS IDENTITY UNIQUE)",
     "INSERT INTO coordination_version"
     " SELECT %(version)s WHERE NOT EXISTS (SELECT 1 FROM coordination_version)",
+    "UPDATE coordination_version SET version = %(version)s WHERE version < %(version)s",
 )
 _READ_VERSION = "SELECT max(version) FROM coordination_version"
 
 _LEASE_FOR = "now() + %(lease)s * interval '1 second'"
+_NUMBER_NODE = (
+    "WITH named AS (INSERT INTO coordination_nodes (node) VALUES (%(node)s)"
+    "  ON CONFLICT (node) DO NOTHING RETURNING number)"
+    " SELECT number FROM named UNION ALL"
+    " SELECT number FROM coordination_nodes WHERE node = %(node)s"
+)
+_TRY_NAME = "SELECT pg_try_advisory_lock(%(space)s, %(number)s)"
+
+
+def _node_alive(node: str) -> str:
+    """SQL: whether the node named by the column ``node`` holds its lock (it runs)."""
+    return (
+        "EXISTS (SELECT 1 FROM coordination_nodes AS named JOIN pg_locks AS locked"
+        f"  ON locked.locktype = 'advisory' AND locked.classid = {NODE_LOCKS}"
+        "  AND locked.objid = named.number AND locked.objsubid = 2 AND locked.granted"
+        "  AND locked.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        f" WHERE named.node = {node})"
+    )
+
+
+def _takable(held: str) -> str:
+    """SQL: whether the row ``held`` may be taken by ``excluded``'s node.
+
+    Its own, lapsed, or its node gone: the lock is read last, so only on a
+    conflict with a live-looking row of another node.
+    """
+    return (
+        f"{held}.node = excluded.node OR {held}.expires <= now()"
+        f" OR NOT {_node_alive(held + '.node')}"
+    )
+
+
 _TAKE = (
     "INSERT INTO coordination_leases AS held (kind, key, node, expires, blob)"
     f" VALUES (%(kind)s, %(key)s, %(node)s, {_LEASE_FOR}, %(blob)s)"
     " ON CONFLICT (kind, key) DO UPDATE"
     " SET node = excluded.node, expires = excluded.expires, blob = excluded.blob"
-    " WHERE held.node = excluded.node OR held.expires <= now()"
+    f" WHERE {_takable('held')}"
     " RETURNING 1"
 )
 _HELD_ELSEWHERE = (
-    "SELECT 1 FROM coordination_leases"
+    "SELECT 1 FROM coordination_leases AS held"
     " WHERE kind = %(kind)s AND key = %(key)s AND node <> %(node)s AND expires > now()"
+    f" AND {_node_alive('held.node')}"
 )
 #: One key at a time, by equality: matched against an array (``= ANY``, a
 #: join with ``unnest``), the planner may read every row of the kind.
@@ -117,7 +175,7 @@ _RENEW = (
     f" SELECT kind, key, %(node)s, {_LEASE_FOR}, blob FROM held"
     " ON CONFLICT (kind, key) DO UPDATE"
     " SET node = excluded.node, expires = excluded.expires, blob = excluded.blob"
-    " WHERE taken.node = excluded.node OR taken.expires <= now()"
+    f" WHERE {_takable('taken')}"
 )
 _IN_WINDOW = (
     "SELECT count(*) FROM coordination_failures"
@@ -169,6 +227,10 @@ class PgCoordination:
         self._conninfo = conninfo
         self._lease = lease
         self._leader = False
+        #: Whether the connection holds this node's name lock.
+        self._named = False
+        #: The second number of this node's lock (``coordination_nodes``).
+        self._number = 0
         self._connection: Any = None
         #: No connection is attempted before this (``time.monotonic``).
         self._next_attempt = 0.0
@@ -187,10 +249,49 @@ class PgCoordination:
                 f"the coordination tables are of version {version}, made by a later server"
                 f" (this one knows {VERSION})"
             )
+        try:
+            self._take_name()
+            self.renew((), ())  # what a previous run of this name held is not this run's
+        except StoreUnusable:
+            self.close()
+            raise
+        except StorageFault as exc:
+            self.close()
+            raise StoreUnusable(f"cannot coordinate in the database: {_reason(exc)}") from exc
+
+    def _take_name(self) -> None:
+        """Number this node's name and take its lock, waiting :data:`NAME_WAIT` for it.
+
+        Raises:
+            StoreUnusable: another connection holds it all that time.
+            StorageFault: the database failed.
+        """
+        given_up = time.monotonic() + NAME_WAIT
+        while True:
+            row = self._execute_unnamed(_NUMBER_NODE, {"node": self.node})
+            if row is not None:  # None: the name was being numbered by another at once
+                self._number = row[0]
+                if self._try_name():
+                    return
+            if time.monotonic() >= given_up:
+                raise StoreUnusable(
+                    f"another node named {self.node!r} is connected to the database"
+                    " (give each node its own --node-name; a node started again takes"
+                    f" its name once its previous run's connection is gone, {NAME_WAIT:g} s"
+                    " at most)"
+                )
+            time.sleep(NAME_RETRY)
+
+    def _try_name(self) -> bool:
+        """Take this node's name lock on the connection, unless another holds it."""
+        row = self._execute_unnamed(_TRY_NAME, {"space": NODE_LOCKS, "number": self._number})
+        self._named = bool(row and row[0])
+        return self._named
 
     def _connect(self) -> Any:
         if self._connection is None or self._connection.closed:
             self._leader = False
+            self._named = False
             if time.monotonic() < self._next_attempt:
                 raise StorageFault("the database was unreachable a moment ago")
             try:
@@ -217,9 +318,40 @@ class PgCoordination:
     def _rows(self, statement: str, values: Mapping[str, object]) -> list[Sequence[Any]]:
         """One statement, one round trip: its rows (none for a statement without).
 
+        On a new connection, this node's name lock is taken first (one
+        round trip more): without it, its holds and leases are void to the
+        others, and it takes none.
+
         Raises:
-            StorageFault: it failed (a broken connection is opened again next time).
+            StorageFault: it failed (a broken connection is opened again
+                next time), or another connection still holds the name (this
+                node's previous one, not yet gone: asked again next time).
         """
+        self._ensure_named()
+        return self._rows_unnamed(statement, values)
+
+    def _ensure_named(self) -> None:
+        """Take this node's name lock if the connection is new (one round trip then).
+
+        Raises:
+            StorageFault: another connection still holds it (this node's
+                previous one, not yet gone: asked again next time), or the
+                database failed.
+        """
+        if not self._named and not self._try_name():
+            raise StorageFault(
+                f"coordination: node {self.node!r}'s name is still held by another connection"
+            )
+
+    def _execute_unnamed(
+        self, statement: str, values: Mapping[str, object]
+    ) -> Sequence[Any] | None:
+        """:meth:`_execute` without the name lock (to take it)."""
+        rows = self._rows_unnamed(statement, values)
+        return rows[0] if rows else None
+
+    def _rows_unnamed(self, statement: str, values: Mapping[str, object]) -> list[Sequence[Any]]:
+        """:meth:`_rows` without the name lock."""
         connection = self._connect()
         try:
             cursor = connection.execute(statement, values)
@@ -231,6 +363,7 @@ class PgCoordination:
 
     def _drop_connection(self) -> None:
         self._leader = False
+        self._named = False
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -251,6 +384,7 @@ class PgCoordination:
 
     def release_registrations(self, client_ids: Collection[bytes]) -> None:
         """This node no longer holds these registrations (one round trip: a pipeline)."""
+        self._ensure_named()
         connection = self._connect()
         values = [
             {"kind": REGISTRATION, "key": client_id, "node": self.node} for client_id in client_ids

@@ -49,11 +49,6 @@ RESTART_SOURCE = "127.0.0.201"
 IN_FLIGHT_SOURCE = "127.0.0.202"
 #: A file of two parts and a half, being received while another node restarts.
 IN_FLIGHT_BYTES = 20 * 1024 * 1024
-LEASE_DEFECT = (
-    "server defect: the killed node's upload lease on (client, file name) stays in"
-    " PostgreSQL until --message-deadline (30 s) lapses; the other node answers each retry"
-    " 1607 'another upload of this client and file is in progress (on another node)'"
-)
 
 
 def _wait_for(condition, what: str, timeout: float = IO_TIMEOUT):
@@ -160,7 +155,6 @@ def test_a_node_killed_mid_upload_the_clients_retry_reaches_another_node(node_ki
     assert "retrying on a new connection" in node_killed.output
 
 
-@pytest.mark.xfail(strict=True, reason=LEASE_DEFECT)
 def test_a_node_killed_mid_upload_the_clients_retry_completes_through_another(node_killed):
     assert node_killed.client.returncode == ExitCode.OK, node_killed.output
     assert "big.bin" in node_killed.confirmed

@@ -324,6 +324,53 @@ def test_a_first_upload_that_cannot_take_its_name_is_answered_1607_in_place_of_1
     assert (_folder(tmp_path, failing_identity) / f"{failing_identity.name}.bin").exists()
 
 
+def _request_lines(caplog, identity: Identity) -> list[str]:
+    """The request lines (server/session.py) of the client's requests."""
+    return [
+        record.getMessage() for record in caplog.records
+        if record.name == "server.session" and f" {identity.name}/" in record.getMessage()
+        and " -> " in record.getMessage()
+    ]
+
+
+def test_a_first_upload_answered_1607_in_place_of_1603_is_logged_with_the_1607(
+    two_clients, monkeypatch, caplog
+):
+    server, db, pairs = two_clients
+    (failing, failing_identity), (other, other_identity) = pairs
+    caplog.set_level(logging.INFO, logger="server.session")
+    real_install = FolderBlobs.publish
+    failing_folder = client_dir_name(failing_identity.client_id)
+
+    def install(store, key, path_name):
+        if failing_folder in path_name:  # the object store went away after the round's commit
+            raise StorageFault("cannot install a received file: Input/output error")
+        real_install(store, key, path_name)
+
+    monkeypatch.setattr(FolderBlobs, "publish", install)
+    _send_files(pairs, b"w" * 4000)
+    run_round(server)
+    assert isinstance(failing.receive(), GeneralError)
+    assert isinstance(other.receive(), FileReceived)
+    (refused,) = _request_lines(caplog, failing_identity)
+    assert "-> 1607 refused" in refused and "could not be stored" in refused, refused
+    assert "1603" not in refused
+    (stored,) = _request_lines(caplog, other_identity)
+    assert "-> 1603" in stored, stored
+
+
+def test_the_requests_of_a_lost_round_are_logged_unanswered(two_clients, monkeypatch, caplog):
+    server, db, pairs = two_clients
+    caplog.set_level(logging.INFO, logger="server.session")
+    _on_durable_commit(db, monkeypatch, _broken_durable_commit)
+    _send_files(pairs, b"v" * 3000)
+    run_until(server, lambda: not server.channels)  # each closed unanswered
+    for client, identity in pairs:
+        assert isinstance(client.receive(), ConnectionClosed)
+        (line,) = _request_lines(caplog, identity)
+        assert "-> (closed unanswered)" in line and "1603" not in line, line
+
+
 def test_answers_held_for_a_first_upload_go_out_before_the_connection_closes(
     keyed_client, tmp_path
 ):

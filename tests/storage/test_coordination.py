@@ -344,43 +344,130 @@ def test_an_unreachable_database_is_a_one_line_refusal():
     assert "\n" not in str(refused.value)
 
 
-#: A node in a process of its own: it leads, takes a lease, says so, and waits to be killed.
+#: A node in a process of its own: it leads, takes a lease and a hold, says so, and waits
+#: to be killed.
 _DOOMED_NODE = """
 import sys, time
 from server.storage.coordination import UploadLease
 from server.storage.pg_coordination import PgCoordination
 node = PgCoordination(sys.argv[1], "doomed", float(sys.argv[2]))
+node.hold_registration(b"b" * 16)
 assert node.may_run_purges() and node.take_upload(UploadLease(b"a" * 16, b"f.bin", "doomed"))
 print("ready", flush=True)
 time.sleep(600)
 """
+#: A lease far longer than anything the kill tests wait: none of them lapses.
+UNLAPSING = 100 * LAPSE_WAIT
+
+
+def _start_doomed(conninfo: str) -> subprocess.Popen:
+    doomed = subprocess.Popen(
+        [sys.executable, "-c", _DOOMED_NODE, conninfo, str(UNLAPSING)],
+        stdout=subprocess.PIPE, text=True, env=server_env(),
+    )
+    assert doomed.stdout is not None and doomed.stdout.readline() == "ready\n"
+    return doomed
+
+
+def _kill(doomed: subprocess.Popen) -> None:
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+
+
+def _backend_gone(conninfo: str, node: str) -> None:
+    """Wait until the database has seen ``node``'s connection end (its backend exits)."""
+    import psycopg
+
+    waited = time.monotonic()
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        while connection.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s",
+            (f"cipherdrop coordination {node}",),
+        ).fetchall():
+            assert time.monotonic() - waited < LAPSE_WAIT, "the killed node's backend stayed"
+            time.sleep(0.01)
 
 
 @pytest.mark.needed_in_ci
-def test_a_killed_node_loses_its_leadership_and_its_leases_lapse(postgres_url):
+def test_a_killed_node_s_holds_leases_and_leadership_are_void_at_once_a_live_node_s_are_not(
+    postgres_url,
+):
     from server.storage.pg_coordination import PgCoordination
 
-    lease_time = 2.0
-    doomed = subprocess.Popen(
-        [sys.executable, "-c", _DOOMED_NODE, postgres_url, str(lease_time)],
-        stdout=subprocess.PIPE, text=True, env=server_env(),
-    )
-    survivor = PgCoordination(postgres_url, "survivor", lease_time)
+    doomed = _start_doomed(postgres_url)
+    survivor = PgCoordination(postgres_url, "survivor", UNLAPSING)
+    live = PgCoordination(postgres_url, "live", UNLAPSING)
     try:
-        assert doomed.stdout is not None and doomed.stdout.readline() == "ready\n"
+        assert live.take_upload(lease(ALICE, b"g.bin"))
+        live.hold_registration(b"c" * 16)
         assert not survivor.may_run_purges()
         assert not survivor.take_upload(lease(ALICE, b"f.bin"))
-        doomed.send_signal(signal.SIGKILL)
-        doomed.wait()
-        waited = time.monotonic()
-        while not (survivor.may_run_purges() and survivor.take_upload(lease(ALICE, b"f.bin"))):
-            assert time.monotonic() - waited < LAPSE_WAIT, "the killed node's hold stayed"
-            time.sleep(lease_time / 10)
+        assert survivor.registration_held_elsewhere(BOB)
+        _kill(doomed)
+        _backend_gone(postgres_url, "doomed")
+        # Long before its lease could lapse: void, as the node is gone.
+        assert survivor.take_upload(lease(ALICE, b"f.bin"))
+        assert not survivor.registration_held_elsewhere(BOB)
+        assert survivor.may_run_purges()
+        # The live node's lease and hold stand; it renews them as before.
+        assert not survivor.take_upload(lease(ALICE, b"g.bin"))
+        assert survivor.registration_held_elsewhere(b"c" * 16)
+        live.renew([b"c" * 16], [lease(ALICE, b"g.bin")])
+        assert not survivor.take_upload(lease(ALICE, b"g.bin"))
+        assert not live.take_upload(lease(ALICE, b"f.bin"))  # now the survivor's
     finally:
         if doomed.poll() is None:
-            doomed.kill()
-            doomed.wait()
+            _kill(doomed)
         survivor.close()
+        live.close()
+
+
+@pytest.mark.needed_in_ci
+def test_a_node_started_again_under_its_name_lets_go_of_what_its_previous_run_held(
+    postgres_url,
+):
+    from server.storage.pg_coordination import PgCoordination
+
+    doomed = _start_doomed(postgres_url)
+    survivor = PgCoordination(postgres_url, "survivor", UNLAPSING)
+    again = None
+    try:
+        _kill(doomed)
+        # At once: its old backend may still be going, the new run waits for the name.
+        again = PgCoordination(postgres_url, "doomed", UNLAPSING)
+        assert not survivor.registration_held_elsewhere(BOB)
+        assert survivor.take_upload(lease(ALICE, b"f.bin"))
+        assert again.take_upload(lease(ALICE, b"h.bin"))  # the new run's own are held
+        assert not survivor.take_upload(lease(ALICE, b"h.bin"))
+    finally:
+        if doomed.poll() is None:
+            _kill(doomed)
+        survivor.close()
+        if again is not None:
+            again.close()
+
+
+@pytest.mark.needed_in_ci
+def test_a_second_node_of_the_same_name_is_refused_with_a_one_line_reason(
+    postgres_url, monkeypatch
+):
+    from server.storage import pg_coordination
+    from server.storage.pg_coordination import PgCoordination
+
+    monkeypatch.setattr(pg_coordination, "NAME_WAIT", 0.5)
+    first = PgCoordination(postgres_url, "twin", LEASE)
+    try:
+        first.take_upload(lease(ALICE, b"f.bin"))
+        with pytest.raises(StoreUnusable, match="another node named 'twin'") as refused:
+            PgCoordination(postgres_url, "twin", LEASE)
+        assert "\n" not in str(refused.value)
+        other = PgCoordination(postgres_url, "other", LEASE)
+        try:  # the first one's lease stands: the refused twin neither took nor voided it
+            assert not other.take_upload(lease(ALICE, b"f.bin"))
+        finally:
+            other.close()
+    finally:
+        first.close()
 
 
 # -- which coordination a server opens --------------------------------------------------
@@ -417,12 +504,14 @@ def test_a_lost_connection_fails_one_call_and_the_next_connects_again(postgres_u
     from server.storage.pg_coordination import RECONNECT_DELAY, PgCoordination
 
     a = PgCoordination(postgres_url, "a", LEASE)
+    b = PgCoordination(postgres_url, "b", LEASE)
     try:
         assert a.may_run_purges()
+        assert a.take_upload(lease(ALICE, b"kept.bin"))
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name LIKE 'cipherdrop coordination %'"
+                " WHERE application_name = 'cipherdrop coordination a'"
             )
         with pytest.raises(StorageFault):
             a.take_upload(lease(ALICE, b"f.bin"))
@@ -435,8 +524,10 @@ def test_a_lost_connection_fails_one_call_and_the_next_connects_again(postgres_u
                 assert time.monotonic() - recovered < LAPSE_WAIT
                 time.sleep(RECONNECT_DELAY / 4)
         assert a.may_run_purges()  # asked for again on the new connection, and got
+        assert not b.take_upload(lease(ALICE, b"kept.bin"))  # its name is held again
     finally:
         a.close()
+        b.close()
 
 
 @pytest.mark.needed_in_ci
