@@ -187,7 +187,13 @@ def predictable_id(number: int) -> bytes:
     return hashlib.sha256(b"fuzz id %d" % number).digest()[:16]
 
 
-def _predictable_id(app: App) -> bytes:
+#: The App of the input playing now (the harness sets it): the ids it holds are skipped.
+_playing: list[App] = []
+
+
+def _predictable_id() -> bytes:
+    """The next predictable id the playing input's store does not hold yet."""
+    app = _playing[-1]
     number = 0
     while app.metadata.client_by_id(predictable_id(number)) is not None:
         number += 1
@@ -831,6 +837,7 @@ class Harness:
         self.db = SqliteMetadata.open(self.data_dir / DB_NAME)
         self.app = App.build(self.db, FolderBlobs(self.data_dir), limits, clock=lambda: self.now)
         self.app.wall_clock = lambda: WALL_BASE + self.now
+        _playing[:] = [self.app]
         self.selector = FakeSelector()
         self.port = FakePort(self.app, serve)
         self.slots: dict[int, Connection] = {}

@@ -102,7 +102,7 @@ def test_target_finds_a_malformed_response(monkeypatch):
 def test_target_finds_a_temp_file_left_behind(monkeypatch):
     monkeypatch.setattr(TempFile, "abort", lambda self: None)
     # The sweeper would delete the leak after its grace period: the target must see it.
-    monkeypatch.setattr(Sweeper, "sweep", lambda self: 0)
+    monkeypatch.setattr(Sweeper, "start", lambda self: False)
     # Seed 10: a per-request upload that expires.
     with pytest.raises(Finding, match="temp file left"):
         run_input(encode_structured(10))
