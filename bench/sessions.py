@@ -54,6 +54,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from common import (
     REPO,
@@ -135,10 +136,13 @@ class ClientSession:
         self.started = self.finished = 0.0
         self.sock: socket.socket | None = None
 
-    def connect(self, address: tuple[str, int]) -> socket.socket:
-        """Open the connection and queue the 825 (the clock is running)."""
+    def connect(self, address: tuple[str, int], source: str | None = None) -> socket.socket:
+        """Open the connection (from ``source``, a local address, if given) and queue the 825
+        (the clock is running)."""
         self.started = time.perf_counter()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if source is not None:
+            self.sock.bind((source, 0))
         self.sock.setblocking(False)
         code = self.sock.connect_ex(address)
         if code not in (0, errno.EINPROGRESS):
@@ -223,25 +227,31 @@ def database_backends(url: str | None) -> list[int]:
     return [pid for (pid,) in rows if Path(f"/proc/{pid}").exists()]
 
 
-def _cpu_of(pids: list[int]) -> float:
+def _cpu_of(pids: Sequence[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
 
 def run_once(
-    address: tuple[str, int], count: int, shared: Shared, server_pid: int,
-    backends: list[int] | None = None,
+    address: tuple[str, int], count: int, shared: Shared, server_pids: Sequence[int],
+    backends: list[int] | None = None, sources: Sequence[str] = (),
 ) -> dict:
-    """Start ``count`` sessions at once and drive them all to the end."""
+    """Start ``count`` sessions at once and drive them all to the end.
+
+    ``server_pids``: the server's processes (a cluster's nodes), their CPU summed;
+    ``sources``: local addresses the sessions connect from, in turn (none: the kernel's).
+    """
     backends = backends or []
     sessions = [ClientSession(index, shared) for index in range(count)]  # before the clock
     selector = selectors.DefaultSelector()
     both = selectors.EVENT_READ | selectors.EVENT_WRITE
-    cpu_before, system_before = cpu_seconds(server_pid), system_seconds(server_pid)
+    cpu_before = _cpu_of(server_pids)
+    system_before = sum(system_seconds(pid) for pid in server_pids)
     database_before = _cpu_of(backends)
     started = time.perf_counter()
     interest = {}
-    for session in sessions:
-        selector.register(session.connect(address), both, session)
+    for index, session in enumerate(sessions):
+        source = sources[index % len(sources)] if sources else None
+        selector.register(session.connect(address, source), both, session)
         interest[session] = both
     live = count
     deadline = started + SESSION_DEADLINE
@@ -261,8 +271,8 @@ def run_once(
             if wanted != interest[session]:
                 selector.modify(key.fileobj, wanted, session)
                 interest[session] = wanted
-    cpu = cpu_seconds(server_pid) - cpu_before
-    system = system_seconds(server_pid) - system_before
+    cpu = _cpu_of(server_pids) - cpu_before
+    system = sum(system_seconds(pid) for pid in server_pids) - system_before
     database = _cpu_of(backends) - database_before
     finished = [s.finished for s in sessions if s.finished]
     elapsed = max(finished) - started if finished else float("nan")
@@ -355,7 +365,7 @@ def _measure(
                         waited = settle()
                         shared = Shared(keys, payload, cksum(payload), run)
                         with Quietness() as this_run:  # the settling wait is not measured
-                            result = run_once(server.address, count, shared, server.pid,
+                            result = run_once(server.address, count, shared, [server.pid],
                                               backends)
                         sessions += count
                         if quiet is None or this_run.others_share > quiet.others_share:
