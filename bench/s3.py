@@ -47,6 +47,11 @@ BUCKET = "cipherdrop-bench"
 TARGETS = {5 * MB: 0.150, 256 * MIB: 0.500}
 
 
+def content(size: int) -> bytes:
+    """A file's bytes: a repeated pattern (the content does not matter to the store)."""
+    return bytes(range(256)) * (size // 256) + bytes(size % 256)
+
+
 def packets(client_id: bytes, aes_key: bytes, name: str, data: bytes) -> list[SendFilePacket]:
     """The 828s of one file, encrypted whole and cut in :data:`PACKET` pieces."""
     ciphertext = crypto.encrypt(aes_key, data)
@@ -114,7 +119,7 @@ def _measure(servers: dict, sizes: list[int], runs: int) -> int:
     with Quietness() as quiet:
         for run in range(runs):  # the stores in turn: a noisy neighbour hurts both alike
             for size in sizes:
-                data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+                data = content(size)
                 for store, client in clients.items():
                     client_id, aes_key = identities[store]
                     took = added_after_last_byte(client, client_id, aes_key, f"f{size}-{run}",

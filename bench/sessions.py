@@ -72,6 +72,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import fairness
 from common import (
@@ -169,10 +170,13 @@ class ClientSession:
         self.started = self.finished = 0.0
         self.sock: socket.socket | None = None
 
-    def connect(self, address: tuple[str, int]) -> socket.socket:
-        """Open the connection and queue the 825 (the clock is running)."""
+    def connect(self, address: tuple[str, int], source: str | None = None) -> socket.socket:
+        """Open the connection (from ``source``, a local address, if given) and queue the 825
+        (the clock is running)."""
         self.started = time.perf_counter()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if source is not None:
+            self.sock.bind((source, 0))
         self.sock.setblocking(False)
         code = self.sock.connect_ex(address)
         if code not in (0, errno.EINPROGRESS):
@@ -258,20 +262,24 @@ def database_backends(url: str | None) -> list[int]:
     return [pid for (pid,) in rows if Path(f"/proc/{pid}").exists()]
 
 
-def _cpu_of(pids: list[int]) -> float:
+def _cpu_of(pids: Sequence[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
 
-def _system_of(pids: list[int]) -> float:
+def _system_of(pids: Sequence[int]) -> float:
     return sum(system_seconds(pid) for pid in pids)
 
 
 def run_once(
-    addresses: list[tuple[str, int]], count: int, shared: Shared, server_pids: list[int],
-    backends: list[int] | None = None,
+    addresses: Sequence[tuple[str, int]], count: int, shared: Shared,
+    server_pids: Sequence[int], backends: list[int] | None = None, sources: Sequence[str] = (),
 ) -> dict:
     """Start ``count`` sessions at once, split in turn across the servers at ``addresses``,
-    and drive them all to the end."""
+    and drive them all to the end.
+
+    ``server_pids``: the server's processes (a cluster's nodes), their CPU summed;
+    ``sources``: local addresses the sessions connect from, in turn (none: the kernel's).
+    """
     backends = backends or []
     sessions = [ClientSession(index, shared) for index in range(count)]  # before the clock
     selector = selectors.DefaultSelector()
@@ -282,7 +290,8 @@ def run_once(
     interest = {}
     for index, session in enumerate(sessions):
         address = addresses[index % len(addresses)]
-        selector.register(session.connect(address), both, session)
+        source = sources[index % len(sources)] if sources else None
+        selector.register(session.connect(address, source), both, session)
         interest[session] = both
     live = count
     deadline = started + SESSION_DEADLINE

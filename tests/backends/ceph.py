@@ -143,6 +143,9 @@ class CephGateway:
     root: Path
     rgw_port: int = 0
     mon_port: int = 0
+    #: The OSD's block file's size: what the cluster can hold (radosgw frees deleted
+    #: objects' space only hours later, in its garbage collection).
+    block_bytes: int = BLOCK_BYTES
     _daemons: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -198,7 +201,7 @@ class CephGateway:
         fsid = str(uuid.uuid4())
         self.conf.write_text(_CONF.format(
             fsid=fsid, host=HOST, mon_port=self.mon_port, rgw_port=self.rgw_port,
-            root=self.root, block_bytes=BLOCK_BYTES, gateway=GATEWAY_NAME,
+            root=self.root, block_bytes=self.block_bytes, gateway=GATEWAY_NAME,
         ))
         monmap = self.root / "monmap"
         self._run("monmaptool", "--create", "--fsid", fsid,

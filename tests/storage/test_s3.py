@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from server.storage.factory import BLOB_BACKENDS, StoreUrls, blobs_url, open_sto
 from server.storage.s3.backend import location
 from server.storage.s3.client import Location
 from server.storage.s3.store import MULTIPART_UPLOAD_AGE, S3Blobs
+from server.storage.s3 import upload as s3_upload
 from server.storage.s3.upload import MAX_PARTS_IN_FLIGHT, MAX_PARTS_IN_FLIGHT_TOTAL, PART_BYTES
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 from server.storage.sweep import GARBAGE_GRACE, Sweeper
@@ -123,7 +125,7 @@ def test_an_upload_streams_in_parts_as_it_arrives_at_most_two_in_flight(tmp_path
 
 
 @needs_ceph
-def test_parts_of_many_uploads_are_sent_at_most_eight_at_once(tmp_path, s3_url):
+def test_parts_of_many_uploads_are_sent_at_most_the_cap_at_once(tmp_path, s3_url):
     metadata, blobs = _open(tmp_path, s3_url)
     writers = [blobs.begin(ALICE, new_blob_key()) for _ in range(UPLOADS_PAST_THE_CAP)]
     data = _content(MAX_PARTS_IN_FLIGHT * PART_BYTES)
@@ -141,6 +143,56 @@ def test_parts_of_many_uploads_are_sent_at_most_eight_at_once(tmp_path, s3_url):
     assert all(writer.sealed for writer in writers)
     assert 1 < blobs.uploaders.peak_sending <= MAX_PARTS_IN_FLIGHT_TOTAL
     metadata.close()
+
+
+class _SlowStore:
+    """A boto3 client's part of the API whose UploadPart takes a while (the writer runs ahead)."""
+
+    SEND_SECONDS = 0.1
+
+    def create_multipart_upload(self, **_: object) -> dict:
+        return {"UploadId": "u"}
+
+    def upload_part(self, PartNumber: int, **_: object) -> dict:  # noqa: N803 (boto3's name)
+        time.sleep(self.SEND_SECONDS)
+        return {"ETag": f"e{PartNumber}"}
+
+    def complete_multipart_upload(self, **_: object) -> dict:
+        return {}
+
+
+#: Small parts for the memory test (the store is a fake: S3's 5 MiB minimum does not apply).
+SMALL_PART = 256 * 1024
+PARTS_PER_UPLOAD = 6
+
+
+def test_many_uploads_hold_a_part_filling_each_and_at_most_the_cap_of_parts_in_flight(
+        monkeypatch):
+    # The blob port's one worker writes every upload, a part at a time, faster than the
+    # store takes them: the parts handed over wait for the cap, not in memory.
+    monkeypatch.setattr(s3_upload, "PART_BYTES", SMALL_PART)
+    blobs = S3Blobs(Location("bucket"), client=_SlowStore())
+    uploads = MAX_PARTS_IN_FLIGHT_TOTAL  # each could have MAX_PARTS_IN_FLIGHT in flight
+    writers = [blobs.begin(ALICE, new_blob_key()) for _ in range(uploads)]
+    chunk = _content(SMALL_PART)
+    tracemalloc.start()
+    try:
+        for _ in range(PARTS_PER_UPLOAD):
+            for writer in writers:
+                writer.write(chunk)
+        for writer in writers:
+            writer.seal()
+        left, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        blobs.close()
+    assert all(writer.sealed for writer in writers)
+    # One part filling per upload and the cap's parts in flight (and a little of the rest);
+    # without the cap's wait, each upload would hold MAX_PARTS_IN_FLIGHT + 1 parts.
+    assert peak <= (uploads + MAX_PARTS_IN_FLIGHT_TOTAL) * SMALL_PART + SMALL_PART // 2
+    assert peak >= uploads * SMALL_PART  # the measure sees the parts at all
+    assert left < SMALL_PART  # the spare buffers go with the last upload
+    assert blobs.uploaders.peak_sending == MAX_PARTS_IN_FLIGHT_TOTAL
 
 
 @needs_ceph

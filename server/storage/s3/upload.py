@@ -3,13 +3,15 @@
 The server hands an S3 store's writes to its blob port's worker
 (``slow_writes``): :meth:`S3Upload.write` runs there, never in the loop.
 Content fills a part of :data:`PART_BYTES`; a full part is handed to the
-store's part uploaders (:class:`PartUploaders`, at most
-:data:`MAX_PARTS_IN_FLIGHT_TOTAL` at once for the whole server) and the
-next one fills meanwhile. At most :data:`MAX_PARTS_IN_FLIGHT` parts of one
-upload are in flight: a write that would start one more waits for the
-oldest, which holds the blob port's worker and so the connection (the
-port's backpressure). An upload holds at most ``MAX_PARTS_IN_FLIGHT + 1``
-parts in memory, whatever the file's size.
+store's part uploaders (:class:`PartUploaders`) and the next one fills
+meanwhile. At most :data:`MAX_PARTS_IN_FLIGHT` parts of one upload are in
+flight, and :data:`MAX_PARTS_IN_FLIGHT_TOTAL` of all uploads together: a
+write that would hand over one more waits for the upload's oldest, or for
+any part to be sent, which holds the blob port's worker and so the
+connections (the port's backpressure). A part's buffer is let go once it is
+sent. Memory: a part filling per upload, and at most
+``MAX_PARTS_IN_FLIGHT_TOTAL`` parts being sent, whatever the files' sizes
+and number.
 
 The multipart upload is created with the first full part; content that
 never fills one is sealed with one conditional PUT (``If-None-Match: *``:
@@ -21,6 +23,7 @@ object); if the store cannot be reached, the sweeper deletes it later.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from collections import deque
@@ -38,36 +41,101 @@ log = logging.getLogger(__name__)
 PART_BYTES = 8 * 1024 * 1024
 #: Parts of one upload being sent at once (the next one fills meanwhile).
 MAX_PARTS_IN_FLIGHT = 2
-#: Parts being sent at once, all uploads together (the uploader threads).
-MAX_PARTS_IN_FLIGHT_TOTAL = 8
+#: Parts handed over and not yet sent, all uploads together (the uploader threads).
+MAX_PARTS_IN_FLIGHT_TOTAL = 4
+
+
+#: glibc's ``mallopt`` option: the size from which an allocation is its own mmap.
+_M_MMAP_THRESHOLD = -3
+
+
+def unmap_sent_parts() -> None:
+    """Have the C allocator give each part buffer its own mapping, unmapped when freed.
+
+    glibc raises its mmap threshold to the size of the first mapped block freed;
+    part buffers then come from its heaps, where freed ones stay resident after
+    the uploads end (README.md, "The cluster"). A fixed threshold turns that
+    off. Without glibc: nothing.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, PART_BYTES)
 
 
 class PartUploaders:
     """The threads that send parts, shared by a store's uploads (started on demand).
 
-    At most ``threads`` parts are being sent at once; more wait their turn.
+    At most ``threads`` parts are handed over and not yet sent: :meth:`submit`
+    waits for one of them to end before taking one more (so no part waits in
+    memory for a thread). A sent part's buffer is the next part's to fill
+    (:meth:`buffer`: no new mapping, no page faults, per part); they are let
+    go when no upload is open.
     """
 
     def __init__(self, threads: int = MAX_PARTS_IN_FLIGHT_TOTAL) -> None:
+        unmap_sent_parts()
+        self._threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s3-parts")
+        self._slots = threading.BoundedSemaphore(threads)
         self._lock = threading.Lock()
-        #: Parts being sent now, and the most at once so far (the global cap's use).
+        #: Parts handed over and not yet sent, and the most at once so far (the cap's use).
         self.sending = 0
         self.peak_sending = 0
+        #: Uploads begun and not yet sealed or aborted, and the buffers of their sent parts.
+        self._open = 0
+        self._free: list[bytearray] = []
 
-    def submit(self, send: Callable[..., str], *args: Any) -> Future:
-        """Send one part in a thread; the future holds its answer (its ETag)."""
-        return self._pool.submit(self._send, send, *args)
+    def buffer(self) -> bytearray:
+        """A part's buffer to fill: a sent part's, or a new one."""
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return bytearray(PART_BYTES)  # calloc: its pages count once written
 
-    def _send(self, send: Callable[..., str], *args: Any) -> str:
+    def opened(self) -> None:
+        """An upload began."""
+        with self._lock:
+            self._open += 1
+
+    def closed(self) -> None:
+        """An upload was sealed or aborted; the last one lets the spare buffers go."""
+        with self._lock:
+            self._open -= 1
+            if not self._open:
+                self._free.clear()
+
+    def submit(self, send: Callable[[int, bytearray], str], number: int,
+               part: bytearray) -> Future:
+        """Send one part in a thread, once fewer than ``threads`` are; the future holds its
+        answer (its ETag)."""
+        self._slots.acquire()
         with self._lock:
             self.sending += 1
             self.peak_sending = max(self.peak_sending, self.sending)
         try:
-            return send(*args)
+            future = self._pool.submit(self._send, send, number, part)
+        except BaseException:
+            self._ended()
+            raise
+        future.add_done_callback(self._ended)  # sent, failed or cancelled (an abort)
+        return future
+
+    def _send(self, send: Callable[[int, bytearray], str], number: int,
+              part: bytearray) -> str:
+        try:
+            return send(number, part)
         finally:
-            with self._lock:
-                self.sending -= 1
+            if len(part) == PART_BYTES:
+                with self._lock:
+                    if self._open and len(self._free) < self._threads:
+                        self._free.append(part)
+
+    def _ended(self, _future: Future | None = None) -> None:
+        with self._lock:
+            self.sending -= 1
+        self._slots.release()
 
     def close(self) -> None:
         """Let the threads end once the parts being sent are; drop those waiting."""
@@ -83,15 +151,15 @@ class S3Upload:
         self.key = key
         self.object_name = store.blob_object(client_id, key)
         self.size = 0
-        #: The part filling (zero-filled by calloc: its pages count once written), and
-        #: how much of it is.
-        self._part = bytearray(PART_BYTES)
+        #: The part filling, and how much of it is.
+        self._part = store.uploaders.buffer()
         self._filled = 0
-        #: A part sent, kept for the next one to fill: no allocation per part.
-        self._spare: list[bytearray] = []
+        store.uploaders.opened()
+        self._open = True
         self._upload_id: str | None = None
-        #: Parts in flight, oldest first: (number, its buffer, the future of its ETag).
-        self._in_flight: deque[tuple[int, bytearray, Future]] = deque()
+        #: Parts in flight, oldest first: (number, its size, the future of its ETag). Their
+        #: buffers are the uploaders' from then on.
+        self._in_flight: deque[tuple[int, int, Future]] = deque()
         self._sent: list[dict[str, Any]] = []
         #: The most parts of this upload in flight at once (for the figures).
         self.peak_in_flight = 0
@@ -102,8 +170,9 @@ class S3Upload:
 
     @property
     def held(self) -> int:
-        """Bytes of this upload in memory: the part filling and the parts in flight."""
-        return self._filled + sum(len(part) for _, part, _ in self._in_flight)
+        """Bytes of this upload in memory: the part filling and the parts being sent."""
+        return self._filled + sum(size for _, size, future in self._in_flight
+                                  if not future.done())
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append data; send each part that fills.
@@ -122,7 +191,7 @@ class S3Upload:
             view = view[taken:]
             if self._filled == PART_BYTES:
                 self._send(self._part)  # handed over as it is: no copy
-                self._part = self._spare.pop() if self._spare else bytearray(PART_BYTES)
+                self._part = self._store.uploaders.buffer()
                 self._filled = 0
 
     def _send(self, part: bytearray) -> None:
@@ -136,7 +205,7 @@ class S3Upload:
             self._collect_oldest()
         number = len(self._sent) + len(self._in_flight) + 1
         future = self._store.uploaders.submit(self._send_part, number, part)
-        self._in_flight.append((number, part, future))
+        self._in_flight.append((number, len(part), future))
         self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
 
     def _send_part(self, number: int, part: bytearray) -> str:
@@ -148,7 +217,7 @@ class S3Upload:
         return str(answer["ETag"])
 
     def _collect_oldest(self) -> None:
-        number, part, future = self._in_flight.popleft()
+        number, _, future = self._in_flight.popleft()
         try:
             etag = future.result()
         except StorageFault:
@@ -157,8 +226,6 @@ class S3Upload:
             log.exception("unexpected error sending a part")
             raise StorageFault(f"cannot send a part of a received file: {exc}") from exc
         self._sent.append({"PartNumber": number, "ETag": etag})
-        if len(part) == PART_BYTES and not self._spare:
-            self._spare.append(part)
 
     def seal(self) -> None:
         """Send what is left and complete the object (or PUT it whole if it never filled a part).
@@ -190,10 +257,12 @@ class S3Upload:
         self.sealed = True
 
     def _release(self) -> None:
-        """Let go of the part buffers (the parts in flight keep theirs until sent)."""
+        """Let go of the part filling (the parts in flight keep theirs until sent)."""
         self._part = bytearray()
         self._filled = 0
-        self._spare.clear()
+        if self._open:
+            self._open = False
+            self._store.uploaders.closed()
 
     def abort(self) -> None:
         """Drop the upload: abort the multipart upload, or delete the sealed object; never raises.
