@@ -40,7 +40,7 @@ if __name__ == "__main__":  # run as a script: the test helpers are imported as 
 from backends.ceph import CephGateway
 from backends.haproxy import Backend, HAProxy
 from backends.postgres import PostgresCluster
-from helpers import ServerProcess, server_env, start_server
+from helpers import STOP_TIMEOUT, ServerProcess, server_env, start_server
 
 #: HAProxy's address; it reaches the nodes from here, so the nodes trust headers from it.
 BALANCER_HOST = "127.0.0.1"
@@ -200,14 +200,23 @@ class Cluster:
 
     def stop(self) -> None:
         """Stop HAProxy and the nodes (and the database and store if started here)."""
-        if self.balancer is not None:
-            self.balancer.stop()
-        for node in self.nodes.values():
-            if node.process.poll() is None:
-                node.stop(signal.SIGTERM)
-        if self.owns_services:
-            self.gateway.stop()
-            self.postgres.stop()
+        try:
+            if self.balancer is not None:
+                self.balancer.stop()
+            running = [node for node in self.nodes.values() if node.process.poll() is None]
+            for node in running:  # all drain at once
+                node.process.send_signal(signal.SIGTERM)
+            for node in running:
+                try:
+                    node.process.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:  # a drain that outlasts it: end it
+                    node.kill()
+        finally:
+            if self.owns_services:
+                try:
+                    self.gateway.stop()
+                finally:
+                    self.postgres.stop()
 
 
 class ClusterServer:
