@@ -261,3 +261,36 @@ def test_a_database_away_is_tried_once_per_interval_and_used_again_when_back(
         postgres_cluster.sql(allow.format(database, "true"))
     time.sleep(0.3)
     assert store.client_by_id(ALICE).name == "alice"
+
+
+#: Stored names beyond ASCII (server/storage/names.py keeps printable Unicode as it is).
+NON_ASCII_PATH = "résumé ✓ 日本.pdf"
+
+
+@pytest.mark.parametrize("encoding", ["LATIN1", "SQL_ASCII"])
+def test_text_beyond_the_databases_encoding_is_kept_exactly_as_given(
+    postgres_cluster, encoding
+):
+    """A database made in another encoding than UTF-8 (SQL_ASCII is initdb's under the C
+    locale): the store still speaks UTF-8, so that a path name reads back as written (not
+    re-encoded on the way) or is refused as a StorageFault, never a UnicodeEncodeError."""
+    name = f"enc{encoding.lower()}{time.monotonic_ns()}"
+    postgres_cluster.sql(
+        f"CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C'"
+        " TEMPLATE template0"
+    )
+    store = PostgresMetadata.open(postgres_cluster.url(name))
+    try:
+        register(store, ALICE, "alice")
+        for file_name, path_name in ((b"latin", "résumé.pdf"), (b"wide", NON_ASCII_PATH)):
+            try:
+                with store.transaction():
+                    store.upsert_file(ALICE, file_name, path_name)
+                store.finish_round(durable=True)
+            except StorageFault:  # LATIN1 cannot hold 日本: refused, the round lost
+                assert encoding == "LATIN1" and path_name == NON_ASCII_PATH
+                continue
+            row = store.file_row(ALICE, file_name)
+            assert row is not None and row.path_name == path_name
+    finally:
+        store.close()
