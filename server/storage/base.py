@@ -42,6 +42,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Collection, Mapping, Protocol
 
+from .urltext import without_password
+
 #: Texts of recent seconds kept for LastSeen (a clock that steps back reuses one).
 _SECONDS_KEPT = 4
 _US = 1_000_000
@@ -92,8 +94,9 @@ class StoreUrl:
     text: str = ""
 
     def __str__(self) -> str:
-        """As written, or a default place's path."""
-        return self.text or str(self.path)
+        """As written (any password or secret hidden: server/storage/urltext.py), or a
+        default place's path."""
+        return without_password(self.text) if self.text else str(self.path)
 
 
 @dataclass(frozen=True)
