@@ -169,8 +169,14 @@ class BlobEntry:
     path_name: str
 
 
+#: Seconds a wait for a round's commit sleeps at most between two advance() calls.
+COMMIT_POLL_INTERVAL = 1.0
+
+
 class RoundCommit(Protocol):
-    """A round's commit under way; the loop waits for it through its selector."""
+    """A round's commit under way; the loop waits for it through its selector, and calls
+    advance() at least every :data:`COMMIT_POLL_INTERVAL` seconds, ready or not (a commit
+    may give up on a database that stopped answering)."""
 
     def fileno(self) -> int:
         """The descriptor to wait on (a worker's socketpair end, or the database's socket)."""
@@ -210,7 +216,7 @@ def wait_for(commit: RoundCommit | None) -> None:
                     selector.unregister(commit.fileno())
                 selector.register(commit.fileno(), wanted)
                 interest = wanted
-            selector.select()
+            selector.select(COMMIT_POLL_INTERVAL)
 
 
 class MetadataStore(Protocol):

@@ -294,3 +294,53 @@ def test_text_beyond_the_databases_encoding_is_kept_exactly_as_given(
             assert row is not None and row.path_name == path_name
     finally:
         store.close()
+
+
+#: Seconds the test lets a round's COMMIT go unanswered before the store gives it up.
+SHORT_COMMIT_PATIENCE = 0.5
+#: Seconds the test waits for the wait on that commit to end (far past the patience).
+WAIT_PATIENCE = 30.0
+
+
+def test_a_commit_the_database_leaves_unanswered_is_given_up_and_the_store_serves_again(
+    store, observer, monkeypatch
+):
+    """A backend that stops answering (stopped by SIGSTOP here: a stalled disk, a network
+    cut) loses the round after the commit's patience: the wait on it, the loop's and a
+    stop's, ends rather than blocking for ever; the next round has a new connection."""
+    import os
+    import signal
+    import threading
+
+    from server.storage.base import wait_for
+    from server.storage.postgres import roundcommit
+
+    monkeypatch.setattr(roundcommit, "COMMIT_PATIENCE", SHORT_COMMIT_PATIENCE)
+    register(store, ALICE, "alice")
+    (pid,), = observer.execute(
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE application_name = %s AND datname = current_database()", (APPLICATION_NAME,)
+    ).fetchall()
+    outcome: list[BaseException | None] = []
+
+    def wait() -> None:
+        try:
+            wait_for(store.begin_round_commit(durable=True))
+            outcome.append(None)
+        except StorageFault as exc:
+            outcome.append(exc)
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        waiting = threading.Thread(target=wait, daemon=True)
+        waiting.start()
+        waiting.join(WAIT_PATIENCE)
+        given_up = list(outcome)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        waiting.join()
+    assert len(given_up) == 1 and isinstance(given_up[0], StorageFault), given_up
+    assert "did not answer" in str(given_up[0])
+    register(store, BOB, "bob")  # connects again by itself
+    store.finish_round(durable=True)
+    assert "bob" in names(observer)

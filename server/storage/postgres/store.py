@@ -28,7 +28,6 @@ connections unanswered); the next request connects again (one attempt per
 from __future__ import annotations
 
 import logging
-import select
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from psycopg import errors as pg_errors
 
 from ...errors import NameTaken, StorageFault, StoreUnusable
 from ...peer import address_group
-from ..base import Binding, ClientRow, FileRow, timestamp
+from ..base import Binding, ClientRow, FileRow, timestamp, wait_for
 from . import schema
 from ..urltext import without_password
 from .connect import connect, fault, reason
@@ -508,13 +507,7 @@ class PostgresMetadata:
         Raises:
             StorageFault: the round is lost; no answer of it may go out.
         """
-        commit = self.begin_round_commit(durable=durable)
-        while commit is not None and not commit.advance():
-            socket = [commit.fileno()]
-            if commit.wants_write:
-                select.select([], socket, [])
-            else:
-                select.select(socket, [], [])
+        wait_for(self.begin_round_commit(durable=durable))
 
     def sync(self) -> None:
         """Commit the round so far (durably, as every commit)."""
