@@ -344,3 +344,39 @@ def test_a_commit_the_database_leaves_unanswered_is_given_up_and_the_store_serve
     register(store, BOB, "bob")  # connects again by itself
     store.finish_round(durable=True)
     assert "bob" in names(observer)
+
+
+#: Seconds between attempts in the test, shorter than one attempt takes (as 1 s is beside a
+#: blackholed host's connect_timeout of 5 s).
+SHORT_RECONNECT_INTERVAL = 0.2
+SLOW_ATTEMPT = 2 * SHORT_RECONNECT_INTERVAL
+
+
+def test_an_attempt_slower_than_the_interval_still_waits_an_interval_before_the_next(
+    store, observer, monkeypatch
+):
+    """The interval counts from the end of a failed attempt: counted from its start, an
+    attempt that waits its connect_timeout lets the next request try again at once, and
+    the loop waits on connection attempts back to back while the database is away."""
+    from server.errors import StoreUnusable
+    from server.storage.postgres import store as store_module
+
+    monkeypatch.setattr(store_module, "RECONNECT_INTERVAL", SHORT_RECONNECT_INTERVAL)
+    attempts = []
+
+    def connect(conninfo: str):
+        attempts.append(conninfo)
+        time.sleep(SLOW_ATTEMPT)  # a host that does not answer: the attempt times out
+        raise StoreUnusable("cannot use the database: timeout expired")
+
+    register(store, ALICE, "alice")
+    store.finish_round(durable=True)
+    kill_the_stores_backend(observer)
+    with pytest.raises(StorageFault, match="terminating connection"):  # found lost
+        store.client_by_id(ALICE)
+    monkeypatch.setattr(store_module, "connect", connect)
+    with pytest.raises(StorageFault, match="timeout expired"):
+        store.client_by_id(ALICE)
+    with pytest.raises(StorageFault, match="trying again shortly"):  # no new attempt yet
+        store.client_by_id(ALICE)
+    assert len(attempts) == 1

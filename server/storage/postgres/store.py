@@ -267,13 +267,13 @@ class PostgresMetadata:
             return db
         if self._in_round:
             self._lose_round("the connection was lost")
-        now = time.monotonic()
-        if now < self._retry_at:  # each attempt may wait: not for every request
+        if time.monotonic() < self._retry_at:  # each attempt may wait: not for every request
             raise StorageFault("database: unreachable, trying again shortly")
         try:
             db = connect(self._conninfo)
         except StoreUnusable as exc:
-            self._retry_at = now + RECONNECT_INTERVAL
+            # From the attempt's end: it may have waited its whole connect_timeout.
+            self._retry_at = time.monotonic() + RECONNECT_INTERVAL
             if not self._unreachable:
                 log.warning("database: %s; trying again every %g s", exc, RECONNECT_INTERVAL)
             self._unreachable = True
