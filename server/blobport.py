@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: Bytes queued for one blob past which its connection is not read.
 BEHIND_BYTES = 4 * 1024 * 1024
+#: Seconds a stop waits for the worker to finish what is queued (aborts, seals, publishes).
+STOP_PATIENCE = 60.0
 #: Bytes the loop reads off the wake-up socket at once.
 _WAKE_READ = 4096
 
@@ -338,6 +340,19 @@ class BlobPort:
         for action in actions:
             action()
 
-    def close(self) -> None:
-        """Stop the worker once what is queued is written; close the sockets."""
-        self._shared.stop()
+    def close(self, patience: float = STOP_PATIENCE) -> None:
+        """Stop the worker once what is queued is done (writes of dropped blobs are skipped),
+        waiting for it up to ``patience`` seconds: it is a daemon thread, and the process's
+        exit would cut the aborts a stop queues (an S3 multipart upload left open); close
+        the sockets."""
+        shared = self._shared
+        shared.stop()
+        thread = shared.thread
+        if thread is None or thread is threading.current_thread():
+            return
+        thread.join(patience)
+        if thread.is_alive():
+            log.warning(
+                "blob store calls still under way after %g s at the stop: what they leave"
+                " is swept later", patience,
+            )

@@ -307,7 +307,8 @@ class RoundInstalls:
             self._owed_timer = self._timers.call_later(OWED_PUBLISH_RETRY, self._retry_owed)
 
     def _retry_owed(self) -> None:
-        """Publish each owed confirmed version again (its swap is durable); keep what fails.
+        """Publish each owed confirmed version again (its swap is durable); keep what fails,
+        and what cannot be checked now (its row unreadable).
 
         A version no longer the row's (a later one was confirmed, or the
         client was deleted) is not published: it is garbage, left to the
@@ -315,7 +316,15 @@ class RoundInstalls:
         """
         self._owed_timer = None
         for upload, entry in list(self._owed.items()):
-            row = self._metadata.file_row(upload.client_id, upload.file_name)
+            try:
+                row = self._metadata.file_row(upload.client_id, upload.file_name)
+            except StorageFault as exc:  # kept: the next retry reads it again
+                log.warning(
+                    "%s: file %s of client %s: its confirmed version is still not stored"
+                    " (its row cannot be read: %s); retried in %.0f s", upload.address,
+                    quoted(upload.file_name), upload.client_id.hex(), exc, OWED_PUBLISH_RETRY,
+                )
+                continue
             if row is None or row.blob_key != entry.writer.key:
                 del self._owed[upload]
                 continue

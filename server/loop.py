@@ -327,7 +327,7 @@ class Server:
 
     def _serve_while_committing(self, in_flight: _RoundInFlight) -> None:
         """A round whose commit is under way: accept, wake-ups, blob port, and the timers
-        that call no store, until the commit's descriptor is ready.
+        that call no store, until the commit is done (advanced at least once a second).
 
         The loop waits on a selector of its own then (:func:`_waiting_selector`,
         made for the round: no system call to set up), so that the
@@ -344,15 +344,13 @@ class Server:
         timeout = self.app.timers.timeout(MAX_SELECT_TIMEOUT, storage=False)
         ready = waiting.select(timeout)
         waiting.close()
-        commit_ready = False
         for key, _ in ready:
-            if key.data is in_flight:
-                commit_ready = True
-            else:
+            if key.data is not in_flight:
                 self._run_guarded(key.data)
         self._run_timers()
-        if commit_ready:
-            self._advance_commit(in_flight)
+        # Ready or not (advance never waits): a commit may give up on a database that
+        # stopped answering (RoundCommit), which no readiness reports.
+        self._advance_commit(in_flight)
 
     def _run_timers(self) -> None:
         """Run the due timers; while a commit is under way, only those that call no store."""

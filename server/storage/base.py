@@ -42,6 +42,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Collection, Mapping, Protocol
 
+from .urltext import without_password
+
 #: Texts of recent seconds kept for LastSeen (a clock that steps back reuses one).
 _SECONDS_KEPT = 4
 _US = 1_000_000
@@ -92,8 +94,9 @@ class StoreUrl:
     text: str = ""
 
     def __str__(self) -> str:
-        """As written, or a default place's path."""
-        return self.text or str(self.path)
+        """As written (any password or secret hidden: server/storage/urltext.py), or a
+        default place's path."""
+        return without_password(self.text) if self.text else str(self.path)
 
 
 @dataclass(frozen=True)
@@ -166,8 +169,14 @@ class BlobEntry:
     path_name: str
 
 
+#: Seconds a wait for a round's commit sleeps at most between two advance() calls.
+COMMIT_POLL_INTERVAL = 1.0
+
+
 class RoundCommit(Protocol):
-    """A round's commit under way; the loop waits for it through its selector."""
+    """A round's commit under way; the loop waits for it through its selector, and calls
+    advance() at least every :data:`COMMIT_POLL_INTERVAL` seconds, ready or not (a commit
+    may give up on a database that stopped answering)."""
 
     def fileno(self) -> int:
         """The descriptor to wait on (a worker's socketpair end, or the database's socket)."""
@@ -207,7 +216,7 @@ def wait_for(commit: RoundCommit | None) -> None:
                     selector.unregister(commit.fileno())
                 selector.register(commit.fileno(), wanted)
                 interest = wanted
-            selector.select()
+            selector.select(COMMIT_POLL_INTERVAL)
 
 
 class MetadataStore(Protocol):

@@ -102,6 +102,8 @@ _SCHEMA = (
     "UPDATE coordination_version SET version = %(version)s WHERE version < %(version)s",
 )
 _READ_VERSION = "SELECT max(version) FROM coordination_version"
+#: The server settings of the coordination's connection (libpq's ``options``).
+_SETTINGS = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c synchronous_commit=off"
 
 _LEASE_FOR = "now() + %(lease)s * interval '1 second'"
 _NUMBER_NODE = (
@@ -297,14 +299,23 @@ class PgCoordination:
             try:
                 self._connection = psycopg.connect(
                     self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                    options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
-                    " -c synchronous_commit=off",
+                    options=self._options(),
                     application_name=f"cipherdrop coordination {self.node}"[:63],
                 )
             except psycopg.Error as exc:
                 self._next_attempt = time.monotonic() + RECONNECT_DELAY
                 raise StorageFault(f"cannot connect to the database: {_reason(exc)}") from exc
         return self._connection
+
+    def _options(self) -> str:
+        """The URL's own ``options`` (a ``search_path``: the tables go where the metadata's
+        do), then this connection's settings, which win.
+
+        Raises:
+            psycopg.ProgrammingError: the URL does not parse.
+        """
+        given = psycopg.conninfo.conninfo_to_dict(self._conninfo).get("options")
+        return " ".join(filter(None, (str(given or ""), _SETTINGS)))
 
     def _execute(self, statement: str, values: Mapping[str, object]) -> Sequence[Any] | None:
         """One statement, one round trip: its first row, if any.

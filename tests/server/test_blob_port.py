@@ -9,8 +9,12 @@ they run in the port's worker, and only the upload's own answer waits for them.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -211,3 +215,34 @@ def test_a_blob_behind_is_caught_up_and_written_in_order():
     with blobs.open(path_name) as file:
         assert file.read() == b"one two three"
     port.close()
+
+
+#: How long the abort of the store in the test takes (an S3 AbortMultipartUpload).
+ABORT_PAUSE = 0.5
+_STOPPING_PROCESS = f"""
+import pathlib, sys, time
+from server.blobport import BlobPort
+
+done = pathlib.Path(sys.argv[1])
+
+def abort():
+    time.sleep({ABORT_PAUSE})
+    done.write_text("aborted")
+
+port = BlobPort()
+port.run(abort, None)  # an upload dropped by the stop: its abort queued
+port.close()
+"""
+
+
+def test_a_stopping_server_lets_the_queued_store_calls_end_before_it_exits(tmp_path):
+    """The worker is a daemon thread: the process's exit would cut the aborts queued by the
+    stop (an S3 multipart upload left open), unless closing the port waits for them."""
+    done = tmp_path / "aborted"
+    root = str(Path(__file__).resolve().parents[2])
+    environment = {**os.environ, "PYTHONPATH": root}
+    subprocess.run(
+        [sys.executable, "-c", _STOPPING_PROCESS, str(done)], check=True, env=environment,
+        cwd=root, timeout=60,
+    )
+    assert done.read_text() == "aborted"

@@ -8,6 +8,8 @@ session's throwaway cluster (skipped without the binaries, but not in CI).
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import psycopg
@@ -81,3 +83,49 @@ def test_a_round_whose_commit_fails_is_closed_unanswered_and_the_next_is_served(
     assert _names(url) == [name]
     again.close()
 
+
+
+#: Seconds the test lets a round's COMMIT go unanswered before the store gives it up.
+SHORT_COMMIT_PATIENCE = 0.5
+
+
+def test_a_round_whose_commit_goes_unanswered_is_closed_unanswered_and_the_loop_goes_on(
+    looped, monkeypatch
+):
+    """The backend stops answering as the round ends (SIGSTOP: a stalled disk, a network
+    cut): the loop, which waits on nothing that would report it, still gives the round up
+    after the commit's patience, closes its connections unanswered, and serves the next."""
+    from server.storage.postgres import roundcommit
+
+    monkeypatch.setattr(roundcommit, "COMMIT_PATIENCE", SHORT_COMMIT_PATIENCE)
+    server, db, url = looped
+    client = RawClient(server.address[:2])
+    run_until(server, lambda: len(server.channels) == 1)
+    real_begin = db.begin_round_commit
+    stopped: list[int] = []
+
+    def begin_round_commit(*, durable: bool):
+        if not stopped:  # the backend stops answering as the round ends
+            with psycopg.connect(url, autocommit=True) as other:
+                (pid,), = other.execute(
+                    "SELECT pid FROM pg_stat_activity"
+                    " WHERE application_name = %s AND datname = current_database()",
+                    (APPLICATION_NAME,)).fetchall()
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+        return real_begin(durable=durable)
+
+    monkeypatch.setattr(db, "begin_round_commit", begin_round_commit)
+    client.send(Register(client_id=ANY_ID, name=unique_name()))
+    try:
+        run_until(server, lambda: not server.channels)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    assert isinstance(client.receive(), ConnectionClosed)
+    client.close()
+    again = RawClient(server.address[:2])
+    again.send(Register(client_id=ANY_ID, name=unique_name()))
+    run_until(server, lambda: answered(again))
+    assert isinstance(again.receive(), Registered)
+    again.close()

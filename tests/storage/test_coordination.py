@@ -335,6 +335,33 @@ def test_tables_of_a_later_version_are_refused(postgres_url):
 
 
 @pytest.mark.needed_in_ci
+@pytest.mark.needed_in_ci
+def test_the_urls_own_options_are_kept_beside_the_coordinations(postgres_url):
+    """An operator's ``options`` (a schema of its own in ``search_path``) hold for the
+    coordination's connection as for the metadata's: its tables go where the metadata's do,
+    and its statement timeout still holds."""
+    import psycopg
+
+    from server.storage.pg_coordination import STATEMENT_TIMEOUT_MS, PgCoordination
+
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("CREATE SCHEMA cipherdrop")
+    node = PgCoordination(f"{postgres_url}?options=-c%20search_path%3Dcipherdrop", "a", LEASE)
+    try:
+        timeout = node._execute(
+            "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'", {}
+        )
+    finally:
+        node.close()
+    assert timeout is not None and int(timeout[0]) == STATEMENT_TIMEOUT_MS  # in ms
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        schemas = connection.execute(
+            "SELECT DISTINCT table_schema FROM information_schema.tables"
+            " WHERE table_name LIKE 'coordination_%'"
+        ).fetchall()
+    assert schemas == [("cipherdrop",)]
+
+
 def test_an_unreachable_database_is_a_one_line_refusal():
     pytest.importorskip("psycopg")
     from server.storage.pg_coordination import PgCoordination

@@ -261,3 +261,122 @@ def test_a_database_away_is_tried_once_per_interval_and_used_again_when_back(
         postgres_cluster.sql(allow.format(database, "true"))
     time.sleep(0.3)
     assert store.client_by_id(ALICE).name == "alice"
+
+
+#: Stored names beyond ASCII (server/storage/names.py keeps printable Unicode as it is).
+NON_ASCII_PATH = "résumé ✓ 日本.pdf"
+
+
+@pytest.mark.parametrize("encoding", ["LATIN1", "SQL_ASCII"])
+def test_text_beyond_the_databases_encoding_is_kept_exactly_as_given(
+    postgres_cluster, encoding
+):
+    """A database made in another encoding than UTF-8 (SQL_ASCII is initdb's under the C
+    locale): the store still speaks UTF-8, so that a path name reads back as written (not
+    re-encoded on the way) or is refused as a StorageFault, never a UnicodeEncodeError."""
+    name = f"enc{encoding.lower()}{time.monotonic_ns()}"
+    postgres_cluster.sql(
+        f"CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C'"
+        " TEMPLATE template0"
+    )
+    store = PostgresMetadata.open(postgres_cluster.url(name))
+    try:
+        register(store, ALICE, "alice")
+        for file_name, path_name in ((b"latin", "résumé.pdf"), (b"wide", NON_ASCII_PATH)):
+            try:
+                with store.transaction():
+                    store.upsert_file(ALICE, file_name, path_name)
+                store.finish_round(durable=True)
+            except StorageFault:  # LATIN1 cannot hold 日本: refused, the round lost
+                assert encoding == "LATIN1" and path_name == NON_ASCII_PATH
+                continue
+            row = store.file_row(ALICE, file_name)
+            assert row is not None and row.path_name == path_name
+    finally:
+        store.close()
+
+
+#: Seconds the test lets a round's COMMIT go unanswered before the store gives it up.
+SHORT_COMMIT_PATIENCE = 0.5
+#: Seconds the test waits for the wait on that commit to end (far past the patience).
+WAIT_PATIENCE = 30.0
+
+
+def test_a_commit_the_database_leaves_unanswered_is_given_up_and_the_store_serves_again(
+    store, observer, monkeypatch
+):
+    """A backend that stops answering (stopped by SIGSTOP here: a stalled disk, a network
+    cut) loses the round after the commit's patience: the wait on it, the loop's and a
+    stop's, ends rather than blocking for ever; the next round has a new connection."""
+    import os
+    import signal
+    import threading
+
+    from server.storage.base import wait_for
+    from server.storage.postgres import roundcommit
+
+    monkeypatch.setattr(roundcommit, "COMMIT_PATIENCE", SHORT_COMMIT_PATIENCE)
+    register(store, ALICE, "alice")
+    (pid,), = observer.execute(
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE application_name = %s AND datname = current_database()", (APPLICATION_NAME,)
+    ).fetchall()
+    outcome: list[BaseException | None] = []
+
+    def wait() -> None:
+        try:
+            wait_for(store.begin_round_commit(durable=True))
+            outcome.append(None)
+        except StorageFault as exc:
+            outcome.append(exc)
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        waiting = threading.Thread(target=wait, daemon=True)
+        waiting.start()
+        waiting.join(WAIT_PATIENCE)
+        given_up = list(outcome)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        waiting.join()
+    assert len(given_up) == 1 and isinstance(given_up[0], StorageFault), given_up
+    assert "did not answer" in str(given_up[0])
+    register(store, BOB, "bob")  # connects again by itself
+    store.finish_round(durable=True)
+    assert "bob" in names(observer)
+
+
+#: Seconds between attempts in the test, shorter than one attempt takes (as 1 s is beside a
+#: blackholed host's connect_timeout of 5 s).
+SHORT_RECONNECT_INTERVAL = 0.2
+SLOW_ATTEMPT = 2 * SHORT_RECONNECT_INTERVAL
+
+
+def test_an_attempt_slower_than_the_interval_still_waits_an_interval_before_the_next(
+    store, observer, monkeypatch
+):
+    """The interval counts from the end of a failed attempt: counted from its start, an
+    attempt that waits its connect_timeout lets the next request try again at once, and
+    the loop waits on connection attempts back to back while the database is away."""
+    from server.errors import StoreUnusable
+    from server.storage.postgres import store as store_module
+
+    monkeypatch.setattr(store_module, "RECONNECT_INTERVAL", SHORT_RECONNECT_INTERVAL)
+    attempts = []
+
+    def connect(conninfo: str):
+        attempts.append(conninfo)
+        time.sleep(SLOW_ATTEMPT)  # a host that does not answer: the attempt times out
+        raise StoreUnusable("cannot use the database: timeout expired")
+
+    register(store, ALICE, "alice")
+    store.finish_round(durable=True)
+    kill_the_stores_backend(observer)
+    with pytest.raises(StorageFault, match="terminating connection"):  # found lost
+        store.client_by_id(ALICE)
+    monkeypatch.setattr(store_module, "connect", connect)
+    with pytest.raises(StorageFault, match="timeout expired"):
+        store.client_by_id(ALICE)
+    with pytest.raises(StorageFault, match="trying again shortly"):  # no new attempt yet
+        store.client_by_id(ALICE)
+    assert len(attempts) == 1

@@ -24,6 +24,12 @@ PASSWORD_PLACES = "~/.pgpass (or the file PGPASSFILE names) or PGPASSWORD"
 CONNECT_TIMEOUT = 5
 #: What the store names itself as, in pg_stat_activity.
 APPLICATION_NAME = "cipherdrop-server"
+#: The client encoding of every connection, whatever the database's (SQL_ASCII under
+#: initdb's C locale, LATIN1, ...) or PGCLIENTENCODING: any text a request holds can be
+#: sent (the server converts it, or refuses it with an error), and the round's COMMIT,
+#: sent as bytes (server/storage/postgres/roundcommit.py), is in the encoding the
+#: connection reads.
+CLIENT_ENCODING = "UTF8"
 
 
 def check_no_password(text: str) -> None:
@@ -52,7 +58,8 @@ def driver() -> None:
 
 
 def connect(conninfo: str) -> psycopg.Connection:
-    """A connection in autocommit mode (the store opens its transactions itself).
+    """A connection in autocommit mode (the store opens its transactions itself), speaking
+    :data:`CLIENT_ENCODING`.
 
     Raises:
         StoreUnusable: the database refuses (unreachable, unknown, denied).
@@ -65,7 +72,7 @@ def connect(conninfo: str) -> psycopg.Connection:
         timeout = given.get("connect_timeout", CONNECT_TIMEOUT)
         return psycopg.connect(
             conninfo, autocommit=True, application_name=APPLICATION_NAME,
-            connect_timeout=timeout,
+            connect_timeout=timeout, client_encoding=CLIENT_ENCODING,
         )
     except psycopg.Error as exc:
         raise StoreUnusable(f"cannot use {without_password(conninfo)}: {reason(exc)}") from exc

@@ -9,6 +9,7 @@ which never blocks: libpq's ``PQflush``, ``PQconsumeInput``, ``PQisBusy`` and
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import psycopg
@@ -16,6 +17,10 @@ from psycopg import pq
 
 from ...errors import StorageFault
 
+#: Seconds a round's COMMIT may go unanswered before the round is given up as lost and its
+#: connection cut (a database that stopped answering without closing the connection: a
+#: stalled disk, a network cut): the loop, and a stop, wait no longer.
+COMMIT_PATIENCE = 30.0
 #: What PostgreSQL answers to a COMMIT of a transaction an error had aborted.
 _ROLLED_BACK = b"ROLLBACK"
 _FLUSH_DONE = 0
@@ -24,13 +29,20 @@ _FLUSH_DONE = 0
 class PgRoundCommit:
     """The round's COMMIT under way on one connection (``query``: the writes still queued,
     then COMMIT, in one message; a failed statement leaves the rest undone: the round is lost).
+
+    Unanswered for ``patience`` seconds, the round is lost and the connection
+    closed (:meth:`advance`, which the loop calls at least once a second).
     """
 
     def __init__(
-        self, pgconn: pq.abc.PGconn, query: bytes, done: Callable[[str | None], None]
+        self, pgconn: pq.abc.PGconn, query: bytes, done: Callable[[str | None], None],
+        patience: float | None = None,
     ) -> None:
         self._pgconn = pgconn
         self._done = done
+        self._give_up_at = time.monotonic() + (
+            COMMIT_PATIENCE if patience is None else patience
+        )
         self._failure: str | None = None
         self._finished = False
         self._was_nonblocking = pgconn.nonblocking
@@ -56,26 +68,38 @@ class PgRoundCommit:
         """Send or read what can be without waiting; True once committed.
 
         Raises:
-            StorageFault: the commit failed or the connection broke: the round is lost.
+            StorageFault: the commit failed, the connection broke, or the database left it
+                unanswered past the patience (the connection is closed): the round is lost.
         """
         if self._finished:
             return True
         pgconn = self._pgconn
         try:
-            if self._sending:
-                if pgconn.flush() != _FLUSH_DONE:
-                    return False
-                self._sending = False
-            pgconn.consume_input()
-            while not pgconn.is_busy():
-                result = pgconn.get_result()
-                if result is None:
-                    return self._complete()
-                self._check(result)
+            if self._progress(pgconn):
+                return self._complete()
         except psycopg.Error as exc:  # libpq's failures: OperationalError
             message = _message(pgconn, exc)
             self._end(message)
             raise StorageFault(f"database: the round's commit failed ({message})") from exc
+        if time.monotonic() >= self._give_up_at:
+            pgconn.finish()  # its answer may never come: the connection cannot be used again
+            message = "the database did not answer in time"
+            self._end(message)
+            raise StorageFault(f"database: the round's commit failed ({message})")
+        return False
+
+    def _progress(self, pgconn: pq.abc.PGconn) -> bool:
+        """Send and read what can be; whether every result has come."""
+        if self._sending:
+            if pgconn.flush() != _FLUSH_DONE:
+                return False
+            self._sending = False
+        pgconn.consume_input()
+        while not pgconn.is_busy():
+            result = pgconn.get_result()
+            if result is None:
+                return True
+            self._check(result)
         return False
 
     def _check(self, result: pq.abc.PGresult) -> None:

@@ -28,7 +28,6 @@ connections unanswered); the next request connects again (one attempt per
 from __future__ import annotations
 
 import logging
-import select
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from psycopg import errors as pg_errors
 
 from ...errors import NameTaken, StorageFault, StoreUnusable
 from ...peer import address_group
-from ..base import Binding, ClientRow, FileRow, timestamp
+from ..base import Binding, ClientRow, FileRow, timestamp, wait_for
 from . import schema
 from ..urltext import without_password
 from .connect import connect, fault, reason
@@ -268,13 +267,13 @@ class PostgresMetadata:
             return db
         if self._in_round:
             self._lose_round("the connection was lost")
-        now = time.monotonic()
-        if now < self._retry_at:  # each attempt may wait: not for every request
+        if time.monotonic() < self._retry_at:  # each attempt may wait: not for every request
             raise StorageFault("database: unreachable, trying again shortly")
         try:
             db = connect(self._conninfo)
         except StoreUnusable as exc:
-            self._retry_at = now + RECONNECT_INTERVAL
+            # From the attempt's end: it may have waited its whole connect_timeout.
+            self._retry_at = time.monotonic() + RECONNECT_INTERVAL
             if not self._unreachable:
                 log.warning("database: %s; trying again every %g s", exc, RECONNECT_INTERVAL)
             self._unreachable = True
@@ -508,13 +507,7 @@ class PostgresMetadata:
         Raises:
             StorageFault: the round is lost; no answer of it may go out.
         """
-        commit = self.begin_round_commit(durable=durable)
-        while commit is not None and not commit.advance():
-            socket = [commit.fileno()]
-            if commit.wants_write:
-                select.select([], socket, [])
-            else:
-                select.select(socket, [], [])
+        wait_for(self.begin_round_commit(durable=durable))
 
     def sync(self) -> None:
         """Commit the round so far (durably, as every commit)."""
