@@ -47,6 +47,7 @@ from typing import Any, Collection, Mapping, Sequence
 
 from ..errors import StorageFault, StoreUnusable
 from .coordination import REGISTRATION, UPLOAD, FailureCounts, UploadLease, upload_key
+from .postgres.connect import liveness
 
 try:
     import psycopg
@@ -299,23 +300,13 @@ class PgCoordination:
             try:
                 self._connection = psycopg.connect(
                     self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                    options=self._options(),
+                    **liveness(self._conninfo, _SETTINGS),
                     application_name=f"cipherdrop coordination {self.node}"[:63],
                 )
             except psycopg.Error as exc:
                 self._next_attempt = time.monotonic() + RECONNECT_DELAY
                 raise StorageFault(f"cannot connect to the database: {_reason(exc)}") from exc
         return self._connection
-
-    def _options(self) -> str:
-        """The URL's own ``options`` (a ``search_path``: the tables go where the metadata's
-        do), then this connection's settings, which win.
-
-        Raises:
-            psycopg.ProgrammingError: the URL does not parse.
-        """
-        given = psycopg.conninfo.conninfo_to_dict(self._conninfo).get("options")
-        return " ".join(filter(None, (str(given or ""), _SETTINGS)))
 
     def _execute(self, statement: str, values: Mapping[str, object]) -> Sequence[Any] | None:
         """One statement, one round trip: its first row, if any.

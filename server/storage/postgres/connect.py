@@ -8,7 +8,7 @@ No psycopg type leaves this package: its errors become
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from ...errors import BadStoreUrl, StorageFault, StoreUnusable
 from ..urltext import has_password, without_password
 
@@ -30,6 +30,43 @@ APPLICATION_NAME = "cipherdrop-server"
 #: sent as bytes (server/storage/postgres/roundcommit.py), is in the encoding the
 #: connection reads.
 CLIENT_ENCODING = "UTF8"
+#: How both ends notice a peer that vanished without closing (a host gone, a link cut)
+#: rather than wait on it forever: TCP keepalives after this many idle seconds, then
+#: probes this far apart, this many unanswered ending the connection (25 s in all).
+#: On the database's side, that releases a vanished node's advisory locks, so that
+#: its name, holds and leases are free again (server/storage/pg_coordination.py).
+KEEPALIVE_IDLE = 10
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
+#: Milliseconds sent data may stay unacknowledged before the connection is given up.
+TCP_USER_TIMEOUT_MS = 30_000
+#: The database's own keepalive settings for our connections (libpq's ``options``).
+SERVER_KEEPALIVES = (
+    f"-c tcp_keepalives_idle={KEEPALIVE_IDLE} -c tcp_keepalives_interval={KEEPALIVE_INTERVAL}"
+    f" -c tcp_keepalives_count={KEEPALIVE_COUNT}"
+)
+
+
+def liveness(conninfo: str, settings: str = "") -> dict[str, Any]:
+    """libpq parameters for a connection of ours: keepalives at both ends unless the URL
+    sets its own, and ``options`` = the URL's own, then ours (which win).
+
+    Raises:
+        psycopg.ProgrammingError: the URL does not parse.
+    """
+    import psycopg
+
+    given = psycopg.conninfo.conninfo_to_dict(conninfo)
+    ours: dict[str, Any] = {
+        "keepalives": 1, "keepalives_idle": KEEPALIVE_IDLE,
+        "keepalives_interval": KEEPALIVE_INTERVAL, "keepalives_count": KEEPALIVE_COUNT,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+    }
+    parameters = {name: value for name, value in ours.items() if name not in given}
+    parameters["options"] = " ".join(
+        filter(None, (str(given.get("options") or ""), SERVER_KEEPALIVES, settings))
+    )
+    return parameters
 
 
 def check_no_password(text: str) -> None:
@@ -72,7 +109,7 @@ def connect(conninfo: str) -> psycopg.Connection:
         timeout = given.get("connect_timeout", CONNECT_TIMEOUT)
         return psycopg.connect(
             conninfo, autocommit=True, application_name=APPLICATION_NAME,
-            connect_timeout=timeout, client_encoding=CLIENT_ENCODING,
+            connect_timeout=timeout, client_encoding=CLIENT_ENCODING, **liveness(conninfo),
         )
     except psycopg.Error as exc:
         raise StoreUnusable(f"cannot use {without_password(conninfo)}: {reason(exc)}") from exc
