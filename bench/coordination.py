@@ -137,7 +137,7 @@ def main() -> int:
 
 
 def run_postgres(args: argparse.Namespace) -> None:
-    from server.storage.pg_coordination import PgCoordination
+    from server.storage.postgres.coordination import PgCoordination
 
     with throwaway_cluster() if args.postgres else _given(args.conninfo) as conninfo:
         node, other = PgCoordination(conninfo, "a", LEASE), PgCoordination(conninfo, "b", LEASE)

@@ -52,8 +52,7 @@ from .peer import address_group
 from .proxied import ProxySources
 from .storage import BlobStore, MetadataStore
 from .storage.commit import repair
-from .storage.coordination import is_shared, open_coordination
-from .storage.factory import StoreUrls, open_stores
+from .storage.factory import StoreUrls, is_shared, open_coordination, open_stores
 from .storage.lock import DataDirLock
 from .storage.store_options import add_store_options
 

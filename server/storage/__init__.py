@@ -8,7 +8,7 @@
 * :mod:`.memory`: both stores in memory (the tests' pair);
 * :mod:`.coordination`: what the servers sharing one metadata store agree
   on beside it (registration holds, upload leases, failure counts, the
-  purge leader), in memory for a single server; :mod:`.pg_coordination`
+  purge leader), in memory for a single server; :mod:`.postgres.coordination`
   keeps it in PostgreSQL;
 * :mod:`.factory`: the one place that knows the backends: it opens the
   stores from ``--metadata`` and ``--blobs`` (URL-like; a new backend is

@@ -23,12 +23,12 @@ last renewed; :meth:`Coordination.renew` (every third of that, from the
 loop's timer) renews what the node still holds and lets go of the rest, so
 that a node that stops (killed, cut off) loses them within ``lease``
 seconds and another node may serve the same client. Where the nodes are
-processes of their own (:mod:`.pg_coordination`), a node that is gone
+processes of their own (:mod:`.postgres.coordination`), a node that is gone
 loses them at once: they are void while its name's lock is not held.
 
 Two implementations: :class:`MemoryCoordination` (the nodes of one process:
 a single server is one node of it, and tests join more), and the
-PostgreSQL one in :mod:`.pg_coordination`. Every method may raise
+PostgreSQL one in :mod:`.postgres.coordination`. Every method may raise
 :class:`~server.errors.StorageFault`.
 """
 
@@ -40,8 +40,6 @@ from typing import Callable, Collection, NamedTuple, Protocol
 
 from protocol.codes import CLIENT_ID_SIZE
 
-from .base import StoreUrl
-
 #: A lease's kinds, as the stores name them.
 REGISTRATION = "registration"
 UPLOAD = "upload"
@@ -51,9 +49,6 @@ RENEWALS_PER_LEASE = 3
 #: Seconds a hold or lease lasts after its renewal, unless told (the
 #: server's is its ``--message-deadline``, of this default).
 DEFAULT_LEASE = 30.0
-
-#: The URL schemes whose metadata store is shared by nodes (its coordination with it).
-SHARED_SCHEMES = frozenset({"postgresql", "postgres"})
 
 
 class UploadLease(NamedTuple):
@@ -315,23 +310,3 @@ class MemoryCoordination:
 def upload_key(client_id: bytes, file_name: bytes) -> bytes:
     """One key for a client's upload of a name: the id (fixed size) then the name."""
     return client_id + file_name
-
-
-def is_shared(url: StoreUrl) -> bool:
-    """Whether nodes share the metadata store at ``url`` (a coordination with it is needed)."""
-    return url.scheme in SHARED_SCHEMES
-
-
-def open_coordination(url: StoreUrl, node: str, lease: float) -> Coordination | None:
-    """The coordination of the nodes sharing the metadata store at ``url``, as ``node``.
-
-    None for a store only one server opens (the server then keeps it in memory).
-
-    Raises:
-        StoreUnusable: the shared database cannot coordinate (with the reason).
-    """
-    if not is_shared(url):
-        return None
-    from .pg_coordination import PgCoordination  # psycopg only where PostgreSQL is used
-
-    return PgCoordination(url.text, node, lease)

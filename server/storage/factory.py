@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from ..errors import BadStoreUrl, StorageFault
 from . import folder, postgres, s3, sqlite
 from .base import BlobReader, BlobStore, MetadataStore, StoreUrl
-from .coordination import is_shared
+from .coordination import Coordination
 from .inventory import InventoryView
 from .urltext import without_password
 
@@ -41,6 +41,8 @@ class MetadataBackend(Protocol):
     #: How ``--help`` shows its URL (with its options), and its default place.
     form: str
     default_form: str
+    #: Whether several servers (nodes) may open the same store and act as one.
+    shared: bool
 
     def default(self, data_dir: Path) -> StoreUrl:
         """Where the store is when no URL is given."""
@@ -63,6 +65,15 @@ class MetadataBackend(Protocol):
 
     def migrate(self, url: StoreUrl) -> str:
         """Bring the store's schema up to date (``admin migrate``); what was done, in one line."""
+        ...
+
+    def open_coordination(self, url: StoreUrl, node: str, lease: float) -> Coordination | None:
+        """What the nodes sharing the store at ``url`` agree on, as ``node`` (holds and
+        leases lasting ``lease`` seconds); None for a store one server alone opens.
+
+        Raises:
+            StoreUnusable: the shared store cannot coordinate (with the reason).
+        """
         ...
 
 
@@ -244,3 +255,18 @@ def open_blob_reader(url: StoreUrl) -> BlobReader:
         StoreUnusable: the store cannot be read.
     """
     return BLOB_BACKENDS[url.scheme].open_reader(url)
+
+
+def is_shared(url: StoreUrl) -> bool:
+    """Whether nodes may share the metadata store at ``url`` (several servers open it)."""
+    return METADATA_BACKENDS[url.scheme].shared
+
+
+def open_coordination(url: StoreUrl, node: str, lease: float) -> Coordination | None:
+    """The coordination of the nodes sharing the metadata store at ``url``, as ``node``;
+    None for a store one server alone opens (the server keeps it in memory).
+
+    Raises:
+        StoreUnusable: the shared store cannot coordinate (with the reason).
+    """
+    return METADATA_BACKENDS[url.scheme].open_coordination(url, node, lease)

@@ -943,6 +943,8 @@ class SqliteBackend:
     )
     #: The default place, as ``--help`` shows it.
     default_form = f"sqlite:///DATA-DIR/{DB_NAME}"
+    #: One server alone opens the file (its data folder's lock).
+    shared = False
 
     def default(self, data_dir: Path) -> StoreUrl:
         """``defensive.db`` in the data folder."""
@@ -1006,6 +1008,10 @@ class SqliteBackend:
         """
         self.open(url, address_group).close()
         return "columns up to date"
+
+    def open_coordination(self, url: StoreUrl, node: str, lease: float) -> None:
+        """None: one server alone opens an SQLite file (its data folder's lock)."""
+        return None
 
 
 BACKEND = SqliteBackend()

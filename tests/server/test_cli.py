@@ -84,7 +84,7 @@ def test_bad_limit_is_one_line(tmp_path, flag, value, message):
     ("--metadata", "mysql://db/cipherdrop", "--metadata 'mysql://db/cipherdrop':"
      " scheme 'mysql:'; known: sqlite:, postgresql:"),
     ("--blobs", "gs://bucket/files", "--blobs 'gs://bucket/files': scheme 'gs:'; known: file:, s3:"),
-    ("--blobs", "s3://bucket/files?secret=x", "s3://bucket/files?secret=x: s3: takes no option"
+    ("--blobs", "s3://bucket/files?secret=x", "s3://bucket/files?secret=***: s3: takes no option"
      " 'secret'; known: endpoint, region, addressing"),
     ("--metadata", "sqlite:///x.db?busy_timeout=1e300", "sqlite:///x.db?busy_timeout=1e300:"
      " busy_timeout must be seconds from 0 to 2147483"),

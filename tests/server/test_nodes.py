@@ -84,7 +84,7 @@ class Nodes:
 
 
 def in_postgres(conninfo: str) -> NodePair:
-    from server.storage.pg_coordination import PgCoordination
+    from server.storage.postgres.coordination import PgCoordination
 
     def pair(clock: Clock, lease: float) -> tuple[Coordination, Coordination]:
         return PgCoordination(conninfo, "a", lease), PgCoordination(conninfo, "b", lease)

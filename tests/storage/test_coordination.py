@@ -22,12 +22,8 @@ from helpers import server_env
 
 from server.errors import StoreUnusable
 from server.storage.base import StoreUrl
-from server.storage.coordination import (
-    Coordination,
-    MemoryCoordination,
-    UploadLease,
-    open_coordination,
-)
+from server.storage.coordination import Coordination, MemoryCoordination, UploadLease
+from server.storage.factory import open_coordination
 
 ALICE, BOB = b"a" * 16, b"b" * 16
 KEY, OTHER_KEY = b"k" * 32, b"o" * 32
@@ -96,7 +92,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
 def postgres_backend(conninfo: str) -> Backend:
     import psycopg
 
-    from server.storage.pg_coordination import PgCoordination
+    from server.storage.postgres.coordination import PgCoordination
 
     def lapse() -> None:
         with psycopg.connect(conninfo, autocommit=True) as connection:
@@ -277,7 +273,7 @@ def test_one_node_runs_the_purges_and_another_takes_over_when_it_stops(backend):
 
 @pytest.mark.needed_in_ci
 def test_a_short_lease_lapses_by_the_database_s_clock(postgres_url):
-    from server.storage.pg_coordination import PgCoordination
+    from server.storage.postgres.coordination import PgCoordination
 
     lease_time = 2.0
     a = PgCoordination(postgres_url, "a", lease_time)
@@ -297,7 +293,7 @@ def test_a_short_lease_lapses_by_the_database_s_clock(postgres_url):
 
 @pytest.mark.needed_in_ci
 def test_two_nodes_racing_for_one_lease_never_both_get_it(postgres_url):
-    from server.storage.pg_coordination import PgCoordination
+    from server.storage.postgres.coordination import PgCoordination
 
     nodes = [PgCoordination(postgres_url, name, LEASE) for name in ("a", "b")]
     rounds = 50
@@ -325,7 +321,7 @@ def test_two_nodes_racing_for_one_lease_never_both_get_it(postgres_url):
 def test_tables_of_a_later_version_are_refused(postgres_url):
     import psycopg
 
-    from server.storage.pg_coordination import VERSION, PgCoordination
+    from server.storage.postgres.coordination import VERSION, PgCoordination
 
     PgCoordination(postgres_url, "a", LEASE).close()
     with psycopg.connect(postgres_url, autocommit=True) as connection:
@@ -342,7 +338,7 @@ def test_the_urls_own_options_are_kept_beside_the_coordinations(postgres_url):
     and its statement timeout still holds."""
     import psycopg
 
-    from server.storage.pg_coordination import STATEMENT_TIMEOUT_MS, PgCoordination
+    from server.storage.postgres.coordination import STATEMENT_TIMEOUT_MS, PgCoordination
 
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute("CREATE SCHEMA cipherdrop")
@@ -364,7 +360,7 @@ def test_the_urls_own_options_are_kept_beside_the_coordinations(postgres_url):
 
 def test_an_unreachable_database_is_a_one_line_refusal():
     pytest.importorskip("psycopg")
-    from server.storage.pg_coordination import PgCoordination
+    from server.storage.postgres.coordination import PgCoordination
 
     with pytest.raises(StoreUnusable) as refused:
         PgCoordination("host=127.0.0.1 port=1 dbname=none connect_timeout=2", "a", LEASE)
@@ -376,7 +372,7 @@ def test_an_unreachable_database_is_a_one_line_refusal():
 _DOOMED_NODE = """
 import sys, time
 from server.storage.coordination import UploadLease
-from server.storage.pg_coordination import PgCoordination
+from server.storage.postgres.coordination import PgCoordination
 node = PgCoordination(sys.argv[1], "doomed", float(sys.argv[2]))
 node.hold_registration(b"b" * 16)
 assert node.may_run_purges() and node.take_upload(UploadLease(b"a" * 16, b"f.bin", "doomed"))
@@ -419,7 +415,7 @@ def _backend_gone(conninfo: str, node: str) -> None:
 def test_a_killed_node_s_holds_leases_and_leadership_are_void_at_once_a_live_node_s_are_not(
     postgres_url,
 ):
-    from server.storage.pg_coordination import PgCoordination
+    from server.storage.postgres.coordination import PgCoordination
 
     doomed = _start_doomed(postgres_url)
     survivor = PgCoordination(postgres_url, "survivor", UNLAPSING)
@@ -453,7 +449,7 @@ def test_a_killed_node_s_holds_leases_and_leadership_are_void_at_once_a_live_nod
 def test_a_node_started_again_under_its_name_lets_go_of_what_its_previous_run_held(
     postgres_url,
 ):
-    from server.storage.pg_coordination import PgCoordination
+    from server.storage.postgres.coordination import PgCoordination
 
     doomed = _start_doomed(postgres_url)
     survivor = PgCoordination(postgres_url, "survivor", UNLAPSING)
@@ -478,8 +474,8 @@ def test_a_node_started_again_under_its_name_lets_go_of_what_its_previous_run_he
 def test_a_second_node_of_the_same_name_is_refused_with_a_one_line_reason(
     postgres_url, monkeypatch
 ):
-    from server.storage import pg_coordination
-    from server.storage.pg_coordination import PgCoordination
+    from server.storage.postgres import coordination as pg_coordination
+    from server.storage.postgres.coordination import PgCoordination
 
     monkeypatch.setattr(pg_coordination, "NAME_WAIT", 0.5)
     first = PgCoordination(postgres_url, "twin", LEASE)
@@ -509,7 +505,7 @@ def test_a_store_only_one_server_opens_needs_no_shared_coordination(tmp_path):
 def test_a_postgresql_store_opens_the_nodes_coordination_in_it(postgres_url):
     from psycopg.conninfo import conninfo_to_dict
 
-    from server.storage.pg_coordination import PgCoordination
+    from server.storage.postgres.coordination import PgCoordination
 
     parts = conninfo_to_dict(postgres_url)
     text = f"postgresql://{parts['user']}@{parts['host']}:{parts['port']}/{parts['dbname']}"
@@ -528,7 +524,7 @@ def test_a_lost_connection_fails_one_call_and_the_next_connects_again(postgres_u
     import psycopg
 
     from server.errors import StorageFault
-    from server.storage.pg_coordination import RECONNECT_DELAY, PgCoordination
+    from server.storage.postgres.coordination import RECONNECT_DELAY, PgCoordination
 
     a = PgCoordination(postgres_url, "a", LEASE)
     b = PgCoordination(postgres_url, "b", LEASE)
@@ -560,7 +556,7 @@ def test_a_lost_connection_fails_one_call_and_the_next_connects_again(postgres_u
 @pytest.mark.needed_in_ci
 def test_an_unreachable_database_fails_calls_at_once_between_attempts(postgres_url):
     from server.errors import StorageFault
-    from server.storage.pg_coordination import PgCoordination
+    from server.storage.postgres.coordination import PgCoordination
 
     a = PgCoordination(postgres_url, "a", LEASE)
     try:
@@ -581,7 +577,7 @@ def test_both_connections_of_a_node_have_the_database_notice_a_vanished_host(pos
     leases and locks within seconds, not after the kernel's two hours."""
     import psycopg
 
-    from server.storage.pg_coordination import PgCoordination
+    from server.storage.postgres.coordination import PgCoordination
     from server.storage.postgres.connect import (
         APPLICATION_NAME, KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL,
     )

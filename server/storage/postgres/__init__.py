@@ -7,7 +7,8 @@ Installed with ``pip install 'cipherdrop[postgres]'`` (psycopg 3); this module
 imports psycopg only when a store is opened, so the default install needs
 nothing. The modules: :mod:`.store` (the store), :mod:`.roundcommit` (the
 round's non-blocking COMMIT), :mod:`.schema` (tables and migrations),
-:mod:`.inventory` (``admin``'s read-only view), :mod:`.connect`.
+:mod:`.inventory` (``admin``'s read-only view), :mod:`.coordination` (what the nodes
+sharing the database agree on), :mod:`.connect`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .connect import check_no_password
 
 if TYPE_CHECKING:
     from ..inventory import InventoryView
+    from .coordination import PgCoordination
     from .store import PostgresMetadata
 
 
@@ -33,6 +35,8 @@ class PostgresBackend:
         " PGPASSFILE or PGPASSWORD, never in the URL)"
     )
     default_form = "none: PostgreSQL is used only when named"
+    #: Several servers may share one database and act as one (nodes).
+    shared = True
 
     def default(self, data_dir: Path) -> StoreUrl:
         """Never the default.
@@ -93,6 +97,17 @@ class PostgresBackend:
         if found == now:
             return f"schema at version {now}: up to date"
         return f"schema migrated from version {found} to {now}"
+
+    def open_coordination(self, url: StoreUrl, node: str, lease: float) -> PgCoordination:
+        """What the nodes sharing this database agree on, in tables of its own beside the
+        store's (:mod:`.coordination`), as ``node``.
+
+        Raises:
+            StoreUnusable: psycopg is missing, or the database refuses (the reason given).
+        """
+        from .coordination import PgCoordination
+
+        return PgCoordination(url.text, node, lease)
 
 
 BACKEND = PostgresBackend()

@@ -34,7 +34,7 @@ CLIENT_ENCODING = "UTF8"
 #: rather than wait on it forever: TCP keepalives after this many idle seconds, then
 #: probes this far apart, this many unanswered ending the connection (25 s in all).
 #: On the database's side, that releases a vanished node's advisory locks, so that
-#: its name, holds and leases are free again (server/storage/pg_coordination.py).
+#: its name, holds and leases are free again (server/storage/postgres/coordination.py).
 KEEPALIVE_IDLE = 10
 KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 3

@@ -45,9 +45,9 @@ import logging
 import time
 from typing import Any, Collection, Mapping, Sequence
 
-from ..errors import StorageFault, StoreUnusable
-from .coordination import REGISTRATION, UPLOAD, FailureCounts, UploadLease, upload_key
-from .postgres.connect import liveness
+from ...errors import StorageFault, StoreUnusable
+from ..coordination import REGISTRATION, UPLOAD, FailureCounts, UploadLease, upload_key
+from .connect import liveness
 
 try:
     import psycopg
