@@ -6,8 +6,11 @@ turn its loop themselves, so that they can stop it between rounds.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from helpers import RawClient
@@ -59,3 +62,41 @@ def run_round(server, patience: float = PATIENCE) -> None:
     """
     server.run_once()
     run_until(server, lambda: server._round is None, patience)
+
+
+@contextlib.contextmanager
+def served_in_a_thread(data_dir: Path, blobs, tune: Callable[[object], None] = lambda app: None):
+    """A server on ``blobs`` and SQLite in ``data_dir``, its loop in a thread of its own
+    (SQLite's connection made there), at default limits without round shares; ``tune(app)``
+    before it serves. Yields (server, db); stopped at the end.
+    """
+    from server.app import App
+    from server.limits import Limits
+    from server.loop import Server, create_listener
+    from server.storage.sqlite import DB_NAME, SqliteMetadata
+
+    ready: list = []
+    started = threading.Event()
+
+    def run() -> None:
+        db = SqliteMetadata.open(data_dir / DB_NAME)
+        limits = Limits(requests_per_address_per_round=0, durable_files_per_address_per_round=0)
+        app = App.build(db, blobs, limits)
+        tune(app)
+        server = Server(app, create_listener("127.0.0.1", 0))
+        ready.append((server, db))
+        started.set()
+        try:
+            server.serve_forever()
+        finally:
+            db.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(PATIENCE), "the server never started"
+    server, db = ready[0]
+    try:
+        yield server, db
+    finally:
+        server.stop()
+        thread.join(PATIENCE)

@@ -19,14 +19,11 @@ from pathlib import Path
 import pytest
 
 from helpers import RawClient, make_identity, reconnect, upload
+from loop_driving import served_in_a_thread
 from protocol import FileReceived, cksum
-from server.app import App
 from server.blobport import BlobPort
-from server.limits import Limits
-from server.loop import Server, create_listener
 from server.storage.folder import FolderBlobs, TempFile
 from server.storage.memory import MemoryBlobs
-from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 #: How long each write of the slow store takes.
 WRITE_PAUSE = 0.15
@@ -91,28 +88,12 @@ class SlowerFolder(SlowFolder):
 
 def _serve(tmp_path, store: FolderBlobs):
     """A server on ``store``, its loop in a thread of its own (SQLite's with it)."""
-    ready: list[Server] = []
-    started = threading.Event()
 
-    def run() -> None:
-        limits = Limits(requests_per_address_per_round=0, durable_files_per_address_per_round=0)
-        db = SqliteMetadata.open(tmp_path / DB_NAME)
-        app = App.build(db, store, limits)
+    def tune(app) -> None:
         app.uploads.port.behind_bytes = BEHIND
-        server = Server(app, create_listener("127.0.0.1", 0))
-        ready.append(server)
-        started.set()
-        try:
-            server.serve_forever()
-        finally:
-            db.close()
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(30)
-    yield ready[0]
-    ready[0].stop()
-    thread.join(30)
+    with served_in_a_thread(tmp_path, store, tune) as (server, _db):
+        yield server
 
 
 @pytest.fixture

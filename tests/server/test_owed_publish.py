@@ -5,19 +5,15 @@ not the last."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from helpers import RawClient, make_identity, upload
+from loop_driving import served_in_a_thread
 from protocol import Acknowledged, CrcOk, FileReceived, GeneralError
-from server.app import App
 from server.errors import StorageFault
-from server.limits import Limits
-from server.loop import Server, create_listener
 from server.storage.folder import RECEIVED_DIR, FolderBlobs
-from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 FIRST, SECOND = b"the first version\n", b"the confirmed second version\n"
 FILE_NAME = "report.txt"
@@ -42,27 +38,8 @@ def served(tmp_path):
     """A server on the flaky store and SQLite, its loop in a thread of its own (SQLite's with
     it); the server, the store and the db."""
     store = FlakyFolder(tmp_path)
-    ready: list[tuple[Server, SqliteMetadata]] = []
-    started = threading.Event()
-
-    def run() -> None:
-        db = SqliteMetadata.open(tmp_path / DB_NAME)
-        limits = Limits(requests_per_address_per_round=0, durable_files_per_address_per_round=0)
-        server = Server(App.build(db, store, limits), create_listener("127.0.0.1", 0))
-        ready.append((server, db))
-        started.set()
-        try:
-            server.serve_forever()
-        finally:
-            db.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(PATIENCE)
-    server, db = ready[0]
-    yield server, store, db
-    server.stop()
-    thread.join(PATIENCE)
+    with served_in_a_thread(tmp_path, store) as (server, db):
+        yield server, store, db
 
 
 def test_an_owed_publish_is_retried_after_a_retry_that_could_not_read_the_row(
