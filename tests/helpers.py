@@ -74,6 +74,13 @@ LOAD_FLAGS = (
 )
 
 
+def free_port(host: str = HOST) -> int:
+    """A TCP port on ``host`` nobody listens on right now (the OS's choice)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
 def server_env() -> dict[str, str]:
     """The environment that runs this checkout's packages."""
     env = dict(os.environ)

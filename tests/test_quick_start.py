@@ -13,14 +13,12 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 from pathlib import Path
 
 import pytest
-
-from helpers import REPO
+from helpers import REPO, free_port
 
 #: The comment that precedes each quick-start block in README.md.
 MARKER = "<!-- quick-start: {} -->"
@@ -42,12 +40,6 @@ def quick_start_line(readme: str, which: str) -> str:
     body = after.split("\n", 1)[1].split(FENCE, 1)[0]
     [line] = [line for line in body.splitlines() if line.strip()]
     return line
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def fresh_shell_env(home: Path) -> dict[str, str]:

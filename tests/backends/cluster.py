@@ -37,10 +37,11 @@ if __name__ == "__main__":  # run as a script: the test helpers are imported as 
     # tests/ for the helpers, then the checkout before it (tests/protocol/ is not the package)
     sys.path[:0] = [str(Path(__file__).resolve().parents[i]) for i in (2, 1)]
 
+from helpers import STOP_TIMEOUT, ServerProcess, free_port, server_env, start_server
+
 from backends.ceph import CephGateway
 from backends.haproxy import Backend, HAProxy
 from backends.postgres import PostgresCluster
-from helpers import STOP_TIMEOUT, ServerProcess, server_env, start_server
 
 #: HAProxy's address; it reaches the nodes from here, so the nodes trust headers from it.
 BALANCER_HOST = "127.0.0.1"
@@ -56,14 +57,6 @@ UP, DOWN, MAINTENANCE = "UP", "DOWN", "MAINT"
 #: Seconds ``admin verify`` may take.
 ADMIN_TIMEOUT = 120
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 def node_host(index: int) -> str:
@@ -106,21 +99,21 @@ class Cluster:
         owns = postgres is None and gateway is None
         postgres = postgres or PostgresCluster.start()
         gateway = gateway or CephGateway(folder / "ceph").start()
-        metadata_url = postgres.database(f"{DATABASE}_{_free_port(BALANCER_HOST)}")
-        bucket = f"{BUCKET}-{_free_port(BALANCER_HOST)}"
+        metadata_url = postgres.database(f"{DATABASE}_{free_port(BALANCER_HOST)}")
+        bucket = f"{BUCKET}-{free_port(BALANCER_HOST)}"
         gateway.client().create_bucket(Bucket=bucket)
         blobs_url = (f"s3://{bucket}/{PREFIX}?endpoint={gateway.endpoint}"
                      f"&region=us-east-1&addressing=path")
         cluster = cls(folder, postgres, gateway, metadata_url, blobs_url, owns_services=owns)
         try:
             total = nodes + spare_nodes
-            cluster.ports = {i: _free_port(node_host(i)) for i in range(total)}
+            cluster.ports = {i: free_port(node_host(i)) for i in range(total)}
             for index in range(nodes):
                 cluster.start_node(index)
             backends = [Backend(node_name(i), node_host(i), cluster.ports[i], spare=i >= nodes)
                         for i in range(total)]
             cluster.balancer = HAProxy(
-                folder / "haproxy", (BALANCER_HOST, _free_port(BALANCER_HOST)), backends
+                folder / "haproxy", (BALANCER_HOST, free_port(BALANCER_HOST)), backends
             )
             for index in range(total):
                 cluster.balancer.wait_state(node_name(index), UP if index < nodes else MAINTENANCE)

@@ -65,7 +65,15 @@ class Backend:
         return f"server {self.name} {self.host}:{self.port}" + (" disabled" if self.spare else "")
 
 
-def render_config(listen: tuple[str, int], backends: list[Backend], *, stats_socket: Path) -> str:
+#: How HAProxy tells a node the client's address: the PROXY protocol's version 2 (binary);
+#: ``send-proxy`` is version 1 (text).
+PROXY_V2 = "send-proxy-v2"
+
+
+def render_config(
+    listen: tuple[str, int], backends: list[Backend], *, stats_socket: Path,
+    send_proxy: str = PROXY_V2,
+) -> str:
     """The configuration text (also shown in docs/SCALING.md)."""
     host, port = listen
     lines = [
@@ -86,7 +94,7 @@ def render_config(listen: tuple[str, int], backends: list[Backend], *, stats_soc
         f"backend {BACKEND_NAME}",
         "    balance source",
         "    hash-type consistent",
-        f"    default-server send-proxy-v2 check check-send-proxy inter {CHECK_INTERVAL_MS}"
+        f"    default-server {send_proxy} check check-send-proxy inter {CHECK_INTERVAL_MS}"
         f" fall {CHECK_FALLS} rise {CHECK_RISES}",
     ]
     lines += [f"    {backend.line}" for backend in backends]
@@ -96,7 +104,10 @@ def render_config(listen: tuple[str, int], backends: list[Backend], *, stats_soc
 class HAProxy:
     """A running HAProxy; :meth:`stop` ends it."""
 
-    def __init__(self, folder: Path, listen: tuple[str, int], backends: list[Backend]) -> None:
+    def __init__(
+        self, folder: Path, listen: tuple[str, int], backends: list[Backend],
+        send_proxy: str = PROXY_V2,
+    ) -> None:
         binary = haproxy_binary()
         if binary is None:
             raise FileNotFoundError(f"haproxy is not installed ({INSTALL_LINE})")
@@ -106,7 +117,9 @@ class HAProxy:
         self.backends = list(backends)
         self.stats_socket = folder / "admin.sock"
         self.config = folder / "haproxy.cfg"
-        self.config.write_text(render_config(listen, backends, stats_socket=self.stats_socket))
+        self.config.write_text(render_config(
+            listen, backends, stats_socket=self.stats_socket, send_proxy=send_proxy,
+        ))
         self.log = (folder / "haproxy.log").open("wb")
         self.process = subprocess.Popen(
             [binary, "-db", "-f", str(self.config)],

@@ -19,12 +19,13 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from helpers import free_port
 
 #: How to get the binaries, for the skip message.
 INSTALL_LINE = "apt-get install postgresql (Debian/Ubuntu; CI installs it: .ci/run)"
@@ -67,12 +68,6 @@ def start_or_skip() -> PostgresCluster:
     return PostgresCluster.start()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
-
-
 def _run_as() -> dict:
     """subprocess arguments that drop root to the service user (PostgreSQL refuses root)."""
     if os.geteuid() != 0:
@@ -104,7 +99,7 @@ class PostgresCluster:
         if os.geteuid() == 0:
             account = pwd.getpwnam(SERVICE_USER)
             os.chown(folder, account.pw_uid, account.pw_gid)
-        cluster = cls(binaries, folder, _free_port())
+        cluster = cls(binaries, folder, free_port(LOOPBACK))
         try:
             cluster._pg("initdb", "--no-sync", "-A", "trust", "-U", SUPERUSER, "-E", "UTF8",
                         "-D", str(cluster.data))

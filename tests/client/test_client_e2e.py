@@ -6,32 +6,24 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from client_fakes import write_transfer_info
+from helpers import free_port
+from helpers import server_env as environment
 
 from client.__main__ import ExitCode
 from protocol import cksum
-
-from client_fakes import write_transfer_info
-from helpers import server_env as environment
 
 RUN_TIMEOUT = 120
 NAME = "alice"
 MB = 1_000_000
 #: Peak RSS allowed to a client sending 50 MB; flat, so the bound of any size (48 MiB).
 MAX_CLIENT_RSS_KIB = 48 * 1024
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def address(server) -> str:

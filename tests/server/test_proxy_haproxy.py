@@ -9,81 +9,50 @@ HAProxy's 127.0.0.1. Skipped where HAProxy is not installed; CI needs it.
 from __future__ import annotations
 
 import re
-import shutil
-import socket
-import subprocess
 import time
 
 import pytest
+from backends.haproxy import (
+    CHECK_FALLS,
+    CHECK_INTERVAL_MS,
+    INSTALL_LINE,
+    PROXY_V2,
+    Backend,
+    HAProxy,
+    haproxy_binary,
+)
+from helpers import HOST, RawClient, free_port, make_identity, unique_name, upload
 
-from helpers import HOST, IO_TIMEOUT, POLL_INTERVAL, RawClient, make_identity, unique_name, upload
 from protocol import FileReceived, GeneralError, Register, Registered
 
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
-MISSING = "HAProxy is not installed (apt-get install haproxy)"
 pytestmark = [
     pytest.mark.needed_in_ci,
-    pytest.mark.skipif(not shutil.which(HAPROXY), reason=MISSING),
+    pytest.mark.skipif(haproxy_binary() is None, reason=f"HAProxy is not installed ({INSTALL_LINE})"),
 ]
 CLIENT = "127.0.0.23"
 OTHER_CLIENT = "127.0.0.24"
-#: HAProxy's health checks, often enough that a refused one would take the
-#: server out (fall 3) well within the wait below.
-CHECK_INTERVAL_MS = 100
-CHECKS_WAITED = 8
+#: Health checks waited for: a refused one would take the server out (``fall``) well
+#: within them.
+CHECKS_WAITED = 4 * CHECK_FALLS
 FILE_DATA = b"through haproxy" * 40
-CONFIG = """\
-global
-    maxconn 64
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-frontend drop
-    bind {host}:{port}
-    default_backend nodes
-backend nodes
-    server node1 {host}:{server_port} {send_proxy} check inter {check}ms fall 3 rise 2
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
 def haproxy_factory(tmp_path):
-    started: list[subprocess.Popen] = []
+    started: list[HAProxy] = []
 
     def start(server_port: int, send_proxy: str) -> tuple[str, int]:
-        port = free_port()
-        config = tmp_path / f"haproxy-{port}.cfg"
-        config.write_text(CONFIG.format(host=HOST, port=port, server_port=server_port,
-                                        send_proxy=send_proxy, check=CHECK_INTERVAL_MS))
-        process = subprocess.Popen([HAPROXY, "-db", "-f", str(config)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        started.append(process)
-        deadline = time.monotonic() + IO_TIMEOUT
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"haproxy exited: {process.stderr.read().decode()}")
-            try:
-                socket.create_connection((HOST, port), timeout=IO_TIMEOUT).close()
-                return HOST, port
-            except OSError:
-                time.sleep(POLL_INTERVAL)
-        raise RuntimeError("haproxy did not listen")
+        balancer = HAProxy(tmp_path / f"haproxy-{len(started)}", (HOST, free_port(HOST)),
+                           [Backend("node1", HOST, server_port)], send_proxy)
+        started.append(balancer)
+        return balancer.listen
 
     yield start
-    for process in started:
-        process.terminate()
-        process.wait(IO_TIMEOUT)
+    for balancer in started:
+        balancer.stop()
 
 
-@pytest.mark.parametrize("send_proxy", ["send-proxy-v2", "send-proxy"])
+@pytest.mark.parametrize("send_proxy", [PROXY_V2, "send-proxy"])
 def test_clients_behind_haproxy_are_known_by_their_own_addresses(
     server_factory, haproxy_factory, send_proxy
 ):
