@@ -421,12 +421,19 @@ class Server:
 
     def _blob_jobs_done(self) -> None:
         """Finish the blob jobs the worker is done with (the stores free); the answers that
-        waited on them go out at this round's end."""
+        waited on them go out at this round's end.
+
+        Only the channels whose first held answer no longer waits are answered:
+        the others would be released for nothing, and a round with answers is
+        a durable commit (a job ends per write of an upload).
+        """
         if self.app.uploads.port.run_finished():
-            waiting, self._awaiting_blobs = self._awaiting_blobs, {}
-            for channel in waiting:
-                if not channel.closed:
-                    self.hold_answers(channel)
+            pending = self.app.blob_work_pending
+            for channel in list(self._awaiting_blobs):
+                if channel.closed or not channel.session.awaits_blob(pending):
+                    del self._awaiting_blobs[channel]
+                    if not channel.closed:
+                        self.hold_answers(channel)
 
     def _round_failed(self, answering: list[Channel], exc: StorageFault) -> None:
         """The round is lost: its connections close unanswered; DurabilityLost stops the loop."""

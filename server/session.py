@@ -402,6 +402,11 @@ class Session:
         """Whether answers wait for the round's first uploads to take their names."""
         return bool(self._held_answers)
 
+    def awaits_blob(self, pending: AbstractSet[InstallTicket]) -> bool:
+        """Whether the first held answer waits for a ticket in ``pending``: :meth:`release`
+        would queue nothing."""
+        return bool(self._held_answers) and self._held_answers[0].awaits in pending
+
     def release(
         self, unstored: AbstractSet[InstallTicket],
         pending: AbstractSet[InstallTicket] = frozenset(),

@@ -22,6 +22,7 @@ from helpers import RawClient, make_identity, reconnect, upload
 from loop_driving import served_in_a_thread
 from protocol import FileReceived, cksum
 from server.blobport import BlobPort
+from server.session import Session
 from server.storage.folder import FolderBlobs, TempFile
 from server.storage.memory import MemoryBlobs
 
@@ -86,6 +87,31 @@ class SlowerFolder(SlowFolder):
         self.published.append(time.monotonic())
 
 
+#: How long each write and publish of the brisk store take: a round trip to a near store.
+BRISK_PAUSE = 0.02
+
+
+class BriskFolder(FolderBlobs):
+    """The folder store, each write and publish taking BRISK_PAUSE."""
+
+    slow_writes = True
+
+    def begin(self, client_id: bytes, key: str) -> TempFile:
+        writer = super().begin(client_id, key)
+        real_write = writer.write
+
+        def slow_write(data) -> None:
+            time.sleep(BRISK_PAUSE)
+            real_write(data)
+
+        writer.write = slow_write  # type: ignore[method-assign]
+        return writer
+
+    def publish(self, key: str, path_name: str) -> None:
+        time.sleep(BRISK_PAUSE)
+        super().publish(key, path_name)
+
+
 def _serve(tmp_path, store: FolderBlobs):
     """A server on ``store``, its loop in a thread of its own (SQLite's with it)."""
 
@@ -94,6 +120,12 @@ def _serve(tmp_path, store: FolderBlobs):
 
     with served_in_a_thread(tmp_path, store, tune) as (server, _db):
         yield server
+
+
+@pytest.fixture
+def brisk_server(tmp_path):
+    """A server on the brisk store."""
+    yield from _serve(tmp_path, BriskFolder(tmp_path))
 
 
 @pytest.fixture
@@ -203,6 +235,7 @@ ABORT_PAUSE = 0.5
 _STOPPING_PROCESS = f"""
 import pathlib, sys, time
 from server.blobport import BlobPort
+from server.session import Session
 
 done = pathlib.Path(sys.argv[1])
 
@@ -227,3 +260,47 @@ def test_a_stopping_server_lets_the_queued_store_calls_end_before_it_exits(tmp_p
         cwd=root, timeout=60,
     )
     assert done.read_text() == "aborted"
+
+
+#: Clients uploading at once, and the packets of each one's file.
+UPLOADERS = 6
+UPLOADER_PACKETS = 4
+#: Rounds whose end finds an upload's answer still waiting for its blob.
+HELD_ROUNDS = 2
+
+
+def test_answers_waiting_for_their_blobs_are_released_only_once_it_is_done(
+    brisk_server, monkeypatch
+):
+    """A job the worker ends releases only the answers that waited for it: the others are
+    not released (for nothing, in a durable round) at every write of every upload."""
+    fruitless = []
+    real_release = Session.release
+
+    def counting_release(self, unstored, pending=frozenset()):
+        held = len(self._held_answers)
+        real_release(self, unstored, pending)
+        if held and len(self._held_answers) == held:
+            fruitless.append(self)
+
+    monkeypatch.setattr(Session, "release", counting_release)
+    data = BIG[: UPLOADER_PACKETS * 1024]
+    address = brisk_server.address[:2]
+    answers: list = []
+
+    def send(index: int) -> None:
+        with RawClient(address) as client:
+            identity = make_identity(client)
+            answers.append(upload(client, identity, f"f{index}.bin", data, 1024))
+
+    threads = [threading.Thread(target=send, args=(index,)) for index in range(UPLOADERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(answers) == UPLOADERS
+    assert all(isinstance(answer, FileReceived) and answer.cksum == cksum(data)
+               for answer in answers)
+    # held at most twice each (the round of its last packet, its seal not done; the round
+    # that hands its publish to the worker), not at every job the worker ends
+    assert len(fruitless) <= HELD_ROUNDS * UPLOADERS, len(fruitless)

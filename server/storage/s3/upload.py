@@ -13,7 +13,10 @@ sent. Memory: a part filling per upload, and at most
 ``MAX_PARTS_IN_FLIGHT_TOTAL`` parts being sent, whatever the files' sizes
 and number.
 
-The multipart upload is created with the first full part; content that
+A part's buffer is taken when the content outgrows :data:`GROWING_PART_BYTES`:
+below, it fills a buffer that grows with it (a small file costs no
+whole part's buffer, whose zeroing and page faults would be most of its
+CPU). The multipart upload is created with the first full part; content that
 never fills one is sealed with one conditional PUT (``If-None-Match: *``:
 a blob is never overwritten). :meth:`S3Upload.seal` sends the last part and
 completes the upload: the object exists, under its blob key, from then on.
@@ -39,6 +42,9 @@ log = logging.getLogger(__name__)
 
 #: Bytes per part (S3 takes 5 MiB to 5 GiB; each is a round trip).
 PART_BYTES = 8 * 1024 * 1024
+#: Content an upload holds in a buffer that grows with it, below which it takes no whole
+#: part's buffer (then the content so far is copied into one, once).
+GROWING_PART_BYTES = 1024 * 1024
 #: Parts of one upload being sent at once (the next one fills meanwhile).
 MAX_PARTS_IN_FLIGHT = 2
 #: Parts handed over and not yet sent, all uploads together (the uploader threads).
@@ -151,8 +157,9 @@ class S3Upload:
         self.key = key
         self.object_name = store.blob_object(client_id, key)
         self.size = 0
-        #: The part filling, and how much of it is.
-        self._part = store.uploaders.buffer()
+        #: The part filling (growing with the content until a part's buffer is taken), and
+        #: how much of it is.
+        self._part = bytearray()
         self._filled = 0
         store.uploaders.opened()
         self._open = True
@@ -184,6 +191,12 @@ class S3Upload:
             raise StorageFault("cannot write a received file: it is closed")
         view = memoryview(data).cast("B")
         self.size += len(view)
+        if len(self._part) < PART_BYTES:  # growing: the upload has no part's buffer yet
+            if self._filled + len(view) < min(GROWING_PART_BYTES, PART_BYTES):
+                self._part += view
+                self._filled += len(view)
+                return
+            self._take_part_buffer()
         while view:
             taken = min(PART_BYTES - self._filled, len(view))
             self._part[self._filled:self._filled + taken] = view[:taken]
@@ -193,6 +206,12 @@ class S3Upload:
                 self._send(self._part)  # handed over as it is: no copy
                 self._part = self._store.uploaders.buffer()
                 self._filled = 0
+
+    def _take_part_buffer(self) -> None:
+        """Move the content so far into a whole part's buffer (it outgrew the growing one)."""
+        part = self._store.uploaders.buffer()
+        part[:self._filled] = self._part
+        self._part = part
 
     def _send(self, part: bytearray) -> None:
         """Hand one part to the uploaders, after the oldest if this upload has too many out."""
