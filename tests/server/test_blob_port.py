@@ -40,16 +40,17 @@ SEAL_STALLS = 2
 
 
 class SlowFolder(FolderBlobs):
-    """The folder store, each write of an upload taking WRITE_PAUSE (a distant store)."""
+    """The folder store, each write of an upload taking ``write_pause`` (a distant store)."""
 
     slow_writes = True
+    write_pause = WRITE_PAUSE
 
     def begin(self, client_id: bytes, key: str) -> TempFile:
         writer = super().begin(client_id, key)
         real_write = writer.write
 
         def slow_write(data) -> None:
-            time.sleep(WRITE_PAUSE)
+            time.sleep(self.write_pause)
             real_write(data)
 
         writer.write = slow_write  # type: ignore[method-assign]
@@ -91,21 +92,10 @@ class SlowerFolder(SlowFolder):
 BRISK_PAUSE = 0.02
 
 
-class BriskFolder(FolderBlobs):
+class BriskFolder(SlowFolder):
     """The folder store, each write and publish taking BRISK_PAUSE."""
 
-    slow_writes = True
-
-    def begin(self, client_id: bytes, key: str) -> TempFile:
-        writer = super().begin(client_id, key)
-        real_write = writer.write
-
-        def slow_write(data) -> None:
-            time.sleep(BRISK_PAUSE)
-            real_write(data)
-
-        writer.write = slow_write  # type: ignore[method-assign]
-        return writer
+    write_pause = BRISK_PAUSE
 
     def publish(self, key: str, path_name: str) -> None:
         time.sleep(BRISK_PAUSE)
