@@ -8,7 +8,7 @@ own and only reads the counters, so the loop stays one thread.
 
 The reports, each from one place:
 
-* a request handled or refused (``Session._log_request``): its edition, code
+* a request handled or refused (``Session._write_line``): its edition, code
   and answer, its bytes; a 900, 901 or 902 also ends an upload attempt
   (verified, failed, given up);
 * a refusal (``Session._refuse``): its kind and its reason, the message with

@@ -659,7 +659,9 @@ class Session:
         level = logging.INFO if outcome.final else logging.DEBUG
         client, detail = outcome.client, outcome.detail
         if action is Action.SEND and isinstance(response, Registered) and self._probes_edition():
-            self._log_request(level, code, client, self._hold_id(response, client), detail)
+            self._write_line(
+                self._request_line(level, code, client, self._hold_id(response, client), detail)
+            )
         elif action is Action.SEND and response is not None:
             # Its line goes with it: a first upload's 1603 may become a 1607 meanwhile.
             line = self._request_line(level, code, client, response, detail)
@@ -667,9 +669,9 @@ class Session:
         elif action is Action.SEND_UNLESS_FILE_FOLLOWS and response is not None:
             due = self.app.monotonic() + self._limits.retry_ack_delay
             self._deferred = _Deferred(due, response, client, self._code_text(code))
-            self._log_request(level, code, client, "(deferred)", detail)
+            self._write_line(self._request_line(level, code, client, "(deferred)", detail))
         else:
-            self._log_request(level, code, client, "(no reply)", detail)
+            self._write_line(self._request_line(level, code, client, "(no reply)", detail))
         if action is Action.CLOSE:
             self._close("per-request connection, request without reply")
         elif outcome.refused:  # answered by its handler (a 1601, or an 827's 1606)
@@ -783,19 +785,6 @@ class Session:
         edition = edition or self._decoder.edition or V3
         message = edition.response_for(type(response))
         return str(message.code if message is not None else response.code.value)
-
-    def _log_request(
-        self,
-        level: int,
-        code: RequestCode | None,
-        client: str,
-        result: Response | str,
-        detail: str,
-        *,
-        refused: bool = False,
-    ) -> None:
-        """The request's one log line (and its count), now: it has no answer waiting."""
-        self._write_line(self._request_line(level, code, client, result, detail, refused=refused))
 
     def _request_line(
         self,
