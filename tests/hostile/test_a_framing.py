@@ -59,6 +59,33 @@ MIB = 1024 * 1024
 TRICKLE_PAUSE = 0.5
 
 
+class Trickle:
+    """Sends ``data`` one byte per TRICKLE_PAUSE from a thread of its own, until stopped or
+    the connection fails; ``sent`` holds the bytes that went."""
+
+    def __init__(self, client, data: bytes) -> None:
+        self.sent: list[int] = []
+        self._stop = threading.Event()
+        self._client, self._data = client, data
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for byte in self._data:
+            if self._stop.is_set():
+                return
+            try:
+                self._client.send_raw(bytes([byte]))
+            except OSError:
+                return
+            self.sent.append(byte)
+            time.sleep(TRICKLE_PAUSE)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def replies_until_closed(client, timeout: float) -> list:
     """Every reply until the server closes; AssertionError if it does not in time."""
     replies = []
@@ -155,34 +182,18 @@ def test_a2_slowloris_is_cut_while_others_are_served(server_factory):
         alone = timed(lambda: make_identity(fast))  # the baseline: no slowloris yet
     slow = server.client()
     header = raw_header(RequestCode.REGISTER, 255)
-    stop = threading.Event()
-    trickled = []
-
-    def trickle():
-        for byte in header:
-            if stop.is_set():
-                return
-            try:
-                slow.send_raw(bytes([byte]))
-            except OSError:
-                return
-            trickled.append(byte)
-            time.sleep(TRICKLE_PAUSE)
-
-    thread = threading.Thread(target=trickle)
-    thread.start()
+    trickle = Trickle(slow, header)
     try:
-        wait_until(lambda: trickled, "the slowloris started")
+        wait_until(lambda: trickle.sent, "the slowloris started")
         started = time.monotonic()  # its deadline runs by now
         with server.client() as fast:
             assert within_load(timed(lambda: make_identity(fast)), alone)
         assert slow.closed_within(deadline + HANG_TIMEOUT)
         assert time.monotonic() - started <= timer_bound(deadline, alone)
         # at the deadline, not at the end of the trickle
-        assert len(trickled) < len(header), "closed only once the header was whole"
+        assert len(trickle.sent) < len(header), "closed only once the header was whole"
     finally:
-        stop.set()
-        thread.join()
+        trickle.stop()
         slow.close()
     server.wait_log("timed out: message not completed in time")
     guard.check()
@@ -521,31 +532,15 @@ def test_a8_a_dribbled_header_is_cut_at_the_deadline_while_others_are_served(ser
         alone = timed(lambda: make_identity(fast))  # the baseline: nothing dribbles yet
     header = proxy_headers.v2_tcp4("127.0.0.9", 40000)
     slow = server.client(source=BALANCER)
-    stop = threading.Event()
-    dribbled = []
-
-    def dribble():
-        for byte in header:
-            if stop.is_set():
-                return
-            try:
-                slow.send_raw(bytes([byte]))
-            except OSError:
-                return
-            dribbled.append(byte)
-            time.sleep(TRICKLE_PAUSE)
-
-    thread = threading.Thread(target=dribble)
-    thread.start()
+    dribble = Trickle(slow, header)
     try:
-        wait_until(lambda: dribbled, "the dribble started")
+        wait_until(lambda: dribble.sent, "the dribble started")
         with server.client() as fast:
             assert within_load(timed(lambda: make_identity(fast)), alone)
         assert slow.closed_within(deadline + HANG_TIMEOUT)
-        assert len(dribbled) < len(header), "closed only once the header was whole"
+        assert len(dribble.sent) < len(header), "closed only once the header was whole"
     finally:
-        stop.set()
-        thread.join()
+        dribble.stop()
         slow.close()
     server.wait_log(rf"{BALANCER}:\d+ \(a PROXY protocol sender\) closed: timed out: no PROXY header")
     guard.check()

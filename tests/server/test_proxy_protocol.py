@@ -70,12 +70,12 @@ def behind(server, header: bytes, *, piece: int | None = None) -> RawClient:
 
 
 def test_the_flag_takes_addresses_and_networks():
-    sources = ProxySources(address_networks("127.0.0.1, 10.1.0.0/16,::1"))
+    sources = ProxySources(address_networks("127.0.0.1, 127.1.0.0/16,::1"))
     assert sources.networks == (ipaddress.ip_network("127.0.0.1/32"),
-                                ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("::1/128"))
-    assert sources.send_headers(Peer("10.1.255.3", 1))
+                                ipaddress.ip_network("127.1.0.0/16"), ipaddress.ip_network("::1/128"))
+    assert sources.send_headers(Peer("127.1.255.3", 1))
     assert sources.send_headers(Peer("::ffff:127.0.0.1", 1))  # as a dual-stack listener says it
-    assert not sources.send_headers(Peer("10.2.0.1", 1))
+    assert not sources.send_headers(Peer("127.2.0.1", 1))
     assert not sources.send_headers(Peer("127.0.0.2", 1))
     assert not NO_PROXIES.send_headers(Peer("127.0.0.1", 1))
 
