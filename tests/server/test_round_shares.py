@@ -50,8 +50,6 @@ OTHER_ADDRESS = "127.0.0.2"
 CONNECTIONS = 8
 PIPELINED = 4
 ROUNDS = 400
-#: How long a round's commit may take on a loaded machine before the test calls it hung.
-COMMIT_PATIENCE = 60.0
 #: Long enough for every pipelined request to sit in the server's socket buffers.
 SETTLE = 0.2
 #: The /64 whose addresses the flooding connections come from, one each (IPv6 tests).
