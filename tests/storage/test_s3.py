@@ -2,8 +2,7 @@
 
 Against the session's Ceph radosgw (tests/storage/conftest.py; the contract
 cases run on it in test_storage_contract.py); the store's faults are
-injected with moto, in process (moto is a mock: it proves the error path,
-not the store).
+injected at the client, over the real store.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from server.peer import address_group
 from server.storage.base import UnpublishedBlob, new_blob_key
 from server.storage.factory import BLOB_BACKENDS, StoreUrls, blobs_url, open_stores, parse_url
 from server.storage.s3.backend import location
-from server.storage.s3.client import Location
+from server.storage.s3.client import Location, RequestFailed, connect
 from server.storage.s3.store import MULTIPART_UPLOAD_AGE, S3Blobs
 from server.storage.s3 import upload as s3_upload
 from server.storage.s3.upload import MAX_PARTS_IN_FLIGHT, MAX_PARTS_IN_FLIGHT_TOTAL, PART_BYTES
@@ -92,8 +91,8 @@ def test_an_s3_url_takes_no_credentials_and_no_option_s3_would_refuse(text, mess
         blobs_url(text, Path("."))
 
 
-def test_checking_an_s3_url_needs_no_boto3(monkeypatch):
-    monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 raises ImportError
+def test_checking_an_s3_url_needs_no_s3_client_library(monkeypatch):
+    monkeypatch.setitem(sys.modules, "minio", None)  # import minio raises ImportError
     BLOB_BACKENDS["s3"].check(parse_url("s3://files-bucket/p", BLOB_BACKENDS, "--blobs"))
 
 
@@ -355,57 +354,62 @@ def test_a_server_on_s3_aborts_the_multipart_upload_of_a_cut_upload(server_facto
         make_identity(client)
 
 
-# -- a store fault (moto) ------------------------------------------------------------------
+# -- a store fault (injected at the client) -------------------------------------------------
+
+
+class _FailingPuts:
+    """The store's S3 API, whose PUTs of blobs fail while ``failing`` is set (as a store's
+    internal error would)."""
+
+    def __init__(self, api) -> None:
+        self._api = api
+        self.failing = False
+
+    def __getattr__(self, operation: str):
+        return getattr(self._api, operation)
+
+    def put_object(self, Key: str, **params):  # noqa: N803 (the S3 API's name)
+        if self.failing and "/blobs/" in f"/{Key}":
+            raise RequestFailed("injected: the store failed", "InternalError")
+        return self._api.put_object(Key=Key, **params)
 
 
 @pytest.fixture
-def moto_server(tmp_path, monkeypatch):
-    """A server in this process, its blobs in a moto bucket (every request answered by moto)."""
-    moto = pytest.importorskip("moto")
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
-        monkeypatch.setenv(name, value)
-    with moto.mock_aws():
-        blobs = S3Blobs(Location("faulty-bucket", "node/", region="us-east-1"))
-        blobs.request("make the bucket", "create_bucket")
-        ready: list[Server] = []
-        started = threading.Event()
+def faulty_server(tmp_path, s3_url):
+    """A server in this process, its blobs on radosgw through :class:`_FailingPuts`."""
+    where = location(blobs_url(s3_url, tmp_path))
+    api = _FailingPuts(connect(where))
+    blobs = S3Blobs(where, client=api)
+    ready: list[Server] = []
+    started = threading.Event()
 
-        def run() -> None:  # SQLite's connection lives in the loop's thread
-            db = SqliteMetadata.open(tmp_path / DB_NAME)
-            ready.append(Server(App.build(db, blobs, Limits()), create_listener("127.0.0.1", 0)))
-            started.set()
-            try:
-                ready[0].serve_forever()
-            finally:
-                db.close()
+    def run() -> None:  # SQLite's connection lives in the loop's thread
+        db = SqliteMetadata.open(tmp_path / DB_NAME)
+        ready.append(Server(App.build(db, blobs, Limits()), create_listener("127.0.0.1", 0)))
+        started.set()
+        try:
+            ready[0].serve_forever()
+        finally:
+            db.close()
 
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        assert started.wait(30)
-        yield ready[0]
-        ready[0].stop()
-        thread.join(30)
-        blobs.close()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(30)
+    yield ready[0], api
+    ready[0].stop()
+    thread.join(30)
+    blobs.close()
 
 
-def test_a_store_fault_answers_1607_and_the_server_goes_on(moto_server, monkeypatch):
-    from moto.s3.exceptions import S3ClientError
-    from moto.s3.models import S3Backend
-
-    real_put = S3Backend.put_object
-
-    def failing_put(self, bucket_name, key_name, *args, **kwargs):
-        if "/blobs/" in f"/{key_name}":
-            raise S3ClientError("InternalError", "injected: the store failed")
-        return real_put(self, bucket_name, key_name, *args, **kwargs)
-
-    address = moto_server.address[:2]
+@needs_ceph
+def test_a_store_fault_answers_1607_and_the_server_goes_on(faulty_server):
+    server, api = faulty_server
+    address = server.address[:2]
     with RawClient(address) as client:
         identity = make_identity(client)
-        monkeypatch.setattr(S3Backend, "put_object", failing_put)
+        api.failing = True
         assert isinstance(upload(client, identity, "f.bin", b"small file"), GeneralError)
-        monkeypatch.setattr(S3Backend, "put_object", real_put)
+        api.failing = False
     with RawClient(address) as client:
         identity = make_identity(client)
         assert isinstance(upload(client, identity, "f.bin", b"small file"), FileReceived)

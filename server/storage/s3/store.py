@@ -75,10 +75,10 @@ def _age(when: Any, now: float) -> float:
 class S3Blobs:
     """Blobs in a bucket under a prefix (see the module).
 
-    ``client``: a boto3 S3 client to use (by default one made for ``location``).
+    ``client``: the S3 API to use (:class:`~.client.S3Api`) (by default one made for ``location``).
 
     Raises (constructor):
-        StoreUnusable: boto3 is missing.
+        StoreUnusable: minio is missing.
     """
 
     #: Every write is a network round trip: the server writes through its blob port.
