@@ -96,6 +96,29 @@ def test_checking_an_s3_url_needs_no_s3_client_library(monkeypatch):
     BLOB_BACKENDS["s3"].check(parse_url("s3://files-bucket/p", BLOB_BACKENDS, "--blobs"))
 
 
+#: Prints a node's RSS growth (bytes) from opening its S3 client, once the server is imported.
+_CLIENT_RSS = """
+import re
+from server import __main__
+from server.storage.s3.client import Location, connect
+def rss():
+    with open("/proc/self/status") as status:
+        return int(re.search(r"VmRSS:\\s+(\\d+)", status.read()).group(1)) * 1024
+before = rss()
+api = connect(Location("files-bucket", endpoint="http://127.0.0.1:9", addressing="path"))
+print(rss() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_a_nodes_s3_client_costs_less_memory_than_one_uploads_parts_in_flight():
+    environment = {**server_env(), "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                   "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    grown = int(subprocess.run([sys.executable, "-c", _CLIENT_RSS], env=environment,
+                               capture_output=True, text=True, check=True).stdout)
+    assert 0 < grown < MAX_PARTS_IN_FLIGHT * PART_BYTES
+
+
 # -- streaming, aborting, sweeping (the store on radosgw) --------------------------------
 
 
