@@ -380,28 +380,33 @@ def test_a_server_on_s3_aborts_the_multipart_upload_of_a_cut_upload(server_facto
 # -- a store fault (injected at the client) -------------------------------------------------
 
 
-class _FailingPuts:
-    """The store's S3 API, whose PUTs of blobs fail while ``failing`` is set (as a store's
-    internal error would)."""
+class _WatchedApi:
+    """The store's S3 API, noting the thread of each request; its PUTs of blobs fail while
+    ``failing`` is set (as a store's internal error would)."""
 
     def __init__(self, api) -> None:
         self._api = api
         self.failing = False
+        #: (operation, the thread that sent it), in order.
+        self.requests: list[tuple[str, threading.Thread]] = []
 
     def __getattr__(self, operation: str):
-        return getattr(self._api, operation)
+        def request(**params):
+            self.requests.append((operation, threading.current_thread()))
+            if (self.failing and operation == "put_object"
+                    and "/blobs/" in f"/{params['Key']}"):
+                raise RequestFailed("injected: the store failed", "InternalError")
+            return getattr(self._api, operation)(**params)
 
-    def put_object(self, Key: str, **params):  # noqa: N803 (the S3 API's name)
-        if self.failing and "/blobs/" in f"/{Key}":
-            raise RequestFailed("injected: the store failed", "InternalError")
-        return self._api.put_object(Key=Key, **params)
+        return request
 
 
 @pytest.fixture
-def faulty_server(tmp_path, s3_url):
-    """A server in this process, its blobs on radosgw through :class:`_FailingPuts`."""
+def watched_server(tmp_path, s3_url):
+    """A server in this process (its loop's thread, and the API), its blobs on radosgw
+    through :class:`_WatchedApi`."""
     where = location(blobs_url(s3_url, tmp_path))
-    api = _FailingPuts(connect(where))
+    api = _WatchedApi(connect(where))
     blobs = S3Blobs(where, client=api)
     ready: list[Server] = []
     started = threading.Event()
@@ -418,15 +423,28 @@ def faulty_server(tmp_path, s3_url):
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert started.wait(30)
-    yield ready[0], api
+    yield ready[0], thread, api
     ready[0].stop()
     thread.join(30)
     blobs.close()
 
 
 @needs_ceph
-def test_a_store_fault_answers_1607_and_the_server_goes_on(faulty_server):
-    server, api = faulty_server
+def test_the_loop_sends_no_request_to_the_store_for_an_upload(watched_server):
+    server, loop_thread, api = watched_server
+    with RawClient(server.address[:2]) as client:
+        identity = make_identity(client)
+        api.requests.clear()
+        assert isinstance(upload(client, identity, "first.bin", b"a first upload"), FileReceived)
+        assert isinstance(upload(client, identity, "FIRST.bin", b"its name by case"), FileReceived)
+    sent = [operation for operation, _ in api.requests]
+    assert sent.count("put_object") == 4  # two blobs, two names
+    assert [operation for operation, thread in api.requests if thread is loop_thread] == []
+
+
+@needs_ceph
+def test_a_store_fault_answers_1607_and_the_server_goes_on(watched_server):
+    server, _, api = watched_server
     address = server.address[:2]
     with RawClient(address) as client:
         identity = make_identity(client)
