@@ -168,14 +168,14 @@ def test_parts_of_many_uploads_are_sent_at_most_the_cap_at_once(tmp_path, s3_url
 
 
 class _SlowStore:
-    """A boto3 client's part of the API whose UploadPart takes a while (the writer runs ahead)."""
+    """The part of the S3 API whose UploadPart takes a while (the writer runs ahead)."""
 
     SEND_SECONDS = 0.1
 
     def create_multipart_upload(self, **_: object) -> dict:
         return {"UploadId": "u"}
 
-    def upload_part(self, PartNumber: int, **_: object) -> dict:  # noqa: N803 (boto3's name)
+    def upload_part(self, PartNumber: int, **_: object) -> dict:  # noqa: N803 (the S3 API's name)
         time.sleep(self.SEND_SECONDS)
         return {"ETag": f"e{PartNumber}"}
 
@@ -220,14 +220,14 @@ def test_many_uploads_hold_a_part_filling_each_and_at_most_the_cap_of_parts_in_f
 
 
 class _RecordingStore:
-    """A boto3 client's part of the API that notes each request's operation, and the content
+    """The part of the S3 API that notes each request's operation, and the content
     sent."""
 
     def __init__(self) -> None:
         self.requests: list[str] = []
         self.sent: list[bytes] = []
 
-    def put_object(self, Body: bytes, **_: object) -> dict:  # noqa: N803 (boto3's name)
+    def put_object(self, Body: bytes, **_: object) -> dict:  # noqa: N803 (the S3 API's name)
         self.requests.append("put_object")
         self.sent.append(bytes(Body))
         return {}

@@ -6,8 +6,9 @@ this package uses, named and answered as in the S3 API reference (parameters
 ``Bucket``, ``Key``, ``UploadId``…), sent by the MinIO client library (minio,
 a light one: explicit multipart uploads, conditional PUT, multi-object
 delete). Credentials come only from AWS's standard variables
-(``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``)
-and the shared credentials file (``~/.aws/credentials`` or
+(``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``;
+the region from ``AWS_REGION`` or ``AWS_DEFAULT_REGION`` when the URL names
+none) and the shared credentials file (``~/.aws/credentials`` or
 ``AWS_SHARED_CREDENTIALS_FILE``, profile ``AWS_PROFILE``), never from an
 option, and they never reach a log line. minio is imported here only, when a
 store is opened: the default install does without it (``pip install
@@ -22,6 +23,7 @@ for a missing object): nothing above this package sees the library's types.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,7 +42,9 @@ READ_TIMEOUT = 60.0
 MAX_ATTEMPTS = 3
 RETRY_BACKOFF = 0.2
 RETRIED_STATUSES = (500, 502, 503, 504)
-#: The region requests are signed for when the URL names none (the store's default).
+#: Where the region requests are signed for is read when the URL names none (AWS's
+#: variables), and the region when none is set (the one every S3-compatible store takes).
+REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
 DEFAULT_REGION = "us-east-1"
 #: The AWS endpoint used when the URL names none.
 AWS_ENDPOINT = "https://s3.amazonaws.com"
@@ -116,13 +120,20 @@ def connect(location: Location) -> S3Api:
     )
     client = minio.Minio(
         endpoint.netloc, secure=endpoint.scheme == "https",
-        region=location.region or DEFAULT_REGION, http_client=pool, credentials=credentials,
+        region=location.region or region_from_environment(), http_client=pool,
+        credentials=credentials,
     )
     if location.addressing == "path":
         client.disable_virtual_style_endpoint()
     elif location.addressing == "virtual":
         client.enable_virtual_style_endpoint()
     return S3Api(client)
+
+
+def region_from_environment() -> str:
+    """The region AWS's variables name, or :data:`DEFAULT_REGION`."""
+    return next((os.environ[name] for name in REGION_VARIABLES if os.environ.get(name)),
+                DEFAULT_REGION)
 
 
 def _etag(text: str | None) -> str:
@@ -159,6 +170,12 @@ class _Body:
 class S3Api:
     """The S3 API's operations this package uses, named and answered as in the S3 API
     reference, over a :class:`minio.Minio` client; every failure is :class:`RequestFailed`.
+
+    The multipart calls and the listing of multipart uploads are minio's own
+    single-request methods (``_create_multipart_upload``…, what its
+    ``put_object`` runs on), pinned to its 7.x series in setup.cfg; a page of
+    uploads is followed from its last entry (S3's ``NextKeyMarker`` and
+    ``NextUploadIdMarker`` are that entry's key and id).
     """
 
     def __init__(self, client: Any) -> None:
