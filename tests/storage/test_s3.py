@@ -12,7 +12,9 @@ import sys
 import threading
 import time
 import tracemalloc
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,14 +24,14 @@ from helpers import (
 )
 from protocol import Acknowledged, CrcOk, FileReceived, GeneralError, cksum
 from server.app import App
-from server.errors import BadStoreUrl
+from server.errors import BadStoreUrl, BlobMissing, StorageFault, StoreUnusable
 from server.limits import Limits
 from server.loop import Server, create_listener
 from server.peer import address_group
 from server.storage.base import UnpublishedBlob, new_blob_key
 from server.storage.factory import BLOB_BACKENDS, StoreUrls, blobs_url, open_stores, parse_url
 from server.storage.s3.backend import location
-from server.storage.s3.client import Location, RequestFailed, connect
+from server.storage.s3.client import AlreadyThere, Location, RequestFailed, S3Api, connect
 from server.storage.s3.store import MULTIPART_UPLOAD_AGE, S3Blobs
 from server.storage.s3 import upload as s3_upload
 from server.storage.s3.upload import MAX_PARTS_IN_FLIGHT, MAX_PARTS_IN_FLIGHT_TOTAL, PART_BYTES
@@ -117,6 +119,99 @@ def test_a_nodes_s3_client_costs_less_memory_than_one_uploads_parts_in_flight():
     grown = int(subprocess.run([sys.executable, "-c", _CLIENT_RSS], env=environment,
                                capture_output=True, text=True, check=True).stdout)
     assert 0 < grown < MAX_PARTS_IN_FLIGHT * PART_BYTES
+
+
+# -- the client (server/storage/s3/client.py) ---------------------------------------------
+
+
+class _PagedUploads:
+    """A minio client's part that lists multipart uploads by pages of two, as S3 does by
+    1000, and answers nothing else."""
+
+    def __init__(self, keys: list[str]) -> None:
+        Upload = pytest.importorskip("minio.datatypes").Upload  # noqa: N806 (minio's class)
+        self.asked: list[tuple[str | None, str | None]] = []
+
+        self._uploads = []
+        for number, key in enumerate(keys):
+            element = ET.fromstring(f"<Upload><Key>{key}</Key><UploadId>id{number}</UploadId>"
+                                    "<Initiated>2026-12-07T00:00:00.000Z</Initiated></Upload>")
+            self._uploads.append(Upload(element))
+
+    def _list_multipart_uploads(self, bucket, prefix=None, key_marker=None,
+                                upload_id_marker=None):
+        assert (key_marker, upload_id_marker) not in self.asked, "a page asked again"
+        self.asked.append((key_marker, upload_id_marker))
+        start = 0
+        if key_marker is not None:
+            start = next(index for index, upload in enumerate(self._uploads)
+                         if (upload.object_name, upload.upload_id)
+                         == (key_marker, upload_id_marker)) + 1
+        page = self._uploads[start:start + 2]
+        return SimpleNamespace(uploads=page, is_truncated=start + 2 < len(self._uploads),
+                               next_upload_id_marker=None)  # as minio 7.2 parses it: never
+
+
+def test_every_page_of_multipart_uploads_is_listed():
+    keys = [f"node/blobs/{ALICE.hex()}/{new_blob_key()}" for _ in range(5)]
+    blobs = S3Blobs(Location("files-bucket", "node/"), client=S3Api(_PagedUploads(keys)))
+    try:
+        assert [upload["Key"] for upload in blobs._multipart_uploads("blobs/")] == keys
+    finally:
+        blobs.close()
+
+
+@pytest.mark.parametrize("kind, code, seen_as", [
+    ("S3Error", "NoSuchKey", BlobMissing),
+    ("S3Error", "PreconditionFailed", AlreadyThere),
+    ("InvalidResponseError", 412, AlreadyThere),  # a 412 without an XML body
+    ("S3Error", "AccessDenied", StorageFault),
+    ("ServerError", 503, StorageFault),
+])
+def test_a_failed_request_is_the_seams_error(kind, code, seen_as):
+    errors = pytest.importorskip("minio.error")
+    made = {
+        "S3Error": lambda: errors.S3Error(None, code, "the store's message", "/files-bucket/k",
+                                          "request", "host"),
+        "InvalidResponseError": lambda: errors.InvalidResponseError(code, "text/plain", ""),
+        "ServerError": lambda: errors.ServerError(f"HTTP status code {code}", code),
+    }[kind]
+
+    class Failing:
+        def _put_object(self, *_):
+            raise made()
+
+    blobs = S3Blobs(Location("files-bucket"), client=S3Api(Failing()))
+    try:
+        with pytest.raises(StorageFault) as raised:
+            blobs.request("cannot store", "put_object", Key="k", Body=b"x", IfNoneMatch="*")
+        assert type(raised.value) is seen_as
+    finally:
+        blobs.close()
+
+
+def test_without_credentials_the_store_is_refused_in_one_line(monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_SECRET_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    with pytest.raises(StoreUnusable, match="AWS_ACCESS_KEY_ID") as raised:
+        connect(Location("files-bucket", endpoint="http://127.0.0.1:9"))
+    assert "\n" not in str(raised.value)
+
+
+@needs_ceph
+def test_the_keys_may_come_from_the_shared_credentials_file(tmp_path, s3_url, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"[drop]\naws_access_key_id = {ACCESS_KEY}\n"
+                           f"aws_secret_access_key = {SECRET_KEY}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_PROFILE", "drop")
+    metadata, blobs = _open(tmp_path, s3_url)  # the bucket answered: the keys were taken
+    assert blobs.unpublished() == []
+    metadata.close()
 
 
 # -- streaming, aborting, sweeping (the store on radosgw) --------------------------------

@@ -156,7 +156,7 @@ class _Body:
         """
         try:
             data: bytes = self._response.read(None if size < 0 else size)
-        except Exception as exc:
+        except _library_errors() as exc:
             raise _failed(exc) from exc
         if size < 0 or not data:
             self.close()
@@ -180,11 +180,12 @@ class S3Api:
 
     def __init__(self, client: Any) -> None:
         self._client = client
+        self._errors = _library_errors()
 
     def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(*args, **kwargs)
-        except Exception as exc:  # the library's and urllib3's exceptions, converted once here
+        except self._errors as exc:  # converted once, here
             raise _failed(exc) from exc
 
     def head_bucket(self, Bucket: str) -> dict[str, Any]:  # noqa: N803 (the S3 API's names)
@@ -279,6 +280,19 @@ class S3Api:
     def abort_multipart_upload(self, Bucket: str, Key: str, UploadId: str) -> dict[str, Any]:  # noqa: N803
         self._call(self._client._abort_multipart_upload, Bucket, Key, UploadId)
         return {}
+
+
+def _library_errors() -> tuple[type[Exception], ...]:
+    """What a request through minio may raise: its own errors, urllib3's (a lost
+    connection, a timeout), the socket's, a garbled answer's XML, and ValueError
+    (its credential providers' and parsers')."""
+    import xml.etree.ElementTree as ElementTree
+
+    import urllib3
+    from minio.error import MinioException
+
+    return (MinioException, urllib3.exceptions.HTTPError, OSError, ElementTree.ParseError,
+            ValueError)
 
 
 def _failed(exc: BaseException) -> RequestFailed:
