@@ -15,8 +15,9 @@ each figure with its target's verdict (issue 27):
   database backends'; HAProxy's beside it). Two nodes ÷ one ≥ 1.4.
 * **a 1 GiB upload through the cluster** (the real client, its whole run:
   encryption, 827, 828s, 1603, 900) vs the store's own multipart PUT of
-  the same file by boto3 alone (its parts as the nodes send theirs: the
-  same size, as many in flight per upload). ≥ 0.8.
+  the same file by the nodes' S3 client library alone (minio's own
+  multipart PUT, its parts as the nodes send theirs: the same size, as
+  many in flight per upload). ≥ 0.8.
 * **the time added after the last byte**, 5 MB and 256 MiB, through
   HAProxy (bench/s3.py's measure). ≤ 150 ms / ≤ 500 ms.
 * **peak RSS per node during four concurrent 1 GiB uploads** (four real
@@ -49,6 +50,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from common import (
     MB, MIB, REPO, Check, Quietness, RawClient, cpu_seconds, make_file, median, print_table, report,
@@ -59,7 +61,7 @@ from sessions import FILE_SIZE, KEY_POOL, Shared, database_backends, run_once
 
 sys.path.insert(0, str(REPO / "tests"))
 
-from backends.ceph import CephGateway  # noqa: E402
+from backends.ceph import ACCESS_KEY, REGION, SECRET_KEY, CephGateway  # noqa: E402
 from backends.ceph import skip_reason as ceph_missing  # noqa: E402
 from backends.cluster import Cluster  # noqa: E402
 from backends.haproxy import INSTALL_LINE as HAPROXY_INSTALL_LINE  # noqa: E402
@@ -210,7 +212,7 @@ def measure(cluster: Cluster, root: Path, args: argparse.Namespace, sizes: list[
         seconds, _ = timed_client_run(home, cluster.address[1], "bench", [str(payload)],
                                       CLIENT_TIMEOUT)
         figures.upload.append(seconds)
-        figures.store_put.append(store_put(store, bucket, payload, number))
+        figures.store_put.append(store_put(cluster.gateway, bucket, payload, number))
         raw = RawClient(cluster.address, timeout=CLIENT_TIMEOUT)  # idle ones are closed
         try:
             client_id, aes_key = raw.register(f"bench-added-{number}", private)
@@ -289,17 +291,20 @@ def served(cluster: Cluster) -> dict[str, int]:
     return counts
 
 
-def store_put(store, bucket: str, path: Path, number: int) -> float:
-    """Seconds boto3 alone takes to upload ``path`` in the nodes' parts; the object is deleted."""
-    from boto3.s3.transfer import TransferConfig
+def store_put(gateway: CephGateway, bucket: str, path: Path, number: int) -> float:
+    """Seconds the nodes' S3 client library (minio) alone takes to upload ``path`` with its
+    own multipart PUT, in the nodes' parts; the object is deleted."""
+    import minio
 
-    config = TransferConfig(multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES,
-                            max_concurrency=MAX_PARTS_IN_FLIGHT, use_threads=True)
+    endpoint = urlsplit(gateway.endpoint)
+    client = minio.Minio(endpoint.netloc, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
+                         secure=False, region=REGION)
     key = f"bench/store-put-{number}"
     started = time.perf_counter()
-    store.upload_file(str(path), bucket, key, Config=config)
+    client.fput_object(bucket, key, str(path), part_size=PART_BYTES,
+                       num_parallel_uploads=MAX_PARTS_IN_FLIGHT)
     took = time.perf_counter() - started
-    store.delete_object(Bucket=bucket, Key=key)
+    client.remove_object(bucket, key)
     return took
 
 
@@ -370,7 +375,7 @@ def judge(args: argparse.Namespace, sizes: list[int], figures: Figures,
         ["what", "seconds", "MB/s"],
         [["the client through HAProxy and a node (whole run)", f"{median(figures.upload):.2f}",
           f"{upload_rate:.0f}"],
-         [f"boto3 alone, multipart PUT ({PART_BYTES // MIB} MiB parts, {MAX_PARTS_IN_FLIGHT}"
+         [f"minio alone, multipart PUT ({PART_BYTES / MIB:g} MiB parts, {MAX_PARTS_IN_FLIGHT}"
           " in flight)", f"{median(figures.store_put):.2f}", f"{store_rate:.0f}"]],
     )
     print()

@@ -41,8 +41,9 @@ from .storage import BlobWriter
 
 log = logging.getLogger(__name__)
 
-#: Bytes queued for one blob past which its connection is not read.
-BEHIND_BYTES = 4 * 1024 * 1024
+#: Bytes queued for one blob past which its connection is not read: enough to keep the
+#: worker busy while the loop reads the next (each upload holds as much again).
+BEHIND_BYTES = 1024 * 1024
 #: Seconds a stop waits for the worker to finish what is queued (aborts, seals, publishes).
 STOP_PATIENCE = 60.0
 #: Bytes the loop reads off the wake-up socket at once.

@@ -191,6 +191,9 @@ class RequestReads:
     def stored_bytes(self, client_id: bytes) -> int:
         return self.store.stored_bytes(client_id)
 
+    def path_names(self, client_id: bytes) -> list[str]:
+        return self.store.path_names(client_id)
+
     def upsert_file(
         self, client_id: bytes, file_name: bytes, path_name: str, blob_key: str | None = None
     ) -> None:

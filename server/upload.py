@@ -335,7 +335,8 @@ class Uploads:
         awaits: InstallTicket | None
         if previous is None:
             path_name = self._blobs.new_path_name(
-                upload.client_id, upload.file_name, phase.writer.key
+                upload.client_id, upload.file_name, phase.writer.key,
+                self._metadata.path_names(upload.client_id),
             )
             commit.record_first(
                 self._metadata, upload.client_id, upload.file_name, path_name,

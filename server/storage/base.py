@@ -337,6 +337,9 @@ class MetadataStore(Protocol):
     def stored_bytes(self, client_id: bytes) -> int:
         """The plaintext bytes of the client's stored files, verified or not."""
         ...
+    def path_names(self, client_id: bytes) -> list[str]:
+        """The path names the client's rows point at (what a new one must differ from)."""
+        ...
     def upsert_file(
         self, client_id: bytes, file_name: bytes, path_name: str, blob_key: str | None = None
     ) -> None:
@@ -442,13 +445,18 @@ class BlobStore(BlobReader, Protocol):
         """
         ...
 
-    def new_path_name(self, client_id: bytes, file_name: bytes, key: str) -> str:
+    def new_path_name(
+        self, client_id: bytes, file_name: bytes, key: str, recorded: Collection[str] = ()
+    ) -> str:
         """The path name for the first upload of ``file_name``, whose blob is ``key``.
 
-        Distinct from what the client's stored blobs are read by and from
-        the names given to its other uploads not yet published: the store
-        holds the name for ``key`` until that blob is published, aborted or
-        deleted.
+        Distinct from ``recorded`` (the path names the metadata's rows hold
+        for the client: :meth:`MetadataStore.path_names`), from what the
+        client's stored blobs this store knows of are read by, and from the
+        names given to its other uploads not yet published: the store holds
+        the name for ``key`` until that blob is published, aborted or
+        deleted. A store whose names are behind a network round trip asks
+        nothing: the metadata's rows are the truth of what is stored.
 
         Raises:
             StorageFault: no distinct name is left.

@@ -24,7 +24,7 @@ import secrets
 import shutil
 import stat
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Collection
 
 from protocol.printable import quoted
 
@@ -268,17 +268,21 @@ class FolderBlobs:
         """The path name of a stored name: relative to the data folder, with ``/``."""
         return f"{RECEIVED_DIR}/{client_dir_name(client_id)}/{name}"
 
-    def new_path_name(self, client_id: bytes, file_name: bytes, key: str) -> str:
+    def new_path_name(
+        self, client_id: bytes, file_name: bytes, key: str, recorded: Collection[str] = ()
+    ) -> str:
         """A safe stored name for ``file_name``, held for ``key`` until it is published.
 
-        Distinct, even ignoring case, from the names in the client's folder
-        and those given to its other uploads not yet published.
+        Distinct, even ignoring case, from ``recorded``, the names in the
+        client's folder and those given to its other uploads not yet published.
 
         Raises:
             StorageFault: no distinct name is left, or the folder cannot be read.
         """
         held = [name for owner, name in self._named.values() if owner == client_id]
-        name = unique_stored_name(file_name, [*self._names_in(client_id), *held])
+        folder = self.path_name(client_id, "")
+        named = [path_name[len(folder):] for path_name in recorded if path_name.startswith(folder)]
+        name = unique_stored_name(file_name, [*self._names_in(client_id), *held, *named])
         self._named[key] = (client_id, name)
         return self.path_name(client_id, name)
 

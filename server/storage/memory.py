@@ -324,6 +324,11 @@ class MemoryMetadata:
             found.size or 0 for key, found in self._files.items() if key[0] == client_id
         )
 
+    def path_names(self, client_id: bytes) -> list[str]:
+        """The path names the client's rows point at."""
+        self._check_open()
+        return [found.row.path_name for key, found in self._files.items() if key[0] == client_id]
+
     def upsert_file(
         self, client_id: bytes, file_name: bytes, path_name: str, blob_key: str | None = None
     ) -> None:
@@ -518,16 +523,18 @@ class MemoryBlobs:
         del self.writers[key]
         self.named.pop(key, None)
 
-    def new_path_name(self, client_id: bytes, file_name: bytes, key: str) -> str:
+    def new_path_name(
+        self, client_id: bytes, file_name: bytes, key: str, recorded: Collection[str] = ()
+    ) -> str:
         """A safe stored name for ``file_name``, held for ``key`` until it is published.
 
-        Distinct, even ignoring case, from the client's stored blobs and the
-        names given to its other uploads not yet published.
+        Distinct, even ignoring case, from ``recorded``, the client's stored
+        blobs and the names given to its other uploads not yet published.
 
         Raises:
             StorageFault: no distinct name is left.
         """
-        stored = [_entry(path_name).name for path_name in self.blobs
+        stored = [_entry(path_name).name for path_name in [*self.blobs, *recorded]
                   if self.owner(path_name) == client_id]
         held = [name for owner, name in self.named.values() if owner == client_id]
         name = unique_stored_name(file_name, [*stored, *held])

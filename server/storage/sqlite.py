@@ -228,6 +228,7 @@ _SELECT_FILE = f"SELECT {_FILE_COLUMNS} FROM files WHERE ID = ? AND FileName = ?
 _SELECT_FILES = f"SELECT {_FILE_COLUMNS} FROM files"
 #: The primary key (ID, FileName) indexes it: the client's rows only are read.
 _SUM_STORED_BYTES = "SELECT COALESCE(SUM(Size), 0) FROM files WHERE ID = ?"
+_SELECT_PATH_NAMES = "SELECT PathName FROM files WHERE ID = ?"
 _UPSERT_FILE = (
     "INSERT INTO files (ID, FileName, PathName, Verified, BlobKey) VALUES (?, ?, ?, 0, ?)"
     " ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName, Verified = 0,"
@@ -841,6 +842,10 @@ class SqliteMetadata:
     def stored_bytes(self, client_id: bytes) -> int:
         """The size of every file the client has stored, verified or not."""
         return self._db.execute(_SUM_STORED_BYTES, (client_id,)).fetchone()[0]
+
+    def path_names(self, client_id: bytes) -> list[str]:
+        """The path names the client's rows point at."""
+        return [row[0] for row in self._db.execute(_SELECT_PATH_NAMES, (client_id,))]
 
     @_translated
     def upsert_file(

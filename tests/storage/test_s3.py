@@ -2,8 +2,7 @@
 
 Against the session's Ceph radosgw (tests/storage/conftest.py; the contract
 cases run on it in test_storage_contract.py); the store's faults are
-injected with moto, in process (moto is a mock: it proves the error path,
-not the store).
+injected at the client, over the real store.
 """
 
 from __future__ import annotations
@@ -13,7 +12,9 @@ import sys
 import threading
 import time
 import tracemalloc
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,14 +24,14 @@ from helpers import (
 )
 from protocol import Acknowledged, CrcOk, FileReceived, GeneralError, cksum
 from server.app import App
-from server.errors import BadStoreUrl
+from server.errors import BadStoreUrl, BlobMissing, StorageFault, StoreUnusable
 from server.limits import Limits
 from server.loop import Server, create_listener
 from server.peer import address_group
 from server.storage.base import UnpublishedBlob, new_blob_key
 from server.storage.factory import BLOB_BACKENDS, StoreUrls, blobs_url, open_stores, parse_url
 from server.storage.s3.backend import location
-from server.storage.s3.client import Location
+from server.storage.s3.client import AlreadyThere, Location, RequestFailed, S3Api, connect
 from server.storage.s3.store import MULTIPART_UPLOAD_AGE, S3Blobs
 from server.storage.s3 import upload as s3_upload
 from server.storage.s3.upload import MAX_PARTS_IN_FLIGHT, MAX_PARTS_IN_FLIGHT_TOTAL, PART_BYTES
@@ -92,9 +93,125 @@ def test_an_s3_url_takes_no_credentials_and_no_option_s3_would_refuse(text, mess
         blobs_url(text, Path("."))
 
 
-def test_checking_an_s3_url_needs_no_boto3(monkeypatch):
-    monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 raises ImportError
+def test_checking_an_s3_url_needs_no_s3_client_library(monkeypatch):
+    monkeypatch.setitem(sys.modules, "minio", None)  # import minio raises ImportError
     BLOB_BACKENDS["s3"].check(parse_url("s3://files-bucket/p", BLOB_BACKENDS, "--blobs"))
+
+
+#: Prints a node's RSS growth (bytes) from opening its S3 client, once the server is imported.
+_CLIENT_RSS = """
+import re
+from server import __main__
+from server.storage.s3.client import Location, connect
+def rss():
+    with open("/proc/self/status") as status:
+        return int(re.search(r"VmRSS:\\s+(\\d+)", status.read()).group(1)) * 1024
+before = rss()
+api = connect(Location("files-bucket", endpoint="http://127.0.0.1:9", addressing="path"))
+print(rss() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_a_nodes_s3_client_costs_less_memory_than_one_uploads_parts_in_flight():
+    environment = {**server_env(), "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                   "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    grown = int(subprocess.run([sys.executable, "-c", _CLIENT_RSS], env=environment,
+                               capture_output=True, text=True, check=True).stdout)
+    assert 0 < grown < MAX_PARTS_IN_FLIGHT * PART_BYTES
+
+
+# -- the client (server/storage/s3/client.py) ---------------------------------------------
+
+
+class _PagedUploads:
+    """A minio client's part that lists multipart uploads by pages of two, as S3 does by
+    1000, and answers nothing else."""
+
+    def __init__(self, keys: list[str]) -> None:
+        Upload = pytest.importorskip("minio.datatypes").Upload  # noqa: N806 (minio's class)
+        self.asked: list[tuple[str | None, str | None]] = []
+
+        self._uploads = []
+        for number, key in enumerate(keys):
+            element = ET.fromstring(f"<Upload><Key>{key}</Key><UploadId>id{number}</UploadId>"
+                                    "<Initiated>2026-12-07T00:00:00.000Z</Initiated></Upload>")
+            self._uploads.append(Upload(element))
+
+    def _list_multipart_uploads(self, bucket, prefix=None, key_marker=None,
+                                upload_id_marker=None):
+        assert (key_marker, upload_id_marker) not in self.asked, "a page asked again"
+        self.asked.append((key_marker, upload_id_marker))
+        start = 0
+        if key_marker is not None:
+            start = next(index for index, upload in enumerate(self._uploads)
+                         if (upload.object_name, upload.upload_id)
+                         == (key_marker, upload_id_marker)) + 1
+        page = self._uploads[start:start + 2]
+        return SimpleNamespace(uploads=page, is_truncated=start + 2 < len(self._uploads),
+                               next_upload_id_marker=None)  # as minio 7.2 parses it: never
+
+
+def test_every_page_of_multipart_uploads_is_listed():
+    keys = [f"node/blobs/{ALICE.hex()}/{new_blob_key()}" for _ in range(5)]
+    blobs = S3Blobs(Location("files-bucket", "node/"), client=S3Api(_PagedUploads(keys)))
+    try:
+        assert [upload["Key"] for upload in blobs._multipart_uploads("blobs/")] == keys
+    finally:
+        blobs.close()
+
+
+@pytest.mark.parametrize("kind, code, seen_as", [
+    ("S3Error", "NoSuchKey", BlobMissing),
+    ("S3Error", "PreconditionFailed", AlreadyThere),
+    ("InvalidResponseError", 412, AlreadyThere),  # a 412 without an XML body
+    ("S3Error", "AccessDenied", StorageFault),
+    ("ServerError", 503, StorageFault),
+])
+def test_a_failed_request_is_the_seams_error(kind, code, seen_as):
+    errors = pytest.importorskip("minio.error")
+    made = {
+        "S3Error": lambda: errors.S3Error(None, code, "the store's message", "/files-bucket/k",
+                                          "request", "host"),
+        "InvalidResponseError": lambda: errors.InvalidResponseError(code, "text/plain", ""),
+        "ServerError": lambda: errors.ServerError(f"HTTP status code {code}", code),
+    }[kind]
+
+    class Failing:
+        def _put_object(self, *_):
+            raise made()
+
+    blobs = S3Blobs(Location("files-bucket"), client=S3Api(Failing()))
+    try:
+        with pytest.raises(StorageFault) as raised:
+            blobs.request("cannot store", "put_object", Key="k", Body=b"x", IfNoneMatch="*")
+        assert type(raised.value) is seen_as
+    finally:
+        blobs.close()
+
+
+def test_without_credentials_the_store_is_refused_in_one_line(monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_SECRET_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    with pytest.raises(StoreUnusable, match="AWS_ACCESS_KEY_ID") as raised:
+        connect(Location("files-bucket", endpoint="http://127.0.0.1:9"))
+    assert "\n" not in str(raised.value)
+
+
+@needs_ceph
+def test_the_keys_may_come_from_the_shared_credentials_file(tmp_path, s3_url, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"[drop]\naws_access_key_id = {ACCESS_KEY}\n"
+                           f"aws_secret_access_key = {SECRET_KEY}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_PROFILE", "drop")
+    metadata, blobs = _open(tmp_path, s3_url)  # the bucket answered: the keys were taken
+    assert blobs.unpublished() == []
+    metadata.close()
 
 
 # -- streaming, aborting, sweeping (the store on radosgw) --------------------------------
@@ -146,14 +263,14 @@ def test_parts_of_many_uploads_are_sent_at_most_the_cap_at_once(tmp_path, s3_url
 
 
 class _SlowStore:
-    """A boto3 client's part of the API whose UploadPart takes a while (the writer runs ahead)."""
+    """The part of the S3 API whose UploadPart takes a while (the writer runs ahead)."""
 
     SEND_SECONDS = 0.1
 
     def create_multipart_upload(self, **_: object) -> dict:
         return {"UploadId": "u"}
 
-    def upload_part(self, PartNumber: int, **_: object) -> dict:  # noqa: N803 (boto3's name)
+    def upload_part(self, PartNumber: int, **_: object) -> dict:  # noqa: N803 (the S3 API's name)
         time.sleep(self.SEND_SECONDS)
         return {"ETag": f"e{PartNumber}"}
 
@@ -198,14 +315,14 @@ def test_many_uploads_hold_a_part_filling_each_and_at_most_the_cap_of_parts_in_f
 
 
 class _RecordingStore:
-    """A boto3 client's part of the API that notes each request's operation, and the content
+    """The part of the S3 API that notes each request's operation, and the content
     sent."""
 
     def __init__(self) -> None:
         self.requests: list[str] = []
         self.sent: list[bytes] = []
 
-    def put_object(self, Body: bytes, **_: object) -> dict:  # noqa: N803 (boto3's name)
+    def put_object(self, Body: bytes, **_: object) -> dict:  # noqa: N803 (the S3 API's name)
         self.requests.append("put_object")
         self.sent.append(bytes(Body))
         return {}
@@ -355,57 +472,80 @@ def test_a_server_on_s3_aborts_the_multipart_upload_of_a_cut_upload(server_facto
         make_identity(client)
 
 
-# -- a store fault (moto) ------------------------------------------------------------------
+# -- a store fault (injected at the client) -------------------------------------------------
+
+
+class _WatchedApi:
+    """The store's S3 API, noting the thread of each request; its PUTs of blobs fail while
+    ``failing`` is set (as a store's internal error would)."""
+
+    def __init__(self, api) -> None:
+        self._api = api
+        self.failing = False
+        #: (operation, the thread that sent it), in order.
+        self.requests: list[tuple[str, threading.Thread]] = []
+
+    def __getattr__(self, operation: str):
+        def request(**params):
+            self.requests.append((operation, threading.current_thread()))
+            if (self.failing and operation == "put_object"
+                    and "/blobs/" in f"/{params['Key']}"):
+                raise RequestFailed("injected: the store failed", "InternalError")
+            return getattr(self._api, operation)(**params)
+
+        return request
 
 
 @pytest.fixture
-def moto_server(tmp_path, monkeypatch):
-    """A server in this process, its blobs in a moto bucket (every request answered by moto)."""
-    moto = pytest.importorskip("moto")
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
-        monkeypatch.setenv(name, value)
-    with moto.mock_aws():
-        blobs = S3Blobs(Location("faulty-bucket", "node/", region="us-east-1"))
-        blobs.request("make the bucket", "create_bucket")
-        ready: list[Server] = []
-        started = threading.Event()
+def watched_server(tmp_path, s3_url):
+    """A server in this process (its loop's thread, and the API), its blobs on radosgw
+    through :class:`_WatchedApi`."""
+    where = location(blobs_url(s3_url, tmp_path))
+    api = _WatchedApi(connect(where))
+    blobs = S3Blobs(where, client=api)
+    ready: list[Server] = []
+    started = threading.Event()
 
-        def run() -> None:  # SQLite's connection lives in the loop's thread
-            db = SqliteMetadata.open(tmp_path / DB_NAME)
-            ready.append(Server(App.build(db, blobs, Limits()), create_listener("127.0.0.1", 0)))
-            started.set()
-            try:
-                ready[0].serve_forever()
-            finally:
-                db.close()
+    def run() -> None:  # SQLite's connection lives in the loop's thread
+        db = SqliteMetadata.open(tmp_path / DB_NAME)
+        ready.append(Server(App.build(db, blobs, Limits()), create_listener("127.0.0.1", 0)))
+        started.set()
+        try:
+            ready[0].serve_forever()
+        finally:
+            db.close()
 
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        assert started.wait(30)
-        yield ready[0]
-        ready[0].stop()
-        thread.join(30)
-        blobs.close()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(30)
+    yield ready[0], thread, api
+    ready[0].stop()
+    thread.join(30)
+    blobs.close()
 
 
-def test_a_store_fault_answers_1607_and_the_server_goes_on(moto_server, monkeypatch):
-    from moto.s3.exceptions import S3ClientError
-    from moto.s3.models import S3Backend
+@needs_ceph
+def test_the_loop_sends_no_request_to_the_store_for_an_upload(watched_server):
+    server, loop_thread, api = watched_server
+    with RawClient(server.address[:2]) as client:
+        identity = make_identity(client)
+        api.requests.clear()
+        assert isinstance(upload(client, identity, "first.bin", b"a first upload"), FileReceived)
+        assert isinstance(upload(client, identity, "FIRST.bin", b"its name by case"), FileReceived)
+    sent = [operation for operation, _ in api.requests]
+    assert sent.count("put_object") == 4  # two blobs, two names
+    assert [operation for operation, thread in api.requests if thread is loop_thread] == []
 
-    real_put = S3Backend.put_object
 
-    def failing_put(self, bucket_name, key_name, *args, **kwargs):
-        if "/blobs/" in f"/{key_name}":
-            raise S3ClientError("InternalError", "injected: the store failed")
-        return real_put(self, bucket_name, key_name, *args, **kwargs)
-
-    address = moto_server.address[:2]
+@needs_ceph
+def test_a_store_fault_answers_1607_and_the_server_goes_on(watched_server):
+    server, _, api = watched_server
+    address = server.address[:2]
     with RawClient(address) as client:
         identity = make_identity(client)
-        monkeypatch.setattr(S3Backend, "put_object", failing_put)
+        api.failing = True
         assert isinstance(upload(client, identity, "f.bin", b"small file"), GeneralError)
-        monkeypatch.setattr(S3Backend, "put_object", real_put)
+        api.failing = False
     with RawClient(address) as client:
         identity = make_identity(client)
         assert isinstance(upload(client, identity, "f.bin", b"small file"), FileReceived)

@@ -196,10 +196,10 @@ def test_the_sweeping_node_finds_what_another_node_left_since_it_started(node_st
 def test_a_name_another_node_published_is_not_given_again(node_stores):
     meta_a, blobs_a = node_stores("a")
     _register(meta_a)
-    _, blobs_b = node_stores("b")
+    meta_b, blobs_b = node_stores("b")
     mine = blobs_b.begin(ALICE, new_blob_key())  # b makes the client's folder, if any
     theirs = _published(meta_a, blobs_a, b"f", b"a's")
-    assert blobs_b.new_path_name(ALICE, b"f", mine.key) != theirs
+    assert blobs_b.new_path_name(ALICE, b"f", mine.key, meta_b.path_names(ALICE)) != theirs
     mine.abort()
 
 

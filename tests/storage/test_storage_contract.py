@@ -487,6 +487,16 @@ def test_a_new_path_name_is_distinct_from_the_clients_stored_and_held_ones_even_
     assert blobs.new_path_name(BOB, b"report.pdf", new_blob_key()) not in (stored, held, third)
 
 
+def test_a_new_path_name_is_distinct_from_those_the_metadata_records_even_by_case(blobs):
+    writer = blobs.begin(ALICE, new_blob_key())
+    recorded = blobs.new_path_name(ALICE, b"report.pdf", writer.key)
+    writer.abort()  # free in the store: only the metadata's rows hold it now
+    again = blobs.new_path_name(ALICE, b"REPORT.pdf", new_blob_key(), [recorded])
+    assert again.lower() != recorded.lower()
+    assert blobs.new_path_name(ALICE, b"report.pdf", new_blob_key(), [recorded]) != recorded
+    assert blobs.new_path_name(BOB, b"report.pdf", new_blob_key(), [recorded]) != recorded
+
+
 def test_a_name_is_held_until_its_blob_is_published_or_aborted(blobs):
     first = sealed(blobs, ALICE, b"first")
     name = blobs.new_path_name(ALICE, b"a.txt", first.key)

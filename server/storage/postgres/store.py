@@ -109,6 +109,7 @@ _REFERENCED_KEYS = (
     " UNION SELECT PendingKey FROM files WHERE PendingKey = ANY(%s)"
 )
 _SUM_STORED_BYTES = "SELECT COALESCE(SUM(Size), 0) FROM files WHERE ID = %s"
+_SELECT_PATH_NAMES = "SELECT PathName FROM files WHERE ID = %s"
 _UPSERT_FILE = (
     "INSERT INTO files (ID, FileName, PathName, Verified, BlobKey, Node)"
     " VALUES (%s, %s, %s, false, %s, %s)"
@@ -640,6 +641,10 @@ class PostgresMetadata:
     def stored_bytes(self, client_id: bytes) -> int:
         """The size of every file the client has stored, verified or not."""
         return int(self._read(_SUM_STORED_BYTES, client_id)[0][0])
+
+    def path_names(self, client_id: bytes) -> list[str]:
+        """The path names the client's rows point at."""
+        return [row[0] for row in self._read(_SELECT_PATH_NAMES, client_id)]
 
     def upsert_file(
         self, client_id: bytes, file_name: bytes, path_name: str, blob_key: str | None = None

@@ -1,7 +1,7 @@
 """``s3://BUCKET/PREFIX?endpoint=URL&region=NAME&addressing=auto|path|virtual`` (``--blobs``).
 
 The factory (server/storage/factory.py) parses the URL; this module checks
-its bucket and options (without boto3: a bad URL is refused even where the
+its bucket and options (without minio: a bad URL is refused even where the
 extra is not installed) and opens the store.
 """
 
@@ -79,7 +79,7 @@ class S3Backend:
         answer, so ``shared`` changes nothing).
 
         Raises:
-            StoreUnusable: boto3 is missing, or the bucket cannot be reached.
+            StoreUnusable: minio is missing, or the bucket cannot be reached.
         """
         return _opened(url)
 
@@ -87,7 +87,7 @@ class S3Backend:
         """The store for ``admin verify`` (it only reads).
 
         Raises:
-            StoreUnusable: boto3 is missing, or the bucket cannot be reached.
+            StoreUnusable: minio is missing, or the bucket cannot be reached.
         """
         return _opened(url)
 

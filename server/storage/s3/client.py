@@ -1,44 +1,69 @@
 """Where the bucket is, the S3 client that reaches it, and its errors as the seam's.
 
 :class:`Location` is what ``s3://BUCKET/PREFIX?endpoint=…&region=…&addressing=…``
-says. :func:`connect` makes a boto3 client for it; credentials come only
-from boto3's standard chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``
-/ ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and the shared files
-``~/.aws/credentials`` and ``~/.aws/config``, or a role), never from an
-option, and they never reach a log line. boto3 is imported here only, when a
+says. :func:`connect` makes an :class:`S3Api` for it: the S3 API's operations
+this package uses, named and answered as in the S3 API reference (parameters
+``Bucket``, ``Key``, ``UploadId``…), sent by the MinIO client library (minio,
+a light one: explicit multipart uploads, conditional PUT, multi-object
+delete). Credentials come only from AWS's standard variables
+(``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``;
+the region from ``AWS_REGION`` or ``AWS_DEFAULT_REGION`` when the URL names
+none) and the shared credentials file (``~/.aws/credentials`` or
+``AWS_SHARED_CREDENTIALS_FILE``, profile ``AWS_PROFILE``), never from an
+option, and they never reach a log line. minio is imported here only, when a
 store is opened: the default install does without it (``pip install
 'cipherdrop[s3]'``).
 
-:func:`fault` turns a boto3 or botocore exception into a
+Every failed request raises :class:`RequestFailed` (the store's error code,
+or the HTTP status); :func:`fault` turns it into a
 :class:`~server.errors.StorageFault` (:class:`~server.errors.BlobMissing`
-for a missing object): nothing above this package sees their types.
+for a missing object): nothing above this package sees the library's types.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from ...errors import BlobMissing, StorageFault, StoreUnusable
 
-#: How the bucket is named in requests: ``auto`` lets boto3 choose.
+#: How the bucket is named in requests: ``auto`` lets the client choose (the bucket in the
+#: host name for AWS's endpoints, in the path for others).
 ADDRESSING_STYLES = ("auto", "path", "virtual")
-#: Simultaneous connections to the store: every part in flight, and a few reads.
+#: Simultaneous connections to the store kept open: every part in flight, and a few reads.
 MAX_CONNECTIONS = 16
 #: Seconds to connect, and to wait for an answer, before a request is retried.
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
-#: Attempts per request (boto3's standard retry mode: backoff on throttling and 5xx).
+#: Attempts per request (retried with backoff on a lost connection, a timeout or a 5xx).
 MAX_ATTEMPTS = 3
+RETRY_BACKOFF = 0.2
+RETRIED_STATUSES = (500, 502, 503, 504)
+#: Where the region requests are signed for is read when the URL names none (AWS's
+#: variables), and the region when none is set (the one every S3-compatible store takes).
+REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
+DEFAULT_REGION = "us-east-1"
+#: The AWS endpoint used when the URL names none.
+AWS_ENDPOINT = "https://s3.amazonaws.com"
 #: The S3 error codes that say an object or an upload is not there.
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
 #: The S3 error codes of a conditional PUT (``If-None-Match: *``) that found the object there.
 _THERE_CODES = frozenset({"PreconditionFailed", "412"})
 INSTALL_HINT = "pip install 'cipherdrop[s3]'"
-#: The libraries' loggers, kept at WARNING: at DEBUG they log every request's
-#: headers (the access key's id in the signature) and body.
-LIBRARY_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3")
+#: The libraries' loggers, kept at WARNING (at DEBUG they log every request).
+LIBRARY_LOGGERS = ("minio", "urllib3")
+
+
+class RequestFailed(Exception):
+    """A request the store refused or that did not reach it: ``code`` is the store's error
+    code (``NoSuchKey``…), else the HTTP status, else empty."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class AlreadyThere(StorageFault):
@@ -62,36 +87,226 @@ class Location:
         return f"s3://{self.bucket}/{self.prefix}"
 
 
-def connect(location: Location) -> Any:
-    """A boto3 S3 client for ``location`` (thread-safe: the part uploaders share it).
+def connect(location: Location) -> S3Api:
+    """The S3 API of ``location``'s store (thread-safe: the part uploaders share it).
 
     Raises:
-        StoreUnusable: boto3 is not installed.
+        StoreUnusable: minio is not installed, or no credentials are set.
     """
     try:
-        import boto3
-        from botocore.config import Config
+        import minio
+        import urllib3
+        from minio.credentials import AWSConfigProvider, ChainedProvider, EnvAWSProvider
     except ImportError as exc:
-        raise StoreUnusable(f"{location}: the s3 store needs boto3: {INSTALL_HINT}") from exc
+        raise StoreUnusable(f"{location}: the s3 store needs minio: {INSTALL_HINT}") from exc
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    config = Config(
-        s3={"addressing_style": location.addressing},
-        max_pool_connections=MAX_CONNECTIONS,
-        connect_timeout=CONNECT_TIMEOUT,
-        read_timeout=READ_TIMEOUT,
-        retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+    credentials = ChainedProvider([EnvAWSProvider(), AWSConfigProvider()])
+    try:
+        credentials.retrieve()
+    except ValueError as exc:
+        raise StoreUnusable(
+            f"{location}: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,"
+            " or AWS_PROFILE's keys in ~/.aws/credentials"
+        ) from exc
+    endpoint = urlsplit(location.endpoint or AWS_ENDPOINT)
+    pool = urllib3.PoolManager(
+        maxsize=MAX_CONNECTIONS,
+        timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
+        retries=urllib3.Retry(
+            total=MAX_ATTEMPTS - 1, backoff_factor=RETRY_BACKOFF,
+            status_forcelist=RETRIED_STATUSES, allowed_methods=None, raise_on_status=False,
+        ),
     )
-    session = boto3.session.Session(region_name=location.region)
-    return session.client("s3", endpoint_url=location.endpoint, config=config)
+    client = minio.Minio(
+        endpoint.netloc, secure=endpoint.scheme == "https",
+        region=location.region or region_from_environment(), http_client=pool,
+        credentials=credentials,
+    )
+    if location.addressing == "path":
+        client.disable_virtual_style_endpoint()
+    elif location.addressing == "virtual":
+        client.enable_virtual_style_endpoint()
+    return S3Api(client)
+
+
+def region_from_environment() -> str:
+    """The region AWS's variables name, or :data:`DEFAULT_REGION`."""
+    return next((os.environ[name] for name in REGION_VARIABLES if os.environ.get(name)),
+                DEFAULT_REGION)
+
+
+def _etag(text: str | None) -> str:
+    """An ETag without its quotes (the store quotes it in headers, not always in listings)."""
+    return (text or "").strip('"')
+
+
+class _Body:
+    """An object's content being read (``read``, ``close``), its connection back in the
+    pool once read or closed."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left when negative); empty at the end.
+
+        Raises:
+            RequestFailed: the connection failed.
+        """
+        try:
+            data: bytes = self._response.read(None if size < 0 else size)
+        except _library_errors() as exc:
+            raise _failed(exc) from exc
+        if size < 0 or not data:
+            self.close()
+        return data
+
+    def close(self) -> None:
+        self._response.close()
+        self._response.release_conn()
+
+
+class S3Api:
+    """The S3 API's operations this package uses, named and answered as in the S3 API
+    reference, over a :class:`minio.Minio` client; every failure is :class:`RequestFailed`.
+
+    The multipart calls and the listing of multipart uploads are minio's own
+    single-request methods (``_create_multipart_upload``…, what its
+    ``put_object`` runs on), pinned to its 7.x series in setup.cfg; a page of
+    uploads is followed from its last entry (S3's ``NextKeyMarker`` and
+    ``NextUploadIdMarker`` are that entry's key and id).
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._errors = _library_errors()
+
+    def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except self._errors as exc:  # converted once, here
+            raise _failed(exc) from exc
+
+    def head_bucket(self, Bucket: str) -> dict[str, Any]:  # noqa: N803 (the S3 API's names)
+        if not self._call(self._client.bucket_exists, Bucket):
+            raise RequestFailed(f"no bucket {Bucket}", "NoSuchBucket")
+        return {}
+
+    def create_bucket(self, Bucket: str) -> dict[str, Any]:  # noqa: N803
+        self._call(self._client.make_bucket, Bucket)
+        return {}
+
+    def list_objects_v2(self, Bucket: str, Prefix: str = "",  # noqa: N803
+                        **_: Any) -> dict[str, Any]:
+        """Every object under ``Prefix``, in one answer (minio follows the pages)."""
+        objects = self._call(lambda: list(self._client.list_objects(
+            Bucket, prefix=Prefix, recursive=True)))
+        return {"Contents": [{"Key": entry.object_name, "ETag": _etag(entry.etag),
+                              "Size": entry.size, "LastModified": entry.last_modified}
+                             for entry in objects],
+                "IsTruncated": False}
+
+    def list_multipart_uploads(self, Bucket: str, Prefix: str = "", KeyMarker: str = "",  # noqa: N803
+                               UploadIdMarker: str = "") -> dict[str, Any]:  # noqa: N803
+        """One page of the multipart uploads under ``Prefix``; the next starts after its last."""
+        page = self._call(self._client._list_multipart_uploads, Bucket, prefix=Prefix,
+                          key_marker=KeyMarker or None,
+                          upload_id_marker=UploadIdMarker or None)
+        uploads = [{"Key": upload.object_name, "UploadId": upload.upload_id,
+                    "Initiated": upload.initiated_time} for upload in page.uploads]
+        answer: dict[str, Any] = {"Uploads": uploads,
+                                  "IsTruncated": bool(page.is_truncated and uploads)}
+        if answer["IsTruncated"]:
+            answer["NextKeyMarker"] = uploads[-1]["Key"]
+            answer["NextUploadIdMarker"] = uploads[-1]["UploadId"]
+        return answer
+
+    def delete_objects(self, Bucket: str, Delete: dict[str, Any]) -> dict[str, Any]:  # noqa: N803
+        from minio.deleteobjects import DeleteObject
+
+        result = self._call(self._client._delete_objects, Bucket,
+                            [DeleteObject(entry["Key"]) for entry in Delete["Objects"]],
+                            quiet=bool(Delete.get("Quiet")))
+        return {"Errors": [{"Key": error.name, "Code": error.code}
+                           for error in result.error_list]}
+
+    def get_object(self, Bucket: str, Key: str, Range: str = "") -> dict[str, Any]:  # noqa: N803
+        """The object's content as a stream (``Range``: ``bytes=FIRST-LAST``)."""
+        offset = length = 0
+        if Range:
+            first, _, last = Range.removeprefix("bytes=").partition("-")
+            offset, length = int(first), int(last) - int(first) + 1
+        response = self._call(self._client.get_object, Bucket, Key, offset=offset,
+                              length=length)
+        return {"Body": _Body(response), "ETag": _etag(response.headers.get("ETag")),
+                "ContentLength": int(response.headers.get("Content-Length", 0))}
+
+    def head_object(self, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803
+        found = self._call(self._client.stat_object, Bucket, Key)
+        return {"ETag": _etag(found.etag), "ContentLength": found.size,
+                "LastModified": found.last_modified}
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes | bytearray,  # noqa: N803
+                   IfNoneMatch: str = "") -> dict[str, Any]:  # noqa: N803
+        """One PUT; with ``IfNoneMatch="*"`` refused (``PreconditionFailed``) where an object is."""
+        headers = {"If-None-Match": IfNoneMatch} if IfNoneMatch else {}
+        written = self._call(self._client._put_object, Bucket, Key, Body, headers)
+        return {"ETag": _etag(written.etag)}
+
+    def delete_object(self, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803
+        self._call(self._client.remove_object, Bucket, Key)
+        return {}
+
+    def create_multipart_upload(self, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803
+        return {"UploadId": self._call(self._client._create_multipart_upload, Bucket, Key, {})}
+
+    def upload_part(self, Bucket: str, Key: str, UploadId: str, PartNumber: int,  # noqa: N803
+                    Body: bytes | bytearray) -> dict[str, Any]:  # noqa: N803
+        etag = self._call(self._client._upload_part, Bucket, Key, Body, None, UploadId,
+                          PartNumber)
+        return {"ETag": _etag(etag)}
+
+    def complete_multipart_upload(self, Bucket: str, Key: str, UploadId: str,  # noqa: N803
+                                  MultipartUpload: dict[str, Any]) -> dict[str, Any]:  # noqa: N803
+        from minio.datatypes import Part
+
+        parts = [Part(part["PartNumber"], _etag(part["ETag"]))
+                 for part in MultipartUpload["Parts"]]
+        result = self._call(self._client._complete_multipart_upload, Bucket, Key, UploadId,
+                            parts)
+        return {"ETag": _etag(result.etag)}
+
+    def abort_multipart_upload(self, Bucket: str, Key: str, UploadId: str) -> dict[str, Any]:  # noqa: N803
+        self._call(self._client._abort_multipart_upload, Bucket, Key, UploadId)
+        return {}
+
+
+def _library_errors() -> tuple[type[Exception], ...]:
+    """What a request through minio may raise: its own errors, urllib3's (a lost
+    connection, a timeout), the socket's, a garbled answer's XML, and ValueError
+    (its credential providers' and parsers')."""
+    import xml.etree.ElementTree as ElementTree
+
+    import urllib3
+    from minio.error import MinioException
+
+    return (MinioException, urllib3.exceptions.HTTPError, OSError, ElementTree.ParseError,
+            ValueError)
+
+
+def _failed(exc: BaseException) -> RequestFailed:
+    """A library's exception as :class:`RequestFailed`, its code the store's (or the status)."""
+    if isinstance(exc, RequestFailed):
+        return exc
+    code = getattr(exc, "code", None) or getattr(exc, "_code", None) \
+        or getattr(exc, "_status_code", None) or ""
+    return RequestFailed(f"{type(exc).__name__}: {exc}", str(code))
 
 
 def error_code(exc: BaseException) -> str:
-    """The S3 error code of a botocore ClientError (empty for any other exception)."""
-    response = getattr(exc, "response", None)
-    if not isinstance(response, dict):
-        return ""
-    return str(response.get("Error", {}).get("Code", ""))
+    """The S3 error code of a failed request (empty for any other exception)."""
+    return exc.code if isinstance(exc, RequestFailed) else ""
 
 
 def is_missing(exc: BaseException) -> bool:
@@ -103,8 +318,8 @@ def fault(action: str, exc: BaseException) -> StorageFault:
     """The seam's error for a failed request: BlobMissing when the object is not there,
     AlreadyThere when a conditional PUT found it.
 
-    The message is botocore's (the operation and the store's error code);
-    it never holds a credential.
+    The message is the library's (the store's error code and message); it
+    never holds a credential.
     """
     if is_missing(exc):
         return BlobMissing(f"{action}: no such object")
@@ -114,7 +329,5 @@ def fault(action: str, exc: BaseException) -> StorageFault:
 
 
 def client_errors() -> tuple[type[BaseException], ...]:
-    """The exception types a request may raise: botocore's own (imported lazily)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    return (BotoCoreError, ClientError)
+    """The exception type a request raises."""
+    return (RequestFailed,)

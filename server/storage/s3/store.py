@@ -29,7 +29,7 @@ import secrets
 import threading
 import time
 from datetime import datetime
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Collection, Iterator
 
 from protocol.printable import quoted
 
@@ -75,10 +75,10 @@ def _age(when: Any, now: float) -> float:
 class S3Blobs:
     """Blobs in a bucket under a prefix (see the module).
 
-    ``client``: a boto3 S3 client to use (by default one made for ``location``).
+    ``client``: the S3 API to use (:class:`~.client.S3Api`) (by default one made for ``location``).
 
     Raises (constructor):
-        StoreUnusable: boto3 is missing.
+        StoreUnusable: minio is missing.
     """
 
     #: Every write is a network round trip: the server writes through its blob port.
@@ -192,23 +192,31 @@ class S3Blobs:
             self._names[name_object] = (answer.get("ETag", ""), key)
         return key
 
-    def new_path_name(self, client_id: bytes, file_name: bytes, key: str) -> str:
+    def new_path_name(
+        self, client_id: bytes, file_name: bytes, key: str, recorded: Collection[str] = ()
+    ) -> str:
         """A safe stored name for ``file_name``, held for ``key`` until it is published.
 
-        Distinct, even ignoring case, from the client's names in the bucket
-        (one listing) and those given to its uploads not yet published.
+        Distinct, even ignoring case, from ``recorded`` (the metadata's rows),
+        the client's names this store wrote or read, and those given to its
+        uploads not yet published. No request: the loop calls it, and the
+        metadata's rows are the truth of what is stored (a name object no row
+        points at is garbage, replaced when published over).
 
         Raises:
-            StorageFault: no distinct name is left, or the bucket cannot be listed.
+            StorageFault: no distinct name is left.
         """
-        prefix = f"{FILES}{client_id.hex()}/"
-        start = len(self.location.prefix) + len(prefix)
-        stored = [entry["Key"][start:] for entry in self._list(prefix)]
+        client_hex = client_id.hex()
+        prefix = f"{RECEIVED_DIR}/{client_hex}/"
+        named = [path_name[len(prefix):] for path_name in recorded
+                 if path_name.startswith(prefix)]
+        objects = f"{self.location.prefix}{FILES}{client_hex}/"
         with self._lock:
+            known = [name[len(objects):] for name in self._names if name.startswith(objects)]
             held = [name for owner, name in self._held.values() if owner == client_id]
-            name = unique_stored_name(file_name, [*stored, *held])
+            name = unique_stored_name(file_name, [*named, *known, *held])
             self._held[key] = (client_id, name)
-        return f"{RECEIVED_DIR}/{client_id.hex()}/{name}"
+        return f"{prefix}{name}"
 
     # -- writing -----------------------------------------------------------------
 

@@ -40,15 +40,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Bytes per part (S3 takes 5 MiB to 5 GiB; each is a round trip).
-PART_BYTES = 8 * 1024 * 1024
+#: Bytes per part: S3's smallest but for the last (5 MiB to 5 GiB), so that an upload holds
+#: the least memory; each is a round trip (docs/SCALING.md: as fast as minio's own PUT).
+PART_BYTES = 5 * 1024 * 1024
 #: Content an upload holds in a buffer that grows with it, below which it takes no whole
 #: part's buffer (then the content so far is copied into one, once).
 GROWING_PART_BYTES = 1024 * 1024
 #: Parts of one upload being sent at once (the next one fills meanwhile).
 MAX_PARTS_IN_FLIGHT = 2
-#: Parts handed over and not yet sent, all uploads together (the uploader threads).
-MAX_PARTS_IN_FLIGHT_TOTAL = 4
+#: Parts handed over and not yet sent, all uploads together (the uploader threads): as many
+#: as one upload may have, which keeps the store busy; each more is a part's memory.
+MAX_PARTS_IN_FLIGHT_TOTAL = 2
 
 
 #: glibc's ``mallopt`` option: the size from which an allocation is its own mmap.
