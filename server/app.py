@@ -157,6 +157,7 @@ class App:
         Raises:
             StorageFault: the round is lost; none of its answers may go out.
         """
+        self.coordination.settle()
         return self.uploads.installs.end_round(durable=durable)
 
     def begin_round(self, *, durable: bool) -> RoundCommit | None:
@@ -168,6 +169,7 @@ class App:
         Raises:
             StorageFault: the round is lost; none of its answers may go out.
         """
+        self.coordination.settle()  # a hold of this round's 825s is in place before its answer
         commit = self.uploads.installs.begin_round(durable=durable)
         self.committing = commit is not None
         return commit

@@ -133,6 +133,16 @@ class RequestReads:
             self._clients[client.id] = client
         return client
 
+    def client_by_name_and_counts(
+        self, name: str, group: str
+    ) -> tuple[ClientRow | None, tuple[int, int]]:
+        """The client with this name (kept for the request, as :meth:`client_by_name`'s),
+        and the counts, in one read of the store."""
+        client, counts = self.store.client_by_name_and_counts(name, group)
+        if self._active and client is not None:
+            self._clients[client.id] = client
+        return client, counts
+
     def count_clients(self, group: str | None = None) -> int:
         return self.store.count_clients(group)
 

@@ -134,6 +134,17 @@ class Coordination(Protocol):
         """Forget failures older than ``window`` seconds and lapsed holds and leases."""
         ...
 
+    def settle(self) -> None:
+        """Holds taken and releases made so far are in place for every node.
+
+        :meth:`hold_registration`, :meth:`release_registrations` and
+        :meth:`release_upload` answer nothing: an implementation may send them
+        without waiting. The loop settles them before a round's answers go
+        out; a failure among them is logged, not raised (a release's row
+        lapses, a hold is this node's only).
+        """
+        ...
+
     def close(self) -> None:
         """Let go of everything this node holds (its leadership too)."""
         ...
@@ -299,6 +310,9 @@ class MemoryCoordination:
         for key, held in list(self._shared.leases.items()):
             if held.until <= now:
                 del self._shared.leases[key]
+
+    def settle(self) -> None:
+        """Nothing to do: every call is in place when it returns."""
 
     def close(self) -> None:
         """Let go of this node's holds, leases and leadership."""

@@ -31,6 +31,17 @@ are created if absent, under a version of their own (``coordination_version``):
   (``pg_try_advisory_lock``): released when its connection ends, however
   the node stops, so that another node takes over.
 
+Round trips are what a call costs the loop (~0.1 ms each on loopback, and
+the loop waits for each): a write whose answer nothing waits for (a hold on
+a new registration, the release of a hold or lease) is sent without
+waiting, its answer read before the connection's next statement (and a
+failure among them logged, as a failed release always was: the row lapses,
+or goes at the next renewal). A hold is so in place before the 825 that
+made it is answered: its answer is read (:meth:`PgCoordination.settle`)
+as the round's commit begins, by when it has mostly arrived. :attr:`PgCoordination.round_trips`
+counts the waited ones, :attr:`PgCoordination.unanswered` the others
+(bench/sessions.py, at the close).
+
 A call that fails raises :class:`~server.errors.StorageFault`; a broken
 connection is opened again at the next call (the leadership is then asked
 for again), but not within :data:`RECONNECT_DELAY` of a failed attempt:
@@ -51,6 +62,7 @@ from .connect import liveness
 
 try:
     import psycopg
+    from psycopg import pq
 except ImportError:  # pragma: no cover - the default install has no PostgreSQL
     psycopg = None  # type: ignore[assignment]
 
@@ -237,6 +249,11 @@ class PgCoordination:
         self._connection: Any = None
         #: No connection is attempted before this (``time.monotonic``).
         self._next_attempt = 0.0
+        #: A message sent without waiting whose answer is still to be read.
+        self._unanswered = False
+        #: Round trips waited for, and messages sent without waiting (logged at the close).
+        self.round_trips = 0
+        self.unanswered = 0
         try:
             connection = self._connect()
             with connection.transaction():
@@ -354,7 +371,9 @@ class PgCoordination:
 
     def _rows_unnamed(self, statement: str, values: Mapping[str, object]) -> list[Sequence[Any]]:
         """:meth:`_rows` without the name lock."""
+        self._collect()
         connection = self._connect()
+        self.round_trips += 1
         try:
             cursor = connection.execute(statement, values)
             return cursor.fetchall() if cursor.description is not None else []
@@ -363,9 +382,60 @@ class PgCoordination:
                 self._drop_connection()
             raise StorageFault(f"coordination: {_reason(exc)}") from exc
 
+    def _send_unanswered(self, statement: str, batch: Sequence[Mapping[str, object]]) -> None:
+        """The statement once per entry of ``batch``, as one message, not waited for: its
+        answer is read before the connection's next statement (:meth:`_collect`).
+
+        Raises:
+            StorageFault: it could not be sent (a broken connection is opened again next
+                time), or the name lock could not be taken (see :meth:`_rows`).
+        """
+        self._ensure_named()
+        self._collect()
+        connection = self._connect()
+        try:
+            binder = psycopg.ClientCursor(connection)
+            text = ";".join(binder.mogrify(statement, values) for values in batch)
+            connection.pgconn.send_query(text.encode(connection.info.encoding))
+        except psycopg.Error as exc:
+            if connection.broken:
+                self._drop_connection()
+            raise StorageFault(f"coordination: {_reason(exc)}") from exc
+        self._unanswered = True
+        self.unanswered += 1
+
+    def settle(self) -> None:
+        """Read the answer of what was sent without waiting (see :meth:`_collect`)."""
+        self._collect()
+
+    def _collect(self) -> None:
+        """Read the answer of the message sent without waiting, if any: by now it has
+        mostly arrived. A failure in it is logged (the rows it would have deleted lapse,
+        or go at the next renewal; a hold it would have taken is this node's only)."""
+        if not self._unanswered:
+            return
+        self._unanswered = False
+        connection = self._connection
+        if connection is None or connection.closed:
+            return
+        pgconn = connection.pgconn
+        failure = None
+        while (result := pgconn.get_result()) is not None:
+            if result.status == pq.ExecStatus.FATAL_ERROR and failure is None:
+                primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY)
+                failure = (primary or pgconn.error_message or b"error").decode("utf-8", "replace")
+        if pgconn.status != pq.ConnStatus.OK:
+            self._drop_connection()
+        if failure is not None:
+            log.warning(
+                "coordination: a hold or release sent without waiting failed (it lapses,"
+                " or goes at the next renewal): %s", " ".join(failure.split()),
+            )
+
     def _drop_connection(self) -> None:
         self._leader = False
         self._named = False
+        self._unanswered = False
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -376,8 +446,9 @@ class PgCoordination:
     # -- holds and leases -----------------------------------------------------
 
     def hold_registration(self, client_id: bytes) -> None:
-        """This node holds the keyless registration ``client_id`` (one round trip)."""
-        self._execute(_TAKE, self._lease_values(REGISTRATION, client_id))
+        """This node holds the keyless registration ``client_id`` (sent without waiting: a
+        new id is held by no other node)."""
+        self._send_unanswered(_TAKE, [self._lease_values(REGISTRATION, client_id)])
 
     def registration_held_elsewhere(self, client_id: bytes) -> bool:
         """Whether another node holds the registration, unlapsed (one round trip)."""
@@ -385,18 +456,12 @@ class PgCoordination:
         return found is not None
 
     def release_registrations(self, client_ids: Collection[bytes]) -> None:
-        """This node no longer holds these registrations (one round trip: a pipeline)."""
-        self._ensure_named()
-        connection = self._connect()
-        values = [
-            {"kind": REGISTRATION, "key": client_id, "node": self.node} for client_id in client_ids
-        ]
-        try:
-            connection.cursor().executemany(_RELEASE, values)
-        except psycopg.Error as exc:
-            if connection.broken:
-                self._drop_connection()
-            raise StorageFault(f"coordination: {_reason(exc)}") from exc
+        """This node no longer holds these registrations (one message, not waited for)."""
+        if client_ids:
+            self._send_unanswered(_RELEASE, [
+                {"kind": REGISTRATION, "key": client_id, "node": self.node}
+                for client_id in client_ids
+            ])
 
     def take_upload(self, lease: UploadLease) -> bool:
         """Take (or renew) the upload's lease; False if another node holds it (one round trip)."""
@@ -404,9 +469,9 @@ class PgCoordination:
         return self._execute(_TAKE, self._lease_values(UPLOAD, key, lease.blob_key)) is not None
 
     def release_upload(self, client_id: bytes, file_name: bytes) -> None:
-        """The upload stopped receiving here (one round trip)."""
+        """The upload stopped receiving here (sent without waiting)."""
         values = {"kind": UPLOAD, "key": upload_key(client_id, file_name), "node": self.node}
-        self._execute(_RELEASE, values)
+        self._send_unanswered(_RELEASE, [values])
 
     def uploading(self, client_ids: Collection[bytes]) -> set[bytes]:
         """Those of ``client_ids`` with an upload lease on any node (one round trip)."""
@@ -481,6 +546,10 @@ class PgCoordination:
         except StorageFault as exc:  # they lapse by themselves, the lock goes with the connection
             log.warning("cannot release this node's holds, leases or leadership: %s", exc)
         self._drop_connection()
+        log.info(
+            "coordination: %d round trip(s), %d message(s) sent without waiting since start",
+            self.round_trips, self.unanswered,
+        )
 
 
 def _reason(exc: BaseException) -> str:

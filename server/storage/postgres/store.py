@@ -70,6 +70,14 @@ _SELECT_CLIENT_AND_BINDING = (
 )
 _SELECT_CLIENT = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE ID = %s"
 _SELECT_CLIENT_BY_NAME = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = %s"
+#: What an 825 reads: the name's row (all NULL for none) with the total and one group's
+#: count (a group never counted: 0), one row in one statement.
+_SELECT_NAME_AND_COUNTS = (
+    f"SELECT {', '.join('c.' + field for field in _CLIENT_FIELDS)},"
+    " (SELECT Clients FROM client_counts WHERE AddressGroup = %s),"
+    " COALESCE((SELECT Clients FROM client_counts WHERE AddressGroup = %s), 0)"
+    " FROM (SELECT 1) AS one LEFT JOIN clients c ON c.Name = %s"
+)
 _COUNT_CLIENTS = "SELECT Clients FROM client_counts WHERE AddressGroup = %s"
 #: The total and one group's count, in one statement (a group never counted: 0).
 _COUNT_CLIENTS_AND_GROUP = (
@@ -548,6 +556,17 @@ class PostgresMetadata:
     def client_by_name(self, name: str) -> ClientRow | None:
         """The client with this name, if any."""
         return _client(self._read(_SELECT_CLIENT_BY_NAME, name))
+
+    def client_by_name_and_counts(
+        self, name: str, group: str
+    ) -> tuple[ClientRow | None, tuple[int, int]]:
+        """The client with this name, if any, and the counts (:meth:`client_counts`): one
+        round trip."""
+        row = self._read(_SELECT_NAME_AND_COUNTS, schema.TOTAL_GROUP, group, name)[0]
+        fields = len(_CLIENT_FIELDS)
+        total, in_group = row[fields:]
+        client = None if row[0] is None else _client([row[:fields]])
+        return client, (int(total or 0), int(in_group))
 
     def count_clients(self, group: str | None = None) -> int:
         """How many clients are registered, or registered from one address group (kept by a
