@@ -42,7 +42,8 @@ database, the clients split across them in turn. The server CPU per session
 is then the loop processes' plus the database's backends' (the stores' and
 the coordinations', from /proc, when the database is on this machine), and
 the round trips and statements per session are read from the line each
-store logs at its close. Then bench/fairness.py's four uploads of 256 MiB
+store logs at its close, the coordination's round trips (those the loop
+waited for) from its own line. Then bench/fairness.py's four uploads of 256 MiB
 (``--upload-mib``) beside the 827 probe, on PostgreSQL. The targets of
 issue 26 come with them, row by row: sessions/s on PostgreSQL ÷ on SQLite
 ≥ 0.6; two processes ÷ one, on PostgreSQL, ≥ 1.5; loop CPU per session on
@@ -113,6 +114,9 @@ NODE_NAMES = ("a", "b")
 POSTGRESQL_NODES = f"postgresql, {NODES} nodes"
 #: The line the PostgreSQL store logs at its close (server/storage/postgres/store.py).
 _DATABASE_COUNTS = re.compile(r"database: (\d+) round trip\(s\), (\d+) statement\(s\)")
+#: The line the coordination logs at its close (server/storage/postgres/coordination.py):
+#: the round trips it waited for (what it sent without waiting is not one).
+_COORDINATION_COUNTS = re.compile(r"coordination: (\d+) round trip\(s\)")
 #: How the store ("cipherdrop-server") and the coordination ("cipherdrop coordination
 #: NODE") name themselves to PostgreSQL: their backends are found by it.
 _APPLICATION_NAMES = "cipherdrop%"
@@ -421,7 +425,8 @@ def main() -> int:
         " (errors: total; server CPU = loop + database backends, per session; N split across"
         " the nodes)",
         ["metadata", "N", "server CPU ms/session", "loop", "of it kernel", "database",
-         "round trips/session", "statements/session", "sessions/s", "errors", "p50 ms",
+         "round trips/session", "statements/session", "coordination round trips/session",
+         "sessions/s", "errors", "p50 ms",
          "p99 ms", "load", "others' share"], rows,
     )
     if uploads is not None:
@@ -445,8 +450,9 @@ class Group:
     servers: list
     backends: list[int]
     results: list[dict] = field(default_factory=list)
-    #: The round trips and statements its stores logged at their close.
-    database_counts: tuple[int, int] = (0, 0)
+    #: The round trips and statements its stores logged at their close, and the round
+    #: trips its coordinations waited for.
+    database_counts: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def ports(self) -> list[int]:
@@ -516,7 +522,7 @@ def _measure(
         rate = median([r["rate"] for r in results])
         errors = sum(r["errors"] for r in results)
         figures[group.setup.label, group.count] = Figures(loop_ms, rate, errors)
-        trips, statements = group.database_counts
+        trips, statements, coordination = group.database_counts
         sessions = group.count * len(results)
         rows.append([
             group.setup.label, group.count, f"{loop_ms + database_ms:.2f}", f"{loop_ms:.2f}",
@@ -524,6 +530,7 @@ def _measure(
             f"{database_ms:.2f}" if group.backends else "-",
             f"{trips / sessions:.1f}" if trips else "-",
             f"{statements / sessions:.1f}" if trips else "-",
+            f"{coordination / sessions:.1f}" if coordination else "-",
             f"{rate:.0f}", errors,
             f"{median([r['p50'] for r in results]) * _MS:.0f}",
             f"{median([r['p99'] for r in results]) * _MS:.0f}",
@@ -556,15 +563,20 @@ def _profile_path(folder: Path | None, setup: Setup, count: int, node: int) -> P
     return folder.resolve() / f"{name}-{count}-{node}.prof"
 
 
-def _database_counts(servers: list) -> tuple[int, int]:
-    """The round trips and statements the servers' stores logged at their close."""
-    trips = statements = 0
+def _database_counts(servers: list) -> tuple[int, int, int]:
+    """The round trips and statements the servers' stores logged at their close, and the
+    round trips their coordinations did (a server that logs none: 0)."""
+    trips = statements = coordination = 0
     for server in servers:
-        found = _DATABASE_COUNTS.findall(server.log_path.read_text())
+        text = server.log_path.read_text()
+        found = _DATABASE_COUNTS.findall(text)
         if found:
             trips += int(found[-1][0])
             statements += int(found[-1][1])
-    return trips, statements
+        coordinated = _COORDINATION_COUNTS.findall(text)
+        if coordinated:
+            coordination += int(coordinated[-1])
+    return trips, statements, coordination
 
 
 def _probe_beside_uploads(

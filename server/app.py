@@ -296,15 +296,16 @@ class App:
         the only one, :class:`MemoryCoordination` on ``clock``); its holds and
         leases last ``message_deadline`` after each renewal.
         """
-        reads = RequestReads(metadata)
         timers = Timers(clock)
         if coordination is None:
             coordination = MemoryCoordination(clock, lease=limits.message_deadline)
+        reads = RequestReads(metadata, coordination.read_along(metadata, HOUR))
         budget = DecryptionBudget(
             limits.max_decryption_failures_per_key,
             limits.max_decryption_failures_per_hour,
             coordination,
             metrics,
+            reads.failure_counts,
         )
         log_limiter = LogLimiter(limits.log_lines_per_address, limits.log_rate_interval, clock)
         shares = RoundShares(

@@ -22,6 +22,7 @@ from protocol import (
     ClientConnection,
     CrcOk,
     FileReceived,
+    GeneralError,
     PublicKeyReceived,
     Register,
     Registered,
@@ -41,11 +42,15 @@ pytestmark = pytest.mark.needed_in_ci
 
 LEASE = 30.0
 FILE_NAME = "one.bin"
+HOUR = 3600.0
+#: Failures under one key that kill it, in the per-key case.
+PER_KEY = 2
 #: The round trips each request waits for: 825 reads its name with the client counts,
 #: then inserts (its hold goes out unanswered); 826 reads its client with the binding;
-#: 828 reads its client, the failure counts, its file's row and takes the lease (the
-#: lease's release goes out unanswered); 900 reads its client and the failure counts.
-ROUND_TRIPS = {"825": 2, "826": 1, "828": 4, "900": 2}
+#: 828 reads its client with the binding and the failure counts, takes the lease, reads
+#: its file's row (the lease's release goes out unanswered); 900 reads its client with
+#: the binding and the failure counts.
+ROUND_TRIPS = {"825": 2, "826": 1, "828": 3, "900": 1}
 
 
 class Waited:
@@ -67,7 +72,8 @@ def node(tmp_path, postgres_url):
     db = PostgresMetadata.open(postgres_url)
     coordination = PgCoordination(postgres_url, "a", LEASE)
     other = PgCoordination(postgres_url, "b", LEASE)
-    app = App.build(db, FolderBlobs(tmp_path), Limits(), coordination=coordination)
+    limits = Limits(max_decryption_failures_per_key=PER_KEY)
+    app = App.build(db, FolderBlobs(tmp_path), limits, coordination=coordination)
     yield app, other
     app.uploads.close()
     coordination.close()
@@ -85,7 +91,7 @@ def _request(app: App, session: Session, request) -> object:
     return answer
 
 
-def test_a_session_waits_for_nine_round_trips_and_what_answers_nothing_is_in_place(
+def test_a_session_waits_for_seven_round_trips_and_what_answers_nothing_is_in_place(
     node, monkeypatch
 ):
     app, other = node
@@ -114,6 +120,40 @@ def test_a_session_waits_for_nine_round_trips_and_what_answers_nothing_is_in_pla
     confirmed = request("900", CrcOk(client_id=who.client_id, file_name=FILE_NAME))
     assert isinstance(confirmed, Acknowledged)
     assert counts == ROUND_TRIPS
-    assert sum(counts.values()) == 9
+    assert sum(counts.values()) == 7
     released = UploadLease(who.client_id, FILE_NAME.encode(), "another blob")
     assert other.take_upload(released)  # the 828's lease, released unanswered, is free
+
+
+def _keyed(app: App, session: Session) -> Identity:
+    """A client registered, with its key, on ``session``."""
+    name = unique_name()
+    registered = _request(app, session, Register(client_id=ANY_ID, name=name))
+    key = private_key()
+    keyed = _request(app, session, SendPublicKey(
+        client_id=registered.client_id, name=name, public_key=crypto.export_public_key(key)
+    ))
+    return Identity(name, registered.client_id, key,
+                    crypto.decrypt_aes_key(key, keyed.encrypted_aes_key))
+
+
+def test_failures_counted_on_another_node_under_the_client_s_key_are_read_with_its_row(
+    node, monkeypatch
+):
+    """The per-key count the read brings is the one under the key the row holds."""
+    app, other = node
+    session = Session(app, Peer("127.0.0.1", 40000))
+    who = _keyed(app, session)
+    (packet,) = file_packets(who, FILE_NAME, b"one packet")
+    assert isinstance(_request(app, session, packet), FileReceived)
+    for _ in range(PER_KEY):  # under another key: not this one's
+        other.note_decrypt_failure(who.client_id, b"x" * len(who.aes_key), HOUR)
+    waited = Waited(monkeypatch)
+    confirm = CrcOk(client_id=who.client_id, file_name=FILE_NAME)
+    assert isinstance(_request(app, session, confirm), Acknowledged)
+    assert waited.count == 1  # the counts came with the client's row
+    for _ in range(PER_KEY):  # under the client's key, on the other node: the key is dead
+        other.note_decrypt_failure(who.client_id, who.aes_key, HOUR)
+    before = waited.count
+    assert isinstance(_request(app, session, confirm), GeneralError)
+    assert waited.count - before == 1

@@ -57,7 +57,9 @@ import time
 from typing import Any, Collection, Mapping, Sequence
 
 from ...errors import StorageFault, StoreUnusable
-from ..coordination import REGISTRATION, UPLOAD, FailureCounts, UploadLease, upload_key
+from ..coordination import (
+    REGISTRATION, UPLOAD, ClientReadWithFailures, FailureCounts, UploadLease, upload_key,
+)
 from .connect import liveness
 
 try:
@@ -219,6 +221,21 @@ _PURGE = (
     "  WHERE at <= now() - %(window)s * interval '1 second')"
     " DELETE FROM coordination_leases WHERE expires <= now()"
 )
+
+
+def failure_columns(client: str, aes_key: str) -> str:
+    """SQL: two columns, the failure counts of the client whose id is the column ``client``:
+    under the key in the column ``aes_key`` (its tag, :func:`key_tag`, made by the
+    database: NULL for none), and within the window its one placeholder gives in seconds
+    (the statement's own time: within an open transaction too). For a read on another
+    connection of the same database: the store's client read (:meth:`PgCoordination.read_along`).
+    """
+    return (
+        f"(SELECT failures FROM coordination_key_failures WHERE client_id = {client}"
+        f" AND key_tag = substring(sha256({aes_key}) from 1 for {KEY_TAG_SIZE})),"
+        f" (SELECT count(*) FROM coordination_failures WHERE client_id = {client}"
+        "  AND at > statement_timestamp() - %s * interval '1 second')"
+    )
 
 
 def key_tag(aes_key: bytes) -> bytes:
@@ -403,6 +420,15 @@ class PgCoordination:
             raise StorageFault(f"coordination: {_reason(exc)}") from exc
         self._unanswered = True
         self.unanswered += 1
+
+    def read_along(self, store: object, window: float) -> ClientReadWithFailures | None:
+        """The client read of a PostgreSQL store of this database, with the failure counts
+        (:func:`failure_columns`) in the same statement; None for any other store."""
+        from .store import PostgresMetadata
+
+        if not isinstance(store, PostgresMetadata) or store.conninfo != self._conninfo:
+            return None
+        return store.client_read_with_failures(failure_columns, window)
 
     def settle(self) -> None:
         """Read the answer of what was sent without waiting (see :meth:`_collect`)."""

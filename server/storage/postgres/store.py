@@ -39,6 +39,7 @@ from psycopg import errors as pg_errors
 from ...errors import NameTaken, StorageFault, StoreUnusable
 from ...peer import address_group
 from ..base import Binding, ClientRow, FileRow, timestamp, wait_for
+from ..coordination import ClientReadWithFailures, FailureCounts
 from . import schema
 from ..urltext import without_password
 from .connect import connect, fault, reason
@@ -61,12 +62,19 @@ _CLIENT_FIELDS = (
     "ID", "Name", "PublicKey", "LastSeen", "AESKey", "Edition", "Crc", "RegisteredFrom",
 )
 _CLIENT_COLUMNS = ", ".join(_CLIENT_FIELDS)
+#: A binding's columns, after the client's in the read of both.
+_BINDING_FIELDS = 4
 #: A client's row with its binding: the two reads a request makes one after the other
 #: (its admission rules, server/session.py), in one round trip.
 _SELECT_CLIENT_AND_BINDING = (
     "SELECT c.ID, c.Name, c.PublicKey, c.LastSeen, c.AESKey, c.Edition, c.Crc,"
     " c.RegisteredFrom, b.ID, b.Address, b.IssuedAt, b.LastUsed"
     " FROM clients c LEFT JOIN key_bindings b ON b.ID = c.ID WHERE c.ID = %s"
+)
+#: Where the failure counts go in that read (the coordination's SQL: two columns).
+_FAILURES_HERE = "{failures}"
+_SELECT_CLIENT_BINDING_AND_FAILURES = _SELECT_CLIENT_AND_BINDING.replace(
+    " FROM clients c", f", {_FAILURES_HERE} FROM clients c", 1
 )
 _SELECT_CLIENT = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE ID = %s"
 _SELECT_CLIENT_BY_NAME = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = %s"
@@ -186,6 +194,9 @@ class PostgresMetadata:
     ) -> None:
         self._conninfo = conninfo
         self._group_of = group_of
+        #: A client's row, binding and failure counts, the statement of
+        #: :meth:`client_read_with_failures`.
+        self._with_failures = ""
         #: The node this server is (``--node-name``), written into the rows it points at a
         #: blob (:attr:`FileRow.node`); None: ``admin``'s, which points none.
         self.node = node
@@ -549,9 +560,41 @@ class PostgresMetadata:
         rows = self._read(_SELECT_CLIENT_AND_BINDING, client_id)
         if not rows:
             return None, None
-        binding = rows[0][len(_CLIENT_FIELDS):]
-        return (_client([rows[0][:len(_CLIENT_FIELDS)]]),
+        return self._client_and_binding(client_id, rows[0])
+
+    def _client_and_binding(
+        self, client_id: bytes, row: tuple
+    ) -> tuple[ClientRow | None, Binding | None]:
+        """A row of the client read with its binding (and whatever follows them)."""
+        fields = len(_CLIENT_FIELDS)
+        binding = row[fields:fields + _BINDING_FIELDS]
+        return (_client([row[:fields]]),
                 None if binding[0] is None else self._binding(client_id, binding))
+
+    @property
+    def conninfo(self) -> str:
+        """The database, as given (the coordination reads along only in the same one)."""
+        return self._conninfo
+
+    def client_read_with_failures(
+        self, failure_columns: Callable[[str, str], str], window: float
+    ) -> ClientReadWithFailures:
+        """:meth:`client_and_binding` with the client's failure counts within ``window``, in
+        the same statement: ``failure_columns`` (the coordination's, whose tables these are)
+        gives their two columns for the client and its AES key."""
+        self._with_failures = _SELECT_CLIENT_BINDING_AND_FAILURES.replace(
+            _FAILURES_HERE, failure_columns("c.ID", "c.AESKey")
+        )
+
+        def read(client_id: bytes) -> tuple[ClientRow | None, Binding | None, FailureCounts | None]:
+            rows = self._read(self._with_failures, window, client_id)
+            if not rows:
+                return None, None, None
+            client, binding = self._client_and_binding(client_id, rows[0])
+            under_key, in_window = rows[0][-2:]
+            return client, binding, FailureCounts(under_key or 0, int(in_window))
+
+        return read
 
     def client_by_name(self, name: str) -> ClientRow | None:
         """The client with this name, if any."""
