@@ -9,7 +9,9 @@ is durable (``synchronous_commit`` as the database sets it: on by default).
 
 Round trips, not statements, are what a request costs (~0.1 ms each on
 loopback, and the loop waits for each): a request's writes are queued, with
-its ``SAVEPOINT`` and ``RELEASE``, and go out as one multi-statement message
+its ``SAVEPOINT`` and ``RELEASE`` if it read after writing (none for a request
+whose writes all wait: a failure among them loses the round anyway), and go
+out as one multi-statement message
 (parameters bound as literals: server/storage/postgres/literals.py) with the next read
 that must see them or with the round's ``COMMIT``. A queued write of a
 request that has ended cannot be undone alone once it fails (its answer
@@ -439,6 +441,13 @@ class PostgresMetadata:
                 del self._queue[level.mark]
                 self._levels.pop()
                 return
+            # The outermost, none of it sent: its writes wait for the next read or the
+            # COMMIT, where a failure among them loses the round whatever savepoint they
+            # had (their answers wait for it): none goes out, nor its RELEASE.
+            del self._queue[level.mark]
+            self._deferred = True
+            self._levels.pop()
+            return
         if len(self._levels) == 1 and not self._queue:  # all of it went out already
             self._release_owed = True
         else:  # its writes wait for the next read or the COMMIT
