@@ -153,11 +153,10 @@ class Coordination(Protocol):
     def settle(self) -> None:
         """Holds taken and releases made so far are in place for every node.
 
-        :meth:`hold_registration`, :meth:`release_registrations` and
-        :meth:`release_upload` answer nothing: an implementation may send them
-        without waiting. The loop settles them before a round's answers go
-        out; a failure among them is logged, not raised (a release's row
-        lapses, a hold is this node's only).
+        :meth:`hold_registration` and :meth:`release_upload` answer nothing: an
+        implementation may send them without waiting. The loop settles them
+        before a round's answers go out; a failure among them is logged, not
+        raised (a released lease lapses, a hold is this node's only).
         """
         ...
 

@@ -33,7 +33,7 @@ are created if absent, under a version of their own (``coordination_version``):
 
 Round trips are what a call costs the loop (~0.1 ms each on loopback, and
 the loop waits for each): a write whose answer nothing waits for (a hold on
-a new registration, the release of a hold or lease) is sent without
+a new registration, the release of an upload's lease) is sent without
 waiting, its answer read before the connection's next statement (and a
 failure among them logged, as a failed release always was: the row lapses,
 or goes at the next renewal). A hold is so in place before the 825 that
@@ -399,9 +399,9 @@ class PgCoordination:
                 self._drop_connection()
             raise StorageFault(f"coordination: {_reason(exc)}") from exc
 
-    def _send_unanswered(self, statement: str, batch: Sequence[Mapping[str, object]]) -> None:
-        """The statement once per entry of ``batch``, as one message, not waited for: its
-        answer is read before the connection's next statement (:meth:`_collect`).
+    def _send_unanswered(self, statement: str, values: Mapping[str, object]) -> None:
+        """The statement, not waited for: its answer is read before the connection's next
+        statement (:meth:`_collect`).
 
         Raises:
             StorageFault: it could not be sent (a broken connection is opened again next
@@ -411,8 +411,7 @@ class PgCoordination:
         self._collect()
         connection = self._connect()
         try:
-            binder = psycopg.ClientCursor(connection)
-            text = ";".join(binder.mogrify(statement, values) for values in batch)
+            text = psycopg.ClientCursor(connection).mogrify(statement, values)
             connection.pgconn.send_query(text.encode(connection.info.encoding))
         except psycopg.Error as exc:
             if connection.broken:
@@ -435,9 +434,9 @@ class PgCoordination:
         self._collect()
 
     def _collect(self) -> None:
-        """Read the answer of the message sent without waiting, if any: by now it has
-        mostly arrived. A failure in it is logged (the rows it would have deleted lapse,
-        or go at the next renewal; a hold it would have taken is this node's only)."""
+        """Read the answer of the statement sent without waiting, if any: by now it has
+        mostly arrived. A failure in it is logged (the lease it would have deleted lapses,
+        or goes at the next renewal; a hold it would have taken is this node's only)."""
         if not self._unanswered:
             return
         self._unanswered = False
@@ -454,8 +453,9 @@ class PgCoordination:
             self._drop_connection()
         if failure is not None:
             log.warning(
-                "coordination: a hold or release sent without waiting failed (it lapses,"
-                " or goes at the next renewal): %s", " ".join(failure.split()),
+                "coordination: a hold or release sent without waiting failed (a hold is this"
+                " node's only; a lease lapses, or goes at the next renewal): %s",
+                " ".join(failure.split()),
             )
 
     def _drop_connection(self) -> None:
@@ -474,7 +474,7 @@ class PgCoordination:
     def hold_registration(self, client_id: bytes) -> None:
         """This node holds the keyless registration ``client_id`` (sent without waiting: a
         new id is held by no other node)."""
-        self._send_unanswered(_TAKE, [self._lease_values(REGISTRATION, client_id)])
+        self._send_unanswered(_TAKE, self._lease_values(REGISTRATION, client_id))
 
     def registration_held_elsewhere(self, client_id: bytes) -> bool:
         """Whether another node holds the registration, unlapsed (one round trip)."""
@@ -482,12 +482,24 @@ class PgCoordination:
         return found is not None
 
     def release_registrations(self, client_ids: Collection[bytes]) -> None:
-        """This node no longer holds these registrations (one message, not waited for)."""
-        if client_ids:
-            self._send_unanswered(_RELEASE, [
-                {"kind": REGISTRATION, "key": client_id, "node": self.node}
-                for client_id in client_ids
-            ])
+        """This node no longer holds these registrations (one round trip: a pipeline).
+
+        Waited for: the client whose connection closed may register its name on
+        another node at once (rare: a registration is let go at its 826 without a call).
+        """
+        self._ensure_named()
+        self._collect()
+        connection = self._connect()
+        values = [
+            {"kind": REGISTRATION, "key": client_id, "node": self.node} for client_id in client_ids
+        ]
+        self.round_trips += 1
+        try:
+            connection.cursor().executemany(_RELEASE, values)
+        except psycopg.Error as exc:
+            if connection.broken:
+                self._drop_connection()
+            raise StorageFault(f"coordination: {_reason(exc)}") from exc
 
     def take_upload(self, lease: UploadLease) -> bool:
         """Take (or renew) the upload's lease; False if another node holds it (one round trip)."""
@@ -497,7 +509,7 @@ class PgCoordination:
     def release_upload(self, client_id: bytes, file_name: bytes) -> None:
         """The upload stopped receiving here (sent without waiting)."""
         values = {"kind": UPLOAD, "key": upload_key(client_id, file_name), "node": self.node}
-        self._send_unanswered(_RELEASE, [values])
+        self._send_unanswered(_RELEASE, values)
 
     def uploading(self, client_ids: Collection[bytes]) -> set[bytes]:
         """Those of ``client_ids`` with an upload lease on any node (one round trip)."""
@@ -573,7 +585,7 @@ class PgCoordination:
             log.warning("cannot release this node's holds, leases or leadership: %s", exc)
         self._drop_connection()
         log.info(
-            "coordination: %d round trip(s), %d message(s) sent without waiting since start",
+            "coordination: %d round trip(s), %d statement(s) sent without waiting since start",
             self.round_trips, self.unanswered,
         )
 
