@@ -88,6 +88,19 @@ def test_a_requests_writes_ride_with_the_next_read_or_the_commit(store, observer
     assert observer.execute("SELECT Address FROM key_bindings").fetchall() == [("127.0.0.3",)]
 
 
+def test_a_request_whose_writes_all_wait_sends_no_savepoint(store, observer):
+    """Its writes go with the COMMIT, where a failure loses the round whatever savepoint
+    they had: BEGIN, the write, COMMIT."""
+    register(store, ALICE, "alice")
+    store.finish_round(durable=True)
+    before = store.statements
+    with store.transaction():
+        store.set_crc(ALICE, "crc32")
+    store.finish_round(durable=True)
+    assert store.statements - before == 3
+    assert observer.execute("SELECT Crc FROM clients").fetchall() == [("crc32",)]
+
+
 def test_an_ended_requests_write_that_fails_loses_the_round(store, observer):
     register(store, ALICE, "alice")
     store.finish_round(durable=True)
