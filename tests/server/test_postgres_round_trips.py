@@ -95,6 +95,10 @@ def test_a_session_waits_for_seven_round_trips_and_what_answers_nothing_is_in_pl
     node, monkeypatch
 ):
     app, other = node
+    warm_up = Session(app, Peer("127.0.0.1", 39999))  # a connection's first prepare its
+    who = _keyed(app, warm_up)  # statements sent without waiting: once
+    (packet,) = file_packets(who, FILE_NAME, b"one packet")
+    assert isinstance(_request(app, warm_up, packet), FileReceived)
     session = Session(app, Peer("127.0.0.1", 40000))
     waited = Waited(monkeypatch)
     counts: dict[str, int] = {}

@@ -34,7 +34,8 @@ are created if absent, under a version of their own (``coordination_version``):
 Round trips are what a call costs the loop (~0.1 ms each on loopback, and
 the loop waits for each): a write whose answer nothing waits for (a hold on
 a new registration, the release of an upload's lease) is sent without
-waiting, its answer read before the connection's next statement (and a
+waiting (prepared once per connection: its text alone would be planned at
+every call), its answer read before the connection's next statement (and a
 failure among them logged, as a failed release always was: the row lapses,
 or goes at the next renewal). A hold is so in place before the 825 that
 made it is answered: its answer is read (:meth:`PgCoordination.settle`)
@@ -53,7 +54,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
+from dataclasses import dataclass
 from typing import Any, Collection, Mapping, Sequence
 
 from ...errors import StorageFault, StoreUnusable
@@ -238,6 +241,43 @@ def failure_columns(client: str, aes_key: str) -> str:
     )
 
 
+#: The types of the parameters of the statements sent without waiting, by name.
+_PARAMETER_TYPES = {"kind": "text", "key": "bytea", "node": "text", "lease": "float8",
+                    "blob": "text"}
+_NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A statement sent without waiting, prepared once per connection: sent as simple
+    query text (libpq's ``PQsendQuery``), it would be planned at every call, and
+    :data:`_TAKE`'s plan (it may read ``pg_locks``) is the costly part of it."""
+
+    name: str
+    statement: str
+
+    @property
+    def prepare(self) -> str:
+        """SQL: the statement prepared under its name, its parameters numbered."""
+        names = self._names()
+        numbered = _NAMED_PARAMETER.sub(lambda found: f"${names.index(found[1]) + 1}",
+                                        self.statement)
+        types = ", ".join(_PARAMETER_TYPES[name] for name in names)
+        return f"PREPARE {self.name} ({types}) AS {numbered}"
+
+    @property
+    def execute(self) -> str:
+        """The statement's call, its parameters still named (for ``mogrify``)."""
+        return f"EXECUTE {self.name} ({', '.join(f'%({name})s' for name in self._names())})"
+
+    def _names(self) -> list[str]:
+        return list(dict.fromkeys(_NAMED_PARAMETER.findall(self.statement)))
+
+
+_TAKE_UNANSWERED = _Prepared("cd_take", _TAKE)
+_RELEASE_UNANSWERED = _Prepared("cd_release", _RELEASE)
+
+
 def key_tag(aes_key: bytes) -> bytes:
     """What stands for an AES key in the failure counts: a digest, never the key."""
     return hashlib.sha256(aes_key).digest()[:KEY_TAG_SIZE]
@@ -266,8 +306,10 @@ class PgCoordination:
         self._connection: Any = None
         #: No connection is attempted before this (``time.monotonic``).
         self._next_attempt = 0.0
-        #: A message sent without waiting whose answer is still to be read.
+        #: A statement sent without waiting whose answer is still to be read.
         self._unanswered = False
+        #: The statements prepared on the connection (:class:`_Prepared`).
+        self._prepared: set[str] = set()
         #: Round trips waited for, and messages sent without waiting (logged at the close).
         self.round_trips = 0
         self.unanswered = 0
@@ -329,6 +371,7 @@ class PgCoordination:
         if self._connection is None or self._connection.closed:
             self._leader = False
             self._named = False
+            self._prepared.clear()
             if time.monotonic() < self._next_attempt:
                 raise StorageFault("the database was unreachable a moment ago")
             try:
@@ -399,19 +442,22 @@ class PgCoordination:
                 self._drop_connection()
             raise StorageFault(f"coordination: {_reason(exc)}") from exc
 
-    def _send_unanswered(self, statement: str, values: Mapping[str, object]) -> None:
+    def _send_unanswered(self, prepared: _Prepared, values: Mapping[str, object]) -> None:
         """The statement, not waited for: its answer is read before the connection's next
-        statement (:meth:`_collect`).
+        statement (:meth:`_collect`). Prepared first on a new connection (one round trip).
 
         Raises:
             StorageFault: it could not be sent (a broken connection is opened again next
                 time), or the name lock could not be taken (see :meth:`_rows`).
         """
         self._ensure_named()
+        if prepared.name not in self._prepared:
+            self._rows(prepared.prepare, {})
+            self._prepared.add(prepared.name)
         self._collect()
         connection = self._connect()
         try:
-            text = psycopg.ClientCursor(connection).mogrify(statement, values)
+            text = psycopg.ClientCursor(connection).mogrify(prepared.execute, values)
             connection.pgconn.send_query(text.encode(connection.info.encoding))
         except psycopg.Error as exc:
             if connection.broken:
@@ -474,7 +520,7 @@ class PgCoordination:
     def hold_registration(self, client_id: bytes) -> None:
         """This node holds the keyless registration ``client_id`` (sent without waiting: a
         new id is held by no other node)."""
-        self._send_unanswered(_TAKE, self._lease_values(REGISTRATION, client_id))
+        self._send_unanswered(_TAKE_UNANSWERED, self._lease_values(REGISTRATION, client_id))
 
     def registration_held_elsewhere(self, client_id: bytes) -> bool:
         """Whether another node holds the registration, unlapsed (one round trip)."""
@@ -509,7 +555,7 @@ class PgCoordination:
     def release_upload(self, client_id: bytes, file_name: bytes) -> None:
         """The upload stopped receiving here (sent without waiting)."""
         values = {"kind": UPLOAD, "key": upload_key(client_id, file_name), "node": self.node}
-        self._send_unanswered(_RELEASE, values)
+        self._send_unanswered(_RELEASE_UNANSWERED, values)
 
     def uploading(self, client_ids: Collection[bytes]) -> set[bytes]:
         """Those of ``client_ids`` with an upload lease on any node (one round trip)."""
