@@ -616,3 +616,26 @@ def test_both_connections_of_a_node_have_the_database_notice_a_vanished_host(pos
     finally:
         node.close()
         store.close()
+
+
+@pytest.mark.needed_in_ci
+def test_what_is_sent_without_waiting_is_prepared_once_per_connection(postgres_url):
+    """Sent as text, the hold would be planned at every call (its pg_locks read too)."""
+    from server.storage.postgres.coordination import PgCoordination
+
+    node = PgCoordination(postgres_url, "a", LEASE)
+    other = PgCoordination(postgres_url, "b", LEASE)
+    try:
+        node.hold_registration(ALICE)
+        waited = node.round_trips
+        node.hold_registration(BOB)
+        node.release_upload(ALICE, b"f.bin")  # its own statement's first call: prepared
+        node.release_upload(BOB, b"f.bin")
+        node.settle()
+        assert node.round_trips - waited == 1
+        assert other.registration_held_elsewhere(ALICE) and other.registration_held_elsewhere(BOB)
+        prepared = node._connection.execute("SELECT name FROM pg_prepared_statements").fetchall()
+        assert {"cd_take", "cd_release"} <= {name for (name,) in prepared}
+    finally:
+        node.close()
+        other.close()
