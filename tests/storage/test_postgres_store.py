@@ -393,3 +393,15 @@ def test_an_attempt_slower_than_the_interval_still_waits_an_interval_before_the_
     with pytest.raises(StorageFault, match="trying again shortly"):  # no new attempt yet
         store.client_by_id(ALICE)
     assert len(attempts) == 1
+
+
+def test_a_requests_reads_are_prepared_once_per_connection(store):
+    """In a batch a read is simple query text: prepared, it is not planned at every call."""
+    register(store, ALICE, "alice")
+    with store.transaction():  # the write goes with the read: the read is its EXECUTE
+        store.set_crc(ALICE, "crc32")
+        client, binding = store.client_and_binding(ALICE)
+    assert (client.crc, binding.address) == ("crc32", "127.0.0.1")
+    assert store.file_row(ALICE, b"none") is None
+    prepared = store._db.execute("SELECT name FROM pg_prepared_statements").fetchall()
+    assert {"cd_client", "cd_name", "cd_file"} <= {name for (name,) in prepared}

@@ -56,6 +56,8 @@ _RELEASE = "RELEASE request"
 _ROLLBACK_TO = "ROLLBACK TO request"
 _ROLLBACK = "ROLLBACK"
 _COMMIT = "COMMIT"
+#: How a prepared read is called (in a simple query: its parameters literals).
+_EXECUTE = "EXECUTE "
 #: The one write whose failure is its own request's answer (NameTaken), not the round's
 #: loss: a client's insert, refused for its name or (as the other stores do) its id.
 _INSERT_CONSTRAINTS = frozenset({"clients_name_key", "clients_pkey"})
@@ -164,6 +166,42 @@ _RECOUNT = (
     " WHERE AddressGroup IS NOT NULL GROUP BY AddressGroup",
 )
 
+@dataclass(frozen=True)
+class _PreparedRead:
+    """A read a request makes, prepared once per connection: in a batch (a simple query,
+    its parameters literals) its text would be parsed and planned at every call."""
+
+    name: str
+    statement: str
+    #: Its parameters' types, in order.
+    types: tuple[str, ...]
+
+    @property
+    def prepare(self) -> str:
+        """SQL: the statement prepared under its name, its placeholders numbered."""
+        pieces = self.statement.split(_PLACEHOLDER)
+        numbered = pieces[0] + "".join(
+            f"${number}{piece}" for number, piece in enumerate(pieces[1:], start=1)
+        )
+        return f"PREPARE {self.name} ({', '.join(self.types)}) AS {numbered}"
+
+    @property
+    def execute(self) -> str:
+        """The statement's call, its parameters placeholders (bound as literals)."""
+        return f"EXECUTE {self.name} ({', '.join([_PLACEHOLDER] * len(self.types))})"
+
+
+_PLACEHOLDER = "%s"
+#: The reads of a request (a client, an 825's name, a file's row), prepared.
+_PREPARED_READS = (
+    _PreparedRead("cd_client", _SELECT_CLIENT_AND_BINDING, ("bytea",)),
+    _PreparedRead("cd_name", _SELECT_NAME_AND_COUNTS, ("text", "text", "text")),
+    _PreparedRead("cd_file", _SELECT_FILE, ("bytea", "bytea")),
+)
+#: The client read that brings the failure counts too (its text made at run time).
+_CLIENT_WITH_FAILURES = "cd_client_failures"
+_CLIENT_WITH_FAILURES_TYPES = ("float8", "bytea")
+
 #: Seconds between attempts to connect again after the connection was lost.
 RECONNECT_INTERVAL = 1.0
 
@@ -226,6 +264,10 @@ class PostgresMetadata:
         #: Binds a batch's parameters for one message, by the quoting rules of its connection.
         self._binder: Binder | None = None
         self._binder_of: psycopg.Connection | None = None
+        #: The reads prepared on each new connection (:class:`_PreparedRead`), by text.
+        self._prepared_reads = {read.statement: read for read in _PREPARED_READS}
+        #: The connection they are prepared on.
+        self._prepared_on: psycopg.Connection | None = None
         #: Round trips and statements sent (bench/sessions.py reads them).
         self.round_trips = 0
         self.statements = 0
@@ -245,6 +287,7 @@ class PostgresMetadata:
         try:
             migrate(store._db, conninfo)
             store._regroup()
+            store._prepare_reads(store._db)
         except psycopg.Error as exc:
             store._db.close()
             raise StoreUnusable(
@@ -302,7 +345,24 @@ class PostgresMetadata:
         log.info("database: connected again")
         self._unreachable = False
         self._db = db
+        try:
+            self._prepare_reads(db)
+        except psycopg.Error as exc:
+            db.close()
+            raise fault(exc) from exc
         return db
+
+    def _prepare_reads(self, db: psycopg.Connection) -> None:
+        """Prepare the request's reads on a new connection, outside any transaction (one
+        round trip).
+
+        Raises:
+            psycopg.Error: the database refused.
+        """
+        db.execute(";".join(read.prepare for read in self._prepared_reads.values()))
+        self._prepared_on = db
+        self.round_trips += 1
+        self.statements += len(self._prepared_reads)
 
     def _lose_round(self, why: str) -> None:
         """The round's writes are gone: finish_round raises; the next write begins anew."""
@@ -345,7 +405,7 @@ class PostgresMetadata:
         self.round_trips += 1
         self.statements += len(batch)
         try:
-            if len(batch) == 1:
+            if len(batch) == 1 and not batch[0][0].startswith(_EXECUTE):
                 cursor = db.execute(*batch[0])
             else:  # one message: one round trip, and less loop CPU than a pipeline
                 cursor = db.execute(self._one_message(db, batch))
@@ -378,10 +438,14 @@ class PostgresMetadata:
             self._send(None)
 
     def _read(self, statement: str, *params: Any) -> list[tuple]:
-        """Rows, after the queued writes went out (the read must see them)."""
+        """Rows, after the queued writes went out (the read must see them); a prepared
+        read as its EXECUTE."""
+        db = self._live()
+        prepared = self._prepared_reads.get(statement)
+        if prepared is not None and self._prepared_on is db:
+            statement = prepared.execute
         if self._queue and any(entry is not _MARK for entry in self._queue):
             return self._send((statement, params))
-        self._live()
         return self._send_read_only((statement, params))
 
     def _send_read_only(self, read: _Statement) -> list[tuple]:
@@ -594,6 +658,17 @@ class PostgresMetadata:
         self._with_failures = _SELECT_CLIENT_BINDING_AND_FAILURES.replace(
             _FAILURES_HERE, failure_columns("c.ID", "c.AESKey")
         )
+        read_with_failures = _PreparedRead(
+            _CLIENT_WITH_FAILURES, self._with_failures, _CLIENT_WITH_FAILURES_TYPES
+        )
+        self._prepared_reads[self._with_failures] = read_with_failures
+        db = self._db
+        if db is not None and not db.closed and self._prepared_on is db and not self._in_round:
+            try:
+                db.execute(read_with_failures.prepare)
+            except psycopg.Error as exc:  # the reads go as text until the next connection
+                log.warning("database: cannot prepare the client read: %s", reason(exc))
+                self._prepared_on = None
 
         def read(client_id: bytes) -> tuple[ClientRow | None, Binding | None, FailureCounts | None]:
             rows = self._read(self._with_failures, window, client_id)
