@@ -16,7 +16,12 @@ out as one multi-statement message
 that must see them or with the round's ``COMMIT``. A queued write of a
 request that has ended cannot be undone alone once it fails (its answer
 waits for the round): such a failure loses the round. A client's row and
-its binding are read together. A write whose outcome the request needs at once (registering a name:
+its binding are read together (with its failure counts, when the
+coordination's tables are in this database:
+:meth:`PostgresMetadata.client_read_with_failures`), an 825's name with the
+client counts; these reads are prepared once per connection
+(:class:`_PreparedRead`) and called with ``EXECUTE``, so that a batch's text
+is not planned again at every call. A write whose outcome the request needs at once (registering a name:
 :class:`~server.errors.NameTaken`) goes out at once, with the writes queued
 before it. :attr:`PostgresMetadata.round_trips` and
 :attr:`~PostgresMetadata.statements` count them (bench/sessions.py).
