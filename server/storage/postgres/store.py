@@ -21,9 +21,9 @@ coordination's tables are in this database:
 :meth:`PostgresMetadata.client_read_with_failures`), an 825's name with the
 client counts; these reads are prepared once per connection
 (:class:`_PreparedRead`) and called with ``EXECUTE``, so that a batch's text
-is not planned again at every call. A write whose outcome the request needs at once (registering a name:
-:class:`~server.errors.NameTaken`) goes out at once, with the writes queued
-before it. :attr:`PostgresMetadata.round_trips` and
+is not planned again at every call. A write whose outcome the request
+needs at once (registering a name: :class:`~server.errors.NameTaken`) goes
+out at once, with the writes queued before it. :attr:`PostgresMetadata.round_trips` and
 :attr:`~PostgresMetadata.statements` count them (bench/sessions.py).
 
 A lost connection loses the round under way (the loop closes its
