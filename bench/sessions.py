@@ -37,12 +37,13 @@ tests/backends/postgres.py) or ``--metadata URL``, N is 200 and 1000 unless
 given, and each N runs in three setups side by side, their runs interleaved
 (run 1 of each, then run 2 of each...; each setup and N has servers of its
 own): SQLite; PostgreSQL; and two ``python -m server`` processes
-(``--node-name a`` and ``b``, one blob folder) sharing the PostgreSQL
+(``--node-name a200`` and ``b200`` for N = 200, one blob folder) sharing the PostgreSQL
 database, the clients split across them in turn. The server CPU per session
 is then the loop processes' plus the database's backends' (the stores' and
 the coordinations', from /proc, when the database is on this machine), and
 the round trips and statements per session are read from the line each
-store logs at its close. Then bench/fairness.py's four uploads of 256 MiB
+store logs at its close, the coordination's round trips (those the loop
+waited for) from its own line. Then bench/fairness.py's four uploads of 256 MiB
 (``--upload-mib``) beside the 827 probe, on PostgreSQL. The targets of
 issue 26 come with them, row by row: sessions/s on PostgreSQL ÷ on SQLite
 ≥ 0.6; two processes ÷ one, on PostgreSQL, ≥ 1.5; loop CPU per session on
@@ -113,9 +114,17 @@ NODE_NAMES = ("a", "b")
 POSTGRESQL_NODES = f"postgresql, {NODES} nodes"
 #: The line the PostgreSQL store logs at its close (server/storage/postgres/store.py).
 _DATABASE_COUNTS = re.compile(r"database: (\d+) round trip\(s\), (\d+) statement\(s\)")
+#: The line the coordination logs at its close (server/storage/postgres/coordination.py):
+#: the round trips it waited for (what it sent without waiting is not one).
+_COORDINATION_COUNTS = re.compile(r"coordination: (\d+) round trip\(s\)")
 #: How the store ("cipherdrop-server") and the coordination ("cipherdrop coordination
 #: NODE") name themselves to PostgreSQL: their backends are found by it.
 _APPLICATION_NAMES = "cipherdrop%"
+#: A server's backends on PostgreSQL (its store's and its coordination's), waited for
+#: after its start this long at most, looked for this often.
+BACKENDS_PER_SERVER = 2
+BACKENDS_WAIT = 10.0
+BACKENDS_POLL = 0.05
 SESSION_DEADLINE = 120.0
 SELECT_TIMEOUT = 1.0
 RECV_SIZE = 65536
@@ -262,8 +271,32 @@ def database_backends(url: str | None) -> list[int]:
     return [pid for (pid,) in rows if Path(f"/proc/{pid}").exists()]
 
 
+def _new_backends(url: str | None, before: set[int], servers: int) -> list[int]:
+    """The backends that servers just started opened: a server accepts connections before
+    its store and its coordination have connected, so they are waited for (each server
+    has both), up to :data:`BACKENDS_WAIT` seconds."""
+    if url is None:
+        return []
+    given_up = time.monotonic() + BACKENDS_WAIT
+    while True:
+        found = [pid for pid in database_backends(url) if pid not in before]
+        if len(found) >= BACKENDS_PER_SERVER * servers or time.monotonic() >= given_up:
+            return found
+        time.sleep(BACKENDS_POLL)
+
+
 def _cpu_of(pids: Sequence[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
+
+
+def _cpu_by_pid(pids: Sequence[int]) -> dict[int, float]:
+    """The CPU seconds of those of ``pids`` still running (a backend may end: a server's
+    connection made for its start-up alone, or one it made again)."""
+    found = {}
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            found[pid] = cpu_seconds(pid)
+    return found
 
 
 def _system_of(pids: Sequence[int]) -> float:
@@ -285,7 +318,7 @@ def run_once(
     selector = selectors.DefaultSelector()
     both = selectors.EVENT_READ | selectors.EVENT_WRITE
     cpu_before, system_before = _cpu_of(server_pids), _system_of(server_pids)
-    database_before = _cpu_of(backends)
+    database_before = _cpu_by_pid(backends)
     started = time.perf_counter()
     interest = {}
     for index, session in enumerate(sessions):
@@ -313,7 +346,9 @@ def run_once(
                 interest[session] = wanted
     cpu = _cpu_of(server_pids) - cpu_before
     system = _system_of(server_pids) - system_before
-    database = _cpu_of(backends) - database_before
+    database_after = _cpu_by_pid(backends)
+    database = sum(database_after[pid] - database_before[pid]
+                   for pid in database_after if pid in database_before)
     finished = [s.finished for s in sessions if s.finished]
     elapsed = max(finished) - started if finished else float("nan")
     errors = [s.error or "not finished in time" for s in sessions if s.error or not s.finished]
@@ -421,7 +456,8 @@ def main() -> int:
         " (errors: total; server CPU = loop + database backends, per session; N split across"
         " the nodes)",
         ["metadata", "N", "server CPU ms/session", "loop", "of it kernel", "database",
-         "round trips/session", "statements/session", "sessions/s", "errors", "p50 ms",
+         "round trips/session", "statements/session", "coordination round trips/session",
+         "sessions/s", "errors", "p50 ms",
          "p99 ms", "load", "others' share"], rows,
     )
     if uploads is not None:
@@ -445,8 +481,9 @@ class Group:
     servers: list
     backends: list[int]
     results: list[dict] = field(default_factory=list)
-    #: The round trips and statements its stores logged at their close.
-    database_counts: tuple[int, int] = (0, 0)
+    #: The round trips and statements its stores logged at their close, and the round
+    #: trips its coordinations waited for.
+    database_counts: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def ports(self) -> list[int]:
@@ -476,9 +513,9 @@ def _measure(
                         profile=_profile_path(args.profile, setup, count, node),
                         checkout=setup.checkout,
                     ))
-                    for node, flags in enumerate(_server_flags(args, setup, folder))
+                    for node, flags in enumerate(_server_flags(args, setup, count, folder))
                 ]
-                backends = [pid for pid in database_backends(setup.url) if pid not in before]
+                backends = _new_backends(setup.url, before, len(servers))
                 groups.append(Group(setup, count, servers, backends))
         serial = 0  # the names of a run's clients are new in every database
         for run in range(1, args.runs + 1):
@@ -516,7 +553,7 @@ def _measure(
         rate = median([r["rate"] for r in results])
         errors = sum(r["errors"] for r in results)
         figures[group.setup.label, group.count] = Figures(loop_ms, rate, errors)
-        trips, statements = group.database_counts
+        trips, statements, coordination = group.database_counts
         sessions = group.count * len(results)
         rows.append([
             group.setup.label, group.count, f"{loop_ms + database_ms:.2f}", f"{loop_ms:.2f}",
@@ -524,6 +561,7 @@ def _measure(
             f"{database_ms:.2f}" if group.backends else "-",
             f"{trips / sessions:.1f}" if trips else "-",
             f"{statements / sessions:.1f}" if trips else "-",
+            f"{coordination / sessions:.1f}" if coordination else "-",
             f"{rate:.0f}", errors,
             f"{median([r['p50'] for r in results]) * _MS:.0f}",
             f"{median([r['p99'] for r in results]) * _MS:.0f}",
@@ -533,9 +571,12 @@ def _measure(
     return rows, figures, quiet
 
 
-def _server_flags(args: argparse.Namespace, setup: Setup, temp: Path) -> list[list[str]]:
+def _server_flags(
+    args: argparse.Namespace, setup: Setup, count: int, temp: Path
+) -> list[list[str]]:
     """Each server's flags: on PostgreSQL, its URL; with several nodes, their names and
-    one blob folder they share."""
+    one blob folder they share. The nodes of each N run at once on one database: their
+    names carry N (a name is one node's while it runs)."""
     flags = ["--max-connections", str(max(args.clients) + FD_MARGIN)]
     if setup.url is None:
         return [flags]
@@ -543,7 +584,7 @@ def _server_flags(args: argparse.Namespace, setup: Setup, temp: Path) -> list[li
     if setup.nodes == 1:
         return [flags]
     shared_blobs = ["--blobs", (temp / "blobs").as_uri()]
-    return [flags + shared_blobs + ["--node-name", NODE_NAMES[node]]
+    return [flags + shared_blobs + ["--node-name", f"{NODE_NAMES[node]}{count}"]
             for node in range(setup.nodes)]
 
 
@@ -556,15 +597,20 @@ def _profile_path(folder: Path | None, setup: Setup, count: int, node: int) -> P
     return folder.resolve() / f"{name}-{count}-{node}.prof"
 
 
-def _database_counts(servers: list) -> tuple[int, int]:
-    """The round trips and statements the servers' stores logged at their close."""
-    trips = statements = 0
+def _database_counts(servers: list) -> tuple[int, int, int]:
+    """The round trips and statements the servers' stores logged at their close, and the
+    round trips their coordinations did (a server that logs none: 0)."""
+    trips = statements = coordination = 0
     for server in servers:
-        found = _DATABASE_COUNTS.findall(server.log_path.read_text())
+        text = server.log_path.read_text()
+        found = _DATABASE_COUNTS.findall(text)
         if found:
             trips += int(found[-1][0])
             statements += int(found[-1][1])
-    return trips, statements
+        coordinated = _COORDINATION_COUNTS.findall(text)
+        if coordinated:
+            coordination += int(coordinated[-1])
+    return trips, statements, coordination
 
 
 def _probe_beside_uploads(

@@ -157,6 +157,7 @@ class App:
         Raises:
             StorageFault: the round is lost; none of its answers may go out.
         """
+        self.coordination.settle()
         return self.uploads.installs.end_round(durable=durable)
 
     def begin_round(self, *, durable: bool) -> RoundCommit | None:
@@ -168,6 +169,7 @@ class App:
         Raises:
             StorageFault: the round is lost; none of its answers may go out.
         """
+        self.coordination.settle()  # a hold of this round's 825s is in place before its answer
         commit = self.uploads.installs.begin_round(durable=durable)
         self.committing = commit is not None
         return commit
@@ -294,15 +296,16 @@ class App:
         the only one, :class:`MemoryCoordination` on ``clock``); its holds and
         leases last ``message_deadline`` after each renewal.
         """
-        reads = RequestReads(metadata)
         timers = Timers(clock)
         if coordination is None:
             coordination = MemoryCoordination(clock, lease=limits.message_deadline)
+        reads = RequestReads(metadata, coordination.read_along(metadata, HOUR))
         budget = DecryptionBudget(
             limits.max_decryption_failures_per_key,
             limits.max_decryption_failures_per_hour,
             coordination,
             metrics,
+            reads.failure_counts,
         )
         log_limiter = LogLimiter(limits.log_lines_per_address, limits.log_rate_interval, clock)
         shares = RoundShares(

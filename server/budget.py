@@ -23,6 +23,7 @@ knows name and id can already deny service with 827.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from .errors import StorageFault
 from .metrics import NO_METRICS, Metrics
@@ -39,8 +40,12 @@ class DecryptionBudget:
 
     def __init__(
         self, per_key: int, per_hour: int, counts: Coordination, metrics: Metrics = NO_METRICS,
+        read_along: Callable[[bytes, bytes], FailureCounts | None] = lambda *_: None,
     ) -> None:
+        """``read_along``: the counts read with the client's row in this request, if they
+        were (server/reads.py), asked before the coordination."""
         self._metrics = metrics
+        self._read_along = read_along
         self._per_key = per_key
         self._per_hour = per_hour
         self._counts = counts
@@ -56,7 +61,7 @@ class DecryptionBudget:
         Raises:
             StorageFault: the counts cannot be read.
         """
-        counts = self._counts.decrypt_failures(client_id, aes_key, HOUR)
+        counts = self._counts_of(client_id, aes_key)
         self._read = (client_id, aes_key, counts)
         dead = counts.under_key >= self._per_key
         if dead:
@@ -76,11 +81,18 @@ class DecryptionBudget:
         if read is not None and read[:2] == (client_id, aes_key):
             counts = read[2]
         else:
-            counts = self._counts.decrypt_failures(client_id, aes_key, HOUR)
+            counts = self._counts_of(client_id, aes_key)
         blocked = counts.in_window >= self._per_hour
         if blocked:
             self._metrics.budget_refusal("hour")
         return blocked
+
+    def _counts_of(self, client_id: bytes, aes_key: bytes) -> FailureCounts:
+        """The counts read with the client's row, or else the coordination's."""
+        counts = self._read_along(client_id, aes_key)
+        if counts is None:
+            counts = self._counts.decrypt_failures(client_id, aes_key, HOUR)
+        return counts
 
     def record(self, client_id: bytes, aes_key: bytes, address: str) -> None:
         """Count one failed decryption under ``aes_key`` (from ``address``); log at a limit.

@@ -90,7 +90,9 @@ def _registration_address(app: App, client: ClientRow) -> str | None:
     return binding.address
 
 
-def _why_no_room(app: App, peer: Peer, replace: ClientRow | None) -> str | None:
+def _why_no_room(
+    app: App, peer: Peer, replace: ClientRow | None, counts: tuple[int, int] | None = None
+) -> str | None:
     """Why one more client does not fit: the cap, or the peer's address group's share of it.
 
     A registration that replaces another (a lapsed or the peer's own keyless
@@ -99,32 +101,36 @@ def _why_no_room(app: App, peer: Peer, replace: ClientRow | None) -> str | None:
     the store keeps with its rows; only when one is reached are the lapsed
     clients deleted (reading only those: indexes by age) and the counts read
     again. So a registration refused at the cap costs the same with 100
-    clients as with 100,000.
+    clients as with 100,000. ``counts``: the total and the peer's group's,
+    read with the name (:func:`register`); after a purge they are read again.
     """
     grows_group = replace is None or app.group_of(replace.registered_from) != peer.group
 
-    def full() -> str | None:
+    def full(counts: tuple[int, int] | None) -> str | None:
         if replace is None:  # one more client, in all and in its group: read together
-            total, in_group = app.metadata.client_counts(peer.group)
+            total, in_group = counts or app.metadata.client_counts(peer.group)
             if total >= app.limits.max_clients:
                 return "client limit reached"
         elif grows_group:
-            in_group = app.metadata.count_clients(peer.group)
+            in_group = counts[1] if counts else app.metadata.count_clients(peer.group)
         else:
             return None
         if in_group >= app.client_share:
             return "this address's share of the client limit reached"
         return None
 
-    if full() is None:
+    if full(counts) is None:
         return None
     app.purge_lapsed_clients()
-    return full()
+    return full(None)
 
 
-def _can_register(app: App, peer: Peer, replace: ClientRow | None) -> str | None:
-    """Why a new registration is refused (client cap and share, rate per address), or None."""
-    refusal = _why_no_room(app, peer, replace)
+def _can_register(
+    app: App, peer: Peer, replace: ClientRow | None, counts: tuple[int, int] | None = None
+) -> str | None:
+    """Why a new registration is refused (client cap and share, rate per address), or None
+    (``counts``: see :func:`_why_no_room`)."""
+    refusal = _why_no_room(app, peer, replace, counts)
     if refusal:
         return refusal
     if not app.registrations.allow(peer.group):
@@ -173,8 +179,12 @@ def _why_name_is_held(app: App, peer: Peer, existing: ClientRow | None) -> str |
 
 def register(app: App, peer: Peer, event: Register, speaking: Speaking) -> Outcome:
     """825: a new name gets a fresh id; a keyless name of this address is registered anew."""
-    existing = app.metadata.client_by_name(event.name)
-    refusal = _why_name_is_held(app, peer, existing) or _can_register(app, peer, existing)
+    # The name's row and the counts the cap checks, in one read (one round trip on a
+    # database server).
+    existing, counts = app.metadata.client_by_name_and_counts(event.name, peer.group)
+    refusal = _why_name_is_held(app, peer, existing) or _can_register(
+        app, peer, existing, counts
+    )
     if refusal:
         return Outcome(RegistrationFailed(), event.name, refusal, refused=True)
     try:

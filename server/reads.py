@@ -25,6 +25,13 @@ The rule that keeps it true:
   written.
 * A name is answered from the cache only by a row read in this request:
   names move only by a delete and an insert, which drop the rows they touch.
+
+Where the store can read a client's failure counts with its row (PostgreSQL,
+the coordination's tables in the same database: ``read_along``), the read
+brings them too, and the budget's first question in the request
+(:meth:`RequestReads.failure_counts`, under the key the row holds) is
+answered from them, once: a request that checks the budget makes one
+round trip fewer.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from dataclasses import replace
 from typing import Collection, Iterator
 
 from .storage import Binding, ClientRow, FileRow, MetadataStore, RoundCommit
+from .storage.coordination import ClientReadWithFailures, FailureCounts
 
 
 class RequestReads:
@@ -43,11 +51,18 @@ class RequestReads:
     the wrapped store's, but the repeated reads of :meth:`request`.
     """
 
-    def __init__(self, store: MetadataStore) -> None:
+    def __init__(
+        self, store: MetadataStore, read_with_failures: ClientReadWithFailures | None = None
+    ) -> None:
+        """``read_with_failures``: the store's read of a client that brings its failure
+        counts too (the coordination's ``read_along``), if it has one."""
         self.store = store
+        self._read_with_failures = read_with_failures
         self._active = False
         self._clients: dict[bytes, ClientRow | None] = {}
         self._bindings: dict[bytes, Binding | None] = {}
+        #: The failure counts read with a client, under its row's key, until asked once.
+        self._failures: dict[bytes, FailureCounts] = {}
 
     @contextmanager
     def request(self) -> Iterator[None]:
@@ -64,11 +79,13 @@ class RequestReads:
     def _forget_all(self) -> None:
         self._clients.clear()
         self._bindings.clear()
+        self._failures.clear()
 
     def _forget(self, client_id: bytes) -> None:
         """A write to the client: its row and binding are read again."""
         self._clients.pop(client_id, None)
         self._bindings.pop(client_id, None)
+        self._failures.pop(client_id, None)
 
     # -- transactions ----------------------------------------------------------------
 
@@ -116,10 +133,27 @@ class RequestReads:
 
     def _read(self, client_id: bytes) -> None:
         """Inside a request: the client's row and binding are cached, read in one call."""
-        if client_id not in self._clients or client_id not in self._bindings:
+        if client_id in self._clients and client_id in self._bindings:
+            return
+        if self._read_with_failures is None:
             self._clients[client_id], self._bindings[client_id] = (
                 self.store.client_and_binding(client_id)
             )
+            return
+        client, self._bindings[client_id], counts = self._read_with_failures(client_id)
+        self._clients[client_id] = client
+        if counts is not None:
+            self._failures[client_id] = counts
+
+    def failure_counts(self, client_id: bytes, aes_key: bytes) -> FailureCounts | None:
+        """The client's failure counts under ``aes_key``, as read with its row in this
+        request, if they were and the row holds that key; once (then: None, ask the
+        coordination)."""
+        counts = self._failures.pop(client_id, None)
+        client = self._clients.get(client_id)
+        if not self._active or counts is None or client is None or client.aes_key != aes_key:
+            return None
+        return counts
 
     def client_by_name(self, name: str) -> ClientRow | None:
         """The client with this name, if any (a row this request read, if it has the name)."""
@@ -132,6 +166,16 @@ class RequestReads:
         if client is not None:
             self._clients[client.id] = client
         return client
+
+    def client_by_name_and_counts(
+        self, name: str, group: str
+    ) -> tuple[ClientRow | None, tuple[int, int]]:
+        """The client with this name (kept for the request, as :meth:`client_by_name`'s),
+        and the counts, in one read of the store."""
+        client, counts = self.store.client_by_name_and_counts(name, group)
+        if self._active and client is not None:
+            self._clients[client.id] = client
+        return client, counts
 
     def count_clients(self, group: str | None = None) -> int:
         return self.store.count_clients(group)

@@ -280,6 +280,13 @@ class MetadataStore(Protocol):
         ...
 
     def client_by_name(self, name: str) -> ClientRow | None: ...
+    def client_by_name_and_counts(
+        self, name: str, group: str
+    ) -> tuple[ClientRow | None, tuple[int, int]]:
+        """The client with this name, if any, with :meth:`client_counts` of ``group``, in one
+        read: what an 825 checks."""
+        ...
+
     def count_clients(self, group: str | None = None) -> int:
         """How many clients are registered, or registered from one address group.
 

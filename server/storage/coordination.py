@@ -40,6 +40,8 @@ from typing import Callable, Collection, NamedTuple, Protocol
 
 from protocol.codes import CLIENT_ID_SIZE
 
+from .base import Binding, ClientRow
+
 #: A lease's kinds, as the stores name them.
 REGISTRATION = "registration"
 UPLOAD = "upload"
@@ -67,6 +69,13 @@ class FailureCounts:
     under_key: int
     #: Under any key, from any address, within the window asked about.
     in_window: int
+
+
+#: A read of a client's row and binding with its failure counts (under the row's AES key,
+#: within the window): the metadata store's, when it can read the counts as well.
+ClientReadWithFailures = Callable[
+    [bytes], tuple[ClientRow | None, Binding | None, FailureCounts | None]
+]
 
 
 class Coordination(Protocol):
@@ -132,6 +141,23 @@ class Coordination(Protocol):
 
     def purge(self, window: float) -> None:
         """Forget failures older than ``window`` seconds and lapsed holds and leases."""
+        ...
+
+    def read_along(self, store: object, window: float) -> ClientReadWithFailures | None:
+        """A read of ``store``'s that also brings a client's failure counts within
+        ``window`` (as :meth:`decrypt_failures` under the client's AES key), if ``store``
+        can read them where they are kept (the same database): one read fewer for each
+        request that checks the budget. None: it cannot."""
+        ...
+
+    def settle(self) -> None:
+        """Holds taken and releases made so far are in place for every node.
+
+        :meth:`hold_registration` and :meth:`release_upload` answer nothing: an
+        implementation may send them without waiting. The loop settles them
+        before a round's answers go out; a failure among them is logged, not
+        raised (a released lease lapses, a hold is this node's only).
+        """
         ...
 
     def close(self) -> None:
@@ -299,6 +325,13 @@ class MemoryCoordination:
         for key, held in list(self._shared.leases.items()):
             if held.until <= now:
                 del self._shared.leases[key]
+
+    def read_along(self, store: object, window: float) -> ClientReadWithFailures | None:
+        """None: the counts are in this process, not in a store."""
+        return None
+
+    def settle(self) -> None:
+        """Nothing to do: every call is in place when it returns."""
 
     def close(self) -> None:
         """Let go of this node's holds, leases and leadership."""

@@ -224,6 +224,12 @@ class MemoryMetadata:
         client_id = self._names.get(name)
         return None if client_id is None else self._clients[client_id].row
 
+    def client_by_name_and_counts(
+        self, name: str, group: str
+    ) -> tuple[ClientRow | None, tuple[int, int]]:
+        """The client with this name, and the counts."""
+        return self.client_by_name(name), self.client_counts(group)
+
     def count_clients(self, group: str | None = None) -> int:
         """How many clients, in all or from one address group: kept with the rows."""
         self._check_open()

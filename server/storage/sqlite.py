@@ -737,6 +737,12 @@ class SqliteMetadata:
         row = self._db.execute(_SELECT_CLIENT_BY_NAME, (name,)).fetchone()
         return _client(row)
 
+    def client_by_name_and_counts(
+        self, name: str, group: str
+    ) -> tuple[ClientRow | None, tuple[int, int]]:
+        """The client with this name, and the counts (three reads in process)."""
+        return self.client_by_name(name), self.client_counts(group)
+
     @_translated
     def count_clients(self, group: str | None = None) -> int:
         """How many clients are registered, or registered from one address group.

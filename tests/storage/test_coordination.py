@@ -53,8 +53,14 @@ class Backend:
         self, node: Callable[[str, float], Coordination], lapse: Callable[[], None]
     ) -> None:
         self.node = node
-        self.lapse = lapse
+        self._lapse = lapse
         self.made: list[Coordination] = []
+
+    def lapse(self) -> None:
+        """Every node's calls in place (settled), then every lease lapsed."""
+        for node in self.made:
+            node.settle()
+        self._lapse()
 
     def __call__(self, name: str, lease: float = LEASE) -> Coordination:
         made = self.node(name, lease)
@@ -109,6 +115,7 @@ def postgres_backend(conninfo: str) -> Backend:
 def test_a_registration_held_by_one_node_is_held_for_the_other_until_it_lapses(backend):
     a, b = backend("a"), backend("b")
     a.hold_registration(ALICE)
+    a.settle()  # what answers nothing may go out unanswered: in place once settled
     assert b.registration_held_elsewhere(ALICE)
     assert not a.registration_held_elsewhere(ALICE)  # its own
     assert not b.registration_held_elsewhere(BOB)
@@ -121,6 +128,7 @@ def test_a_released_registration_is_free_at_once(backend):
     a.hold_registration(ALICE)
     a.hold_registration(BOB)
     a.release_registrations([ALICE])
+    a.settle()
     assert not b.registration_held_elsewhere(ALICE)
     assert b.registration_held_elsewhere(BOB)
 
@@ -129,6 +137,8 @@ def test_one_node_cannot_release_another_s_hold(backend):
     a, b = backend("a"), backend("b")
     a.hold_registration(ALICE)
     b.release_registrations([ALICE])
+    a.settle()
+    b.settle()
     assert b.registration_held_elsewhere(ALICE)
 
 
@@ -145,6 +155,7 @@ def test_an_upload_lease_is_one_node_s_until_released(backend):
     b.release_upload(ALICE, b"f.bin")  # not b's: nothing
     assert not b.take_upload(lease(ALICE, b"f.bin"))
     a.release_upload(ALICE, b"f.bin")
+    a.settle()
     assert b.take_upload(lease(ALICE, b"f.bin"))
     assert not a.take_upload(lease(ALICE, b"f.bin"))
 
@@ -197,6 +208,7 @@ def test_the_blobs_of_uploads_any_node_receives_are_live(backend):
     live = {lease(ALICE, b"f.bin").blob_key, lease(BOB, b"g.bin").blob_key}
     assert a.live_blobs() == b.live_blobs() == live
     a.release_upload(ALICE, b"f.bin")
+    a.settle()
     assert b.live_blobs() == {lease(BOB, b"g.bin").blob_key}
     backend.lapse()
     assert a.live_blobs() == set()
@@ -423,6 +435,7 @@ def test_a_killed_node_s_holds_leases_and_leadership_are_void_at_once_a_live_nod
     try:
         assert live.take_upload(lease(ALICE, b"g.bin"))
         live.hold_registration(b"c" * 16)
+        live.settle()
         assert not survivor.may_run_purges()
         assert not survivor.take_upload(lease(ALICE, b"f.bin"))
         assert survivor.registration_held_elsewhere(BOB)
@@ -603,3 +616,26 @@ def test_both_connections_of_a_node_have_the_database_notice_a_vanished_host(pos
     finally:
         node.close()
         store.close()
+
+
+@pytest.mark.needed_in_ci
+def test_what_is_sent_without_waiting_is_prepared_once_per_connection(postgres_url):
+    """Sent as text, the hold would be planned at every call (its pg_locks read too)."""
+    from server.storage.postgres.coordination import PgCoordination
+
+    node = PgCoordination(postgres_url, "a", LEASE)
+    other = PgCoordination(postgres_url, "b", LEASE)
+    try:
+        node.hold_registration(ALICE)
+        waited = node.round_trips
+        node.hold_registration(BOB)
+        node.release_upload(ALICE, b"f.bin")  # its own statement's first call: prepared
+        node.release_upload(BOB, b"f.bin")
+        node.settle()
+        assert node.round_trips - waited == 1
+        assert other.registration_held_elsewhere(ALICE) and other.registration_held_elsewhere(BOB)
+        prepared = node._connection.execute("SELECT name FROM pg_prepared_statements").fetchall()
+        assert {"cd_take", "cd_release"} <= {name for (name,) in prepared}
+    finally:
+        node.close()
+        other.close()

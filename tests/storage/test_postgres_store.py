@@ -88,6 +88,19 @@ def test_a_requests_writes_ride_with_the_next_read_or_the_commit(store, observer
     assert observer.execute("SELECT Address FROM key_bindings").fetchall() == [("127.0.0.3",)]
 
 
+def test_a_request_whose_writes_all_wait_sends_no_savepoint(store, observer):
+    """Its writes go with the COMMIT, where a failure loses the round whatever savepoint
+    they had: BEGIN, the write, COMMIT."""
+    register(store, ALICE, "alice")
+    store.finish_round(durable=True)
+    before = store.statements
+    with store.transaction():
+        store.set_crc(ALICE, "crc32")
+    store.finish_round(durable=True)
+    assert store.statements - before == 3
+    assert observer.execute("SELECT Crc FROM clients").fetchall() == [("crc32",)]
+
+
 def test_an_ended_requests_write_that_fails_loses_the_round(store, observer):
     register(store, ALICE, "alice")
     store.finish_round(durable=True)
@@ -380,3 +393,15 @@ def test_an_attempt_slower_than_the_interval_still_waits_an_interval_before_the_
     with pytest.raises(StorageFault, match="trying again shortly"):  # no new attempt yet
         store.client_by_id(ALICE)
     assert len(attempts) == 1
+
+
+def test_a_requests_reads_are_prepared_once_per_connection(store):
+    """In a batch a read is simple query text: prepared, it is not planned at every call."""
+    register(store, ALICE, "alice")
+    with store.transaction():  # the write goes with the read: the read is its EXECUTE
+        store.set_crc(ALICE, "crc32")
+        client, binding = store.client_and_binding(ALICE)
+    assert (client.crc, binding.address) == ("crc32", "127.0.0.1")
+    assert store.file_row(ALICE, b"none") is None
+    prepared = store._db.execute("SELECT name FROM pg_prepared_statements").fetchall()
+    assert {"cd_client", "cd_name", "cd_file"} <= {name for (name,) in prepared}

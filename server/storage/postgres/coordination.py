@@ -31,6 +31,18 @@ are created if absent, under a version of their own (``coordination_version``):
   (``pg_try_advisory_lock``): released when its connection ends, however
   the node stops, so that another node takes over.
 
+Round trips are what a call costs the loop (~0.1 ms each on loopback, and
+the loop waits for each): a write whose answer nothing waits for (a hold on
+a new registration, the release of an upload's lease) is sent without
+waiting (prepared once per connection: its text alone would be planned at
+every call), its answer read before the connection's next statement (and a
+failure among them logged, as a failed release always was: the row lapses,
+or goes at the next renewal). A hold is so in place before the 825 that
+made it is answered: its answer is read (:meth:`PgCoordination.settle`)
+as the round's commit begins, by when it has mostly arrived. :attr:`PgCoordination.round_trips`
+counts the waited ones, :attr:`PgCoordination.unanswered` the others
+(bench/sessions.py, at the close).
+
 A call that fails raises :class:`~server.errors.StorageFault`; a broken
 connection is opened again at the next call (the leadership is then asked
 for again), but not within :data:`RECONNECT_DELAY` of a failed attempt:
@@ -42,15 +54,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
+from dataclasses import dataclass
 from typing import Any, Collection, Mapping, Sequence
 
 from ...errors import StorageFault, StoreUnusable
-from ..coordination import REGISTRATION, UPLOAD, FailureCounts, UploadLease, upload_key
+from ..coordination import (
+    REGISTRATION, UPLOAD, ClientReadWithFailures, FailureCounts, UploadLease, upload_key,
+)
 from .connect import liveness
 
 try:
     import psycopg
+    from psycopg import pq
 except ImportError:  # pragma: no cover - the default install has no PostgreSQL
     psycopg = None  # type: ignore[assignment]
 
@@ -209,6 +226,58 @@ _PURGE = (
 )
 
 
+def failure_columns(client: str, aes_key: str) -> str:
+    """SQL: two columns, the failure counts of the client whose id is the column ``client``:
+    under the key in the column ``aes_key`` (its tag, :func:`key_tag`, made by the
+    database: NULL for none), and within the window its one placeholder gives in seconds
+    (the statement's own time: within an open transaction too). For a read on another
+    connection of the same database: the store's client read (:meth:`PgCoordination.read_along`).
+    """
+    return (
+        f"(SELECT failures FROM coordination_key_failures WHERE client_id = {client}"
+        f" AND key_tag = substring(sha256({aes_key}) from 1 for {KEY_TAG_SIZE})),"
+        f" (SELECT count(*) FROM coordination_failures WHERE client_id = {client}"
+        "  AND at > statement_timestamp() - %s * interval '1 second')"
+    )
+
+
+#: The types of the parameters of the statements sent without waiting, by name.
+_PARAMETER_TYPES = {"kind": "text", "key": "bytea", "node": "text", "lease": "float8",
+                    "blob": "text"}
+_NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A statement sent without waiting, prepared once per connection: sent as simple
+    query text (libpq's ``PQsendQuery``), it would be planned at every call, and
+    :data:`_TAKE`'s plan (it may read ``pg_locks``) is the costly part of it."""
+
+    name: str
+    statement: str
+
+    @property
+    def prepare(self) -> str:
+        """SQL: the statement prepared under its name, its parameters numbered."""
+        names = self._names()
+        numbered = _NAMED_PARAMETER.sub(lambda found: f"${names.index(found[1]) + 1}",
+                                        self.statement)
+        types = ", ".join(_PARAMETER_TYPES[name] for name in names)
+        return f"PREPARE {self.name} ({types}) AS {numbered}"
+
+    @property
+    def execute(self) -> str:
+        """The statement's call, its parameters still named (for ``mogrify``)."""
+        return f"EXECUTE {self.name} ({', '.join(f'%({name})s' for name in self._names())})"
+
+    def _names(self) -> list[str]:
+        return list(dict.fromkeys(_NAMED_PARAMETER.findall(self.statement)))
+
+
+_TAKE_UNANSWERED = _Prepared("cd_take", _TAKE)
+_RELEASE_UNANSWERED = _Prepared("cd_release", _RELEASE)
+
+
 def key_tag(aes_key: bytes) -> bytes:
     """What stands for an AES key in the failure counts: a digest, never the key."""
     return hashlib.sha256(aes_key).digest()[:KEY_TAG_SIZE]
@@ -237,6 +306,13 @@ class PgCoordination:
         self._connection: Any = None
         #: No connection is attempted before this (``time.monotonic``).
         self._next_attempt = 0.0
+        #: A statement sent without waiting whose answer is still to be read.
+        self._unanswered = False
+        #: The statements prepared on the connection (:class:`_Prepared`).
+        self._prepared: set[str] = set()
+        #: Round trips waited for, and messages sent without waiting (logged at the close).
+        self.round_trips = 0
+        self.unanswered = 0
         try:
             connection = self._connect()
             with connection.transaction():
@@ -295,6 +371,7 @@ class PgCoordination:
         if self._connection is None or self._connection.closed:
             self._leader = False
             self._named = False
+            self._prepared.clear()
             if time.monotonic() < self._next_attempt:
                 raise StorageFault("the database was unreachable a moment ago")
             try:
@@ -354,7 +431,9 @@ class PgCoordination:
 
     def _rows_unnamed(self, statement: str, values: Mapping[str, object]) -> list[Sequence[Any]]:
         """:meth:`_rows` without the name lock."""
+        self._collect()
         connection = self._connect()
+        self.round_trips += 1
         try:
             cursor = connection.execute(statement, values)
             return cursor.fetchall() if cursor.description is not None else []
@@ -363,9 +442,72 @@ class PgCoordination:
                 self._drop_connection()
             raise StorageFault(f"coordination: {_reason(exc)}") from exc
 
+    def _send_unanswered(self, prepared: _Prepared, values: Mapping[str, object]) -> None:
+        """The statement, not waited for: its answer is read before the connection's next
+        statement (:meth:`_collect`). Prepared first on a new connection (one round trip).
+
+        Raises:
+            StorageFault: it could not be sent (a broken connection is opened again next
+                time), or the name lock could not be taken (see :meth:`_rows`).
+        """
+        self._ensure_named()
+        if prepared.name not in self._prepared:
+            self._rows(prepared.prepare, {})
+            self._prepared.add(prepared.name)
+        self._collect()
+        connection = self._connect()
+        try:
+            text = psycopg.ClientCursor(connection).mogrify(prepared.execute, values)
+            connection.pgconn.send_query(text.encode(connection.info.encoding))
+        except psycopg.Error as exc:
+            if connection.broken:
+                self._drop_connection()
+            raise StorageFault(f"coordination: {_reason(exc)}") from exc
+        self._unanswered = True
+        self.unanswered += 1
+
+    def read_along(self, store: object, window: float) -> ClientReadWithFailures | None:
+        """The client read of a PostgreSQL store of this database, with the failure counts
+        (:func:`failure_columns`) in the same statement; None for any other store."""
+        from .store import PostgresMetadata
+
+        if not isinstance(store, PostgresMetadata) or store.conninfo != self._conninfo:
+            return None
+        return store.client_read_with_failures(failure_columns, window)
+
+    def settle(self) -> None:
+        """Read the answer of what was sent without waiting (see :meth:`_collect`)."""
+        self._collect()
+
+    def _collect(self) -> None:
+        """Read the answer of the statement sent without waiting, if any: by now it has
+        mostly arrived. A failure in it is logged (the lease it would have deleted lapses,
+        or goes at the next renewal; a hold it would have taken is this node's only)."""
+        if not self._unanswered:
+            return
+        self._unanswered = False
+        connection = self._connection
+        if connection is None or connection.closed:
+            return
+        pgconn = connection.pgconn
+        failure = None
+        while (result := pgconn.get_result()) is not None:
+            if result.status == pq.ExecStatus.FATAL_ERROR and failure is None:
+                primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY)
+                failure = (primary or pgconn.error_message or b"error").decode("utf-8", "replace")
+        if pgconn.status != pq.ConnStatus.OK:
+            self._drop_connection()
+        if failure is not None:
+            log.warning(
+                "coordination: a hold or release sent without waiting failed (a hold is this"
+                " node's only; a lease lapses, or goes at the next renewal): %s",
+                " ".join(failure.split()),
+            )
+
     def _drop_connection(self) -> None:
         self._leader = False
         self._named = False
+        self._unanswered = False
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -376,8 +518,9 @@ class PgCoordination:
     # -- holds and leases -----------------------------------------------------
 
     def hold_registration(self, client_id: bytes) -> None:
-        """This node holds the keyless registration ``client_id`` (one round trip)."""
-        self._execute(_TAKE, self._lease_values(REGISTRATION, client_id))
+        """This node holds the keyless registration ``client_id`` (sent without waiting: a
+        new id is held by no other node)."""
+        self._send_unanswered(_TAKE_UNANSWERED, self._lease_values(REGISTRATION, client_id))
 
     def registration_held_elsewhere(self, client_id: bytes) -> bool:
         """Whether another node holds the registration, unlapsed (one round trip)."""
@@ -385,12 +528,18 @@ class PgCoordination:
         return found is not None
 
     def release_registrations(self, client_ids: Collection[bytes]) -> None:
-        """This node no longer holds these registrations (one round trip: a pipeline)."""
+        """This node no longer holds these registrations (one round trip: a pipeline).
+
+        Waited for: the client whose connection closed may register its name on
+        another node at once (rare: a registration is let go at its 826 without a call).
+        """
         self._ensure_named()
+        self._collect()
         connection = self._connect()
         values = [
             {"kind": REGISTRATION, "key": client_id, "node": self.node} for client_id in client_ids
         ]
+        self.round_trips += 1
         try:
             connection.cursor().executemany(_RELEASE, values)
         except psycopg.Error as exc:
@@ -404,9 +553,9 @@ class PgCoordination:
         return self._execute(_TAKE, self._lease_values(UPLOAD, key, lease.blob_key)) is not None
 
     def release_upload(self, client_id: bytes, file_name: bytes) -> None:
-        """The upload stopped receiving here (one round trip)."""
+        """The upload stopped receiving here (sent without waiting)."""
         values = {"kind": UPLOAD, "key": upload_key(client_id, file_name), "node": self.node}
-        self._execute(_RELEASE, values)
+        self._send_unanswered(_RELEASE_UNANSWERED, values)
 
     def uploading(self, client_ids: Collection[bytes]) -> set[bytes]:
         """Those of ``client_ids`` with an upload lease on any node (one round trip)."""
@@ -481,6 +630,10 @@ class PgCoordination:
         except StorageFault as exc:  # they lapse by themselves, the lock goes with the connection
             log.warning("cannot release this node's holds, leases or leadership: %s", exc)
         self._drop_connection()
+        log.info(
+            "coordination: %d round trip(s), %d statement(s) sent without waiting since start",
+            self.round_trips, self.unanswered,
+        )
 
 
 def _reason(exc: BaseException) -> str:

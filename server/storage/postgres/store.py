@@ -9,14 +9,21 @@ is durable (``synchronous_commit`` as the database sets it: on by default).
 
 Round trips, not statements, are what a request costs (~0.1 ms each on
 loopback, and the loop waits for each): a request's writes are queued, with
-its ``SAVEPOINT`` and ``RELEASE``, and go out as one multi-statement message
+its ``SAVEPOINT`` and ``RELEASE`` if it read after writing (none for a request
+whose writes all wait: a failure among them loses the round anyway), and go
+out as one multi-statement message
 (parameters bound as literals: server/storage/postgres/literals.py) with the next read
 that must see them or with the round's ``COMMIT``. A queued write of a
 request that has ended cannot be undone alone once it fails (its answer
 waits for the round): such a failure loses the round. A client's row and
-its binding are read together. A write whose outcome the request needs at once (registering a name:
-:class:`~server.errors.NameTaken`) goes out at once, with the writes queued
-before it. :attr:`PostgresMetadata.round_trips` and
+its binding are read together (with its failure counts, when the
+coordination's tables are in this database:
+:meth:`PostgresMetadata.client_read_with_failures`), an 825's name with the
+client counts; these reads are prepared once per connection
+(:class:`_PreparedRead`) and called with ``EXECUTE``, so that a batch's text
+is not planned again at every call. A write whose outcome the request
+needs at once (registering a name: :class:`~server.errors.NameTaken`) goes
+out at once, with the writes queued before it. :attr:`PostgresMetadata.round_trips` and
 :attr:`~PostgresMetadata.statements` count them (bench/sessions.py).
 
 A lost connection loses the round under way (the loop closes its
@@ -39,6 +46,7 @@ from psycopg import errors as pg_errors
 from ...errors import NameTaken, StorageFault, StoreUnusable
 from ...peer import address_group
 from ..base import Binding, ClientRow, FileRow, timestamp, wait_for
+from ..coordination import ClientReadWithFailures, FailureCounts
 from . import schema
 from ..urltext import without_password
 from .connect import connect, fault, reason
@@ -53,6 +61,8 @@ _RELEASE = "RELEASE request"
 _ROLLBACK_TO = "ROLLBACK TO request"
 _ROLLBACK = "ROLLBACK"
 _COMMIT = "COMMIT"
+#: How a prepared read is called (in a simple query: its parameters literals).
+_EXECUTE = "EXECUTE "
 #: The one write whose failure is its own request's answer (NameTaken), not the round's
 #: loss: a client's insert, refused for its name or (as the other stores do) its id.
 _INSERT_CONSTRAINTS = frozenset({"clients_name_key", "clients_pkey"})
@@ -61,6 +71,8 @@ _CLIENT_FIELDS = (
     "ID", "Name", "PublicKey", "LastSeen", "AESKey", "Edition", "Crc", "RegisteredFrom",
 )
 _CLIENT_COLUMNS = ", ".join(_CLIENT_FIELDS)
+#: A binding's columns, after the client's in the read of both.
+_BINDING_FIELDS = 4
 #: A client's row with its binding: the two reads a request makes one after the other
 #: (its admission rules, server/session.py), in one round trip.
 _SELECT_CLIENT_AND_BINDING = (
@@ -68,8 +80,21 @@ _SELECT_CLIENT_AND_BINDING = (
     " c.RegisteredFrom, b.ID, b.Address, b.IssuedAt, b.LastUsed"
     " FROM clients c LEFT JOIN key_bindings b ON b.ID = c.ID WHERE c.ID = %s"
 )
+#: Where the failure counts go in that read (the coordination's SQL: two columns).
+_FAILURES_HERE = "{failures}"
+_SELECT_CLIENT_BINDING_AND_FAILURES = _SELECT_CLIENT_AND_BINDING.replace(
+    " FROM clients c", f", {_FAILURES_HERE} FROM clients c", 1
+)
 _SELECT_CLIENT = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE ID = %s"
 _SELECT_CLIENT_BY_NAME = f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = %s"
+#: What an 825 reads: the name's row (all NULL for none) with the total and one group's
+#: count (a group never counted: 0), one row in one statement.
+_SELECT_NAME_AND_COUNTS = (
+    f"SELECT {', '.join('c.' + field for field in _CLIENT_FIELDS)},"
+    " (SELECT Clients FROM client_counts WHERE AddressGroup = %s),"
+    " COALESCE((SELECT Clients FROM client_counts WHERE AddressGroup = %s), 0)"
+    " FROM (SELECT 1) AS one LEFT JOIN clients c ON c.Name = %s"
+)
 _COUNT_CLIENTS = "SELECT Clients FROM client_counts WHERE AddressGroup = %s"
 #: The total and one group's count, in one statement (a group never counted: 0).
 _COUNT_CLIENTS_AND_GROUP = (
@@ -147,6 +172,42 @@ _RECOUNT = (
     " WHERE AddressGroup IS NOT NULL GROUP BY AddressGroup",
 )
 
+@dataclass(frozen=True)
+class _PreparedRead:
+    """A read a request makes, prepared once per connection: in a batch (a simple query,
+    its parameters literals) its text would be parsed and planned at every call."""
+
+    name: str
+    statement: str
+    #: Its parameters' types, in order.
+    types: tuple[str, ...]
+
+    @property
+    def prepare(self) -> str:
+        """SQL: the statement prepared under its name, its placeholders numbered."""
+        pieces = self.statement.split(_PLACEHOLDER)
+        numbered = pieces[0] + "".join(
+            f"${number}{piece}" for number, piece in enumerate(pieces[1:], start=1)
+        )
+        return f"PREPARE {self.name} ({', '.join(self.types)}) AS {numbered}"
+
+    @property
+    def execute(self) -> str:
+        """The statement's call, its parameters placeholders (bound as literals)."""
+        return f"EXECUTE {self.name} ({', '.join([_PLACEHOLDER] * len(self.types))})"
+
+
+_PLACEHOLDER = "%s"
+#: The reads of a request (a client, an 825's name, a file's row), prepared.
+_PREPARED_READS = (
+    _PreparedRead("cd_client", _SELECT_CLIENT_AND_BINDING, ("bytea",)),
+    _PreparedRead("cd_name", _SELECT_NAME_AND_COUNTS, ("text", "text", "text")),
+    _PreparedRead("cd_file", _SELECT_FILE, ("bytea", "bytea")),
+)
+#: The client read that brings the failure counts too (its text made at run time).
+_CLIENT_WITH_FAILURES = "cd_client_failures"
+_CLIENT_WITH_FAILURES_TYPES = ("float8", "bytea")
+
 #: Seconds between attempts to connect again after the connection was lost.
 RECONNECT_INTERVAL = 1.0
 
@@ -179,6 +240,9 @@ class PostgresMetadata:
     ) -> None:
         self._conninfo = conninfo
         self._group_of = group_of
+        #: A client's row, binding and failure counts, the statement of
+        #: :meth:`client_read_with_failures`.
+        self._with_failures = ""
         #: The node this server is (``--node-name``), written into the rows it points at a
         #: blob (:attr:`FileRow.node`); None: ``admin``'s, which points none.
         self.node = node
@@ -206,6 +270,10 @@ class PostgresMetadata:
         #: Binds a batch's parameters for one message, by the quoting rules of its connection.
         self._binder: Binder | None = None
         self._binder_of: psycopg.Connection | None = None
+        #: The reads prepared on each new connection (:class:`_PreparedRead`), by text.
+        self._prepared_reads = {read.statement: read for read in _PREPARED_READS}
+        #: The connection they are prepared on.
+        self._prepared_on: psycopg.Connection | None = None
         #: Round trips and statements sent (bench/sessions.py reads them).
         self.round_trips = 0
         self.statements = 0
@@ -225,6 +293,7 @@ class PostgresMetadata:
         try:
             migrate(store._db, conninfo)
             store._regroup()
+            store._prepare_reads(store._db)
         except psycopg.Error as exc:
             store._db.close()
             raise StoreUnusable(
@@ -282,7 +351,24 @@ class PostgresMetadata:
         log.info("database: connected again")
         self._unreachable = False
         self._db = db
+        try:
+            self._prepare_reads(db)
+        except psycopg.Error as exc:
+            db.close()
+            raise fault(exc) from exc
         return db
+
+    def _prepare_reads(self, db: psycopg.Connection) -> None:
+        """Prepare the request's reads on a new connection, outside any transaction (one
+        round trip).
+
+        Raises:
+            psycopg.Error: the database refused.
+        """
+        db.execute(";".join(read.prepare for read in self._prepared_reads.values()))
+        self._prepared_on = db
+        self.round_trips += 1
+        self.statements += len(self._prepared_reads)
 
     def _lose_round(self, why: str) -> None:
         """The round's writes are gone: finish_round raises; the next write begins anew."""
@@ -325,7 +411,7 @@ class PostgresMetadata:
         self.round_trips += 1
         self.statements += len(batch)
         try:
-            if len(batch) == 1:
+            if len(batch) == 1 and not batch[0][0].startswith(_EXECUTE):
                 cursor = db.execute(*batch[0])
             else:  # one message: one round trip, and less loop CPU than a pipeline
                 cursor = db.execute(self._one_message(db, batch))
@@ -358,10 +444,14 @@ class PostgresMetadata:
             self._send(None)
 
     def _read(self, statement: str, *params: Any) -> list[tuple]:
-        """Rows, after the queued writes went out (the read must see them)."""
+        """Rows, after the queued writes went out (the read must see them); a prepared
+        read as its EXECUTE."""
+        db = self._live()
+        prepared = self._prepared_reads.get(statement)
+        if prepared is not None and self._prepared_on is db:
+            statement = prepared.execute
         if self._queue and any(entry is not _MARK for entry in self._queue):
             return self._send((statement, params))
-        self._live()
         return self._send_read_only((statement, params))
 
     def _send_read_only(self, read: _Statement) -> list[tuple]:
@@ -421,6 +511,13 @@ class PostgresMetadata:
                 del self._queue[level.mark]
                 self._levels.pop()
                 return
+            # The outermost, none of it sent: its writes wait for the next read or the
+            # COMMIT, where a failure among them loses the round whatever savepoint they
+            # had (their answers wait for it): none goes out, nor its RELEASE.
+            del self._queue[level.mark]
+            self._deferred = True
+            self._levels.pop()
+            return
         if len(self._levels) == 1 and not self._queue:  # all of it went out already
             self._release_owed = True
         else:  # its writes wait for the next read or the COMMIT
@@ -542,13 +639,67 @@ class PostgresMetadata:
         rows = self._read(_SELECT_CLIENT_AND_BINDING, client_id)
         if not rows:
             return None, None
-        binding = rows[0][len(_CLIENT_FIELDS):]
-        return (_client([rows[0][:len(_CLIENT_FIELDS)]]),
+        return self._client_and_binding(client_id, rows[0])
+
+    def _client_and_binding(
+        self, client_id: bytes, row: tuple
+    ) -> tuple[ClientRow | None, Binding | None]:
+        """A row of the client read with its binding (and whatever follows them)."""
+        fields = len(_CLIENT_FIELDS)
+        binding = row[fields:fields + _BINDING_FIELDS]
+        return (_client([row[:fields]]),
                 None if binding[0] is None else self._binding(client_id, binding))
+
+    @property
+    def conninfo(self) -> str:
+        """The database, as given (the coordination reads along only in the same one)."""
+        return self._conninfo
+
+    def client_read_with_failures(
+        self, failure_columns: Callable[[str, str], str], window: float
+    ) -> ClientReadWithFailures:
+        """:meth:`client_and_binding` with the client's failure counts within ``window``, in
+        the same statement: ``failure_columns`` (the coordination's, whose tables these are)
+        gives their two columns for the client and its AES key."""
+        self._with_failures = _SELECT_CLIENT_BINDING_AND_FAILURES.replace(
+            _FAILURES_HERE, failure_columns("c.ID", "c.AESKey")
+        )
+        read_with_failures = _PreparedRead(
+            _CLIENT_WITH_FAILURES, self._with_failures, _CLIENT_WITH_FAILURES_TYPES
+        )
+        self._prepared_reads[self._with_failures] = read_with_failures
+        db = self._db
+        if db is not None and not db.closed and self._prepared_on is db and not self._in_round:
+            try:
+                db.execute(read_with_failures.prepare)
+            except psycopg.Error as exc:  # the reads go as text until the next connection
+                log.warning("database: cannot prepare the client read: %s", reason(exc))
+                self._prepared_on = None
+
+        def read(client_id: bytes) -> tuple[ClientRow | None, Binding | None, FailureCounts | None]:
+            rows = self._read(self._with_failures, window, client_id)
+            if not rows:
+                return None, None, None
+            client, binding = self._client_and_binding(client_id, rows[0])
+            under_key, in_window = rows[0][-2:]
+            return client, binding, FailureCounts(under_key or 0, int(in_window))
+
+        return read
 
     def client_by_name(self, name: str) -> ClientRow | None:
         """The client with this name, if any."""
         return _client(self._read(_SELECT_CLIENT_BY_NAME, name))
+
+    def client_by_name_and_counts(
+        self, name: str, group: str
+    ) -> tuple[ClientRow | None, tuple[int, int]]:
+        """The client with this name, if any, and the counts (:meth:`client_counts`): one
+        round trip."""
+        row = self._read(_SELECT_NAME_AND_COUNTS, schema.TOTAL_GROUP, group, name)[0]
+        fields = len(_CLIENT_FIELDS)
+        total, in_group = row[fields:]
+        client = None if row[0] is None else _client([row[:fields]])
+        return client, (int(total or 0), int(in_group))
 
     def count_clients(self, group: str | None = None) -> int:
         """How many clients are registered, or registered from one address group (kept by a

@@ -1,0 +1,163 @@
+"""The round trips a session costs the loop on PostgreSQL, request by request.
+
+A session (825, 826, one single-packet 828, 900) is driven through a
+:class:`~server.session.Session` of an App whose store and coordination are
+PostgreSQL (a fresh database of the session's throwaway cluster), each
+request in a round of its own, as the loop ends it. What is counted is every
+statement psycopg sends and waits for (``Connection.execute``, on the
+store's connection and the coordination's): the round's COMMIT and what
+goes out without waiting are not. A count does not depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from helpers import (
+    ANY_ID, Identity, file_packets, parse_answers, private_key, unique_name,
+)
+
+from protocol import (
+    Acknowledged,
+    ClientConnection,
+    CrcOk,
+    FileReceived,
+    GeneralError,
+    PublicKeyReceived,
+    Register,
+    Registered,
+    SendPublicKey,
+    crypto,
+)
+from server.app import App
+from server.limits import Limits
+from server.peer import Peer
+from server.session import Session, Step
+from server.storage.coordination import UploadLease
+from server.storage.folder import FolderBlobs
+from server.storage.postgres.coordination import PgCoordination
+from server.storage.postgres.store import PostgresMetadata
+
+pytestmark = pytest.mark.needed_in_ci
+
+LEASE = 30.0
+FILE_NAME = "one.bin"
+HOUR = 3600.0
+#: Failures under one key that kill it, in the per-key case.
+PER_KEY = 2
+#: The round trips each request waits for: 825 reads its name with the client counts,
+#: then inserts (its hold goes out unanswered); 826 reads its client with the binding;
+#: 828 reads its client with the binding and the failure counts, takes the lease, reads
+#: its file's row (the lease's release goes out unanswered); 900 reads its client with
+#: the binding and the failure counts.
+ROUND_TRIPS = {"825": 2, "826": 1, "828": 3, "900": 1}
+
+
+class Waited:
+    """Counts the statements psycopg sends and waits for, on every connection."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        execute = psycopg.Connection.execute
+
+        def counted(connection, *args, **kwargs):
+            self.count += 1
+            return execute(connection, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Connection, "execute", counted)
+
+
+@pytest.fixture
+def node(tmp_path, postgres_url):
+    db = PostgresMetadata.open(postgres_url)
+    coordination = PgCoordination(postgres_url, "a", LEASE)
+    other = PgCoordination(postgres_url, "b", LEASE)
+    limits = Limits(max_decryption_failures_per_key=PER_KEY)
+    app = App.build(db, FolderBlobs(tmp_path), limits, coordination=coordination)
+    yield app, other
+    app.uploads.close()
+    coordination.close()
+    other.close()
+    db.close()
+
+
+def _request(app: App, session: Session, request) -> object:
+    """One request in a round of its own; its one answer."""
+    session.receive_data(ClientConnection().send(request))
+    while session.next_step() not in (Step.NEED_DATA, Step.CLOSE):
+        pass
+    session.release(app.end_round(durable=False))
+    (answer,) = parse_answers(session.data_to_send())
+    return answer
+
+
+def test_a_session_waits_for_seven_round_trips_and_what_answers_nothing_is_in_place(
+    node, monkeypatch
+):
+    app, other = node
+    warm_up = Session(app, Peer("127.0.0.1", 39999))  # a connection's first prepare its
+    who = _keyed(app, warm_up)  # statements sent without waiting: once
+    (packet,) = file_packets(who, FILE_NAME, b"one packet")
+    assert isinstance(_request(app, warm_up, packet), FileReceived)
+    session = Session(app, Peer("127.0.0.1", 40000))
+    waited = Waited(monkeypatch)
+    counts: dict[str, int] = {}
+
+    def request(code: str, message) -> object:
+        before = waited.count
+        answer = _request(app, session, message)
+        counts[code] = waited.count - before
+        return answer
+
+    name = unique_name()
+    registered = request("825", Register(client_id=ANY_ID, name=name))
+    assert isinstance(registered, Registered)
+    assert other.registration_held_elsewhere(registered.client_id)  # the hold, sent unanswered
+    key = private_key()
+    keyed = request("826", SendPublicKey(client_id=registered.client_id, name=name,
+                                         public_key=crypto.export_public_key(key)))
+    assert isinstance(keyed, PublicKeyReceived)
+    who = Identity(name, registered.client_id, key,
+                   crypto.decrypt_aes_key(key, keyed.encrypted_aes_key))
+    (packet,) = file_packets(who, FILE_NAME, b"one packet")
+    assert isinstance(request("828", packet), FileReceived)
+    confirmed = request("900", CrcOk(client_id=who.client_id, file_name=FILE_NAME))
+    assert isinstance(confirmed, Acknowledged)
+    assert counts == ROUND_TRIPS
+    assert sum(counts.values()) == 7
+    released = UploadLease(who.client_id, FILE_NAME.encode(), "another blob")
+    assert other.take_upload(released)  # the 828's lease, released unanswered, is free
+
+
+def _keyed(app: App, session: Session) -> Identity:
+    """A client registered, with its key, on ``session``."""
+    name = unique_name()
+    registered = _request(app, session, Register(client_id=ANY_ID, name=name))
+    key = private_key()
+    keyed = _request(app, session, SendPublicKey(
+        client_id=registered.client_id, name=name, public_key=crypto.export_public_key(key)
+    ))
+    return Identity(name, registered.client_id, key,
+                    crypto.decrypt_aes_key(key, keyed.encrypted_aes_key))
+
+
+def test_failures_counted_on_another_node_under_the_client_s_key_are_read_with_its_row(
+    node, monkeypatch
+):
+    """The per-key count the read brings is the one under the key the row holds."""
+    app, other = node
+    session = Session(app, Peer("127.0.0.1", 40000))
+    who = _keyed(app, session)
+    (packet,) = file_packets(who, FILE_NAME, b"one packet")
+    assert isinstance(_request(app, session, packet), FileReceived)
+    for _ in range(PER_KEY):  # under another key: not this one's
+        other.note_decrypt_failure(who.client_id, b"x" * len(who.aes_key), HOUR)
+    waited = Waited(monkeypatch)
+    confirm = CrcOk(client_id=who.client_id, file_name=FILE_NAME)
+    assert isinstance(_request(app, session, confirm), Acknowledged)
+    assert waited.count == 1  # the counts came with the client's row
+    for _ in range(PER_KEY):  # under the client's key, on the other node: the key is dead
+        other.note_decrypt_failure(who.client_id, who.aes_key, HOUR)
+    before = waited.count
+    assert isinstance(_request(app, session, confirm), GeneralError)
+    assert waited.count - before == 1
