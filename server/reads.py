@@ -235,8 +235,10 @@ class RequestReads:
     def stored_bytes(self, client_id: bytes) -> int:
         return self.store.stored_bytes(client_id)
 
-    def path_names(self, client_id: bytes) -> list[str]:
-        return self.store.path_names(client_id)
+    def file_row_and_path_names(
+        self, client_id: bytes, file_name: bytes
+    ) -> tuple[FileRow | None, list[str]]:
+        return self.store.file_row_and_path_names(client_id, file_name)
 
     def upsert_file(
         self, client_id: bytes, file_name: bytes, path_name: str, blob_key: str | None = None

@@ -331,12 +331,13 @@ class Uploads:
             phase.writer.seal_later()  # the answer waits for it (server/installs.py)
         else:
             commit.seal(phase.writer)
-        previous = self._metadata.file_row(upload.client_id, upload.file_name)
+        previous, recorded = self._metadata.file_row_and_path_names(
+            upload.client_id, upload.file_name
+        )
         awaits: InstallTicket | None
         if previous is None:
             path_name = self._blobs.new_path_name(
-                upload.client_id, upload.file_name, phase.writer.key,
-                self._metadata.path_names(upload.client_id),
+                upload.client_id, upload.file_name, phase.writer.key, recorded
             )
             commit.record_first(
                 self._metadata, upload.client_id, upload.file_name, path_name,

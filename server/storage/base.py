@@ -40,7 +40,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Collection, Mapping, Protocol
+from typing import BinaryIO, Collection, Iterable, Mapping, Protocol
 
 from .urltext import without_password
 
@@ -219,6 +219,15 @@ def wait_for(commit: RoundCommit | None) -> None:
             selector.select(COMMIT_POLL_INTERVAL)
 
 
+def file_row_and_path_names(
+    client_rows: Iterable[FileRow], file_name: bytes
+) -> tuple[FileRow | None, list[str]]:
+    """From every row of a client: the row of ``file_name`` (if any), and every path name."""
+    rows = list(client_rows)
+    found = next((row for row in rows if row.file_name == file_name), None)
+    return found, [row.path_name for row in rows]
+
+
 class MetadataStore(Protocol):
     """Clients, keys, key bindings and files.
 
@@ -344,8 +353,11 @@ class MetadataStore(Protocol):
     def stored_bytes(self, client_id: bytes) -> int:
         """The plaintext bytes of the client's stored files, verified or not."""
         ...
-    def path_names(self, client_id: bytes) -> list[str]:
-        """The path names the client's rows point at (what a new one must differ from)."""
+    def file_row_and_path_names(
+        self, client_id: bytes, file_name: bytes
+    ) -> tuple[FileRow | None, list[str]]:
+        """The row of one of the client's files, if any, and the path names every row of
+        the client points at (what a new one must differ from): one round trip."""
         ...
     def upsert_file(
         self, client_id: bytes, file_name: bytes, path_name: str, blob_key: str | None = None
@@ -458,7 +470,7 @@ class BlobStore(BlobReader, Protocol):
         """The path name for the first upload of ``file_name``, whose blob is ``key``.
 
         Distinct from ``recorded`` (the path names the metadata's rows hold
-        for the client: :meth:`MetadataStore.path_names`), from what the
+        for the client: :meth:`MetadataStore.file_row_and_path_names`), from what the
         client's stored blobs this store knows of are read by, and from the
         names given to its other uploads not yet published: the store holds
         the name for ``key`` until that blob is published, aborted or

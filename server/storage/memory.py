@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Collection, Iterator
 from ..errors import BlobMissing, NameTaken, StorageFault
 from ..peer import address_group
 from .base import (
-    BlobEntry, Binding, ClientRow, FileRow, UnpublishedBlob, is_blob_key, timestamp,
+    BlobEntry, Binding, ClientRow, FileRow, UnpublishedBlob, file_row_and_path_names,
+    is_blob_key, timestamp,
 )
 
 if TYPE_CHECKING:
@@ -330,10 +331,13 @@ class MemoryMetadata:
             found.size or 0 for key, found in self._files.items() if key[0] == client_id
         )
 
-    def path_names(self, client_id: bytes) -> list[str]:
-        """The path names the client's rows point at."""
+    def file_row_and_path_names(
+        self, client_id: bytes, file_name: bytes
+    ) -> tuple[FileRow | None, list[str]]:
+        """The file's row, if any, and the path names the client's rows point at."""
         self._check_open()
-        return [found.row.path_name for key, found in self._files.items() if key[0] == client_id]
+        rows = [found.row for key, found in self._files.items() if key[0] == client_id]
+        return file_row_and_path_names(rows, file_name)
 
     def upsert_file(
         self, client_id: bytes, file_name: bytes, path_name: str, blob_key: str | None = None

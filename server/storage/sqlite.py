@@ -50,7 +50,9 @@ from typing import TYPE_CHECKING, Callable, Collection, Iterator, ParamSpec, Typ
 
 from ..errors import BadStoreUrl, DurabilityLost, NameTaken, StorageFault, StoreUnusable
 from ..peer import address_group
-from .base import Binding, ClientRow, FileRow, StoreUrl, timestamp, wait_for
+from .base import (
+    Binding, ClientRow, FileRow, StoreUrl, file_row_and_path_names, timestamp, wait_for,
+)
 
 if TYPE_CHECKING:
     from .inventory import Inventory
@@ -228,7 +230,7 @@ _SELECT_FILE = f"SELECT {_FILE_COLUMNS} FROM files WHERE ID = ? AND FileName = ?
 _SELECT_FILES = f"SELECT {_FILE_COLUMNS} FROM files"
 #: The primary key (ID, FileName) indexes it: the client's rows only are read.
 _SUM_STORED_BYTES = "SELECT COALESCE(SUM(Size), 0) FROM files WHERE ID = ?"
-_SELECT_PATH_NAMES = "SELECT PathName FROM files WHERE ID = ?"
+_SELECT_CLIENT_FILES = f"SELECT {_FILE_COLUMNS} FROM files WHERE ID = ?"
 _UPSERT_FILE = (
     "INSERT INTO files (ID, FileName, PathName, Verified, BlobKey) VALUES (?, ?, ?, 0, ?)"
     " ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName, Verified = 0,"
@@ -849,9 +851,12 @@ class SqliteMetadata:
         """The size of every file the client has stored, verified or not."""
         return self._db.execute(_SUM_STORED_BYTES, (client_id,)).fetchone()[0]
 
-    def path_names(self, client_id: bytes) -> list[str]:
-        """The path names the client's rows point at."""
-        return [row[0] for row in self._db.execute(_SELECT_PATH_NAMES, (client_id,))]
+    def file_row_and_path_names(
+        self, client_id: bytes, file_name: bytes
+    ) -> tuple[FileRow | None, list[str]]:
+        """The file's row, if any, and the path names the client's rows point at."""
+        rows = self._db.execute(_SELECT_CLIENT_FILES, (client_id,))
+        return file_row_and_path_names(map(_file, rows), file_name)
 
     @_translated
     def upsert_file(

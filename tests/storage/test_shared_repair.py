@@ -199,7 +199,8 @@ def test_a_name_another_node_published_is_not_given_again(node_stores):
     meta_b, blobs_b = node_stores("b")
     mine = blobs_b.begin(ALICE, new_blob_key())  # b makes the client's folder, if any
     theirs = _published(meta_a, blobs_a, b"f", b"a's")
-    assert blobs_b.new_path_name(ALICE, b"f", mine.key, meta_b.path_names(ALICE)) != theirs
+    recorded = meta_b.file_row_and_path_names(ALICE, b"f")[1]
+    assert blobs_b.new_path_name(ALICE, b"f", mine.key, recorded) != theirs
     mine.abort()
 
 

@@ -45,7 +45,7 @@ from psycopg import errors as pg_errors
 
 from ...errors import NameTaken, StorageFault, StoreUnusable
 from ...peer import address_group
-from ..base import Binding, ClientRow, FileRow, timestamp, wait_for
+from ..base import Binding, ClientRow, FileRow, file_row_and_path_names, timestamp, wait_for
 from ..coordination import ClientReadWithFailures, FailureCounts
 from . import schema
 from ..urltext import without_password
@@ -134,7 +134,7 @@ _REFERENCED_KEYS = (
     " UNION SELECT PendingKey FROM files WHERE PendingKey = ANY(%s)"
 )
 _SUM_STORED_BYTES = "SELECT COALESCE(SUM(Size), 0) FROM files WHERE ID = %s"
-_SELECT_PATH_NAMES = "SELECT PathName FROM files WHERE ID = %s"
+_SELECT_CLIENT_FILES = f"SELECT {_FILE_COLUMNS} FROM files WHERE ID = %s"
 _UPSERT_FILE = (
     "INSERT INTO files (ID, FileName, PathName, Verified, BlobKey, Node)"
     " VALUES (%s, %s, %s, false, %s, %s)"
@@ -203,6 +203,7 @@ _PREPARED_READS = (
     _PreparedRead("cd_client", _SELECT_CLIENT_AND_BINDING, ("bytea",)),
     _PreparedRead("cd_name", _SELECT_NAME_AND_COUNTS, ("text", "text", "text")),
     _PreparedRead("cd_file", _SELECT_FILE, ("bytea", "bytea")),
+    _PreparedRead("cd_client_files", _SELECT_CLIENT_FILES, ("bytea",)),
 )
 #: The client read that brings the failure counts too (its text made at run time).
 _CLIENT_WITH_FAILURES = "cd_client_failures"
@@ -793,9 +794,13 @@ class PostgresMetadata:
         """The size of every file the client has stored, verified or not."""
         return int(self._read(_SUM_STORED_BYTES, client_id)[0][0])
 
-    def path_names(self, client_id: bytes) -> list[str]:
-        """The path names the client's rows point at."""
-        return [row[0] for row in self._read(_SELECT_PATH_NAMES, client_id)]
+    def file_row_and_path_names(
+        self, client_id: bytes, file_name: bytes
+    ) -> tuple[FileRow | None, list[str]]:
+        """The file's row, if any, and the path names the client's rows point at: one
+        round trip."""
+        rows = self._read(_SELECT_CLIENT_FILES, client_id)
+        return file_row_and_path_names(map(_file, rows), file_name)
 
     def upsert_file(
         self, client_id: bytes, file_name: bytes, path_name: str, blob_key: str | None = None
