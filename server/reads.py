@@ -34,6 +34,7 @@ from dataclasses import replace
 from typing import Collection, Iterator
 
 from .storage import Binding, ClientRow, FileRow, MetadataStore, RoundCommit
+from .storage.base import DurableStep
 
 
 class RequestReads:
@@ -85,7 +86,7 @@ class RequestReads:
     def flush(self) -> None:
         self.store.flush()
 
-    def begin_round_commit(self, *, durable: bool) -> RoundCommit | None:
+    def begin_round_commit(self, *, durable: bool) -> RoundCommit | DurableStep | None:
         return self.store.begin_round_commit(durable=durable)
 
     def finish_round(self, *, durable: bool) -> None:
