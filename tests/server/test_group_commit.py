@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -45,6 +46,7 @@ from server.app import App
 from server.errors import DurabilityLost, StorageFault
 from server.limits import Limits
 from server.loop import Server, create_listener
+from server.roundworker import RoundWorker
 from server.storage.folder import RECEIVED_DIR, FolderBlobs, client_dir_name
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
@@ -282,6 +284,53 @@ def test_first_uploads_in_one_round_share_its_sync_and_take_their_names_after_it
             if name == f"{identity.name}.bin".encode()
         ]
         assert (tmp_path / path_name).read_bytes() == data and verified == 0
+
+
+def _disk_calls_by_thread(monkeypatch) -> list[tuple[int, str, str]]:
+    """Note each fsync and rename the server makes: (thread, call, what it names)."""
+    calls: list[tuple[int, str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append((threading.get_ident(), "fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source, target, **options) -> None:
+        calls.append((threading.get_ident(), "rename", str(target)))
+        real_replace(source, target, **options)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_rounds_seals_sync_and_publishes_run_off_the_loop_thread_as_one_job(
+    two_clients, monkeypatch, tmp_path
+):
+    server, db, pairs = two_clients
+    calls = _disk_calls_by_thread(monkeypatch)
+    jobs = []
+    real_start = RoundWorker.start
+    monkeypatch.setattr(
+        RoundWorker, "start", lambda worker, job: (jobs.append(job), real_start(worker, job))
+    )
+    data = b"sealed off the loop" * 100
+    _send_files(pairs, data)
+    run_round(server)  # this thread is the loop's
+    for client, _identity in pairs:
+        answer = client.receive()
+        assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
+    received = str(tmp_path / RECEIVED_DIR)
+    blob_calls = [call for call in calls if call[2].startswith(received)]
+    # each file's seal, its rename into place and its folder's sync: none in the loop's
+    # thread, all in one job with the database's sync, a job for the round
+    assert len(blob_calls) == 3 * len(pairs), calls
+    assert {thread for thread, _, _ in calls} - {threading.get_ident()} == {
+        thread for thread, _, _ in calls
+    }, calls
+    assert len({thread for thread, _, _ in calls}) == 1 and len(jobs) == 1, (calls, jobs)
+    assert any(path.endswith("-wal") for _, _, path in calls)
 
 
 def test_a_first_upload_that_cannot_take_its_name_is_answered_1607_in_place_of_1603(
