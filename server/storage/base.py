@@ -250,9 +250,10 @@ class MetadataStore(Protocol):
 
     Writes happen inside :meth:`transaction`, each request's its own part of
     the round's transaction; the loop ends each round with
-    :meth:`begin_round_commit` and waits for the :class:`RoundCommit` it
-    returns through its selector, serving sockets meanwhile (durable before
-    the round's answers go out: group commit); :meth:`finish_round` is the
+    :meth:`begin_round_commit` and waits for what it returns through its
+    selector (a :class:`RoundCommit`, or a :class:`DurableStep` its round
+    worker runs), serving sockets meanwhile (durable before the round's
+    answers go out: group commit); :meth:`finish_round` is the
     same, waited for, and :meth:`sync` makes what is written so far durable
     at once. Stamps noted with
     :meth:`note_seen` and :meth:`note_key_used` ride along with the next
