@@ -55,15 +55,19 @@ class _Shared:
         self.wake_w.close()
 
 
+def _run(job: Callable[[], None]) -> None:
+    try:
+        job()
+    except Exception:  # a bug: the job's own outcome says what is left undone
+        log.exception("unexpected error in a round's storage job")
+
+
 def _work(shared: _Shared) -> None:
     while True:
         job = shared.jobs.get()
         if job is None:
             return
-        try:
-            job()
-        except Exception:  # a bug: the job's own outcome says what is left undone
-            log.exception("unexpected error in a round's storage job")
+        _run(job)
         try:
             shared.wake_w.send(b"\0")
         except OSError:  # closed meanwhile: nobody waits any more
@@ -86,9 +90,14 @@ class RoundWorker:
         """Run ``job`` in the thread (the one before it is done: :meth:`finished`).
 
         ``job`` keeps its own outcome; an exception it lets out is logged.
+        After :meth:`close`, the job runs here, at once.
         """
         shared = self._shared
         shared.finished.clear()
+        if shared.closed:
+            _run(job)
+            shared.finished.set()
+            return
         if shared.thread is None:
             shared.thread = threading.Thread(
                 target=_work, args=(shared,), name="round-storage", daemon=True
@@ -102,6 +111,8 @@ class RoundWorker:
         shared = self._shared
         if not shared.finished.is_set():
             return False
+        if shared.closed:
+            return True
         try:
             shared.wake_r.recv(_WAKE_READ)
         except (BlockingIOError, InterruptedError):

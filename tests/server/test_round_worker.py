@@ -19,6 +19,7 @@ import pytest
 from helpers import RawClient, make_identity, upload
 from loop_driving import PATIENCE, TURN_PAUSE, served_in_a_thread
 from protocol import FileReceived, cksum
+from server.roundworker import RoundWorker
 from server.storage.folder import RECEIVED_DIR, FolderBlobs
 
 #: How long each fsync of the folder store takes in the test: far more than an accept.
@@ -73,3 +74,15 @@ def test_the_loop_accepts_while_a_blob_is_synced(tmp_path, monkeypatch):
     assert len(syncs) == 2, syncs
     (seal_began, seal_ended), _publish = syncs
     assert seal_began < accepted < seal_ended, (accepted, syncs)
+
+
+def test_a_job_after_the_workers_close_runs_at_once():
+    """The server's stop closes the worker; a round ended after it (a tool's, a test's)
+    must not wait for a thread that is gone."""
+    worker = RoundWorker()
+    ran: list[int] = []
+    worker.start(lambda: ran.append(threading.get_ident()))
+    _wait(worker.finished)
+    worker.close()
+    worker.start(lambda: ran.append(threading.get_ident()))
+    assert worker.finished() and ran[1] == threading.get_ident() != ran[0]
