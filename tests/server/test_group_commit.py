@@ -47,7 +47,7 @@ from server.errors import DurabilityLost, StorageFault
 from server.limits import Limits
 from server.loop import Server, create_listener
 from server.roundworker import RoundWorker
-from server.storage.folder import RECEIVED_DIR, FolderBlobs, client_dir_name
+from server.storage.folder import RECEIVED_DIR, FolderBlobs, TempFile, client_dir_name
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 #: A payload size the server will not read past: it answers 1607 and closes.
@@ -499,6 +499,37 @@ def test_a_version_confirmed_in_the_round_of_the_names_first_upload_is_the_one_s
     assert syncs == ["sync"]
     answers = [client.receive() for _ in range(3)]
     assert [type(answer) for answer in answers] == [FileReceived, FileReceived, Acknowledged]
+    run_round(server)
+    ((path_name, verified),) = _rows_seen_by_another_connection(db.path).values()
+    assert (tmp_path / path_name).read_bytes() == second and verified == 1
+
+
+def test_a_version_confirmed_in_the_round_that_completed_it_is_sealed_before_its_swap(
+    keyed_client, tmp_path, monkeypatch
+):
+    """A round's blobs are sealed at its end, but a pending version's 900 in the same
+    round swaps the row's pointers to it before that: it is sealed first, at once."""
+    server, db, client, identity = keyed_client
+    first, second = b"version one " * 50, b"version two " * 60
+    for packet in file_packets(identity, "same.bin", first, WHOLE_FILE):
+        client.send(packet)
+    run_until(server, lambda: bytes_waiting(client) > 0)
+    assert isinstance(client.receive(), FileReceived)  # v1 stored, v2 will be pending
+    steps = []
+    real_seal, real_promote = TempFile.seal, db.promote_pending
+    monkeypatch.setattr(TempFile, "seal", lambda temp: (steps.append("seal"), real_seal(temp)))
+    monkeypatch.setattr(db, "promote_pending", lambda *row: (
+        steps.append("swap"), real_promote(*row)))
+    burst = b"".join(
+        packet_bytes(packet) for packet in file_packets(identity, "same.bin", second, WHOLE_FILE)
+    )
+    burst += client.conn.send(CrcOk(client_id=identity.client_id, file_name="same.bin"))
+    client.send_raw(burst)  # v2 and its 900, in one round
+    time.sleep(0.1)
+    run_round(server)
+    assert steps == ["seal", "swap"]
+    answers = [client.receive() for _ in range(2)]
+    assert [type(answer) for answer in answers] == [FileReceived, Acknowledged]
     run_round(server)
     ((path_name, verified),) = _rows_seen_by_another_connection(db.path).values()
     assert (tmp_path / path_name).read_bytes() == second and verified == 1
