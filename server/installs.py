@@ -380,8 +380,9 @@ class RoundInstalls:
             self._owed_timer = self._timers.call_later(OWED_PUBLISH_RETRY, self._retry_owed)
 
     def _retry_owed(self) -> None:
-        """Publish each owed confirmed version again (its swap is durable); keep what fails,
-        and what cannot be checked now (its row unreadable).
+        """Publish each owed confirmed version again (its swap is durable), as a round's
+        publishes are (off the loop thread); keep what cannot be checked now (its row
+        unreadable). One that fails is owed again.
 
         A version no longer the row's (a later one was confirmed, or the
         client was deleted) is not published: it is garbage, left to the
@@ -401,25 +402,15 @@ class RoundInstalls:
             if row is None or row.blob_key != entry.writer.key:
                 del self._owed[upload]
                 continue
-            if isinstance(entry.writer, QueuedWriter):  # in the port's worker
-                del self._owed[upload]
-                self._publish_later(entry, entry.writer, set())
-                continue
-            try:
-                commit.publish_confirmed(self._blobs, entry.writer, entry.path_name)
-            except StorageFault as exc:
-                log.warning(
-                    "%s: file %s of client %s: its confirmed version is still not stored: %s;"
-                    " retried in %.0f s", upload.address, quoted(upload.file_name),
-                    upload.client_id.hex(), exc, OWED_PUBLISH_RETRY,
-                )
-                continue
             del self._owed[upload]
             log.warning(
-                "%s: stored file %s of client %s overwritten by its confirmed new version"
-                " at last (%d bytes)", upload.address, entry.path_name,
-                upload.client_id.hex(), entry.size,
+                "%s: file %s of client %s: its confirmed version is published again",
+                upload.address, quoted(upload.file_name), upload.client_id.hex(),
             )
+            if isinstance(entry.writer, QueuedWriter):  # in the port's worker
+                self._publish_later(entry, entry.writer, set())
+            else:  # in this round's job (it fails: owed again)
+                self._to_install.append(entry)
         if self._owed:
             self._arm_owed()
 
