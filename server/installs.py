@@ -111,7 +111,8 @@ class RoundInstalls:
         #: The level of a line about an upload (its address group's log budget).
         self._log_level = log_level
         #: Blobs whose rows are in the round, in order: each is published once
-        #: the round is durable (:meth:`install_first_uploads`).
+        #: the round is durable (the round's job, :meth:`begin_round`; the blob
+        #: port's, :meth:`install_first_uploads`).
         self._to_install: list[_Publish] = []
         #: Uploads of the round that could not be published.
         self._install_failed: set[_Publish | _Seal | _Sealing] = set()
@@ -163,10 +164,11 @@ class RoundInstalls:
         return self._job
 
     def round_committed(self) -> AbstractSet[InstallTicket]:
-        """The round's commit is done: publish its blobs if it was durable.
+        """The round's commit is done, its job's seals and publishes too: act on what failed,
+        and hand the blob port's publishes to it (a store with slow writes).
 
-        Returns the tickets of the files that could not be published: their
-        answers become 1607 (:meth:`Session.release`).
+        Returns the tickets of the files that could not be sealed or
+        published: their answers become 1607 (:meth:`Session.release`).
         """
         job, self._job = self._job, None
         try:
@@ -294,11 +296,11 @@ class RoundInstalls:
         return bool(self._to_install or self._to_seal)
 
     def install_first_uploads(self) -> AbstractSet[InstallTicket]:
-        """The round is durable: publish each waiting blob, in order.
+        """The round is durable: hand each blob still waiting to the blob port, in order.
 
-        Returns the tickets of the files that could not be published (each
-        first upload's row is removed, each upload forgotten): their answers
-        must not go out.
+        Returns the tickets of the files that could not be sealed or
+        published (each first upload's row is removed, each upload
+        forgotten): their answers must not go out.
         """
         self._install_waiting()
         failed, self._install_failed = self._install_failed, set()
