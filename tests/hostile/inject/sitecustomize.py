@@ -17,8 +17,9 @@ call, so a test arms and disarms faults while the server runs:
 * ``{"temp_name": "abc"}``: the next blob keys are ``abc``, so the next temp
   files are named ``.tmp-abc`` (a local attacker who guessed the random
   name, HOSTILE E4);
-* ``{"db": "readonly"}``: the server's SQLite connection is swapped for a
-  read-only one (``mode=ro``) until the control says otherwise.
+* ``{"db": "readonly"}``: the server's SQLite connection refuses every write
+  (``PRAGMA query_only``: "attempt to write a readonly database"), its TEMP
+  counts and functions kept, until the control says otherwise.
 
 Only the server's own modules are patched, never the test process.
 """
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 
 _CONTROL = os.environ.get("CIPHERDROP_FAULTS")
 _WAL_SUFFIX = "-wal"
@@ -158,15 +158,7 @@ def _install() -> None:
 
     def transaction(self):
         readonly = _faults().get("db") == "readonly"
-        if readonly and not hasattr(self, "_writable"):
-            self._writable = self._db
-            self._db = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, isolation_level=None
-            )
-        elif not readonly and hasattr(self, "_writable"):
-            self._db.close()
-            self._db = self._writable
-            del self._writable
+        self._db.execute(f"PRAGMA query_only = {int(readonly)}")
         return real_transaction(self)
 
     SqliteMetadata.transaction = transaction
