@@ -42,7 +42,6 @@ from typing import Collection, Iterator
 
 from .storage import Binding, ClientRow, FileRow, MetadataStore, RoundCommit
 from .storage.coordination import ClientReadWithFailures, FailureCounts
-from .storage.base import DurableStep
 
 
 class RequestReads:
@@ -103,7 +102,7 @@ class RequestReads:
     def flush(self) -> None:
         self.store.flush()
 
-    def begin_round_commit(self, *, durable: bool) -> RoundCommit | DurableStep | None:
+    def begin_round_commit(self, *, durable: bool) -> RoundCommit | None:
         return self.store.begin_round_commit(durable=durable)
 
     def finish_round(self, *, durable: bool) -> None:
