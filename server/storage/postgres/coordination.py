@@ -46,9 +46,10 @@ counts the waited ones, :attr:`PgCoordination.unanswered` the others
 A call that fails raises :class:`~server.errors.StorageFault`; a broken
 connection is made again in a worker thread, never the loop's
 (server/storage/postgres/reconnect.py), begun as soon as the loss is seen
-(else by the next call), and used by the first call after it is made (the name lock and the leadership are
-then asked for again); meanwhile calls fail at once, and after a failed
-attempt the next begins no sooner than :data:`RECONNECT_DELAY` later.
+(else by the next call), and used by the first call after it is made (the
+name lock and the leadership are then asked for again); meanwhile calls
+fail at once, and after a failed attempt the next begins no sooner than
+:data:`RECONNECT_DELAY` later.
 """
 
 from __future__ import annotations
