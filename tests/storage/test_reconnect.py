@@ -32,7 +32,7 @@ class Attempts:
         self.started += 1
         assert self._go.wait(PATIENCE)
         try:
-            if isinstance(self._outcome, StorageFault):
+            if isinstance(self._outcome, Exception):
                 raise self._outcome
             return self._outcome
         finally:
@@ -103,3 +103,22 @@ def test_a_connection_made_after_the_owner_closed_is_discarded():
     assert discarded == [connection]
     reconnection.start(attempts.make)  # closed: no attempt any more
     assert attempts.started == 1
+
+
+def test_a_surprise_in_the_attempt_is_a_failed_attempt_with_its_reason_and_no_traceback(capsys):
+    attempts = Attempts()
+    reconnection: Reconnection[object] = Reconnection("database", LONG_INTERVAL, list.append)
+    reconnection.start(attempts.make)
+    attempts.end(KeyError("sslmode"))  # not a StorageFault: a library's own surprise
+    given_up = time.monotonic() + PATIENCE
+    while True:
+        with pytest.raises(StorageFault) as refused:
+            reconnection.take(attempts.make)
+        if "connecting again" not in str(refused.value):
+            break
+        assert time.monotonic() < given_up
+        time.sleep(POLL)
+    assert str(refused.value) == (
+        "database: unreachable (unexpected KeyError: 'sslmode'), trying again shortly"
+    )
+    assert "Traceback" not in capsys.readouterr().err

@@ -107,6 +107,8 @@ class Reconnection(Generic[Connection]):
             made = make()
         except StorageFault as exc:
             failure = str(exc)
+        except Exception as exc:  # a surprise in the worker is a failed attempt, told in one line
+            failure = f"unexpected {type(exc).__name__}: {exc}"
         finally:
             with self._lock:
                 abandoned = self._closed
