@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import psycopg
 import pytest
 
-from helpers import ANY_ID, server_env
-from protocol import Register, Registered
+from helpers import ANY_ID, raw_header, server_env, unique_name
+from protocol import ConnectionClosed, GeneralError, Register, Registered
 from server.storage.postgres import schema
 from backends.postgres import SUPERUSER
+from backends.relay import Relay
 from test_admin import admin, no_traceback, verified_upload
 
 pytestmark = pytest.mark.needed_in_ci
@@ -132,9 +134,12 @@ def test_admin_on_a_database_without_the_schema_is_refused(tmp_path, postgres_ur
     no_traceback(result)
 
 
-#: Attempts at a whole session after the database came back (the first may find the
-#: connection lost: refused with 1607, or closed unanswered).
-SESSIONS_AFTER_RESTART = 5
+#: Seconds the test tries whole sessions after the database came back (the first may find
+#: the connection lost: refused with 1607, or closed unanswered; those while the server
+#: connects again, off its loop thread, are refused at once).
+RESTART_PATIENCE = 60.0
+#: Seconds between two sessions meanwhile.
+SESSION_POLL = 0.05
 
 
 def test_the_server_serves_again_by_itself_after_the_database_restarts(
@@ -144,17 +149,82 @@ def test_the_server_serves_again_by_itself_after_the_database_restarts(
     before = verified_upload(server, "before", {"a.txt": b"answered before the restart"})
     postgres_cluster.restart()  # fast: the server's connection is cut
     failures = []
-    for attempt in range(SESSIONS_AFTER_RESTART):
+    given_up = time.monotonic() + RESTART_PATIENCE
+    while True:
         try:
-            verified_upload(server, f"after{attempt}", {"b.txt": b"after"})
+            verified_upload(server, f"after{len(failures)}", {"b.txt": b"after"})
             break
         except (AssertionError, OSError) as exc:  # a refusal, or a connection closed unanswered
             failures.append(exc)
-    else:
-        pytest.fail(f"no session succeeded after the restart: {failures}")
+        if time.monotonic() > given_up:
+            pytest.fail(f"no session succeeded after the restart: {failures}")
+        time.sleep(SESSION_POLL)
     assert server.process.poll() is None
     log = server.log()
     assert "database: the connection is lost" in log and "Traceback" not in log
     with psycopg.connect(postgres_url) as db:  # what was answered before is there
         assert db.execute("SELECT Verified FROM files WHERE ID = %s",
                           (before.client_id,)).fetchall() == [(True,)]
+
+
+#: The store's connect_timeout in the held database's URL: far longer than the test's wait
+#: for an answer, so that a loop waiting on that connect shows.
+HELD_CONNECT_TIMEOUT = 60
+#: Seconds the test polls for the server to serve again once the database answers again.
+RESUME_PATIENCE = 60.0
+#: Seconds between two tries meanwhile.
+RESUME_POLL = 0.05
+#: A request code no edition has: answered by its header alone, no database needed.
+UNKNOWN_CODE = 999
+
+
+def _registered_once(server) -> bool:
+    """One fresh client's 825: whether it was registered (else refused, or closed)."""
+    try:
+        with server.client() as client:
+            return isinstance(client.request(Register(client_id=ANY_ID, name=unique_name())),
+                              Registered)
+    except OSError:  # closed before the answer
+        return False
+
+
+def test_a_database_that_stops_answering_holds_no_other_connection_and_service_resumes(
+    server_factory, postgres_cluster, postgres_url
+):
+    """The database's host stops answering (tests/backends/relay.py holds every new
+    connection unanswered): a request that needs the database is refused at once, and
+    one that needs none is answered while the server's connection attempt is still
+    waiting for the database's reply (made again off the loop thread: the loop never
+    waits for libpq's connect); once the database answers again, the server serves again
+    by itself."""
+    relay = Relay(("127.0.0.1", postgres_cluster.port))
+    try:
+        held_url = (postgres_url.replace(f":{postgres_cluster.port}/", f":{relay.port}/")
+                    + f"?connect_timeout={HELD_CONNECT_TIMEOUT}")
+        server = server_factory("--metadata", held_url)
+        assert _registered_once(server)
+        relay.hold()  # every connection to the database cut, new ones left unanswered
+        with server.client() as found_lost:
+            answer = found_lost.request(Register(client_id=ANY_ID, name=unique_name()))
+            assert not isinstance(answer, Registered), answer
+        with server.client() as while_connecting:
+            while_connecting.send(Register(client_id=ANY_ID, name=unique_name()))
+            given_up = time.monotonic() + RESUME_PATIENCE
+            while not relay.held_open():  # the server is connecting again, held
+                assert time.monotonic() < given_up, "the server never connected again"
+                time.sleep(RESUME_POLL)
+            with server.client() as unknown:
+                unknown.send_raw(raw_header(UNKNOWN_CODE, 0))
+                assert isinstance(unknown.receive(), (GeneralError, ConnectionClosed))
+            assert relay.held_open(), "answered only once the connect had given up"
+            assert not isinstance(while_connecting.receive(), Registered)  # refused at once
+        relay.forward()  # the database answers again
+        given_up = time.monotonic() + RESUME_PATIENCE
+        while not _registered_once(server):
+            assert time.monotonic() < given_up, "the server never served again"
+            time.sleep(RESUME_POLL)
+        assert server.process.poll() is None
+        log = server.log()
+        assert "database: connected again" in log and "Traceback" not in log
+    finally:
+        relay.close()

@@ -31,6 +31,8 @@ HOUR = 3600.0
 LEASE = 30.0
 #: How long the real-clock case waits at most for a short lease to lapse.
 LAPSE_WAIT = 30.0
+#: Seconds between two calls while the coordination connects again.
+RECONNECT_POLL = 0.01
 
 
 def lease(client_id: bytes, file_name: bytes) -> UploadLease:
@@ -573,14 +575,57 @@ def test_an_unreachable_database_fails_calls_at_once_between_attempts(postgres_u
 
     a = PgCoordination(postgres_url, "a", LEASE)
     try:
-        a._drop_connection()
         a._conninfo = "host=127.0.0.1 port=1 dbname=none"  # the database went away
-        with pytest.raises(StorageFault, match="cannot connect"):
-            a.take_upload(lease(ALICE, b"f.bin"))
-        with pytest.raises(StorageFault, match="a moment ago"):  # no new attempt yet
-            a.take_upload(lease(ALICE, b"f.bin"))
+        a._drop_connection()  # found lost: connecting again begins
+        given_up = time.monotonic() + LAPSE_WAIT
+        while True:  # refused at once while the attempt is under way, then with its failure
+            with pytest.raises(StorageFault) as refused:
+                a.take_upload(lease(ALICE, b"f.bin"))
+            if "connecting again" not in str(refused.value):
+                break
+            assert time.monotonic() < given_up, "the attempt to connect again never ended"
+            time.sleep(RECONNECT_POLL)
+        assert "cannot connect" in str(refused.value) and "trying again" in str(refused.value)
     finally:
         a.close()
+
+
+@pytest.mark.needed_in_ci
+def test_a_call_while_the_coordination_connects_again_is_refused_at_once(
+    postgres_url, postgres_cluster
+):
+    """The database's host stops answering (tests/backends/relay.py holds new connections
+    unanswered): the connection is made again in a thread of its own, so that a call
+    meanwhile is refused at once rather than waiting on libpq's connect (in the server,
+    the loop would wait); once the host answers again, calls are served again."""
+    from backends.relay import Relay
+
+    from server.errors import StorageFault
+    from server.storage.postgres.coordination import PgCoordination
+
+    relay = Relay(("127.0.0.1", postgres_cluster.port))
+    a = PgCoordination(postgres_url, "a", LEASE)
+    try:
+        relay.hold()
+        a._conninfo = postgres_url.replace(f":{postgres_cluster.port}/", f":{relay.port}/")
+        a._drop_connection()  # the connection is lost
+        with pytest.raises(StorageFault, match="connecting again"):
+            a.take_upload(lease(ALICE, b"f.bin"))
+        given_up = time.monotonic() + LAPSE_WAIT
+        while not relay.held_open():  # the attempt waits for the database's reply
+            assert time.monotonic() < given_up, "no attempt to connect again"
+            time.sleep(RECONNECT_POLL)
+        relay.forward()  # the host answers again: the held attempt fails, the next goes through
+        while True:
+            try:
+                assert a.take_upload(lease(ALICE, b"f.bin"))
+                break
+            except StorageFault:
+                assert time.monotonic() < given_up, "never served again"
+                time.sleep(RECONNECT_POLL)
+    finally:
+        a.close()
+        relay.close()
 
 
 @pytest.mark.needed_in_ci

@@ -8,6 +8,7 @@ binaries, but not in CI.
 from __future__ import annotations
 
 import selectors
+import threading
 import time
 
 import psycopg
@@ -177,6 +178,35 @@ def kill_the_stores_backend(observer) -> None:
     assert killed == [(True,)]
 
 
+#: Seconds a test waits for the store's connection to be made again (in a thread of its own).
+RECONNECT_PATIENCE = 30.0
+#: Seconds between two calls meanwhile.
+RECONNECT_POLL = 0.01
+
+
+def attempt_over(store: PostgresMetadata) -> StorageFault | None:
+    """Call the store until its attempt to connect again is over: None once it serves,
+    else the refusal that says why the attempt failed."""
+    given_up = time.monotonic() + RECONNECT_PATIENCE
+    while True:
+        try:
+            store.count_clients()
+            return None
+        except StorageFault as exc:
+            if "connecting again" not in str(exc):
+                return exc
+        assert time.monotonic() < given_up, "the attempt to connect again never ended"
+        time.sleep(RECONNECT_POLL)
+
+
+def until_connected(store: PostgresMetadata) -> None:
+    """Wait for the store to serve again (its connection made again off this thread)."""
+    given_up = time.monotonic() + RECONNECT_PATIENCE
+    while attempt_over(store) is not None:
+        assert time.monotonic() < given_up, "the store never connected again"
+        time.sleep(RECONNECT_POLL)
+
+
 def test_a_killed_backend_loses_the_round_and_the_store_serves_again(store, observer):
     register(store, ALICE, "alice")
     store.finish_round(durable=True)
@@ -187,7 +217,8 @@ def test_a_killed_backend_loses_the_round_and_the_store_serves_again(store, obse
         assert commit is not None
         complete_polled(commit)
     assert names(observer) == ["alice"]  # bob's round is lost, unanswered
-    register(store, BOB, "bob")  # connects again by itself
+    until_connected(store)  # connects again by itself
+    register(store, BOB, "bob")
     store.finish_round(durable=True)
     assert names(observer) == ["alice", "bob"]
 
@@ -200,6 +231,7 @@ def test_a_backend_killed_mid_round_fails_the_round_at_its_end(store, observer):
     with pytest.raises(StorageFault):  # alice's writes went with the connection
         store.finish_round(durable=True)
     assert names(observer) == []
+    until_connected(store)
     register(store, ALICE, "alice")
     store.finish_round(durable=True)
     assert names(observer) == ["alice"]
@@ -251,12 +283,9 @@ def test_a_database_that_refuses_is_unusable_with_the_reason(postgres_cluster):
         PostgresMetadata.open(url)
 
 
-def test_a_database_away_is_tried_once_per_interval_and_used_again_when_back(
-    store, observer, postgres_cluster, monkeypatch
+def test_a_database_away_is_refused_with_the_reason_and_used_again_when_back(
+    store, observer, postgres_cluster
 ):
-    from server.storage.postgres import store as store_module
-
-    monkeypatch.setattr(store_module, "RECONNECT_INTERVAL", 0.2)
     register(store, ALICE, "alice")
     store.finish_round(durable=True)
     database = observer.execute("SELECT current_database()").fetchone()[0]
@@ -266,13 +295,12 @@ def test_a_database_away_is_tried_once_per_interval_and_used_again_when_back(
     try:
         with pytest.raises(StorageFault, match="terminating connection"):  # found lost
             store.client_by_id(ALICE)
-        with pytest.raises(StorageFault, match="not currently accepting connections"):
-            store.client_by_id(ALICE)
-        with pytest.raises(StorageFault, match="trying again shortly"):  # no new attempt yet
-            store.client_by_id(ALICE)
+        refusal = str(attempt_over(store))
+        assert "not currently accepting connections" in refusal, refusal
+        assert "trying again shortly" in refusal, refusal
     finally:
         postgres_cluster.sql(allow.format(database, "true"))
-    time.sleep(0.3)
+    until_connected(store)
     assert store.client_by_id(ALICE).name == "alice"
 
 
@@ -354,45 +382,65 @@ def test_a_commit_the_database_leaves_unanswered_is_given_up_and_the_store_serve
         waiting.join()
     assert len(given_up) == 1 and isinstance(given_up[0], StorageFault), given_up
     assert "did not answer" in str(given_up[0])
-    register(store, BOB, "bob")  # connects again by itself
+    until_connected(store)  # connects again by itself
+    register(store, BOB, "bob")
     store.finish_round(durable=True)
     assert "bob" in names(observer)
 
 
-#: Seconds between attempts in the test, shorter than one attempt takes (as 1 s is beside a
-#: blackholed host's connect_timeout of 5 s).
+#: Seconds between attempts in the test.
 SHORT_RECONNECT_INTERVAL = 0.2
-SLOW_ATTEMPT = 2 * SHORT_RECONNECT_INTERVAL
+#: Seconds the test's attempt waits at most for the test to let it fail (a host that does
+#: not answer: libpq's connect waits its whole connect_timeout).
+HELD_ATTEMPT = 10.0
 
 
-def test_an_attempt_slower_than_the_interval_still_waits_an_interval_before_the_next(
-    store, observer, monkeypatch
+def test_a_call_while_connecting_again_is_refused_at_once_and_the_next_attempt_waits(
+    postgres_url, observer, monkeypatch
 ):
-    """The interval counts from the end of a failed attempt: counted from its start, an
-    attempt that waits its connect_timeout lets the next request try again at once, and
-    the loop waits on connection attempts back to back while the database is away."""
+    """The connection is made again in a thread of its own, begun as the loss is seen: a
+    call meanwhile is refused at once rather than waiting on the attempt (in the server,
+    the loop serves every other connection meanwhile). After a failed attempt the next
+    waits the interval, counted from the failure: counted from its start, an attempt
+    that waited its connect_timeout would be followed by another at once."""
     from server.errors import StoreUnusable
     from server.storage.postgres import store as store_module
 
     monkeypatch.setattr(store_module, "RECONNECT_INTERVAL", SHORT_RECONNECT_INTERVAL)
-    attempts = []
+    store = PostgresMetadata.open(postgres_url)
+    started: list[float] = []
+    failed: list[float] = []
+    let_fail = threading.Event()
 
     def connect(conninfo: str):
-        attempts.append(conninfo)
-        time.sleep(SLOW_ATTEMPT)  # a host that does not answer: the attempt times out
+        started.append(time.monotonic())
+        let_fail.wait(HELD_ATTEMPT)  # a host that does not answer
+        failed.append(time.monotonic())
         raise StoreUnusable("cannot use the database: timeout expired")
 
-    register(store, ALICE, "alice")
-    store.finish_round(durable=True)
-    kill_the_stores_backend(observer)
-    with pytest.raises(StorageFault, match="terminating connection"):  # found lost
-        store.client_by_id(ALICE)
-    monkeypatch.setattr(store_module, "connect", connect)
-    with pytest.raises(StorageFault, match="timeout expired"):
-        store.client_by_id(ALICE)
-    with pytest.raises(StorageFault, match="trying again shortly"):  # no new attempt yet
-        store.client_by_id(ALICE)
-    assert len(attempts) == 1
+    try:
+        register(store, ALICE, "alice")
+        store.finish_round(durable=True)
+        monkeypatch.setattr(store_module, "connect", connect)
+        kill_the_stores_backend(observer)
+        with pytest.raises(StorageFault, match="terminating connection"):  # found lost
+            store.client_by_id(ALICE)
+        with pytest.raises(StorageFault, match="connecting again"):
+            store.client_by_id(ALICE)
+        assert failed == []  # refused while the attempt still waits
+        while time.monotonic() - started[0] < 2 * SHORT_RECONNECT_INTERVAL:
+            time.sleep(RECONNECT_POLL)  # the attempt lasts longer than the interval
+        let_fail.set()
+        assert "timeout expired" in str(attempt_over(store))
+        given_up = time.monotonic() + RECONNECT_PATIENCE
+        while len(failed) < 2:  # the next attempt (failing at once now)
+            assert time.monotonic() < given_up, "no attempt after the interval"
+            attempt_over(store)
+            time.sleep(RECONNECT_POLL)
+        assert started[1] - failed[0] >= SHORT_RECONNECT_INTERVAL
+    finally:
+        let_fail.set()
+        store.close()
 
 
 def test_a_requests_reads_are_prepared_once_per_connection(store):

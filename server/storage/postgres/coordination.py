@@ -44,10 +44,12 @@ counts the waited ones, :attr:`PgCoordination.unanswered` the others
 (bench/sessions.py, at the close).
 
 A call that fails raises :class:`~server.errors.StorageFault`; a broken
-connection is opened again at the next call (the leadership is then asked
-for again), but not within :data:`RECONNECT_DELAY` of a failed attempt:
-meanwhile calls fail at once, so that a database that is down costs the
-loop one connection timeout per delay, not one per call.
+connection is made again in a worker thread, never the loop's
+(server/storage/postgres/reconnect.py), begun as soon as the loss is seen
+(else by the next call), and used by the first call after it is made (the
+name lock and the leadership are then asked for again); meanwhile calls
+fail at once, and after a failed attempt the next begins no sooner than
+:data:`RECONNECT_DELAY` later.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from ..coordination import (
     REGISTRATION, UPLOAD, ClientReadWithFailures, FailureCounts, UploadLease, upload_key,
 )
 from .connect import liveness
+from .reconnect import Reconnection
 
 try:
     import psycopg
@@ -90,11 +93,12 @@ NODE_LOCKS = 0x63645F6E  # "cd_n"
 NAME_WAIT = 5.0
 #: Seconds between two attempts at that lock.
 NAME_RETRY = 0.1
-#: Seconds to connect, and that one call may take, before it fails (the loop waits meanwhile).
+#: Seconds to connect (a start-up waits meanwhile; a reconnection's thread, not the loop, later).
 CONNECT_TIMEOUT = 2
+#: Milliseconds one call may take before it fails (the loop waits meanwhile).
 STATEMENT_TIMEOUT_MS = 2000
-#: Seconds after a failed connection during which calls fail at once rather
-#: than each wait for a connection of its own.
+#: Seconds after a failed attempt to connect again before the next begins (calls
+#: fail at once meanwhile).
 RECONNECT_DELAY = 1.0
 #: Bytes of the digest that stands for an AES key in the failure counts.
 KEY_TAG_SIZE = 16
@@ -304,8 +308,10 @@ class PgCoordination:
         #: The second number of this node's lock (``coordination_nodes``).
         self._number = 0
         self._connection: Any = None
-        #: No connection is attempted before this (``time.monotonic``).
-        self._next_attempt = 0.0
+        #: A lost connection is made again off the loop thread.
+        self._reconnection: Reconnection[Any] = Reconnection(
+            "coordination", RECONNECT_DELAY, _discard
+        )
         #: A statement sent without waiting whose answer is still to be read.
         self._unanswered = False
         #: The statements prepared on the connection (:class:`_Prepared`).
@@ -314,7 +320,7 @@ class PgCoordination:
         self.round_trips = 0
         self.unanswered = 0
         try:
-            connection = self._connect()
+            connection = self._connection = self._open_connection()
             with connection.transaction():
                 for statement in _SCHEMA:
                     connection.execute(statement, {"lock": SCHEMA_LOCK, "version": VERSION})
@@ -368,22 +374,35 @@ class PgCoordination:
         return self._named
 
     def _connect(self) -> Any:
+        """The connection; if it was lost, the one made again in the reconnection's
+        thread, once there is one.
+
+        Raises:
+            StorageFault: none is made yet (an attempt is under way, or the database
+                could not be reached).
+        """
         if self._connection is None or self._connection.closed:
             self._leader = False
             self._named = False
             self._prepared.clear()
-            if time.monotonic() < self._next_attempt:
-                raise StorageFault("the database was unreachable a moment ago")
-            try:
-                self._connection = psycopg.connect(
-                    self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                    **liveness(self._conninfo, _SETTINGS),
-                    application_name=f"cipherdrop coordination {self.node}"[:63],
-                )
-            except psycopg.Error as exc:
-                self._next_attempt = time.monotonic() + RECONNECT_DELAY
-                raise StorageFault(f"cannot connect to the database: {_reason(exc)}") from exc
+            self._connection = self._reconnection.take(self._open_connection)
         return self._connection
+
+    def _open_connection(self) -> Any:
+        """A new connection (at the start, or in the reconnection's thread: it touches no
+        state of this object).
+
+        Raises:
+            StorageFault: the database cannot be reached, or refuses.
+        """
+        try:
+            return psycopg.connect(
+                self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                **liveness(self._conninfo, _SETTINGS),
+                application_name=f"cipherdrop coordination {self.node}"[:63],
+            )
+        except psycopg.Error as exc:
+            raise StorageFault(f"cannot connect to the database: {_reason(exc)}") from exc
 
     def _execute(self, statement: str, values: Mapping[str, object]) -> Sequence[Any] | None:
         """One statement, one round trip: its first row, if any.
@@ -505,12 +524,15 @@ class PgCoordination:
             )
 
     def _drop_connection(self) -> None:
+        """The connection is closed (lost, or at the close): unless this is the close, it
+        begins to be made again at once, so that it is there, or being made, at the next call."""
         self._leader = False
         self._named = False
         self._unanswered = False
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+        self._reconnection.start(self._open_connection)
 
     def _lease_values(self, kind: str, key: bytes, blob: str | None = None) -> dict[str, object]:
         return {"kind": kind, "key": key, "node": self.node, "lease": self._lease, "blob": blob}
@@ -621,6 +643,7 @@ class PgCoordination:
 
     def close(self) -> None:
         """Let go of this node's holds, leases and leadership (closing its connection)."""
+        self._reconnection.close()
         if self._connection is None or self._connection.closed:
             return
         try:
@@ -634,6 +657,11 @@ class PgCoordination:
             "coordination: %d round trip(s), %d statement(s) sent without waiting since start",
             self.round_trips, self.unanswered,
         )
+
+
+def _discard(connection: Any) -> None:
+    """Close a connection made again for a coordination that closed meanwhile."""
+    connection.close()
 
 
 def _reason(exc: BaseException) -> str:

@@ -27,15 +27,16 @@ out at once, with the writes queued before it. :attr:`PostgresMetadata.round_tri
 :attr:`~PostgresMetadata.statements` count them (bench/sessions.py).
 
 A lost connection loses the round under way (the loop closes its
-connections unanswered); the next request connects again (one attempt per
-:data:`RECONNECT_INTERVAL`), and fails with
-:class:`~server.errors.StorageFault` while the database stays away.
+connections unanswered), and is made again in a worker thread, never the
+loop's (server/storage/postgres/reconnect.py): the attempt begins as soon as
+the loss is seen, then at most once per :data:`RECONNECT_INTERVAL` while
+the database stays away; until a connection is made, every call fails at
+once with :class:`~server.errors.StorageFault`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Sequence
@@ -51,6 +52,7 @@ from . import schema
 from ..urltext import without_password
 from .connect import connect, fault, reason
 from .literals import Binder
+from .reconnect import Reconnection
 from .roundcommit import PgRoundCommit
 
 log = logging.getLogger(__name__)
@@ -265,9 +267,10 @@ class PostgresMetadata:
         self._round_lost: str | None = None
         self._commit: PgRoundCommit | None = None
         self._closed = False
-        #: No new connection is tried before this (time.monotonic()), after one failed.
-        self._retry_at = 0.0
-        self._unreachable = False
+        #: A lost connection is made again off the loop thread.
+        self._reconnection: Reconnection[psycopg.Connection] = Reconnection(
+            "database", RECONNECT_INTERVAL, _discard
+        )
         #: Binds a batch's parameters for one message, by the quoting rules of its connection.
         self._binder: Binder | None = None
         self._binder_of: psycopg.Connection | None = None
@@ -323,11 +326,13 @@ class PostgresMetadata:
     # -- the connection ------------------------------------------------------------
 
     def _live(self) -> psycopg.Connection:
-        """The connection; made again if it was lost (the round it carried is lost with it).
+        """The connection; if it was lost (the round it carried is lost with it), the one
+        made again in the reconnection's thread, once there is one.
 
         Raises:
-            StorageFault: the store is closed, a commit is under way, or the
-                database cannot be reached.
+            StorageFault: the store is closed, a commit is under way, or no
+                connection is made yet (an attempt is under way, or the database
+                could not be reached).
         """
         if self._closed:
             raise StorageFault("database: closed")
@@ -338,38 +343,53 @@ class PostgresMetadata:
             return db
         if self._in_round:
             self._lose_round("the connection was lost")
-        if time.monotonic() < self._retry_at:  # each attempt may wait: not for every request
-            raise StorageFault("database: unreachable, trying again shortly")
-        try:
-            db = connect(self._conninfo)
-        except StoreUnusable as exc:
-            # From the attempt's end: it may have waited its whole connect_timeout.
-            self._retry_at = time.monotonic() + RECONNECT_INTERVAL
-            if not self._unreachable:
-                log.warning("database: %s; trying again every %g s", exc, RECONNECT_INTERVAL)
-            self._unreachable = True
-            raise StorageFault(str(exc)) from exc
-        log.info("database: connected again")
-        self._unreachable = False
+        db = self._reconnection.take(self._connector())
         self._db = db
-        try:
-            self._prepare_reads(db)
-        except psycopg.Error as exc:
-            db.close()
-            raise fault(exc) from exc
+        self._reads_prepared(db)
         return db
 
+    def _connector(self) -> Callable[[], psycopg.Connection]:
+        """What makes the connection again, in the reconnection's thread: connect, and
+        prepare the request's reads as they are now (neither in the loop's thread).
+
+        The returned function raises StorageFault: the database refused.
+        """
+        conninfo, prepare = self._conninfo, self._prepare_text()
+
+        def make() -> psycopg.Connection:
+            db = connect(conninfo)
+            try:
+                db.execute(prepare)
+            except psycopg.Error as exc:
+                db.close()
+                raise fault(exc) from exc
+            return db
+
+        return make
+
+    def _prepare_text(self) -> str:
+        """SQL: the request's reads prepared, outside any transaction (one round trip)."""
+        return ";".join(read.prepare for read in self._prepared_reads.values())
+
     def _prepare_reads(self, db: psycopg.Connection) -> None:
-        """Prepare the request's reads on a new connection, outside any transaction (one
-        round trip).
+        """Prepare the request's reads on a new connection (:meth:`_prepare_text`).
 
         Raises:
             psycopg.Error: the database refused.
         """
-        db.execute(";".join(read.prepare for read in self._prepared_reads.values()))
+        db.execute(self._prepare_text())
+        self._reads_prepared(db)
+
+    def _reads_prepared(self, db: psycopg.Connection) -> None:
+        """The request's reads are prepared on ``db``: its round trip counted."""
         self._prepared_on = db
         self.round_trips += 1
         self.statements += len(self._prepared_reads)
+
+    def _reconnect_now(self) -> None:
+        """The connection is lost: begin making it again (in the reconnection's thread),
+        so that it is there, or being made, when the next request comes."""
+        self._reconnection.start(self._connector())
 
     def _lose_round(self, why: str) -> None:
         """The round's writes are gone: finish_round raises; the next write begins anew."""
@@ -423,6 +443,7 @@ class PostgresMetadata:
             if db.closed or db.broken:
                 log.warning("database: the connection is lost (%s)", reason(exc))
                 self._lose_round(reason(exc))
+                self._reconnect_now()
             raise fault(exc) from exc
         except psycopg.Error as exc:
             if deferred and not _is_the_callers(exc):  # an ended request's write failed
@@ -594,6 +615,7 @@ class PostgresMetadata:
             return
         if db.pgconn.status != _OK:
             db.close()
+            self._reconnect_now()
         elif db.info.transaction_status != _IDLE:  # a write failed: the rest was skipped
             try:
                 db.execute(_ROLLBACK)
@@ -622,6 +644,7 @@ class PostgresMetadata:
                 self.sync()
         finally:
             self._closed = True
+            self._reconnection.close()
             if self._db is not None:
                 self._db.close()
             log.info(
@@ -856,6 +879,11 @@ class PostgresMetadata:
 
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 _OK = psycopg.pq.ConnStatus.OK
+
+
+def _discard(db: psycopg.Connection) -> None:
+    """Close a connection made again for a store that closed meanwhile."""
+    db.close()
 
 
 def migrate(db: psycopg.Connection, conninfo: str) -> tuple[int, int]:
