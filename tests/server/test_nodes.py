@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -45,7 +46,7 @@ from server.errors import StorageFault
 from server.limits import Limits
 from server.peer import Peer
 from server.session import Session
-from server.storage.coordination import Coordination, MemoryCoordination
+from server.storage.coordination import Coordination, MemoryCoordination, UploadLease
 from server.storage.memory import MemoryBlobs, MemoryMetadata
 from server.storage.sweep import GARBAGE_GRACE
 
@@ -219,6 +220,8 @@ class PostgresNodes(Nodes):
         self.clock = Clock()
         self.blobs = MemoryBlobs()
         self.cluster = cluster
+        #: The database's name, for the cluster's own statements.
+        self.database = conninfo.rsplit("/", 1)[-1]
         self.stores = [PostgresMetadata.open(conninfo, node=name) for name in ("a", "b")]
         self.a, self.b = (
             App.build(store, self.blobs, LIMITS, clock=self.clock,
@@ -276,6 +279,69 @@ def test_a_node_that_lost_its_lease_cannot_record_the_upload_another_node_took_o
     with nodes.blobs.open(recorded.path_name) as stored:
         assert stored.read() == b"the retry through node b " * 100
     assert not any(blob.key == recorded.blob_key for blob in nodes.blobs.unpublished())
+
+
+@pytest.mark.needed_in_ci
+def test_the_fence_keeps_another_node_from_taking_the_lease_over_until_the_round_is_over(
+    postgres_nodes
+):
+    nodes = postgres_nodes
+    sending = nodes.session(nodes.a)
+    who = keyed(sending)
+    feed(sending, *packets(who))  # complete on node a, its round open: its row not committed
+    nodes.cut_coordination("a")
+    taken: list[bool] = []
+    taking = threading.Thread(target=lambda: taken.append(nodes.b.coordination.take_upload(
+        UploadLease(who.client_id, b"a.bin", "b's blob"))))
+    taking.start()
+    try:
+        waiting = "application_name = 'cipherdrop coordination b' AND wait_event_type = 'Lock'"
+        deadline = time.monotonic() + BACKEND_EXIT_TIMEOUT
+        while not nodes.cluster.sql(f"SELECT 1 FROM pg_stat_activity WHERE {waiting}"):
+            assert taking.is_alive() and time.monotonic() < deadline, "b's take never waited"
+            time.sleep(BACKEND_EXIT_PAUSE)
+        assert isinstance(answers(sending)[0], FileReceived)  # a's round commits
+    finally:
+        taking.join()
+    assert taken == [True]  # then b takes it over, and finds a's row: its upload is a new version
+    assert nodes.stores[1].file_row(who.client_id, b"a.bin").node == "a"
+
+
+@pytest.mark.needed_in_ci
+def test_a_node_renews_its_leases_while_its_round_records_an_upload(postgres_nodes, caplog):
+    nodes = postgres_nodes
+    who = keyed(nodes.session(nodes.a))
+    feed(nodes.session(nodes.a), packets(who)[0])  # a.bin receiving (a per-request client)
+    *before, last = packets(who, "b.bin")
+    for packet in before:
+        feed(nodes.session(nodes.a), packet)
+    completing = nodes.session(nodes.a)
+    feed(completing, last)  # b.bin complete, its round open: its lease's row fenced
+    with caplog.at_level(logging.ERROR):
+        nodes.a._renew_periodically()
+    assert "cannot renew" not in caplog.text
+    assert isinstance(answers(completing)[0], FileReceived)
+    held = nodes.cluster.sql(
+        "SELECT node FROM coordination_leases WHERE kind = 'upload'", nodes.database
+    )
+    assert held == [("a",)]  # a.bin's, renewed (b.bin's went with its round)
+
+
+@pytest.mark.needed_in_ci
+def test_a_name_completed_in_the_round_may_start_again_on_the_same_node(postgres_nodes):
+    nodes = postgres_nodes
+    who = keyed(nodes.session(nodes.a))
+    *before, last = packets(who)
+    for packet in before:
+        feed(nodes.session(nodes.a), packet)
+    completing = nodes.session(nodes.a)
+    feed(completing, last)  # complete, its round open: its lease's row fenced
+    again = nodes.session(nodes.a)
+    first, *rest = packets(who)
+    feed(again, first)  # the name again, in the same round: the lease is a's already
+    assert isinstance(answers(completing)[0], FileReceived)
+    assert answers(again) == []  # receiving
+    assert isinstance(send_per_request(nodes, nodes.a, who, rest)[0], FileReceived)  # pending
 
 
 def test_an_upload_cut_on_one_node_frees_its_name_for_the_other(nodes):

@@ -43,6 +43,6 @@ def refused(exc: Any) -> bool:
 def lease_lost() -> LeaseLost:
     """The refusal's error, for the request that completed the upload."""
     return LeaseLost(
-        "this node no longer holds the upload's lease (its coordination connection was lost;"
-        " another node may have taken it over): the upload is not recorded"
+        "this node no longer holds the upload's lease (another node may have taken it over):"
+        " the upload is not recorded"
     )
