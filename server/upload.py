@@ -377,31 +377,42 @@ class Uploads:
     def _record(
         self, upload: Upload, blob_key: str, result: ReceivedFile
     ) -> tuple[FileRow | None, str]:
-        """Write the complete upload's row into the round: a first upload's, or a later
-        one's pending pointer (server/storage/commit.py), after the fence, in one
-        transaction: the row as it was, and the path name the content takes.
+        """Write the complete upload's row into the round (:meth:`_write_row`), behind the
+        fence if there is one: the fence, the read and the writes in one transaction.
 
         Raises:
             LeaseLost: this node no longer holds the upload's lease (nothing is written).
             StorageFault: the row could not be written.
         """
+        if self._fence is None:
+            return self._write_row(upload, blob_key, result)
         with self._metadata.transaction():
-            if self._fence is not None:  # goes out with the read, and refuses there
-                self._fence(UploadLease(upload.client_id, upload.file_name, blob_key))
-            previous, recorded = self._metadata.file_row_and_path_names(
-                upload.client_id, upload.file_name
-            )
-            if previous is not None:
-                commit.keep_pending(self._metadata, upload.client_id, upload.file_name, blob_key)
-                return previous, previous.path_name
-            path_name = self._blobs.new_path_name(
-                upload.client_id, upload.file_name, blob_key, recorded
-            )
-            commit.record_first(
-                self._metadata, upload.client_id, upload.file_name, path_name, blob_key,
-                _content(result),
-            )
-            return None, path_name
+            self._fence(UploadLease(upload.client_id, upload.file_name, blob_key))
+            return self._write_row(upload, blob_key, result)  # its read carries the fence
+
+    def _write_row(
+        self, upload: Upload, blob_key: str, result: ReceivedFile
+    ) -> tuple[FileRow | None, str]:
+        """A first upload's row, or a later one's pending pointer (server/storage/commit.py):
+        the row as it was, and the path name the content takes.
+
+        Raises:
+            StorageFault: the row could not be written.
+        """
+        previous, recorded = self._metadata.file_row_and_path_names(
+            upload.client_id, upload.file_name
+        )
+        if previous is not None:
+            commit.keep_pending(self._metadata, upload.client_id, upload.file_name, blob_key)
+            return previous, previous.path_name
+        path_name = self._blobs.new_path_name(
+            upload.client_id, upload.file_name, blob_key, recorded
+        )
+        commit.record_first(
+            self._metadata, upload.client_id, upload.file_name, path_name, blob_key,
+            _content(result),
+        )
+        return None, path_name
 
     def _preferred_flavour(self, client_id: bytes) -> CrcFlavour:
         client = self._metadata.client_by_id(client_id)
