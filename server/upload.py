@@ -49,7 +49,10 @@ its first packet and let go when it stops receiving (failed, discarded:
 when it stops progressing, at its deadline), or, once complete, when the
 round that records it is over (its row committed, or lost): another node's
 first packet of the same client and file name is refused meanwhile, and
-after it finds the row, so that its upload is a new version. Files
+after it finds the row, so that its upload is a new version. A node that
+lost the lease meanwhile (its coordination connection broke, and another
+node took it over) cannot record its upload: the fence refuses it (1607;
+server/storage/postgres/fence.py). Files
 of other names may stream at the same time on other connections (a client's
 ``--jobs``); a new first packet on a connection that owns an upload in
 progress starts that client over, and the upload it replaces is dropped.

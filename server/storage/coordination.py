@@ -12,7 +12,9 @@ memory (docs/ARCHITECTURE.md, "Several nodes"):
   complete, until the round that records it is over (server/upload.py);
   the lease names the blob it writes, so that no
   node's sweeper takes that blob for garbage in a shared blob store
-  (server/storage/sweep.py);
+  (server/storage/sweep.py); where the leases are in the metadata's own
+  database, a complete upload is recorded only while its node holds the
+  lease (:data:`UploadFence`, server/storage/postgres/fence.py);
 * the **decryption-failure budget**: failures per key, and per client in a
   window, counted across nodes and addresses (server/budget.py);
 * the **purge leader**: one node at a time deletes lapsed clients and

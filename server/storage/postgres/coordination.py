@@ -23,7 +23,10 @@ are created if absent, under a version of their own (``coordination_version``):
   held (the node is gone: its holds and leases are void at once), so that
   two live nodes never hold the same key at once. ``pg_locks`` is read
   only then, on a conflict. Expiries are the database's clock (``now()``):
-  the nodes' clocks need not agree.
+  the nodes' clocks need not agree. A complete upload's row is written
+  behind its lease's (:mod:`.fence`, on the store's connection: the lease's
+  row locked until that round ends); the renewal and the purge skip the
+  rows so locked, never waiting for this node's own round.
 * ``coordination_key_failures``: per client, the key its count is of (a
   digest: the key itself stays in the metadata) and that count;
   ``coordination_failures``: one row per failed decryption, with its time.
