@@ -940,8 +940,9 @@ def migrate_at(conninfo: str) -> tuple[int, int]:
 def _is_the_callers(exc: psycopg.Error) -> bool:
     """Whether a batch's failure is the caller's own, after the ended requests' writes: a
     taken name, or the upload fence's refusal."""
-    return fence.refused(exc) or isinstance(exc, pg_errors.UniqueViolation) and (
-        exc.diag.constraint_name in _INSERT_CONSTRAINTS
+    return fence.refused(exc) or (
+        isinstance(exc, pg_errors.UniqueViolation)
+        and exc.diag.constraint_name in _INSERT_CONSTRAINTS
     )
 
 
