@@ -311,7 +311,10 @@ class App:
         shares = RoundShares(
             limits.requests_per_address_per_round, limits.durable_files_per_address_per_round
         )
-        uploads = Uploads(timers, limits, reads, blobs, budget, log_limiter, shares, coordination)
+        uploads = Uploads(
+            timers, limits, reads, blobs, budget, log_limiter, shares, coordination,
+            fence=coordination.fence_along(metadata),
+        )
         app = cls(
             metadata=reads,
             blobs=blobs,

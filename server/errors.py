@@ -80,6 +80,11 @@ class DurabilityLost(StorageFault):
     """
 
 
+class LeaseLost(StorageFault):
+    """An upload's completion is refused: this node no longer holds the upload's lease
+    (with several nodes: another may have taken it over), so it records nothing."""
+
+
 class StoreUnusable(StorageFault):
     """At start-up: the metadata or the blob store cannot be used (left untouched)."""
 

@@ -49,7 +49,10 @@ its first packet and let go when it stops receiving (failed, discarded:
 when it stops progressing, at its deadline), or, once complete, when the
 round that records it is over (its row committed, or lost): another node's
 first packet of the same client and file name is refused meanwhile, and
-after it finds the row, so that its upload is a new version. Files
+after it finds the row, so that its upload is a new version. A node that
+lost the lease meanwhile (its coordination connection broke, and another
+node took it over) cannot record its upload: the fence refuses it (1607;
+server/storage/postgres/fence.py). Files
 of other names may stream at the same time on other connections (a client's
 ``--jobs``); a new first packet on a connection that owns an upload in
 progress starts that client over, and the upload it replaces is dropped.
@@ -95,8 +98,8 @@ from .phases import (
     Upload,
 )
 from .shares import RoundShares
-from .storage import BlobStore, BlobWriter, MetadataStore, commit, new_blob_key
-from .storage.coordination import Coordination, UploadLease
+from .storage import BlobStore, BlobWriter, FileRow, MetadataStore, commit, new_blob_key
+from .storage.coordination import Coordination, UploadFence, UploadLease
 from .timers import Timers
 
 log = logging.getLogger(__name__)
@@ -116,6 +119,7 @@ class Uploads:
         shares: RoundShares,
         coordination: Coordination,
         port: BlobPort | None = None,
+        fence: UploadFence | None = None,
     ) -> None:
         #: Where blob writes go: a worker thread (server/blobport.py).
         self.port = port if port is not None else BlobPort()
@@ -129,6 +133,9 @@ class Uploads:
         self._budget = budget
         #: Where the leases of receiving uploads are taken, for every node to see.
         self._coordination = coordination
+        #: The check, in the transaction that records a complete upload, that this node
+        #: still holds its lease (None: the coordination needs none).
+        self._fence = fence
         #: The receiving upload that holds each lease this node took.
         self._leases: dict[tuple[bytes, bytes], Upload] = {}
         #: The leases of the uploads completed in this round, with the blob each names:
@@ -323,7 +330,9 @@ class Uploads:
         goes out.
 
         Raises:
-            StorageFault: the file could not be kept (the caller discards it).
+            StorageFault: the file could not be kept (the caller discards it); LeaseLost:
+                this node no longer holds the upload's lease (another node may have
+                taken it over), and records nothing.
         """
         result = phase.incoming.result
         self._shares.file_made_durable(upload.group)
@@ -331,30 +340,18 @@ class Uploads:
             phase.writer.seal_later()  # the answer waits for it (server/installs.py)
         else:
             commit.seal(phase.writer)
-        previous, recorded = self._metadata.file_row_and_path_names(
-            upload.client_id, upload.file_name
-        )
+        previous, path_name = self._record(upload, phase.writer.key, result)
         awaits: InstallTicket | None
         if previous is None:
-            path_name = self._blobs.new_path_name(
-                upload.client_id, upload.file_name, phase.writer.key, recorded
-            )
-            commit.record_first(
-                self._metadata, upload.client_id, upload.file_name, path_name,
-                phase.writer.key, _content(result),
-            )
             awaits = self.installs.wait(upload, phase.writer, path_name)
             complete: Complete = Installed(result, path_name)
             stored = f"stored as {path_name}"
         else:
-            commit.keep_pending(
-                self._metadata, upload.client_id, upload.file_name, phase.writer.key
-            )
             awaits = None
             if isinstance(phase.writer, QueuedWriter):
                 awaits = self.installs.wait_sealed(upload, phase.writer)
-            complete = Pending(result, previous.path_name, phase.writer)
-            stored = f"kept as a pending version of {previous.path_name} until 900"
+            complete = Pending(result, path_name, phase.writer)
+            stored = f"kept as a pending version of {path_name} until 900"
         self._keep_lease_for_the_round(upload, phase.writer.key)
         self._forget_in_progress(upload)
         earlier = self.completed(upload.client_id, upload.file_name)
@@ -379,6 +376,46 @@ class Uploads:
             crc,
             awaits,
         )
+
+    def _record(
+        self, upload: Upload, blob_key: str, result: ReceivedFile
+    ) -> tuple[FileRow | None, str]:
+        """Write the complete upload's row into the round (:meth:`_write_row`), behind the
+        fence if there is one: the fence, the read and the writes in one transaction.
+
+        Raises:
+            LeaseLost: this node no longer holds the upload's lease (nothing is written).
+            StorageFault: the row could not be written.
+        """
+        if self._fence is None:
+            return self._write_row(upload, blob_key, result)
+        with self._metadata.transaction():
+            self._fence(UploadLease(upload.client_id, upload.file_name, blob_key))
+            return self._write_row(upload, blob_key, result)  # its read carries the fence
+
+    def _write_row(
+        self, upload: Upload, blob_key: str, result: ReceivedFile
+    ) -> tuple[FileRow | None, str]:
+        """A first upload's row, or a later one's pending pointer (server/storage/commit.py):
+        the row as it was, and the path name the content takes.
+
+        Raises:
+            StorageFault: the row could not be written.
+        """
+        previous, recorded = self._metadata.file_row_and_path_names(
+            upload.client_id, upload.file_name
+        )
+        if previous is not None:
+            commit.keep_pending(self._metadata, upload.client_id, upload.file_name, blob_key)
+            return previous, previous.path_name
+        path_name = self._blobs.new_path_name(
+            upload.client_id, upload.file_name, blob_key, recorded
+        )
+        commit.record_first(
+            self._metadata, upload.client_id, upload.file_name, path_name, blob_key,
+            _content(result),
+        )
+        return None, path_name
 
     def _preferred_flavour(self, client_id: bytes) -> CrcFlavour:
         client = self._metadata.client_by_id(client_id)
@@ -508,19 +545,47 @@ class Uploads:
 
     def round_over(self) -> None:
         """The round is committed or lost: the leases of the uploads it completed go, but
-        for a name a new upload here holds again."""
+        for a name a new upload here holds again (its lease is taken now, naming its blob:
+        :meth:`_take_lease` did not ask while the round held it)."""
         ended, self._round_leases = self._round_leases, {}
         for key, (upload, _) in ended.items():
-            if key not in self._leases:
+            holder = self._leases.get(key)
+            if holder is None:
                 self._let_go(upload)
+            elif isinstance(holder.phase, Receiving):
+                self._take_again(holder, holder.phase.writer)
+
+    def _take_again(self, upload: Upload, writer: BlobWriter) -> None:
+        """Take the lease of an upload receiving here for its blob; if it cannot be, the
+        upload goes on, and the fence refuses its end (unless a renewal takes it)."""
+        try:
+            taken = self._coordination.take_upload(
+                UploadLease(upload.client_id, upload.file_name, writer.key)
+            )
+        except StorageFault as exc:
+            taken, why = False, str(exc)
+        else:
+            why = "another node holds it"
+        if not taken:
+            log.warning(
+                "%s: upload of %s for client %s: its lease cannot be taken (%s)",
+                upload.address, quoted(upload.file_name), upload.client_id.hex(), why,
+            )
 
     def _take_lease(self, client_id: bytes, file_name: bytes, writer: BlobWriter) -> None:
         """Take the lease of the client's upload of ``file_name`` for a new attempt.
+
+        A name whose upload completed here in this round is this node's already,
+        checked by the fence, whose lock on it (server/storage/postgres/fence.py) a
+        take would wait for until the round's end: it is not asked for again (the
+        renewal names the new blob).
 
         Raises:
             Refusal: another node is receiving it (the writer is aborted).
             StorageFault: the coordination cannot tell (the writer is aborted).
         """
+        if (client_id, file_name) in self._round_leases:
+            return
         try:
             taken = self._coordination.take_upload(UploadLease(client_id, file_name, writer.key))
         except StorageFault:

@@ -12,7 +12,9 @@ memory (docs/ARCHITECTURE.md, "Several nodes"):
   complete, until the round that records it is over (server/upload.py);
   the lease names the blob it writes, so that no
   node's sweeper takes that blob for garbage in a shared blob store
-  (server/storage/sweep.py);
+  (server/storage/sweep.py); where the leases are in the metadata's own
+  database, a complete upload is recorded only while its node holds the
+  lease (:data:`UploadFence`, server/storage/postgres/fence.py);
 * the **decryption-failure budget**: failures per key, and per client in a
   window, counted across nodes and addresses (server/budget.py);
 * the **purge leader**: one node at a time deletes lapsed clients and
@@ -76,6 +78,13 @@ class FailureCounts:
 ClientReadWithFailures = Callable[
     [bytes], tuple[ClientRow | None, Binding | None, FailureCounts | None]
 ]
+
+
+#: Queues, in the metadata store's open transaction, the check that this node still holds an
+#: upload's lease with its blob, the lease kept this node's until that transaction ends: the
+#: transaction's next read raises :class:`~server.errors.LeaseLost` if it does not
+#: (server/storage/postgres/fence.py).
+UploadFence = Callable[[UploadLease], None]
 
 
 class Coordination(Protocol):
@@ -148,6 +157,13 @@ class Coordination(Protocol):
         ``window`` (as :meth:`decrypt_failures` under the client's AES key), if ``store``
         can read them where they are kept (the same database): one read fewer for each
         request that checks the budget. None: it cannot."""
+        ...
+
+    def fence_along(self, store: object) -> UploadFence | None:
+        """The upload fence in ``store``'s transactions, if ``store`` can see the leases where
+        they are kept (the same database): an upload's completion is then recorded only
+        while this node holds its lease. None: it cannot (a single server, alone with its
+        leases, needs none)."""
         ...
 
     def settle(self) -> None:
@@ -328,6 +344,10 @@ class MemoryCoordination:
 
     def read_along(self, store: object, window: float) -> ClientReadWithFailures | None:
         """None: the counts are in this process, not in a store."""
+        return None
+
+    def fence_along(self, store: object) -> UploadFence | None:
+        """None: the leases are in this process, not in a store."""
         return None
 
     def settle(self) -> None:

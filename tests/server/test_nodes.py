@@ -14,6 +14,8 @@ from __future__ import annotations
 import collections
 import logging
 import socket
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -25,7 +27,7 @@ from helpers import (
     private_key,
     unique_name,
 )
-from test_session import Clock, answers, feed, packets
+from test_session import PACKET_SIZE, Clock, answers, feed, packets
 
 from protocol import (
     Acknowledged,
@@ -44,7 +46,7 @@ from server.errors import StorageFault
 from server.limits import Limits
 from server.peer import Peer
 from server.session import Session
-from server.storage.coordination import Coordination, MemoryCoordination
+from server.storage.coordination import Coordination, MemoryCoordination, UploadLease
 from server.storage.memory import MemoryBlobs, MemoryMetadata
 from server.storage.sweep import GARBAGE_GRACE
 
@@ -54,6 +56,9 @@ ADDRESS = "127.0.0.1"
 #: Two nodes of one coordination, each made from its node name and the lease time.
 NodePair = Callable[[Clock, float], tuple[Coordination, Coordination]]
 LIMITS = Limits(max_decryption_failures_per_hour=2)
+#: Seconds a terminated backend may take to exit, and between two looks.
+BACKEND_EXIT_TIMEOUT = 10.0
+BACKEND_EXIT_PAUSE = 0.05
 
 
 def in_memory(clock: Clock, lease: float) -> tuple[Coordination, Coordination]:
@@ -125,9 +130,10 @@ def keyed(session: Session) -> Identity:
     return Identity(name, registered.client_id, key, aes_key)
 
 
-def send_per_request(nodes: Nodes, app: App, who: Identity) -> list:
-    """A file's packets, each on a connection of its own (a per-request client); the answers."""
-    for packet in packets(who):
+def send_per_request(nodes: Nodes, app: App, who: Identity, sent: list | None = None) -> list:
+    """A file's packets (``sent``, or :func:`packets`), each on a connection of its own (a
+    per-request client); the answers."""
+    for packet in packets(who) if sent is None else sent:
         session = nodes.session(app)
         feed(session, packet)
     return answers(session)
@@ -201,6 +207,141 @@ def test_a_complete_upload_keeps_its_lease_until_its_round_is_over(nodes):
     assert isinstance(answers(sending)[0], FileReceived)  # a's round is over: the row is there
     assert nodes.a.uploads.leased() == []
     assert isinstance(send_per_request(nodes, nodes.b, who)[0], FileReceived)  # a new version
+
+
+class PostgresNodes(Nodes):
+    """Two Apps on one PostgreSQL database, each with its own metadata connection and its
+    own coordination connection (as two processes are), and one blob store."""
+
+    def __init__(self, conninfo: str, cluster) -> None:
+        from server.storage.postgres.coordination import PgCoordination
+        from server.storage.postgres.store import PostgresMetadata
+
+        self.clock = Clock()
+        self.blobs = MemoryBlobs()
+        self.cluster = cluster
+        #: The database's name, for the cluster's own statements.
+        self.database = conninfo.rsplit("/", 1)[-1]
+        self.stores = [PostgresMetadata.open(conninfo, node=name) for name in ("a", "b")]
+        self.a, self.b = (
+            App.build(store, self.blobs, LIMITS, clock=self.clock,
+                      coordination=PgCoordination(conninfo, store.node, LIMITS.message_deadline))
+            for store in self.stores
+        )
+        self._ports = iter(range(40000, 60000))
+
+    def cut_coordination(self, node: str) -> None:
+        """End the node's coordination connection alone (its metadata connection lives)."""
+        gone = f"application_name = 'cipherdrop coordination {node}'"
+        self.cluster.sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {gone}")
+        deadline = time.monotonic() + BACKEND_EXIT_TIMEOUT
+        while self.cluster.sql(f"SELECT 1 FROM pg_stat_activity WHERE {gone}"):
+            assert time.monotonic() < deadline, "the coordination's backend never exited"
+            time.sleep(BACKEND_EXIT_PAUSE)
+
+    def close(self) -> None:
+        for app in (self.a, self.b):
+            app.uploads.close()
+            app.coordination.close()
+        for store in self.stores:
+            store.close()
+
+
+@pytest.fixture
+def postgres_nodes(postgres_cluster, postgres_url):
+    made = PostgresNodes(postgres_url, postgres_cluster)
+    yield made
+    made.close()
+
+
+@pytest.mark.needed_in_ci
+def test_a_node_that_lost_its_lease_cannot_record_the_upload_another_node_took_over(
+    postgres_nodes, caplog
+):
+    nodes = postgres_nodes
+    sending = nodes.session(nodes.a)
+    who = keyed(sending)
+    first, *rest = packets(who)
+    feed(sending, first)
+    assert answers(sending) == []  # receiving on node a, its lease a's
+    nodes.cut_coordination("a")  # node a's leases are void at once; its store goes on
+    retried = file_packets(who, "a.bin", b"the retry through node b " * 100, PACKET_SIZE)
+    assert isinstance(send_per_request(nodes, nodes.b, who, retried)[0], FileReceived)
+    recorded = nodes.stores[1].file_row(who.client_id, b"a.bin")
+    with caplog.at_level(logging.INFO):
+        feed(sending, *rest)  # node a receives the rest of its upload
+        (answer,) = answers(sending)
+    assert isinstance(answer, GeneralError)
+    refusal = [line for line in caplog.messages if "lease" in line and "server fault" in line]
+    assert len(refusal) == 1 and str(sending.peer) in refusal[0], caplog.messages
+    assert nodes.stores[0].file_row(who.client_id, b"a.bin") == recorded  # b's, untouched
+    assert recorded is not None and recorded.pending_key is None and recorded.node == "b"
+    with nodes.blobs.open(recorded.path_name) as stored:
+        assert stored.read() == b"the retry through node b " * 100
+    assert not any(blob.key == recorded.blob_key for blob in nodes.blobs.unpublished())
+
+
+@pytest.mark.needed_in_ci
+def test_the_fence_keeps_another_node_from_taking_the_lease_over_until_the_round_is_over(
+    postgres_nodes
+):
+    nodes = postgres_nodes
+    sending = nodes.session(nodes.a)
+    who = keyed(sending)
+    feed(sending, *packets(who))  # complete on node a, its round open: its row not committed
+    nodes.cut_coordination("a")
+    taken: list[bool] = []
+    taking = threading.Thread(target=lambda: taken.append(nodes.b.coordination.take_upload(
+        UploadLease(who.client_id, b"a.bin", "b's blob"))))
+    taking.start()
+    try:
+        waiting = "application_name = 'cipherdrop coordination b' AND wait_event_type = 'Lock'"
+        deadline = time.monotonic() + BACKEND_EXIT_TIMEOUT
+        while not nodes.cluster.sql(f"SELECT 1 FROM pg_stat_activity WHERE {waiting}"):
+            assert taking.is_alive() and time.monotonic() < deadline, "b's take never waited"
+            time.sleep(BACKEND_EXIT_PAUSE)
+        assert isinstance(answers(sending)[0], FileReceived)  # a's round commits
+    finally:
+        taking.join()
+    assert taken == [True]  # then b takes it over, and finds a's row: its upload is a new version
+    assert nodes.stores[1].file_row(who.client_id, b"a.bin").node == "a"
+
+
+@pytest.mark.needed_in_ci
+def test_a_node_renews_its_leases_while_its_round_records_an_upload(postgres_nodes, caplog):
+    nodes = postgres_nodes
+    who = keyed(nodes.session(nodes.a))
+    feed(nodes.session(nodes.a), packets(who)[0])  # a.bin receiving (a per-request client)
+    *before, last = packets(who, "b.bin")
+    for packet in before:
+        feed(nodes.session(nodes.a), packet)
+    completing = nodes.session(nodes.a)
+    feed(completing, last)  # b.bin complete, its round open: its lease's row fenced
+    with caplog.at_level(logging.ERROR):
+        nodes.a._renew_periodically()
+    assert "cannot renew" not in caplog.text
+    assert isinstance(answers(completing)[0], FileReceived)
+    held = nodes.cluster.sql(
+        "SELECT node FROM coordination_leases WHERE kind = 'upload'", nodes.database
+    )
+    assert held == [("a",)]  # a.bin's, renewed (b.bin's went with its round)
+
+
+@pytest.mark.needed_in_ci
+def test_a_name_completed_in_the_round_may_start_again_on_the_same_node(postgres_nodes):
+    nodes = postgres_nodes
+    who = keyed(nodes.session(nodes.a))
+    *before, last = packets(who)
+    for packet in before:
+        feed(nodes.session(nodes.a), packet)
+    completing = nodes.session(nodes.a)
+    feed(completing, last)  # complete, its round open: its lease's row fenced
+    again = nodes.session(nodes.a)
+    first, *rest = packets(who)
+    feed(again, first)  # the name again, in the same round: the lease is a's already
+    assert isinstance(answers(completing)[0], FileReceived)
+    assert answers(again) == []  # receiving
+    assert isinstance(send_per_request(nodes, nodes.a, who, rest)[0], FileReceived)  # pending
 
 
 def test_an_upload_cut_on_one_node_frees_its_name_for_the_other(nodes):

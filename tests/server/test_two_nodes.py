@@ -305,6 +305,33 @@ def test_a_killed_node_loses_nothing_answered_and_its_holds_and_leases_go_at_onc
     assert nodes.stored(who.client_id, "cut.bin") == TWO_PACKET_FILE
 
 
+def test_a_node_whose_coordination_connection_alone_ended_cannot_record_what_another_took(
+    start_nodes
+):
+    nodes = start_nodes("--message-deadline", str(LONG_DEADLINE))  # no renewal meanwhile
+    retried = b"the client's retry, through node b" * 40
+    with nodes.a.client() as sending:
+        who = make_identity(sending)
+        first, second = file_packets(who, "one.bin", TWO_PACKET_FILE, TWO_PACKETS)
+        sending.send(first)  # receiving on node a: its lease
+        wait_until(lambda: nodes.leases("upload") == ["a"], "node a's upload lease")
+        with psycopg.connect(nodes.url, autocommit=True) as db:  # its metadata's stays
+            db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                       " WHERE application_name = 'cipherdrop coordination a'")
+        wait_until(lambda: _backend_gone(nodes.url, "a"), "node a's coordination connection end")
+        answer = per_request_upload(nodes.b, who, "one.bin", retried, len(retried))
+        assert isinstance(answer, FileReceived), answer
+        sending.send(second)  # node a receives the rest of its upload
+        assert isinstance(sending.receive(), GeneralError)
+    assert "no longer holds the upload's lease" in nodes.a.log()
+    assert nodes.stored(who.client_id, "one.bin") == retried
+    with nodes.b.client() as client:
+        assert isinstance(client.request(CrcOk(client_id=who.client_id, file_name="one.bin")),
+                          Acknowledged)
+    assert nodes.rows(who.client_id)[b"one.bin"][1] is True
+    assert nodes.stored(who.client_id, "one.bin") == retried
+
+
 def test_a_second_node_of_the_same_name_is_refused_at_start(nodes, server_factory, tmp_path):
     twin = server_factory("--metadata", nodes.url, "--blobs", nodes.blobs.as_uri(),
                           "--node-name", "a", data_dir=tmp_path / "twin", wait=False)

@@ -22,7 +22,9 @@ from helpers import server_env
 
 from server.errors import StoreUnusable
 from server.storage.base import StoreUrl
-from server.storage.coordination import Coordination, MemoryCoordination, UploadLease
+from server.storage.coordination import (
+    UPLOAD, Coordination, MemoryCoordination, UploadLease, upload_key,
+)
 from server.storage.factory import open_coordination
 
 ALICE, BOB = b"a" * 16, b"b" * 16
@@ -684,3 +686,35 @@ def test_what_is_sent_without_waiting_is_prepared_once_per_connection(postgres_u
     finally:
         node.close()
         other.close()
+
+
+@pytest.mark.needed_in_ci
+def test_a_purge_and_a_renewal_leave_a_fenced_lease_row_without_waiting(postgres_url):
+    import psycopg
+
+    from server.storage.postgres.coordination import PgCoordination
+    from server.storage.postgres.fence import STATEMENT
+
+    fenced = lease(ALICE, b"fenced.bin")
+    a = PgCoordination(postgres_url, "a", LEASE)
+    try:
+        assert a.take_upload(fenced)
+        postgres_backend(postgres_url).lapse()
+        with psycopg.connect(postgres_url) as round_:  # node a's round, the row fenced in it
+            round_.execute(STATEMENT, (UPLOAD, upload_key(ALICE, b"fenced.bin"), "a",
+                                       fenced.blob_key))
+            a.purge(window=HOUR)  # neither waits for the round (nor fails at its timeout)
+            a.renew((), [fenced])
+            assert leases(postgres_url) == [("a", False)]  # left as it was, lapsed
+        a.purge(window=HOUR)  # the round is over: the lapsed row goes
+        assert leases(postgres_url) == []
+    finally:
+        a.close()
+
+
+def leases(conninfo: str) -> list[tuple[str, bool]]:
+    """Every lease row's node, and whether it is unlapsed."""
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as observer:
+        return observer.execute("SELECT node, expires > now() FROM coordination_leases").fetchall()

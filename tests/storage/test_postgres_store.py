@@ -14,7 +14,7 @@ import time
 import psycopg
 import pytest
 
-from server.errors import BadStoreUrl, NameTaken, StorageFault, StoreUnusable
+from server.errors import BadStoreUrl, LeaseLost, NameTaken, StorageFault, StoreUnusable
 from server.storage.factory import metadata_url
 from server.storage.postgres import schema
 from server.storage.postgres.connect import APPLICATION_NAME
@@ -453,3 +453,31 @@ def test_a_requests_reads_are_prepared_once_per_connection(store):
     assert store.file_row(ALICE, b"none") is None
     prepared = store._db.execute("SELECT name FROM pg_prepared_statements").fetchall()
     assert {"cd_client", "cd_name", "cd_file"} <= {name for (name,) in prepared}
+
+
+def test_a_refused_upload_fence_undoes_its_request_only(store, observer, postgres_url):
+    from server.storage.coordination import UploadLease
+    from server.storage.postgres.coordination import PgCoordination
+
+    coordination = PgCoordination(postgres_url, "a", lease=60.0)
+    try:
+        fence = coordination.fence_along(store)
+        assert fence is not None
+        register(store, ALICE, "alice")
+        store.finish_round(durable=True)
+        with store.transaction():  # an ended request's writes wait for the next read
+            store.upsert_file(ALICE, b"kept.txt", "p/kept")
+        assert coordination.take_upload(UploadLease(ALICE, b"held.txt", "its blob"))
+        with store.transaction():  # this node's lease, this blob: recorded
+            fence(UploadLease(ALICE, b"held.txt", "its blob"))
+            store.file_row_and_path_names(ALICE, b"held.txt")
+            store.upsert_file(ALICE, b"held.txt", "p/held")
+        with pytest.raises(LeaseLost), store.transaction():  # no lease: refused at the read
+            fence(UploadLease(ALICE, b"lost.txt", "another blob"))
+            store.file_row_and_path_names(ALICE, b"lost.txt")
+            store.upsert_file(ALICE, b"lost.txt", "p/lost")
+        store.finish_round(durable=True)  # the round goes on without the refused request
+    finally:
+        coordination.close()
+    rows = observer.execute("SELECT FileName FROM files ORDER BY FileName").fetchall()
+    assert [bytes(name) for (name,) in rows] == [b"held.txt", b"kept.txt"]

@@ -23,7 +23,10 @@ are created if absent, under a version of their own (``coordination_version``):
   held (the node is gone: its holds and leases are void at once), so that
   two live nodes never hold the same key at once. ``pg_locks`` is read
   only then, on a conflict. Expiries are the database's clock (``now()``):
-  the nodes' clocks need not agree.
+  the nodes' clocks need not agree. A complete upload's row is written
+  behind its lease's (:mod:`.fence`, on the store's connection: the lease's
+  row locked until that round ends); the renewal and the purge skip the
+  rows so locked, never waiting for this node's own round.
 * ``coordination_key_failures``: per client, the key its count is of (a
   digest: the key itself stays in the metadata) and that count;
   ``coordination_failures``: one row per failed decryption, with its time.
@@ -63,8 +66,10 @@ from typing import Any, Collection, Mapping, Sequence
 
 from ...errors import StorageFault, StoreUnusable
 from ..coordination import (
-    REGISTRATION, UPLOAD, ClientReadWithFailures, FailureCounts, UploadLease, upload_key,
+    REGISTRATION, UPLOAD, ClientReadWithFailures, FailureCounts, UploadFence, UploadLease,
+    upload_key,
 )
+from . import fence
 from .connect import liveness
 from .reconnect import Reconnection
 
@@ -190,13 +195,26 @@ _UPLOADING = (
 )
 #: One statement: this node's current holds and leases renewed (or taken
 #: again where lapsed and free), its others deleted (the two sets are disjoint).
+#: Its rows locked by an upload fence (server/storage/postgres/fence.py: this
+#: node's own round, committing on the store's connection) are left as they are
+#: (``SKIP LOCKED``), neither renewed nor deleted: waiting for that round would
+#: wait for the loop that waits here.
 _RENEW = (
     "WITH held (kind, key, blob) AS"
     " (SELECT * FROM unnest(%(kinds)s::text[], %(keys)s::bytea[], %(blobs)s::text[])),"
-    " gone AS (DELETE FROM coordination_leases AS old WHERE old.node = %(node)s"
-    "  AND NOT EXISTS (SELECT 1 FROM held WHERE held.kind = old.kind AND held.key = old.key))"
+    " mine AS (SELECT kind, key FROM coordination_leases WHERE node = %(node)s"
+    "  FOR UPDATE SKIP LOCKED),"
+    " gone AS (DELETE FROM coordination_leases AS old USING mine"
+    "  WHERE old.kind = mine.kind AND old.key = mine.key"
+    "  AND NOT EXISTS (SELECT 1 FROM held WHERE held.kind = old.kind AND held.key = old.key)),"
+    " renewed AS (UPDATE coordination_leases AS old"
+    f"  SET expires = {_LEASE_FOR}, blob = held.blob FROM mine, held"
+    "  WHERE old.kind = mine.kind AND old.key = mine.key"
+    "  AND held.kind = old.kind AND held.key = old.key)"
     " INSERT INTO coordination_leases AS taken (kind, key, node, expires, blob)"
     f" SELECT kind, key, %(node)s, {_LEASE_FOR}, blob FROM held"
+    " WHERE NOT EXISTS (SELECT 1 FROM coordination_leases AS old"
+    "  WHERE old.kind = held.kind AND old.key = held.key AND old.node = %(node)s)"
     " ON CONFLICT (kind, key) DO UPDATE"
     " SET node = excluded.node, expires = excluded.expires, blob = excluded.blob"
     f" WHERE {_takable('taken')}"
@@ -223,10 +241,14 @@ _TRY_LEAD = "SELECT pg_try_advisory_lock(%(lock)s)"
 #: A node that stops hands the leadership over at once (its backend would,
 #: but only once it notices the connection closed).
 _STOP_LEADING = "SELECT pg_advisory_unlock_all()"
+#: A lapsed lease locked by an upload fence is left for the next purge.
 _PURGE = (
     "WITH failures AS (DELETE FROM coordination_failures"
-    "  WHERE at <= now() - %(window)s * interval '1 second')"
-    " DELETE FROM coordination_leases WHERE expires <= now()"
+    "  WHERE at <= now() - %(window)s * interval '1 second'),"
+    " lapsed AS (SELECT kind, key FROM coordination_leases WHERE expires <= now()"
+    "  FOR UPDATE SKIP LOCKED)"
+    " DELETE FROM coordination_leases AS old USING lapsed"
+    " WHERE old.kind = lapsed.kind AND old.key = lapsed.key"
 )
 
 
@@ -493,6 +515,20 @@ class PgCoordination:
         if not isinstance(store, PostgresMetadata) or store.conninfo != self._conninfo:
             return None
         return store.client_read_with_failures(failure_columns, window)
+
+    def fence_along(self, store: object) -> UploadFence | None:
+        """The upload fence (server/storage/postgres/fence.py) in a PostgreSQL store of this
+        database; None for any other store."""
+        from .store import PostgresMetadata
+
+        if not isinstance(store, PostgresMetadata) or store.conninfo != self._conninfo:
+            return None
+
+        def fence_upload(lease: UploadLease) -> None:
+            key = upload_key(lease.client_id, lease.file_name)
+            store.queue_fence(fence.STATEMENT, UPLOAD, key, self.node, lease.blob_key)
+
+        return fence_upload
 
     def settle(self) -> None:
         """Read the answer of what was sent without waiting (see :meth:`_collect`)."""

@@ -48,7 +48,7 @@ from ...errors import NameTaken, StorageFault, StoreUnusable
 from ...peer import address_group
 from ..base import Binding, ClientRow, FileRow, file_row_and_path_names, timestamp, wait_for
 from ..coordination import ClientReadWithFailures, FailureCounts
-from . import schema
+from . import fence, schema
 from ..urltext import without_password
 from .connect import connect, fault, reason
 from .literals import Binder
@@ -450,7 +450,7 @@ class PostgresMetadata:
                 self._lose_round(reason(exc))
             elif not self._levels and self._in_round:  # no savepoint to go back to
                 self._lose_round(reason(exc))
-            raise fault(exc) from exc
+            raise (fence.lease_lost() if fence.refused(exc) else fault(exc)) from exc
 
     def _one_message(self, db: psycopg.Connection, batch: list[_Statement]) -> str:
         """Statements with their parameters bound as literals, as one text."""
@@ -833,6 +833,11 @@ class PostgresMetadata:
         self._write(_UPSERT_FILE, client_id, file_name, path_name, blob_key, self.node)
         self._write(_SET_USED, client_id)
 
+    def queue_fence(self, statement: str, *params: Any) -> None:
+        """Queue the upload fence (server/storage/postgres/fence.py) in the request's
+        transaction: it goes out with the next read, which raises LeaseLost if it refuses."""
+        self._write(statement, *params)
+
     def set_pending(self, client_id: bytes, file_name: bytes, blob_key: str | None) -> None:
         """Point the file's pending version at ``blob_key`` (None: none)."""
         node = None if blob_key is None else self.node
@@ -933,9 +938,11 @@ def migrate_at(conninfo: str) -> tuple[int, int]:
 
 
 def _is_the_callers(exc: psycopg.Error) -> bool:
-    """Whether a batch's failure is its last statement's, the caller's own: a taken name."""
-    return isinstance(exc, pg_errors.UniqueViolation) and (
-        exc.diag.constraint_name in _INSERT_CONSTRAINTS
+    """Whether a batch's failure is the caller's own, after the ended requests' writes: a
+    taken name, or the upload fence's refusal."""
+    return fence.refused(exc) or (
+        isinstance(exc, pg_errors.UniqueViolation)
+        and exc.diag.constraint_name in _INSERT_CONSTRAINTS
     )
 
 
