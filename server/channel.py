@@ -74,8 +74,13 @@ class LoopPort(Protocol):
     def wants_turn(self, channel: Channel) -> None:
         """The channel's turn ended with requests still buffered: resume it next round."""
 
-    def defer(self, channel: Channel) -> None:
-        """The channel may take no request now: resume it first in a later round."""
+    def defer(self, channel: Channel) -> bool:
+        """The channel may take no request now: resume it first in a later round.
+
+        Returns whether that is the next round; False: it is *parked* until
+        what it waits for is done (its blob caught up), and its socket leaves
+        the selector meanwhile (:meth:`Channel.resume` puts it back).
+        """
 
     def channel_closed(self, channel: Channel) -> None:
         """The channel closed (its socket unregistered): forget it."""
@@ -116,6 +121,8 @@ class Channel:
         self._answers_held = False
         self._turn_requests = 0
         self._backlogged = False
+        #: Deferred beyond the next round (:meth:`LoopPort.defer`): out of the selector.
+        self._parked = False
         self._out = bytearray()
         self._state = _State.OPEN
         self._eof = False
@@ -229,6 +236,7 @@ class Channel:
     def resume(self) -> None:
         """A new turn for the requests already buffered (after ``wants_turn`` or ``defer``)."""
         self._backlogged = False
+        self._parked = False
         if self._state is not _State.OPEN:
             return
         if self._unread:
@@ -305,7 +313,7 @@ class Channel:
         """It may take no request now: wait for the loop to resume it."""
         self._unread = self._unread or unread
         self._backlogged = True
-        self._port.defer(self)
+        self._parked = not self._port.defer(self)
         self._settle()
 
     def _step(self) -> bool:
@@ -394,7 +402,14 @@ class Channel:
     # -- selector interest and the timer -------------------------------------------
 
     def _settle(self) -> None:
-        """Match the selector interest and the timer to the state."""
+        """Match the selector interest and the timer to the state.
+
+        A channel the loop resumes next round keeps its interest while it
+        has none (the round after, it has again: no system call for
+        nothing); a parked one leaves the selector, so that its socket,
+        readable but not read, does not end every select() at once (a
+        busy loop, for as long as a slow store's blob is behind).
+        """
         if self._state is _State.CLOSED:
             return
         interest = 0
@@ -406,10 +421,19 @@ class Channel:
             interest |= selectors.EVENT_READ
         if self._out and not self._answers_held:  # else the loop sends them
             interest |= selectors.EVENT_WRITE
-        if interest and interest != self._interest:
-            self._selector.modify(self.sock, interest, self)
-            self._interest = interest
+        if interest != self._interest and (interest or self._parked):
+            self._watch(interest)
         self._arm_timer()
+
+    def _watch(self, interest: int) -> None:
+        """Set the socket's selector interest; none takes it out of the selector."""
+        if not interest:
+            self._selector.unregister(self.sock)
+        elif not self._interest:
+            self._selector.register(self.sock, interest, self)
+        else:
+            self._selector.modify(self.sock, interest, self)
+        self._interest = interest
 
     def _deadline(self) -> tuple[float, str]:
         """When the connection times out, and why."""

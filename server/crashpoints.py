@@ -23,7 +23,8 @@ The points, in the order an upload meets them (:data:`POINTS`):
 * ``upload.committed``: a name's first upload: its row (Verified=0, pointing
   at the upload's key) is durable, the blob not published yet;
 * ``upload.pending``: a later upload of a stored name is kept as a pending
-  version (its sealed blob, the row's pending pointer), 1603 not queued yet;
+  version (its blob, sealed at the round's end, the row's pending pointer),
+  1603 not queued yet;
 * ``upload.confirmed``: a 900's pointer swap (Verified=1) is durable, the
   pending version not published yet (start-up repair publishes it);
 * ``publish.placed``: the blob is what its path name reads, not yet durably,

@@ -638,11 +638,14 @@ class Server:
         """Resume the channel next round, after the deferred ones."""
         self._backlog[channel] = None
 
-    def defer(self, channel: Channel) -> None:
+    def defer(self, channel: Channel) -> bool:
         """Resume the channel in the next round, among the first (round robin); a parked
-        one once its blob caught up (:meth:`_unpark`)."""
-        if channel not in self._parked:
-            self._deferred[channel] = None
+        one once its blob caught up (:meth:`_unpark`): then False (it leaves the selector
+        meanwhile)."""
+        if channel in self._parked:
+            return False
+        self._deferred[channel] = None
+        return True
 
     def channel_closed(self, channel: Channel) -> None:
         """Forget a closed channel."""

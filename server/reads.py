@@ -42,6 +42,7 @@ from typing import Collection, Iterator
 
 from .storage import Binding, ClientRow, FileRow, MetadataStore, RoundCommit
 from .storage.coordination import ClientReadWithFailures, FailureCounts
+from .storage.base import DurableStep
 
 
 class RequestReads:
@@ -102,7 +103,7 @@ class RequestReads:
     def flush(self) -> None:
         self.store.flush()
 
-    def begin_round_commit(self, *, durable: bool) -> RoundCommit | None:
+    def begin_round_commit(self, *, durable: bool) -> RoundCommit | DurableStep | None:
         return self.store.begin_round_commit(durable=durable)
 
     def finish_round(self, *, durable: bool) -> None:

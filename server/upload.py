@@ -323,7 +323,8 @@ class Uploads:
         self._set_holders(upload, owner=None if per_request else peer, streaming=None)
 
     def complete(self, upload: Upload, phase: Receiving, owner: Peer | None) -> FileComplete:
-        """The last packet is in: seal the file; install a first upload, keep a later one pending.
+        """The last packet is in: install a first upload, keep a later one pending; the file
+        is sealed at the round's end, before any publish (server/installs.py).
 
         A first upload's row goes into the round; its blob takes its name once
         the round is durable (:meth:`RoundInstalls.round_committed`), before its answer
@@ -336,20 +337,23 @@ class Uploads:
         """
         result = phase.incoming.result
         self._shares.file_made_durable(upload.group)
-        if isinstance(phase.writer, QueuedWriter):
+        queued = isinstance(phase.writer, QueuedWriter)
+        if queued:
             phase.writer.seal_later()  # the answer waits for it (server/installs.py)
-        else:
-            commit.seal(phase.writer)
+        # else the round worker seals it at the round's end (server/installs.py)
         previous, path_name = self._record(upload, phase.writer.key, result)
         awaits: InstallTicket | None
         if previous is None:
             awaits = self.installs.wait(upload, phase.writer, path_name)
+            if not queued:
+                self.installs.seal(upload, phase.writer, first=True)
             complete: Complete = Installed(result, path_name)
             stored = f"stored as {path_name}"
         else:
-            awaits = None
-            if isinstance(phase.writer, QueuedWriter):
+            if queued:
                 awaits = self.installs.wait_sealed(upload, phase.writer)
+            else:
+                awaits = self.installs.seal(upload, phase.writer, first=False)
             complete = Pending(result, path_name, phase.writer)
             stored = f"kept as a pending version of {path_name} until 900"
         self._keep_lease_for_the_round(upload, phase.writer.key)
@@ -442,6 +446,7 @@ class Uploads:
             raise Refusal("nothing to verify: this upload was given up (901/902)")
         crashpoints.reached("verify.before_commit")
         if isinstance(phase, Pending):
+            self.installs.seal_now(phase.writer)  # completed in this round: before the swap
             self._shares.file_made_durable(upload.group)
             commit.confirm_pending(
                 self._metadata, upload.client_id, upload.file_name, phase.writer.key,
@@ -649,7 +654,7 @@ class Uploads:
 
     def close(self) -> None:
         """Drop every upload (shutdown); first uploads still waiting for their round too."""
-        self.installs.abandon_first_uploads()
+        self.installs.close()
         for names in list(self._uploads.values()):
             for upload in list(names.values()):
                 self.discard(upload, "server stopping")
@@ -702,6 +707,7 @@ class Uploads:
     def _drop_blob(self, upload: Upload) -> None:
         phase = upload.phase
         if isinstance(phase, Receiving):
+            self.installs.drop_seal(phase.writer)
             phase.writer.abort()
         elif isinstance(phase, Pending):
             self._discard_pending(upload, phase)
@@ -709,6 +715,7 @@ class Uploads:
 
     def _discard_pending(self, upload: Upload, phase: Pending) -> None:
         """No row points at the pending version any more, and its blob goes."""
+        self.installs.drop_seal(phase.writer)
         try:
             commit.discard_pending(
                 self._metadata, phase.writer, upload.client_id, upload.file_name

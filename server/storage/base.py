@@ -40,7 +40,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Collection, Iterable, Mapping, Protocol
+from typing import BinaryIO, Collection, Iterable, Mapping, Protocol, runtime_checkable
 
 from .urltext import without_password
 
@@ -198,14 +198,40 @@ class RoundCommit(Protocol):
         ...
 
 
-def wait_for(commit: RoundCommit | None) -> None:
-    """Advance a round's commit until it is done, blocking (``finish_round``'s wait).
+@runtime_checkable
+class DurableStep(Protocol):
+    """A round committed whose durability is one blocking call (SQLite's fsync of its WAL):
+    the caller runs it in a thread of its own (the loop's round worker, server/roundworker.py,
+    beside the blob store's seals and publishes of the round: server/storage/commit.py), then
+    reports it. The store calls no thread of its own, and knows nothing of blobs."""
+
+    def run(self) -> bool:
+        """Make the round durable, blocking (any thread; the store is called by no one
+        meanwhile); whether it is. Never raises: a failure is kept for :meth:`finish`."""
+        ...
+
+    def finish(self) -> None:
+        """After :meth:`run`, in the thread that calls the store: the round is durable.
+
+        Raises:
+            DurabilityLost: it is not, and never will be (the server stops).
+        """
+        ...
+
+
+def wait_for(commit: RoundCommit | DurableStep | None) -> None:
+    """Complete a round's commit, blocking (``finish_round``'s wait): a
+    :class:`DurableStep` is run here, a :class:`RoundCommit` advanced until done.
 
     Raises:
         StorageFault: the round is lost.
         DurabilityLost: durability failed for good.
     """
     if commit is None:
+        return
+    if isinstance(commit, DurableStep):
+        commit.run()
+        commit.finish()
         return
     with selectors.DefaultSelector() as selector:
         interest = 0
@@ -233,9 +259,10 @@ class MetadataStore(Protocol):
 
     Writes happen inside :meth:`transaction`, each request's its own part of
     the round's transaction; the loop ends each round with
-    :meth:`begin_round_commit` and waits for the :class:`RoundCommit` it
-    returns through its selector, serving sockets meanwhile (durable before
-    the round's answers go out: group commit); :meth:`finish_round` is the
+    :meth:`begin_round_commit` and waits for what it returns through its
+    selector (a :class:`RoundCommit`, or a :class:`DurableStep` its round
+    worker runs), serving sockets meanwhile (durable before the round's
+    answers go out: group commit); :meth:`finish_round` is the
     same, waited for, and :meth:`sync` makes what is written so far durable
     at once. Stamps noted with
     :meth:`note_seen` and :meth:`note_key_used` ride along with the next
@@ -251,12 +278,15 @@ class MetadataStore(Protocol):
         """Commit pending stamps, if any."""
         ...
 
-    def begin_round_commit(self, *, durable: bool) -> RoundCommit | None:
+    def begin_round_commit(self, *, durable: bool) -> RoundCommit | DurableStep | None:
         """Start committing the round's writes (and making them durable when ``durable``).
 
         None: done already (nothing to commit, or the store finished at once).
-        Until the returned commit's advance() has returned True or raised, the
-        loop calls no other method of the store.
+        A :class:`RoundCommit`: completing on a descriptor of the store's (a
+        database's socket). A :class:`DurableStep`: committed, its durability
+        one blocking call for the caller to run off the loop thread. Until the
+        commit is done (advance() returned True or raised; the step's
+        finish() returned or raised), the loop calls no other method of the store.
 
         Raises:
             StorageFault: the round is lost (none of its answers may go out).

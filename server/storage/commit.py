@@ -13,16 +13,21 @@ write follows one order, chosen so that a crash between any two steps
 leaves something start-up repair (:func:`repair`) can put right without
 losing a file the client was told about:
 
-1. **Seal.** The upload's content is durable under its key before any row
-   points at it, and before any answer (:func:`seal`). For a blob store
-   with slow writes (server/blobport.py), the seal runs in a worker beside
-   the round that writes the row: the answer still waits for it, and so do
-   the blob's publish (queued after it) and a later version's 1603. A crash
-   between the round's commit and the seal leaves a row whose blob was never
-   published (a first upload's: repair removes it, its client got no 1603)
-   or a pending pointer (repair clears it; with several nodes, the repair of
-   the node that set it): never a row that outlives repair pointing at
-   content not durable.
+1. **Seal.** The upload's content is durable under its key before any
+   answer, and before any publish (:func:`seal`). It is sealed beside the
+   round that writes its row: at the round's end, in the loop's round
+   worker, before the metadata's sync (server/installs.py,
+   server/roundjob.py), or, for a blob store with slow writes, in the blob
+   port's worker, queued after its writes (server/blobport.py); the answer
+   waits for it, and so do the blob's publish and a later version's 1603.
+   A version confirmed in the round that completed it is sealed before its
+   swap. A crash between the round's commit and the seal leaves a row whose
+   blob was never published (a first upload's: repair removes it, its
+   client got no 1603) or a pending pointer (repair clears it; with several
+   nodes, the repair of the node that set it): never a row that outlives
+   repair pointing at content not durable. A seal that fails is never
+   published: a first upload is undone (step 2), a pending version
+   discarded (step 3), and the answer is 1607.
 2. A name's **first upload**: its row, pointing at the key, is written with
    Verified false in the round (:func:`record_first`); once the round is
    durable the blob is published under the path name (:func:`publish_first`),

@@ -14,12 +14,12 @@ in it, so that a request that fails undoes its own writes only. WAL mode and
 durable with one fsync of the WAL. The loop ends every round with
 :meth:`SqliteMetadata.begin_round_commit`: the COMMIT, in the loop thread
 (it writes the round's pages to the WAL in the page cache: quick), and, if
-the round has answers, the fsync of the WAL by a worker thread
-(:class:`_WalSyncer`), which signals its end through a socketpair the loop
-waits on in its selector (:class:`WalSync`, the round's
-:class:`~server.storage.base.RoundCommit`); the answers go out only after
-it (server/loop.py), so that nothing is answered before it is on disk (a
-first upload's publish follows that sync: server/storage/commit.py).
+the round has answers, the fsync of the WAL, handed back as a
+:class:`WalSync` (a :class:`~server.storage.base.DurableStep`) that the
+loop's round worker runs (server/roundworker.py), beside the round's blob
+seals and before its publishes (server/storage/commit.py); the answers go
+out only after it (server/loop.py), so that nothing is answered before it
+is on disk.
 :meth:`SqliteMetadata.finish_round` is the same, waited for. If SQLite rolls the
 round back (it does after a full disk or an I/O error), or its commit fails,
 the round is lost: :meth:`finish_round` raises, and the loop closes the
@@ -39,10 +39,7 @@ import functools
 import logging
 import math
 import os
-import queue
-import socket
 import sqlite3
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,8 +78,6 @@ _WRITE_PROBE_FLAGS = os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BI
 #: The WAL file and the folder are opened only to be fsynced.
 _SYNC_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 _WAL_SUFFIX = "-wal"
-#: Bytes read off the worker's wake-up socket at once.
-_WAKE_READ = 64
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS clients (
@@ -357,91 +352,33 @@ def _translated(method: Callable[_Params, _Result]) -> Callable[_Params, _Result
     return run
 
 
-class _WalSyncer:
-    """One worker thread that fsyncs the WAL for the loop, and the socketpair it signals on.
-
-    The thread starts with the first sync and ends at :meth:`close`. One sync
-    is under way at a time (the loop waits for it before it calls the store
-    again).
-    """
-
-    def __init__(self, sync: Callable[[], None]) -> None:
-        self._sync = sync
-        #: True: sync once; False: end the thread.
-        self._jobs: queue.SimpleQueue[bool] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._thread: threading.Thread | None = None
-        self._finished = threading.Event()
-        #: Why the last sync failed, if it did (read once it finished).
-        self.error: OSError | None = None
-
-    def fileno(self) -> int:
-        """Readable once the sync asked by :meth:`start` finished."""
-        return self._wake_r.fileno()
-
-    def start(self) -> None:
-        """Ask the worker for one sync of the WAL."""
-        self._finished.clear()
-        self.error = None
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="wal-sync", daemon=True)
-            self._thread.start()
-        self._jobs.put(True)
-
-    def finished(self) -> bool:
-        """Whether the sync asked last is done (then its wake-up byte, sent before, is read
-        off: one system call, none while it is not done)."""
-        if not self._finished.is_set():
-            return False
-        try:
-            self._wake_r.recv(_WAKE_READ)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return True
-
-    def _work(self) -> None:
-        while self._jobs.get():
-            try:
-                self._sync()
-            except OSError as exc:
-                self.error = exc
-            try:
-                self._wake_w.send(b"\0")
-            except OSError:  # closed meanwhile: nobody waits any more
-                pass
-            self._finished.set()  # after the byte: finished() finds it to read off
-
-    def close(self) -> None:
-        """End the thread (after the sync under way) and close the socketpair."""
-        if self._thread is not None:
-            self._jobs.put(False)
-            self._thread.join()
-            self._thread = None
-        self._wake_r.close()
-        self._wake_w.close()
-
-
 class WalSync:
-    """The round's :class:`~server.storage.base.RoundCommit`: committed, the WAL's fsync
-    under way in the worker; done when the worker's byte arrives."""
-
-    wants_write = False
+    """The round's :class:`~server.storage.base.DurableStep`: committed; the fsync of the
+    WAL, for the caller's worker thread to run (:meth:`run`), and its outcome (:meth:`finish`)."""
 
     def __init__(self, store: SqliteMetadata) -> None:
         self._store = store
+        #: Why the fsync failed, once it ran.
+        self._error: OSError | None = None
 
-    def fileno(self) -> int:
-        """The worker's end of the socketpair."""
-        return self._store._syncer.fileno()
+    def run(self) -> bool:
+        """One fsync of the WAL (any thread; the store is called by no one meanwhile);
+        whether it held."""
+        try:
+            self._store._fsync_wal()
+        except OSError as exc:
+            self._error = exc
+            return False
+        self._store._unsynced = False
+        return True
 
-    def advance(self) -> bool:
-        """True once the fsync is done.
+    def finish(self) -> None:
+        """The fsync is done: the round is durable.
 
         Raises:
             DurabilityLost: the fsync failed (as :meth:`SqliteMetadata.sync`).
         """
-        return self._store._sync_finished()
+        self._store._synced(self._error)
 
 
 class SqliteMetadata:
@@ -468,8 +405,6 @@ class SqliteMetadata:
         #: Why an fsync failed: from then on no sync succeeds (:class:`DurabilityLost`).
         self._durability_lost: str | None = None
         self._closed = False
-        #: Fsyncs the WAL off the loop thread (:meth:`begin_round_commit`).
-        self._syncer = _WalSyncer(self._fsync_wal)
 
     @classmethod
     def open(
@@ -543,7 +478,6 @@ class SqliteMetadata:
             self.flush()
             self.sync()
         finally:
-            self._syncer.close()
             if self._wal_fd != -1:
                 os.close(self._wal_fd)
                 self._wal_fd = -1
@@ -559,8 +493,9 @@ class SqliteMetadata:
         return self._unsynced or self._db.in_transaction
 
     def begin_round_commit(self, *, durable: bool) -> WalSync | None:
-        """The loop's end of a round: COMMIT here; with ``durable``, the WAL's fsync in the
-        worker (the :class:`WalSync` returned; None if there is nothing to make durable).
+        """The loop's end of a round: COMMIT here; with ``durable``, the WAL's fsync for the
+        caller to run off its thread (the :class:`WalSync` returned; None if there is
+        nothing to make durable).
 
         Raises:
             StorageFault: the round is lost (SQLite rolled it back, or its
@@ -579,23 +514,17 @@ class SqliteMetadata:
             raise
         if not durable or not self._unsynced:
             return None
-        self._syncer.start()
         return WalSync(self)
 
-    def _sync_finished(self) -> bool:
-        """Whether the worker's fsync is done (:meth:`WalSync.advance`).
+    def _synced(self, error: OSError | None) -> None:
+        """The fsync of a :class:`WalSync` ran (``error``: it failed).
 
         Raises:
             DurabilityLost: it failed.
         """
-        if not self._syncer.finished():
-            return False
-        error = self._syncer.error
         if error is not None:
             self._durability_lost = error.strerror or str(error)
             raise DurabilityLost(f"database sync: {self._durability_lost}") from error
-        self._unsynced = False
-        return True
 
     def finish_round(self, *, durable: bool) -> None:
         """The same, waited for (:func:`~server.storage.base.wait_for`).

@@ -70,8 +70,9 @@ class FakePort:
     def wants_turn(self, channel: Channel) -> None:
         self._backlog[channel] = None
 
-    def defer(self, channel: Channel) -> None:
+    def defer(self, channel: Channel) -> bool:
         self._backlog[channel] = None
+        return True
 
     def channel_closed(self, channel: Channel) -> None:
         self._backlog.pop(channel, None)

@@ -10,6 +10,7 @@ they run in the port's worker, and only the upload's own answer waits for them.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -19,12 +20,16 @@ from pathlib import Path
 import pytest
 
 from helpers import RawClient, make_identity, reconnect, upload
-from loop_driving import served_in_a_thread
+from loop_driving import PATIENCE, run_until, served_in_a_thread
 from protocol import FileReceived, cksum
+from server.app import App
 from server.blobport import BlobPort
+from server.limits import Limits
+from server.loop import Server, create_listener
 from server.session import Session
 from server.storage.folder import FolderBlobs, TempFile
 from server.storage.memory import MemoryBlobs
+from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 #: How long each write of the slow store takes.
 WRITE_PAUSE = 0.15
@@ -198,6 +203,78 @@ def test_the_loop_answers_another_client_while_a_slow_store_seals_and_publishes(
     # none waited for the seal or the publish
     slow = max(SLOW_ANSWER * SEAL_PAUSE, 10 * max(baseline))
     assert all(took < slow for took in meanwhile), (baseline, meanwhile)
+
+
+class GatedFolder(FolderBlobs):
+    """The folder store with slow writes, each waiting until the test opens :attr:`gate`."""
+
+    slow_writes = True
+
+    def __init__(self, data_dir) -> None:
+        super().__init__(data_dir)
+        self.gate = threading.Event()
+
+    def begin(self, client_id: bytes, key: str) -> TempFile:
+        writer = super().begin(client_id, key)
+        real_write = writer.write
+
+        def gated_write(data) -> None:
+            self.gate.wait(PATIENCE)
+            real_write(data)
+
+        writer.write = gated_write  # type: ignore[method-assign]
+        return writer
+
+
+@pytest.fixture
+def gated(tmp_path):
+    """A server on the gated store, its loop turned by the test; and the store."""
+    store = GatedFolder(tmp_path)
+    db = SqliteMetadata.open(tmp_path / DB_NAME)
+    app = App.build(db, store, Limits())
+    app.uploads.port.behind_bytes = BEHIND
+    server = Server(app, create_listener("127.0.0.1", 0))
+    yield server, store
+    store.gate.set()
+    server.close()
+    db.close()
+
+
+def _unread(sock: socket.socket) -> bool:
+    """Whether bytes wait in the server's socket (not read)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return False
+
+
+def test_a_connection_parked_behind_its_blob_does_not_wake_the_loop(gated):
+    """While its blob is behind, the uploading connection is not read, and its socket,
+    readable, is not in the loop's selector either: else every select() would end at once
+    for it, and the loop would spin, taking the CPU the other clients' answers need, for
+    as long as the store is slow. Once the blob caught up, the upload goes on."""
+    server, store = gated
+    answer: list = []
+    with RawClient(server.address[:2]) as uploader:
+
+        def send() -> None:
+            identity = make_identity(uploader)
+            answer.append(upload(uploader, identity, "big.bin", BIG, PACKET))
+
+        sending = threading.Thread(target=send, daemon=True)
+        sending.start()
+        # parked (and no longer in the backlog, which resumes it once more), bytes waiting
+        run_until(server, lambda: any(
+            _unread(parked.sock) and parked not in server._backlog for parked in server._parked
+        ))
+        (parked,) = server._parked
+        reported = [key.data for key, _ in server._selector.select(0)]
+        assert parked not in reported
+        store.gate.set()
+        run_until(server, lambda: bool(answer))
+        sending.join(PATIENCE)
+    (received,) = answer
+    assert isinstance(received, FileReceived) and received.cksum == cksum(BIG)
 
 
 def test_a_blob_behind_is_caught_up_and_written_in_order():

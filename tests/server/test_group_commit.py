@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -45,7 +46,8 @@ from server.app import App
 from server.errors import DurabilityLost, StorageFault
 from server.limits import Limits
 from server.loop import Server, create_listener
-from server.storage.folder import RECEIVED_DIR, FolderBlobs, client_dir_name
+from server.roundworker import RoundWorker
+from server.storage.folder import RECEIVED_DIR, FolderBlobs, TempFile, client_dir_name
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 #: A payload size the server will not read past: it answers 1607 and closes.
@@ -284,6 +286,53 @@ def test_first_uploads_in_one_round_share_its_sync_and_take_their_names_after_it
         assert (tmp_path / path_name).read_bytes() == data and verified == 0
 
 
+def _disk_calls_by_thread(monkeypatch) -> list[tuple[int, str, str]]:
+    """Note each fsync and rename the server makes: (thread, call, what it names)."""
+    calls: list[tuple[int, str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append((threading.get_ident(), "fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source, target, **options) -> None:
+        calls.append((threading.get_ident(), "rename", str(target)))
+        real_replace(source, target, **options)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_rounds_seals_sync_and_publishes_run_off_the_loop_thread_as_one_job(
+    two_clients, monkeypatch, tmp_path
+):
+    server, db, pairs = two_clients
+    calls = _disk_calls_by_thread(monkeypatch)
+    jobs = []
+    real_start = RoundWorker.start
+    monkeypatch.setattr(
+        RoundWorker, "start", lambda worker, job: (jobs.append(job), real_start(worker, job))
+    )
+    data = b"sealed off the loop" * 100
+    _send_files(pairs, data)
+    run_round(server)  # this thread is the loop's
+    for client, _identity in pairs:
+        answer = client.receive()
+        assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
+    received = str(tmp_path / RECEIVED_DIR)
+    blob_calls = [call for call in calls if call[2].startswith(received)]
+    # each file's seal, its rename into place and its folder's sync: none in the loop's
+    # thread, all in one job with the database's sync, a job for the round
+    assert len(blob_calls) == 3 * len(pairs), calls
+    assert {thread for thread, _, _ in calls} - {threading.get_ident()} == {
+        thread for thread, _, _ in calls
+    }, calls
+    assert len({thread for thread, _, _ in calls}) == 1 and len(jobs) == 1, (calls, jobs)
+    assert any(path.endswith("-wal") for _, _, path in calls)
+
+
 def test_a_first_upload_that_cannot_take_its_name_is_answered_1607_in_place_of_1603(
     two_clients, monkeypatch, tmp_path
 ):
@@ -450,6 +499,37 @@ def test_a_version_confirmed_in_the_round_of_the_names_first_upload_is_the_one_s
     assert syncs == ["sync"]
     answers = [client.receive() for _ in range(3)]
     assert [type(answer) for answer in answers] == [FileReceived, FileReceived, Acknowledged]
+    run_round(server)
+    ((path_name, verified),) = _rows_seen_by_another_connection(db.path).values()
+    assert (tmp_path / path_name).read_bytes() == second and verified == 1
+
+
+def test_a_version_confirmed_in_the_round_that_completed_it_is_sealed_before_its_swap(
+    keyed_client, tmp_path, monkeypatch
+):
+    """A round's blobs are sealed at its end, but a pending version's 900 in the same
+    round swaps the row's pointers to it before that: it is sealed first, at once."""
+    server, db, client, identity = keyed_client
+    first, second = b"version one " * 50, b"version two " * 60
+    for packet in file_packets(identity, "same.bin", first, WHOLE_FILE):
+        client.send(packet)
+    run_until(server, lambda: bytes_waiting(client) > 0)
+    assert isinstance(client.receive(), FileReceived)  # v1 stored, v2 will be pending
+    steps = []
+    real_seal, real_promote = TempFile.seal, db.promote_pending
+    monkeypatch.setattr(TempFile, "seal", lambda temp: (steps.append("seal"), real_seal(temp)))
+    monkeypatch.setattr(db, "promote_pending", lambda *row: (
+        steps.append("swap"), real_promote(*row)))
+    burst = b"".join(
+        packet_bytes(packet) for packet in file_packets(identity, "same.bin", second, WHOLE_FILE)
+    )
+    burst += client.conn.send(CrcOk(client_id=identity.client_id, file_name="same.bin"))
+    client.send_raw(burst)  # v2 and its 900, in one round
+    time.sleep(0.1)
+    run_round(server)
+    assert steps == ["seal", "swap"]
+    answers = [client.receive() for _ in range(2)]
+    assert [type(answer) for answer in answers] == [FileReceived, Acknowledged]
     run_round(server)
     ((path_name, verified),) = _rows_seen_by_another_connection(db.path).values()
     assert (tmp_path / path_name).read_bytes() == second and verified == 1

@@ -68,8 +68,9 @@ class RecordingPort:
     def wants_turn(self, channel: Channel) -> None:
         self.turns.append(channel)
 
-    def defer(self, channel: Channel) -> None:
+    def defer(self, channel: Channel) -> bool:
         self.deferred.append(channel)
+        return True
 
     def channel_closed(self, channel: Channel) -> None:
         self.closed.append(channel)

@@ -5,6 +5,7 @@ not the last."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -19,14 +20,21 @@ FIRST, SECOND = b"the first version\n", b"the confirmed second version\n"
 FILE_NAME = "report.txt"
 #: Seconds the test waits for the owed publish (the retries come every second).
 PATIENCE = 30.0
+#: The round worker's thread (server/roundworker.py).
+ROUND_WORKER = "round-storage"
 
 
 class FlakyFolder(FolderBlobs):
-    """The folder store, whose next ``failing`` publishes fail."""
+    """The folder store, whose next ``failing`` publishes fail; it notes the thread of each."""
 
     failing = 0
 
+    def __init__(self, data_dir) -> None:
+        super().__init__(data_dir)
+        self.threads: list[str] = []
+
     def publish(self, key: str, path_name: str) -> None:
+        self.threads.append(threading.current_thread().name)
         if self.failing:
             self.failing -= 1
             raise StorageFault("the store is away for a moment")
@@ -71,3 +79,5 @@ def test_an_owed_publish_is_retried_after_a_retry_that_could_not_read_the_row(
     assert unreadable == [True]
     assert stored.read_bytes() == SECOND
     client.close()
+    # every publish, the retries too, in the round worker: none in the loop's thread
+    assert set(store.threads) == {ROUND_WORKER}, store.threads

@@ -14,14 +14,17 @@ import socket
 import threading
 import time
 
-from helpers import ANY_ID, RawClient, unique_name
+from helpers import ANY_ID, Identity, RawClient, file_packets, private_key, unique_name
 from loop_driving import bytes_waiting, run_until
 
-from protocol import ConnectionClosed, Register, Registered
+from protocol import (
+    ConnectionClosed, FileReceived, Register, Registered, SendPublicKey, cksum, crypto,
+)
 from server.app import App
 from server.errors import DurabilityLost, StorageFault
 from server.limits import Limits
 from server.loop import Server, create_listener
+from server.storage.folder import RECEIVED_DIR, FolderBlobs, TempFile, client_dir_name
 from server.storage.memory import MemoryBlobs, MemoryMetadata
 
 ROUND_PAUSE = 0.01
@@ -193,4 +196,71 @@ def test_a_round_commit_whose_durability_is_lost_stops_the_server():
         assert isinstance(client.receive(), ConnectionClosed)  # never answered
         client.close()
     finally:
+        server.close()
+
+
+DATA = bytes(range(256)) * 16
+#: A packet size that sends the file in one 828.
+WHOLE_FILE = 1 << 16
+
+
+def _ask_through_the_gate(server: Server, store: GatedMetadata, client: RawClient, request):
+    """A request whose round's commit the test lets through; its answer."""
+    client.send(request)
+    run_until(server, lambda: store.in_flight)
+    store.commits[-1].open()
+    run_until(server, lambda: bytes_waiting(client) > 0)
+    return client.receive()
+
+
+def _identity_through_the_gate(server: Server, store: GatedMetadata, client: RawClient) -> Identity:
+    name = unique_name()
+    registered = _ask_through_the_gate(server, store, client, Register(client_id=ANY_ID, name=name))
+    key = private_key()
+    public = crypto.export_public_key(key)
+    answer = _ask_through_the_gate(
+        server, store, client,
+        SendPublicKey(client_id=registered.client_id, name=name, public_key=public),
+    )
+    return Identity(name, registered.client_id, key, crypto.decrypt_aes_key(key, answer.encrypted_aes_key))
+
+
+def test_a_rounds_seals_run_while_its_commit_is_out_and_its_publishes_after_it(
+    tmp_path, monkeypatch
+):
+    """A commit completing on the store's own descriptor (a database's COMMIT): the round
+    worker seals the round's blobs meanwhile, off the loop thread, and publishes them once
+    the commit is done, before the answer."""
+    store = GatedMetadata()
+    limits = Limits(requests_per_address_per_round=0, durable_files_per_address_per_round=0)
+    app = App.build(store, FolderBlobs(tmp_path), limits)  # type: ignore[arg-type]
+    server = Server(app, create_listener("127.0.0.1", 0))
+    sealed: list[int] = []  # the threads that sealed
+    real_seal = TempFile.seal
+    monkeypatch.setattr(
+        TempFile, "seal", lambda temp: (sealed.append(threading.get_ident()), real_seal(temp))
+    )
+    try:
+        client = RawClient(server.address[:2])
+        run_until(server, lambda: len(server.channels) == 1)
+        identity = _identity_through_the_gate(server, store, client)
+        (packet,) = file_packets(identity, "gated.bin", DATA, WHOLE_FILE)
+        client.send(packet)
+        run_until(server, lambda: store.in_flight)
+        run_until(server, lambda: bool(sealed))  # while the gate is shut
+        assert store.in_flight and sealed != [threading.get_ident()]
+        folder = tmp_path / RECEIVED_DIR / client_dir_name(identity.client_id)
+        assert [path.name for path in folder.iterdir() if not path.name.startswith(".")] == []
+        assert bytes_waiting(client) == 0
+        store.commits[-1].open()
+        run_until(server, lambda: bytes_waiting(client) > 0)
+        answer = client.receive()
+        assert isinstance(answer, FileReceived) and answer.cksum == cksum(DATA)
+        assert [path.read_bytes() for path in folder.iterdir()] == [DATA]  # published
+        assert store.calls_in_flight == []
+        client.close()
+    finally:
+        for commit in store.commits:
+            if store.in_flight:
+                commit.open()
         server.close()

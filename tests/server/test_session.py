@@ -279,10 +279,13 @@ def _unpublished_keys(harness: Harness) -> set[str]:
 
 
 def _fire_timers_after(harness: Harness, delay: float) -> None:
+    """Run the timers due ``delay`` later, then end the round, as the loop does after them
+    (an owed publish retried is the round's)."""
     harness.clock.now += delay
     for timer in harness.app.timers.due():
         if timer.callback is not None:
             timer.callback()
+    harness.app.end_round(durable=False)
 
 
 def _fail_publishes(monkeypatch, times: int) -> None:
