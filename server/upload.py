@@ -338,7 +338,7 @@ class Uploads:
         result = phase.incoming.result
         self._shares.file_made_durable(upload.group)
         queued = isinstance(phase.writer, QueuedWriter)
-        if queued:
+        if isinstance(phase.writer, QueuedWriter):
             phase.writer.seal_later()  # the answer waits for it (server/installs.py)
         # else the round worker seals it at the round's end (server/installs.py)
         previous, path_name = self._record(upload, phase.writer.key, result)
@@ -350,7 +350,7 @@ class Uploads:
             complete: Complete = Installed(result, path_name)
             stored = f"stored as {path_name}"
         else:
-            if queued:
+            if isinstance(phase.writer, QueuedWriter):
                 awaits = self.installs.wait_sealed(upload, phase.writer)
             else:
                 awaits = self.installs.seal(upload, phase.writer, first=False)
