@@ -4,8 +4,9 @@ A session (825, 826, one single-packet 828, 900) is driven through a
 :class:`~server.session.Session` of an App whose store and coordination are
 PostgreSQL (a fresh database of the session's throwaway cluster), each
 request in a round of its own, as the loop ends it. What is counted is every
-statement psycopg sends and waits for (``Connection.execute``, on the
-store's connection and the coordination's): the round's COMMIT and what
+message psycopg waits for the answer of (``Connection.wait``, under
+``Connection.execute`` and the stores' own messages, server/storage/postgres/message.py,
+on the store's connection and the coordination's): the round's COMMIT and what
 goes out without waiting are not. A count does not depend on the machine's load.
 """
 
@@ -54,17 +55,17 @@ ROUND_TRIPS = {"825": 2, "826": 1, "828": 3, "900": 1}
 
 
 class Waited:
-    """Counts the statements psycopg sends and waits for, on every connection."""
+    """Counts the messages psycopg waits for the answer of, on every connection."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        execute = psycopg.Connection.execute
+        wait = psycopg.Connection.wait
 
         def counted(connection, *args, **kwargs):
             self.count += 1
-            return execute(connection, *args, **kwargs)
+            return wait(connection, *args, **kwargs)
 
-        monkeypatch.setattr(psycopg.Connection, "execute", counted)
+        monkeypatch.setattr(psycopg.Connection, "wait", counted)
 
 
 @pytest.fixture
@@ -91,14 +92,52 @@ def _request(app: App, session: Session, request) -> object:
     return answer
 
 
+class Cursors:
+    """Counts the cursors psycopg makes (one per ``Connection.execute``, one per
+    ``mogrify``), on every connection."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        made = psycopg.Cursor.__init__
+
+        def counted(cursor, *args, **kwargs):
+            self.count += 1
+            made(cursor, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "__init__", counted)
+
+
+def _warm_up(app: App) -> None:
+    """A session on a new connection, which prepares the statements sent without waiting."""
+    warm_up = Session(app, Peer("127.0.0.1", 39999))
+    who = _keyed(app, warm_up)
+    (packet,) = file_packets(who, FILE_NAME, b"one packet")
+    assert isinstance(_request(app, warm_up, packet), FileReceived)
+
+
+def test_a_session_s_messages_make_no_cursor(node, monkeypatch):
+    """The store's and the coordination's messages are sent and read without a psycopg
+    cursor (server/storage/postgres/message.py): a cursor per call cost the loop about as
+    much CPU as the rest of the call."""
+    app, _ = node
+    _warm_up(app)
+    cursors = Cursors(monkeypatch)
+    waited = Waited(monkeypatch)
+    who = _keyed(app, Session(app, Peer("127.0.0.1", 40001)))
+    session = Session(app, Peer("127.0.0.1", 40001))
+    (packet,) = file_packets(who, FILE_NAME, b"one packet")
+    assert isinstance(_request(app, session, packet), FileReceived)
+    assert isinstance(_request(app, session, CrcOk(client_id=who.client_id,
+                                                   file_name=FILE_NAME)), Acknowledged)
+    assert waited.count == sum(ROUND_TRIPS.values())  # the messages were sent and answered
+    assert cursors.count == 0
+
+
 def test_a_session_waits_for_seven_round_trips_and_what_answers_nothing_is_in_place(
     node, monkeypatch
 ):
     app, other = node
-    warm_up = Session(app, Peer("127.0.0.1", 39999))  # a connection's first prepare its
-    who = _keyed(app, warm_up)  # statements sent without waiting: once
-    (packet,) = file_packets(who, FILE_NAME, b"one packet")
-    assert isinstance(_request(app, warm_up, packet), FileReceived)
+    _warm_up(app)  # a connection's first prepares its statements sent without waiting: once
     session = Session(app, Peer("127.0.0.1", 40000))
     waited = Waited(monkeypatch)
     counts: dict[str, int] = {}

@@ -37,7 +37,9 @@ a new registration, the release of an upload's lease) is sent without
 waiting (prepared once per connection: its text alone would be planned at
 every call), its answer read before the connection's next statement (and a
 failure among them logged, as a failed release always was: the row lapses,
-or goes at the next renewal). A hold is so in place before the 825 that
+or goes at the next renewal); an upload's lease, waited for, is prepared
+too, and its call is one message read without a cursor (:mod:`.message`).
+A hold is so in place before the 825 that
 made it is answered: its answer is read (:meth:`PgCoordination.settle`)
 as the round's commit begins, by when it has mostly arrived. :attr:`PgCoordination.round_trips`
 counts the waited ones, :attr:`PgCoordination.unanswered` the others
@@ -57,13 +59,16 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 from ...errors import StorageFault, StoreUnusable
 from ..coordination import (
     REGISTRATION, UPLOAD, ClientReadWithFailures, FailureCounts, UploadLease, upload_key,
 )
 from .connect import liveness
+
+if TYPE_CHECKING:
+    from .message import Messenger
 
 try:
     import psycopg
@@ -249,9 +254,10 @@ _NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
 
 @dataclass(frozen=True)
 class _Prepared:
-    """A statement sent without waiting, prepared once per connection: sent as simple
-    query text (libpq's ``PQsendQuery``), it would be planned at every call, and
-    :data:`_TAKE`'s plan (it may read ``pg_locks``) is the costly part of it."""
+    """A statement of every session (sent without waiting, or an upload's lease), prepared
+    once per connection: sent as simple query text (libpq's ``PQsendQuery``), it would be
+    planned at every call, and :data:`_TAKE`'s plan (it may read ``pg_locks``) is the
+    costly part of it."""
 
     name: str
     statement: str
@@ -267,14 +273,20 @@ class _Prepared:
 
     @property
     def execute(self) -> str:
-        """The statement's call, its parameters still named (for ``mogrify``)."""
-        return f"EXECUTE {self.name} ({', '.join(f'%({name})s' for name in self._names())})"
+        """The statement's call, its parameters placeholders (bound as literals, in the
+        order of :meth:`values`)."""
+        return f"EXECUTE {self.name} ({', '.join(['%s'] * len(self._names()))})"
+
+    def values(self, named: Mapping[str, object]) -> tuple[object, ...]:
+        """The parameters of :attr:`execute`, from their values by name."""
+        return tuple(named[name] for name in self._names())
 
     def _names(self) -> list[str]:
         return list(dict.fromkeys(_NAMED_PARAMETER.findall(self.statement)))
 
 
-_TAKE_UNANSWERED = _Prepared("cd_take", _TAKE)
+#: A hold sent without waiting, and an upload's lease waited for: one statement.
+_TAKE_PREPARED = _Prepared("cd_take", _TAKE)
 _RELEASE_UNANSWERED = _Prepared("cd_release", _RELEASE)
 
 
@@ -310,6 +322,8 @@ class PgCoordination:
         self._unanswered = False
         #: The statements prepared on the connection (:class:`_Prepared`).
         self._prepared: set[str] = set()
+        #: Sends a prepared statement's call as one message on the connection.
+        self._messenger: Messenger | None = None
         #: Round trips waited for, and messages sent without waiting (logged at the close).
         self.round_trips = 0
         self.unanswered = 0
@@ -450,21 +464,60 @@ class PgCoordination:
             StorageFault: it could not be sent (a broken connection is opened again next
                 time), or the name lock could not be taken (see :meth:`_rows`).
         """
-        self._ensure_named()
-        if prepared.name not in self._prepared:
-            self._rows(prepared.prepare, {})
-            self._prepared.add(prepared.name)
+        self._prepare(prepared)
         self._collect()
         connection = self._connect()
         try:
-            text = psycopg.ClientCursor(connection).mogrify(prepared.execute, values)
-            connection.pgconn.send_query(text.encode(connection.info.encoding))
+            messenger = self._messenger_of(connection)
+            connection.pgconn.send_query(messenger.binder.text(
+                [(prepared.execute, prepared.values(values))]
+            ).encode(connection.info.encoding))
         except psycopg.Error as exc:
             if connection.broken:
                 self._drop_connection()
             raise StorageFault(f"coordination: {_reason(exc)}") from exc
         self._unanswered = True
         self.unanswered += 1
+
+    def _prepare(self, prepared: _Prepared) -> None:
+        """Take the name lock if needed, and prepare the statement on a new connection (one
+        round trip each, once per connection).
+
+        Raises:
+            StorageFault: see :meth:`_rows`.
+        """
+        self._ensure_named()
+        if prepared.name not in self._prepared:
+            self._rows(prepared.prepare, {})
+            self._prepared.add(prepared.name)
+
+    def _call(self, prepared: _Prepared, values: Mapping[str, object]) -> list[tuple]:
+        """A prepared statement's rows, waited for (one round trip; one more to prepare it on
+        a new connection): one message, without a cursor (:mod:`.message`).
+
+        Raises:
+            StorageFault: see :meth:`_rows`.
+        """
+        self._prepare(prepared)
+        self._collect()
+        connection = self._connect()
+        self.round_trips += 1
+        try:
+            return self._messenger_of(connection).rows(
+                [(prepared.execute, prepared.values(values))]
+            )
+        except psycopg.Error as exc:
+            if connection.broken:
+                self._drop_connection()
+            raise StorageFault(f"coordination: {_reason(exc)}") from exc
+
+    def _messenger_of(self, connection: Any) -> Messenger:
+        """What sends one message on ``connection`` (made again for a new one)."""
+        from .message import Messenger  # psycopg's: imported with it
+
+        if self._messenger is None or self._messenger.db is not connection:
+            self._messenger = Messenger(connection)
+        return self._messenger
 
     def read_along(self, store: object, window: float) -> ClientReadWithFailures | None:
         """The client read of a PostgreSQL store of this database, with the failure counts
@@ -520,7 +573,7 @@ class PgCoordination:
     def hold_registration(self, client_id: bytes) -> None:
         """This node holds the keyless registration ``client_id`` (sent without waiting: a
         new id is held by no other node)."""
-        self._send_unanswered(_TAKE_UNANSWERED, self._lease_values(REGISTRATION, client_id))
+        self._send_unanswered(_TAKE_PREPARED, self._lease_values(REGISTRATION, client_id))
 
     def registration_held_elsewhere(self, client_id: bytes) -> bool:
         """Whether another node holds the registration, unlapsed (one round trip)."""
@@ -550,7 +603,7 @@ class PgCoordination:
     def take_upload(self, lease: UploadLease) -> bool:
         """Take (or renew) the upload's lease; False if another node holds it (one round trip)."""
         key = upload_key(lease.client_id, lease.file_name)
-        return self._execute(_TAKE, self._lease_values(UPLOAD, key, lease.blob_key)) is not None
+        return bool(self._call(_TAKE_PREPARED, self._lease_values(UPLOAD, key, lease.blob_key)))
 
     def release_upload(self, client_id: bytes, file_name: bytes) -> None:
         """The upload stopped receiving here (sent without waiting)."""

@@ -12,7 +12,8 @@ loopback, and the loop waits for each): a request's writes are queued, with
 its ``SAVEPOINT`` and ``RELEASE`` if it read after writing (none for a request
 whose writes all wait: a failure among them loses the round anyway), and go
 out as one multi-statement message
-(parameters bound as literals: server/storage/postgres/literals.py) with the next read
+(parameters bound as literals: server/storage/postgres/literals.py; sent and read
+without a cursor: server/storage/postgres/message.py) with the next read
 that must see them or with the round's ``COMMIT``. A queued write of a
 request that has ended cannot be undone alone once it fails (its answer
 waits for the round): such a failure loses the round. A client's row and
@@ -50,7 +51,7 @@ from ..coordination import ClientReadWithFailures, FailureCounts
 from . import schema
 from ..urltext import without_password
 from .connect import connect, fault, reason
-from .literals import Binder
+from .message import Messenger
 from .roundcommit import PgRoundCommit
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,6 @@ _RELEASE = "RELEASE request"
 _ROLLBACK_TO = "ROLLBACK TO request"
 _ROLLBACK = "ROLLBACK"
 _COMMIT = "COMMIT"
-#: How a prepared read is called (in a simple query: its parameters literals).
-_EXECUTE = "EXECUTE "
 #: The one write whose failure is its own request's answer (NameTaken), not the round's
 #: loss: a client's insert, refused for its name or (as the other stores do) its id.
 _INSERT_CONSTRAINTS = frozenset({"clients_name_key", "clients_pkey"})
@@ -268,9 +267,8 @@ class PostgresMetadata:
         #: No new connection is tried before this (time.monotonic()), after one failed.
         self._retry_at = 0.0
         self._unreachable = False
-        #: Binds a batch's parameters for one message, by the quoting rules of its connection.
-        self._binder: Binder | None = None
-        self._binder_of: psycopg.Connection | None = None
+        #: Sends a batch as one message, its parameters bound by its connection's quoting rules.
+        self._messenger: Messenger | None = None
         #: The reads prepared on each new connection (:class:`_PreparedRead`), by text.
         self._prepared_reads = {read.statement: read for read in _PREPARED_READS}
         #: The connection they are prepared on.
@@ -411,14 +409,9 @@ class PostgresMetadata:
             batch.append(read)
         self.round_trips += 1
         self.statements += len(batch)
-        try:
-            if len(batch) == 1 and not batch[0][0].startswith(_EXECUTE):
-                cursor = db.execute(*batch[0])
-            else:  # one message: one round trip, and less loop CPU than a pipeline
-                cursor = db.execute(self._one_message(db, batch))
-                while cursor.nextset():  # to the last statement's result
-                    pass
-            return cursor.fetchall() if read is not None else []
+        try:  # one message: one round trip, and less loop CPU than a pipeline
+            rows = self._messenger_of(db).rows(batch)
+            return rows if read is not None else []
         except psycopg.OperationalError as exc:
             if db.closed or db.broken:
                 log.warning("database: the connection is lost (%s)", reason(exc))
@@ -431,11 +424,16 @@ class PostgresMetadata:
                 self._lose_round(reason(exc))
             raise fault(exc) from exc
 
+    def _messenger_of(self, db: psycopg.Connection) -> Messenger:
+        """What sends a batch on ``db`` as one message (made again for a new connection:
+        its quoting rules)."""
+        if self._messenger is None or self._messenger.db is not db:
+            self._messenger = Messenger(db)
+        return self._messenger
+
     def _one_message(self, db: psycopg.Connection, batch: list[_Statement]) -> str:
         """Statements with their parameters bound as literals, as one text."""
-        if self._binder is None or self._binder_of is not db:  # a new connection's rules
-            self._binder, self._binder_of = Binder(db), db
-        return self._binder.text(batch)
+        return self._messenger_of(db).binder.text(batch)
 
     def _write(self, statement: str, *params: Any) -> None:
         """Queue a write; outside any transaction, send it at once."""
