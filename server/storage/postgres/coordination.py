@@ -290,6 +290,34 @@ _TAKE_PREPARED = _Prepared("cd_take", _TAKE)
 _RELEASE_UNANSWERED = _Prepared("cd_release", _RELEASE)
 
 
+class _PendingTake:
+    """An upload's lease sent without waiting (:meth:`PgCoordination.begin_take_upload`)."""
+
+    def __init__(self, coordination: PgCoordination) -> None:
+        self._coordination = coordination
+        self._answered = False
+        self._held = False
+        self._failure: StorageFault | None = None
+
+    def answer(self, *, held: bool = False, failure: StorageFault | None = None) -> None:
+        """Its answer, read by the coordination."""
+        self._answered, self._held, self._failure = True, held, failure
+
+    def taken(self) -> bool:
+        """Whether this node holds the lease; its answer is read first if it has not been.
+
+        Raises:
+            StorageFault: the database refused it, or the connection was lost.
+        """
+        if not self._answered:
+            self._coordination.settle()
+        if self._failure is not None:
+            raise self._failure
+        if not self._answered:  # pragma: no cover - settle answers every take it sent
+            raise StorageFault("coordination: the upload lease went unanswered")
+        return self._held
+
+
 def key_tag(aes_key: bytes) -> bytes:
     """What stands for an AES key in the failure counts: a digest, never the key."""
     return hashlib.sha256(aes_key).digest()[:KEY_TAG_SIZE]
@@ -320,6 +348,8 @@ class PgCoordination:
         self._next_attempt = 0.0
         #: A statement sent without waiting whose answer is still to be read.
         self._unanswered = False
+        #: The upload lease it asks for, if it is one (its answer is its caller's).
+        self._pending_take: _PendingTake | None = None
         #: The statements prepared on the connection (:class:`_Prepared`).
         self._prepared: set[str] = set()
         #: Sends a prepared statement's call as one message on the connection.
@@ -539,18 +569,29 @@ class PgCoordination:
         if not self._unanswered:
             return
         self._unanswered = False
+        take, self._pending_take = self._pending_take, None
         connection = self._connection
         if connection is None or connection.closed:
+            if take is not None:
+                take.answer(failure=StorageFault("coordination: the connection was lost"))
             return
         pgconn = connection.pgconn
         failure = None
+        rows = 0
         while (result := pgconn.get_result()) is not None:
             if result.status == pq.ExecStatus.FATAL_ERROR and failure is None:
                 primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY)
                 failure = (primary or pgconn.error_message or b"error").decode("utf-8", "replace")
+            elif result.status == pq.ExecStatus.TUPLES_OK:
+                rows += result.ntuples
         if pgconn.status != pq.ConnStatus.OK:
             self._drop_connection()
-        if failure is not None:
+            failure = failure or "the connection was lost"
+        if take is not None:  # its caller hears of a failure
+            take.answer(held=rows > 0, failure=None if failure is None else StorageFault(
+                f"coordination: {' '.join(failure.split())}"
+            ))
+        elif failure is not None:
             log.warning(
                 "coordination: a hold or release sent without waiting failed (a hold is this"
                 " node's only; a lease lapses, or goes at the next renewal): %s",
@@ -561,6 +602,9 @@ class PgCoordination:
         self._leader = False
         self._named = False
         self._unanswered = False
+        take, self._pending_take = self._pending_take, None
+        if take is not None:
+            take.answer(failure=StorageFault("coordination: the connection was lost"))
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -604,6 +648,19 @@ class PgCoordination:
         """Take (or renew) the upload's lease; False if another node holds it (one round trip)."""
         key = upload_key(lease.client_id, lease.file_name)
         return bool(self._call(_TAKE_PREPARED, self._lease_values(UPLOAD, key, lease.blob_key)))
+
+    def begin_take_upload(self, lease: UploadLease) -> _PendingTake:
+        """:meth:`take_upload` sent without waiting: its answer is read before the
+        connection's next statement, or when asked for (:meth:`_PendingTake.taken`).
+
+        Raises:
+            StorageFault: it could not be sent.
+        """
+        key = upload_key(lease.client_id, lease.file_name)
+        self._send_unanswered(_TAKE_PREPARED, self._lease_values(UPLOAD, key, lease.blob_key))
+        take = _PendingTake(self)
+        self._pending_take = take
+        return take
 
     def release_upload(self, client_id: bytes, file_name: bytes) -> None:
         """The upload stopped receiving here (sent without waiting)."""
