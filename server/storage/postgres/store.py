@@ -21,9 +21,9 @@ its binding are read together (with its failure counts, when the
 coordination's tables are in this database:
 :meth:`PostgresMetadata.client_read_with_failures`), an 825's name with the
 client counts; these reads are prepared once per connection
-(:class:`_PreparedRead`) and called with ``EXECUTE``, so that a batch's text
-is not planned again at every call. A write whose outcome the request
-needs at once (registering a name: :class:`~server.errors.NameTaken`) goes
+(:class:`_Prepared`) and called with ``EXECUTE``, as are the writes of a
+session, so that a batch's text is not planned again at every call. A write
+whose outcome the request needs at once (registering a name: :class:`~server.errors.NameTaken`) goes
 out at once, with the writes queued before it. :attr:`PostgresMetadata.round_trips` and
 :attr:`~PostgresMetadata.statements` count them (bench/sessions.py).
 
@@ -35,6 +35,7 @@ connections unanswered); the next request connects again (one attempt per
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from contextlib import contextmanager
@@ -172,14 +173,14 @@ _RECOUNT = (
 )
 
 @dataclass(frozen=True)
-class _PreparedRead:
-    """A read a request makes, prepared once per connection: in a batch (a simple query,
+class _Prepared:
+    """A statement of a request, prepared once per connection: in a batch (a simple query,
     its parameters literals) its text would be parsed and planned at every call."""
 
     name: str
     statement: str
-    #: Its parameters' types, in order.
-    types: tuple[str, ...]
+    #: Its parameters' types, in order (none given: the database's, from where they go).
+    types: tuple[str, ...] = ()
 
     @property
     def prepare(self) -> str:
@@ -188,21 +189,39 @@ class _PreparedRead:
         numbered = pieces[0] + "".join(
             f"${number}{piece}" for number, piece in enumerate(pieces[1:], start=1)
         )
-        return f"PREPARE {self.name} ({', '.join(self.types)}) AS {numbered}"
+        types = f" ({', '.join(self.types)})" if self.types else ""
+        return f"PREPARE {self.name}{types} AS {numbered}"
 
-    @property
+    @functools.cached_property
     def execute(self) -> str:
         """The statement's call, its parameters placeholders (bound as literals)."""
-        return f"EXECUTE {self.name} ({', '.join([_PLACEHOLDER] * len(self.types))})"
+        placeholders = self.statement.count(_PLACEHOLDER)
+        return f"EXECUTE {self.name} ({', '.join([_PLACEHOLDER] * placeholders)})"
 
 
 _PLACEHOLDER = "%s"
-#: The reads of a request (a client, an 825's name, a file's row), prepared.
-_PREPARED_READS = (
-    _PreparedRead("cd_client", _SELECT_CLIENT_AND_BINDING, ("bytea",)),
-    _PreparedRead("cd_name", _SELECT_NAME_AND_COUNTS, ("text", "text", "text")),
-    _PreparedRead("cd_file", _SELECT_FILE, ("bytea", "bytea")),
-    _PreparedRead("cd_client_files", _SELECT_CLIENT_FILES, ("bytea",)),
+#: The statements of a request, prepared: its reads (a client, an 825's name, a file's
+#: row) and the writes of a session (825, 826, 828, 900) and of an 827.
+_PREPARED = (
+    _Prepared("cd_client", _SELECT_CLIENT_AND_BINDING, ("bytea",)),
+    _Prepared("cd_name", _SELECT_NAME_AND_COUNTS, ("text", "text", "text")),
+    _Prepared("cd_file", _SELECT_FILE, ("bytea", "bytea")),
+    _Prepared("cd_client_files", _SELECT_CLIENT_FILES, ("bytea",)),
+    _Prepared("cd_insert_client", _INSERT_CLIENT),
+    _Prepared("cd_set_unused_since", _SET_UNUSED_SINCE),
+    _Prepared("cd_set_used", _SET_USED),
+    _Prepared("cd_set_edition", _SET_EDITION),
+    _Prepared("cd_set_crc", _SET_CRC),
+    _Prepared("cd_set_keys", _SET_KEYS),
+    _Prepared("cd_set_aes_key", _SET_AES_KEY),
+    _Prepared("cd_set_last_seen", _SET_LAST_SEEN),
+    _Prepared("cd_upsert_file", _UPSERT_FILE),
+    _Prepared("cd_set_pending", _SET_PENDING),
+    _Prepared("cd_promote_pending", _PROMOTE_PENDING),
+    _Prepared("cd_set_verified", _SET_VERIFIED),
+    _Prepared("cd_set_content", _SET_CONTENT),
+    _Prepared("cd_upsert_binding", _UPSERT_BINDING),
+    _Prepared("cd_set_binding_used", _SET_BINDING_USED),
 )
 #: The client read that brings the failure counts too (its text made at run time).
 _CLIENT_WITH_FAILURES = "cd_client_failures"
@@ -269,8 +288,8 @@ class PostgresMetadata:
         self._unreachable = False
         #: Sends a batch as one message, its parameters bound by its connection's quoting rules.
         self._messenger: Messenger | None = None
-        #: The reads prepared on each new connection (:class:`_PreparedRead`), by text.
-        self._prepared_reads = {read.statement: read for read in _PREPARED_READS}
+        #: The statements prepared on each new connection (:class:`_Prepared`), by text.
+        self._prepared = {prepared.statement: prepared for prepared in _PREPARED}
         #: The connection they are prepared on.
         self._prepared_on: psycopg.Connection | None = None
         #: Round trips and statements sent (bench/sessions.py reads them).
@@ -292,7 +311,7 @@ class PostgresMetadata:
         try:
             migrate(store._db, conninfo)
             store._regroup()
-            store._prepare_reads(store._db)
+            store._prepare_statements(store._db)
         except psycopg.Error as exc:
             store._db.close()
             raise StoreUnusable(
@@ -351,23 +370,23 @@ class PostgresMetadata:
         self._unreachable = False
         self._db = db
         try:
-            self._prepare_reads(db)
+            self._prepare_statements(db)
         except psycopg.Error as exc:
             db.close()
             raise fault(exc) from exc
         return db
 
-    def _prepare_reads(self, db: psycopg.Connection) -> None:
-        """Prepare the request's reads on a new connection, outside any transaction (one
-        round trip).
+    def _prepare_statements(self, db: psycopg.Connection) -> None:
+        """Prepare the requests' statements on a new connection, outside any transaction
+        (one round trip).
 
         Raises:
             psycopg.Error: the database refused.
         """
-        db.execute(";".join(read.prepare for read in self._prepared_reads.values()))
+        db.execute(";".join(prepared.prepare for prepared in self._prepared.values()))
         self._prepared_on = db
         self.round_trips += 1
-        self.statements += len(self._prepared_reads)
+        self.statements += len(self._prepared)
 
     def _lose_round(self, why: str) -> None:
         """The round's writes are gone: finish_round raises; the next write begins anew."""
@@ -410,7 +429,7 @@ class PostgresMetadata:
         self.round_trips += 1
         self.statements += len(batch)
         try:  # one message: one round trip, and less loop CPU than a pipeline
-            rows = self._messenger_of(db).rows(batch)
+            rows = self._messenger_of(db).rows(self._calls(db, batch))
             return rows if read is not None else []
         except psycopg.OperationalError as exc:
             if db.closed or db.broken:
@@ -423,6 +442,17 @@ class PostgresMetadata:
             elif not self._levels and self._in_round:  # no savepoint to go back to
                 self._lose_round(reason(exc))
             raise fault(exc) from exc
+
+    def _calls(self, db: psycopg.Connection, batch: list[_Statement]) -> list[_Statement]:
+        """The batch with each prepared statement as its EXECUTE (on the connection they
+        are prepared on; as text on another)."""
+        if self._prepared_on is not db:
+            return batch
+        prepared = self._prepared
+        return [
+            (found.execute, params) if (found := prepared.get(statement)) else (statement, params)
+            for statement, params in batch
+        ]
 
     def _messenger_of(self, db: psycopg.Connection) -> Messenger:
         """What sends a batch on ``db`` as one message (made again for a new connection:
@@ -443,12 +473,8 @@ class PostgresMetadata:
             self._send(None)
 
     def _read(self, statement: str, *params: Any) -> list[tuple]:
-        """Rows, after the queued writes went out (the read must see them); a prepared
-        read as its EXECUTE."""
-        db = self._live()
-        prepared = self._prepared_reads.get(statement)
-        if prepared is not None and self._prepared_on is db:
-            statement = prepared.execute
+        """Rows, after the queued writes went out (the read must see them)."""
+        self._live()
         if self._queue and any(entry is not _MARK for entry in self._queue):
             return self._send((statement, params))
         return self._send_read_only((statement, params))
@@ -579,7 +605,7 @@ class PostgresMetadata:
         self._deferred = False
         self.round_trips += 1
         self.statements += len(batch)
-        message = self._one_message(db, batch).encode()
+        message = self._one_message(db, self._calls(db, batch)).encode()
         commit = PgRoundCommit(db.pgconn, message, self._commit_done)
         self._commit = commit
         return commit
@@ -663,10 +689,10 @@ class PostgresMetadata:
         self._with_failures = _SELECT_CLIENT_BINDING_AND_FAILURES.replace(
             _FAILURES_HERE, failure_columns("c.ID", "c.AESKey")
         )
-        read_with_failures = _PreparedRead(
+        read_with_failures = _Prepared(
             _CLIENT_WITH_FAILURES, self._with_failures, _CLIENT_WITH_FAILURES_TYPES
         )
-        self._prepared_reads[self._with_failures] = read_with_failures
+        self._prepared[self._with_failures] = read_with_failures
         db = self._db
         if db is not None and not db.closed and self._prepared_on is db and not self._in_round:
             try:
