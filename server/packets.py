@@ -24,12 +24,13 @@ from protocol.buffer import BytesLike
 from protocol.events import FilePacketStarted
 from protocol.incoming import PacketOrder, ReceivedFile
 
-from .errors import NoRoom, StorageFault
+from .errors import NoRoom, Refusal, StorageFault
 from .outcome import InstallTicket
 from .peer import Peer
 from .phases import Receiving, Upload
 
 if TYPE_CHECKING:
+    from .storage.coordination import PendingTake
     from .upload import Uploads
 
 
@@ -159,8 +160,10 @@ class StreamingPacket:
     """
 
     def __init__(self, uploads: Uploads, upload: Upload, peer: Peer, per_request: bool,
-                 phase: Receiving, last: bool) -> None:
+                 phase: Receiving, last: bool, lease: PendingTake | None = None) -> None:
         self._uploads = uploads
+        #: The upload's lease, asked for at its first packet: answered by this packet's end.
+        self._lease = lease
         self._upload = upload
         self._peer = peer
         self._per_request = per_request
@@ -184,8 +187,8 @@ class StreamingPacket:
 
     def end(self) -> PacketEnd:
         """The packet's content is complete: the file's end, or more to come."""
-        if self._refused is None:
-            self._still_receiving()
+        if self._refused is None and self._still_receiving():
+            self._confirm_lease()
         if self._refused is not None:
             return self._refused
         upload, incoming = self._upload, self._phase.incoming
@@ -216,8 +219,26 @@ class StreamingPacket:
         self._refused = Refused("the upload was discarded while its packet was arriving")
         return False
 
+    def _confirm_lease(self) -> None:
+        """The upload's lease, if this packet asked for it, is this node's: else the attempt
+        fails (refused), as the lease's answer says."""
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        try:
+            self._uploads.confirm_lease(lease)
+        except (Refusal, StorageFault) as exc:
+            self._fail(exc)
+
     def _fail(self, exc: Exception) -> Refused:
-        """The attempt is over: drop its file; the packet ends refused."""
+        """The attempt is over: drop its file; the packet ends refused (for want of its lease
+        first: an attempt without it was never this node's)."""
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            try:
+                self._uploads.confirm_lease(lease)
+            except (Refusal, StorageFault) as lease_failure:
+                exc = lease_failure
         refused = Refused.of(exc)
         self._refused = refused
         self._uploads.attempt_failed(self._upload, self._peer, self._per_request, self._last, exc)

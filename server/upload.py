@@ -99,10 +99,19 @@ from .phases import (
 )
 from .shares import RoundShares
 from .storage import BlobStore, BlobWriter, FileRow, MetadataStore, commit, new_blob_key
-from .storage.coordination import Coordination, UploadFence, UploadLease
+from .storage.coordination import (
+    Answered,
+    Coordination,
+    PendingTake,
+    UploadFence,
+    UploadLease,
+)
 from .timers import Timers
 
 log = logging.getLogger(__name__)
+
+#: Why a first packet is refused when another node holds its upload's lease.
+LEASED_ELSEWHERE = "another upload of this client and file is in progress (on another node)"
 
 
 class Uploads:
@@ -282,7 +291,7 @@ class Uploads:
             writer = self._blobs.begin(client_id, new_blob_key())
             if self._blobs.slow_writes:
                 writer = self.port.wrap(writer)
-            self._take_lease(client_id, packet.file_name.text, writer)
+            lease = self._take_lease(client_id, packet.file_name.text, writer)
         except (Refusal, RemoteProtocolError, StorageFault) as exc:
             if order.total > 1:
                 # Swallow the rest of this attempt quietly: one 1607 per attempt.
@@ -295,7 +304,7 @@ class Uploads:
         self._leases[(client_id, started.file_name)] = started
         self._add(started)
         self.packet_started(started, peer)
-        return StreamingPacket(self, started, peer, per_request, phase, order.total == 1)
+        return StreamingPacket(self, started, peer, per_request, phase, order.total == 1, lease)
 
     def attempt_failed(
         self, upload: Upload, peer: Peer, per_request: bool, last: bool, exc: Exception
@@ -577,8 +586,10 @@ class Uploads:
                 upload.address, quoted(upload.file_name), upload.client_id.hex(), why,
             )
 
-    def _take_lease(self, client_id: bytes, file_name: bytes, writer: BlobWriter) -> None:
-        """Take the lease of the client's upload of ``file_name`` for a new attempt.
+    def _take_lease(self, client_id: bytes, file_name: bytes, writer: BlobWriter) -> PendingTake:
+        """Ask for the lease of the client's upload of ``file_name`` for a new attempt,
+        without waiting: its first packet's end reads the answer (:meth:`confirm_lease`),
+        the packet's content meanwhile going into ``writer``.
 
         A name whose upload completed here in this round is this node's already,
         checked by the fence, whose lock on it (server/storage/postgres/fence.py) a
@@ -586,19 +597,28 @@ class Uploads:
         renewal names the new blob).
 
         Raises:
-            Refusal: another node is receiving it (the writer is aborted).
-            StorageFault: the coordination cannot tell (the writer is aborted).
+            StorageFault: the coordination cannot be asked (the writer is aborted).
         """
         if (client_id, file_name) in self._round_leases:
-            return
+            return Answered(held=True)
         try:
-            taken = self._coordination.take_upload(UploadLease(client_id, file_name, writer.key))
+            return self._coordination.begin_take_upload(
+                UploadLease(client_id, file_name, writer.key)
+            )
         except StorageFault:
             writer.abort()
             raise
-        if not taken:
-            writer.abort()
-            raise Refusal("another upload of this client and file is in progress (on another node)")
+
+    @staticmethod
+    def confirm_lease(lease: PendingTake) -> None:
+        """The answer of :meth:`_take_lease`: this node holds the lease.
+
+        Raises:
+            Refusal: another node is receiving the upload.
+            StorageFault: the coordination cannot tell.
+        """
+        if not lease.taken():
+            raise Refusal(LEASED_ELSEWHERE)
 
     def _release_lease(self, upload: Upload) -> None:
         """The upload stops receiving: its lease goes (if it is the one holding it)."""

@@ -63,6 +63,30 @@ class UploadLease(NamedTuple):
     blob_key: str
 
 
+class PendingTake(Protocol):
+    """An upload's lease asked for without waiting (:meth:`Coordination.begin_take_upload`)."""
+
+    def taken(self) -> bool:
+        """Whether this node holds the lease (False: another node does, unlapsed); waits for
+        the answer if it has not come yet.
+
+        Raises:
+            StorageFault: the coordination cannot tell.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A :class:`PendingTake` answered at once (a coordination that waits for nothing)."""
+
+    held: bool
+
+    def taken(self) -> bool:
+        """Whether this node holds the lease."""
+        return self.held
+
+
 @dataclass(frozen=True)
 class FailureCounts:
     """A client's failed decryptions: under one key, and within the window."""
@@ -109,6 +133,15 @@ class Coordination(Protocol):
         """Take (or renew) the lease of the client's upload of a file name.
 
         Returns False if another node holds it, unlapsed.
+        """
+        ...
+
+    def begin_take_upload(self, lease: UploadLease) -> PendingTake:
+        """:meth:`take_upload`, its answer read when asked for (:meth:`PendingTake.taken`):
+        meanwhile the loop does the packet's work instead of waiting.
+
+        Raises:
+            StorageFault: it could not be asked.
         """
         ...
 
@@ -257,6 +290,10 @@ class MemoryCoordination:
     def take_upload(self, lease: UploadLease) -> bool:
         """Take (or renew) the upload's lease; False if another node holds it."""
         return self._take((UPLOAD, upload_key(lease.client_id, lease.file_name)), lease.blob_key)
+
+    def begin_take_upload(self, lease: UploadLease) -> PendingTake:
+        """:meth:`take_upload`, answered at once."""
+        return Answered(self.take_upload(lease))
 
     def release_upload(self, client_id: bytes, file_name: bytes) -> None:
         """The upload stopped receiving here."""

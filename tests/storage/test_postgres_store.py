@@ -481,3 +481,18 @@ def test_a_refused_upload_fence_undoes_its_request_only(store, observer, postgre
         coordination.close()
     rows = observer.execute("SELECT FileName FROM files ORDER BY FileName").fetchall()
     assert [bytes(name) for (name,) in rows] == [b"held.txt", b"kept.txt"]
+
+
+def test_a_sessions_writes_are_called_prepared(store):
+    """A write in a batch is its EXECUTE: not parsed and planned at every call."""
+    register(store, ALICE, "alice")  # the insert goes out at once, the binding with the commit
+    with store.transaction():
+        store.set_keys(ALICE, b"public", b"aes", 1.0)
+        store.upsert_file(ALICE, b"f.bin", "received_files/f.bin")
+    store.finish_round(durable=True)
+    assert store.file_row(ALICE, b"f.bin").path_name == "received_files/f.bin"
+    called = store._db.execute(
+        "SELECT name FROM pg_prepared_statements WHERE generic_plans + custom_plans > 0"
+    ).fetchall()
+    assert {"cd_insert_client", "cd_upsert_binding", "cd_set_keys", "cd_upsert_file",
+            "cd_set_used"} <= {name for (name,) in called}

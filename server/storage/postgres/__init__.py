@@ -8,7 +8,8 @@ imports psycopg only when a store is opened, so the default install needs
 nothing. The modules: :mod:`.store` (the store), :mod:`.roundcommit` (the
 round's non-blocking COMMIT), :mod:`.schema` (tables and migrations),
 :mod:`.inventory` (``admin``'s read-only view), :mod:`.coordination` (what the nodes
-sharing the database agree on), :mod:`.connect`.
+sharing the database agree on), :mod:`.connect`, :mod:`.literals` and :mod:`.message`
+(a batch of statements as one message, sent and its rows read without a cursor).
 """
 
 from __future__ import annotations

@@ -40,7 +40,9 @@ a new registration, the release of an upload's lease) is sent without
 waiting (prepared once per connection: its text alone would be planned at
 every call), its answer read before the connection's next statement (and a
 failure among them logged, as a failed release always was: the row lapses,
-or goes at the next renewal). A hold is so in place before the 825 that
+or goes at the next renewal); an upload's lease, waited for, is prepared
+too, and its call is one message read without a cursor (:mod:`.message`).
+A hold is so in place before the 825 that
 made it is answered: its answer is read (:meth:`PgCoordination.settle`)
 as the round's commit begins, by when it has mostly arrived. :attr:`PgCoordination.round_trips`
 counts the waited ones, :attr:`PgCoordination.unanswered` the others
@@ -62,7 +64,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 from ...errors import StorageFault, StoreUnusable
 from ..coordination import (
@@ -72,6 +74,9 @@ from ..coordination import (
 from . import fence
 from .connect import liveness
 from .reconnect import Reconnection
+
+if TYPE_CHECKING:
+    from .message import Messenger
 
 try:
     import psycopg
@@ -275,9 +280,10 @@ _NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
 
 @dataclass(frozen=True)
 class _Prepared:
-    """A statement sent without waiting, prepared once per connection: sent as simple
-    query text (libpq's ``PQsendQuery``), it would be planned at every call, and
-    :data:`_TAKE`'s plan (it may read ``pg_locks``) is the costly part of it."""
+    """A statement of every session (sent without waiting, or an upload's lease), prepared
+    once per connection: sent as simple query text (libpq's ``PQsendQuery``), it would be
+    planned at every call, and :data:`_TAKE`'s plan (it may read ``pg_locks``) is the
+    costly part of it."""
 
     name: str
     statement: str
@@ -293,15 +299,49 @@ class _Prepared:
 
     @property
     def execute(self) -> str:
-        """The statement's call, its parameters still named (for ``mogrify``)."""
-        return f"EXECUTE {self.name} ({', '.join(f'%({name})s' for name in self._names())})"
+        """The statement's call, its parameters placeholders (bound as literals, in the
+        order of :meth:`values`)."""
+        return f"EXECUTE {self.name} ({', '.join(['%s'] * len(self._names()))})"
+
+    def values(self, named: Mapping[str, object]) -> tuple[object, ...]:
+        """The parameters of :attr:`execute`, from their values by name."""
+        return tuple(named[name] for name in self._names())
 
     def _names(self) -> list[str]:
         return list(dict.fromkeys(_NAMED_PARAMETER.findall(self.statement)))
 
 
-_TAKE_UNANSWERED = _Prepared("cd_take", _TAKE)
+#: A hold sent without waiting, and an upload's lease waited for: one statement.
+_TAKE_PREPARED = _Prepared("cd_take", _TAKE)
 _RELEASE_UNANSWERED = _Prepared("cd_release", _RELEASE)
+
+
+class _PendingTake:
+    """An upload's lease sent without waiting (:meth:`PgCoordination.begin_take_upload`)."""
+
+    def __init__(self, coordination: PgCoordination) -> None:
+        self._coordination = coordination
+        self._answered = False
+        self._held = False
+        self._failure: StorageFault | None = None
+
+    def answer(self, *, held: bool = False, failure: StorageFault | None = None) -> None:
+        """Its answer, read by the coordination."""
+        self._answered, self._held, self._failure = True, held, failure
+
+    def taken(self) -> bool:
+        """Whether this node holds the lease; its answer is read first if it has not been.
+
+        Raises:
+            StorageFault: the database refused it, or the connection was lost.
+        """
+        if not self._answered:
+            self._coordination.settle()
+        if self._failure is not None:
+            raise self._failure
+        if not self._answered:  # pragma: no cover - settle answers every take it sent
+            raise StorageFault("coordination: the upload lease went unanswered")
+        return self._held
 
 
 def key_tag(aes_key: bytes) -> bytes:
@@ -336,8 +376,12 @@ class PgCoordination:
         )
         #: A statement sent without waiting whose answer is still to be read.
         self._unanswered = False
+        #: The upload lease it asks for, if it is one (its answer is its caller's).
+        self._pending_take: _PendingTake | None = None
         #: The statements prepared on the connection (:class:`_Prepared`).
         self._prepared: set[str] = set()
+        #: Sends a prepared statement's call as one message on the connection.
+        self._messenger: Messenger | None = None
         #: Round trips waited for, and messages sent without waiting (logged at the close).
         self.round_trips = 0
         self.unanswered = 0
@@ -491,21 +535,60 @@ class PgCoordination:
             StorageFault: it could not be sent (a broken connection is opened again next
                 time), or the name lock could not be taken (see :meth:`_rows`).
         """
-        self._ensure_named()
-        if prepared.name not in self._prepared:
-            self._rows(prepared.prepare, {})
-            self._prepared.add(prepared.name)
+        self._prepare(prepared)
         self._collect()
         connection = self._connect()
         try:
-            text = psycopg.ClientCursor(connection).mogrify(prepared.execute, values)
-            connection.pgconn.send_query(text.encode(connection.info.encoding))
+            messenger = self._messenger_of(connection)
+            connection.pgconn.send_query(messenger.binder.text(
+                [(prepared.execute, prepared.values(values))]
+            ).encode(connection.info.encoding))
         except psycopg.Error as exc:
             if connection.broken:
                 self._drop_connection()
             raise StorageFault(f"coordination: {_reason(exc)}") from exc
         self._unanswered = True
         self.unanswered += 1
+
+    def _prepare(self, prepared: _Prepared) -> None:
+        """Take the name lock if needed, and prepare the statement on a new connection (one
+        round trip each, once per connection).
+
+        Raises:
+            StorageFault: see :meth:`_rows`.
+        """
+        self._ensure_named()
+        if prepared.name not in self._prepared:
+            self._rows(prepared.prepare, {})
+            self._prepared.add(prepared.name)
+
+    def _call(self, prepared: _Prepared, values: Mapping[str, object]) -> list[tuple]:
+        """A prepared statement's rows, waited for (one round trip; one more to prepare it on
+        a new connection): one message, without a cursor (:mod:`.message`).
+
+        Raises:
+            StorageFault: see :meth:`_rows`.
+        """
+        self._prepare(prepared)
+        self._collect()
+        connection = self._connect()
+        self.round_trips += 1
+        try:
+            return self._messenger_of(connection).rows(
+                [(prepared.execute, prepared.values(values))]
+            )
+        except psycopg.Error as exc:
+            if connection.broken:
+                self._drop_connection()
+            raise StorageFault(f"coordination: {_reason(exc)}") from exc
+
+    def _messenger_of(self, connection: Any) -> Messenger:
+        """What sends one message on ``connection`` (made again for a new one)."""
+        from .message import Messenger  # psycopg's: imported with it
+
+        if self._messenger is None or self._messenger.db is not connection:
+            self._messenger = Messenger(connection)
+        return self._messenger
 
     def read_along(self, store: object, window: float) -> ClientReadWithFailures | None:
         """The client read of a PostgreSQL store of this database, with the failure counts
@@ -541,18 +624,29 @@ class PgCoordination:
         if not self._unanswered:
             return
         self._unanswered = False
+        take, self._pending_take = self._pending_take, None
         connection = self._connection
         if connection is None or connection.closed:
+            if take is not None:
+                take.answer(failure=StorageFault("coordination: the connection was lost"))
             return
         pgconn = connection.pgconn
         failure = None
+        rows = 0
         while (result := pgconn.get_result()) is not None:
             if result.status == pq.ExecStatus.FATAL_ERROR and failure is None:
                 primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY)
                 failure = (primary or pgconn.error_message or b"error").decode("utf-8", "replace")
+            elif result.status == pq.ExecStatus.TUPLES_OK:
+                rows += result.ntuples
         if pgconn.status != pq.ConnStatus.OK:
             self._drop_connection()
-        if failure is not None:
+            failure = failure or "the connection was lost"
+        if take is not None:  # its caller hears of a failure
+            take.answer(held=rows > 0, failure=None if failure is None else StorageFault(
+                f"coordination: {' '.join(failure.split())}"
+            ))
+        elif failure is not None:
             log.warning(
                 "coordination: a hold or release sent without waiting failed (a hold is this"
                 " node's only; a lease lapses, or goes at the next renewal): %s",
@@ -565,6 +659,9 @@ class PgCoordination:
         self._leader = False
         self._named = False
         self._unanswered = False
+        take, self._pending_take = self._pending_take, None
+        if take is not None:
+            take.answer(failure=StorageFault("coordination: the connection was lost"))
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -578,7 +675,7 @@ class PgCoordination:
     def hold_registration(self, client_id: bytes) -> None:
         """This node holds the keyless registration ``client_id`` (sent without waiting: a
         new id is held by no other node)."""
-        self._send_unanswered(_TAKE_UNANSWERED, self._lease_values(REGISTRATION, client_id))
+        self._send_unanswered(_TAKE_PREPARED, self._lease_values(REGISTRATION, client_id))
 
     def registration_held_elsewhere(self, client_id: bytes) -> bool:
         """Whether another node holds the registration, unlapsed (one round trip)."""
@@ -608,7 +705,20 @@ class PgCoordination:
     def take_upload(self, lease: UploadLease) -> bool:
         """Take (or renew) the upload's lease; False if another node holds it (one round trip)."""
         key = upload_key(lease.client_id, lease.file_name)
-        return self._execute(_TAKE, self._lease_values(UPLOAD, key, lease.blob_key)) is not None
+        return bool(self._call(_TAKE_PREPARED, self._lease_values(UPLOAD, key, lease.blob_key)))
+
+    def begin_take_upload(self, lease: UploadLease) -> _PendingTake:
+        """:meth:`take_upload` sent without waiting: its answer is read before the
+        connection's next statement, or when asked for (:meth:`_PendingTake.taken`).
+
+        Raises:
+            StorageFault: it could not be sent.
+        """
+        key = upload_key(lease.client_id, lease.file_name)
+        self._send_unanswered(_TAKE_PREPARED, self._lease_values(UPLOAD, key, lease.blob_key))
+        take = _PendingTake(self)
+        self._pending_take = take
+        return take
 
     def release_upload(self, client_id: bytes, file_name: bytes) -> None:
         """The upload stopped receiving here (sent without waiting)."""

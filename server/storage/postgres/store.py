@@ -12,7 +12,8 @@ loopback, and the loop waits for each): a request's writes are queued, with
 its ``SAVEPOINT`` and ``RELEASE`` if it read after writing (none for a request
 whose writes all wait: a failure among them loses the round anyway), and go
 out as one multi-statement message
-(parameters bound as literals: server/storage/postgres/literals.py) with the next read
+(parameters bound as literals: server/storage/postgres/literals.py; sent and read
+without a cursor: server/storage/postgres/message.py) with the next read
 that must see them or with the round's ``COMMIT``. A queued write of a
 request that has ended cannot be undone alone once it fails (its answer
 waits for the round): such a failure loses the round. A client's row and
@@ -20,9 +21,9 @@ its binding are read together (with its failure counts, when the
 coordination's tables are in this database:
 :meth:`PostgresMetadata.client_read_with_failures`), an 825's name with the
 client counts; these reads are prepared once per connection
-(:class:`_PreparedRead`) and called with ``EXECUTE``, so that a batch's text
-is not planned again at every call. A write whose outcome the request
-needs at once (registering a name: :class:`~server.errors.NameTaken`) goes
+(:class:`_Prepared`) and called with ``EXECUTE``, as are the writes of a
+session, so that a batch's text is not planned again at every call. A write
+whose outcome the request needs at once (registering a name: :class:`~server.errors.NameTaken`) goes
 out at once, with the writes queued before it. :attr:`PostgresMetadata.round_trips` and
 :attr:`~PostgresMetadata.statements` count them (bench/sessions.py).
 
@@ -36,6 +37,7 @@ once with :class:`~server.errors.StorageFault`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,7 +53,7 @@ from ..coordination import ClientReadWithFailures, FailureCounts
 from . import fence, schema
 from ..urltext import without_password
 from .connect import connect, fault, reason
-from .literals import Binder
+from .message import Messenger
 from .reconnect import Reconnection
 from .roundcommit import PgRoundCommit
 
@@ -63,8 +65,6 @@ _RELEASE = "RELEASE request"
 _ROLLBACK_TO = "ROLLBACK TO request"
 _ROLLBACK = "ROLLBACK"
 _COMMIT = "COMMIT"
-#: How a prepared read is called (in a simple query: its parameters literals).
-_EXECUTE = "EXECUTE "
 #: The one write whose failure is its own request's answer (NameTaken), not the round's
 #: loss: a client's insert, refused for its name or (as the other stores do) its id.
 _INSERT_CONSTRAINTS = frozenset({"clients_name_key", "clients_pkey"})
@@ -175,14 +175,14 @@ _RECOUNT = (
 )
 
 @dataclass(frozen=True)
-class _PreparedRead:
-    """A read a request makes, prepared once per connection: in a batch (a simple query,
+class _Prepared:
+    """A statement of a request, prepared once per connection: in a batch (a simple query,
     its parameters literals) its text would be parsed and planned at every call."""
 
     name: str
     statement: str
-    #: Its parameters' types, in order.
-    types: tuple[str, ...]
+    #: Its parameters' types, in order (none given: the database's, from where they go).
+    types: tuple[str, ...] = ()
 
     @property
     def prepare(self) -> str:
@@ -191,21 +191,39 @@ class _PreparedRead:
         numbered = pieces[0] + "".join(
             f"${number}{piece}" for number, piece in enumerate(pieces[1:], start=1)
         )
-        return f"PREPARE {self.name} ({', '.join(self.types)}) AS {numbered}"
+        types = f" ({', '.join(self.types)})" if self.types else ""
+        return f"PREPARE {self.name}{types} AS {numbered}"
 
-    @property
+    @functools.cached_property
     def execute(self) -> str:
         """The statement's call, its parameters placeholders (bound as literals)."""
-        return f"EXECUTE {self.name} ({', '.join([_PLACEHOLDER] * len(self.types))})"
+        placeholders = self.statement.count(_PLACEHOLDER)
+        return f"EXECUTE {self.name} ({', '.join([_PLACEHOLDER] * placeholders)})"
 
 
 _PLACEHOLDER = "%s"
-#: The reads of a request (a client, an 825's name, a file's row), prepared.
-_PREPARED_READS = (
-    _PreparedRead("cd_client", _SELECT_CLIENT_AND_BINDING, ("bytea",)),
-    _PreparedRead("cd_name", _SELECT_NAME_AND_COUNTS, ("text", "text", "text")),
-    _PreparedRead("cd_file", _SELECT_FILE, ("bytea", "bytea")),
-    _PreparedRead("cd_client_files", _SELECT_CLIENT_FILES, ("bytea",)),
+#: The statements of a request, prepared: its reads (a client, an 825's name, a file's
+#: row) and the writes of a session (825, 826, 828, 900) and of an 827.
+_PREPARED = (
+    _Prepared("cd_client", _SELECT_CLIENT_AND_BINDING, ("bytea",)),
+    _Prepared("cd_name", _SELECT_NAME_AND_COUNTS, ("text", "text", "text")),
+    _Prepared("cd_file", _SELECT_FILE, ("bytea", "bytea")),
+    _Prepared("cd_client_files", _SELECT_CLIENT_FILES, ("bytea",)),
+    _Prepared("cd_insert_client", _INSERT_CLIENT),
+    _Prepared("cd_set_unused_since", _SET_UNUSED_SINCE),
+    _Prepared("cd_set_used", _SET_USED),
+    _Prepared("cd_set_edition", _SET_EDITION),
+    _Prepared("cd_set_crc", _SET_CRC),
+    _Prepared("cd_set_keys", _SET_KEYS),
+    _Prepared("cd_set_aes_key", _SET_AES_KEY),
+    _Prepared("cd_set_last_seen", _SET_LAST_SEEN),
+    _Prepared("cd_upsert_file", _UPSERT_FILE),
+    _Prepared("cd_set_pending", _SET_PENDING),
+    _Prepared("cd_promote_pending", _PROMOTE_PENDING),
+    _Prepared("cd_set_verified", _SET_VERIFIED),
+    _Prepared("cd_set_content", _SET_CONTENT),
+    _Prepared("cd_upsert_binding", _UPSERT_BINDING),
+    _Prepared("cd_set_binding_used", _SET_BINDING_USED),
 )
 #: The client read that brings the failure counts too (its text made at run time).
 _CLIENT_WITH_FAILURES = "cd_client_failures"
@@ -271,11 +289,10 @@ class PostgresMetadata:
         self._reconnection: Reconnection[psycopg.Connection] = Reconnection(
             "database", RECONNECT_INTERVAL, _discard
         )
-        #: Binds a batch's parameters for one message, by the quoting rules of its connection.
-        self._binder: Binder | None = None
-        self._binder_of: psycopg.Connection | None = None
-        #: The reads prepared on each new connection (:class:`_PreparedRead`), by text.
-        self._prepared_reads = {read.statement: read for read in _PREPARED_READS}
+        #: Sends a batch as one message, its parameters bound by its connection's quoting rules.
+        self._messenger: Messenger | None = None
+        #: The statements prepared on each new connection (:class:`_Prepared`), by text.
+        self._prepared = {prepared.statement: prepared for prepared in _PREPARED}
         #: The connection they are prepared on.
         self._prepared_on: psycopg.Connection | None = None
         #: Round trips and statements sent (bench/sessions.py reads them).
@@ -297,7 +314,7 @@ class PostgresMetadata:
         try:
             migrate(store._db, conninfo)
             store._regroup()
-            store._prepare_reads(store._db)
+            store._prepare_statements(store._db)
         except psycopg.Error as exc:
             store._db.close()
             raise StoreUnusable(
@@ -345,12 +362,12 @@ class PostgresMetadata:
             self._lose_round("the connection was lost")
         db = self._reconnection.take(self._connector())
         self._db = db
-        self._reads_prepared(db)
+        self._statements_prepared(db)
         return db
 
     def _connector(self) -> Callable[[], psycopg.Connection]:
         """What makes the connection again, in the reconnection's thread: connect, and
-        prepare the request's reads as they are now (neither in the loop's thread).
+        prepare the requests' statements (neither in the loop's thread).
 
         The returned function raises StorageFault: the database refused.
         """
@@ -368,23 +385,23 @@ class PostgresMetadata:
         return make
 
     def _prepare_text(self) -> str:
-        """SQL: the request's reads prepared, outside any transaction (one round trip)."""
-        return ";".join(read.prepare for read in self._prepared_reads.values())
+        """SQL: the requests' statements prepared, outside any transaction (one round trip)."""
+        return ";".join(prepared.prepare for prepared in self._prepared.values())
 
-    def _prepare_reads(self, db: psycopg.Connection) -> None:
-        """Prepare the request's reads on a new connection (:meth:`_prepare_text`).
+    def _prepare_statements(self, db: psycopg.Connection) -> None:
+        """Prepare the requests' statements on a new connection (:meth:`_prepare_text`).
 
         Raises:
             psycopg.Error: the database refused.
         """
         db.execute(self._prepare_text())
-        self._reads_prepared(db)
+        self._statements_prepared(db)
 
-    def _reads_prepared(self, db: psycopg.Connection) -> None:
-        """The request's reads are prepared on ``db``: its round trip counted."""
+    def _statements_prepared(self, db: psycopg.Connection) -> None:
+        """The requests' statements are prepared on ``db``: its round trip counted."""
         self._prepared_on = db
         self.round_trips += 1
-        self.statements += len(self._prepared_reads)
+        self.statements += len(self._prepared)
 
     def _reconnect_now(self) -> None:
         """The connection is lost: begin making it again (in the reconnection's thread),
@@ -431,14 +448,9 @@ class PostgresMetadata:
             batch.append(read)
         self.round_trips += 1
         self.statements += len(batch)
-        try:
-            if len(batch) == 1 and not batch[0][0].startswith(_EXECUTE):
-                cursor = db.execute(*batch[0])
-            else:  # one message: one round trip, and less loop CPU than a pipeline
-                cursor = db.execute(self._one_message(db, batch))
-                while cursor.nextset():  # to the last statement's result
-                    pass
-            return cursor.fetchall() if read is not None else []
+        try:  # one message: one round trip, and less loop CPU than a pipeline
+            rows = self._messenger_of(db).rows(self._calls(db, batch))
+            return rows if read is not None else []
         except psycopg.OperationalError as exc:
             if db.closed or db.broken:
                 log.warning("database: the connection is lost (%s)", reason(exc))
@@ -452,11 +464,27 @@ class PostgresMetadata:
                 self._lose_round(reason(exc))
             raise (fence.lease_lost() if fence.refused(exc) else fault(exc)) from exc
 
+    def _calls(self, db: psycopg.Connection, batch: list[_Statement]) -> list[_Statement]:
+        """The batch with each prepared statement as its EXECUTE (on the connection they
+        are prepared on; as text on another)."""
+        if self._prepared_on is not db:
+            return batch
+        prepared = self._prepared
+        return [
+            (found.execute, params) if (found := prepared.get(statement)) else (statement, params)
+            for statement, params in batch
+        ]
+
+    def _messenger_of(self, db: psycopg.Connection) -> Messenger:
+        """What sends a batch on ``db`` as one message (made again for a new connection:
+        its quoting rules)."""
+        if self._messenger is None or self._messenger.db is not db:
+            self._messenger = Messenger(db)
+        return self._messenger
+
     def _one_message(self, db: psycopg.Connection, batch: list[_Statement]) -> str:
         """Statements with their parameters bound as literals, as one text."""
-        if self._binder is None or self._binder_of is not db:  # a new connection's rules
-            self._binder, self._binder_of = Binder(db), db
-        return self._binder.text(batch)
+        return self._messenger_of(db).binder.text(batch)
 
     def _write(self, statement: str, *params: Any) -> None:
         """Queue a write; outside any transaction, send it at once."""
@@ -466,12 +494,8 @@ class PostgresMetadata:
             self._send(None)
 
     def _read(self, statement: str, *params: Any) -> list[tuple]:
-        """Rows, after the queued writes went out (the read must see them); a prepared
-        read as its EXECUTE."""
-        db = self._live()
-        prepared = self._prepared_reads.get(statement)
-        if prepared is not None and self._prepared_on is db:
-            statement = prepared.execute
+        """Rows, after the queued writes went out (the read must see them)."""
+        self._live()
         if self._queue and any(entry is not _MARK for entry in self._queue):
             return self._send((statement, params))
         return self._send_read_only((statement, params))
@@ -602,7 +626,7 @@ class PostgresMetadata:
         self._deferred = False
         self.round_trips += 1
         self.statements += len(batch)
-        message = self._one_message(db, batch).encode()
+        message = self._one_message(db, self._calls(db, batch)).encode()
         commit = PgRoundCommit(db.pgconn, message, self._commit_done)
         self._commit = commit
         return commit
@@ -688,10 +712,10 @@ class PostgresMetadata:
         self._with_failures = _SELECT_CLIENT_BINDING_AND_FAILURES.replace(
             _FAILURES_HERE, failure_columns("c.ID", "c.AESKey")
         )
-        read_with_failures = _PreparedRead(
+        read_with_failures = _Prepared(
             _CLIENT_WITH_FAILURES, self._with_failures, _CLIENT_WITH_FAILURES_TYPES
         )
-        self._prepared_reads[self._with_failures] = read_with_failures
+        self._prepared[self._with_failures] = read_with_failures
         db = self._db
         if db is not None and not db.closed and self._prepared_on is db and not self._in_round:
             try:
