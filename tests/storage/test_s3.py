@@ -316,9 +316,6 @@ class _StreamingStore:
     def complete_multipart_upload(self, **_: object) -> dict:
         return {}
 
-    def abort_multipart_upload(self, **_: object) -> dict:
-        return {}
-
 
 @pytest.mark.parametrize("least, extra", [(PART_BYTES, 0), (2 * PART_BYTES - 1, 16),
                                           (3 * PART_BYTES + 5, 1)])
@@ -341,30 +338,6 @@ def test_streamed_parts_are_a_part_long_but_the_last_and_the_rest_is_a_part_of_i
     assert list(store.buffered) == ([len(lengths) + 1] if extra else [])
     sent = {**{n: bytes(body) for n, (_, body) in store.parts.items()}, **store.buffered}
     assert b"".join(sent[n] for n in sorted(sent)) == data
-
-
-def test_past_the_streaming_cap_an_upload_fills_its_parts(monkeypatch):
-    # Each streaming upload holds a thread and a connection: many slow ones must not.
-    monkeypatch.setattr(s3_upload, "MAX_STREAMING_UPLOADS", 1)
-    store = _StreamingStore()
-    blobs = S3Blobs(Location("bucket"), client=store)
-    data = _content(PART_BYTES)
-    try:
-        streaming = blobs.begin(ALICE, new_blob_key(), least_size=len(data))
-        filling = blobs.begin(ALICE, new_blob_key(), least_size=len(data))
-        for writer in (streaming, filling):
-            writer.write(data)
-            writer.seal()
-        assert list(store.parts) == [1] and list(store.buffered) == [1]
-        assert blobs.uploaders.streaming == 0  # sealed: the next may stream
-        again = blobs.begin(ALICE, new_blob_key(), least_size=len(data))
-        store.parts.clear()
-        again.write(data[:1])
-        assert list(store.parts) == [1] and blobs.uploaders.streaming == 1
-        again.abort()
-        assert blobs.uploaders.streaming == 0
-    finally:
-        blobs.close()
 
 
 @needs_ceph

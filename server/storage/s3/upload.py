@@ -14,8 +14,6 @@ streaming, the one before awaiting its answer). What comes past that size
 (the padding's uncertainty: under a block) goes as below, a last part of
 its own. Content shorter than ``least_size`` is a file the protocol
 refuses: :meth:`S3Upload.seal` refuses it too.
-At most :data:`MAX_STREAMING_UPLOADS` uploads stream at once (each holds a
-thread and a connection per part out); the others fill their parts.
 
 Otherwise (a size unknown, or under a part) content fills a part of
 :data:`PART_BYTES`; a full part is handed to the store's part uploaders
@@ -70,12 +68,6 @@ MAX_PARTS_IN_FLIGHT = 2
 MAX_PARTS_IN_FLIGHT_TOTAL = 2
 
 
-#: Uploads of one store streaming their parts at once: each holds a thread and a connection
-#: to the store per part out (two at most). Past it, an upload fills its parts (memory, not
-#: threads: many slow uploads cannot take a thread each).
-MAX_STREAMING_UPLOADS = 32
-
-
 #: glibc's ``mallopt`` option: the size from which an allocation is its own mmap.
 _M_MMAP_THRESHOLD = -3
 
@@ -124,8 +116,6 @@ class PartUploaders:
         #: Uploads begun and not yet sealed or aborted, and the buffers of their sent parts.
         self._open = 0
         self._free: list[bytearray] = []
-        #: Uploads streaming their parts (:data:`MAX_STREAMING_UPLOADS` at most).
-        self.streaming = 0
 
     def buffer(self) -> bytearray:
         """A part's buffer to fill: a sent part's, or a new one."""
@@ -138,20 +128,6 @@ class PartUploaders:
         """An upload began."""
         with self._lock:
             self._open += 1
-
-    def may_stream(self) -> bool:
-        """Whether one more upload may stream its parts (then it counts until
-        :meth:`stream_ended`)."""
-        with self._lock:
-            if self.streaming >= MAX_STREAMING_UPLOADS:
-                return False
-            self.streaming += 1
-            return True
-
-    def stream_ended(self) -> None:
-        """An upload that streamed its parts was sealed or aborted."""
-        with self._lock:
-            self.streaming -= 1
 
     def closed(self) -> None:
         """An upload was sealed or aborted; the last one lets the spare buffers go."""
@@ -207,8 +183,7 @@ class S3Upload:
         self.size = 0
         #: Content streamed in parts of known length (:func:`streamed_parts`), then the
         #: part streaming, and how much of it is left to write.
-        self._streamed_end = \
-            least_size if least_size >= PART_BYTES and store.uploaders.may_stream() else 0
+        self._streamed_end = least_size if least_size >= PART_BYTES else 0
         self._stream: PartStream | None = None
         self._stream_left = 0
         #: The part filling (growing with the content until a part's buffer is taken), and
@@ -380,8 +355,6 @@ class S3Upload:
         if self._open:
             self._open = False
             self._store.uploaders.closed()
-            if self._streamed_end:
-                self._store.uploaders.stream_ended()
 
     def abort(self) -> None:
         """Drop the upload: abort the multipart upload, or delete the sealed object; never raises.
