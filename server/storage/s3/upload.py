@@ -15,14 +15,13 @@ streaming, the one before awaiting its answer). What comes past that size
 its own. Content shorter than ``least_size`` is a file the protocol
 refuses: :meth:`S3Upload.seal` refuses it too.
 
-Otherwise (a size unknown, or under a part) content fills a part of
-:data:`PART_BYTES`; a full part is handed to the store's part uploaders
-(:class:`PartUploaders`) and the next one fills meanwhile. At most
-:data:`MAX_PARTS_IN_FLIGHT` parts of one upload are in flight, and
-:data:`MAX_PARTS_IN_FLIGHT_TOTAL` of all uploads together: a write that
-would hand over one more waits for the upload's oldest, or for any part to
-be sent, which holds the blob port's worker and so the connections (the
-port's backpressure). A part's buffer is let go once it is
+Otherwise (a size unknown, or under a part) content fills a part of :data:`PART_BYTES`; a full part is handed to the
+store's part uploaders (:class:`PartUploaders`) and the next one fills
+meanwhile. At most :data:`MAX_PARTS_IN_FLIGHT` parts of one upload are in
+flight, and :data:`MAX_PARTS_IN_FLIGHT_TOTAL` of all uploads together: a
+write that would hand over one more waits for the upload's oldest, or for
+any part to be sent, which holds the blob port's worker and so the
+connections (the port's backpressure). A part's buffer is let go once it is
 sent. Memory: a part filling per upload, and at most
 ``MAX_PARTS_IN_FLIGHT_TOTAL`` parts being sent, whatever the files' sizes
 and number.
