@@ -240,17 +240,6 @@ class IncomingFile:
         return self._plain_bound
 
     @property
-    def min_plain_size(self) -> int:
-        """A lower bound of the plaintext size of a file the checks accept: its
-        ``orig_file_size`` where it has one (the end checks it), else the content less
-        one block of padding for a file in one packet; 0 where nothing bounds it."""
-        if self._orig_size is not None:
-            return self._orig_size
-        if self._total == 1:
-            return max(0, self._content_size - AES_BLOCK_SIZE)
-        return 0
-
-    @property
     def done(self) -> bool:
         """Whether the last packet was received and the file checked."""
         return self._done

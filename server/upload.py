@@ -272,8 +272,7 @@ class Uploads:
             self._admission.check_room(
                 client_id, packet.file_name.text, peer, incoming.max_plain_size
             )
-            writer = self._blobs.begin(client_id, new_blob_key(),
-                                       least_size=incoming.min_plain_size)
+            writer = self._blobs.begin(client_id, new_blob_key())
             if self._blobs.slow_writes:
                 writer = self.port.wrap(writer)
             self._take_lease(client_id, packet.file_name.text, writer)

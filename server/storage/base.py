@@ -448,12 +448,8 @@ class BlobStore(BlobReader, Protocol):
     #: backpressure. A local folder's writes go to the page cache: False.
     slow_writes: bool
 
-    def begin(self, client_id: bytes, key: str, least_size: int = 0) -> BlobWriter:
-        """Start writing one of the client's uploads under ``key`` (:func:`new_blob_key`).
-
-        ``least_size``: bytes the upload will have if it is ever sealed (a store may send
-        that much as it comes, in pieces of known length; 0: unknown).
-        """
+    def begin(self, client_id: bytes, key: str) -> BlobWriter:
+        """Start writing one of the client's uploads under ``key`` (:func:`new_blob_key`)."""
         ...
 
     def publish(self, key: str, path_name: str) -> None:

@@ -330,7 +330,7 @@ class FolderBlobs:
             raise StorageFault(f"{directory} is not a folder")
         return directory
 
-    def begin(self, client_id: bytes, key: str, least_size: int = 0) -> TempFile:
+    def begin(self, client_id: bytes, key: str) -> TempFile:
         """A fresh ``.tmp-<key>`` file in the client's folder.
 
         Raises:

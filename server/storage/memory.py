@@ -499,7 +499,7 @@ class MemoryBlobs:
         except ValueError:
             return None
 
-    def begin(self, client_id: bytes, key: str, least_size: int = 0) -> MemoryWriter:
+    def begin(self, client_id: bytes, key: str) -> MemoryWriter:
         """Start writing one of the client's uploads under ``key``.
 
         Raises:

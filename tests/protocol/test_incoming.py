@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import FilePacketStarted, RemoteProtocolError, cksum, crypto
-from protocol.codes import AES_BLOCK_SIZE
 from protocol.errors import LocalProtocolError
 from protocol.names import NameField
 from protocol.incoming import MAX_ZERO_FILL, IncomingFile, PacketOrder, is_first_packet
@@ -334,24 +333,3 @@ def test_property_tampering_never_escapes_as_another_error(data, flip):
         assert str(exc) == "decryption failed"
     else:
         assert plain != data
-
-
-@settings(max_examples=60, deadline=None)
-@given(data=st.binary(max_size=3000), packet_size=st.sampled_from([16, 1024, 4000]),
-       layout=st.sampled_from(["whole", "per_packet", "no_orig"]))
-def test_min_plain_size_bounds_every_accepted_file_from_its_first_packet(data, packet_size,
-                                                                         layout):
-    # An S3 store streams that many bytes in parts of known length: never more than the file.
-    if layout == "whole":
-        packets = whole_file_packets(data, packet_size)
-    elif layout == "per_packet":
-        packets = per_packet_packets(data, packet_size) if data else whole_file_packets(data, 16)
-    else:
-        ciphertext = crypto.encrypt(KEY, data)
-        packets = [packet(1, 1, ciphertext, content_size=len(ciphertext), orig=None)]
-    first, _ = packets[0]
-    least = IncomingFile(KEY, first, PacketOrder.of_first(first)).min_plain_size
-    plain, incoming = feed(packets)
-    assert plain == data and incoming.done
-    assert len(data) - AES_BLOCK_SIZE < least <= len(data) if layout == "no_orig" \
-        else least == len(data)

@@ -45,8 +45,8 @@ class SlowFolder(FolderBlobs):
     slow_writes = True
     write_pause = WRITE_PAUSE
 
-    def begin(self, client_id: bytes, key: str, least_size: int = 0) -> TempFile:
-        writer = super().begin(client_id, key, least_size)
+    def begin(self, client_id: bytes, key: str) -> TempFile:
+        writer = super().begin(client_id, key)
         real_write = writer.write
 
         def slow_write(data) -> None:
@@ -70,8 +70,8 @@ class SlowerFolder(SlowFolder):
         self.sealing: list[float] = []
         self.published: list[float] = []
 
-    def begin(self, client_id: bytes, key: str, least_size: int = 0) -> TempFile:
-        writer = super().begin(client_id, key, least_size)
+    def begin(self, client_id: bytes, key: str) -> TempFile:
+        writer = super().begin(client_id, key)
         real_seal = writer.seal
 
         def slow_seal() -> None:

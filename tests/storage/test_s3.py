@@ -13,7 +13,6 @@ import threading
 import time
 import tracemalloc
 import xml.etree.ElementTree as ET
-from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -240,104 +239,6 @@ def test_an_upload_streams_in_parts_as_it_arrives_at_most_two_in_flight(tmp_path
         assert file.read() == data
     assert _uploads(client, _bucket(s3_url)) == []
     metadata.close()
-
-
-@needs_ceph
-def test_an_upload_of_known_size_streams_its_parts_and_holds_no_part(tmp_path, s3_url,
-                                                                    ceph_gateway):
-    # A node's memory: an upload whose size the 828 header gives holds what the port
-    # queued and a part's stream's bytes not yet sent, not a part filling.
-    metadata, blobs = _open(tmp_path, s3_url)
-    client = ceph_gateway.client()
-    data = _content(PARTS_AND_A_HALF)
-    tail = 7  # bytes past the size given (the padding's uncertainty): a last part of its own
-    tracemalloc.start()
-    try:
-        writer = blobs.begin(ALICE, new_blob_key(), least_size=len(data) - tail)
-        for start in range(0, len(data), CHUNK):
-            writer.write(memoryview(data)[start:start + CHUNK])
-        while writer._in_flight:  # the streamed parts are in the store before the seal
-            writer._collect_oldest()
-        (upload_,) = _uploads(client, _bucket(s3_url))
-        streamed = client.list_parts(Bucket=_bucket(s3_url), Key=upload_["Key"],
-                                     UploadId=upload_["UploadId"])["Parts"]
-        writer.seal()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < PART_BYTES // 2, peak  # a part filling alone is PART_BYTES
-    assert 1 <= writer.peak_in_flight <= MAX_PARTS_IN_FLIGHT
-    path_name = blobs.new_path_name(ALICE, b"big", writer.key)
-    blobs.publish(writer.key, path_name)
-    with blobs.open(path_name) as file:
-        assert file.read() == data
-    assert sum(part["Size"] for part in streamed) == len(data) - tail
-    assert _uploads(client, _bucket(s3_url)) == []
-    metadata.close()
-
-
-@needs_ceph
-def test_an_upload_shorter_than_its_streamed_size_is_not_sealed_and_leaves_nothing(
-        tmp_path, s3_url, ceph_gateway):
-    metadata, blobs = _open(tmp_path, s3_url)
-    client = ceph_gateway.client()
-    writer = blobs.begin(ALICE, new_blob_key(), least_size=2 * PART_BYTES)
-    writer.write(_content(PART_BYTES + PART_BYTES // 2))  # a part sent, one half-streamed
-    assert len(_uploads(client, _bucket(s3_url))) == 1
-    with pytest.raises(StorageFault):
-        writer.seal()
-    writer.abort()
-    _wait_for(lambda: not _uploads(client, _bucket(s3_url)), "the upload was not aborted")
-    assert client.list_objects_v2(Bucket=_bucket(s3_url)).get("KeyCount") == 0
-    metadata.close()
-
-
-class _StreamingStore:
-    """The part of the S3 API that streams parts: their lengths and content, as written."""
-
-    def __init__(self) -> None:
-        self.parts: dict[int, tuple[int, bytearray]] = {}
-        self.buffered: dict[int, bytes] = {}
-
-    def create_multipart_upload(self, **_: object) -> dict:
-        return {"UploadId": "u"}
-
-    def stream_part(self, PartNumber: int, ContentLength: int, **_: object):  # noqa: N803
-        body = bytearray()
-        self.parts[PartNumber] = (ContentLength, body)
-        etag: Future = Future()
-        etag.set_result(f"e{PartNumber}")
-        return SimpleNamespace(write=body.extend, cancel=lambda: None, etag=etag)
-
-    def upload_part(self, PartNumber: int, Body: bytes, **_: object) -> dict:  # noqa: N803
-        self.buffered[PartNumber] = bytes(Body)
-        return {"ETag": f"e{PartNumber}"}
-
-    def complete_multipart_upload(self, **_: object) -> dict:
-        return {}
-
-
-@pytest.mark.parametrize("least, extra", [(PART_BYTES, 0), (2 * PART_BYTES - 1, 16),
-                                          (3 * PART_BYTES + 5, 1)])
-def test_streamed_parts_are_a_part_long_but_the_last_and_the_rest_is_a_part_of_its_own(
-        least, extra):
-    store = _StreamingStore()
-    blobs = S3Blobs(Location("bucket"), client=store)
-    data = _content(least + extra)
-    try:
-        writer = blobs.begin(ALICE, new_blob_key(), least_size=least)
-        for start in range(0, len(data), CHUNK // 3):
-            writer.write(memoryview(data)[start:start + CHUNK // 3])
-        writer.seal()
-    finally:
-        blobs.close()
-    lengths = [length for length, _ in store.parts.values()]
-    assert all(length == len(body) for length, body in store.parts.values())
-    assert lengths[:-1] == [PART_BYTES] * (len(lengths) - 1)
-    assert PART_BYTES <= lengths[-1] < 2 * PART_BYTES and sum(lengths) == least
-    assert list(store.buffered) == ([len(lengths) + 1] if extra else [])
-    sent = {**{n: bytes(body) for n, (_, body) in store.parts.items()}, **store.buffered}
-    assert b"".join(sent[n] for n in sorted(sent)) == data
 
 
 @needs_ceph

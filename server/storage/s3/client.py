@@ -24,12 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import xml.etree.ElementTree as ElementTree
-from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from ...errors import BlobMissing, StorageFault, StoreUnusable
@@ -59,12 +55,6 @@ _THERE_CODES = frozenset({"PreconditionFailed", "412"})
 INSTALL_HINT = "pip install 'cipherdrop[s3]'"
 #: The libraries' loggers, kept at WARNING (at DEBUG they log every request).
 LIBRARY_LOGGERS = ("minio", "urllib3")
-#: Bytes of a streamed part's body handed over and not yet sent, past which a write waits.
-PART_STREAM_BYTES = 256 * 1024
-#: What a streamed part's signature says of its body: not hashed (it is sent as it comes).
-UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-#: The S3 API's answer to a part taken.
-_PART_TAKEN = 200
 
 
 class RequestFailed(Exception):
@@ -177,126 +167,6 @@ class _Body:
         self._response.release_conn()
 
 
-class PartStream:
-    """One UploadPart whose body is sent as it is written: its length is told first, so no
-    part is ever held whole (``Content-Length``, and ``x-amz-content-sha256:
-    UNSIGNED-PAYLOAD`` where a hash would need the whole body first).
-
-    A thread of its own sends it (the library's ``urlopen`` takes the body as an
-    iterator): :meth:`write` hands it bytes and waits while more than
-    :data:`PART_STREAM_BYTES` are not sent yet. :attr:`etag` is the future of
-    the part's ETag (:class:`RequestFailed` on failure). A streamed part is not
-    retried (its body is gone): its upload fails.
-    """
-
-    def __init__(self, client: Any, bucket: str, key: str, upload_id: str, number: int,
-                 length: int) -> None:
-        self.length = length
-        self.etag: Future[str] = Future()
-        self.etag.set_running_or_notify_cancel()  # an abort waits for it: no cancel()
-        self._given = 0
-        self._waiting: deque[memoryview] = deque()
-        self._queued = 0
-        self._cancelled = False
-        self._ended = False
-        self._ready = threading.Condition()
-        request = (client, bucket, key, upload_id, number)
-        self._thread = threading.Thread(target=self._send, args=request, daemon=True,
-                                        name=f"s3-part-{number}")
-        self._thread.start()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Hand over the next bytes of the body (kept, not copied, until sent).
-
-        Raises:
-            RequestFailed: the part failed already, or ``data`` goes past its length.
-        """
-        view = memoryview(data).cast("B")
-        if self._given + len(view) > self.length:
-            raise RequestFailed("a part's body is longer than its length")
-        with self._ready:
-            while self._queued > PART_STREAM_BYTES and not self._ended:
-                self._ready.wait()
-            if self._ended:
-                self._raise_failure()
-            self._waiting.append(view)
-            self._queued += len(view)
-            self._given += len(view)
-            self._ready.notify_all()
-
-    def _raise_failure(self) -> None:
-        exc = self.etag.exception()
-        raise exc if isinstance(exc, RequestFailed) else RequestFailed("a part was not sent")
-
-    def cancel(self) -> None:
-        """Stop sending: the request is cut, the part is not taken."""
-        with self._ready:
-            self._cancelled = True
-            self._ready.notify_all()
-
-    def _body(self) -> Iterator[memoryview]:
-        sent = 0
-        while sent < self.length:
-            with self._ready:
-                while not self._waiting and not self._cancelled:
-                    self._ready.wait()
-                if self._cancelled:
-                    raise RequestFailed("the part was cancelled")
-                chunk = self._waiting.popleft()
-                self._queued -= len(chunk)
-                self._ready.notify_all()
-            sent += len(chunk)
-            yield chunk
-
-    def _send(self, client: Any, bucket: str, key: str, upload_id: str, number: int) -> None:
-        try:
-            self.etag.set_result(self._request(client, bucket, key, upload_id, number))
-        except BaseException as exc:  # noqa: BLE001 - the writer sees it (the future)
-            self.etag.set_exception(exc if isinstance(exc, RequestFailed) else _failed(exc))
-        finally:
-            with self._ready:
-                self._ended = True
-                self._waiting.clear()
-                self._ready.notify_all()
-
-    def _request(self, client: Any, bucket: str, key: str, upload_id: str,
-                 number: int) -> str:
-        """The UploadPart request, signed as minio signs its own but for the body's hash."""
-        from minio.signer import sign_v4_s3
-        from minio.time import to_amz_date, utcnow
-
-        region = client._get_region(bucket)
-        url = client._base_url.build(
-            method="PUT", region=region, bucket_name=bucket, object_name=key,
-            query_params={"partNumber": str(number), "uploadId": upload_id},
-        )
-        credentials = client._provider.retrieve()
-        date = utcnow()
-        headers: dict[str, Any] = {
-            "Host": url.netloc, "Content-Length": str(self.length),
-            "x-amz-content-sha256": UNSIGNED_PAYLOAD, "x-amz-date": to_amz_date(date),
-        }
-        if credentials.session_token:
-            headers["X-Amz-Security-Token"] = credentials.session_token
-        headers = sign_v4_s3(method="PUT", url=url, region=region, headers=headers,
-                             credentials=credentials, content_sha256=UNSIGNED_PAYLOAD,
-                             date=date)
-        response = client._http.urlopen("PUT", url.geturl(), body=self._body(),
-                                        headers=headers, retries=False, chunked=False)
-        if response.status != _PART_TAKEN:
-            raise RequestFailed(f"UploadPart answered {response.status}",
-                                _error_code(response.data) or str(response.status))
-        return _etag(response.headers.get("ETag"))
-
-
-def _error_code(answer: bytes) -> str:
-    """The ``Code`` of an S3 error answer (empty if it has none)."""
-    try:
-        return ElementTree.fromstring(answer).findtext("Code") or ""
-    except ElementTree.ParseError:
-        return ""
-
-
 class S3Api:
     """The S3 API's operations this package uses, named and answered as in the S3 API
     reference, over a :class:`minio.Minio` client; every failure is :class:`RequestFailed`.
@@ -397,11 +267,6 @@ class S3Api:
                           PartNumber)
         return {"ETag": _etag(etag)}
 
-    def stream_part(self, Bucket: str, Key: str, UploadId: str, PartNumber: int,  # noqa: N803
-                    ContentLength: int) -> PartStream:  # noqa: N803
-        """An UploadPart whose body is written as it comes (:class:`PartStream`)."""
-        return PartStream(self._client, Bucket, Key, UploadId, PartNumber, ContentLength)
-
     def complete_multipart_upload(self, Bucket: str, Key: str, UploadId: str,  # noqa: N803
                                   MultipartUpload: dict[str, Any]) -> dict[str, Any]:  # noqa: N803
         from minio.datatypes import Part
@@ -421,6 +286,8 @@ def _library_errors() -> tuple[type[Exception], ...]:
     """What a request through minio may raise: its own errors, urllib3's (a lost
     connection, a timeout), the socket's, a garbled answer's XML, and ValueError
     (its credential providers' and parsers')."""
+    import xml.etree.ElementTree as ElementTree
+
     import urllib3
     from minio.error import MinioException
 

@@ -220,9 +220,8 @@ class S3Blobs:
 
     # -- writing -----------------------------------------------------------------
 
-    def begin(self, client_id: bytes, key: str, least_size: int = 0) -> S3Upload:
-        """Start one of the client's uploads under ``key``: its first ``least_size`` bytes
-        streamed in parts as they come, the rest in parts filled first.
+    def begin(self, client_id: bytes, key: str) -> S3Upload:
+        """Start one of the client's uploads under ``key`` (nothing is sent before a part fills).
 
         Raises:
             StorageFault: ``key`` is not a fresh blob key.
@@ -230,7 +229,7 @@ class S3Blobs:
         with self._lock:
             if not is_blob_key(key) or key in self._writers:
                 raise StorageFault(f"{quoted(key)} is not a fresh blob key")
-            writer = S3Upload(self, client_id, key, least_size)
+            writer = S3Upload(self, client_id, key)
             self._writers[key] = writer
         return writer
 

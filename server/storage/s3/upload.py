@@ -2,20 +2,7 @@
 
 The server hands an S3 store's writes to its blob port's worker
 (``slow_writes``): :meth:`S3Upload.write` runs there, never in the loop.
-
-An upload begun with the size it will have at least (``least_size``: the
-828 header's, server/upload.py) streams that much in parts of known length
-(:func:`streamed_part_length`: :data:`PART_BYTES`, the last one up to twice
-that), each an UploadPart whose body is written as it comes
-(:class:`~.client.PartStream`): no part is held whole, an upload holds
-what its part's stream has not sent yet (:data:`~.client.PART_STREAM_BYTES`
-at most). At most :data:`MAX_PARTS_IN_FLIGHT` of them are out (the one
-streaming, the one before awaiting its answer). What comes past that size
-(the padding's uncertainty: under a block) goes as below, a last part of
-its own. Content shorter than ``least_size`` is a file the protocol
-refuses: :meth:`S3Upload.seal` refuses it too.
-
-Otherwise (a size unknown, or under a part) content fills a part of :data:`PART_BYTES`; a full part is handed to the
+Content fills a part of :data:`PART_BYTES`; a full part is handed to the
 store's part uploaders (:class:`PartUploaders`) and the next one fills
 meanwhile. At most :data:`MAX_PARTS_IN_FLIGHT` parts of one upload are in
 flight, and :data:`MAX_PARTS_IN_FLIGHT_TOTAL` of all uploads together: a
@@ -47,7 +34,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...errors import BlobMissing, StorageFault
-from .client import PartStream, client_errors, fault
 
 if TYPE_CHECKING:
     from .store import S3Blobs
@@ -84,13 +70,6 @@ def unmap_sent_parts() -> None:
     except (OSError, AttributeError):
         return
     mallopt(_M_MMAP_THRESHOLD, PART_BYTES)
-
-
-def streamed_part_length(offset: int, streamed_end: int) -> int:
-    """The length of the streamed part that starts at ``offset``: :data:`PART_BYTES`, but
-    the last one before ``streamed_end`` takes what is left (less than two parts)."""
-    left = streamed_end - offset
-    return left if left < 2 * PART_BYTES else PART_BYTES
 
 
 class PartUploaders:
@@ -174,17 +153,12 @@ class PartUploaders:
 class S3Upload:
     """An upload being written to ``blobs/<client>/<key>`` (a :class:`BlobWriter`)."""
 
-    def __init__(self, store: S3Blobs, client_id: bytes, key: str, least_size: int = 0) -> None:
+    def __init__(self, store: S3Blobs, client_id: bytes, key: str) -> None:
         self._store = store
         self.client_id = client_id
         self.key = key
         self.object_name = store.blob_object(client_id, key)
         self.size = 0
-        #: Content streamed in parts of known length (:func:`streamed_parts`), then the
-        #: part streaming, and how much of it is left to write.
-        self._streamed_end = least_size if least_size >= PART_BYTES else 0
-        self._stream: PartStream | None = None
-        self._stream_left = 0
         #: The part filling (growing with the content until a part's buffer is taken), and
         #: how much of it is.
         self._part = bytearray()
@@ -219,10 +193,6 @@ class S3Upload:
             raise StorageFault("cannot write a received file: it is closed")
         view = memoryview(data).cast("B")
         self.size += len(view)
-        while view and self.size - len(view) < self._streamed_end:
-            view = self._stream_some(view)
-        if not view:
-            return
         if len(self._part) < PART_BYTES:  # growing: the upload has no part's buffer yet
             if self._filled + len(view) < min(GROWING_PART_BYTES, PART_BYTES):
                 self._part += view
@@ -239,46 +209,6 @@ class S3Upload:
                 self._part = self._store.uploaders.buffer()
                 self._filled = 0
 
-    def _stream_some(self, view: memoryview) -> memoryview:
-        """Write the start of ``view`` to the part streaming (begun if none is); the rest."""
-        if self._stream is None:
-            self._begin_stream(self.size - len(view))
-        assert self._stream is not None
-        taken = min(self._stream_left, len(view))
-        try:
-            self._stream.write(view[:taken])
-        except client_errors() as exc:
-            raise fault("cannot send a part of a received file", exc) from exc
-        self._stream_left -= taken
-        if not self._stream_left:
-            self._stream = None
-        return view[taken:]
-
-    def _begin_stream(self, offset: int) -> None:
-        """Begin the streamed part that starts at ``offset`` (after the oldest, if this upload
-        has too many out)."""
-        self._create()
-        while len(self._in_flight) >= MAX_PARTS_IN_FLIGHT:
-            self._collect_oldest()
-        length = streamed_part_length(offset, self._streamed_end)
-        number = len(self._sent) + len(self._in_flight) + 1
-        self._stream = self._store.request(
-            "cannot send a part of a received file", "stream_part",
-            Key=self.object_name, UploadId=self._upload_id, PartNumber=number,
-            ContentLength=length,
-        )
-        self._stream_left = length
-        self._in_flight.append((number, 0, self._stream.etag))
-        self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
-
-    def _create(self) -> None:
-        """Create the multipart upload, once."""
-        if self._upload_id is None:
-            self._upload_id = self._store.request(
-                "cannot start an upload", "create_multipart_upload",
-                Key=self.object_name,
-            )["UploadId"]
-
     def _take_part_buffer(self) -> None:
         """Move the content so far into a whole part's buffer (it outgrew the growing one)."""
         part = self._store.uploaders.buffer()
@@ -287,7 +217,11 @@ class S3Upload:
 
     def _send(self, part: bytearray) -> None:
         """Hand one part to the uploaders, after the oldest if this upload has too many out."""
-        self._create()
+        if self._upload_id is None:
+            self._upload_id = self._store.request(
+                "cannot start an upload", "create_multipart_upload",
+                Key=self.object_name,
+            )["UploadId"]
         while len(self._in_flight) >= MAX_PARTS_IN_FLIGHT:
             self._collect_oldest()
         number = len(self._sent) + len(self._in_flight) + 1
@@ -309,8 +243,6 @@ class S3Upload:
             etag = future.result()
         except StorageFault:
             raise
-        except client_errors() as exc:  # a streamed part's
-            raise fault("cannot send a part of a received file", exc) from exc
         except Exception as exc:  # an uploader's bug: this upload fails, the server goes on
             log.exception("unexpected error sending a part")
             raise StorageFault(f"cannot send a part of a received file: {exc}") from exc
@@ -326,8 +258,6 @@ class S3Upload:
             raise StorageFault("cannot sync a received file: it is discarded")
         if self.sealed:
             return
-        if self.size < self._streamed_end:  # the file fails anyway: it is shorter than it said
-            raise StorageFault("cannot sync a received file: shorter than its parts")
         del self._part[self._filled:]  # the last part: what was written of it
         if self._upload_id is None:
             self._store.request(
@@ -366,9 +296,6 @@ class S3Upload:
         self.aborted = True
         self._release()
         self._store.forget(self)
-        if self._stream is not None:
-            self._stream.cancel()
-            self._stream = None
         for _, _, future in self._in_flight:
             future.cancel()
         try:
