@@ -5,19 +5,16 @@ In this process, as in a node: the server's modules, psycopg and the S3 store
 needs ``apt-get install radosgw ceph-mon ceph-osd ceph-mgr``). One thread
 writes ``--uploads`` uploads of ``--size-mib`` each, 1 MiB at a time in
 turn, each chunk a fresh copy, as the blob port's worker does; then seals
-them. Each upload is begun with its size, as a node begins one whose 828
-header gives it (its parts streamed as they come); ``--unknown-size``
-begins them without (parts filled, then sent). Prints this process's RSS before (the store open, idle), its peak
+them (the parts fill files in the temporary folder: not this process's
+memory). Prints this process's RSS before (the store open, idle), its peak
 (VmHWM, reset before the writes), its RSS after, its CPU milliseconds per
-MiB written and the rate. ``--part-mib`` and ``--total`` override the
+MiB written (the store's threads' included) and the rate. ``--part-mib`` and ``--total`` override the
 store's part size and its cap of parts in flight (for comparing settings;
-S3 takes parts of 5 MiB or more), ``--stream-kib`` the bytes a streamed
-part may hold unsent. Run it once per setting, or from another
+S3 takes parts of 5 MiB or more). Run it once per setting, or from another
 checkout for a before/after (``cd OLD && python bench/s3_parts.py``).
 
     python bench/s3_parts.py                                   # 4 uploads of 128 MiB
     python bench/s3_parts.py --uploads 1 --size-mib 512
-    python bench/s3_parts.py --unknown-size
     MALLOC_ARENA_MAX=2 python bench/s3_parts.py --part-mib 5
 """
 
@@ -40,7 +37,6 @@ from backends.ceph import CephGateway, skip_reason
 
 import server.__main__  # noqa: F401  (the node's modules)
 from server.storage.base import new_blob_key
-from server.storage.s3 import client as s3_client
 from server.storage.s3 import upload as parts
 from server.storage.s3.client import Location
 from server.storage.s3.store import S3Blobs
@@ -59,18 +55,12 @@ def main() -> int:
     parser.add_argument("--part-mib", type=float, help="the part size (default: the store's)")
     parser.add_argument("--total", type=int, help="parts in flight, all uploads together"
                         " (default: the store's)")
-    parser.add_argument("--unknown-size", action="store_true",
-                        help="begin the uploads without their size (parts filled, then sent)")
-    parser.add_argument("--stream-kib", type=int,
-                        help="bytes a streamed part holds unsent (default: the store's)")
     args = parser.parse_args()
     reason = skip_reason()
     if reason:
         sys.exit(reason)
     if args.part_mib:
         parts.PART_BYTES = int(args.part_mib * MIB)
-    if args.stream_kib:
-        s3_client.PART_STREAM_BYTES = args.stream_kib * 1024
     with tempfile.TemporaryDirectory(prefix="bench-s3-parts-") as folder:
         gateway = CephGateway(Path(folder) / "ceph",
                               block_bytes=2 * args.uploads * args.size_mib * MIB).start()
@@ -97,9 +87,7 @@ def measure(store: S3Blobs, args: argparse.Namespace) -> None:
     pid = os.getpid()
     idle = vm_rss_kib(pid) / 1024
     Path("/proc/self/clear_refs").write_bytes(b"5")  # VmHWM from here on
-    size = 0 if args.unknown_size else args.size_mib * MIB
-    writers = [store.begin(CLIENT_ID, new_blob_key(), least_size=size)
-               for _ in range(args.uploads)]
+    writers = [store.begin(CLIENT_ID, new_blob_key()) for _ in range(args.uploads)]
     chunk = os.urandom(CHUNK)
 
     def write() -> None:  # the blob port's worker: every upload's writes, in turn
@@ -115,9 +103,7 @@ def measure(store: S3Blobs, args: argparse.Namespace) -> None:
     worker.join()
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     written = args.uploads * args.size_mib * MIB
-    how = "filled" if args.unknown_size else \
-        f"streamed, {s3_client.PART_STREAM_BYTES // 1024} KiB unsent at most"
-    print(f"{args.uploads} × {args.size_mib} MiB, parts of {parts.PART_BYTES / MIB:g} MiB {how}, "
+    print(f"{args.uploads} × {args.size_mib} MiB, parts of {parts.PART_BYTES / MIB:g} MiB, "
           f"{parts.MAX_PARTS_IN_FLIGHT} in flight per upload, "
           f"{store.uploaders.peak_sending} at most in all (MALLOC_ARENA_MAX="
           f"{os.environ.get('MALLOC_ARENA_MAX', '-')}): RSS idle {idle:.1f} MiB, "
