@@ -51,9 +51,10 @@ PART_BYTES = 5 * 1024 * 1024
 GROWING_PART_BYTES = 1024 * 1024
 #: Parts of one upload being sent at once (the next one fills meanwhile).
 MAX_PARTS_IN_FLIGHT = 2
-#: Parts handed over and not yet sent, all uploads together (the uploader threads): as many
-#: as one upload may have, which keeps the store busy; each more is a part's memory.
-MAX_PARTS_IN_FLIGHT_TOTAL = 2
+#: Parts handed over and not yet sent, all uploads together (the uploader threads, each with
+#: a connection to the store): four uploads' worth, so that one upload's slow part does not
+#: hold the others' (each more is a part's file and a thread, not memory).
+MAX_PARTS_IN_FLIGHT_TOTAL = 8
 
 
 #: How a part's spool file is named while it is created (it has no name after).
