@@ -293,6 +293,7 @@ def test_many_uploads_hold_no_part_in_memory_and_at_most_the_cap_of_parts_in_fli
     blobs = S3Blobs(Location("bucket"), client=_SlowStore())
     uploads = MAX_PARTS_IN_FLIGHT_TOTAL + 2  # each could have MAX_PARTS_IN_FLIGHT in flight
     chunk = _content(SMALL_PART)
+    files = _open_files()
     tracemalloc.start()
     try:
         writers = [blobs.begin(ALICE, new_blob_key()) for _ in range(uploads)]
@@ -310,6 +311,23 @@ def test_many_uploads_hold_no_part_in_memory_and_at_most_the_cap_of_parts_in_fli
     # Not one part's content (a part filling per upload, and the parts in flight, were).
     assert peak < SMALL_PART, peak
     assert blobs.uploaders.peak_sending == MAX_PARTS_IN_FLIGHT_TOTAL
+    assert _open_files() == files  # every part's file is closed, and so gone
+
+
+def _open_files() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+def test_a_part_that_cannot_be_spooled_fails_its_upload_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(s3_upload.tempfile, "tempdir", str(tmp_path / "missing"))
+    blobs = S3Blobs(Location("bucket"), client=_SlowStore())
+    try:
+        writer = blobs.begin(ALICE, new_blob_key())
+        with pytest.raises(StorageFault, match="cannot spool a part"):
+            writer.write(_content(PART_BYTES))
+        writer.abort()
+    finally:
+        blobs.close()
 
 
 class _RecordingStore:
