@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 #: Bytes per part: S3's smallest but for the last (5 MiB to 5 GiB), so that an upload holds
 #: the least memory; each is a round trip (docs/SCALING.md: as fast as minio's own PUT).
 PART_BYTES = 5 * 1024 * 1024
-#: Content an upload holds in a buffer that grows with it, below which it takes no whole
-#: part's buffer (then the content so far is copied into one, once).
+#: Content an upload holds in a buffer that grows with it, below which it takes no part's
+#: file (then the content so far is written into one, once).
 GROWING_PART_BYTES = 1024 * 1024
 #: Parts of one upload being sent at once (the next one fills meanwhile).
 MAX_PARTS_IN_FLIGHT = 2
