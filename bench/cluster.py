@@ -12,12 +12,16 @@ each figure with its target's verdict (issue 27):
   source address 127.0.2.x so that ``balance source`` spreads them; for one
   node the other is put in maintenance on HAProxy's admin socket. Sessions
   per second, and the server's CPU per session (the nodes' and their
-  database backends'; HAProxy's beside it). Two nodes ÷ one ≥ 1.4.
+  database backends'; HAProxy's beside it), and every part's CPU per
+  session with the cores' use (what bounds the rate). Two nodes ÷ one ≥ 1.4.
 * **a 1 GiB upload through the cluster** (the real client, its whole run:
   encryption, 827, 828s, 1603, 900) vs the store's own multipart PUT of
   the same file by the nodes' S3 client library alone (minio's own
   multipart PUT, its parts as the nodes send theirs: the same size, as
   many in flight per upload). ≥ 0.8.
+  Beside it, the CPU each part of the machine used during each (the
+  client, the nodes, Ceph's daemons, HAProxy, this process: minio's PUT),
+  against what the two cores give in that time: what bounds the rate.
 * **the time added after the last byte**, 5 MB and 256 MiB, through
   HAProxy (bench/s3.py's measure). ≤ 150 ms / ≤ 500 ms.
 * **peak RSS per node during four concurrent 1 GiB uploads** (four real
@@ -119,6 +123,58 @@ def reset_peak_rss(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_bytes(_RESET_PEAK)
 
 
+#: The parts of the machine whose CPU is counted (:func:`cpu_snapshot`), in print order.
+CPU_PARTS = ("clients", "nodes", "PostgreSQL", "Ceph", "HAProxy", "this process")
+
+
+def cpu_snapshot(cluster: Cluster) -> dict[str, float]:
+    """CPU seconds used so far by each part of the machine: the client runs this process
+    waited for, the nodes, PostgreSQL (its postmaster's children), Ceph's daemons, HAProxy,
+    and this process (the load generator, minio's PUT). A process that ended between two
+    snapshots is counted where it was reaped (PostgreSQL's backends: by the postmaster)."""
+    assert cluster.balancer is not None
+    children = os.times()
+    postmaster = cluster.postgres.postmaster_pid()
+    return {
+        "clients": children.children_user + children.children_system,
+        "nodes": cpu_of([node.process.pid for node in cluster.nodes.values()]),
+        "PostgreSQL": cpu_seconds(postmaster, reaped_children=True)
+        + live_cpu(children_of(postmaster)),
+        "Ceph": cpu_of(cluster.gateway.pids()),
+        "HAProxy": cpu_of([cluster.balancer.process.pid]),
+        "this process": time.process_time(),
+    }
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def live_cpu(pids: list[int]) -> float:
+    """CPU seconds of those of the processes still there."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            pass  # it ended meanwhile
+    return total
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each part used between two snapshots."""
+    return {part: after[part] - before[part] for part in CPU_PARTS}
+
+
 @dataclass
 class Figures:
     """Everything measured, by measure."""
@@ -132,6 +188,8 @@ class Figures:
     #: Node name -> (RSS before the uploads, peak during them), MiB.
     rss: dict[str, tuple[float, float]] = field(default_factory=dict)
     concurrent_seconds: float = 0.0
+    #: Measure -> (seconds, CPU seconds by part): the upload, the store's PUT, the sessions.
+    cpu: dict[str, list[tuple[float, dict[str, float]]]] = field(default_factory=dict)
 
 
 def main() -> int:
@@ -209,10 +267,16 @@ def measure(cluster: Cluster, root: Path, args: argparse.Namespace, sizes: list[
             sessions(cluster, nodes, args.clients, Shared(keys, payload_bytes,
                                                           cksum(payload_bytes), run),
                      figures, settled=not args.quick)
+        before = cpu_snapshot(cluster)
         seconds, _ = timed_client_run(home, cluster.address[1], "bench", [str(payload)],
                                       CLIENT_TIMEOUT)
         figures.upload.append(seconds)
+        figures.cpu.setdefault("upload", []).append(
+            (seconds, cpu_used(before, cpu_snapshot(cluster))))
+        before = cpu_snapshot(cluster)
         figures.store_put.append(store_put(cluster.gateway, bucket, payload, number))
+        figures.cpu.setdefault("store_put", []).append(
+            (figures.store_put[-1], cpu_used(before, cpu_snapshot(cluster))))
         raw = RawClient(cluster.address, timeout=CLIENT_TIMEOUT)  # idle ones are closed
         try:
             client_id, aes_key = raw.register(f"bench-added-{number}", private)
@@ -245,8 +309,11 @@ def sessions(cluster: Cluster, nodes: int, count: int, shared: Shared, figures: 
     sources = [str(FIRST_SOURCE + index) for index in range(count)]
     before = served(cluster)
     haproxy_before = cpu_of([balancer.process.pid])
+    cpu_before, started = cpu_snapshot(cluster), time.perf_counter()
     result = run_once([cluster.address], count, shared, pids,
                       database_backends(cluster.metadata_url), sources)
+    figures.cpu.setdefault(f"sessions{nodes}", []).append(
+        (time.perf_counter() - started, cpu_used(cpu_before, cpu_snapshot(cluster))))
     figures.haproxy_ms[nodes].append((cpu_of([balancer.process.pid]) - haproxy_before)
                                      / count * _MS)
     figures.sessions[nodes].append(result)
@@ -347,6 +414,28 @@ def concurrent_uploads(cluster: Cluster, root: Path, size_mib: int, figures: Fig
           flush=True)
 
 
+def print_cpu(figures: Figures, clients: int) -> None:
+    """Each part's CPU during each measure (the run of the median's time), and the cores'
+    use: where the cores are all used, the rate is CPU-bound."""
+    cores = os.cpu_count() or 1
+    measures = [("upload", "1 upload through a node, CPU s"),
+                ("store_put", "minio's own PUT, CPU s"),
+                ("sessions1", "sessions, one node, CPU ms/session"),
+                (f"sessions{NODES}", "sessions, two nodes, CPU ms/session")]
+    rows = []
+    for name, label in measures:
+        runs = sorted(figures.cpu.get(name, []), key=lambda run: run[0])
+        if not runs:
+            continue
+        seconds, used = runs[len(runs) // 2]
+        scale = _MS / clients if name.startswith("sessions") else 1.0
+        rows.append([label] + [f"{used[part] * scale:.2f}" for part in CPU_PARTS]
+                    + [f"{sum(used.values()) / (seconds * cores):.0%}"])
+    print()
+    print_table(f"CPU by part of the machine (the median run; {cores} cores)",
+                ["measure", *CPU_PARTS, "cores busy"], rows)
+
+
 def judge(args: argparse.Namespace, sizes: list[int], figures: Figures,
           quiet: Quietness) -> int:
     """Print the tables and the verdicts; the exit status."""
@@ -378,6 +467,7 @@ def judge(args: argparse.Namespace, sizes: list[int], figures: Figures,
          [f"minio alone, multipart PUT ({PART_BYTES / MIB:g} MiB parts, {MAX_PARTS_IN_FLIGHT}"
           " in flight)", f"{median(figures.store_put):.2f}", f"{store_rate:.0f}"]],
     )
+    print_cpu(figures, args.clients)
     print()
     print_table("time added after the last byte, through HAProxy (median)", ["file", "added"],
                 [[f"{size / MIB:.1f} MiB", f"{median(figures.added[size]) * _MS:.0f} ms"]

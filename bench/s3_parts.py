@@ -1,13 +1,14 @@
-"""Where a node's memory goes while uploads stream to an object store: the part buffers.
+"""Where a node's memory goes while uploads stream to an object store: the parts.
 
 In this process, as in a node: the server's modules, psycopg and the S3 store
 (server/storage/s3/) on a throwaway Ceph radosgw (tests/backends/ceph.py;
 needs ``apt-get install radosgw ceph-mon ceph-osd ceph-mgr``). One thread
 writes ``--uploads`` uploads of ``--size-mib`` each, 1 MiB at a time in
 turn, each chunk a fresh copy, as the blob port's worker does; then seals
-them. Prints this process's RSS before (the store open, idle), its peak
+them (the parts fill files in the temporary folder: not this process's
+memory). Prints this process's RSS before (the store open, idle), its peak
 (VmHWM, reset before the writes), its RSS after, its CPU milliseconds per
-MiB written and the rate. ``--part-mib`` and ``--total`` override the
+MiB written (the store's threads' included) and the rate. ``--part-mib`` and ``--total`` override the
 store's part size and its cap of parts in flight (for comparing settings;
 S3 takes parts of 5 MiB or more). Run it once per setting, or from another
 checkout for a before/after (``cd OLD && python bench/s3_parts.py``).

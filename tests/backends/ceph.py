@@ -299,6 +299,10 @@ class CephGateway:
                                 f"see {self.root / 'log'}")
             time.sleep(_POLL)
 
+    def pids(self) -> list[int]:
+        """The running daemons' process ids (monitor, OSD, manager, radosgw)."""
+        return [daemon.pid for daemon in self._daemons if daemon.poll() is None]
+
     def stop(self) -> None:
         """End every daemon started (last first): SIGTERM, then SIGKILL."""
         for daemon in reversed(self._daemons):

@@ -153,6 +153,10 @@ class PostgresCluster:
             cursor = admin.execute(statement)
             return cursor.fetchall() if cursor.description else []
 
+    def postmaster_pid(self) -> int:
+        """The postmaster's process id (the first line of its postmaster.pid)."""
+        return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+
     def backend_pids(self) -> list[int]:
         """The processes serving clients now (bench: their CPU time, from /proc)."""
         rows = self.sql(

@@ -270,7 +270,7 @@ class _SlowStore:
     def create_multipart_upload(self, **_: object) -> dict:
         return {"UploadId": "u"}
 
-    def upload_part(self, PartNumber: int, **_: object) -> dict:  # noqa: N803 (the S3 API's name)
+    def upload_part_from(self, PartNumber: int, **_: object) -> dict:  # noqa: N803 (S3's name)
         time.sleep(self.SEND_SECONDS)
         return {"ETag": f"e{PartNumber}"}
 
@@ -283,35 +283,51 @@ SMALL_PART = 256 * 1024
 PARTS_PER_UPLOAD = 6
 
 
-def test_many_uploads_hold_a_part_filling_each_and_at_most_the_cap_of_parts_in_flight(
+def test_many_uploads_hold_no_part_in_memory_and_at_most_the_cap_of_parts_in_flight(
         monkeypatch):
     # The blob port's one worker writes every upload, a part at a time, faster than the
-    # store takes them: the parts handed over wait for the cap, not in memory.
+    # store takes them: the parts handed over wait for the cap, in their files; a node's
+    # memory holds none of them.
     monkeypatch.setattr(s3_upload, "PART_BYTES", SMALL_PART)
+    monkeypatch.setattr(s3_upload, "GROWING_PART_BYTES", SMALL_PART // 4)
     blobs = S3Blobs(Location("bucket"), client=_SlowStore())
-    uploads = MAX_PARTS_IN_FLIGHT_TOTAL  # each could have MAX_PARTS_IN_FLIGHT in flight
+    uploads = MAX_PARTS_IN_FLIGHT_TOTAL + 2  # each could have MAX_PARTS_IN_FLIGHT in flight
     chunk = _content(SMALL_PART)
+    files = _open_files()
     tracemalloc.start()
     try:
         writers = [blobs.begin(ALICE, new_blob_key()) for _ in range(uploads)]
         for _ in range(PARTS_PER_UPLOAD):
             for writer in writers:
                 writer.write(chunk)
+                assert writer.held < SMALL_PART // 4
         for writer in writers:
             writer.seal()
-        left, peak = tracemalloc.get_traced_memory()
+        _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
         blobs.close()
     assert all(writer.sealed for writer in writers)
-    # One part filling per upload, the cap's parts in flight and as many sent ones kept
-    # for the next parts (and a little of the rest); without the cap's wait, each upload
-    # would hold MAX_PARTS_IN_FLIGHT + 1 parts besides the spare ones.
-    spare = MAX_PARTS_IN_FLIGHT_TOTAL
-    assert peak <= (uploads + MAX_PARTS_IN_FLIGHT_TOTAL + spare) * SMALL_PART + SMALL_PART // 2
-    assert peak >= uploads * SMALL_PART  # the measure sees the parts at all
-    assert left < SMALL_PART  # the spare buffers go with the last upload
+    # Not one part's content (a part filling per upload, and the parts in flight, were).
+    assert peak < SMALL_PART, peak
     assert blobs.uploaders.peak_sending == MAX_PARTS_IN_FLIGHT_TOTAL
+    assert _open_files() == files  # every part's file is closed, and so gone
+
+
+def _open_files() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+def test_a_part_that_cannot_be_spooled_fails_its_upload_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(s3_upload.tempfile, "tempdir", str(tmp_path / "missing"))
+    blobs = S3Blobs(Location("bucket"), client=_SlowStore())
+    try:
+        writer = blobs.begin(ALICE, new_blob_key())
+        with pytest.raises(StorageFault, match="cannot spool a part"):
+            writer.write(_content(PART_BYTES))
+        writer.abort()
+    finally:
+        blobs.close()
 
 
 class _RecordingStore:
@@ -331,9 +347,10 @@ class _RecordingStore:
         self.requests.append("create_multipart_upload")
         return {"UploadId": "u"}
 
-    def upload_part(self, PartNumber: int, Body: bytes, **_: object) -> dict:  # noqa: N803
+    def upload_part_from(self, PartNumber: int, Body, ContentLength: int,  # noqa: N803
+                         **_: object) -> dict:
         self.requests.append("upload_part")
-        self.sent.append(bytes(Body))
+        self.sent.append(Body.read(ContentLength))
         return {"ETag": f"e{PartNumber}"}
 
     def complete_multipart_upload(self, **_: object) -> dict:

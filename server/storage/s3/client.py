@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import logging
 import os
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from ...errors import BlobMissing, StorageFault, StoreUnusable
@@ -55,6 +56,11 @@ _THERE_CODES = frozenset({"PreconditionFailed", "412"})
 INSTALL_HINT = "pip install 'cipherdrop[s3]'"
 #: The libraries' loggers, kept at WARNING (at DEBUG they log every request).
 LIBRARY_LOGGERS = ("minio", "urllib3")
+#: What a part sent from a file says of its body in its signature: not hashed (the hash
+#: would read the part once more; over https the connection protects it).
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+#: The S3 API's answer to a part taken.
+_PART_TAKEN = 200
 
 
 class RequestFailed(Exception):
@@ -167,6 +173,14 @@ class _Body:
         self._response.release_conn()
 
 
+def _error_code(answer: bytes) -> str:
+    """The ``Code`` of an S3 error answer (empty if it has none)."""
+    try:
+        return ElementTree.fromstring(answer).findtext("Code") or ""
+    except ElementTree.ParseError:
+        return ""
+
+
 class S3Api:
     """The S3 API's operations this package uses, named and answered as in the S3 API
     reference, over a :class:`minio.Minio` client; every failure is :class:`RequestFailed`.
@@ -267,6 +281,39 @@ class S3Api:
                           PartNumber)
         return {"ETag": _etag(etag)}
 
+    def upload_part_from(self, Bucket: str, Key: str, UploadId: str,  # noqa: N803
+                         PartNumber: int, Body: BinaryIO, ContentLength: int,  # noqa: N803
+                         ) -> dict[str, Any]:
+        """One UploadPart whose body is read from a file as it is sent (from its position,
+        ``ContentLength`` bytes): signed as minio signs its own requests, but for the
+        body's hash; retried as they are (the file is read again)."""
+        from minio.signer import sign_v4_s3
+        from minio.time import to_amz_date, utcnow
+
+        client = self._client
+        region = self._call(client._get_region, Bucket)
+        url = client._base_url.build(
+            method="PUT", region=region, bucket_name=Bucket, object_name=Key,
+            query_params={"partNumber": str(PartNumber), "uploadId": UploadId},
+        )
+        credentials = self._call(client._provider.retrieve)
+        date = utcnow()
+        headers: dict[str, Any] = {
+            "Host": url.netloc, "Content-Length": str(ContentLength),
+            "x-amz-content-sha256": UNSIGNED_PAYLOAD, "x-amz-date": to_amz_date(date),
+        }
+        if credentials.session_token:
+            headers["X-Amz-Security-Token"] = credentials.session_token
+        headers = sign_v4_s3(method="PUT", url=url, region=region, headers=headers,
+                             credentials=credentials, content_sha256=UNSIGNED_PAYLOAD,
+                             date=date)
+        response = self._call(client._http.urlopen, "PUT", url.geturl(), body=Body,
+                              headers=headers)
+        if response.status != _PART_TAKEN:
+            raise RequestFailed(f"UploadPart answered {response.status}",
+                                _error_code(response.data) or str(response.status))
+        return {"ETag": _etag(response.headers.get("ETag"))}
+
     def complete_multipart_upload(self, Bucket: str, Key: str, UploadId: str,  # noqa: N803
                                   MultipartUpload: dict[str, Any]) -> dict[str, Any]:  # noqa: N803
         from minio.datatypes import Part
@@ -286,8 +333,6 @@ def _library_errors() -> tuple[type[Exception], ...]:
     """What a request through minio may raise: its own errors, urllib3's (a lost
     connection, a timeout), the socket's, a garbled answer's XML, and ValueError
     (its credential providers' and parsers')."""
-    import xml.etree.ElementTree as ElementTree
-
     import urllib3
     from minio.error import MinioException
 
