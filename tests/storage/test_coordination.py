@@ -35,6 +35,10 @@ LEASE = 30.0
 LAPSE_WAIT = 30.0
 #: Seconds between two calls while the coordination connects again.
 RECONNECT_POLL = 0.01
+#: How long a release sent without waiting may take to reach the database at most (far
+#: below LEASE: not its lapse), and the seconds between two looks.
+RELEASE_WAIT = 10.0
+RELEASE_POLL = 0.01
 
 
 def lease(client_id: bytes, file_name: bytes) -> UploadLease:
@@ -302,6 +306,27 @@ def test_a_short_lease_lapses_by_the_database_s_clock(postgres_url):
             assert time.monotonic() - taken < LAPSE_WAIT, "the lease never lapsed"
             time.sleep(lease_time / 10)
         assert time.monotonic() - taken >= lease_time  # not before it lapsed
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.needed_in_ci
+def test_a_release_sent_without_waiting_reaches_the_database_before_it_is_settled(postgres_url):
+    """Its statement goes at the call, its answer alone waits for the settle: a node that
+    calls nothing more after a cut (its loop idle) does not keep the name from the others
+    until the lease lapses."""
+    from server.storage.postgres.coordination import PgCoordination
+
+    a = PgCoordination(postgres_url, "a", LEASE)
+    b = PgCoordination(postgres_url, "b", LEASE)
+    try:
+        assert a.take_upload(lease(ALICE, b"f.bin"))
+        released = time.monotonic()
+        a.release_upload(ALICE, b"f.bin")  # a is called no more: nothing settles it
+        while not b.take_upload(lease(ALICE, b"f.bin")):
+            assert time.monotonic() - released < RELEASE_WAIT, "the release never arrived"
+            time.sleep(RELEASE_POLL)
     finally:
         a.close()
         b.close()
