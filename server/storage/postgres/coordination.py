@@ -62,6 +62,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import select
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
@@ -107,6 +108,11 @@ NAME_RETRY = 0.1
 CONNECT_TIMEOUT = 2
 #: Milliseconds one call may take before it fails (the loop waits meanwhile).
 STATEMENT_TIMEOUT_MS = 2000
+#: Seconds the answer of what was sent without waiting may still take when it is read
+#: (its statement's timeout, and a margin): past them, the database is taken for
+#: stalled and the connection for lost (a backend stopped while its host still
+#: acknowledges would otherwise keep the loop waiting for ever).
+ANSWER_PATIENCE = STATEMENT_TIMEOUT_MS / 1000 + 1.0
 #: Seconds after a failed attempt to connect again before the next begins (calls
 #: fail at once meanwhile).
 RECONNECT_DELAY = 1.0
@@ -633,13 +639,21 @@ class PgCoordination:
         pgconn = connection.pgconn
         failure = None
         rows = 0
-        while (result := pgconn.get_result()) is not None:
+        deadline = time.monotonic() + ANSWER_PATIENCE
+        while True:
+            if not _answer_in(pgconn, deadline):
+                failure = failure or f"no answer within {ANSWER_PATIENCE:g} s"
+                self._drop_connection()
+                break
+            result = pgconn.get_result()
+            if result is None:
+                break
             if result.status == pq.ExecStatus.FATAL_ERROR and failure is None:
                 primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY)
                 failure = (primary or pgconn.error_message or b"error").decode("utf-8", "replace")
             elif result.status == pq.ExecStatus.TUPLES_OK:
                 rows += result.ntuples
-        if pgconn.status != pq.ConnStatus.OK:
+        if self._connection is connection and pgconn.status != pq.ConnStatus.OK:
             self._drop_connection()
             failure = failure or "the connection was lost"
         if take is not None:  # its caller hears of a failure
@@ -814,3 +828,20 @@ def _reason(exc: BaseException) -> str:
     """An exception's first line (libpq's messages run over several)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _answer_in(pgconn: Any, deadline: float) -> bool:
+    """Wait until libpq holds a whole result (or knows the connection lost), in
+    ``select``, which lets the other threads run, where ``PQgetResult`` would wait
+    holding them all; False: the deadline (``time.monotonic()``) passed first."""
+    while True:
+        try:
+            pgconn.consume_input()
+        except psycopg.OperationalError:
+            return True  # get_result reports it, the status tells it is lost
+        if not pgconn.is_busy():
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        select.select([pgconn.socket], [], [], left)
