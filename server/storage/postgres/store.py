@@ -27,10 +27,12 @@ whose outcome the request needs at once (registering a name: :class:`~server.err
 out at once, with the writes queued before it. :attr:`PostgresMetadata.round_trips` and
 :attr:`~PostgresMetadata.statements` count them (bench/sessions.py).
 
-A lost connection loses the round under way (the loop closes its
-connections unanswered), and is made again in a worker thread, never the
-loop's (server/storage/postgres/reconnect.py): the attempt begins as soon as
-the loss is seen, then at most once per :data:`RECONNECT_INTERVAL` while
+A lost connection (or one whose answer does not come within
+:data:`ANSWER_PATIENCE`: a stalled backend, server/storage/postgres/message.py)
+loses the round under way (the loop closes its connections unanswered), and
+is made again in a worker thread, never the loop's
+(server/storage/postgres/reconnect.py): the attempt begins as soon as the
+loss is seen, then at most once per :data:`RECONNECT_INTERVAL` while
 the database stays away; until a connection is made, every call fails at
 once with :class:`~server.errors.StorageFault`.
 """
