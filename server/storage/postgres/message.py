@@ -43,8 +43,18 @@ _FATAL = pq.ExecStatus.FATAL_ERROR
 _ROWS = pq.ExecStatus.TUPLES_OK
 #: What a generator's wait ends with.
 RV = TypeVar("RV")
-#: What poll() waits for on the socket, for what libpq waits for.
-_POLLED = {Wait.R: select.POLLIN, Wait.W: select.POLLOUT, Wait.RW: select.POLLIN | select.POLLOUT}
+#: What poll() waits for on the socket, for what libpq waits for (a psycopg ``Wait``, as
+#: an int: the loop's every read passes here).
+_POLLED = {
+    int(Wait.R): select.POLLIN, int(Wait.W): select.POLLOUT,
+    int(Wait.RW): select.POLLIN | select.POLLOUT,
+}
+#: What libpq is told the socket is ready for (a psycopg ``Ready``, as an int).
+_NOT_READY = int(Ready.NONE)
+_READY_R = int(Ready.R)
+_READY_W = int(Ready.W)
+#: What poll() reports besides readiness: an error or a hang-up (libpq tells which).
+_TROUBLE = ~(select.POLLIN | select.POLLOUT)
 _MS = 1000
 
 
@@ -85,7 +95,7 @@ def answered(gen: PQGen[RV], pgconn: pq.abc.PGconn, patience: float) -> RV:
         wanted = next(gen)
         while True:
             ready = ready_by(pgconn, wanted, deadline)
-            if ready == Ready.NONE:
+            if ready == _NOT_READY:
                 pgconn.finish()
                 raise Stalled(f"no answer within {patience:g} s")
             wanted = gen.send(ready)
@@ -99,19 +109,18 @@ def ready_by(pgconn: pq.abc.PGconn, wanted: int, deadline: float) -> int:
     or ``deadline`` (``time.monotonic()``) passes: what it is ready for (a
     :class:`~psycopg.waiting.Ready`; ``Ready.NONE``: the deadline passed)."""
     poller = select.poll()
-    poller.register(pgconn.socket, _POLLED[Wait(wanted)])
+    poller.register(pgconn.socket, _POLLED[wanted])
     while (left := deadline - time.monotonic()) > 0:
         polled = poller.poll(left * _MS)
         if not polled:
             continue
         events = polled[0][1]
-        if events & ~(select.POLLIN | select.POLLOUT):  # an error, a hang-up: libpq tells it
+        if events & _TROUBLE:  # libpq reads or writes, and tells it
             return wanted
-        return (Ready.R if events & select.POLLIN else Ready.NONE) | (
-            Ready.W if events & select.POLLOUT else Ready.NONE
+        return (_READY_R if events & select.POLLIN else _NOT_READY) | (
+            _READY_W if events & select.POLLOUT else _NOT_READY
         )
-    return Ready.NONE
-
+    return _NOT_READY
 
 class Messenger:
     """Sends statements as one message on one connection, and reads the last one's rows."""
