@@ -842,5 +842,5 @@ def _answer_in(pgconn: Any, deadline: float) -> bool:
             return True  # get_result reports it, the status tells it is lost
         if not pgconn.is_busy():
             return True
-        if ready_by(pgconn, Wait.R, deadline) == Ready.NONE:
+        if ready_by(pgconn.socket, Wait.R, deadline) == Ready.NONE:
             return False

@@ -91,10 +91,11 @@ def answered(gen: PQGen[RV], pgconn: pq.abc.PGconn, patience: float) -> RV:
         psycopg.OperationalError: the connection failed.
     """
     deadline = time.monotonic() + patience
+    fileno = pgconn.socket  # before the generator starts: a lost connection has none after
     try:
         wanted = next(gen)
         while True:
-            ready = ready_by(pgconn, wanted, deadline)
+            ready = ready_by(fileno, wanted, deadline)
             if ready == _NOT_READY:
                 pgconn.finish()
                 raise Stalled(f"no answer within {patience:g} s")
@@ -104,23 +105,25 @@ def answered(gen: PQGen[RV], pgconn: pq.abc.PGconn, patience: float) -> RV:
         return result
 
 
-def ready_by(pgconn: pq.abc.PGconn, wanted: int, deadline: float) -> int:
+def ready_by(fileno: int, wanted: int, deadline: float) -> int:
     """Wait until libpq's socket is ready for ``wanted`` (a :class:`~psycopg.waiting.Wait`)
     or ``deadline`` (``time.monotonic()``) passes: what it is ready for (a
-    :class:`~psycopg.waiting.Ready`; ``Ready.NONE``: the deadline passed)."""
+    :class:`~psycopg.waiting.Ready`; ``Ready.NONE``: the deadline passed). A socket
+    in trouble (an error, a hang-up, closed) is ready for all: libpq tells the failure."""
     poller = select.poll()
-    poller.register(pgconn.socket, _POLLED[wanted])
+    poller.register(fileno, _POLLED[wanted])
     while (left := deadline - time.monotonic()) > 0:
         polled = poller.poll(left * _MS)
         if not polled:
             continue
         events = polled[0][1]
-        if events & _TROUBLE:  # libpq reads or writes, and tells it
+        if events & _TROUBLE:
             return wanted
         return (_READY_R if events & select.POLLIN else _NOT_READY) | (
             _READY_W if events & select.POLLOUT else _NOT_READY
         )
     return _NOT_READY
+
 
 class Messenger:
     """Sends statements as one message on one connection, and reads the last one's rows."""
