@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from helpers import server_env
 
-from server.errors import StoreUnusable
+from server.errors import StorageFault, StoreUnusable
 from server.storage.base import StoreUrl
 from server.storage.coordination import (
     UPLOAD, Coordination, MemoryCoordination, UploadLease, upload_key,
@@ -386,6 +386,61 @@ def test_a_stalled_backend_fails_the_settle_after_its_patience_and_other_threads
     assert a._connection is None  # taken for lost (made again at the next call)
     assert ended - began < ANSWER_PATIENCE * STALL_RESUME_AFTER  # gave up, not resumed
     assert sum(began <= at <= ended for at in ticks) >= STALL_TICKS_SEEN
+
+
+@pytest.mark.needed_in_ci
+def test_a_stalled_backend_fails_a_waited_call_after_its_patience_and_other_threads_run(
+    postgres_url
+):
+    """As above, for a call waited for (a cursor's, where psycopg's wait had no
+    deadline): it fails with a StorageFault after ANSWER_PATIENCE, the connection taken
+    for lost, the other threads running meanwhile; the next calls are served once it is
+    made again."""
+    import os
+
+    from server.storage.postgres.coordination import ANSWER_PATIENCE, PgCoordination
+
+    a = PgCoordination(postgres_url, "a", LEASE)
+    assert not a.registration_held_elsewhere(ALICE)
+    backend = a._connect().info.backend_pid
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(STALL_TICK):
+            ticks.append(time.monotonic())
+
+    os.kill(backend, signal.SIGSTOP)
+    resumer = subprocess.Popen(
+        ["sh", "-c", f"sleep {ANSWER_PATIENCE * STALL_RESUME_AFTER:g}; kill -CONT {backend}"]
+    )
+    ticker = threading.Thread(target=tick, daemon=True)
+    try:
+        ticker.start()
+        began = time.monotonic()
+        with pytest.raises(StorageFault, match="no answer within"):
+            a.registration_held_elsewhere(ALICE)
+        ended = time.monotonic()
+    finally:
+        os.kill(backend, signal.SIGCONT)
+        resumer.kill()
+        resumer.wait()
+        stop.set()
+        ticker.join()
+    try:
+        assert a._connection is None  # taken for lost (made again at the next call)
+        assert ended - began < ANSWER_PATIENCE * STALL_RESUME_AFTER  # gave up, not resumed
+        assert sum(began <= at <= ended for at in ticks) >= STALL_TICKS_SEEN
+        given_up = time.monotonic() + RELEASE_WAIT
+        while True:  # served again once connected again (off this thread)
+            try:
+                assert not a.registration_held_elsewhere(ALICE)
+                break
+            except StorageFault:
+                assert time.monotonic() < given_up, "the coordination never connected again"
+                time.sleep(RECONNECT_POLL)
+    finally:
+        a.close()
 
 
 @pytest.mark.needed_in_ci
