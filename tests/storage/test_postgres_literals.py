@@ -118,7 +118,21 @@ def test_the_stores_batches_bind_without_psycopgs_adaptation(postgres_url, monke
 
 
 def test_a_statements_pieces_are_split_once():
-    literals._pieces.cache_clear()
-    literals._pieces("SELECT %s")
-    literals._pieces("SELECT %s")
-    assert literals._pieces.cache_info().hits == 1
+    literals._template.cache_clear()
+    literals._template("SELECT %s")
+    literals._template("SELECT %s")
+    assert literals._template.cache_info().hits == 1
+
+
+def test_a_statements_own_braces_are_kept(db):
+    """The statement becomes a format template: its braces are text, not fields."""
+    text = Binder(db).text([("SELECT '{}{0}}' || %s", ("{x}",))])
+    assert db.execute(text).fetchone()[0] == "{}{0}}{x}"
+
+
+def test_a_subclass_of_a_bound_type_is_left_to_psycopg(db):
+    class Count(int):
+        pass
+
+    text = Binder(db).text([("SELECT %s + 1", (Count(2),))])
+    assert db.execute(text).fetchone()[0] == 3

@@ -5,18 +5,19 @@ one multi-statement message (server/storage/postgres/store.py): a simple
 query, which carries no separate parameters. psycopg's ``ClientCursor.mogrify``
 binds them, but through its general adaptation machinery, per statement, in
 the loop; the few types the store's statements take are written here
-instead: a statement's text is split at its ``%s`` once, and each value
-becomes its literal. Text is quoted by libpq (``PQescapeLiteral``), bytes
-are hex ``bytea``, floats are ``float8``'s text input; a value of any other
-type (a list for ``ANY``) is left to ``mogrify``. A statement's text holds
-no ``%`` but its placeholders.
+instead: a statement's text becomes a ``str.format`` template once, and
+each value its literal, written by a function found by the value's exact
+type. Text is quoted by libpq (``PQescapeLiteral``), bytes are hex
+``bytea``, floats are ``float8``'s text input; a value of any other type
+(a list for ``ANY``, a subclass) is left to ``mogrify``. A statement's
+text holds no ``%`` but its placeholders.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import psycopg
 from psycopg import pq
@@ -28,9 +29,12 @@ _NUL = "\x00"
 
 
 @functools.lru_cache(maxsize=None)
-def _pieces(statement: str) -> tuple[str, ...]:
-    """The statement's text around its placeholders (one more piece than placeholders)."""
-    return tuple(statement.split(_PLACEHOLDER))
+def _template(statement: str) -> tuple[str, int]:
+    """The statement as a :meth:`str.format` template, a ``{}`` for each placeholder (its
+    own braces doubled), and how many placeholders it has: split once per statement."""
+    pieces = statement.split(_PLACEHOLDER)
+    escaped = (piece.replace("{", "{{").replace("}", "}}") for piece in pieces)
+    return "{}".join(escaped), len(pieces) - 1
 
 
 class Binder:
@@ -44,6 +48,11 @@ class Binder:
         conforming = db.pgconn.parameter_status(b"standard_conforming_strings") == b"on"
         # Without standard_conforming_strings a backslash escapes: double it.
         self._bytea_open = "'\\x" if conforming else "E'\\\\x"
+        #: A value's literal, by its exact type (any other type is left to psycopg).
+        self._writers: dict[type, Callable[[Any], str]] = {
+            type(None): _null, bool: _bool, int: _int, float: _float, str: self._text,
+            bytes: self._bytea, bytearray: self._bytea, memoryview: self._bytea,
+        }
 
     def text(self, batch: Sequence[tuple[str, Sequence[Any]]]) -> str:
         """The statements, ``;``-separated, each with its parameters bound.
@@ -53,48 +62,44 @@ class Binder:
             psycopg.ProgrammingError: a statement's placeholders and parameters differ
                 in number.
         """
-        return ";".join(self._statement(statement, params) for statement, params in batch)
+        return ";".join([self._statement(statement, params) for statement, params in batch])
 
     def _statement(self, statement: str, params: Sequence[Any]) -> str:
-        pieces = _pieces(statement)
-        if len(pieces) != len(params) + 1:
+        template, placeholders = _template(statement)
+        if placeholders != len(params):
             raise psycopg.ProgrammingError(
-                f"{len(pieces) - 1} placeholder(s) for {len(params)} parameter(s)"
+                f"{placeholders} placeholder(s) for {len(params)} parameter(s)"
             )
-        literals = []
-        for value in params:
-            literal = self._literal(value)
-            if literal is None:  # a type of its own: psycopg's adaptation binds it all
-                return psycopg.ClientCursor(self._db).mogrify(statement, params)
-            literals.append(literal)
-        parts = [pieces[0]]
-        for literal, piece in zip(literals, pieces[1:], strict=True):
-            parts += (literal, piece)
-        return "".join(parts)
+        writers = self._writers
+        try:
+            literals = [writers[type(value)](value) for value in params]
+        except KeyError:  # a type of its own: psycopg's adaptation binds it all
+            return psycopg.ClientCursor(self._db).mogrify(statement, params)
+        return template.format(*literals)
 
-    def _literal(self, value: Any) -> str | None:
-        """A value's SQL literal; None for a type left to psycopg."""
-        if value is None:
-            return _NULL
-        kind = type(value)
-        if kind is str:
-            if _NUL in value:
-                raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
-            return self._escaping.escape_literal(value.encode(self._encoding)).decode(
-                self._encoding
-            )
-        if kind is bytes or kind is bytearray or kind is memoryview:
-            return f"{self._bytea_open}{bytes(value).hex()}'::bytea"
-        if kind is bool:
-            return "true" if value else "false"
-        if kind is int:
-            return _number(str(value))
-        if kind is float:  # float8's own input: exact, and its zero keeps its sign
-            return _NAN if math.isnan(value) else f"'{value!r}'::float8"
-        return None
+    def _text(self, value: str) -> str:
+        if _NUL in value:
+            raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+        return self._escaping.escape_literal(value.encode(self._encoding)).decode(self._encoding)
+
+    def _bytea(self, value: bytes | bytearray | memoryview) -> str:
+        return f"{self._bytea_open}{value.hex()}'::bytea"
 
 
-def _number(text: str) -> str:
+def _null(value: None) -> str:
+    return _NULL
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _int(value: int) -> str:
     """A number's literal; a negative one in parentheses (after a ``-``, ``--`` would
     begin a comment)."""
-    return f"({text})" if text.startswith("-") else text
+    return str(value) if value >= 0 else f"({value})"
+
+
+def _float(value: float) -> str:
+    """float8's own input: exact, and its zero keeps its sign."""
+    return _NAN if math.isnan(value) else f"'{value!r}'::float8"
