@@ -507,27 +507,19 @@ STALL_TICK = 0.05
 STALL_TICKS_SEEN = 5
 
 
-@pytest.mark.parametrize("c_wait", [True, False], ids=["psycopg's C wait", "poll() driver"])
 def test_a_stalled_backend_fails_a_read_after_its_patience_and_the_store_serves_again(
-    store, caplog, monkeypatch, c_wait
+    store, caplog
 ):
     """The backend stops (SIGSTOP) while its host still acknowledges: a request's read
     gives up after ANSWER_PATIENCE with a StorageFault (its request's refusal), the
     connection taken for lost, and the process's other threads run meanwhile, where the
     wait had no deadline and kept the loop until the backend resumed; the connection is
-    made again by itself. With psycopg's C wait given the deadline (psycopg 3.3), and
-    with the poll() driver an older psycopg gets."""
+    made again by itself."""
     import os
     import signal
     import subprocess
 
-    from server.storage.postgres import message
     from server.storage.postgres.store import ANSWER_PATIENCE
-
-    if c_wait and message._wait_within is None:
-        pytest.skip("this psycopg's C wait takes no deadline")
-    if not c_wait:
-        monkeypatch.setattr(message, "_wait_within", None)
 
     register(store, ALICE, "alice")
     store.finish_round(durable=True)
@@ -562,29 +554,3 @@ def test_a_stalled_backend_fails_a_read_after_its_patience_and_the_store_serves_
     until_connected(store)  # connects again by itself
     found = store.client_by_id(ALICE)
     assert found is not None and found.name == "alice"
-
-
-def test_the_stores_answers_are_waited_for_in_psycopgs_c_wait_with_the_deadline(
-    store, monkeypatch
-):
-    """Where psycopg's C wait takes a deadline (psycopg 3.3), every answer is waited for
-    there, given the store's patience: it costs the loop less per answer than poll()
-    driven from Python."""
-    from server.storage.postgres import message
-    from server.storage.postgres.store import ANSWER_PATIENCE
-
-    if message._c_wait_with_deadline() is None:
-        pytest.skip("this psycopg's C wait takes no deadline")
-    waited = message._wait_within
-    deadlines: list[float] = []
-
-    def counted(gen, fileno, interval, timeout):
-        deadlines.append(timeout)
-        return waited(gen, fileno, interval, timeout)
-
-    monkeypatch.setattr(message, "_wait_within", counted)
-    register(store, ALICE, "alice")
-    found = store.client_by_id(ALICE)
-    store.finish_round(durable=True)
-    assert found is not None and found.name == "alice"
-    assert len(deadlines) >= 2 and set(deadlines) == {ANSWER_PATIENCE}

@@ -6,9 +6,8 @@ their parameters bound as literals (:mod:`.literals`). psycopg's
 ``Connection.execute`` makes a cursor per call, converts the query, consults
 its prepared-statement cache and keeps every result set; measured alone on
 loopback, that is about twice the loop CPU of what is done here: libpq's
-``PQsendQuery``, psycopg's C generator for the results (waited for in
-psycopg's C wait given the connection's deadline, or driven in poll() from
-Python where that wait takes none; the process's other threads running
+``PQsendQuery``, psycopg's C generator for the results (driven in poll(),
+with the connection's deadline, the loop thread's other threads running
 meanwhile), the first error raised as
 psycopg raises it (:func:`psycopg.errors.error_from_result`: a taken name
 is still a ``UniqueViolation``), and the last result's rows made into tuples
@@ -27,17 +26,15 @@ is made again off the loop: server/storage/postgres/reconnect.py).
 
 from __future__ import annotations
 
-import inspect
 import select
 import time
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import generators, pq
 from psycopg.abc import PQGen
 from psycopg.adapt import Transformer
-from psycopg import waiting
 from psycopg.waiting import Ready, Wait
 
 from .literals import Binder
@@ -87,28 +84,14 @@ class PatientConnection(psycopg.Connection):
 
 def answered(gen: PQGen[RV], pgconn: pq.abc.PGconn, patience: float) -> RV:
     """Drive a psycopg generator on ``pgconn`` to its end, waiting in poll() (which lets
-    the other threads run) for the socket it asks for, ``patience`` seconds at most:
-    psycopg's own C wait, given the deadline, where it takes one (psycopg 3.3), else
-    :func:`driven` (the C wait costs the loop about 3 µs less per answer).
+    the other threads run) for the socket it asks for, ``patience`` seconds at most.
 
     Raises:
         Stalled: the deadline passed first; the connection is closed.
         psycopg.OperationalError: the connection failed.
     """
-    fileno = pgconn.socket  # before the generator starts: a lost connection has none after
-    if _wait_within is None:
-        return driven(gen, pgconn, fileno, patience)
-    try:
-        return _wait_within(gen, fileno, patience, patience)
-    except _WAIT_TIMEOUT:
-        pgconn.finish()
-        raise Stalled(f"no answer within {patience:g} s") from None
-
-
-def driven(gen: PQGen[RV], pgconn: pq.abc.PGconn, fileno: int, patience: float) -> RV:
-    """:func:`answered`, each wait in :func:`ready_by` (a psycopg whose C wait takes no
-    deadline)."""
     deadline = time.monotonic() + patience
+    fileno = pgconn.socket  # before the generator starts: a lost connection has none after
     try:
         wanted = next(gen)
         while True:
@@ -120,26 +103,6 @@ def driven(gen: PQGen[RV], pgconn: pq.abc.PGconn, fileno: int, patience: float) 
     except StopIteration as finished:
         result: RV = finished.value
         return result
-
-
-def _c_wait_with_deadline() -> Callable[..., Any] | None:
-    """psycopg's C wait, if it has one and it takes a deadline (``timeout``): else None."""
-    wait_c = getattr(waiting, "wait_c", None)
-    if wait_c is None or not hasattr(pg_errors, _WAIT_TIMEOUT_NAME):
-        return None
-    try:
-        parameters = inspect.signature(wait_c).parameters
-    except (TypeError, ValueError):
-        return None
-    return wait_c if "timeout" in parameters else None
-
-
-#: What psycopg's wait raises past its deadline (none before psycopg 3.3: the C wait is
-#: not used then).
-_WAIT_TIMEOUT_NAME = "_WaitTimeout"
-_WAIT_TIMEOUT: type[psycopg.OperationalError] = getattr(pg_errors, _WAIT_TIMEOUT_NAME, Stalled)
-#: psycopg's C wait with a deadline, or None.
-_wait_within = _c_wait_with_deadline()
 
 
 def ready_by(fileno: int, wanted: int, deadline: float) -> int:
