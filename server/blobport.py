@@ -7,9 +7,16 @@ network round trip), an upload's content is handed to
 thread; the loop goes on at once. The worker writes it to the store's own
 :class:`~server.storage.BlobWriter`, in order, and tells the loop through a
 socketpair registered in the loop's selector (:meth:`BlobPort.on_ready`)
-when a blob that was behind has caught up. (A local folder's writes go to
-the page cache: the handoff would cost more than it saves, and its seals and
-publishes stay in the loop thread.)
+when a blob that was behind has caught up.
+
+For a local folder (``BlobStore.buffered_writes``), whose writes go to the
+page cache and are usually quick, a handoff per packet would cost more than
+it saves, yet a write blocked by writeback throttling must not stall the
+loop: :class:`BufferedWriter` keeps an upload's content in memory and hands
+it to the worker only once more than :data:`BUFFERED_BYTES` are held; what
+it holds when the upload completes is written by the round's job, just
+before the blob's seal (server/roundjob.py), so a small upload costs no
+handoff of its own. Its abort goes to the worker too.
 
 Backpressure: a blob with more than ``behind_bytes`` queued is *behind*
 (:attr:`QueuedWriter.behind`); the loop then stops reading the connection
@@ -36,6 +43,7 @@ import threading
 import weakref
 from typing import Callable
 
+from . import crashpoints
 from .errors import StorageFault
 from .storage import BlobWriter
 
@@ -44,6 +52,8 @@ log = logging.getLogger(__name__)
 #: Bytes queued for one blob past which its connection is not read: enough to keep the
 #: worker busy while the loop reads the next (each upload holds as much again).
 BEHIND_BYTES = 1024 * 1024
+#: Bytes a :class:`BufferedWriter` holds in memory before handing them to the worker.
+BUFFERED_BYTES = 256 * 1024
 #: Seconds a stop waits for the worker to finish what is queued (aborts, seals, publishes).
 STOP_PATIENCE = 60.0
 #: Bytes the loop reads off the wake-up socket at once.
@@ -132,6 +142,69 @@ class QueuedWriter:
         """Drop what is queued; the worker aborts after a write in progress (never raises)."""
         self.cancelled = True
         self._port.run(self.inner.abort, None)
+
+
+class BufferedWriter:
+    """A :class:`BlobWriter` of a store with quick writes (a local folder): its content is
+    held until more than :data:`BUFFERED_BYTES` are, then queued for the port's worker;
+    the rest is written where it is sealed (the round's job), never in the loop thread.
+    """
+
+    def __init__(
+        self, port: BlobPort, inner: BlobWriter, let_go: Callable[[], None] = lambda: None
+    ) -> None:
+        #: The writes handed to the worker (the buffer's overflow), in order.
+        self.queued = QueuedWriter(port, inner)
+        self.inner = inner
+        self.key = inner.key
+        #: What the store lets go of at once when the upload is aborted (its name).
+        self._let_go = let_go
+        self._buffer = bytearray()
+        #: Bytes handed to :meth:`write` (written, queued or held).
+        self.size = 0
+
+    @property
+    def behind(self) -> bool:
+        """More than the port's ``behind_bytes`` wait for the worker."""
+        return self.queued.behind
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Hold a copy of ``data``; queue what is held past :data:`BUFFERED_BYTES`.
+
+        Raises:
+            StorageFault: an earlier write of this blob failed.
+        """
+        self.queued.check()
+        self._buffer += data
+        self.size += len(data)
+        crashpoints.reached("write.appended")
+        if len(self._buffer) > BUFFERED_BYTES:
+            chunk, self._buffer = self._buffer, bytearray()
+            self.queued.size += len(chunk)
+            self.queued._port.submit(self.queued, chunk)
+
+    def seal(self) -> None:
+        """Wait for the queued writes, write what is held, then seal (the round's job).
+
+        Raises:
+            StorageFault: a write or the seal failed.
+        """
+        self.queued._port.wait_written(self.queued)
+        self.queued.check()
+        held, self._buffer = self._buffer, bytearray()
+        if held:
+            try:
+                self.inner.write(held)
+            except StorageFault as exc:
+                self.queued.error = exc
+                raise
+        self.inner.seal()
+
+    def abort(self) -> None:
+        """Drop what is held and queued; the worker removes the blob (never raises)."""
+        self._buffer = bytearray()
+        self._let_go()
+        self.queued.abort()
 
 
 class _Shared:
@@ -256,6 +329,11 @@ class BlobPort:
         """The store's writer, its writes done by the worker."""
         return QueuedWriter(self, writer)
 
+    def buffer(self, writer: BlobWriter) -> BufferedWriter:
+        """The writer of a store with quick writes, held then written off the loop thread
+        (:class:`BufferedWriter`); its store's ``let_go`` (if any) runs at an abort, here."""
+        return BufferedWriter(self, writer, getattr(writer, "let_go", lambda: None))
+
     def fileno(self) -> int:
         """What the loop's selector watches: readable when a blob caught up."""
         return self._shared.wake_r.fileno()
@@ -290,6 +368,15 @@ class BlobPort:
             return
         self._start()
         shared.jobs.put(job)
+
+    def settle(self, patience: float = STOP_PATIENCE) -> bool:
+        """Block until what was queued before is done, up to ``patience`` seconds (tests,
+        tools: an abort's removal is the worker's); whether it was."""
+        if self._shared.thread is None or self._shared.stopped:
+            return True
+        done = threading.Event()
+        self.run(done.set, None)
+        return done.wait(patience)
 
     def run_finished(self) -> int:
         """Call what waits on the jobs done (loop thread, the stores free); return how many."""
