@@ -213,7 +213,7 @@ class _Shared:
 
     def __init__(self, behind_bytes: int) -> None:
         self.behind_bytes = behind_bytes
-        self.jobs: queue.SimpleQueue[tuple[QueuedWriter, bytes] | _Job | None] = (
+        self.jobs: queue.SimpleQueue[tuple[QueuedWriter, bytes | bytearray] | _Job | None] = (
             queue.SimpleQueue()
         )
         #: Jobs done since the loop last looked (guarded by the lock).
@@ -287,7 +287,7 @@ def _run(shared: _Shared, job: _Job) -> None:
             shared.wake()
 
 
-def _write(shared: _Shared, writer: QueuedWriter, data: bytes) -> None:
+def _write(shared: _Shared, writer: QueuedWriter, data: bytes | bytearray) -> None:
     if not writer.cancelled and writer.error is None:
         try:
             writer.inner.write(data)
@@ -338,7 +338,7 @@ class BlobPort:
         """What the loop's selector watches: readable when a blob caught up."""
         return self._shared.wake_r.fileno()
 
-    def submit(self, writer: QueuedWriter, chunk: bytes) -> None:
+    def submit(self, writer: QueuedWriter, chunk: bytes | bytearray) -> None:
         """Queue one chunk for the worker (after :meth:`close`: write it at once)."""
         shared = self._shared
         if shared.stopped:  # in order after what the worker still has
