@@ -11,8 +11,8 @@ symlink is never followed), and fsynced (sealed). Publishing it is this
 store's own business: a rename onto its final name with ``os.replace``, then
 a fsync of the folder (both in the round worker, server/roundjob.py); a key
 whose file is gone while the final name is there was published already
-(publishing again only syncs the folder). Stored names never start with a dot, so nothing a client sends can collide with an
-upload's file.
+(publishing again only syncs the folder). Stored names never start with a
+dot, so nothing a client sends can collide with an upload's file.
 
 The server never writes, seals, publishes or removes an upload's file in its
 loop thread: the content is held in memory, and written by the blob port's
