@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 BEHIND_BYTES = 1024 * 1024
 #: Bytes a :class:`BufferedWriter` holds in memory before handing them to the worker.
 BUFFERED_BYTES = 256 * 1024
+#: A :class:`BufferedWriter` is behind past this many times the port's ``behind_bytes``:
+#: the worker keeps up with a local folder but lags whenever the loop holds the GIL, and
+#: a connection parked at every short lag costs the loop far more than the memory saved.
+BUFFERED_BEHIND = 8
 #: Seconds a stop waits for the worker to finish what is queued (aborts, seals, publishes).
 STOP_PATIENCE = 60.0
 #: Bytes the loop reads off the wake-up socket at once.
@@ -165,8 +169,9 @@ class BufferedWriter:
 
     @property
     def behind(self) -> bool:
-        """More than the port's ``behind_bytes`` wait for the worker."""
-        return self.queued.behind
+        """More than :data:`BUFFERED_BEHIND` times the port's ``behind_bytes`` wait for the
+        worker."""
+        return self.queued.queued > BUFFERED_BEHIND * self.queued._port.behind_bytes
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Hold a copy of ``data``; queue what is held past :data:`BUFFERED_BYTES`.
