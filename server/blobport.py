@@ -12,11 +12,13 @@ when a blob that was behind has caught up.
 For a local folder (``BlobStore.buffered_writes``), whose writes go to the
 page cache and are usually quick, a handoff per packet would cost more than
 it saves, yet a write blocked by writeback throttling must not stall the
-loop: :class:`BufferedWriter` keeps an upload's content in memory and hands
-it to the worker only once more than :data:`BUFFERED_BYTES` are held; what
-it holds when the upload completes is written by the round's job, just
-before the blob's seal (server/roundjob.py), so a small upload costs no
-handoff of its own. Its abort goes to the worker too.
+loop: :class:`BufferedWriter` holds an upload's content in memory and hands
+what it holds to the worker in one chunk per loop round
+(:meth:`BlobPort.hand_over_held`, one receive of up to 1 MiB), or at once
+past ``hold_bytes``; what it holds when the upload completes is written by
+the round's job, just before the blob's seal (server/roundjob.py), so an
+upload that arrives within one round costs no handoff of its own. Its abort
+goes to the worker too.
 
 Backpressure: a blob with more than ``behind_bytes`` queued is *behind*
 (:attr:`QueuedWriter.behind`); the loop then stops reading the connection
@@ -52,12 +54,9 @@ log = logging.getLogger(__name__)
 #: Bytes queued for one blob past which its connection is not read: enough to keep the
 #: worker busy while the loop reads the next (each upload holds as much again).
 BEHIND_BYTES = 1024 * 1024
-#: Bytes a :class:`BufferedWriter` holds in memory before handing them to the worker.
-BUFFERED_BYTES = 256 * 1024
-#: A :class:`BufferedWriter` is behind past this many times the port's ``behind_bytes``:
-#: the worker keeps up with a local folder but lags whenever the loop holds the GIL, and
-#: a connection parked at every short lag costs the loop far more than the memory saved.
-BUFFERED_BEHIND = 8
+#: Bytes a :class:`BufferedWriter` holds in memory at most before handing them to the
+#: worker (it hands them over at the end of each loop round anyway).
+HOLD_BYTES = 1024 * 1024
 #: Seconds a stop waits for the worker to finish what is queued (aborts, seals, publishes).
 STOP_PATIENCE = 60.0
 #: Bytes the loop reads off the wake-up socket at once.
@@ -150,14 +149,17 @@ class QueuedWriter:
 
 class BufferedWriter:
     """A :class:`BlobWriter` of a store with quick writes (a local folder): its content is
-    held until more than :data:`BUFFERED_BYTES` are, then queued for the port's worker;
-    the rest is written where it is sealed (the round's job), never in the loop thread.
+    held, and queued for the port's worker at the end of the loop round
+    (:meth:`BlobPort.hand_over_held`) or past the port's ``hold_bytes``; what is held when
+    the upload completes is written where it is sealed (the round's job), never in the
+    loop thread.
     """
 
     def __init__(
         self, port: BlobPort, inner: BlobWriter, let_go: Callable[[], None] = lambda: None
     ) -> None:
-        #: The writes handed to the worker (the buffer's overflow), in order.
+        self._port = port
+        #: The writes handed to the worker, in order.
         self.queued = QueuedWriter(port, inner)
         self.inner = inner
         self.key = inner.key
@@ -169,12 +171,17 @@ class BufferedWriter:
 
     @property
     def behind(self) -> bool:
-        """More than :data:`BUFFERED_BEHIND` times the port's ``behind_bytes`` wait for the
-        worker."""
-        return self.queued.queued > BUFFERED_BEHIND * self.queued._port.behind_bytes
+        """More than the port's ``behind_bytes`` wait for the worker (as for
+        :class:`QueuedWriter`)."""
+        return self.queued.behind
+
+    @property
+    def held(self) -> int:
+        """Bytes held in memory, not yet queued for the worker."""
+        return len(self._buffer)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Hold a copy of ``data``; queue what is held past :data:`BUFFERED_BYTES`.
+        """Hold a copy of ``data``; queue what is held past the port's ``hold_bytes``.
 
         Raises:
             StorageFault: an earlier write of this blob failed.
@@ -183,10 +190,22 @@ class BufferedWriter:
         self._buffer += data
         self.size += len(data)
         crashpoints.reached("write.appended")
-        if len(self._buffer) > BUFFERED_BYTES:
+        if len(self._buffer) >= self._port.hold_bytes:
+            self.hand_over()
+        else:
+            self._port.holding.add(self)
+
+    def hand_over(self) -> None:
+        """Queue what is held for the port's worker (loop thread)."""
+        self._port.holding.discard(self)
+        if self._buffer:
             chunk, self._buffer = self._buffer, bytearray()
             self.queued.size += len(chunk)
-            self.queued._port.submit(self.queued, chunk)
+            self._port.submit(self.queued, chunk)
+
+    def complete(self) -> None:
+        """The content is all in: what is held stays held, for :meth:`seal` (loop thread)."""
+        self._port.holding.discard(self)
 
     def seal(self) -> None:
         """Wait for the queued writes, write what is held, then seal (the round's job).
@@ -194,7 +213,7 @@ class BufferedWriter:
         Raises:
             StorageFault: a write or the seal failed.
         """
-        self.queued._port.wait_written(self.queued)
+        self._port.wait_written(self.queued)
         self.queued.check()
         held, self._buffer = self._buffer, bytearray()
         if held:
@@ -207,6 +226,7 @@ class BufferedWriter:
 
     def abort(self) -> None:
         """Drop what is held and queued; the worker removes the blob (never raises)."""
+        self._port.holding.discard(self)
         self._buffer = bytearray()
         self._let_go()
         self.queued.abort()
@@ -317,8 +337,12 @@ class BlobPort:
     stops it once what is queued is written.
     """
 
-    def __init__(self, behind_bytes: int = BEHIND_BYTES) -> None:
+    def __init__(self, behind_bytes: int = BEHIND_BYTES, hold_bytes: int = HOLD_BYTES) -> None:
         self._shared = _Shared(behind_bytes)
+        #: Bytes a :class:`BufferedWriter` holds at most before handing them to the worker.
+        self.hold_bytes = hold_bytes
+        #: The buffered writers holding bytes to hand over at the round's end (loop thread).
+        self.holding: set[BufferedWriter] = set()
         weakref.finalize(self, self._shared.stop)
 
     @property
@@ -338,6 +362,12 @@ class BlobPort:
         """The writer of a store with quick writes, held then written off the loop thread
         (:class:`BufferedWriter`); its store's ``let_go`` (if any) runs at an abort, here."""
         return BufferedWriter(self, writer, getattr(writer, "let_go", lambda: None))
+
+    def hand_over_held(self) -> None:
+        """Queue for the worker what each buffered upload still receiving holds: one chunk
+        per upload and loop round (the loop, at each round's end)."""
+        for writer in list(self.holding):
+            writer.hand_over()
 
     def fileno(self) -> int:
         """What the loop's selector watches: readable when a blob caught up."""

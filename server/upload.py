@@ -354,6 +354,8 @@ class Uploads:
         queued = isinstance(phase.writer, QueuedWriter)
         if isinstance(phase.writer, QueuedWriter):
             phase.writer.seal_later()  # the answer waits for it (server/installs.py)
+        elif isinstance(phase.writer, BufferedWriter):
+            phase.writer.complete()  # what it holds is written by the seal
         # else the round worker seals it at the round's end (server/installs.py)
         previous, path_name = self._record(upload, phase.writer.key, result)
         awaits: InstallTicket | None

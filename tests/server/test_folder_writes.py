@@ -1,6 +1,6 @@
 """A local folder's blob writes and aborts off the loop thread (server/blobport.py
 ``BufferedWriter``): a small upload is written by its round's job, a large one by the
-blob port's worker past ``BUFFERED_BYTES``; a write held up by the disk stalls no one
+blob port's worker, one chunk per loop round; a write held up by the disk stalls no one
 else, and what an upload holds in memory stays bounded while its writes are slow.
 """
 
@@ -18,12 +18,13 @@ from server.storage.folder import FolderBlobs, TempFile
 
 PACKET = 64 * 1024
 SMALL = b"small upload" * 100
-#: Several times BUFFERED_BYTES and the bound below: the port's worker writes most of it.
+#: Several times the bounds below: the port's worker writes most of it.
 LARGE = bytes(range(256)) * (48 * PACKET // 256)
 #: How long each write of the throttled folder takes (a disk under writeback throttling).
 WRITE_PAUSE = 0.15
-#: The port's bound in the tests: a few packets, so that backpressure shows.
+#: The port's bounds in the tests: a few packets, so that backpressure shows.
 BEHIND = 2 * PACKET
+HOLD = 2 * PACKET
 BASELINE_REQUESTS = 5
 #: An answer this part of a write's pause late waited for one.
 SLOW_ANSWER = 0.9
@@ -76,6 +77,7 @@ class ThrottledFolder(NotedFolder):
 def _serve(tmp_path, store: FolderBlobs):
     def tune(app) -> None:
         app.uploads.port.behind_bytes = BEHIND
+        app.uploads.port.hold_bytes = HOLD
 
     with served_in_a_thread(tmp_path, store, tune) as (server, _db):
         yield server
@@ -154,15 +156,15 @@ def test_what_an_upload_holds_stays_bounded_while_its_writes_are_slow(throttled,
 
     def write(writer, data) -> None:
         real_write(writer, data)
-        held.append(writer.queued.queued + len(writer._buffer))
+        held.append(writer.queued.queued + writer.held)
 
     monkeypatch.setattr(blobport.BufferedWriter, "write", write)
     with RawClient(server.address[:2]) as client:
         identity = make_identity(client)
         answer = upload(client, identity, "big.bin", LARGE, PACKET)
     assert isinstance(answer, FileReceived) and answer.cksum == cksum(LARGE)
-    # the connection is not read while the blob is behind: at most the buffer, the
+    # the connection is not read while the blob is behind: at most what is held, the
     # port's bound and a packet's worth past it, far less than the upload
-    bound = blobport.BUFFERED_BYTES + blobport.BUFFERED_BEHIND * BEHIND + 2 * PACKET
+    bound = HOLD + BEHIND + 2 * PACKET
     assert bound < len(LARGE)
     assert held and max(held) <= bound, (max(held), bound)
