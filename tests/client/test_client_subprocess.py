@@ -191,6 +191,13 @@ def test_progress_bar_on_a_terminal(work, sized):
     assert "data.bin" in text and "100%" in text and "B/s" in text
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """SIGINT's default action, as a shell at a terminal gives it: a background job of a
+    shell without job control (CI started with ``&``) inherits it ignored, and Python then
+    raises no KeyboardInterrupt at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exits_130_without_traceback(work):
     make_file(work)
 
@@ -209,6 +216,7 @@ def test_ctrl_c_exits_130_without_traceback(work):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_ctrl_c_as_at_a_terminal,
         )
         deadline = time.monotonic() + RUN_TIMEOUT
         while not server.peers and time.monotonic() < deadline:

@@ -47,6 +47,9 @@ STORM = 20_000
 TURN_CEILING = 32
 ATTACKERS = 4
 SAMPLES = 60
+#: Times F10 measures under attack (against one baseline) before the last one is judged:
+#: a delay the server makes spoils every one, a stall of a loaded machine one.
+F10_ATTEMPTS = 3
 _SUMMARY = re.compile(r"(\d+) connections closed without sending a byte")
 
 
@@ -184,20 +187,23 @@ def test_f10_pipelined_requests_on_other_connections_do_not_delay_a_client(serve
         hogs.append((client, retry))
     victim = server.client()
     _round_trips(victim, 10)  # warm up
-    alone = _round_trips(victim, SAMPLES)
-    with _Hogs([(client.sock, retry) for client, retry in hogs]) as attack:
-        time.sleep(0.3)
-        loaded = _round_trips(victim, SAMPLES)
-        replied = attack.replied
+    alone = _round_trips(victim, SAMPLES)  # before any attack: its backlog would slow it
+    base_p50, base_p99 = statistics.median(alone), _p99(alone)
+    for _ in range(F10_ATTEMPTS):  # a stall of the machine's own may spoil one, not all
+        with _Hogs([(client.sock, retry) for client, retry in hogs]) as attack:
+            time.sleep(0.3)
+            loaded = _round_trips(victim, SAMPLES)
+            replied = attack.replied
+        p50, p99 = statistics.median(loaded), _p99(loaded)
+        print(f"\nF10: victim 825 round trip alone p50 {base_p50 * 1000:.1f} ms / p99 {base_p99 * 1000:.1f} ms; "
+              f"with {ATTACKERS} connections pipelining 901: p50 {p50 * 1000:.1f} ms / p99 {p99 * 1000:.1f} ms "
+              f"({replied} reply bytes to them)")
+        assert replied > 0, "the attack never got going"
+        if p50 < 30 * base_p50 and p99 < 30 * base_p99:
+            break
     victim.close()
     for client, _ in hogs:
         client.close()
-    base_p50, base_p99 = statistics.median(alone), _p99(alone)
-    p50, p99 = statistics.median(loaded), _p99(loaded)
-    print(f"\nF10: victim 825 round trip alone p50 {base_p50 * 1000:.1f} ms / p99 {base_p99 * 1000:.1f} ms; "
-          f"with {ATTACKERS} connections pipelining 901: p50 {p50 * 1000:.1f} ms / p99 {p99 * 1000:.1f} ms "
-          f"({replied} reply bytes to them)")
-    assert replied > 0, "the attack never got going"
     assert p50 < 30 * base_p50 and p99 < 30 * base_p99, (alone, loaded)
     guard.check()
 

@@ -42,6 +42,10 @@ BASELINE_REQUESTS = 5
 SLOW_ANSWER = 0.9
 #: Answers that may wait for the seal (it waits for the writes still queued).
 SEAL_STALLS = 2
+#: Answers a loaded machine may hold as long of its own (one seen in CI beside benchmarks,
+#: where the client thread shares the test's process): a loop that waited on the store's
+#: writes would hold about one per write, 24.
+MACHINE_STALLS = 3
 
 
 class SlowFolder(FolderBlobs):
@@ -172,7 +176,7 @@ def test_the_loop_answers_another_client_while_a_slow_store_finishes_a_large_upl
     # may hold the loop (once)
     waited = [took for took in during if took >= max(SLOW_ANSWER * WRITE_PAUSE,
                                                       10 * max(baseline))]
-    assert len(waited) <= SEAL_STALLS, (baseline, during)
+    assert len(waited) <= SEAL_STALLS + MACHINE_STALLS, (baseline, during)
 
 
 def test_the_loop_answers_another_client_while_a_slow_store_seals_and_publishes(slower):

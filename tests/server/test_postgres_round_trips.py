@@ -37,6 +37,7 @@ from server.session import Session, Step
 from server.storage.coordination import UploadLease
 from server.storage.folder import FolderBlobs
 from server.storage.postgres.coordination import PgCoordination
+from server.storage.postgres.message import PatientConnection
 from server.storage.postgres.store import PostgresMetadata
 
 pytestmark = pytest.mark.needed_in_ci
@@ -58,17 +59,18 @@ ROUND_TRIPS = {"825": 2, "826": 1, "828": 2, "900": 1}
 
 
 class Waited:
-    """Counts the messages psycopg waits for the answer of, on every connection."""
+    """Counts the messages waited for the answer of, on every connection (each a
+    :class:`PatientConnection`, whose wait has a deadline)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        wait = psycopg.Connection.wait
+        wait = PatientConnection.wait
 
         def counted(connection, *args, **kwargs):
             self.count += 1
             return wait(connection, *args, **kwargs)
 
-        monkeypatch.setattr(psycopg.Connection, "wait", counted)
+        monkeypatch.setattr(PatientConnection, "wait", counted)
 
 
 @pytest.fixture

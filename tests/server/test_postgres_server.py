@@ -228,3 +228,55 @@ def test_a_database_that_stops_answering_holds_no_other_connection_and_service_r
         assert "database: connected again" in log and "Traceback" not in log
     finally:
         relay.close()
+
+
+#: A stopped backend is resumed this many times the store's patience later (by a shell, so
+#: that a server without the deadline ends the test late rather than never).
+STALL_RESUME_AFTER = 4
+
+
+def test_a_backend_that_stalls_gets_its_request_refused_after_the_patience_and_service_resumes(
+    server_factory, postgres_url
+):
+    """The store's backend stops (SIGSTOP) while its host still acknowledges: a request
+    that needs the database is refused with 1607 after the store's patience, not held
+    until the backend resumes, and the server serves again by itself (a new connection),
+    the stopped backend still stopped."""
+    import os
+    import signal
+
+    from server.storage.postgres.connect import APPLICATION_NAME
+    from server.storage.postgres.store import ANSWER_PATIENCE
+
+    server = server_factory("--metadata", postgres_url)
+    assert _registered_once(server)
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        (backend,), = db.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE application_name = %s AND datname = current_database()", (APPLICATION_NAME,)
+        ).fetchall()
+    resume_after = ANSWER_PATIENCE * STALL_RESUME_AFTER
+    os.kill(backend, signal.SIGSTOP)
+    resumer = subprocess.Popen(["sh", "-c", f"sleep {resume_after:g}; kill -CONT {backend}"])
+    try:
+        with server.client() as stalled:
+            began = time.monotonic()
+            answer = stalled.request(
+                Register(client_id=ANY_ID, name=unique_name()), timeout=2 * resume_after
+            )
+            ended = time.monotonic()
+        assert isinstance(answer, GeneralError), answer
+        assert ended - began < resume_after  # given up, not resumed
+        given_up = time.monotonic() + RESUME_PATIENCE
+        while not _registered_once(server):  # connected again, off the loop
+            assert time.monotonic() < given_up, "the server never served again"
+            time.sleep(RESUME_POLL)
+        assert resumer.poll() is None, "served only once the backend resumed"
+    finally:
+        os.kill(backend, signal.SIGCONT)
+        resumer.kill()
+        resumer.wait()
+    assert server.process.poll() is None
+    log = server.log()
+    assert log.count("the connection is lost (no answer within") == 1, log
+    assert "Traceback" not in log

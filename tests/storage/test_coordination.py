@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from helpers import server_env
 
-from server.errors import StoreUnusable
+from server.errors import StorageFault, StoreUnusable
 from server.storage.base import StoreUrl
 from server.storage.coordination import (
     UPLOAD, Coordination, MemoryCoordination, UploadLease, upload_key,
@@ -35,6 +35,16 @@ LEASE = 30.0
 LAPSE_WAIT = 30.0
 #: Seconds between two calls while the coordination connects again.
 RECONNECT_POLL = 0.01
+#: How long a release sent without waiting may take to reach the database at most (far
+#: below LEASE: not its lapse), and the seconds between two looks.
+RELEASE_WAIT = 10.0
+RELEASE_POLL = 0.01
+#: A stopped backend is resumed this many times the coordination's patience later.
+STALL_RESUME_AFTER = 4
+#: Seconds between two ticks of a thread running beside a stalled read.
+STALL_TICK = 0.05
+#: Ticks that must come while the read waits (of the ~60 its patience holds).
+STALL_TICKS_SEEN = 5
 
 
 def lease(client_id: bytes, file_name: bytes) -> UploadLease:
@@ -305,6 +315,132 @@ def test_a_short_lease_lapses_by_the_database_s_clock(postgres_url):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.needed_in_ci
+def test_a_release_sent_without_waiting_reaches_the_database_before_it_is_settled(postgres_url):
+    """Its statement goes at the call, its answer alone waits for the settle: a node that
+    calls nothing more after a cut (its loop idle) does not keep the name from the others
+    until the lease lapses."""
+    from server.storage.postgres.coordination import PgCoordination
+
+    a = PgCoordination(postgres_url, "a", LEASE)
+    b = PgCoordination(postgres_url, "b", LEASE)
+    try:
+        assert a.take_upload(lease(ALICE, b"f.bin"))
+        released = time.monotonic()
+        a.release_upload(ALICE, b"f.bin")  # a is called no more: nothing settles it
+        while not b.take_upload(lease(ALICE, b"f.bin")):
+            assert time.monotonic() - released < RELEASE_WAIT, "the release never arrived"
+            time.sleep(RELEASE_POLL)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.needed_in_ci
+def test_a_stalled_backend_fails_the_settle_after_its_patience_and_other_threads_run(
+    postgres_url, caplog
+):
+    """The backend stops (SIGSTOP) while its host still acknowledges: reading the answer
+    of what was sent without waiting gives up after ANSWER_PATIENCE, the connection taken
+    for lost, and the process's other threads run meanwhile, where libpq's PQgetResult
+    waited for ever holding them all. A shell resumes the backend later whatever happens,
+    so that the code before the fix ends the test late rather than never."""
+    import os
+
+    from server.storage.postgres.coordination import ANSWER_PATIENCE, PgCoordination
+
+    a = PgCoordination(postgres_url, "a", LEASE)
+    assert a.take_upload(lease(ALICE, b"f.bin"))
+    a.release_upload(ALICE, b"f.bin")  # its statement prepared, while the backend answers
+    a.settle()
+    assert a.take_upload(lease(ALICE, b"f.bin"))
+    backend = a._connect().info.backend_pid
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(STALL_TICK):
+            ticks.append(time.monotonic())
+
+    os.kill(backend, signal.SIGSTOP)
+    resumer = subprocess.Popen(
+        ["sh", "-c", f"sleep {ANSWER_PATIENCE * STALL_RESUME_AFTER:g}; kill -CONT {backend}"]
+    )
+    ticker = threading.Thread(target=tick, daemon=True)
+    try:
+        a.release_upload(ALICE, b"f.bin")  # sent; the stopped backend never answers
+        ticker.start()
+        began = time.monotonic()
+        a.settle()
+        ended = time.monotonic()
+    finally:
+        os.kill(backend, signal.SIGCONT)
+        resumer.kill()
+        resumer.wait()
+        stop.set()
+        ticker.join()
+        a.close()
+    assert "no answer within" in caplog.text
+    assert a._connection is None  # taken for lost (made again at the next call)
+    assert ended - began < ANSWER_PATIENCE * STALL_RESUME_AFTER  # gave up, not resumed
+    assert sum(began <= at <= ended for at in ticks) >= STALL_TICKS_SEEN
+
+
+@pytest.mark.needed_in_ci
+def test_a_stalled_backend_fails_a_waited_call_after_its_patience_and_other_threads_run(
+    postgres_url
+):
+    """As above, for a call waited for (a cursor's, where psycopg's wait had no
+    deadline): it fails with a StorageFault after ANSWER_PATIENCE, the connection taken
+    for lost, the other threads running meanwhile; the next calls are served once it is
+    made again."""
+    import os
+
+    from server.storage.postgres.coordination import ANSWER_PATIENCE, PgCoordination
+
+    a = PgCoordination(postgres_url, "a", LEASE)
+    assert not a.registration_held_elsewhere(ALICE)
+    backend = a._connect().info.backend_pid
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(STALL_TICK):
+            ticks.append(time.monotonic())
+
+    os.kill(backend, signal.SIGSTOP)
+    resumer = subprocess.Popen(
+        ["sh", "-c", f"sleep {ANSWER_PATIENCE * STALL_RESUME_AFTER:g}; kill -CONT {backend}"]
+    )
+    ticker = threading.Thread(target=tick, daemon=True)
+    try:
+        ticker.start()
+        began = time.monotonic()
+        with pytest.raises(StorageFault, match="no answer within"):
+            a.registration_held_elsewhere(ALICE)
+        ended = time.monotonic()
+    finally:
+        os.kill(backend, signal.SIGCONT)
+        resumer.kill()
+        resumer.wait()
+        stop.set()
+        ticker.join()
+    try:
+        assert a._connection is None  # taken for lost (made again at the next call)
+        assert ended - began < ANSWER_PATIENCE * STALL_RESUME_AFTER  # gave up, not resumed
+        assert sum(began <= at <= ended for at in ticks) >= STALL_TICKS_SEEN
+        given_up = time.monotonic() + RELEASE_WAIT
+        while True:  # served again once connected again (off this thread)
+            try:
+                assert not a.registration_held_elsewhere(ALICE)
+                break
+            except StorageFault:
+                assert time.monotonic() < given_up, "the coordination never connected again"
+                time.sleep(RECONNECT_POLL)
+    finally:
+        a.close()
 
 
 @pytest.mark.needed_in_ci

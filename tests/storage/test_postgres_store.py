@@ -496,3 +496,61 @@ def test_a_sessions_writes_are_called_prepared(store):
     ).fetchall()
     assert {"cd_insert_client", "cd_upsert_binding", "cd_set_keys", "cd_upsert_file",
             "cd_set_used"} <= {name for (name,) in called}
+
+
+#: A stopped backend is resumed this many times the store's patience later (by a shell, so
+#: that the code before the deadline ends the test late rather than never).
+STALL_RESUME_AFTER = 4
+#: Seconds between two ticks of a thread running beside a stalled read.
+STALL_TICK = 0.05
+#: Ticks that must come while the read waits (of the ~100 its patience holds).
+STALL_TICKS_SEEN = 5
+
+
+def test_a_stalled_backend_fails_a_read_after_its_patience_and_the_store_serves_again(
+    store, caplog
+):
+    """The backend stops (SIGSTOP) while its host still acknowledges: a request's read
+    gives up after ANSWER_PATIENCE with a StorageFault (its request's refusal), the
+    connection taken for lost, and the process's other threads run meanwhile, where the
+    wait had no deadline and kept the loop until the backend resumed; the connection is
+    made again by itself."""
+    import os
+    import signal
+    import subprocess
+
+    from server.storage.postgres.store import ANSWER_PATIENCE
+
+    register(store, ALICE, "alice")
+    store.finish_round(durable=True)
+    backend = store._live().info.backend_pid
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(STALL_TICK):
+            ticks.append(time.monotonic())
+
+    os.kill(backend, signal.SIGSTOP)
+    resumer = subprocess.Popen(
+        ["sh", "-c", f"sleep {ANSWER_PATIENCE * STALL_RESUME_AFTER:g}; kill -CONT {backend}"]
+    )
+    ticker = threading.Thread(target=tick, daemon=True)
+    try:
+        ticker.start()
+        began = time.monotonic()
+        with pytest.raises(StorageFault, match="no answer within"):
+            store.client_by_id(ALICE)
+        ended = time.monotonic()
+    finally:
+        os.kill(backend, signal.SIGCONT)
+        resumer.kill()
+        resumer.wait()
+        stop.set()
+        ticker.join()
+    assert caplog.text.count("no answer within") == 1  # one line
+    assert ended - began < ANSWER_PATIENCE * STALL_RESUME_AFTER  # gave up, not resumed
+    assert sum(began <= at <= ended for at in ticks) >= STALL_TICKS_SEEN
+    until_connected(store)  # connects again by itself
+    found = store.client_by_id(ALICE)
+    assert found is not None and found.name == "alice"

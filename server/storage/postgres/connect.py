@@ -13,7 +13,7 @@ from ...errors import BadStoreUrl, StorageFault, StoreUnusable
 from ..urltext import has_password, without_password
 
 if TYPE_CHECKING:
-    import psycopg
+    from .message import PatientConnection
 
 #: What installs the driver, for the refusal when it is missing.
 INSTALL_HINT = "pip install 'cipherdrop[postgres]'"
@@ -94,9 +94,10 @@ def driver() -> None:
         raise StoreUnusable(f"PostgreSQL needs psycopg: {INSTALL_HINT}") from exc
 
 
-def connect(conninfo: str) -> psycopg.Connection:
+def connect(conninfo: str) -> PatientConnection:
     """A connection in autocommit mode (the store opens its transactions itself), speaking
-    :data:`CLIENT_ENCODING`.
+    :data:`CLIENT_ENCODING`; its waits for an answer have no deadline until its owner
+    gives it a patience (server/storage/postgres/message.py).
 
     Raises:
         StoreUnusable: the database refuses (unreachable, unknown, denied).
@@ -104,10 +105,12 @@ def connect(conninfo: str) -> psycopg.Connection:
     driver()
     import psycopg
 
+    from .message import PatientConnection
+
     try:
         given = psycopg.conninfo.conninfo_to_dict(conninfo)
         timeout = given.get("connect_timeout", CONNECT_TIMEOUT)
-        return psycopg.connect(
+        return PatientConnection.connect(
             conninfo, autocommit=True, application_name=APPLICATION_NAME,
             connect_timeout=timeout, client_encoding=CLIENT_ENCODING, **liveness(conninfo),
         )

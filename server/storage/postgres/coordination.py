@@ -64,7 +64,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from ...errors import StorageFault, StoreUnusable
 from ..coordination import (
@@ -75,12 +75,12 @@ from . import fence
 from .connect import liveness
 from .reconnect import Reconnection
 
-if TYPE_CHECKING:
-    from .message import Messenger
-
 try:
     import psycopg
     from psycopg import pq
+    from psycopg.waiting import Ready, Wait
+
+    from .message import Messenger, PatientConnection, ready_by
 except ImportError:  # pragma: no cover - the default install has no PostgreSQL
     psycopg = None  # type: ignore[assignment]
 
@@ -107,6 +107,12 @@ NAME_RETRY = 0.1
 CONNECT_TIMEOUT = 2
 #: Milliseconds one call may take before it fails (the loop waits meanwhile).
 STATEMENT_TIMEOUT_MS = 2000
+#: Seconds the answer of a call may take, waited for or read later when sent without
+#: waiting (its statement's timeout, and a margin): past them, the database is taken
+#: for stalled and the connection for lost (a backend stopped while its host still
+#: acknowledges would otherwise keep the loop waiting for ever;
+#: server/storage/postgres/message.py).
+ANSWER_PATIENCE = STATEMENT_TIMEOUT_MS / 1000 + 1.0
 #: Seconds after a failed attempt to connect again before the next begins (calls
 #: fail at once meanwhile).
 RECONNECT_DELAY = 1.0
@@ -462,13 +468,15 @@ class PgCoordination:
             StorageFault: the database cannot be reached, or refuses.
         """
         try:
-            return psycopg.connect(
+            connection = PatientConnection.connect(
                 self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                 **liveness(self._conninfo, _SETTINGS),
                 application_name=f"cipherdrop coordination {self.node}"[:63],
             )
         except psycopg.Error as exc:
             raise StorageFault(f"cannot connect to the database: {_reason(exc)}") from exc
+        connection.patience = ANSWER_PATIENCE
+        return connection
 
     def _execute(self, statement: str, values: Mapping[str, object]) -> Sequence[Any] | None:
         """One statement, one round trip: its first row, if any.
@@ -584,8 +592,6 @@ class PgCoordination:
 
     def _messenger_of(self, connection: Any) -> Messenger:
         """What sends one message on ``connection`` (made again for a new one)."""
-        from .message import Messenger  # psycopg's: imported with it
-
         if self._messenger is None or self._messenger.db is not connection:
             self._messenger = Messenger(connection)
         return self._messenger
@@ -633,13 +639,21 @@ class PgCoordination:
         pgconn = connection.pgconn
         failure = None
         rows = 0
-        while (result := pgconn.get_result()) is not None:
+        deadline = time.monotonic() + ANSWER_PATIENCE
+        while True:
+            if not _answer_in(pgconn, deadline):
+                failure = failure or f"no answer within {ANSWER_PATIENCE:g} s"
+                self._drop_connection()
+                break
+            result = pgconn.get_result()
+            if result is None:
+                break
             if result.status == pq.ExecStatus.FATAL_ERROR and failure is None:
                 primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY)
                 failure = (primary or pgconn.error_message or b"error").decode("utf-8", "replace")
             elif result.status == pq.ExecStatus.TUPLES_OK:
                 rows += result.ntuples
-        if pgconn.status != pq.ConnStatus.OK:
+        if self._connection is connection and pgconn.status != pq.ConnStatus.OK:
             self._drop_connection()
             failure = failure or "the connection was lost"
         if take is not None:  # its caller hears of a failure
@@ -814,3 +828,19 @@ def _reason(exc: BaseException) -> str:
     """An exception's first line (libpq's messages run over several)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _answer_in(pgconn: Any, deadline: float) -> bool:
+    """Wait until libpq holds a whole result (or knows the connection lost), in
+    poll() (:func:`~.message.ready_by`), which lets the other threads run, where
+    ``PQgetResult`` would wait holding them all; False: the deadline
+    (``time.monotonic()``) passed first."""
+    while True:
+        try:
+            pgconn.consume_input()
+        except psycopg.OperationalError:
+            return True  # get_result reports it, the status tells it is lost
+        if not pgconn.is_busy():
+            return True
+        if ready_by(pgconn.socket, Wait.R, deadline) == Ready.NONE:
+            return False

@@ -27,10 +27,12 @@ whose outcome the request needs at once (registering a name: :class:`~server.err
 out at once, with the writes queued before it. :attr:`PostgresMetadata.round_trips` and
 :attr:`~PostgresMetadata.statements` count them (bench/sessions.py).
 
-A lost connection loses the round under way (the loop closes its
-connections unanswered), and is made again in a worker thread, never the
-loop's (server/storage/postgres/reconnect.py): the attempt begins as soon as
-the loss is seen, then at most once per :data:`RECONNECT_INTERVAL` while
+A lost connection (or one whose answer does not come within
+:data:`ANSWER_PATIENCE`: a stalled backend, server/storage/postgres/message.py)
+loses the round under way (the loop closes its connections unanswered), and
+is made again in a worker thread, never the loop's
+(server/storage/postgres/reconnect.py): the attempt begins as soon as the
+loss is seen, then at most once per :data:`RECONNECT_INTERVAL` while
 the database stays away; until a connection is made, every call fails at
 once with :class:`~server.errors.StorageFault`.
 """
@@ -53,7 +55,7 @@ from ..coordination import ClientReadWithFailures, FailureCounts
 from . import fence, schema
 from ..urltext import without_password
 from .connect import connect, fault, reason
-from .message import Messenger
+from .message import Messenger, PatientConnection
 from .reconnect import Reconnection
 from .roundcommit import PgRoundCommit
 
@@ -231,6 +233,12 @@ _CLIENT_WITH_FAILURES_TYPES = ("float8", "bytea")
 
 #: Seconds between attempts to connect again after the connection was lost.
 RECONNECT_INTERVAL = 1.0
+#: Seconds the answer of a message waited for (a request's reads, and the writes sent with
+#: them) may take: past them, the database is taken for stalled and the connection for
+#: lost (server/storage/postgres/message.py), and the loop serves again. A request's
+#: statements read and write a few rows by key; a lock they wait for is held no longer
+#: than another node's round. A migration, at the start, waits without a deadline.
+ANSWER_PATIENCE = 5.0
 
 _Statement = tuple[str, Sequence[Any]]
 #: Placeholders in the write queue: a request's savepoint, sent with its first write.
@@ -267,7 +275,7 @@ class PostgresMetadata:
         #: The node this server is (``--node-name``), written into the rows it points at a
         #: blob (:attr:`FileRow.node`); None: ``admin``'s, which points none.
         self.node = node
-        self._db: psycopg.Connection | None = None
+        self._db: PatientConnection | None = None
         self._seen: dict[bytes, float] = {}
         self._used: dict[bytes, float] = {}
         #: Writes not yet sent, with the savepoints of the open levels.
@@ -286,7 +294,7 @@ class PostgresMetadata:
         self._commit: PgRoundCommit | None = None
         self._closed = False
         #: A lost connection is made again off the loop thread.
-        self._reconnection: Reconnection[psycopg.Connection] = Reconnection(
+        self._reconnection: Reconnection[PatientConnection] = Reconnection(
             "database", RECONNECT_INTERVAL, _discard
         )
         #: Sends a batch as one message, its parameters bound by its connection's quoting rules.
@@ -315,6 +323,7 @@ class PostgresMetadata:
             migrate(store._db, conninfo)
             store._regroup()
             store._prepare_statements(store._db)
+            store._db.patience = ANSWER_PATIENCE
         except psycopg.Error as exc:
             store._db.close()
             raise StoreUnusable(
@@ -342,7 +351,7 @@ class PostgresMetadata:
 
     # -- the connection ------------------------------------------------------------
 
-    def _live(self) -> psycopg.Connection:
+    def _live(self) -> PatientConnection:
         """The connection; if it was lost (the round it carried is lost with it), the one
         made again in the reconnection's thread, once there is one.
 
@@ -365,7 +374,7 @@ class PostgresMetadata:
         self._statements_prepared(db)
         return db
 
-    def _connector(self) -> Callable[[], psycopg.Connection]:
+    def _connector(self) -> Callable[[], PatientConnection]:
         """What makes the connection again, in the reconnection's thread: connect, and
         prepare the requests' statements (neither in the loop's thread).
 
@@ -373,8 +382,9 @@ class PostgresMetadata:
         """
         conninfo, prepare = self._conninfo, self._prepare_text()
 
-        def make() -> psycopg.Connection:
+        def make() -> PatientConnection:
             db = connect(conninfo)
+            db.patience = ANSWER_PATIENCE
             try:
                 db.execute(prepare)
             except psycopg.Error as exc:
