@@ -57,6 +57,12 @@ BEHIND_BYTES = 1024 * 1024
 #: Bytes a :class:`BufferedWriter` holds in memory at most before handing them to the
 #: worker (it hands them over at the end of each loop round anyway).
 HOLD_BYTES = 1024 * 1024
+#: Room a :class:`BufferedWriter`'s buffer has past ``hold_bytes``, for the piece of content
+#: that crosses it (a receive is at most a socket read).
+HOLD_SLACK = 256 * 1024
+#: Held buffers the port keeps for reuse once written: a new one's pages fault in at each
+#: first touch, a reused one's are mapped already.
+SPARE_BUFFERS = 4
 #: Seconds a stop waits for the worker to finish what is queued (aborts, seals, publishes).
 STOP_PATIENCE = 60.0
 #: Bytes the loop reads off the wake-up socket at once.
@@ -165,7 +171,10 @@ class BufferedWriter:
         self.key = inner.key
         #: What the store lets go of at once when the upload is aborted (its name).
         self._let_go = let_go
-        self._buffer = bytearray()
+        #: The buffer content is held in (one of the port's spares), its first ``held`` bytes.
+        self._buffer: bytearray | None = None
+        #: Bytes held in memory, not yet queued for the worker.
+        self.held = 0
         #: Bytes handed to :meth:`write` (written, queued or held).
         self.size = 0
 
@@ -175,10 +184,30 @@ class BufferedWriter:
         :class:`QueuedWriter`)."""
         return self.queued.behind
 
-    @property
-    def held(self) -> int:
-        """Bytes held in memory, not yet queued for the worker."""
-        return len(self._buffer)
+    def room(self, size: int) -> memoryview:
+        """A view of at least ``size`` free bytes after what is held, to fill then tell
+        :meth:`took` (a decryption straight into the held buffer: no copy).
+
+        Raises:
+            StorageFault: an earlier write of this blob failed.
+        """
+        self.queued.check()
+        if self._buffer is not None and self.held + size > len(self._buffer):
+            self.hand_over()
+        if self._buffer is None:
+            self._buffer = self._port.spare(max(size, self._port.hold_bytes + HOLD_SLACK))
+        return memoryview(self._buffer)[self.held :]
+
+    def took(self, size: int) -> None:
+        """``size`` bytes of :meth:`room` were filled: hold them; queue what is held past
+        the port's ``hold_bytes``."""
+        self.held += size
+        self.size += size
+        crashpoints.reached("write.appended")
+        if self.held >= self._port.hold_bytes:
+            self.hand_over()
+        elif self.held:
+            self._port.holding.add(self)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Hold a copy of ``data``; queue what is held past the port's ``hold_bytes``.
@@ -186,22 +215,20 @@ class BufferedWriter:
         Raises:
             StorageFault: an earlier write of this blob failed.
         """
-        self.queued.check()
-        self._buffer += data
-        self.size += len(data)
-        crashpoints.reached("write.appended")
-        if len(self._buffer) >= self._port.hold_bytes:
-            self.hand_over()
-        else:
-            self._port.holding.add(self)
+        size = len(data)
+        with self.room(size) as room:
+            room[:size] = data
+        self.took(size)
 
     def hand_over(self) -> None:
-        """Queue what is held for the port's worker (loop thread)."""
+        """Queue what is held for the port's worker (loop thread); the buffer goes back
+        to the port's spares once written."""
         self._port.holding.discard(self)
-        if self._buffer:
-            chunk, self._buffer = self._buffer, bytearray()
-            self.queued.size += len(chunk)
-            self._port.submit(self.queued, chunk)
+        buffer, held = self._buffer, self.held
+        if buffer is not None and held:
+            self._buffer, self.held = None, 0
+            self.queued.size += held
+            self._port.submit(self.queued, memoryview(buffer)[:held], buffer)
 
     def complete(self) -> None:
         """The content is all in: what is held stays held, for :meth:`seal` (loop thread)."""
@@ -215,19 +242,24 @@ class BufferedWriter:
         """
         self._port.wait_written(self.queued)
         self.queued.check()
-        held, self._buffer = self._buffer, bytearray()
-        if held:
+        buffer, held = self._buffer, self.held
+        self._buffer, self.held = None, 0
+        if buffer is not None:
             try:
-                self.inner.write(held)
+                if held:
+                    with memoryview(buffer)[:held] as view:
+                        self.inner.write(view)
             except StorageFault as exc:
                 self.queued.error = exc
                 raise
+            finally:
+                self._port.keep_spare(buffer)
         self.inner.seal()
 
     def abort(self) -> None:
         """Drop what is held and queued; the worker removes the blob (never raises)."""
         self._port.holding.discard(self)
-        self._buffer = bytearray()
+        self._buffer, self.held = None, 0
         self._let_go()
         self.queued.abort()
 
@@ -238,9 +270,9 @@ class _Shared:
 
     def __init__(self, behind_bytes: int) -> None:
         self.behind_bytes = behind_bytes
-        self.jobs: queue.SimpleQueue[tuple[QueuedWriter, bytes | bytearray] | _Job | None] = (
-            queue.SimpleQueue()
-        )
+        self.jobs: queue.SimpleQueue[_Chunk | _Job | None] = queue.SimpleQueue()
+        #: Held buffers written and free for reuse (the worker appends, the loop pops).
+        self.spares: list[bytearray] = []
         #: Jobs done since the loop last looked (guarded by the lock).
         self.finished: list[_Job] = []
         self.lock = threading.Condition()
@@ -268,6 +300,11 @@ class _Shared:
         self.jobs.put(None)
         self.wake_r.close()
         self.wake_w.close()
+
+
+#: A chunk for the worker: the writer, its bytes, and the buffer they are a view of, kept
+#: for reuse once written (or None).
+_Chunk = tuple["QueuedWriter", "bytes | bytearray | memoryview", "bytearray | None"]
 
 
 class _Job:
@@ -312,7 +349,12 @@ def _run(shared: _Shared, job: _Job) -> None:
             shared.wake()
 
 
-def _write(shared: _Shared, writer: QueuedWriter, data: bytes | bytearray) -> None:
+def _write(
+    shared: _Shared,
+    writer: QueuedWriter,
+    data: bytes | bytearray | memoryview,
+    spare: bytearray | None = None,
+) -> None:
     if not writer.cancelled and writer.error is None:
         try:
             writer.inner.write(data)
@@ -321,8 +363,14 @@ def _write(shared: _Shared, writer: QueuedWriter, data: bytes | bytearray) -> No
         except Exception as exc:  # a store's bug: the upload fails, the server goes on
             log.exception("unexpected error writing a blob")
             writer.error = StorageFault(f"cannot write a received file: {exc}")
+    size = len(data)
+    if spare is not None:
+        if isinstance(data, memoryview):
+            data.release()
+        if len(shared.spares) < SPARE_BUFFERS:
+            shared.spares.append(spare)
     with shared.lock:
-        writer.queued -= len(data)
+        writer.queued -= size
         if writer in shared.waiting and writer.queued <= shared.behind_bytes // 2:
             shared.caught_up.append(writer)
             if not shared.stopped:
@@ -373,19 +421,43 @@ class BlobPort:
         """What the loop's selector watches: readable when a blob caught up."""
         return self._shared.wake_r.fileno()
 
-    def submit(self, writer: QueuedWriter, chunk: bytes | bytearray) -> None:
-        """Queue one chunk for the worker (after :meth:`close`: write it at once)."""
+    def spare(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes: a spare one written already if any fits,
+        else a new one (loop thread)."""
+        spares = self._shared.spares
+        while spares:
+            try:
+                buffer = spares.pop()
+            except IndexError:  # pragma: no cover - only the loop pops
+                break
+            if len(buffer) >= size:
+                return buffer
+        return bytearray(size)
+
+    def keep_spare(self, buffer: bytearray) -> None:
+        """Keep a written buffer for reuse (:meth:`spare`), up to SPARE_BUFFERS."""
+        if len(self._shared.spares) < SPARE_BUFFERS:
+            self._shared.spares.append(buffer)
+
+    def submit(
+        self,
+        writer: QueuedWriter,
+        chunk: bytes | bytearray | memoryview,
+        spare: bytearray | None = None,
+    ) -> None:
+        """Queue one chunk for the worker (after :meth:`close`: write it at once); ``spare``,
+        the buffer ``chunk`` is a view of, is kept for reuse once written."""
         shared = self._shared
         if shared.stopped:  # in order after what the worker still has
             self.wait_written(writer)
             with shared.lock:
                 writer.queued += len(chunk)
-            _write(shared, writer, chunk)
+            _write(shared, writer, chunk, spare)
             return
         with shared.lock:
             writer.queued += len(chunk)
         self._start()
-        shared.jobs.put((writer, chunk))
+        shared.jobs.put((writer, chunk, spare))
 
     def run(
         self, action: Callable[[], None], done: Callable[[StorageFault | None], None] | None

@@ -152,13 +152,13 @@ def test_the_loop_answers_another_client_while_a_folder_write_is_held_up(throttl
 def test_what_an_upload_holds_stays_bounded_while_its_writes_are_slow(throttled, monkeypatch):
     server, _store = throttled
     held: list[int] = []
-    real_write = blobport.BufferedWriter.write
+    real_took = blobport.BufferedWriter.took
 
-    def write(writer, data) -> None:
-        real_write(writer, data)
+    def took(writer, size) -> None:
+        real_took(writer, size)
         held.append(writer.queued.queued + writer.held)
 
-    monkeypatch.setattr(blobport.BufferedWriter, "write", write)
+    monkeypatch.setattr(blobport.BufferedWriter, "took", took)
     with RawClient(server.address[:2]) as client:
         identity = make_identity(client)
         answer = upload(client, identity, "big.bin", LARGE, PACKET)
