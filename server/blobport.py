@@ -15,7 +15,10 @@ it saves, yet a write blocked by writeback throttling must not stall the
 loop: :class:`BufferedWriter` holds an upload's content in memory and hands
 what it holds to the worker in one chunk per loop round
 (:meth:`BlobPort.hand_over_held`, one receive of up to 1 MiB), or at once
-past ``hold_bytes``; what it holds when the upload completes is written by
+past ``hold_bytes`` (256 KiB: the buffer stays in the cache the worker
+copies it from); the content is decrypted straight into that buffer
+(``IncomingFile.receive_into``), and a buffer written comes back to the
+port for reuse (``SPARE_BUFFERS``), so no page of it faults in again; what it holds when the upload completes is written by
 the round's job, just before the blob's seal (server/roundjob.py), so an
 upload that arrives within one round costs no handoff of its own. Its abort
 goes to the worker too.
@@ -56,7 +59,7 @@ log = logging.getLogger(__name__)
 BEHIND_BYTES = 1024 * 1024
 #: Bytes a :class:`BufferedWriter` holds in memory at most before handing them to the
 #: worker (it hands them over at the end of each loop round anyway).
-HOLD_BYTES = 1024 * 1024
+HOLD_BYTES = 256 * 1024
 #: Room a :class:`BufferedWriter`'s buffer has past ``hold_bytes``, for the piece of content
 #: that crosses it (a receive is at most a socket read).
 HOLD_SLACK = 256 * 1024

@@ -12,7 +12,7 @@ import time
 import pytest
 from helpers import RawClient, make_identity, reconnect, upload
 from loop_driving import served_in_a_thread
-from protocol import FileReceived, GeneralError, cksum
+from protocol import FileReceived, GeneralError, cksum, crypto
 from server import blobport
 from server.storage.folder import FolderBlobs, TempFile
 
@@ -168,3 +168,33 @@ def test_what_an_upload_holds_stays_bounded_while_its_writes_are_slow(throttled,
     bound = HOLD + BEHIND + 2 * PACKET
     assert bound < len(LARGE)
     assert held and max(held) <= bound, (max(held), bound)
+
+
+def test_a_folder_uploads_content_is_decrypted_into_reused_held_buffers(noted, monkeypatch):
+    # no copy out of the decryptor's own buffer (CbcDecryptor.update), and the held
+    # buffers handed to the worker come back for reuse: a few for the whole upload
+    server, _store = noted
+    copied: list[int] = []
+    buffers: dict[int, bytearray] = {}  # kept alive: no id reused
+    handed: list[int] = []
+    real_update, real_submit = crypto.CbcDecryptor.update, blobport.BlobPort.submit
+
+    def update(decryptor, ciphertext):
+        copied.append(len(ciphertext))
+        return real_update(decryptor, ciphertext)
+
+    def submit(port, writer, chunk, spare=None) -> None:
+        handed.append(len(chunk))
+        if spare is not None:
+            buffers[id(spare)] = spare
+        real_submit(port, writer, chunk, spare)
+
+    monkeypatch.setattr(crypto.CbcDecryptor, "update", update)
+    monkeypatch.setattr(blobport.BlobPort, "submit", submit)
+    with RawClient(server.address[:2]) as client:
+        identity = make_identity(client)
+        answer = upload(client, identity, "big.bin", LARGE, PACKET)
+    assert isinstance(answer, FileReceived) and answer.cksum == cksum(LARGE)
+    assert not copied, copied
+    assert len(handed) > 2 * blobport.SPARE_BUFFERS, handed
+    assert len(buffers) <= blobport.SPARE_BUFFERS + 1, (len(buffers), len(handed))
