@@ -15,11 +15,11 @@ it saves, yet a write blocked by writeback throttling must not stall the
 loop: :class:`BufferedWriter` holds an upload's content in memory and hands
 what it holds to the worker in one chunk per loop round
 (:meth:`BlobPort.hand_over_held`, one receive of up to 1 MiB), or at once
-past ``hold_bytes`` (256 KiB: the buffer stays in the cache the worker
-copies it from); the content is decrypted straight into that buffer
-(``IncomingFile.receive_into``), and a buffer written comes back to the
-port for reuse (``SPARE_BUFFERS``), so no page of it faults in again; what it holds when the upload completes is written by
-the round's job, just before the blob's seal (server/roundjob.py), so an
+past ``hold_bytes`` (256 KiB); the content is decrypted straight into the
+held buffer (``IncomingFile.receive_into``), and a buffer once written
+comes back to the port for reuse (``SPARE_BUFFERS``), so its pages do not
+fault in again. What it holds when the upload completes is written by the
+round's job, just before the blob's seal (server/roundjob.py), so an
 upload that arrives within one round costs no handoff of its own. Its abort
 goes to the worker too.
 
@@ -60,9 +60,10 @@ BEHIND_BYTES = 1024 * 1024
 #: Bytes a :class:`BufferedWriter` holds in memory at most before handing them to the
 #: worker (it hands them over at the end of each loop round anyway).
 HOLD_BYTES = 256 * 1024
-#: Room a :class:`BufferedWriter`'s buffer has past ``hold_bytes``, for the piece of content
-#: that crosses it (a receive is at most a socket read).
-HOLD_SLACK = 256 * 1024
+#: Room a :class:`BufferedWriter`'s buffer has past ``hold_bytes``: the plaintext of one
+#: receive (the loop's receive buffer, 1 MiB, and the decryptor's two blocks), so that
+#: every buffer has the one size and any spare fits.
+HOLD_SLACK = 1024 * 1024 + 64
 #: Held buffers the port keeps for reuse once written: a new one's pages fault in at each
 #: first touch, a reused one's are mapped already.
 SPARE_BUFFERS = 4
