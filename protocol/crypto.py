@@ -318,11 +318,28 @@ class CbcDecryptor:
         self._held = b""  # the last plaintext block, not given out yet
         self._out = bytearray()  # reused from chunk to chunk
 
+    @staticmethod
+    def most_output(size: int) -> int:
+        """Bytes :meth:`update_into` may write for ``size`` bytes of ciphertext (what it
+        emits and the block it holds back)."""
+        return size + 2 * AES_BLOCK_SIZE
+
     def update(self, ciphertext: BytesLike) -> memoryview:
         """Decrypt what whole blocks there are; give out all but the last.
 
         The result is a view of the decryptor's own buffer, valid until the
         next call: write it out or copy it before then.
+        """
+        size = self.most_output(len(ciphertext))
+        if len(self._out) < size:
+            self._out = bytearray(size)
+        out = memoryview(self._out)
+        return out[: self.update_into(ciphertext, out)]
+
+    def update_into(self, ciphertext: BytesLike, out: memoryview) -> int:
+        """Decrypt what whole blocks there are into ``out`` (at least
+        :meth:`most_output` bytes); return how many of its first bytes are plaintext
+        given out (all but the last block; what follows them is scratch).
         """
         with memoryview(ciphertext) as view:
             partial, held = self._partial, self._held
@@ -330,11 +347,9 @@ class CbcDecryptor:
             whole -= whole % AES_BLOCK_SIZE
             if not whole:
                 self._partial = partial + bytes(view)
-                return memoryview(b"")
+                return 0
             size = len(held) + whole
-            if len(self._out) < size:
-                self._out = bytearray(size)
-            out = memoryview(self._out)[:size]
+            out = out[:size]
             out[: len(held)] = held
             done = len(held)
             if partial:  # the block begun by the previous chunk
@@ -349,7 +364,7 @@ class CbcDecryptor:
             self._partial = bytes(view[body:])
             emit = size - AES_BLOCK_SIZE
             self._held = bytes(out[emit:])
-            return out[:emit]
+            return emit
 
     def _decrypt_blocks(self, cipher: BytesLike, out: memoryview) -> None:
         """Whole blocks into ``out``: one ECB pass, then the CBC xor."""

@@ -287,22 +287,30 @@ class IncomingFile:
         The plaintext may be a view of the decryptor's buffer, valid until the
         next call: write it out before then.
         """
-        if not self._in_packet or len(data) > self._packet_left:
-            raise LocalProtocolError("content outside of a packet's length")
-        self._packet_left -= len(data)
-        take = min(len(data), self._cipher_left)
-        if take < len(data):
-            fill = data[take:]
-            if bytes(fill).count(0) != len(fill):
-                raise _refuse("bytes past content_size that are not zero fill")
-            data = data[:take]
-        if not take:
+        cipher = self._take(data)
+        if not cipher:
             return b""
-        self._cipher_left -= take
-        self._received += take
-        plain = self._decryptor.update(data)
+        plain = self._decryptor.update(cipher)
         self._account(plain)
         return plain
+
+    @staticmethod
+    def most_plain(size: int) -> int:
+        """Bytes of room :meth:`receive_into` needs for ``size`` bytes of content."""
+        return CbcDecryptor.most_output(size)
+
+    def receive_into(self, data: BytesLike, out: memoryview) -> int:
+        """Take a piece of the current packet's content; decrypt it into ``out`` (at
+        least :meth:`most_plain` bytes) and return how many of its first bytes are
+        plaintext (the rest is scratch): no copy between the cipher and the caller's
+        buffer.
+        """
+        cipher = self._take(data)
+        if not cipher:
+            return 0
+        count = self._decryptor.update_into(cipher, out)
+        self._account(out[:count])
+        return count
 
     def end_packet(self) -> bytes:
         """End the current packet; return the plaintext it still held."""
@@ -325,6 +333,22 @@ class IncomingFile:
         return tail
 
     # -- inside ---------------------------------------------------------------
+
+    def _take(self, data: BytesLike) -> BytesLike:
+        """The ciphertext of a piece of content (the zero fill past content_size checked
+        and dropped)."""
+        if not self._in_packet or len(data) > self._packet_left:
+            raise LocalProtocolError("content outside of a packet's length")
+        self._packet_left -= len(data)
+        take = min(len(data), self._cipher_left)
+        if take < len(data):
+            fill = data[take:]
+            if bytes(fill).count(0) != len(fill):
+                raise _refuse("bytes past content_size that are not zero fill")
+            data = data[:take]
+        self._cipher_left -= take
+        self._received += take
+        return data
 
     def _begin(self, packet: FilePacketStarted, number: int) -> None:
         length = packet.bytes_in_packet

@@ -18,7 +18,8 @@ The points, in the order an upload meets them (:data:`POINTS`):
 
 * ``write.begun``: a packet began an upload's blob (under its key), nothing
   written yet;
-* ``write.appended``: one chunk of plaintext appended to the blob;
+* ``write.appended``: one chunk of plaintext handed to the blob's writer
+  (a local folder's is held in memory until a worker writes it);
 * ``write.sealed``: the blob is sealed (durable under its key, closed);
 * ``upload.committed``: a name's first upload: its row (Verified=0, pointing
   at the upload's key) is durable, the blob not published yet;

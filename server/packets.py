@@ -24,6 +24,7 @@ from protocol.buffer import BytesLike
 from protocol.events import FilePacketStarted
 from protocol.incoming import PacketOrder, ReceivedFile
 
+from .blobport import BufferedWriter
 from .errors import NoRoom, Refusal, StorageFault
 from .outcome import InstallTicket
 from .peer import Peer
@@ -175,10 +176,15 @@ class StreamingPacket:
         """A piece of the packet's content."""
         if self._refused is not None or not self._still_receiving():
             return
+        incoming, writer = self._phase.incoming, self._phase.writer
         try:
-            plain = self._phase.incoming.receive(data)
-            if plain:
-                self._phase.writer.write(plain)
+            if isinstance(writer, BufferedWriter):  # decrypted straight into what it holds
+                with writer.room(incoming.most_plain(len(data))) as room:
+                    writer.took(incoming.receive_into(data, room))
+            else:
+                plain = incoming.receive(data)
+                if plain:
+                    writer.write(plain)
         except (RemoteProtocolError, StorageFault) as exc:
             self._fail(exc)
             return

@@ -77,7 +77,7 @@ from protocol.printable import quoted
 
 from . import crashpoints
 from .admission import Admission
-from .blobport import BlobPort, QueuedWriter
+from .blobport import BlobPort, BufferedWriter, QueuedWriter
 from .budget import DecryptionBudget
 from .errors import InternalFault, Refusal, StorageFault
 from .outcome import InstallTicket
@@ -189,6 +189,9 @@ class Uploads:
             if isinstance(phase, Receiving) and isinstance(phase.writer, QueuedWriter):
                 if phase.writer.behind:
                     return phase.writer
+            if isinstance(phase, Receiving) and isinstance(phase.writer, BufferedWriter):
+                if phase.writer.behind:
+                    return phase.writer.queued
         return None
 
     def holding_blobs(self, client_id: bytes) -> list[Upload]:
@@ -291,6 +294,8 @@ class Uploads:
             writer = self._blobs.begin(client_id, new_blob_key())
             if self._blobs.slow_writes:
                 writer = self.port.wrap(writer)
+            elif self._blobs.buffered_writes:
+                writer = self.port.buffer(writer)
             lease = self._take_lease(client_id, packet.file_name.text, writer)
         except (Refusal, RemoteProtocolError, StorageFault) as exc:
             if order.total > 1:
@@ -349,6 +354,8 @@ class Uploads:
         queued = isinstance(phase.writer, QueuedWriter)
         if isinstance(phase.writer, QueuedWriter):
             phase.writer.seal_later()  # the answer waits for it (server/installs.py)
+        elif isinstance(phase.writer, BufferedWriter):
+            phase.writer.complete()  # what it holds is written by the seal
         # else the round worker seals it at the round's end (server/installs.py)
         previous, path_name = self._record(upload, phase.writer.key, result)
         awaits: InstallTicket | None

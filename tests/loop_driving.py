@@ -62,6 +62,8 @@ def run_round(server, patience: float = PATIENCE) -> None:
     """
     server.run_once()
     run_until(server, lambda: server._round is None, patience)
+    # an abort's removal is the blob port's worker's (server/blobport.py)
+    assert server.app.uploads.port.settle(patience), "the blob port's worker is stuck"
 
 
 @contextlib.contextmanager

@@ -477,6 +477,10 @@ class BlobStore(BlobReader, Protocol):
     #: hands an upload's writes to a worker thread (server/blobport.py), with
     #: backpressure. A local folder's writes go to the page cache: False.
     slow_writes: bool
+    #: Whether the server holds an upload's content and writes it off the loop thread
+    #: in large chunks and at the seal (server/blobport.py ``BufferedWriter``): quick
+    #: writes that may still block (a local folder's, under writeback throttling).
+    buffered_writes: bool
 
     def begin(self, client_id: bytes, key: str) -> BlobWriter:
         """Start writing one of the client's uploads under ``key`` (:func:`new_blob_key`)."""

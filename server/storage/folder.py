@@ -9,10 +9,18 @@ An upload is written under its blob key, as ``.tmp-<key>`` inside the
 client's folder, opened with ``O_CREAT | O_EXCL | O_NOFOLLOW`` (a planted
 symlink is never followed), and fsynced (sealed). Publishing it is this
 store's own business: a rename onto its final name with ``os.replace``, then
-a fsync of the folder; a key whose file is gone while the final name is there
-was published already (publishing again only syncs the folder). Stored names
-never start with a dot, so nothing a client sends can collide with an
-upload's file.
+a fsync of the folder (both in the round worker, server/roundjob.py); a key
+whose file is gone while the final name is there was published already
+(publishing again only syncs the folder). Stored names never start with a
+dot, so nothing a client sends can collide with an upload's file.
+
+The server never writes, seals, publishes or removes an upload's file in its
+loop thread: what an upload received in a loop round is held in memory and
+written by the blob port's worker in one chunk (with its backpressure), the
+rest by the round's job just before the seal, so an upload that arrives
+within one round is written, sealed and published in its round's one job;
+an abort's removal goes to the port's worker (server/blobport.py
+``BufferedWriter``).
 """
 
 from __future__ import annotations
@@ -146,7 +154,12 @@ class TempFile:
                 self._write_back()
         except OSError as exc:
             raise _storage_fault("cannot write a received file", exc) from exc
-        crashpoints.reached("write.appended")
+
+    def let_go(self) -> None:
+        """The store lets go of what it holds for the upload (its name): the loop thread's
+        part of an abort, done before the file's removal is handed to a worker."""
+        on_abort, self._on_abort = self._on_abort, lambda: None
+        on_abort()
 
     def _write_back(self) -> None:
         """Start writing the new dirty range out; drop what is already written."""
@@ -175,12 +188,12 @@ class TempFile:
     def abort(self) -> None:
         """Close and remove the upload's file (gone already once published); never raises.
 
-        At once, not left to the sweeper: an unlink costs less than the
-        fsyncs the loop makes anyway, and a partial file must not hold the
-        disk (an address's garbage is not charged to its share of it, and a
-        full disk is served again as soon as the failed upload is gone).
+        At once (in the blob port's worker, server/blobport.py), not left to
+        the sweeper: a partial file must not hold the disk (an address's
+        garbage is not charged to its share of it, and a full disk is served
+        again as soon as the failed upload is gone).
         """
-        self._on_abort()
+        self.let_go()
         if self._open:
             self._open = False
             try:
@@ -205,14 +218,19 @@ def _in_client_dir(directory: Path, name: str) -> BlobEntry:
 class FolderBlobs:
     """The ``received_files/`` tree under a data folder (a :class:`BlobStore`).
 
-    Its writes go to the page cache (:data:`WRITEBACK_STEP`): the loop makes
-    them itself (``slow_writes`` is False), a thread handoff would cost more.
+    Its writes go to the page cache (:data:`WRITEBACK_STEP`), usually quick:
+    no handoff per packet (``slow_writes`` is False), but never in the loop
+    thread either (``buffered_writes``): what an upload received in a loop
+    round is held in memory and handed to the blob port's worker in one
+    chunk, the rest written by the round's job before the seal
+    (server/blobport.py :class:`BufferedWriter`).
 
     Raises (constructor):
         StorageFault: the folder cannot be created or written.
     """
 
     slow_writes = False
+    buffered_writes = True
 
     def __init__(self, data_dir: Path) -> None:
         self._set_up(Path(data_dir) / RECEIVED_DIR, create=True)

@@ -475,6 +475,7 @@ class MemoryBlobs:
 
     #: Set it to have the server write through its blob port (server/blobport.py).
     slow_writes = False
+    buffered_writes = False
 
     def __init__(self, capacity: int | None = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity

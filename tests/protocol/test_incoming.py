@@ -92,6 +92,39 @@ def test_any_split_of_the_content_gives_the_same_file():
         assert plain == data and incoming.result.cksum == cksum(data)
 
 
+def feed_into(packets, *, piece: int, key=KEY) -> tuple[bytes, IncomingFile]:
+    """As :func:`feed`, each piece decrypted into one growing buffer (``receive_into``,
+    as the server's BufferedWriter does)."""
+    held, filled = bytearray(), 0
+    incoming = None
+    for event, content in packets:
+        if incoming is None:
+            incoming = IncomingFile(key, event, PacketOrder.of_first(event))
+        else:
+            incoming.start_packet(event)
+        for i in range(0, len(content), piece):
+            data = content[i : i + piece]
+            held.extend(bytes(IncomingFile.most_plain(len(data))))
+            filled += incoming.receive_into(data, memoryview(held)[filled:])
+        tail = incoming.end_packet()
+        held[filled : filled + len(tail)] = tail
+        filled += len(tail)
+    return bytes(held[:filled]), incoming
+
+
+@pytest.mark.parametrize("variant", ["whole file", "per packet", "zero fill"])
+def test_receive_into_gives_what_receive_gives(variant):
+    data = os.urandom(5000)
+    packets = {
+        "whole file": lambda: whole_file_packets(data, 1024),
+        "per packet": lambda: per_packet_packets(data, 1024),
+        "zero fill": lambda: whole_file_packets(data, 1024, fill=True),
+    }[variant]()
+    for piece in (1, 7, 16, 333, 4096):
+        plain, incoming = feed_into(packets, piece=piece)
+        assert plain == data and incoming.result.cksum == cksum(data), piece
+
+
 def test_variant4_zero_fill_is_cut_at_content_size():
     data = os.urandom(1000)
     plain, incoming = feed(whole_file_packets(data, 4000, fill=True))

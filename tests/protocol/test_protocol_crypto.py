@@ -371,12 +371,23 @@ def test_ecb_and_xor_equal_cbc_decryption(key_size, plaintext, cuts, trailing, d
     except ValueError:
         expected = None
     decryptor = crypto.CbcDecryptor(aes_key)
+    into = data.draw(st.booleans())  # update_into, each chunk after the last in one buffer
     out, position = bytearray(), 0
+
+    def decrypt(chunk) -> None:
+        nonlocal out
+        if not into:
+            out += decryptor.update(chunk)
+            return
+        filled = len(out)
+        out += bytes(crypto.CbcDecryptor.most_output(len(chunk)))
+        del out[filled + decryptor.update_into(chunk, memoryview(out)[filled:]) :]
+
     for cut in sorted(cuts):
         cut = min(cut, len(ciphertext))
-        out += decryptor.update(ciphertext[position:cut])
+        decrypt(ciphertext[position:cut])
         position = max(position, cut)
-    out += decryptor.update(memoryview(ciphertext)[position:])
+    decrypt(memoryview(ciphertext)[position:])
     try:
         out += decryptor.finalize()
     except CryptoError:

@@ -148,7 +148,8 @@ def _durable_files_per_round_in_turn(server: Server, monkeypatch) -> None:
     owner = {}
 
     def seal(temp):
-        sealed[-1].append(owner[temp.directory.name])
+        # the folder's writer is held in a BufferedWriter (server/blobport.py)
+        sealed[-1].append(owner[temp.inner.directory.name])
         real_seal(temp)
 
     monkeypatch.setattr(commit, "seal", seal)

@@ -83,6 +83,7 @@ class S3Blobs:
 
     #: Every write is a network round trip: the server writes through its blob port.
     slow_writes = True
+    buffered_writes = False
 
     def __init__(
         self,

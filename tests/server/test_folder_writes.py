@@ -1,0 +1,200 @@
+"""A local folder's blob writes and aborts off the loop thread (server/blobport.py
+``BufferedWriter``): a small upload is written by its round's job, a large one by the
+blob port's worker, one chunk per loop round; a write held up by the disk stalls no one
+else, and what an upload holds in memory stays bounded while its writes are slow.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from helpers import RawClient, make_identity, reconnect, upload
+from loop_driving import served_in_a_thread
+from protocol import FileReceived, GeneralError, cksum, crypto
+from server import blobport
+from server.storage.folder import FolderBlobs, TempFile
+
+PACKET = 64 * 1024
+SMALL = b"small upload" * 100
+#: Several times the bounds below: the port's worker writes most of it.
+LARGE = bytes(range(256)) * (48 * PACKET // 256)
+#: How long each write of the throttled folder takes (a disk under writeback throttling).
+WRITE_PAUSE = 0.15
+#: The port's bounds in the tests: a few packets, so that backpressure shows.
+BEHIND = 2 * PACKET
+HOLD = 2 * PACKET
+BASELINE_REQUESTS = 5
+#: An answer this part of a write's pause late waited for one.
+SLOW_ANSWER = 0.9
+#: Answers that may wait for a write: the round that seals the upload writes what it
+#: holds, after the writes still queued (no request is taken while a round commits).
+SEAL_STALLS = 2
+
+
+class NotedFolder(FolderBlobs):
+    """The folder store, noting the thread of each write and removal of an upload's file;
+    each write takes ``write_pause``; the publish of a name ending ``fails.bin`` fails."""
+
+    write_pause = 0.0
+
+    def __init__(self, data_dir) -> None:
+        super().__init__(data_dir)
+        self.calls: list[tuple[str, str]] = []
+
+    def begin(self, client_id: bytes, key: str) -> TempFile:
+        writer = super().begin(client_id, key)
+        real_write, real_abort = writer.write, writer.abort
+
+        def write(data) -> None:
+            self.calls.append(("write", threading.current_thread().name))
+            time.sleep(self.write_pause)
+            real_write(data)
+
+        def abort() -> None:
+            self.calls.append(("abort", threading.current_thread().name))
+            real_abort()
+
+        writer.write = write  # type: ignore[method-assign]
+        writer.abort = abort  # type: ignore[method-assign]
+        return writer
+
+    def publish(self, key: str, path_name: str) -> None:
+        if path_name.endswith("fails.bin"):
+            from server.errors import StorageFault
+
+            raise StorageFault("cannot install a received file: Input/output error")
+        super().publish(key, path_name)
+
+
+class ThrottledFolder(NotedFolder):
+    """Each write of an upload's file takes WRITE_PAUSE."""
+
+    write_pause = WRITE_PAUSE
+
+
+def _serve(tmp_path, store: FolderBlobs):
+    def tune(app) -> None:
+        app.uploads.port.behind_bytes = BEHIND
+        app.uploads.port.hold_bytes = HOLD
+
+    with served_in_a_thread(tmp_path, store, tune) as (server, _db):
+        yield server
+
+
+@pytest.fixture
+def noted(tmp_path):
+    store = NotedFolder(tmp_path)
+    for server in _serve(tmp_path, store):
+        yield server, store
+
+
+@pytest.fixture
+def throttled(tmp_path):
+    store = ThrottledFolder(tmp_path)
+    for server in _serve(tmp_path, store):
+        yield server, store
+
+
+#: The threads that do blob work: the blob port's worker and the round worker's.
+WORKERS = {"blob-writes", "round-storage"}
+
+
+@pytest.mark.parametrize("data", [SMALL, LARGE], ids=["small", "large"])
+def test_the_loop_thread_neither_writes_nor_removes_an_uploads_file(noted, data):
+    server, store = noted
+    with RawClient(server.address[:2]) as client:
+        identity = make_identity(client)
+        stored = upload(client, identity, "kept.bin", data, PACKET)
+        failed = upload(client, identity, "fails.bin", data, PACKET)
+    assert isinstance(stored, FileReceived) and stored.cksum == cksum(data)
+    assert isinstance(failed, GeneralError)  # its publish failed: its file is removed
+    assert server.app.uploads.port.settle()
+    assert {call for call, _ in store.calls} == {"write", "abort"}, store.calls
+    assert {thread for _, thread in store.calls} <= WORKERS, store.calls
+    if data is SMALL:  # written by the round's job: no handoff of its own
+        assert {thread for call, thread in store.calls if call == "write"} == {"round-storage"}
+
+
+def _round_trip(client: RawClient, identity) -> float:
+    started = time.monotonic()
+    reconnect(client, identity)
+    return time.monotonic() - started
+
+
+def test_the_loop_answers_another_client_while_a_folder_write_is_held_up(throttled):
+    server, _store = throttled
+    address = server.address[:2]
+    with RawClient(address) as other, RawClient(address) as uploader:
+        other_identity = make_identity(other)
+        uploader_identity = make_identity(uploader)
+        baseline = [_round_trip(other, other_identity) for _ in range(BASELINE_REQUESTS)]
+        answer: list = []
+        big = threading.Thread(
+            target=lambda: answer.append(
+                upload(uploader, uploader_identity, "big.bin", LARGE, PACKET)
+            )
+        )
+        big.start()
+        during = []
+        while big.is_alive():
+            during.append(_round_trip(other, other_identity))
+        big.join()
+    (received,) = answer
+    assert isinstance(received, FileReceived) and received.cksum == cksum(LARGE)
+    assert len(during) >= BASELINE_REQUESTS, during
+    waited = [took for took in during if took >= max(SLOW_ANSWER * WRITE_PAUSE,
+                                                      10 * max(baseline))]
+    assert len(waited) <= SEAL_STALLS, (baseline, during)
+
+
+def test_what_an_upload_holds_stays_bounded_while_its_writes_are_slow(throttled, monkeypatch):
+    server, _store = throttled
+    held: list[int] = []
+    real_took = blobport.BufferedWriter.took
+
+    def took(writer, size) -> None:
+        real_took(writer, size)
+        held.append(writer.queued.queued + writer.held)
+
+    monkeypatch.setattr(blobport.BufferedWriter, "took", took)
+    with RawClient(server.address[:2]) as client:
+        identity = make_identity(client)
+        answer = upload(client, identity, "big.bin", LARGE, PACKET)
+    assert isinstance(answer, FileReceived) and answer.cksum == cksum(LARGE)
+    # the connection is not read while the blob is behind: at most what is held, the
+    # port's bound and a packet's worth past it, far less than the upload
+    bound = HOLD + BEHIND + 2 * PACKET
+    assert bound < len(LARGE)
+    assert held and max(held) <= bound, (max(held), bound)
+
+
+def test_a_folder_uploads_content_is_decrypted_into_reused_held_buffers(noted, monkeypatch):
+    # no copy out of the decryptor's own buffer (CbcDecryptor.update), and the held
+    # buffers handed to the worker come back for reuse: a few for the whole upload
+    server, _store = noted
+    copied: list[int] = []
+    buffers: dict[int, bytearray] = {}  # kept alive: no id reused
+    handed: list[int] = []
+    real_update, real_submit = crypto.CbcDecryptor.update, blobport.BlobPort.submit
+
+    def update(decryptor, ciphertext):
+        copied.append(len(ciphertext))
+        return real_update(decryptor, ciphertext)
+
+    def submit(port, writer, chunk, spare=None) -> None:
+        handed.append(len(chunk))
+        if spare is not None:
+            buffers[id(spare)] = spare
+        real_submit(port, writer, chunk, spare)
+
+    monkeypatch.setattr(crypto.CbcDecryptor, "update", update)
+    monkeypatch.setattr(blobport.BlobPort, "submit", submit)
+    with RawClient(server.address[:2]) as client:
+        identity = make_identity(client)
+        answer = upload(client, identity, "big.bin", LARGE, PACKET)
+    assert isinstance(answer, FileReceived) and answer.cksum == cksum(LARGE)
+    assert not copied, copied
+    assert len(handed) > 2 * blobport.SPARE_BUFFERS, handed
+    assert len(buffers) <= blobport.SPARE_BUFFERS + 1, (len(buffers), len(handed))
