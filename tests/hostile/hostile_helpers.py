@@ -31,7 +31,7 @@ from helpers import (
     unique_name,
     upload,
 )
-from timing_helpers import HANG_TIMEOUT
+from timing_helpers import HANG_TIMEOUT, wait_until
 from protocol import (
     Acknowledged,
     ClientConnection,
@@ -74,6 +74,14 @@ def client_files(server: ServerProcess, client_id: bytes) -> list[str]:
 def temp_files(server: ServerProcess) -> list[Path]:
     """Every temp file under received_files/."""
     return list((server.data_dir / "received_files").rglob(f"{TEMP_PREFIX}*"))
+
+
+def temp_files_gone(server: ServerProcess) -> bool:
+    """True once no temp file is left under received_files/, waiting for it a while: an
+    aborted upload's file is removed by the blob port's worker, after the answer that
+    reports the failure (server/blobport.py). AssertionError if one stays."""
+    wait_until(lambda: temp_files(server) == [], "the aborted upload's temp file removed")
+    return True
 
 
 def file_count(server: ServerProcess, client_id: bytes) -> int:

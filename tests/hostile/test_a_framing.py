@@ -26,7 +26,7 @@ from helpers import (
     unique_name,
 )
 import proxy_headers
-from hostile_helpers import Guard, client_files, db_rows, file_count, proc_status, temp_files, wait_count
+from hostile_helpers import Guard, client_files, db_rows, file_count, proc_status, temp_files, temp_files_gone, wait_count
 from timing_helpers import (
     HANG_TIMEOUT,
     TIMER_EARLY,
@@ -165,7 +165,7 @@ def test_a1_stall_mid_message_is_closed_at_the_deadline(server_factory):
         for client in stalls:
             client.close()
     wait_count(server, "timed out: message not completed in time", 3)
-    assert temp_files(server) == [] and file_count(server, identity.client_id) == 0
+    assert temp_files_gone(server) and file_count(server, identity.client_id) == 0
     guard.check()
 
 

@@ -30,6 +30,7 @@ from hostile_helpers import (
     file_count,
     proc_status,
     temp_files,
+    temp_files_gone,
     verified_upload,
 )
 from timing_helpers import HANG_TIMEOUT, TIMER_EARLY, round_trip, timer_bound, wait_until
@@ -72,7 +73,7 @@ def _replies_then_sentinel(client) -> list:
 
 
 def _nothing_kept(server, identity, name: str = "d.bin") -> None:
-    assert temp_files(server) == []
+    assert temp_files_gone(server)
     assert name not in client_files(server, identity.client_id)
     assert db_rows(server, "SELECT COUNT(*) FROM files WHERE ID = ? AND FileName = ?", identity.client_id, name) == [(0,)]
 
@@ -218,7 +219,7 @@ def test_d2_first_packet_again_restarts_the_upload(server):
         assert isinstance(answer, FileReceived) and answer.cksum == cksum(second)
         assert _replies_then_sentinel(client) == []
     assert (client_dir(server, identity.client_id) / "d.bin").read_bytes() == second
-    assert file_count(server, identity.client_id) == 1 and temp_files(server) == []
+    assert file_count(server, identity.client_id) == 1 and temp_files_gone(server)
     guard.check()
 
 
@@ -269,7 +270,7 @@ def test_d3_decryption_failures_are_indistinguishable(server_factory):
                 head = client.sock.recv(RESPONSE_HEADER_SIZE, socket.MSG_WAITALL)  # the whole reply
                 times[kind].append(time.perf_counter() - started)
                 assert head == b"\x03" + (1607).to_bytes(2, "little") + bytes(4), (kind, head)  # 1607, no payload
-                assert temp_files(server) == []
+                assert temp_files_gone(server)
             assert client.nothing_within(0.05)
     assert file_count(server, identity.client_id) == 0
     # the fastest of each kind: load on the machine only ever adds time
@@ -356,7 +357,7 @@ def test_d5_valid_100_kb_binary_upload(server, tmp_path):
     expected = int(subprocess.run(["cksum", str(plain)], capture_output=True, text=True, check=True).stdout.split()[0])
     assert answer.cksum == expected == cksum(data)  # of the plaintext, as cksum(1) prints it
     assert (client_dir(server, identity.client_id) / "report.bin").read_bytes() == data
-    assert temp_files(server) == []
+    assert temp_files_gone(server)
     guard.check(allowed=(plain,))
 
 
@@ -465,7 +466,7 @@ def test_d7_same_client_same_name_interleaved(server):
     winner = datas.index(stored)
     assert [type(r) for r in answers[winner]][-1:] == [FileReceived]
     assert all(isinstance(r, (GeneralError, FileReceived)) for r in answers[0] + answers[1])
-    assert file_count(server, identity.client_id) == 1 and temp_files(server) == []
+    assert file_count(server, identity.client_id) == 1 and temp_files_gone(server)
     guard.check()
 
 

@@ -47,6 +47,7 @@ from hostile_helpers import (
     start_refused,
     verified_upload,
     temp_files,
+    temp_files_gone,
 )
 from protocol import (
     Acknowledged,
@@ -110,7 +111,7 @@ def test_g1_disk_full_during_temp_write(faults, tmpfs, tmp_path):
             faults.arm(write={"errno": errno.ENOSPC, "after": 3 * 65536})
         _send_all(client, packets[2:])
         _only_one_error(client)  # one 1607 for the attempt, the rest dropped quietly
-        assert temp_files(server) == []
+        assert temp_files_gone(server)
         assert client_files(server, identity.client_id) == []
         assert file_count(server, identity.client_id) == 0
         if real:
@@ -165,7 +166,7 @@ def test_g1_disk_full_for_the_database(server_factory, tmpfs, tmp_path):
             if isinstance(answer, Reconnected):  # its new key's commit may have passed
                 identity.aes_key = decrypt_aes_key(identity.private_key, answer.encrypted_aes_key)
                 assert isinstance(upload(client, identity, "f.bin", os.urandom(20_000)), unanswered)
-    assert temp_files(server) == [] and client_files(server, identity.client_id) == []
+    assert temp_files_gone(server) and client_files(server, identity.client_id) == []
     assert file_count(server, identity.client_id) == 0
     filler.unlink()
     with sqlite3.connect(data_dir / "defensive.db") as db:
@@ -224,7 +225,7 @@ def test_g1_io_error_during_write_fsync_or_rename(faults, step, code):
         if step in INSTALL_STEPS:  # the client's retry of the 900 completes it
             assert isinstance(client.request(verify), Acknowledged)
             assert (doc(), rows()) == (new, [("doc.bin", 1)])
-        assert temp_files(server) == []
+        assert temp_files_gone(server)
         assert client_files(server, identity.client_id) == ["doc.bin"]  # nothing under fresh.bin
         # the server keeps serving: the same client, same connection
         verified_upload(client, identity, "doc.bin", old)
@@ -282,7 +283,7 @@ def _database_writes_fail(server, guard, client, identity) -> None:
         assert isinstance(taken, RegistrationFailed)
     assert db_rows(server, "SELECT * FROM files ORDER BY FileName") == before
     assert db_rows(server, "SELECT COUNT(*) FROM clients") == clients_before
-    assert temp_files(server) == []
+    assert temp_files_gone(server)
     assert client_files(server, identity.client_id) == ["a.bin"]
 
 
@@ -780,7 +781,7 @@ def test_g5_exception_inside_the_upload_transaction(faults):
         assert isinstance(client.receive(), GeneralError)
         assert isinstance(client.receive(), ConnectionClosed)
         faults.disarm()
-    assert temp_files(server) == [] and client_files(server, identity.client_id) == []
+    assert temp_files_gone(server) and client_files(server, identity.client_id) == []
     assert file_count(server, identity.client_id) == 0
     # no transaction or upload left held: the same client uploads from a new connection
     with server.client() as client:
