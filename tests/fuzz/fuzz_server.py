@@ -995,6 +995,8 @@ class Harness:
             raise Finding("an upload outlived every connection and deadline")
         if self.app.live_registrations:
             raise Finding("a registration stayed live after its connection closed")
+        if not self.app.uploads.port.settle():  # an abort's removal is the worker's
+            raise Finding("the blob port's worker never finished what was queued")
         self.check_disk()
         self.check_claims()
         self.probe()
