@@ -71,7 +71,7 @@ VALID = {
     ),
     # The specification: LOCAL ignores the addresses, whatever its length says.
     "v2 LOCAL with addresses": (
-        ph.v2(ph.V2_LOCAL, ph.TCP4, ph.inet_body("10.0.0.1", "10.0.0.2", 1, 2)),
+        ph.v2(ph.V2_LOCAL, ph.TCP4, ph.inet_body("127.0.0.1", "127.0.0.2", 1, 2)),
         (2, Command.LOCAL, Family.UNSPEC, None, None),
     ),
     "v2 UNSPEC": (
@@ -80,7 +80,7 @@ VALID = {
     ),
     # Valid combinations this server does not use fall back to UNSPEC.
     "v2 UDP over IPv4": (
-        ph.v2(ph.V2_PROXY, ph.UDP4, ph.inet_body("10.0.0.1", "10.0.0.2", 1, 2)),
+        ph.v2(ph.V2_PROXY, ph.UDP4, ph.inet_body("127.0.0.1", "127.0.0.2", 1, 2)),
         (2, Command.PROXY, Family.UNSPEC, None, None),
     ),
     "v2 UNIX stream": (
@@ -123,9 +123,9 @@ BROKEN = {
     "garbage": b"GET / HTTP/1.1\r\n",
     "a cipherdrop request": bytes(16) + b"\x03\x39\x03\x00\x00\x00\x00",
     "wrong signature": ph.SIGNATURE[:-1] + b"\x0b" + ph.v2_local()[len(ph.SIGNATURE):],
-    "v2 version 1": ph.v2(0x11, ph.TCP4, ph.inet_body("10.0.0.1", "10.0.0.2", 1, 2)),
-    "v2 version 3": ph.v2(0x31, ph.TCP4, ph.inet_body("10.0.0.1", "10.0.0.2", 1, 2)),
-    "v2 unknown command": ph.v2(0x22, ph.TCP4, ph.inet_body("10.0.0.1", "10.0.0.2", 1, 2)),
+    "v2 version 1": ph.v2(0x11, ph.TCP4, ph.inet_body("127.0.0.1", "127.0.0.2", 1, 2)),
+    "v2 version 3": ph.v2(0x31, ph.TCP4, ph.inet_body("127.0.0.1", "127.0.0.2", 1, 2)),
+    "v2 unknown command": ph.v2(0x22, ph.TCP4, ph.inet_body("127.0.0.1", "127.0.0.2", 1, 2)),
     "v2 unknown family": ph.v2(ph.V2_PROXY, 0x41, bytes(12)),
     "v2 unknown transport": ph.v2(ph.V2_PROXY, 0x13, bytes(12)),
     "v2 TCP4 too short for its addresses": ph.v2(ph.V2_PROXY, ph.TCP4, bytes(11)),
