@@ -236,10 +236,11 @@ def test_f2_peer_that_never_reads_cannot_grow_the_server(server_factory):
     pid = server.process.pid
     normal_flow(server)  # warm up
     alone = median_time(lambda: normal_flow(server))  # the baseline: no hog yet
+    key = private_key()  # before it connects: its idle timeout would count the making
     hog = small_window_client(server)
     # a flood of requests that succeed (a refusal would count toward
     # --max-errors and close it sooner): 901 for its own file, a 1604 each
-    hog_identity = make_identity(hog)
+    hog_identity = make_identity(hog, key=key)
     assert isinstance(upload(hog, hog_identity, "hog.bin", b"hog"), FileReceived)
     request = hog.conn.send(CrcRetry(client_id=hog_identity.client_id, file_name="hog.bin"))
     rss_before = proc_status(pid, "VmRSS")
@@ -319,6 +320,9 @@ def test_f2_outgoing_buffer_bound_in_process(inprocess, caplog):
     caplog.set_level(logging.INFO)
     max_outgoing = 1024
     server = inprocess(max_outgoing=max_outgoing, idle_timeout=1.5)
+    # its RSA key made before it connects: the hog's short idle timeout would
+    # count the making (seconds on a loaded machine)
+    key = private_key()
     # small segments: with loopback's 64 KiB MSS a receiver that opens its window
     # again sends no update, and the sender's zero-window probes back off for
     # longer than the test waits
@@ -326,7 +330,7 @@ def test_f2_outgoing_buffer_bound_in_process(inprocess, caplog):
     port = hog.sock.getsockname()[1]
     # requests that succeed (a refusal would count toward --max-errors): 901 for
     # its own file, a 1604 each
-    hog_identity = make_identity(hog)
+    hog_identity = make_identity(hog, key=key)
     assert isinstance(upload(hog, hog_identity, "hog.bin", b"hog"), FileReceived)
     request = hog.conn.send(CrcRetry(client_id=hog_identity.client_id, file_name="hog.bin"))
     (channel,) = [c for c in list(server.server.channels) if c.peer.port == port]
