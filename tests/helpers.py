@@ -327,7 +327,7 @@ def make_identity(client, name: str | None = None, *, key=None) -> Identity:
     name = name or unique_name()
     registered = client.request(Register(client_id=ANY_ID, name=name))
     assert isinstance(registered, Registered), registered
-    key = key or private_key()
+    key = key if key is not None else private_key()
     answer = client.request(
         SendPublicKey(
             client_id=registered.client_id, name=name, public_key=crypto.export_public_key(key)
