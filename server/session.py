@@ -38,7 +38,10 @@ Rule 4. A deferred 1604 (Rule 2) goes out when its delay passes; an 828
 Rule 5. Every connection has one deadline at a time: ``message_deadline``
     for a message once its first byte came (extended by the 828 content
     received, at ``min_content_rate``), ``idle_timeout`` between messages,
-    and ``message_deadline`` for the first request.
+    and ``message_deadline`` for the first request. The idle time runs from
+    the end of the last request that succeeded, and again from the release
+    of its held answers: while they wait for the round's commit, the peer
+    waits for us, and is not idle.
 
 Rule 6. The first request's code names the edition's family
     (docs/EDITIONS.md); answers go out in the edition in use. A client is
@@ -276,6 +279,8 @@ class Session:
         now = app.monotonic()
         self._opened = now if opened is None else opened
         self._last_boundary = now
+        #: A request that succeeded since the last release of held answers (Rule 5).
+        self._succeeded_unanswered = False
         self._last_recv = now
         self._message_start: float | None = None
         self._message_content = 0
@@ -411,7 +416,8 @@ class Session:
         self, unstored: AbstractSet[InstallTicket],
         pending: AbstractSet[InstallTicket] = frozenset(),
     ) -> None:
-        """The round is durable and its files installed: queue the held answers, in order.
+        """The round is durable and its files installed: queue the held answers, in order;
+        the idle time restarts if a request that succeeded waited for them (Rule 5).
 
         The answer of a file whose ticket is in ``unstored`` becomes a 1607:
         that file could not take its name. The answers from the first one
@@ -434,6 +440,9 @@ class Session:
             crashpoints.reached("response.queued")
             if line is not None:
                 self._write_line(line)
+        if self._succeeded_unanswered:  # Rule 5: its answers go now; idle from now on
+            self._last_boundary = self.app.monotonic()
+            self._succeeded_unanswered = bool(self._held_answers)
 
     def data_to_send(self) -> bytes:
         """The answers queued since the last call (not those held: :meth:`release`)."""
@@ -766,6 +775,7 @@ class Session:
         self._seen_request = True
         if succeeded:
             self._last_boundary = self.app.monotonic()
+            self._succeeded_unanswered = True
 
     def _close(self, reason: str) -> None:
         """Reach the close verdict (the first reason stands); release the uploads now."""

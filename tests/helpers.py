@@ -320,13 +320,14 @@ def parse_answers(data: bytes) -> list:
     return found
 
 
-def make_identity(client, name: str | None = None) -> Identity:
+def make_identity(client, name: str | None = None, *, key=None) -> Identity:
     """Register and send a public key on this connection (anything with ``request``:
-    a :class:`RawClient`, or an in-process session's harness)."""
+    a :class:`RawClient`, or an in-process session's harness); ``key``: the RSA key
+    pair, else one from :func:`private_key` (which may make one: seconds when loaded)."""
     name = name or unique_name()
     registered = client.request(Register(client_id=ANY_ID, name=name))
     assert isinstance(registered, Registered), registered
-    key = private_key()
+    key = key if key is not None else private_key()
     answer = client.request(
         SendPublicKey(
             client_id=registered.client_id, name=name, public_key=crypto.export_public_key(key)

@@ -7,6 +7,9 @@ unix socket in the same folder); ``stop()`` stops it and deletes the folder.
 ``trust`` on the loopback). As root (CI) the cluster runs as the ``postgres``
 user, since PostgreSQL refuses to run as root.
 
+:func:`stalled_backend` stops one backend process (SIGSTOP) for a test of what
+the store does while its database does not answer.
+
 Without the binaries, :func:`find_binaries` returns None and the tests skip
 with :data:`INSTALL_LINE` (CI installs them: .ci/run).
 """
@@ -19,8 +22,11 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +43,8 @@ SUPERUSER = "postgres"
 LOOPBACK = "127.0.0.1"
 #: pg_ctl's own limit on waiting for the server to start or stop, in seconds.
 PG_CTL_WAIT = 60
+#: Seconds between two ticks of the thread that runs beside a stalled backend.
+STALL_TICK = 0.05
 _names = itertools.count()
 
 
@@ -189,3 +197,72 @@ class PostgresCluster:
             self._pg("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data))
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass
+class Stall:
+    """What a test sees while a backend is stopped (:func:`stalled_backend`)."""
+
+    #: When the thread beside the wait ran (``time.monotonic()``).
+    ticks: list[float] = field(default_factory=list)
+    #: When the wait timed by :meth:`waiting` began and ended.
+    began: float = 0.0
+    ended: float = 0.0
+    _resumer: subprocess.Popen | None = None
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Time a wait on the stopped backend (``began``, and ``ended`` when it returns)."""
+        self.began = time.monotonic()
+        yield
+        self.ended = time.monotonic()
+
+    @property
+    def waited(self) -> float:
+        """Seconds the timed wait lasted."""
+        return self.ended - self.began
+
+    @property
+    def ticks_while_waiting(self) -> int:
+        """How many times the other thread ran during the timed wait."""
+        return sum(self.began <= at <= self.ended for at in self.ticks)
+
+    @property
+    def resumed(self) -> bool:
+        """Whether the shell resumed the backend already (its ``resume_after`` passed)."""
+        return self._resumer is not None and self._resumer.poll() is not None
+
+
+@contextlib.contextmanager
+def stalled_backend(pid: int, resume_after: float | None = None) -> Iterator[Stall]:
+    """Backend ``pid`` stopped (SIGSTOP: a stalled disk or a network cut, its host still
+    acknowledging), a thread ticking beside it; resumed (SIGCONT) on exit.
+
+    With ``resume_after``, a shell resumes it that many seconds later whatever happens,
+    so that a wait that never gives up ends the test late rather than never.
+    """
+    stall = Stall()
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(STALL_TICK):
+            stall.ticks.append(time.monotonic())
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        if resume_after is not None:
+            stall._resumer = subprocess.Popen(
+                ["sh", "-c", f"sleep {resume_after:g}; kill -CONT {pid}"]
+            )
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            yield stall
+        finally:
+            stop.set()
+            ticker.join()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        if stall._resumer is not None:
+            stall._resumer.kill()
+            stall._resumer.wait()

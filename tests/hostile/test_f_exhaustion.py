@@ -236,10 +236,11 @@ def test_f2_peer_that_never_reads_cannot_grow_the_server(server_factory):
     pid = server.process.pid
     normal_flow(server)  # warm up
     alone = median_time(lambda: normal_flow(server))  # the baseline: no hog yet
+    key = private_key()  # before it connects: its idle timeout would count the making
     hog = small_window_client(server)
     # a flood of requests that succeed (a refusal would count toward
     # --max-errors and close it sooner): 901 for its own file, a 1604 each
-    hog_identity = make_identity(hog)
+    hog_identity = make_identity(hog, key=key)
     assert isinstance(upload(hog, hog_identity, "hog.bin", b"hog"), FileReceived)
     request = hog.conn.send(CrcRetry(client_id=hog_identity.client_id, file_name="hog.bin"))
     rss_before = proc_status(pid, "VmRSS")
@@ -301,11 +302,27 @@ def inprocess(tmp_path):
         server.stop()
 
 
+def _closing_line(caplog: pytest.LogCaptureFixture, port: int) -> str:
+    """The in-process server's closing line for the connection from ``port``, once logged."""
+
+    def logged() -> str | None:
+        for record in list(caplog.records):  # the loop's thread appends meanwhile
+            line = record.getMessage()
+            if re.match(rf"\S+:{port} .*? closed: ", line):
+                return line
+        return None
+
+    return wait_until(logged, f"a closing line for the connection from port {port}")
+
+
 def test_f2_outgoing_buffer_bound_in_process(inprocess, caplog):
     """The channel's own buffers, which the kernel hides from an outside client."""
     caplog.set_level(logging.INFO)
     max_outgoing = 1024
     server = inprocess(max_outgoing=max_outgoing, idle_timeout=1.5)
+    # its RSA key made before it connects: the hog's short idle timeout would
+    # count the making (seconds on a loaded machine)
+    key = private_key()
     # small segments: with loopback's 64 KiB MSS a receiver that opens its window
     # again sends no update, and the sender's zero-window probes back off for
     # longer than the test waits
@@ -313,7 +330,7 @@ def test_f2_outgoing_buffer_bound_in_process(inprocess, caplog):
     port = hog.sock.getsockname()[1]
     # requests that succeed (a refusal would count toward --max-errors): 901 for
     # its own file, a 1604 each
-    hog_identity = make_identity(hog)
+    hog_identity = make_identity(hog, key=key)
     assert isinstance(upload(hog, hog_identity, "hog.bin", b"hog"), FileReceived)
     request = hog.conn.send(CrcRetry(client_id=hog_identity.client_id, file_name="hog.bin"))
     (channel,) = [c for c in list(server.server.channels) if c.peer.port == port]
@@ -339,11 +356,12 @@ def test_f2_outgoing_buffer_bound_in_process(inprocess, caplog):
             time.sleep(0.01)
         except OSError:
             break  # the server closed it
-    wait_until(lambda: channel.closed, "the hog closed")
+    # the loop's thread logs the close after ``closed`` turns true: wait for its line
+    closing = _closing_line(caplog, port)
     assert others_served
     assert peak_out < max_outgoing + 64  # bounded: one response past the bound at most
     assert peak_in < 1100 * 1024  # at most one receive's worth plus a message
-    assert any("peer does not read" in r.getMessage() for r in caplog.records)
+    assert re.search(r" closed: timed out: peer does not read \(", closing), closing
     assert not any(r.exc_info for r in caplog.records)
     hog.close()
 

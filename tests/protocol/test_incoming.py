@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -56,15 +57,28 @@ def per_packet_packets(data: bytes, size: int = 1024, key=KEY):
     ]
 
 
+def first_packet(event: FilePacketStarted, key=KEY, **options) -> IncomingFile:
+    """The IncomingFile that ``event``, a file's first packet, begins."""
+    return IncomingFile(key, event, PacketOrder.of_first(event), **options)
+
+
+def packets_begun(packets, key=KEY) -> Iterator[tuple[IncomingFile, bytes]]:
+    """Each packet begun on one IncomingFile (made by the first): the file and the
+    packet's content, for the caller to receive and end."""
+    incoming = None
+    for event, content in packets:
+        if incoming is None:
+            incoming = first_packet(event, key)
+        else:
+            incoming.start_packet(event)
+        yield incoming, content
+
+
 def feed(packets, *, piece: int | None = None, key=KEY) -> tuple[bytes, IncomingFile]:
     """Run packets through an IncomingFile; content cut in pieces of ``piece``."""
     out = []
     incoming = None
-    for event, content in packets:
-        if incoming is None:
-            incoming = IncomingFile(key, event, PacketOrder.of_first(event))
-        else:
-            incoming.start_packet(event)
+    for incoming, content in packets_begun(packets, key):
         step = piece or max(len(content), 1)
         for i in range(0, len(content), step):
             out.append(bytes(incoming.receive(content[i : i + step])))  # a view until the next call
@@ -97,11 +111,7 @@ def feed_into(packets, *, piece: int, key=KEY) -> tuple[bytes, IncomingFile]:
     as the server's BufferedWriter does)."""
     held, filled = bytearray(), 0
     incoming = None
-    for event, content in packets:
-        if incoming is None:
-            incoming = IncomingFile(key, event, PacketOrder.of_first(event))
-        else:
-            incoming.start_packet(event)
+    for incoming, content in packets_begun(packets, key):
         for i in range(0, len(content), piece):
             data = content[i : i + piece]
             held.extend(bytes(IncomingFile.most_plain(len(data))))
@@ -152,7 +162,7 @@ def test_fill_longer_than_allowed_is_refused():
     content = ciphertext + bytes(MAX_ZERO_FILL + 1)
     with pytest.raises(RemoteProtocolError, match="more than content_size"):
         event = packet(1, 1, content, content_size=16, orig=10)[0]
-        IncomingFile(KEY, event, PacketOrder.of_first(event))
+        first_packet(event)
 
 
 def test_variant5_swapped_fields():
@@ -201,13 +211,13 @@ def test_variant6_plaintext_must_add_up_to_orig_size():
 def test_d1_content_size_must_fit_orig_size(content_size, orig):
     with pytest.raises(RemoteProtocolError, match="PKCS#7"):
         event = packet(1, 1, b"x" * content_size, content_size=content_size, orig=orig)[0]
-        IncomingFile(KEY, event, PacketOrder.of_first(event))
+        first_packet(event)
 
 
 def test_d1_content_size_over_the_limit():
     event, _ = packet(1, 2, b"\0" * 16, content_size=2048, orig=2040)
     with pytest.raises(RemoteProtocolError, match="over the limit"):
-        IncomingFile(KEY, event, PacketOrder.of_first(event), max_content_size=1024)
+        first_packet(event, max_content_size=1024)
 
 
 @pytest.mark.parametrize("number, total", [(0, 1), (1, 0), (0, 0), (2, 3), (3, 2)])
@@ -303,7 +313,7 @@ def feed_error(packets, key=KEY) -> str:
 def test_padding_byte_never_reaches_the_caller_before_the_check():
     data = os.urandom(70)
     (event, content), = whole_file_packets(data, 4096)
-    incoming = IncomingFile(KEY, event, PacketOrder.of_first(event))
+    incoming = first_packet(event)
     early = bytes(incoming.receive(content))
     assert early == data[:64]  # the last block, with the padding, is held back
     assert early + incoming.end_packet() == data
@@ -311,7 +321,7 @@ def test_padding_byte_never_reaches_the_caller_before_the_check():
 
 def test_events_out_of_order_are_local_errors():
     (event, content), = whole_file_packets(b"abc", 4096)
-    incoming = IncomingFile(KEY, event, PacketOrder.of_first(event))
+    incoming = first_packet(event)
     with pytest.raises(LocalProtocolError):
         incoming.end_packet()
     with pytest.raises(LocalProtocolError):

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import RawClient, make_identity, reconnect, upload
+from beside_upload import BASELINE_REQUESTS, round_trips_beside_an_upload
+from helpers import RawClient, make_identity, upload
 from loop_driving import PATIENCE, run_until, served_in_a_thread
 from protocol import FileReceived, cksum
 from server.app import App
@@ -37,9 +38,6 @@ PACKET = 64 * 1024
 BIG = bytes(range(256)) * (24 * PACKET // 256)  # 24 packets: at least 24 slow writes
 #: The port's bound in the test: a few packets, so that backpressure shows.
 BEHIND = 2 * PACKET
-BASELINE_REQUESTS = 5
-#: An answer this part of a write's pause late waited for one.
-SLOW_ANSWER = 0.9
 #: Answers that may wait for the seal (it waits for the writes still queued).
 SEAL_STALLS = 2
 #: Answers a loaded machine may hold as long of its own (one seen in CI beside benchmarks,
@@ -141,72 +139,36 @@ def slower(tmp_path):
         yield server, store
 
 
-def _round_trip(client: RawClient, identity) -> float:
-    started = time.monotonic()
-    reconnect(client, identity)
-    return time.monotonic() - started
-
-
 def test_the_loop_answers_another_client_while_a_slow_store_finishes_a_large_upload(
     slow_server,
 ):
-    address = slow_server.address[:2]
-    with RawClient(address) as other, RawClient(address) as uploader:
-        other_identity = make_identity(other)
-        uploader_identity = make_identity(uploader)
-        baseline = [_round_trip(other, other_identity) for _ in range(BASELINE_REQUESTS)]
-        answer: list = []
-        big = threading.Thread(
-            target=lambda: answer.append(upload(uploader, uploader_identity, "big.bin", BIG, PACKET))
-        )
-        started = time.monotonic()
-        big.start()
-        during = []
-        while big.is_alive():
-            during.append(_round_trip(other, other_identity))
-        big.join()
-        took = time.monotonic() - started
-    (received,) = answer
+    beside = round_trips_beside_an_upload(slow_server.address[:2], "big.bin", BIG, PACKET)
+    received = beside.answer
     assert isinstance(received, FileReceived) and received.cksum == cksum(BIG)
     # the upload took its slow writes' time; the other client was answered all along
-    assert took >= len(BIG) // PACKET * WRITE_PAUSE / 2
-    assert len(during) >= BASELINE_REQUESTS, (during, took)
+    assert beside.took >= len(BIG) // PACKET * WRITE_PAUSE / 2
+    assert len(beside.during) >= BASELINE_REQUESTS, (beside.during, beside.took)
     # as promptly as before it: an answer that waited for a slow write took
     # that long; only the seal, which waits for the few writes still queued,
     # may hold the loop (once)
-    waited = [took for took in during if took >= max(SLOW_ANSWER * WRITE_PAUSE,
-                                                      10 * max(baseline))]
-    assert len(waited) <= SEAL_STALLS + MACHINE_STALLS, (baseline, during)
+    waited = beside.waited(WRITE_PAUSE)
+    assert len(waited) <= SEAL_STALLS + MACHINE_STALLS, (beside.baseline, beside.round_trips)
 
 
 def test_the_loop_answers_another_client_while_a_slow_store_seals_and_publishes(slower):
     server, store = slower
-    address = server.address[:2]
     data = BIG[: 4 * PACKET]
-    with RawClient(address) as other, RawClient(address) as uploader:
-        other_identity = make_identity(other)
-        uploader_identity = make_identity(uploader)
-        baseline = [_round_trip(other, other_identity) for _ in range(BASELINE_REQUESTS)]
-        answer: list = []
-        big = threading.Thread(
-            target=lambda: answer.append(
-                upload(uploader, uploader_identity, "sealed.bin", data, PACKET))
-        )
-        big.start()
-        during = []  # (when it began, how long it took)
-        while big.is_alive():
-            began = time.monotonic()
-            during.append((began, _round_trip(other, other_identity)))
-        big.join()
-    (received,) = answer
+    beside = round_trips_beside_an_upload(server.address[:2], "sealed.bin", data, PACKET)
+    received = beside.answer
     assert isinstance(received, FileReceived) and received.cksum == cksum(data)
     # the round trips made while the store sealed and published the file
     (sealing,), (published,) = store.sealing, store.published
-    meanwhile = [took for began, took in during if sealing <= began <= published - SEAL_PAUSE]
-    assert len(meanwhile) >= BASELINE_REQUESTS, (during, sealing, published)
+    meanwhile = [took for began, took in beside.during
+                 if sealing <= began <= published - SEAL_PAUSE]
+    assert len(meanwhile) >= BASELINE_REQUESTS, (beside.during, sealing, published)
     # none waited for the seal or the publish
-    slow = max(SLOW_ANSWER * SEAL_PAUSE, 10 * max(baseline))
-    assert all(took < slow for took in meanwhile), (baseline, meanwhile)
+    slow = beside.slow(SEAL_PAUSE)
+    assert all(took < slow for took in meanwhile), (beside.baseline, meanwhile)
 
 
 class GatedFolder(FolderBlobs):

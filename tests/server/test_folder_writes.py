@@ -10,7 +10,8 @@ import threading
 import time
 
 import pytest
-from helpers import RawClient, make_identity, reconnect, upload
+from beside_upload import BASELINE_REQUESTS, round_trips_beside_an_upload
+from helpers import RawClient, make_identity, upload
 from loop_driving import served_in_a_thread
 from protocol import FileReceived, GeneralError, cksum, crypto
 from server import blobport
@@ -25,9 +26,6 @@ WRITE_PAUSE = 0.15
 #: The port's bounds in the tests: a few packets, so that backpressure shows.
 BEHIND = 2 * PACKET
 HOLD = 2 * PACKET
-BASELINE_REQUESTS = 5
-#: An answer this part of a write's pause late waited for one.
-SLOW_ANSWER = 0.9
 #: Answers that may wait for a write: the round that seals the upload writes what it
 #: holds, after the writes still queued (no request is taken while a round commits).
 SEAL_STALLS = 2
@@ -117,36 +115,14 @@ def test_the_loop_thread_neither_writes_nor_removes_an_uploads_file(noted, data)
         assert {thread for call, thread in store.calls if call == "write"} == {"round-storage"}
 
 
-def _round_trip(client: RawClient, identity) -> float:
-    started = time.monotonic()
-    reconnect(client, identity)
-    return time.monotonic() - started
-
-
 def test_the_loop_answers_another_client_while_a_folder_write_is_held_up(throttled):
     server, _store = throttled
-    address = server.address[:2]
-    with RawClient(address) as other, RawClient(address) as uploader:
-        other_identity = make_identity(other)
-        uploader_identity = make_identity(uploader)
-        baseline = [_round_trip(other, other_identity) for _ in range(BASELINE_REQUESTS)]
-        answer: list = []
-        big = threading.Thread(
-            target=lambda: answer.append(
-                upload(uploader, uploader_identity, "big.bin", LARGE, PACKET)
-            )
-        )
-        big.start()
-        during = []
-        while big.is_alive():
-            during.append(_round_trip(other, other_identity))
-        big.join()
-    (received,) = answer
+    beside = round_trips_beside_an_upload(server.address[:2], "big.bin", LARGE, PACKET)
+    received = beside.answer
     assert isinstance(received, FileReceived) and received.cksum == cksum(LARGE)
-    assert len(during) >= BASELINE_REQUESTS, during
-    waited = [took for took in during if took >= max(SLOW_ANSWER * WRITE_PAUSE,
-                                                      10 * max(baseline))]
-    assert len(waited) <= SEAL_STALLS, (baseline, during)
+    assert len(beside.during) >= BASELINE_REQUESTS, beside.round_trips
+    waited = beside.waited(WRITE_PAUSE)
+    assert len(waited) <= SEAL_STALLS, (beside.baseline, beside.round_trips)
 
 
 def test_what_an_upload_holds_stays_bounded_while_its_writes_are_slow(throttled, monkeypatch):

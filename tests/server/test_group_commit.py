@@ -35,6 +35,7 @@ from protocol import (
     CrcOk,
     FileReceived,
     GeneralError,
+    PublicKeyReceived,
     Register,
     Registered,
     SendPublicKey,
@@ -213,6 +214,52 @@ def _identity(server: Server, client: RawClient) -> Identity:
     answer = _ask(server, client, SendPublicKey(client_id=registered.client_id, name=name, public_key=public))
     aes_key = crypto.decrypt_aes_key(key, answer.encrypted_aes_key)
     return Identity(name, registered.client_id, key, aes_key)
+
+
+#: The idle timeout of the test's server (s, on its own clock).
+IDLE = 1.0
+
+
+class _Clock:
+    """A monotonic clock the test moves (a round's commit takes what the test says)."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_commit_slower_than_the_idle_timeout_does_not_time_out_the_client_it_kept_waiting(
+    tmp_path, monkeypatch
+):
+    # the time a request's answer waits for the round's commit is the server's: the idle
+    # timeout counts from the answer's release (server/session.py Rule 5)
+    clock = _Clock()
+    db = SqliteMetadata.open(tmp_path / DB_NAME)
+    server = Server(App.build(db, FolderBlobs(tmp_path), Limits(idle_timeout=IDLE), clock),
+                    create_listener("127.0.0.1", 0))
+    client = RawClient(server.address[:2])
+    try:
+        run_until(server, lambda: len(server.channels) == 1)
+
+        def slow_commit() -> None:
+            clock.now += 2 * IDLE
+
+        _on_durable_commit(db, monkeypatch, slow_commit)
+        name = unique_name()
+        registered = _ask(server, client, Register(client_id=ANY_ID, name=name))
+        assert isinstance(registered, Registered), registered
+        server.run_once()  # the timers: none is due
+        assert len(server.channels) == 1, "closed as idle while it waited for its answer"
+        public = crypto.export_public_key(private_key())
+        answer = _ask(server, client, SendPublicKey(
+            client_id=registered.client_id, name=name, public_key=public))
+        assert isinstance(answer, PublicKeyReceived), answer
+    finally:
+        client.close()
+        server.close()
+        db.close()
 
 
 def _rows_seen_by_another_connection(path) -> dict[bytes, tuple[str, int]]:

@@ -19,7 +19,7 @@ import pytest
 from helpers import ANY_ID, raw_header, server_env, unique_name
 from protocol import ConnectionClosed, GeneralError, Register, Registered
 from server.storage.postgres import schema
-from backends.postgres import SUPERUSER
+from backends.postgres import SUPERUSER, stalled_backend
 from backends.relay import Relay
 from test_admin import admin, no_traceback, verified_upload
 
@@ -242,9 +242,6 @@ def test_a_backend_that_stalls_gets_its_request_refused_after_the_patience_and_s
     that needs the database is refused with 1607 after the store's patience, not held
     until the backend resumes, and the server serves again by itself (a new connection),
     the stopped backend still stopped."""
-    import os
-    import signal
-
     from server.storage.postgres.connect import APPLICATION_NAME
     from server.storage.postgres.store import ANSWER_PATIENCE
 
@@ -256,26 +253,18 @@ def test_a_backend_that_stalls_gets_its_request_refused_after_the_patience_and_s
             " WHERE application_name = %s AND datname = current_database()", (APPLICATION_NAME,)
         ).fetchall()
     resume_after = ANSWER_PATIENCE * STALL_RESUME_AFTER
-    os.kill(backend, signal.SIGSTOP)
-    resumer = subprocess.Popen(["sh", "-c", f"sleep {resume_after:g}; kill -CONT {backend}"])
-    try:
-        with server.client() as stalled:
-            began = time.monotonic()
+    with stalled_backend(backend, resume_after) as stall:
+        with server.client() as stalled, stall.waiting():
             answer = stalled.request(
                 Register(client_id=ANY_ID, name=unique_name()), timeout=2 * resume_after
             )
-            ended = time.monotonic()
         assert isinstance(answer, GeneralError), answer
-        assert ended - began < resume_after  # given up, not resumed
+        assert stall.waited < resume_after  # given up, not resumed
         given_up = time.monotonic() + RESUME_PATIENCE
         while not _registered_once(server):  # connected again, off the loop
             assert time.monotonic() < given_up, "the server never served again"
             time.sleep(RESUME_POLL)
-        assert resumer.poll() is None, "served only once the backend resumed"
-    finally:
-        os.kill(backend, signal.SIGCONT)
-        resumer.kill()
-        resumer.wait()
+        assert not stall.resumed, "served only once the backend resumed"
     assert server.process.poll() is None
     log = server.log()
     assert log.count("the connection is lost (no answer within") == 1, log

@@ -581,6 +581,23 @@ def test_deadlines_follow_the_message(harness):
     assert session.deadline() == (harness.clock.now + limits.idle_timeout, "idle")
 
 
+def test_the_idle_time_runs_from_the_release_of_the_answer_a_request_waited_for(harness):
+    # a round's commit slower than the idle timeout: the peer waited for its answer, it
+    # was not idle; a refusal's answer restarts nothing (Rule 3)
+    limits = harness.app.limits
+    session = harness.session()
+    who = identity(harness, session)
+    feed(session, Register(client_id=ANY_ID, name=unique_name()))
+    harness.clock.now += 2 * limits.idle_timeout  # the round's commit
+    answers(session)
+    released = harness.clock.now
+    assert session.deadline() == (released + limits.idle_timeout, "idle")
+    feed(session, CrcOk(client_id=who.client_id, file_name="never-sent.bin"))
+    harness.clock.now += limits.idle_timeout / 2
+    assert [type(a) for a in answers(session)] == [GeneralError]
+    assert session.deadline() == (released + limits.idle_timeout, "idle")
+
+
 # -- what the session does not hold -----------------------------------------------------------
 
 

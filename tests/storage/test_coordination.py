@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from backends.postgres import stalled_backend
 from helpers import server_env
 
 from server.errors import StorageFault, StoreUnusable
@@ -41,8 +42,6 @@ RELEASE_WAIT = 10.0
 RELEASE_POLL = 0.01
 #: A stopped backend is resumed this many times the coordination's patience later.
 STALL_RESUME_AFTER = 4
-#: Seconds between two ticks of a thread running beside a stalled read.
-STALL_TICK = 0.05
 #: Ticks that must come while the read waits (of the ~60 its patience holds).
 STALL_TICKS_SEEN = 5
 
@@ -347,8 +346,6 @@ def test_a_stalled_backend_fails_the_settle_after_its_patience_and_other_threads
     for lost, and the process's other threads run meanwhile, where libpq's PQgetResult
     waited for ever holding them all. A shell resumes the backend later whatever happens,
     so that the code before the fix ends the test late rather than never."""
-    import os
-
     from server.storage.postgres.coordination import ANSWER_PATIENCE, PgCoordination
 
     a = PgCoordination(postgres_url, "a", LEASE)
@@ -357,35 +354,17 @@ def test_a_stalled_backend_fails_the_settle_after_its_patience_and_other_threads
     a.settle()
     assert a.take_upload(lease(ALICE, b"f.bin"))
     backend = a._connect().info.backend_pid
-    ticks: list[float] = []
-    stop = threading.Event()
-
-    def tick() -> None:
-        while not stop.wait(STALL_TICK):
-            ticks.append(time.monotonic())
-
-    os.kill(backend, signal.SIGSTOP)
-    resumer = subprocess.Popen(
-        ["sh", "-c", f"sleep {ANSWER_PATIENCE * STALL_RESUME_AFTER:g}; kill -CONT {backend}"]
-    )
-    ticker = threading.Thread(target=tick, daemon=True)
     try:
-        a.release_upload(ALICE, b"f.bin")  # sent; the stopped backend never answers
-        ticker.start()
-        began = time.monotonic()
-        a.settle()
-        ended = time.monotonic()
+        with stalled_backend(backend, ANSWER_PATIENCE * STALL_RESUME_AFTER) as stall:
+            a.release_upload(ALICE, b"f.bin")  # sent; the stopped backend never answers
+            with stall.waiting():
+                a.settle()
     finally:
-        os.kill(backend, signal.SIGCONT)
-        resumer.kill()
-        resumer.wait()
-        stop.set()
-        ticker.join()
         a.close()
     assert "no answer within" in caplog.text
     assert a._connection is None  # taken for lost (made again at the next call)
-    assert ended - began < ANSWER_PATIENCE * STALL_RESUME_AFTER  # gave up, not resumed
-    assert sum(began <= at <= ended for at in ticks) >= STALL_TICKS_SEEN
+    assert stall.waited < ANSWER_PATIENCE * STALL_RESUME_AFTER  # gave up, not resumed
+    assert stall.ticks_while_waiting >= STALL_TICKS_SEEN
 
 
 @pytest.mark.needed_in_ci
@@ -396,41 +375,18 @@ def test_a_stalled_backend_fails_a_waited_call_after_its_patience_and_other_thre
     deadline): it fails with a StorageFault after ANSWER_PATIENCE, the connection taken
     for lost, the other threads running meanwhile; the next calls are served once it is
     made again."""
-    import os
-
     from server.storage.postgres.coordination import ANSWER_PATIENCE, PgCoordination
 
     a = PgCoordination(postgres_url, "a", LEASE)
     assert not a.registration_held_elsewhere(ALICE)
     backend = a._connect().info.backend_pid
-    ticks: list[float] = []
-    stop = threading.Event()
-
-    def tick() -> None:
-        while not stop.wait(STALL_TICK):
-            ticks.append(time.monotonic())
-
-    os.kill(backend, signal.SIGSTOP)
-    resumer = subprocess.Popen(
-        ["sh", "-c", f"sleep {ANSWER_PATIENCE * STALL_RESUME_AFTER:g}; kill -CONT {backend}"]
-    )
-    ticker = threading.Thread(target=tick, daemon=True)
-    try:
-        ticker.start()
-        began = time.monotonic()
-        with pytest.raises(StorageFault, match="no answer within"):
+    with stalled_backend(backend, ANSWER_PATIENCE * STALL_RESUME_AFTER) as stall:
+        with stall.waiting(), pytest.raises(StorageFault, match="no answer within"):
             a.registration_held_elsewhere(ALICE)
-        ended = time.monotonic()
-    finally:
-        os.kill(backend, signal.SIGCONT)
-        resumer.kill()
-        resumer.wait()
-        stop.set()
-        ticker.join()
     try:
         assert a._connection is None  # taken for lost (made again at the next call)
-        assert ended - began < ANSWER_PATIENCE * STALL_RESUME_AFTER  # gave up, not resumed
-        assert sum(began <= at <= ended for at in ticks) >= STALL_TICKS_SEEN
+        assert stall.waited < ANSWER_PATIENCE * STALL_RESUME_AFTER  # gave up, not resumed
+        assert stall.ticks_while_waiting >= STALL_TICKS_SEEN
         given_up = time.monotonic() + RELEASE_WAIT
         while True:  # served again once connected again (off this thread)
             try:

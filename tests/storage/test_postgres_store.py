@@ -13,6 +13,7 @@ import time
 
 import psycopg
 import pytest
+from backends.postgres import stalled_backend
 
 from server.errors import BadStoreUrl, LeaseLost, NameTaken, StorageFault, StoreUnusable
 from server.storage.factory import metadata_url
@@ -349,10 +350,6 @@ def test_a_commit_the_database_leaves_unanswered_is_given_up_and_the_store_serve
     """A backend that stops answering (stopped by SIGSTOP here: a stalled disk, a network
     cut) loses the round after the commit's patience: the wait on it, the loop's and a
     stop's, ends rather than blocking for ever; the next round has a new connection."""
-    import os
-    import signal
-    import threading
-
     from server.storage.base import wait_for
     from server.storage.postgres import roundcommit
 
@@ -371,14 +368,13 @@ def test_a_commit_the_database_leaves_unanswered_is_given_up_and_the_store_serve
         except StorageFault as exc:
             outcome.append(exc)
 
-    os.kill(pid, signal.SIGSTOP)
+    waiting = threading.Thread(target=wait, daemon=True)
     try:
-        waiting = threading.Thread(target=wait, daemon=True)
-        waiting.start()
-        waiting.join(WAIT_PATIENCE)
-        given_up = list(outcome)
+        with stalled_backend(pid):
+            waiting.start()
+            waiting.join(WAIT_PATIENCE)
+            given_up = list(outcome)
     finally:
-        os.kill(pid, signal.SIGCONT)
         waiting.join()
     assert len(given_up) == 1 and isinstance(given_up[0], StorageFault), given_up
     assert "did not answer" in str(given_up[0])
@@ -501,8 +497,6 @@ def test_a_sessions_writes_are_called_prepared(store):
 #: A stopped backend is resumed this many times the store's patience later (by a shell, so
 #: that the code before the deadline ends the test late rather than never).
 STALL_RESUME_AFTER = 4
-#: Seconds between two ticks of a thread running beside a stalled read.
-STALL_TICK = 0.05
 #: Ticks that must come while the read waits (of the ~100 its patience holds).
 STALL_TICKS_SEEN = 5
 
@@ -515,42 +509,17 @@ def test_a_stalled_backend_fails_a_read_after_its_patience_and_the_store_serves_
     connection taken for lost, and the process's other threads run meanwhile, where the
     wait had no deadline and kept the loop until the backend resumed; the connection is
     made again by itself."""
-    import os
-    import signal
-    import subprocess
-
     from server.storage.postgres.store import ANSWER_PATIENCE
 
     register(store, ALICE, "alice")
     store.finish_round(durable=True)
     backend = store._live().info.backend_pid
-    ticks: list[float] = []
-    stop = threading.Event()
-
-    def tick() -> None:
-        while not stop.wait(STALL_TICK):
-            ticks.append(time.monotonic())
-
-    os.kill(backend, signal.SIGSTOP)
-    resumer = subprocess.Popen(
-        ["sh", "-c", f"sleep {ANSWER_PATIENCE * STALL_RESUME_AFTER:g}; kill -CONT {backend}"]
-    )
-    ticker = threading.Thread(target=tick, daemon=True)
-    try:
-        ticker.start()
-        began = time.monotonic()
-        with pytest.raises(StorageFault, match="no answer within"):
+    with stalled_backend(backend, ANSWER_PATIENCE * STALL_RESUME_AFTER) as stall:
+        with stall.waiting(), pytest.raises(StorageFault, match="no answer within"):
             store.client_by_id(ALICE)
-        ended = time.monotonic()
-    finally:
-        os.kill(backend, signal.SIGCONT)
-        resumer.kill()
-        resumer.wait()
-        stop.set()
-        ticker.join()
     assert caplog.text.count("no answer within") == 1  # one line
-    assert ended - began < ANSWER_PATIENCE * STALL_RESUME_AFTER  # gave up, not resumed
-    assert sum(began <= at <= ended for at in ticks) >= STALL_TICKS_SEEN
+    assert stall.waited < ANSWER_PATIENCE * STALL_RESUME_AFTER  # gave up, not resumed
+    assert stall.ticks_while_waiting >= STALL_TICKS_SEEN
     until_connected(store)  # connects again by itself
     found = store.client_by_id(ALICE)
     assert found is not None and found.name == "alice"

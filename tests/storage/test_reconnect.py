@@ -4,9 +4,9 @@ database (the attempts are functions the test controls)."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
+from timing_helpers import wait_until
 
 from server.errors import StorageFault
 from server.storage.postgres.reconnect import Reconnection
@@ -47,13 +47,26 @@ class Attempts:
 
 def taken(reconnection: Reconnection, attempts: Attempts) -> object:
     """The connection, once the attempt's thread has handed it over."""
-    given_up = time.monotonic() + PATIENCE
-    while True:
+
+    def handed_over() -> object | None:
         try:
             return reconnection.take(attempts.make)
         except StorageFault:
-            assert time.monotonic() < given_up, "never handed over"
-            time.sleep(POLL)
+            return None
+
+    return wait_until(handed_over, "never handed over", PATIENCE, POLL)
+
+
+def refusal_after_the_attempt(reconnection: Reconnection, attempts: Attempts) -> StorageFault:
+    """What a call is refused with once the attempt's thread has failed (until then, each
+    call is refused as "connecting again")."""
+
+    def failed() -> StorageFault | None:
+        with pytest.raises(StorageFault) as refused:
+            reconnection.take(attempts.make)
+        return None if "connecting again" in str(refused.value) else refused.value
+
+    return wait_until(failed, "the failed attempt never refused a call", PATIENCE, POLL)
 
 
 def test_a_call_during_the_attempt_is_refused_at_once_and_the_made_connection_handed_over_once():
@@ -74,15 +87,8 @@ def test_a_failed_attempt_refuses_with_its_reason_until_the_interval_has_passed(
     reconnection: Reconnection[object] = Reconnection("coordination", LONG_INTERVAL, list.append)
     reconnection.start(attempts.make)
     attempts.end(StorageFault("cannot connect: timeout expired"))
-    given_up = time.monotonic() + PATIENCE
-    while True:
-        with pytest.raises(StorageFault) as refused:
-            reconnection.take(attempts.make)
-        if "connecting again" not in str(refused.value):
-            break
-        assert time.monotonic() < given_up
-        time.sleep(POLL)
-    assert str(refused.value) == (
+    refused = refusal_after_the_attempt(reconnection, attempts)
+    assert str(refused) == (
         "coordination: unreachable (cannot connect: timeout expired), trying again shortly"
     )
     assert attempts.started == 1  # no new attempt within the interval
@@ -96,10 +102,7 @@ def test_a_connection_made_after_the_owner_closed_is_discarded():
     reconnection.close()
     connection = object()
     attempts.end(connection)
-    given_up = time.monotonic() + PATIENCE
-    while not discarded:
-        assert time.monotonic() < given_up, "never discarded"
-        time.sleep(POLL)
+    wait_until(lambda: discarded, "never discarded", PATIENCE, POLL)
     assert discarded == [connection]
     reconnection.start(attempts.make)  # closed: no attempt any more
     assert attempts.started == 1
@@ -110,15 +113,8 @@ def test_a_surprise_in_the_attempt_is_a_failed_attempt_with_its_reason_and_no_tr
     reconnection: Reconnection[object] = Reconnection("database", LONG_INTERVAL, list.append)
     reconnection.start(attempts.make)
     attempts.end(KeyError("sslmode"))  # not a StorageFault: a library's own surprise
-    given_up = time.monotonic() + PATIENCE
-    while True:
-        with pytest.raises(StorageFault) as refused:
-            reconnection.take(attempts.make)
-        if "connecting again" not in str(refused.value):
-            break
-        assert time.monotonic() < given_up
-        time.sleep(POLL)
-    assert str(refused.value) == (
+    refused = refusal_after_the_attempt(reconnection, attempts)
+    assert str(refused) == (
         "database: unreachable (unexpected KeyError: 'sslmode'), trying again shortly"
     )
     assert "Traceback" not in capsys.readouterr().err
