@@ -1,7 +1,8 @@
 """A local folder's blob writes and aborts off the loop thread (server/blobport.py
 ``BufferedWriter``): a small upload is written by its round's job, a large one by the
 blob port's worker, one chunk per loop round; a write held up by the disk stalls no one
-else, and what an upload holds in memory stays bounded while its writes are slow.
+else, and what an upload holds in memory stays bounded while its writes are slow. The
+sweeper's deletions of garbage are the port's worker's too: a slow one stalls no one.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import time
 
 import pytest
 from helpers import RawClient, make_identity, reconnect, upload
-from loop_driving import served_in_a_thread
+from loop_driving import PATIENCE, TURN_PAUSE, served_in_a_thread
 from protocol import FileReceived, GeneralError, cksum, crypto
-from server import blobport
-from server.storage.folder import FolderBlobs, TempFile
+from server import app as app_module, blobport
+from server.storage import new_blob_key, sweep
+from server.storage.base import UnpublishedBlob
+from server.storage.folder import TEMP_PREFIX, FolderBlobs, TempFile
 
 PACKET = 64 * 1024
 SMALL = b"small upload" * 100
@@ -198,3 +201,67 @@ def test_a_folder_uploads_content_is_decrypted_into_reused_held_buffers(noted, m
     assert not copied, copied
     assert len(handed) > 2 * blobport.SPARE_BUFFERS, handed
     assert len(buffers) <= blobport.SPARE_BUFFERS + 1, (len(buffers), len(handed))
+
+
+class SweptSlowly(NotedFolder):
+    """The noted folder store, each deletion of garbage noted, then waiting until the test
+    opens :attr:`gate`; :attr:`deleting` is set while one is under way."""
+
+    def __init__(self, data_dir) -> None:
+        super().__init__(data_dir)
+        self.gate = threading.Event()
+        self.deleting = threading.Event()
+
+    def delete_unpublished(self, blob: UnpublishedBlob) -> None:
+        self.calls.append(("delete", threading.current_thread().name))
+        self.deleting.set()
+        try:
+            self.gate.wait(PATIENCE)
+            super().delete_unpublished(blob)
+        finally:
+            self.deleting.clear()
+
+
+#: Seconds between two sweeps in the test (its grace is none): a sweep begins at once.
+SWEEP_INTERVAL = 0.05
+#: A client id whose folder holds the garbage.
+GARBAGE_OWNER = bytes(range(16))
+
+
+def _garbage_files(store: FolderBlobs) -> list:
+    return sorted(store.root.glob(f"*/{TEMP_PREFIX}*"))
+
+
+def test_the_loop_answers_another_client_while_the_sweeper_deletes_garbage(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(app_module, "GARBAGE_GRACE", SWEEP_INTERVAL)
+    monkeypatch.setattr(sweep, "GARBAGE_GRACE", 0.0)
+    store = SweptSlowly(tmp_path)
+    for _ in range(3):  # sealed blobs no row points at (an upload a crash cut short)
+        writer = store.begin(GARBAGE_OWNER, new_blob_key())
+        writer.write(b"no row points at it")
+        writer.seal()
+    assert len(_garbage_files(store)) == 3
+    try:
+        for server in _serve(tmp_path, store):
+            assert store.deleting.wait(PATIENCE), "the sweeper never began deleting"
+            with RawClient(server.address[:2]) as client:
+                identity = make_identity(client)
+                reconnect(client, identity)  # 827 -> 1602 (asserted)
+                # answered while the sweep's first deletion waits on the gate
+                assert store.deleting.is_set()
+                store.gate.set()
+                kept = upload(client, identity, "kept.bin", SMALL, PACKET)
+            assert isinstance(kept, FileReceived) and kept.cksum == cksum(SMALL)
+            give_up = time.monotonic() + PATIENCE
+            while _garbage_files(store):
+                assert time.monotonic() < give_up, "the garbage was never deleted"
+                time.sleep(TURN_PAUSE)
+            time.sleep(10 * SWEEP_INTERVAL)  # more sweeps: the stored file stays
+            stored = list(store.root.glob(f"{identity.client_id.hex()}/*"))
+            assert [path.read_bytes() for path in stored] == [SMALL]
+    finally:
+        store.gate.set()
+    deleted_in = {thread for call, thread in store.calls if call == "delete"}
+    assert deleted_in == {"blob-writes"}, store.calls
