@@ -7,11 +7,12 @@ sweeper's deletions of garbage are the port's worker's too: a slow one stalls no
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
 import pytest
-from helpers import RawClient, make_identity, reconnect, upload
+from helpers import RawClient, file_packets, make_identity, reconnect, upload
 from loop_driving import PATIENCE, TURN_PAUSE, served_in_a_thread
 from protocol import FileReceived, GeneralError, cksum, crypto
 from server import app as app_module, blobport
@@ -38,9 +39,11 @@ SEAL_STALLS = 2
 
 class NotedFolder(FolderBlobs):
     """The folder store, noting the thread of each write and removal of an upload's file;
-    each write takes ``write_pause``; the publish of a name ending ``fails.bin`` fails."""
+    each write takes ``write_pause``, each removal ``abort_pause``; the publish of a name
+    ending ``fails.bin`` fails."""
 
     write_pause = 0.0
+    abort_pause = 0.0
 
     def __init__(self, data_dir) -> None:
         super().__init__(data_dir)
@@ -57,6 +60,7 @@ class NotedFolder(FolderBlobs):
 
         def abort() -> None:
             self.calls.append(("abort", threading.current_thread().name))
+            time.sleep(self.abort_pause)
             real_abort()
 
         writer.write = write  # type: ignore[method-assign]
@@ -69,6 +73,12 @@ class NotedFolder(FolderBlobs):
 
             raise StorageFault("cannot install a received file: Input/output error")
         super().publish(key, path_name)
+
+
+class SlowlyRemoved(NotedFolder):
+    """Each removal of an upload's file takes ABORT_PAUSE (a disk under load)."""
+
+    abort_pause = 0.3
 
 
 class ThrottledFolder(NotedFolder):
@@ -96,6 +106,13 @@ def noted(tmp_path):
 @pytest.fixture
 def throttled(tmp_path):
     store = ThrottledFolder(tmp_path)
+    for server in _serve(tmp_path, store):
+        yield server, store
+
+
+@pytest.fixture
+def slowly_removed(tmp_path):
+    store = SlowlyRemoved(tmp_path)
     for server in _serve(tmp_path, store):
         yield server, store
 
@@ -265,3 +282,26 @@ def test_the_loop_answers_another_client_while_the_sweeper_deletes_garbage(
         store.gate.set()
     deleted_in = {thread for call, thread in store.calls if call == "delete"}
     assert deleted_in == {"blob-writes"}, store.calls
+
+
+@pytest.mark.parametrize("layout", ["one-packet", "packets", "out-of-order"])
+def test_a_refused_uploads_file_is_gone_when_its_refusal_arrives(slowly_removed, layout):
+    # its removal is the blob port's worker's (slow here): the 1607 waits for it
+    server, store = slowly_removed
+    with RawClient(server.address[:2]) as client:
+        identity = make_identity(client)
+        packets = file_packets(identity, "refused.bin", LARGE[: 4 * PACKET], PACKET)
+        if layout == "one-packet":
+            packets = file_packets(identity, "refused.bin", SMALL, PACKET)
+        if layout == "out-of-order":  # the third after the first: the attempt fails there
+            sent = [packets[0], packets[2]]
+        else:  # a plaintext size that is not the file's: refused at its end
+            sent = [dataclasses.replace(packet, orig_file_size=packet.orig_file_size + 3)
+                    for packet in packets]
+        for packet in sent:
+            client.send(packet)
+        answer = client.receive()
+        left = _garbage_files(store)  # at once: no waiting
+    assert isinstance(answer, GeneralError), answer
+    assert left == []
+    assert ("abort", "blob-writes") in store.calls, store.calls
