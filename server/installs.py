@@ -26,7 +26,9 @@ only once its seal is done (:meth:`RoundInstalls.wait_sealed`). Their
 answers stay held meanwhile (:attr:`RoundInstalls.pending`), and the loop
 goes on; what follows a publish in the metadata (a failed first upload's
 row removed) is done in the loop thread when the worker reports it, the
-stores free.
+stores free. A refused upload's blob that the port's worker removes holds
+the refusal's answer the same way (:meth:`RoundInstalls.abort`): a client
+told of the failure finds nothing left of it.
 """
 
 from __future__ import annotations
