@@ -327,7 +327,10 @@ class App:
             shares=shares,
             sweeper=Sweeper(
                 reads, blobs, clock, uploads.live_blob_keys,
-                uploads.port.run if blobs.slow_writes else run_here,
+                list_in=uploads.port.run if blobs.slow_writes else run_here,
+                # where its writes go: a store whose writes the loop thread does (in memory)
+                # deletes there too
+                delete_in=uploads.port.run if _writes_off_loop(blobs) else run_here,
             ),
             coordination=coordination,
             live_registrations=LiveRegistrations(coordination),
@@ -345,3 +348,8 @@ class App:
     def monotonic(self) -> float:
         """The loop's clock (deadlines, elapsed times)."""
         return self.timers.clock()
+
+
+def _writes_off_loop(blobs: BlobStore) -> bool:
+    """Whether the blob port's worker does the store's writes (server/blobport.py)."""
+    return blobs.slow_writes or blobs.buffered_writes

@@ -36,7 +36,9 @@ reported in the loop thread: :meth:`BlobPort.on_ready` collects the jobs
 done, and :meth:`BlobPort.run_finished` calls what waits on them, when the
 loop may call the stores again (not while a round's commit is under way).
 The answers that report such a job are held until it is done
-(server/installs.py); the write order of server/storage/commit.py is kept.
+(server/installs.py: a seal, a publish, a refused upload's abort); the
+sweeper's deletions of garbage are such jobs too (server/storage/sweep.py).
+The write order of server/storage/commit.py is kept.
 """
 
 from __future__ import annotations

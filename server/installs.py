@@ -26,7 +26,9 @@ only once its seal is done (:meth:`RoundInstalls.wait_sealed`). Their
 answers stay held meanwhile (:attr:`RoundInstalls.pending`), and the loop
 goes on; what follows a publish in the metadata (a failed first upload's
 row removed) is done in the loop thread when the worker reports it, the
-stores free.
+stores free. A refused upload's blob that the port's worker removes holds
+the refusal's answer the same way (:meth:`RoundInstalls.abort`): a client
+told of the failure finds nothing left of it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING, AbstractSet, Callable
 
 from protocol.printable import quoted
 
-from .blobport import QueuedWriter
+from .blobport import BufferedWriter, QueuedWriter
 from .errors import StorageFault
 from .outcome import InstallTicket
 from .roundjob import RoundJob
@@ -89,6 +91,14 @@ class _Sealing(InstallTicket):
     writer: QueuedWriter
 
 
+@dataclass(frozen=True, eq=False)
+class _Aborting(InstallTicket):
+    """A blob the port's worker removes: the answer that reports its upload's failure waits
+    for it (:meth:`RoundInstalls.abort`)."""
+
+    writer: BlobWriter
+
+
 class RoundInstalls:
     """The round's blobs, waiting for the round to be durable to be published."""
 
@@ -124,6 +134,8 @@ class RoundInstalls:
         self._durable = False
         #: Tickets whose blob the port's worker is still sealing or publishing.
         self._pending: set[_Publish | _Sealing] = set()
+        #: The blobs the port's worker is still removing, with their tickets.
+        self._aborting: dict[BlobWriter, _Aborting] = {}
         #: Blobs completed in the round: sealed at its end, before its publishes.
         self._to_seal: list[_Seal] = []
         #: Runs each round's seals, durable step and publishes (:meth:`begin_round`).
@@ -285,8 +297,31 @@ class RoundInstalls:
 
     @property
     def pending(self) -> AbstractSet[InstallTicket]:
-        """The tickets whose blob the port's worker is still sealing or publishing."""
+        """The tickets whose blob the port's worker is still sealing, publishing or
+        removing."""
+        if self._aborting:
+            return frozenset([*self._pending, *self._aborting.values()])
         return frozenset(self._pending)
+
+    def abort(self, writer: BlobWriter) -> None:
+        """Give a blob up; if the port's worker removes it, the answer that reports its
+        failure waits for that (:meth:`aborting`), so that a client told of the failure
+        finds nothing left of it."""
+        writer.abort()
+        queued = writer.queued if isinstance(writer, BufferedWriter) else writer
+        if not isinstance(queued, QueuedWriter):
+            return  # the store's abort is done (or left to the sweeper)
+        ticket = _Aborting(writer)
+        self._aborting[writer] = ticket
+        queued.then(_nothing, functools.partial(self._aborted, ticket))
+
+    def _aborted(self, ticket: _Aborting, error: StorageFault | None) -> None:
+        if self._aborting.get(ticket.writer) is ticket:
+            del self._aborting[ticket.writer]
+
+    def aborting(self, writer: BlobWriter) -> InstallTicket | None:
+        """The ticket of a blob the port's worker is still removing (:meth:`abort`), if it is."""
+        return self._aborting.get(writer)
 
     def publish_owed(self, upload: Upload) -> None:
         """A 900 again: a confirmed version whose publish failed is published at the round's end."""
@@ -469,6 +504,10 @@ class RoundInstalls:
         the round worker ends."""
         self.abandon_first_uploads()
         self._worker.close()
+
+
+def _nothing() -> None:
+    """A job that only marks its place in the port's queue (after an abort)."""
 
 
 def _queued(entry: _Publish) -> bool:

@@ -16,7 +16,8 @@ from protocol.events import Response
 
 
 class InstallTicket:
-    """A first upload waiting for the round's end to take its name.
+    """A first upload waiting for the round's end to take its name (or a blob's seal, or a
+    refused upload's removal, that the blob port's worker has still to do).
 
     Its answer is held with it (:meth:`server.session.Session.release`); the
     round's end (:meth:`server.app.App.round_committed`) names the tickets whose

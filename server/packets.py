@@ -76,7 +76,7 @@ def _continue(
         phase.incoming.start_packet(packet)
     except RemoteProtocolError as exc:
         uploads.attempt_failed(upload, peer, per_request, last, exc)
-        return DroppedPacket(Refused(str(exc)))
+        return DroppedPacket(Refused.of(exc, uploads.installs.aborting(phase.writer)))
     uploads.packet_started(upload, peer)
     return StreamingPacket(uploads, upload, peer, per_request, phase, last)
 
@@ -119,12 +119,16 @@ class Refused:
     fault: bool = False
     #: The disk had no room for the file (:class:`~server.errors.NoRoom`).
     no_room: bool = False
+    #: The attempt's blob is still being removed (the blob port's worker): the 1607 is
+    #: held until it is gone (:meth:`RoundInstalls.abort`).
+    awaits_abort: InstallTicket | None = None
 
     @classmethod
-    def of(cls, error: Exception) -> Refused:
+    def of(cls, error: Exception, awaits_abort: InstallTicket | None = None) -> Refused:
         """The end of a packet that ``error`` refused."""
         return cls(
-            str(error), fault=isinstance(error, StorageFault), no_room=isinstance(error, NoRoom)
+            str(error), fault=isinstance(error, StorageFault), no_room=isinstance(error, NoRoom),
+            awaits_abort=awaits_abort,
         )
 
 
@@ -212,7 +216,7 @@ class StreamingPacket:
             return self._uploads.complete(upload, self._phase, owner)
         except StorageFault as exc:
             self._uploads.discard(upload, "could not be stored")
-            return Refused(str(exc), fault=True)
+            return Refused.of(exc, self._aborting())
 
     def _still_receiving(self) -> bool:
         """Whether the upload is still this client's, receiving (not discarded meanwhile)."""
@@ -222,8 +226,15 @@ class StreamingPacket:
             and self._uploads.get(upload.client_id, upload.file_name) is upload
         ):
             return True
-        self._refused = Refused("the upload was discarded while its packet was arriving")
+        self._refused = Refused(
+            "the upload was discarded while its packet was arriving",
+            awaits_abort=self._aborting(),
+        )
         return False
+
+    def _aborting(self) -> InstallTicket | None:
+        """The ticket of the upload's blob while the blob port's worker removes it."""
+        return self._uploads.installs.aborting(self._phase.writer)
 
     def _confirm_lease(self) -> None:
         """The upload's lease, if this packet asked for it, is this node's: else the attempt
@@ -245,7 +256,7 @@ class StreamingPacket:
                 self._uploads.confirm_lease(lease)
             except (Refusal, StorageFault) as lease_failure:
                 exc = lease_failure
-        refused = Refused.of(exc)
-        self._refused = refused
         self._uploads.attempt_failed(self._upload, self._peer, self._per_request, self._last, exc)
+        refused = Refused.of(exc, self._aborting())
+        self._refused = refused
         return refused

@@ -538,10 +538,13 @@ class Session:
         client = self._packet_client
         if packet is None:
             raise InternalFault("an 828 ended that never started")
+        end = packet.end()
         try:
-            outcome = file_packet_outcome(client, packet.end())
+            outcome = file_packet_outcome(client, end)
         except (Refusal, StorageFault) as exc:
-            self._refuse(RequestCode.SEND_FILE, client, exc)
+            # its 1607 waits for what is left of the attempt to go, if a worker removes it
+            awaits = end.awaits_abort if isinstance(end, Refused) else None
+            self._refuse(RequestCode.SEND_FILE, client, exc, awaits=awaits)
             return
         self._finish(SendFilePacket, outcome)
 
@@ -733,11 +736,13 @@ class Session:
         error: RemoteProtocolError | Refusal | StorageFault | InternalFault,
         *,
         close: bool = False,
+        awaits: InstallTicket | None = None,
     ) -> None:
         """Answer a refusal or a fault: 1607 (or 1601); close if the stream is lost.
 
         Logged at INFO, or at WARNING when the disk had no room (the operator's
-        concern); a storage fault is an ERROR line of its own.
+        concern); a storage fault is an ERROR line of its own. ``awaits``: the
+        answer is held until that ticket's work is done (an abort's removal).
         """
         level = logging.WARNING if isinstance(error, NoRoom) else logging.INFO
         if isinstance(error, StorageFault):
@@ -754,7 +759,7 @@ class Session:
             self._request_t0, self._request_size = self._message_t0(), 0
         self._end_message(succeeded=False)
         response = _error_response(response_code)
-        self._send(response, line=self._request_line(
+        self._send(response, awaits, self._request_line(
             level, code, client, response, reason, refused=True
         ))
         self.app.metrics.refusal(error, reason)

@@ -277,6 +277,7 @@ class Uploads:
                 phase, flavour=flavour, preferred=preferred, after_crc_bad=crc_bad,
             )
 
+        writer: BlobWriter | None = None
         try:
             self._admission.check_budget(client_id, aes_key)
             incoming = IncomingFile(
@@ -303,7 +304,8 @@ class Uploads:
                 marker = upload(Failed())
                 self._add(marker)
                 self.packet_done(marker, peer, per_request)
-            return DroppedPacket(Refused.of(exc))
+            aborting = None if writer is None else self.installs.aborting(writer)
+            return DroppedPacket(Refused.of(exc, aborting))
         phase = Receiving(incoming, writer)
         started = upload(phase)
         self._leases[(client_id, started.file_name)] = started
@@ -613,7 +615,7 @@ class Uploads:
                 UploadLease(client_id, file_name, writer.key)
             )
         except StorageFault:
-            writer.abort()
+            self.installs.abort(writer)
             raise
 
     @staticmethod
@@ -735,7 +737,7 @@ class Uploads:
         phase = upload.phase
         if isinstance(phase, Receiving):
             self.installs.drop_seal(phase.writer)
-            phase.writer.abort()
+            self.installs.abort(phase.writer)  # a refusal's answer waits for it
         elif isinstance(phase, Pending):
             self._discard_pending(upload, phase)
             upload._enter(GivenUp(phase.result, phase.path_name))

@@ -297,7 +297,8 @@ class FolderBlobs:
         Raises:
             StorageFault: no distinct name is left, or the folder cannot be read.
         """
-        held = [name for owner, name in self._named.values() if owner == client_id]
+        # a copy in one step: a sweep's deletion (the blob port's worker) may pop meanwhile
+        held = [name for owner, name in list(self._named.values()) if owner == client_id]
         folder = self.path_name(client_id, "")
         named = [path_name[len(folder):] for path_name in recorded if path_name.startswith(folder)]
         name = unique_stored_name(file_name, [*self._names_in(client_id), *held, *named])
@@ -478,7 +479,8 @@ class FolderBlobs:
         return found
 
     def delete_unpublished(self, blob: UnpublishedBlob) -> None:
-        """Delete one ``.tmp-<key>`` file (absent is fine).
+        """Delete one ``.tmp-<key>`` file (absent is fine); the sweeper's, in the blob
+        port's worker (server/storage/sweep.py).
 
         Raises:
             StorageFault: it cannot be deleted.

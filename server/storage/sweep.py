@@ -16,11 +16,16 @@ metadata store is asked about those keys only
 :data:`~server.storage.base.KEYS_PER_QUERY`). With no garbage it reads no
 file row at all.
 
-The server sweeps with :meth:`Sweeper.start`: the blob store's listing and
-its deletions go to a :data:`Runner` (for a store with slow writes, the blob
-port's worker: server/blobport.py), the metadata and the coordination are
-asked in the loop thread, between the two. :meth:`Sweeper.sweep` does all of
-it in the caller's thread (tools and tests).
+The server sweeps with :meth:`Sweeper.start`: the blob store's listing goes
+to one :data:`Runner` and its deletions to another, the metadata and the
+coordination are asked in the loop thread, between the two. For a store
+whose writes the blob port's worker does (server/blobport.py), the deletions
+are that worker's too, after what it had queued, and the loop learns of
+their end through its selector; a store with slow writes is listed there
+too, a local folder in the loop thread (a read of the client folders where
+uploads began since the last sweep, which the folder store notes in the
+loop thread). :meth:`Sweeper.sweep` does all of it in the caller's thread
+(tools and tests).
 """
 
 from __future__ import annotations
@@ -56,8 +61,9 @@ class Sweeper:
     """Deletes blobs unreferenced for longer than :data:`GARBAGE_GRACE` (:meth:`start`,
     or :meth:`sweep`).
 
-    ``run``: where the blob store's calls run (:func:`run_here`, or the blob
-    port's worker for a store with slow writes).
+    ``list_in`` and ``delete_in``: where the blob store's listing and its
+    deletions run (:func:`run_here`, or the blob port's worker:
+    ``BlobPort.run``).
     """
 
     def __init__(
@@ -66,14 +72,16 @@ class Sweeper:
         blobs: BlobStore,
         clock: Callable[[], float],
         live_keys: Callable[[], AbstractSet[str]],
-        run: Runner = run_here,
+        list_in: Runner = run_here,
+        delete_in: Runner = run_here,
     ) -> None:
         self._metadata = metadata
         self._blobs = blobs
         self._clock = clock
         #: The keys of the blobs uploads in flight write or hold.
         self._live_keys = live_keys
-        self._run = run
+        self._list_in = list_in
+        self._delete_in = delete_in
         #: When each unreferenced blob was first found so.
         self._unreferenced_since: dict[UnpublishedBlob, float] = {}
         #: A sweep begun by :meth:`start` is not over.
@@ -89,8 +97,8 @@ class Sweeper:
 
     def start(self) -> bool:
         """Begin a sweep, unless one is under way (whether it began): the listing, then the
-        deletions, run where ``run`` puts them; a failure is logged, and the next sweep tries
-        again."""
+        deletions, run where ``list_in`` and ``delete_in`` put them; a failure is logged,
+        and the next sweep tries again."""
         if self.under_way:
             return False
         self.under_way = True
@@ -112,9 +120,9 @@ class Sweeper:
             def deleting() -> None:
                 self._delete(expired)
 
-            self._run(deleting, self._ended)
+            self._delete_in(deleting, self._ended)
 
-        self._run(listing, decide)
+        self._list_in(listing, decide)
         return True
 
     def _ended(self, error: StorageFault | None) -> None:

@@ -78,8 +78,9 @@ def temp_files(server: ServerProcess) -> list[Path]:
 
 def temp_files_gone(server: ServerProcess) -> bool:
     """True once no temp file is left under received_files/, waiting for it a while: an
-    aborted upload's file is removed by the blob port's worker, after the answer that
-    reports the failure (server/blobport.py). AssertionError if one stays."""
+    aborted upload's file is removed by the blob port's worker (server/blobport.py), and
+    only a refusal's answer waits for that (a cut connection, a replaced upload or a
+    deadline has none). AssertionError if one stays."""
     wait_until(lambda: temp_files(server) == [], "the aborted upload's temp file removed")
     return True
 

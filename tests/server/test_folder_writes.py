@@ -1,21 +1,27 @@
 """A local folder's blob writes and aborts off the loop thread (server/blobport.py
 ``BufferedWriter``): a small upload is written by its round's job, a large one by the
 blob port's worker, one chunk per loop round; a write held up by the disk stalls no one
-else, and what an upload holds in memory stays bounded while its writes are slow.
+else, and what an upload holds in memory stays bounded while its writes are slow. The
+sweeper's deletions of garbage are the port's worker's too: a slow one stalls no one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
 import pytest
 from beside_upload import BASELINE_REQUESTS, round_trips_beside_an_upload
-from helpers import RawClient, make_identity, upload
-from loop_driving import served_in_a_thread
+from helpers import RawClient, file_packets, make_identity, reconnect, upload
+from loop_driving import PATIENCE, TURN_PAUSE, served_in_a_thread
+
 from protocol import FileReceived, GeneralError, cksum, crypto
+from server import app as app_module
 from server import blobport
-from server.storage.folder import FolderBlobs, TempFile
+from server.storage import new_blob_key, sweep
+from server.storage.base import UnpublishedBlob
+from server.storage.folder import TEMP_PREFIX, FolderBlobs, TempFile
 
 PACKET = 64 * 1024
 SMALL = b"small upload" * 100
@@ -33,9 +39,11 @@ SEAL_STALLS = 2
 
 class NotedFolder(FolderBlobs):
     """The folder store, noting the thread of each write and removal of an upload's file;
-    each write takes ``write_pause``; the publish of a name ending ``fails.bin`` fails."""
+    each write takes ``write_pause``, each removal ``abort_pause``; the publish of a name
+    ending ``fails.bin`` fails."""
 
     write_pause = 0.0
+    abort_pause = 0.0
 
     def __init__(self, data_dir) -> None:
         super().__init__(data_dir)
@@ -52,6 +60,7 @@ class NotedFolder(FolderBlobs):
 
         def abort() -> None:
             self.calls.append(("abort", threading.current_thread().name))
+            time.sleep(self.abort_pause)
             real_abort()
 
         writer.write = write  # type: ignore[method-assign]
@@ -64,6 +73,12 @@ class NotedFolder(FolderBlobs):
 
             raise StorageFault("cannot install a received file: Input/output error")
         super().publish(key, path_name)
+
+
+class SlowlyRemoved(NotedFolder):
+    """Each removal of an upload's file takes ABORT_PAUSE (a disk under load)."""
+
+    abort_pause = 0.3
 
 
 class ThrottledFolder(NotedFolder):
@@ -91,6 +106,13 @@ def noted(tmp_path):
 @pytest.fixture
 def throttled(tmp_path):
     store = ThrottledFolder(tmp_path)
+    for server in _serve(tmp_path, store):
+        yield server, store
+
+
+@pytest.fixture
+def slowly_removed(tmp_path):
+    store = SlowlyRemoved(tmp_path)
     for server in _serve(tmp_path, store):
         yield server, store
 
@@ -174,3 +196,90 @@ def test_a_folder_uploads_content_is_decrypted_into_reused_held_buffers(noted, m
     assert not copied, copied
     assert len(handed) > 2 * blobport.SPARE_BUFFERS, handed
     assert len(buffers) <= blobport.SPARE_BUFFERS + 1, (len(buffers), len(handed))
+
+
+class SweptSlowly(NotedFolder):
+    """The noted folder store, each deletion of garbage noted, then waiting until the test
+    opens :attr:`gate`; :attr:`deleting` is set while one is under way."""
+
+    def __init__(self, data_dir) -> None:
+        super().__init__(data_dir)
+        self.gate = threading.Event()
+        self.deleting = threading.Event()
+
+    def delete_unpublished(self, blob: UnpublishedBlob) -> None:
+        self.calls.append(("delete", threading.current_thread().name))
+        self.deleting.set()
+        try:
+            self.gate.wait(PATIENCE)
+            super().delete_unpublished(blob)
+        finally:
+            self.deleting.clear()
+
+
+#: Seconds between two sweeps in the test (its grace is none): a sweep begins at once.
+SWEEP_INTERVAL = 0.05
+#: A client id whose folder holds the garbage.
+GARBAGE_OWNER = bytes(range(16))
+
+
+def _garbage_files(store: FolderBlobs) -> list:
+    return sorted(store.root.glob(f"*/{TEMP_PREFIX}*"))
+
+
+def test_the_loop_answers_another_client_while_the_sweeper_deletes_garbage(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(app_module, "GARBAGE_GRACE", SWEEP_INTERVAL)
+    monkeypatch.setattr(sweep, "GARBAGE_GRACE", 0.0)
+    store = SweptSlowly(tmp_path)
+    for _ in range(3):  # sealed blobs no row points at (an upload a crash cut short)
+        writer = store.begin(GARBAGE_OWNER, new_blob_key())
+        writer.write(b"no row points at it")
+        writer.seal()
+    assert len(_garbage_files(store)) == 3
+    try:
+        for server in _serve(tmp_path, store):
+            assert store.deleting.wait(PATIENCE), "the sweeper never began deleting"
+            with RawClient(server.address[:2]) as client:
+                identity = make_identity(client)
+                reconnect(client, identity)  # 827 -> 1602 (asserted)
+                # answered while the sweep's first deletion waits on the gate
+                assert store.deleting.is_set()
+                store.gate.set()
+                kept = upload(client, identity, "kept.bin", SMALL, PACKET)
+            assert isinstance(kept, FileReceived) and kept.cksum == cksum(SMALL)
+            give_up = time.monotonic() + PATIENCE
+            while _garbage_files(store):
+                assert time.monotonic() < give_up, "the garbage was never deleted"
+                time.sleep(TURN_PAUSE)
+            time.sleep(10 * SWEEP_INTERVAL)  # more sweeps: the stored file stays
+            stored = list(store.root.glob(f"{identity.client_id.hex()}/*"))
+            assert [path.read_bytes() for path in stored] == [SMALL]
+    finally:
+        store.gate.set()
+    deleted_in = {thread for call, thread in store.calls if call == "delete"}
+    assert deleted_in == {"blob-writes"}, store.calls
+
+
+@pytest.mark.parametrize("layout", ["one-packet", "packets", "out-of-order"])
+def test_a_refused_uploads_file_is_gone_when_its_refusal_arrives(slowly_removed, layout):
+    # its removal is the blob port's worker's (slow here): the 1607 waits for it
+    server, store = slowly_removed
+    with RawClient(server.address[:2]) as client:
+        identity = make_identity(client)
+        packets = file_packets(identity, "refused.bin", LARGE[: 4 * PACKET], PACKET)
+        if layout == "one-packet":
+            packets = file_packets(identity, "refused.bin", SMALL, PACKET)
+        if layout == "out-of-order":  # the third after the first: the attempt fails there
+            sent = [packets[0], packets[2]]
+        else:  # a plaintext size that is not the file's: refused at its end
+            sent = [dataclasses.replace(packet, orig_file_size=packet.orig_file_size + 3)
+                    for packet in packets]
+        for packet in sent:
+            client.send(packet)
+        answer = client.receive()
+        left = _garbage_files(store)  # at once: no waiting
+    assert isinstance(answer, GeneralError), answer
+    assert left == []
+    assert ("abort", "blob-writes") in store.calls, store.calls
