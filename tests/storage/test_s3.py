@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -33,7 +34,7 @@ from server.storage.base import UnpublishedBlob, new_blob_key
 from server.storage.factory import BLOB_BACKENDS, StoreUrls, blobs_url, open_stores, parse_url
 from server.storage.s3.backend import location
 from server.storage.s3.client import (
-    MAX_ATTEMPTS, AlreadyThere, Location, RequestFailed, S3Api, connect,
+    MAX_ATTEMPTS, SEND_BLOCK_BYTES, AlreadyThere, Location, RequestFailed, S3Api, connect,
 )
 from server.storage.s3.store import MULTIPART_UPLOAD_AGE, S3Blobs
 from server.storage.s3 import upload as s3_upload
@@ -215,6 +216,42 @@ def test_the_keys_may_come_from_the_shared_credentials_file(tmp_path, s3_url, mo
     metadata, blobs = _open(tmp_path, s3_url)  # the bucket answered: the keys were taken
     assert blobs.unpublished() == []
     metadata.close()
+
+
+class _CountedReads:
+    """A part's file whose reads are counted."""
+
+    def __init__(self, file) -> None:
+        self._file = file
+        self.reads = 0
+
+    def read(self, size: int = -1) -> bytes:
+        self.reads += 1
+        return self._file.read(size)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+
+@needs_ceph
+def test_a_part_is_read_from_its_file_in_blocks_of_the_send_block(tmp_path, s3_url):
+    # urllib3 reads a file body 16 KiB at a time unless told: a read and a send per 16 KiB
+    # were most of a node's part threads' CPU.
+    where = location(blobs_url(s3_url, tmp_path))
+    api = connect(where)
+    key = f"{where.prefix}blobs/{ALICE.hex()}/{new_blob_key()}"
+    started = api.create_multipart_upload(Bucket=where.bucket, Key=key)["UploadId"]
+    with tempfile.TemporaryFile() as spooled:
+        spooled.write(_content(PART_BYTES))
+        spooled.seek(0)
+        counted = _CountedReads(spooled)
+        api.upload_part_from(Bucket=where.bucket, Key=key, UploadId=started, PartNumber=1,
+                             Body=counted, ContentLength=PART_BYTES)
+    api.abort_multipart_upload(Bucket=where.bucket, Key=key, UploadId=started)
+    assert counted.reads <= -(-PART_BYTES // SEND_BLOCK_BYTES) + 1  # and the empty read at the end
 
 
 # -- streaming, aborting, sweeping (the store on radosgw) --------------------------------
