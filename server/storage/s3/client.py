@@ -39,7 +39,7 @@ MAX_CONNECTIONS = 16
 #: Bytes of a part's file read and sent at once (urllib3's default is 16 KiB: a read and a
 #: send per 16 KiB cost a node more CPU than the bytes they move); each part in flight holds
 #: one such block in memory while it is sent.
-SEND_BLOCK_BYTES = 256 * 1024
+SEND_BLOCK_BYTES = 64 * 1024
 #: Seconds to connect, and to wait for an answer, before a request is retried.
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
