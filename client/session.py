@@ -274,6 +274,8 @@ class Session:
                         self._check_reading(stall, now)
                     continue
                 progress = time.monotonic()
+                if self._watch is not None:
+                    self._watch.sent += sent
                 stall.look(False, progress)
                 self._weigh_send_rate(sent, progress)
                 while parts and sent >= len(parts[0]):
@@ -320,6 +322,8 @@ class Session:
         """
         if self._sock is None or self._watch is None:
             return
+        if self._watch.has_read(self._sock):
+            return  # it took the layout: a stop now is it holding back (client/stall.py)
         if stall.look(self._watch.stopped_reading(self._sock, waiting), now):
             slowest = self.slowest_answer
             pace = (

@@ -19,6 +19,14 @@ load), never under ``STALL_EVIDENCE_FLOOR`` nor over ``STALL_EVIDENCE``, and
 over at least ``STALL_LOOKS`` looks (:class:`StallClock`): on a loaded
 machine the looks come late, and the hold stretches with them.
 
+A server that has read more than :data:`LAYOUT_TAKEN_BYTES` of the
+connection (the bytes it acknowledged, less what its receive buffer can hold
+unread: :meth:`ReadingWatch.has_read`) has taken the layout: a server that
+drops it stops within the first packet of a file. A stop after that is the
+server holding back (its storage behind, its machine loaded: ours stops
+reading a connection whose file's blob is behind), and only the time-out
+ends that wait.
+
 Linux only (``TCP_INFO`` and ``SIOCOUTQ``); elsewhere there is no evidence,
 and the time-out alone decides.
 """
@@ -52,6 +60,13 @@ STALL_EVIDENCE_FLOOR = 0.1
 STALL_ANSWER_FACTOR = 50
 #: The looks the evidence must hold over; they come every hold / STALL_LOOKS.
 STALL_LOOKS = 5
+#: Bytes of a connection a server has read, past what its receive buffer can hold unread,
+#: once it has taken the layout: a default packet (a server that drops the layout stops
+#: within the first packet of a file; the 1,291-byte one reads one 1,314-byte request).
+LAYOUT_TAKEN_BYTES = 1024 * 1024
+#: What a server's receive buffer can hold unread, in windows it opened the connection with
+#: (Linux's buffer is about twice its window, and grows only as the server reads).
+UNREAD_WINDOWS = 4
 
 
 def evidence_hold(slowest_answer: float | None) -> float:
@@ -122,6 +137,18 @@ class ReadingWatch:
         self._opening_window = _peer_window(sock)
         #: (window, unacknowledged) at the last look that showed unread bytes.
         self._last: tuple[int, int] | None = None
+        #: Bytes sent on the connection so far.
+        self.sent = 0
+
+    def has_read(self, sock: socket.socket) -> bool:
+        """Whether the server has read more than :data:`LAYOUT_TAKEN_BYTES` of what was
+        :attr:`sent` (the bytes it acknowledged, less what its receive buffer can hold
+        unread): it has taken the layout. False where the kernel does not say."""
+        unacknowledged = _unacknowledged(sock)
+        if unacknowledged is None or not self._opening_window:
+            return False
+        unread_at_most = UNREAD_WINDOWS * self._opening_window
+        return self.sent - unacknowledged - unread_at_most > LAYOUT_TAKEN_BYTES
 
     def has_room(self, sock: socket.socket, size: int) -> bool:
         """Whether the server's window can take ``size`` more bytes at once,

@@ -26,6 +26,7 @@ from client.stall import (
     STALL_ANSWER_FACTOR, STALL_EVIDENCE, STALL_EVIDENCE_FLOOR, evidence_hold,
 )
 from client_fakes import write_transfer_info
+from conftest import TIMEOUT
 from protocol import (
     NEED_DATA,
     Acknowledged,
@@ -644,6 +645,66 @@ def test_a_server_that_pauses_then_reads_everything_has_not_stopped_reading(
             assert "refused the layout" not in result.err
             assert server.state.verified == data and server.state.uploads == run
     assert server.state.pauses == 2
+
+
+#: A server whose store is behind: it reads this much of a file at full speed, then nothing
+#: for HELD_BACK seconds (past the longest hold, and its looks), then the rest.
+READ_BEFORE_HOLDING_BACK = 3 * 1024 * 1024
+HELD_BACK = 2.5 * STALL_EVIDENCE
+
+
+class _HoldsBackMidFile:
+    """A server's socket that stops reading a file once, in its middle, for HELD_BACK."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        #: Bytes of the file read so far (None: not in a file, or held back already).
+        self._read: int | None = None
+        self.holds = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._read is not None and self._read >= READ_BEFORE_HOLDING_BACK:
+            self._read = None
+            self.holds += 1
+            time.sleep(HELD_BACK)
+        data = self._sock.recv(size)
+        if self._read is not None:
+            self._read += len(data)
+        return data
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+        if int.from_bytes(data[1:3], "little") in KEY_ANSWERS:
+            self._read = 0
+
+
+def standard_held_back_mid_file(sock: socket.socket, state: State) -> None:
+    """The standard server, holding back once in the middle of a file."""
+    held = _HoldsBackMidFile(sock)
+    try:
+        standard(held, state)  # type: ignore[arg-type]
+    finally:
+        state.pauses += held.holds
+
+
+def test_a_server_that_holds_back_after_reading_much_of_a_file_has_not_dropped_the_layout(
+    work, run_client
+):
+    """A server that read megabytes of the file in the standard layout took it; a stop
+    after that, longer than any hold, is the server holding back (its store is behind,
+    its machine loaded: ours stops reading a connection whose blob is behind), not a
+    layout dropped: the client waits (up to --timeout) and switches nothing. A server
+    that drops the layout stops within the first packet (the 1,291-byte one above)."""
+    data = os.urandom(SIZES["5MB"])
+    (work / "data.bin").write_bytes(data)
+    assert READ_BEFORE_HOLDING_BACK < len(data) and HELD_BACK < float(TIMEOUT)
+    with BehaviourServer(standard_held_back_mid_file, one_at_a_time=True) as server:
+        write_transfer_info(work, server.address, "alice", "data.bin")
+        result = run_client()
+    assert result.code == ExitCode.OK, result.err
+    assert "refused the layout" not in result.err
+    assert server.state.verified == data and server.state.uploads == 1
+    assert server.state.pauses == 1
 
 
 def test_a_zlib_crc_is_reported_as_what_it_is(work, run_client):

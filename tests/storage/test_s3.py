@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -19,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from backends.ceph import ACCESS_KEY, SECRET_KEY
+from backends.part_faults import DROP, STATUS, PartFaults
 from helpers import (
     IO_TIMEOUT, POLL_INTERVAL, RawClient, file_packets, make_identity, server_env, upload,
 )
@@ -31,7 +33,9 @@ from server.peer import address_group
 from server.storage.base import UnpublishedBlob, new_blob_key
 from server.storage.factory import BLOB_BACKENDS, StoreUrls, blobs_url, open_stores, parse_url
 from server.storage.s3.backend import location
-from server.storage.s3.client import AlreadyThere, Location, RequestFailed, S3Api, connect
+from server.storage.s3.client import (
+    MAX_ATTEMPTS, SEND_BLOCK_BYTES, AlreadyThere, Location, RequestFailed, S3Api, connect,
+)
 from server.storage.s3.store import MULTIPART_UPLOAD_AGE, S3Blobs
 from server.storage.s3 import upload as s3_upload
 from server.storage.s3.upload import MAX_PARTS_IN_FLIGHT, MAX_PARTS_IN_FLIGHT_TOTAL, PART_BYTES
@@ -212,6 +216,42 @@ def test_the_keys_may_come_from_the_shared_credentials_file(tmp_path, s3_url, mo
     metadata, blobs = _open(tmp_path, s3_url)  # the bucket answered: the keys were taken
     assert blobs.unpublished() == []
     metadata.close()
+
+
+class _CountedReads:
+    """A part's file whose reads are counted."""
+
+    def __init__(self, file) -> None:
+        self._file = file
+        self.reads = 0
+
+    def read(self, size: int = -1) -> bytes:
+        self.reads += 1
+        return self._file.read(size)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+
+@needs_ceph
+def test_a_part_is_read_from_its_file_in_blocks_of_the_send_block(tmp_path, s3_url):
+    # urllib3 reads a file body 16 KiB at a time unless told: a read and a send per 16 KiB
+    # were most of a node's part threads' CPU.
+    where = location(blobs_url(s3_url, tmp_path))
+    api = connect(where)
+    key = f"{where.prefix}blobs/{ALICE.hex()}/{new_blob_key()}"
+    started = api.create_multipart_upload(Bucket=where.bucket, Key=key)["UploadId"]
+    with tempfile.TemporaryFile() as spooled:
+        spooled.write(_content(PART_BYTES))
+        spooled.seek(0)
+        counted = _CountedReads(spooled)
+        api.upload_part_from(Bucket=where.bucket, Key=key, UploadId=started, PartNumber=1,
+                             Body=counted, ContentLength=PART_BYTES)
+    api.abort_multipart_upload(Bucket=where.bucket, Key=key, UploadId=started)
+    assert counted.reads <= -(-PART_BYTES // SEND_BLOCK_BYTES) + 1  # and the empty read at the end
 
 
 # -- streaming, aborting, sweeping (the store on radosgw) --------------------------------
@@ -566,3 +606,77 @@ def test_a_store_fault_answers_1607_and_the_server_goes_on(watched_server):
     with RawClient(address) as client:
         identity = make_identity(client)
         assert isinstance(upload(client, identity, "f.bin", b"small file"), FileReceived)
+
+
+# -- a part sent again (faults injected between the node and the store) ----------------------
+
+
+@pytest.fixture
+def part_faults(ceph_gateway):
+    """A relay in front of radosgw that fails UploadParts as told (tests/backends/part_faults.py)."""
+    relay = PartFaults(ceph_gateway.endpoint)
+    yield relay
+    relay.close()
+
+
+def _through(url: str, relay: PartFaults, ceph_gateway) -> str:
+    return url.replace(ceph_gateway.endpoint, relay.endpoint)
+
+
+@needs_ceph
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [STATUS, DROP])
+def test_a_part_sent_again_after_a_store_fault_is_read_again_from_its_start(
+    server_factory, s3_url, ceph_gateway, part_faults, tmp_path, how,
+):
+    # The first UploadPart is answered 503 once its body is read, or its connection drops
+    # half-way: the client library sends it again, from its file, which must be read from
+    # the part's first byte again (a part sent from where the first attempt stopped would be
+    # short, or another part's bytes).
+    server = server_factory("--blobs", _through(s3_url, part_faults, ceph_gateway))
+    data = _content(PARTS_AND_A_HALF)
+    part_faults.fail(1, how)
+    with server.client() as client:
+        identity = make_identity(client)
+        answer = upload(client, identity, "report.bin", data, PACKET)
+        assert isinstance(answer, FileReceived) and answer.cksum == cksum(data), answer
+        ok = client.request(CrcOk(client_id=identity.client_id, file_name="report.bin"))
+        assert isinstance(ok, Acknowledged), ok
+    parts = -(-len(data) // PART_BYTES)
+    assert part_faults.failed == 1 and part_faults.parts == parts + 1
+    assert server.stop() == 0 and "Traceback" not in server.log()
+    metadata, blobs = _open(tmp_path / "reader", s3_url)
+    (entry,) = blobs.stored()
+    with blobs.open(entry.path_name) as file:
+        assert file.read() == data
+    assert _uploads(ceph_gateway.client(), _bucket(s3_url)) == []
+    metadata.close()
+
+
+def _blob_objects(ceph_gateway, url: str) -> list[str]:
+    listed = ceph_gateway.client().list_objects_v2(Bucket=_bucket(url), Prefix="node/blobs/")
+    return [entry["Key"] for entry in listed.get("Contents", [])]
+
+
+@needs_ceph
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [STATUS, DROP])
+def test_a_part_the_store_never_takes_refuses_the_upload_and_leaves_nothing(
+    server_factory, s3_url, ceph_gateway, part_faults, how,
+):
+    server = server_factory("--blobs", _through(s3_url, part_faults, ceph_gateway))
+    part_faults.fail(1000, how)  # every attempt of every part
+    with server.client() as client:
+        identity = make_identity(client)
+        answer = upload(client, identity, "report.bin", _content(PARTS_AND_A_HALF), PACKET)
+        assert isinstance(answer, GeneralError), answer
+    assert part_faults.failed >= MAX_ATTEMPTS and part_faults.parts == part_faults.failed
+    client_s3 = ceph_gateway.client()
+    _wait_for(lambda: not _uploads(client_s3, _bucket(s3_url)), "the upload was not aborted")
+    assert _blob_objects(ceph_gateway, s3_url) == []
+    with server.client() as client:  # the server goes on: a small file is one PUT
+        identity = make_identity(client)
+        assert isinstance(upload(client, identity, "small.bin", b"a small file"), FileReceived)
+    assert server.stop() == 0
+    assert "Traceback" not in server.log()
+    assert "cannot send a part of a received file" in server.log()
