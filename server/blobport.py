@@ -13,9 +13,11 @@ For a local folder (``BlobStore.buffered_writes``), whose writes go to the
 page cache and are usually quick, a handoff per packet would cost more than
 it saves, yet a write blocked by writeback throttling must not stall the
 loop: :class:`BufferedWriter` holds an upload's content in memory and hands
-what it holds to the worker in one chunk per loop round
-(:meth:`BlobPort.hand_over_held`, one receive of up to 1 MiB), or at once
-past ``hold_bytes`` (256 KiB); the content is decrypted straight into the
+what it holds to the worker in one chunk once past ``hold_bytes`` (1 MiB,
+a few receives), or at the end of a loop round that brought the upload
+nothing (:meth:`BlobPort.hand_over_held`: it paused, or its connection is
+not read), so a streaming upload costs one handoff (a wakeup of the worker)
+per ``hold_bytes``, not per round; the content is decrypted straight into the
 held buffer (``IncomingFile.receive_into``), and a buffer once written
 comes back to the port for reuse (``SPARE_BUFFERS``), so its pages do not
 fault in again. What it holds when the upload completes is written by the
@@ -60,8 +62,10 @@ log = logging.getLogger(__name__)
 #: worker busy while the loop reads the next (each upload holds as much again).
 BEHIND_BYTES = 1024 * 1024
 #: Bytes a :class:`BufferedWriter` holds in memory at most before handing them to the
-#: worker (it hands them over at the end of each loop round anyway).
-HOLD_BYTES = 256 * 1024
+#: worker (or at the end of a loop round that brought its upload nothing): one handoff per
+#: this much of a streaming upload; no more than ``BEHIND_BYTES``, so that a chunk alone
+#: seldom leaves its blob behind.
+HOLD_BYTES = BEHIND_BYTES
 #: Room a :class:`BufferedWriter`'s buffer has past ``hold_bytes``, for the piece of content
 #: that crosses it (a larger receive hands over first, or takes a buffer of its size).
 #: Room for a whole receive (1 MiB) measured 3-4 MiB more peak RSS and no less CPU.
@@ -161,8 +165,8 @@ class QueuedWriter:
 
 class BufferedWriter:
     """A :class:`BlobWriter` of a store with quick writes (a local folder): its content is
-    held, and queued for the port's worker at the end of the loop round
-    (:meth:`BlobPort.hand_over_held`) or past the port's ``hold_bytes``; what is held when
+    held, and queued for the port's worker past the port's ``hold_bytes`` or at the end of
+    a loop round that brought it nothing (:meth:`BlobPort.hand_over_held`); what is held when
     the upload completes is written where it is sealed (the round's job), never in the
     loop thread.
     """
@@ -181,6 +185,8 @@ class BufferedWriter:
         self._buffer: bytearray | None = None
         #: Bytes held in memory, not yet queued for the worker.
         self.held = 0
+        #: Content came in during this loop round: what is held waits for more (loop thread).
+        self.took_this_round = False
         #: Bytes handed to :meth:`write` (written, queued or held).
         self.size = 0
 
@@ -213,6 +219,7 @@ class BufferedWriter:
         if self.held >= self._port.hold_bytes:
             self.hand_over()
         elif self.held:
+            self.took_this_round = True
             self._port.holding.add(self)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -230,6 +237,7 @@ class BufferedWriter:
         """Queue what is held for the port's worker (loop thread); the buffer goes back
         to the port's spares once written."""
         self._port.holding.discard(self)
+        self.took_this_round = False
         buffer, held = self._buffer, self.held
         if buffer is not None and held:
             self._buffer, self.held = None, 0
@@ -395,7 +403,8 @@ class BlobPort:
         self._shared = _Shared(behind_bytes)
         #: Bytes a :class:`BufferedWriter` holds at most before handing them to the worker.
         self.hold_bytes = hold_bytes
-        #: The buffered writers holding bytes to hand over at the round's end (loop thread).
+        #: The buffered writers holding bytes, handed over at the end of a round that
+        #: brought them nothing (loop thread).
         self.holding: set[BufferedWriter] = set()
         weakref.finalize(self, self._shared.stop)
 
@@ -418,10 +427,14 @@ class BlobPort:
         return BufferedWriter(self, writer, getattr(writer, "let_go", lambda: None))
 
     def hand_over_held(self) -> None:
-        """Queue for the worker what each buffered upload still receiving holds: one chunk
-        per upload and loop round (the loop, at each round's end)."""
+        """Queue for the worker what each buffered upload that took no content in this
+        loop round holds (it paused, or its connection is not read); one still streaming
+        holds on until ``hold_bytes`` (the loop, at each round's end)."""
         for writer in list(self.holding):
-            writer.hand_over()
+            if writer.took_this_round:
+                writer.took_this_round = False
+            else:
+                writer.hand_over()
 
     def fileno(self) -> int:
         """What the loop's selector watches: readable when a blob caught up."""

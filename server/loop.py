@@ -322,7 +322,8 @@ class Server:
         for key, mask in ready:
             self._handle(key.data, mask, turn, resumed)
         self._run_timers()
-        # what the round's uploads received goes to the blob port's worker, one chunk each
+        # what a paused upload holds goes to the blob port's worker (a streaming one: past
+        # hold_bytes, server/blobport.py)
         self.app.uploads.port.hand_over_held()
         self._end_round()
         self.app.metrics.loop_round(self.app.monotonic() - woke)

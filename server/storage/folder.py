@@ -15,8 +15,8 @@ whose file is gone while the final name is there was published already
 dot, so nothing a client sends can collide with an upload's file.
 
 The server never writes, seals, publishes or removes an upload's file in its
-loop thread: what an upload received in a loop round is held in memory and
-written by the blob port's worker in one chunk (with its backpressure), the
+loop thread: what an upload receives is held in memory and written by the
+blob port's worker in chunks of about 1 MiB (with its backpressure), the
 rest by the round's job just before the seal, so an upload that arrives
 within one round is written, sealed and published in its round's one job;
 an abort's removal goes to the port's worker (server/blobport.py
@@ -220,9 +220,9 @@ class FolderBlobs:
 
     Its writes go to the page cache (:data:`WRITEBACK_STEP`), usually quick:
     no handoff per packet (``slow_writes`` is False), but never in the loop
-    thread either (``buffered_writes``): what an upload received in a loop
-    round is held in memory and handed to the blob port's worker in one
-    chunk, the rest written by the round's job before the seal
+    thread either (``buffered_writes``): what an upload receives is held in
+    memory and handed to the blob port's worker in chunks of about 1 MiB
+    (or when the upload pauses), the rest written by the round's job before the seal
     (server/blobport.py :class:`BufferedWriter`).
 
     Raises (constructor):

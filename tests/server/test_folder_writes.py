@@ -1,8 +1,9 @@
 """A local folder's blob writes and aborts off the loop thread (server/blobport.py
 ``BufferedWriter``): a small upload is written by its round's job, a large one by the
-blob port's worker, one chunk per loop round; a write held up by the disk stalls no one
-else, and what an upload holds in memory stays bounded while its writes are slow. The
-sweeper's deletions of garbage are the port's worker's too: a slow one stalls no one.
+blob port's worker, one chunk per ``hold_bytes`` (or when it pauses); a write held up by
+the disk stalls no one else, and what an upload holds in memory stays bounded while its
+writes are slow. The sweeper's deletions of garbage are the port's worker's too: a slow
+one stalls no one.
 """
 
 from __future__ import annotations
@@ -283,3 +284,49 @@ def test_a_refused_uploads_file_is_gone_when_its_refusal_arrives(slowly_removed,
     assert isinstance(answer, GeneralError), answer
     assert left == []
     assert ("abort", "blob-writes") in store.calls, store.calls
+
+
+class RecordedBlob:
+    """A blob writer noting the size of each write it is handed (a :class:`BlobWriter`)."""
+
+    key = "recorded"
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.writes: list[int] = []
+
+    def write(self, data) -> None:
+        self.writes.append(len(data))
+        self.size += len(data)
+
+    def seal(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+#: What a streaming upload takes in each loop round of the test: a few rounds fill HOLD.
+PIECE = HOLD // 4
+STREAMING_ROUNDS = 10
+
+
+def test_a_streaming_upload_wakes_the_worker_once_per_hold_bytes_not_once_per_round():
+    # each handoff is a wakeup of the worker (and the GIL passed back and forth): an upload
+    # that takes content every round holds on until hold_bytes, not one chunk per round;
+    # a round that brings it nothing hands over what it holds
+    port = blobport.BlobPort(hold_bytes=HOLD)
+    blob = RecordedBlob()
+    writer = port.buffer(blob)
+    for _ in range(STREAMING_ROUNDS):
+        writer.write(bytes(PIECE))
+        port.hand_over_held()  # the loop round's end
+    assert port.settle()
+    full, rest = divmod(STREAMING_ROUNDS * PIECE, HOLD)
+    assert blob.writes == [HOLD] * full, blob.writes
+    assert writer.held == rest
+    port.hand_over_held()  # a round with nothing for it: the upload paused
+    assert port.settle()
+    assert blob.writes == [HOLD] * full + [rest], blob.writes
+    assert writer.held == 0 and blob.size == STREAMING_ROUNDS * PIECE
+    port.close()
