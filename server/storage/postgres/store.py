@@ -20,11 +20,16 @@ waits for the round): such a failure loses the round. A client's row and
 its binding are read together (with its failure counts, when the
 coordination's tables are in this database:
 :meth:`PostgresMetadata.client_read_with_failures`), an 825's name with the
-client counts; these reads are prepared once per connection
-(:class:`_Prepared`) and called with ``EXECUTE``, as are the writes of a
-session, so that a batch's text is not planned again at every call. A write
-whose outcome the request needs at once (registering a name: :class:`~server.errors.NameTaken`) goes
-out at once, with the writes queued before it. :attr:`PostgresMetadata.round_trips` and
+client counts and, when the name is free and one more client fits, its
+insert (:meth:`PostgresMetadata.register_if_free`: one statement); these
+reads are prepared once per connection (:class:`_Prepared`) and called with
+``EXECUTE``, as are the writes of a session, so that a batch's text is not
+planned again at every call. A write whose outcome the request needs at
+once (that insert; a name registered by :meth:`~PostgresMetadata.insert_client`:
+:class:`~server.errors.NameTaken`) goes out at once, with the writes queued
+before it; if the connection is lost then and nothing of the round had gone
+out before, that request alone fails (its answer a refusal): the round is
+not lost. :attr:`PostgresMetadata.round_trips` and
 :attr:`~PostgresMetadata.statements` count them (bench/sessions.py).
 
 A lost connection (or one whose answer does not come within
@@ -98,6 +103,25 @@ _SELECT_NAME_AND_COUNTS = (
     " (SELECT Clients FROM client_counts WHERE AddressGroup = %s),"
     " COALESCE((SELECT Clients FROM client_counts WHERE AddressGroup = %s), 0)"
     " FROM (SELECT 1) AS one LEFT JOIN clients c ON c.Name = %s"
+)
+#: An 825's usual case in one statement: the client is inserted if no one holds the name and
+#: the total and the group's count are below the cap and the group's share; the name's row
+#: (all NULL for none), the counts before, and whether it was inserted. A name or id taken
+#: meanwhile (another node's) inserts nothing, with no error.
+_REGISTER_IF_FREE = (
+    f"WITH named AS (SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = %s),"
+    " counted AS (SELECT (SELECT Clients FROM client_counts WHERE AddressGroup = %s) AS total,"
+    " COALESCE((SELECT Clients FROM client_counts WHERE AddressGroup = %s), 0) AS in_group),"
+    " inserted AS (INSERT INTO clients"
+    " (ID, Name, LastSeen, Edition, UnusedSince, RegisteredFrom, AddressGroup)"
+    " SELECT %s, %s, %s, %s, %s, %s, %s FROM counted WHERE NOT EXISTS (SELECT 1 FROM named)"
+    " AND COALESCE(total, 0) < %s AND in_group < %s ON CONFLICT DO NOTHING RETURNING 1)"
+    " SELECT named.*, counted.total, counted.in_group, EXISTS (SELECT 1 FROM inserted)"
+    " FROM counted LEFT JOIN named ON true"
+)
+_REGISTER_IF_FREE_TYPES = (
+    "text", "text", "text", "bytea", "text", "text", "text", "float8", "text", "text",
+    "bigint", "bigint",
 )
 _COUNT_CLIENTS = "SELECT Clients FROM client_counts WHERE AddressGroup = %s"
 #: The total and one group's count, in one statement (a group never counted: 0).
@@ -209,6 +233,7 @@ _PLACEHOLDER = "%s"
 _PREPARED = (
     _Prepared("cd_client", _SELECT_CLIENT_AND_BINDING, ("bytea",)),
     _Prepared("cd_name", _SELECT_NAME_AND_COUNTS, ("text", "text", "text")),
+    _Prepared("cd_register", _REGISTER_IF_FREE, _REGISTER_IF_FREE_TYPES),
     _Prepared("cd_file", _SELECT_FILE, ("bytea", "bytea")),
     _Prepared("cd_client_files", _SELECT_CLIENT_FILES, ("bytea",)),
     _Prepared("cd_insert_client", _INSERT_CLIENT),
@@ -446,11 +471,12 @@ class PostgresMetadata:
         batch = self._queue
         self._queue = []
         deferred, self._deferred = self._deferred, False
+        begins = False  # this message begins the round: none of the round's went out before
         if batch:  # the savepoints queued in it go out: their levels are sent
             self._flushes += 1
             if not self._in_round and (self._levels or deferred):
                 batch.insert(0, (_BEGIN, ()))
-                self._in_round = True
+                self._in_round = begins = True
         if self._release_owed:
             batch.insert(0, (_RELEASE, ()))
             self._release_owed = False
@@ -464,6 +490,8 @@ class PostgresMetadata:
         except psycopg.OperationalError as exc:
             if db.closed or db.broken:
                 log.warning("database: the connection is lost (%s)", reason(exc))
+                if begins and not deferred:  # it carried the calling request's writes only:
+                    self._in_round = False  # that request fails, and no other's is lost
                 self._lose_round(reason(exc))
                 self._reconnect_now()
             raise fault(exc) from exc
@@ -798,6 +826,22 @@ class PostgresMetadata:
             if isinstance(exc.__cause__, pg_errors.UniqueViolation):
                 raise NameTaken(name) from exc
             raise
+
+    def register_if_free(
+        self, client_id: bytes, name: str, now: float, edition: str, address: str, group: str,
+        room: tuple[int, int],
+    ) -> tuple[ClientRow | None, tuple[int, int], bool]:
+        """Register the name if it is free and there is room: one round trip, with the writes
+        queued before it (the insert is the request's: in its savepoint)."""
+        self._live()
+        row = self._send((_REGISTER_IF_FREE, (
+            name, schema.TOTAL_GROUP, group, client_id, name, timestamp(now), edition, now,
+            address, self._group_of(address), *room,
+        )))[0]
+        fields = len(_CLIENT_FIELDS)
+        total, in_group, inserted = row[fields:]
+        client = None if row[0] is None else _client([row[:fields]])
+        return client, (int(total or 0), int(in_group)), bool(inserted)
 
     def set_edition(self, client_id: bytes, edition: str) -> None:
         """The edition the client's requests turned out to be."""
