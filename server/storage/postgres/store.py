@@ -143,10 +143,6 @@ _INSERT_CLIENT = (
     "INSERT INTO clients (ID, Name, LastSeen, Edition, UnusedSince, RegisteredFrom, AddressGroup)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
-_SET_UNUSED_SINCE = (
-    "UPDATE clients SET UnusedSince = %s WHERE ID = %s AND UnusedSince IS NOT NULL"
-)
-_SET_USED = "UPDATE clients SET UnusedSince = NULL WHERE ID = %s AND UnusedSince IS NOT NULL"
 _SET_EDITION = "UPDATE clients SET Edition = %s WHERE ID = %s"
 _SET_CRC = "UPDATE clients SET Crc = %s WHERE ID = %s"
 _DELETE_CLIENT = "DELETE FROM clients WHERE ID = %s"
@@ -163,8 +159,11 @@ _REFERENCED_KEYS = (
 )
 _SUM_STORED_BYTES = "SELECT COALESCE(SUM(Size), 0) FROM files WHERE ID = %s"
 _SELECT_CLIENT_FILES = f"SELECT {_FILE_COLUMNS} FROM files WHERE ID = %s"
+#: A file's row inserted or reset, and its client used from now on: one statement.
 _UPSERT_FILE = (
-    "INSERT INTO files (ID, FileName, PathName, Verified, BlobKey, Node)"
+    "WITH used AS (UPDATE clients SET UnusedSince = NULL"
+    " WHERE ID = %s AND UnusedSince IS NOT NULL)"
+    " INSERT INTO files (ID, FileName, PathName, Verified, BlobKey, Node)"
     " VALUES (%s, %s, %s, false, %s, %s)"
     " ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName, Verified = false,"
     " BlobKey = excluded.BlobKey, PendingKey = NULL, Node = excluded.Node"
@@ -181,12 +180,19 @@ _DELETE_FILE = "DELETE FROM files WHERE ID = %s AND FileName = %s"
 _SET_CONTENT = "UPDATE files SET Size = %s, Cksum = %s WHERE ID = %s AND FileName = %s"
 _DELETE_CLIENT_FILES = "DELETE FROM files WHERE ID = %s"
 _SELECT_BINDING = "SELECT ID, Address, IssuedAt, LastUsed FROM key_bindings WHERE ID = %s"
-_UPSERT_BINDING = (
-    "INSERT INTO key_bindings (ID, Address, IssuedAt, LastUsed) VALUES (%s, %s, %s, %s)"
-    " ON CONFLICT (ID) DO UPDATE SET Address = excluded.Address,"
-    " IssuedAt = excluded.IssuedAt, LastUsed = excluded.LastUsed"
+#: A binding made (or made again), and its client's unused time started again: one statement.
+_BIND = (
+    "WITH bound AS (INSERT INTO key_bindings (ID, Address, IssuedAt, LastUsed)"
+    " VALUES (%s, %s, %s, %s) ON CONFLICT (ID) DO UPDATE SET Address = excluded.Address,"
+    " IssuedAt = excluded.IssuedAt, LastUsed = excluded.LastUsed)"
+    " UPDATE clients SET UnusedSince = %s WHERE ID = %s AND UnusedSince IS NOT NULL"
 )
 _SET_BINDING_USED = "UPDATE key_bindings SET LastUsed = %s WHERE ID = %s AND LastUsed < %s"
+#: A request's two stamps of one client (the key's use, the request's time): one statement.
+_SET_STAMPS = (
+    "WITH used AS (UPDATE key_bindings SET LastUsed = %s WHERE ID = %s AND LastUsed < %s)"
+    " UPDATE clients SET LastSeen = %s WHERE ID = %s"
+)
 _DELETE_BINDING = "DELETE FROM key_bindings WHERE ID = %s"
 # Start-up: the address groups under this run's grouping (--ipv6-prefix), and the counts.
 _REGISTERED_FROM = (
@@ -237,8 +243,6 @@ _PREPARED = (
     _Prepared("cd_file", _SELECT_FILE, ("bytea", "bytea")),
     _Prepared("cd_client_files", _SELECT_CLIENT_FILES, ("bytea",)),
     _Prepared("cd_insert_client", _INSERT_CLIENT),
-    _Prepared("cd_set_unused_since", _SET_UNUSED_SINCE),
-    _Prepared("cd_set_used", _SET_USED),
     _Prepared("cd_set_edition", _SET_EDITION),
     _Prepared("cd_set_crc", _SET_CRC),
     _Prepared("cd_set_keys", _SET_KEYS),
@@ -249,9 +253,13 @@ _PREPARED = (
     _Prepared("cd_promote_pending", _PROMOTE_PENDING),
     _Prepared("cd_set_verified", _SET_VERIFIED),
     _Prepared("cd_set_content", _SET_CONTENT),
-    _Prepared("cd_upsert_binding", _UPSERT_BINDING),
+    _Prepared("cd_bind", _BIND),
     _Prepared("cd_set_binding_used", _SET_BINDING_USED),
+    _Prepared("cd_set_stamps", _SET_STAMPS),
 )
+#: The upload fence, prepared once the coordination's tables it reads are there
+#: (:meth:`PostgresMetadata.prepare_fence`).
+_FENCE = _Prepared("cd_fence", fence.STATEMENT, fence.PARAMETER_TYPES)
 #: The client read that brings the failure counts too (its text made at run time).
 _CLIENT_WITH_FAILURES = "cd_client_failures"
 _CLIENT_WITH_FAILURES_TYPES = ("float8", "bytea")
@@ -627,10 +635,19 @@ class PostgresMetadata:
             self._lose_round(reason(exc))
 
     def _queue_stamps(self) -> None:
-        for client_id, when in self._seen.items():
-            self._queue.append((_SET_LAST_SEEN, (timestamp(when), client_id)))
-        for client_id, when in self._used.items():
-            self._queue.append((_SET_BINDING_USED, (when, client_id, when)))
+        """The noted stamps, as writes: one statement per client (both of its stamps)."""
+        seen, used = self._seen, self._used
+        for client_id, when in seen.items():
+            key_used = used.get(client_id)
+            if key_used is None:
+                self._queue.append((_SET_LAST_SEEN, (timestamp(when), client_id)))
+            else:
+                self._queue.append((_SET_STAMPS, (
+                    key_used, client_id, key_used, timestamp(when), client_id,
+                )))
+        for client_id, when in used.items():
+            if client_id not in seen:
+                self._queue.append((_SET_BINDING_USED, (when, client_id, when)))
 
     def flush(self) -> None:
         """Commit pending LastSeen/LastUsed updates, if any."""
@@ -750,17 +767,9 @@ class PostgresMetadata:
         self._with_failures = _SELECT_CLIENT_BINDING_AND_FAILURES.replace(
             _FAILURES_HERE, failure_columns("c.ID", "c.AESKey")
         )
-        read_with_failures = _Prepared(
+        self._prepare_along(_Prepared(
             _CLIENT_WITH_FAILURES, self._with_failures, _CLIENT_WITH_FAILURES_TYPES
-        )
-        self._prepared[self._with_failures] = read_with_failures
-        db = self._db
-        if db is not None and not db.closed and self._prepared_on is db and not self._in_round:
-            try:
-                db.execute(read_with_failures.prepare)
-            except psycopg.Error as exc:  # the reads go as text until the next connection
-                log.warning("database: cannot prepare the client read: %s", reason(exc))
-                self._prepared_on = None
+        ), "the client read")
 
         def read(client_id: bytes) -> tuple[ClientRow | None, Binding | None, FailureCounts | None]:
             rows = self._read(self._with_failures, window, client_id)
@@ -771,6 +780,23 @@ class PostgresMetadata:
             return client, binding, FailureCounts(under_key or 0, int(in_window))
 
         return read
+
+    def _prepare_along(self, prepared: _Prepared, what: str) -> None:
+        """A statement on the coordination's tables, prepared from now on: on this
+        connection (outside a round) and on every one made again."""
+        self._prepared[prepared.statement] = prepared
+        db = self._db
+        if db is not None and not db.closed and self._prepared_on is db and not self._in_round:
+            try:
+                db.execute(prepared.prepare)
+            except psycopg.Error as exc:  # the statements go as text until the next connection
+                log.warning("database: cannot prepare %s: %s", what, reason(exc))
+                self._prepared_on = None
+
+    def prepare_fence(self) -> None:
+        """The upload fence (:meth:`queue_fence`) is prepared from now on: the
+        coordination's tables it reads are there."""
+        self._prepare_along(_FENCE, "the upload fence")
 
     def client_by_name(self, name: str) -> ClientRow | None:
         """The client with this name, if any."""
@@ -908,8 +934,7 @@ class PostgresMetadata:
     ) -> None:
         """Insert or reset a file's row with Verified false, pointing at ``blob_key``:
         the client is used from now on."""
-        self._write(_UPSERT_FILE, client_id, file_name, path_name, blob_key, self.node)
-        self._write(_SET_USED, client_id)
+        self._write(_UPSERT_FILE, client_id, client_id, file_name, path_name, blob_key, self.node)
 
     def queue_fence(self, statement: str, *params: Any) -> None:
         """Queue the upload fence (server/storage/postgres/fence.py) in the request's
@@ -951,8 +976,7 @@ class PostgresMetadata:
 
     def set_binding(self, client_id: bytes, address: str, now: float) -> None:
         """Bind the client's key (or registration) to an address from now."""
-        self._write(_UPSERT_BINDING, client_id, address, now, now)
-        self._write(_SET_UNUSED_SINCE, now, client_id)
+        self._write(_BIND, client_id, address, now, now, now, client_id)
         self._used.pop(client_id, None)
 
     def note_key_used(self, client_id: bytes, now: float) -> None:
