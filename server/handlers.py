@@ -177,20 +177,45 @@ def _why_name_is_held(app: App, peer: Peer, existing: ClientRow | None) -> str |
     return None
 
 
+def _register_if_free(
+    app: App, peer: Peer, name: str, speaking: Speaking
+) -> tuple[bytes | None, ClientRow | None, tuple[int, int]]:
+    """An 825's usual case, in one read of the store (one round trip on a database server):
+    a name no one holds, room under the cap and the address's share, the rate allowing it:
+    registered (its id, and the registration counted by the rate). Otherwise nothing is
+    written: None, with the name's row and the counts, for the rules of :func:`register`
+    to answer from, as they would have without this step."""
+    if not app.registrations.allows(peer.group):  # a refusal of some kind: the rules say which
+        existing, counts = app.metadata.client_by_name_and_counts(name, peer.group)
+        return None, existing, counts
+    client_id = _new_client_id()
+    now = app.wall_clock()
+    room = (app.limits.max_clients, app.client_share)
+    with app.metadata.transaction():
+        existing, counts, inserted = app.metadata.register_if_free(
+            client_id, name, now, speaking.record, peer.address, peer.group, room
+        )
+        if inserted:
+            bind(app.metadata, client_id, peer.address, now)
+    if not inserted:
+        return None, existing, counts
+    app.registrations.allow(peer.group)  # allowed above: counted, as the rules count it
+    return client_id, None, counts
+
+
 def register(app: App, peer: Peer, event: Register, speaking: Speaking) -> Outcome:
     """825: a new name gets a fresh id; a keyless name of this address is registered anew."""
-    # The name's row and the counts the cap checks, in one read (one round trip on a
-    # database server).
-    existing, counts = app.metadata.client_by_name_and_counts(event.name, peer.group)
-    refusal = _why_name_is_held(app, peer, existing) or _can_register(
-        app, peer, existing, counts
-    )
-    if refusal:
-        return Outcome(RegistrationFailed(), event.name, refusal, refused=True)
-    try:
-        client_id = _register_name(app, peer, event.name, existing, speaking)
-    except NameTaken:
-        return Outcome(RegistrationFailed(), event.name, "name taken", refused=True)
+    client_id, existing, counts = _register_if_free(app, peer, event.name, speaking)
+    if client_id is None:
+        refusal = _why_name_is_held(app, peer, existing) or _can_register(
+            app, peer, existing, counts
+        )
+        if refusal:
+            return Outcome(RegistrationFailed(), event.name, refusal, refused=True)
+        try:
+            client_id = _register_name(app, peer, event.name, existing, speaking)
+        except NameTaken:
+            return Outcome(RegistrationFailed(), event.name, "name taken", refused=True)
     app.live_registrations.hold(client_id, peer)
     detail = "keyless registration replaced" if existing else ""
     label = client_label(event.name, client_id)

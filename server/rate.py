@@ -39,20 +39,32 @@ class RegistrationLimiter:
 
     def allow(self, group: str) -> bool:
         """Count a registration from ``group``; False when the group is over its rate."""
+        if not self.allows(group):
+            return False
+        self._count(group)
+        return True
+
+    def allows(self, group: str) -> bool:
+        """Whether a registration from ``group`` is within its rate now (nothing counted:
+        :meth:`allow` counts it). Time only lets the window's registrations go, so a group
+        allowed here is allowed by an :meth:`allow` that follows."""
         if not self._per_minute:
             return True
         now = self._clock()
         self._forget_stale(now, PURGE_PER_CALL)
         times = self._times.get(group)
         if times is None:
-            times = self._times[group] = collections.deque()
+            return True
         while times and now - times[0] > RATE_WINDOW:
             times.popleft()
-        if len(times) >= self._per_minute:
-            return False
-        times.append(now)
+        return len(times) < self._per_minute
+
+    def _count(self, group: str) -> None:
+        times = self._times.get(group)
+        if times is None:
+            times = self._times[group] = collections.deque()
+        times.append(self._clock())
         self._times.move_to_end(group)
-        return True
 
     def sweep(self) -> None:
         """Forget every group whose last registration left the window (the timers call this)."""

@@ -197,6 +197,19 @@ class RequestReads:
         self._forget(client_id)
         self.store.insert_client(client_id, name, now, edition, address)
 
+    def register_if_free(
+        self, client_id: bytes, name: str, now: float, edition: str, address: str, group: str,
+        room: tuple[int, int],
+    ) -> tuple[ClientRow | None, tuple[int, int], bool]:
+        """The store's, the name's row kept for the request (as :meth:`client_by_name`'s)."""
+        self._forget(client_id)
+        found, counts, inserted = self.store.register_if_free(
+            client_id, name, now, edition, address, group, room
+        )
+        if self._active and found is not None:
+            self._clients[found.id] = found
+        return found, counts, inserted
+
     def set_edition(self, client_id: bytes, edition: str) -> None:
         self._forget(client_id)
         self.store.set_edition(client_id, edition)

@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Collection, Iterable, Mapping, Protocol, runtime_checkable
 
+from ..errors import NameTaken
 from .urltext import without_password
 
 #: Texts of recent seconds kept for LastSeen (a clock that steps back reuses one).
@@ -245,6 +246,28 @@ def wait_for(commit: RoundCommit | DurableStep | None) -> None:
             selector.select(COMMIT_POLL_INTERVAL)
 
 
+def has_room(counts: tuple[int, int], room: tuple[int, int]) -> bool:
+    """Whether one more client fits: the total and an address group's count (``counts``)
+    below the cap and the group's share of it (``room``)."""
+    return counts[0] < room[0] and counts[1] < room[1]
+
+
+def register_if_free_in_steps(
+    store: MetadataStore, client_id: bytes, name: str, now: float, edition: str, address: str,
+    group: str, room: tuple[int, int],
+) -> tuple[ClientRow | None, tuple[int, int], bool]:
+    """:meth:`MetadataStore.register_if_free` as a read and an insert (a store in this
+    process, where a read costs no round trip)."""
+    found, counts = store.client_by_name_and_counts(name, group)
+    if found is not None or not has_room(counts, room):
+        return found, counts, False
+    try:
+        store.insert_client(client_id, name, now, edition, address)
+    except NameTaken:
+        return None, counts, False
+    return None, counts, True
+
+
 def file_row_and_path_names(
     client_rows: Iterable[FileRow], file_name: bytes
 ) -> tuple[FileRow | None, list[str]]:
@@ -361,6 +384,18 @@ class MetadataStore(Protocol):
 
         Raises:
             NameTaken: another client holds the name, or the id (nothing is overwritten).
+        """
+        ...
+
+    def register_if_free(
+        self, client_id: bytes, name: str, now: float, edition: str, address: str, group: str,
+        room: tuple[int, int],
+    ) -> tuple[ClientRow | None, tuple[int, int], bool]:
+        """:meth:`insert_client` if no client holds the name and one more client fits
+        (:func:`has_room`: the counts below ``room``), in one read with
+        :meth:`client_by_name_and_counts` (an 825's usual case): the name's row (None: no
+        one's), the counts before, and whether the client was inserted. Not inserted:
+        nothing is written (the name held, no room, or the name or id taken meanwhile).
         """
         ...
 

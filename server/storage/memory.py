@@ -25,7 +25,7 @@ from ..errors import BlobMissing, NameTaken, StorageFault
 from ..peer import address_group
 from .base import (
     BlobEntry, Binding, ClientRow, FileRow, UnpublishedBlob, file_row_and_path_names,
-    is_blob_key, timestamp,
+    is_blob_key, register_if_free_in_steps, timestamp,
 )
 
 if TYPE_CHECKING:
@@ -275,6 +275,15 @@ class MemoryMetadata:
             edition=edition, registered_from=address,
         )
         self._set(self._clients, client_id, _Client(row, unused_since=now))
+
+    def register_if_free(
+        self, client_id: bytes, name: str, now: float, edition: str, address: str, group: str,
+        room: tuple[int, int],
+    ) -> tuple[ClientRow | None, tuple[int, int], bool]:
+        """Register the name if it is free and there is room (a read, then the insert)."""
+        return register_if_free_in_steps(
+            self, client_id, name, now, edition, address, group, room
+        )
 
     def set_edition(self, client_id: bytes, edition: str) -> None:
         """The edition the client's requests turned out to be."""

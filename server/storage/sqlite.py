@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Callable, Collection, Iterator, ParamSpec, Typ
 from ..errors import BadStoreUrl, DurabilityLost, NameTaken, StorageFault, StoreUnusable
 from ..peer import address_group
 from .base import (
-    Binding, ClientRow, FileRow, StoreUrl, file_row_and_path_names, timestamp, wait_for,
+    Binding, ClientRow, FileRow, StoreUrl, file_row_and_path_names, register_if_free_in_steps,
+    timestamp, wait_for,
 )
 
 if TYPE_CHECKING:
@@ -723,6 +724,15 @@ class SqliteMetadata:
             )
         except sqlite3.IntegrityError as exc:
             raise NameTaken(name) from exc
+
+    def register_if_free(
+        self, client_id: bytes, name: str, now: float, edition: str, address: str, group: str,
+        room: tuple[int, int],
+    ) -> tuple[ClientRow | None, tuple[int, int], bool]:
+        """Register the name if it is free and there is room (a read, then the insert)."""
+        return register_if_free_in_steps(
+            self, client_id, name, now, edition, address, group, room
+        )
 
     @_translated
     def set_edition(self, client_id: bytes, edition: str) -> None:

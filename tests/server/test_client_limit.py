@@ -10,13 +10,17 @@ of clients.
 
 from __future__ import annotations
 
+import pytest
+from conftest import METADATA_BACKENDS
 from helpers import ANY_ID, unique_name
 from protocol import Register, Registered, RegistrationFailed
 from server import handlers
 from server.app import App
 from server.limits import Limits
 from server.peer import Peer, Speaking
+from server.rate import RATE_WINDOW
 from server.storage.folder import FolderBlobs
+from server.storage.postgres.store import PostgresMetadata
 from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 KEYED = b"k" * 160
@@ -184,6 +188,78 @@ def test_unused_clients_do_not_lapse_with_a_lapse_of_zero(tmp_path):
     assert app.purge_lapsed_clients() == 0
     assert app.metadata.count_clients() == 3
     app.metadata.close()
+
+
+# -- an 825's answers, the same on every store ----------------------------------------------------
+
+
+@pytest.fixture(params=METADATA_BACKENDS)
+def any_store(request, tmp_path):
+    """A metadata store of each kind the server takes (PostgreSQL checks the cap and the
+    share in the statement that registers)."""
+    if request.param == "sqlite":
+        return SqliteMetadata.open(tmp_path / DB_NAME)
+    return PostgresMetadata.open(request.getfixturevalue("postgres_url"))
+
+
+def _answer(app: App, peer: Peer, name: str) -> str:
+    """An 825's outcome as its log line tells it."""
+    outcome = handlers.register(app, peer, Register(client_id=ANY_ID, name=name), Speaking())
+    app.metadata.finish_round(durable=False)
+    if isinstance(outcome.response, Registered):
+        return f"registered{': ' + outcome.detail if outcome.detail else ''}"
+    assert isinstance(outcome.response, RegistrationFailed) and outcome.refused
+    return outcome.detail
+
+
+def test_an_825_is_answered_the_same_on_every_store(tmp_path, any_store):
+    """Each rule of an 825 in its order (the name, the cap, the address's share, the rate),
+    and the rate counting only the registrations the other rules let through."""
+    limits = Limits(key_window=KEY_WINDOW, max_clients=6, max_client_share_per_address=0.5,
+                    registrations_per_minute=2)
+    clock = FakeClock()
+    app = App.build(any_store, FolderBlobs(tmp_path), limits, clock=clock)
+    app.wall_clock = clock
+    one, one_again, two, three, four = (
+        Peer(address, 1) for address in
+        ("198.51.100.1", "198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4")
+    )
+    _add(app, range(1), keyed=True)  # c0, keyed, from 192.0.2.1
+    answers = [
+        _answer(app, one, "a"),
+        _answer(app, two, "a"),
+        _answer(app, one_again, "a"),
+        _answer(app, one, "a"),  # its own keyless name again: replaced, counted by the rate
+        _answer(app, one, "b"),
+        _answer(app, two, "c0"),
+        _answer(app, two, "b"),
+    ]
+    clock.now += RATE_WINDOW + 1
+    answers += [
+        _answer(app, one, "b"),  # two's, within the key window
+        _answer(app, one, "c"),
+        _answer(app, one, "d"),
+        _answer(app, one, "e"),  # its share of 6 is 3
+        _answer(app, three, "e"),  # the sixth client
+        _answer(app, four, "f"),
+    ]
+    assert answers == [
+        "registered",
+        "name being registered from another address",
+        "name being registered by another connection",
+        "registered: keyless registration replaced",  # the refusals above were not counted
+        "registration rate limit for this address",
+        "name taken",
+        "registered",
+        "name being registered from another address",
+        "registered",
+        "registered",
+        "this address's share of the client limit reached",
+        "registered",
+        "client limit reached",
+    ]
+    assert app.metadata.count_clients() == 6
+    any_store.close()
 
 
 # -- the registration rate: every stale address is forgotten --------------------------------------

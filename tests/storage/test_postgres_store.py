@@ -483,15 +483,20 @@ def test_a_sessions_writes_are_called_prepared(store):
     """A write in a batch is its EXECUTE: not parsed and planned at every call."""
     register(store, ALICE, "alice")  # the insert goes out at once, the binding with the commit
     with store.transaction():
+        store.register_if_free(BOB, "bob", NOW, "v3", "127.0.0.1", "127.0.0.1", (10, 10))
         store.set_keys(ALICE, b"public", b"aes", 1.0)
         store.upsert_file(ALICE, b"f.bin", "received_files/f.bin")
+    store.note_seen(ALICE, NOW + 1)
+    store.note_key_used(ALICE, NOW + 1)
+    store.flush()
     store.finish_round(durable=True)
     assert store.file_row(ALICE, b"f.bin").path_name == "received_files/f.bin"
+    assert store.client_by_name("bob").id == BOB
     called = store._db.execute(
         "SELECT name FROM pg_prepared_statements WHERE generic_plans + custom_plans > 0"
     ).fetchall()
-    assert {"cd_insert_client", "cd_upsert_binding", "cd_set_keys", "cd_upsert_file",
-            "cd_set_used"} <= {name for (name,) in called}
+    assert {"cd_insert_client", "cd_register", "cd_bind", "cd_set_keys", "cd_upsert_file",
+            "cd_set_stamps"} <= {name for (name,) in called}
 
 
 #: A stopped backend is resumed this many times the store's patience later (by a shell, so

@@ -210,6 +210,64 @@ def test_both_counts_read_together_are_the_counts(metadata):
         assert metadata.client_counts(address_group("127.0.0.1")) == (3, 2)
 
 
+#: Room for many clients, in all and per address group.
+ROOMY = (100, 100)
+
+
+def _register_if_free(metadata: MetadataStore, client_id: bytes, name: str, address: str,
+                      room: tuple[int, int] = ROOMY):
+    with metadata.transaction():
+        return metadata.register_if_free(
+            client_id, name, NOW, "2023C", address, address_group(address), room
+        )
+
+
+def test_a_free_name_with_room_is_registered_in_one_call_with_the_counts_before(metadata):
+    register(metadata, BOB, "bob", "127.0.0.1")
+    assert _register_if_free(metadata, ALICE, "alice", "127.0.0.1") == (None, (1, 1), True)
+    row = metadata.client_by_id(ALICE)
+    assert (row.name, row.edition, row.registered_from, row.last_seen) == (
+        "alice", "2023C", "127.0.0.1", timestamp(NOW))
+    assert row.public_key is None and metadata.client_by_name("alice") == row
+    assert metadata.client_counts(address_group("127.0.0.1")) == (2, 2)
+
+
+def test_a_held_name_is_returned_with_the_counts_and_nothing_is_written(metadata):
+    register(metadata, ALICE, "alice", "127.0.0.1")
+    held = metadata.client_by_id(ALICE)
+    assert _register_if_free(metadata, BOB, "alice", "127.0.0.9") == (held, (1, 0), False)
+    assert metadata.client_by_id(BOB) is None and metadata.count_clients() == 1
+
+
+def test_no_room_in_all_or_in_the_group_writes_nothing(metadata):
+    register(metadata, ALICE, "alice", "127.0.0.1")
+    register(metadata, BOB, "bob", "127.0.0.9")
+    group = address_group("127.0.0.1")
+    assert _register_if_free(metadata, b"c" * 16, "carol", "127.0.0.1", room=(2, 100)) == (
+        None, (2, 1), False)  # the cap reached
+    assert _register_if_free(metadata, b"c" * 16, "carol", "127.0.0.1", room=(100, 1)) == (
+        None, (2, 1), False)  # the group's share reached
+    assert metadata.client_by_name("carol") is None and metadata.client_counts(group) == (2, 1)
+    assert _register_if_free(metadata, b"c" * 16, "carol", "127.0.0.1", room=(3, 2)) == (
+        None, (2, 1), True)  # one below each
+
+
+def test_a_registration_is_undone_with_its_transaction(metadata):
+    with pytest.raises(Closed):
+        with metadata.transaction():
+            metadata.register_if_free(ALICE, "alice", NOW, "v3", "127.0.0.1",
+                                      address_group("127.0.0.1"), ROOMY)
+            raise Closed
+    assert metadata.client_by_name("alice") is None and metadata.count_clients() == 0
+
+
+def test_a_taken_id_registers_nothing_and_overwrites_nothing(metadata):
+    register(metadata, ALICE, "alice", "127.0.0.1")
+    assert _register_if_free(metadata, ALICE, "bob", "127.0.0.1") == (None, (1, 1), False)
+    assert metadata.client_by_id(ALICE).name == "alice" and metadata.count_clients() == 1
+    assert metadata.client_by_name("bob") is None
+
+
 def test_ipv6_peers_of_one_network_share_a_count(metadata):
     register(metadata, ALICE, "alice", "2001:db8::1")
     register(metadata, BOB, "bob", "2001:db8::2")

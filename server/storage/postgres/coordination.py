@@ -59,6 +59,7 @@ fail at once, and after a failed attempt the next begins no sooner than
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -303,7 +304,7 @@ class _Prepared:
         types = ", ".join(_PARAMETER_TYPES[name] for name in names)
         return f"PREPARE {self.name} ({types}) AS {numbered}"
 
-    @property
+    @functools.cached_property
     def execute(self) -> str:
         """The statement's call, its parameters placeholders (bound as literals, in the
         order of :meth:`values`)."""
@@ -311,10 +312,17 @@ class _Prepared:
 
     def values(self, named: Mapping[str, object]) -> tuple[object, ...]:
         """The parameters of :attr:`execute`, from their values by name."""
-        return tuple(named[name] for name in self._names())
+        return tuple([named[name] for name in self._names()])
 
-    def _names(self) -> list[str]:
-        return list(dict.fromkeys(_NAMED_PARAMETER.findall(self.statement)))
+    def _names(self) -> tuple[str, ...]:
+        """Its parameters' names, in order: found once per statement (a call's every value
+        passes here)."""
+        return _parameter_names(self.statement)
+
+
+@functools.lru_cache(maxsize=None)
+def _parameter_names(statement: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_NAMED_PARAMETER.findall(statement)))
 
 
 #: A hold sent without waiting, and an upload's lease waited for: one statement.
@@ -612,6 +620,7 @@ class PgCoordination:
 
         if not isinstance(store, PostgresMetadata) or store.conninfo != self._conninfo:
             return None
+        store.prepare_fence()
 
         def fence_upload(lease: UploadLease) -> None:
             key = upload_key(lease.client_id, lease.file_name)

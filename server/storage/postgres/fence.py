@@ -32,6 +32,8 @@ STATEMENT = (
     " WHERE kind = %s AND key = %s AND node = %s AND blob = %s FOR SHARE)"
     f" THEN '0' ELSE '{LEASE_LOST}' END)::int"
 )
+#: Its parameters' types (it is prepared once per connection: server/storage/postgres/store.py).
+PARAMETER_TYPES = ("text", "bytea", "text", "text")
 
 
 def refused(exc: Any) -> bool:

@@ -20,11 +20,16 @@ waits for the round): such a failure loses the round. A client's row and
 its binding are read together (with its failure counts, when the
 coordination's tables are in this database:
 :meth:`PostgresMetadata.client_read_with_failures`), an 825's name with the
-client counts; these reads are prepared once per connection
-(:class:`_Prepared`) and called with ``EXECUTE``, as are the writes of a
-session, so that a batch's text is not planned again at every call. A write
-whose outcome the request needs at once (registering a name: :class:`~server.errors.NameTaken`) goes
-out at once, with the writes queued before it. :attr:`PostgresMetadata.round_trips` and
+client counts and, when the name is free and one more client fits, its
+insert (:meth:`PostgresMetadata.register_if_free`: one statement); these
+reads are prepared once per connection (:class:`_Prepared`) and called with
+``EXECUTE``, as are the writes of a session, so that a batch's text is not
+planned again at every call. A write whose outcome the request needs at
+once (that insert; a name registered by :meth:`~PostgresMetadata.insert_client`:
+:class:`~server.errors.NameTaken`) goes out at once, with the writes queued
+before it; if the connection is lost then and nothing of the round had gone
+out before, that request alone fails (its answer a refusal): the round is
+not lost. :attr:`PostgresMetadata.round_trips` and
 :attr:`~PostgresMetadata.statements` count them (bench/sessions.py).
 
 A lost connection (or one whose answer does not come within
@@ -99,6 +104,25 @@ _SELECT_NAME_AND_COUNTS = (
     " COALESCE((SELECT Clients FROM client_counts WHERE AddressGroup = %s), 0)"
     " FROM (SELECT 1) AS one LEFT JOIN clients c ON c.Name = %s"
 )
+#: An 825's usual case in one statement: the client is inserted if no one holds the name and
+#: the total and the group's count are below the cap and the group's share; the name's row
+#: (all NULL for none), the counts before, and whether it was inserted. A name or id taken
+#: meanwhile (another node's) inserts nothing, with no error.
+_REGISTER_IF_FREE = (
+    f"WITH named AS (SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = %s),"
+    " counted AS (SELECT (SELECT Clients FROM client_counts WHERE AddressGroup = %s) AS total,"
+    " COALESCE((SELECT Clients FROM client_counts WHERE AddressGroup = %s), 0) AS in_group),"
+    " inserted AS (INSERT INTO clients"
+    " (ID, Name, LastSeen, Edition, UnusedSince, RegisteredFrom, AddressGroup)"
+    " SELECT %s, %s, %s, %s, %s, %s, %s FROM counted WHERE NOT EXISTS (SELECT 1 FROM named)"
+    " AND COALESCE(total, 0) < %s AND in_group < %s ON CONFLICT DO NOTHING RETURNING 1)"
+    " SELECT named.*, counted.total, counted.in_group, EXISTS (SELECT 1 FROM inserted)"
+    " FROM counted LEFT JOIN named ON true"
+)
+_REGISTER_IF_FREE_TYPES = (
+    "text", "text", "text", "bytea", "text", "text", "text", "float8", "text", "text",
+    "bigint", "bigint",
+)
 _COUNT_CLIENTS = "SELECT Clients FROM client_counts WHERE AddressGroup = %s"
 #: The total and one group's count, in one statement (a group never counted: 0).
 _COUNT_CLIENTS_AND_GROUP = (
@@ -119,10 +143,6 @@ _INSERT_CLIENT = (
     "INSERT INTO clients (ID, Name, LastSeen, Edition, UnusedSince, RegisteredFrom, AddressGroup)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
-_SET_UNUSED_SINCE = (
-    "UPDATE clients SET UnusedSince = %s WHERE ID = %s AND UnusedSince IS NOT NULL"
-)
-_SET_USED = "UPDATE clients SET UnusedSince = NULL WHERE ID = %s AND UnusedSince IS NOT NULL"
 _SET_EDITION = "UPDATE clients SET Edition = %s WHERE ID = %s"
 _SET_CRC = "UPDATE clients SET Crc = %s WHERE ID = %s"
 _DELETE_CLIENT = "DELETE FROM clients WHERE ID = %s"
@@ -139,8 +159,11 @@ _REFERENCED_KEYS = (
 )
 _SUM_STORED_BYTES = "SELECT COALESCE(SUM(Size), 0) FROM files WHERE ID = %s"
 _SELECT_CLIENT_FILES = f"SELECT {_FILE_COLUMNS} FROM files WHERE ID = %s"
+#: A file's row inserted or reset, and its client used from now on: one statement.
 _UPSERT_FILE = (
-    "INSERT INTO files (ID, FileName, PathName, Verified, BlobKey, Node)"
+    "WITH used AS (UPDATE clients SET UnusedSince = NULL"
+    " WHERE ID = %s AND UnusedSince IS NOT NULL)"
+    " INSERT INTO files (ID, FileName, PathName, Verified, BlobKey, Node)"
     " VALUES (%s, %s, %s, false, %s, %s)"
     " ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName, Verified = false,"
     " BlobKey = excluded.BlobKey, PendingKey = NULL, Node = excluded.Node"
@@ -157,12 +180,19 @@ _DELETE_FILE = "DELETE FROM files WHERE ID = %s AND FileName = %s"
 _SET_CONTENT = "UPDATE files SET Size = %s, Cksum = %s WHERE ID = %s AND FileName = %s"
 _DELETE_CLIENT_FILES = "DELETE FROM files WHERE ID = %s"
 _SELECT_BINDING = "SELECT ID, Address, IssuedAt, LastUsed FROM key_bindings WHERE ID = %s"
-_UPSERT_BINDING = (
-    "INSERT INTO key_bindings (ID, Address, IssuedAt, LastUsed) VALUES (%s, %s, %s, %s)"
-    " ON CONFLICT (ID) DO UPDATE SET Address = excluded.Address,"
-    " IssuedAt = excluded.IssuedAt, LastUsed = excluded.LastUsed"
+#: A binding made (or made again), and its client's unused time started again: one statement.
+_BIND = (
+    "WITH bound AS (INSERT INTO key_bindings (ID, Address, IssuedAt, LastUsed)"
+    " VALUES (%s, %s, %s, %s) ON CONFLICT (ID) DO UPDATE SET Address = excluded.Address,"
+    " IssuedAt = excluded.IssuedAt, LastUsed = excluded.LastUsed)"
+    " UPDATE clients SET UnusedSince = %s WHERE ID = %s AND UnusedSince IS NOT NULL"
 )
 _SET_BINDING_USED = "UPDATE key_bindings SET LastUsed = %s WHERE ID = %s AND LastUsed < %s"
+#: A request's two stamps of one client (the key's use, the request's time): one statement.
+_SET_STAMPS = (
+    "WITH used AS (UPDATE key_bindings SET LastUsed = %s WHERE ID = %s AND LastUsed < %s)"
+    " UPDATE clients SET LastSeen = %s WHERE ID = %s"
+)
 _DELETE_BINDING = "DELETE FROM key_bindings WHERE ID = %s"
 # Start-up: the address groups under this run's grouping (--ipv6-prefix), and the counts.
 _REGISTERED_FROM = (
@@ -209,11 +239,10 @@ _PLACEHOLDER = "%s"
 _PREPARED = (
     _Prepared("cd_client", _SELECT_CLIENT_AND_BINDING, ("bytea",)),
     _Prepared("cd_name", _SELECT_NAME_AND_COUNTS, ("text", "text", "text")),
+    _Prepared("cd_register", _REGISTER_IF_FREE, _REGISTER_IF_FREE_TYPES),
     _Prepared("cd_file", _SELECT_FILE, ("bytea", "bytea")),
     _Prepared("cd_client_files", _SELECT_CLIENT_FILES, ("bytea",)),
     _Prepared("cd_insert_client", _INSERT_CLIENT),
-    _Prepared("cd_set_unused_since", _SET_UNUSED_SINCE),
-    _Prepared("cd_set_used", _SET_USED),
     _Prepared("cd_set_edition", _SET_EDITION),
     _Prepared("cd_set_crc", _SET_CRC),
     _Prepared("cd_set_keys", _SET_KEYS),
@@ -224,9 +253,13 @@ _PREPARED = (
     _Prepared("cd_promote_pending", _PROMOTE_PENDING),
     _Prepared("cd_set_verified", _SET_VERIFIED),
     _Prepared("cd_set_content", _SET_CONTENT),
-    _Prepared("cd_upsert_binding", _UPSERT_BINDING),
+    _Prepared("cd_bind", _BIND),
     _Prepared("cd_set_binding_used", _SET_BINDING_USED),
+    _Prepared("cd_set_stamps", _SET_STAMPS),
 )
+#: The upload fence, prepared once the coordination's tables it reads are there
+#: (:meth:`PostgresMetadata.prepare_fence`).
+_FENCE = _Prepared("cd_fence", fence.STATEMENT, fence.PARAMETER_TYPES)
 #: The client read that brings the failure counts too (its text made at run time).
 _CLIENT_WITH_FAILURES = "cd_client_failures"
 _CLIENT_WITH_FAILURES_TYPES = ("float8", "bytea")
@@ -446,11 +479,12 @@ class PostgresMetadata:
         batch = self._queue
         self._queue = []
         deferred, self._deferred = self._deferred, False
+        begins = False  # this message begins the round: none of the round's went out before
         if batch:  # the savepoints queued in it go out: their levels are sent
             self._flushes += 1
             if not self._in_round and (self._levels or deferred):
                 batch.insert(0, (_BEGIN, ()))
-                self._in_round = True
+                self._in_round = begins = True
         if self._release_owed:
             batch.insert(0, (_RELEASE, ()))
             self._release_owed = False
@@ -464,6 +498,8 @@ class PostgresMetadata:
         except psycopg.OperationalError as exc:
             if db.closed or db.broken:
                 log.warning("database: the connection is lost (%s)", reason(exc))
+                if begins and not deferred:  # it carried the calling request's writes only:
+                    self._in_round = False  # that request fails, and no other's is lost
                 self._lose_round(reason(exc))
                 self._reconnect_now()
             raise fault(exc) from exc
@@ -599,10 +635,19 @@ class PostgresMetadata:
             self._lose_round(reason(exc))
 
     def _queue_stamps(self) -> None:
-        for client_id, when in self._seen.items():
-            self._queue.append((_SET_LAST_SEEN, (timestamp(when), client_id)))
-        for client_id, when in self._used.items():
-            self._queue.append((_SET_BINDING_USED, (when, client_id, when)))
+        """The noted stamps, as writes: one statement per client (both of its stamps)."""
+        seen, used = self._seen, self._used
+        for client_id, when in seen.items():
+            key_used = used.get(client_id)
+            if key_used is None:
+                self._queue.append((_SET_LAST_SEEN, (timestamp(when), client_id)))
+            else:
+                self._queue.append((_SET_STAMPS, (
+                    key_used, client_id, key_used, timestamp(when), client_id,
+                )))
+        for client_id, when in used.items():
+            if client_id not in seen:
+                self._queue.append((_SET_BINDING_USED, (when, client_id, when)))
 
     def flush(self) -> None:
         """Commit pending LastSeen/LastUsed updates, if any."""
@@ -722,17 +767,9 @@ class PostgresMetadata:
         self._with_failures = _SELECT_CLIENT_BINDING_AND_FAILURES.replace(
             _FAILURES_HERE, failure_columns("c.ID", "c.AESKey")
         )
-        read_with_failures = _Prepared(
+        self._prepare_along(_Prepared(
             _CLIENT_WITH_FAILURES, self._with_failures, _CLIENT_WITH_FAILURES_TYPES
-        )
-        self._prepared[self._with_failures] = read_with_failures
-        db = self._db
-        if db is not None and not db.closed and self._prepared_on is db and not self._in_round:
-            try:
-                db.execute(read_with_failures.prepare)
-            except psycopg.Error as exc:  # the reads go as text until the next connection
-                log.warning("database: cannot prepare the client read: %s", reason(exc))
-                self._prepared_on = None
+        ), "the client read")
 
         def read(client_id: bytes) -> tuple[ClientRow | None, Binding | None, FailureCounts | None]:
             rows = self._read(self._with_failures, window, client_id)
@@ -743,6 +780,23 @@ class PostgresMetadata:
             return client, binding, FailureCounts(under_key or 0, int(in_window))
 
         return read
+
+    def _prepare_along(self, prepared: _Prepared, what: str) -> None:
+        """A statement on the coordination's tables, prepared from now on: on this
+        connection (outside a round) and on every one made again."""
+        self._prepared[prepared.statement] = prepared
+        db = self._db
+        if db is not None and not db.closed and self._prepared_on is db and not self._in_round:
+            try:
+                db.execute(prepared.prepare)
+            except psycopg.Error as exc:  # the statements go as text until the next connection
+                log.warning("database: cannot prepare %s: %s", what, reason(exc))
+                self._prepared_on = None
+
+    def prepare_fence(self) -> None:
+        """The upload fence (:meth:`queue_fence`) is prepared from now on: the
+        coordination's tables it reads are there."""
+        self._prepare_along(_FENCE, "the upload fence")
 
     def client_by_name(self, name: str) -> ClientRow | None:
         """The client with this name, if any."""
@@ -798,6 +852,22 @@ class PostgresMetadata:
             if isinstance(exc.__cause__, pg_errors.UniqueViolation):
                 raise NameTaken(name) from exc
             raise
+
+    def register_if_free(
+        self, client_id: bytes, name: str, now: float, edition: str, address: str, group: str,
+        room: tuple[int, int],
+    ) -> tuple[ClientRow | None, tuple[int, int], bool]:
+        """Register the name if it is free and there is room: one round trip, with the writes
+        queued before it (the insert is the request's: in its savepoint)."""
+        self._live()
+        row = self._send((_REGISTER_IF_FREE, (
+            name, schema.TOTAL_GROUP, group, client_id, name, timestamp(now), edition, now,
+            address, self._group_of(address), *room,
+        )))[0]
+        fields = len(_CLIENT_FIELDS)
+        total, in_group, inserted = row[fields:]
+        client = None if row[0] is None else _client([row[:fields]])
+        return client, (int(total or 0), int(in_group)), bool(inserted)
 
     def set_edition(self, client_id: bytes, edition: str) -> None:
         """The edition the client's requests turned out to be."""
@@ -864,8 +934,7 @@ class PostgresMetadata:
     ) -> None:
         """Insert or reset a file's row with Verified false, pointing at ``blob_key``:
         the client is used from now on."""
-        self._write(_UPSERT_FILE, client_id, file_name, path_name, blob_key, self.node)
-        self._write(_SET_USED, client_id)
+        self._write(_UPSERT_FILE, client_id, client_id, file_name, path_name, blob_key, self.node)
 
     def queue_fence(self, statement: str, *params: Any) -> None:
         """Queue the upload fence (server/storage/postgres/fence.py) in the request's
@@ -907,8 +976,7 @@ class PostgresMetadata:
 
     def set_binding(self, client_id: bytes, address: str, now: float) -> None:
         """Bind the client's key (or registration) to an address from now."""
-        self._write(_UPSERT_BINDING, client_id, address, now, now)
-        self._write(_SET_UNUSED_SINCE, now, client_id)
+        self._write(_BIND, client_id, address, now, now, now, client_id)
         self._used.pop(client_id, None)
 
     def note_key_used(self, client_id: bytes, now: float) -> None:
