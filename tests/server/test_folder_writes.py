@@ -11,13 +11,15 @@ import time
 
 import pytest
 from beside_upload import BASELINE_REQUESTS, round_trips_beside_an_upload
-from helpers import RawClient, make_identity, upload
+from helpers import RawClient, file_packets, make_identity, packet_bytes, upload
 from loop_driving import served_in_a_thread
 from protocol import FileReceived, GeneralError, cksum, crypto
 from server import blobport
 from server.storage.folder import FolderBlobs, TempFile
 
 PACKET = 64 * 1024
+#: Content per packet of an upload in tiny packets: a few per loop turn.
+TINY_PACKET = 16
 SMALL = b"small upload" * 100
 #: Several times the bounds below: the port's worker writes most of it.
 LARGE = bytes(range(256)) * (48 * PACKET // 256)
@@ -144,6 +146,46 @@ def test_what_an_upload_holds_stays_bounded_while_its_writes_are_slow(throttled,
     bound = HOLD + BEHIND + 2 * PACKET
     assert bound < len(LARGE)
     assert held and max(held) <= bound, (max(held), bound)
+
+
+def test_the_memory_queued_for_a_slow_folder_stays_bounded_with_tiny_packets(
+    throttled, monkeypatch
+):
+    # each round of a few tiny packets hands the worker a whole held buffer with a few bytes
+    # in it: what bounds the connection is the memory the queued chunks keep alive, not
+    # their content (else they pile up, one buffer a round, while the writes are slow)
+    server, _store = throttled
+    kept = {"queued": 0, "most": 0, "largest": 0}
+    lock = threading.Lock()
+    real_submit, real_write = blobport.BlobPort.submit, blobport._write
+
+    def submit(port, writer, chunk, spare=None) -> None:
+        size = len(chunk if spare is None else spare)
+        with lock:
+            kept["queued"] += size
+            kept["most"] = max(kept["most"], kept["queued"])
+            kept["largest"] = max(kept["largest"], size)
+        real_submit(port, writer, chunk, spare)
+
+    def write(shared, writer, data, spare=None) -> None:
+        size = len(data if spare is None else spare)
+        real_write(shared, writer, data, spare)
+        with lock:
+            kept["queued"] -= size
+
+    monkeypatch.setattr(blobport.BlobPort, "submit", submit)
+    monkeypatch.setattr(blobport, "_write", write)
+    data = bytes(range(256)) * 4
+    with RawClient(server.address[:2]) as client:
+        identity = make_identity(client)
+        packets = file_packets(identity, "tiny.bin", data, TINY_PACKET)
+        client.send_raw(b"".join(packet_bytes(packet) for packet in packets))
+        answer = client.receive()
+    assert isinstance(answer, FileReceived) and answer.cksum == cksum(data)
+    # not read while behind: the port's bound, and the buffers one step and the round's
+    # end hand over past it
+    bound = BEHIND + 2 * kept["largest"]
+    assert kept["largest"] and kept["most"] <= bound, (kept, bound)
 
 
 def test_a_folder_uploads_content_is_decrypted_into_reused_held_buffers(noted, monkeypatch):
