@@ -25,11 +25,14 @@ round's job, just before the blob's seal (server/roundjob.py), so an
 upload that arrives within one round costs no handoff of its own. Its abort
 goes to the worker too.
 
-Backpressure: a blob with more than ``behind_bytes`` queued is *behind*
-(:attr:`QueuedWriter.behind`); the loop then stops reading the connection
-that streams it (``LoopPort.may_take_request`` says no) until the worker has
-caught up to half that, so a connection holds at most about ``behind_bytes``
-plus one receive, whatever the store's speed.
+Backpressure: a blob whose queued chunks keep more than ``behind_bytes`` of
+memory alive is *behind* (:attr:`QueuedWriter.behind`); the loop then stops
+reading the connection that streams it (``LoopPort.may_take_request`` says
+no) until the worker has caught up to half that, so a connection holds at
+most about ``behind_bytes`` plus one receive, whatever the store's speed and
+the worker's share of the CPU. A chunk is charged what it keeps alive
+(:func:`_kept`): a held buffer handed over at a round's end counts whole,
+however few bytes of content it carries (a round of a few one-byte packets).
 
 Sealing, publishing and aborting go to the same worker, after the blob's
 writes (:meth:`QueuedWriter.seal_later`, :meth:`BlobPort.run`,
@@ -58,8 +61,9 @@ from .storage import BlobWriter
 
 log = logging.getLogger(__name__)
 
-#: Bytes queued for one blob past which its connection is not read: enough to keep the
-#: worker busy while the loop reads the next (each upload holds as much again).
+#: Bytes of memory the chunks queued for one blob keep alive past which its connection is
+#: not read: enough to keep the worker busy while the loop reads the next (each upload
+#: holds as much again).
 BEHIND_BYTES = 1024 * 1024
 #: Bytes a :class:`BufferedWriter` holds in memory at most before handing them to the
 #: worker (or at the end of a loop round that brought its upload nothing): one handoff per
@@ -88,7 +92,8 @@ class QueuedWriter:
         self.key = inner.key
         #: Bytes handed to :meth:`write` (written or queued).
         self.size = 0
-        #: Bytes queued and not yet written (guarded by the port's lock).
+        #: Bytes of memory the chunks queued and not yet written keep alive (:func:`_kept`;
+        #: guarded by the port's lock).
         self.queued = 0
         #: The first write that failed; later writes, seal and abort see it.
         self.error: StorageFault | None = None
@@ -97,7 +102,7 @@ class QueuedWriter:
 
     @property
     def behind(self) -> bool:
-        """More than ``behind_bytes`` wait to be written."""
+        """The chunks waiting to be written keep more than ``behind_bytes`` alive."""
         return self.queued > self._port.behind_bytes
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -377,7 +382,7 @@ def _write(
         except Exception as exc:  # a store's bug: the upload fails, the server goes on
             log.exception("unexpected error writing a blob")
             writer.error = StorageFault(f"cannot write a received file: {exc}")
-    size = len(data)
+    size = _kept(data, spare)
     if spare is not None:
         if isinstance(data, memoryview):
             data.release()
@@ -390,6 +395,12 @@ def _write(
             if not shared.stopped:
                 shared.wake()
         shared.lock.notify_all()
+
+
+def _kept(chunk: bytes | bytearray | memoryview, spare: bytearray | None) -> int:
+    """The bytes of memory a queued chunk keeps alive until written: the whole buffer it is
+    a view of (``spare``), however little of it is content, else the chunk itself."""
+    return len(spare) if spare is not None else len(chunk)
 
 
 class BlobPort:
@@ -470,11 +481,11 @@ class BlobPort:
         if shared.stopped:  # in order after what the worker still has
             self.wait_written(writer)
             with shared.lock:
-                writer.queued += len(chunk)
+                writer.queued += _kept(chunk, spare)
             _write(shared, writer, chunk, spare)
             return
         with shared.lock:
-            writer.queued += len(chunk)
+            writer.queued += _kept(chunk, spare)
         self._start()
         shared.jobs.put((writer, chunk, spare))
 

@@ -25,6 +25,8 @@ from server.storage.base import UnpublishedBlob
 from server.storage.folder import TEMP_PREFIX, FolderBlobs, TempFile
 
 PACKET = 64 * 1024
+#: Content per packet of an upload in tiny packets: a few per loop turn.
+TINY_PACKET = 16
 SMALL = b"small upload" * 100
 #: Several times the bounds below: the port's worker writes most of it.
 LARGE = bytes(range(256)) * (48 * PACKET // 256)
@@ -329,4 +331,43 @@ def test_a_streaming_upload_wakes_the_worker_once_per_hold_bytes_not_once_per_ro
     assert port.settle()
     assert blob.writes == [HOLD] * full + [rest], blob.writes
     assert writer.held == 0 and blob.size == STREAMING_ROUNDS * PIECE
+    port.close()
+
+
+class GatedBlob(RecordedBlob):
+    """A recorded blob whose writes wait until the test opens :attr:`gate`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def write(self, data) -> None:
+        self.gate.wait(PATIENCE)
+        super().write(data)
+
+
+#: Tiny handoffs tried before the test gives up waiting for the blob to be behind.
+TINY_HANDOFFS = 64
+
+
+def test_a_queued_chunk_is_charged_the_buffer_it_keeps_alive():
+    # an upload that trickles tiny packets, a pause between them, hands the worker a whole
+    # held buffer with a few bytes in it at each pause: while the worker is behind, what
+    # bounds the connection is the memory those chunks keep alive, not their content
+    # (else one buffer a pause piles up)
+    port = blobport.BlobPort(behind_bytes=BEHIND, hold_bytes=HOLD)
+    blob = GatedBlob()
+    writer = port.buffer(blob)
+    handoffs = 0
+    while not writer.behind and handoffs < TINY_HANDOFFS:
+        writer.write(bytes(TINY_PACKET))
+        port.hand_over_held()  # the round that brought it
+        port.hand_over_held()  # a round that brought nothing: the pause
+        handoffs += 1
+    buffer_size = HOLD + blobport.HOLD_SLACK
+    assert writer.behind, writer.queued.queued
+    assert handoffs == BEHIND // buffer_size + 1, handoffs
+    blob.gate.set()
+    assert port.settle()
+    assert blob.writes == [TINY_PACKET] * handoffs and not writer.behind
     port.close()
