@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 import pytest
-
+from backends.postgres import METADATA_BACKENDS
 from helpers import ServerProcess, start_server
 
 #: Set by .ci/run: a skip of a test marked ``needed_in_ci`` fails the run.
@@ -79,12 +79,6 @@ def postgres_cluster():
 def postgres_url(postgres_cluster) -> str:
     """The URL of a fresh, empty database in the session's cluster."""
     return postgres_cluster.database()
-
-
-#: The metadata backends a server test can be parametrized over (``backend_server``).
-METADATA_BACKENDS = [
-    "sqlite", pytest.param("postgresql", marks=pytest.mark.needed_in_ci),
-]
 
 
 @pytest.fixture(params=METADATA_BACKENDS)

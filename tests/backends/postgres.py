@@ -31,8 +31,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from helpers import free_port
 
+#: The metadata backends a server test can be parametrized over (conftest's
+#: ``backend_server``; a test module imports this, never conftest, which is ambiguous).
+METADATA_BACKENDS = [
+    "sqlite", pytest.param("postgresql", marks=pytest.mark.needed_in_ci),
+]
 #: How to get the binaries, for the skip message.
 INSTALL_LINE = "apt-get install postgresql (Debian/Ubuntu; CI installs it: .ci/run)"
 #: Where Debian puts them when they are not on PATH.

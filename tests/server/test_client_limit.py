@@ -11,8 +11,9 @@ of clients.
 from __future__ import annotations
 
 import pytest
-from conftest import METADATA_BACKENDS
+from backends.postgres import METADATA_BACKENDS
 from helpers import ANY_ID, unique_name
+
 from protocol import Register, Registered, RegistrationFailed
 from server import handlers
 from server.app import App
