@@ -4,7 +4,8 @@
 temporary folder and ``pg_ctl start`` on 127.0.0.1 with a free port (its
 unix socket in the same folder); ``stop()`` stops it and deletes the folder.
 ``database()`` makes an empty database and returns its URL (no password:
-``trust`` on the loopback). As root (CI) the cluster runs as the ``postgres``
+``trust`` on the loopback); ``url(name, unix=True)`` is the same database
+through the unix socket. As root (CI) the cluster runs as the ``postgres``
 user, since PostgreSQL refuses to run as root.
 
 :func:`stalled_backend` stops one backend process (SIGSTOP) for a test of what
@@ -30,6 +31,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from helpers import free_port
@@ -145,8 +147,17 @@ class PostgresCluster:
             raise RuntimeError(f"{program} failed ({done.returncode}): {done.stderr.strip()}")
         return done.stdout
 
-    def url(self, database: str = SUPERUSER) -> str:
-        """The URL of a database, as ``--metadata`` takes it."""
+    @property
+    def socket_dir(self) -> Path:
+        """The folder of the cluster's unix socket (``-k``: the cluster's own folder)."""
+        return self.folder
+
+    def url(self, database: str = SUPERUSER, unix: bool = False) -> str:
+        """The URL of a database, as ``--metadata`` takes it: over TCP on the loopback,
+        or with ``unix`` through the cluster's unix socket (libpq's ``host=FOLDER``)."""
+        if unix:
+            return (f"postgresql://{SUPERUSER}@/{database}"
+                    f"?host={quote(str(self.socket_dir), safe='')}&port={self.port}")
         return f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.port}/{database}"
 
     def database(self, name: str | None = None) -> str:

@@ -86,6 +86,36 @@ def test_a_password_in_the_url_is_refused_and_never_shown(tmp_path):
     assert "postgresql://cd:***@127.0.0.1/cd" in line and "~/.pgpass" in line, line
 
 
+def _unix_socket_url(cluster, database: str, form: str) -> str:
+    """The database's URL through the cluster's unix socket, the user in the user part or
+    as an option (libpq's two forms)."""
+    url = cluster.url(database, unix=True)
+    if form == "user option":
+        url = url.replace(f"{SUPERUSER}@/", "/", 1) + f"&user={SUPERUSER}"
+    return url
+
+
+@pytest.mark.parametrize("form", ["user part", "user option"])
+def test_a_session_runs_on_a_database_reached_through_its_unix_socket(
+    server_factory, postgres_cluster, postgres_url, form
+):
+    database = postgres_url.rsplit("/", 1)[1]
+    url = _unix_socket_url(postgres_cluster, database, form)
+    server = server_factory("--metadata", url)
+    alice = verified_upload(server, "alice", {"a.txt": b"through the socket" * 50})  # 825 to 900
+    with psycopg.connect(postgres_url) as db:  # over TCP: this test's own look
+        assert db.execute("SELECT name FROM clients WHERE id = %s",
+                          (alice.client_id,)).fetchone() == ("alice",)
+        # the server's store and coordination connections: through a unix socket (no
+        # client address), none over TCP
+        transports = db.execute(
+            "SELECT client_addr IS NULL, count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() GROUP BY 1"
+        ).fetchall()
+    assert transports == [(True, 2)], transports
+    assert f"data in {url} and " in server.log()
+
+
 def test_admin_lists_verifies_migrates_and_deletes_on_postgresql(
     tmp_path, server_factory, postgres_url
 ):
