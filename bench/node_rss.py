@@ -50,12 +50,7 @@ _RESET_PEAK = b"5"
 #: Where each thread's malloc arena starts (glibc: its heaps are aligned on HEAP_MAX_SIZE).
 _ARENA_ALIGNMENT = 64 * MIB
 _KIB_PER_MIB = 1024
-#: minflt's index in /proc/PID/stat past the command's closing parenthesis.
-_MINFLT_FIELD = 7
 _GIB = 1024 * MIB
-#: The OSD's room per upload's bytes: radosgw frees a replaced object's space only at its
-#: garbage collection, hours later, and a full OSD stalls every write.
-BLOCK_PER_UPLOAD = 2
 #: The parts of a node's memory, in the order printed.
 PARTS = ("heap", "thread arenas", "anonymous", "files")
 
@@ -78,18 +73,12 @@ def memory_parts(pid: int) -> dict[str, float]:
     return parts
 
 
-def minor_faults(pid: int) -> int:
-    """The process's minor page faults so far (a page touched for the first time)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[_MINFLT_FIELD])
-
-
 def concurrent_uploads(node: Server, homes: list[Path], size_mib: int) -> dict[str, float]:
     """The four uploads at once to ``node``; its figures."""
     pid = node.pid
     idle = vm_rss_kib(pid) / _KIB_PER_MIB
     Path(f"/proc/{pid}/clear_refs").write_bytes(_RESET_PEAK)
-    cpu, faults = cpu_seconds(pid), minor_faults(pid)
+    cpu = cpu_seconds(pid)
     at_peak: dict[str, float] = {}
     done = threading.Event()
 
@@ -115,7 +104,6 @@ def concurrent_uploads(node: Server, homes: list[Path], size_mib: int) -> dict[s
     return {"idle": idle, "peak": vm_hwm_kib(pid) / _KIB_PER_MIB,
             "after": vm_rss_kib(pid) / _KIB_PER_MIB,
             "CPU s/GiB": (cpu_seconds(pid) - cpu) / (len(homes) * size_mib * MIB / _GIB),
-            "faults/MiB": (minor_faults(pid) - faults) / (len(homes) * size_mib),
             **at_peak}
 
 
@@ -132,8 +120,8 @@ def main() -> int:
     checkouts = [REPO, *args.against]
     with tempfile.TemporaryDirectory(prefix="bench-node-rss-") as folder:
         root = Path(folder)
-        gateway = CephGateway(root / "ceph", block_bytes=BLOCK_PER_UPLOAD * CONCURRENT_UPLOADS
-                              * args.size_mib * MIB * len(checkouts) * args.runs).start()
+        gateway = CephGateway(root / "ceph", block_bytes=2 * CONCURRENT_UPLOADS
+                              * args.size_mib * MIB * len(checkouts)).start()
         postgres: PostgresCluster | None = None
         nodes: dict[Path, Server] = {}
         try:

@@ -70,15 +70,12 @@ HOLD_BYTES = BEHIND_BYTES
 #: that crosses it (a larger receive hands over first, or takes a buffer of its size).
 #: Room for a whole receive (1 MiB) measured 3-4 MiB more peak RSS and no less CPU.
 HOLD_SLACK = 256 * 1024
-#: Buffers the port keeps for reuse once written (a new one's pages fault in at each first
-#: touch, a reused one's are mapped already): as many as a few uploads' queued chunks
-#: (:meth:`QueuedWriter.room`, a receive each; with four at most 4 spares, 48 page faults
-#: per MiB received against 16), and no more bytes than four held buffers.
-SPARE_BUFFERS = 16
-SPARE_BYTES = 4 * (HOLD_BYTES + HOLD_SLACK)
+#: Held buffers the port keeps for reuse once written: a new one's pages fault in at each
+#: first touch, a reused one's are mapped already.
+SPARE_BUFFERS = 4
 #: A queued chunk decrypted into a spare (:meth:`QueuedWriter.room`) takes one at most this
-#: many times its size: the queue's bound counts content, not buffers.
-SPARE_MOST_TIMES = 2
+#: fraction larger than itself (1/4): the queue's bound counts content, not buffers.
+SPARE_SLACK_DIVISOR = 4
 #: Seconds a stop waits for the worker to finish what is queued (aborts, seals, publishes).
 STOP_PATIENCE = 60.0
 #: Bytes the loop reads off the wake-up socket at once.
@@ -131,7 +128,7 @@ class QueuedWriter:
         if self.error is not None:
             raise self.error
         if self._room is None or len(self._room) < size:
-            self._room = self._port.spare(size, most=SPARE_MOST_TIMES * size)
+            self._room = self._port.spare(size, most=size + size // SPARE_SLACK_DIVISOR)
         return memoryview(self._room)
 
     def took(self, size: int) -> None:
@@ -414,7 +411,8 @@ def _write(
     if spare is not None:
         if isinstance(data, memoryview):
             data.release()
-        _keep_spare(shared.spares, spare)
+        if len(shared.spares) < SPARE_BUFFERS:
+            shared.spares.append(spare)
     with shared.lock:
         writer.queued -= size
         if writer in shared.waiting and writer.queued <= shared.behind_bytes // 2:
@@ -422,13 +420,6 @@ def _write(
             if not shared.stopped:
                 shared.wake()
         shared.lock.notify_all()
-
-
-def _keep_spare(spares: list[bytearray], buffer: bytearray) -> None:
-    """Keep ``buffer`` among the spares if they stay within SPARE_BUFFERS and SPARE_BYTES
-    (either thread: the worker appends, the loop pops)."""
-    if len(spares) < SPARE_BUFFERS and sum(map(len, spares)) + len(buffer) <= SPARE_BYTES:
-        spares.append(buffer)
 
 
 class BlobPort:
@@ -481,20 +472,21 @@ class BlobPort:
 
     def spare(self, size: int, most: int | None = None) -> bytearray:
         """A buffer of at least ``size`` bytes (and at most ``most``, if given): a spare one
-        written already if any fits (the others stay), else a new one of ``size`` (loop
-        thread: the only one that takes spares; the worker appends them)."""
+        written already if any fits, else a new one of ``size`` (loop thread)."""
         spares = self._shared.spares
-        for index in range(len(spares) - 1, -1, -1):
-            buffer = spares[index]
+        while spares:
+            try:
+                buffer = spares.pop()
+            except IndexError:  # pragma: no cover - only the loop pops
+                break
             if size <= len(buffer) <= (most or len(buffer)):
-                del spares[index]
                 return buffer
         return bytearray(size)
 
     def keep_spare(self, buffer: bytearray) -> None:
-        """Keep a written buffer for reuse (:meth:`spare`), up to SPARE_BUFFERS and
-        SPARE_BYTES."""
-        _keep_spare(self._shared.spares, buffer)
+        """Keep a written buffer for reuse (:meth:`spare`), up to SPARE_BUFFERS."""
+        if len(self._shared.spares) < SPARE_BUFFERS:
+            self._shared.spares.append(buffer)
 
     def submit(
         self,

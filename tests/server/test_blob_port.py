@@ -294,53 +294,6 @@ def test_a_blob_behind_is_caught_up_and_written_in_order():
     port.close()
 
 
-#: Chunks queued at once in the test below: four uploads' receives, two each.
-QUEUED_AT_ONCE = 8
-#: Their sizes: a receive's, as they come (a turn of 256 KiB, and less).
-CHUNK_SIZES = (256 * 1024 + 16, 200 * 1024)
-
-
-def test_the_chunks_of_several_uploads_queued_at_once_are_reused_not_made_again():
-    # a new buffer's pages fault in at its first touch: once as many chunks as a few
-    # uploads queue at once were written, the next as many take them again
-    port = BlobPort(behind_bytes=QUEUED_AT_ONCE * CHUNK_SIZES[0])
-    blobs = MemoryBlobs()
-    gate = threading.Event()
-    writers = []
-    for number in range(QUEUED_AT_ONCE // 2):
-        inner = blobs.begin(bytes([number + 1]) * 16, f"{number:02x}" * 16)
-        real_write = inner.write
-
-        def gated_write(data, real_write=real_write) -> None:
-            gate.wait(PATIENCE)
-            real_write(data)
-
-        inner.write = gated_write  # type: ignore[method-assign]
-        writers.append(port.wrap(inner))
-    seen: dict[int, bytearray] = {}  # kept alive: no id reused
-
-    def queue_all() -> int:
-        """Queue two chunks per writer; how many of their buffers are new."""
-        new = 0
-        for writer in writers:
-            for size in CHUNK_SIZES:
-                with writer.room(size) as room:
-                    buffer = room.obj
-                new += id(buffer) not in seen
-                seen[id(buffer)] = buffer
-                writer.took(size)
-        return new
-
-    assert queue_all() == QUEUED_AT_ONCE
-    gate.set()
-    for writer in writers:
-        port.wait_written(writer)
-    assert queue_all() == 0
-    for writer in writers:
-        writer.seal()
-    port.close()
-
-
 #: How long the abort of the store in the test takes (an S3 AbortMultipartUpload).
 ABORT_PAUSE = 0.5
 _STOPPING_PROCESS = f"""

@@ -169,11 +169,6 @@ def test_what_an_upload_holds_stays_bounded_while_its_writes_are_slow(throttled,
     assert held and max(held) <= bound, (max(held), bound)
 
 
-#: Buffers one upload's content passes through when they are reused: the one it fills,
-#: those queued for the worker, a spare.
-FEW_BUFFERS = 5
-
-
 def test_a_folder_uploads_content_is_decrypted_into_reused_held_buffers(noted, monkeypatch):
     # no copy out of the decryptor's own buffer (CbcDecryptor.update), and the held
     # buffers handed to the worker come back for reuse: a few for the whole upload
@@ -200,8 +195,8 @@ def test_a_folder_uploads_content_is_decrypted_into_reused_held_buffers(noted, m
         answer = upload(client, identity, "big.bin", LARGE, PACKET)
     assert isinstance(answer, FileReceived) and answer.cksum == cksum(LARGE)
     assert not copied, copied
-    assert len(handed) > 2 * FEW_BUFFERS, handed
-    assert len(buffers) <= FEW_BUFFERS, (len(buffers), len(handed))
+    assert len(handed) > 2 * blobport.SPARE_BUFFERS, handed
+    assert len(buffers) <= blobport.SPARE_BUFFERS + 1, (len(buffers), len(handed))
 
 
 class SweptSlowly(NotedFolder):
