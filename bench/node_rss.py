@@ -50,7 +50,15 @@ _RESET_PEAK = b"5"
 #: Where each thread's malloc arena starts (glibc: its heaps are aligned on HEAP_MAX_SIZE).
 _ARENA_ALIGNMENT = 64 * MIB
 _KIB_PER_MIB = 1024
+#: minflt's index in /proc/PID/stat past the command's closing parenthesis.
+_MINFLT_FIELD = 7
+#: utime's index there (stime follows), in clock ticks.
+_UTIME_FIELD = 11
+_TICKS = os.sysconf("SC_CLK_TCK")
 _GIB = 1024 * MIB
+#: The OSD's room per upload's bytes: radosgw frees a replaced object's space only at its
+#: garbage collection, hours later, and a full OSD stalls every write.
+BLOCK_PER_UPLOAD = 2
 #: The parts of a node's memory, in the order printed.
 PARTS = ("heap", "thread arenas", "anonymous", "files")
 
@@ -73,12 +81,26 @@ def memory_parts(pid: int) -> dict[str, float]:
     return parts
 
 
+def minor_faults(pid: int) -> int:
+    """The process's minor page faults so far (a page touched for the first time)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[_MINFLT_FIELD])
+
+
+def loop_seconds(pid: int) -> float:
+    """CPU seconds of the process's main thread (the server's loop: it receives, decrypts
+    and queues the content; the blob port's worker and the part uploaders are others)."""
+    with open(f"/proc/{pid}/task/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[_UTIME_FIELD]) + int(fields[_UTIME_FIELD + 1])) / _TICKS
+
+
 def concurrent_uploads(node: Server, homes: list[Path], size_mib: int) -> dict[str, float]:
     """The four uploads at once to ``node``; its figures."""
     pid = node.pid
     idle = vm_rss_kib(pid) / _KIB_PER_MIB
     Path(f"/proc/{pid}/clear_refs").write_bytes(_RESET_PEAK)
-    cpu = cpu_seconds(pid)
+    cpu, loop, faults = cpu_seconds(pid), loop_seconds(pid), minor_faults(pid)
     at_peak: dict[str, float] = {}
     done = threading.Event()
 
@@ -104,6 +126,8 @@ def concurrent_uploads(node: Server, homes: list[Path], size_mib: int) -> dict[s
     return {"idle": idle, "peak": vm_hwm_kib(pid) / _KIB_PER_MIB,
             "after": vm_rss_kib(pid) / _KIB_PER_MIB,
             "CPU s/GiB": (cpu_seconds(pid) - cpu) / (len(homes) * size_mib * MIB / _GIB),
+            "loop CPU s/GiB": (loop_seconds(pid) - loop) / (len(homes) * size_mib * MIB / _GIB),
+            "faults/MiB": (minor_faults(pid) - faults) / (len(homes) * size_mib),
             **at_peak}
 
 
@@ -120,8 +144,8 @@ def main() -> int:
     checkouts = [REPO, *args.against]
     with tempfile.TemporaryDirectory(prefix="bench-node-rss-") as folder:
         root = Path(folder)
-        gateway = CephGateway(root / "ceph", block_bytes=2 * CONCURRENT_UPLOADS
-                              * args.size_mib * MIB * len(checkouts)).start()
+        gateway = CephGateway(root / "ceph", block_bytes=BLOCK_PER_UPLOAD * CONCURRENT_UPLOADS
+                              * args.size_mib * MIB * len(checkouts) * args.runs).start()
         postgres: PostgresCluster | None = None
         nodes: dict[Path, Server] = {}
         try:
