@@ -77,6 +77,9 @@ HOLD_SLACK = 256 * 1024
 #: Held buffers the port keeps for reuse once written: a new one's pages fault in at each
 #: first touch, a reused one's are mapped already.
 SPARE_BUFFERS = 4
+#: A queued chunk decrypted into a spare (:meth:`QueuedWriter.room`) takes one at most this
+#: fraction larger than itself (1/4): the queue's bound counts content, not buffers.
+SPARE_SLACK_DIVISOR = 4
 #: Seconds a stop waits for the worker to finish what is queued (aborts, seals, publishes).
 STOP_PATIENCE = 60.0
 #: Bytes the loop reads off the wake-up socket at once.
@@ -99,6 +102,8 @@ class QueuedWriter:
         self.error: StorageFault | None = None
         #: Set by :meth:`abort`: queued writes are dropped.
         self.cancelled = False
+        #: The buffer :meth:`room` lent (loop thread), until :meth:`took` queues it.
+        self._room: bytearray | None = None
 
     @property
     def behind(self) -> bool:
@@ -116,6 +121,30 @@ class QueuedWriter:
         chunk = bytes(data)
         self.size += len(chunk)
         self._port.submit(self, chunk)
+
+    def room(self, size: int) -> memoryview:
+        """A view of at least ``size`` bytes to fill then queue with :meth:`took` (a
+        decryption straight into the chunk the worker writes: no copy, and no buffer of
+        the decryptor's own per upload).
+
+        Raises:
+            StorageFault: an earlier write of this blob failed.
+        """
+        if self.error is not None:
+            raise self.error
+        if self._room is None or len(self._room) < size:
+            self._room = self._port.spare(size, most=size + size // SPARE_SLACK_DIVISOR)
+        return memoryview(self._room)
+
+    def took(self, size: int) -> None:
+        """The first ``size`` bytes of :meth:`room` were filled: queue them; their buffer
+        goes back to the port's spares once written."""
+        buffer = self._room
+        if buffer is None or not size:
+            return
+        self._room = None
+        self.size += size
+        self._port.submit(self, memoryview(buffer)[:size], buffer)
 
     def seal(self) -> None:
         """Wait for the queued writes, then seal in this thread (tools and tests; the loop
@@ -165,6 +194,7 @@ class QueuedWriter:
     def abort(self) -> None:
         """Drop what is queued; the worker aborts after a write in progress (never raises)."""
         self.cancelled = True
+        self._room = None
         self._port.run(self.inner.abort, None)
 
 
@@ -451,16 +481,16 @@ class BlobPort:
         """What the loop's selector watches: readable when a blob caught up."""
         return self._shared.wake_r.fileno()
 
-    def spare(self, size: int) -> bytearray:
-        """A buffer of at least ``size`` bytes: a spare one written already if any fits,
-        else a new one (loop thread)."""
+    def spare(self, size: int, most: int | None = None) -> bytearray:
+        """A buffer of at least ``size`` bytes (and at most ``most``, if given): a spare one
+        written already if any fits, else a new one of ``size`` (loop thread)."""
         spares = self._shared.spares
         while spares:
             try:
                 buffer = spares.pop()
             except IndexError:  # pragma: no cover - only the loop pops
                 break
-            if len(buffer) >= size:
+            if size <= len(buffer) <= (most or len(buffer)):
                 return buffer
         return bytearray(size)
 

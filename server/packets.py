@@ -24,7 +24,7 @@ from protocol.buffer import BytesLike
 from protocol.events import FilePacketStarted
 from protocol.incoming import PacketOrder, ReceivedFile
 
-from .blobport import BufferedWriter
+from .blobport import BufferedWriter, QueuedWriter
 from .errors import NoRoom, Refusal, StorageFault
 from .outcome import InstallTicket
 from .peer import Peer
@@ -182,7 +182,8 @@ class StreamingPacket:
             return
         incoming, writer = self._phase.incoming, self._phase.writer
         try:
-            if isinstance(writer, BufferedWriter):  # decrypted straight into what it holds
+            if isinstance(writer, (BufferedWriter, QueuedWriter)):  # decrypted straight
+                # into what it holds, or into the chunk it queues
                 with writer.room(incoming.most_plain(len(data))) as room:
                     writer.took(incoming.receive_into(data, room))
             else:

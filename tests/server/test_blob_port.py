@@ -22,7 +22,7 @@ import pytest
 from beside_upload import BASELINE_REQUESTS, round_trips_beside_an_upload
 from helpers import RawClient, make_identity, upload
 from loop_driving import PATIENCE, run_until, served_in_a_thread
-from protocol import FileReceived, cksum
+from protocol import FileReceived, cksum, crypto
 from server.app import App
 from server.blobport import BlobPort
 from server.limits import Limits
@@ -241,6 +241,37 @@ def test_a_connection_parked_behind_its_blob_does_not_wake_the_loop(gated):
         sending.join(PATIENCE)
     (received,) = answer
     assert isinstance(received, FileReceived) and received.cksum == cksum(BIG)
+
+
+def test_a_slow_stores_upload_is_decrypted_into_the_chunks_it_queues(brisk_server, monkeypatch):
+    # an S3 store's path: no buffer of the decryptor's own per upload (CbcDecryptor.update)
+    # and no copy of it per receive; each chunk queued is a view of a buffer that comes back
+    # to the port's spares once written
+    copied: list[int] = []
+    handed: list[tuple[int, bool]] = []
+    buffers: dict[int, bytearray] = {}  # kept alive: no id reused
+    real_update, real_submit = crypto.CbcDecryptor.update, BlobPort.submit
+
+    def update(decryptor, ciphertext):
+        copied.append(len(ciphertext))
+        return real_update(decryptor, ciphertext)
+
+    def submit(port, writer, chunk, spare=None) -> None:
+        handed.append((len(chunk), spare is not None))
+        if spare is not None:
+            buffers[id(spare)] = spare
+        real_submit(port, writer, chunk, spare)
+
+    monkeypatch.setattr(crypto.CbcDecryptor, "update", update)
+    monkeypatch.setattr(BlobPort, "submit", submit)
+    with RawClient(brisk_server.address[:2]) as client:
+        identity = make_identity(client)
+        answer = upload(client, identity, "big.bin", BIG, PACKET)
+    assert isinstance(answer, FileReceived) and answer.cksum == cksum(BIG)
+    assert not copied, copied
+    content = [size for size, lent in handed if lent]
+    assert sum(content) >= len(BIG) - PACKET, handed  # all but a packet's padded tail
+    assert len(buffers) < len(content), (len(buffers), len(content))
 
 
 def test_a_blob_behind_is_caught_up_and_written_in_order():
