@@ -62,7 +62,7 @@ from .packets import (
 )
 from .peer import Peer, Speaking
 from .phases import Upload
-from .storage import ClientRow
+from .storage import ClientRow, has_room
 
 def _new_client_id() -> bytes:
     """A fresh client id: 128 random bits, unread.
@@ -191,12 +191,20 @@ def _register_if_free(
     client_id = _new_client_id()
     now = app.wall_clock()
     room = (app.limits.max_clients, app.client_share)
-    with app.metadata.transaction():
-        existing, counts, inserted = app.metadata.register_if_free(
-            client_id, name, now, speaking.record, peer.address, peer.group, room
-        )
-        if inserted:
-            bind(app.metadata, client_id, peer.address, now)
+    try:
+        with app.metadata.transaction():
+            existing, counts, inserted = app.metadata.register_if_free(
+                client_id, name, now, speaking.record, peer.address, peer.group, room
+            )
+            if inserted:
+                bind(app.metadata, client_id, peer.address, now)
+    except StorageFault:
+        # the store cannot write (locked, read-only, down): a refusal needs no write, and
+        # is still answered from a read; a registration that needs one fails (1607)
+        existing, counts = app.metadata.client_by_name_and_counts(name, peer.group)
+        if existing is None and has_room(counts, room):
+            raise
+        return None, existing, counts
     if not inserted:
         return None, existing, counts
     app.registrations.allow(peer.group)  # allowed above: counted, as the rules count it

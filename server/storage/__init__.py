@@ -36,6 +36,7 @@ from .base import (
     RoundCommit,
     StoreUrl,
     UnpublishedBlob,
+    has_room,
     new_blob_key,
 )
 
@@ -51,5 +52,6 @@ __all__ = [
     "RoundCommit",
     "StoreUrl",
     "UnpublishedBlob",
+    "has_room",
     "new_blob_key",
 ]
