@@ -65,15 +65,16 @@ log = logging.getLogger(__name__)
 #: not read: enough to keep the worker busy while the loop reads the next (each upload
 #: holds as much again).
 BEHIND_BYTES = 1024 * 1024
-#: Bytes a :class:`BufferedWriter` holds in memory at most before handing them to the
-#: worker (or at the end of a loop round that brought its upload nothing): one handoff per
-#: this much of a streaming upload; no more than ``BEHIND_BYTES``, so that a chunk alone
-#: seldom leaves its blob behind.
-HOLD_BYTES = BEHIND_BYTES
 #: Room a :class:`BufferedWriter`'s buffer has past ``hold_bytes``, for the piece of content
 #: that crosses it (a larger receive hands over first, or takes a buffer of its size).
 #: Room for a whole receive (1 MiB) measured 3-4 MiB more peak RSS and no less CPU.
 HOLD_SLACK = 256 * 1024
+#: Bytes a :class:`BufferedWriter` holds in memory at most before handing them to the
+#: worker (or at the end of a loop round that brought its upload nothing): one handoff per
+#: this much of a streaming upload. Its buffer (this and ``HOLD_SLACK``) is charged whole
+#: once queued, and fits ``BEHIND_BYTES``: one chunk being written leaves its blob not
+#: behind, so the connection is read while the worker writes (the next one parks it).
+HOLD_BYTES = BEHIND_BYTES - HOLD_SLACK
 #: Held buffers the port keeps for reuse once written: a new one's pages fault in at each
 #: first touch, a reused one's are mapped already.
 SPARE_BUFFERS = 4

@@ -371,3 +371,23 @@ def test_a_queued_chunk_is_charged_the_buffer_it_keeps_alive():
     assert port.settle()
     assert blob.writes == [TINY_PACKET] * handoffs and not writer.behind
     port.close()
+
+
+def test_one_chunk_being_written_leaves_a_streaming_upload_read_at_the_default_sizes():
+    # the held buffer is charged whole once queued: at the port's own sizes one chunk in
+    # the worker's hands must not park the connection (reading overlaps writing), two do
+    port = blobport.BlobPort()
+    blob = GatedBlob()
+    writer = port.buffer(blob)
+    piece = bytes(PACKET)
+    while writer.queued.queued == 0:
+        writer.write(piece)
+    assert writer.queued.queued and not writer.behind, writer.queued.queued
+    queued_once = writer.queued.queued
+    while writer.queued.queued == queued_once:
+        writer.write(piece)
+    assert writer.behind, writer.queued.queued
+    blob.gate.set()
+    assert port.settle()
+    assert not writer.behind
+    port.close()
