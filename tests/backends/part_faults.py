@@ -14,6 +14,7 @@ reach the store. Threads, not a loop: the test's own thread stays free.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -39,6 +40,8 @@ class PartFaults:
     def __init__(self, endpoint: str) -> None:
         target = urlsplit(endpoint)
         self._target = (target.hostname or LOOPBACK, target.port or 80)
+        if not ipaddress.ip_address(self._target[0]).is_loopback:
+            raise ValueError(f"the relay only relays to the loopback, not {self._target[0]}")
         self._lock = threading.Lock()
         self._faults: list[str] = []
         #: UploadParts that reached this relay, and those of them failed.
