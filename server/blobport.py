@@ -65,6 +65,10 @@ log = logging.getLogger(__name__)
 #: not read: enough to keep the worker busy while the loop reads the next (each upload
 #: holds as much again).
 BEHIND_BYTES = 1024 * 1024
+#: Bytes a queued chunk's own objects keep alive besides its content (a buffer's header, a
+#: view, the queue's tuple: about 300), charged with each: a trickle of one-byte receives
+#: while the worker is stuck reaches the behind bound in a few thousand chunks, not millions.
+CHUNK_OVERHEAD = 512
 #: Room a :class:`BufferedWriter`'s buffer has past ``hold_bytes``, for the piece of content
 #: that crosses it (a larger receive hands over first, or takes a buffer of its size).
 #: Room for a whole receive (1 MiB) measured 3-4 MiB more peak RSS and no less CPU.
@@ -72,9 +76,10 @@ HOLD_SLACK = 256 * 1024
 #: Bytes a :class:`BufferedWriter` holds in memory at most before handing them to the
 #: worker (or at the end of a loop round that brought its upload nothing): one handoff per
 #: this much of a streaming upload. Its buffer (this and ``HOLD_SLACK``) is charged whole
-#: once queued, and fits ``BEHIND_BYTES``: one chunk being written leaves its blob not
-#: behind, so the connection is read while the worker writes (the next one parks it).
-HOLD_BYTES = BEHIND_BYTES - HOLD_SLACK
+#: once queued, with ``CHUNK_OVERHEAD``, and fits ``BEHIND_BYTES``: one chunk being written
+#: leaves its blob not behind, so the connection is read while the worker writes (the next
+#: one parks it).
+HOLD_BYTES = BEHIND_BYTES - HOLD_SLACK - CHUNK_OVERHEAD
 #: Held buffers the port keeps for reuse once written: a new one's pages fault in at each
 #: first touch, a reused one's are mapped already.
 SPARE_BUFFERS = 4
@@ -430,8 +435,9 @@ def _write(
 
 def _kept(chunk: bytes | bytearray | memoryview, spare: bytearray | None) -> int:
     """The bytes of memory a queued chunk keeps alive until written: the whole buffer it is
-    a view of (``spare``), however little of it is content, else the chunk itself."""
-    return len(spare) if spare is not None else len(chunk)
+    a view of (``spare``), however little of it is content, else the chunk itself; and its
+    objects (``CHUNK_OVERHEAD``), so that many tiny chunks count too."""
+    return (len(spare) if spare is not None else len(chunk)) + CHUNK_OVERHEAD
 
 
 class BlobPort:

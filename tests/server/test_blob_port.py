@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from beside_upload import BASELINE_REQUESTS, round_trips_beside_an_upload
 from helpers import RawClient, make_identity, upload
 from loop_driving import PATIENCE, run_until, served_in_a_thread
+
 from protocol import FileReceived, cksum, crypto
+from server import blobport
 from server.app import App
 from server.blobport import BlobPort
 from server.limits import Limits
@@ -368,3 +369,33 @@ def test_answers_waiting_for_their_blobs_are_released_only_once_it_is_done(
     # held at most twice each (the round of its last packet, its seal not done; the round
     # that hands its publish to the worker), not at every job the worker ends
     assert len(fruitless) <= HELD_ROUNDS * UPLOADERS, len(fruitless)
+
+
+def test_tiny_chunks_queued_behind_a_stuck_store_count_their_objects_too():
+    # one-byte receives while the worker is stuck: each chunk's objects weigh more than
+    # its content, and the blob must be behind long before a million of them pile up
+    port = blobport.BlobPort()
+    blob_writes = threading.Event()
+
+    class Stuck:
+        key = "stuck"
+
+        def write(self, data) -> None:
+            blob_writes.wait(60)
+
+        def seal(self) -> None:
+            pass
+
+        def abort(self) -> None:
+            pass
+
+    writer = port.wrap(Stuck())
+    chunks = 0
+    while not writer.behind and chunks < port.behind_bytes:
+        writer.write(b"x")
+        chunks += 1
+    assert writer.behind, chunks
+    assert chunks <= port.behind_bytes // blobport.CHUNK_OVERHEAD + 1, chunks
+    blob_writes.set()
+    assert port.settle()
+    port.close()
