@@ -725,14 +725,8 @@ class SqliteMetadata:
         except sqlite3.IntegrityError as exc:
             raise NameTaken(name) from exc
 
-    def register_if_free(
-        self, client_id: bytes, name: str, now: float, edition: str, address: str, group: str,
-        room: tuple[int, int],
-    ) -> tuple[ClientRow | None, tuple[int, int], bool]:
-        """Register the name if it is free and there is room (a read, then the insert)."""
-        return register_if_free_in_steps(
-            self, client_id, name, now, edition, address, group, room
-        )
+    #: Register the name if it is free and there is room (a read, then the insert).
+    register_if_free = register_if_free_in_steps
 
     @_translated
     def set_edition(self, client_id: bytes, edition: str) -> None:
