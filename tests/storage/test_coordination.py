@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from backends.postgres import stalled_backend
 from helpers import server_env
+from timing_helpers import wait_until
 
 from server.errors import StorageFault, StoreUnusable
 from server.storage.base import StoreUrl
@@ -40,6 +41,19 @@ RECONNECT_POLL = 0.01
 #: below LEASE: not its lapse), and the seconds between two looks.
 RELEASE_WAIT = 10.0
 RELEASE_POLL = 0.01
+
+
+def once_served(call: Callable[[], object], what: str, patience: float) -> object:
+    """``call()``'s value once it is no longer refused (a :class:`StorageFault`: the
+    coordination connects again off the calling thread), within ``patience`` seconds."""
+
+    def served() -> tuple[object] | None:
+        try:
+            return (call(),)  # a tuple: a false answer is an answer too
+        except StorageFault:
+            return None
+
+    return wait_until(served, what, patience, RECONNECT_POLL)[0]
 #: A stopped backend is resumed this many times the coordination's patience later.
 STALL_RESUME_AFTER = 4
 #: Ticks that must come while the read waits (of the ~60 its patience holds).
@@ -387,14 +401,10 @@ def test_a_stalled_backend_fails_a_waited_call_after_its_patience_and_other_thre
         assert a._connection is None  # taken for lost (made again at the next call)
         assert stall.waited < ANSWER_PATIENCE * STALL_RESUME_AFTER  # gave up, not resumed
         assert stall.ticks_while_waiting >= STALL_TICKS_SEEN
-        given_up = time.monotonic() + RELEASE_WAIT
-        while True:  # served again once connected again (off this thread)
-            try:
-                assert not a.registration_held_elsewhere(ALICE)
-                break
-            except StorageFault:
-                assert time.monotonic() < given_up, "the coordination never connected again"
-                time.sleep(RECONNECT_POLL)
+        assert not once_served(  # served again once connected again (off this thread)
+            lambda: a.registration_held_elsewhere(ALICE),
+            "the coordination connected again", RELEASE_WAIT,
+        )
     finally:
         a.close()
 
@@ -633,7 +643,7 @@ def test_a_lost_connection_fails_one_call_and_the_next_connects_again(postgres_u
     import psycopg
 
     from server.errors import StorageFault
-    from server.storage.postgres.coordination import RECONNECT_DELAY, PgCoordination
+    from server.storage.postgres.coordination import PgCoordination
 
     a = PgCoordination(postgres_url, "a", LEASE)
     b = PgCoordination(postgres_url, "b", LEASE)
@@ -647,14 +657,9 @@ def test_a_lost_connection_fails_one_call_and_the_next_connects_again(postgres_u
             )
         with pytest.raises(StorageFault):
             a.take_upload(lease(ALICE, b"f.bin"))
-        recovered = time.monotonic()
-        while True:
-            try:
-                assert a.take_upload(lease(ALICE, b"f.bin"))
-                break
-            except StorageFault:
-                assert time.monotonic() - recovered < LAPSE_WAIT
-                time.sleep(RECONNECT_DELAY / 4)
+        assert once_served(
+            lambda: a.take_upload(lease(ALICE, b"f.bin")), "served again", LAPSE_WAIT
+        )
         assert a.may_run_purges()  # asked for again on the new connection, and got
         assert not b.take_upload(lease(ALICE, b"kept.bin"))  # its name is held again
     finally:
@@ -710,13 +715,10 @@ def test_a_call_while_the_coordination_connects_again_is_refused_at_once(
             assert time.monotonic() < given_up, "no attempt to connect again"
             time.sleep(RECONNECT_POLL)
         relay.forward()  # the host answers again: the held attempt fails, the next goes through
-        while True:
-            try:
-                assert a.take_upload(lease(ALICE, b"f.bin"))
-                break
-            except StorageFault:
-                assert time.monotonic() < given_up, "never served again"
-                time.sleep(RECONNECT_POLL)
+        assert once_served(
+            lambda: a.take_upload(lease(ALICE, b"f.bin")), "served again",
+            given_up - time.monotonic(),
+        )
     finally:
         a.close()
         relay.close()
