@@ -117,9 +117,9 @@ LIST_SEPARATOR = ","
 
 
 def address_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """Networks in CIDR form or single addresses, comma-separated (``127.0.0.1,10.1.0.0/16``).
+    """Networks in CIDR form or single addresses, comma-separated (``127.0.0.1,127.0.1.0/24``).
 
-    A network with host bits set (``10.1.2.3/16``) is refused rather than
+    A network with host bits set (``127.0.1.3/24``) is refused rather than
     widened: these lists say whom the server trusts.
     """
     networks = []
