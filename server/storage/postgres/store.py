@@ -21,7 +21,8 @@ its binding are read together (with its failure counts, when the
 coordination's tables are in this database:
 :meth:`PostgresMetadata.client_read_with_failures`), an 825's name with the
 client counts and, when the name is free and one more client fits, its
-insert (:meth:`PostgresMetadata.register_if_free`: one statement); these
+insert (:meth:`PostgresMetadata.register_if_free`: one statement, sent again
+when another node's round changed the counts meanwhile); these
 reads are prepared once per connection (:class:`_Prepared`) and called with
 ``EXECUTE``, as are the writes of a session, so that a batch's text is not
 planned again at every call. A write whose outcome the request needs at
@@ -106,22 +107,34 @@ _SELECT_NAME_AND_COUNTS = (
 )
 #: An 825's usual case in one statement: the client is inserted if no one holds the name and
 #: the total and the group's count are below the cap and the group's share; the name's row
-#: (all NULL for none), the counts before, and whether it was inserted. A name or id taken
-#: meanwhile (another node's) inserts nothing, with no error.
+#: (all NULL for none), the counts before, whether it was inserted, and whether the counts
+#: it read were stale. A name or id taken meanwhile (another node's) inserts nothing, with
+#: no error. Before inserting, it locks the total's row (the lock the count's trigger takes
+#: anyway, until the round ends: every insert and delete of a client updates that row), so
+#: that no other node's registration or deletion is in flight; if that row changed since the
+#: statement's snapshot (another node's round committed meanwhile, often the one waited
+#: for), the counts read are stale: nothing is inserted, and the statement is sent again,
+#: its lock held, to read them exactly (:meth:`PostgresMetadata.register_if_free`).
 _REGISTER_IF_FREE = (
     f"WITH named AS (SELECT {_CLIENT_COLUMNS} FROM clients WHERE Name = %s),"
-    " counted AS (SELECT (SELECT Clients FROM client_counts WHERE AddressGroup = %s) AS total,"
-    " COALESCE((SELECT Clients FROM client_counts WHERE AddressGroup = %s), 0) AS in_group),"
+    " counted AS (SELECT total.Clients AS total, total.xmin AS version,"
+    " COALESCE((SELECT Clients FROM client_counts WHERE AddressGroup = %s), 0) AS in_group"
+    " FROM (SELECT 1) AS one LEFT JOIN client_counts total ON total.AddressGroup = %s),"
+    " fits AS (SELECT 1 FROM counted WHERE NOT EXISTS (SELECT 1 FROM named)"
+    " AND COALESCE(total, 0) < %s AND in_group < %s),"
+    " claimed AS (SELECT xmin AS version FROM client_counts WHERE AddressGroup = %s"
+    " AND EXISTS (SELECT 1 FROM fits) FOR NO KEY UPDATE),"
     " inserted AS (INSERT INTO clients"
     " (ID, Name, LastSeen, Edition, UnusedSince, RegisteredFrom, AddressGroup)"
-    " SELECT %s, %s, %s, %s, %s, %s, %s FROM counted WHERE NOT EXISTS (SELECT 1 FROM named)"
-    " AND COALESCE(total, 0) < %s AND in_group < %s ON CONFLICT DO NOTHING RETURNING 1)"
-    " SELECT named.*, counted.total, counted.in_group, EXISTS (SELECT 1 FROM inserted)"
+    " SELECT %s, %s, %s, %s, %s, %s, %s FROM counted JOIN claimed"
+    " ON claimed.version = counted.version ON CONFLICT DO NOTHING RETURNING 1)"
+    " SELECT named.*, counted.total, counted.in_group, EXISTS (SELECT 1 FROM inserted),"
+    " EXISTS (SELECT 1 FROM claimed WHERE claimed.version <> counted.version)"
     " FROM counted LEFT JOIN named ON true"
 )
 _REGISTER_IF_FREE_TYPES = (
-    "text", "text", "text", "bytea", "text", "text", "text", "float8", "text", "text",
-    "bigint", "bigint",
+    "text", "text", "text", "bigint", "bigint", "text",
+    "bytea", "text", "text", "text", "float8", "text", "text",
 )
 _COUNT_CLIENTS = "SELECT Clients FROM client_counts WHERE AddressGroup = %s"
 #: The total and one group's count, in one statement (a group never counted: 0).
@@ -858,14 +871,18 @@ class PostgresMetadata:
         room: tuple[int, int],
     ) -> tuple[ClientRow | None, tuple[int, int], bool]:
         """Register the name if it is free and there is room: one round trip, with the writes
-        queued before it (the insert is the request's: in its savepoint)."""
+        queued before it (the insert is the request's: in its savepoint); one more when
+        another node's round changed the counts meanwhile (:data:`_REGISTER_IF_FREE`)."""
         self._live()
-        row = self._send((_REGISTER_IF_FREE, (
-            name, schema.TOTAL_GROUP, group, client_id, name, timestamp(now), edition, now,
-            address, self._group_of(address), *room,
-        )))[0]
+        statement = (_REGISTER_IF_FREE, (
+            name, group, schema.TOTAL_GROUP, *room, schema.TOTAL_GROUP,
+            client_id, name, timestamp(now), edition, now, address, self._group_of(address),
+        ))
+        row = self._send(statement)[0]
         fields = len(_CLIENT_FIELDS)
-        total, in_group, inserted = row[fields:]
+        if row[fields + 3]:  # stale counts: read again under the lock now held, exactly
+            row = self._send(statement)[0]
+        total, in_group, inserted = row[fields:fields + 3]
         client = None if row[0] is None else _client([row[:fields]])
         return client, (int(total or 0), int(in_group)), bool(inserted)
 

@@ -1,0 +1,142 @@
+"""The client cap holds across nodes that share one PostgreSQL database.
+
+Two stores on two connections stand for two nodes, each with a round open
+(not committed) registering the last free slot under the cap or under an
+address group's share: exactly one of them gets it, the other is refused
+as a single server would refuse it (not inserted, the counts at the limit).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+import psycopg
+import pytest
+from timing_helpers import HANG_TIMEOUT, wait_until
+
+from server.errors import StorageFault
+from server.storage.postgres.store import PostgresMetadata
+
+pytestmark = pytest.mark.needed_in_ci
+
+NOW = 1_700_000_000.0
+#: The address group of the clients below (the store groups as the server does).
+HOME = "127.0.0.1"
+ELSEWHERE = "127.0.1.1"
+#: A cap with room for two clients; a share that no registration here reaches.
+TWO_CLIENTS = (2, 100)
+#: Seconds the second node waits for an answer in the test of a wait that never ends.
+SHORT_PATIENCE = 0.5
+
+
+@pytest.fixture
+def nodes(postgres_url):
+    """Two stores on one database: two nodes."""
+    first = PostgresMetadata.open(postgres_url)
+    second = PostgresMetadata.open(postgres_url)
+    yield first, second
+    first.close()
+    second.close()
+
+
+@pytest.fixture
+def observer(postgres_url):
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        yield db
+
+
+def register(store: PostgresMetadata, client_id: bytes, name: str, address: str,
+             room: tuple[int, int]) -> tuple[tuple[int, int], bool]:
+    """An 825's usual case in the store's round (left open): the counts before, and
+    whether the client was inserted."""
+    with store.transaction():
+        _, counts, inserted = store.register_if_free(
+            client_id, name, NOW, "v3", address, address, room
+        )
+    return counts, inserted
+
+
+def waiting_for_a_lock(observer: psycopg.Connection, store: PostgresMetadata) -> bool:
+    """Whether the store's backend waits for a lock (another node's round holds it)."""
+    pid = store._live().info.backend_pid
+    rows = observer.execute(
+        "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'", (pid,)
+    ).fetchall()
+    return bool(rows)
+
+
+def in_thread(call) -> tuple[Future, threading.Thread]:
+    """Run ``call`` in a thread (it waits for another node's round); its outcome."""
+    outcome: Future = Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(call())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test through the future
+            outcome.set_exception(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return outcome, thread
+
+
+def race_for_the_last_slot(nodes, observer, first_address: str, second_address: str,
+                           room: tuple[int, int]) -> tuple[tuple[tuple[int, int], bool], ...]:
+    """One client is committed; the first node registers another in a round left open, the
+    second node registers a third meanwhile; the first node's round then commits."""
+    first, second = nodes
+    register(first, b"a" * 16, "alice", first_address, room)
+    first.finish_round(durable=True)
+    won = register(first, b"b" * 16, "bob", first_address, room)  # its round stays open
+    outcome, thread = in_thread(
+        lambda: register(second, b"c" * 16, "carol", second_address, room)
+    )
+    wait_until(lambda: outcome.done() or waiting_for_a_lock(observer, second),
+               "the second node's registration to wait for the first node's round")
+    first.finish_round(durable=True)
+    lost = outcome.result(timeout=HANG_TIMEOUT)
+    thread.join(HANG_TIMEOUT)
+    second.finish_round(durable=True)
+    return won, lost
+
+
+def test_two_nodes_registering_the_last_slot_under_the_cap_admit_one(nodes, observer):
+    won, lost = race_for_the_last_slot(nodes, observer, HOME, ELSEWHERE, TWO_CLIENTS)
+    assert won == ((1, 1), True)
+    assert lost == ((2, 0), False)  # refused at the cap, as a single server would
+    assert observer.execute("SELECT Name FROM clients ORDER BY Name").fetchall() == [
+        ("alice",), ("bob",)]
+    assert observer.execute(
+        "SELECT Clients FROM client_counts WHERE AddressGroup = ''").fetchall() == [(2,)]
+
+
+def test_two_nodes_registering_the_last_slot_of_a_groups_share_admit_one(nodes, observer):
+    """The same race under an address group's share (a group both nodes register from)."""
+    share_of_two = (100, 2)
+    won, lost = race_for_the_last_slot(nodes, observer, HOME, HOME, share_of_two)
+    assert won == ((1, 1), True)
+    assert lost == ((2, 2), False)
+    assert observer.execute("SELECT count(*) FROM clients").fetchall() == [(2,)]
+
+
+def test_far_from_the_cap_both_nodes_register(nodes, observer):
+    """The wait for the other node's round is the one its insert made anyway; then both
+    fit."""
+    won, lost = race_for_the_last_slot(nodes, observer, HOME, ELSEWHERE, (10, 10))
+    assert won[1] and lost == ((2, 0), True)
+    assert observer.execute("SELECT count(*) FROM clients").fetchall() == [(3,)]
+
+
+def test_a_wait_for_another_nodes_round_past_the_patience_is_a_fault_not_a_hang(
+    nodes, observer
+):
+    """The other node's round never commits within the store's patience: the waiting
+    registration fails (StorageFault: its 825 is answered 1607), it does not hang."""
+    first, second = nodes
+    register(first, b"a" * 16, "alice", HOME, TWO_CLIENTS)  # its round stays open
+    second._live().patience = SHORT_PATIENCE
+    with pytest.raises(StorageFault, match="no answer within"):
+        register(second, b"c" * 16, "carol", ELSEWHERE, TWO_CLIENTS)
+    first.finish_round(durable=True)
+    assert observer.execute("SELECT Name FROM clients").fetchall() == [("alice",)]
