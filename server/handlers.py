@@ -90,6 +90,15 @@ def _registration_address(app: App, client: ClientRow) -> str | None:
     return binding.address
 
 
+#: Why an 825 is refused for room: the cap, or the address group's share of it.
+CAP_REACHED = "client limit reached"
+SHARE_REACHED = "this address's share of the client limit reached"
+#: A limit a registration does not meet: a replacement leaves the total as it was, and its
+#: group's count too when the replaced row was registered from the same group (the largest
+#: bigint: PostgreSQL takes the limits as parameters).
+NO_LIMIT = 2**63 - 1
+
+
 def _why_no_room(
     app: App, peer: Peer, replace: ClientRow | None, counts: tuple[int, int] | None = None
 ) -> str | None:
@@ -110,13 +119,13 @@ def _why_no_room(
         if replace is None:  # one more client, in all and in its group: read together
             total, in_group = counts or app.metadata.client_counts(peer.group)
             if total >= app.limits.max_clients:
-                return "client limit reached"
+                return CAP_REACHED
         elif grows_group:
             in_group = counts[1] if counts else app.metadata.count_clients(peer.group)
         else:
             return None
         if in_group >= app.client_share:
-            return "this address's share of the client limit reached"
+            return SHARE_REACHED
         return None
 
     if full(counts) is None:
@@ -138,20 +147,40 @@ def _can_register(
     return None
 
 
+def _room_for(app: App, peer: Peer, replace: ClientRow | None) -> tuple[int, int]:
+    """The limits (the total's, the peer's group's) a registration replacing ``replace``
+    (None: none) must be below, checked by the store with its insert."""
+    if replace is None:
+        return app.limits.max_clients, app.client_share
+    grows_group = app.group_of(replace.registered_from) != peer.group
+    return NO_LIMIT, app.client_share if grows_group else NO_LIMIT
+
+
 def _register_name(
     app: App, peer: Peer, name: str, replace: ClientRow | None, speaking: Speaking
 ) -> bytes:
-    """Insert a keyless client bound to the peer's address; return its id.
+    """Insert a keyless client bound to the peer's address, in place of ``replace`` if any;
+    return its id. The store checks the room with the insert (:func:`_room_for`), as in an
+    825's usual case: the counts the rules read may have changed since (another node's
+    registration), and nodes sharing one store keep the cap between them.
 
     Raises:
         NameTaken: the name was taken meanwhile.
+        Refusal: the room was taken meanwhile (its reason; nothing is written).
     """
     client_id = _new_client_id()
     now = app.wall_clock()
+    room = _room_for(app, peer, replace)
     with app.metadata.transaction():
         if replace is not None:
             app.metadata.delete_client(replace.id)
-        app.metadata.insert_client(client_id, name, now, speaking.record, peer.address)
+        found, counts, inserted = app.metadata.register_if_free(
+            client_id, name, now, speaking.record, peer.address, peer.group, room
+        )
+        if not inserted:  # the savepoint undoes the deletion
+            if found is None and not has_room(counts, room):
+                raise Refusal(CAP_REACHED if counts[0] >= room[0] else SHARE_REACHED)
+            raise NameTaken(name)
         bind(app.metadata, client_id, peer.address, now)
     if replace is not None:
         app.live_registrations.release(replace.id)
@@ -224,6 +253,8 @@ def register(app: App, peer: Peer, event: Register, speaking: Speaking) -> Outco
             client_id = _register_name(app, peer, event.name, existing, speaking)
         except NameTaken:
             return Outcome(RegistrationFailed(), event.name, "name taken", refused=True)
+        except Refusal as exc:
+            return Outcome(RegistrationFailed(), event.name, str(exc), refused=True)
     app.live_registrations.hold(client_id, peer)
     detail = "keyless registration replaced" if existing else ""
     label = client_label(event.name, client_id)

@@ -9,7 +9,9 @@ through the unix socket. As root (CI) the cluster runs as the ``postgres``
 user, since PostgreSQL refuses to run as root.
 
 :func:`stalled_backend` stops one backend process (SIGSTOP) for a test of what
-the store does while its database does not answer.
+the store does while its database does not answer; :func:`waiting_for_a_lock`
+runs a call until its backend waits for a lock another transaction holds (one
+node's call waiting for another node's round).
 
 Without the binaries, :func:`find_binaries` returns None and the tests skip
 with :data:`INSTALL_LINE` (CI installs them: .ci/run).
@@ -28,13 +30,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from helpers import free_port
+from timing_helpers import wait_until
 
 #: The metadata backends a server test can be parametrized over (conftest's
 #: ``backend_server``; a test module imports this, never conftest, which is ambiguous).
@@ -283,3 +287,30 @@ def stalled_backend(pid: int, resume_after: float | None = None) -> Iterator[Sta
         if stall._resumer is not None:
             stall._resumer.kill()
             stall._resumer.wait()
+
+
+def waiting_for_a_lock(call: Callable[[], object], url: str, pid: int) -> Future:
+    """Start ``call`` in a thread; return its outcome once backend ``pid`` waits for a lock
+    that another transaction holds (seen on a connection of its own to ``url``), or once
+    the call has ended (it waited for none)."""
+    import psycopg
+
+    outcome: Future = Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(call())
+        except BaseException as exc:  # noqa: BLE001 - the test reads it from the outcome
+            outcome.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    with psycopg.connect(url, autocommit=True) as observer:
+
+        def waits() -> bool:
+            return bool(observer.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+                (pid,),
+            ).fetchall())
+
+        wait_until(lambda: outcome.done() or waits(), f"backend {pid} to wait for a lock")
+    return outcome

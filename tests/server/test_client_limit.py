@@ -11,8 +11,9 @@ of clients.
 from __future__ import annotations
 
 import pytest
-from backends.postgres import METADATA_BACKENDS
+from backends.postgres import METADATA_BACKENDS, waiting_for_a_lock
 from helpers import ANY_ID, unique_name
+from timing_helpers import HANG_TIMEOUT
 
 from protocol import Register, Registered, RegistrationFailed
 from server import handlers
@@ -318,3 +319,45 @@ def test_the_rate_limiter_still_counts_each_address():
     clock.now += RATE_WINDOW / 2 + 1  # the first two left the window
     assert limiter.allow("192.0.2.1")
     assert len(limiter) == 2
+
+
+# -- two nodes sharing one PostgreSQL database --------------------------------------------------
+
+
+@pytest.mark.needed_in_ci
+def test_a_replacement_on_one_node_meets_the_share_another_node_filled(tmp_path, postgres_url):
+    """A lapsed keyless registration from another group, taken over by an address whose
+    group has room for one more client as the rules read it, while another node's round
+    (not committed) registers that one more from the same group (an address the balancer
+    moved): the store checks the room with the insert once that round has committed, and
+    the replacement is refused, the lapsed registration kept; the share holds."""
+    limits = Limits(key_window=KEY_WINDOW, max_clients=100, max_client_share_per_address=0.02)
+    clock = FakeClock()
+    first, second = (
+        App.build(PostgresMetadata.open(postgres_url), FolderBlobs(tmp_path), limits,
+                  clock=clock)
+        for _ in range(2)
+    )
+    for app in (first, second):
+        app.wall_clock = clock
+    moved, elsewhere = "127.0.5.1", "127.0.6.1"
+    with first.metadata.transaction():
+        for client_id, name, address in ((b"g" * 16, "g1", moved), (b"b" * 16, "bob", elsewhere)):
+            first.metadata.insert_client(client_id, name, clock.now, "v3", address)
+            first.metadata.set_binding(client_id, address, clock.now)
+    first.metadata.finish_round(durable=True)
+    clock.now += KEY_WINDOW + 1  # bob's keyless registration lapsed
+    assert first.client_share == 2
+    register = Register(client_id=ANY_ID, name="carol")
+    assert isinstance(handlers.register(second, Peer(moved, 2), register, Speaking()).response,
+                      Registered)  # its round stays open
+    replacement = waiting_for_a_lock(
+        lambda: _answer(first, Peer(moved, 1), "bob"),
+        postgres_url, first.metadata.store._live().info.backend_pid,
+    )
+    second.metadata.finish_round(durable=True)
+    assert replacement.result(timeout=HANG_TIMEOUT) == handlers.SHARE_REACHED
+    assert first.metadata.count_clients(moved) == 2
+    assert first.metadata.client_by_name("bob").registered_from == elsewhere
+    for app in (first, second):
+        app.metadata.close()

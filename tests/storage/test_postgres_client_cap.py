@@ -8,12 +8,10 @@ as a single server would refuse it (not inserted, the counts at the limit).
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import Future
-
 import psycopg
 import pytest
-from timing_helpers import HANG_TIMEOUT, wait_until
+from backends.postgres import waiting_for_a_lock
+from timing_helpers import HANG_TIMEOUT
 
 from server.errors import StorageFault
 from server.storage.postgres.store import PostgresMetadata
@@ -57,31 +55,7 @@ def register(store: PostgresMetadata, client_id: bytes, name: str, address: str,
     return counts, inserted
 
 
-def waiting_for_a_lock(observer: psycopg.Connection, store: PostgresMetadata) -> bool:
-    """Whether the store's backend waits for a lock (another node's round holds it)."""
-    pid = store._live().info.backend_pid
-    rows = observer.execute(
-        "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'", (pid,)
-    ).fetchall()
-    return bool(rows)
-
-
-def in_thread(call) -> tuple[Future, threading.Thread]:
-    """Run ``call`` in a thread (it waits for another node's round); its outcome."""
-    outcome: Future = Future()
-
-    def run() -> None:
-        try:
-            outcome.set_result(call())
-        except BaseException as exc:  # noqa: BLE001 - handed to the test through the future
-            outcome.set_exception(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return outcome, thread
-
-
-def race_for_the_last_slot(nodes, observer, first_address: str, second_address: str,
+def race_for_the_last_slot(nodes, postgres_url, first_address: str, second_address: str,
                            room: tuple[int, int]) -> tuple[tuple[tuple[int, int], bool], ...]:
     """One client is committed; the first node registers another in a round left open, the
     second node registers a third meanwhile; the first node's round then commits."""
@@ -89,20 +63,20 @@ def race_for_the_last_slot(nodes, observer, first_address: str, second_address: 
     register(first, b"a" * 16, "alice", first_address, room)
     first.finish_round(durable=True)
     won = register(first, b"b" * 16, "bob", first_address, room)  # its round stays open
-    outcome, thread = in_thread(
-        lambda: register(second, b"c" * 16, "carol", second_address, room)
+    outcome = waiting_for_a_lock(
+        lambda: register(second, b"c" * 16, "carol", second_address, room),
+        postgres_url, second._live().info.backend_pid,
     )
-    wait_until(lambda: outcome.done() or waiting_for_a_lock(observer, second),
-               "the second node's registration to wait for the first node's round")
     first.finish_round(durable=True)
     lost = outcome.result(timeout=HANG_TIMEOUT)
-    thread.join(HANG_TIMEOUT)
     second.finish_round(durable=True)
     return won, lost
 
 
-def test_two_nodes_registering_the_last_slot_under_the_cap_admit_one(nodes, observer):
-    won, lost = race_for_the_last_slot(nodes, observer, HOME, ELSEWHERE, TWO_CLIENTS)
+def test_two_nodes_registering_the_last_slot_under_the_cap_admit_one(
+    nodes, observer, postgres_url
+):
+    won, lost = race_for_the_last_slot(nodes, postgres_url, HOME, ELSEWHERE, TWO_CLIENTS)
     assert won == ((1, 1), True)
     assert lost == ((2, 0), False)  # refused at the cap, as a single server would
     assert observer.execute("SELECT Name FROM clients ORDER BY Name").fetchall() == [
@@ -111,19 +85,21 @@ def test_two_nodes_registering_the_last_slot_under_the_cap_admit_one(nodes, obse
         "SELECT Clients FROM client_counts WHERE AddressGroup = ''").fetchall() == [(2,)]
 
 
-def test_two_nodes_registering_the_last_slot_of_a_groups_share_admit_one(nodes, observer):
+def test_two_nodes_registering_the_last_slot_of_a_groups_share_admit_one(
+    nodes, observer, postgres_url
+):
     """The same race under an address group's share (a group both nodes register from)."""
     share_of_two = (100, 2)
-    won, lost = race_for_the_last_slot(nodes, observer, HOME, HOME, share_of_two)
+    won, lost = race_for_the_last_slot(nodes, postgres_url, HOME, HOME, share_of_two)
     assert won == ((1, 1), True)
     assert lost == ((2, 2), False)
     assert observer.execute("SELECT count(*) FROM clients").fetchall() == [(2,)]
 
 
-def test_far_from_the_cap_both_nodes_register(nodes, observer):
+def test_far_from_the_cap_both_nodes_register(nodes, observer, postgres_url):
     """The wait for the other node's round is the one its insert made anyway; then both
     fit."""
-    won, lost = race_for_the_last_slot(nodes, observer, HOME, ELSEWHERE, (10, 10))
+    won, lost = race_for_the_last_slot(nodes, postgres_url, HOME, ELSEWHERE, (10, 10))
     assert won[1] and lost == ((2, 0), True)
     assert observer.execute("SELECT count(*) FROM clients").fetchall() == [(3,)]
 
