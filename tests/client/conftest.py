@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from client_runs import TIMEOUT, Run
 
 from client.__main__ import main
-
-#: Short enough that a broken test fails fast; a later --timeout wins.
-TIMEOUT = "10"
-
-
-@dataclass
-class Run:
-    """What one in-process run of the client left."""
-
-    code: int
-    out: str
-    err: str
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from client.stall import (
     STALL_ANSWER_FACTOR, STALL_EVIDENCE, STALL_EVIDENCE_FLOOR, evidence_hold,
 )
 from client_fakes import write_transfer_info
-from conftest import TIMEOUT
+from client_runs import TIMEOUT
 from protocol import (
     NEED_DATA,
     Acknowledged,

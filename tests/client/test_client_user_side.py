@@ -18,7 +18,7 @@ from protocol import GeneralError, Register
 from server.storage.names import stored_name
 
 from client_fakes import FakeServer, make_file, write_transfer_info
-from conftest import TIMEOUT, Run
+from client_runs import TIMEOUT, Run
 
 NAME = "alice"
 
