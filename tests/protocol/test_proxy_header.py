@@ -148,7 +148,7 @@ BROKEN = {
     "v1 leading zero in a port": ph.v1("TCP4", "127.0.0.5", "127.0.0.1", 1, 2).replace(b" 1 ", b" 01 "),
     "v1 port too large": ph.v1("TCP4", "127.0.0.5", "127.0.0.1", 65536, 2),
     "v1 negative port": b"PROXY TCP4 127.0.0.5 127.0.0.1 -1 2\r\n",
-    "v1 escape in the family": b"PROXY \x1b[31m 1.1.1.1 1.1.1.1 1 2\r\n",
+    "v1 escape in the family": b"PROXY \x1b[31m 127.1.1.1 127.1.1.1 1 2\r\n",
     "v1 no CRLF in 107 bytes": b"PROXY UNKNOWN " + b"f" * (V1_MAX_LENGTH - 14),
 }
 

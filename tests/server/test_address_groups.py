@@ -34,10 +34,10 @@ def test_an_ipv6_address_counts_with_its_64():
 
 
 def test_an_ipv4_address_is_its_own_group_mapped_or_not():
-    assert address_group("192.0.2.7") == "192.0.2.7"
-    assert address_group("::ffff:192.0.2.7") == "192.0.2.7"
-    peer = Peer("::ffff:192.0.2.7", 5)
-    assert peer.address == peer.group == "192.0.2.7"  # a dual-stack listener's IPv4 peer
+    assert address_group("127.0.2.7") == "127.0.2.7"
+    assert address_group("::ffff:127.0.2.7") == "127.0.2.7"
+    peer = Peer("::ffff:127.0.2.7", 5)
+    assert peer.address == peer.group == "127.0.2.7"  # a dual-stack listener's IPv4 peer
     assert address_group("not an address") == "not an address"
 
 

@@ -27,7 +27,7 @@ from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 KEYED = b"k" * 160
 KEY_WINDOW = 3600.0
-ANYONE = Peer("198.51.100.1", 1)
+ANYONE = Peer("127.51.100.1", 1)
 
 
 class FakeClock:
@@ -54,8 +54,8 @@ def _add(app: App, numbers: range, keyed: bool) -> None:
     with app.metadata.transaction():
         for number in numbers:
             client_id = number.to_bytes(16, "big")
-            app.metadata.insert_client(client_id, f"c{number}", app.wall_clock(), "v3", "192.0.2.1")
-            app.metadata.set_binding(client_id, "192.0.2.1", app.wall_clock())
+            app.metadata.insert_client(client_id, f"c{number}", app.wall_clock(), "v3", "127.0.2.1")
+            app.metadata.set_binding(client_id, "127.0.2.1", app.wall_clock())
             if keyed:
                 app.metadata.set_keys(client_id, KEYED, bytes(32), app.wall_clock())
     app.metadata.finish_round(durable=False)
@@ -166,14 +166,14 @@ def test_keyed_clients_that_never_stored_a_file_lapse(tmp_path):
     lapse = 7 * 24 * 3600.0
     app, clock = _app(tmp_path, max_clients=30, max_client_share_per_address=0.1,
                       unused_client_lapse=lapse)
-    _add(app, range(3), keyed=True)  # all from 192.0.2.1: its share is full
+    _add(app, range(3), keyed=True)  # all from 127.0.2.1: its share is full
     with app.metadata.transaction():
         app.metadata.upsert_file((0).to_bytes(16, "big"), b"kept.bin", "p")  # this one stored a file
-    owner = Peer("192.0.2.1", 1)
+    owner = Peer("127.0.2.1", 1)
     assert not _register(app, owner)
     clock.now += lapse / 2
     with app.metadata.transaction():  # a new key restarts its time
-        app.metadata.set_binding((1).to_bytes(16, "big"), "192.0.2.1", clock.now)
+        app.metadata.set_binding((1).to_bytes(16, "big"), "127.0.2.1", clock.now)
     clock.now += lapse / 2 + 1
     assert _register(app, owner)  # client 2 lapsed: purged at the share, room again
     assert app.metadata.client_by_id((2).to_bytes(16, "big")) is None
@@ -224,9 +224,9 @@ def test_an_825_is_answered_the_same_on_every_store(tmp_path, any_store):
     app.wall_clock = clock
     one, one_again, two, three, four = (
         Peer(address, 1) for address in
-        ("198.51.100.1", "198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4")
+        ("127.51.100.1", "127.51.100.1", "127.51.100.2", "127.51.100.3", "127.51.100.4")
     )
-    _add(app, range(1), keyed=True)  # c0, keyed, from 192.0.2.1
+    _add(app, range(1), keyed=True)  # c0, keyed, from 127.0.2.1
     answers = [
         _answer(app, one, "a"),
         _answer(app, two, "a"),
@@ -273,17 +273,17 @@ def test_the_rate_limiter_forgets_every_stale_address():
     clock = FakeClock()
     limiter = RegistrationLimiter(per_minute=2, clock=clock)
     for number in range(50_000):
-        assert limiter.allow(f"10.{number >> 16}.{(number >> 8) & 255}.{number & 255}")
+        assert limiter.allow(f"127.{10 + (number >> 16)}.{(number >> 8) & 255}.{number & 255}")
     assert len(limiter) == 50_000
     clock.now += RATE_WINDOW / 2
-    assert limiter.allow("192.0.2.1")
+    assert limiter.allow("127.0.2.1")
     assert len(limiter) == 50_001  # all still within the window
     clock.now += RATE_WINDOW * 60  # an hour later
-    assert limiter.allow("192.0.2.2")
+    assert limiter.allow("127.0.2.2")
     # one call forgets a bounded number of stale addresses, never all 50,001 at once
     assert len(limiter) == 50_001 - PURGE_PER_CALL + 1
     for number in range(3, 3 + 50_000 // PURGE_PER_CALL):
-        assert limiter.allow(f"198.51.{number >> 8}.{number & 255}")
+        assert limiter.allow(f"127.51.{number >> 8}.{number & 255}")
     # each call forgot more stale addresses than it added: the old ones are gone
     assert len(limiter) == 1 + 50_000 // PURGE_PER_CALL
     clock.now += RATE_WINDOW * 60
@@ -298,7 +298,7 @@ def test_the_servers_timers_sweep_the_rate_limiter_when_825s_stop(tmp_path):
     db = SqliteMetadata.open(tmp_path / DB_NAME)
     app = App.build(db, FolderBlobs(tmp_path), Limits(), clock=clock)
     for number in range(100):
-        assert app.registrations.allow(f"198.51.100.{number}")
+        assert app.registrations.allow(f"127.51.100.{number}")
     clock.now += PURGE_INTERVAL  # no 825 since: only the timers can forget them
     for timer in app.timers.due():
         if timer.callback is not None:
@@ -312,12 +312,12 @@ def test_the_rate_limiter_still_counts_each_address():
 
     clock = FakeClock()
     limiter = RegistrationLimiter(per_minute=2, clock=clock)
-    assert [limiter.allow("192.0.2.1") for _ in range(3)] == [True, True, False]
+    assert [limiter.allow("127.0.2.1") for _ in range(3)] == [True, True, False]
     clock.now += RATE_WINDOW / 2
-    assert limiter.allow("192.0.2.2")  # another address is not held back
-    assert not limiter.allow("192.0.2.1")
+    assert limiter.allow("127.0.2.2")  # another address is not held back
+    assert not limiter.allow("127.0.2.1")
     clock.now += RATE_WINDOW / 2 + 1  # the first two left the window
-    assert limiter.allow("192.0.2.1")
+    assert limiter.allow("127.0.2.1")
     assert len(limiter) == 2
 
 

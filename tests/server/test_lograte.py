@@ -21,7 +21,7 @@ from server.storage.sqlite import DB_NAME, SqliteMetadata
 
 BURST = 5
 INTERVAL = 60.0
-A, B = "192.0.2.1", "192.0.2.2"
+A, B = "127.0.2.1", "127.0.2.2"
 
 
 class Clock:
@@ -102,7 +102,7 @@ def test_a_flood_that_falls_silent_is_counted_by_the_sweep(clock, reports):
 def test_every_ended_window_is_forgotten(clock, reports):
     limits = limiter(clock, reports)
     for number in range(1000):
-        limits.admit(f"10.0.{number // 256}.{number % 256}", logging.INFO)
+        limits.admit(f"127.10.{number // 256}.{number % 256}", logging.INFO)
     assert len(limits) == 1000
     clock.now += INTERVAL
     limits.sweep()
@@ -114,7 +114,7 @@ def test_each_line_purges_a_few_ended_windows_without_a_sweep(clock, reports):
     limits = limiter(clock, reports)
     stale = 10 * PURGE_PER_CALL
     for number in range(stale):
-        limits.admit(f"10.0.0.{number}", logging.INFO)
+        limits.admit(f"127.10.0.{number}", logging.INFO)
     clock.now += INTERVAL
     limits.admit(A, logging.INFO)
     assert len(limits) == stale - PURGE_PER_CALL + 1  # bounded work per line
@@ -127,8 +127,8 @@ def test_past_the_cap_new_addresses_share_one_budget(clock, reports):
     cap = 3
     limits = limiter(clock, reports, max_keys=cap)
     for number in range(cap):
-        limits.admit(f"10.0.0.{number}", logging.INFO)
-    newcomers = [f"10.0.1.{number}" for number in range(50)]
+        limits.admit(f"127.10.0.{number}", logging.INFO)
+    newcomers = [f"127.10.1.{number}" for number in range(50)]
     allowed = sum(admitted(limits, address, BURST) for address in newcomers)
     assert allowed == BURST  # all of them together, not BURST each
     assert len(limits) == cap + 1

@@ -222,8 +222,8 @@ NOW = 1000.0
 def store():
     made = CountingMetadata()
     with made.transaction():
-        made.insert_client(CLIENT_ID, "alice", NOW, "v3", "192.0.2.1")
-        made.set_binding(CLIENT_ID, "192.0.2.1", NOW)
+        made.insert_client(CLIENT_ID, "alice", NOW, "v3", "127.0.2.1")
+        made.set_binding(CLIENT_ID, "127.0.2.1", NOW)
         made.set_keys(CLIENT_ID, b"public", b"k" * 32, NOW)
     made.reads.clear()
     return made
@@ -257,9 +257,9 @@ def test_a_write_inside_a_request_drops_what_it_changes(store):
         assert reads.client_by_id(CLIENT_ID).edition == "v3"
         with reads.transaction():
             reads.set_edition(CLIENT_ID, "2024A")
-            reads.set_binding(CLIENT_ID, "192.0.2.9", NOW + 1)
+            reads.set_binding(CLIENT_ID, "127.0.2.9", NOW + 1)
         assert reads.client_by_id(CLIENT_ID).edition == "2024A"
-        assert reads.binding(CLIENT_ID).address == "192.0.2.9"
+        assert reads.binding(CLIENT_ID).address == "127.0.2.9"
         with reads.transaction():
             reads.delete_client(CLIENT_ID)
         assert reads.client_by_id(CLIENT_ID) is None
