@@ -129,7 +129,7 @@ _REGISTER_IF_FREE = (
     " SELECT %s, %s, %s, %s, %s, %s, %s FROM counted JOIN claimed"
     " ON claimed.version = counted.version ON CONFLICT DO NOTHING RETURNING 1)"
     " SELECT named.*, counted.total, counted.in_group, EXISTS (SELECT 1 FROM inserted),"
-    " EXISTS (SELECT 1 FROM claimed WHERE claimed.version <> counted.version)"
+    " EXISTS (SELECT 1 FROM claimed WHERE NOT claimed.version = counted.version)"
     " FROM counted LEFT JOIN named ON true"
 )
 _REGISTER_IF_FREE_TYPES = (
