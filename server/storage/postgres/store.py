@@ -880,9 +880,10 @@ class PostgresMetadata:
         ))
         row = self._send(statement)[0]
         fields = len(_CLIENT_FIELDS)
-        if row[fields + 3]:  # stale counts: read again under the lock now held, exactly
+        total, in_group, inserted, stale = row[fields:]
+        if stale:  # read again under the lock now held: exactly
             row = self._send(statement)[0]
-        total, in_group, inserted = row[fields:fields + 3]
+            total, in_group, inserted, _ = row[fields:]
         client = None if row[0] is None else _client([row[:fields]])
         return client, (int(total or 0), int(in_group)), bool(inserted)
 
