@@ -84,6 +84,13 @@ class SlowlyRemoved(NotedFolder):
     abort_pause = 0.3
 
 
+class SlowlyRemovedSlowStore(SlowlyRemoved):
+    """A store whose writes, seals and publishes are all the port's worker's (a distant
+    store, ``slow_writes``), each removal taking ABORT_PAUSE."""
+
+    slow_writes = True
+
+
 class ThrottledFolder(NotedFolder):
     """Each write of an upload's file takes WRITE_PAUSE."""
 
@@ -286,6 +293,24 @@ def test_a_refused_uploads_file_is_gone_when_its_refusal_arrives(slowly_removed,
     assert isinstance(answer, GeneralError), answer
     assert left == []
     assert ("abort", "blob-writes") in store.calls, store.calls
+
+
+@pytest.mark.parametrize("kind", [SlowlyRemoved, SlowlyRemovedSlowStore], ids=["folder", "slow"])
+@pytest.mark.parametrize("data", [SMALL, LARGE], ids=["small", "large"])
+def test_a_failed_publishs_file_is_gone_when_its_1607_arrives(tmp_path, kind, data):
+    # the store refuses the publish: the upload's file is removed by the blob port's
+    # worker (slow here), and the 1607 that reports it waits for that, as a refusal's does
+    store = kind(tmp_path)
+    for server in _serve(tmp_path, store):
+        with RawClient(server.address[:2]) as client:
+            identity = make_identity(client)
+            answer = upload(client, identity, "fails.bin", data, PACKET)
+            left = _garbage_files(store)  # at once: no waiting
+            kept = upload(client, identity, "kept.bin", SMALL, PACKET)
+    assert isinstance(answer, GeneralError), answer
+    assert left == []
+    assert ("abort", "blob-writes") in store.calls, store.calls
+    assert isinstance(kept, FileReceived) and kept.cksum == cksum(SMALL)
 
 
 class RecordedBlob:
