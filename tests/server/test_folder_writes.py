@@ -3,7 +3,8 @@
 blob port's worker, one chunk per ``hold_bytes`` (or when it pauses); a write held up by
 the disk stalls no one else, and what an upload holds in memory stays bounded while its
 writes are slow. The sweeper's deletions of garbage are the port's worker's too: a slow
-one stalls no one.
+one stalls no one. A 1607 that reports a failed upload (refused, or its publish failed)
+waits for its file's removal, and that wait is the server's, not the client's idle time.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ import time
 
 import pytest
 from beside_upload import BASELINE_REQUESTS, round_trips_beside_an_upload
-from helpers import RawClient, file_packets, make_identity, reconnect, upload
+from helpers import (
+    ANY_ID, RawClient, file_packets, make_identity, private_key, reconnect, unique_name, upload,
+)
 from loop_driving import PATIENCE, TURN_PAUSE, served_in_a_thread
 
-from protocol import FileReceived, GeneralError, cksum, crypto
+from protocol import (
+    ConnectionClosed, FileReceived, GeneralError, Reconnect, Reconnected, Register, Registered,
+    cksum, crypto,
+)
 from server import app as app_module
 from server import blobport
 from server.storage import new_blob_key, sweep
@@ -311,6 +317,65 @@ def test_a_failed_publishs_file_is_gone_when_its_1607_arrives(tmp_path, kind, da
     assert left == []
     assert ("abort", "blob-writes") in store.calls, store.calls
     assert isinstance(kept, FileReceived) and kept.cksum == cksum(SMALL)
+
+
+class RemovedAtTheGate(NotedFolder):
+    """The noted folder store, each removal of an upload's file waiting until the test opens
+    :attr:`gate`; :attr:`removing` is set once one began."""
+
+    def __init__(self, data_dir) -> None:
+        super().__init__(data_dir)
+        self.gate = threading.Event()
+        self.removing = threading.Event()
+
+    def begin(self, client_id: bytes, key: str) -> TempFile:
+        writer = super().begin(client_id, key)
+        noted_abort = writer.abort
+
+        def abort() -> None:
+            self.removing.set()
+            self.gate.wait(PATIENCE)
+            noted_abort()
+
+        writer.abort = abort  # type: ignore[method-assign]
+        return writer
+
+
+#: The idle timeout in the test below: far less than the removal it waits for.
+SHORT_IDLE = 1.0
+
+
+def test_no_idle_close_while_a_refusal_waits_for_the_servers_removal_of_its_file(tmp_path):
+    # the 1607 waits for the file's removal (the blob port's worker, held at a gate): the
+    # client waits for the server, it is not idle. Another connection, silent from a later
+    # moment, is closed for idleness first: the refused one's idle deadline passed by then.
+    store = RemovedAtTheGate(tmp_path)
+
+    def tune(app) -> None:
+        app.limits = dataclasses.replace(app.limits, idle_timeout=SHORT_IDLE)
+
+    key = private_key()  # made before: the connection's idle time runs meanwhile
+    try:
+        with served_in_a_thread(tmp_path, store, tune) as (server, _db):
+            address = server.address[:2]
+            with RawClient(address) as client, RawClient(address) as clock:
+                identity = make_identity(client, key=key)
+                # one packet, its plaintext size not the file's: refused at its end (a
+                # request that succeeded before it, a packet, would restart the idle time)
+                (packet,) = file_packets(identity, "refused.bin", SMALL, PACKET)
+                client.send(dataclasses.replace(packet, orig_file_size=len(SMALL) + 3))
+                assert store.removing.wait(PATIENCE), "the refused file's removal never began"
+                assert isinstance(clock.request(Register(ANY_ID, unique_name())), Registered)
+                assert isinstance(clock.receive(PATIENCE), ConnectionClosed)  # idle: closed
+                store.gate.set()
+                assert isinstance(client.receive(PATIENCE), GeneralError)  # not closed
+                assert _garbage_files(store) == []
+                again = Reconnect(client_id=identity.client_id, name=identity.name)
+                assert isinstance(client.request(again), Reconnected)
+                # its own silence still counts: idle again, it is closed
+                assert isinstance(client.receive(PATIENCE), ConnectionClosed)
+    finally:
+        store.gate.set()
 
 
 class RecordedBlob:
