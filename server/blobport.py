@@ -42,8 +42,11 @@ reported in the loop thread: :meth:`BlobPort.on_ready` collects the jobs
 done, and :meth:`BlobPort.run_finished` calls what waits on them, when the
 loop may call the stores again (not while a round's commit is under way).
 The answers that report such a job are held until it is done
-(server/installs.py: a seal, a publish, a refused upload's abort); the
-sweeper's deletions of garbage are such jobs too (server/storage/sweep.py).
+(server/installs.py: a seal, a publish, the abort of a refused upload or of
+one whose seal or publish failed), and the client's idle deadline waits
+meanwhile (server/session.py, Rule 5); the sweeper's deletions of garbage
+are such jobs too, and so are those of the garbage start-up repair found,
+while the loop serves (server/storage/sweep.py ``Sweeper.delete_garbage``).
 The write order of server/storage/commit.py is kept.
 """
 

@@ -26,7 +26,7 @@ from protocol import (
 )
 from server import app as app_module
 from server import blobport
-from server.storage import new_blob_key, sweep
+from server.storage import commit, new_blob_key, sweep
 from server.storage.base import UnpublishedBlob
 from server.storage.folder import TEMP_PREFIX, FolderBlobs, TempFile
 
@@ -272,6 +272,40 @@ def test_the_loop_answers_another_client_while_the_sweeper_deletes_garbage(
             time.sleep(10 * SWEEP_INTERVAL)  # more sweeps: the stored file stays
             stored = list(store.root.glob(f"{identity.client_id.hex()}/*"))
             assert [path.read_bytes() for path in stored] == [SMALL]
+    finally:
+        store.gate.set()
+    deleted_in = {thread for call, thread in store.calls if call == "delete"}
+    assert deleted_in == {"blob-writes"}, store.calls
+
+
+def test_the_loop_serves_while_the_garbage_start_up_repair_found_is_deleted(tmp_path):
+    # start-up repair decides before serving (rows, pointers, what is moved aside); its
+    # deletions of garbage go to the blob port's worker (held at a gate here), as the
+    # sweeper's do, and the loop answers meanwhile
+    store = SweptSlowly(tmp_path)
+    for _ in range(3):  # sealed blobs no row points at (an upload a crash cut short)
+        writer = store.begin(GARBAGE_OWNER, new_blob_key())
+        writer.write(b"no row points at it")
+        writer.seal()
+    found: list[int] = []
+
+    def start_up(app) -> None:  # as server/__main__.py starts: repair, then serve
+        report = commit.repair_pointers(app.metadata, app.blobs)
+        found.append(report.unpublished_deleted)
+        app.sweeper.delete_garbage(report.garbage)
+
+    try:
+        with served_in_a_thread(tmp_path, store, start_up) as (server, _db):
+            assert found == [3]
+            assert store.deleting.wait(PATIENCE), "the garbage's deletion never began"
+            with RawClient(server.address[:2]) as client:
+                identity = make_identity(client)  # answered while the deletion waits
+                assert store.deleting.is_set() and len(_garbage_files(store)) == 3
+                store.gate.set()
+                kept = upload(client, identity, "kept.bin", SMALL, PACKET)
+            assert isinstance(kept, FileReceived) and kept.cksum == cksum(SMALL)
+            assert server.app.uploads.port.settle()
+            assert _garbage_files(store) == []
     finally:
         store.gate.set()
     deleted_in = {thread for call, thread in store.calls if call == "delete"}
