@@ -353,6 +353,22 @@ def test_a_failed_publishs_file_is_gone_when_its_1607_arrives(tmp_path, kind, da
     assert isinstance(kept, FileReceived) and kept.cksum == cksum(SMALL)
 
 
+def test_a_failed_publish_answered_behind_a_refusal_still_waiting_is_a_1607(slowly_removed):
+    # the refusal's 1607 waits for its file's removal (slow); the next upload's publish
+    # fails meanwhile, its answer held behind it: still a 1607 when the two go
+    server, store = slowly_removed
+    with RawClient(server.address[:2]) as client:
+        identity = make_identity(client)
+        (refused,) = file_packets(identity, "refused.bin", SMALL, PACKET)
+        client.send(dataclasses.replace(refused, orig_file_size=len(SMALL) + 3))
+        for packet in file_packets(identity, "fails.bin", SMALL, PACKET):
+            client.send(packet)
+        answers = [client.receive(), client.receive()]
+        left = _garbage_files(store)
+    assert [type(answer) for answer in answers] == [GeneralError, GeneralError], answers
+    assert left == []
+
+
 class RemovedAtTheGate(NotedFolder):
     """The noted folder store, each removal of an upload's file waiting until the test opens
     :attr:`gate`; :attr:`removing` is set once one began."""
