@@ -475,7 +475,8 @@ class Session:
         return self._message_start is None and self._packet is None
 
     def deadline(self) -> tuple[float, str]:
-        """When the connection times out, and why (Rule 5)."""
+        """When the connection times out, and why (Rule 5): never while it waits, between
+        messages, for answers the session holds (the server's wait, not the peer's)."""
         limits = self._limits
         if not self.between_messages:
             start = self._message_start if self._message_start is not None else self._last_recv
