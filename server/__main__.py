@@ -50,8 +50,8 @@ from .options import (
 )
 from .peer import address_group
 from .proxied import ProxySources
-from .storage import BlobStore, MetadataStore
-from .storage.commit import repair
+from .storage import BlobStore, MetadataStore, UnpublishedBlob
+from .storage.commit import repair_pointers
 from .storage.factory import StoreUrls, is_shared, open_coordination, open_stores
 from .storage.lock import DataDirLock
 from .storage.store_options import add_store_options
@@ -205,9 +205,10 @@ def _limits(args: argparse.Namespace) -> Limits:
 
 def _open_storage(
     urls: StoreUrls, limits: Limits, node: str
-) -> tuple[MetadataStore, BlobStore]:
+) -> tuple[MetadataStore, BlobStore, tuple[UnpublishedBlob, ...]]:
     """Open the stores as ``node`` and repair what a crash left (with other nodes sharing
-    them, what this node left: server/storage/commit.py).
+    them, what this node left: server/storage/commit.py), but for the garbage found,
+    returned: it is deleted while the server serves (``Sweeper.delete_garbage``).
 
     The caller holds the data folder's lock (:class:`DataDirLock`).
 
@@ -217,7 +218,7 @@ def _open_storage(
     group_of = functools.partial(address_group, ipv6_prefix=limits.ipv6_prefix)
     metadata, blobs = open_stores(urls, group_of, node)
     try:
-        report = repair(metadata, blobs, node if is_shared(urls.metadata) else None)
+        report = repair_pointers(metadata, blobs, node if is_shared(urls.metadata) else None)
     except OSError as exc:
         metadata.close()
         raise StorageFault(f"cannot repair {urls.blobs}: {exc}") from exc
@@ -225,14 +226,15 @@ def _open_storage(
         metadata.close()
         raise
     log.info(
-        "data in %s and %s: %d client(s), %d file(s); %d unfinished upload(s) deleted,"
+        "data in %s and %s: %d client(s), %d file(s); %d unfinished upload(s) deleted"
+        " while serving,"
         " %d upload(s) published at last, %d row(s) without a file removed,"
         " %d file(s) without a row and %d stray(s) moved aside",
         urls.metadata, urls.blobs, metadata.count_clients(), len(metadata.file_rows()),
         report.unpublished_deleted, report.published, report.rows_removed,
         report.blobs_set_aside, report.strays_set_aside,
     )
-    return metadata, blobs
+    return metadata, blobs, report.garbage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -385,7 +387,7 @@ def _serve_with(
         return EXIT_STARTUP_FAILED
     node = node_name(args.node_name, listener.getsockname()[1])  # repair needs it
     try:
-        metadata, blobs = _open_storage(urls, limits, node)
+        metadata, blobs, garbage = _open_storage(urls, limits, node)
     except StorageFault as exc:
         log.error("cannot start: %s", exc)
         listener.close()
@@ -401,6 +403,7 @@ def _serve_with(
     if coordination is not None:
         log.info("node %s: holds, leases and failure counts shared in the metadata database", node)
     app = App.build(metadata, blobs, limits, metrics=metrics, coordination=coordination)
+    app.sweeper.delete_garbage(garbage)  # off the serving path (the blob port's worker)
     proxies = ProxySources(args.proxy_protocol_from)
     server = Server(app, listener, proxies)
     metrics.watch_connections(lambda: len(server.channels))  # read at each scrape

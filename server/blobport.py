@@ -19,8 +19,9 @@ nothing (:meth:`BlobPort.hand_over_held`: it paused, or its connection is
 not read), so a streaming upload costs one handoff (a wakeup of the worker)
 per ``hold_bytes``, not per round; the content is decrypted straight into the
 held buffer (``IncomingFile.receive_into``), and a buffer once written
-comes back to the port for reuse (``SPARE_BUFFERS``), so its pages do not
-fault in again. What it holds when the upload completes is written by the
+comes back to the port for reuse (``SPARE_BUFFERS``: a spare that fits no
+request now stays for a later one; past them, the one kept longest goes), so
+its pages do not fault in again. What it holds when the upload completes is written by the
 round's job, just before the blob's seal (server/roundjob.py), so an
 upload that arrives within one round costs no handoff of its own. Its abort
 goes to the worker too.
@@ -41,8 +42,11 @@ reported in the loop thread: :meth:`BlobPort.on_ready` collects the jobs
 done, and :meth:`BlobPort.run_finished` calls what waits on them, when the
 loop may call the stores again (not while a round's commit is under way).
 The answers that report such a job are held until it is done
-(server/installs.py: a seal, a publish, a refused upload's abort); the
-sweeper's deletions of garbage are such jobs too (server/storage/sweep.py).
+(server/installs.py: a seal, a publish, the abort of a refused upload or of
+one whose seal or publish failed), and the client's idle deadline waits
+meanwhile (server/session.py, Rule 5); the sweeper's deletions of garbage
+are such jobs too, and so are those of the garbage start-up repair found,
+while the loop serves (server/storage/sweep.py ``Sweeper.delete_garbage``).
 The write order of server/storage/commit.py is kept.
 """
 
@@ -80,8 +84,9 @@ HOLD_SLACK = 256 * 1024
 #: leaves its blob not behind, so the connection is read while the worker writes (the next
 #: one parks it).
 HOLD_BYTES = BEHIND_BYTES - HOLD_SLACK - CHUNK_OVERHEAD
-#: Held buffers the port keeps for reuse once written: a new one's pages fault in at each
-#: first touch, a reused one's are mapped already.
+#: Buffers the port keeps for reuse once written: a new one's pages fault in at each
+#: first touch, a reused one's are mapped already. Past them, the one kept longest goes (a
+#: buffer that fits no request now stays for a later one until then: memory stays bounded).
 SPARE_BUFFERS = 4
 #: A queued chunk decrypted into a spare (:meth:`QueuedWriter.room`) takes one at most this
 #: fraction larger than itself (1/4): the queue's bound counts content, not buffers.
@@ -326,7 +331,8 @@ class _Shared:
     def __init__(self, behind_bytes: int) -> None:
         self.behind_bytes = behind_bytes
         self.jobs: queue.SimpleQueue[_Chunk | _Job | None] = queue.SimpleQueue()
-        #: Held buffers written and free for reuse (the worker appends, the loop pops).
+        #: Buffers written and free for reuse, the latest kept last (guarded by the lock:
+        #: the worker keeps them, the loop takes them; :func:`_keep_spare`).
         self.spares: list[bytearray] = []
         #: Jobs done since the loop last looked (guarded by the lock).
         self.finished: list[_Job] = []
@@ -419,18 +425,25 @@ def _write(
             log.exception("unexpected error writing a blob")
             writer.error = StorageFault(f"cannot write a received file: {exc}")
     size = _kept(data, spare)
-    if spare is not None:
-        if isinstance(data, memoryview):
-            data.release()
-        if len(shared.spares) < SPARE_BUFFERS:
-            shared.spares.append(spare)
+    if spare is not None and isinstance(data, memoryview):
+        data.release()
     with shared.lock:
+        if spare is not None:
+            _keep_spare(shared.spares, spare)
         writer.queued -= size
         if writer in shared.waiting and writer.queued <= shared.behind_bytes // 2:
             shared.caught_up.append(writer)
             if not shared.stopped:
                 shared.wake()
         shared.lock.notify_all()
+
+
+def _keep_spare(spares: list[bytearray], buffer: bytearray) -> None:
+    """Keep a written buffer for reuse, the latest last; past ``SPARE_BUFFERS`` the one
+    kept longest goes (memory stays bounded, and the sizes asked lately are kept)."""
+    spares.append(buffer)
+    if len(spares) > SPARE_BUFFERS:
+        del spares[0]
 
 
 def _kept(chunk: bytes | bytearray | memoryview, spare: bytearray | None) -> int:
@@ -489,22 +502,22 @@ class BlobPort:
         return self._shared.wake_r.fileno()
 
     def spare(self, size: int, most: int | None = None) -> bytearray:
-        """A buffer of at least ``size`` bytes (and at most ``most``, if given): a spare one
-        written already if any fits, else a new one of ``size`` (loop thread)."""
-        spares = self._shared.spares
-        while spares:
-            try:
-                buffer = spares.pop()
-            except IndexError:  # pragma: no cover - only the loop pops
-                break
-            if size <= len(buffer) <= (most or len(buffer)):
-                return buffer
+        """A buffer of at least ``size`` bytes (and at most ``most``, if given): the spare
+        one kept latest that fits, else a new one of ``size``; the spares that do not fit
+        stay for a later request (loop thread)."""
+        shared = self._shared
+        with shared.lock:
+            spares = shared.spares
+            for at in range(len(spares) - 1, -1, -1):
+                if size <= len(spares[at]) <= (most or len(spares[at])):
+                    return spares.pop(at)
         return bytearray(size)
 
     def keep_spare(self, buffer: bytearray) -> None:
-        """Keep a written buffer for reuse (:meth:`spare`), up to SPARE_BUFFERS."""
-        if len(self._shared.spares) < SPARE_BUFFERS:
-            self._shared.spares.append(buffer)
+        """Keep a written buffer for reuse (:meth:`spare`): ``SPARE_BUFFERS`` at most, the
+        one kept longest dropped past them."""
+        with self._shared.lock:
+            _keep_spare(self._shared.spares, buffer)
 
     def submit(
         self,

@@ -27,14 +27,19 @@ answers stay held meanwhile (:attr:`RoundInstalls.pending`), and the loop
 goes on; what follows a publish in the metadata (a failed first upload's
 row removed) is done in the loop thread when the worker reports it, the
 stores free. A refused upload's blob that the port's worker removes holds
-the refusal's answer the same way (:meth:`RoundInstalls.abort`): a client
-told of the failure finds nothing left of it.
+the refusal's answer the same way (:meth:`RoundInstalls.abort`), and so
+does a blob whose seal or publish failed (its 1607, on any store whose
+aborts are the worker's, the folder's included): a client told of the
+failure finds nothing left of it. A failure is reported at every round's
+end for as long as an answer holds its ticket, so an answer held behind
+another, or behind its blob's removal, still becomes a 1607 when it goes.
 """
 
 from __future__ import annotations
 
 import logging
 import functools
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AbstractSet, Callable
 
@@ -124,8 +129,10 @@ class RoundInstalls:
         #: the round is durable (the round's job, :meth:`begin_round`; the blob
         #: port's, :meth:`install_first_uploads`).
         self._to_install: list[_Publish] = []
-        #: Uploads of the round that could not be published.
-        self._install_failed: set[_Publish | _Seal | _Sealing] = set()
+        #: Uploads that could not be sealed or published, as long as an answer holds their
+        #: ticket: every round's end reports them, so that an answer held behind another
+        #: (or behind its blob's removal) still becomes a 1607 when it goes.
+        self._install_failed: weakref.WeakSet[_Publish | _Seal | _Sealing] = weakref.WeakSet()
         #: Confirmed versions whose publish failed: retried (:meth:`_retry_owed`).
         self._owed: dict[Upload, _Publish] = {}
         #: The next retry of the owed publishes, while any is owed.
@@ -134,8 +141,11 @@ class RoundInstalls:
         self._durable = False
         #: Tickets whose blob the port's worker is still sealing or publishing.
         self._pending: set[_Publish | _Sealing] = set()
-        #: The blobs the port's worker is still removing, with their tickets.
+        #: The blobs the port's worker is still removing, with their refusals' tickets.
         self._aborting: dict[BlobWriter, _Aborting] = {}
+        #: Tickets whose answer waits for the port's worker to remove their blob (an
+        #: abort): a refusal's, a failed seal's or publish's.
+        self._removing: set[InstallTicket] = set()
         #: Blobs completed in the round: sealed at its end, before its publishes.
         self._to_seal: list[_Seal] = []
         #: Runs each round's seals, durable step and publishes (:meth:`begin_round`).
@@ -258,8 +268,8 @@ class RoundInstalls:
             "%s: file %s of client %s could not be stored: %s; answered 1607",
             upload.address, quoted(upload.file_name), upload.client_id.hex(), error,
         )
-        self._install_failed.add(seal)
         self._discard(upload, "could not be stored")
+        self._failed(seal, seal.writer)
 
     def wait(self, upload: Upload, writer: BlobWriter, path_name: str) -> _Publish:
         """A first upload's row is in the round: it is published at the round's end."""
@@ -292,15 +302,15 @@ class RoundInstalls:
             "%s: file %s of client %s could not be stored: %s; answered 1607",
             upload.address, quoted(upload.file_name), upload.client_id.hex(), error,
         )
-        self._install_failed.add(ticket)
         self._discard(upload, "could not be stored")
+        self._failed(ticket, ticket.writer)
 
     @property
     def pending(self) -> AbstractSet[InstallTicket]:
         """The tickets whose blob the port's worker is still sealing, publishing or
         removing."""
-        if self._aborting:
-            return frozenset([*self._pending, *self._aborting.values()])
+        if self._removing:
+            return frozenset([*self._pending, *self._removing])
         return frozenset(self._pending)
 
     def abort(self, writer: BlobWriter) -> None:
@@ -308,15 +318,31 @@ class RoundInstalls:
         failure waits for that (:meth:`aborting`), so that a client told of the failure
         finds nothing left of it."""
         writer.abort()
+        ticket = _Aborting(writer)
+        if self._held_until_removed(ticket, writer):
+            self._aborting[writer] = ticket
+
+    def _failed(self, ticket: _Publish | _Seal | _Sealing, writer: BlobWriter) -> None:
+        """A file could not be sealed or published, its blob given up (aborted already):
+        its answer becomes a 1607, which waits for the port's worker to remove the blob
+        (as a refusal's does: :meth:`abort`)."""
+        self._install_failed.add(ticket)
+        self._held_until_removed(ticket, writer)
+
+    def _held_until_removed(self, ticket: InstallTicket, writer: BlobWriter) -> bool:
+        """Keep ``ticket`` pending until the port's worker has done what is queued for
+        ``writer`` (its abort, queued before); whether the worker removes it (else the
+        store's abort is done, or left to the sweeper)."""
         queued = writer.queued if isinstance(writer, BufferedWriter) else writer
         if not isinstance(queued, QueuedWriter):
-            return  # the store's abort is done (or left to the sweeper)
-        ticket = _Aborting(writer)
-        self._aborting[writer] = ticket
-        queued.then(_nothing, functools.partial(self._aborted, ticket))
+            return False
+        self._removing.add(ticket)
+        queued.then(_nothing, functools.partial(self._removed, ticket))
+        return True
 
-    def _aborted(self, ticket: _Aborting, error: StorageFault | None) -> None:
-        if self._aborting.get(ticket.writer) is ticket:
+    def _removed(self, ticket: InstallTicket, error: StorageFault | None) -> None:
+        self._removing.discard(ticket)
+        if isinstance(ticket, _Aborting) and self._aborting.get(ticket.writer) is ticket:
             del self._aborting[ticket.writer]
 
     def aborting(self, writer: BlobWriter) -> InstallTicket | None:
@@ -327,6 +353,7 @@ class RoundInstalls:
         """A 900 again: a confirmed version whose publish failed is published at the round's end."""
         owed = self._owed.pop(upload, None)
         if owed is not None:
+            self._install_failed.discard(owed)  # its answer tells this publish's outcome
             self._to_install.append(owed)
 
     @property
@@ -342,8 +369,7 @@ class RoundInstalls:
         forgotten): their answers must not go out.
         """
         self._install_waiting()
-        failed, self._install_failed = self._install_failed, set()
-        return failed
+        return frozenset(self._install_failed)
 
     def _install_waiting(self) -> None:
         """Hand each blob waiting for the port's worker to it, in order (a store with slow
@@ -389,6 +415,7 @@ class RoundInstalls:
         names whose first upload was undone): log it; undo, discard or owe what failed."""
         upload = entry.upload
         if error is None:
+            self._install_failed.discard(entry)  # an owed publish, done at last
             if not entry.first:
                 log.log(
                     self._log_level(upload),
@@ -401,7 +428,6 @@ class RoundInstalls:
             "%s: file %s of client %s could not be stored: %s; answered 1607",
             upload.address, quoted(upload.file_name), upload.client_id.hex(), error,
         )
-        self._install_failed.add(entry)
         if entry.first:
             entry.writer.abort()
             try:
@@ -409,10 +435,13 @@ class RoundInstalls:
             except StorageFault as exc:  # start-up repair removes rows without a file
                 log.error("cannot remove the row of a file never stored: %s", exc)
             self._discard(upload, "could not be stored")
+            self._failed(entry, entry.writer)  # its 1607 waits for the blob's removal
         elif entry.path_name in undone:
             entry.writer.abort()
             self._discard(upload, "could not be stored")
+            self._failed(entry, entry.writer)
         else:
+            self._install_failed.add(entry)
             self._owed[upload] = entry
             self._arm_owed()
 
@@ -477,7 +506,6 @@ class RoundInstalls:
             seals = [
                 seal for seal in self._job_seals if seal.writer in job.seal_failures
             ] + seals
-        self._install_failed.clear()
         self._owed.clear()
         if self._owed_timer is not None:
             self._owed_timer.cancel()

@@ -41,7 +41,12 @@ Rule 5. Every connection has one deadline at a time: ``message_deadline``
     and ``message_deadline`` for the first request. The idle time runs from
     the end of the last request that succeeded, and again from the release
     of its held answers: while they wait for the round's commit, the peer
-    waits for us, and is not idle.
+    waits for us, and is not idle. So while the session holds answers (a
+    seal, a publish or a blob's removal that the blob port's worker has
+    still to do: server/installs.py), the idle deadline is suspended, and
+    the wait does not count as the peer's idle time once they go (a
+    refusal's too, which restarts nothing: Rule 3); a message begun
+    meanwhile still has its ``message_deadline``.
 
 Rule 6. The first request's code names the edition's family
     (docs/EDITIONS.md); answers go out in the edition in use. A client is
@@ -122,6 +127,8 @@ from .storage import ClientRow
 log = logging.getLogger(__name__)
 
 _MS = 1000.0
+#: The deadline of a connection whose only wait is the server's (Rule 5): none.
+_NO_DEADLINE = float("inf")
 #: The editions served, all on the same port (docs/EDITIONS.md).
 SERVED_EDITIONS: tuple[Edition, ...] = EDITIONS
 
@@ -281,6 +288,8 @@ class Session:
         self._last_boundary = now
         #: A request that succeeded since the last release of held answers (Rule 5).
         self._succeeded_unanswered = False
+        #: Since when answers are held (Rule 5: the idle clock is suspended), if they are.
+        self._held_since: float | None = None
         self._last_recv = now
         self._message_start: float | None = None
         self._message_content = 0
@@ -392,6 +401,7 @@ class Session:
         The lines of the answers still held say that none of them went.
         """
         held, self._held_answers = self._held_answers, []
+        self._held_since = None
         for answer in held:
             if answer.line is not None:
                 self._write_line(replace(answer.line, result="(closed unanswered)"))
@@ -417,7 +427,8 @@ class Session:
         pending: AbstractSet[InstallTicket] = frozenset(),
     ) -> None:
         """The round is durable and its files installed: queue the held answers, in order;
-        the idle time restarts if a request that succeeded waited for them (Rule 5).
+        once none is held, the idle time restarts if a request that succeeded waited for
+        them, else the wait for them does not count as idle time (Rule 5).
 
         The answer of a file whose ticket is in ``unstored`` becomes a 1607:
         that file could not take its name. The answers from the first one
@@ -440,9 +451,15 @@ class Session:
             crashpoints.reached("response.queued")
             if line is not None:
                 self._write_line(line)
+        if self._held_answers:
+            return  # the peer still waits for us (Rule 5)
+        now = self.app.monotonic()
         if self._succeeded_unanswered:  # Rule 5: its answers go now; idle from now on
-            self._last_boundary = self.app.monotonic()
-            self._succeeded_unanswered = bool(self._held_answers)
+            self._last_boundary = now
+            self._succeeded_unanswered = False
+        elif self._held_since is not None:  # the wait was ours, not the peer's idle time
+            self._last_boundary = min(now, self._last_boundary + now - self._held_since)
+        self._held_since = None
 
     def data_to_send(self) -> bytes:
         """The answers queued since the last call (not those held: :meth:`release`)."""
@@ -458,7 +475,8 @@ class Session:
         return self._message_start is None and self._packet is None
 
     def deadline(self) -> tuple[float, str]:
-        """When the connection times out, and why (Rule 5)."""
+        """When the connection times out, and why (Rule 5): never while it waits, between
+        messages, for answers the session holds (the server's wait, not the peer's)."""
         limits = self._limits
         if not self.between_messages:
             start = self._message_start if self._message_start is not None else self._last_recv
@@ -470,6 +488,8 @@ class Session:
                 )
             return deadline, "message not completed in time"
         if self._seen_request:
+            if self._held_answers:  # the peer waits for us (Rule 5)
+                return _NO_DEADLINE, "idle"
             return self._last_boundary + limits.idle_timeout, "idle"
         return self._opened + limits.message_deadline, "no request"
 
@@ -861,6 +881,8 @@ class Session:
         data = self._decoder.send(response)
         if awaits is not None:
             instead = self._decoder.send(_error_response(ResponseCode.GENERAL_ERROR))
+            if not self._held_answers:
+                self._held_since = self.app.monotonic()
             self._held_answers.append(_Held(data, awaits, instead, line))
         else:
             self._queue(data, line)

@@ -48,9 +48,11 @@ losing a file the client was told about:
 4. **Garbage** is any blob no row points at: an aborted upload, a pending
    version never confirmed, an owed version a later one replaced (its
    replacement's swap perhaps not yet durable), an upload a crash cut. An
-   aborted blob is never published, and nothing waits for it to go: the
-   store deletes it at once where that is cheap (a local file) or leaves it
-   to the sweeper (:meth:`BlobWriter.abort`). The sweeper
+   aborted blob is never published: the store deletes it at once where that
+   is cheap (a local file) or leaves it to the sweeper
+   (:meth:`BlobWriter.abort`); where the blob port's worker deletes it, the
+   1607 that reports the upload's failure waits for that (server/installs.py),
+   and no other answer waits for it. The sweeper
    (server/storage/sweep.py) deletes what no row and no upload in flight
    points at, once a grace period has passed; start-up repair
    (:func:`repair`) sweeps what a crash left: it publishes each blob a
@@ -62,6 +64,12 @@ losing a file the client was told about:
    rows whose blob is missing, deletes unpublished blobs no row points at (no upload is in
    flight at start-up: no grace period is needed), and moves aside, never
    deletes, published blobs with no row and anything the server never makes.
+   All but that deletion decides what a row points at and is done before
+   the server serves (:func:`repair_pointers`); the deletion of the garbage
+   found goes where the sweeper's deletions go (the blob port's worker, for
+   a folder or a store with slow writes) while the server serves
+   (:func:`delete_garbage`, ``Sweeper.delete_garbage``): a new upload's key
+   is new, and no row will point at a key no upload writes.
 
 5. **Deleting a client** (:func:`remove_client`, ``admin delete-client``):
    its blobs are taken out of the store (one atomic step: the decision),
@@ -102,7 +110,8 @@ server/app.py).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 from .. import crashpoints
 from ..errors import StorageFault
@@ -299,6 +308,8 @@ def finish_removals(metadata: MetadataStore, blobs: BlobStore) -> int:
 class RepairReport:
     """What start-up repair did."""
 
+    #: Unpublished blobs no row points at: deleted (:func:`repair`), or to delete
+    #: (:func:`repair_pointers`: :attr:`garbage`).
     unpublished_deleted: int
     rows_removed: int
     blobs_set_aside: int
@@ -306,11 +317,43 @@ class RepairReport:
     removals_finished: int = 0
     #: Blobs a durable row pointed at, published at last (rolled forward).
     published: int = 0
+    #: The garbage :func:`repair_pointers` found and left to delete (:func:`delete_garbage`).
+    garbage: tuple[UnpublishedBlob, ...] = ()
 
 
 def repair(metadata: MetadataStore, blobs: BlobStore, node: str | None = None) -> RepairReport:
-    """Steps 4 and 5: finish deletions, roll forward publishes a crash cut, clear pending
-    pointers, remove rows without blobs, delete garbage, set aside blobs without rows and strays.
+    """Steps 4 and 5 (:func:`repair_pointers`), the garbage deleted too, in this thread
+    (tools and tests; the server deletes it while it serves).
+
+    Raises:
+        OSError, StorageFault: the store cannot be read or changed.
+    """
+    report = repair_pointers(metadata, blobs, node)
+    delete_garbage(blobs, report.garbage)
+    return replace(report, garbage=())
+
+
+def delete_garbage(blobs: BlobStore, garbage: Sequence[UnpublishedBlob]) -> int:
+    """Delete the unpublished blobs start-up repair found no row pointing at; how many.
+
+    Raises:
+        StorageFault: one cannot be deleted.
+    """
+    for blob in garbage:
+        blobs.delete_unpublished(blob)
+    if garbage:
+        log.warning("deleted %d unfinished upload(s) no row points at", len(garbage))
+    return len(garbage)
+
+
+def repair_pointers(
+    metadata: MetadataStore, blobs: BlobStore, node: str | None = None
+) -> RepairReport:
+    """Steps 4 and 5, all that decides what a row points at, before the server serves:
+    finish deletions, roll forward publishes a crash cut, clear pending pointers, remove
+    rows without blobs, set aside blobs without rows and strays; the garbage found (no row
+    points at it, nor can one: no upload is in flight) is left to :func:`delete_garbage`
+    (the report's :attr:`~RepairReport.garbage`).
 
     ``node``: this server's name when other nodes share both stores; only
     what it left is repaired then, and garbage is the sweeper's (the module's
@@ -341,11 +384,7 @@ def repair(metadata: MetadataStore, blobs: BlobStore, node: str | None = None) -
             elif _roll_forward(blobs, row, unpublished):
                 published += 1
     metadata.sync()  # the repair is durable before the first request
-    garbage = list(unpublished.values()) if node is None else []
-    for blob in garbage:
-        blobs.delete_unpublished(blob)
-    if garbage:
-        log.warning("deleted %d unfinished upload(s) no row points at", len(garbage))
+    garbage = tuple(unpublished.values()) if node is None else ()
     # Read after the listing: a name published before it has its row durable by now.
     known = {row.path_name for row in metadata.file_rows()}
     set_aside = sum(
@@ -353,7 +392,9 @@ def repair(metadata: MetadataStore, blobs: BlobStore, node: str | None = None) -
         for entry in stored
         if entry.path_name not in known
     )
-    return RepairReport(len(garbage), rows_removed, set_aside, strays, removals, published)
+    return RepairReport(
+        len(garbage), rows_removed, set_aside, strays, removals, published, garbage
+    )
 
 
 def _left_by(row: FileRow, node: str | None) -> bool:

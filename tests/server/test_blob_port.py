@@ -399,3 +399,40 @@ def test_tiny_chunks_queued_behind_a_stuck_store_count_their_objects_too():
     blob_writes.set()
     assert port.settle()
     port.close()
+
+
+#: Two sizes of buffer asked of the spares in turn (a QueuedWriter's receives of two sizes,
+#: neither fitting the other's slack).
+SMALL_SPARE, LARGE_SPARE = 4096, 65536
+#: Requests of each size in the test.
+SPARE_REQUESTS = 10
+
+
+def test_a_spare_that_does_not_fit_a_request_is_kept_for_a_later_one():
+    # receives of two sizes in turn, each buffer written then given back: the two first
+    # buffers serve every later request; none is dropped for not fitting the size asked
+    port = blobport.BlobPort()
+    made: dict[int, bytearray] = {}  # kept alive: no id reused
+    for _ in range(SPARE_REQUESTS):
+        for size in (SMALL_SPARE, LARGE_SPARE):
+            buffer = port.spare(size, most=size + size // blobport.SPARE_SLACK_DIVISOR)
+            assert size <= len(buffer)
+            made[id(buffer)] = buffer
+            port.keep_spare(buffer)
+    assert len(made) == 2, len(made)
+    port.close()
+
+
+def test_the_spares_stay_bounded_and_the_latest_are_kept():
+    port = blobport.BlobPort()
+    old = [bytearray(SMALL_SPARE) for _ in range(blobport.SPARE_BUFFERS)]
+    for buffer in old:
+        port.keep_spare(buffer)
+    latest = bytearray(LARGE_SPARE)
+    port.keep_spare(latest)  # past the bound: the one kept longest goes, not this one
+    assert port.spare(LARGE_SPARE) is latest, "the latest buffer kept was dropped"
+    taken = [port.spare(SMALL_SPARE) for _ in range(blobport.SPARE_BUFFERS)]
+    kept = [buffer for buffer in taken if any(buffer is mine for mine in old)]
+    assert len(kept) == blobport.SPARE_BUFFERS - 1, len(kept)
+    assert not any(buffer is old[0] for buffer in taken)
+    port.close()

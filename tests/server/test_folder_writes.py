@@ -3,7 +3,8 @@
 blob port's worker, one chunk per ``hold_bytes`` (or when it pauses); a write held up by
 the disk stalls no one else, and what an upload holds in memory stays bounded while its
 writes are slow. The sweeper's deletions of garbage are the port's worker's too: a slow
-one stalls no one.
+one stalls no one. A 1607 that reports a failed upload (refused, or its publish failed)
+waits for its file's removal, and that wait is the server's, not the client's idle time.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ import time
 
 import pytest
 from beside_upload import BASELINE_REQUESTS, round_trips_beside_an_upload
-from helpers import RawClient, file_packets, make_identity, reconnect, upload
+from helpers import (
+    ANY_ID, RawClient, file_packets, make_identity, private_key, reconnect, unique_name, upload,
+)
 from loop_driving import PATIENCE, TURN_PAUSE, served_in_a_thread
 
-from protocol import FileReceived, GeneralError, cksum, crypto
+from protocol import (
+    ConnectionClosed, FileReceived, GeneralError, Reconnect, Reconnected, Register, Registered,
+    cksum, crypto,
+)
 from server import app as app_module
 from server import blobport
-from server.storage import new_blob_key, sweep
+from server.storage import commit, new_blob_key, sweep
 from server.storage.base import UnpublishedBlob
 from server.storage.folder import TEMP_PREFIX, FolderBlobs, TempFile
 
@@ -82,6 +88,13 @@ class SlowlyRemoved(NotedFolder):
     """Each removal of an upload's file takes ABORT_PAUSE (a disk under load)."""
 
     abort_pause = 0.3
+
+
+class SlowlyRemovedSlowStore(SlowlyRemoved):
+    """A store whose writes, seals and publishes are all the port's worker's (a distant
+    store, ``slow_writes``), each removal taking ABORT_PAUSE."""
+
+    slow_writes = True
 
 
 class ThrottledFolder(NotedFolder):
@@ -265,6 +278,40 @@ def test_the_loop_answers_another_client_while_the_sweeper_deletes_garbage(
     assert deleted_in == {"blob-writes"}, store.calls
 
 
+def test_the_loop_serves_while_the_garbage_start_up_repair_found_is_deleted(tmp_path):
+    # start-up repair decides before serving (rows, pointers, what is moved aside); its
+    # deletions of garbage go to the blob port's worker (held at a gate here), as the
+    # sweeper's do, and the loop answers meanwhile
+    store = SweptSlowly(tmp_path)
+    for _ in range(3):  # sealed blobs no row points at (an upload a crash cut short)
+        writer = store.begin(GARBAGE_OWNER, new_blob_key())
+        writer.write(b"no row points at it")
+        writer.seal()
+    found: list[int] = []
+
+    def start_up(app) -> None:  # as server/__main__.py starts: repair, then serve
+        report = commit.repair_pointers(app.metadata, app.blobs)
+        found.append(report.unpublished_deleted)
+        app.sweeper.delete_garbage(report.garbage)
+
+    try:
+        with served_in_a_thread(tmp_path, store, start_up) as (server, _db):
+            assert found == [3]
+            assert store.deleting.wait(PATIENCE), "the garbage's deletion never began"
+            with RawClient(server.address[:2]) as client:
+                identity = make_identity(client)  # answered while the deletion waits
+                assert store.deleting.is_set() and len(_garbage_files(store)) == 3
+                store.gate.set()
+                kept = upload(client, identity, "kept.bin", SMALL, PACKET)
+            assert isinstance(kept, FileReceived) and kept.cksum == cksum(SMALL)
+            assert server.app.uploads.port.settle()
+            assert _garbage_files(store) == []
+    finally:
+        store.gate.set()
+    deleted_in = {thread for call, thread in store.calls if call == "delete"}
+    assert deleted_in == {"blob-writes"}, store.calls
+
+
 @pytest.mark.parametrize("layout", ["one-packet", "packets", "out-of-order"])
 def test_a_refused_uploads_file_is_gone_when_its_refusal_arrives(slowly_removed, layout):
     # its removal is the blob port's worker's (slow here): the 1607 waits for it
@@ -286,6 +333,99 @@ def test_a_refused_uploads_file_is_gone_when_its_refusal_arrives(slowly_removed,
     assert isinstance(answer, GeneralError), answer
     assert left == []
     assert ("abort", "blob-writes") in store.calls, store.calls
+
+
+@pytest.mark.parametrize("kind", [SlowlyRemoved, SlowlyRemovedSlowStore], ids=["folder", "slow"])
+@pytest.mark.parametrize("data", [SMALL, LARGE], ids=["small", "large"])
+def test_a_failed_publishs_file_is_gone_when_its_1607_arrives(tmp_path, kind, data):
+    # the store refuses the publish: the upload's file is removed by the blob port's
+    # worker (slow here), and the 1607 that reports it waits for that, as a refusal's does
+    store = kind(tmp_path)
+    for server in _serve(tmp_path, store):
+        with RawClient(server.address[:2]) as client:
+            identity = make_identity(client)
+            answer = upload(client, identity, "fails.bin", data, PACKET)
+            left = _garbage_files(store)  # at once: no waiting
+            kept = upload(client, identity, "kept.bin", SMALL, PACKET)
+    assert isinstance(answer, GeneralError), answer
+    assert left == []
+    assert ("abort", "blob-writes") in store.calls, store.calls
+    assert isinstance(kept, FileReceived) and kept.cksum == cksum(SMALL)
+
+
+def test_a_failed_publish_answered_behind_a_refusal_still_waiting_is_a_1607(slowly_removed):
+    # the refusal's 1607 waits for its file's removal (slow); the next upload's publish
+    # fails meanwhile, its answer held behind it: still a 1607 when the two go
+    server, store = slowly_removed
+    with RawClient(server.address[:2]) as client:
+        identity = make_identity(client)
+        (refused,) = file_packets(identity, "refused.bin", SMALL, PACKET)
+        client.send(dataclasses.replace(refused, orig_file_size=len(SMALL) + 3))
+        for packet in file_packets(identity, "fails.bin", SMALL, PACKET):
+            client.send(packet)
+        answers = [client.receive(), client.receive()]
+        left = _garbage_files(store)
+    assert [type(answer) for answer in answers] == [GeneralError, GeneralError], answers
+    assert left == []
+
+
+class RemovedAtTheGate(NotedFolder):
+    """The noted folder store, each removal of an upload's file waiting until the test opens
+    :attr:`gate`; :attr:`removing` is set once one began."""
+
+    def __init__(self, data_dir) -> None:
+        super().__init__(data_dir)
+        self.gate = threading.Event()
+        self.removing = threading.Event()
+
+    def begin(self, client_id: bytes, key: str) -> TempFile:
+        writer = super().begin(client_id, key)
+        noted_abort = writer.abort
+
+        def abort() -> None:
+            self.removing.set()
+            self.gate.wait(PATIENCE)
+            noted_abort()
+
+        writer.abort = abort  # type: ignore[method-assign]
+        return writer
+
+
+#: The idle timeout in the test below: far less than the removal it waits for.
+SHORT_IDLE = 1.0
+
+
+def test_no_idle_close_while_a_refusal_waits_for_the_servers_removal_of_its_file(tmp_path):
+    # the 1607 waits for the file's removal (the blob port's worker, held at a gate): the
+    # client waits for the server, it is not idle. Another connection, silent from a later
+    # moment, is closed for idleness first: the refused one's idle deadline passed by then.
+    store = RemovedAtTheGate(tmp_path)
+
+    def tune(app) -> None:
+        app.limits = dataclasses.replace(app.limits, idle_timeout=SHORT_IDLE)
+
+    key = private_key()  # made before: the connection's idle time runs meanwhile
+    try:
+        with served_in_a_thread(tmp_path, store, tune) as (server, _db):
+            address = server.address[:2]
+            with RawClient(address) as client, RawClient(address) as clock:
+                identity = make_identity(client, key=key)
+                # one packet, its plaintext size not the file's: refused at its end (a
+                # request that succeeded before it, a packet, would restart the idle time)
+                (packet,) = file_packets(identity, "refused.bin", SMALL, PACKET)
+                client.send(dataclasses.replace(packet, orig_file_size=len(SMALL) + 3))
+                assert store.removing.wait(PATIENCE), "the refused file's removal never began"
+                assert isinstance(clock.request(Register(ANY_ID, unique_name())), Registered)
+                assert isinstance(clock.receive(PATIENCE), ConnectionClosed)  # idle: closed
+                store.gate.set()
+                assert isinstance(client.receive(PATIENCE), GeneralError)  # not closed
+                assert _garbage_files(store) == []
+                again = Reconnect(client_id=identity.client_id, name=identity.name)
+                assert isinstance(client.request(again), Reconnected)
+                # its own silence still counts: idle again, it is closed
+                assert isinstance(client.receive(PATIENCE), ConnectionClosed)
+    finally:
+        store.gate.set()
 
 
 class RecordedBlob:

@@ -405,6 +405,7 @@ def test_a_first_upload_that_cannot_take_its_name_is_answered_1607_in_place_of_1
     )
     time.sleep(0.1)
     run_round(server)
+    run_round(server)  # its 1607 waits for its file's removal (the blob port's worker)
     answers = [failing.receive() for _ in range(3)]
     assert [type(answer) for answer in answers] == [GeneralError, GeneralError, Registered]
     assert isinstance(other.receive(), FileReceived)
@@ -446,6 +447,7 @@ def test_a_first_upload_answered_1607_in_place_of_1603_is_logged_with_the_1607(
     monkeypatch.setattr(FolderBlobs, "publish", install)
     _send_files(pairs, b"w" * 4000)
     run_round(server)
+    run_round(server)  # its 1607 waits for its file's removal (the blob port's worker)
     assert isinstance(failing.receive(), GeneralError)
     assert isinstance(other.receive(), FileReceived)
     (refused,) = _request_lines(caplog, failing_identity)

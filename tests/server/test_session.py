@@ -598,6 +598,35 @@ def test_the_idle_time_runs_from_the_release_of_the_answer_a_request_waited_for(
     assert session.deadline() == (released + limits.idle_timeout, "idle")
 
 
+def test_the_idle_deadline_waits_while_an_answer_waits_for_the_servers_storage(harness):
+    # a first upload's 1603 held while the blob store is still at work on it (a publish in
+    # the blob port's worker): the peer waits for us, no idle deadline; a message it begins
+    # meanwhile has its own deadline
+    limits = harness.app.limits
+    session = harness.session()
+    who = identity(harness, session)
+    feed(session, *packets(who))
+    upload = harness.app.uploads.completed(who.client_id, b"a.bin")
+    ticket = harness.app.uploads.installs.awaiting_install(upload)
+    assert ticket is not None
+    session.release(harness.app.end_round(durable=True), pending={ticket})
+    assert session.data_to_send() == b"" and session.holds_answers
+    assert session.deadline()[0] == float("inf")
+    harness.clock.now += 2 * limits.idle_timeout  # the store is slow
+    assert session.deadline()[0] > harness.clock.now
+    begun = harness.clock.now
+    session.receive_data(ClientConnection().send(CrcOk(who.client_id, "a.bin"))[:5])
+    assert session.next_step() is Step.NEED_DATA
+    assert session.deadline() == (begun + limits.message_deadline, "message not completed in time")
+    session.release(set(), pending=set())
+    released = harness.clock.now
+    assert [type(a) for a in parse_answers(session.data_to_send())] == [FileReceived]
+    assert session.deadline()[0] == begun + limits.message_deadline  # its message still
+    session.receive_data(ClientConnection().send(CrcOk(who.client_id, "a.bin"))[5:])
+    feed(session)
+    assert session.deadline() == (released + limits.idle_timeout, "idle")
+
+
 # -- what the session does not hold -----------------------------------------------------------
 
 
