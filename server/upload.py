@@ -295,8 +295,8 @@ class Uploads:
             writer = self._blobs.begin(client_id, new_blob_key())
             if self._blobs.slow_writes:
                 writer = self.port.wrap(writer)
-            elif self._blobs.buffered_writes:
-                writer = self.port.buffer(writer)
+            elif self._blobs.buffered_writes:  # room for its content and a piece's scratch
+                writer = self.port.buffer(writer, incoming.most_plain(incoming.max_plain_size))
             lease = self._take_lease(client_id, packet.file_name.text, writer)
         except (Refusal, RemoteProtocolError, StorageFault) as exc:
             if order.total > 1:
