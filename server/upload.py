@@ -566,15 +566,18 @@ class Uploads:
             del self._leases[key]
             self._round_leases[key] = (upload, UploadLease(*key, blob_key))
 
-    def round_over(self) -> None:
-        """The round is committed or lost: the leases of the uploads it completed go, but
-        for a name a new upload here holds again (its lease is taken now, naming its blob:
+    def round_over(self, committed: bool) -> None:
+        """The round is committed or lost: the leases of the uploads it completed go (a
+        fence released them with the round's commit: :data:`UploadFence`), but for a name
+        a new upload here holds again (its lease is taken now, naming its blob:
         :meth:`_take_lease` did not ask while the round held it)."""
         ended, self._round_leases = self._round_leases, {}
+        released = committed and self._fence is not None
         for key, (upload, _) in ended.items():
             holder = self._leases.get(key)
             if holder is None:
-                self._let_go(upload)
+                if not released:
+                    self._let_go(upload)
             elif isinstance(holder.phase, Receiving):
                 self._take_again(holder, holder.phase.writer)
 

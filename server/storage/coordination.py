@@ -105,9 +105,9 @@ ClientReadWithFailures = Callable[
 
 
 #: Queues, in the metadata store's open transaction, the check that this node still holds an
-#: upload's lease with its blob, the lease kept this node's until that transaction ends: the
-#: transaction's next read raises :class:`~server.errors.LeaseLost` if it does not
-#: (server/storage/postgres/fence.py).
+#: upload's lease with its blob, the lease kept this node's until that transaction ends and
+#: let go with its commit: the transaction's next read raises
+#: :class:`~server.errors.LeaseLost` if it does not (server/storage/postgres/fence.py).
 UploadFence = Callable[[UploadLease], None]
 
 

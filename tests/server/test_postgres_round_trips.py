@@ -31,6 +31,7 @@ from protocol import (
     crypto,
 )
 from server.app import App
+from server.errors import StorageFault
 from server.limits import Limits
 from server.peer import Peer
 from server.session import Session, Step
@@ -221,3 +222,45 @@ def test_an_upload_s_lease_sent_without_waiting_is_held_once_its_first_packet_en
     app.uploads.discard(app.uploads.get(who.client_id, FILE_NAME.encode()), "test over")
     app.coordination.settle()
     assert other.take_upload(elsewhere)  # let go with the upload
+
+
+def _coordination_messages(app: App) -> int:
+    """The messages the node's coordination sent so far, waited for or not."""
+    return app.coordination.round_trips + app.coordination.unanswered
+
+
+def test_a_complete_upload_s_lease_goes_with_its_round_s_commit_not_a_message_of_its_own(node):
+    """The fence deletes the lease's row in the round's transaction: the 828 sends the
+    coordination its take only, and the lease is free for another node once the round is
+    committed."""
+    app, other = node
+    _warm_up(app)
+    session = Session(app, Peer("127.0.0.1", 40000))
+    who = _keyed(app, session)
+    (packet,) = file_packets(who, FILE_NAME, b"one packet")
+    before = _coordination_messages(app)
+    assert isinstance(_request(app, session, packet), FileReceived)
+    assert _coordination_messages(app) - before == 1  # the take, sent without waiting
+    assert app.uploads.leased() == []
+    released = UploadLease(who.client_id, FILE_NAME.encode(), "another blob")
+    assert other.take_upload(released)
+
+
+def test_a_complete_upload_s_lease_is_let_go_by_the_coordination_when_its_round_is_lost(
+    node, postgres_cluster
+):
+    """A round rolled back keeps the fence's delete undone: the lease's row stays this node's
+    until the coordination lets it go, at once."""
+    app, other = node
+    session = Session(app, Peer("127.0.0.1", 40000))
+    who = _keyed(app, session)
+    (packet,) = file_packets(who, FILE_NAME, b"one packet")
+    session.receive_data(ClientConnection().send(packet))
+    while session.next_step() not in (Step.NEED_DATA, Step.CLOSE):
+        pass
+    store = app.metadata.store
+    store._db.close()  # the round is lost with its connection, before its commit
+    with pytest.raises(StorageFault):
+        app.end_round(durable=False)
+    released = UploadLease(who.client_id, FILE_NAME.encode(), "another blob")
+    assert other.take_upload(released)  # let go by the coordination, not held until renewed

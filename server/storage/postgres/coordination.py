@@ -25,8 +25,9 @@ are created if absent, under a version of their own (``coordination_version``):
   only then, on a conflict. Expiries are the database's clock (``now()``):
   the nodes' clocks need not agree. A complete upload's row is written
   behind its lease's (:mod:`.fence`, on the store's connection: the lease's
-  row locked until that round ends); the renewal and the purge skip the
-  rows so locked, never waiting for this node's own round.
+  row deleted in that round, locked until it ends, gone with its commit);
+  the renewal and the purge skip the rows so locked, never waiting for
+  this node's own round.
 * ``coordination_key_failures``: per client, the key its count is of (a
   digest: the key itself stays in the metadata) and that count;
   ``coordination_failures``: one row per failed decryption, with its time.
@@ -36,7 +37,8 @@ are created if absent, under a version of their own (``coordination_version``):
 
 Round trips are what a call costs the loop (~0.1 ms each on loopback, and
 the loop waits for each): a write whose answer nothing waits for (a hold on
-a new registration, the release of an upload's lease) is sent without
+a new registration, the release of an upload's lease that stopped before
+its end: a complete one's goes with its round, by the fence) is sent without
 waiting (prepared once per connection: its text alone would be planned at
 every call), its answer read before the connection's next statement (and a
 failure among them logged, as a failed release always was: the row lapses,
