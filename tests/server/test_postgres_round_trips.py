@@ -51,12 +51,14 @@ HOUR = 3600.0
 #: Failures under one key that kill it, in the per-key case.
 PER_KEY = 2
 #: The round trips each request waits for: 825 reads its name with the client counts and
-#: inserts it, in one statement (its hold goes out unanswered); 826 reads its client with
-#: the binding; 828 reads its client with the binding and the failure counts, then its
+#: inserts it, in one statement (its hold goes with the round's COMMIT); 826 reads its client
+#: with the binding; 828 reads its client with the binding and the failure counts, then its
 #: file's row (the lease goes out unanswered as the packet begins, its answer read as it
-#: ends; its release goes out unanswered); 900 reads its client with the binding and the
-#: failure counts.
+#: ends; the fence releases it with the round's COMMIT); 900 reads its client with the
+#: binding and the failure counts.
 ROUND_TRIPS = {"825": 1, "826": 1, "828": 2, "900": 1}
+#: The coordination's messages each request sends, waited for or not: the 828's lease only.
+COORDINATION_MESSAGES = {"825": 0, "826": 0, "828": 1, "900": 0}
 
 
 class Waited:
@@ -147,17 +149,19 @@ def test_a_session_waits_for_five_round_trips_and_what_answers_nothing_is_in_pla
     session = Session(app, Peer("127.0.0.1", 40000))
     waited = Waited(monkeypatch)
     counts: dict[str, int] = {}
+    coordination: dict[str, int] = {}
 
     def request(code: str, message) -> object:
-        before = waited.count
+        before, sent = waited.count, _coordination_messages(app)
         answer = _request(app, session, message)
         counts[code] = waited.count - before
+        coordination[code] = _coordination_messages(app) - sent
         return answer
 
     name = unique_name()
     registered = request("825", Register(client_id=ANY_ID, name=name))
     assert isinstance(registered, Registered)
-    assert other.registration_held_elsewhere(registered.client_id)  # the hold, sent unanswered
+    assert other.registration_held_elsewhere(registered.client_id)  # the hold, committed
     key = private_key()
     keyed = request("826", SendPublicKey(client_id=registered.client_id, name=name,
                                          public_key=crypto.export_public_key(key)))
@@ -170,6 +174,7 @@ def test_a_session_waits_for_five_round_trips_and_what_answers_nothing_is_in_pla
     assert isinstance(confirmed, Acknowledged)
     assert counts == ROUND_TRIPS
     assert sum(counts.values()) == 5
+    assert coordination == COORDINATION_MESSAGES
     released = UploadLease(who.client_id, FILE_NAME.encode(), "another blob")
     assert other.take_upload(released)  # the 828's lease, released unanswered, is free
 
