@@ -135,16 +135,17 @@ class LiveRegistrations:
         self._in_round.clear()
         closed, self._closed_in_round = self._closed_in_round, set()
         if closed:
-            self._let_go(closed, "closed in the round")
+            self._let_go(closed, "connections closed in the round")
 
-    def _let_go(self, client_ids: set[bytes], closed: str) -> None:
-        """Release the holds of a closed connection's registrations in the coordination."""
+    def _let_go(self, client_ids: set[bytes], whose: str) -> None:
+        """Release in the coordination the holds of closed connections' registrations
+        (``whose``: a connection's address, or what they were, for the log)."""
         if self._shared is None:
             return
         try:
             self._shared.release_registrations(client_ids)
         except StorageFault as exc:  # they go at the next renewal, or lapse
-            log.warning("%s: cannot let go of its registrations: %s", closed, exc)
+            log.warning("%s: cannot let go of its registrations: %s", whose, exc)
 
 
 @dataclass
