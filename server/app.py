@@ -18,7 +18,9 @@ from .rate import RegistrationLimiter
 from .reads import RequestReads
 from .shares import RoundShares
 from .storage import BlobStore, MetadataStore, RoundCommit
-from .storage.coordination import RENEWALS_PER_LEASE, Coordination, MemoryCoordination
+from .storage.coordination import (
+    RENEWALS_PER_LEASE, Coordination, MemoryCoordination, RegistrationHold,
+)
 from .storage.sweep import GARBAGE_GRACE, Sweeper, run_here
 from .timers import Timers
 from .upload import Uploads
@@ -42,12 +44,27 @@ class LiveRegistrations:
     another node's connection gets 1601 too. A registration that got its key
     or was replaced is let go there at the next renewal (a keyed or deleted
     client's hold is never asked about); a closed connection's at once.
+
+    Where the store can write the holds (``hold_along``: the same database), a
+    hold goes into the round's transaction, in place with the registration's
+    row at the round's commit. Until the round is over it is neither renewed
+    (the renewal would wait for the round's lock on the row, and the round for
+    the loop that waits on the renewal) nor let go by the coordination (which
+    cannot see it yet): a connection that closes meanwhile has its holds let
+    go once the round is over (:meth:`round_over`), committed or lost.
     """
 
-    def __init__(self, shared: Coordination | None = None) -> None:
+    def __init__(
+        self, shared: Coordination | None = None, hold_along: RegistrationHold | None = None
+    ) -> None:
         self._shared = shared
+        self._hold_along = hold_along
         self._holder: dict[bytes, Peer] = {}
         self._held: dict[Peer, set[bytes]] = {}
+        #: The holds queued in the round under way (:attr:`_hold_along`).
+        self._in_round: set[bytes] = set()
+        #: Those of them whose connection closed: let go once the round is over.
+        self._closed_in_round: set[bytes] = set()
 
     def __len__(self) -> int:
         return len(self._holder)
@@ -65,8 +82,10 @@ class LiveRegistrations:
         return self._shared is not None and self._shared.registration_held_elsewhere(client_id)
 
     def held(self) -> list[bytes]:
-        """Every keyless client this node holds (for the renewal)."""
-        return list(self._holder)
+        """Every keyless client this node holds (for the renewal), but those whose hold is
+        in the round under way."""
+        in_round = self._in_round
+        return [client_id for client_id in self._holder if client_id not in in_round]
 
     def hold(self, client_id: bytes, peer: Peer) -> None:
         """The connection ``peer`` registered ``client_id``.
@@ -78,7 +97,11 @@ class LiveRegistrations:
         self._held.setdefault(peer, set()).add(client_id)
         if self._shared is not None:
             try:
-                self._shared.hold_registration(client_id)
+                if self._hold_along is not None:
+                    self._hold_along(client_id)
+                    self._in_round.add(client_id)
+                else:
+                    self._shared.hold_registration(client_id)
             except StorageFault as exc:
                 log.warning(
                     "%s: client %s: its registration is held on this node only: %s",
@@ -96,14 +119,33 @@ class LiveRegistrations:
 
     def connection_closed(self, peer: Peer) -> None:
         """Forget the registrations a closed connection was holding."""
-        held = self._held.pop(peer, ())
+        held = self._held.pop(peer, set())
         for client_id in held:
             del self._holder[client_id]
-        if held and self._shared is not None:
-            try:
-                self._shared.release_registrations(held)
-            except StorageFault as exc:  # they go at the next renewal, or lapse
-                log.warning("%s: cannot let go of its registrations: %s", peer.address, exc)
+        in_round = held & self._in_round
+        if in_round:
+            self._closed_in_round |= in_round
+            held = held - in_round
+        if held:
+            self._let_go(held, peer.address)
+
+    def round_over(self) -> None:
+        """The round is committed or lost: its holds are in place (or gone with it), renewed
+        from now on; those of connections closed meanwhile are let go."""
+        self._in_round.clear()
+        closed, self._closed_in_round = self._closed_in_round, set()
+        if closed:
+            self._let_go(closed, "connections closed in the round")
+
+    def _let_go(self, client_ids: set[bytes], whose: str) -> None:
+        """Release in the coordination the holds of closed connections' registrations
+        (``whose``: a connection's address, or what they were, for the log)."""
+        if self._shared is None:
+            return
+        try:
+            self._shared.release_registrations(client_ids)
+        except StorageFault as exc:  # they go at the next renewal, or lapse
+            log.warning("%s: cannot let go of its registrations: %s", whose, exc)
 
 
 @dataclass
@@ -158,7 +200,10 @@ class App:
             StorageFault: the round is lost; none of its answers may go out.
         """
         self.coordination.settle()
-        return self.uploads.installs.end_round(durable=durable)
+        try:
+            return self.uploads.installs.end_round(durable=durable)
+        finally:
+            self.live_registrations.round_over()
 
     def begin_round(self, *, durable: bool) -> RoundCommit | None:
         """Start the round's commit (:meth:`RoundInstalls.begin_round`).
@@ -170,7 +215,11 @@ class App:
             StorageFault: the round is lost; none of its answers may go out.
         """
         self.coordination.settle()  # a hold of this round's 825s is in place before its answer
-        commit = self.uploads.installs.begin_round(durable=durable)
+        try:
+            commit = self.uploads.installs.begin_round(durable=durable)
+        except StorageFault:
+            self.live_registrations.round_over()
+            raise
         self.committing = commit is not None
         return commit
 
@@ -178,6 +227,7 @@ class App:
         """The round's commit is done: publish its blobs; return the tickets of those that
         could not be (their answers become 1607)."""
         self.committing = False
+        self.live_registrations.round_over()
         unstored = self.uploads.installs.round_committed()
         self._drop_closed()
         return unstored
@@ -191,6 +241,7 @@ class App:
     def round_lost(self) -> None:
         """The round's commit failed: none of its first uploads is stored."""
         self.committing = False
+        self.live_registrations.round_over()
         self.uploads.installs.abandon_first_uploads()
         self._drop_closed()
 
@@ -333,7 +384,7 @@ class App:
                 delete_in=uploads.port.run if _writes_off_loop(blobs) else run_here,
             ),
             coordination=coordination,
-            live_registrations=LiveRegistrations(coordination),
+            live_registrations=LiveRegistrations(coordination, coordination.hold_along(metadata)),
             metrics=metrics,
         )
         timers.call_later(PURGE_INTERVAL, app._purge_periodically)

@@ -218,9 +218,13 @@ class BufferedWriter:
     """
 
     def __init__(
-        self, port: BlobPort, inner: BlobWriter, let_go: Callable[[], None] = lambda: None
+        self, port: BlobPort, inner: BlobWriter, let_go: Callable[[], None] = lambda: None,
+        most: int | None = None,
     ) -> None:
         self._port = port
+        #: The most room the upload asks for in all (its content and a piece's scratch;
+        #: None: unknown): a held buffer is no larger than what is left of it.
+        self._most = most
         #: The writes handed to the worker, in order.
         self.queued = QueuedWriter(port, inner)
         self.inner = inner
@@ -253,8 +257,15 @@ class BufferedWriter:
         if self._buffer is not None and self.held + size > len(self._buffer):
             self.hand_over()
         if self._buffer is None:
-            self._buffer = self._port.spare(max(size, self._port.hold_bytes + HOLD_SLACK))
+            self._buffer = self._port.spare(max(size, self._buffer_size()))
         return memoryview(self._buffer)[self.held :]
+
+    def _buffer_size(self) -> int:
+        """A new held buffer's size: ``hold_bytes`` and its slack, or what is left of the
+        upload if less (a small upload's buffer is not a megabyte zeroed, its pages faulted
+        in, for a few KiB)."""
+        full = self._port.hold_bytes + HOLD_SLACK
+        return full if self._most is None else min(full, self._most - self.size)
 
     def took(self, size: int) -> None:
         """``size`` bytes of :meth:`room` were filled: hold them; queue what is held past
@@ -482,10 +493,11 @@ class BlobPort:
         """The store's writer, its writes done by the worker."""
         return QueuedWriter(self, writer)
 
-    def buffer(self, writer: BlobWriter) -> BufferedWriter:
+    def buffer(self, writer: BlobWriter, most: int | None = None) -> BufferedWriter:
         """The writer of a store with quick writes, held then written off the loop thread
-        (:class:`BufferedWriter`); its store's ``let_go`` (if any) runs at an abort, here."""
-        return BufferedWriter(self, writer, getattr(writer, "let_go", lambda: None))
+        (:class:`BufferedWriter`); its store's ``let_go`` (if any) runs at an abort, here.
+        ``most``: the most room the upload asks for in all (None: unknown)."""
+        return BufferedWriter(self, writer, getattr(writer, "let_go", lambda: None), most)
 
     def hand_over_held(self) -> None:
         """Queue for the worker what each buffered upload that took no content in this

@@ -114,14 +114,14 @@ class RoundInstalls:
         discard: Callable[[Upload, str], None],
         log_level: Callable[[Upload], int],
         timers: Timers,
-        round_over: Callable[[], None] = lambda: None,
+        round_over: Callable[[bool], None] = lambda committed: None,
     ) -> None:
         self._metadata = metadata
         self._blobs = blobs
         self._timers = timers
         #: Forgets an upload that will never be published (``Uploads.discard``).
         self._discard = discard
-        #: Told when a round is over, committed or lost (``Uploads.round_over``).
+        #: Told when a round is over, committed (True) or lost (``Uploads.round_over``).
         self._round_over = round_over
         #: The level of a line about an upload (its address group's log budget).
         self._log_level = log_level
@@ -202,7 +202,7 @@ class RoundInstalls:
                 self._job_done(job, self._job_seals)
             return self.install_first_uploads() if self._durable else set()
         finally:
-            self._round_over()
+            self._round_over(True)
 
     def _job_done(self, job: RoundJob[_Publish], seals: list[_Seal]) -> None:
         """The round's job is over, the round durable: act on the seals and publishes that
@@ -525,7 +525,7 @@ class RoundInstalls:
         except StorageFault as exc:  # start-up repair removes rows without a file
             log.error("cannot remove the rows of files never stored: %s", exc)
         finally:
-            self._round_over()
+            self._round_over(False)
 
     def close(self) -> None:
         """The server stops: nothing waiting is published (:meth:`abandon_first_uploads`);

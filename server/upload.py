@@ -295,8 +295,8 @@ class Uploads:
             writer = self._blobs.begin(client_id, new_blob_key())
             if self._blobs.slow_writes:
                 writer = self.port.wrap(writer)
-            elif self._blobs.buffered_writes:
-                writer = self.port.buffer(writer)
+            elif self._blobs.buffered_writes:  # room for its content and a piece's scratch
+                writer = self.port.buffer(writer, incoming.most_plain(incoming.max_plain_size))
             lease = self._take_lease(client_id, packet.file_name.text, writer)
         except (Refusal, RemoteProtocolError, StorageFault) as exc:
             if order.total > 1:
@@ -566,15 +566,18 @@ class Uploads:
             del self._leases[key]
             self._round_leases[key] = (upload, UploadLease(*key, blob_key))
 
-    def round_over(self) -> None:
-        """The round is committed or lost: the leases of the uploads it completed go, but
-        for a name a new upload here holds again (its lease is taken now, naming its blob:
+    def round_over(self, committed: bool) -> None:
+        """The round is committed or lost: the leases of the uploads it completed go (a
+        fence released them with the round's commit: :data:`UploadFence`), but for a name
+        a new upload here holds again (its lease is taken now, naming its blob:
         :meth:`_take_lease` did not ask while the round held it)."""
         ended, self._round_leases = self._round_leases, {}
+        released = committed and self._fence is not None
         for key, (upload, _) in ended.items():
             holder = self._leases.get(key)
             if holder is None:
-                self._let_go(upload)
+                if not released:
+                    self._let_go(upload)
             elif isinstance(holder.phase, Receiving):
                 self._take_again(holder, holder.phase.writer)
 

@@ -105,10 +105,15 @@ ClientReadWithFailures = Callable[
 
 
 #: Queues, in the metadata store's open transaction, the check that this node still holds an
-#: upload's lease with its blob, the lease kept this node's until that transaction ends: the
-#: transaction's next read raises :class:`~server.errors.LeaseLost` if it does not
-#: (server/storage/postgres/fence.py).
+#: upload's lease with its blob, the lease kept this node's until that transaction ends and
+#: let go with its commit: the transaction's next read raises
+#: :class:`~server.errors.LeaseLost` if it does not (server/storage/postgres/fence.py).
 UploadFence = Callable[[UploadLease], None]
+
+#: Queues, in the metadata store's transactions, this node's hold on a new keyless
+#: registration: it goes out with the round's next message, and is in place for every node
+#: with the round's commit, as the registration's row is (no message of its own).
+RegistrationHold = Callable[[bytes], None]
 
 
 class Coordination(Protocol):
@@ -197,6 +202,11 @@ class Coordination(Protocol):
         they are kept (the same database): an upload's completion is then recorded only
         while this node holds its lease. None: it cannot (a single server, alone with its
         leases, needs none)."""
+        ...
+
+    def hold_along(self, store: object) -> RegistrationHold | None:
+        """:meth:`hold_registration` in ``store``'s transactions, if ``store`` can write the
+        holds where they are kept (the same database). None: it cannot."""
         ...
 
     def settle(self) -> None:
@@ -385,6 +395,10 @@ class MemoryCoordination:
 
     def fence_along(self, store: object) -> UploadFence | None:
         """None: the leases are in this process, not in a store."""
+        return None
+
+    def hold_along(self, store: object) -> RegistrationHold | None:
+        """None: the holds are in this process, not in a store."""
         return None
 
     def settle(self) -> None:

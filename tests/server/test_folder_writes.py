@@ -153,6 +153,29 @@ def test_the_loop_thread_neither_writes_nor_removes_an_uploads_file(noted, data)
         assert {thread for call, thread in store.calls if call == "write"} == {"round-storage"}
 
 
+def test_a_small_uploads_held_buffer_is_the_size_of_its_content_not_hold_bytes(
+    noted, monkeypatch
+):
+    # a buffer of hold_bytes is zeroed and its pages faulted in by the loop thread: for an
+    # upload of a few KiB that was most of its loop CPU beside the metadata's
+    server, _store = noted
+    sizes: list[int] = []
+    real_spare = blobport.BlobPort.spare
+
+    def spare(port, size, most=None) -> bytearray:
+        buffer = real_spare(port, size, most)
+        sizes.append(len(buffer))
+        return buffer
+
+    monkeypatch.setattr(blobport.BlobPort, "spare", spare)
+    with RawClient(server.address[:2]) as client:
+        identity = make_identity(client)
+        answer = upload(client, identity, "small.bin", SMALL, PACKET)
+    assert isinstance(answer, FileReceived) and answer.cksum == cksum(SMALL)
+    ciphertext = len(crypto.encrypt(identity.aes_key, SMALL))
+    assert sizes and max(sizes) <= crypto.CbcDecryptor.most_output(ciphertext) < HOLD, sizes
+
+
 def test_the_loop_answers_another_client_while_a_folder_write_is_held_up(throttled):
     server, _store = throttled
     beside = round_trips_beside_an_upload(server.address[:2], "big.bin", LARGE, PACKET)

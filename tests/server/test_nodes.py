@@ -344,6 +344,64 @@ def test_a_name_completed_in_the_round_may_start_again_on_the_same_node(postgres
     assert isinstance(send_per_request(nodes, nodes.a, who, rest)[0], FileReceived)  # pending
 
 
+@pytest.mark.needed_in_ci
+def test_a_registration_held_in_the_round_holds_its_name_on_the_other_node(postgres_nodes):
+    # the hold goes with the round's commit on node a's store connection, as the row does
+    nodes = postgres_nodes
+    name = unique_name()
+    holder = nodes.session(nodes.a)
+    feed(holder, Register(client_id=ANY_ID, name=name))
+    (registered,) = answers(holder)
+    assert isinstance(registered, Registered)
+    assert nodes.b.coordination.registration_held_elsewhere(registered.client_id)
+    other = nodes.session(nodes.b)
+    feed(other, Register(client_id=ANY_ID, name=name))
+    assert isinstance(answers(other)[0], RegistrationFailed)
+
+
+@pytest.mark.needed_in_ci
+def test_a_connection_closed_before_its_825_s_round_commits_leaves_no_hold(postgres_nodes):
+    # the coordination cannot see a hold its round has not committed yet: it is let go once
+    # the round is over, and the name is free on the other node at once, not at a renewal
+    nodes = postgres_nodes
+    name = unique_name()
+    closing = nodes.session(nodes.a)
+    feed(closing, Register(client_id=ANY_ID, name=name))
+    other_name = nodes.session(nodes.a)
+    feed(other_name, Register(client_id=ANY_ID, name=unique_name()))  # sends a's hold along
+    closing.connection_lost()  # before the round's commit
+    nodes.a.end_round(durable=True)
+    row = nodes.stores[1].client_by_name(name)
+    assert row is not None and row.public_key is None  # the registration was committed
+    assert not nodes.b.coordination.registration_held_elsewhere(row.id)
+    again = nodes.session(nodes.b)
+    feed(again, Register(client_id=ANY_ID, name=name))
+    assert isinstance(answers(again)[0], Registered)
+
+
+@pytest.mark.needed_in_ci
+def test_a_node_renews_its_holds_while_its_round_holds_a_new_registration(
+    postgres_nodes, caplog
+):
+    # the renewal would wait for the round's lock on the new hold's row, the round for the
+    # loop that waits on the renewal: the hold is renewed once its round is over
+    nodes = postgres_nodes
+    opened = nodes.session(nodes.a)
+    feed(opened, Register(client_id=ANY_ID, name=unique_name()))
+    (earlier,) = answers(opened)
+    holder = nodes.session(nodes.a)
+    feed(holder, Register(client_id=ANY_ID, name=unique_name()))
+    feed(nodes.session(nodes.a), Register(client_id=ANY_ID, name=unique_name()))  # a's round
+    # is open, the new hold's row in it
+    with caplog.at_level(logging.ERROR):
+        nodes.a._renew_periodically()
+    assert "cannot renew" not in caplog.text
+    (registered,) = answers(holder)
+    assert isinstance(registered, Registered)
+    for client_id in (earlier.client_id, registered.client_id):
+        assert nodes.b.coordination.registration_held_elsewhere(client_id)
+
+
 def test_an_upload_cut_on_one_node_frees_its_name_for_the_other(nodes):
     sending = nodes.session(nodes.a)
     who = keyed(sending)

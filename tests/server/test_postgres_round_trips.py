@@ -31,6 +31,7 @@ from protocol import (
     crypto,
 )
 from server.app import App
+from server.errors import StorageFault
 from server.limits import Limits
 from server.peer import Peer
 from server.session import Session, Step
@@ -50,12 +51,14 @@ HOUR = 3600.0
 #: Failures under one key that kill it, in the per-key case.
 PER_KEY = 2
 #: The round trips each request waits for: 825 reads its name with the client counts and
-#: inserts it, in one statement (its hold goes out unanswered); 826 reads its client with
-#: the binding; 828 reads its client with the binding and the failure counts, then its
+#: inserts it, in one statement (its hold goes with the round's COMMIT); 826 reads its client
+#: with the binding; 828 reads its client with the binding and the failure counts, then its
 #: file's row (the lease goes out unanswered as the packet begins, its answer read as it
-#: ends; its release goes out unanswered); 900 reads its client with the binding and the
-#: failure counts.
+#: ends; the fence releases it with the round's COMMIT); 900 reads its client with the
+#: binding and the failure counts.
 ROUND_TRIPS = {"825": 1, "826": 1, "828": 2, "900": 1}
+#: The coordination's messages each request sends, waited for or not: the 828's lease only.
+COORDINATION_MESSAGES = {"825": 0, "826": 0, "828": 1, "900": 0}
 
 
 class Waited:
@@ -146,17 +149,19 @@ def test_a_session_waits_for_five_round_trips_and_what_answers_nothing_is_in_pla
     session = Session(app, Peer("127.0.0.1", 40000))
     waited = Waited(monkeypatch)
     counts: dict[str, int] = {}
+    coordination: dict[str, int] = {}
 
     def request(code: str, message) -> object:
-        before = waited.count
+        before, sent = waited.count, _coordination_messages(app)
         answer = _request(app, session, message)
         counts[code] = waited.count - before
+        coordination[code] = _coordination_messages(app) - sent
         return answer
 
     name = unique_name()
     registered = request("825", Register(client_id=ANY_ID, name=name))
     assert isinstance(registered, Registered)
-    assert other.registration_held_elsewhere(registered.client_id)  # the hold, sent unanswered
+    assert other.registration_held_elsewhere(registered.client_id)  # the hold, committed
     key = private_key()
     keyed = request("826", SendPublicKey(client_id=registered.client_id, name=name,
                                          public_key=crypto.export_public_key(key)))
@@ -169,6 +174,7 @@ def test_a_session_waits_for_five_round_trips_and_what_answers_nothing_is_in_pla
     assert isinstance(confirmed, Acknowledged)
     assert counts == ROUND_TRIPS
     assert sum(counts.values()) == 5
+    assert coordination == COORDINATION_MESSAGES
     released = UploadLease(who.client_id, FILE_NAME.encode(), "another blob")
     assert other.take_upload(released)  # the 828's lease, released unanswered, is free
 
@@ -221,3 +227,45 @@ def test_an_upload_s_lease_sent_without_waiting_is_held_once_its_first_packet_en
     app.uploads.discard(app.uploads.get(who.client_id, FILE_NAME.encode()), "test over")
     app.coordination.settle()
     assert other.take_upload(elsewhere)  # let go with the upload
+
+
+def _coordination_messages(app: App) -> int:
+    """The messages the node's coordination sent so far, waited for or not."""
+    return app.coordination.round_trips + app.coordination.unanswered
+
+
+def test_a_complete_upload_s_lease_goes_with_its_round_s_commit_not_a_message_of_its_own(node):
+    """The fence deletes the lease's row in the round's transaction: the 828 sends the
+    coordination its take only, and the lease is free for another node once the round is
+    committed."""
+    app, other = node
+    _warm_up(app)
+    session = Session(app, Peer("127.0.0.1", 40000))
+    who = _keyed(app, session)
+    (packet,) = file_packets(who, FILE_NAME, b"one packet")
+    before = _coordination_messages(app)
+    assert isinstance(_request(app, session, packet), FileReceived)
+    assert _coordination_messages(app) - before == 1  # the take, sent without waiting
+    assert app.uploads.leased() == []
+    released = UploadLease(who.client_id, FILE_NAME.encode(), "another blob")
+    assert other.take_upload(released)
+
+
+def test_a_complete_upload_s_lease_is_let_go_by_the_coordination_when_its_round_is_lost(
+    node, postgres_cluster
+):
+    """A round rolled back keeps the fence's delete undone: the lease's row stays this node's
+    until the coordination lets it go, at once."""
+    app, other = node
+    session = Session(app, Peer("127.0.0.1", 40000))
+    who = _keyed(app, session)
+    (packet,) = file_packets(who, FILE_NAME, b"one packet")
+    session.receive_data(ClientConnection().send(packet))
+    while session.next_step() not in (Step.NEED_DATA, Step.CLOSE):
+        pass
+    store = app.metadata.store
+    store._db.close()  # the round is lost with its connection, before its commit
+    with pytest.raises(StorageFault):
+        app.end_round(durable=False)
+    released = UploadLease(who.client_id, FILE_NAME.encode(), "another blob")
+    assert other.take_upload(released)  # let go by the coordination, not held until renewed

@@ -25,8 +25,9 @@ are created if absent, under a version of their own (``coordination_version``):
   only then, on a conflict. Expiries are the database's clock (``now()``):
   the nodes' clocks need not agree. A complete upload's row is written
   behind its lease's (:mod:`.fence`, on the store's connection: the lease's
-  row locked until that round ends); the renewal and the purge skip the
-  rows so locked, never waiting for this node's own round.
+  row deleted in that round, locked until it ends, gone with its commit);
+  the renewal and the purge skip the rows so locked, never waiting for
+  this node's own round.
 * ``coordination_key_failures``: per client, the key its count is of (a
   digest: the key itself stays in the metadata) and that count;
   ``coordination_failures``: one row per failed decryption, with its time.
@@ -36,7 +37,8 @@ are created if absent, under a version of their own (``coordination_version``):
 
 Round trips are what a call costs the loop (~0.1 ms each on loopback, and
 the loop waits for each): a write whose answer nothing waits for (a hold on
-a new registration, the release of an upload's lease) is sent without
+a new registration, the release of an upload's lease that stopped before
+its end: a complete one's goes with its round, by the fence) is sent without
 waiting (prepared once per connection: its text alone would be planned at
 every call), its answer read before the connection's next statement (and a
 failure among them logged, as a failed release always was: the row lapses,
@@ -69,8 +71,8 @@ from typing import Any, Collection, Mapping, Sequence
 
 from ...errors import StorageFault, StoreUnusable
 from ..coordination import (
-    REGISTRATION, UPLOAD, ClientReadWithFailures, FailureCounts, UploadFence, UploadLease,
-    upload_key,
+    REGISTRATION, UPLOAD, ClientReadWithFailures, FailureCounts, RegistrationHold, UploadFence,
+    UploadLease, upload_key,
 )
 from . import fence
 from .connect import liveness
@@ -185,6 +187,16 @@ _TAKE = (
     f" WHERE {_takable('held')}"
     " RETURNING 1"
 )
+#: :data:`_TAKE` of a registration's hold, its placeholders positional (kind, key, node,
+#: lease), for the store's transactions (:meth:`PgCoordination.hold_along`).
+_HOLD = (
+    "INSERT INTO coordination_leases AS held (kind, key, node, expires)"
+    " VALUES (%s, %s, %s, now() + %s * interval '1 second')"
+    " ON CONFLICT (kind, key) DO UPDATE"
+    " SET node = excluded.node, expires = excluded.expires, blob = NULL"
+    f" WHERE {_takable('held')}"
+)
+_HOLD_TYPES = ("text", "bytea", "text", "float8")
 _HELD_ELSEWHERE = (
     "SELECT 1 FROM coordination_leases AS held"
     " WHERE kind = %(kind)s AND key = %(key)s AND node <> %(node)s AND expires > now()"
@@ -627,6 +639,21 @@ class PgCoordination:
             store.queue_fence(fence.STATEMENT, UPLOAD, key, self.node, lease.blob_key)
 
         return fence_upload
+
+    def hold_along(self, store: object) -> RegistrationHold | None:
+        """A registration's hold queued in a PostgreSQL store of this database (its round's
+        transaction: in place with the registration's row, no message of its own); None
+        for any other store."""
+        from .store import PostgresMetadata
+
+        if not isinstance(store, PostgresMetadata) or store.conninfo != self._conninfo:
+            return None
+        store.prepare_along("cd_hold", _HOLD, _HOLD_TYPES, "the registration hold")
+
+        def hold(client_id: bytes) -> None:
+            store.queue_along(_HOLD, REGISTRATION, client_id, self.node, self._lease)
+
+        return hold
 
     def settle(self) -> None:
         """Read the answer of what was sent without waiting (see :meth:`_collect`)."""

@@ -8,12 +8,16 @@ once, and another node may take one over and complete the same client and
 file name while this node still receives it. So the request that completes
 an upload queues :data:`STATEMENT` first in its transaction (the round's, on
 the store's connection, with the read that follows it: no round trip of its
-own): it fails unless the lease's row still names this node and this
-upload's blob, and it locks that row (``FOR SHARE``) until the round
-commits or rolls back, so that no node takes the lease over meanwhile (a
-take is an ``UPDATE`` of the row, which waits for the lock). Plain SQL has
-no ``RAISE``: the failure is a cast of :data:`LEASE_LOST` to a number, whose
-error :func:`refused` recognises.
+own): it deletes the lease's row if it still names this node and this
+upload's blob, and fails if it does not. The delete locks that row until
+the round commits or rolls back, so that no node takes the lease over
+meanwhile (a take is an ``UPDATE`` of the row, which waits for the lock),
+and the lease is let go with the round's commit, in its transaction: no
+message of the coordination's to release it. A round rolled back keeps the
+row (this node's): the coordination releases it then, as before
+(server/upload.py ``round_over``). Plain SQL has no ``RAISE``: the failure
+is a cast of :data:`LEASE_LOST` to a number, whose error :func:`refused`
+recognises.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ LEASE_LOST = "upload lease lost"
 _CAST_FAILED = "22P02"
 #: The fence, its placeholders the lease's kind, key, node and blob key.
 STATEMENT = (
-    "SELECT (CASE WHEN EXISTS (SELECT 1 FROM coordination_leases"
-    " WHERE kind = %s AND key = %s AND node = %s AND blob = %s FOR SHARE)"
-    f" THEN '0' ELSE '{LEASE_LOST}' END)::int"
+    "WITH released AS (DELETE FROM coordination_leases"
+    " WHERE kind = %s AND key = %s AND node = %s AND blob = %s RETURNING 1)"
+    f" SELECT (CASE WHEN EXISTS (SELECT 1 FROM released) THEN '0' ELSE '{LEASE_LOST}' END)::int"
 )
 #: Its parameters' types (it is prepared once per connection: server/storage/postgres/store.py).
 PARAMETER_TYPES = ("text", "bytea", "text", "text")

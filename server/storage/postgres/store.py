@@ -806,6 +806,22 @@ class PostgresMetadata:
                 log.warning("database: cannot prepare %s: %s", what, reason(exc))
                 self._prepared_on = None
 
+    def prepare_along(self, name: str, statement: str, types: tuple[str, ...], what: str) -> None:
+        """A write on the coordination's tables (:meth:`queue_along`), prepared as ``name``
+        (its parameters of ``types``) from now on."""
+        self._prepare_along(_Prepared(name, statement, types), what)
+
+    def queue_along(self, statement: str, *params: Any) -> None:
+        """Queue a write on the coordination's tables in the round's transaction, in a level
+        of its own: it goes out with the round's next message (a read's, or the COMMIT), and
+        its failure loses the round, as an ended request's write.
+
+        Raises:
+            StorageFault: the store cannot be used (closed, no connection).
+        """
+        with self.transaction():
+            self._write(statement, *params)
+
     def prepare_fence(self) -> None:
         """The upload fence (:meth:`queue_fence`) is prepared from now on: the
         coordination's tables it reads are there."""
