@@ -154,3 +154,34 @@ def test_a_deletion_meeting_another_nodes_registration_waits_for_it_without_a_de
     assert observer.execute("SELECT Name FROM clients").fetchall() == [("bob",)]
     assert observer.execute(
         "SELECT Clients FROM client_counts WHERE AddressGroup = ''").fetchall() == [(1,)]
+
+
+def forget(store: PostgresMetadata, client_id: bytes) -> None:
+    """Every row of a client deleted in the store's round (its files first), which then
+    commits."""
+    with store.transaction():
+        store.forget_client(client_id)
+    store.finish_round(durable=True)
+
+
+def test_a_clients_removal_meeting_another_nodes_registration_waits_before_its_files(
+    nodes, observer, postgres_url
+):
+    """A removal deletes the client's files before the client: it takes the total's lock
+    before those too, so that a round holding the total that then writes one of those
+    files waits for no round that waits for it."""
+    first, second = nodes
+    far = (100, 100)
+    register(first, b"a" * 16, "alice", HOME, far)
+    with first.transaction():
+        first.upsert_file(b"a" * 16, b"a.bin", "received_files/a/a.bin")
+    first.finish_round(durable=True)
+    register(first, b"b" * 16, "bob", HOME, far)  # first's round keeps the total's lock
+    other = waiting_for_a_lock(lambda: forget(second, b"a" * 16), postgres_url,
+                               second._live().info.backend_pid)
+    with first.transaction():
+        first.delete_file(b"a" * 16, b"a.bin")  # a row the removal is after
+    first.finish_round(durable=True)  # no deadlock: the removal waits for the total's lock
+    other.result(timeout=HANG_TIMEOUT)
+    assert observer.execute("SELECT Name FROM clients").fetchall() == [("bob",)]
+    assert observer.execute("SELECT count(*) FROM files").fetchall() == [(0,)]

@@ -913,7 +913,10 @@ class PostgresMetadata:
         self._write(_DELETE_BINDING, client_id)
 
     def forget_client(self, client_id: bytes) -> None:
-        """Remove every row of a client: its files, its binding, itself."""
+        """Remove every row of a client: its files, its binding, itself (the total's lock
+        taken before the files': :data:`_LOCK_TOTAL`)."""
+        self._live()
+        self._queue.append((_LOCK_TOTAL, ()))
         self._write(_DELETE_CLIENT_FILES, client_id)
         self.delete_client(client_id)
 
