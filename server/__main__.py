@@ -50,8 +50,8 @@ from .options import (
 )
 from .peer import address_group
 from .proxied import ProxySources
-from .storage import BlobStore, MetadataStore, UnpublishedBlob
-from .storage.commit import repair_pointers
+from .storage import BlobStore, MetadataStore
+from .storage.commit import RepairReport, repair_pointers
 from .storage.factory import StoreUrls, is_shared, open_coordination, open_stores
 from .storage.lock import DataDirLock
 from .storage.store_options import add_store_options
@@ -205,10 +205,10 @@ def _limits(args: argparse.Namespace) -> Limits:
 
 def _open_storage(
     urls: StoreUrls, limits: Limits, node: str
-) -> tuple[MetadataStore, BlobStore, tuple[UnpublishedBlob, ...]]:
+) -> tuple[MetadataStore, BlobStore, RepairReport]:
     """Open the stores as ``node`` and repair what a crash left (with other nodes sharing
-    them, what this node left: server/storage/commit.py), but for the garbage found,
-    returned: it is deleted while the server serves (``Sweeper.delete_garbage``).
+    them, what this node left: server/storage/commit.py), but for the deletions the
+    repair's report leaves: they are done while the server serves (``Sweeper.finish_repair``).
 
     The caller holds the data folder's lock (:class:`DataDirLock`).
 
@@ -226,15 +226,15 @@ def _open_storage(
         metadata.close()
         raise
     log.info(
-        "data in %s and %s: %d client(s), %d file(s); %d unfinished upload(s) deleted"
-        " while serving,"
+        "data in %s and %s: %d client(s), %d file(s); %d client deletion(s) finished and"
+        " %d unfinished upload(s) deleted while serving,"
         " %d upload(s) published at last, %d row(s) without a file removed,"
         " %d file(s) without a row and %d stray(s) moved aside",
         urls.metadata, urls.blobs, metadata.count_clients(), len(metadata.file_rows()),
-        report.unpublished_deleted, report.published, report.rows_removed,
-        report.blobs_set_aside, report.strays_set_aside,
+        report.removals_finished, report.unpublished_deleted, report.published,
+        report.rows_removed, report.blobs_set_aside, report.strays_set_aside,
     )
-    return metadata, blobs, report.garbage
+    return metadata, blobs, report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,7 +387,7 @@ def _serve_with(
         return EXIT_STARTUP_FAILED
     node = node_name(args.node_name, listener.getsockname()[1])  # repair needs it
     try:
-        metadata, blobs, garbage = _open_storage(urls, limits, node)
+        metadata, blobs, repaired = _open_storage(urls, limits, node)
     except StorageFault as exc:
         log.error("cannot start: %s", exc)
         listener.close()
@@ -403,7 +403,7 @@ def _serve_with(
     if coordination is not None:
         log.info("node %s: holds, leases and failure counts shared in the metadata database", node)
     app = App.build(metadata, blobs, limits, metrics=metrics, coordination=coordination)
-    app.sweeper.delete_garbage(garbage)  # off the serving path (the blob port's worker)
+    app.sweeper.finish_repair(repaired)  # off the serving path (the blob port's worker)
     proxies = ProxySources(args.proxy_protocol_from)
     server = Server(app, listener, proxies)
     metrics.watch_connections(lambda: len(server.channels))  # read at each scrape

@@ -45,8 +45,9 @@ The answers that report such a job are held until it is done
 (server/installs.py: a seal, a publish, the abort of a refused upload or of
 one whose seal or publish failed), and the client's idle deadline waits
 meanwhile (server/session.py, Rule 5); the sweeper's deletions of garbage
-are such jobs too, and so are those of the garbage start-up repair found,
-while the loop serves (server/storage/sweep.py ``Sweeper.delete_garbage``).
+are such jobs too, and so are those of the garbage start-up repair found
+and of the files of a client deletion a crash cut, while the loop serves
+(server/storage/sweep.py ``Sweeper.finish_repair``).
 The write order of server/storage/commit.py is kept.
 """
 

@@ -68,14 +68,17 @@ losing a file the client was told about:
    the server serves (:func:`repair_pointers`); the deletion of the garbage
    found goes where the sweeper's deletions go (the blob port's worker, for
    a folder or a store with slow writes) while the server serves
-   (:func:`delete_garbage`, ``Sweeper.delete_garbage``): a new upload's key
+   (:func:`finish_repair`, ``Sweeper.finish_repair``): a new upload's key
    is new, and no row will point at a key no upload writes.
 
 5. **Deleting a client** (:func:`remove_client`, ``admin delete-client``):
    its blobs are taken out of the store (one atomic step: the decision),
    then every row of it goes in one transaction, then the blobs are deleted.
    Repair finishes a deletion a crash cut, first of all: a client found
-   taken out loses its rows and its blobs.
+   taken out loses its rows, durably, before anything else is repaired
+   (:func:`forget_removals`: none of its blobs is then set aside), and its
+   blobs while the server serves, as the garbage is (:func:`finish_repair`):
+   a client without rows begins no upload.
 
 So a crash leaves either the previous file with its row, or the new file with
 a row that was reset to Verified false (step 2) or that the client confirmed
@@ -284,11 +287,16 @@ def remove_client(metadata: MetadataStore, blobs: BlobStore, client_id: bytes) -
 
 
 def _finish_removal(metadata: MetadataStore, blobs: BlobStore, client_id: bytes) -> None:
+    _forget_removed(metadata, client_id)
+    blobs.finish_removal(client_id)
+
+
+def _forget_removed(metadata: MetadataStore, client_id: bytes) -> None:
+    """Delete the rows of a client whose blobs are taken out, durably."""
     with metadata.transaction():
         metadata.forget_client(client_id)
     metadata.sync()  # the rows are gone for good before the blobs go
     crashpoints.reached("remove.forgotten")
-    blobs.finish_removal(client_id)
 
 
 def finish_removals(metadata: MetadataStore, blobs: BlobStore) -> int:
@@ -297,11 +305,34 @@ def finish_removals(metadata: MetadataStore, blobs: BlobStore) -> int:
     Raises:
         StorageFault: one cannot be finished.
     """
-    pending = blobs.pending_removals()
-    for client_id in pending:
+    removed = forget_removals(metadata, blobs)
+    delete_removed(blobs, removed)
+    return len(removed)
+
+
+def forget_removals(metadata: MetadataStore, blobs: BlobStore) -> tuple[bytes, ...]:
+    """The rows of every client deletion a crash cut, deleted durably; return those clients,
+    whose blobs are left to :func:`delete_removed` (no row points at them any more, and
+    no upload of a client without rows begins).
+
+    Raises:
+        StorageFault: a deletion cannot be read or its rows deleted.
+    """
+    removed = tuple(blobs.pending_removals())
+    for client_id in removed:
         log.warning("finishing the deletion of client %s", client_id.hex())
-        _finish_removal(metadata, blobs, client_id)
-    return len(pending)
+        _forget_removed(metadata, client_id)
+    return removed
+
+
+def delete_removed(blobs: BlobStore, removed: Sequence[bytes]) -> None:
+    """Delete the blobs of the clients whose rows :func:`forget_removals` deleted.
+
+    Raises:
+        StorageFault: one client's blobs cannot be deleted (finished at the next start).
+    """
+    for client_id in removed:
+        blobs.finish_removal(client_id)
 
 
 @dataclass(frozen=True)
@@ -317,20 +348,36 @@ class RepairReport:
     removals_finished: int = 0
     #: Blobs a durable row pointed at, published at last (rolled forward).
     published: int = 0
-    #: The garbage :func:`repair_pointers` found and left to delete (:func:`delete_garbage`).
+    #: The garbage :func:`repair_pointers` found and left to delete (:func:`finish_repair`).
     garbage: tuple[UnpublishedBlob, ...] = ()
+    #: The clients whose deletion a crash cut, their rows deleted by
+    #: :func:`repair_pointers` and their blobs left to delete (:func:`finish_repair`).
+    removed: tuple[bytes, ...] = ()
 
 
 def repair(metadata: MetadataStore, blobs: BlobStore, node: str | None = None) -> RepairReport:
-    """Steps 4 and 5 (:func:`repair_pointers`), the garbage deleted too, in this thread
-    (tools and tests; the server deletes it while it serves).
+    """Steps 4 and 5 (:func:`repair_pointers`), what it leaves to delete deleted too, in this
+    thread (tools and tests; the server deletes it while it serves: :func:`finish_repair`).
 
     Raises:
         OSError, StorageFault: the store cannot be read or changed.
     """
     report = repair_pointers(metadata, blobs, node)
+    finish_repair(blobs, report)
+    return replace(report, garbage=(), removed=())
+
+
+def finish_repair(blobs: BlobStore, report: RepairReport) -> None:
+    """Delete what :func:`repair_pointers` left to delete: the blobs of the client deletions
+    a crash cut, and the garbage. No row points at any of it, nor will one (no upload of
+    theirs is in flight or begins), so the server does it while it serves
+    (``Sweeper.finish_repair``).
+
+    Raises:
+        StorageFault: a blob cannot be deleted (the next start finds it again).
+    """
+    delete_removed(blobs, report.removed)
     delete_garbage(blobs, report.garbage)
-    return replace(report, garbage=())
 
 
 def delete_garbage(blobs: BlobStore, garbage: Sequence[UnpublishedBlob]) -> int:
@@ -350,10 +397,11 @@ def repair_pointers(
     metadata: MetadataStore, blobs: BlobStore, node: str | None = None
 ) -> RepairReport:
     """Steps 4 and 5, all that decides what a row points at, before the server serves:
-    finish deletions, roll forward publishes a crash cut, clear pending pointers, remove
-    rows without blobs, set aside blobs without rows and strays; the garbage found (no row
-    points at it, nor can one: no upload is in flight) is left to :func:`delete_garbage`
-    (the report's :attr:`~RepairReport.garbage`).
+    delete the rows of the client deletions a crash cut, roll forward publishes a crash
+    cut, clear pending pointers, remove rows without blobs, set aside blobs without rows
+    and strays; the blobs of those deletions and the garbage found (no row points at them,
+    nor can one: no upload is in flight) are left to :func:`finish_repair` (the report's
+    :attr:`~RepairReport.removed` and :attr:`~RepairReport.garbage`), and are not set aside.
 
     ``node``: this server's name when other nodes share both stores; only
     what it left is repaired then, and garbage is the sweeper's (the module's
@@ -362,13 +410,20 @@ def repair_pointers(
     Raises:
         OSError, StorageFault: the store cannot be read or changed.
     """
-    removals = finish_removals(metadata, blobs)
-    unpublished = {(blob.client_id, blob.key): blob for blob in blobs.unpublished()}
+    removed = forget_removals(metadata, blobs)
+    unpublished = {
+        (blob.client_id, blob.key): blob for blob in blobs.unpublished()
+        if blob.client_id not in removed  # deleted with its client's blobs
+    }
     strays = sum(
         _set_aside(blobs, stray, _NOT_A_FILE if stray.owner else _NOT_A_FOLDER)
         for stray in blobs.foreign_entries()
     )
-    stored = blobs.stored()  # what each path name reads, listed once rather than asked per row
+    removed_owners = {client_id.hex() for client_id in removed}  # as every store files them
+    stored = [  # what each path name reads, listed once rather than asked per row
+        entry for entry in blobs.stored()
+        if entry.owner not in removed_owners  # a name a cut removal has still to delete
+    ]
     present = {entry.path_name for entry in stored}
     rows_removed = published = 0
     with metadata.transaction():
@@ -393,7 +448,8 @@ def repair_pointers(
         if entry.path_name not in known
     )
     return RepairReport(
-        len(garbage), rows_removed, set_aside, strays, removals, published, garbage
+        len(garbage), rows_removed, set_aside, strays, len(removed), published, garbage,
+        removed,
     )
 
 

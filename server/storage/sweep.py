@@ -8,8 +8,9 @@ been found so for :data:`GARBAGE_GRACE` seconds, so that a pointer written
 meanwhile (or a swap not yet durable, or another node's sealed blob whose
 row is not yet durable) keeps it. A single server's start-up repair finds
 what a crash left, garbage at once (no upload is in flight then), and the
-server hands it to :meth:`Sweeper.delete_garbage`, deleted where the
-sweeper's deletions go, while the loop serves.
+server hands it to :meth:`Sweeper.finish_repair` with the blobs of the
+client deletions a crash cut, deleted where the sweeper's deletions go,
+while the loop serves.
 
 A sweep costs what it finds, not what is kept: the blob store lists its
 unpublished blobs, those no upload holds are the candidates, and the
@@ -33,11 +34,11 @@ loop thread). :meth:`Sweeper.sweep` does all of it in the caller's thread
 from __future__ import annotations
 
 import logging
-from typing import AbstractSet, Callable, Sequence
+from typing import AbstractSet, Callable
 
 from ..errors import StorageFault
 from .base import KEYS_PER_QUERY, BlobStore, MetadataStore, UnpublishedBlob
-from .commit import delete_garbage
+from .commit import RepairReport, finish_repair
 
 log = logging.getLogger(__name__)
 
@@ -128,20 +129,20 @@ class Sweeper:
         self._list_in(listing, decide)
         return True
 
-    def delete_garbage(self, garbage: Sequence[UnpublishedBlob]) -> None:
-        """Delete blobs known to be garbage, without a grace period (start-up repair's:
-        server/storage/commit.py ``repair_pointers``), where the deletions run
-        (``delete_in``); a failure is logged, and a later sweep finds them again."""
-        if not garbage:
+    def finish_repair(self, report: RepairReport) -> None:
+        """Delete what start-up repair left to delete, without a grace period (the blobs of
+        the client deletions a crash cut, and the garbage: server/storage/commit.py
+        ``repair_pointers``), where the deletions run (``delete_in``); a failure is logged,
+        and a later sweep, or the next start, finds them again."""
+        if not (report.removed or report.garbage):
             return
-        found = list(garbage)
 
         def deleting() -> None:
-            delete_garbage(self._blobs, found)
+            finish_repair(self._blobs, report)
 
         def deleted(error: StorageFault | None) -> None:  # in the loop thread
             if error is not None:
-                log.error("cannot delete the unfinished uploads found at start: %s", error)
+                log.error("cannot delete what start-up repair left to delete: %s", error)
 
         self._delete_in(deleting, deleted)
 

@@ -315,7 +315,7 @@ def test_the_loop_serves_while_the_garbage_start_up_repair_found_is_deleted(tmp_
     def start_up(app) -> None:  # as server/__main__.py starts: repair, then serve
         report = commit.repair_pointers(app.metadata, app.blobs)
         found.append(report.unpublished_deleted)
-        app.sweeper.delete_garbage(report.garbage)
+        app.sweeper.finish_repair(report)
 
     try:
         with served_in_a_thread(tmp_path, store, start_up) as (server, _db):
@@ -333,6 +333,58 @@ def test_the_loop_serves_while_the_garbage_start_up_repair_found_is_deleted(tmp_
         store.gate.set()
     deleted_in = {thread for call, thread in store.calls if call == "delete"}
     assert deleted_in == {"blob-writes"}, store.calls
+
+
+class RemovalFinishedSlowly(NotedFolder):
+    """The noted folder store, each end of a client's deletion (its folder deleted from
+    the trash) noted, then waiting until the test opens :attr:`gate`; :attr:`removing` is
+    set once one began."""
+
+    def __init__(self, data_dir) -> None:
+        super().__init__(data_dir)
+        self.gate = threading.Event()
+        self.removing = threading.Event()
+
+    def finish_removal(self, client_id: bytes) -> None:
+        self.calls.append(("finish removal", threading.current_thread().name))
+        self.removing.set()
+        self.gate.wait(PATIENCE)
+        super().finish_removal(client_id)
+
+
+def test_the_loop_serves_while_the_files_of_a_deletion_a_crash_cut_are_deleted(tmp_path):
+    # a client's deletion cut after its folder went to the trash: start-up repair deletes
+    # its rows before serving, and its files where the sweeper's deletions go (the blob
+    # port's worker, held at a gate here) while the loop answers
+    store = RemovalFinishedSlowly(tmp_path)
+    writer = store.begin(GARBAGE_OWNER, new_blob_key())
+    writer.write(b"a file of a client being deleted")
+    writer.seal()
+    store.publish(writer.key, store.new_path_name(GARBAGE_OWNER, b"gone.bin", writer.key))
+    store.begin_removal(GARBAGE_OWNER)  # the crash: its rows and its trash are left
+    found: list[tuple[bytes, ...]] = []
+
+    def start_up(app) -> None:  # as server/__main__.py starts: repair, then serve
+        report = commit.repair_pointers(app.metadata, app.blobs)
+        found.append(report.removed)
+        app.sweeper.finish_repair(report)
+
+    try:
+        with served_in_a_thread(tmp_path, store, start_up) as (server, _db):
+            assert found == [(GARBAGE_OWNER,)]
+            assert store.removing.wait(PATIENCE), "the deletion's end never began"
+            with RawClient(server.address[:2]) as client:
+                identity = make_identity(client)  # answered while the deletion waits
+                assert store.pending_removals() == [GARBAGE_OWNER]
+                store.gate.set()
+                kept = upload(client, identity, "kept.bin", SMALL, PACKET)
+            assert isinstance(kept, FileReceived) and kept.cksum == cksum(SMALL)
+            assert server.app.uploads.port.settle()
+            assert store.pending_removals() == []
+    finally:
+        store.gate.set()
+    finished_in = {thread for call, thread in store.calls if call == "finish removal"}
+    assert finished_in == {"blob-writes"}, store.calls
 
 
 @pytest.mark.parametrize("layout", ["one-packet", "packets", "out-of-order"])

@@ -116,3 +116,72 @@ def test_a_wait_for_another_nodes_round_past_the_patience_is_a_fault_not_a_hang(
         register(second, b"c" * 16, "carol", ELSEWHERE, TWO_CLIENTS)
     first.finish_round(durable=True)
     assert observer.execute("SELECT Name FROM clients").fetchall() == [("alice",)]
+
+
+def delete(store: PostgresMetadata, client_id: bytes) -> None:
+    """A client deleted in the store's round, which then commits."""
+    with store.transaction():
+        store.delete_client(client_id)
+    store.finish_round(durable=True)
+
+
+@pytest.mark.parametrize("deleting", ["one client", "the lapsed keyless ones"])
+def test_a_deletion_meeting_another_nodes_registration_waits_for_it_without_a_deadlock(
+    nodes, observer, postgres_url, deleting
+):
+    """Every statement that inserts or deletes a client takes the total's lock first (an
+    825's insert did): a deletion waits for another node's round that registered a client
+    before it locks the row it deletes, so that round may delete that row too (a purge of
+    the lapsed keyless registrations on both nodes) without a deadlock's abort."""
+    first, second = nodes
+    far = (100, 100)
+    register(first, b"a" * 16, "alice", HOME, far)  # keyless, lapsed for the purge below
+    first.finish_round(durable=True)
+    register(first, b"b" * 16, "bob", HOME, far)  # first's round keeps the total's lock
+    with first.transaction():  # keyed: no purge takes it
+        first.set_keys(b"b" * 16, b"public key", b"k" * 32, NOW)
+    if deleting == "one client":
+        other = waiting_for_a_lock(lambda: delete(second, b"a" * 16), postgres_url,
+                                   second._live().info.backend_pid)
+    else:
+        other = waiting_for_a_lock(lambda: second.delete_stale_keyless(NOW + 1), postgres_url,
+                                   second._live().info.backend_pid)
+    with first.transaction():
+        first.delete_client(b"a" * 16)  # the row the other node's deletion is after
+    first.finish_round(durable=True)  # no deadlock: the other waits for the total's lock
+    other.result(timeout=HANG_TIMEOUT)
+    second.finish_round(durable=True)
+    assert observer.execute("SELECT Name FROM clients").fetchall() == [("bob",)]
+    assert observer.execute(
+        "SELECT Clients FROM client_counts WHERE AddressGroup = ''").fetchall() == [(1,)]
+
+
+def forget(store: PostgresMetadata, client_id: bytes) -> None:
+    """Every row of a client deleted in the store's round (its files first), which then
+    commits."""
+    with store.transaction():
+        store.forget_client(client_id)
+    store.finish_round(durable=True)
+
+
+def test_a_clients_removal_meeting_another_nodes_registration_waits_before_its_files(
+    nodes, observer, postgres_url
+):
+    """A removal deletes the client's files before the client: it takes the total's lock
+    before those too, so that a round holding the total that then writes one of those
+    files waits for no round that waits for it."""
+    first, second = nodes
+    far = (100, 100)
+    register(first, b"a" * 16, "alice", HOME, far)
+    with first.transaction():
+        first.upsert_file(b"a" * 16, b"a.bin", "received_files/a/a.bin")
+    first.finish_round(durable=True)
+    register(first, b"b" * 16, "bob", HOME, far)  # first's round keeps the total's lock
+    other = waiting_for_a_lock(lambda: forget(second, b"a" * 16), postgres_url,
+                               second._live().info.backend_pid)
+    with first.transaction():
+        first.delete_file(b"a" * 16, b"a.bin")  # a row the removal is after
+    first.finish_round(durable=True)  # no deadlock: the removal waits for the total's lock
+    other.result(timeout=HANG_TIMEOUT)
+    assert observer.execute("SELECT Name FROM clients").fetchall() == [("bob",)]
+    assert observer.execute("SELECT count(*) FROM files").fetchall() == [(0,)]

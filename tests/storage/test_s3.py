@@ -31,6 +31,7 @@ from server.limits import Limits
 from server.loop import Server, create_listener
 from server.peer import address_group
 from server.storage.base import UnpublishedBlob, new_blob_key
+from server.storage.commit import finish_repair, repair_pointers
 from server.storage.factory import BLOB_BACKENDS, StoreUrls, blobs_url, open_stores, parse_url
 from server.storage.s3.backend import location
 from server.storage.s3.client import (
@@ -680,3 +681,25 @@ def test_a_part_the_store_never_takes_refuses_the_upload_and_leaves_nothing(
     assert server.stop() == 0
     assert "Traceback" not in server.log()
     assert "cannot send a part of a received file" in server.log()
+
+
+@needs_ceph
+def test_a_removal_cut_before_its_names_went_has_none_of_them_set_aside(tmp_path, s3_url):
+    # the marker is put (the decision), the crash comes before its names are deleted:
+    # start-up repair deletes the client's rows and leaves its names and blobs to
+    # finish_repair (the server's while it serves), never taking them for files without rows
+    metadata, blobs = _open(tmp_path, s3_url)
+    client = b"c" * 16
+    writer = blobs.begin(client, new_blob_key())
+    writer.write(b"a file of a client being deleted")
+    writer.seal()
+    path_name = blobs.new_path_name(client, b"gone.bin", writer.key)
+    blobs.publish(writer.key, path_name)
+    blobs.request("cannot begin a removal", "put_object",  # begin_removal's first step only
+                  Key=blobs._removal_marker(client), Body=b"")
+    report = repair_pointers(metadata, blobs)
+    assert (report.removed, report.blobs_set_aside) == ((client,), 0)
+    finish_repair(blobs, report)
+    assert blobs.pending_removals() == [] and not blobs.exists(path_name)
+    assert blobs.stored() == [] and blobs.unpublished() == []
+    metadata.close()

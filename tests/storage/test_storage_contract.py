@@ -21,7 +21,8 @@ from server.storage.base import (
     timestamp,
 )
 from server.storage.commit import (
-    Content, confirm_pending, keep_pending, record_first, remove_client, repair,
+    Content, confirm_pending, finish_repair, keep_pending, record_first, remove_client, repair,
+    repair_pointers,
 )
 from server.storage.factory import StoreUrls, open_stores
 from server.storage.memory import MemoryBlobs, MemoryMetadata
@@ -625,6 +626,27 @@ def test_removing_a_client_takes_its_blobs_and_rows_and_is_finished_if_cut(store
     assert blobs.pending_removals() == [] and metadata.client_by_id(ALICE) is None
     remove_client(metadata, blobs, BOB)
     assert not blobs.exists(kept) and metadata.file_rows() == [] and metadata.count_clients() == 0
+
+
+def test_a_cut_removals_rows_go_before_serving_and_its_blobs_are_left_to_finish_repair(stores):
+    # the server deletes them while it serves (Sweeper.finish_repair): nothing of them is
+    # set aside meanwhile, and the other clients' files are untouched
+    metadata, blobs = stores
+    register(metadata, ALICE, "alice")
+    register(metadata, BOB, "bob")
+    gone = stored_blob(blobs, ALICE, b"a", b"alice's")
+    kept = stored_blob(blobs, BOB, b"b", b"bob's")
+    record_first(metadata, ALICE, b"a", gone, new_blob_key(), Content(7, 1))
+    record_first(metadata, BOB, b"b", kept, new_blob_key(), Content(5, 1))
+    metadata.sync()
+    blobs.begin_removal(ALICE)  # cut here
+    report = repair_pointers(metadata, blobs)
+    assert report.removed == (ALICE,) and report.removals_finished == 1
+    assert (report.blobs_set_aside, report.rows_removed) == (0, 0)
+    assert metadata.client_by_id(ALICE) is None and blobs.pending_removals() == [ALICE]
+    finish_repair(blobs, report)
+    assert blobs.pending_removals() == [] and not blobs.exists(gone) and blobs.exists(kept)
+    assert [row.file_name for row in metadata.file_rows()] == [b"b"]
 
 
 def test_repair_drops_rows_without_blobs_and_sets_aside_blobs_without_rows(stores):

@@ -146,6 +146,14 @@ _UNUSED_KEYED = (
     "SELECT ID FROM clients"
     " WHERE PublicKey IS NOT NULL AND UnusedSince IS NOT NULL AND UnusedSince < %s"
 )
+#: Sent before a statement that deletes clients: the total's row locked first, as an 825's
+#: insert locks it (:data:`_REGISTER_IF_FREE`), before any client's row, so that every
+#: round takes the locks of the count and of a client in the same order (the count's
+#: trigger takes the total's after the client's: a round holding the total that deletes a
+#: client another round had locked would deadlock with it).
+_LOCK_TOTAL = (
+    f"SELECT 1 FROM client_counts WHERE AddressGroup = '{schema.TOTAL_GROUP}' FOR NO KEY UPDATE"
+)
 #: Through the index clients_keyless; the bindings go with the rows, in one statement.
 _DELETE_STALE_KEYLESS = (
     "WITH gone AS (DELETE FROM clients WHERE PublicKey IS NULL AND UnusedSince < %s"
@@ -860,6 +868,8 @@ class PostgresMetadata:
 
     def delete_stale_keyless(self, before: float) -> int:
         """Forget keyless registrations made (or made again) before ``before``; return how many."""
+        self._live()
+        self._queue.append((_LOCK_TOTAL, ()))  # in the same message (:data:`_LOCK_TOTAL`)
         return int(self._send((_DELETE_STALE_KEYLESS, (before,)))[0][0])
 
     def insert_client(
@@ -913,11 +923,16 @@ class PostgresMetadata:
 
     def delete_client(self, client_id: bytes) -> None:
         """Forget a keyless registration and its binding."""
+        self._live()
+        self._queue.append((_LOCK_TOTAL, ()))  # in the same message (:data:`_LOCK_TOTAL`)
         self._write(_DELETE_CLIENT, client_id)
         self._write(_DELETE_BINDING, client_id)
 
     def forget_client(self, client_id: bytes) -> None:
-        """Remove every row of a client: its files, its binding, itself."""
+        """Remove every row of a client: its files, its binding, itself (the total's lock
+        taken before the files': :data:`_LOCK_TOTAL`)."""
+        self._live()
+        self._queue.append((_LOCK_TOTAL, ()))
         self._write(_DELETE_CLIENT_FILES, client_id)
         self.delete_client(client_id)
 
