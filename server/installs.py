@@ -63,6 +63,34 @@ log = logging.getLogger(__name__)
 OWED_PUBLISH_RETRY = 1.0
 
 
+class _FailedTickets:
+    """The tickets of files that could not be sealed or published, held weakly: one is
+    forgotten once no answer holds it.
+
+    Unlike a :class:`weakref.WeakSet`, no callback runs when a ticket dies, so nothing
+    changes the set from the thread that drops the last reference (the blob port's or
+    the round's worker, which keep their last job a while): the loop thread prunes the
+    dead ones itself when it reads the set (:meth:`alive`).
+    """
+
+    def __init__(self) -> None:
+        self._refs: dict[int, weakref.ref[InstallTicket]] = {}
+
+    def add(self, ticket: InstallTicket) -> None:
+        self._refs[id(ticket)] = weakref.ref(ticket)
+
+    def discard(self, ticket: InstallTicket) -> None:
+        ref = self._refs.get(id(ticket))
+        if ref is not None and ref() is ticket:
+            del self._refs[id(ticket)]
+
+    def alive(self) -> frozenset[InstallTicket]:
+        """The tickets still held somewhere (the dead ones forgotten)."""
+        alive = {key: ticket for key, ref in self._refs.items() if (ticket := ref()) is not None}
+        self._refs = {key: self._refs[key] for key in alive}
+        return frozenset(alive.values())
+
+
 @dataclass(frozen=True, eq=False)
 class _Publish(InstallTicket):
     """An upload whose row (or pointer swap) is in the round, waiting for it to be durable."""
@@ -132,7 +160,7 @@ class RoundInstalls:
         #: Uploads that could not be sealed or published, as long as an answer holds their
         #: ticket: every round's end reports them, so that an answer held behind another
         #: (or behind its blob's removal) still becomes a 1607 when it goes.
-        self._install_failed: weakref.WeakSet[_Publish | _Seal | _Sealing] = weakref.WeakSet()
+        self._install_failed = _FailedTickets()
         #: Confirmed versions whose publish failed: retried (:meth:`_retry_owed`).
         self._owed: dict[Upload, _Publish] = {}
         #: The next retry of the owed publishes, while any is owed.
@@ -369,7 +397,7 @@ class RoundInstalls:
         forgotten): their answers must not go out.
         """
         self._install_waiting()
-        return frozenset(self._install_failed)
+        return self._install_failed.alive()
 
     def _install_waiting(self) -> None:
         """Hand each blob waiting for the port's worker to it, in order (a store with slow
