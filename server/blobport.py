@@ -69,17 +69,18 @@ BEHIND_BYTES = 1024 * 1024
 #: view, the queue's tuple: about 300), charged with each: a trickle of one-byte receives
 #: while the worker is stuck reaches the behind bound in a few thousand chunks, not millions.
 CHUNK_OVERHEAD = 512
-#: Room a :class:`BufferedWriter`'s buffer has past ``hold_bytes``, for the piece of content
-#: that crosses it (a larger receive hands over first, or takes a buffer of its size).
-#: Room for a whole receive (1 MiB) measured 3-4 MiB more peak RSS and no less CPU.
-HOLD_SLACK = 256 * 1024
 #: Bytes a :class:`BufferedWriter` holds in memory at most before handing them to the
-#: worker (or at the end of a loop round that brought its upload nothing): one handoff per
-#: this much of a streaming upload. Its buffer (this and ``HOLD_SLACK``) is charged whole
+#: worker (or at the end of a loop round that brought its upload nothing): the size of its
+#: buffer, filled to the brim (a receive that does not fit is split across it and the
+#: next), so one handoff per this much of a streaming upload. The buffer is charged whole
 #: once queued, with ``CHUNK_OVERHEAD``, and fits ``BEHIND_BYTES``: one chunk being written
 #: leaves its blob not behind, so the connection is read while the worker writes (the next
 #: one parks it).
-HOLD_BYTES = BEHIND_BYTES - HOLD_SLACK - CHUNK_OVERHEAD
+HOLD_BYTES = BEHIND_BYTES - CHUNK_OVERHEAD
+#: A held buffer with less free room than this is full: handed over. A receive is split
+#: across a buffer's end down to this much room (a page), so each piece makes progress
+#: (more than the block a decryption holds back, server/packets.py).
+FULL_BELOW = 4096
 #: Held buffers the port keeps for reuse once written: a new one's pages fault in at each
 #: first touch, a reused one's are mapped already.
 SPARE_BUFFERS = 4
@@ -238,41 +239,49 @@ class BufferedWriter:
         return self.queued.behind
 
     def room(self, size: int) -> memoryview:
-        """A view of at least ``size`` free bytes after what is held, to fill then tell
-        :meth:`took` (a decryption straight into the held buffer: no copy).
+        """A view of the free bytes after what is held, to fill then tell :meth:`took` (a
+        decryption straight into the held buffer: no copy): ``size`` of them or more if the
+        buffer has them, else the rest of the buffer, at least ``FULL_BELOW``: the caller
+        fills it with a part of its content and asks again for the rest (so every buffer
+        handed over is full, whatever the receives' sizes).
 
         Raises:
             StorageFault: an earlier write of this blob failed.
         """
         self.queued.check()
-        if self._buffer is not None and self.held + size > len(self._buffer):
+        if self._buffer is not None and len(self._buffer) - self.held < min(size, FULL_BELOW):
             self.hand_over()
         if self._buffer is None:
-            self._buffer = self._port.spare(max(size, self._port.hold_bytes + HOLD_SLACK))
+            whole = max(self._port.hold_bytes, FULL_BELOW)
+            self._buffer = self._port.spare(whole, most=whole)
         return memoryview(self._buffer)[self.held :]
 
     def took(self, size: int) -> None:
-        """``size`` bytes of :meth:`room` were filled: hold them; queue what is held past
-        the port's ``hold_bytes``."""
+        """``size`` bytes of :meth:`room` were filled: hold them; queue the buffer once
+        full (``FULL_BELOW``)."""
         self.held += size
         self.size += size
         crashpoints.reached("write.appended")
-        if self.held >= self._port.hold_bytes:
+        if self._buffer is not None and len(self._buffer) - self.held < FULL_BELOW:
             self.hand_over()
         elif self.held:
             self.took_this_round = True
             self._port.holding.add(self)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Hold a copy of ``data``; queue what is held past the port's ``hold_bytes``.
+        """Hold a copy of ``data`` (across buffers if it does not fit); queue each buffer
+        once full.
 
         Raises:
             StorageFault: an earlier write of this blob failed.
         """
-        size = len(data)
-        with self.room(size) as room:
-            room[:size] = data
-        self.took(size)
+        with memoryview(data) as rest:
+            while rest:
+                with self.room(len(rest)) as room:
+                    size = min(len(room), len(rest))
+                    room[:size] = rest[:size]
+                self.took(size)
+                rest = rest[size:]
 
     def hand_over(self) -> None:
         """Queue what is held for the port's worker (loop thread); the buffer goes back

@@ -334,6 +334,31 @@ def test_a_streaming_upload_wakes_the_worker_once_per_hold_bytes_not_once_per_ro
     port.close()
 
 
+#: A receive's content at the port's own sizes that does not divide its held buffer (the loop
+#: receives up to 1 MiB at once, server/loop.py), and how many such receives stream in.
+UNEVEN_RECEIVE = 600 * 1024
+UNEVEN_RECEIVES = 10
+
+
+def test_a_streaming_upload_hands_over_full_buffers_whatever_its_receives_sizes():
+    # each handoff wakes the worker, and a held buffer is charged whole once queued: a
+    # receive that does not fit what is left of the buffer is split across it and the
+    # next, so a streaming upload hands over one full buffer per HOLD_BYTES, not its
+    # buffer each time a receive overflows it (a partial chunk charged a whole buffer
+    # parks the connection at the next handoff)
+    port = blobport.BlobPort()
+    blob = RecordedBlob()
+    writer = port.buffer(blob)
+    for _ in range(UNEVEN_RECEIVES):
+        writer.write(bytes(UNEVEN_RECEIVE))
+        assert not writer.behind
+        assert port.settle()  # the worker keeps up: what is measured is the handoffs
+    full, rest = divmod(UNEVEN_RECEIVES * UNEVEN_RECEIVE, port.hold_bytes)
+    assert blob.writes == [port.hold_bytes] * full, blob.writes
+    assert writer.held == rest
+    port.close()
+
+
 class GatedBlob(RecordedBlob):
     """A recorded blob whose writes wait until the test opens :attr:`gate`."""
 
@@ -364,9 +389,9 @@ def test_a_queued_chunk_is_charged_the_buffer_it_keeps_alive():
         port.hand_over_held()  # the round that brought it
         port.hand_over_held()  # a round that brought nothing: the pause
         handoffs += 1
-    buffer_size = HOLD + blobport.HOLD_SLACK
+    charged = HOLD + blobport.CHUNK_OVERHEAD  # the whole buffer, and its objects
     assert writer.behind, writer.queued.queued
-    assert handoffs == BEHIND // buffer_size + 1, handoffs
+    assert handoffs == BEHIND // charged + 1, handoffs
     blob.gate.set()
     assert port.settle()
     assert blob.writes == [TINY_PACKET] * handoffs and not writer.behind
