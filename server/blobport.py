@@ -12,18 +12,22 @@ when a blob that was behind has caught up.
 For a local folder (``BlobStore.buffered_writes``), whose writes go to the
 page cache and are usually quick, a handoff per packet would cost more than
 it saves, yet a write blocked by writeback throttling must not stall the
-loop: :class:`BufferedWriter` holds an upload's content in memory and hands
-what it holds to the worker in one chunk once past ``hold_bytes`` (1 MiB,
-a few receives), or at the end of a loop round that brought the upload
-nothing (:meth:`BlobPort.hand_over_held`: it paused, or its connection is
-not read), so a streaming upload costs one handoff (a wakeup of the worker)
-per ``hold_bytes``, not per round; the content is decrypted straight into the
-held buffer (``IncomingFile.receive_into``), and a buffer once written
-comes back to the port for reuse (``SPARE_BUFFERS``), so its pages do not
-fault in again. What it holds when the upload completes is written by the
-round's job, just before the blob's seal (server/roundjob.py), so an
-upload that arrives within one round costs no handoff of its own. Its abort
-goes to the worker too.
+loop: :class:`BufferedWriter` holds an upload's content in a buffer of
+``hold_bytes`` (1 MiB less ``CHUNK_OVERHEAD``, a few receives) and hands it
+to the worker in one chunk once full, or at the end of a loop round that
+brought the upload nothing (:meth:`BlobPort.hand_over_held`: it paused, or
+its connection is not read), so a streaming upload costs one handoff (a
+wakeup of the worker, the GIL passed back and forth) per ``hold_bytes``, not
+per round or per receive: a receive that does not fit what is left of the
+buffer is split across it and the next (:meth:`BufferedWriter.room` lends the
+rest, ``IncomingFile.most_content``), never handed over half full and charged
+a whole buffer. The content is decrypted straight into the held buffer
+(``IncomingFile.receive_into``), and a buffer once written comes back to the
+port for reuse (``SPARE_BUFFERS``), so its pages do not fault in again. What
+it holds when the upload completes is written by the round's job, just
+before the blob's seal (server/roundjob.py), so an upload that arrives
+within one round costs no handoff of its own. Its abort goes to the worker
+too.
 
 Backpressure: a blob whose queued chunks keep more than ``behind_bytes`` of
 memory alive is *behind* (:attr:`QueuedWriter.behind`); the loop then stops
@@ -207,10 +211,10 @@ class QueuedWriter:
 
 class BufferedWriter:
     """A :class:`BlobWriter` of a store with quick writes (a local folder): its content is
-    held, and queued for the port's worker past the port's ``hold_bytes`` or at the end of
-    a loop round that brought it nothing (:meth:`BlobPort.hand_over_held`); what is held when
-    the upload completes is written where it is sealed (the round's job), never in the
-    loop thread.
+    held in a buffer of the port's ``hold_bytes``, and queued for the port's worker once the
+    buffer is full or at the end of a loop round that brought it nothing
+    (:meth:`BlobPort.hand_over_held`); what is held when the upload completes is written
+    where it is sealed (the round's job), never in the loop thread.
     """
 
     def __init__(
