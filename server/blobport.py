@@ -21,13 +21,15 @@ wakeup of the worker, the GIL passed back and forth) per ``hold_bytes``, not
 per round or per receive: a receive that does not fit what is left of the
 buffer is split across it and the next (:meth:`BufferedWriter.room` lends the
 rest, ``IncomingFile.most_content``), never handed over half full and charged
-a whole buffer. The content is decrypted straight into the held buffer
-(``IncomingFile.receive_into``), and a buffer once written comes back to the
-port for reuse (``SPARE_BUFFERS``), so its pages do not fault in again. What
-it holds when the upload completes is written by the round's job, just
-before the blob's seal (server/roundjob.py), so an upload that arrives
-within one round costs no handoff of its own. Its abort goes to the worker
-too.
+a whole buffer. The worker runs under Linux's batch scheduling policy: woken
+by a handoff, it waits for a free core or the next tick instead of preempting
+the loop thread, which holds the GIL it needs first. The content is decrypted
+straight into the held buffer (``IncomingFile.receive_into``), and a buffer
+once written comes back to the port for reuse (``SPARE_BUFFERS``), so its
+pages do not fault in again. What it holds when the upload completes is
+written by the round's job, just before the blob's seal
+(server/roundjob.py), so an upload that arrives within one round costs no
+handoff of its own. Its abort goes to the worker too.
 
 Backpressure: a blob whose queued chunks keep more than ``behind_bytes`` of
 memory alive is *behind* (:attr:`QueuedWriter.behind`); the loop then stops
