@@ -8,6 +8,7 @@ machine is shared and noisy). MB = 10**6 bytes, MiB = 2**20.
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import signal
@@ -115,6 +116,37 @@ def _status_kib(pid: int, field: str) -> int:
     return 0
 
 
+#: Writing this to /proc/PID/clear_refs resets the process's VmHWM.
+_RESET_PEAK = b"5"
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Reset a live process's VmHWM to its current RSS (the peak of what follows)."""
+    Path(f"/proc/{pid}/clear_refs").write_bytes(_RESET_PEAK)
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of a live process's threads so far.
+
+    Summed over /proc/PID/task/*/status: a thread that ended is not counted
+    (the server's blob port worker lives as long as the server). 0 if gone.
+    """
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except OSError:
+            continue  # it ended meanwhile
+        total += sum(int(line.split()[1]) for line in lines
+                     if line.startswith(("voluntary_ctxt_switches:",
+                                         "nonvoluntary_ctxt_switches:")))
+    return total
+
+
 def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
     """User + system CPU time a live process has used so far.
 
@@ -151,6 +183,77 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.5)))
     return ordered[rank - 1]
+
+
+def checkout_argument(text: str) -> Path:
+    """An ``argparse`` type: another checkout of the project (its server is run), resolved.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` holds no ``server`` package.
+    """
+    path = Path(text).resolve()
+    if not (path / "server" / "__main__.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text}: not a checkout of the project (no server/__main__.py);"
+            " make one with `git worktree add DIR COMMIT`")
+    return path
+
+
+def add_compare_with(parser: argparse.ArgumentParser, what: str) -> None:
+    """Declare ``--compare-with CHECKOUT`` (:func:`checkout_argument`); ``what``: what it adds."""
+    parser.add_argument("--compare-with", metavar="CHECKOUT", type=checkout_argument,
+                        help=f"{what}, with the server of another checkout of the project (a"
+                        " `git worktree add` of an earlier commit: before and after a change)")
+
+
+#: A cost ratio (this ÷ the other, lower is better) at most this far above 1 is within noise
+#: whatever the runs say (:func:`compare`).
+NOISE_RATIO = 1.03
+
+
+@dataclass
+class Compared:
+    """One figure of two servers measured side by side: medians, ratio, verdict."""
+
+    name: str
+    this: float
+    other: float
+    #: this ÷ other of the medians.
+    ratio: float
+    verdict: str
+
+    @property
+    def within_noise(self) -> bool:
+        """Not worse than the other beyond noise (better counts too)."""
+        return self.verdict != WORSE
+
+
+WORSE = "worse"
+BETTER = "better"
+WITHIN_NOISE = "within noise"
+
+
+def compare(name: str, this: Sequence[float], other: Sequence[float],
+            higher_is_better: bool = False) -> Compared:
+    """Medians of one figure of two servers, run ``i`` of each taken side by side, and a verdict.
+
+    The runs' spread is that of the paired ratios ``this[i] ÷ other[i]`` (two runs taken
+    one after the other share the machine's load of the moment). Turned into a cost
+    (lower is better: MB/s is inverted), this tree is ``worse`` when the medians' cost
+    ratio is above :data:`NOISE_RATIO` and every pair agrees (each paired cost ratio above
+    1: with 5 runs, a chance of 1 in 32 if the trees were the same), ``better`` likewise
+    the other way, and else ``within noise``.
+    """
+    ratio = median(this) / median(other) if median(other) else float("nan")
+    pairs = [a / b for a, b in zip(this, other) if b]
+    costs = [1 / p for p in pairs if p] if higher_is_better else pairs
+    cost = 1 / ratio if higher_is_better and ratio else ratio
+    verdict = WITHIN_NOISE
+    if costs and cost > NOISE_RATIO and min(costs) > 1:
+        verdict = WORSE
+    elif costs and cost < 1 / NOISE_RATIO and max(costs) < 1:
+        verdict = BETTER
+    return Compared(name, median(this), median(other), ratio, verdict)
 
 
 @dataclass

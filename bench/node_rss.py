@@ -31,8 +31,8 @@ import threading
 from pathlib import Path
 
 from common import (
-    MIB, REPO, Server, cpu_seconds, make_file, start_server, timed_client_run, vm_hwm_kib,
-    vm_rss_kib,
+    MIB, REPO, Server, checkout_argument, cpu_seconds, make_file, reset_peak_rss, start_server,
+    timed_client_run, vm_hwm_kib, vm_rss_kib,
 )
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -45,8 +45,6 @@ CLIENT_TIMEOUT = 600.0
 #: Seconds between two samples of a node's RSS (the parts of its memory are read at the
 #: highest sample).
 SAMPLE_INTERVAL = 0.05
-#: Writing this to /proc/PID/clear_refs resets the process's VmHWM.
-_RESET_PEAK = b"5"
 #: Where each thread's malloc arena starts (glibc: its heaps are aligned on HEAP_MAX_SIZE).
 _ARENA_ALIGNMENT = 64 * MIB
 _KIB_PER_MIB = 1024
@@ -99,7 +97,7 @@ def concurrent_uploads(node: Server, homes: list[Path], size_mib: int) -> dict[s
     """The four uploads at once to ``node``; its figures."""
     pid = node.pid
     idle = vm_rss_kib(pid) / _KIB_PER_MIB
-    Path(f"/proc/{pid}/clear_refs").write_bytes(_RESET_PEAK)
+    reset_peak_rss(pid)
     cpu, loop, faults = cpu_seconds(pid), loop_seconds(pid), minor_faults(pid)
     at_peak: dict[str, float] = {}
     done = threading.Event()
@@ -135,7 +133,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=256, help="each upload's size")
-    parser.add_argument("--against", type=Path, nargs="*", default=[],
+    parser.add_argument("--against", type=checkout_argument, nargs="*", default=[],
                         help="other checkouts, a node each")
     args = parser.parse_args()
     reason = skip_reason()
@@ -154,15 +152,15 @@ def main() -> int:
             os.environ.update(environment)
             store = gateway.client()
             homes = make_homes(root, checkouts, args.size_mib)
-            for number, checkout in enumerate(checkouts):
+            for number, tree in enumerate(checkouts):
                 bucket = f"node-rss-{number}"
                 store.create_bucket(Bucket=bucket)
-                nodes[checkout] = start_server(
+                nodes[tree] = start_server(
                     root / f"node{number}", "--metadata", postgres.database(f"rss{number}"),
                     "--blobs", f"s3://{bucket}/p/?endpoint={gateway.endpoint}"
-                    "&region=us-east-1&addressing=path", checkout=checkout)
-                for index, home in enumerate(homes[checkout]):  # registered
-                    timed_client_run(home, nodes[checkout].address[1], f"bench{index}",
+                    "&region=us-east-1&addressing=path", checkout=tree)
+                for index, home in enumerate(homes[tree]):  # registered
+                    timed_client_run(home, nodes[tree].address[1], f"bench{index}",
                                      [str(home / "first.bin")], CLIENT_TIMEOUT)
             measure(nodes, homes, args)
         finally:

@@ -83,8 +83,8 @@ from typing import Sequence
 import fairness
 from common import (
     REPO,
-    Check, Quietness, cpu_seconds, median, percentile, print_table, raise_fd_limit, report,
-    settle, start_server, system_seconds,
+    Check, Quietness, add_compare_with, cpu_seconds, median, percentile, print_table,
+    raise_fd_limit, report, settle, start_server, system_seconds,
 )
 
 from protocol import (
@@ -415,10 +415,8 @@ def main() -> int:
                         " (bench/fairness.py; 0: not run)")
     parser.add_argument("--upload-runs", type=int, default=UPLOAD_RUNS,
                         help="on PostgreSQL: runs of the four uploads (median)")
-    parser.add_argument("--compare-with", metavar="CHECKOUT", type=Path,
-                        help="on PostgreSQL: the one-process setup run a second time, side by"
-                        " side, with the server of another checkout of the project (a"
-                        " `git worktree add` of an earlier commit: before and after a change)")
+    add_compare_with(parser, "on PostgreSQL: the one-process setup run a second time, side by"
+                     " side")
     parser.add_argument("--profile", metavar="DIR", type=Path,
                         help="run each server under cProfile, its statistics written to"
                         " DIR/SETUP-N-NODE.prof at its stop (the CPU figures then include"
@@ -455,7 +453,7 @@ def main() -> int:
     if on_postgres and args.compare_with:
         url = cluster.database("bench_compared") if cluster else args.metadata
         setups.append(Setup(f"{POSTGRESQL} ({args.compare_with.name})", url,
-                            checkout=args.compare_with.resolve()))
+                            checkout=args.compare_with))
     try:
         rows, figures, quiet = _measure(args, setups, keys, payload)
         uploads = None

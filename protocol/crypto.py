@@ -324,6 +324,12 @@ class CbcDecryptor:
         emits and the block it holds back)."""
         return size + 2 * AES_BLOCK_SIZE
 
+    @staticmethod
+    def most_input(room: int) -> int:
+        """Bytes of ciphertext whose :meth:`update_into` surely fits in ``room`` bytes of
+        output (the inverse of :meth:`most_output`; 0 if none)."""
+        return max(0, room - CbcDecryptor.most_output(0))
+
     def update(self, ciphertext: BytesLike) -> memoryview:
         """Decrypt what whole blocks there are; give out all but the last.
 

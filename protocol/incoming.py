@@ -299,6 +299,12 @@ class IncomingFile:
         """Bytes of room :meth:`receive_into` needs for ``size`` bytes of content."""
         return CbcDecryptor.most_output(size)
 
+    @staticmethod
+    def most_content(room: int) -> int:
+        """Bytes of content whose plaintext :meth:`receive_into` surely fits in ``room``
+        bytes (the inverse of :meth:`most_plain`; 0 if none)."""
+        return CbcDecryptor.most_input(room)
+
     def receive_into(self, data: BytesLike, out: memoryview) -> int:
         """Take a piece of the current packet's content; decrypt it into ``out`` (at
         least :meth:`most_plain` bytes) and return how many of its first bytes are

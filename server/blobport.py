@@ -12,19 +12,27 @@ when a blob that was behind has caught up.
 For a local folder (``BlobStore.buffered_writes``), whose writes go to the
 page cache and are usually quick, a handoff per packet would cost more than
 it saves, yet a write blocked by writeback throttling must not stall the
-loop: :class:`BufferedWriter` holds an upload's content in memory and hands
-what it holds to the worker in one chunk once past ``hold_bytes`` (1 MiB,
-a few receives), or at the end of a loop round that brought the upload
-nothing (:meth:`BlobPort.hand_over_held`: it paused, or its connection is
-not read), so a streaming upload costs one handoff (a wakeup of the worker)
-per ``hold_bytes``, not per round; the content is decrypted straight into the
-held buffer (``IncomingFile.receive_into``), and a buffer once written
-comes back to the port for reuse (``SPARE_BUFFERS``: a spare that fits no
-request now stays for a later one; past them, the one kept longest goes), so
-its pages do not fault in again. What it holds when the upload completes is written by the
-round's job, just before the blob's seal (server/roundjob.py), so an
-upload that arrives within one round costs no handoff of its own. Its abort
-goes to the worker too.
+loop: :class:`BufferedWriter` holds an upload's content in a buffer of
+``hold_bytes`` (1 MiB less ``CHUNK_OVERHEAD``, a few receives) and hands it
+to the worker in one chunk once full, or at the end of a loop round that
+brought the upload nothing (:meth:`BlobPort.hand_over_held`: it paused, or
+its connection is not read), so a streaming upload costs one handoff (a
+wakeup of the worker, the GIL passed back and forth) per ``hold_bytes``, not
+per round or per receive: a receive that does not fit what is left of the
+buffer is split across it and the next (:meth:`BufferedWriter.room` lends the
+rest, ``IncomingFile.most_content``), never handed over half full and charged
+a whole buffer. The worker runs under Linux's batch scheduling policy: woken
+by a handoff, it waits for a free core or the next tick instead of preempting
+the loop thread, which holds the GIL it needs first. The content is decrypted
+straight into the held buffer (``IncomingFile.receive_into``), and a buffer
+once written comes back to the port for reuse (``SPARE_BUFFERS``: a spare
+that fits no request now stays for a later one; past them, the one kept
+longest goes), so its pages do not fault in again. A small upload's buffer is
+no larger than what is left of it (its content's bound from the first
+packet), and full only with no room left. What it holds when the upload
+completes is written by the round's job, just before the blob's seal
+(server/roundjob.py), so an upload that arrives within one round costs no
+handoff of its own. Its abort goes to the worker too.
 
 Backpressure: a blob whose queued chunks keep more than ``behind_bytes`` of
 memory alive is *behind* (:attr:`QueuedWriter.behind`); the loop then stops
@@ -54,6 +62,7 @@ The write order of server/storage/commit.py is kept.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import socket
 import threading
@@ -74,17 +83,18 @@ BEHIND_BYTES = 1024 * 1024
 #: view, the queue's tuple: about 300), charged with each: a trickle of one-byte receives
 #: while the worker is stuck reaches the behind bound in a few thousand chunks, not millions.
 CHUNK_OVERHEAD = 512
-#: Room a :class:`BufferedWriter`'s buffer has past ``hold_bytes``, for the piece of content
-#: that crosses it (a larger receive hands over first, or takes a buffer of its size).
-#: Room for a whole receive (1 MiB) measured 3-4 MiB more peak RSS and no less CPU.
-HOLD_SLACK = 256 * 1024
 #: Bytes a :class:`BufferedWriter` holds in memory at most before handing them to the
-#: worker (or at the end of a loop round that brought its upload nothing): one handoff per
-#: this much of a streaming upload. Its buffer (this and ``HOLD_SLACK``) is charged whole
+#: worker (or at the end of a loop round that brought its upload nothing): the size of its
+#: buffer, filled to the brim (a receive that does not fit is split across it and the
+#: next), so one handoff per this much of a streaming upload. The buffer is charged whole
 #: once queued, with ``CHUNK_OVERHEAD``, and fits ``BEHIND_BYTES``: one chunk being written
 #: leaves its blob not behind, so the connection is read while the worker writes (the next
 #: one parks it).
-HOLD_BYTES = BEHIND_BYTES - HOLD_SLACK - CHUNK_OVERHEAD
+HOLD_BYTES = BEHIND_BYTES - CHUNK_OVERHEAD
+#: A held buffer with less free room than this is full: handed over. A receive is split
+#: across a buffer's end down to this much room (a page), so each piece makes progress
+#: (more than the block a decryption holds back, server/packets.py).
+FULL_BELOW = 4096
 #: Buffers the port keeps for reuse once written: a new one's pages fault in at each
 #: first touch, a reused one's are mapped already. Past them, the one kept longest goes (a
 #: buffer that fits no request now stays for a later one until then: memory stays bounded).
@@ -212,10 +222,10 @@ class QueuedWriter:
 
 class BufferedWriter:
     """A :class:`BlobWriter` of a store with quick writes (a local folder): its content is
-    held, and queued for the port's worker past the port's ``hold_bytes`` or at the end of
-    a loop round that brought it nothing (:meth:`BlobPort.hand_over_held`); what is held when
-    the upload completes is written where it is sealed (the round's job), never in the
-    loop thread.
+    held in a buffer of the port's ``hold_bytes``, and queued for the port's worker once the
+    buffer is full or at the end of a loop round that brought it nothing
+    (:meth:`BlobPort.hand_over_held`); what is held when the upload completes is written
+    where it is sealed (the round's job), never in the loop thread.
     """
 
     def __init__(
@@ -248,48 +258,66 @@ class BufferedWriter:
         return self.queued.behind
 
     def room(self, size: int) -> memoryview:
-        """A view of at least ``size`` free bytes after what is held, to fill then tell
-        :meth:`took` (a decryption straight into the held buffer: no copy).
+        """A view of the free bytes after what is held, to fill then tell :meth:`took` (a
+        decryption straight into the held buffer: no copy): ``size`` of them or more if the
+        buffer has them, else the rest of the buffer, at least ``FULL_BELOW``: the caller
+        fills it with a part of its content and asks again for the rest (so every buffer
+        handed over is full, whatever the receives' sizes).
 
         Raises:
             StorageFault: an earlier write of this blob failed.
         """
         self.queued.check()
-        if self._buffer is not None and self.held + size > len(self._buffer):
+        if self._buffer is not None and len(self._buffer) - self.held < min(size, FULL_BELOW):
             self.hand_over()
         if self._buffer is None:
-            self._buffer = self._port.spare(max(size, self._buffer_size()))
+            wanted = self._buffer_size(size)
+            self._buffer = self._port.spare(wanted, most=wanted)
         return memoryview(self._buffer)[self.held :]
 
-    def _buffer_size(self) -> int:
-        """A new held buffer's size: ``hold_bytes`` and its slack, or what is left of the
-        upload if less (a small upload's buffer is not a megabyte zeroed, its pages faulted
-        in, for a few KiB)."""
-        full = self._port.hold_bytes + HOLD_SLACK
-        return full if self._most is None else min(full, self._most - self.size)
+    def _full(self) -> bool:
+        """Whether the held buffer is full: less than ``FULL_BELOW`` free in a whole one,
+        none in a small upload's (its rest waits for the round's job, no handoff)."""
+        if self._buffer is None:
+            return False
+        free = len(self._buffer) - self.held
+        return free < FULL_BELOW if len(self._buffer) >= self._port.hold_bytes else free == 0
+
+    def _buffer_size(self, size: int) -> int:
+        """A new held buffer's size: ``hold_bytes`` (at least ``FULL_BELOW``), or what is
+        left of the upload if less (a small upload's buffer is not a megabyte zeroed, its
+        pages faulted in, for a few KiB); never less than ``size`` up to a whole buffer, so
+        each piece makes progress."""
+        whole = max(self._port.hold_bytes, FULL_BELOW)
+        left = whole if self._most is None else min(whole, self._most - self.size)
+        return max(min(size, whole), left)
 
     def took(self, size: int) -> None:
-        """``size`` bytes of :meth:`room` were filled: hold them; queue what is held past
-        the port's ``hold_bytes``."""
+        """``size`` bytes of :meth:`room` were filled: hold them; queue the buffer once
+        full (``FULL_BELOW``)."""
         self.held += size
         self.size += size
         crashpoints.reached("write.appended")
-        if self.held >= self._port.hold_bytes:
+        if self._full():
             self.hand_over()
         elif self.held:
             self.took_this_round = True
             self._port.holding.add(self)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Hold a copy of ``data``; queue what is held past the port's ``hold_bytes``.
+        """Hold a copy of ``data`` (across buffers if it does not fit); queue each buffer
+        once full.
 
         Raises:
             StorageFault: an earlier write of this blob failed.
         """
-        size = len(data)
-        with self.room(size) as room:
-            room[:size] = data
-        self.took(size)
+        with memoryview(data) as rest:
+            while rest:
+                with self.room(len(rest)) as room:
+                    size = min(len(room), len(rest))
+                    room[:size] = rest[:size]
+                self.took(size)
+                rest = rest[size:]
 
     def hand_over(self) -> None:
         """Queue what is held for the port's worker (loop thread); the buffer goes back
@@ -396,6 +424,7 @@ class _Job:
 
 def _work(shared: _Shared) -> None:
     """The worker thread: write each queued chunk, run each job, in order, until told to stop."""
+    _yield_to_the_loop_when_woken()
     while True:
         job = shared.jobs.get()
         if job is None:
@@ -404,6 +433,24 @@ def _work(shared: _Shared) -> None:
             _run(shared, job)
         else:
             _write(shared, *job)
+
+
+def _yield_to_the_loop_when_woken() -> None:
+    """Put this thread (the worker) under the batch policy, where Linux lets a thread that
+    wakes up wait for the next tick or a free core instead of preempting the running one.
+
+    A handoff wakes the worker while the loop thread runs, holding the GIL the worker needs
+    first: preempting the loop only to block on the GIL at once cost two context switches
+    per handoff (the loop's involuntary ones, seen under ``perf sched``). Its share of the
+    CPU is unchanged. Where the policy does not exist or is refused, nothing changes.
+    """
+    batch = getattr(os, "SCHED_BATCH", None)
+    if batch is None:
+        return
+    try:
+        os.sched_setscheduler(0, batch, os.sched_param(0))
+    except OSError as exc:
+        log.debug("the blob port's worker keeps its scheduling policy: %s", exc)
 
 
 def _run(shared: _Shared, job: _Job) -> None:

@@ -184,8 +184,7 @@ class StreamingPacket:
         try:
             if isinstance(writer, (BufferedWriter, QueuedWriter)):  # decrypted straight
                 # into what it holds, or into the chunk it queues
-                with writer.room(incoming.most_plain(len(data))) as room:
-                    writer.took(incoming.receive_into(data, room))
+                self._decrypt_into(writer, data)
             else:
                 plain = incoming.receive(data)
                 if plain:
@@ -195,6 +194,22 @@ class StreamingPacket:
             return
         self._upload.received += len(data)
         self._upload.last_progress = self._uploads.clock()
+
+    def _decrypt_into(self, writer: BufferedWriter | QueuedWriter, data: BytesLike) -> None:
+        """Decrypt ``data`` into the rooms ``writer`` lends, as much of it as each fits (a
+        held buffer's end takes a part, the next buffer the rest).
+
+        Raises:
+            RemoteProtocolError: the content does not decrypt.
+            StorageFault: an earlier write of the blob failed.
+        """
+        incoming = self._phase.incoming
+        with memoryview(data) as rest:
+            while rest:
+                with writer.room(incoming.most_plain(len(rest))) as room:
+                    piece = rest[: incoming.most_content(len(room))]
+                    writer.took(incoming.receive_into(piece, room))
+                rest = rest[len(piece) :]
 
     def end(self) -> PacketEnd:
         """The packet's content is complete: the file's end, or more to come."""

@@ -122,6 +122,41 @@ def feed_into(packets, *, piece: int, key=KEY) -> tuple[bytes, IncomingFile]:
     return bytes(held[:filled]), incoming
 
 
+def feed_into_rooms(packets, *, piece: int, room: int) -> tuple[bytes, IncomingFile]:
+    """As :func:`feed_into`, into buffers of ``room`` bytes each: a piece that does not fit
+    what is left of one is split (``most_content``), the rest going into the next (as the
+    server's BufferedWriter lends its buffers)."""
+    buffers: list[bytes] = []
+    buffer, filled = bytearray(room), 0
+    incoming = None
+    for incoming, content in packets_begun(packets, KEY):
+        for i in range(0, len(content), piece):
+            data = memoryview(content)[i : i + piece]
+            while data:
+                if room - filled < IncomingFile.most_plain(min(len(data), 1)):
+                    buffers.append(bytes(buffer[:filled]))
+                    buffer, filled = bytearray(room), 0
+                part = data[: IncomingFile.most_content(room - filled)]
+                assert part, (room, filled)
+                filled += incoming.receive_into(part, memoryview(buffer)[filled:])
+                data = data[len(part) :]
+        buffers.append(bytes(buffer[:filled]))
+        buffer, filled = bytearray(room), 0
+        buffers.append(incoming.end_packet())
+    return b"".join(buffers), incoming
+
+
+def test_content_split_to_fit_each_rooms_rest_gives_the_same_file():
+    data = os.urandom(5000)
+    for room in (IncomingFile.most_plain(1), 100, 1000):
+        for piece in (1, 7, 333, 4096):
+            plain, incoming = feed_into_rooms(whole_file_packets(data, 1024), piece=piece,
+                                              room=room)
+            assert plain == data and incoming.result.cksum == cksum(data), (room, piece)
+    assert IncomingFile.most_content(IncomingFile.most_plain(100)) == 100
+    assert IncomingFile.most_content(IncomingFile.most_plain(0) - 1) == 0
+
+
 @pytest.mark.parametrize("variant", ["whole file", "per packet", "zero fill"])
 def test_receive_into_gives_what_receive_gives(variant):
     data = os.urandom(5000)
