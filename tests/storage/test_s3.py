@@ -373,11 +373,12 @@ def test_a_part_that_cannot_be_spooled_fails_its_upload_in_one_line(monkeypatch,
 
 class _RecordingStore:
     """The part of the S3 API that notes each request's operation, and the content
-    sent."""
+    sent (parts by their numbers: two may be in flight, so they end in either order)."""
 
     def __init__(self) -> None:
         self.requests: list[str] = []
         self.sent: list[bytes] = []
+        self.parts: dict[int, bytes] = {}
 
     def put_object(self, Body: bytes, **_: object) -> dict:  # noqa: N803 (the S3 API's name)
         self.requests.append("put_object")
@@ -391,7 +392,7 @@ class _RecordingStore:
     def upload_part_from(self, PartNumber: int, Body, ContentLength: int,  # noqa: N803
                          **_: object) -> dict:
         self.requests.append("upload_part")
-        self.sent.append(Body.read(ContentLength))
+        self.parts[PartNumber] = Body.read(ContentLength)
         return {"ETag": f"e{PartNumber}"}
 
     def complete_multipart_upload(self, **_: object) -> dict:
@@ -432,7 +433,8 @@ def test_an_upload_outgrowing_its_growing_buffer_sends_its_content_in_order(monk
         writer.seal()
     finally:
         blobs.close()
-    assert b"".join(store.sent) == data
+    assert sorted(store.parts) == list(range(1, len(store.parts) + 1))
+    assert b"".join(store.sent + [store.parts[number] for number in sorted(store.parts)]) == data
     assert store.requests.count("upload_part") == size // SMALL_PART + (size > SMALL_PART)
 
 
