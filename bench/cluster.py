@@ -25,11 +25,12 @@ each figure with its target's verdict (issue 27):
   alike. ≥ 0.8.
   Beside it, the CPU each part of the machine used during each (the
   client, the nodes, Ceph's daemons, HAProxy, this process: minio's PUT),
-  against what the two cores give in that time: what bounds the rate. When
-  both fill the cores, each rate follows the CPU it needs, and the ratio
-  cannot exceed the store's PUT's CPU ÷ the path's (printed as the
-  machine's ceiling): on a machine whose cores are all busy, the target
-  says how much CPU the path needs, not how the node waits.
+  against what the two cores give in that time: what bounds the rate. Two
+  bounds are printed: the path's CPU ÷ the cores, the least time the
+  machine allows it (the best ratio against the PUT's time), and the PUT's
+  CPU ÷ the path's, the ratio when both fill the cores (then each rate
+  follows the CPU it needs, and the figure says how much CPU the path
+  needs, not how the node waits).
 * **the time added after the last byte**, 5 MB and 256 MiB, through
   HAProxy (bench/s3.py's measure). ≤ 150 ms / ≤ 500 ms.
 * **peak RSS per node during four concurrent 1 GiB uploads** (four real
@@ -480,6 +481,8 @@ def print_cpu(figures: Figures, clients: int) -> None:
         scale = _MS / clients if name.startswith("sessions") else 1.0
         rows.append([label] + [f"{used[part] * scale:.2f}" for part in CPU_PARTS]
                     + [f"{sum(used.values()) / (seconds * cores):.0%}"])
+    if not rows:
+        return
     print()
     print_table(f"CPU by part of the machine (the median run; {cores} cores)",
                 ["measure", *CPU_PARTS, "cores busy"], rows)
@@ -553,8 +556,8 @@ def judge_sessions(args: argparse.Namespace, figures: Figures) -> list[Check]:
 
 
 def judge_upload(args: argparse.Namespace, figures: Figures) -> list[Check]:
-    """The upload through a node vs the store's own PUT: the table, the machine's ceiling
-    for their ratio, and the target."""
+    """The upload through a node vs the store's own PUT: the table, the machine's bounds on
+    their ratio, and the target."""
     upload_rate = args.upload_mib * MIB / MB / median(figures.upload)
     store_rate = args.upload_mib * MIB / MB / median(figures.store_put)
     cpu = {step: median([sum(used.values()) for _, used in figures.cpu[step]])
@@ -571,8 +574,13 @@ def judge_upload(args: argparse.Namespace, figures: Figures) -> list[Check]:
           f" {MAX_PARTS_IN_FLIGHT} in flight)", f"{median(figures.store_put):.2f}", f"{store_rate:.0f}",
           f"{cpu['store_put'] / gib:.1f}", rates(args, figures.store_put)]],
     )
-    print(f"the machine's ceiling for the ratio when both fill the cores: the PUT's CPU ÷ the"
-          f" path's = {cpu['store_put'] / cpu['upload']:.2f}; runs' ratios "
+    cores = os.cpu_count() or 1
+    least = cpu["upload"] / cores
+    print(f"bounds on {cores} cores: the path's CPU ÷ {cores} = {least:.2f} s, the least time"
+          f" the cores allow it (a ratio of {median(figures.store_put) / least:.2f} at best"
+          f" against the PUT's time); the PUT's CPU ÷ the path's ="
+          f" {cpu['store_put'] / cpu['upload']:.2f} (the ratio when both fill the cores)."
+          " Each run's ratio: "
           + ", ".join(f"{put / up:.2f}" for up, put in zip(figures.upload, figures.store_put)))
     return [Check(f"{args.upload_mib} MiB through a node ÷ the store's own PUT,"
                   f" ≥ {TARGET_VS_STORE}", f"{upload_rate / store_rate:.2f}",
