@@ -32,11 +32,12 @@ no) until the worker has caught up to half that, so a connection holds at
 most about ``behind_bytes`` plus one receive, whatever the store's speed and
 the worker's share of the CPU. All blobs together are bound too: while
 their chunks keep more than ``total_bytes`` alive (:attr:`BlobPort.over`),
-the loop takes no request of any connection until the worker has written
-down to half that (:meth:`BlobPort.when_drained`). A small file comes
-whole in the request that brings it, before its own blob can be behind: a
-burst of hundreds of them would otherwise queue them all at once, and the
-node's heap would keep that room after. A chunk is charged what it keeps alive
+the loop takes no request of a connection that streams no upload (its next
+one may start a file) until the worker has written down to half that
+(:meth:`BlobPort.when_drained`); uploads under way keep their own bound. A
+small file comes whole in the request that brings it, before its own blob
+can be behind: a burst of hundreds of them would otherwise queue them all
+at once, and the node's heap would keep that room after. A chunk is charged what it keeps alive
 (:func:`_kept`): a held buffer handed over at a round's end counts whole,
 however few bytes of content it carries (a round of a few one-byte packets).
 
@@ -86,9 +87,9 @@ HOLD_SLACK = 256 * 1024
 #: leaves its blob not behind, so the connection is read while the worker writes (the next
 #: one parks it).
 HOLD_BYTES = BEHIND_BYTES - HOLD_SLACK - CHUNK_OVERHEAD
-#: Bytes of memory the chunks queued for all blobs together keep alive past which no
-#: connection's request is taken: four uploads' own bound (four uploads at once stay under
-#: it unless all four are behind; a burst of small files, each queued whole, is held to it).
+#: Bytes of memory the chunks queued for all blobs together keep alive past which no request
+#: of a connection that streams no upload is taken (no new file starts): four uploads' own
+#: bound. A burst of small files, each queued whole in its one request, is held to it.
 TOTAL_BEHIND_BYTES = 4 * BEHIND_BYTES
 #: Held buffers the port keeps for reuse once written: a new one's pages fault in at each
 #: first touch, a reused one's are mapped already.

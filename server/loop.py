@@ -610,14 +610,15 @@ class Server:
         """Whether the channel's address group (server/peer.py) has shares left this round,
         and neither all blobs' queue nor the blob it streams is behind (server/blobport.py).
 
-        A channel is parked (neither read nor stepped) while all blobs' queue is over
-        its bound, until the blob port says it drained; and while its blob is behind,
-        until the port says the blob caught up.
+        A channel is parked (neither read nor stepped) while its blob is behind,
+        until the blob port says the blob caught up; and, if it streams no
+        upload (its next request may bring a new file's content, whole), while
+        all blobs' queue is over its bound, until the port says it drained.
         """
         if self._round is not None:
             return False  # the store is busy: the loop resumes it after the commit
         port = self.app.uploads.port
-        if port.over:
+        if port.over and not self.app.uploads.receiving(channel.peer):
             self._parked[channel] = None
             port.when_drained(functools.partial(self._unpark, channel))
             return False

@@ -470,3 +470,38 @@ def test_a_burst_of_small_files_queues_no_more_than_all_blobs_bound(gated, monke
     assert all(isinstance(answer, FileReceived) and answer.cksum == cksum(SMALL_FILE)
                for answer in answers)
     assert not server._parked
+
+
+def test_an_upload_under_way_keeps_its_own_bound_past_all_blobs_bound(gated, monkeypatch):
+    """All blobs' bound stops new files, not a file under way: its connection is read up to
+    its own blob's bound (and parked then), however far the port is over its total."""
+    server, store = gated
+    port = server.app.uploads.port
+    port.total_bytes = PACKET // 2
+    writers: list = []
+    real_submit = BlobPort.submit
+
+    def submit(port_, writer, chunk, spare=None) -> None:
+        if writer not in writers:
+            writers.append(writer)
+        real_submit(port_, writer, chunk, spare)
+
+    monkeypatch.setattr(BlobPort, "submit", submit)
+    answer: list = []
+    with RawClient(server.address[:2]) as uploader:
+
+        def send() -> None:
+            identity = make_identity(uploader)
+            answer.append(upload(uploader, identity, "big.bin", BIG, PACKET))
+
+        sending = threading.Thread(target=send, daemon=True)
+        sending.start()
+        run_until(server, lambda: bool(server._parked))
+        (writer,) = writers
+        assert port.over
+        assert writer.behind, (writer.queued, port.total_bytes, port.behind_bytes)
+        store.gate.set()
+        run_until(server, lambda: bool(answer))
+        sending.join(PATIENCE)
+    (received,) = answer
+    assert isinstance(received, FileReceived) and received.cksum == cksum(BIG)
