@@ -16,12 +16,21 @@ each figure with its target's verdict (issue 27):
   session with the cores' use (what bounds the rate). Two nodes ÷ one ≥ 1.4.
 * **a 1 GiB upload through the cluster** (the real client, its whole run:
   encryption, 827, 828s, 1603, 900) vs the store's own multipart PUT of
-  the same file by the nodes' S3 client library alone (minio's own
-  multipart PUT, its parts as the nodes send theirs: the same size, as
-  many in flight per upload). ≥ 0.8.
+  the same file by the nodes' S3 client library alone (minio's
+  ``fput_object``, its parts as a node sends one upload's:
+  ``PART_BYTES``, 5 MiB, and ``MAX_PARTS_IN_FLIGHT``, 2 in flight while
+  the next is read; minio also hashes each part, SHA-256 over plain HTTP,
+  which a node does not). The two in turn in every run, the one first
+  alternated from run to run, so that the machine's drift hurts both
+  alike. ≥ 0.8.
   Beside it, the CPU each part of the machine used during each (the
   client, the nodes, Ceph's daemons, HAProxy, this process: minio's PUT),
-  against what the two cores give in that time: what bounds the rate.
+  against what the two cores give in that time: what bounds the rate. Two
+  bounds are printed: the path's CPU ÷ the cores, the least time the
+  machine allows it (the best ratio against the PUT's time), and the PUT's
+  CPU ÷ the path's, the ratio when both fill the cores (then each rate
+  follows the CPU it needs, and the figure says how much CPU the path
+  needs, not how the node waits).
 * **the time added after the last byte**, 5 MB and 256 MiB, through
   HAProxy (bench/s3.py's measure). ≤ 150 ms / ≤ 500 ms.
 * **peak RSS per node during four concurrent 1 GiB uploads** (four real
@@ -30,14 +39,17 @@ each figure with its target's verdict (issue 27):
   before the uploads. ≤ 64 MiB.
 
 Medians of ``--runs`` runs (the four uploads: one run), the measures in
-turn within each run. The machine's load and the other processes' share of
-the cores are printed; no verdict (exit 2) when others used more than 10 %
-of the cores, exit 1 if a target is missed. About 5 minutes on a quiet
-2-core machine; ``--quick`` scales everything down (no verdict on sizes
-other than the targets').
+turn within each run; ``--measures`` picks some of them. The machine's
+load is printed, and each target's row the other processes' share of the
+cores during its own measures (bench/common.py NoiseTally): no verdict for
+a row whose share was over 10 %, exit 1 if a judged target is missed, else
+2 if a row had no verdict. About 5 minutes on a quiet 2-core machine;
+``--quick`` scales everything down (no verdict on sizes other than the
+targets').
 
     python bench/cluster.py
     python bench/cluster.py --quick
+    python bench/cluster.py --runs 5 --measures upload
     python bench/cluster.py --runs 1 --clients 100 --upload-mib 256 --concurrent-mib 256
 """
 
@@ -57,8 +69,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from common import (
-    MB, MIB, REPO, Check, Quietness, RawClient, cpu_seconds, make_file, median, print_table, report,
-    settle, timed_client_run, vm_hwm_kib, vm_rss_kib,
+    MB, MIB, REPO, Check, NoiseTally, Quietness, RawClient, cpu_seconds, make_file, median,
+    print_table, report, settle, timed_client_run, vm_hwm_kib, vm_rss_kib,
 )
 from s3 import TARGETS as ADDED_TARGETS, added_after_last_byte, content
 from sessions import FILE_SIZE, KEY_POOL, Shared, database_backends, run_once
@@ -100,6 +112,9 @@ _MS = 1000.0
 #: --quick: these settings, and no wait for TIME_WAIT to clear between session runs.
 QUICK = {"runs": 1, "clients": 50, "upload_mib": 64, "concurrent_mib": 64,
          "sizes_mib": [5 * MB / MIB, 32]}
+#: What ``--measures`` picks from: one node vs two, the upload vs the store's PUT, the time
+#: added after the last byte, the peak RSS of the concurrent uploads.
+MEASURES = ("sessions", "upload", "added", "rss")
 
 
 def missing() -> str:
@@ -190,6 +205,9 @@ class Figures:
     concurrent_seconds: float = 0.0
     #: Measure -> (seconds, CPU seconds by part): the upload, the store's PUT, the sessions.
     cpu: dict[str, list[tuple[float, dict[str, float]]]] = field(default_factory=dict)
+    #: Measure (:data:`MEASURES`) -> the other processes' share during its runs only.
+    noise: dict[str, NoiseTally] = field(
+        default_factory=lambda: {name: NoiseTally() for name in MEASURES})
 
 
 def main() -> int:
@@ -203,6 +221,8 @@ def main() -> int:
     parser.add_argument("--sizes-mib", type=float, nargs="*",
                         help="sizes for the time added after the last byte"
                         " (default: 5 MB and 256 MiB)")
+    parser.add_argument("--measures", nargs="+", choices=MEASURES, default=list(MEASURES),
+                        help="which measures to run (default: all)")
     parser.add_argument("--quick", action="store_true",
                         help="a short run: " + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
     args = parser.parse_args()
@@ -262,36 +282,66 @@ def measure(cluster: Cluster, root: Path, args: argparse.Namespace, sizes: list[
     private = crypto.generate_private_key()
     run = 0
     for number in range(1, args.runs + 1):
-        for nodes in (1, NODES) if number % 2 else (NODES, 1):  # a drift hurts both alike
+        first_of_pair = 1 if number % 2 else NODES  # a drift hurts both alike
+        for nodes in (first_of_pair, NODES + 1 - first_of_pair) if "sessions" in args.measures \
+                else ():
             run += 1
-            sessions(cluster, nodes, args.clients, Shared(keys, payload_bytes,
-                                                          cksum(payload_bytes), run),
-                     figures, settled=not args.quick)
+            with figures.noise["sessions"].window():
+                sessions(cluster, nodes, args.clients, Shared(keys, payload_bytes,
+                                                              cksum(payload_bytes), run),
+                         figures, settled=not args.quick)
+        if "upload" in args.measures:
+            with figures.noise["upload"].window():
+                upload_and_store_put(cluster, home, payload, bucket, number, figures)
+        if "added" in args.measures:
+            with figures.noise["added"].window():
+                added(cluster, private, number, sizes, figures)
+        print(f"run {number}: " + "; ".join(progress(figures, args, sizes)), flush=True)
+    if "rss" in args.measures:
+        with figures.noise["rss"].window():
+            concurrent_uploads(cluster, root, args.concurrent_mib, figures)
+
+
+def upload_and_store_put(cluster: Cluster, home: Path, payload: Path, bucket: str,
+                         number: int, figures: Figures) -> None:
+    """The file through HAProxy and a node (the real client), and the store's own PUT of
+    it, in turn: the node's path first in odd runs, the store's in even ones."""
+    steps = ["upload", "store_put"]
+    for step in steps if number % 2 else steps[::-1]:
         before = cpu_snapshot(cluster)
-        seconds, _ = timed_client_run(home, cluster.address[1], "bench", [str(payload)],
-                                      CLIENT_TIMEOUT)
-        figures.upload.append(seconds)
-        figures.cpu.setdefault("upload", []).append(
-            (seconds, cpu_used(before, cpu_snapshot(cluster))))
-        before = cpu_snapshot(cluster)
-        figures.store_put.append(store_put(cluster.gateway, bucket, payload, number))
-        figures.cpu.setdefault("store_put", []).append(
-            (figures.store_put[-1], cpu_used(before, cpu_snapshot(cluster))))
-        raw = RawClient(cluster.address, timeout=CLIENT_TIMEOUT)  # idle ones are closed
-        try:
-            client_id, aes_key = raw.register(f"bench-added-{number}", private)
-            for size in sizes:
-                figures.added.setdefault(size, []).append(added_after_last_byte(
-                    raw, client_id, aes_key, f"f{size}", content(size)))
-        finally:
-            raw.close()
-        print(f"run {number}: sessions/s one node {figures.sessions[1][-1]['rate']:.0f},"
-                  f" two {figures.sessions[NODES][-1]['rate']:.0f}; upload"
-                  f" {args.upload_mib * MIB / MB / seconds:.0f} MB/s, store's PUT"
-                  f" {args.upload_mib * MIB / MB / figures.store_put[-1]:.0f} MB/s; added "
-              + ", ".join(f"{figures.added[s][-1] * _MS:.0f} ms" for s in sizes),
-              flush=True)
-    concurrent_uploads(cluster, root, args.concurrent_mib, figures)
+        if step == "upload":
+            seconds, _ = timed_client_run(home, cluster.address[1], "bench", [str(payload)],
+                                          CLIENT_TIMEOUT)
+        else:
+            seconds = store_put(cluster.gateway, bucket, payload, number)
+        getattr(figures, step).append(seconds)
+        figures.cpu.setdefault(step, []).append((seconds, cpu_used(before, cpu_snapshot(cluster))))
+
+
+def added(cluster: Cluster, private, number: int, sizes: list[int], figures: Figures) -> None:
+    """The time added after the last byte for each size, on a connection of its own."""
+    raw = RawClient(cluster.address, timeout=CLIENT_TIMEOUT)  # idle ones are closed
+    try:
+        client_id, aes_key = raw.register(f"bench-added-{number}", private)
+        for size in sizes:
+            figures.added.setdefault(size, []).append(added_after_last_byte(
+                raw, client_id, aes_key, f"f{size}", content(size)))
+    finally:
+        raw.close()
+
+
+def progress(figures: Figures, args: argparse.Namespace, sizes: list[int]) -> list[str]:
+    """One run's figures, for its progress line."""
+    said = []
+    if figures.sessions[NODES]:
+        said.append(f"sessions/s one node {figures.sessions[1][-1]['rate']:.0f},"
+                    f" two {figures.sessions[NODES][-1]['rate']:.0f}")
+    if figures.upload:
+        said.append(f"upload {args.upload_mib * MIB / MB / figures.upload[-1]:.0f} MB/s,"
+                    f" store's PUT {args.upload_mib * MIB / MB / figures.store_put[-1]:.0f} MB/s")
+    if figures.added:
+        said.append("added " + ", ".join(f"{figures.added[s][-1] * _MS:.0f} ms" for s in sizes))
+    return said
 
 
 def sessions(cluster: Cluster, nodes: int, count: int, shared: Shared, figures: Figures, *,
@@ -431,6 +481,8 @@ def print_cpu(figures: Figures, clients: int) -> None:
         scale = _MS / clients if name.startswith("sessions") else 1.0
         rows.append([label] + [f"{used[part] * scale:.2f}" for part in CPU_PARTS]
                     + [f"{sum(used.values()) / (seconds * cores):.0%}"])
+    if not rows:
+        return
     print()
     print_table(f"CPU by part of the machine (the median run; {cores} cores)",
                 ["measure", *CPU_PARTS, "cores busy"], rows)
@@ -438,7 +490,46 @@ def print_cpu(figures: Figures, clients: int) -> None:
 
 def judge(args: argparse.Namespace, sizes: list[int], figures: Figures,
           quiet: Quietness) -> int:
-    """Print the tables and the verdicts; the exit status."""
+    """Print the tables and the verdicts (each with its measures' own noise); the exit
+    status."""
+    checks = []
+    if "sessions" in args.measures:
+        checks += judge_sessions(args, figures)
+    if "upload" in args.measures:
+        checks += judge_upload(args, figures)
+    print_cpu(figures, args.clients)
+    if "added" in args.measures:
+        print()
+        print_table("time added after the last byte, through HAProxy (median)",
+                    ["file", "added"],
+                    [[f"{size / MIB:.1f} MiB", f"{median(figures.added[size]) * _MS:.0f} ms"]
+                     for size in sizes])
+        checks += [
+            Check(f"added after the last byte, {size / MIB:.1f} MiB, "
+                  f"≤ {ADDED_TARGETS[size] * _MS:.0f} ms",
+                  f"{median(figures.added[size]) * _MS:.0f} ms",
+                  median(figures.added[size]) <= ADDED_TARGETS[size],
+                  noise=figures.noise["added"])
+            for size in sizes if size in ADDED_TARGETS
+        ]
+    if "rss" in args.measures:
+        print()
+        print_table(
+            f"{CONCURRENT_UPLOADS} × {args.concurrent_mib} MiB at once from 127.0.0.1"
+            f" ({figures.concurrent_seconds:.1f} s): each node's RSS",
+            ["node", "before", "peak (VmHWM)"],
+            [[name, f"{before:.0f} MiB", f"{peak:.1f} MiB"]
+             for name, (before, peak) in figures.rss.items()],
+        )
+        peak = max(peak for _, peak in figures.rss.values())
+        checks.append(Check(f"peak RSS per node, {CONCURRENT_UPLOADS} concurrent uploads,"
+                            f" ≤ {TARGET_RSS_MIB} MiB", f"{peak:.1f} MiB",
+                            peak <= TARGET_RSS_MIB, noise=figures.noise["rss"]))
+    return report(checks, quiet)
+
+
+def judge_sessions(args: argparse.Namespace, figures: Figures) -> list[Check]:
+    """One node vs two: the table and the targets."""
     one, two = figures.sessions[1], figures.sessions[NODES]
     rate = {1: median([r["rate"] for r in one]), NODES: median([r["rate"] for r in two])}
     cpu = {nodes: median([r["cpu_ms"] + r["database_ms"] for r in results])
@@ -456,49 +547,49 @@ def judge(args: argparse.Namespace, sizes: list[int], figures: Figures,
          for nodes, results in ((1, one), (NODES, two))],
     )
     print(f"sessions per node with two: {figures.spread}")
+    errors = sum(r["errors"] for r in one + two)
+    noise = figures.noise["sessions"]
+    return [Check(f"sessions/s, two nodes ÷ one, ≥ {TARGET_SCALING}",
+                  f"{rate[NODES] / rate[1]:.2f}", rate[NODES] >= TARGET_SCALING * rate[1],
+                  noise=noise),
+            Check("sessions, zero errors", str(errors), errors == 0, noise=noise)]
+
+
+def judge_upload(args: argparse.Namespace, figures: Figures) -> list[Check]:
+    """The upload through a node vs the store's own PUT: the table, the machine's bounds on
+    their ratio, and the target."""
     upload_rate = args.upload_mib * MIB / MB / median(figures.upload)
     store_rate = args.upload_mib * MIB / MB / median(figures.store_put)
+    cpu = {step: median([sum(used.values()) for _, used in figures.cpu[step]])
+           for step in ("upload", "store_put")}
+    gib = args.upload_mib / 1024
     print()
     print_table(
-        f"{args.upload_mib} MiB, median of {args.runs} runs (MB = 10^6 bytes)",
-        ["what", "seconds", "MB/s"],
+        f"{args.upload_mib} MiB, median of {args.runs} runs, in turn, alternated"
+        " (MB = 10^6 bytes; CPU: every part of the machine counted below)",
+        ["what", "seconds", "MB/s", "CPU s per GiB", "runs (MB/s)"],
         [["the client through HAProxy and a node (whole run)", f"{median(figures.upload):.2f}",
-          f"{upload_rate:.0f}"],
-         [f"minio alone, multipart PUT ({PART_BYTES / MIB:g} MiB parts, {MAX_PARTS_IN_FLIGHT}"
-          " in flight)", f"{median(figures.store_put):.2f}", f"{store_rate:.0f}"]],
+          f"{upload_rate:.0f}", f"{cpu['upload'] / gib:.1f}", rates(args, figures.upload)],
+         [f"minio alone, multipart PUT ({PART_BYTES / MIB:g} MiB parts,"
+          f" {MAX_PARTS_IN_FLIGHT} in flight)", f"{median(figures.store_put):.2f}", f"{store_rate:.0f}",
+          f"{cpu['store_put'] / gib:.1f}", rates(args, figures.store_put)]],
     )
-    print_cpu(figures, args.clients)
-    print()
-    print_table("time added after the last byte, through HAProxy (median)", ["file", "added"],
-                [[f"{size / MIB:.1f} MiB", f"{median(figures.added[size]) * _MS:.0f} ms"]
-                 for size in sizes])
-    print()
-    print_table(
-        f"{CONCURRENT_UPLOADS} × {args.concurrent_mib} MiB at once from 127.0.0.1"
-        f" ({figures.concurrent_seconds:.1f} s): each node's RSS",
-        ["node", "before", "peak (VmHWM)"],
-        [[name, f"{before:.0f} MiB", f"{peak:.1f} MiB"]
-         for name, (before, peak) in figures.rss.items()],
-    )
-    errors = sum(r["errors"] for r in one + two)
-    peak = max(peak for _, peak in figures.rss.values())
-    checks = [
-        Check(f"sessions/s, two nodes ÷ one, ≥ {TARGET_SCALING}",
-              f"{rate[NODES] / rate[1]:.2f}", rate[NODES] >= TARGET_SCALING * rate[1]),
-        Check("sessions, zero errors", str(errors), errors == 0),
-        Check(f"{args.upload_mib} MiB through a node ÷ the store's own PUT, ≥ {TARGET_VS_STORE}",
-              f"{upload_rate / store_rate:.2f}", upload_rate >= TARGET_VS_STORE * store_rate),
-    ]
-    checks += [
-        Check(f"added after the last byte, {size / MIB:.1f} MiB, "
-              f"≤ {ADDED_TARGETS[size] * _MS:.0f} ms",
-              f"{median(figures.added[size]) * _MS:.0f} ms",
-              median(figures.added[size]) <= ADDED_TARGETS[size])
-        for size in sizes if size in ADDED_TARGETS
-    ]
-    checks.append(Check(f"peak RSS per node, {CONCURRENT_UPLOADS} concurrent uploads,"
-                        f" ≤ {TARGET_RSS_MIB} MiB", f"{peak:.1f} MiB", peak <= TARGET_RSS_MIB))
-    return report(checks, quiet)
+    cores = os.cpu_count() or 1
+    least = cpu["upload"] / cores
+    print(f"bounds on {cores} cores: the path's CPU ÷ {cores} = {least:.2f} s, the least time"
+          f" the cores allow it (a ratio of {median(figures.store_put) / least:.2f} at best"
+          f" against the PUT's time); the PUT's CPU ÷ the path's ="
+          f" {cpu['store_put'] / cpu['upload']:.2f} (the ratio when both fill the cores)."
+          " Each run's ratio: "
+          + ", ".join(f"{put / up:.2f}" for up, put in zip(figures.upload, figures.store_put)))
+    return [Check(f"{args.upload_mib} MiB through a node ÷ the store's own PUT,"
+                  f" ≥ {TARGET_VS_STORE}", f"{upload_rate / store_rate:.2f}",
+                  upload_rate >= TARGET_VS_STORE * store_rate, noise=figures.noise["upload"])]
+
+
+def rates(args: argparse.Namespace, seconds: list[float]) -> str:
+    """Each run's rate, MB/s, in run order."""
+    return " ".join(f"{args.upload_mib * MIB / MB / took:.0f}" for took in seconds)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Sequence
+from typing import Collection, Iterator, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -368,6 +369,10 @@ class Check:
     #: The test that judges this target instead, when the benchmark does not measure it
     #: (its row then says so, and it counts neither way in the exit status).
     judged_by: str = ""
+    #: The other processes' share during this target's own measures, when they were
+    #: tallied apart (:class:`NoiseTally`): it decides this row's verdict instead of the
+    #: whole run's.
+    noise: NoiseTally | None = None
 
     def verdict(self, judged: bool) -> str:
         """Its verdict column: met, MISSED, where it is judged, or (on a noisy machine)
@@ -393,21 +398,35 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
 
 
 def report(checks: Sequence[Check], quiet: Quietness | None = None) -> int:
-    """Print every target and its verdict; return the exit status (1 if any missed).
+    """Print every target and its verdict; return the exit status.
 
-    With ``quiet`` given and the machine found busy, each row says "noisy: no
-    verdict" instead and the status is 2: figures taken beside other work are
-    printed, but not judged.
+    A row is judged unless the machine was found busy during its measures
+    (its own :attr:`Check.noise`, else ``quiet``, the whole run's): then it
+    says "noisy: no verdict" instead, with what it would be. Rows with a
+    tally of their own show its share. The status: 1 if a judged target is
+    missed, else 2 (``NOISY_EXIT``) if a row was not judged, else 0: figures
+    taken beside other work are printed, but not judged.
     """
     print()
     if quiet is not None:
         print(quiet.summary())
-    judged = quiet is None or quiet.is_quiet()
-    print_table("targets", ["target", "measured", "verdict"],
-                [[c.name, c.measured, c.verdict(judged)] for c in checks])
-    if not judged:
-        return NOISY_EXIT
-    return 0 if all(c.ok for c in checks if not c.judged_by) else 1
+    apart = any(c.noise is not None for c in checks)
+    rows, missed, unjudged = [], False, False
+    for check in checks:
+        noise: Quietness | NoiseTally | None = check.noise or quiet
+        judged = noise is None or noise.is_quiet()
+        if not check.judged_by:
+            missed |= judged and not check.ok
+            unjudged |= not judged
+        row = [check.name, check.measured, check.verdict(judged)]
+        if apart:
+            row.append(f"{noise.others_share:.0%}" if noise is not None else "")
+        rows.append(row)
+    header = ["target", "measured", "verdict"] + (["others' share"] if apart else [])
+    print_table("targets", header, rows)
+    if missed:
+        return 1
+    return NOISY_EXIT if unjudged else 0
 
 
 #: The share of all cores that other processes may use before no verdict is given.
@@ -539,6 +558,8 @@ class Quietness:
         self._others = _others_seconds(processes)
         self._busy, self._ours = _busy_seconds(), _tree_seconds(processes)
         self.others_share = 0.0
+        #: Core-seconds the machine had while measured (wall time × cores).
+        self.capacity = 0.0
         self.load_average = os.getloadavg()
         return self
 
@@ -555,7 +576,8 @@ class Quietness:
         # process reaps now may have run before the runs began.
         busy = (_busy_seconds() - self._busy) - (_tree_seconds(processes) - self._ours)
         others = min(others, max(0.0, busy))
-        self.others_share = others / (wall * self.cores) if wall > 0 else 0.0
+        self.capacity = wall * self.cores
+        self.others_share = others / self.capacity if wall > 0 else 0.0
         self.load_average = os.getloadavg()
 
     def is_quiet(self) -> bool:
@@ -566,6 +588,47 @@ class Quietness:
         return (f"machine: {self.cores} cores, load average {one:.2f} {five:.2f} {fifteen:.2f}; "
                 f"other processes used {self.others_share:.0%} of the cores during the runs "
                 f"(limit for a verdict: {NOISE_LIMIT:.0%})")
+
+
+class NoiseTally:
+    """The other processes' share of the cores during one measure's windows only.
+
+    A benchmark that runs several measures in turn tallies each apart, so
+    that a burst of other work during one measure takes that measure's
+    verdict, not every one's (:attr:`Check.noise`)::
+
+        tally = NoiseTally()
+        for run in runs:
+            with tally.window():
+                ...                      # this measure's run
+        Check(..., noise=tally)
+
+    The share is the others' CPU seconds over the windows' core-seconds,
+    all windows together.
+    """
+
+    def __init__(self) -> None:
+        self._others = 0.0
+        self._capacity = 0.0
+
+    @contextmanager
+    def window(self) -> Iterator[None]:
+        """Count the others' CPU while the block runs."""
+        with Quietness() as quiet:
+            yield
+        self.add(quiet.others_share * quiet.capacity, quiet.capacity)
+
+    def add(self, others_seconds: float, capacity: float) -> None:
+        """Count one window: the others' CPU seconds in it, and its core-seconds."""
+        self._others += others_seconds
+        self._capacity += capacity
+
+    @property
+    def others_share(self) -> float:
+        return self._others / self._capacity if self._capacity > 0 else 0.0
+
+    def is_quiet(self) -> bool:
+        return self.others_share <= NOISE_LIMIT
 
 
 class RawClient:

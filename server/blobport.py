@@ -39,7 +39,14 @@ memory alive is *behind* (:attr:`QueuedWriter.behind`); the loop then stops
 reading the connection that streams it (``LoopPort.may_take_request`` says
 no) until the worker has caught up to half that, so a connection holds at
 most about ``behind_bytes`` plus one receive, whatever the store's speed and
-the worker's share of the CPU. A chunk is charged what it keeps alive
+the worker's share of the CPU. All blobs together are bound too: while
+their chunks keep more than ``total_bytes`` alive (:attr:`BlobPort.over`),
+the loop takes no request of a connection that streams no upload (its next
+one may start a file) until the worker has written down to half that
+(:meth:`BlobPort.when_drained`); uploads under way keep their own bound. A
+small file comes whole in the request that brings it, before its own blob
+can be behind: a burst of hundreds of them would otherwise queue them all
+at once, and the node's heap would keep that room after. A chunk is charged what it keeps alive
 (:func:`_kept`): a held buffer handed over at a round's end counts whole,
 however few bytes of content it carries (a round of a few one-byte packets).
 
@@ -95,6 +102,10 @@ HOLD_BYTES = BEHIND_BYTES - CHUNK_OVERHEAD
 #: across a buffer's end down to this much room (a page), so each piece makes progress
 #: (more than the block a decryption holds back, server/packets.py).
 FULL_BELOW = 4096
+#: Bytes of memory the chunks queued for all blobs together keep alive past which no request
+#: of a connection that streams no upload is taken (no new file starts): four uploads' own
+#: bound. A burst of small files, each queued whole in its one request, is held to it.
+TOTAL_BEHIND_BYTES = 4 * BEHIND_BYTES
 #: Buffers the port keeps for reuse once written: a new one's pages fault in at each
 #: first touch, a reused one's are mapped already. Past them, the one kept longest goes (a
 #: buffer that fits no request now stays for a later one until then: memory stays bounded).
@@ -368,8 +379,17 @@ class _Shared:
     """What the worker thread and the loop share (the worker never holds the port itself,
     so that a port nobody uses any more is collected and its worker stops)."""
 
-    def __init__(self, behind_bytes: int) -> None:
+    def __init__(self, behind_bytes: int, total_bytes: int) -> None:
         self.behind_bytes = behind_bytes
+        self.total_bytes = total_bytes
+        #: Bytes of memory all blobs' queued chunks keep alive (guarded by the lock), and
+        #: the most at once so far (the bound's use).
+        self.queued = 0
+        self.peak_queued = 0
+        #: What the loop waits on to take requests again, once the queue drained to half
+        #: ``total_bytes``; set when it did (both guarded by the lock).
+        self.draining: list[Callable[[], None]] = []
+        self.drained = False
         self.jobs: queue.SimpleQueue[_Chunk | _Job | None] = queue.SimpleQueue()
         #: Buffers written and free for reuse, the latest kept last (guarded by the lock:
         #: the worker keeps them, the loop takes them; :func:`_keep_spare`).
@@ -490,8 +510,13 @@ def _write(
         if spare is not None:
             _keep_spare(shared.spares, spare)
         writer.queued -= size
+        shared.queued -= size
         if writer in shared.waiting and writer.queued <= shared.behind_bytes // 2:
             shared.caught_up.append(writer)
+            if not shared.stopped:
+                shared.wake()
+        if shared.draining and shared.queued <= shared.total_bytes // 2:
+            shared.drained = True
             if not shared.stopped:
                 shared.wake()
         shared.lock.notify_all()
@@ -519,8 +544,9 @@ class BlobPort:
     stops it once what is queued is written.
     """
 
-    def __init__(self, behind_bytes: int = BEHIND_BYTES, hold_bytes: int = HOLD_BYTES) -> None:
-        self._shared = _Shared(behind_bytes)
+    def __init__(self, behind_bytes: int = BEHIND_BYTES, hold_bytes: int = HOLD_BYTES,
+                 total_bytes: int = TOTAL_BEHIND_BYTES) -> None:
+        self._shared = _Shared(behind_bytes, total_bytes)
         #: Bytes a :class:`BufferedWriter` holds at most before handing them to the worker.
         self.hold_bytes = hold_bytes
         #: The buffered writers holding bytes, handed over at the end of a round that
@@ -536,6 +562,25 @@ class BlobPort:
     @behind_bytes.setter
     def behind_bytes(self, value: int) -> None:
         self._shared.behind_bytes = value
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes queued for all blobs together past which no request is taken."""
+        return self._shared.total_bytes
+
+    @total_bytes.setter
+    def total_bytes(self, value: int) -> None:
+        self._shared.total_bytes = value
+
+    @property
+    def over(self) -> bool:
+        """All blobs' queued chunks keep more than ``total_bytes`` alive."""
+        return self._shared.queued > self._shared.total_bytes
+
+    @property
+    def peak_queued(self) -> int:
+        """The most bytes all blobs' queued chunks kept alive at once so far."""
+        return self._shared.peak_queued
 
     def wrap(self, writer: BlobWriter) -> QueuedWriter:
         """The store's writer, its writes done by the worker."""
@@ -590,14 +635,20 @@ class BlobPort:
         shared = self._shared
         if shared.stopped:  # in order after what the worker still has
             self.wait_written(writer)
-            with shared.lock:
-                writer.queued += _kept(chunk, spare)
+            self._count(writer, _kept(chunk, spare))
             _write(shared, writer, chunk, spare)
             return
-        with shared.lock:
-            writer.queued += _kept(chunk, spare)
+        self._count(writer, _kept(chunk, spare))
         self._start()
         shared.jobs.put((writer, chunk, spare))
+
+    def _count(self, writer: QueuedWriter, kept: int) -> None:
+        """Charge a chunk queued to its blob and to all blobs' total."""
+        shared = self._shared
+        with shared.lock:
+            writer.queued += kept
+            shared.queued += kept
+            shared.peak_queued = max(shared.peak_queued, shared.queued)
 
     def run(
         self, action: Callable[[], None], done: Callable[[StorageFault | None], None] | None
@@ -661,8 +712,19 @@ class BlobPort:
                 shared.caught_up.append(writer)
                 shared.wake()
 
+    def when_drained(self, resume: Callable[[], None]) -> None:
+        """Call ``resume`` (in the loop thread, from :meth:`on_ready`) once all blobs' queued
+        chunks keep at most half ``total_bytes`` alive."""
+        shared = self._shared
+        with shared.lock:
+            shared.draining.append(resume)
+            if shared.queued <= shared.total_bytes // 2:
+                shared.drained = True
+                shared.wake()
+
     def on_ready(self) -> None:
-        """The loop's selector saw the wake-up socket: resume what waited on blobs caught up."""
+        """The loop's selector saw the wake-up socket: resume what waited on blobs caught up,
+        and on the queue drained."""
         shared = self._shared
         try:
             while shared.wake_r.recv(_WAKE_READ):
@@ -672,6 +734,9 @@ class BlobPort:
         with shared.lock:
             ready, shared.caught_up = shared.caught_up, []
             actions = [shared.waiting.pop(writer) for writer in ready if writer in shared.waiting]
+            if shared.drained:
+                actions += shared.draining
+                shared.draining, shared.drained = [], False
         for action in actions:
             action()
 

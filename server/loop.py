@@ -608,13 +608,20 @@ class Server:
 
     def may_take_request(self, channel: Channel) -> bool:
         """Whether the channel's address group (server/peer.py) has shares left this round,
-        and the blob it streams is not behind (server/blobport.py).
+        and neither all blobs' queue nor the blob it streams is behind (server/blobport.py).
 
-        A channel whose blob is behind is parked: neither read nor stepped
-        until the blob port says the blob caught up.
+        A channel is parked (neither read nor stepped) while its blob is behind,
+        until the blob port says the blob caught up; and, if it streams no
+        upload (its next request may bring a new file's content, whole), while
+        all blobs' queue is over its bound, until the port says it drained.
         """
         if self._round is not None:
             return False  # the store is busy: the loop resumes it after the commit
+        port = self.app.uploads.port
+        if port.over and not self.app.uploads.receiving(channel.peer):
+            self._parked[channel] = None
+            port.when_drained(functools.partial(self._unpark, channel))
+            return False
         behind = self.app.uploads.storage_behind(channel.peer)
         if behind is not None:
             self._parked[channel] = None

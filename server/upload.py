@@ -182,6 +182,10 @@ class Uploads:
         """The client's uploads in progress, of every name."""
         return list(self._uploads.get(client_id, {}).values())
 
+    def receiving(self, peer: Peer) -> bool:
+        """Whether the connection streams an upload's content now (between its packets)."""
+        return any(isinstance(upload.phase, Receiving) for upload in self._held.get(peer, ()))
+
     def storage_behind(self, peer: Peer) -> QueuedWriter | None:
         """The blob a connection streams, if its writes are behind (server/blobport.py)."""
         for upload in self._held.get(peer, ()):

@@ -295,6 +295,30 @@ def test_a_blob_behind_is_caught_up_and_written_in_order():
     port.close()
 
 
+def test_the_port_over_its_total_bound_resumes_its_waiters_once_drained():
+    # three blobs, none behind on its own, together over the port's bound
+    port = BlobPort(behind_bytes=4096, total_bytes=1024)
+    blobs = MemoryBlobs()
+    writers = [port.wrap(blobs.begin(bytes([index]) * 16, f"{index:02x}" * 16))
+               for index in range(1, 4)]
+    resumed = []
+    gate = threading.Event()
+    port.run(lambda: gate.wait(PATIENCE), None)  # the worker held: nothing written yet
+    for writer in writers:
+        writer.write(b"12345678")
+    assert port.over and not any(writer.behind for writer in writers)
+    assert port.peak_queued == 3 * (8 + blobport.CHUNK_OVERHEAD)
+    port.when_drained(lambda: resumed.append(True))
+    port.on_ready()
+    assert resumed == []  # not drained yet
+    gate.set()
+    assert port.settle()
+    assert not port.over
+    port.on_ready()
+    assert resumed == [True]
+    port.close()
+
+
 #: How long the abort of the store in the test takes (an S3 AbortMultipartUpload).
 ABORT_PAUSE = 0.5
 _STOPPING_PROCESS = f"""
@@ -436,3 +460,85 @@ def test_the_spares_stay_bounded_and_the_latest_are_kept():
     assert len(kept) == blobport.SPARE_BUFFERS - 1, len(kept)
     assert not any(buffer is old[0] for buffer in taken)
     port.close()
+
+
+#: Clients each sending one small file at once (one packet each, below its blob's own
+#: bound), and all blobs' bound in that test: two of those files.
+SMALL_FILE_CLIENTS = 10
+SMALL_FILE = BIG[:PACKET - 1024]
+
+
+def test_a_burst_of_small_files_queues_no_more_than_all_blobs_bound(gated, monkeypatch):
+    """Each small file comes whole in the request that brings it, so its own blob is never
+    behind: while the store is stuck, the loop stops taking requests once all blobs'
+    queued chunks are over their bound, instead of queueing every client's file."""
+    server, store = gated
+    port = server.app.uploads.port
+    port.total_bytes = 2 * len(SMALL_FILE)
+    writers: set = set()
+    real_submit = BlobPort.submit
+
+    def submit(port_, writer, chunk, spare=None) -> None:
+        writers.add(writer)
+        real_submit(port_, writer, chunk, spare)
+
+    monkeypatch.setattr(BlobPort, "submit", submit)
+    answers: list = []
+
+    def send(index: int) -> None:
+        with RawClient(server.address[:2]) as client:
+            identity = make_identity(client)
+            answers.append(upload(client, identity, f"small{index}.bin", SMALL_FILE, PACKET))
+
+    threads = [threading.Thread(target=send, args=(index,), daemon=True)
+               for index in range(SMALL_FILE_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    # every client has either its file queued or its connection parked
+    run_until(server, lambda: sum(1 for writer in writers if writer.queued)
+              + len(server._parked) >= SMALL_FILE_CLIENTS)
+    largest_chunk = max(writer.queued for writer in writers)
+    assert port.peak_queued <= port.total_bytes + 2 * largest_chunk, (
+        port.peak_queued, len(writers))
+    store.gate.set()
+    run_until(server, lambda: len(answers) == SMALL_FILE_CLIENTS)
+    for thread in threads:
+        thread.join(PATIENCE)
+    assert all(isinstance(answer, FileReceived) and answer.cksum == cksum(SMALL_FILE)
+               for answer in answers)
+    assert not server._parked
+
+
+def test_an_upload_under_way_keeps_its_own_bound_past_all_blobs_bound(gated, monkeypatch):
+    """All blobs' bound stops new files, not a file under way: its connection is read up to
+    its own blob's bound (and parked then), however far the port is over its total."""
+    server, store = gated
+    port = server.app.uploads.port
+    port.total_bytes = PACKET // 2
+    writers: list = []
+    real_submit = BlobPort.submit
+
+    def submit(port_, writer, chunk, spare=None) -> None:
+        if writer not in writers:
+            writers.append(writer)
+        real_submit(port_, writer, chunk, spare)
+
+    monkeypatch.setattr(BlobPort, "submit", submit)
+    answer: list = []
+    with RawClient(server.address[:2]) as uploader:
+
+        def send() -> None:
+            identity = make_identity(uploader)
+            answer.append(upload(uploader, identity, "big.bin", BIG, PACKET))
+
+        sending = threading.Thread(target=send, daemon=True)
+        sending.start()
+        run_until(server, lambda: bool(server._parked))
+        (writer,) = writers
+        assert port.over
+        assert writer.behind, (writer.queued, port.total_bytes, port.behind_bytes)
+        store.gate.set()
+        run_until(server, lambda: bool(answer))
+        sending.join(PATIENCE)
+    (received,) = answer
+    assert isinstance(received, FileReceived) and received.cksum == cksum(BIG)
