@@ -43,7 +43,10 @@ the worker's share of the CPU. All blobs together are bound too: while
 their chunks keep more than ``total_bytes`` alive (:attr:`BlobPort.over`),
 the loop takes no request of a connection that streams no upload (its next
 one may start a file) until the worker has written down to half that
-(:meth:`BlobPort.when_drained`); uploads under way keep their own bound. A
+(:meth:`BlobPort.when_drained`); uploads under way keep their own bound, up to
+``TOTAL_CEILING_FACTOR`` times ``total_bytes`` (:attr:`BlobPort.full`: a connection whose
+every request is a new file's first packet, each replacing the upload before it, is
+always streaming one). A
 small file comes whole in the request that brings it, before its own blob
 can be behind: a burst of hundreds of them would otherwise queue them all
 at once, and the node's heap would keep that room after. A chunk is charged what it keeps alive
@@ -106,6 +109,11 @@ FULL_BELOW = 4096
 #: of a connection that streams no upload is taken (no new file starts): four uploads' own
 #: bound. A burst of small files, each queued whole in its one request, is held to it.
 TOTAL_BEHIND_BYTES = 4 * BEHIND_BYTES
+#: Times ``total_bytes`` all blobs' queued chunks may keep alive before the connections
+#: streaming an upload are parked too (:attr:`BlobPort.full`): each new file's first packet
+#: replaces the upload before it, so a connection sending only such is always streaming
+#: one, and the content of the files it drops would otherwise queue without end.
+TOTAL_CEILING_FACTOR = 2
 #: Buffers the port keeps for reuse once written: a new one's pages fault in at each
 #: first touch, a reused one's are mapped already. Past them, the one kept longest goes (a
 #: buffer that fits no request now stays for a later one until then: memory stays bounded).
@@ -576,6 +584,13 @@ class BlobPort:
     def over(self) -> bool:
         """All blobs' queued chunks keep more than ``total_bytes`` alive."""
         return self._shared.queued > self._shared.total_bytes
+
+    @property
+    def full(self) -> bool:
+        """All blobs' queued chunks keep more than ``TOTAL_CEILING_FACTOR`` times
+        ``total_bytes`` alive: no connection's request is taken, an upload's under way
+        neither."""
+        return self._shared.queued > TOTAL_CEILING_FACTOR * self._shared.total_bytes
 
     @property
     def peak_queued(self) -> int:

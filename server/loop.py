@@ -613,12 +613,14 @@ class Server:
         A channel is parked (neither read nor stepped) while its blob is behind,
         until the blob port says the blob caught up; and, if it streams no
         upload (its next request may bring a new file's content, whole), while
-        all blobs' queue is over its bound, until the port says it drained.
+        all blobs' queue is over its bound, until the port says it drained; and
+        so is one that streams an upload once that queue is full (twice its
+        bound: a new file's first packet replaces the upload under way).
         """
         if self._round is not None:
             return False  # the store is busy: the loop resumes it after the commit
         port = self.app.uploads.port
-        if port.over and not self.app.uploads.receiving(channel.peer):
+        if port.over and (port.full or not self.app.uploads.receiving(channel.peer)):
             self._parked[channel] = None
             port.when_drained(functools.partial(self._unpark, channel))
             return False

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from beside_upload import BASELINE_REQUESTS, round_trips_beside_an_upload
-from helpers import RawClient, make_identity, upload
+from helpers import RawClient, file_packets, make_identity, upload
 from loop_driving import PATIENCE, run_until, served_in_a_thread
 
 from protocol import FileReceived, cksum, crypto
@@ -511,10 +511,10 @@ def test_a_burst_of_small_files_queues_no_more_than_all_blobs_bound(gated, monke
 
 def test_an_upload_under_way_keeps_its_own_bound_past_all_blobs_bound(gated, monkeypatch):
     """All blobs' bound stops new files, not a file under way: its connection is read up to
-    its own blob's bound (and parked then), however far the port is over its total."""
+    its own blob's bound (and parked then), past the port's total (up to twice it)."""
     server, store = gated
     port = server.app.uploads.port
-    port.total_bytes = PACKET // 2
+    port.total_bytes = BEHIND  # full past twice it: the blob is behind before
     writers: list = []
     real_submit = BlobPort.submit
 
@@ -542,3 +542,46 @@ def test_an_upload_under_way_keeps_its_own_bound_past_all_blobs_bound(gated, mon
         sending.join(PATIENCE)
     (received,) = answer
     assert isinstance(received, FileReceived) and received.cksum == cksum(BIG)
+
+
+def test_first_packets_each_replacing_the_last_queue_no_more_than_twice_all_blobs_bound(
+    gated, monkeypatch
+):
+    """A connection whose every request is the first packet of a new file (each replacing
+    the upload before it, so the connection is always streaming one) is held to all blobs'
+    bound too, past twice it: while the store is stuck, the content of the files it drops
+    does not queue without end."""
+    server, store = gated
+    port = server.app.uploads.port
+    port.total_bytes = 2 * PACKET
+    writers: set = set()
+    real_submit = BlobPort.submit
+
+    def submit(port_, writer, chunk, spare=None) -> None:
+        writers.add(writer)
+        real_submit(port_, writer, chunk, spare)
+
+    monkeypatch.setattr(BlobPort, "submit", submit)
+    answers: list = []
+    files = 3 * SMALL_FILE_CLIENTS
+    with RawClient(server.address[:2]) as client:
+
+        def send() -> None:
+            identity = make_identity(client)
+            for index in range(files):  # each a file of two packets, its first one only
+                client.send(file_packets(identity, f"f{index}.bin", BIG[: 2 * PACKET], PACKET)[0])
+            answers.append(upload(client, identity, "last.bin", SMALL_FILE, PACKET))
+
+        sending = threading.Thread(target=send, daemon=True)
+        sending.start()
+        # every first packet is queued, or the connection parked
+        run_until(server, lambda: len(writers) >= files or bool(server._parked))
+        largest_chunk = max(writer.queued for writer in writers)
+        assert port.peak_queued <= 2 * port.total_bytes + 2 * largest_chunk, (
+            port.peak_queued, len(writers))
+        store.gate.set()
+        run_until(server, lambda: bool(answers))
+        sending.join(PATIENCE)
+    (answer,) = answers
+    assert isinstance(answer, FileReceived) and answer.cksum == cksum(SMALL_FILE), answer
+    assert not server._parked
