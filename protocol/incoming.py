@@ -240,6 +240,15 @@ class IncomingFile:
         return self._plain_bound
 
     @property
+    def max_cipher_size(self) -> int:
+        """An upper bound of the ciphertext the file carries (its zero fill aside): its
+        content_size, or, where each packet is encrypted on its own, its plaintext's bound
+        and a padding per packet."""
+        if self._per_packet:
+            return min(self._plain_bound + AES_BLOCK_SIZE * self._total, MAX_UINT32)
+        return self._content_size
+
+    @property
     def done(self) -> bool:
         """Whether the last packet was received and the file checked."""
         return self._done

@@ -300,7 +300,7 @@ class Uploads:
             if self._blobs.slow_writes:
                 writer = self.port.wrap(writer)
             elif self._blobs.buffered_writes:  # room for its content and a piece's scratch
-                writer = self.port.buffer(writer, incoming.most_plain(incoming.max_plain_size))
+                writer = self.port.buffer(writer, incoming.most_plain(incoming.max_cipher_size))
             lease = self._take_lease(client_id, packet.file_name.text, writer)
         except (Refusal, RemoteProtocolError, StorageFault) as exc:
             if order.total > 1:

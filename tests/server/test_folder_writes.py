@@ -657,3 +657,26 @@ def test_one_chunk_being_written_leaves_a_streaming_upload_read_at_the_default_s
     assert port.settle()
     assert not writer.behind
     port.close()
+
+
+@pytest.mark.parametrize("per_packet", [False, True], ids=["one-stream", "per-packet"])
+def test_a_small_upload_in_several_packets_costs_no_handoff_of_its_own(
+    noted, monkeypatch, per_packet
+):
+    # its held buffer (the size of what is left of it) takes all its content, each packet's
+    # padding included where each packet is encrypted on its own: the round's job writes
+    # it, no chunk goes to the blob port's worker
+    server, _store = noted
+    submitted: list[int] = []
+    real_submit = blobport.BlobPort.submit
+
+    def submit(port, writer, chunk, spare=None) -> None:
+        submitted.append(len(chunk))
+        real_submit(port, writer, chunk, spare)
+
+    monkeypatch.setattr(blobport.BlobPort, "submit", submit)
+    with RawClient(server.address[:2]) as client:
+        identity = make_identity(client)
+        answer = upload(client, identity, "small.bin", SMALL, 256, per_packet=per_packet)
+    assert isinstance(answer, FileReceived) and answer.cksum == cksum(SMALL)
+    assert submitted == []

@@ -81,7 +81,7 @@ def test_any_receives_through_held_buffers_give_exactly_the_file_and_its_cksum(
     port = BlobPort(hold_bytes=hold)
     inner = Recorded()
     incoming = IncomingFile(KEY, packets[0][0], PacketOrder.of_first(packets[0][0]))
-    most = IncomingFile.most_plain(incoming.max_plain_size) if bounded else None
+    most = IncomingFile.most_plain(incoming.max_cipher_size) if bounded else None
     writer = port.buffer(inner, most)
     packet_of = types.SimpleNamespace(_phase=types.SimpleNamespace(incoming=incoming))
     turn = 0
