@@ -354,7 +354,9 @@ class BufferedWriter:
         self._port.holding.discard(self)
 
     def seal(self) -> None:
-        """Wait for the queued writes, write what is held, then seal (the round's job).
+        """Wait for the queued writes, write what is held, then seal (the round's job). A
+        whole buffer goes back to the port's spares; a small upload's (its own size, quick
+        to make) does not, or it would push out the whole ones streaming uploads reuse.
 
         Raises:
             StorageFault: a write or the seal failed.
@@ -372,7 +374,8 @@ class BufferedWriter:
                 self.queued.error = exc
                 raise
             finally:
-                self._port.keep_spare(buffer)
+                if len(buffer) >= self._port.hold_bytes:
+                    self._port.keep_spare(buffer)
         self.inner.seal()
 
     def abort(self) -> None:

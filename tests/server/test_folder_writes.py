@@ -680,3 +680,23 @@ def test_a_small_upload_in_several_packets_costs_no_handoff_of_its_own(
         answer = upload(client, identity, "small.bin", SMALL, 256, per_packet=per_packet)
     assert isinstance(answer, FileReceived) and answer.cksum == cksum(SMALL)
     assert submitted == []
+
+
+def test_a_small_uploads_buffer_does_not_push_whole_ones_out_of_the_spares(noted):
+    # a small upload's buffer is its own size: kept as a spare, only a request of that size
+    # could take it, and it would push out a whole buffer a streaming upload reuses
+    server, _store = noted
+    port = server.app.uploads.port
+    whole = [port.spare(port.hold_bytes, most=port.hold_bytes)
+             for _ in range(blobport.SPARE_BUFFERS)]
+    for buffer in whole:
+        port.keep_spare(buffer)
+    with RawClient(server.address[:2]) as client:
+        identity = make_identity(client)
+        for number in range(blobport.SPARE_BUFFERS):
+            answer = upload(client, identity, f"small{number}.bin", SMALL, PACKET)
+            assert isinstance(answer, FileReceived) and answer.cksum == cksum(SMALL)
+    assert port.settle()
+    taken = [port.spare(port.hold_bytes, most=port.hold_bytes)
+             for _ in range(blobport.SPARE_BUFFERS)]
+    assert all(any(buffer is mine for mine in whole) for buffer in taken)
