@@ -72,7 +72,6 @@ The write order of server/storage/commit.py is kept.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import socket
 import threading
@@ -455,7 +454,6 @@ class _Job:
 
 def _work(shared: _Shared) -> None:
     """The worker thread: write each queued chunk, run each job, in order, until told to stop."""
-    _yield_to_the_loop_when_woken()
     while True:
         job = shared.jobs.get()
         if job is None:
@@ -464,24 +462,6 @@ def _work(shared: _Shared) -> None:
             _run(shared, job)
         else:
             _write(shared, *job)
-
-
-def _yield_to_the_loop_when_woken() -> None:
-    """Put this thread (the worker) under the batch policy, where Linux lets a thread that
-    wakes up wait for the next tick or a free core instead of preempting the running one.
-
-    A handoff wakes the worker while the loop thread runs, holding the GIL the worker needs
-    first: preempting the loop only to block on the GIL at once cost two context switches
-    per handoff (the loop's involuntary ones, seen under ``perf sched``). Its share of the
-    CPU is unchanged. Where the policy does not exist or is refused, nothing changes.
-    """
-    batch = getattr(os, "SCHED_BATCH", None)
-    if batch is None:
-        return
-    try:
-        os.sched_setscheduler(0, batch, os.sched_param(0))
-    except OSError as exc:
-        log.debug("the blob port's worker keeps its scheduling policy: %s", exc)
 
 
 def _run(shared: _Shared, job: _Job) -> None:

@@ -42,6 +42,8 @@ from .commit import RepairReport, finish_repair
 
 log = logging.getLogger(__name__)
 
+#: What the log line that ends start-up repair begins with (its deletions done while serving).
+REPAIR_FINISHED = "start-up repair finished"
 #: Seconds a blob stays unreferenced before the sweeper deletes it.
 GARBAGE_GRACE = 60.0
 
@@ -133,8 +135,10 @@ class Sweeper:
         """Delete what start-up repair left to delete, without a grace period (the blobs of
         the client deletions a crash cut, and the garbage: server/storage/commit.py
         ``repair_pointers``), where the deletions run (``delete_in``); a failure is logged,
-        and a later sweep, or the next start, finds them again."""
+        and a later sweep, or the next start, finds them again. Its end is logged
+        (``REPAIR_FINISHED``), at once when there is nothing to delete."""
         if not (report.removed or report.garbage):
+            log.info("%s: nothing left to delete", REPAIR_FINISHED)
             return
 
         def deleting() -> None:
@@ -143,6 +147,11 @@ class Sweeper:
         def deleted(error: StorageFault | None) -> None:  # in the loop thread
             if error is not None:
                 log.error("cannot delete what start-up repair left to delete: %s", error)
+                return
+            log.info(
+                "%s: the blobs of %d cut client deletion(s) and %d unfinished upload(s)"
+                " deleted", REPAIR_FINISHED, len(report.removed), len(report.garbage),
+            )
 
         self._delete_in(deleting, deleted)
 

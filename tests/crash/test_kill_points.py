@@ -36,19 +36,18 @@ restarted without the variable, and every time:
 
 from __future__ import annotations
 
-import zlib
 import dataclasses
 import random
 import shutil
 import signal
 import sqlite3
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pytest
-
 from helpers import (
     Identity,
     RawClient,
@@ -59,7 +58,7 @@ from helpers import (
     start_server,
     upload,
 )
-from protocol.cksum import CrcFlavour
+
 from protocol import (
     Acknowledged,
     ClientConnection,
@@ -72,9 +71,11 @@ from protocol import (
     cksum,
     crypto,
 )
+from protocol.cksum import CrcFlavour
 from server.crashpoints import ENVIRONMENT_VARIABLE
 from server.storage.folder import QUARANTINE_DIR, RECEIVED_DIR, TEMP_PREFIX
 from server.storage.names import stored_name
+from server.storage.sweep import REPAIR_FINISHED
 
 #: Ciphertext bytes per 828 of victim.bin; v1 and v2 have ten packets.
 PACKET = 16 * 1024
@@ -430,6 +431,7 @@ def test_kill_9_then_restart_is_consistent(point, prepared, tmp_path, monkeypatc
     restarted = start_server(data_dir)
     try:
         assert "crash point" not in restarted.log()
+        restarted.wait_log(REPAIR_FINISHED)  # its deletions are done while it serves
         check_folder(data_dir, session)
         with restarted.client() as client:
             reconnect(client, identity)

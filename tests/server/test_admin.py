@@ -9,9 +9,10 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import ANY_ID, make_identity, reconnect, server_env, upload
+
 from protocol import Acknowledged, CrcOk, Register, Registered, cksum
+from server.storage.sweep import REPAIR_FINISHED
 
 ADMIN = [sys.executable, "-m", "server", "admin"]
 EXIT_PROBLEM = 1
@@ -298,6 +299,7 @@ def test_a_delete_cut_by_a_crash_is_finished_at_start(populated, server_factory,
     log = restarted.log()
     assert f"finishing the deletion of client {alice.client_id.hex()}" in log
     assert "1 client(s), 1 file(s)" in log and "moved to" not in log
+    restarted.wait_log(REPAIR_FINISHED)  # its deletions are done while it serves
     assert not trash.exists()
     restarted.stop()
     assert [r["name"] for r in json.loads(admin(server.data_dir, "clients", "--json").stdout)] == ["bob"]

@@ -10,7 +10,6 @@ waits for its file's removal, and that wait is the server's, not the client's id
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import time
 
@@ -572,31 +571,6 @@ def test_a_streaming_upload_hands_over_full_buffers_whatever_its_receives_sizes(
     full, rest = divmod(UNEVEN_RECEIVES * UNEVEN_RECEIVE, port.hold_bytes)
     assert blob.writes == [port.hold_bytes] * full, blob.writes
     assert writer.held == rest
-    port.close()
-
-
-class PolicyNotingBlob(RecordedBlob):
-    """A recorded blob noting the scheduling policy of the thread that writes it."""
-
-    policy: int | None = None
-
-    def write(self, data) -> None:
-        self.policy = os.sched_getscheduler(0)
-        super().write(data)
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux's batch scheduling policy")
-def test_a_handoff_wakes_the_worker_without_preempting_the_loop():
-    # woken by a handoff, the worker first needs the GIL the loop thread holds: preempting
-    # the loop only to block on the GIL at once cost two context switches per handoff (most
-    # of the loop's involuntary ones); under the batch policy it waits for a free core or
-    # the next tick
-    port = blobport.BlobPort()
-    blob = PolicyNotingBlob()
-    port.buffer(blob).write(bytes(port.hold_bytes))  # a full buffer: handed over at once
-    assert port.settle()
-    assert blob.writes == [port.hold_bytes]
-    assert blob.policy == os.SCHED_BATCH, blob.policy
     port.close()
 
 
