@@ -21,9 +21,7 @@ wakeup of the worker, the GIL passed back and forth) per ``hold_bytes``, not
 per round or per receive: a receive that does not fit what is left of the
 buffer is split across it and the next (:meth:`BufferedWriter.room` lends the
 rest, ``IncomingFile.most_content``), never handed over half full and charged
-a whole buffer. The worker runs under Linux's batch scheduling policy: woken
-by a handoff, it waits for a free core or the next tick instead of preempting
-the loop thread, which holds the GIL it needs first. The content is decrypted
+a whole buffer. The content is decrypted
 straight into the held buffer (``IncomingFile.receive_into``), and a buffer
 once written comes back to the port for reuse (``SPARE_BUFFERS``: a spare
 that fits no request now stays for a later one; past them, the one kept
