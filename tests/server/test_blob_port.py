@@ -462,6 +462,20 @@ def test_the_spares_stay_bounded_and_the_latest_are_kept():
     port.close()
 
 
+def _writers_submitted_to(monkeypatch) -> list:
+    """The writers whose chunks go to any blob port from now on, each once, in order."""
+    writers: list = []
+    real_submit = BlobPort.submit
+
+    def submit(port_, writer, chunk, spare=None) -> None:
+        if writer not in writers:
+            writers.append(writer)
+        real_submit(port_, writer, chunk, spare)
+
+    monkeypatch.setattr(BlobPort, "submit", submit)
+    return writers
+
+
 #: Clients each sending one small file at once (one packet each, below its blob's own
 #: bound), and all blobs' bound in that test: two of those files.
 SMALL_FILE_CLIENTS = 10
@@ -475,14 +489,7 @@ def test_a_burst_of_small_files_queues_no_more_than_all_blobs_bound(gated, monke
     server, store = gated
     port = server.app.uploads.port
     port.total_bytes = 2 * len(SMALL_FILE)
-    writers: set = set()
-    real_submit = BlobPort.submit
-
-    def submit(port_, writer, chunk, spare=None) -> None:
-        writers.add(writer)
-        real_submit(port_, writer, chunk, spare)
-
-    monkeypatch.setattr(BlobPort, "submit", submit)
+    writers = _writers_submitted_to(monkeypatch)
     answers: list = []
 
     def send(index: int) -> None:
@@ -515,15 +522,7 @@ def test_an_upload_under_way_keeps_its_own_bound_past_all_blobs_bound(gated, mon
     server, store = gated
     port = server.app.uploads.port
     port.total_bytes = BEHIND  # full past twice it: the blob is behind before
-    writers: list = []
-    real_submit = BlobPort.submit
-
-    def submit(port_, writer, chunk, spare=None) -> None:
-        if writer not in writers:
-            writers.append(writer)
-        real_submit(port_, writer, chunk, spare)
-
-    monkeypatch.setattr(BlobPort, "submit", submit)
+    writers = _writers_submitted_to(monkeypatch)
     answer: list = []
     with RawClient(server.address[:2]) as uploader:
 
@@ -554,14 +553,7 @@ def test_first_packets_each_replacing_the_last_queue_no_more_than_twice_all_blob
     server, store = gated
     port = server.app.uploads.port
     port.total_bytes = 2 * PACKET
-    writers: set = set()
-    real_submit = BlobPort.submit
-
-    def submit(port_, writer, chunk, spare=None) -> None:
-        writers.add(writer)
-        real_submit(port_, writer, chunk, spare)
-
-    monkeypatch.setattr(BlobPort, "submit", submit)
+    writers = _writers_submitted_to(monkeypatch)
     answers: list = []
     files = 3 * SMALL_FILE_CLIENTS
     with RawClient(server.address[:2]) as client:
